@@ -1,0 +1,1 @@
+"""ema-core's cross-framework benchmark (run with ``python -m benchmarks`` or ``make bench``)."""

@@ -1,0 +1,42 @@
+"""array-api-strict: the generic Array API path, as a portability check (not a speed contender).
+Ceiling: a flat in-place ``a += b`` of the same bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ema_core
+from benchmarks.backends._common import flat_elements, host_arrays
+from benchmarks.backends._common import missing as _missing
+from benchmarks.workloads import Workload
+
+NAME = "array_api_strict"
+
+
+def missing() -> str | None:
+    return _missing("array_api_strict")
+
+
+def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[int], Any]]:
+    import array_api_strict as xp
+
+    if dtype != "fp32" or device != "cpu" or workload.name == "many_small_20k":
+        return {}
+    shadows_np, params_np = host_arrays(workload)
+    shadows = [xp.asarray(s) for s in shadows_np]
+    params = [xp.asarray(p) for p in params_np]
+    n = flat_elements(workload, dtype)
+    a, b = xp.ones(n, dtype=xp.float32), xp.ones(n, dtype=xp.float32)
+
+    def ceiling(t: int) -> Any:
+        a[...] = a + b
+
+    def ema(t: int) -> Any:
+        return ema_core.ema_update(shadows, params, t, decay=0.999)
+
+    return {"ceiling": ceiling, "ema_core": ema}
+
+
+def sync(result: Any) -> None:
+    return None

@@ -1,0 +1,238 @@
+"""The public functions: validate every input, find the namespace once, then hand the leaves to
+the backend. ``ema_update`` is the stateless in-place call; ``init`` / ``update`` / ``average``
+are the pure functional triple (optax style) over an ``EMAState``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat as compat
+
+from ema_core import _core
+from ema_core._checks import (
+    check_decay_arg,
+    check_decay_value,
+    check_finite,
+    check_leaves,
+    resolve_writes,
+)
+from ema_core._config import Config, shadow_dtype_name
+from ema_core._ops import is_host_array, ops_for, wide_float
+from ema_core._tree import flatten, flatten_pair, unflatten
+from ema_core._types import Array, EMAState, NonFloatPolicy, Step, Tree
+from ema_core.backends import get_backend
+from ema_core.schedules import Schedule, as_schedule
+
+
+def ema_update(
+    shadow: Tree,
+    params: Tree,
+    step: Step,
+    /,
+    *,
+    decay: float | Array | None = None,
+    schedule: Schedule | Any = None,
+    config: Config | None = None,
+    copy: bool | None = None,
+) -> Tree:
+    """Move ``shadow`` toward ``params`` by the decay of update ``step``; return the new shadow.
+
+    ``shadow_t = shadow_{t-1} + (1 - d_t) * (params_t - shadow_{t-1})``, with ``d_t`` from
+    ``decay`` (constant), ``schedule(step)`` or ``config`` (its schedule, interval and copy
+    policy); pass at most one. The default is ``decay=0.9999``. Nothing else is hidden: no
+    warm-up and no first-step copy unless the schedule or config asks for them.
+
+    Args:
+        shadow: the running average; a nest (dict, list, tuple, NamedTuple) or one array.
+        params: the current weights, a nest of the same structure, shapes and namespace.
+        step: t, the optimizer steps taken counting this one (a Python int or a 0-d integer
+            array, which may be traced or on a device).
+        decay: the weight on the old average, a float in [0, 1] or a 0-d float array.
+        schedule: a ``Schedule`` or callable ``t -> decay``.
+        config: a ``Config`` (schedule, interval, copy policy, non-float leaves, finite guard).
+        copy: ``None`` writes into writeable arrays and returns them (new arrays for JAX);
+            ``True`` never mutates an input; ``False`` must write in place and raises otherwise.
+
+    Returns:
+        The updated shadow, same structure. Always rebind it: ``shadow = ema_update(...)``.
+
+    Raises:
+        TypeError: an argument or leaf has the wrong type or dtype, or namespaces are mixed.
+        ValueError: structures, shapes or devices differ; decay outside [0, 1]; negative step.
+            On any error no shadow has been changed.
+
+    Example:
+        >>> import numpy as np, ema_core as ema
+        >>> shadow = {"w": np.zeros(3)}
+        >>> ema.ema_update(shadow, {"w": np.ones(3)}, 1, decay=0.9)
+        {'w': array([0.1, 0.1, 0.1])}
+        >>> shadow["w"]  # updated in place
+        array([0.1, 0.1, 0.1])
+    """
+    rule, non_float, guard_finite = _resolve_rule(decay, schedule, config)
+    shadows, leaves, paths, treedef = flatten_pair(shadow, params, "shadow", "params")
+    xp, kinds = check_leaves(shadows, leaves, paths, non_float=non_float)
+    t = _concrete(step, "step")
+    if compat.is_array_api_obj(rule):  # a 0-d decay array given directly
+        d_wide = compat.array_namespace(rule).astype(rule, wide_float(xp))
+        d, r = d_wide, 1.0 - d_wide
+    else:
+        d, r = rule.decay_and_rate(t)
+        check_decay_value(d, f"the decay at step {t}")
+    writes = resolve_writes(copy, shadows, paths)
+    if guard_finite:
+        check_finite(xp, leaves, kinds, paths)
+    backend = get_backend(xp)
+    with backend.guard():
+        new = backend.update_leaves(
+            xp, shadows, leaves, kinds, d, r, non_float=non_float, writes=writes
+        )
+    return unflatten(treedef, new)
+
+
+def init(params: Tree, config: Config | None = None, /) -> EMAState:
+    """A new EMA state for ``params`` under ``config`` (never aliasing the params).
+
+    The shadow is a copy of the params (``init="params"`` or ``"copy"``) or zeros (``"zeros"``),
+    in float32 for float16/bfloat16 leaves unless ``config.dtype`` says otherwise; integer and
+    bool leaves are copied. ``step`` starts at 0 and the bias-correction ``weight`` at 1 (0 for
+    ``"zeros"``), both 0-d arrays on the params' device.
+
+    Example:
+        >>> import numpy as np, ema_core as ema
+        >>> state = ema.init({"w": np.ones(2, dtype=np.float16)})
+        >>> state.shadow["w"].dtype, int(state.step), float(state.weight)
+        (dtype('float32'), 0, 1.0)
+    """
+    config = _config(config)
+    leaves, paths, treedef = flatten(params)
+    xp, kinds = check_leaves(leaves, leaves, paths, ("params", "params"), config.non_float)
+    zeros = config.init == "zeros"
+    with get_backend(xp).guard():
+        shadow = [
+            _core.init_leaf(xp, p, _shadow_dtype(xp, p, config) if kind == "float" else None, zeros)
+            for p, kind in zip(leaves, kinds, strict=True)
+        ]
+    device = compat.device(leaves[0])
+    step = xp.asarray(0, device=device)
+    weight = xp.asarray(0.0 if zeros else 1.0, dtype=wide_float(xp), device=device)
+    return EMAState(step, unflatten(treedef, shadow), weight)
+
+
+def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EMAState:
+    """The state after one more update with ``params``: pure, usable inside ``jax.jit``.
+
+    ``t = state.step + 1``; ``shadow_t = shadow + (1 - d_t) (params - shadow)`` and
+    ``weight_t = d_t weight + (1 - d_t)``, with ``d_t`` from ``config``.
+
+    Example:
+        >>> import numpy as np, ema_core as ema
+        >>> cfg = ema.Config(schedule=0.5, init="zeros")
+        >>> state = ema.update(ema.init({"w": np.zeros(1)}, cfg), {"w": np.full(1, 4.0)}, cfg)
+        >>> state.shadow["w"], float(state.weight), ema.average(state, cfg)["w"]
+        (array([2.]), 0.5, array([4.]))
+    """
+    config = _config(config)
+    _check_state(state)
+    shadows, leaves, paths, treedef = flatten_pair(state.shadow, params, "state.shadow", "params")
+    xp, kinds = check_leaves(shadows, leaves, paths, ("state.shadow", "params"), config.non_float)
+    t = _concrete(state.step, "state.step")
+    t = t + 1
+    d, r = config.decay_and_rate(t)
+    check_decay_value(d, f"the decay of Config.schedule at step {t}")
+    if config.guard_finite:
+        check_finite(xp, leaves, kinds, paths)
+    backend = get_backend(xp)
+    with backend.guard():
+        new = backend.update_leaves(
+            xp,
+            shadows,
+            leaves,
+            kinds,
+            d,
+            r,
+            non_float=config.non_float,
+            writes=[False] * len(leaves),
+        )
+        weight = _core.next_weight(xp, state.weight, d, r)
+    if isinstance(t, int) and not isinstance(state.step, int):
+        t = xp.asarray(t, dtype=state.step.dtype, device=compat.device(state.step))
+    return EMAState(t, unflatten(treedef, new), weight)
+
+
+def average(state: EMAState, config: Config | None = None, /) -> Tree:
+    """The bias-corrected average ``shadow / weight`` (the shadow itself unless ``init="zeros"``).
+
+    Integer and bool leaves are returned as they are. Before the first update of a ``"zeros"``
+    EMA (weight 0) the zeros are returned.
+
+    Example:
+        >>> import numpy as np, ema_core as ema
+        >>> cfg = ema.Config(schedule=0.9, init="zeros")
+        >>> state = ema.update(ema.init({"w": np.zeros(1)}, cfg), {"w": np.full(1, 3.0)}, cfg)
+        >>> ema.average(state, cfg)["w"]
+        array([3.])
+    """
+    config = _config(config)
+    _check_state(state)
+    if config.init != "zeros":
+        return state.shadow
+    leaves, paths, treedef = flatten(state.shadow)
+    xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
+    weight = float(state.weight) if is_host_array(state.weight) else state.weight
+    with get_backend(xp).guard():
+        out = [
+            _core.correct(xp, s, weight) if k == "float" else s
+            for s, k in zip(leaves, kinds, strict=True)
+        ]
+    return unflatten(treedef, out)
+
+
+def _config(config: Any) -> Config:
+    if config is None:
+        return Config()
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be an ema_core.Config, got {type(config).__name__}")
+    return config
+
+
+def _resolve_rule(
+    decay: Any, schedule: Any, config: Any
+) -> tuple[Schedule | Array, NonFloatPolicy, bool]:
+    given = [
+        n
+        for n, v in (("decay", decay), ("schedule", schedule), ("config", config))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise TypeError(f"pass at most one of decay, schedule or config; got {', '.join(given)}")
+    if config is not None:
+        cfg = _config(config)
+        return cfg.effective_schedule, cfg.non_float, cfg.guard_finite
+    if schedule is not None:
+        return as_schedule(schedule, "schedule"), "copy", False
+    if decay is None:
+        return Config().effective_schedule, "copy", False
+    checked = check_decay_arg(decay)
+    return (checked if compat.is_array_api_obj(checked) else as_schedule(checked)), "copy", False
+
+
+def _concrete(step: Any, name: str) -> int | Array:
+    """Validate a step; host arrays become Python ints (no device is involved in reading them)."""
+    ops_for(step, name)
+    return int(step) if is_host_array(step) else step
+
+
+def _check_state(state: Any) -> None:
+    if not all(hasattr(state, f) for f in EMAState._fields):
+        raise TypeError(
+            f"state must be an EMAState (step, shadow, weight), got {type(state).__name__}"
+        )
+
+
+def _shadow_dtype(xp: Any, param: Array, config: Config) -> Any:
+    name = shadow_dtype_name(config.dtype, _core.dtype_name(xp, param.dtype))
+    return getattr(xp, name, param.dtype)
+
+
+__all__ = ["average", "ema_update", "init", "update"]

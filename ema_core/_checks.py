@@ -1,0 +1,181 @@
+"""Eager validation with clear messages. Everything here runs before the first write.
+
+Errors follow one rule: ``TypeError`` for a wrong type, ``ValueError`` for a wrong value, and the
+message names the argument (or the path of the leaf), the value and what is allowed. Nothing here
+runs on values inside traced or compiled code: only shapes, dtypes and host values are read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat as compat
+
+from ema_core._ops import is_host_array
+from ema_core._tree import Path, path_str
+from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy
+
+
+def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
+    """A Python number in [low, high] (not NaN, not bool), returned as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in [{low}, {high}], got {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number) or not low <= number <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {number}")
+    return number
+
+
+def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
+    """A finite Python number > 0 (an int when ``integer``)."""
+    allowed = (int,) if integer else (int, float)
+    kind = "an int" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise TypeError(f"{name} must be {kind} > 0, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be {kind} > 0, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_decay_value(value: Any, name: str = "decay") -> None:
+    """A host decay (Python float or host 0-d array) must lie in [0, 1]; device ones are trusted."""
+    if isinstance(value, float):
+        check_fraction(name, value)
+    elif is_host_array(value):
+        check_fraction(name, float(value))
+
+
+def check_decay_arg(decay: Any) -> Any:
+    """The ``decay=`` argument: a float in [0, 1] or a 0-d real floating array."""
+    if compat.is_array_api_obj(decay):
+        xp = compat.array_namespace(decay)
+        if decay.ndim != 0 or not xp.isdtype(decay.dtype, "real floating"):
+            raise TypeError(
+                f"decay must be a float or a 0-d real floating array, got shape "
+                f"{tuple(decay.shape)} dtype {decay.dtype}"
+            )
+        check_decay_value(decay)
+        return decay
+    return check_fraction("decay", decay)
+
+
+def _namespace_of(leaf: Any, where: str) -> Namespace:
+    if not compat.is_array_api_obj(leaf):
+        raise TypeError(f"{where} must be an array, got {type(leaf).__name__}")
+    return compat.array_namespace(leaf)
+
+
+def leaf_kind(xp: Namespace, dtype: Any) -> LeafKind:
+    return "float" if xp.isdtype(dtype, ("real floating", "complex floating")) else "exact"
+
+
+def check_leaves(
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    paths: Sequence[Path],
+    names: tuple[str, str] = ("shadow", "params"),
+    non_float: NonFloatPolicy = "copy",
+) -> tuple[Namespace, list[LeafKind]]:
+    """Check leaf pairs: arrays of one namespace, equal shapes and devices, compatible dtypes.
+
+    Returns the namespace and, per leaf, whether it is averaged ("float") or copied ("exact").
+    """
+    if not params:
+        raise ValueError(f"{names[1]} holds no arrays: nothing to average")
+    xp: Any = None
+    seen: dict[type, Namespace] = {}
+    kinds: list[LeafKind] = []
+    for s, p, path in zip(shadows, params, paths, strict=True):
+        where_s, where_p = path_str(names[0], path), path_str(names[1], path)
+        for leaf, where in ((s, where_s), (p, where_p)):
+            ns = seen.get(type(leaf)) or seen.setdefault(type(leaf), _namespace_of(leaf, where))
+            xp = ns if xp is None else xp
+            if ns is not xp:
+                raise TypeError(
+                    f"{where} is a {type(leaf).__name__} array; all leaves must come "
+                    f"from one namespace ({xp.__name__}), got {ns.__name__}"
+                )
+        _check_pair(xp, s, p, where_s, where_p)
+        kinds.append(_pair_kind(xp, s, p, where_s, where_p, non_float))
+    return xp, kinds
+
+
+def _check_pair(xp: Namespace, s: Array, p: Array, where_s: str, where_p: str) -> None:
+    if tuple(s.shape) != tuple(p.shape):
+        raise ValueError(
+            f"{where_s} has shape {tuple(s.shape)} but {where_p} has shape "
+            f"{tuple(p.shape)}; they must be equal"
+        )
+    ds, dp = compat.device(s), compat.device(p)
+    if ds is not None and dp is not None and ds != dp:
+        raise ValueError(
+            f"{where_s} is on device {ds} but {where_p} is on {dp}; move them to one device"
+        )
+
+
+def _pair_kind(
+    xp: Namespace, s: Array, p: Array, where_s: str, where_p: str, non_float: NonFloatPolicy
+) -> LeafKind:
+    kind = leaf_kind(xp, p.dtype)
+    if kind == "float":
+        if leaf_kind(xp, s.dtype) != "float" or (
+            xp.isdtype(s.dtype, "complex floating") != xp.isdtype(p.dtype, "complex floating")
+        ):
+            raise TypeError(
+                f"{where_s} has dtype {s.dtype} but {where_p} is {p.dtype}; the shadow "
+                "of a floating leaf must be floating (real or complex like it)"
+            )
+        return kind
+    if non_float == "error":
+        raise TypeError(f"{where_p} has non-floating dtype {p.dtype} and non_float='error'")
+    if s.dtype != p.dtype:
+        raise TypeError(
+            f"{where_s} has dtype {s.dtype} but {where_p} is {p.dtype}; integer and "
+            "bool leaves are copied, so their dtypes must be equal"
+        )
+    return kind
+
+
+def resolve_writes(
+    copy: bool | None, shadows: Sequence[Array], paths: Sequence[Path], name: str = "shadow"
+) -> list[bool]:
+    """Per leaf, whether the result is written into the shadow in place.
+
+    ``copy=True``: never. ``copy=None``: where the array is writeable. ``copy=False``: always, and
+    a ``ValueError`` when some array cannot be written (JAX arrays, read-only numpy arrays).
+    """
+    if copy is not None and not isinstance(copy, bool):
+        raise TypeError(f"copy must be None, True or False, got {copy!r}")
+    if copy is True:
+        return [False] * len(shadows)
+    writeable = [bool(compat.is_writeable_array(s)) for s in shadows]
+    if copy is False and not all(writeable):
+        path = paths[writeable.index(False)]
+        raise ValueError(
+            f"copy=False needs writeable arrays, but {path_str(name, path)} cannot "
+            "be written in place; pass copy=None or copy=True"
+        )
+    return writeable
+
+
+def check_finite(
+    xp: Namespace,
+    params: Sequence[Array],
+    kinds: Sequence[LeafKind],
+    paths: Sequence[Path],
+    name: str = "params",
+) -> None:
+    """Reject NaN or infinite params (reads values: a host sync, done only when asked)."""
+    for p, kind, path in zip(params, kinds, paths, strict=True):
+        if kind == "float" and not bool(xp.all(xp.isfinite(p))):
+            raise ValueError(
+                f"{path_str(name, path)} holds NaN or infinite values "
+                "(guard_finite=True); no shadow was changed"
+            )

@@ -1,0 +1,93 @@
+"""The frozen hyperparameters of an EMA (the state holds only arrays and the step)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ema_core._checks import check_choice, check_positive
+from ema_core._types import InitPolicy, NonFloatPolicy, Step, Value
+from ema_core.schedules import CopyAt, Schedule, as_schedule, constant, every
+
+_INIT_POLICIES = ("params", "copy", "zeros")
+_NON_FLOAT = ("copy", "freeze", "error")
+_DTYPES = (None, "same", "float16", "bfloat16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class Config:
+    """How an EMA decays, starts, stores and gates. Frozen and hashable (a static jit argument).
+
+    Attributes:
+        schedule: the decay per update count t (a Schedule, a float for a constant decay, or a
+            callable ``t -> decay``). Default ``constant(0.9999)``, as timm and AllenNLP.
+        init: ``"params"`` (the shadow starts as a copy of the params; TF, torch_ema, AllenNLP),
+            ``"copy"`` (the first update copies the params; timm, ema-pytorch, diffusers,
+            mmengine, Keras), ``"zeros"`` (the shadow starts at 0 and ``average`` divides by the
+            bias-correction weight; optax, Paddle, TF ``zero_debias``).
+        dtype: the shadow dtype of floating leaves: ``None`` (float32 for float16/bfloat16
+            params, the params' dtype otherwise), ``"same"`` (always the params' dtype), or a
+            dtype name (``"float32"``, ...).
+        interval: update every ``interval`` steps (decay 1, a skip, on the others).
+        compensate: with ``interval > 1``, apply the product of the skipped steps' decays
+            (exact), not a one-step decay (what most peers do).
+        non_float: integer and bool leaves are ``"copy"``-ed at every applied update, left
+            untouched (``"freeze"``), or rejected (``"error"``).
+        guard_finite: check that the params are finite before updating (a host sync per update).
+    """
+
+    schedule: Schedule | Callable[[Step], Value] | float = field(
+        default_factory=lambda: constant(0.9999)
+    )
+    init: InitPolicy = "params"
+    dtype: str | None = None
+    interval: int = 1
+    compensate: bool = True
+    non_float: NonFloatPolicy = "copy"
+    guard_finite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", as_schedule(self.schedule, "Config.schedule"))
+        check_choice("Config.init", self.init, _INIT_POLICIES)
+        check_choice("Config.dtype", self.dtype, _DTYPES)
+        check_positive("Config.interval", self.interval, integer=True)
+        check_choice("Config.non_float", self.non_float, _NON_FLOAT)
+        for name in ("compensate", "guard_finite"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Config.{name} must be a bool, got {getattr(self, name)!r}")
+        object.__setattr__(self, "_effective", self._build_effective())
+
+    @property
+    def effective_schedule(self) -> Schedule:
+        """The schedule with the interval gate and the first-update copy applied."""
+        return self._effective  # type: ignore[attr-defined,no-any-return]
+
+    def _build_effective(self) -> Schedule:
+        sched: Schedule = self.schedule  # type: ignore[assignment]
+        if self.interval > 1:
+            sched = every(sched, self.interval, self.compensate)
+        if self.init == "copy":
+            sched = CopyAt(sched, sched.first_update)
+        return sched
+
+    def decay(self, t: Step, /) -> Value:
+        """The decay applied by the t-th update under this config.
+
+        Example:
+            >>> import ema_core as ema
+            >>> cfg = ema.Config(schedule=0.9, init="copy", interval=2, compensate=False)
+            >>> [cfg.decay(t) for t in range(1, 6)]
+            [1.0, 0.0, 1.0, 0.9, 1.0]
+        """
+        return self.effective_schedule(t)
+
+    def decay_and_rate(self, t: Step, /) -> tuple[Value, Value]:
+        """``(decay, 1 - decay)`` of the t-th update."""
+        return self.effective_schedule.decay_and_rate(t)
+
+
+def shadow_dtype_name(config_dtype: str | None, param_dtype_name: str) -> str:
+    """The shadow dtype name for a floating leaf under the dtype policy."""
+    if config_dtype is None:
+        return "float32" if param_dtype_name in ("float16", "bfloat16") else param_dtype_name
+    return param_dtype_name if config_dtype == "same" else config_dtype

@@ -1,0 +1,100 @@
+"""The pure math on leaves of one namespace: blend, copy, bias-correct. No validation here.
+
+A decay arrives either as a Python float (computed on the host in float64) or as a 0-d float
+array on the leaves' device (traced under ``jax.jit``, or a CUDA tensor). Host decays branch in
+Python; device decays use ``where``, so nothing here reads a device value.
+
+The blend is the update rule ``s + (1 - d) * (p - s)`` in the two-sided form torch's ``lerp``
+uses: ``s + (1 - d) * (p - s)`` for d >= 0.5 and ``p - d * (p - s)`` below, which is exact at both
+ends (d = 1 keeps s, d = 0 gives p). It runs in float32 or wider, never in a half dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat as compat
+
+from ema_core._types import Array, DType, Namespace, Value
+
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128")
+
+
+def dtype_name(xp: Namespace, dtype: DType) -> str:
+    """The Array API name of a floating dtype ('float32', 'bfloat16', ...)."""
+    for name in _FLOAT_NAMES:
+        candidate = getattr(xp, name, None)
+        if candidate is not None and candidate == dtype:
+            return name
+    return str(dtype)
+
+
+def compute_dtype(xp: Namespace, shadow_dtype: DType) -> DType:
+    """float32, or the shadow's dtype when it is wider (float64, complex)."""
+    if dtype_name(xp, shadow_dtype) in ("float64", "complex64", "complex128"):
+        return shadow_dtype
+    return xp.float32
+
+
+def _real_of(xp: Namespace, dtype: DType) -> DType:
+    name = dtype_name(xp, dtype)
+    return {"complex64": xp.float32, "complex128": xp.float64}.get(name, dtype)
+
+
+def blend(xp: Namespace, shadow: Array, param: Array, decay: Value, rate: Value) -> Array:
+    """``shadow + rate * (param - shadow)`` with ``rate = 1 - decay``; a new array (or ``shadow``
+    itself when a host decay is 1)."""
+    if isinstance(decay, float):
+        if decay == 1.0:
+            return shadow
+        if decay == 0.0:
+            return xp.astype(param, shadow.dtype, copy=True)
+    ct = compute_dtype(xp, shadow.dtype)
+    s = shadow if shadow.dtype == ct else xp.astype(shadow, ct)
+    p = param if param.dtype == ct else xp.astype(param, ct)
+    diff = p - s
+    if isinstance(decay, float):
+        out = s + rate * diff if decay >= 0.5 else p - decay * diff
+    else:
+        real = _real_of(xp, ct)
+        d, r = xp.astype(decay, real), xp.astype(rate, real)
+        out = xp.where(decay >= 0.5, s + r * diff, p - d * diff)
+        out = xp.where(decay == 1.0, s, xp.where(decay == 0.0, p, out))
+    return out if out.dtype == shadow.dtype else xp.astype(out, shadow.dtype)
+
+
+def copy_exact(xp: Namespace, shadow: Array, param: Array, decay: Value) -> Array:
+    """An integer or bool leaf: the params' value on every applied update (decay < 1)."""
+    if isinstance(decay, float):
+        return shadow if decay == 1.0 else xp.asarray(param, copy=True)
+    return xp.where(decay == 1.0, shadow, param)
+
+
+def correct(xp: Namespace, shadow: Array, weight: Any) -> Array:
+    """The bias-corrected read ``shadow / weight`` (``shadow`` itself where weight is 0 or 1)."""
+    if isinstance(weight, float):
+        if weight in (0.0, 1.0):
+            return shadow
+        ct = compute_dtype(xp, shadow.dtype)
+        out = xp.astype(shadow, ct) / weight
+    else:
+        ct = compute_dtype(xp, shadow.dtype)
+        w = xp.astype(weight, _real_of(xp, ct))
+        out = xp.astype(shadow, ct) / xp.where(w == 0.0, xp.ones_like(w), w)
+    return out if out.dtype == shadow.dtype else xp.astype(out, shadow.dtype)
+
+
+def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Array:
+    """``w_t = d_t * w_{t-1} + (1 - d_t)``: the EMA of the constant 1, kept in its own dtype."""
+    if isinstance(decay, float):
+        return xp.asarray(weight * decay + rate, dtype=weight.dtype, device=compat.device(weight))
+    return xp.astype(decay, weight.dtype) * weight + xp.astype(rate, weight.dtype)
+
+
+def init_leaf(xp: Namespace, param: Array, shadow_dtype: DType | None, zeros: bool) -> Array:
+    """A new shadow leaf: a copy of ``param`` (in ``shadow_dtype`` when given) or zeros."""
+    if shadow_dtype is None:
+        return xp.asarray(param, copy=True)
+    if zeros:
+        return xp.zeros(param.shape, dtype=shadow_dtype, device=compat.device(param))
+    return xp.astype(param, shadow_dtype, copy=True)

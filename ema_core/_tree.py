@@ -1,0 +1,174 @@
+"""Flatten and rebuild nests of dicts, lists, tuples and NamedTuples (no pytree library).
+
+A nest is walked depth first; dicts in their own key order. ``None`` is an empty node (it holds no
+leaf), as in JAX. Anything else is a leaf. Paths are kept so that errors can name the first place
+where two nests differ, for example ``params['layer1'][2]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ema_core._types import Tree
+
+#: One step into a nest: a dict key, a sequence index or a NamedTuple field name.
+PathEntry = tuple[str, Any]
+Path = tuple[PathEntry, ...]
+
+
+@dataclass(frozen=True)
+class TreeDef:
+    """The shape of a nest without its leaves; ``unflatten`` fills it again."""
+
+    kind: str  # "leaf" | "none" | "dict" | "seq" | "namedtuple"
+    node_type: type | None = None
+    keys: tuple[Any, ...] = ()
+    children: tuple[TreeDef, ...] = ()
+
+    @property
+    def num_leaves(self) -> int:
+        if self.kind == "leaf":
+            return 1
+        return sum(child.num_leaves for child in self.children)
+
+
+_LEAF = TreeDef("leaf")
+_NONE = TreeDef("none")
+
+
+def path_str(root: str, path: Path) -> str:
+    """Render a path as Python would index it: ``params['a'][0].field``."""
+    parts = [root]
+    for kind, key in path:
+        parts.append(f".{key}" if kind == "attr" else f"[{key!r}]")
+    return "".join(parts)
+
+
+def _is_namedtuple(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(type(node), "_fields")
+
+
+def _children(node: Any) -> tuple[str, tuple[Any, ...], list[Any]] | None:
+    """(kind, keys, children) of a container node, or None for a leaf."""
+    if isinstance(node, Mapping):
+        keys = tuple(node.keys())
+        return "dict", keys, [node[k] for k in keys]
+    if _is_namedtuple(node):
+        return "namedtuple", tuple(type(node)._fields), list(node)
+    if isinstance(node, (list, tuple)):
+        return "seq", tuple(range(len(node))), list(node)
+    return None
+
+
+def _entry(kind: str, key: Any) -> PathEntry:
+    return ("attr" if kind == "namedtuple" else "key", key)
+
+
+def flatten(tree: Tree) -> tuple[list[Any], list[Path], TreeDef]:
+    """Leaves, their paths and the tree definition of a nest."""
+    leaves: list[Any] = []
+    paths: list[Path] = []
+
+    def walk(node: Any, path: Path) -> TreeDef:
+        if node is None:
+            return _NONE
+        found = _children(node)
+        if found is None:
+            leaves.append(node)
+            paths.append(path)
+            return _LEAF
+        kind, keys, kids = found
+        defs = tuple(
+            walk(kid, (*path, _entry(kind, key))) for key, kid in zip(keys, kids, strict=True)
+        )
+        return TreeDef(kind, type(node), keys, defs)
+
+    return leaves, paths, walk(tree, ())
+
+
+def unflatten(treedef: TreeDef, leaves: list[Any]) -> Tree:
+    """Rebuild a nest from its definition and leaves (in ``flatten`` order)."""
+    it = iter(leaves)
+
+    def build(node: TreeDef) -> Any:
+        if node.kind == "leaf":
+            return next(it)
+        if node.kind == "none":
+            return None
+        kids = [build(child) for child in node.children]
+        return _make(node, kids)
+
+    return build(treedef)
+
+
+def _make(node: TreeDef, kids: list[Any]) -> Any:
+    cls = node.node_type
+    if cls is None:  # pragma: no cover - only leaves and None have no type
+        raise RuntimeError("a container TreeDef without a type")
+    if node.kind == "dict":
+        return cls(zip(node.keys, kids, strict=True))
+    if node.kind == "namedtuple":
+        return cls(*kids)
+    return cls(kids)
+
+
+def _mismatch(a_name: str, b_name: str, path: Path, what: str) -> str:
+    return f"{b_name} does not match the structure of {a_name} at {path_str(b_name, path)}: {what}"
+
+
+def flatten_pair(
+    ref: Tree, other: Tree, ref_name: str, other_name: str
+) -> tuple[list[Any], list[Any], list[Path], TreeDef]:
+    """Flatten two nests of the same structure, leaf for leaf in ``ref``'s order.
+
+    Dicts match by key (order may differ). Raises ``ValueError`` naming the first path where the
+    nests differ in keys or lengths, ``TypeError`` where container types differ.
+    """
+    ref_leaves, paths, treedef = flatten(ref)
+    other_leaves: list[Any] = []
+    fail: Callable[[Path, str], str] = lambda p, w: _mismatch(ref_name, other_name, p, w)  # noqa: E731
+
+    def walk(node: TreeDef, value: Any, path: Path) -> None:
+        if node.kind == "leaf":
+            if _children(value) is not None or value is None:
+                raise TypeError(fail(path, f"expected an array, got {type(value).__name__}"))
+            other_leaves.append(value)
+            return
+        if node.kind == "none":
+            if value is not None:
+                raise TypeError(fail(path, f"expected None, got {type(value).__name__}"))
+            return
+        found = _children(value)
+        if found is None or found[0] != node.kind:
+            want = node.node_type.__name__ if node.node_type else node.kind
+            raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__}"))
+        kids = _match_children(node, value, found, path, fail)
+        for key, child, kid in zip(node.keys, node.children, kids, strict=True):
+            walk(child, kid, (*path, _entry(node.kind, key)))
+
+    walk(treedef, other, ())
+    return ref_leaves, other_leaves, paths, treedef
+
+
+def _match_children(
+    node: TreeDef,
+    value: Any,
+    found: tuple[str, tuple[Any, ...], list[Any]],
+    path: Path,
+    fail: Callable[[Path, str], str],
+) -> list[Any]:
+    kind, keys, kids = found
+    if kind == "dict":
+        for key in node.keys:
+            if key not in value:
+                raise ValueError(fail((*path, ("key", key)), "key is missing"))
+        for key in keys:
+            if key not in node.keys:
+                raise ValueError(fail((*path, ("key", key)), "unexpected key"))
+        return [value[k] for k in node.keys]
+    if len(kids) != len(node.keys):
+        where = (*path, _entry(kind, min(len(kids), len(node.keys))))
+        raise ValueError(fail(where, f"length {len(kids)} != {len(node.keys)}"))
+    return kids

@@ -1,0 +1,42 @@
+"""The generic Array API backend: the core's leaf math, with in-place writes through
+``shadow[...] = new`` where the array allows it. Right on every namespace; not the fastest."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from ema_core import _core
+from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    yield
+
+
+def update_leaves(
+    xp: Namespace,
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    kinds: Sequence[LeafKind],
+    decay: Value,
+    rate: Value,
+    *,
+    non_float: NonFloatPolicy,
+    writes: Sequence[bool],
+) -> list[Array]:
+    """Blend float leaves, copy exact ones; write into the shadows where ``writes`` says."""
+    out: list[Array] = []
+    for s, p, kind, write in zip(shadows, params, kinds, writes, strict=True):
+        if kind == "float":
+            new = _core.blend(xp, s, p, decay, rate)
+        elif non_float == "copy":
+            new = _core.copy_exact(xp, s, p, decay)
+        else:
+            new = s
+        if write and new is not s:
+            s[...] = new
+            new = s
+        out.append(new)
+    return out

@@ -1,0 +1,50 @@
+"""Decay schedules: pure functions of the update count t -> decay.
+
+Each takes a Python int (and returns a Python float computed in float64) or a 0-d integer array,
+traced or on a device (and returns a 0-d float array there). ``decay`` is always the weight on
+the old average; ``schedule.rate(t)`` is ``1 - decay``, computed without cancellation.
+"""
+
+from ema_core.schedules._base import FromCallable, Schedule, as_schedule
+from ema_core.schedules._decays import (
+    Annealing,
+    Constant,
+    NumUpdates,
+    Warmup,
+    annealing,
+    constant,
+    half_life,
+    num_updates,
+    warmup,
+)
+from ema_core.schedules._every import CopyAt, Every, every
+from ema_core.schedules._power import (
+    MAX_SIGMA_REL,
+    PowerFunction,
+    gamma_to_sigma_rel,
+    power_function,
+    sigma_rel_to_gamma,
+)
+
+__all__ = [
+    "MAX_SIGMA_REL",
+    "Annealing",
+    "Constant",
+    "CopyAt",
+    "Every",
+    "FromCallable",
+    "NumUpdates",
+    "PowerFunction",
+    "Schedule",
+    "Warmup",
+    "annealing",
+    "as_schedule",
+    "constant",
+    "every",
+    "gamma_to_sigma_rel",
+    "half_life",
+    "num_updates",
+    "power_function",
+    "sigma_rel_to_gamma",
+    "warmup",
+]

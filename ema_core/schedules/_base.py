@@ -1,0 +1,71 @@
+"""The schedule interface: a pure function of the update count t giving (decay, rate).
+
+``rate`` is ``1 - decay``, computed by each schedule in its own accurate form, so that a decay
+close to 1 keeps its full precision even where the widest float is float32 (JAX without x64):
+``1 - float32(0.99999)`` is off by 0.2%, ``float32(1e-5)`` is not.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ema_core._ops import Ops, ops_for
+from ema_core._types import Step, Value
+
+
+class Schedule(abc.ABC):
+    """A decay schedule: ``schedule(t)`` is the decay of the t-th update (t = 1, 2, ...).
+
+    Call it with a Python int to get a Python float, or with a 0-d integer array (traced, on a
+    device) to get a 0-d float array in the same namespace on the same device.
+    """
+
+    #: The first t at which this schedule updates (1 unless it is gated by an interval).
+    first_update: int = 1
+
+    def __call__(self, t: Step, /) -> Value:
+        return self.decay_and_rate(t)[0]
+
+    def rate(self, t: Step, /) -> Value:
+        """``1 - decay(t)``, computed without cancellation."""
+        return self.decay_and_rate(t)[1]
+
+    def decay_and_rate(self, t: Step, /) -> tuple[Value, Value]:
+        """Validate t, then return ``(decay, 1 - decay)``."""
+        return self.pair(ops_for(t))
+
+    @abc.abstractmethod
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        """``(decay, rate)`` at ``ops.t`` (already validated), with ``ops``' arithmetic."""
+
+
+@dataclass(frozen=True)
+class FromCallable(Schedule):
+    """Any ``t -> decay`` callable as a schedule; its rate is ``1 - decay`` in the wide float."""
+
+    fn: Callable[[Step], Value]
+
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        decay = ops.const(self.fn(ops.raw))
+        return decay, 1.0 - decay
+
+
+def as_schedule(
+    value: Schedule | Callable[[Step], Value] | float, name: str = "schedule"
+) -> Schedule:
+    """A Schedule from a Schedule, a float (constant decay) or a ``t -> decay`` callable."""
+    from ema_core.schedules._decays import constant
+
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return constant(value)
+    if callable(value):
+        return FromCallable(value)
+    raise TypeError(
+        f"{name} must be a Schedule, a float decay or a callable t -> decay, "
+        f"got {type(value).__name__}"
+    )
