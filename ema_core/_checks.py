@@ -95,7 +95,8 @@ def check_leaves(
     for s, p, path in zip(shadows, params, paths, strict=True):
         where_s, where_p = path_str(names[0], path), path_str(names[1], path)
         for leaf, where in ((s, where_s), (p, where_p)):
-            ns = seen.get(type(leaf)) or seen.setdefault(type(leaf), _namespace_of(leaf, where))
+            ns = seen[type(leaf)] if type(leaf) in seen else _namespace_of(leaf, where)
+            seen[type(leaf)] = ns
             xp = ns if xp is None else xp
             if ns is not xp:
                 raise TypeError(

@@ -19,6 +19,9 @@ from ema_core._types import Namespace
 #: (namespace test, module) pairs; the first match wins, the generic backend is the fallback.
 _REGISTRY: list[tuple[Callable[[Any], bool], str]] = [
     (compat.is_torch_namespace, "ema_core.backends.torch"),
+    (compat.is_jax_namespace, "ema_core.backends.jax"),
+    (compat.is_numpy_namespace, "ema_core.backends.numpy"),
+    (compat.is_cupy_namespace, "ema_core.backends.cupy"),
 ]
 _GENERIC = "ema_core.backends.generic"
 _CACHE: dict[int, Any] = {}
@@ -29,5 +32,15 @@ def get_backend(xp: Namespace) -> Any:
     key = id(xp)
     if key not in _CACHE:
         name = next((mod for test, mod in _REGISTRY if test(xp)), _GENERIC)
-        _CACHE[key] = importlib.import_module(name)
+        _CACHE[key] = _load(name)
     return _CACHE[key]
+
+
+def _load(name: str) -> Any:
+    """Import a backend module; a framework whose adapter file does not exist yet uses generic."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        return importlib.import_module(_GENERIC)
