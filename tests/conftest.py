@@ -32,6 +32,7 @@ class Backend:
     module: Any
     to_native: Callable[[np.ndarray], Any]
     has_bf16: bool
+    has_f16: bool = True
 
     def asarray(self, x: Any, dtype: str | None = None) -> Any:
         arr = np.asarray(x)
@@ -73,7 +74,7 @@ def _make(name: Name) -> Backend:
         return Backend(name, np, lambda a: a.copy(), has_bf16=False)
     if name is Name.STRICT:
         aas = importlib.import_module("array_api_strict")
-        return Backend(name, aas, lambda a: aas.asarray(a.copy()), has_bf16=False)
+        return Backend(name, aas, lambda a: aas.asarray(a.copy()), has_bf16=False, has_f16=False)
     if name is Name.TORCH:
         torch = importlib.import_module("torch")
         return Backend(name, torch, lambda a: torch.from_numpy(a.copy()), has_bf16=True)

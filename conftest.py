@@ -1,0 +1,14 @@
+"""Root pytest configuration: doctests run over the package; modules whose framework is missing
+(CuPy on a machine without CUDA) are not collected."""
+
+from __future__ import annotations
+
+import importlib.util
+
+collect_ignore_glob = []
+for _framework, _pattern in (
+    ("cupy", "ema_core/backends/cupy*"),
+    ("triton", "ema_core/**/_triton*"),
+):
+    if importlib.util.find_spec(_framework) is None:
+        collect_ignore_glob.append(_pattern)
