@@ -107,7 +107,7 @@ def test_sigma_rel_gamma_relation() -> None:
         (lambda: schedules.num_updates(0.9, denominator=0), ValueError),
         (lambda: schedules.warmup(0.9, power=-1), ValueError),
         (lambda: schedules.warmup(0.9, min_decay=0.95), ValueError),
-        (lambda: schedules.power_function(), TypeError),
+        (schedules.power_function, TypeError),
         (lambda: schedules.power_function(1.0, sigma_rel=0.1), TypeError),
         (lambda: schedules.power_function(sigma_rel=0.5), ValueError),
         (lambda: schedules.power_function(-0.5), ValueError),

@@ -28,7 +28,7 @@ def test_flatten_unflatten_round_trip() -> None:
 
 
 def test_dicts_match_by_key_in_any_order() -> None:
-    a, b, paths, _ = flatten_pair({"x": 1, "y": 2}, {"y": 20, "x": 10}, "shadow", "params")
+    a, b, _, _ = flatten_pair({"x": 1, "y": 2}, {"y": 20, "x": 10}, "shadow", "params")
     assert (a, b) == ([1, 2], [10, 20])
 
 
