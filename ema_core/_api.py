@@ -16,7 +16,7 @@ from ema_core._checks import (
     check_leaves,
     resolve_writes,
 )
-from ema_core._config import Config, shadow_dtype_name
+from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._ops import is_host_array, ops_for, wide_float
 from ema_core._tree import flatten, flatten_pair, unflatten
 from ema_core._types import Array, EMAState, NonFloatPolicy, Step, Tree
@@ -163,6 +163,9 @@ def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EM
 def average(state: EMAState, config: Config | None = None, /) -> Tree:
     """The bias-corrected average ``shadow / weight`` (the shadow itself unless ``init="zeros"``).
 
+    ``weight`` is the state's exact weight, or ``1 - d_t ** t`` under ``correction="power"``;
+    ``correction="none"`` returns the shadow as it is.
+
     Integer and bool leaves are returned as they are. Before the first update of a ``"zeros"``
     EMA (weight 0) the zeros are returned.
 
@@ -175,11 +178,14 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
     """
     config = _config(config)
     _check_state(state)
-    if config.init != "zeros":
+    if config.init != "zeros" or config.correction == "none":
         return state.shadow
     leaves, paths, treedef = flatten(state.shadow)
     xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
-    weight = float(state.weight) if is_host_array(state.weight) else state.weight
+    weight = state.weight
+    if config.correction == "power":
+        weight = power_weight(config.schedule, _concrete(state.step, "state.step"))  # type: ignore[arg-type]
+    weight = float(weight) if is_host_array(weight) else weight
     with get_backend(xp).guard():
         out = [
             _core.correct(xp, s, weight) if k == "float" else s

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ema_core._checks import check_choice, check_positive
+from ema_core._ops import ScalarOps, ops_for
 from ema_core._types import InitPolicy, NonFloatPolicy, Step, Value
 from ema_core.schedules import CopyAt, Schedule, as_schedule, constant, every
 
 _INIT_POLICIES = ("params", "copy", "zeros")
 _NON_FLOAT = ("copy", "freeze", "error")
 _DTYPES = (None, "same", "float16", "bfloat16", "float32", "float64")
+_CORRECTIONS = ("exact", "power", "none")
+_BUFFERS = ("average", "copy", "skip")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,14 @@ class Config:
         non_float: integer and bool leaves are ``"copy"``-ed at every applied update, left
             untouched (``"freeze"``), or rejected (``"error"``).
         guard_finite: check that the params are finite before updating (a host sync per update).
+        correction: how ``average`` corrects a ``"zeros"`` shadow: ``"exact"`` divides by
+            ``w_t = 1 - prod(d_1..d_t)``; ``"power"`` by ``1 - d_t ** t`` with the decay in force
+            at step t (Paddle, TF ``zero_debias``; equal to ``"exact"`` for a constant decay);
+            ``"none"`` returns the raw shadow (optax ``debias=False``).
+        buffers: for adapters that see module buffers (torch ``nn.Module``): floating buffers
+            are averaged like parameters (``"average"``), copied at every applied update
+            (``"copy"``) or not tracked (``"skip"``). The functional core averages every
+            floating leaf it is given and does not read this field.
     """
 
     schedule: Schedule | Callable[[Step], Value] | float = field(
@@ -45,6 +58,8 @@ class Config:
     compensate: bool = True
     non_float: NonFloatPolicy = "copy"
     guard_finite: bool = False
+    correction: Literal["exact", "power", "none"] = "exact"
+    buffers: Literal["average", "copy", "skip"] = "average"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", as_schedule(self.schedule, "Config.schedule"))
@@ -52,6 +67,8 @@ class Config:
         check_choice("Config.dtype", self.dtype, _DTYPES)
         check_positive("Config.interval", self.interval, integer=True)
         check_choice("Config.non_float", self.non_float, _NON_FLOAT)
+        check_choice("Config.correction", self.correction, _CORRECTIONS)
+        check_choice("Config.buffers", self.buffers, _BUFFERS)
         for name in ("compensate", "guard_finite"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"Config.{name} must be a bool, got {getattr(self, name)!r}")
@@ -84,6 +101,21 @@ class Config:
     def decay_and_rate(self, t: Step, /) -> tuple[Value, Value]:
         """``(decay, 1 - decay)`` of the t-th update."""
         return self.effective_schedule.decay_and_rate(t)
+
+
+def power_weight(schedule: Schedule, t: Any) -> Any:
+    """``1 - d_t ** t`` with ``d_t = schedule(t)`` (0 at t = 0), via ``-expm1(t log1p(-rate))``.
+
+    A Python float for a Python int t, a 0-d float array for an array t.
+    """
+    ops = ops_for(t, "state.step")
+    _, rate = schedule.pair(ops)
+    if isinstance(ops, ScalarOps):
+        if t == 0 or rate >= 1.0:
+            return 0.0 if t == 0 else 1.0
+        return -math.expm1(t * math.log1p(-rate))
+    weight = -ops.expm1(ops.t * ops.log1p(-ops.minimum(rate, 1.0)))
+    return ops.where(ops.t == 0.0, 0.0, ops.where(rate >= 1.0, 1.0, weight))
 
 
 def shadow_dtype_name(config_dtype: str | None, param_dtype_name: str) -> str:

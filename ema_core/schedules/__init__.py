@@ -18,6 +18,16 @@ from ema_core.schedules._decays import (
     warmup,
 )
 from ema_core.schedules._every import CopyAt, Every, every
+from ema_core.schedules._gates import (
+    Gated,
+    InFloat32,
+    Momentum,
+    RampedHalfLife,
+    gated,
+    in_float32,
+    momentum,
+    ramped_half_life,
+)
 from ema_core.schedules._power import (
     MAX_SIGMA_REL,
     PowerFunction,
@@ -33,8 +43,12 @@ __all__ = [
     "CopyAt",
     "Every",
     "FromCallable",
+    "Gated",
+    "InFloat32",
+    "Momentum",
     "NumUpdates",
     "PowerFunction",
+    "RampedHalfLife",
     "Schedule",
     "Warmup",
     "annealing",
@@ -42,9 +56,13 @@ __all__ = [
     "constant",
     "every",
     "gamma_to_sigma_rel",
+    "gated",
     "half_life",
+    "in_float32",
+    "momentum",
     "num_updates",
     "power_function",
+    "ramped_half_life",
     "sigma_rel_to_gamma",
     "warmup",
 ]

@@ -1,0 +1,198 @@
+"""Schedules that reproduce how peers gate, offset and round their decays.
+
+``gated`` is the one transform the presets need for the peers' bookkeeping: a step from which
+updates start, an update every n steps counted from some phase, copies on the first applied
+steps, the inner schedule read at a shifted (and divided) count, and a decay floor. ``in_float32``
+rounds a decay to float32 as TensorFlow, Keras, Paddle and ema-pytorch compute it.
+``ramped_half_life`` is the half-life schedule of EDM2's traditional EMA and torchtitan, and
+``momentum`` is a constant given by its rate (mmengine's ``momentum`` is ``1 - decay``).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ema_core._checks import check_fraction, check_positive
+from ema_core._ops import Ops, ScalarOps, ops_for
+from ema_core.schedules._base import Schedule, as_schedule
+
+_LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class Gated(Schedule):
+    """``d_t`` = 1 (skip) off the gate, 0 (copy) on gated steps ``t <= copy_through``, else
+    ``max(inner(max((t + offset) // divisor, 1)), floor)``. The gate is
+    ``t >= start and (t - phase) % every == 0``."""
+
+    inner: Schedule
+    every: int = 1
+    phase: int = 0
+    start: int = 0
+    copy_through: int = 0
+    offset: int = 0
+    divisor: int = 1
+    floor: float = 0.0
+
+    @property
+    def first_update(self) -> int:  # type: ignore[override]
+        first = max(self.start, 1)
+        return first + (self.phase - first) % self.every
+
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        t = ops.raw
+        if isinstance(ops, ScalarOps):
+            if t < self.start or (t - self.phase) % self.every != 0:
+                return 1.0, 0.0
+            if t <= self.copy_through:
+                return 0.0, 1.0
+            return self._inner_pair(ops, max((t + self.offset) // self.divisor, 1))
+        u = (t + self.offset) // self.divisor
+        decay, rate = self._inner_pair(ops, ops.xp.where(u < 1, ops.xp.ones_like(u), u))
+        live = (t >= self.start) & ((t - self.phase) % self.every == 0)
+        copy = t <= self.copy_through
+        decay = ops.where(live, ops.where(copy, 0.0, decay), 1.0)
+        return decay, ops.where(live, ops.where(copy, 1.0, rate), 0.0)
+
+    def _inner_pair(self, ops: Ops, u: Any) -> tuple[Any, Any]:
+        decay, rate = self.inner.pair(ops_for(u))
+        if self.floor > 0.0:
+            decay, rate = ops.maximum(decay, self.floor), ops.minimum(rate, 1.0 - self.floor)
+        return ops.const(decay), ops.const(rate)
+
+
+@dataclass(frozen=True)
+class InFloat32(Schedule):
+    """The inner decay rounded to float32, and its rate ``float32(1 - decay32)``."""
+
+    inner: Schedule
+
+    @property
+    def first_update(self) -> int:  # type: ignore[override]
+        return self.inner.first_update
+
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        decay, _ = self.inner.pair(ops)
+        if isinstance(ops, ScalarOps):
+            d32 = _round32(decay)
+            return d32, _round32(1.0 - d32)
+        xp = ops.xp
+        d32 = xp.astype(ops.const(decay), xp.float32)
+        one = xp.ones_like(d32)
+        return ops.const(d32), ops.const(one - d32)
+
+
+def _round32(value: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+@dataclass(frozen=True)
+class RampedHalfLife(Schedule):
+    """``d_t = 0.5 ** (1 / min(half_life, ratio * t))`` (EDM2 traditional EMA, torchtitan)."""
+
+    half_life: float
+    ratio: float | None
+
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        steps: Any = ops.const(self.half_life)
+        if self.ratio is not None:
+            steps = ops.minimum(steps, ops.t * self.ratio)
+        log_decay = -_LN2 / ops.maximum(steps, 1e-8)
+        return ops.exp(log_decay), -ops.expm1(log_decay)
+
+
+@dataclass(frozen=True)
+class Momentum(Schedule):
+    """A constant decay given by its rate: ``d = 1 - momentum``, rate exactly ``momentum``."""
+
+    momentum: float
+
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        return ops.const(1.0 - self.momentum), ops.const(self.momentum)
+
+
+def gated(
+    schedule: Schedule | float,
+    /,
+    *,
+    every: int = 1,
+    phase: int = 0,
+    start: int = 0,
+    copy_through: int = 0,
+    offset: int = 0,
+    divisor: int = 1,
+    floor: float = 0.0,
+) -> Schedule:
+    """Gate, offset and floor a schedule the way a peer's bookkeeping does.
+
+    ``d_t = 1`` unless ``t >= start`` and ``(t - phase) % every == 0``; on those steps
+    ``d_t = 0`` while ``t <= copy_through``, else ``max(schedule(u), floor)`` with
+    ``u = max((t + offset) // divisor, 1)``. No compensation for skipped steps: the peers that
+    gate apply a one-step decay (use ``Config(interval=...)`` for the exact, compensated gate).
+
+    Example:
+        >>> from ema_core import schedules
+        >>> s = schedules.gated(0.9, every=2, phase=1, copy_through=1)  # mmengine, interval=2
+        >>> [s(t) for t in range(1, 7)]
+        [0.0, 1.0, 0.9, 1.0, 0.9, 1.0]
+    """
+    for name, value in (("every", every), ("divisor", divisor)):
+        check_positive(name, value, integer=True)
+    for name, value in (("phase", phase), ("start", start), ("copy_through", copy_through)):
+        _check_int(name, value)
+    _check_int("offset", offset, signed=True)
+    check_fraction("floor", floor)
+    return Gated(
+        as_schedule(schedule), every, phase, start, copy_through, offset, divisor, float(floor)
+    )
+
+
+def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not signed and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def in_float32(schedule: Schedule | float, /) -> Schedule:
+    """Round each decay to float32 and take ``1 - decay`` in float32, as TF, Keras and Paddle do.
+
+    Example:
+        >>> from ema_core import schedules
+        >>> schedules.in_float32(0.9)(1)
+        0.8999999761581421
+    """
+    return InFloat32(as_schedule(schedule))
+
+
+def ramped_half_life(half_life: float = math.inf, /, ratio: float | None = None) -> Schedule:
+    """``d_t = 0.5 ** (1 / min(half_life, ratio * t))``: a half-life in updates that grows with t.
+
+    EDM2's traditional EMA (``rampup_ratio``) and torchtitan (``half_life_fraction``).
+
+    Example:
+        >>> from ema_core import schedules
+        >>> round(schedules.ramped_half_life(ratio=0.5)(2), 6)  # half-life of 1 update at t=2
+        0.5
+    """
+    if not (isinstance(half_life, float) and half_life == math.inf):
+        check_positive("half_life", half_life)
+    if ratio is None and half_life == math.inf:
+        raise ValueError("ramped_half_life needs a finite half_life or a ratio, got neither")
+    if ratio is not None:
+        check_positive("ratio", ratio)
+    return RampedHalfLife(float(half_life), None if ratio is None else float(ratio))
+
+
+def momentum(momentum: float, /) -> Schedule:
+    """The constant decay ``1 - momentum``, with the rate exactly ``momentum`` (mmengine).
+
+    Example:
+        >>> from ema_core import schedules
+        >>> schedules.momentum(0.25).rate(3)
+        0.25
+    """
+    return Momentum(check_fraction("momentum", momentum))
