@@ -10,41 +10,56 @@ Usage: ``.venv/bin/python scripts/first_decays.py [calls]`` (default 6 calls).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 
 import ema_core
 from ema_core import presets
 
-ROWS: list[tuple[str, str]] = [
-    ("torch swa_utils EMA d=0.9", "swa_utils(0.9)"),
-    ("mmengine momentum=0.1", "mmedit(0.1)"),
-    ("Keras ema_momentum=0.9", "keras(0.9)"),
-    ("timm ModelEmaV3(decay=0.9), step=k", "timm(0.9)"),
-    ("timm V3 use_warmup", "timm(0.9999, use_warmup=True)"),
+ROWS: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = [
+    ("torch swa_utils EMA d=0.9", "swa_utils", (0.9,), {}),
+    ("mmengine momentum=0.1", "mmedit", (0.1,), {}),
+    ("Keras ema_momentum=0.9", "keras", (0.9,), {}),
+    ("timm ModelEmaV3(decay=0.9), step=k", "timm", (0.9,), {}),
+    ("timm V3 use_warmup", "timm", (0.9999,), {"use_warmup": True}),
     (
         "ema-pytorch update_after_step=0, update_every=1",
-        "ema_pytorch(update_after_step=0, update_every=1)",
+        "ema_pytorch",
+        (),
+        {"update_after_step": 0, "update_every": 1},
     ),
-    ("diffusers use_ema_warmup", "diffusers(use_ema_warmup=True)"),
-    ("torch_ema", "torch_ema(0.9999)"),
-    ("TF num_updates=k", "tensorflow(0.9999, num_updates=1)"),
-    ("AllenNLP num_updates=k", "allennlp(num_updates=1)"),
-    ("diffusers use_ema_warmup=False", "diffusers()"),
-    ("ema-pytorch defaults", "ema_pytorch()"),
-    ("mmengine interval=2", "mmedit(0.1, interval=2)"),
-    ("mmengine MomentumAnnealingEMA", "mmedit(0.0002, gamma=100)"),
-    ("EDM2 power function, sigma_rel=0.05", "edm2(0.05)"),
-    ("ema-pytorch KarrasEMA sigma_rel=0.05, every 1", "ema_pytorch_karras(0.05, update_every=1)"),
+    ("diffusers use_ema_warmup", "diffusers", (), {"use_ema_warmup": True}),
+    ("torch_ema", "torch_ema", (0.9999,), {}),
+    ("TF num_updates=k", "tensorflow", (0.9999,), {"num_updates": 1}),
+    ("AllenNLP num_updates=k", "allennlp", (), {"num_updates": 1}),
+    ("diffusers use_ema_warmup=False", "diffusers", (), {}),
+    ("ema-pytorch defaults", "ema_pytorch", (), {}),
+    ("mmengine interval=2", "mmedit", (0.1,), {"interval": 2}),
+    ("mmengine MomentumAnnealingEMA", "mmedit", (0.0002,), {"gamma": 100}),
+    ("EDM2 power function, sigma_rel=0.05", "edm2", (0.05,), {}),
+    (
+        "ema-pytorch KarrasEMA sigma_rel=0.05, every 1",
+        "ema_pytorch_karras",
+        (0.05,),
+        {"update_every": 1},
+    ),
     (
         "EDM2 traditional, 0.5 Mimg half-life, batch 2048",
-        "edm2(halflife_Mimg=0.5, batch_size=2048)",
+        "edm2",
+        (),
+        {"halflife_Mimg": 0.5, "batch_size": 2048},
     ),
-    ("torchtitan defaults", "torchtitan()"),
-    ("torchtitan decay=0.9, update_every_n_steps=2", "torchtitan(0.9, update_every_n_steps=2)"),
-    ("optax ema(0.9) (zero start, raw shadow)", "optax(0.9)"),
-    ("Paddle decay=0.9 (zero start, raw shadow)", "paddle(0.9)"),
-    ("TF zero_debias, decay=0.9 (raw shadow)", "tensorflow(0.9, zero_debias=True)"),
+    ("torchtitan defaults", "torchtitan", (), {}),
+    (
+        "torchtitan decay=0.9, update_every_n_steps=2",
+        "torchtitan",
+        (0.9,),
+        {"update_every_n_steps": 2},
+    ),
+    ("optax ema(0.9) (zero start, raw shadow)", "optax", (0.9,), {}),
+    ("Paddle decay=0.9 (zero start, raw shadow)", "paddle", (0.9,), {}),
+    ("TF zero_debias, decay=0.9 (raw shadow)", "tensorflow", (0.9,), {"zero_debias": True}),
 ]
 
 
@@ -68,10 +83,11 @@ def _fmt(d: float) -> str:
 def table(calls: int = 6) -> str:
     """The Markdown table, one row per preset call."""
     lines = [f"| peer / config | preset | calls 1..{calls} |", "|---|---|---|"]
-    for label, call in ROWS:
-        config = eval(f"presets.{call}", {"presets": presets})  # noqa: S307 - fixed strings above
+    for label, name, args, kwargs in ROWS:
+        config = getattr(presets, name)(*args, **kwargs)
         decays = ", ".join(_fmt(d) for d in effective_decays(config, calls))
-        lines.append(f"| {label} | `presets.{call}` | {decays} |")
+        shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        lines.append(f"| {label} | `presets.{name}({', '.join(shown)})` | {decays} |")
     return "\n".join(lines)
 
 
