@@ -1,0 +1,261 @@
+"""The numpy backend: the blend in place, block by block, with no model-sized temporaries.
+
+The naive ``d * s + (1 - d) * p`` allocates two model-sized temporaries. Here each float leaf is
+cut into blocks of ``BLOCK`` elements and each block runs three ufuncs with ``out=`` while it
+sits in the L2 cache: ``p - s`` into a reused scratch block, times ``1 - d`` (d >= 0.5) or ``d``,
+then ``s +`` (or ``p -``) that into the shadow. Shadow and params leave memory once and the
+shadow returns once. These are the core's two-sided lerp steps in the same order and precision,
+so the result equals the generic backend bit for bit. Every ufunc runs in float32 or wider
+(``dtype=``), so a float32 shadow over float16 params casts inside the ufunc loop, in one pass.
+
+Leaves of at most ``SMALL`` elements with the same dtypes are gathered into one flat block,
+blended there and scattered back (Python overhead dominates tiny leaves). Large updates can be
+split over worker threads, as numpy releases the GIL inside ufuncs: ``EMA_CORE_NUMPY_THREADS``
+(default 1) sets how many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
+
+__all__ = ["BLOCK", "SMALL", "guard", "update_leaves"]
+
+#: Elements per block: three float32 blocks (shadow, params, scratch) use 768 KiB of L2 cache.
+BLOCK = 65536
+#: Leaves of at most this many elements are blended together through one flat block.
+SMALL = 4096
+#: Updates smaller than this many elements run on the calling thread.
+PARALLEL_MIN = 1 << 22
+
+_LOCAL = threading.local()
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+#: A unit of work: (out, shadow, params) views of one leaf (or of a gathered group).
+Job = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    yield
+
+
+def update_leaves(
+    xp: Namespace,
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    kinds: Sequence[LeafKind],
+    decay: Value,
+    rate: Value,
+    *,
+    non_float: NonFloatPolicy,
+    writes: Sequence[bool],
+) -> list[Array]:
+    """Blend float leaves block by block, copy exact ones; in place where ``writes`` says.
+
+    Equal, bit for bit, to the generic backend on the same inputs. A decay of 1 returns each
+    shadow itself (as the generic backend does); a decay of 0 copies the params exactly.
+
+    Example:
+        >>> import numpy as np
+        >>> from ema_core.backends import numpy as backend
+        >>> s, p = np.zeros(3, np.float32), np.ones(3, np.float16)
+        >>> out = backend.update_leaves(
+        ...     np, [s], [p], ["float"], 0.75, 0.25, non_float="copy", writes=[True]
+        ... )
+        >>> out[0] is s, s
+        (True, array([0.25, 0.25, 0.25], dtype=float32))
+    """
+    d, r = float(decay), float(rate)
+    workers = _threads()
+    out: list[Array] = []
+    jobs: list[Job] = []
+    for s, p, kind, write in zip(shadows, params, kinds, writes, strict=True):
+        if kind != "float" or d == 1.0:
+            out.append(_keep_or_copy(s, p, d, kind, non_float, write))
+            continue
+        target = s if write else np.empty_like(s)
+        if d == 0.0:
+            np.copyto(target, p, casting="same_kind")
+        else:
+            jobs.append((target, s, p))
+        out.append(target)
+    if jobs:
+        _run(_group_small(jobs), d, r, workers)
+    return out
+
+
+def _keep_or_copy(
+    s: np.ndarray, p: np.ndarray, d: float, kind: LeafKind, non_float: NonFloatPolicy, write: bool
+) -> np.ndarray:
+    """A leaf that is not blended: kept (decay 1, frozen) or copied exactly (integer, bool)."""
+    if d == 1.0 or kind == "float" or non_float != "copy":
+        return s
+    if not write:
+        return np.array(p, copy=True)
+    np.copyto(s, p)
+    return s
+
+
+def _compute_dtype(shadow: np.ndarray) -> np.dtype[Any]:
+    """float32, or the shadow's dtype when it is wider (float64, complex)."""
+    if shadow.dtype.itemsize < 4 and shadow.dtype.kind == "f":
+        return np.dtype(np.float32)
+    return shadow.dtype
+
+
+def _blend(o: np.ndarray, s: np.ndarray, p: np.ndarray, d: float, r: float) -> None:
+    """One block: ``o = s + r * (p - s)`` (d >= 0.5) or ``o = p - d * (p - s)``, in cache."""
+    ct = _compute_dtype(o)
+    buf = _scratch(ct, s.size).reshape(s.shape)
+    np.subtract(p, s, out=buf, dtype=ct)
+    if d >= 0.5:
+        np.multiply(buf, _factor(ct, r), out=buf)
+        np.add(s, buf, out=o, dtype=ct)
+    else:
+        np.multiply(buf, _factor(ct, d), out=buf)
+        np.subtract(p, buf, out=o, dtype=ct)
+
+
+@functools.lru_cache(maxsize=64)
+def _factor(dtype: np.dtype[Any], value: float) -> np.ndarray:
+    """``value`` as a 0-d array of ``dtype``: rounded once, as numpy rounds a Python float."""
+    return np.asarray(value, dtype=dtype)
+
+
+def _scratch(dtype: np.dtype[Any], size: int, tag: str = "blend") -> np.ndarray:
+    """This thread's reused scratch block ``tag`` of ``dtype``, cut to ``size`` elements."""
+    cache: dict[tuple[str, Any], np.ndarray] = _LOCAL.__dict__.setdefault("scratch", {})
+    buf = cache.get((tag, dtype))
+    if buf is None or buf.size < size:
+        buf = cache[tag, dtype] = np.empty(max(size, BLOCK), dtype)
+    return buf[:size]
+
+
+def _flat(job: Job) -> bool:
+    """Whether all three arrays are C-contiguous (so ``reshape(-1)`` gives views)."""
+    return all(a.flags.c_contiguous for a in job)
+
+
+def _blocks(job: Job) -> Iterator[Job]:
+    """Cache-sized views of one job: flat slices when contiguous, else slabs along axis 0."""
+    o, s, p = job
+    if _flat(job):
+        flat = [a.reshape(-1) for a in job]
+        for i in range(0, o.size, BLOCK):
+            yield flat[0][i : i + BLOCK], flat[1][i : i + BLOCK], flat[2][i : i + BLOCK]
+        return
+    row = o.size // o.shape[0] if o.shape[0] else 1
+    step = max(1, BLOCK // max(row, 1))
+    for i in range(0, o.shape[0], step):
+        yield o[i : i + step], s[i : i + step], p[i : i + step]
+
+
+def _group_small(jobs: list[Job]) -> list[Job | list[Job]]:
+    """Work items: large leaves as they are, small contiguous ones in batches of same dtypes
+    holding at most ``BLOCK`` elements together."""
+    items: list[Job | list[Job]] = []
+    open_batches: dict[tuple[Any, ...], tuple[list[Job], list[int]]] = {}
+    for job in jobs:
+        o, s, p = job
+        if o.size > SMALL or not _flat(job):
+            items.append(job)
+            continue
+        key = (o.dtype, s.dtype, p.dtype)
+        batch, filled = open_batches.get(key, ([], [BLOCK]))
+        if filled[0] + o.size > BLOCK:
+            batch, filled = open_batches[key] = ([], [0])
+            items.append(batch)
+        batch.append(job)
+        filled[0] += o.size
+    return items
+
+
+def _do(item: Job | list[Job], d: float, r: float) -> None:
+    """Blend one work item: a leaf block by block, or a batch of small leaves gathered flat."""
+    if isinstance(item, tuple):
+        for o, s, p in _blocks(item):
+            _blend(o, s, p, d, r)
+        return
+    if len(item) == 1:
+        _blend(*item[0], d, r)
+        return
+    sizes = [o.size for o, _, _ in item]
+    gs = _scratch(item[0][1].dtype, sum(sizes), "gather_shadow")
+    gp = _scratch(item[0][2].dtype, sum(sizes), "gather_params")
+    np.concatenate([s.reshape(-1) for _, s, _ in item], out=gs)
+    np.concatenate([p.reshape(-1) for _, _, p in item], out=gp)
+    _blend(gs, gs, gp, d, r)
+    start = 0
+    for (o, _, _), n in zip(item, sizes, strict=True):
+        o.reshape(-1)[...] = gs[start : start + n]
+        start += n
+
+
+def _run(items: list[Job | list[Job]], d: float, r: float, workers: int) -> None:
+    """Run the work items, split in runs of about equal size over the worker threads."""
+    total = sum(_size(item) for item in items)
+    workers = min(workers, max(1, total // (PARALLEL_MIN // 2)))
+    if workers == 1:
+        for item in items:
+            _do(item, d, r)
+        return
+    pieces = [piece for item in items for piece in _split(item, total // (4 * workers))]
+    shares: list[list[Job | list[Job]]] = [[] for _ in range(workers)]
+    done = 0
+    for piece in pieces:
+        shares[min(workers - 1, done * workers // total)].append(piece)
+        done += _size(piece)
+    pool = _pool(workers)
+    futures = [pool.submit(_do_all, share, d, r) for share in shares[1:]]
+    _do_all(shares[0], d, r)
+    for future in futures:
+        future.result()
+
+
+def _do_all(items: list[Job | list[Job]], d: float, r: float) -> None:
+    for item in items:
+        _do(item, d, r)
+
+
+def _size(item: Job | list[Job]) -> int:
+    return item[0].size if isinstance(item, tuple) else sum(j[0].size for j in item)
+
+
+def _split(item: Job | list[Job], most: int) -> Iterator[Job | list[Job]]:
+    """A contiguous leaf larger than ``most`` elements as flat pieces; anything else whole."""
+    if not isinstance(item, tuple) or item[0].size <= most or most < BLOCK or not _flat(item):
+        yield item
+    else:
+        flat = [a.reshape(-1) for a in item]
+        most -= most % BLOCK
+        for i in range(0, flat[0].size, most):
+            yield flat[0][i : i + most], flat[1][i : i + most], flat[2][i : i + most]
+
+
+def _threads() -> int:
+    """Worker threads from ``EMA_CORE_NUMPY_THREADS`` (default 1: the calling thread only)."""
+    raw = os.environ.get("EMA_CORE_NUMPY_THREADS", "1")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"EMA_CORE_NUMPY_THREADS must be an integer >= 1, got {raw!r}")
+    return int(raw)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The shared pool with room for ``workers - 1`` helpers (the caller is one worker)."""
+    helpers = max(1, workers - 1)
+    if helpers not in _POOL:
+        for old in _POOL.values():
+            old.shutdown(wait=False)
+        _POOL.clear()
+        _POOL[helpers] = ThreadPoolExecutor(helpers, thread_name_prefix="ema_core")
+    return _POOL[helpers]
