@@ -66,7 +66,8 @@ class Gated(Schedule):
 
 @dataclass(frozen=True)
 class InFloat32(Schedule):
-    """The inner decay rounded to float32, and its rate ``float32(1 - decay32)``."""
+    """The inner decay rounded to float32; the rate is ``1 - decay32`` (exact in float64, and
+    ``float32(1 - decay32)`` once a float32 leaf's update casts it, as TF forms it)."""
 
     inner: Schedule
 
@@ -78,11 +79,9 @@ class InFloat32(Schedule):
         decay, _ = self.inner.pair(ops)
         if isinstance(ops, ScalarOps):
             d32 = _round32(decay)
-            return d32, _round32(1.0 - d32)
-        xp = ops.xp
-        d32 = xp.astype(ops.const(decay), xp.float32)
-        one = xp.ones_like(d32)
-        return ops.const(d32), ops.const(one - d32)
+            return d32, 1.0 - d32
+        d32 = ops.const(ops.xp.astype(ops.const(decay), ops.xp.float32))
+        return d32, 1.0 - d32
 
 
 def _round32(value: float) -> float:
@@ -158,7 +157,7 @@ def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
 
 
 def in_float32(schedule: Schedule | float, /) -> Schedule:
-    """Round each decay to float32 and take ``1 - decay`` in float32, as TF, Keras and Paddle do.
+    """Round each decay to float32, as TF, Keras, Paddle and ema-pytorch compute it.
 
     Example:
         >>> from ema_core import schedules
