@@ -206,7 +206,7 @@ def test_diffusers_min_decay_floor_and_karras_offset():
         (lambda: ema_core.Config(buffers="all"), ValueError, "Config.buffers"),
         (lambda: schedules.gated(0.9, offset=1.5), TypeError, "offset"),
         (lambda: schedules.gated(0.9, phase=-1), ValueError, "phase"),
-        (lambda: schedules.ramped_half_life(), ValueError, "half_life"),
+        (schedules.ramped_half_life, ValueError, "half_life"),
     ],
 )
 def test_bad_arguments_name_the_argument(call, error, words):
