@@ -1,0 +1,67 @@
+"""The torch backend: fused in-place updates with no host sync, and ``EMA`` for ``nn.Module``s.
+
+How the pieces fit:
+
+* ``_kernels``: the leaf update. Leaves are grouped by (device, dtypes) into a ``Plan``; each
+  group is one ``torch._foreach_lerp_`` (or ``_foreach_copy_`` for integer leaves). A decay is a
+  Python float or a 0-d device tensor that is never read on the host, so updates can be
+  captured in CUDA graphs.
+* ``_mixed`` / ``_triton``: a float32 shadow over bf16/fp16 params in one pass (cache-sized
+  blocks on CPU, a Triton kernel on CUDA).
+* ``_names``: which tensors of a module are tracked, under which names.
+* ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_state``: its checkpoints;
+  ``_offload``: a pinned host shadow for CUDA models.
+
+``guard`` and ``update_leaves`` are the backend protocol the core calls (see
+``ema_core.backends``); ``ema_update`` on torch tensors lands in ``update_leaves``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from ema_core._types import LeafKind, Namespace, NonFloatPolicy, Value
+from ema_core.backends.torch import _kernels
+from ema_core.backends.torch._module import EMA
+
+__all__ = ["EMA", "guard", "update_leaves"]
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """``torch.no_grad``: shadows never join the autograd graph of the params."""
+    with torch.no_grad():
+        yield
+
+
+def update_leaves(
+    xp: Namespace,
+    shadows: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    kinds: Sequence[LeafKind],
+    decay: Value,
+    rate: Value,
+    *,
+    non_float: NonFloatPolicy,
+    writes: Sequence[bool],
+) -> list[torch.Tensor]:
+    """Blend float leaves and copy exact ones, grouped into fused calls; see the module doc.
+
+    ``writes[i]`` updates ``shadows[i]`` in place and returns it; otherwise a new tensor is
+    returned and ``shadows[i]`` is left alone. Integer leaves follow ``non_float`` ("copy"; the
+    others leave them as they are).
+    """
+    if isinstance(decay, float) and decay == 1.0:
+        return list(shadows)
+    keep = [kind == "float" or non_float == "copy" for kind in kinds]
+    out = [s if w or not k else s.clone() for s, w, k in zip(shadows, writes, keep, strict=True)]
+    plan = _kernels.make_plan(
+        [s for s, k in zip(out, keep, strict=True) if k],
+        [p for p, k in zip(params, keep, strict=True) if k],
+        [kind for kind, k in zip(kinds, keep, strict=True) if k],
+    )
+    _kernels.apply(xp, plan, decay, rate)
+    return out

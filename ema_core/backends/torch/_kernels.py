@@ -1,0 +1,144 @@
+"""The in-place blend of many torch tensors, grouped once into a ``Plan`` and applied per update.
+
+Leaves are grouped by (kind, device, shadow dtype, params dtype):
+
+* same dtype: one ``torch._foreach_lerp_`` per group (a per-tensor ``lerp_`` loop where the
+  private op is missing). ``lerp_(params, 1 - decay)`` is the core's two-sided blend; it may
+  differ from the generic path by one rounding (at most 1 ulp of ``max(|s|, |p|)``).
+* a float32/float64 shadow over narrower float params (bf16, fp16): one pass without an fp32
+  copy of the params (``_mixed``);
+* anything else (complex, a shadow narrower than its params): the generic core, per leaf;
+* integer and bool leaves (and copied buffers): ``torch._foreach_copy_``.
+
+A host decay (Python float) skips at 1 and copies at 0. A device decay (0-d tensor) is never
+read: it reaches ``lerp_`` as a tensor weight and the copies go through ``torch.where``, so an
+update can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ema_core import _core
+from ema_core._types import LeafKind, Namespace, Value
+from ema_core.backends.torch._mixed import lerp_mixed_
+
+#: ``torch._foreach_*`` fast paths (private ops); per-tensor loops when absent.
+HAS_FOREACH = hasattr(torch, "_foreach_lerp_") and hasattr(torch, "_foreach_copy_")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class Group:
+    """Tensors that one fused call can update: same device and dtypes."""
+
+    shadows: list[torch.Tensor] = field(default_factory=list)
+    params: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """The groups of one set of leaves; build it once, apply it every update."""
+
+    same: list[Group] = field(default_factory=list)
+    mixed: list[Group] = field(default_factory=list)
+    other: list[Group] = field(default_factory=list)
+    exact: list[Group] = field(default_factory=list)
+
+
+def _bucket(kind: LeafKind, s: torch.Tensor, p: torch.Tensor) -> str:
+    if kind == "exact":
+        return "exact"
+    if s.is_complex() or p.is_complex():
+        return "other"
+    if s.dtype == p.dtype:
+        return "same"
+    widens = torch.promote_types(s.dtype, p.dtype) == s.dtype and s.dtype not in _HALF
+    return "mixed" if widens else "other"
+
+
+def make_plan(
+    shadows: Sequence[torch.Tensor], params: Sequence[torch.Tensor], kinds: Sequence[LeafKind]
+) -> Plan:
+    """Group leaf pairs (already validated: equal shapes and devices) by how they update."""
+    keyed: dict[tuple[str, torch.device, torch.dtype, torch.dtype], Group] = {}
+    for s, p, kind in zip(shadows, params, kinds, strict=True):
+        key = (_bucket(kind, s, p), s.device, s.dtype, p.dtype)
+        group = keyed.setdefault(key, Group())
+        group.shadows.append(s)
+        group.params.append(p)
+    plan = Plan()
+    for (bucket, *_), group in keyed.items():
+        getattr(plan, bucket).append(group)
+    return plan
+
+
+def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
+    """Blend every group of ``plan`` in place with ``decay`` (weight on the old average)."""
+    if isinstance(decay, float) and decay == 1.0:
+        return
+    for group in plan.exact:
+        copy_(group, decay)
+    if isinstance(decay, float) and decay == 0.0:
+        for group in (*plan.same, *plan.mixed, *plan.other):
+            _copy_all(group.shadows, group.params)
+        return
+    for group in plan.same:
+        if isinstance(rate, float) or group.shadows[0].dtype not in _HALF:
+            lerp_(group.shadows, group.params, _weight(rate, group.shadows[0]))
+        else:  # a device rate must not be rounded to a half dtype: the core computes in fp32
+            _generic(xp, group, decay, rate)
+    for group in plan.mixed:
+        lerp_mixed_(group.shadows, group.params, _weight(rate, group.shadows[0]))
+    for group in plan.other:
+        _generic(xp, group, decay, rate)
+
+
+def lerp_(
+    shadows: list[torch.Tensor], params: list[torch.Tensor], weight: float | torch.Tensor
+) -> None:
+    """``s += weight * (p - s)`` for same-dtype pairs (``weight`` is ``1 - decay``)."""
+    if not HAS_FOREACH:
+        for s, p in zip(shadows, params, strict=True):
+            s.lerp_(p, weight)
+    elif isinstance(weight, float):
+        torch._foreach_lerp_(shadows, params, weight)
+    else:  # the Scalar overload would read a 0-d tensor on the host; the List one does not
+        torch._foreach_lerp_(shadows, params, [weight] * len(shadows))
+
+
+def copy_(group: Group, decay: Value) -> None:
+    """Integer, bool and copied leaves: the params' value wherever the update applies."""
+    if isinstance(decay, float):
+        _copy_all(group.shadows, group.params)
+        return
+    skip = decay == 1.0
+    for s, p in zip(group.shadows, group.params, strict=True):
+        s.copy_(torch.where(skip.to(s.device), s, p))
+
+
+def _copy_all(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+    if HAS_FOREACH:
+        torch._foreach_copy_(shadows, params)
+    else:
+        for s, p in zip(shadows, params, strict=True):
+            s.copy_(p)
+
+
+def _weight(rate: Value, like: torch.Tensor) -> float | torch.Tensor:
+    """A host rate as a float; a device rate as a 0-d tensor in the shadow's compute dtype."""
+    if isinstance(rate, float):
+        return rate
+    dtype = torch.float32 if like.dtype in _HALF else like.dtype
+    weight: torch.Tensor = rate.to(device=like.device, dtype=dtype)
+    return weight
+
+
+def _generic(xp: Namespace, group: Group, decay: Value, rate: Value) -> None:
+    for s, p in zip(group.shadows, group.params, strict=True):
+        new = _core.blend(xp, s, p, decay, rate)
+        if new is not s:
+            s.copy_(new)

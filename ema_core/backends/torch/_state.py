@@ -1,0 +1,119 @@
+"""Checkpoints of an ``EMA``: a plain dict of tensors, ints and strings.
+
+It loads with ``torch.load(..., weights_only=True)``: the config is stored as its ``repr`` (a
+string) and compared on load, not unpickled. ``check`` validates a checkpoint completely before
+``EMA.load_state_dict`` writes anything, and loading never touches the live model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+FORMAT = "ema_core.torch.EMA"
+VERSION = 1
+KEYS = ("format", "version", "step", "weight", "config", "shadow")
+
+
+def pack(
+    names: Sequence[str],
+    shadows: Sequence[torch.Tensor],
+    step: int | torch.Tensor,
+    weight: float | torch.Tensor,
+    config: str,
+) -> dict[str, Any]:
+    """The checkpoint dict; shadow tensors are returned as they are (``torch.save`` copies)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": _tensor(step, torch.int64),
+        "weight": _tensor(weight, torch.float64),
+        "config": config,
+        "shadow": dict(zip(names, shadows, strict=True)),
+    }
+
+
+def check(
+    state: Any,
+    names: Sequence[str],
+    shadows: Sequence[torch.Tensor],
+    config: str,
+    strict: bool,
+) -> dict[str, torch.Tensor]:
+    """Validate ``state`` against this EMA; return the shadow tensors to load, by name.
+
+    Raises:
+        TypeError: ``state`` or one of its entries has the wrong type.
+        ValueError: wrong format or version; with ``strict``, different names or config
+            (buffer policy included); always, a shape or dtype that differs from the shadow's.
+    """
+    _check_header(state)
+    if strict and state["config"] != config:
+        raise ValueError(
+            f"state_dict['config'] is {state['config']!r} but this EMA has {config!r}; build "
+            "the EMA with the same config, or pass strict=False to keep this EMA's"
+        )
+    saved = state["shadow"]
+    if not isinstance(saved, Mapping):
+        raise TypeError(f"state_dict['shadow'] must be a dict, got {type(saved).__name__}")
+    _check_names(list(saved), names, strict)
+    ours = dict(zip(names, shadows, strict=True))
+    loaded = {n: t for n, t in saved.items() if n in ours}
+    for name, tensor in loaded.items():
+        _check_tensor(name, tensor, ours[name])
+    return loaded
+
+
+def unpack_step(state: Mapping[str, Any]) -> tuple[int | torch.Tensor, float | torch.Tensor]:
+    """The counter and bias-correction weight: Python numbers when stored on the host."""
+    step, weight = state["step"], state["weight"]
+    if step.device.type == "cpu":
+        return int(step), float(weight)
+    return step.clone(), weight.clone()
+
+
+def _tensor(value: int | float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return torch.tensor(value, dtype=dtype)
+
+
+def _check_header(state: Any) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+    missing = [k for k in KEYS if k not in state]
+    if missing:
+        raise ValueError(f"state_dict is missing {missing}; expected the keys {list(KEYS)}")
+    if state["format"] != FORMAT or state["version"] != VERSION:
+        raise ValueError(
+            f"state_dict is format {state['format']!r} version {state['version']!r}; this EMA "
+            f"reads {FORMAT!r} version {VERSION}"
+        )
+    for key, dtypes in (("step", (torch.int64,)), ("weight", (torch.float64,))):
+        value = state[key]
+        if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype in dtypes):
+            raise TypeError(f"state_dict[{key!r}] must be a 0-d {dtypes[0]} tensor, got {value!r}")
+
+
+def _check_names(saved: list[str], names: Sequence[str], strict: bool) -> None:
+    missing = [n for n in names if n not in saved]
+    unexpected = [n for n in saved if n not in set(names)]
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"state_dict['shadow'] does not match this EMA: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]} ({len(missing)} and {len(unexpected)} in all); pass strict=False "
+            "to load the names both have"
+        )
+
+
+def _check_tensor(name: str, tensor: Any, ours: torch.Tensor) -> None:
+    where = f"state_dict['shadow'][{name!r}]"
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{where} must be a tensor, got {type(tensor).__name__}")
+    if tensor.shape != ours.shape or tensor.dtype != ours.dtype:
+        raise ValueError(
+            f"{where} has shape {tuple(tensor.shape)} dtype {tensor.dtype}; this EMA's shadow "
+            f"has shape {tuple(ours.shape)} dtype {ours.dtype}"
+        )
