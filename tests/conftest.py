@@ -90,14 +90,30 @@ _MODULES = {
 }
 
 
-@pytest.fixture(params=list(Name), ids=[n.value for n in Name])
-def backend(request: pytest.FixtureRequest) -> Backend:
-    name = request.param
+def _load(name: Name) -> Backend:
     try:
         importlib.import_module(_MODULES[name])
     except ImportError as err:  # pragma: no cover - depends on the environment
         pytest.skip(f"{name.value} is not installed: {err}")
     return _make(name)
+
+
+@pytest.fixture(params=list(Name), ids=[n.value for n in Name])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Every backend."""
+    return _load(request.param)
+
+
+@pytest.fixture(params=[Name.TORCH, Name.JAX], ids=["torch", "jax"])
+def bf16_backend(request: pytest.FixtureRequest) -> Backend:
+    """The backends with bfloat16."""
+    return _load(request.param)
+
+
+@pytest.fixture(params=[Name.NUMPY, Name.STRICT, Name.TORCH], ids=["numpy", "strict", "torch"])
+def float64_backend(request: pytest.FixtureRequest) -> Backend:
+    """The backends that compute in float64 (JAX runs without x64 here)."""
+    return _load(request.param)
 
 
 def assert_close(

@@ -17,7 +17,8 @@ SETTINGS = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 shapes = hnp.array_shapes(min_dims=0, max_dims=2, max_side=5)
-values = st.floats(-1e3, 1e3, width=32, allow_nan=False)
+# no subnormals: XLA on CPU flushes them to zero, which is the framework's arithmetic, not ours
+values = st.floats(-1e3, 1e3, width=32, allow_nan=False, allow_subnormal=False)
 decays = st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0.0, 1.0))
 
 
@@ -44,9 +45,8 @@ def test_decay_zero_copies_and_one_skips_bit_exactly(backend: Backend, data, dec
 
 @SETTINGS
 @given(data=pair(), decay=decays)
-def test_bf16_params_into_float32_shadow_exact_ends(backend: Backend, data, decay) -> None:
-    if not backend.has_bf16:
-        pytest.skip(f"{backend.name.value} has no bfloat16")
+def test_bf16_params_into_float32_shadow_exact_ends(bf16_backend: Backend, data, decay) -> None:
+    backend = bf16_backend
     s_host, p_host = data
     params = backend.asarray(p_host, "bfloat16")
     out = ema.ema_update(backend.asarray(s_host), params, 3, decay=decay)
@@ -134,9 +134,10 @@ def test_in_place_equals_copy(backend: Backend, data, decay, t) -> None:
 
 @SETTINGS
 @given(data=pair(), decay=decays)
-def test_device_decay_equals_host_decay(backend: Backend, data, decay) -> None:
-    if backend.name is Name.JAX:
-        pytest.skip("JAX without x64 holds an array decay in float32 (see the README)")
+def test_device_decay_equals_host_decay(float64_backend: Backend, data, decay) -> None:
+    """A 0-d float64 decay array gives the same bits as the same decay as a Python float (JAX
+    without x64 holds such an array in float32: see the README)."""
+    backend = float64_backend
     s_host, p_host = data
     host = ema.ema_update(backend.asarray(s_host), backend.asarray(p_host), 1, decay=decay)
     dev_decay = backend.asarray(np.asarray(decay, dtype=np.float64))
