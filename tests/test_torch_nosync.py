@@ -45,7 +45,7 @@ def test_the_detector_sees_host_reads():
         lambda: torch._foreach_lerp_(s, p, w),  # Scalar overload: reads w
         lambda: bool(w > 0),
         lambda: float(w),
-        lambda: w.item(),
+        w.item,
     ):
         with RecordOps() as rec:
             read()

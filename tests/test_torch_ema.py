@@ -1,0 +1,319 @@
+"""``ema_core.backends.torch.EMA``: tracking, buffers, swap, copy_to, average, checkpoints."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+import ema_core
+from ema_core import Config, schedules
+from ema_core.backends.torch import EMA
+from ema_core.backends.torch._names import strip
+
+torch = pytest.importorskip("torch")
+
+
+def _net(dtype=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 2)
+    )
+    return model if dtype is None else model.to(dtype)
+
+
+def _train_step(model, step):
+    gen = torch.Generator().manual_seed(step)
+    x = torch.randn(8, 3, generator=gen).to(next(model.parameters()).dtype)
+    model.train()
+    loss = model(x).float().square().mean()
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(0.1 * p.grad)
+            p.grad = None
+
+
+def _snapshot(model):
+    return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
+def test_update_equals_the_functional_core_bitwise():
+    model = _net()
+    config = Config(schedule=schedules.warmup(0.999), init="copy")
+    ema = EMA(model, config=config, buffers="average")
+    named = dict(model.named_parameters()) | dict(model.named_buffers())
+    state = ema_core.init(named, config)
+    for step in range(1, 8):
+        _train_step(model, step)
+        ema.update()
+        state = ema_core.update(state, named, config)
+    for name, avg in ema.average.items():
+        assert torch.equal(avg, state.shadow[name]), name
+    assert ema.step == 7
+
+
+def test_zeros_init_average_is_bias_corrected_like_the_core():
+    model = _net()
+    config = Config(schedule=schedules.num_updates(0.99), init="zeros", buffers="skip")
+    ema = EMA(model, config=config)
+    named = dict(model.named_parameters())
+    state = ema_core.init(named, config)
+    for step in range(1, 5):
+        _train_step(model, step)
+        ema.update(step)
+        state = ema_core.update(state, named, config)
+    want = ema_core.average(state, config)
+    for name, avg in ema.average.items():
+        assert torch.equal(avg, want[name]), name
+
+
+@pytest.mark.parametrize("buffers", ["copy", "average", "skip"])
+def test_batchnorm_buffers_follow_the_policy(buffers):
+    model = _net()
+    ema = EMA(model, decay=0.9, buffers=buffers)
+    bn = model[1]
+    mean_ref = bn.running_mean.clone()
+    for step in range(1, 301):
+        _train_step(model, step)
+        ema.update()
+        mean_ref += 0.1 * (bn.running_mean - mean_ref)
+    if buffers == "skip":
+        assert not any("running" in n or "num_batches" in n for n in ema.names)
+        return
+    avg = ema.average
+    assert int(avg["1.num_batches_tracked"]) == 300 == int(bn.num_batches_tracked)
+    if buffers == "copy":
+        assert torch.equal(avg["1.running_mean"], bn.running_mean)
+    else:
+        assert not torch.equal(avg["1.running_mean"], bn.running_mean)
+        torch.testing.assert_close(avg["1.running_mean"], mean_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_prefixes_of_ddp_and_torch_compile_are_removed():
+    plain = _net()
+    compiled = torch.compile(_net())
+    assert EMA(compiled).names == EMA(plain).names
+    assert strip("_orig_mod.module.0.weight") == "0.weight"
+    assert strip("encoder.module.weight") == "encoder.module.weight"
+
+
+def test_a_ddp_wrapped_module_tracks_the_plain_names(monkeypatch):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(_net())
+        assert EMA(wrapped).names == EMA(_net()).names
+        assert all(n.startswith("module.") for n, _ in wrapped.named_parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_swap_is_bit_exact_and_aliases_storage_when_dtypes_match():
+    model = _net()
+    ema = EMA(model, decay=0.5)
+    _train_step(model, 1)
+    ema.update()
+    live = _snapshot(model)
+    pointers = {n: p.data_ptr() for n, p in model.named_parameters()}
+    shadows = ema.average
+    with ema.swap():
+        for name, p in model.named_parameters():
+            assert p.data_ptr() == shadows[name].data_ptr()  # no copy: the shadow's storage
+            assert torch.equal(p, shadows[name])
+    for name, p in model.named_parameters():
+        assert p.data_ptr() == pointers[name]
+    for name, value in _snapshot(model).items():
+        assert torch.equal(value, live[name]), name
+    with ema.swap():
+        pass
+    for name, value in _snapshot(model).items():
+        assert torch.equal(value, live[name]), name
+
+
+def test_swap_restores_the_live_weights_after_an_exception():
+    model = _net()
+    ema = EMA(model, decay=0.5)
+    _train_step(model, 1)
+    ema.update()
+    live = _snapshot(model)
+    with pytest.raises(ZeroDivisionError), ema.swap():
+        assert not torch.equal(model[0].weight, live["0.weight"])
+        1 / 0  # noqa: B018
+    for name, value in _snapshot(model).items():
+        assert torch.equal(value, live[name]), name
+    with ema.swap():  # usable again
+        pass
+
+
+def test_swap_of_bf16_params_gives_the_rounded_fp32_average():
+    model = _net(torch.bfloat16)
+    ema = EMA(model, decay=0.9)
+    assert ema.average["0.weight"].dtype == torch.float32
+    _train_step(model, 1)
+    ema.update()
+    before = model[0].weight.detach().clone()
+    with ema.swap():
+        assert model[0].weight.dtype == torch.bfloat16
+        assert torch.equal(model[0].weight, ema.average["0.weight"].bfloat16())
+    assert torch.equal(model[0].weight, before)
+
+
+def test_update_and_nested_swap_are_refused_inside_swap():
+    ema = EMA(_net())
+    with ema.swap():
+        with pytest.raises(RuntimeError, match="inside swap"):
+            ema.update()
+        with pytest.raises(RuntimeError, match="inside swap"), ema.swap():
+            pass
+
+
+def test_copy_to_writes_averages_into_another_module():
+    model, other = _net(), _net(torch.float64)
+    ema = EMA(model, decay=0.5, buffers="average")
+    _train_step(model, 1)
+    ema.update()
+    ema.copy_to(other)
+    for name, avg in ema.average.items():
+        assert torch.equal(other.state_dict()[name], avg.to(torch.float64)), name
+    with pytest.raises(ValueError, match="copy_to"):
+        ema.copy_to(torch.nn.Linear(3, 6))
+
+
+def _run(ema, model, steps):
+    for step in steps:
+        _train_step(model, step)
+        ema.update()
+
+
+def test_state_dict_resumes_bit_identically_through_torch_save():
+    config = Config(schedule=schedules.warmup(0.99), init="zeros")
+    model_a, model_b = _net(), _net()
+    straight = EMA(model_a, config=config)
+    _run(straight, model_a, range(1, 11))
+    first = EMA(model_b, config=config)
+    _run(first, model_b, range(1, 6))
+    buffer = io.BytesIO()
+    torch.save({"model": model_b.state_dict(), "ema": first.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model_c = _net()
+    model_c.load_state_dict(saved["model"])
+    resumed = EMA(model_c, config=config)
+    live_before = _snapshot(model_c)
+    resumed.load_state_dict(saved["ema"])
+    assert all(torch.equal(v, live_before[n]) for n, v in _snapshot(model_c).items())
+    assert resumed.step == 5
+    _run(resumed, model_c, range(6, 11))
+    for name, avg in straight.average.items():
+        assert torch.equal(resumed.average[name], avg), name
+
+
+def _broken(state, **changes):
+    out = dict(state, **changes)
+    return out
+
+
+def test_load_state_dict_checks_everything_before_writing():
+    model = _net()
+    ema = EMA(model, decay=0.9)
+    good = {k: (dict(v) if isinstance(v, dict) else v) for k, v in ema.state_dict().items()}
+    before = {n: t.clone() for n, t in ema.average.items()}
+    shadow = dict(good["shadow"])
+    bad_shape = dict(shadow, **{"0.weight": torch.zeros(2, 2)})
+    bad_dtype = dict(shadow, **{"0.weight": shadow["0.weight"].double()})
+    missing = {n: t for n, t in shadow.items() if n != "0.bias"}
+    cases = [
+        (_broken(good, version=99), ValueError, "version"),
+        (_broken(good, shadow=bad_shape), ValueError, "shape"),
+        (_broken(good, shadow=bad_dtype), ValueError, "dtype"),
+        (_broken(good, shadow=missing), ValueError, "missing"),
+        (_broken(good, config="Config(other)"), ValueError, "config"),
+        (_broken(good, step=1.5), TypeError, "step"),
+        ({k: v for k, v in good.items() if k != "weight"}, ValueError, "weight"),
+        ([1, 2], TypeError, "dict"),
+    ]
+    for state, error, words in cases:
+        with pytest.raises(error, match=words):
+            ema.load_state_dict(state)
+    for name, t in ema.average.items():
+        assert torch.equal(t, before[name])
+    ema.load_state_dict(_broken(good, shadow=missing, config="Config(other)"), strict=False)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "want"),
+    [(None, torch.float32), ("same", torch.bfloat16), (torch.float64, torch.float64)],
+)
+def test_shadow_dtype_policy(dtype, want):
+    ema = EMA(_net(torch.bfloat16), dtype=dtype)
+    assert ema.average["0.weight"].dtype == want
+    assert ema.average["1.num_batches_tracked"].dtype == torch.int64
+
+
+def test_named_tensors_include_and_exclude():
+    model = _net()
+    plain = tuple(n for n, _ in model.named_parameters())
+    assert EMA(dict(model.named_parameters())).names == plain
+    assert EMA(list(model.named_parameters()), include="0.*").names == ("0.weight", "0.bias")
+    names = EMA(model, exclude=["*.bias", "1.*"]).names
+    assert names == ("0.weight", "3.weight")
+    assert EMA(model, include=lambda n: n.endswith("bias"), buffers="skip").names == (
+        "0.bias",
+        "1.bias",
+        "3.bias",
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"decay": 1.5}, ValueError, "decay"),
+        ({"decay": 0.9, "schedule": 0.9}, TypeError, "at most one"),
+        ({"buffers": "mean"}, ValueError, "buffers"),
+        ({"include": 3}, TypeError, "include"),
+        ({"include": "nothing*"}, ValueError, "no tensors"),
+        ({"config": 0.9}, TypeError, "config"),
+        ({"dtype": "int8"}, ValueError, "dtype"),
+        ({"config": Config(non_float="error")}, TypeError, "non_float"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        EMA(_net(), **kwargs)
+
+
+def test_bad_steps_and_sources_raise_and_change_nothing():
+    model = _net()
+    ema = EMA(model, decay=0.5)
+    _train_step(model, 1)
+    before = {n: t.clone() for n, t in ema.average.items()}
+    for step, error in ((-1, ValueError), (1.5, TypeError), (torch.tensor([1, 2]), TypeError)):
+        with pytest.raises(error, match="step"):
+            ema.update(step)
+    assert all(torch.equal(t, before[n]) for n, t in ema.average.items())
+    with pytest.raises(TypeError, match="module_or_named_tensors"):
+        EMA(torch.zeros(3))
+    with pytest.raises(ValueError, match="two tensors"):
+        EMA([("a", torch.zeros(1)), ("module.a", torch.zeros(1))])
+
+
+def test_non_float_freeze_leaves_integer_tensors_alone():
+    model = _net()
+    ema = EMA(model, config=Config(schedule=0.5, non_float="freeze", buffers="copy"))
+    _run(ema, model, range(1, 4))
+    assert int(ema.average["1.num_batches_tracked"]) == 0
+    assert torch.equal(ema.average["1.running_mean"], model[1].running_mean)
+
+
+def test_host_device_shadow_on_a_cpu_model_is_an_ordinary_ema():
+    model = _net()
+    ema = EMA(model, decay=0.5, device="cpu")
+    _run(ema, model, [1])
+    assert not ema.average["0.weight"].is_pinned()
+    assert type(ema._store).__name__ == "Local"
