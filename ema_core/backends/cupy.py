@@ -1,0 +1,292 @@
+"""The CuPy backend: one fused kernel per array, one launch for many small arrays.
+
+Each float leaf is updated by one elementwise kernel that reads the shadow and the params (in
+any float dtype: float32 shadows over float16 or bfloat16 params cast in registers) and writes
+the shadow: 12 bytes per element for fp32/fp32, 10 for an fp32 shadow over half params. The
+decay and ``1 - decay`` are kernel arguments (host floats by value, device 0-d arrays by
+pointer), so a new step never compiles a new kernel and a device decay is never read back.
+
+The arithmetic is the core's two-sided lerp with the same roundings as the generic backend's
+separate CuPy kernels: every product and sum goes through ``__fmul_rn`` / ``__fadd_rn`` (or the
+double versions), which the compiler never fuses into an FMA, so results are bit-equal.
+
+Contiguous leaves of at most ``MULTI_MAX`` elements take the multi-tensor path: a table of their
+pointers, sizes and chunk starts lives on the device (built once and cached for as long as the
+same arrays come back) and one kernel launch per dtype pair walks all of them. Everything runs
+on CuPy's current stream. Inside a captured CUDA graph use the in-place path (the table of the
+captured arrays is already cached from a warm-up call) and a device decay, which the replay
+reads afresh; a host decay is baked into the graph as a constant.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import array_api_compat as compat
+import numpy as np
+
+from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
+from ema_core.backends import generic
+
+__all__ = ["CHUNK", "MULTI_MAX", "guard", "update_leaves"]
+
+#: Contiguous leaves with at most this many elements share one multi-tensor launch.
+MULTI_MAX = 1 << 16
+#: Elements one thread block of the multi-tensor kernel handles before taking the next chunk.
+CHUNK = 4096
+_THREADS = 256
+_HALF = ("float16", "bfloat16")
+_FLOATS = (*_HALF, "float32", "float64")
+_TABLES: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
+
+_ROUNDED = r"""
+__device__ __forceinline__ float ema_mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double ema_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float ema_add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double ema_add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float ema_sub(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double ema_sub(double a, double b) { return __dsub_rn(a, b); }
+template <typename C>
+__device__ __forceinline__ C ema_lerp(C s, C p, double d, double r) {
+    if (d == 1.0) return s;
+    if (d == 0.0) return p;
+    if (d >= 0.5) return ema_add(s, ema_mul((C)r, ema_sub(p, s)));
+    return ema_sub(p, ema_mul((C)d, ema_sub(p, s)));
+}
+"""
+
+_FUSED_PREAMBLE = (
+    _ROUNDED
+    + r"""
+template <typename T> struct ema_compute { typedef float type; };
+template <> struct ema_compute<double> { typedef double type; };
+"""
+)
+
+_FUSED_BODY = r"""
+typedef ema_compute<S>::type ema_ct;
+o = (S)ema_lerp<ema_ct>((ema_ct)s, (ema_ct)p, (double)d, (double)r);
+"""
+
+_MULTI_SOURCE = (
+    _ROUNDED
+    + r"""
+__device__ __forceinline__ float ema_load(const unsigned short* p, long long i, int bf16) {
+    const unsigned short bits = p[i];
+    if (bf16) return __uint_as_float(((unsigned int)bits) << 16);
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+    return f;
+}
+__device__ __forceinline__ float ema_load(const float* p, long long i, int) { return p[i]; }
+__device__ __forceinline__ double ema_load(const double* p, long long i, int) { return p[i]; }
+
+extern "C" __global__ void NAME(
+    const long long* table, int n, long long n_chunks, const double* d_ptr,
+    const double* r_ptr, int on_device, double d_host, double r_host, int bf16) {
+    const long long* sizes = table + 3 * n;
+    const long long* chunk_leaf = table + 4 * n;
+    const long long* chunk_start = chunk_leaf + n_chunks;
+    const double d = on_device ? d_ptr[0] : d_host;
+    const double r = on_device ? r_ptr[0] : r_host;
+    for (long long c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+        const long long leaf = chunk_leaf[c];
+        const long long start = chunk_start[c];
+        const long long size = sizes[leaf];
+        const long long stop = start + CHUNK < size ? start + CHUNK : size;
+        const SHADOW* s = (const SHADOW*)table[leaf];
+        const PARAM* p = (const PARAM*)table[n + leaf];
+        SHADOW* o = (SHADOW*)table[2 * n + leaf];
+        for (long long i = start + threadIdx.x; i < stop; i += blockDim.x) {
+            o[i] = ema_lerp<SHADOW>(s[i], (SHADOW)ema_load(p, i, bf16), d, r);
+        }
+    }
+}
+"""
+)
+
+_C_TYPES = {"float32": "float", "float64": "double"}
+_C_TYPES.update(dict.fromkeys(_HALF, "unsigned short"))
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    yield
+
+
+def update_leaves(
+    xp: Namespace,
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    kinds: Sequence[LeafKind],
+    decay: Value,
+    rate: Value,
+    *,
+    non_float: NonFloatPolicy,
+    writes: Sequence[bool],
+) -> list[Array]:
+    """Blend float leaves with fused kernels, copy exact ones; in place where ``writes`` says.
+
+    Equal, bit for bit, to the generic backend on the same inputs. A host decay of 1 returns
+    each shadow itself. Leaves the kernels do not cover (complex, a half shadow over float64
+    params) go through the generic backend.
+    """
+    if not compat.is_cupy_array(decay) and float(decay) == 1.0:
+        return list(shadows)
+    d, r = _decay_args(decay, rate)
+    out: list[Array] = list(shadows)
+    small: list[int] = []
+    for i, (s, p, kind, write) in enumerate(zip(shadows, params, kinds, writes, strict=True)):
+        if kind != "float":
+            out[i] = _copy_exact(s, p, d, non_float, write)
+        elif _pair(s, p) is None:
+            out[i] = generic.update_leaves(
+                xp, [s], [p], [kind], decay, rate, non_float=non_float, writes=[write]
+            )[0]
+        elif _multi_ok(s, p):
+            small.append(i)
+        else:
+            out[i] = _fused()(s, p, d, r, s if write else _empty_like(s))
+    for group in _groups(small, shadows, params).values():
+        _multi(group, shadows, params, writes, out, d, r)
+    return out
+
+
+def _decay_args(decay: Value, rate: Value) -> tuple[Any, Any]:
+    """Host decays as float64 scalars (passed by value), device ones as 0-d float64 arrays."""
+    if not compat.is_cupy_array(decay):
+        return np.float64(decay), np.float64(rate)
+    import cupy as cp
+
+    return cp.asarray(decay, cp.float64), cp.asarray(rate, cp.float64)
+
+
+def _pair(s: Array, p: Array) -> tuple[str, str] | None:
+    """The (shadow, params) dtype names when the kernels cover them, else None."""
+    names = (s.dtype.name, p.dtype.name)
+    if names[0] not in _FLOATS or names[1] not in _FLOATS:
+        return None
+    if names[0] in _HALF and names[1] == "float64":
+        return None  # generic rounds float64 -> half in two steps or one, by decay kind
+    return names
+
+
+def _multi_ok(s: Array, p: Array) -> bool:
+    return (
+        s.size <= MULTI_MAX
+        and s.dtype.name in ("float32", "float64")
+        and s.flags.c_contiguous
+        and p.flags.c_contiguous
+    )
+
+
+def _copy_exact(s: Array, p: Array, d: Any, non_float: NonFloatPolicy, write: bool) -> Array:
+    """An integer or bool leaf: the params where the decay is below 1, else the shadow."""
+    if non_float != "copy":
+        return s
+    target = s if write else _empty_like(s)
+    if isinstance(d, np.float64):
+        target[...] = p
+    else:
+        _copy_kernel()(s, p, d, target)
+    return target
+
+
+def _groups(indices: list[int], shadows: Sequence[Array], params: Sequence[Array]) -> Any:
+    """The multi-tensor leaves by (shadow dtype, params dtype), in order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in indices:
+        groups.setdefault((shadows[i].dtype.name, params[i].dtype.name), []).append(i)
+    return groups
+
+
+def _multi(
+    group: list[int],
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    writes: Sequence[bool],
+    out: list[Array],
+    d: Any,
+    r: Any,
+) -> None:
+    """One launch over the small leaves ``group`` (one dtype pair); fills ``out``."""
+    fresh = [i for i in group if not writes[i]]
+    if fresh:  # new results are views into one flat buffer: one allocation, not one per leaf
+        flat = _empty_like(shadows[fresh[0]].reshape(-1)[:0], sum(shadows[i].size for i in fresh))
+        start = 0
+        for i in fresh:
+            out[i] = flat[start : start + shadows[i].size].reshape(shadows[i].shape)
+            start += shadows[i].size
+    table, n_chunks = _table([(shadows[i], params[i], out[i]) for i in group])
+    if n_chunks == 0:
+        return
+    sname, pname = shadows[group[0]].dtype.name, params[group[0]].dtype.name
+    on_device = not isinstance(d, np.float64)
+    host = (np.float64(0.0), np.float64(0.0)) if on_device else (d, r)
+    pointers = (d, r) if on_device else (table, table)  # any valid pointer when unused
+    args = (table, np.int32(len(group)), np.int64(n_chunks), *pointers, np.int32(on_device))
+    args_tail = (*host, np.int32(pname == "bfloat16"))
+    _multi_kernel(sname, pname)((min(n_chunks, 1 << 20),), (_THREADS,), (*args, *args_tail))
+
+
+def _table(leaves: list[tuple[Array, Array, Array]]) -> tuple[Array, int]:
+    """The device table (shadow, params and out pointers, sizes, chunk leaf, chunk start) for
+    ``leaves``: cached by pointers and sizes, so a repeated in-place update uploads nothing."""
+    import cupy as cp
+
+    key = (
+        cp.cuda.Device().id,
+        *((s.data.ptr, p.data.ptr, o.data.ptr, s.size) for s, p, o in leaves),
+    )
+    if key in _TABLES:
+        _TABLES.move_to_end(key)
+        return _TABLES[key]  # type: ignore[no-any-return]
+    ptrs = np.array([[a.data.ptr for a in leaf] for leaf in leaves], np.uint64).T.view(np.int64)
+    sizes = np.array([s.size for s, _, _ in leaves], np.int64)
+    counts = -(-sizes // CHUNK)
+    leaf_of_chunk = np.repeat(np.arange(len(leaves), dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts
+    starts = (np.arange(leaf_of_chunk.size, dtype=np.int64) - first[leaf_of_chunk]) * CHUNK
+    host = np.concatenate([ptrs.reshape(-1), sizes, leaf_of_chunk, starts])
+    entry = _TABLES[key] = (cp.asarray(host), int(leaf_of_chunk.size))
+    while len(_TABLES) > 8:
+        _TABLES.popitem(last=False)
+    return entry
+
+
+def _empty_like(x: Array, size: int | None = None) -> Array:
+    import cupy as cp
+
+    return cp.empty_like(x) if size is None else cp.empty(size, x.dtype)
+
+
+@functools.cache
+def _fused() -> Any:
+    """The per-array kernel; its dtypes are template parameters, the decay an argument."""
+    import cupy as cp
+
+    return cp.ElementwiseKernel(
+        "S s, P p, D d, D r", "S o", _FUSED_BODY, "ema_core_blend", preamble=_FUSED_PREAMBLE
+    )
+
+
+@functools.cache
+def _copy_kernel() -> Any:
+    import cupy as cp
+
+    return cp.ElementwiseKernel("T s, T p, D d", "T o", "o = (d == 1.0) ? s : p;", "ema_core_copy")
+
+
+@functools.cache
+def _multi_kernel(shadow: str, param: str) -> Any:
+    """The multi-tensor kernel for one (shadow, params) dtype pair, compiled on first use."""
+    import cupy as cp
+
+    name = f"ema_core_multi_{shadow}_{param}"
+    code = _MULTI_SOURCE.replace("NAME", name).replace("CHUNK", str(CHUNK))
+    code = code.replace("SHADOW", _C_TYPES[shadow]).replace("PARAM", _C_TYPES[param])
+    return cp.RawKernel(code, name)
