@@ -150,10 +150,10 @@ def _compare_leaf(
     )
     if bad.size:
         k = int(bad[0])
+        g, w = got.reshape(-1)[k].item(), want.reshape(-1)[k].item()
         raise AssertionError(
             f"the EMA differs from ema-core first at step t={at.t}, leaf {path}, element {k}: "
-            f"got {got.reshape(-1)[k]!r}, ema-core has {want.reshape(-1)[k]!r} "
-            f"(|diff| {abs(float(got.reshape(-1)[k]) - float(want.reshape(-1)[k])):.3g}, "
+            f"got {g!r}, ema-core has {w!r} (|diff| {abs(g - w):.3g}, "
             f"tolerance {tol:.3g}); ema-core applies decay {at.decay!r} at this step under "
             f"{config!r}; {bad.size} element(s) of this leaf differ"
         )
