@@ -1,7 +1,14 @@
-"""numpy: ema-core's ``ema_update`` in place; ceiling: numpy's own in-place ``a += b``."""
+"""numpy: ema-core's ``ema_update`` in place; ceiling: numpy's own in-place ``a += b``.
+
+Reference rows: ``naive`` is the textbook ``d * s + (1 - d) * p`` per array (two model-sized
+temporaries), ``ema_core_2threads`` the same update with ``EMA_CORE_NUMPY_THREADS=2``. numpy
+has no bfloat16, so the ``bf16`` rows use float16 params under float32 shadows: the same 10
+bytes per element.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +20,7 @@ from benchmarks.backends._common import missing as _missing
 from benchmarks.workloads import Workload
 
 NAME = "numpy"
+DECAY = 0.999
 
 
 def missing() -> str | None:
@@ -20,9 +28,11 @@ def missing() -> str | None:
 
 
 def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[int], Any]]:
-    if dtype != "fp32" or device != "cpu":
+    if device != "cpu":
         return {}
     shadows, params = host_arrays(workload)
+    if dtype == "bf16":
+        params = [p.astype(np.float16) for p in params]
     n = flat_elements(workload, dtype)
     a, b = np.ones(n, np.float32), np.ones(n, np.float32)
 
@@ -30,9 +40,24 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         np.add(a, b, out=a)
 
     def ema(t: int) -> Any:
-        return ema_core.ema_update(shadows, params, t, decay=0.999)
+        return ema_core.ema_update(shadows, params, t, decay=DECAY)
 
-    return {"ceiling": ceiling, "ema_core": ema}
+    def ema_threads(t: int) -> Any:
+        old = os.environ.get("EMA_CORE_NUMPY_THREADS")
+        os.environ["EMA_CORE_NUMPY_THREADS"] = "2"
+        try:
+            return ema_core.ema_update(shadows, params, t, decay=DECAY)
+        finally:
+            if old is None:
+                del os.environ["EMA_CORE_NUMPY_THREADS"]
+            else:
+                os.environ["EMA_CORE_NUMPY_THREADS"] = old
+
+    def naive(t: int) -> Any:
+        return [DECAY * s + (1 - DECAY) * p for s, p in zip(shadows, params, strict=True)]
+
+    found = {"ceiling": ceiling, "ema_core": ema, "ema_core_2threads": ema_threads}
+    return found if dtype == "bf16" else {**found, "naive": naive}
 
 
 def sync(result: Any) -> None:
