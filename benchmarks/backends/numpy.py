@@ -1,7 +1,7 @@
 """numpy: ema-core's ``ema_update`` in place; ceiling: numpy's own in-place ``a += b``.
 
 Reference rows: ``naive`` is the textbook ``d * s + (1 - d) * p`` per array (two model-sized
-temporaries), ``ema_core_2threads`` the same update with ``EMA_CORE_NUMPY_THREADS=2``. numpy
+temporaries), ``ema_core_1thread`` the same update with ``EMA_CORE_NUMPY_THREADS=1``. numpy
 has no bfloat16, so the ``bf16`` rows use float16 params under float32 shadows: the same 10
 bytes per element.
 """
@@ -42,9 +42,9 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def ema(t: int) -> Any:
         return ema_core.ema_update(shadows, params, t, decay=DECAY)
 
-    def ema_threads(t: int) -> Any:
+    def ema_one_thread(t: int) -> Any:
         old = os.environ.get("EMA_CORE_NUMPY_THREADS")
-        os.environ["EMA_CORE_NUMPY_THREADS"] = "2"
+        os.environ["EMA_CORE_NUMPY_THREADS"] = "1"
         try:
             return ema_core.ema_update(shadows, params, t, decay=DECAY)
         finally:
@@ -56,7 +56,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def naive(t: int) -> Any:
         return [DECAY * s + (1 - DECAY) * p for s, p in zip(shadows, params, strict=True)]
 
-    found = {"ceiling": ceiling, "ema_core": ema, "ema_core_2threads": ema_threads}
+    found = {"ceiling": ceiling, "ema_core": ema, "ema_core_1thread": ema_one_thread}
     return found if dtype == "bf16" else {**found, "naive": naive}
 
 

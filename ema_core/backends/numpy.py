@@ -9,9 +9,10 @@ so the result equals the generic backend bit for bit. Every ufunc runs in float3
 (``dtype=``), so a float32 shadow over float16 params casts inside the ufunc loop, in one pass.
 
 Leaves of at most ``SMALL`` elements with the same dtypes are gathered into one flat block,
-blended there and scattered back (Python overhead dominates tiny leaves). Large updates can be
-split over worker threads, as numpy releases the GIL inside ufuncs: ``EMA_CORE_NUMPY_THREADS``
-(default 1) sets how many.
+blended there and scattered back (Python overhead dominates tiny leaves). Updates of more than
+``PARALLEL_MIN`` elements are split over worker threads, as numpy releases the GIL inside
+ufuncs: ``EMA_CORE_NUMPY_THREADS`` sets how many (default: the usable CPUs, at most 4; 1 keeps
+everything on the calling thread).
 """
 
 from __future__ import annotations
@@ -243,8 +244,11 @@ def _split(item: Job | list[Job], most: int) -> Iterator[Job | list[Job]]:
 
 
 def _threads() -> int:
-    """Worker threads from ``EMA_CORE_NUMPY_THREADS`` (default 1: the calling thread only)."""
-    raw = os.environ.get("EMA_CORE_NUMPY_THREADS", "1")
+    """Worker threads: ``EMA_CORE_NUMPY_THREADS``, else the usable CPUs up to 4."""
+    raw = os.environ.get("EMA_CORE_NUMPY_THREADS")
+    if raw is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else [0]
+        return min(4, len(cpus))
     if not raw.strip().isdigit() or int(raw) < 1:
         raise ValueError(f"EMA_CORE_NUMPY_THREADS must be an integer >= 1, got {raw!r}")
     return int(raw)
