@@ -1,4 +1,6 @@
-"""torch: ema-core's ``ema_update`` in place; ceiling: one flat ``lerp_`` of the same bytes."""
+"""torch: ema-core's ``ema_update`` and ``EMA`` class in place, next to the fused two-pass update
+peers run (``torch._foreach_lerp_``, with an fp32 copy of bf16 params); ceiling: one flat
+``lerp_`` of the same bytes."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ def missing() -> str | None:
 def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[int], Any]]:
     import torch
 
+    from ema_core.backends.torch import EMA
+
     shadows_np, params_np = host_arrays(workload)
     pdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     shadows = [torch.from_numpy(s).to(device) for s in shadows_np]
@@ -28,14 +32,27 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     n = flat_elements(workload, dtype)
     a = torch.ones(n, device=device)
     b = torch.ones(n, device=device)
+    ema = EMA({str(i): p for i, p in enumerate(params)}, decay=0.999)
 
     def ceiling(t: int) -> Any:
         return a.lerp_(b, 0.001)
 
-    def ema(t: int) -> Any:
+    def ema_update(t: int) -> Any:
         return ema_core.ema_update(shadows, params, t, decay=0.999)
 
-    return {"ceiling": ceiling, "ema_core": ema}
+    def ema_class(t: int) -> Any:
+        return ema.update(t)
+
+    def foreach_lerp(t: int) -> Any:
+        ends = params if pdtype == torch.float32 else [p.float() for p in params]
+        return torch._foreach_lerp_(shadows, ends, 0.001)
+
+    return {
+        "ceiling": ceiling,
+        "ema_core": ema_update,
+        "EMA class": ema_class,
+        "foreach_lerp (peers)": foreach_lerp,
+    }
 
 
 def sync(result: Any) -> None:

@@ -64,15 +64,14 @@ def make_plan(
     shadows: Sequence[torch.Tensor], params: Sequence[torch.Tensor], kinds: Sequence[LeafKind]
 ) -> Plan:
     """Group leaf pairs (already validated: equal shapes and devices) by how they update."""
-    keyed: dict[tuple[str, torch.device, torch.dtype, torch.dtype], Group] = {}
+    keyed: dict[tuple[LeafKind, torch.device, torch.dtype, torch.dtype], Group] = {}
     for s, p, kind in zip(shadows, params, kinds, strict=True):
-        key = (_bucket(kind, s, p), s.device, s.dtype, p.dtype)
-        group = keyed.setdefault(key, Group())
+        group = keyed.setdefault((kind, s.device, s.dtype, p.dtype), Group())
         group.shadows.append(s)
         group.params.append(p)
     plan = Plan()
-    for (bucket, *_), group in keyed.items():
-        getattr(plan, bucket).append(group)
+    for (kind, *_), group in keyed.items():
+        getattr(plan, _bucket(kind, group.shadows[0], group.params[0])).append(group)
     return plan
 
 

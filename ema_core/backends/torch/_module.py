@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -11,12 +10,11 @@ import array_api_compat.torch as xp
 import torch
 
 from ema_core import _core
-from ema_core._checks import check_choice, check_decay_value, check_finite, check_fraction
+from ema_core._checks import check_decay_value, check_finite
 from ema_core._config import Config, power_weight, shadow_dtype_name
-from ema_core._ops import is_host_array, ops_for
 from ema_core._types import Step
 from ema_core.backends.torch import _names, _state, _store
-from ema_core.schedules import as_schedule
+from ema_core.backends.torch._options import checked_step, resolve_config
 
 
 class EMA:
@@ -82,7 +80,7 @@ class EMA:
         include: _names.NameFilter = None,
         exclude: _names.NameFilter = None,
     ) -> None:
-        self.config = _resolve_config(decay, schedule, config, dtype, buffers)
+        self.config = resolve_config(decay, schedule, config, dtype, buffers)
         target = None if device is None else torch.device(device)
         tracked = _names.collect(module_or_named_tensors, self.config.buffers, include, exclude)
         self.names = tuple(t.name for t in tracked)
@@ -119,7 +117,7 @@ class EMA:
             TypeError / ValueError: a bad ``step`` or decay; RuntimeError inside ``swap()``.
         """
         self._refuse_in_swap("update")
-        t = self._step + 1 if step is None else _checked_step(step)
+        t = self._step + 1 if step is None else checked_step(step)
         decay, rate = self.config.decay_and_rate(t)
         if isinstance(decay, float):
             check_decay_value(decay, f"the decay at step {t}")
@@ -232,34 +230,3 @@ class EMA:
     def _refuse_in_swap(self, what: str) -> None:
         if self._swapped:
             raise RuntimeError(f"{what}() inside swap(): leave the swap() block first")
-
-
-def _checked_step(step: Any) -> int | torch.Tensor:
-    ops_for(step, "step")  # TypeError / ValueError for what is not a count
-    return int(step) if is_host_array(step) else step
-
-
-def _resolve_config(decay: Any, schedule: Any, config: Any, dtype: Any, buffers: Any) -> Config:
-    """The one Config: from ``config``, or built from ``decay`` / ``schedule``; ``dtype`` and
-    ``buffers`` override its fields when given (``buffers`` is ``"copy"`` without a config)."""
-    pairs = (("decay", decay), ("schedule", schedule), ("config", config))
-    given = [n for n, v in pairs if v is not None]
-    if len(given) > 1:
-        raise TypeError(f"pass at most one of decay, schedule or config; got {', '.join(given)}")
-    if buffers is not None:
-        check_choice("buffers", buffers, _names.BUFFER_POLICIES)
-    if config is not None and not isinstance(config, Config):
-        raise TypeError(f"config must be an ema_core.Config, got {type(config).__name__}")
-    changes: dict[str, Any] = {}
-    if config is None:
-        rule = Config().schedule if decay is None else check_fraction("decay", decay)
-        config = Config(schedule=rule if schedule is None else as_schedule(schedule))
-        changes["buffers"] = "copy"
-    if buffers is not None:
-        changes["buffers"] = buffers
-    if dtype is not None:
-        changes["dtype"] = (
-            str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
-        )
-    resolved: Config = dataclasses.replace(config, **changes)
-    return resolved
