@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q "jax[cpu]"
 	$(PY) -m pip install -q -e . --group dev --group bench --group peers
+	# timm needs torchvision, which does not import beside this torch; its model_ema.py needs
+	# only torch and is loaded by file path, so timm comes without its dependencies
+	$(PY) -m pip install -q --no-deps timm
 	touch $(STAMP)
 
 demo: $(STAMP)

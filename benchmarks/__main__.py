@@ -1,7 +1,8 @@
-"""``python -m benchmarks [--quick] [--backend B] [--workload W] [--dtype D] [--out DIR]``
+"""``python -m benchmarks [--quick] [--big] [--backend B] [--workload W] [--dtype D] [--out DIR]``
 
-Times ema-core on real model shapes for every installed backend, against a ceiling measured in
-the same run, and prints achieved GB/s and the ratio. Results go to ``--out`` as JSON.
+Times ema-core on real model shapes for every installed backend, beside the peer EMAs a user
+would otherwise pick and a ceiling measured in the same run, and prints GB/s and both ratios.
+Writes ``<machine>-<date>.json``, ``.md`` and ``.png`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import datetime
 import gc
 import importlib
 import json
+import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
-from benchmarks import harness, workloads
+from benchmarks import chart, harness, workloads
 from benchmarks.backends import MODULES
+from benchmarks.peers import PEERS
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -27,9 +31,37 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workload", action="append", choices=workloads.available())
     ap.add_argument("--dtype", action="append", choices=sorted(harness.BYTES_PER_ELEMENT))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--no-peers", action="store_true", help="time ema-core and ceilings only")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return ap.parse_args(argv)
+
+
+def describe(device: str) -> dict[str, Any]:
+    """Where this ran: the CPU model (or GPU name), cores and the date."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    name = cpu
+    if device == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return {
+        "machine": name,
+        "cpus": os.cpu_count(),
+        "device": device,
+        "date": date,
+        "python": platform.python_version(),
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,29 +78,36 @@ def main(argv: list[str] | None = None) -> int:
     for i, (backend, wname, dtype) in enumerate(plan, 1):
         module = importlib.import_module(f"benchmarks.backends.{backend}")
         reason = module.missing()
+        bar = "#" * (30 * i // len(plan))
         print(
-            f"[{i}/{len(plan)}] {backend} {wname} {dtype}"
+            f"[{bar:<30}] {i}/{len(plan)} {backend} {wname} {dtype}"
             + (f": skipped, {reason}" if reason else ""),
             file=sys.stderr,
             flush=True,
         )
         if reason is None:
-            rows += harness.measure(module, workloads.load(wname), dtype, args.device, repeats)
+            peers = (
+                None
+                if args.no_peers or backend not in PEERS
+                else importlib.import_module(PEERS[backend])
+            )
+            rows += harness.measure(
+                module, workloads.load(wname), dtype, args.device, repeats, peers
+            )
             gc.collect()
     print(harness.format_table(rows))
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    machine = f"{platform.node() or 'host'}-{args.device}"
+    meta = describe(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"{machine}-{stamp}.json"
-    meta = {
-        "machine": platform.platform(),
-        "processor": platform.processor(),
-        "device": args.device,
-        "python": platform.python_version(),
-        "date": stamp,
-    }
-    out.write_text(json.dumps({"meta": meta, "rows": harness.as_dicts(rows)}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    stem = args.out / f"{args.device}-{meta['date']}"
+    stem.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "rows": harness.as_dicts(rows)}, indent=1)
+    )
+    stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta))
+    drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")
+    print(
+        f"wrote {stem}.json, .md" + (", .png" if drawn else " (no matplotlib: no chart)"),
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -3,11 +3,13 @@
 * ``NAME`` and ``missing() -> str | None`` (why it cannot run here, or None),
 * ``cases(workload, dtype, device) -> dict[str, Callable[[int], object]]``: named step functions
   (called with the step number t), one of them ``"ceiling"``: a flat in-place two-read-one-write
-  stream of the same bytes, measured in the same run,
+  stream of the same bytes, measured in the same run, and one ``"ema_core"``,
 * ``sync(result)``: wait until the work behind a step's result is done.
 
-Figures: the median time per update after warm-up, the achieved GB/s (bytes moved: read shadow,
-read params, write shadow) and the ratio to the ceiling.
+Peer modules in ``benchmarks/peers/`` add their own named cases to a backend's rows.
+
+Figures: the median time per update after warm-up and its spread, the achieved GB/s (the bytes
+ema-core moves: read shadow, read params, write shadow), the ratio to the ceiling and to ema-core.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from benchmarks.workloads import Workload
 
-#: Bytes moved per element: (shadow read + write, params read).
+#: Bytes moved per element: a float32 shadow read and written, and the params read.
 BYTES_PER_ELEMENT = {"fp32": 12, "bf16": 10}
 
 
@@ -34,6 +36,7 @@ class Row:
     spread_ms: float
     gb_per_s: float
     of_ceiling: float
+    vs_ema_core: float
 
 
 def time_case(
@@ -44,7 +47,8 @@ def time_case(
     repeats: int = 10,
     budget_s: float = 8.0,
 ) -> list[float]:
-    """Per-update times in seconds after ``warmup`` calls (fewer repeats past ``budget_s``)."""
+    """Per-update times in seconds after ``warmup`` calls (at least 3, at most ``repeats``,
+    stopping early once ``budget_s`` is spent)."""
     t = 1
     for _ in range(warmup):
         sync(step(t))
@@ -59,16 +63,22 @@ def time_case(
     return times
 
 
-def measure(module: Any, workload: Workload, dtype: str, device: str, repeats: int) -> list[Row]:
+def measure(
+    module: Any, workload: Workload, dtype: str, device: str, repeats: int, peers: Any = None
+) -> list[Row]:
+    """Time a backend's cases, and its peers' when given, on one workload and dtype."""
     cases = module.cases(workload, dtype, device)
+    if not cases:
+        return []
+    if peers is not None:
+        cases.update(peers.cases(workload, dtype, device))
     nbytes = BYTES_PER_ELEMENT[dtype] * workload.elements
-    medians = {}
     rows = []
-    for name, step in cases.items():
+    for name in list(cases):
+        step = cases.pop(name)  # a contender is freed as soon as it is timed
         times = time_case(step, module.sync, repeats=repeats)
+        del step
         med = statistics.median(times)
-        medians[name] = med
-        spread = (max(times) - min(times)) / 2
         rows.append(
             Row(
                 workload.name,
@@ -76,29 +86,53 @@ def measure(module: Any, workload: Workload, dtype: str, device: str, repeats: i
                 module.NAME,
                 name,
                 med * 1e3,
-                spread * 1e3,
+                (max(times) - min(times)) / 2 * 1e3,
                 nbytes / med / 1e9,
+                0.0,
                 0.0,
             )
         )
-        del step
+    ceiling = next(r.median_ms for r in rows if r.contender == "ceiling")
+    ours = next((r.median_ms for r in rows if r.contender == "ema_core"), float("nan"))
     for row in rows:
-        row.of_ceiling = medians["ceiling"] / (row.median_ms / 1e3)
+        row.of_ceiling = ceiling / row.median_ms
+        row.vs_ema_core = ours / row.median_ms
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
     head = (
-        f"{'workload':<16}{'dtype':<6}{'backend':<18}{'contender':<22}{'ms':>9}{'+-':>7}"
-        f"{'GB/s':>8}{'x ceil':>8}"
+        f"{'workload':<16}{'dtype':<6}{'backend':<18}{'contender':<26}{'ms':>9}{'+-':>8}"
+        f"{'GB/s':>8}{'x ceil':>8}{'x ema':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.workload:<16}{r.dtype:<6}{r.backend:<18}{r.contender:<22}"
-            f"{r.median_ms:>9.3f}{r.spread_ms:>7.3f}{r.gb_per_s:>8.2f}{r.of_ceiling:>8.2f}"
+            f"{r.workload:<16}{r.dtype:<6}{r.backend:<18}{r.contender:<26}"
+            f"{r.median_ms:>9.3f}{r.spread_ms:>8.3f}{r.gb_per_s:>8.2f}"
+            f"{r.of_ceiling:>8.2f}{r.vs_ema_core:>7.2f}"
         )
     return "\n".join(lines)
+
+
+def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
+    """The same table as Markdown, headed by the machine it ran on."""
+    out = [
+        f"Machine: {meta['machine']}, {meta['cpus']} CPUs ({meta['device']}), {meta['date']}, "
+        f"`{meta['command']}`. GB/s counts the bytes ema-core moves (12 per element for fp32, "
+        "10 for bf16 params with float32 shadows); `x ceiling` = ceiling time / contender "
+        "time; `x ema-core` = ema-core time / contender time.",
+        "",
+        "| workload | dtype | backend | contender | ms (median) | +- | GB/s | x ceiling | "
+        "x ema-core |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    out += [
+        f"| {r.workload} | {r.dtype} | {r.backend} | {r.contender} | {r.median_ms:.3f} | "
+        f"{r.spread_ms:.3f} | {r.gb_per_s:.2f} | {r.of_ceiling:.2f} | {r.vs_ema_core:.2f} |"
+        for r in rows
+    ]
+    return "\n".join(out) + "\n"
 
 
 def as_dicts(rows: list[Row]) -> list[dict[str, Any]]:
