@@ -27,7 +27,7 @@ PAIRS = [
     ("complex64", "complex64"),
     ("complex128", "complex64"),
 ]
-SHAPES = [(), (1,), (7,), (3, 5), (fast.BLOCK + 3,), (2, fast.BLOCK // 2 + 1, 1)]
+SHAPES = [(), (0,), (3, 0), (1,), (7,), (3, 5), (fast.BLOCK + 3,), (2, fast.BLOCK // 2 + 1, 1)]
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

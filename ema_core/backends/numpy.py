@@ -39,7 +39,7 @@ SMALL = 4096
 PARALLEL_MIN = 1 << 22
 
 _LOCAL = threading.local()
-_POOL: dict[int, ThreadPoolExecutor] = {}
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 #: A unit of work: (out, shadow, params) views of one leaf (or of a gathered group).
 Job = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -203,21 +203,16 @@ def _do(item: Job | list[Job], d: float, r: float) -> None:
 
 
 def _run(items: list[Job | list[Job]], d: float, r: float, workers: int) -> None:
-    """Run the work items, split in runs of about equal size over the worker threads."""
+    """Run the work items, cut into ``workers`` runs of about equal size, one per thread."""
     total = sum(_size(item) for item in items)
     workers = min(workers, max(1, total // (PARALLEL_MIN // 2)))
-    if workers == 1:
-        for item in items:
-            _do(item, d, r)
-        return
-    pieces = [piece for item in items for piece in _split(item, total // (4 * workers))]
     shares: list[list[Job | list[Job]]] = [[] for _ in range(workers)]
     done = 0
-    for piece in pieces:
-        shares[min(workers - 1, done * workers // total)].append(piece)
-        done += _size(piece)
-    pool = _pool(workers)
-    futures = [pool.submit(_do_all, share, d, r) for share in shares[1:]]
+    for item in items:
+        for piece in _split(item, total // (4 * workers)) if workers > 1 else [item]:
+            shares[min(workers - 1, done * workers // total) if workers > 1 else 0].append(piece)
+            done += _size(piece)
+    futures = [_pool(workers).submit(_do_all, share, d, r) for share in shares[1:]]
     _do_all(shares[0], d, r)
     for future in futures:
         future.result()
@@ -236,30 +231,30 @@ def _split(item: Job | list[Job], most: int) -> Iterator[Job | list[Job]]:
     """A contiguous leaf larger than ``most`` elements as flat pieces; anything else whole."""
     if not isinstance(item, tuple) or item[0].size <= most or most < BLOCK or not _flat(item):
         yield item
-    else:
-        flat = [a.reshape(-1) for a in item]
-        most -= most % BLOCK
-        for i in range(0, flat[0].size, most):
-            yield flat[0][i : i + most], flat[1][i : i + most], flat[2][i : i + most]
+        return
+    flat = [a.reshape(-1) for a in item]
+    most -= most % BLOCK
+    for i in range(0, flat[0].size, most):
+        yield flat[0][i : i + most], flat[1][i : i + most], flat[2][i : i + most]
 
 
 def _threads() -> int:
     """Worker threads: ``EMA_CORE_NUMPY_THREADS``, else the usable CPUs up to 4."""
     raw = os.environ.get("EMA_CORE_NUMPY_THREADS")
     if raw is None:
-        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else [0]
-        return min(4, len(cpus))
+        return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if not raw.strip().isdigit() or int(raw) < 1:
         raise ValueError(f"EMA_CORE_NUMPY_THREADS must be an integer >= 1, got {raw!r}")
     return int(raw)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """The shared pool with room for ``workers - 1`` helpers (the caller is one worker)."""
-    helpers = max(1, workers - 1)
-    if helpers not in _POOL:
+    """The shared pool of ``workers - 1`` helpers (the caller is one worker), made anew in a
+    forked child, whose copy of the pool has no threads behind it."""
+    key = (os.getpid(), workers - 1)
+    if key not in _POOL:
         for old in _POOL.values():
             old.shutdown(wait=False)
         _POOL.clear()
-        _POOL[helpers] = ThreadPoolExecutor(helpers, thread_name_prefix="ema_core")
-    return _POOL[helpers]
+        _POOL[key] = ThreadPoolExecutor(workers - 1, thread_name_prefix="ema_core")
+    return _POOL[key]
