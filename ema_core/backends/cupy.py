@@ -139,7 +139,7 @@ def update_leaves(
         return list(shadows)
     d, r = _decay_args(decay, rate)
     out: list[Array] = list(shadows)
-    small: list[int] = []
+    groups: dict[tuple[str, str], list[int]] = {}  # small leaves by dtype pair
     for i, (s, p, kind, write) in enumerate(zip(shadows, params, kinds, writes, strict=True)):
         if kind != "float":
             out[i] = _copy_exact(s, p, d, non_float, write)
@@ -148,10 +148,10 @@ def update_leaves(
                 xp, [s], [p], [kind], decay, rate, non_float=non_float, writes=[write]
             )[0]
         elif _multi_ok(s, p):
-            small.append(i)
+            groups.setdefault((s.dtype.name, p.dtype.name), []).append(i)
         else:
-            out[i] = _fused()(s, p, d, r, s if write else _empty_like(s))
-    for group in _groups(small, shadows, params).values():
+            out[i] = _fused()(s, p, d, r, s if write else _cupy().empty_like(s))
+    for group in groups.values():
         _multi(group, shadows, params, writes, out, d, r)
     return out
 
@@ -160,8 +160,7 @@ def _decay_args(decay: Value, rate: Value) -> tuple[Any, Any]:
     """Host decays as float64 scalars (passed by value), device ones as 0-d float64 arrays."""
     if not compat.is_cupy_array(decay):
         return np.float64(decay), np.float64(rate)
-    import cupy as cp
-
+    cp = _cupy()
     return cp.asarray(decay, cp.float64), cp.asarray(rate, cp.float64)
 
 
@@ -188,20 +187,12 @@ def _copy_exact(s: Array, p: Array, d: Any, non_float: NonFloatPolicy, write: bo
     """An integer or bool leaf: the params where the decay is below 1, else the shadow."""
     if non_float != "copy":
         return s
-    target = s if write else _empty_like(s)
+    target = s if write else _cupy().empty_like(s)
     if isinstance(d, np.float64):
         target[...] = p
     else:
         _copy_kernel()(s, p, d, target)
     return target
-
-
-def _groups(indices: list[int], shadows: Sequence[Array], params: Sequence[Array]) -> Any:
-    """The multi-tensor leaves by (shadow dtype, params dtype), in order."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i in indices:
-        groups.setdefault((shadows[i].dtype.name, params[i].dtype.name), []).append(i)
-    return groups
 
 
 def _multi(
@@ -216,7 +207,7 @@ def _multi(
     """One launch over the small leaves ``group`` (one dtype pair); fills ``out``."""
     fresh = [i for i in group if not writes[i]]
     if fresh:  # new results are views into one flat buffer: one allocation, not one per leaf
-        flat = _empty_like(shadows[fresh[0]].reshape(-1)[:0], sum(shadows[i].size for i in fresh))
+        flat = _cupy().empty(sum(shadows[i].size for i in fresh), shadows[fresh[0]].dtype)
         start = 0
         for i in fresh:
             out[i] = flat[start : start + shadows[i].size].reshape(shadows[i].shape)
@@ -236,8 +227,7 @@ def _multi(
 def _table(leaves: list[tuple[Array, Array, Array]]) -> tuple[Array, int]:
     """The device table (shadow, params and out pointers, sizes, chunk leaf, chunk start) for
     ``leaves``: cached by pointers and sizes, so a repeated in-place update uploads nothing."""
-    import cupy as cp
-
+    cp = _cupy()
     key = (
         cp.cuda.Device().id,
         *((s.data.ptr, p.data.ptr, o.data.ptr, s.size) for s, p, o in leaves),
@@ -258,17 +248,17 @@ def _table(leaves: list[tuple[Array, Array, Array]]) -> tuple[Array, int]:
     return entry
 
 
-def _empty_like(x: Array, size: int | None = None) -> Array:
-    import cupy as cp
+def _cupy() -> Any:
+    """The cupy module, imported on first use (importing this file needs no CuPy)."""
+    import cupy
 
-    return cp.empty_like(x) if size is None else cp.empty(size, x.dtype)
+    return cupy
 
 
 @functools.cache
 def _fused() -> Any:
     """The per-array kernel; its dtypes are template parameters, the decay an argument."""
-    import cupy as cp
-
+    cp = _cupy()
     return cp.ElementwiseKernel(
         "S s, P p, D d, D r", "S o", _FUSED_BODY, "ema_core_blend", preamble=_FUSED_PREAMBLE
     )
@@ -276,16 +266,14 @@ def _fused() -> Any:
 
 @functools.cache
 def _copy_kernel() -> Any:
-    import cupy as cp
-
+    cp = _cupy()
     return cp.ElementwiseKernel("T s, T p, D d", "T o", "o = (d == 1.0) ? s : p;", "ema_core_copy")
 
 
 @functools.cache
 def _multi_kernel(shadow: str, param: str) -> Any:
     """The multi-tensor kernel for one (shadow, params) dtype pair, compiled on first use."""
-    import cupy as cp
-
+    cp = _cupy()
     name = f"ema_core_multi_{shadow}_{param}"
     code = _MULTI_SOURCE.replace("NAME", name).replace("CHUNK", str(CHUNK))
     code = code.replace("SHADOW", _C_TYPES[shadow]).replace("PARAM", _C_TYPES[param])
