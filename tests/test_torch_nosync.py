@@ -7,7 +7,12 @@ these goes through the aten op ``_local_scalar_dense``. A ``TorchDispatchMode`` 
 a call runs, on CPU as on CUDA, so running the update with 0-d tensor steps and decays under a
 mode that records ops, and finding no ``_local_scalar_dense`` (and no ``is_nonzero`` or
 ``equal``), shows that the same code on CUDA tensors makes no host sync. The first test shows the
-detector does catch such reads. (On a GPU, tests/test_torch_gpu.py also runs the update under
+detector does catch such reads.
+
+The other direction matters too: a tensor made from host data (``torch.asarray(0.5,
+device="cuda")``, op ``lift_fresh``) is a blocking copy from pageable memory on CUDA and cannot be
+captured in a CUDA graph. The backend's own path makes none; the schedules' constants still do
+(see the xfail below). (On a GPU, tests/test_torch_gpu.py also runs the update under
 ``torch.cuda.set_sync_debug_mode("error")``.)
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import array_api_compat.torch as xp
 import pytest
 
+import ema_core
 from ema_core import Config, schedules
 from ema_core.backends import torch as torch_backend
 from ema_core.backends.torch import EMA
@@ -37,6 +43,9 @@ class RecordOps(TorchDispatchMode):
 
     def host_reads(self):
         return [op for op in self.ops if op.startswith(HOST_READS)]
+
+    def host_data(self):
+        return [op for op in self.ops if op.startswith("aten.lift_fresh")]
 
 
 def test_the_detector_sees_host_reads():
@@ -70,7 +79,7 @@ def _model():
     ],
     ids=["copy", "zeros-interval", "num_updates"],
 )
-def test_ema_update_with_a_tensor_step_reads_nothing_on_the_host(config):
+def test_EMA_update_with_a_tensor_step_reads_nothing_on_the_host(config):
     model = _model()
     ema = EMA(model, config=config)
     step = torch.tensor(0)
@@ -95,4 +104,30 @@ def test_update_leaves_with_a_tensor_decay_reads_nothing_on_the_host():
             xp, shadows, params, kinds, decay, 1.0 - decay, non_float="copy", writes=[True] * 5
         )
     assert rec.host_reads() == []
+    assert rec.host_data() == []
     assert float(shadows[0][0]) == 0.25 and int(shadows[4]) == 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ema_core/_ops.py ArrayOps.const makes schedule constants with xp.asarray (host data, "
+    "an H2D copy on CUDA); xp.full((), value, ...) would not",
+)
+def test_schedule_constants_for_a_tensor_step_are_made_on_the_device():
+    ema = EMA(_model(), config=Config(schedule=schedules.warmup(0.999), init="copy"))
+    step = torch.tensor(1)
+    with RecordOps() as rec:
+        ema.update(step)
+    assert rec.host_data() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ema_core/_api.py formats the step into the decay check's message "
+    "(f'... at step {t}') even when t is a tensor: str(t) reads it on the host",
+)
+def test_functional_ema_update_with_a_tensor_step_reads_nothing_on_the_host():
+    shadow, params, step = {"w": torch.zeros(3)}, {"w": torch.ones(3)}, torch.tensor(2)
+    with RecordOps() as rec:
+        ema_core.ema_update(shadow, params, step, decay=0.9)
+    assert rec.host_reads() == []
