@@ -32,7 +32,7 @@ import numpy as np
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends import generic
 
-__all__ = ["CHUNK", "MULTI_MAX", "guard", "update_leaves"]
+__all__ = ["CHUNK", "MULTI_MAX", "guard", "host_table", "update_leaves"]
 
 #: Contiguous leaves with at most this many elements share one multi-tensor launch.
 MULTI_MAX = 1 << 16
@@ -225,27 +225,31 @@ def _multi(
 
 
 def _table(leaves: list[tuple[Array, Array, Array]]) -> tuple[Array, int]:
-    """The device table (shadow, params and out pointers, sizes, chunk leaf, chunk start) for
-    ``leaves``: cached by pointers and sizes, so a repeated in-place update uploads nothing."""
+    """The multi-tensor table of ``leaves`` on the device, cached by pointers and sizes (all
+    the table holds), so a repeated in-place update uploads nothing."""
     cp = _cupy()
-    key = (
-        cp.cuda.Device().id,
-        *((s.data.ptr, p.data.ptr, o.data.ptr, s.size) for s, p, o in leaves),
-    )
-    if key in _TABLES:
-        _TABLES.move_to_end(key)
-        return _TABLES[key]  # type: ignore[no-any-return]
-    ptrs = np.array([[a.data.ptr for a in leaf] for leaf in leaves], np.uint64).T.view(np.int64)
-    sizes = np.array([s.size for s, _, _ in leaves], np.int64)
-    counts = -(-sizes // CHUNK)
-    leaf_of_chunk = np.repeat(np.arange(len(leaves), dtype=np.int64), counts)
+    ptrs = [(s.data.ptr, p.data.ptr, o.data.ptr) for s, p, o in leaves]
+    sizes = [s.size for s, _, _ in leaves]
+    key = (cp.cuda.Device().id, *ptrs, *sizes)
+    if key not in _TABLES:
+        host, n_chunks = host_table(ptrs, sizes)
+        _TABLES[key] = (cp.asarray(host), n_chunks)
+        while len(_TABLES) > 8:
+            _TABLES.popitem(last=False)
+    _TABLES.move_to_end(key)
+    return _TABLES[key]  # type: ignore[no-any-return]
+
+
+def host_table(ptrs: Sequence[tuple[int, int, int]], sizes: Sequence[int]) -> tuple[Any, int]:
+    """The int64 table the multi-tensor kernel reads, and its number of chunks: the shadow,
+    params and out pointers of each leaf, their sizes, then each chunk's leaf and first index."""
+    sizes_ = np.asarray(sizes, np.int64)
+    counts = -(-sizes_ // CHUNK)
+    chunk_leaf = np.repeat(np.arange(len(sizes_), dtype=np.int64), counts)
     first = np.cumsum(counts) - counts
-    starts = (np.arange(leaf_of_chunk.size, dtype=np.int64) - first[leaf_of_chunk]) * CHUNK
-    host = np.concatenate([ptrs.reshape(-1), sizes, leaf_of_chunk, starts])
-    entry = _TABLES[key] = (cp.asarray(host), int(leaf_of_chunk.size))
-    while len(_TABLES) > 8:
-        _TABLES.popitem(last=False)
-    return entry
+    starts = (np.arange(chunk_leaf.size, dtype=np.int64) - first[chunk_leaf]) * CHUNK
+    pointers = np.asarray(ptrs, np.uint64).reshape(-1, 3).T.reshape(-1).view(np.int64)
+    return np.concatenate([pointers, sizes_, chunk_leaf, starts]), int(chunk_leaf.size)
 
 
 def _cupy() -> Any:
