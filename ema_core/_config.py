@@ -44,8 +44,8 @@ class Config:
             at step t (Paddle, TF ``zero_debias``; equal to ``"exact"`` for a constant decay);
             ``"none"`` returns the raw shadow (optax ``debias=False``).
         buffers: for adapters that see module buffers (torch ``nn.Module``): floating buffers
-            are averaged like parameters (``"average"``), copied at every applied update
-            (``"copy"``) or not tracked (``"skip"``). The functional core averages every
+            are averaged like parameters (``"average"``), copied from the model at every update
+            call (``"copy"``) or not tracked (``"skip"``). The functional core averages every
             floating leaf it is given and does not read this field.
     """
 
