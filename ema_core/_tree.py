@@ -1,12 +1,15 @@
 """Flatten and rebuild nests of dicts, lists, tuples and NamedTuples (no pytree library).
 
 A nest is walked depth first; dicts in their own key order. ``None`` is an empty node (it holds no
-leaf), as in JAX. Anything else is a leaf. Paths are kept so that errors can name the first place
-where two nests differ, for example ``params['layer1'][2]``.
+leaf), as in JAX. Once JAX is imported, any other node registered with ``jax.tree_util`` (a flax
+nnx ``Variable``, an equinox ``Module``) is opened one level by the JAX backend, which keeps its
+non-array leaves as static parts of the structure. Anything else is a leaf. Paths are kept so that
+errors can name the first place where two nests differ, for example ``params['layer1'][2]``.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +25,11 @@ Path = tuple[PathEntry, ...]
 class TreeDef:
     """The shape of a nest without its leaves; ``unflatten`` fills it again."""
 
-    kind: str  # "leaf" | "none" | "dict" | "seq" | "namedtuple"
+    kind: str  # "leaf" | "none" | "dict" | "seq" | "namedtuple" | "pytree"
     node_type: type | None = None
     keys: tuple[Any, ...] = ()
     children: tuple[TreeDef, ...] = ()
+    aux: Any = None  # "pytree": the backend's rebuild spec (compared when matching two nests)
 
     @property
     def num_leaves(self) -> int:
@@ -50,19 +54,28 @@ def _is_namedtuple(node: Any) -> bool:
     return isinstance(node, tuple) and hasattr(type(node), "_fields")
 
 
-def _children(node: Any) -> tuple[str, tuple[Any, ...], list[Any]] | None:
-    """(kind, keys, children) of a container node, or None for a leaf."""
+_Found = tuple[str, tuple[Any, ...], list[Any], Any]
+
+
+def _children(node: Any) -> _Found | None:
+    """(kind, keys, children, aux) of a container node, or None for a leaf."""
     if isinstance(node, Mapping):
         keys = tuple(node.keys())
-        return "dict", keys, [node[k] for k in keys]
+        return "dict", keys, [node[k] for k in keys], None
     if _is_namedtuple(node):
-        return "namedtuple", tuple(type(node)._fields), list(node)
+        return "namedtuple", tuple(type(node)._fields), list(node), None
     if isinstance(node, (list, tuple)):
-        return "seq", tuple(range(len(node))), list(node)
+        return "seq", tuple(range(len(node))), list(node), None
+    if "jax" in sys.modules:  # a node registered with jax.tree_util, opened by the JAX backend
+        from ema_core.backends.jax._pytree import children
+
+        return children(node)
     return None
 
 
 def _entry(kind: str, key: Any) -> PathEntry:
+    if kind == "pytree":  # the backend gives ready path entries
+        return key  # type: ignore[no-any-return]
     return ("attr" if kind == "namedtuple" else "key", key)
 
 
@@ -79,11 +92,11 @@ def flatten(tree: Tree) -> tuple[list[Any], list[Path], TreeDef]:
             leaves.append(node)
             paths.append(path)
             return _LEAF
-        kind, keys, kids = found
+        kind, keys, kids, aux = found
         defs = tuple(
             walk(kid, (*path, _entry(kind, key))) for key, kid in zip(keys, kids, strict=True)
         )
-        return TreeDef(kind, type(node), keys, defs)
+        return TreeDef(kind, type(node), keys, defs, aux)
 
     return leaves, paths, walk(tree, ())
 
@@ -107,6 +120,8 @@ def _make(node: TreeDef, kids: list[Any]) -> Any:
     cls = node.node_type
     if cls is None:  # pragma: no cover - only leaves and None have no type
         raise RuntimeError("a container TreeDef without a type")
+    if node.kind == "pytree":
+        return node.aux.rebuild(kids)
     if node.kind == "dict":
         return cls(zip(node.keys, kids, strict=True))
     if node.kind == "namedtuple":
@@ -141,9 +156,10 @@ def flatten_pair(
                 raise TypeError(fail(path, f"expected None, got {type(value).__name__}"))
             return
         found = _children(value)
-        if found is None or found[0] != node.kind:
+        if found is None or found[0] != node.kind or found[3] != node.aux:
             want = node.node_type.__name__ if node.node_type else node.kind
-            raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__}"))
+            same = " with other static fields" if type(value) is node.node_type else ""
+            raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__}{same}"))
         kids = _match_children(node, value, found, path, fail)
         for key, child, kid in zip(node.keys, node.children, kids, strict=True):
             walk(child, kid, (*path, _entry(node.kind, key)))
@@ -155,11 +171,11 @@ def flatten_pair(
 def _match_children(
     node: TreeDef,
     value: Any,
-    found: tuple[str, tuple[Any, ...], list[Any]],
+    found: _Found,
     path: Path,
     fail: Callable[[Path, str], str],
 ) -> list[Any]:
-    kind, keys, kids = found
+    kind, keys, kids, _ = found
     if kind == "dict":
         for key in node.keys:
             if key not in value:

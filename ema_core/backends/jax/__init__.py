@@ -1,0 +1,29 @@
+"""The JAX backend: pytrees, one compiled update, shardings kept, optax and checkpoints.
+
+* ``ema_core.ema_update`` / ``init`` / ``update`` / ``average`` accept any JAX pytree: plain and
+  flax linen param dicts, flax nnx ``State``, equinox modules (arrays are averaged, static fields
+  kept as they are). Eager calls run as one compiled function, not leaf by leaf.
+* ``make_update(config)``: the jitted ``(state, params) -> state`` with the state donated.
+* ``with_ema(optimizer, config)``: an optax transformation whose state carries the EMA;
+  ``ema_average(opt_state, config)`` reads it.
+* ``state_dict(state)`` / ``load_state_dict(arrays, like)``: flat numpy arrays for ``np.savez``.
+
+Nothing here issues a collective: every leaf is updated where its shards live.
+"""
+
+from ema_core.backends.jax._checkpoint import load_state_dict, state_dict
+from ema_core.backends.jax._compiled import make_update
+from ema_core.backends.jax._leaves import guard, scalar_device, update_leaves
+from ema_core.backends.jax._optax import WithEMAState, ema_average, with_ema
+
+__all__ = [
+    "WithEMAState",
+    "ema_average",
+    "guard",
+    "load_state_dict",
+    "make_update",
+    "scalar_device",
+    "state_dict",
+    "update_leaves",
+    "with_ema",
+]

@@ -1,0 +1,76 @@
+"""The leaf update for JAX arrays: the core's math compiled once per structure.
+
+Called eagerly, the generic per-leaf code would dispatch a handful of small operations per leaf
+(100,000 dispatches for a model of 20,000 tensors); here the whole update is one ``jax.jit``
+call. The decay and the rate are passed as 0-d arrays, never as static values, so a schedule that
+changes every step never recompiles. Inside a trace the same function is simply inlined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import array_api_compat as compat
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
+from ema_core.backends import generic
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Nothing to guard: JAX arrays are immutable and carry no autograd state."""
+    yield
+
+
+def update_leaves(
+    xp: Namespace,
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    kinds: Sequence[LeafKind],
+    decay: Value,
+    rate: Value,
+    *,
+    non_float: NonFloatPolicy,
+    writes: Sequence[bool],
+) -> list[Array]:
+    """New shadows: float leaves blended, exact ones copied (``writes`` is ignored: JAX arrays
+    are immutable, so a new array is always returned)."""
+    wide = jnp.result_type(float)
+    d, r = jnp.asarray(decay, dtype=wide), jnp.asarray(rate, dtype=wide)
+    new = _update(tuple(shadows), tuple(params), d, r, kinds=tuple(kinds), non_float=non_float)
+    return list(new)
+
+
+@partial(jax.jit, static_argnames=("kinds", "non_float"))
+def _update(
+    shadows: tuple[Array, ...],
+    params: tuple[Array, ...],
+    decay: Array,
+    rate: Array,
+    *,
+    kinds: tuple[LeafKind, ...],
+    non_float: NonFloatPolicy,
+) -> tuple[Array, ...]:
+    writes = [False] * len(kinds)
+    new = generic.update_leaves(
+        jnp, shadows, params, kinds, decay, rate, non_float=non_float, writes=writes
+    )
+    return tuple(new)
+
+
+def scalar_device(leaf: Array) -> Any:
+    """Where the 0-d ``step`` and ``weight`` of a state for ``leaf`` go: the leaf's device, or
+    for a leaf sharded over several devices the same mesh, replicated (``None`` when the
+    sharding has no mesh: JAX then places them on its default device)."""
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(leaf, jax.core.Tracer) or sharding is None or len(sharding.device_set) == 1:
+        return compat.device(leaf)
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, PartitionSpec())  # type: ignore[no-untyped-call]
+    return None

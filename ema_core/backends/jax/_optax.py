@@ -1,0 +1,110 @@
+"""``with_ema``: an optax transformation whose state carries the EMA of the params.
+
+optax is imported when ``with_ema`` is called, never before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+import ema_core
+from ema_core._config import Config
+from ema_core._types import EMAState, Tree
+from ema_core.backends.jax._compiled import checked_config
+
+
+class WithEMAState(NamedTuple):
+    """The state of ``with_ema``: the wrapped optimizer's state and the EMA state."""
+
+    inner: Any
+    ema: EMAState
+
+
+def with_ema(optimizer: Any, config: Config | None = None, /) -> Any:
+    """Wrap an optax ``GradientTransformation`` so that its state also carries the EMA.
+
+    ``update(grads, state, params)`` runs the wrapped optimizer, then updates the EMA with the
+    params after this step, ``params + updates`` (what ``optax.apply_updates`` returns), by
+    ``ema_core.update``. The returned updates are the wrapped optimizer's. Works inside a jitted
+    train step; read the average with ``ema_average(opt_state, config)``.
+
+    Args:
+        optimizer: an optax ``GradientTransformation`` (anything with ``init`` and ``update``).
+        config: the EMA's ``Config`` (default ``Config()``).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``; its ``update`` requires ``params``.
+
+    Raises:
+        TypeError: ``optimizer`` has no ``init``/``update`` or ``config`` is not a ``Config``.
+
+    Example:
+        >>> import jax.numpy as jnp, optax, ema_core as ema
+        >>> from ema_core.backends.jax import ema_average, with_ema
+        >>> config = ema.Config(schedule=0.5)
+        >>> opt = with_ema(optax.sgd(1.0), config)
+        >>> params = {"w": jnp.zeros(2)}
+        >>> opt_state = opt.init(params)
+        >>> updates, opt_state = opt.update({"w": -jnp.ones(2)}, opt_state, params)
+        >>> ema_average(opt_state, config)["w"].tolist()  # halfway from 0 to 1
+        [0.5, 0.5]
+    """
+    import optax
+
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
+        )
+    config = checked_config(config)
+    inner = optax.with_extra_args_support(optimizer)
+
+    def init(params: Tree) -> WithEMAState:
+        return WithEMAState(inner.init(params), ema_core.init(params, config))
+
+    def update(
+        updates: Tree, state: WithEMAState, params: Tree | None = None, **extra: Any
+    ) -> tuple[Tree, WithEMAState]:
+        if params is None:
+            raise ValueError(
+                "with_ema needs the params: call update(grads, opt_state, params), got params=None"
+            )
+        updates, inner_state = inner.update(updates, state.inner, params, **extra)
+        new_params = optax.apply_updates(params, updates)
+        return updates, WithEMAState(inner_state, ema_core.update(state.ema, new_params, config))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
+    """The EMA carried by a ``with_ema`` state, anywhere inside ``opt_state`` (a chain, ...).
+
+    It is ``ema_core.average`` of that EMA state: bias-corrected when ``config.init="zeros"``.
+    Pass the ``config`` given to ``with_ema``.
+
+    Raises:
+        ValueError: ``opt_state`` holds no ``with_ema`` state, or more than one.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from ema_core.backends.jax import ema_average, with_ema
+        >>> opt = optax.chain(optax.clip(1.0), with_ema(optax.sgd(0.1)))
+        >>> ema_average(opt.init({"w": jnp.ones(1)}))["w"].tolist()
+        [1.0]
+    """
+    found = [
+        node
+        for node in jax.tree_util.tree_leaves(
+            opt_state, is_leaf=lambda x: isinstance(x, WithEMAState)
+        )
+        if isinstance(node, WithEMAState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"opt_state must hold exactly one with_ema state, found {len(found)} "
+            f"in a {type(opt_state).__name__}"
+        )
+    return ema_core.average(found[0].ema, checked_config(config))

@@ -1,0 +1,84 @@
+"""Open one level of a node registered with ``jax.tree_util`` for ``ema_core._tree``.
+
+flax nnx ``State`` is a Mapping and its ``Variable`` leaves are pytree nodes; equinox modules are
+pytree nodes whose static fields live in the tree definition. ``children`` opens such a node one
+level: arrays and containers become children that the walk visits (and the update replaces);
+every other leaf (an activation function, a Python number) is static: kept as it is, in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat as compat
+import jax
+import numpy as np
+
+from ema_core._tree import PathEntry
+
+#: (kind, path entries, children, spec), as ``ema_core._tree._children`` returns them.
+Found = tuple[str, tuple[PathEntry, ...], list[Any], "PytreeSpec"]
+
+
+@dataclass(frozen=True, eq=False)
+class PytreeSpec:
+    """How to rebuild a node: its one-level tree definition and its static leaves.
+
+    ``slots[i]`` is True where the i-th child is visited and False where ``statics`` holds it.
+    Two specs match when their tree definitions and slots do; the static values themselves may
+    differ (two equinox models built apart hold different ``lambda`` objects), and a rebuilt node
+    keeps the static values of the nest it was flattened from.
+    """
+
+    treedef: Any
+    slots: tuple[bool, ...]
+    statics: tuple[Any, ...]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PytreeSpec):
+            return NotImplemented
+        return self.slots == other.slots and self.treedef == other.treedef
+
+    def __hash__(self) -> int:
+        return hash((self.treedef, self.slots))
+
+    def rebuild(self, kids: Sequence[Any]) -> Any:
+        """The node with ``kids`` in the visited slots and the statics in the others."""
+        kid, static = iter(kids), iter(self.statics)
+        return self.treedef.unflatten([next(kid) if s else next(static) for s in self.slots])
+
+
+def children(node: Any) -> Found | None:
+    """Open ``node`` one level, or None when it is a leaf (an array, a number, an object)."""
+    if isinstance(node, (jax.Array, np.ndarray, np.generic)):
+        return None  # nnx Variables look like arrays (__array_namespace__) but are nodes
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if jax.tree_util.treedef_is_leaf(treedef):
+        return None
+    slots = tuple(_visited(value) for _, value in pairs)
+    keys = tuple(_entry(path[0]) for (path, _), s in zip(pairs, slots, strict=True) if s)
+    kids = [value for (_, value), s in zip(pairs, slots, strict=True) if s]
+    statics = tuple(value for (_, value), s in zip(pairs, slots, strict=True) if not s)
+    return "pytree", keys, kids, PytreeSpec(treedef, slots, statics)
+
+
+def _visited(value: Any) -> bool:
+    """Arrays, None and pytree containers are visited; other leaves are static."""
+    if value is None or compat.is_array_api_obj(value):
+        return True
+    return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value))
+
+
+def _entry(key: Any) -> PathEntry:
+    """A ``jax.tree_util`` key as an ``ema_core`` path entry (``.name`` or ``[key]``)."""
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return ("attr", key.name)
+    if isinstance(key, jax.tree_util.DictKey):
+        return ("key", key.key)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return ("key", key.idx)
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return ("key", key.key)
+    return ("key", str(key))
