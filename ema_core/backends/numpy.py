@@ -144,7 +144,9 @@ def _scratch(dtype: np.dtype[Any], size: int, tag: str = "blend") -> np.ndarray:
 
 def _flat(job: Job) -> bool:
     """Whether all three arrays are C-contiguous (so ``reshape(-1)`` gives views)."""
-    return all(a.flags.c_contiguous for a in job)
+    return bool(
+        job[0].flags.c_contiguous and job[1].flags.c_contiguous and job[2].flags.c_contiguous
+    )
 
 
 def _blocks(job: Job) -> Iterator[Job]:
@@ -165,19 +167,20 @@ def _group_small(jobs: list[Job]) -> list[Job | list[Job]]:
     """Work items: large leaves as they are, small contiguous ones in batches of same dtypes
     holding at most ``BLOCK`` elements together."""
     items: list[Job | list[Job]] = []
-    open_batches: dict[tuple[Any, ...], tuple[list[Job], list[int]]] = {}
+    batches: dict[tuple[int, int], tuple[list[Job], list[int]]] = {}
     for job in jobs:
         o, s, p = job
-        if o.size > SMALL or not _flat(job):
+        n = o.size
+        if n > SMALL or not _flat(job):
             items.append(job)
             continue
-        key = (o.dtype, s.dtype, p.dtype)
-        batch, filled = open_batches.get(key, ([], [BLOCK]))
-        if filled[0] + o.size > BLOCK:
-            batch, filled = open_batches[key] = ([], [0])
+        key = (id(s.dtype), id(p.dtype))  # equal dtypes may differ in id: harmless, new batch
+        batch, filled = batches.get(key, ([], [BLOCK]))
+        if filled[0] + n > BLOCK:
+            batch, filled = batches[key] = ([], [0])
             items.append(batch)
         batch.append(job)
-        filled[0] += o.size
+        filled[0] += n
     return items
 
 
@@ -193,8 +196,8 @@ def _do(item: Job | list[Job], d: float, r: float) -> None:
     sizes = [o.size for o, _, _ in item]
     gs = _scratch(item[0][1].dtype, sum(sizes), "gather_shadow")
     gp = _scratch(item[0][2].dtype, sum(sizes), "gather_params")
-    np.concatenate([s.reshape(-1) for _, s, _ in item], out=gs)
-    np.concatenate([p.reshape(-1) for _, _, p in item], out=gp)
+    np.concatenate([s for _, s, _ in item], axis=None, out=gs)
+    np.concatenate([p for _, _, p in item], axis=None, out=gp)
     _blend(gs, gs, gp, d, r)
     start = 0
     for (o, _, _), n in zip(item, sizes, strict=True):
