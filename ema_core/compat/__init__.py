@@ -1,0 +1,24 @@
+"""Drop-in classes with the seed systems' own names and methods, built on ema-core.
+
+- ``ema_core.compat.allennlp.ExponentialMovingAverage`` (AllenNLP ``moving_average``)
+- ``ema_core.compat.tensorflow.ExponentialMovingAverage`` (``tf.train`` TF2 and TF1)
+- ``ema_core.compat.paddle.ExponentialMovingAverage`` (``paddle.static``)
+- ``ema_core.compat.mmedit.ExponentialMovingAverage`` (MMEditing / mmengine, torch modules)
+
+The first three work on numpy, CuPy, torch and JAX arrays (each module says how JAX's immutable
+arrays are handled); the MMEditing class wraps a torch module. Submodules load on first access,
+so importing ``ema_core.compat`` imports no framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["allennlp", "mmedit", "paddle", "tensorflow"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return importlib.import_module(f"ema_core.compat.{name}")
+    raise AttributeError(f"module 'ema_core.compat' has no attribute {name!r}")

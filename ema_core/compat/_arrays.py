@@ -1,0 +1,127 @@
+"""What the drop-in classes share: named arrays from the seeds' inputs, copies, and writes that
+happen in place where the array allows it (numpy, CuPy, torch) and by rebinding where it does not
+(JAX). Frameworks are found from the arrays; nothing here imports one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import array_api_compat as compat
+
+from ema_core._types import Array
+
+
+def is_module(obj: Any) -> bool:
+    """A torch ``nn.Module`` (checked without importing torch)."""
+    return callable(getattr(obj, "named_parameters", None)) and callable(
+        getattr(obj, "named_buffers", None)
+    )
+
+
+def named_arrays(obj: Any, name: str, *, allow_plain: bool = False) -> dict[str, Array]:
+    """``{name: array}`` from a torch module (its named parameters), a mapping, or an iterable of
+    ``(name, array)`` pairs (or of plain arrays, named ``"0"``, ``"1"``, ..., if allowed)."""
+    if is_module(obj):
+        items: list[Any] = list(obj.named_parameters())
+    elif isinstance(obj, Mapping):
+        items = list(obj.items())
+    elif isinstance(obj, Iterable) and not compat.is_array_api_obj(obj):
+        items = list(obj)
+    else:
+        raise TypeError(f"{name} must be named arrays, got {type(obj).__name__}")
+    if allow_plain and items and all(compat.is_array_api_obj(x) for x in items):
+        items = [(str(i), x) for i, x in enumerate(items)]
+    out: dict[str, Array] = {}
+    for i, item in enumerate(items):
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError(f"{name}[{i}] must be a (name, array) pair, got {item!r:.80}")
+        check_array(item[1], f"{name}[{item[0]!r}]")
+        if item[0] in out:
+            raise ValueError(f"{name} holds the name {item[0]!r} twice")
+        out[item[0]] = item[1]
+    if not out:
+        raise ValueError(f"{name} holds no arrays: nothing to average")
+    return out
+
+
+def check_array(x: Any, where: str) -> None:
+    if not compat.is_array_api_obj(x):
+        raise TypeError(f"{where} must be an array, got {type(x).__name__}")
+
+
+def same_names(new: Mapping[str, Array], old: Mapping[str, Array], name: str) -> None:
+    """New values for the tracked arrays must name exactly the same arrays, with equal shapes."""
+    if set(new) != set(old):
+        missing, extra = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+        raise ValueError(f"{name} must name the tracked arrays; missing {missing}, extra {extra}")
+    for key, value in new.items():
+        if tuple(value.shape) != tuple(old[key].shape):
+            raise ValueError(
+                f"{name}[{key!r}] has shape {tuple(value.shape)}, the tracked array "
+                f"{tuple(old[key].shape)}"
+            )
+
+
+def clone(x: Array) -> Array:
+    """An independent copy (detached from autograd for torch)."""
+    if compat.is_torch_array(x):
+        return x.detach().clone()
+    return compat.array_namespace(x).asarray(x, copy=True)
+
+
+def assign(dst: Array, src: Array) -> Array:
+    """Write ``src`` into ``dst`` in place and return ``dst``; where ``dst`` is immutable (JAX)
+    return ``src`` in ``dst``'s dtype instead, for the caller to rebind."""
+    if compat.is_torch_array(dst):
+        import torch
+
+        with torch.no_grad():
+            dst.copy_(src)
+        return dst
+    xp = compat.array_namespace(dst)
+    value = src if src.dtype == dst.dtype else xp.astype(src, dst.dtype)
+    if compat.is_writeable_array(dst):
+        dst[...] = value
+        return dst
+    return value if value is not src else xp.asarray(src, copy=True)
+
+
+def assign_all(dst: dict[str, Array], src: Mapping[str, Array]) -> dict[str, Array]:
+    """``assign`` for every name; ``dst`` is updated to the arrays now holding the values."""
+    for key, value in dst.items():
+        dst[key] = assign(value, src[key])
+    return dst
+
+
+def divide(x: Array, weight: float) -> Array:
+    """``x / weight`` in ``x``'s dtype (float32 or wider arithmetic); non-float arrays as they
+    are (copied)."""
+    xp = compat.array_namespace(x)
+    if not xp.isdtype(x.dtype, ("real floating", "complex floating")):
+        return xp.asarray(x, copy=True)
+    wide = x if x.dtype in (xp.float32, xp.float64) else xp.astype(x, xp.float32)
+    out = wide / weight
+    return out if out.dtype == x.dtype else xp.astype(out, x.dtype)
+
+
+def read_count(value: Any, name: str) -> int:
+    """The current value of a counter given as an int, a 0-d integer array or a callable."""
+    current = value() if callable(value) else value
+    if compat.is_array_api_obj(current):
+        xp = compat.array_namespace(current)
+        if current.ndim != 0 or not xp.isdtype(current.dtype, "integral"):
+            raise TypeError(f"{name} must be a 0-d integer array, got dtype {current.dtype}")
+        current = int(current)
+    if isinstance(current, bool) or not isinstance(current, int):
+        raise TypeError(f"{name} must give an int, got {type(current).__name__}")
+    if current < 0:
+        raise ValueError(f"{name} must be >= 0, got {current}")
+    return current
+
+
+def check_counter(value: Any, name: str) -> None:
+    """A counter argument: None, an int >= 0, a 0-d integer array or a zero-argument callable."""
+    if value is None or callable(value):
+        return
+    read_count(value, name)

@@ -1,0 +1,104 @@
+"""AllenNLP's ``ExponentialMovingAverage`` (``allennlp.training.moving_average``) on any arrays.
+
+Same constructor and methods as AllenNLP 2.10. numpy, CuPy and torch arrays (and a torch
+module's parameters) are updated in place, as AllenNLP does. JAX arrays cannot be: pass the new
+values to ``apply(num_updates, parameters=...)`` each step, and read the values that
+``assign_average_value()`` / ``restore()`` return (or ``.parameters``) instead of the old arrays.
+The functional equivalent is ``ema_core.init`` / ``update`` with ``presets.allennlp(...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ema_core
+from ema_core._checks import check_fraction
+from ema_core._types import Array
+from ema_core.compat._arrays import assign_all, clone, named_arrays, read_count, same_names
+from ema_core.schedules import num_updates as num_updates_schedule
+
+
+class ExponentialMovingAverage:
+    """Shadows of named parameters: ``shadow = d * shadow + (1 - d) * param`` on ``apply()``.
+
+    ``d = decay``, or ``min(decay, (numerator + n) / (denominator + n))`` for
+    ``apply(num_updates=n)``. Shadows start as copies of the parameters.
+
+    Example:
+        >>> import numpy as np
+        >>> from ema_core.compat.allennlp import ExponentialMovingAverage
+        >>> w = np.zeros(2)
+        >>> ema = ExponentialMovingAverage([("w", w)], decay=0.5)
+        >>> w += 4.0
+        >>> ema.apply()
+        >>> ema.assign_average_value()["w"]
+        array([2., 2.])
+        >>> ema.restore()["w"]
+        array([4., 4.])
+    """
+
+    def __init__(
+        self,
+        parameters: Any,
+        decay: float = 0.9999,
+        numerator: float = 1.0,
+        denominator: float = 10.0,
+    ) -> None:
+        self._decay = check_fraction("decay", decay)
+        self._schedule = num_updates_schedule(decay, numerator, denominator)
+        self._parameters = named_arrays(parameters, "parameters")
+        self._shadows = {k: clone(v) for k, v in self._parameters.items()}
+        self._backups = {k: clone(v) for k, v in self._parameters.items()}
+
+    @property
+    def parameters(self) -> dict[str, Array]:
+        """The tracked parameters by name (the arrays holding their current values)."""
+        return dict(self._parameters)
+
+    def apply(self, num_updates: int | None = None, parameters: Any = None) -> None:
+        """Move every shadow toward its parameter.
+
+        Args:
+            num_updates: the update count n for the counter decay, or None for ``decay``.
+            parameters: new values of the tracked parameters (named arrays); needed for JAX.
+        """
+        if parameters is not None:
+            new = named_arrays(parameters, "parameters")
+            same_names(new, self._parameters, "parameters")
+            self._parameters = new
+        if num_updates is None:
+            self._shadows = ema_core.ema_update(
+                self._shadows, self._parameters, 1, decay=self._decay
+            )
+        else:
+            n = read_count(num_updates, "num_updates")
+            self._shadows = ema_core.ema_update(
+                self._shadows, self._parameters, n, schedule=self._schedule
+            )
+
+    def assign_average_value(self) -> dict[str, Array]:
+        """Back up the parameters and write the averages into them; return the parameters."""
+        self._backups = assign_all(self._backups, self._parameters)
+        return dict(assign_all(self._parameters, self._shadows))
+
+    def restore(self) -> dict[str, Array]:
+        """Write the backed-up values into the parameters; return the parameters."""
+        return dict(assign_all(self._parameters, self._backups))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of the shadows and backups, by parameter name."""
+        return {
+            "shadows": {k: clone(v) for k, v in self._shadows.items()},
+            "backups": {k: clone(v) for k, v in self._backups.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load shadows and backups saved by ``state_dict()`` (checked before anything is set)."""
+        if not isinstance(state_dict, dict) or set(state_dict) != {"shadows", "backups"}:
+            raise ValueError("state_dict must be a dict with the keys 'shadows' and 'backups'")
+        loaded = {}
+        for key in ("shadows", "backups"):
+            loaded[key] = named_arrays(state_dict[key], f"state_dict[{key!r}]")
+            same_names(loaded[key], self._parameters, f"state_dict[{key!r}]")
+        self._shadows = assign_all(self._shadows, loaded["shadows"])
+        self._backups = assign_all(self._backups, loaded["backups"])

@@ -1,0 +1,116 @@
+"""PaddlePaddle's ``paddle.static.ExponentialMovingAverage`` on any arrays.
+
+The static-graph class averages every parameter of the program; here the parameters are given
+(named arrays, a dict, a list of arrays or a torch module). ``update()`` runs
+``ema_t = d ema_{t-1} + (1 - d) theta_t`` from ``ema_0 = 0`` with the decay in float32
+(``min(decay, (1 + thres) / (10 + thres))`` when ``thres_steps`` is set), and ``apply()`` writes
+the bias-corrected ``ema_t / (1 - d ** t)`` into the parameters (the zeros as they are before
+any update). ``executor`` is accepted and ignored: there is no program to run. numpy, CuPy and
+torch parameters are written in place; for JAX pass the new values to ``update(parameters=...)``
+and use the dict ``apply()`` yields. The functional equivalent is ``ema_core.init`` / ``update``
+/ ``average`` with ``presets.paddle(...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import ema_core
+from ema_core._checks import check_fraction
+from ema_core._types import Array
+from ema_core.compat._arrays import (
+    assign_all,
+    check_counter,
+    clone,
+    divide,
+    named_arrays,
+    read_count,
+    same_names,
+)
+from ema_core.schedules import in_float32
+from ema_core.schedules import num_updates as num_updates_schedule
+
+
+class ExponentialMovingAverage:
+    """A zero-started, bias-corrected EMA of parameters with Paddle's method names.
+
+    Example:
+        >>> import numpy as np
+        >>> from ema_core.compat.paddle import ExponentialMovingAverage
+        >>> w = np.full(2, 4.0, dtype=np.float32)
+        >>> ema = ExponentialMovingAverage([("w", w)], decay=0.5)
+        >>> ema.update()
+        >>> with ema.apply() as averaged:
+        ...     averaged["w"]
+        array([4., 4.], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        parameters: Any,
+        decay: float = 0.999,
+        thres_steps: Any = None,
+        name: str | None = None,
+    ) -> None:
+        self._decay = check_fraction("decay", decay)
+        check_counter(thres_steps, "thres_steps")
+        self._thres_steps, self.name = thres_steps, name
+        self._parameters = named_arrays(parameters, "parameters", allow_plain=True)
+        config = ema_core.Config(init="zeros")
+        self._ema: dict[str, Array] = ema_core.init(self._parameters, config).shadow
+        self._backups: dict[str, Array] | None = None
+        self._step = 0
+        self._last_decay = self._decay
+
+    @property
+    def parameters(self) -> dict[str, Array]:
+        """The parameters by name (the arrays holding their current values)."""
+        return dict(self._parameters)
+
+    def _current_decay(self) -> float:
+        if self._thres_steps is None:
+            return float(in_float32(self._decay)(0))
+        n = read_count(self._thres_steps, "thres_steps")
+        return float(in_float32(num_updates_schedule(self._decay))(n))
+
+    def update(self, parameters: Any = None) -> None:
+        """One EMA step with the parameters (or their new values, needed for JAX)."""
+        if parameters is not None:
+            new = named_arrays(parameters, "parameters", allow_plain=True)
+            same_names(new, self._parameters, "parameters")
+            self._parameters = new
+        decay = self._current_decay()
+        self._ema = ema_core.ema_update(self._ema, self._parameters, 1, decay=decay)
+        self._step += 1
+        self._last_decay = decay
+
+    def average(self) -> dict[str, Array]:
+        """The bias-corrected averages ``ema / (1 - d ** t)``, as new arrays."""
+        if self._step == 0:
+            return {k: clone(v) for k, v in self._ema.items()}
+        rate = 1.0 - self._last_decay
+        weight = 1.0 if rate >= 1.0 else -math.expm1(self._step * math.log1p(-rate))
+        return {k: divide(v, weight) for k, v in self._ema.items()}
+
+    @contextlib.contextmanager
+    def apply(self, executor: Any = None, need_restore: bool = True) -> Iterator[dict[str, Array]]:
+        """Write the bias-corrected averages into the parameters for the ``with`` block; yield
+        the parameters; restore them afterwards (also on error) when ``need_restore``."""
+        if not isinstance(need_restore, bool):
+            raise TypeError(f"need_restore must be a bool, got {need_restore!r}")
+        averages = self.average()
+        self._backups = {k: clone(v) for k, v in self._parameters.items()}
+        try:
+            yield dict(assign_all(self._parameters, averages))
+        finally:
+            if need_restore:
+                self.restore(executor)
+
+    def restore(self, executor: Any = None) -> dict[str, Array]:
+        """Write the values saved by the last ``apply()`` back into the parameters."""
+        if self._backups is None:
+            raise RuntimeError("restore() needs an earlier apply(): nothing was saved")
+        return dict(assign_all(self._parameters, self._backups))

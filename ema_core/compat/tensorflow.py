@@ -1,0 +1,183 @@
+"""TensorFlow's ``tf.train.ExponentialMovingAverage`` (TF2, and the TF1 ``average_name`` /
+``variables_to_restore``) on any arrays.
+
+``apply(var_list)`` creates a shadow the first time it sees a variable and updates every shadow
+on every call, the first one included; the decay ``min(decay, (1 + n) / (10 + n))`` is formed in
+float32 as TF does. Name variables by passing ``(name, array)`` pairs, a dict or a torch module:
+``average_name`` and ``variables_to_restore`` then use TF's ``<name>/<ema name>`` naming.
+``zero_debias=True`` treats every input as TF treats tensors: zero shadows, read through
+``biased / (1 - d ** k)`` after the k-th apply. numpy, CuPy and torch shadows are updated in
+place; with JAX arrays (immutable, a new object every step) name them, so the new values find
+their shadows, and read ``average(name)`` after each apply. The functional equivalent is
+``ema_core.init`` / ``update`` / ``average`` with ``presets.tensorflow(...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat as compat
+
+import ema_core
+from ema_core._checks import check_fraction
+from ema_core._types import Array
+from ema_core.compat._arrays import (
+    assign,
+    check_array,
+    check_counter,
+    clone,
+    divide,
+    is_module,
+    read_count,
+)
+from ema_core.schedules import in_float32
+from ema_core.schedules import num_updates as num_updates_schedule
+
+Key = str | int
+
+
+@dataclass
+class _Slot:
+    var: Array
+    name: str | None
+    shadow: Array
+    biased: Array | None = None
+    local_step: int = 0
+
+
+class ExponentialMovingAverage:
+    """Moving averages of variables: ``shadow -= (1 - decay) * (shadow - variable)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from ema_core.compat.tensorflow import ExponentialMovingAverage
+        >>> w = np.ones(2, dtype=np.float32)
+        >>> ema = ExponentialMovingAverage(decay=0.5)
+        >>> ema.apply([("dense/kernel", w)])
+        >>> w += 2.0
+        >>> ema.apply([("dense/kernel", w)])
+        >>> ema.average("dense/kernel"), ema.average_name("dense/kernel")
+        (array([2., 2.], dtype=float32), 'dense/kernel/ExponentialMovingAverage')
+    """
+
+    def __init__(
+        self,
+        decay: float,
+        num_updates: Any = None,
+        zero_debias: bool = False,
+        name: str = "ExponentialMovingAverage",
+    ) -> None:
+        self._decay = check_fraction("decay", decay)
+        check_counter(num_updates, "num_updates")
+        if not isinstance(zero_debias, bool):
+            raise TypeError(f"zero_debias must be a bool, got {zero_debias!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        self._num_updates, self._zero_debias, self._name = num_updates, zero_debias, name
+        self._slots: dict[Key, _Slot] = {}
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _current_decay(self) -> float:
+        if self._num_updates is None:
+            return float(in_float32(self._decay)(0))
+        n = read_count(self._num_updates, "num_updates")
+        return float(in_float32(num_updates_schedule(self._decay))(n))
+
+    def apply(self, var_list: Any = None) -> None:
+        """Create shadows for new variables, then update every shadow in ``var_list``."""
+        items = _items(var_list)
+        decay = self._current_decay()
+        for key, _, var in items:
+            old = self._slots.get(key)
+            if old is not None and tuple(old.shadow.shape) != tuple(var.shape):
+                raise ValueError(
+                    f"variable {key!r} has shape {tuple(var.shape)}, its shadow "
+                    f"{tuple(old.shadow.shape)}"
+                )
+        for key, name, var in items:
+            if key not in self._slots:
+                zeros = compat.array_namespace(var).zeros_like(var)
+                shadow = zeros if self._zero_debias else clone(var)
+                biased = clone(zeros) if self._zero_debias else None
+                self._slots[key] = _Slot(var, name, shadow, biased)
+            self._slots[key].var = var
+        slots = [self._slots[key] for key, _, _ in items]
+        params = {i: s.var for i, s in enumerate(slots)}
+        field = "biased" if self._zero_debias else "shadow"
+        current = {i: getattr(s, field) for i, s in enumerate(slots)}
+        new = ema_core.ema_update(current, params, 1, decay=decay)
+        for i, slot in enumerate(slots):
+            setattr(slot, field, new[i])
+            if self._zero_debias:
+                slot.local_step += 1
+                slot.shadow = assign(slot.shadow, divide(new[i], _debias(decay, slot.local_step)))
+
+    def _slot(self, var: Any) -> _Slot | None:
+        if isinstance(var, tuple) and len(var) == 2:
+            var = var[0]
+        if isinstance(var, str):
+            return self._slots.get(var)
+        return next((s for s in self._slots.values() if s.var is var), None)
+
+    def average(self, var: Any) -> Array | None:
+        """The shadow of ``var`` (an array, a name or a pair), or None if it is not averaged."""
+        slot = self._slot(var)
+        return None if slot is None else slot.shadow
+
+    def average_name(self, var: Any) -> str:
+        """``"<variable name>/<name>"``: the name the average is saved under."""
+        name = var if isinstance(var, str) else None
+        if isinstance(var, tuple) and len(var) == 2 and isinstance(var[0], str):
+            name = var[0]
+        if name is None:
+            slot = self._slot(var)
+            name = None if slot is None else slot.name
+        if name is None:
+            raise ValueError("average_name needs a named variable: pass (name, array) pairs")
+        return f"{name}/{self._name}"
+
+    def variables_to_restore(self, moving_avg_variables: Any = None) -> dict[str, Array]:
+        """Map restore names to variables: ``average_name(v)`` for averaged variables (all by
+        default), the variable's own name otherwise."""
+        named = {s.name: s.var for s in self._slots.values() if s.name is not None}
+        if moving_avg_variables is None:
+            averaged = set(named)
+        else:
+            averaged = {k for k, _, _ in _items(moving_avg_variables) if isinstance(k, str)}
+        return {(self.average_name(n) if n in averaged else n): v for n, v in named.items()}
+
+
+def _debias(decay: float, local_step: int) -> float:
+    """TF's zero-debias factor ``1 - decay ** local_step``, without cancellation."""
+    if decay == 0.0:
+        return 1.0
+    return -math.expm1(local_step * math.log(decay))
+
+
+def _items(var_list: Any) -> list[tuple[Key, str | None, Array]]:
+    """``(key, name, array)`` per variable: named ones are keyed by name, plain arrays by id."""
+    if var_list is None:
+        raise ValueError("var_list must list the variables to average, got None")
+    if is_module(var_list):
+        var_list = list(var_list.named_parameters())
+    elif isinstance(var_list, Mapping):
+        var_list = list(var_list.items())
+    elif compat.is_array_api_obj(var_list):
+        var_list = [var_list]
+    out: list[tuple[Key, str | None, Array]] = []
+    for i, item in enumerate(var_list):
+        name, var = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        check_array(var, f"var_list[{i}]")
+        xp = compat.array_namespace(var)
+        if not xp.isdtype(var.dtype, "real floating"):
+            raise TypeError(
+                f"var_list[{i}] must be bfloat16/float16/float32/float64, got {var.dtype}"
+            )
+        out.append((name if isinstance(name, str) else id(var), name, var))
+    return out
