@@ -97,6 +97,6 @@ def _scratch(like: torch.Tensor, block: int) -> torch.Tensor:
     if cache is None:
         cache = _LOCAL.scratch = {}
     key = (like.device, like.dtype)
-    if key not in cache:
+    if key not in cache or cache[key].numel() < block:
         cache[key] = torch.empty(block, dtype=like.dtype, device=like.device)
     return cache[key]

@@ -26,12 +26,17 @@ def make_shadow(
     """A new shadow for ``live``: a copy (or zeros) in ``dtype`` on ``device`` (pinned host
     memory when ``live`` is on CUDA and ``device`` is the CPU). Never aliases ``live``."""
     source = live.detach()
-    if device is None or device == source.device:
+    if device is None or _same(device, source.device):
         out = torch.empty_like(source, dtype=dtype)
     else:
         pin = device.type == "cpu" and source.is_cuda
         out = torch.empty(source.shape, dtype=dtype, device=device, pin_memory=pin)
     return out.zero_() if zeros else out.copy_(source)
+
+
+def _same(wanted: torch.device, actual: torch.device) -> bool:
+    """``"cuda"`` (no index) names the device a CUDA tensor is already on."""
+    return wanted.type == actual.type and wanted.index in (None, actual.index)
 
 
 class Local:
