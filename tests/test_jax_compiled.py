@@ -1,0 +1,127 @@
+"""make_update: one compilation for every step, donated buffers reused, same numbers as update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+import ema_core as ema  # noqa: E402
+from ema_core import schedules  # noqa: E402
+from ema_core.backends.jax import make_update  # noqa: E402
+from tests.conftest import assert_close  # noqa: E402
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@pytest.fixture
+def compilations():
+    """A list that grows by one per XLA compilation while the test runs."""
+    seen: list[str] = []
+
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            seen.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield seen
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "w": jnp.asarray(rng.standard_normal((16, 8)), jnp.float32),
+        "b": jnp.asarray(rng.standard_normal(8), jnp.bfloat16),
+        "n": jnp.asarray(0, jnp.int32),
+    }
+
+
+def _targets(steps):
+    return [jax.tree_util.tree_map(lambda x, i=i: x + i, _params()) for i in range(steps)]
+
+
+def test_compiles_once_over_50_steps(compilations):
+    config = ema.Config(schedule=schedules.warmup(0.999), init="copy")
+    step = make_update(config)
+    targets = _targets(50)  # built before counting starts
+    state = ema.init(_params(), config)
+    jax.block_until_ready((targets, state))
+    compilations.clear()
+    for target in targets:
+        state = step(state, target)
+    jax.block_until_ready(state)
+    assert int(state.step) == 50
+    assert len(compilations) == 1
+
+
+def test_output_buffers_alias_the_donated_inputs():
+    step = make_update(ema.Config(schedule=0.9))
+    params = _params()
+    state = step(ema.init(params), params)  # a steady-state (committed) state
+    before = jax.tree_util.tree_leaves(state)
+    pointers = [x.unsafe_buffer_pointer() for x in before]
+    state = step(state, params)
+    assert all(x.is_deleted() for x in before)
+    assert [x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(state)] == pointers
+
+
+def test_donate_false_keeps_the_input_state():
+    step = make_update(ema.Config(schedule=0.9), donate=False)
+    params = _params()
+    state = ema.init(params)
+    new = step(state, jax.tree_util.tree_map(lambda x: x + 1, params))
+    assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
+    assert int(state.step) == 0
+    assert int(new.step) == 1
+
+
+@pytest.mark.parametrize("init", ["params", "copy", "zeros"])
+def test_equals_update_by_hand_and_the_reference(init):
+    config = ema.Config(schedule=schedules.num_updates(0.99), init=init)
+    step = make_update(config)
+    targets = _targets(6)
+    compiled, by_hand = ema.init(_params(), config), ema.init(_params(), config)
+    shadow = np.asarray(_params()["w"], np.float64) * (init != "zeros")
+    weight = 0.0 if init == "zeros" else 1.0
+    for t, target in enumerate(targets, 1):
+        compiled = step(compiled, target)
+        by_hand = ema.update(by_hand, target, config)
+        d = 0.0 if (init == "copy" and t == 1) else min(0.99, (1 + t) / (10 + t))
+        shadow = shadow + (1 - d) * (np.asarray(target["w"], np.float64) - shadow)
+        weight = d * weight + (1 - d)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(by_hand), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert compiled.shadow["b"].dtype == jnp.float32  # bf16 params, float32 shadow
+    assert int(compiled.shadow["n"]) == int(targets[-1]["n"])
+    assert_close(compiled.shadow["w"], shadow, "float32", ulps=16)
+    assert_close(ema.average(compiled, config)["w"], shadow / weight, "float32", ulps=16)
+
+
+def test_decay_one_keeps_and_zero_copies_bit_exactly():
+    params = _params()
+    target = jax.tree_util.tree_map(lambda x: x + 3, params)
+    keep = make_update(ema.Config(schedule=1.0))(ema.init(params), target)
+    np.testing.assert_array_equal(np.asarray(keep.shadow["w"]), np.asarray(params["w"]))
+    copy = make_update(ema.Config(schedule=0.0))(ema.init(params), target)
+    np.testing.assert_array_equal(np.asarray(copy.shadow["w"]), np.asarray(target["w"]))
+    np.testing.assert_array_equal(
+        np.asarray(copy.shadow["b"]), np.asarray(target["b"].astype(jnp.float32))
+    )
+
+
+def test_bad_arguments_raise_before_anything_runs():
+    with pytest.raises(TypeError, match=r"config must be an ema_core\.Config, got float"):
+        make_update(0.9)
+    with pytest.raises(TypeError, match="donate must be True or False, got 'yes'"):
+        make_update(donate="yes")
+    step = make_update()
+    params = _params()
+    state = ema.init(params)
+    with pytest.raises(ValueError, match=r"params\['w'\] has shape \(3,\)"):
+        step(state, {**params, "w": jnp.ones(3)})
+    assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
