@@ -1,21 +1,16 @@
 """The CuPy backend: one fused kernel per array, one launch for many small arrays.
 
-Each float leaf is updated by one elementwise kernel that reads the shadow and the params (in
-any float dtype: float32 shadows over float16 or bfloat16 params cast in registers) and writes
-the shadow: 12 bytes per element for fp32/fp32, 10 for an fp32 shadow over half params. The
-decay and ``1 - decay`` are kernel arguments (host floats by value, device 0-d arrays by
-pointer), so a new step never compiles a new kernel and a device decay is never read back.
+Each float leaf is updated by one elementwise kernel that reads shadow and params (any float
+dtypes: float16/bfloat16 params cast in registers) and writes the shadow. The decay and
+``1 - decay`` are kernel arguments (host floats by value, 0-d device arrays read in the
+kernel), so a new step compiles nothing and a device decay is never read back. Products and
+sums go through ``__fmul_rn`` / ``__fadd_rn`` (never fused into an FMA), so the result equals
+the generic backend's separate kernels bit for bit.
 
-The arithmetic is the core's two-sided lerp with the same roundings as the generic backend's
-separate CuPy kernels: every product and sum goes through ``__fmul_rn`` / ``__fadd_rn`` (or the
-double versions), which the compiler never fuses into an FMA, so results are bit-equal.
-
-Contiguous leaves of at most ``MULTI_MAX`` elements take the multi-tensor path: a table of their
-pointers, sizes and chunk starts lives on the device (built once and cached for as long as the
-same arrays come back) and one kernel launch per dtype pair walks all of them. Everything runs
-on CuPy's current stream. Inside a captured CUDA graph use the in-place path (the table of the
-captured arrays is already cached from a warm-up call) and a device decay, which the replay
-reads afresh; a host decay is baked into the graph as a constant.
+Contiguous float32/float64 shadows of at most ``MULTI_MAX`` elements take one launch per dtype
+pair over a device table of pointers, sizes and chunk starts, cached for as long as the same
+arrays come back. All launches use the current stream. In a captured CUDA graph use the in-place
+path (its table is cached by a warm-up call) and a device decay, which a replay reads afresh.
 """
 
 from __future__ import annotations
@@ -131,9 +126,20 @@ def update_leaves(
 ) -> list[Array]:
     """Blend float leaves with fused kernels, copy exact ones; in place where ``writes`` says.
 
-    Equal, bit for bit, to the generic backend on the same inputs. A host decay of 1 returns
-    each shadow itself. Leaves the kernels do not cover (complex, a half shadow over float64
-    params) go through the generic backend.
+    ``s <- s + (1 - d) (p - s)`` per float leaf, bit for bit as the generic backend computes
+    it, on the current stream and without reading the decay on the host. A host decay of 1
+    returns each shadow itself. Leaves the kernels do not cover (complex, a half shadow over
+    float64 params) go through the generic backend.
+
+    Args:
+        xp: the namespace (array_api_compat.cupy), used by the generic fallback only.
+        shadows, params: the leaves, pairwise of equal shapes; kinds: "float" or "exact".
+        decay, rate: the decay and ``1 - decay``: Python floats or 0-d device arrays.
+        non_float: "copy" copies exact leaves, anything else keeps them.
+        writes: per leaf, write into the shadow and return it, or return a new array.
+
+    Returns:
+        The new leaves, in order (no example here: it needs a GPU; see the module's tests).
     """
     if not compat.is_cupy_array(decay) and float(decay) == 1.0:
         return list(shadows)

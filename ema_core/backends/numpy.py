@@ -1,18 +1,13 @@
 """The numpy backend: the blend in place, block by block, with no model-sized temporaries.
 
-The naive ``d * s + (1 - d) * p`` allocates two model-sized temporaries. Here each float leaf is
-cut into blocks of ``BLOCK`` elements and each block runs three ufuncs with ``out=`` while it
-sits in the L2 cache: ``p - s`` into a reused scratch block, times ``1 - d`` (d >= 0.5) or ``d``,
-then ``s +`` (or ``p -``) that into the shadow. Shadow and params leave memory once and the
-shadow returns once. These are the core's two-sided lerp steps in the same order and precision,
-so the result equals the generic backend bit for bit. Every ufunc runs in float32 or wider
-(``dtype=``), so a float32 shadow over float16 params casts inside the ufunc loop, in one pass.
-
-Leaves of at most ``SMALL`` elements with the same dtypes are gathered into one flat block,
-blended there and scattered back (Python overhead dominates tiny leaves). Updates of more than
-``PARALLEL_MIN`` elements are split over worker threads, as numpy releases the GIL inside
-ufuncs: ``EMA_CORE_NUMPY_THREADS`` sets how many (default: the usable CPUs, at most 4; 1 keeps
-everything on the calling thread).
+Each float leaf is cut into blocks of ``BLOCK`` elements; each block runs three ufuncs with
+``out=`` while it sits in the L2 cache: ``p - s`` into a reused scratch block, times ``1 - d``
+(d >= 0.5) or ``d``, then ``s +`` (or ``p -``) that into the shadow. These are the core's lerp
+steps in the same order and precision (float32 or wider via ``dtype=``, so float16 params cast
+inside the ufunc loop), hence bit-equal to the generic backend. Leaves of at most ``SMALL``
+elements with equal dtypes are gathered into one block and scattered back. Updates above
+``PARALLEL_MIN`` elements are split over ``EMA_CORE_NUMPY_THREADS`` threads (default: usable
+CPUs, at most 4), as numpy releases the GIL inside ufuncs.
 """
 
 from __future__ import annotations
@@ -63,8 +58,22 @@ def update_leaves(
 ) -> list[Array]:
     """Blend float leaves block by block, copy exact ones; in place where ``writes`` says.
 
-    Equal, bit for bit, to the generic backend on the same inputs. A decay of 1 returns each
-    shadow itself (as the generic backend does); a decay of 0 copies the params exactly.
+    ``s <- s + (1 - d) (p - s)`` per float leaf, bit for bit as the generic backend computes
+    it. A decay of 1 returns each shadow itself (as the generic backend does); a decay of 0
+    copies the params exactly; integer and bool leaves take the params (``non_float="copy"``).
+
+    Args:
+        xp: the namespace (unused: the arrays are numpy's).
+        shadows, params: the leaves, pairwise of equal shapes; kinds: "float" or "exact".
+        decay, rate: the decay and ``1 - decay``, Python floats or host 0-d arrays.
+        non_float: "copy" copies exact leaves, anything else keeps them.
+        writes: per leaf, write into the shadow and return it, or return a new array.
+
+    Returns:
+        The new leaves, in order.
+
+    Raises:
+        ValueError: ``EMA_CORE_NUMPY_THREADS`` is set but not an integer >= 1 (before any write).
 
     Example:
         >>> import numpy as np
