@@ -29,8 +29,9 @@ from ema_core.backends import generic
 
 __all__ = ["CHUNK", "MULTI_MAX", "guard", "host_table", "update_leaves"]
 
-#: Contiguous leaves with at most this many elements share one multi-tensor launch.
-MULTI_MAX = 1 << 16
+#: Contiguous leaves with at most this many elements share one multi-tensor launch: streaming
+#: 4M fp32 elements takes about 12 us at 4 TB/s, no longer than one Python kernel call.
+MULTI_MAX = 1 << 22
 #: Elements one thread block of the multi-tensor kernel handles before taking the next chunk.
 CHUNK = 4096
 _THREADS = 256
