@@ -1,9 +1,10 @@
 """cupy: ema-core's ``ema_update`` in place on the current stream (``--device cuda``).
 
 Ceiling: a device-to-device copy moving the same bytes (it reads and writes half each).
-Reference row ``python_loop``: per-array CuPy expressions ``s += (1 - d) * (p - s)``, several
-kernel launches per array, the baseline for the 20k-tiny workload. If this CuPy has no
-bfloat16, the ``bf16`` rows use float16 params (the same 10 bytes per element).
+``ema_core_device_decay`` passes the decay as a 0-d device array. Reference row
+``python_loop``: per-array CuPy expressions ``s += (1 - d) * (p - s)``, several kernel launches
+per array, the baseline for the 20k-tiny workload. If this CuPy has no bfloat16, the ``bf16``
+rows use float16 params (the same 10 bytes per element).
 """
 
 from __future__ import annotations
@@ -63,11 +64,21 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def ema(t: int) -> Any:
         return ema_core.ema_update(shadows, params, t, decay=DECAY)
 
+    device_decay = cp.asarray(DECAY, cp.float64)
+
+    def ema_device_decay(t: int) -> Any:  # the decay read in the kernel: no host value at all
+        return ema_core.ema_update(shadows, params, t, decay=device_decay)
+
     def python_loop(t: int) -> Any:
         for s, p in zip(shadows, params, strict=True):
             cp.add(s, (1 - DECAY) * ((p if p.dtype == s.dtype else p.astype(s.dtype)) - s), out=s)
 
-    return {"ceiling": ceiling, "ema_core": ema, "python_loop": python_loop}
+    return {
+        "ceiling": ceiling,
+        "ema_core": ema,
+        "ema_core_device_decay": ema_device_decay,
+        "python_loop": python_loop,
+    }
 
 
 def sync(result: Any) -> None:
