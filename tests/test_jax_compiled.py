@@ -125,3 +125,12 @@ def test_bad_arguments_raise_before_anything_runs():
     with pytest.raises(ValueError, match=r"params\['w'\] has shape \(3,\)"):
         step(state, {**params, "w": jnp.ones(3)})
     assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
+
+
+def test_a_host_decay_just_below_one_still_blends():
+    """1 - 1e-9 rounds to 1 in float32; the update must still move by its rate (1e-9)."""
+    if jnp.result_type(float) == jnp.float64:
+        pytest.skip("x64 is on: the decay is not rounded")
+    shadow, params = {"w": jnp.zeros(2)}, {"w": jnp.full(2, 1e6)}
+    out = ema.ema_update(shadow, params, 1, decay=1 - 1e-9)
+    assert_close(out["w"], np.full(2, 1e-3), "float32")

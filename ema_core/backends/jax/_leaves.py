@@ -16,6 +16,7 @@ from typing import Any
 import array_api_compat as compat
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
@@ -42,9 +43,21 @@ def update_leaves(
     """New shadows: float leaves blended, exact ones copied (``writes`` is ignored: JAX arrays
     are immutable, so a new array is always returned)."""
     wide = jnp.result_type(float)
-    d, r = jnp.asarray(decay, dtype=wide), jnp.asarray(rate, dtype=wide)
+    d, r = _decay_array(decay, wide), jnp.asarray(rate, dtype=wide)
     new = _update(tuple(shadows), tuple(params), d, r, kinds=tuple(kinds), non_float=non_float)
     return list(new)
+
+
+def _decay_array(decay: Value, wide: Any) -> Array:
+    """A host decay as a 0-d array of the wide float; one just below 1 that rounds to 1 there
+    (float32 when x64 is off) becomes the float below 1, so that it still blends by its rate
+    and is not taken for a skip."""
+    if not isinstance(decay, float):
+        return jnp.asarray(decay, dtype=wide)
+    value = np.asarray(decay, dtype=wide)
+    if decay < 1.0 and value == 1.0:
+        value = np.nextafter(value, np.zeros_like(value))
+    return value
 
 
 @partial(jax.jit, static_argnames=("kinds", "non_float"))
