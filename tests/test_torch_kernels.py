@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import ema_core
 from ema_core.backends import generic, get_backend
 from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import _kernels, _mixed
+from ema_core.backends.torch import _foreach, _mixed
 
 torch = pytest.importorskip("torch")
 
@@ -145,7 +145,7 @@ def test_foreach_and_per_tensor_fallback_are_bitwise_equal(monkeypatch):
         a, params = _leaves(sdtype, pdtype, seed=4)
         b = [s.clone() for s in a]
         _fast(a, params, 0.8, 0.2)
-        monkeypatch.setattr(_kernels, "HAS_FOREACH", False)
+        monkeypatch.setattr(_foreach, "HAS_FOREACH", False)
         _fast(b, params, 0.8, 0.2)
         monkeypatch.undo()
         for x, y in zip(a, b, strict=True):

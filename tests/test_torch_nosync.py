@@ -11,9 +11,8 @@ detector does catch such reads.
 
 The other direction matters too: a tensor made from host data (``torch.asarray(0.5,
 device="cuda")``, op ``lift_fresh``) is a blocking copy from pageable memory on CUDA and cannot be
-captured in a CUDA graph. The backend's own path makes none; the schedules' constants still do
-(see the xfail below). (On a GPU, tests/test_torch_gpu.py also runs the update under
-``torch.cuda.set_sync_debug_mode("error")``.)
+captured in a CUDA graph; neither the backend nor the schedules' constants make one. On a GPU,
+tests/test_torch_gpu.py also runs the update under ``torch.cuda.set_sync_debug_mode("error")``.
 """
 
 from __future__ import annotations
@@ -108,11 +107,6 @@ def test_update_leaves_with_a_tensor_decay_reads_nothing_on_the_host():
     assert float(shadows[0][0]) == 0.25 and int(shadows[4]) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ema_core/_ops.py ArrayOps.const makes schedule constants with xp.asarray (host data, "
-    "an H2D copy on CUDA); xp.full((), value, ...) would not",
-)
 def test_schedule_constants_for_a_tensor_step_are_made_on_the_device():
     ema = EMA(_model(), config=Config(schedule=schedules.warmup(0.999), init="copy"))
     step = torch.tensor(1)
@@ -121,11 +115,6 @@ def test_schedule_constants_for_a_tensor_step_are_made_on_the_device():
     assert rec.host_data() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ema_core/_api.py formats the step into the decay check's message "
-    "(f'... at step {t}') even when t is a tensor: str(t) reads it on the host",
-)
 def test_functional_ema_update_with_a_tensor_step_reads_nothing_on_the_host():
     shadow, params, step = {"w": torch.zeros(3)}, {"w": torch.ones(3)}, torch.tensor(2)
     with RecordOps() as rec:

@@ -24,10 +24,9 @@ import torch
 
 from ema_core import _core
 from ema_core._types import LeafKind, Namespace, Value
+from ema_core.backends.torch import _foreach
 from ema_core.backends.torch._mixed import lerp_mixed_
 
-#: ``torch._foreach_*`` fast paths (private ops); per-tensor loops when absent.
-HAS_FOREACH = hasattr(torch, "_foreach_lerp_") and hasattr(torch, "_foreach_copy_")
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -83,11 +82,11 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
         copy_(group, decay)
     if isinstance(decay, float) and decay == 0.0:
         for group in (*plan.same, *plan.mixed, *plan.other):
-            _copy_all(group.shadows, group.params)
+            _foreach.copy_(group.shadows, group.params)
         return
     for group in plan.same:
         if isinstance(rate, float) or group.shadows[0].dtype not in _HALF:
-            lerp_(group.shadows, group.params, _weight(rate, group.shadows[0]))
+            _foreach.lerp_(group.shadows, group.params, _weight(rate, group.shadows[0]))
         else:  # a device rate must not be rounded to a half dtype: the core computes in fp32
             _generic(xp, group, decay, rate)
     for group in plan.mixed:
@@ -96,35 +95,14 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
         _generic(xp, group, decay, rate)
 
 
-def lerp_(
-    shadows: list[torch.Tensor], params: list[torch.Tensor], weight: float | torch.Tensor
-) -> None:
-    """``s += weight * (p - s)`` for same-dtype pairs (``weight`` is ``1 - decay``)."""
-    if not HAS_FOREACH:
-        for s, p in zip(shadows, params, strict=True):
-            s.lerp_(p, weight)
-    elif isinstance(weight, float):
-        torch._foreach_lerp_(shadows, params, weight)
-    else:  # the Scalar overload would read a 0-d tensor on the host; the List one does not
-        torch._foreach_lerp_(shadows, params, [weight] * len(shadows))
-
-
 def copy_(group: Group, decay: Value) -> None:
     """Integer, bool and copied leaves: the params' value wherever the update applies."""
     if isinstance(decay, float):
-        _copy_all(group.shadows, group.params)
+        _foreach.copy_(group.shadows, group.params)
         return
     skip = decay == 1.0
     for s, p in zip(group.shadows, group.params, strict=True):
         s.copy_(torch.where(skip.to(s.device), s, p))
-
-
-def _copy_all(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> None:
-    if HAS_FOREACH:
-        torch._foreach_copy_(shadows, params)
-    else:
-        for s, p in zip(shadows, params, strict=True):
-            s.copy_(p)
 
 
 def _weight(rate: Value, like: torch.Tensor) -> float | torch.Tensor:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch._utils import _unflatten_dense_tensors
 
-from ema_core.backends.torch import _triton
+from ema_core.backends.torch import _foreach, _triton
 
 #: Scratch elements per batch: measured best between 1 and 2 Mi elements on a 2-core EPYC
 #: (L3-sized); GPUs use larger blocks because each block costs two kernel launches.
@@ -43,17 +43,8 @@ def lerp_mixed_(
     for batch, used in _batches(shadows, params, block):
         s_list = [s for s, _ in batch]
         views = list(_unflatten_dense_tensors(scratch[:used], s_list))  # type: ignore[no-untyped-call]
-        torch._foreach_copy_(views, [p for _, p in batch])
-        _lerp(s_list, views, weight)
-
-
-def _lerp(
-    shadows: list[torch.Tensor], ends: list[torch.Tensor], weight: float | torch.Tensor
-) -> None:
-    if isinstance(weight, float):
-        torch._foreach_lerp_(shadows, ends, weight)
-    else:
-        torch._foreach_lerp_(shadows, ends, [weight] * len(shadows))
+        _foreach.copy_(views, [p for _, p in batch])
+        _foreach.lerp_(s_list, views, weight)
 
 
 def _batches(
