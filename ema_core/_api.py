@@ -78,7 +78,7 @@ def ema_update(
         d, r = d_wide, 1.0 - d_wide
     else:
         d, r = rule.decay_and_rate(t)
-        check_decay_value(d, f"the decay at step {t}")
+        check_decay_value(d, "the decay", step=t)
     writes = resolve_writes(copy, shadows, paths)
     if guard_finite:
         check_finite(xp, leaves, kinds, paths)
@@ -139,7 +139,7 @@ def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EM
     t = _concrete(state.step, "state.step")
     t = t + 1
     d, r = config.decay_and_rate(t)
-    check_decay_value(d, f"the decay of Config.schedule at step {t}")
+    check_decay_value(d, "the decay of Config.schedule", step=t)
     if config.guard_finite:
         check_finite(xp, leaves, kinds, paths)
     backend = get_backend(xp)

@@ -44,12 +44,16 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
-def check_decay_value(value: Any, name: str = "decay") -> None:
-    """A host decay (Python float or host 0-d array) must lie in [0, 1]; device ones are trusted."""
-    if isinstance(value, float):
-        check_fraction(name, value)
-    elif is_host_array(value):
-        check_fraction(name, float(value))
+def check_decay_value(value: Any, name: str = "decay", step: Any = None) -> None:
+    """A host decay (Python float or host 0-d array) must lie in [0, 1]; device ones are trusted
+    (reading them would sync). ``step``, when given, is named in the message (formatted only
+    on error: a device step is never read)."""
+    if not isinstance(value, float) and not is_host_array(value):
+        return
+    number = float(value)
+    if math.isnan(number) or not 0.0 <= number <= 1.0:
+        where = name if step is None else f"{name} at step {step}"
+        check_fraction(where, number)
 
 
 def check_decay_arg(decay: Any) -> Any:
@@ -86,59 +90,83 @@ def check_leaves(
     """Check leaf pairs: arrays of one namespace, equal shapes and devices, compatible dtypes.
 
     Returns the namespace and, per leaf, whether it is averaged ("float") or copied ("exact").
+    Work per leaf is a shape compare, a device compare (not for numpy) and a dict lookup; the
+    namespace is found once per array type and the dtype rules once per dtype pair.
     """
     if not params:
         raise ValueError(f"{names[1]} holds no arrays: nothing to average")
-    xp: Any = None
-    seen: dict[type, Namespace] = {}
+    xp = _common_namespace(shadows, params, paths, names)
+    devices = not compat.is_numpy_namespace(xp)
+    by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
     kinds: list[LeafKind] = []
-    for s, p, path in zip(shadows, params, paths, strict=True):
-        where_s, where_p = path_str(names[0], path), path_str(names[1], path)
-        for leaf, where in ((s, where_s), (p, where_p)):
-            ns = seen[type(leaf)] if type(leaf) in seen else _namespace_of(leaf, where)
-            seen[type(leaf)] = ns
-            xp = ns if xp is None else xp
-            if ns is not xp:
-                raise TypeError(
-                    f"{where} is a {type(leaf).__name__} array; all leaves must come "
-                    f"from one namespace ({xp.__name__}), got {ns.__name__}"
-                )
-        _check_pair(xp, s, p, where_s, where_p)
-        kinds.append(_pair_kind(xp, s, p, where_s, where_p, non_float))
+    for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
+        if s.shape != p.shape:
+            raise ValueError(
+                f"{path_str(names[0], paths[i])} has shape {tuple(s.shape)} but "
+                f"{path_str(names[1], paths[i])} has shape {tuple(p.shape)}; they must be equal"
+            )
+        if devices:
+            _check_devices(s, p, paths[i], names)
+        kind = by_dtypes.get((s.dtype, p.dtype))
+        if kind is None:
+            kind = _pair_kind(xp, s.dtype, p.dtype, paths[i], names, non_float)
+            by_dtypes[(s.dtype, p.dtype)] = kind
+        kinds.append(kind)
     return xp, kinds
 
 
-def _check_pair(xp: Namespace, s: Array, p: Array, where_s: str, where_p: str) -> None:
-    if tuple(s.shape) != tuple(p.shape):
-        raise ValueError(
-            f"{where_s} has shape {tuple(s.shape)} but {where_p} has shape "
-            f"{tuple(p.shape)}; they must be equal"
-        )
+def _common_namespace(
+    shadows: Sequence[Array], params: Sequence[Array], paths: Sequence[Path], names: tuple[str, str]
+) -> Namespace:
+    by_type: dict[type, Namespace] = {}
+    xp: Any = None
+    for name, leaves in zip(names, (shadows, params), strict=True):
+        for leaf, path in zip(leaves, paths, strict=True):
+            ns = by_type.get(type(leaf))
+            if ns is None:
+                ns = by_type[type(leaf)] = _namespace_of(leaf, path_str(name, path))
+            xp = ns if xp is None else xp
+            if ns is not xp:
+                raise TypeError(
+                    f"{path_str(name, path)} is a {type(leaf).__name__} array; all leaves must "
+                    f"come from one namespace ({xp.__name__}), got {ns.__name__}"
+                )
+    return xp
+
+
+def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> None:
     ds, dp = compat.device(s), compat.device(p)
     if ds is not None and dp is not None and ds != dp:
         raise ValueError(
-            f"{where_s} is on device {ds} but {where_p} is on {dp}; move them to one device"
+            f"{path_str(names[0], path)} is on device {ds} but {path_str(names[1], path)} is on "
+            f"{dp}; move them to one device"
         )
 
 
 def _pair_kind(
-    xp: Namespace, s: Array, p: Array, where_s: str, where_p: str, non_float: NonFloatPolicy
+    xp: Namespace,
+    s_dtype: Any,
+    p_dtype: Any,
+    path: Path,
+    names: tuple[str, str],
+    non_float: NonFloatPolicy,
 ) -> LeafKind:
-    kind = leaf_kind(xp, p.dtype)
+    where_s, where_p = path_str(names[0], path), path_str(names[1], path)
+    kind = leaf_kind(xp, p_dtype)
     if kind == "float":
-        if leaf_kind(xp, s.dtype) != "float" or (
-            xp.isdtype(s.dtype, "complex floating") != xp.isdtype(p.dtype, "complex floating")
+        if leaf_kind(xp, s_dtype) != "float" or (
+            xp.isdtype(s_dtype, "complex floating") != xp.isdtype(p_dtype, "complex floating")
         ):
             raise TypeError(
-                f"{where_s} has dtype {s.dtype} but {where_p} is {p.dtype}; the shadow "
+                f"{where_s} has dtype {s_dtype} but {where_p} is {p_dtype}; the shadow "
                 "of a floating leaf must be floating (real or complex like it)"
             )
         return kind
     if non_float == "error":
-        raise TypeError(f"{where_p} has non-floating dtype {p.dtype} and non_float='error'")
-    if s.dtype != p.dtype:
+        raise TypeError(f"{where_p} has non-floating dtype {p_dtype} and non_float='error'")
+    if s_dtype != p_dtype:
         raise TypeError(
-            f"{where_s} has dtype {s.dtype} but {where_p} is {p.dtype}; integer and "
+            f"{where_s} has dtype {s_dtype} but {where_p} is {p_dtype}; integer and "
             "bool leaves are copied, so their dtypes must be equal"
         )
     return kind

@@ -72,8 +72,8 @@ class ArrayOps:
         self.t: Any = self.xp.astype(t, self.dtype)
 
     def const(self, value: Value) -> Any:
-        if isinstance(value, (int, float)):
-            return self.xp.asarray(float(value), dtype=self.dtype, device=self.device)
+        if isinstance(value, (int, float)):  # a fill on the device, not a host-to-device copy
+            return self.xp.full((), float(value), dtype=self.dtype, device=self.device)
         return self.xp.astype(value, self.dtype)
 
     def minimum(self, a: Any, b: Any) -> Any:
