@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -253,3 +255,16 @@ def test_save_load_round_trip_continues_bit_identically(name, split, seed):
     a, b = ema_core.average(state2, config2)["w"], ema_core.average(straight, config)["w"]
     assert np.array_equal(a, b)
     assert math.isfinite(float(np.sum(a)))
+
+
+def test_presets_and_compat_import_no_framework():
+    code = (
+        "import sys, ema_core.presets, ema_core.compat, ema_core.compat.allennlp, "
+        "ema_core.compat.tensorflow, ema_core.compat.paddle\n"
+        "print(sorted(m for m in ('torch', 'jax', 'cupy', 'tensorflow', 'keras') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"

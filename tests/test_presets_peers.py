@@ -216,18 +216,20 @@ _KERAS_SCRIPT = textwrap.dedent(
     variables = [keras.Variable(rng.standard_normal(s).astype("float32")) for s in shapes]
     opt = keras.optimizers.SGD(learning_rate=0.1, use_ema=True, ema_momentum=0.9)
     opt.build(variables)
-    out = {f"init{i}": np.asarray(v) for i, v in enumerate(variables)}
+    as_np = keras.ops.convert_to_numpy
+    out = {f"init{i}": as_np(v) for i, v in enumerate(variables)}
     for t in range(int(sys.argv[3])):
-        grads = [rng.standard_normal(s).astype("float32") for s in shapes]
+        grads = [keras.ops.convert_to_tensor(rng.standard_normal(s).astype("float32"))
+                 for s in shapes]
         opt.apply(grads, variables)
         for i, (v, e) in enumerate(zip(variables, opt._model_variables_moving_average)):
-            out[f"var{i}_{t}"], out[f"ema{i}_{t}"] = np.asarray(v), np.asarray(e)
+            out[f"var{i}_{t}"], out[f"ema{i}_{t}"] = as_np(v), as_np(e)
     np.savez(sys.argv[1], **out)
     """
 )
 
 
-@pytest.mark.parametrize("keras_backend", ["jax"])
+@pytest.mark.parametrize("keras_backend", ["jax", "torch"])
 def test_keras_use_ema(tmp_path: Path, keras_backend):
     require_installed("keras")
     require_installed(keras_backend)
