@@ -48,7 +48,8 @@ def timm(
     ``use_warmup``, ``clamp(1 - (1 + u / warmup_gamma) ** -warmup_power, min_decay, decay)`` at
     ``u = t - update_after_step - 1``. Buffers are averaged (integers copied), or copied with
     ``exclude_buffers``. Deliberate difference: ``dtype=None`` keeps a float32 shadow for
-    bf16/fp16 weights (timm keeps bf16 and rounds stochastically).
+    bf16/fp16 weights (timm keeps bf16 and rounds stochastically). timm called without
+    ``step`` uses ``decay`` on every call from the start: that is ``Config(decay)``.
 
     Example:
         >>> from ema_core import presets
@@ -101,7 +102,7 @@ def ema_pytorch(
 
     Example:
         >>> from ema_core import presets
-        >>> [presets.ema_pytorch().decay(t) for t in (1, 2, 11, 111)][:3]
+        >>> [presets.ema_pytorch().decay(t) for t in (1, 2, 11)]  # copy, skip, copy
         [0.0, 1.0, 0.0]
     """
     check_fraction("beta", beta)
@@ -211,7 +212,8 @@ def torchtitan(
     step_bias: int = 0,
     update_every_n_steps: int = 1,
 ) -> Config:
-    """torchtitan ``components/ema.py`` (``EMAOptimizersContainer.Config``), t = trainer step.
+    """torchtitan ``components/ema.py`` (``EMAOptimizersContainer.Config``, main branch, 2026;
+    not on PyPI), with t the trainer step.
 
     Steps before ``start_step`` or off ``(t - start_step) % update_every_n_steps`` skip; an
     update uses ``decay`` or ``2 ** (-1 / (half_life_fraction * u))`` with ``u = max((t -
