@@ -268,3 +268,17 @@ def test_presets_and_compat_import_no_framework():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_edm2_matches_its_beta_formulas():
+    """NVlabs/edm2 phema.py: power_function_beta(std, t_next=cur_nimg, t_delta=batch_size) and
+    TraditionalEMA's 0.5 ** (batch_size / max(min(H, cur_nimg * ratio), 1e-8))."""
+    batch, gamma = 512, schedules.sigma_rel_to_gamma(0.1)
+    power = presets.edm2(0.1)
+    traditional = presets.edm2(halflife_Mimg=0.5, rampup_ratio=0.05, batch_size=batch)
+    for t in range(1, 3000, 37):
+        cur_nimg = t * batch
+        beta = (1 - batch / cur_nimg) ** (gamma + 1)
+        assert power.decay(t) == pytest.approx(beta, rel=1e-12, abs=1e-300)
+        halflife = min(0.5e6, cur_nimg * 0.05)
+        assert traditional.decay(t) == pytest.approx(0.5 ** (batch / halflife), rel=1e-12)
