@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 lint: $(STAMP)
-	$(PY) -m ruff check ema_core tests benchmarks examples
+	$(PY) -m ruff check ema_core tests benchmarks examples scripts conftest.py
 	$(PY) -m mypy ema_core
 
 clean:

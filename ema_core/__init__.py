@@ -5,7 +5,7 @@ array-api-strict arrays; ``init`` / ``update`` / ``average`` are the same math a
 over an ``EMAState``. Importing this package imports no array framework.
 """
 
-from ema_core import schedules
+from ema_core import presets, schedules
 from ema_core._api import average, ema_update, init, update
 from ema_core._config import Config
 from ema_core._types import EMAState
@@ -19,6 +19,7 @@ __all__ = [
     "average",
     "ema_update",
     "init",
+    "presets",
     "schedules",
     "update",
 ]
