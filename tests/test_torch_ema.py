@@ -317,3 +317,35 @@ def test_host_device_shadow_on_a_cpu_model_is_an_ordinary_ema():
     _run(ema, model, [1])
     assert not ema.average["0.weight"].is_pinned()
     assert type(ema._store).__name__ == "Local"
+
+
+def test_fsdp2_sharded_params_are_averaged_and_swapped_in_their_shards(monkeypatch):
+    dist = pytest.importorskip("torch.distributed")
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not (dist.is_available() and hasattr(fsdp, "fully_shard")):
+        pytest.skip("FSDP2 (torch.distributed.fsdp.fully_shard) is not available")
+    from torch.distributed.device_mesh import init_device_mesh
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29519")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        plain, sharded = _net(torch.bfloat16), _net(torch.bfloat16)
+        fsdp.fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+        ema_plain, ema_sharded = EMA(plain, decay=0.5), EMA(sharded, decay=0.5)
+        for model in (plain, sharded):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+        ema_plain.update()
+        ema_sharded.update()
+        weight = sharded[0].weight
+        assert type(weight.detach()) is not torch.Tensor  # a DTensor, not a plain tensor
+        live = weight.full_tensor().clone()
+        average = ema_sharded.average["0.weight"].full_tensor()
+        assert torch.equal(average, ema_plain.average["0.weight"])
+        with ema_sharded.swap():
+            assert torch.equal(weight.full_tensor(), average.bfloat16())
+        assert torch.equal(weight.full_tensor(), live)
+    finally:
+        dist.destroy_process_group()

@@ -34,6 +34,11 @@ def lerp_mixed_(
     shadows: list[torch.Tensor], params: list[torch.Tensor], weight: float | torch.Tensor
 ) -> None:
     """``s += weight * (p - s)`` with ``p`` cast to ``s.dtype`` (exact: it only widens)."""
+    if type(shadows[0].detach()) is not torch.Tensor:  # DTensor: two passes on its shards
+        _foreach.lerp_(
+            shadows, [p.to(s.dtype) for s, p in zip(shadows, params, strict=True)], weight
+        )
+        return
     if _triton.usable(shadows[0]):
         shadows, params = _triton.lerp_mixed_(shadows, params, weight)
         if not shadows:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import array_api_compat.torch as xp
@@ -13,7 +13,7 @@ from ema_core import _core
 from ema_core._checks import check_decay_value, check_finite
 from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._types import Step
-from ema_core.backends.torch import _names, _state, _store
+from ema_core.backends.torch import _names, _state, _store, _swap
 from ema_core.backends.torch._options import checked_step, resolve_config
 
 
@@ -141,22 +141,19 @@ class EMA:
     def swap(self) -> Iterator[None]:
         """Inside the block the tracked tensors hold the averages; they are restored on exit,
         also on an exception, bit for bit. Where dtype and device match (and no bias correction
-        applies) the live tensor points at the shadow's storage: no copy, no allocation."""
+        applies) the live tensor points at the shadow's storage: no copy, no allocation.
+        DTensors (FSDP2) get the average copied into their shard instead (see ``_swap``)."""
         self._refuse_in_swap("swap")
         self._store.wait()
-        saved: list[torch.Tensor] = []
+        undo: list[Callable[[], None]] = []
         self._swapped = True
         try:
             for i, live in enumerate(self._live):
-                average = self._read(i)
-                if average.dtype != live.dtype or average.device != live.device:
-                    average = average.to(dtype=live.dtype, device=live.device)
-                saved.append(live.data)
-                live.data = average
+                undo.append(_swap.put(live, self._read(i)))
             yield
         finally:
-            for live, data in zip(self._live, saved, strict=False):
-                live.data = data
+            for restore in reversed(undo):
+                restore()
             self._swapped = False
 
     def copy_to(self, module_or_named_tensors: Any, /) -> None:
