@@ -1,6 +1,5 @@
-"""torch: ema-core's ``ema_update`` and ``EMA`` class in place, next to the fused two-pass update
-peers run (``torch._foreach_lerp_``, with an fp32 copy of bf16 params); ceiling: one flat
-``lerp_`` of the same bytes."""
+"""torch: ema-core's ``ema_update`` and the ``EMA`` class (shadows of named tensors, updated in
+place); ceiling: one flat ``lerp_`` of the same bytes. Peer libraries are in benchmarks/peers."""
 
 from __future__ import annotations
 
@@ -43,16 +42,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def ema_class(t: int) -> Any:
         return ema.update(t)
 
-    def foreach_lerp(t: int) -> Any:
-        ends = params if pdtype == torch.float32 else [p.float() for p in params]
-        return torch._foreach_lerp_(shadows, ends, 0.001)
-
-    return {
-        "ceiling": ceiling,
-        "ema_core": ema_update,
-        "EMA class": ema_class,
-        "foreach_lerp (peers)": foreach_lerp,
-    }
+    return {"ceiling": ceiling, "ema_core": ema_update, "EMA class": ema_class}
 
 
 def sync(result: Any) -> None:
