@@ -3,14 +3,16 @@
 How the pieces fit:
 
 * ``_kernels``: the leaf update. Leaves are grouped by (device, dtypes) into a ``Plan``; each
-  group is one ``torch._foreach_lerp_`` (or ``_foreach_copy_`` for integer leaves). A decay is a
-  Python float or a 0-d device tensor that is never read on the host, so updates can be
-  captured in CUDA graphs.
+  group is one ``torch._foreach_lerp_`` (or ``_foreach_copy_`` for integer leaves), through
+  ``_foreach``, which falls back to per-tensor loops where those private ops are missing. A
+  decay is a Python float or a 0-d device tensor that is never read on the host.
 * ``_mixed`` / ``_triton``: a float32 shadow over bf16/fp16 params in one pass (cache-sized
   blocks on CPU, a Triton kernel on CUDA).
-* ``_names``: which tensors of a module are tracked, under which names.
-* ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_state``: its checkpoints;
-  ``_offload``: a pinned host shadow for CUDA models.
+* ``_names``: which tensors of a module are tracked, under which names; ``_options``: the
+  ``EMA`` arguments turned into one ``Config``.
+* ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_store``: where its
+  shadows live (beside the params, or pinned host memory for a CUDA model); ``_swap``: putting
+  averages into the model and taking them out; ``_state``: checkpoints.
 
 ``guard`` and ``update_leaves`` are the backend protocol the core calls (see
 ``ema_core.backends``); ``ema_update`` on torch tensors lands in ``update_leaves``.
