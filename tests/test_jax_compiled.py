@@ -134,3 +134,45 @@ def test_a_host_decay_just_below_one_still_blends():
     shadow, params = {"w": jnp.zeros(2)}, {"w": jnp.full(2, 1e6)}
     out = ema.ema_update(shadow, params, 1, decay=1 - 1e-9)
     assert_close(out["w"], np.full(2, 1e-3), "float32")
+
+
+def _complex(real, imag):
+    out = np.empty(real.shape, np.complex64)
+    out.real, out.imag = real, imag
+    return out
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.3, 0.5, 0.7, 0.999, 1.0])
+def test_fast_leaf_math_equals_the_generic_path(decay):
+    """The JAX blend (fewer operations) is pinned bit for bit to the generic Array API code,
+    special values included, for every shadow/params dtype pair."""
+    from ema_core.backends import generic
+    from ema_core.backends.jax import _leaves
+
+    rng = np.random.default_rng(3)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, -5.5, 3e4], np.float32)
+    pairs = [("float32", "float32"), ("float32", "bfloat16"), ("float16", "float16")]
+    pairs += [("float32", "float16"), ("complex64", "complex64")]
+    shadows, params = [], []
+    for s_dtype, p_dtype in pairs:
+        s = np.concatenate([special, rng.standard_normal(24).astype(np.float32), special[::-1]])
+        p = np.concatenate([special[::-1], rng.standard_normal(24).astype(np.float32), special])
+        if s_dtype == "complex64":
+            s, p = _complex(s, p), _complex(p, -s)
+        shadows.append(jnp.asarray(s).astype(s_dtype))
+        params.append(jnp.asarray(p).astype(p_dtype))
+    shadows.append(jnp.arange(5, dtype=jnp.int32))
+    params.append(jnp.arange(5, 10, dtype=jnp.int32))
+    kinds = ("float",) * len(pairs) + ("exact",)
+    d, r = jnp.float32(decay), jnp.float32(1.0 - decay)
+
+    @jax.jit
+    def reference(s, p, d, r):
+        return generic.update_leaves(jnp, s, p, kinds, d, r, non_float="copy", writes=[False] * 6)
+
+    fast = _leaves._update(tuple(shadows), tuple(params), d, r, kinds=kinds, non_float="copy")
+    for got, want in zip(fast, reference(shadows, params, d, r), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(
+            np.asarray(got).view(np.uint8), np.asarray(want).view(np.uint8)
+        )
