@@ -218,3 +218,19 @@ def test_ema_update_on_torch_matches_a_float64_reference():
         want = want + (1 - 0.9) * (p64 - want)
         shadow = ema_core.ema_update(shadow, params, t, decay=0.9)
     np.testing.assert_allclose(shadow["w"].numpy(), want, rtol=0, atol=8 * 1.2e-7 * 3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    decay=st.floats(0.0, 1.0),
+    values=st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=16),
+    device_decay=st.booleans(),
+)
+def test_property_params_equal_to_the_shadow_are_a_fixed_point(decay, values, device_decay):
+    params = torch.tensor(values, dtype=torch.bfloat16)
+    shadows = [params.float(), params.clone()]  # a mixed and a same-dtype group
+    before = [s.clone() for s in shadows]
+    d = torch.tensor(decay, dtype=torch.float64) if device_decay else decay
+    _fast(shadows, [params, params], d, 1.0 - d)
+    for s, b in zip(shadows, before, strict=True):
+        assert torch.equal(s, b)
