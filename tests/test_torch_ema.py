@@ -38,18 +38,30 @@ def _snapshot(model):
     return {n: t.detach().clone() for n, t in model.state_dict().items()}
 
 
-def test_update_equals_the_functional_core_bitwise():
-    model = _net()
-    config = Config(schedule=schedules.warmup(0.999), init="copy")
-    ema = EMA(model, config=config, buffers="average")
+CONFIGS = [
+    Config(schedule=schedules.warmup(0.999), init="copy", buffers="average"),
+    Config(schedule=schedules.num_updates(0.99), interval=3, buffers="average"),
+    Config(schedule=0.9, interval=2, compensate=False, init="copy", buffers="average"),
+    Config(schedule=schedules.warmup(0.99), init="zeros", correction="power", buffers="average"),
+    Config(schedule=schedules.power_function(sigma_rel=0.05), dtype="same", buffers="average"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=range(len(CONFIGS)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_update_equals_the_functional_core_bitwise(config, dtype):
+    model = _net(dtype)
+    ema = EMA(model, config=config)
     named = dict(model.named_parameters()) | dict(model.named_buffers())
     state = ema_core.init(named, config)
     for step in range(1, 8):
         _train_step(model, step)
         ema.update()
         state = ema_core.update(state, named, config)
+    want = ema_core.average(state, config)
     for name, avg in ema.average.items():
-        assert torch.equal(avg, state.shadow[name]), name
+        assert avg.dtype == want[name].dtype, name
+        assert torch.equal(avg, want[name]), name
     assert ema.step == 7
 
 
