@@ -361,3 +361,27 @@ def test_fsdp2_sharded_params_are_averaged_and_swapped_in_their_shards(monkeypat
         assert torch.equal(weight.full_tensor(), live)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.7, 1.0, "tensor"])
+def test_remote_store_computes_what_the_local_store_does(decay):
+    """The pinned-host path (``Remote``) run with both sides on the CPU: its per-tensor
+    round trip through a work tensor gives the local result bit for bit (the CUDA parts, pinned
+    memory and the event, are in tests/test_torch_gpu.py)."""
+    import array_api_compat.torch as xp
+
+    from ema_core.backends.torch import _store
+
+    gen = torch.Generator().manual_seed(3)
+    live = [torch.randn(5, 3, generator=gen).bfloat16(), torch.randn(4, generator=gen)]
+    live.append(torch.tensor(9))
+    kinds = ["float", "float", "exact"]
+    a = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen), torch.tensor(2)]
+    b = [t.clone() for t in a]
+    d = torch.tensor(0.25, dtype=torch.float64) if decay == "tensor" else decay
+    _store.Local(a, live, kinds).apply(xp, d, 1.0 - d)
+    remote = _store.Remote(b, live, kinds)
+    remote.apply(xp, d, 1.0 - d)
+    remote.wait()
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
