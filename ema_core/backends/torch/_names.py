@@ -66,14 +66,15 @@ def collect(
     """The tracked tensors of ``source`` after the filters; validated, in a stable order."""
     if buffers not in BUFFER_POLICIES:
         raise ValueError(f"buffers must be one of {list(BUFFER_POLICIES)}, got {buffers!r}")
-    keep_in, keep_out = _matcher(include, "include"), _matcher(exclude, "exclude")
+    keep = _matcher(include, "include", default=True)
+    drop = _matcher(exclude, "exclude", default=False)
     tracked: list[Tracked] = []
     seen: set[str] = set()
     for name, tensor, is_buffer in named_tensors(source, buffers, where):
         if name in seen:
             raise ValueError(f"{where} has two tensors named {name!r} (after removing {PREFIXES})")
         seen.add(name)
-        if (include is None or keep_in(name)) and not (exclude is not None and keep_out(name)):
+        if keep(name) and not drop(name):
             tracked.append(Tracked(name, tensor, _kind(tensor, is_buffer, buffers)))
     if not tracked:
         raise ValueError(
@@ -90,9 +91,10 @@ def _kind(tensor: torch.Tensor, is_buffer: bool, buffers: str) -> LeafKind:
     return "float"
 
 
-def _matcher(rule: Any, name: str) -> Callable[[str], bool]:
+def _matcher(rule: Any, name: str, default: bool) -> Callable[[str], bool]:
+    """A predicate on names from a glob, a list of globs or a callable (``default`` for None)."""
     if rule is None:
-        return lambda _: True
+        return lambda _: default
     if isinstance(rule, str):
         return lambda n: fnmatch.fnmatchcase(n, rule)
     if callable(rule):

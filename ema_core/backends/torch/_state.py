@@ -98,8 +98,9 @@ def _check_header(state: Any) -> None:
 
 
 def _check_names(saved: list[str], names: Sequence[str], strict: bool) -> None:
-    missing = [n for n in names if n not in saved]
-    unexpected = [n for n in saved if n not in set(names)]
+    saved_set, ours = set(saved), set(names)
+    missing = [n for n in names if n not in saved_set]
+    unexpected = [n for n in saved if n not in ours]
     if strict and (missing or unexpected):
         raise ValueError(
             f"state_dict['shadow'] does not match this EMA: missing {missing[:5]}, unexpected "
