@@ -111,13 +111,11 @@ def test_prefixes_of_ddp_and_torch_compile_are_removed():
     assert strip("encoder.module.weight") == "encoder.module.weight"
 
 
-def test_a_ddp_wrapped_module_tracks_the_plain_names(monkeypatch):
+def test_a_ddp_wrapped_module_tracks_the_plain_names():
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29517")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         wrapped = torch.nn.parallel.DistributedDataParallel(_net())
         assert EMA(wrapped).names == EMA(_net()).names
@@ -331,16 +329,14 @@ def test_host_device_shadow_on_a_cpu_model_is_an_ordinary_ema():
     assert type(ema._store).__name__ == "Local"
 
 
-def test_fsdp2_sharded_params_are_averaged_and_swapped_in_their_shards(monkeypatch):
+def test_fsdp2_sharded_params_are_averaged_and_swapped_in_their_shards():
     dist = pytest.importorskip("torch.distributed")
     fsdp = pytest.importorskip("torch.distributed.fsdp")
     if not (dist.is_available() and hasattr(fsdp, "fully_shard")):
         pytest.skip("FSDP2 (torch.distributed.fsdp.fully_shard) is not available")
     from torch.distributed.device_mesh import init_device_mesh
 
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29519")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         plain, sharded = _net(torch.bfloat16), _net(torch.bfloat16)
         fsdp.fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
