@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from benchmarks import probes
 from benchmarks.workloads import Workload
 
 #: Bytes moved per element: a float32 shadow read and written, and the params read.
@@ -37,6 +38,8 @@ class Row:
     gb_per_s: float
     of_ceiling: float
     vs_ema_core: float
+    extra_mb: float | None = None
+    host_syncs: int | None = None
 
 
 def time_case(
@@ -77,21 +80,25 @@ def measure(
     for name in list(cases):
         step = cases.pop(name)  # a contender is freed as soon as it is timed
         times = time_case(step, module.sync, repeats=repeats)
+        extra = probes.extra_bytes(module.NAME, device, step, 10**6)
+        syncs = probes.host_syncs(module.NAME, device, step, 10**6 + 1)
         del step
         med = statistics.median(times)
-        rows.append(
-            Row(
-                workload.name,
-                dtype,
-                module.NAME,
-                name,
-                med * 1e3,
-                (max(times) - min(times)) / 2 * 1e3,
-                nbytes / med / 1e9,
-                0.0,
-                0.0,
-            )
+        spread = (max(times) - min(times)) / 2
+        row = Row(
+            workload.name,
+            dtype,
+            module.NAME,
+            name,
+            med * 1e3,
+            spread * 1e3,
+            nbytes / med / 1e9,
+            0.0,
+            0.0,
+            None if extra is None else extra / 2**20,
+            syncs,
         )
+        rows.append(row)
     ceiling = next(r.median_ms for r in rows if r.contender == "ceiling")
     ours = next((r.median_ms for r in rows if r.contender == "ema_core"), float("nan"))
     for row in rows:
@@ -100,17 +107,22 @@ def measure(
     return rows
 
 
+def _opt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def format_table(rows: list[Row]) -> str:
     head = (
         f"{'workload':<16}{'dtype':<6}{'backend':<18}{'contender':<26}{'ms':>9}{'+-':>8}"
-        f"{'GB/s':>8}{'x ceil':>8}{'x ema':>7}"
+        f"{'GB/s':>8}{'x ceil':>8}{'x ema':>7}{'MB/upd':>9}{'syncs':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.workload:<16}{r.dtype:<6}{r.backend:<18}{r.contender:<26}"
             f"{r.median_ms:>9.3f}{r.spread_ms:>8.3f}{r.gb_per_s:>8.2f}"
-            f"{r.of_ceiling:>8.2f}{r.vs_ema_core:>7.2f}"
+            f"{r.of_ceiling:>8.2f}{r.vs_ema_core:>7.2f}{_opt(r.extra_mb, '.1f'):>9}"
+            f"{_opt(r.host_syncs, 'd'):>6}"
         )
     return "\n".join(lines)
 
@@ -121,15 +133,18 @@ def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         f"Machine: {meta['machine']}, {meta['cpus']} CPUs ({meta['device']}), {meta['date']}, "
         f"`{meta['command']}`. GB/s counts the bytes ema-core moves (12 per element for fp32, "
         "10 for bf16 params with float32 shadows); `x ceiling` = ceiling time / contender "
-        "time; `x ema-core` = ema-core time / contender time.",
+        "time; `x ema-core` = ema-core time / contender time; `MB/update` = the peak memory one "
+        "update allocates (- where the framework does not count it); `syncs` = host syncs per "
+        "update (CUDA only).",
         "",
         "| workload | dtype | backend | contender | ms (median) | +- | GB/s | x ceiling | "
-        "x ema-core |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "x ema-core | MB/update | syncs |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     out += [
         f"| {r.workload} | {r.dtype} | {r.backend} | {r.contender} | {r.median_ms:.3f} | "
-        f"{r.spread_ms:.3f} | {r.gb_per_s:.2f} | {r.of_ceiling:.2f} | {r.vs_ema_core:.2f} |"
+        f"{r.spread_ms:.3f} | {r.gb_per_s:.2f} | {r.of_ceiling:.2f} | {r.vs_ema_core:.2f} | "
+        f"{_opt(r.extra_mb, '.1f')} | {_opt(r.host_syncs, 'd')} |"
         for r in rows
     ]
     return "\n".join(out) + "\n"
