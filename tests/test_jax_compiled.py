@@ -170,9 +170,69 @@ def test_fast_leaf_math_equals_the_generic_path(decay):
     def reference(s, p, d, r):
         return generic.update_leaves(jnp, s, p, kinds, d, r, non_float="copy", writes=[False] * 6)
 
-    fast = _leaves._update(tuple(shadows), tuple(params), d, r, kinds=kinds, non_float="copy")
+    fast = _leaves.update_compiled(
+        tuple(shadows), tuple(params), d, r, kinds=kinds, non_float="copy"
+    )
     for got, want in zip(fast, reference(shadows, params, d, r), strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(
             np.asarray(got).view(np.uint8), np.asarray(want).view(np.uint8)
         )
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Trees of more than 3 arrays take the chunked path (chunks of 3 leaves)."""
+    from ema_core.backends.jax import _chunked
+
+    monkeypatch.setattr(_chunked, "CHUNK", 3)
+
+
+def _many(k=0.0):
+    rng = np.random.default_rng(7)
+    tree = {f"l{i}": jnp.asarray(rng.standard_normal(8) + k, jnp.float32) for i in range(10)}
+    tree["h"] = jnp.asarray(rng.standard_normal(8) + k, jnp.bfloat16)
+    tree["n"] = jnp.asarray(int(k), jnp.int32)
+    return tree
+
+
+@pytest.mark.parametrize("donate", [True, False])
+def test_chunked_path_equals_the_single_jit(monkeypatch, compilations, donate):
+    """Chunks of 3 leaves against one jit of the whole update: the same bits, and a second run
+    over the same signatures compiles nothing."""
+    from ema_core.backends.jax import _chunked
+
+    config = ema.Config(schedule=schedules.warmup(0.99), init="zeros")
+    targets = [_many(k) for k in range(1, 8)]
+    whole = make_update(config, donate=donate)
+    single = ema.init(_many(), config)
+    for target in targets:
+        single = whole(single, target)
+    monkeypatch.setattr(_chunked, "CHUNK", 3)
+    step = make_update(config, donate=donate)
+    runs = []
+    for _ in range(2):
+        state = ema.init(_many(), config)
+        jax.block_until_ready(state)
+        before = len(compilations)
+        for target in targets:
+            state = step(state, target)
+        runs.append((state, len(compilations) - before))
+    assert runs[0][1] >= 2  # the head and the chunk kernels were compiled ...
+    assert runs[1][1] == 0  # ... once
+    for a, b in zip(
+        jax.tree_util.tree_leaves(runs[1][0]), jax.tree_util.tree_leaves(single), strict=True
+    ):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_chunked_path_validates_before_donating(small_chunks):
+    step = make_update(ema.Config(schedule=0.9))
+    state = step(ema.init(_many()), _many(1.0))
+    bad = {**_many(2.0), "l9": jnp.ones(3)}
+    with pytest.raises(ValueError, match=r"params\['l9'\] has shape \(3,\)"):
+        step(state, bad)
+    assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
+    state = step(state, _many(2.0))
+    assert int(state.step) == 2

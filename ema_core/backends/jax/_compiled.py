@@ -12,6 +12,7 @@ import numpy as np
 import ema_core
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
+from ema_core.backends.jax import _chunked
 
 
 def make_update(
@@ -99,6 +100,7 @@ class _Update:
 
     def __init__(self, config: Config, donate: bool) -> None:
         self.config = config
+        self._chunked = _chunked.Chunked(config, donate)
         self._jitted = jax.jit(self._arrays, static_argnums=(2, 3), donate_argnums=(0,) * donate)
 
     def _arrays(
@@ -118,12 +120,23 @@ class _Update:
         return _committed(state_arrays), params_arrays, state_split, params_split
 
     def __call__(self, state: EMAState, params: Tree, /) -> EMAState:
-        args = self._prepare(state, params)
-        return args[2].merge(self._jitted(*args))  # type: ignore[no-any-return]
+        arrays, params_arrays, state_split, params_split = self._prepare(state, params)
+        if len(params_arrays) <= _chunked.CHUNK:
+            return state_split.merge(  # type: ignore[no-any-return]
+                self._jitted(arrays, params_arrays, state_split, params_split)
+            )
+        key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
+        merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
+        kinds = self._chunked.kinds(key, merge, arrays, params_arrays)
+        return state_split.merge(self._chunked.run(arrays, params_arrays, kinds))  # type: ignore[no-any-return]
 
     def lower(self, state: EMAState, params: Tree, /) -> Any:
         """JAX's lowered computation for these arguments (``.compile().as_text()``: the HLO)."""
         return self._jitted.lower(*self._prepare(state, params))
+
+
+def _avals(arrays: list[Any]) -> tuple[tuple[Any, Any], ...]:
+    return tuple((x.shape, x.dtype) for x in arrays)
 
 
 def _committed(arrays: list[Any]) -> list[Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import array_api_compat as compat
@@ -44,7 +43,9 @@ def update_leaves(
     are immutable, so a new array is always returned)."""
     wide = jnp.result_type(float)
     d, r = _decay_array(decay, wide), jnp.asarray(rate, dtype=wide)
-    new = _update(tuple(shadows), tuple(params), d, r, kinds=tuple(kinds), non_float=non_float)
+    new = update_compiled(
+        tuple(shadows), tuple(params), d, r, kinds=tuple(kinds), non_float=non_float
+    )
     return list(new)
 
 
@@ -60,8 +61,7 @@ def _decay_array(decay: Value, wide: Any) -> Array:
     return value
 
 
-@partial(jax.jit, static_argnames=("kinds", "non_float"))
-def _update(
+def _update_impl(
     shadows: tuple[Array, ...],
     params: tuple[Array, ...],
     decay: Array,
@@ -78,6 +78,12 @@ def _update(
         else:
             out.append(_core.copy_exact(jnp, s, p, decay) if non_float == "copy" else s)
     return tuple(out)
+
+
+_STATIC = ("kinds", "non_float")
+update_compiled = jax.jit(_update_impl, static_argnames=_STATIC)
+#: The same update with the shadows donated (``make_update`` on trees of many arrays).
+update_donated = jax.jit(_update_impl, static_argnames=_STATIC, donate_argnums=(0,))
 
 
 class _Gates:
