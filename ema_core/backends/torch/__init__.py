@@ -13,6 +13,9 @@ How the pieces fit:
 * ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_store``: where its
   shadows live (beside the params, or pinned host memory for a CUDA model); ``_swap``: putting
   averages into the model and taking them out; ``_state``: checkpoints.
+* ``_dist``: torch.distributed. FSDP2 (DTensor) params get DTensor shadows updated on their
+  local shards with no collective; ``full_state_dict`` gathers one plain checkpoint (rank 0 by
+  default); ``ddp_ema`` builds an EMA on every DDP rank or on rank 0 only.
 
 ``guard`` and ``update_leaves`` are the backend protocol the core calls (see
 ``ema_core.backends``); ``ema_update`` on torch tensors lands in ``update_leaves``.
@@ -27,9 +30,10 @@ import torch
 
 from ema_core._types import LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends.torch import _kernels
+from ema_core.backends.torch._dist import ddp_ema, full_state_dict
 from ema_core.backends.torch._module import EMA
 
-__all__ = ["EMA", "guard", "update_leaves"]
+__all__ = ["EMA", "ddp_ema", "full_state_dict", "guard", "update_leaves"]
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from ema_core import _core
 from ema_core._checks import check_decay_value, check_finite
 from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._types import Step
-from ema_core.backends.torch import _names, _state, _store, _swap
+from ema_core.backends.torch import _dist, _names, _state, _store, _swap
 from ema_core.backends.torch._options import checked_step, resolve_config
 
 
@@ -82,6 +82,9 @@ class EMA:
     ) -> None:
         self.config = resolve_config(decay, schedule, config, dtype, buffers)
         target = None if device is None else torch.device(device)
+        self._fsdp = _dist.fsdp_modules(module_or_named_tensors)
+        _dist.reshard(self._fsdp)  # track the sharded params, never all-gathered copies
+        _dist.check_sharded(self._fsdp)
         tracked = _names.collect(module_or_named_tensors, self.config.buffers, include, exclude)
         self.names = tuple(t.name for t in tracked)
         self._live = [t.tensor for t in tracked]
@@ -146,6 +149,7 @@ class EMA:
         self._refuse_in_swap("swap")
         self._store.wait()
         undo: list[Callable[[], None]] = []
+        _dist.reshard(self._fsdp)  # the next forward all-gathers the swapped shards
         self._swapped = True
         try:
             for i, live in enumerate(self._live):
@@ -154,6 +158,7 @@ class EMA:
         finally:
             for restore in reversed(undo):
                 restore()
+            _dist.reshard(self._fsdp)  # drop unsharded params gathered from the averages
             self._swapped = False
 
     def copy_to(self, module_or_named_tensors: Any, /) -> None:
@@ -191,7 +196,7 @@ class EMA:
         with torch.no_grad():
             for name, shadow in zip(self.names, self._shadow, strict=True):
                 if name in loaded:
-                    shadow.copy_(loaded[name])
+                    _dist.copy_into(shadow, loaded[name])
         self._step, self._weight = step, weight
 
     def __repr__(self) -> str:

@@ -17,14 +17,17 @@ from collections.abc import Sequence
 import torch
 
 from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _kernels
+from ema_core.backends.torch import _dist, _kernels
 
 
 def make_shadow(
     live: torch.Tensor, dtype: torch.dtype, device: torch.device | None, zeros: bool
 ) -> torch.Tensor:
     """A new shadow for ``live``: a copy (or zeros) in ``dtype`` on ``device`` (pinned host
-    memory when ``live`` is on CUDA and ``device`` is the CPU). Never aliases ``live``."""
+    memory when ``live`` is on CUDA and ``device`` is the CPU). Never aliases ``live``. A
+    DTensor (FSDP2) gets a DTensor shadow with its placements (``_dist``)."""
+    if _dist.is_dtensor(live):
+        return _dist.make_shadow(live, dtype, device, zeros)
     source = live.detach()
     if device is None or _same(device, source.device):
         out = torch.empty_like(source, dtype=dtype)
@@ -84,8 +87,11 @@ class Remote:
 
 def store_for(
     shadows: Sequence[torch.Tensor], live: Sequence[torch.Tensor], kinds: Sequence[LeafKind]
-) -> Local | Remote:
-    """``Local`` when every shadow is on its live tensor's device, else ``Remote``."""
+) -> Local | Remote | _dist.Sharded:
+    """``Sharded`` when any tensor is a DTensor; ``Local`` when every shadow is on its live
+    tensor's device; else ``Remote``."""
     args = (list(shadows), list(live), list(kinds))
+    if any(_dist.is_dtensor(t) for t in live):
+        return _dist.Sharded(*args)
     same = all(s.device == t.device for s, t in zip(shadows, live, strict=True))
     return Local(*args) if same else Remote(*args)

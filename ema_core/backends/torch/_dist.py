@@ -1,0 +1,200 @@
+"""``EMA`` under torch.distributed: FSDP2 / DTensor shards, DDP replicas, full exports.
+
+FSDP2 (``fully_shard``) turns parameters into DTensors whose local tensor is this rank's shard
+(uneven shards included: the last ranks may hold fewer rows, or none). The shadow of such a
+parameter is a DTensor too, with the parameter's mesh, placements, global shape and stride, but
+built from a local tensor of our own: ``DTensor.from_local`` with an explicit shape and stride,
+so no collective checks the shard sizes. ``Sharded`` updates the local tensors directly with
+the fused kernels: no DTensor dispatch and no collective per update. The params' local tensors
+are looked up again at each update, since FSDP2 may replace a parameter's local tensor (its
+lazy initialisation pads and re-views it) while the parameter object stays.
+
+Mixed precision (``MixedPrecisionPolicy``) changes only the dtype of the unsharded params used
+in forward and backward: the sharded params, and so the shadows, stay float32.
+
+A state dict of DTensor shadows is what ``torch.distributed.checkpoint`` (DCP) saves and loads,
+also onto another world size; ``full_state_dict`` gathers plain tensors for one file on rank 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from ema_core._types import LeafKind, Namespace, Value
+from ema_core.backends.torch import _kernels
+
+if TYPE_CHECKING:
+    from ema_core.backends.torch._module import EMA
+
+KeepOn = Literal["all", "rank0"]
+
+
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor; never imports torch.distributed (none exists before)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``tensor``: the local shard of a DTensor (a view), else itself."""
+    if is_dtensor(tensor):
+        with torch.no_grad():  # without autograd, to_local() is the local tensor, no copy
+            part: torch.Tensor = tensor.to_local()  # type: ignore[attr-defined]
+        return part
+    return tensor.detach()
+
+
+def make_shadow(
+    live: torch.Tensor, dtype: torch.dtype, device: torch.device | None, zeros: bool
+) -> torch.Tensor:
+    """A DTensor shadow of the DTensor ``live``: same mesh, placements, shape and stride, a
+    local shard of our own in ``dtype`` (a copy of ``live``'s shard, or zeros)."""
+    from torch.distributed.tensor import DTensor
+
+    part = local(live)
+    if device is not None and (device.type, device.index) != (part.device.type, part.device.index):
+        raise ValueError(
+            f"device={device} differs from the device of the DTensor (FSDP2) params "
+            f"({part.device}); sharded shadows live beside their shards: pass device=None"
+        )
+    out = torch.empty_like(part, dtype=dtype)
+    out = out.zero_() if zeros else out.copy_(part)
+    spec = live  # a DTensor: its mesh, placements, global shape and stride are kept
+    return DTensor.from_local(
+        out,
+        spec.device_mesh,  # type: ignore[attr-defined]
+        spec.placements,  # type: ignore[attr-defined]
+        run_check=False,
+        shape=spec.shape,
+        stride=spec.stride(),
+    )
+
+
+class Sharded:
+    """Shadows of DTensor params (and of any plain tensors beside them), updated shard-locally."""
+
+    def __init__(
+        self, shadows: list[torch.Tensor], live: list[torch.Tensor], kinds: list[LeafKind]
+    ) -> None:
+        for s, t in zip(shadows, live, strict=True):
+            if is_dtensor(s) != is_dtensor(t):
+                raise ValueError("a shadow and its live tensor must both be DTensors or neither")
+        self.shadows = [local(s) for s in shadows]
+        self.live = live
+        self.kinds = kinds
+
+    def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
+        if isinstance(decay, float) and decay == 1.0:
+            return
+        params = [local(t) for t in self.live]
+        _kernels.apply(xp, _kernels.make_plan(self.shadows, params, self.kinds), decay, rate)
+
+    def wait(self) -> None:
+        """Nothing is in flight: local updates are stream-ordered with every later use."""
+
+
+def fsdp_modules(source: Any) -> list[torch.nn.Module]:
+    """The FSDP2 modules inside ``source`` (an ``nn.Module``), outermost first; else []."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None or not isinstance(source, torch.nn.Module):
+        return []
+    kind = getattr(fsdp, "FSDPModule", None)
+    return [m for m in source.modules() if kind is not None and isinstance(m, kind)]
+
+
+def reshard(modules: Iterable[torch.nn.Module]) -> None:
+    """Put every FSDP2 module back in its sharded state (frees unsharded params; no collective).
+
+    A forward with ``reshard_after_forward=False`` leaves a module's parameters unsharded: the
+    module then holds plain, all-gathered tensors that an EMA must neither track (they are freed
+    on the next reshard) nor write (a later forward would not see the shards change).
+    """
+    for module in modules:
+        module.reshard()  # type: ignore[operator]
+
+
+def check_sharded(modules: Sequence[torch.nn.Module]) -> None:
+    """Raise unless every parameter of the FSDP2 ``modules`` is a DTensor (after ``reshard``)."""
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not is_dtensor(param):
+                raise ValueError(
+                    f"parameter {name!r} of FSDP2 module {type(module).__name__} is not sharded "
+                    "after reshard(); an EMA tracks the sharded parameters only: build it "
+                    "outside forward and backward"
+                )
+
+
+def copy_into(shadow: torch.Tensor, value: torch.Tensor) -> None:
+    """``shadow.copy_(value)``, where a full (plain) ``value`` fills a DTensor ``shadow``'s
+    shard from this rank's copy of it (every rank holds the full tensor: no collective)."""
+    if is_dtensor(shadow) and not is_dtensor(value):
+        from torch.distributed.tensor import distribute_tensor
+
+        mesh, placements = shadow.device_mesh, shadow.placements  # type: ignore[attr-defined]
+        value = distribute_tensor(
+            value.to(local(shadow).device), mesh, placements, src_data_rank=None
+        )
+    shadow.copy_(value)
+
+
+def full_state_dict(ema: EMA, /, *, keep_on: KeepOn = "rank0") -> dict[str, Any]:
+    """``ema.state_dict()`` with every DTensor shadow gathered into a plain CPU tensor.
+
+    Every rank must call it (the gathers are collectives). The result loads into an EMA of
+    the unsharded model, or of a model sharded any other way (``load_state_dict``).
+
+    Args:
+        ema: an ``EMA`` of an FSDP2 (or any) model.
+        keep_on: ``"rank0"`` (default) returns the dict on global rank 0 and ``{}`` elsewhere;
+            ``"all"`` returns it on every rank.
+
+    Raises:
+        ValueError: ``keep_on`` is not ``"rank0"`` or ``"all"``.
+    """
+    keep = _keeps(keep_on)
+    state = ema.state_dict()
+    shadows = {}
+    for name, shadow in state["shadow"].items():
+        full = shadow.full_tensor() if is_dtensor(shadow) else shadow.detach().clone()
+        if keep:
+            shadows[name] = full.cpu()
+    return {**state, "shadow": shadows} if keep else {}
+
+
+def ddp_ema(module: torch.nn.Module, /, *, keep_on: KeepOn = "all", **kwargs: Any) -> EMA | None:
+    """An ``EMA`` of a DDP-replicated model, on every rank or on global rank 0 only.
+
+    The EMA stays outside the DDP-wrapped module (DDP broadcasts module buffers from rank 0 at
+    each forward, which would overwrite shadows stored there). Replicas hold equal params, so
+    ``keep_on="all"`` keeps equal EMAs with no communication; ``"rank0"`` saves the memory on
+    the other ranks, which get ``None``.
+
+    Args:
+        module: the model (DDP-wrapped or not).
+        keep_on: ``"all"`` (default) or ``"rank0"``.
+        **kwargs: the ``EMA`` options (``decay``, ``config``, ...).
+
+    Raises:
+        ValueError: ``keep_on`` is not ``"all"`` or ``"rank0"``; ``"rank0"`` without an
+            initialised process group.
+    """
+    from ema_core.backends.torch._module import EMA
+
+    return EMA(module, **kwargs) if _keeps(keep_on) else None
+
+
+def _keeps(keep_on: Any) -> bool:
+    """Whether this rank keeps the result under ``keep_on`` (validated)."""
+    if keep_on not in ("all", "rank0"):
+        raise ValueError(f"keep_on must be 'all' or 'rank0', got {keep_on!r}")
+    if keep_on == "all":
+        return True
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("keep_on='rank0' needs an initialised torch.distributed process group")
+    return dist.get_rank() == 0
