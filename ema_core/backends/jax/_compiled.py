@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -135,8 +136,11 @@ class _Update:
         return self._jitted.lower(*self._prepare(state, params))
 
 
+_SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
+
+
 def _avals(arrays: list[Any]) -> tuple[tuple[Any, Any], ...]:
-    return tuple((x.shape, x.dtype) for x in arrays)
+    return tuple(map(_SHAPE_DTYPE, arrays))
 
 
 def _committed(arrays: list[Any]) -> list[Any]:
