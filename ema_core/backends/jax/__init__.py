@@ -3,7 +3,9 @@
 * ``ema_core.ema_update`` / ``init`` / ``update`` / ``average`` accept any JAX pytree: plain and
   flax linen param dicts, flax nnx ``State``, equinox modules (arrays are averaged, static fields
   kept as they are). Eager calls run as one compiled function, not leaf by leaf.
-* ``make_update(config)``: the jitted ``(state, params) -> state`` with the state donated.
+* ``make_update(config)``: the jitted ``(state, params) -> state`` with the state donated
+  (trees of more than 1,024 arrays run in compiled chunks: XLA's compile time and memory grow
+  faster than the leaf count).
 * ``with_ema(optimizer, config)``: an optax transformation whose state carries the EMA;
   ``ema_average(opt_state, config)`` reads it.
 * ``state_dict(state)`` / ``load_state_dict(arrays, like)``: flat numpy arrays for ``np.savez``.
