@@ -1,0 +1,153 @@
+"""torch.distributed on CPU (gloo): FSDP2, HSDP, DCP resharding and DDP, in spawned processes.
+
+Each scenario of ``tests/dist_workers.py`` runs once per module (one process group per rank for
+all its checks); the tests below read each check's result on every rank. The 3-rank scenario
+loads the checkpoint the 2-rank one saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+if not (dist.is_available() and dist.is_gloo_available() and hasattr(fsdp, "fully_shard")):
+    pytest.skip(
+        "needs torch.distributed with gloo and FSDP2 (fully_shard)", allow_module_level=True
+    )
+
+from ema_core.backends.torch import EMA, ddp_ema, full_state_dict  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120  # seconds per scenario; a hung collective ends here
+
+
+def _launch(scenario: str, world: int, folder: Path) -> list[dict[str, str]]:
+    """Run ``scenario`` on ``world`` ranks; each rank's check -> "ok" or its traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.dist_workers", scenario, str(r), str(world), folder],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=TIMEOUT)[0])
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            logs.append(f"timed out after {TIMEOUT} s\n" + proc.communicate()[0])
+    results = []
+    for rank in range(world):
+        path = folder / f"{scenario}.{rank}.json"
+        found = json.loads(path.read_text()) if path.exists() else {}
+        results.append({**found, "_log": logs[rank][-3000:]})
+    return results
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("dist")
+
+
+@pytest.fixture(scope="module")
+def two(folder):
+    return _launch("two", 2, folder)
+
+
+@pytest.fixture(scope="module")
+def three(folder, two):  # loads the checkpoint that "two" saved
+    return _launch("three", 3, folder)
+
+
+@pytest.fixture(scope="module")
+def four(folder):
+    return _launch("four", 4, folder)
+
+
+def _passed(results, check):
+    for rank, found in enumerate(results):
+        detail = found.get(check, "not reached; the rank's output:\n" + found["_log"])
+        assert detail == "ok", f"rank {rank}, check {check}:\n{detail}"
+
+
+def test_fsdp2_uneven_shards_equal_an_unsharded_replica(two):
+    """Linear(5, 3) and Linear(3, 1) on 2 ranks (rows 2/1 and 1/0): every shadow is a DTensor
+    with its param's placements and local shape, within 1e-6 of the replica's EMA."""
+    _passed(two, "fsdp_train")
+
+
+def test_fsdp2_update_issues_no_collective(two):
+    """CommDebugMode counts 0 collectives in every update, and > 0 for one full_tensor()."""
+    _passed(two, "no_collectives")
+
+
+def test_fsdp2_unsharded_params_are_resharded_before_swap_and_construction(two):
+    """After an eval forward with reshard_after_forward=False, the forward inside swap() uses
+    the averages and the one after it the live weights; an EMA built then tracks shards."""
+    _passed(two, "unsharded_eval_then_swap")
+
+
+def test_fsdp2_swap_restores_the_shards_after_an_exception(two):
+    _passed(two, "swap_restores_on_error")
+
+
+def test_full_state_dict_on_rank0_loads_unsharded_and_resharded(two):
+    """The rank-0 export loads into an unsharded EMA, and a full dict on every rank into a
+    sharded one, bit for bit; the other rank gets {}."""
+    _passed(two, "checkpoints")
+
+
+def test_dcp_checkpoint_of_two_ranks_loads_on_three_bit_exactly(three):
+    _passed(three, "dcp_load")
+
+
+def test_ddp_replicas_stay_bit_identical_and_rank0_only_keeps_none_elsewhere(two):
+    _passed(two, "ddp")
+
+
+def test_hsdp_2x2_with_bf16_mixed_precision(four):
+    """fp32 shadows placed (Replicate, Shard(0)), no collective per update, within 1e-6 of an
+    EMA of the gathered full params."""
+    _passed(four, "hsdp")
+
+
+def test_keep_on_is_validated_before_anything_is_built():
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match=r"keep_on must be 'all' or 'rank0', got 'rank1'"):
+        ddp_ema(model, keep_on="rank1")
+    with pytest.raises(ValueError, match="keep_on must be"):
+        full_state_dict(EMA(model), keep_on=0)
+    if not dist.is_initialized():
+        with pytest.raises(ValueError, match=r"needs an initialised torch\.distributed"):
+            ddp_ema(model, keep_on="rank0")
+    assert isinstance(ddp_ema(model, decay=0.5), EMA)
+
+
+def test_a_dtensor_shadow_refuses_another_device():
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(3, 2)
+        fsdp.fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+        with pytest.raises(ValueError, match=r"device=meta differs from the device"):
+            EMA(model, device="meta")
+        exported = full_state_dict(EMA(model, decay=0.5))
+        assert type(exported["shadow"]["weight"]) is torch.Tensor
+    finally:
+        dist.destroy_process_group()
