@@ -151,3 +151,35 @@ def test_a_dtensor_shadow_refuses_another_device():
         assert type(exported["shadow"]["weight"]) is torch.Tensor
     finally:
         dist.destroy_process_group()
+
+
+def test_bias_corrected_average_and_swap_on_dtensor_shadows():
+    """init="zeros" on one FSDP2 rank: the corrected average, and what swap() writes into the
+    shard, equal those of an EMA of an unsharded copy."""
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import ema_core as ema
+
+    config = ema.Config(schedule=ema.schedules.warmup(0.9), init="zeros")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = torch.nn.Linear(3, 2)
+        sharded = copy.deepcopy(plain)
+        fsdp.fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+        emas = [EMA(plain, config=config), EMA(sharded, config=config)]
+        for step in range(1, 4):
+            with torch.no_grad():
+                for model in (plain, sharded):
+                    for p in model.parameters():
+                        p.mul_(0.5).add_(step)
+            for e in emas:
+                e.update()
+        for name, value in emas[0].average.items():
+            assert torch.equal(emas[1].average[name].full_tensor(), value), name
+        with emas[1].swap():
+            assert torch.equal(sharded.weight.full_tensor(), emas[0].average["weight"])
+    finally:
+        dist.destroy_process_group()
