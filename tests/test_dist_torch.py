@@ -183,3 +183,28 @@ def test_bias_corrected_average_and_swap_on_dtensor_shadows():
             assert torch.equal(sharded.weight.full_tensor(), emas[0].average["weight"])
     finally:
         dist.destroy_process_group()
+
+
+def test_params_whose_local_shard_fsdp2_replaced_are_still_followed():
+    """``module.to(...)`` makes FSDP2 give each sharded param a new local tensor (the param
+    object stays): the next update reads the new one, not the tensor it replaced."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(3, 2)
+        fsdp.fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+        average = EMA(model, decay=0.5)
+        average.update()
+        before = model.weight._local_tensor
+        model.to(torch.float64)
+        assert model.weight._local_tensor is not before  # what this test relies on
+        with torch.no_grad():
+            model.weight.fill_(2.0)
+        old = average.average["weight"].full_tensor().clone()
+        average.update()
+        expected = (old.double() + 2.0) / 2  # the blend with decay 0.5, exact in float64
+        got = average.average["weight"].full_tensor().double()
+        torch.testing.assert_close(got, expected, rtol=2 * 2.0**-23, atol=0)  # 2 float32 ulp
+    finally:
+        dist.destroy_process_group()

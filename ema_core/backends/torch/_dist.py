@@ -56,7 +56,9 @@ def make_shadow(
     from torch.distributed.tensor import DTensor
 
     part = local(live)
-    if device is not None and (device.type, device.index) != (part.device.type, part.device.index):
+    if device is not None and not (
+        device.type == part.device.type and device.index in (None, part.device.index)
+    ):
         raise ValueError(
             f"device={device} differs from the device of the DTensor (FSDP2) params "
             f"({part.device}); sharded shadows live beside their shards: pass device=None"
@@ -75,26 +77,40 @@ def make_shadow(
 
 
 class Sharded:
-    """Shadows of DTensor params (and of any plain tensors beside them), updated shard-locally."""
+    """Shadows of DTensor params (and of any plain tensors beside them), updated shard-locally.
+
+    The plan over the local tensors is kept while the params' local tensors stay the same
+    objects (one identity check per tensor and update) and rebuilt when FSDP2 replaced one.
+    """
 
     def __init__(
         self, shadows: list[torch.Tensor], live: list[torch.Tensor], kinds: list[LeafKind]
     ) -> None:
-        for s, t in zip(shadows, live, strict=True):
-            if is_dtensor(s) != is_dtensor(t):
-                raise ValueError("a shadow and its live tensor must both be DTensors or neither")
         self.shadows = [local(s) for s in shadows]
-        self.live = live
-        self.kinds = kinds
+        self.live, self.kinds = live, kinds
+        self.parts: list[torch.Tensor] = []
+        self.plan = _kernels.Plan()
 
     def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
         if isinstance(decay, float) and decay == 1.0:
             return
-        params = [local(t) for t in self.live]
-        _kernels.apply(xp, _kernels.make_plan(self.shadows, params, self.kinds), decay, rate)
+        parts = [_part(t) for t in self.live]
+        if len(parts) != len(self.parts) or any(
+            a is not b for a, b in zip(parts, self.parts, strict=True)
+        ):
+            self.parts = parts
+            self.plan = _kernels.make_plan(self.shadows, parts, self.kinds)
+        _kernels.apply(xp, self.plan, decay, rate)
 
     def wait(self) -> None:
         """Nothing is in flight: local updates are stream-ordered with every later use."""
+
+
+def _part(tensor: torch.Tensor) -> torch.Tensor:
+    """The local tensor object a DTensor holds (the same object while FSDP2 keeps it; ``to_local``
+    would return a new view of it each time), or a plain tensor itself."""
+    part = getattr(tensor, "_local_tensor", None)
+    return part if isinstance(part, torch.Tensor) else tensor
 
 
 def fsdp_modules(source: Any) -> list[torch.nn.Module]:
@@ -160,9 +176,9 @@ def full_state_dict(ema: EMA, /, *, keep_on: KeepOn = "rank0") -> dict[str, Any]
     state = ema.state_dict()
     shadows = {}
     for name, shadow in state["shadow"].items():
-        full = shadow.full_tensor() if is_dtensor(shadow) else shadow.detach().clone()
+        whole = shadow.full_tensor() if is_dtensor(shadow) else shadow  # every rank gathers
         if keep:
-            shadows[name] = full.cpu()
+            shadows[name] = whole.detach().to("cpu", copy=True)
     return {**state, "shadow": shadows} if keep else {}
 
 
