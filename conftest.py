@@ -1,5 +1,6 @@
 """Root pytest configuration: doctests run over the package; modules whose framework is missing
-(CuPy on a machine without CUDA) are not collected."""
+(CuPy on a machine without CUDA, or torch, JAX, optax where they are not installed) are not
+collected."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ collect_ignore_glob = []
 for _framework, _pattern in (
     ("cupy", "ema_core/backends/cupy*"),
     ("triton", "ema_core/**/_triton*"),
+    ("torch", "ema_core/backends/torch/*"),
+    ("jax", "ema_core/backends/jax/*"),
+    ("optax", "ema_core/backends/jax/_optax.py"),
 ):
     if importlib.util.find_spec(_framework) is None:
         collect_ignore_glob.append(_pattern)

@@ -108,12 +108,14 @@ def init(params: Tree, config: Config | None = None, /) -> EMAState:
     leaves, paths, treedef = flatten(params)
     xp, kinds = check_leaves(leaves, leaves, paths, ("params", "params"), config.non_float)
     zeros = config.init == "zeros"
-    with get_backend(xp).guard():
+    backend = get_backend(xp)
+    with backend.guard():
         shadow = [
             _core.init_leaf(xp, p, _shadow_dtype(xp, p, config) if kind == "float" else None, zeros)
             for p, kind in zip(leaves, kinds, strict=True)
         ]
-    device = compat.device(leaves[0])
+    # the scalars' device: a backend may refine it (a 2-D sharding does not fit a 0-d array)
+    device = getattr(backend, "scalar_device", compat.device)(leaves[0])
     step = xp.asarray(0, device=device)
     weight = xp.asarray(0.0 if zeros else 1.0, dtype=wide_float(xp), device=device)
     return EMAState(step, unflatten(treedef, shadow), weight)

@@ -96,7 +96,7 @@ def check_leaves(
     if not params:
         raise ValueError(f"{names[1]} holds no arrays: nothing to average")
     xp = _common_namespace(shadows, params, paths, names)
-    devices = not compat.is_numpy_namespace(xp)
+    devices = not compat.is_numpy_namespace(xp) and not _is_traced(params[0])
     by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
     kinds: list[LeafKind] = []
     for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
@@ -132,6 +132,15 @@ def _common_namespace(
                     f"come from one namespace ({xp.__name__}), got {ns.__name__}"
                 )
     return xp
+
+
+def _is_traced(x: Any) -> bool:
+    """A JAX tracer: its placement is jit's business (and asking costs a walk of the trace)."""
+    if not compat.is_jax_array(x):
+        return False
+    import jax
+
+    return isinstance(x, jax.core.Tracer)
 
 
 def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> None:
