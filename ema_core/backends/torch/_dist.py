@@ -5,9 +5,10 @@ FSDP2 (``fully_shard``) turns parameters into DTensors whose local tensor is thi
 parameter is a DTensor too, with the parameter's mesh, placements, global shape and stride, but
 built from a local tensor of our own: ``DTensor.from_local`` with an explicit shape and stride,
 so no collective checks the shard sizes. ``Sharded`` updates the local tensors directly with
-the fused kernels: no DTensor dispatch and no collective per update. The params' local tensors
-are looked up again at each update, since FSDP2 may replace a parameter's local tensor (its
-lazy initialisation pads and re-views it) while the parameter object stays.
+the fused kernels: no DTensor dispatch and no collective per update. Each update checks that
+the params still hold the same local tensors and re-plans when one was replaced: FSDP2 swaps a
+sharded parameter's local tensor for a new one (``module.to(...)``, ``reset_sharded_param``)
+while the parameter object stays.
 
 Mixed precision (``MixedPrecisionPolicy``) changes only the dtype of the unsharded params used
 in forward and backward: the sharded params, and so the shadows, stay float32.
@@ -169,8 +170,20 @@ def full_state_dict(ema: EMA, /, *, keep_on: KeepOn = "rank0") -> dict[str, Any]
         keep_on: ``"rank0"`` (default) returns the dict on global rank 0 and ``{}`` elsewhere;
             ``"all"`` returns it on every rank.
 
+    Returns:
+        The checkpoint dict of ``EMA.state_dict`` with CPU tensors, or ``{}`` on a rank that
+        does not keep it.
+
     Raises:
-        ValueError: ``keep_on`` is not ``"rank0"`` or ``"all"``.
+        ValueError: ``keep_on`` is not ``"rank0"`` or ``"all"``; ``"rank0"`` without an
+            initialised process group.
+
+    Example:
+        >>> import torch
+        >>> from ema_core.backends.torch import EMA, full_state_dict
+        >>> ema = EMA(torch.nn.Linear(2, 1), decay=0.9)
+        >>> sorted(full_state_dict(ema, keep_on="all")["shadow"])  # "rank0" in a process group
+        ['bias', 'weight']
     """
     keep = _keeps(keep_on)
     state = ema.state_dict()
@@ -195,9 +208,22 @@ def ddp_ema(module: torch.nn.Module, /, *, keep_on: KeepOn = "all", **kwargs: An
         keep_on: ``"all"`` (default) or ``"rank0"``.
         **kwargs: the ``EMA`` options (``decay``, ``config``, ...).
 
+    Returns:
+        An ``EMA`` of ``module``, or ``None`` on a rank that keeps none.
+
     Raises:
         ValueError: ``keep_on`` is not ``"all"`` or ``"rank0"``; ``"rank0"`` without an
             initialised process group.
+
+    Example:
+        >>> import torch
+        >>> from ema_core.backends.torch import ddp_ema
+        >>> model = torch.nn.Linear(2, 1)  # DistributedDataParallel(model) in a process group
+        >>> ema = ddp_ema(model, decay=0.9)  # keep_on="rank0": None on the other ranks
+        >>> if ema is not None:
+        ...     ema.update()
+        >>> ema.step
+        1
     """
     from ema_core.backends.torch._module import EMA
 
