@@ -56,9 +56,12 @@ def main() -> None:
     config = ema.Config(schedule=ema.schedules.warmup(0.99), init="copy")
     step, step_ref = make_update(config), make_update(config)
     params = sharded(data[0])
-    # init under jit: the state's 0-d step and weight then come out replicated over the mesh
-    # (eager ema.init gives them the first leaf's sharding, which a 0-d array cannot take)
-    state = jax.jit(lambda p: ema.init(p, config))(params)
+    state = ema.init(params, config)  # eager, on arrays no process holds whole
+    jitted = jax.jit(lambda p: ema.init(p, config))(params)  # and inside jit
+    pairs = zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(jitted), strict=True)
+    for leaf, other in pairs:
+        assert leaf.sharding.is_equivalent_to(other.sharding, leaf.ndim)
+    assert state.step.sharding.is_fully_replicated and len(state.step.sharding.device_set) == 8
     state_ref = ema.init(local(data[0]), config)
     for name in specs:
         assert not state.shadow[name].is_fully_addressable, name
