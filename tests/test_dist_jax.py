@@ -77,3 +77,24 @@ def test_orbax_restores_the_state_onto_another_mesh(outputs):
     """Saved from the (2, 4) mesh by both processes, restored onto a (4, 2) mesh with other
     partition specs: every restored shard equals the saved values bit for bit."""
     _passed(outputs, "orbax-restore-on-another-mesh")
+
+
+def test_readme_jax_mesh_example_runs(tmp_path):
+    from tests import scaling_out
+
+    blocks = scaling_out.blocks("make_mesh", scaling_out.README)
+    if not blocks:
+        pytest.skip("README.md has no 'Scaling out' section with a JAX mesh example yet")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    proc = subprocess.run(
+        [sys.executable, "-c", blocks[0]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "P('data', 'model') False"

@@ -147,8 +147,16 @@ def test_a_dtensor_shadow_refuses_another_device():
         fsdp.fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
         with pytest.raises(ValueError, match=r"device=meta differs from the device"):
             EMA(model, device="meta")
-        exported = full_state_dict(EMA(model, decay=0.5))
+        from torch.distributed.tensor.debug import CommDebugMode
+
+        sharded = EMA(model, decay=0.5)
+        exported = full_state_dict(sharded)
         assert type(exported["shadow"]["weight"]) is torch.Tensor
+        exported["shadow"]["weight"] += 1.0
+        with CommDebugMode() as comm:  # a full dict on every rank fills the shards locally
+            sharded.load_state_dict(exported)
+        assert comm.get_total_counts() == 0
+        assert torch.equal(sharded.average["weight"].full_tensor(), exported["shadow"]["weight"])
     finally:
         dist.destroy_process_group()
 
@@ -208,3 +216,25 @@ def test_params_whose_local_shard_fsdp2_replaced_are_still_followed():
         torch.testing.assert_close(got, expected, rtol=2 * 2.0**-23, atol=0)  # 2 float32 ulp
     finally:
         dist.destroy_process_group()
+
+
+def test_readme_torchrun_fsdp2_example_runs(tmp_path):
+    from tests import scaling_out
+
+    blocks = scaling_out.blocks("fully_shard", scaling_out.README)
+    if not blocks:
+        pytest.skip("README.md has no 'Scaling out' section with an FSDP2 example yet")
+    (tmp_path / "train_fsdp.py").write_text(blocks[0])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    proc = subprocess.run(
+        [*command, "2", "train_fsdp.py"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 100, eval loss with the EMA" in proc.stdout
+    assert (tmp_path / "ema_full.pt").exists() and (tmp_path / "ema_ckpt").is_dir()
