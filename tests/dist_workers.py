@@ -17,6 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+pytest.importorskip("torch.distributed.fsdp")  # pytest imports this file for doctests too
+
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
