@@ -48,7 +48,7 @@ def time_case(
     *,
     warmup: int = 3,
     repeats: int = 10,
-    budget_s: float = 8.0,
+    budget_s: float = 3.0,
 ) -> list[float]:
     """Per-update times in seconds after ``warmup`` calls (at least 3, at most ``repeats``,
     stopping early once ``budget_s`` is spent)."""
