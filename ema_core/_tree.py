@@ -16,6 +16,7 @@ from typing import Any
 
 import array_api_compat as compat
 
+from ema_core._ops import is_host_array
 from ema_core._types import Tree
 
 #: One step into a nest: a dict key, a sequence index or a NamedTuple field name.
@@ -83,11 +84,10 @@ def _is_plain_array(node: Any) -> bool:
     """An array of a known namespace (not a wrapper such as a flax nnx Variable, which also
     speaks the Array API but is a pytree node)."""
     return bool(
-        compat.is_numpy_array(node)
+        is_host_array(node)  # numpy, array-api-strict
         or compat.is_torch_array(node)
         or compat.is_jax_array(node)
         or compat.is_cupy_array(node)
-        or type(node).__module__.partition(".")[0] == "array_api_strict"
     )
 
 

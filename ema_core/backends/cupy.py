@@ -16,9 +16,8 @@ path (its table is cached by a warm-up call) and a device decay, which a replay 
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat as compat
@@ -26,6 +25,7 @@ import numpy as np
 
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends import generic
+from ema_core.backends.generic import guard
 
 __all__ = ["CHUNK", "MULTI_MAX", "guard", "host_table", "update_leaves"]
 
@@ -107,11 +107,6 @@ extern "C" __global__ void NAME(
 
 _C_TYPES = {"float32": "float", "float64": "double"}
 _C_TYPES.update(dict.fromkeys(_HALF, "unsigned short"))
-
-
-@contextlib.contextmanager
-def guard() -> Iterator[None]:
-    yield
 
 
 def update_leaves(

@@ -12,6 +12,7 @@ from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
+    """No context needed (backends without autograd state reuse this one)."""
     yield
 
 

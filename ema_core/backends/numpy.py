@@ -12,7 +12,6 @@ CPUs, at most 4), as numpy releases the GIL inside ufuncs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
+from ema_core.backends.generic import guard
 
 __all__ = ["BLOCK", "SMALL", "guard", "update_leaves"]
 
@@ -38,11 +38,6 @@ _POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 #: A unit of work: (out, shadow, params) views of one leaf (or of a gathered group).
 Job = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-@contextlib.contextmanager
-def guard() -> Iterator[None]:
-    yield
 
 
 def update_leaves(

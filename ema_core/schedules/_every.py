@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat as compat
+
 from ema_core._checks import check_positive
 from ema_core._ops import Ops, ScalarOps, ops_for
 from ema_core.schedules._base import Schedule, as_schedule
@@ -46,10 +48,7 @@ class Every(Schedule):
 
 
 def _clip0(t: Any) -> Any:
-    import array_api_compat as compat
-
-    xp = compat.array_namespace(t)
-    return xp.maximum(t, xp.zeros_like(t))
+    return compat.array_namespace(t).clip(t, min=0)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@
 Nothing here issues a collective: every leaf is updated where its shards live.
 """
 
+from ema_core.backends.generic import guard  # nothing to guard: JAX arrays are immutable
 from ema_core.backends.jax._checkpoint import load_state_dict, state_dict
 from ema_core.backends.jax._compiled import make_update
-from ema_core.backends.jax._leaves import guard, scalar_device, update_leaves
+from ema_core.backends.jax._leaves import scalar_device, update_leaves
 from ema_core.backends.jax._optax import WithEMAState, ema_average, with_ema
 
 __all__ = [

@@ -8,8 +8,7 @@ changes every step never recompiles. Inside a trace the same function is simply 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat as compat
@@ -20,12 +19,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ema_core import _core
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
-
-
-@contextlib.contextmanager
-def guard() -> Iterator[None]:
-    """Nothing to guard: JAX arrays are immutable and carry no autograd state."""
-    yield
 
 
 def update_leaves(
