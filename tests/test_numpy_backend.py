@@ -1,5 +1,6 @@
 """The numpy backend against the generic backend: the same bits on every dtype pair, shape,
-layout and decay; in place where asked and nothing mutated where not."""
+layout and decay; in place where asked and nothing mutated where not. Every test runs twice:
+with the compiled one-pass kernels (numba) and with the block-wise ufunc path."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ PAIRS = [
     ("complex128", "complex64"),
 ]
 SHAPES = [(), (0,), (3, 0), (1,), (7,), (3, 5), (fast.BLOCK + 3,), (2, fast.BLOCK // 2 + 1, 1)]
+
+
+@pytest.fixture(autouse=True, params=["numba", "ufuncs"])
+def kernels(request, monkeypatch):
+    """Both ways the backend blends: ``EMA_CORE_NUMBA`` on (numba is in the test group) or off."""
+    pytest.importorskip("numba") if request.param == "numba" else None
+    monkeypatch.setenv("EMA_CORE_NUMBA", "1" if request.param == "numba" else "0")
+    return request.param
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

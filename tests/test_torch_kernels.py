@@ -40,6 +40,14 @@ SHAPES = [(7, 5), (), (0,), (300,), (4, 3, 2)]
 DECAYS = [0.9999, 0.9, 0.5, 0.3, 1e-3]
 
 
+@pytest.fixture(autouse=True, params=["numba", "torch-only"])
+def kernels(request, monkeypatch):
+    """Both ways CPU groups blend: ema-core's compiled host kernels (numba) or torch ops only."""
+    pytest.importorskip("numba") if request.param == "numba" else None
+    monkeypatch.setenv("EMA_CORE_NUMBA", "1" if request.param == "numba" else "0")
+    return request.param
+
+
 def _leaves(sdtype, pdtype, seed=0, shapes=SHAPES):
     gen = torch.Generator().manual_seed(seed)
     shadows = [torch.randn(s, generator=gen).to(sdtype) for s in shapes]
@@ -145,9 +153,9 @@ def test_foreach_and_per_tensor_fallback_are_bitwise_equal(monkeypatch):
         a, params = _leaves(sdtype, pdtype, seed=4)
         b = [s.clone() for s in a]
         _fast(a, params, 0.8, 0.2)
-        monkeypatch.setattr(_foreach, "HAS_FOREACH", False)
-        _fast(b, params, 0.8, 0.2)
-        monkeypatch.undo()
+        with monkeypatch.context() as patch:
+            patch.setattr(_foreach, "HAS_FOREACH", False)
+            _fast(b, params, 0.8, 0.2)
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
 
@@ -177,10 +185,11 @@ def test_blocked_mixed_precision_equals_two_pass_lerp(monkeypatch, weight):
 
 
 def test_mixed_precision_reuses_one_scratch_block(monkeypatch):
+    monkeypatch.setenv("EMA_CORE_NUMBA", "0")  # the torch-only path is the one with a scratch
     shadows, params = _leaves(torch.float32, torch.bfloat16, seed=6)
-    monkeypatch.setattr(_mixed, "BLOCK", 8)  # a small block first: a larger one must replace it
-    _fast(shadows, params, 0.9, 0.1)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(_mixed, "BLOCK", 8)  # a small block first: a larger one must replace it
+        _fast(shadows, params, 0.9, 0.1)
     _fast(shadows, params, 0.9, 0.1)
     first = _mixed._scratch(shadows[0], _mixed.BLOCK)
     assert first.numel() >= _mixed.BLOCK

@@ -1,27 +1,29 @@
-"""The numpy backend: the blend in place, block by block, with no model-sized temporaries.
+"""The numpy backend: the blend in place, one pass per leaf, with no model-sized temporaries.
 
-Each float leaf is cut into blocks of ``BLOCK`` elements; each block runs three ufuncs with
-``out=`` while it sits in the L2 cache: ``p - s`` into a reused scratch block, times ``1 - d``
-(d >= 0.5) or ``d``, then ``s +`` (or ``p -``) that into the shadow. These are the core's lerp
-steps in the same order and precision (float32 or wider via ``dtype=``, so float16 params cast
-inside the ufunc loop), hence bit-equal to the generic backend. Leaves of at most ``SMALL``
-elements with equal dtypes are gathered into one block and scattered back. Updates above
-``PARALLEL_MIN`` elements are split over ``EMA_CORE_NUMPY_THREADS`` threads (default: usable
-CPUs, at most 4), as numpy releases the GIL inside ufuncs.
+With numba installed, each contiguous float leaf (float32/float64 shadows; float16 params
+widened inside the loop) is blended by one compiled loop (``_numba``): one read of the params,
+one read and one write of the shadow, as ``a += b`` moves. Otherwise, and for strided or
+unusual leaves, each leaf is cut into blocks of ``BLOCK`` elements and each block runs three
+ufuncs with ``out=`` while it sits in the L2 cache: ``p - s`` into a reused scratch block,
+times ``1 - d`` (d >= 0.5) or ``d``, then ``s +`` (or ``p -``) that into the shadow. Both are
+the core's lerp steps in the same order and precision (float32 or wider), hence bit-equal to
+the generic backend. Leaves of at most ``SMALL`` elements with equal dtypes are gathered into
+one block and scattered back. Updates above ``PARALLEL_MIN`` elements are split over
+``EMA_CORE_NUMPY_THREADS`` threads (default: usable CPUs, at most 4; ``_threads``).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
+from ema_core.backends import _numba, _threads
+from ema_core.backends._threads import Item, Job
 from ema_core.backends.generic import guard
 
 __all__ = ["BLOCK", "SMALL", "guard", "update_leaves"]
@@ -34,10 +36,6 @@ SMALL = 4096
 PARALLEL_MIN = 1 << 22
 
 _LOCAL = threading.local()
-_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-#: A unit of work: (out, shadow, params) views of one leaf (or of a gathered group).
-Job = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def update_leaves(
@@ -51,7 +49,8 @@ def update_leaves(
     non_float: NonFloatPolicy,
     writes: Sequence[bool],
 ) -> list[Array]:
-    """Blend float leaves block by block, copy exact ones; in place where ``writes`` says.
+    """Blend float leaves in one pass or block by block, copy exact ones; in place where
+    ``writes`` says.
 
     ``s <- s + (1 - d) (p - s)`` per float leaf, bit for bit as the generic backend computes
     it. A decay of 1 returns each shadow itself (as the generic backend does); a decay of 0
@@ -81,7 +80,7 @@ def update_leaves(
         (True, array([0.25, 0.25, 0.25], dtype=float32))
     """
     d, r = float(decay), float(rate)
-    workers = _threads()
+    workers = _threads.workers_from_env("EMA_CORE_NUMPY_THREADS", _threads.usable_cpus(4))
     out: list[Array] = []
     jobs: list[Job] = []
     for s, p, kind, write in zip(shadows, params, kinds, writes, strict=True):
@@ -95,7 +94,9 @@ def update_leaves(
             jobs.append((target, s, p))
         out.append(target)
     if jobs:
-        _run(_group_small(jobs), d, r, workers)
+        items = _group_small(jobs)
+        _threads.run(items, lambda item: _do(item, d, r), workers, least=PARALLEL_MIN // 2,
+                     grain=BLOCK)  # fmt: skip
     return out
 
 
@@ -119,7 +120,10 @@ def _compute_dtype(shadow: np.ndarray) -> np.dtype[Any]:
 
 
 def _blend(o: np.ndarray, s: np.ndarray, p: np.ndarray, d: float, r: float) -> None:
-    """One block: ``o = s + r * (p - s)`` (d >= 0.5) or ``o = p - d * (p - s)``, in cache."""
+    """``o = s + r * (p - s)`` (d >= 0.5) or ``o = p - d * (p - s)``: one compiled pass over a
+    flat leaf, else three ufuncs over one cache-sized block."""
+    if o.ndim == 1 and _one_pass(o, s, p, d, r):
+        return
     ct = _compute_dtype(o)
     buf = _scratch(ct, s.size).reshape(s.shape)
     np.subtract(p, s, out=buf, dtype=ct)
@@ -129,6 +133,12 @@ def _blend(o: np.ndarray, s: np.ndarray, p: np.ndarray, d: float, r: float) -> N
     else:
         np.multiply(buf, _factor(ct, d), out=buf)
         np.subtract(p, buf, out=o, dtype=ct)
+
+
+def _one_pass(o: np.ndarray, s: np.ndarray, p: np.ndarray, d: float, r: float) -> bool:
+    """The compiled one-pass blend of contiguous arrays (``_numba``), if one fits."""
+    flat_s = s.reshape(-1)
+    return _numba.blend_(flat_s if o is s else o.reshape(-1), flat_s, p.reshape(-1), d, r)
 
 
 @functools.lru_cache(maxsize=64)
@@ -146,17 +156,10 @@ def _scratch(dtype: np.dtype[Any], size: int, tag: str = "blend") -> np.ndarray:
     return buf[:size]
 
 
-def _flat(job: Job) -> bool:
-    """Whether all three arrays are C-contiguous (so ``reshape(-1)`` gives views)."""
-    return bool(
-        job[0].flags.c_contiguous and job[1].flags.c_contiguous and job[2].flags.c_contiguous
-    )
-
-
 def _blocks(job: Job) -> Iterator[Job]:
     """Cache-sized views of one job: flat slices when contiguous, else slabs along axis 0."""
     o, s, p = job
-    if _flat(job):
+    if _threads.flat(job):
         flat = [a.reshape(-1) for a in job]
         for i in range(0, o.size, BLOCK):
             yield flat[0][i : i + BLOCK], flat[1][i : i + BLOCK], flat[2][i : i + BLOCK]
@@ -167,15 +170,15 @@ def _blocks(job: Job) -> Iterator[Job]:
         yield o[i : i + step], s[i : i + step], p[i : i + step]
 
 
-def _group_small(jobs: list[Job]) -> list[Job | list[Job]]:
+def _group_small(jobs: list[Job]) -> list[Item]:
     """Work items: large leaves as they are, small contiguous ones in batches of same dtypes
     holding at most ``BLOCK`` elements together."""
-    items: list[Job | list[Job]] = []
+    items: list[Item] = []
     batches: dict[tuple[int, int], tuple[list[Job], list[int]]] = {}
     for job in jobs:
         o, s, p = job
         n = o.size
-        if n > SMALL or not _flat(job):
+        if n > SMALL or not _threads.flat(job):
             items.append(job)
             continue
         key = (id(s.dtype), id(p.dtype))  # equal dtypes may differ in id: harmless, new batch
@@ -188,9 +191,12 @@ def _group_small(jobs: list[Job]) -> list[Job | list[Job]]:
     return items
 
 
-def _do(item: Job | list[Job], d: float, r: float) -> None:
-    """Blend one work item: a leaf block by block, or a batch of small leaves gathered flat."""
+def _do(item: Item, d: float, r: float) -> None:
+    """Blend one work item: a leaf in one pass or block by block, or a batch of small leaves
+    gathered flat."""
     if isinstance(item, tuple):
+        if _threads.flat(item) and _one_pass(*item, d, r):
+            return
         for o, s, p in _blocks(item):
             _blend(o, s, p, d, r)
         return
@@ -207,61 +213,3 @@ def _do(item: Job | list[Job], d: float, r: float) -> None:
     for (o, _, _), n in zip(item, sizes, strict=True):
         o.reshape(-1)[...] = gs[start : start + n]
         start += n
-
-
-def _run(items: list[Job | list[Job]], d: float, r: float, workers: int) -> None:
-    """Run the work items, cut into ``workers`` runs of about equal size, one per thread."""
-    total = sum(_size(item) for item in items)
-    workers = min(workers, max(1, total // (PARALLEL_MIN // 2)))
-    shares: list[list[Job | list[Job]]] = [[] for _ in range(workers)]
-    done = 0
-    for item in items:
-        for piece in _split(item, total // (4 * workers)) if workers > 1 else [item]:
-            shares[min(workers - 1, done * workers // total) if workers > 1 else 0].append(piece)
-            done += _size(piece)
-    futures = [_pool(workers).submit(_do_all, share, d, r) for share in shares[1:]]
-    _do_all(shares[0], d, r)
-    for future in futures:
-        future.result()
-
-
-def _do_all(items: list[Job | list[Job]], d: float, r: float) -> None:
-    for item in items:
-        _do(item, d, r)
-
-
-def _size(item: Job | list[Job]) -> int:
-    return item[0].size if isinstance(item, tuple) else sum(j[0].size for j in item)
-
-
-def _split(item: Job | list[Job], most: int) -> Iterator[Job | list[Job]]:
-    """A contiguous leaf larger than ``most`` elements as flat pieces; anything else whole."""
-    if not isinstance(item, tuple) or item[0].size <= most or most < BLOCK or not _flat(item):
-        yield item
-        return
-    flat = [a.reshape(-1) for a in item]
-    most -= most % BLOCK
-    for i in range(0, flat[0].size, most):
-        yield flat[0][i : i + most], flat[1][i : i + most], flat[2][i : i + most]
-
-
-def _threads() -> int:
-    """Worker threads: ``EMA_CORE_NUMPY_THREADS``, else the usable CPUs up to 4."""
-    raw = os.environ.get("EMA_CORE_NUMPY_THREADS")
-    if raw is None:
-        return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise ValueError(f"EMA_CORE_NUMPY_THREADS must be an integer >= 1, got {raw!r}")
-    return int(raw)
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The shared pool of ``workers - 1`` helpers (the caller is one worker), made anew in a
-    forked child, whose copy of the pool has no threads behind it."""
-    key = (os.getpid(), workers - 1)
-    if key not in _POOL:
-        for old in _POOL.values():
-            old.shutdown(wait=False)
-        _POOL.clear()
-        _POOL[key] = ThreadPoolExecutor(workers - 1, thread_name_prefix="ema_core")
-    return _POOL[key]

@@ -6,7 +6,7 @@ Leaves are grouped by (kind, device, shadow dtype, params dtype):
   private op is missing). ``lerp_(params, 1 - decay)`` is the core's two-sided blend; it may
   differ from the generic path by one rounding (at most 1 ulp of ``max(|s|, |p|)``).
 * a float32/float64 shadow over narrower float params (bf16, fp16): one pass without an fp32
-  copy of the params (``_mixed``);
+  copy of the params (``_host``'s compiled loop on CPU when numba is installed, else ``_mixed``);
 * anything else (complex, a shadow narrower than its params): the generic core, per leaf;
 * integer and bool leaves (and copied buffers): ``torch._foreach_copy_``.
 
@@ -24,7 +24,7 @@ import torch
 
 from ema_core import _core
 from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _foreach
+from ema_core.backends.torch import _foreach, _host
 from ema_core.backends.torch._mixed import lerp_mixed_
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -36,6 +36,7 @@ class Group:
 
     shadows: list[torch.Tensor] = field(default_factory=list)
     params: list[torch.Tensor] = field(default_factory=list)
+    host: _host.Bound | None = None  # the numpy views ``_host`` made for it, kept for reuse
 
 
 @dataclass
@@ -90,9 +91,23 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
         else:  # a device rate must not be rounded to a half dtype: the core computes in fp32
             _generic(xp, group, decay, rate)
     for group in plan.mixed:
-        lerp_mixed_(group.shadows, group.params, _weight(rate, group.shadows[0]))
+        rest = _on_host(xp, group, decay, rate)
+        if rest.shadows:
+            lerp_mixed_(rest.shadows, rest.params, _weight(rate, rest.shadows[0]))
     for group in plan.other:
         _generic(xp, group, decay, rate)
+
+
+def _on_host(xp: Namespace, group: Group, decay: Value, rate: Value) -> Group:
+    """Blend what the compiled host kernels take (``_host``); the group of what is left."""
+    if not _host.usable(group.shadows[0], group.params[0]):
+        return group
+    if not isinstance(decay, float):  # the core's formula, as the host kernels compute it
+        _generic(xp, group, decay, rate)
+        return Group()
+    group.host = _host.lerp_(group.shadows, group.params, decay, float(rate), group.host)
+    left = group.host.left
+    return Group([group.shadows[i] for i in left], [group.params[i] for i in left])
 
 
 def copy_(group: Group, decay: Value) -> None:

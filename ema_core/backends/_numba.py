@@ -1,0 +1,117 @@
+"""Fused CPU kernels, compiled by numba when it is installed: the blend in one pass per leaf.
+
+numpy has no fused multiply-add ufunc, so its blend takes three ufunc passes (over cache-sized
+blocks); eager torch cannot lerp a float32 shadow over bfloat16 params without a cast pass.
+These loops read the params and the shadow once and write the shadow once, widening half
+params inside the loop: float16 and bfloat16 arrive as their uint16 bit patterns and are
+widened exactly (bfloat16 is the top half of a float32; float16 is rebased, with subnormals,
+infinities and NaN payloads handled). The arithmetic is the core's lerp step by step in the
+shadow's dtype, without FMA contraction, so the results are bit-equal to the numpy ufunc path:
+
+    t = (p - s) * f;   out = s + t   (f = 1 - d, d >= 0.5)   or   out = p - t   (f = d)
+
+``EMA_CORE_NUMBA=0`` turns the kernels off (the callers fall back to their block-wise paths).
+Kernels compile on first use per dtype pair and are cached on disk by numba.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+__all__ = ["ParamsFormat", "Prepared", "apply", "blend_", "prepare", "usable"]
+
+#: How the params' elements are stored: as a numpy float dtype, or as bfloat16 bit patterns.
+ParamsFormat = Literal["float", "bfloat16"]
+
+_SHADOW_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def usable() -> bool:
+    """Whether the kernels run: numba importable and ``EMA_CORE_NUMBA`` not ``0``."""
+    return os.environ.get("EMA_CORE_NUMBA", "1") != "0" and _installed()
+
+
+@functools.cache
+def _installed() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+class Prepared(NamedTuple):
+    """A kernel bound to one flat shadow and its params (float16 already seen as uint16)."""
+
+    kernel: Callable[..., None]
+    shadow: np.ndarray
+    params: np.ndarray
+
+
+def prepare(
+    shadow: np.ndarray, params: np.ndarray, params_format: ParamsFormat = "float"
+) -> Prepared | None:
+    """The compiled loop for blending ``params`` into ``shadow`` in place, or None if none fits.
+
+    One fits flat C-contiguous writeable arrays of equal size, a float32 or float64 shadow, and
+    params no wider: float32/float64 as they are, float16, or ``params_format="bfloat16"`` with
+    the bfloat16 bit patterns as uint16. None too when numba is missing or turned off.
+    """
+    if not usable() or shadow.dtype not in _SHADOW_DTYPES or shadow.size != params.size:
+        return None
+    flat = shadow.ndim == params.ndim == 1 and shadow.flags.c_contiguous
+    if not (flat and params.flags.c_contiguous and shadow.flags.writeable):
+        return None
+    kernels = _compiled()
+    if params_format == "bfloat16":
+        return Prepared(kernels["bfloat16"], shadow, params) if params.dtype == np.uint16 else None
+    if params.dtype == np.float16:
+        return Prepared(kernels["float16"], shadow, params.view(np.uint16))
+    if params.dtype in _SHADOW_DTYPES and params.dtype.itemsize <= shadow.dtype.itemsize:
+        return Prepared(kernels["float"], shadow, params)
+    return None
+
+
+def apply(prepared: Prepared, decay: float, rate: float) -> None:
+    """Run a prepared blend with this decay (``rate = 1 - decay``): one pass, in place."""
+    low = decay >= 0.5
+    factor = prepared.shadow.dtype.type(rate if low else decay)
+    prepared.kernel(prepared.shadow, prepared.params, factor, low)
+
+
+def blend_(
+    out: np.ndarray,
+    shadow: np.ndarray,
+    params: np.ndarray,
+    decay: float,
+    rate: float,
+    params_format: ParamsFormat = "float",
+) -> bool:
+    """``out = lerp(shadow, params, rate)`` in one pass; False (nothing written) if no kernel fits.
+
+    ``out`` is ``shadow`` (in place) or a separate array of the same dtype and size, which gets
+    a copy of the shadow first. The arrays that fit are those of ``prepare``.
+    """
+    if out is not shadow and (out.dtype != shadow.dtype or out.shape != shadow.shape):
+        return False
+    prepared = prepare(out, params, params_format)
+    if prepared is None:
+        return False
+    if out is not shadow:
+        np.copyto(out, shadow)
+    apply(prepared, decay, rate)
+    return True
+
+
+@functools.cache
+def _compiled() -> dict[str, Callable[..., None]]:
+    """Build the kernels (numba imported here, once): one per params format."""
+    from ema_core.backends import _numba_loops
+
+    return {
+        "float": _numba_loops.lerp_float,
+        "float16": _numba_loops.lerp_float16,
+        "bfloat16": _numba_loops.lerp_bfloat16,
+    }
