@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import ema_core
+from ema_core.backends import _cupy_kernels as kernels
 from ema_core.backends import cupy as fast
 from ema_core.backends import generic, get_backend
 
@@ -131,7 +132,7 @@ def test_fused_kernel_on_strided_views_writes_only_the_view():
 @gpu
 def test_multi_tensor_equals_per_array_and_generic(monkeypatch, sdtype, pdtype, on_device):
     rng = np.random.default_rng(5)
-    sizes = [int(n) for n in rng.integers(0, 3 * fast.CHUNK, size=700)] + [fast.MULTI_MAX]
+    sizes = [int(n) for n in rng.integers(0, 3 * kernels.CHUNK, size=700)] + [fast.MULTI_MAX]
     shadows = [random((n,), sdtype, i) for i, n in enumerate(sizes)]
     params = [random((n,), pdtype, 10_000 + i) for i, n in enumerate(sizes)]
     for decay in (0.0, 0.25, 0.999):
@@ -196,13 +197,13 @@ def test_new_steps_compile_no_new_kernels():
     cp.cuda.Device().synchronize()
     cache = Path(cp.cuda.compiler.get_cache_dir())
     files = sorted(cache.rglob("*")) if cache.exists() else []
-    builds = fast._multi_kernel.cache_info().misses
+    builds = kernels._multi_kernel.cache_info().misses
     for t in range(3, 30):
         step = t if t % 2 else cp.asarray(t)
         ema_core.ema_update(shadows, params, step, schedule=schedule)
     cp.cuda.Device().synchronize()
     assert (sorted(cache.rglob("*")) if cache.exists() else []) == files
-    assert fast._multi_kernel.cache_info().misses == builds
+    assert kernels._multi_kernel.cache_info().misses == builds
 
 
 @pytest.mark.gpu
@@ -276,8 +277,10 @@ def _reference(shadows, params, decay):
 @pytest.mark.parametrize("sdtype", ["float32", "float64"])
 def test_multi_tensor_source_on_the_cpu(tmp_path, sdtype, pdtype):
     name = f"ema_core_multi_{sdtype}_{pdtype}"
-    code = fast._MULTI_SOURCE.replace("NAME", name).replace("CHUNK", str(fast.CHUNK))
-    code = code.replace("SHADOW", fast._C_TYPES[sdtype]).replace("PARAM", fast._C_TYPES[pdtype])
+    code = kernels._MULTI_SOURCE.replace("NAME", name).replace("CHUNK", str(kernels.CHUNK))
+    code = code.replace("SHADOW", kernels._C_TYPES[sdtype]).replace(
+        "PARAM", kernels._C_TYPES[pdtype]
+    )
     assert _HALF_ASM in code
     code = (
         code.replace(_HALF_ASM, _HALF_CPU)
@@ -295,7 +298,7 @@ extern "C" void launch(const long long* t, int n, long long nc, const double* dp
                        ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_double,
                        ctypes.c_int, ctypes.c_uint]  # fmt: skip
     rng = np.random.default_rng(0)
-    sizes = [1, 0, 7, fast.CHUNK, fast.CHUNK + 1, 3 * fast.CHUNK - 5, 33]
+    sizes = [1, 0, 7, kernels.CHUNK, kernels.CHUNK + 1, 3 * kernels.CHUNK - 5, 33]
     shadows = [(rng.standard_normal(n) * 3).astype(sdtype) for n in sizes]
     values = [(rng.standard_normal(n) * 3).astype(np.float32) for n in sizes]
     if pdtype == "bfloat16":  # bf16 params: the high halves of float32 values
@@ -326,14 +329,14 @@ extern "C" void launch(const long long* t, int n, long long nc, const double* dp
 def test_fused_body_on_the_cpu(tmp_path, sdtype, pdtype):
     st, pt = _CPU_TYPES[sdtype], _CPU_TYPES[pdtype]
     code = (
-        fast._FUSED_PREAMBLE
+        kernels._FUSED_PREAMBLE
         + f"""
 extern "C" void run(const void* sv, const void* pv, double dv, double rv, void* ov, long n) {{
     typedef {st} S; typedef {pt} P; typedef double D;
     for (long k = 0; k < n; ++k) {{
         const S s = ((const S*)sv)[k]; const P p = ((const P*)pv)[k];
         const D d = dv; const D r = rv; S &o = ((S*)ov)[k];
-        {fast._FUSED_BODY}
+        {kernels._FUSED_BODY}
     }}
 }}"""
     )
@@ -350,11 +353,12 @@ extern "C" void run(const void* sv, const void* pv, double dv, double rv, void* 
 
 
 def test_host_table_layout():
-    sizes = [3, 0, 2 * fast.CHUNK + 1]
+    sizes = [3, 0, 2 * kernels.CHUNK + 1]
+    assert fast.CHUNK == kernels.CHUNK  # still public from the backend module
     table, n_chunks = fast.host_table([(1, 2, 3), (4, 5, 6), (7, 8, 9)], sizes)
     assert n_chunks == 4
     n = len(sizes)
     assert table[: 3 * n].tolist() == [1, 4, 7, 2, 5, 8, 3, 6, 9]
     assert table[3 * n : 4 * n].tolist() == sizes
     assert table[4 * n : 4 * n + n_chunks].tolist() == [0, 2, 2, 2]
-    assert table[4 * n + n_chunks :].tolist() == [0, 0, fast.CHUNK, 2 * fast.CHUNK]
+    assert table[4 * n + n_chunks :].tolist() == [0, 0, kernels.CHUNK, 2 * kernels.CHUNK]

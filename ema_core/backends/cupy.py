@@ -11,12 +11,15 @@ Contiguous float32/float64 shadows of at most ``MULTI_MAX`` elements take one la
 pair over a device table of pointers, sizes and chunk starts, cached for as long as the same
 arrays come back. All launches use the current stream. In a captured CUDA graph use the in-place
 path (its table is cached by a warm-up call) and a device decay, which a replay reads afresh.
+
+This module groups the leaves, lays out and caches the tables and launches; the kernels' CUDA
+source and their cached builders (and ``CHUNK``, which the source bakes in) are in
+``_cupy_kernels``.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +28,7 @@ import numpy as np
 
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends import generic
+from ema_core.backends._cupy_kernels import _HALF, CHUNK, _copy_kernel, _cupy, _fused, _multi_kernel
 from ema_core.backends.generic import guard
 
 __all__ = ["CHUNK", "MULTI_MAX", "guard", "host_table", "update_leaves"]
@@ -32,81 +36,9 @@ __all__ = ["CHUNK", "MULTI_MAX", "guard", "host_table", "update_leaves"]
 #: Contiguous leaves with at most this many elements share one multi-tensor launch: streaming
 #: 4M fp32 elements takes about 12 us at 4 TB/s, no longer than one Python kernel call.
 MULTI_MAX = 1 << 22
-#: Elements one thread block of the multi-tensor kernel handles before taking the next chunk.
-CHUNK = 4096
 _THREADS = 256
-_HALF = ("float16", "bfloat16")
 _FLOATS = (*_HALF, "float32", "float64")
 _TABLES: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
-
-_ROUNDED = r"""
-__device__ __forceinline__ float ema_mul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double ema_mul(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float ema_add(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double ema_add(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float ema_sub(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double ema_sub(double a, double b) { return __dsub_rn(a, b); }
-template <typename C>
-__device__ __forceinline__ C ema_lerp(C s, C p, double d, double r) {
-    if (d == 1.0) return s;
-    if (d == 0.0) return p;
-    if (d >= 0.5) return ema_add(s, ema_mul((C)r, ema_sub(p, s)));
-    return ema_sub(p, ema_mul((C)d, ema_sub(p, s)));
-}
-"""
-
-_FUSED_PREAMBLE = (
-    _ROUNDED
-    + r"""
-template <typename T> struct ema_compute { typedef float type; };
-template <> struct ema_compute<double> { typedef double type; };
-"""
-)
-
-_FUSED_BODY = r"""
-typedef ema_compute<S>::type ema_ct;
-o = (S)ema_lerp<ema_ct>((ema_ct)s, (ema_ct)p, (double)d, (double)r);
-"""
-
-_MULTI_SOURCE = (
-    _ROUNDED
-    + r"""
-__device__ __forceinline__ float ema_load(const unsigned short* p, long long i, int bf16) {
-    const unsigned short bits = p[i];
-    if (bf16) return __uint_as_float(((unsigned int)bits) << 16);
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
-    return f;
-}
-__device__ __forceinline__ float ema_load(const float* p, long long i, int) { return p[i]; }
-__device__ __forceinline__ double ema_load(const double* p, long long i, int) { return p[i]; }
-
-extern "C" __global__ void NAME(
-    const long long* table, int n, long long n_chunks, const double* d_ptr,
-    const double* r_ptr, int on_device, double d_host, double r_host, int bf16) {
-    const long long* sizes = table + 3 * n;
-    const long long* chunk_leaf = table + 4 * n;
-    const long long* chunk_start = chunk_leaf + n_chunks;
-    const double d = on_device ? d_ptr[0] : d_host;
-    const double r = on_device ? r_ptr[0] : r_host;
-    for (long long c = blockIdx.x; c < n_chunks; c += gridDim.x) {
-        const long long leaf = chunk_leaf[c];
-        const long long start = chunk_start[c];
-        const long long size = sizes[leaf];
-        const long long stop = start + CHUNK < size ? start + CHUNK : size;
-        const SHADOW* s = (const SHADOW*)table[leaf];
-        const PARAM* p = (const PARAM*)table[n + leaf];
-        SHADOW* o = (SHADOW*)table[2 * n + leaf];
-        for (long long i = start + threadIdx.x; i < stop; i += blockDim.x) {
-            o[i] = ema_lerp<SHADOW>(s[i], (SHADOW)ema_load(p, i, bf16), d, r);
-        }
-    }
-}
-"""
-)
-
-_C_TYPES = {"float32": "float", "float64": "double"}
-_C_TYPES.update(dict.fromkeys(_HALF, "unsigned short"))
 
 
 def update_leaves(
@@ -252,35 +184,3 @@ def host_table(ptrs: Sequence[tuple[int, int, int]], sizes: Sequence[int]) -> tu
     starts = (np.arange(chunk_leaf.size, dtype=np.int64) - first[chunk_leaf]) * CHUNK
     pointers = np.asarray(ptrs, np.uint64).reshape(-1, 3).T.reshape(-1).view(np.int64)
     return np.concatenate([pointers, sizes_, chunk_leaf, starts]), int(chunk_leaf.size)
-
-
-def _cupy() -> Any:
-    """The cupy module, imported on first use (importing this file needs no CuPy)."""
-    import cupy
-
-    return cupy
-
-
-@functools.cache
-def _fused() -> Any:
-    """The per-array kernel; its dtypes are template parameters, the decay an argument."""
-    cp = _cupy()
-    return cp.ElementwiseKernel(
-        "S s, P p, D d, D r", "S o", _FUSED_BODY, "ema_core_blend", preamble=_FUSED_PREAMBLE
-    )
-
-
-@functools.cache
-def _copy_kernel() -> Any:
-    cp = _cupy()
-    return cp.ElementwiseKernel("T s, T p, D d", "T o", "o = (d == 1.0) ? s : p;", "ema_core_copy")
-
-
-@functools.cache
-def _multi_kernel(shadow: str, param: str) -> Any:
-    """The multi-tensor kernel for one (shadow, params) dtype pair, compiled on first use."""
-    cp = _cupy()
-    name = f"ema_core_multi_{shadow}_{param}"
-    code = _MULTI_SOURCE.replace("NAME", name).replace("CHUNK", str(CHUNK))
-    code = code.replace("SHADOW", _C_TYPES[shadow]).replace("PARAM", _C_TYPES[param])
-    return cp.RawKernel(code, name)
