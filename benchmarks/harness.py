@@ -11,9 +11,10 @@ Peer modules in ``benchmarks/peers/`` add their own named cases to a backend's r
 Figures: the median time per update after warm-up and its spread, the achieved GB/s (the bytes
 ema-core moves: read shadow, read params, write shadow), the ratio to the ceiling and to ema-core,
 and the time per leaf above the ceiling's (``us/leaf``: what each tensor costs beyond moving its
-bytes). The ceiling is timed first and again after every contender, and the faster of its two
-medians counts: on a shared machine that moves by 10-20% between minutes, the ratios are then
-never flattered by a slow ceiling.
+bytes). Each contender is timed in alternation with the ceiling (ceiling, contender, ceiling,
+...), and its ratio is to the median of the ceiling calls beside it: on a shared machine whose
+bandwidth moves by 20-50% between minutes, a ratio then compares two things measured under the
+same conditions. The ceiling row reports all its calls.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from benchmarks import probes
@@ -51,54 +52,64 @@ def time_case(
     step: Callable[[int], Any],
     sync: Callable[[Any], None],
     *,
+    ceiling: Callable[[int], Any] | None = None,
     warmup: int = 3,
     repeats: int = 10,
     budget_s: float = 3.0,
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
     """Per-update times in seconds after ``warmup`` calls (at least 3, at most ``repeats``,
-    stopping early once ``budget_s`` is spent)."""
+    stopping early once ``budget_s`` is spent), and, when ``ceiling`` is given, the ceiling's
+    times taken in alternation with them (one ceiling call before each timed call)."""
     t = 1
     for _ in range(warmup):
         sync(step(t))
         t += 1
     times: list[float] = []
+    paired: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        if ceiling is not None:
+            tic = time.perf_counter()
+            sync(ceiling(t))
+            paired.append(time.perf_counter() - tic)
         tic = time.perf_counter()
         sync(step(t))
         times.append(time.perf_counter() - tic)
         t += 1
-    return times
+    return times, paired
 
 
 def measure(
     module: Any, workload: Workload, dtype: str, device: str, repeats: int, peers: Any = None
 ) -> list[Row]:
-    """Time a backend's cases, and its peers' when given, on one workload and dtype."""
+    """Time a backend's cases, and its peers' when given, on one workload and dtype. Each
+    contender alternates with the ceiling, and its ratio is to the ceiling timed beside it."""
     cases = module.cases(workload, dtype, device)
     if not cases:
         return []
     if peers is not None:
         cases.update(peers.cases(workload, dtype, device))
     nbytes = BYTES_PER_ELEMENT[dtype] * workload.elements
-    ceiling_step = cases["ceiling"]
+    ceiling_step = cases.pop("ceiling")
     rows = []
+    beside: dict[str, float] = {}
+    all_ceiling, _ = time_case(ceiling_step, module.sync, repeats=repeats)
     for name in list(cases):
         step = cases.pop(name)  # a contender is freed as soon as it is timed
-        times = time_case(step, module.sync, repeats=repeats)
+        times, paired = time_case(step, module.sync, ceiling=ceiling_step, repeats=repeats)
         extra = probes.extra_bytes(module.NAME, device, step, 10**6)
         syncs = probes.host_syncs(module.NAME, device, step, 10**6 + 1)
         del step
         rows.append(_row(workload, dtype, module.NAME, name, times, nbytes, extra, syncs))
-    again = time_case(ceiling_step, module.sync, repeats=repeats)
+        beside[name] = statistics.median(paired) * 1e3
+        all_ceiling += paired
+    extra = probes.extra_bytes(module.NAME, device, ceiling_step, 10**6)
     del ceiling_step
-    at = next(i for i, r in enumerate(rows) if r.contender == "ceiling")
-    if statistics.median(again) * 1e3 < rows[at].median_ms:  # the faster ceiling counts
-        faster = _row(workload, dtype, module.NAME, "ceiling", again, nbytes, None, None)
-        rows[at] = replace(faster, extra_mb=rows[at].extra_mb, host_syncs=rows[at].host_syncs)
-    ceiling = next(r.median_ms for r in rows if r.contender == "ceiling")
+    rows.insert(0, _row(workload, dtype, module.NAME, "ceiling", all_ceiling, nbytes, extra, None))
+    beside["ceiling"] = rows[0].median_ms
     ours = next((r.median_ms for r in rows if r.contender == "ema_core"), float("nan"))
     for row in rows:
+        ceiling = beside[row.contender]
         row.of_ceiling = ceiling / row.median_ms
         row.vs_ema_core = ours / row.median_ms
         row.overhead_us_per_leaf = max(0.0, row.median_ms - ceiling) * 1e3 / len(workload.shapes)
@@ -149,7 +160,7 @@ def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         f"Machine: {meta['machine']}, {meta['cpus']} CPUs ({meta['device']}), {meta['date']}, "
         f"`{meta['command']}`. GB/s counts the bytes ema-core moves (12 per element for fp32, "
         "10 for bf16 params with float32 shadows); `x ceiling` = ceiling time / contender "
-        "time (the faster of two ceiling timings, one before and one after the contenders); "
+        "time, the ceiling timed in alternation with each contender (ceiling, contender, ...); "
         "`x ema-core` = ema-core time / contender time; `us/leaf` = (contender time - ceiling "
         "time) / number of leaves: the cost per tensor beyond moving its bytes; "
         "`MB/update` = the peak memory one "

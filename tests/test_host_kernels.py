@@ -178,6 +178,42 @@ def test_torch_mixed_groups_equal_the_generic_core_bit_for_bit(decay):
         assert torch.equal(got, ref) and got.dtype == ref.dtype
 
 
+@pytest.mark.parametrize("decay", [0.999, 0.3])
+def test_torch_blocked_path_with_a_host_decay_equals_the_generic_core(monkeypatch, decay):
+    """The path small leaves take on a group's first update (and every leaf without numba)."""
+    torch = pytest.importorskip("torch")
+    from ema_core.backends.torch import _mixed
+
+    monkeypatch.setattr(_mixed, "BLOCK", 64)  # packed small leaves and pieces of large ones
+    shapes = [(3,), (), (5, 4), (300,), (9, 7), (0, 3)]
+    pairs = [_torch_pair(torch.float32, torch.bfloat16, sh, i) for i, sh in enumerate(shapes)]
+    pairs += [_torch_pair(torch.float32, torch.float16, (70,), 9)]
+    shadows, params = [s for s, _ in pairs[:-1]], [p for _, p in pairs[:-1]]
+    want = _torch_generic(shadows, params, decay)
+    with torch.no_grad():
+        _mixed.lerp_mixed_(shadows, params, 1.0 - decay, decay)
+    assert all(torch.equal(g, w) for g, w in zip(shadows, want, strict=True))
+    s16, p16 = pairs[-1]
+    want = _torch_generic([s16], [p16], decay)
+    with torch.no_grad():
+        _mixed.lerp_mixed_([s16], [p16], 1.0 - decay, decay)
+    assert torch.equal(s16, want[0])
+
+
+def test_first_update_leaves_small_leaves_to_the_blocked_path_with_the_same_bits():
+    torch = pytest.importorskip("torch")
+    from ema_core.backends.torch import _host
+
+    shapes = [(8,), (_host.FIRST_MIN + 5,), (3, 3)]
+    pairs = [_torch_pair(torch.float32, torch.bfloat16, sh, 20 + i) for i, sh in enumerate(shapes)]
+    shadows, params = [s for s, _ in pairs], [p for _, p in pairs]
+    first = _host.lerp_([s.clone() for s in shadows], params, 0.9, 0.1)
+    assert first.deferred and first.left == [0, 2] and len(first.items) == 1
+    again = _host.lerp_(shadows, params, 0.9, 0.1, first)
+    assert not again.deferred and not again.left and len(again.items) == 3
+    assert _host.lerp_(shadows, params, 0.9, 0.1, again) is again
+
+
 def _ema_of(torch, shapes, dtype):
     from ema_core.backends.torch import EMA
 
@@ -189,9 +225,11 @@ def test_ema_class_reuses_its_views_and_rebuilds_them_when_storage_moves():
     torch = pytest.importorskip("torch")
     params, ema = _ema_of(torch, [(64, 3), (17,)], torch.bfloat16)
     (group,) = ema._store.plan.mixed
+    ema.update()  # the first update leaves these small leaves to the blocked path
+    assert group.host is not None and group.host.deferred
     ema.update()
     bound = group.host
-    assert bound is not None and not bound.left
+    assert bound is not None and not bound.left and not bound.deferred
     ema.update()
     assert group.host is bound  # same storage: the views are reused
     expected = _torch_generic(list(ema.average.values()), [params["w0"], params["w1"]], 0.9)
@@ -211,17 +249,19 @@ def test_strided_torch_leaves_are_left_to_the_torch_path(monkeypatch):
     calls = []
     original = _mixed.lerp_mixed_
     monkeypatch.setattr(
-        _mixed, "lerp_mixed_", lambda s, p, w: calls.append(len(s)) or original(s, p, w)
+        _mixed, "lerp_mixed_", lambda s, p, *rest: calls.append(len(s)) or original(s, p, *rest)
     )
     monkeypatch.setattr("ema_core.backends.torch._kernels.lerp_mixed_", _mixed.lerp_mixed_)
+    from ema_core.backends.torch._host import FIRST_MIN
+
     shadow = torch.zeros(6, 4)
     params = {
         "a": torch.ones(4, 6, dtype=torch.bfloat16).t(),
-        "b": torch.ones(3, dtype=torch.bfloat16),
+        "b": torch.ones(FIRST_MIN, dtype=torch.bfloat16),  # large enough for a first update
     }
     import ema_core
 
-    new = ema_core.ema_update({"a": shadow, "b": torch.zeros(3)}, params, 1, decay=0.5)
+    new = ema_core.ema_update({"a": shadow, "b": torch.zeros(FIRST_MIN)}, params, 1, decay=0.5)
     assert calls == [1]  # only the strided leaf went to the torch blocks
     assert (new["a"] == 0.5).all() and (new["b"] == 0.5).all()
 

@@ -20,11 +20,11 @@ import functools
 import importlib.util
 import os
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-__all__ = ["ParamsFormat", "Prepared", "apply", "blend_", "prepare", "usable"]
+__all__ = ["ParamsFormat", "Prepared", "apply", "blend_", "prepare", "usable", "weights"]
 
 #: How the params' elements are stored: as a numpy float dtype, or as bfloat16 bit patterns.
 ParamsFormat = Literal["float", "bfloat16"]
@@ -76,9 +76,15 @@ def prepare(
 
 def apply(prepared: Prepared, decay: float, rate: float) -> None:
     """Run a prepared blend with this decay (``rate = 1 - decay``): one pass, in place."""
-    low = decay >= 0.5
-    factor = prepared.shadow.dtype.type(rate if low else decay)
+    factor, low = weights(decay, rate, prepared.shadow.dtype)
     prepared.kernel(prepared.shadow, prepared.params, factor, low)
+
+
+def weights(decay: float, rate: float, dtype: np.dtype[Any]) -> tuple[np.generic, bool]:
+    """A kernel's last two arguments: the factor in the shadow's ``dtype`` (``1 - d`` when
+    ``d >= 0.5``, else ``d``) and which side the blend starts from."""
+    low = decay >= 0.5
+    return dtype.type(rate if low else decay), low
 
 
 def blend_(

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["Item", "Job", "flat", "run", "size", "workers_from_env"]
+__all__ = ["Item", "Job", "flat", "run", "run_shares", "share", "size", "workers_from_env"]
 
 #: A unit of work: (out, shadow, params) views of one leaf.
 Job = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -37,25 +37,32 @@ def size(item: Item) -> int:
 def run(
     items: list[Item], do: Callable[[Item], None], workers: int, *, least: int, grain: int
 ) -> None:
-    """``do`` every item, on up to ``workers`` threads, at least ``least`` elements each.
+    """``do`` every item, on up to ``workers`` threads, at least ``least`` elements each
+    (``share`` then ``run_shares``)."""
+    run_shares(share(items, workers, least=least, grain=grain), do)
 
-    Contiguous jobs larger than a quarter of a thread's share are cut into flat pieces whose
-    size is a multiple of ``grain`` elements.
-    """
+
+def share(items: list[Item], workers: int, *, least: int, grain: int) -> list[list[Item]]:
+    """The items dealt into at most ``workers`` runs of about equal size, in order, with at
+    least ``least`` elements per run. Contiguous jobs larger than a quarter of a run are cut
+    into flat pieces whose size is a multiple of ``grain`` elements."""
     total = sum(size(item) for item in items)
     workers = min(workers, max(1, total // max(least, 1)))
     if workers == 1:
-        for item in items:
-            do(item)
-        return
+        return [list(items)]
     shares: list[list[Item]] = [[] for _ in range(workers)]
     done = 0
     for item in items:
         for piece in _split(item, total // (4 * workers), grain):
             shares[min(workers - 1, done * workers // total)].append(piece)
             done += size(piece)
-    futures = [_pool(workers).submit(_do_all, do, share) for share in shares[1:]]
-    _do_all(do, shares[0])
+    return shares
+
+
+def run_shares(shares: list[list[Item]], do: Callable[[Item], None]) -> None:
+    """``do`` the first run on this thread and the others on the shared pool; wait for all."""
+    futures = [_pool(len(shares)).submit(_do_all, do, run) for run in shares[1:]]
+    _do_all(do, shares[0] if shares else [])
     for future in futures:
         future.result()
 

@@ -6,8 +6,11 @@ How the pieces fit:
   group is one ``torch._foreach_lerp_`` (or ``_foreach_copy_`` for integer leaves), through
   ``_foreach``, which falls back to per-tensor loops where those private ops are missing. A
   decay is a Python float or a 0-d device tensor that is never read on the host.
-* ``_mixed`` / ``_triton``: a float32 shadow over bf16/fp16 params in one pass (cache-sized
-  blocks on CPU, a Triton kernel on CUDA).
+* ``_host``: CPU groups with a float32/float64 shadow over bf16/fp16 params, when numba is
+  installed: ema-core's compiled one-pass loop over numpy views of the tensors (no copies),
+  shared over ``torch.get_num_threads()`` threads; the views are kept between updates.
+* ``_mixed`` / ``_triton``: the same one pass without numba (cache-sized blocks on CPU) and on
+  CUDA (a Triton kernel).
 * ``_names``: which tensors of a module are tracked, under which names; ``_options``: the
   ``EMA`` arguments turned into one ``Config``.
 * ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_store``: where its

@@ -93,7 +93,8 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
     for group in plan.mixed:
         rest = _on_host(xp, group, decay, rate)
         if rest.shadows:
-            lerp_mixed_(rest.shadows, rest.params, _weight(rate, rest.shadows[0]))
+            host = decay if isinstance(decay, float) else None
+            lerp_mixed_(rest.shadows, rest.params, _weight(rate, rest.shadows[0]), host)
     for group in plan.other:
         _generic(xp, group, decay, rate)
 

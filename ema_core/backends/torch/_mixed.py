@@ -5,9 +5,12 @@ writes and reads a model-sized fp32 copy of the params. Instead the params are c
 block into a reused scratch that stays in the cache (``BLOCK`` elements, 8 MiB in fp32), and the
 shadow is blended with the scratch: memory sees one read of the params, one read and one write
 of the shadow. Leaves smaller than a block are packed into one scratch block together, so a
-batch costs one ``_foreach_copy_`` and one ``_foreach_lerp_`` whatever its number of tensors.
+batch costs a few ``_foreach_*`` calls whatever its number of tensors.
 
-On CUDA with Triton installed, a Triton kernel does the cast inside the blend (``_triton``).
+On the CPU with a host decay the blend is the generic core's, op by op (``p - s``, times the
+factor, then ``s +`` or ``p -``), so it gives the same bits as ``_host``'s compiled loop and the
+generic path; elsewhere (CUDA, a device decay) it is one fused ``lerp_``. On CUDA with Triton
+installed, a Triton kernel does the cast inside the blend (``_triton``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,13 @@ Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def lerp_mixed_(
-    shadows: list[torch.Tensor], params: list[torch.Tensor], weight: float | torch.Tensor
+    shadows: list[torch.Tensor],
+    params: list[torch.Tensor],
+    weight: float | torch.Tensor,
+    decay: float | None = None,
 ) -> None:
-    """``s += weight * (p - s)`` with ``p`` cast to ``s.dtype`` (exact: it only widens)."""
+    """``s += weight * (p - s)`` with ``p`` cast to ``s.dtype`` (exact: it only widens).
+    ``decay`` (``1 - weight`` exactly, a host float) selects the generic core's steps on CPU."""
     if type(shadows[0].detach()) is not torch.Tensor:  # DTensor: two passes on its shards
         _foreach.lerp_(
             shadows, [p.to(s.dtype) for s, p in zip(shadows, params, strict=True)], weight
@@ -48,8 +55,31 @@ def lerp_mixed_(
     for batch, used in _batches(shadows, params, block):
         s_list = [s for s, _ in batch]
         views = list(_unflatten_dense_tensors(scratch[:used], s_list))  # type: ignore[no-untyped-call]
-        _foreach.copy_(views, [p for _, p in batch])
-        _foreach.lerp_(s_list, views, weight)
+        p_list = [p for _, p in batch]
+        _foreach.copy_(views, p_list)
+        if decay is None or shadows[0].is_cuda or not isinstance(weight, float):
+            _foreach.lerp_(s_list, views, weight)
+        else:
+            _core_steps(s_list, p_list, views, decay, weight)
+
+
+def _core_steps(
+    shadows: list[torch.Tensor],
+    params: list[torch.Tensor],
+    widened: list[torch.Tensor],
+    decay: float,
+    rate: float,
+) -> None:
+    """The core's blend, op by op: ``t = (p - s) * f``, then ``s + t`` (f = rate, d >= 0.5) or
+    ``p - t`` (f = d). ``widened`` holds the params in the shadow's dtype and is overwritten."""
+    low = decay >= 0.5
+    torch._foreach_sub_(widened, shadows)
+    torch._foreach_mul_(widened, rate if low else decay)
+    if low:
+        torch._foreach_add_(shadows, widened)
+    else:
+        _foreach.copy_(shadows, params)
+        torch._foreach_sub_(shadows, widened)
 
 
 def _batches(
