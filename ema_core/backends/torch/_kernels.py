@@ -100,12 +100,19 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
 
 
 def _on_host(xp: Namespace, group: Group, decay: Value, rate: Value) -> Group:
-    """Blend what the compiled host kernels take (``_host``); the group of what is left."""
-    if not _host.usable(group.shadows[0], group.params[0]):
-        return group
-    if not isinstance(decay, float):  # the core's formula, as the host kernels compute it
+    """Blend what the compiled host kernels take (``_host``); the group of what is left.
+    On the CPU a device decay takes the generic core: the same bits as a host decay gets from
+    the compiled loop or from ``_mixed``'s op-by-op steps."""
+    shadow = group.shadows[0]
+    if (
+        not isinstance(decay, float)
+        and shadow.device.type == "cpu"
+        and type(shadow) is torch.Tensor
+    ):
         _generic(xp, group, decay, rate)
         return Group()
+    if not (isinstance(decay, float) and _host.usable(shadow, group.params[0])):
+        return group
     group.host = _host.lerp_(group.shadows, group.params, decay, float(rate), group.host)
     left = group.host.left
     return Group([group.shadows[i] for i in left], [group.params[i] for i in left])
