@@ -275,3 +275,14 @@ def test_torch_takes_no_host_kernel_when_they_are_turned_off(monkeypatch):
     _, ema = _ema_of(torch, [(8,)], torch.bfloat16)
     ema.update()
     assert ema._store.plan.mixed[0].host is None
+
+
+def test_thread_pools_of_different_sizes_are_kept_side_by_side():
+    from ema_core.backends import _threads
+
+    two, three = _threads._pool(2), _threads._pool(3)
+    assert _threads._pool(2) is two and _threads._pool(3) is three  # no churn between sizes
+    done = []
+    shares = _threads.share([(np.zeros(4),) * 3] * 6, 3, least=1, grain=8)  # too small to cut
+    _threads.run_shares(shares, lambda item: done.append(item[0].size))
+    assert len(shares) == 3 and sorted(done) == [4] * 6

@@ -105,12 +105,12 @@ def _split(item: Item, most: int, grain: int) -> Iterator[Item]:
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """The shared pool of ``workers - 1`` helpers (the caller is one worker), made anew in a
-    forked child, whose copy of the pool has no threads behind it."""
+    """The shared pool of ``workers - 1`` helpers (the caller is one worker), one per size (the
+    numpy backend and torch may ask for different counts); all made anew in a forked child,
+    whose copies of the pools have no threads behind them."""
     key = (os.getpid(), workers - 1)
     if key not in _POOL:
-        for old in _POOL.values():
-            old.shutdown(wait=False)
-        _POOL.clear()
+        for old_key in [k for k in _POOL if k[0] != key[0]]:
+            _POOL.pop(old_key).shutdown(wait=False)
         _POOL[key] = ThreadPoolExecutor(workers - 1, thread_name_prefix="ema_core")
     return _POOL[key]
