@@ -120,10 +120,7 @@ def _compute_dtype(shadow: np.ndarray) -> np.dtype[Any]:
 
 
 def _blend(o: np.ndarray, s: np.ndarray, p: np.ndarray, d: float, r: float) -> None:
-    """``o = s + r * (p - s)`` (d >= 0.5) or ``o = p - d * (p - s)``: one compiled pass over a
-    flat leaf, else three ufuncs over one cache-sized block."""
-    if o.ndim == 1 and _one_pass(o, s, p, d, r):
-        return
+    """One block: ``o = s + r * (p - s)`` (d >= 0.5) or ``o = p - d * (p - s)``, in cache."""
     ct = _compute_dtype(o)
     buf = _scratch(ct, s.size).reshape(s.shape)
     np.subtract(p, s, out=buf, dtype=ct)
@@ -194,21 +191,19 @@ def _group_small(jobs: list[Job]) -> list[Item]:
 def _do(item: Item, d: float, r: float) -> None:
     """Blend one work item: a leaf in one pass or block by block, or a batch of small leaves
     gathered flat."""
-    if isinstance(item, tuple):
-        if _threads.flat(item) and _one_pass(*item, d, r):
-            return
-        for o, s, p in _blocks(item):
-            _blend(o, s, p, d, r)
-        return
-    if len(item) == 1:
-        _blend(*item[0], d, r)
+    if isinstance(item, tuple) or len(item) == 1:
+        job = item if isinstance(item, tuple) else item[0]
+        if not (_threads.flat(job) and _one_pass(*job, d, r)):
+            for o, s, p in _blocks(job):
+                _blend(o, s, p, d, r)
         return
     sizes = [o.size for o, _, _ in item]
     gs = _scratch(item[0][1].dtype, sum(sizes), "gather_shadow")
     gp = _scratch(item[0][2].dtype, sum(sizes), "gather_params")
     np.concatenate([s for _, s, _ in item], axis=None, out=gs)
     np.concatenate([p for _, _, p in item], axis=None, out=gp)
-    _blend(gs, gs, gp, d, r)
+    if not _one_pass(gs, gs, gp, d, r):
+        _blend(gs, gs, gp, d, r)
     start = 0
     for (o, _, _), n in zip(item, sizes, strict=True):
         o.reshape(-1)[...] = gs[start : start + n]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from typing import Any
 
 import torch
@@ -41,13 +40,22 @@ def usable(shadow: torch.Tensor, params: torch.Tensor) -> bool:
         and shadow.dtype in _SHADOW_DTYPES
         and params.dtype in _PARAMS_DTYPES
         and params.dtype.itemsize <= shadow.dtype.itemsize
-        and os.environ.get("EMA_CORE_NUMBA", "1") != "0"
-        and _installed()
+        and _kernels_on()
     )
 
 
+def _kernels_on() -> bool:
+    """``_numba.usable()``, asked only where numba (hence numpy, which ``_numba`` imports) is
+    installed: torch does not need numpy."""
+    if not _numba_installed():
+        return False
+    from ema_core.backends import _numba
+
+    return _numba.usable()
+
+
 @functools.cache
-def _installed() -> bool:
+def _numba_installed() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
