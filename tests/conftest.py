@@ -116,6 +116,17 @@ def float64_backend(request: pytest.FixtureRequest) -> Backend:
     return _load(request.param)
 
 
+@pytest.fixture(params=["numba", "off"])
+def host_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways CPU leaves blend: ema-core's compiled one-pass loops (``EMA_CORE_NUMBA=1``;
+    numba is in the test group) or the framework's own ops (``=0``). Modules that cover both
+    use it with ``pytestmark = pytest.mark.usefixtures("host_kernels")``."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("EMA_CORE_NUMBA", "1" if request.param == "numba" else "0")
+    return str(request.param)
+
+
 def assert_close(
     actual: Any, expected: Any, dtype: str, *, ulps: float = 8, what: str = ""
 ) -> None:

@@ -1,13 +1,15 @@
-"""The README's "Scaling out" examples: ```py blocks (not ```python, which test_readme runs
-in-process), run by tests/test_dist_torch.py under torchrun and tests/test_dist_jax.py with 8
-CPU devices."""
+"""Shared by the multi-process tests (tests/test_dist_torch.py, tests/test_dist_jax.py): the
+README's "Scaling out" examples (```py blocks, not ```python, which test_readme runs in-process)
+and starting worker processes and collecting their output."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def blocks(containing: str, readme: Path = README) -> list[str]:
@@ -15,3 +17,24 @@ def blocks(containing: str, readme: Path = README) -> list[str]:
     found = re.search(r"^## Scaling out.*?(?=^## |\Z)", readme.read_text(), flags=re.S | re.M)
     code = re.findall(r"```py\n(.*?)```", found.group(0), flags=re.S) if found else []
     return [b for b in code if containing in b]
+
+
+def run_workers(commands: list[list[str]], env: dict[str, str], timeout: float) -> list[str]:
+    """Start one process per command (in the repository root with environment ``env``, all at
+    once, as ranks of one job) and return each one's output; a hung job is killed after
+    ``timeout`` seconds, and its output says so."""
+    procs = [
+        subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for command in commands
+    ]
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            logs.append(f"timed out after {timeout} s\n" + proc.communicate()[0])
+    return logs

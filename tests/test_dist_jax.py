@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.scaling_out import run_workers
+
 pytest.importorskip("jax")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,26 +34,9 @@ def outputs(tmp_path_factory):
     folder, port = tmp_path_factory.mktemp("jax_dist"), str(_free_port())
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     env.pop("XLA_FLAGS", None)  # the worker sets its own device count
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.dist_jax_worker", str(i), port, str(folder)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    logs = []
-    for proc in procs:
-        try:
-            logs.append(proc.communicate(timeout=TIMEOUT)[0])
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            logs.append(f"timed out after {TIMEOUT} s\n" + proc.communicate()[0])
-    return logs
+    worker = [sys.executable, "-m", "tests.dist_jax_worker"]
+    commands = [[*worker, str(i), port, str(folder)] for i in range(2)]
+    return run_workers(commands, env, TIMEOUT)
 
 
 def _passed(outputs, check):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.scaling_out import run_workers
+
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 fsdp = pytest.importorskip("torch.distributed.fsdp")
@@ -32,25 +34,9 @@ TIMEOUT = 120  # seconds per scenario; a hung collective ends here
 def _launch(scenario: str, world: int, folder: Path) -> list[dict[str, str]]:
     """Run ``scenario`` on ``world`` ranks; each rank's check -> "ok" or its traceback."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.dist_workers", scenario, str(r), str(world), folder],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    logs = []
-    for proc in procs:
-        try:
-            logs.append(proc.communicate(timeout=TIMEOUT)[0])
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            logs.append(f"timed out after {TIMEOUT} s\n" + proc.communicate()[0])
+    worker = [sys.executable, "-m", "tests.dist_workers", scenario]
+    logs = run_workers([[*worker, str(r), str(world), str(folder)] for r in range(world)], env,
+                       TIMEOUT)  # fmt: skip
     results = []
     for rank in range(world):
         path = folder / f"{scenario}.{rank}.json"

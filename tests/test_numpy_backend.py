@@ -31,12 +31,7 @@ PAIRS = [
 SHAPES = [(), (0,), (3, 0), (1,), (7,), (3, 5), (fast.BLOCK + 3,), (2, fast.BLOCK // 2 + 1, 1)]
 
 
-@pytest.fixture(autouse=True, params=["numba", "ufuncs"])
-def kernels(request, monkeypatch):
-    """Both ways the backend blends: ``EMA_CORE_NUMBA`` on (numba is in the test group) or off."""
-    pytest.importorskip("numba") if request.param == "numba" else None
-    monkeypatch.setenv("EMA_CORE_NUMBA", "1" if request.param == "numba" else "0")
-    return request.param
+pytestmark = pytest.mark.usefixtures("host_kernels")  # every test with the loops on and off
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

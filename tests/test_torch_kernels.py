@@ -40,12 +40,7 @@ SHAPES = [(7, 5), (), (0,), (300,), (4, 3, 2)]
 DECAYS = [0.9999, 0.9, 0.5, 0.3, 1e-3]
 
 
-@pytest.fixture(autouse=True, params=["numba", "torch-only"])
-def kernels(request, monkeypatch):
-    """Both ways CPU groups blend: ema-core's compiled host kernels (numba) or torch ops only."""
-    pytest.importorskip("numba") if request.param == "numba" else None
-    monkeypatch.setenv("EMA_CORE_NUMBA", "1" if request.param == "numba" else "0")
-    return request.param
+pytestmark = pytest.mark.usefixtures("host_kernels")  # every test with the loops on and off
 
 
 def _leaves(sdtype, pdtype, seed=0, shapes=SHAPES):
