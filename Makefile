@@ -1,31 +1,35 @@
-# Every target bootstraps .venv on a fresh machine. torch is pinned to 2.13.0: on the dev machines
-# that pin takes the CPU wheel already on disk, where an unpinned torch downloads a CUDA build.
+# Every target bootstraps .venv on a fresh machine from the committed lock (exact versions and
+# hashes; `make lock` rewrites it from pyproject.toml's ranges, see DEVELOPERS.md). torch is
+# locked to 2.13.0+cpu: on the dev and CI machines that is the CPU wheel already on disk.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-TORCH := torch==2.13.0
+LOCK := requirements-dev.lock
 
-.PHONY: venv demo test test-gpu bench lint clean
+.PHONY: venv lock demo test test-fast test-gpu bench lint clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=25.1"
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q "jax[cpu]"
-	$(PY) -m pip install -q -e . --group dev --group bench --group peers
-	# timm needs torchvision, which does not import beside this torch; its model_ema.py needs
-	# only torch and is loaded by file path, so timm comes without its dependencies
-	$(PY) -m pip install -q --no-deps timm
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# resolve pyproject.toml's ranges afresh and rewrite the lock (then run `make test`, commit both)
+lock:
+	$(PYTHON) scripts/lock.py $(LOCK)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider
+
+# the inner loop: everything but the multi-process, peer-library and demo tests
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu and not slow" -p no:cacheprovider
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu -p no:cacheprovider

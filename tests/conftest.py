@@ -136,3 +136,17 @@ def assert_close(
     got, want = to_numpy(actual).astype(np.float64), np.asarray(expected, dtype=np.float64)
     scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
     np.testing.assert_allclose(got, want, rtol=0, atol=ulps * eps * scale, err_msg=what)
+
+
+def assert_same_bits_nan_aside(actual: Any, expected: Any) -> None:
+    """Bit equality, except that a NaN matches any NaN: the sign and payload of a NaN differ
+    between XLA builds and CPUs and are no part of the contract. Complex arrays are compared
+    component by component."""
+    got, want = np.asarray(actual), np.asarray(expected)
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, want.dtype)
+    if np.iscomplexobj(want):
+        got, want = got.ravel().view(got.real.dtype), want.ravel().view(want.real.dtype)
+    nan_got, nan_want = np.isnan(got.astype(np.float64)), np.isnan(want.astype(np.float64))
+    np.testing.assert_array_equal(nan_got, nan_want, err_msg="NaN positions differ")
+    bits = np.dtype(f"u{want.dtype.itemsize}")
+    np.testing.assert_array_equal(got[~nan_want].view(bits), want[~nan_want].view(bits))

@@ -17,6 +17,8 @@ import pytest
 
 from tests.scaling_out import run_workers
 
+pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
+
 pytest.importorskip("jax")
 
 ROOT = Path(__file__).resolve().parent.parent

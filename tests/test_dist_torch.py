@@ -27,6 +27,8 @@ if not (dist.is_available() and dist.is_gloo_available() and hasattr(fsdp, "full
 
 from ema_core.backends.torch import EMA, ddp_ema, full_state_dict  # noqa: E402
 
+pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120  # seconds per scenario; a hung collective ends here
 

@@ -31,6 +31,8 @@ from tests.peers import (
     ulps,
 )
 
+pytestmark = pytest.mark.slow  # the real peer libraries: `pytest -m "not slow"` leaves it out
+
 STEPS = 240
 #: float32 ulps (at the values' magnitude) allowed between a peer and ema-core. Observed on
 #: the dev machine (torch 2.13 CPU): torch peers <= 1.32 (swa_utils, mmengine, timm and KarrasEMA

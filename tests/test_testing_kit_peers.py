@@ -12,6 +12,8 @@ import pytest
 from ema_core import presets, testing
 from tests.peers import load_timm_model_ema, require
 
+pytestmark = pytest.mark.slow  # the real peer libraries: `pytest -m "not slow"` leaves it out
+
 # name -> (build(module) -> (update(t), read() -> name -> tensor), the preset that mirrors it)
 Peer = Callable[[Any], tuple[Callable[[int], Any], Callable[[], dict[str, Any]]]]
 
