@@ -11,15 +11,16 @@ import array_api_compat as compat
 from ema_core import _core
 from ema_core._checks import (
     check_decay_arg,
+    check_decay_namespace,
     check_decay_value,
     check_finite,
     check_leaves,
-    resolve_writes,
 )
 from ema_core._config import Config, power_weight, shadow_dtype_name
-from ema_core._ops import is_host_array, ops_for, wide_float
+from ema_core._ops import concrete_step, is_host_array, next_step, wide_float
 from ema_core._tree import flatten, flatten_pair, unflatten
 from ema_core._types import Array, EMAState, NonFloatPolicy, Step, Tree
+from ema_core._writes import resolve_writes
 from ema_core.backends import get_backend
 from ema_core.schedules import Schedule, as_schedule
 
@@ -72,10 +73,11 @@ def ema_update(
     rule, non_float, guard_finite = _resolve_rule(decay, schedule, config)
     shadows, leaves, paths, treedef = flatten_pair(shadow, params, "shadow", "params")
     xp, kinds = check_leaves(shadows, leaves, paths, non_float=non_float)
-    t = _concrete(step, "step")
+    t = concrete_step(step, "step")
     if compat.is_array_api_obj(rule):  # a 0-d decay array given directly
-        d_wide = compat.array_namespace(rule).astype(rule, wide_float(xp))
-        d, r = d_wide, 1.0 - d_wide
+        check_decay_namespace(rule, xp)
+        d = xp.astype(rule, wide_float(xp, compat.device(rule)))
+        r = 1.0 - d
     else:
         d, r = rule.decay_and_rate(t)
         check_decay_value(d, "the decay", step=t)
@@ -87,6 +89,10 @@ def ema_update(
         new = backend.update_leaves(
             xp, shadows, leaves, kinds, d, r, non_float=non_float, writes=writes
         )
+        if copy is True:  # a kept leaf (decay 1, frozen) is still a new array
+            new = [
+                xp.asarray(n, copy=True) if n is s else n for n, s in zip(new, shadows, strict=True)
+            ]
     return unflatten(treedef, new)
 
 
@@ -105,7 +111,7 @@ def init(params: Tree, config: Config | None = None, /) -> EMAState:
         (dtype('float32'), 0, 1.0)
     """
     config = _config(config)
-    leaves, paths, treedef = flatten(params)
+    leaves, paths, treedef = flatten(params, "params")
     xp, kinds = check_leaves(leaves, leaves, paths, ("params", "params"), config.non_float)
     zeros = config.init == "zeros"
     backend = get_backend(xp)
@@ -117,7 +123,7 @@ def init(params: Tree, config: Config | None = None, /) -> EMAState:
     # the scalars' device: a backend may refine it (a 2-D sharding does not fit a 0-d array)
     device = getattr(backend, "scalar_device", compat.device)(leaves[0])
     step = xp.asarray(0, device=device)
-    weight = xp.asarray(0.0 if zeros else 1.0, dtype=wide_float(xp), device=device)
+    weight = xp.asarray(0.0 if zeros else 1.0, dtype=wide_float(xp, device), device=device)
     return EMAState(step, unflatten(treedef, shadow), weight)
 
 
@@ -138,8 +144,7 @@ def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EM
     _check_state(state)
     shadows, leaves, paths, treedef = flatten_pair(state.shadow, params, "state.shadow", "params")
     xp, kinds = check_leaves(shadows, leaves, paths, ("state.shadow", "params"), config.non_float)
-    t = _concrete(state.step, "state.step")
-    t = t + 1
+    t = next_step(state.step)
     d, r = config.decay_and_rate(t)
     check_decay_value(d, "the decay of Config.schedule", step=t)
     if config.guard_finite:
@@ -182,11 +187,11 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
     _check_state(state)
     if config.init != "zeros" or config.correction == "none":
         return state.shadow
-    leaves, paths, treedef = flatten(state.shadow)
+    leaves, paths, treedef = flatten(state.shadow, "state.shadow")
     xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
     weight = state.weight
     if config.correction == "power":
-        weight = power_weight(config.schedule, _concrete(state.step, "state.step"))  # type: ignore[arg-type]
+        weight = power_weight(config.schedule, concrete_step(state.step, "state.step"))  # type: ignore[arg-type]
     weight = float(weight) if is_host_array(weight) else weight
     with get_backend(xp).guard():
         out = [
@@ -223,12 +228,6 @@ def _resolve_rule(
         return Config().effective_schedule, "copy", False
     checked = check_decay_arg(decay)
     return (checked if compat.is_array_api_obj(checked) else as_schedule(checked)), "copy", False
-
-
-def _concrete(step: Any, name: str) -> int | Array:
-    """Validate a step; host arrays become Python ints (no device is involved in reading them)."""
-    ops_for(step, name)
-    return int(step) if is_host_array(step) else step
 
 
 def _check_state(state: Any) -> None:

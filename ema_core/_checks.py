@@ -8,14 +8,17 @@ runs on values inside traced or compiled code: only shapes, dtypes and host valu
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat as compat
 
-from ema_core._ops import is_host_array
+from ema_core._ops import is_readable
 from ema_core._tree import Path, path_str
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy
+
+_NUMERIC = ("bool", "integral", "real floating", "complex floating")
 
 
 def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
@@ -45,10 +48,11 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
 
 
 def check_decay_value(value: Any, name: str = "decay", step: Any = None) -> None:
-    """A host decay (Python float or host 0-d array) must lie in [0, 1]; device ones are trusted
-    (reading them would sync). ``step``, when given, is named in the message (formatted only
-    on error: a device step is never read)."""
-    if not isinstance(value, float) and not is_host_array(value):
+    """A decay the host can read (a Python float, or a 0-d array that ``is_readable``: numpy,
+    a CPU tensor, a concrete CPU JAX array) must lie in [0, 1]; device and traced ones are
+    trusted (reading them would sync). ``step``, when given, is named in the message (formatted
+    only on error: a device step is never read)."""
+    if not isinstance(value, float) and not is_readable(value):
         return
     number = float(value)
     if math.isnan(number) or not 0.0 <= number <= 1.0:
@@ -57,7 +61,8 @@ def check_decay_value(value: Any, name: str = "decay", step: Any = None) -> None
 
 
 def check_decay_arg(decay: Any) -> Any:
-    """The ``decay=`` argument: a float in [0, 1] or a 0-d real floating array."""
+    """The ``decay=`` argument: a float in [0, 1] or a 0-d real floating array. A numpy decay
+    (scalar or 0-d array) is a host value: it is returned as a Python float."""
     if compat.is_array_api_obj(decay):
         xp = compat.array_namespace(decay)
         if decay.ndim != 0 or not xp.isdtype(decay.dtype, "real floating"):
@@ -66,8 +71,18 @@ def check_decay_arg(decay: Any) -> Any:
                 f"{tuple(decay.shape)} dtype {decay.dtype}"
             )
         check_decay_value(decay)
-        return decay
+        return float(decay) if compat.is_numpy_array(decay) else decay
     return check_fraction("decay", decay)
+
+
+def check_decay_namespace(decay: Any, xp: Namespace) -> None:
+    """A 0-d decay array must come from the leaves' namespace ``xp``."""
+    ns = compat.array_namespace(decay)
+    if ns is not xp:
+        raise TypeError(
+            f"decay is a 0-d array of {ns.__name__} but the leaves are {xp.__name__} arrays; "
+            "pass a Python float or a 0-d array of the leaves' namespace"
+        )
 
 
 def _namespace_of(leaf: Any, where: str) -> Namespace:
@@ -97,6 +112,7 @@ def check_leaves(
         raise ValueError(f"{names[1]} holds no arrays: nothing to average")
     xp = _common_namespace(shadows, params, paths, names)
     devices = not compat.is_numpy_namespace(xp) and not _is_traced(params[0])
+    layouts = compat.is_torch_namespace(xp)
     by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
     kinds: list[LeafKind] = []
     for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
@@ -107,6 +123,8 @@ def check_leaves(
             )
         if devices:
             _check_devices(s, p, paths[i], names)
+        if layouts:
+            _check_layouts(s, p, paths[i], names)
         kind = by_dtypes.get((s.dtype, p.dtype))
         if kind is None:
             kind = _pair_kind(xp, s.dtype, p.dtype, paths[i], names, non_float)
@@ -136,11 +154,18 @@ def _common_namespace(
 
 def _is_traced(x: Any) -> bool:
     """A JAX tracer: its placement is jit's business (and asking costs a walk of the trace)."""
-    if not compat.is_jax_array(x):
-        return False
-    import jax
+    return compat.is_jax_array(x) and isinstance(x, sys.modules["jax"].core.Tracer)
 
-    return isinstance(x, jax.core.Tracer)
+
+def _check_layouts(s: Array, p: Array, path: Path, names: tuple[str, str]) -> None:
+    """Torch tensors must be dense: sparse ones have no in-place blend (checked before writing)."""
+    strided = sys.modules["torch"].strided
+    for leaf, name in ((s, names[0]), (p, names[1])):
+        if leaf.layout is not strided:
+            raise TypeError(
+                f"{path_str(name, path)} is a {leaf.layout} tensor; only dense (torch.strided) "
+                "tensors can be averaged: convert it with .to_dense()"
+            )
 
 
 def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> None:
@@ -161,6 +186,8 @@ def _pair_kind(
     non_float: NonFloatPolicy,
 ) -> LeafKind:
     where_s, where_p = path_str(names[0], path), path_str(names[1], path)
+    _check_numeric(xp, s_dtype, where_s)
+    _check_numeric(xp, p_dtype, where_p)
     kind = leaf_kind(xp, p_dtype)
     if kind == "float":
         if leaf_kind(xp, s_dtype) != "float" or (
@@ -181,26 +208,23 @@ def _pair_kind(
     return kind
 
 
-def resolve_writes(
-    copy: bool | None, shadows: Sequence[Array], paths: Sequence[Path], name: str = "shadow"
-) -> list[bool]:
-    """Per leaf, whether the result is written into the shadow in place.
-
-    ``copy=True``: never. ``copy=None``: where the array is writeable. ``copy=False``: always, and
-    a ``ValueError`` when some array cannot be written (JAX arrays, read-only numpy arrays).
-    """
-    if copy is not None and not isinstance(copy, bool):
-        raise TypeError(f"copy must be None, True or False, got {copy!r}")
-    if copy is True:
-        return [False] * len(shadows)
-    writeable = [bool(compat.is_writeable_array(s)) for s in shadows]
-    if copy is False and not all(writeable):
-        path = paths[writeable.index(False)]
-        raise ValueError(
-            f"copy=False needs writeable arrays, but {path_str(name, path)} cannot "
-            "be written in place; pass copy=None or copy=True"
+def _check_numeric(xp: Namespace, dtype: Any, where: str) -> None:
+    """Only numeric dtypes in native byte order: object, string, datetime or big-endian (on a
+    little-endian host) leaves cannot be averaged nor copied by the kernels."""
+    try:
+        numeric = xp.isdtype(dtype, _NUMERIC)
+    except TypeError:  # a dtype the namespace does not know (ml_dtypes' bfloat16 in numpy)
+        numeric = False
+    if not numeric:
+        raise TypeError(
+            f"{where} has dtype {dtype}; only bool, integer, real and complex floating dtypes "
+            "are allowed"
         )
-    return writeable
+    if not getattr(dtype, "isnative", True):
+        raise TypeError(
+            f"{where} has dtype {dtype} in non-native byte order; convert it with "
+            ".astype(a.dtype.newbyteorder('='))"
+        )
 
 
 def check_finite(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,6 +18,7 @@ _NON_FLOAT = ("copy", "freeze", "error")
 _DTYPES = (None, "same", "float16", "bfloat16", "float32", "float64")
 _CORRECTIONS = ("exact", "power", "none")
 _BUFFERS = ("average", "copy", "skip")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,25 @@ def shadow_dtype_name(config_dtype: str | None, param_dtype_name: str) -> str:
     if config_dtype is None:
         return "float32" if param_dtype_name in ("float16", "bfloat16") else param_dtype_name
     return param_dtype_name if config_dtype == "same" else config_dtype
+
+
+def config_text(config: Config) -> str:
+    """``config`` as text that is the same in every process: its ``repr`` with object
+    addresses removed, so a callable schedule reads as its qualified name
+    (``FromCallable(fn=<function make.<locals>.<lambda>>)``). Checkpoints store it, and a
+    strict load of the same config (the same schedule source) compares equal.
+
+    Example:
+        >>> from ema_core import Config
+        >>> text = config_text(Config(schedule=lambda t: 0.5))
+        >>> text[:50]
+        'Config(schedule=FromCallable(fn=<function <lambda>'
+        >>> text == config_text(Config(schedule=lambda t: 0.5))  # another object, same source
+        True
+    """
+    return stable_text(repr(config))
+
+
+def stable_text(text: str) -> str:
+    """``text`` without the `` at 0x...`` addresses Python's default reprs hold."""
+    return _ADDRESS.sub("", text)

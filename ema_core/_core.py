@@ -2,7 +2,10 @@
 
 A decay arrives either as a Python float (computed on the host in float64) or as a 0-d float
 array on the leaves' device (traced under ``jax.jit``, or a CUDA tensor). Host decays branch in
-Python; device decays use ``where``, so nothing here reads a device value.
+Python; device decays use ``where``, so nothing here reads a device value. Either way both ends
+are exact: decay 1 keeps the shadow's bits and decay 0 gives the params' (cast once to the
+shadow's dtype), whatever the other side holds (inf, NaN): the blend's arithmetic never touches
+them there.
 
 The blend is the update rule ``s + (1 - d) * (p - s)`` in the two-sided form torch's ``lerp``
 uses: ``s + (1 - d) * (p - s)`` for d >= 0.5 and ``p - d * (p - s)`` below, which is exact at both
@@ -59,7 +62,11 @@ def blend(xp: Namespace, shadow: Array, param: Array, decay: Value, rate: Value)
         real = _real_of(xp, ct)
         d, r = xp.astype(decay, real), xp.astype(rate, real)
         out = xp.where(decay >= 0.5, s + r * diff, p - d * diff)
-        out = xp.where(decay == 1.0, s, xp.where(decay == 0.0, p, out))
+        # the ends in the shadow's dtype: a half shadow's NaN keeps its bits at decay 1, and
+        # the params are rounded once at decay 0, as the host decay's copy does
+        out = out if out.dtype == shadow.dtype else xp.astype(out, shadow.dtype)
+        taken = param if param.dtype == shadow.dtype else xp.astype(param, shadow.dtype)
+        return xp.where(decay == 1.0, shadow, xp.where(decay == 0.0, taken, out))
     return out if out.dtype == shadow.dtype else xp.astype(out, shadow.dtype)
 
 

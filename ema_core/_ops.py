@@ -8,18 +8,43 @@ device, so a traced JAX step or a CUDA tensor step never leaves the device.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import array_api_compat as compat
 
 from ema_core._types import Array, DType, Namespace, Value
 
+#: The largest update count accepted: the largest int64 (what an array step can hold).
+MAX_STEP = 2**63 - 1
 
-def wide_float(xp: Namespace) -> DType:
-    """float64, except under JAX with x64 disabled, where it is float32."""
-    if compat.is_jax_namespace(xp) and xp.asarray(0.0).dtype != xp.float64:
-        return xp.float32
-    return xp.float64
+#: Where the host reads a value without a device sync: torch device types and JAX platforms.
+#: Values elsewhere (cuda, mps, gpu, tpu) are trusted. Tests empty it to run the device paths
+#: on CPU tensors (``monkeypatch.setattr(ema_core._ops, "HOST_PLATFORMS", frozenset())``).
+HOST_PLATFORMS: frozenset[str] = frozenset({"cpu"})
+
+_FLOAT64_ON: dict[tuple[Any, Any], bool] = {}
+
+
+def wide_float(xp: Namespace, device: Any = None) -> DType:
+    """float64, except where it does not exist: float32 under JAX with x64 disabled and on a
+    ``device`` without float64 (Apple MPS, array-api-strict's ``Device("no_float64")``)."""
+    if compat.is_jax_namespace(xp):
+        return xp.float64 if xp.asarray(0.0).dtype == xp.float64 else xp.float32
+    if device is None or compat.is_numpy_namespace(xp):
+        return xp.float64
+    try:
+        has = _FLOAT64_ON.get((xp, device))
+    except TypeError:  # an unhashable device: asked every time
+        return xp.float64 if _has_float64(xp, device) else xp.float32
+    if has is None:  # asked once per device: torch answers by allocating on it
+        has = _FLOAT64_ON[xp, device] = _has_float64(xp, device)
+    return xp.float64 if has else xp.float32
+
+
+def _has_float64(xp: Namespace, device: Any) -> bool:
+    info = xp.__array_namespace_info__()
+    return "float64" in info.dtypes(device=device, kind="real floating")
 
 
 def is_host_array(x: Any) -> bool:
@@ -27,6 +52,25 @@ def is_host_array(x: Any) -> bool:
     if compat.is_numpy_array(x):
         return True
     return type(x).__module__.partition(".")[0] == "array_api_strict"
+
+
+def is_readable(x: Any) -> bool:
+    """True for an array whose value the host reads without a device sync or a trace: numpy,
+    array-api-strict, a CPU torch tensor (outside ``torch.compile``), a concrete JAX array on
+    CPU devices. Such values are range-checked; the others (CUDA, traced) are trusted.
+
+    Only ``sys.modules`` is read: no framework is imported here.
+    """
+    if is_host_array(x):
+        return True
+    if compat.is_torch_array(x):
+        torch = sys.modules["torch"]
+        return x.device.type in HOST_PLATFORMS and not torch.compiler.is_compiling()
+    if compat.is_jax_array(x):
+        if isinstance(x, sys.modules["jax"].core.Tracer) or not x.is_fully_addressable:
+            return False
+        return all(d.platform in HOST_PLATFORMS for d in x.devices())
+    return False
 
 
 class ScalarOps:
@@ -66,13 +110,14 @@ class ArrayOps:
 
     def __init__(self, t: Array) -> None:
         self.xp = compat.array_namespace(t)
-        self.dtype = wide_float(self.xp)
         self.device = compat.device(t)
+        self.dtype = wide_float(self.xp, self.device)
         self.raw: Any = t
         self.t: Any = self.xp.astype(t, self.dtype)
 
     def const(self, value: Value) -> Any:
-        if isinstance(value, (int, float)):  # a fill on the device, not a host-to-device copy
+        if isinstance(value, (int, float)) or compat.is_numpy_array(value):  # host numbers:
+            # a fill on the device, not a host-to-device copy
             return self.xp.full((), float(value), dtype=self.dtype, device=self.device)
         return self.xp.astype(value, self.dtype)
 
@@ -106,21 +151,50 @@ def ops_for(t: Any, name: str = "t") -> Ops:
 
     Raises:
         TypeError: ``t`` is not a Python int or a 0-d integer array.
-        ValueError: ``t`` is negative (checked where its value is on the host).
+        ValueError: ``t`` is negative or above ``MAX_STEP`` (checked where the host reads its
+            value: Python ints, host arrays, CPU torch tensors, concrete CPU JAX arrays).
     """
     if isinstance(t, bool) or not (isinstance(t, int) or compat.is_array_api_obj(t)):
         raise TypeError(
             f"{name} must be a Python int or a 0-d integer array, got {type(t).__name__} {t!r}"
         )
     if isinstance(t, int):
-        if t < 0:
-            raise ValueError(f"{name} must be >= 0, got {t}")
+        _check_count(t, name)
         return ScalarOps(t)
     xp = compat.array_namespace(t)
     if t.ndim != 0 or not xp.isdtype(t.dtype, "integral"):
         raise TypeError(
             f"{name} must be a 0-d integer array, got shape {tuple(t.shape)} dtype {t.dtype}"
         )
-    if is_host_array(t) and int(t) < 0:
-        raise ValueError(f"{name} must be >= 0, got {int(t)}")
+    if is_readable(t):
+        _check_count(int(t), name)
     return ArrayOps(t)
+
+
+def _check_count(t: int, name: str) -> None:
+    if t < 0:
+        raise ValueError(f"{name} must be >= 0, got {t}")
+    if t > MAX_STEP:
+        shown = str(t) if t.bit_length() < 128 else f"an int of {t.bit_length()} bits"
+        raise ValueError(f"{name} must be <= 2**63 - 1 (the largest int64), got {shown}")
+
+
+def concrete_step(step: Any, name: str = "step") -> int | Array:
+    """Validate a step (``ops_for``); host arrays (numpy, array-api-strict) become Python ints,
+    other arrays (torch, JAX, CuPy) are kept as they are."""
+    ops_for(step, name)
+    return int(step) if is_host_array(step) else step
+
+
+def next_step(step: Any, name: str = "state.step") -> int | Array:
+    """``step + 1``, saturating at the largest value of an array step's dtype (2**31 - 1 for
+    int32) instead of wrapping to a negative count; a Python int step is exact up to
+    ``MAX_STEP``."""
+    t = concrete_step(step, name)
+    if isinstance(step, int):
+        return t + 1
+    xp = compat.array_namespace(step)
+    top = int(xp.iinfo(step.dtype).max)
+    if isinstance(t, int):
+        return min(t + 1, top)
+    return xp.where(t < top, t + 1, t)

@@ -1,10 +1,12 @@
 """Flatten and rebuild nests of dicts, lists, tuples and NamedTuples (no pytree library).
 
-A nest is walked depth first; dicts in their own key order. ``None`` is an empty node (it holds no
-leaf), as in JAX. Once JAX is imported, any other node registered with ``jax.tree_util`` (a flax
-nnx ``Variable``, an equinox ``Module``) is opened one level by the JAX backend, which keeps its
-non-array leaves as static parts of the structure. Anything else is a leaf. Paths are kept so that
-errors can name the first place where two nests differ, for example ``params['layer1'][2]``.
+A nest is walked depth first; dicts in their own key order. Any Mapping is a dict node, rebuilt
+as its own type (``_mappings``: a defaultdict keeps its factory, a MappingProxyType becomes a new
+proxy). ``None`` is an empty node (it holds no leaf), as in JAX. Once JAX is imported, any other
+node registered with ``jax.tree_util`` (a flax nnx ``Variable``, an equinox ``Module``) is opened
+one level by the JAX backend, which keeps its non-array leaves as static parts of the structure.
+Anything else is a leaf. Paths are kept so that errors can name the first place where two nests
+differ, for example ``params['layer1'][2]``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import array_api_compat as compat
 
+from ema_core._mappings import UnbuildableError, mapping_builder
 from ema_core._ops import is_host_array
 from ema_core._types import Tree
 
@@ -64,12 +67,13 @@ _Found = tuple[str, tuple[Any, ...], list[Any], Any]
 _ARRAY_TYPES: set[type] = set()
 
 
-def _children(node: Any) -> _Found | None:
-    """(kind, keys, children, aux) of a container node, or None for a leaf."""
+def _children(node: Any, rebuild: bool = True) -> _Found | None:
+    """(kind, keys, children, aux) of a container node, or None for a leaf. ``rebuild``: find
+    how to rebuild a mapping (its aux), refusing one that cannot be rebuilt."""
     cls = type(node)
     if cls in _ARRAY_TYPES:
         return None
-    found = _builtin_children(node)
+    found = _builtin_children(node, rebuild)
     if found is None and _is_plain_array(node):
         _ARRAY_TYPES.add(cls)
     elif found is None and "jax" in sys.modules:
@@ -91,10 +95,11 @@ def _is_plain_array(node: Any) -> bool:
     )
 
 
-def _builtin_children(node: Any) -> _Found | None:
+def _builtin_children(node: Any, rebuild: bool) -> _Found | None:
     if type(node) is dict or isinstance(node, Mapping):
         keys = tuple(node.keys())
-        return "dict", keys, [node[k] for k in keys], None
+        aux = mapping_builder(node) if rebuild else None
+        return "dict", keys, [node[k] for k in keys], aux
     if _is_namedtuple(node):
         return "namedtuple", tuple(type(node)._fields), list(node), None
     if isinstance(node, (list, tuple)):
@@ -108,15 +113,21 @@ def _entry(kind: str, key: Any) -> PathEntry:
     return ("attr" if kind == "namedtuple" else "key", key)
 
 
-def flatten(tree: Tree) -> tuple[list[Any], list[Path], TreeDef]:
-    """Leaves, their paths and the tree definition of a nest."""
+def flatten(tree: Tree, name: str = "tree") -> tuple[list[Any], list[Path], TreeDef]:
+    """Leaves, their paths and the tree definition of a nest (``name`` is used in errors).
+
+    Raises ``TypeError`` for a mapping node that ``unflatten`` could not rebuild.
+    """
     leaves: list[Any] = []
     paths: list[Path] = []
 
     def walk(node: Any, path: Path) -> TreeDef:
         if node is None:
             return _NONE
-        found = _children(node)
+        try:
+            found = _children(node)
+        except UnbuildableError as err:
+            raise TypeError(f"{path_str(name, path)} is {err}; use a dict") from None
         if found is None:
             leaves.append(node)
             paths.append(path)
@@ -152,7 +163,8 @@ def _make(node: TreeDef, kids: list[Any]) -> Any:
     if node.kind == "pytree":
         return node.aux.rebuild(kids)
     if node.kind == "dict":
-        return cls(zip(node.keys, kids, strict=True))
+        pairs = zip(node.keys, kids, strict=True)
+        return cls(pairs) if node.aux is None else node.aux(pairs)
     if node.kind == "namedtuple":
         return cls(*kids)
     return cls(kids)
@@ -170,13 +182,13 @@ def flatten_pair(
     Dicts match by key (order may differ). Raises ``ValueError`` naming the first path where the
     nests differ in keys or lengths, ``TypeError`` where container types differ.
     """
-    ref_leaves, paths, treedef = flatten(ref)
+    ref_leaves, paths, treedef = flatten(ref, ref_name)
     other_leaves: list[Any] = []
     fail: Callable[[Path, str], str] = lambda p, w: _mismatch(ref_name, other_name, p, w)  # noqa: E731
 
     def walk(node: TreeDef, value: Any, path: Path) -> None:
         if node.kind == "leaf":
-            if _children(value) is not None or value is None:
+            if value is None or _children(value, rebuild=False) is not None:
                 raise TypeError(fail(path, f"expected an array, got {type(value).__name__}"))
             other_leaves.append(value)
             return
@@ -184,8 +196,12 @@ def flatten_pair(
             if value is not None:
                 raise TypeError(fail(path, f"expected None, got {type(value).__name__}"))
             return
-        found = _children(value)
-        if found is None or found[0] != node.kind or found[3] != node.aux:
+        found = _children(value, rebuild=False)
+        if (
+            found is None
+            or found[0] != node.kind
+            or (node.kind == "pytree" and found[3] != node.aux)
+        ):
             want = node.node_type.__name__ if node.node_type else node.kind
             same = " with other static fields" if type(value) is node.node_type else ""
             raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__}{same}"))
@@ -209,9 +225,10 @@ def _match_children(
         for key in node.keys:
             if key not in value:
                 raise ValueError(fail((*path, ("key", key)), "key is missing"))
-        for key in keys:
-            if key not in node.keys:
-                raise ValueError(fail((*path, ("key", key)), "unexpected key"))
+        if len(keys) != len(node.keys):  # every expected key is there: the others are extra
+            known = set(node.keys)
+            extra = next(key for key in keys if key not in known)
+            raise ValueError(fail((*path, ("key", extra)), "unexpected key"))
         return [value[k] for k in node.keys]
     if len(kids) != len(node.keys):
         where = (*path, _entry(kind, min(len(kids), len(node.keys))))

@@ -34,6 +34,7 @@ def test_interval_3_against_the_documented_formula(update_buffers):
     assert int(ema.steps) == 30
 
 
+@pytest.mark.slow  # the real mmengine
 @pytest.mark.parametrize("update_buffers", [False, True])
 def test_matches_mmengine(update_buffers):
     averaged_model = require("mmengine.model.averaged_model")

@@ -224,7 +224,7 @@ def _ema_of(torch, shapes, dtype):
 def test_ema_class_reuses_its_views_and_rebuilds_them_when_storage_moves():
     torch = pytest.importorskip("torch")
     params, ema = _ema_of(torch, [(64, 3), (17,)], torch.bfloat16)
-    (group,) = ema._store.plan.mixed
+    (group,) = ema._bound.store.plan.mixed
     ema.update()  # the first update leaves these small leaves to the blocked path
     assert group.host is not None and group.host.deferred
     ema.update()
@@ -274,7 +274,7 @@ def test_torch_takes_no_host_kernel_when_they_are_turned_off(monkeypatch):
     monkeypatch.setattr(_host, "lerp_", lambda *a: pytest.fail("host kernel used"))
     _, ema = _ema_of(torch, [(8,)], torch.bfloat16)
     ema.update()
-    assert ema._store.plan.mixed[0].host is None
+    assert ema._bound.store.plan.mixed[0].host is None
 
 
 def test_thread_pools_of_different_sizes_are_kept_side_by_side():

@@ -203,7 +203,7 @@ def test_diffusers_min_decay_floor_and_karras_offset():
         (lambda: presets.edm2(std=0.5), ValueError, "sigma_rel"),
         (lambda: presets.torchtitan(update_every_n_steps=1.5), TypeError, "update_every_n_steps"),
         (lambda: presets.optax(0.9, debias=1), TypeError, "debias"),
-        (lambda: presets.paddle(thres_steps=True), ValueError, "counter"),
+        (lambda: presets.paddle(thres_steps=True), TypeError, "thres_steps"),
         (lambda: ema_core.Config(correction="tf"), ValueError, "Config.correction"),
         (lambda: ema_core.Config(buffers="all"), ValueError, "Config.buffers"),
         (lambda: schedules.gated(0.9, offset=1.5), TypeError, "offset"),

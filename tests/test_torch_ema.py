@@ -124,7 +124,8 @@ def test_a_ddp_wrapped_module_tracks_the_plain_names():
         dist.destroy_process_group()
 
 
-def test_swap_is_bit_exact_and_aliases_storage_when_dtypes_match():
+@pytest.mark.parametrize("copy", [True, False])
+def test_swap_is_bit_exact_and_aliases_storage_only_with_copy_false(copy):
     model = _net()
     ema = EMA(model, decay=0.5)
     _train_step(model, 1)
@@ -132,15 +133,17 @@ def test_swap_is_bit_exact_and_aliases_storage_when_dtypes_match():
     live = _snapshot(model)
     pointers = {n: p.data_ptr() for n, p in model.named_parameters()}
     shadows = ema.average
-    with ema.swap():
+    with ema.swap(copy=copy):
         for name, p in model.named_parameters():
-            assert p.data_ptr() == shadows[name].data_ptr()  # no copy: the shadow's storage
+            # copy=True keeps the model's storage; copy=False points it at the shadow's
+            want = pointers[name] if copy else shadows[name].data_ptr()
+            assert p.data_ptr() == want
             assert torch.equal(p, shadows[name])
     for name, p in model.named_parameters():
         assert p.data_ptr() == pointers[name]
     for name, value in _snapshot(model).items():
         assert torch.equal(value, live[name]), name
-    with ema.swap():
+    with ema.swap(copy=copy):
         pass
     for name, value in _snapshot(model).items():
         assert torch.equal(value, live[name]), name
@@ -326,7 +329,7 @@ def test_host_device_shadow_on_a_cpu_model_is_an_ordinary_ema():
     ema = EMA(model, decay=0.5, device="cpu")
     _run(ema, model, [1])
     assert not ema.average["0.weight"].is_pinned()
-    assert type(ema._store).__name__ == "Local"
+    assert type(ema._bound.store).__name__ == "Local"
 
 
 def test_fsdp2_sharded_params_are_averaged_and_swapped_in_their_shards():

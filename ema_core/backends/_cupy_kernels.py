@@ -38,12 +38,28 @@ _FUSED_PREAMBLE = (
     + r"""
 template <typename T> struct ema_compute { typedef float type; };
 template <> struct ema_compute<double> { typedef double type; };
+template <typename S, typename P> struct ema_take {
+    static __device__ __forceinline__ S from(P p) {
+        return (S)(typename ema_compute<S>::type)p;
+    }
+};
+template <typename S> struct ema_take<S, S> {
+    static __device__ __forceinline__ S from(S p) { return p; }
+};
 """
 )
 
+# The ends are taken in the shadow's dtype: a half shadow's NaN would lose its payload on the
+# way through float (decay 1), and same-dtype params are taken as they are (decay 0).
 _FUSED_BODY = r"""
 typedef ema_compute<S>::type ema_ct;
-o = (S)ema_lerp<ema_ct>((ema_ct)s, (ema_ct)p, (double)d, (double)r);
+if ((double)d == 1.0) {
+    o = s;
+} else if ((double)d == 0.0) {
+    o = ema_take<S, P>::from(p);
+} else {
+    o = (S)ema_lerp<ema_ct>((ema_ct)s, (ema_ct)p, (double)d, (double)r);
+}
 """
 
 _MULTI_SOURCE = (

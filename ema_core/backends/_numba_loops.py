@@ -4,7 +4,9 @@ Each kernel takes ``(shadow, params, factor, low)`` over flat arrays and writes,
 ``shadow + (p - shadow) * factor`` when ``low`` else ``p - (p - shadow) * factor``, with ``p``
 the params widened to the shadow's dtype. In place on purpose: with a separate output that
 aliases the shadow, LLVM's runtime overlap check would fall back to a scalar loop (half the
-speed); with two arrays it proves them apart and vectorises.
+speed); with two arrays it proves them apart and vectorises. The loops run without bounds
+checks, so each first checks that the params have the shadow's size (``ValueError``
+otherwise, nothing written): a caller's slip can never read past the params' end.
 """
 
 from __future__ import annotations
@@ -57,9 +59,16 @@ def _widen_float16(bits: Any) -> Any:
     return -value if h & _U32(0x8000) else value
 
 
+@numba.njit(inline="always")
+def _check_sizes(shadow: Any, params: Any) -> None:
+    if params.size != shadow.size:
+        raise ValueError("ema-core: the params and the shadow differ in size")
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def lerp_float(shadow: Any, params: Any, factor: Any, low: bool) -> None:
     """Params already float (float32 or float64, no wider than the shadow)."""
+    _check_sizes(shadow, params)
     if low:
         for i in range(shadow.size):
             shadow[i] = shadow[i] + (params[i] - shadow[i]) * factor
@@ -72,6 +81,7 @@ def lerp_float(shadow: Any, params: Any, factor: Any, low: bool) -> None:
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def lerp_float16(shadow: Any, params: Any, factor: Any, low: bool) -> None:
     """Params as float16 bit patterns (uint16)."""
+    _check_sizes(shadow, params)
     if low:
         for i in range(shadow.size):
             shadow[i] = shadow[i] + (_widen_float16(params[i]) - shadow[i]) * factor
@@ -84,6 +94,7 @@ def lerp_float16(shadow: Any, params: Any, factor: Any, low: bool) -> None:
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def lerp_bfloat16(shadow: Any, params: Any, factor: Any, low: bool) -> None:
     """Params as bfloat16 bit patterns (uint16)."""
+    _check_sizes(shadow, params)
     if low:
         for i in range(shadow.size):
             shadow[i] = shadow[i] + (_widen_bfloat16(params[i]) - shadow[i]) * factor

@@ -10,6 +10,7 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core._types import Array
+from ema_core.presets._args import check_count
 
 
 def is_module(obj: Any) -> bool:
@@ -50,16 +51,29 @@ def check_array(x: Any, where: str) -> None:
         raise TypeError(f"{where} must be an array, got {type(x).__name__}")
 
 
-def same_names(new: Mapping[str, Array], old: Mapping[str, Array], name: str) -> None:
-    """New values for the tracked arrays must name exactly the same arrays, with equal shapes."""
+def check_like(new: Mapping[str, Array], old: Mapping[str, Array], name: str) -> None:
+    """New values for the tracked arrays must name exactly the same arrays, each of the same
+    shape, dtype and array type, with data (not a torch meta or sparse tensor). Checked for all
+    before any is written, so that the writes that follow cannot fail halfway."""
     if set(new) != set(old):
         missing, extra = sorted(set(old) - set(new)), sorted(set(new) - set(old))
         raise ValueError(f"{name} must name the tracked arrays; missing {missing}, extra {extra}")
     for key, value in new.items():
-        if tuple(value.shape) != tuple(old[key].shape):
+        where, ref = f"{name}[{key!r}]", old[key]
+        if tuple(value.shape) != tuple(ref.shape):
             raise ValueError(
-                f"{name}[{key!r}] has shape {tuple(value.shape)}, the tracked array "
-                f"{tuple(old[key].shape)}"
+                f"{where} has shape {tuple(value.shape)}, the tracked array {tuple(ref.shape)}"
+            )
+        if compat.array_namespace(value) is not compat.array_namespace(ref):
+            raise TypeError(
+                f"{where} is a {type(value).__name__}, the tracked array a {type(ref).__name__}"
+            )
+        if value.dtype != ref.dtype:
+            raise TypeError(f"{where} has dtype {value.dtype}, the tracked array {ref.dtype}")
+        if compat.is_torch_array(value) and (value.is_meta or value.layout != ref.layout):
+            raise ValueError(
+                f"{where} must be a dense tensor with data like the tracked one, got "
+                f"layout {value.layout} on device {value.device}"
             )
 
 
@@ -111,13 +125,12 @@ def read_count(value: Any, name: str) -> int:
     if compat.is_array_api_obj(current):
         xp = compat.array_namespace(current)
         if current.ndim != 0 or not xp.isdtype(current.dtype, "integral"):
-            raise TypeError(f"{name} must be a 0-d integer array, got dtype {current.dtype}")
+            raise TypeError(
+                f"{name} must be a 0-d integer array, got shape {tuple(current.shape)} "
+                f"dtype {current.dtype}"
+            )
         current = int(current)
-    if isinstance(current, bool) or not isinstance(current, int):
-        raise TypeError(f"{name} must give an int, got {type(current).__name__}")
-    if current < 0:
-        raise ValueError(f"{name} must be >= 0, got {current}")
-    return current
+    return check_count(name, current)
 
 
 def check_counter(value: Any, name: str) -> None:

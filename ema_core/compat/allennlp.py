@@ -9,12 +9,13 @@ The functional equivalent is ``ema_core.init`` / ``update`` with ``presets.allen
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import ema_core
 from ema_core._checks import check_fraction
 from ema_core._types import Array
-from ema_core.compat._arrays import assign_all, clone, named_arrays, read_count, same_names
+from ema_core.compat._arrays import assign_all, check_like, clone, named_arrays, read_count
 from ema_core.schedules import num_updates as num_updates_schedule
 
 
@@ -62,19 +63,16 @@ class ExponentialMovingAverage:
             num_updates: the update count n for the counter decay, or None for ``decay``.
             parameters: new values of the tracked parameters (named arrays); needed for JAX.
         """
+        new = self._parameters
         if parameters is not None:
             new = named_arrays(parameters, "parameters")
-            same_names(new, self._parameters, "parameters")
-            self._parameters = new
+            check_like(new, self._parameters, "parameters")
         if num_updates is None:
-            self._shadows = ema_core.ema_update(
-                self._shadows, self._parameters, 1, decay=self._decay
-            )
+            shadows = ema_core.ema_update(self._shadows, new, 1, decay=self._decay)
         else:
             n = read_count(num_updates, "num_updates")
-            self._shadows = ema_core.ema_update(
-                self._shadows, self._parameters, n, schedule=self._schedule
-            )
+            shadows = ema_core.ema_update(self._shadows, new, n, schedule=self._schedule)
+        self._shadows, self._parameters = shadows, new
 
     def assign_average_value(self) -> dict[str, Array]:
         """Back up the parameters and write the averages into them; return the parameters."""
@@ -92,13 +90,22 @@ class ExponentialMovingAverage:
             "backups": {k: clone(v) for k, v in self._backups.items()},
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load shadows and backups saved by ``state_dict()`` (checked before anything is set)."""
-        if not isinstance(state_dict, dict) or set(state_dict) != {"shadows", "backups"}:
-            raise ValueError("state_dict must be a dict with the keys 'shadows' and 'backups'")
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load shadows and backups saved by ``state_dict()``.
+
+        Every entry is checked (names, shapes, dtypes, array types) before any is written: on
+        an error nothing has changed.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        if set(state_dict) != {"shadows", "backups"}:
+            raise ValueError(
+                "state_dict must have the keys 'shadows' and 'backups', got "
+                f"{list(state_dict)!r:.200}"
+            )
         loaded = {}
-        for key in ("shadows", "backups"):
+        for key, tracked in (("shadows", self._shadows), ("backups", self._backups)):
             loaded[key] = named_arrays(state_dict[key], f"state_dict[{key!r}]")
-            same_names(loaded[key], self._parameters, f"state_dict[{key!r}]")
+            check_like(loaded[key], tracked, f"state_dict[{key!r}]")
         self._shadows = assign_all(self._shadows, loaded["shadows"])
         self._backups = assign_all(self._backups, loaded["backups"])

@@ -13,6 +13,7 @@ first copy. Torch modules only: for JAX models use ``ema_core.init`` / ``update`
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,6 +21,8 @@ import torch
 import ema_core
 from ema_core import presets
 from ema_core._checks import check_fraction, check_positive
+from ema_core.compat._modules import check_module, check_pairs, state_tensors
+from ema_core.presets._args import check_bool
 from ema_core.schedules import momentum as momentum_schedule
 
 
@@ -50,14 +53,13 @@ class ExponentialMovingAverage(torch.nn.Module):
         update_buffers: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_module(model)
         check_fraction("momentum", momentum)
         if not 0.0 < momentum < 1.0:
             raise ValueError(f"momentum must be in (0, 1), got {momentum}")
         check_positive("interval", interval, integer=True)
-        if not isinstance(update_buffers, bool):
-            raise TypeError(f"update_buffers must be a bool, got {update_buffers!r}")
+        check_bool("update_buffers", update_buffers)
+        device = _device(device)
         self.module = copy.deepcopy(model).requires_grad_(False)
         if device is not None:
             self.module = self.module.to(device)
@@ -70,9 +72,7 @@ class ExponentialMovingAverage(torch.nn.Module):
         return self.module(*args, **kwargs)
 
     def _averaged(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        if self.update_buffers:
-            return dict(model.state_dict(keep_vars=True))
-        return dict(model.named_parameters())
+        return state_tensors(model) if self.update_buffers else dict(model.named_parameters())
 
     def avg_func(
         self, averaged_param: torch.Tensor, source_param: torch.Tensor, steps: int
@@ -83,12 +83,15 @@ class ExponentialMovingAverage(torch.nn.Module):
         )
 
     def update_parameters(self, model: torch.nn.Module) -> None:
-        """Copy (first call) or blend (every ``interval`` calls) the model into ``module``."""
+        """Copy (first call) or blend (every ``interval`` calls) the model into ``module``.
+
+        The model must have the averaged module's parameters and buffers (names, shapes, kinds
+        of dtype), checked before the first write: on an error nothing has changed.
+        """
+        check_module(model)
         mine, theirs = self._averaged(self.module), self._averaged(model)
-        if set(mine) != set(theirs):
-            raise ValueError(
-                f"model does not match the averaged module: {sorted(set(mine) ^ set(theirs))}"
-            )
+        check_pairs(mine, theirs, "model")
+        buffers = None if self.update_buffers else self._buffer_pairs(model)
         steps = int(self.steps)
         src = {k: v.detach().to(mine[k].device) for k, v in theirs.items()}
         with torch.no_grad():
@@ -99,19 +102,61 @@ class ExponentialMovingAverage(torch.nn.Module):
                 ema_core.ema_update(
                     {k: v.detach() for k, v in mine.items()}, src, steps + 1, config=self.config
                 )
-        if not self.update_buffers:
-            self.sync_buffers(model)
+            if buffers is not None:
+                _copy_all(*buffers)
         self.steps.add_(1)
 
     def sync_buffers(self, model: torch.nn.Module) -> None:
-        """Copy the model's buffers into ``module``."""
+        """Copy the model's buffers into ``module`` (by name; all checked before the first)."""
+        pairs = self._buffer_pairs(check_module(model))
         with torch.no_grad():
-            for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
-                mine.copy_(theirs.to(mine.device))
+            _copy_all(*pairs)
 
     def sync_parameters(self, model: torch.nn.Module) -> None:
-        """Copy the model's parameters and buffers into ``module``."""
-        source = model.state_dict(keep_vars=True)
+        """Copy the model's parameters and buffers into ``module`` (all checked before the
+        first)."""
+        mine, theirs = state_tensors(self.module), state_tensors(check_module(model))
+        check_pairs(mine, theirs, "model")
         with torch.no_grad():
-            for key, value in self.module.state_dict(keep_vars=True).items():
-                value.copy_(source[key].to(value.device))
+            _copy_all(mine, theirs)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """torch's ``load_state_dict``, with every entry checked first (names when ``strict``,
+        shapes, kinds of dtype, data, ``steps >= 0``): on an error nothing has been loaded."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        check_bool("strict", strict)
+        check_bool("assign", assign)
+        mine = self.state_dict(keep_vars=True)
+        theirs = dict(state_dict) if strict else {k: state_dict[k] for k in mine if k in state_dict}
+        check_pairs(mine if strict else {k: mine[k] for k in theirs}, theirs, "state_dict")
+        if "steps" in theirs and int(theirs["steps"]) < 0:
+            raise ValueError(f"state_dict['steps'] must be >= 0, got {int(theirs['steps'])}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _buffer_pairs(
+        self, model: torch.nn.Module
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        mine, theirs = dict(self.module.named_buffers()), dict(model.named_buffers())
+        check_pairs(mine, theirs, "model buffers")
+        return mine, theirs
+
+
+def _copy_all(mine: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]) -> None:
+    """``mine[k].copy_(theirs[k])`` for every name (checked by ``check_pairs`` before)."""
+    for key, value in mine.items():
+        value.copy_(theirs[key].to(value.device))
+
+
+def _device(device: Any) -> torch.device | None:
+    """None, or ``device`` as a ``torch.device`` (a TypeError or ValueError naming it)."""
+    if device is None:
+        return None
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"device must be None, a str, an int or a torch.device, got {device!r:.80}")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must name a torch device, got {device!r}: {err}") from None

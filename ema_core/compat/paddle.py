@@ -24,12 +24,13 @@ from ema_core._types import Array
 from ema_core.compat._arrays import (
     assign_all,
     check_counter,
+    check_like,
     clone,
     divide,
     named_arrays,
     read_count,
-    same_names,
 )
+from ema_core.presets._args import check_bool
 from ema_core.schedules import in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
 
@@ -57,6 +58,8 @@ class ExponentialMovingAverage:
     ) -> None:
         self._decay = check_fraction("decay", decay)
         check_counter(thres_steps, "thres_steps")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be None or a str, got {type(name).__name__}")
         self._thres_steps, self.name = thres_steps, name
         self._parameters = named_arrays(parameters, "parameters", allow_plain=True)
         config = ema_core.Config(init="zeros")
@@ -78,14 +81,13 @@ class ExponentialMovingAverage:
 
     def update(self, parameters: Any = None) -> None:
         """One EMA step with the parameters (or their new values, needed for JAX)."""
+        new = self._parameters
         if parameters is not None:
             new = named_arrays(parameters, "parameters", allow_plain=True)
-            same_names(new, self._parameters, "parameters")
-            self._parameters = new
+            check_like(new, self._parameters, "parameters")
         decay = self._current_decay()
-        self._ema = ema_core.ema_update(self._ema, self._parameters, 1, decay=decay)
-        self._step += 1
-        self._last_decay = decay
+        self._ema = ema_core.ema_update(self._ema, new, 1, decay=decay)
+        self._parameters, self._step, self._last_decay = new, self._step + 1, decay
 
     def average(self) -> dict[str, Array]:
         """The bias-corrected averages ``ema / (1 - d ** t)``, as new arrays."""
@@ -99,8 +101,7 @@ class ExponentialMovingAverage:
     def apply(self, executor: Any = None, need_restore: bool = True) -> Iterator[dict[str, Array]]:
         """Write the bias-corrected averages into the parameters for the ``with`` block; yield
         the parameters; restore them afterwards (also on error) when ``need_restore``."""
-        if not isinstance(need_restore, bool):
-            raise TypeError(f"need_restore must be a bool, got {need_restore!r}")
+        check_bool("need_restore", need_restore)
         averages = self.average()
         self._backups = {k: clone(v) for k, v in self._parameters.items()}
         try:

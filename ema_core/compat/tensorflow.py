@@ -15,7 +15,7 @@ their shadows, and read ``average(name)`` after each apply. The functional equiv
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from ema_core.compat._arrays import (
     is_module,
     read_count,
 )
+from ema_core.presets._args import check_bool
 from ema_core.schedules import in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
 
@@ -72,10 +73,11 @@ class ExponentialMovingAverage:
     ) -> None:
         self._decay = check_fraction("decay", decay)
         check_counter(num_updates, "num_updates")
-        if not isinstance(zero_debias, bool):
-            raise TypeError(f"zero_debias must be a bool, got {zero_debias!r}")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        check_bool("zero_debias", zero_debias)
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a non-empty str, got {type(name).__name__}")
+        if not name:
+            raise ValueError("name must be a non-empty str, got ''")
         self._num_updates, self._zero_debias, self._name = num_updates, zero_debias, name
         self._slots: dict[Key, _Slot] = {}
 
@@ -90,33 +92,41 @@ class ExponentialMovingAverage:
         return float(in_float32(num_updates_schedule(self._decay))(n))
 
     def apply(self, var_list: Any = None) -> None:
-        """Create shadows for new variables, then update every shadow in ``var_list``."""
+        """Create shadows for new variables, then update every shadow in ``var_list``.
+
+        Everything is checked and the new shadows are made before any is written or kept: on
+        an error no shadow, variable or step count has changed.
+        """
         items = _items(var_list)
+        if not items:
+            raise ValueError("var_list holds no variables: nothing to average")
         decay = self._current_decay()
-        for key, _, var in items:
-            old = self._slots.get(key)
-            if old is not None and tuple(old.shadow.shape) != tuple(var.shape):
+        slots = [self._slots.get(key) or self._new_slot(var, name) for key, name, var in items]
+        for (key, _, var), slot in zip(items, slots, strict=True):
+            if tuple(slot.shadow.shape) != tuple(var.shape):
                 raise ValueError(
                     f"variable {key!r} has shape {tuple(var.shape)}, its shadow "
-                    f"{tuple(old.shadow.shape)}"
+                    f"{tuple(slot.shadow.shape)}"
                 )
-        for key, name, var in items:
-            if key not in self._slots:
-                zeros = compat.array_namespace(var).zeros_like(var)
-                shadow = zeros if self._zero_debias else clone(var)
-                biased = clone(zeros) if self._zero_debias else None
-                self._slots[key] = _Slot(var, name, shadow, biased)
-            self._slots[key].var = var
-        slots = [self._slots[key] for key, _, _ in items]
-        params = {i: s.var for i, s in enumerate(slots)}
         field = "biased" if self._zero_debias else "shadow"
-        current = {i: getattr(s, field) for i, s in enumerate(slots)}
-        new = ema_core.ema_update(current, params, 1, decay=decay)
-        for i, slot in enumerate(slots):
+        current = {i: getattr(slot, field) for i, slot in enumerate(slots)}
+        new = ema_core.ema_update(
+            current, {i: var for i, (_, _, var) in enumerate(items)}, 1, decay=decay
+        )
+        for i, ((key, _, var), slot) in enumerate(zip(items, slots, strict=True)):
+            self._slots[key] = slot
+            slot.var = var
             setattr(slot, field, new[i])
             if self._zero_debias:
                 slot.local_step += 1
                 slot.shadow = assign(slot.shadow, divide(new[i], _debias(decay, slot.local_step)))
+
+    def _new_slot(self, var: Array, name: str | None) -> _Slot:
+        """A shadow for a variable seen for the first time (kept only once ``apply`` succeeds)."""
+        if not self._zero_debias:
+            return _Slot(var, name, clone(var))
+        zeros = compat.array_namespace(var).zeros_like(var)
+        return _Slot(var, name, zeros, clone(zeros))
 
     def _slot(self, var: Any) -> _Slot | None:
         if isinstance(var, tuple) and len(var) == 2:
@@ -170,14 +180,32 @@ def _items(var_list: Any) -> list[tuple[Key, str | None, Array]]:
         var_list = list(var_list.items())
     elif compat.is_array_api_obj(var_list):
         var_list = [var_list]
-    out: list[tuple[Key, str | None, Array]] = []
+    elif isinstance(var_list, str) or not isinstance(var_list, Iterable):
+        raise TypeError(
+            f"var_list must be arrays or (name, array) pairs, got {type(var_list).__name__}"
+        )
+    out: dict[Key, tuple[Key, str | None, Array]] = {}
     for i, item in enumerate(var_list):
-        name, var = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
-        check_array(var, f"var_list[{i}]")
-        xp = compat.array_namespace(var)
-        if not xp.isdtype(var.dtype, "real floating"):
+        name, var = _name_and_array(item, f"var_list[{i}]")
+        key: Key = id(var) if name is None else name
+        if key in out:
+            what = "the same array" if name is None else f"the name {name!r}"
+            raise ValueError(f"var_list[{i}] repeats {what}: each variable is averaged once")
+        out[key] = (key, name, var)
+    return list(out.values())
+
+
+def _name_and_array(item: Any, where: str) -> tuple[str | None, Array]:
+    """A variable given as an array or a ``(name, array)`` pair; floating arrays only."""
+    name, var = None, item
+    if isinstance(item, tuple) and len(item) == 2:
+        if not isinstance(item[0], str):
             raise TypeError(
-                f"var_list[{i}] must be bfloat16/float16/float32/float64, got {var.dtype}"
+                f"{where} must be an array or a (name, array) pair with a str name, "
+                f"got a pair starting with {type(item[0]).__name__}"
             )
-        out.append((name if isinstance(name, str) else id(var), name, var))
-    return out
+        name, var = item
+    check_array(var, where)
+    if not compat.array_namespace(var).isdtype(var.dtype, "real floating"):
+        raise TypeError(f"{where} must be bfloat16/float16/float32/float64, got {var.dtype}")
+    return name, var

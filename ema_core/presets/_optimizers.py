@@ -6,6 +6,7 @@ from typing import Any
 
 from ema_core._checks import check_fraction
 from ema_core._config import Config
+from ema_core.presets._args import check_bool, dtype_name
 from ema_core.schedules import constant, in_float32
 
 
@@ -24,9 +25,8 @@ def optax(decay: float, debias: bool = True, accumulator_dtype: Any = None) -> C
         ('zeros', 'exact')
     """
     check_fraction("decay", decay)
-    if not isinstance(debias, bool):
-        raise TypeError(f"debias must be a bool, got {debias!r}")
-    dtype = None if accumulator_dtype is None else _name(accumulator_dtype)
+    check_bool("debias", debias)
+    dtype = dtype_name("accumulator_dtype", accumulator_dtype)
     return Config(
         constant(decay), init="zeros", correction="exact" if debias else "none", dtype=dtype
     )
@@ -47,9 +47,3 @@ def keras(ema_momentum: float = 0.99) -> Config:
     """
     check_fraction("ema_momentum", ema_momentum)
     return Config(in_float32(constant(ema_momentum)), init="copy")
-
-
-def _name(dtype: Any) -> str:
-    """A numpy/JAX/torch dtype or a dtype name as the name ``Config.dtype`` takes."""
-    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
-    return str(name).removeprefix("torch.")

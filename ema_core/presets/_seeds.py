@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._config import Config
+from ema_core.presets._args import check_bool, check_counter_start
 from ema_core.schedules import (
     Schedule,
     annealing,
@@ -20,14 +21,21 @@ from ema_core.schedules import (
 
 
 def counter_schedule(
-    decay: float, start: int | None, numerator: float = 1.0, denominator: float = 10.0
+    decay: float,
+    start: int | None,
+    numerator: float = 1.0,
+    denominator: float = 10.0,
+    *,
+    name: str = "num_updates",
 ) -> Schedule:
     """``min(decay, (numerator + n) / (denominator + n))`` for a counter n that holds ``start``
-    at the first update and grows by one per update (``n = start + t - 1``); constant if None."""
+    at the first update and grows by one per update (``n = start + t - 1``); constant if None.
+    ``name`` is the peer's name for the counter, for the error messages."""
+    check_fraction("decay", decay)
+    num_updates_schedule(decay, numerator, denominator)  # checks them, used or not
+    start = check_counter_start(name, start)
     if start is None:
         return constant(decay)
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ValueError(f"the counter at the first update must be an int >= 0, got {start!r}")
     return num_updates_schedule(decay, numerator + start - 1, denominator + start - 1)
 
 
@@ -50,10 +58,8 @@ def tensorflow(decay: float, num_updates: int | None = None, zero_debias: bool =
         >>> round(presets.tensorflow(0.999, num_updates=1).decay(1), 5)
         0.18182
     """
-    schedule = in_float32(counter_schedule(check_fraction("decay", decay), num_updates))
-    if not isinstance(zero_debias, bool):
-        raise TypeError(f"zero_debias must be a bool, got {zero_debias!r}")
-    if zero_debias:
+    schedule = in_float32(counter_schedule(decay, num_updates))
+    if check_bool("zero_debias", zero_debias):
         return Config(schedule, init="zeros", correction="power")
     return Config(schedule, init="params")
 
@@ -82,7 +88,6 @@ def allennlp(
         >>> round(presets.allennlp(num_updates=1).decay(2), 5)
         0.25
     """
-    check_fraction("decay", decay)
     schedule = counter_schedule(decay, num_updates, numerator, denominator)
     return Config(schedule, init="params", buffers="skip")
 
@@ -105,7 +110,7 @@ def paddle(decay: float = 0.999, thres_steps: int | None = None) -> Config:
         >>> cfg.init, cfg.correction, cfg.decay(3)
         ('zeros', 'power', 0.5)
     """
-    schedule = in_float32(counter_schedule(check_fraction("decay", decay), thres_steps))
+    schedule = in_float32(counter_schedule(decay, thres_steps, name="thres_steps"))
     return Config(schedule, init="zeros", correction="power", buffers="skip")
 
 
@@ -140,8 +145,7 @@ def mmedit(
     """
     check_fraction("momentum", momentum)
     check_positive("interval", interval, integer=True)
-    if not isinstance(update_buffers, bool):
-        raise TypeError(f"update_buffers must be a bool, got {update_buffers!r}")
+    check_bool("update_buffers", update_buffers)
     if gamma is None:
         inner = momentum_schedule(momentum)
         schedule = gated(inner, every=interval, phase=1, copy_through=1)

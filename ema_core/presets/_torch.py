@@ -7,6 +7,7 @@ from typing import Any
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._config import Config
+from ema_core.presets._args import check_bool, check_int, dtype_name
 from ema_core.schedules import (
     Schedule,
     constant,
@@ -19,17 +20,8 @@ from ema_core.schedules import (
 )
 
 
-def _dtype_name(dtype: Any) -> str | None:
-    """A torch dtype or a dtype name as the name ``Config.dtype`` takes."""
-    return None if dtype is None else str(dtype).removeprefix("torch.")
-
-
 def _after(update_after_step: int) -> int:
-    if isinstance(update_after_step, bool) or not isinstance(update_after_step, int):
-        raise TypeError(f"update_after_step must be an int, got {update_after_step!r}")
-    if update_after_step < 0:
-        raise ValueError(f"update_after_step must be >= 0, got {update_after_step}")
-    return update_after_step + 1
+    return check_int("update_after_step", update_after_step) + 1
 
 
 def timm(
@@ -57,13 +49,20 @@ def timm(
         [0.0, 0.37004]
     """
     check_fraction("decay", decay)
-    inner = warmup(decay, warmup_gamma, warmup_power, min_decay) if use_warmup else decay
+    check_fraction("min_decay", min_decay)
+    check_positive("warmup_gamma", warmup_gamma)
+    check_positive("warmup_power", warmup_power)
+    shadow_dtype = dtype_name("dtype", dtype)
+    check_bool("exclude_buffers", exclude_buffers)
+    inner: Schedule | float = decay
+    if check_bool("use_warmup", use_warmup):
+        inner = warmup(decay, warmup_gamma, warmup_power, min_decay)
     first = _after(update_after_step)
     schedule = gated(inner, copy_through=first, offset=-first)
     return Config(
         schedule,
         init="copy",
-        dtype=_dtype_name(dtype),
+        dtype=shadow_dtype,
         buffers="copy" if exclude_buffers else "average",
     )
 
@@ -80,7 +79,8 @@ def torch_ema(decay: float, use_num_updates: bool = True) -> Config:
         0.18182
     """
     check_fraction("decay", decay)
-    schedule = num_updates(decay) if use_num_updates else constant(decay)
+    use = check_bool("use_num_updates", use_num_updates)
+    schedule = num_updates(decay) if use else constant(decay)
     return Config(schedule, init="params", buffers="skip")
 
 
@@ -106,8 +106,10 @@ def ema_pytorch(
         [0.0, 1.0, 0.0]
     """
     check_fraction("beta", beta)
+    check_fraction("min_value", min_value, high=beta)
     check_positive("update_every", update_every, integer=True)
-    inner = constant(1.0) if beta == 1.0 else in_float32(warmup(beta, inv_gamma, power, min_value))
+    ramp = in_float32(warmup(beta, inv_gamma, power, min_value))  # checks them, used or not
+    inner = constant(1.0) if beta == 1.0 else ramp
     first = _after(update_after_step)
     schedule = gated(inner, every=update_every, phase=1, copy_through=first, offset=-first)
     return Config(schedule, init="copy", non_float="freeze")
@@ -154,7 +156,8 @@ def diffusers(
     """
     check_fraction("decay", decay)
     check_fraction("min_decay", min_decay)
-    inner: Schedule = warmup(decay, inv_gamma, power) if use_ema_warmup else num_updates(decay)
+    ramp = warmup(decay, inv_gamma, power)  # checks them, used or not
+    inner = ramp if check_bool("use_ema_warmup", use_ema_warmup) else num_updates(decay)
     first = _after(update_after_step)
     schedule = gated(inner, copy_through=first, offset=-first, floor=min_decay)
     return Config(schedule, init="copy", buffers="skip")
@@ -173,7 +176,8 @@ def swa_utils(decay: float = 0.999, use_buffers: bool = False) -> Config:
         [0.0, 0.9]
     """
     check_fraction("decay", decay)
-    return Config(constant(decay), init="copy", buffers="average" if use_buffers else "copy")
+    average = check_bool("use_buffers", use_buffers)
+    return Config(constant(decay), init="copy", buffers="average" if average else "copy")
 
 
 def edm2(
@@ -195,12 +199,16 @@ def edm2(
         >>> round(presets.edm2(0.05).decay(3), 5)
         0.00068
     """
+    if rampup_ratio is not None:
+        check_positive("rampup_ratio", rampup_ratio)
+    if batch_size is not None:
+        check_positive("batch_size", batch_size, integer=True)
     if halflife_Mimg is None:
         return Config(power_function(sigma_rel=std), init="params", buffers="copy")
+    check_positive("std", std)
     check_positive("halflife_Mimg", halflife_Mimg)
     if batch_size is None:
         raise TypeError("edm2 with halflife_Mimg needs the batch_size (images per step)")
-    check_positive("batch_size", batch_size, integer=True)
     schedule = ramped_half_life(halflife_Mimg * 1e6 / batch_size, rampup_ratio)
     return Config(schedule, init="params", buffers="copy")
 
@@ -225,11 +233,10 @@ def torchtitan(
         0.5
     """
     n = check_positive("update_every_n_steps", update_every_n_steps, integer=True)
-    inner: Schedule
-    if decay is None:
-        inner = ramped_half_life(ratio=check_positive("half_life_fraction", half_life_fraction))
-    else:
-        inner = constant(decay)
+    check_int("start_step", start_step)
+    check_int("step_bias", step_bias, low=None)
+    ramp = ramped_half_life(ratio=check_positive("half_life_fraction", half_life_fraction))
+    inner = ramp if decay is None else constant(decay)
     schedule = gated(
         inner, every=n, phase=start_step, start=start_step, offset=step_bias - start_step, divisor=n
     )

@@ -10,9 +10,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from ema_core._ops import Ops, ops_for
+from ema_core._ops import ArrayOps, Ops, ScalarOps, ops_for
 from ema_core._types import Step, Value
 
 
@@ -25,6 +25,10 @@ class Schedule(abc.ABC):
 
     #: The first t at which this schedule updates (1 unless it is gated by an interval).
     first_update: int = 1
+    #: True when ``pair`` computes elementwise, so that it also takes a count array of any shape
+    #: (``every`` then evaluates its n steps at once); False for callables and subclasses that do
+    #: not say so (``every`` then evaluates them one step at a time).
+    elementwise: ClassVar[bool] = False
 
     def __call__(self, t: Step, /) -> Value:
         return self.decay_and_rate(t)[0]
@@ -51,6 +55,12 @@ class FromCallable(Schedule):
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         decay = ops.const(self.fn(ops.raw))
         return decay, 1.0 - decay
+
+
+def ops_at(ops: Ops, t: Any) -> Ops:
+    """The arithmetic of ``ops`` at another count ``t`` (an int >= 0, or an integer array >= 0
+    of any shape in ``ops``' namespace, derived from a validated count: not checked again)."""
+    return ScalarOps(t) if isinstance(ops, ScalarOps) else ArrayOps(t)
 
 
 def as_schedule(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._ops import Ops
@@ -13,6 +13,7 @@ from ema_core.schedules._base import Schedule
 
 @dataclass(frozen=True)
 class Constant(Schedule):
+    elementwise: ClassVar[bool] = True
     decay: float
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
@@ -21,6 +22,7 @@ class Constant(Schedule):
 
 @dataclass(frozen=True)
 class NumUpdates(Schedule):
+    elementwise: ClassVar[bool] = True
     decay: float
     numerator: float
     denominator: float
@@ -36,6 +38,7 @@ class NumUpdates(Schedule):
 
 @dataclass(frozen=True)
 class Warmup(Schedule):
+    elementwise: ClassVar[bool] = True
     decay: float
     inv_gamma: float
     power: float
@@ -50,6 +53,7 @@ class Warmup(Schedule):
 
 @dataclass(frozen=True)
 class Annealing(Schedule):
+    elementwise: ClassVar[bool] = True
     momentum: float
     gamma: float
 

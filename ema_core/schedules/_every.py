@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat as compat
 
 from ema_core._checks import check_positive
-from ema_core._ops import Ops, ScalarOps, ops_for
-from ema_core.schedules._base import Schedule, as_schedule
+from ema_core._ops import ArrayOps, Ops, ScalarOps, is_host_array
+from ema_core.schedules._base import Schedule, as_schedule, ops_at
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class Every(Schedule):
         return math.lcm(self.n, self.inner.first_update)
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        if not isinstance(ops, ScalarOps) and is_host_array(ops.raw) and ops.raw.ndim == 0:
+            decay, rate = self.pair(ScalarOps(int(ops.raw)))  # a count the host holds
+            return ops.const(decay), ops.const(rate)
         gate = (ops.raw % self.n == 0) & (ops.raw > 0)
         if isinstance(ops, ScalarOps):
             if not gate:
@@ -32,19 +36,68 @@ class Every(Schedule):
         decay, rate = self._gated_pair(ops)
         return ops.where(gate, decay, 1.0), ops.where(gate, rate, 0.0)
 
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        return self.inner.elementwise
+
     def _gated_pair(self, ops: Ops) -> tuple[Any, Any]:
+        """The inner pair at t, or with ``compensate`` the product of the n decays t-n+1..t and
+        its rate via log1p, so that it stays accurate near 1. A count the host holds (a Python
+        int, a 0-d numpy or array-api-strict array) multiplies in a Python loop, the same bits
+        for both; a device count in a number of operations that does not grow with n: traced by
+        JAX in a ``fori_loop`` (one traced body, the same sequential product), else in one
+        vectorised evaluation of the n steps. Only an inner schedule that is not
+        ``elementwise`` (a callable) on a count that is not traced is evaluated step by step."""
         if not self.compensate:
             return self.inner.pair(ops)
-        # the product of the n decays t-n+1..t, and its rate via log1p so that it stays accurate
+        if isinstance(ops, ScalarOps):
+            decay, log_keep = self._product_looped(ops)
+        elif _is_traced(ops.raw):
+            decay, log_keep = self._product_fori(ops)
+        elif self.inner.elementwise:
+            decay, log_keep = self._product_vectorised(ops)
+        else:
+            decay, log_keep = self._product_looped(ops)
+        return decay, ops.where(decay < 0.5, 1.0 - decay, -ops.expm1(log_keep))
+
+    def _factor(self, ops: Ops, t_k: Any) -> tuple[Any, Any]:
+        """The decay of step ``t_k`` and its term of ``log(product of keeps)``."""
+        d_k, r_k = self.inner.pair(ops_at(ops, t_k))
+        return ops.const(d_k), ops.log1p(-ops.minimum(r_k, 0.5))
+
+    def _product_looped(self, ops: Ops) -> tuple[Any, Any]:
         decay: Any = ops.const(1.0)
         log_keep: Any = ops.const(0.0)
         for k in range(self.n):
             t_k = ops.raw - k
-            d_k, r_k = self.inner.pair(ops_for(t_k if isinstance(t_k, int) else _clip0(t_k)))
-            decay = decay * d_k
-            log_keep = log_keep + ops.log1p(-ops.minimum(r_k, 0.5))
-        rate = ops.where(decay < 0.5, 1.0 - decay, -ops.expm1(log_keep))
-        return decay, rate
+            d_k, log_k = self._factor(ops, t_k if isinstance(t_k, int) else _clip0(t_k))
+            decay, log_keep = decay * d_k, log_keep + log_k
+        return decay, log_keep
+
+    def _product_fori(self, ops: ArrayOps) -> tuple[Any, Any]:
+        jax, t = sys.modules["jax"], ops.raw  # a traced count: JAX is imported
+
+        def body(k: Any, carry: tuple[Any, Any]) -> tuple[Any, Any]:
+            d_k, log_k = self._factor(ops, _clip0(t - k.astype(t.dtype)))
+            return carry[0] * d_k, carry[1] + log_k
+
+        decay, log_keep = jax.lax.fori_loop(0, self.n, body, (ops.const(1.0), ops.const(0.0)))
+        return decay, log_keep
+
+    def _product_vectorised(self, ops: ArrayOps) -> tuple[Any, Any]:
+        xp, t = ops.xp, ops.raw
+        ks = xp.arange(self.n, dtype=t.dtype, device=ops.device)
+        t_k = _clip0(xp.expand_dims(t, axis=-1) - ks)  # one more axis: the n counts
+        d_k, log_k = self._factor(ops, t_k)
+        shape = tuple(t_k.shape)
+        return (
+            xp.prod(xp.broadcast_to(d_k, shape), axis=-1),
+            xp.sum(xp.broadcast_to(log_k, shape), axis=-1),
+        )
+
+
+def _is_traced(t: Any) -> bool:
+    return compat.is_jax_array(t) and isinstance(t, sys.modules["jax"].core.Tracer)
 
 
 def _clip0(t: Any) -> Any:
@@ -62,6 +115,10 @@ class CopyAt(Schedule):
     def first_update(self) -> int:  # type: ignore[override]
         return self.first
 
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        return self.inner.elementwise
+
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         at_first = ops.raw == self.first
         if isinstance(ops, ScalarOps):
@@ -76,6 +133,10 @@ def every(schedule: Schedule | float, /, n: int, compensate: bool = True) -> Sch
     With ``compensate=True`` the update at t applies the product of the n decays of steps
     t-n+1..t, so the result equals updating every step with the same params; with
     ``compensate=False`` it applies the one-step decay ``schedule(t)``, as most peers do.
+    With an array step the product costs the same whatever n (a ``fori_loop`` when traced by
+    JAX, one vectorised evaluation of the n steps otherwise), except for a callable or a
+    ``Schedule`` subclass that does not set ``elementwise``: outside a JAX trace it is
+    evaluated once per step.
 
     Example:
         >>> from ema_core import schedules

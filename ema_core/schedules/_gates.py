@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ema_core._checks import check_fraction, check_positive
-from ema_core._ops import Ops, ScalarOps, ops_for
-from ema_core.schedules._base import Schedule, as_schedule
+from ema_core._ops import Ops, ScalarOps
+from ema_core.schedules._base import Schedule, as_schedule, ops_at
 
 _LN2 = math.log(2.0)
 
@@ -42,6 +42,10 @@ class Gated(Schedule):
         first = max(self.start, 1)
         return first + (self.phase - first) % self.every
 
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        return self.inner.elementwise
+
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         t = ops.raw
         if isinstance(ops, ScalarOps):
@@ -58,7 +62,7 @@ class Gated(Schedule):
         return decay, ops.where(live, ops.where(copy, 1.0, rate), 0.0)
 
     def _inner_pair(self, ops: Ops, u: Any) -> tuple[Any, Any]:
-        decay, rate = self.inner.pair(ops_for(u))
+        decay, rate = self.inner.pair(ops_at(ops, u))
         if self.floor > 0.0:
             decay, rate = ops.maximum(decay, self.floor), ops.minimum(rate, 1.0 - self.floor)
         return ops.const(decay), ops.const(rate)
@@ -74,6 +78,10 @@ class InFloat32(Schedule):
     @property
     def first_update(self) -> int:  # type: ignore[override]
         return self.inner.first_update
+
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        return self.inner.elementwise
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         decay, _ = self.inner.pair(ops)
@@ -92,6 +100,8 @@ def _round32(value: float) -> float:
 class RampedHalfLife(Schedule):
     """``d_t = 0.5 ** (1 / min(half_life, ratio * t))`` (EDM2 traditional EMA, torchtitan)."""
 
+    elementwise: ClassVar[bool] = True
+
     half_life: float
     ratio: float | None
 
@@ -106,6 +116,8 @@ class RampedHalfLife(Schedule):
 @dataclass(frozen=True)
 class Momentum(Schedule):
     """A constant decay given by its rate: ``d = 1 - momentum``, rate exactly ``momentum``."""
+
+    elementwise: ClassVar[bool] = True
 
     momentum: float
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ema_core._checks import check_positive
 from ema_core._ops import Ops
@@ -61,6 +61,7 @@ def sigma_rel_to_gamma(sigma_rel: float, /) -> float:
 
 @dataclass(frozen=True)
 class PowerFunction(Schedule):
+    elementwise: ClassVar[bool] = True
     gamma: float
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:

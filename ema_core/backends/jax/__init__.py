@@ -8,7 +8,12 @@
   faster than the leaf count).
 * ``with_ema(optimizer, config)``: an optax transformation whose state carries the EMA;
   ``ema_average(opt_state, config)`` reads it.
-* ``state_dict(state)`` / ``load_state_dict(arrays, like)``: flat numpy arrays for ``np.savez``.
+* ``state_dict(state)`` / ``load_state_dict(arrays, like)``: flat numpy arrays for ``np.savez``,
+  named by path with each key escaped (``~`` as ``~0``, ``/`` as ``~1``).
+
+Inside: ``_leaves`` is the leaf math, ``_compiled`` and ``_chunked`` the compiled update,
+``_optax`` the optax wrapper, ``_checkpoint`` the ``.npz`` names and ``_pytree`` how pytree
+nodes open for the tree walk.
 
 Nothing here issues a collective: every leaf is updated where its shards live.
 """

@@ -19,6 +19,14 @@ from ema_core._types import EMAState
 def state_dict(state: EMAState, /) -> dict[str, np.ndarray]:
     """The state's arrays on the host, by path: ``"step"``, ``"weight"``, ``"shadow/<key>/..."``.
 
+    A name joins the path's keys with ``/``, each key escaped as in a JSON pointer (``~`` as
+    ``~0``, ``/`` as ``~1``), so the key ``"a/b"`` and the nest ``{"a": {"b": ...}}`` save as
+    ``shadow/a~1b`` and ``shadow/a/b``.
+
+    Raises:
+        ValueError: two arrays would still share a name (a custom pytree node whose keys
+            print alike, such as the int ``0`` and the string ``"0"``).
+
     Example:
         >>> import io, numpy as np, jax.numpy as jnp, ema_core as ema
         >>> from ema_core.backends.jax import load_state_dict, state_dict
@@ -30,19 +38,30 @@ def state_dict(state: EMAState, /) -> dict[str, np.ndarray]:
         [1.0, 1.0]
     """
     pairs = jax.tree_util.tree_flatten_with_path(state)[0]
-    return {_name(path): np.asarray(jax.device_get(leaf)) for path, leaf in pairs}
+    paths = [path for path, _ in pairs]
+    names = _names(paths)
+    _check_distinct(names, paths)
+    return {
+        name: np.asarray(jax.device_get(leaf)) for name, (_, leaf) in zip(names, pairs, strict=True)
+    }
 
 
 def load_state_dict(arrays: Mapping[str, Any], like: EMAState, /) -> EMAState:
     """An ``EMAState`` shaped like ``like`` (structure, dtypes, shardings) holding ``arrays``.
 
+    ``arrays`` is what ``state_dict`` returned. A checkpoint written before keys were escaped
+    (names holding a raw ``~`` or ``/`` of a key) still loads where its names are unambiguous.
+
     Raises:
-        ValueError: a name of ``like`` is missing from ``arrays``, an extra name is present, or a
-            shape differs.
+        ValueError: a name of ``like`` is missing from ``arrays``, an extra name is present, a
+            shape differs, or two arrays of ``like`` share a name.
         TypeError: a dtype differs (other than bfloat16 stored as raw 2-byte records).
     """
     pairs, treedef = jax.tree_util.tree_flatten_with_path(like)
-    names = [_name(path) for path, _ in pairs]
+    paths = [path for path, _ in pairs]
+    names = _names(paths)
+    _check_distinct(names, paths)
+    names = _names_in(arrays, names, paths)
     extra = sorted(set(arrays) - set(names))
     if extra:
         raise ValueError(f"arrays holds names that like does not have: {extra}")
@@ -50,8 +69,54 @@ def load_state_dict(arrays: Mapping[str, Any], like: EMAState, /) -> EMAState:
     return jax.tree_util.tree_unflatten(treedef, leaves)  # type: ignore[no-any-return]
 
 
-def _name(path: Any) -> str:
-    return jax.tree_util.keystr(path, simple=True, separator="/")
+def _names(paths: list[Any]) -> list[str]:
+    return ["/".join(_escape(_key(entry)) for entry in path) for path in paths]
+
+
+def _key(entry: Any) -> str:
+    """One path entry as JAX's simple key string: a dict key, an index, an attribute name."""
+    return jax.tree_util.keystr((entry,), simple=True)
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _legacy_names(paths: list[Any]) -> list[str]:
+    """The names of checkpoints written before keys were escaped."""
+    return [jax.tree_util.keystr(path, simple=True, separator="/") for path in paths]
+
+
+def _check_distinct(names: list[str], paths: list[Any]) -> None:
+    seen: dict[str, Any] = {}
+    for name, path in zip(names, paths, strict=True):
+        if name in seen:
+            raise ValueError(
+                f"{_where(seen[name])} and {_where(path)} would both be saved as {name!r}; "
+                "give every array of the state a distinct key"
+            )
+        seen[name] = path
+
+
+def _names_in(arrays: Mapping[str, Any], names: list[str], paths: list[Any]) -> list[str]:
+    """``names``, or the unescaped names where ``arrays`` is a checkpoint written with them."""
+    legacy = _legacy_names(paths)
+    if legacy == names or all(name in arrays for name in names):
+        return names
+    if not all(name in arrays for name in legacy):
+        return names  # neither fits: the missing name is reported in the current form
+    if len(set(legacy)) < len(legacy):
+        shared = next(n for i, n in enumerate(legacy) if n in legacy[:i])
+        first, second = [paths[i] for i, n in enumerate(legacy) if n == shared][:2]
+        raise ValueError(
+            f"arrays was saved before keys were escaped: {_where(first)} and {_where(second)} "
+            f"were both saved as {shared!r}, one array for two; it cannot be loaded"
+        )
+    return legacy
+
+
+def _where(path: Any) -> str:
+    return "state" + jax.tree_util.keystr(path)
 
 
 def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:

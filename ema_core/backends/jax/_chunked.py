@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import ema_core
 from ema_core import _core
 from ema_core._config import Config
-from ema_core.backends.jax._leaves import update_compiled, update_donated
+from ema_core._ops import next_step
+from ema_core.backends.jax._leaves import leaf_decay, update_compiled, update_donated
 
 #: Leaves per compiled chunk.
 CHUNK = 1024
@@ -34,9 +35,11 @@ class Chunked:
         self._kinds: dict[Any, tuple[str, ...]] = {}
 
     def _decay(self, step: Any, weight: Any) -> tuple[Any, Any, Any, Any]:
-        t = step + 1
+        t = next_step(step)
         d, r = self.config.decay_and_rate(t)
-        return t, d, r, _core.next_weight(jnp, weight, d, r)
+        wide = jnp.result_type(float)
+        leaf_d = leaf_decay(d, r, wide)
+        return t, leaf_d, jnp.asarray(r, dtype=wide), _core.next_weight(jnp, weight, d, r)
 
     def kinds(self, key: Any, merge: Any, arrays: list[Any], params_arrays: list[Any]) -> Any:
         """Per leaf "float" or "exact", after validating this signature once: ``merge(arrays,

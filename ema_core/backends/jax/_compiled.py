@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 
 import ema_core
 from ema_core._config import Config
+from ema_core._ops import is_readable, ops_for
 from ema_core._types import EMAState, Tree
 from ema_core.backends.jax import _chunked
 
@@ -36,8 +38,15 @@ def make_update(
         The compiled update; call it as ``state = update(state, params)``. Its ``lower(state,
         params)`` gives JAX's lowered computation (for ``.compile().as_text()``).
 
+    The step counter saturates at its dtype's largest value (``2**31 - 1`` for int32): later
+    updates reuse that step's decay instead of wrapping to a negative count. A state's step is
+    range-checked before the call where the host can read it (numpy, a concrete JAX array on
+    CPU) and this update did not make it: a step it returned is trusted, so the steady state
+    reads nothing and never waits for the previous update.
+
     Raises:
         TypeError: ``config`` is not a ``Config`` or ``donate`` is not a bool.
+        ValueError: (when called) a readable ``state.step`` is negative; nothing was donated.
 
     Example:
         >>> import jax.numpy as jnp, ema_core as ema
@@ -103,6 +112,7 @@ class _Update:
         self.config = config
         self._chunked = _chunked.Chunked(config, donate)
         self._jitted = jax.jit(self._arrays, static_argnums=(2, 3), donate_argnums=(0,) * donate)
+        self._made: Callable[[], Any] = lambda: None  # the step this update last returned
 
     def _arrays(
         self,
@@ -121,19 +131,39 @@ class _Update:
         return _committed(state_arrays), params_arrays, state_split, params_split
 
     def __call__(self, state: EMAState, params: Tree, /) -> EMAState:
+        step = getattr(state, "step", None)
+        if step is not self._made():  # a step this update made is valid: not read again
+            _check_step(step)
         arrays, params_arrays, state_split, params_split = self._prepare(state, params)
         if len(params_arrays) <= _chunked.CHUNK:
-            return state_split.merge(  # type: ignore[no-any-return]
-                self._jitted(arrays, params_arrays, state_split, params_split)
-            )
-        key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
-        merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
-        kinds = self._chunked.kinds(key, merge, arrays, params_arrays)
-        return state_split.merge(self._chunked.run(arrays, params_arrays, kinds))  # type: ignore[no-any-return]
+            new = self._jitted(arrays, params_arrays, state_split, params_split)
+        else:
+            key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
+            merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
+            kinds = self._chunked.kinds(key, merge, arrays, params_arrays)
+            new = self._chunked.run(arrays, params_arrays, kinds)
+        out: EMAState = state_split.merge(new)
+        if isinstance(out.step, jax.Array) and not isinstance(out.step, jax.core.Tracer):
+            self._made = weakref.ref(out.step)
+        return out
 
     def lower(self, state: EMAState, params: Tree, /) -> Any:
         """JAX's lowered computation for these arguments (``.compile().as_text()``: the HLO)."""
         return self._jitted.lower(*self._prepare(state, params))
+
+
+def _check_step(step: Any) -> None:
+    """The range check ``ema_core.update`` makes on a step the host can read (numpy, a concrete
+    CPU JAX array), made before the call: inside the jit the step is traced. Reading it
+    dispatches nothing; its type is checked when the update is traced."""
+    if (
+        isinstance(step, (jax.Array, np.ndarray))
+        and is_readable(step)
+        and step.ndim == 0
+        and np.issubdtype(np.dtype(step.dtype), np.integer)
+        and not (isinstance(step, jax.Array) and step.is_deleted())
+    ):
+        ops_for(int(step), "state.step")
 
 
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")

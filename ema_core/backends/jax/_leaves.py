@@ -35,23 +35,26 @@ def update_leaves(
     """New shadows: float leaves blended, exact ones copied (``writes`` is ignored: JAX arrays
     are immutable, so a new array is always returned)."""
     wide = jnp.result_type(float)
-    d, r = _decay_array(decay, wide), jnp.asarray(rate, dtype=wide)
+    d, r = leaf_decay(decay, rate, wide), jnp.asarray(rate, dtype=wide)
     new = update_compiled(
         tuple(shadows), tuple(params), d, r, kinds=tuple(kinds), non_float=non_float
     )
     return list(new)
 
 
-def _decay_array(decay: Value, wide: Any) -> Array:
-    """A host decay as a 0-d array of the wide float; one just below 1 that rounds to 1 there
-    (float32 when x64 is off) becomes the float below 1, so that it still blends by its rate
-    and is not taken for a skip."""
-    if not isinstance(decay, float):
-        return jnp.asarray(decay, dtype=wide)
-    value = np.asarray(decay, dtype=wide)
-    if decay < 1.0 and value == 1.0:
-        value = np.nextafter(value, np.zeros_like(value))
-    return value
+def leaf_decay(decay: Value, rate: Value, wide: Any) -> Array:
+    """The decay the leaves see, a 0-d array of the wide float: ``decay``, except that one which
+    rounds to 1 there (float32 when x64 is off: within 3e-8 of 1) while its rate is not 0 becomes
+    the float below 1, so that it still blends by its rate and is not taken for a skip. A host
+    decay is decided on the host, a device or traced one with ``where``."""
+    if isinstance(decay, float):
+        value = np.asarray(decay, dtype=wide)
+        if decay < 1.0 and value == 1.0:
+            value = np.nextafter(value, np.zeros_like(value))
+        return value
+    d = jnp.asarray(decay, dtype=wide)
+    below = jnp.nextafter(jnp.ones((), wide), jnp.zeros((), wide))
+    return jnp.where((d == 1.0) & (jnp.asarray(rate, dtype=wide) > 0.0), below, d)
 
 
 def _update_impl(

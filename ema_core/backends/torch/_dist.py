@@ -4,11 +4,11 @@ FSDP2 (``fully_shard``) turns parameters into DTensors whose local tensor is thi
 (uneven shards included: the last ranks may hold fewer rows, or none). The shadow of such a
 parameter is a DTensor too, with the parameter's mesh, placements, global shape and stride, but
 built from a local tensor of our own: ``DTensor.from_local`` with an explicit shape and stride,
-so no collective checks the shard sizes. ``Sharded`` updates the local tensors directly with
-the fused kernels: no DTensor dispatch and no collective per update. Each update checks that
-the params still hold the same local tensors and re-plans when one was replaced: FSDP2 swaps a
-sharded parameter's local tensor for a new one (``module.to(...)``, ``reset_sharded_param``)
-while the parameter object stays.
+so no collective checks the shard sizes. ``_store.Sharded`` updates the local tensors directly
+with the fused kernels: no DTensor dispatch and no collective per update. Each update checks
+that the params still hold the same local tensors (``part``) and re-plans when one was
+replaced: FSDP2 swaps a sharded parameter's local tensor for a new one (``module.to(...)``,
+``reset_sharded_param``) while the parameter object stays.
 
 Mixed precision (``MixedPrecisionPolicy``) changes only the dtype of the unsharded params used
 in forward and backward: the sharded params, and so the shadows, stay float32.
@@ -24,9 +24,6 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-
-from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _kernels
 
 if TYPE_CHECKING:
     from ema_core.backends.torch._module import EMA
@@ -77,41 +74,11 @@ def make_shadow(
     )
 
 
-class Sharded:
-    """Shadows of DTensor params (and of any plain tensors beside them), updated shard-locally.
-
-    The plan over the local tensors is kept while the params' local tensors stay the same
-    objects (one identity check per tensor and update) and rebuilt when FSDP2 replaced one.
-    """
-
-    def __init__(
-        self, shadows: list[torch.Tensor], live: list[torch.Tensor], kinds: list[LeafKind]
-    ) -> None:
-        self.shadows = [local(s) for s in shadows]
-        self.live, self.kinds = live, kinds
-        self.parts: list[torch.Tensor] = []
-        self.plan = _kernels.Plan()
-
-    def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
-        if isinstance(decay, float) and decay == 1.0:
-            return
-        parts = [_part(t) for t in self.live]
-        if len(parts) != len(self.parts) or any(
-            a is not b for a, b in zip(parts, self.parts, strict=True)
-        ):
-            self.parts = parts
-            self.plan = _kernels.make_plan(self.shadows, parts, self.kinds)
-        _kernels.apply(xp, self.plan, decay, rate)
-
-    def wait(self) -> None:
-        """Nothing is in flight: local updates are stream-ordered with every later use."""
-
-
-def _part(tensor: torch.Tensor) -> torch.Tensor:
+def part(tensor: torch.Tensor) -> torch.Tensor:
     """The local tensor object a DTensor holds (the same object while FSDP2 keeps it; ``to_local``
     would return a new view of it each time), or a plain tensor itself."""
-    part = getattr(tensor, "_local_tensor", None)
-    return part if isinstance(part, torch.Tensor) else tensor
+    inner = getattr(tensor, "_local_tensor", None)
+    return inner if isinstance(inner, torch.Tensor) else tensor
 
 
 def fsdp_modules(source: Any) -> list[torch.nn.Module]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-__all__ = ["Bound", "lerp_", "usable"]
+if TYPE_CHECKING:  # _numba imports numpy, which torch does not need
+    from ema_core.backends._numba import ParamsFormat
+
+__all__ = ["Bound", "bind", "key", "lerp_", "run", "stale", "usable"]
 
 #: Updates smaller than this many elements run on the calling thread.
 PARALLEL_MIN = 1 << 21
@@ -61,37 +64,43 @@ def _numba_installed() -> bool:
 
 class Bound:
     """A group's tensors seen as numpy arrays, with the kernels bound; rebuilt when a tensor's
-    storage moves (``param.data = ...``, ``module.to(...)``), found by comparing data pointers.
-    The views hold the storage they see, so a replaced one is freed at the next update.
-    Leaves under ``least`` elements are left to another path, and ``deferred`` says so."""
+    storage, shape or dtype changes (``param.data = ...``, ``module.to(...)``), found by
+    comparing ``key``. The views hold the storage they see, so a replaced one is freed at the
+    next update. Every pair is checked when the views are made: the same shape, and a kernel
+    that fits this pair's own views (sizes, dtypes, contiguity), which is the group's kernel;
+    the loops index the params by the shadow's size, so an unchecked pair could read past its
+    end. Leaves under ``least`` elements are left to another path, and ``deferred`` says so.
+
+    Raises:
+        ValueError: a params tensor's shape differs from its shadow's (nothing is written).
+    """
 
     def __init__(
         self, shadows: list[torch.Tensor], params: list[torch.Tensor], least: int = 0
     ) -> None:
         from ema_core.backends import _numba
 
-        fmt: _numba.ParamsFormat = "bfloat16" if params[0].dtype == torch.bfloat16 else "float"
-        self.pointers = _pointers(shadows, params)
-        self.kernel: Any = None  # one for the group: its pairs share their dtypes
+        self.key = key(shadows, params)
+        self.kernel: Any = None  # one for the group: a pair whose kernel differs is left
         self.items: list[Any] = []  # in-place jobs (shadow, shadow, params) of numpy views
         self.left: list[int] = []  # the pairs no kernel takes (strided): another path does them
         self.deferred = False
         for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
+            if s.shape != p.shape or s.device != p.device:
+                raise ValueError(
+                    f"params #{i} of shape {tuple(p.shape)} on {p.device} does not fit its "
+                    f"shadow of shape {tuple(s.shape)} on {s.device}"
+                )
             small = s.numel() < least
             self.deferred |= small
-            if small or not (s.is_contiguous() and p.is_contiguous()):
+            prepared = None
+            if not small and s.is_contiguous() and p.is_contiguous():
+                prepared = _numba.prepare(_view(s), _view(p), _format(p))
+            if prepared is None or self.kernel not in (None, prepared.kernel):
                 self.left.append(i)
                 continue
-            shadow, source = _view(s), _view(p)
-            if self.kernel is None:  # the group's pairs share dtypes: check the first one only
-                prepared = _numba.prepare(shadow, source, fmt)
-                if prepared is None:
-                    self.left.append(i)
-                    continue
-                self.kernel = prepared.kernel
-            if source.dtype == "float16":  # the kernels read float16 as its uint16 bits
-                source = source.view("uint16")
-            self.items.append((shadow, shadow, source))
+            self.kernel = prepared.kernel
+            self.items.append((prepared.shadow, prepared.shadow, prepared.params))
         self.shares: dict[int, list[list[Any]]] = {}  # the items dealt per thread count
 
     def shares_for(self, workers: int) -> list[list[Any]]:
@@ -105,6 +114,42 @@ class Bound:
         return self.shares[workers]
 
 
+def key(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> list[Any]:
+    """What a ``Bound`` was made for: each tensor's data pointer, and the params' shapes and
+    dtypes (which ``param.data = ...`` may change without moving the storage)."""
+    return [t.data_ptr() for t in shadows] + [(t.data_ptr(), t.shape, t.dtype) for t in params]
+
+
+def stale(bound: Bound | None, shadows: list[torch.Tensor], params: list[torch.Tensor]) -> bool:
+    """Whether ``bind`` would make new views: none yet, small leaves deferred, or moved."""
+    return bound is None or bound.deferred or bound.key != key(shadows, params)
+
+
+def bind(
+    shadows: list[torch.Tensor], params: list[torch.Tensor], bound: Bound | None = None
+) -> Bound:
+    """``bound`` if it still fits the tensors, else new views: a group's first ones (no
+    ``bound``) leave its small leaves to ``_mixed``; the next ones take them all."""
+    if bound is None:
+        return Bound(shadows, params, least=FIRST_MIN)
+    return Bound(shadows, params) if stale(bound, shadows, params) else bound
+
+
+def run(bound: Bound, decay: float, rate: float) -> None:
+    """Blend the pairs ``bound`` took, in place (its ``left`` ones are not touched)."""
+    from ema_core.backends import _numba, _threads
+
+    if not bound.items:
+        return
+    kernel = bound.kernel
+    factor, low = _numba.weights(decay, rate, bound.items[0][1].dtype)
+
+    def do(item: Any) -> None:
+        kernel(item[1], item[2], factor, low)
+
+    _threads.run_shares(bound.shares_for(torch.get_num_threads()), do)
+
+
 def lerp_(
     shadows: list[torch.Tensor],
     params: list[torch.Tensor],
@@ -113,28 +158,19 @@ def lerp_(
     bound: Bound | None = None,
 ) -> Bound:
     """Blend the pairs a kernel takes, in place; returns the ``Bound`` (reuse it next time),
-    whose ``left`` lists the indices of the pairs left for another path. A group's first
-    update (no ``bound``) leaves its small leaves too; the next one takes them all."""
-    from ema_core.backends import _numba, _threads
+    whose ``left`` lists the indices of the pairs left for another path (``bind``, ``run``).
 
-    if bound is None:
-        bound = Bound(shadows, params, least=FIRST_MIN)
-    elif bound.deferred or bound.pointers != _pointers(shadows, params):
-        bound = Bound(shadows, params)
-    if not bound.items:
-        return bound
-    kernel = bound.kernel
-    factor, low = _numba.weights(decay, rate, bound.items[0][1].dtype)
-
-    def do(item: Any) -> None:
-        kernel(item[1], item[2], factor, low)
-
-    _threads.run_shares(bound.shares_for(torch.get_num_threads()), do)
+    Raises:
+        ValueError: a params tensor's shape differs from its shadow's (nothing is written).
+    """
+    bound = bind(shadows, params, bound)
+    run(bound, decay, rate)
     return bound
 
 
-def _pointers(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> list[int]:
-    return [t.data_ptr() for t in shadows] + [t.data_ptr() for t in params]
+def _format(t: torch.Tensor) -> ParamsFormat:
+    """How ``_numba`` reads this tensor's view: bfloat16 as its bits, anything else as is."""
+    return "bfloat16" if t.dtype == torch.bfloat16 else "float"
 
 
 def _view(t: torch.Tensor) -> Any:

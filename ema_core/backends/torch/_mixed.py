@@ -9,8 +9,10 @@ batch costs a few ``_foreach_*`` calls whatever its number of tensors.
 
 On the CPU with a host decay the blend is the generic core's, op by op (``p - s``, times the
 factor, then ``s +`` or ``p -``), so it gives the same bits as ``_host``'s compiled loop and the
-generic path; elsewhere (CUDA, a device decay) it is one fused ``lerp_``. On CUDA with Triton
-installed, a Triton kernel does the cast inside the blend (``_triton``).
+generic path; on CUDA with a host decay it is one fused ``lerp_``; with a device decay it is
+``lerp_`` followed by two selects that keep the shadow where the decay is 1 and take the params
+where it is 0, bit for bit (``_foreach.lerp_ends_``). On CUDA with Triton installed, a Triton
+kernel does the cast inside the blend (``_triton``), the selects included.
 """
 
 from __future__ import annotations
@@ -37,17 +39,20 @@ def lerp_mixed_(
     shadows: list[torch.Tensor],
     params: list[torch.Tensor],
     weight: float | torch.Tensor,
-    decay: float | None = None,
+    decay: float | torch.Tensor | None = None,
 ) -> None:
     """``s += weight * (p - s)`` with ``p`` cast to ``s.dtype`` (exact: it only widens).
-    ``decay`` (``1 - weight`` exactly, a host float) selects the generic core's steps on CPU."""
+
+    ``decay`` is ``1 - weight`` exactly: a host float selects the generic core's steps on CPU;
+    a 0-d tensor on the shadows' device (with a tensor ``weight``) makes both ends exact, with
+    no host read (decay 1 keeps each shadow's bits, decay 0 gives the widened params'); None
+    runs the plain ``lerp_`` (the caller knows the decay is neither 0 nor 1)."""
+    ends = decay if isinstance(decay, torch.Tensor) and isinstance(weight, torch.Tensor) else None
     if type(shadows[0].detach()) is not torch.Tensor:  # DTensor: two passes on its shards
-        _foreach.lerp_(
-            shadows, [p.to(s.dtype) for s, p in zip(shadows, params, strict=True)], weight
-        )
+        _lerp(shadows, [p.to(s.dtype) for s, p in zip(shadows, params, strict=True)], weight, ends)
         return
     if _triton.usable(shadows[0]):
-        shadows, params = _triton.lerp_mixed_(shadows, params, weight)
+        shadows, params = _triton.lerp_mixed_(shadows, params, weight, ends)
         if not shadows:
             return
     block = CUDA_BLOCK if shadows[0].is_cuda else BLOCK
@@ -57,10 +62,23 @@ def lerp_mixed_(
         views = list(_unflatten_dense_tensors(scratch[:used], s_list))  # type: ignore[no-untyped-call]
         p_list = [p for _, p in batch]
         _foreach.copy_(views, p_list)
-        if decay is None or shadows[0].is_cuda or not isinstance(weight, float):
-            _foreach.lerp_(s_list, views, weight)
-        else:
+        if isinstance(decay, float) and isinstance(weight, float) and not shadows[0].is_cuda:
             _core_steps(s_list, p_list, views, decay, weight)
+        else:
+            _lerp(s_list, views, weight, ends)
+
+
+def _lerp(
+    shadows: list[torch.Tensor],
+    ends: list[torch.Tensor],
+    weight: float | torch.Tensor,
+    decay: torch.Tensor | None,
+) -> None:
+    """The fused ``lerp_``, exact at both ends where a device ``decay`` is given."""
+    if decay is None or not isinstance(weight, torch.Tensor):
+        _foreach.lerp_(shadows, ends, weight)
+    else:
+        _foreach.lerp_ends_(shadows, ends, weight, decay)
 
 
 def _core_steps(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import array_api_compat.torch as xp
@@ -11,10 +11,10 @@ import torch
 
 from ema_core import _core
 from ema_core._checks import check_decay_value, check_finite
-from ema_core._config import Config, power_weight, shadow_dtype_name
-from ema_core._types import Step
-from ema_core.backends.torch import _dist, _names, _state, _store, _swap
-from ema_core.backends.torch._options import checked_step, resolve_config
+from ema_core._config import Config, config_text, power_weight
+from ema_core._types import Step, Value
+from ema_core.backends.torch import _dist, _names, _options, _state, _swap
+from ema_core.backends.torch._swap import HeldInterrupts
 
 
 class EMA:
@@ -80,28 +80,18 @@ class EMA:
         include: _names.NameFilter = None,
         exclude: _names.NameFilter = None,
     ) -> None:
-        self.config = resolve_config(decay, schedule, config, dtype, buffers)
+        self.config = _options.resolve_config(decay, schedule, config, dtype, buffers)
         target = None if device is None else torch.device(device)
         self._fsdp = _dist.fsdp_modules(module_or_named_tensors)
         _dist.reshard(self._fsdp)  # track the sharded params, never all-gathered copies
         _dist.check_sharded(self._fsdp)
-        tracked = _names.collect(module_or_named_tensors, self.config.buffers, include, exclude)
+        source = module_or_named_tensors
+        tracked = _names.collect(source, self.config.buffers, include, exclude)
         self.names = tuple(t.name for t in tracked)
-        self._live = [t.tensor for t in tracked]
-        self._kinds = [t.kind for t in tracked]
-        zeros = self.config.init == "zeros"
-        self._shadow = [
-            _store.make_shadow(t.tensor, self._shadow_dtype(t), target, zeros and t.kind == "float")
-            for t in tracked
-        ]
-        moving = [i for i, t in enumerate(tracked) if self._moves(t)]
-        self._store = _store.store_for(
-            [self._shadow[i] for i in moving],
-            [self._live[i] for i in moving],
-            [self._kinds[i] for i in moving],
-        )
+        root = source if isinstance(source, torch.nn.Module) else None
+        self._bound = _options.Binding(self.config, root, tracked, target)
         self._step: int | torch.Tensor = 0
-        self._weight: float | torch.Tensor = 0.0 if zeros else 1.0
+        self._weight: float | torch.Tensor = 0.0 if self.config.init == "zeros" else 1.0
         self._swapped = False
 
     @property
@@ -112,122 +102,154 @@ class EMA:
     def update(self, step: Step | None = None) -> None:
         """Move every shadow toward its live tensor by the decay of update ``step``.
 
+        Ctrl-C waits until an update is complete. An update cut short by another exception
+        is completed by the next call without applying its finished groups again (a later
+        or device step is then applied after it). Tensors the module replaced or converted
+        since (``model.weight = ...``, ``model.to(dtype)``) are followed by name.
+
         Args:
             step: t, the optimizer steps taken counting this one: a Python int or a 0-d integer
-                tensor (on the device, for CUDA graphs). ``None`` counts updates internally.
+                tensor (on the device, for CUDA graphs). ``None`` counts updates internally (a
+                tensor counter stops at its dtype's largest value).
 
         Raises:
-            TypeError / ValueError: a bad ``step`` or decay; RuntimeError inside ``swap()``.
+            TypeError / ValueError: a bad ``step`` or decay, a host ``step`` below the EMA's
+                (device steps are trusted), a tracked tensor gone, reshaped or on the meta
+                device; RuntimeError inside ``swap()``.
         """
         self._refuse_in_swap("update")
-        t = self._step + 1 if step is None else checked_step(step)
+        pending = self._bound.pending
+        t = _options.next_step(self._step) if step is None else _options.checked_step(step)
+        if step is not None:
+            _options.check_not_back(t, self._step if pending is None else pending.step)
         decay, rate = self.config.decay_and_rate(t)
-        if isinstance(decay, float):
-            check_decay_value(decay, f"the decay at step {t}")
+        check_decay_value(decay, "the decay", step=t)
+        self._bound.refresh()
         if self.config.guard_finite:
             paths = [(("key", n),) for n in self.names]
-            check_finite(xp, self._live, self._kinds, paths)
-        with torch.no_grad():
-            self._store.apply(xp, decay, rate)
-            if self.config.init == "zeros":
-                self._weight = self._weight * decay + rate
-        self._step = t
+            check_finite(xp, self._bound.live, self._bound.kinds, paths)
+        with HeldInterrupts():
+            if pending is not None:
+                self._apply(pending.step, pending.decay, pending.rate)
+                if step is None or _options.same_host_step(t, pending.step):
+                    return
+            self._apply(t, decay, rate)
 
     @property
     def average(self) -> dict[str, torch.Tensor]:
         """Name -> the average (bias-corrected with ``init="zeros"``); the shadows themselves
         otherwise, which the EMA keeps updating: copy them to keep a snapshot."""
-        self._store.wait()
+        self._settle()
         return {n: self._read(i) for i, n in enumerate(self.names)}
 
     @contextlib.contextmanager
-    def swap(self) -> Iterator[None]:
-        """Inside the block the tracked tensors hold the averages; they are restored on exit,
-        also on an exception, bit for bit. Where dtype and device match (and no bias correction
-        applies) the live tensor points at the shadow's storage: no copy, no allocation.
-        DTensors (FSDP2) get the average copied into their shard instead (see ``_swap``)."""
+    def swap(self, *, copy: bool = True) -> Iterator[None]:
+        """Inside the block the tracked tensors hold the averages; on exit, also after an
+        exception, they get their live values back bit for bit.
+
+        ``copy=True`` (default) copies the averages into the model's own storage (its live
+        values put aside): writes inside the block (a train-mode forward, an optimizer step)
+        never reach the EMA. ``copy=False`` points the model at the shadows where dtypes match
+        (no copy), for read-only use: a write then changes the EMA, and ``swap`` raises
+        ``RuntimeError`` on exit when it sees one (see ``_swap``).
+
+        Raises:
+            TypeError: ``copy`` is not a bool. RuntimeError: nested in another ``swap()``, or
+                (``copy=False``) an average was written inside the block.
+        """
         self._refuse_in_swap("swap")
-        self._store.wait()
-        undo: list[Callable[[], None]] = []
+        if not isinstance(copy, bool):
+            raise TypeError(f"swap(copy=...) must be a bool, got {copy!r}")
+        self._settle()
         _dist.reshard(self._fsdp)  # the next forward all-gathers the swapped shards
+        self._bound.refresh(objects=True)
         self._swapped = True
         try:
-            for i, live in enumerate(self._live):
-                undo.append(_swap.put(live, self._read(i)))
-            yield
+            with _swap.swapped(self.names, self._bound.live, self._exposed, copy):
+                yield
         finally:
-            for restore in reversed(undo):
-                restore()
             _dist.reshard(self._fsdp)  # drop unsharded params gathered from the averages
             self._swapped = False
 
     def copy_to(self, module_or_named_tensors: Any, /) -> None:
-        """Write the averages into the tensors of the same names (a module, mapping or pairs).
+        """Write the averages into the tensors of the same names (a module, mapping or pairs),
+        cast to their dtype.
 
         Raises:
-            ValueError: a tracked name is missing there or has another shape (nothing written).
+            ValueError: a tracked name is missing there, has another shape, or its tensor has
+                no writable data (meta, sparse, expanded, inference-mode). TypeError: a float
+                average into an integer tensor, a complex one into a real tensor, or an integer
+                one into another dtype. Nothing is written then.
         """
         found = _names.named_tensors(module_or_named_tensors, "average", "module_or_named_tensors")
-        targets = {name: tensor for name, tensor, _ in found}
-        for name, shadow in zip(self.names, self._shadow, strict=True):
-            if name not in targets or targets[name].shape != shadow.shape:
-                got = tuple(targets[name].shape) if name in targets else "no tensor"
-                raise ValueError(f"copy_to: {name!r} with shape {tuple(shadow.shape)} has {got}")
-        with torch.no_grad():
-            for name, average in self.average.items():
-                targets[name].copy_(average)
+        targets = {name: tensor for name, tensor, _, _ in found}
+        for name, shadow in zip(self.names, self._bound.shadows, strict=True):
+            _swap.check_target(name, targets.get(name), shadow)
+        averages = self.average
+        with torch.no_grad(), HeldInterrupts():
+            for name, average in averages.items():
+                _dist.copy_into(targets[name], average)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: shadows by name, the counter, the bias-correction weight,
         the config (as text) and the buffer policy; loadable with ``weights_only=True``."""
-        self._store.wait()
-        return _state.pack(self.names, self._shadow, self._step, self._weight, repr(self.config))
+        self._settle()
+        text = config_text(self.config)
+        return _state.pack(self.names, self._bound.shadows, self._step, self._weight, text)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], /, *, strict: bool = True) -> None:
         """Restore shadows, counter and weight from ``state_dict``; the live model is untouched.
 
-        Everything is checked before anything is written. ``strict`` requires the same names,
-        config and buffer policy; shapes and dtypes must always match.
+        Everything is checked before anything is written (see ``_state.check``). ``strict``
+        requires the same names, config and buffer policy; shapes and dtypes must always
+        match. An update left unfinished by an exception is dropped.
         """
         self._refuse_in_swap("load_state_dict")
-        loaded = _state.check(state_dict, self.names, self._shadow, repr(self.config), strict)
+        self._bound.refresh(objects=True)
+        shadows, text = self._bound.shadows, config_text(self.config)
+        loaded = _state.check(state_dict, self.names, shadows, text, strict)
         step, weight = _state.unpack_step(state_dict)
-        self._store.wait()
-        with torch.no_grad():
-            for name, shadow in zip(self.names, self._shadow, strict=True):
+        self._bound.store.wait()
+        with torch.no_grad(), HeldInterrupts():
+            for name, shadow in zip(self.names, shadows, strict=True):
                 if name in loaded:
                     _dist.copy_into(shadow, loaded[name])
-        self._step, self._weight = step, weight
+            self._step, self._weight, self._bound.pending = step, weight, None
 
     def __repr__(self) -> str:
         return f"EMA({len(self.names)} tensors, step={self._step!r}, config={self.config!r})"
 
+    def _apply(self, t: int | torch.Tensor, decay: Value, rate: Value) -> None:
+        """Update at step t (or finish its pending update) and count the step."""
+        self._bound.apply(xp, t, decay, rate)
+        if self.config.init == "zeros":
+            self._weight = self._weight * decay + rate
+        self._step = t
+
+    def _settle(self) -> None:
+        """Complete a pending update and wait for the store's copies: the shadows are final."""
+        pending = self._bound.pending
+        if pending is not None:
+            self._bound.refresh()
+            with HeldInterrupts():
+                self._apply(pending.step, pending.decay, pending.rate)
+        self._bound.store.wait()
+
+    def _exposed(self, i: int) -> tuple[torch.Tensor, bool]:
+        """The average of tracked tensor i, and whether it is the shadow itself."""
+        average = self._read(i)
+        return average, average is self._bound.shadows[i]
+
     def _read(self, i: int) -> torch.Tensor:
         """The average of tracked tensor i: the shadow, or ``shadow / weight`` for ``"zeros"``."""
-        cfg = self.config
-        if self._kinds[i] != "float" or cfg.init != "zeros" or cfg.correction == "none":
-            return self._shadow[i]
+        cfg, shadow = self.config, self._bound.shadows[i]
+        if self._bound.kinds[i] != "float" or cfg.init != "zeros" or cfg.correction == "none":
+            return shadow
         weight = self._weight
         if cfg.correction == "power":
             weight = power_weight(cfg.schedule, self._step)  # type: ignore[arg-type]
-        return _core.correct(xp, self._shadow[i], weight)  # type: ignore[no-any-return]
-
-    def _shadow_dtype(self, tracked: _names.Tracked) -> torch.dtype:
-        dtype: torch.dtype = tracked.tensor.dtype
-        if tracked.kind != "float" or dtype.is_complex:
-            return dtype
-        name = shadow_dtype_name(self.config.dtype, str(dtype).removeprefix("torch."))
-        return getattr(torch, name)  # type: ignore[no-any-return]
-
-    def _moves(self, tracked: _names.Tracked) -> bool:
-        """Whether an update touches this tensor (integer ones follow ``Config.non_float``)."""
-        integer = not (tracked.tensor.is_floating_point() or tracked.tensor.is_complex())
-        if integer and self.config.non_float == "error":
-            raise TypeError(
-                f"{tracked.name!r} has dtype {tracked.tensor.dtype} and the config has "
-                "non_float='error'; use 'copy', 'freeze' or exclude it"
-            )
-        return not (integer and self.config.non_float == "freeze")
+        corrected: torch.Tensor = _core.correct(xp, shadow, weight)
+        return corrected
 
     def _refuse_in_swap(self, what: str) -> None:
         if self._swapped:

@@ -1,20 +1,24 @@
 """Which tensors an ``EMA`` tracks, under which names, and whether each is averaged or copied.
 
 Names are those of ``module.named_parameters()`` / ``named_buffers()`` with the wrapper
-prefixes ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (``torch.compile``) removed
-from the front, so a plain, a DDP-wrapped and a compiled model track the same names.
+prefix ``module.`` (DistributedDataParallel) removed from the front and every ``_orig_mod.``
+(``torch.compile``, of the whole model or of a submodule) removed, so a plain, a DDP-wrapped
+and a compiled model track the same names. ``Watch`` notices when the module has since
+replaced a tracked tensor or moved its data (see its docstring).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import torch
 
 from ema_core._types import LeafKind
+from ema_core.backends.torch import _dist
 
 #: Wrapper prefixes removed from the front of every name (repeatedly: DDP inside compile).
 PREFIXES = ("module.", "_orig_mod.")
@@ -23,26 +27,31 @@ BufferPolicy: TypeAlias = Literal["copy", "average", "skip"]
 #: A name filter: a glob pattern, several patterns, or a predicate on the (stripped) name.
 NameFilter: TypeAlias = "str | Iterable[str] | Callable[[str], bool] | None"
 BUFFER_POLICIES = ("copy", "average", "skip")
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 @dataclass(frozen=True)
 class Tracked:
-    """One tracked tensor: its stripped name, the live tensor, and averaged or copied."""
+    """One tracked tensor: its stripped name, the live tensor, averaged or copied, and where
+    the module holds it (``raw``: its unstripped name; ``is_buffer``)."""
 
     name: str
     tensor: torch.Tensor
     kind: LeafKind
+    raw: str = ""
+    is_buffer: bool = False
 
 
 def strip(name: str) -> str:
-    """``name`` without leading ``module.`` / ``_orig_mod.`` prefixes."""
+    """``name`` without ``_orig_mod.`` parts and leading ``module.`` prefixes."""
+    name = ".".join(part for part in name.split(".") if part != "_orig_mod")
     while name.startswith(PREFIXES):
         name = name.split(".", 1)[1]
     return name
 
 
-def named_tensors(source: Any, buffers: BufferPolicy, where: str) -> list[tuple[str, Any, bool]]:
-    """``(stripped name, tensor, is_buffer)`` of a module, a mapping or an iterable of pairs."""
+def named_tensors(source: Any, buffers: str, where: str) -> list[tuple[str, Any, bool, str]]:
+    """``(stripped name, tensor, is_buffer, raw name)`` of a module, a mapping or pairs."""
     found: list[tuple[Any, Any, bool]]
     if isinstance(source, torch.nn.Module):
         found = [(n, t, False) for n, t in source.named_parameters()]
@@ -57,25 +66,31 @@ def named_tensors(source: Any, buffers: BufferPolicy, where: str) -> list[tuple[
             f"{where} must be an nn.Module, a mapping name -> tensor or an iterable of "
             f"(name, tensor) pairs, got {type(source).__name__}"
         )
-    return [(strip(_name(n, where)), _tensor(t, n, where), b) for n, t, b in found]
+    return [(strip(_name(n, where)), _tensor(t, n, where), b, n) for n, t, b in found]
 
 
 def collect(
     source: Any, buffers: Any, include: Any, exclude: Any, where: str = "module_or_named_tensors"
 ) -> list[Tracked]:
-    """The tracked tensors of ``source`` after the filters; validated, in a stable order."""
+    """The tracked tensors of ``source`` after the filters; validated, in a stable order.
+
+    Raises:
+        ValueError: two tensors with one name, none left, or one on the meta device.
+    """
     if buffers not in BUFFER_POLICIES:
         raise ValueError(f"buffers must be one of {list(BUFFER_POLICIES)}, got {buffers!r}")
     keep = _matcher(include, "include", default=True)
     drop = _matcher(exclude, "exclude", default=False)
     tracked: list[Tracked] = []
     seen: set[str] = set()
-    for name, tensor, is_buffer in named_tensors(source, buffers, where):
+    for name, tensor, is_buffer, raw in named_tensors(source, buffers, where):
         if name in seen:
             raise ValueError(f"{where} has two tensors named {name!r} (after removing {PREFIXES})")
         seen.add(name)
         if keep(name) and not drop(name):
-            tracked.append(Tracked(name, tensor, _kind(tensor, is_buffer, buffers)))
+            check_materialized(name, tensor, where)
+            kind = kind_of(tensor, is_buffer, buffers)
+            tracked.append(Tracked(name, tensor, kind, raw, is_buffer))
     if not tracked:
         raise ValueError(
             f"{where} has no tensors to track after include={include!r}, "
@@ -84,11 +99,128 @@ def collect(
     return tracked
 
 
-def _kind(tensor: torch.Tensor, is_buffer: bool, buffers: str) -> LeafKind:
+def check_materialized(name: str, tensor: torch.Tensor, where: str) -> None:
+    """Raise for a tensor without values: on the meta device, or an empty DTensor shard."""
+    if _dist.local(tensor).is_meta:
+        raise ValueError(
+            f"{where}[{name!r}] is on the meta device (it has no values to average): build or "
+            "update the EMA after materializing the model (module.to_empty(...) and "
+            "initialization)"
+        )
+
+
+def kind_of(tensor: torch.Tensor, is_buffer: bool, buffers: str) -> LeafKind:
+    """``"float"`` (averaged) or ``"exact"`` (copied: integers, bools, copied buffers)."""
     floating = tensor.is_floating_point() or tensor.is_complex()
     if not floating or (is_buffer and buffers == "copy"):
         return "exact"
     return "float"
+
+
+class Watch:
+    """Notices, cheaply, that the module replaced a tracked tensor or moved its data.
+
+    ``same()`` is the per-update check, one pointer and one shape read per tensor and nothing
+    per element: each plain tensor the module holds under a tracked name (read through its
+    owner's ``_parameters`` / ``_buffers``; the tensors themselves for named tensors) still has
+    the data pointer and shape it had (``param.data = param.data[:16]`` keeps the pointer).
+    That sees a tensor replaced (``model.weight = ...``, ``to_empty``, ``module.to``
+    re-creating buffers) and data moved or converted in place (``param.data = ...``,
+    ``module.to(dtype)``, ``module.cuda()``); each module on the way must still be its
+    parent's. Tensors without data pointers (empty, tensor subclasses) are compared by
+    identity, dtype and device. ``same(objects=True)`` also compares every tensor's identity
+    (a replacement sharing the old storage), for the rarer calls. DTensors (FSDP2) are left to
+    the store, which follows their local shards itself. When ``same()`` is False, ``EMA``
+    looks the tensors up again by name (``lookup``) and rebinds.
+    """
+
+    def __init__(self, root: torch.nn.Module | None, tracked: list[Tracked]) -> None:
+        watched = [t for t in tracked if not _dist.is_dtensor(t.tensor)]
+        fast = [type(t.tensor) in _PLAIN and t.tensor.data_ptr() != 0 for t in watched]
+        self.fast = _Reads(root, [t for t, f in zip(watched, fast, strict=True) if f])
+        self.slow = _Reads(root, [t for t, f in zip(watched, fast, strict=True) if not f])
+        self.pointers = list(map(torch.Tensor.data_ptr, self.fast.held))
+        self.shapes = [t.shape for t in self.fast.held]
+        self.forms = [(t.dtype, t.device) for t in self.slow.held]
+        chain = {(id(p), k): (p, k, c) for t in watched for p, k, c in _chain(root, t.raw)}
+        self.parents = [p for p, _, _ in chain.values()]
+        self.names = [k for _, k, _ in chain.values()]
+        self.children = [c for _, _, c in chain.values()]
+
+    def same(self, objects: bool = False) -> bool:
+        """True when every tracked tensor is where, and as, it was (see the class doc)."""
+        try:
+            now = list(self.fast.now())
+            if list(map(torch.Tensor.data_ptr, now)) != self.pointers:
+                return False
+            if [t.shape for t in now] != self.shapes:
+                return False
+        except (TypeError, RuntimeError):  # gone (None), or a tensor without storage now
+            return False
+        slow = list(self.slow.now())
+        return (
+            all(map(operator.is_, slow, self.slow.held))
+            and [(t.dtype, t.device) for t in slow] == self.forms
+            and all(map(operator.is_, map(dict.get, self.parents, self.names), self.children))
+            and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
+        )
+
+
+class _Reads:
+    """Tracked tensors read back: through their owners' dicts for a module, else as held."""
+
+    def __init__(self, root: torch.nn.Module | None, tracked: list[Tracked]) -> None:
+        self.held = [t.tensor for t in tracked]
+        slots = [_slot(root, t) for t in tracked] if root is not None else []
+        self.tables = [table for table, _ in slots]
+        self.keys = [key for _, key in slots]
+
+    def now(self) -> Iterator[Any]:
+        return map(dict.get, self.tables, self.keys) if self.tables else iter(self.held)
+
+
+def lookup(root: torch.nn.Module | None, tracked: list[Tracked], buffers: str) -> list[Tracked]:
+    """``tracked`` with each tensor as ``root`` holds it now under the same name (the same
+    objects for named tensors), its kind recomputed.
+
+    Raises:
+        ValueError: a tracked name is gone from the module, or its tensor is on the meta device.
+    """
+    if root is None:
+        now = {t.name: (t.tensor, t.is_buffer, t.raw) for t in tracked}
+    else:
+        now = {name: (t, b, raw) for name, t, b, raw in named_tensors(root, buffers, "module")}
+    out = []
+    for t in tracked:
+        if t.name not in now:
+            raise ValueError(
+                f"the module no longer has the tracked tensor {t.name!r}; build a new EMA for a "
+                "module whose tensors were removed"
+            )
+        tensor, is_buffer, raw = now[t.name]
+        check_materialized(t.name, tensor, "the module")
+        out.append(Tracked(t.name, tensor, kind_of(tensor, is_buffer, buffers), raw, is_buffer))
+    return out
+
+
+def _slot(root: torch.nn.Module, t: Tracked) -> tuple[dict[str, Any], str]:
+    """The dict (``_parameters`` or ``_buffers``) and key under which ``root`` holds ``t``."""
+    path, _, key = t.raw.rpartition(".")
+    owner = root.get_submodule(path) if path else root
+    return (owner._buffers if t.is_buffer else owner._parameters), key
+
+
+def _chain(root: torch.nn.Module | None, raw: str) -> list[tuple[dict[str, Any], str, Any]]:
+    """``(parent._modules, name, child)`` for each module on the way from ``root`` to ``raw``."""
+    out: list[tuple[dict[str, Any], str, Any]] = []
+    module = root
+    for name in raw.split(".")[:-1]:
+        if module is None:
+            break
+        child = module._modules.get(name)
+        out.append((module._modules, name, child))
+        module = child
+    return out
 
 
 def _matcher(rule: Any, name: str, default: bool) -> Callable[[str], bool]:

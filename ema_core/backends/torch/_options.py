@@ -1,22 +1,110 @@
-"""The arguments of ``EMA``: one ``Config`` from decay / schedule / config, and the step."""
+"""The arguments of ``EMA`` and what follows from them: one ``Config`` from decay / schedule /
+config; the step counter (checked, advanced, never going back); the shadow dtype of a tracked
+tensor; the ``Binding`` of the tracked tensors to their shadows and store, which follows the
+module when it replaces or converts a tensor and remembers an update cut short."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from ema_core import _ops
 from ema_core._checks import check_choice, check_fraction
-from ema_core._config import Config
-from ema_core._ops import is_host_array, ops_for
-from ema_core.backends.torch._names import BUFFER_POLICIES
+from ema_core._config import Config, shadow_dtype_name
+from ema_core._types import Namespace, Value
+from ema_core.backends.torch import _names, _store
+from ema_core.backends.torch._names import BUFFER_POLICIES, Tracked
 from ema_core.schedules import as_schedule
 
 
 def checked_step(step: Any) -> int | torch.Tensor:
-    ops_for(step, "step")  # TypeError / ValueError for what is not a count
-    return int(step) if is_host_array(step) else step
+    _ops.ops_for(step, "step")  # TypeError / ValueError for what is not a count
+    return int(step) if _ops.is_host_array(step) else step
+
+
+def next_step(current: int | torch.Tensor) -> int | torch.Tensor:
+    """The count after ``current`` (``update()`` without a step). A tensor counter stops at
+    its dtype's largest value instead of wrapping to a negative count (int32 at 2**31 - 1,
+    uint8 at 255), computed on its device without a host read; a Python int grows until the
+    step check refuses it beyond 2**63 - 1."""
+    if isinstance(current, int):
+        return current + 1
+    return current + (current < torch.iinfo(current.dtype).max)
+
+
+def check_not_back(step: int | torch.Tensor, current: int | torch.Tensor) -> None:
+    """Raise when an explicit ``step`` is below the EMA's ``current`` count; checked where the
+    host holds both values (Python ints, CPU tensors); device values are trusted.
+
+    Raises:
+        ValueError: ``step < current``.
+    """
+    new, old = _host_int(step), _host_int(current)
+    if new is not None and old is not None and new < old:
+        raise ValueError(
+            f"step={new} is below this EMA's step {old}: updates cannot go back (a step at the "
+            "schedule's first update would copy the params again with init='copy'); resume "
+            "from an earlier state with load_state_dict(), or build a new EMA"
+        )
+
+
+def same_host_step(a: int | torch.Tensor, b: int | torch.Tensor) -> bool:
+    """Whether the host holds both counts and they are equal (device counts are never read)."""
+    x, y = _host_int(a), _host_int(b)
+    return x is not None and x == y
+
+
+def _host_int(value: int | torch.Tensor) -> int | None:
+    if isinstance(value, int):
+        return value
+    return int(value) if _ops.is_readable(value) else None
+
+
+def check_rebind(old: Tracked, new: Tracked, shadow: torch.Tensor) -> None:
+    """Raise unless the shadow of ``old`` can follow ``new``, the tensor the module now holds
+    under its name: the same shape, and floating (or not) as before.
+
+    Raises:
+        ValueError: another shape, or a change between floating and integer.
+    """
+    if tuple(new.tensor.shape) != tuple(shadow.shape):
+        raise ValueError(
+            f"the module's tensor {old.name!r} has shape {tuple(new.tensor.shape)} now and "
+            f"{tuple(shadow.shape)} when the EMA was built; build a new EMA for a reshaped model"
+        )
+    if new.kind != old.kind:
+        raise ValueError(
+            f"the module's tensor {old.name!r} is {new.tensor.dtype} now and was "
+            f"{old.tensor.dtype}: an EMA cannot switch a tensor between averaged (floating) "
+            "and copied (integer); build a new EMA"
+        )
+
+
+def shadow_dtype(config: Config, tracked: Tracked) -> torch.dtype:
+    """The shadow dtype of a tracked tensor: its own for copied and complex tensors, else
+    what ``Config.dtype`` says (float32 for bf16/fp16 by default)."""
+    dtype: torch.dtype = tracked.tensor.dtype
+    if tracked.kind != "float" or dtype.is_complex:
+        return dtype
+    name = shadow_dtype_name(config.dtype, str(dtype).removeprefix("torch."))
+    return getattr(torch, name)  # type: ignore[no-any-return]
+
+
+def moves(config: Config, tracked: Tracked) -> bool:
+    """Whether an update touches this tensor (integer ones follow ``Config.non_float``).
+
+    Raises:
+        TypeError: an integer tensor under ``non_float="error"``.
+    """
+    integer = not (tracked.tensor.is_floating_point() or tracked.tensor.is_complex())
+    if integer and config.non_float == "error":
+        raise TypeError(
+            f"{tracked.name!r} has dtype {tracked.tensor.dtype} and the config has "
+            "non_float='error'; use 'copy', 'freeze' or exclude it"
+        )
+    return not (integer and config.non_float == "freeze")
 
 
 def resolve_config(decay: Any, schedule: Any, config: Any, dtype: Any, buffers: Any) -> Config:
@@ -43,3 +131,104 @@ def resolve_config(decay: Any, schedule: Any, config: Any, dtype: Any, buffers: 
         )
     resolved: Config = dataclasses.replace(config, **changes)
     return resolved
+
+
+class Pending(NamedTuple):
+    """An update cut short by an exception: its step, decay and the tracked tensors it did."""
+
+    step: int | torch.Tensor
+    decay: Value
+    rate: Value
+    done: frozenset[int]
+
+
+class Binding:
+    """The tracked tensors, their shadows (``shadows[i]`` for ``live[i]``) and the store.
+
+    ``refresh()`` follows tensors the module replaced, converted or moved since the last look
+    (``_names.Watch``: one identity and one pointer check per tensor when nothing changed):
+    the shadows are kept, converted to the dtype rule of the new tensor and moved beside it
+    where needed. ``apply`` updates the tracked tensors that move (``Config.non_float`` may
+    freeze integer ones) and keeps track of an update cut short (``pending``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        root: torch.nn.Module | None,
+        tracked: list[_names.Tracked],
+        target: torch.device | None,
+    ) -> None:
+        self.config, self.root, self.target = config, root, target
+        zeros = config.init == "zeros"
+        self.shadows = [
+            _store.make_shadow(
+                t.tensor, shadow_dtype(config, t), target, zeros and t.kind == "float"
+            )
+            for t in tracked
+        ]
+        self.pending: Pending | None = None
+        self._bind(tracked)
+
+    def _bind(self, tracked: list[_names.Tracked]) -> None:
+        self.tracked = tracked
+        self.live = [t.tensor for t in tracked]
+        self.forms = _forms(self.live)
+        self.kinds = [t.kind for t in tracked]
+        self.moving = [i for i, t in enumerate(tracked) if moves(self.config, t)]
+        self.store = self._store_of(self.moving)
+        self.watch = _names.Watch(self.root, tracked)
+
+    def _store_of(self, indices: list[int]) -> _store.Store:
+        pick = [self.shadows[i] for i in indices], [self.live[i] for i in indices]
+        names = [f"[{self.tracked[i].name!r}]" for i in indices]
+        return _store.store_for(*pick, [self.kinds[i] for i in indices], names)
+
+    def refresh(self, objects: bool = False) -> None:
+        """Rebind to the module's current tensors when the watch saw a change (``objects``:
+        also one that shares the old tensor's storage; see ``_names.Watch``).
+
+        Raises:
+            ValueError: a tracked tensor is gone, on the meta device, reshaped, or changed
+                between floating and integer; nothing is changed then.
+        """
+        if self.watch.same(objects):
+            return
+        now = _names.lookup(self.root, self.tracked, self.config.buffers)
+        for old, new, shadow in zip(self.tracked, now, self.shadows, strict=True):
+            check_rebind(old, new, shadow)
+        self.store.wait()
+        shadows = [
+            _store.moved_shadow(s, t.tensor, shadow_dtype(self.config, t), self.target)
+            for s, t in zip(self.shadows, now, strict=True)
+        ]
+        kept = all(a is b for a, b in zip(shadows, self.shadows, strict=True))
+        if (
+            kept
+            and _forms([t.tensor for t in now]) == self.forms
+            and all(a.tensor is b for a, b in zip(now, self.live, strict=True))
+        ):  # the same tensors with their data moved: the kernels follow that themselves
+            self.tracked, self.watch = now, _names.Watch(self.root, now)
+            return
+        self.shadows = shadows
+        self._bind(now)
+
+    def apply(self, xp: Namespace, step: int | torch.Tensor, decay: Value, rate: Value) -> None:
+        """Update the tensors that move at ``step``, or finish the ``pending`` update first
+        when it is that step (its tensors done are skipped). An exception that cuts the update
+        short leaves ``pending`` saying what is done; a complete one clears it."""
+        skip = self.pending.done if self.pending is not None else frozenset()
+        indices = [i for i in self.moving if i not in skip] if skip else self.moving
+        store = self._store_of(indices) if skip else self.store
+        try:
+            with torch.no_grad():
+                store.apply(xp, decay, rate)
+        except BaseException:
+            done = skip | {indices[p] for p in store.done}
+            self.pending = Pending(step, decay, rate, done) if done else None
+            raise
+        self.pending = None
+
+
+def _forms(tensors: list[torch.Tensor]) -> list[tuple[torch.dtype, torch.device]]:
+    return [(t.dtype, t.device) for t in tensors]

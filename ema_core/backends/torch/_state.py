@@ -1,8 +1,11 @@
 """Checkpoints of an ``EMA``: a plain dict of tensors, ints and strings.
 
-It loads with ``torch.load(..., weights_only=True)``: the config is stored as its ``repr`` (a
-string) and compared on load, not unpickled. ``check`` validates a checkpoint completely before
-``EMA.load_state_dict`` writes anything, and loading never touches the live model.
+It loads with ``torch.load(..., weights_only=True)``: the config is stored as text (its
+``repr`` without object addresses, ``_config.config_text``) and compared on load, not
+unpickled. ``check`` validates a checkpoint completely (header, counter, weight, every shadow's
+type, layout, device, shape and dtype) before ``EMA.load_state_dict`` writes anything, and
+loading never touches the live model. The counter may be any integer dtype (an EMA stepped with
+an int32 or uint8 device tensor saves it as it is) and is read once on load, wherever it lives.
 """
 
 from __future__ import annotations
@@ -12,9 +15,17 @@ from typing import Any
 
 import torch
 
+from ema_core._config import stable_text
+from ema_core.backends.torch import _dist
+
 FORMAT = "ema_core.torch.EMA"
 VERSION = 1
 KEYS = ("format", "version", "step", "weight", "config", "shadow")
+_INTEGERS = tuple(
+    getattr(torch, name)
+    for name in ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64")
+    if hasattr(torch, name)
+)
 
 
 def pack(
@@ -47,10 +58,12 @@ def check(
     Raises:
         TypeError: ``state`` or one of its entries has the wrong type.
         ValueError: wrong format or version; with ``strict``, different names or config
-            (buffer policy included); always, a shape or dtype that differs from the shadow's.
+            (buffer policy included); always, a negative, meta or DTensor counter, a weight
+            outside [0, 1] or NaN, a meta or sparse shadow, a DTensor shadow for a plain one,
+            a shape or dtype that differs from the shadow's.
     """
     _check_header(state)
-    if strict and state["config"] != config:
+    if strict and stable_text(state["config"]) != config:
         raise ValueError(
             f"state_dict['config'] is {state['config']!r} but this EMA has {config!r}; build "
             "the EMA with the same config, or pass strict=False to keep this EMA's"
@@ -86,15 +99,39 @@ def _check_header(state: Any) -> None:
     missing = [k for k in KEYS if k not in state]
     if missing:
         raise ValueError(f"state_dict is missing {missing}; expected the keys {list(KEYS)}")
-    if state["format"] != FORMAT or state["version"] != VERSION:
+    form, version = state["format"], state["version"]
+    if not (
+        isinstance(form, str) and form == FORMAT and type(version) is int and version == VERSION
+    ):
         raise ValueError(
             f"state_dict is format {state['format']!r} version {state['version']!r}; this EMA "
             f"reads {FORMAT!r} version {VERSION}"
         )
-    for key, dtypes in (("step", (torch.int64,)), ("weight", (torch.float64,))):
-        value = state[key]
-        if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype in dtypes):
-            raise TypeError(f"state_dict[{key!r}] must be a 0-d {dtypes[0]} tensor, got {value!r}")
+    if not isinstance(state["config"], str):
+        raise TypeError(f"state_dict['config'] must be a str, got {type(state['config']).__name__}")
+    step = _number(state, "step", _INTEGERS, "integer")
+    if step < 0:
+        raise ValueError(f"state_dict['step'] must be >= 0, got {step}")
+    weight = _number(state, "weight", (torch.float32, torch.float64), "float32 or float64")
+    if not 0.0 <= weight <= 1.0:  # NaN fails too
+        raise ValueError(
+            f"state_dict['weight'] (the bias-correction weight) must be in [0, 1], got {weight}"
+        )
+
+
+def _number(state: Mapping[str, Any], key: str, dtypes: Sequence[torch.dtype], what: str) -> Any:
+    """The value of the 0-d tensor ``state[key]`` (one read, on any device)."""
+    value = state[key]
+    if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype in dtypes):
+        got = (
+            f"shape {tuple(value.shape)} dtype {value.dtype}"
+            if isinstance(value, torch.Tensor)
+            else f"{type(value).__name__} {value!r}"
+        )
+        raise TypeError(f"state_dict[{key!r}] must be a 0-d {what} tensor, got {got}")
+    if value.is_meta or _dist.is_dtensor(value):
+        raise ValueError(f"state_dict[{key!r}] must be a plain tensor with a value, got {value!r}")
+    return value.item()
 
 
 def _check_names(saved: list[str], names: Sequence[str], strict: bool) -> None:
@@ -113,6 +150,16 @@ def _check_tensor(name: str, tensor: Any, ours: torch.Tensor) -> None:
     where = f"state_dict['shadow'][{name!r}]"
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{where} must be a tensor, got {type(tensor).__name__}")
+    if tensor.is_meta or tensor.layout != torch.strided:
+        raise ValueError(
+            f"{where} must be a dense tensor with data, got layout {tensor.layout} on device "
+            f"{tensor.device}"
+        )
+    if _dist.is_dtensor(tensor) and not _dist.is_dtensor(ours):
+        raise ValueError(
+            f"{where} is a DTensor (sharded) and this EMA's shadow a plain tensor: save it "
+            "with full_state_dict() to load it here"
+        )
     if tensor.shape != ours.shape or tensor.dtype != ours.dtype:
         raise ValueError(
             f"{where} has shape {tuple(tensor.shape)} dtype {tensor.dtype}; this EMA's shadow "

@@ -8,16 +8,26 @@ in pinned host memory. Each update streams one tensor at a time: the shadow goes
 device with a non-blocking copy, is blended there and goes back with a non-blocking copy, all in
 stream order, so the host never waits. ``wait()`` blocks until those copies are done; the
 ``EMA`` calls it before anything reads or writes the host shadow.
+
+``Sharded``: DTensor (FSDP2) params; the fused plan runs over the local shards (see ``_dist``).
+
+Every store applies its work in units (a fused group, or one tensor) and lists in ``done`` the
+positions whose unit finished, so that an update cut by an exception can be completed later
+without applying a unit twice (``EMA.update``; ``_options.Binding`` holds the store).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import torch
 
 from ema_core._types import LeafKind, Namespace, Value
 from ema_core.backends.torch import _dist, _kernels
+
+#: A unit of work: the positions (in the store's lists) it updates, and its one-group plan.
+Unit: TypeAlias = tuple[list[int], _kernels.Plan]
 
 
 def make_shadow(
@@ -28,13 +38,30 @@ def make_shadow(
     DTensor (FSDP2) gets a DTensor shadow with its placements (``_dist``)."""
     if _dist.is_dtensor(live):
         return _dist.make_shadow(live, dtype, device, zeros)
+    out = _empty(live, dtype, device)
+    return out.zero_() if zeros else out.copy_(live.detach())
+
+
+def moved_shadow(
+    shadow: torch.Tensor, live: torch.Tensor, dtype: torch.dtype, device: torch.device | None
+) -> torch.Tensor:
+    """The shadow kept for ``live`` after the model converted or moved it: ``shadow`` itself
+    where it still fits (``dtype``, and ``device`` or else the live tensor's device), else a
+    converted copy of it (its values kept, rounded to ``dtype``)."""
+    if _dist.is_dtensor(live) or _dist.is_dtensor(shadow):
+        return shadow  # FSDP2 moves shards itself; ``Sharded`` follows them
+    want = device if device is not None else live.device
+    if shadow.dtype == dtype and _same(want, shadow.device):
+        return shadow
+    return _empty(live, dtype, device).copy_(shadow)
+
+
+def _empty(live: torch.Tensor, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
     source = live.detach()
     if device is None or _same(device, source.device):
-        out = torch.empty_like(source, dtype=dtype)
-    else:
-        pin = device.type == "cpu" and source.is_cuda
-        out = torch.empty(source.shape, dtype=dtype, device=device, pin_memory=pin)
-    return out.zero_() if zeros else out.copy_(source)
+        return torch.empty_like(source, dtype=dtype)
+    pin = device.type == "cpu" and source.is_cuda
+    return torch.empty(source.shape, dtype=dtype, device=device, pin_memory=pin)
 
 
 def _same(wanted: torch.device, actual: torch.device) -> bool:
@@ -42,16 +69,62 @@ def _same(wanted: torch.device, actual: torch.device) -> bool:
     return wanted.type == actual.type and wanted.index in (None, actual.index)
 
 
+def units(
+    shadows: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    kinds: Sequence[LeafKind],
+    names: Sequence[str] | None = None,
+) -> tuple[_kernels.Plan, list[Unit]]:
+    """The fused plan of these pairs, and its groups as units applied one after another.
+
+    All mixed-precision groups form the first unit: the kernels check every one of their
+    pairs before writing any (a tensor resized behind the plan's back then raises before
+    anything is written). Then one unit per group (one fused call), and one per tensor where
+    a group is updated tensor by tensor anyway (``other``). The units share the plan's groups
+    (and their cached host views)."""
+    plan = _kernels.make_plan(shadows, params, kinds, names)
+    where = {id(s): i for i, s in enumerate(shadows)}
+    out: list[Unit] = []
+    if plan.mixed:
+        out.append(
+            ([where[id(s)] for g in plan.mixed for s in g.shadows], _kernels.Plan(mixed=plan.mixed))
+        )
+    for bucket in ("exact", "same", "other"):
+        for group in getattr(plan, bucket):
+            pieces = [group]
+            if bucket == "other":
+                pieces = [
+                    _kernels.Group(shadows=[s], params=[p], names=[n])
+                    for s, p, n in zip(group.shadows, group.params, group.names, strict=True)
+                ]
+            for piece in pieces:
+                one = _kernels.Plan(**{bucket: [piece]})
+                out.append(([where[id(s)] for s in piece.shadows], one))
+    return plan, out
+
+
+def _run(work: list[Unit], done: list[int], xp: Namespace, decay: Value, rate: Value) -> None:
+    for positions, plan in work:
+        _kernels.apply(xp, plan, decay, rate)
+        done.extend(positions)
+
+
 class Local:
     """Shadows on the params' devices: a fused plan built once."""
 
     def __init__(
-        self, shadows: list[torch.Tensor], live: list[torch.Tensor], kinds: list[LeafKind]
+        self,
+        shadows: list[torch.Tensor],
+        live: list[torch.Tensor],
+        kinds: list[LeafKind],
+        names: list[str] | None = None,
     ) -> None:
-        self.plan = _kernels.make_plan(shadows, live, kinds)
+        self.plan, self.units = units(shadows, live, kinds, names)
+        self.done: list[int] = []
 
     def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
-        _kernels.apply(xp, self.plan, decay, rate)
+        self.done = []
+        _run(self.units, self.done, xp, decay, rate)
 
     def wait(self) -> None:
         """Nothing is in flight: local updates are stream-ordered with every later use."""
@@ -61,19 +134,28 @@ class Remote:
     """Shadows on another device (pinned host memory): blended on the params' device."""
 
     def __init__(
-        self, shadows: list[torch.Tensor], live: list[torch.Tensor], kinds: list[LeafKind]
+        self,
+        shadows: list[torch.Tensor],
+        live: list[torch.Tensor],
+        kinds: list[LeafKind],
+        names: list[str] | None = None,
     ) -> None:
         self.pairs = list(zip(shadows, live, kinds, strict=True))
+        self.names = [f"#{i}" for i in range(len(shadows))] if names is None else names
         self.event: torch.cuda.Event | None = None
+        self.done: list[int] = []
 
     def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
+        self.done = []
         if isinstance(decay, float) and decay == 1.0:
             return
-        for shadow, live, kind in self.pairs:
+        for i, (shadow, live, kind) in enumerate(self.pairs):
             work = torch.empty_like(live, dtype=shadow.dtype)
             work.copy_(shadow, non_blocking=True)
-            _kernels.apply(xp, _kernels.make_plan([work], [live], [kind]), decay, rate)
+            plan = _kernels.make_plan([work], [live], [kind], [self.names[i]])
+            _kernels.apply(xp, plan, decay, rate)
             shadow.copy_(work, non_blocking=True)
+            self.done.append(i)
         if any(live.is_cuda for _, live, _ in self.pairs):
             self.event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             self.event.record()
@@ -85,13 +167,55 @@ class Remote:
             self.event = None
 
 
+class Sharded:
+    """Shadows of DTensor params (and of any plain tensors beside them), updated shard-locally.
+
+    The units over the local tensors are kept while the params' local tensors stay the same
+    objects (one identity check per tensor and update) and rebuilt when FSDP2 replaced one.
+    """
+
+    def __init__(
+        self,
+        shadows: list[torch.Tensor],
+        live: list[torch.Tensor],
+        kinds: list[LeafKind],
+        names: list[str] | None = None,
+    ) -> None:
+        self.shadows = [_dist.local(s) for s in shadows]
+        self.live, self.kinds, self.names = live, kinds, names
+        self.parts: list[torch.Tensor] = []
+        self.units: list[Unit] = []
+        self.done: list[int] = []
+
+    def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
+        self.done = []
+        if isinstance(decay, float) and decay == 1.0:
+            return
+        parts = [_dist.part(t) for t in self.live]
+        if len(parts) != len(self.parts) or any(
+            a is not b for a, b in zip(parts, self.parts, strict=True)
+        ):
+            self.parts = parts
+            _, self.units = units(self.shadows, parts, self.kinds, self.names)
+        _run(self.units, self.done, xp, decay, rate)
+
+    def wait(self) -> None:
+        """Nothing is in flight: local updates are stream-ordered with every later use."""
+
+
+Store: TypeAlias = "Local | Remote | Sharded"
+
+
 def store_for(
-    shadows: Sequence[torch.Tensor], live: Sequence[torch.Tensor], kinds: Sequence[LeafKind]
-) -> Local | Remote | _dist.Sharded:
+    shadows: Sequence[torch.Tensor],
+    live: Sequence[torch.Tensor],
+    kinds: Sequence[LeafKind],
+    names: Sequence[str] | None = None,
+) -> Store:
     """``Sharded`` when any tensor is a DTensor; ``Local`` when every shadow is on its live
-    tensor's device; else ``Remote``."""
-    args = (list(shadows), list(live), list(kinds))
+    tensor's device; else ``Remote``. ``names`` name the tensors in errors."""
+    args = (list(shadows), list(live), list(kinds), None if names is None else list(names))
     if any(_dist.is_dtensor(t) for t in live):
-        return _dist.Sharded(*args)
+        return Sharded(*args)
     same = all(s.device == t.device for s, t in zip(shadows, live, strict=True))
     return Local(*args) if same else Remote(*args)

@@ -1,35 +1,182 @@
-"""Putting an average into a live tensor for ``EMA.swap()``, and taking it out again exactly.
+"""Putting the averages into the model for ``EMA.swap()``, and the live weights back exactly.
 
-A plain tensor gets the average's storage (``live.data = average``): nothing is copied when
-dtype and device match, and the live storage is kept aside untouched. A tensor subclass such as
-a DTensor (FSDP2) keeps its storage behind the wrapper, where ``.data`` does not reach and FSDP2
-all-gathers from, so the average is copied into it and a clone of the live shard is restored
-afterwards (one shard-sized copy per rank, never the whole model).
+By default (``copy=True``) each average is copied into the live tensor's own storage after a
+copy of the live values is put aside: the model keeps its tensor objects and data pointers
+(optimizers, CUDA graphs and compiled graphs still see the same memory), a write inside the
+block (a train-mode BatchNorm forward, an optimizer step) lands in the model's storage only,
+and the exit copies the saved values back bit for bit. The shadows are never reachable from the
+model, so no write can change an average. Cost: one temporary the size of the tracked tensors
+and three copies of them per ``swap()``.
+
+``copy=False`` points each parameter at its shadow's storage (``param.data = shadow``: no
+copy, no allocation) where dtype and device match and no bias correction applies; the live
+storage is kept aside untouched. A write inside the block then writes the shadow itself: it is
+detected on exit through the parameter's version counter (in-place ops on it or its views,
+``optimizer.step()``), and ``swap`` raises once the live weights are restored. Writes that
+bypass that counter (``param.data.add_()``, numpy views) are not seen: ``copy=False`` is for
+read-only evaluation. Buffers and named tensors that are not ``nn.Parameter``s are copied in
+either way: BatchNorm's native kernels update their statistics without moving the counter.
+DTensors (FSDP2) keep their storage behind the wrapper, where ``.data`` does not reach, and are
+copied too (one shard-sized copy per rank).
+
+``check_target`` validates ``copy_to``'s targets before the first write; ``HeldInterrupts``
+holds Ctrl-C while an update, a swap or a load writes, so none is left half done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import importlib
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
 
 import torch
 
-
-def put(live: torch.Tensor, average: torch.Tensor) -> Callable[[], None]:
-    """Make ``live`` hold ``average`` (cast to its dtype and device); return the undo."""
-    if type(live.detach()) is not torch.Tensor:
-        backup = live.detach().clone()
-        live.detach().copy_(average)
-        return lambda: _copy_back(live, backup)
-    if average.dtype != live.dtype or average.device != live.device:
-        average = average.to(dtype=live.dtype, device=live.device)
-    saved = live.data
-    live.data = average
-    return lambda: _set_data(live, saved)
+try:  # the C module under ``signal``: its calls skip the enum conversions (10x faster)
+    _SIGNALS: Any = importlib.import_module("_signal")
+except ImportError:  # pragma: no cover - CPython always has it
+    _SIGNALS = signal
 
 
-def _copy_back(live: torch.Tensor, backup: torch.Tensor) -> None:
-    live.detach().copy_(backup)
+class Put:
+    """One live tensor holding an average; ``restore()`` puts the live values back and says
+    whether the shadow it exposed (``copy=False`` only) was written meanwhile."""
+
+    def __init__(self, live: torch.Tensor, average: torch.Tensor, copy: bool, shadow: bool) -> None:
+        self.live = live
+        self.version: int | None = None
+        if copy or type(live) is not torch.nn.Parameter or type(live.detach()) is not torch.Tensor:
+            target = live.detach()
+            self.saved = target.clone()
+            self.by_data = False
+            target.copy_(average)
+            return
+        if average.dtype != live.dtype or average.device != live.device:
+            average, shadow = average.to(dtype=live.dtype, device=live.device), False
+        self.saved, self.by_data = live.data, True
+        live.data = average
+        if shadow:
+            self.version = live._version
+
+    def restore(self) -> bool:
+        written = self.version is not None and self.live._version != self.version
+        if self.by_data:
+            self.live.data = self.saved
+        else:
+            self.live.detach().copy_(self.saved)
+        return written
 
 
-def _set_data(live: torch.Tensor, data: torch.Tensor) -> None:
-    live.data = data
+@contextlib.contextmanager
+def swapped(
+    names: Sequence[str],
+    live: Sequence[torch.Tensor],
+    average: Callable[[int], tuple[torch.Tensor, bool]],
+    copy: bool,
+) -> Iterator[None]:
+    """Inside the block ``live[i]`` holds ``average(i)[0]`` (``average(i)[1]``: it is the
+    shadow itself); restored on exit, also on an exception. Ctrl-C is held while tensors are
+    being put in or taken out, so the model is never left half swapped.
+
+    Raises:
+        RuntimeError: with ``copy=False``, a shadow was written inside the block (after the
+            live weights are restored; a ``KeyboardInterrupt`` or other non-``Exception`` from
+            the block is let through instead).
+    """
+    puts: list[Put] = []
+    failed: BaseException | None = None
+    try:
+        with HeldInterrupts():
+            for i, tensor in enumerate(live):
+                value, is_shadow = average(i)
+                puts.append(Put(tensor, value, copy, is_shadow))
+        yield
+    except BaseException as error:
+        failed = error
+        raise
+    finally:
+        with HeldInterrupts():
+            written = [names[i] for i, put in reversed(list(enumerate(puts))) if put.restore()]
+        if written and (failed is None or isinstance(failed, Exception)):
+            raise RuntimeError(
+                f"swap(copy=False): {sorted(written)[:5]} ({len(written)} in all) were written "
+                "inside the block while the model held the EMA's own shadows, so those averages "
+                "now hold the writes; the live weights are restored. Use swap() (the default "
+                "copies) around code that writes the weights: a train-mode forward (BatchNorm "
+                "statistics), an optimizer step, in-place ops"
+            ) from failed
+
+
+def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) -> None:
+    """Raise unless ``copy_to`` can write ``average`` into ``target`` whole and exactly
+    (checked for every name before the first write).
+
+    Raises:
+        ValueError: no target, another shape, or no writable data (meta, sparse, expanded,
+            inference-mode outside ``torch.inference_mode``).
+        TypeError: a float average into an integer target, a complex one into a real target,
+            an integer one into another dtype.
+    """
+    where = f"copy_to: {name!r}"
+    if target is None or target.shape != average.shape:
+        got = "no tensor" if target is None else f"shape {tuple(target.shape)}"
+        raise ValueError(f"{where} with shape {tuple(average.shape)} has {got} there")
+    floating = average.is_floating_point() or average.is_complex()
+    exact = target.dtype == average.dtype or (
+        floating
+        and (target.is_complex() or (target.is_floating_point() and not average.is_complex()))
+    )
+    if not exact:
+        raise TypeError(
+            f"{where}: an average of dtype {average.dtype} cannot be written into "
+            f"a tensor of dtype {target.dtype} without losing values"
+        )
+    expanded = any(st == 0 and n > 1 for st, n in zip(target.stride(), target.shape, strict=True))
+    inference = target.is_inference() and not torch.is_inference_mode_enabled()
+    if target.is_meta or target.layout != torch.strided or expanded or inference:
+        raise ValueError(
+            f"{where} must be a writable dense tensor with data, got layout {target.layout} on "
+            f"device {target.device}, stride {target.stride()}, inference={target.is_inference()}"
+        )
+
+
+class HeldInterrupts:
+    """``with HeldInterrupts():`` holds Ctrl-C (SIGINT) until the block ends, then delivers it.
+
+    Python raises ``KeyboardInterrupt`` at the next bytecode after the signal: often right
+    after a fused call returned, before its unit is recorded as done, or between the tensors of
+    a group that loops in Python. Held, the signal reaches the installed handler once the
+    writes are over (a ``KeyboardInterrupt`` then, with the update complete). Only the main
+    thread gets signals in Python; elsewhere, and where no Python handler is installed, nothing
+    changes. Costs three handler calls per block (about a microsecond).
+    """
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.caught: list[tuple[int, Any]] = []
+
+    def _catch(self, signum: int, frame: Any) -> None:
+        self.caught.append((signum, frame))
+
+    def __enter__(self) -> HeldInterrupts:
+        if threading.current_thread() is threading.main_thread():
+            handler = _SIGNALS.getsignal(signal.SIGINT)
+            if callable(handler):
+                _SIGNALS.signal(signal.SIGINT, self._catch)
+                self.previous = handler
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        previous, self.previous = self.previous, None
+        if previous is not None:
+            _SIGNALS.signal(signal.SIGINT, previous)
+            if self.caught:
+                previous(*self.caught.pop(0))  # Python's default handler raises here
