@@ -9,6 +9,7 @@ would check, so that a partial write would show.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 import ema_core as ema
 from tests.conftest import Backend, Name, _load, to_numpy
+from tests.refusals import refused
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -219,3 +221,55 @@ def _corrupt(state: dict[str, Any], key: str, bad: str) -> None:
         state["step"] = -3
     else:
         state["shadow"][key] = torch.empty_like(state["shadow"][key], device="meta")
+
+
+def _foreign(name: Name) -> Callable[[Any], Any]:
+    """A 0-d array maker of another namespace than ``name``'s leaves."""
+    other = {Name.NUMPY: "torch", Name.TORCH: "array_api_strict", Name.STRICT: "jax.numpy"}
+    module = importlib.import_module(other.get(name, "torch"))
+    return module.tensor if hasattr(module, "tensor") else module.asarray
+TARGETED = {  # kind -> (error, what the message names)
+    "decay out of range": (ValueError, "decay"),
+    "decay of another namespace": (TypeError, "decay"),
+    "negative array step": (ValueError, "step"),
+    "step beyond int64": (ValueError, "step"),
+    "one array twice": (ValueError, "share memory"),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    name=st.sampled_from([Name.NUMPY, Name.STRICT, Name.TORCH, Name.JAX]),
+    kind=st.sampled_from(list(TARGETED)),
+    size=st.integers(2, 5),
+    data=st.data(),
+)
+def test_targeted_bad_inputs_raise_and_change_nothing(
+    name: Name, kind: str, size: int, data: st.DataObject
+) -> None:
+    backend = _load(name)
+    shadow = {f"k{i}": backend.asarray(np.full(2, float(i))) for i in range(size)}
+    params = {k: backend.asarray(np.full(2, 9.0)) for k in shadow}
+    step: Any = 1
+    decay: Any = 0.5
+    if kind == "decay out of range":
+        # outside [0, 1] even in float32 (JAX runs without x64)
+        value = data.draw(st.one_of(st.floats(1.001, 1e9), st.just(np.nan), st.floats(-1e9, -1e-3)))
+        decay = backend.asarray(np.asarray(value))
+    elif kind == "decay of another namespace":
+        decay = _foreign(name)(np.asarray(0.5))
+    elif kind == "negative array step":
+        step = backend.asarray(np.asarray(data.draw(st.integers(-(2**31), -1))))
+    elif kind == "step beyond int64":
+        step = data.draw(st.integers(2**63, 2**70))
+    elif name is not Name.JAX:  # one array twice (JAX arrays are never written in place)
+        i, j = sorted(data.draw(st.lists(st.integers(0, size - 1), min_size=2, max_size=2,
+                                         unique=True)))  # fmt: skip
+        shadow[f"k{j}"] = shadow[f"k{i}"]
+    else:
+        return
+    error, match = TARGETED[kind]
+    refused(error, match, shadow, lambda: ema.ema_update(shadow, params, step, decay=decay))
+    if kind in ("negative array step", "step beyond int64"):
+        state = ema.init(params)._replace(step=step, shadow=shadow)
+        refused(error, match, shadow, lambda: ema.update(state, params))

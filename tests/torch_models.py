@@ -1,0 +1,35 @@
+"""Small torch models and comparisons for the tests of the ``EMA`` class."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 2)
+    )
+
+
+def nudge(model, k):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.125 * k)
+
+
+def copies(ema):
+    return {n: t.clone() for n, t in ema.average.items()}
+
+
+def same(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert torch.equal(a[name], b[name]), name
+
+
+def live_values(model):
+    return {n: t.detach().clone() for n, t in model.state_dict().items()}
