@@ -41,7 +41,9 @@ def ema_update(
     ``shadow_t = shadow_{t-1} + (1 - d_t) * (params_t - shadow_{t-1})``, with ``d_t`` from
     ``decay`` (constant), ``schedule(step)`` or ``config`` (its schedule, interval and copy
     policy); pass at most one. The default is ``decay=0.9999``. Nothing else is hidden: no
-    warm-up and no first-step copy unless the schedule or config asks for them.
+    warm-up and no first-step copy unless the schedule or config asks for them. Integer and bool
+    leaves are not averaged: they take the params' value on every call, also one whose decay is
+    1 (where the floating leaves keep their bits), unless ``config.non_float`` says otherwise.
 
     Args:
         shadow: the running average; a nest (dict, list, tuple, NamedTuple) or one array.
@@ -131,7 +133,8 @@ def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EM
     """The state after one more update with ``params``: pure, usable inside ``jax.jit``.
 
     ``t = state.step + 1``; ``shadow_t = shadow + (1 - d_t) (params - shadow)`` and
-    ``weight_t = d_t weight + (1 - d_t)``, with ``d_t`` from ``config``.
+    ``weight_t = d_t weight + (1 - d_t)``, with ``d_t`` from ``config``. Integer and bool leaves
+    take the params at every update, ``d_t = 1`` included (``non_float="copy"``).
 
     Example:
         >>> import numpy as np, ema_core as ema

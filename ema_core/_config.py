@@ -35,20 +35,23 @@ class Config:
         dtype: the shadow dtype of floating leaves: ``None`` (float32 for float16/bfloat16
             params, the params' dtype otherwise), ``"same"`` (always the params' dtype), or a
             dtype name (``"float32"``, ...).
-        interval: update every ``interval`` steps (decay 1, a skip, on the others).
+        interval: update every ``interval`` steps (decay 1 on the others: the averaged leaves
+            skip, bit for bit; copied leaves and buffers are still copied).
         compensate: with ``interval > 1``, apply the product of the skipped steps' decays
             (exact), not a one-step decay (what most peers do).
-        non_float: integer and bool leaves are ``"copy"``-ed at every applied update, left
-            untouched (``"freeze"``), or rejected (``"error"``).
+        non_float: integer and bool leaves are ``"copy"``-ed (the params' value, bit for bit)
+            at every update call, also one whose decay is 1 (a skipped step), left untouched
+            (``"freeze"``), or rejected (``"error"``).
         guard_finite: check that the params are finite before updating (a host sync per update).
         correction: how ``average`` corrects a ``"zeros"`` shadow: ``"exact"`` divides by
             ``w_t = 1 - prod(d_1..d_t)``; ``"power"`` by ``1 - d_t ** t`` with the decay in force
             at step t (Paddle, TF ``zero_debias``; equal to ``"exact"`` for a constant decay);
             ``"none"`` returns the raw shadow (optax ``debias=False``).
         buffers: for adapters that see module buffers (torch ``nn.Module``): floating buffers
-            are averaged like parameters (``"average"``), copied from the model at every update
-            call (``"copy"``) or not tracked (``"skip"``). The functional core averages every
-            floating leaf it is given and does not read this field.
+            are averaged like parameters (``"average"``: a decay of 1 keeps them), copied from
+            the model at every update call, also one whose decay is 1 (``"copy"``), or not
+            tracked (``"skip"``). The functional core averages every floating leaf it is given
+            and does not read this field.
     """
 
     schedule: Schedule | Callable[[Step], Value] | float = field(

@@ -3,9 +3,10 @@
 A decay arrives either as a Python float (computed on the host in float64) or as a 0-d float
 array on the leaves' device (traced under ``jax.jit``, or a CUDA tensor). Host decays branch in
 Python; device decays use ``where``, so nothing here reads a device value. Either way both ends
-are exact: decay 1 keeps the shadow's bits and decay 0 gives the params' (cast once to the
-shadow's dtype), whatever the other side holds (inf, NaN): the blend's arithmetic never touches
-them there.
+are exact: decay 1 keeps an averaged shadow's bits and decay 0 gives the params' (cast once to
+the shadow's dtype), whatever the other side holds (inf, NaN): the blend's arithmetic never
+touches them there. Integer and bool leaves are not blended: they take the params' value on
+every call, whatever the decay (``copy_exact``).
 
 The blend is the update rule ``s + (1 - d) * (p - s)`` in the two-sided form torch's ``lerp``
 uses: ``s + (1 - d) * (p - s)`` for d >= 0.5 and ``p - d * (p - s)`` below, which is exact at both
@@ -70,11 +71,10 @@ def blend(xp: Namespace, shadow: Array, param: Array, decay: Value, rate: Value)
     return out if out.dtype == shadow.dtype else xp.astype(out, shadow.dtype)
 
 
-def copy_exact(xp: Namespace, shadow: Array, param: Array, decay: Value) -> Array:
-    """An integer or bool leaf: the params' value on every applied update (decay < 1)."""
-    if isinstance(decay, float):
-        return shadow if decay == 1.0 else xp.asarray(param, copy=True)
-    return xp.where(decay == 1.0, shadow, param)
+def copy_exact(xp: Namespace, param: Array) -> Array:
+    """An integer or bool leaf (``non_float="copy"``): the params' value, bit for bit, on every
+    call, also one whose decay is 1 (a skip for the averaged leaves), so no decay is read."""
+    return xp.asarray(param, copy=True)
 
 
 def correct(xp: Namespace, shadow: Array, weight: Any) -> Array:

@@ -119,7 +119,7 @@ def run_loop(
         for k, p in params.items():
             if p.dtype.kind == "f":
                 shadow[k] = d * shadow[k] + (1 - d) * p.astype(np.float64)
-            elif d < 1:
+            else:  # integers take the params on every call, decay 1 included
                 shadow[k] = p.astype(np.float64)
         weight = d * weight + (1 - d)
         out.append(({k: v.copy() for k, v in shadow.items()}, weight))

@@ -3,9 +3,10 @@
 ``cupy.py`` groups the leaves and launches; this module holds what runs on the device: the
 rounded blend shared by both kernels (``__fmul_rn`` / ``__fadd_rn``, never fused into an FMA),
 the fused elementwise kernel's preamble and body, the multi-tensor kernel's source (which reads
-the table ``cupy.host_table`` lays out, ``CHUNK`` elements per block step), the integer copy
-kernel, and the ``functools.cache`` builders that compile them on first use. Importing this
-module needs no CuPy: the builders import it when first called.
+the table ``cupy.host_table`` lays out, ``CHUNK`` elements per block step), and the
+``functools.cache`` builders that compile them on first use (integer leaves need no kernel:
+they are plain copies). Importing this module needs no CuPy: the builders import it when first
+called.
 """
 
 from __future__ import annotations
@@ -117,12 +118,6 @@ def _fused() -> Any:
     return cp.ElementwiseKernel(
         "S s, P p, D d, D r", "S o", _FUSED_BODY, "ema_core_blend", preamble=_FUSED_PREAMBLE
     )
-
-
-@functools.cache
-def _copy_kernel() -> Any:
-    cp = _cupy()
-    return cp.ElementwiseKernel("T s, T p, D d", "T o", "o = (d == 1.0) ? s : p;", "ema_core_copy")
 
 
 @functools.cache

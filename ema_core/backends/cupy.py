@@ -28,7 +28,7 @@ import numpy as np
 
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends import generic
-from ema_core.backends._cupy_kernels import _HALF, CHUNK, _copy_kernel, _cupy, _fused, _multi_kernel
+from ema_core.backends._cupy_kernels import _HALF, CHUNK, _cupy, _fused, _multi_kernel
 from ema_core.backends.generic import guard
 
 __all__ = ["CHUNK", "MULTI_MAX", "guard", "host_table", "update_leaves"]
@@ -56,8 +56,9 @@ def update_leaves(
 
     ``s <- s + (1 - d) (p - s)`` per float leaf, bit for bit as the generic backend computes
     it, on the current stream and without reading the decay on the host. A host decay of 1
-    returns each shadow itself. Leaves the kernels do not cover (complex, a half shadow over
-    float64 params) go through the generic backend.
+    returns each float shadow itself; integer and bool leaves take the params on every call
+    (``non_float="copy"``), that one included. Leaves the kernels do not cover (complex, a half
+    shadow over float64 params) go through the generic backend.
 
     Args:
         xp: the namespace (array_api_compat.cupy), used by the generic fallback only.
@@ -69,14 +70,15 @@ def update_leaves(
     Returns:
         The new leaves, in order (no example here: it needs a GPU; see the module's tests).
     """
-    if not compat.is_cupy_array(decay) and float(decay) == 1.0:
-        return list(shadows)
+    skip = not compat.is_cupy_array(decay) and float(decay) == 1.0
     d, r = _decay_args(decay, rate)
     out: list[Array] = list(shadows)
     groups: dict[tuple[str, str], list[int]] = {}  # small leaves by dtype pair
     for i, (s, p, kind, write) in enumerate(zip(shadows, params, kinds, writes, strict=True)):
         if kind != "float":
-            out[i] = _copy_exact(s, p, d, non_float, write)
+            out[i] = _copy_exact(s, p, non_float, write)
+        elif skip:
+            continue  # a host decay of 1: the float shadow is kept as it is
         elif _pair(s, p) is None:
             out[i] = generic.update_leaves(
                 xp, [s], [p], [kind], decay, rate, non_float=non_float, writes=[write]
@@ -117,15 +119,13 @@ def _multi_ok(s: Array, p: Array) -> bool:
     )
 
 
-def _copy_exact(s: Array, p: Array, d: Any, non_float: NonFloatPolicy, write: bool) -> Array:
-    """An integer or bool leaf: the params where the decay is below 1, else the shadow."""
+def _copy_exact(s: Array, p: Array, non_float: NonFloatPolicy, write: bool) -> Array:
+    """An integer or bool leaf: the params' value on every call, whatever the decay (a copy
+    on the current stream; no decay is read), or the shadow itself unless ``"copy"``."""
     if non_float != "copy":
         return s
     target = s if write else _cupy().empty_like(s)
-    if isinstance(d, np.float64):
-        target[...] = p
-    else:
-        _copy_kernel()(s, p, d, target)
+    target[...] = p
     return target
 
 

@@ -27,13 +27,16 @@ def update_leaves(
     non_float: NonFloatPolicy,
     writes: Sequence[bool],
 ) -> list[Array]:
-    """Blend float leaves, copy exact ones; write into the shadows where ``writes`` says."""
+    """Blend float leaves, copy exact ones; write into the shadows where ``writes`` says.
+
+    A decay of 1 keeps every float shadow as it is (bit for bit), and integer and bool leaves
+    still take the params under ``non_float="copy"``: they are copied on every call."""
     out: list[Array] = []
     for s, p, kind, write in zip(shadows, params, kinds, writes, strict=True):
         if kind == "float":
             new = _core.blend(xp, s, p, decay, rate)
         elif non_float == "copy":
-            new = _core.copy_exact(xp, s, p, decay)
+            new = _core.copy_exact(xp, p)
         else:
             new = s
         if write and new is not s:

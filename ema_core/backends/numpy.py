@@ -53,8 +53,9 @@ def update_leaves(
     ``writes`` says.
 
     ``s <- s + (1 - d) (p - s)`` per float leaf, bit for bit as the generic backend computes
-    it. A decay of 1 returns each shadow itself (as the generic backend does); a decay of 0
-    copies the params exactly; integer and bool leaves take the params (``non_float="copy"``).
+    it. A decay of 1 returns each float shadow itself (as the generic backend does); a decay of 0
+    copies the params exactly; integer and bool leaves take the params (``non_float="copy"``)
+    on every call, a decay of 1 included.
 
     Args:
         xp: the namespace (unused: the arrays are numpy's).
@@ -85,7 +86,7 @@ def update_leaves(
     jobs: list[Job] = []
     for s, p, kind, write in zip(shadows, params, kinds, writes, strict=True):
         if kind != "float" or d == 1.0:
-            out.append(_keep_or_copy(s, p, d, kind, non_float, write))
+            out.append(_keep_or_copy(s, p, kind, non_float, write))
             continue
         target = s if write else np.empty_like(s)
         if d == 0.0:
@@ -101,10 +102,11 @@ def update_leaves(
 
 
 def _keep_or_copy(
-    s: np.ndarray, p: np.ndarray, d: float, kind: LeafKind, non_float: NonFloatPolicy, write: bool
+    s: np.ndarray, p: np.ndarray, kind: LeafKind, non_float: NonFloatPolicy, write: bool
 ) -> np.ndarray:
-    """A leaf that is not blended: kept (decay 1, frozen) or copied exactly (integer, bool)."""
-    if d == 1.0 or kind == "float" or non_float != "copy":
+    """A leaf that is not blended: kept (a float leaf at decay 1, a frozen one) or copied
+    exactly (integer, bool: at every decay, 1 included)."""
+    if kind == "float" or non_float != "copy":
         return s
     if not write:
         return np.array(p, copy=True)

@@ -4,10 +4,11 @@ modules, on ema-core's update.
 Like mmengine 0.10: ``module`` is an averaged copy of the model (a deep copy made once, with
 ``requires_grad`` off), ``steps`` counts ``update_parameters()`` calls; the first call copies
 the model, later calls blend when ``steps % interval == 0`` with ``momentum`` as the weight of
-the NEW value (``decay = 1 - momentum``). Buffers are copied from the model every call, or, with
-``update_buffers=True``, floating buffers are averaged and integer ones left alone after the
-first copy. Torch modules only: for JAX models use ``ema_core.init`` / ``update`` with
-``presets.mmedit(...)``, the functional equivalent.
+the NEW value (``decay = 1 - momentum``). Buffers are copied from the model on every call (the
+calls between interval updates included), or, with ``update_buffers=True``, floating buffers
+are averaged and integer ones left alone after the first copy, as are tensors that are not
+floating point among the parameters. Torch modules only: for JAX models use ``ema_core.init`` /
+``update`` with ``presets.mmedit(...)``, the functional equivalent.
 """
 
 from __future__ import annotations
@@ -98,9 +99,13 @@ class ExponentialMovingAverage(torch.nn.Module):
             if steps == 0:
                 for key, value in mine.items():
                     value.copy_(src[key])
-            else:
+            elif floating := [k for k, v in mine.items() if v.is_floating_point()]:
+                # as mmengine: only floating tensors blend; the others keep the first copy
                 ema_core.ema_update(
-                    {k: v.detach() for k, v in mine.items()}, src, steps + 1, config=self.config
+                    {k: mine[k].detach() for k in floating},
+                    {k: src[k] for k in floating},
+                    steps + 1,
+                    config=self.config,
                 )
             if buffers is not None:
                 _copy_all(*buffers)

@@ -128,7 +128,8 @@ class CopyAt(Schedule):
 
 
 def every(schedule: Schedule | float, /, n: int, compensate: bool = True) -> Schedule:
-    """Update only when ``t % n == 0``; decay 1 (skip) on the other steps.
+    """Update only when ``t % n == 0``; decay 1 on the other steps (the averaged leaves skip;
+    integer leaves under ``non_float="copy"`` and copied buffers are copied on every call).
 
     With ``compensate=True`` the update at t applies the product of the n decays of steps
     t-n+1..t, so the result equals updating every step with the same params; with

@@ -37,6 +37,10 @@ class Expected(NamedTuple):
 def reference(config: Config, trajectory: Trajectory, /) -> list[Expected]:
     """ema-core's semantics as a float64 loop: one ``Expected`` per step of the trajectory.
 
+    Floating leaves are averaged (decay 1 keeps them); integer and bool leaves take the params
+    at every step, decay 1 included, under ``non_float="copy"`` and keep their first value
+    under ``"freeze"``.
+
     Example:
         >>> import numpy as np, ema_core as ema
         >>> from ema_core.testing import Trajectory, reference
@@ -56,7 +60,7 @@ def reference(config: Config, trajectory: Trajectory, /) -> list[Expected]:
         for i, p in enumerate(leaves64(params)):
             if p.dtype.kind in "fc":
                 shadow[i] = d * shadow[i] + (1.0 - d) * p
-            elif d < 1.0:
+            elif config.non_float == "copy":  # every call, decay 1 included
                 shadow[i] = p.copy()
         weight = d * weight + (1.0 - d)
         average = [

@@ -33,9 +33,11 @@ def assert_ema_properties(
     """Check the invariants every EMA step must keep, on arrays of namespace ``xp``.
 
     ``step_fn(shadow, params, decay)`` applies one update with ``decay`` (the weight on the old
-    average) and returns the new shadow. Checked: decay 0 copies the params, decay 1 leaves the
-    shadow unchanged (both exactly), a constant is a fixed point, and over a run the shadow stays
-    within the running min/max of everything it has seen.
+    average) and returns the new shadow. Checked: decay 0 copies the params; decay 1 leaves an
+    averaged (floating) shadow unchanged, while an integer or bool leaf (``dtype="int32"``,
+    ``"bool"``, ...) takes the params at every decay, 1 included (all exactly); a constant is a
+    fixed point; and over a run the shadow stays within the running min/max of everything it
+    has seen.
 
     Raises:
         AssertionError: with hypothesis' smallest falsifying example.
@@ -47,16 +49,19 @@ def assert_ema_properties(
     """
     cases = _arrays(xp, dtype)
     check = settings(max_examples=max_examples, deadline=None, database=None)
+    copied = dtype == "bool" or dtype.startswith(("int", "uint"))  # not averaged: copied
 
     @check
     @given(case=cases, decay=st.sampled_from([0.0, 1.0]))
     def ends_are_exact(case: tuple[Any, Any, np.ndarray], decay: float) -> None:
         shadow, params, _ = case
-        want = to_numpy(params if decay == 0.0 else shadow)
+        keeps = decay == 1.0 and not copied
+        want = to_numpy(shadow if keeps else params)
         got = to_numpy(step_fn(shadow, params, decay))
         if not np.array_equal(got, want):
-            rule = "copy the params" if decay == 0.0 else "leave the shadow unchanged"
-            raise AssertionError(f"decay={decay} must {rule}: got {got}, expected {want}")
+            rule = "leave the shadow unchanged" if keeps else "copy the params"
+            why = f" ({dtype} leaves are copied at every decay)" if copied else ""
+            raise AssertionError(f"decay={decay} must {rule}{why}: got {got}, expected {want}")
 
     @check
     @given(case=cases, decay=st.floats(0.0, 1.0))

@@ -32,8 +32,8 @@ def update_leaves(
     non_float: NonFloatPolicy,
     writes: Sequence[bool],
 ) -> list[Array]:
-    """New shadows: float leaves blended, exact ones copied (``writes`` is ignored: JAX arrays
-    are immutable, so a new array is always returned)."""
+    """New shadows: float leaves blended, exact ones copied on every call, also at decay 1
+    (``writes`` is ignored: JAX arrays are immutable, so a new array is always returned)."""
     wide = jnp.result_type(float)
     d, r = leaf_decay(decay, rate, wide), jnp.asarray(rate, dtype=wide)
     new = update_compiled(
@@ -72,8 +72,16 @@ def _update_impl(
         if kind == "float":
             out.append(_blend(s, p, gates))
         else:
-            out.append(_core.copy_exact(jnp, s, p, decay) if non_float == "copy" else s)
+            out.append(_copy_into(s, p) if non_float == "copy" else s)
     return tuple(out)
+
+
+def _copy_into(s: Array, p: Array) -> Array:
+    """An integer or bool leaf: the params' value on every call, decay 1 included (the core's
+    ``copy_exact``), written over the shadow (``s.at[...].set``) so that a donated shadow's
+    buffer holds it: a result that ignored the shadow would leave that buffer unused and take
+    a new one at every update."""
+    return s.at[...].set(p)
 
 
 _STATIC = ("kinds", "non_float")

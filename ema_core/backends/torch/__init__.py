@@ -60,17 +60,19 @@ def update_leaves(
     """Blend float leaves and copy exact ones, grouped into fused calls; see the module doc.
 
     ``writes[i]`` updates ``shadows[i]`` in place and returns it; otherwise a new tensor is
-    returned and ``shadows[i]`` is left alone. Integer leaves follow ``non_float`` ("copy"; the
-    others leave them as they are).
+    returned and ``shadows[i]`` is left alone. Integer leaves follow ``non_float``: "copy" takes
+    the params on every call, also one whose decay is 1 (a host decay of 1 returns each float
+    shadow itself); the others leave them as they are.
     """
-    if isinstance(decay, float) and decay == 1.0:
-        return list(shadows)
-    keep = [kind == "float" or non_float == "copy" for kind in kinds]
-    out = [s if w or not k else s.clone() for s, w, k in zip(shadows, writes, keep, strict=True)]
+    skip = isinstance(decay, float) and decay == 1.0
+    move = [non_float == "copy" if kind == "exact" else not skip for kind in kinds]
+    out = [s if w or not m else s.clone() for s, w, m in zip(shadows, writes, move, strict=True)]
+    if not any(move):
+        return out
     plan = _kernels.make_plan(
-        [s for s, k in zip(out, keep, strict=True) if k],
-        [p for p, k in zip(params, keep, strict=True) if k],
-        [kind for kind, k in zip(kinds, keep, strict=True) if k],
+        [s for s, m in zip(out, move, strict=True) if m],
+        [p for p, m in zip(params, move, strict=True) if m],
+        [kind for kind, m in zip(kinds, move, strict=True) if m],
     )
     _kernels.apply(xp, plan, decay, rate)
     return out

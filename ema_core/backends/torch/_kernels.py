@@ -8,12 +8,14 @@ Leaves are grouped by (kind, device, shadow dtype, params dtype):
 * a float32/float64 shadow over narrower float params (bf16, fp16): one pass without an fp32
   copy of the params (``_host``'s compiled loop on CPU when numba is installed, else ``_mixed``);
 * anything else (complex, a shadow narrower than its params): the generic core, per leaf;
-* integer and bool leaves (and copied buffers): ``torch._foreach_copy_``.
+* integer and bool leaves (and copied buffers): ``torch._foreach_copy_``, on every call,
+  whatever the decay (1 included: the copied tensors follow the model also when the averaged
+  ones skip).
 
-A host decay (Python float) skips at 1 and copies at 0. A device decay (0-d tensor) is never
-read: it reaches ``lerp_`` as a tensor weight and both ends are selected on the device with
-``torch.where`` (decay 1 keeps every shadow's bits, decay 0 gives the params' bits, inf and NaN
-included), so an update can be captured in a CUDA graph.
+A host decay (Python float) skips the averaged groups at 1 and copies them at 0. A device decay
+(0-d tensor) is never read: it reaches ``lerp_`` as a tensor weight and both ends are selected
+on the device with ``torch.where`` (decay 1 keeps every averaged shadow's bits, decay 0 gives
+the params' bits, inf and NaN included), so an update can be captured in a CUDA graph.
 
 Before anything is written, every float32/float64-over-half pair is checked against its shadow
 (shape and device): those paths run kernels that index the params by the shadow's size
@@ -90,17 +92,20 @@ def make_plan(
 
 
 def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
-    """Blend every group of ``plan`` in place with ``decay`` (weight on the old average).
+    """Blend every averaged group of ``plan`` in place with ``decay`` (weight on the old
+    average) and copy the exact ones (at every decay; a host decay of 1 copies only those).
 
     Raises:
         ValueError: a params tensor of a mixed-precision group no longer fits its shadow
             (resized or moved since the plan was made); nothing has been written then.
     """
     if isinstance(decay, float) and decay == 1.0:
+        for group in plan.exact:
+            copy_(group)
         return
     hosted = _check_mixed(plan, decay)
     for group in plan.exact:
-        copy_(group, decay)
+        copy_(group)
     if isinstance(decay, float) and decay == 0.0:
         for group in (*plan.same, *plan.mixed, *plan.other):
             _foreach.copy_(group.shadows, group.params)
@@ -165,14 +170,10 @@ def _on_host(xp: Namespace, group: Group, decay: Value, rate: Value) -> Group:
     return Group([group.shadows[i] for i in bound.left], [group.params[i] for i in bound.left])
 
 
-def copy_(group: Group, decay: Value) -> None:
-    """Integer, bool and copied leaves: the params' value wherever the update applies."""
-    if isinstance(decay, float):
-        _foreach.copy_(group.shadows, group.params)
-        return
-    skip = decay == 1.0
-    for s, p in zip(group.shadows, group.params, strict=True):
-        s.copy_(torch.where(skip.to(s.device), s, p))
+def copy_(group: Group) -> None:
+    """Integer, bool and copied leaves: the params' value on every call, whatever the decay
+    (no decay is read, so a device decay needs no select here)."""
+    _foreach.copy_(group.shadows, group.params)
 
 
 def _on(decay: Value, like: torch.Tensor) -> torch.Tensor:

@@ -37,10 +37,10 @@ class EMA:
         dtype: the shadow dtype of floating tensors (a ``torch.dtype`` or name, or ``"same"``).
         device: where the shadows live; ``"cpu"`` for a CUDA model keeps them in pinned host
             memory, updated with non-blocking copies.
-        buffers: floating buffers are ``"copy"``-ed at every applied update (BatchNorm
-            statistics), ``"average"``-d like parameters, or ``"skip"``-ped. ``None`` takes
-            ``config.buffers`` when a config is given, else ``"copy"``. Integer buffers are
-            copied (they follow ``Config.non_float``).
+        buffers: floating buffers are ``"copy"``-ed at every ``update()`` call, also one of
+            decay 1 where the averages skip (BatchNorm statistics), ``"average"``-d like
+            parameters, or ``"skip"``-ped. ``None`` takes ``config.buffers`` when a config is
+            given, else ``"copy"``. Integer buffers follow ``Config.non_float`` (copied alike).
         include: keep only the names matching a glob, a list of globs or a predicate.
         exclude: drop the names matching a glob, a list of globs or a predicate.
 
@@ -100,7 +100,8 @@ class EMA:
         return self._step
 
     def update(self, step: Step | None = None) -> None:
-        """Move every shadow toward its live tensor by the decay of update ``step``.
+        """Move every averaged shadow toward its live tensor by the decay of update ``step``;
+        copied tensors (buffers, integers) take their live values, also when the decay is 1.
 
         Ctrl-C waits until an update is complete. An update cut short by another exception
         is completed by the next call without applying its finished groups again (a later

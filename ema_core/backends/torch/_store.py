@@ -147,9 +147,11 @@ class Remote:
 
     def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
         self.done = []
-        if isinstance(decay, float) and decay == 1.0:
-            return
+        skip = isinstance(decay, float) and decay == 1.0  # only the exact tensors are copied
         for i, (shadow, live, kind) in enumerate(self.pairs):
+            if skip and kind != "exact":
+                self.done.append(i)
+                continue
             work = torch.empty_like(live, dtype=shadow.dtype)
             work.copy_(shadow, non_blocking=True)
             plan = _kernels.make_plan([work], [live], [kind], [self.names[i]])
@@ -189,8 +191,6 @@ class Sharded:
 
     def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
         self.done = []
-        if isinstance(decay, float) and decay == 1.0:
-            return
         parts = [_dist.part(t) for t in self.live]
         if len(parts) != len(self.parts) or any(
             a is not b for a, b in zip(parts, self.parts, strict=True)
