@@ -174,7 +174,9 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
     """The bias-corrected average ``shadow / weight`` (the shadow itself unless ``init="zeros"``).
 
     ``weight`` is the state's exact weight, or ``1 - d_t ** t`` under ``correction="power"``;
-    ``correction="none"`` returns the shadow as it is.
+    ``correction="none"`` returns the shadow as it is. The read of a ``"zeros"`` EMA is in
+    float32 (or the shadow's dtype when wider) also over a float16/bfloat16 shadow, as optax
+    returns its EMA: it is never rounded back to the half dtype.
 
     Integer and bool leaves are returned as they are. Before the first update of a ``"zeros"``
     EMA (weight 0) the zeros are returned.
@@ -188,11 +190,11 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
     """
     config = _config(config)
     _check_state(state)
-    if config.init != "zeros" or config.correction == "none":
+    if config.init != "zeros":
         return state.shadow
     leaves, paths, treedef = flatten(state.shadow, "state.shadow")
     xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
-    weight = state.weight
+    weight = 1.0 if config.correction == "none" else state.weight
     if config.correction == "power":
         weight = power_weight(config.schedule, concrete_step(state.step, "state.step"))  # type: ignore[arg-type]
     weight = float(weight) if is_host_array(weight) else weight

@@ -46,7 +46,8 @@ class Config:
         correction: how ``average`` corrects a ``"zeros"`` shadow: ``"exact"`` divides by
             ``w_t = 1 - prod(d_1..d_t)``; ``"power"`` by ``1 - d_t ** t`` with the decay in force
             at step t (Paddle, TF ``zero_debias``; equal to ``"exact"`` for a constant decay);
-            ``"none"`` returns the raw shadow (optax ``debias=False``).
+            ``"none"`` returns the raw shadow (optax ``debias=False``). Either way the read
+            of a half shadow is float32, as optax returns it.
         buffers: for adapters that see module buffers (torch ``nn.Module``): floating buffers
             are averaged like parameters (``"average"``: a decay of 1 keeps them), copied from
             the model at every update call, also one whose decay is 1 (``"copy"``), or not

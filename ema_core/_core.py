@@ -78,17 +78,16 @@ def copy_exact(xp: Namespace, param: Array) -> Array:
 
 
 def correct(xp: Namespace, shadow: Array, weight: Any) -> Array:
-    """The bias-corrected read ``shadow / weight`` (``shadow`` itself where weight is 0 or 1)."""
+    """The read of a zero-started shadow, ``shadow / weight`` (``shadow`` where weight is 0 or
+    1), in the compute dtype: a half shadow reads in float32, never rounded back to the half
+    (optax returns its EMA so)."""
+    ct = compute_dtype(xp, shadow.dtype)
     if isinstance(weight, float):
         if weight in (0.0, 1.0):
-            return shadow
-        ct = compute_dtype(xp, shadow.dtype)
-        out = xp.astype(shadow, ct) / weight
-    else:
-        ct = compute_dtype(xp, shadow.dtype)
-        w = xp.astype(weight, _real_of(xp, ct))
-        out = xp.astype(shadow, ct) / xp.where(w == 0.0, xp.ones_like(w), w)
-    return out if out.dtype == shadow.dtype else xp.astype(out, shadow.dtype)
+            return shadow if shadow.dtype == ct else xp.astype(shadow, ct)
+        return xp.astype(shadow, ct) / weight
+    w = xp.astype(weight, _real_of(xp, ct))
+    return xp.astype(shadow, ct) / xp.where(w == 0.0, xp.ones_like(w), w)
 
 
 def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Array:

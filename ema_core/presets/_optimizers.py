@@ -15,8 +15,13 @@ def optax(decay: float, debias: bool = True, accumulator_dtype: Any = None) -> C
 
     The EMA starts at zero; with ``debias`` the read divides by ``1 - decay ** t`` (equal to
     the exact ``1 - prod(d)`` for this constant decay), else it is the raw zero-started EMA.
-    Deliberate difference: ``accumulator_dtype=None`` keeps a float32 EMA of bf16/fp16 inputs
-    (optax keeps the inputs' dtype).
+    The read is float32 (or wider) also with a bf16/fp16 ``accumulator_dtype``, as optax returns
+    it; the state is stored in the accumulator dtype as optax stores it. Over a bf16/fp16
+    accumulator the two agree to the accumulator's rounding, not bit for bit: optax rounds
+    ``decay * ema`` to the accumulator dtype inside each update and debiases its float32 result
+    before rounding it into the state, where ema-core blends in float32 and reads the stored
+    state. Deliberate difference: ``accumulator_dtype=None`` keeps a float32 EMA of bf16/fp16
+    inputs (optax keeps the inputs' dtype).
 
     Example:
         >>> from ema_core import presets
@@ -37,8 +42,11 @@ def keras(ema_momentum: float = 0.99) -> Config:
 
     The first optimizer step copies (Keras multiplies the momentum by ``iterations != 0``),
     later steps use ``ema_momentum`` as the decay, in float32 as Keras forms it for float32
-    variables. ``ema_overwrite_frequency`` is a training-loop action (write the average into
-    the model every n steps), not part of the average: do it with the swap of your adapter.
+    variables. ``ema_overwrite_frequency=n`` is a training-loop action, not part of the
+    average: every n steps Keras overwrites the model's variables with the average for good
+    (training goes on from the averaged weights), and ``fit()`` does so once after its last
+    epoch. Its match is a permanent write, ``EMA.copy_to(model)`` (functional: ``params =
+    average(state, config)``), not ``swap()``, which gives the live weights back on exit.
 
     Example:
         >>> from ema_core import presets

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ema_core._checks import check_fraction, check_positive
 from ema_core._config import Config
 from ema_core.presets._args import check_bool, check_counter_start
+from ema_core.presets._schedules import counter_cap
 from ema_core.schedules import (
     Schedule,
     annealing,
@@ -14,9 +15,6 @@ from ema_core.schedules import (
 )
 from ema_core.schedules import (
     momentum as momentum_schedule,
-)
-from ema_core.schedules import (
-    num_updates as num_updates_schedule,
 )
 
 
@@ -32,11 +30,11 @@ def counter_schedule(
     at the first update and grows by one per update (``n = start + t - 1``); constant if None.
     ``name`` is the peer's name for the counter, for the error messages."""
     check_fraction("decay", decay)
-    num_updates_schedule(decay, numerator, denominator)  # checks them, used or not
+    counter_cap(decay, numerator, denominator)  # checks them, used or not
     start = check_counter_start(name, start)
     if start is None:
         return constant(decay)
-    return num_updates_schedule(decay, numerator + start - 1, denominator + start - 1)
+    return counter_cap(decay, numerator + start - 1, denominator + start - 1)
 
 
 def tensorflow(decay: float, num_updates: int | None = None, zero_debias: bool = False) -> Config:
@@ -74,7 +72,8 @@ def allennlp(
     """AllenNLP 2.10 ``allennlp.training.moving_average.ExponentialMovingAverage``.
 
     ``apply(num_updates)`` uses ``min(decay, (numerator + n) / (denominator + n))``, ``apply()``
-    the plain decay; shadows start as the parameters (named parameters only: no buffers).
+    the plain decay; shadows start as the parameters (named parameters only: no buffers). A
+    numerator above the denominator gives the plain decay (the ratio never wins the ``min``).
 
     Args:
         decay: AllenNLP's ``decay`` (also the cap of the counter decay).

@@ -1,5 +1,5 @@
-"""Presets for the torch EMA libraries: timm, torch_ema, ema-pytorch, diffusers, swa_utils,
-EDM2 and torchtitan."""
+"""Presets for the torch EMA libraries: timm, torch_ema, ema-pytorch, diffusers and swa_utils
+(EDM2, ema-pytorch's KarrasEMA and torchtitan are in ``_profiles``)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,15 @@ from typing import Any
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._config import Config
-from ema_core.presets._args import check_bool, check_int, dtype_name
+from ema_core.presets._args import check_bool, dtype_name
+from ema_core.presets._schedules import after_step
 from ema_core.schedules import (
     Schedule,
     constant,
-    gated,
     in_float32,
     num_updates,
-    power_function,
-    ramped_half_life,
     warmup,
 )
-
-
-def _after(update_after_step: int) -> int:
-    return check_int("update_after_step", update_after_step) + 1
 
 
 def timm(
@@ -37,16 +31,21 @@ def timm(
     """timm 1.0 ``ModelEmaV3``, updated with ``step=t`` as timm's ``train.py`` passes it.
 
     Calls with ``t <= update_after_step + 1`` copy; later ones use ``decay`` or, with
-    ``use_warmup``, ``clamp(1 - (1 + u / warmup_gamma) ** -warmup_power, min_decay, decay)`` at
-    ``u = t - update_after_step - 1``. Buffers are averaged (integers copied), or copied with
-    ``exclude_buffers``. Deliberate difference: ``dtype=None`` keeps a float32 shadow for
-    bf16/fp16 weights (timm keeps bf16 and rounds stochastically). timm called without
-    ``step`` uses ``decay`` on every call from the start: that is ``Config(decay)``.
+    ``use_warmup``, ``max(min(1 - (1 + u / warmup_gamma) ** -warmup_power, decay), min_decay)``
+    at ``u = t - update_after_step - 1`` (a ``min_decay`` above ``decay`` wins, as in timm). A
+    negative ``update_after_step`` copies nothing: the shadow starts as the params. Buffers are
+    averaged (integers copied), or copied with ``exclude_buffers``. Deliberate difference:
+    ``dtype=None`` keeps a float32 shadow for bf16/fp16 weights (timm keeps bf16 and rounds
+    stochastically). timm called without ``step`` uses ``decay`` on every call from the start,
+    no copy and no ``min_decay``: that is ``Config(decay, dtype=...)``, with ``buffers="copy"``
+    for ``exclude_buffers=True``.
 
     Example:
         >>> from ema_core import presets
         >>> [round(presets.timm(0.9, use_warmup=True).decay(t), 5) for t in (1, 2)]
         [0.0, 0.37004]
+        >>> presets.timm(0.99, min_decay=0.995, use_warmup=True).decay(2)  # min_decay wins
+        0.995
     """
     check_fraction("decay", decay)
     check_fraction("min_decay", min_decay)
@@ -55,13 +54,15 @@ def timm(
     shadow_dtype = dtype_name("dtype", dtype)
     check_bool("exclude_buffers", exclude_buffers)
     inner: Schedule | float = decay
+    floor = 0.0
     if check_bool("use_warmup", use_warmup):
-        inner = warmup(decay, warmup_gamma, warmup_power, min_decay)
-    first = _after(update_after_step)
-    schedule = gated(inner, copy_through=first, offset=-first)
+        # timm's max(min(w, decay), min_decay): the floor is applied after the cap
+        inner = warmup(decay, warmup_gamma, warmup_power, min(min_decay, decay))
+        floor = min_decay if min_decay > decay else 0.0
+    schedule, init = after_step(inner, update_after_step, floor=floor)
     return Config(
         schedule,
-        init="copy",
+        init=init,
         dtype=shadow_dtype,
         buffers="copy" if exclude_buffers else "average",
     )
@@ -96,42 +97,28 @@ def ema_pytorch(
 
     Call 1 copies; call t updates only when ``(t - 1) % update_every == 0``: a copy while
     ``t <= update_after_step + 1``, then the warm-up decay at ``u = t - update_after_step - 1``,
-    clamped to ``[min_value, beta]`` and rounded to float32 as ema-pytorch computes it (no
-    compensation for the skipped calls). Floating buffers are averaged, integer ones frozen.
-    ``beta=1`` freezes the average after the copies, as ema-pytorch does.
+    clamped to ``[min_value, beta]`` as torch's ``clamp`` does it (a ``min_value`` above
+    ``beta`` gives ``beta``) and rounded to float32 as ema-pytorch computes it (no compensation
+    for the skipped calls). Floating buffers are averaged, integer ones frozen. ``beta=1``
+    freezes the average after the copies, as ema-pytorch does.
 
     Example:
         >>> from ema_core import presets
         >>> [presets.ema_pytorch().decay(t) for t in (1, 2, 11)]  # copy, skip, copy
         [0.0, 1.0, 0.0]
+        >>> presets.ema_pytorch(0.5, 0, 1, min_value=0.75).decay(2)  # clamped to beta
+        0.5
     """
     check_fraction("beta", beta)
-    check_fraction("min_value", min_value, high=beta)
+    check_fraction("min_value", min_value)
     check_positive("update_every", update_every, integer=True)
-    ramp = in_float32(warmup(beta, inv_gamma, power, min_value))  # checks them, used or not
+    # torch's clamp(min=min_value, max=beta) gives beta when min_value > beta
+    ramp = in_float32(warmup(beta, inv_gamma, power, min(min_value, beta)))  # checks them
     inner = constant(1.0) if beta == 1.0 else ramp
-    first = _after(update_after_step)
-    schedule = gated(inner, every=update_every, phase=1, copy_through=first, offset=-first)
-    return Config(schedule, init="copy", non_float="freeze")
-
-
-def ema_pytorch_karras(
-    sigma_rel: float | None = None, gamma: float | None = None, update_every: int = 100
-) -> Config:
-    """ema-pytorch 0.8 ``KarrasEMA``: the power function read one step ahead.
-
-    Call 1 copies; call t updates when ``(t - 1) % update_every == 0`` with
-    ``d = (1 - 1 / (t + 1)) ** (gamma + 1)`` (no compensation).
-
-    Example:
-        >>> from ema_core import presets
-        >>> round(presets.ema_pytorch_karras(gamma=1.0, update_every=1).decay(2), 6)
-        0.444444
-    """
-    check_positive("update_every", update_every, integer=True)
-    inner = power_function(gamma, sigma_rel=sigma_rel)
-    schedule = gated(inner, every=update_every, phase=1, copy_through=1, offset=1)
-    return Config(schedule, init="copy", non_float="freeze")
+    schedule, init = after_step(
+        inner, update_after_step, every=update_every, phase=1, copy_first=True
+    )
+    return Config(schedule, init=init, non_float="freeze")
 
 
 def diffusers(
@@ -144,10 +131,14 @@ def diffusers(
 ) -> Config:
     """diffusers 0.42 ``training_utils.EMAModel``.
 
-    ``optimization_step`` is t; steps ``t <= update_after_step + 1`` copy, later ones use the
-    warm-up decay (``use_ema_warmup``) or ``(1 + u) / (10 + u)`` at ``u = t - update_after_step
-    - 1``, capped at ``decay`` and floored at ``min_decay``. Parameters only (diffusers copies
-    parameters that do not require grad; pass those as integer leaves or copy them yourself).
+    ``optimization_step`` is t; steps ``t <= update_after_step + 1`` copy (none for a negative
+    ``update_after_step``), later ones use the warm-up decay (``use_ema_warmup``) or ``(1 + u) /
+    (10 + u)`` at ``u = t - update_after_step - 1``, capped at ``decay`` and then floored at
+    ``min_decay`` (which wins when above ``decay``). Parameters only, no buffers. diffusers
+    copies a parameter that does not require grad instead of averaging it: one that never
+    changes averages to itself bit for bit, so this differs only for a frozen parameter changed
+    by hand; leave such parameters out of the EMA (``exclude=``), the model's own value is then
+    the one diffusers' copy holds.
 
     Example:
         >>> from ema_core import presets
@@ -158,9 +149,8 @@ def diffusers(
     check_fraction("min_decay", min_decay)
     ramp = warmup(decay, inv_gamma, power)  # checks them, used or not
     inner = ramp if check_bool("use_ema_warmup", use_ema_warmup) else num_updates(decay)
-    first = _after(update_after_step)
-    schedule = gated(inner, copy_through=first, offset=-first, floor=min_decay)
-    return Config(schedule, init="copy", buffers="skip")
+    schedule, init = after_step(inner, update_after_step, floor=min_decay)
+    return Config(schedule, init=init, buffers="skip")
 
 
 def swa_utils(decay: float = 0.999, use_buffers: bool = False) -> Config:
@@ -178,66 +168,3 @@ def swa_utils(decay: float = 0.999, use_buffers: bool = False) -> Config:
     check_fraction("decay", decay)
     average = check_bool("use_buffers", use_buffers)
     return Config(constant(decay), init="copy", buffers="average" if average else "copy")
-
-
-def edm2(
-    std: float = 0.050,
-    *,
-    halflife_Mimg: float | None = None,  # noqa: N803 - EDM2's own name
-    rampup_ratio: float | None = 0.09,
-    batch_size: int | None = None,
-) -> Config:
-    """EDM2 (NVlabs/edm2 ``training/phema.py``): ``PowerFunctionEMA`` or ``TraditionalEMA``.
-
-    Power function (default): ``d_t = (1 - 1/t) ** (gamma + 1)`` with gamma from ``std``
-    (sigma_rel), t the optimizer step. Traditional (``halflife_Mimg`` given, with the
-    ``batch_size``): ``d_t = 0.5 ** (1 / min(halflife_Mimg * 1e6 / batch_size, rampup_ratio *
-    t))``. Parameters only; EDM2 copies the buffers when reading.
-
-    Example:
-        >>> from ema_core import presets
-        >>> round(presets.edm2(0.05).decay(3), 5)
-        0.00068
-    """
-    if rampup_ratio is not None:
-        check_positive("rampup_ratio", rampup_ratio)
-    if batch_size is not None:
-        check_positive("batch_size", batch_size, integer=True)
-    if halflife_Mimg is None:
-        return Config(power_function(sigma_rel=std), init="params", buffers="copy")
-    check_positive("std", std)
-    check_positive("halflife_Mimg", halflife_Mimg)
-    if batch_size is None:
-        raise TypeError("edm2 with halflife_Mimg needs the batch_size (images per step)")
-    schedule = ramped_half_life(halflife_Mimg * 1e6 / batch_size, rampup_ratio)
-    return Config(schedule, init="params", buffers="copy")
-
-
-def torchtitan(
-    decay: float | None = None,
-    half_life_fraction: float = 0.05,
-    start_step: int = 0,
-    step_bias: int = 0,
-    update_every_n_steps: int = 1,
-) -> Config:
-    """torchtitan ``components/ema.py`` (``EMAOptimizersContainer.Config``, main branch, 2026;
-    not on PyPI), with t the trainer step.
-
-    Steps before ``start_step`` or off ``(t - start_step) % update_every_n_steps`` skip; an
-    update uses ``decay`` or ``2 ** (-1 / (half_life_fraction * u))`` with ``u = max((t -
-    start_step + step_bias) // update_every_n_steps, 1)``. Trainable parameters only.
-
-    Example:
-        >>> from ema_core import presets
-        >>> round(presets.torchtitan(half_life_fraction=0.5).decay(2), 6)
-        0.5
-    """
-    n = check_positive("update_every_n_steps", update_every_n_steps, integer=True)
-    check_int("start_step", start_step)
-    check_int("step_bias", step_bias, low=None)
-    ramp = ramped_half_life(ratio=check_positive("half_life_fraction", half_life_fraction))
-    inner = ramp if decay is None else constant(decay)
-    schedule = gated(
-        inner, every=n, phase=start_step, start=start_step, offset=step_bias - start_step, divisor=n
-    )
-    return Config(schedule, init="params", buffers="skip")

@@ -138,8 +138,9 @@ class EMA:
 
     @property
     def average(self) -> dict[str, torch.Tensor]:
-        """Name -> the average (bias-corrected with ``init="zeros"``); the shadows themselves
-        otherwise, which the EMA keeps updating: copy them to keep a snapshot."""
+        """Name -> the average (bias-corrected with ``init="zeros"``, in float32 over a half
+        shadow); the shadows themselves otherwise, which the EMA keeps updating: copy them to
+        keep a snapshot."""
         self._settle()
         return {n: self._read(i) for i, n in enumerate(self.names)}
 
@@ -244,9 +245,9 @@ class EMA:
     def _read(self, i: int) -> torch.Tensor:
         """The average of tracked tensor i: the shadow, or ``shadow / weight`` for ``"zeros"``."""
         cfg, shadow = self.config, self._bound.shadows[i]
-        if self._bound.kinds[i] != "float" or cfg.init != "zeros" or cfg.correction == "none":
+        if self._bound.kinds[i] != "float" or cfg.init != "zeros":
             return shadow
-        weight = self._weight
+        weight = 1.0 if cfg.correction == "none" else self._weight
         if cfg.correction == "power":
             weight = power_weight(cfg.schedule, self._step)  # type: ignore[arg-type]
         corrected: torch.Tensor = _core.correct(xp, shadow, weight)

@@ -24,6 +24,7 @@ BOOL_FLAGS = sorted(_bool_flags())
 def test_every_preset_bool_flag_is_listed():
     assert BOOL_FLAGS == [
         ("diffusers", "use_ema_warmup"),
+        ("ema_pytorch_karras", "frozen"),
         ("mmedit", "update_buffers"),
         ("optax", "debias"),
         ("swa_utils", "use_buffers"),
@@ -38,6 +39,7 @@ def test_every_preset_bool_flag_is_listed():
 @pytest.mark.parametrize("value", ["no", "false", "", 0, 1, None, np.zeros(())])
 def test_preset_bool_flags_refuse_non_bools(preset, flag, value):
     required = {"decay": 0.9} if preset in ("optax", "tensorflow", "torch_ema") else {}
+    required = {"gamma": 1.0} if preset == "ema_pytorch_karras" else required
     with pytest.raises(TypeError, match=flag):
         getattr(presets, preset)(**required, **{flag: value})
     getattr(presets, preset)(**required, **{flag: True})  # and a bool is fine
@@ -51,11 +53,11 @@ def test_preset_bool_flags_refuse_non_bools(preset, flag, value):
         (lambda: presets.timm(warmup_power=-1.0), ValueError, "warmup_power"),
         (lambda: presets.timm(dtype=5), TypeError, "dtype"),
         (lambda: presets.ema_pytorch(beta=1.0, power=-1.0), ValueError, "power"),
-        (lambda: presets.ema_pytorch(0.9, min_value=0.95), ValueError, "min_value"),
+        (lambda: presets.ema_pytorch(0.9, min_value=1.5), ValueError, "min_value"),
         (lambda: presets.diffusers(inv_gamma="a"), TypeError, "inv_gamma"),
         (lambda: presets.edm2(batch_size=0), ValueError, "batch_size"),
         (lambda: presets.edm2(rampup_ratio=-1.0), ValueError, "rampup_ratio"),
-        (lambda: presets.torchtitan(start_step=-1), ValueError, "start_step"),
+        (lambda: presets.torchtitan(start_step=1.5), TypeError, "start_step"),
         (lambda: presets.torchtitan(step_bias=1.5), TypeError, "step_bias"),
         (lambda: presets.torchtitan(0.9, half_life_fraction=0), ValueError, "half_life"),
         (lambda: presets.allennlp(numerator="a"), TypeError, "numerator"),

@@ -1,0 +1,78 @@
+"""Schedule pieces several presets share, over the whole range of settings the peers accept.
+
+``after_step`` is the ``update_after_step`` gate of timm, diffusers and ema-pytorch (negative
+values included); ``power_profile`` is the power function for every exponent gamma > -1 (EDM2 and
+ema-pytorch's KarrasEMA accept gamma in (-1, 0], i.e. sigma_rel up to ``MAX_SIGMA_REL``, where
+``schedules.power_function`` asks for gamma > 0); ``counter_cap`` is the ``min(decay, (numerator +
+n) / (denominator + n))`` of TF, AllenNLP and Paddle, also for a numerator above the denominator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ema_core._types import InitPolicy
+from ema_core.presets._args import check_int
+from ema_core.schedules import (
+    PowerFunction,
+    Schedule,
+    constant,
+    gated,
+    num_updates,
+    sigma_rel_to_gamma,
+)
+
+
+def after_step(
+    inner: Schedule | float,
+    update_after_step: Any,
+    *,
+    every: int = 1,
+    phase: int = 0,
+    copy_first: bool = False,
+    floor: float = 0.0,
+) -> tuple[Schedule, InitPolicy]:
+    """The schedule and init of a peer that reads its decay at ``u = t - update_after_step - 1``
+    and copies while ``u <= 0`` (timm, diffusers, ema-pytorch), gated every ``every`` calls from
+    ``phase``.
+
+    A negative ``update_after_step`` (the peers accept it) copies nothing and starts the decay at
+    ``u = -update_after_step``; the shadow then starts as the params (``init="params"``), as the
+    peers' copy of the model at construction does. ``copy_first`` keeps a copy on the first call
+    whatever ``update_after_step`` is (ema-pytorch copies on its first call).
+    """
+    first = check_int("update_after_step", update_after_step, low=None) + 1
+    copies = max(first, 1) if copy_first else max(first, 0)
+    schedule = gated(
+        inner, every=every, phase=phase, copy_through=copies, offset=-first, floor=floor
+    )
+    return schedule, "copy" if copies >= 1 else "params"
+
+
+def power_profile(gamma: Any = None, sigma_rel: Any = None) -> Schedule:
+    """``d_t = (1 - 1/t) ** (gamma + 1)`` for any gamma > -1, given as ``gamma`` or
+    ``sigma_rel`` in (0, MAX_SIGMA_REL] (exactly one of them)."""
+    if (gamma is None) == (sigma_rel is None):
+        raise TypeError("give exactly one of gamma or sigma_rel, got both or neither")
+    if sigma_rel is not None:
+        return PowerFunction(sigma_rel_to_gamma(sigma_rel))
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError(f"gamma must be a number > -1, got {type(gamma).__name__} {gamma!r:.80}")
+    if not (math.isfinite(gamma) and gamma > -1):
+        raise ValueError(f"gamma must be a finite number > -1, got {gamma!r}")
+    return PowerFunction(float(gamma))
+
+
+def counter_cap(decay: float, numerator: Any, denominator: Any) -> Schedule:
+    """``min(decay, (numerator + t) / (denominator + t))``; the constant ``decay`` when the
+    numerator exceeds the denominator (the ratio is then above 1 at every t >= 0 and never wins
+    the ``min``, as AllenNLP computes it)."""
+    if _is_number(numerator) and _is_number(denominator) and numerator > denominator:
+        num_updates(decay, denominator, denominator)  # checks the decay and the denominator
+        return constant(decay)
+    return num_updates(decay, numerator, denominator)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
