@@ -4,7 +4,7 @@ A nest is walked depth first; dicts in their own key order. Any Mapping is a dic
 as its own type (``_mappings``: a defaultdict keeps its factory, a MappingProxyType becomes a new
 proxy). ``None`` is an empty node (it holds no leaf), as in JAX. Once JAX is imported, any other
 node registered with ``jax.tree_util`` (a flax nnx ``Variable``, an equinox ``Module``) is opened
-one level by the JAX backend, which keeps its non-array leaves as static parts of the structure.
+one level by ``_pytree``, which keeps its non-array leaves as static parts of the structure.
 Anything else is a leaf. Paths are kept so that errors can name the first place where two nests
 differ, for example ``params['layer1'][2]``.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 import array_api_compat as compat
 
+from ema_core import _pytree
 from ema_core._mappings import UnbuildableError, mapping_builder
 from ema_core._ops import is_host_array
 from ema_core._types import Tree
@@ -76,11 +77,8 @@ def _children(node: Any, rebuild: bool = True) -> _Found | None:
     found = _builtin_children(node, rebuild)
     if found is None and _is_plain_array(node):
         _ARRAY_TYPES.add(cls)
-    elif found is None and "jax" in sys.modules:
-        # a node registered with jax.tree_util, opened by the JAX backend
-        from ema_core.backends.jax._pytree import children
-
-        found = children(node)
+    elif found is None and "jax" in sys.modules:  # maybe a node registered with jax.tree_util
+        found = _pytree.children(node)
     return found
 
 

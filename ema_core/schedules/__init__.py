@@ -5,13 +5,14 @@ traced or on a device (and returns a 0-d float array there). ``decay`` is always
 the old average; ``schedule.rate(t)`` is ``1 - decay``, computed without cancellation.
 """
 
-from ema_core.schedules._base import FromCallable, Schedule, as_schedule
+from ema_core.schedules._base import FromCallable, Schedule
 from ema_core.schedules._decays import (
     Annealing,
     Constant,
     NumUpdates,
     Warmup,
     annealing,
+    as_schedule,
     constant,
     half_life,
     num_updates,

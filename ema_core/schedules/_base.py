@@ -61,21 +61,3 @@ def ops_at(ops: Ops, t: Any) -> Ops:
     """The arithmetic of ``ops`` at another count ``t`` (an int >= 0, or an integer array >= 0
     of any shape in ``ops``' namespace, derived from a validated count: not checked again)."""
     return ScalarOps(t) if isinstance(ops, ScalarOps) else ArrayOps(t)
-
-
-def as_schedule(
-    value: Schedule | Callable[[Step], Value] | float, name: str = "schedule"
-) -> Schedule:
-    """A Schedule from a Schedule, a float (constant decay) or a ``t -> decay`` callable."""
-    from ema_core.schedules._decays import constant
-
-    if isinstance(value, Schedule):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return constant(value)
-    if callable(value):
-        return FromCallable(value)
-    raise TypeError(
-        f"{name} must be a Schedule, a float decay or a callable t -> decay, "
-        f"got {type(value).__name__}"
-    )

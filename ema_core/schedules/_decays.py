@@ -1,14 +1,16 @@
-"""Closed-form decay schedules."""
+"""Closed-form decay schedules, and ``as_schedule``, which turns a float into the constant one."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._ops import Ops
-from ema_core.schedules._base import Schedule
+from ema_core._types import Step, Value
+from ema_core.schedules._base import FromCallable, Schedule
 
 
 @dataclass(frozen=True)
@@ -139,3 +141,19 @@ def annealing(momentum: float, /, gamma: float = 100.0) -> Schedule:
     check_fraction("momentum", momentum)
     check_positive("gamma", gamma)
     return Annealing(float(momentum), float(gamma))
+
+
+def as_schedule(
+    value: Schedule | Callable[[Step], Value] | float, name: str = "schedule"
+) -> Schedule:
+    """A Schedule from a Schedule, a float (constant decay) or a ``t -> decay`` callable."""
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return constant(value)
+    if callable(value):
+        return FromCallable(value)
+    raise TypeError(
+        f"{name} must be a Schedule, a float decay or a callable t -> decay, "
+        f"got {type(value).__name__}"
+    )

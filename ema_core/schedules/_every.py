@@ -11,7 +11,8 @@ import array_api_compat as compat
 
 from ema_core._checks import check_positive
 from ema_core._ops import ArrayOps, Ops, ScalarOps, is_host_array
-from ema_core.schedules._base import Schedule, as_schedule, ops_at
+from ema_core.schedules._base import Schedule, ops_at
+from ema_core.schedules._decays import as_schedule
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._ops import Ops, ScalarOps
-from ema_core.schedules._base import Schedule, as_schedule, ops_at
+from ema_core.schedules._base import Schedule, ops_at
+from ema_core.schedules._decays import as_schedule
 
 _LN2 = math.log(2.0)
 

@@ -11,9 +11,10 @@
 * ``state_dict(state)`` / ``load_state_dict(arrays, like)``: flat numpy arrays for ``np.savez``,
   named by path with each key escaped (``~`` as ``~0``, ``/`` as ``~1``).
 
-Inside: ``_leaves`` is the leaf math, ``_compiled`` and ``_chunked`` the compiled update,
-``_optax`` the optax wrapper, ``_checkpoint`` the ``.npz`` names and ``_pytree`` how pytree
-nodes open for the tree walk.
+Inside: ``_leaves`` is the leaf math (below the API: what ``ema_core.update`` calls per leaf);
+``_compiled`` and ``_chunked`` the compiled update and ``_optax`` the optax wrapper sit above the
+API (each is ``jax.jit`` of ``ema_core._api.update``); ``_checkpoint`` the ``.npz`` names. How
+pytree nodes open for the tree walk is ``ema_core._pytree``, in the core.
 
 Nothing here issues a collective: every leaf is updated where its shards live.
 """

@@ -15,8 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-import ema_core
-from ema_core import _core
+from ema_core import _api, _core
 from ema_core._config import Config
 from ema_core._ops import next_step
 from ema_core.backends.jax._leaves import leaf_decay, update_compiled, update_donated
@@ -48,7 +47,7 @@ class Chunked:
 
             def check(a: list[Any], p: list[Any]) -> Any:
                 state, params = merge(a, p)
-                return ema_core.update(state, params, self.config)
+                return _api.update(state, params, self.config)
 
             jax.eval_shape(check, arrays, params_arrays)
             self._kinds[key] = tuple(

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-import ema_core
+from ema_core import _api
 from ema_core._config import Config
 from ema_core._ops import is_readable, ops_for
 from ema_core._types import EMAState, Tree
@@ -122,7 +122,7 @@ class _Update:
         params_split: _Split,
     ) -> list[Any]:
         state = state_split.merge(state_arrays)
-        new = ema_core.update(state, params_split.merge(params_arrays), self.config)
+        new = _api.update(state, params_split.merge(params_arrays), self.config)
         return _split(new)[0]
 
     def _prepare(self, state: EMAState, params: Tree) -> tuple[Any, ...]:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-import ema_core
+from ema_core import _api
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.backends.jax._compiled import checked_config
@@ -63,7 +63,7 @@ def with_ema(optimizer: Any, config: Config | None = None, /) -> Any:
     inner = optax.with_extra_args_support(optimizer)
 
     def init(params: Tree) -> WithEMAState:
-        return WithEMAState(inner.init(params), ema_core.init(params, config))
+        return WithEMAState(inner.init(params), _api.init(params, config))
 
     def update(
         updates: Tree, state: WithEMAState, params: Tree | None = None, **extra: Any
@@ -74,7 +74,7 @@ def with_ema(optimizer: Any, config: Config | None = None, /) -> Any:
             )
         updates, inner_state = inner.update(updates, state.inner, params, **extra)
         new_params = optax.apply_updates(params, updates)
-        return updates, WithEMAState(inner_state, ema_core.update(state.ema, new_params, config))
+        return updates, WithEMAState(inner_state, _api.update(state.ema, new_params, config))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -107,4 +107,4 @@ def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
             f"opt_state must hold exactly one with_ema state, found {len(found)} "
             f"in a {type(opt_state).__name__}"
         )
-    return ema_core.average(found[0].ema, checked_config(config))
+    return _api.average(found[0].ema, checked_config(config))

@@ -16,9 +16,13 @@ How the pieces fit:
 * ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_store``: where its
   shadows live (beside the params, or pinned host memory for a CUDA model); ``_swap``: putting
   averages into the model and taking them out; ``_state``: checkpoints.
-* ``_dist``: torch.distributed. FSDP2 (DTensor) params get DTensor shadows updated on their
-  local shards with no collective; ``full_state_dict`` gathers one plain checkpoint (rank 0 by
-  default); ``ddp_ema`` builds an EMA on every DDP rank or on rank 0 only.
+* ``_dtensor``: FSDP2 (DTensor) params get DTensor shadows updated on their local shards with
+  no collective. ``_dist``, above ``EMA``: ``full_state_dict`` gathers one plain checkpoint
+  (rank 0 by default); ``ddp_ema`` builds an EMA on every DDP rank or on rank 0 only.
+
+Imports point down: each file imports only files before it in ``_foreach``, ``_triton``,
+``_host``, ``_mixed``, ``_kernels``, ``_dtensor``, ``_store``, ``_names``, ``_state``, ``_swap``,
+``_options``, ``_module``, ``_dist``.
 
 ``guard`` and ``update_leaves`` are the backend protocol the core calls (see
 ``ema_core.backends``); ``ema_update`` on torch tensors lands in ``update_leaves``.

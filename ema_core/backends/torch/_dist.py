@@ -1,129 +1,20 @@
-"""``EMA`` under torch.distributed: FSDP2 / DTensor shards, DDP replicas, full exports.
+"""``EMA`` under torch.distributed, above the ``EMA`` class: DDP replicas and full exports.
 
-FSDP2 (``fully_shard``) turns parameters into DTensors whose local tensor is this rank's shard
-(uneven shards included: the last ranks may hold fewer rows, or none). The shadow of such a
-parameter is a DTensor too, with the parameter's mesh, placements, global shape and stride, but
-built from a local tensor of our own: ``DTensor.from_local`` with an explicit shape and stride,
-so no collective checks the shard sizes. ``_store.Sharded`` updates the local tensors directly
-with the fused kernels: no DTensor dispatch and no collective per update. Each update checks
-that the params still hold the same local tensors (``part``) and re-plans when one was
-replaced: FSDP2 swaps a sharded parameter's local tensor for a new one (``module.to(...)``,
-``reset_sharded_param``) while the parameter object stays.
-
-Mixed precision (``MixedPrecisionPolicy``) changes only the dtype of the unsharded params used
-in forward and backward: the sharded params, and so the shadows, stay float32.
-
-A state dict of DTensor shadows is what ``torch.distributed.checkpoint`` (DCP) saves and loads,
-also onto another world size; ``full_state_dict`` gathers plain tensors for one file on rank 0.
+``full_state_dict`` gathers the DTensor (FSDP2) shadows of an ``EMA`` into plain CPU tensors for
+one file on rank 0; ``ddp_ema`` builds an EMA on every DDP rank or on rank 0 only. How sharded
+shadows are built and updated without a collective is ``_dtensor``.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
-if TYPE_CHECKING:
-    from ema_core.backends.torch._module import EMA
+from ema_core.backends.torch._dtensor import is_dtensor
+from ema_core.backends.torch._module import EMA
 
 KeepOn = Literal["all", "rank0"]
-
-
-def is_dtensor(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is a DTensor; never imports torch.distributed (none exists before)."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(tensor, module.DTensor)
-
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of ``tensor``: the local shard of a DTensor (a view), else itself."""
-    if is_dtensor(tensor):
-        with torch.no_grad():  # without autograd, to_local() is the local tensor, no copy
-            part: torch.Tensor = tensor.to_local()  # type: ignore[attr-defined]
-        return part
-    return tensor.detach()
-
-
-def make_shadow(
-    live: torch.Tensor, dtype: torch.dtype, device: torch.device | None, zeros: bool
-) -> torch.Tensor:
-    """A DTensor shadow of the DTensor ``live``: same mesh, placements, shape and stride, a
-    local shard of our own in ``dtype`` (a copy of ``live``'s shard, or zeros)."""
-    from torch.distributed.tensor import DTensor
-
-    part = local(live)
-    if device is not None and not (
-        device.type == part.device.type and device.index in (None, part.device.index)
-    ):
-        raise ValueError(
-            f"device={device} differs from the device of the DTensor (FSDP2) params "
-            f"({part.device}); sharded shadows live beside their shards: pass device=None"
-        )
-    out = torch.empty_like(part, dtype=dtype)
-    out = out.zero_() if zeros else out.copy_(part)
-    spec = live  # a DTensor: its mesh, placements, global shape and stride are kept
-    return DTensor.from_local(
-        out,
-        spec.device_mesh,  # type: ignore[attr-defined]
-        spec.placements,  # type: ignore[attr-defined]
-        run_check=False,
-        shape=spec.shape,
-        stride=spec.stride(),
-    )
-
-
-def part(tensor: torch.Tensor) -> torch.Tensor:
-    """The local tensor object a DTensor holds (the same object while FSDP2 keeps it; ``to_local``
-    would return a new view of it each time), or a plain tensor itself."""
-    inner = getattr(tensor, "_local_tensor", None)
-    return inner if isinstance(inner, torch.Tensor) else tensor
-
-
-def fsdp_modules(source: Any) -> list[torch.nn.Module]:
-    """The FSDP2 modules inside ``source`` (an ``nn.Module``), outermost first; else []."""
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    if fsdp is None or not isinstance(source, torch.nn.Module):
-        return []
-    kind = getattr(fsdp, "FSDPModule", None)
-    return [m for m in source.modules() if kind is not None and isinstance(m, kind)]
-
-
-def reshard(modules: Iterable[torch.nn.Module]) -> None:
-    """Put every FSDP2 module back in its sharded state (frees unsharded params; no collective).
-
-    A forward with ``reshard_after_forward=False`` leaves a module's parameters unsharded: the
-    module then holds plain, all-gathered tensors that an EMA must neither track (they are freed
-    on the next reshard) nor write (a later forward would not see the shards change).
-    """
-    for module in modules:
-        module.reshard()  # type: ignore[operator]
-
-
-def check_sharded(modules: Sequence[torch.nn.Module]) -> None:
-    """Raise unless every parameter of the FSDP2 ``modules`` is a DTensor (after ``reshard``)."""
-    for module in modules:
-        for name, param in module.named_parameters():
-            if not is_dtensor(param):
-                raise ValueError(
-                    f"parameter {name!r} of FSDP2 module {type(module).__name__} is not sharded "
-                    "after reshard(); an EMA tracks the sharded parameters only: build it "
-                    "outside forward and backward"
-                )
-
-
-def copy_into(shadow: torch.Tensor, value: torch.Tensor) -> None:
-    """``shadow.copy_(value)``, where a full (plain) ``value`` fills a DTensor ``shadow``'s
-    shard from this rank's copy of it (every rank holds the full tensor: no collective)."""
-    if is_dtensor(shadow) and not is_dtensor(value):
-        from torch.distributed.tensor import distribute_tensor
-
-        mesh, placements = shadow.device_mesh, shadow.placements  # type: ignore[attr-defined]
-        value = distribute_tensor(
-            value.to(local(shadow).device), mesh, placements, src_data_rank=None
-        )
-    shadow.copy_(value)
 
 
 def full_state_dict(ema: EMA, /, *, keep_on: KeepOn = "rank0") -> dict[str, Any]:
@@ -192,8 +83,6 @@ def ddp_ema(module: torch.nn.Module, /, *, keep_on: KeepOn = "all", **kwargs: An
         >>> ema.step
         1
     """
-    from ema_core.backends.torch._module import EMA
-
     return EMA(module, **kwargs) if _keeps(keep_on) else None
 
 

@@ -13,7 +13,7 @@ from ema_core import _core
 from ema_core._checks import check_decay_value, check_finite
 from ema_core._config import Config, config_text, power_weight
 from ema_core._types import Step, Value
-from ema_core.backends.torch import _dist, _names, _options, _state, _swap
+from ema_core.backends.torch import _dtensor, _names, _options, _state, _swap
 from ema_core.backends.torch._swap import HeldInterrupts
 
 
@@ -82,9 +82,9 @@ class EMA:
     ) -> None:
         self.config = _options.resolve_config(decay, schedule, config, dtype, buffers)
         target = None if device is None else torch.device(device)
-        self._fsdp = _dist.fsdp_modules(module_or_named_tensors)
-        _dist.reshard(self._fsdp)  # track the sharded params, never all-gathered copies
-        _dist.check_sharded(self._fsdp)
+        self._fsdp = _dtensor.fsdp_modules(module_or_named_tensors)
+        _dtensor.reshard(self._fsdp)  # track the sharded params, never all-gathered copies
+        _dtensor.check_sharded(self._fsdp)
         source = module_or_named_tensors
         tracked = _names.collect(source, self.config.buffers, include, exclude)
         self.names = tuple(t.name for t in tracked)
@@ -163,14 +163,14 @@ class EMA:
         if not isinstance(copy, bool):
             raise TypeError(f"swap(copy=...) must be a bool, got {copy!r}")
         self._settle()
-        _dist.reshard(self._fsdp)  # the next forward all-gathers the swapped shards
+        _dtensor.reshard(self._fsdp)  # the next forward all-gathers the swapped shards
         self._bound.refresh(objects=True)
         self._swapped = True
         try:
             with _swap.swapped(self.names, self._bound.live, self._exposed, copy):
                 yield
         finally:
-            _dist.reshard(self._fsdp)  # drop unsharded params gathered from the averages
+            _dtensor.reshard(self._fsdp)  # drop unsharded params gathered from the averages
             self._swapped = False
 
     def copy_to(self, module_or_named_tensors: Any, /) -> None:
@@ -190,7 +190,7 @@ class EMA:
         averages = self.average
         with torch.no_grad(), HeldInterrupts():
             for name, average in averages.items():
-                _dist.copy_into(targets[name], average)
+                _dtensor.copy_into(targets[name], average)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: shadows by name, the counter, the bias-correction weight,
@@ -215,7 +215,7 @@ class EMA:
         with torch.no_grad(), HeldInterrupts():
             for name, shadow in zip(self.names, shadows, strict=True):
                 if name in loaded:
-                    _dist.copy_into(shadow, loaded[name])
+                    _dtensor.copy_into(shadow, loaded[name])
             self._step, self._weight, self._bound.pending = step, weight, None
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeAlias
 import torch
 
 from ema_core._types import LeafKind
-from ema_core.backends.torch import _dist
+from ema_core.backends.torch import _dtensor
 
 #: Wrapper prefixes removed from the front of every name (repeatedly: DDP inside compile).
 PREFIXES = ("module.", "_orig_mod.")
@@ -101,7 +101,7 @@ def collect(
 
 def check_materialized(name: str, tensor: torch.Tensor, where: str) -> None:
     """Raise for a tensor without values: on the meta device, or an empty DTensor shard."""
-    if _dist.local(tensor).is_meta:
+    if _dtensor.local(tensor).is_meta:
         raise ValueError(
             f"{where}[{name!r}] is on the meta device (it has no values to average): build or "
             "update the EMA after materializing the model (module.to_empty(...) and "
@@ -135,7 +135,7 @@ class Watch:
     """
 
     def __init__(self, root: torch.nn.Module | None, tracked: list[Tracked]) -> None:
-        watched = [t for t in tracked if not _dist.is_dtensor(t.tensor)]
+        watched = [t for t in tracked if not _dtensor.is_dtensor(t.tensor)]
         fast = [type(t.tensor) in _PLAIN and t.tensor.data_ptr() != 0 for t in watched]
         self.fast = _Reads(root, [t for t, f in zip(watched, fast, strict=True) if f])
         self.slow = _Reads(root, [t for t, f in zip(watched, fast, strict=True) if not f])

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ema_core._config import stable_text
-from ema_core.backends.torch import _dist
+from ema_core.backends.torch import _dtensor
 
 FORMAT = "ema_core.torch.EMA"
 VERSION = 1
@@ -129,7 +129,7 @@ def _number(state: Mapping[str, Any], key: str, dtypes: Sequence[torch.dtype], w
             else f"{type(value).__name__} {value!r}"
         )
         raise TypeError(f"state_dict[{key!r}] must be a 0-d {what} tensor, got {got}")
-    if value.is_meta or _dist.is_dtensor(value):
+    if value.is_meta or _dtensor.is_dtensor(value):
         raise ValueError(f"state_dict[{key!r}] must be a plain tensor with a value, got {value!r}")
     return value.item()
 
@@ -155,7 +155,7 @@ def _check_tensor(name: str, tensor: Any, ours: torch.Tensor) -> None:
             f"{where} must be a dense tensor with data, got layout {tensor.layout} on device "
             f"{tensor.device}"
         )
-    if _dist.is_dtensor(tensor) and not _dist.is_dtensor(ours):
+    if _dtensor.is_dtensor(tensor) and not _dtensor.is_dtensor(ours):
         raise ValueError(
             f"{where} is a DTensor (sharded) and this EMA's shadow a plain tensor: save it "
             "with full_state_dict() to load it here"

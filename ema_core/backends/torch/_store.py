@@ -9,7 +9,7 @@ device with a non-blocking copy, is blended there and goes back with a non-block
 stream order, so the host never waits. ``wait()`` blocks until those copies are done; the
 ``EMA`` calls it before anything reads or writes the host shadow.
 
-``Sharded``: DTensor (FSDP2) params; the fused plan runs over the local shards (see ``_dist``).
+``Sharded``: DTensor (FSDP2) params; the fused plan runs over the local shards (see ``_dtensor``).
 
 Every store applies its work in units (a fused group, or one tensor) and lists in ``done`` the
 positions whose unit finished, so that an update cut by an exception can be completed later
@@ -24,7 +24,7 @@ from typing import TypeAlias
 import torch
 
 from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _dist, _kernels
+from ema_core.backends.torch import _dtensor, _kernels
 
 #: A unit of work: the positions (in the store's lists) it updates, and its one-group plan.
 Unit: TypeAlias = tuple[list[int], _kernels.Plan]
@@ -35,9 +35,9 @@ def make_shadow(
 ) -> torch.Tensor:
     """A new shadow for ``live``: a copy (or zeros) in ``dtype`` on ``device`` (pinned host
     memory when ``live`` is on CUDA and ``device`` is the CPU). Never aliases ``live``. A
-    DTensor (FSDP2) gets a DTensor shadow with its placements (``_dist``)."""
-    if _dist.is_dtensor(live):
-        return _dist.make_shadow(live, dtype, device, zeros)
+    DTensor (FSDP2) gets a DTensor shadow with its placements (``_dtensor``)."""
+    if _dtensor.is_dtensor(live):
+        return _dtensor.make_shadow(live, dtype, device, zeros)
     out = _empty(live, dtype, device)
     return out.zero_() if zeros else out.copy_(live.detach())
 
@@ -48,7 +48,7 @@ def moved_shadow(
     """The shadow kept for ``live`` after the model converted or moved it: ``shadow`` itself
     where it still fits (``dtype``, and ``device`` or else the live tensor's device), else a
     converted copy of it (its values kept, rounded to ``dtype``)."""
-    if _dist.is_dtensor(live) or _dist.is_dtensor(shadow):
+    if _dtensor.is_dtensor(live) or _dtensor.is_dtensor(shadow):
         return shadow  # FSDP2 moves shards itself; ``Sharded`` follows them
     want = device if device is not None else live.device
     if shadow.dtype == dtype and _same(want, shadow.device):
@@ -183,7 +183,7 @@ class Sharded:
         kinds: list[LeafKind],
         names: list[str] | None = None,
     ) -> None:
-        self.shadows = [_dist.local(s) for s in shadows]
+        self.shadows = [_dtensor.local(s) for s in shadows]
         self.live, self.kinds, self.names = live, kinds, names
         self.parts: list[torch.Tensor] = []
         self.units: list[Unit] = []
@@ -191,7 +191,7 @@ class Sharded:
 
     def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
         self.done = []
-        parts = [_dist.part(t) for t in self.live]
+        parts = [_dtensor.part(t) for t in self.live]
         if len(parts) != len(self.parts) or any(
             a is not b for a, b in zip(parts, self.parts, strict=True)
         ):
@@ -215,7 +215,7 @@ def store_for(
     """``Sharded`` when any tensor is a DTensor; ``Local`` when every shadow is on its live
     tensor's device; else ``Remote``. ``names`` name the tensors in errors."""
     args = (list(shadows), list(live), list(kinds), None if names is None else list(names))
-    if any(_dist.is_dtensor(t) for t in live):
+    if any(_dtensor.is_dtensor(t) for t in live):
         return Sharded(*args)
     same = all(s.device == t.device for s, t in zip(shadows, live, strict=True))
     return Local(*args) if same else Remote(*args)

@@ -1,5 +1,8 @@
 """Open one level of a node registered with ``jax.tree_util`` for ``ema_core._tree``.
 
+The tree walk calls ``children`` only once JAX is imported (``"jax" in sys.modules``); this
+module imports JAX inside its functions, so importing it (and ``ema_core``) imports no framework.
+
 flax nnx ``State`` is a Mapping and its ``Variable`` leaves are pytree nodes; equinox modules are
 pytree nodes whose static fields live in the tree definition. ``children`` opens such a node one
 level: arrays and containers become children that the walk visits (and the update replaces);
@@ -13,13 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat as compat
-import jax
-import numpy as np
 
-from ema_core._tree import PathEntry
-
+#: One step into a nest, as ``ema_core._tree.PathEntry``: ``("attr", name)`` or ``("key", key)``.
+Entry = tuple[str, Any]
 #: (kind, path entries, children, spec), as ``ema_core._tree._children`` returns them.
-Found = tuple[str, tuple[PathEntry, ...], list[Any], "PytreeSpec"]
+Found = tuple[str, tuple[Entry, ...], list[Any], "PytreeSpec"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +53,9 @@ class PytreeSpec:
 
 def children(node: Any) -> Found | None:
     """Open ``node`` one level, or None when it is a leaf (an array, a number, an object)."""
+    import jax
+    import numpy as np
+
     if isinstance(node, (jax.Array, np.ndarray, np.generic)):
         return None  # nnx Variables look like arrays (__array_namespace__) but are nodes
     pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
@@ -66,13 +70,17 @@ def children(node: Any) -> Found | None:
 
 def _visited(value: Any) -> bool:
     """Arrays, None and pytree containers are visited; other leaves are static."""
+    import jax
+
     if value is None or compat.is_array_api_obj(value):
         return True
     return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value))
 
 
-def _entry(key: Any) -> PathEntry:
+def _entry(key: Any) -> Entry:
     """A ``jax.tree_util`` key as an ``ema_core`` path entry (``.name`` or ``[key]``)."""
+    import jax
+
     if isinstance(key, jax.tree_util.GetAttrKey):
         return ("attr", key.name)
     if isinstance(key, jax.tree_util.DictKey):
