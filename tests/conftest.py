@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ema_core import _settings
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
@@ -124,6 +126,7 @@ def host_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     if request.param == "numba":
         pytest.importorskip("numba")
     monkeypatch.setenv("EMA_CORE_NUMBA", "1" if request.param == "numba" else "0")
+    monkeypatch.setattr(_settings, "_kept", [])  # read again; the old ones come back after
     return str(request.param)
 
 

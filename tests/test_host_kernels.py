@@ -8,6 +8,7 @@ import array_api_compat.numpy as np_xp
 import numpy as np
 import pytest
 
+from ema_core import _settings
 from ema_core.backends import _numba, generic
 from ema_core.backends import numpy as numpy_backend
 
@@ -18,6 +19,7 @@ from ema_core.backends import _numba_loops  # noqa: E402
 @pytest.fixture(autouse=True)
 def numba_on(monkeypatch):
     monkeypatch.setenv("EMA_CORE_NUMBA", "1")
+    monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
 
 
 @numba.njit
@@ -99,6 +101,7 @@ def test_arrays_no_kernel_takes_are_refused_and_left_alone(monkeypatch):
         assert not _numba.blend_(shadow, shadow, params, 0.9, 0.1, fmt), name
         assert np.array_equal(shadow, before), name
     monkeypatch.setenv("EMA_CORE_NUMBA", "0")
+    monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
     assert not _numba.blend_(s, s, np.zeros(8, np.float32), 0.9, 0.1)
     assert (s == 1).all()
 
@@ -106,6 +109,7 @@ def test_arrays_no_kernel_takes_are_refused_and_left_alone(monkeypatch):
 @pytest.mark.parametrize("turned_on", [True, False])
 def test_numpy_backend_takes_one_pass_only_when_the_kernels_are_on(monkeypatch, turned_on):
     monkeypatch.setenv("EMA_CORE_NUMBA", "1" if turned_on else "0")
+    monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
     blocks = []
     original = numpy_backend._blocks
     monkeypatch.setattr(numpy_backend, "_blocks", lambda job: blocks.append(job) or original(job))
@@ -271,6 +275,7 @@ def test_torch_takes_no_host_kernel_when_they_are_turned_off(monkeypatch):
     from ema_core.backends.torch import _host
 
     monkeypatch.setenv("EMA_CORE_NUMBA", "0")
+    monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
     monkeypatch.setattr(_host, "lerp_", lambda *a: pytest.fail("host kernel used"))
     _, ema = _ema_of(torch, [(8,)], torch.bfloat16)
     ema.update()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import ema_core
+from ema_core import _settings
 from ema_core.backends import generic, get_backend
 from ema_core.backends import numpy as fast
 
@@ -187,6 +188,7 @@ def test_many_small_leaves_of_mixed_dtypes_are_grouped_and_exact():
 
 def test_worker_threads_give_the_same_bits(monkeypatch):
     monkeypatch.setenv("EMA_CORE_NUMPY_THREADS", "3")
+    monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
     monkeypatch.setattr(fast, "PARALLEL_MIN", 2)
     shapes = [(fast.BLOCK * 5 + 7,), (300, 700), (9,), (fast.BLOCK * 3,)]
     shadows = [random(s, "float32", i) for i, s in enumerate(shapes)]
@@ -199,6 +201,7 @@ def test_worker_threads_give_the_same_bits(monkeypatch):
 @pytest.mark.parametrize("value", ["0", "two", "-1", ""])
 def test_bad_thread_count_is_rejected_before_any_write(monkeypatch, value):
     monkeypatch.setenv("EMA_CORE_NUMPY_THREADS", value)
+    monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
     s = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match=r"EMA_CORE_NUMPY_THREADS must be an integer >= 1"):
         fast.update_leaves(xp, [s], [np.ones(4)], ["float"], 0.0, 1.0, non_float="copy",

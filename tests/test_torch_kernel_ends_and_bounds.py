@@ -239,10 +239,9 @@ def test_launchers_check_every_pair_before_the_first_write(launcher):
 
 
 @pytest.mark.parametrize("name", ["lerp_float", "lerp_float16", "lerp_bfloat16"])
-def test_compiled_loops_refuse_params_of_another_size(name, monkeypatch):
+def test_compiled_loops_refuse_params_of_another_size(name):
     """The loops run without bounds checks: each checks the sizes itself first."""
     pytest.importorskip("numba")
-    monkeypatch.setenv("EMA_CORE_NUMBA", "1")
     from ema_core.backends import _numba_loops
 
     shadow = np.zeros(64, np.float32)

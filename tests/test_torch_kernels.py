@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ema_core
+from ema_core import _settings
 from ema_core.backends import generic, get_backend
 from ema_core.backends import torch as torch_backend
 from ema_core.backends.torch import _foreach, _mixed
@@ -185,6 +186,7 @@ def test_blocked_mixed_precision_equals_two_pass_lerp(monkeypatch, weight):
 
 def test_mixed_precision_reuses_one_scratch_block(monkeypatch):
     monkeypatch.setenv("EMA_CORE_NUMBA", "0")  # the torch-only path is the one with a scratch
+    monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
     shadows, params = _leaves(torch.float32, torch.bfloat16, seed=6)
     with monkeypatch.context() as patch:
         patch.setattr(_mixed, "BLOCK", 8)  # a small block first: a larger one must replace it

@@ -18,6 +18,7 @@ import ema_core
 from benchmarks.backends._common import flat_elements, host_arrays
 from benchmarks.backends._common import missing as _missing
 from benchmarks.workloads import Workload
+from ema_core import _settings
 
 NAME = "numpy"
 DECAY = 0.999
@@ -45,6 +46,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def ema_one_thread(t: int) -> Any:
         old = os.environ.get("EMA_CORE_NUMPY_THREADS")
         os.environ["EMA_CORE_NUMPY_THREADS"] = "1"
+        _settings.settings(refresh=True)  # ema-core reads its settings once: read them again
         try:
             return ema_core.ema_update(shadows, params, t, decay=DECAY)
         finally:
@@ -52,6 +54,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
                 del os.environ["EMA_CORE_NUMPY_THREADS"]
             else:
                 os.environ["EMA_CORE_NUMPY_THREADS"] = old
+            _settings.settings(refresh=True)
 
     def naive(t: int) -> Any:
         return [DECAY * s + (1 - DECAY) * p for s, p in zip(shadows, params, strict=True)]

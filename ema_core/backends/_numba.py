@@ -10,7 +10,8 @@ shadow's dtype, without FMA contraction, so the results are bit-equal to the num
 
     t = (p - s) * f;   out = s + t   (f = 1 - d, d >= 0.5)   or   out = p - t   (f = d)
 
-``EMA_CORE_NUMBA=0`` turns the kernels off (the callers fall back to their block-wise paths).
+``EMA_CORE_NUMBA=0`` turns the kernels off (the callers fall back to their block-wise paths);
+it is read once, with the other settings (``ema_core._settings``).
 Kernels compile on first use per dtype pair and are cached on disk by numba.
 """
 
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+
+from ema_core._settings import settings
 
 __all__ = ["ParamsFormat", "Prepared", "apply", "blend_", "prepare", "usable", "weights"]
 
@@ -33,8 +35,13 @@ _SHADOW_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def usable() -> bool:
-    """Whether the kernels run: numba importable and ``EMA_CORE_NUMBA`` not ``0``."""
-    return os.environ.get("EMA_CORE_NUMBA", "1") != "0" and _installed()
+    """Whether the kernels run: numba importable and ``EMA_CORE_NUMBA`` not ``0`` (the setting
+    as read once: ``ema_core._settings``).
+
+    Raises:
+        ValueError: on the first use, a setting has a value it does not allow.
+    """
+    return settings().numba and _installed()
 
 
 @functools.cache

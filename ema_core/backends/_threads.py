@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["Item", "Job", "flat", "run", "run_shares", "share", "size", "workers_from_env"]
+__all__ = ["Item", "Job", "flat", "run", "run_shares", "share", "size", "usable_cpus"]
 
 #: A unit of work: (out, shadow, params) views of one leaf.
 Job = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -65,20 +65,6 @@ def run_shares(shares: list[list[Item]], do: Callable[[Item], None]) -> None:
     _do_all(do, shares[0] if shares else [])
     for future in futures:
         future.result()
-
-
-def workers_from_env(name: str, default: int) -> int:
-    """The integer in environment variable ``name`` (>= 1), else ``default``.
-
-    Raises:
-        ValueError: the variable is set but is not an integer >= 1.
-    """
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {raw!r}")
-    return int(raw)
 
 
 def usable_cpus(most: int) -> int:

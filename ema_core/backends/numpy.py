@@ -9,7 +9,8 @@ times ``1 - d`` (d >= 0.5) or ``d``, then ``s +`` (or ``p -``) that into the sha
 the core's lerp steps in the same order and precision (float32 or wider), hence bit-equal to
 the generic backend. Leaves of at most ``SMALL`` elements with equal dtypes are gathered into
 one block and scattered back. Updates above ``PARALLEL_MIN`` elements are split over
-``EMA_CORE_NUMPY_THREADS`` threads (default: usable CPUs, at most 4; ``_threads``).
+``EMA_CORE_NUMPY_THREADS`` threads (default: usable CPUs, at most 4; ``_threads``); like
+``EMA_CORE_NUMBA``, it is read once (``ema_core._settings``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ema_core._settings import settings
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends import _numba, _threads
 from ema_core.backends._threads import Item, Job
@@ -68,7 +70,8 @@ def update_leaves(
         The new leaves, in order.
 
     Raises:
-        ValueError: ``EMA_CORE_NUMPY_THREADS`` is set but not an integer >= 1 (before any write).
+        ValueError: on the first use, ``EMA_CORE_NUMPY_THREADS`` is set but not an integer
+            >= 1, or ``EMA_CORE_NUMBA`` not 0 or 1 (before any write).
 
     Example:
         >>> import numpy as np
@@ -81,7 +84,7 @@ def update_leaves(
         (True, array([0.25, 0.25, 0.25], dtype=float32))
     """
     d, r = float(decay), float(rate)
-    workers = _threads.workers_from_env("EMA_CORE_NUMPY_THREADS", _threads.usable_cpus(4))
+    workers = settings().numpy_threads or _threads.usable_cpus(4)
     out: list[Array] = []
     jobs: list[Job] = []
     for s, p, kind, write in zip(shadows, params, kinds, writes, strict=True):

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ema_core._settings import settings
+
 if TYPE_CHECKING:  # _numba imports numpy, which torch does not need
     from ema_core.backends._numba import ParamsFormat
 
@@ -48,13 +50,9 @@ def usable(shadow: torch.Tensor, params: torch.Tensor) -> bool:
 
 
 def _kernels_on() -> bool:
-    """``_numba.usable()``, asked only where numba (hence numpy, which ``_numba`` imports) is
-    installed: torch does not need numpy."""
-    if not _numba_installed():
-        return False
-    from ema_core.backends import _numba
-
-    return _numba.usable()
+    """``_numba.usable()`` without importing ``_numba`` (hence numpy, which torch does not
+    need): numba installed and ``EMA_CORE_NUMBA`` not ``0`` (read once, ``_settings``)."""
+    return settings().numba and _numba_installed()
 
 
 @functools.cache
