@@ -9,20 +9,15 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core import _core
-from ema_core._checks import (
-    check_decay_arg,
-    check_decay_namespace,
-    check_decay_value,
-    check_finite,
-    check_leaves,
-)
+from ema_core._arguments import checked_config, resolve_rule
+from ema_core._checks import check_decay_namespace, check_decay_value, check_finite, check_leaves
 from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._ops import concrete_step, is_host_array, next_step, wide_float
 from ema_core._tree import flatten, flatten_pair, unflatten
-from ema_core._types import Array, EMAState, NonFloatPolicy, Step, Tree
+from ema_core._types import Array, EMAState, Step, Tree
 from ema_core._writes import resolve_writes
 from ema_core.backends import get_backend
-from ema_core.schedules import Schedule, as_schedule
+from ema_core.schedules import Schedule
 
 
 def ema_update(
@@ -72,7 +67,7 @@ def ema_update(
         >>> shadow["w"]  # updated in place
         array([0.1, 0.1, 0.1])
     """
-    rule, non_float, guard_finite = _resolve_rule(decay, schedule, config)
+    rule, non_float, guard_finite = resolve_rule(decay, schedule, config)
     shadows, leaves, paths, treedef = flatten_pair(shadow, params, "shadow", "params")
     xp, kinds = check_leaves(shadows, leaves, paths, non_float=non_float)
     t = concrete_step(step, "step")
@@ -112,7 +107,7 @@ def init(params: Tree, config: Config | None = None, /) -> EMAState:
         >>> state.shadow["w"].dtype, int(state.step), float(state.weight)
         (dtype('float32'), 0, 1.0)
     """
-    config = _config(config)
+    config = checked_config(config)
     leaves, paths, treedef = flatten(params, "params")
     xp, kinds = check_leaves(leaves, leaves, paths, ("params", "params"), config.non_float)
     zeros = config.init == "zeros"
@@ -143,7 +138,7 @@ def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EM
         >>> state.shadow["w"], float(state.weight), ema.average(state, cfg)["w"]
         (array([2.]), 0.5, array([4.]))
     """
-    config = _config(config)
+    config = checked_config(config)
     _check_state(state)
     shadows, leaves, paths, treedef = flatten_pair(state.shadow, params, "state.shadow", "params")
     xp, kinds = check_leaves(shadows, leaves, paths, ("state.shadow", "params"), config.non_float)
@@ -188,7 +183,7 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
         >>> ema.average(state, cfg)["w"]
         array([3.])
     """
-    config = _config(config)
+    config = checked_config(config)
     _check_state(state)
     if config.init != "zeros":
         return state.shadow
@@ -204,35 +199,6 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
             for s, k in zip(leaves, kinds, strict=True)
         ]
     return unflatten(treedef, out)
-
-
-def _config(config: Any) -> Config:
-    if config is None:
-        return Config()
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be an ema_core.Config, got {type(config).__name__}")
-    return config
-
-
-def _resolve_rule(
-    decay: Any, schedule: Any, config: Any
-) -> tuple[Schedule | Array, NonFloatPolicy, bool]:
-    given = [
-        n
-        for n, v in (("decay", decay), ("schedule", schedule), ("config", config))
-        if v is not None
-    ]
-    if len(given) > 1:
-        raise TypeError(f"pass at most one of decay, schedule or config; got {', '.join(given)}")
-    if config is not None:
-        cfg = _config(config)
-        return cfg.effective_schedule, cfg.non_float, cfg.guard_finite
-    if schedule is not None:
-        return as_schedule(schedule, "schedule"), "copy", False
-    if decay is None:
-        return Config().effective_schedule, "copy", False
-    checked = check_decay_arg(decay)
-    return (checked if compat.is_array_api_obj(checked) else as_schedule(checked)), "copy", False
 
 
 def _check_state(state: Any) -> None:

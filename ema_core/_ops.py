@@ -161,14 +161,23 @@ def ops_for(t: Any, name: str = "t") -> Ops:
     if isinstance(t, int):
         _check_count(t, name)
         return ScalarOps(t)
+    check_count_array(t, name)
+    if is_readable(t):
+        _check_count(int(t), name)
+    return ArrayOps(t)
+
+
+def check_count_array(t: Array, name: str) -> None:
+    """An array count must be 0-d and of an integer dtype (its value is not read here).
+
+    Raises:
+        TypeError: another shape or dtype.
+    """
     xp = compat.array_namespace(t)
     if t.ndim != 0 or not xp.isdtype(t.dtype, "integral"):
         raise TypeError(
             f"{name} must be a 0-d integer array, got shape {tuple(t.shape)} dtype {t.dtype}"
         )
-    if is_readable(t):
-        _check_count(int(t), name)
-    return ArrayOps(t)
 
 
 def _check_count(t: int, name: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import array_api_compat as compat
 
+from ema_core._ops import check_count_array
 from ema_core._types import Array
 from ema_core.presets._args import check_count
 
@@ -123,12 +124,7 @@ def read_count(value: Any, name: str) -> int:
     """The current value of a counter given as an int, a 0-d integer array or a callable."""
     current = value() if callable(value) else value
     if compat.is_array_api_obj(current):
-        xp = compat.array_namespace(current)
-        if current.ndim != 0 or not xp.isdtype(current.dtype, "integral"):
-            raise TypeError(
-                f"{name} must be a 0-d integer array, got shape {tuple(current.shape)} "
-                f"dtype {current.dtype}"
-            )
+        check_count_array(current, name)  # the step's check; the range is the peer's
         current = int(current)
     return check_count(name, current)
 

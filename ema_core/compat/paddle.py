@@ -14,12 +14,12 @@ and use the dict ``apply()`` yields. The functional equivalent is ``ema_core.ini
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import ema_core
 from ema_core._checks import check_fraction
+from ema_core._config import power_weight
 from ema_core._types import Array
 from ema_core.compat._arrays import (
     assign_all,
@@ -31,7 +31,7 @@ from ema_core.compat._arrays import (
     read_count,
 )
 from ema_core.presets._args import check_bool
-from ema_core.schedules import in_float32
+from ema_core.schedules import constant, in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
 
 
@@ -93,8 +93,7 @@ class ExponentialMovingAverage:
         """The bias-corrected averages ``ema / (1 - d ** t)``, as new arrays."""
         if self._step == 0:
             return {k: clone(v) for k, v in self._ema.items()}
-        rate = 1.0 - self._last_decay
-        weight = 1.0 if rate >= 1.0 else -math.expm1(self._step * math.log1p(-rate))
+        weight = power_weight(constant(self._last_decay), self._step)
         return {k: divide(v, weight) for k, v in self._ema.items()}
 
     @contextlib.contextmanager

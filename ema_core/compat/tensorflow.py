@@ -14,7 +14,6 @@ their shadows, and read ``average(name)`` after each apply. The functional equiv
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import array_api_compat as compat
 
 import ema_core
 from ema_core._checks import check_fraction
+from ema_core._config import power_weight
 from ema_core._types import Array
 from ema_core.compat._arrays import (
     assign,
@@ -34,7 +34,7 @@ from ema_core.compat._arrays import (
     read_count,
 )
 from ema_core.presets._args import check_bool
-from ema_core.schedules import in_float32
+from ema_core.schedules import constant, in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
 
 Key = str | int
@@ -118,8 +118,9 @@ class ExponentialMovingAverage:
             slot.var = var
             setattr(slot, field, new[i])
             if self._zero_debias:
-                slot.local_step += 1
-                slot.shadow = assign(slot.shadow, divide(new[i], _debias(decay, slot.local_step)))
+                slot.local_step += 1  # TF's debias 1 - d ** k: the "power" correction
+                weight = power_weight(constant(decay), slot.local_step)
+                slot.shadow = assign(slot.shadow, divide(new[i], weight))
 
     def _new_slot(self, var: Array, name: str | None) -> _Slot:
         """A shadow for a variable seen for the first time (kept only once ``apply`` succeeds)."""
@@ -161,13 +162,6 @@ class ExponentialMovingAverage:
         else:
             averaged = {k for k, _, _ in _items(moving_avg_variables) if isinstance(k, str)}
         return {(self.average_name(n) if n in averaged else n): v for n, v in named.items()}
-
-
-def _debias(decay: float, local_step: int) -> float:
-    """TF's zero-debias factor ``1 - decay ** local_step``, without cancellation."""
-    if decay == 0.0:
-        return 1.0
-    return -math.expm1(local_step * math.log(decay))
 
 
 def _items(var_list: Any) -> list[tuple[Key, str | None, Array]]:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from ema_core import _api
+from ema_core._arguments import checked_config
 from ema_core._config import Config
 from ema_core._ops import is_readable, ops_for
 from ema_core._types import EMAState, Tree
@@ -63,15 +64,6 @@ def make_update(
     if not isinstance(donate, bool):
         raise TypeError(f"donate must be True or False, got {donate!r}")
     return _Update(config, donate)
-
-
-def checked_config(config: Any) -> Config:
-    """``config``, or ``Config()`` for None; a ``TypeError`` for anything else."""
-    if config is None:
-        return Config()
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be an ema_core.Config, got {type(config).__name__}")
-    return config
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,9 +10,9 @@ from typing import Any, NamedTuple
 import jax
 
 from ema_core import _api
+from ema_core._arguments import checked_config
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
-from ema_core.backends.jax._compiled import checked_config
 
 
 class WithEMAState(NamedTuple):

@@ -9,7 +9,7 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
-from ema_core import _core
+from ema_core import _core, _ops
 from ema_core._checks import check_decay_value, check_finite
 from ema_core._config import Config, config_text, power_weight
 from ema_core._types import Step, Value
@@ -120,7 +120,7 @@ class EMA:
         """
         self._refuse_in_swap("update")
         pending = self._bound.pending
-        t = _options.next_step(self._step) if step is None else _options.checked_step(step)
+        t = _options.next_step(self._step) if step is None else _ops.concrete_step(step)
         if step is not None:
             _options.check_not_back(t, self._step if pending is None else pending.step)
         decay, rate = self.config.decay_and_rate(t)

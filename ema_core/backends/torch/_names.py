@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeAlias
 
 import torch
 
+from ema_core._arguments import BUFFERS
 from ema_core._types import LeafKind
 from ema_core.backends.torch import _dtensor
 
@@ -26,7 +27,7 @@ PREFIXES = ("module.", "_orig_mod.")
 BufferPolicy: TypeAlias = Literal["copy", "average", "skip"]
 #: A name filter: a glob pattern, several patterns, or a predicate on the (stripped) name.
 NameFilter: TypeAlias = "str | Iterable[str] | Callable[[str], bool] | None"
-BUFFER_POLICIES = ("copy", "average", "skip")
+BUFFER_POLICIES = BUFFERS
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 

@@ -1,27 +1,20 @@
 """The arguments of ``EMA`` and what follows from them: one ``Config`` from decay / schedule /
-config; the step counter (checked, advanced, never going back); the shadow dtype of a tracked
-tensor; the ``Binding`` of the tracked tensors to their shadows and store, which follows the
-module when it replaces or converts a tensor and remembers an update cut short."""
+config (read by ``ema_core._arguments``, as every entry reads them); the step counter (advanced,
+never going back; checked by ``_ops.concrete_step``); the shadow dtype of a tracked tensor; the
+``Binding`` of the tracked tensors to their shadows and store, which follows the module when it
+replaces or converts a tensor and remembers an update cut short."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import torch
 
-from ema_core import _ops
-from ema_core._checks import check_choice, check_fraction
+from ema_core import _arguments, _ops
 from ema_core._config import Config, shadow_dtype_name
 from ema_core._types import Namespace, Value
 from ema_core.backends.torch import _names, _store
-from ema_core.backends.torch._names import BUFFER_POLICIES, Tracked
-from ema_core.schedules import as_schedule
-
-
-def checked_step(step: Any) -> int | torch.Tensor:
-    _ops.ops_for(step, "step")  # TypeError / ValueError for what is not a count
-    return int(step) if _ops.is_host_array(step) else step
+from ema_core.backends.torch._names import Tracked
 
 
 def next_step(current: int | torch.Tensor) -> int | torch.Tensor:
@@ -108,29 +101,11 @@ def moves(config: Config, tracked: Tracked) -> bool:
 
 
 def resolve_config(decay: Any, schedule: Any, config: Any, dtype: Any, buffers: Any) -> Config:
-    """The one Config: from ``config``, or built from ``decay`` / ``schedule``; ``dtype`` and
-    ``buffers`` override its fields when given (``buffers`` is ``"copy"`` without a config)."""
-    pairs = (("decay", decay), ("schedule", schedule), ("config", config))
-    given = [n for n, v in pairs if v is not None]
-    if len(given) > 1:
-        raise TypeError(f"pass at most one of decay, schedule or config; got {', '.join(given)}")
-    if buffers is not None:
-        check_choice("buffers", buffers, BUFFER_POLICIES)
-    if config is not None and not isinstance(config, Config):
-        raise TypeError(f"config must be an ema_core.Config, got {type(config).__name__}")
-    changes: dict[str, Any] = {}
-    if config is None:
-        rule = Config().schedule if decay is None else check_fraction("decay", decay)
-        config = Config(schedule=rule if schedule is None else as_schedule(schedule))
-        changes["buffers"] = "copy"
-    if buffers is not None:
-        changes["buffers"] = buffers
-    if dtype is not None:
-        changes["dtype"] = (
-            str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
-        )
-    resolved: Config = dataclasses.replace(config, **changes)
-    return resolved
+    """The one Config of ``EMA(...)`` (``ema_core._arguments.resolve_config``), with a
+    ``torch.dtype`` given as ``dtype`` read as its name."""
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    return _arguments.resolve_config(decay, schedule, config, dtype, buffers)
 
 
 class Pending(NamedTuple):

@@ -1,0 +1,130 @@
+"""The arguments every entry point takes, read in one place.
+
+``ema_update``, ``init`` / ``update`` / ``average``, the torch ``EMA``, JAX's ``make_update`` and
+``with_ema`` and the drop-in classes all name the decay the same way: at most one of ``decay``
+(a constant), ``schedule`` (a ``Schedule`` or ``t -> decay``) and ``config`` (a ``Config``). This
+module turns them into one rule, with one set of errors:
+
+* ``checked_config``: the ``Config``, ``Config()`` for None; ``TypeError`` otherwise.
+* ``resolve_rule``: what the stateless ``ema_update`` needs (the effective schedule, or a 0-d
+  decay array given as ``decay=``; the integer-leaf policy; the finite guard).
+* ``resolve_config``: one ``Config`` (the torch ``EMA``), with its ``dtype`` / ``buffers``.
+
+The step is checked by ``ema_core._ops.concrete_step`` (or ``ops_for``) everywhere, and the
+``"power"`` correction ``1 - d_t ** t`` is ``ema_core._config.power_weight``. This module sits in
+the core, below the API and the backends: it imports neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import array_api_compat as compat
+
+from ema_core._checks import check_choice, check_decay_arg, check_fraction
+from ema_core._config import Config
+from ema_core._types import Array, NonFloatPolicy
+from ema_core.schedules import Schedule, as_schedule
+
+#: ``Config()``: frozen, so one object serves every call that passes no config.
+DEFAULT = Config()
+#: What ``buffers=`` takes, in the order its error lists them.
+BUFFERS = ("copy", "average", "skip")
+
+
+class Rule(NamedTuple):
+    """The decay rule of one ``ema_update`` call."""
+
+    decay: Schedule | Array  # the effective schedule, or a 0-d decay array given as decay=
+    non_float: NonFloatPolicy
+    guard_finite: bool
+
+
+def checked_config(config: Any) -> Config:
+    """``config``, or ``Config()`` for None.
+
+    Raises:
+        TypeError: anything else (a dict, a float, ...).
+
+    Example:
+        >>> checked_config(None) == Config()
+        True
+    """
+    if config is None:
+        return DEFAULT
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be an ema_core.Config, got {type(config).__name__}")
+    return config
+
+
+def check_one_rule(decay: Any, schedule: Any, config: Any) -> None:
+    """At most one of ``decay``, ``schedule`` and ``config`` is given (not None).
+
+    Raises:
+        TypeError: two or three are given.
+    """
+    pairs = (("decay", decay), ("schedule", schedule), ("config", config))
+    given = [name for name, value in pairs if value is not None]
+    if len(given) > 1:
+        raise TypeError(f"pass at most one of decay, schedule or config; got {', '.join(given)}")
+
+
+def decay_schedule(decay: Any, schedule: Any, *, arrays: bool = False) -> Schedule | Array:
+    """The schedule of ``schedule=`` or ``decay=`` (the default decay for neither); with
+    ``arrays``, a 0-d float array ``decay`` is returned as it is (a numpy one as a constant).
+
+    Raises:
+        TypeError / ValueError: ``decay`` is not a float in [0, 1] (nor, with ``arrays``, a 0-d
+            real floating array), or ``schedule`` is not a schedule, a float or a callable.
+    """
+    if schedule is not None:
+        return as_schedule(schedule, "schedule")
+    if decay is None:
+        return DEFAULT.effective_schedule
+    checked = check_decay_arg(decay) if arrays else check_fraction("decay", decay)
+    return checked if compat.is_array_api_obj(checked) else as_schedule(checked)
+
+
+def resolve_rule(decay: Any, schedule: Any, config: Any) -> Rule:
+    """The rule of ``ema_update(..., decay=, schedule=, config=)``.
+
+    Example:
+        >>> resolve_rule(0.5, None, None).decay(3)
+        0.5
+    """
+    check_one_rule(decay, schedule, config)
+    if config is not None:
+        cfg = checked_config(config)
+        return Rule(cfg.effective_schedule, cfg.non_float, cfg.guard_finite)
+    return Rule(decay_schedule(decay, schedule, arrays=True), "copy", False)
+
+
+def resolve_config(
+    decay: Any, schedule: Any, config: Any, dtype: Any = None, buffers: Any = None
+) -> Config:
+    """One ``Config`` from ``config``, or built from ``decay`` / ``schedule`` (then with
+    ``buffers="copy"``); ``dtype`` (a name) and ``buffers`` replace its fields when given.
+
+    Raises:
+        TypeError / ValueError: as ``check_one_rule``, ``checked_config``, ``decay_schedule``;
+            ``buffers`` not in ``BUFFERS``; a ``dtype`` that ``Config`` refuses.
+
+    Example:
+        >>> resolve_config(0.5, None, None, "float32").buffers
+        'copy'
+    """
+    check_one_rule(decay, schedule, config)
+    if buffers is not None:
+        check_choice("buffers", buffers, BUFFERS)
+    changes: dict[str, Any] = {}
+    if config is None:
+        config = Config(schedule=decay_schedule(decay, schedule))
+        changes["buffers"] = "copy"
+    config = checked_config(config)
+    if buffers is not None:
+        changes["buffers"] = buffers
+    if dtype is not None:
+        changes["dtype"] = dtype
+    resolved: Config = dataclasses.replace(config, **changes) if changes else config
+    return resolved
