@@ -10,8 +10,9 @@ The rule, read from the source with ``ast`` (imports at module level, inside fun
   ``import ema_core`` inside ``ema_core/backends/`` is an edge up to the whole library.
 * No module under ``ema_core/backends/`` imports the top-level ``ema_core`` package: the layers
   are, bottom to top, the core (``_settings``, ``_types``, ``_mappings``, ``_ops``, ``_tree``,
-  ``_checks``, ``_core``, ``_writes``, ``schedules``, ``_config``), the backends' leaf kernels, the public API
-  (``_api``, which finds a backend by name when arrays arrive), and the user-facing pieces.
+  ``_checks``, ``_core``, ``_writes``, ``schedules``, ``_config``), the backends' leaf kernels,
+  the public API (``_api``, which finds a backend by name when arrays arrive), and the
+  user-facing pieces.
 * No module under ``ema_core/backends/`` imports ``ema_core._api``, with one exception: JAX's
   ``make_update`` (``_compiled``, ``_chunked``) and ``with_ema`` (``_optax``) are ``jax.jit`` of
   the public ``update`` by design, so they sit above the API and import ``ema_core._api`` (never
