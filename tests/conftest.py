@@ -15,10 +15,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from ema_core import _settings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+#: The long peer-parity run (255 settings per peer):
+#: `pytest --hypothesis-profile=parity-long tests/test_presets_peers_random.py`
+settings.register_profile("parity-long", max_examples=255, deadline=None, print_blob=True)
 
 
 class Name(str, enum.Enum):

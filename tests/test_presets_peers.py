@@ -137,7 +137,7 @@ def config_of(peer: str, s: Setting) -> ema_core.Config:
 
 def plan_of(peer: str, s: Setting) -> peer_oracles.Plan:
     if peer == "timm":
-        args = {k: v for k, v in s.args.items() if k != "dtype"}
+        args = {k: v for k, v in s.args.items() if k != "dtype"}  # storage, not the formula
         return peer_oracles.timm(**args, with_step=s.peer_step)
     return getattr(peer_oracles, DRIVERS[peer][2])(**s.args)  # type: ignore[no-any-return]
 
@@ -212,32 +212,46 @@ def _run_torch(peer: str, s: Setting, bound: Bound | None) -> Judge:
 
 
 STEPS = 160
-#: The settings the parity tests ran before the random suite: they run on every test run.
-FIXED: list[tuple[str, dict[str, Any]]] = [
-    ("torch_ema", {"decay": 0.99}),
-    ("ema_pytorch", {"beta": 0.99, "update_after_step": 20, "update_every": 3}),
-    ("ema_pytorch", {"beta": 0.995, "update_after_step": 0, "update_every": 1, "power": 0.75}),
-    ("ema_pytorch", {"beta": 0.9, "update_after_step": 5, "update_every": 2, "min_value": 0.5}),
-    ("ema_pytorch_karras", {"sigma_rel": 0.1, "update_every": 2}),
-    ("diffusers", {"decay": 0.995, "update_after_step": 10, "use_ema_warmup": True}),
-    ("diffusers", {"decay": 0.99, "min_decay": 0.3, "update_after_step": 3}),
-    ("diffusers", {"decay": 0.99, "use_ema_warmup": True, "inv_gamma": 2.0, "power": 0.75}),
-    ("swa_utils", {"decay": 0.95, "use_buffers": False}),
-    ("swa_utils", {"decay": 0.95, "use_buffers": True}),
-    ("mmengine", {"momentum": 0.05, "interval": 3, "update_buffers": True}),
-    ("mmengine", {"momentum": 0.05, "interval": 1, "update_buffers": False}),
-    ("mmengine", {"momentum": 0.01, "interval": 2, "update_buffers": False, "gamma": 20}),
-    ("timm", {"decay": 0.99, "update_after_step": 5, "use_warmup": True, "dtype": None}),
-    ("timm", {"decay": 0.98, "exclude_buffers": True, "dtype": None}),
+#: Fixed settings, run every time: those the parity tests ran before the drawn ones, then the
+#: cases issue 14 reported (buffers on calls whose decay is 1; floors above the decay), each
+#: given as (peer, its arguments, whether timm gets ``step=``).
+FIXED: list[tuple[str, dict[str, Any], bool]] = [
+    ("torch_ema", {"decay": 0.99}, True),
+    ("ema_pytorch", {"beta": 0.99, "update_after_step": 20, "update_every": 3}, True),
     (
-        "timm",
-        {"decay": 0.999, "use_warmup": True, "min_decay": 0.5, "warmup_power": 0.75, "dtype": None},
+        "ema_pytorch",
+        {"beta": 0.995, "update_after_step": 0, "update_every": 1, "power": 0.75},
+        True,
     ),
+    (
+        "ema_pytorch",
+        {"beta": 0.9, "update_after_step": 5, "update_every": 2, "min_value": 0.5},
+        True,
+    ),
+    ("ema_pytorch_karras", {"sigma_rel": 0.1, "update_every": 2}, True),
+    ("diffusers", {"decay": 0.995, "update_after_step": 10, "use_ema_warmup": True}, True),
+    ("diffusers", {"decay": 0.99, "min_decay": 0.3, "update_after_step": 3}, True),
+    ("diffusers", {"decay": 0.99, "use_ema_warmup": True, "inv_gamma": 2.0, "power": 0.75}, True),
+    ("swa_utils", {"decay": 0.95, "use_buffers": False}, True),
+    ("swa_utils", {"decay": 0.95, "use_buffers": True}, True),
+    ("mmengine", {"momentum": 0.05, "interval": 3, "update_buffers": True}, True),
+    ("mmengine", {"momentum": 0.05, "interval": 1, "update_buffers": False}, True),
+    ("mmengine", {"momentum": 0.01, "interval": 2, "update_buffers": False, "gamma": 20}, True),
+    ("timm", {"decay": 0.99, "update_after_step": 5, "use_warmup": True}, True),
+    ("timm", {"decay": 0.98, "exclude_buffers": True}, True),
+    ("timm", {"decay": 0.999, "use_warmup": True, "min_decay": 0.5, "warmup_power": 0.75}, True),
+    ("mmengine", {"momentum": 0.5, "interval": 3, "update_buffers": False}, True),
+    ("timm", {"decay": 1.0}, True),
+    ("timm", {"decay": 1.0, "exclude_buffers": True}, False),
+    ("swa_utils", {"decay": 1.0, "use_buffers": False}, True),
+    ("timm", {"decay": 0.99, "min_decay": 0.995, "use_warmup": True}, True),
+    ("ema_pytorch", {"beta": 0.99, "min_value": 0.995, "update_after_step": 0}, True),
+    ("diffusers", {"decay": 0.99, "min_decay": 0.995, "update_after_step": 0}, True),
 ]
 
 
 @pytest.mark.parametrize(
-    ("peer", "args"), FIXED, ids=[f"{p}-{i}" for i, (p, _) in enumerate(FIXED)]
+    ("peer", "args", "peer_step"), FIXED, ids=[f"{p}-{i}" for i, (p, *_) in enumerate(FIXED)]
 )
-def test_fixed_settings(peer: str, args: dict[str, Any]) -> None:
-    run_torch(peer, Setting(args, steps=STEPS))
+def test_fixed_settings(peer: str, args: dict[str, Any], peer_step: bool) -> None:
+    run_torch(peer, Setting(args, peer_step=peer_step, steps=STEPS))

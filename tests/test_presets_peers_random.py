@@ -289,6 +289,9 @@ def run_keras(worker: KerasWorker, s: Setting, bound: Bound | None = None) -> Ju
 @given(setting=settings_of("optax"))
 @example(setting=Setting({"decay": 0.95, "debias": True, "accumulator_dtype": None}))
 @example(setting=Setting({"decay": 0.95, "debias": False, "accumulator_dtype": None}))
+@example(setting=Setting({"decay": 0.99984, "debias": True, "accumulator_dtype": "bfloat16"}))
+@example(setting=Setting({"decay": 0.9, "debias": False, "accumulator_dtype": "float16"}))
+@example(setting=Setting({"decay": 1.0, "debias": True, "accumulator_dtype": None}))
 def test_optax(setting: Setting) -> None:
     run_optax(setting)
 
