@@ -29,7 +29,7 @@ def main() -> None:
     from jax.sharding import PartitionSpec as P
 
     import ema_core as ema
-    from ema_core.backends.jax import make_update
+    from ema_core.jax import make_update
 
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
     mesh = jax.make_mesh((2, 4), ("data", "model"))

@@ -31,7 +31,7 @@ from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ema_core as ema
-from ema_core.backends.torch import EMA, ddp_ema, full_state_dict
+from ema_core.torch import EMA, ddp_ema, full_state_dict
 
 CONFIG = ema.Config(schedule=ema.schedules.warmup(0.99), init="copy")
 STEPS = 8

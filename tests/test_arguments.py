@@ -41,13 +41,13 @@ def _ema_update(**kw: Any) -> None:
 def _torch_ema(**kw: Any) -> None:
     import torch
 
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     EMA({"w": torch.zeros(2)}, **kw)
 
 
 def _make_update(config: Any = None) -> None:
-    from ema_core.backends.jax import make_update
+    from ema_core.jax import make_update
 
     make_update(config)
 
@@ -55,7 +55,7 @@ def _make_update(config: Any = None) -> None:
 def _with_ema(config: Any = None) -> None:
     import optax
 
-    from ema_core.backends.jax import with_ema
+    from ema_core.jax import with_ema
 
     with_ema(optax.sgd(1.0), config)
 
@@ -131,7 +131,7 @@ def _rate_ema_update(t: int, kw: dict[str, Any]) -> float:
 def _rate_torch_ema(t: int, kw: dict[str, Any]) -> float:
     import torch
 
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     w = torch.zeros(2, dtype=torch.float64)
     average = EMA({"w": w}, **kw)
@@ -143,7 +143,7 @@ def _rate_torch_ema(t: int, kw: dict[str, Any]) -> float:
 def _rate_make_update(t: int, kw: dict[str, Any]) -> float:
     import jax.numpy as jnp
 
-    from ema_core.backends.jax import make_update
+    from ema_core.jax import make_update
 
     config = kw.get("config")
     state = ema.init({"w": jnp.zeros(2)}, config)
@@ -197,7 +197,7 @@ def test_every_entry_reads_the_same_arguments_as_the_same_decays(kwargs: dict[st
 def test_the_ema_config_is_the_config_the_arguments_name() -> None:
     import torch
 
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     given = ema.Config(schedule=0.5, init="zeros")
     assert EMA({"w": torch.zeros(1)}, config=given).config == given
@@ -238,7 +238,7 @@ def test_ema_update_and_the_ema_class_check_a_step_alike(
     with the same words, and the EMA has not counted it."""
     import torch
 
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     with pytest.raises(error) as host:
         ema.ema_update(_zeros(), {"w": np.ones(2)}, make(np), decay=0.5)

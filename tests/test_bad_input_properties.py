@@ -185,7 +185,7 @@ torch_missing = importlib.util.find_spec("torch") is None
 @SETTINGS
 @given(data=st.data())
 def test_torch_ema_class_raises_the_promised_type_and_changes_nothing(data: Any) -> None:
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     backend = _load(Name.TORCH)
     host, _ = data.draw(_case(backend))

@@ -37,7 +37,7 @@ def _check(ema_avg: dict[str, Any], want: dict[str, Any], where: str) -> None:
 def _peer_parity(model: Any, peer_update: Any, peer_state: Any, config: ema.Config) -> None:
     """The ``EMA`` class beside a peer, every tensor compared exactly after every call; the
     model's buffers must move (a training-mode forward each step) for the check to mean it."""
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     ours = EMA(model, config=config)
     first = model.state_dict()["1.running_mean"].clone()
@@ -133,7 +133,7 @@ def test_ema_class_follows_buffers_on_skipped_calls(buffers: str, step: str) -> 
     their bits, copied buffers and ``num_batches_tracked`` take the model's; with a tensor step
     the decay is a tensor and the copy needs no select."""
     torch = require("torch")
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     model = make_model()
     ours = EMA(model, config=ema.Config(schedule=0.5, interval=3), buffers=buffers)
@@ -200,7 +200,7 @@ def test_make_update_copies_integers_on_traced_skips(
     """Traced step and decay, one jit call or chunks of 2 leaves; ``ema_update`` under jit
     with a traced decay of 1."""
     jax = pytest.importorskip("jax")
-    from ema_core.backends.jax import _chunked, make_update
+    from ema_core.jax import _chunked, make_update
 
     if chunk is not None:
         monkeypatch.setattr(_chunked, "CHUNK", chunk)

@@ -25,7 +25,7 @@ if not (dist.is_available() and dist.is_gloo_available() and hasattr(fsdp, "full
         "needs torch.distributed with gloo and FSDP2 (fully_shard)", allow_module_level=True
     )
 
-from ema_core.backends.torch import EMA, ddp_ema, full_state_dict  # noqa: E402
+from ema_core.torch import EMA, ddp_ema, full_state_dict  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
 

@@ -219,7 +219,7 @@ def test_first_update_leaves_small_leaves_to_the_blocked_path_with_the_same_bits
 
 
 def _ema_of(torch, shapes, dtype):
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     params = {f"w{i}": torch.nn.Parameter(torch.randn(s).to(dtype)) for i, s in enumerate(shapes)}
     return params, EMA(params, decay=0.9)
@@ -255,7 +255,7 @@ def test_strided_torch_leaves_are_left_to_the_torch_path(monkeypatch):
     monkeypatch.setattr(
         _mixed, "lerp_mixed_", lambda s, p, *rest: calls.append(len(s)) or original(s, p, *rest)
     )
-    monkeypatch.setattr("ema_core.backends.torch._kernels.lerp_mixed_", _mixed.lerp_mixed_)
+    monkeypatch.setattr("ema_core.backends.torch._routes.lerp_mixed_", _mixed.lerp_mixed_)
     from ema_core.backends.torch._host import FIRST_MIN
 
     shadow = torch.zeros(6, 4)

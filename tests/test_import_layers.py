@@ -8,16 +8,17 @@ The rule, read from the source with ``ast`` (imports at module level, inside fun
   A package's ``__init__`` is not an implicit edge of its submodules (Python runs it first, and
   it only gathers names), but a module that names its package imports it, so
   ``import ema_core`` inside ``ema_core/backends/`` is an edge up to the whole library.
-* No module under ``ema_core/backends/`` imports the top-level ``ema_core`` package: the layers
-  are, bottom to top, the core (``_settings``, ``_types``, ``_mappings``, ``_ops``, ``_tree``,
-  ``_checks``, ``_core``, ``_writes``, ``schedules``, ``_config``), the backends' leaf kernels,
-  the public API (``_api``, which finds a backend by name when arrays arrive), and the
-  user-facing pieces.
-* No module under ``ema_core/backends/`` imports ``ema_core._api``, with one exception: JAX's
-  ``make_update`` (``_compiled``, ``_chunked``) and ``with_ema`` (``_optax``) are ``jax.jit`` of
-  the public ``update`` by design, so they sit above the API and import ``ema_core._api`` (never
-  the package). Their own imports stay acyclic: ``_api`` loads a backend by name only when an
-  update runs, after every module it needs has finished importing.
+* No module under ``ema_core/backends/`` (the leaf kernels) imports anything above them: the
+  top-level ``ema_core`` package, the public API ``ema_core._api``, or the user-facing packages
+  ``ema_core.torch`` and ``ema_core.jax``. The layers are, bottom to top, the core
+  (``_settings``, ``_types``, ``_mappings``, ``_ops``, ``_tree``, ``_checks``, ``_core``,
+  ``_writes``, ``schedules``, ``_config``), the backends' leaf kernels, the public API (``_api``,
+  which finds a backend by name when arrays arrive), and the user-facing pieces (``ema_core.torch``:
+  ``EMA``, ``ddp_ema``, ``full_state_dict``; ``ema_core.jax``: ``make_update``, ``with_ema``,
+  checkpoints; presets, compat). One exception, named below: the kernel packages
+  ``ema_core.backends.torch`` and ``ema_core.backends.jax`` keep the old import paths of the
+  user-facing names (``ema_core.backends.torch.EMA``) through a module ``__getattr__`` that
+  imports ``ema_core.torch`` / ``ema_core.jax`` on first use; no kernel module imports them.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ema_core"
-ABOVE_API = frozenset(
+OLD_PATHS = frozenset(
     {
-        "ema_core.backends.jax._chunked",
-        "ema_core.backends.jax._compiled",
-        "ema_core.backends.jax._optax",
+        ("ema_core.backends.torch", "ema_core.torch"),
+        ("ema_core.backends.jax", "ema_core.jax"),
     }
 )
 
@@ -115,13 +115,48 @@ def test_no_import_cycle() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def _above_kernels(target: str) -> bool:
+    return target in {"ema_core", "ema_core._api"} or target.startswith(
+        ("ema_core.torch", "ema_core.jax")
+    )
+
+
 def test_backends_do_not_import_the_api_or_the_package() -> None:
-    upward = {"ema_core", "ema_core._api"}
     wrong = {
         f"{name} -> {target}"
         for name, edges in import_graph().items()
         if name.startswith("ema_core.backends")
-        for target in edges & upward
-        if not (name in ABOVE_API and target == "ema_core._api")
+        for target in edges
+        if _above_kernels(target) and (name, target) not in OLD_PATHS
     }
     assert not wrong, f"backends import above themselves: {sorted(wrong)}"
+
+
+def test_old_paths_are_looked_up_inside_getattr_only() -> None:
+    """The two upward edges allowed are the old-path aliases, imported in ``__getattr__``."""
+    for name, target in OLD_PATHS:
+        path = _modules(PACKAGE)[name]
+        tree = ast.parse(path.read_text(), str(path))
+        getattr_defs = [
+            node
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+        ]
+        inside = {id(n) for d in getattr_defs for n in ast.walk(d)}
+        upward = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import) and any(a.name == target for a in node.names)
+        ]
+        assert upward and all(id(node) in inside for node in upward), name
+
+
+def test_old_paths_still_work() -> None:
+    import importlib
+
+    torch_old = importlib.import_module("ema_core.backends.torch")
+    torch_new = importlib.import_module("ema_core.torch")
+    assert torch_old.EMA is torch_new.EMA and torch_old.ddp_ema is torch_new.ddp_ema
+    jax_old = importlib.import_module("ema_core.backends.jax")
+    jax_new = importlib.import_module("ema_core.jax")
+    assert jax_old.make_update is jax_new.make_update and jax_old.with_ema is jax_new.with_ema

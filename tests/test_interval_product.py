@@ -15,7 +15,7 @@ jnp = pytest.importorskip("jax.numpy")
 
 import ema_core as ema  # noqa: E402
 from ema_core import schedules  # noqa: E402
-from ema_core.backends.jax import (  # noqa: E402
+from ema_core.jax import (  # noqa: E402
     make_update,
 )
 from tests.conftest import Backend, Name, _load, assert_close, to_numpy  # noqa: E402

@@ -12,7 +12,7 @@ jnp = pytest.importorskip("jax.numpy")
 
 import ema_core as ema  # noqa: E402
 from ema_core import schedules  # noqa: E402
-from ema_core.backends.jax import load_state_dict, make_update, state_dict  # noqa: E402
+from ema_core.jax import load_state_dict, make_update, state_dict  # noqa: E402
 
 CONFIG = ema.Config(schedule=schedules.warmup(0.999), init="zeros", dtype="same")
 

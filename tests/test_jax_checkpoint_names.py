@@ -13,7 +13,7 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import ema_core as ema  # noqa: E402
-from ema_core.backends.jax import (  # noqa: E402
+from ema_core.jax import (  # noqa: E402
     load_state_dict,
     state_dict,
 )

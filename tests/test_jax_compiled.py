@@ -10,7 +10,7 @@ jnp = pytest.importorskip("jax.numpy")
 
 import ema_core as ema  # noqa: E402
 from ema_core import schedules  # noqa: E402
-from ema_core.backends.jax import make_update  # noqa: E402
+from ema_core.jax import make_update  # noqa: E402
 from tests.conftest import assert_close, assert_same_bits_nan_aside  # noqa: E402
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -181,7 +181,7 @@ def test_fast_leaf_math_equals_the_generic_path(decay):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Trees of more than 3 arrays take the chunked path (chunks of 3 leaves)."""
-    from ema_core.backends.jax import _chunked
+    from ema_core.jax import _chunked
 
     monkeypatch.setattr(_chunked, "CHUNK", 3)
 
@@ -198,7 +198,7 @@ def _many(k=0.0):
 def test_chunked_path_equals_the_single_jit(monkeypatch, compilations, donate):
     """Chunks of 3 leaves against one jit of the whole update: the same bits, and a second run
     over the same signatures compiles nothing."""
-    from ema_core.backends.jax import _chunked
+    from ema_core.jax import _chunked
 
     config = ema.Config(schedule=schedules.warmup(0.99), init="zeros")
     targets = [_many(k) for k in range(1, 8)]

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     import jax.numpy as jnp, numpy as np
     import ema_core as ema
     from ema_core import schedules
-    from ema_core.backends.jax import make_update
+    from ema_core.jax import make_update
 
     rng = np.random.default_rng(0)
     host = [{"w": rng.standard_normal((256, 64)).astype(np.float32),

@@ -11,7 +11,7 @@ optax = pytest.importorskip("optax")
 
 import ema_core as ema  # noqa: E402
 from ema_core import schedules  # noqa: E402
-from ema_core.backends.jax import WithEMAState, ema_average, with_ema  # noqa: E402
+from ema_core.jax import WithEMAState, ema_average, with_ema  # noqa: E402
 
 
 def _problem():

@@ -12,7 +12,7 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import ema_core as ema  # noqa: E402
-from ema_core.backends.jax import make_update  # noqa: E402
+from ema_core.jax import make_update  # noqa: E402
 from tests.conftest import assert_close, to_numpy  # noqa: E402
 
 needs_flax = pytest.mark.skipif(

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import NamedSharding, PartitionSpec as P
     import ema_core as ema
     from ema_core import schedules
-    from ema_core.backends.jax import make_update
+    from ema_core.jax import make_update
 
     assert jax.device_count() == 8, jax.devices()
     mesh = jax.make_mesh((2, 4), ("data", "model"))

@@ -14,7 +14,7 @@ jnp = pytest.importorskip("jax.numpy")
 
 import ema_core as ema  # noqa: E402
 from ema_core import schedules  # noqa: E402
-from ema_core.backends.jax import (  # noqa: E402
+from ema_core.jax import (  # noqa: E402
     _chunked,
     _compiled,
     make_update,

@@ -31,7 +31,7 @@ def test_functional_read_of_a_half_shadow_is_float32(correction):
 
 def test_torch_read_of_a_half_shadow_is_float32():
     torch = pytest.importorskip("torch")
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     model = torch.nn.Linear(3, 2)
     averager = EMA(model, config=_half_zero_config(dtype="bfloat16"))
@@ -45,7 +45,7 @@ def test_torch_read_of_a_half_shadow_is_float32():
 def test_jax_ema_average_of_a_half_shadow_is_float32():
     jnp = pytest.importorskip("jax.numpy")
     optax = pytest.importorskip("optax")
-    from ema_core.backends.jax import ema_average, with_ema
+    from ema_core.jax import ema_average, with_ema
 
     cfg = presets.optax(0.99984, accumulator_dtype="bfloat16")
     opt = with_ema(optax.sgd(1.0), cfg)

@@ -191,7 +191,7 @@ def run_torch(peer: str, s: Setting, bound: Bound | None = None) -> Judge:
 
 
 def _run_torch(peer: str, s: Setting, bound: Bound | None) -> Judge:
-    ema_class = require("ema_core.backends.torch").EMA
+    ema_class = require("ema_core.torch").EMA
     model = make_model(s.seed)
     config, plan = config_of(peer, s), plan_of(peer, s)  # a preset refusing fails here
     update_peer, read_peer = DRIVERS[peer][0](model, s)

@@ -148,7 +148,7 @@ Pair = tuple[Callable[[int], None], Callable[[], dict[str, Any]]]
 
 
 def _run_beside(model: Any, peer: Pair, config: ema.Config, steps: int = 30) -> None:
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     averager = EMA(model, config=config)
     for t in train_steps(model, steps):

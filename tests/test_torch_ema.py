@@ -8,8 +8,8 @@ import pytest
 
 import ema_core
 from ema_core import Config, schedules
-from ema_core.backends.torch import EMA
-from ema_core.backends.torch._names import strip
+from ema_core.torch import EMA
+from ema_core.torch._names import strip
 
 torch = pytest.importorskip("torch")
 
@@ -369,7 +369,7 @@ def test_remote_store_computes_what_the_local_store_does(decay):
     memory and the event, are in tests/test_torch_gpu.py)."""
     import array_api_compat.torch as xp
 
-    from ema_core.backends.torch import _store
+    from ema_core.torch import _store
 
     gen = torch.Generator().manual_seed(3)
     live = [torch.randn(5, 3, generator=gen).bfloat16(), torch.randn(4, generator=gen)]

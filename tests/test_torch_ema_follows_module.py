@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from ema_core import Config, schedules
-from ema_core.backends.torch import EMA
-from ema_core.backends.torch._names import strip
+from ema_core.torch import EMA
+from ema_core.torch._names import strip
 from tests.torch_models import copies, net, nudge, same
 
 torch = pytest.importorskip("torch")

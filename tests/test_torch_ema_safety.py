@@ -11,7 +11,8 @@ import signal
 import pytest
 
 from ema_core import Config, schedules
-from ema_core.backends.torch import EMA, _foreach
+from ema_core.backends.torch import _foreach
+from ema_core.torch import EMA
 from tests.torch_models import copies, live_values, net, nudge, same
 
 torch = pytest.importorskip("torch")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from ema_core import Config, schedules
-from ema_core.backends.torch import EMA, _mixed, _triton
+from ema_core.backends.torch import _mixed, _triton
+from ema_core.torch import EMA
 
 torch = pytest.importorskip("torch")
 

@@ -22,7 +22,8 @@ import pytest
 import ema_core
 from ema_core import _core
 from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import EMA, _host, _kernels, _mixed, _triton
+from ema_core.backends.torch import _host, _mixed, _routes, _triton
+from ema_core.torch import EMA
 
 torch = pytest.importorskip("torch")
 
@@ -209,15 +210,15 @@ def test_kernel_layer_names_the_tensor_and_checks_every_pair_on_rebinding():
     n = 2 * _host.FIRST_MIN
     shadows = [torch.zeros(8), torch.zeros(n), torch.zeros(n)]
     params = [torch.ones(8), torch.ones(n, dtype=BF16), torch.ones(n, dtype=BF16)]
-    plan = _kernels.make_plan(shadows, params, ["float"] * 3, names=["l.a", "l.b", "l.c"])
-    _kernels.apply(xp, plan, 0.5, 0.5)
+    plan = _routes.make_plan(shadows, params, ["float"] * 3, names=["l.a", "l.b", "l.c"])
+    _routes.apply(xp, plan, 0.5, 0.5)
     params[2].data = torch.ones(n // 2, dtype=BF16)
     before = [s.clone() for s in shadows]
     with pytest.raises(ValueError, match=r"params l\.c: shape \(65536,\)"):
-        _kernels.apply(xp, plan, 0.5, 0.5)
+        _routes.apply(xp, plan, 0.5, 0.5)
     d, r = _device_decay(0.5)
     with pytest.raises(ValueError, match=r"params l\.c:"):
-        _kernels.apply(xp, plan, d, r)  # the device-decay path checks too
+        _routes.apply(xp, plan, d, r)  # the device-decay path checks too
     assert all(_same_bits(s, b) for s, b in zip(shadows, before, strict=True))
 
 

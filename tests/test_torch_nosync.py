@@ -23,7 +23,7 @@ import pytest
 import ema_core
 from ema_core import Config, schedules
 from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import EMA
+from ema_core.torch import EMA
 
 torch = pytest.importorskip("torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402

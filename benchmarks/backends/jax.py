@@ -27,7 +27,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     import jax
     import jax.numpy as jnp
 
-    from ema_core.backends.jax import make_update
+    from ema_core.jax import make_update
 
     try:
         dev = jax.devices("cuda" if device == "cuda" else "cpu")[0]

@@ -21,7 +21,7 @@ def missing() -> str | None:
 def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[int], Any]]:
     import torch
 
-    from ema_core.backends.torch import EMA
+    from ema_core.torch import EMA
 
     shadows_np, params_np = host_arrays(workload)
     pdtype = torch.bfloat16 if dtype == "bf16" else torch.float32

@@ -1,38 +1,43 @@
-"""The JAX backend: pytrees, one compiled update, shardings kept, optax and checkpoints.
+"""JAX leaf kernels (below the API): the whole update is one compiled function (``_leaves``).
 
-* ``ema_core.ema_update`` / ``init`` / ``update`` / ``average`` accept any JAX pytree: plain and
-  flax linen param dicts, flax nnx ``State``, equinox modules (arrays are averaged, static fields
-  kept as they are). Eager calls run as one compiled function, not leaf by leaf.
-* ``make_update(config)``: the jitted ``(state, params) -> state`` with the state donated
-  (trees of more than 1,024 arrays run in compiled chunks: XLA's compile time and memory grow
-  faster than the leaf count).
-* ``with_ema(optimizer, config)``: an optax transformation whose state carries the EMA;
-  ``ema_average(opt_state, config)`` reads it.
-* ``state_dict(state)`` / ``load_state_dict(arrays, like)``: flat numpy arrays for ``np.savez``,
-  named by path with each key escaped (``~`` as ``~0``, ``/`` as ``~1``).
+Routes, one per leaf, chosen inside the compiled function (all run in the CPU suite):
 
-Inside: ``_leaves`` is the leaf math (below the API: what ``ema_core.update`` calls per leaf);
-``_compiled`` and ``_chunked`` the compiled update and ``_optax`` the optax wrapper sit above the
-API (each is ``jax.jit`` of ``ema_core._api.update``); ``_checkpoint`` the ``.npz`` names. How
-pytree nodes open for the tree walk is ``ema_core._pytree``, in the core.
+=================  ==========================================================================
+leaf               what updates it
+=================  ==========================================================================
+float              ``_leaves._blend``: the core's lerp steps in float32 or wider, both ends
+                   selected (decay 1 keeps the shadow's bits, decay 0 gives the params')
+integer, bool      ``_leaves._copy_into``: the params' value at every decay
+                   (``non_float="copy"``); kept as they are under the other policies
+=================  ==========================================================================
 
-Nothing here issues a collective: every leaf is updated where its shards live.
+The decay and the rate arrive as 0-d arrays, never as static values, so a schedule that changes
+every step never recompiles; inside a trace the same function is simply inlined.
+
+The user-facing JAX pieces (``make_update``, ``with_ema``, checkpoints) sit above the API in
+``ema_core.jax``; their old names here (``ema_core.backends.jax.make_update`` ...) still work
+and are looked up there on first use (``__getattr__`` below), never by the kernels.
 """
 
-from ema_core.backends.generic import guard  # nothing to guard: JAX arrays are immutable
-from ema_core.backends.jax._checkpoint import load_state_dict, state_dict
-from ema_core.backends.jax._compiled import make_update
-from ema_core.backends.jax._leaves import scalar_device, update_leaves
-from ema_core.backends.jax._optax import WithEMAState, ema_average, with_ema
+from __future__ import annotations
 
-__all__ = [
-    "WithEMAState",
-    "ema_average",
-    "guard",
-    "load_state_dict",
-    "make_update",
-    "scalar_device",
-    "state_dict",
-    "update_leaves",
-    "with_ema",
-]
+from typing import Any
+
+from ema_core.backends.generic import guard  # nothing to guard: JAX arrays are immutable
+from ema_core.backends.jax._leaves import scalar_device, update_leaves
+
+__all__ = ["guard", "scalar_device", "update_leaves"]
+
+#: Names that used to live here and moved above the API to ``ema_core.jax``.
+_MOVED = frozenset(
+    {"WithEMAState", "ema_average", "load_state_dict", "make_update", "state_dict", "with_ema"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The old import path of the user-facing JAX names (``ema_core.jax``), kept working."""
+    if name in _MOVED:
+        import ema_core.jax
+
+        return getattr(ema_core.jax, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

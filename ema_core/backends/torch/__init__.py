@@ -1,46 +1,31 @@
-"""The torch backend: fused in-place updates with no host sync, and ``EMA`` for ``nn.Module``s.
+"""torch leaf kernels (below the API): fused in-place updates with no host sync.
 
-How the pieces fit:
+``guard`` and ``update_leaves`` are the backend protocol the core calls (``ema_core.backends``);
+``ema_update`` on tensors lands in ``update_leaves``, the ``EMA`` class (``ema_core.torch``) in
+``_routes`` through its store. ``_routes`` groups the leaves once into a plan and picks one
+route per group (the table is in its docstring); ``_foreach`` holds the fused ops, ``_host`` the
+CPU views handed to the host engine, ``_mixed`` / ``_triton`` the one-pass mixed-precision blend.
 
-* ``_kernels``: the leaf update. Leaves are grouped by (device, dtypes) into a ``Plan``; each
-  group is one ``torch._foreach_lerp_`` (or ``_foreach_copy_`` for integer leaves), through
-  ``_foreach``, which falls back to per-tensor loops where those private ops are missing. A
-  decay is a Python float or a 0-d device tensor that is never read on the host.
-* ``_host``: CPU groups with a float32/float64 shadow over bf16/fp16 params, when numba is
-  installed: ema-core's compiled one-pass loop over numpy views of the tensors (no copies),
-  shared over ``torch.get_num_threads()`` threads; the views are kept between updates.
-* ``_mixed`` / ``_triton``: the same one pass without numba (cache-sized blocks on CPU) and on
-  CUDA (a Triton kernel).
-* ``_names``: which tensors of a module are tracked, under which names; ``_options``: the
-  ``EMA`` arguments turned into one ``Config``.
-* ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_store``: where its
-  shadows live (beside the params, or pinned host memory for a CUDA model); ``_swap``: putting
-  averages into the model and taking them out; ``_state``: checkpoints.
-* ``_dtensor``: FSDP2 (DTensor) params get DTensor shadows updated on their local shards with
-  no collective. ``_dist``, above ``EMA``: ``full_state_dict`` gathers one plain checkpoint
-  (rank 0 by default); ``ddp_ema`` builds an EMA on every DDP rank or on rank 0 only.
-
-Imports point down: each file imports only files before it in ``_foreach``, ``_triton``,
-``_host``, ``_mixed``, ``_kernels``, ``_dtensor``, ``_store``, ``_names``, ``_state``, ``_swap``,
-``_options``, ``_module``, ``_dist``.
-
-``guard`` and ``update_leaves`` are the backend protocol the core calls (see
-``ema_core.backends``); ``ema_update`` on torch tensors lands in ``update_leaves``.
+The user-facing classes sit above the API in ``ema_core.torch``; their old names here
+(``ema_core.backends.torch.EMA`` ...) still work and are looked up there on first use
+(``__getattr__`` below), never by the kernels.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
 from ema_core._types import LeafKind, Namespace, NonFloatPolicy, Value
-from ema_core.backends.torch import _kernels
-from ema_core.backends.torch._dist import ddp_ema, full_state_dict
-from ema_core.backends.torch._module import EMA
+from ema_core.backends.torch import _routes
 
-__all__ = ["EMA", "ddp_ema", "full_state_dict", "guard", "update_leaves"]
+__all__ = ["guard", "update_leaves"]
+
+#: Names that used to live here and moved above the API to ``ema_core.torch``.
+_MOVED = frozenset({"EMA", "ddp_ema", "full_state_dict"})
 
 
 @contextlib.contextmanager
@@ -61,7 +46,7 @@ def update_leaves(
     non_float: NonFloatPolicy,
     writes: Sequence[bool],
 ) -> list[torch.Tensor]:
-    """Blend float leaves and copy exact ones, grouped into fused calls; see the module doc.
+    """Blend float leaves and copy exact ones, grouped into fused calls (``_routes``).
 
     ``writes[i]`` updates ``shadows[i]`` in place and returns it; otherwise a new tensor is
     returned and ``shadows[i]`` is left alone. Integer leaves follow ``non_float``: "copy" takes
@@ -73,10 +58,19 @@ def update_leaves(
     out = [s if w or not m else s.clone() for s, w, m in zip(shadows, writes, move, strict=True)]
     if not any(move):
         return out
-    plan = _kernels.make_plan(
+    plan = _routes.make_plan(
         [s for s, m in zip(out, move, strict=True) if m],
         [p for p, m in zip(params, move, strict=True) if m],
         [kind for kind, m in zip(kinds, move, strict=True) if m],
     )
-    _kernels.apply(xp, plan, decay, rate)
+    _routes.apply(xp, plan, decay, rate)
     return out
+
+
+def __getattr__(name: str) -> Any:
+    """The old import path of the user-facing torch names (``ema_core.torch``), kept working."""
+    if name in _MOVED:
+        import ema_core.torch
+
+        return getattr(ema_core.torch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,8 +13,8 @@ from ema_core import _core, _ops
 from ema_core._checks import check_decay_value, check_finite
 from ema_core._config import Config, config_text, power_weight
 from ema_core._types import Step, Value
-from ema_core.backends.torch import _dtensor, _names, _options, _state, _swap
-from ema_core.backends.torch._swap import HeldInterrupts
+from ema_core.torch import _dtensor, _names, _options, _state, _swap
+from ema_core.torch._swap import HeldInterrupts
 
 
 class EMA:
@@ -50,7 +50,7 @@ class EMA:
 
     Example:
         >>> import torch
-        >>> from ema_core.backends.torch import EMA
+        >>> from ema_core.torch import EMA
         >>> model = torch.nn.Linear(2, 1, bias=False)
         >>> _ = torch.nn.init.zeros_(model.weight)
         >>> ema = EMA(model, decay=0.75)

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import torch
 
-from ema_core.backends.torch._dtensor import is_dtensor
-from ema_core.backends.torch._module import EMA
+from ema_core.torch._dtensor import is_dtensor
+from ema_core.torch._module import EMA
 
 KeepOn = Literal["all", "rank0"]
 
@@ -38,7 +38,7 @@ def full_state_dict(ema: EMA, /, *, keep_on: KeepOn = "rank0") -> dict[str, Any]
 
     Example:
         >>> import torch
-        >>> from ema_core.backends.torch import EMA, full_state_dict
+        >>> from ema_core.torch import EMA, full_state_dict
         >>> ema = EMA(torch.nn.Linear(2, 1), decay=0.9)
         >>> sorted(full_state_dict(ema, keep_on="all")["shadow"])  # "rank0" in a process group
         ['bias', 'weight']
@@ -75,7 +75,7 @@ def ddp_ema(module: torch.nn.Module, /, *, keep_on: KeepOn = "all", **kwargs: An
 
     Example:
         >>> import torch
-        >>> from ema_core.backends.torch import ddp_ema
+        >>> from ema_core.torch import ddp_ema
         >>> model = torch.nn.Linear(2, 1)  # DistributedDataParallel(model) in a process group
         >>> ema = ddp_ema(model, decay=0.9)  # keep_on="rank0": None on the other ranks
         >>> if ema is not None:

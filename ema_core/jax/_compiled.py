@@ -16,7 +16,7 @@ from ema_core._arguments import checked_config
 from ema_core._config import Config
 from ema_core._ops import is_readable, ops_for
 from ema_core._types import EMAState, Tree
-from ema_core.backends.jax import _chunked
+from ema_core.jax import _chunked
 
 
 def make_update(
@@ -51,7 +51,7 @@ def make_update(
 
     Example:
         >>> import jax.numpy as jnp, ema_core as ema
-        >>> from ema_core.backends.jax import make_update
+        >>> from ema_core.jax import make_update
         >>> config = ema.Config(schedule=0.5)
         >>> step = make_update(config)
         >>> state = ema.init({"w": jnp.zeros(2)}, config)

@@ -13,8 +13,8 @@ import torch
 from ema_core import _arguments, _ops
 from ema_core._config import Config, shadow_dtype_name
 from ema_core._types import Namespace, Value
-from ema_core.backends.torch import _names, _store
-from ema_core.backends.torch._names import Tracked
+from ema_core.torch import _names, _store
+from ema_core.torch._names import Tracked
 
 
 def next_step(current: int | torch.Tensor) -> int | torch.Tensor:

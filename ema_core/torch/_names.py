@@ -19,7 +19,7 @@ import torch
 
 from ema_core._arguments import BUFFERS
 from ema_core._types import LeafKind
-from ema_core.backends.torch import _dtensor
+from ema_core.torch import _dtensor
 
 #: Wrapper prefixes removed from the front of every name (repeatedly: DDP inside compile).
 PREFIXES = ("module.", "_orig_mod.")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ema_core._config import stable_text
-from ema_core.backends.torch import _dtensor
+from ema_core.torch import _dtensor
 
 FORMAT = "ema_core.torch.EMA"
 VERSION = 1

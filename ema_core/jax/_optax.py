@@ -42,7 +42,7 @@ def with_ema(optimizer: Any, config: Config | None = None, /) -> Any:
 
     Example:
         >>> import jax.numpy as jnp, optax, ema_core as ema
-        >>> from ema_core.backends.jax import ema_average, with_ema
+        >>> from ema_core.jax import ema_average, with_ema
         >>> config = ema.Config(schedule=0.5)
         >>> opt = with_ema(optax.sgd(1.0), config)
         >>> params = {"w": jnp.zeros(2)}
@@ -90,7 +90,7 @@ def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
 
     Example:
         >>> import jax.numpy as jnp, optax
-        >>> from ema_core.backends.jax import ema_average, with_ema
+        >>> from ema_core.jax import ema_average, with_ema
         >>> opt = optax.chain(optax.clip(1.0), with_ema(optax.sgd(0.1)))
         >>> ema_average(opt.init({"w": jnp.ones(1)}))["w"].tolist()
         [1.0]

@@ -29,7 +29,7 @@ def state_dict(state: EMAState, /) -> dict[str, np.ndarray]:
 
     Example:
         >>> import io, numpy as np, jax.numpy as jnp, ema_core as ema
-        >>> from ema_core.backends.jax import load_state_dict, state_dict
+        >>> from ema_core.jax import load_state_dict, state_dict
         >>> state = ema.init({"w": jnp.ones(2)})
         >>> sorted(state_dict(state))
         ['shadow/w', 'step', 'weight']

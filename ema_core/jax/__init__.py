@@ -1,0 +1,33 @@
+"""JAX above the API: the compiled update, optax, checkpoints (user-facing).
+
+* ``ema_core.ema_update`` / ``init`` / ``update`` / ``average`` accept any JAX pytree: plain and
+  flax linen param dicts, flax nnx ``State``, equinox modules (arrays are averaged, static fields
+  kept as they are). Eager calls run as one compiled function (``ema_core.backends.jax``).
+* ``make_update(config)``: the jitted ``(state, params) -> state`` with the state donated
+  (trees of more than 1,024 arrays run in compiled chunks: XLA's compile time and memory grow
+  faster than the leaf count).
+* ``with_ema(optimizer, config)``: an optax transformation whose state carries the EMA;
+  ``ema_average(opt_state, config)`` reads it.
+* ``state_dict(state)`` / ``load_state_dict(arrays, like)``: flat numpy arrays for ``np.savez``,
+  named by path with each key escaped (``~`` as ``~0``, ``/`` as ``~1``).
+
+Inside: ``_compiled`` and ``_chunked`` (the compiled update) and ``_optax`` are ``jax.jit`` of
+``ema_core._api.update``; ``_checkpoint`` the ``.npz`` names. The leaf kernels they reach are in
+``ema_core.backends.jax``, below the API. The old path ``ema_core.backends.jax.make_update``
+(and the other names here) still works.
+
+Nothing here issues a collective: every leaf is updated where its shards live.
+"""
+
+from ema_core.jax._checkpoint import load_state_dict, state_dict
+from ema_core.jax._compiled import make_update
+from ema_core.jax._optax import WithEMAState, ema_average, with_ema
+
+__all__ = [
+    "WithEMAState",
+    "ema_average",
+    "load_state_dict",
+    "make_update",
+    "state_dict",
+    "with_ema",
+]

@@ -1,0 +1,21 @@
+"""torch above the API: ``EMA`` for ``nn.Module``s, ``ddp_ema``, ``full_state_dict``.
+
+* ``_names``: which tensors of a module are tracked, under which names; ``_options``: the
+  ``EMA`` arguments turned into one ``Config``.
+* ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_store``: where its
+  shadows live (beside the params, or pinned host memory for a CUDA model) and which kernel
+  plans update them; ``_swap``: putting averages into the model and taking them out;
+  ``_state``: checkpoints.
+* ``_dtensor``: FSDP2 (DTensor) params get DTensor shadows updated on their local shards with
+  no collective. ``_dist``, above ``EMA``: ``full_state_dict`` gathers one plain checkpoint
+  (rank 0 by default); ``ddp_ema`` builds an EMA on every DDP rank or on rank 0 only.
+
+The leaf kernels every update reaches (``ema_core.ema_update`` on tensors too) are in
+``ema_core.backends.torch``, below the API. The old path ``ema_core.backends.torch.EMA`` (and
+the other names here) still works.
+"""
+
+from ema_core.torch._dist import ddp_ema, full_state_dict
+from ema_core.torch._module import EMA
+
+__all__ = ["EMA", "ddp_ema", "full_state_dict"]
