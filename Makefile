@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements-dev.lock
 
-.PHONY: venv lock demo test test-fast test-gpu bench lint clean
+.PHONY: venv lock demo test test-fast test-gpu coverage bench lint clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,12 @@ test-fast: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu -p no:cacheprovider
+
+# the CPU suite under coverage, then the report of the leaf kernels (lines no CPU test runs are
+# listed; the CUDA-only modules are run by `make test-gpu`)
+coverage: $(STAMP)
+	$(PY) -m coverage run --branch --source=ema_core -m pytest -q -m "not gpu" -p no:cacheprovider
+	$(PY) -m coverage report --show-missing --include='ema_core/backends/*'
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
