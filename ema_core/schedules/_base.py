@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from ema_core._ops import ArrayOps, Ops, ScalarOps, ops_for
 from ema_core._types import Step, Value
@@ -23,12 +23,18 @@ class Schedule(abc.ABC):
     device) to get a 0-d float array in the same namespace on the same device.
     """
 
-    #: The first t at which this schedule updates (1 unless it is gated by an interval).
-    first_update: int = 1
-    #: True when ``pair`` computes elementwise, so that it also takes a count array of any shape
-    #: (``every`` then evaluates its n steps at once); False for callables and subclasses that do
-    #: not say so (``every`` then evaluates them one step at a time).
-    elementwise: ClassVar[bool] = False
+    @property
+    def first_update(self) -> int:
+        """The first t at which this schedule updates (1 unless it is gated by an interval)."""
+        return 1
+
+    @property
+    def elementwise(self) -> bool:
+        """True when ``pair`` computes elementwise, so that it also takes a count array of any
+        shape (``every`` then evaluates its n steps at once); False for callables and subclasses
+        that do not say so (``every`` then evaluates them one step at a time). A subclass says
+        so with a class attribute ``elementwise = True``."""
+        return False
 
     def __call__(self, t: Step, /) -> Value:
         return self.decay_and_rate(t)[0]

@@ -22,7 +22,7 @@ class Every(Schedule):
     compensate: bool
 
     @property
-    def first_update(self) -> int:  # type: ignore[override]
+    def first_update(self) -> int:
         return math.lcm(self.n, self.inner.first_update)
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
@@ -38,7 +38,7 @@ class Every(Schedule):
         return ops.where(gate, decay, 1.0), ops.where(gate, rate, 0.0)
 
     @property
-    def elementwise(self) -> bool:  # type: ignore[override]
+    def elementwise(self) -> bool:
         return self.inner.elementwise
 
     def _gated_pair(self, ops: Ops) -> tuple[Any, Any]:
@@ -113,11 +113,11 @@ class CopyAt(Schedule):
     first: int
 
     @property
-    def first_update(self) -> int:  # type: ignore[override]
+    def first_update(self) -> int:
         return self.first
 
     @property
-    def elementwise(self) -> bool:  # type: ignore[override]
+    def elementwise(self) -> bool:
         return self.inner.elementwise
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:

@@ -39,12 +39,12 @@ class Gated(Schedule):
     floor: float = 0.0
 
     @property
-    def first_update(self) -> int:  # type: ignore[override]
+    def first_update(self) -> int:
         first = max(self.start, 1)
         return first + (self.phase - first) % self.every
 
     @property
-    def elementwise(self) -> bool:  # type: ignore[override]
+    def elementwise(self) -> bool:
         return self.inner.elementwise
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
@@ -77,11 +77,11 @@ class InFloat32(Schedule):
     inner: Schedule
 
     @property
-    def first_update(self) -> int:  # type: ignore[override]
+    def first_update(self) -> int:
         return self.inner.first_update
 
     @property
-    def elementwise(self) -> bool:  # type: ignore[override]
+    def elementwise(self) -> bool:
         return self.inner.elementwise
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
