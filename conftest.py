@@ -9,10 +9,11 @@ import importlib.util
 collect_ignore_glob = []
 for _framework, _pattern in (
     ("cupy", "ema_core/backends/cupy*"),
-    ("triton", "ema_core/**/_triton*"),
     ("torch", "ema_core/backends/torch/*"),
+    ("torch", "ema_core/torch/*"),
     ("jax", "ema_core/backends/jax/*"),
-    ("optax", "ema_core/backends/jax/_optax.py"),
+    ("jax", "ema_core/jax/*"),
+    ("optax", "ema_core/jax/_optax.py"),
 ):
     if importlib.util.find_spec(_framework) is None:
         collect_ignore_glob.append(_pattern)

@@ -1,5 +1,8 @@
 """``python -m benchmarks [--quick] [--big] [--backend B] [--workload W] [--dtype D] [--out DIR]``
 
+``python -m benchmarks --tree`` times flattening and checking flat dicts of 1k-100k leaves only;
+the full run prints that table too.
+
 Times ema-core on real model shapes for every installed backend, beside the peer EMAs a user
 would otherwise pick and a ceiling measured in the same run, and prints GB/s and both ratios.
 Writes ``<machine>-<date>.json``, ``.md`` and ``.png`` under ``--out``.
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import chart, harness, workloads
+from benchmarks import chart, harness, tree, workloads
 from benchmarks.backends import MODULES
 from benchmarks.peers import PEERS
 
@@ -42,6 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-peers", action="store_true", help="time ema-core and ceilings only")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tree", action="store_true", help="only the nest-size benchmark (tree.py)")
     return ap.parse_args(argv)
 
 
@@ -74,6 +78,9 @@ def describe(device: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.tree:
+        print(tree.main())
+        return 0
     names = args.workload or (
         ["resnet50"]
         if args.quick
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             gc.collect()
     print(harness.format_table(rows))
+    print(tree.main())
     meta = describe(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{args.device}-{meta['date']}"

@@ -46,6 +46,7 @@ class Row:
     extra_mb: float | None = None
     host_syncs: int | None = None
     overhead_us_per_leaf: float = 0.0
+    vs_class: float = float("nan")  # the EMA class's time / this one's (where a class was timed)
 
 
 def time_case(
@@ -108,7 +109,9 @@ def measure(
     rows.insert(0, _row(workload, dtype, module.NAME, "ceiling", all_ceiling, nbytes, extra, None))
     beside["ceiling"] = rows[0].median_ms
     ours = next((r.median_ms for r in rows if r.contender == "ema_core"), float("nan"))
+    klass = next((r.median_ms for r in rows if r.contender == "EMA class"), float("nan"))
     for row in rows:
+        row.vs_class = klass / row.median_ms
         ceiling = beside[row.contender]
         row.of_ceiling = ceiling / row.median_ms
         row.vs_ema_core = ours / row.median_ms
@@ -137,17 +140,23 @@ def _opt(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _ratio(value: float) -> str:
+    return "-" if value != value else f"{value:.2f}"  # NaN: no class timed beside it
+
+
 def format_table(rows: list[Row]) -> str:
     head = (
         f"{'workload':<16}{'dtype':<6}{'backend':<18}{'contender':<26}{'ms':>9}{'+-':>8}"
-        f"{'GB/s':>8}{'x ceil':>8}{'x ema':>7}{'us/leaf':>9}{'MB/upd':>9}{'syncs':>6}"
+        f"{'GB/s':>8}{'x ceil':>8}{'x ema':>7}{'x class':>8}{'us/leaf':>9}{'MB/upd':>9}"
+        f"{'syncs':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.workload:<16}{r.dtype:<6}{r.backend:<18}{r.contender:<26}"
             f"{r.median_ms:>9.3f}{r.spread_ms:>8.3f}{r.gb_per_s:>8.2f}"
-            f"{r.of_ceiling:>8.2f}{r.vs_ema_core:>7.2f}{r.overhead_us_per_leaf:>9.2f}"
+            f"{r.of_ceiling:>8.2f}{r.vs_ema_core:>7.2f}{_ratio(r.vs_class):>8}"
+            f"{r.overhead_us_per_leaf:>9.2f}"
             f"{_opt(r.extra_mb, '.1f'):>9}"
             f"{_opt(r.host_syncs, 'd'):>6}"
         )
@@ -161,19 +170,22 @@ def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         f"`{meta['command']}`. GB/s counts the bytes ema-core moves (12 per element for fp32, "
         "10 for bf16 params with float32 shadows); `x ceiling` = ceiling time / contender "
         "time, the ceiling timed in alternation with each contender (ceiling, contender, ...); "
-        "`x ema-core` = ema-core time / contender time; `us/leaf` = (contender time - ceiling "
-        "time) / number of leaves: the cost per tensor beyond moving its bytes; "
+        "`x ema-core` = ema-core time / contender time; `x class` = the EMA class's time / "
+        "contender time (the stateless call on a dict beside the class); `us/leaf` = "
+        "(contender time - ceiling time) / number of leaves: the cost per tensor beyond moving "
+        "its bytes; "
         "`MB/update` = the peak memory one "
         "update allocates (- where the framework does not count it); `syncs` = host syncs per "
         "update (CUDA only).",
         "",
         "| workload | dtype | backend | contender | ms (median) | +- | GB/s | x ceiling | "
-        "x ema-core | us/leaf | MB/update | syncs |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "x ema-core | x class | us/leaf | MB/update | syncs |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     out += [
         f"| {r.workload} | {r.dtype} | {r.backend} | {r.contender} | {r.median_ms:.3f} | "
         f"{r.spread_ms:.3f} | {r.gb_per_s:.2f} | {r.of_ceiling:.2f} | {r.vs_ema_core:.2f} | "
+        f"{_ratio(r.vs_class)} | "
         f"{r.overhead_us_per_leaf:.2f} | {_opt(r.extra_mb, '.1f')} | {_opt(r.host_syncs, 'd')} |"
         for r in rows
     ]

@@ -8,7 +8,7 @@ from typing import Any
 
 import array_api_compat as compat
 
-from ema_core import _core
+from ema_core import _core, _stateless
 from ema_core._arguments import checked_config, resolve_rule
 from ema_core._checks import check_decay_namespace, check_decay_value, check_finite, check_leaves
 from ema_core._config import Config, power_weight, shadow_dtype_name
@@ -69,22 +69,32 @@ def ema_update(
     """
     rule, non_float, guard_finite = resolve_rule(decay, schedule, config)
     shadows, leaves, paths, treedef = flatten_pair(shadow, params, "shadow", "params")
-    xp, kinds = check_leaves(shadows, leaves, paths, non_float=non_float)
+    array_decay = compat.is_array_api_obj(rule)
+    options = (non_float, type(copy), copy, array_decay)
+    entry = _stateless.find(shadows, leaves, treedef, options)
+    if entry is None:
+        xp, kinds = check_leaves(shadows, leaves, paths, non_float=non_float)
+    else:  # the same leaves, unchanged since they passed these checks
+        xp, kinds = entry.xp, entry.kinds
     t = concrete_step(step, "step")
-    if compat.is_array_api_obj(rule):  # a 0-d decay array given directly
+    if array_decay:  # a 0-d decay array given directly
         check_decay_namespace(rule, xp)
         d = xp.astype(rule, wide_float(xp, compat.device(rule)))
         r = 1.0 - d
     else:
         d, r = rule.decay_and_rate(t)
         check_decay_value(d, "the decay", step=t)
-    writes = resolve_writes(copy, shadows, paths)
+    writes = resolve_writes(copy, shadows, paths) if entry is None else entry.writes
     if guard_finite:
         check_finite(xp, leaves, kinds, paths)
     backend = get_backend(xp)
+    if entry is None:
+        found = (xp, kinds, writes)
+        entry = _stateless.remember(backend, shadows, leaves, treedef, options, found)
+    memo = {} if entry is None or not getattr(backend, "PLAN_MEMO", False) else {"memo": entry.memo}
     with backend.guard():
         new = backend.update_leaves(
-            xp, shadows, leaves, kinds, d, r, non_float=non_float, writes=writes
+            xp, shadows, leaves, kinds, d, r, non_float=non_float, writes=writes, **memo
         )
         if copy is True:  # a kept leaf (decay 1, frozen) is still a new array
             new = [

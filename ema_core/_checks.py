@@ -7,7 +7,9 @@ runs on values inside traced or compiled code: only shapes, dtypes and host valu
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -111,10 +113,13 @@ def check_leaves(
     if not params:
         raise ValueError(f"{names[1]} holds no arrays: nothing to average")
     xp = _common_namespace(shadows, params, paths, names)
+    kinds = _torch_kinds(xp, shadows, params, non_float)
+    if kinds is not None:
+        return xp, kinds
     devices = not compat.is_numpy_namespace(xp) and not _is_traced(params[0])
     layouts = compat.is_torch_namespace(xp)
     by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
-    kinds: list[LeafKind] = []
+    kinds = []
     for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
         if s.shape != p.shape:
             raise ValueError(
@@ -133,9 +138,50 @@ def check_leaves(
     return xp, kinds
 
 
+_SHAPE, _DEVICE, _DTYPE = (operator.attrgetter(a) for a in ("shape", "device", "dtype"))
+
+
+def _torch_kinds(
+    xp: Namespace, shadows: Sequence[Array], params: Sequence[Array], non_float: NonFloatPolicy
+) -> list[LeafKind] | None:
+    """The kinds of torch leaf pairs found with C-level passes (``map``, no tuple kept per leaf)
+    when every check passes; None sends the caller to the per-leaf loop, which names the first
+    leaf that fails."""
+    if not compat.is_torch_namespace(xp):
+        return None
+    eq = operator.eq
+    if not all(map(eq, map(_SHAPE, shadows), map(_SHAPE, params))):
+        return None
+    if not all(map(eq, map(_DEVICE, shadows), map(_DEVICE, params))):
+        return None
+    layouts = set(map(operator.attrgetter("layout"), itertools.chain(shadows, params)))
+    if layouts != {sys.modules["torch"].strided}:
+        return None
+    by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
+    for pair in set(zip(map(_DTYPE, shadows), map(_DTYPE, params), strict=True)):
+        try:
+            by_dtypes[pair] = _pair_kind(xp, *pair, (), ("shadow", "params"), non_float)
+        except TypeError:
+            return None
+    return list(
+        map(by_dtypes.__getitem__, zip(map(_DTYPE, shadows), map(_DTYPE, params), strict=True))
+    )
+
+
 def _common_namespace(
     shadows: Sequence[Array], params: Sequence[Array], paths: Sequence[Path], names: tuple[str, str]
 ) -> Namespace:
+    one_of_each = dict(
+        zip(
+            map(type, itertools.chain(shadows, params)),
+            itertools.chain(shadows, params),
+            strict=True,
+        )
+    )
+    if all(map(compat.is_array_api_obj, one_of_each.values())):
+        spaces = set(map(compat.array_namespace, one_of_each.values()))
+        if len(spaces) == 1:
+            return spaces.pop()
     by_type: dict[type, Namespace] = {}
     xp: Any = None
     for name, leaves in zip(names, (shadows, params), strict=True):

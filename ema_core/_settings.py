@@ -1,11 +1,12 @@
 """ema-core's environment variables, read once: the only module that looks at ``os.environ``.
 
 =========================== ====================================================================
-``EMA_CORE_NUMBA``          ``1`` (default): numpy and CPU torch blend through the compiled
-                            one-pass loops when numba is installed; ``0``: they never do (numpy
-                            ufunc blocks, torch's own ops).
-``EMA_CORE_NUMPY_THREADS``  an integer >= 1: threads for numpy updates above 4M elements
-                            (default: the usable CPUs, at most 4).
+``EMA_CORE_NUMBA``          ``1`` (default): the host engine (numpy, CPU torch) blends through
+                            the compiled one-pass loops when numba is installed; ``0``: it never
+                            does (its numpy ufunc blocks).
+``EMA_CORE_NUMPY_THREADS``  an integer >= 1: the host engine's threads for numpy updates above
+                            2M elements (default: the usable CPUs, at most 4; CPU torch uses
+                            ``torch.get_num_threads()``).
 =========================== ====================================================================
 
 ``settings()`` reads every variable on its first call, checks them all, and keeps the result:

@@ -12,7 +12,7 @@ differ, for example ``params['layer1'][2]``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,11 +111,46 @@ def _entry(kind: str, key: Any) -> PathEntry:
     return ("attr" if kind == "namedtuple" else "key", key)
 
 
-def flatten(tree: Tree, name: str = "tree") -> tuple[list[Any], list[Path], TreeDef]:
+class FlatPaths(Sequence[Path]):
+    """The paths of a flat dict or list, made when asked (only errors read them): no tuples per
+    leaf on the fast path, which a ``state_dict`` of 100k tensors would otherwise build."""
+
+    def __init__(self, kind: str, keys: tuple[Any, ...]) -> None:
+        self.kind, self.keys = kind, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [((self.kind, k),) for k in self.keys[i]]
+        return ((self.kind, self.keys[i]),)
+
+
+def _flat(tree: Any) -> tuple[list[Any], Sequence[Path], TreeDef] | None:
+    """The fast path of ``flatten``: a plain dict, list or tuple whose values are all arrays of
+    types seen before (one C-level pass over the values; None when it does not apply)."""
+    cls = type(tree)
+    if cls is dict:
+        keys, leaves, kind = tuple(tree), list(tree.values()), "key"
+    elif cls is list or cls is tuple:
+        keys, leaves, kind = tuple(range(len(tree))), list(tree), "key"
+    else:
+        return None
+    if not leaves or not set(map(type, leaves)) <= _ARRAY_TYPES:
+        return None
+    node = TreeDef("dict" if cls is dict else "seq", cls, keys, (_LEAF,) * len(keys))
+    return leaves, FlatPaths(kind, keys), node
+
+
+def flatten(tree: Tree, name: str = "tree") -> tuple[list[Any], Sequence[Path], TreeDef]:
     """Leaves, their paths and the tree definition of a nest (``name`` is used in errors).
 
     Raises ``TypeError`` for a mapping node that ``unflatten`` could not rebuild.
     """
+    fast = _flat(tree)
+    if fast is not None:
+        return fast
     leaves: list[Any] = []
     paths: list[Path] = []
 
@@ -172,15 +207,36 @@ def _mismatch(a_name: str, b_name: str, path: Path, what: str) -> str:
     return f"{b_name} does not match the structure of {a_name} at {path_str(b_name, path)}: {what}"
 
 
+def _flat_match(treedef: TreeDef, other: Any) -> list[Any] | None:
+    """``other``'s leaves when ``treedef`` is flat and ``other`` is the same plain container of
+    known arrays with the same keys or length; None sends the caller to the full walk (which
+    names any difference)."""
+    cls: Any = type(other)
+    if cls is not treedef.node_type or len(other) != len(treedef.keys):
+        return None
+    if treedef.node_type is dict:
+        try:
+            leaves = list(map(other.__getitem__, treedef.keys))
+        except KeyError:
+            return None
+    else:
+        leaves = list(other)
+    return leaves if set(map(type, leaves)) <= _ARRAY_TYPES else None
+
+
 def flatten_pair(
     ref: Tree, other: Tree, ref_name: str, other_name: str
-) -> tuple[list[Any], list[Any], list[Path], TreeDef]:
+) -> tuple[list[Any], list[Any], Sequence[Path], TreeDef]:
     """Flatten two nests of the same structure, leaf for leaf in ``ref``'s order.
 
     Dicts match by key (order may differ). Raises ``ValueError`` naming the first path where the
     nests differ in keys or lengths, ``TypeError`` where container types differ.
     """
     ref_leaves, paths, treedef = flatten(ref, ref_name)
+    if isinstance(paths, FlatPaths):
+        matched = _flat_match(treedef, other)
+        if matched is not None:
+            return ref_leaves, matched, paths, treedef
     other_leaves: list[Any] = []
     fail: Callable[[Path, str], str] = lambda p, w: _mismatch(ref_name, other_name, p, w)  # noqa: E731
 

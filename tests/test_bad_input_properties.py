@@ -228,6 +228,8 @@ def _foreign(name: Name) -> Callable[[Any], Any]:
     other = {Name.NUMPY: "torch", Name.TORCH: "array_api_strict", Name.STRICT: "jax.numpy"}
     module = importlib.import_module(other.get(name, "torch"))
     return module.tensor if hasattr(module, "tensor") else module.asarray
+
+
 TARGETED = {  # kind -> (error, what the message names)
     "decay out of range": (ValueError, "decay"),
     "decay of another namespace": (TypeError, "decay"),

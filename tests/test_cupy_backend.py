@@ -97,6 +97,28 @@ def test_registry_picks_the_cupy_backend():
     assert get_backend(xp) is fast
 
 
+def test_cupy_routes(monkeypatch):
+    """The route table of ``cupy.py`` on the CPU: numpy arrays stand in for CuPy ones (the
+    choice reads dtypes, sizes and contiguity only; a numpy decay is a host decay here)."""
+    monkeypatch.setattr(fast, "MULTI_MAX", 64)
+    z = np.zeros
+    cases = [
+        (("exact", z(3, np.int32), z(3, np.int32), 0.5, "copy"), "copy"),
+        (("exact", z(3, np.bool_), z(3, np.bool_), 1.0, "copy"), "copy"),  # at decay 1 too
+        (("exact", z(3, np.int64), z(3, np.int64), 0.5, "freeze"), "keep"),
+        (("float", z(3, np.float32), z(3, np.float16), 1.0, "copy"), "skip"),
+        (("float", z(3, np.complex64), z(3, np.complex64), 0.5, "copy"), "generic"),
+        (("float", z(3, np.float16), z(3, np.float64), 0.5, "copy"), "generic"),
+        (("float", z(64, np.float32), z(64, np.float16), 0.5, "copy"), "multi"),
+        (("float", z(3, np.float64), z(3, np.float32), 0.0, "copy"), "multi"),
+        (("float", z(65, np.float32), z(65, np.float32), 0.5, "copy"), "fused"),  # too large
+        (("float", z((4, 4), np.float32).T, z((4, 4), np.float16), 0.5, "copy"), "fused"),
+        (("float", z(3, np.float16), z(3, np.float32), 0.5, "copy"), "fused"),  # a half shadow
+    ]
+    for (kind, s, p, decay, non_float), want in cases:
+        assert fast.route(kind, s, p, decay, non_float=non_float) == want, (s.dtype, p.dtype)
+
+
 @pytest.mark.parametrize(("sdtype", "pdtype"), PAIRS)
 @pytest.mark.parametrize("decay", DECAYS)
 @pytest.mark.parametrize("on_device", [False, True], ids=["host_decay", "device_decay"])
@@ -109,6 +131,21 @@ def test_fused_kernel_equals_generic(monkeypatch, sdtype, pdtype, decay, on_devi
     ref, _ = run(generic, [s], [p], decay, on_device=on_device)
     assert same_bits(got[0], ref[0])
     assert got[0] is mine[0]
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["host_decay", "device_decay"])
+@pytest.mark.gpu
+@gpu
+def test_generic_route_equals_generic(on_device):
+    """The pairs the kernels do not cover (complex, a half shadow over float64 params) go
+    through the generic backend, in place."""
+    pairs = [(random((5,), "float32", 1) * (1 + 2j), random((5,), "float32", 2) * (3 - 1j))]
+    pairs.append((random((5,), "float16", 3), random((5,), "float64", 4)))
+    for s, p in pairs:
+        assert fast.route("float", s, p, 0.5, non_float="copy") == "generic"
+        got, mine = run(fast, [s], [p], 0.5, on_device=on_device)
+        ref, _ = run(generic, [s], [p], 0.5, on_device=on_device)
+        assert got[0] is mine[0] and same_bits(got[0], ref[0])
 
 
 @pytest.mark.gpu
@@ -169,6 +206,8 @@ def test_integer_leaves_are_copied(dtype, on_device):
     assert out[0] is mine[0] and same_bits(out[0], p)
     out, _ = run(fast, [s], [p], 1.0, kinds=["exact"], on_device=on_device)
     assert same_bits(out[0], p)  # decay 1 skips the float leaves; integers are still copied
+    kept = fast.update_leaves(xp, [s], [p], ["exact"], 0.9, 0.1, non_float="freeze", writes=[True])
+    assert kept[0] is s and same_bits(s, cp.zeros(10, dtype))  # "keep": the shadow as it is
 
 
 @pytest.mark.gpu

@@ -1,6 +1,6 @@
-"""ema-core's compiled host kernels (``backends/_numba.py``): exact widening of half params, which
-arrays they take, the one-pass path really taken by numpy and CPU torch, and the results equal
-to the generic core bit for bit (the same formula, the same float32 steps, no FMA)."""
+"""ema-core's compiled host kernels (``backends/host/_numba.py``): exact widening of half
+params, which arrays they take, the one-pass path really taken by numpy and CPU torch, and the
+results equal to the generic core bit for bit (the same formula, the same float32 steps, no FMA)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from ema_core import _settings
-from ema_core.backends import _numba, generic
+from ema_core.backends import generic, host
 from ema_core.backends import numpy as numpy_backend
+from ema_core.backends.host import _blocks, _numba, _threads
 
 numba = pytest.importorskip("numba")
-from ema_core.backends import _numba_loops  # noqa: E402
+from ema_core.backends.host import _numba_loops  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -74,12 +75,10 @@ def test_kernel_equals_the_generic_core_bit_for_bit(sdtype, pdtype, decay):
     p[:4] = [np.inf, -np.inf, 0.0, -0.0]
     p[4:8] = np.array([6e-8, -6e-6, 1e-30, 3e-39]).astype(pdtype)  # subnormals of both types
     want = _ufuncs(s, p, decay)
-    out = s.copy()
-    assert _numba.blend_(out, out, p, decay, 1.0 - decay)
-    assert out.tobytes() == want.tobytes()
-    separate = np.empty_like(s)
-    assert _numba.blend_(separate, s, p, decay, 1.0 - decay)
-    assert separate.tobytes() == want.tobytes()
+    prepared = _numba.prepare(s, p)
+    assert prepared is not None
+    _numba.apply(prepared, decay, 1.0 - decay)
+    assert s.tobytes() == want.tobytes()
 
 
 def test_arrays_no_kernel_takes_are_refused_and_left_alone(monkeypatch):
@@ -98,12 +97,11 @@ def test_arrays_no_kernel_takes_are_refused_and_left_alone(monkeypatch):
     for name, (shadow, params) in refused.items():
         before = shadow.copy()
         fmt = "bfloat16" if name.startswith("bfloat16") else "float"
-        assert not _numba.blend_(shadow, shadow, params, 0.9, 0.1, fmt), name
+        assert _numba.prepare(shadow, params, fmt) is None, name
         assert np.array_equal(shadow, before), name
     monkeypatch.setenv("EMA_CORE_NUMBA", "0")
     monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
-    assert not _numba.blend_(s, s, np.zeros(8, np.float32), 0.9, 0.1)
-    assert (s == 1).all()
+    assert _numba.prepare(s, np.zeros(8, np.float32)) is None
 
 
 @pytest.mark.parametrize("turned_on", [True, False])
@@ -111,9 +109,9 @@ def test_numpy_backend_takes_one_pass_only_when_the_kernels_are_on(monkeypatch, 
     monkeypatch.setenv("EMA_CORE_NUMBA", "1" if turned_on else "0")
     monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
     blocks = []
-    original = numpy_backend._blocks
-    monkeypatch.setattr(numpy_backend, "_blocks", lambda job: blocks.append(job) or original(job))
-    s = np.random.default_rng(1).standard_normal(numpy_backend.BLOCK * 3).astype(np.float32)
+    original = _blocks.blend_
+    monkeypatch.setattr(_blocks, "blend_", lambda *a: blocks.append(a) or original(*a))
+    s = np.random.default_rng(1).standard_normal(host.BLOCK * 3).astype(np.float32)
     p = np.zeros(s.size, np.float16)
     want = _ufuncs(s, p, 0.99)
     numpy_backend.update_leaves(np_xp, [s], [p], ["float"], 0.99, 0.01, non_float="copy",
@@ -124,9 +122,9 @@ def test_numpy_backend_takes_one_pass_only_when_the_kernels_are_on(monkeypatch, 
 
 def test_strided_numpy_leaves_still_take_the_block_path(monkeypatch):
     blocks = []
-    original = numpy_backend._blocks
-    monkeypatch.setattr(numpy_backend, "_blocks", lambda job: blocks.append(job) or original(job))
-    s = np.ones((numpy_backend.BLOCK, 2), np.float32)[:, 0]
+    original = _blocks.blend_
+    monkeypatch.setattr(_blocks, "blend_", lambda *a: blocks.append(a) or original(*a))
+    s = np.ones((host.BLOCK, 2), np.float32)[:, 0]
     numpy_backend.update_leaves(np_xp, [s], [np.zeros(s.shape, np.float32)], ["float"], 0.5, 0.5,
                                 non_float="copy", writes=[True])  # fmt: skip
     assert blocks and (s == 0.5).all()
@@ -182,42 +180,6 @@ def test_torch_mixed_groups_equal_the_generic_core_bit_for_bit(decay):
         assert torch.equal(got, ref) and got.dtype == ref.dtype
 
 
-@pytest.mark.parametrize("decay", [0.999, 0.3])
-def test_torch_blocked_path_with_a_host_decay_equals_the_generic_core(monkeypatch, decay):
-    """The path small leaves take on a group's first update (and every leaf without numba)."""
-    torch = pytest.importorskip("torch")
-    from ema_core.backends.torch import _mixed
-
-    monkeypatch.setattr(_mixed, "BLOCK", 64)  # packed small leaves and pieces of large ones
-    shapes = [(3,), (), (5, 4), (300,), (9, 7), (0, 3)]
-    pairs = [_torch_pair(torch.float32, torch.bfloat16, sh, i) for i, sh in enumerate(shapes)]
-    pairs += [_torch_pair(torch.float32, torch.float16, (70,), 9)]
-    shadows, params = [s for s, _ in pairs[:-1]], [p for _, p in pairs[:-1]]
-    want = _torch_generic(shadows, params, decay)
-    with torch.no_grad():
-        _mixed.lerp_mixed_(shadows, params, 1.0 - decay, decay)
-    assert all(torch.equal(g, w) for g, w in zip(shadows, want, strict=True))
-    s16, p16 = pairs[-1]
-    want = _torch_generic([s16], [p16], decay)
-    with torch.no_grad():
-        _mixed.lerp_mixed_([s16], [p16], 1.0 - decay, decay)
-    assert torch.equal(s16, want[0])
-
-
-def test_first_update_leaves_small_leaves_to_the_blocked_path_with_the_same_bits():
-    torch = pytest.importorskip("torch")
-    from ema_core.backends.torch import _host
-
-    shapes = [(8,), (_host.FIRST_MIN + 5,), (3, 3)]
-    pairs = [_torch_pair(torch.float32, torch.bfloat16, sh, 20 + i) for i, sh in enumerate(shapes)]
-    shadows, params = [s for s, _ in pairs], [p for _, p in pairs]
-    first = _host.lerp_([s.clone() for s in shadows], params, 0.9, 0.1)
-    assert first.deferred and first.left == [0, 2] and len(first.items) == 1
-    again = _host.lerp_(shadows, params, 0.9, 0.1, first)
-    assert not again.deferred and not again.left and len(again.items) == 3
-    assert _host.lerp_(shadows, params, 0.9, 0.1, again) is again
-
-
 def _ema_of(torch, shapes, dtype):
     from ema_core.torch import EMA
 
@@ -229,11 +191,9 @@ def test_ema_class_reuses_its_views_and_rebuilds_them_when_storage_moves():
     torch = pytest.importorskip("torch")
     params, ema = _ema_of(torch, [(64, 3), (17,)], torch.bfloat16)
     (group,) = ema._bound.store.plan.mixed
-    ema.update()  # the first update leaves these small leaves to the blocked path
-    assert group.host is not None and group.host.deferred
-    ema.update()
+    ema.update()  # the first update binds every leaf, small ones included
     bound = group.host
-    assert bound is not None and not bound.left and not bound.deferred
+    assert bound is not None and not bound.left and len(bound.shadows) == 2
     ema.update()
     assert group.host is bound  # same storage: the views are reused
     expected = _torch_generic(list(ema.average.values()), [params["w0"], params["w1"]], 0.9)
@@ -246,48 +206,52 @@ def test_ema_class_reuses_its_views_and_rebuilds_them_when_storage_moves():
     assert all(torch.equal(a, b) for a, b in zip(ema.average.values(), expected, strict=True))
 
 
-def test_strided_torch_leaves_are_left_to_the_torch_path(monkeypatch):
+def test_a_transposed_square_param_rebinds_its_views():
+    """Same storage, same shape, other strides: the views must be made again."""
     torch = pytest.importorskip("torch")
-    from ema_core.backends.torch import _mixed
-
-    calls = []
-    original = _mixed.lerp_mixed_
-    monkeypatch.setattr(
-        _mixed, "lerp_mixed_", lambda s, p, *rest: calls.append(len(s)) or original(s, p, *rest)
-    )
-    monkeypatch.setattr("ema_core.backends.torch._routes.lerp_mixed_", _mixed.lerp_mixed_)
-    from ema_core.backends.torch._host import FIRST_MIN
-
-    shadow = torch.zeros(6, 4)
-    params = {
-        "a": torch.ones(4, 6, dtype=torch.bfloat16).t(),
-        "b": torch.ones(FIRST_MIN, dtype=torch.bfloat16),  # large enough for a first update
-    }
-    import ema_core
-
-    new = ema_core.ema_update({"a": shadow, "b": torch.zeros(FIRST_MIN)}, params, 1, decay=0.5)
-    assert calls == [1]  # only the strided leaf went to the torch blocks
-    assert (new["a"] == 0.5).all() and (new["b"] == 0.5).all()
+    params, ema = _ema_of(torch, [(8, 8)], torch.bfloat16)
+    ema.update()
+    (group,) = ema._bound.store.plan.mixed
+    bound = group.host
+    params["w0"].data = params["w0"].data.t()
+    expected = _torch_generic(list(ema.average.values()), [params["w0"]], 0.9)
+    ema.update()
+    assert group.host is not bound
+    assert torch.equal(ema.average["w0"], expected[0])
 
 
-def test_torch_takes_no_host_kernel_when_they_are_turned_off(monkeypatch):
+@pytest.mark.parametrize("decay", [0.999, 0.3])
+def test_strided_torch_leaves_are_blended_by_the_engine(decay):
     torch = pytest.importorskip("torch")
     from ema_core.backends.torch import _host
 
+    shadows = [torch.zeros(4, 6).t(), torch.zeros(300), torch.zeros(10, 8)[:, ::2]]
+    params = [torch.randn(6, 4).bfloat16(), torch.randn(4, 300).bfloat16()[1],
+              torch.randn(4, 20).half().t()[::2]]  # fmt: skip
+    want = _torch_generic(shadows, params, decay)
+    bound = _host.lerp_(shadows, params, decay, 1.0 - decay)
+    assert bound.left == [] and len(bound.shadows) == 3
+    assert all(torch.equal(g, w) for g, w in zip(shadows, want, strict=True))
+
+
+def test_torch_runs_the_engine_blocks_when_numba_is_turned_off(monkeypatch):
+    torch = pytest.importorskip("torch")
+
     monkeypatch.setenv("EMA_CORE_NUMBA", "0")
     monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
-    monkeypatch.setattr(_host, "lerp_", lambda *a: pytest.fail("host kernel used"))
-    _, ema = _ema_of(torch, [(8,)], torch.bfloat16)
+    monkeypatch.setattr(_numba, "apply", lambda *a: pytest.fail("compiled loop used"))
+    params, ema = _ema_of(torch, [(8,), (70, 3)], torch.bfloat16)
+    expected = _torch_generic(list(ema.average.values()), list(params.values()), 0.9)
     ema.update()
-    assert ema._bound.store.plan.mixed[0].host is None
+    assert ema._bound.store.plan.mixed[0].host is not None
+    assert all(torch.equal(a, b) for a, b in zip(ema.average.values(), expected, strict=True))
 
 
 def test_thread_pools_of_different_sizes_are_kept_side_by_side():
-    from ema_core.backends import _threads
-
     two, three = _threads._pool(2), _threads._pool(3)
     assert _threads._pool(2) is two and _threads._pool(3) is three  # no churn between sizes
     done = []
-    shares = _threads.share([(np.zeros(4),) * 3] * 6, 3, least=1, grain=8)  # too small to cut
-    _threads.run_shares(shares, lambda item: done.append(item[0].size))
+    leaf = _threads.Leaf(np.zeros(4), np.zeros(4), "float")
+    shares = _threads.share([leaf] * 6, 3, least=1, grain=8)  # too small to cut
+    _threads.run_shares(shares, lambda item: done.append(_threads.size(item)))
     assert len(shares) == 3 and sorted(done) == [4] * 6

@@ -69,7 +69,6 @@ def test_traced_decay_and_step_are_trusted() -> None:
     assert np.allclose(np.asarray(out["a"]), 0.25)
 
 
-
 # 2.10: numpy decays are host floats; a 0-d decay of another namespace is a TypeError
 @pytest.mark.parametrize("decay", [np.float64(0.25), np.float32(0.25), np.asarray(0.25)])
 def test_numpy_decay_works_with_every_namespace(backend: Backend, decay: Any) -> None:

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 import ema_core
 from ema_core import _settings
-from ema_core.backends import generic, get_backend
+from ema_core.backends import generic, get_backend, host
 from ema_core.backends import numpy as fast
 
 DECAYS = [0.0, 1e-8, 0.25, 0.4999, 0.5, 0.9, 0.9999, 1.0]
@@ -29,7 +29,7 @@ PAIRS = [
     ("complex64", "complex64"),
     ("complex128", "complex64"),
 ]
-SHAPES = [(), (0,), (3, 0), (1,), (7,), (3, 5), (fast.BLOCK + 3,), (2, fast.BLOCK // 2 + 1, 1)]
+SHAPES = [(), (0,), (3, 0), (1,), (7,), (3, 5), (host.BLOCK + 3,), (2, host.BLOCK // 2 + 1, 1)]
 
 
 pytestmark = pytest.mark.usefixtures("host_kernels")  # every test with the loops on and off
@@ -90,8 +90,8 @@ def test_decay_zero_copies_and_one_keeps_exactly(sdtype, pdtype):
 
 
 def test_writes_false_returns_new_arrays_and_mutates_nothing():
-    shadows = [random((50,), "float32", 5), np.arange(4), random((fast.BLOCK * 2,), "float32", 6)]
-    params = [random((50,), "float16", 7), np.arange(4) + 10, random((fast.BLOCK * 2,), "f4", 8)]
+    shadows = [random((50,), "float32", 5), np.arange(4), random((host.BLOCK * 2,), "float32", 6)]
+    params = [random((50,), "float16", 7), np.arange(4) + 10, random((host.BLOCK * 2,), "f4", 8)]
     before = [s.copy() for s in shadows]
     kinds = ["float", "exact", "float"]
     out = fast.update_leaves(
@@ -120,7 +120,7 @@ def test_integer_and_bool_leaves_are_copied(dtype):
 
 @pytest.mark.parametrize("decay", [0.0, 0.3, 0.99])
 def test_non_contiguous_views_are_updated_in_place(decay):
-    base = random((40, fast.BLOCK // 8), "float32", 9)
+    base = random((40, host.BLOCK // 8), "float32", 9)
     parent = base.copy()
     view = parent[::3, 1::2]  # strided both ways: no flat view exists
     params = random(view.shape[::-1], "float16", 10).T  # Fortran-ordered params
@@ -174,14 +174,15 @@ def test_decay_given_as_a_0d_array_matches_the_float():
 def test_many_small_leaves_of_mixed_dtypes_are_grouped_and_exact():
     rng = np.random.default_rng(17)
     pairs = [PAIRS[i % 4] for i in range(300)]
-    sizes = [int(n) for n in rng.integers(1, fast.SMALL + 1, size=len(pairs))]
+    sizes = [int(n) for n in rng.integers(1, host.SMALL + 1, size=len(pairs))]
     shadows = [random((n,), sd, i) for i, ((sd, _), n) in enumerate(zip(pairs, sizes, strict=True))]
     params = [
         random((n,), pd, 9 + i) for i, ((_, pd), n) in enumerate(zip(pairs, sizes, strict=True))
     ]
-    items = fast._group_small([(s, s, p) for s, p in zip(shadows, params, strict=True)])
+    (items,) = host.plan(shadows, params).shares
     batches = [it for it in items if isinstance(it, list)]
-    assert len(batches) >= 4 and all(sum(j[0].size for j in b) <= fast.BLOCK for b in batches)
+    assert len(batches) >= 4 and all(sum(j.shadow.size for j in b) <= host.BLOCK for b in batches)
+    assert sum(len(b) for b in batches) == len(shadows)  # every leaf is small: all batched
     ref, got, mine = both(shadows, params, 0.95)
     assert all(g is m and same_bits(g, r) for g, m, r in zip(got, mine, ref, strict=True))
 
@@ -189,8 +190,8 @@ def test_many_small_leaves_of_mixed_dtypes_are_grouped_and_exact():
 def test_worker_threads_give_the_same_bits(monkeypatch):
     monkeypatch.setenv("EMA_CORE_NUMPY_THREADS", "3")
     monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
-    monkeypatch.setattr(fast, "PARALLEL_MIN", 2)
-    shapes = [(fast.BLOCK * 5 + 7,), (300, 700), (9,), (fast.BLOCK * 3,)]
+    monkeypatch.setattr(host, "LEAST", 2)
+    shapes = [(host.BLOCK * 5 + 7,), (300, 700), (9,), (host.BLOCK * 3,)]
     shadows = [random(s, "float32", i) for i, s in enumerate(shapes)]
     params = [random(s, "float16", 50 + i) for i, s in enumerate(shapes)]
     for decay in (0.2, 0.999):

@@ -12,8 +12,9 @@ import pytest
 
 from ema_core import _settings
 from ema_core._settings import Settings, read, settings
-from ema_core.backends import _numba
+from ema_core.backends import host
 from ema_core.backends import numpy as numpy_backend
+from ema_core.backends.host import _numba
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ema_core"
 
@@ -84,7 +85,7 @@ def test_read_once_until_refreshed(monkeypatch: pytest.MonkeyPatch, reads: list[
     assert not _numba.usable() and settings() is settings() and len(reads) == 2
 
 
-def test_torch_host_kernels_read_the_kept_settings(
+def test_torch_host_engine_reads_the_kept_settings(
     monkeypatch: pytest.MonkeyPatch, reads: list[Settings]
 ) -> None:
     torch = pytest.importorskip("torch")
@@ -92,12 +93,17 @@ def test_torch_host_kernels_read_the_kept_settings(
     from ema_core.backends.torch import _host
 
     shadow, params = torch.zeros(8), torch.ones(8, dtype=torch.bfloat16)
+    calls: list[int] = []
+    original = _numba.apply
+    monkeypatch.setattr(_numba, "apply", lambda *a: calls.append(1) or original(*a))
     monkeypatch.setenv("EMA_CORE_NUMBA", "1")
-    assert _host.usable(shadow, params)
+    bound = _host.lerp_([shadow], [params], 0.5, 0.5)
     monkeypatch.setenv("EMA_CORE_NUMBA", "0")
-    assert _host.usable(shadow, params) and len(reads) == 1
+    _host.lerp_([shadow], [params], 0.5, 0.5, bound)
+    assert calls == [1, 1] and len(reads) == 1  # the compiled loop both times: not re-read
     settings(refresh=True)
-    assert not _host.usable(shadow, params) and len(reads) == 2
+    _host.lerp_([shadow], [params], 0.5, 0.5, bound)
+    assert calls == [1, 1] and len(reads) == 2 and (shadow == 0.875).all()
 
 
 def test_a_bad_value_is_refused_at_first_use_before_any_write(
@@ -123,9 +129,8 @@ def test_a_flipped_variable_comes_back_after_the_test() -> None:
 
 def test_host_kernels_fixture_routes_both_ways(host_kernels: str) -> None:
     assert _numba.usable() == (host_kernels == "numba")
-    s = np.zeros(numpy_backend.BLOCK * 2, np.float32)
-    job = (s, s, np.ones(s.size, np.float16))
-    assert numpy_backend._one_pass(*job, 0.5, 0.5) == (host_kernels == "numba")
+    s = np.zeros(host.BLOCK * 2, np.float32)
+    assert (_numba.prepare(s, np.ones(s.size, np.float16)) is not None) == (host_kernels == "numba")
 
 
 def test_only_the_settings_module_reads_the_environment() -> None:

@@ -111,7 +111,6 @@ def test_mapping_that_cannot_be_rebuilt_is_refused_before_any_write() -> None:
     ema.ema_update(params, shadow, 1, decay=0.5)  # as params it is only read
 
 
-
 @pytest.mark.parametrize("dtype", [object, "U2", "datetime64[s]", "timedelta64[s]", ">f4", ">i4"])
 def test_non_numeric_or_big_endian_numpy_leaves_are_refused(dtype: Any) -> None:
     shadow, params = pair(_load(Name.NUMPY))

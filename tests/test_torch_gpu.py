@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from ema_core import Config, schedules
-from ema_core.backends.torch import _mixed, _triton
+from ema_core.backends.torch import _cuda
 from ema_core.torch import EMA
 
 torch = pytest.importorskip("torch")
@@ -89,7 +89,7 @@ def test_pinned_host_shadow_matches_a_device_shadow():
         assert model[0].weight.is_cuda
 
 
-@pytest.mark.skipif(_triton._kernel() is None, reason="Triton is not installed")
+@pytest.mark.skipif(_cuda._kernel() is None, reason="Triton is not installed")
 @pytest.mark.parametrize("weight", [1e-4, 0.7, "tensor"])
 def test_triton_mixed_kernel_matches_the_two_pass_reference(weight):
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -98,7 +98,10 @@ def test_triton_mixed_kernel_matches_the_two_pass_reference(weight):
     params = [torch.randn(s, device="cuda", generator=gen).bfloat16() for s in shapes]
     w = torch.tensor(0.25, device="cuda") if weight == "tensor" else weight
     want = [s.clone().lerp_(p.float(), w) for s, p in zip(shadows, params, strict=True)]
-    _mixed.lerp_mixed_(shadows, params, w)
+    if isinstance(w, float):
+        _cuda.triton_lerp_(shadows, params, w)
+    else:  # a device decay strictly inside (0, 1): the selects keep the blend
+        _cuda.triton_lerp_ends_(shadows, params, w, torch.tensor(0.75, device="cuda"))
     for got, ref, s in zip(shadows, want, shadows, strict=True):
         scale = torch.maximum(ref.abs(), s.abs()).clamp_min(1.0)
         assert bool(((got - ref).abs() <= torch.finfo(torch.float32).eps * scale).all())

@@ -2,8 +2,8 @@
 
 2.1: a params tensor that no longer fits its shadow (``param.data = ...`` after the EMA was
 built) must raise ``ValueError`` before anything is written, on every mixed-precision path:
-the compiled host loops (which index the params by the shadow's size, without bounds checks),
-the torch blocks (whose cast-copy would broadcast) and the Triton launcher.
+the host engine (whose loops index the params by the shadow's size, without bounds checks),
+the CUDA routes' blocks (whose cast-copy would broadcast) and the Triton launchers.
 
 2.4: a device decay (a 0-d tensor, or one computed from a tensor step) of exactly 1 keeps the
 shadow bit for bit and exactly 0 gives the params bit for bit, whatever the other side holds
@@ -22,7 +22,7 @@ import pytest
 import ema_core
 from ema_core import _core
 from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import _host, _mixed, _routes, _triton
+from ema_core.backends.torch import _cuda, _host, _routes
 from ema_core.torch import EMA
 
 torch = pytest.importorskip("torch")
@@ -34,6 +34,8 @@ PAIRS += [(F16, F32)]
 _INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 #: a NaN with its sign bit set and a payload, per dtype (the canonical one is positive, no payload)
 _ODD_NAN = {F16: 0xFE01, BF16: 0xFFC1, F32: 0xFFC00001, F64: 0xFFF8000000000001}
+#: elements of the large leaves: several host-engine pieces
+N = 1 << 17
 
 
 def _bits(t):
@@ -82,16 +84,16 @@ def test_kernel_layer_device_decay_ends_are_bit_exact(decay):
 @pytest.mark.parametrize("decay", [1.0, 0.0])
 @pytest.mark.parametrize(("sdtype", "pdtype"), [(F32, BF16), (F32, F16), (F64, F32)], ids=str)
 def test_blocked_mixed_path_device_decay_ends_are_bit_exact(monkeypatch, sdtype, pdtype, decay):
-    """The torch blocks (CUDA without Triton, or strided leaves), called directly: packed small
-    leaves, a leaf cut in pieces and a strided one."""
-    monkeypatch.setattr(_mixed, "BLOCK", 16)
+    """The blocked way of the CUDA routes (without Triton, or strided leaves), called directly
+    on CPU tensors: packed small leaves, a leaf cut in pieces and a strided one."""
+    monkeypatch.setattr(_cuda, "BLOCK", 16)
     shadows = [_specials(sdtype), _specials(sdtype).repeat(5), _specials(sdtype).repeat(4)]
     params = [_specials(pdtype, flip=True), _specials(pdtype, flip=True).repeat(5)]
     params += [_specials(pdtype, flip=True).repeat(4).view(4, 9).t().contiguous().t()]
     shadows[2] = shadows[2].view(4, 9).t().contiguous().t()
     before = [s.clone() for s in shadows]
     d, r = _device_decay(decay)
-    _mixed.lerp_mixed_(shadows, params, r.to(sdtype), d)
+    _cuda.blocked_lerp_ends_(shadows, params, r.to(sdtype), d)
     for got, s, p in zip(shadows, before, params, strict=True):
         assert _same_bits(got, s if decay == 1.0 else p.to(sdtype))
 
@@ -183,7 +185,7 @@ def test_ema_with_a_replaced_half_param_raises_and_writes_nothing(replacement):
     """The second bf16 param of the group replaced after the views were bound: before, the
     compiled loop read past its end (garbage; SIGSEGV at 2**26 elements) and the torch blocks
     broadcast a one-element param. Now ``ValueError`` and every shadow keeps its bits."""
-    n = 2 * _host.FIRST_MIN
+    n = N
     params = _tracked(n)
     ema = EMA(params, decay=0.5)
     ema.update()
@@ -207,7 +209,7 @@ def test_ema_with_a_replaced_half_param_raises_and_writes_nothing(replacement):
 def test_kernel_layer_names_the_tensor_and_checks_every_pair_on_rebinding():
     """A plan's mixed group checks every pair, not only the first, whenever its views are
     (re)made, and the error names the tensor."""
-    n = 2 * _host.FIRST_MIN
+    n = N
     shadows = [torch.zeros(8), torch.zeros(n), torch.zeros(n)]
     params = [torch.ones(8), torch.ones(n, dtype=BF16), torch.ones(n, dtype=BF16)]
     plan = _routes.make_plan(shadows, params, ["float"] * 3, names=["l.a", "l.b", "l.c"])
@@ -222,20 +224,20 @@ def test_kernel_layer_names_the_tensor_and_checks_every_pair_on_rebinding():
     assert all(_same_bits(s, b) for s, b in zip(shadows, before, strict=True))
 
 
-@pytest.mark.parametrize("launcher", ["host", "triton"])
+@pytest.mark.parametrize("launcher", ["host", "triton", "triton-ends"])
 def test_launchers_check_every_pair_before_the_first_write(launcher):
-    """``_host.lerp_`` and the Triton launcher called directly: the first pair fits, the
+    """``_host.lerp_`` and the Triton launchers called directly: the first pair fits, the
     second does not (Triton: checked before a kernel is even looked up; there is none here)."""
-    if launcher == "host":
-        pytest.importorskip("numba")
-    n = 2 * _host.FIRST_MIN
-    shadows = [torch.zeros(n), torch.zeros(n)]
-    params = [torch.ones(n, dtype=BF16), torch.ones(16, dtype=BF16)]
+    shadows = [torch.zeros(N), torch.zeros(N)]
+    params = [torch.ones(N, dtype=BF16), torch.ones(16, dtype=BF16)]
+    d, r = _device_decay(0.5)
     with pytest.raises(ValueError, match=r"shape \(16,\)"):
         if launcher == "host":
             _host.lerp_(shadows, params, 0.5, 0.5)
+        elif launcher == "triton":
+            _cuda.triton_lerp_(shadows, params, 0.5)
         else:
-            _triton.lerp_mixed_(shadows, params, 0.5)
+            _cuda.triton_lerp_ends_(shadows, params, r.float(), d)
     assert not any(bool(s.any()) for s in shadows)
 
 
@@ -243,7 +245,7 @@ def test_launchers_check_every_pair_before_the_first_write(launcher):
 def test_compiled_loops_refuse_params_of_another_size(name):
     """The loops run without bounds checks: each checks the sizes itself first."""
     pytest.importorskip("numba")
-    from ema_core.backends import _numba_loops
+    from ema_core.backends.host import _numba_loops
 
     shadow = np.zeros(64, np.float32)
     params = np.ones(8, np.float32 if name == "lerp_float" else np.uint16)

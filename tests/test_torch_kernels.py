@@ -21,10 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ema_core
-from ema_core import _settings
 from ema_core.backends import generic, get_backend
 from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import _foreach, _mixed
+from ema_core.backends.torch import _cuda, _foreach
 
 torch = pytest.importorskip("torch")
 
@@ -166,9 +165,11 @@ def _two_pass(shadows, params, weight):
 
 @pytest.mark.parametrize("weight", [1e-4, 0.7, "tensor"])
 def test_blocked_mixed_precision_equals_two_pass_lerp(monkeypatch, weight):
-    """Tiny blocks force every path: packed small leaves, contiguous leaves cut in pieces,
-    strided leaves cut by rows and by single rows; the result is bitwise a two-pass lerp."""
-    monkeypatch.setattr(_mixed, "BLOCK", 16)
+    """The CUDA routes' blocked way (``_cuda``, plain torch) on CPU tensors. Tiny blocks force
+    every path: packed small leaves, contiguous leaves cut in pieces, strided leaves cut by
+    rows and by single rows; the result is bitwise a two-pass lerp (with a device weight and a
+    device decay strictly inside (0, 1), the selects keep the lerp)."""
+    monkeypatch.setattr(_cuda, "BLOCK", 16)
     gen = torch.Generator().manual_seed(5)
     shapes = [(3,), (), (5, 4), (40,), (9, 7), (0, 3), (2, 30)]
     params = [torch.randn(s, generator=gen).bfloat16() for s in shapes]
@@ -179,23 +180,25 @@ def test_blocked_mixed_precision_equals_two_pass_lerp(monkeypatch, weight):
     shadows += [torch.randn(2, 20, generator=gen).t().contiguous().t()]
     w = torch.tensor(0.25) if weight == "tensor" else weight
     want = _two_pass(shadows, params, w)
-    _mixed.lerp_mixed_(shadows, params, w)
+    if isinstance(w, float):
+        _cuda.blocked_lerp_(shadows, params, w)
+    else:
+        _cuda.blocked_lerp_ends_(shadows, params, w, torch.tensor(0.75, dtype=torch.float64))
     for got, ref in zip(shadows, want, strict=True):
         assert torch.equal(got, ref)
 
 
-def test_mixed_precision_reuses_one_scratch_block(monkeypatch):
-    monkeypatch.setenv("EMA_CORE_NUMBA", "0")  # the torch-only path is the one with a scratch
-    monkeypatch.setattr(_settings, "_kept", [])  # read again at the next use
+def test_blocked_mixed_precision_reuses_one_scratch_block(monkeypatch):
     shadows, params = _leaves(torch.float32, torch.bfloat16, seed=6)
     with monkeypatch.context() as patch:
-        patch.setattr(_mixed, "BLOCK", 8)  # a small block first: a larger one must replace it
-        _fast(shadows, params, 0.9, 0.1)
-    _fast(shadows, params, 0.9, 0.1)
-    first = _mixed._scratch(shadows[0], _mixed.BLOCK)
-    assert first.numel() >= _mixed.BLOCK
-    _fast(shadows, params, 0.9, 0.1)
-    assert _mixed._scratch(shadows[0], _mixed.BLOCK) is first
+        patch.setattr(_cuda, "BLOCK", 8)  # a small block first: a larger one must replace it
+        _cuda.blocked_lerp_(shadows, params, 0.1)
+    monkeypatch.setattr(_cuda, "BLOCK", 64)  # not the 64 MiB of the real one on a CPU
+    _cuda.blocked_lerp_(shadows, params, 0.1)
+    first = _cuda._scratch(shadows[0], _cuda.BLOCK)
+    assert first.numel() >= _cuda.BLOCK
+    _cuda.blocked_lerp_(shadows, params, 0.1)
+    assert _cuda._scratch(shadows[0], _cuda.BLOCK) is first
 
 
 @settings(max_examples=40, deadline=None)

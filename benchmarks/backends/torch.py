@@ -42,7 +42,18 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def ema_class(t: int) -> Any:
         return ema.update(t)
 
-    return {"ceiling": ceiling, "ema_core": ema_update, "EMA class": ema_class}
+    shadow_dict = {str(i): s for i, s in enumerate(shadows)}
+    params_dict = {str(i): p for i, p in enumerate(params)}
+
+    def stateless_dict(t: int) -> Any:  # a state_dict-style dict, beside the class (x class)
+        return ema_core.ema_update(shadow_dict, params_dict, t, decay=0.999)
+
+    return {
+        "ceiling": ceiling,
+        "ema_core": ema_update,
+        "EMA class": ema_class,
+        "ema_update dict": stateless_dict,
+    }
 
 
 def sync(result: Any) -> None:

@@ -1,6 +1,7 @@
 """The CuPy backend's CUDA kernels: their source and their builders, each compiled once.
 
-``cupy.py`` groups the leaves and launches; this module holds what runs on the device: the
+``cupy.py`` routes the leaves and launches (its docstring's table: the "fused" route runs
+``_fused``, the "multi" route ``_multi_kernel``); this module holds what runs on the device: the
 rounded blend shared by both kernels (``__fmul_rn`` / ``__fadd_rn``, never fused into an FMA),
 the fused elementwise kernel's preamble and body, the multi-tensor kernel's source (which reads
 the table ``cupy.host_table`` lays out, ``CHUNK`` elements per block step), and the

@@ -12,16 +12,34 @@ pair over a device table of pointers, sizes and chunk starts, cached for as long
 arrays come back. All launches use the current stream. In a captured CUDA graph use the in-place
 path (its table is cached by a warm-up call) and a device decay, which a replay reads afresh.
 
-This module groups the leaves, lays out and caches the tables and launches; the kernels' CUDA
-source and their cached builders (and ``CHUNK``, which the source bakes in) are in
-``_cupy_kernels``.
+Each leaf takes one route (``route``; ``update_leaves`` matches on it):
+
+=======  ==================================================  ================
+route    leaves                                              runs
+=======  ==================================================  ================
+copy     integer/bool under ``non_float="copy"`` (any decay)  ``a[...] = p``
+keep     integer/bool, any other ``non_float``               nothing
+skip     float, a host decay of 1                            nothing
+generic  complex or non-float dtypes, a half over float64    ``generic``
+multi    float32/float64, C-contiguous, <= ``MULTI_MAX``     ``_multi``
+fused    every other float pair                              ``_fused()``
+=======  ==================================================  ================
+
+Host and device decays take the same routes (the kernels read either). Tests, in
+``tests/test_cupy_backend.py``: the choice of every route on the CPU (``test_cupy_routes``, numpy
+arrays standing in), the kernels' source compiled for the CPU, and marked ``gpu``: copy and keep
+(``test_integer_leaves_are_copied``), skip and fused (``test_fused_kernel_equals_generic``, decay
+1 among its decays), generic (``test_generic_route_equals_generic``), multi
+(``test_multi_tensor_equals_per_array_and_generic``). This module routes the leaves, lays out
+and caches the tables and launches; the kernels' CUDA source and their cached builders (and
+``CHUNK``, which the source bakes in) are in ``_cupy_kernels``.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import array_api_compat as compat
 import numpy as np
@@ -31,7 +49,9 @@ from ema_core.backends import generic
 from ema_core.backends._cupy_kernels import _HALF, CHUNK, _cupy, _fused, _multi_kernel
 from ema_core.backends.generic import guard
 
-__all__ = ["CHUNK", "MULTI_MAX", "guard", "host_table", "update_leaves"]
+__all__ = ["CHUNK", "MULTI_MAX", "Route", "guard", "host_table", "route", "update_leaves"]
+
+Route: TypeAlias = Literal["copy", "keep", "skip", "generic", "multi", "fused"]
 
 #: Contiguous leaves with at most this many elements share one multi-tensor launch: streaming
 #: 4M fp32 elements takes about 12 us at 4 TB/s, no longer than one Python kernel call.
@@ -70,26 +90,40 @@ def update_leaves(
     Returns:
         The new leaves, in order (no example here: it needs a GPU; see the module's tests).
     """
-    skip = not compat.is_cupy_array(decay) and float(decay) == 1.0
     d, r = _decay_args(decay, rate)
     out: list[Array] = list(shadows)
     groups: dict[tuple[str, str], list[int]] = {}  # small leaves by dtype pair
     for i, (s, p, kind, write) in enumerate(zip(shadows, params, kinds, writes, strict=True)):
-        if kind != "float":
-            out[i] = _copy_exact(s, p, non_float, write)
-        elif skip:
-            continue  # a host decay of 1: the float shadow is kept as it is
-        elif _pair(s, p) is None:
-            out[i] = generic.update_leaves(
-                xp, [s], [p], [kind], decay, rate, non_float=non_float, writes=[write]
-            )[0]
-        elif _multi_ok(s, p):
-            groups.setdefault((s.dtype.name, p.dtype.name), []).append(i)
-        else:
-            out[i] = _fused()(s, p, d, r, s if write else _cupy().empty_like(s))
+        match route(kind, s, p, decay, non_float=non_float):
+            case "copy":
+                out[i] = _copy_exact(s, p, write)
+            case "keep" | "skip":
+                pass  # the shadow itself, as it is
+            case "generic":
+                out[i] = generic.update_leaves(
+                    xp, [s], [p], [kind], decay, rate, non_float=non_float, writes=[write]
+                )[0]
+            case "multi":
+                groups.setdefault((s.dtype.name, p.dtype.name), []).append(i)
+            case "fused":
+                out[i] = _fused()(s, p, d, r, s if write else _cupy().empty_like(s))
     for group in groups.values():
         _multi(group, shadows, params, writes, out, d, r)
     return out
+
+
+def route(
+    kind: LeafKind, shadow: Array, params: Array, decay: Value, *, non_float: NonFloatPolicy
+) -> Route:
+    """The route (module docstring) of one leaf pair under ``decay`` (a host float or a 0-d
+    device array, never read here)."""
+    if kind != "float":
+        return "copy" if non_float == "copy" else "keep"
+    if not compat.is_cupy_array(decay) and float(decay) == 1.0:
+        return "skip"
+    if _pair(shadow, params) is None:
+        return "generic"
+    return "multi" if _multi_ok(shadow, params) else "fused"
 
 
 def _decay_args(decay: Value, rate: Value) -> tuple[Any, Any]:
@@ -119,11 +153,9 @@ def _multi_ok(s: Array, p: Array) -> bool:
     )
 
 
-def _copy_exact(s: Array, p: Array, non_float: NonFloatPolicy, write: bool) -> Array:
-    """An integer or bool leaf: the params' value on every call, whatever the decay (a copy
-    on the current stream; no decay is read), or the shadow itself unless ``"copy"``."""
-    if non_float != "copy":
-        return s
+def _copy_exact(s: Array, p: Array, write: bool) -> Array:
+    """An integer or bool leaf under ``non_float="copy"``: the params' value on every call,
+    whatever the decay (a copy on the current stream; no decay is read)."""
     target = s if write else _cupy().empty_like(s)
     target[...] = p
     return target

@@ -1,19 +1,46 @@
 """The generic Array API backend: the core's leaf math, with in-place writes through
-``shadow[...] = new`` where the array allows it. Right on every namespace; not the fastest."""
+``shadow[...] = new`` where the array allows it. Right on every namespace; not the fastest.
+
+Each leaf takes one route (``route``; ``update_leaves`` matches on it), whatever the decay's
+kind (a host float or a 0-d device array, which the core never reads on the host):
+
+=======  ============================================  =========================  ============
+route    leaves                                        runs                       test
+=======  ============================================  =========================  ============
+blend    float (a host decay of 1 returns the shadow)  ``_core.blend``            generic_routes
+copy     integer/bool under ``non_float="copy"``       ``_core.copy_exact``       generic_routes
+keep     integer/bool, any other ``non_float``         nothing (the shadow)       generic_routes
+=======  ============================================  =========================  ============
+
+The tests are ``tests/test_torch_routes.py::test_<name>`` (numpy arrays; every backend's suite
+also falls back here).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Literal, TypeAlias
 
 from ema_core import _core
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
+
+__all__ = ["Route", "guard", "route", "update_leaves"]
+
+Route: TypeAlias = Literal["blend", "copy", "keep"]
 
 
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
     """No context needed (backends without autograd state reuse this one)."""
     yield
+
+
+def route(kind: LeafKind, *, non_float: NonFloatPolicy) -> Route:
+    """The route (module docstring) of a leaf of this kind."""
+    if kind == "float":
+        return "blend"
+    return "copy" if non_float == "copy" else "keep"
 
 
 def update_leaves(
@@ -33,12 +60,13 @@ def update_leaves(
     still take the params under ``non_float="copy"``: they are copied on every call."""
     out: list[Array] = []
     for s, p, kind, write in zip(shadows, params, kinds, writes, strict=True):
-        if kind == "float":
-            new = _core.blend(xp, s, p, decay, rate)
-        elif non_float == "copy":
-            new = _core.copy_exact(xp, p)
-        else:
-            new = s
+        match route(kind, non_float=non_float):
+            case "blend":
+                new = _core.blend(xp, s, p, decay, rate)
+            case "copy":
+                new = _core.copy_exact(xp, p)
+            case "keep":
+                new = s
         if write and new is not s:
             s[...] = new
             new = s

@@ -24,11 +24,11 @@ from typing import TypeAlias
 import torch
 
 from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _routes
+from ema_core.backends.torch._routes import Group, Plan, apply, make_plan
 from ema_core.torch import _dtensor
 
 #: A unit of work: the positions (in the store's lists) it updates, and its one-group plan.
-Unit: TypeAlias = tuple[list[int], _routes.Plan]
+Unit: TypeAlias = tuple[list[int], Plan]
 
 
 def make_shadow(
@@ -75,7 +75,7 @@ def units(
     params: Sequence[torch.Tensor],
     kinds: Sequence[LeafKind],
     names: Sequence[str] | None = None,
-) -> tuple[_routes.Plan, list[Unit]]:
+) -> tuple[Plan, list[Unit]]:
     """The fused plan of these pairs, and its groups as units applied one after another.
 
     All mixed-precision groups form the first unit: the kernels check every one of their
@@ -83,30 +83,28 @@ def units(
     anything is written). Then one unit per group (one fused call), and one per tensor where
     a group is updated tensor by tensor anyway (``other``). The units share the plan's groups
     (and their cached host views)."""
-    plan = _routes.make_plan(shadows, params, kinds, names)
+    plan = make_plan(shadows, params, kinds, names)
     where = {id(s): i for i, s in enumerate(shadows)}
     out: list[Unit] = []
     if plan.mixed:
-        out.append(
-            ([where[id(s)] for g in plan.mixed for s in g.shadows], _routes.Plan(mixed=plan.mixed))
-        )
+        out.append(([where[id(s)] for g in plan.mixed for s in g.shadows], Plan(mixed=plan.mixed)))
     for bucket in ("exact", "same", "other"):
         for group in getattr(plan, bucket):
             pieces = [group]
             if bucket == "other":
                 pieces = [
-                    _routes.Group(shadows=[s], params=[p], names=[n])
+                    Group(shadows=[s], params=[p], names=[n])
                     for s, p, n in zip(group.shadows, group.params, group.names, strict=True)
                 ]
             for piece in pieces:
-                one = _routes.Plan(**{bucket: [piece]})
+                one = Plan(**{bucket: [piece]})
                 out.append(([where[id(s)] for s in piece.shadows], one))
     return plan, out
 
 
 def _run(work: list[Unit], done: list[int], xp: Namespace, decay: Value, rate: Value) -> None:
     for positions, plan in work:
-        _routes.apply(xp, plan, decay, rate)
+        apply(xp, plan, decay, rate)
         done.extend(positions)
 
 
@@ -155,8 +153,8 @@ class Remote:
                 continue
             work = torch.empty_like(live, dtype=shadow.dtype)
             work.copy_(shadow, non_blocking=True)
-            plan = _routes.make_plan([work], [live], [kind], [self.names[i]])
-            _routes.apply(xp, plan, decay, rate)
+            plan = make_plan([work], [live], [kind], [self.names[i]])
+            apply(xp, plan, decay, rate)
             shadow.copy_(work, non_blocking=True)
             self.done.append(i)
         if any(live.is_cuda for _, live, _ in self.pairs):

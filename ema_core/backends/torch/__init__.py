@@ -6,6 +6,10 @@
 route per group (the table is in its docstring); ``_foreach`` holds the fused ops, ``_host`` the
 CPU views handed to the host engine, ``_mixed`` / ``_triton`` the one-pass mixed-precision blend.
 
+``leaf_signature`` / ``same_signature`` tell the stateless call's plan cache
+(``ema_core._stateless``) whether tensors it checked before are still laid out as they were;
+``update_leaves`` keeps its plan in the ``memo`` that cache hands it.
+
 The user-facing classes sit above the API in ``ema_core.torch``; their old names here
 (``ema_core.backends.torch.EMA`` ...) still work and are looked up there on first use
 (``__getattr__`` below), never by the kernels.
@@ -15,14 +19,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 import torch
 
 from ema_core._types import LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends.torch import _routes
 
-__all__ = ["guard", "update_leaves"]
+__all__ = ["guard", "leaf_signature", "same_signature", "update_leaves"]
+
+#: ``update_leaves`` takes a ``memo`` from the plan cache (``ema_core._stateless``).
+PLAN_MEMO = True
 
 #: Names that used to live here and moved above the API to ``ema_core.torch``.
 _MOVED = frozenset({"EMA", "ddp_ema", "full_state_dict"})
@@ -45,6 +53,7 @@ def update_leaves(
     *,
     non_float: NonFloatPolicy,
     writes: Sequence[bool],
+    memo: dict[Any, Any] | None = None,
 ) -> list[torch.Tensor]:
     """Blend float leaves and copy exact ones, grouped into fused calls (``_routes``).
 
@@ -52,19 +61,79 @@ def update_leaves(
     returned and ``shadows[i]`` is left alone. Integer leaves follow ``non_float``: "copy" takes
     the params on every call, also one whose decay is 1 (a host decay of 1 returns each float
     shadow itself); the others leave them as they are.
+
+    ``memo`` (from the plan cache, only for leaves it has just found unchanged) keeps the plan
+    between calls, made over aliases of the tensors (``detach``: same memory, no reference to
+    the caller's objects, whose death then frees the cache entry); kept only where every moved
+    shadow is a plain tensor written in place (``copy=True`` makes new tensors each call).
     """
     skip = isinstance(decay, float) and decay == 1.0
+    plan = None if memo is None else memo.get(skip)
+    if plan is not None:
+        _routes.apply(xp, plan, decay, rate)
+        return list(shadows)
     move = [non_float == "copy" if kind == "exact" else not skip for kind in kinds]
     out = [s if w or not m else s.clone() for s, w, m in zip(shadows, writes, move, strict=True)]
     if not any(move):
         return out
+    moved = [i for i, m in enumerate(move) if m]
+    keep = memo is not None and all(writes[i] and type(out[i]) is torch.Tensor for i in moved)
+    alias = torch.Tensor.detach if keep else _same
     plan = _routes.make_plan(
-        [s for s, m in zip(out, move, strict=True) if m],
-        [p for p, m in zip(params, move, strict=True) if m],
-        [kind for kind, m in zip(kinds, move, strict=True) if m],
+        [alias(out[i]) for i in moved], [alias(params[i]) for i in moved], [kinds[i] for i in moved]
     )
+    if keep and memo is not None:
+        memo[skip] = plan
     _routes.apply(xp, plan, decay, rate)
     return out
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+_DTYPE = attrgetter("dtype")
+_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
+
+
+class Signature(NamedTuple):
+    """What the checks read from a list of tensors: aliases (same storage, offset, sizes and
+    strides: ``is_set_to``), dtypes, inference flags and whether inference mode was on."""
+
+    aliases: list[torch.Tensor]
+    dtypes: list[torch.dtype]
+    inference: list[bool]
+    inference_mode: bool
+
+
+def leaf_signature(leaves: Sequence[torch.Tensor]) -> Signature | None:
+    """The layout of plain (``Tensor`` / ``Parameter``) tensors, or None where it cannot be
+    kept: other types (DTensor, fake tensors), meta tensors, or inside ``torch.compile``."""
+    if torch.compiler.is_compiling() or not set(map(type, leaves)) <= _PLAIN:
+        return None
+    if any(map(attrgetter("is_meta"), leaves)):
+        return None
+    return Signature(
+        list(map(torch.Tensor.detach, leaves)),
+        list(map(_DTYPE, leaves)),
+        list(map(torch.Tensor.is_inference, leaves)),
+        torch.is_inference_mode_enabled(),
+    )
+
+
+def same_signature(kept: Signature, leaves: Sequence[torch.Tensor]) -> bool:
+    """Whether ``leaves`` still have the layout ``kept`` recorded: each on the same storage at
+    the same offset with the same sizes, strides, dtype and inference flag (the aliases hold
+    the storages, so a storage's address cannot be reused meanwhile). One C call per tensor
+    and property; ``map`` streams each compare, so no tuple per tensor is kept."""
+    return (
+        torch.is_inference_mode_enabled() == kept.inference_mode
+        and not torch.compiler.is_compiling()
+        and len(leaves) == len(kept.aliases)
+        and all(map(torch.Tensor.is_set_to, leaves, kept.aliases))
+        and list(map(_DTYPE, leaves)) == kept.dtypes
+        and list(map(torch.Tensor.is_inference, leaves)) == kept.inference
+    )
 
 
 def __getattr__(name: str) -> Any:

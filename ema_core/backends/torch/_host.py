@@ -1,151 +1,120 @@
-"""CPU tensors through ema-core's compiled host kernels (``backends._numba``), when numba is here.
+"""CPU tensors through the host engine (``ema_core.backends.host``), with or without numba.
 
-A float32/float64 shadow over narrower params (bf16, fp16; float32 under float64) is blended in
-one pass that reads the params where they lie: each tensor is seen as a numpy array without a
-copy (bfloat16 as its uint16 bits), and the pieces are shared over ``torch.get_num_threads()``
-threads (``_threads``). The arithmetic is the generic core's (no FMA), so it may differ from
-torch's own ``lerp_`` by one rounding; the tests pin it to the generic path bit for bit.
+A float32/float64 shadow over params no wider (bf16, fp16, fp32 under fp64) is blended in one
+engine plan: each tensor is seen as a numpy array without a copy (bfloat16 as its uint16 bits,
+strided tensors with their strides), small leaves are batched, large ones cut over
+``torch.get_num_threads()`` threads, and each piece runs numba's compiled loop or, without
+numba, the engine's numpy blocks. The arithmetic is the generic core's (no FMA), so it may
+differ from torch's own ``lerp_`` by one rounding; the tests pin it to the generic path bit for
+bit. A ``Bound`` keeps the views and the plan between updates, and is rebuilt when a tensor's
+storage, shape or dtype changes (``stale``). Host (Python float) decays only.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ema_core._settings import settings
+if importlib.util.find_spec("numpy") is not None:  # torch runs without numpy: then no engine
+    import numpy as np
 
-if TYPE_CHECKING:  # _numba imports numpy, which torch does not need
-    from ema_core.backends._numba import ParamsFormat
+    from ema_core.backends import host
 
 __all__ = ["Bound", "bind", "key", "lerp_", "run", "stale", "usable"]
 
-#: Updates smaller than this many elements run on the calling thread.
-PARALLEL_MIN = 1 << 21
-#: On a group's first update, leaves below this many elements are left to ``_mixed``, which
-#: packs them into a few fused calls with the same arithmetic (so the same bits): seeing a
-#: tensor as numpy costs microseconds, which pays only when the views are used again. A reused
-#: ``Bound`` (the ``EMA`` class's later updates) takes them all.
-FIRST_MIN = 1 << 16
 _SHADOW_DTYPES = (torch.float32, torch.float64)
 _PARAMS_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_NUMPY = importlib.util.find_spec("numpy") is not None
 
 
 def usable(shadow: torch.Tensor, params: torch.Tensor) -> bool:
-    """Whether a group like this pair takes the host kernels: CPU, plain tensors (no subclass,
-    not being traced by torch.compile), a float32 or float64 shadow over params no wider, numba
-    installed and not turned off."""
+    """Whether a group like this pair takes the host engine: CPU, plain tensors (no subclass,
+    not being traced by torch.compile), a float32 or float64 shadow over params no wider, and
+    numpy installed (numba is not needed: the engine's numpy blocks run without it)."""
     return (
-        shadow.device.type == "cpu"
+        _NUMPY
+        and shadow.device.type == "cpu"
         and type(shadow) is torch.Tensor
         and type(params) in (torch.Tensor, torch.nn.Parameter)
         and not torch.compiler.is_compiling()  # traced tensors have no memory to view
         and shadow.dtype in _SHADOW_DTYPES
         and params.dtype in _PARAMS_DTYPES
         and params.dtype.itemsize <= shadow.dtype.itemsize
-        and _kernels_on()
     )
 
 
-def _kernels_on() -> bool:
-    """``_numba.usable()`` without importing ``_numba`` (hence numpy, which torch does not
-    need): numba installed and ``EMA_CORE_NUMBA`` not ``0`` (read once, ``_settings``)."""
-    return settings().numba and _numba_installed()
-
-
-@functools.cache
-def _numba_installed() -> bool:
-    return importlib.util.find_spec("numba") is not None
-
-
 class Bound:
-    """A group's tensors seen as numpy arrays, with the kernels bound; rebuilt when a tensor's
+    """A group's tensors seen as numpy arrays, with the engine's plan; rebuilt when a tensor's
     storage, shape or dtype changes (``param.data = ...``, ``module.to(...)``), found by
     comparing ``key``. The views hold the storage they see, so a replaced one is freed at the
-    next update. Every pair is checked when the views are made: the same shape, and a kernel
-    that fits this pair's own views (sizes, dtypes, contiguity), which is the group's kernel;
-    the loops index the params by the shadow's size, so an unchecked pair could read past its
-    end. Leaves under ``least`` elements are left to another path, and ``deferred`` says so.
+    next update. Every pair is checked before any view is made: the same shape and device (the
+    compiled loops index the params by the shadow's size, so an unchecked pair could read past
+    its end). ``left`` lists the pairs no numpy view can see (a tensor with its conjugate or
+    negative bit set): another path does them.
 
     Raises:
         ValueError: a params tensor's shape differs from its shadow's (nothing is written).
     """
 
-    def __init__(
-        self, shadows: list[torch.Tensor], params: list[torch.Tensor], least: int = 0
-    ) -> None:
-        from ema_core.backends import _numba
-
+    def __init__(self, shadows: list[torch.Tensor], params: list[torch.Tensor]) -> None:
         self.key = key(shadows, params)
-        self.kernel: Any = None  # one for the group: a pair whose kernel differs is left
-        self.items: list[Any] = []  # in-place jobs (shadow, shadow, params) of numpy views
-        self.left: list[int] = []  # the pairs no kernel takes (strided): another path does them
-        self.deferred = False
         for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
             if s.shape != p.shape or s.device != p.device:
                 raise ValueError(
                     f"params #{i} of shape {tuple(p.shape)} on {p.device} does not fit its "
                     f"shadow of shape {tuple(s.shape)} on {s.device}"
                 )
-            small = s.numel() < least
-            self.deferred |= small
-            prepared = None
-            if not small and s.is_contiguous() and p.is_contiguous():
-                prepared = _numba.prepare(_view(s), _view(p), _format(p))
-            if prepared is None or self.kernel not in (None, prepared.kernel):
+        self.left: list[int] = []
+        self.shadows: list[Any] = []
+        self.params: list[Any] = []
+        self.formats: list[host.ParamsFormat] = []
+        for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
+            views = _view(s), _view(p)
+            if views[0] is None or views[1] is None:
                 self.left.append(i)
                 continue
-            self.kernel = prepared.kernel
-            self.items.append((prepared.shadow, prepared.shadow, prepared.params))
-        self.shares: dict[int, list[list[Any]]] = {}  # the items dealt per thread count
+            self.shadows.append(views[0])
+            self.params.append(views[1])
+            self.formats.append("bfloat16" if p.dtype == torch.bfloat16 else "float")
+        self.plans: dict[int, host.Plan] = {}  # the engine's plan per thread count
 
-    def shares_for(self, workers: int) -> list[list[Any]]:
-        """The items dealt into runs for ``workers`` threads (computed once per count)."""
-        from ema_core.backends import _threads
-
-        if workers not in self.shares:
-            self.shares[workers] = _threads.share(
-                self.items, workers, least=PARALLEL_MIN // 2, grain=1 << 16
+    def plan_for(self, workers: int) -> host.Plan:
+        """The engine's plan for ``workers`` threads (made once per count)."""
+        if workers not in self.plans:
+            self.plans[workers] = host.plan(
+                self.shadows, self.params, self.formats, workers=workers
             )
-        return self.shares[workers]
+        return self.plans[workers]
 
 
 def key(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> list[Any]:
-    """What a ``Bound`` was made for: each tensor's data pointer, and the params' shapes and
-    dtypes (which ``param.data = ...`` may change without moving the storage)."""
-    return [t.data_ptr() for t in shadows] + [(t.data_ptr(), t.shape, t.dtype) for t in params]
+    """What a ``Bound`` was made for: each tensor's data pointer, shape, strides and dtype
+    (``param.data = ...`` may change the last three without moving the storage)."""
+    return [(t.data_ptr(), t.shape, t.stride(), t.dtype) for t in (*shadows, *params)]
 
 
 def stale(bound: Bound | None, shadows: list[torch.Tensor], params: list[torch.Tensor]) -> bool:
-    """Whether ``bind`` would make new views: none yet, small leaves deferred, or moved."""
-    return bound is None or bound.deferred or bound.key != key(shadows, params)
+    """Whether ``bind`` would make new views: none yet, or a tensor moved or changed."""
+    return bound is None or bound.key != key(shadows, params)
 
 
 def bind(
     shadows: list[torch.Tensor], params: list[torch.Tensor], bound: Bound | None = None
 ) -> Bound:
-    """``bound`` if it still fits the tensors, else new views: a group's first ones (no
-    ``bound``) leave its small leaves to ``_mixed``; the next ones take them all."""
-    if bound is None:
-        return Bound(shadows, params, least=FIRST_MIN)
-    return Bound(shadows, params) if stale(bound, shadows, params) else bound
+    """``bound`` if it still fits the tensors, else new views and a new plan.
+
+    Raises:
+        ValueError: a params tensor's shape differs from its shadow's (nothing is written).
+    """
+    return Bound(shadows, params) if bound is None or stale(bound, shadows, params) else bound
 
 
 def run(bound: Bound, decay: float, rate: float) -> None:
-    """Blend the pairs ``bound`` took, in place (its ``left`` ones are not touched)."""
-    from ema_core.backends import _numba, _threads
-
-    if not bound.items:
-        return
-    kernel = bound.kernel
-    factor, low = _numba.weights(decay, rate, bound.items[0][1].dtype)
-
-    def do(item: Any) -> None:
-        kernel(item[1], item[2], factor, low)
-
-    _threads.run_shares(bound.shares_for(torch.get_num_threads()), do)
+    """Blend the pairs ``bound`` took, in place, with a host ``decay`` (its ``left`` ones are
+    not touched): decay 1 writes nothing, 0 copies the params exactly."""
+    host.run(bound.plan_for(torch.get_num_threads()), decay, rate)
 
 
 def lerp_(
@@ -155,7 +124,7 @@ def lerp_(
     rate: float,
     bound: Bound | None = None,
 ) -> Bound:
-    """Blend the pairs a kernel takes, in place; returns the ``Bound`` (reuse it next time),
+    """Blend the pairs the engine takes, in place; returns the ``Bound`` (reuse it next time),
     whose ``left`` lists the indices of the pairs left for another path (``bind``, ``run``).
 
     Raises:
@@ -166,15 +135,12 @@ def lerp_(
     return bound
 
 
-def _format(t: torch.Tensor) -> ParamsFormat:
-    """How ``_numba`` reads this tensor's view: bfloat16 as its bits, anything else as is."""
-    return "bfloat16" if t.dtype == torch.bfloat16 else "float"
-
-
-def _view(t: torch.Tensor) -> Any:
-    """A flat numpy view of a contiguous CPU tensor (bfloat16 as uint16 bits); no copy."""
-    if t.requires_grad:
-        t = t.detach()
+def _view(t: torch.Tensor) -> np.ndarray | None:
+    """A numpy view of a CPU tensor's memory, strides kept (bfloat16 as uint16 bits); no copy.
+    None when numpy cannot see it (conjugate or negative bit set)."""
+    t = t.detach()
+    if t.is_conj() or t.is_neg():
+        return None
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().reshape(-1).view("uint16")
-    return t.numpy().reshape(-1)
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()

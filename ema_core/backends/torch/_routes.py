@@ -1,57 +1,92 @@
-"""The in-place blend of many torch tensors, grouped once into a ``Plan`` and applied per update.
+"""The in-place blend of many torch tensors: grouped once into a ``Plan``, one route per group.
 
-Leaves are grouped by (kind, device, shadow dtype, params dtype):
+``make_plan`` groups the pairs by (kind, device, shadow dtype, params dtype) into four buckets:
+``exact`` (integer, bool, copied buffers), ``same`` (one float dtype), ``mixed`` (a float32/float64
+shadow over narrower float params) and ``other`` (complex, a shadow narrower than its params).
+DTensor pairs are planned as their local shards (``to_local()``: no collective), so they take
+the routes below like any plain tensor. ``apply`` asks ``route`` for each group (its bucket, its
+device, and whether the decay is a host float or a 0-d device tensor) and runs that route:
 
-* same dtype: one ``torch._foreach_lerp_`` per group (a per-tensor ``lerp_`` loop where the
-  private op is missing). ``lerp_(params, 1 - decay)`` is the core's two-sided blend; it may
-  differ from the generic path by one rounding (at most 1 ulp of ``max(|s|, |p|)``).
-* a float32/float64 shadow over narrower float params (bf16, fp16): one pass without an fp32
-  copy of the params (``_host``'s compiled loop on CPU when numba is installed, else ``_mixed``);
-* anything else (complex, a shadow narrower than its params): the generic core, per leaf;
-* integer and bool leaves (and copied buffers): ``torch._foreach_copy_``, on every call,
-  whatever the decay (1 included: the copied tensors follow the model also when the averaged
-  ones skip).
+====================  ======  =====  ========  ==============================  ====================
+route                 decay   where  groups    runs                            test
+====================  ======  =====  ========  ==============================  ====================
+skip                  1.0     any    averaged  nothing                         host_decay_ends
+copy                  0.0     any    averaged  ``_foreach.copy_``              host_decay_ends
+copy                  any     any    exact     ``_foreach.copy_``              exact_leaves_copy
+foreach-lerp          host    any    same      ``_foreach.lerp_``              cpu_routes
+foreach-lerp-ends     device  any    same [1]  ``_foreach.lerp_ends_``         cpu_routes
+host-engine           host    CPU    mixed     ``_host.run``                   cpu_routes
+cuda-mixed            host    CUDA   mixed     ``_cuda.blocked_lerp_``         cuda_routes
+cuda-mixed-ends       device  CUDA   mixed     ``_cuda.blocked_lerp_ends_``    cuda_routes
+triton-mixed          host    CUDA   mixed[2]  ``_cuda.triton_lerp_``          cuda_routes
+triton-mixed-ends     device  CUDA   mixed[2]  ``_cuda.triton_lerp_ends_``     cuda_routes
+generic               any     any    the rest  ``_core.blend`` per leaf        cpu_routes
+====================  ======  =====  ========  ==============================  ====================
 
-A host decay (Python float) skips the averaged groups at 1 and copies them at 0. A device decay
-(0-d tensor) is never read: it reaches ``lerp_`` as a tensor weight and both ends are selected
-on the device with ``torch.where`` (decay 1 keeps every averaged shadow's bits, decay 0 gives
-the params' bits, inf and NaN included), so an update can be captured in a CUDA graph.
+[1] float32 or wider. [2] a float32 shadow, Triton installed. Tests: ``test_<name>`` in
+``tests/test_torch_routes.py`` (the CUDA ones marked ``gpu``; ``tests/test_torch_kernels.py``
+runs the blocked functions on CPU tensors). "generic" takes the ``other`` bucket, half ``same``
+groups with a device decay (the core computes in float32: a device rate is not rounded to the
+half), ``mixed`` groups with a device decay on the CPU, or that the host engine refuses
+(``_host.usable``), or on another device. ``foreach-lerp`` is torch's ``lerp_(params, 1 - decay)``:
+it may differ from the core by one rounding (at most 1 ulp of ``max(|s|, |p|)``); the host engine
+and the core share their arithmetic bit for bit. The "-ends" routes and "generic" keep both ends
+exact without reading a device decay: decay 1 keeps each shadow's bits, decay 0 gives the
+params' (inf and NaN included), so an update can be captured in a CUDA graph.
 
-Before anything is written, every float32/float64-over-half pair is checked against its shadow
-(shape and device): those paths run kernels that index the params by the shadow's size
-(compiled host loops, Triton) or cast-copy them into a scratch (which would broadcast). The
-host loops' views are (re)made, each pair checked, when a tensor's storage, shape or dtype
-changed. A mismatch raises ``ValueError`` naming the tensor and leaves every shadow as it was.
+Before anything is written, every pair of a ``mixed`` group is checked against its shadow (shape
+and device): those routes index the params by the shadow's size (host loops, Triton) or
+cast-copy them into a scratch (which would broadcast). The host engine's views are (re)bound,
+each pair checked, when a tensor's storage, shape or dtype changed. A mismatch raises
+``ValueError`` naming the tensor and leaves every shadow as it was.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
 
 import torch
 
 from ema_core import _core
 from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _foreach, _host
-from ema_core.backends.torch._mixed import lerp_mixed_
+from ema_core.backends.torch import _cuda, _foreach, _host
 
+__all__ = ["Group", "Plan", "Route", "apply", "make_plan", "route", "routes"]
+
+Route: TypeAlias = Literal[
+    "skip",
+    "copy",
+    "foreach-lerp",
+    "foreach-lerp-ends",
+    "host-engine",
+    "cuda-mixed",
+    "cuda-mixed-ends",
+    "triton-mixed",
+    "triton-mixed-ends",
+    "generic",
+]
+Bucket: TypeAlias = Literal["exact", "same", "mixed", "other"]
+_BUCKETS: tuple[Bucket, ...] = ("exact", "same", "mixed", "other")
 _HALF = (torch.float16, torch.bfloat16)
+Tensors: TypeAlias = list[torch.Tensor]
 
 
 @dataclass
 class Group:
-    """Tensors that one fused call can update: same device and dtypes."""
+    """Tensors that one fused call can update: same kind, device and dtypes."""
 
     shadows: list[torch.Tensor] = field(default_factory=list)
     params: list[torch.Tensor] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # for error messages
-    host: _host.Bound | None = None  # the numpy views ``_host`` made for it, kept for reuse
+    host: _host.Bound | None = None  # the host engine's views of it, kept for reuse
 
 
 @dataclass
 class Plan:
-    """The groups of one set of leaves; build it once, apply it every update."""
+    """The groups of one set of leaves, by bucket; build it once, apply it every update."""
 
     same: list[Group] = field(default_factory=list)
     mixed: list[Group] = field(default_factory=list)
@@ -59,15 +94,40 @@ class Plan:
     exact: list[Group] = field(default_factory=list)
 
 
-def _bucket(kind: LeafKind, s: torch.Tensor, p: torch.Tensor) -> str:
+def bucket(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor) -> Bucket:
+    """Which of a plan's four lists a pair belongs to."""
     if kind == "exact":
         return "exact"
-    if s.is_complex() or p.is_complex():
+    if shadow.is_complex() or params.is_complex():
         return "other"
-    if s.dtype == p.dtype:
+    if shadow.dtype == params.dtype:
         return "same"
-    widens = torch.promote_types(s.dtype, p.dtype) == s.dtype and s.dtype not in _HALF
-    return "mixed" if widens else "other"
+    widens = torch.promote_types(shadow.dtype, params.dtype) == shadow.dtype
+    return "mixed" if widens and shadow.dtype not in _HALF else "other"
+
+
+def route(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor, decay: Value) -> Route:
+    """The route (module docstring) of a group like this pair under ``decay``: a Python float
+    (host) or a 0-d tensor (device, never read here)."""
+    on_host = isinstance(decay, float)
+    if kind == "exact" or (on_host and decay == 0.0):
+        return "copy"
+    if on_host and decay == 1.0:
+        return "skip"
+    group = bucket(kind, shadow, params)
+    if group == "same" and (on_host or shadow.dtype not in _HALF):
+        return "foreach-lerp" if on_host else "foreach-lerp-ends"
+    return _mixed_route(shadow, params, on_host) if group == "mixed" else "generic"
+
+
+def _mixed_route(shadow: torch.Tensor, params: torch.Tensor, on_host: bool) -> Route:
+    """The route of a ``mixed`` group whose decay is neither a host 0 nor a host 1."""
+    if shadow.is_cuda and _cuda.triton_usable(shadow):
+        return "triton-mixed" if on_host else "triton-mixed-ends"
+    if shadow.is_cuda:
+        return "cuda-mixed" if on_host else "cuda-mixed-ends"
+    on_cpu = on_host and shadow.device.type == "cpu"
+    return "host-engine" if on_cpu and _host.usable(shadow, params) else "generic"
 
 
 def make_plan(
@@ -77,72 +137,107 @@ def make_plan(
     names: Sequence[str] | None = None,
 ) -> Plan:
     """Group leaf pairs (already validated: equal shapes and devices) by how they update;
-    ``names`` (default: the positions) name the tensors in errors."""
+    ``names`` (default: the positions) name the tensors in errors. DTensor pairs are planned
+    as their local shards.
+
+    Raises:
+        ValueError: a DTensor pair whose shadow and params differ in mesh or placements, or
+            a DTensor paired with a plain tensor (their local shards would not match).
+    """
     labels = [f"#{i}" for i in range(len(shadows))] if names is None else list(names)
     keyed: dict[tuple[LeafKind, torch.device, torch.dtype, torch.dtype], Group] = {}
-    for s, p, kind, name in zip(shadows, params, kinds, labels, strict=True):
+    for pair, kind, name in zip(zip(shadows, params, strict=True), kinds, labels, strict=True):
+        s, p = _local(*pair, name)
         group = keyed.setdefault((kind, s.device, s.dtype, p.dtype), Group())
         group.shadows.append(s)
         group.params.append(p)
         group.names.append(name)
     plan = Plan()
     for (kind, *_), group in keyed.items():
-        getattr(plan, _bucket(kind, group.shadows[0], group.params[0])).append(group)
+        getattr(plan, bucket(kind, group.shadows[0], group.params[0])).append(group)
     return plan
+
+
+def _local(s: torch.Tensor, p: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pair as the tensors the routes write: DTensors as their local shards (a view)."""
+    if type(s) is torch.Tensor and type(p) in (torch.Tensor, torch.nn.Parameter):
+        return s, p
+    module = sys.modules.get("torch.distributed.tensor")  # no DTensor before it is imported
+    if module is None or not (isinstance(s, module.DTensor) or isinstance(p, module.DTensor)):
+        return s, p
+    dtensor = module.DTensor
+    where = [(t.device_mesh, t.placements) if isinstance(t, dtensor) else None for t in (s, p)]
+    if where[0] != where[1]:
+        raise ValueError(
+            f"params {name}: a DTensor pair must share its mesh and placements, got shadow "
+            f"{where[0]} and params {where[1]}; update matching DTensors (or plain tensors)"
+        )
+    with torch.no_grad():  # without autograd, to_local() is the local tensor itself, no copy
+        return s.to_local(), p.to_local()  # type: ignore[attr-defined]
+
+
+def routes(plan: Plan, decay: Value) -> list[tuple[Group, Route]]:
+    """Every non-empty group of ``plan`` with the route ``apply`` takes for it under ``decay``."""
+    out: list[tuple[Group, Route]] = []
+    for name in _BUCKETS:
+        kind: LeafKind = "exact" if name == "exact" else "float"
+        for group in getattr(plan, name):
+            if group.shadows:
+                out.append((group, route(kind, group.shadows[0], group.params[0], decay)))
+    return out
 
 
 def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
     """Blend every averaged group of ``plan`` in place with ``decay`` (weight on the old
-    average) and copy the exact ones (at every decay; a host decay of 1 copies only those).
+    average) and copy the exact ones (at every decay), each through its ``route``.
 
     Raises:
         ValueError: a params tensor of a mixed-precision group no longer fits its shadow
             (resized or moved since the plan was made); nothing has been written then.
     """
-    if isinstance(decay, float) and decay == 1.0:
-        for group in plan.exact:
-            copy_(group)
-        return
-    hosted = _check_mixed(plan, decay)
-    for group in plan.exact:
-        copy_(group)
-    if isinstance(decay, float) and decay == 0.0:
-        for group in (*plan.same, *plan.mixed, *plan.other):
-            _foreach.copy_(group.shadows, group.params)
-        return
-    for group in plan.same:
-        like = group.shadows[0]
-        if isinstance(rate, float):
-            _foreach.lerp_(group.shadows, group.params, rate)
-        elif like.dtype in _HALF:  # a device rate must not be rounded to a half dtype: the
-            _generic(xp, group, decay, rate)  # core computes in fp32
-        else:
-            _foreach.lerp_ends_(group.shadows, group.params, _weight(rate, like), _on(decay, like))
-    for group, host in zip(plan.mixed, hosted, strict=True):
-        rest = _on_host(xp, group, decay, rate) if host else group
-        if rest.shadows:
-            like = rest.shadows[0]
-            ends = decay if isinstance(decay, float) else _on(decay, like)
-            lerp_mixed_(rest.shadows, rest.params, _weight(rate, like), ends)
-    for group in plan.other:
-        _generic(xp, group, decay, rate)
+    work = routes(plan, decay)
+    mixed = {id(group) for group in plan.mixed}
+    for group, way in work:
+        if id(group) in mixed and way != "skip":
+            _check(group, way)
+    for group, way in work:
+        _run(xp, group, way, decay, rate)
 
 
-def _check_mixed(plan: Plan, decay: Value) -> list[bool]:
-    """Check every mixed pair against its shadow, or (re)bind the host loops' views, which
-    checks each pair when they are (re)made; per group, whether ``_on_host`` takes it."""
-    hosted = []
-    for group in plan.mixed:
-        shadow = group.shadows[0]
-        cpu = shadow.device.type == "cpu" and type(shadow) is torch.Tensor
-        loops = isinstance(decay, float) and decay != 0.0 and _host.usable(shadow, group.params[0])
-        if loops and _host.stale(group.host, group.shadows, group.params):
-            _check_pairs(group)
-            group.host = _host.bind(group.shadows, group.params, group.host)
-        elif not loops:
-            _check_pairs(group)
-        hosted.append(loops or (cpu and not isinstance(decay, float)))
-    return hosted
+def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> None:
+    """One group through one route (the table in the module docstring)."""
+    s, p = group.shadows, group.params
+    match way:
+        case "skip":
+            pass
+        case "copy":
+            _foreach.copy_(s, p)
+        case "foreach-lerp":
+            _foreach.lerp_(s, p, float(rate))
+        case "foreach-lerp-ends":
+            _foreach.lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
+        case "host-engine":
+            _host_engine(xp, group, float(decay), float(rate))
+        case "cuda-mixed":
+            _cuda.blocked_lerp_(s, p, float(rate))
+        case "cuda-mixed-ends":
+            _cuda.blocked_lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
+        case "triton-mixed":
+            _cuda.triton_lerp_(s, p, float(rate))
+        case "triton-mixed-ends":
+            _cuda.triton_lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
+        case "generic":
+            _generic(xp, s, p, decay, rate)
+
+
+def _check(group: Group, way: Route) -> None:
+    """Check a mixed group's pairs before any write: each time for the device routes, and for
+    the host engine when its views are (re)bound (they are kept while nothing moved)."""
+    if way != "host-engine":
+        _check_pairs(group)
+    elif _host.stale(group.host, group.shadows, group.params):
+        _check_pairs(group)
+        group.host = _host.bind(group.shadows, group.params, group.host)
 
 
 def _check_pairs(group: Group) -> None:
@@ -156,42 +251,27 @@ def _check_pairs(group: Group) -> None:
             )
 
 
-def _on_host(xp: Namespace, group: Group, decay: Value, rate: Value) -> Group:
-    """Blend what the compiled host kernels take (``_host``, views bound by ``_check_mixed``);
-    the group of what is left. On the CPU a device decay takes the generic core: the same bits
-    as a host decay gets from the compiled loop or from ``_mixed``'s op-by-op steps."""
-    if not isinstance(decay, float):
-        _generic(xp, group, decay, rate)
-        return Group()
+def _host_engine(xp: Namespace, group: Group, decay: float, rate: float) -> None:
+    """The host engine over the views ``_check`` bound; a pair it left (none normally) takes
+    the generic core, whose arithmetic it shares bit for bit."""
     bound = group.host
-    if bound is None:  # not bound (cannot happen after _check_mixed): the torch path does all
-        return group
-    _host.run(bound, decay, float(rate))
-    return Group([group.shadows[i] for i in bound.left], [group.params[i] for i in bound.left])
+    if bound is None:  # cannot happen after _check
+        raise RuntimeError("the host engine's views were not bound before the update")
+    _host.run(bound, decay, rate)
+    left = bound.left
+    _generic(xp, [group.shadows[i] for i in left], [group.params[i] for i in left], decay, rate)
 
 
-def copy_(group: Group) -> None:
-    """Integer, bool and copied leaves: the params' value on every call, whatever the decay
-    (no decay is read, so a device decay needs no select here)."""
-    _foreach.copy_(group.shadows, group.params)
-
-
-def _on(decay: Value, like: torch.Tensor) -> torch.Tensor:
-    """A device decay on ``like``'s device (no host read)."""
-    return torch.as_tensor(decay, device=like.device)
-
-
-def _weight(rate: Value, like: torch.Tensor) -> float | torch.Tensor:
-    """A host rate as a float; a device rate as a 0-d tensor in the shadow's compute dtype."""
-    if isinstance(rate, float):
-        return rate
+def _on_device(rate: Value, decay: Value, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A device rate (0-d, in the shadow's compute dtype) and decay on ``like``'s device."""
     dtype = torch.float32 if like.dtype in _HALF else like.dtype
-    weight: torch.Tensor = rate.to(device=like.device, dtype=dtype)
-    return weight
+    weight = torch.as_tensor(rate).to(device=like.device, dtype=dtype)
+    return weight, torch.as_tensor(decay, device=like.device)
 
 
-def _generic(xp: Namespace, group: Group, decay: Value, rate: Value) -> None:
-    for s, p in zip(group.shadows, group.params, strict=True):
+def _generic(xp: Namespace, shadows: Tensors, params: Tensors, decay: Value, rate: Value) -> None:
+    """The core's blend, leaf by leaf, written back in place."""
+    for s, p in zip(shadows, params, strict=True):
         new = _core.blend(xp, s, p, decay, rate)
         if new is not s:
             s.copy_(new)

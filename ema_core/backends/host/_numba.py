@@ -1,4 +1,4 @@
-"""Fused CPU kernels, compiled by numba when it is installed: the blend in one pass per leaf.
+"""The host engine's compiled loops (numba, when installed): the blend in one pass per piece.
 
 numpy has no fused multiply-add ufunc, so its blend takes three ufunc passes (over cache-sized
 blocks); eager torch cannot lerp a float32 shadow over bfloat16 params without a cast pass.
@@ -10,7 +10,7 @@ shadow's dtype, without FMA contraction, so the results are bit-equal to the num
 
     t = (p - s) * f;   out = s + t   (f = 1 - d, d >= 0.5)   or   out = p - t   (f = d)
 
-``EMA_CORE_NUMBA=0`` turns the kernels off (the callers fall back to their block-wise paths);
+``EMA_CORE_NUMBA=0`` turns the kernels off (the engine then runs its numpy blocks, ``_blocks``);
 it is read once, with the other settings (``ema_core._settings``).
 Kernels compile on first use per dtype pair and are cached on disk by numba.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from ema_core._settings import settings
 
-__all__ = ["ParamsFormat", "Prepared", "apply", "blend_", "prepare", "usable", "weights"]
+__all__ = ["ParamsFormat", "Prepared", "apply", "prepare", "usable", "weights"]
 
 #: How the params' elements are stored: as a numpy float dtype, or as bfloat16 bit patterns.
 ParamsFormat = Literal["float", "bfloat16"]
@@ -94,34 +94,10 @@ def weights(decay: float, rate: float, dtype: np.dtype[Any]) -> tuple[np.generic
     return dtype.type(rate if low else decay), low
 
 
-def blend_(
-    out: np.ndarray,
-    shadow: np.ndarray,
-    params: np.ndarray,
-    decay: float,
-    rate: float,
-    params_format: ParamsFormat = "float",
-) -> bool:
-    """``out = lerp(shadow, params, rate)`` in one pass; False (nothing written) if no kernel fits.
-
-    ``out`` is ``shadow`` (in place) or a separate array of the same dtype and size, which gets
-    a copy of the shadow first. The arrays that fit are those of ``prepare``.
-    """
-    if out is not shadow and (out.dtype != shadow.dtype or out.shape != shadow.shape):
-        return False
-    prepared = prepare(out, params, params_format)
-    if prepared is None:
-        return False
-    if out is not shadow:
-        np.copyto(out, shadow)
-    apply(prepared, decay, rate)
-    return True
-
-
 @functools.cache
 def _compiled() -> dict[str, Callable[..., None]]:
     """Build the kernels (numba imported here, once): one per params format."""
-    from ema_core.backends import _numba_loops
+    from ema_core.backends.host import _numba_loops
 
     return {
         "float": _numba_loops.lerp_float,

@@ -1,9 +1,11 @@
-"""Host (CPU) work shared out over threads: the numpy backend and torch's CPU kernels use it.
+"""The host engine's work, cut into pieces and dealt over threads.
 
-A work item is a job ``(out, shadow, params)`` of numpy arrays, or a list of small jobs done
-together. ``run`` cuts large contiguous jobs into flat pieces and deals the items into
-``workers`` runs of about equal size: the caller does the first, a shared pool the others.
-The kernels release the GIL (numpy ufuncs, numba's ``nogil`` loops), so the runs overlap.
+A work item is a ``Leaf`` (a shadow blended in place with its params: a whole leaf, or a piece
+of one) or a list of small leaves blended together through a gathered block. ``share`` deals the
+items into ``workers`` runs of about equal size, cutting large leaves into pieces: a contiguous
+leaf (seen flat) into flat pieces, a strided one into slabs along its first axis. ``run_shares``
+does the first run on the calling thread and the others on a shared pool; the kernels release
+the GIL (numpy ufuncs, numba's ``nogil`` loops), so the runs overlap.
 """
 
 from __future__ import annotations
@@ -11,41 +13,39 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Item", "Job", "flat", "run", "run_shares", "share", "size", "usable_cpus"]
+from ema_core.backends.host._numba import ParamsFormat
 
-#: A unit of work: (out, shadow, params) views of one leaf.
-Job = tuple[np.ndarray, np.ndarray, np.ndarray]
-#: A job, or small jobs done together.
-Item = Job | list[Job]
+__all__ = ["Item", "Leaf", "run_shares", "share", "size", "usable_cpus"]
+
+
+class Leaf(NamedTuple):
+    """One shadow blended in place with its params: flat views when both are C-contiguous,
+    else the arrays as they are; ``params_format`` says how the params' elements are stored."""
+
+    shadow: np.ndarray
+    params: np.ndarray
+    params_format: ParamsFormat
+
+
+#: A leaf or a piece of one, or small flat leaves done together.
+Item = Leaf | list[Leaf]
 
 _POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
-def flat(job: Job) -> bool:
-    """Whether all three arrays are C-contiguous (so ``reshape(-1)`` gives views)."""
-    return all(a.flags.c_contiguous for a in job)
-
-
 def size(item: Item) -> int:
     """Elements in a work item."""
-    return item[0].size if isinstance(item, tuple) else sum(j[0].size for j in item)
-
-
-def run(
-    items: list[Item], do: Callable[[Item], None], workers: int, *, least: int, grain: int
-) -> None:
-    """``do`` every item, on up to ``workers`` threads, at least ``least`` elements each
-    (``share`` then ``run_shares``)."""
-    run_shares(share(items, workers, least=least, grain=grain), do)
+    return item.shadow.size if isinstance(item, Leaf) else sum(leaf.shadow.size for leaf in item)
 
 
 def share(items: list[Item], workers: int, *, least: int, grain: int) -> list[list[Item]]:
     """The items dealt into at most ``workers`` runs of about equal size, in order, with at
-    least ``least`` elements per run. Contiguous jobs larger than a quarter of a run are cut
-    into flat pieces whose size is a multiple of ``grain`` elements."""
+    least ``least`` elements per run. Leaves larger than a quarter of a run are cut into pieces
+    (flat ones: a multiple of ``grain`` elements; strided ones: whole slabs of rows)."""
     total = sum(size(item) for item in items)
     workers = min(workers, max(1, total // max(least, 1)))
     if workers == 1:
@@ -79,15 +79,17 @@ def _do_all(do: Callable[[Item], None], items: list[Item]) -> None:
 
 
 def _split(item: Item, most: int, grain: int) -> Iterator[Item]:
-    """A contiguous job larger than ``most`` elements as flat pieces; anything else whole."""
-    if not isinstance(item, tuple) or item[0].size <= most or most < grain or not flat(item):
+    """A leaf larger than ``most`` elements as pieces; anything else whole."""
+    if not isinstance(item, Leaf) or item.shadow.size <= most or most < grain:
         yield item
         return
-    out, shadow, params = (a.reshape(-1) for a in item)
-    most -= most % grain
-    for i in range(0, out.size, most):
-        piece = shadow[i : i + most]  # an in-place job stays one: its pieces too
-        yield piece if item[0] is item[1] else out[i : i + most], piece, params[i : i + most]
+    s, p, fmt = item
+    if s.ndim == 1 and s.flags.c_contiguous:  # a flat leaf: pieces of whole grains
+        step = most - most % grain
+    else:  # a strided leaf: slabs of whole rows along the first axis
+        step = max(1, most // max(1, s.size // s.shape[0]))
+    for i in range(0, s.shape[0], step):
+        yield Leaf(s[i : i + step], p[i : i + step], fmt)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -1,0 +1,62 @@
+"""``python -m benchmarks --tree``: the cost of flattening, matching and checking a flat dict
+of 1k, 10k and 100k tiny numpy arrays (a ``state_dict`` of many leaves), per leaf, so that
+linearity shows: the time per leaf should stay flat as the dict grows.
+
+Rows: ``flatten_pair`` alone, and ``checks`` (``flatten_pair`` + ``check_leaves`` +
+``resolve_writes``: what an uncached stateless ``ema_update`` does before its first write).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ema_core._checks import check_leaves
+from ema_core._tree import flatten_pair
+from ema_core._writes import resolve_writes
+
+SIZES = (1_000, 10_000, 100_000)
+
+
+def _best(step: Callable[[], Any], repeats: int) -> float:
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - tic)
+    return best
+
+
+def rows(repeats: int = 5) -> list[tuple[str, int, float]]:
+    """(case, leaves, best seconds) for each size."""
+    out = []
+    for n in SIZES:
+        shadow = {f"layer{i}.weight": np.zeros(2, np.float32) for i in range(n)}
+        params = {k: np.ones(2, np.float32) for k in shadow}
+
+        def flat(shadow: Any = shadow, params: Any = params) -> Any:
+            return flatten_pair(shadow, params, "shadow", "params")
+
+        def checks(shadow: Any = shadow, params: Any = params) -> Any:
+            s, p, paths, _ = flatten_pair(shadow, params, "shadow", "params")
+            check_leaves(s, p, paths)
+            return resolve_writes(None, s, paths)
+
+        out.append(("flatten_pair", n, _best(flat, repeats)))
+        out.append(("checks", n, _best(checks, repeats)))
+    return out
+
+
+def main(repeats: int = 5) -> str:
+    lines = [f"{'case':<14}{'leaves':>9}{'ms':>10}{'us/leaf':>9}", "-" * 42]
+    for case, n, sec in rows(repeats):
+        lines.append(f"{case:<14}{n:>9}{sec * 1e3:>10.2f}{sec * 1e6 / n:>9.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main())

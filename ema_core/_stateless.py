@@ -1,0 +1,141 @@
+"""The plan cache of the stateless ``ema_update``: repeated calls with the same nests skip the
+checks (namespace, shapes, devices, dtypes, writeability, shared memory) and, on torch, the
+grouping of the leaves into a plan.
+
+An entry is made the second time in a row that the same leaf objects come (a one-off call, or a
+``copy=True`` chain whose shadows are new arrays each call, pays only one ``id`` per leaf). It
+is found again only when all of these are equal:
+
+* the leaf objects: their ids, made safe against reuse by weak references whose callback drops
+  the entry as soon as any leaf dies (while the entry lives, each id names its same live object);
+* the tree definition of the shadow (keys, order, container types) and the call's options:
+  ``non_float``, ``copy`` and whether the decay is a 0-d array (what the checks depend on);
+* per leaf, what could make the same object fail a check or need another plan, as the
+  backend's ``leaf_signature`` records it and its ``same_signature`` (or ``==``) compares it.
+  torch: storage, offset, sizes and strides (``is_set_to`` against a kept alias, which also
+  fixes the device), dtype, inference flag, and whether inference mode is on; this catches
+  ``resize_``, ``set_``, ``as_strided_``, ``param.data = other`` and ``module.to(...)``.
+  numpy: data pointer, shape, strides, dtype and the writeable flag. A backend without
+  ``leaf_signature`` (JAX, CuPy, array-api-strict) is not cached.
+
+torch's version counter is not in the key: it counts writes to values, which no check reads
+(``guard_finite`` reads values and runs on every call), and every update bumps it on the
+shadows, so keyed on it no entry would ever be found again. Metadata changes that bypass it
+(``param.data = other`` does not bump it) are caught by the layout above.
+
+The cache holds no strong reference to a caller's leaf: torch's plan is made over aliases.
+At most ``SIZE`` entries are kept, the least recently used dropped first.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ema_core._tree import TreeDef
+from ema_core._types import Array, LeafKind, Namespace
+
+#: Entries kept (different nests used in turn, e.g. several EMAs of one model).
+SIZE = 4
+
+
+@dataclass(eq=False)
+class Entry:
+    """What the checks found for one pair of nests, and the backend's memo (its plan)."""
+
+    ids: list[int]
+    treedef: TreeDef
+    options: tuple[Any, ...]
+    backend: Any
+    signature: tuple[Any, Any]
+    xp: Namespace
+    kinds: list[LeafKind]
+    writes: list[bool]
+    memo: dict[Any, Any] = field(default_factory=dict)
+    refs: list[weakref.ref[Any]] = field(default_factory=list)
+
+
+_ENTRIES: OrderedDict[int, Entry] = OrderedDict()
+_SERIALS = itertools.count()
+#: The leaf ids of the last call not found in the cache (only a hint: an entry is checked fully).
+_last: list[list[int]] = [[]]
+
+
+def _ids(shadows: Sequence[Array], params: Sequence[Array]) -> list[int]:
+    ids = list(map(id, shadows))
+    ids += map(id, params)
+    return ids
+
+
+def find(
+    shadows: Sequence[Array], params: Sequence[Array], treedef: TreeDef, options: tuple[Any, ...]
+) -> Entry | None:
+    """The entry for these leaves, or None (then ``remember`` after the checks)."""
+    ids = _ids(shadows, params)
+    for serial, entry in list(_ENTRIES.items()):
+        if entry.ids != ids or entry.options != options or entry.treedef != treedef:
+            continue
+        if _same(entry.backend, entry.signature[0], shadows) and _same(
+            entry.backend, entry.signature[1], params
+        ):
+            _ENTRIES.move_to_end(serial)
+            return entry
+        _ENTRIES.pop(serial, None)  # changed behind our back: checked again, maybe kept anew
+        break
+    if ids != _last[0]:
+        _last[0] = ids
+    return None
+
+
+def remember(
+    backend: Any,
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    treedef: TreeDef,
+    options: tuple[Any, ...],
+    found: tuple[Namespace, list[LeafKind], list[bool]],
+) -> Entry | None:
+    """Keep what the checks ``found`` (namespace, kinds, writes) for these leaves, if they came
+    in the call before too and the backend can record their layout; the entry or None."""
+    ids = _ids(shadows, params)
+    sign = getattr(backend, "leaf_signature", None)
+    if sign is None or ids != _last[0]:
+        return None
+    signature = (sign(shadows), sign(params))
+    if signature[0] is None or signature[1] is None:
+        return None
+    serial = next(_SERIALS)
+    forget = functools.partial(_forget, serial)
+    try:
+        refs = [weakref.ref(leaf, forget) for leaf in itertools.chain(shadows, params)]
+    except TypeError:  # a leaf type without weak references (a numpy scalar)
+        return None
+    entry = Entry(ids, treedef, options, backend, signature, *found, refs=refs)
+    _ENTRIES[serial] = entry
+    while len(_ENTRIES) > SIZE:
+        _ENTRIES.popitem(last=False)
+    _last[0] = []
+    return entry
+
+
+def _forget(serial: int, _ref: object) -> None:
+    """A leaf of entry ``serial`` died: its id may be reused, so the entry goes."""
+    _ENTRIES.pop(serial, None)
+
+
+def _same(backend: Any, kept: Any, leaves: Sequence[Array]) -> bool:
+    same = getattr(backend, "same_signature", None)
+    if same is not None:
+        return bool(same(kept, leaves))
+    return bool(backend.leaf_signature(leaves) == kept)
+
+
+def clear() -> None:
+    """Drop every entry (tests; also frees the torch aliases at once)."""
+    _ENTRIES.clear()
+    _last[0] = []

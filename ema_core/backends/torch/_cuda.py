@@ -1,0 +1,216 @@
+"""The CUDA-only blend of a wide shadow over narrow params (fp32 over bf16/fp16, fp64 over fp32).
+
+Eager torch needs two passes here: ``lerp_`` rejects mixed dtypes, and ``s.lerp_(p.float(), w)``
+writes and reads a model-sized copy of the params. Two one-pass ways instead (``_routes`` picks):
+
+* blocked (routes "cuda-mixed" / "cuda-mixed-ends"): the params are cast block by block into a
+  reused scratch (``BLOCK`` elements) and the shadow is blended with the scratch, so memory sees
+  one read of the params and one read and write of the shadow. Leaves smaller than a block are
+  packed into one scratch block together: a batch costs a few ``_foreach_*`` launches whatever
+  its number of tensors; larger leaves are cut into pieces (views).
+* Triton (routes "triton-mixed" / "triton-mixed-ends"; a float32 shadow, Triton installed): one
+  kernel casts in registers, 10 bytes per element for bf16 params; strided pairs take the
+  blocked way. The formula is torch's ``lerp``: ``s + w * (p - s)`` for ``|w| < 0.5``,
+  ``p - (p - s) * (1 - w)`` otherwise.
+
+With a host decay (``*_lerp_``: a float weight, the caller has ruled out decay 0 and 1) the blend
+is one fused ``lerp``. With a device decay (``*_lerp_ends_``: a 0-d weight and decay on the
+shadows' device, never read on the host, so capturable in a CUDA graph) both ends are exact, bit
+for bit: decay 1 keeps each shadow, decay 0 gives the widened params, inf and NaN included.
+The functions are plain torch (Triton aside) and also run on CPU tensors, which is how the CPU
+suite checks the blocked way; ``_routes`` sends only CUDA groups here.
+Triton is unverified in this repository's CI (no GPU): ``tests/test_torch_gpu.py`` checks it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch._utils import _unflatten_dense_tensors
+
+from ema_core.backends.torch import _foreach
+
+__all__ = ["BLOCK", "blocked_lerp_", "blocked_lerp_ends_", "triton_lerp_", "triton_lerp_ends_"]
+
+#: Scratch elements per batch: large, because each block costs a few kernel launches.
+BLOCK = 1 << 24
+#: Elements per Triton program.
+TRITON_BLOCK = 1024
+
+_LOCAL = threading.local()
+
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+Blend = Callable[[list[torch.Tensor], list[torch.Tensor]], None]
+
+
+def blocked_lerp_(shadows: list[torch.Tensor], params: list[torch.Tensor], weight: float) -> None:
+    """``s += weight * (p - s)``, ``p`` widened to ``s.dtype`` block by block (a host decay
+    strictly between 0 and 1; ``weight`` is ``1 - decay``)."""
+    _blocked(shadows, params, functools.partial(_foreach.lerp_, weight=weight))
+
+
+def blocked_lerp_ends_(
+    shadows: list[torch.Tensor],
+    params: list[torch.Tensor],
+    weight: torch.Tensor,
+    decay: torch.Tensor,
+) -> None:
+    """``blocked_lerp_`` with a device ``weight`` (0-d, the shadows' dtype) and ``decay`` (0-d),
+    both on the shadows' device: exact at both ends (``_foreach.lerp_ends_``), no host read."""
+    _blocked(shadows, params, functools.partial(_foreach.lerp_ends_, weight=weight, decay=decay))
+
+
+def _blocked(shadows: list[torch.Tensor], params: list[torch.Tensor], blend: Blend) -> None:
+    if not shadows:
+        return
+    scratch = _scratch(shadows[0], BLOCK)
+    for batch, used in _batches(shadows, params, BLOCK):
+        s_list = [s for s, _ in batch]
+        views = list(_unflatten_dense_tensors(scratch[:used], s_list))  # type: ignore[no-untyped-call]
+        _foreach.copy_(views, [p for _, p in batch])
+        blend(s_list, views)
+
+
+def _batches(
+    shadows: list[torch.Tensor], params: list[torch.Tensor], block: int
+) -> Iterator[tuple[Pairs, int]]:
+    """Pairs packed into batches of at most ``block`` elements; large leaves cut into pieces."""
+    batch: Pairs = []
+    used = 0
+    for s, p in zip(shadows, params, strict=True):
+        for piece in _pieces(s, p, block):
+            n = piece[0].numel()
+            if batch and used + n > block:
+                yield batch, used
+                batch, used = [], 0
+            batch.append(piece)
+            used += n
+    if batch:
+        yield batch, used
+
+
+def _pieces(
+    s: torch.Tensor, p: torch.Tensor, block: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(s, p)`` cut into pieces of at most ``block`` elements (views, no copies)."""
+    if s.numel() <= block:
+        yield s, p
+    elif s.is_contiguous() and p.is_contiguous():
+        yield from zip(s.view(-1).split(block), p.view(-1).split(block), strict=True)  # type: ignore[no-untyped-call]
+    elif s[0].numel() <= block:  # strided: whole rows along the first dimension
+        rows = block // s[0].numel()
+        yield from zip(s.split(rows), p.split(rows), strict=True)  # type: ignore[no-untyped-call]
+    else:  # a strided leaf whose first-dimension slices are themselves larger than a block
+        for s_row, p_row in zip(s, p, strict=True):
+            yield from _pieces(s_row, p_row, block)
+
+
+def _scratch(like: torch.Tensor, block: int) -> torch.Tensor:
+    """A per-thread scratch of ``block`` elements in ``like``'s dtype and device, reused."""
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] | None
+    cache = getattr(_LOCAL, "scratch", None)
+    if cache is None:
+        cache = _LOCAL.scratch = {}
+    key = (like.device, like.dtype)
+    if key not in cache or cache[key].numel() < block:
+        cache[key] = torch.empty(block, dtype=like.dtype, device=like.device)
+    return cache[key]
+
+
+def triton_usable(like: torch.Tensor) -> bool:
+    """True for a float32 CUDA shadow when Triton can be imported."""
+    return like.is_cuda and like.dtype == torch.float32 and _kernel() is not None
+
+
+def triton_lerp_(shadows: list[torch.Tensor], params: list[torch.Tensor], weight: float) -> None:
+    """``blocked_lerp_`` through the Triton kernel (strided pairs: the blocked way).
+
+    Raises:
+        ValueError: a params tensor has another number of elements or device than its shadow
+            (the kernel reads both over the shadow's size); checked for all before any write.
+    """
+    left = _launch(shadows, params, (weight,))
+    blocked_lerp_([s for s, _ in left], [p for _, p in left], weight)
+
+
+def triton_lerp_ends_(
+    shadows: list[torch.Tensor],
+    params: list[torch.Tensor],
+    weight: torch.Tensor,
+    decay: torch.Tensor,
+) -> None:
+    """``blocked_lerp_ends_`` through the Triton kernel, which reads ``weight`` and ``decay``
+    from device memory and selects the ends element by element (strided pairs: blocked).
+
+    Raises:
+        ValueError: as ``triton_lerp_``.
+    """
+    left = _launch(shadows, params, (weight, decay))
+    blocked_lerp_ends_([s for s, _ in left], [p for _, p in left], weight, decay)
+
+
+def _launch(
+    shadows: list[torch.Tensor], params: list[torch.Tensor], scalars: tuple[Any, ...]
+) -> Pairs:
+    """Run the kernel over the contiguous pairs; return the strided ones, untouched."""
+    for s, p in zip(shadows, params, strict=True):
+        if p.numel() != s.numel() or p.device != s.device:
+            raise ValueError(
+                f"a params tensor of shape {tuple(p.shape)} on {p.device} does not fit its "
+                f"shadow of shape {tuple(s.shape)} on {s.device}"
+            )
+    kernel = _kernel()
+    left: Pairs = []
+    for s, p in zip(shadows, params, strict=True):
+        n = s.numel()
+        if not (s.is_contiguous() and p.is_contiguous()):
+            left.append((s, p))
+        elif n:
+            grid = ((n + TRITON_BLOCK - 1) // TRITON_BLOCK,)
+            if len(scalars) == 1:  # a host weight by value; s stands in for unread pointers
+                kernel[grid](s, p, s, s, scalars[0], n, ENDS=False, BLOCK=TRITON_BLOCK)
+            else:
+                kernel[grid](s, p, *scalars, 0.0, n, ENDS=True, BLOCK=TRITON_BLOCK)
+    return left
+
+
+@functools.cache
+def _kernel() -> Any:
+    """The compiled kernel, or None where Triton (or CUDA) is not available."""
+    if importlib.util.find_spec("triton") is None or not torch.cuda.is_available():
+        return None
+    import triton
+    import triton.language as tl
+
+    @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
+    def blend(  # type: ignore[no-untyped-def]  # noqa: ANN202
+        s_ptr,  # noqa: ANN001
+        p_ptr,  # noqa: ANN001
+        w_ptr,  # noqa: ANN001
+        d_ptr,  # noqa: ANN001
+        w_value,  # noqa: ANN001
+        n,  # noqa: ANN001
+        ENDS: tl.constexpr,  # noqa: N803
+        BLOCK: tl.constexpr,  # noqa: N803
+    ):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        if ENDS:  # noqa: SIM108 (a constexpr branch, resolved when Triton compiles)
+            w = tl.load(w_ptr).to(tl.float32)
+        else:
+            w = w_value
+        s = tl.load(s_ptr + offs, mask=mask)
+        p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
+        diff = p - s
+        out = tl.where(tl.abs(w) < 0.5, s + w * diff, p - diff * (1.0 - w))
+        if ENDS:  # a device decay: exact ends, decided on the device
+            d = tl.load(d_ptr)
+            out = tl.where(d == 1.0, s, tl.where(d == 0.0, p, out))
+        tl.store(s_ptr + offs, out, mask=mask)
+
+    return blend
