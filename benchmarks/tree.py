@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ema_core._checks import check_leaves
+from ema_core._leaf_checks import check_leaves
 from ema_core._tree import flatten_pair
 from ema_core._writes import resolve_writes
 

@@ -10,8 +10,9 @@ import array_api_compat as compat
 
 from ema_core import _core, _stateless
 from ema_core._arguments import checked_config, resolve_rule
-from ema_core._checks import check_decay_namespace, check_decay_value, check_finite, check_leaves
+from ema_core._checks import check_decay_namespace, check_decay_value
 from ema_core._config import Config, power_weight, shadow_dtype_name
+from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, is_host_array, next_step, wide_float
 from ema_core._tree import flatten, flatten_pair, unflatten
 from ema_core._types import Array, EMAState, Step, Tree

@@ -1,4 +1,5 @@
-"""Eager validation with clear messages. Everything here runs before the first write.
+"""Eager validation of the arguments (fractions, counts, choices, the decay) with clear messages;
+the leaves are checked in ``_leaf_checks``. Everything here runs before the first write.
 
 Errors follow one rule: ``TypeError`` for a wrong type, ``ValueError`` for a wrong value, and the
 message names the argument (or the path of the leaf), the value and what is allowed. Nothing here
@@ -7,20 +8,14 @@ runs on values inside traced or compiled code: only shapes, dtypes and host valu
 
 from __future__ import annotations
 
-import itertools
 import math
-import operator
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat as compat
 
 from ema_core._ops import is_readable
-from ema_core._tree import Path, path_str
-from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy
-
-_NUMERIC = ("bool", "integral", "real floating", "complex floating")
+from ema_core._types import Namespace
 
 
 def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
@@ -85,205 +80,3 @@ def check_decay_namespace(decay: Any, xp: Namespace) -> None:
             f"decay is a 0-d array of {ns.__name__} but the leaves are {xp.__name__} arrays; "
             "pass a Python float or a 0-d array of the leaves' namespace"
         )
-
-
-def _namespace_of(leaf: Any, where: str) -> Namespace:
-    if not compat.is_array_api_obj(leaf):
-        raise TypeError(f"{where} must be an array, got {type(leaf).__name__}")
-    return compat.array_namespace(leaf)
-
-
-def leaf_kind(xp: Namespace, dtype: Any) -> LeafKind:
-    return "float" if xp.isdtype(dtype, ("real floating", "complex floating")) else "exact"
-
-
-def check_leaves(
-    shadows: Sequence[Array],
-    params: Sequence[Array],
-    paths: Sequence[Path],
-    names: tuple[str, str] = ("shadow", "params"),
-    non_float: NonFloatPolicy = "copy",
-) -> tuple[Namespace, list[LeafKind]]:
-    """Check leaf pairs: arrays of one namespace, equal shapes and devices, compatible dtypes.
-
-    Returns the namespace and, per leaf, whether it is averaged ("float") or copied ("exact").
-    Work per leaf is a shape compare, a device compare (not for numpy) and a dict lookup; the
-    namespace is found once per array type and the dtype rules once per dtype pair.
-    """
-    if not params:
-        raise ValueError(f"{names[1]} holds no arrays: nothing to average")
-    xp = _common_namespace(shadows, params, paths, names)
-    kinds = _torch_kinds(xp, shadows, params, non_float)
-    if kinds is not None:
-        return xp, kinds
-    devices = not compat.is_numpy_namespace(xp) and not _is_traced(params[0])
-    layouts = compat.is_torch_namespace(xp)
-    by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
-    kinds = []
-    for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
-        if s.shape != p.shape:
-            raise ValueError(
-                f"{path_str(names[0], paths[i])} has shape {tuple(s.shape)} but "
-                f"{path_str(names[1], paths[i])} has shape {tuple(p.shape)}; they must be equal"
-            )
-        if devices:
-            _check_devices(s, p, paths[i], names)
-        if layouts:
-            _check_layouts(s, p, paths[i], names)
-        kind = by_dtypes.get((s.dtype, p.dtype))
-        if kind is None:
-            kind = _pair_kind(xp, s.dtype, p.dtype, paths[i], names, non_float)
-            by_dtypes[(s.dtype, p.dtype)] = kind
-        kinds.append(kind)
-    return xp, kinds
-
-
-_SHAPE, _DEVICE, _DTYPE = (operator.attrgetter(a) for a in ("shape", "device", "dtype"))
-
-
-def _torch_kinds(
-    xp: Namespace, shadows: Sequence[Array], params: Sequence[Array], non_float: NonFloatPolicy
-) -> list[LeafKind] | None:
-    """The kinds of torch leaf pairs found with C-level passes (``map``, no tuple kept per leaf)
-    when every check passes; None sends the caller to the per-leaf loop, which names the first
-    leaf that fails."""
-    if not compat.is_torch_namespace(xp):
-        return None
-    eq = operator.eq
-    if not all(map(eq, map(_SHAPE, shadows), map(_SHAPE, params))):
-        return None
-    if not all(map(eq, map(_DEVICE, shadows), map(_DEVICE, params))):
-        return None
-    layouts = set(map(operator.attrgetter("layout"), itertools.chain(shadows, params)))
-    if layouts != {sys.modules["torch"].strided}:
-        return None
-    by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
-    for pair in set(zip(map(_DTYPE, shadows), map(_DTYPE, params), strict=True)):
-        try:
-            by_dtypes[pair] = _pair_kind(xp, *pair, (), ("shadow", "params"), non_float)
-        except TypeError:
-            return None
-    return list(
-        map(by_dtypes.__getitem__, zip(map(_DTYPE, shadows), map(_DTYPE, params), strict=True))
-    )
-
-
-def _common_namespace(
-    shadows: Sequence[Array], params: Sequence[Array], paths: Sequence[Path], names: tuple[str, str]
-) -> Namespace:
-    one_of_each = dict(
-        zip(
-            map(type, itertools.chain(shadows, params)),
-            itertools.chain(shadows, params),
-            strict=True,
-        )
-    )
-    if all(map(compat.is_array_api_obj, one_of_each.values())):
-        spaces = set(map(compat.array_namespace, one_of_each.values()))
-        if len(spaces) == 1:
-            return spaces.pop()
-    by_type: dict[type, Namespace] = {}
-    xp: Any = None
-    for name, leaves in zip(names, (shadows, params), strict=True):
-        for leaf, path in zip(leaves, paths, strict=True):
-            ns = by_type.get(type(leaf))
-            if ns is None:
-                ns = by_type[type(leaf)] = _namespace_of(leaf, path_str(name, path))
-            xp = ns if xp is None else xp
-            if ns is not xp:
-                raise TypeError(
-                    f"{path_str(name, path)} is a {type(leaf).__name__} array; all leaves must "
-                    f"come from one namespace ({xp.__name__}), got {ns.__name__}"
-                )
-    return xp
-
-
-def _is_traced(x: Any) -> bool:
-    """A JAX tracer: its placement is jit's business (and asking costs a walk of the trace)."""
-    return compat.is_jax_array(x) and isinstance(x, sys.modules["jax"].core.Tracer)
-
-
-def _check_layouts(s: Array, p: Array, path: Path, names: tuple[str, str]) -> None:
-    """Torch tensors must be dense: sparse ones have no in-place blend (checked before writing)."""
-    strided = sys.modules["torch"].strided
-    for leaf, name in ((s, names[0]), (p, names[1])):
-        if leaf.layout is not strided:
-            raise TypeError(
-                f"{path_str(name, path)} is a {leaf.layout} tensor; only dense (torch.strided) "
-                "tensors can be averaged: convert it with .to_dense()"
-            )
-
-
-def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> None:
-    ds, dp = compat.device(s), compat.device(p)
-    if ds is not None and dp is not None and ds != dp:
-        raise ValueError(
-            f"{path_str(names[0], path)} is on device {ds} but {path_str(names[1], path)} is on "
-            f"{dp}; move them to one device"
-        )
-
-
-def _pair_kind(
-    xp: Namespace,
-    s_dtype: Any,
-    p_dtype: Any,
-    path: Path,
-    names: tuple[str, str],
-    non_float: NonFloatPolicy,
-) -> LeafKind:
-    where_s, where_p = path_str(names[0], path), path_str(names[1], path)
-    _check_numeric(xp, s_dtype, where_s)
-    _check_numeric(xp, p_dtype, where_p)
-    kind = leaf_kind(xp, p_dtype)
-    if kind == "float":
-        if leaf_kind(xp, s_dtype) != "float" or (
-            xp.isdtype(s_dtype, "complex floating") != xp.isdtype(p_dtype, "complex floating")
-        ):
-            raise TypeError(
-                f"{where_s} has dtype {s_dtype} but {where_p} is {p_dtype}; the shadow "
-                "of a floating leaf must be floating (real or complex like it)"
-            )
-        return kind
-    if non_float == "error":
-        raise TypeError(f"{where_p} has non-floating dtype {p_dtype} and non_float='error'")
-    if s_dtype != p_dtype:
-        raise TypeError(
-            f"{where_s} has dtype {s_dtype} but {where_p} is {p_dtype}; integer and "
-            "bool leaves are copied, so their dtypes must be equal"
-        )
-    return kind
-
-
-def _check_numeric(xp: Namespace, dtype: Any, where: str) -> None:
-    """Only numeric dtypes in native byte order: object, string, datetime or big-endian (on a
-    little-endian host) leaves cannot be averaged nor copied by the kernels."""
-    try:
-        numeric = xp.isdtype(dtype, _NUMERIC)
-    except TypeError:  # a dtype the namespace does not know (ml_dtypes' bfloat16 in numpy)
-        numeric = False
-    if not numeric:
-        raise TypeError(
-            f"{where} has dtype {dtype}; only bool, integer, real and complex floating dtypes "
-            "are allowed"
-        )
-    if not getattr(dtype, "isnative", True):
-        raise TypeError(
-            f"{where} has dtype {dtype} in non-native byte order; convert it with "
-            ".astype(a.dtype.newbyteorder('='))"
-        )
-
-
-def check_finite(
-    xp: Namespace,
-    params: Sequence[Array],
-    kinds: Sequence[LeafKind],
-    paths: Sequence[Path],
-    name: str = "params",
-) -> None:
-    """Reject NaN or infinite params (reads values: a host sync, done only when asked)."""
-    for p, kind, path in zip(params, kinds, paths, strict=True):
-        if kind == "float" and not bool(xp.all(xp.isfinite(p))):
-            raise ValueError(
-                f"{path_str(name, path)} holds NaN or infinite values "
-                "(guard_finite=True); no shadow was changed"
-            )

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ema_core._tree import TreeDef
+from ema_core._paths import TreeDef
 from ema_core._types import Array, LeafKind, Namespace
 
 #: Entries kept (different nests used in turn, e.g. several EMAs of one model).

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat as compat
@@ -21,40 +20,10 @@ import array_api_compat as compat
 from ema_core import _pytree
 from ema_core._mappings import UnbuildableError, mapping_builder
 from ema_core._ops import is_host_array
+from ema_core._paths import LEAF, NONE, FlatPaths, Path, PathEntry, TreeDef, entry, path_str
 from ema_core._types import Tree
 
-#: One step into a nest: a dict key, a sequence index or a NamedTuple field name.
-PathEntry = tuple[str, Any]
-Path = tuple[PathEntry, ...]
-
-
-@dataclass(frozen=True)
-class TreeDef:
-    """The shape of a nest without its leaves; ``unflatten`` fills it again."""
-
-    kind: str  # "leaf" | "none" | "dict" | "seq" | "namedtuple" | "pytree"
-    node_type: type | None = None
-    keys: tuple[Any, ...] = ()
-    children: tuple[TreeDef, ...] = ()
-    aux: Any = None  # "pytree": the backend's rebuild spec (compared when matching two nests)
-
-    @property
-    def num_leaves(self) -> int:
-        if self.kind == "leaf":
-            return 1
-        return sum(child.num_leaves for child in self.children)
-
-
-_LEAF = TreeDef("leaf")
-_NONE = TreeDef("none")
-
-
-def path_str(root: str, path: Path) -> str:
-    """Render a path as Python would index it: ``params['a'][0].field``."""
-    parts = [root]
-    for kind, key in path:
-        parts.append(f".{key}" if kind == "attr" else f"[{key!r}]")
-    return "".join(parts)
+__all__ = ["Path", "PathEntry", "TreeDef", "flatten", "flatten_pair", "path_str", "unflatten"]
 
 
 def _is_namedtuple(node: Any) -> bool:
@@ -105,28 +74,6 @@ def _builtin_children(node: Any, rebuild: bool) -> _Found | None:
     return None
 
 
-def _entry(kind: str, key: Any) -> PathEntry:
-    if kind == "pytree":  # the backend gives ready path entries
-        return key  # type: ignore[no-any-return]
-    return ("attr" if kind == "namedtuple" else "key", key)
-
-
-class FlatPaths(Sequence[Path]):
-    """The paths of a flat dict or list, made when asked (only errors read them): no tuples per
-    leaf on the fast path, which a ``state_dict`` of 100k tensors would otherwise build."""
-
-    def __init__(self, kind: str, keys: tuple[Any, ...]) -> None:
-        self.kind, self.keys = kind, keys
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [((self.kind, k),) for k in self.keys[i]]
-        return ((self.kind, self.keys[i]),)
-
-
 def _flat(tree: Any) -> tuple[list[Any], Sequence[Path], TreeDef] | None:
     """The fast path of ``flatten``: a plain dict, list or tuple whose values are all arrays of
     types seen before (one C-level pass over the values; None when it does not apply)."""
@@ -139,7 +86,7 @@ def _flat(tree: Any) -> tuple[list[Any], Sequence[Path], TreeDef] | None:
         return None
     if not leaves or not set(map(type, leaves)) <= _ARRAY_TYPES:
         return None
-    node = TreeDef("dict" if cls is dict else "seq", cls, keys, (_LEAF,) * len(keys))
+    node = TreeDef("dict" if cls is dict else "seq", cls, keys, (LEAF,) * len(keys))
     return leaves, FlatPaths(kind, keys), node
 
 
@@ -156,7 +103,7 @@ def flatten(tree: Tree, name: str = "tree") -> tuple[list[Any], Sequence[Path], 
 
     def walk(node: Any, path: Path) -> TreeDef:
         if node is None:
-            return _NONE
+            return NONE
         try:
             found = _children(node)
         except UnbuildableError as err:
@@ -164,10 +111,10 @@ def flatten(tree: Tree, name: str = "tree") -> tuple[list[Any], Sequence[Path], 
         if found is None:
             leaves.append(node)
             paths.append(path)
-            return _LEAF
+            return LEAF
         kind, keys, kids, aux = found
         defs = tuple(
-            walk(kid, (*path, _entry(kind, key))) for key, kid in zip(keys, kids, strict=True)
+            walk(kid, (*path, entry(kind, key))) for key, kid in zip(keys, kids, strict=True)
         )
         return TreeDef(kind, type(node), keys, defs, aux)
 
@@ -261,7 +208,7 @@ def flatten_pair(
             raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__}{same}"))
         kids = _match_children(node, value, found, path, fail)
         for key, child, kid in zip(node.keys, node.children, kids, strict=True):
-            walk(child, kid, (*path, _entry(node.kind, key)))
+            walk(child, kid, (*path, entry(node.kind, key)))
 
     walk(treedef, other, ())
     return ref_leaves, other_leaves, paths, treedef
@@ -285,6 +232,6 @@ def _match_children(
             raise ValueError(fail((*path, ("key", extra)), "unexpected key"))
         return [value[k] for k in node.keys]
     if len(kids) != len(node.keys):
-        where = (*path, _entry(kind, min(len(kids), len(node.keys))))
+        where = (*path, entry(kind, min(len(kids), len(node.keys))))
         raise ValueError(fail(where, f"length {len(kids)} != {len(node.keys)}"))
     return kids

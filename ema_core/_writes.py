@@ -15,7 +15,7 @@ from typing import Any
 
 import array_api_compat as compat
 
-from ema_core._tree import Path, path_str
+from ema_core._paths import Path, path_str
 from ema_core._types import Array
 
 

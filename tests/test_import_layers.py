@@ -10,15 +10,16 @@ The rule, read from the source with ``ast`` (imports at module level, inside fun
   ``import ema_core`` inside ``ema_core/backends/`` is an edge up to the whole library.
 * No module under ``ema_core/backends/`` (the leaf kernels) imports anything above them: the
   top-level ``ema_core`` package, the public API ``ema_core._api``, or the user-facing packages
-  ``ema_core.torch`` and ``ema_core.jax``. The layers are, bottom to top, the core
-  (``_settings``, ``_types``, ``_mappings``, ``_ops``, ``_tree``, ``_checks``, ``_core``,
-  ``_writes``, ``schedules``, ``_config``), the backends' leaf kernels, the public API (``_api``,
-  which finds a backend by name when arrays arrive), and the user-facing pieces (``ema_core.torch``:
-  ``EMA``, ``ddp_ema``, ``full_state_dict``; ``ema_core.jax``: ``make_update``, ``with_ema``,
-  checkpoints; presets, compat). One exception, named below: the kernel packages
-  ``ema_core.backends.torch`` and ``ema_core.backends.jax`` keep the old import paths of the
-  user-facing names (``ema_core.backends.torch.EMA``) through a module ``__getattr__`` that
-  imports ``ema_core.torch`` / ``ema_core.jax`` on first use; no kernel module imports them.
+  ``ema_core.torch`` and ``ema_core.jax``. The layers are, bottom to top: the core
+  (``_settings``, ``_types``, ``_mappings``, ``_ops``, ``_tree``, ``_checks``,
+  ``_leaf_checks``, ``_core``, ``_writes``, ``schedules``, ``_config``, ``_stateless``); the
+  backends' leaf kernels; the public API (``_api``, which finds a backend by name when arrays
+  arrive); the user-facing pieces (``ema_core.torch``: ``EMA``, ``ddp_ema``,
+  ``full_state_dict``; ``ema_core.jax``: ``make_update``, ``with_ema``, checkpoints; presets,
+  compat). One exception, named below: the kernel packages ``ema_core.backends.torch`` and
+  ``ema_core.backends.jax`` keep the old import paths of the user-facing names
+  (``ema_core.backends.torch.EMA``) through a module ``__getattr__`` that imports
+  ``ema_core.torch`` / ``ema_core.jax`` on first use; no kernel module imports them.
 """
 
 from __future__ import annotations

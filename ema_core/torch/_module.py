@@ -10,8 +10,9 @@ import array_api_compat.torch as xp
 import torch
 
 from ema_core import _core, _ops
-from ema_core._checks import check_decay_value, check_finite
+from ema_core._checks import check_decay_value
 from ema_core._config import Config, config_text, power_weight
+from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
 from ema_core.torch import _dtensor, _names, _options, _state, _swap
 from ema_core.torch._swap import HeldInterrupts

@@ -1,11 +1,11 @@
-"""The in-place blend of many torch tensors: grouped once into a ``Plan``, one route per group.
+"""The in-place blend of many torch tensors: one route per group of a ``Plan``.
 
-``make_plan`` groups the pairs by (kind, device, shadow dtype, params dtype) into four buckets:
-``exact`` (integer, bool, copied buffers), ``same`` (one float dtype), ``mixed`` (a float32/float64
-shadow over narrower float params) and ``other`` (complex, a shadow narrower than its params).
-DTensor pairs are planned as their local shards (``to_local()``: no collective), so they take
-the routes below like any plain tensor. ``apply`` asks ``route`` for each group (its bucket, its
-device, and whether the decay is a host float or a 0-d device tensor) and runs that route:
+``_plan.make_plan`` groups the pairs once by (kind, device, shadow dtype, params dtype) into four
+buckets: ``exact`` (integer, bool, copied buffers), ``same`` (one float dtype), ``mixed`` (a
+float32/float64 shadow over narrower float params) and ``other`` (complex, a shadow narrower than
+its params); DTensor pairs as their local shards. ``apply`` asks ``route`` for each group (its
+bucket, its device, and whether the decay is a host float or a 0-d device tensor) and runs that
+route:
 
 ====================  ======  =====  ========  ==============================  ====================
 route                 decay   where  groups    runs                            test
@@ -43,9 +43,6 @@ each pair checked, when a tensor's storage, shape or dtype changed. A mismatch r
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 import torch
@@ -53,6 +50,7 @@ import torch
 from ema_core import _core
 from ema_core._types import LeafKind, Namespace, Value
 from ema_core.backends.torch import _cuda, _foreach, _host
+from ema_core.backends.torch._plan import BUCKETS, Group, Plan, bucket, make_plan
 
 __all__ = ["Group", "Plan", "Route", "apply", "make_plan", "route", "routes"]
 
@@ -68,42 +66,8 @@ Route: TypeAlias = Literal[
     "triton-mixed-ends",
     "generic",
 ]
-Bucket: TypeAlias = Literal["exact", "same", "mixed", "other"]
-_BUCKETS: tuple[Bucket, ...] = ("exact", "same", "mixed", "other")
 _HALF = (torch.float16, torch.bfloat16)
 Tensors: TypeAlias = list[torch.Tensor]
-
-
-@dataclass
-class Group:
-    """Tensors that one fused call can update: same kind, device and dtypes."""
-
-    shadows: list[torch.Tensor] = field(default_factory=list)
-    params: list[torch.Tensor] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)  # for error messages
-    host: _host.Bound | None = None  # the host engine's views of it, kept for reuse
-
-
-@dataclass
-class Plan:
-    """The groups of one set of leaves, by bucket; build it once, apply it every update."""
-
-    same: list[Group] = field(default_factory=list)
-    mixed: list[Group] = field(default_factory=list)
-    other: list[Group] = field(default_factory=list)
-    exact: list[Group] = field(default_factory=list)
-
-
-def bucket(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor) -> Bucket:
-    """Which of a plan's four lists a pair belongs to."""
-    if kind == "exact":
-        return "exact"
-    if shadow.is_complex() or params.is_complex():
-        return "other"
-    if shadow.dtype == params.dtype:
-        return "same"
-    widens = torch.promote_types(shadow.dtype, params.dtype) == shadow.dtype
-    return "mixed" if widens and shadow.dtype not in _HALF else "other"
 
 
 def route(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor, decay: Value) -> Route:
@@ -130,56 +94,10 @@ def _mixed_route(shadow: torch.Tensor, params: torch.Tensor, on_host: bool) -> R
     return "host-engine" if on_cpu and _host.usable(shadow, params) else "generic"
 
 
-def make_plan(
-    shadows: Sequence[torch.Tensor],
-    params: Sequence[torch.Tensor],
-    kinds: Sequence[LeafKind],
-    names: Sequence[str] | None = None,
-) -> Plan:
-    """Group leaf pairs (already validated: equal shapes and devices) by how they update;
-    ``names`` (default: the positions) name the tensors in errors. DTensor pairs are planned
-    as their local shards.
-
-    Raises:
-        ValueError: a DTensor pair whose shadow and params differ in mesh or placements, or
-            a DTensor paired with a plain tensor (their local shards would not match).
-    """
-    labels = [f"#{i}" for i in range(len(shadows))] if names is None else list(names)
-    keyed: dict[tuple[LeafKind, torch.device, torch.dtype, torch.dtype], Group] = {}
-    for pair, kind, name in zip(zip(shadows, params, strict=True), kinds, labels, strict=True):
-        s, p = _local(*pair, name)
-        group = keyed.setdefault((kind, s.device, s.dtype, p.dtype), Group())
-        group.shadows.append(s)
-        group.params.append(p)
-        group.names.append(name)
-    plan = Plan()
-    for (kind, *_), group in keyed.items():
-        getattr(plan, bucket(kind, group.shadows[0], group.params[0])).append(group)
-    return plan
-
-
-def _local(s: torch.Tensor, p: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A pair as the tensors the routes write: DTensors as their local shards (a view)."""
-    if type(s) is torch.Tensor and type(p) in (torch.Tensor, torch.nn.Parameter):
-        return s, p
-    module = sys.modules.get("torch.distributed.tensor")  # no DTensor before it is imported
-    if module is None or not (isinstance(s, module.DTensor) or isinstance(p, module.DTensor)):
-        return s, p
-    dtensor = module.DTensor
-    where = [(t.device_mesh, t.placements) if isinstance(t, dtensor) else None for t in (s, p)]
-    if where[0] != where[1]:
-        raise ValueError(
-            f"params {name}: a DTensor pair must share its mesh and placements, got shadow "
-            f"{where[0]} and params {where[1]}; update matching DTensors (or plain tensors)"
-        )
-    with torch.no_grad():  # without autograd, to_local() is the local tensor itself, no copy
-        return s.to_local(), p.to_local()  # type: ignore[attr-defined]
-
-
 def routes(plan: Plan, decay: Value) -> list[tuple[Group, Route]]:
     """Every non-empty group of ``plan`` with the route ``apply`` takes for it under ``decay``."""
     out: list[tuple[Group, Route]] = []
-    for name in _BUCKETS:
+    for name in BUCKETS:
         kind: LeafKind = "exact" if name == "exact" else "float"
         for group in getattr(plan, name):
             if group.shadows:
