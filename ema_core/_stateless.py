@@ -15,7 +15,8 @@ is found again only when all of these are equal:
   torch: storage, offset, sizes and strides (``is_set_to`` against a kept alias, which also
   fixes the device), dtype, inference flag, and whether inference mode is on; this catches
   ``resize_``, ``set_``, ``as_strided_``, ``param.data = other`` and ``module.to(...)``.
-  numpy: data pointer, shape, strides, dtype and the writeable flag. A backend without
+  numpy: shape, strides, dtype and the writeable flag (and the data pointer under numpy < 2;
+  from numpy 2 a live array's memory cannot move while its shape stays). A backend without
   ``leaf_signature`` (JAX, CuPy, array-api-strict) is not cached.
 
 torch's version counter is not in the key: it counts writes to values, which no check reads

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat as compat
 
@@ -23,7 +23,16 @@ from ema_core._ops import is_host_array
 from ema_core._paths import LEAF, NONE, FlatPaths, Path, PathEntry, TreeDef, entry, path_str
 from ema_core._types import Tree
 
-__all__ = ["Path", "PathEntry", "TreeDef", "flatten", "flatten_pair", "path_str", "unflatten"]
+__all__ = [
+    "Pair",
+    "Path",
+    "PathEntry",
+    "TreeDef",
+    "flatten",
+    "flatten_pair",
+    "path_str",
+    "unflatten",
+]
 
 
 def _is_namedtuple(node: Any) -> bool:
@@ -171,9 +180,17 @@ def _flat_match(treedef: TreeDef, other: Any) -> list[Any] | None:
     return leaves if set(map(type, leaves)) <= _ARRAY_TYPES else None
 
 
-def flatten_pair(
-    ref: Tree, other: Tree, ref_name: str, other_name: str
-) -> tuple[list[Any], list[Any], Sequence[Path], TreeDef]:
+class Pair(NamedTuple):
+    """Two nests flattened leaf for leaf: ``ref``'s leaves, ``other``'s in the same order, the
+    paths (for messages) and ``ref``'s tree definition (to rebuild the result)."""
+
+    ref: list[Any]
+    other: list[Any]
+    paths: Sequence[Path]
+    treedef: TreeDef
+
+
+def flatten_pair(ref: Tree, other: Tree, ref_name: str, other_name: str) -> Pair:
     """Flatten two nests of the same structure, leaf for leaf in ``ref``'s order.
 
     Dicts match by key (order may differ). Raises ``ValueError`` naming the first path where the
@@ -183,7 +200,7 @@ def flatten_pair(
     if isinstance(paths, FlatPaths):
         matched = _flat_match(treedef, other)
         if matched is not None:
-            return ref_leaves, matched, paths, treedef
+            return Pair(ref_leaves, matched, paths, treedef)
     other_leaves: list[Any] = []
     fail: Callable[[Path, str], str] = lambda p, w: _mismatch(ref_name, other_name, p, w)  # noqa: E731
 
@@ -211,7 +228,7 @@ def flatten_pair(
             walk(child, kid, (*path, entry(node.kind, key)))
 
     walk(treedef, other, ())
-    return ref_leaves, other_leaves, paths, treedef
+    return Pair(ref_leaves, other_leaves, paths, treedef)
 
 
 def _match_children(

@@ -1,20 +1,61 @@
-"""Backends: per-framework implementations of the leaf update, found lazily by namespace.
+"""Backends: per-framework leaf kernels (below the API), found lazily by namespace.
 
-Every backend offers ``update_leaves`` (the blend of many leaves, in place where asked) and
-``guard()`` (a context the core runs in, such as ``torch.no_grad``). The generic Array API backend
-serves every namespace; a framework's own file is imported only when its arrays show up, and
-detection reads ``sys.modules`` through array-api-compat, so no framework is ever imported here.
+Every backend is a module that follows ``Backend``: ``update_leaves`` (the blend of many
+leaves, in place where asked; its route table is in the module's docstring) and ``guard()`` (a
+context the core runs in, such as ``torch.no_grad``). Optional members, read with ``getattr``:
+``scalar_device`` (where ``init`` puts its 0-d step and weight), ``leaf_signature`` /
+``same_signature`` (what the stateless call's plan cache compares, ``ema_core._stateless``) and
+``PLAN_MEMO`` (``update_leaves`` takes a ``memo`` dict to keep its plan in).
+
+The generic Array API backend serves every namespace; a framework's own module is imported only
+when its arrays show up, and detection reads ``sys.modules`` through array-api-compat, so no
+framework is ever imported here:
+
+==================  ===========================================================================
+namespace           module (its docstring has the route table)
+==================  ===========================================================================
+torch               ``backends.torch``: ``_plan`` groups, ``_routes`` routes (foreach, the host
+                    engine on CPU, ``_cuda`` blocked / Triton on CUDA, the core for the rest)
+JAX                 ``backends.jax``: one compiled function per structure (``_leaves``)
+numpy               ``backends.numpy``: the host engine (``backends.host``), the core for the rest
+CuPy                ``backends.cupy``: fused elementwise and multi-tensor kernels
+anything else       ``backends.generic``: the core's math leaf by leaf
+==================  ===========================================================================
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import array_api_compat as compat
 
-from ema_core._types import Namespace
+from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
+
+
+class Backend(Protocol):
+    """What the API calls on a backend module (the optional members: module docstring)."""
+
+    def guard(self) -> AbstractContextManager[None]:
+        """The context every leaf operation runs in."""
+
+    def update_leaves(
+        self,
+        xp: Namespace,
+        shadows: Sequence[Array],
+        params: Sequence[Array],
+        kinds: Sequence[LeafKind],
+        decay: Value,
+        rate: Value,
+        *,
+        non_float: NonFloatPolicy,
+        writes: Sequence[bool],
+    ) -> list[Array]:
+        """New shadows: float leaves blended with ``decay`` (``rate = 1 - decay``), exact ones
+        copied per ``non_float``; ``writes[i]`` writes into ``shadows[i]`` and returns it."""
+
 
 #: (namespace test, module) pairs; the first match wins, the generic backend is the fallback.
 _REGISTRY: list[tuple[Callable[[Any], bool], str]] = [
@@ -27,13 +68,14 @@ _GENERIC = "ema_core.backends.generic"
 _CACHE: dict[int, Any] = {}
 
 
-def get_backend(xp: Namespace) -> Any:
+def get_backend(xp: Namespace) -> Backend:
     """The backend module for namespace ``xp`` (cached per namespace)."""
     key = id(xp)
     if key not in _CACHE:
         name = next((mod for test, mod in _REGISTRY if test(xp)), _GENERIC)
         _CACHE[key] = _load(name)
-    return _CACHE[key]
+    backend: Backend = _CACHE[key]
+    return backend
 
 
 def _load(name: str) -> Any:
