@@ -45,6 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-peers", action="store_true", help="time ema-core and ceilings only")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tag", default="", help="appended to the result files' names")
     ap.add_argument("--tree", action="store_true", help="only the nest-size benchmark (tree.py)")
     return ap.parse_args(argv)
 
@@ -73,6 +74,7 @@ def describe(device: str) -> dict[str, Any]:
         "date": date,
         "python": platform.python_version(),
         "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+        "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("EMA_CORE_")},
     }
 
 
@@ -118,14 +120,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             gc.collect()
     print(harness.format_table(rows))
-    print(tree.main())
+    tree_table = tree.main()
+    print(tree_table)
     meta = describe(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.device}-{meta['date']}"
+    stem = args.out / "-".join(filter(None, [args.device, meta["date"], args.tag]))
     stem.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "rows": harness.as_dicts(rows)}, indent=1)
     )
-    stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta))
+    tree_md = (
+        "\n\nFlattening and checking flat dicts (`python -m benchmarks --tree`):\n\n"
+        f"```\n{tree_table}\n```\n"
+    )
+    stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md)
     drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")
     print(
         f"wrote {stem}.json, .md" + (", .png" if drawn else " (no matplotlib: no chart)"),

@@ -164,10 +164,11 @@ def format_table(rows: list[Row]) -> str:
 
 
 def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
-    """The same table as Markdown, headed by the machine it ran on."""
+    """The same table as Markdown, headed by the machine it ran on and its EMA_CORE_* settings."""
+    settings = " ".join(f"{k}={v}" for k, v in meta.get("settings", {}).items()) or "defaults"
     out = [
         f"Machine: {meta['machine']}, {meta['cpus']} CPUs ({meta['device']}), {meta['date']}, "
-        f"`{meta['command']}`. GB/s counts the bytes ema-core moves (12 per element for fp32, "
+        f"`{meta['command']}`, settings: {settings}. GB/s counts the bytes ema-core moves (12 per element for fp32, "
         "10 for bf16 params with float32 shadows); `x ceiling` = ceiling time / contender "
         "time, the ceiling timed in alternation with each contender (ceiling, contender, ...); "
         "`x ema-core` = ema-core time / contender time; `x class` = the EMA class's time / "
