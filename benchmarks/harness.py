@@ -164,7 +164,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
-    """The same table as Markdown, headed by the machine it ran on and its EMA_CORE_* settings."""
+    """The same table as Markdown, headed by the machine it ran on and its settings."""
     settings = " ".join(f"{k}={v}" for k, v in meta.get("settings", {}).items()) or "defaults"
     out = [
         f"Machine: {meta['machine']}, {meta['cpus']} CPUs ({meta['device']}), {meta['date']}, "
