@@ -168,16 +168,14 @@ def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     settings = " ".join(f"{k}={v}" for k, v in meta.get("settings", {}).items()) or "defaults"
     out = [
         f"Machine: {meta['machine']}, {meta['cpus']} CPUs ({meta['device']}), {meta['date']}, "
-        f"`{meta['command']}`, settings: {settings}. GB/s counts the bytes ema-core moves "
-        "(12 per element for fp32, 10 for bf16 params with float32 shadows); `x ceiling` = "
-        "ceiling time / contender time, the ceiling timed in alternation with each contender (ceiling, contender, ...); "
-        "`x ema-core` = ema-core time / contender time; `x class` = the EMA class's time / "
-        "contender time (the stateless call on a dict beside the class); `us/leaf` = "
-        "(contender time - ceiling time) / number of leaves: the cost per tensor beyond moving "
-        "its bytes; "
-        "`MB/update` = the peak memory one "
-        "update allocates (- where the framework does not count it); `syncs` = host syncs per "
-        "update (CUDA only).",
+        f"`{meta['command']}`, settings: {settings}. GB/s counts the bytes ema-core moves (12 "
+        "per element for fp32, 10 for bf16 params with float32 shadows); `x ceiling` = ceiling "
+        "time / contender time, the ceiling timed in alternation with each contender (ceiling, "
+        "contender, ...); `x ema-core` = ema-core time / contender time; `x class` = the EMA "
+        "class's time / contender time (the stateless call on a dict beside the class); "
+        "`us/leaf` = (contender time - ceiling time) / number of leaves: the cost per tensor "
+        "beyond moving its bytes; `MB/update` = the peak memory one update allocates (- where "
+        "the framework does not count it); `syncs` = host syncs per update (CUDA only).",
         "",
         "| workload | dtype | backend | contender | ms (median) | +- | GB/s | x ceiling | "
         "x ema-core | x class | us/leaf | MB/update | syncs |",
