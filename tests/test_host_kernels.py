@@ -220,6 +220,36 @@ def test_a_transposed_square_param_rebinds_its_views():
     assert torch.equal(ema.average["w0"], expected[0])
 
 
+def test_the_views_key_sees_every_change_of_memory():
+    """``_host.stale``: a changed pointer, element count (``resize_`` to fewer elements keeps
+    the pointer), dtype, contiguity, or a non-contiguous tensor's strides make new views; a
+    contiguous tensor read as another shape over the same memory keeps its flat view valid."""
+    torch = pytest.importorskip("torch")
+    from ema_core.backends.torch import _host
+
+    def fresh():
+        shadows = [torch.zeros(64), torch.zeros(8, 8).t()]
+        return shadows, [torch.ones(64).bfloat16(), torch.ones(8, 8).bfloat16().t()]
+
+    shadows, params = fresh()
+    bound = _host.bind(shadows, params)
+    assert not _host.stale(bound, shadows, params)
+    params[0].data = params[0].data.view(8, 8)  # same memory, contiguous: the flat view holds
+    assert not _host.stale(bound, shadows, params)
+    changes = [
+        lambda s, p: p[0].resize_(32),  # fewer elements, same pointer
+        lambda s, p: p.__setitem__(0, p[0].clone()),  # another storage
+        lambda s, p: p.__setitem__(0, p[0].half()),  # another dtype
+        lambda s, p: p.__setitem__(1, p[1].t()),  # contiguous now (same memory)
+        lambda s, p: s[1].as_strided_((4, 16), (1, 4)),  # other non-contiguous layout, same size
+    ]
+    for change in changes:
+        shadows, params = fresh()
+        bound = _host.bind(shadows, params)
+        change(shadows, params)
+        assert _host.stale(bound, shadows, params)
+
+
 @pytest.mark.parametrize("decay", [0.999, 0.3])
 def test_strided_torch_leaves_are_blended_by_the_engine(decay):
     torch = pytest.importorskip("torch")

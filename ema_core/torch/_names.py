@@ -154,7 +154,9 @@ class Watch:
             now = list(self.fast.now())
             if list(map(torch.Tensor.data_ptr, now)) != self.pointers:
                 return False
-            if [t.shape for t in now] != self.shapes:
+            # compared as they come: a list of 20k new Size objects per update would survive
+            # long enough to wake the garbage collector's full passes
+            if not all(map(operator.eq, map(_SHAPE, now), self.shapes)):
                 return False
         except (TypeError, RuntimeError):  # gone (None), or a tensor without storage now
             return False
@@ -165,6 +167,9 @@ class Watch:
             and all(map(operator.is_, map(dict.get, self.parents, self.names), self.children))
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
         )
+
+
+_SHAPE = operator.attrgetter("shape")
 
 
 class _Reads:

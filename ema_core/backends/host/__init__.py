@@ -5,7 +5,8 @@ copy; bfloat16 params as their uint16 bit patterns, flagged ``"bfloat16"``) and 
 the work of an update; ``run`` does it, in place, for one decay. The plan:
 
 * leaves of at most ``SMALL`` elements, flat, with the same dtypes: batched, up to ``BLOCK``
-  elements a batch (gathered into a per-thread scratch, blended, scattered back);
+  elements a batch (with numba, one compiled call per leaf of the batch; without it, gathered
+  into a per-thread scratch, blended by the numpy blocks, scattered back);
 * large contiguous leaves, seen flat: cut into pieces, one share per thread;
 * strided leaves: cut into slabs of whole rows along their first axis;
 * the pieces dealt over ``workers`` threads (``_threads``), at least ``LEAST`` elements each.
@@ -148,8 +149,12 @@ def _blend_item(item: Item, d: float, r: float, compiled: bool) -> None:
     if len(item) == 1:
         _blend_leaf(item[0], d, r, compiled)
         return
-    sizes = [leaf.shadow.size for leaf in item]
     first = item[0]
+    prepared = _numba.prepare(first.shadow, first.params, first.params_format) if compiled else None
+    if prepared is not None:  # one compiled call per leaf beats a gather and a scatter
+        _blend_each(item, prepared, d, r)
+        return
+    sizes = [leaf.shadow.size for leaf in item]
     gs = _blocks.scratch(first.shadow.dtype, sum(sizes), "gather_shadow")
     gp = _blocks.scratch(first.params.dtype, sum(sizes), "gather_params")
     np.concatenate([leaf.shadow for leaf in item], out=gs)
@@ -159,6 +164,17 @@ def _blend_item(item: Item, d: float, r: float, compiled: bool) -> None:
     for leaf, n in zip(item, sizes, strict=True):
         leaf.shadow[...] = gs[start : start + n]
         start += n
+
+
+def _blend_each(batch: list[Leaf], prepared: _numba.Prepared, d: float, r: float) -> None:
+    """A batch of small flat leaves of equal dtypes, each by the kernel that fits its first
+    (the same for all): about 0.4 us a call, where gathering and scattering cost 3-4 us a leaf
+    (20k tiny bf16 leaves: 8 ms against 75 ms per update)."""
+    kernel = prepared.kernel
+    factor, low = _numba.weights(d, r, prepared.shadow.dtype)
+    bits = prepared.params.dtype != batch[0].params.dtype  # float16 seen as its uint16 bits
+    for s, p, _ in batch:
+        kernel(s, p.view(np.uint16) if bits else p, factor, low)
 
 
 def _blend_leaf(leaf: Leaf, d: float, r: float, compiled: bool) -> None:
