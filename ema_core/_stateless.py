@@ -65,6 +65,8 @@ _ENTRIES: OrderedDict[int, Entry] = OrderedDict()
 _SERIALS = itertools.count()
 #: The leaf ids of the last call not found in the cache (only a hint: an entry is checked fully).
 _last: list[list[int]] = [[]]
+#: Whether the call being checked now came with the same leaf ids as the one before it.
+_again: list[bool] = [False]
 
 
 def _ids(shadows: Sequence[Array], params: Sequence[Array]) -> list[int]:
@@ -88,8 +90,8 @@ def find(
             return entry
         _ENTRIES.pop(serial, None)  # changed behind our back: checked again, maybe kept anew
         break
-    if ids != _last[0]:
-        _last[0] = ids
+    _again[0] = ids == _last[0]  # the same leaves as the call before: ``remember`` keeps them
+    _last[0] = ids
     return None
 
 
@@ -105,7 +107,7 @@ def remember(
     in the call before too and the backend can record their layout; the entry or None."""
     ids = _ids(shadows, params)
     sign = getattr(backend, "leaf_signature", None)
-    if sign is None or ids != _last[0]:
+    if sign is None or not _again[0] or ids != _last[0]:
         return None
     signature = (sign(shadows), sign(params))
     if signature[0] is None or signature[1] is None:

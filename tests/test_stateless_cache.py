@@ -6,6 +6,7 @@ result has the bits of a call the cache never saw, and errors still raise with n
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -196,3 +197,69 @@ def test_the_cache_keeps_no_leaf_alive() -> None:
     del shadow, params
     gc.collect()
     assert not _stateless._ENTRIES
+
+
+def _numpy_nests() -> tuple[Nest, Nest]:
+    rng = np.random.default_rng(0)
+    shadow = {"w": rng.random((5, 7)), "h": rng.random(300).astype(np.float32),
+              "z": rng.random(4) + 1j * rng.random(4), "n": np.zeros(3, np.int64)}  # fmt: skip
+    params = {"w": rng.random((5, 7)), "h": rng.random(300).astype(np.float16),
+              "z": rng.random(4) + 1j, "n": np.arange(3)}  # fmt: skip
+    return shadow, params
+
+
+def test_numpy_keeps_its_routes_and_plan_and_gives_the_same_bits() -> None:
+    """A cached numpy call runs the kept routes and engine plan (over raw views of the arrays'
+    memory): the bits of an uncached call, at decays 1, 0 and between (the integer leaf copied
+    at each)."""
+    shadow, params = _numpy_nests()
+    _cached(shadow, params)
+    (entry,) = _stateless._ENTRIES.values()
+    assert entry.memo["kept"] is not None and entry.memo["kept"].plan is not None
+    for decay in (1.0, 0.0, 0.3, 0.999):
+        params["n"] += 1
+        want = ema.ema_update(shadow, params, 4, decay=decay, copy=True)  # never kept
+        got = ema.ema_update(shadow, params, 4, decay=decay)
+        for k in want:
+            assert got[k] is shadow[k], k
+            assert np.array_equal(got[k].view(np.uint8), want[k].view(np.uint8)), (decay, k)
+
+
+def test_numpy_leaves_the_engine_cannot_keep_are_planned_per_call() -> None:
+    """A strided engine leaf cannot be seen through a raw view: planned on every call (still
+    cached: the checks are skipped), with the same bits."""
+    shadow, params = _numpy_nests()
+    shadow["t"], params["t"] = np.zeros((6, 4)).T, np.ones((6, 4)).T
+    _cached(shadow, params)
+    (entry,) = _stateless._ENTRIES.values()
+    assert entry.memo["kept"] is None
+    _same_as_uncached(shadow, params)
+
+
+def test_the_cache_keeps_no_numpy_array_alive() -> None:
+    """Every array of a cached call dies with the caller's last reference (the kept plan sees
+    their memory through raw views), and the entry goes with the first one. Engine leaves only:
+    a leaf outside the plan dying would drop the entry, and with it the plan, anyway."""
+    shadow, params = _numpy_nests()
+    del shadow["n"], params["n"]
+    _cached(shadow, params)
+    refs = [weakref.ref(a) for a in (*shadow.values(), *params.values())]
+    del shadow, params
+    gc.collect()
+    assert not _stateless._ENTRIES
+    assert all(ref() is None for ref in refs)
+
+
+def test_an_entry_is_made_the_second_time_in_a_row_only() -> None:
+    """A one-off call keeps nothing; the same leaves twice in a row are kept; a call with
+    other leaves in between starts the count again."""
+    shadow, params = _numpy_nests()
+    other = _fresh(shadow), _fresh(params)
+    _stateless.clear()
+    ema.ema_update(shadow, params, 1, decay=0.9)
+    assert not _stateless._ENTRIES
+    ema.ema_update(*other, 1, decay=0.9)
+    ema.ema_update(shadow, params, 2, decay=0.9)
+    assert not _stateless._ENTRIES
+    ema.ema_update(shadow, params, 3, decay=0.9)
+    assert len(_stateless._ENTRIES) == 1

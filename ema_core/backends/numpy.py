@@ -23,6 +23,7 @@ same arrays (for a plan cache).
 
 from __future__ import annotations
 
+import ctypes
 import operator
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -36,7 +37,10 @@ from ema_core.backends import host
 from ema_core.backends.generic import guard
 from ema_core.backends.host import _threads
 
-__all__ = ["guard", "leaf_signature", "route", "update_leaves", "workers"]
+__all__ = ["PLAN_MEMO", "guard", "leaf_signature", "route", "update_leaves", "workers"]
+
+#: ``update_leaves`` takes a ``memo`` from the plan cache (``ema_core._stateless``).
+PLAN_MEMO = True
 
 Route = Literal["engine", "copy", "keep", "generic"]
 
@@ -70,9 +74,13 @@ def update_leaves(
     *,
     non_float: NonFloatPolicy,
     writes: Sequence[bool],
+    memo: dict[Any, Any] | None = None,
 ) -> list[Array]:
     """Blend float leaves through the host engine and copy exact ones; in place where
     ``writes`` says, else into new arrays (the inputs untouched).
+
+    ``memo`` (from the stateless call's plan cache, only for arrays it has just found
+    unchanged) keeps the routes and the engine's plan between calls (``_Kept``).
 
     ``s <- s + (1 - d) (p - s)`` per float leaf, bit for bit as the generic backend computes
     it. A decay of 1 returns each float shadow itself; a decay of 0 copies the params exactly;
@@ -94,6 +102,13 @@ def update_leaves(
     """
     d, r = float(decay), float(rate)
     threads = workers()
+    if memo is not None and all(writes):
+        kept = memo.get("kept")
+        if kept is None or kept.threads != threads:
+            kept = memo["kept"] = _Kept.make(shadows, params, kinds, non_float, threads)
+        if kept is not None:
+            return kept.run(xp, shadows, params, d, r)
+        memo["kept"] = None  # not every engine leaf can be kept: plan per call
     out: list[Array] = []
     engine_s: list[np.ndarray] = []
     engine_p: list[np.ndarray] = []
@@ -113,6 +128,67 @@ def update_leaves(
     if engine_s:
         host.run(host.plan(engine_s, engine_p, workers=threads), d, r)
     return out
+
+
+class _Kept:
+    """The routes and the engine plan of one cached set of arrays, all written in place.
+
+    The plan is made over raw views of the arrays' memory (``_raw``), which hold no reference
+    to the arrays: the cache drops this when any array dies (``ema_core._stateless``), so the
+    views are never used after, and the cache keeps no caller's array alive. Only C-contiguous
+    engine leaves can be seen so; with any other, ``make`` returns None (planned per call)."""
+
+    def __init__(
+        self, threads: int, copy: list[int], generic: list[int], plan: host.Plan | None
+    ) -> None:
+        self.threads, self.copy, self.generic, self.plan = threads, copy, generic, plan
+
+    @classmethod
+    def make(
+        cls,
+        shadows: Sequence[Array],
+        params: Sequence[Array],
+        kinds: Sequence[LeafKind],
+        non_float: NonFloatPolicy,
+        threads: int,
+    ) -> _Kept | None:
+        copy, generic, engine = [], [], []
+        for i, (s, p, kind) in enumerate(zip(shadows, params, kinds, strict=True)):
+            match route(s, p, kind, 0.5, non_float):
+                case "copy":
+                    copy.append(i)
+                case "engine" if s.flags.writeable:
+                    if not (s.flags.c_contiguous and p.flags.c_contiguous):
+                        return None
+                    engine.append(i)
+                case "generic" | "engine":
+                    generic.append(i)
+        views = [(_raw(shadows[i]), _raw(params[i])) for i in engine if shadows[i].size]
+        plan = None
+        if views:
+            plan = host.plan([s for s, _ in views], [p for _, p in views], workers=threads)
+        return cls(threads, copy, generic, plan)
+
+    def run(
+        self, xp: Namespace, shadows: Sequence[Array], params: Sequence[Array], d: float, r: float
+    ) -> list[Array]:
+        """The update, as ``update_leaves`` routes it, all in place."""
+        out = list(shadows)
+        for i in self.copy:
+            _copy(shadows[i], params[i], True)
+        if d == 1.0:
+            return out
+        for i in self.generic:
+            out[i] = _generic(xp, shadows[i], params[i], d, r, True)
+        if self.plan is not None:
+            host.run(self.plan, d, r)
+        return out
+
+
+def _raw(a: np.ndarray) -> np.ndarray:
+    """A view of a C-contiguous array's memory that holds no reference to the array."""
+    memory: Any = (ctypes.c_char * a.nbytes).from_address(a.ctypes.data)
+    return np.frombuffer(memory, dtype=a.dtype).reshape(a.shape)
 
 
 def workers() -> int:

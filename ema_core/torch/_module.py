@@ -121,7 +121,7 @@ class EMA:
         """
         self._refuse_in_swap("update")
         pending = self._bound.pending
-        t = _options.next_step(self._step) if step is None else _ops.concrete_step(step)
+        t = _ops.next_step(self._step, "EMA step") if step is None else _ops.concrete_step(step)
         if step is not None:
             _options.check_not_back(t, self._step if pending is None else pending.step)
         decay, rate = self.config.decay_and_rate(t)

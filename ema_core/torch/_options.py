@@ -17,16 +17,6 @@ from ema_core.torch import _names, _store
 from ema_core.torch._names import Tracked
 
 
-def next_step(current: int | torch.Tensor) -> int | torch.Tensor:
-    """The count after ``current`` (``update()`` without a step). A tensor counter stops at
-    its dtype's largest value instead of wrapping to a negative count (int32 at 2**31 - 1,
-    uint8 at 255), computed on its device without a host read; a Python int grows until the
-    step check refuses it beyond 2**63 - 1."""
-    if isinstance(current, int):
-        return current + 1
-    return current + (current < torch.iinfo(current.dtype).max)
-
-
 def check_not_back(step: int | torch.Tensor, current: int | torch.Tensor) -> None:
     """Raise when an explicit ``step`` is below the EMA's ``current`` count; checked where the
     host holds both values (Python ints, CPU tensors); device values are trusted.
