@@ -70,7 +70,7 @@ def update_leaves(
     skip = isinstance(decay, float) and decay == 1.0
     plan = None if memo is None else memo.get(skip)
     if plan is not None:
-        _routes.apply(xp, plan, decay, rate)
+        _routes.apply(xp, plan, decay, rate, kept=True)
         return list(shadows)
     move = [non_float == "copy" if kind == "exact" else not skip for kind in kinds]
     out = [s if w or not m else s.clone() for s, w, m in zip(shadows, writes, move, strict=True)]

@@ -105,9 +105,13 @@ def routes(plan: Plan, decay: Value) -> list[tuple[Group, Route]]:
     return out
 
 
-def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
+def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value, *, kept: bool = False) -> None:
     """Blend every averaged group of ``plan`` in place with ``decay`` (weight on the old
     average) and copy the exact ones (at every decay), each through its ``route``.
+
+    ``kept``: the plan is one the stateless call's cache keeps over private aliases of the
+    tensors, which it has just found unchanged (storage, offset, sizes, strides, dtype); the
+    host engine's views of them, once bound, are then used without comparing them again.
 
     Raises:
         ValueError: a params tensor of a mixed-precision group no longer fits its shadow
@@ -117,7 +121,7 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value) -> None:
     mixed = {id(group) for group in plan.mixed}
     for group, way in work:
         if id(group) in mixed and way != "skip":
-            _check(group, way)
+            _check(group, way, kept)
     for group, way in work:
         _run(xp, group, way, decay, rate)
 
@@ -148,11 +152,13 @@ def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> 
             _generic(xp, s, p, decay, rate)
 
 
-def _check(group: Group, way: Route) -> None:
+def _check(group: Group, way: Route, kept: bool = False) -> None:
     """Check a mixed group's pairs before any write: each time for the device routes, and for
     the host engine when its views are (re)bound (they are kept while nothing moved)."""
     if way != "host-engine":
         _check_pairs(group)
+    elif kept and group.host is not None:
+        return
     elif _host.stale(group.host, group.shadows, group.params):
         _check_pairs(group)
         group.host = _host.bind(group.shadows, group.params, group.host)
