@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import chart, harness, tree, workloads
+from benchmarks import chart, harness, stateless, tree, workloads
 from benchmarks.backends import MODULES
 from benchmarks.peers import PEERS
 
@@ -47,6 +47,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="", help="appended to the result files' names")
     ap.add_argument("--tree", action="store_true", help="only the nest-size benchmark (tree.py)")
+    ap.add_argument(
+        "--stateless",
+        action="store_true",
+        help="only the stateless ema_update against the EMA class (stateless.py)",
+    )
     return ap.parse_args(argv)
 
 
@@ -82,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.tree:
         print(tree.main())
+        return 0
+    if args.stateless:
+        print(stateless.main())
         return 0
     names = args.workload or (
         ["resnet50"]
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(harness.format_table(rows))
     tree_table = tree.main()
     print(tree_table)
+    stateless_table = "" if "torch" not in (args.backend or MODULES) else stateless.main()
+    print(stateless_table)
     meta = describe(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "-".join(filter(None, [args.device, meta["date"], args.tag]))
@@ -132,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         "\n\nFlattening and checking flat dicts (`python -m benchmarks --tree`):\n\n"
         f"```\n{tree_table}\n```\n"
     )
+    if stateless_table:
+        tree_md += (
+            "\nThe stateless torch `ema_update` against the `EMA` class, timed in strict "
+            "alternation (`python -m benchmarks --stateless`):\n\n"
+            f"```\n{stateless_table}\n```\n"
+        )
     stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md)
     drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")
     print(
