@@ -247,3 +247,43 @@ def test_property_bounds_and_fixed_point(s, shift, decay):
     fixed = fast.update_leaves(xp, [s.copy()], [s], ["float"], decay, 1.0 - decay,
                                non_float="copy", writes=[True])[0]  # fmt: skip
     assert np.array_equal(fixed, s)  # by value: -0.0 may come back as +0.0
+
+
+class _Sub(np.ndarray):
+    """An ndarray subclass: numpy's namespace, but not the plain arrays the engine views."""
+
+
+@pytest.mark.parametrize("decay", [0.999, 0.3, 0.0])
+def test_subclass_leaves_take_the_generic_route(decay: float) -> None:
+    """The table's "generic" row: an ndarray subclass is blended by the core, written back in
+    place (or into a new array), bit for bit as the generic backend; also when the stateless
+    call's cache keeps the routes of a nest that holds one."""
+    rng = np.random.default_rng(3)
+    s = rng.random((5, 4)).astype(np.float32).view(_Sub)
+    p = rng.random((5, 4)).astype(np.float32).view(_Sub)
+    assert fast.route(s, p, "float", decay, "copy") == "generic"
+    want = generic.update_leaves(xp, [s.copy()], [p], ["float"], decay, 1.0 - decay,
+                                 non_float="copy", writes=[False])[0]  # fmt: skip
+    new = fast.update_leaves(xp, [s], [p], ["float"], decay, 1.0 - decay,
+                             non_float="copy", writes=[False])[0]  # fmt: skip
+    assert new is not s and np.array_equal(np.asarray(new).view(np.uint32),
+                                           np.asarray(want).view(np.uint32))  # fmt: skip
+    shadow = {"sub": s, "plain": rng.random(7)}
+    params = {"sub": p, "plain": rng.random(7)}
+    expect = {k: np.array(v, copy=True) for k, v in shadow.items()}
+    for t in (1, 2, 3):  # the third call runs the kept routes
+        expect = {k: np.asarray(generic.update_leaves(xp, [expect[k]], [params[k]], ["float"],
+                                                      decay, 1.0 - decay, non_float="copy",
+                                                      writes=[True])[0])
+                  for k in expect}  # fmt: skip
+        out = ema_core.ema_update(shadow, params, t, decay=decay)
+        assert out["sub"] is s
+        for k in shadow:
+            assert np.array_equal(np.asarray(out[k]).view(np.uint8), expect[k].view(np.uint8))
+
+
+def test_the_engine_refuses_a_read_only_shadow_before_planning() -> None:
+    s = np.zeros(4, np.float32)
+    s.flags.writeable = False
+    with pytest.raises(ValueError, match=r"shadow #0: a writeable float array is needed"):
+        host.plan([s], [np.ones(4, np.float32)])

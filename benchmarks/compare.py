@@ -1,0 +1,94 @@
+"""Side-by-side timing of two versions of ema-core on the same machine, in one session:
+
+    python -m benchmarks.compare REV [REV ...]      (REV: any git revision; "." = the checkout)
+
+Each revision is checked out into a temporary git worktree and timed in its own process, the
+revisions taking turns for ``--rounds`` rounds, so that the machine's drift hits them alike.
+Timed: the torch ``EMA`` class and numpy's ``ema_update`` on ResNet-50 and on 20k tiny tensors,
+each with the ceiling measured beside it in the same process (``x ceiling``). This is how a
+change is checked for regressions: the committed results of an earlier day ran on a machine
+whose bandwidth has since moved by tens of percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Run inside each revision's worktree (its own ``ema_core`` first on the path).
+PROBE = r"""
+import statistics, sys, time
+import numpy as np, torch, ema_core
+from benchmarks.workloads import load
+try:
+    from ema_core.torch import EMA
+except ImportError:  # before the user-facing classes moved above the API
+    from ema_core.backends.torch import EMA
+
+def median_ms(step, n=15):
+    step(1); step(2); times = []
+    for i in range(n):
+        tic = time.perf_counter(); step(i + 3); times.append(time.perf_counter() - tic)
+    return statistics.median(times) * 1e3
+
+for name in ("resnet50", "many_small_20k"):
+    shapes = load(name).shapes
+    for dtype in (torch.float32, torch.bfloat16):
+        params = {f"p{i}": torch.randn(s).to(dtype) for i, s in enumerate(shapes)}
+        ema = EMA(params, decay=0.999)
+        n = sum(p.numel() for p in params.values())
+        a, b = torch.ones(n), torch.ones(n)
+        ceiling = median_ms(lambda t: a.lerp_(b, 0.001))
+        ms = median_ms(ema.update)
+        print(f"torch EMA class  {name:<15}{str(dtype)[6:]:<9}{ms:8.1f}{ceiling / ms:8.2f}")
+    ps = [np.random.rand(*s).astype(np.float32) for s in shapes]
+    ss = [p.copy() for p in ps]
+    n = sum(p.size for p in ps)
+    a, b = np.ones(n, np.float32), np.ones(n, np.float32)
+    ceiling = median_ms(lambda t: a.__iadd__(b))
+    ms = median_ms(lambda t: ema_core.ema_update(ss, ps, t, decay=0.999))
+    print(f"numpy ema_update {name:<15}{'float32':<9}{ms:8.1f}{ceiling / ms:8.2f}")
+"""
+
+
+def _worktree(rev: str, where: Path) -> Path:
+    if rev == ".":
+        return ROOT
+    path = where / rev.replace("/", "_")
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path), rev],
+                   check=True)  # fmt: skip
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
+    ap.add_argument("revs", nargs="+")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {rev: _worktree(rev, Path(tmp)) for rev in args.revs}
+        try:
+            for r in range(args.rounds):
+                for rev, tree in trees.items():
+                    print(f"== round {r + 1}, {rev}  (case, workload, dtype, ms, x ceiling)",
+                          flush=True)  # fmt: skip
+                    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}"}
+                    out = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=tree,
+                                         capture_output=True, text=True, check=True)  # fmt: skip
+                    print(out.stdout, end="", flush=True)
+        finally:
+            for tree in trees.values():
+                if tree != ROOT:
+                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                                    str(tree)], check=False)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
