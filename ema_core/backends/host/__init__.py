@@ -20,12 +20,12 @@ untouched, decay 0 copies the params (half params widened exactly, inf and NaN k
 
 Threads: numba's own ``parallel=True`` / ``prange`` was measured against the hand-written
 dealing kept here (``python scripts/threads_vs_prange.py``: in-place fp32 blend, median of 15,
-2-core EPYC shared with other work): one 25M-element leaf 9.2 ms on one thread, 9.7 ms dealt
-over 2 threads,
-16.0 ms with ``prange``; ResNet-50's 161 leaves (25.6M elements) 8.8 ms one leaf at a time,
-17.4 ms dealt, 22.6 ms with ``prange`` per leaf. ``prange`` never won (it also pays a fork of
-its own thread pool per call and its default layer must not be entered from two threads at
-once), so the dealing stays; on this memory-bound 2-core machine one thread is about as fast.
+2-core EPYC). Three quiet runs: one 25M-element leaf 8.0-9.0 ms on one thread, 6.4-7.4 ms dealt
+over 2 threads, 5.2-6.9 ms with ``prange``; ResNet-50's 161 leaves 10.1-13.2 ms one leaf at a
+time, 8.4-8.7 ms dealt, 7.9-8.9 ms with ``prange`` per leaf. So ``prange`` wins on one huge
+leaf and ties on a real model. The dealing stays: numba's default threading layer
+(workqueue) aborts when two Python threads enter it at once (two EMAs updated from two
+threads), the numpy blocks without numba need the dealing anyway, and one mechanism serves both.
 """
 
 from __future__ import annotations
