@@ -93,8 +93,8 @@ class Bound:
 
 class Key(NamedTuple):
     """What a ``Bound`` was made for, in flat lists of ints, bools and dtypes (no object per
-    tensor: 40,000 new shapes per update would survive long enough to wake the garbage
-    collector's full passes, measured at 56 ms a call for 20k tensors against about 10 ms).
+    tensor: tens of thousands of new shapes per update survive long enough to wake the garbage
+    collector's full passes over every live object, several times the cost of the reads).
 
     The engine's views depend on each tensor's memory: its data pointer, element count and
     dtype, and for a non-contiguous tensor its shape and strides too. A contiguous tensor given
