@@ -234,3 +234,22 @@ def test_chunked_path_validates_before_donating(small_chunks):
     assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
     state = step(state, _many(2.0))
     assert int(state.step) == 2
+
+
+def test_make_update_runs_inside_an_outer_jit():
+    """A make_update function called on tracers (inside the user's own ``jax.jit``) gives the
+    same state as called eagerly: the state's placement is not read from a tracer."""
+    update = make_update(ema.Config(schedule=0.9))
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    state = ema.init(params)
+
+    @jax.jit
+    def outer(state, params):
+        return update(state, jax.tree.map(lambda x: x * 2.0, params))
+
+    inside = outer(state, params)
+    eager = update(ema.init(params), jax.tree.map(lambda x: x * 2.0, params))
+    assert all(
+        bool(jnp.array_equal(a, b))
+        for a, b in zip(jax.tree.leaves(inside), jax.tree.leaves(eager), strict=True)
+    )

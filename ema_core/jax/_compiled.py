@@ -170,8 +170,11 @@ def _committed(arrays: list[Any]) -> list[Any]:
 
     A jitted function returns committed arrays, and JAX compiles again when an argument turns
     from uncommitted (a fresh ``init`` over uncommitted params) to committed. Committing the
-    state before the first call keeps it at one compilation.
+    state before the first call keeps it at one compilation. Inside an outer ``jax.jit`` the
+    arrays are tracers, which have no placement to commit (reading it raises): kept as they are.
     """
+    if any(isinstance(x, jax.core.Tracer) for x in arrays):
+        return arrays
     if all(getattr(x, "committed", True) for x in arrays):
         return arrays
     return [x if getattr(x, "committed", True) else jax.device_put(x, x.sharding) for x in arrays]
