@@ -1,0 +1,227 @@
+"""The safetensors file format, written and read with numpy alone, one tensor at a time.
+
+A safetensors file is an 8-byte little-endian length N, N bytes of JSON, then the tensors' raw
+little-endian bytes back to back. The JSON maps each tensor name to ``{"dtype": code, "shape":
+[...], "data_offsets": [start, end]}`` (offsets into the bytes after the header) and may hold
+``"__metadata__"``, a mapping of strings to strings; it is padded with spaces to a multiple of 8
+bytes. The files read and write with the ``safetensors`` package too, but this module needs
+neither it nor torch: ``write`` streams each tensor from whatever produces its bytes (no copy of
+the whole model in memory), bfloat16 included, and ``Reader`` reads one tensor into a new,
+writeable numpy array. bfloat16 values travel as their raw 2-byte patterns (numpy ``uint16``),
+so any framework's bfloat16 round-trips bit for bit.
+
+Shared by ``ema_core.checkpoint`` and anything else that writes safetensors files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "CODES",
+    "Entry",
+    "Reader",
+    "bf16_to_float32",
+    "code_of",
+    "float32_to_bf16",
+    "name_of",
+    "write",
+]
+
+#: safetensors dtype code -> (Array API dtype name, numpy dtype of its bytes; BF16 as uint16).
+CODES: dict[str, tuple[str, np.dtype[Any]]] = {
+    "BOOL": ("bool", np.dtype("?")),
+    "U8": ("uint8", np.dtype("u1")),
+    "I8": ("int8", np.dtype("i1")),
+    "U16": ("uint16", np.dtype("<u2")),
+    "I16": ("int16", np.dtype("<i2")),
+    "U32": ("uint32", np.dtype("<u4")),
+    "I32": ("int32", np.dtype("<i4")),
+    "U64": ("uint64", np.dtype("<u8")),
+    "I64": ("int64", np.dtype("<i8")),
+    "F16": ("float16", np.dtype("<f2")),
+    "BF16": ("bfloat16", np.dtype("<u2")),
+    "F32": ("float32", np.dtype("<f4")),
+    "F64": ("float64", np.dtype("<f8")),
+}
+_CODE_OF = {name: code for code, (name, _) in CODES.items()}
+_MAX_HEADER = 100_000_000  # the safetensors package's own limit
+
+
+class Entry(NamedTuple):
+    """One tensor's place in a file: its code, shape and byte range after the header."""
+
+    code: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def code_of(dtype_name: str) -> str | None:
+    """The safetensors code of an Array API dtype name (``"bfloat16"`` -> ``"BF16"``), or None
+    for a dtype the format cannot hold (complex)."""
+    return _CODE_OF.get(dtype_name)
+
+
+def name_of(code: str) -> str:
+    """The Array API dtype name of a safetensors code (``"F32"`` -> ``"float32"``)."""
+    return CODES[code][0]
+
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """The float32 values (exact) of bfloat16 bit patterns held as ``uint16``."""
+    wide: np.ndarray = bits.astype(np.uint32) << np.uint32(16)
+    return wide.view(np.float32)
+
+
+def float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """The bfloat16 bit patterns (``uint16``) nearest to ``values``, as float32.
+
+    bfloat16 is float32's upper half: its bits are ``(b + 0x7FFF + ((b >> 16) & 1)) >> 16`` for
+    float32 bits ``b``, round to nearest, ties to even (as torch and JAX convert); a value that
+    rounds past the largest finite one becomes inf, a NaN stays a quiet NaN of the same sign.
+
+    Example:
+        >>> import numpy as np
+        >>> bits = float32_to_bf16(np.array([1 + 2**-8, 1 + 3 * 2**-8, -np.inf, 3.4e38]))
+        >>> bits.dtype.name, bf16_to_float32(bits).tolist()
+        ('uint16', [1.0, 1.015625, -inf, inf])
+    """
+    x = np.asarray(values, dtype=np.float32, order="C")
+    b = x.view(np.uint32)
+    rounded = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    quiet_nan = (b >> np.uint32(16)) | np.uint32(0x0040)
+    bits: np.ndarray = np.where(np.isnan(x), quiet_nan, rounded).astype(np.uint16)
+    return bits
+
+
+def write(
+    file: BinaryIO,
+    specs: Sequence[tuple[str, str, tuple[int, ...]]],
+    data: Iterable[np.ndarray],
+    metadata: Mapping[str, str],
+) -> None:
+    """Write a safetensors file to ``file``, an open binary file positioned at its start.
+
+    Args:
+        file: where to write (for a crash-safe file: ``ema_core._atomic.write_atomic``).
+        specs: ``(name, code, shape)`` of each tensor, in file order; the header is written from
+            these before any data is asked for.
+        data: yields each tensor's values in ``specs`` order, one at a time, as a C-contiguous
+            numpy array of any dtype whose bytes are the tensor's little-endian bytes (a
+            ``uint8`` view, or bfloat16 bit patterns as ``uint16``).
+        metadata: string keys and values, stored as ``__metadata__``.
+
+    Raises:
+        RuntimeError: an array of ``data`` does not have the byte size its spec says.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    sizes, offset = [], 0
+    for name, code, shape in specs:
+        size = math.prod(shape) * CODES[code][1].itemsize
+        header[name] = {
+            "dtype": code,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        sizes.append(size)
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    file.write(len(text).to_bytes(8, "little"))
+    file.write(text)
+    for (name, _, _), size, array in zip(specs, sizes, data, strict=True):
+        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        if flat.size != size:
+            raise RuntimeError(f"tensor {name!r} gave {flat.size} bytes, its header says {size}")
+        file.write(flat.data)
+
+
+class Reader:
+    """An open safetensors file: its ``metadata``, its ``entries`` by name, one tensor at a time.
+
+    The file stays open until ``close`` (or the end of a ``with`` block), so a file replaced on
+    disk meanwhile (an atomic save by another process) is still read whole, old version.
+
+    Raises:
+        ValueError: naming the file, when it is not a complete, valid safetensors file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close / __exit__
+        try:
+            self.metadata, self.entries, self._base = _parse(self._file, self.path)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a new writeable numpy array of its code's byte dtype (bfloat16 as
+        ``uint16`` bit patterns), in its shape."""
+        entry = self.entries[name]
+        out = np.empty(entry.end - entry.start, dtype=np.uint8)
+        self._file.seek(self._base + entry.start)
+        if self._file.readinto(out.data) != out.size:
+            raise ValueError(f"{self.path} is truncated: {name!r} ends past the end of the file")
+        return out.view(CODES[entry.code][1]).reshape(entry.shape)
+
+
+def _parse(file: BinaryIO, path: str) -> tuple[dict[str, str], dict[str, Entry], int]:
+    """The metadata, the entries and the offset of the data of an open file."""
+    size = os.fstat(file.fileno()).st_size
+    head = file.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < n <= min(size - 8, _MAX_HEADER):
+        raise ValueError(f"{path} is not a safetensors file (header length {n}, file size {size})")
+    try:
+        header = json.loads(file.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path} is not a safetensors file: its header is not JSON ({err})"
+        ) from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a safetensors file: its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError(f"{path}: its __metadata__ is not a mapping of strings to strings")
+    entries = {name: _entry(path, name, spec) for name, spec in header.items()}
+    offset = 0
+    for name, entry in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
+        if entry.start != offset:
+            raise ValueError(f"{path}: tensor {name!r} starts at byte {entry.start}, not {offset}")
+        offset = entry.end
+    if offset != size - 8 - n:
+        raise ValueError(
+            f"{path} is truncated or padded: its tensors take {offset} bytes, it holds "
+            f"{size - 8 - n}"
+        )
+    return metadata, entries, 8 + n
+
+
+def _entry(path: str, name: str, spec: Any) -> Entry:
+    try:
+        code, shape, (start, end) = spec["dtype"], tuple(spec["shape"]), spec["data_offsets"]
+        ok = code in CODES and all(type(v) is int and v >= 0 for v in (*shape, start, end))
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{path}: the header entry of {name!r} is not valid: {spec!r}")
+    if end - start != math.prod(shape) * CODES[code][1].itemsize:
+        raise ValueError(f"{path}: {name!r} has {end - start} bytes for shape {list(shape)} {code}")
+    return Entry(code, shape, start, end)

@@ -1,0 +1,136 @@
+"""Arrays of every framework to a file's bytes and back, exactly (bfloat16 included).
+
+Saving: ``saveable`` checks a leaf (a known framework, not sharded over processes, a dtype the
+format holds) before anything is written; ``host_bytes`` then gives its values on the host.
+Loading: ``like_array`` turns the bytes read from the file into an array of ``like``'s framework,
+dtype, device and (JAX) sharding. Frameworks are found through ``sys.modules`` only: a torch
+tensor exists only once torch is imported, so nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import array_api_compat as compat
+import numpy as np
+
+from ema_core import _safetensors
+from ema_core._ops import is_host_array
+from ema_core.checkpoint._format import dtype_name
+
+__all__ = ["framework_of", "host_bytes", "like_array", "saveable"]
+
+_DIST = (
+    "save it with torch.distributed.checkpoint (dcp.save({'ema': ema.state_dict()}, ...)), or "
+    "gather it on purpose and save that: save(path, ema_core.torch.full_state_dict(ema)) on rank 0"
+)
+
+
+def framework_of(leaf: Any) -> str | None:
+    """numpy, torch, jax, cupy or array_api_strict; None for anything else."""
+    if isinstance(leaf, (np.ndarray, np.generic)):
+        return "numpy"
+    for name, test in (
+        ("torch", compat.is_torch_array),
+        ("jax", compat.is_jax_array),
+        ("cupy", compat.is_cupy_array),
+    ):
+        if test(leaf):
+            return name
+    return "array_api_strict" if is_host_array(leaf) else None
+
+
+def saveable(leaf: Any, where: str) -> tuple[str, str, tuple[int, ...]]:
+    """(framework, safetensors code, shape) of a leaf that ``save`` can write.
+
+    Raises:
+        TypeError: not an array of a known framework, or a dtype the format cannot hold.
+        ValueError: a torch DTensor or meta tensor, a JAX array not fully addressable here.
+    """
+    framework = framework_of(leaf)
+    if framework is None:
+        raise TypeError(
+            f"{where} is a {type(leaf).__name__}; save writes numpy, torch, JAX, CuPy and "
+            "array-api-strict arrays"
+        )
+    if framework == "torch":
+        _check_torch(leaf, where)
+    if framework == "jax" and not leaf.is_fully_addressable:
+        raise ValueError(
+            f"{where} is a JAX array sharded over several processes (not fully addressable); "
+            "save the state with orbax, or gather it on purpose first "
+            "(jax.experimental.multihost_utils.process_allgather) and save that"
+        )
+    name = dtype_name(leaf.dtype)
+    code = _safetensors.code_of(name)
+    if code is None:
+        raise TypeError(f"{where} has dtype {name}, which a safetensors file cannot hold")
+    return framework, code, tuple(int(n) for n in leaf.shape)
+
+
+def _check_torch(tensor: Any, where: str) -> None:
+    dist = sys.modules.get("torch.distributed.tensor")
+    if dist is not None and isinstance(tensor, dist.DTensor):
+        raise ValueError(f"{where} is a DTensor (sharded, FSDP2): {_DIST}")
+    if tensor.is_meta or tensor.layout != sys.modules["torch"].strided:
+        raise ValueError(
+            f"{where} must be a dense tensor with data, got {tensor.layout} on {tensor.device}"
+        )
+
+
+def host_bytes(leaf: Any, framework: str) -> np.ndarray:
+    """A C-contiguous numpy array (a copy or a view) holding the leaf's little-endian bytes."""
+    if framework == "torch":
+        torch = sys.modules["torch"]
+        tensor = leaf.detach().resolve_conj().resolve_neg().to("cpu").contiguous()
+        return tensor.reshape(-1).view(torch.uint8).numpy()  # type: ignore[no-any-return]
+    if framework == "jax":
+        host = np.asarray(sys.modules["jax"].device_get(leaf))
+    elif framework == "cupy":
+        host = leaf.get()
+    elif framework == "numpy":
+        host = np.asarray(leaf)
+    else:
+        host = np.from_dlpack(leaf)
+    if host.dtype.byteorder == ">":
+        host = host.astype(host.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(host)
+
+
+def like_array(data: np.ndarray, like: Any) -> Any:
+    """``data`` (the file's bytes in their numpy byte dtype, shaped; bfloat16 as uint16) as an
+    array of ``like``'s framework, dtype and device, sharded as ``like`` where JAX shards it.
+    The dtypes are known to match (same name) and their sizes to agree."""
+    if compat.is_torch_array(like):
+        torch = sys.modules["torch"]
+        flat = torch.from_numpy(data.reshape(-1).view(np.uint8))
+        return flat.view(like.dtype).reshape(data.shape).to(like.device)
+    if compat.is_jax_array(like):
+        jax = sys.modules["jax"]
+        return jax.device_put(data.view(np.dtype(like.dtype)), like.sharding)
+    if isinstance(like, (np.ndarray, np.generic)):
+        return data.view(np.dtype(like.dtype))
+    host = data.view(np.dtype(dtype_name(like.dtype)))
+    if compat.is_cupy_array(like):
+        with like.device:
+            return sys.modules["cupy"].asarray(host)
+    xp = compat.array_namespace(like)
+    return xp.asarray(host, device=compat.device(like))
+
+
+def host_dtype(like: Any) -> np.dtype[Any]:
+    """The numpy dtype holding ``like``'s values on the host (bfloat16 needs ml_dtypes, which
+    JAX brings; torch's bfloat16 travels as bytes instead, see ``like_array``)."""
+    dtype = like.dtype
+    if isinstance(dtype, np.dtype):
+        return dtype
+    return np.dtype(dtype_name(dtype))
+
+
+def torch_tensor(data: np.ndarray, code: str) -> Any:
+    """A CPU torch tensor of the file's own dtype from its bytes (for ``EMA.load_state_dict``,
+    which then checks that dtype against the shadow's)."""
+    torch = sys.modules["torch"]
+    dtype = getattr(torch, _safetensors.name_of(code))
+    return torch.from_numpy(data.reshape(-1).view(np.uint8)).view(dtype).reshape(data.shape)

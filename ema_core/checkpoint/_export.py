@@ -1,0 +1,175 @@
+"""``export``: an EMA's averages in the layouts other tools read, for users leaving or sharing.
+
+* ``"state_dict"``: ``{name: average}``, the model's own names, for ``model.load_state_dict``.
+* ``"timm"``: ``{"state_dict_ema": <that>}``, the entry timm's ``load_checkpoint(...,
+  use_ema=True)`` and ``CheckpointSaver`` use.
+* ``"diffusers"``: a folder as diffusers' ``EMAModel.save_pretrained`` writes it
+  (``diffusion_pytorch_model.safetensors`` + ``config.json``: the model's config, the
+  ``EMAModel`` hyperparameters and ``optimization_step``), which ``EMAModel.from_pretrained(path,
+  model_cls)`` resumes. Each file is written crash-safe (``ema_core._atomic``): an interrupted
+  export leaves each file old or new, the weights first, so a folder whose config.json says the
+  new step holds the new weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, overload
+
+import torch
+
+from ema_core import _safetensors, presets
+from ema_core._atomic import write_atomic
+from ema_core._config import config_text
+from ema_core.checkpoint._arrays import host_bytes, saveable
+from ema_core.checkpoint._peers import preset_of, same_trajectory
+from ema_core.checkpoint._peers_read import DIFFUSERS_ARGS
+from ema_core.torch import _dtensor
+from ema_core.torch._module import EMA
+
+__all__ = ["DIFFUSERS_CONFIG", "DIFFUSERS_WEIGHTS", "FORMATS", "export"]
+
+FORMATS = ("state_dict", "timm", "diffusers")
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_CONFIG = "config.json"
+
+
+@overload
+def export(ema: EMA, /, *, format: Literal["state_dict", "timm"]) -> dict[str, Any]: ...
+
+
+@overload
+def export(
+    ema: EMA,
+    /,
+    *,
+    format: Literal["diffusers"],
+    path: str | os.PathLike[str],
+    model_config: Mapping[str, Any],
+    args: Mapping[str, Any] | None = None,
+) -> Path: ...
+
+
+def export(
+    ema: EMA,
+    /,
+    *,
+    format: Literal["state_dict", "timm", "diffusers"],
+    path: str | os.PathLike[str] | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    args: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | Path:
+    """The EMA's averages in a peer tool's layout.
+
+    Args:
+        ema: an ``ema_core.torch.EMA`` (not sharded: export ``full_state_dict`` on one rank).
+        format: ``"state_dict"`` (name -> average, copies), ``"timm"`` (``{"state_dict_ema":
+            ...}``, merge it into your checkpoint dict) or ``"diffusers"`` (a folder).
+        path: ``"diffusers"`` only: the folder to write, e.g. ``output_dir / "unet_ema"``.
+        model_config: ``"diffusers"`` only: the model's config (``unet.config``), which
+            ``from_pretrained`` builds the model from; JSON-serializable values.
+        args: ``"diffusers"`` only: the ``presets.diffusers`` arguments the EMA was built with
+            (their defaults where None); written as ``EMAModel``'s hyperparameters.
+
+    Returns:
+        The dict, or (``"diffusers"``) the folder's path.
+
+    Raises:
+        TypeError: a wrong type; a ``model_config`` value JSON cannot write. ValueError: an
+            unknown format, a sharded EMA, a ``path`` / ``model_config`` / ``args`` missing or
+            given where unused, an EMA whose config is not ``presets.diffusers(**args)``.
+            Nothing is written then.
+
+    Example:
+        >>> import torch
+        >>> from ema_core.checkpoint._export import export
+        >>> from ema_core.torch import EMA
+        >>> ema = EMA(torch.nn.Linear(2, 1, bias=False), decay=0.9)
+        >>> sorted(export(ema, format="timm")["state_dict_ema"])
+        ['weight']
+    """
+    _check(ema, format, path, model_config, args)
+    averages = {n: a.detach().clone() for n, a in ema.average.items()}
+    if format == "state_dict":
+        return averages
+    if format == "timm":
+        return {"state_dict_ema": averages}
+    assert path is not None and model_config is not None  # checked by _check
+    return _write_diffusers(ema, averages, Path(path), model_config, args or {})
+
+
+def _check(ema: Any, format: Any, path: Any, model_config: Any, args: Any) -> None:
+    if not isinstance(ema, EMA):
+        raise TypeError(f"ema must be an ema_core.torch.EMA, got {type(ema).__name__}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    if any(_dtensor.is_dtensor(s) for s in ema.state_dict()["shadow"].values()):
+        raise ValueError(
+            "ema is sharded (FSDP2 DTensor shadows): gather it on purpose "
+            "(ema_core.torch.full_state_dict) and export an EMA of the full model"
+        )
+    given = {"path": path, "model_config": model_config, "args": args}
+    if format != "diffusers":
+        extra = [k for k, v in given.items() if v is not None]
+        if extra:
+            raise ValueError(f"{extra} are for format='diffusers', not format={format!r}")
+        return
+    if path is None or model_config is None:
+        raise ValueError("format='diffusers' needs path= (the folder) and model_config=")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    for name, value in (("model_config", model_config), ("args", args)):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
+
+
+def _write_diffusers(
+    ema: EMA,
+    averages: dict[str, torch.Tensor],
+    folder: Path,
+    model_config: Mapping[str, Any],
+    args: Mapping[str, Any],
+) -> Path:
+    """Check everything, then write the weights and config.json into ``folder``."""
+    text = _diffusers_config(ema, model_config, args)
+    specs, frameworks = [], []
+    for name, average in averages.items():
+        framework, code, shape = saveable(average, f"the average {name!r}")
+        specs.append((name, code, shape))
+        frameworks.append(framework)
+    data = (host_bytes(a, f) for a, f in zip(averages.values(), frameworks, strict=True))
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "pt"}  # what transformers / diffusers' safetensors readers look for
+    write_atomic(folder / DIFFUSERS_WEIGHTS, lambda f: _safetensors.write(f, specs, data, meta))
+    write_atomic(folder / DIFFUSERS_CONFIG, lambda f: _write_text(f, text))
+    return folder
+
+
+def _write_text(file: BinaryIO, text: str) -> None:
+    file.write(text.encode())
+
+
+def _diffusers_config(ema: EMA, model_config: Mapping[str, Any], args: Mapping[str, Any]) -> str:
+    """config.json: the model's config, then ``EMAModel.state_dict()`` less its shadows."""
+    expected = preset_of("diffusers", args)
+    if not same_trajectory(ema.config, expected):
+        raise ValueError(
+            f"format='diffusers' writes diffusers EMAModel hyperparameters, but ema was built "
+            f"with {config_text(ema.config)}, not presets.diffusers(**{dict(args)!r}) = "
+            f"{config_text(expected)}: pass args= the presets.diffusers arguments it was built "
+            "with, or export format='state_dict'"
+        )
+    defaults = inspect.signature(presets.diffusers).parameters
+    hyper = {k: args.get(k, defaults[k].default) for k in DIFFUSERS_ARGS}
+    # diffusers' EMAModel.load_state_dict wants min_decay a float and the others as typed
+    hyper["min_decay"] = float(hyper["min_decay"])
+    step = ema.step
+    config = {**model_config, **hyper, "optimization_step": int(step)}
+    try:
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"model_config holds a value JSON cannot write: {err}") from err

@@ -1,0 +1,140 @@
+"""What an ema-core checkpoint holds: tensor names, metadata keys, the format version.
+
+Tensors: ``"step"`` and ``"weight"`` (0-d, in the dtype they had), and one ``"shadow/<name>"``
+per shadow. A torch ``EMA`` shadow's name is its tensor name (``"shadow/0.weight"``); an
+``EMAState`` shadow's name joins the keys of its path in the nest with ``/`` (``{"a": [x]}``:
+``"shadow/a/0"``; a shadow that is a single array: ``"shadow"``), each key escaped as in a JSON
+pointer (``~`` as ``~0``, ``/`` as ``~1``) so that no two paths share a name; the same names as
+``ema_core.jax.state_dict``. An ``EMA`` and an ``EMAState`` whose shadow is a dict keyed by the
+EMA's tensor names therefore hold the same names, and load from each other's files.
+
+Metadata (all strings, in the safetensors ``__metadata__``): the keys of ``KEYS`` under the
+``"ema_core."`` prefix, and the user's own keys, which may not start with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ema_core._tree import Path, path_str
+
+__all__ = [
+    "FORMAT",
+    "KEYS",
+    "PREFIX",
+    "SHADOW",
+    "VERSION",
+    "check_version",
+    "dtype_name",
+    "escape",
+    "shadow_names",
+    "unescape",
+    "user_metadata",
+]
+
+#: The value of ``"ema_core.format"``: what marks a file as an ema-core checkpoint.
+FORMAT = "ema_core.checkpoint"
+#: The format version this library writes and the newest it reads.
+VERSION = 1
+PREFIX = "ema_core."
+SHADOW = "shadow"
+#: Our metadata keys (each stored as PREFIX + key): ``format``, ``format_version``,
+#: ``library_version``, ``source`` ("EMA" or "EMAState"), ``framework`` (of the arrays saved),
+#: ``dtypes`` (JSON: tensor name -> the saved array's dtype name) and, when known, ``config``
+#: (``ema_core._config.config_text``: the same text in every process).
+KEYS = ("format", "format_version", "library_version", "source", "framework", "dtypes", "config")
+
+
+def escape(key: str) -> str:
+    """One key of a path as it appears in a name: ``~`` -> ``~0``, ``/`` -> ``~1``."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def unescape(part: str) -> str:
+    """The inverse of ``escape``."""
+    return part.replace("~1", "/").replace("~0", "~")
+
+
+def shadow_names(paths: Sequence[Path], what: str) -> list[str]:
+    """The tensor names of the shadows at ``paths`` of the nest ``what``.
+
+    Raises:
+        ValueError: two paths would share a name (the int ``0`` and the str ``"0"`` as keys of
+            one dict).
+    """
+    names = ["/".join([SHADOW, *(escape(str(key)) for _, key in path)]) for path in paths]
+    if len(set(names)) < len(names):
+        seen: dict[str, Path] = {}
+        for name, path in zip(names, paths, strict=True):
+            if name in seen:
+                raise ValueError(
+                    f"{path_str(what, seen[name])} and {path_str(what, path)} would both be "
+                    f"saved as {name!r}; give every array of the nest a distinct key"
+                )
+            seen[name] = path
+    return names
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype's Array API name in any framework (``torch.bfloat16`` -> ``"bfloat16"``)."""
+    return str(dtype).rpartition(".")[2]
+
+
+def user_metadata(metadata: Any) -> dict[str, str]:
+    """``metadata`` checked: a mapping of str to str whose keys do not start with ``PREFIX``."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping of str to str, got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"metadata must map str to str, got {type(key).__name__} {key!r} -> "
+                f"{type(value).__name__} {value!r}"
+            )
+        if key.startswith(PREFIX):
+            raise ValueError(
+                f"metadata key {key!r} starts with {PREFIX!r}, which ema-core keeps for its own "
+                "keys; choose another key"
+            )
+    return dict(metadata)
+
+
+def ours(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Our keys of a file's metadata, without the prefix."""
+    return {k[len(PREFIX) :]: v for k, v in metadata.items() if k.startswith(PREFIX)}
+
+
+def check_version(path: str, metadata: Mapping[str, str]) -> dict[str, str]:
+    """Our metadata of the file at ``path``, after checking that it is an ema-core checkpoint
+    of a format version this library reads.
+
+    Raises:
+        ValueError: the format key is missing or different, or the version is not a whole
+            number from 1 to ``VERSION``.
+    """
+    found = ours(metadata)
+    if found.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not an ema-core checkpoint: its metadata has {PREFIX}format = "
+            f"{found.get('format')!r}, expected {FORMAT!r} (files written by "
+            "ema_core.checkpoint.save)"
+        )
+    text = found.get("format_version", "")
+    version = int(text) if text.isdigit() else 0
+    if version > VERSION:
+        raise ValueError(
+            f"{path} is an ema-core checkpoint of format version {version}; this ema-core reads "
+            f"versions up to {VERSION}: upgrade ema-core to load it"
+        )
+    if version < 1:
+        raise ValueError(
+            f"{path} has {PREFIX}format_version = {text!r}, not a version 1..{VERSION}"
+        )
+    return found
+
+
+def dtypes_text(names: Sequence[str], dtypes: Sequence[str]) -> str:
+    return json.dumps(dict(zip(names, dtypes, strict=True)), separators=(",", ":"))

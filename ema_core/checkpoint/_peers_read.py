@@ -1,0 +1,166 @@
+"""What each peer library writes for its EMA, read into one form: ``PeerState``.
+
+A reader checks the keys and types of one peer's state dict and returns the shadows (by name,
+or as a list in parameter order), the peer's update counter and the hyperparameters the state
+holds, under the names of that peer's preset. Nothing here writes to an EMA.
+
+| peer | shadows | counter | hyperparameters |
+|---|---|---|---|
+| torch_ema | ``shadow_params`` (list) | ``num_updates`` or None | ``decay``, ``use_num_updates`` |
+| diffusers | ``shadow_params`` (list) | ``optimization_step`` | ``decay`` ... ``power`` |
+| timm | the EMA module's tensors (``module.`` optional) | none: the caller's ``step`` | none |
+| ema_pytorch(_karras) | ``ema_model.*`` (not ``online_model.*``) | ``step``, ``initted`` | none |
+| swa_utils | ``module.*`` | ``n_averaged`` | none |
+| mmengine | ``module.*`` | ``steps`` | none |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ema_core.presets._args import check_count
+from ema_core.torch._names import strip
+
+#: diffusers ``EMAModel.state_dict()`` hyperparameters (the names of ``presets.diffusers``).
+DIFFUSERS_ARGS = ("decay", "min_decay", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """One peer state: shadows by name (module peers) or in parameter order (list peers), the
+    peer's count of updates (None where it keeps none) and the preset arguments it stores."""
+
+    shadows: dict[str, Any] | list[Any]
+    counter: int | None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def torch_ema(state: Mapping[str, Any]) -> PeerState:
+    """torch-ema's ``state_dict()``: decay, num_updates, shadow_params, collected_params."""
+    _require(state, "torch_ema", ("decay", "num_updates", "shadow_params"))
+    counter = state["num_updates"]
+    if counter is not None:
+        counter = check_count("state_dict['num_updates']", counter)
+    args = {"decay": state["decay"], "use_num_updates": counter is not None}
+    return PeerState(_tensor_list(state, "torch_ema"), counter, args)
+
+
+def diffusers(state: Mapping[str, Any]) -> PeerState:
+    """diffusers ``EMAModel.state_dict()``: hyperparameters, optimization_step, shadow_params."""
+    _require(state, "diffusers", ("optimization_step", "shadow_params"))
+    counter = check_count("state_dict['optimization_step']", state["optimization_step"])
+    args = {k: state[k] for k in DIFFUSERS_ARGS if k in state}
+    return PeerState(_tensor_list(state, "diffusers"), counter, args)
+
+
+def timm(state: Mapping[str, Any]) -> PeerState:
+    """timm ``ModelEmaV3``: its module's state dict (``state_dict_ema`` of timm's checkpoints),
+    or the ``ModelEmaV3``'s own (names under ``module.``). timm stores no counter."""
+    if "state_dict_ema" in state:
+        raise ValueError(
+            "state_dict is a whole timm checkpoint (it has 'state_dict_ema'): pass "
+            "checkpoint['state_dict_ema'], the EMA module's state dict"
+        )
+    return PeerState(_module_tensors(state, "timm", "", ()), None)
+
+
+def ema_pytorch(state: Mapping[str, Any]) -> PeerState:
+    """ema-pytorch ``EMA`` / ``KarrasEMA``: ``ema_model.*``, ``step``, ``initted`` (and, for
+    ``EMA``, the online model under ``online_model.*``, which is not the average)."""
+    _require(state, "ema_pytorch", ("step", "initted"))
+    counter = _counter(state, "step")
+    initted = state["initted"]
+    if not (
+        isinstance(initted, torch.Tensor) and initted.ndim == 0 and initted.dtype == torch.bool
+    ):
+        raise TypeError(f"state_dict['initted'] must be a 0-d bool tensor, got {initted!r:.80}")
+    if bool(initted) != (counter > 0):
+        raise ValueError(
+            f"state_dict['initted'] is {bool(initted)} at step {counter}: ema-pytorch copies the "
+            "model on its first update, so initted is True exactly when step > 0"
+        )
+    shadows = _module_tensors(state, "ema_pytorch", "ema_model.", ("step", "initted"))
+    return PeerState(shadows, counter)
+
+
+def swa_utils(state: Mapping[str, Any]) -> PeerState:
+    """torch ``AveragedModel``: ``module.*`` and ``n_averaged``."""
+    _require(state, "swa_utils", ("n_averaged",))
+    shadows = _module_tensors(state, "swa_utils", "module.", ("n_averaged",))
+    return PeerState(shadows, _counter(state, "n_averaged"))
+
+
+def mmengine(state: Mapping[str, Any]) -> PeerState:
+    """mmengine ``ExponentialMovingAverage`` / ``MomentumAnnealingEMA``: ``module.*``, ``steps``."""
+    _require(state, "mmengine", ("steps",))
+    shadows = _module_tensors(state, "mmengine", "module.", ("steps",))
+    return PeerState(shadows, _counter(state, "steps"))
+
+
+READERS: dict[str, Callable[[Mapping[str, Any]], PeerState]] = {
+    "torch_ema": torch_ema,
+    "timm": timm,
+    "ema_pytorch": ema_pytorch,
+    "ema_pytorch_karras": ema_pytorch,
+    "diffusers": diffusers,
+    "swa_utils": swa_utils,
+    "mmengine": mmengine,
+}
+
+
+def _require(state: Mapping[str, Any], peer: str, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(
+            f"state_dict is missing {missing} for peer={peer!r} (it has {list(state)[:8]})"
+        )
+
+
+def _counter(state: Mapping[str, Any], key: str) -> int:
+    """A counter stored as a 0-d integer tensor (or a Python int), as a Python int >= 0."""
+    value = state[key]
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise TypeError(
+                f"state_dict[{key!r}] must be a 0-d integer tensor, got shape "
+                f"{tuple(value.shape)} dtype {value.dtype}"
+            )
+        value = int(value.item())
+    return check_count(f"state_dict[{key!r}]", value)
+
+
+def _tensor_list(state: Mapping[str, Any], peer: str) -> list[Any]:
+    shadows = state["shadow_params"]
+    if not isinstance(shadows, (list, tuple)):
+        raise TypeError(
+            f"state_dict['shadow_params'] of {peer} must be a list of tensors, got "
+            f"{type(shadows).__name__}"
+        )
+    return list(shadows)
+
+
+def _module_tensors(
+    state: Mapping[str, Any], peer: str, prefix: str, counters: tuple[str, ...]
+) -> dict[str, Any]:
+    """The averaged module's entries by ema-core name: ``prefix`` removed, then the wrapper
+    prefixes ema-core removes from a model's names (``module.``, ``_orig_mod.``)."""
+    found: dict[str, Any] = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state_dict keys must be str, got {type(key).__name__} {key!r:.80}")
+        if key in counters or (peer == "ema_pytorch" and key.startswith("online_model.")):
+            continue
+        if not key.startswith(prefix):
+            raise ValueError(
+                f"state_dict[{key!r}] is not an entry {peer} writes for its average "
+                f"(expected {prefix or 'module names'}*{''.join(', ' + c for c in counters)})"
+            )
+        name = strip(key.removeprefix(prefix))
+        if name in found:
+            raise ValueError(f"state_dict has two entries named {name!r} after removing prefixes")
+        found[name] = value
+    return found

@@ -1,0 +1,174 @@
+"""``save``: an EMA or an ``EMAState`` as one safetensors file, written crash-safe."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ema_core import __version__, _safetensors
+from ema_core._atomic import write_atomic
+from ema_core._config import Config, config_text, stable_text
+from ema_core._tree import flatten
+from ema_core._types import EMAState
+from ema_core.checkpoint import _format
+from ema_core.checkpoint._arrays import host_bytes, saveable
+from ema_core.checkpoint._format import PREFIX, SHADOW, escape
+
+__all__ = ["Contents", "contents", "save", "torch_ema_state"]
+
+TORCH_FORMAT = "ema_core.torch.EMA"  # ema_core.torch._state.FORMAT: its state_dict's format
+
+
+class Contents(NamedTuple):
+    """What a checkpoint will hold: tensor names and arrays (file order), the config text (or
+    None) and the source (``"EMA"`` or ``"EMAState"``)."""
+
+    names: list[str]
+    arrays: list[Any]
+    config: str | None
+    source: str
+
+
+def save(
+    path: str | os.PathLike[str],
+    ema_or_state: Any,
+    config: Config | None = None,
+    /,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save an EMA as one safetensors file that any framework loads, crash-safe.
+
+    The file holds every shadow under its name (``"shadow/<name>"``: a torch ``EMA``'s tensor
+    names; an ``EMAState``'s paths, ``/``-joined and escaped), the ``step`` and the
+    bias-correction ``weight`` as 0-d tensors in their own dtypes, and string metadata: the
+    format and its version, the config (as text), the library version, the source framework,
+    the dtypes and ``metadata``. Every dtype is kept (bfloat16 stays bfloat16). Nothing is
+    pickled. The file is written beside ``path``, fsynced and renamed onto it: a save killed at
+    any moment leaves the old file or the new one, never a torn one.
+
+    Args:
+        path: the file to write (replaced if it exists).
+        ema_or_state: an ``ema_core.torch.EMA`` (its config is saved with it), its
+            ``state_dict()`` or ``ema_core.torch.full_state_dict(ema)``, or an ``EMAState`` of
+            numpy, torch, JAX (fully addressable; sharded arrays are gathered on this host),
+            CuPy or array-api-strict arrays.
+        config: the ``Config`` of an ``EMAState``, saved as text and checked by ``load`` when
+            it is given a config; ``None`` for an ``EMA``, which saves its own.
+        metadata: your own strings (str -> str), stored beside ours; keys must not start with
+            ``"ema_core."``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: ``ema_or_state``, ``config`` or ``metadata`` of the wrong type; an array of
+            no known framework or of a dtype the format cannot hold (complex).
+        ValueError: an FSDP2 (DTensor) or multi-process JAX state, which ``save`` does not
+            gather silently (use torch.distributed.checkpoint / orbax, or gather explicitly);
+            a ``config`` given with an ``EMA``; a reserved metadata key; two shadows that
+            would share a name.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np, ema_core as ema
+        >>> from ema_core.checkpoint import load, save
+        >>> state = ema.init({"w": np.ones(2, dtype=np.float32)})
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = save(pathlib.Path(d) / "ema.safetensors", state)
+        ...     load(path, ema.init({"w": np.zeros(2, dtype=np.float32)})).shadow["w"]
+        array([1., 1.], dtype=float32)
+    """
+    user = _format.user_metadata(metadata)
+    found = contents(ema_or_state, config)
+    specs, frameworks = [], []
+    for name, array in zip(found.names, found.arrays, strict=True):
+        framework, code, shape = saveable(array, f"ema_or_state {name!r}")
+        specs.append((name, code, shape))
+        frameworks.append(framework)
+    meta = {**user, **_ours(found, specs, frameworks)}
+    data = (host_bytes(a, f) for a, f in zip(found.arrays, frameworks, strict=True))
+    return write_atomic(path, lambda file: _safetensors.write(file, specs, data, meta))
+
+
+def contents(ema_or_state: Any, config: Config | None) -> Contents:
+    """The tensors and config text of an ``EMA``, an EMA state dict or an ``EMAState``.
+
+    Raises:
+        TypeError: anything else, or a ``config`` that is not a ``Config``.
+        ValueError: a ``config`` given with an ``EMA`` or its state dict.
+    """
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config must be an ema_core.Config or None, got {type(config).__name__}")
+    if isinstance(ema_or_state, EMAState):
+        return _state_contents(ema_or_state, config)
+    state = torch_ema_state(ema_or_state)
+    if state is None:
+        raise TypeError(
+            "ema_or_state must be an ema_core.torch.EMA, its state_dict() or an ema_core.EMAState, "
+            f"got {type(ema_or_state).__name__}"
+        )
+    if config is not None:
+        raise ValueError(
+            "config must be None when saving an EMA or its state dict: the EMA's own config is "
+            f"saved, got {config!r}"
+        )
+    shadows = state["shadow"]
+    names = [f"{SHADOW}/{escape(name)}" for name in shadows]
+    arrays = [*shadows.values(), state["step"], state["weight"]]
+    return Contents([*names, "step", "weight"], arrays, stable_text(state["config"]), "EMA")
+
+
+def torch_ema_state(value: Any) -> dict[str, Any] | None:
+    """The ``state_dict()`` of a torch ``EMA``, ``value`` itself when it is one (checked), or
+    None when ``value`` is neither. Only ``sys.modules`` is read: an ``EMA`` exists only once
+    ``ema_core.torch`` is imported."""
+    module = sys.modules.get("ema_core.torch._module")
+    if module is not None and isinstance(value, module.EMA):
+        return value.state_dict()  # type: ignore[no-any-return]
+    if not (isinstance(value, Mapping) and value.get("format") == TORCH_FORMAT):
+        return None
+    check = sys.modules["ema_core.torch._state"].check  # such a dict is made by an EMA
+    check(value, [], [], "", False)  # the header, counter, weight, and a dict of shadows
+    shadows = value["shadow"]
+    check(value, list(shadows), list(shadows.values()), "", False)  # each shadow tensor
+    return dict(value)
+
+
+def _state_contents(state: EMAState, config: Config | None) -> Contents:
+    leaves, paths, _ = flatten(state.shadow, "ema_or_state.shadow")
+    names = _format.shadow_names(paths, "ema_or_state.shadow")
+    scalars = [_scalar(state.step, "step", np.int64), _scalar(state.weight, "weight", np.float64)]
+    text = None if config is None else config_text(config)
+    return Contents([*names, "step", "weight"], [*leaves, *scalars], text, "EMAState")
+
+
+def _scalar(value: Any, what: str, python_dtype: type[Any]) -> Any:
+    """A 0-d array of ``value`` (a Python number becomes a numpy one of ``python_dtype``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = np.asarray(value, dtype=python_dtype)
+    if getattr(value, "shape", None) != ():
+        raise ValueError(
+            f"ema_or_state.{what} must be a 0-d array or a Python number, got "
+            f"{type(value).__name__} of shape {getattr(value, 'shape', None)}"
+        )
+    return value
+
+
+def _ours(found: Contents, specs: list[Any], frameworks: list[str]) -> dict[str, str]:
+    dtypes = [_safetensors.name_of(code) for _, code, _ in specs]
+    meta = {
+        "format": _format.FORMAT,
+        "format_version": str(_format.VERSION),
+        "library_version": __version__,
+        "source": found.source,
+        "framework": ",".join(sorted(set(frameworks[:-2]) or set(frameworks))),  # the shadows'
+        "dtypes": _format.dtypes_text(found.names, dtypes),
+    }
+    if found.config is not None:
+        meta["config"] = found.config
+    return {PREFIX + key: value for key, value in meta.items()}

@@ -1,0 +1,230 @@
+"""EDM2's post-hoc coefficients (Algorithm 3): validate, solve in float64, normalise.
+
+A target profile is approximated by ``sum_i x_i p_i`` over the snapshots, closest in L2:
+``A x = b``, A the snapshots' Gram matrix, b their inner products with the target (``_math``).
+The solve is ``numpy.linalg.solve``, as in EDM2: A is symmetric positive definite once duplicates
+are refused, and against a 50-digit mpmath solve it is as accurate as ``lstsq`` or better (x
+within 2e-9 relative at cond(A) = 2e9).
+
+The diagnostics, the limits and ``PostHocWarning`` are in ``_warning``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ema_core.posthoc._math import FloatArray, check_real, check_sigma_rel, gamma_of, inner
+from ema_core.posthoc._warning import amplification_limit, warn_if_inaccurate
+
+__all__ = ["Solution", "coefficient_matrix", "coefficients", "solve", "solve_quietly"]
+
+_EPS = float(np.finfo(np.float64).eps)
+
+
+class Solution(NamedTuple):
+    """Coefficients of several targets at one time, with the diagnostics of the solve.
+
+    ``coefficients``: shape (targets, snapshots), float64, input order, 0 for snapshots after
+    the target time; each row sums to 1. ``condition``: the 2-norm condition number of the
+    Gram matrix of the kept snapshots. ``amplification``: ``sum |x|`` per target.
+    """
+
+    coefficients: FloatArray
+    condition: float
+    amplification: FloatArray
+
+
+def _vector(name: str, values: Any) -> FloatArray:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
+    array = np.asarray(values)
+    if array.dtype == np.bool_ or any(isinstance(v, (bool, np.bool_)) for v in values):
+        raise TypeError(f"{name} must hold numbers, not bools, got {values!r}")
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-d sequence, got shape {array.shape}")
+    bad = np.flatnonzero(~np.isfinite(array.astype(np.float64)))
+    if bad.size:
+        raise ValueError(f"{name}[{bad[0]}] must be finite, got {array[bad[0]]!r}")
+    return array.astype(np.float64)
+
+
+def _text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _check_times(times: FloatArray, sigmas: FloatArray, target_time: float) -> None:
+    """Positive times, no duplicate (time, sigma_rel) pair, and target_time one of the times."""
+    if times.size != sigmas.size:
+        raise ValueError(
+            f"times and sigma_rels must have the same length, got {times.size} and {sigmas.size}"
+        )
+    if np.any(times <= 0.0):
+        i = int(np.flatnonzero(times <= 0.0)[0])
+        raise ValueError(f"times[{i}] must be > 0 (a step), got {_text(times[i])}")
+    pairs: dict[tuple[float, float], int] = {}
+    for i, pair in enumerate(zip(times.tolist(), sigmas.tolist(), strict=True)):
+        if pair in pairs:
+            raise ValueError(
+                f"snapshots {pairs[pair]} and {i} are both (time {_text(pair[0])}, sigma_rel "
+                f"{pair[1]!r}): duplicates make the Gram matrix singular; drop one"
+            )
+        pairs[pair] = i
+    if target_time not in times:
+        below, above = times[times < target_time], times[times > target_time]
+        low = _text(below.max()) if below.size else "none"
+        high = _text(above.min()) if above.size else "none"
+        tail = "" if above.size else "; the weights after the last snapshot are unknown"
+        raise ValueError(
+            f"target_time must be a snapshot time, got {_text(target_time)}; the nearest "
+            f"snapshot times are {low} (below) and {high} (above){tail}"
+        )
+
+
+def solve(
+    times: Sequence[float],
+    sigma_rels: Sequence[float],
+    target_time: float,
+    target_sigma_rels: Sequence[float],
+    *,
+    storage: str = "float32",
+) -> Solution:
+    """The coefficients of several targets at ``target_time``, with cond(A) and ``sum |x|``.
+
+    Keeps the snapshots with ``t_i <= target_time``, solves ``A x = b`` in float64 (A their Gram
+    matrix, b their inner products with each target), normalises each x to sum 1 and gives the
+    other snapshots 0. Warns (``PostHocWarning``) when ``sum |x| > amplification_limit(storage)``
+    or ``cond(A) > CONDITION_LIMIT`` (module docstring).
+
+    Args:
+        times: snapshot times (steps) > 0. sigma_rels: their sigma_rels, same length.
+        target_time: one of ``times``. target_sigma_rels: the targets, each in (0, 12**-0.5).
+        storage: the snapshots' storage dtype (float64, float32, float16 or bfloat16), whose
+            rounding the coefficients amplify: it sets the warning's limit.
+
+    Returns:
+        ``Solution(coefficients (targets, snapshots), condition, amplification (targets,))``.
+
+    Raises:
+        TypeError: a non-number (or bool) argument.
+        ValueError: empty or mismatched lengths, non-finite or out-of-domain values, duplicate
+            (time, sigma_rel) pairs, a target_time that is not a snapshot time, a Gram matrix
+            singular to float64 precision (two snapshots with the same profile), an unknown
+            storage.
+
+    Example:
+        >>> solution = solve([100, 100, 200, 200], [0.05, 0.1, 0.05, 0.1], 100, [0.1, 0.07])
+        >>> (solution.coefficients.round(3) + 0.0).tolist()
+        [[0.0, 1.0, 0.0, 0.0], [0.438, 0.562, 0.0, 0.0]]
+    """
+    limit = amplification_limit(storage)
+    solution = solve_quietly(times, sigma_rels, target_time, target_sigma_rels)
+    warn_if_inaccurate(
+        solution.amplification, solution.condition, target_sigma_rels, limit, storage
+    )
+    return solution
+
+
+def solve_quietly(
+    times: Sequence[float],
+    sigma_rels: Sequence[float],
+    target_time: float,
+    target_sigma_rels: Sequence[float],
+) -> Solution:
+    """``solve`` without the warning: for callers that warn themselves (``warn_if_inaccurate``)."""
+    t, s = _vector("times", times), _vector("sigma_rels", sigma_rels)
+    for i, sigma in enumerate(s.tolist()):
+        check_sigma_rel(sigma, f"sigma_rels[{i}]")
+    t_out = check_real("target_time", target_time)
+    targets = _vector("target_sigma_rels", target_sigma_rels)
+    gammas_out = [
+        gamma_of(check_sigma_rel(v, f"target_sigma_rels[{j}]"))
+        for j, v in enumerate(targets.tolist())
+    ]
+    _check_times(t, s, t_out)
+    kept = np.flatnonzero(t <= t_out)
+    t_k = t[kept][:, None]
+    g_k = np.array([gamma_of(v) for v in s[kept].tolist()])[:, None]
+    gram = inner(t_k, g_k, t_k.T, g_k.T)
+    rhs = inner(t_k, g_k, t_out, np.array(gammas_out)[None, :])
+    x, cond = _solve_normalised(gram, rhs, t[kept], s[kept])
+    out = np.zeros((targets.size, t.size))
+    out[:, kept] = x.T
+    return Solution(out, cond, np.abs(out).sum(axis=1))
+
+
+def _solve_normalised(
+    gram: FloatArray, rhs: FloatArray, times: FloatArray, sigmas: FloatArray
+) -> tuple[Any, float]:
+    """``A x = b`` by LU (EDM2's choice: A is symmetric positive definite), each column of x
+    scaled to sum 1, and cond(A). A singular to float64 precision (cond >= 1/eps) is refused."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = float(np.linalg.cond(gram))
+    try:
+        x = np.linalg.solve(gram, rhs) if cond < 1.0 / _EPS else None
+    except np.linalg.LinAlgError:
+        x = None
+    if x is None:
+        norm = np.sqrt(np.diag(gram))
+        overlap = gram / np.outer(norm, norm) - np.eye(len(norm))  # cosines, 0 on the diagonal
+        i, j = np.unravel_index(int(np.argmax(overlap)), overlap.shape)
+        first, second = (
+            f"(time {_text(times[k])}, sigma_rel {float(sigmas[k])!r})" for k in (i, j)
+        )
+        raise ValueError(
+            f"the snapshots' Gram matrix is singular to float64 precision (cond {cond:.3g}): "
+            f"{first} and {second} have the same profile; drop one"
+        )
+    return x / np.sum(x, axis=0), cond
+
+
+def coefficient_matrix(
+    times: Sequence[float],
+    sigma_rels: Sequence[float],
+    target_time: float,
+    target_sigma_rels: Sequence[float],
+    *,
+    storage: str = "float32",
+) -> FloatArray:
+    """``solve(...).coefficients``: shape (len(target_sigma_rels), len(times)), rows sum to 1.
+
+    Example:
+        >>> matrix = coefficient_matrix([10, 10, 20, 20], [0.05, 0.1] * 2, 20, [0.05, 0.07, 0.2])
+        >>> matrix.shape, matrix.sum(axis=1).round(12).tolist()
+        ((3, 4), [1.0, 1.0, 1.0])
+    """
+    limit = amplification_limit(storage)
+    solution = solve_quietly(times, sigma_rels, target_time, target_sigma_rels)
+    warn_if_inaccurate(
+        solution.amplification, solution.condition, target_sigma_rels, limit, storage
+    )
+    return solution.coefficients
+
+
+def coefficients(
+    times: Sequence[float],
+    sigma_rels: Sequence[float],
+    target_time: float,
+    target_sigma_rel: float,
+    *,
+    storage: str = "float32",
+) -> FloatArray:
+    """EDM2's coefficients of one target ``(target_time, target_sigma_rel)`` (see ``solve``).
+
+    Returns one float64 per snapshot, in input order, summing to 1, 0 after ``target_time``.
+
+    Example:
+        >>> x = coefficients([100, 100, 200, 200], [0.05, 0.1, 0.05, 0.1], 200, 0.1)
+        >>> (x.round(6) + 0.0).tolist()
+        [0.0, 0.0, 0.0, 1.0]
+    """
+    targets = [check_sigma_rel(target_sigma_rel, "target_sigma_rel")]
+    limit = amplification_limit(storage)
+    solution = solve_quietly(times, sigma_rels, target_time, targets)
+    warn_if_inaccurate(solution.amplification, solution.condition, targets, limit, storage)
+    row: FloatArray = solution.coefficients[0]
+    return row

@@ -1,0 +1,134 @@
+"""Arrays in and out of the frameworks: names for a nest's leaves, host copies, and back.
+
+A leaf's name joins its path's keys with ``/``, each key escaped as in a JSON pointer (``~`` as
+``~0``, ``/`` as ``~1``), as ``ema_core.jax.state_dict`` names them: ``{"a/b": x}`` is
+``a~1b`` and ``{"a": {"b": x}}`` is ``a/b``. Keys that still print alike (the int ``0`` and the
+string ``"0"`` in one dict) are refused. Only ``sys.modules`` is read to recognise a framework.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat as compat
+import numpy as np
+
+from ema_core._ops import is_host_array
+from ema_core._tree import Path, TreeDef, flatten, path_str, unflatten
+
+__all__ = ["framework_of", "from_host", "named_leaves", "rebuild", "to_host"]
+
+
+def named_leaves(tree: Any, what: str) -> tuple[list[str], list[Any], TreeDef]:
+    """The names, leaves and tree definition of a nest (``what`` names it in errors)."""
+    leaves, paths, treedef = flatten(tree, what)
+    if treedef.kind == "leaf":
+        raise TypeError(
+            f"{what} must be a mapping or a nest of arrays, got one {type(tree).__name__}"
+        )
+    if not leaves:
+        raise ValueError(f"{what} holds no arrays")
+    names = ["/".join(_escape(str(key)) for _, key in path) for path in paths]
+    _check_distinct(names, paths, what)
+    return names, leaves, treedef
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _check_distinct(names: list[str], paths: Sequence[Path], what: str) -> None:
+    if len(set(names)) == len(names):
+        return
+    seen: dict[str, Path] = {}
+    for name, path in zip(names, paths, strict=True):
+        if name in seen:
+            raise ValueError(
+                f"{path_str(what, seen[name])} and {path_str(what, path)} would both be named "
+                f"{name!r}; give every array a distinct key"
+            )
+        seen[name] = path
+
+
+def framework_of(leaf: Any, where: str) -> str:
+    """The framework of one leaf: numpy, torch, jax, cupy or array_api_strict."""
+    for framework, test in _FRAMEWORKS:
+        if test(leaf):
+            return framework
+    if is_host_array(leaf):
+        return type(leaf).__module__.partition(".")[0]
+    raise TypeError(f"{where} is a {type(leaf).__name__}, not an array of a known framework")
+
+
+_FRAMEWORKS = (
+    ("numpy", compat.is_numpy_array),
+    ("torch", compat.is_torch_array),
+    ("jax", compat.is_jax_array),
+    ("cupy", compat.is_cupy_array),
+)
+
+
+def to_host(leaf: Any) -> np.ndarray:
+    """A numpy copy or view of one leaf (known to ``framework_of``); bfloat16 comes back as
+    float32 (exact); torch and CuPy arrays move to the host, JAX arrays through
+    ``jax.device_get``."""
+    if compat.is_numpy_array(leaf):
+        host = np.asarray(leaf)
+    elif compat.is_torch_array(leaf):
+        host = _torch_to_host(leaf)
+    elif compat.is_jax_array(leaf):
+        host = np.asarray(sys.modules["jax"].device_get(leaf))
+    elif compat.is_cupy_array(leaf):
+        host = leaf.get()
+    else:
+        host = np.from_dlpack(leaf)
+    return host.astype(np.float32) if host.dtype.name == "bfloat16" else host
+
+
+def _torch_to_host(leaf: Any) -> np.ndarray:
+    torch = sys.modules["torch"]
+    tensor = leaf.detach().resolve_conj().resolve_neg().to("cpu")
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.numpy()  # type: ignore[no-any-return]
+
+
+def from_host(array: np.ndarray, like: Any) -> Any:
+    """``array`` as an array of ``like``'s framework, device and dtype."""
+    if compat.is_numpy_array(like):
+        return array.astype(like.dtype)
+    if compat.is_torch_array(like):
+        torch = sys.modules["torch"]
+        return torch.from_numpy(array).to(device=like.device, dtype=like.dtype)
+    if compat.is_jax_array(like):
+        jax = sys.modules["jax"]
+        return jax.device_put(array.astype(like.dtype), like.sharding)
+    if compat.is_cupy_array(like):
+        cupy = sys.modules["cupy"]
+        with like.device:
+            return cupy.asarray(array, dtype=like.dtype)
+    xp = compat.array_namespace(like)
+    return xp.asarray(array, dtype=like.dtype, device=compat.device(like))
+
+
+def rebuild(arrays: dict[str, np.ndarray], like: Any, shapes_from: str) -> Any:
+    """A nest shaped like ``like`` holding ``arrays`` (matched by name) in ``like``'s leaves'
+    framework, device and dtype."""
+    names, leaves, treedef = named_leaves(like, "like")
+    missing = [n for n in names if n not in arrays]
+    extra = sorted(set(arrays) - set(names))
+    if missing or extra:
+        raise ValueError(
+            f"like does not match the arrays of {shapes_from}: like has {missing[:5]} that the "
+            f"snapshots do not, the snapshots have {extra[:5]} that like does not"
+        )
+    out = []
+    for name, leaf in zip(names, leaves, strict=True):
+        if tuple(leaf.shape) != arrays[name].shape:
+            raise ValueError(
+                f"like[{name!r}] has shape {tuple(leaf.shape)}, the snapshots {arrays[name].shape}"
+            )
+        out.append(from_host(arrays[name], leaf))
+    return unflatten(treedef, out)

@@ -1,0 +1,176 @@
+"""Reconstruct post-hoc EMAs from snapshots, streaming: one tensor of one snapshot at a time.
+
+The coefficients of every target come from ``_coefficients`` in float64 (one solve over the
+snapshots at or before ``at``, one right-hand side per target); each snapshot is then read once,
+tensor by tensor (bfloat16 widened to float32, exactly), and added with its coefficient into one
+accumulator per target and array. Snapshots after ``at`` and
+snapshots whose coefficients are all 0 are not opened. Integer and bool arrays are not averaged:
+they come from a snapshot at ``at``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ema_core._safetensors import Reader, bf16_to_float32
+from ema_core.posthoc._coefficients import Solution, solve_quietly
+from ema_core.posthoc._leaves import rebuild
+from ema_core.posthoc._math import check_sigma_rel
+from ema_core.posthoc._snapshots import SnapshotInfo, list_snapshots
+from ema_core.posthoc._warning import UNIT_ROUNDOFF, amplification_limit, warn_if_inaccurate
+
+__all__ = ["Progress", "plan", "reconstruct"]
+
+#: Called after each snapshot read: ``(done, total, info)``.
+Progress = Callable[[int, int, SnapshotInfo], None]
+_ACCUMULATORS: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float64": np.float64}
+
+
+def plan(
+    directory: str | os.PathLike[str], sigma_rels: Sequence[float], at: int | None
+) -> tuple[list[SnapshotInfo], Solution, int]:
+    """The snapshots up to ``at``, their ``Solution`` for the targets (not warned about) and
+    ``at`` itself."""
+    sigma_rels = [check_sigma_rel(s) for s in sigma_rels]
+    infos = list_snapshots(directory)
+    if not infos:
+        raise ValueError(f"directory {os.fspath(directory)!r} holds no snapshots")
+    steps = sorted({info.step for info in infos})
+    if at is None:
+        at = steps[-1]
+    elif isinstance(at, bool) or not isinstance(at, int):
+        raise TypeError(f"at must be an int step or None, got {type(at).__name__}")
+    elif at not in steps:
+        below = [s for s in steps if s < at][-1:]
+        above = [s for s in steps if s > at][:1]
+        raise ValueError(
+            f"at={at} is not a snapshot step (the EMA after the last snapshot is unknown); the "
+            f"nearest snapshot steps are {below + above}"
+        )
+    kept = [info for info in infos if info.step <= at]
+    solution = solve_quietly(
+        [info.step for info in kept], [info.sigma_rel for info in kept], at, list(sigma_rels)
+    )
+    return kept, solution, at
+
+
+def storage_of(infos: Sequence[SnapshotInfo]) -> str:
+    """The storage dtype with the largest rounding among the snapshots (float32 if none holds
+    float arrays): it sets the amplification limit of the warning."""
+    stored = [info.storage for info in infos if info.storage is not None]
+    return max(stored, key=UNIT_ROUNDOFF.__getitem__, default="float32")
+
+
+def reconstruct(
+    directory: str | os.PathLike[str],
+    sigma_rel: float | Sequence[float],
+    /,
+    *,
+    at: int | None = None,
+    dtype: str = "float32",
+    like: Any = None,
+    progress: Progress | None = None,
+) -> Any:
+    """The EMA of relative standard deviation ``sigma_rel`` at step ``at``, from snapshots.
+
+    ``ema = sum_i c_i * snapshot_i`` over the snapshots with step <= ``at``, where ``c`` solves
+    EDM2's least-squares problem (``solve``) in float64 and sums to 1. Warns
+    (``PostHocWarning``) as ``solve`` does, with the limit of the snapshots' storage dtype
+    (the coarsest one if they differ): ``sum |c|`` above 100 for float32 / float64 snapshots,
+    45.3 for float16, 16 for bfloat16 (``amplification_limit``).
+
+    Args:
+        directory: the snapshots' directory (``save_snapshot``).
+        sigma_rel: one target in (0, 12**-0.5), or a sequence of them, reconstructed in one
+            pass over the files.
+        at: a snapshot step; ``None`` is the last one.
+        dtype: the accumulators' and results' dtype, ``"float32"`` or ``"float64"``.
+        like: a nest (a ``state_dict``, a pytree) whose names match the snapshots' arrays: the
+            result is then such a nest, each array in ``like``'s framework, device and dtype.
+        progress: called after each snapshot read with ``(done, total, info)``.
+
+    Returns:
+        For one ``sigma_rel``: ``{name: numpy array}`` (or a nest like ``like``). For a
+        sequence: ``{sigma_rel: that}``, in the sequence's order.
+
+    Raises:
+        ValueError: no snapshots, ``at`` not a snapshot step (the nearest ones are named), a
+            ``sigma_rel`` out of range, or ``like`` not matching the snapshots.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from ema_core.posthoc import reconstruct, save_snapshot
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for step in (100, 200):
+        ...         for s in (0.05, 0.10):
+        ...             _ = save_snapshot(d, {"w": np.full(2, s)}, step=step, sigma_rel=s)
+        ...     ema = reconstruct(d, 0.10)["w"]
+        ...     both = reconstruct(d, [0.05, 0.10], at=100)
+        >>> print(ema.dtype, ema.astype(float).round(6), both[0.05]["w"].astype(float).round(6))
+        float32 [0.1 0.1] [0.05 0.05]
+    """
+    several = not isinstance(sigma_rel, (int, float, np.floating))
+    targets = [check_sigma_rel(s) for s in sigma_rel] if several else [check_sigma_rel(sigma_rel)]  # type: ignore[union-attr]
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f"sigma_rel must hold distinct values, got {sigma_rel!r}")
+    if dtype not in _ACCUMULATORS:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    infos, solution, at = plan(directory, targets, at)
+    storage = storage_of(infos)
+    limit = amplification_limit(storage)
+    warn_if_inaccurate(solution.amplification, solution.condition, targets, limit, storage)
+    sums = _accumulate(infos, solution.coefficients, at, _ACCUMULATORS[dtype], progress)
+    where = f"the snapshots in {os.fspath(directory)!r}"
+    results = [s if like is None else rebuild(s, like, where) for s in sums]
+    return dict(zip(targets, results, strict=True)) if several else results[0]
+
+
+def _accumulate(
+    infos: list[SnapshotInfo],
+    matrix: np.ndarray,
+    at: int,
+    dtype: type[np.floating[Any]],
+    progress: Progress | None,
+) -> list[dict[str, np.ndarray]]:
+    read = [i for i, info in enumerate(infos) if info.step == at or np.any(matrix[:, i] != 0)]
+    sums: list[dict[str, np.ndarray]] = [{} for _ in range(matrix.shape[0])]
+    for done, i in enumerate(read, 1):
+        with Reader(infos[i].path) as reader:
+            for name in infos[i].names:
+                _add(sums, name, _read(reader, name), matrix[:, i], dtype, infos[i].step == at)
+        if progress is not None:
+            progress(done, len(read), infos[i])
+    return sums
+
+
+def _read(reader: Reader, name: str) -> np.ndarray:
+    """One tensor as numpy, bfloat16 widened to float32 (exactly)."""
+    value = reader.read(name)
+    return bf16_to_float32(value) if reader.entries[name].code == "BF16" else value
+
+
+def _add(
+    sums: list[dict[str, np.ndarray]],
+    name: str,
+    value: np.ndarray,
+    weights: np.ndarray,
+    dtype: type[np.floating[Any]],
+    at_target: bool,
+) -> None:
+    """Add one tensor of one snapshot into every target's accumulator (floats), or keep it
+    (integers and bools, from a snapshot at the target step)."""
+    if value.dtype.kind not in "f":
+        if at_target and name not in sums[0]:
+            for target in sums:
+                target[name] = value.copy()
+        return
+    value = value.astype(dtype, copy=False)
+    for target, weight in zip(sums, weights, strict=True):
+        if name not in target:
+            target[name] = np.zeros(value.shape, dtype)
+        if weight != 0:
+            target[name] += dtype(weight) * value

@@ -1,0 +1,84 @@
+"""ema_core._atomic: a file is its old self or the whole new one; no temporary file is left."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ema_core import _atomic
+from ema_core._atomic import atomic_path, write_atomic
+
+
+def test_writes_and_replaces(tmp_path):
+    path = tmp_path / "f.bin"
+    write_atomic(path, lambda f: f.write(b"old"))
+    write_atomic(path, lambda f: f.write(b"new!"))
+    assert path.read_bytes() == b"new!"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_mode_follows_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "f", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o644
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+
+    def half(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, half)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_crash_at_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+    seen = []
+
+    def crash(src, dst):
+        seen.append(Path(src).read_bytes())  # the new content was complete before the rename
+        raise OSError("power cut")
+
+    monkeypatch.setattr(_atomic.os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        write_atomic(path, lambda f: f.write(b"new"))
+    assert seen == [b"new"]
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_fsyncs_file_and_directory(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(_atomic.os, "fsync", lambda fd: synced.append(os.fstat(fd)) or real(fd))
+    write_atomic(tmp_path / "f", lambda f: f.write(b"x"))
+    kinds = [stat.S_ISDIR(s.st_mode) for s in synced]
+    assert False in kinds  # the file
+    assert kinds[-1] is True  # then the directory, after the rename
+
+
+def test_atomic_path_for_name_based_writers(tmp_path):
+    path = tmp_path / "g.txt"
+    with atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".g.txt.")
+        tmp.write_text("hello")
+        assert not path.exists()
+    assert path.read_text() == "hello"
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as tmp:
+        tmp.write_text("bye")
+        raise KeyboardInterrupt
+    assert path.read_text() == "hello"
+    assert os.listdir(tmp_path) == ["g.txt"]

@@ -1,0 +1,134 @@
+"""``PostHocWarning``: its limits per storage dtype, the measurements behind them, and where it
+points (the caller of the public function)."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import pytest
+
+from ema_core.posthoc import (
+    PostHocWarning,
+    amplification_limit,
+    coefficient_matrix,
+    coefficients,
+    solve,
+)
+from ema_core.posthoc._warning import AMPLIFICATION_LIMIT
+
+
+def layout(every, last, sigmas):
+    times = [t for t in range(every, last + 1, every) for _ in sigmas]
+    return times, [s for _ in range(every, last + 1, every) for s in sigmas]
+
+
+def test_a_typical_layout_does_not_warn():
+    times, sigmas = layout(100, 3000, [0.05, 0.10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t_out in (3000, 1500, 100):
+            solve(times, sigmas, t_out, [0.02, 0.03, 0.07, 0.15, 0.25])
+
+
+@pytest.mark.parametrize("target", [0.02, 0.07, 0.25])
+def test_a_near_duplicate_layout_warns(target):
+    times, sigmas = layout(100, 3000, [0.0500, 0.0501])
+    with pytest.warns(
+        PostHocWarning,
+        match=f"sigma_rel {target} is inaccurate: its coefficients sum to .* in absolute value",
+    ):
+        got = coefficients(times, sigmas, 3000, target)
+    assert np.abs(got).sum() > AMPLIFICATION_LIMIT
+
+
+def test_an_ill_conditioned_gram_matrix_warns():
+    with pytest.warns(
+        PostHocWarning,
+        match=r"cond\(A\) = 1.44e\+15 \(limit 1e\+14\) leaves the float64 solve about 1 of",
+    ):
+        coefficients([100, 100], [0.05, 0.05 * (1 + 1e-7)], 100, 0.07)
+
+
+def amplification(times, sigmas, t_out, targets):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PostHocWarning)
+        solution = solve(times, sigmas, t_out, targets)
+    return solution.condition, solution.amplification.max()
+
+
+@pytest.mark.parametrize(
+    ("every", "last", "max_cond", "max_typical", "max_at_002"),
+    [
+        (100, 3000, 1e5, 11, 27),
+        (500, 3000, 300, 5, 7),
+        (10, 3000, 1e9, 15, 48),
+        (1, 250, 5e8, 15, 47),
+    ],
+)
+def test_measured_amplification(every, last, max_cond, max_typical, max_at_002):
+    """The module docstring's measurements: EDM2's 0.05 + 0.10 layouts stay far below the limit
+    whatever cond(A) is; a near-duplicate pair goes far above it."""
+    times, sigmas = layout(every, last, [0.05, 0.10])
+    for t_out in (last, times[len(times) // 2]):
+        cond, typical = amplification(times, sigmas, t_out, [0.03, 0.07, 0.15, 0.2, 0.25])
+        assert typical <= max_typical < AMPLIFICATION_LIMIT and cond <= max_cond
+        assert amplification(times, sigmas, t_out, [0.02])[1] <= max_at_002 < AMPLIFICATION_LIMIT
+    near = layout(every, last, [0.0500, 0.0501])
+    assert amplification(*near, last, [0.07])[1] > 2 * AMPLIFICATION_LIMIT
+
+
+def test_typical_layouts_stay_under_every_storage_limit():
+    """The module docstring's claim: the worst typical ``sum |x|`` (15, targets 0.03-0.25) is
+    below bfloat16's limit, and 0.02 (<= 48) below float32's."""
+    assert [amplification_limit(s) for s in ("float64", "float32")] == [AMPLIFICATION_LIMIT] * 2
+    assert amplification_limit("float16") == pytest.approx(2**5.5, rel=1e-15)
+    assert amplification_limit("bfloat16") == 16.0
+    assert 15 < amplification_limit("bfloat16") < 48 < amplification_limit("float32")
+    with pytest.raises(ValueError, match=r"storage must be one of \[.*\], got 'int8'"):
+        amplification_limit("int8")
+    with pytest.raises(ValueError, match="storage must be one of"):
+        solve([100], [0.05], 100, [0.05], storage="float8")
+
+
+# sigma_rels 0.10 and 0.11 at steps 100 and 200: sum |x| is 1 for 0.105 (no warning), 28.5 for
+# 0.04 (above bfloat16's 16 only), 58.5 for 0.02 (above float16's 45.3 too, below 100)
+CLOSE = ([100, 100, 200, 200], [0.10, 0.11, 0.10, 0.11])
+
+
+@pytest.mark.parametrize(
+    ("target", "amplification", "warned"),
+    [
+        (0.105, (1, 1.1), ()),
+        (0.04, (28, 29), ("bfloat16",)),
+        (0.02, (58, 59), ("float16", "bfloat16")),
+    ],
+)
+def test_the_limit_follows_the_storage(target, amplification, warned):
+    for storage in ("float64", "float32", "float16", "bfloat16"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            solution = solve(*CLOSE, 200, [target], storage=storage)
+        assert amplification[0] <= solution.amplification[0] < amplification[1]
+        assert [w.category for w in caught] == ([PostHocWarning] if storage in warned else [])
+        if caught:
+            limit = f"{amplification_limit(storage):.3g}"
+            assert f"(limit {limit} for {storage} snapshots)" in str(caught[0].message)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        functools.partial(solve, *CLOSE, 200, [0.04], storage="bfloat16"),
+        functools.partial(coefficient_matrix, *CLOSE, 200, [0.07, 0.04], storage="bfloat16"),
+        functools.partial(coefficients, *CLOSE, 200, 0.04, storage="bfloat16"),
+        functools.partial(coefficients, *layout(100, 3000, [0.05, 0.0501]), 3000, 0.07),
+    ],
+    ids=["solve", "coefficient_matrix", "coefficients", "coefficients_float32"],
+)
+def test_the_warning_points_at_the_caller(call):
+    """``partial`` adds no Python frame: the caller is this test function itself."""
+    with pytest.warns(PostHocWarning) as caught:
+        call()
+    assert [w.filename for w in caught] == [__file__]
