@@ -14,6 +14,11 @@ for _framework, _pattern in (
     ("jax", "ema_core/backends/jax/*"),
     ("jax", "ema_core/jax/*"),
     ("optax", "ema_core/jax/_optax.py"),
+    ("lightning", "ema_core/integrations/lightning.py"),
+    ("torch", "ema_core/integrations/accelerate.py"),
+    ("accelerate", "ema_core/integrations/accelerate.py"),
+    ("keras", "ema_core/integrations/keras.py"),
+    ("keras", "ema_core/integrations/_keras_*"),
 ):
     if importlib.util.find_spec(_framework) is None:
         collect_ignore_glob.append(_pattern)

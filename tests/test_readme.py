@@ -15,7 +15,7 @@ BLOCKS = [
     for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     if not b.startswith("shadow = ema_core.ema_update")
 ]
-FRAMEWORKS = ("torch", "jax", "cupy")
+FRAMEWORKS = ("torch", "jax", "cupy", "lightning", "accelerate", "flax", "keras", "optax")
 
 
 def test_readme_has_quickstarts() -> None:

@@ -1,0 +1,13 @@
+"""ema-core where people train: each integration imports its framework lazily.
+
+``import ema_core.integrations`` imports no framework. Import the module of the one you use
+(``import ema_core.integrations.lightning``, and so on for the others in this package); that
+module imports its framework then, and each framework is an optional extra
+(``pip install ema-core[lightning]``).
+
+* ``lightning``: ``EMACallback``, a Lightning callback built on the torch ``EMA``;
+  ``_lightning_args`` checks its arguments when it is built.
+* ``keras``: ``EMACallback``, a Keras 3 callback (jax and torch backends).
+* ``accelerate``: ``register(accelerator, ema)``, save/load pre-hooks that write the EMA as a
+  crash-safe safetensors file in each ``save_state`` folder; ``ema_path``.
+"""

@@ -1,0 +1,159 @@
+"""accelerate: the EMA saved and loaded with every ``save_state`` / ``load_state`` folder.
+
+``register(accelerator, ema)`` installs the two pre-hooks accelerate offers
+(``register_save_state_pre_hook``, ``register_load_state_pre_hook``): each ``save_state``
+folder then holds ``<name>.safetensors`` beside ``model.safetensors``, written by
+``ema_core.checkpoint.save`` (crash-safe, no pickle: shadows, step, bias-correction weight and
+config), and each ``load_state`` fills the EMA back in place, bit for bit, on its device.
+``accelerator.register_for_checkpointing(ema)`` works too (the ``EMA`` has ``state_dict`` /
+``load_state_dict``), but writes a pickle that accelerate loads with ``weights_only=False``.
+
+accelerate itself is never imported here: the accelerator is used through those two methods
+and ``is_main_process``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch.distributed as dist
+
+import ema_core.checkpoint as _checkpoint
+from ema_core.torch._dist import full_state_dict
+from ema_core.torch._module import EMA
+
+__all__ = ["Hooks", "ema_path", "register"]
+
+SUFFIX = ".safetensors"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TAKEN = re.compile(r"model(_\d+)?")  # accelerate's own model.safetensors, model_1.safetensors
+
+
+class Hooks(NamedTuple):
+    """The handles of the two hooks ``register`` installed (accelerate's ``RemovableHandle``)."""
+
+    save: Any
+    load: Any
+
+    def remove(self) -> None:
+        """Uninstall both hooks: later ``save_state`` / ``load_state`` calls skip the EMA."""
+        self.save.remove()
+        self.load.remove()
+
+
+def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
+    """Save ``ema`` in every ``accelerator.save_state`` folder and load it in ``load_state``.
+
+    Saving: the main process (each node's main process under ``save_on_each_node``) writes
+    ``<output_dir>/<name>.safetensors`` with ``ema_core.checkpoint.save``: the shadows, the
+    EMA's ``step``, its bias-correction weight and its config, crash-safe. In a process group
+    every rank takes part in gathering sharded (FSDP2) shadows first. Loading: every process
+    reads the file into ``ema`` in place (``ema_core.checkpoint.load``: names, shapes, dtypes
+    and config are checked before any write), so updates continue as if never interrupted.
+    The model's own weights are left to accelerate.
+
+    Args:
+        accelerator: an ``accelerate.Accelerator``.
+        ema: the ``ema_core.torch.EMA`` of the prepared model.
+        name: the file's stem (letters, digits, ``_``, ``.``, ``-``); one per EMA when there
+            are several. ``"model"`` and ``"model_<i>"`` are accelerate's own.
+
+    Returns:
+        ``Hooks(save, load)``, whose ``remove()`` uninstalls both.
+
+    Raises:
+        TypeError: ``accelerator`` lacks the pre-hook methods, ``ema`` is not an ``EMA`` or
+            ``name`` is not a str. ValueError: a ``name`` that is not a plain file stem or that
+            accelerate uses. (When loading) FileNotFoundError: the folder has no such file.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from accelerate import Accelerator
+        >>> from ema_core.integrations.accelerate import ema_path, register
+        >>> from ema_core.torch import EMA
+        >>> accelerator = Accelerator(cpu=True)
+        >>> model = accelerator.prepare(torch.nn.Linear(2, 1))
+        >>> averager = EMA(model, decay=0.9)
+        >>> hooks = register(accelerator, averager)
+        >>> averager.update()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = accelerator.save_state(folder)
+        ...     averager.update()
+        ...     accelerator.load_state(folder)  # the EMA is back at step 1
+        ...     sorted(p.name for p in ema_path(folder).parent.glob("*.safetensors"))
+        ['ema.safetensors', 'model.safetensors']
+        >>> averager.step
+        1
+    """
+    _check(accelerator, ema, name)
+
+    def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
+        del models, weights  # accelerate saves the model itself
+        _save(accelerator, ema, ema_path(output_dir, name=name))
+
+    def load_hook(models: list[Any], input_dir: str) -> None:
+        del models
+        path = ema_path(input_dir, name=name)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist: load_state({str(input_dir)!r}) expects the EMA that "
+                f"register(..., name={name!r}) saves; was this folder saved without it?"
+            )
+        _checkpoint.load(path, ema)
+
+    return Hooks(
+        accelerator.register_save_state_pre_hook(save_hook),
+        accelerator.register_load_state_pre_hook(load_hook),
+    )
+
+
+def ema_path(directory: str | os.PathLike[str], /, *, name: str = "ema") -> Path:
+    """The file ``register`` writes in a ``save_state`` folder, to read it elsewhere
+    (``ema_core.checkpoint.load(ema_path(folder), EMA(model))``)."""
+    _check_name(name)
+    return Path(directory) / f"{name}{SUFFIX}"
+
+
+def _save(accelerator: Any, ema: EMA, path: Path) -> None:
+    """Gather in a process group (every rank), write on the (node's) main process, then wait
+    for it on every rank: a rank that went on at once could ``load_state`` the folder before
+    the file is there."""
+    config = getattr(accelerator, "project_configuration", None)
+    each_node = bool(getattr(config, "save_on_each_node", False))
+    writes = accelerator.is_local_main_process if each_node else accelerator.is_main_process
+    source: Any = ema
+    if _in_process_group():
+        source = full_state_dict(ema, keep_on="all" if each_node else "rank0")
+    if writes:
+        _checkpoint.save(path, source)
+    if _in_process_group():
+        accelerator.wait_for_everyone()
+
+
+def _in_process_group() -> bool:
+    return bool(dist.is_available() and dist.is_initialized())
+
+
+def _check(accelerator: Any, ema: Any, name: Any) -> None:
+    for method in ("register_save_state_pre_hook", "register_load_state_pre_hook"):
+        if not callable(getattr(accelerator, method, None)):
+            raise TypeError(
+                f"accelerator must be an accelerate.Accelerator (with {method}), got "
+                f"{type(accelerator).__name__}"
+            )
+    if not isinstance(ema, EMA):
+        raise TypeError(f"ema must be an ema_core.torch.EMA, got {type(ema).__name__}")
+    _check_name(name)
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if not _NAME.fullmatch(name) or _TAKEN.fullmatch(name):
+        raise ValueError(
+            f"name must be a file stem of letters, digits, '_', '.' and '-' (not starting with "
+            f"'.', '_' or '-', and not accelerate's 'model' or 'model_<i>'), got {name!r}"
+        )

@@ -1,0 +1,246 @@
+"""``EMACallback``: an ema-core EMA of a LightningModule's weights, as a Lightning callback.
+
+Imports ``lightning`` (``pip install ema-core[lightning]``). The callback holds one
+``ema_core.torch.EMA`` (its ``.ema``), built on the module once the trainer has moved it to
+its device and sharded it (FSDP2 params get DTensor shadows), and after a checkpoint's weights
+are restored. What it does, hook by hook:
+
+* ``on_train_batch_end``: one update per optimizer step, with ``step=trainer.global_step``
+  (gradient accumulation and skipped steps are followed: a batch that did not step updates
+  nothing), so schedules count optimizer steps.
+* ``on_{validation,test,predict}_start`` / ``_end``: ``EMA.swap()`` entered and left across
+  the two hooks (stages named in ``swap``); ``on_exception`` and ``teardown`` leave it too, so
+  an error inside validation gives the live weights back bit for bit. An EMA that has taken
+  no update is never swapped in (the sanity check validates the live weights).
+* checkpoints: the model's ``state_dict`` always holds the live weights (a checkpoint written
+  while the averages are swapped in gets the live ones in ``on_save_checkpoint``); the EMA is
+  the callback's state (``state_dict`` / ``load_state_dict``, under ``state_key``), loaded
+  into the shadows beside the params, bit for bit. A checkpoint without it warm-starts: the
+  EMA starts from the restored live weights, and says so at INFO level on the logger
+  ``ema_core.integrations.lightning``.
+* ``on_fit_end``: ``"keep-live"`` leaves the live weights in the model, ``"swap-in"`` copies
+  the averages into it (to save or export the averaged model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ema_core._config import config_text
+from ema_core.integrations import _lightning_args
+from ema_core.integrations._lightning_args import STAGES, FitEnd, Stage
+from ema_core.torch import EMA
+
+__all__ = ["EMACallback"]
+
+log = logging.getLogger(__name__)
+
+
+class EMACallback(pl.Callback):
+    """Keep an EMA of the model's weights during ``fit``; evaluate and predict with it.
+
+    ``shadow_t = shadow_{t-1} + (1 - d_t) * (live_t - shadow_{t-1})`` once per optimizer step
+    t (``trainer.global_step``); ``decay`` is the weight on the old average.
+
+    Args:
+        config: a ``Config`` (schedule, init policy, interval, ...). Pass at most one of
+            ``config``, ``decay`` and ``schedule`` (default: ``decay=0.9999``).
+        decay: a constant decay in [0, 1].
+        schedule: a ``Schedule`` or callable ``t -> decay``.
+        swap: the stages that run on the averages: any of ``"validate"`` (also the validation
+            inside ``fit``), ``"test"``, ``"predict"``; one name or an iterable.
+        on_fit_end: ``"keep-live"`` (default) leaves the trained weights in the model at the
+            end of ``fit``; ``"swap-in"`` copies the averages into it.
+        **ema_kwargs: ``dtype``, ``device``, ``buffers``, ``include``, ``exclude``, passed to
+            ``ema_core.torch.EMA``.
+
+    Raises:
+        TypeError: an unknown keyword or an argument of the wrong type. ValueError: a value out
+            of range. Both when the callback is built, before any training.
+
+    Example:
+        >>> from ema_core.integrations.lightning import EMACallback
+        >>> callback = EMACallback(decay=0.999, swap=("validate", "test"))
+        >>> callback.ema is None  # built on the model when fit starts
+        True
+    """
+
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        decay: float | None = None,
+        schedule: Any = None,
+        swap: Stage | tuple[Stage, ...] = STAGES,
+        on_fit_end: FitEnd = "keep-live",
+        **ema_kwargs: Any,
+    ) -> None:
+        self._args = _lightning_args.read(config, decay, schedule, swap, on_fit_end, ema_kwargs)
+        self._key = self._generate_state_key(config=config_text(self._args.config))
+        self.ema: EMA | None = None
+        self._module: torch.nn.Module | None = None  # the module self.ema tracks
+        self._pending: dict[str, Any] | None = None  # a loaded EMA state, until the EMA exists
+        self._stage: str | None = None
+        self._stale = False  # a trainer call began: match the EMA to its model before use
+        self._seen = 0  # trainer.global_step at the last update
+        self._swapped: contextlib.AbstractContextManager[None] | None = None
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint: the class and the config's text,
+        so EMAs with different configs live side by side in one trainer."""
+        return self._key
+
+    # -- building the EMA ------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stage, self._stale = stage, True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._prepare(trainer, pl_module)
+
+    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Once per trainer call, after the strategy's setup and the checkpoint's restore:
+        keep the EMA of this module, or build one on its live weights; load a pending state."""
+        if not self._stale:
+            return
+        self._stale = False
+        restored = trainer.ckpt_path is not None
+        state, self._pending = self._pending, None
+        fitting = self._stage == "fit"
+        if not self._keeps(pl_module, restored, fitting, trainer.global_step):
+            built = fitting or state is not None
+            self.ema = EMA(pl_module, **self._args.ema) if built else None
+            self._module = pl_module if built else None
+            if restored and state is None and trainer.is_global_zero:
+                log.info(
+                    "EMACallback: the checkpoint %s holds no EMA state under %r; %s",
+                    trainer.ckpt_path,
+                    self.state_key,
+                    "the EMA starts from its live weights (warm start)"
+                    if fitting
+                    else f"{self._stage} runs on the live weights",
+                )
+        if state is not None and self.ema is not None:
+            self.ema.load_state_dict(state)
+        self._seen = trainer.global_step
+
+    def _keeps(self, module: torch.nn.Module, restored: bool, fitting: bool, step: int) -> bool:
+        """Whether the EMA built earlier goes on: the same module, no checkpoint restored over
+        it, and (when fitting) a trainer that has not stepped less than the EMA."""
+        if self.ema is None or self._module is not module or restored:
+            return False
+        return not fitting or int(self.ema.step) <= step
+
+    # -- updates ---------------------------------------------------------------------------
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        if self.ema is None or step <= self._seen:  # no optimizer step since the last update
+            return
+        self._seen = step
+        self.ema.update(step)
+
+    # -- swapping for evaluation -----------------------------------------------------------
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._enter(trainer, pl_module, "validate")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._leave()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._enter(trainer, pl_module, "test")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._leave()
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._enter(trainer, pl_module, "predict")
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._leave()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._leave(exception)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._leave()
+
+    def _enter(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Stage) -> None:
+        self._prepare(trainer, pl_module)
+        if stage not in self._args.swap or self._swapped is not None:
+            return
+        if not self._updated():
+            log.debug("EMACallback: no update yet, %s runs on the live weights", stage)
+            return
+        self._open()
+
+    def _open(self) -> None:
+        if self.ema is None:  # pragma: no cover - callers check _updated() first
+            return
+        swap = self.ema.swap()
+        swap.__enter__()
+        self._swapped = swap
+
+    def _leave(self, error: BaseException | None = None) -> None:
+        """Give the model its live weights back (bit for bit) if the averages are in."""
+        swap, self._swapped = self._swapped, None
+        if swap is not None:
+            kind = None if error is None else type(error)
+            swap.__exit__(kind, error, None if error is None else error.__traceback__)
+
+    def _updated(self) -> bool:
+        return self.ema is not None and int(self.ema.step) > 0
+
+    # -- checkpoints and the end of fit ----------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The EMA's ``state_dict()`` (shadows, step, config), or a loaded one not yet used."""
+        if self.ema is not None:
+            return self.ema.state_dict()
+        return dict(self._pending or {})
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Keep ``state_dict`` until the EMA is built on the restored model (it is checked and
+        loaded then, into shadows on the params' devices)."""
+        self._pending = dict(state_dict)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """A checkpoint written while the averages are swapped in gets the live weights."""
+        if self._swapped is None:
+            return
+        self._leave()
+        try:
+            live = trainer.strategy.lightning_module_state_dict()
+            checkpoint["state_dict"] = {
+                k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in live.items()
+            }
+        finally:
+            self._open()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._leave()
+        if self._args.on_fit_end != "swap-in" or self.ema is None:
+            return
+        if not self._updated():
+            log.info("EMACallback: on_fit_end='swap-in' with no update taken; model unchanged")
+            return
+        self.ema.copy_to(pl_module)
