@@ -5,6 +5,15 @@ collected."""
 from __future__ import annotations
 
 import importlib.util
+import os
+
+# Keras 3 picks its backend at import, tensorflow by default (not installed here): the keras
+# integration's doctests run on JAX when it is there, else on torch.
+if "KERAS_BACKEND" not in os.environ:
+    for _backend in ("jax", "torch"):
+        if importlib.util.find_spec(_backend) is not None:
+            os.environ["KERAS_BACKEND"] = _backend
+            break
 
 collect_ignore_glob = []
 for _framework, _pattern in (

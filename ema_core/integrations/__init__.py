@@ -7,7 +7,8 @@ module imports its framework then, and each framework is an optional extra
 
 * ``lightning``: ``EMACallback``, a Lightning callback built on the torch ``EMA``;
   ``_lightning_args`` checks its arguments when it is built.
-* ``keras``: ``EMACallback``, a Keras 3 callback (jax and torch backends).
+* ``keras``: ``EMACallback``, a Keras 3 callback (jax and torch backends; ``_keras_weights``
+  sorts and reads the weights, ``_keras_args`` checks the arguments).
 * ``accelerate``: ``register(accelerator, ema)``, save/load pre-hooks that write the EMA as a
   crash-safe safetensors file in each ``save_state`` folder; ``ema_path``.
 """

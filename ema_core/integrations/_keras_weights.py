@@ -1,0 +1,128 @@
+"""The weights of a Keras 3 model as the Keras ``EMACallback`` sees them.
+
+``Plan(model, buffers)`` sorts ``model.weights`` (the order of ``get_weights()``) into the
+averaged ones (trainable weights, integer weights, and floating non-trainable ones under
+``buffers="average"``), the copied ones (floating non-trainable weights under ``"copy"``) and
+the skipped ones (non-trainable weights under ``"skip"``), each named by its position and
+its variable's name (``"0003:beta"``): Keras' paths are not stable (a loaded model's lack the
+model's prefix, and layer-name counters differ between processes), so a saved EMA is matched
+to a model by position, checked by name, shape and dtype.
+``live_arrays`` reads the backend arrays after a training batch without a host copy: on the
+JAX backend from the state the trainer holds between batches (the model's variables are
+emptied during an epoch), on torch from the variables themselves. ``snapshot`` copies an array
+on its device: JAX training donates its state to the next step and torch updates its tensors in
+place, so anything the callback keeps must be its own copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import array_api_compat as compat
+import keras
+import numpy as np
+
+#: What the callback supports: the backends whose arrays ema-core updates.
+BACKENDS = ("jax", "torch")
+
+
+class Plan:
+    """Which weights of ``model.weights`` are averaged, copied or skipped, and their names."""
+
+    def __init__(self, model: Any, buffers: str) -> None:
+        self.weights: list[Any] = list(model.weights)
+        self.names = [f"{i:04d}:{w.name}" for i, w in enumerate(self.weights)]
+        trainable = {id(v): i for i, v in enumerate(model.trainable_variables)}
+        frozen = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+        self.slots = [
+            Slot(id(w) in trainable, trainable.get(id(w), frozen.get(id(w), -1)))
+            for w in self.weights
+        ]
+        kinds = [
+            kind_of(w, slot.trainable, buffers)
+            for w, slot in zip(self.weights, self.slots, strict=True)
+        ]
+        self.averaged = [i for i, kind in enumerate(kinds) if kind == "average"]
+        self.copied = [i for i, kind in enumerate(kinds) if kind == "copy"]
+
+    def signature(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """Name, shape and dtype of each tracked weight: what a model must match to continue."""
+        return [
+            (self.names[i], tuple(self.weights[i].shape), str(self.weights[i].dtype))
+            for i in (*self.averaged, *self.copied)
+        ]
+
+
+class Slot(NamedTuple):
+    """Where a weight sits in the trainer's state: the trainable or the non-trainable list."""
+
+    trainable: bool
+    position: int
+
+
+def kind_of(weight: Any, trainable: bool, buffers: str) -> str:
+    """``"average"``, ``"copy"`` or ``"skip"``: trainable weights are averaged; non-trainable
+    ones follow ``buffers``, except that integer ones are never copied here (the core copies
+    them under ``Config.non_float``).
+
+    Example:
+        >>> w = keras.Variable(np.zeros(2, dtype="int32"), trainable=False)
+        >>> kind_of(w, False, "copy"), kind_of(w, False, "skip")
+        ('average', 'skip')
+    """
+    if trainable:
+        return "average"
+    if buffers == "skip":
+        return "skip"
+    floating = "float" in str(weight.dtype)
+    return "copy" if floating and buffers == "copy" else "average"
+
+
+def live_arrays(model: Any, plan: Plan, indices: list[int]) -> dict[str, Any]:
+    """The current arrays of the weights at ``indices``, by name, read on their device.
+
+    Between the batches of a JAX ``fit`` the arrays live in ``model._jax_state`` (the model's
+    variables are emptied until ``jax_state_sync()``); elsewhere in the variables.
+    """
+    state = getattr(model, "_jax_state", None)
+    if state and not getattr(model, "_jax_state_synced", True):
+        lists = (state["non_trainable_variables"], state["trainable_variables"])
+        return {
+            plan.names[i]: lists[plan.slots[i].trainable][plan.slots[i].position] for i in indices
+        }
+    return {plan.names[i]: plan.weights[i].value for i in indices}
+
+
+def snapshot(array: Any) -> Any:
+    """A copy of ``array`` on its device, detached from autograd on torch."""
+    if compat.is_torch_array(array):
+        return array.detach().clone()
+    return keras.ops.copy(array)
+
+
+def as_weight(array: Any, weight: Any) -> Any:
+    """A new array of ``array`` in the dtype of the Keras variable ``weight``."""
+    return snapshot(keras.ops.cast(array, weight.dtype))
+
+
+def to_numpy(array: Any, weight: Any) -> np.ndarray[Any, Any]:
+    """``array`` on the host as ``weight.numpy()`` would give it (its dtype): a new, writeable
+    array that shares no memory with the EMA."""
+    if compat.is_torch_array(array):  # not np.asarray: torch's __array__ warns under numpy 2
+        array = array.detach().cpu().numpy()
+    return np.array(array, dtype=weight.dtype)
+
+
+def check_backend() -> str:
+    """The Keras backend, when ema-core can update its arrays.
+
+    Raises:
+        ValueError: another backend (tensorflow, numpy, openvino).
+    """
+    name = str(keras.backend.backend())
+    if name not in BACKENDS:
+        raise ValueError(
+            f"the Keras backend is {name!r}; EMACallback supports {list(BACKENDS)}: set "
+            "KERAS_BACKEND=jax or KERAS_BACKEND=torch before importing keras"
+        )
+    return name

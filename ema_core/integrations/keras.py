@@ -1,0 +1,255 @@
+"""A Keras 3 callback that keeps an ema-core EMA of a model's weights (jax and torch backends).
+
+``EMACallback`` updates the EMA after every training batch with ema-core's functional
+``init`` / ``update`` / ``average`` on the backend's own arrays (no host copy per batch), puts
+the averages in the model inside ``evaluate()`` / ``predict()`` (and, when asked, the
+validation inside ``fit``) and the live weights back after, bit for bit, and saves its state
+as one ema-core checkpoint (``save`` / ``load``, or ``filepath=`` at every epoch end).
+``_keras_weights`` reads the weights; ``_keras_args`` the arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+import ema_core
+from ema_core import checkpoint
+from ema_core._arguments import resolve_config
+from ema_core._config import Config
+from ema_core._types import EMAState
+from ema_core.integrations._keras_args import check_path, check_swap
+from ema_core.integrations._keras_weights import (
+    Plan,
+    as_weight,
+    check_backend,
+    live_arrays,
+    snapshot,
+    to_numpy,
+)
+
+__all__ = ["EMACallback"]
+
+
+class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
+    """The EMA of every weight of a Keras 3 model, updated after each training batch.
+
+    ``shadow_t = shadow_{t-1} + (1 - d_t) (w_t - shadow_{t-1})`` over ``model.weights`` after
+    each ``on_train_batch_end`` (one update per call: per ``steps_per_execution`` batches),
+    with ``d_t`` from any ema-core schedule or ``Config``; ``t`` counts the updates applied
+    (``step``), saved with the EMA. Trainable weights are averaged; floating non-trainable
+    ones (BatchNorm statistics) follow ``buffers``; integer ones ``Config.non_float``.
+
+    Args:
+        config: a ``Config``. Pass at most one of ``config``, ``decay`` and ``schedule``.
+        decay: a constant decay in [0, 1] (default 0.9999).
+        schedule: a ``Schedule`` or callable ``t -> decay``.
+        buffers: floating non-trainable weights are ``"copy"``-ed at every update (as the
+            torch ``EMA`` copies buffers), ``"average"``-d, or ``"skip"``-ped (left live
+            inside ``evaluate`` / ``predict``). ``None``: ``config.buffers`` with a config,
+            else ``"copy"``.
+        swap: where the averages stand in for the live weights: ``"evaluate"`` (a call of
+            ``evaluate()``), ``"predict"``, ``"validate"`` (the validation inside ``fit``:
+            ``val_*`` logs, and what ``EarlyStopping`` / ``ModelCheckpoint`` monitor on them,
+            then describe the EMA). The live weights are back, bit for bit, when each ends.
+        filepath: when given, ``save(filepath)`` runs at every epoch end (after validation,
+            with the live weights in the model), beside a ``ModelCheckpoint`` of the model.
+
+    Raises:
+        TypeError / ValueError: an argument of the wrong type or value; a Keras backend other
+            than jax or torch (``ValueError``).
+
+    Example:
+        >>> import numpy as np, keras
+        >>> from ema_core.integrations.keras import EMACallback
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> ema = EMACallback(decay=0.9)
+        >>> x, y = np.ones((8, 2), "float32"), np.ones((8, 1), "float32")
+        >>> _ = model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[ema])
+        >>> ema.step, [w.shape for w in ema.average_weights()]
+        (2, [(2, 1), (1,)])
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        decay: float | None = None,
+        schedule: Any = None,
+        buffers: str | None = None,
+        swap: str | Iterable[str] = ("evaluate", "predict"),
+        filepath: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.config = resolve_config(decay, schedule, config, None, buffers)
+        self.swap = check_swap(swap)
+        self.filepath = check_path(filepath, "filepath")
+        self._backend = check_backend()
+        super().__init__()
+        self._plan: Plan | None = None
+        self._state: EMAState | None = None
+        self._copies: dict[str, Any] = {}
+        self._step = 0
+        self._backup: list[tuple[Any, Any]] | None = None
+        self._in_fit = False
+
+    @property
+    def step(self) -> int:
+        """The number of updates applied (restored by ``load``)."""
+        return self._step
+
+    def average_weights(self) -> list[np.ndarray[Any, Any]]:
+        """The averages as numpy arrays in ``model.get_weights()`` order and dtypes (skipped
+        weights as the model holds them); ``model.set_weights(ema.average_weights())`` keeps
+        them. Before the first update they are the weights at the start of ``fit``.
+
+        Raises:
+            RuntimeError: the callback has seen no model yet (no ``fit`` or ``load``).
+        """
+        plan, _ = self._ready("average_weights")
+        averages = self._averages()
+        return [
+            to_numpy(averages.get(name, w.value), w)
+            for name, w in zip(plan.names, plan.weights, strict=True)
+        ]
+
+    def save(self, path: str | os.PathLike[str], /) -> Path:
+        """Write the EMA (averages, copied weights, ``step``, bias-correction weight, config)
+        as one crash-safe ema-core checkpoint (``ema_core.checkpoint.save``); return the path.
+
+        Raises:
+            TypeError: ``path`` is not a str or os.PathLike.
+            RuntimeError: the callback has seen no model yet.
+        """
+        check_path(path, "path")
+        self._ready("save")
+        return checkpoint.save(path, self._full_state(), self.config)
+
+    def load(self, path: str | os.PathLike[str], /, model: Any = None) -> None:
+        """Continue the EMA saved by ``save`` for ``model`` (default: the callback's model),
+        bit for bit; call it before ``fit`` resumes. Names, shapes, dtypes and the config are
+        checked before anything changes.
+
+        Raises:
+            TypeError: ``path`` of the wrong type, or no model (none given, none seen).
+            ValueError: the file does not match the model or the config (nothing changed).
+        """
+        check_path(path, "path")
+        model = getattr(self, "_model", None) if model is None else model
+        if model is None:
+            raise TypeError("load() needs the model: pass model=, or call it after fit() began")
+        plan = Plan(model, self.config.buffers)
+        fresh = self._fresh_state(model, plan)
+        like = EMAState(fresh.step, {**fresh.shadow, **self._copies_of(model, plan)}, fresh.weight)
+        loaded = checkpoint.load(path, like, config=self.config)
+        averaged = {plan.names[i] for i in plan.averaged}
+        shadow = {n: a for n, a in loaded.shadow.items() if n in averaged}
+        self._plan, self._step = plan, int(loaded.step)
+        self._state = EMAState(loaded.step, shadow, loaded.weight)
+        self._copies = {n: a for n, a in loaded.shadow.items() if n not in averaged}
+
+    # Keras hooks
+
+    def set_model(self, model: Any) -> None:
+        """Keras calls this when a fit / evaluate / predict builds its callback list."""
+        super().set_model(model)
+        self._in_fit = False  # a fit that raised never called on_train_end
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._restore()
+        self._in_fit = True
+        self._attach(self.model)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._in_fit = False
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        plan, state = self._ready("on_train_batch_end")
+        # not self.model: on JAX each read of it syncs the trainer's state into the variables
+        model = self._model if self._backend == "jax" else self.model
+        live = live_arrays(model, plan, [*plan.averaged, *plan.copied])
+        params = {plan.names[i]: live[plan.names[i]] for i in plan.averaged}
+        self._state = ema_core.update(state, params, self.config)
+        self._copies = {plan.names[i]: snapshot(live[plan.names[i]]) for i in plan.copied}
+        self._step += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.filepath is not None:
+            self.save(self.filepath)
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._restore()
+        if ("validate" if self._in_fit else "evaluate") in self.swap:
+            self._swap_in()
+
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._restore()
+
+    def on_predict_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._restore()
+        if "predict" in self.swap:
+            self._swap_in()
+
+    def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._restore()
+
+    # internals
+
+    def _attach(self, model: Any) -> None:
+        """Start the EMA at the model's weights, or continue it when the model matches."""
+        plan = Plan(model, self.config.buffers)
+        if self._plan is None:
+            self._state = self._fresh_state(model, plan)
+            self._copies = self._copies_of(model, plan)
+        elif plan.signature() != self._plan.signature():
+            raise ValueError(
+                "this EMACallback holds an EMA of another model (weights differ in names, "
+                f"shapes or dtypes: {self._plan.signature()} != {plan.signature()}); use a "
+                "new EMACallback per model"
+            )
+        self._plan = plan
+
+    def _fresh_state(self, model: Any, plan: Plan) -> EMAState:
+        return ema_core.init(live_arrays(model, plan, plan.averaged), self.config)
+
+    def _copies_of(self, model: Any, plan: Plan) -> dict[str, Any]:
+        return {n: snapshot(a) for n, a in live_arrays(model, plan, plan.copied).items()}
+
+    def _ready(self, what: str) -> tuple[Plan, EMAState]:
+        if self._plan is None or self._state is None:
+            raise RuntimeError(f"{what}() before the EMA exists: run fit() or load() first")
+        return self._plan, self._state
+
+    def _averages(self) -> dict[str, Any]:
+        _, state = self._ready("average")
+        return {**ema_core.average(state, self.config), **self._copies}
+
+    def _full_state(self) -> EMAState:
+        _, state = self._ready("save")
+        return EMAState(state.step, {**state.shadow, **self._copies}, state.weight)
+
+    def _swap_in(self) -> None:
+        """Put the averages in the model (new arrays: JAX evaluation donates its inputs),
+        keeping a copy of the live weights; a no-op before the first update."""
+        if self._plan is None or self._step == 0:
+            return
+        averages = self._averages()
+        plan = self._plan
+        pairs = [
+            (w, averages[n]) for n, w in zip(plan.names, plan.weights, strict=True) if n in averages
+        ]
+        new = [as_weight(a, w) for w, a in pairs]
+        self._backup = [(w, snapshot(w.value)) for w, _ in pairs]
+        for (w, _), value in zip(pairs, new, strict=True):
+            w.assign(value)
+
+    def _restore(self) -> None:
+        """The live weights back, bit for bit, if averages are in the model."""
+        for w, value in self._backup or ():
+            w.assign(value)
+        self._backup = None

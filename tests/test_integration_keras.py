@@ -1,0 +1,402 @@
+"""The Keras 3 ``EMACallback`` with real Keras: fit, evaluate, predict, validation, resume.
+
+Keras picks its backend once, at import: this module runs the jax backend in-process (it sets
+``KERAS_BACKEND`` unless Keras is already imported, and skips if that import chose another
+backend); the torch backend runs the same checks in a subprocess (``TORCH_WORKER``).
+
+Averages are compared with ema-core's own ``init`` / ``update`` / ``average`` run by hand on
+the weights a recording callback saw after each batch, on the same backend's arrays: the same
+compiled update on the same float32 inputs, so the bits must agree, not just the values.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("keras") is None or importlib.util.find_spec("jax") is None:
+    pytest.skip("keras and jax are needed", allow_module_level=True)
+if "keras" not in sys.modules:
+    os.environ["KERAS_BACKEND"] = "jax"
+
+import jax.numpy as jnp
+import keras
+
+import ema_core as ema
+from ema_core import Config, schedules
+from ema_core.integrations.keras import EMACallback
+
+if keras.backend.backend() != "jax":
+    pytest.skip("keras was imported with another backend", allow_module_level=True)
+
+# Keras' own Variable.numpy() (behind model.get_weights()) under numpy 2
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((64, 4)).astype("float32")
+Y = (X @ RNG.standard_normal((4, 1)) + 0.1).astype("float32")
+BATCHES = 4  # per epoch, batch_size 16
+TORCH_WORKER = textwrap.dedent(
+    """
+    import tempfile, pathlib
+    import numpy as np, keras, torch
+    import ema_core as ema
+    from ema_core import Config, schedules
+    from ema_core.integrations.keras import EMACallback
+
+    assert keras.backend.backend() == "torch"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype("float32")
+    y = (x @ rng.standard_normal((4, 1)) + 0.1).astype("float32")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    seen = []
+    recorder = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(model.get_weights()))
+    config = Config(schedule=schedules.warmup(0.9), init="zeros")  # buffers averaged
+    callback = EMACallback(config)
+    initial = model.get_weights()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False,
+              callbacks=[callback, recorder])
+    names = [w.path for w in model.weights]
+    state = ema.init({n: torch.from_numpy(a) for n, a in zip(names, initial)}, config)
+    for weights in seen:
+        state = ema.update(state, {n: torch.from_numpy(a) for n, a in zip(names, weights)}, config)
+    want = [ema.average(state, config)[n].numpy() for n in names]
+
+    def same(got, want):
+        assert all(g.dtype == w.dtype and g.tobytes() == w.tobytes() for g, w in zip(got, want))
+
+    assert callback.step == len(seen) == 8
+    same(callback.average_weights(), want)
+    live = model.get_weights()
+    twin = keras.models.clone_model(model)
+    twin.compile(loss="mse")
+    twin.set_weights(callback.average_weights())
+    loss = model.evaluate(x, y, verbose=0, callbacks=[callback])
+    same(model.get_weights(), live)
+    assert loss == twin.evaluate(x, y, verbose=0) != model.evaluate(x, y, verbose=0)
+    out = model.predict(x, verbose=0, callbacks=[callback])
+    same(model.get_weights(), live)
+    same([out], [twin.predict(x, verbose=0)])
+    with tempfile.TemporaryDirectory() as folder:
+        path = callback.save(pathlib.Path(folder) / "ema.safetensors")
+        resumed = EMACallback(config)
+        resumed.load(path, model)
+    assert resumed.step == 8
+    same(resumed.average_weights(), want)
+    print("ok")
+    """
+)
+
+
+def make_model(seed: int = 1) -> Any:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    return model
+
+
+class Recorder(keras.callbacks.Callback):
+    """The model's weights after every training batch, as numpy arrays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[np.ndarray]] = []
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        # reading self.model syncs the JAX trainer's state into the variables (Keras does it)
+        self.seen.append([np.array(w) for w in self.model.get_weights()])
+
+
+class Probe(keras.callbacks.Callback):
+    """The weights the model holds when validation begins and when each epoch ends."""
+
+    def __init__(self, ema_callback: EMACallback) -> None:
+        super().__init__()
+        self.ema = ema_callback
+        self.at_validation: list[list[np.ndarray]] = []
+        self.at_epoch_end: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
+
+    def on_test_begin(self, logs: Any = None) -> None:
+        self.at_validation.append(self.model.get_weights())
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self.at_epoch_end.append((self.model.get_weights(), self.ema.average_weights()))
+
+
+def assert_bits(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert g.tobytes() == w.tobytes()
+
+
+def hand_run(model: Any, initial: list, seen: list, config: Config, kept: set[str]) -> list:
+    """ema-core's functional EMA over the recorded weights whose paths are in ``kept``."""
+    names = [w.path for w in model.weights]
+    pick = [i for i, n in enumerate(names) if n in kept]
+    state = ema.init({names[i]: jnp.asarray(initial[i]) for i in pick}, config)
+    for weights in seen:
+        state = ema.update(state, {names[i]: jnp.asarray(weights[i]) for i in pick}, config)
+    average = ema.average(state, config)
+    return [np.asarray(average[n]) if n in kept else None for n in names]
+
+
+BUFFER_CASES = {
+    "copy": (lambda: EMACallback(decay=0.9), "copy"),
+    "average": (
+        lambda: EMACallback(Config(schedule=schedules.warmup(0.95), init="zeros")),
+        "average",
+    ),
+    "skip": (lambda: EMACallback(schedule=schedules.warmup(0.9), buffers="skip"), "skip"),
+}
+
+
+# recorder first: it syncs the JAX state into the variables and the callback reads those;
+# callback first: it reads the trainer's state between batches (model._jax_state)
+@pytest.mark.parametrize(
+    ("case", "recorder_first"),
+    [("copy", True), ("copy", False), ("average", False), ("skip", True)],
+    ids=["copy-synced", "copy-jax-state", "average-jax-state", "skip-synced"],
+)
+def test_fit_averages_equal_a_hand_run(case: str, recorder_first: bool) -> None:
+    build, policy = BUFFER_CASES[case]
+    model, callback, recorder = make_model(), build(), Recorder()
+    initial = model.get_weights()
+    order = [recorder, callback] if recorder_first else [callback, recorder]
+    model.fit(X, Y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=order)
+    assert callback.step == len(recorder.seen) == 2 * BATCHES
+    buffers = {w.path for w in model.non_trainable_weights}
+    averaged = {w.path for w in model.weights} - (buffers if policy != "average" else set())
+    want = hand_run(model, initial, recorder.seen, callback.config, averaged)
+    last = recorder.seen[-1]
+    if policy == "copy":  # BatchNorm statistics: the live values of the last update
+        want = [last[i] if w is None else w for i, w in enumerate(want)]
+    else:  # skipped ones read as the model holds them (the last batch's values)
+        want = [model.get_weights()[i] if w is None else w for i, w in enumerate(want)]
+    assert_bits(callback.average_weights(), want)
+    assert_bits(model.get_weights(), last)  # the live weights are the model's
+
+
+def fitted(swap: Any = ("evaluate", "predict")) -> tuple[Any, EMACallback]:
+    model, callback = make_model(), EMACallback(decay=0.8, swap=swap)
+    model.fit(X, Y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[callback])
+    return model, callback
+
+
+def twin_of(model: Any, weights: list[np.ndarray]) -> Any:
+    twin = keras.models.clone_model(model)
+    twin.compile(loss="mse")
+    twin.set_weights(weights)
+    return twin
+
+
+def test_evaluate_and_predict_use_the_averages_and_restore_the_live_weights() -> None:
+    model, callback = fitted()
+    live = model.get_weights()
+    twin = twin_of(model, callback.average_weights())
+    loss = model.evaluate(X, Y, verbose=0, callbacks=[callback])
+    assert_bits(model.get_weights(), live)
+    assert loss == twin.evaluate(X, Y, verbose=0)
+    assert loss != model.evaluate(X, Y, verbose=0)  # the live weights give another loss
+    out = model.predict(X, verbose=0, callbacks=[callback])
+    assert_bits(model.get_weights(), live)  # Keras' SwapEMAWeights leaves the EMA in here
+    assert_bits([out], [twin.predict(X, verbose=0)])
+    assert not np.array_equal(out, model.predict(X, verbose=0))
+    model.fit(X, Y, batch_size=16, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
+    assert callback.step == 3 * BATCHES  # the EMA survived the swaps (no donated arrays)
+
+
+class Boom(keras.callbacks.Callback):
+    def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
+        raise KeyError("boom")
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        raise KeyError("boom")
+
+
+def test_live_weights_come_back_after_an_evaluate_that_raised() -> None:
+    model, callback = fitted(swap=("evaluate",))
+    live = model.get_weights()
+    with pytest.raises(KeyError, match="boom"):  # Keras calls no on_test_end then
+        model.evaluate(X, Y, verbose=0, callbacks=[callback, Boom()])
+    model.predict(X, verbose=0, callbacks=[callback])  # the next begin restores them
+    assert_bits(model.get_weights(), live)
+
+
+def test_evaluate_after_a_fit_that_raised_is_not_validation() -> None:
+    model, callback = fitted(swap=("evaluate",))
+    with pytest.raises(KeyError, match="boom"):  # Keras calls no on_train_end then
+        model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[callback, Boom()])
+    loss = model.evaluate(X, Y, verbose=0, callbacks=[callback])
+    assert loss != model.evaluate(X, Y, verbose=0)
+
+
+def test_nothing_is_swapped_in_before_an_update() -> None:
+    model = make_model()
+    live = model.get_weights()
+    loss = model.evaluate(X, Y, verbose=0, callbacks=[EMACallback(decay=0.9)])
+    assert loss == model.evaluate(X, Y, verbose=0)
+    assert_bits(model.get_weights(), live)
+
+
+def test_swap_can_leave_evaluate_and_predict_live() -> None:
+    model, callback = fitted(swap=())
+    live = model.get_weights()
+    loss = model.evaluate(X, Y, verbose=0, callbacks=[callback])
+    assert loss == model.evaluate(X, Y, verbose=0)
+    assert_bits([model.predict(X, verbose=0, callbacks=[callback])], [model.predict(X, verbose=0)])
+    assert_bits(model.get_weights(), live)
+
+
+@pytest.mark.parametrize("swap", [("evaluate", "predict"), ("validate",)])
+def test_validation_inside_fit_uses_the_averages_only_when_asked(swap: tuple[str, ...]) -> None:
+    model, callback = make_model(), EMACallback(decay=0.8, swap=swap)
+    probe = Probe(callback)
+    model.fit(
+        X,
+        Y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        validation_data=(X, Y),
+        callbacks=[callback, probe],
+    )
+    for seen, (live, averages) in zip(probe.at_validation, probe.at_epoch_end, strict=True):
+        assert_bits(seen, averages if "validate" in swap else live)
+    assert_bits(model.get_weights(), probe.at_epoch_end[-1][0])
+    standalone = model.evaluate(X, Y, verbose=0, callbacks=[callback])  # not "validate"
+    assert (standalone == model.evaluate(X, Y, verbose=0)) == ("evaluate" not in swap)
+
+
+def test_resume_from_model_checkpoint_is_bit_for_bit(tmp_path: Path) -> None:
+    config = Config(schedule=schedules.warmup(0.95), init="zeros")
+    whole, straight = make_model(), EMACallback(config)
+    whole.fit(X, Y, batch_size=16, epochs=3, verbose=0, shuffle=False, callbacks=[straight])
+
+    first, saved = make_model(), EMACallback(config, filepath=tmp_path / "ema.safetensors")
+    keep = keras.callbacks.ModelCheckpoint(tmp_path / "last.keras")
+    first.fit(X, Y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[saved, keep])
+
+    model = keras.models.load_model(tmp_path / "last.keras")
+    resumed = EMACallback(config)
+    resumed.load(tmp_path / "ema.safetensors", model)
+    assert resumed.step == saved.step == 2 * BATCHES
+    assert_bits(resumed.average_weights(), saved.average_weights())
+    model.fit(
+        X,
+        Y,
+        batch_size=16,
+        epochs=3,
+        initial_epoch=2,
+        verbose=0,
+        shuffle=False,
+        callbacks=[resumed],
+    )
+    assert resumed.step == straight.step == 3 * BATCHES
+    assert_bits(model.get_weights(), whole.get_weights())
+    assert_bits(resumed.average_weights(), straight.average_weights())
+
+
+class Counter(keras.layers.Layer):
+    """Counts its training calls in an int32 weight (not trainable)."""
+
+    def build(self, input_shape: Any) -> None:
+        self.count = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False)
+
+    def call(self, x: Any, training: bool = False) -> Any:
+        if training:
+            self.count.assign(self.count + 1)
+        return x
+
+
+def test_integer_weights_are_copied() -> None:
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((4,)), Counter(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    callback = EMACallback(Config(schedule=0.9))  # buffers "average": floats averaged
+    model.fit(X, Y, batch_size=16, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
+    averages = callback.average_weights()
+    assert averages[0].dtype == np.int32 and int(averages[0]) == BATCHES
+    assert int(model.get_weights()[0]) == BATCHES
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"decay": 0.9, "config": Config()}, TypeError, "at most one of decay, schedule or config"),
+        ({"config": {"decay": 0.9}}, TypeError, "config must be an ema_core.Config"),
+        ({"decay": 1.5}, ValueError, "decay"),
+        ({"buffers": "keep"}, ValueError, "buffers"),
+        ({"swap": ("evaluate", "train")}, ValueError, r"swap names must be among .*'train'"),
+        ({"swap": 3}, TypeError, "swap must be a tuple"),
+        ({"swap": ("predict", None)}, TypeError, "swap must hold str names"),
+        ({"filepath": 3}, TypeError, "filepath must be a str, an os.PathLike or None"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        EMACallback(**kwargs)
+
+
+def test_calls_before_an_ema_exists(tmp_path: Path) -> None:
+    callback = EMACallback(decay=0.9)
+    with pytest.raises(RuntimeError, match="average_weights"):
+        callback.average_weights()
+    with pytest.raises(RuntimeError, match="save"):
+        callback.save(tmp_path / "x.safetensors")
+    with pytest.raises(TypeError, match="needs the model"):
+        callback.load(tmp_path / "x.safetensors")
+    with pytest.raises(TypeError, match="path must be a str"):
+        callback.save(3)  # type: ignore[arg-type]
+
+
+def test_a_mismatch_changes_nothing(tmp_path: Path) -> None:
+    model, callback = fitted()
+    path = callback.save(tmp_path / "ema.safetensors")
+    before = callback.average_weights()
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    other.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="another model"):
+        other.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    with pytest.raises(ValueError):
+        callback.load(path, other)
+    with pytest.raises(ValueError, match="config"):
+        EMACallback(decay=0.5).load(path, model)
+    assert callback.step == 2 * BATCHES
+    assert_bits(callback.average_weights(), before)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_backend_in_a_subprocess() -> None:
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    done = subprocess.run(
+        [sys.executable, "-c", TORCH_WORKER],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
