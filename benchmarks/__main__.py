@@ -1,5 +1,6 @@
 """``python -m benchmarks [--quick] [--big] [--backend B] [--workload W] [--dtype D] [--out DIR]``
 
+``python -m benchmarks --bank`` times the torch ``EMABank`` against separate EMAs only;
 ``python -m benchmarks --tree`` times flattening and checking flat dicts of 1k-100k leaves only;
 the full run prints that table too.
 
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import chart, harness, stateless, tree, workloads
+from benchmarks import bank, chart, harness, stateless, tree, workloads
 from benchmarks.backends import MODULES
 from benchmarks.peers import PEERS
 
@@ -51,6 +52,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--stateless",
         action="store_true",
         help="only the stateless ema_update against the EMA class (stateless.py)",
+    )
+    ap.add_argument(
+        "--bank",
+        action="store_true",
+        help="only the torch EMABank of K EMAs against K separate EMA objects (bank.py)",
     )
     return ap.parse_args(argv)
 
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stateless:
         print(stateless.main())
         return 0
+    if args.bank:
+        print(bank.main())
+        return 0
     names = args.workload or (
         ["resnet50"]
         if args.quick
@@ -130,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     print(harness.format_table(rows))
     tree_table = tree.main()
     print(tree_table)
-    stateless_table = "" if "torch" not in (args.backend or MODULES) else stateless.main()
+    with_torch = "torch" in (args.backend or MODULES)
+    stateless_table = stateless.main() if with_torch else ""
     print(stateless_table)
+    bank_table = bank.main() if with_torch else ""
+    print(bank_table)
     meta = describe(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "-".join(filter(None, [args.device, meta["date"], args.tag]))
@@ -147,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             "\nThe stateless torch `ema_update` against the `EMA` class, timed in strict "
             "alternation (`python -m benchmarks --stateless`):\n\n"
             f"```\n{stateless_table}\n```\n"
+        )
+    if bank_table:
+        tree_md += (
+            "\nThe torch `EMABank` of K EMAs against K separate `EMA` objects, timed in strict "
+            "alternation (`python -m benchmarks --bank`):\n\n"
+            f"```\n{bank_table}\n```\n"
         )
     stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md)
     drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")

@@ -6,27 +6,33 @@
 * ``make_update(config)``: the jitted ``(state, params) -> state`` with the state donated
   (trees of more than 1,024 arrays run in compiled chunks: XLA's compile time and memory grow
   faster than the leaf count).
+* ``make_bank_update(configs)`` / ``(sigma_rels=...)``: K EMAs of the same params (an EMA
+  bank) in one jitted call; its state is a tuple of K ``EMAState`` s.
 * ``with_ema(optimizer, config)``: an optax transformation whose state carries the EMA;
   ``ema_average(opt_state, config)`` reads it.
 * ``state_dict(state)`` / ``load_state_dict(arrays, like)``: flat numpy arrays for ``np.savez``,
   named by path with each key escaped (``~`` as ``~0``, ``/`` as ``~1``).
 
 Inside: ``_compiled`` and ``_chunked`` (the compiled update) and ``_optax`` are ``jax.jit`` of
-``ema_core._api.update``; ``_checkpoint`` the ``.npz`` names. The leaf kernels they reach are in
+``ema_core._api.update``; ``_bank`` and ``_bank_chunks`` the bank (its arguments checked by
+``ema_core._banks``); ``_checkpoint`` the ``.npz`` names. The leaf kernels they reach are in
 ``ema_core.backends.jax``, below the API. The old path ``ema_core.backends.jax.make_update``
 (and the other names here) still works.
 
 Nothing here issues a collective: every leaf is updated where its shards live.
 """
 
+from ema_core.jax._bank import BankUpdate, make_bank_update
 from ema_core.jax._checkpoint import load_state_dict, state_dict
 from ema_core.jax._compiled import make_update
 from ema_core.jax._optax import WithEMAState, ema_average, with_ema
 
 __all__ = [
+    "BankUpdate",
     "WithEMAState",
     "ema_average",
     "load_state_dict",
+    "make_bank_update",
     "make_update",
     "state_dict",
     "with_ema",

@@ -4,6 +4,8 @@ A power-function EMA ending at time t with exponent gamma averages the iterates 
 ``p(tau) = (gamma + 1) tau**gamma / t**(gamma + 1)`` on ``0 < tau <= t``; its width relative to t
 is sigma_rel. This module converts gamma <-> sigma_rel (Algorithm 2) and gives the inner products
 of two profiles (equation 151); ``_coefficients`` solves for the snapshots' coefficients.
+``SIGMA_REL_MAX`` and ``check_sigma_rel`` (the domain check) are ``ema_core._banks``' own,
+shared with the EMA banks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from ema_core._banks import SIGMA_REL_MAX, check_sigma_rel
 
 __all__ = [
     "SIGMA_REL_MAX",
@@ -27,8 +31,6 @@ __all__ = [
     "sigma_rel_to_gamma",
 ]
 
-#: sigma_rel of gamma = 0 (the uniform average); the posthoc domain is (0, SIGMA_REL_MAX).
-SIGMA_REL_MAX = 12.0**-0.5
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -37,19 +39,6 @@ def check_real(name: str, value: Any) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     return float(value)
-
-
-def check_sigma_rel(value: Any, name: str = "sigma_rel") -> float:
-    """``value`` as a float in (0, 12**-0.5), or ``TypeError`` / ``ValueError`` naming ``name``."""
-    s = check_real(name, value)
-    if not 0.0 < s < SIGMA_REL_MAX:
-        raise ValueError(
-            f"{name} must be in (0, 12**-0.5 = {SIGMA_REL_MAX:.6f}), got {value!r}: at 12**-0.5 "
-            "the power-function profile is the uniform average (gamma = 0), above it gamma < 0 "
-            "weights the first steps most (a profile unbounded at tau = 0), and above 0.3003 no "
-            "power function has that width"
-        )
-    return s
 
 
 def gamma_to_sigma_rel(gamma: float, /) -> float:

@@ -1,0 +1,194 @@
+"""The arguments every EMA bank takes, checked once for all frameworks (pure Python, core level).
+
+An EMA bank (``ema_core.torch.EMABank``, ``ema_core.jax.make_bank_update``) tracks K EMAs of
+the same params. Both take ``configs`` or EDM2's ``sigma_rels`` and may write post-hoc
+snapshots every ``snapshot_every`` steps; this module resolves and checks those arguments so
+that both refuse the same input with the same words, before anything is built:
+
+* ``check_sigma_rel``: the one domain check of a sigma_rel, also ``ema_core.posthoc``'s.
+* ``bank_configs`` / ``power_configs``: the K configs, given or one power function per
+  sigma_rel; ``sigma_rel_of``: a config's sigma_rel, if it has one.
+* ``check_snapshots`` / ``snapshot_sigma_rels``: the snapshot settings.
+
+The snapshot interval rule: the EMAs of a bank that writes snapshots share one ``interval``
+and ``snapshot_every`` is a multiple of it. ``posthoc.save_snapshot`` refuses a step that is
+not a multiple of its interval (no update ends there) and ``posthoc.list_snapshots`` refuses
+a directory whose snapshots have different intervals (the solve assumes one), so any other
+rule would build a bank whose snapshots fail to be written or to be read back.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ema_core._checks import check_positive
+from ema_core._config import Config
+from ema_core.schedules import PowerFunction, gamma_to_sigma_rel, power_function
+
+__all__ = [
+    "SIGMA_REL_MAX",
+    "bank_configs",
+    "check_sigma_rel",
+    "check_snapshots",
+    "power_configs",
+    "sequence",
+    "sigma_rel_of",
+    "snapshot_sigma_rels",
+]
+
+#: sigma_rel of gamma = 0 (the uniform average); the post-hoc domain is (0, SIGMA_REL_MAX).
+SIGMA_REL_MAX = 12.0**-0.5
+
+
+def check_sigma_rel(value: Any, name: str = "sigma_rel") -> float:
+    """``value`` as a float in (0, 12**-0.5), the domain of EDM2's post-hoc EMA.
+
+    Raises:
+        TypeError: ``value`` is not a real number (a bool is not one).
+        ValueError: ``value`` is outside (0, 12**-0.5), or NaN; the message says why.
+
+    Example:
+        >>> check_sigma_rel(0.05)
+        0.05
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    s = float(value)
+    if not 0.0 < s < SIGMA_REL_MAX:
+        raise ValueError(
+            f"{name} must be in (0, 12**-0.5 = {SIGMA_REL_MAX:.6f}), got {value!r}: at 12**-0.5 "
+            "the power-function profile is the uniform average (gamma = 0), above it gamma < 0 "
+            "weights the first steps most (a profile unbounded at tau = 0), and above 0.3003 no "
+            "power function has that width"
+        )
+    return s
+
+
+def sequence(name: str, value: Any) -> tuple[Any, ...]:
+    """``value`` (a list or tuple, not a str, bytes or a lone ``Config``) as a tuple.
+
+    Raises:
+        TypeError: anything else, naming ``name``.
+    """
+    if isinstance(value, (str, bytes, Config)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence (list or tuple), got {type(value).__name__}")
+    return tuple(value)
+
+
+def _non_empty(name: str, value: Any) -> tuple[Any, ...]:
+    values = sequence(name, value)
+    if not values:
+        raise ValueError(f"{name} is empty: a bank needs at least one EMA (K >= 1)")
+    return values
+
+
+def power_configs(sigma_rels: Any, interval: Any) -> tuple[Config, ...]:
+    """EDM2's power-function EMAs: for each sigma_rel s,
+    ``Config(schedule=power_function(sigma_rel=s), init="copy", interval=interval)``; the
+    interval is compensated, so the decays telescope to ``(1 - interval/t) ** (gamma + 1)``.
+
+    Raises:
+        TypeError: ``sigma_rels`` not a sequence, an entry not a real number, ``interval``
+            not an int. ValueError: no entry, an entry outside (0, 12**-0.5) or repeated,
+            ``interval`` < 1. Every entry is checked before any config is built.
+
+    Example:
+        >>> [c.interval for c in power_configs([0.05, 0.10], 4)]
+        [4, 4]
+    """
+    check_positive("interval", interval, integer=True)
+    values = _non_empty("sigma_rels", sigma_rels)
+    checked = [check_sigma_rel(s, f"sigma_rels[{k}]") for k, s in enumerate(values)]
+    for k, s in enumerate(checked):
+        if s in checked[:k]:
+            first = checked.index(s)
+            raise ValueError(
+                f"sigma_rels[{k}]={values[k]!r} repeats sigma_rels[{first}]: each EMA of a "
+                "bank needs its own sigma_rel"
+            )
+    schedules = [power_function(sigma_rel=s) for s in checked]
+    return tuple(Config(schedule=p, init="copy", interval=interval) for p in schedules)
+
+
+def bank_configs(owner: str, configs: Any, sigma_rels: Any, interval: Any) -> tuple[Config, ...]:
+    """A bank's K configs: ``configs`` as given, or ``power_configs(sigma_rels, interval)``.
+
+    Raises:
+        TypeError: both or neither of ``configs`` and ``sigma_rels`` (``owner`` names the
+            bank); ``interval`` other than 1 with ``configs`` (set ``Config.interval``);
+            ``configs`` not a sequence of ``Config``. ValueError: ``configs`` empty; what
+            ``power_configs`` refuses.
+    """
+    if (configs is None) == (sigma_rels is None):
+        raise TypeError(f"{owner} takes exactly one of configs or sigma_rels")
+    if sigma_rels is not None:
+        return power_configs(sigma_rels, interval)
+    if interval != 1:
+        raise TypeError(f"interval={interval!r} goes with sigma_rels; set Config.interval instead")
+    found = _non_empty("configs", configs)
+    for k, config in enumerate(found):
+        if not isinstance(config, Config):
+            raise TypeError(f"configs[{k}] must be an ema_core.Config, got {type(config).__name__}")
+    return found
+
+
+def sigma_rel_of(config: Config) -> float | None:
+    """EDM2's sigma_rel of a power-function config (None for any other schedule).
+
+    Example:
+        >>> round(sigma_rel_of(power_configs([0.05], 1)[0]), 6), sigma_rel_of(Config())
+        (0.05, None)
+    """
+    schedule = config.schedule
+    return gamma_to_sigma_rel(schedule.gamma) if isinstance(schedule, PowerFunction) else None
+
+
+def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
+    """Each config's sigma_rel, for its snapshots.
+
+    Raises:
+        ValueError: a config is not a power function, naming it (its sigma_rel is unknown).
+    """
+    found = []
+    for k, config in enumerate(configs):
+        sigma_rel = sigma_rel_of(config)
+        if sigma_rel is None:
+            raise ValueError(
+                f"configs[{k}] has no sigma_rel (its schedule {config.schedule!r} is not a "
+                "schedules.power_function); post-hoc snapshots need power-function EMAs"
+            )
+        found.append(sigma_rel)
+    return tuple(found)
+
+
+def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> None:
+    """Raise unless ``snapshot_every`` and ``snapshot_dir`` are both None, or both given with
+    ``every`` an int >= 1, ``directory`` a path, every EMA a power function, one ``interval``
+    shared by all EMAs and ``every`` a multiple of it (the module's interval rule).
+
+    Raises:
+        TypeError: ``every`` not an int, ``directory`` not a str or ``os.PathLike``.
+        ValueError: one given without the other, ``every`` < 1, an EMA without a
+            sigma_rel, EMAs with different intervals, ``every`` not a multiple of theirs.
+    """
+    if every is None and directory is None:
+        return
+    if every is None or directory is None:
+        given, missing = ("snapshot_every", "snapshot_dir")[:: 1 if directory is None else -1]
+        raise ValueError(f"{given} needs {missing} too (got {missing}=None)")
+    check_positive("snapshot_every", every, integer=True)
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"snapshot_dir must be a str or os.PathLike, got {type(directory).__name__}"
+        )
+    snapshot_sigma_rels(configs)
+    intervals = sorted({c.interval for c in configs})
+    if len(intervals) > 1 or every % intervals[0]:
+        raise ValueError(
+            f"snapshot_every={every} must be a multiple of the EMAs' interval, and the EMAs "
+            f"of a bank with snapshots must share one interval; got intervals {intervals} "
+            "(a snapshot directory holds one interval, and a snapshot follows an update)"
+        )

@@ -1,0 +1,201 @@
+"""``make_bank_update``: K EMAs of the same params (an EMA bank), updated by one jitted call.
+
+The bank's state is a tuple of K ``EMAState`` s, each laid out as ``make_update``'s state, so
+``ema_core.average``, ``state_dict`` and shardings work per EMA. One call traces the K updates
+into one XLA computation: one dispatch instead of K, every leaf updated where it lives, no
+collective. Trees of more than ``CHUNK`` arrays run in chunks, each chunk one compiled call
+for all K EMAs (``_bank_chunks``). ``save_snapshots`` / ``snapshot_every=`` write EDM2 post-hoc
+snapshots through ``ema_core.posthoc.save_snapshot``, outside the jit. The arguments are
+resolved and checked by ``ema_core._banks``, as every bank's are.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from ema_core import _api, _banks
+from ema_core._config import Config
+from ema_core._types import EMAState, Tree
+from ema_core.jax import _chunked
+from ema_core.jax._bank_chunks import Chunks
+from ema_core.jax._compiled import _avals, _check_step, _committed, _Split, _split
+
+
+def make_bank_update(
+    configs: Sequence[Config] | None = None,
+    /,
+    *,
+    sigma_rels: Sequence[float] | None = None,
+    interval: int = 1,
+    donate: bool = True,
+    snapshot_every: int | None = None,
+    snapshot_dir: str | os.PathLike[str] | None = None,
+) -> BankUpdate:
+    """One jitted update of K EMAs of the same params, each under its own ``Config``.
+
+    For every EMA k: ``shadow_k <- shadow_k + (1 - d_k,t) (params - shadow_k)`` with its own
+    ``t = states[k].step + 1``; the result equals K ``make_update(configs[k])`` calls bit for
+    bit. Give ``configs``, or ``sigma_rels`` for EDM2's power-function EMAs:
+    ``Config(schedule=power_function(sigma_rel=s), init="copy", interval=interval)``.
+
+    Args:
+        configs: one ``Config`` per EMA (any mix of schedules, intervals, dtypes).
+        sigma_rels: EDM2 relative widths, each in ``(0, 12**-0.5)``, all distinct.
+        interval: the update interval of the ``sigma_rels`` EMAs (compensated, EDM2's t_delta).
+        donate: donate the states' buffers to the new states (default True).
+        snapshot_every: after an update whose step is a multiple of this, write every EMA's
+            snapshot into ``snapshot_dir`` (``save_snapshots``). The EMAs must then be power
+            functions sharing one ``interval`` that divides ``snapshot_every`` (a snapshot
+            directory holds one interval; see ``ema_core._banks``), and the bank must be called
+            outside ``jax.jit``. The host counts the steps: a step is read only on the first
+            call and after a state the bank did not make (a resume).
+        snapshot_dir: the directory of those snapshots (required with ``snapshot_every``).
+
+    Returns:
+        A ``BankUpdate``: ``states = bank.init(params)``; ``states = bank(states, params)``.
+
+    Raises:
+        TypeError: both or neither of ``configs`` / ``sigma_rels``; a config is not a
+            ``Config``; ``interval`` not an int, or not 1 with ``configs``; a sigma_rel not a
+            number; ``snapshot_every`` not an int; ``snapshot_dir`` not a path; ``donate``
+            not a bool.
+        ValueError: no EMA (K = 0); a sigma_rel out of range or repeated; ``interval < 1``;
+            ``snapshot_every`` < 1, or one of ``snapshot_every`` / ``snapshot_dir`` without
+            the other, or with a config that is not a power function (its sigma_rel is
+            unknown), or EMAs whose intervals differ or do not divide ``snapshot_every``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ema_core.jax import make_bank_update
+        >>> bank = make_bank_update(sigma_rels=(0.05, 0.10))
+        >>> states = bank.init({"w": jnp.zeros(2)})
+        >>> states = bank(states, {"w": jnp.ones(2)})  # the first update copies
+        >>> [s.shadow["w"].tolist() for s in states], [int(s.step) for s in states]
+        ([[1.0, 1.0], [1.0, 1.0]], [1, 1])
+    """
+    if not isinstance(donate, bool):
+        raise TypeError(f"donate must be True or False, got {donate!r}")
+    checked = _banks.bank_configs("make_bank_update", configs, sigma_rels, interval)
+    _banks.check_snapshots(snapshot_every, snapshot_dir, checked)
+    return BankUpdate(checked, donate, snapshot_every, snapshot_dir)
+
+
+class BankUpdate:
+    """The callable ``make_bank_update`` returns (``configs`` holds the K configs)."""
+
+    def __init__(
+        self, configs: tuple[Config, ...], donate: bool, every: int | None, directory: Any
+    ) -> None:
+        self.configs = configs
+        self._every, self._directory = every, directory
+        self._jitted = jax.jit(self._arrays, static_argnums=(2, 3), donate_argnums=(0,) * donate)
+        self._chunks = Chunks(configs, donate)
+        self._made: tuple[Callable[[], Any], ...] = ()  # the steps this bank last returned
+        self._host_steps: list[int] = []  # with snapshot_every: the steps, counted here
+
+    def init(self, params: Tree, /) -> tuple[EMAState, ...]:
+        """K new states for ``params``: ``ema_core.init(params, config)`` for each config."""
+        return tuple(_api.init(params, c) for c in self.configs)
+
+    def averages(self, states: Sequence[EMAState], /) -> tuple[Tree, ...]:
+        """``ema_core.average(states[k], configs[k])`` for each EMA."""
+        return tuple(
+            _api.average(s, c) for s, c in zip(self._states(states), self.configs, strict=True)
+        )
+
+    def __call__(self, states: Sequence[EMAState], params: Tree, /) -> tuple[EMAState, ...]:
+        states = self._states(states)
+        made = [m() for m in self._made] or [None] * len(states)
+        trusted = all(s.step is m for s, m in zip(states, made, strict=True))
+        if not trusted:  # a step this bank made is valid: not read again
+            for state in states:
+                _check_step(state.step)
+        if self._every is not None:
+            self._count(states, trusted)
+        arrays, params_arrays, state_split, params_split = self._prepare(states, params)
+        if len(params_arrays) <= _chunked.CHUNK:
+            new = self._jitted(arrays, params_arrays, state_split, params_split)
+        else:
+            key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
+            merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
+            kinds = self._chunks.kinds(key, merge, arrays, params_arrays)
+            new = self._chunks.run(arrays, params_arrays, kinds)
+        out: tuple[EMAState, ...] = state_split.merge(new)
+        steps = [s.step for s in out]
+        if all(isinstance(t, jax.Array) and not isinstance(t, jax.core.Tracer) for t in steps):
+            self._made = tuple(weakref.ref(t) for t in steps)
+        if self._every is not None and self._host_steps[0] % self._every == 0:
+            self.save_snapshots(self._directory, out, steps=self._host_steps)
+        return out
+
+    def save_snapshots(
+        self,
+        directory: str | os.PathLike[str],
+        states: Sequence[EMAState],
+        /,
+        *,
+        dtype: str | None = None,
+        steps: Sequence[int] | None = None,
+    ) -> list[Any]:
+        """Write each EMA's average as an EDM2 snapshot (``ema_core.posthoc.save_snapshot``)
+        at its step (read from the state unless ``steps`` gives them); return what it returns.
+
+        Raises:
+            ValueError: an EMA is not a power function (its sigma_rel is unknown).
+        """
+        from ema_core import posthoc  # posthoc (numpy) loads only when writing
+
+        states = self._states(states)
+        sigma_rels = _banks.snapshot_sigma_rels(self.configs)
+        steps = [int(s.step) for s in states] if steps is None else list(steps)
+        return [
+            posthoc.save_snapshot(
+                directory, avg, step=t, sigma_rel=s, dtype=dtype, interval=c.interval
+            )
+            for avg, t, s, c in zip(
+                self.averages(states), steps, sigma_rels, self.configs, strict=True
+            )
+        ]
+
+    def lower(self, states: Sequence[EMAState], params: Tree, /) -> Any:
+        """JAX's lowered computation (``.compile().as_text()``: the HLO) for these arguments."""
+        return self._jitted.lower(*self._prepare(self._states(states), params))
+
+    def _count(self, states: tuple[EMAState, ...], trusted: bool) -> None:
+        """The host's count of each EMA's step after this update (snapshot_every)."""
+        if any(isinstance(s.step, jax.core.Tracer) for s in states):
+            raise TypeError("a bank with snapshot_every writes files: call it outside jax.jit")
+        if trusted and self._host_steps:
+            self._host_steps = [t + 1 for t in self._host_steps]
+        else:
+            self._host_steps = [int(s.step) + 1 for s in states]
+
+    def _states(self, states: Any) -> tuple[EMAState, ...]:
+        values = _banks.sequence("states", states)
+        if len(values) != len(self.configs):
+            raise ValueError(
+                f"states must hold one EMAState per config ({len(self.configs)}), got {len(values)}"
+            )
+        for i, s in enumerate(values):
+            if not isinstance(s, EMAState):
+                raise TypeError(f"states[{i}] must be an EMAState, got {type(s).__name__}")
+        return values
+
+    def _prepare(self, states: tuple[EMAState, ...], params: Tree) -> tuple[Any, ...]:
+        state_arrays, state_split = _split(states)
+        params_arrays, params_split = _split(params)
+        if not any(isinstance(x, jax.core.Tracer) for x in state_arrays):  # no "committed"
+            state_arrays = _committed(state_arrays)
+        return state_arrays, params_arrays, state_split, params_split
+
+    def _arrays(
+        self, arrays: list[Any], params_arrays: list[Any], state_split: _Split, params_split: _Split
+    ) -> list[Any]:
+        states, params = state_split.merge(arrays), params_split.merge(params_arrays)
+        new = tuple(_api.update(s, params, c) for s, c in zip(states, self.configs, strict=True))
+        return _split(new)[0]
