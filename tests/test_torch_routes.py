@@ -16,7 +16,7 @@ import pytest
 from ema_core import _core
 from ema_core.backends import generic
 from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import _cuda, _routes
+from ema_core.backends.torch import _cuda, _host, _routes
 
 torch = pytest.importorskip("torch")
 
@@ -109,6 +109,26 @@ def test_cpu_routes(kind, decay):
         for s, b, p in zip(shadows, before, params, strict=True):
             way = _taken(plan, d)[(s.dtype, p.dtype)]
             assert _same_bits(s, _want(way, b, p, d, r)), (way, s.dtype, p.dtype, s.shape)
+
+
+@pytest.mark.parametrize("decay", [0.999, 0.3], ids=["high", "low"])
+@pytest.mark.parametrize(("sd", "pd"), [(F32, BF16), (F32, F16), (F64, F32)])
+def test_host_engine_large_leaves(monkeypatch, host_kernels, sd, pd, decay):
+    """Large contiguous leaves (without numba: torch's ops, block by block, a partial last
+    block included) and the rest (numpy blocks or compiled loops) blend bit-equal to the core,
+    twice over the same bound views."""
+    monkeypatch.setattr(_host, "LARGE", 2500)
+    monkeypatch.setattr(_host, "TORCH_BLOCK", 1000)
+    pairs = [_pair(sd, pd, shape, k) for k, shape in enumerate([(2500,), (7, 601), (40,)])]
+    s, p = _pair(sd, pd, (60, 50), 9)
+    pairs.append((s.t(), p.t()))  # large but strided: the engine's slabs
+    shadows, params = [s for s, _ in pairs], [p for _, p in pairs]
+    bound = _host.bind(shadows, params)
+    assert len(bound.large) == 2 and bound.small == [2, 3]
+    for _ in range(2):
+        want = [_core.blend(xp, s.clone(), p, decay, 1.0 - decay) for s, p in pairs]
+        _host.run(bound, decay, 1.0 - decay)
+        assert all(_same_bits(s, w) for s, w in zip(shadows, want, strict=True))
 
 
 @pytest.mark.parametrize("decay", [1.0, 0.0])

@@ -39,7 +39,7 @@ from ema_core.backends.host import _blocks, _numba, _threads
 from ema_core.backends.host._numba import ParamsFormat
 from ema_core.backends.host._threads import Item, Leaf
 
-__all__ = ["BLOCK", "LEAST", "SMALL", "Leaf", "ParamsFormat", "Plan", "plan", "run"]
+__all__ = ["BLOCK", "LEAST", "SMALL", "Leaf", "ParamsFormat", "Plan", "compiled", "plan", "run"]
 
 BLOCK = _blocks.BLOCK
 #: Leaves of at most this many elements are blended together through one gathered block.
@@ -86,6 +86,11 @@ def plan(
     ]
     leaves = [leaf for leaf in leaves if leaf.shadow.size]
     return Plan(_threads.share(_batched(leaves), workers, least=LEAST, grain=BLOCK), leaves)
+
+
+def compiled() -> bool:
+    """Whether ``run`` blends through numba's compiled loops (else the numpy blocks)."""
+    return _numba.usable()
 
 
 def run(work: Plan, decay: float, rate: float) -> None:

@@ -3,8 +3,11 @@
 A float32/float64 shadow over params no wider (bf16, fp16, fp32 under fp64) is blended in one
 engine plan: each tensor is seen as a numpy array without a copy (bfloat16 as its uint16 bits,
 strided tensors with their strides), small leaves are batched, large ones cut over
-``torch.get_num_threads()`` threads, and each piece runs numba's compiled loop or, without
-numba, the engine's numpy blocks. The arithmetic is the generic core's (no FMA), so it may
+``torch.get_num_threads()`` threads, and each piece runs numba's compiled loop. Without numba,
+contiguous leaves of at least ``LARGE`` elements take torch's own ops instead (the params
+widened into a cache-sized scratch, then the core's steps: vectorised and multi-threaded by
+torch, they beat the engine's numpy ufunc blocks on large leaves: ``EMA_CORE_NUMBA=0 python -m
+benchmarks --backend torch --no-peers``), and the rest the engine's numpy blocks. The arithmetic is the generic core's (no FMA), so it may
 differ from torch's own ``lerp_`` by one rounding; the tests pin it to the generic path bit for
 bit. A ``Bound`` keeps the views and the plan between updates, and is rebuilt when a tensor's
 storage, shape or dtype changes (``stale``). Host (Python float) decays only.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import operator
+import threading
 from typing import Any, NamedTuple
 
 import torch
@@ -29,6 +33,10 @@ _SHADOW_DTYPES = (torch.float32, torch.float64)
 _DTYPE = operator.attrgetter("dtype")
 _PARAMS_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _NUMPY = importlib.util.find_spec("numpy") is not None
+#: Without numba, leaves of at least this many contiguous elements take torch's ops.
+LARGE = 1 << 18
+#: Elements per block of torch's ops (float32: 8 MiB, an L3-sized block).
+TORCH_BLOCK = 1 << 21
 
 
 def usable(shadow: torch.Tensor, params: torch.Tensor) -> bool:
@@ -72,23 +80,35 @@ class Bound:
         self.shadows: list[Any] = []
         self.params: list[Any] = []
         self.formats: list[host.ParamsFormat] = []
+        self.large: list[tuple[torch.Tensor, torch.Tensor]] = []  # flat, for torch's ops
+        small: list[int] = []
         for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
             views = _view(s), _view(p)
             if views[0] is None or views[1] is None:
                 self.left.append(i)
                 continue
+            if s.numel() >= LARGE and s.is_contiguous() and p.is_contiguous():
+                self.large.append((s.detach().view(-1), p.detach().view(-1)))
+            else:
+                small.append(len(self.shadows))
             self.shadows.append(views[0])
             self.params.append(views[1])
             self.formats.append("bfloat16" if p.dtype == torch.bfloat16 else "float")
-        self.plans: dict[int, host.Plan] = {}  # the engine's plan per thread count
+        self.small = small  # positions (among the views) the engine blends without numba
+        self.plans: dict[tuple[int, bool], host.Plan] = {}  # per thread count, all or small
 
-    def plan_for(self, workers: int) -> host.Plan:
-        """The engine's plan for ``workers`` threads (made once per count)."""
-        if workers not in self.plans:
-            self.plans[workers] = host.plan(
-                self.shadows, self.params, self.formats, workers=workers
+    def plan_for(self, workers: int, *, all_leaves: bool = True) -> host.Plan:
+        """The engine's plan for ``workers`` threads over every view, or (``all_leaves``
+        False) over the views not in ``large`` (made once per count)."""
+        if (workers, all_leaves) not in self.plans:
+            keep = range(len(self.shadows)) if all_leaves else self.small
+            self.plans[workers, all_leaves] = host.plan(
+                [self.shadows[i] for i in keep],
+                [self.params[i] for i in keep],
+                [self.formats[i] for i in keep],
+                workers=workers,
             )
-        return self.plans[workers]
+        return self.plans[workers, all_leaves]
 
 
 class Key(NamedTuple):
@@ -152,8 +172,49 @@ def bind(
 
 def run(bound: Bound, decay: float, rate: float) -> None:
     """Blend the pairs ``bound`` took, in place, with a host ``decay`` (its ``left`` ones are
-    not touched): decay 1 writes nothing, 0 copies the params exactly."""
-    host.run(bound.plan_for(torch.get_num_threads()), decay, rate)
+    not touched): decay 1 writes nothing, 0 copies the params exactly. Without numba, large
+    leaves take torch's own ops (``_torch_blocks``) and the rest the engine's numpy blocks."""
+    workers = torch.get_num_threads()
+    if decay in (0.0, 1.0) or host.compiled() or not bound.large:
+        host.run(bound.plan_for(workers), decay, rate)
+        return
+    _torch_blocks(bound.large, decay, rate)
+    host.run(bound.plan_for(workers, all_leaves=False), decay, rate)
+
+
+def _torch_blocks(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float, rate: float
+) -> None:
+    """The core's blend op by op with torch's vectorised, multi-threaded kernels, in blocks
+    of ``TORCH_BLOCK`` elements that stay in the cache: the params widened into a scratch,
+    ``t = (p - s) * f``, then ``s + t`` (f = rate, decay >= 0.5) or ``p - t`` (f = decay).
+    The same roundings as the core and the compiled loops, so the same bits."""
+    low = decay >= 0.5
+    factor = rate if low else decay
+    work = _scratch(pairs[0][0].dtype)
+    for s, p in pairs:
+        for start in range(0, s.numel(), TORCH_BLOCK):
+            ss, pp = s[start : start + TORCH_BLOCK], p[start : start + TORCH_BLOCK]
+            t = work[: ss.numel()]
+            t.copy_(pp)
+            t.sub_(ss)
+            t.mul_(factor)
+            if low:
+                ss.add_(t)
+            else:
+                ss.copy_(pp)
+                ss.sub_(t)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(dtype: torch.dtype) -> torch.Tensor:
+    """This thread's reused scratch of ``TORCH_BLOCK`` elements of ``dtype``."""
+    cache: dict[torch.dtype, torch.Tensor] = _SCRATCH.__dict__.setdefault("blocks", {})
+    if dtype not in cache or cache[dtype].numel() < TORCH_BLOCK:
+        cache[dtype] = torch.empty(TORCH_BLOCK, dtype=dtype)
+    return cache[dtype]
 
 
 def lerp_(
