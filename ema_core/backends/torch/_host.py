@@ -7,8 +7,9 @@ strided tensors with their strides), small leaves are batched, large ones cut ov
 contiguous leaves of at least ``LARGE`` elements take torch's own ops instead (the params
 widened into a cache-sized scratch, then the core's steps: vectorised and multi-threaded by
 torch, they beat the engine's numpy ufunc blocks on large leaves: ``EMA_CORE_NUMBA=0 python -m
-benchmarks --backend torch --no-peers``), and the rest the engine's numpy blocks. The arithmetic is the generic core's (no FMA), so it may
-differ from torch's own ``lerp_`` by one rounding; the tests pin it to the generic path bit for
+benchmarks --backend torch --no-peers``), and the rest the engine's numpy blocks. The
+arithmetic is the generic core's (no FMA), so it may differ from torch's own ``lerp_`` by one
+rounding; the tests pin it to the generic path bit for
 bit. A ``Bound`` keeps the views and the plan between updates, and is rebuilt when a tensor's
 storage, shape or dtype changes (``stale``). Host (Python float) decays only.
 """
