@@ -42,6 +42,42 @@ def path_str(root: str, path: Path) -> str:
     return "".join(parts)
 
 
+def escape_key(key: str) -> str:
+    """One key of a path as it appears in a file's tensor name, escaped as in a JSON pointer:
+    ``~`` -> ``~0``, ``/`` -> ``~1`` (so ``/`` can join the keys)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def unescape_key(part: str) -> str:
+    """The inverse of ``escape_key``."""
+    return part.replace("~1", "/").replace("~0", "~")
+
+
+def leaf_names(
+    paths: Sequence[Path], what: str, *, prefix: str = "", verb: str = "named"
+) -> list[str]:
+    """The file names of the leaves at ``paths`` of the nest ``what``: ``prefix`` then the keys,
+    each escaped (``escape_key``), joined by ``/``. The names checkpoints and post-hoc snapshots
+    give their arrays.
+
+    Raises:
+        ValueError: two paths would share a name (the int ``0`` and the str ``"0"`` as keys of
+            one dict); the message says they would both be ``verb`` that name.
+    """
+    head = [prefix] if prefix else []
+    names = ["/".join([*head, *(escape_key(str(key)) for _, key in path)]) for path in paths]
+    if len(set(names)) < len(names):
+        seen: dict[str, Path] = {}
+        for name, path in zip(names, paths, strict=True):
+            if name in seen:
+                raise ValueError(
+                    f"{path_str(what, seen[name])} and {path_str(what, path)} would both be "
+                    f"{verb} {name!r}; give every array of the nest a distinct key"
+                )
+            seen[name] = path
+    return names
+
+
 def entry(kind: str, key: Any) -> PathEntry:
     if kind == "pytree":  # the backend gives ready path entries
         return key  # type: ignore[no-any-return]

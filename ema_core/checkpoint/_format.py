@@ -18,7 +18,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ema_core._tree import Path, path_str
+from ema_core._paths import escape_key, leaf_names, unescape_key
+from ema_core._tree import Path
 
 __all__ = [
     "FORMAT",
@@ -47,34 +48,18 @@ SHADOW = "shadow"
 KEYS = ("format", "format_version", "library_version", "source", "framework", "dtypes", "config")
 
 
-def escape(key: str) -> str:
-    """One key of a path as it appears in a name: ``~`` -> ``~0``, ``/`` -> ``~1``."""
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def unescape(part: str) -> str:
-    """The inverse of ``escape``."""
-    return part.replace("~1", "/").replace("~0", "~")
+escape = escape_key
+unescape = unescape_key
 
 
 def shadow_names(paths: Sequence[Path], what: str) -> list[str]:
-    """The tensor names of the shadows at ``paths`` of the nest ``what``.
+    """The tensor names of the shadows at ``paths`` of the nest ``what`` (``shadow/`` and the
+    escaped keys).
 
     Raises:
-        ValueError: two paths would share a name (the int ``0`` and the str ``"0"`` as keys of
-            one dict).
+        ValueError: two paths would share a name.
     """
-    names = ["/".join([SHADOW, *(escape(str(key)) for _, key in path)]) for path in paths]
-    if len(set(names)) < len(names):
-        seen: dict[str, Path] = {}
-        for name, path in zip(names, paths, strict=True):
-            if name in seen:
-                raise ValueError(
-                    f"{path_str(what, seen[name])} and {path_str(what, path)} would both be "
-                    f"saved as {name!r}; give every array of the nest a distinct key"
-                )
-            seen[name] = path
-    return names
+    return leaf_names(paths, what, prefix=SHADOW, verb="saved as")
 
 
 def dtype_name(dtype: Any) -> str:

@@ -9,14 +9,14 @@ string ``"0"`` in one dict) are refused. Only ``sys.modules`` is read to recogni
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat as compat
 import numpy as np
 
 from ema_core._ops import is_host_array
-from ema_core._tree import Path, TreeDef, flatten, path_str, unflatten
+from ema_core._paths import leaf_names
+from ema_core._tree import TreeDef, flatten, unflatten
 
 __all__ = ["framework_of", "from_host", "named_leaves", "rebuild", "to_host"]
 
@@ -30,26 +30,7 @@ def named_leaves(tree: Any, what: str) -> tuple[list[str], list[Any], TreeDef]:
         )
     if not leaves:
         raise ValueError(f"{what} holds no arrays")
-    names = ["/".join(_escape(str(key)) for _, key in path) for path in paths]
-    _check_distinct(names, paths, what)
-    return names, leaves, treedef
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def _check_distinct(names: list[str], paths: Sequence[Path], what: str) -> None:
-    if len(set(names)) == len(names):
-        return
-    seen: dict[str, Path] = {}
-    for name, path in zip(names, paths, strict=True):
-        if name in seen:
-            raise ValueError(
-                f"{path_str(what, seen[name])} and {path_str(what, path)} would both be named "
-                f"{name!r}; give every array a distinct key"
-            )
-        seen[name] = path
+    return leaf_names(paths, what), leaves, treedef
 
 
 def framework_of(leaf: Any, where: str) -> str:
