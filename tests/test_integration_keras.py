@@ -1,8 +1,9 @@
-"""The Keras 3 ``EMACallback`` with real Keras: fit, evaluate, predict, validation, resume.
+"""The Keras 3 ``EMACallback`` with real Keras: fit, evaluate, predict, validation, arguments.
 
 Keras picks its backend once, at import: this module runs the jax backend in-process (it sets
 ``KERAS_BACKEND`` unless Keras is already imported, and skips if that import chose another
-backend); the torch backend runs the same checks in a subprocess (``TORCH_WORKER``).
+backend). Resume and save/load: ``test_integration_keras_resume.py``; the torch backend, in a
+subprocess: ``test_integration_keras_torch.py``.
 
 Averages are compared with ema-core's own ``init`` / ``update`` / ``average`` run by hand on
 the weights a recording callback saw after each batch, on the same backend's arrays: the same
@@ -13,10 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,86 +31,20 @@ import keras
 import ema_core as ema
 from ema_core import Config, schedules
 from ema_core.integrations.keras import EMACallback
+from tests._keras_helpers import (
+    ARRAY_COPY_WARNING,
+    BATCHES,
+    X,
+    Y,
+    assert_bits,
+    fitted,
+    make_model,
+)
 
 if keras.backend.backend() != "jax":
     pytest.skip("keras was imported with another backend", allow_module_level=True)
 
-# Keras' own Variable.numpy() (behind model.get_weights()) under numpy 2
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
-RNG = np.random.default_rng(0)
-X = RNG.standard_normal((64, 4)).astype("float32")
-Y = (X @ RNG.standard_normal((4, 1)) + 0.1).astype("float32")
-BATCHES = 4  # per epoch, batch_size 16
-TORCH_WORKER = textwrap.dedent(
-    """
-    import tempfile, pathlib
-    import numpy as np, keras, torch
-    import ema_core as ema
-    from ema_core import Config, schedules
-    from ema_core.integrations.keras import EMACallback
-
-    assert keras.backend.backend() == "torch"
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 4)).astype("float32")
-    y = (x @ rng.standard_normal((4, 1)) + 0.1).astype("float32")
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.BatchNormalization(), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
-    seen = []
-    recorder = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: seen.append(model.get_weights()))
-    config = Config(schedule=schedules.warmup(0.9), init="zeros")  # buffers averaged
-    callback = EMACallback(config)
-    initial = model.get_weights()
-    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False,
-              callbacks=[callback, recorder])
-    names = [w.path for w in model.weights]
-    state = ema.init({n: torch.from_numpy(a) for n, a in zip(names, initial)}, config)
-    for weights in seen:
-        state = ema.update(state, {n: torch.from_numpy(a) for n, a in zip(names, weights)}, config)
-    want = [ema.average(state, config)[n].numpy() for n in names]
-
-    def same(got, want):
-        assert all(g.dtype == w.dtype and g.tobytes() == w.tobytes() for g, w in zip(got, want))
-
-    assert callback.step == len(seen) == 8
-    same(callback.average_weights(), want)
-    live = model.get_weights()
-    twin = keras.models.clone_model(model)
-    twin.compile(loss="mse")
-    twin.set_weights(callback.average_weights())
-    loss = model.evaluate(x, y, verbose=0, callbacks=[callback])
-    same(model.get_weights(), live)
-    assert loss == twin.evaluate(x, y, verbose=0) != model.evaluate(x, y, verbose=0)
-    out = model.predict(x, verbose=0, callbacks=[callback])
-    same(model.get_weights(), live)
-    same([out], [twin.predict(x, verbose=0)])
-    with tempfile.TemporaryDirectory() as folder:
-        path = callback.save(pathlib.Path(folder) / "ema.safetensors")
-        resumed = EMACallback(config)
-        resumed.load(path, model)
-    assert resumed.step == 8
-    same(resumed.average_weights(), want)
-    print("ok")
-    """
-)
-
-
-def make_model(seed: int = 1) -> Any:
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((4,)),
-            keras.layers.Dense(8, activation="relu"),
-            keras.layers.BatchNormalization(),
-            keras.layers.Dense(1),
-        ]
-    )
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
-    return model
+pytestmark = ARRAY_COPY_WARNING
 
 
 class Recorder(keras.callbacks.Callback):
@@ -141,13 +73,6 @@ class Probe(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self.at_epoch_end.append((self.model.get_weights(), self.ema.average_weights()))
-
-
-def assert_bits(got: list[np.ndarray], want: list[np.ndarray]) -> None:
-    assert len(got) == len(want)
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        assert g.tobytes() == w.tobytes()
 
 
 def hand_run(model: Any, initial: list, seen: list, config: Config, kept: set[str]) -> list:
@@ -195,12 +120,6 @@ def test_fit_averages_equal_a_hand_run(case: str, recorder_first: bool) -> None:
         want = [model.get_weights()[i] if w is None else w for i, w in enumerate(want)]
     assert_bits(callback.average_weights(), want)
     assert_bits(model.get_weights(), last)  # the live weights are the model's
-
-
-def fitted(swap: Any = ("evaluate", "predict")) -> tuple[Any, EMACallback]:
-    model, callback = make_model(), EMACallback(decay=0.8, swap=swap)
-    model.fit(X, Y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[callback])
-    return model, callback
 
 
 def twin_of(model: Any, weights: list[np.ndarray]) -> Any:
@@ -289,35 +208,6 @@ def test_validation_inside_fit_uses_the_averages_only_when_asked(swap: tuple[str
     assert (standalone == model.evaluate(X, Y, verbose=0)) == ("evaluate" not in swap)
 
 
-def test_resume_from_model_checkpoint_is_bit_for_bit(tmp_path: Path) -> None:
-    config = Config(schedule=schedules.warmup(0.95), init="zeros")
-    whole, straight = make_model(), EMACallback(config)
-    whole.fit(X, Y, batch_size=16, epochs=3, verbose=0, shuffle=False, callbacks=[straight])
-
-    first, saved = make_model(), EMACallback(config, filepath=tmp_path / "ema.safetensors")
-    keep = keras.callbacks.ModelCheckpoint(tmp_path / "last.keras")
-    first.fit(X, Y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[saved, keep])
-
-    model = keras.models.load_model(tmp_path / "last.keras")
-    resumed = EMACallback(config)
-    resumed.load(tmp_path / "ema.safetensors", model)
-    assert resumed.step == saved.step == 2 * BATCHES
-    assert_bits(resumed.average_weights(), saved.average_weights())
-    model.fit(
-        X,
-        Y,
-        batch_size=16,
-        epochs=3,
-        initial_epoch=2,
-        verbose=0,
-        shuffle=False,
-        callbacks=[resumed],
-    )
-    assert resumed.step == straight.step == 3 * BATCHES
-    assert_bits(model.get_weights(), whole.get_weights())
-    assert_bits(resumed.average_weights(), straight.average_weights())
-
-
 class Counter(keras.layers.Layer):
     """Counts its training calls in an int32 weight (not trainable)."""
 
@@ -357,46 +247,3 @@ def test_integer_weights_are_copied() -> None:
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         EMACallback(**kwargs)
-
-
-def test_calls_before_an_ema_exists(tmp_path: Path) -> None:
-    callback = EMACallback(decay=0.9)
-    with pytest.raises(RuntimeError, match="average_weights"):
-        callback.average_weights()
-    with pytest.raises(RuntimeError, match="save"):
-        callback.save(tmp_path / "x.safetensors")
-    with pytest.raises(TypeError, match="needs the model"):
-        callback.load(tmp_path / "x.safetensors")
-    with pytest.raises(TypeError, match="path must be a str"):
-        callback.save(3)  # type: ignore[arg-type]
-
-
-def test_a_mismatch_changes_nothing(tmp_path: Path) -> None:
-    model, callback = fitted()
-    path = callback.save(tmp_path / "ema.safetensors")
-    before = callback.average_weights()
-    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    other.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(ValueError, match="another model"):
-        other.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
-    with pytest.raises(ValueError):
-        callback.load(path, other)
-    with pytest.raises(ValueError, match="config"):
-        EMACallback(decay=0.5).load(path, model)
-    assert callback.step == 2 * BATCHES
-    assert_bits(callback.average_weights(), before)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
-def test_torch_backend_in_a_subprocess() -> None:
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    done = subprocess.run(
-        [sys.executable, "-c", TORCH_WORKER],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")

@@ -1,0 +1,93 @@
+"""The Keras 3 ``EMACallback`` on the torch backend, in a subprocess.
+
+Keras picks its backend once, at import, and the in-process tests run jax; this worker runs the
+checks of ``test_integration_keras.py`` and ``test_integration_keras_resume.py`` (fit against a
+hand run, evaluate, predict, save and load) with ``KERAS_BACKEND=torch``, bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+if importlib.util.find_spec("keras") is None:
+    pytest.skip("keras is needed", allow_module_level=True)
+
+# the mark every Keras test carries (Keras' Variable.numpy() under numpy 2)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+TORCH_WORKER = textwrap.dedent(
+    """
+    import tempfile, pathlib
+    import numpy as np, keras, torch
+    import ema_core as ema
+    from ema_core import Config, schedules
+    from ema_core.integrations.keras import EMACallback
+
+    assert keras.backend.backend() == "torch"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype("float32")
+    y = (x @ rng.standard_normal((4, 1)) + 0.1).astype("float32")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    seen = []
+    recorder = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(model.get_weights()))
+    config = Config(schedule=schedules.warmup(0.9), init="zeros")  # buffers averaged
+    callback = EMACallback(config)
+    initial = model.get_weights()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False,
+              callbacks=[callback, recorder])
+    names = [w.path for w in model.weights]
+    state = ema.init({n: torch.from_numpy(a) for n, a in zip(names, initial)}, config)
+    for weights in seen:
+        state = ema.update(state, {n: torch.from_numpy(a) for n, a in zip(names, weights)}, config)
+    want = [ema.average(state, config)[n].numpy() for n in names]
+
+    def same(got, want):
+        assert all(g.dtype == w.dtype and g.tobytes() == w.tobytes() for g, w in zip(got, want))
+
+    assert callback.step == len(seen) == 8
+    same(callback.average_weights(), want)
+    live = model.get_weights()
+    twin = keras.models.clone_model(model)
+    twin.compile(loss="mse")
+    twin.set_weights(callback.average_weights())
+    loss = model.evaluate(x, y, verbose=0, callbacks=[callback])
+    same(model.get_weights(), live)
+    assert loss == twin.evaluate(x, y, verbose=0) != model.evaluate(x, y, verbose=0)
+    out = model.predict(x, verbose=0, callbacks=[callback])
+    same(model.get_weights(), live)
+    same([out], [twin.predict(x, verbose=0)])
+    with tempfile.TemporaryDirectory() as folder:
+        path = callback.save(pathlib.Path(folder) / "ema.safetensors")
+        resumed = EMACallback(config)
+        resumed.load(path, model)
+    assert resumed.step == 8
+    same(resumed.average_weights(), want)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_backend_in_a_subprocess() -> None:
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    done = subprocess.run(
+        [sys.executable, "-c", TORCH_WORKER],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
