@@ -18,8 +18,11 @@ is one fused ``lerp``. With a device decay (``*_lerp_ends_``: a 0-d weight and d
 shadows' device, never read on the host, so capturable in a CUDA graph) both ends are exact, bit
 for bit: decay 1 keeps each shadow, decay 0 gives the widened params, inf and NaN included.
 The functions are plain torch (Triton aside) and also run on CPU tensors, which is how the CPU
-suite checks the blocked way; ``_routes`` sends only CUDA groups here.
-Triton is unverified in this repository's CI (no GPU): ``tests/test_torch_gpu.py`` checks it.
+suite checks the blocked way; ``_routes`` sends only CUDA groups here. The Triton functions run on
+CPU tensors too under Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton is imported):
+``tests/test_triton_interpreter.py`` runs the kernel so in a subprocess, bit for bit against the
+core at the decay the kernel applies, ``1 - fl32(1 - decay)`` (the interpreter rounds each
+operation; a GPU fuses the products into FMAs, which ``tests/test_torch_gpu.py`` allows for).
 """
 
 from __future__ import annotations
@@ -181,11 +184,20 @@ def _launch(
 
 @functools.cache
 def _kernel() -> Any:
-    """The compiled kernel, or None where Triton (or CUDA) is not available."""
-    if importlib.util.find_spec("triton") is None or not torch.cuda.is_available():
+    """The compiled kernel, or None where Triton is not installed or, unless Triton's interpreter
+    is on, CUDA is not available. The interpreter (Triton's own ``knobs.runtime.interpret``, its
+    reading of ``TRITON_INTERPRET``) runs the kernel on CPU tensors with numpy; it is read once,
+    as ``triton.jit`` does. ``triton_usable`` still requires a CUDA shadow: no route sends CPU
+    tensors here, the interpreter only serves direct calls (the CPU suite's check)."""
+    if importlib.util.find_spec("triton") is None:
         return None
     import triton
     import triton.language as tl
+
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
+    interpreting = knobs is not None and bool(knobs.runtime.interpret)
+    if not (interpreting or torch.cuda.is_available()):
+        return None
 
     @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
     def blend(  # type: ignore[no-untyped-def]  # noqa: ANN202

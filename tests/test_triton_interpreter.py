@@ -1,0 +1,205 @@
+"""The Triton kernel of ``_cuda`` (routes "triton-mixed" and "triton-mixed-ends": a float32 shadow
+over float16/bfloat16 params) run by Triton's interpreter on CPU tensors, against the core.
+
+What the kernel computes, element by element, with ``s`` the shadow, ``p`` the params widened to
+float32 (exact) and ``w`` the weight ``1 - decay`` rounded to float32 (a host float, or the 0-d
+device tensor ``_routes._on_device`` makes)::
+
+    diff = p - s
+    out  = s + w * diff          where |w| < 1/2
+           p - diff * (1 - w)    elsewhere            (torch's ``lerp``)
+    "-ends" variant: out = s where the device decay d == 1, p where d == 0 (read on the device)
+
+Under the interpreter (numpy) every operation is rounded to float32 on its own. That is exactly
+``_core.blend`` at the decay the kernel applies, ``d' = 1 - w`` (exact in float32 and float64:
+``1 - w`` is exact for ``w`` in [1/2, 1]) with rate ``w``: the core takes ``s + rate * diff`` for
+``d' > 1/2`` and ``p - d' * diff`` below. The tests assert that, bit for bit (NaN payloads too),
+and where ``d' == d`` or ``d > 1/2`` (where the core's own rate rounds to ``w``) also against
+the core at the true decay ``d``. Two differences, stated and not hidden:
+
+* ``d < 1/2``: the kernel's ``1 - fl32(1 - d)`` lies on the grid of 2**-24, the core's
+  ``fl32(d)`` is rounded relative to ``d``; equal for 0.25 (tested), not for 0.3 or 1e-3
+  (a weight error up to 2**-25, i.e. 3e-5 relative at d = 1e-3; the blocked and foreach routes,
+  torch's ``lerp`` too, share the kernel's form).
+* ``w == 1/2`` (d = 1/2): the kernel takes ``p - diff / 2``, the core ``s + diff / 2``; the
+  kernel's value is the core's blend with shadow and params swapped, which is what is compared.
+
+On a GPU Triton contracts ``a * b + c`` into one FMA (``enable_fp_fusion``, on by default), so
+there the results may differ from these by the rounding of the product: ``test_torch_gpu.py``
+allows one rounding. The interpreter checks the indexing (program offsets, the tail mask: every
+contiguous leaf lies in one buffer between sentinels, which an off-by-one overwrites) and the
+arithmetic (branches, weights, ends). Strided pairs are left by the wrapper to the blocked way:
+they must equal ``blocked_lerp_``/``blocked_lerp_ends_`` run on them alone. Values: normal,
+large, float32 and float16 subnormals, +-0, inf and NaN (not bfloat16 subnormals: Triton 3.9's
+interpreter widens them to 0, a GPU does not); no specials for the host decays 0 and 1 (weight 0
+or 1), which the routes never send here (skip/copy): ``0 * inf`` is NaN and ``-0 + 0`` is +0.
+
+All cases run in one subprocess with ``TRITON_INTERPRET=1`` set before anything imports Triton
+(``triton.jit`` reads it when it decorates, and ``_cuda._kernel`` is cached), each reported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import array_api_compat.torch as xp
+import numpy as np
+import pytest
+import torch
+
+from ema_core import _core
+from ema_core.backends.torch import _cuda
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = [0, 1, 1023, 1024, 1025, 2500]  # around _cuda.TRITON_BLOCK: one, two and three programs
+PAD = 3  # sentinel elements before, between and after the contiguous leaves
+S_SENTINEL, P_SENTINEL = -123.25, 77.0
+HOST_DECAYS = [0.9999, 0.9, 0.75, 0.5, 0.3, 0.25, 1e-3, 1.0, 0.0]
+DEVICE_DECAYS = [0.9999, 0.5, 0.3, 1.0, 0.0]
+CASES = [
+    f"{dtype}-{kind}-{decay}"
+    for dtype in ("float16", "bfloat16")
+    for kind, decays in (("host", HOST_DECAYS), ("device", DEVICE_DECAYS))
+    for decay in decays
+]
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="triton is not installed (the test group pins it; it runs on CPUs, no GPU needed)",
+)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+def _specials(s: torch.Tensor, p: torch.Tensor, pdtype: torch.dtype) -> None:
+    """Put the edge values at fixed places of a leaf of at least 16 elements (in place)."""
+    info = torch.finfo(pdtype)
+    s[:8] = torch.tensor([1e-40, -0.0, float("nan"), float("inf"), 3e38, -3e38, 0.0, 2.0])
+    # a half subnormal for float16; the interpreter (Triton 3.9) widens bfloat16 subnormals to 0
+    # (a GPU shifts the bits, exactly), so bfloat16 takes its smallest normal
+    tiny = info.smallest_normal / (4 if pdtype == torch.float16 else 1)
+    p_vals = [info.max, float("inf"), 1.0, float("nan"), -float("inf"), info.max, -0.0, tiny]
+    p[:8] = torch.tensor(p_vals, dtype=pdtype)
+
+
+def _leaves(pdtype: torch.dtype, seed: int, specials: bool) -> tuple[list, list, list]:
+    """Contiguous leaves (views into two padded buffers, returned third) and two strided pairs."""
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(SIZES) + PAD * (len(SIZES) + 1)
+    s_buf = torch.full((total,), S_SENTINEL)
+    p_buf = torch.full((total,), P_SENTINEL, dtype=pdtype)
+    shadows, params, at = [], [], PAD
+    for n in SIZES:
+        s, p = s_buf[at : at + n], p_buf[at : at + n]
+        s.copy_(torch.randn(n, generator=gen) * 2)
+        p.copy_(torch.randn(n, generator=gen) * 3)
+        if specials and n >= 16:
+            _specials(s, p, pdtype)
+        shadows.append(s)
+        params.append(p)
+        at += n + PAD
+    shadows.append(torch.randn(40, 30, generator=gen).t())  # both strided
+    params.append(torch.randn(40, 30, generator=gen).to(pdtype).t())
+    shadows.append(torch.randn(50, generator=gen))  # contiguous shadow, strided params
+    params.append(torch.randn(100, generator=gen).to(pdtype)[::2])
+    return shadows, params, [s_buf, p_buf]
+
+
+def _weights(kind: str, decay: float) -> tuple[object, object, float]:
+    """The arguments the routes pass (``float(rate)``, or ``_on_device``'s tensors) and w."""
+    w32 = float(torch.tensor(1.0 - decay, dtype=torch.float32))
+    if kind == "host":
+        return 1.0 - decay, None, w32
+    return torch.tensor(1.0 - decay).float(), torch.tensor(decay, dtype=torch.float64), w32
+
+
+def _core_at(
+    kind: str, s: torch.Tensor, p: torch.Tensor, decay: float, rate: float
+) -> torch.Tensor:
+    if kind == "host":
+        return _core.blend(xp, s, p, decay, rate)
+    d, r = torch.tensor(decay, dtype=torch.float64), torch.tensor(rate, dtype=torch.float64)
+    return _core.blend(xp, s, p, d, r)
+
+
+def check_case(case: str) -> None:
+    """One case (``CASES``): raise AssertionError on the first difference."""
+    name, kind, decay_text = case.split("-", 2)
+    pdtype, decay = getattr(torch, name), float(decay_text)
+    specials = not (kind == "host" and decay in (0.0, 1.0))
+    shadows, params, buffers = _leaves(pdtype, CASES.index(case), specials)
+    before = [s.clone() for s in shadows]
+    strided = [(s.clone(), p) for s, p in zip(shadows, params, strict=True) if not s.is_contiguous()
+               or not p.is_contiguous()]  # fmt: skip
+    weight, device_decay, w32 = _weights(kind, decay)
+    alone = [s for s, _ in strided], [p for _, p in strided]
+    if device_decay is None:
+        _cuda.triton_lerp_(shadows, params, weight)
+        _cuda.blocked_lerp_(*alone, weight)
+    else:
+        _cuda.triton_lerp_ends_(shadows, params, weight, device_decay)
+        _cuda.blocked_lerp_ends_(*alone, weight, device_decay)
+    n = len(SIZES)
+    for i, (got, s, p) in enumerate(zip(shadows[:n], before[:n], params[:n], strict=True)):
+        if w32 == 0.5:  # the kernel's p - diff / 2: the core with the roles swapped
+            want = _core_at(kind, p.float(), s, 0.5, 0.5)
+        else:
+            want = _core_at(kind, s, p, 1.0 - w32, w32)
+        assert torch.equal(_bits(got), _bits(want)), f"leaf {i} ({SIZES[i]} elements) vs core"
+        if decay != 0.5 and (decay > 0.5 or 1.0 - w32 == decay):
+            at_decay = _core_at(kind, s, p, decay, 1.0 - decay)
+            assert torch.equal(_bits(got), _bits(at_decay)), f"leaf {i} vs core at {decay}"
+    for i, (got, (want, _)) in enumerate(zip(shadows[n:], strided, strict=True)):
+        assert torch.equal(_bits(got), _bits(want)), f"strided pair {i} vs the blocked way"
+    s_buf, p_buf = buffers
+    at = 0
+    for k in [0, *SIZES]:
+        at += k
+        assert bool((s_buf[at : at + PAD] == S_SENTINEL).all()), f"shadow sentinel at {at}"
+        assert bool((p_buf[at : at + PAD] == P_SENTINEL).all()), f"params sentinel at {at}"
+        at += PAD
+
+
+def _run_all() -> dict[str, str]:
+    """Every case, in this process (the child): 'ok' or the failure, and the kernel's type."""
+    results = {"kernel": type(_cuda._kernel()).__name__}
+    for case in CASES:
+        try:
+            with np.errstate(all="ignore"):  # inf - inf, 0 * inf: numpy warns, a GPU does not
+                check_case(case)
+            results[case] = "ok"
+        except Exception:  # reported to the parent, case by case
+            results[case] = traceback.format_exc(limit=3)
+    return results
+
+
+@pytest.fixture(scope="module")
+def child_results() -> dict[str, str]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-W", "error", __file__],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_kernel_ran_under_the_interpreter(child_results):
+    assert child_results["kernel"] == "InterpretedFunction"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_triton_kernel_equals_the_core(child_results, case):
+    assert child_results[case] == "ok", child_results[case]
+
+
+if __name__ == "__main__":
+    print(json.dumps(_run_all()))
