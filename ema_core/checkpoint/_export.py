@@ -98,7 +98,8 @@ def export(
         return averages
     if format == "timm":
         return {"state_dict_ema": averages}
-    assert path is not None and model_config is not None  # checked by _check
+    if path is None or model_config is None:  # _check refused this already
+        raise TypeError('export(format="diffusers") needs path= and model_config=')
     return _write_diffusers(ema, averages, Path(path), model_config, args or {})
 
 
