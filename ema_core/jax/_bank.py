@@ -21,9 +21,8 @@ import jax
 from ema_core import _api, _banks
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
-from ema_core.jax import _chunked
 from ema_core.jax._bank_chunks import Chunks
-from ema_core.jax._compiled import _avals, _check_step, _committed, _Split, _split
+from ema_core.jax._compiled import _check_step, _committed, _Split, _split, dispatch
 
 
 def make_bank_update(
@@ -117,15 +116,10 @@ class BankUpdate:
                 _check_step(state.step)
         if self._every is not None:
             self._count(states, trusted)
-        arrays, params_arrays, state_split, params_split = self._prepare(states, params)
-        if len(params_arrays) <= _chunked.CHUNK:
-            new = self._jitted(arrays, params_arrays, state_split, params_split)
-        else:
-            key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
-            merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
-            kinds = self._chunks.kinds(key, merge, arrays, params_arrays)
-            new = self._chunks.run(arrays, params_arrays, kinds)
-        out: tuple[EMAState, ...] = state_split.merge(new)
+        prepared = self._prepare(states, params)
+        out: tuple[EMAState, ...] = prepared[2].merge(
+            dispatch(self._jitted, self._chunks, *prepared)
+        )
         steps = [s.step for s in out]
         if all(isinstance(t, jax.Array) and not isinstance(t, jax.core.Tracer) for t in steps):
             self._made = tuple(weakref.ref(t) for t in steps)

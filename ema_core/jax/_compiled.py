@@ -126,15 +126,8 @@ class _Update:
         step = getattr(state, "step", None)
         if step is not self._made():  # a step this update made is valid: not read again
             _check_step(step)
-        arrays, params_arrays, state_split, params_split = self._prepare(state, params)
-        if len(params_arrays) <= _chunked.CHUNK:
-            new = self._jitted(arrays, params_arrays, state_split, params_split)
-        else:
-            key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
-            merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
-            kinds = self._chunked.kinds(key, merge, arrays, params_arrays)
-            new = self._chunked.run(arrays, params_arrays, kinds)
-        out: EMAState = state_split.merge(new)
+        prepared = self._prepare(state, params)
+        out: EMAState = prepared[2].merge(dispatch(self._jitted, self._chunked, *prepared))
         if isinstance(out.step, jax.Array) and not isinstance(out.step, jax.core.Tracer):
             self._made = weakref.ref(out.step)
         return out
@@ -163,6 +156,24 @@ _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
 
 def _avals(arrays: list[Any]) -> tuple[tuple[Any, Any], ...]:
     return tuple(map(_SHAPE_DTYPE, arrays))
+
+
+def dispatch(
+    jitted: Any,
+    chunked: Any,
+    arrays: list[Any],
+    params_arrays: list[Any],
+    state_split: Any,
+    params_split: Any,
+) -> Any:
+    """The new state arrays: one compiled call for up to ``_chunked.CHUNK`` params, else
+    ``chunked``'s path (its ``kinds`` then ``run``: one compiled call per chunk)."""
+    if len(params_arrays) <= _chunked.CHUNK:
+        return jitted(arrays, params_arrays, state_split, params_split)
+    key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
+    merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
+    kinds = chunked.kinds(key, merge, arrays, params_arrays)
+    return chunked.run(arrays, params_arrays, kinds)
 
 
 def _committed(arrays: list[Any]) -> list[Any]:
