@@ -68,7 +68,9 @@ def test_reconstruction_matches_a_tracked_ema(run, at):
     ema, params = seen[at]
     got = reconstruct(directory / "float32", 0.07, at=None if at == STEPS else at)["w"]
     assert got.dtype == np.float32
-    assert np.linalg.norm(got - ema) <= 2e-3 * np.linalg.norm(ema - params)
+    error = np.linalg.norm(got - ema) / np.linalg.norm(ema - params)
+    print(f"{directory.name} float32 at={at}: {error:.2e} of |ema - params|")  # README figures
+    assert error <= 2e-3
 
 
 @pytest.mark.parametrize(("dtype", "bound"), [("float16", 1e-3), ("bfloat16", 5e-3)])
