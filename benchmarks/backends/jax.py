@@ -1,7 +1,12 @@
 """JAX: ema-core's ``make_update`` (one jitted update, state donated, step traced); ceiling: one
 flat donated jit of the same bytes; ``tree_map``: the hand-written jitted, donated
 ``s + (1 - d) * (p - s)`` that JAX users write today (skipped past 1,000 leaves, where XLA's
-compile time on the CPU grows to minutes)."""
+compile time on the CPU grows to minutes); ``handoff``: the cheapest jitted ``(shadows, params)
+-> shadows`` there is, no arithmetic, the shadows donated and returned as they came, the params
+kept as inputs, in the chunks ``make_update`` uses. It is what JAX charges to hand these arrays to
+a compiled function and back, so ``ceiling / handoff`` bounds the ratio any per-leaf
+``make_update`` can reach. ``handoff_params``: the same with one flat shadow per chunk (a packed
+state) instead of one per leaf: the bound for any update that takes the params leaf by leaf."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     import jax.numpy as jnp
 
     from ema_core.jax import make_update
+    from ema_core.jax._chunked import CHUNK
 
     try:
         dev = jax.devices("cuda" if device == "cuda" else "cpu")[0]
@@ -40,6 +46,8 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     box = {
         "state": ema_core.init(params, config),
         "s": [jax.device_put(jnp.asarray(s), dev) for s in shadows_np],
+        "h": [jax.device_put(jnp.asarray(s), dev) for s in shadows_np],
+        "packed": [jax.device_put(jnp.zeros(1), dev) for _ in range(0, len(params), CHUNK)],
         "a": jax.device_put(jnp.ones(flat_elements(workload, dtype)), dev),
     }
     b = jnp.ones_like(box["a"])
@@ -51,6 +59,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         lambda s, p: [x + (1 - DECAY) * (y.astype(x.dtype) - x) for x, y in zip(s, p, strict=True)],
         donate_argnums=0,
     )
+    nothing = jax.jit(lambda s, p: s, donate_argnums=0, keep_unused=True)
 
     def ceiling(t: int) -> Any:
         box["a"] = flat(box["a"], b)
@@ -64,7 +73,25 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         box["s"] = by_hand(box["s"], params)
         return box["s"]
 
-    found = {"ceiling": ceiling, "ema_core": ema_step}
+    def handoff(t: int) -> Any:
+        h, out = box["h"], []
+        for i in range(0, len(params), CHUNK):
+            out += nothing(h[i : i + CHUNK], params[i : i + CHUNK])
+        box["h"] = out
+        return box["h"]
+
+    def handoff_params(t: int) -> Any:
+        box["packed"] = [
+            nothing(x, params[k * CHUNK : (k + 1) * CHUNK]) for k, x in enumerate(box["packed"])
+        ]
+        return box["packed"]
+
+    found = {
+        "ceiling": ceiling,
+        "ema_core": ema_step,
+        "handoff": handoff,
+        "handoff_params": handoff_params,
+    }
     return found if len(params) > MAX_BASELINE_LEAVES else {**found, "tree_map": tree_map}
 
 
