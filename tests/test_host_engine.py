@@ -65,9 +65,33 @@ def test_many_small_leaves_are_batched_and_exact():
     params = [_random((n,), "f2", 500 + i) for i, n in enumerate(sizes)]
     want = [_core_of(s, p, 0.95) for s, p in zip(shadows, params, strict=True)]
     (items,) = host.plan(shadows, params).shares
-    assert all(isinstance(item, list) for item in items) and len(items) < len(shadows) // 10
-    assert sum(len(item) for item in items) == len(shadows)
+    assert all(isinstance(item, host.Batch) for item in items) and len(items) < len(shadows) // 10
+    assert sum(len(item.leaves) for item in items) == len(shadows)
     host.run(host.plan(shadows, params), 0.95, 0.05)
+    assert [s.tobytes() for s in shadows] == want
+
+
+@pytest.mark.parametrize("fmt", ["f4", "f2", "bfloat16"])
+@pytest.mark.parametrize("decay", [0.95, 0.3])
+def test_batches_of_small_leaves_run_by_one_table_call(host_kernels, fmt, decay):
+    """With numba a batch is one compiled call over the leaves' addresses (``Batch.table``),
+    and each leaf comes out as the core makes it: float32, float16 and bfloat16 params, both
+    sides of the blend, leaves of 1 to ``SMALL`` elements, params not adjacent in memory."""
+    rng = np.random.default_rng(11)
+    sizes = [1, 2, 7, host.SMALL, *map(int, rng.integers(1, host.SMALL, size=60))]
+    shadows = [_random((n,), "f4", i) for i, n in enumerate(sizes)]
+    if fmt == "bfloat16":
+        pairs = [_bfloat16_bits(_random((n + 3,), "f4", 99 + i)[3:]) for i, n in enumerate(sizes)]
+        params, values = [b for b, _ in pairs], [v for _, v in pairs]
+    else:
+        params = values = [_random((n + 3,), fmt, 99 + i)[3:] for i, n in enumerate(sizes)]
+    want = [_core_of(s, v, decay) for s, v in zip(shadows, values, strict=True)]
+    formats = ["bfloat16" if fmt == "bfloat16" else "float"] * len(sizes)
+    work = host.plan(shadows, params, formats)
+    batches = [item for share in work.shares for item in share if isinstance(item, host.Batch)]
+    assert sum(len(b.leaves) for b in batches) == len(sizes)
+    assert all((b.table is not None) == (host_kernels == "numba") for b in batches)
+    host.run(work, decay, 1.0 - decay)
     assert [s.tobytes() for s in shadows] == want
 
 

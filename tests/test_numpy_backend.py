@@ -180,9 +180,10 @@ def test_many_small_leaves_of_mixed_dtypes_are_grouped_and_exact():
         random((n,), pd, 9 + i) for i, ((_, pd), n) in enumerate(zip(pairs, sizes, strict=True))
     ]
     (items,) = host.plan(shadows, params).shares
-    batches = [it for it in items if isinstance(it, list)]
-    assert len(batches) >= 4 and all(sum(j.shadow.size for j in b) <= host.BLOCK for b in batches)
-    assert sum(len(b) for b in batches) == len(shadows)  # every leaf is small: all batched
+    batches = [it for it in items if isinstance(it, host.Batch)]
+    assert len(batches) >= 4 and all(b.size <= host.BLOCK for b in batches)
+    assert all(b.size == sum(j.shadow.size for j in b.leaves) for b in batches)
+    assert sum(len(b.leaves) for b in batches) == len(shadows)  # every leaf is small: all batched
     ref, got, mine = both(shadows, params, 0.95)
     assert all(g is m and same_bits(g, r) for g, m, r in zip(got, mine, ref, strict=True))
 

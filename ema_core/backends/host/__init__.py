@@ -5,8 +5,9 @@ copy; bfloat16 params as their uint16 bit patterns, flagged ``"bfloat16"``) and 
 the work of an update; ``run`` does it, in place, for one decay. The plan:
 
 * leaves of at most ``SMALL`` elements, flat, with the same dtypes: batched, up to ``BLOCK``
-  elements a batch (with numba, one compiled call per leaf of the batch; without it, gathered
-  into a per-thread scratch, blended by the numpy blocks, scattered back);
+  elements a batch (with numba, one compiled call per batch over a table of the leaves'
+  addresses; without it, gathered into a per-thread scratch, blended by the numpy blocks,
+  scattered back);
 * large contiguous leaves, seen flat: cut into pieces, one share per thread;
 * strided leaves: cut into slabs of whole rows along their first axis;
 * the pieces dealt over ``workers`` threads (``_threads``), at least ``LEAST`` elements each.
@@ -37,9 +38,20 @@ import numpy as np
 
 from ema_core.backends.host import _blocks, _numba, _threads
 from ema_core.backends.host._numba import ParamsFormat
-from ema_core.backends.host._threads import Item, Leaf
+from ema_core.backends.host._threads import Batch, Item, Leaf
 
-__all__ = ["BLOCK", "LEAST", "SMALL", "Leaf", "ParamsFormat", "Plan", "compiled", "plan", "run"]
+__all__ = [
+    "BLOCK",
+    "LEAST",
+    "SMALL",
+    "Batch",
+    "Leaf",
+    "ParamsFormat",
+    "Plan",
+    "compiled",
+    "plan",
+    "run",
+]
 
 BLOCK = _blocks.BLOCK
 #: Leaves of at most this many elements are blended together through one gathered block.
@@ -128,7 +140,7 @@ def _leaf(i: int, s: np.ndarray, p: np.ndarray, fmt: ParamsFormat) -> Leaf:
 def _batched(leaves: list[Leaf]) -> list[Item]:
     """Work items: small flat leaves in batches of equal dtypes and format (at most ``BLOCK``
     elements each), the others one by one."""
-    items: list[Item] = []
+    items: list[Leaf | list[Leaf]] = []
     open_batches: dict[tuple[Any, ...], tuple[list[Leaf], list[int]]] = {}
     for leaf in leaves:
         s, p, fmt = leaf
@@ -143,43 +155,38 @@ def _batched(leaves: list[Leaf]) -> list[Item]:
             items.append(batch)
         batch.append(leaf)
         filled[0] += n
-    return items
+    return [item if isinstance(item, Leaf) else _batch(item) for item in items]
+
+
+def _batch(leaves: list[Leaf]) -> Batch:
+    table = _numba.table(leaves) if _numba.usable() and len(leaves) > 1 else None
+    return Batch(leaves, table, sum(leaf.shadow.size for leaf in leaves))
 
 
 def _blend_item(item: Item, d: float, r: float, compiled: bool) -> None:
-    """Blend one work item: a leaf or a piece, or a batch gathered into scratch blocks."""
+    """Blend one work item: a leaf or a piece, or a batch by its table or gathered into scratch
+    blocks."""
     if isinstance(item, Leaf):
         _blend_leaf(item, d, r, compiled)
         return
-    if len(item) == 1:
-        _blend_leaf(item[0], d, r, compiled)
+    leaves = item.leaves
+    if len(leaves) == 1:
+        _blend_leaf(leaves[0], d, r, compiled)
         return
-    first = item[0]
-    prepared = _numba.prepare(first.shadow, first.params, first.params_format) if compiled else None
-    if prepared is not None:  # one compiled call per leaf beats a gather and a scatter
-        _blend_each(item, prepared, d, r)
+    if compiled and item.table is not None:  # one compiled call: no gather, no scatter
+        _numba.apply_table(item.table, d, r)
         return
-    sizes = [leaf.shadow.size for leaf in item]
-    gs = _blocks.scratch(first.shadow.dtype, sum(sizes), "gather_shadow")
-    gp = _blocks.scratch(first.params.dtype, sum(sizes), "gather_params")
-    np.concatenate([leaf.shadow for leaf in item], out=gs)
-    np.concatenate([leaf.params for leaf in item], out=gp)
+    first = leaves[0]
+    sizes = [leaf.shadow.size for leaf in leaves]
+    gs = _blocks.scratch(first.shadow.dtype, item.size, "gather_shadow")
+    gp = _blocks.scratch(first.params.dtype, item.size, "gather_params")
+    np.concatenate([leaf.shadow for leaf in leaves], out=gs)
+    np.concatenate([leaf.params for leaf in leaves], out=gp)
     _blend_leaf(Leaf(gs, gp, first.params_format), d, r, compiled)
     start = 0
-    for leaf, n in zip(item, sizes, strict=True):
+    for leaf, n in zip(leaves, sizes, strict=True):
         leaf.shadow[...] = gs[start : start + n]
         start += n
-
-
-def _blend_each(batch: list[Leaf], prepared: _numba.Prepared, d: float, r: float) -> None:
-    """A batch of small flat leaves of equal dtypes, each by the kernel that fits its first
-    (the same for all): a compiled call per leaf costs less than gathering and scattering it
-    (the 20k-tiny rows of ``make bench`` time this path)."""
-    kernel = prepared.kernel
-    factor, low = _numba.weights(d, r, prepared.shadow.dtype)
-    bits = prepared.params.dtype != batch[0].params.dtype  # float16 seen as its uint16 bits
-    for s, p, _ in batch:
-        kernel(s, p.view(np.uint16) if bits else p, factor, low)
 
 
 def _blend_leaf(leaf: Leaf, d: float, r: float, compiled: bool) -> None:

@@ -19,14 +19,24 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from ema_core._settings import settings
 
-__all__ = ["ParamsFormat", "Prepared", "apply", "prepare", "usable", "weights"]
+__all__ = [
+    "ParamsFormat",
+    "Prepared",
+    "Table",
+    "apply",
+    "apply_table",
+    "prepare",
+    "table",
+    "usable",
+    "weights",
+]
 
 #: How the params' elements are stored: as a numpy float dtype, or as bfloat16 bit patterns.
 ParamsFormat = Literal["float", "bfloat16"]
@@ -81,6 +91,48 @@ def prepare(
     return None
 
 
+class Table(NamedTuple):
+    """Small flat leaves of one dtype pair, blended by one compiled call (``_numba_tables``):
+    each leaf's data address and size. The arrays behind the addresses are the caller's to
+    keep alive (the engine's plan holds them)."""
+
+    kernel: Callable[..., None]
+    shadows: np.ndarray  # int64 addresses
+    params: np.ndarray  # int64 addresses
+    sizes: np.ndarray  # int64 element counts
+    like_shadow: np.ndarray  # empty, of the shadows' dtype
+    like_params: np.ndarray  # empty, of the dtype the kernel reads the params as
+
+
+def table(pairs: Sequence[tuple[np.ndarray, np.ndarray, ParamsFormat]]) -> Table | None:
+    """One compiled call for these ``(shadow, params, format)`` leaves, or None when a leaf has
+    no compiled loop (``prepare``) or they need different ones. None for no leaves too."""
+    prepared = [prepare(s, p, fmt) for s, p, fmt in pairs]
+    found = [x for x in prepared if x is not None]
+    if not found or len(found) < len(prepared):
+        return None
+    if len({(x.kernel, x.shadow.dtype, x.params.dtype) for x in found}) != 1:
+        return None
+    kernels = _compiled()
+    by_loop = {kernels[fmt]: kernels["table_" + fmt] for fmt in ("float", "float16", "bfloat16")}
+    return Table(
+        by_loop[found[0].kernel],
+        np.array([x.shadow.ctypes.data for x in found], dtype=np.int64),
+        np.array([x.params.ctypes.data for x in found], dtype=np.int64),
+        np.array([x.shadow.size for x in found], dtype=np.int64),
+        found[0].shadow[:0],
+        found[0].params[:0],
+    )
+
+
+def apply_table(work: Table, decay: float, rate: float) -> None:
+    """Blend every leaf of a table with this decay: one compiled call, in place."""
+    factor, low = weights(decay, rate, work.like_shadow.dtype)
+    work.kernel(
+        work.shadows, work.params, work.sizes, work.like_shadow, work.like_params, factor, low
+    )
+
+
 def apply(prepared: Prepared, decay: float, rate: float) -> None:
     """Run a prepared blend with this decay (``rate = 1 - decay``): one pass, in place."""
     factor, low = weights(decay, rate, prepared.shadow.dtype)
@@ -97,10 +149,13 @@ def weights(decay: float, rate: float, dtype: np.dtype[Any]) -> tuple[np.generic
 @functools.cache
 def _compiled() -> dict[str, Callable[..., None]]:
     """Build the kernels (numba imported here, once): one per params format."""
-    from ema_core.backends.host import _numba_loops
+    from ema_core.backends.host import _numba_loops, _numba_tables
 
     return {
         "float": _numba_loops.lerp_float,
         "float16": _numba_loops.lerp_float16,
         "bfloat16": _numba_loops.lerp_bfloat16,
+        "table_float": _numba_tables.table_float,
+        "table_float16": _numba_tables.table_float16,
+        "table_bfloat16": _numba_tables.table_bfloat16,
     }

@@ -1,7 +1,8 @@
 """The host engine's work, cut into pieces and dealt over threads.
 
 A work item is a ``Leaf`` (a shadow blended in place with its params: a whole leaf, or a piece
-of one) or a list of small leaves blended together through a gathered block. ``share`` deals the
+of one) or a ``Batch`` of small leaves blended together (by one compiled call over a table of
+their addresses, or through a gathered block). ``share`` deals the
 items into ``workers`` runs of about equal size, cutting large leaves into pieces: a contiguous
 leaf (seen flat) into flat pieces, a strided one into slabs along its first axis. ``run_shares``
 does the first run on the calling thread and the others on a shared pool; the kernels release
@@ -17,9 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ema_core.backends.host._numba import ParamsFormat
+from ema_core.backends.host._numba import ParamsFormat, Table
 
-__all__ = ["Item", "Leaf", "run_shares", "share", "size", "usable_cpus"]
+__all__ = ["Batch", "Item", "Leaf", "run_shares", "share", "size", "usable_cpus"]
 
 
 class Leaf(NamedTuple):
@@ -31,15 +32,24 @@ class Leaf(NamedTuple):
     params_format: ParamsFormat
 
 
+class Batch(NamedTuple):
+    """Small flat leaves of equal dtypes done together: through ``table``, one compiled call
+    over their addresses (None without numba, or with no loop that fits: then gathered)."""
+
+    leaves: list[Leaf]
+    table: Table | None
+    size: int  # elements in all
+
+
 #: A leaf or a piece of one, or small flat leaves done together.
-Item = Leaf | list[Leaf]
+Item = Leaf | Batch
 
 _POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def size(item: Item) -> int:
     """Elements in a work item."""
-    return item.shadow.size if isinstance(item, Leaf) else sum(leaf.shadow.size for leaf in item)
+    return item.shadow.size if isinstance(item, Leaf) else item.size
 
 
 def share(items: list[Item], workers: int, *, least: int, grain: int) -> list[list[Item]]:
