@@ -14,10 +14,10 @@ are restored. What it does, hook by hook:
   no update is never swapped in (the sanity check validates the live weights).
 * checkpoints: the model's ``state_dict`` always holds the live weights (a checkpoint written
   while the averages are swapped in gets the live ones in ``on_save_checkpoint``); the EMA is
-  the callback's state (``state_dict`` / ``load_state_dict``, under ``state_key``), loaded
-  into the shadows beside the params, bit for bit. A checkpoint without it warm-starts: the
-  EMA starts from the restored live weights, and says so at INFO level on the logger
-  ``ema_core.integrations.lightning``.
+  the callback's state (``state_dict`` / ``load_state_dict``, under ``state_key``; gathered
+  to rank 0 when sharded), loaded into the shadows beside the params, bit for bit. A
+  checkpoint without it warm-starts: the EMA starts from the restored live weights, and says
+  so at INFO level on the logger ``ema_core.integrations.lightning``.
 * ``on_fit_end``: ``"keep-live"`` leaves the live weights in the model, ``"swap-in"`` copies
   the averages into it (to save or export the averaged model).
 """
@@ -35,7 +35,8 @@ import torch
 from ema_core._config import config_text
 from ema_core.integrations import _lightning_args
 from ema_core.integrations._lightning_args import STAGES, FitEnd, Stage
-from ema_core.torch import EMA
+from ema_core.torch import EMA, full_state_dict
+from ema_core.torch._dtensor import is_dtensor
 
 __all__ = ["EMACallback"]
 
@@ -211,10 +212,16 @@ class EMACallback(pl.Callback):
     # -- checkpoints and the end of fit ----------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The EMA's ``state_dict()`` (shadows, step, config), or a loaded one not yet used."""
-        if self.ema is not None:
-            return self.ema.state_dict()
-        return dict(self._pending or {})
+        """The EMA's ``state_dict()`` (shadows, step, config), or a loaded one not yet used. A
+        sharded (DTensor) EMA is gathered by every rank into full CPU tensors kept on rank 0
+        (``full_state_dict``; ``{}`` elsewhere): Lightning writes rank 0's copy of the callbacks'
+        states once and every rank loads it, each taking its own shard."""
+        if self.ema is None:
+            return dict(self._pending or {})
+        state = self.ema.state_dict()
+        if any(is_dtensor(shadow) for shadow in state["shadow"].values()):
+            return full_state_dict(self.ema)
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Keep ``state_dict`` until the EMA is built on the restored model (it is checked and

@@ -1,0 +1,107 @@
+"""The Lightning ``EMACallback`` under FSDP2: Lightning's ``ModelParallelStrategy`` on 2 CPU
+ranks (gloo), the module sharded by ``fully_shard`` in ``configure_model``, the real ``Trainer``.
+
+The ranks run ``tests/lightning_fsdp2_worker.py`` once per module; the tests read each check's
+result on every rank. Each rank's EMA is checked against its own shards: the averages are
+DTensors beside the params, and their local shards are bit for bit what ``ema_core.update``
+gives on plain copies of that rank's shards after each optimizer step (and within 1e-6 of the
+float64 oracle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.scaling_out import run_workers
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lightning.pytorch")
+dist = pytest.importorskip("torch.distributed")
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+if not (dist.is_available() and dist.is_gloo_available() and hasattr(fsdp, "fully_shard")):
+    pytest.skip(
+        "needs torch.distributed with gloo and FSDP2 (fully_shard)", allow_module_level=True
+    )
+
+pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
+
+ROOT = Path(__file__).resolve().parent.parent
+WORLD = 2
+TIMEOUT = 120  # seconds for the whole job; a hung collective ends here
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Every rank's check -> "ok" or its traceback (and ``_log``: the end of its output)."""
+    folder = tmp_path_factory.mktemp("lightning_fsdp2")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(WORLD),
+        "NODE_RANK": "0",
+    }
+    worker = [sys.executable, "-m", "tests.lightning_fsdp2_worker"]
+    logs = run_workers([[*worker, str(r), str(WORLD), str(folder)] for r in range(WORLD)], env,
+                       TIMEOUT)  # fmt: skip
+    results = []
+    for rank in range(WORLD):
+        path = folder / f"{rank}.json"
+        found = json.loads(path.read_text()) if path.exists() else {}
+        results.append({**found, "_log": logs[rank][-3000:]})
+    return results
+
+
+def _passed(results: list[dict[str, Any]], check: str) -> None:
+    for rank, found in enumerate(results):
+        detail = found.get(check, "not reached; the rank's output:\n" + found["_log"])
+        assert detail == "ok", f"rank {rank}, check {check}:\n{detail}"
+
+
+def test_the_ema_is_the_average_of_each_ranks_shards(ranks: list[dict[str, Any]]) -> None:
+    """8 optimizer steps; the layers split 2/1 and 1/0 rows (an empty shard on rank 1)."""
+    _passed(ranks, "whole")
+    _passed(ranks, "ema_is_the_average_of_local_shards")
+
+
+def test_validation_sees_the_averages_and_training_gets_its_weights_back(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """Inside validation each shard is its average and the forward (FSDP's all-gather) runs
+    on them; after it the live shards are back bit for bit; the sanity check (no update yet)
+    runs on the live weights."""
+    _passed(ranks, "validation_runs_on_the_averages")
+
+
+@pytest.mark.parametrize("kind", ["sharded", "full"])
+def test_last_ckpt_resumes_each_ranks_ema_bit_for_bit(
+    ranks: list[dict[str, Any]], kind: str
+) -> None:
+    """``ModelCheckpoint(save_last=True)`` after one epoch, then ``fit(ckpt_path=last.ckpt)``
+    to two: each rank's EMA shards, step and live shards equal the run that never stopped.
+    ``sharded``: ``save_distributed_checkpoint=True`` (a DCP folder); ``full``: one file."""
+    _passed(ranks, f"resume_{kind}")
+
+
+def test_a_checkpoint_written_during_validation_holds_the_live_shards(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """``trainer.save_checkpoint`` inside validation (averages swapped in) writes the live
+    shards as the model's state (read back with ``torch.distributed.checkpoint``) and the EMA
+    gathered into full tensors in ``meta.pt``; validation goes on with the averages."""
+    _passed(ranks, "checkpoint_in_validation")
