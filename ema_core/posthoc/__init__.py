@@ -11,7 +11,8 @@ How the pieces fit:
   normalisation, cond(A)); ``_warning``: when they are inaccurate (``PostHocWarning``, its
   limits per storage dtype).
 - ``_snapshots``: ``save_snapshot`` (one safetensors file per step and sigma_rel, written
-  atomically through ``ema_core._atomic``) and ``list_snapshots`` (reads headers only). The
+  atomically through ``ema_core._atomic``); ``_listing``: ``list_snapshots`` (reads headers
+  only, checks that a directory's snapshots agree). The
   file format itself is ``ema_core._safetensors`` (numpy alone, bfloat16 without torch, one
   tensor at a time), shared with ``ema_core.checkpoint``.
 - ``_leaves``: names of a nest's arrays, host copies and back to a framework.
@@ -25,9 +26,10 @@ numpy is needed (the ``posthoc`` extra); no framework is imported unless its arr
 from __future__ import annotations
 
 from ema_core.posthoc._coefficients import Solution, coefficient_matrix, coefficients, solve
+from ema_core.posthoc._listing import SnapshotInfo, list_snapshots
 from ema_core.posthoc._math import gamma_to_sigma_rel, inner_products, sigma_rel_to_gamma
 from ema_core.posthoc._reconstruct import reconstruct
-from ema_core.posthoc._snapshots import SnapshotInfo, list_snapshots, save_snapshot
+from ema_core.posthoc._snapshots import save_snapshot
 from ema_core.posthoc._warning import PostHocWarning, amplification_limit
 
 __all__ = [

@@ -19,10 +19,11 @@ import numpy as np
 
 from ema_core._atomic import atomic_path
 from ema_core._safetensors import write
+from ema_core.posthoc._listing import VERSION, SnapshotInfo
 from ema_core.posthoc._math import sigma_rel_to_gamma
 from ema_core.posthoc._plot import plot_profiles
 from ema_core.posthoc._reconstruct import plan, reconstruct
-from ema_core.posthoc._snapshots import VERSION, SnapshotInfo, code_for
+from ema_core.posthoc._snapshots import code_for
 
 #: The ``format`` of a reconstruction file's metadata.
 FORMAT = "ema-core.posthoc-reconstruction"
@@ -74,10 +75,15 @@ def _write(path: Path, arrays: dict[str, np.ndarray], at: int, sigma_rel: float)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad arguments or snapshots)."""
+    """Run the command line; returns the exit status (2 for bad arguments or snapshots, 1 when
+    an output cannot be written or matplotlib is missing)."""
     parser = _parser()
     args = parser.parse_args(argv)
     sigma_rels = [float(s) for s in args.sigma_rel]
+    outs = out_paths(args.out, sigma_rels)
+    for flag, path in [("--out", p) for p in outs] + [("--plot", args.plot)]:
+        if path is not None and path.is_dir():
+            parser.error(f"{flag} {path} is a directory; give a file name")
     try:
         infos, solution, at = plan(args.directory, sigma_rels, args.at)
         results = reconstruct(
@@ -87,12 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     if args.plot is not None:  # first: a missing matplotlib stops the run before any write
         try:
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
             plot_profiles(args.plot, infos, solution.coefficients, at, sigma_rels)
         except ImportError as err:
             parser.exit(1, f"{parser.prog}: error: {err}\n")
+        except OSError as err:
+            parser.exit(1, f"{parser.prog}: error: cannot write {args.plot}: {err}\n")
         print(f"wrote {args.plot}")
-    for path, sigma in zip(out_paths(args.out, sigma_rels), sigma_rels, strict=True):
-        _write(path, results[sigma], at, sigma)
+    for path, sigma in zip(outs, sigma_rels, strict=True):
+        try:
+            _write(path, results[sigma], at, sigma)
+        except OSError as err:
+            parser.exit(1, f"{parser.prog}: error: cannot write {path}: {err}\n")
         print(f"wrote {path} (sigma_rel {sigma}, step {at})")
     return 0
 

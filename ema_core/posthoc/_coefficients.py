@@ -16,7 +16,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ema_core.posthoc._math import FloatArray, check_real, check_sigma_rel, gamma_of, inner
+from ema_core.posthoc._math import (
+    FloatArray,
+    check_posthoc_sigma_rel,
+    check_real,
+    gamma_of,
+    inner,
+)
 from ema_core.posthoc._warning import amplification_limit, warn_if_inaccurate
 
 __all__ = ["Solution", "coefficient_matrix", "coefficients", "solve", "solve_quietly"]
@@ -138,11 +144,11 @@ def solve_quietly(
     """``solve`` without the warning: for callers that warn themselves (``warn_if_inaccurate``)."""
     t, s = _vector("times", times), _vector("sigma_rels", sigma_rels)
     for i, sigma in enumerate(s.tolist()):
-        check_sigma_rel(sigma, f"sigma_rels[{i}]")
+        check_posthoc_sigma_rel(sigma, f"sigma_rels[{i}]")
     t_out = check_real("target_time", target_time)
     targets = _vector("target_sigma_rels", target_sigma_rels)
     gammas_out = [
-        gamma_of(check_sigma_rel(v, f"target_sigma_rels[{j}]"))
+        gamma_of(check_posthoc_sigma_rel(v, f"target_sigma_rels[{j}]"))
         for j, v in enumerate(targets.tolist())
     ]
     _check_times(t, s, t_out)
@@ -154,6 +160,11 @@ def solve_quietly(
     x, cond = _solve_normalised(gram, rhs, t[kept], s[kept])
     out = np.zeros((targets.size, t.size))
     out[:, kept] = x.T
+    for j, target in enumerate(targets.tolist()):  # a tracked target: exactly its snapshot
+        same = np.flatnonzero((t == t_out) & (s == target))
+        if same.size:
+            out[j] = 0.0
+            out[j, same[0]] = 1.0
     return Solution(out, cond, np.abs(out).sum(axis=1))
 
 
@@ -172,6 +183,8 @@ def _solve_normalised(
         norm = np.sqrt(np.diag(gram))
         overlap = gram / np.outer(norm, norm) - np.eye(len(norm))  # cosines, 0 on the diagonal
         i, j = np.unravel_index(int(np.argmax(overlap)), overlap.shape)
+        if overlap[i, j] < 1.0 - 1e-6:  # no two profiles alike: the scales are too far apart
+            raise ValueError(_scale_message(cond, norm, times, sigmas))
         first, second = (
             f"(time {_text(times[k])}, sigma_rel {float(sigmas[k])!r})" for k in (i, j)
         )
@@ -180,6 +193,17 @@ def _solve_normalised(
             f"{first} and {second} have the same profile; drop one"
         )
     return x / np.sum(x, axis=0), cond
+
+
+def _scale_message(cond: float, norm: FloatArray, times: FloatArray, sigmas: FloatArray) -> str:
+    k = int(np.argmax(norm))
+    spread = 2.0 * float(np.log10(norm.max() / norm.min()))
+    return (
+        f"the snapshots' Gram matrix is singular to float64 precision (cond {cond:.3g}) though "
+        f"no two profiles are alike: its diagonal spans {spread:.0f} orders of magnitude, and "
+        f"(time {_text(times[k])}, sigma_rel {float(sigmas[k])!r}) is far narrower than the "
+        "others; track sigma_rels closer together"
+    )
 
 
 def coefficient_matrix(
@@ -222,7 +246,7 @@ def coefficients(
         >>> (x.round(6) + 0.0).tolist()
         [0.0, 0.0, 0.0, 1.0]
     """
-    targets = [check_sigma_rel(target_sigma_rel, "target_sigma_rel")]
+    targets = [check_posthoc_sigma_rel(target_sigma_rel, "target_sigma_rel")]
     limit = amplification_limit(storage)
     solution = solve_quietly(times, sigma_rels, target_time, targets)
     warn_if_inaccurate(solution.amplification, solution.condition, targets, limit, storage)

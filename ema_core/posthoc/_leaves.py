@@ -18,7 +18,7 @@ from ema_core._ops import is_host_array
 from ema_core._paths import leaf_names
 from ema_core._tree import TreeDef, flatten, unflatten
 
-__all__ = ["framework_of", "from_host", "named_leaves", "rebuild", "to_host"]
+__all__ = ["check_has_data", "framework_of", "from_host", "named_leaves", "rebuild", "to_host"]
 
 
 def named_leaves(tree: Any, what: str) -> tuple[list[str], list[Any], TreeDef]:
@@ -41,6 +41,15 @@ def framework_of(leaf: Any, where: str) -> str:
     if is_host_array(leaf):
         return type(leaf).__module__.partition(".")[0]
     raise TypeError(f"{where} is a {type(leaf).__name__}, not an array of a known framework")
+
+
+def check_has_data(leaf: Any, where: str) -> None:
+    """``ValueError`` for a torch tensor on the meta device: it has a shape but no values."""
+    if compat.is_torch_array(leaf) and leaf.device.type == "meta":
+        raise ValueError(
+            f"{where} is a torch tensor on the meta device (a shape without values); snapshots "
+            "need tensors with data (materialise the module first)"
+        )
 
 
 _FRAMEWORKS = (

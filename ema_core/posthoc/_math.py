@@ -4,8 +4,8 @@ A power-function EMA ending at time t with exponent gamma averages the iterates 
 ``p(tau) = (gamma + 1) tau**gamma / t**(gamma + 1)`` on ``0 < tau <= t``; its width relative to t
 is sigma_rel. This module converts gamma <-> sigma_rel (Algorithm 2) and gives the inner products
 of two profiles (equation 151); ``_coefficients`` solves for the snapshots' coefficients.
-``SIGMA_REL_MAX`` and ``check_sigma_rel`` (the domain check) are ``ema_core._banks``' own,
-shared with the EMA banks.
+``SIGMA_REL_MAX`` and the domain check are ``ema_core._banks``' own, shared with the EMA banks;
+``check_posthoc_sigma_rel`` adds the solve's lower limit ``SIGMA_REL_MIN``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from ema_core._banks import SIGMA_REL_MAX, check_sigma_rel
 
 __all__ = [
     "SIGMA_REL_MAX",
+    "SIGMA_REL_MIN",
     "FloatArray",
+    "check_posthoc_sigma_rel",
     "check_real",
     "check_sigma_rel",
     "gamma_of",
@@ -32,6 +34,28 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+#: The smallest sigma_rel post-hoc EMA takes: gamma ~ 1/sigma_rel, and the inner products
+#: multiply two (gamma + 1) factors, which overflow float64 from gamma ~ 1.3e154 on.
+SIGMA_REL_MIN = 1e-150
+
+
+def check_posthoc_sigma_rel(value: Any, name: str = "sigma_rel") -> float:
+    """``check_sigma_rel`` (the domain (0, 12**-0.5)), and ``>= SIGMA_REL_MIN``.
+
+    Raises:
+        TypeError: ``value`` is not a real number (a bool is not one).
+        ValueError: ``value`` is outside [SIGMA_REL_MIN, 12**-0.5), or NaN; the message says why.
+    """
+    s = check_sigma_rel(value, name)
+    if s < SIGMA_REL_MIN:
+        raise ValueError(
+            f"{name} must be >= {SIGMA_REL_MIN:g} for post-hoc EMA, got {value!r}: gamma is about "
+            "1/sigma_rel, and below that the profiles' inner products overflow float64 (an EMA "
+            "that narrow is the last iterate itself)"
+        )
+    return s
 
 
 def check_real(name: str, value: Any) -> float:
@@ -73,6 +97,11 @@ def gamma_to_sigma_rel(gamma: float, /) -> float:
 def gamma_of(s: float) -> float:
     """The largest real root of ``g**3 + 7 g**2 + (16 - s**-2) g + (12 - s**-2)``, polished by
     Newton on ``log sigma_rel(g) = log s`` (decreasing in g > 0) to round-trip within an ulp."""
+    if not s * _FLOAT_MAX > 1.0:
+        raise ValueError(
+            f"sigma_rel must be > 1/{_FLOAT_MAX:.4g}, got {s!r}: its gamma (about 1/sigma_rel) "
+            "overflows float64"
+        )
     if s > 1e-100:
         c = s**-2.0
         roots = np.roots([1.0, 7.0, 16.0 - c, 12.0 - c])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ema_core.posthoc._listing import SnapshotInfo
 from ema_core.posthoc._math import sigma_rel_to_gamma
-from ema_core.posthoc._snapshots import SnapshotInfo
 
 __all__ = ["plot_profiles", "profile"]
 

@@ -10,6 +10,7 @@ they come from a snapshot at ``at``.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,8 +20,8 @@ import numpy as np
 from ema_core._safetensors import Reader, bf16_to_float32
 from ema_core.posthoc._coefficients import Solution, solve_quietly
 from ema_core.posthoc._leaves import rebuild
-from ema_core.posthoc._math import check_sigma_rel
-from ema_core.posthoc._snapshots import SnapshotInfo, list_snapshots
+from ema_core.posthoc._listing import SnapshotInfo, list_snapshots
+from ema_core.posthoc._math import check_posthoc_sigma_rel
 from ema_core.posthoc._warning import UNIT_ROUNDOFF, amplification_limit, warn_if_inaccurate
 
 __all__ = ["Progress", "plan", "reconstruct"]
@@ -35,16 +36,13 @@ def plan(
 ) -> tuple[list[SnapshotInfo], Solution, int]:
     """The snapshots up to ``at``, their ``Solution`` for the targets (not warned about) and
     ``at`` itself."""
-    sigma_rels = [check_sigma_rel(s) for s in sigma_rels]
+    sigma_rels = [check_posthoc_sigma_rel(s) for s in sigma_rels]
     infos = list_snapshots(directory)
     if not infos:
         raise ValueError(f"directory {os.fspath(directory)!r} holds no snapshots")
     steps = sorted({info.step for info in infos})
-    if at is None:
-        at = steps[-1]
-    elif isinstance(at, bool) or not isinstance(at, int):
-        raise TypeError(f"at must be an int step or None, got {type(at).__name__}")
-    elif at not in steps:
+    at = steps[-1] if at is None else _step(at)
+    if at not in steps:
         below = [s for s in steps if s < at][-1:]
         above = [s for s in steps if s > at][:1]
         raise ValueError(
@@ -56,6 +54,28 @@ def plan(
         [info.step for info in kept], [info.sigma_rel for info in kept], at, list(sigma_rels)
     )
     return kept, solution, at
+
+
+def _step(at: Any) -> int:
+    """``at`` as an int: Python and numpy integers (0-d arrays too), not bools or floats."""
+    try:
+        if isinstance(at, (bool, np.bool_)) or (isinstance(at, np.ndarray) and at.dtype == bool):
+            raise TypeError
+        return operator.index(at)
+    except TypeError:
+        raise TypeError(f"at must be an int step or None, got {type(at).__name__} {at!r}") from None
+
+
+def _targets(sigma_rel: Any) -> tuple[list[float], bool]:
+    """The target sigma_rels and whether several were asked for (a sequence or a 1-d array)."""
+    several = isinstance(sigma_rel, Sequence) and not isinstance(sigma_rel, (str, bytes))
+    several = several or (isinstance(sigma_rel, np.ndarray) and sigma_rel.ndim > 0)
+    if not several:
+        return [check_posthoc_sigma_rel(sigma_rel)], False
+    targets = [check_posthoc_sigma_rel(s, f"sigma_rel[{i}]") for i, s in enumerate(sigma_rel)]
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f"sigma_rel must hold distinct values, got {sigma_rel!r}")
+    return targets, True
 
 
 def storage_of(infos: Sequence[SnapshotInfo]) -> str:
@@ -113,10 +133,7 @@ def reconstruct(
         >>> print(ema.dtype, ema.astype(float).round(6), both[0.05]["w"].astype(float).round(6))
         float32 [0.1 0.1] [0.05 0.05]
     """
-    several = not isinstance(sigma_rel, (int, float, np.floating))
-    targets = [check_sigma_rel(s) for s in sigma_rel] if several else [check_sigma_rel(sigma_rel)]  # type: ignore[union-attr]
-    if not targets or len(set(targets)) != len(targets):
-        raise ValueError(f"sigma_rel must hold distinct values, got {sigma_rel!r}")
+    targets, several = _targets(sigma_rel)
     if dtype not in _ACCUMULATORS:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     infos, solution, at = plan(directory, targets, at)

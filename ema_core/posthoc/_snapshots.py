@@ -4,49 +4,33 @@ A snapshot is named ``phema-{step:010d}-{sigma_rel!r}.safetensors`` (a directory
 by step) and holds each averaged array under its name (``_leaves``) with string metadata: the
 format and its version, step, sigma_rel and gamma (``repr``: they round-trip exactly), interval,
 the names in order, the source dtypes and framework. Float arrays are stored in float32 unless
-asked otherwise; integer and bool arrays (BatchNorm counters) are stored as they are.
+asked otherwise; integer and bool arrays (BatchNorm counters) are stored as they are. Reading
+the headers back and checking that a directory's snapshots agree is ``_listing``'s.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import json
 import operator
 import os
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from ema_core._atomic import atomic_path
-from ema_core._safetensors import CODES, Reader, code_of, float32_to_bf16, name_of, write
-from ema_core.posthoc._leaves import framework_of, named_leaves, to_host
-from ema_core.posthoc._math import check_sigma_rel, sigma_rel_to_gamma
+from ema_core._safetensors import CODES, code_of, float32_to_bf16, write
+from ema_core.posthoc._leaves import check_has_data, framework_of, named_leaves, to_host
+from ema_core.posthoc._listing import FLOATS as _FLOATS
+from ema_core.posthoc._listing import FORMAT, VERSION, directory_path
+from ema_core.posthoc._math import check_posthoc_sigma_rel, sigma_rel_to_gamma
 
-__all__ = ["FORMAT", "VERSION", "SnapshotInfo", "code_for", "list_snapshots", "save_snapshot"]
+__all__ = ["code_for", "save_snapshot"]
 
-FORMAT = "ema-core.posthoc-snapshot"
-VERSION = "1"
-_FILE = re.compile(r"phema-(\d+)-(.+)\.safetensors")
-_FLOATS = ("float16", "bfloat16", "float32", "float64")
+_STEP_MAX = 2**53  # steps are float64 in the solve: larger ones would collide
 _KEPT = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
-
-
-class SnapshotInfo(NamedTuple):
-    """What a snapshot file says about itself (read from its header, not its tensors)."""
-
-    path: Path
-    step: int
-    sigma_rel: float
-    gamma: float
-    interval: int
-    names: tuple[str, ...]
-    dtypes: tuple[str, ...]  # the source arrays' dtypes, by name order
-    shapes: tuple[tuple[int, ...], ...]
-    framework: str
-    storage: str | None  # the float arrays' storage dtype (None: the snapshot holds none)
 
 
 def _check_count(value: Any, what: str) -> int:
@@ -99,8 +83,12 @@ def save_snapshot(
         ...     path.name, list_snapshots(d)[0].names
         ('phema-0000000100-0.05.safetensors', ('w',))
     """
-    sigma = check_sigma_rel(sigma_rel)
+    sigma = check_posthoc_sigma_rel(sigma_rel)
     step, interval = _check_count(step, "step"), _check_count(interval, "interval")
+    if step > _STEP_MAX:
+        raise ValueError(
+            f"step must be <= 2**53 (float64 holds every step up to it exactly), got {step}"
+        )
     if step % interval:
         raise ValueError(
             f"step must be a multiple of interval={interval} (the EMA's last update), got {step}"
@@ -121,6 +109,8 @@ def save_snapshot(
     frameworks = sorted(
         {framework_of(leaf, f"averages[{n!r}]") for n, leaf in zip(names, leaves, strict=True)}
     )
+    for name, leaf in zip(names, leaves, strict=True):
+        check_has_data(leaf, f"averages[{name!r}]")
     meta = {
         "format": FORMAT,
         "format_version": VERSION,
@@ -132,11 +122,24 @@ def save_snapshot(
         "dtypes": json.dumps(kinds),
         "framework": ",".join(frameworks),
     }
-    path = Path(directory) / f"phema-{step:010d}-{sigma!r}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "r+b") as file:
-        write(file, specs, _stored(leaves, specs), meta)
+    path = directory_path(directory) / f"phema-{step:010d}-{sigma!r}.safetensors"
+    created = _make_parents(path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "r+b") as file:
+            write(file, specs, _stored(leaves, specs), meta)
+    except BaseException:
+        for folder in created:  # deepest first; a folder someone filled meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return path
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create ``path``'s missing parent folders; returns those created, deepest first."""
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def _dtype_name(leaf: Any, where: str) -> str:
@@ -168,84 +171,3 @@ def _stored(
         else:
             with np.errstate(over="ignore"):
                 yield np.asarray(host, dtype=CODES[code][1])
-
-
-def list_snapshots(directory: str | os.PathLike[str], /) -> list[SnapshotInfo]:
-    """The snapshots in ``directory``, sorted by (step, sigma_rel); only headers are read.
-
-    Files whose names do not look like snapshots (``phema-<step>-<sigma_rel>.safetensors``) are
-    skipped, temporary files of unfinished writes included.
-
-    Raises:
-        ValueError: a snapshot-named file that is not a valid snapshot (the message names it),
-            two files for one (step, sigma_rel), or files that disagree on ``interval``, on
-            the array names or on their shapes.
-    """
-    with os.scandir(directory) as found:
-        paths = sorted(Path(e.path) for e in found if _FILE.fullmatch(e.name) and e.is_file())
-    infos = sorted((_read_info(p) for p in paths), key=lambda i: (i.step, i.sigma_rel))
-    _check_agree(infos)
-    return infos
-
-
-def _read_info(path: Path) -> SnapshotInfo:
-    with Reader(path) as reader:
-        meta, entries = reader.metadata, reader.entries
-    if meta.get("format") != FORMAT or meta.get("format_version") != VERSION:
-        raise ValueError(
-            f"{path} is not an ema-core snapshot of format version {VERSION} (its metadata "
-            f"says format {meta.get('format')!r}, version {meta.get('format_version')!r})"
-        )
-    try:
-        names, dtypes = json.loads(meta["names"]), json.loads(meta["dtypes"])
-        info = SnapshotInfo(
-            path,
-            int(meta["step"]),
-            check_sigma_rel(float(meta["sigma_rel"])),
-            float(meta["gamma"]),
-            int(meta["interval"]),
-            tuple(names),
-            tuple(dtypes),
-            tuple(entries[name].shape for name in names),
-            meta["framework"],
-            _storage(entries[name].code for name in names),
-        )
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path} has metadata that is not valid: {err!r}") from None
-    if sorted(info.names) != sorted(entries) or len(info.dtypes) != len(info.names):
-        raise ValueError(
-            f"{path}: its metadata names {len(info.names)} arrays, it holds {len(entries)}"
-        )
-    if info.step < 1 or info.interval < 1 or info.step % info.interval:
-        raise ValueError(f"{path}: step {info.step} and interval {info.interval} are not valid")
-    return info
-
-
-def _storage(codes: Iterable[str]) -> str | None:
-    floats = {name_of(code) for code in codes} & set(_FLOATS)
-    if len(floats) > 1:
-        raise ValueError(f"its float arrays are stored in several dtypes: {sorted(floats)}")
-    return floats.pop() if floats else None
-
-
-def _check_agree(infos: list[SnapshotInfo]) -> None:
-    for first, info in itertools.pairwise(infos):
-        if (first.step, first.sigma_rel) == (info.step, info.sigma_rel):
-            raise ValueError(
-                f"{first.path} and {info.path} are both step {info.step}, "
-                f"sigma_rel {info.sigma_rel}"
-            )
-    for info in infos[1:]:
-        ref = infos[0]
-        if info.interval != ref.interval:
-            raise ValueError(
-                f"{ref.path} has interval {ref.interval}, {info.path} has {info.interval}; the "
-                "snapshots of one directory must come from one run"
-            )
-        if _arrays(info) != _arrays(ref):
-            diff = sorted(_arrays(info).items() ^ _arrays(ref).items())
-            raise ValueError(f"{ref.path} and {info.path} hold different arrays: {diff[:5]}")
-
-
-def _arrays(info: SnapshotInfo) -> dict[str, tuple[int, ...]]:
-    return dict(zip(info.names, info.shapes, strict=True))

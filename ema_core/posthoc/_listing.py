@@ -1,0 +1,144 @@
+"""Post-hoc EMA snapshots read back: ``list_snapshots`` reads each snapshot's header (never its
+tensors) and checks that the snapshots of a directory come from one run (``_snapshots`` writes
+them)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ema_core._safetensors import Reader, name_of
+from ema_core.posthoc._math import check_posthoc_sigma_rel
+
+__all__ = ["FLOATS", "FORMAT", "VERSION", "SnapshotInfo", "directory_path", "list_snapshots"]
+
+FORMAT = "ema-core.posthoc-snapshot"
+VERSION = "1"
+#: The float dtypes a snapshot averages (integer and bool arrays are kept from the last one).
+FLOATS = ("float16", "bfloat16", "float32", "float64")
+_FILE = re.compile(r"phema-(\d+)-(.+)\.safetensors")
+
+
+class SnapshotInfo(NamedTuple):
+    """What a snapshot file says about itself (read from its header, not its tensors)."""
+
+    path: Path
+    step: int
+    sigma_rel: float
+    gamma: float
+    interval: int
+    names: tuple[str, ...]
+    dtypes: tuple[str, ...]  # the source arrays' dtypes, by name order
+    shapes: tuple[tuple[int, ...], ...]
+    framework: str
+    storage: str | None  # the float arrays' storage dtype (None: the snapshot holds none)
+
+
+def directory_path(directory: Any) -> Path:
+    """``directory`` as a Path, or ``TypeError`` (``None`` would mean the working directory)."""
+    path = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TypeError(
+            f"directory must be a str or os.PathLike of str, got {type(directory).__name__} "
+            f"{directory!r}"
+        )
+    return Path(path)
+
+
+def list_snapshots(directory: str | os.PathLike[str], /) -> list[SnapshotInfo]:
+    """The snapshots in ``directory``, sorted by (step, sigma_rel); only headers are read.
+
+    Files whose names do not look like snapshots (``phema-<step>-<sigma_rel>.safetensors``) are
+    skipped, temporary files of unfinished writes included.
+
+    Raises:
+        ValueError: a snapshot-named file that is not a valid snapshot (the message names it),
+            two files for one (step, sigma_rel), or files that disagree on ``interval``, on
+            the array names or on their shapes.
+    """
+    with os.scandir(directory_path(directory)) as found:
+        paths = sorted(Path(e.path) for e in found if _FILE.fullmatch(e.name) and e.is_file())
+    infos = sorted((_read_info(p) for p in paths), key=lambda i: (i.step, i.sigma_rel))
+    _check_agree(infos)
+    return infos
+
+
+def _read_info(path: Path) -> SnapshotInfo:
+    with Reader(path) as reader:
+        meta, entries = reader.metadata, reader.entries
+    if meta.get("format") != FORMAT or meta.get("format_version") != VERSION:
+        raise ValueError(
+            f"{path} is not an ema-core snapshot of format version {VERSION} (its metadata "
+            f"says format {meta.get('format')!r}, version {meta.get('format_version')!r})"
+        )
+    try:
+        names, dtypes = json.loads(meta["names"]), json.loads(meta["dtypes"])
+        info = SnapshotInfo(
+            path,
+            int(meta["step"]),
+            check_posthoc_sigma_rel(float(meta["sigma_rel"])),
+            float(meta["gamma"]),
+            int(meta["interval"]),
+            tuple(names),
+            tuple(dtypes),
+            tuple(entries[name].shape for name in names),
+            meta["framework"],
+            _storage(entries[name].code for name in names),
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{path} has metadata that is not valid: {err!r}") from None
+    if sorted(info.names) != sorted(entries) or len(info.dtypes) != len(info.names):
+        raise ValueError(
+            f"{path}: its metadata names {len(info.names)} arrays, it holds {len(entries)}"
+        )
+    if info.step < 1 or info.interval < 1 or info.step % info.interval:
+        raise ValueError(f"{path}: step {info.step} and interval {info.interval} are not valid")
+    return info
+
+
+def _storage(codes: Iterable[str]) -> str | None:
+    floats = {name_of(code) for code in codes} & set(FLOATS)
+    if len(floats) > 1:
+        raise ValueError(f"its float arrays are stored in several dtypes: {sorted(floats)}")
+    return floats.pop() if floats else None
+
+
+def _check_agree(infos: list[SnapshotInfo]) -> None:
+    for first, info in itertools.pairwise(infos):
+        if (first.step, first.sigma_rel) == (info.step, info.sigma_rel):
+            raise ValueError(
+                f"{first.path} and {info.path} are both step {info.step}, "
+                f"sigma_rel {info.sigma_rel}"
+            )
+    for info in infos[1:]:
+        ref = infos[0]
+        if info.interval != ref.interval:
+            raise ValueError(
+                f"{ref.path} has interval {ref.interval}, {info.path} has {info.interval}; the "
+                "snapshots of one directory must come from one run"
+            )
+        if _arrays(info) != _arrays(ref):
+            diff = sorted(_arrays(info).items() ^ _arrays(ref).items())
+            raise ValueError(f"{ref.path} and {info.path} hold different arrays: {diff[:5]}")
+        _check_kinds(ref, info)
+
+
+def _check_kinds(ref: SnapshotInfo, info: SnapshotInfo) -> None:
+    """An array is float (averaged) in every snapshot or in none (kept from the last one)."""
+    ref_floats = {n for n, d in zip(ref.names, ref.dtypes, strict=True) if d in FLOATS}
+    floats = {n for n, d in zip(info.names, info.dtypes, strict=True) if d in FLOATS}
+    for name in sorted(ref_floats ^ floats):
+        first, second = (ref, info) if name in ref_floats else (info, ref)
+        raise ValueError(
+            f"array {name!r} is float in {first.path} and not in {second.path}: an array is "
+            "averaged only if it is float in every snapshot of the directory"
+        )
+
+
+def _arrays(info: SnapshotInfo) -> dict[str, tuple[int, ...]]:
+    return dict(zip(info.names, info.shapes, strict=True))
