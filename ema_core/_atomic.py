@@ -6,13 +6,15 @@ fsynced afterwards where the OS allows it (POSIX), so the rename itself survives
 any failure before the rename the temporary file is removed and the old file is untouched.
 
 The temporary file is created with ``O_EXCL`` and mode ``0o666`` minus the umask, so the result
-has the permissions a plain ``open(path, "wb")`` would give a new file.
+has the permissions a plain ``open(path, "wb")`` would give: a new file's, or those of the file it
+replaces (a ``0o600`` file stays ``0o600``).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,8 +76,23 @@ def _create_temporary(target: Path) -> Path:
         except FileExistsError:  # pragma: no cover - 48 random bits collided
             continue
         os.close(fd)
+        _keep_mode(target, tmp)
         return tmp
     raise FileExistsError(f"could not create a temporary file beside {target}")  # pragma: no cover
+
+
+def _keep_mode(target: Path, tmp: Path) -> None:
+    """Give ``tmp`` the permission bits of the regular file ``target`` replaces, if any."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:  # no file there yet (or none we may read): the new file's mode
+        return
+    if stat.S_ISREG(mode):
+        try:
+            os.chmod(tmp, stat.S_IMODE(mode))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _fsync_file(path: Path) -> None:

@@ -52,6 +52,8 @@ CODES: dict[str, tuple[str, np.dtype[Any]]] = {
 }
 _CODE_OF = {name: code for code, (name, _) in CODES.items()}
 _MAX_HEADER = 100_000_000  # the safetensors package's own limit
+_MAX_NDIM = 64  # numpy's limit
+_MAX_BYTES = 2**63 - 1  # numpy's limit on an array's bytes, empty dimensions counted as 1
 
 
 class Entry(NamedTuple):
@@ -190,10 +192,15 @@ def _parse(file: BinaryIO, path: str) -> tuple[dict[str, str], dict[str, Entry],
     if not 0 < n <= min(size - 8, _MAX_HEADER):
         raise ValueError(f"{path} is not a safetensors file (header length {n}, file size {size})")
     try:
-        header = json.loads(file.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        header = json.loads(file.read(n), object_pairs_hook=_unique)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
         raise ValueError(
-            f"{path} is not a safetensors file: its header is not JSON ({err})"
+            f"{path} is not a safetensors file: its header is not JSON ({reason})"
+        ) from None
+    except _DuplicateKeyError as err:
+        raise ValueError(
+            f"{path}: the header names {err.args[0]!r} twice; each tensor has one entry"
         ) from None
     if not isinstance(header, dict):
         raise ValueError(f"{path} is not a safetensors file: its header is not a JSON object")
@@ -214,6 +221,22 @@ def _parse(file: BinaryIO, path: str) -> tuple[dict[str, str], dict[str, Entry],
     return metadata, entries, 8 + n
 
 
+class _DuplicateKeyError(Exception):
+    """A JSON object of the header has one key twice (``args[0]``)."""
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (``json`` would keep the last)."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return found
+
+
 def _entry(path: str, name: str, spec: Any) -> Entry:
     try:
         code, shape, (start, end) = spec["dtype"], tuple(spec["shape"]), spec["data_offsets"]
@@ -222,6 +245,11 @@ def _entry(path: str, name: str, spec: Any) -> Entry:
         ok = False
     if not ok:
         raise ValueError(f"{path}: the header entry of {name!r} is not valid: {spec!r}")
+    if len(shape) > _MAX_NDIM or math.prod(max(n, 1) for n in shape) > _MAX_BYTES // 8:
+        raise ValueError(
+            f"{path}: the shape of {name!r} ({len(shape)} dimensions, {list(shape)!r:.80}) is "
+            f"not one an array can have: at most {_MAX_NDIM} dimensions and 2**60 elements"
+        )
     if end - start != math.prod(shape) * CODES[code][1].itemsize:
         raise ValueError(f"{path}: {name!r} has {end - start} bytes for shape {list(shape)} {code}")
     return Entry(code, shape, start, end)

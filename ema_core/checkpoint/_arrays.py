@@ -19,7 +19,11 @@ from ema_core import _safetensors
 from ema_core._ops import is_host_array
 from ema_core.checkpoint._format import dtype_name
 
-__all__ = ["framework_of", "host_bytes", "like_array", "saveable"]
+__all__ = ["MAX_STEP", "check_scalar", "framework_of", "host_bytes", "like_array", "saveable"]
+
+INTEGER = ("U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64")
+FLOAT = ("F16", "BF16", "F32", "F64")
+MAX_STEP = 2**63 - 1  # what every framework's int64 step holds
 
 _DIST = (
     "save it with torch.distributed.checkpoint (dcp.save({'ema': ema.state_dict()}, ...)), or "
@@ -79,6 +83,29 @@ def _check_torch(tensor: Any, where: str) -> None:
         )
 
 
+def check_scalar(where: str, code: str, data: np.ndarray) -> float | int:
+    """The value of a step (``where`` ends in ``step``: an integer in [0, 2**63 - 1]) or a
+    bias-correction weight (a float in [0, 1]) held as ``code`` bytes in ``data``.
+
+    Raises:
+        TypeError: a step of no integer dtype, a weight of no floating one.
+        ValueError: a value out of range (a NaN weight too).
+    """
+    step = where.endswith("step")
+    kind, codes = ("an integer", INTEGER) if step else ("a floating", FLOAT)
+    if code not in codes:
+        raise TypeError(f"{where} must have {kind} dtype, got {_safetensors.name_of(code)}")
+    values = data.reshape(-1).view(np.uint8).view(_safetensors.CODES[code][1])
+    if code == "BF16":
+        values = _safetensors.bf16_to_float32(values)
+    value = values.item()
+    if step and not 0 <= value <= MAX_STEP:
+        raise ValueError(f"{where} must be in [0, 2**63 - 1], got {value}")
+    if not step and not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"{where} must be in [0, 1] (the bias-correction weight), got {value}")
+    return value  # type: ignore[no-any-return]
+
+
 def host_bytes(leaf: Any, framework: str) -> np.ndarray:
     """A C-contiguous numpy array (a copy or a view) holding the leaf's little-endian bytes."""
     if framework == "torch":
@@ -110,7 +137,8 @@ def like_array(data: np.ndarray, like: Any) -> Any:
         jax = sys.modules["jax"]
         return jax.device_put(data.view(np.dtype(like.dtype)), like.sharding)
     if isinstance(like, (np.ndarray, np.generic)):
-        return data.view(np.dtype(like.dtype))
+        native = data.view(like.dtype.newbyteorder("<"))
+        return native if like.dtype == native.dtype else native.astype(like.dtype)
     host = data.view(np.dtype(dtype_name(like.dtype)))
     if compat.is_cupy_array(like):
         with like.device:

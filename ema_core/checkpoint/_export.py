@@ -26,6 +26,7 @@ from ema_core import _safetensors, presets
 from ema_core._atomic import write_atomic
 from ema_core._config import config_text
 from ema_core.checkpoint._arrays import host_bytes, saveable
+from ema_core.checkpoint._format import check_path
 from ema_core.checkpoint._peers import preset_of, same_trajectory
 from ema_core.checkpoint._peers_read import DIFFUSERS_ARGS
 from ema_core.torch import _dtensor
@@ -121,8 +122,13 @@ def _check(ema: Any, format: Any, path: Any, model_config: Any, args: Any) -> No
         return
     if path is None or model_config is None:
         raise ValueError("format='diffusers' needs path= (the folder) and model_config=")
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    folder = check_path(path, "folder")
+    blocker = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(
+            f"path {folder!r} is not a folder: {str(blocker)!r} exists and is a file; "
+            "format='diffusers' writes a folder"
+        )
     for name, value in (("model_config", model_config), ("args", args)):
         if value is not None and not isinstance(value, Mapping):
             raise TypeError(f"{name} must be a dict, got {type(value).__name__}")

@@ -15,8 +15,12 @@ Metadata (all strings, in the safetensors ``__metadata__``): the keys of ``KEYS`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from ema_core._paths import escape_key, leaf_names, unescape_key
 from ema_core._tree import Path
@@ -27,9 +31,11 @@ __all__ = [
     "PREFIX",
     "SHADOW",
     "VERSION",
+    "check_path",
     "check_version",
     "dtype_name",
     "escape",
+    "shadow_keys",
     "shadow_names",
     "unescape",
     "user_metadata",
@@ -52,6 +58,11 @@ escape = escape_key
 unescape = unescape_key
 
 
+def is_escaped(part: str) -> bool:
+    """Whether ``part`` is a name as ``escape`` writes it: every ``~`` followed by 0 or 1."""
+    return re.search(r"~(?![01])", part) is None
+
+
 def shadow_names(paths: Sequence[Path], what: str) -> list[str]:
     """The tensor names of the shadows at ``paths`` of the nest ``what`` (``shadow/`` and the
     escaped keys).
@@ -63,8 +74,24 @@ def shadow_names(paths: Sequence[Path], what: str) -> list[str]:
 
 
 def dtype_name(dtype: Any) -> str:
-    """A dtype's Array API name in any framework (``torch.bfloat16`` -> ``"bfloat16"``)."""
+    """A dtype's Array API name in any framework (``torch.bfloat16`` -> ``"bfloat16"``; a
+    big-endian numpy ``>f4`` -> ``"float32"``)."""
+    if isinstance(dtype, np.dtype):
+        return str(dtype.name)
     return str(dtype).rpartition(".")[2]
+
+
+def check_path(path: Any, what: str) -> str:
+    """``path`` as a str, checked: a str or ``os.PathLike`` (``TypeError``), not empty
+    (``ValueError``); ``what`` is ``"file"`` or ``"folder"``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    text: str | bytes = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"path must be a str or os.PathLike of str, got {text!r:.80}")
+    if not text:
+        raise ValueError(f"path must name a {what}, got ''")
+    return text
 
 
 def user_metadata(metadata: Any) -> dict[str, str]:
@@ -108,7 +135,7 @@ def check_version(path: str, metadata: Mapping[str, str]) -> dict[str, str]:
             "ema_core.checkpoint.save)"
         )
     text = found.get("format_version", "")
-    version = int(text) if text.isdigit() else 0
+    version = int(text) if re.fullmatch(r"[0-9]{1,9}", text) else 0
     if version > VERSION:
         raise ValueError(
             f"{path} is an ema-core checkpoint of format version {version}; this ema-core reads "
@@ -118,6 +145,35 @@ def check_version(path: str, metadata: Mapping[str, str]) -> dict[str, str]:
         raise ValueError(
             f"{path} has {PREFIX}format_version = {text!r}, not a version 1..{VERSION}"
         )
+    return found
+
+
+def shadow_keys(path: str, names: Iterable[str]) -> dict[str, str]:
+    """Tensor name -> shadow name (the nest's name, ``""`` for a single-array shadow) of the
+    shadows among ``names`` (a file's tensors, ``step`` and ``weight`` excepted), in order.
+
+    Raises:
+        ValueError: a name that is not a shadow's, not escaped as ``escape`` writes it, or two
+            names of the same shadow (``a~1b`` and ``a/b``).
+    """
+    found: dict[str, str] = {}
+    by_key: dict[str, str] = {}
+    for name in names:
+        if name != SHADOW and not name.startswith(SHADOW + "/"):
+            raise ValueError(f"{path} holds a tensor {name!r}: not a shadow, step or weight")
+        if not is_escaped(name):
+            raise ValueError(
+                f"{path} holds a tensor {name!r}: a '~' must be followed by 0 or 1 (the "
+                "escapes of '~' and '/' that save writes)"
+            )
+        key = unescape(name[len(SHADOW) + 1 :])
+        if key in by_key:
+            first, second = sorted((by_key[key], name))
+            raise ValueError(
+                f"{path}: the tensors {first!r} and {second!r} are both the shadow {key!r}; "
+                "a checkpoint holds each shadow once"
+            )
+        found[name], by_key[key] = key, name
     return found
 
 

@@ -13,14 +13,20 @@ from ema_core._config import Config, config_text
 from ema_core._tree import flatten, path_str, unflatten
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
-from ema_core.checkpoint._arrays import host_dtype, like_array, torch_tensor
-from ema_core.checkpoint._format import SHADOW, dtype_name, unescape
+from ema_core.checkpoint._arrays import (
+    FLOAT,
+    INTEGER,
+    MAX_STEP,
+    host_dtype,
+    like_array,
+    torch_tensor,
+)
+from ema_core.checkpoint._format import dtype_name
 from ema_core.checkpoint._save import TORCH_FORMAT
 
 __all__ = ["load"]
 
-_INTEGER = ("U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64")
-_FLOAT = ("F16", "BF16", "F32", "F64")
+_INTEGER, _FLOAT = INTEGER, FLOAT
 
 
 def load(
@@ -70,6 +76,7 @@ def load(
         >>> back.shadow["w"], int(back.step)
         (array([0.5, 0.5]), 1)
     """
+    path = _format.check_path(path, "file")
     ema = _torch_ema(like)
     if ema is None and not isinstance(like, EMAState):
         raise TypeError(
@@ -102,14 +109,8 @@ def _shadow_names(reader: _safetensors.Reader) -> dict[str, str]:
     checking that ``step`` and ``weight`` are there and valid and nothing else is."""
     _scalar(reader, "step", _INTEGER)
     _scalar(reader, "weight", _FLOAT)
-    found = {}
-    for name in reader.entries:
-        if name in ("step", "weight"):
-            continue
-        if name != SHADOW and not name.startswith(SHADOW + "/"):
-            raise ValueError(f"{reader.path} holds a tensor {name!r}: not a shadow, step or weight")
-        found[name] = unescape(name[len(SHADOW) + 1 :])
-    return found
+    names = [name for name in reader.entries if name not in ("step", "weight")]
+    return _format.shadow_keys(reader.path, names)
 
 
 def _scalar(reader: _safetensors.Reader, name: str, codes: tuple[str, ...]) -> Any:
@@ -124,6 +125,8 @@ def _scalar(reader: _safetensors.Reader, name: str, codes: tuple[str, ...]) -> A
     value = float(_safetensors.bf16_to_float32(data)) if entry.code == "BF16" else data.item()
     if name == "step" and value < 0:
         raise ValueError(f"{reader.path}: 'step' must be >= 0, got {value}")
+    if name == "step" and value > MAX_STEP:
+        raise ValueError(f"{reader.path}: 'step' must be <= 2**63 - 1 (int64), got {value}")
     if name == "weight" and not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError(
             f"{reader.path}: 'weight' (bias correction) must be in [0, 1], got {value}"
@@ -230,15 +233,20 @@ def _scalar_like(reader: _safetensors.Reader, name: str, like: Any) -> Any:
     """A thunk making the file's step or weight in ``like``'s type, dtype and device, checked
     now (it must fit ``like``'s integer dtype) and made later, after every check."""
     value = _scalar(reader, name, _INTEGER if name == "step" else _FLOAT)
-    if isinstance(like, (int, float)) and not isinstance(like, bool):
-        return lambda: type(like)(value)
-    dtype = host_dtype(like)
+    python, kinds = (int, "iu") if name == "step" else (float, "f")
+    if type(like) is python:
+        return lambda: python(value)
+    dtype = host_dtype(like) if hasattr(like, "dtype") and hasattr(like, "shape") else None
+    if dtype is None or dtype.kind not in kinds or tuple(like.shape) != ():
+        raise TypeError(
+            f"like.{name} must be {'an int' if name == 'step' else 'a float'} or a 0-d "
+            f"{'integer' if name == 'step' else 'floating'} array, got {type(like).__name__}"
+            f"{'' if dtype is None else f' of dtype {dtype}'}"
+        )
     if (
         name == "step"
         and dtype.kind in "iu"
         and not np.iinfo(dtype).min <= value <= np.iinfo(dtype).max
     ):
         raise ValueError(f"{reader.path}: step {value} does not fit like.step's dtype {dtype}")
-    if name == "step" and dtype.kind not in "iu":
-        raise TypeError(f"like.step must be an integer 0-d array or an int, got dtype {dtype}")
     return lambda: like_array(np.asarray(value, dtype=dtype), like)

@@ -150,11 +150,20 @@ def _merged_args(peer: str, read: PeerState, args: Mapping[str, Any] | None) -> 
             f"args= the arguments of presets.{PRESETS[peer].__name__} the EMA was built with"
         )
     given = dict(args or {})
-    clash = {k: (v, given[k]) for k, v in read.args.items() if k in given and given[k] != v}
+    clash = {k: (v, given[k]) for k, v in read.args.items() if k in given and _differ(given[k], v)}
     if clash:
         shown = ", ".join(f"{k}: state {s!r}, args {a!r}" for k, (s, a) in clash.items())
         raise ValueError(f"args disagree with the {peer} state: {shown}")
     return {**given, **read.args}
+
+
+def _differ(given: Any, stored: Any) -> bool:
+    """Whether an ``args`` value differs from the stored one; one that does not compare to a
+    single bool (an array of several values) differs."""
+    try:
+        return not bool(given == stored)
+    except (TypeError, ValueError, RuntimeError):
+        return True
 
 
 def _step_of(peer: str, counter: int | None, step: Any) -> int:
@@ -201,6 +210,8 @@ def _fit(peer: str, name: str, value: Any, ours: torch.Tensor) -> torch.Tensor:
     where = f"the {peer} state's {name!r}"
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{where} must be a tensor, got {type(value).__name__}")
+    if value.is_meta:
+        raise ValueError(f"{where} is a meta tensor (no data): pass the peer's loaded state")
     if value.shape != ours.shape:
         raise ValueError(
             f"{where} has shape {tuple(value.shape)}; this EMA's has {tuple(ours.shape)}"

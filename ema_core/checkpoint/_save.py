@@ -16,7 +16,7 @@ from ema_core._config import Config, config_text, stable_text
 from ema_core._tree import flatten
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
-from ema_core.checkpoint._arrays import host_bytes, saveable
+from ema_core.checkpoint._arrays import MAX_STEP, check_scalar, host_bytes, saveable
 from ema_core.checkpoint._format import PREFIX, SHADOW, escape
 
 __all__ = ["Contents", "contents", "save", "torch_ema_state"]
@@ -83,6 +83,7 @@ def save(
         ...     load(path, ema.init({"w": np.zeros(2, dtype=np.float32)})).shadow["w"]
         array([1., 1.], dtype=float32)
     """
+    target = _target(path)
     user = _format.user_metadata(metadata)
     found = contents(ema_or_state, config)
     specs, frameworks = [], []
@@ -90,9 +91,22 @@ def save(
         framework, code, shape = saveable(array, f"ema_or_state {name!r}")
         specs.append((name, code, shape))
         frameworks.append(framework)
+    for spec, array, framework in zip(specs[-2:], found.arrays[-2:], frameworks[-2:], strict=True):
+        check_scalar(f"ema_or_state.{spec[0]}", spec[1], host_bytes(array, framework))
     meta = {**user, **_ours(found, specs, frameworks)}
     data = (host_bytes(a, f) for a, f in zip(found.arrays, frameworks, strict=True))
-    return write_atomic(path, lambda file: _safetensors.write(file, specs, data, meta))
+    return write_atomic(target, lambda file: _safetensors.write(file, specs, data, meta))
+
+
+def _target(path: Any) -> str:
+    """``path`` checked: a str or PathLike naming a file, not an existing directory."""
+    text = _format.check_path(path, "file")
+    if os.path.isdir(text):
+        raise ValueError(
+            f"path {text!r} is a directory; save writes a file: name one, such as "
+            f"{os.path.join(text, 'ema.safetensors')!r}"
+        )
+    return text
 
 
 def contents(ema_or_state: Any, config: Config | None) -> Contents:
@@ -149,6 +163,8 @@ def _state_contents(state: EMAState, config: Config | None) -> Contents:
 
 def _scalar(value: Any, what: str, python_dtype: type[Any]) -> Any:
     """A 0-d array of ``value`` (a Python number becomes a numpy one of ``python_dtype``)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_STEP:
+        raise ValueError(f"ema_or_state.{what} must be in [0, 2**63 - 1], got {value}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = np.asarray(value, dtype=python_dtype)
     if getattr(value, "shape", None) != ():
