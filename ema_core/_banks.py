@@ -20,6 +20,7 @@ rule would build a bank whose snapshots fail to be written or to be read back.
 from __future__ import annotations
 
 import numbers
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +33,9 @@ __all__ = [
     "SIGMA_REL_MAX",
     "bank_configs",
     "check_sigma_rel",
+    "check_snapshot_dir",
     "check_snapshots",
+    "index",
     "power_configs",
     "sequence",
     "sigma_rel_of",
@@ -171,8 +174,9 @@ def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> No
 
     Raises:
         TypeError: ``every`` not an int, ``directory`` not a str or ``os.PathLike``.
-        ValueError: one given without the other, ``every`` < 1, an EMA without a
-            sigma_rel, EMAs with different intervals, ``every`` not a multiple of theirs.
+        ValueError: one given without the other, ``every`` < 1, what
+            ``check_snapshot_dir`` refuses, an EMA without a sigma_rel, EMAs with different
+            intervals, ``every`` not a multiple of theirs.
     """
     if every is None and directory is None:
         return
@@ -184,6 +188,7 @@ def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> No
         raise TypeError(
             f"snapshot_dir must be a str or os.PathLike, got {type(directory).__name__}"
         )
+    check_snapshot_dir(directory)
     snapshot_sigma_rels(configs)
     intervals = sorted({c.interval for c in configs})
     if len(intervals) > 1 or every % intervals[0]:
@@ -192,3 +197,51 @@ def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> No
             f"of a bank with snapshots must share one interval; got intervals {intervals} "
             "(a snapshot directory holds one interval, and a snapshot follows an update)"
         )
+
+
+def check_snapshot_dir(directory: str | os.PathLike[str]) -> None:
+    """Raise unless ``directory`` is a directory or can be made one: not empty, not a file,
+    and its nearest existing ancestor a directory. A bank checks this when built and again
+    before an update after which it writes snapshots, so a bad directory refuses the update
+    before any shadow changes instead of failing after it.
+
+    Raises:
+        ValueError: naming ``snapshot_dir``, its value and what is in the way.
+
+    Example:
+        >>> check_snapshot_dir(".")
+    """
+    path = os.fsdecode(os.fspath(directory))
+    if not path:
+        raise ValueError("snapshot_dir='' is empty; give the directory of the snapshots")
+    node = os.path.abspath(path)
+    while not os.path.exists(node) and os.path.dirname(node) != node:
+        node = os.path.dirname(node)
+    if not os.path.isdir(node):
+        where = "is" if node == os.path.abspath(path) else f"lies under {node!r}, which is"
+        raise ValueError(
+            f"snapshot_dir={directory!r} {where} a file, not a directory: snapshots need a "
+            "directory (an existing one, or a path that can be made one)"
+        )
+
+
+def index(owner: str, k: Any, size: int) -> int:
+    """``k`` as an index of one of ``owner``'s ``size`` EMAs, in ``[0, size)``.
+
+    Raises:
+        TypeError: ``k`` is not an int (a bool, float or slice is not one; numpy ints are).
+        IndexError: ``k`` outside ``[-size, size)``.
+
+    Example:
+        >>> index("bank", -1, 3)
+        2
+    """
+    try:
+        i = None if isinstance(k, bool) else operator.index(k)
+    except TypeError:
+        i = None
+    if i is None:
+        raise TypeError(f"{owner}[k] takes an int k, got {type(k).__name__} {k!r}")
+    if not -size <= i < size:
+        raise IndexError(f"{owner}[{i}] is out of range: the bank has {size} EMAs")
+    return i % size

@@ -112,10 +112,14 @@ class BankUpdate:
         made = [m() for m in self._made] or [None] * len(states)
         trusted = all(s.step is m for s, m in zip(states, made, strict=True))
         if not trusted:  # a step this bank made is valid: not read again
-            for state in states:
+            for k, state in enumerate(states):
+                _check_live(k, state.step)
                 _check_step(state.step)
-        if self._every is not None:
-            self._count(states, trusted)
+        every = self._every
+        counted = [] if every is None else self._count(states, trusted)
+        due = every is not None and counted[0] % every == 0
+        if due:
+            _banks.check_snapshot_dir(self._directory)  # refused before the call donates
         prepared = self._prepare(states, params)
         out: tuple[EMAState, ...] = prepared[2].merge(
             dispatch(self._jitted, self._chunks, *prepared)
@@ -123,8 +127,9 @@ class BankUpdate:
         steps = [s.step for s in out]
         if all(isinstance(t, jax.Array) and not isinstance(t, jax.core.Tracer) for t in steps):
             self._made = tuple(weakref.ref(t) for t in steps)
-        if self._every is not None and self._host_steps[0] % self._every == 0:
-            self.save_snapshots(self._directory, out, steps=self._host_steps)
+        self._host_steps = counted  # kept only once the update went through
+        if due:
+            self.save_snapshots(self._directory, out, steps=counted)
         return out
 
     def save_snapshots(
@@ -160,14 +165,14 @@ class BankUpdate:
         """JAX's lowered computation (``.compile().as_text()``: the HLO) for these arguments."""
         return self._jitted.lower(*self._prepare(self._states(states), params))
 
-    def _count(self, states: tuple[EMAState, ...], trusted: bool) -> None:
-        """The host's count of each EMA's step after this update (snapshot_every)."""
+    def _count(self, states: tuple[EMAState, ...], trusted: bool) -> list[int]:
+        """The host's count of each EMA's step after this update (snapshot_every); the caller
+        keeps it only when the update succeeds, so a refused call does not shift it."""
         if any(isinstance(s.step, jax.core.Tracer) for s in states):
             raise TypeError("a bank with snapshot_every writes files: call it outside jax.jit")
         if trusted and self._host_steps:
-            self._host_steps = [t + 1 for t in self._host_steps]
-        else:
-            self._host_steps = [int(s.step) + 1 for s in states]
+            return [t + 1 for t in self._host_steps]
+        return [int(s.step) + 1 for s in states]
 
     def _states(self, states: Any) -> tuple[EMAState, ...]:
         values = _banks.sequence("states", states)
@@ -193,3 +198,17 @@ class BankUpdate:
         states, params = state_split.merge(arrays), params_split.merge(params_arrays)
         new = tuple(_api.update(s, params, c) for s, c in zip(states, self.configs, strict=True))
         return _split(new)[0]
+
+
+def _check_live(k: int, step: Any) -> None:
+    """Raise when ``states[k]`` was donated to an earlier call (its arrays are deleted).
+
+    Raises:
+        ValueError: naming ``states[k]`` and the two ways out.
+    """
+    if isinstance(step, jax.Array) and not isinstance(step, jax.core.Tracer) and step.is_deleted():
+        raise ValueError(
+            f"states[{k}] was donated to an earlier call of this bank (donate=True deletes the "
+            "states it is given): pass the states that call returned, or build the bank with "
+            "donate=False to update the same states more than once"
+        )

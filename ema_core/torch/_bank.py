@@ -106,7 +106,13 @@ class EMABank:
         return len(self.emas)
 
     def __getitem__(self, k: int) -> EMA:
-        return self.emas[k]
+        """The ``k``-th EMA; ``k`` an int in ``[-K, K)`` (negative counts from the end).
+
+        Raises:
+            TypeError: ``k`` is not an int (a bool or slice is not one). IndexError: out of
+                range; both name ``k`` and K.
+        """
+        return self.emas[_banks.index("bank", k, len(self.emas))]
 
     def __iter__(self) -> Iterator[EMA]:
         return iter(self.emas)
@@ -127,6 +133,8 @@ class EMABank:
         for ema in self.emas:
             ema._settle()  # an update an exception cut short is completed first
         work = [_checked_step(ema, step) for ema in self.emas]
+        if self.snapshot_dir is not None and self._snapshot_due([t for t, _, _ in work]):
+            _banks.check_snapshot_dir(self.snapshot_dir)  # refused before any shadow changes
         for ema in self.emas:
             ema._bound.refresh()
         if any(ema.config.guard_finite for ema in self.emas):
@@ -156,18 +164,22 @@ class EMABank:
                     ema._weight = ema._weight * d + r
                 ema._step = t
 
-    def _snapshot(self) -> None:
+    def _snapshot_due(self, steps: list[Any]) -> bool:
+        """Whether an EMA at one of ``steps`` writes a snapshot (a device step is read: one
+        sync per snapshot check)."""
         every = self.snapshot_every
-        if every is None or self.snapshot_dir is None:
+        return every is not None and any(int(t) % every == 0 and int(t) > 0 for t in steps)
+
+    def _snapshot(self) -> None:
+        if self.snapshot_dir is None:
             return
         save = _save_snapshot()
         for ema, sigma_rel in zip(self.emas, self.sigma_rels, strict=True):
-            t = int(ema.step)  # a device step is read here (one sync per snapshot check)
-            if t % every == 0 and t > 0:
+            if self._snapshot_due([ema.step]):
                 save(
                     self.snapshot_dir,
                     ema.average,
-                    step=t,
+                    step=int(ema.step),
                     sigma_rel=sigma_rel,
                     interval=ema.config.interval,
                 )
@@ -188,11 +200,14 @@ class EMABank:
                 part that ``EMA.load_state_dict`` refuses; nothing is written then.
         """
         parts = _parts(state_dict, len(self.emas))
-        for ema, part in zip(self.emas, parts, strict=True):
+        for k, (ema, part) in enumerate(zip(self.emas, parts, strict=True)):
             ema._refuse_in_swap("load_state_dict")
             ema._bound.refresh(objects=True)
             text = config_text(ema.config)
-            _state.check(part, ema.names, ema._bound.shadows, text, strict)
+            try:
+                _state.check(part, ema.names, ema._bound.shadows, text, strict)
+            except (TypeError, ValueError) as error:  # the same error, naming the EMA
+                raise type(error)(f"state_dict['emas'][{k}]: {error}") from error
         for ema, part in zip(self.emas, parts, strict=True):
             ema.load_state_dict(part, strict=strict)
 
