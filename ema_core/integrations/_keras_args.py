@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 #: Where the averages can stand in for the live weights: the validation inside ``fit``,
@@ -38,14 +39,22 @@ def check_swap(swap: Any) -> frozenset[str]:
 
 
 def check_path(path: Any, what: str) -> str | os.PathLike[str] | None:
-    """``path`` when it is a str, an ``os.PathLike`` or (for ``what="filepath"``) None.
+    """``path`` when it is a str, an ``os.PathLike`` or (for ``what="filepath"``) None, and
+    can name a file (not empty, ``.``, ``..`` or an existing folder).
 
     Raises:
-        TypeError: anything else.
+        TypeError: anything else. ValueError: a path that cannot be a file.
     """
     if path is None and what == "filepath":
         return None
     if not isinstance(path, str | os.PathLike):
         allowed = "a str, an os.PathLike" + (" or None" if what == "filepath" else "")
         raise TypeError(f"{what} must be {allowed}, got {type(path).__name__}")
+    name = os.fspath(path)
+    if not isinstance(name, str) or Path(name).name in ("", ".", "..") or Path(name).is_dir():
+        why = "is a directory" if Path(name).is_dir() and name not in ("", ".") else "names none"
+        raise ValueError(
+            f"{what} must name a file, such as 'ema.safetensors', got {path!r} ({why}); "
+            "missing folders above it are created"
+        )
     return path

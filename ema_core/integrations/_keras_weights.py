@@ -45,6 +45,12 @@ class Plan:
         self.averaged = [i for i, kind in enumerate(kinds) if kind == "average"]
         self.copied = [i for i, kind in enumerate(kinds) if kind == "copy"]
 
+    def layout(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """Name, shape and dtype of every weight, tracked or not."""
+        return [
+            (n, tuple(w.shape), str(w.dtype)) for n, w in zip(self.names, self.weights, strict=True)
+        ]
+
     def signature(self) -> list[tuple[str, tuple[int, ...], str]]:
         """Name, shape and dtype of each tracked weight: what a model must match to continue."""
         return [
@@ -91,6 +97,57 @@ def live_arrays(model: Any, plan: Plan, indices: list[int]) -> dict[str, Any]:
             plan.names[i]: lists[plan.slots[i].trainable][plan.slots[i].position] for i in indices
         }
     return {plan.names[i]: plan.weights[i].value for i in indices}
+
+
+def optimizer_steps(model: Any) -> int | None:
+    """The optimizer steps applied so far when the optimizer accumulates gradients (Keras'
+    ``gradient_accumulation_steps``: a batch may apply no step), else None (every batch
+    steps, and nothing is read). On JAX between batches the counter is read from the
+    trainer's state, as ``live_arrays`` reads the weights.
+    """
+    optimizer: Any = getattr(model, "optimizer", None)
+    every = getattr(optimizer, "gradient_accumulation_steps", None)
+    if not every:
+        return None
+    counter = optimizer._iterations  # counts batches; a step is applied every ``every``
+    state = getattr(model, "_jax_state", None)
+    if state and not getattr(model, "_jax_state_synced", True) and state.get("optimizer_variables"):
+        ids = [id(v) for v in optimizer.variables]
+        value = state["optimizer_variables"][ids.index(id(counter))]
+    else:
+        value = counter.value
+    return int(np.asarray(keras.ops.convert_to_numpy(value))) // int(every)
+
+
+def check_model(model: Any) -> None:
+    """Refuse what is not a built Keras model before the callback reads its weights.
+
+    Raises:
+        TypeError: not a ``keras.Model``. ValueError: a model with no weights yet.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+    if not model.weights:
+        raise ValueError(
+            f"model has no weights yet ({type(model).__name__} {model.name!r}): build it first "
+            "(give it a keras.Input, call model.build(shape) or call it on a batch)"
+        )
+
+
+def kind_changes(old: Plan, new: Plan) -> list[str]:
+    """The weights whose kind (averaged, copied, skipped) differs between two plans of the
+    same weights: layers frozen or unfrozen between two ``fit`` calls."""
+    kinds = [_kinds(old), _kinds(new)]
+    return [f"{name} ({a} -> {b})" for name, a, b in zip(new.names, *kinds, strict=True) if a != b]
+
+
+def _kinds(plan: Plan) -> list[str]:
+    kinds = ["skipped"] * len(plan.names)
+    for i in plan.averaged:
+        kinds[i] = "averaged"
+    for i in plan.copied:
+        kinds[i] = "copied"
+    return kinds
 
 
 def snapshot(array: Any) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +31,9 @@ __all__ = ["Hooks", "ema_path", "register"]
 SUFFIX = ".safetensors"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TAKEN = re.compile(r"model(_\d+)?")  # accelerate's own model.safetensors, model_1.safetensors
+#: The names registered on each accelerator, with their EMA: two EMAs under one name would
+#: write one file (the last save wins) and both load it.
+_NAMES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 class Hooks(NamedTuple):
@@ -37,11 +41,14 @@ class Hooks(NamedTuple):
 
     save: Any
     load: Any
+    release: Any = None  # frees the name for another EMA
 
     def remove(self) -> None:
         """Uninstall both hooks: later ``save_state`` / ``load_state`` calls skip the EMA."""
         self.save.remove()
         self.load.remove()
+        if self.release is not None:
+            self.release()
 
 
 def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
@@ -66,8 +73,9 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
 
     Raises:
         TypeError: ``accelerator`` lacks the pre-hook methods, ``ema`` is not an ``EMA`` or
-            ``name`` is not a str. ValueError: a ``name`` that is not a plain file stem or that
-            accelerate uses. (When loading) FileNotFoundError: the folder has no such file.
+            ``name`` is not a str. ValueError: a ``name`` that is not a plain file stem, that
+            accelerate uses, or that another EMA holds on this accelerator. (When loading)
+            FileNotFoundError: the folder has no such file.
 
     Example:
         >>> import tempfile, torch
@@ -89,6 +97,14 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
         1
     """
     _check(accelerator, ema, name)
+    names = _names_of(accelerator)
+    holder = names.get(name)
+    if holder is not None and holder() is not None and holder() is not ema:
+        raise ValueError(
+            f"name {name!r} is already registered on this accelerator for another EMA (both "
+            "would write and read one file): pass another name=, such as name='ema_2', or "
+            "remove() the first one's hooks"
+        )
 
     def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
         del models, weights  # accelerate saves the model itself
@@ -104,10 +120,19 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
             )
         _checkpoint.load(path, ema)
 
+    entry = names[name] = weakref.ref(ema)  # a new ref: only its own remove() frees the name
     return Hooks(
         accelerator.register_save_state_pre_hook(save_hook),
         accelerator.register_load_state_pre_hook(load_hook),
+        lambda: names.pop(name) if names.get(name) is entry else None,
     )
+
+
+def _names_of(accelerator: Any) -> dict[str, Any]:
+    try:
+        return _NAMES.setdefault(accelerator, {})
+    except TypeError:  # not weak-referenceable: no record, no check
+        return {}
 
 
 def ema_path(directory: str | os.PathLike[str], /, *, name: str = "ema") -> Path:

@@ -28,7 +28,10 @@ from ema_core.integrations._keras_weights import (
     Plan,
     as_weight,
     check_backend,
+    check_model,
+    kind_changes,
     live_arrays,
+    optimizer_steps,
     snapshot,
     to_numpy,
 )
@@ -97,6 +100,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._step = 0
         self._backup: list[tuple[Any, Any]] | None = None
         self._in_fit = False
+        self._steps: int | None = None  # optimizer steps at the last update (accumulation)
 
     @property
     def step(self) -> int:
@@ -122,13 +126,16 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         """Write the EMA (averages, copied weights, ``step``, bias-correction weight, config)
         as one crash-safe ema-core checkpoint (``ema_core.checkpoint.save``); return the path.
 
+        Missing folders above ``path`` are created (as ``ModelCheckpoint`` does).
+
         Raises:
-            TypeError: ``path`` is not a str or os.PathLike.
+            TypeError: ``path`` is not a str or os.PathLike. ValueError: it cannot name a file.
             RuntimeError: the callback has seen no model yet.
         """
         check_path(path, "path")
-        self._ready("save")
-        return checkpoint.save(path, self._full_state(), self.config)
+        state = self._full_state()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return checkpoint.save(path, state, self.config)
 
     def load(self, path: str | os.PathLike[str], /, model: Any = None) -> None:
         """Continue the EMA saved by ``save`` for ``model`` (default: the callback's model),
@@ -136,13 +143,16 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         checked before anything changes.
 
         Raises:
-            TypeError: ``path`` of the wrong type, or no model (none given, none seen).
-            ValueError: the file does not match the model or the config (nothing changed).
+            TypeError: ``path`` of the wrong type, no model (none given, none seen) or a
+                ``model`` that is not a ``keras.Model``.
+            ValueError: the file does not match the model or the config, or the model has no
+                weights yet (nothing changed).
         """
         check_path(path, "path")
         model = getattr(self, "_model", None) if model is None else model
         if model is None:
             raise TypeError("load() needs the model: pass model=, or call it after fit() began")
+        check_model(model)
         plan = Plan(model, self.config.buffers)
         fresh = self._fresh_state(model, plan)
         like = EMAState(fresh.step, {**fresh.shadow, **self._copies_of(model, plan)}, fresh.weight)
@@ -172,6 +182,10 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         plan, state = self._ready("on_train_batch_end")
         # not self.model: on JAX each read of it syncs the trainer's state into the variables
         model = self._model if self._backend == "jax" else self.model
+        steps = optimizer_steps(model)  # None unless the optimizer accumulates gradients
+        if steps is not None and steps == self._steps:
+            return  # a batch that only accumulated: the weights did not move
+        self._steps = steps
         live = live_arrays(model, plan, [*plan.averaged, *plan.copied])
         params = {plan.names[i]: live[plan.names[i]] for i in plan.averaged}
         self._state = ema_core.update(state, params, self.config)
@@ -206,13 +220,20 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         if self._plan is None:
             self._state = self._fresh_state(model, plan)
             self._copies = self._copies_of(model, plan)
+        elif plan.layout() == self._plan.layout() and kind_changes(self._plan, plan):
+            raise ValueError(
+                "weights changed between trainable and non-trainable since this EMACallback "
+                f"began: {kind_changes(self._plan, plan)}; the EMA tracks a fixed set. Build the "
+                "callback with buffers='average' (every floating weight averaged, frozen or "
+                "not), or use a new EMACallback"
+            )
         elif plan.signature() != self._plan.signature():
             raise ValueError(
                 "this EMACallback holds an EMA of another model (weights differ in names, "
                 f"shapes or dtypes: {self._plan.signature()} != {plan.signature()}); use a "
                 "new EMACallback per model"
             )
-        self._plan = plan
+        self._plan, self._steps = plan, optimizer_steps(model)
 
     def _fresh_state(self, model: Any, plan: Plan) -> EMAState:
         return ema_core.init(live_arrays(model, plan, plan.averaged), self.config)
