@@ -68,6 +68,18 @@ def test_output_buffers_alias_the_donated_inputs():
     assert [x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(state)] == pointers
 
 
+def test_a_donated_state_passed_again_is_named():
+    """The old state after a donating update: a ValueError that says what happened and the two
+    ways out (JAX's own error says only that an array was deleted); the new state still works."""
+    step = make_update(ema.Config(schedule=0.9))
+    params = _params()
+    old = step(ema.init(params), params)
+    new = step(old, params)
+    with pytest.raises(ValueError, match=r"state was donated .* donate=False"):
+        step(old, params)
+    assert int(step(new, params).step) == 3
+
+
 def test_donate_false_keeps_the_input_state():
     step = make_update(ema.Config(schedule=0.9), donate=False)
     params = _params()

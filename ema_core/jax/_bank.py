@@ -22,7 +22,14 @@ from ema_core import _api, _banks
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
-from ema_core.jax._compiled import _check_step, _committed, _Split, _split, dispatch
+from ema_core.jax._compiled import (
+    _check_step,
+    _committed,
+    _Split,
+    _split,
+    check_not_donated,
+    dispatch,
+)
 
 
 def make_bank_update(
@@ -113,7 +120,7 @@ class BankUpdate:
         trusted = all(s.step is m for s, m in zip(states, made, strict=True))
         if not trusted:  # a step this bank made is valid: not read again
             for k, state in enumerate(states):
-                _check_live(k, state.step)
+                check_not_donated(state.step, f"states[{k}]", "this bank")
                 _check_step(state.step)
         every = self._every
         counted = [] if every is None else self._count(states, trusted)
@@ -198,17 +205,3 @@ class BankUpdate:
         states, params = state_split.merge(arrays), params_split.merge(params_arrays)
         new = tuple(_api.update(s, params, c) for s, c in zip(states, self.configs, strict=True))
         return _split(new)[0]
-
-
-def _check_live(k: int, step: Any) -> None:
-    """Raise when ``states[k]`` was donated to an earlier call (its arrays are deleted).
-
-    Raises:
-        ValueError: naming ``states[k]`` and the two ways out.
-    """
-    if isinstance(step, jax.Array) and not isinstance(step, jax.core.Tracer) and step.is_deleted():
-        raise ValueError(
-            f"states[{k}] was donated to an earlier call of this bank (donate=True deletes the "
-            "states it is given): pass the states that call returned, or build the bank with "
-            "donate=False to update the same states more than once"
-        )

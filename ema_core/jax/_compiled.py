@@ -125,6 +125,7 @@ class _Update:
     def __call__(self, state: EMAState, params: Tree, /) -> EMAState:
         step = getattr(state, "step", None)
         if step is not self._made():  # a step this update made is valid: not read again
+            check_not_donated(step, "state", "this update (make_update donates by default)")
             _check_step(step)
         prepared = self._prepare(state, params)
         out: EMAState = prepared[2].merge(dispatch(self._jitted, self._chunked, *prepared))
@@ -135,6 +136,21 @@ class _Update:
     def lower(self, state: EMAState, params: Tree, /) -> Any:
         """JAX's lowered computation for these arguments (``.compile().as_text()``: the HLO)."""
         return self._jitted.lower(*self._prepare(state, params))
+
+
+def check_not_donated(step: Any, what: str, by: str) -> None:
+    """Raise when the state whose step is ``step`` was donated to an earlier call (a donated
+    state's arrays are deleted; JAX's own error says only "Array has been deleted").
+
+    Raises:
+        ValueError: naming ``what``, ``by`` and the two ways out.
+    """
+    if isinstance(step, jax.Array) and not isinstance(step, jax.core.Tracer) and step.is_deleted():
+        raise ValueError(
+            f"{what} was donated to an earlier call of {by}, which deletes the arrays it is "
+            "given: pass the state that call returned, or use donate=False to update the same "
+            "state more than once"
+        )
 
 
 def _check_step(step: Any) -> None:
