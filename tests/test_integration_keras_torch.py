@@ -2,7 +2,9 @@
 
 Keras picks its backend once, at import, and the in-process tests run jax; this worker runs the
 checks of ``test_integration_keras.py`` and ``test_integration_keras_resume.py`` (fit against a
-hand run, evaluate, predict, save and load) with ``KERAS_BACKEND=torch``, bit for bit.
+hand run, evaluate, predict, save and load) and the gradient-accumulation check of
+``test_integration_hostile_keras.py`` (one update per optimizer step, read from the optimizer's
+counter) with ``KERAS_BACKEND=torch``, bit for bit.
 """
 
 from __future__ import annotations
@@ -34,10 +36,15 @@ TORCH_WORKER = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 4)).astype("float32")
     y = (x @ rng.standard_normal((4, 1)) + 0.1).astype("float32")
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.BatchNormalization(), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+
+    def build(optimizer):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+        model.compile(optimizer=optimizer, loss="mse")
+        return model
+
+    model = build(keras.optimizers.SGD(0.05, momentum=0.9))
     seen = []
     recorder = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: seen.append(model.get_weights()))
@@ -47,10 +54,15 @@ TORCH_WORKER = textwrap.dedent(
     model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False,
               callbacks=[callback, recorder])
     names = [w.path for w in model.weights]
-    state = ema.init({n: torch.from_numpy(a) for n, a in zip(names, initial)}, config)
-    for weights in seen:
-        state = ema.update(state, {n: torch.from_numpy(a) for n, a in zip(names, weights)}, config)
-    want = [ema.average(state, config)[n].numpy() for n in names]
+
+    def hand_run(initial, seen, config):
+        state = ema.init({n: torch.from_numpy(a) for n, a in zip(names, initial)}, config)
+        for weights in seen:
+            update = {n: torch.from_numpy(a) for n, a in zip(names, weights)}
+            state = ema.update(state, update, config)
+        return [ema.average(state, config)[n].numpy() for n in names]
+
+    want = hand_run(initial, seen, config)
 
     def same(got, want):
         assert all(g.dtype == w.dtype and g.tobytes() == w.tobytes() for g, w in zip(got, want))
@@ -73,6 +85,19 @@ TORCH_WORKER = textwrap.dedent(
         resumed.load(path, model)
     assert resumed.step == 8
     same(resumed.average_weights(), want)
+
+    # gradient accumulation: 8 batches, 4 optimizer steps, one update per step
+    model = build(keras.optimizers.SGD(0.05, gradient_accumulation_steps=2))
+    stepped = []  # the weights after each batch that applied an optimizer step
+    recorder = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: (
+        stepped.append(model.get_weights())
+        if int(model.optimizer.iterations) > len(stepped) else None))
+    config = Config(schedule=schedules.constant(0.5), buffers="average")
+    callback, initial = EMACallback(config), model.get_weights()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False,
+              callbacks=[callback, recorder])
+    assert callback.step == len(stepped) == int(model.optimizer.iterations) == 4
+    same(callback.average_weights(), hand_run(initial, stepped, config))
     print("ok")
     """
 )

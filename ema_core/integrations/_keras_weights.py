@@ -7,6 +7,7 @@ the skipped ones (non-trainable weights under ``"skip"``), each named by its pos
 its variable's name (``"0003:beta"``): Keras' paths are not stable (a loaded model's lack the
 model's prefix, and layer-name counters differ between processes), so a saved EMA is matched
 to a model by position, checked by name, shape and dtype.
+``check_continues`` refuses to continue an EMA on a model whose weights differ.
 ``live_arrays`` reads the backend arrays after a training batch without a host copy: on the
 JAX backend from the state the trainer holds between batches (the model's variables are
 emptied during an epoch), on torch from the variables themselves. ``snapshot`` copies an array
@@ -131,6 +132,29 @@ def check_model(model: Any) -> None:
         raise ValueError(
             f"model has no weights yet ({type(model).__name__} {model.name!r}): build it first "
             "(give it a keras.Input, call model.build(shape) or call it on a batch)"
+        )
+
+
+def check_continues(old: Plan, new: Plan) -> None:
+    """Refuse to continue an EMA of ``old`` on ``new``: the same weights with layers frozen or
+    unfrozen since (the EMA tracks a fixed set), or another model.
+
+    Raises:
+        ValueError: the kinds (averaged, copied, skipped) or the tracked weights' names,
+            shapes or dtypes differ.
+    """
+    if new.layout() == old.layout() and kind_changes(old, new):
+        raise ValueError(
+            "weights changed between trainable and non-trainable since this EMACallback "
+            f"began: {kind_changes(old, new)}; the EMA tracks a fixed set. Build the callback "
+            "with buffers='average' (every floating weight averaged, frozen or not), or use a "
+            "new EMACallback"
+        )
+    if new.signature() != old.signature():
+        raise ValueError(
+            "this EMACallback holds an EMA of another model (weights differ in names, shapes "
+            f"or dtypes: {old.signature()} != {new.signature()}); use a new EMACallback per "
+            "model"
         )
 
 

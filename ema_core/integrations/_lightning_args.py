@@ -2,19 +2,20 @@
 
 Everything is read before the callback exists: the decay rule through the torch ``EMA``'s own
 reader (``_options.resolve_config``), the ``EMA`` keyword options by name and type, the stages
-that swap and the end-of-fit mode. The ``EMA`` itself is built later, on the model, once the
-trainer has moved (and possibly sharded) it.
+that swap and the end-of-fit mode, and what the callback's ``state_key`` is made of. The
+``EMA`` itself is built later, on the model, once the trainer has moved (and possibly sharded)
+it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 import torch
 
 from ema_core._checks import check_choice
-from ema_core._config import Config
+from ema_core._config import Config, config_text
 from ema_core.torch import _names, _options
 
 Stage: TypeAlias = Literal["validate", "test", "predict"]
@@ -26,13 +27,14 @@ EMA_OPTIONS = ("dtype", "device", "buffers", "include", "exclude")
 
 
 class Arguments(NamedTuple):
-    """The callback's arguments, checked: the resolved config (for the state key), what to
-    pass to ``EMA``, the stages that swap and the end-of-fit mode."""
+    """The callback's arguments, checked: the resolved config, what to pass to ``EMA``, the
+    stages that swap, the end-of-fit mode and the parts of the state key (see ``key``)."""
 
     config: Config
     ema: dict[str, Any]
     swap: frozenset[Stage]
     on_fit_end: FitEnd
+    key: dict[str, Any]
 
 
 def read(
@@ -54,10 +56,46 @@ def read(
         decay, schedule, config, options.get("dtype"), options.get("buffers")
     )
     _check_device(options.get("device"))
+    filters = {n: _filter(options[n], n) for n in ("include", "exclude") if n in options}
+    ema = {"decay": decay, "schedule": schedule, "config": config, **options, **filters}
+    stages, mode = _stages(swap), _fit_end(on_fit_end)
+    return Arguments(resolved, ema, stages, mode, key(resolved, filters))
+
+
+def key(config: Config, filters: Mapping[str, Any]) -> dict[str, Any]:
+    """What the state key holds: the config's text, then ``include`` / ``exclude`` only when
+    given (a pattern or a list of them as written, a callable by its ``__qualname__``), so a
+    callback without filters keeps the key that older checkpoints hold.
+
+    Example:
+        >>> from ema_core import Config
+        >>> key(Config(), {"include": "encoder.*", "exclude": None})["include"]
+        'encoder.*'
+    """
+    parts: dict[str, Any] = {"config": config_text(config)}
     for name in ("include", "exclude"):
-        _names._matcher(options.get(name), name, True)  # raises TypeError on a bad filter
-    ema = {"decay": decay, "schedule": schedule, "config": config, **options}
-    return Arguments(resolved, ema, _stages(swap), _fit_end(on_fit_end))
+        rule = filters.get(name)
+        if callable(rule):
+            parts[name] = getattr(rule, "__qualname__", None) or type(rule).__qualname__
+        elif rule is not None:
+            parts[name] = rule
+    return parts
+
+
+def _filter(rule: Any, name: str) -> str | list[str] | Callable[[str], bool] | None:
+    """``rule`` checked, an iterable of patterns read once into a list (a generator would
+    be empty when the ``EMA`` reads it).
+
+    Raises:
+        TypeError: not None, a glob pattern, an iterable of them or a callable.
+    """
+    if isinstance(rule, Iterator):
+        rule = list(rule)  # read once, here
+    patterns = isinstance(rule, Iterable) and not isinstance(rule, str) and not callable(rule)
+    if patterns and all(isinstance(p, str) for p in rule):
+        return list(rule)
+    _names._matcher(rule, name, True)  # raises TypeError on a bad filter
+    return rule  # type: ignore[no-any-return]
 
 
 def _check_device(device: Any) -> None:

@@ -5,7 +5,11 @@
 the averages in the model inside ``evaluate()`` / ``predict()`` (and, when asked, the
 validation inside ``fit``) and the live weights back after, bit for bit, and saves its state
 as one ema-core checkpoint (``save`` / ``load``, or ``filepath=`` at every epoch end).
-``_keras_weights`` reads the weights; ``_keras_args`` the arguments.
+
+This module holds the callback: its Keras hooks and its state (the ``EMAState``, the copied
+weights, ``step``). Beside it: ``_keras_weights`` sorts and reads the model's weights (and
+the optimizer's step counter under gradient accumulation), ``_keras_swap`` puts the averages
+in and the live weights back, ``_keras_args`` checks the arguments.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ from ema_core._arguments import resolve_config
 from ema_core._config import Config
 from ema_core._types import EMAState
 from ema_core.integrations._keras_args import check_path, check_swap
+from ema_core.integrations._keras_swap import Swap
 from ema_core.integrations._keras_weights import (
     Plan,
-    as_weight,
     check_backend,
+    check_continues,
     check_model,
-    kind_changes,
     live_arrays,
     optimizer_steps,
     snapshot,
@@ -98,7 +102,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._state: EMAState | None = None
         self._copies: dict[str, Any] = {}
         self._step = 0
-        self._backup: list[tuple[Any, Any]] | None = None
+        self._swapper = Swap()  # the live weights while averages are in the model
         self._in_fit = False
         self._steps: int | None = None  # optimizer steps at the last update (accumulation)
 
@@ -171,7 +175,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._in_fit = False  # a fit that raised never called on_train_end
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._restore()
+        self._swapper.restore()
         self._in_fit = True
         self._attach(self.model)
 
@@ -197,22 +201,24 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
             self.save(self.filepath)
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._restore()
-        if ("validate" if self._in_fit else "evaluate") in self.swap:
-            self._swap_in()
+        self._begin("validate" if self._in_fit else "evaluate")
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._restore()
+        self._swapper.restore()
 
     def on_predict_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._restore()
-        if "predict" in self.swap:
-            self._swap_in()
+        self._begin("predict")
 
     def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._restore()
+        self._swapper.restore()
 
     # internals
+
+    def _begin(self, stage: str) -> None:
+        """The averages in the model for a stage named in ``swap``, once an update was taken."""
+        self._swapper.restore()
+        if stage in self.swap and self._plan is not None and self._step > 0:
+            self._swapper.put_in(self._plan, self._averages())
 
     def _attach(self, model: Any) -> None:
         """Start the EMA at the model's weights, or continue it when the model matches."""
@@ -220,19 +226,8 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         if self._plan is None:
             self._state = self._fresh_state(model, plan)
             self._copies = self._copies_of(model, plan)
-        elif plan.layout() == self._plan.layout() and kind_changes(self._plan, plan):
-            raise ValueError(
-                "weights changed between trainable and non-trainable since this EMACallback "
-                f"began: {kind_changes(self._plan, plan)}; the EMA tracks a fixed set. Build the "
-                "callback with buffers='average' (every floating weight averaged, frozen or "
-                "not), or use a new EMACallback"
-            )
-        elif plan.signature() != self._plan.signature():
-            raise ValueError(
-                "this EMACallback holds an EMA of another model (weights differ in names, "
-                f"shapes or dtypes: {self._plan.signature()} != {plan.signature()}); use a "
-                "new EMACallback per model"
-            )
+        else:
+            check_continues(self._plan, plan)
         self._plan, self._steps = plan, optimizer_steps(model)
 
     def _fresh_state(self, model: Any, plan: Plan) -> EMAState:
@@ -253,24 +248,3 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
     def _full_state(self) -> EMAState:
         _, state = self._ready("save")
         return EMAState(state.step, {**state.shadow, **self._copies}, state.weight)
-
-    def _swap_in(self) -> None:
-        """Put the averages in the model (new arrays: JAX evaluation donates its inputs),
-        keeping a copy of the live weights; a no-op before the first update."""
-        if self._plan is None or self._step == 0:
-            return
-        averages = self._averages()
-        plan = self._plan
-        pairs = [
-            (w, averages[n]) for n, w in zip(plan.names, plan.weights, strict=True) if n in averages
-        ]
-        new = [as_weight(a, w) for w, a in pairs]
-        self._backup = [(w, snapshot(w.value)) for w, _ in pairs]
-        for (w, _), value in zip(pairs, new, strict=True):
-            w.assign(value)
-
-    def _restore(self) -> None:
-        """The live weights back, bit for bit, if averages are in the model."""
-        for w, value in self._backup or ():
-            w.assign(value)
-        self._backup = None

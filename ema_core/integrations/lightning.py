@@ -32,7 +32,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ema_core._config import config_text
 from ema_core.integrations import _lightning_args
 from ema_core.integrations._lightning_args import STAGES, FitEnd, Stage
 from ema_core.torch import EMA, full_state_dict
@@ -83,7 +82,7 @@ class EMACallback(pl.Callback):
         **ema_kwargs: Any,
     ) -> None:
         self._args = _lightning_args.read(config, decay, schedule, swap, on_fit_end, ema_kwargs)
-        self._key = self._generate_state_key(config=config_text(self._args.config))
+        self._key = self._generate_state_key(**self._args.key)
         self.ema: EMA | None = None
         self._module: torch.nn.Module | None = None  # the module self.ema tracks
         self._pending: dict[str, Any] | None = None  # a loaded EMA state, until the EMA exists
@@ -94,8 +93,9 @@ class EMACallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        """The key of this callback's state in a checkpoint: the class and the config's text,
-        so EMAs with different configs live side by side in one trainer."""
+        """The key of this callback's state in a checkpoint: the class, the config's text and
+        ``include`` / ``exclude`` when given, so EMAs with different configs or of different
+        parts of the model live side by side in one trainer."""
         return self._key
 
     # -- building the EMA ------------------------------------------------------------------
