@@ -15,8 +15,8 @@ jnp = pytest.importorskip("jax.numpy")
 import ema_core as ema  # noqa: E402
 from ema_core import schedules  # noqa: E402
 from ema_core.jax import (  # noqa: E402
+    _call_checks,
     _chunked,
-    _compiled,
     make_update,
     with_ema,
 )
@@ -158,8 +158,8 @@ def test_with_ema_rejects_a_negative_concrete_step():
 
 def test_make_update_reads_only_steps_it_did_not_make(monkeypatch):
     read: list[Any] = []
-    check = _compiled.ops_for
-    monkeypatch.setattr(_compiled, "ops_for", lambda t, name: read.append(t) or check(t, name))
+    check = _call_checks.ops_for
+    monkeypatch.setattr(_call_checks, "ops_for", lambda t, name: read.append(t) or check(t, name))
     step = make_update(ema.Config(schedule=0.9))
     state = ema.init({"w": jnp.zeros(2)})
     for _ in range(4):

@@ -22,14 +22,8 @@ from ema_core import _api, _banks
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
-from ema_core.jax._compiled import (
-    _check_step,
-    _committed,
-    _Split,
-    _split,
-    check_not_donated,
-    dispatch,
-)
+from ema_core.jax._call_checks import check_not_donated, check_step
+from ema_core.jax._compiled import _committed, _Split, _split, dispatch
 
 
 def make_bank_update(
@@ -121,7 +115,7 @@ class BankUpdate:
         if not trusted:  # a step this bank made is valid: not read again
             for k, state in enumerate(states):
                 check_not_donated(state.step, f"states[{k}]", "this bank")
-                _check_step(state.step)
+                check_step(state.step)
         every = self._every
         counted = [] if every is None else self._count(states, trusted)
         due = every is not None and counted[0] % every == 0

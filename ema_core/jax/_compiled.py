@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import weakref
 from collections.abc import Callable, Hashable
@@ -14,9 +15,14 @@ import numpy as np
 from ema_core import _api
 from ema_core._arguments import checked_config
 from ema_core._config import Config
-from ema_core._ops import is_readable, ops_for
 from ema_core._types import EMAState, Tree
 from ema_core.jax import _chunked
+from ema_core.jax._call_checks import (
+    check_finite_params,
+    check_not_donated,
+    check_step,
+    host_scalars,
+)
 
 
 def make_update(
@@ -102,6 +108,9 @@ class _Update:
 
     def __init__(self, config: Config, donate: bool) -> None:
         self.config = config
+        self._guard = config.guard_finite  # checked before the call: traced params cannot raise
+        config = dataclasses.replace(config, guard_finite=False)
+        self._compiled_config = config
         self._chunked = _chunked.Chunked(config, donate)
         self._jitted = jax.jit(self._arrays, static_argnums=(2, 3), donate_argnums=(0,) * donate)
         self._made: Callable[[], Any] = lambda: None  # the step this update last returned
@@ -114,7 +123,7 @@ class _Update:
         params_split: _Split,
     ) -> list[Any]:
         state = state_split.merge(state_arrays)
-        new = _api.update(state, params_split.merge(params_arrays), self.config)
+        new = _api.update(state, params_split.merge(params_arrays), self._compiled_config)
         return _split(new)[0]
 
     def _prepare(self, state: EMAState, params: Tree) -> tuple[Any, ...]:
@@ -126,7 +135,10 @@ class _Update:
         step = getattr(state, "step", None)
         if step is not self._made():  # a step this update made is valid: not read again
             check_not_donated(step, "state", "this update (make_update donates by default)")
-            _check_step(step)
+            check_step(step)
+        state = host_scalars(state)
+        if self._guard:
+            check_finite_params(params)
         prepared = self._prepare(state, params)
         out: EMAState = prepared[2].merge(dispatch(self._jitted, self._chunked, *prepared))
         if isinstance(out.step, jax.Array) and not isinstance(out.step, jax.core.Tracer):
@@ -136,35 +148,6 @@ class _Update:
     def lower(self, state: EMAState, params: Tree, /) -> Any:
         """JAX's lowered computation for these arguments (``.compile().as_text()``: the HLO)."""
         return self._jitted.lower(*self._prepare(state, params))
-
-
-def check_not_donated(step: Any, what: str, by: str) -> None:
-    """Raise when the state whose step is ``step`` was donated to an earlier call (a donated
-    state's arrays are deleted; JAX's own error says only "Array has been deleted").
-
-    Raises:
-        ValueError: naming ``what``, ``by`` and the two ways out.
-    """
-    if isinstance(step, jax.Array) and not isinstance(step, jax.core.Tracer) and step.is_deleted():
-        raise ValueError(
-            f"{what} was donated to an earlier call of {by}, which deletes the arrays it is "
-            "given: pass the state that call returned, or use donate=False to update the same "
-            "state more than once"
-        )
-
-
-def _check_step(step: Any) -> None:
-    """The range check ``ema_core.update`` makes on a step the host can read (numpy, a concrete
-    CPU JAX array), made before the call: inside the jit the step is traced. Reading it
-    dispatches nothing; its type is checked when the update is traced."""
-    if (
-        isinstance(step, (jax.Array, np.ndarray))
-        and is_readable(step)
-        and step.ndim == 0
-        and np.issubdtype(np.dtype(step.dtype), np.integer)
-        and not (isinstance(step, jax.Array) and step.is_deleted())
-    ):
-        ops_for(int(step), "state.step")
 
 
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")

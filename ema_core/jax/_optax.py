@@ -12,7 +12,9 @@ import jax
 from ema_core import _api
 from ema_core._arguments import checked_config
 from ema_core._config import Config
+from ema_core._ops import is_readable
 from ema_core._types import EMAState, Tree
+from ema_core.jax._call_checks import check_finite_params
 
 
 class WithEMAState(NamedTuple):
@@ -29,6 +31,11 @@ def with_ema(optimizer: Any, config: Config | None = None, /) -> Any:
     params after this step, ``params + updates`` (what ``optax.apply_updates`` returns), by
     ``ema_core.update``. The returned updates are the wrapped optimizer's. Works inside a jitted
     train step; read the average with ``ema_average(opt_state, config)``.
+
+    The EMA moves once per optimizer step, in either order of wrapping: around
+    ``optax.MultiSteps`` it skips the micro-batches that only accumulate gradients (the
+    accumulator's ``gradient_step`` did not move), around ``optax.apply_if_finite`` the steps it
+    skipped (``last_finite`` false); a schedule counts optimizer steps.
 
     Args:
         optimizer: an optax ``GradientTransformation`` (anything with ``init`` and ``update``).
@@ -72,11 +79,52 @@ def with_ema(optimizer: Any, config: Config | None = None, /) -> Any:
             raise ValueError(
                 "with_ema needs the params: call update(grads, opt_state, params), got params=None"
             )
+        if config.guard_finite and _traced(params):
+            check_finite_params(params)  # names the traced guard, pointing to apply_if_finite
         updates, inner_state = inner.update(updates, state.inner, params, **extra)
         new_params = optax.apply_updates(params, updates)
-        return updates, WithEMAState(inner_state, _api.update(state.ema, new_params, config))
+        stepped = _stepped(optax, state.inner, inner_state)
+
+        def ema() -> EMAState:
+            return _api.update(state.ema, new_params, config)
+
+        def kept() -> EMAState:
+            return jax.tree_util.tree_map(jax.numpy.asarray, state.ema)  # type: ignore[no-any-return]
+
+        if stepped is None:
+            return updates, WithEMAState(inner_state, ema())
+        if not isinstance(stepped, jax.core.Tracer):
+            return updates, WithEMAState(inner_state, ema() if bool(stepped) else state.ema)
+        return updates, WithEMAState(inner_state, jax.lax.cond(stepped, ema, kept))
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _traced(tree: Any) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _stepped(optax: Any, old: Any, new: Any) -> Any:
+    """Whether the wrapped optimizer took a step: ``None`` (always) unless its state holds an
+    ``optax.MultiSteps`` (its ``gradient_step`` moved) or ``apply_if_finite`` state (its
+    ``last_finite``); the outermost of each is read."""
+    kinds = (optax.MultiStepsState, optax.ApplyIfFiniteState)
+
+    def is_kind(x: Any) -> bool:
+        return isinstance(x, kinds)
+
+    pairs = zip(
+        [x for x in jax.tree_util.tree_leaves(old, is_leaf=is_kind) if is_kind(x)],
+        [x for x in jax.tree_util.tree_leaves(new, is_leaf=is_kind) if is_kind(x)],
+        strict=True,
+    )
+    flags = [
+        n.last_finite
+        if isinstance(n, optax.ApplyIfFiniteState)
+        else n.gradient_step != o.gradient_step
+        for o, n in pairs
+    ]
+    return jax.numpy.all(jax.numpy.stack(flags)) if flags else None
 
 
 def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
@@ -107,4 +155,21 @@ def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
             f"opt_state must hold exactly one with_ema state, found {len(found)} "
             f"in a {type(opt_state).__name__}"
         )
-    return _api.average(found[0].ema, checked_config(config))
+    config = checked_config(config)
+    _check_zeros_read(found[0].ema, config)
+    return _api.average(found[0].ema, config)
+
+
+def _check_zeros_read(state: EMAState, config: Config) -> None:
+    """Refuse to read an EMA started at zeros (its readable weight below 1) with a config that
+    does not bias-correct: the raw shadow would be returned, pulled toward 0."""
+    weight: Any = getattr(state, "weight", None)
+    if config.init == "zeros" or not is_readable(weight) or getattr(weight, "ndim", 1) != 0:
+        return
+    value = float(weight)
+    if value < 1.0 - 1e-5:
+        raise ValueError(
+            f"config has init={config.init!r}, but the EMA in opt_state has weight {value:.6g}: "
+            "it was made with init='zeros' and must be bias-corrected; pass the Config given "
+            "to with_ema: ema_average(opt_state, config)"
+        )

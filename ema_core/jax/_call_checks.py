@@ -1,0 +1,116 @@
+"""The checks ``make_update`` and the JAX bank make on the host before a compiled call: a state
+donated to an earlier call, a step out of range, Python scalars in a state (static under jit:
+they would never move) and ``guard_finite`` on the params. Nothing here donates or writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from ema_core._ops import is_readable, ops_for
+from ema_core._paths import path_str
+from ema_core._tree import flatten
+from ema_core._types import EMAState, Tree
+from ema_core.backends.jax._leaves import scalar_device
+
+__all__ = ["check_finite_params", "check_not_donated", "check_step", "host_scalars"]
+
+
+def check_not_donated(step: Any, what: str, by: str) -> None:
+    """Raise when the state whose step is ``step`` was donated to an earlier call (a donated
+    state's arrays are deleted; JAX's own error says only "Array has been deleted").
+
+    Raises:
+        ValueError: naming ``what``, ``by`` and the two ways out.
+    """
+    if isinstance(step, jax.Array) and not isinstance(step, jax.core.Tracer) and step.is_deleted():
+        raise ValueError(
+            f"{what} was donated to an earlier call of {by}, which deletes the arrays it is "
+            "given: pass the state that call returned, or use donate=False to update the same "
+            "state more than once"
+        )
+
+
+def check_step(step: Any) -> None:
+    """The range check ``ema_core.update`` makes on a step the host can read (numpy, a concrete
+    CPU JAX array), made before the call: inside the jit the step is traced. Reading it
+    dispatches nothing; its type is checked when the update is traced."""
+    if (
+        isinstance(step, (jax.Array, np.ndarray))
+        and is_readable(step)
+        and step.ndim == 0
+        and np.issubdtype(np.dtype(step.dtype), np.integer)
+        and not (isinstance(step, jax.Array) and step.is_deleted())
+    ):
+        ops_for(int(step), "state.step")
+
+
+def host_scalars(state: Any) -> Any:
+    """``state`` with a Python or numpy scalar step and a Python float weight as 0-d JAX arrays
+    beside the shadow (a non-array leaf is static in the jit: it would never move), after
+    checking the weight's shape and dtype (the update itself does not look at it).
+
+    Raises:
+        TypeError: ``state.weight`` is not a float or a 0-d float array.
+        ValueError: ``state.weight`` is an array that is not 0-d, or the step is negative.
+    """
+    if not all(hasattr(state, f) for f in EMAState._fields):
+        return state  # refused by the update, before anything runs
+    step, weight = state.step, state.weight
+    if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+        ops_for(int(step), "state.step")
+        top = int(np.iinfo(jax.numpy.asarray(0).dtype).max)  # saturated, as the update does
+        step = _beside(state.shadow, np.asarray(min(int(step), top)))
+    if isinstance(weight, float):
+        weight = _beside(state.shadow, np.asarray(weight, jax.numpy.result_type(float)))
+    kind = np.dtype(weight.dtype).kind if isinstance(weight, (jax.Array, np.ndarray)) else ""
+    if kind not in ("f", ""):
+        raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")
+    if not kind:
+        raise TypeError(f"state.weight must be a 0-d float array, got {type(weight).__name__}")
+    if weight.ndim != 0:
+        raise ValueError(f"state.weight must be a 0-d float array, got shape {weight.shape}")
+    if step is state.step and weight is state.weight:
+        return state
+    return state._replace(step=step, weight=weight)
+
+
+def _beside(shadow: Any, value: np.ndarray) -> Any:
+    """``value`` where ``init`` puts the 0-d scalars of a state for ``shadow``."""
+    leaves = [x for x in jax.tree_util.tree_leaves(shadow) if isinstance(x, jax.Array)]
+    where = scalar_device(leaves[0]) if leaves else None
+    return jax.device_put(value, where) if where is not None else jax.numpy.asarray(value)
+
+
+def check_finite_params(params: Tree) -> None:
+    """``Config(guard_finite=True)`` before the jitted call: one compiled reduction, one read.
+
+    Raises:
+        ValueError: a float leaf holds NaN or inf (its path named), or the params are traced.
+    """
+    leaves, paths, _ = flatten(params, "params")
+    floats = [
+        (x, path)
+        for x, path in zip(leaves, paths, strict=True)
+        if isinstance(x, (jax.Array, np.ndarray)) and jax.numpy.issubdtype(x.dtype, np.inexact)
+    ]
+    if any(isinstance(x, jax.core.Tracer) for x, _ in floats):
+        raise ValueError(
+            "Config(guard_finite=True) reads the params on the host, but they are traced "
+            "(make_update called inside jax.jit or another transformation): call it outside, "
+            "or wrap the optimizer in optax.apply_if_finite to skip non-finite steps"
+        )
+    finite = jax.device_get(_all_finite([x for x, _ in floats]))
+    for ok, (_, path) in zip(finite, floats, strict=True):
+        if not ok:
+            raise ValueError(
+                f"{path_str('params', path)} holds NaN or infinite values "
+                "(guard_finite=True); no shadow was changed"
+            )
+
+
+@jax.jit
+def _all_finite(leaves: list[Any]) -> list[Any]:
+    return [jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]
