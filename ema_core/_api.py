@@ -153,6 +153,7 @@ def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EM
     _check_state(state)
     shadows, leaves, paths, treedef = flatten_pair(state.shadow, params, "state.shadow", "params")
     xp, kinds = check_leaves(shadows, leaves, paths, ("state.shadow", "params"), config.non_float)
+    _check_weight(state.weight)
     t = next_step(state.step)
     d, r = config.decay_and_rate(t)
     check_decay_value(d, "the decay of Config.schedule", step=t)
@@ -217,6 +218,23 @@ def _check_state(state: Any) -> None:
         raise TypeError(
             f"state must be an EMAState (step, shadow, weight), got {type(state).__name__}"
         )
+
+
+def _check_weight(weight: Any) -> None:
+    """``state.weight`` is a Python real number or a 0-d real floating array, as ``init`` makes
+    it (a wider array would spread over the shadows, an integer one would round the bias
+    correction)."""
+    if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+        return
+    shape = getattr(weight, "shape", None)
+    if isinstance(weight, bool) or shape is None or not hasattr(weight, "dtype"):
+        raise TypeError(
+            f"state.weight must be a float or a 0-d float array, got {type(weight).__name__}"
+        )
+    if tuple(shape) != ():
+        raise ValueError(f"state.weight must be a 0-d float array, got shape {tuple(shape)}")
+    if not compat.array_namespace(weight).isdtype(weight.dtype, "real floating"):
+        raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")
 
 
 def _shadow_dtype(xp: Any, param: Array, config: Config) -> Any:

@@ -91,7 +91,12 @@ def correct(xp: Namespace, shadow: Array, weight: Any) -> Array:
 
 
 def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Array:
-    """``w_t = d_t * w_{t-1} + (1 - d_t)``: the EMA of the constant 1, kept in its own dtype."""
+    """``w_t = d_t * w_{t-1} + (1 - d_t)``: the EMA of the constant 1, kept in its own dtype (a
+    Python number stays a Python float while the decay is one)."""
+    if isinstance(weight, (int, float)):
+        if isinstance(decay, float):
+            return float(weight) * decay + rate  # type: ignore[return-value]
+        return decay * float(weight) + rate  # type: ignore[no-any-return]
     if isinstance(decay, float):
         return xp.asarray(weight * decay + rate, dtype=weight.dtype, device=compat.device(weight))
     return xp.astype(decay, weight.dtype) * weight + xp.astype(rate, weight.dtype)
