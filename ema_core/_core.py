@@ -95,8 +95,8 @@ def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Arra
     Python number stays a Python float while the decay is one)."""
     if isinstance(weight, (int, float)):
         if isinstance(decay, float):
-            return float(weight) * decay + rate  # type: ignore[return-value]
-        return decay * float(weight) + rate  # type: ignore[no-any-return]
+            return float(weight) * decay + rate
+        return decay * float(weight) + rate
     if isinstance(decay, float):
         return xp.asarray(weight * decay + rate, dtype=weight.dtype, device=compat.device(weight))
     return xp.astype(decay, weight.dtype) * weight + xp.astype(rate, weight.dtype)
