@@ -100,3 +100,19 @@ def test_torch_bank_load_names_the_ema_whose_part_is_refused() -> None:
     for ema, want in zip(target, before, strict=True):
         for name, tensor in ema.average.items():
             assert torch.equal(tensor, want[name]), name
+
+
+def test_fused_bank_leaves_params_resizable_and_bumps_shadow_versions():
+    """The fused host kernel sees tensors through views made from their data addresses: a
+    param's storage can still grow after an update, and the shadows' version counters move
+    as with torch's own in-place ops (a graph that saved an average refuses the new values)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8).to(torch.bfloat16)
+    bank = EMABank(model, sigma_rels=(0.05, 0.1), dtype=torch.float32)
+    bank.update()
+    before = [bank[k].average["weight"]._version for k in range(2)]
+    bank.update()
+    assert all(bank[k].average["weight"]._version > v for k, v in enumerate(before))
+    weight = model.weight.data  # the same storage
+    weight.resize_(16, 8)  # grows it; torch refuses if a numpy view pinned it
+    assert weight.shape == (16, 8) and weight.untyped_storage().nbytes() == 16 * 8 * 2

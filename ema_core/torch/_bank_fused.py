@@ -35,6 +35,7 @@ from ema_core.backends.host import _bank as host_bank
 from ema_core.backends.host import _numba
 from ema_core.backends.host._numba import ParamsFormat
 from ema_core.backends.torch._foreach import copy_
+from ema_core.backends.torch._memory import view as memory_view
 from ema_core.torch import _store
 from ema_core.torch._options import Binding
 
@@ -146,6 +147,9 @@ class Fused:
                     kernel_decays[k] = 1.0
             for plan in self.plans:
                 host_bank.run(plan, kernel_decays, rates)
+            written = [g for g, d in zip(self.shadows, kernel_decays, strict=True) if d != 1.0]
+            if self.plans and written:  # through numpy views: tell autograd, as torch's ops do
+                torch.autograd.graph.increment_version([s for g in written for s in g])
 
 
 def _form(i: int, bindings: Sequence[Binding]) -> host_bank.Form | None:
@@ -195,8 +199,10 @@ def _rest(binding: Binding, fused: dict[int, Any]) -> _store.Store:
 
 
 def _view(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor's memory (bfloat16 as its uint16 bits); no copy."""
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
+    """A numpy view of a CPU tensor's memory (bfloat16 as its uint16 bits); no copy. Made from
+    the data address (``_memory.view``), so the storage stays resizable; ``prepare`` rebuilds
+    the plans when a data pointer moves."""
+    seen = memory_view(t.detach())
+    if seen is None:  # a conjugate or negative view: numpy cannot see it without a copy
+        raise ValueError("a tensor with its conjugate or negative bit set cannot be fused")
+    return seen

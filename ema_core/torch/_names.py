@@ -3,15 +3,14 @@
 Names are those of ``module.named_parameters()`` / ``named_buffers()`` with the wrapper
 prefix ``module.`` (DistributedDataParallel) removed from the front and every ``_orig_mod.``
 (``torch.compile``, of the whole model or of a submodule) removed, so a plain, a DDP-wrapped
-and a compiled model track the same names. ``Watch`` notices when the module has since
-replaced a tracked tensor or moved its data (see its docstring).
+and a compiled model track the same names. ``_watch.Watch`` notices when the module has since
+replaced a tracked tensor or moved its data.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -19,6 +18,7 @@ import torch
 
 from ema_core._arguments import BUFFERS
 from ema_core._types import LeafKind
+from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
 
 #: Wrapper prefixes removed from the front of every name (repeatedly: DDP inside compile).
@@ -28,7 +28,8 @@ BufferPolicy: TypeAlias = Literal["copy", "average", "skip"]
 #: A name filter: a glob pattern, several patterns, or a predicate on the (stripped) name.
 NameFilter: TypeAlias = "str | Iterable[str] | Callable[[str], bool] | None"
 BUFFER_POLICIES = BUFFERS
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+#: Plain tensors (no subclass): the ones whose storage and data pointer are read directly.
+PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,16 @@ def collect(
 
 
 def check_materialized(name: str, tensor: torch.Tensor, where: str) -> None:
-    """Raise for a tensor without values: on the meta device, or an empty DTensor shard."""
+    """Raise for a tensor without values: on the meta device, or an empty DTensor shard, or
+    a plain tensor whose storage was freed (torch's own fused ops would read unowned memory)."""
     if _dtensor.local(tensor).is_meta:
         raise ValueError(
             f"{where}[{name!r}] is on the meta device (it has no values to average): build or "
             "update the EMA after materializing the model (module.to_empty(...) and "
             "initialization)"
         )
+    if type(tensor) in PLAIN and (why := short_memory(tensor)) is not None:
+        raise ValueError(f"{where}[{name!r}]: {why}")
 
 
 def kind_of(tensor: torch.Tensor, is_buffer: bool, buffers: str) -> LeafKind:
@@ -116,73 +120,6 @@ def kind_of(tensor: torch.Tensor, is_buffer: bool, buffers: str) -> LeafKind:
     if not floating or (is_buffer and buffers == "copy"):
         return "exact"
     return "float"
-
-
-class Watch:
-    """Notices, cheaply, that the module replaced a tracked tensor or moved its data.
-
-    ``same()`` is the per-update check, one pointer and one shape read per tensor and nothing
-    per element: each plain tensor the module holds under a tracked name (read through its
-    owner's ``_parameters`` / ``_buffers``; the tensors themselves for named tensors) still has
-    the data pointer and shape it had (``param.data = param.data[:16]`` keeps the pointer).
-    That sees a tensor replaced (``model.weight = ...``, ``to_empty``, ``module.to``
-    re-creating buffers) and data moved or converted in place (``param.data = ...``,
-    ``module.to(dtype)``, ``module.cuda()``); each module on the way must still be its
-    parent's. Tensors without data pointers (empty, tensor subclasses) are compared by
-    identity, dtype and device. ``same(objects=True)`` also compares every tensor's identity
-    (a replacement sharing the old storage), for the rarer calls. DTensors (FSDP2) are left to
-    the store, which follows their local shards itself. When ``same()`` is False, ``EMA``
-    looks the tensors up again by name (``lookup``) and rebinds.
-    """
-
-    def __init__(self, root: torch.nn.Module | None, tracked: list[Tracked]) -> None:
-        watched = [t for t in tracked if not _dtensor.is_dtensor(t.tensor)]
-        fast = [type(t.tensor) in _PLAIN and t.tensor.data_ptr() != 0 for t in watched]
-        self.fast = _Reads(root, [t for t, f in zip(watched, fast, strict=True) if f])
-        self.slow = _Reads(root, [t for t, f in zip(watched, fast, strict=True) if not f])
-        self.pointers = list(map(torch.Tensor.data_ptr, self.fast.held))
-        self.shapes = [t.shape for t in self.fast.held]
-        self.forms = [(t.dtype, t.device) for t in self.slow.held]
-        chain = {(id(p), k): (p, k, c) for t in watched for p, k, c in _chain(root, t.raw)}
-        self.parents = [p for p, _, _ in chain.values()]
-        self.names = [k for _, k, _ in chain.values()]
-        self.children = [c for _, _, c in chain.values()]
-
-    def same(self, objects: bool = False) -> bool:
-        """True when every tracked tensor is where, and as, it was (see the class doc)."""
-        try:
-            now = list(self.fast.now())
-            if list(map(torch.Tensor.data_ptr, now)) != self.pointers:
-                return False
-            # compared as they come: a list of 20k new Size objects per update would survive
-            # long enough to wake the garbage collector's full passes
-            if not all(map(operator.eq, map(_SHAPE, now), self.shapes)):
-                return False
-        except (TypeError, RuntimeError):  # gone (None), or a tensor without storage now
-            return False
-        slow = list(self.slow.now())
-        return (
-            all(map(operator.is_, slow, self.slow.held))
-            and [(t.dtype, t.device) for t in slow] == self.forms
-            and all(map(operator.is_, map(dict.get, self.parents, self.names), self.children))
-            and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
-        )
-
-
-_SHAPE = operator.attrgetter("shape")
-
-
-class _Reads:
-    """Tracked tensors read back: through their owners' dicts for a module, else as held."""
-
-    def __init__(self, root: torch.nn.Module | None, tracked: list[Tracked]) -> None:
-        self.held = [t.tensor for t in tracked]
-        slots = [_slot(root, t) for t in tracked] if root is not None else []
-        self.tables = [table for table, _ in slots]
-        self.keys = [key for _, key in slots]
-
-    def now(self) -> Iterator[Any]:
-        return map(dict.get, self.tables, self.keys) if self.tables else iter(self.held)
 
 
 def lookup(root: torch.nn.Module | None, tracked: list[Tracked], buffers: str) -> list[Tracked]:
@@ -206,26 +143,6 @@ def lookup(root: torch.nn.Module | None, tracked: list[Tracked], buffers: str) -
         tensor, is_buffer, raw = now[t.name]
         check_materialized(t.name, tensor, "the module")
         out.append(Tracked(t.name, tensor, kind_of(tensor, is_buffer, buffers), raw, is_buffer))
-    return out
-
-
-def _slot(root: torch.nn.Module, t: Tracked) -> tuple[dict[str, Any], str]:
-    """The dict (``_parameters`` or ``_buffers``) and key under which ``root`` holds ``t``."""
-    path, _, key = t.raw.rpartition(".")
-    owner = root.get_submodule(path) if path else root
-    return (owner._buffers if t.is_buffer else owner._parameters), key
-
-
-def _chain(root: torch.nn.Module | None, raw: str) -> list[tuple[dict[str, Any], str, Any]]:
-    """``(parent._modules, name, child)`` for each module on the way from ``root`` to ``raw``."""
-    out: list[tuple[dict[str, Any], str, Any]] = []
-    module = root
-    for name in raw.split(".")[:-1]:
-        if module is None:
-            break
-        child = module._modules.get(name)
-        out.append((module._modules, name, child))
-        module = child
     return out
 
 

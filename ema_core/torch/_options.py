@@ -13,7 +13,7 @@ import torch
 from ema_core import _arguments, _ops
 from ema_core._config import Config, shadow_dtype_name
 from ema_core._types import Namespace, Value
-from ema_core.torch import _names, _store
+from ema_core.torch import _names, _store, _watch
 from ema_core.torch._names import Tracked
 
 
@@ -111,7 +111,7 @@ class Binding:
     """The tracked tensors, their shadows (``shadows[i]`` for ``live[i]``) and the store.
 
     ``refresh()`` follows tensors the module replaced, converted or moved since the last look
-    (``_names.Watch``: one identity and one pointer check per tensor when nothing changed):
+    (``_watch.Watch``: one identity and one pointer check per tensor when nothing changed):
     the shadows are kept, converted to the dtype rule of the new tensor and moved beside it
     where needed. ``apply`` updates the tracked tensors that move (``Config.non_float`` may
     freeze integer ones) and keeps track of an update cut short (``pending``).
@@ -142,7 +142,7 @@ class Binding:
         self.kinds = [t.kind for t in tracked]
         self.moving = [i for i, t in enumerate(tracked) if moves(self.config, t)]
         self.store = self._store_of(self.moving)
-        self.watch = _names.Watch(self.root, tracked)
+        self.watch = _watch.Watch(self.root, tracked)
 
     def _store_of(self, indices: list[int]) -> _store.Store:
         pick = [self.shadows[i] for i in indices], [self.live[i] for i in indices]
@@ -151,7 +151,7 @@ class Binding:
 
     def refresh(self, objects: bool = False) -> None:
         """Rebind to the module's current tensors when the watch saw a change (``objects``:
-        also one that shares the old tensor's storage; see ``_names.Watch``).
+        also one that shares the old tensor's storage; see ``_watch.Watch``).
 
         Raises:
             ValueError: a tracked tensor is gone, on the meta device, reshaped, or changed
@@ -173,7 +173,7 @@ class Binding:
             and _forms([t.tensor for t in now]) == self.forms
             and all(a.tensor is b for a, b in zip(now, self.live, strict=True))
         ):  # the same tensors with their data moved: the kernels follow that themselves
-            self.tracked, self.watch = now, _names.Watch(self.root, now)
+            self.tracked, self.watch = now, _watch.Watch(self.root, now)
             return
         self.shadows = shadows
         self._bind(now)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ema_core._config import stable_text
+from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
 
 FORMAT = "ema_core.torch.EMA"
@@ -60,7 +61,7 @@ def check(
         ValueError: wrong format or version; with ``strict``, different names or config
             (buffer policy included); always, a negative, meta or DTensor counter, a weight
             outside [0, 1] or NaN, a meta or sparse shadow, a DTensor shadow for a plain one,
-            a shape or dtype that differs from the shadow's.
+            a shadow whose storage was freed, a shape or dtype that differs from the shadow's.
     """
     _check_header(state)
     if strict and stable_text(state["config"]) != config:
@@ -160,6 +161,8 @@ def _check_tensor(name: str, tensor: Any, ours: torch.Tensor) -> None:
             f"{where} is a DTensor (sharded) and this EMA's shadow a plain tensor: save it "
             "with full_state_dict() to load it here"
         )
+    if not _dtensor.is_dtensor(tensor) and (why := short_memory(tensor)) is not None:
+        raise ValueError(f"{where}: {why}")
     if tensor.shape != ours.shape or tensor.dtype != ours.dtype:
         raise ValueError(
             f"{where} has shape {tuple(tensor.shape)} dtype {tensor.dtype}; this EMA's shadow "

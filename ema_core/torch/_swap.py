@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from ema_core.backends.torch._memory import short_memory
+
 try:  # the C module under ``signal``: its calls skip the enum conversions (10x faster)
     _SIGNALS: Any = importlib.import_module("_signal")
 except ImportError:  # pragma: no cover - CPython always has it
@@ -116,7 +118,7 @@ def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) 
 
     Raises:
         ValueError: no target, another shape, or no writable data (meta, sparse, expanded,
-            inference-mode outside ``torch.inference_mode``).
+            inference-mode outside ``torch.inference_mode``, storage freed).
         TypeError: a float average into an integer target, a complex one into a real target,
             an integer one into another dtype.
     """
@@ -141,6 +143,9 @@ def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) 
             f"{where} must be a writable dense tensor with data, got layout {target.layout} on "
             f"device {target.device}, stride {target.stride()}, inference={target.is_inference()}"
         )
+    plain = type(target) in (torch.Tensor, torch.nn.Parameter)  # a DTensor: its shard's
+    if plain and (why := short_memory(target)) is not None:
+        raise ValueError(f"{where}: {why}")
 
 
 class HeldInterrupts:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ema_core._types import LeafKind, Namespace, NonFloatPolicy, Value
-from ema_core.backends.torch import _routes
+from ema_core.backends.torch import _memory, _routes
 
 __all__ = ["guard", "leaf_signature", "same_signature", "update_leaves"]
 
@@ -73,6 +73,7 @@ def update_leaves(
         _routes.apply(xp, plan, decay, rate, kept=True)
         return list(shadows)
     move = [non_float == "copy" if kind == "exact" else not skip for kind in kinds]
+    _check_memory(shadows, params, move)
     out = [s if w or not m else s.clone() for s, w, m in zip(shadows, writes, move, strict=True)]
     if not any(move):
         return out
@@ -88,6 +89,18 @@ def update_leaves(
     return out
 
 
+def _check_memory(
+    shadows: Sequence[torch.Tensor], params: Sequence[torch.Tensor], move: list[bool]
+) -> None:
+    """Raise ``ValueError`` for a moved leaf whose storage no longer holds it (freed by
+    ``untyped_storage().resize_(0)``): torch's ``clone`` and fused ops would read unowned memory.
+    Run on the calls the plan cache did not find (a freed storage moves the data pointer)."""
+    for i, m in enumerate(move):
+        for what, t in (("shadow", shadows[i]), ("params", params[i])) if m else ():
+            if type(t) in _PLAIN and (why := _memory.short_memory(t)) is not None:
+                raise ValueError(f"{what} #{i}: {why}")
+
+
 def _same(t: torch.Tensor) -> torch.Tensor:
     return t
 
@@ -98,9 +111,12 @@ _PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 
 class Signature(NamedTuple):
     """What the checks read from a list of tensors: aliases (same storage, offset, sizes and
-    strides: ``is_set_to``), dtypes, inference flags and whether inference mode was on."""
+    strides: ``is_set_to``), data pointers (a storage resized in place keeps its object but
+    moves its data, which the host engine's views would still point at), dtypes, inference
+    flags and whether inference mode was on."""
 
     aliases: list[torch.Tensor]
+    pointers: list[int]
     dtypes: list[torch.dtype]
     inference: list[bool]
     inference_mode: bool
@@ -115,6 +131,7 @@ def leaf_signature(leaves: Sequence[torch.Tensor]) -> Signature | None:
         return None
     return Signature(
         list(map(torch.Tensor.detach, leaves)),
+        list(map(torch.Tensor.data_ptr, leaves)),
         list(map(_DTYPE, leaves)),
         list(map(torch.Tensor.is_inference, leaves)),
         torch.is_inference_mode_enabled(),
@@ -131,6 +148,7 @@ def same_signature(kept: Signature, leaves: Sequence[torch.Tensor]) -> bool:
         and not torch.compiler.is_compiling()
         and len(leaves) == len(kept.aliases)
         and all(map(torch.Tensor.is_set_to, leaves, kept.aliases))
+        and list(map(torch.Tensor.data_ptr, leaves)) == kept.pointers
         and list(map(_DTYPE, leaves)) == kept.dtypes
         and list(map(torch.Tensor.is_inference, leaves)) == kept.inference
     )

@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-if importlib.util.find_spec("numpy") is not None:  # torch runs without numpy: then no engine
-    import numpy as np
+from ema_core.backends.torch import _memory
 
+if importlib.util.find_spec("numpy") is not None:  # torch runs without numpy: then no engine
     from ema_core.backends import host
 
 __all__ = ["Bound", "bind", "key", "lerp_", "run", "stale", "usable"]
@@ -66,7 +66,8 @@ class Bound:
     negative bit set): another path does them.
 
     Raises:
-        ValueError: a params tensor's shape differs from its shadow's (nothing is written).
+        ValueError: a params tensor's shape differs from its shadow's, or a tensor's storage
+            cannot hold its elements (``short_memory``); nothing is written.
     """
 
     def __init__(self, shadows: list[torch.Tensor], params: list[torch.Tensor]) -> None:
@@ -77,6 +78,9 @@ class Bound:
                     f"params #{i} of shape {tuple(p.shape)} on {p.device} does not fit its "
                     f"shadow of shape {tuple(s.shape)} on {s.device}"
                 )
+            for what, t in (("shadow", s), ("params", p)):
+                if (why := _memory.short_memory(t)) is not None:
+                    raise ValueError(f"{what} #{i}: {why}")
         self.left: list[int] = []
         self.shadows: list[Any] = []
         self.params: list[Any] = []
@@ -84,7 +88,7 @@ class Bound:
         self.large: list[tuple[torch.Tensor, torch.Tensor]] = []  # flat, for torch's ops
         small: list[int] = []
         for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
-            views = _view(s), _view(p)
+            views = _memory.view(s), _memory.view(p)
             if views[0] is None or views[1] is None:
                 self.left.append(i)
                 continue
@@ -234,14 +238,3 @@ def lerp_(
     bound = bind(shadows, params, bound)
     run(bound, decay, rate)
     return bound
-
-
-def _view(t: torch.Tensor) -> np.ndarray | None:
-    """A numpy view of a CPU tensor's memory, strides kept (bfloat16 as uint16 bits); no copy.
-    None when numpy cannot see it (conjugate or negative bit set)."""
-    t = t.detach()
-    if t.is_conj() or t.is_neg():
-        return None
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()

@@ -37,8 +37,11 @@ params' (inf and NaN included), so an update can be captured in a CUDA graph.
 Before anything is written, every pair of a ``mixed`` group is checked against its shadow (shape
 and device): those routes index the params by the shadow's size (host loops, Triton) or
 cast-copy them into a scratch (which would broadcast). The host engine's views are (re)bound,
-each pair checked, when a tensor's storage, shape or dtype changed. A mismatch raises
-``ValueError`` naming the tensor and leaves every shadow as it was.
+each pair checked, when a tensor's storage, shape or dtype changed (also that each storage
+still holds its tensor: one freed by ``untyped_storage().resize_(0)`` is refused). A mismatch
+raises ``ValueError`` naming the tensor and leaves every shadow as it was. The host engine
+writes through numpy views, so it bumps the shadows' version counters itself, as torch's
+in-place ops do.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import torch
 
 from ema_core import _core
 from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _cuda, _foreach, _host
+from ema_core.backends.torch import _cuda, _foreach, _host, _memory
 from ema_core.backends.torch._plan import BUCKETS, Group, Plan, bucket, make_plan
 
 __all__ = ["Group", "Plan", "Route", "apply", "make_plan", "route", "routes"]
@@ -160,12 +163,13 @@ def _check(group: Group, way: Route, kept: bool = False) -> None:
     elif kept and group.host is not None:
         return
     elif _host.stale(group.host, group.shadows, group.params):
-        _check_pairs(group)
+        _check_pairs(group, memory=True)
         group.host = _host.bind(group.shadows, group.params, group.host)
 
 
-def _check_pairs(group: Group) -> None:
-    """Raise ``ValueError`` if a params tensor no longer has its shadow's shape and device."""
+def _check_pairs(group: Group, memory: bool = False) -> None:
+    """Raise ``ValueError`` if a params tensor no longer has its shadow's shape and device, or
+    (``memory``: before the host engine views them) a tensor's storage no longer holds it."""
     for s, p, name in zip(group.shadows, group.params, group.names, strict=True):
         if p.shape != s.shape or p.device != s.device:
             raise ValueError(
@@ -173,15 +177,22 @@ def _check_pairs(group: Group) -> None:
                 f"shape {tuple(s.shape)} on {s.device}; it was resized, replaced or moved "
                 "after the update plan was made, and must keep its shadow's shape and device"
             )
+        for what, t in (("params", p), ("shadow", s)) if memory else ():
+            if (why := _memory.short_memory(t)) is not None:
+                raise ValueError(f"{what} {name}: {why}")
 
 
 def _host_engine(xp: Namespace, group: Group, decay: float, rate: float) -> None:
     """The host engine over the views ``_check`` bound; a pair it left (none normally) takes
-    the generic core, whose arithmetic it shares bit for bit."""
+    the generic core, whose arithmetic it shares bit for bit. The shadows' version counters
+    are bumped as any in-place torch op bumps them (a graph that saved one then refuses to
+    backpropagate through the old values)."""
     bound = group.host
     if bound is None:  # cannot happen after _check
         raise RuntimeError("the host engine's views were not bound before the update")
     _host.run(bound, decay, rate)
+    if decay != 1.0:  # written through numpy views: tell autograd, as torch's own ops do
+        torch.autograd.graph.increment_version(group.shadows)
     left = bound.left
     _generic(xp, [group.shadows[i] for i in left], [group.params[i] for i in left], decay, rate)
 
