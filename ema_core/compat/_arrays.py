@@ -12,6 +12,7 @@ import array_api_compat as compat
 from ema_core._ops import check_count_array
 from ema_core._types import Array
 from ema_core.presets._args import check_count
+from ema_core.schedules import in_float32
 
 
 def is_module(obj: Any) -> bool:
@@ -134,3 +135,13 @@ def check_counter(value: Any, name: str) -> None:
     if value is None or callable(value):
         return
     read_count(value, name)
+
+
+def check_debias_decay(decay: float, counter: Any, counter_name: str) -> None:
+    """A zero-started average read through ``1 / (1 - d ** t)`` needs a float32 decay below 1
+    when no counter lowers it: at 1 the average never leaves zero and the correction is 0 / 0."""
+    if counter is None and in_float32(decay)(0) == 1.0:
+        raise ValueError(
+            f"decay must round to < 1 in float32 for a zero-started, bias-corrected average "
+            f"without {counter_name} (1 - decay**t would be 0), got {decay!r}"
+        )

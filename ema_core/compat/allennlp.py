@@ -50,6 +50,7 @@ class ExponentialMovingAverage:
         self._parameters = named_arrays(parameters, "parameters")
         self._shadows = {k: clone(v) for k, v in self._parameters.items()}
         self._backups = {k: clone(v) for k, v in self._parameters.items()}
+        self._assigned = False  # the averages are in the parameters, the backups hold theirs
 
     @property
     def parameters(self) -> dict[str, Array]:
@@ -75,13 +76,28 @@ class ExponentialMovingAverage:
         self._shadows, self._parameters = shadows, new
 
     def assign_average_value(self) -> dict[str, Array]:
-        """Back up the parameters and write the averages into them; return the parameters."""
-        self._backups = assign_all(self._backups, self._parameters)
+        """Back up the parameters and write the averages into them; return the parameters.
+
+        Called again before ``restore()``, it keeps the first backup (AllenNLP would back up
+        the averages and lose the parameters' own values).
+        """
+        if not self._assigned:
+            self._backups = assign_all(self._backups, self._parameters)
+        self._assigned = True
         return dict(assign_all(self._parameters, self._shadows))
 
     def restore(self) -> dict[str, Array]:
-        """Write the backed-up values into the parameters; return the parameters."""
-        return dict(assign_all(self._parameters, self._backups))
+        """Write the values backed up by ``assign_average_value()`` into the parameters; return
+        the parameters. Once per ``assign_average_value()``: without one (AllenNLP would write
+        the values from construction, or from the last assign) it raises RuntimeError."""
+        if not self._assigned:
+            raise RuntimeError(
+                "restore() needs an earlier assign_average_value() that was not restored: "
+                "no backup of the parameters is pending"
+            )
+        restored = dict(assign_all(self._parameters, self._backups))
+        self._assigned = False
+        return restored
 
     def state_dict(self) -> dict[str, Any]:
         """Copies of the shadows and backups, by parameter name."""

@@ -24,6 +24,7 @@ from ema_core._types import Array
 from ema_core.compat._arrays import (
     assign_all,
     check_counter,
+    check_debias_decay,
     check_like,
     clone,
     divide,
@@ -58,6 +59,7 @@ class ExponentialMovingAverage:
     ) -> None:
         self._decay = check_fraction("decay", decay)
         check_counter(thres_steps, "thres_steps")
+        check_debias_decay(decay, thres_steps, "thres_steps")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be None or a str, got {type(name).__name__}")
         self._thres_steps, self.name = thres_steps, name
@@ -102,15 +104,21 @@ class ExponentialMovingAverage:
         the parameters; restore them afterwards (also on error) when ``need_restore``."""
         check_bool("need_restore", need_restore)
         averages = self.average()
-        self._backups = {k: clone(v) for k, v in self._parameters.items()}
+        outer = self._backups is None  # nested, or again before restore(): keep the first backup
+        if outer:
+            self._backups = {k: clone(v) for k, v in self._parameters.items()}
         try:
             yield dict(assign_all(self._parameters, averages))
         finally:
-            if need_restore:
+            if need_restore and outer and self._backups is not None:
                 self.restore(executor)
 
     def restore(self, executor: Any = None) -> dict[str, Array]:
-        """Write the values saved by the last ``apply()`` back into the parameters."""
+        """Write the values saved by ``apply()`` back into the parameters, once per apply."""
         if self._backups is None:
-            raise RuntimeError("restore() needs an earlier apply(): nothing was saved")
-        return dict(assign_all(self._parameters, self._backups))
+            raise RuntimeError(
+                "restore() needs an earlier apply() that was not restored: nothing was saved"
+            )
+        restored = dict(assign_all(self._parameters, self._backups))
+        self._backups = None
+        return restored

@@ -28,6 +28,7 @@ from ema_core.compat._arrays import (
     assign,
     check_array,
     check_counter,
+    check_debias_decay,
     clone,
     divide,
     is_module,
@@ -74,6 +75,8 @@ class ExponentialMovingAverage:
         self._decay = check_fraction("decay", decay)
         check_counter(num_updates, "num_updates")
         check_bool("zero_debias", zero_debias)
+        if zero_debias:
+            check_debias_decay(decay, num_updates, "num_updates")
         if not isinstance(name, str):
             raise TypeError(f"name must be a non-empty str, got {type(name).__name__}")
         if not name:

@@ -19,12 +19,11 @@ from ema_core.schedules._decays import (
     warmup,
 )
 from ema_core.schedules._every import CopyAt, Every, every
+from ema_core.schedules._gated import Gated, gated
 from ema_core.schedules._gates import (
-    Gated,
     InFloat32,
     Momentum,
     RampedHalfLife,
-    gated,
     in_float32,
     momentum,
     ramped_half_life,

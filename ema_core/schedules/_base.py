@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ema_core._ops import ArrayOps, Ops, ScalarOps, ops_for
+from ema_core._ops import MAX_STEP, ArrayOps, Ops, ScalarOps, ops_for
 from ema_core._types import Step, Value
 
 
@@ -67,3 +67,10 @@ def ops_at(ops: Ops, t: Any) -> Ops:
     """The arithmetic of ``ops`` at another count ``t`` (an int >= 0, or an integer array >= 0
     of any shape in ``ops``' namespace, derived from a validated count: not checked again)."""
     return ScalarOps(t) if isinstance(ops, ScalarOps) else ArrayOps(t)
+
+
+def check_at_most_max_step(name: str, value: int, low: str = "0") -> None:
+    """A gate integer (already checked to be an int >= ``low``) must fit an int64 step, which
+    an array step is compared with."""
+    if abs(value) > MAX_STEP:
+        raise ValueError(f"{name} must be an int in [{low}, 2**63 - 1] (an int64), got {value}")

@@ -11,7 +11,7 @@ import array_api_compat as compat
 
 from ema_core._checks import check_positive
 from ema_core._ops import ArrayOps, Ops, ScalarOps, is_host_array
-from ema_core.schedules._base import Schedule, ops_at
+from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at
 from ema_core.schedules._decays import as_schedule
 
 
@@ -147,6 +147,10 @@ def every(schedule: Schedule | float, /, n: int, compensate: bool = True) -> Sch
         (1.0, 0.81)
     """
     check_positive("n", n, integer=True)
+    check_at_most_max_step("n", n, "1")
     if not isinstance(compensate, bool):
-        raise TypeError(f"compensate must be a bool, got {type(compensate).__name__}")
+        raise TypeError(
+            f"compensate must be a bool (True or False), got {type(compensate).__name__} "
+            f"{compensate!r:.80}"
+        )
     return Every(as_schedule(schedule), n, compensate)

@@ -1,8 +1,6 @@
-"""Schedules that reproduce how peers gate, offset and round their decays.
+"""Schedules that reproduce how peers round their decays (``gated``, in ``_gated``, gates them).
 
-``gated`` is the one transform the presets need for the peers' bookkeeping: a step from which
-updates start, an update every n steps counted from some phase, copies on the first applied
-steps, the inner schedule read at a shifted (and divided) count, and a decay floor. ``in_float32``
+``in_float32``
 rounds a decay to float32 as TensorFlow, Keras, Paddle and ema-pytorch compute it.
 ``ramped_half_life`` is the half-life schedule of EDM2's traditional EMA and torchtitan, and
 ``momentum`` is a constant given by its rate (mmengine's ``momentum`` is ``1 - decay``).
@@ -17,56 +15,10 @@ from typing import Any, ClassVar
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._ops import Ops, ScalarOps
-from ema_core.schedules._base import Schedule, ops_at
+from ema_core.schedules._base import Schedule
 from ema_core.schedules._decays import as_schedule
 
 _LN2 = math.log(2.0)
-
-
-@dataclass(frozen=True)
-class Gated(Schedule):
-    """``d_t`` = 1 (skip) off the gate, 0 (copy) on gated steps ``t <= copy_through``, else
-    ``max(inner(max((t + offset) // divisor, 1)), floor)``. The gate is
-    ``t >= start and (t - phase) % every == 0``."""
-
-    inner: Schedule
-    every: int = 1
-    phase: int = 0
-    start: int = 0
-    copy_through: int = 0
-    offset: int = 0
-    divisor: int = 1
-    floor: float = 0.0
-
-    @property
-    def first_update(self) -> int:
-        first = max(self.start, 1)
-        return first + (self.phase - first) % self.every
-
-    @property
-    def elementwise(self) -> bool:
-        return self.inner.elementwise
-
-    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
-        t = ops.raw
-        if isinstance(ops, ScalarOps):
-            if t < self.start or (t - self.phase) % self.every != 0:
-                return 1.0, 0.0
-            if t <= self.copy_through:
-                return 0.0, 1.0
-            return self._inner_pair(ops, max((t + self.offset) // self.divisor, 1))
-        u = (t + self.offset) // self.divisor
-        decay, rate = self._inner_pair(ops, ops.xp.where(u < 1, ops.xp.ones_like(u), u))
-        live = (t >= self.start) & ((t - self.phase) % self.every == 0)
-        copy = t <= self.copy_through
-        decay = ops.where(live, ops.where(copy, 0.0, decay), 1.0)
-        return decay, ops.where(live, ops.where(copy, 1.0, rate), 0.0)
-
-    def _inner_pair(self, ops: Ops, u: Any) -> tuple[Any, Any]:
-        decay, rate = self.inner.pair(ops_at(ops, u))
-        if self.floor > 0.0:
-            decay, rate = ops.maximum(decay, self.floor), ops.minimum(rate, 1.0 - self.floor)
-        return ops.const(decay), ops.const(rate)
 
 
 @dataclass(frozen=True)
@@ -124,49 +76,6 @@ class Momentum(Schedule):
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         return ops.const(1.0 - self.momentum), ops.const(self.momentum)
-
-
-def gated(
-    schedule: Schedule | float,
-    /,
-    *,
-    every: int = 1,
-    phase: int = 0,
-    start: int = 0,
-    copy_through: int = 0,
-    offset: int = 0,
-    divisor: int = 1,
-    floor: float = 0.0,
-) -> Schedule:
-    """Gate, offset and floor a schedule the way a peer's bookkeeping does.
-
-    ``d_t = 1`` unless ``t >= start`` and ``(t - phase) % every == 0``; on those steps
-    ``d_t = 0`` while ``t <= copy_through``, else ``max(schedule(u), floor)`` with
-    ``u = max((t + offset) // divisor, 1)``. No compensation for skipped steps: the peers that
-    gate apply a one-step decay (use ``Config(interval=...)`` for the exact, compensated gate).
-
-    Example:
-        >>> from ema_core import schedules
-        >>> s = schedules.gated(0.9, every=2, phase=1, copy_through=1)  # mmengine, interval=2
-        >>> [s(t) for t in range(1, 7)]
-        [0.0, 1.0, 0.9, 1.0, 0.9, 1.0]
-    """
-    for name, value in (("every", every), ("divisor", divisor)):
-        check_positive(name, value, integer=True)
-    for name, value in (("phase", phase), ("start", start), ("copy_through", copy_through)):
-        _check_int(name, value)
-    _check_int("offset", offset, signed=True)
-    check_fraction("floor", floor)
-    return Gated(
-        as_schedule(schedule), every, phase, start, copy_through, offset, divisor, float(floor)
-    )
-
-
-def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not signed and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 def in_float32(schedule: Schedule | float, /) -> Schedule:

@@ -24,8 +24,10 @@ def gamma_to_sigma_rel(gamma: float, /) -> float:
         >>> round(gamma_to_sigma_rel(6.94), 3)
         0.1
     """
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > -1:
-        raise ValueError(f"gamma must be a number > -1, got {gamma!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError(f"gamma must be a real number > -1, got {type(gamma).__name__} {gamma!r}")
+    if not (math.isfinite(gamma) and gamma > -1):
+        raise ValueError(f"gamma must be a finite number > -1, got {gamma!r}")
     return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
 
 

@@ -1,0 +1,158 @@
+"""``gated``: the peers' bookkeeping (a start, an update every n steps from some phase, copies
+on the first applied steps, the inner schedule at a shifted and divided count, a decay floor).
+
+On an array count the integer arithmetic never leaves the count's dtype range: the count is
+widened to int64 where its namespace has it (JAX only with x64), constants past the dtype's
+largest value are resolved on the host, and ``(t + offset) // divisor`` saturates instead of
+wrapping, so a device count gives what a Python int gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat as compat
+
+from ema_core._checks import check_fraction, check_positive
+from ema_core._ops import Ops, ScalarOps, is_host_array
+from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at
+from ema_core.schedules._decays import as_schedule
+
+
+@dataclass(frozen=True)
+class Gated(Schedule):
+    """``d_t`` = 1 (skip) off the gate, 0 (copy) on gated steps ``t <= copy_through``, else
+    ``max(inner(max((t + offset) // divisor, 1)), floor)``. The gate is
+    ``t >= start and (t - phase) % every == 0``."""
+
+    inner: Schedule
+    every: int = 1
+    phase: int = 0
+    start: int = 0
+    copy_through: int = 0
+    offset: int = 0
+    divisor: int = 1
+    floor: float = 0.0
+
+    @property
+    def first_update(self) -> int:
+        first = max(self.start, 1)
+        return first + (self.phase - first) % self.every
+
+    @property
+    def elementwise(self) -> bool:
+        return self.inner.elementwise
+
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        t = ops.raw
+        if isinstance(ops, ScalarOps):
+            if t < self.start or (t - self.phase) % self.every != 0:
+                return 1.0, 0.0
+            if t <= self.copy_through:
+                return 0.0, 1.0
+            return self._inner_pair(ops, max((t + self.offset) // self.divisor, 1))
+        if is_host_array(t):  # a count the host holds: the exact Python-int path
+            decay, rate = self.pair(ScalarOps(int(t)))
+            return ops.const(decay), ops.const(rate)
+        xp = ops.xp
+        t = _widest_int(xp, t)
+        top = int(xp.iinfo(t.dtype).max)
+        decay, rate = self._inner_pair(ops, _count(xp, t, top, self.offset, self.divisor))
+        live = _at_least(xp, t, top, self.start) & _residue(xp, t, top, self.phase, self.every)
+        copy = t <= min(self.copy_through, top)
+        decay = ops.where(live, ops.where(copy, 0.0, decay), 1.0)
+        return decay, ops.where(live, ops.where(copy, 1.0, rate), 0.0)
+
+    def _inner_pair(self, ops: Ops, u: Any) -> tuple[Any, Any]:
+        decay, rate = self.inner.pair(ops_at(ops, u))
+        if self.floor > 0.0:
+            decay, rate = ops.maximum(decay, self.floor), ops.minimum(rate, 1.0 - self.floor)
+        return ops.const(decay), ops.const(rate)
+
+
+def gated(
+    schedule: Schedule | float,
+    /,
+    *,
+    every: int = 1,
+    phase: int = 0,
+    start: int = 0,
+    copy_through: int = 0,
+    offset: int = 0,
+    divisor: int = 1,
+    floor: float = 0.0,
+) -> Schedule:
+    """Gate, offset and floor a schedule the way a peer's bookkeeping does.
+
+    ``d_t = 1`` unless ``t >= start`` and ``(t - phase) % every == 0``; on those steps
+    ``d_t = 0`` while ``t <= copy_through``, else ``max(schedule(u), floor)`` with
+    ``u = max((t + offset) // divisor, 1)``. No compensation for skipped steps: the peers that
+    gate apply a one-step decay (use ``Config(interval=...)`` for the exact, compensated gate).
+
+    Example:
+        >>> from ema_core import schedules
+        >>> s = schedules.gated(0.9, every=2, phase=1, copy_through=1)  # mmengine, interval=2
+        >>> [s(t) for t in range(1, 7)]
+        [0.0, 1.0, 0.9, 1.0, 0.9, 1.0]
+    """
+    for name, value in (("every", every), ("divisor", divisor)):
+        check_positive(name, value, integer=True)
+        check_at_most_max_step(name, value, "1")
+    for name, value in (("phase", phase), ("start", start), ("copy_through", copy_through)):
+        _check_int(name, value)
+    _check_int("offset", offset, signed=True)
+    check_fraction("floor", floor)
+    return Gated(
+        as_schedule(schedule), every, phase, start, copy_through, offset, divisor, float(floor)
+    )
+
+
+def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not signed and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    check_at_most_max_step(name, value, "-(2**63 - 1)" if signed else "0")
+
+
+def _widest_int(xp: Any, t: Any) -> Any:
+    """An integer count array as int64 where its namespace has int64 (JAX only with x64)."""
+    if t.dtype == xp.int64 or (compat.is_jax_namespace(xp) and xp.asarray(0).dtype != xp.int64):
+        return t
+    return xp.astype(t, xp.int64)
+
+
+def _at_least(xp: Any, t: Any, top: int, start: int) -> Any:
+    """``t >= start`` for a count ``0 <= t <= top``."""
+    return t >= start if start <= top else xp.zeros_like(t, dtype=xp.bool)
+
+
+def _residue(xp: Any, t: Any, top: int, phase: int, every: int) -> Any:
+    """``(t - phase) % every == 0``, i.e. ``t % every == phase % every``."""
+    want = phase % every
+    if every <= top:
+        return t % every == want
+    return t == want if want <= top else xp.zeros_like(t, dtype=xp.bool)
+
+
+def _count(xp: Any, t: Any, top: int, offset: int, divisor: int) -> Any:
+    """``max((t + offset) // divisor, 1)`` saturated at ``top``, with no intermediate outside
+    ``[-top, top]``: with ``offset = divisor * oq + orem`` it is ``t // divisor + carry + oq``,
+    the carry being 1 where ``t % divisor + orem >= divisor``."""
+    oq, orem = divmod(offset, divisor)
+    if divisor <= top:
+        q, r = t // divisor, t % divisor
+    else:  # every count is below the divisor
+        q, r = xp.zeros_like(t), t
+    carry = r >= divisor - orem if divisor - orem <= top else xp.zeros_like(t, dtype=xp.bool)
+    s = q + xp.astype(carry, t.dtype)  # <= top: q <= top // 2 where a carry is possible
+    if oq >= 0:
+        if oq > top:
+            return xp.full_like(t, top)
+        u = xp.where(s > top - oq, top, s + oq)
+    elif 1 - oq > top:
+        return xp.ones_like(t)
+    else:
+        u = s + oq  # >= oq >= -top
+    return xp.where(u < 1, xp.ones_like(u), u)
