@@ -218,3 +218,21 @@ def test_two_processes_save_once_and_both_load(tmp_path: Path) -> None:
     assert "rank 0: step 3, restored True" in done.stdout
     assert "rank 1: step 3, restored True" in done.stdout
     assert ema_path(tmp_path / "ckpt").is_file()
+
+
+def test_a_second_ema_under_a_taken_name_is_refused(tmp_path: Path) -> None:
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(3, 2))
+    fast, slow = EMA(model, decay=0.5), EMA(model, decay=0.5)
+    hooks = register(accelerator, fast)
+    with pytest.raises(ValueError, match=r"name 'ema' is already registered.*name="):
+        register(accelerator, slow)  # it would overwrite fast's file
+    fast.update()
+    accelerator.save_state(str(tmp_path))  # only fast's hooks run
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        "ema.safetensors",
+        "model.safetensors",
+    ]
+    register(accelerator, slow, name="ema_slow")
+    hooks.remove()
+    register(accelerator, slow)  # the name is free once removed
