@@ -8,19 +8,28 @@ any failure before the rename the temporary file is removed and the old file is 
 The temporary file is created with ``O_EXCL`` and mode ``0o666`` minus the umask, so the result
 has the permissions a plain ``open(path, "wb")`` would give: a new file's, or those of the file it
 replaces (a ``0o600`` file stays ``0o600``).
+
+A path that is a symbolic link is written as ``open(path, "wb")`` writes it: the link stays and
+its target is replaced (atomically, beside the target). A dangling link creates its target when
+the target's folder exists. ``atomic_paths`` writes several files as one set: all of them are
+written and fsynced as temporaries before the first is renamed, so a failure (disk full, no
+permission) leaves none of the new files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_path", "write_atomic"]
+__all__ = ["atomic_path", "atomic_paths", "resolve_link", "write_atomic"]
+
+_MAX_LINKS = 40  # as Linux's ELOOP limit
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], /) -> Path:
@@ -44,7 +53,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     with atomic_path(path) as tmp, open(tmp, "r+b") as file:
         write(file)
         file.flush()
-    return Path(path)
+    return Path(path)  # the path given, a link stays one (as torch.save and open return)
 
 
 @contextmanager
@@ -54,16 +63,64 @@ def atomic_path(path: str | os.PathLike[str], /) -> Iterator[Path]:
 
     For writers that take a file name rather than a file object.
     """
-    target = Path(path)
-    tmp = _create_temporary(target)
-    try:
+    with atomic_paths([path]) as (tmp,):
         yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, target)
+
+
+@contextmanager
+def atomic_paths(paths: Sequence[str | os.PathLike[str]], /) -> Iterator[list[Path]]:
+    """``atomic_path`` for several files written as one set: on a clean exit every temporary
+    is fsynced, then each is renamed onto its path; on an exception (before or during the
+    renames) every temporary is removed, and so is each path already renamed that did not
+    exist before, so none of the new files is left. A file that a rename already replaced
+    keeps its new content (its old one is gone).
+    """
+    targets = [resolve_link(p) for p in paths]
+    existed = [t.exists() for t in targets]
+    tmps: list[Path] = []
+    done: list[Path] = []
+    try:
+        for target in targets:
+            tmps.append(_create_temporary(target))
+        yield list(tmps)
+        for tmp in tmps:
+            _fsync_file(tmp)
+        for tmp, target, old in zip(tmps, targets, existed, strict=True):
+            os.replace(tmp, target)
+            if not old:
+                done.append(target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for leftover in [*tmps, *done]:
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
         raise
-    _fsync_directory(target.parent)
+    for folder in dict.fromkeys(t.parent for t in targets):
+        _fsync_directory(folder)
+
+
+def resolve_link(path: str | os.PathLike[str], /) -> Path:
+    """``path``, or the file its chain of symbolic links ends at (relative links are read from
+    the link's folder), which is what ``open(path, "wb")`` writes.
+
+    Raises:
+        FileNotFoundError: the file's folder does not exist (a dangling link's target's too).
+        OSError: a loop of links (or more than 40), naming ``path``.
+    """
+    target = Path(path)
+    for _ in range(_MAX_LINKS):
+        if not target.is_symlink():
+            break
+        target = target.parent / os.readlink(target)
+    else:
+        raise OSError(f"path {os.fspath(path)!r} is a loop of symbolic links (or over 40)")
+    if not target.parent.is_dir():
+        link = f" is a symbolic link to {os.fspath(target)!r}, which"
+        link = "" if target == Path(path) else link
+        raise FileNotFoundError(
+            f"path {os.fspath(path)!r}{link} lies in a folder that does not exist "
+            f"({os.fspath(target.parent)!r}): create the folder first",
+        )
+    return target
 
 
 def _create_temporary(target: Path) -> Path:

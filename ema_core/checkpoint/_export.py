@@ -18,12 +18,12 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 
 from ema_core import _safetensors, presets
-from ema_core._atomic import write_atomic
+from ema_core._atomic import atomic_paths
 from ema_core._config import config_text
 from ema_core.checkpoint._arrays import host_bytes, saveable
 from ema_core.checkpoint._format import check_path
@@ -151,13 +151,12 @@ def _write_diffusers(
     data = (host_bytes(a, f) for a, f in zip(averages.values(), frameworks, strict=True))
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt"}  # what transformers / diffusers' safetensors readers look for
-    write_atomic(folder / DIFFUSERS_WEIGHTS, lambda f: _safetensors.write(f, specs, data, meta))
-    write_atomic(folder / DIFFUSERS_CONFIG, lambda f: _write_text(f, text))
+    paths = [folder / DIFFUSERS_WEIGHTS, folder / DIFFUSERS_CONFIG]
+    with atomic_paths(paths) as (weights, config):  # both files or neither
+        with open(weights, "r+b") as file:
+            _safetensors.write(file, specs, data, meta)
+        config.write_bytes(text.encode())
     return folder
-
-
-def _write_text(file: BinaryIO, text: str) -> None:
-    file.write(text.encode())
 
 
 def _diffusers_config(ema: EMA, model_config: Mapping[str, Any], args: Mapping[str, Any]) -> str:

@@ -61,9 +61,10 @@ def load(
 
     Raises:
         TypeError: ``like``, ``config`` or ``strict`` of the wrong type.
-        ValueError: the file is not an ema-core checkpoint (not safetensors, no
-            ``ema_core.format`` key) or of a newer format version; names, shapes, dtypes or
-            config differ; a step or weight out of range or not fitting ``like``'s dtype.
+        ValueError: ``path`` is a directory; the file is not an ema-core checkpoint (not
+            safetensors, no ``ema_core.format`` key) or of a newer format version; names,
+            shapes, dtypes or config differ; a step or weight out of range or not fitting
+            ``like``'s dtype.
 
     Example:
         >>> import tempfile, pathlib, numpy as np, ema_core as ema
@@ -77,6 +78,11 @@ def load(
         (array([0.5, 0.5]), 1)
     """
     path = _format.check_path(path, "file")
+    if os.path.isdir(path):
+        raise ValueError(
+            f"path {path!r} is a directory; load reads a file written by "
+            "ema_core.checkpoint.save (such as 'ema.safetensors')"
+        )
     ema = _torch_ema(like)
     if ema is None and not isinstance(like, EMAState):
         raise TypeError(

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ema_core import __version__, _safetensors
-from ema_core._atomic import write_atomic
+from ema_core._atomic import resolve_link, write_atomic
 from ema_core._config import Config, config_text, stable_text
 from ema_core._tree import flatten
 from ema_core._types import EMAState
@@ -53,7 +53,8 @@ def save(
     any moment leaves the old file or the new one, never a torn one.
 
     Args:
-        path: the file to write (replaced if it exists).
+        path: the file to write (replaced if it exists). A symbolic link stays one: its
+            target is replaced, as ``open(path, "wb")`` and ``torch.save`` do.
         ema_or_state: an ``ema_core.torch.EMA`` (its config is saved with it), its
             ``state_dict()`` or ``ema_core.torch.full_state_dict(ema)``, or an ``EMAState`` of
             numpy, torch, JAX (fully addressable; sharded arrays are gathered on this host),
@@ -73,6 +74,7 @@ def save(
             gather silently (use torch.distributed.checkpoint / orbax, or gather explicitly);
             a ``config`` given with an ``EMA``; a reserved metadata key; two shadows that
             would share a name.
+        FileNotFoundError: the file's folder (or a dangling link's target's) does not exist.
 
     Example:
         >>> import tempfile, pathlib, numpy as np, ema_core as ema
@@ -99,13 +101,15 @@ def save(
 
 
 def _target(path: Any) -> str:
-    """``path`` checked: a str or PathLike naming a file, not an existing directory."""
+    """``path`` checked: a str or PathLike naming a file, not an existing directory, in a folder
+    that exists (a symbolic link's target's folder: ``save`` writes through the link)."""
     text = _format.check_path(path, "file")
     if os.path.isdir(text):
         raise ValueError(
             f"path {text!r} is a directory; save writes a file: name one, such as "
             f"{os.path.join(text, 'ema.safetensors')!r}"
         )
+    resolve_link(text)  # FileNotFoundError / OSError before anything is computed
     return text
 
 

@@ -143,24 +143,25 @@ class BankUpdate:
         steps: Sequence[int] | None = None,
     ) -> list[Any]:
         """Write each EMA's average as an EDM2 snapshot (``ema_core.posthoc.save_snapshot``)
-        at its step (read from the state unless ``steps`` gives them); return what it returns.
+        at its step (read from the state unless ``steps`` gives them), all K as one set (all
+        written, or none: a failure removes the others); return their paths.
 
         Raises:
             ValueError: an EMA is not a power function (its sigma_rel is unknown).
         """
-        from ema_core import posthoc  # posthoc (numpy) loads only when writing
+        from ema_core.posthoc import _snapshots  # posthoc (numpy) loads only when writing
 
         states = self._states(states)
         sigma_rels = _banks.snapshot_sigma_rels(self.configs)
         steps = [int(s.step) for s in states] if steps is None else list(steps)
-        return [
-            posthoc.save_snapshot(
-                directory, avg, step=t, sigma_rel=s, dtype=dtype, interval=c.interval
-            )
-            for avg, t, s, c in zip(
-                self.averages(states), steps, sigma_rels, self.configs, strict=True
-            )
-        ]
+        return _snapshots.save_snapshot_set(
+            directory,
+            list(self.averages(states)),
+            steps=steps,
+            sigma_rels=list(sigma_rels),
+            intervals=[c.interval for c in self.configs],
+            dtype=dtype,
+        )
 
     def lower(self, states: Sequence[EMAState], params: Tree, /) -> Any:
         """JAX's lowered computation (``.compile().as_text()``: the HLO) for these arguments."""

@@ -23,6 +23,7 @@ from ema_core.jax._call_checks import (
     check_step,
     host_scalars,
 )
+from ema_core.jax._devices import check_devices
 
 
 def make_update(
@@ -168,7 +169,12 @@ def dispatch(
     """The new state arrays: one compiled call for up to ``_chunked.CHUNK`` params, else
     ``chunked``'s path (its ``kinds`` then ``run``: one compiled call per chunk)."""
     if len(params_arrays) <= _chunked.CHUNK:
-        return jitted(arrays, params_arrays, state_split, params_split)
+        try:
+            return jitted(arrays, params_arrays, state_split, params_split)
+        except ValueError:  # JAX's own refusal, renamed (checked only now: free when it runs)
+            check_devices(arrays, params_arrays, state_split, params_split)
+            raise
+    check_devices(arrays, params_arrays, state_split, params_split)  # before the head donates
     key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
     merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
     kinds = chunked.kinds(key, merge, arrays, params_arrays)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from ema_core._atomic import atomic_path
 from ema_core._safetensors import write
-from ema_core.posthoc._listing import VERSION, SnapshotInfo
+from ema_core.posthoc._listing import VERSION, SnapshotInfo, is_snapshot_name
 from ema_core.posthoc._math import sigma_rel_to_gamma
 from ema_core.posthoc._plot import plot_profiles
 from ema_core.posthoc._reconstruct import plan, reconstruct
@@ -74,6 +75,36 @@ def _write(path: Path, arrays: dict[str, np.ndarray], at: int, sigma_rel: float)
         write(file, specs, (arrays[n] for n in names), meta)
 
 
+def _check_outputs(
+    parser: argparse.ArgumentParser, outs: list[Path], plot: Path | None, directory: Path
+) -> None:
+    """Refuse (exit 2, before anything is read) an output that is a directory, or an ``--out``
+    that would put a snapshot-named file among the snapshots."""
+    for flag, path in [("--out", p) for p in outs] + [("--plot", plot)]:
+        if path is not None and path.is_dir():
+            parser.error(f"{flag} {path} is a directory; give a file name")
+    for path in outs:
+        if _lands_in(path, directory):
+            parser.error(
+                f"--out {path} would be a snapshot-named file in the snapshot directory "
+                f"{directory} (phema-<step>-<sigma_rel>.safetensors), which a later listing "
+                "would read as a snapshot; give another name or folder"
+            )
+
+
+def _lands_in(out: Path, directory: Path) -> bool:
+    """Whether writing ``out`` (or the file a link there points to) puts a file that
+    ``list_snapshots`` reads as a snapshot into ``directory``."""
+    for path in (out, Path(os.path.realpath(out))):
+        if is_snapshot_name(path.name):
+            try:
+                if os.path.samefile(path.parent, directory):
+                    return True
+            except OSError:  # a folder that does not exist (yet) is not the snapshots'
+                continue
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad arguments or snapshots, 1 when
     an output cannot be written or matplotlib is missing)."""
@@ -81,9 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sigma_rels = [float(s) for s in args.sigma_rel]
     outs = out_paths(args.out, sigma_rels)
-    for flag, path in [("--out", p) for p in outs] + [("--plot", args.plot)]:
-        if path is not None and path.is_dir():
-            parser.error(f"{flag} {path} is a directory; give a file name")
+    _check_outputs(parser, outs, args.plot, args.directory)
     try:
         infos, solution, at = plan(args.directory, sigma_rels, args.at)
         results = reconstruct(

@@ -15,7 +15,16 @@ from typing import Any, NamedTuple
 from ema_core._safetensors import Reader, name_of
 from ema_core.posthoc._math import check_posthoc_sigma_rel
 
-__all__ = ["FLOATS", "FORMAT", "VERSION", "SnapshotInfo", "directory_path", "list_snapshots"]
+__all__ = [
+    "FLOATS",
+    "FORMAT",
+    "VERSION",
+    "SnapshotInfo",
+    "directory_path",
+    "existing_directory",
+    "is_snapshot_name",
+    "list_snapshots",
+]
 
 FORMAT = "ema-core.posthoc-snapshot"
 VERSION = "1"
@@ -50,6 +59,27 @@ def directory_path(directory: Any) -> Path:
     return Path(path)
 
 
+def existing_directory(directory: Any) -> Path:
+    """``directory`` as a Path, checked to be an existing folder of snapshots.
+
+    Raises:
+        TypeError: what ``directory_path`` refuses. FileNotFoundError: nothing is there.
+        ValueError: a file is there.
+    """
+    path = directory_path(directory)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"directory {os.fspath(path)!r} does not exist: give the folder the snapshots were "
+            "written to (save_snapshot's directory, a bank's snapshot_dir)",
+        )
+    if not path.is_dir():
+        raise ValueError(
+            f"directory {os.fspath(path)!r} is a file, not a folder: give the folder of the "
+            "snapshots (phema-<step>-<sigma_rel>.safetensors files)"
+        )
+    return path
+
+
 def list_snapshots(directory: str | os.PathLike[str], /) -> list[SnapshotInfo]:
     """The snapshots in ``directory``, sorted by (step, sigma_rel); only headers are read.
 
@@ -57,15 +87,23 @@ def list_snapshots(directory: str | os.PathLike[str], /) -> list[SnapshotInfo]:
     skipped, temporary files of unfinished writes included.
 
     Raises:
-        ValueError: a snapshot-named file that is not a valid snapshot (the message names it),
-            two files for one (step, sigma_rel), or files that disagree on ``interval``, on
-            the array names or on their shapes.
+        TypeError: ``directory`` is not a str or ``os.PathLike``.
+        FileNotFoundError: ``directory`` does not exist (the message names it).
+        ValueError: ``directory`` is a file; a snapshot-named file that is not a valid
+            snapshot (the message names it), two files for one (step, sigma_rel), or files
+            that disagree on ``interval``, on the array names or on their shapes.
     """
-    with os.scandir(directory_path(directory)) as found:
+    folder = existing_directory(directory)
+    with os.scandir(folder) as found:
         paths = sorted(Path(e.path) for e in found if _FILE.fullmatch(e.name) and e.is_file())
     infos = sorted((_read_info(p) for p in paths), key=lambda i: (i.step, i.sigma_rel))
     _check_agree(infos)
     return infos
+
+
+def is_snapshot_name(name: str) -> bool:
+    """Whether ``list_snapshots`` takes a file of this name for a snapshot."""
+    return _FILE.fullmatch(name) is not None
 
 
 def _read_info(path: Path) -> SnapshotInfo:

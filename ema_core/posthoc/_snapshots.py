@@ -6,6 +6,7 @@ format and its version, step, sigma_rel and gamma (``repr``: they round-trip exa
 the names in order, the source dtypes and framework. Float arrays are stored in float32 unless
 asked otherwise; integer and bool arrays (BatchNorm counters) are stored as they are. Reading
 the headers back and checking that a directory's snapshots agree is ``_listing``'s.
+``save_snapshot_set`` writes an EMA bank's snapshots of one step as one set (all or none).
 """
 
 from __future__ import annotations
@@ -14,20 +15,20 @@ import contextlib
 import json
 import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ema_core._atomic import atomic_path
+from ema_core._atomic import atomic_paths
 from ema_core._safetensors import CODES, code_of, float32_to_bf16, write
 from ema_core.posthoc._leaves import check_has_data, framework_of, named_leaves, to_host
 from ema_core.posthoc._listing import FLOATS as _FLOATS
 from ema_core.posthoc._listing import FORMAT, VERSION, directory_path
 from ema_core.posthoc._math import check_posthoc_sigma_rel, sigma_rel_to_gamma
 
-__all__ = ["code_for", "save_snapshot"]
+__all__ = ["code_for", "save_snapshot", "save_snapshot_set"]
 
 _STEP_MAX = 2**53  # steps are float64 in the solve: larger ones would collide
 _KEPT = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
@@ -83,6 +84,68 @@ def save_snapshot(
         ...     path.name, list_snapshots(d)[0].names
         ('phema-0000000100-0.05.safetensors', ('w',))
     """
+    return save_snapshot_set(
+        directory,
+        [averages],
+        steps=[step],
+        sigma_rels=[sigma_rel],
+        intervals=[interval],
+        dtype=dtype,
+    )[0]
+
+
+def save_snapshot_set(
+    directory: str | os.PathLike[str],
+    averages: Sequence[Any],
+    /,
+    *,
+    steps: Sequence[int],
+    sigma_rels: Sequence[float],
+    intervals: Sequence[int],
+    dtype: str | None = None,
+) -> list[Path]:
+    """``save_snapshot`` for each of several EMAs (an EMA bank's step), as one set: every
+    snapshot is checked, then all are written to temporary files and only then renamed, so a
+    failure (disk full, no permission) leaves none of them.
+
+    Raises:
+        What ``save_snapshot`` raises, before anything is written.
+    """
+    folder = directory_path(directory)
+    prepared = [
+        _prepare(folder, a, step=t, sigma_rel=s, dtype=dtype, interval=i)
+        for a, t, s, i in zip(averages, steps, sigma_rels, intervals, strict=True)
+    ]
+    created = _make_parents(folder / "_")
+    try:
+        with atomic_paths([p.path for p in prepared]) as tmps:
+            for tmp, snapshot in zip(tmps, prepared, strict=True):
+                with open(tmp, "r+b") as file:
+                    write(
+                        file,
+                        snapshot.specs,
+                        _stored(snapshot.leaves, snapshot.specs),
+                        snapshot.meta,
+                    )
+    except BaseException:
+        for made in created:  # deepest first; a folder someone filled meanwhile stays
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
+    return [p.path for p in prepared]
+
+
+class _Prepared(NamedTuple):
+    path: Path
+    specs: list[tuple[str, str, tuple[int, ...]]]
+    leaves: list[Any]
+    meta: dict[str, str]
+
+
+def _prepare(
+    folder: Path, averages: Any, *, step: Any, sigma_rel: Any, dtype: Any, interval: Any
+) -> _Prepared:
+    """One snapshot's file, arrays and metadata, every argument checked (nothing written)."""
     sigma = check_posthoc_sigma_rel(sigma_rel)
     step, interval = _check_count(step, "step"), _check_count(interval, "interval")
     if step > _STEP_MAX:
@@ -111,7 +174,25 @@ def save_snapshot(
     )
     for name, leaf in zip(names, leaves, strict=True):
         check_has_data(leaf, f"averages[{name!r}]")
-    meta = {
+    meta = _metadata(step, sigma, interval, names, kinds, frameworks)
+    path = folder / f"phema-{step:010d}-{sigma!r}.safetensors"
+    if path.is_dir():
+        raise ValueError(
+            f"directory {os.fspath(folder)!r} holds a folder named {path.name!r}, the file of "
+            f"the snapshot at step {step}, sigma_rel {sigma!r}: move that folder away"
+        )
+    return _Prepared(path, specs, leaves, meta)
+
+
+def _metadata(
+    step: int,
+    sigma: float,
+    interval: int,
+    names: list[str],
+    kinds: list[str],
+    frameworks: list[str],
+) -> dict[str, str]:
+    return {
         "format": FORMAT,
         "format_version": VERSION,
         "step": str(step),
@@ -122,17 +203,6 @@ def save_snapshot(
         "dtypes": json.dumps(kinds),
         "framework": ",".join(frameworks),
     }
-    path = directory_path(directory) / f"phema-{step:010d}-{sigma!r}.safetensors"
-    created = _make_parents(path)
-    try:
-        with atomic_path(path) as tmp, open(tmp, "r+b") as file:
-            write(file, specs, _stored(leaves, specs), meta)
-    except BaseException:
-        for folder in created:  # deepest first; a folder someone filled meanwhile stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-    return path
 
 
 def _make_parents(path: Path) -> list[Path]:

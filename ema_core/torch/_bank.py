@@ -45,7 +45,7 @@ class EMABank:
         dtype, device, buffers, include, exclude: as ``EMA``, for every EMA of the bank.
         snapshot_every: after the update at every step that is a multiple of it, write one
             ``ema_core.posthoc.save_snapshot`` per EMA into ``snapshot_dir`` (power-function
-            EMAs only).
+            EMAs only), the step's snapshots as one set: all written, or none if one fails.
         snapshot_dir: the directory of those snapshots.
 
     Raises:
@@ -89,7 +89,7 @@ class EMABank:
         _banks.check_snapshots(snapshot_every, snapshot_dir, resolved)
         self.snapshot_every, self.snapshot_dir = snapshot_every, snapshot_dir
         if snapshot_every is not None:
-            _save_snapshot()  # fail here, not at the first snapshot, when it is missing
+            _save_snapshot_set()  # fail here, not at the first snapshot, when it is missing
         self.emas = tuple(
             EMA(
                 module_or_named_tensors,
@@ -171,18 +171,22 @@ class EMABank:
         return every is not None and any(int(t) % every == 0 and int(t) > 0 for t in steps)
 
     def _snapshot(self) -> None:
+        """The due EMAs' snapshots, written as one set: all of them or none."""
         if self.snapshot_dir is None:
             return
-        save = _save_snapshot()
-        for ema, sigma_rel in zip(self.emas, self.sigma_rels, strict=True):
-            if self._snapshot_due([ema.step]):
-                save(
-                    self.snapshot_dir,
-                    ema.average,
-                    step=int(ema.step),
-                    sigma_rel=sigma_rel,
-                    interval=ema.config.interval,
-                )
+        due = [
+            (ema, sigma_rel)
+            for ema, sigma_rel in zip(self.emas, self.sigma_rels, strict=True)
+            if self._snapshot_due([ema.step])
+        ]
+        if due:
+            _save_snapshot_set()(
+                self.snapshot_dir,
+                [ema.average for ema, _ in due],
+                steps=[int(ema.step) for ema, _ in due],
+                sigma_rels=[sigma_rel for _, sigma_rel in due],
+                intervals=[ema.config.interval for ema, _ in due],
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume the bank bit for bit: each EMA's ``state_dict``."""
@@ -238,10 +242,10 @@ def _parts(state: Any, k: int) -> list[Any]:
     return list(parts)
 
 
-def _save_snapshot() -> Any:
-    """``ema_core.posthoc.save_snapshot``, imported when a bank first needs it.
+def _save_snapshot_set() -> Any:
+    """``ema_core.posthoc``'s writer of a set of snapshots, imported when a bank first needs it.
 
     Raises:
         ImportError: ``ema_core.posthoc`` is not there.
     """
-    return importlib.import_module("ema_core.posthoc").save_snapshot
+    return importlib.import_module("ema_core.posthoc._snapshots").save_snapshot_set
