@@ -10,7 +10,12 @@ import array_api_compat as compat
 
 from ema_core import _core, _stateless
 from ema_core._arguments import checked_config, resolve_rule
-from ema_core._checks import check_decay_namespace, check_decay_value
+from ema_core._checks import (
+    check_decay_namespace,
+    check_decay_value,
+    check_state,
+    check_weight,
+)
 from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, is_host_array, next_step, wide_float
@@ -80,12 +85,12 @@ def ema_update(
     t = concrete_step(step, "step")
     if array_decay:  # a 0-d decay array given directly
         check_decay_namespace(rule, xp)
-        d = xp.astype(rule, wide_float(xp, compat.device(rule)))
+        d = _decay_array(xp, rule, leaves[0])
         r = 1.0 - d
     else:
         d, r = rule.decay_and_rate(t)
         check_decay_value(d, "the decay", step=t)
-    writes = resolve_writes(copy, shadows, paths) if entry is None else entry.writes
+    writes = resolve_writes(copy, shadows, paths, params=leaves) if entry is None else entry.writes
     if guard_finite:
         check_finite(xp, leaves, kinds, paths)
     backend = get_backend(xp)
@@ -150,10 +155,10 @@ def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EM
         (array([2.]), 0.5, array([4.]))
     """
     config = checked_config(config)
-    _check_state(state)
+    check_state(state)
     shadows, leaves, paths, treedef = flatten_pair(state.shadow, params, "state.shadow", "params")
     xp, kinds = check_leaves(shadows, leaves, paths, ("state.shadow", "params"), config.non_float)
-    _check_weight(state.weight)
+    check_weight(state.weight)
     t = next_step(state.step)
     d, r = config.decay_and_rate(t)
     check_decay_value(d, "the decay of Config.schedule", step=t)
@@ -196,9 +201,10 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
         array([3.])
     """
     config = checked_config(config)
-    _check_state(state)
+    check_state(state)
     if config.init != "zeros":
         return state.shadow
+    check_weight(state.weight)
     leaves, paths, treedef = flatten(state.shadow, "state.shadow")
     xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
     weight = 1.0 if config.correction == "none" else state.weight
@@ -213,33 +219,27 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
     return unflatten(treedef, out)
 
 
-def _check_state(state: Any) -> None:
-    if not all(hasattr(state, f) for f in EMAState._fields):
-        raise TypeError(
-            f"state must be an EMAState (step, shadow, weight), got {type(state).__name__}"
-        )
-
-
-def _check_weight(weight: Any) -> None:
-    """``state.weight`` is a Python real number or a 0-d real floating array, as ``init`` makes
-    it (a wider array would spread over the shadows, an integer one would round the bias
-    correction)."""
-    if isinstance(weight, (int, float)) and not isinstance(weight, bool):
-        return
-    shape = getattr(weight, "shape", None)
-    if isinstance(weight, bool) or shape is None or not hasattr(weight, "dtype"):
-        raise TypeError(
-            f"state.weight must be a float or a 0-d float array, got {type(weight).__name__}"
-        )
-    if tuple(shape) != ():
-        raise ValueError(f"state.weight must be a 0-d float array, got shape {tuple(shape)}")
-    if not compat.array_namespace(weight).isdtype(weight.dtype, "real floating"):
-        raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")
+def _decay_array(xp: Any, decay: Array, leaf: Array) -> Array:
+    """A 0-d decay in the widest float of its device; an array-api-strict one is moved to the
+    leaves' device (as the torch backend moves a tensor), before anything is written."""
+    if not is_host_array(decay):
+        return xp.astype(decay, wide_float(xp, compat.device(decay)))
+    device = compat.device(leaf)
+    return compat.to_device(xp.astype(decay, wide_float(xp, device)), device)
 
 
 def _shadow_dtype(xp: Any, param: Array, config: Config) -> Any:
+    """The shadow dtype of a floating leaf; a ``Config.dtype`` the namespace lacks (bfloat16
+    in numpy, float16 in array-api-strict) is a ``TypeError``, not the params' dtype."""
     name = shadow_dtype_name(config.dtype, _core.dtype_name(xp, param.dtype))
-    return getattr(xp, name, param.dtype)
+    dtype = getattr(xp, name, None)
+    if dtype is None and config.dtype not in (None, "same"):
+        raise TypeError(
+            f"Config.dtype is {config.dtype!r} but {xp.__name__} has no {name}; pass "
+            "dtype=None (float32 for half params, else the params' dtype), 'same' or a dtype "
+            "it has"
+        )
+    return param.dtype if dtype is None else dtype
 
 
 __all__ = ["average", "ema_update", "init", "update"]

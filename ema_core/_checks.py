@@ -15,14 +15,17 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core._ops import is_readable
-from ema_core._types import Namespace
+from ema_core._types import EMAState, Namespace
 
 
 def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
     """A Python number in [low, high] (not NaN, not bool), returned as float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float in [{low}, {high}], got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past the largest float
+        raise ValueError(f"{name} must be in [{low}, {high}], got {_shown(value)}") from None
     if math.isnan(number) or not low <= number <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {number}")
     return number
@@ -34,9 +37,23 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     kind = "an int" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, allowed):
         raise TypeError(f"{name} must be {kind} > 0, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    if integer:  # any int is finite
+        finite = True
+    else:
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int past the largest float
+            raise ValueError(
+                f"{name} must be a finite {kind[2:]} > 0, got {_shown(value)}"
+            ) from None
+    if not finite or value <= 0:
         raise ValueError(f"{name} must be {kind} > 0, got {value!r}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A huge int, shown by its size (its digits would fill the message)."""
+    return f"an int of {value.bit_length()} bits"
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -80,3 +97,28 @@ def check_decay_namespace(decay: Any, xp: Namespace) -> None:
             f"decay is a 0-d array of {ns.__name__} but the leaves are {xp.__name__} arrays; "
             "pass a Python float or a 0-d array of the leaves' namespace"
         )
+
+
+def check_state(state: Any) -> None:
+    """``state`` has the fields of an ``EMAState`` (``update``, ``average``)."""
+    if not all(hasattr(state, f) for f in EMAState._fields):
+        raise TypeError(
+            f"state must be an EMAState (step, shadow, weight), got {type(state).__name__}"
+        )
+
+
+def check_weight(weight: Any) -> None:
+    """``state.weight`` is a Python real number or a 0-d real floating array, as ``init`` makes
+    it (a wider array would spread over the shadows, an integer one would round the bias
+    correction), checked by ``update`` and by ``average`` where it divides."""
+    if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+        return
+    shape = getattr(weight, "shape", None)
+    if isinstance(weight, bool) or shape is None or not hasattr(weight, "dtype"):
+        raise TypeError(
+            f"state.weight must be a float or a 0-d float array, got {type(weight).__name__}"
+        )
+    if tuple(shape) != ():
+        raise ValueError(f"state.weight must be a 0-d float array, got shape {tuple(shape)}")
+    if not compat.array_namespace(weight).isdtype(weight.dtype, "real floating"):
+        raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ema_core._checks import check_choice, check_positive
-from ema_core._ops import ScalarOps, ops_for
+from ema_core._ops import MAX_STEP, ScalarOps, ops_for
 from ema_core._types import InitPolicy, NonFloatPolicy, Step, Value
 from ema_core.schedules import CopyAt, Schedule, as_schedule, constant, every
 
@@ -72,6 +72,11 @@ class Config:
         check_choice("Config.init", self.init, _INIT_POLICIES)
         check_choice("Config.dtype", self.dtype, _DTYPES)
         check_positive("Config.interval", self.interval, integer=True)
+        if self.interval > MAX_STEP:
+            raise ValueError(
+                f"Config.interval must be an int in [1, 2**63 - 1], got "
+                f"{self.interval if self.interval < 2**128 else 'an int beyond 2**128'}"
+            )
         check_choice("Config.non_float", self.non_float, _NON_FLOAT)
         check_choice("Config.correction", self.correction, _CORRECTIONS)
         check_choice("Config.buffers", self.buffers, _BUFFERS)

@@ -33,15 +33,30 @@ def dtype_name(xp: Namespace, dtype: DType) -> str:
     return str(dtype)
 
 
+#: Floating dtypes wider than float32, computed in their own dtype (numpy's long double is
+#: named float96 or float128, complex192 or complex256, where it is wider than float64).
+_WIDE_NAMES = (
+    "float64",
+    "complex64",
+    "complex128",
+    "float96",
+    "float128",
+    "complex192",
+    "complex256",
+)
+
+
 def compute_dtype(xp: Namespace, shadow_dtype: DType) -> DType:
-    """float32, or the shadow's dtype when it is wider (float64, complex)."""
-    if dtype_name(xp, shadow_dtype) in ("float64", "complex64", "complex128"):
+    """float32, or the shadow's dtype when it is wider (float64, long double, complex)."""
+    if dtype_name(xp, shadow_dtype) in _WIDE_NAMES:
         return shadow_dtype
     return xp.float32
 
 
 def _real_of(xp: Namespace, dtype: DType) -> DType:
     name = dtype_name(xp, dtype)
+    if name in ("complex192", "complex256"):  # numpy's complex long double
+        return getattr(xp, "longdouble", xp.float64)
     return {"complex64": xp.float32, "complex128": xp.float64}.get(name, dtype)
 
 

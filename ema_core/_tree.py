@@ -102,7 +102,8 @@ def _flat(tree: Any) -> tuple[list[Any], Sequence[Path], TreeDef] | None:
 def flatten(tree: Tree, name: str = "tree") -> tuple[list[Any], Sequence[Path], TreeDef]:
     """Leaves, their paths and the tree definition of a nest (``name`` is used in errors).
 
-    Raises ``TypeError`` for a mapping node that ``unflatten`` could not rebuild.
+    Raises ``TypeError`` for a mapping node that ``unflatten`` could not rebuild, and
+    ``ValueError`` for a nest that contains itself (or is nested past the recursion limit).
     """
     fast = _flat(tree)
     if fast is not None:
@@ -127,7 +128,11 @@ def flatten(tree: Tree, name: str = "tree") -> tuple[list[Any], Sequence[Path], 
         )
         return TreeDef(kind, type(node), keys, defs, aux)
 
-    return leaves, paths, walk(tree, ())
+    try:
+        treedef = walk(tree, ())
+    except RecursionError:  # a nest that holds itself, or one past the recursion limit
+        raise ValueError(f"{name} contains itself or is nested too deeply to walk") from None
+    return leaves, paths, treedef
 
 
 def unflatten(treedef: TreeDef, leaves: list[Any]) -> Tree:
@@ -193,8 +198,10 @@ class Pair(NamedTuple):
 def flatten_pair(ref: Tree, other: Tree, ref_name: str, other_name: str) -> Pair:
     """Flatten two nests of the same structure, leaf for leaf in ``ref``'s order.
 
-    Dicts match by key (order may differ). Raises ``ValueError`` naming the first path where the
-    nests differ in keys or lengths, ``TypeError`` where container types differ.
+    Dicts match by key (order may differ), NamedTuples by their fields (same names in the same
+    order, any class), lists and tuples by position. Raises ``ValueError`` naming the first
+    path where the nests differ in keys or lengths, ``TypeError`` where container types or
+    NamedTuple fields differ.
     """
     ref_leaves, paths, treedef = flatten(ref, ref_name)
     if isinstance(paths, FlatPaths):
@@ -239,6 +246,9 @@ def _match_children(
     fail: Callable[[Path, str], str],
 ) -> list[Any]:
     kind, keys, kids, _ = found
+    if kind == "namedtuple" and keys != node.keys:  # matched by field, never by position
+        want = f"{getattr(node.node_type, '__name__', kind)} with fields {node.keys}"
+        raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__} with {keys}"))
     if kind == "dict":
         for key in node.keys:
             if key not in value:

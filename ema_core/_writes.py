@@ -20,13 +20,18 @@ from ema_core._types import Array
 
 
 def resolve_writes(
-    copy: bool | None, shadows: Sequence[Array], paths: Sequence[Path], name: str = "shadow"
+    copy: bool | None,
+    shadows: Sequence[Array],
+    paths: Sequence[Path],
+    name: str = "shadow",
+    params: Sequence[Array] = (),
 ) -> list[bool]:
     """Per leaf, whether the result is written into the shadow in place.
 
     ``copy=True``: never. ``copy=None``: where the array can be written. ``copy=False``:
     always, and a ``ValueError`` when some array cannot be written. A ``ValueError`` too when
-    two arrays to be written share memory.
+    two arrays to be written share memory, or one shares memory with ``params`` (read while it
+    is written) other than as the very same elements.
     """
     if copy is not None and not isinstance(copy, bool):
         raise TypeError(f"copy must be None, True or False, got {copy!r}")
@@ -41,8 +46,19 @@ def resolve_writes(
         )
     writes = [w is None for w in why]
     written = [i for i, w in enumerate(writes) if w]
-    check_no_shared_memory([shadows[i] for i in written], [paths[i] for i in written], name)
+    if not written or _compiling():  # fake tensors have no memory to compare
+        return writes
+    arrays = [shadows[i] for i in written]
+    keys = list(map(_memory_key, arrays))
+    check_no_shared_memory(arrays, [paths[i] for i in written], name, keys)
+    if params:
+        check_apart_from_params(written, keys, shadows, params, paths, name)
     return writes
+
+
+def _compiling() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())
 
 
 def why_not_writeable(s: Array) -> str | None:
@@ -70,25 +86,25 @@ def why_not_writeable(s: Array) -> str | None:
     return None
 
 
-def check_no_shared_memory(arrays: Sequence[Array], paths: Sequence[Path], name: str) -> None:
+def check_no_shared_memory(
+    arrays: Sequence[Array], paths: Sequence[Path], name: str, keys: Sequence[Any] | None = None
+) -> None:
     """Arrays to be written in place must be distinct objects whose memory does not overlap.
 
     Arrays are grouped by the memory they live in (a torch storage, the numpy array owning the
-    data); within a group, and for numpy arrays over foreign memory, byte ranges are compared
-    (exactly for numpy when they interleave). Other arrays are compared by identity.
+    data: ``keys``, found here when not given); within a group, and for numpy arrays over
+    foreign memory, byte ranges are compared (exactly for numpy when they interleave). Other
+    arrays are compared by identity.
     """
-    if len(arrays) < 2:
+    if len(arrays) < 2 or _compiling():
         return
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.compiler.is_compiling():
-        return  # fake tensors have no memory to compare
+    keys = list(map(_memory_key, arrays)) if keys is None else keys
     first: dict[int, int] = {}
     groups: dict[Any, list[int]] = {}
-    for i, a in enumerate(arrays):
+    for i, (a, key) in enumerate(zip(arrays, keys, strict=True)):
         j = first.setdefault(id(a), i)
         if j != i:
             raise _shared(name, paths[j], paths[i])
-        key = _memory_key(a)
         if key is not None:
             groups.setdefault(key, []).append(i)
     loose = groups.pop(_FOREIGN, [])
@@ -100,6 +116,56 @@ def check_no_shared_memory(arrays: Sequence[Array], paths: Sequence[Path], name:
             raise _shared(name, paths[last], paths[i])
         if hi > end:
             end, last = hi, i
+
+
+def check_apart_from_params(
+    written: Sequence[int],
+    keys: Sequence[Any],
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    paths: Sequence[Path],
+    name: str,
+) -> None:
+    """A shadow written in place (``written``, whose memory owners are ``keys``) may share
+    memory with the params only as the very same elements of its own params leaf (the shadow
+    is them, or the same view): any other overlap would read params the update has already
+    overwritten. Compared as ``check_no_shared_memory`` compares: by owner, then byte ranges."""
+    p_keys = list(map(_memory_key, params))
+    s_set, p_set = set(keys), set(p_keys)
+    common = s_set | p_set if _FOREIGN in s_set | p_set else s_set & p_set
+    common.discard(None)
+    if not common:
+        return
+    near = [(i, 0) for i, k in zip(written, keys, strict=True) if k in common]
+    near += [(i, 1) for i, k in enumerate(p_keys) if k in common]
+    sides = (shadows, params)
+    spans = sorted((*_byte_span(sides[side][i]), side, i) for i, side in near)
+    ends = [(-1, -1), (-1, -1)]  # per side: the furthest end so far and its leaf
+    for lo, hi, side, i in spans:
+        end, j = ends[1 - side]
+        s_i, p_i = (i, j) if side == 0 else (j, i)
+        same = s_i == p_i and _same_elements(shadows[s_i], params[p_i])  # its own params
+        if lo < min(hi, end) and not same and _overlap(shadows[s_i], params[p_i]):
+            raise ValueError(
+                f"{path_str(name, paths[s_i])} and {path_str('params', paths[p_i])} share "
+                "memory; an in-place update would read params it has already written: give "
+                "the shadow its own array, or pass copy=True"
+            )
+        if hi > ends[side][0]:
+            ends[side] = (hi, i)
+
+
+def _same_elements(s: Any, p: Any) -> bool:
+    """The same element at every index: one start address, shape, strides and item size."""
+    s, p = _unwrap(s), _unwrap(p)
+    if compat.is_numpy_array(s) and compat.is_numpy_array(p):
+        layout = ("shape", "strides", "itemsize")
+        start = s.__array_interface__["data"][0] == p.__array_interface__["data"][0]
+        return start and all(getattr(s, a) == getattr(p, a) for a in layout)
+    if _kind(s) == "torch" and _kind(p) == "torch":
+        same = s.data_ptr() == p.data_ptr() and s.element_size() == p.element_size()
+        return bool(same and s.shape == p.shape and s.stride() == p.stride())
+    return s is p
 
 
 def _shared(name: str, a: Path, b: Path) -> ValueError:
@@ -147,7 +213,8 @@ def _memory_key(a: Any) -> Any:
     elif kind != "numpy":
         return None
     root = a if a.base is None else a.base
-    return id(root) if compat.is_numpy_array(root) and root.base is None else _FOREIGN
+    owned = isinstance(root, sys.modules["numpy"].ndarray) and root.base is None
+    return id(root) if owned else _FOREIGN
 
 
 def _byte_span(a: Any) -> tuple[int, int]:

@@ -59,8 +59,8 @@ def power_profile(gamma: Any = None, sigma_rel: Any = None) -> Schedule:
         return PowerFunction(sigma_rel_to_gamma(sigma_rel))
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
         raise TypeError(f"gamma must be a number > -1, got {type(gamma).__name__} {gamma!r:.80}")
-    if not (math.isfinite(gamma) and gamma > -1):
-        raise ValueError(f"gamma must be a finite number > -1, got {gamma!r}")
+    if not (_is_number(gamma) and gamma > -1):
+        raise ValueError(f"gamma must be a finite number > -1, got {gamma!r:.80}")
     return PowerFunction(float(gamma))
 
 
@@ -75,4 +75,10 @@ def counter_cap(decay: float, numerator: Any, denominator: Any) -> Schedule:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite Python number (not a bool, not an int past the largest float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
