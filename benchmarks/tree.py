@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ema_core._leaf_checks import check_leaves
-from ema_core._tree import flatten_pair
+from ema_core._tree_pair import flatten_pair
 from ema_core._writes import resolve_writes
 
 SIZES = (1_000, 10_000, 100_000)

@@ -19,7 +19,8 @@ from ema_core._checks import (
 from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, is_host_array, next_step, wide_float
-from ema_core._tree import flatten, flatten_pair, unflatten
+from ema_core._tree import flatten, unflatten
+from ema_core._tree_pair import flatten_pair
 from ema_core._types import Array, EMAState, Step, Tree
 from ema_core._writes import resolve_writes
 from ema_core.backends import get_backend

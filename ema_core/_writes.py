@@ -15,6 +15,14 @@ from typing import Any
 
 import array_api_compat as compat
 
+from ema_core._memory_overlap import (
+    FOREIGN,
+    array_kind,
+    byte_span,
+    memory_key,
+    overlap,
+    same_elements,
+)
 from ema_core._paths import Path, path_str
 from ema_core._types import Array
 
@@ -49,7 +57,7 @@ def resolve_writes(
     if not written or _compiling():  # fake tensors have no memory to compare
         return writes
     arrays = [shadows[i] for i in written]
-    keys = list(map(_memory_key, arrays))
+    keys = list(map(memory_key, arrays))
     check_no_shared_memory(arrays, [paths[i] for i in written], name, keys)
     if params:
         check_apart_from_params(written, keys, shadows, params, paths, name)
@@ -63,7 +71,7 @@ def _compiling() -> bool:
 
 def why_not_writeable(s: Array) -> str | None:
     """Why ``s`` cannot take an in-place write, or None when it can."""
-    kind = _kind(s)
+    kind = array_kind(s)
     if kind == "torch" or (kind == "other" and compat.is_torch_array(s)):
         strides = s.stride()
         if s.is_inference() and not sys.modules["torch"].is_inference_mode_enabled():
@@ -98,7 +106,7 @@ def check_no_shared_memory(
     """
     if len(arrays) < 2 or _compiling():
         return
-    keys = list(map(_memory_key, arrays)) if keys is None else keys
+    keys = list(map(memory_key, arrays)) if keys is None else keys
     first: dict[int, int] = {}
     groups: dict[Any, list[int]] = {}
     for i, (a, key) in enumerate(zip(arrays, keys, strict=True)):
@@ -107,12 +115,12 @@ def check_no_shared_memory(
             raise _shared(name, paths[j], paths[i])
         if key is not None:
             groups.setdefault(key, []).append(i)
-    loose = groups.pop(_FOREIGN, [])
+    loose = groups.pop(FOREIGN, [])
     candidates = loose + [i for g in groups.values() if len(g) > 1 for i in g]
-    spans = sorted((*_byte_span(arrays[i]), i) for i in candidates)
+    spans = sorted((*byte_span(arrays[i]), i) for i in candidates)
     end, last = -1, -1
     for lo, hi, i in spans:
-        if lo < min(hi, end) and _overlap(arrays[last], arrays[i]):
+        if lo < min(hi, end) and overlap(arrays[last], arrays[i]):
             raise _shared(name, paths[last], paths[i])
         if hi > end:
             end, last = hi, i
@@ -130,22 +138,22 @@ def check_apart_from_params(
     memory with the params only as the very same elements of its own params leaf (the shadow
     is them, or the same view): any other overlap would read params the update has already
     overwritten. Compared as ``check_no_shared_memory`` compares: by owner, then byte ranges."""
-    p_keys = list(map(_memory_key, params))
+    p_keys = list(map(memory_key, params))
     s_set, p_set = set(keys), set(p_keys)
-    common = s_set | p_set if _FOREIGN in s_set | p_set else s_set & p_set
+    common = s_set | p_set if FOREIGN in s_set | p_set else s_set & p_set
     common.discard(None)
     if not common:
         return
     near = [(i, 0) for i, k in zip(written, keys, strict=True) if k in common]
     near += [(i, 1) for i, k in enumerate(p_keys) if k in common]
     sides = (shadows, params)
-    spans = sorted((*_byte_span(sides[side][i]), side, i) for i, side in near)
+    spans = sorted((*byte_span(sides[side][i]), side, i) for i, side in near)
     ends = [(-1, -1), (-1, -1)]  # per side: the furthest end so far and its leaf
     for lo, hi, side, i in spans:
         end, j = ends[1 - side]
         s_i, p_i = (i, j) if side == 0 else (j, i)
-        same = s_i == p_i and _same_elements(shadows[s_i], params[p_i])  # its own params
-        if lo < min(hi, end) and not same and _overlap(shadows[s_i], params[p_i]):
+        same = s_i == p_i and same_elements(shadows[s_i], params[p_i])  # its own params
+        if lo < min(hi, end) and not same and overlap(shadows[s_i], params[p_i]):
             raise ValueError(
                 f"{path_str(name, paths[s_i])} and {path_str('params', paths[p_i])} share "
                 "memory; an in-place update would read params it has already written: give "
@@ -155,101 +163,9 @@ def check_apart_from_params(
             ends[side] = (hi, i)
 
 
-def _same_elements(s: Any, p: Any) -> bool:
-    """The same element at every index: one start address, shape, strides and item size."""
-    s, p = _unwrap(s), _unwrap(p)
-    if compat.is_numpy_array(s) and compat.is_numpy_array(p):
-        layout = ("shape", "strides", "itemsize")
-        start = s.__array_interface__["data"][0] == p.__array_interface__["data"][0]
-        return start and all(getattr(s, a) == getattr(p, a) for a in layout)
-    if _kind(s) == "torch" and _kind(p) == "torch":
-        same = s.data_ptr() == p.data_ptr() and s.element_size() == p.element_size()
-        return bool(same and s.shape == p.shape and s.stride() == p.stride())
-    return s is p
-
-
 def _shared(name: str, a: Path, b: Path) -> ValueError:
     return ValueError(
         f"{path_str(name, a)} and {path_str(name, b)} share memory (one array twice, or "
         "overlapping views); an in-place update would apply twice: give each leaf its own "
         "array, or pass copy=True"
     )
-
-
-#: Array type -> "numpy", "strict" (array-api-strict over numpy), "torch" (plain tensors) or
-#: "other" (compared by identity: JAX, CuPy, DTensor).
-_KINDS: dict[type, str] = {}
-#: The group of numpy arrays over memory that no numpy array owns (all compared by range).
-_FOREIGN = "foreign"
-
-
-def _kind(a: Any) -> str:
-    """The kind of ``a`` (found once per type)."""
-    kind = _KINDS.get(type(a))
-    if kind is None:
-        torch = sys.modules.get("torch")
-        plain = () if torch is None else (torch.Tensor, torch.nn.Parameter)
-        if type(a).__module__.partition(".")[0] == "array_api_strict":
-            kind = "strict"
-        else:
-            kind = "numpy" if compat.is_numpy_array(a) else "torch" if type(a) in plain else "other"
-        _KINDS[type(a)] = kind
-    return kind
-
-
-def _unwrap(a: Any) -> Any:
-    """The numpy array inside an array-api-strict array (which hides flags and strides)."""
-    return getattr(a, "_array", a) if _kind(a) == "strict" else a
-
-
-def _memory_key(a: Any) -> Any:
-    """What ``a``'s memory belongs to: a torch storage, the numpy array owning the data, or
-    ``_FOREIGN`` (numpy over foreign memory); None for arrays compared by identity only."""
-    kind = _kind(a)
-    if kind == "torch":  # a meta or empty storage has no memory (its pointer is 0)
-        return a.untyped_storage().data_ptr() or None
-    if kind == "strict":
-        a = getattr(a, "_array", None)
-    elif kind != "numpy":
-        return None
-    root = a if a.base is None else a.base
-    owned = isinstance(root, sys.modules["numpy"].ndarray) and root.base is None
-    return id(root) if owned else _FOREIGN
-
-
-def _byte_span(a: Any) -> tuple[int, int]:
-    """[first, last + 1) byte addresses of a plain torch tensor or a numpy array."""
-    a = _unwrap(a)
-    if compat.is_numpy_array(a):
-        return _span(a.__array_interface__["data"][0], 1, a.strides, a.shape, a.itemsize)
-    size = a.element_size()
-    return _span(a.data_ptr(), size, a.stride(), a.shape, size)
-
-
-def _span(
-    ptr: int, unit: int, strides: Sequence[int], shape: Sequence[int], itemsize: int
-) -> tuple[int, int]:
-    """[first, last + 1) byte addresses of an array with strides in units of ``unit`` bytes;
-    an empty range for an empty array (nothing is written)."""
-    if 0 in shape:
-        return ptr, ptr
-    lo = hi = ptr
-    for st, n in zip(strides, shape, strict=True):
-        reach = st * (n - 1) * unit
-        if reach < 0:
-            lo += reach
-        else:
-            hi += reach
-    return lo, hi + itemsize
-
-
-def _overlap(a: Array, b: Array) -> bool:
-    """Whether two arrays with overlapping byte ranges share an element (exact for numpy)."""
-    a, b = _unwrap(a), _unwrap(b)
-    if not (compat.is_numpy_array(a) and compat.is_numpy_array(b)):
-        return True
-    np = sys.modules["numpy"]
-    try:
-        return bool(np.shares_memory(a, b, max_work=1 << 16))
-    except np.exceptions.TooHardError:
-        return True

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import ema_core as ema
-from ema_core._tree import flatten, flatten_pair, unflatten
+from ema_core._tree import flatten, unflatten
+from ema_core._tree_pair import flatten_pair
 from tests.conftest import Backend, to_numpy
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from ema_core._config import Config, shadow_dtype_name
 from ema_core._core import dtype_name
-from ema_core._tree import flatten, flatten_pair, path_str
+from ema_core._tree import flatten, path_str
+from ema_core._tree_pair import flatten_pair
 from ema_core._types import Tree
 from ema_core.testing._convert import leaves64
 
