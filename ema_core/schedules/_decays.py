@@ -67,14 +67,14 @@ class Annealing(Schedule):
 
 
 def constant(decay: float, /) -> Schedule:
-    """The same decay at every step: ``d_t = decay``.
+    """The same decay at every step: ``d_t = decay`` (``-0.0`` is read as ``0.0``).
 
     Example:
         >>> from ema_core import schedules
         >>> schedules.constant(0.9)(5)
         0.9
     """
-    return Constant(check_fraction("decay", decay))
+    return Constant(check_fraction("decay", decay) + 0.0)  # -0.0 + 0.0 is +0.0
 
 
 def num_updates(decay: float, /, numerator: float = 1.0, denominator: float = 10.0) -> Schedule:

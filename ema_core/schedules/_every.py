@@ -10,7 +10,7 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core._checks import check_positive
-from ema_core._ops import ArrayOps, Ops, ScalarOps, is_host_array
+from ema_core._ops import ArrayOps, Ops, ScalarOps, is_host_array, is_readable
 from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at
 from ema_core.schedules._decays import as_schedule
 
@@ -34,6 +34,8 @@ class Every(Schedule):
             if not gate:
                 return 1.0, 0.0
             return self._gated_pair(ops)
+        if ops.raw.ndim == 0 and is_readable(ops.raw) and not bool(gate):
+            return ops.const(1.0), ops.const(0.0)  # a CPU tensor: the n decays not computed
         decay, rate = self._gated_pair(ops)
         return ops.where(gate, decay, 1.0), ops.where(gate, rate, 0.0)
 
@@ -45,10 +47,11 @@ class Every(Schedule):
         """The inner pair at t, or with ``compensate`` the product of the n decays t-n+1..t and
         its rate via log1p, so that it stays accurate near 1. A count the host holds (a Python
         int, a 0-d numpy or array-api-strict array) multiplies in a Python loop, the same bits
-        for both; a device count in a number of operations that does not grow with n: traced by
-        JAX in a ``fori_loop`` (one traced body, the same sequential product), else in one
-        vectorised evaluation of the n steps. Only an inner schedule that is not
-        ``elementwise`` (a callable) on a count that is not traced is evaluated step by step."""
+        for both; a device count traced by JAX in a ``fori_loop`` (one traced body, the same
+        sequential product), else vectorised over blocks of ``BLOCK`` steps (memory bounded
+        whatever n; one block for n <= ``BLOCK``). Only an inner schedule that is not
+        ``elementwise`` (a callable) on a count that is not traced is evaluated step by step.
+        ``pair`` skips all of it on a gated-off step whose count the host reads."""
         if not self.compensate:
             return self.inner.pair(ops)
         if isinstance(ops, ScalarOps):
@@ -86,15 +89,29 @@ class Every(Schedule):
         return decay, log_keep
 
     def _product_vectorised(self, ops: ArrayOps) -> tuple[Any, Any]:
+        """The product over blocks of at most ``BLOCK`` steps, each evaluated at once: memory
+        bounded whatever n (one block, as many operations as before, when n <= ``BLOCK``)."""
+        decay, log_keep = self._block(ops, 0, min(self.n, BLOCK))
+        for start in range(BLOCK, self.n, BLOCK):
+            d, log = self._block(ops, start, min(self.n, start + BLOCK))
+            decay, log_keep = decay * d, log_keep + log
+        return decay, log_keep
+
+    def _block(self, ops: ArrayOps, start: int, stop: int) -> tuple[Any, Any]:
+        """The product of the decays of steps t-stop+1..t-start, and its log of keeps."""
         xp, t = ops.xp, ops.raw
-        ks = xp.arange(self.n, dtype=t.dtype, device=ops.device)
-        t_k = _clip0(xp.expand_dims(t, axis=-1) - ks)  # one more axis: the n counts
+        ks = xp.arange(start, stop, dtype=t.dtype, device=ops.device)
+        t_k = _clip0(xp.expand_dims(t, axis=-1) - ks)  # one more axis: the block's counts
         d_k, log_k = self._factor(ops, t_k)
         shape = tuple(t_k.shape)
         return (
             xp.prod(xp.broadcast_to(d_k, shape), axis=-1),
             xp.sum(xp.broadcast_to(log_k, shape), axis=-1),
         )
+
+
+#: Steps of ``every``'s product evaluated at once for an array count (its memory bound).
+BLOCK = 4096
 
 
 def _is_traced(t: Any) -> bool:
@@ -135,10 +152,11 @@ def every(schedule: Schedule | float, /, n: int, compensate: bool = True) -> Sch
     With ``compensate=True`` the update at t applies the product of the n decays of steps
     t-n+1..t, so the result equals updating every step with the same params; with
     ``compensate=False`` it applies the one-step decay ``schedule(t)``, as most peers do.
-    With an array step the product costs the same whatever n (a ``fori_loop`` when traced by
-    JAX, one vectorised evaluation of the n steps otherwise), except for a callable or a
-    ``Schedule`` subclass that does not set ``elementwise``: outside a JAX trace it is
-    evaluated once per step.
+    With an array step the product takes memory bounded whatever n: a ``fori_loop`` when
+    traced by JAX, else vectorised over blocks of 4096 steps (its time grows with n/4096),
+    except for a callable or a ``Schedule`` subclass that does not set ``elementwise``:
+    outside a JAX trace it is evaluated once per step. A step the host reads (an int, a
+    numpy or CPU torch one) costs nothing on the steps the gate skips.
 
     Example:
         >>> from ema_core import schedules

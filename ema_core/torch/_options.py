@@ -111,10 +111,16 @@ class Binding:
     """The tracked tensors, their shadows (``shadows[i]`` for ``live[i]``) and the store.
 
     ``refresh()`` follows tensors the module replaced, converted or moved since the last look
-    (``_watch.Watch``: one identity and one pointer check per tensor when nothing changed):
+    (``_watch.Watch``: one pointer, shape and dtype read per tensor when nothing changed):
     the shadows are kept, converted to the dtype rule of the new tensor and moved beside it
     where needed. ``apply`` updates the tracked tensors that move (``Config.non_float`` may
     freeze integer ones) and keeps track of an update cut short (``pending``).
+
+    The same look covers the host engine's views of a ``Local`` store (one pass over the
+    tensors per update): when it found them unchanged (``vouched``, for the next ``apply``
+    only) the store uses its views without comparing them again. ``covered``: every view the
+    store holds was bound under the current watch; a view bound without its vouching (the
+    module held other objects over the same memory) is dropped at the next vouched look.
     """
 
     def __init__(
@@ -142,7 +148,17 @@ class Binding:
         self.kinds = [t.kind for t in tracked]
         self.moving = [i for i, t in enumerate(tracked) if moves(self.config, t)]
         self.store = self._store_of(self.moving)
-        self.watch = _watch.Watch(self.root, tracked)
+        self._watch(tracked)
+
+    def _watch(self, tracked: list[_names.Tracked]) -> None:
+        """Watch ``tracked`` from now on, with the shadows of a ``Local`` store: the watch
+        then also vouches for the store's host-engine views (``_watch.Watch``), which are
+        dropped here so that every view bound from now on is bound to what it watches."""
+        local = isinstance(self.store, _store.Local)
+        self.watch = _watch.Watch(self.root, tracked, self.shadows if local else None)
+        self.store.forget()
+        self.covered = True  # every view of the store bound under this watch (none yet)
+        self.vouched = True  # the next apply may skip the views' own check
 
     def _store_of(self, indices: list[int]) -> _store.Store:
         pick = [self.shadows[i] for i in indices], [self.live[i] for i in indices]
@@ -158,7 +174,15 @@ class Binding:
                 between floating and integer; nothing is changed then.
         """
         if self.watch.same(objects):
+            fits, held = self.watch.fits, self.watch.held
+            if not fits:  # a shadow or a layout changed over the same memory
+                self.watch.views.renew()
+            if not fits or (held and not self.covered):  # views made again, all watched
+                self.store.forget()
+                self.covered = True
+            self.vouched = held
             return
+        self.vouched = False
         now = _names.lookup(self.root, self.tracked, self.config.buffers)
         for old, new, shadow in zip(self.tracked, now, self.shadows, strict=True):
             check_rebind(old, new, shadow)
@@ -173,7 +197,8 @@ class Binding:
             and _forms([t.tensor for t in now]) == self.forms
             and all(a.tensor is b for a, b in zip(now, self.live, strict=True))
         ):  # the same tensors with their data moved: the kernels follow that themselves
-            self.tracked, self.watch = now, _watch.Watch(self.root, now)
+            self.tracked = now
+            self._watch(now)
             return
         self.shadows = shadows
         self._bind(now)
@@ -185,9 +210,11 @@ class Binding:
         skip = self.pending.done if self.pending is not None else frozenset()
         indices = [i for i in self.moving if i not in skip] if skip else self.moving
         store = self._store_of(indices) if skip else self.store
+        kept, self.vouched = self.vouched and not skip, False  # vouched by this update's look
+        self.covered = self.covered and (kept or bool(skip))
         try:
             with torch.no_grad():
-                store.apply(xp, decay, rate)
+                store.apply(xp, decay, rate, kept=kept)
         except BaseException:
             done = skip | {indices[p] for p in store.done}
             self.pending = Pending(step, decay, rate, done) if done else None

@@ -102,9 +102,11 @@ def units(
     return plan, out
 
 
-def _run(work: list[Unit], done: list[int], xp: Namespace, decay: Value, rate: Value) -> None:
+def _run(
+    work: list[Unit], done: list[int], xp: Namespace, decay: Value, rate: Value, kept: bool
+) -> None:
     for positions, plan in work:
-        apply(xp, plan, decay, rate)
+        apply(xp, plan, decay, rate, kept=kept)
         done.extend(positions)
 
 
@@ -121,9 +123,16 @@ class Local:
         self.plan, self.units = units(shadows, live, kinds, names)
         self.done: list[int] = []
 
-    def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
+    def apply(self, xp: Namespace, decay: Value, rate: Value, *, kept: bool = False) -> None:
+        """``kept``: the caller found the tensors unchanged since the host engine's views
+        were bound (``_options.Binding``), which are then used without comparing them again."""
         self.done = []
-        _run(self.units, self.done, xp, decay, rate)
+        _run(self.units, self.done, xp, decay, rate, kept)
+
+    def forget(self) -> None:
+        """Drop the host engine's views (bound again, each pair checked, at the next use)."""
+        for group in self.plan.mixed:
+            group.host = None
 
     def wait(self) -> None:
         """Nothing is in flight: local updates are stream-ordered with every later use."""
@@ -144,7 +153,8 @@ class Remote:
         self.event: torch.cuda.Event | None = None
         self.done: list[int] = []
 
-    def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
+    def apply(self, xp: Namespace, decay: Value, rate: Value, *, kept: bool = False) -> None:
+        """``kept`` is not used: each update plans afresh."""
         self.done = []
         skip = isinstance(decay, float) and decay == 1.0  # only the exact tensors are copied
         for i, (shadow, live, kind) in enumerate(self.pairs):
@@ -160,6 +170,9 @@ class Remote:
         if any(live.is_cuda for _, live, _ in self.pairs):
             self.event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             self.event.record()
+
+    def forget(self) -> None:
+        """Nothing kept between updates."""
 
     def wait(self) -> None:
         """Block until the last update's copies have landed in host memory."""
@@ -188,7 +201,8 @@ class Sharded:
         self.units: list[Unit] = []
         self.done: list[int] = []
 
-    def apply(self, xp: Namespace, decay: Value, rate: Value) -> None:
+    def apply(self, xp: Namespace, decay: Value, rate: Value, *, kept: bool = False) -> None:
+        """``kept`` is not used: the watch does not see local shards, so views are compared."""
         self.done = []
         parts = [_dtensor.part(t) for t in self.live]
         if len(parts) != len(self.parts) or any(
@@ -196,7 +210,10 @@ class Sharded:
         ):
             self.parts = parts
             _, self.units = units(self.shadows, parts, self.kinds, self.names)
-        _run(self.units, self.done, xp, decay, rate)
+        _run(self.units, self.done, xp, decay, rate, False)
+
+    def forget(self) -> None:
+        """Nothing to drop: the views over local shards are compared at every update."""
 
     def wait(self) -> None:
         """Nothing is in flight: local updates are stream-ordered with every later use."""

@@ -3,12 +3,15 @@ where and as they were (``_names`` says which tensors and under which names)."""
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
+from ema_core.backends.torch._host import key as views_key
+from ema_core.backends.torch._plan import bucket
 from ema_core.torch import _dtensor
 from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
@@ -32,24 +35,46 @@ class Watch:
     storage), for the rarer calls. DTensors (FSDP2) are left to the store, which follows their
     local shards itself. When ``same()`` is False, ``EMA``
     looks the tensors up again by name (``lookup``) and rebinds.
+
+    Given the shadows, the same pass also covers what the host engine's views of the CPU
+    mixed-precision pairs depend on (``_host.Key``; ``_Views``): each such param's layout and
+    its shadow's pointer, size, layout and dtype (``fits``), and whether the module still
+    holds those params' very objects (``held``). A ``same()`` with both vouches that views
+    bound since the watch began (or since ``views.renew()``) still fit, and the store skips its
+    own comparison of them (``_host.stale``).
     """
 
-    def __init__(self, root: torch.nn.Module | None, tracked: list[Tracked]) -> None:
-        watched = [t for t in tracked if not _dtensor.is_dtensor(t.tensor)]
-        fast = [type(t.tensor) in _PLAIN and t.tensor.data_ptr() != 0 for t in watched]
-        self.fast = _Reads(root, [t for t, f in zip(watched, fast, strict=True) if f])
-        self.slow = _Reads(root, [t for t, f in zip(watched, fast, strict=True) if not f])
+    def __init__(
+        self,
+        root: torch.nn.Module | None,
+        tracked: list[Tracked],
+        shadows: list[torch.Tensor] | None = None,
+    ) -> None:
+        others: list[torch.Tensor | None] = [None] * len(tracked) if shadows is None else [*shadows]
+        pairs = zip(tracked, others, strict=True)
+        watched = [(t, s) for t, s in pairs if not _dtensor.is_dtensor(t.tensor)]
+        fast = [type(t.tensor) in _PLAIN and t.tensor.data_ptr() != 0 for t, _ in watched]
+        on = [w for w, f in zip(watched, fast, strict=True) if f]
+        self.fast = _Reads(root, [t for t, _ in on])
+        self.slow = _Reads(root, [t for (t, _), f in zip(watched, fast, strict=True) if not f])
+        self.views = _Views([(j, t.tensor, s) for j, (t, s) in enumerate(on) if _engine(s, t)])
+        # a pair the views need but the fast reads skip (an empty param): never vouched for
+        self.complete = len(self.views.where) == sum(_engine(s, t) for t, s in watched)
+        self.fits = self.held = False
         self.pointers = list(map(torch.Tensor.data_ptr, self.fast.held))
         self.shapes = [t.shape for t in self.fast.held]
         self.dtypes = [t.dtype for t in self.fast.held]
         self.forms = [(t.dtype, t.device) for t in self.slow.held]
-        chain = {(id(p), k): (p, k, c) for t in watched for p, k, c in _chain(root, t.raw)}
+        chain = {(id(p), k): (p, k, c) for t, _ in watched for p, k, c in _chain(root, t.raw)}
         self.parents = [p for p, _, _ in chain.values()]
         self.names = [k for _, k, _ in chain.values()]
         self.children = [c for _, _, c in chain.values()]
 
     def same(self, objects: bool = False) -> bool:
-        """True when every tracked tensor is where, and as, it was (see the class doc)."""
+        """True when every tracked tensor is where, and as, it was (see the class doc). When
+        True, also sets ``fits`` (what the host engine's views depend on is as it was) and
+        ``held`` (the module holds the objects the views were made from)."""
+        self.fits = self.held = False
         try:
             now = list(self.fast.now())
             if list(map(torch.Tensor.data_ptr, now)) != self.pointers:
@@ -60,8 +85,10 @@ class Watch:
                 return False
             if not all(map(operator.is_, map(_DTYPE, now), self.dtypes)):
                 return False  # the same memory seen as another dtype (p.data = p.data.view(...))
+            self.fits = self.views.same(now)
         except (TypeError, RuntimeError):  # gone (None), or a tensor without storage now
             return False
+        self.held = self.complete and self.views.held(now)
         slow = list(self.slow.now())
         return (
             all(map(operator.is_, slow, self.slow.held))
@@ -73,6 +100,71 @@ class Watch:
 
 _SHAPE = operator.attrgetter("shape")
 _DTYPE = operator.attrgetter("dtype")
+
+
+def _engine(shadow: torch.Tensor | None, t: Tracked) -> TypeGuard[torch.Tensor]:
+    """Whether the pair may take the host engine (a superset of ``_host.usable``'s pairs): a
+    plain float CPU tensor under a wider plain shadow (the ``mixed`` bucket)."""
+    if shadow is None or t.kind != "float" or shadow.dtype == t.tensor.dtype:
+        return False
+    plain = type(shadow) is torch.Tensor and type(t.tensor) in _PLAIN
+    on_cpu = shadow.device.type == "cpu" and t.tensor.device.type == "cpu"
+    return plain and on_cpu and bucket(t.kind, shadow, t.tensor) == "mixed"
+
+
+class _Views:
+    """The rest of what the host engine's views of some pairs depend on (``_host.Key``),
+    beside the pointers, shapes and dtypes ``Watch`` reads: each param's contiguity (and shape
+    and strides where it is not contiguous) and its shadow's pointer, size, contiguity, dtype
+    (and layout); read in the same pass, from the tensors the module holds now.
+
+    Args:
+        pairs: (position among the watched plain tensors, param, shadow).
+    """
+
+    def __init__(self, pairs: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        self.where = [j for j, _, _ in pairs]
+        self.params = [p for _, p, _ in pairs]
+        self.shadows = [s for _, _, s in pairs]
+        self.renew()
+
+    def renew(self) -> None:
+        """Take what the views depend on now as the new baseline."""
+        key, half = views_key(self.shadows, self.params), len(self.shadows)
+        self.pointers, self.counts = key.pointers[:half], key.counts[:half]
+        self.dtypes, self.contiguous = key.dtypes[:half], key.contiguous
+        self.layouts = key.layouts  # position in [*shadows, *params] -> (shape, strides)
+
+    def pick(self, now: list[Any]) -> list[Any]:
+        """The params among ``now`` (the module's plain tensors, in ``Watch`` order)."""
+        if len(self.where) == len(now):
+            return now  # every one of them (a bf16 or fp16 model)
+        return [now[j] for j in self.where]
+
+    def same(self, now: list[Any]) -> bool:
+        """Whether the views' other inputs are as they were (pointers, shapes and dtypes of
+        the params are compared by the caller)."""
+        if not self.where:
+            return True
+        params, shadows = self.pick(now), self.shadows
+        contiguous = map(torch.Tensor.is_contiguous, itertools.chain(shadows, params))
+        return (
+            list(map(torch.Tensor.data_ptr, shadows)) == self.pointers
+            and list(map(torch.Tensor.numel, shadows)) == self.counts
+            and all(map(operator.is_, map(_DTYPE, shadows), self.dtypes))
+            and list(contiguous) == self.contiguous
+            and all(_layout(shadows, params, i) == old for i, old in self.layouts.items())
+        )
+
+    def held(self, now: list[Any]) -> bool:
+        """Whether the module holds the very param objects the views were made from."""
+        return all(map(operator.is_, self.pick(now), self.params))
+
+
+def _layout(shadows: list[torch.Tensor], params: list[Any], i: int) -> tuple[Any, Any]:
+    """Shape and strides of tensor ``i`` of ``[*shadows, *params]`` (``_host.Key.layouts``)."""
+    t = shadows[i] if i < len(shadows) else params[i - len(shadows)]
+    return t.shape, t.stride()
 
 
 class _Reads:

@@ -35,7 +35,7 @@ from llvmlite import ir
 from numba.extending import intrinsic, overload
 from numba.typed import List
 
-from ema_core.backends.host._numba_loops import _widen_bfloat16, _widen_float16
+from ema_core.backends.host._numba_loops import _widen_bfloat16, _widen_float16, as_is
 
 __all__ = ["MOST", "bank_bfloat16", "bank_float", "bank_float16", "typed_groups"]
 
@@ -105,16 +105,25 @@ def _unrolled(shadows: Any, i: Any, x: Any, c: Any, f: Any, k: Any, fused: Any) 
     return {1: _one, 2: _two, 3: _three}.get(shadows.count)
 
 
+@numba.njit(inline="always")
+def _bank(
+    shadows: Any, params: Any, coeffs: Any, from_shadow: Any, skip: Any, fused: bool, widen: Any
+) -> None:
+    """The one loop of the three kernels, over params read through ``widen`` once per element
+    (``_numba_loops._lerp`` does the same for one shadow)."""
+    _check(shadows, params)
+    for j in range(len(params)):
+        p, tup = params[j], shadows[j]
+        for i in range(p.size):
+            _blend_all(tup, i, widen(p[i]), coeffs, from_shadow, skip, fused)
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def bank_float(
     shadows: Any, params: Any, coeffs: Any, from_shadow: Any, skip: Any, fused: bool
 ) -> None:
     """Params already float (float32 or float64, no wider than the shadows)."""
-    _check(shadows, params)
-    for j in range(len(params)):
-        p, tup = params[j], shadows[j]
-        for i in range(p.size):
-            _blend_all(tup, i, p[i], coeffs, from_shadow, skip, fused)
+    _bank(shadows, params, coeffs, from_shadow, skip, fused, as_is)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -122,11 +131,7 @@ def bank_float16(
     shadows: Any, params: Any, coeffs: Any, from_shadow: Any, skip: Any, fused: bool
 ) -> None:
     """Params as float16 bit patterns (uint16), widened once per element."""
-    _check(shadows, params)
-    for j in range(len(params)):
-        p, tup = params[j], shadows[j]
-        for i in range(p.size):
-            _blend_all(tup, i, _widen_float16(p[i]), coeffs, from_shadow, skip, fused)
+    _bank(shadows, params, coeffs, from_shadow, skip, fused, _widen_float16)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -134,11 +139,7 @@ def bank_bfloat16(
     shadows: Any, params: Any, coeffs: Any, from_shadow: Any, skip: Any, fused: bool
 ) -> None:
     """Params as bfloat16 bit patterns (uint16), widened once per element."""
-    _check(shadows, params)
-    for j in range(len(params)):
-        p, tup = params[j], shadows[j]
-        for i in range(p.size):
-            _blend_all(tup, i, _widen_bfloat16(p[i]), coeffs, from_shadow, skip, fused)
+    _bank(shadows, params, coeffs, from_shadow, skip, fused, _widen_bfloat16)
 
 
 def typed_groups(pieces: Any) -> list[tuple[Any, np.dtype[Any], slice, Any, Any]]:

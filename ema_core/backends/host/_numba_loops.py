@@ -2,9 +2,12 @@
 
 Each kernel takes ``(shadow, params, factor, low)`` over flat arrays and writes, in place,
 ``shadow + (p - shadow) * factor`` when ``low`` else ``p - (p - shadow) * factor``, with ``p``
-the params widened to the shadow's dtype. In place on purpose: with a separate output that
-aliases the shadow, LLVM's runtime overlap check would fall back to a scalar loop (half the
-speed); with two arrays it proves them apart and vectorises. The loops run without bounds
+the params widened to the shadow's dtype. The three kernels, one per params format, run one
+inlined loop (``_lerp``) over params read ``as_is`` (float) or widened from float16 / bfloat16
+bit patterns, so each compiles to the loop written out for its format. In place
+on purpose: with a separate output that aliases the shadow, LLVM's runtime overlap check would
+fall back to a scalar loop (half the speed); with two arrays it proves them apart and
+vectorises. The loops run without bounds
 checks, so each first checks that the params have the shadow's size (``ValueError``
 otherwise, nothing written): a caller's slip can never read past the params' end.
 """
@@ -19,7 +22,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["lerp_bfloat16", "lerp_float", "lerp_float16"]
+__all__ = ["as_is", "lerp_bfloat16", "lerp_float", "lerp_float16"]
 
 _U32 = np.uint32
 #: float16's exponent bias is 15, float32's 127: rebasing a normal number adds 112 to it.
@@ -65,40 +68,38 @@ def _check_sizes(shadow: Any, params: Any) -> None:
         raise ValueError("ema-core: the params and the shadow differ in size")
 
 
-@numba.njit(nogil=True, cache=True, boundscheck=False)
-def lerp_float(shadow: Any, params: Any, factor: Any, low: bool) -> None:
-    """Params already float (float32 or float64, no wider than the shadow)."""
+@numba.njit(inline="always")
+def as_is(value: Any) -> Any:
+    """Params already float (float32 or float64): read as they are."""
+    return value
+
+
+@numba.njit(inline="always")
+def _lerp(shadow: Any, params: Any, factor: Any, low: bool, widen: Any) -> None:
+    """The one loop of the three kernels, over params read through ``widen``."""
     _check_sizes(shadow, params)
     if low:
         for i in range(shadow.size):
-            shadow[i] = shadow[i] + (params[i] - shadow[i]) * factor
+            shadow[i] = shadow[i] + (widen(params[i]) - shadow[i]) * factor
     else:
         for i in range(shadow.size):
-            p = params[i]
+            p = widen(params[i])
             shadow[i] = p - (p - shadow[i]) * factor
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def lerp_float(shadow: Any, params: Any, factor: Any, low: bool) -> None:
+    """Params already float (float32 or float64, no wider than the shadow)."""
+    _lerp(shadow, params, factor, low, as_is)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def lerp_float16(shadow: Any, params: Any, factor: Any, low: bool) -> None:
     """Params as float16 bit patterns (uint16)."""
-    _check_sizes(shadow, params)
-    if low:
-        for i in range(shadow.size):
-            shadow[i] = shadow[i] + (_widen_float16(params[i]) - shadow[i]) * factor
-    else:
-        for i in range(shadow.size):
-            p = _widen_float16(params[i])
-            shadow[i] = p - (p - shadow[i]) * factor
+    _lerp(shadow, params, factor, low, _widen_float16)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def lerp_bfloat16(shadow: Any, params: Any, factor: Any, low: bool) -> None:
     """Params as bfloat16 bit patterns (uint16)."""
-    _check_sizes(shadow, params)
-    if low:
-        for i in range(shadow.size):
-            shadow[i] = shadow[i] + (_widen_bfloat16(params[i]) - shadow[i]) * factor
-    else:
-        for i in range(shadow.size):
-            p = _widen_bfloat16(params[i])
-            shadow[i] = p - (p - shadow[i]) * factor
+    _lerp(shadow, params, factor, low, _widen_bfloat16)

@@ -5,9 +5,10 @@ A call into numba costs microseconds, the blend of a 1,024-element leaf less tha
 of 20,000 tiny tensors spent most of its update entering the kernel once per leaf. Here a batch
 is a table of addresses: ``shadows`` and ``params`` are int64 arrays holding each leaf's data
 address, ``sizes`` its element count, and ``like_shadow`` / ``like_params`` empty arrays whose
-dtypes say how to read them. Each kernel walks the table and runs, per leaf, the single-leaf
-loop of ``_numba_loops`` (so the bits are the same). The caller keeps the arrays behind the
-addresses alive and unchanged (the engine's plan holds them; ``stale`` checks before use).
+dtypes say how to read them. Each kernel (one inlined walk, ``_table``, per params format)
+walks the table and runs, per leaf, the single-leaf loop of ``_numba_loops`` (so the bits are
+the same). The caller keeps the arrays behind the addresses alive and unchanged (the engine's
+plan holds them; ``stale``, or the ``EMA`` class's watch, checks before use).
 """
 
 from __future__ import annotations
@@ -37,34 +38,44 @@ def _int_to_pointer(typingctx: Any, address: Any) -> Any:
 _pointer: Any = intrinsic(_int_to_pointer)
 
 
+@numba.njit(inline="always")
+def _table(
+    shadows: Any,
+    params: Any,
+    sizes: Any,
+    like_shadow: Any,
+    like_params: Any,
+    f: Any,
+    low: bool,
+    loop: Any,
+) -> None:
+    """The one walk of the three kernels: leaf ``k`` is ``sizes[k]`` shadow elements at
+    ``shadows[k]`` and params at ``params[k]``, blended by the single-leaf ``loop``."""
+    for k in range(sizes.size):
+        s = carray(_pointer(shadows[k]), (sizes[k],), dtype=like_shadow.dtype)
+        p = carray(_pointer(params[k]), (sizes[k],), dtype=like_params.dtype)
+        loop(s, p, f, low)
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def table_float(
     shadows: Any, params: Any, sizes: Any, like_shadow: Any, like_params: Any, f: Any, low: bool
 ) -> None:
-    """Leaf ``k``: ``sizes[k]`` shadow elements at ``shadows[k]``, float params at ``params[k]``."""
-    for k in range(sizes.size):
-        s = carray(_pointer(shadows[k]), (sizes[k],), dtype=like_shadow.dtype)
-        p = carray(_pointer(params[k]), (sizes[k],), dtype=like_params.dtype)
-        lerp_float(s, p, f, low)
+    """Float params: ``lerp_float`` per leaf."""
+    _table(shadows, params, sizes, like_shadow, like_params, f, low, lerp_float)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def table_float16(
     shadows: Any, params: Any, sizes: Any, like_shadow: Any, like_params: Any, f: Any, low: bool
 ) -> None:
-    """As ``table_float``, the params float16 bit patterns (uint16)."""
-    for k in range(sizes.size):
-        s = carray(_pointer(shadows[k]), (sizes[k],), dtype=like_shadow.dtype)
-        p = carray(_pointer(params[k]), (sizes[k],), dtype=like_params.dtype)
-        lerp_float16(s, p, f, low)
+    """Params as float16 bit patterns (uint16): ``lerp_float16`` per leaf."""
+    _table(shadows, params, sizes, like_shadow, like_params, f, low, lerp_float16)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def table_bfloat16(
     shadows: Any, params: Any, sizes: Any, like_shadow: Any, like_params: Any, f: Any, low: bool
 ) -> None:
-    """As ``table_float``, the params bfloat16 bit patterns (uint16)."""
-    for k in range(sizes.size):
-        s = carray(_pointer(shadows[k]), (sizes[k],), dtype=like_shadow.dtype)
-        p = carray(_pointer(params[k]), (sizes[k],), dtype=like_params.dtype)
-        lerp_bfloat16(s, p, f, low)
+    """Params as bfloat16 bit patterns (uint16): ``lerp_bfloat16`` per leaf."""
+    _table(shadows, params, sizes, like_shadow, like_params, f, low, lerp_bfloat16)

@@ -112,9 +112,10 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value, *, kept: bool = 
     """Blend every averaged group of ``plan`` in place with ``decay`` (weight on the old
     average) and copy the exact ones (at every decay), each through its ``route``.
 
-    ``kept``: the plan is one the stateless call's cache keeps over private aliases of the
-    tensors, which it has just found unchanged (storage, offset, sizes, strides, dtype); the
-    host engine's views of them, once bound, are then used without comparing them again.
+    ``kept``: the caller has just found the tensors unchanged since the host engine's views of
+    them were bound (the stateless call's cache, over private aliases: storage, offset, sizes,
+    strides, dtype; the ``EMA`` class's watch, in its one pass over the tensors); the views,
+    once bound, are then used without comparing them again (``_host.stale``).
 
     Raises:
         ValueError: a params tensor of a mixed-precision group no longer fits its shadow
