@@ -1,6 +1,8 @@
 # Every target bootstraps .venv on a fresh machine from the committed lock (exact versions and
 # hashes; `make lock` rewrites it from pyproject.toml's ranges, see DEVELOPERS.md). torch is
 # locked to 2.13.0+cpu: on the dev and CI machines that is the CPU wheel already on disk.
+# --no-compile: Python compiles the modules it imports on first use, instead of pip compiling
+# every file of every package (torch, jax) up front, most of which no test imports.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +15,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-compile --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
