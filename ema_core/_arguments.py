@@ -82,6 +82,11 @@ def decay_schedule(decay: Any, schedule: Any, *, arrays: bool = False) -> Schedu
         return as_schedule(schedule, "schedule")
     if decay is None:
         return DEFAULT.effective_schedule
+    if callable(decay):  # a Schedule or a t -> decay callable, given as decay=
+        raise TypeError(
+            f"decay must be a float in [0.0, 1.0], got {type(decay).__name__}: pass a "
+            "Schedule or a callable t -> decay as schedule="
+        )
     checked = check_decay_arg(decay) if arrays else check_fraction("decay", decay)
     return checked if compat.is_array_api_obj(checked) else as_schedule(checked)
 

@@ -47,13 +47,15 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
                 f"{name} must be a finite {kind[2:]} > 0, got {_shown(value)}"
             ) from None
     if not finite or value <= 0:
-        raise ValueError(f"{name} must be {kind} > 0, got {value!r}")
+        shown = _shown(value) if isinstance(value, int) and abs(value) >> 128 else repr(value)
+        raise ValueError(f"{name} must be {kind} > 0, got {shown}")
     return value
 
 
 def _shown(value: Any) -> str:
-    """A huge int, shown by its size (its digits would fill the message)."""
-    return f"an int of {value.bit_length()} bits"
+    """A huge int, shown by its sign and size (its digits would fill the message)."""
+    sign = "a negative" if value < 0 else "an"
+    return f"{sign} int of {value.bit_length()} bits"
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:

@@ -8,12 +8,15 @@ close to 1 keeps its full precision even where the widest float is float32 (JAX 
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ema_core._checks import _shown
 from ema_core._ops import MAX_STEP, ArrayOps, Ops, ScalarOps, ops_for
 from ema_core._types import Step, Value
+from ema_core.schedules._values import checked_value, note_for
 
 
 class Schedule(abc.ABC):
@@ -54,12 +57,22 @@ class Schedule(abc.ABC):
 
 @dataclass(frozen=True)
 class FromCallable(Schedule):
-    """Any ``t -> decay`` callable as a schedule; its rate is ``1 - decay`` in the wide float."""
+    """Any ``t -> decay`` callable as a schedule; its rate is ``1 - decay`` in the wide float.
+
+    What it returns is checked at every call (``_values.checked_value``); an exception it
+    raises passes through as it is, with a note naming the schedule and the step.
+    """
 
     fn: Callable[[Step], Value]
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
-        decay = ops.const(self.fn(ops.raw))
+        try:
+            value = self.fn(ops.raw)
+        except Exception as error:
+            if sys.version_info >= (3, 11):  # 3.10 has no notes: the traceback shows the call
+                error.add_note(note_for(self.fn, ops))
+            raise
+        decay = ops.const(checked_value(self.fn, value, ops))
         return decay, 1.0 - decay
 
 
@@ -73,4 +86,12 @@ def check_at_most_max_step(name: str, value: int, low: str = "0") -> None:
     """A gate integer (already checked to be an int >= ``low``) must fit an int64 step, which
     an array step is compared with."""
     if abs(value) > MAX_STEP:
-        raise ValueError(f"{name} must be an int in [{low}, 2**63 - 1] (an int64), got {value}")
+        shown = shown_int(value)
+        raise ValueError(f"{name} must be an int in [{low}, 2**63 - 1] (an int64), got {shown}")
+
+
+def shown_int(value: int) -> str:
+    """An int for a message: its digits, or past 128 bits its size and sign (as ``_shown``)."""
+    if value.bit_length() < 128:
+        return str(value)
+    return _shown(value)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from ema_core._checks import check_fraction, check_positive
 from ema_core._ops import Ops
 from ema_core._types import Step, Value
-from ema_core.schedules._base import FromCallable, Schedule
+from ema_core.schedules._base import FromCallable, Schedule, shown_int
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,10 @@ def num_updates(decay: float, /, numerator: float = 1.0, denominator: float = 10
     if isinstance(numerator, bool) or not isinstance(numerator, (int, float)):
         raise TypeError(f"numerator must be a number, got {type(numerator).__name__}")
     if not -denominator < numerator <= denominator:
+        shown = shown_int(numerator) if isinstance(numerator, int) else numerator
         raise ValueError(
             f"numerator must be in (-denominator, denominator] = "
-            f"({-denominator}, {denominator}], got {numerator}"
+            f"({-float(denominator)}, {float(denominator)}], got {shown}"
         )
     return NumUpdates(float(decay), float(numerator), float(denominator))
 

@@ -16,7 +16,7 @@ import array_api_compat as compat
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._ops import Ops, ScalarOps, is_host_array
-from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at
+from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at, shown_int
 from ema_core.schedules._decays import as_schedule
 
 
@@ -112,7 +112,7 @@ def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if not signed and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        raise ValueError(f"{name} must be >= 0, got {shown_int(value)}")
     check_at_most_max_step(name, value, "-(2**63 - 1)" if signed else "0")
 
 
