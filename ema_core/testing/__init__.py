@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ema_core.testing._oracle import Expected, Trajectory, assert_matches, reference
+from ema_core.testing._inputs import Trajectory
+from ema_core.testing._oracle import Expected, assert_matches, reference
 
 _LAZY = {
     "nests": "_strategies",

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ema_core._config import Config, shadow_dtype_name
-from ema_core._core import dtype_name
-from ema_core._tree import flatten, path_str
-from ema_core._tree_pair import flatten_pair
-from ema_core._types import Tree
-from ema_core.testing._convert import leaves64
+from ema_core._config import Config, power_weight, shadow_dtype_name
+from ema_core._tree import path_str
+from ema_core.testing._args import function, tolerance
+from ema_core.testing._compare import compare_leaf, returned, tolerances, unchanged
+from ema_core.testing._convert import rounded
+from ema_core.testing._inputs import Checked, Trajectory, checked_config, checked_trajectory
 
-#: Relative tolerance per shadow dtype (scaled by the magnitude of the trajectory).
-RTOL = {"float64": 1e-10, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
-
-
-class Trajectory(NamedTuple):
-    """Parameter nests: ``init`` before training, then ``steps[t - 1]`` after step t."""
-
-    init: Tree
-    steps: Sequence[Tree]
+_Step = Callable[[Any, int], Any]
 
 
 class Expected(NamedTuple):
@@ -38,9 +30,18 @@ class Expected(NamedTuple):
 def reference(config: Config, trajectory: Trajectory, /) -> list[Expected]:
     """ema-core's semantics as a float64 loop: one ``Expected`` per step of the trajectory.
 
-    Floating leaves are averaged (decay 1 keeps them); integer and bool leaves take the params
-    at every step, decay 1 included, under ``non_float="copy"`` and keep their first value
-    under ``"freeze"``.
+    Floating leaves are averaged in float64 (decay 1 keeps them, decay 0 copies them, exactly),
+    and rounded to their shadow dtype after every update where ``config`` gives them a float16
+    or bfloat16 shadow (as any half-precision EMA stores them: it stalls where they do); integer
+    and bool leaves take the params at every step, decay 1 included, under
+    ``non_float="copy"`` and keep their first value under ``"freeze"``. Under ``init="zeros"``
+    the average is the shadow corrected as ``config.correction`` says. The steps' nests are
+    matched to ``trajectory.init`` by dict key.
+
+    Raises:
+        TypeError: ``config`` is not a Config, ``trajectory`` not ``(init, steps)``, a leaf not
+            an array, or an integer leaf under ``non_float="error"`` (as ``ema_core.init``).
+        ValueError: a step's nest differs from ``init`` (keys, lengths, shapes), by path.
 
     Example:
         >>> import numpy as np, ema_core as ema
@@ -49,30 +50,66 @@ def reference(config: Config, trajectory: Trajectory, /) -> list[Expected]:
         >>> [round(float(e.average[0][0]), 6) for e in reference(ema.Config(schedule=0.9), traj)]
         [1.0, 1.9]
     """
+    return _expected(checked_config(config), checked_trajectory(trajectory))
+
+
+def _expected(config: Config, checked: Checked) -> list[Expected]:
+    floating = [a.dtype.kind in "fc" for a in checked.host[0]]
+    _refuse_non_float(config, checked, floating)
+    kept = [  # each floating leaf's shadow dtype (the oracle rounds to it), None for the others
+        shadow_dtype_name(config.dtype, name) if f else None
+        for name, f in zip(checked.dtypes, floating, strict=True)
+    ]
     zeros = config.init == "zeros"
     shadow = [
-        np.zeros_like(a) if zeros and a.dtype.kind in "fc" else a.copy()
-        for a in leaves64(trajectory.init)
+        a.copy() if k is None else np.zeros_like(a) if zeros else rounded(a, k)
+        for a, k in zip(checked.host[0], kept, strict=True)
     ]
     weight = 0.0 if zeros else 1.0
     out = []
-    for t, params in enumerate(trajectory.steps, 1):
-        d = float(config.decay(t))
-        for i, p in enumerate(leaves64(params)):
-            if p.dtype.kind in "fc":
-                shadow[i] = d * shadow[i] + (1.0 - d) * p
-            elif config.non_float == "copy":  # every call, decay 1 included
-                shadow[i] = p.copy()
-        weight = d * weight + (1.0 - d)
-        average = [
-            s / weight if zeros and weight > 0 and s.dtype.kind in "fc" else s for s in shadow
+    for t, params in enumerate(checked.host[1:], 1):
+        d, r = (float(x) for x in config.decay_and_rate(t))
+        shadow = [
+            _mix(s, p, d, r, k, config.non_float)
+            for s, p, k in zip(shadow, params, kept, strict=True)
         ]
-        out.append(Expected(t, d, [s.copy() for s in shadow], weight, [a.copy() for a in average]))
+        weight = 1.0 if d == 0.0 else weight if d == 1.0 else d * weight + r
+        average = _read(config, shadow, floating, weight, t)
+        out.append(Expected(t, d, [s.copy() for s in shadow], weight, average))
     return out
 
 
+def _mix(s: np.ndarray, p: np.ndarray, d: float, r: float, kept: str | None, non_float: str) -> Any:
+    """One update of a leaf: a floating one blended (exact at decay 0 and 1) and rounded to
+    its shadow dtype ``kept``; another one copied or frozen."""
+    if kept is None:
+        return p.copy() if non_float == "copy" else s
+    return s if d == 1.0 else rounded(p if d == 0.0 else d * s + r * p, kept)
+
+
+def _read(
+    config: Config, shadow: list[np.ndarray], floating: list[bool], weight: float, t: int
+) -> list[np.ndarray]:
+    if config.init != "zeros" or config.correction == "none":
+        return [s.copy() for s in shadow]
+    if config.correction == "power":
+        weight = float(power_weight(config.schedule, t))  # type: ignore[arg-type]
+    divide = weight not in (0.0, 1.0)
+    return [s / weight if f and divide else s.copy() for s, f in zip(shadow, floating, strict=True)]
+
+
+def _refuse_non_float(config: Config, checked: Checked, floating: list[bool]) -> None:
+    if config.non_float != "error" or all(floating):
+        return
+    i = floating.index(False)
+    raise TypeError(
+        f"{path_str('trajectory.init', checked.paths[i])} has non-floating dtype "
+        f"{checked.host[0][i].dtype} and config.non_float='error' (ema_core.init refuses it)"
+    )
+
+
 def assert_matches(
-    make_ema: Callable[[Tree], Callable[[Tree, int], Tree]],
+    make_ema: Callable[[Any], _Step],
     config: Config,
     trajectory: Trajectory,
     /,
@@ -83,12 +120,17 @@ def assert_matches(
     """Check an EMA against ema-core, step by step, over a trajectory.
 
     ``make_ema(trajectory.init)`` builds the EMA under test and returns ``step(params, t)``, which
-    applies update t and returns the average the EMA would evaluate with. Tolerances default
-    from the shadow dtype that ``config`` gives each leaf, scaled by the trajectory's magnitude.
+    applies update t and returns the average the EMA would evaluate with. Each leaf's tolerance
+    is ``atol + rtol * scale``, scale the leaf's largest finite magnitude over the trajectory;
+    without either, rtol comes from the shadow dtype ``config`` gives the leaf (float32: 2e-5).
+    Integer and bool leaves compare exactly. The EMA must leave its inputs (``init``, the
+    params) as they were.
 
     Raises:
-        AssertionError: naming the first step and leaf path that differ, both values and the
-            decay ema-core applies there.
+        AssertionError: naming the first step and leaf path that differ (the element, both
+            values and the decay ema-core applies there), or the input the EMA changed.
+        TypeError, ValueError: a bad argument, named (see ``reference``); an empty trajectory
+            or one without arrays is a ValueError (it would check nothing).
 
     Example:
         >>> import numpy as np, ema_core as ema
@@ -102,66 +144,39 @@ def assert_matches(
         >>> traj = Trajectory({"w": np.zeros(2)}, [{"w": np.full(2, float(k))} for k in range(5)])
         >>> assert_matches(make, ema.Config(schedule=0.9), traj)
     """
-    expected = reference(config, trajectory)
-    _, paths, _ = flatten(trajectory.init)
-    tolerances = _tolerances(config, trajectory, rtol, atol)
-    step = make_ema(trajectory.init)
-    for want, params in zip(expected, trajectory.steps, strict=True):
-        got = _matched(trajectory.init, step(params, want.t), want.t)
-        for i, (g, w) in enumerate(zip(got, want.average, strict=True)):
-            _compare_leaf(g, w, tolerances[i], want, path_str("params", paths[i]), config)
-
-
-def _matched(init: Tree, returned: Tree, t: int) -> list[np.ndarray]:
-    """The returned average's leaves in the order of the trajectory's nests (matched by key)."""
-    try:
-        _, leaves, _, _ = flatten_pair(init, returned, "params", "the EMA's average")
-    except (TypeError, ValueError) as err:
-        raise AssertionError(f"step {t}: {err}") from None
-    return leaves64(leaves)
-
-
-def _tolerances(
-    config: Config, trajectory: Trajectory, rtol: float | None, atol: float | None
-) -> list[float]:
-    import array_api_compat as compat
-
-    leaves = flatten(trajectory.init)[0]
-    scale = max(
-        [1e-30]
-        + [
-            float(np.max(np.abs(a), initial=0.0))
-            for nest in (trajectory.init, *trajectory.steps)
-            for a in leaves64(nest)
-        ]
-    )
-    out = []
-    for leaf in leaves:
-        xp = compat.array_namespace(leaf)
-        name = shadow_dtype_name(config.dtype, dtype_name(xp, leaf.dtype))
-        out.append(atol if atol is not None else (rtol or RTOL.get(name, 0.0)) * scale)
-    return out
-
-
-def _compare_leaf(
-    got: np.ndarray, want: np.ndarray, tol: float, at: Expected, path: str, config: Config
-) -> None:
-    if got.shape != want.shape:
-        raise AssertionError(f"step {at.t}, {path}: shape {got.shape} != {want.shape}")
-    bad = (
-        np.flatnonzero(~(np.abs(got - want) <= tol))
-        if want.dtype.kind in "fc"
-        else np.flatnonzero(got != want)
-    )
-    if bad.size:
-        k = int(bad[0])
-        g, w = got.reshape(-1)[k].item(), want.reshape(-1)[k].item()
-        raise AssertionError(
-            f"the EMA differs from ema-core first at step t={at.t}, leaf {path}, element {k}: "
-            f"got {g!r}, ema-core has {w!r} (|diff| {abs(g - w):.3g}, "
-            f"tolerance {tol:.3g}); ema-core applies decay {at.decay!r} at this step under "
-            f"{config!r}; {bad.size} element(s) of this leaf differ"
+    function(make_ema, "make_ema", "make_ema(init) -> step(params, t)")
+    config = checked_config(config)
+    rtol, atol = tolerance(rtol, "rtol"), tolerance(atol, "atol")
+    checked = checked_trajectory(trajectory)
+    if not checked.steps or not checked.paths:
+        what = "no steps" if not checked.steps else "no array in trajectory.init"
+        raise ValueError(f"trajectory has {what}: assert_matches would check nothing")
+    expected = _expected(config, checked)
+    tols = tolerances(config, checked, rtol, atol)
+    step = make_ema(checked.init)
+    if not callable(step):
+        raise TypeError(
+            f"make_ema(trajectory.init) must return a callable step(params, t), got "
+            f"{type(step).__name__}"
         )
+    for want, params in zip(expected, checked.steps, strict=True):
+        got = returned(checked.init, step(params, want.t), want.t)
+        unchanged(checked, (0, want.t), want.t)
+        _compare(config, want, got, tols, checked)
+    unchanged(checked, range(len(checked.host)), len(checked.steps))
+
+
+def _compare(
+    config: Config, want: Expected, got: list[np.ndarray], tols: list[float], checked: Checked
+) -> None:
+    for i, (g, w) in enumerate(zip(got, want.average, strict=True)):
+        where = f"step t={want.t}, leaf {path_str('params', checked.paths[i])}"
+        try:
+            compare_leaf(g, w, tols[i], where)
+        except AssertionError as err:
+            raise AssertionError(
+                f"{err}; ema-core applies decay {want.decay!r} at this step under {config!r}"
+            ) from None
 
 
 __all__ = ["Expected", "Trajectory", "assert_matches", "reference"]

@@ -10,18 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ema_core._types import Array, Namespace
-from ema_core.testing._convert import to_numpy
+from ema_core.testing._args import NON_FLOAT, count, dtype, function, namespace
+from ema_core.testing._convert import EPS, as_array, host_values, to_numpy
 
 StepFn = Callable[[Array, Array, float], Array]
+_ULPS = 4  # rounding allowed per update in the interior checks (d * s + (1 - d) * p: 3 roundings)
 
 
-def _arrays(xp: Namespace, dtype: str) -> st.SearchStrategy[tuple[Any, Any, np.ndarray]]:
-    def make(args: tuple[tuple[int, ...], int]) -> tuple[Any, Any, np.ndarray]:
+def _arrays(xp: Namespace, dtype: str) -> st.SearchStrategy[tuple[Any, Any]]:
+    def make(args: tuple[tuple[int, ...], int]) -> tuple[Any, Any]:
         shape, seed = args
         rng = np.random.default_rng(seed)
-        host = (rng.standard_normal((2, *shape)) * 10).astype(np.float32)
-        a, b = (xp.astype(xp.asarray(h), getattr(xp, dtype)) for h in host)
-        return a, b, host
+        return as_array(xp, host_values(rng, shape, dtype), dtype), as_array(
+            xp, host_values(rng, shape, dtype), dtype
+        )
 
     shapes = st.lists(st.integers(1, 5), min_size=1, max_size=2).map(tuple)
     return st.tuples(shapes, st.integers(0, 2**20)).map(make)
@@ -33,59 +35,129 @@ def assert_ema_properties(
     """Check the invariants every EMA step must keep, on arrays of namespace ``xp``.
 
     ``step_fn(shadow, params, decay)`` applies one update with ``decay`` (the weight on the old
-    average) and returns the new shadow. Checked: decay 0 copies the params; decay 1 leaves an
-    averaged (floating) shadow unchanged, while an integer or bool leaf (``dtype="int32"``,
-    ``"bool"``, ...) takes the params at every decay, 1 included (all exactly); a constant is a
-    fixed point; and over a run the shadow stays within the running min/max of everything it
-    has seen.
+    average) and returns the new shadow (it may update ``shadow`` in place, never ``params``).
+    Checked: decay 0 copies the params; decay 1 leaves an averaged (floating) shadow unchanged,
+    while an integer or bool leaf (``dtype="int32"``, ``"bool"``, ...) takes the params at
+    every decay, 1 included (all exactly); a constant is a fixed point; and over a run the
+    shadow stays within the running min/max of everything it has seen (these two up to 4 units
+    of rounding of ``dtype`` per update, so that ``d * s + (1 - d) * p`` passes). ``xp`` may be
+    a framework module (``torch``, ``numpy``); ``dtype`` must be one it makes.
 
     Raises:
         AssertionError: with hypothesis' smallest falsifying example.
+        TypeError: ``step_fn`` returns something that is not an array (None: return the shadow
+            of an in-place update), or a bad argument, by name.
+        ValueError: a dtype ``xp`` cannot make, ``max_examples`` < 1.
 
     Example:
         >>> import numpy as np, ema_core as ema
         >>> from ema_core.testing import assert_ema_properties
         >>> assert_ema_properties(lambda s, p, d: ema.ema_update(s, p, 1, decay=d), np)
     """
+    function(step_fn, "step_fn", "step_fn(shadow, params, decay) -> shadow")
+    xp = namespace(xp, "xp")
+    dtype = _checked_dtype(dtype, xp)
+    check = settings(
+        max_examples=count(max_examples, "max_examples"),
+        deadline=None,
+        database=None,
+        report_multiple_bugs=False,
+    )
+    copied = dtype in NON_FLOAT  # not averaged: copied
+    run = _Runner(step_fn, EPS.get(dtype, 0.0) * _ULPS)
     cases = _arrays(xp, dtype)
-    check = settings(max_examples=max_examples, deadline=None, database=None)
-    copied = dtype == "bool" or dtype.startswith(("int", "uint"))  # not averaged: copied
 
     @check
     @given(case=cases, decay=st.sampled_from([0.0, 1.0]))
-    def ends_are_exact(case: tuple[Any, Any, np.ndarray], decay: float) -> None:
-        shadow, params, _ = case
-        keeps = decay == 1.0 and not copied
-        want = to_numpy(shadow if keeps else params)
-        got = to_numpy(step_fn(shadow, params, decay))
-        if not np.array_equal(got, want):
-            rule = "leave the shadow unchanged" if keeps else "copy the params"
-            why = f" ({dtype} leaves are copied at every decay)" if copied else ""
-            raise AssertionError(f"decay={decay} must {rule}{why}: got {got}, expected {want}")
+    def ends_are_exact(case: tuple[Any, Any], decay: float) -> None:
+        run.ends(*case, decay, keeps=decay == 1.0 and not copied, why=dtype if copied else "")
 
     @check
     @given(case=cases, decay=st.floats(0.0, 1.0))
-    def constant_is_fixed(case: tuple[Any, Any, np.ndarray], decay: float) -> None:
-        shadow, _, _ = case
-        const = xp.asarray(shadow, copy=True)
-        got = to_numpy(step_fn(shadow, const, decay))
-        if not np.array_equal(got, to_numpy(const)):
-            raise AssertionError(f"a constant input must be a fixed point at decay={decay}")
+    def constant_is_fixed(case: tuple[Any, Any], decay: float) -> None:
+        run.constant(xp, case[0], decay)
 
     @check
     @given(case=cases, decays=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6))
-    def bounded(case: tuple[Any, Any, np.ndarray], decays: list[float]) -> None:
-        shadow, params, _ = case
-        seen = np.stack([to_numpy(shadow), to_numpy(params)])
-        low, high = seen.min(axis=0), seen.max(axis=0)
-        for decay in decays:
-            shadow = step_fn(shadow, params, decay)
-            got = to_numpy(shadow)
-            if np.any(got < low) or np.any(got > high):
-                raise AssertionError(f"the shadow left the running [min, max] at decay={decay}")
+    def bounded(case: tuple[Any, Any], decays: list[float]) -> None:
+        run.bounded(*case, decays)
 
     for prop in (ends_are_exact, constant_is_fixed, bounded):
         prop()
+
+
+def _checked_dtype(name: Any, xp: Namespace) -> str:
+    return dtype(name, xp, "dtype")
+
+
+class _Runner:
+    """Calls ``step_fn`` and checks what it returns (and that it left the params alone)."""
+
+    def __init__(self, step_fn: StepFn, ulps: float) -> None:
+        self.step_fn, self.ulps = step_fn, ulps
+
+    def call(self, shadow: Any, params: Any, decay: float) -> tuple[Any, np.ndarray]:
+        """The returned shadow, and it on the host."""
+        before = to_numpy(params)
+        out = self.step_fn(shadow, params, decay)
+        if out is None or isinstance(out, (tuple, list, dict, str)):
+            raise TypeError(
+                f"step_fn(shadow, params, decay) must return the new shadow (an array), got "
+                f"{type(out).__name__}; an in-place update returns the shadow it updated"
+            )
+        got, after = to_numpy(out), to_numpy(params)
+        if not np.array_equal(before, after, equal_nan=True):
+            raise AssertionError(
+                f"step_fn wrote into params at decay={decay}: it held {before}, now {after}"
+            )
+        if got.shape != before.shape:
+            raise AssertionError(
+                f"step_fn returned shape {got.shape} for params of shape {before.shape}"
+            )
+        return out, got
+
+    def ends(self, shadow: Any, params: Any, decay: float, *, keeps: bool, why: str) -> None:
+        want = to_numpy(shadow if keeps else params)
+        got = self.call(shadow, params, decay)[1]
+        if not np.array_equal(got, want):
+            rule = "leave the shadow unchanged" if keeps else "copy the params"
+            note = f" ({why} leaves are copied at every decay)" if why else ""
+            raise AssertionError(
+                f"decay={decay} must {rule}{note}, exactly: got {got}, expected {want}"
+            )
+
+    def constant(self, xp: Namespace, shadow: Any, decay: float) -> None:
+        want = to_numpy(shadow)
+        got = self.call(shadow, xp.asarray(shadow, copy=True), decay)[1]
+        _within(
+            got,
+            want - self.ulps * np.abs(want),
+            want + self.ulps * np.abs(want),
+            f"a constant input must be a fixed point at decay={decay}",
+        )
+
+    def bounded(self, shadow: Any, params: Any, decays: list[float]) -> None:
+        seen = np.stack([to_numpy(shadow), to_numpy(params)])
+        low, high = seen.min(axis=0), seen.max(axis=0)
+        slack = self.ulps * len(decays) * np.maximum(np.abs(low), np.abs(high))
+        for decay in decays:
+            shadow, got = self.call(shadow, params, decay)
+            _within(
+                got,
+                low - slack,
+                high + slack,
+                f"the shadow must stay within the running [min, max], at decay={decay}",
+            )
+
+
+def _within(got: np.ndarray, low: np.ndarray, high: np.ndarray, rule: str) -> None:
+    """Every element of ``got`` in [low, high]; else name the first one outside."""
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~((got >= low) & (got <= high)))
+    if bad.size:
+        k = int(bad[0])
+        g, lo, hi = (float(a.reshape(-1)[k]) for a in (got, low, high))
+        raise AssertionError(f"{rule}: element {k} is {g!r}, allowed [{lo!r}, {hi!r}]")
 
 
 __all__ = ["assert_ema_properties"]

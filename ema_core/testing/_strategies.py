@@ -10,23 +10,23 @@ from hypothesis import strategies as st
 from ema_core import schedules as sched
 from ema_core._config import Config
 from ema_core._types import Namespace
-from ema_core.testing._oracle import Trajectory
+from ema_core.testing._args import count, dtype_names, namespace
+from ema_core.testing._convert import as_array, host_values
+from ema_core.testing._inputs import Trajectory
 
 _SHAPES = st.lists(st.integers(1, 4), min_size=0, max_size=2).map(tuple)
 
 
 def _leaf(xp: Namespace, dtype: str, shape: tuple[int, ...], seed: int) -> Any:
-    rng = np.random.default_rng(seed)
-    if dtype.startswith("int"):  # the namespace's default integer (int32 in JAX without x64)
-        return xp.asarray(rng.integers(0, 100, size=shape).tolist() if shape else 7)
-    values = xp.asarray(rng.standard_normal(shape).astype(np.float32))
-    return xp.astype(values, getattr(xp, dtype))
+    """A leaf of dtype name ``dtype`` (``"int"``: an int buffer of the default integer, int32
+    in JAX without x64)."""
+    return as_array(xp, host_values(np.random.default_rng(seed), shape, dtype), dtype)
 
 
 @st.composite
 def _skeleton(draw: st.DrawFn, dtypes: tuple[str, ...], int_buffers: bool, max_leaves: int) -> Any:
     """A nest of (dtype, shape) pairs: dict, list or tuple at the top, one level below."""
-    kinds = list(dtypes) + (["int64"] if int_buffers else [])
+    kinds = list(dtypes) + (["int"] if int_buffers else [])
     leaf = st.tuples(st.sampled_from(kinds), _SHAPES)
     group = st.one_of(leaf, st.lists(leaf, min_size=1, max_size=2))
     container = draw(st.sampled_from(["dict", "list", "tuple"]))
@@ -56,11 +56,23 @@ def nests(
     int_buffers: bool = False,
     max_leaves: int = 4,
 ) -> st.SearchStrategy[Any]:
-    """Dict, list and tuple nests of ``xp`` arrays with the given floating dtypes (and int64
-    buffers when ``int_buffers``)."""
-    return st.tuples(_skeleton(dtypes, int_buffers, max_leaves), st.integers(0, 2**20)).map(
-        lambda pair: _fill(xp, pair[0], pair[1])
-    )
+    """Dict, list and tuple nests of ``xp`` arrays with the given dtypes (and buffers of the
+    default integer when ``int_buffers``), 1 to ``max_leaves`` groups of leaves.
+
+    Raises:
+        TypeError, ValueError: ``xp`` is no namespace, a dtype it cannot make, ``max_leaves``
+            < 1, by name.
+    """
+    xp, dtypes = _checked(xp, dtypes, int_buffers)
+    skeleton = _skeleton(dtypes, int_buffers, count(max_leaves, "max_leaves"))
+    return st.tuples(skeleton, st.integers(0, 2**20)).map(lambda pair: _fill(xp, *pair))
+
+
+def _checked(xp: Any, dtypes: Any, int_buffers: Any) -> tuple[Namespace, tuple[str, ...]]:
+    xp = namespace(xp, "xp")
+    if not isinstance(int_buffers, bool):
+        raise TypeError(f"int_buffers must be a bool, got {type(int_buffers).__name__}")
+    return xp, dtype_names(dtypes, xp, "dtypes")
 
 
 def schedules() -> st.SearchStrategy[sched.Schedule]:
@@ -105,8 +117,10 @@ def trajectories(
     dtypes: tuple[str, ...] = ("float32",),
     int_buffers: bool = False,
 ) -> st.SearchStrategy[Trajectory]:
-    """Seeded sequences of 1..``length`` parameter nests of one structure."""
-    return _trajectory(xp, length, dtypes, int_buffers)
+    """Seeded sequences of 1..``length`` parameter nests of one structure (arguments checked
+    as ``nests``)."""
+    xp, dtypes = _checked(xp, dtypes, int_buffers)
+    return _trajectory(xp, count(length, "length"), dtypes, int_buffers)
 
 
 __all__ = ["configs", "nests", "schedules", "trajectories"]
