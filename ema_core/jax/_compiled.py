@@ -24,6 +24,7 @@ from ema_core.jax._call_checks import (
     host_scalars,
 )
 from ema_core.jax._devices import check_devices
+from ema_core.jax._sharding import check_shardings
 
 
 def make_update(
@@ -171,14 +172,19 @@ def dispatch(
     if len(params_arrays) <= _chunked.CHUNK:
         try:
             return jitted(arrays, params_arrays, state_split, params_split)
-        except ValueError:  # JAX's own refusal, renamed (checked only now: free when it runs)
+        except Exception:  # JAX's own refusal, renamed (checked only now: free when it runs)
             check_devices(arrays, params_arrays, state_split, params_split)
+            check_shardings(arrays, params_arrays, state_split, params_split)
             raise
     check_devices(arrays, params_arrays, state_split, params_split)  # before the head donates
     key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
     merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
-    kinds = chunked.kinds(key, merge, arrays, params_arrays)
-    return chunked.run(arrays, params_arrays, kinds)
+    try:
+        kinds = chunked.kinds(key, merge, arrays, params_arrays)
+        return chunked.run(arrays, params_arrays, kinds)
+    except Exception:  # JAX refused a chunk before donating it: name a sharding mismatch
+        check_shardings(arrays, params_arrays, state_split, params_split)
+        raise
 
 
 def _committed(arrays: list[Any]) -> list[Any]:

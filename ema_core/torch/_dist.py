@@ -7,10 +7,12 @@ shadows are built and updated without a collective is ``_dtensor``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
 
+from ema_core.torch import _names, _options
 from ema_core.torch._dtensor import is_dtensor
 from ema_core.torch._module import EMA
 
@@ -71,7 +73,8 @@ def ddp_ema(module: torch.nn.Module, /, *, keep_on: KeepOn = "all", **kwargs: An
 
     Raises:
         ValueError: ``keep_on`` is not ``"all"`` or ``"rank0"``; ``"rank0"`` without an
-            initialised process group.
+            initialised process group. TypeError / ValueError: what ``EMA`` raises for these
+            options and this module, on every rank (also those that keep none).
 
     Example:
         >>> import torch
@@ -83,7 +86,28 @@ def ddp_ema(module: torch.nn.Module, /, *, keep_on: KeepOn = "all", **kwargs: An
         >>> ema.step
         1
     """
-    return EMA(module, **kwargs) if _keeps(keep_on) else None
+    keeps = _keeps(keep_on)
+    if not keeps:
+        _check_options(module, kwargs)  # a refusal comes on every rank, not on rank 0 only
+    return EMA(module, **kwargs) if keeps else None
+
+
+def _check_options(module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
+    """Raise what ``EMA(module, **kwargs)`` would raise for its options and names, without
+    making a shadow (on the ranks that keep no EMA).
+
+    Raises:
+        TypeError / ValueError: as ``EMA``: an unknown option, a bad value, no tensor left.
+    """
+    arguments = inspect.signature(EMA).bind(module, **kwargs).arguments
+    get = arguments.get
+    config = _options.resolve_config(
+        get("decay"), get("schedule"), get("config"), get("dtype"), get("buffers")
+    )
+    if (device := get("device")) is not None:
+        torch.device(device)
+    for tracked in _names.collect(module, config.buffers, get("include"), get("exclude")):
+        _options.moves(config, tracked)
 
 
 def _keeps(keep_on: Any) -> bool:

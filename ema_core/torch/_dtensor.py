@@ -119,3 +119,73 @@ def copy_into(shadow: torch.Tensor, value: torch.Tensor) -> None:
             value.to(local(shadow).device), mesh, placements, src_data_rank=None
         )
     shadow.copy_(value)
+
+
+def layout(tensor: Any) -> tuple[Any, tuple[Any, ...]] | None:
+    """``(mesh, placements)`` of a DTensor; ``None`` for a plain tensor."""
+    if not (isinstance(tensor, torch.Tensor) and is_dtensor(tensor)):
+        return None
+    return tensor.device_mesh, tuple(tensor.placements)  # type: ignore[attr-defined]
+
+
+def describe(where: tuple[Any, tuple[Any, ...]] | None) -> str:
+    """A layout in words: ``"a plain tensor"`` or the DTensor's mesh and placements."""
+    if where is None:
+        return "a plain tensor"
+    mesh, placements = where
+    return f"a DTensor on mesh {mesh} with placements {placements}"
+
+
+def check_layout(where: str, tensor: torch.Tensor, ours: torch.Tensor, what: str, fix: str) -> None:
+    """Raise unless ``tensor`` and ``ours`` are both plain, or DTensors on one mesh with the
+    same placements (their local shards then pair up without a collective).
+
+    Raises:
+        ValueError: naming ``where`` (the tensor), both layouts, and ``fix``.
+    """
+    mine, theirs = layout(tensor), layout(ours)
+    if mine != theirs:
+        raise ValueError(f"{where} is {describe(mine)}, and {what} is {describe(theirs)}: {fix}")
+
+
+def refusal(
+    shadows: Sequence[torch.Tensor], live: Sequence[torch.Tensor], names: Sequence[str] | None
+) -> str | None:
+    """Why these pairs cannot be updated shard by shard, or ``None``: each live tensor must
+    have its shadow's layout (``check_layout``); a param sharded again, or sharded first, after
+    the EMA was built has not."""
+    for i, (shadow, tensor) in enumerate(zip(shadows, live, strict=True)):
+        name = f"#{i}" if names is None else names[i]
+        try:
+            check_layout(
+                f"the module's tensor {name}",
+                tensor,
+                shadow,
+                "its shadow",
+                "an EMA keeps the sharding it was built with; build a new EMA after "
+                "fully_shard or any resharding (load a full_state_dict() of the old one to keep "
+                "its averages); no shadow was changed",
+            )
+        except ValueError as error:
+            return str(error)
+    return None
+
+
+def finite_stand_ins(live: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """For ``guard_finite``: ``live`` with each floating DTensor replaced by a plain 0-d float32
+    tensor, NaN when a shard of it on any rank holds a NaN or an infinity, else 0.
+
+    ``bool(isfinite(d).all())`` of a DTensor ``d`` reads a partial result on this rank only:
+    one rank would refuse an update that the others apply. Here the count of non-finite
+    elements is summed over ``d``'s mesh (one small all-reduce per sharded tensor, on every
+    rank of its mesh, in the same order): every rank gets the same answer before any write.
+    """
+    return [_stand_in(t) if is_dtensor(t) else t for t in live]
+
+
+def _stand_in(tensor: torch.Tensor) -> torch.Tensor:
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return tensor  # copied, never checked
+    with torch.no_grad():
+        bad = torch.isfinite(tensor).logical_not().sum().full_tensor()  # type: ignore[attr-defined]
+    return torch.where(bad > 0, torch.tensor(float("nan")), torch.tensor(0.0))

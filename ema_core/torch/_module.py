@@ -129,7 +129,8 @@ class EMA:
         self._bound.refresh()
         if self.config.guard_finite:
             paths = [(("key", n),) for n in self.names]
-            check_finite(xp, self._bound.live, self._bound.kinds, paths)
+            live = _dtensor.finite_stand_ins(self._bound.live)  # one answer on every rank
+            check_finite(xp, live, self._bound.kinds, paths)
         with HeldInterrupts():
             if pending is not None:
                 self._apply(pending.step, pending.decay, pending.rate)

@@ -161,7 +161,15 @@ def _check_tensor(name: str, tensor: Any, ours: torch.Tensor) -> None:
             f"{where} is a DTensor (sharded) and this EMA's shadow a plain tensor: save it "
             "with full_state_dict() to load it here"
         )
-    if not _dtensor.is_dtensor(tensor) and (why := short_memory(tensor)) is not None:
+    if _dtensor.is_dtensor(tensor):
+        _dtensor.check_layout(
+            where,
+            tensor,
+            ours,
+            "this EMA's shadow",
+            "dcp.load into ema.state_dict() (any sharding), or load a full_state_dict()",
+        )
+    elif (why := short_memory(tensor)) is not None:
         raise ValueError(f"{where}: {why}")
     if tensor.shape != ours.shape or tensor.dtype != ours.dtype:
         raise ValueError(

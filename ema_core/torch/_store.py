@@ -186,6 +186,8 @@ class Sharded:
 
     The units over the local tensors are kept while the params' local tensors stay the same
     objects (one identity check per tensor and update) and rebuilt when FSDP2 replaced one.
+    A pair whose layouts differ (``refusal``) is refused by every update before any write:
+    the binding that holds this store stays consistent, and the refusal lasts.
     """
 
     def __init__(
@@ -195,6 +197,7 @@ class Sharded:
         kinds: list[LeafKind],
         names: list[str] | None = None,
     ) -> None:
+        self.refusal = _dtensor.refusal(shadows, live, names)  # every apply raises it first
         self.shadows = [_dtensor.local(s) for s in shadows]
         self.live, self.kinds, self.names = live, kinds, names
         self.parts: list[torch.Tensor] = []
@@ -204,6 +207,8 @@ class Sharded:
     def apply(self, xp: Namespace, decay: Value, rate: Value, *, kept: bool = False) -> None:
         """``kept`` is not used: the watch does not see local shards, so views are compared."""
         self.done = []
+        if self.refusal is not None:
+            raise ValueError(self.refusal)
         parts = [_dtensor.part(t) for t in self.live]
         if len(parts) != len(self.parts) or any(
             a is not b for a, b in zip(parts, self.parts, strict=True)
@@ -231,7 +236,7 @@ def store_for(
     """``Sharded`` when any tensor is a DTensor; ``Local`` when every shadow is on its live
     tensor's device; else ``Remote``. ``names`` name the tensors in errors."""
     args = (list(shadows), list(live), list(kinds), None if names is None else list(names))
-    if any(_dtensor.is_dtensor(t) for t in live):
+    if any(_dtensor.is_dtensor(t) for t in (*live, *shadows)):
         return Sharded(*args)
     same = all(s.device == t.device for s, t in zip(shadows, live, strict=True))
     return Local(*args) if same else Remote(*args)

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from ema_core.backends.torch._memory import short_memory
+from ema_core.torch import _dtensor
 
 try:  # the C module under ``signal``: its calls skip the enum conversions (10x faster)
     _SIGNALS: Any = importlib.import_module("_signal")
@@ -126,6 +127,15 @@ def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) 
     if target is None or target.shape != average.shape:
         got = "no tensor" if target is None else f"shape {tuple(target.shape)}"
         raise ValueError(f"{where} with shape {tuple(average.shape)} has {got} there")
+    if _dtensor.is_dtensor(average):  # a plain average fills a DTensor's shard (copy_into)
+        _dtensor.check_layout(
+            f"{where}: the target",
+            target,
+            average,
+            "the average",
+            "copy into a model sharded the same way, or gather average[name].full_tensor() "
+            "on every rank",
+        )
     floating = average.is_floating_point() or average.is_complex()
     exact = target.dtype == average.dtype or (
         floating

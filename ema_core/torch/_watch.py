@@ -32,8 +32,8 @@ class Watch:
     ``module.cuda()``); each module on the way must still be its parent's. Tensors without
     data pointers (empty, tensor subclasses) are compared by identity, dtype and device.
     ``same(objects=True)`` also compares every tensor's identity (a replacement sharing the old
-    storage), for the rarer calls. DTensors (FSDP2) are left to the store, which follows their
-    local shards itself. When ``same()`` is False, ``EMA``
+    storage), for the rarer calls. DTensors (FSDP2) are compared by identity only (``_kept``):
+    the store follows their local shards itself. When ``same()`` is False, ``EMA``
     looks the tensors up again by name (``lookup``) and rebinds.
 
     Given the shadows, the same pass also covers what the host engine's views of the CPU
@@ -53,6 +53,7 @@ class Watch:
         others: list[torch.Tensor | None] = [None] * len(tracked) if shadows is None else [*shadows]
         pairs = zip(tracked, others, strict=True)
         watched = [(t, s) for t, s in pairs if not _dtensor.is_dtensor(t.tensor)]
+        self.sharded = _Reads(root, [t for t in tracked if _dtensor.is_dtensor(t.tensor)])
         fast = [type(t.tensor) in _PLAIN and t.tensor.data_ptr() != 0 for t, _ in watched]
         on = [w for w, f in zip(watched, fast, strict=True) if f]
         self.fast = _Reads(root, [t for t, _ in on])
@@ -94,8 +95,17 @@ class Watch:
             all(map(operator.is_, slow, self.slow.held))
             and [(t.dtype, t.device) for t in slow] == self.forms
             and all(map(operator.is_, map(dict.get, self.parents, self.names), self.children))
+            and all(map(_kept, self.sharded.now(), self.sharded.held))
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
         )
+
+
+def _kept(now: Any, held: torch.Tensor) -> bool:
+    """Whether the module still holds the DTensor ``held``: itself, or a plain tensor in its
+    place, which is FSDP2's all-gathered copy (``reshard_after_forward=False``); the EMA keeps
+    reading the shard, which FSDP2 keeps. Another DTensor (a param replaced or sharded again)
+    or no tensor at all is a change."""
+    return now is held or (isinstance(now, torch.Tensor) and not _dtensor.is_dtensor(now))
 
 
 _SHAPE = operator.attrgetter("shape")

@@ -1,0 +1,55 @@
+"""Hostile inputs to the torch.distributed paths (FSDP2 on CPU, gloo, 2 ranks, one launch).
+
+Every case of ``tests/dist_hostile_worker.py`` runs on both ranks in one process group; each
+test reads one case's result on every rank. A refusal must come on every rank before anything
+is written, and a case that leaves a rank waiting in a collective ends in the launch's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.scaling_out import run_workers
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+if not (dist.is_available() and dist.is_gloo_available() and hasattr(fsdp, "fully_shard")):
+    pytest.skip(
+        "needs torch.distributed with gloo and FSDP2 (fully_shard)", allow_module_level=True
+    )
+
+from tests.dist_hostile_worker import CASES  # noqa: E402
+
+pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
+
+ROOT = Path(__file__).resolve().parent.parent
+WORLD = 2
+TIMEOUT = 90  # seconds for the whole launch; a hung collective ends here
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> list[dict[str, str]]:
+    folder = tmp_path_factory.mktemp("hostile")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    worker = [sys.executable, "-m", "tests.dist_hostile_worker"]
+    commands = [[*worker, str(rank), str(WORLD), str(folder)] for rank in range(WORLD)]
+    logs = run_workers(commands, env, TIMEOUT)
+    out = []
+    for rank in range(WORLD):
+        path = folder / f"hostile.{rank}.json"
+        found = json.loads(path.read_text()) if path.exists() else {}
+        out.append({**found, "_log": logs[rank][-3000:]})
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_case_on_every_rank(results, case):
+    for rank, found in enumerate(results):
+        detail = found.get(case, "not reached; the rank's output:\n" + found["_log"])
+        assert detail == "ok", f"rank {rank}, case {case}:\n{detail}"
