@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -179,7 +181,9 @@ def test_bad_arguments_register_nothing() -> None:
 
 
 WORKER = """
-import sys, torch
+import os, sys
+os.environ["RANK"] = os.environ["LOCAL_RANK"] = sys.argv[2]  # what torchrun sets per rank
+import torch
 from accelerate import Accelerator
 from ema_core.integrations.accelerate import register
 from ema_core.torch import EMA
@@ -205,18 +209,39 @@ accelerator.end_training()
 """
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.mark.slow
 def test_two_processes_save_once_and_both_load(tmp_path: Path) -> None:
     """A real gloo process group: the save gathers on every rank (a collective) and rank 0
-    writes; both ranks load the file back bit for bit."""
+    writes; both ranks load the file back bit for bit. The two ranks are started directly with
+    torchrun's environment (a launcher process would import torch once more for nothing)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", str(script), str(tmp_path / "ckpt")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[:3000]
-    assert "rank 0: step 3, restored True" in done.stdout
-    assert "rank 1: step 3, restored True" in done.stdout
+    env = {
+        **os.environ,
+        **{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"},
+        **{"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"},
+    }
+    command = [sys.executable, str(script), str(tmp_path / "ckpt")]
+    ranks = [
+        subprocess.Popen([*command, str(rank)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]  # fmt: skip
+    try:
+        logs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()  # a hung rank (after the other one's timeout); a no-op once exited
+            rank.communicate()
+    for rank, log in enumerate(logs):
+        assert ranks[rank].returncode == 0, log[-3000:]
+        assert f"rank {rank}: step 3, restored True" in log, log[-3000:]
     assert ema_path(tmp_path / "ckpt").is_file()
 
 

@@ -308,6 +308,9 @@ def keras_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     found = [b for b in ("jax", "torch") if importlib.util.find_spec(b) is not None]
     workers = {backend: KerasWorker(backend, tmp) for backend in found}
     yield workers
+    for worker in workers.values():  # end of input: the processes exit together (seconds each)
+        assert worker.proc.stdin is not None
+        worker.proc.stdin.close()
     for worker in workers.values():
         worker.close()
 

@@ -117,7 +117,10 @@ def test_a_ddp_wrapped_module_tracks_the_plain_names():
         pytest.skip("torch.distributed is not available in this build")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        wrapped = torch.nn.parallel.DistributedDataParallel(_net())
+        # init_sync=False: with one rank the broadcast of its own weights is a no-op, and its
+        # finished gloo work, freed on gloo's thread, could deadlock the group's teardown on
+        # the GIL (pytorch/pytorch#56297; 150 set-ups in a row here hung)
+        wrapped = torch.nn.parallel.DistributedDataParallel(_net(), init_sync=False)
         assert EMA(wrapped).names == EMA(_net()).names
         assert all(n.startswith("module.") for n, _ in wrapped.named_parameters())
     finally:
