@@ -5,7 +5,9 @@
 Each revision is checked out into a temporary git worktree and timed in its own process, the
 revisions taking turns for ``--rounds`` rounds, so that the machine's drift hits them alike.
 Timed: the torch ``EMA`` class and numpy's ``ema_update`` on ResNet-50 and on 20k tiny tensors,
-each with the ceiling measured beside it in the same process (``x ceiling``). This is how a
+each with the ceiling measured beside it in the same process (``x ceiling``); with ``--jax``,
+JAX's ``make_update`` on the same workloads in fp32 instead (ceiling: one flat donated jit of the
+same bytes). This is how a
 change is checked for regressions: the committed results of an earlier day ran on a machine
 whose bandwidth has since moved by tens of percent.
 """
@@ -56,6 +58,42 @@ for name in ("resnet50", "many_small_20k"):
     print(f"numpy ema_update {name:<15}{'float32':<9}{ms:8.1f}{ceiling / ms:8.2f}")
 """
 
+#: ``--jax``: ``make_update`` (state donated) against one flat donated jit of the same bytes.
+PROBE_JAX = r"""
+import statistics, time
+import numpy as np, jax, jax.numpy as jnp, ema_core
+from ema_core.jax import make_update
+from benchmarks.workloads import load
+
+def median_ms(step, n=15):
+    jax.block_until_ready(step(1)); jax.block_until_ready(step(2)); times = []
+    for i in range(n):
+        tic = time.perf_counter(); jax.block_until_ready(step(i + 3))
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times) * 1e3
+
+for name in ("resnet50", "many_small_20k"):
+    shapes = load(name).shapes
+    params = [jnp.asarray(np.random.rand(*s).astype(np.float32)) for s in shapes]
+    config = ema_core.Config(schedule=0.999)
+    update = make_update(config)
+    n = sum(p.size for p in params)
+    flat = jax.jit(lambda a, b: a + 0.001 * (b - a), donate_argnums=0)
+    box = {"state": ema_core.init(params, config), "a": jnp.ones(n)}
+    b = jnp.ones(n)
+
+    def ceiling(t):
+        box["a"] = flat(box["a"], b)
+        return box["a"]
+
+    def step(t):
+        box["state"] = update(box["state"], params)
+        return box["state"]
+
+    c, ms = median_ms(ceiling), median_ms(step)
+    print(f"jax make_update  {name:<15}{'float32':<9}{ms:8.1f}{c / ms:8.2f}")
+"""
+
 
 def _worktree(rev: str, where: Path) -> Path:
     if rev == ".":
@@ -70,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
     ap.add_argument("revs", nargs="+")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--jax", action="store_true", help="time JAX make_update instead")
     args = ap.parse_args(argv)
+    probe = PROBE_JAX if args.jax else PROBE
     with tempfile.TemporaryDirectory() as tmp:
         trees = {rev: _worktree(rev, Path(tmp)) for rev in args.revs}
         try:
@@ -79,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"== round {r + 1}, {rev}  (case, workload, dtype, ms, x ceiling)",
                           flush=True)  # fmt: skip
                     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}"}
-                    out = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=tree,
+                    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tree,
                                          capture_output=True, text=True, check=True)  # fmt: skip
                     print(out.stdout, end="", flush=True)
         finally:

@@ -6,7 +6,11 @@ compile time on the CPU grows to minutes); ``handoff``: the cheapest jitted ``(s
 kept as inputs, in the chunks ``make_update`` uses. It is what JAX charges to hand these arrays to
 a compiled function and back, so ``ceiling / handoff`` bounds the ratio any per-leaf
 ``make_update`` can reach. ``handoff_params``: the same with one flat shadow per chunk (a packed
-state) instead of one per leaf: the bound for any update that takes the params leaf by leaf."""
+state) instead of one per leaf: the bound for any update that takes the params leaf by leaf.
+``addresses``: no compiled call at all, only each param's and shadow's buffer address read from
+Python (``unsafe_buffer_pointer``): the floor of a route that would blend the buffers outside
+XLA, as the torch host engine does with tensors (JAX arrays are immutable, so such a route would
+also write memory that other computations may still read)."""
 
 from __future__ import annotations
 
@@ -86,7 +90,11 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         ]
         return box["packed"]
 
+    def addresses(t: int) -> Any:
+        return [x.unsafe_buffer_pointer() for x in (*box["h"], *params)]
+
     found = {
+        "addresses": addresses,
         "ceiling": ceiling,
         "ema_core": ema_step,
         "handoff": handoff,
