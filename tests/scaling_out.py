@@ -1,12 +1,16 @@
-"""Shared by the multi-process tests (tests/test_dist_torch.py, tests/test_dist_jax.py): the
-README's "Scaling out" examples (```py blocks, not ```python, which test_readme runs in-process)
-and starting worker processes and collecting their output."""
+"""Shared by the multi-process tests (tests/test_dist_torch.py, tests/test_dist_jax.py, ...): the
+README's "Scaling out" examples (```py blocks, not ```python, which test_readme runs in-process),
+the skip of a module that needs FSDP2 on gloo, and starting worker processes and collecting
+their output."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -17,6 +21,19 @@ def blocks(containing: str, readme: Path = README) -> list[str]:
     found = re.search(r"^## Scaling out.*?(?=^## |\Z)", readme.read_text(), flags=re.S | re.M)
     code = re.findall(r"```py\n(.*?)```", found.group(0), flags=re.S) if found else []
     return [b for b in code if containing in b]
+
+
+def require_fsdp2() -> tuple[Any, Any, Any]:
+    """``torch``, ``torch.distributed`` and ``torch.distributed.fsdp``; the calling test module
+    is skipped unless torch.distributed has gloo and FSDP2 (``fully_shard``)."""
+    torch = pytest.importorskip("torch")
+    dist = pytest.importorskip("torch.distributed")
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not (dist.is_available() and dist.is_gloo_available() and hasattr(fsdp, "fully_shard")):
+        pytest.skip(
+            "needs torch.distributed with gloo and FSDP2 (fully_shard)", allow_module_level=True
+        )
+    return torch, dist, fsdp
 
 
 def run_workers(commands: list[list[str]], env: dict[str, str], timeout: float) -> list[str]:

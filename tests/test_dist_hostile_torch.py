@@ -14,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.scaling_out import run_workers
+from tests.scaling_out import require_fsdp2, run_workers
 
-torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
-fsdp = pytest.importorskip("torch.distributed.fsdp")
-if not (dist.is_available() and dist.is_gloo_available() and hasattr(fsdp, "fully_shard")):
-    pytest.skip(
-        "needs torch.distributed with gloo and FSDP2 (fully_shard)", allow_module_level=True
-    )
+torch, dist, fsdp = require_fsdp2()
 
 from tests.dist_hostile_worker import CASES  # noqa: E402
 

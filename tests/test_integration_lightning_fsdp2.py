@@ -19,16 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.scaling_out import run_workers
+from tests.scaling_out import require_fsdp2, run_workers
 
-torch = pytest.importorskip("torch")
 pytest.importorskip("lightning.pytorch")
-dist = pytest.importorskip("torch.distributed")
-fsdp = pytest.importorskip("torch.distributed.fsdp")
-if not (dist.is_available() and dist.is_gloo_available() and hasattr(fsdp, "fully_shard")):
-    pytest.skip(
-        "needs torch.distributed with gloo and FSDP2 (fully_shard)", allow_module_level=True
-    )
+torch, dist, fsdp = require_fsdp2()
 
 pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
 

@@ -6,7 +6,6 @@ None and integer buffers on every backend, half shadows over long runs, and the 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,19 +15,7 @@ from hypothesis import HealthCheck, given, settings
 import ema_core as ema
 from ema_core import schedules, testing
 from tests.conftest import Backend
-
-
-def functional(config: ema.Config) -> Callable[[Any], Callable[[Any, int], Any]]:
-    def make(init: Any) -> Callable[[Any, int], Any]:
-        box = {"state": ema.init(init, config)}
-
-        def step(params: Any, t: int) -> Any:
-            box["state"] = ema.update(box["state"], params, config)
-            return ema.average(box["state"], config)
-
-        return step
-
-    return make
+from tests.test_testing_kit import functional
 
 
 def _walk(steps: int, width: int, seed: int = 0) -> np.ndarray:

@@ -13,19 +13,13 @@ import pytest
 
 import ema_core as ema
 from ema_core import testing
+from tests.test_testing_kit import functional
 
 CFG = ema.Config(schedule=0.9)
 TRAJ = testing.Trajectory({"w": np.zeros(2)}, [{"w": np.ones(2)}, {"w": np.full(2, 2.0)}])
 
 
-def ok(init: Any) -> Callable[[Any, int], Any]:
-    box = {"s": ema.init(init, CFG)}
-
-    def step(params: Any, t: int) -> Any:
-        box["s"] = ema.update(box["s"], params, CFG)
-        return ema.average(box["s"], CFG)
-
-    return step
+ok = functional(CFG)  # ema-core itself: a correct EMA
 
 
 def _steps(*nests: Any) -> testing.Trajectory:
