@@ -5,6 +5,7 @@ their output."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -55,3 +56,20 @@ def run_workers(commands: list[list[str]], env: dict[str, str], timeout: float) 
                 other.kill()
             logs.append(f"timed out after {timeout} s\n" + proc.communicate()[0])
     return logs
+
+
+def rank_results(paths: list[Path], logs: list[str]) -> list[dict[str, str]]:
+    """Per rank, what its worker wrote to ``paths[rank]`` (check -> "ok" or a traceback; empty
+    when it wrote nothing) and ``_log``: the end of its output."""
+    results = []
+    for path, log in zip(paths, logs, strict=True):
+        found = json.loads(path.read_text()) if path.exists() else {}
+        results.append({**found, "_log": log[-3000:]})
+    return results
+
+
+def assert_every_rank(results: list[dict[str, str]], check: str) -> None:
+    """``check`` passed on every rank; else the rank's traceback, or its output if never run."""
+    for rank, found in enumerate(results):
+        detail = found.get(check, "not reached; the rank's output:\n" + found["_log"])
+        assert detail == "ok", f"rank {rank}, check {check}:\n{detail}"

@@ -7,14 +7,13 @@ is written, and a case that leaves a rank waiting in a collective ends in the la
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.scaling_out import require_fsdp2, run_workers
+from tests.scaling_out import assert_every_rank, rank_results, require_fsdp2, run_workers
 
 torch, dist, fsdp = require_fsdp2()
 
@@ -34,16 +33,9 @@ def results(tmp_path_factory) -> list[dict[str, str]]:
     worker = [sys.executable, "-m", "tests.dist_hostile_worker"]
     commands = [[*worker, str(rank), str(WORLD), str(folder)] for rank in range(WORLD)]
     logs = run_workers(commands, env, TIMEOUT)
-    out = []
-    for rank in range(WORLD):
-        path = folder / f"hostile.{rank}.json"
-        found = json.loads(path.read_text()) if path.exists() else {}
-        out.append({**found, "_log": logs[rank][-3000:]})
-    return out
+    return rank_results([folder / f"hostile.{rank}.json" for rank in range(WORLD)], logs)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_case_on_every_rank(results, case):
-    for rank, found in enumerate(results):
-        detail = found.get(case, "not reached; the rank's output:\n" + found["_log"])
-        assert detail == "ok", f"rank {rank}, case {case}:\n{detail}"
+    assert_every_rank(results, case)

@@ -7,7 +7,6 @@ loads the checkpoint the 2-rank one saved.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scaling_out import require_fsdp2, run_workers
+from tests.scaling_out import assert_every_rank, rank_results, require_fsdp2, run_workers
 
 torch, dist, fsdp = require_fsdp2()
 
@@ -33,12 +32,7 @@ def _launch(scenario: str, world: int, folder: Path) -> list[dict[str, str]]:
     worker = [sys.executable, "-m", "tests.dist_workers", scenario]
     logs = run_workers([[*worker, str(r), str(world), str(folder)] for r in range(world)], env,
                        TIMEOUT)  # fmt: skip
-    results = []
-    for rank in range(world):
-        path = folder / f"{scenario}.{rank}.json"
-        found = json.loads(path.read_text()) if path.exists() else {}
-        results.append({**found, "_log": logs[rank][-3000:]})
-    return results
+    return rank_results([folder / f"{scenario}.{rank}.json" for rank in range(world)], logs)
 
 
 @pytest.fixture(scope="module")
@@ -61,51 +55,45 @@ def four(folder):
     return _launch("four", 4, folder)
 
 
-def _passed(results, check):
-    for rank, found in enumerate(results):
-        detail = found.get(check, "not reached; the rank's output:\n" + found["_log"])
-        assert detail == "ok", f"rank {rank}, check {check}:\n{detail}"
-
-
 def test_fsdp2_uneven_shards_equal_an_unsharded_replica(two):
     """Linear(5, 3) and Linear(3, 1) on 2 ranks (rows 2/1 and 1/0): every shadow is a DTensor
     with its param's placements and local shape, within 1e-6 of the replica's EMA."""
-    _passed(two, "fsdp_train")
+    assert_every_rank(two, "fsdp_train")
 
 
 def test_fsdp2_update_issues_no_collective(two):
     """CommDebugMode counts 0 collectives in every update, and > 0 for one full_tensor()."""
-    _passed(two, "no_collectives")
+    assert_every_rank(two, "no_collectives")
 
 
 def test_fsdp2_unsharded_params_are_resharded_before_swap_and_construction(two):
     """After an eval forward with reshard_after_forward=False, the forward inside swap() uses
     the averages and the one after it the live weights; an EMA built then tracks shards."""
-    _passed(two, "unsharded_eval_then_swap")
+    assert_every_rank(two, "unsharded_eval_then_swap")
 
 
 def test_fsdp2_swap_restores_the_shards_after_an_exception(two):
-    _passed(two, "swap_restores_on_error")
+    assert_every_rank(two, "swap_restores_on_error")
 
 
 def test_full_state_dict_on_rank0_loads_unsharded_and_resharded(two):
     """The rank-0 export loads into an unsharded EMA, and a full dict on every rank into a
     sharded one, bit for bit; the other rank gets {}."""
-    _passed(two, "checkpoints")
+    assert_every_rank(two, "checkpoints")
 
 
 def test_dcp_checkpoint_of_two_ranks_loads_on_three_bit_exactly(three):
-    _passed(three, "dcp_load")
+    assert_every_rank(three, "dcp_load")
 
 
 def test_ddp_replicas_stay_bit_identical_and_rank0_only_keeps_none_elsewhere(two):
-    _passed(two, "ddp")
+    assert_every_rank(two, "ddp")
 
 
 def test_hsdp_2x2_with_bf16_mixed_precision(four):
     """fp32 shadows placed (Replicate, Shard(0)), no collective per update, within 1e-6 of an
     EMA of the gathered full params."""
-    _passed(four, "hsdp")
+    assert_every_rank(four, "hsdp")
 
 
 def test_keep_on_is_validated_before_anything_is_built():

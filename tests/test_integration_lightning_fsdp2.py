@@ -10,7 +10,6 @@ float64 oracle).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.scaling_out import require_fsdp2, run_workers
+from tests.scaling_out import assert_every_rank, rank_results, require_fsdp2, run_workers
 
 pytest.importorskip("lightning.pytorch")
 torch, dist, fsdp = require_fsdp2()
@@ -53,24 +52,13 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     worker = [sys.executable, "-m", "tests.lightning_fsdp2_worker"]
     logs = run_workers([[*worker, str(r), str(WORLD), str(folder)] for r in range(WORLD)], env,
                        TIMEOUT)  # fmt: skip
-    results = []
-    for rank in range(WORLD):
-        path = folder / f"{rank}.json"
-        found = json.loads(path.read_text()) if path.exists() else {}
-        results.append({**found, "_log": logs[rank][-3000:]})
-    return results
-
-
-def _passed(results: list[dict[str, Any]], check: str) -> None:
-    for rank, found in enumerate(results):
-        detail = found.get(check, "not reached; the rank's output:\n" + found["_log"])
-        assert detail == "ok", f"rank {rank}, check {check}:\n{detail}"
+    return rank_results([folder / f"{rank}.json" for rank in range(WORLD)], logs)
 
 
 def test_the_ema_is_the_average_of_each_ranks_shards(ranks: list[dict[str, Any]]) -> None:
     """8 optimizer steps; the layers split 2/1 and 1/0 rows (an empty shard on rank 1)."""
-    _passed(ranks, "whole")
-    _passed(ranks, "ema_is_the_average_of_local_shards")
+    assert_every_rank(ranks, "whole")
+    assert_every_rank(ranks, "ema_is_the_average_of_local_shards")
 
 
 def test_validation_sees_the_averages_and_training_gets_its_weights_back(
@@ -79,7 +67,7 @@ def test_validation_sees_the_averages_and_training_gets_its_weights_back(
     """Inside validation each shard is its average and the forward (FSDP's all-gather) runs
     on them; after it the live shards are back bit for bit; the sanity check (no update yet)
     runs on the live weights."""
-    _passed(ranks, "validation_runs_on_the_averages")
+    assert_every_rank(ranks, "validation_runs_on_the_averages")
 
 
 @pytest.mark.parametrize("kind", ["sharded", "full"])
@@ -89,7 +77,7 @@ def test_last_ckpt_resumes_each_ranks_ema_bit_for_bit(
     """``ModelCheckpoint(save_last=True)`` after one epoch, then ``fit(ckpt_path=last.ckpt)``
     to two: each rank's EMA shards, step and live shards equal the run that never stopped.
     ``sharded``: ``save_distributed_checkpoint=True`` (a DCP folder); ``full``: one file."""
-    _passed(ranks, f"resume_{kind}")
+    assert_every_rank(ranks, f"resume_{kind}")
 
 
 def test_a_checkpoint_written_during_validation_holds_the_live_shards(
@@ -98,4 +86,4 @@ def test_a_checkpoint_written_during_validation_holds_the_live_shards(
     """``trainer.save_checkpoint`` inside validation (averages swapped in) writes the live
     shards as the model's state (read back with ``torch.distributed.checkpoint``) and the EMA
     gathered into full tensors in ``meta.pt``; validation goes on with the averages."""
-    _passed(ranks, "checkpoint_in_validation")
+    assert_every_rank(ranks, "checkpoint_in_validation")
