@@ -6,11 +6,14 @@ module imports JAX inside its functions, so importing it (and ``ema_core``) impo
 flax nnx ``State`` is a Mapping and its ``Variable`` leaves are pytree nodes; equinox modules are
 pytree nodes whose static fields live in the tree definition. ``children`` opens such a node one
 level: arrays and containers become children that the walk visits (and the update replaces);
-every other leaf (an activation function, a Python number) is static: kept as it is, in place.
+every other leaf (an activation function, a Python number) is static: kept as it is, in place,
+except the value of an nnx ``Variable``, which is always visited (a Python number there is a
+leaf, refused as any non-array leaf is).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,11 +64,21 @@ def children(node: Any) -> Found | None:
     pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
     if jax.tree_util.treedef_is_leaf(treedef):
         return None
-    slots = tuple(_visited(value) for _, value in pairs)
+    data = _is_nnx_variable(node)  # a Variable's value is data, whatever it holds
+    slots = tuple(data or _visited(value) for _, value in pairs)
     keys = tuple(_entry(path[0]) for (path, _), s in zip(pairs, slots, strict=True) if s)
     kids = [value for (_, value), s in zip(pairs, slots, strict=True) if s]
     statics = tuple(value for (_, value), s in zip(pairs, slots, strict=True) if not s)
     return "pytree", keys, kids, PytreeSpec(treedef, slots, statics)
+
+
+def _is_nnx_variable(node: Any) -> bool:
+    """A flax nnx ``Variable`` (flax is looked up, never imported): its value is visited even
+    when it is not an array, so a ``Param`` holding a Python number is refused by its path
+    instead of being kept, unchanged, as a static part of the structure."""
+    nnx = sys.modules.get("flax.nnx")
+    variable = getattr(nnx, "Variable", None)
+    return isinstance(variable, type) and isinstance(node, variable)
 
 
 def _visited(value: Any) -> bool:

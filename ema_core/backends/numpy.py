@@ -15,10 +15,12 @@ anything else (subclasses, a real shadow over    ``"generic"``: ``ema_core._core
 complex params, a read-only shadow to write)
 ================================================ ==================================================
 
-Every route gives the generic backend's bits. ``EMA_CORE_NUMPY_THREADS`` (default: the usable
-CPUs, at most 4) sets the engine's threads; like ``EMA_CORE_NUMBA`` it is read once
-(``ema_core._settings``). ``leaf_signature`` says what could invalidate a plan made for the
-same arrays (for a plan cache).
+Every route gives the generic backend's bits, under ``np.errstate(all="ignore")``: NaN and
+infinities give IEEE's values and never a ``FloatingPointError`` (or a warning made an error)
+half way through an update (``Config(guard_finite=True)`` refuses them before any write).
+``EMA_CORE_NUMPY_THREADS`` (default: the usable CPUs, at most 4) sets the engine's threads;
+like ``EMA_CORE_NUMBA`` it is read once (``ema_core._settings``). ``leaf_signature`` says
+what could invalidate a plan made for the same arrays (for a plan cache).
 """
 
 from __future__ import annotations
@@ -102,6 +104,22 @@ def update_leaves(
     """
     d, r = float(decay), float(rate)
     threads = workers()
+    with np.errstate(all="ignore"):  # IEEE results, never a stop half way (module docstring)
+        return _update(xp, shadows, params, kinds, d, r, non_float, writes, memo, threads)
+
+
+def _update(
+    xp: Namespace,
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    kinds: Sequence[LeafKind],
+    d: float,
+    r: float,
+    non_float: NonFloatPolicy,
+    writes: Sequence[bool],
+    memo: dict[Any, Any] | None,
+    threads: int,
+) -> list[Array]:
     if memo is not None and all(writes):
         kept = memo.get("kept")
         if kept is None or kept.threads != threads:

@@ -30,9 +30,10 @@ __all__ = ["Hooks", "ema_path", "register"]
 
 SUFFIX = ".safetensors"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_TAKEN = re.compile(r"model(_\d+)?")  # accelerate's own model.safetensors, model_1.safetensors
-#: The names registered on each accelerator, with their EMA: two EMAs under one name would
-#: write one file (the last save wins) and both load it.
+#: accelerate's own model.safetensors, model_1.safetensors (one file in any case on macOS)
+_TAKEN = re.compile(r"model(_\d+)?", re.IGNORECASE)
+#: The names registered on each accelerator (casefolded -> the name, a ref to its EMA): two
+#: registrations under one name would write one file (the last save wins) and both load it.
 _NAMES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
@@ -66,7 +67,8 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
         accelerator: an ``accelerate.Accelerator``.
         ema: the ``ema_core.torch.EMA`` of the prepared model.
         name: the file's stem (letters, digits, ``_``, ``.``, ``-``); one per EMA when there
-            are several. ``"model"`` and ``"model_<i>"`` are accelerate's own.
+            are several, distinct in any letter case. ``"model"`` and ``"model_<i>"`` (in any
+            case) are accelerate's own.
 
     Returns:
         ``Hooks(save, load)``, whose ``remove()`` uninstalls both.
@@ -74,8 +76,10 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
     Raises:
         TypeError: ``accelerator`` lacks the pre-hook methods, ``ema`` is not an ``EMA`` or
             ``name`` is not a str. ValueError: a ``name`` that is not a plain file stem, that
-            accelerate uses, or that another EMA holds on this accelerator. (When loading)
-            FileNotFoundError: the folder has no such file.
+            accelerate uses, or that is registered on this accelerator already (for this EMA
+            or another, in any letter case). (When loading) FileNotFoundError: the folder
+            lacks the file of an EMA registered on this accelerator (checked for all of them
+            before any loads).
 
     Example:
         >>> import tempfile, torch
@@ -98,13 +102,7 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
     """
     _check(accelerator, ema, name)
     names = _names_of(accelerator)
-    holder = names.get(name)
-    if holder is not None and holder() is not None and holder() is not ema:
-        raise ValueError(
-            f"name {name!r} is already registered on this accelerator for another EMA (both "
-            "would write and read one file): pass another name=, such as name='ema_2', or "
-            "remove() the first one's hooks"
-        )
+    _check_free(names, name, ema)
 
     def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
         del models, weights  # accelerate saves the model itself
@@ -112,20 +110,44 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
 
     def load_hook(models: list[Any], input_dir: str) -> None:
         del models
-        path = ema_path(input_dir, name=name)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} does not exist: load_state({str(input_dir)!r}) expects the EMA that "
-                f"register(..., name={name!r}) saves; was this folder saved without it?"
-            )
-        _checkpoint.load(path, ema)
+        others = [held for held, ref in list(names.values()) if held != name and ref()]
+        for other in [name, *others]:
+            _require(input_dir, other)  # every EMA's file, before this one loads
+        _checkpoint.load(ema_path(input_dir, name=name), ema)
 
-    entry = names[name] = weakref.ref(ema)  # a new ref: only its own remove() frees the name
+    key = name.casefold()
+    entry = names[key] = (name, weakref.ref(ema))  # only its own remove() frees the name
     return Hooks(
         accelerator.register_save_state_pre_hook(save_hook),
         accelerator.register_load_state_pre_hook(load_hook),
-        lambda: names.pop(name) if names.get(name) is entry else None,
+        lambda: names.pop(key) if names.get(key) is entry else None,
     )
+
+
+def _check_free(names: dict[str, Any], name: str, ema: EMA) -> None:
+    """Refuse a name (in any letter case: one file on macOS and Windows) held on this
+    accelerator, by another EMA or by this one already (its first hooks would stay installed
+    once the second ones are removed, and the name free for another EMA's file)."""
+    held = names.get(name.casefold())
+    if held is None or held[1]() is None:
+        return
+    whose = "this EMA" if held[1]() is ema else "another EMA"
+    raise ValueError(
+        f"name {name!r} is already registered on this accelerator for {whose} as {held[0]!r} "
+        "(names differing only in letter case name one file on macOS and Windows; two "
+        "registrations would write and read one file): pass another name=, such as "
+        "name='ema_2', or remove() the first registration's hooks"
+    )
+
+
+def _require(input_dir: str, name: str) -> None:
+    path = ema_path(input_dir, name=name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: load_state({str(input_dir)!r}) expects the EMA that "
+            f"register(..., name={name!r}) saves; was this folder saved without it? (no "
+            "EMA was loaded)"
+        )
 
 
 def _names_of(accelerator: Any) -> dict[str, Any]:
@@ -138,6 +160,8 @@ def _names_of(accelerator: Any) -> dict[str, Any]:
 def ema_path(directory: str | os.PathLike[str], /, *, name: str = "ema") -> Path:
     """The file ``register`` writes in a ``save_state`` folder, to read it elsewhere
     (``ema_core.checkpoint.load(ema_path(folder), EMA(model))``)."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a str or os.PathLike, got {type(directory).__name__}")
     _check_name(name)
     return Path(directory) / f"{name}{SUFFIX}"
 

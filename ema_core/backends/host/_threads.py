@@ -84,8 +84,12 @@ def usable_cpus(most: int) -> int:
 
 
 def _do_all(do: Callable[[Item], None], items: list[Item]) -> None:
-    for item in items:
-        do(item)
+    """``do`` each item under IEEE settings: numpy's error state is per thread (pool threads do
+    not inherit the caller's), and a warning or ``FloatingPointError`` raised part-way would
+    leave an update half written."""
+    with np.errstate(all="ignore"):
+        for item in items:
+            do(item)
 
 
 def _split(item: Item, most: int, grain: int) -> Iterator[Item]:
