@@ -153,22 +153,28 @@ def refusal(
 ) -> str | None:
     """Why these pairs cannot be updated shard by shard, or ``None``: each live tensor must
     have its shadow's layout (``check_layout``); a param sharded again, or sharded first, after
-    the EMA was built has not."""
+    the EMA was built has not, nor a plain tensor put in a sharded param's place."""
     for i, (shadow, tensor) in enumerate(zip(shadows, live, strict=True)):
         name = f"#{i}" if names is None else names[i]
+        fix = _PLAIN_FIX if is_dtensor(shadow) and not is_dtensor(tensor) else _RESHARD_FIX
         try:
-            check_layout(
-                f"the module's tensor {name}",
-                tensor,
-                shadow,
-                "its shadow",
-                "an EMA keeps the sharding it was built with; build a new EMA after "
-                "fully_shard or any resharding (load a full_state_dict() of the old one to keep "
-                "its averages); no shadow was changed",
-            )
+            check_layout(f"the module's tensor {name}", tensor, shadow, "its shadow", fix)
         except ValueError as error:
             return str(error)
     return None
+
+
+_RESHARD_FIX = (
+    "an EMA keeps the sharding it was built with; build a new EMA after fully_shard or any "
+    "resharding (load a full_state_dict() of the old one to keep its averages); no shadow was "
+    "changed"
+)
+_PLAIN_FIX = (
+    "FSDP2 keeps gathering this param from its own shards, not from a plain tensor put in its "
+    "place; to change its values, copy them into the param in place (with torch.no_grad(): "
+    "param.copy_(...)) or assign a DTensor Parameter of the param's layout "
+    "(distribute_tensor(value, mesh, placements)); no shadow was changed"
+)
 
 
 def finite_stand_ins(live: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -9,12 +9,12 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
-from ema_core import _core, _ops
+from ema_core import _ops
 from ema_core._checks import check_decay_value
-from ema_core._config import Config, config_text, power_weight
+from ema_core._config import Config, config_text
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
-from ema_core.torch import _dtensor, _names, _options, _state, _swap
+from ema_core.torch import _averages, _dtensor, _fsdp, _names, _options, _state, _swap
 from ema_core.torch._swap import HeldInterrupts
 
 
@@ -83,9 +83,7 @@ class EMA:
     ) -> None:
         self.config = _options.resolve_config(decay, schedule, config, dtype, buffers)
         target = None if device is None else torch.device(device)
-        self._fsdp = _dtensor.fsdp_modules(module_or_named_tensors)
-        _dtensor.reshard(self._fsdp)  # track the sharded params, never all-gathered copies
-        _dtensor.check_sharded(self._fsdp)
+        self._shards = _fsdp.Shards(module_or_named_tensors)  # FSDP2's, resharded
         source = module_or_named_tensors
         tracked = _names.collect(source, self.config.buffers, include, exclude)
         self.names = tuple(t.name for t in tracked)
@@ -165,14 +163,14 @@ class EMA:
         if not isinstance(copy, bool):
             raise TypeError(f"swap(copy=...) must be a bool, got {copy!r}")
         self._settle()
-        _dtensor.reshard(self._fsdp)  # the next forward all-gathers the swapped shards
+        self._shards.put_back()  # the next forward all-gathers the swapped shards
         self._bound.refresh(objects=True)
         self._swapped = True
         try:
             with _swap.swapped(self.names, self._bound.live, self._exposed, copy):
                 yield
         finally:
-            _dtensor.reshard(self._fsdp)  # drop unsharded params gathered from the averages
+            self._shards.put_back()  # drop unsharded params gathered from the averages
             self._swapped = False
 
     def copy_to(self, module_or_named_tensors: Any, /) -> None:
@@ -185,14 +183,8 @@ class EMA:
                 average into an integer tensor, a complex one into a real tensor, or an integer
                 one into another dtype. Nothing is written then.
         """
-        found = _names.named_tensors(module_or_named_tensors, "average", "module_or_named_tensors")
-        targets = {name: tensor for name, tensor, _, _ in found}
-        for name, shadow in zip(self.names, self._bound.shadows, strict=True):
-            _swap.check_target(name, targets.get(name), shadow)
-        averages = self.average
-        with torch.no_grad(), HeldInterrupts():
-            for name, average in averages.items():
-                _dtensor.copy_into(targets[name], average)
+        shadows, source = self._bound.shadows, module_or_named_tensors
+        _averages.copy_averages(self.names, shadows, lambda: self.average, source)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: shadows by name, the counter, the bias-correction weight,
@@ -215,9 +207,7 @@ class EMA:
         step, weight = _state.unpack_step(state_dict)
         self._bound.store.wait()
         with torch.no_grad(), HeldInterrupts():
-            for name, shadow in zip(self.names, shadows, strict=True):
-                if name in loaded:
-                    _dtensor.copy_into(shadow, loaded[name])
+            _averages.load_shadows(self.names, shadows, loaded)
             self._step, self._weight, self._bound.pending = step, weight, None
 
     def __repr__(self) -> str:
@@ -246,14 +236,8 @@ class EMA:
 
     def _read(self, i: int) -> torch.Tensor:
         """The average of tracked tensor i: the shadow, or ``shadow / weight`` for ``"zeros"``."""
-        cfg, shadow = self.config, self._bound.shadows[i]
-        if self._bound.kinds[i] != "float" or cfg.init != "zeros":
-            return shadow
-        weight = 1.0 if cfg.correction == "none" else self._weight
-        if cfg.correction == "power":
-            weight = power_weight(cfg.schedule, self._step)  # type: ignore[arg-type]
-        corrected: torch.Tensor = _core.correct(xp, shadow, weight)
-        return corrected
+        kind, shadow = self._bound.kinds[i], self._bound.shadows[i]
+        return _averages.read(self.config, kind, shadow, self._weight, self._step)
 
     def _refuse_in_swap(self, what: str) -> None:
         if self._swapped:

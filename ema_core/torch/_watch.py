@@ -32,9 +32,11 @@ class Watch:
     ``module.cuda()``); each module on the way must still be its parent's. Tensors without
     data pointers (empty, tensor subclasses) are compared by identity, dtype and device.
     ``same(objects=True)`` also compares every tensor's identity (a replacement sharing the old
-    storage), for the rarer calls. DTensors (FSDP2) are compared by identity only (``_kept``):
-    the store follows their local shards itself. When ``same()`` is False, ``EMA``
-    looks the tensors up again by name (``lookup``) and rebinds.
+    storage), for the rarer calls. DTensors (FSDP2) are compared by identity only: the store
+    follows their local shards itself. Where the module holds another tensor in a DTensor's
+    place, ``same()`` first reshards the FSDP2 modules (``put_back``; see ``_fsdp``): what is
+    left there then is the user's, a change. When ``same()`` is False, ``EMA`` looks the
+    tensors up again by name (``lookup``) and rebinds.
 
     Given the shadows, the same pass also covers what the host engine's views of the CPU
     mixed-precision pairs depend on (``_host.Key``; ``_Views``): each such param's layout and
@@ -54,6 +56,7 @@ class Watch:
         pairs = zip(tracked, others, strict=True)
         watched = [(t, s) for t, s in pairs if not _dtensor.is_dtensor(t.tensor)]
         self.sharded = _Reads(root, [t for t in tracked if _dtensor.is_dtensor(t.tensor)])
+        self.fsdp = _dtensor.fsdp_modules(root) if self.sharded.held else []
         fast = [type(t.tensor) in _PLAIN and t.tensor.data_ptr() != 0 for t, _ in watched]
         on = [w for w, f in zip(watched, fast, strict=True) if f]
         self.fast = _Reads(root, [t for t, _ in on])
@@ -76,6 +79,7 @@ class Watch:
         True, also sets ``fits`` (what the host engine's views depend on is as it was) and
         ``held`` (the module holds the objects the views were made from)."""
         self.fits = self.held = False
+        sharded = self.put_back()
         try:
             now = list(self.fast.now())
             if list(map(torch.Tensor.data_ptr, now)) != self.pointers:
@@ -95,17 +99,25 @@ class Watch:
             all(map(operator.is_, slow, self.slow.held))
             and [(t.dtype, t.device) for t in slow] == self.forms
             and all(map(operator.is_, map(dict.get, self.parents, self.names), self.children))
-            and all(map(_kept, self.sharded.now(), self.sharded.held))
+            and sharded
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
         )
 
+    def put_back(self) -> bool:
+        """Reshard the FSDP2 modules (no collective) when the module holds another tensor in
+        a tracked DTensor's place: FSDP2's all-gathered copy, never to be tracked or looked up
+        by name in its stead. Returns ``sharded_held()`` after that."""
+        held = self.sharded_held()
+        if self.fsdp and not held:
+            _dtensor.reshard(self.fsdp)
+            held = self.sharded_held()
+        return held
 
-def _kept(now: Any, held: torch.Tensor) -> bool:
-    """Whether the module still holds the DTensor ``held``: itself, or a plain tensor in its
-    place, which is FSDP2's all-gathered copy (``reshard_after_forward=False``); the EMA keeps
-    reading the shard, which FSDP2 keeps. Another DTensor (a param replaced or sharded again)
-    or no tensor at all is a change."""
-    return now is held or (isinstance(now, torch.Tensor) and not _dtensor.is_dtensor(now))
+    def sharded_held(self) -> bool:
+        """Whether the module holds every tracked DTensor itself, not some other tensor in
+        its place: FSDP2's all-gathered copy (after a forward with ``reshard_after_forward=
+        False``, or ``unshard()``), or a tensor the user put there."""
+        return all(map(operator.is_, self.sharded.now(), self.sharded.held))
 
 
 _SHAPE = operator.attrgetter("shape")

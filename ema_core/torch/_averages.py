@@ -1,0 +1,66 @@
+"""What ``EMA`` hands out of its shadows: the average of one tracked tensor (the shadow
+itself, or bias-corrected for ``init="zeros"``) and the averages copied into a module's
+tensors (``copy_to``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import array_api_compat.torch as xp
+import torch
+
+from ema_core import _core
+from ema_core._config import Config, power_weight
+from ema_core._types import LeafKind
+from ema_core.torch import _dtensor, _names, _swap
+from ema_core.torch._swap import HeldInterrupts
+
+
+def read(
+    config: Config,
+    kind: LeafKind,
+    shadow: torch.Tensor,
+    weight: float | torch.Tensor,
+    step: int | torch.Tensor,
+) -> torch.Tensor:
+    """The average kept in ``shadow``: the shadow itself, or ``shadow / weight`` for a floating
+    tensor under ``init="zeros"`` (``weight``: the EMA's bias-correction weight, or the power
+    schedule's at ``step``; 1 without correction)."""
+    if kind != "float" or config.init != "zeros":
+        return shadow
+    if config.correction == "none":
+        weight = 1.0
+    elif config.correction == "power":
+        weight = power_weight(config.schedule, step)  # type: ignore[arg-type]
+    corrected: torch.Tensor = _core.correct(xp, shadow, weight)
+    return corrected
+
+
+def copy_averages(
+    names: Sequence[str],
+    shadows: Sequence[torch.Tensor],
+    averages: Callable[[], dict[str, torch.Tensor]],
+    source: Any,
+) -> None:
+    """Write ``averages()`` into the tensors of ``source`` (a module, mapping or pairs) under the
+    same names, cast to their dtype; every target is checked against its shadow first
+    (``_swap.check_target``), so nothing is written when one is refused."""
+    found = _names.named_tensors(source, "average", "module_or_named_tensors")
+    targets = {name: tensor for name, tensor, _, _ in found}
+    for name, shadow in zip(names, shadows, strict=True):
+        _swap.check_target(name, targets.get(name), shadow)
+    values = averages()
+    with torch.no_grad(), HeldInterrupts():
+        for name, average in values.items():
+            _dtensor.copy_into(targets[name], average)
+
+
+def load_shadows(
+    names: Sequence[str], shadows: Sequence[torch.Tensor], loaded: dict[str, torch.Tensor]
+) -> None:
+    """Copy each ``loaded`` tensor (checked by ``_state.check``) into the shadow of its name;
+    a full tensor fills a DTensor shadow's shard from this rank's copy (no collective)."""
+    for name, shadow in zip(names, shadows, strict=True):
+        if name in loaded:
+            _dtensor.copy_into(shadow, loaded[name])

@@ -1,0 +1,175 @@
+"""Worker processes for tests/test_torch_leftovers_dtensor.py: an FSDP2 param replaced by a
+plain tensor, told apart from FSDP2's own all-gathered copies (CPU, gloo).
+
+Run as ``python -m tests.dtensor_leftover_worker RANK WORLD DIR``. All ranks join one process
+group through a file store in DIR, run every case in the same order (a barrier after each) and
+write ``DIR/leftover.RANK.json``: case name -> "ok" or the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch.distributed.fsdp")  # pytest imports this file for doctests too
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from ema_core.torch import EMA
+
+
+def net() -> torch.nn.Sequential:
+    """Linear(4, 4), Linear(4, 1) and a plain float buffer; quarters, so blends are exact."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.arange(param.numel()).reshape(param.shape) / 4)
+    model.register_buffer("scale", torch.ones(()))
+    return model
+
+
+def locals_of(ema: EMA) -> dict[str, torch.Tensor]:
+    """This rank's part of every average, copied."""
+    return {
+        n: (t.to_local() if isinstance(t, DTensor) else t).clone() for n, t in ema.average.items()
+    }
+
+
+def fulls(ema: EMA) -> dict[str, torch.Tensor]:
+    return {n: t.full_tensor() if isinstance(t, DTensor) else t for n, t in ema.average.items()}
+
+
+class Cases:
+    def __init__(self, world: int) -> None:
+        self.mesh = init_device_mesh("cpu", (world,))
+
+    def sharded(self) -> tuple[torch.nn.Sequential, EMA]:
+        model = net()
+        fully_shard(model[0], mesh=self.mesh)
+        fully_shard(model, mesh=self.mesh)
+        return model, EMA(model, decay=0.5)
+
+    def unsharded(self, model: torch.nn.Sequential) -> None:
+        """Leave every FSDP2 module holding its all-gathered plain copies, as FSDP2 does."""
+        model.set_reshard_after_forward(False)
+        with torch.no_grad():
+            model(torch.ones(2, 4))
+        assert all(not isinstance(p, DTensor) for p in model.parameters())
+
+    def a_param_replaced_by_a_plain_tensor_is_refused_by_name(self) -> None:
+        model, ema = self.sharded()
+        whole = model[0].weight.full_tensor().detach()
+        model[0].weight = torch.nn.Parameter(whole + 10)  # plain, the full shape
+        before = locals_of(ema)
+        for _ in range(2):  # at the next update, and at every later one
+            with pytest.raises(
+                ValueError,
+                match=r"\['0\.weight'\] is a plain tensor, and its shadow is a DTensor on mesh "
+                r".*Shard\(dim=0\).*copy them into the param in place",
+            ):
+                ema.update()
+            for name, value in locals_of(ema).items():
+                assert torch.equal(value, before[name]), f"{name} was written"
+        assert ema.step == 0
+
+    def a_rebind_while_unsharded_follows_the_shards(self) -> None:
+        model, ema = self.sharded()
+        start = fulls(ema)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(2.0)
+        self.unsharded(model)
+        model.scale = torch.full((), 3.0)  # a new buffer object: the EMA looks again by name
+        ema.update()  # FSDP2's copies are put back, never taken for replacements
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        now = fulls(ema)
+        assert float(now["scale"]) == 3.0
+        for name, value in start.items():
+            if name != "scale":
+                assert torch.equal(now[name], value + 1.0), name
+
+    def load_state_dict_while_unsharded_then_update(self) -> None:
+        model, ema = self.sharded()
+        state = ema.state_dict()
+        start = fulls(ema)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(2.0)
+        self.unsharded(model)
+        ema.load_state_dict(state)
+        ema.update()
+        for name, value in fulls(ema).items():
+            assert torch.equal(value, start[name] + (name != "scale")), name
+
+    def unshard_then_update_reads_the_shards(self) -> None:
+        model, ema = self.sharded()
+        start = fulls(ema)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(2.0)
+        model[0].unshard()
+        model.unshard()
+        assert not isinstance(model[0].weight, DTensor)
+        ema.update()
+        for name, value in fulls(ema).items():
+            assert torch.equal(value, start[name] + (name != "scale")), name
+        with torch.no_grad():
+            out = model(torch.ones(2, 4))  # FSDP2 still runs the model as usual
+        assert out.shape == (2, 1)
+
+    def after_fsdp2_drops_the_replacement_the_update_goes_on(self) -> None:
+        model, ema = self.sharded()
+        with torch.no_grad():
+            model(torch.ones(2, 4))  # FSDP2's lazy init (it fails on a plain param first)
+        whole = model[0].weight.full_tensor().detach()
+        model[0].weight = torch.nn.Parameter(whole + 10)
+        with pytest.raises(ValueError, match=r"\['0\.weight'\] is a plain tensor"):
+            ema.update()
+        with torch.no_grad():  # FSDP2 gathers from its shards and puts them back after
+            model(torch.ones(2, 4))
+        assert isinstance(model[0].weight, DTensor)
+        ema.update()
+        assert torch.equal(ema.average["0.weight"].full_tensor(), whole)
+
+
+CASES = [
+    name
+    for name in vars(Cases)
+    if not name.startswith("_") and name not in {"sharded", "unsharded"}
+]
+
+
+def run(case: Callable[[], None]) -> str:
+    try:
+        case()
+        return "ok"
+    except (Exception, pytest.fail.Exception):  # pytest.raises fails with a BaseException
+        return traceback.format_exc()
+
+
+def main() -> None:
+    rank, world, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    store = f"file://{folder / 'leftover.store'}"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
+    results: dict[str, str] = {}
+    try:
+        cases = Cases(world)
+        for name in CASES:
+            results[name] = run(getattr(cases, name))
+            (folder / f"leftover.{rank}.json").write_text(json.dumps(results))
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
