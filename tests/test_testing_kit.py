@@ -79,7 +79,10 @@ def test_kit_passes_ema_core_on_every_backend(backend: Backend) -> None:
 
 
 def test_kit_passes_a_correct_hand_written_ema() -> None:
-    testing.assert_matches(hand_written(WARMUP.decay), WARMUP, _trajectory(_numpy()))
+    # it keeps float64 shadows for float32 params: a float of another width is accepted
+    testing.assert_matches(
+        hand_written(WARMUP.decay), WARMUP, _trajectory(_numpy()), returned_dtype="kind"
+    )
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ Inside: ``_compiled`` and ``_chunked`` (the compiled update) and ``_optax`` are 
 Nothing here issues a collective: every leaf is updated where its shards live.
 """
 
+from ema_core._bank_snapshots import SnapshotWriteError
 from ema_core.jax._bank import BankUpdate, make_bank_update
 from ema_core.jax._checkpoint import load_state_dict, state_dict
 from ema_core.jax._compiled import make_update
@@ -29,6 +30,7 @@ from ema_core.jax._optax import WithEMAState, ema_average, with_ema
 
 __all__ = [
     "BankUpdate",
+    "SnapshotWriteError",
     "WithEMAState",
     "ema_average",
     "load_state_dict",

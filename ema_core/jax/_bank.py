@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from ema_core import _api, _banks
+from ema_core import _api, _bank_snapshots, _banks
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
@@ -53,7 +53,10 @@ def make_bank_update(
             functions sharing one ``interval`` that divides ``snapshot_every`` (a snapshot
             directory holds one interval; see ``ema_core._banks``), and the bank must be called
             outside ``jax.jit``. The host counts the steps: a step is read only on the first
-            call and after a state the bank did not make (a resume).
+            call and after a state the bank did not make (a resume). What the write would
+            refuse is refused before the update; a write that fails after it (a full disk)
+            raises ``SnapshotWriteError``: the update stands, ``error.states`` holds the new
+            states, and ``save_snapshots`` writes the step's snapshots again.
         snapshot_dir: the directory of those snapshots (required with ``snapshot_every``).
 
     Returns:
@@ -119,8 +122,14 @@ class BankUpdate:
         every = self._every
         counted = [] if every is None else self._count(states, trusted)
         due = every is not None and counted[0] % every == 0
-        if due:
-            _banks.check_snapshot_dir(self._directory)  # refused before the call donates
+        if due:  # refused before the call donates anything
+            _bank_snapshots.check_set(
+                self._directory,
+                [s.shadow for s in states],
+                steps=counted,
+                sigma_rels=_banks.snapshot_sigma_rels(self.configs),
+                intervals=[c.interval for c in self.configs],
+            )
         prepared = self._prepare(states, params)
         out: tuple[EMAState, ...] = prepared[2].merge(
             dispatch(self._jitted, self._chunks, *prepared)
@@ -130,7 +139,8 @@ class BankUpdate:
             self._made = tuple(weakref.ref(t) for t in steps)
         self._host_steps = counted  # kept only once the update went through
         if due:
-            self.save_snapshots(self._directory, out, steps=counted)
+            retry = "bank.save_snapshots(snapshot_dir, error.states), error.states the new states"
+            self._write(self._directory, out, None, counted, retry)
         return out
 
     def save_snapshots(
@@ -144,23 +154,29 @@ class BankUpdate:
     ) -> list[Any]:
         """Write each EMA's average as an EDM2 snapshot (``ema_core.posthoc.save_snapshot``)
         at its step (read from the state unless ``steps`` gives them), all K as one set (all
-        written, or none: a failure removes the others); return their paths.
+        written, or none: a failure removes the others); return their paths. After a
+        ``SnapshotWriteError`` (a call with ``snapshot_every`` whose update went through but
+        whose snapshots did not), ``save_snapshots(snapshot_dir, error.states)`` writes them.
 
         Raises:
             ValueError: an EMA is not a power function (its sigma_rel is unknown).
         """
-        from ema_core.posthoc import _snapshots  # posthoc (numpy) loads only when writing
+        return self._write(directory, states, dtype, steps, None)
 
+    def _write(
+        self, directory: Any, states: Any, dtype: str | None, steps: Any, retry: str | None
+    ) -> list[Any]:
         states = self._states(states)
         sigma_rels = _banks.snapshot_sigma_rels(self.configs)
-        steps = [int(s.step) for s in states] if steps is None else list(steps)
-        return _snapshots.save_snapshot_set(
+        return _bank_snapshots.write_set(
             directory,
             list(self.averages(states)),
-            steps=steps,
+            steps=[int(s.step) for s in states] if steps is None else list(steps),
             sigma_rels=list(sigma_rels),
             intervals=[c.interval for c in self.configs],
             dtype=dtype,
+            retry=retry,
+            states=states,
         )
 
     def lower(self, states: Sequence[EMAState], params: Tree, /) -> Any:

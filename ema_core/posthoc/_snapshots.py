@@ -113,7 +113,7 @@ def save_snapshot_set(
     """
     folder = directory_path(directory)
     prepared = [
-        _prepare(folder, a, step=t, sigma_rel=s, dtype=dtype, interval=i)
+        prepare(folder, a, step=t, sigma_rel=s, dtype=dtype, interval=i)
         for a, t, s, i in zip(averages, steps, sigma_rels, intervals, strict=True)
     ]
     created = _make_parents(folder / "_")
@@ -142,7 +142,7 @@ class _Prepared(NamedTuple):
     meta: dict[str, str]
 
 
-def _prepare(
+def prepare(
     folder: Path, averages: Any, *, step: Any, sigma_rel: Any, dtype: Any, interval: Any
 ) -> _Prepared:
     """One snapshot's file, arrays and metadata, every argument checked (nothing written)."""

@@ -15,6 +15,7 @@ from ema_core._tree import Path, path_str
 from ema_core._tree_pair import flatten_pair
 from ema_core._types import Tree
 from ema_core.testing._convert import host64
+from ema_core.testing._dtypes import name_of
 from ema_core.testing._inputs import Checked
 
 #: Relative tolerance per shadow dtype (scaled by the magnitude of each leaf over the trajectory).
@@ -45,8 +46,9 @@ def tolerances(
     return out
 
 
-def returned(init: Tree, average: Any, t: int) -> list[np.ndarray]:
-    """The EMA's returned average as host leaves in ``init``'s order (matched by key)."""
+def returned(init: Tree, average: Any, t: int) -> tuple[list[np.ndarray], list[str]]:
+    """The EMA's returned average as host leaves in ``init``'s order (matched by key), and
+    each leaf's dtype name as returned."""
     if average is None:
         raise AssertionError(
             f"step t={t}: the EMA's step(params, {t}) returned None; it must return the "
@@ -69,7 +71,7 @@ def returned(init: Tree, average: Any, t: int) -> list[np.ndarray]:
                 f"step t={t}: the EMA's average has dtype {arr.dtype} at "
                 f"{path_str('params', path)}, not a number"
             )
-    return out
+    return out, [name_of(leaf) for leaf in pair.other]
 
 
 def compare_leaf(got: np.ndarray, want: np.ndarray, tol: float, where: str) -> None:

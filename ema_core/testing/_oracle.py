@@ -9,6 +9,7 @@ import numpy as np
 
 from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._tree import path_str
+from ema_core.testing import _dtypes
 from ema_core.testing._args import function, tolerance
 from ema_core.testing._compare import compare_leaf, returned, tolerances, unchanged
 from ema_core.testing._convert import rounded
@@ -116,6 +117,7 @@ def assert_matches(
     *,
     rtol: float | None = None,
     atol: float | None = None,
+    returned_dtype: str = "contract",
 ) -> None:
     """Check an EMA against ema-core, step by step, over a trajectory.
 
@@ -123,12 +125,17 @@ def assert_matches(
     applies update t and returns the average the EMA would evaluate with. Each leaf's tolerance
     is ``atol + rtol * scale``, scale the leaf's largest finite magnitude over the trajectory;
     without either, rtol comes from the shadow dtype ``config`` gives the leaf (float32: 2e-5).
-    Integer and bool leaves compare exactly. The EMA must leave its inputs (``init``, the
-    params) as they were.
+    Integer and bool leaves compare exactly. Each returned leaf must have the dtype the
+    contract gives it (``_dtypes``: the shadow dtype ``config`` gives a floating leaf, float32
+    for an ``init="zeros"`` read over a half shadow, the param's for an integer or bool leaf);
+    ``returned_dtype="kind"`` accepts another width of the same kind; a wrong dtype is
+    reported after the values of every step matched. The EMA must leave its inputs (``init``,
+    the params) as they were.
 
     Raises:
         AssertionError: naming the first step and leaf path that differ (the element, both
-            values and the decay ema-core applies there), or the input the EMA changed.
+            values and the decay ema-core applies there; or the returned and expected
+            dtypes), or the input the EMA changed.
         TypeError, ValueError: a bad argument, named (see ``reference``); an empty trajectory
             or one without arrays is a ValueError (it would check nothing).
 
@@ -147,11 +154,14 @@ def assert_matches(
     function(make_ema, "make_ema", "make_ema(init) -> step(params, t)")
     config = checked_config(config)
     rtol, atol = tolerance(rtol, "rtol"), tolerance(atol, "atol")
+    how = _dtypes.mode(returned_dtype)
     checked = checked_trajectory(trajectory)
     if not checked.steps or not checked.paths:
         what = "no steps" if not checked.steps else "no array in trajectory.init"
         raise ValueError(f"trajectory has {what}: assert_matches would check nothing")
     expected = _expected(config, checked)
+    floating = [a.dtype.kind in "fc" for a in checked.host[0]]
+    dtypes = _dtypes.expected(config, checked.dtypes, floating)
     tols = tolerances(config, checked, rtol, atol)
     step = make_ema(checked.init)
     if not callable(step):
@@ -159,11 +169,16 @@ def assert_matches(
             f"make_ema(trajectory.init) must return a callable step(params, t), got "
             f"{type(step).__name__}"
         )
+    wrong = None  # the first wrong dtype, raised once every value matched
     for want, params in zip(expected, checked.steps, strict=True):
-        got = returned(checked.init, step(params, want.t), want.t)
+        got, names = returned(checked.init, step(params, want.t), want.t)
         unchanged(checked, (0, want.t), want.t)
         _compare(config, want, got, tols, checked)
+        places = [f"step t={want.t}, leaf {path_str('params', p)}" for p in checked.paths]
+        wrong = wrong or _dtypes.check(names, dtypes, how, places)
     unchanged(checked, range(len(checked.host)), len(checked.steps))
+    if wrong:
+        raise AssertionError(wrong)
 
 
 def _compare(

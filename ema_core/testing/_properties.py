@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ema_core._types import Array, Namespace
+from ema_core.testing import _dtypes
 from ema_core.testing._args import NON_FLOAT, count, dtype, function, namespace
 from ema_core.testing._convert import EPS, as_array, host_values, to_numpy
 
@@ -30,7 +31,13 @@ def _arrays(xp: Namespace, dtype: str) -> st.SearchStrategy[tuple[Any, Any]]:
 
 
 def assert_ema_properties(
-    step_fn: StepFn, xp: Namespace, /, *, dtype: str = "float32", max_examples: int = 40
+    step_fn: StepFn,
+    xp: Namespace,
+    /,
+    *,
+    dtype: str = "float32",
+    max_examples: int = 40,
+    returned_dtype: str = "contract",
 ) -> None:
     """Check the invariants every EMA step must keep, on arrays of namespace ``xp``.
 
@@ -41,7 +48,8 @@ def assert_ema_properties(
     every decay, 1 included (all exactly); a constant is a fixed point; and over a run the
     shadow stays within the running min/max of everything it has seen (these two up to 4 units
     of rounding of ``dtype`` per update, so that ``d * s + (1 - d) * p`` passes). ``xp`` may be
-    a framework module (``torch``, ``numpy``); ``dtype`` must be one it makes.
+    a framework module (``torch``, ``numpy``); ``dtype`` must be one it makes. The returned
+    shadow must keep ``dtype`` (``returned_dtype="kind"``: another width of its kind).
 
     Raises:
         AssertionError: with hypothesis' smallest falsifying example.
@@ -64,7 +72,8 @@ def assert_ema_properties(
         report_multiple_bugs=False,
     )
     copied = dtype in NON_FLOAT  # not averaged: copied
-    run = _Runner(step_fn, EPS.get(dtype, 0.0) * _ULPS)
+    how = _dtypes.mode(returned_dtype)
+    run = _Runner(step_fn, EPS.get(dtype, 0.0) * _ULPS, (dtype, how))
     cases = _arrays(xp, dtype)
 
     @check
@@ -93,8 +102,8 @@ def _checked_dtype(name: Any, xp: Namespace) -> str:
 class _Runner:
     """Calls ``step_fn`` and checks what it returns (and that it left the params alone)."""
 
-    def __init__(self, step_fn: StepFn, ulps: float) -> None:
-        self.step_fn, self.ulps = step_fn, ulps
+    def __init__(self, step_fn: StepFn, ulps: float, dtype: tuple[str, str]) -> None:
+        self.step_fn, self.ulps, self.dtype = step_fn, ulps, dtype
 
     def call(self, shadow: Any, params: Any, decay: float) -> tuple[Any, np.ndarray]:
         """The returned shadow, and it on the host."""
@@ -105,6 +114,10 @@ class _Runner:
                 f"step_fn(shadow, params, decay) must return the new shadow (an array), got "
                 f"{type(out).__name__}; an in-place update returns the shadow it updated"
             )
+        name, how = self.dtype
+        wrong = _dtypes.check([_dtypes.name_of(out)], [name], how, [f"decay={decay}"])
+        if wrong:
+            raise AssertionError(f"step_fn(shadow, params, decay): {wrong}")
         got, after = to_numpy(out), to_numpy(params)
         if not np.array_equal(before, after, equal_nan=True):
             raise AssertionError(

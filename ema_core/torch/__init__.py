@@ -5,11 +5,13 @@
 * ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_store``: where its
   shadows live (beside the params, or pinned host memory for a CUDA model) and which kernel
   plans update them; ``_swap``: putting averages into the model and taking them out;
-  ``_state``: checkpoints.
+  ``_state``: checkpoints; ``_averages``: the averages read out of the shadows (bias
+  correction, ``copy_to``, loaded values).
 * ``_bank``: ``EMABank``, K EMAs of the same tensors updated in one pass over the params
-  (``_bank_fused``: which tensors take the host bank kernel; ``_bank_args``: its arguments).
+  (``_bank_fused``: which tensors take the host bank kernel; ``_bank_args``: its arguments;
+  ``_bank_snap``: its snapshots of a step, checked before the update and written after it).
 * ``_dtensor``: FSDP2 (DTensor) params get DTensor shadows updated on their local shards with
-  no collective. ``_dist``, above ``EMA``: ``full_state_dict`` gathers one plain checkpoint
+  no collective; ``_fsdp``: the FSDP2 modules, kept sharded where the EMA reads them. ``_dist``, above ``EMA``: ``full_state_dict`` gathers one plain checkpoint
   (rank 0 by default); ``ddp_ema`` builds an EMA on every DDP rank or on rank 0 only.
 
 The leaf kernels every update reaches (``ema_core.ema_update`` on tensors too) are in
@@ -17,8 +19,9 @@ The leaf kernels every update reaches (``ema_core.ema_update`` on tensors too) a
 the other names here) still works.
 """
 
+from ema_core._bank_snapshots import SnapshotWriteError
 from ema_core.torch._bank import EMABank
 from ema_core.torch._dist import ddp_ema, full_state_dict
 from ema_core.torch._module import EMA
 
-__all__ = ["EMA", "EMABank", "ddp_ema", "full_state_dict"]
+__all__ = ["EMA", "EMABank", "SnapshotWriteError", "ddp_ema", "full_state_dict"]

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import array_api_compat.torch as xp
 import torch
 
-from ema_core import _banks, _ops
-from ema_core._checks import check_decay_value
+from ema_core import _banks
 from ema_core._config import Config, config_text
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
-from ema_core.torch import _bank_args, _names, _options, _state
+from ema_core.torch import _bank_args, _bank_snap, _names, _options, _state
 from ema_core.torch._bank_fused import Fused
 from ema_core.torch._module import EMA
 from ema_core.torch._swap import HeldInterrupts
@@ -46,6 +45,9 @@ class EMABank:
         snapshot_every: after the update at every step that is a multiple of it, write one
             ``ema_core.posthoc.save_snapshot`` per EMA into ``snapshot_dir`` (power-function
             EMAs only), the step's snapshots as one set: all written, or none if one fails.
+            What can be checked before the update is (``_bank_snapshots.check_set``); a failed
+            write leaves the update applied and raises ``SnapshotWriteError``: write the
+            step's snapshots again with ``save_snapshots()``.
         snapshot_dir: the directory of those snapshots.
 
     Raises:
@@ -89,7 +91,7 @@ class EMABank:
         _banks.check_snapshots(snapshot_every, snapshot_dir, resolved)
         self.snapshot_every, self.snapshot_dir = snapshot_every, snapshot_dir
         if snapshot_every is not None:
-            _save_snapshot_set()  # fail here, not at the first snapshot, when it is missing
+            _bank_snap.posthoc()  # fail here, not at the first snapshot, when it is missing
         self.emas = tuple(
             EMA(
                 module_or_named_tensors,
@@ -125,22 +127,27 @@ class EMABank:
         as ``EMA.update`` does; all steps and decays are checked before anything is written.
 
         Raises:
-            TypeError / ValueError: as ``EMA.update``, for any EMA of the bank; RuntimeError
-                while one of them is inside ``swap()``.
+            TypeError / ValueError: as ``EMA.update``, for any EMA of the bank, or a snapshot
+                due after it that its writer would refuse; PermissionError / OSError: its
+                folder is not writable, or a link in its way; RuntimeError while an EMA is
+                inside ``swap()``. Nothing is written then.
+            SnapshotWriteError: the update is applied, but writing its snapshots failed.
         """
         for ema in self.emas:
             ema._refuse_in_swap("update")
         for ema in self.emas:
             ema._settle()  # an update an exception cut short is completed first
-        work = [_checked_step(ema, step) for ema in self.emas]
-        if self.snapshot_dir is not None and self._snapshot_due([t for t, _, _ in work]):
-            _banks.check_snapshot_dir(self.snapshot_dir)  # refused before any shadow changes
+        work = [_bank_args.checked_step(ema, step) for ema in self.emas]
+        steps = [t for t, _, _ in work]
+        due = _bank_snap.check_due(  # before any shadow changes
+            self.emas, self.sigma_rels, self.snapshot_every, self.snapshot_dir, steps
+        )
         for ema in self.emas:
             ema._bound.refresh()
         if any(ema.config.guard_finite for ema in self.emas):
-            first = self.emas[0]
-            paths = [(("key", n),) for n in first.names]
-            check_finite(xp, first._bound.live, first._bound.kinds, paths)
+            bound = self.emas[0]._bound
+            paths = [(("key", n),) for n in self.emas[0].names]
+            check_finite(xp, bound.live, bound.kinds, paths)
         decays = [d for _, d, _ in work]
         if all(isinstance(d, float) for d in decays):
             self._fused_update(work)
@@ -148,7 +155,8 @@ class EMABank:
             with HeldInterrupts():
                 for ema, (t, d, r) in zip(self.emas, work, strict=True):
                     ema._apply(t, d, r)
-        self._snapshot()
+        if due and self.snapshot_dir is not None:
+            _bank_snap.write(due, self.snapshot_dir, None, "bank.save_snapshots()")
 
     def _fused_update(self, work: list[tuple[Any, Value, Value]]) -> None:
         bindings = [ema._bound for ema in self.emas]
@@ -164,29 +172,24 @@ class EMABank:
                     ema._weight = ema._weight * d + r
                 ema._step = t
 
-    def _snapshot_due(self, steps: list[Any]) -> bool:
-        """Whether an EMA at one of ``steps`` writes a snapshot (a device step is read: one
-        sync per snapshot check)."""
-        every = self.snapshot_every
-        return every is not None and any(int(t) % every == 0 and int(t) > 0 for t in steps)
+    def save_snapshots(
+        self, directory: str | os.PathLike[str] | None = None, /, *, dtype: str | None = None
+    ) -> list[Path]:
+        """Write every EMA's average as an EDM2 snapshot at its step, all K as one set (all
+        or none), into ``directory`` (default ``snapshot_dir``); return the paths. After a
+        ``SnapshotWriteError``, and before the next update, it writes the update's files.
 
-    def _snapshot(self) -> None:
-        """The due EMAs' snapshots, written as one set: all of them or none."""
-        if self.snapshot_dir is None:
-            return
-        due = [
-            (ema, sigma_rel)
-            for ema, sigma_rel in zip(self.emas, self.sigma_rels, strict=True)
-            if self._snapshot_due([ema.step])
-        ]
-        if due:
-            _save_snapshot_set()(
-                self.snapshot_dir,
-                [ema.average for ema, _ in due],
-                steps=[int(ema.step) for ema, _ in due],
-                sigma_rels=[sigma_rel for _, sigma_rel in due],
-                intervals=[ema.config.interval for ema, _ in due],
-            )
+        Raises:
+            TypeError: no ``directory`` nor ``snapshot_dir``. ValueError: an EMA is not a power
+                function. What ``save_snapshot`` raises; SnapshotWriteError: the write failed.
+        """
+        folder = self.snapshot_dir if directory is None else directory
+        if folder is None:
+            raise TypeError("save_snapshots() needs a directory: this bank has no snapshot_dir")
+        for ema in self.emas:
+            ema._settle()
+        due = list(zip(self.emas, _bank_snap.sigma_rels(self.emas, self.sigma_rels), strict=True))
+        return _bank_snap.write(due, folder, dtype, None)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume the bank bit for bit: each EMA's ``state_dict``."""
@@ -203,7 +206,7 @@ class EMABank:
             TypeError / ValueError: a wrong format or version, another number of EMAs, or a
                 part that ``EMA.load_state_dict`` refuses; nothing is written then.
         """
-        parts = _parts(state_dict, len(self.emas))
+        parts = _bank_args.parts(state_dict, len(self.emas), FORMAT, VERSION)
         for k, (ema, part) in enumerate(zip(self.emas, parts, strict=True)):
             ema._refuse_in_swap("load_state_dict")
             ema._bound.refresh(objects=True)
@@ -214,38 +217,3 @@ class EMABank:
                 raise type(error)(f"state_dict['emas'][{k}]: {error}") from error
         for ema, part in zip(self.emas, parts, strict=True):
             ema.load_state_dict(part, strict=strict)
-
-
-def _checked_step(ema: EMA, step: Step | None) -> tuple[Any, Value, Value]:
-    """``ema``'s step, decay and rate for this update, checked as ``EMA.update`` checks them."""
-    t = _ops.next_step(ema._step, "EMA step") if step is None else _ops.concrete_step(step)
-    if step is not None:
-        _options.check_not_back(t, ema._step)
-    decay, rate = ema.config.decay_and_rate(t)
-    check_decay_value(decay, "the decay", step=t)
-    return t, decay, rate
-
-
-def _parts(state: Any, k: int) -> list[Any]:
-    if not isinstance(state, Mapping):
-        raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
-    if state.get("format") != FORMAT or state.get("version") != VERSION:
-        raise ValueError(
-            f"state_dict is format {state.get('format')!r} version {state.get('version')!r}; "
-            f"this bank reads {FORMAT!r} version {VERSION}"
-        )
-    parts = state.get("emas")
-    if not isinstance(parts, Sequence) or isinstance(parts, str):
-        raise TypeError(f"state_dict['emas'] must be a list, got {type(parts).__name__}")
-    if len(parts) != k:
-        raise ValueError(f"state_dict['emas'] holds {len(parts)} EMAs; this bank has {k}")
-    return list(parts)
-
-
-def _save_snapshot_set() -> Any:
-    """``ema_core.posthoc``'s writer of a set of snapshots, imported when a bank first needs it.
-
-    Raises:
-        ImportError: ``ema_core.posthoc`` is not there.
-    """
-    return importlib.import_module("ema_core.posthoc._snapshots").save_snapshot_set

@@ -7,18 +7,27 @@ What must agree across a torch bank: the tracked tensors and how they are stored
 one dtype, which lets one pass over the params update them all. What may differ: the schedule,
 ``init``, ``interval`` (a skipped EMA just has decay 1 at that step), ``compensate``,
 ``correction`` and ``guard_finite`` (the params are checked once when any config asks).
+
+At each update and load: ``checked_step`` (each EMA's step, decay and rate, checked as
+``EMA.update`` checks them) and ``parts`` (a bank ``state_dict``'s K parts).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ema_core import _banks
+from ema_core import _banks, _ops
+from ema_core._checks import check_decay_value
 from ema_core._config import Config
+from ema_core._types import Step, Value
+from ema_core.torch import _options
 
-__all__ = ["check_shared", "resolve_configs", "sigma_rels_of"]
+if TYPE_CHECKING:
+    from ema_core.torch._module import EMA
+
+__all__ = ["check_shared", "checked_step", "parts", "resolve_configs", "sigma_rels_of"]
 
 _SHARED = ("buffers", "non_float", "dtype")
 
@@ -58,3 +67,35 @@ def check_shared(configs: Sequence[Config]) -> None:
 def sigma_rels_of(configs: Sequence[Config]) -> list[float | None]:
     """Each config's EDM2 ``sigma_rel`` (its power function's gamma), or None."""
     return [_banks.sigma_rel_of(c) for c in configs]
+
+
+def checked_step(ema: EMA, step: Step | None) -> tuple[Any, Value, Value]:
+    """``ema``'s step, decay and rate for this update, checked as ``EMA.update`` checks them."""
+    t = _ops.next_step(ema._step, "EMA step") if step is None else _ops.concrete_step(step)
+    if step is not None:
+        _options.check_not_back(t, ema._step)
+    decay, rate = ema.config.decay_and_rate(t)
+    check_decay_value(decay, "the decay", step=t)
+    return t, decay, rate
+
+
+def parts(state: Any, k: int, form: str, version: int) -> list[Any]:
+    """The K parts of a bank ``state_dict`` of format ``form``, version ``version``.
+
+    Raises:
+        TypeError: not a dict, or ``emas`` not a list. ValueError: another format, version
+            or number of EMAs.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+    if state.get("format") != form or state.get("version") != version:
+        raise ValueError(
+            f"state_dict is format {state.get('format')!r} version {state.get('version')!r}; "
+            f"this bank reads {form!r} version {version}"
+        )
+    found = state.get("emas")
+    if not isinstance(found, Sequence) or isinstance(found, str):
+        raise TypeError(f"state_dict['emas'] must be a list, got {type(found).__name__}")
+    if len(found) != k:
+        raise ValueError(f"state_dict['emas'] holds {len(found)} EMAs; this bank has {k}")
+    return list(found)

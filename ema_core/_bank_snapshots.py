@@ -1,0 +1,167 @@
+"""An EMA bank's snapshots of one step, as one step with its update (torch and JAX banks).
+
+A bank that writes post-hoc snapshots (``snapshot_every=``) updates its K EMAs and then writes
+their snapshots of that step as one set (``ema_core.posthoc``'s ``save_snapshot_set``). From
+the user's view the two are one step:
+
+* ``check_set`` runs before the update, while no shadow has changed: every check the writer
+  would make (each snapshot's step, sigma_rel, interval, leaf names and dtypes, no folder at a
+  file's name), plus what the file system can tell without writing: the directory is one (or
+  can be made one), each snapshot's file (through its links) lies in an existing folder, and
+  the folder that receives the files (or the nearest existing one above a missing directory)
+  is writable. Free disk space is not checked: only the write can tell.
+* ``write_set`` writes after the update. A failure there (a full disk, a file system gone
+  read-only) cannot be checked before, and the update is not undone: undoing it would need a
+  copy of the K shadows at every snapshot step (the blend cannot be inverted exactly, and a
+  JAX bank donates the old states). The update stands, and the failure is a
+  ``SnapshotWriteError`` (an ``OSError``, the cause's errno) saying that the step's update was
+  applied and its snapshots were not written, and how to write them again (the bank's
+  ``save_snapshots``), which gives the same files as the automatic write, since the shadows
+  have not moved since. The writer leaves none of the set on disk then.
+
+``ema_core.posthoc`` (numpy) is imported when a bank first needs it.
+"""
+
+from __future__ import annotations
+
+import errno as errnos
+import importlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ema_core import _banks
+from ema_core._atomic import resolve_link
+
+__all__ = ["SnapshotWriteError", "check_set", "write_set"]
+
+
+class SnapshotWriteError(OSError):
+    """A bank's update of step ``step`` was applied, but its snapshots of that step were not
+    written (none of the set is on disk). ``errno`` is the cause's; ``__cause__`` the cause.
+
+    Attributes:
+        step: the step whose snapshots are missing.
+        states: for a JAX bank, the updated states (the call's result: the states passed in
+            were donated); None for a torch bank, which holds its shadows itself.
+    """
+
+    step: int
+    states: Any
+
+
+def posthoc_snapshots() -> Any:
+    """``ema_core.posthoc._snapshots``, imported on first use.
+
+    Raises:
+        ImportError: ``ema_core.posthoc`` (numpy) is not there.
+    """
+    return importlib.import_module("ema_core.posthoc._snapshots")
+
+
+def check_set(
+    directory: str | os.PathLike[str],
+    trees: Sequence[Any],
+    *,
+    steps: Sequence[int],
+    sigma_rels: Sequence[float],
+    intervals: Sequence[int],
+) -> None:
+    """Raise what writing these snapshots would refuse, before anything is written: ``trees``
+    are the EMAs' arrays before the update (the same names, shapes and kinds of dtype as
+    their averages after it).
+
+    Raises:
+        TypeError / ValueError: what ``save_snapshot_set`` refuses (a folder at a file's name
+            included), or ``check_snapshot_dir``. FileNotFoundError / OSError: a snapshot's
+            file is a link into a missing folder, or a loop of links. PermissionError: the
+            folder the files go to (or the nearest existing one above it) is not writable.
+    """
+    _banks.check_snapshot_dir(directory)
+    snapshots = posthoc_snapshots()
+    folder = Path(os.fsdecode(os.fspath(directory)))
+    paths = [
+        snapshots.prepare(folder, tree, step=t, sigma_rel=s, dtype=None, interval=i).path
+        for tree, t, s, i in zip(trees, steps, sigma_rels, intervals, strict=True)
+    ]
+    if folder.is_dir():
+        targets = [resolve_link(p) for p in paths]
+        for path, target in zip(paths, targets, strict=True):
+            if target.is_dir():
+                raise ValueError(
+                    f"snapshot_dir={os.fspath(directory)!r}: the snapshot file {path.name!r} "
+                    f"is a link to the folder {os.fspath(target)!r}: move that folder away"
+                )
+        folders = list(dict.fromkeys(t.parent for t in targets))
+    else:
+        folders = [_existing_ancestor(folder)]
+    for where in folders:
+        _check_writable(directory, where)
+
+
+def write_set(
+    directory: str | os.PathLike[str],
+    averages: Sequence[Any],
+    *,
+    steps: Sequence[int],
+    sigma_rels: Sequence[float],
+    intervals: Sequence[int],
+    dtype: str | None = None,
+    retry: str | None,
+    states: Any = None,
+) -> list[Path]:
+    """``save_snapshot_set``; after a bank's update (``retry`` given: the call that writes the
+    set again), an ``OSError`` while writing becomes a ``SnapshotWriteError`` naming the step,
+    ``retry``, and carrying ``states``.
+
+    Raises:
+        SnapshotWriteError: the write failed; the update stands.
+        TypeError / ValueError: what ``save_snapshot_set`` refuses (checked before the update
+            by ``check_set``).
+    """
+    try:
+        paths: list[Path] = posthoc_snapshots().save_snapshot_set(
+            directory,
+            list(averages),
+            steps=list(steps),
+            sigma_rels=list(sigma_rels),
+            intervals=list(intervals),
+            dtype=dtype,
+        )
+    except OSError as cause:
+        if retry is None:
+            raise
+        raise _not_written(cause, directory, max(steps), retry, states) from cause
+    return paths
+
+
+def _not_written(
+    cause: OSError, directory: Any, step: int, retry: str, states: Any
+) -> SnapshotWriteError:
+    text = (
+        f"{cause.strerror or cause}: the bank's update of step {step} was applied (its shadows "
+        f"and steps are the updated ones), but its snapshots of step {step} were not written "
+        f"into snapshot_dir={os.fspath(directory)!r} (none of the set is on disk). Fix the "
+        f"cause, then write them with {retry} before the next update"
+    )
+    error = SnapshotWriteError(cause.errno, text) if cause.errno else SnapshotWriteError(text)
+    error.step, error.states = step, states
+    return error
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    node = Path(os.path.abspath(folder))
+    while not node.exists() and node.parent != node:
+        node = node.parent
+    return node
+
+
+def _check_writable(directory: Any, where: Path) -> None:
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise PermissionError(
+            errnos.EACCES,
+            f"snapshot_dir={os.fspath(directory)!r}: the folder {os.fspath(where)!r} is not "
+            "writable (the snapshots, or the missing folders above them, are made there); "
+            "give a folder this process may write into. Nothing was updated",
+        )
