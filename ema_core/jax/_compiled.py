@@ -23,8 +23,7 @@ from ema_core.jax._call_checks import (
     check_step,
     host_scalars,
 )
-from ema_core.jax._devices import check_devices
-from ema_core.jax._sharding import check_shardings
+from ema_core.jax._placement import check_placements
 
 
 def make_update(
@@ -168,23 +167,15 @@ def dispatch(
     params_split: Any,
 ) -> Any:
     """The new state arrays: one compiled call for up to ``_chunked.CHUNK`` params, else
-    ``chunked``'s path (its ``kinds`` then ``run``: one compiled call per chunk)."""
+    ``chunked``'s path (its ``kinds`` then ``run``: one compiled call per chunk). Devices and
+    shardings are checked first, for every chunk, once per signature (``_placement``)."""
+    check_placements(chunked, arrays, params_arrays, state_split, params_split)
     if len(params_arrays) <= _chunked.CHUNK:
-        try:
-            return jitted(arrays, params_arrays, state_split, params_split)
-        except Exception:  # JAX's own refusal, renamed (checked only now: free when it runs)
-            check_devices(arrays, params_arrays, state_split, params_split)
-            check_shardings(arrays, params_arrays, state_split, params_split)
-            raise
-    check_devices(arrays, params_arrays, state_split, params_split)  # before the head donates
+        return jitted(arrays, params_arrays, state_split, params_split)
     key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
     merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
-    try:
-        kinds = chunked.kinds(key, merge, arrays, params_arrays)
-        return chunked.run(arrays, params_arrays, kinds)
-    except Exception:  # JAX refused a chunk before donating it: name a sharding mismatch
-        check_shardings(arrays, params_arrays, state_split, params_split)
-        raise
+    kinds = chunked.kinds(key, merge, arrays, params_arrays)
+    return chunked.run(arrays, params_arrays, kinds)
 
 
 def _committed(arrays: list[Any]) -> list[Any]:

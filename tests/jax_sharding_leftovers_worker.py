@@ -1,0 +1,134 @@
+"""Worker of ``test_jax_leftovers_sharding``: run with 8 CPU devices (``XLA_FLAGS=
+--xla_force_host_platform_device_count=8``); the cases named in argv, one ``RESULTS`` json line.
+
+A shadow sharded otherwise than its param is refused by name before anything is donated: in a
+later chunk of the chunked path once that path's signature is known (JAX refused only that
+chunk, after the head and the earlier chunks had donated theirs), and on meshes of
+``AxisType.Auto`` axes (JAX compiled a shadow of a third sharding), also for a bank."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import ema_core as ema
+from ema_core.jax import _chunked, make_bank_update, make_update
+
+CONFIG = ema.Config(schedule=ema.schedules.constant(0.5), init="copy")
+EXPLICIT = jax.make_mesh((2, 4), ("data", "model"))
+AUTO = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+W = jnp.arange(64.0).reshape(8, 8)
+
+
+def put(x: Any, spec: Any, mesh: Any) -> Any:
+    return jax.device_put(x, NamedSharding(mesh, spec))
+
+
+def refused(call: Callable[[], Any], kept: Any, pattern: str) -> None:
+    try:
+        call()
+    except ValueError as error:
+        assert re.search(pattern, str(error)), str(error)
+    else:
+        raise AssertionError("no ValueError")
+    deleted = [x for x in jax.tree_util.tree_leaves(kept) if x.is_deleted()]
+    assert not deleted, f"{len(deleted)} arrays donated before the refusal"
+
+
+def tree(mesh: Any, n: int = 5) -> dict[str, Any]:
+    return {f"p{i}": put(W + i, P("data", None), mesh) for i in range(n)}
+
+
+def later_chunk(mesh: Any) -> None:
+    old, _chunked.CHUNK = _chunked.CHUNK, 2  # 5 leaves: chunks of 2, 2 and 1
+    try:
+        update, params = make_update(CONFIG), tree(mesh)
+        state = update(ema.init(params, CONFIG), params)  # this signature is now known
+        bad = {**params, "p4": put(W, P(None, "model"), mesh)}
+        refused(lambda: update(state, bad), state, r"state\.shadow\['p4'\] is sharded P\('data'")
+        state = update(state, params)  # the same state goes on
+        assert int(state.step) == 2
+    finally:
+        _chunked.CHUNK = old
+
+
+def explicit_later_chunk() -> None:
+    later_chunk(EXPLICIT)
+
+
+def auto_later_chunk() -> None:
+    later_chunk(AUTO)
+
+
+def auto_one_call() -> None:
+    state = ema.init({"w": put(W, P("data", None), AUTO)}, CONFIG)
+    params = {"w": put(W + 2, P(None, "model"), AUTO)}
+    words = (
+        r"state\.shadow\['w'\] is sharded P\('data', None\) on a mesh \(data=2, model=4\) .*"
+        r"but params\['w'\] P\(None, 'model'\) on a mesh .*nothing was donated"
+    )
+    refused(lambda: make_update(CONFIG)(state, params), state, words)
+
+
+def auto_replicated_and_other_mesh() -> None:
+    flipped = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    state = ema.init({"w": put(W, P(), AUTO)}, CONFIG)
+    sharded = {"w": put(W, P("data", "model"), AUTO)}
+    refused(lambda: make_update(CONFIG)(state, sharded), state, r"\['w'\] is sharded P\(\)")
+    state = ema.init({"w": put(W, P("data", None), AUTO)}, CONFIG)
+    other = {"w": put(W, P("data", None), flipped)}
+    refused(lambda: make_update(CONFIG)(state, other), state, r"\['w'\].*data=4, model=2")
+
+
+def auto_mismatch_after_steps() -> None:
+    update, params = make_update(CONFIG), tree(AUTO, 2)
+    state = ema.init(params, CONFIG)
+    for _ in range(3):
+        old = state
+        state = update(state, params)
+        assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(old))
+        for name, leaf in params.items():
+            assert state.shadow[name].sharding.is_equivalent_to(leaf.sharding, leaf.ndim)
+    bad = {**params, "p1": put(W, P("model", None), AUTO)}
+    refused(lambda: update(state, bad), state, r"state\.shadow\['p1'\]")
+
+
+def auto_bank() -> None:
+    bank = make_bank_update(sigma_rels=(0.05, 0.10))
+    states = bank.init({"w": put(W, P("data", None), AUTO)})
+    params = {"w": put(W, P(None, "model"), AUTO)}
+    refused(lambda: bank(states, params), states, r"states\[0\]\.shadow\['w'\] is sharded")
+
+
+def uncommitted_then_committed() -> None:
+    d0, d1 = jax.devices()[:2]
+    update = make_update(CONFIG)
+    state = jax.device_put(ema.init({"w": jnp.zeros(3)}, CONFIG), d1)
+    state = update(state, {"w": jnp.ones(3)})  # uncommitted on cpu:0: moved to cpu:1
+    committed = {"w": jax.device_put(jnp.ones(3), d0)}  # the same sharding, now committed
+    refused(lambda: update(state, committed), state, r"params\['w'\] is on cpu:0")
+
+
+def main(names: list[str]) -> None:
+    assert jax.device_count() == 8, jax.devices()
+    results = {}
+    for name in names:
+        try:
+            globals()[name]()
+            results[name] = "ok"
+        except Exception:
+            results[name] = traceback.format_exc()
+    print("RESULTS " + json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
