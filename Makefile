@@ -26,12 +26,16 @@ lock:
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# one pytest worker per CPU (pytest-xdist), each taking whole test files: a module's shared
+# set-up (a multi-rank launch, the demo run) happens once, in one worker
+XDIST := -n auto --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider $(XDIST)
 
 # the inner loop: everything but the multi-process, peer-library and demo tests
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu and not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not gpu and not slow" -p no:cacheprovider $(XDIST)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu -p no:cacheprovider

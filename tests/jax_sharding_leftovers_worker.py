@@ -13,20 +13,23 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-from jax.sharding import AxisType, NamedSharding
-from jax.sharding import PartitionSpec as P
+import pytest
 
-import ema_core as ema
-from ema_core.jax import _chunked, make_bank_update, make_update
+jax = pytest.importorskip("jax")  # pytest imports this file for doctests too
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import ema_core as ema  # noqa: E402
+from ema_core.jax import _chunked, make_bank_update, make_update  # noqa: E402
 
 CONFIG = ema.Config(schedule=ema.schedules.constant(0.5), init="copy")
-EXPLICIT = jax.make_mesh((2, 4), ("data", "model"))
-AUTO = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-W = jnp.arange(64.0).reshape(8, 8)
+# the meshes and the array, made in main(), not at import: pytest imports this file (one CPU
+# device there)
+ON = SimpleNamespace()
 
 
 def put(x: Any, spec: Any, mesh: Any) -> Any:
@@ -45,7 +48,7 @@ def refused(call: Callable[[], Any], kept: Any, pattern: str) -> None:
 
 
 def tree(mesh: Any, n: int = 5) -> dict[str, Any]:
-    return {f"p{i}": put(W + i, P("data", None), mesh) for i in range(n)}
+    return {f"p{i}": put(ON.w + i, P("data", None), mesh) for i in range(n)}
 
 
 def later_chunk(mesh: Any) -> None:
@@ -53,7 +56,7 @@ def later_chunk(mesh: Any) -> None:
     try:
         update, params = make_update(CONFIG), tree(mesh)
         state = update(ema.init(params, CONFIG), params)  # this signature is now known
-        bad = {**params, "p4": put(W, P(None, "model"), mesh)}
+        bad = {**params, "p4": put(ON.w, P(None, "model"), mesh)}
         refused(lambda: update(state, bad), state, r"state\.shadow\['p4'\] is sharded P\('data'")
         state = update(state, params)  # the same state goes on
         assert int(state.step) == 2
@@ -62,16 +65,16 @@ def later_chunk(mesh: Any) -> None:
 
 
 def explicit_later_chunk() -> None:
-    later_chunk(EXPLICIT)
+    later_chunk(ON.explicit)
 
 
 def auto_later_chunk() -> None:
-    later_chunk(AUTO)
+    later_chunk(ON.auto)
 
 
 def auto_one_call() -> None:
-    state = ema.init({"w": put(W, P("data", None), AUTO)}, CONFIG)
-    params = {"w": put(W + 2, P(None, "model"), AUTO)}
+    state = ema.init({"w": put(ON.w, P("data", None), ON.auto)}, CONFIG)
+    params = {"w": put(ON.w + 2, P(None, "model"), ON.auto)}
     words = (
         r"state\.shadow\['w'\] is sharded P\('data', None\) on a mesh \(data=2, model=4\) .*"
         r"but params\['w'\] P\(None, 'model'\) on a mesh .*nothing was donated"
@@ -81,16 +84,16 @@ def auto_one_call() -> None:
 
 def auto_replicated_and_other_mesh() -> None:
     flipped = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-    state = ema.init({"w": put(W, P(), AUTO)}, CONFIG)
-    sharded = {"w": put(W, P("data", "model"), AUTO)}
+    state = ema.init({"w": put(ON.w, P(), ON.auto)}, CONFIG)
+    sharded = {"w": put(ON.w, P("data", "model"), ON.auto)}
     refused(lambda: make_update(CONFIG)(state, sharded), state, r"\['w'\] is sharded P\(\)")
-    state = ema.init({"w": put(W, P("data", None), AUTO)}, CONFIG)
-    other = {"w": put(W, P("data", None), flipped)}
+    state = ema.init({"w": put(ON.w, P("data", None), ON.auto)}, CONFIG)
+    other = {"w": put(ON.w, P("data", None), flipped)}
     refused(lambda: make_update(CONFIG)(state, other), state, r"\['w'\].*data=4, model=2")
 
 
 def auto_mismatch_after_steps() -> None:
-    update, params = make_update(CONFIG), tree(AUTO, 2)
+    update, params = make_update(CONFIG), tree(ON.auto, 2)
     state = ema.init(params, CONFIG)
     for _ in range(3):
         old = state
@@ -98,14 +101,14 @@ def auto_mismatch_after_steps() -> None:
         assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(old))
         for name, leaf in params.items():
             assert state.shadow[name].sharding.is_equivalent_to(leaf.sharding, leaf.ndim)
-    bad = {**params, "p1": put(W, P("model", None), AUTO)}
+    bad = {**params, "p1": put(ON.w, P("model", None), ON.auto)}
     refused(lambda: update(state, bad), state, r"state\.shadow\['p1'\]")
 
 
 def auto_bank() -> None:
     bank = make_bank_update(sigma_rels=(0.05, 0.10))
-    states = bank.init({"w": put(W, P("data", None), AUTO)})
-    params = {"w": put(W, P(None, "model"), AUTO)}
+    states = bank.init({"w": put(ON.w, P("data", None), ON.auto)})
+    params = {"w": put(ON.w, P(None, "model"), ON.auto)}
     refused(lambda: bank(states, params), states, r"states\[0\]\.shadow\['w'\] is sharded")
 
 
@@ -120,6 +123,9 @@ def uncommitted_then_committed() -> None:
 
 def main(names: list[str]) -> None:
     assert jax.device_count() == 8, jax.devices()
+    ON.explicit = jax.make_mesh((2, 4), ("data", "model"))
+    ON.auto = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    ON.w = jnp.arange(64.0).reshape(8, 8)
     results = {}
     for name in names:
         try:
