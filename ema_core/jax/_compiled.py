@@ -23,6 +23,7 @@ from ema_core.jax._call_checks import (
     check_step,
     host_scalars,
 )
+from ema_core.jax._devices import check_devices
 from ema_core.jax._placement import check_placements
 
 
@@ -169,9 +170,16 @@ def dispatch(
     """The new state arrays: one compiled call for up to ``_chunked.CHUNK`` params, else
     ``chunked``'s path (its ``kinds`` then ``run``: one compiled call per chunk). Devices and
     shardings are checked first, for every chunk, once per signature (``_placement``)."""
-    check_placements(chunked, arrays, params_arrays, state_split, params_split)
-    if len(params_arrays) <= _chunked.CHUNK:
-        return jitted(arrays, params_arrays, state_split, params_split)
+    one_call = len(params_arrays) <= _chunked.CHUNK
+    check_placements(
+        chunked, arrays, params_arrays, state_split, params_split, commitment=not one_call
+    )
+    if one_call:
+        try:
+            return jitted(arrays, params_arrays, state_split, params_split)
+        except Exception:  # JAX refused other devices before donating: name the leaf
+            check_devices(arrays, params_arrays, state_split, params_split)
+            raise
     key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
     merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
     kinds = chunked.kinds(key, merge, arrays, params_arrays)

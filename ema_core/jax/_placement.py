@@ -32,10 +32,18 @@ _SEEN: weakref.WeakKeyDictionary[Any, tuple[Any, list[bool] | None]] = weakref.W
 
 
 def check_placements(
-    owner: Any, arrays: list[Any], params_arrays: list[Any], state_split: Any, params_split: Any
+    owner: Any,
+    arrays: list[Any],
+    params_arrays: list[Any],
+    state_split: Any,
+    params_split: Any,
+    *,
+    commitment: bool = True,
 ) -> None:
     """``check_devices`` and ``check_shardings``, unless ``owner`` checked this signature at its
-    last call (nothing is read from the devices either way).
+    last call (nothing is read from the devices either way). ``commitment=False`` leaves the
+    arrays' commitment out of the signature: for one compiled call, where JAX refuses arrays
+    committed to other devices before it donates anything (the caller names them then).
 
     Raises:
         ValueError: as ``check_devices`` or ``check_shardings``; nothing was donated.
@@ -46,13 +54,13 @@ def check_placements(
         return  # traced: placed by the outer transformation
     key = (shardings, state_split, params_split)
     seen = _SEEN.get(owner)
-    loose = seen[1] if seen is not None else None  # commitment, where some were uncommitted
+    loose = seen[1] if seen is not None and commitment else None  # where some were uncommitted
     if seen is not None and seen[0] == key and (loose is None or loose == _flags(*both)):
         _SEEN[owner] = (key, loose)  # equal, maybe not identical: identical from the next call
         return
     check_devices(arrays, params_arrays, state_split, params_split)
     check_shardings(arrays, params_arrays, state_split, params_split)
-    flags = _flags(arrays, params_arrays)
+    flags = _flags(arrays, params_arrays) if commitment else [True]
     _SEEN[owner] = (key, None if all(flags) else flags)
 
 
