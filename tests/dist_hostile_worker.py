@@ -8,12 +8,6 @@ case that hangs one rank is seen as a timeout, not as the next case failing) and
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("torch.distributed.fsdp")  # pytest imports this file for doctests too
@@ -27,6 +21,7 @@ from torch.distributed.tensor.debug import CommDebugMode
 
 import ema_core
 from ema_core.torch import EMA, _dtensor, ddp_ema, full_state_dict
+from tests.scaling_out import worker_main
 
 
 def net() -> torch.nn.Sequential:
@@ -205,27 +200,8 @@ class Cases:
 CASES = [name for name in vars(Cases) if not name.startswith("_") and name != "sharded"]
 
 
-def run(case: Callable[[], None]) -> str:
-    try:
-        case()
-        return "ok"
-    except (Exception, pytest.fail.Exception):  # pytest.raises fails with a BaseException
-        return traceback.format_exc()
-
-
 def main() -> None:
-    rank, world, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    store = f"file://{folder / 'hostile.store'}"
-    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
-    results: dict[str, str] = {}
-    try:
-        cases = Cases(world)
-        for name in CASES:
-            results[name] = run(getattr(cases, name))
-            (folder / f"hostile.{rank}.json").write_text(json.dumps(results))
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    worker_main(dist, Cases, CASES, "hostile")
 
 
 if __name__ == "__main__":

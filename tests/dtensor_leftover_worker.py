@@ -8,12 +8,6 @@ write ``DIR/leftover.RANK.json``: case name -> "ok" or the traceback.
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("torch.distributed.fsdp")  # pytest imports this file for doctests too
@@ -25,6 +19,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from ema_core.torch import EMA
+from tests.scaling_out import worker_main
 
 
 def net() -> torch.nn.Sequential:
@@ -148,27 +143,8 @@ CASES = [
 ]
 
 
-def run(case: Callable[[], None]) -> str:
-    try:
-        case()
-        return "ok"
-    except (Exception, pytest.fail.Exception):  # pytest.raises fails with a BaseException
-        return traceback.format_exc()
-
-
 def main() -> None:
-    rank, world, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    store = f"file://{folder / 'leftover.store'}"
-    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
-    results: dict[str, str] = {}
-    try:
-        cases = Cases(world)
-        for name in CASES:
-            results[name] = run(getattr(cases, name))
-            (folder / f"leftover.{rank}.json").write_text(json.dumps(results))
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    worker_main(dist, Cases, CASES, "leftover")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ chunk, after the head and the earlier chunks had donated theirs), and on meshes 
 
 from __future__ import annotations
 
-import json
 import re
 import sys
-import traceback
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +23,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import ema_core as ema  # noqa: E402
 from ema_core.jax import _chunked, make_bank_update, make_update  # noqa: E402
+from tests.scaling_out import print_results  # noqa: E402
 
 CONFIG = ema.Config(schedule=ema.schedules.constant(0.5), init="copy")
 # the meshes and the array, made in main(), not at import: pytest imports this file (one CPU
@@ -126,14 +125,7 @@ def main(names: list[str]) -> None:
     ON.explicit = jax.make_mesh((2, 4), ("data", "model"))
     ON.auto = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     ON.w = jnp.arange(64.0).reshape(8, 8)
-    results = {}
-    for name in names:
-        try:
-            globals()[name]()
-            results[name] = "ok"
-        except Exception:
-            results[name] = traceback.format_exc()
-    print("RESULTS " + json.dumps(results))
+    print_results(names, globals())
 
 
 if __name__ == "__main__":

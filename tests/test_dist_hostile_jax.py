@@ -6,14 +6,11 @@ donated, also on the chunked path), leaves on two sub-meshes, a mesh of one devi
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from tests.scaling_out import eight_devices
 
 pytest.importorskip("jax")
 
@@ -26,6 +23,7 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import NamedSharding, PartitionSpec as P
     import ema_core as ema
     from ema_core.jax import make_update
+    from tests.scaling_out import print_results
     from ema_core.jax._chunked import CHUNK
 
     warnings.simplefilter("error")  # a donation JAX could not use warns
@@ -95,14 +93,7 @@ SCRIPT = textwrap.dedent(
                 assert state.shadow[name].sharding.is_equivalent_to(leaf.sharding, leaf.ndim)
         np.testing.assert_array_equal(np.asarray(state.shadow["w"]), np.asarray(w + 1.5))
 
-    results = {}
-    for name in sys.argv[1:]:
-        try:
-            globals()[name]()
-            results[name] = "ok"
-        except Exception:
-            results[name] = traceback.format_exc()
-    print("RESULTS " + json.dumps(results))
+    print_results(sys.argv[1:], globals())
     """
 )
 
@@ -119,24 +110,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, str]:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *CASES],
-        env=env,
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    found: dict[str, str] = json.loads(lines[-1].removeprefix("RESULTS "))
-    return found
+    return eight_devices(["-c", SCRIPT], CASES, timeout=120)
 
 
 @pytest.mark.parametrize("case", CASES)

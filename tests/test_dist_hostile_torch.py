@@ -7,13 +7,11 @@ is written, and a case that leaves a rank waiting in a collective ends in the la
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.scaling_out import assert_every_rank, rank_results, require_fsdp2, run_workers
+from tests.scaling_out import assert_every_rank, launch_cases, require_fsdp2
 
 torch, dist, fsdp = require_fsdp2()
 
@@ -29,11 +27,7 @@ TIMEOUT = 90  # seconds for the whole launch; a hung collective ends here
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict[str, str]]:
     folder = tmp_path_factory.mktemp("hostile")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    worker = [sys.executable, "-m", "tests.dist_hostile_worker"]
-    commands = [[*worker, str(rank), str(WORLD), str(folder)] for rank in range(WORLD)]
-    logs = run_workers(commands, env, TIMEOUT)
-    return rank_results([folder / f"hostile.{rank}.json" for rank in range(WORLD)], logs)
+    return launch_cases(folder, "tests.dist_hostile_worker", "hostile", WORLD, TIMEOUT)
 
 
 @pytest.mark.parametrize("case", CASES)

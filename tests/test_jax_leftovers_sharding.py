@@ -6,18 +6,14 @@ committed. In process: the steady state does not walk the trees again."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.scaling_out import eight_devices
+
 pytest.importorskip("jax")
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = [
     "explicit_later_chunk",
     "auto_later_chunk",
@@ -31,25 +27,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, str]:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-    }
-    worker = str(ROOT / "tests" / "jax_sharding_leftovers_worker.py")
-    proc = subprocess.run(
-        [sys.executable, worker, *CASES],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    found: dict[str, str] = json.loads(lines[-1].removeprefix("RESULTS "))
-    return found
+    return eight_devices(["-m", "tests.jax_sharding_leftovers_worker"], CASES, timeout=180)
 
 
 @pytest.mark.slow

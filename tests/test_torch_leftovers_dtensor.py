@@ -8,13 +8,11 @@ with ``reshard_after_forward=False``) are put back to their shards and never tak
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.scaling_out import assert_every_rank, rank_results, require_fsdp2, run_workers
+from tests.scaling_out import assert_every_rank, launch_cases, require_fsdp2
 
 torch, dist, fsdp = require_fsdp2()
 
@@ -30,11 +28,7 @@ TIMEOUT = 90  # seconds for the whole launch; a hung collective ends here
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict[str, str]]:
     folder = tmp_path_factory.mktemp("leftover")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    worker = [sys.executable, "-m", "tests.dtensor_leftover_worker"]
-    commands = [[*worker, str(rank), str(WORLD), str(folder)] for rank in range(WORLD)]
-    logs = run_workers(commands, env, TIMEOUT)
-    return rank_results([folder / f"leftover.{rank}.json" for rank in range(WORLD)], logs)
+    return launch_cases(folder, "tests.dtensor_leftover_worker", "leftover", WORLD, TIMEOUT)
 
 
 @pytest.mark.parametrize("case", CASES)
