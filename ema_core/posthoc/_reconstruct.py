@@ -153,7 +153,9 @@ def _accumulate(
     dtype: type[np.floating[Any]],
     progress: Progress | None,
 ) -> list[dict[str, np.ndarray]]:
-    read = [i for i, info in enumerate(infos) if info.step == at or np.any(matrix[:, i] != 0)]
+    read = [i for i in range(len(infos)) if np.any(matrix[:, i] != 0)]
+    if not any(infos[i].step == at for i in read):  # the integers come from a snapshot at `at`
+        read = sorted([*read, next(i for i, info in enumerate(infos) if info.step == at)])
     sums: list[dict[str, np.ndarray]] = [{} for _ in range(matrix.shape[0])]
     for done, i in enumerate(read, 1):
         with Reader(infos[i].path) as reader:

@@ -57,12 +57,16 @@ def check_rebind(old: Tracked, new: Tracked, shadow: torch.Tensor) -> None:
             f"the module's tensor {old.name!r} has shape {tuple(new.tensor.shape)} now and "
             f"{tuple(shadow.shape)} when the EMA was built; build a new EMA for a reshaped model"
         )
-    if new.kind != old.kind:
+    if new.kind != old.kind or _floating(new.tensor) != _floating(old.tensor):
         raise ValueError(
             f"the module's tensor {old.name!r} is {new.tensor.dtype} now and was "
-            f"{old.tensor.dtype}: an EMA cannot switch a tensor between averaged (floating) "
-            "and copied (integer); build a new EMA"
+            f"{old.tensor.dtype}: an EMA cannot follow a tensor switched between floating "
+            "and integer (a copied buffer included); build a new EMA"
         )
+
+
+def _floating(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() or tensor.is_complex()
 
 
 def shadow_dtype(config: Config, tracked: Tracked) -> torch.dtype:
