@@ -58,3 +58,16 @@ def test_snapshots_whose_coefficients_are_all_zero_are_not_opened(
     assert tensor_reads == ["phema-0000000300-0.05.safetensors"]
     with Reader(tmp_path / "phema-0000000300-0.05.safetensors") as reader:
         np.testing.assert_array_equal(got, reader.read("w"))
+
+
+def test_save_snapshot_refuses_a_file_as_its_directory_before_writing(tmp_path: Path) -> None:
+    # README "Choices", post-hoc: `directory` ... a file there is a ValueError
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"kept")
+    with pytest.raises(ValueError, match=r"directory '.*afile' is a file, not a folder"):
+        save_snapshot(afile, {"w": np.ones(2)}, step=10, sigma_rel=0.05)
+    assert afile.read_bytes() == b"kept"
+    made = save_snapshot(
+        tmp_path / "missing" / "deeper", {"w": np.ones(2)}, step=10, sigma_rel=0.05
+    )
+    assert made.parent == tmp_path / "missing" / "deeper" and made.is_file()

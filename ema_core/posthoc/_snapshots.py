@@ -112,6 +112,11 @@ def save_snapshot_set(
         What ``save_snapshot`` raises, before anything is written.
     """
     folder = directory_path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(
+            f"directory {os.fspath(folder)!r} is a file, not a folder: give a folder for the "
+            "snapshots (a missing one is created)"
+        )
     prepared = [
         prepare(folder, a, step=t, sigma_rel=s, dtype=dtype, interval=i)
         for a, t, s, i in zip(averages, steps, sigma_rels, intervals, strict=True)

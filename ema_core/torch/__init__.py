@@ -11,7 +11,8 @@
   (``_bank_fused``: which tensors take the host bank kernel; ``_bank_args``: its arguments;
   ``_bank_snap``: its snapshots of a step, checked before the update and written after it).
 * ``_dtensor``: FSDP2 (DTensor) params get DTensor shadows updated on their local shards with
-  no collective; ``_fsdp``: the FSDP2 modules, kept sharded where the EMA reads them. ``_dist``, above ``EMA``: ``full_state_dict`` gathers one plain checkpoint
+  no collective; ``_fsdp``: the FSDP2 modules, kept sharded where the EMA reads them.
+  ``_dist``, above ``EMA``: ``full_state_dict`` gathers one plain checkpoint
   (rank 0 by default); ``ddp_ema`` builds an EMA on every DDP rank or on rank 0 only.
 
 The leaf kernels every update reaches (``ema_core.ema_update`` on tensors too) are in
