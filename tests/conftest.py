@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,3 +158,16 @@ def assert_same_bits_nan_aside(actual: Any, expected: Any) -> None:
     np.testing.assert_array_equal(nan_got, nan_want, err_msg="NaN positions differ")
     bits = np.dtype(f"u{want.dtype.itemsize}")
     np.testing.assert_array_equal(got[~nan_want].view(bits), want[~nan_want].view(bits))
+
+
+@pytest.fixture
+def fresh_accelerate() -> Iterator[None]:
+    """accelerate keeps its state in process-wide singletons: start and leave a test clean
+    (the accelerate test modules use it for every test)."""
+    from accelerate import state
+
+    state.AcceleratorState._reset_state(True)
+    state.GradientState._reset_state()
+    yield
+    state.AcceleratorState._reset_state(True)
+    state.GradientState._reset_state()

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,7 @@ ACCUMULATE = 2
 SCHEDULE = ema.schedules.warmup(0.9)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_state() -> Iterator[None]:
-    """accelerate keeps its state in process-wide singletons: start and leave each test clean."""
-    accelerate.state.AcceleratorState._reset_state(True)
-    accelerate.state.GradientState._reset_state()
-    yield
-    accelerate.state.AcceleratorState._reset_state(True)
-    accelerate.state.GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # conftest: a clean accelerate
 
 
 def _setup(seed: int) -> tuple[Any, Any, Any, EMA]:

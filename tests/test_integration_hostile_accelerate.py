@@ -4,7 +4,6 @@ loads), and ``ema_path`` of a bad folder. One process, on the CPU, no launcher."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,7 @@ accelerate = pytest.importorskip("accelerate")
 from ema_core.integrations.accelerate import ema_path, register  # noqa: E402
 from ema_core.torch import EMA  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _fresh_state() -> Iterator[None]:
-    """accelerate keeps its state in process-wide singletons: start and leave each test clean."""
-    accelerate.state.AcceleratorState._reset_state(True)
-    accelerate.state.GradientState._reset_state()
-    yield
-    accelerate.state.AcceleratorState._reset_state(True)
-    accelerate.state.GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # conftest: a clean accelerate
 
 
 def _setup() -> tuple[Any, Any]:

@@ -7,8 +7,11 @@ torch checkpoint continues in JAX and back, bit for bit.
 
 * ``_format``: what a file holds: tensor names (paths, escaped), metadata keys, format version.
 * ``_arrays``: arrays of each framework to bytes and back, bfloat16 included.
-* ``_save``, ``_load``: the two public functions; the bytes go through ``ema_core._safetensors``
-  (the file format, numpy only) and ``ema_core._atomic`` (temporary file, fsync, rename).
+* ``_save``, ``_load``: the public functions (``_load`` holds ``load`` and ``check``, which
+  checks a file as ``load`` does and writes nothing); the bytes go through
+  ``ema_core._safetensors`` (the file format, numpy only) and ``ema_core._atomic`` (temporary
+  file, fsync, rename). ``_load_file`` checks a file's step, weight and names; ``_load_ema``
+  and ``_load_state`` check it against a torch ``EMA`` or an ``EMAState`` and load it.
 * ``_peers``, ``_peers_read``, ``_export`` (torch only): ``load_peer`` continues a peer
   library's running EMA; ``export`` writes the layouts other tools read. They are imported on
   first use, so that ``import ema_core.checkpoint`` imports no framework.
@@ -24,14 +27,14 @@ except ImportError as err:  # pragma: no cover - numpy is installed wherever the
 
 from typing import TYPE_CHECKING, Any
 
-from ema_core.checkpoint._load import load
+from ema_core.checkpoint._load import check, load
 from ema_core.checkpoint._save import save
 
 if TYPE_CHECKING:
     from ema_core.checkpoint._export import export
     from ema_core.checkpoint._peers import load_peer
 
-__all__ = ["export", "load", "load_peer", "save"]
+__all__ = ["check", "export", "load", "load_peer", "save"]
 
 
 def __getattr__(name: str) -> Any:

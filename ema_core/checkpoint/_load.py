@@ -1,4 +1,9 @@
-"""``load``: a checkpoint into a torch ``EMA`` (in place) or an ``EMAState`` of any backend."""
+"""``load`` and ``check``: a checkpoint into a torch ``EMA`` (in place) or an ``EMAState`` of
+any backend, or checked against one without writing anything.
+
+The file's own checks are in ``_load_file``; those against the target in ``_load_ema`` (a torch
+``EMA``, through its ``load_state_dict`` checks) and ``_load_state`` (an ``EMAState``).
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,15 @@ import os
 import sys
 from typing import Any
 
-import numpy as np
-
 from ema_core import _safetensors
-from ema_core._config import Config, config_text
-from ema_core._tree import flatten, path_str, unflatten
+from ema_core._config import Config
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
-from ema_core.checkpoint._arrays import (
-    FLOAT,
-    INTEGER,
-    MAX_STEP,
-    host_dtype,
-    like_array,
-    torch_tensor,
-)
-from ema_core.checkpoint._format import dtype_name
-from ema_core.checkpoint._save import TORCH_FORMAT
+from ema_core.checkpoint._load_ema import check_into, load_into
+from ema_core.checkpoint._load_file import shadow_names
+from ema_core.checkpoint._load_state import checked_state
 
-__all__ = ["load"]
-
-_INTEGER, _FLOAT = INTEGER, FLOAT
+__all__ = ["check", "load"]
 
 
 def load(
@@ -77,6 +70,70 @@ def load(
         >>> back.shadow["w"], int(back.step)
         (array([0.5, 0.5]), 1)
     """
+    return _checked(path, like, config, strict, apply=True)
+
+
+def check(
+    path: str | os.PathLike[str],
+    like: Any,
+    /,
+    *,
+    config: Config | None = None,
+    strict: bool = True,
+) -> None:
+    """Check a checkpoint against ``like`` as ``load`` does, writing nothing.
+
+    Every check ``load`` makes before its first write (names, shapes, dtypes, config, step
+    and weight, ``strict``) runs with the same errors; ``like`` is left as it is. Shadow bytes
+    are not read: checking several files before loading any costs little (the accelerate
+    integration does so for every EMA registered on an accelerator).
+
+    Args:
+        path: a file written by ``save``.
+        like: an ``ema_core.torch.EMA`` or an ``EMAState``, as for ``load``.
+        config: as for ``load``.
+        strict: as for ``load``.
+
+    Raises:
+        TypeError, ValueError: what ``load`` raises for the same file and arguments (also
+            RuntimeError for an ``EMA`` inside its ``swap()``).
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np, ema_core as ema
+        >>> from ema_core.checkpoint import check, save
+        >>> cfg = ema.Config(schedule=0.5)
+        >>> state = ema.init({"w": np.zeros(2)}, cfg)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = save(pathlib.Path(d) / "ema.safetensors", state, cfg)
+        ...     check(path, state, config=cfg)  # passes: returns None
+        ...     check(path, ema.init({"w": np.zeros(3)}, cfg))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ...'shadow/w' has shape (2,) dtype float64; like.shadow['w'] has shape (3,)...
+    """
+    _checked(path, like, config, strict, apply=False)
+
+
+def _checked(
+    path: str | os.PathLike[str], like: Any, config: Config | None, strict: bool, *, apply: bool
+) -> Any:
+    """Check the arguments, then the file against ``like``; then load it when ``apply``."""
+    path, ema = _arguments(path, like, config, strict)
+    with _safetensors.Reader(path) as reader:
+        ours = _format.check_version(reader.path, reader.metadata)
+        shadows = shadow_names(reader)
+        if ema is not None and apply:
+            return load_into(reader, ours, shadows, ema, strict)
+        if ema is not None:
+            return check_into(reader, ours, shadows, ema, strict)
+        make = checked_state(reader, ours, shadows, like, config, strict)
+        return make() if apply else None
+
+
+def _arguments(
+    path: str | os.PathLike[str], like: Any, config: Config | None, strict: bool
+) -> tuple[str, Any]:
+    """The path as a str and ``like`` if it is a torch ``EMA`` (else None), once checked."""
     path = _format.check_path(path, "file")
     if os.path.isdir(path):
         raise ValueError(
@@ -97,162 +154,9 @@ def load(
             "config must be None when loading into an EMA: its own config is compared with the "
             f"file's, got {config!r}"
         )
-    with _safetensors.Reader(path) as reader:
-        ours = _format.check_version(reader.path, reader.metadata)
-        shadows = _shadow_names(reader)
-        if ema is not None:
-            return _into_ema(reader, ours, shadows, ema, strict)
-        return _into_state(reader, ours, shadows, like, config, strict)
+    return path, ema
 
 
 def _torch_ema(like: Any) -> Any:
     module = sys.modules.get("ema_core.torch._module")  # an EMA exists only once it is imported
     return like if module is not None and isinstance(like, module.EMA) else None
-
-
-def _shadow_names(reader: _safetensors.Reader) -> dict[str, str]:
-    """File name -> shadow name (the nest's name, ``""`` for a single-array shadow), after
-    checking that ``step`` and ``weight`` are there and valid and nothing else is."""
-    _scalar(reader, "step", _INTEGER)
-    _scalar(reader, "weight", _FLOAT)
-    names = [name for name in reader.entries if name not in ("step", "weight")]
-    return _format.shadow_keys(reader.path, names)
-
-
-def _scalar(reader: _safetensors.Reader, name: str, codes: tuple[str, ...]) -> Any:
-    """The value of the 0-d tensor ``name`` (a step >= 0, a weight in [0, 1])."""
-    entry = reader.entries.get(name)
-    if entry is None or entry.shape != () or entry.code not in codes:
-        got = "none" if entry is None else f"shape {list(entry.shape)} dtype {entry.code}"
-        raise ValueError(
-            f"{reader.path}: {name!r} must be a 0-d {'/'.join(codes)} tensor, got {got}"
-        )
-    data = reader.read(name)
-    value = float(_safetensors.bf16_to_float32(data)) if entry.code == "BF16" else data.item()
-    if name == "step" and value < 0:
-        raise ValueError(f"{reader.path}: 'step' must be >= 0, got {value}")
-    if name == "step" and value > MAX_STEP:
-        raise ValueError(f"{reader.path}: 'step' must be <= 2**63 - 1 (int64), got {value}")
-    if name == "weight" and not 0.0 <= value <= 1.0:  # NaN fails too
-        raise ValueError(
-            f"{reader.path}: 'weight' (bias correction) must be in [0, 1], got {value}"
-        )
-    return value
-
-
-def _into_ema(
-    reader: _safetensors.Reader,
-    ours: dict[str, str],
-    shadows: dict[str, str],
-    ema: Any,
-    strict: bool,
-) -> Any:
-    """Fill ``ema`` through its ``load_state_dict`` (every check there, before any write)."""
-    text = ours.get("config")
-    if text is None and strict:
-        raise ValueError(
-            f"{reader.path} was saved without a config (an EMAState saved with config=None); "
-            f"this EMA has {config_text(ema.config)!r}: pass strict=False to load it anyway"
-        )
-    wanted, read = set(ema.names), reader.read
-    state = {
-        "format": TORCH_FORMAT,
-        "version": sys.modules["ema_core.torch._state"].VERSION,
-        "config": config_text(ema.config) if text is None else text,
-        "step": torch_tensor(reader.read("step"), reader.entries["step"].code),
-        "weight": torch_tensor(reader.read("weight"), reader.entries["weight"].code),
-        # a name this EMA lacks is only counted (a strict load refuses it before reading any
-        # tensor, a loose one skips it): no need to read its bytes
-        "shadow": {
-            key: torch_tensor(read(name), reader.entries[name].code) if key in wanted else None
-            for name, key in shadows.items()
-        },
-    }
-    try:
-        ema.load_state_dict(state, strict=strict)
-    except TypeError as err:
-        raise TypeError(f"{reader.path}: {err}") from None
-    except ValueError as err:
-        raise ValueError(f"{reader.path}: {err}") from None
-    return ema
-
-
-def _into_state(
-    reader: _safetensors.Reader,
-    ours: dict[str, str],
-    shadows: dict[str, str],
-    like: EMAState,
-    config: Config | None,
-    strict: bool,
-) -> EMAState:
-    """A new ``EMAState`` like ``like`` holding the file's values (checked first)."""
-    _check_config(reader.path, ours.get("config"), config)
-    leaves, paths, treedef = flatten(like.shadow, "like.shadow")
-    names = _format.shadow_names(paths, "like.shadow")
-    _check_names(reader.path, names, list(shadows), strict)
-    for name, leaf, where in zip(names, leaves, paths, strict=True):
-        if name in reader.entries:
-            _check_leaf(reader, name, leaf, path_str("like.shadow", where))
-    step = _scalar_like(reader, "step", like.step)
-    weight = _scalar_like(reader, "weight", like.weight)
-    loaded = [
-        like_array(reader.read(name), leaf) if name in reader.entries else leaf
-        for name, leaf in zip(names, leaves, strict=True)
-    ]
-    return EMAState(step(), unflatten(treedef, loaded), weight())
-
-
-def _check_config(path: str, text: str | None, config: Config | None) -> None:
-    if config is None or text == config_text(config):
-        return
-    saved = "no config (saved with config=None)" if text is None else f"config {text!r}"
-    raise ValueError(
-        f"{path} holds {saved}, but config is {config_text(config)!r}; pass the config the "
-        "state was saved with, or config=None to load without comparing"
-    )
-
-
-def _check_names(path: str, names: list[str], saved: list[str], strict: bool) -> None:
-    saved_set, ours = set(saved), set(names)
-    missing = [n for n in names if n not in saved_set]
-    unexpected = [n for n in saved if n not in ours]
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"{path} does not match like: like has {missing[:5]} that the file lacks, the file "
-            f"has {unexpected[:5]} that like lacks ({len(missing)} and {len(unexpected)} in "
-            "all); pass strict=False to load the names both have"
-        )
-
-
-def _check_leaf(reader: _safetensors.Reader, name: str, leaf: Any, where: str) -> None:
-    entry = reader.entries[name]
-    shape, dtype = tuple(getattr(leaf, "shape", ())), dtype_name(getattr(leaf, "dtype", None))
-    saved = _safetensors.name_of(entry.code)
-    if entry.shape != shape or saved != dtype:
-        raise ValueError(
-            f"{reader.path}: {name!r} has shape {entry.shape} dtype {saved}; {where} has shape "
-            f"{shape} dtype {dtype}"
-        )
-
-
-def _scalar_like(reader: _safetensors.Reader, name: str, like: Any) -> Any:
-    """A thunk making the file's step or weight in ``like``'s type, dtype and device, checked
-    now (it must fit ``like``'s integer dtype) and made later, after every check."""
-    value = _scalar(reader, name, _INTEGER if name == "step" else _FLOAT)
-    python, kinds = (int, "iu") if name == "step" else (float, "f")
-    if type(like) is python:
-        return lambda: python(value)
-    dtype = host_dtype(like) if hasattr(like, "dtype") and hasattr(like, "shape") else None
-    if dtype is None or dtype.kind not in kinds or tuple(like.shape) != ():
-        raise TypeError(
-            f"like.{name} must be {'an int' if name == 'step' else 'a float'} or a 0-d "
-            f"{'integer' if name == 'step' else 'floating'} array, got {type(like).__name__}"
-            f"{'' if dtype is None else f' of dtype {dtype}'}"
-        )
-    if (
-        name == "step"
-        and dtype.kind in "iu"
-        and not np.iinfo(dtype).min <= value <= np.iinfo(dtype).max
-    ):
-        raise ValueError(f"{reader.path}: step {value} does not fit like.step's dtype {dtype}")
-    return lambda: like_array(np.asarray(value, dtype=dtype), like)

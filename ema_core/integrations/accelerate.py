@@ -4,9 +4,12 @@
 (``register_save_state_pre_hook``, ``register_load_state_pre_hook``): each ``save_state``
 folder then holds ``<name>.safetensors`` beside ``model.safetensors``, written by
 ``ema_core.checkpoint.save`` (crash-safe, no pickle: shadows, step, bias-correction weight and
-config), and each ``load_state`` fills the EMA back in place, bit for bit, on its device.
+config), and each ``load_state`` fills the EMA back in place, bit for bit, on its device,
+once the files of all EMAs registered on the accelerator passed ``ema_core.checkpoint.check``
+(all load, or none). accelerate (1.15) has no post-load hook: the EMAs load before the model.
 ``accelerator.register_for_checkpointing(ema)`` works too (the ``EMA`` has ``state_dict`` /
-``load_state_dict``), but writes a pickle that accelerate loads with ``weights_only=False``.
+``load_state_dict``, loaded after the model), but writes a pickle that accelerate loads with
+``weights_only=False``, cannot be unregistered, and a folder saved without it fails to load.
 
 accelerate itself is never imported here: the accelerator is used through those two methods
 and ``is_main_process``.
@@ -59,9 +62,11 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
     ``<output_dir>/<name>.safetensors`` with ``ema_core.checkpoint.save``: the shadows, the
     EMA's ``step``, its bias-correction weight and its config, crash-safe. In a process group
     every rank takes part in gathering sharded (FSDP2) shadows first. Loading: every process
-    reads the file into ``ema`` in place (``ema_core.checkpoint.load``: names, shapes, dtypes
-    and config are checked before any write), so updates continue as if never interrupted.
-    The model's own weights are left to accelerate.
+    reads the file into ``ema`` in place (``ema_core.checkpoint.load``), so updates continue as
+    if never interrupted. The files of all EMAs registered on the accelerator are checked
+    first (``ema_core.checkpoint.check``: names, shapes, dtypes and config), so a refused file
+    leaves every EMA as it was. The model's own weights are left to accelerate, which loads
+    them after these hooks: if that load fails, the EMAs are loaded already.
 
     Args:
         accelerator: an ``accelerate.Accelerator``.
@@ -77,9 +82,9 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
         TypeError: ``accelerator`` lacks the pre-hook methods, ``ema`` is not an ``EMA`` or
             ``name`` is not a str. ValueError: a ``name`` that is not a plain file stem, that
             accelerate uses, or that is registered on this accelerator already (for this EMA
-            or another, in any letter case). (When loading) FileNotFoundError: the folder
-            lacks the file of an EMA registered on this accelerator (checked for all of them
-            before any loads).
+            or another, in any letter case). (When loading, for every EMA registered on
+            this accelerator before any loads) FileNotFoundError: the folder lacks one's file;
+            ValueError / TypeError: one's file is refused by ``ema_core.checkpoint.check``.
 
     Example:
         >>> import tempfile, torch
@@ -110,9 +115,8 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
 
     def load_hook(models: list[Any], input_dir: str) -> None:
         del models
-        others = [held for held, ref in list(names.values()) if held != name and ref()]
-        for other in [name, *others]:
-            _require(input_dir, other)  # every EMA's file, before this one loads
+        others = [(held, ref()) for held, ref in list(names.values()) if held != name]
+        _check_all(input_dir, [(name, ema), *((n, e) for n, e in others if e is not None)])
         _checkpoint.load(ema_path(input_dir, name=name), ema)
 
     key = name.casefold()
@@ -138,6 +142,20 @@ def _check_free(names: dict[str, Any], name: str, ema: EMA) -> None:
         "registrations would write and read one file): pass another name=, such as "
         "name='ema_2', or remove() the first registration's hooks"
     )
+
+
+def _check_all(input_dir: str, emas: list[tuple[str, EMA]]) -> None:
+    """Check every registered EMA's file as ``load`` would, before the first EMA loads: all of
+    them load, or none (accelerate calls one pre-hook per EMA, each loading its own)."""
+    for name, _ in emas:
+        _require(input_dir, name)
+    for name, ema in emas:
+        try:
+            _checkpoint.check(ema_path(input_dir, name=name), ema)
+        except TypeError as err:
+            raise TypeError(f"{err} (load_state loaded no EMA)") from None
+        except ValueError as err:
+            raise ValueError(f"{err} (load_state loaded no EMA)") from None
 
 
 def _require(input_dir: str, name: str) -> None:

@@ -11,10 +11,10 @@ import array_api_compat.torch as xp
 import torch
 
 from ema_core import _banks
-from ema_core._config import Config, config_text
+from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
-from ema_core.torch import _bank_args, _bank_snap, _names, _options, _state
+from ema_core.torch import _bank_args, _bank_snap, _names, _options
 from ema_core.torch._bank_fused import Fused
 from ema_core.torch._module import EMA
 from ema_core.torch._swap import HeldInterrupts
@@ -208,11 +208,8 @@ class EMABank:
         """
         parts = _bank_args.parts(state_dict, len(self.emas), FORMAT, VERSION)
         for k, (ema, part) in enumerate(zip(self.emas, parts, strict=True)):
-            ema._refuse_in_swap("load_state_dict")
-            ema._bound.refresh(objects=True)
-            text = config_text(ema.config)
             try:
-                _state.check(part, ema.names, ema._bound.shadows, text, strict)
+                ema._checked_state(part, strict)
             except (TypeError, ValueError) as error:  # the same error, naming the EMA
                 raise type(error)(f"state_dict['emas'][{k}]: {error}") from error
         for ema, part in zip(self.emas, parts, strict=True):

@@ -200,15 +200,20 @@ class EMA:
         requires the same names, config and buffer policy; shapes and dtypes must always
         match. An update left unfinished by an exception is dropped.
         """
-        self._refuse_in_swap("load_state_dict")
-        self._bound.refresh(objects=True)
-        shadows, text = self._bound.shadows, config_text(self.config)
-        loaded = _state.check(state_dict, self.names, shadows, text, strict)
+        loaded = self._checked_state(state_dict, strict)
         step, weight = _state.unpack_step(state_dict)
         self._bound.store.wait()
         with torch.no_grad(), HeldInterrupts():
-            _averages.load_shadows(self.names, shadows, loaded)
+            _averages.load_shadows(self.names, self._bound.shadows, loaded)
             self._step, self._weight, self._bound.pending = step, weight, None
+
+    def _checked_state(self, state_dict: Mapping[str, Any], strict: bool) -> Any:
+        """What ``load_state_dict`` checks before its first write (refused inside ``swap``; the
+        model's replaced tensors followed first): ``_state.check``'s loaded shadows."""
+        self._refuse_in_swap("load_state_dict")
+        self._bound.refresh(objects=True)
+        text = config_text(self.config)
+        return _state.check(state_dict, self.names, self._bound.shadows, text, strict)
 
     def __repr__(self) -> str:
         return f"EMA({len(self.names)} tensors, step={self._step!r}, config={self.config!r})"

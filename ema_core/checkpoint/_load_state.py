@@ -1,0 +1,105 @@
+"""Loading into an ``EMAState`` of any backend: every check first, then the arrays made."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ema_core import _safetensors
+from ema_core._config import Config, config_text
+from ema_core._tree import flatten, path_str, unflatten
+from ema_core._types import EMAState
+from ema_core.checkpoint import _format
+from ema_core.checkpoint._arrays import FLOAT, INTEGER, host_dtype, like_array
+from ema_core.checkpoint._format import dtype_name
+from ema_core.checkpoint._load_file import scalar
+
+__all__ = ["checked_state"]
+
+
+def checked_state(
+    reader: _safetensors.Reader,
+    ours: dict[str, str],
+    shadows: dict[str, str],
+    like: EMAState,
+    config: Config | None,
+    strict: bool,
+) -> Callable[[], EMAState]:
+    """Check the file against ``like`` (config, names, shapes, dtypes, step and weight); return
+    the function making the new ``EMAState`` (to call while ``reader`` is open)."""
+    _check_config(reader.path, ours.get("config"), config)
+    leaves, paths, treedef = flatten(like.shadow, "like.shadow")
+    names = _format.shadow_names(paths, "like.shadow")
+    _check_names(reader.path, names, list(shadows), strict)
+    for name, leaf, where in zip(names, leaves, paths, strict=True):
+        if name in reader.entries:
+            _check_leaf(reader, name, leaf, path_str("like.shadow", where))
+    step = _scalar_like(reader, "step", like.step)
+    weight = _scalar_like(reader, "weight", like.weight)
+
+    def make() -> EMAState:
+        loaded = [
+            like_array(reader.read(name), leaf) if name in reader.entries else leaf
+            for name, leaf in zip(names, leaves, strict=True)
+        ]
+        return EMAState(step(), unflatten(treedef, loaded), weight())
+
+    return make
+
+
+def _check_config(path: str, text: str | None, config: Config | None) -> None:
+    if config is None or text == config_text(config):
+        return
+    saved = "no config (saved with config=None)" if text is None else f"config {text!r}"
+    raise ValueError(
+        f"{path} holds {saved}, but config is {config_text(config)!r}; pass the config the "
+        "state was saved with, or config=None to load without comparing"
+    )
+
+
+def _check_names(path: str, names: list[str], saved: list[str], strict: bool) -> None:
+    saved_set, ours = set(saved), set(names)
+    missing = [n for n in names if n not in saved_set]
+    unexpected = [n for n in saved if n not in ours]
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"{path} does not match like: like has {missing[:5]} that the file lacks, the file "
+            f"has {unexpected[:5]} that like lacks ({len(missing)} and {len(unexpected)} in "
+            "all); pass strict=False to load the names both have"
+        )
+
+
+def _check_leaf(reader: _safetensors.Reader, name: str, leaf: Any, where: str) -> None:
+    entry = reader.entries[name]
+    shape, dtype = tuple(getattr(leaf, "shape", ())), dtype_name(getattr(leaf, "dtype", None))
+    saved = _safetensors.name_of(entry.code)
+    if entry.shape != shape or saved != dtype:
+        raise ValueError(
+            f"{reader.path}: {name!r} has shape {entry.shape} dtype {saved}; {where} has shape "
+            f"{shape} dtype {dtype}"
+        )
+
+
+def _scalar_like(reader: _safetensors.Reader, name: str, like: Any) -> Any:
+    """A thunk making the file's step or weight in ``like``'s type, dtype and device, checked
+    now (it must fit ``like``'s integer dtype) and made later, after every check."""
+    value = scalar(reader, name, INTEGER if name == "step" else FLOAT)
+    python, kinds = (int, "iu") if name == "step" else (float, "f")
+    if type(like) is python:
+        return lambda: python(value)
+    dtype = host_dtype(like) if hasattr(like, "dtype") and hasattr(like, "shape") else None
+    if dtype is None or dtype.kind not in kinds or tuple(like.shape) != ():
+        raise TypeError(
+            f"like.{name} must be {'an int' if name == 'step' else 'a float'} or a 0-d "
+            f"{'integer' if name == 'step' else 'floating'} array, got {type(like).__name__}"
+            f"{'' if dtype is None else f' of dtype {dtype}'}"
+        )
+    if (
+        name == "step"
+        and dtype.kind in "iu"
+        and not np.iinfo(dtype).min <= value <= np.iinfo(dtype).max
+    ):
+        raise ValueError(f"{reader.path}: step {value} does not fit like.step's dtype {dtype}")
+    return lambda: like_array(np.asarray(value, dtype=dtype), like)
