@@ -7,8 +7,6 @@ is written, and a case that leaves a rank waiting in a collective ends in the la
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.scaling_out import assert_every_rank, launch_cases, require_fsdp2
@@ -19,7 +17,6 @@ from tests.dist_hostile_worker import CASES  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
 
-ROOT = Path(__file__).resolve().parent.parent
 WORLD = 2
 TIMEOUT = 90  # seconds for the whole launch; a hung collective ends here
 

@@ -20,6 +20,20 @@ from ema_core.torch import EMA  # noqa: E402
 pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # conftest: a clean accelerate
 
 
+def _two_emas_saved(folder: Path) -> tuple[Any, Any, EMA, EMA]:
+    """An accelerator with a prepared model and two registered EMAs, one update each, saved."""
+    torch.manual_seed(0)
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(3, 2))
+    fast, slow = EMA(model, decay=0.5), EMA(model, decay=0.9)
+    register(accelerator, fast, name="ema_fast")
+    register(accelerator, slow, name="ema_slow")
+    fast.update()
+    slow.update()
+    accelerator.save_state(str(folder))
+    return accelerator, model, fast, slow
+
+
 def _bits(module_or_ema: Any) -> dict[str, Any]:
     tensors = (
         module_or_ema.state_dict()
@@ -71,15 +85,7 @@ def test_a_refused_second_file_loads_no_ema(
 ) -> None:
     """Before, the first EMA's hook loaded its file, then the second EMA's hook raised: the
     first EMA was back at the checkpoint, the second not, the model not either."""
-    torch.manual_seed(0)
-    accelerator = accelerate.Accelerator(cpu=True)
-    model = accelerator.prepare(torch.nn.Linear(3, 2))
-    fast, slow = EMA(model, decay=0.5), EMA(model, decay=0.9)
-    register(accelerator, fast, name="ema_fast")
-    register(accelerator, slow, name="ema_slow")
-    fast.update()
-    slow.update()
-    accelerator.save_state(str(tmp_path))
+    accelerator, model, fast, slow = _two_emas_saved(tmp_path)
     other = replace(model)
     other.update()
     save(ema_path(tmp_path, name="ema_slow"), other)  # not the EMA registered under that name
@@ -97,15 +103,7 @@ def test_a_refused_second_file_loads_no_ema(
 
 def test_two_good_files_load_both(tmp_path: Path) -> None:
     """The checks of every file before any loads do not stop a folder that fits."""
-    torch.manual_seed(0)
-    accelerator = accelerate.Accelerator(cpu=True)
-    model = accelerator.prepare(torch.nn.Linear(3, 2))
-    fast, slow = EMA(model, decay=0.5), EMA(model, decay=0.9)
-    register(accelerator, fast, name="ema_fast")
-    register(accelerator, slow, name="ema_slow")
-    fast.update()
-    slow.update()
-    accelerator.save_state(str(tmp_path))
+    accelerator, model, fast, slow = _two_emas_saved(tmp_path)
     saved = {"fast": _bits(fast), "slow": _bits(slow)}
     with torch.no_grad():
         model.weight.add_(1.0)

@@ -8,8 +8,6 @@ with ``reshard_after_forward=False``) are put back to their shards and never tak
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.scaling_out import assert_every_rank, launch_cases, require_fsdp2
@@ -20,7 +18,6 @@ from tests.dtensor_leftover_worker import CASES  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
 
-ROOT = Path(__file__).resolve().parent.parent
 WORLD = 2
 TIMEOUT = 90  # seconds for the whole launch; a hung collective ends here
 
