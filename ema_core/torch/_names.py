@@ -78,6 +78,7 @@ def collect(
 
     Raises:
         ValueError: two tensors with one name, none left, or one on the meta device.
+        TypeError: a sparse or quantized tensor.
     """
     if buffers not in BUFFER_POLICIES:
         raise ValueError(f"buffers must be one of {list(BUFFER_POLICIES)}, got {buffers!r}")
@@ -103,8 +104,16 @@ def collect(
 
 def check_materialized(name: str, tensor: torch.Tensor, where: str) -> None:
     """Raise for a tensor without values: on the meta device, or an empty DTensor shard, or
-    a plain tensor whose storage was freed (torch's own fused ops would read unowned memory)."""
-    if _dtensor.local(tensor).is_meta:
+    a plain tensor whose storage was freed (torch's own fused ops would read unowned memory).
+    A sparse or quantized tensor (no dense values to blend or copy) is a ``TypeError``."""
+    local = _dtensor.local(tensor)
+    if local.layout != torch.strided or local.is_quantized:
+        raise TypeError(
+            f"{where}[{name!r}] is a {local.layout} tensor of dtype {local.dtype}; only dense "
+            "(torch.strided) tensors of bool, integer or floating dtypes can be tracked: "
+            "convert it (.to_dense(), .dequantize()) or leave it out with exclude="
+        )
+    if local.is_meta:
         raise ValueError(
             f"{where}[{name!r}] is on the meta device (it has no values to average): build or "
             "update the EMA after materializing the model (module.to_empty(...) and "

@@ -58,11 +58,14 @@ def moved_shadow(
 
 
 def _empty(live: torch.Tensor, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
+    """A new tensor like ``live``, never an inference tensor (made inside
+    ``torch.inference_mode`` it could not be updated in place outside it)."""
     source = live.detach()
-    if device is None or _same(device, source.device):
-        return torch.empty_like(source, dtype=dtype)
-    pin = device.type == "cpu" and source.is_cuda
-    return torch.empty(source.shape, dtype=dtype, device=device, pin_memory=pin)
+    with torch.inference_mode(False):
+        if device is None or _same(device, source.device):
+            return torch.empty_like(source, dtype=dtype)
+        pin = device.type == "cpu" and source.is_cuda
+        return torch.empty(source.shape, dtype=dtype, device=device, pin_memory=pin)
 
 
 def _same(wanted: torch.device, actual: torch.device) -> bool:

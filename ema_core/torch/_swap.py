@@ -51,11 +51,13 @@ class Put:
     def __init__(self, live: torch.Tensor, average: torch.Tensor, copy: bool, shadow: bool) -> None:
         self.live = live
         self.version: int | None = None
-        if copy or type(live) is not torch.nn.Parameter or type(live.detach()) is not torch.Tensor:
+        self.inference = live.is_inference()  # no version counter: copied, in inference mode
+        if copy or self.inference or not _plain_parameter(live):
             target = live.detach()
-            self.saved = target.clone()
             self.by_data = False
-            target.copy_(average)
+            with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
+                self.saved = target.clone()
+                target.copy_(average)
             return
         if average.dtype != live.dtype or average.device != live.device:
             average, shadow = average.to(dtype=live.dtype, device=live.device), False
@@ -69,8 +71,14 @@ class Put:
         if self.by_data:
             self.live.data = self.saved
         else:
-            self.live.detach().copy_(self.saved)
+            with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
+                self.live.detach().copy_(self.saved)
         return written
+
+
+def _plain_parameter(live: torch.Tensor) -> bool:
+    """An ``nn.Parameter`` over a plain tensor: ``.data`` can point it at a shadow."""
+    return type(live) is torch.nn.Parameter and type(live.detach()) is torch.Tensor
 
 
 @contextlib.contextmanager

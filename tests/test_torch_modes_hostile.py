@@ -1,0 +1,88 @@
+"""The torch ``EMA`` against torch's own modes: inference mode, sparse and quantized tensors."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ema_core.torch import EMA  # noqa: E402
+
+
+def test_an_ema_built_inside_inference_mode_updates_outside_it() -> None:
+    model = torch.nn.Linear(3, 2)
+    torch.nn.init.zeros_(model.weight.data)
+    with torch.inference_mode():
+        ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    ema.update()  # was: RuntimeError, in-place update to an inference tensor
+    assert not any(a.is_inference() for a in ema.average.values())
+    assert torch.equal(ema.average["weight"], torch.full((2, 3), 2.0))
+    with torch.inference_mode():
+        ema.update()  # and inside it again
+    assert torch.equal(ema.average["weight"], torch.full((2, 3), 3.0))
+    assert ema.step == 2
+
+
+@pytest.mark.parametrize("outer_inference", [False, True])
+@pytest.mark.parametrize("copy", [True, False])
+def test_swap_of_a_module_built_in_inference_mode_restores_it(
+    copy: bool, outer_inference: bool
+) -> None:
+    with torch.inference_mode():
+        model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+        for t in model.parameters():
+            t.fill_(1.0)
+    ema = EMA(model, decay=0.5, buffers="average")
+    with torch.inference_mode():
+        for t in model.parameters():
+            t.fill_(5.0)
+        model[1].running_mean.fill_(5.0)
+    ema.update()  # averages 3.0 (parameters), running_mean 2.5
+    live = {n: t.clone() for n, t in model.state_dict().items()}
+    pointers = {n: t.data_ptr() for n, t in model.state_dict().items()}
+    # was: RuntimeError, and the model left holding the shadows
+    with torch.inference_mode(outer_inference), ema.swap(copy=copy):
+        assert torch.equal(model[0].weight, torch.full((2, 3), 3.0))
+        assert torch.equal(model[1].running_mean, torch.full((2,), 2.5))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, live[name]), name
+        assert value.data_ptr() == pointers[name], name
+    shadows = {a.data_ptr() for a in ema.average.values()}
+    assert not shadows & {t.data_ptr() for t in model.state_dict().values()}
+
+
+def _quantized() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates its quantized tensors
+        return torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8)
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: torch.eye(3).to_sparse(), "torch.sparse_coo"),
+        (_quantized, "torch.qint8"),
+    ],
+)
+def test_sparse_and_quantized_tensors_are_refused_by_name(make, words) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TypeError, match=rf"\['odd'\].*{words}.*only dense"):
+        EMA({"ok": torch.ones(2), "odd": make()}, decay=0.5)
+
+
+def test_a_parameter_replaced_by_a_sparse_one_is_refused_before_any_write() -> None:
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.5)
+    before = {n: a.clone() for n, a in ema.average.items()}
+    with torch.no_grad():
+        model.bias.fill_(7.0)
+    model.weight = torch.nn.Parameter(torch.eye(2, 3).to_sparse())
+    with pytest.raises(TypeError, match=r"\['weight'\].*sparse_coo.*only dense"):
+        ema.update()
+    assert ema.step == 0
+    for name, value in ema.average.items():
+        assert torch.equal(value, before[name]), name
