@@ -14,7 +14,15 @@ import array_api_compat as compat
 
 from ema_core._types import Array
 
-__all__ = ["FOREIGN", "array_kind", "byte_span", "memory_key", "overlap", "same_elements"]
+__all__ = [
+    "FOREIGN",
+    "NO_STORAGE",
+    "array_kind",
+    "byte_span",
+    "memory_key",
+    "overlap",
+    "same_elements",
+]
 
 
 def same_elements(s: Any, p: Any) -> bool:
@@ -56,12 +64,27 @@ def _unwrap(a: Any) -> Any:
     return getattr(a, "_array", a) if array_kind(a) == "strict" else a
 
 
+#: A tensor inside a ``torch.func`` transform: ema-core writes shadows in place and reads
+#: memory, which the transform's wrappers (batched, gradient-tracking) do not expose.
+NO_STORAGE = (
+    "ema_core cannot update tensors inside a torch.func transform (vmap, grad, ...): they "
+    "have no storage to read or write; call it outside the transform"
+)
+
+
 def memory_key(a: Any) -> Any:
     """What ``a``'s memory belongs to: a torch storage, the numpy array owning the data, or
-    ``FOREIGN`` (numpy over foreign memory); None for arrays compared by identity only."""
+    ``FOREIGN`` (numpy over foreign memory); None for arrays compared by identity only.
+
+    Raises:
+        TypeError: a tensor of a ``torch.func`` transform (``NO_STORAGE``).
+    """
     kind = array_kind(a)
     if kind == "torch":  # a meta or empty storage has no memory (its pointer is 0)
-        return a.untyped_storage().data_ptr() or None
+        try:
+            return a.untyped_storage().data_ptr() or None
+        except NotImplementedError as error:  # torch.func's wrappers (vmap, grad) hide it
+            raise TypeError(NO_STORAGE) from error
     if kind == "strict":
         a = getattr(a, "_array", None)
     elif kind != "numpy":

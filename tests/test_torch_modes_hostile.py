@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import ema_core  # noqa: E402
 from ema_core.torch import EMA  # noqa: E402
 
 
@@ -86,3 +87,20 @@ def test_a_parameter_replaced_by_a_sparse_one_is_refused_before_any_write() -> N
     assert ema.step == 0
     for name, value in ema.average.items():
         assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("copy", [None, True, False])
+@pytest.mark.parametrize("transform", ["vmap", "grad"])
+def test_inside_a_torch_func_transform_is_a_type_error_and_writes_nothing(
+    transform: str, copy: bool | None
+) -> None:
+    """Was torch's raw NotImplementedError ("Cannot access storage of BatchedTensorImpl")."""
+    shadow = torch.zeros(3)
+
+    def step(p: torch.Tensor) -> torch.Tensor:
+        return ema_core.ema_update(shadow, p, 1, decay=0.5, copy=copy).sum()
+
+    run = torch.func.vmap(step) if transform == "vmap" else torch.func.grad(step)
+    with pytest.raises(TypeError, match=r"inside a torch\.func transform .*outside the transform"):
+        run(torch.ones(4, 3) if transform == "vmap" else torch.ones(3))
+    assert torch.equal(shadow, torch.zeros(3))

@@ -61,7 +61,13 @@ def short_memory(t: torch.Tensor) -> str | None:
     memory the tensor does not own (and torch's own ``copy_`` / ``_foreach_lerp_`` crash)."""
     if t.layout != torch.strided or t.is_meta or t.numel() == 0:
         return None  # no storage to hold elements (sparse, meta), or nothing to hold
-    held, size = t.untyped_storage().nbytes(), t.element_size()
+    try:
+        held, size = t.untyped_storage().nbytes(), t.element_size()
+    except NotImplementedError as error:  # torch.func's wrappers (vmap, grad) hide it
+        raise TypeError(
+            "ema_core cannot update tensors inside a torch.func transform (vmap, grad, ...): "
+            "they have no storage to read or write; call it outside the transform"
+        ) from error
     end = t.storage_offset() + t.numel()  # one past the last element when contiguous
     if held >= end * size and t.is_contiguous():
         return None
