@@ -152,7 +152,17 @@ def _check_layouts(s: Array, p: Array, path: Path, names: tuple[str, str]) -> No
 
 
 def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> None:
-    ds, dp = compat.device(s), compat.device(p)
+    try:
+        ds, dp = compat.device(s), compat.device(p)
+    except RuntimeError:  # a deleted JAX array has no device: name it (checked only now)
+        for leaf, name in ((s, names[0]), (p, names[1])):
+            if compat.is_jax_array(leaf) and leaf.is_deleted():
+                raise ValueError(
+                    f"{path_str(name, path)} was deleted (donated to a call that donates it, "
+                    "such as make_update, or deleted by hand): pass the arrays that call "
+                    "returned"
+                ) from None
+        raise
     if ds is not None and dp is not None and ds != dp:
         raise ValueError(
             f"{path_str(names[0], path)} is on device {ds} but {path_str(names[1], path)} is on "
@@ -171,6 +181,8 @@ def _pair_kind(
     where_s, where_p = path_str(names[0], path), path_str(names[1], path)
     _check_numeric(xp, s_dtype, where_s)
     _check_numeric(xp, p_dtype, where_p)
+    if compat.is_jax_namespace(xp):
+        _check_x64(s_dtype, where_s)
     kind = leaf_kind(xp, p_dtype)
     if kind == "float":
         if leaf_kind(xp, s_dtype) != "float" or (
@@ -224,3 +236,15 @@ def check_finite(
                 f"{path_str(name, path)} holds NaN or infinite values "
                 "(guard_finite=True); no shadow was changed"
             )
+
+
+def _check_x64(dtype: Any, where: str) -> None:
+    """A 64-bit JAX shadow while JAX's x64 mode is off would be computed and returned in 32
+    bits: refused (once per dtype pair, as ``_pair_kind`` is)."""
+    narrow = sys.modules["jax"].dtypes.canonicalize_dtype(dtype)
+    if narrow != dtype:
+        raise TypeError(
+            f"{where} has dtype {dtype}, but JAX's x64 mode is off (jax_enable_x64), so it "
+            f"would be computed and returned as {narrow}: enable x64 as when it was made, or "
+            f"cast it to {narrow} yourself"
+        )

@@ -206,4 +206,4 @@ def next_step(step: Any, name: str = "state.step") -> int | Array:
     top = int(xp.iinfo(step.dtype).max)
     if isinstance(t, int):
         return min(t + 1, top)
-    return xp.where(t < top, t + 1, t)
+    return xp.where(t < xp.full_like(t, top), t + 1, t)  # a Python int may not fit JAX's int32

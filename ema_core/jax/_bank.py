@@ -22,7 +22,7 @@ from ema_core import _api, _bank_snapshots, _banks
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
-from ema_core.jax._call_checks import check_not_donated, check_step
+from ema_core.jax._call_checks import check_not_donated, check_step, check_x64
 from ema_core.jax._compiled import _committed, _Split, _split, dispatch
 
 
@@ -119,6 +119,7 @@ class BankUpdate:
             for k, state in enumerate(states):
                 check_not_donated(state.step, f"states[{k}]", "this bank")
                 check_step(state.step)
+                check_x64(state, f"states[{k}]")
         every = self._every
         counted = [] if every is None else self._count(states, trusted)
         due = every is not None and counted[0] % every == 0

@@ -1,6 +1,7 @@
 """The checks ``make_update`` and the JAX bank make on the host before a compiled call: a state
-donated to an earlier call, a step out of range, Python scalars in a state (static under jit:
-they would never move) and ``guard_finite`` on the params. Nothing here donates or writes."""
+donated to an earlier call (its step, or any array: ``check_live``), a step out of range, a state
+of 64-bit arrays while x64 is off, Python scalars in a state (static under jit: they would never
+move) and ``guard_finite`` on the params. Nothing here donates or writes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,16 @@ from ema_core._paths import path_str
 from ema_core._tree import flatten
 from ema_core._types import EMAState, Tree
 from ema_core.backends.jax._leaves import scalar_device
+from ema_core.jax._devices import leaf_name
 
-__all__ = ["check_finite_params", "check_not_donated", "check_step", "host_scalars"]
+__all__ = [
+    "check_finite_params",
+    "check_live",
+    "check_not_donated",
+    "check_step",
+    "check_x64",
+    "host_scalars",
+]
 
 
 def check_not_donated(step: Any, what: str, by: str) -> None:
@@ -31,6 +40,50 @@ def check_not_donated(step: Any, what: str, by: str) -> None:
             "given: pass the state that call returned, or use donate=False to update the same "
             "state more than once"
         )
+
+
+def check_live(
+    arrays: list[Any], params_arrays: list[Any], state_split: Any, params_split: Any
+) -> None:
+    """Raise when an array of the state or params was deleted: donated to an earlier call (a
+    state put together from a returned step and an old shadow) or ``.delete()`` d. JAX's own
+    error names no leaf, and the chunked path would donate the step before reaching it.
+
+    Raises:
+        ValueError: naming the leaf (``state.shadow['w']``, ``params['w']``).
+    """
+    for x in (*arrays, *params_arrays):
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted():
+            state, params = state_split.merge(arrays), params_split.merge(params_arrays)
+            name = "state" if isinstance(state, EMAState) else "states"
+            where = leaf_name(x, name, state) or leaf_name(x, "params", params)
+            raise ValueError(
+                f"{where} was deleted (donated to an earlier call that donates it, such as "
+                "make_update or a JAX bank, or deleted by hand): pass the arrays that call "
+                "returned, or use donate=False to update the same state more than once; "
+                "nothing was donated"
+            )
+
+
+def check_x64(state: Any, what: str = "state") -> None:
+    """Raise when a JAX array of ``state`` has a 64-bit dtype while x64 is off (a state made
+    with ``jax_enable_x64`` on): JAX would compute it in 32 bits and hand back a float32 shadow
+    (an int64 step near its top would not even convert).
+
+    Raises:
+        TypeError: naming the leaf, its dtype, the one JAX would use and the two ways out.
+    """
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            continue
+        narrow = jax.dtypes.canonicalize_dtype(x.dtype)
+        if narrow != x.dtype:
+            raise TypeError(
+                f"{what}{jax.tree_util.keystr(path)} has dtype {x.dtype}, but JAX's x64 mode is "
+                f"off (jax_enable_x64), so it would be computed and returned as {narrow}: "
+                f"enable x64 for the update as when the state was made, or cast the state to "
+                f"{narrow} yourself"
+            )
 
 
 def check_step(step: Any) -> None:

@@ -19,8 +19,10 @@ from ema_core._types import EMAState, Tree
 from ema_core.jax import _chunked
 from ema_core.jax._call_checks import (
     check_finite_params,
+    check_live,
     check_not_donated,
     check_step,
+    check_x64,
     host_scalars,
 )
 from ema_core.jax._devices import check_devices
@@ -138,6 +140,7 @@ class _Update:
         if step is not self._made():  # a step this update made is valid: not read again
             check_not_donated(step, "state", "this update (make_update donates by default)")
             check_step(step)
+            check_x64(state)
         state = host_scalars(state)
         if self._guard:
             check_finite_params(params)
@@ -177,9 +180,11 @@ def dispatch(
     if one_call:
         try:
             return jitted(arrays, params_arrays, state_split, params_split)
-        except Exception:  # JAX refused other devices before donating: name the leaf
+        except Exception:  # JAX refused before donating: name the leaf
+            check_live(arrays, params_arrays, state_split, params_split)
             check_devices(arrays, params_arrays, state_split, params_split)
             raise
+    check_live(arrays, params_arrays, state_split, params_split)  # the head donates the step
     key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
     merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
     kinds = chunked.kinds(key, merge, arrays, params_arrays)
@@ -192,10 +197,14 @@ def _committed(arrays: list[Any]) -> list[Any]:
     A jitted function returns committed arrays, and JAX compiles again when an argument turns
     from uncommitted (a fresh ``init`` over uncommitted params) to committed. Committing the
     state before the first call keeps it at one compilation. Inside an outer ``jax.jit`` the
-    arrays are tracers, which have no placement to commit (reading it raises): kept as they are.
+    arrays are tracers, which have no placement to commit (reading it raises): kept as they are,
+    as are deleted arrays (``device_put`` would raise JAX's unnamed error).
     """
     if any(isinstance(x, jax.core.Tracer) for x in arrays):
         return arrays
     if all(getattr(x, "committed", True) for x in arrays):
         return arrays
-    return [x if getattr(x, "committed", True) else jax.device_put(x, x.sharding) for x in arrays]
+    return [
+        x if getattr(x, "committed", True) or x.is_deleted() else jax.device_put(x, x.sharding)
+        for x in arrays
+    ]  # a deleted array is named by ``dispatch``'s ``check_live``

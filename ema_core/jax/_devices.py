@@ -16,7 +16,7 @@ import jax
 
 from ema_core._types import EMAState
 
-__all__ = ["check_devices"]
+__all__ = ["check_devices", "leaf_name"]
 
 
 def check_devices(
@@ -53,7 +53,7 @@ def _message(
 ) -> str:
     state = state_split.merge(arrays)
     state_name = "state" if isinstance(state, EMAState) else "states"
-    where = _name_of(bad, state_name, state) or _name_of(
+    where = leaf_name(bad, state_name, state) or leaf_name(
         bad, "params", params_split.merge(params_arrays)
     )
     return (
@@ -63,7 +63,8 @@ def _message(
     )
 
 
-def _name_of(bad: Any, name: str, tree: Any) -> str | None:
+def leaf_name(bad: Any, name: str, tree: Any) -> str | None:
+    """``name`` and the path of the leaf of ``tree`` that is ``bad`` (None when none is)."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if leaf is bad:
             return name + jax.tree_util.keystr(path)
