@@ -5,6 +5,7 @@ move) and ``guard_finite`` on the params. Nothing here donates or writes."""
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import jax
@@ -42,6 +43,9 @@ def check_not_donated(step: Any, what: str, by: str) -> None:
         )
 
 
+_IS_DELETED = operator.methodcaller("is_deleted")
+
+
 def check_live(
     arrays: list[Any], params_arrays: list[Any], state_split: Any, params_split: Any
 ) -> None:
@@ -52,6 +56,11 @@ def check_live(
     Raises:
         ValueError: naming the leaf (``state.shadow['w']``, ``params['w']``).
     """
+    try:  # one C call per array on the usual path: JAX arrays, none deleted
+        if not any(map(_IS_DELETED, arrays)) and not any(map(_IS_DELETED, params_arrays)):
+            return
+    except AttributeError:  # a numpy array or a tracer: looked at one by one below
+        pass
     for x in (*arrays, *params_arrays):
         if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted():
             state, params = state_split.merge(arrays), params_split.merge(params_arrays)
