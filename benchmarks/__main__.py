@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     print(harness.format_table(rows))
     tree_table = tree.main()
     print(tree_table)
-    with_torch = "torch" in (args.backend or MODULES)
+    # the stateless and bank tables time CPU tensors whatever --device says: CPU runs only
+    with_torch = "torch" in (args.backend or MODULES) and args.device == "cpu"
     stateless_table = stateless.main() if with_torch else ""
     print(stateless_table)
     bank_table = bank.main() if with_torch else ""

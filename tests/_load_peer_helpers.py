@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
 
-from ema_core.checkpoint._peers import load_peer
-from ema_core.torch import EMA
+torch = pytest.importorskip("torch")
+
+from ema_core.checkpoint._peers import load_peer  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
 
 
 def small_model() -> torch.nn.Module:

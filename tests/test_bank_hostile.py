@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from ema_core import Config
-from ema_core.torch import EMABank
+torch = pytest.importorskip("torch")
+
+from ema_core import Config  # noqa: E402
+from ema_core.torch import EMABank  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("host_kernels")
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from ema_core._bank_snapshots import SnapshotWriteError
-from ema_core.posthoc import list_snapshots
-from ema_core.torch import EMABank
+torch = pytest.importorskip("torch")
+
+from ema_core._bank_snapshots import SnapshotWriteError  # noqa: E402
+from ema_core.posthoc import list_snapshots  # noqa: E402
+from ema_core.torch import EMABank  # noqa: E402
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")

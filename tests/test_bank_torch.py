@@ -6,11 +6,12 @@ buffers; with numba and without), resumed bit for bit, writing snapshots. Bad in
 from __future__ import annotations
 
 import pytest
-import torch
 
-from ema_core import Config, schedules
-from ema_core.torch import EMA, EMABank
-from ema_core.torch._bank_fused import lerp_form
+torch = pytest.importorskip("torch")
+
+from ema_core import Config, schedules  # noqa: E402
+from ema_core.torch import EMA, EMABank  # noqa: E402
+from ema_core.torch._bank_fused import lerp_form  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("host_kernels")
 

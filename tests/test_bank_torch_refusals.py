@@ -5,10 +5,11 @@ back, a resized param, a bad state_dict."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from ema_core import Config, schedules
-from ema_core.torch import EMABank
+torch = pytest.importorskip("torch")
+
+from ema_core import Config, schedules  # noqa: E402
+from ema_core.torch import EMABank  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("host_kernels")
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from ema_core import presets
-from ema_core.checkpoint._export import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, export
-from ema_core.torch import EMA
-from tests.peers import require, ulps
-from tests.test_presets_peers import bound_for
+torch = pytest.importorskip("torch")
+
+from ema_core import presets  # noqa: E402
+from ema_core.checkpoint._export import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, export  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
+from tests.peers import require, ulps  # noqa: E402
+from tests.test_presets_peers import bound_for  # noqa: E402
 
 DIFFUSERS_ARGS = {"decay": 0.99, "update_after_step": 2, "use_ema_warmup": True, "power": 0.75}
 

@@ -20,12 +20,13 @@ from itertools import islice
 from typing import Any
 
 import pytest
-import torch
 
-from ema_core.checkpoint._peers import load_peer
-from ema_core.torch import EMA
-from tests import peer_oracles
-from tests.peers import (
+torch = pytest.importorskip("torch")
+
+from ema_core.checkpoint._peers import load_peer  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
+from tests import peer_oracles  # noqa: E402
+from tests.peers import (  # noqa: E402
     Judge,
     Setting,
     as_float64,
@@ -36,7 +37,7 @@ from tests.peers import (
     snapshot,
     train_steps,
 )
-from tests.test_presets_peers import bound_for, config_of, decay_of, plan_of
+from tests.test_presets_peers import bound_for, config_of, decay_of, plan_of  # noqa: E402
 
 
 @dataclass(frozen=True)

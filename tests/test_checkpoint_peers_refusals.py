@@ -11,12 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import torch
 
-from ema_core import presets
-from ema_core.checkpoint._peers import load_peer
-from ema_core.torch import EMA
-from tests._load_peer_helpers import module_state, refused, small_model, torch_ema_state
+torch = pytest.importorskip("torch")
+
+from ema_core import presets  # noqa: E402
+from ema_core.checkpoint._peers import load_peer  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
+from tests._load_peer_helpers import module_state, refused, small_model, torch_ema_state  # noqa: E402
 
 
 def _swa_state(model: torch.nn.Module, **changes: Any) -> dict[str, Any]:

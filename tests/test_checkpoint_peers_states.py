@@ -6,12 +6,14 @@ The live peers continued mid-run are ``test_checkpoint_peers.py``; the states re
 
 from __future__ import annotations
 
-import torch
+import pytest
 
-from ema_core import presets
-from ema_core.checkpoint._peers import load_peer
-from ema_core.torch import EMA
-from tests._load_peer_helpers import module_state, refused, small_model, torch_ema_state
+torch = pytest.importorskip("torch")
+
+from ema_core import presets  # noqa: E402
+from ema_core.checkpoint._peers import load_peer  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
+from tests._load_peer_helpers import module_state, refused, small_model, torch_ema_state  # noqa: E402
 
 
 def test_torch_ema_state_fills_shadows_and_step() -> None:

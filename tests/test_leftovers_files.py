@@ -12,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import ema_core as ema
-from ema_core import presets
-from ema_core._atomic import write_atomic
-from ema_core.checkpoint import load, save
-from ema_core.checkpoint._export import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, export
-from ema_core.posthoc import save_snapshot
-from ema_core.posthoc.__main__ import main as posthoc_main
-from ema_core.torch import EMA
+torch = pytest.importorskip("torch")
+
+import ema_core as ema  # noqa: E402
+from ema_core import presets  # noqa: E402
+from ema_core._atomic import write_atomic  # noqa: E402
+from ema_core.checkpoint import load, save  # noqa: E402
+from ema_core.checkpoint._export import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, export  # noqa: E402
+from ema_core.posthoc import save_snapshot  # noqa: E402
+from ema_core.posthoc.__main__ import main as posthoc_main  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX")
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from ema_core.posthoc import list_snapshots, reconstruct, save_snapshot
-from ema_core.posthoc.__main__ import main as posthoc_main
-from ema_core.torch import EMABank
+torch = pytest.importorskip("torch")
+
+from ema_core.posthoc import list_snapshots, reconstruct, save_snapshot  # noqa: E402
+from ema_core.posthoc.__main__ import main as posthoc_main  # noqa: E402
+from ema_core.torch import EMABank  # noqa: E402
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")

@@ -8,10 +8,11 @@ import pytest
 
 import ema_core
 from ema_core import Config, schedules
-from ema_core.torch import EMA
-from ema_core.torch._names import strip
 
 torch = pytest.importorskip("torch")
+
+from ema_core.torch import EMA  # noqa: E402
+from ema_core.torch._names import strip  # noqa: E402
 
 
 def _net(dtype=None):

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 
 from ema_core import Config, schedules
-from ema_core.torch import EMA
-from ema_core.torch._names import strip
-from tests.torch_models import copies, net, nudge, same
 
 torch = pytest.importorskip("torch")
 
+from ema_core.torch import EMA  # noqa: E402
+from ema_core.torch._names import strip  # noqa: E402
+from tests.torch_models import copies, net, nudge, same  # noqa: E402
 
 # ---- 2.9 replaced, converted or meta tensors ----
 

@@ -11,12 +11,12 @@ import signal
 import pytest
 
 from ema_core import Config, schedules
-from ema_core.backends.torch import _foreach
-from ema_core.torch import EMA
-from tests.torch_models import copies, live_values, net, nudge, same
 
 torch = pytest.importorskip("torch")
 
+from ema_core.backends.torch import _foreach  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
+from tests.torch_models import copies, live_values, net, nudge, same  # noqa: E402
 
 # ---- 2.3 swap never loses EMA data ----
 

@@ -11,10 +11,11 @@ import importlib.util
 import pytest
 
 from ema_core import Config, schedules
-from ema_core.backends.torch import _cuda
-from ema_core.torch import EMA
 
 torch = pytest.importorskip("torch")
+
+from ema_core.backends.torch import _cuda  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,

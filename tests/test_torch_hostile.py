@@ -4,14 +4,16 @@ refused with a ``ValueError`` naming the tensor, with nothing written."""
 
 from __future__ import annotations
 
-import array_api_compat.torch as xp
 import pytest
 
-import ema_core as ema
-from ema_core import _core
-from ema_core.torch import EMA
-
 torch = pytest.importorskip("torch")
+
+import array_api_compat.torch as xp  # noqa: E402
+
+import ema_core as ema  # noqa: E402
+from ema_core import _core  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("host_kernels")
 
 

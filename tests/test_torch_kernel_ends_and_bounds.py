@@ -15,17 +15,18 @@ copies), ``ema_update`` and the ``EMA`` class. Comparisons are of bits (``view``
 from __future__ import annotations
 
 import array_api_compat.numpy as xp_np
-import array_api_compat.torch as xp
-import numpy as np
 import pytest
 
-import ema_core
-from ema_core import _core
-from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import _cuda, _host, _routes
-from ema_core.torch import EMA
-
 torch = pytest.importorskip("torch")
+
+import array_api_compat.torch as xp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import ema_core  # noqa: E402
+from ema_core import _core  # noqa: E402
+from ema_core.backends import torch as torch_backend  # noqa: E402
+from ema_core.backends.torch import _cuda, _host, _routes  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 #: (shadow, params) dtypes: one of each plan bucket (same, mixed, half same, narrowing)

@@ -14,18 +14,19 @@ be bitwise equal. Decay 1 and decay 0 are exact everywhere.
 
 from __future__ import annotations
 
-import array_api_compat.torch as xp
-import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import ema_core
-from ema_core.backends import generic, get_backend
-from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import _cuda, _foreach
 
 torch = pytest.importorskip("torch")
+
+import array_api_compat.torch as xp  # noqa: E402
+import numpy as np  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import ema_core  # noqa: E402
+from ema_core.backends import generic, get_backend  # noqa: E402
+from ema_core.backends import torch as torch_backend  # noqa: E402
+from ema_core.backends.torch import _cuda, _foreach  # noqa: E402
 
 # (shadow dtype, params dtype) pairs and the shapes of one model's leaves
 DTYPES = [

@@ -17,16 +17,17 @@ tests/test_torch_gpu.py also runs the update under ``torch.cuda.set_sync_debug_m
 
 from __future__ import annotations
 
-import array_api_compat.torch as xp
 import pytest
 
-import ema_core
-from ema_core import Config, schedules
-from ema_core.backends import torch as torch_backend
-from ema_core.torch import EMA
-
 torch = pytest.importorskip("torch")
+
+import array_api_compat.torch as xp  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+import ema_core  # noqa: E402
+from ema_core import Config, schedules  # noqa: E402
+from ema_core.backends import torch as torch_backend  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

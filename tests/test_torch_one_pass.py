@@ -5,14 +5,16 @@ averaged bit-equal to ``_core.blend`` or refused by name with nothing written.""
 
 from __future__ import annotations
 
-import array_api_compat.torch as xp
 import pytest
 
-import ema_core.backends.torch._host as _host
-from ema_core import _core, schedules
-from ema_core.torch import EMA
-
 torch = pytest.importorskip("torch")
+
+import array_api_compat.torch as xp  # noqa: E402
+
+import ema_core.backends.torch._host as _host  # noqa: E402
+from ema_core import _core, schedules  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("host_kernels")
 
 

@@ -9,16 +9,17 @@ the CUDA ones are marked ``gpu``. DTensor pairs take the plain routes over their
 from __future__ import annotations
 
 import array_api_compat.numpy as xp_np
-import array_api_compat.torch as xp
-import numpy as np
 import pytest
 
-from ema_core import _core
-from ema_core.backends import generic
-from ema_core.backends import torch as torch_backend
-from ema_core.backends.torch import _cuda, _host, _routes
-
 torch = pytest.importorskip("torch")
+
+import array_api_compat.torch as xp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ema_core import _core  # noqa: E402
+from ema_core.backends import generic  # noqa: E402
+from ema_core.backends import torch as torch_backend  # noqa: E402
+from ema_core.backends.torch import _cuda, _host, _routes  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("host_kernels")
 

@@ -48,13 +48,15 @@ import sys
 import traceback
 from pathlib import Path
 
-import array_api_compat.torch as xp
-import numpy as np
 import pytest
-import torch
 
-from ema_core import _core
-from ema_core.backends.torch import _cuda
+torch = pytest.importorskip("torch")
+
+import array_api_compat.torch as xp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ema_core import _core  # noqa: E402
+from ema_core.backends.torch import _cuda  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [0, 1, 1023, 1024, 1025, 2500]  # around _cuda.TRITON_BLOCK: one, two and three programs
