@@ -124,3 +124,10 @@ def check_weight(weight: Any) -> None:
         raise ValueError(f"state.weight must be a 0-d float array, got shape {tuple(shape)}")
     if not compat.array_namespace(weight).isdtype(weight.dtype, "real floating"):
         raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")
+
+
+def name_differences(ours: Sequence[str], saved: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The names ``ours`` has that ``saved`` lacks, and those ``saved`` has that ``ours``
+    lacks, each in its own order (what a checkpoint's strict load reports)."""
+    ours_set, saved_set = set(ours), set(saved)
+    return [n for n in ours if n not in saved_set], [n for n in saved if n not in ours_set]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ema_core import _safetensors
+from ema_core._checks import name_differences
 from ema_core._config import Config, config_text
 from ema_core._tree import flatten, path_str, unflatten
 from ema_core._types import EMAState
@@ -60,9 +61,7 @@ def _check_config(path: str, text: str | None, config: Config | None) -> None:
 
 
 def _check_names(path: str, names: list[str], saved: list[str], strict: bool) -> None:
-    saved_set, ours = set(saved), set(names)
-    missing = [n for n in names if n not in saved_set]
-    unexpected = [n for n in saved if n not in ours]
+    missing, unexpected = name_differences(names, saved)
     if strict and (missing or unexpected):
         raise ValueError(
             f"{path} does not match like: like has {missing[:5]} that the file lacks, the file "

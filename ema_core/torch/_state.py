@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ema_core._checks import name_differences
 from ema_core._config import stable_text
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
@@ -136,9 +137,7 @@ def _number(state: Mapping[str, Any], key: str, dtypes: Sequence[torch.dtype], w
 
 
 def _check_names(saved: list[str], names: Sequence[str], strict: bool) -> None:
-    saved_set, ours = set(saved), set(names)
-    missing = [n for n in names if n not in saved_set]
-    unexpected = [n for n in saved if n not in ours]
+    missing, unexpected = name_differences(names, saved)
     if strict and (missing or unexpected):
         raise ValueError(
             f"state_dict['shadow'] does not match this EMA: missing {missing[:5]}, unexpected "
