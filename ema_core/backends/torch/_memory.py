@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ema_core._memory_overlap import NO_STORAGE
+
 if importlib.util.find_spec("numpy") is not None:  # torch runs without numpy: then no views
     import numpy as np
 
@@ -64,10 +66,7 @@ def short_memory(t: torch.Tensor) -> str | None:
     try:
         held, size = t.untyped_storage().nbytes(), t.element_size()
     except NotImplementedError as error:  # torch.func's wrappers (vmap, grad) hide it
-        raise TypeError(
-            "ema_core cannot update tensors inside a torch.func transform (vmap, grad, ...): "
-            "they have no storage to read or write; call it outside the transform"
-        ) from error
+        raise TypeError(NO_STORAGE) from error
     end = t.storage_offset() + t.numel()  # one past the last element when contiguous
     if held >= end * size and t.is_contiguous():
         return None
