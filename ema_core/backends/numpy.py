@@ -25,8 +25,6 @@ what could invalidate a plan made for the same arrays (for a plan cache).
 
 from __future__ import annotations
 
-import ctypes
-import operator
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -36,6 +34,7 @@ from ema_core import _core
 from ema_core._settings import settings
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends import host
+from ema_core.backends._numpy_memory import leaf_signature, raw_view
 from ema_core.backends.generic import guard
 from ema_core.backends.host import _threads
 
@@ -45,14 +44,6 @@ __all__ = ["PLAN_MEMO", "guard", "leaf_signature", "route", "update_leaves", "wo
 PLAN_MEMO = True
 
 Route = Literal["engine", "copy", "keep", "generic"]
-
-#: numpy >= 2 cannot re-point an array's memory in place (``a.data = ...`` was removed).
-_POINTER_FIXED = int(np.__version__.split(".")[0]) >= 2
-_SIGNATURE = operator.attrgetter("shape", "strides", "dtype", "flags.writeable")
-_SIGNATURE_AND_POINTER = operator.attrgetter(
-    "ctypes.data", "shape", "strides", "dtype", "flags.writeable"
-)
-
 
 def route(s: Array, p: Array, kind: LeafKind, decay: float, non_float: NonFloatPolicy) -> Route:
     """Which code updates this leaf (the table in the module docstring)."""
@@ -151,7 +142,7 @@ def _update(
 class _Kept:
     """The routes and the engine plan of one cached set of arrays, all written in place.
 
-    The plan is made over raw views of the arrays' memory (``_raw``), which hold no reference
+    The plan is made over raw views of the arrays' memory (``raw_view``), which hold no reference
     to the arrays: the cache drops this when any array dies (``ema_core._stateless``), so the
     views are never used after, and the cache keeps no caller's array alive. Only C-contiguous
     engine leaves can be seen so; with any other, ``make`` returns None (planned per call)."""
@@ -181,7 +172,7 @@ class _Kept:
                     engine.append(i)
                 case "generic" | "engine":
                     generic.append(i)
-        views = [(_raw(shadows[i]), _raw(params[i])) for i in engine if shadows[i].size]
+        views = [(raw_view(shadows[i]), raw_view(params[i])) for i in engine if shadows[i].size]
         plan = None
         if views:
             plan = host.plan([s for s, _ in views], [p for _, p in views], workers=threads)
@@ -203,12 +194,6 @@ class _Kept:
         return out
 
 
-def _raw(a: np.ndarray) -> np.ndarray:
-    """A view of a C-contiguous array's memory that holds no reference to the array."""
-    memory: Any = (ctypes.c_char * a.nbytes).from_address(a.ctypes.data)
-    return np.frombuffer(memory, dtype=a.dtype).reshape(a.shape)
-
-
 def workers() -> int:
     """The engine's threads: ``EMA_CORE_NUMPY_THREADS``, or the usable CPUs (at most 4).
 
@@ -216,26 +201,6 @@ def workers() -> int:
         ValueError: on the first use, a setting has a value it does not allow.
     """
     return settings().numpy_threads or _threads.usable_cpus(4)
-
-
-def leaf_signature(leaves: Sequence[np.ndarray]) -> list[Any]:
-    """What could invalidate a plan made for these same array objects, one entry per leaf:
-    ``(shape, strides, dtype, writeable)``, and the data pointer first under numpy < 2.
-
-    On numpy >= 2 the memory of a live array cannot move while its shape stays (``a.data`` is
-    read-only, ``resize`` changes the shape and refuses a referenced array), so the pointer,
-    which costs more than the rest together, is left out there (read through ``a.ctypes.data``,
-    the cheaper of the two ways, under numpy < 2).
-
-    Example:
-        >>> import numpy as np
-        >>> a = np.zeros((2, 3), np.float32)
-        >>> before = leaf_signature([a])
-        >>> a.flags.writeable = False
-        >>> leaf_signature([a]) == before
-        False
-    """
-    return list(map(_SIGNATURE if _POINTER_FIXED else _SIGNATURE_AND_POINTER, leaves))
 
 
 def _copy(s: np.ndarray, p: np.ndarray, write: bool) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ema_core.posthoc._inputs import check_times, text, vector
 from ema_core.posthoc._math import (
     FloatArray,
     check_posthoc_sigma_rel,
@@ -41,54 +42,6 @@ class Solution(NamedTuple):
     coefficients: FloatArray
     condition: float
     amplification: FloatArray
-
-
-def _vector(name: str, values: Any) -> FloatArray:
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-        raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
-    array = np.asarray(values)
-    if array.dtype == np.bool_ or any(isinstance(v, (bool, np.bool_)) for v in values):
-        raise TypeError(f"{name} must hold numbers, not bools, got {values!r}")
-    if array.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-d sequence, got shape {array.shape}")
-    bad = np.flatnonzero(~np.isfinite(array.astype(np.float64)))
-    if bad.size:
-        raise ValueError(f"{name}[{bad[0]}] must be finite, got {array[bad[0]]!r}")
-    return array.astype(np.float64)
-
-
-def _text(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _check_times(times: FloatArray, sigmas: FloatArray, target_time: float) -> None:
-    """Positive times, no duplicate (time, sigma_rel) pair, and target_time one of the times."""
-    if times.size != sigmas.size:
-        raise ValueError(
-            f"times and sigma_rels must have the same length, got {times.size} and {sigmas.size}"
-        )
-    if np.any(times <= 0.0):
-        i = int(np.flatnonzero(times <= 0.0)[0])
-        raise ValueError(f"times[{i}] must be > 0 (a step), got {_text(times[i])}")
-    pairs: dict[tuple[float, float], int] = {}
-    for i, pair in enumerate(zip(times.tolist(), sigmas.tolist(), strict=True)):
-        if pair in pairs:
-            raise ValueError(
-                f"snapshots {pairs[pair]} and {i} are both (time {_text(pair[0])}, sigma_rel "
-                f"{pair[1]!r}): duplicates make the Gram matrix singular; drop one"
-            )
-        pairs[pair] = i
-    if target_time not in times:
-        below, above = times[times < target_time], times[times > target_time]
-        low = _text(below.max()) if below.size else "none"
-        high = _text(above.min()) if above.size else "none"
-        tail = "" if above.size else "; the weights after the last snapshot are unknown"
-        raise ValueError(
-            f"target_time must be a snapshot time, got {_text(target_time)}; the nearest "
-            f"snapshot times are {low} (below) and {high} (above){tail}"
-        )
 
 
 def solve(
@@ -142,16 +95,16 @@ def solve_quietly(
     target_sigma_rels: Sequence[float],
 ) -> Solution:
     """``solve`` without the warning: for callers that warn themselves (``warn_if_inaccurate``)."""
-    t, s = _vector("times", times), _vector("sigma_rels", sigma_rels)
+    t, s = vector("times", times), vector("sigma_rels", sigma_rels)
     for i, sigma in enumerate(s.tolist()):
         check_posthoc_sigma_rel(sigma, f"sigma_rels[{i}]")
     t_out = check_real("target_time", target_time)
-    targets = _vector("target_sigma_rels", target_sigma_rels)
+    targets = vector("target_sigma_rels", target_sigma_rels)
     gammas_out = [
         gamma_of(check_posthoc_sigma_rel(v, f"target_sigma_rels[{j}]"))
         for j, v in enumerate(targets.tolist())
     ]
-    _check_times(t, s, t_out)
+    check_times(t, s, t_out)
     kept = np.flatnonzero(t <= t_out)
     t_k = t[kept][:, None]
     g_k = np.array([gamma_of(v) for v in s[kept].tolist()])[:, None]
@@ -186,7 +139,7 @@ def _solve_normalised(
         if overlap[i, j] < 1.0 - 1e-6:  # no two profiles alike: the scales are too far apart
             raise ValueError(_scale_message(cond, norm, times, sigmas))
         first, second = (
-            f"(time {_text(times[k])}, sigma_rel {float(sigmas[k])!r})" for k in (i, j)
+            f"(time {text(times[k])}, sigma_rel {float(sigmas[k])!r})" for k in (i, j)
         )
         raise ValueError(
             f"the snapshots' Gram matrix is singular to float64 precision (cond {cond:.3g}): "
@@ -201,7 +154,7 @@ def _scale_message(cond: float, norm: FloatArray, times: FloatArray, sigmas: Flo
     return (
         f"the snapshots' Gram matrix is singular to float64 precision (cond {cond:.3g}) though "
         f"no two profiles are alike: its diagonal spans {spread:.0f} orders of magnitude, and "
-        f"(time {_text(times[k])}, sigma_rel {float(sigmas[k])!r}) is far narrower than the "
+        f"(time {text(times[k])}, sigma_rel {float(sigmas[k])!r}) is far narrower than the "
         "others; track sigma_rels closer together"
     )
 
