@@ -2,13 +2,14 @@
 
 FSDP2 (``fully_shard``) turns parameters into DTensors whose local tensor is this rank's shard
 (uneven shards included: the last ranks may hold fewer rows, or none). The shadow of such a
-parameter is a DTensor too, with the parameter's mesh, placements, global shape and stride, but
-built from a local tensor of our own: ``DTensor.from_local`` with an explicit shape and stride,
-so no collective checks the shard sizes. ``_store.Sharded`` updates the local tensors directly
-with the fused kernels: no DTensor dispatch and no collective per update. Each update checks
-that the params still hold the same local tensors (``part``) and re-plans when one was
-replaced: FSDP2 swaps a sharded parameter's local tensor for a new one (``module.to(...)``,
-``reset_sharded_param``) while the parameter object stays.
+parameter is a DTensor too, with the parameter's mesh, placements, global shape and stride, and
+a local tensor of our own beside the parameter's: ``torch.empty_like`` of the parameter, which
+makes each rank's shard from its own (uneven shards too, with no collective), on the shard's
+device (the CPU under ``CPUOffloadPolicy``, whatever the mesh's). ``_store.Sharded`` updates
+the local tensors directly with the fused kernels: no DTensor dispatch and no collective per
+update. Each update checks that the params still hold the same local tensors (``part``) and
+re-plans when one was replaced: FSDP2 swaps a sharded parameter's local tensor for a new one
+(``module.to(...)``, ``reset_sharded_param``) while the parameter object stays.
 
 Mixed precision (``MixedPrecisionPolicy``) changes only the dtype of the unsharded params used
 in forward and backward: the sharded params, and so the shadows, stay float32.
@@ -45,9 +46,9 @@ def make_shadow(
     live: torch.Tensor, dtype: torch.dtype, device: torch.device | None, zeros: bool
 ) -> torch.Tensor:
     """A DTensor shadow of the DTensor ``live``: same mesh, placements, shape and stride, a
-    local shard of our own in ``dtype`` (a copy of ``live``'s shard, or zeros)."""
-    from torch.distributed.tensor import DTensor
-
+    local shard of our own in ``dtype`` (a copy of ``live``'s shard, or zeros) on the device of
+    ``live``'s shard, which under ``CPUOffloadPolicy`` is the CPU beside an accelerator mesh
+    (``DTensor.from_local`` would move it to the mesh's device)."""
     part = local(live)
     if device is not None and not (
         device.type == part.device.type and device.index in (None, part.device.index)
@@ -56,17 +57,14 @@ def make_shadow(
             f"device={device} differs from the device of the DTensor (FSDP2) params "
             f"({part.device}); sharded shadows live beside their shards: pass device=None"
         )
-    out = torch.empty_like(part, dtype=dtype)
-    out = out.zero_() if zeros else out.copy_(part)
-    spec = live  # a DTensor: its mesh, placements, global shape and stride are kept
-    return DTensor.from_local(
-        out,
-        spec.device_mesh,  # type: ignore[attr-defined]
-        spec.placements,  # type: ignore[attr-defined]
-        run_check=False,
-        shape=spec.shape,
-        stride=spec.stride(),
-    )
+    with torch.no_grad():  # shard by shard: empty_like of each local tensor, no collective
+        shadow = torch.empty_like(live, dtype=dtype)
+        mine = local(shadow)
+        if zeros:
+            mine.zero_()
+        else:
+            mine.copy_(part)
+    return shadow
 
 
 def part(tensor: torch.Tensor) -> torch.Tensor:
