@@ -16,7 +16,7 @@ import ema_core
 from ema_core._checks import check_fraction
 from ema_core._types import Array
 from ema_core.compat._arrays import assign_all, check_like, clone, named_arrays, read_count
-from ema_core.schedules import num_updates as num_updates_schedule
+from ema_core.presets._schedules import counter_cap
 
 
 class ExponentialMovingAverage:
@@ -46,7 +46,9 @@ class ExponentialMovingAverage:
         denominator: float = 10.0,
     ) -> None:
         self._decay = check_fraction("decay", decay)
-        self._schedule = num_updates_schedule(decay, numerator, denominator)
+        # a numerator above the denominator: the plain decay (the ratio never wins the min)
+        self._schedule = counter_cap(decay, numerator, denominator)
+        self._numerator = float(numerator)
         self._parameters = named_arrays(parameters, "parameters")
         self._shadows = {k: clone(v) for k, v in self._parameters.items()}
         self._backups = {k: clone(v) for k, v in self._parameters.items()}
@@ -72,6 +74,11 @@ class ExponentialMovingAverage:
             shadows = ema_core.ema_update(self._shadows, new, 1, decay=self._decay)
         else:
             n = read_count(num_updates, "num_updates")
+            if n < -self._numerator:  # AllenNLP would blend with a negative decay
+                raise ValueError(
+                    f"num_updates must be >= -numerator = {-self._numerator} for a decay "
+                    f"(numerator + n) / (denominator + n) >= 0, got {n}"
+                )
             shadows = ema_core.ema_update(self._shadows, new, n, schedule=self._schedule)
         self._shadows, self._parameters = shadows, new
 

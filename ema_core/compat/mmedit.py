@@ -7,7 +7,10 @@ the model, later calls blend when ``steps % interval == 0`` with ``momentum`` as
 the NEW value (``decay = 1 - momentum``). Buffers are copied from the model on every call (the
 calls between interval updates included), or, with ``update_buffers=True``, floating buffers
 are averaged and integer ones left alone after the first copy, as are tensors that are not
-floating point among the parameters. Torch modules only: for JAX models use ``ema_core.init`` /
+floating point among the parameters. A subclass's own ``avg_func`` is called per floating
+tensor, as mmengine calls it; ``momentum`` and ``interval`` may be set between calls (checked).
+A tensor tied under two names blends once (mmengine's ``update_buffers=True`` blends it once per
+name). Torch modules only: for JAX models use ``ema_core.init`` /
 ``update`` with ``presets.mmedit(...)``, the functional equivalent.
 """
 
@@ -55,18 +58,41 @@ class ExponentialMovingAverage(torch.nn.Module):
     ) -> None:
         super().__init__()
         check_module(model)
-        check_fraction("momentum", momentum)
-        if not 0.0 < momentum < 1.0:
-            raise ValueError(f"momentum must be in (0, 1), got {momentum}")
-        check_positive("interval", interval, integer=True)
         check_bool("update_buffers", update_buffers)
+        self.update_buffers = update_buffers
+        self._configure(momentum, interval)
         device = _device(device)
         self.module = copy.deepcopy(model).requires_grad_(False)
         if device is not None:
             self.module = self.module.to(device)
         self.register_buffer("steps", torch.tensor(0, dtype=torch.long, device=device))
-        self.momentum, self.interval, self.update_buffers = momentum, interval, update_buffers
-        self.config = presets.mmedit(momentum, interval, update_buffers)
+
+    def _configure(self, momentum: float, interval: int) -> None:
+        """Check ``momentum`` and ``interval`` and build the ``config`` the blends use."""
+        check_fraction("momentum", momentum)
+        if not 0.0 < momentum < 1.0:
+            raise ValueError(f"momentum must be in (0, 1), got {momentum}")
+        check_positive("interval", interval, integer=True)
+        self.config = presets.mmedit(momentum, interval, self.update_buffers)
+        self._momentum, self._interval = momentum, interval
+
+    @property
+    def momentum(self) -> float:
+        """The weight of the new value; set it to change the blends that follow (checked)."""
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self._configure(value, self._interval)
+
+    @property
+    def interval(self) -> int:
+        """Blend every ``interval`` calls; set it to change the calls that follow (checked)."""
+        return self._interval
+
+    @interval.setter
+    def interval(self, value: int) -> None:
+        self._configure(self._momentum, value)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The averaged model's forward."""
@@ -76,11 +102,15 @@ class ExponentialMovingAverage(torch.nn.Module):
         return state_tensors(model) if self.update_buffers else dict(model.named_parameters())
 
     def avg_func(
-        self, averaged_param: torch.Tensor, source_param: torch.Tensor, steps: int
+        self, averaged_param: torch.Tensor, source_param: torch.Tensor, steps: int | torch.Tensor
     ) -> None:
-        """Blend one tensor in place: ``averaged += momentum * (source - averaged)``."""
+        """Blend one tensor in place: ``averaged += momentum * (source - averaged)``.
+
+        ``update_parameters`` calls a subclass's override once per floating tensor, with the
+        ``steps`` buffer, as mmengine does; without one it blends all tensors in one call.
+        """
         ema_core.ema_update(
-            averaged_param, source_param, steps + 1, schedule=momentum_schedule(self.momentum)
+            averaged_param, source_param, int(steps) + 1, schedule=momentum_schedule(self.momentum)
         )
 
     def update_parameters(self, model: torch.nn.Module) -> None:
@@ -99,17 +129,25 @@ class ExponentialMovingAverage(torch.nn.Module):
             if steps == 0:
                 for key, value in mine.items():
                     value.copy_(src[key])
-            elif floating := [k for k, v in mine.items() if v.is_floating_point()]:
-                # as mmengine: only floating tensors blend; the others keep the first copy
-                ema_core.ema_update(
-                    {k: mine[k].detach() for k in floating},
-                    {k: src[k] for k in floating},
-                    steps + 1,
-                    config=self.config,
-                )
+            elif steps % self._interval == 0:
+                self._blend(_unique(mine), src)
             if buffers is not None:
                 _copy_all(*buffers)
         self.steps.add_(1)
+
+    def _blend(self, mine: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> None:
+        """As mmengine, only floating tensors blend; the others keep their first copy."""
+        floating = [k for k, v in mine.items() if v.is_floating_point()]
+        if type(self).avg_func is not ExponentialMovingAverage.avg_func:
+            for key in floating:  # a subclass's own blend
+                self.avg_func(mine[key].detach(), src[key], self.steps)
+        elif floating:
+            ema_core.ema_update(
+                {k: mine[k].detach() for k in floating},
+                {k: src[k] for k in floating},
+                int(self.steps) + 1,
+                config=self.config,
+            )
 
     def sync_buffers(self, model: torch.nn.Module) -> None:
         """Copy the model's buffers into ``module`` (by name; all checked before the first)."""
@@ -147,6 +185,18 @@ class ExponentialMovingAverage(torch.nn.Module):
         mine, theirs = dict(self.module.named_buffers()), dict(model.named_buffers())
         check_pairs(mine, theirs, "model buffers")
         return mine, theirs
+
+
+def _unique(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The first name of each tensor: tied weights (one tensor under two names in a state dict)
+    blend once, as they do through ``named_parameters()``."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        if id(value) not in seen:
+            seen.add(id(value))
+            out[key] = value
+    return out
 
 
 def _copy_all(mine: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]) -> None:

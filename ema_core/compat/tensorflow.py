@@ -106,11 +106,7 @@ class ExponentialMovingAverage:
         decay = self._current_decay()
         slots = [self._slots.get(key) or self._new_slot(var, name) for key, name, var in items]
         for (key, _, var), slot in zip(items, slots, strict=True):
-            if tuple(slot.shadow.shape) != tuple(var.shape):
-                raise ValueError(
-                    f"variable {key!r} has shape {tuple(var.shape)}, its shadow "
-                    f"{tuple(slot.shadow.shape)}"
-                )
+            _check_fits(key, var, slot.shadow)
         field = "biased" if self._zero_debias else "shadow"
         current = {i: getattr(slot, field) for i, slot in enumerate(slots)}
         new = ema_core.ema_update(
@@ -157,14 +153,46 @@ class ExponentialMovingAverage:
         return f"{name}/{self._name}"
 
     def variables_to_restore(self, moving_avg_variables: Any = None) -> dict[str, Array]:
-        """Map restore names to variables: ``average_name(v)`` for averaged variables (all by
-        default), the variable's own name otherwise."""
+        """Map restore names to variables: ``average_name(v)`` for the variables in
+        ``moving_avg_variables`` (all the named averaged ones by default; arrays or pairs, an
+        array named by the named variable holding it, a pair even if not averaged yet, as in
+        TF), the own name for the other named variables."""
         named = {s.name: s.var for s in self._slots.values() if s.name is not None}
         if moving_avg_variables is None:
-            averaged = set(named)
+            averaged = dict(named)
         else:
-            averaged = {k for k, _, _ in _items(moving_avg_variables) if isinstance(k, str)}
-        return {(self.average_name(n) if n in averaged else n): v for n, v in named.items()}
+            averaged = dict(
+                self._restore_name(name, var, f"moving_avg_variables[{i}]")
+                for i, (_, name, var) in enumerate(_items(moving_avg_variables))
+            )
+        restore = {self.average_name(n): v for n, v in averaged.items()}
+        return restore | {n: v for n, v in named.items() if n not in averaged}
+
+    def _restore_name(self, name: str | None, var: Array, where: str) -> tuple[str, Array]:
+        """A variable's name: its own, or that of the named variable holding this array."""
+        if name is None:
+            names = (s.name for s in self._slots.values() if s.var is var and s.name is not None)
+            name = next(names, None)
+        if name is None:
+            raise ValueError(
+                f"{where} is an array no named variable holds: variables_to_restore needs a "
+                "name for it; pass (name, array) pairs"
+            )
+        return name, var
+
+
+def _check_fits(key: Key, var: Array, shadow: Array) -> None:
+    """A variable applied again must have its shadow's shape, array type and dtype."""
+    if tuple(var.shape) != tuple(shadow.shape):
+        raise ValueError(
+            f"variable {key!r} has shape {tuple(var.shape)}, its shadow {tuple(shadow.shape)}"
+        )
+    if compat.array_namespace(var) is not compat.array_namespace(shadow):
+        raise TypeError(
+            f"variable {key!r} is a {type(var).__name__}, its shadow a {type(shadow).__name__}"
+        )
+    if var.dtype != shadow.dtype:
+        raise TypeError(f"variable {key!r} has dtype {var.dtype}, its shadow {shadow.dtype}")
 
 
 def _items(var_list: Any) -> list[tuple[Key, str | None, Array]]:
