@@ -45,6 +45,7 @@ PLAN_MEMO = True
 
 Route = Literal["engine", "copy", "keep", "generic"]
 
+
 def route(s: Array, p: Array, kind: LeafKind, decay: float, non_float: NonFloatPolicy) -> Route:
     """Which code updates this leaf (the table in the module docstring)."""
     if kind == "exact":

@@ -138,9 +138,7 @@ def _solve_normalised(
         i, j = np.unravel_index(int(np.argmax(overlap)), overlap.shape)
         if overlap[i, j] < 1.0 - 1e-6:  # no two profiles alike: the scales are too far apart
             raise ValueError(_scale_message(cond, norm, times, sigmas))
-        first, second = (
-            f"(time {text(times[k])}, sigma_rel {float(sigmas[k])!r})" for k in (i, j)
-        )
+        first, second = (f"(time {text(times[k])}, sigma_rel {float(sigmas[k])!r})" for k in (i, j))
         raise ValueError(
             f"the snapshots' Gram matrix is singular to float64 precision (cond {cond:.3g}): "
             f"{first} and {second} have the same profile; drop one"
