@@ -19,6 +19,7 @@ from ema_core._checks import (
 from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, is_host_array, next_step, wide_float
+from ema_core._read_checks import check_zeros_read
 from ema_core._tree import flatten, unflatten
 from ema_core._tree_pair import flatten_pair
 from ema_core._types import Array, EMAState, Step, Tree
@@ -192,7 +193,8 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
     returns its EMA: it is never rounded back to the half dtype.
 
     Integer and bool leaves are returned as they are. Before the first update of a ``"zeros"``
-    EMA (weight 0) the zeros are returned.
+    EMA (weight 0) the zeros are returned. A state made with ``init="zeros"`` read with a config
+    of another ``init`` is a ``ValueError`` where the host reads its weight (below 1) at no cost.
 
     Example:
         >>> import numpy as np, ema_core as ema
@@ -203,6 +205,7 @@ def average(state: EMAState, config: Config | None = None, /) -> Tree:
     """
     config = checked_config(config)
     check_state(state)
+    check_zeros_read(state, config)
     if config.init != "zeros":
         return state.shadow
     check_weight(state.weight)

@@ -18,10 +18,12 @@ from typing import Any
 
 import array_api_compat as compat
 
+from ema_core._leaf_checks_x64 import check_x64_dtype
 from ema_core._paths import Path, path_str
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy
 
 _NUMERIC = ("bool", "integral", "real floating", "complex floating")
+_X64_FIX = "enable x64 as when it was made, or cast it to {narrow} yourself"
 
 
 def _namespace_of(leaf: Any, where: str) -> Namespace:
@@ -182,7 +184,7 @@ def _pair_kind(
     _check_numeric(xp, s_dtype, where_s)
     _check_numeric(xp, p_dtype, where_p)
     if compat.is_jax_namespace(xp):
-        _check_x64(s_dtype, where_s)
+        check_x64_dtype(s_dtype, where_s, _X64_FIX)
     kind = leaf_kind(xp, p_dtype)
     if kind == "float":
         if leaf_kind(xp, s_dtype) != "float" or (
@@ -236,15 +238,3 @@ def check_finite(
                 f"{path_str(name, path)} holds NaN or infinite values "
                 "(guard_finite=True); no shadow was changed"
             )
-
-
-def _check_x64(dtype: Any, where: str) -> None:
-    """A 64-bit JAX shadow while JAX's x64 mode is off would be computed and returned in 32
-    bits: refused (once per dtype pair, as ``_pair_kind`` is)."""
-    narrow = sys.modules["jax"].dtypes.canonicalize_dtype(dtype)
-    if narrow != dtype:
-        raise TypeError(
-            f"{where} has dtype {dtype}, but JAX's x64 mode is off (jax_enable_x64), so it "
-            f"would be computed and returned as {narrow}: enable x64 as when it was made, or "
-            f"cast it to {narrow} yourself"
-        )

@@ -20,6 +20,8 @@ from typing import Any
 
 import array_api_compat as compat
 
+from ema_core._paths import Path, path_str
+
 #: One step into a nest, as ``ema_core._tree.PathEntry``: ``("attr", name)`` or ``("key", key)``.
 Entry = tuple[str, Any]
 #: (kind, path entries, children, spec), as ``ema_core._tree._children`` returns them.
@@ -30,15 +32,17 @@ Found = tuple[str, tuple[Entry, ...], list[Any], "PytreeSpec"]
 class PytreeSpec:
     """How to rebuild a node: its one-level tree definition and its static leaves.
 
-    ``slots[i]`` is True where the i-th child is visited and False where ``statics`` holds it.
-    Two specs match when their tree definitions and slots do; the static values themselves may
-    differ (two equinox models built apart hold different ``lambda`` objects), and a rebuilt node
-    keeps the static values of the nest it was flattened from.
+    ``slots[i]`` is True where the i-th child is visited and False where ``statics`` holds it;
+    ``entries[i]`` is its path entry (for messages: ``static_mismatch``). Two specs match when
+    their tree definitions and slots do; the static values themselves may differ (two equinox
+    models built apart hold different ``lambda`` objects), and a rebuilt node keeps the static
+    values of the nest it was flattened from.
     """
 
     treedef: Any
     slots: tuple[bool, ...]
     statics: tuple[Any, ...]
+    entries: tuple[Entry, ...]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PytreeSpec):
@@ -66,10 +70,37 @@ def children(node: Any) -> Found | None:
         return None
     data = _is_nnx_variable(node)  # a Variable's value is data, whatever it holds
     slots = tuple(data or _visited(value) for _, value in pairs)
-    keys = tuple(_entry(path[0]) for (path, _), s in zip(pairs, slots, strict=True) if s)
+    entries = tuple(_entry(path[0]) for path, _ in pairs)
+    keys = tuple(e for e, s in zip(entries, slots, strict=True) if s)
     kids = [value for (_, value), s in zip(pairs, slots, strict=True) if s]
     statics = tuple(value for (_, value), s in zip(pairs, slots, strict=True) if not s)
-    return "pytree", keys, kids, PytreeSpec(treedef, slots, statics)
+    return "pytree", keys, kids, PytreeSpec(treedef, slots, statics, entries)
+
+
+def static_mismatch(
+    ref: PytreeSpec, other: PytreeSpec, names: tuple[str, str], path: Path
+) -> str | None:
+    """Why two nodes at ``path`` of one type and tree definition do not match when one keeps a
+    child as a static field (a ``str``, a number) where the other holds an array, None or a
+    container: the message names that child by its full path, as a dict's non-array leaf is
+    named (``params['n'].b must be an array, got str``). None when they differ otherwise.
+    """
+    if ref.treedef != other.treedef or ref.slots == other.slots:
+        return None
+    specs = (ref, other)
+    for i, pair in enumerate(zip(ref.slots, other.slots, strict=True)):
+        if pair[0] != pair[1]:
+            side = pair.index(False)  # the nest that keeps this child static
+            static = specs[side].statics[specs[side].slots[:i].count(False)]
+            where, there = (path_str(n, (*path, specs[side].entries[i])) for n in names)
+            if side:
+                where, there = there, where
+            return (
+                f"{where} must be an array, got {type(static).__name__} ({there} is an array, "
+                "None or a container: a non-array field of a pytree node is kept, unchanged, "
+                "only where both nests hold one)"
+            )
+    return None  # pragma: no cover - unequal slots differ somewhere
 
 
 def _is_nnx_variable(node: Any) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from ema_core._paths import FlatPaths, Path, TreeDef, entry, path_str
+from ema_core._pytree import static_mismatch
 from ema_core._tree import _ARRAY_TYPES, _children, _Found, flatten
 from ema_core._types import Tree
 
@@ -80,6 +81,10 @@ def flatten_pair(ref: Tree, other: Tree, ref_name: str, other_name: str) -> Pair
             or found[0] != node.kind
             or (node.kind == "pytree" and found[3] != node.aux)
         ):
+            if found is not None and found[0] == node.kind == "pytree":
+                odd = static_mismatch(node.aux, found[3], (ref_name, other_name), path)
+                if odd is not None:  # a str where the other holds an array: named at its path
+                    raise TypeError(odd)
             want = node.node_type.__name__ if node.node_type else node.kind
             same = " with other static fields" if type(value) is node.node_type else ""
             raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__}{same}"))

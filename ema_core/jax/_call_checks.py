@@ -1,7 +1,8 @@
 """The checks ``make_update`` and the JAX bank make on the host before a compiled call: a state
 donated to an earlier call (its step, or any array: ``check_live``), a step out of range, a state
-of 64-bit arrays while x64 is off, Python scalars in a state (static under jit: they would never
-move) and ``guard_finite`` on the params. Nothing here donates or writes."""
+of 64-bit arrays (JAX's, or a numpy shadow's) while x64 is off, Python scalars in a state (static
+under jit: they would never move) and ``guard_finite`` on the params. Nothing here donates or
+writes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ema_core._leaf_checks_x64 import check_x64_dtype
 from ema_core._ops import is_readable, ops_for
 from ema_core._paths import path_str
 from ema_core._tree import flatten
@@ -74,25 +76,34 @@ def check_live(
             )
 
 
+_SHADOW = jax.tree_util.GetAttrKey("shadow")
+_X64_FIX = (
+    "enable x64 for the update as when the state was made, or cast the state to {narrow} yourself"
+)
+_X64_FIX_NUMPY = (
+    "enable x64 for the update, cast the numpy state to {narrow} yourself, or update it "
+    "eagerly with ema_core.update (numpy keeps 64 bits)"
+)
+
+
 def check_x64(state: Any, what: str = "state") -> None:
-    """Raise when a JAX array of ``state`` has a 64-bit dtype while x64 is off (a state made
-    with ``jax_enable_x64`` on): JAX would compute it in 32 bits and hand back a float32 shadow
-    (an int64 step near its top would not even convert).
+    """Raise when a JAX array of ``state``, or a numpy array of its shadow, has a 64-bit dtype
+    while x64 is off: JAX would compute it in 32 bits and hand back a float32 shadow (an int64
+    JAX step near its top would not even convert). A numpy step or weight is narrowed harmlessly
+    (the step is range-checked first, the weight is at most 1). Made before the compiled call
+    on a state this update did not return, so once per new state, never in the steady state.
 
     Raises:
-        TypeError: naming the leaf, its dtype, the one JAX would use and the two ways out.
+        TypeError: naming the leaf, its dtype, the one JAX would use and the ways out.
     """
     for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+            fix = _X64_FIX
+        elif isinstance(x, np.ndarray) and path[:1] == (_SHADOW,):
+            fix = _X64_FIX_NUMPY
+        else:
             continue
-        narrow = jax.dtypes.canonicalize_dtype(x.dtype)
-        if narrow != x.dtype:
-            raise TypeError(
-                f"{what}{jax.tree_util.keystr(path)} has dtype {x.dtype}, but JAX's x64 mode is "
-                f"off (jax_enable_x64), so it would be computed and returned as {narrow}: "
-                f"enable x64 for the update as when the state was made, or cast the state to "
-                f"{narrow} yourself"
-            )
+        check_x64_dtype(x.dtype, f"{what}{jax.tree_util.keystr(path)}", fix)
 
 
 def check_step(step: Any) -> None:
@@ -110,9 +121,10 @@ def check_step(step: Any) -> None:
 
 
 def host_scalars(state: Any) -> Any:
-    """``state`` with a Python or numpy scalar step and a Python float weight as 0-d JAX arrays
-    beside the shadow (a non-array leaf is static in the jit: it would never move), after
-    checking the weight's shape and dtype (the update itself does not look at it).
+    """``state`` with a Python or numpy integer step (a scalar or a 0-d array: saturated at the
+    top of JAX's integer, as jit would wrap an int64 past it with x64 off) and a Python float
+    weight as 0-d JAX arrays beside the shadow (a non-array leaf is static in the jit: it would
+    never move), after checking the weight's shape and dtype (the update does not look at it).
 
     Raises:
         TypeError: ``state.weight`` is not a float or a 0-d float array.
@@ -121,7 +133,7 @@ def host_scalars(state: Any) -> Any:
     if not all(hasattr(state, f) for f in EMAState._fields):
         return state  # refused by the update, before anything runs
     step, weight = state.step, state.weight
-    if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+    if _host_integer(step):
         ops_for(int(step), "state.step")
         top = int(np.iinfo(jax.numpy.asarray(0).dtype).max)  # saturated, as the update does
         step = _beside(state.shadow, np.asarray(min(int(step), top)))
@@ -137,6 +149,13 @@ def host_scalars(state: Any) -> Any:
     if step is state.step and weight is state.weight:
         return state
     return state._replace(step=step, weight=weight)
+
+
+def _host_integer(step: Any) -> bool:
+    """A Python or numpy integer, or a 0-d numpy integer array."""
+    if isinstance(step, np.ndarray):
+        return step.ndim == 0 and step.dtype.kind in "iu"
+    return isinstance(step, (int, np.integer)) and not isinstance(step, bool)
 
 
 def _beside(shadow: Any, value: np.ndarray) -> Any:

@@ -12,7 +12,7 @@ import jax
 from ema_core import _api
 from ema_core._arguments import checked_config
 from ema_core._config import Config
-from ema_core._ops import is_readable
+from ema_core._read_checks import check_zeros_read
 from ema_core._types import EMAState, Tree
 from ema_core.jax._call_checks import check_finite_params
 
@@ -127,6 +127,9 @@ def _stepped(optax: Any, old: Any, new: Any) -> Any:
     return jax.numpy.all(jax.numpy.stack(flags)) if flags else None
 
 
+_PASS_THE_CONFIG = "pass the Config given to with_ema: ema_average(opt_state, config)"
+
+
 def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
     """The EMA carried by a ``with_ema`` state, anywhere inside ``opt_state`` (a chain, ...).
 
@@ -134,7 +137,8 @@ def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
     Pass the ``config`` given to ``with_ema``.
 
     Raises:
-        ValueError: ``opt_state`` holds no ``with_ema`` state, or more than one.
+        ValueError: ``opt_state`` holds no ``with_ema`` state, or more than one; or its EMA was
+            made with ``init="zeros"`` and ``config`` has another ``init`` (``check_zeros_read``).
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -156,20 +160,5 @@ def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
             f"in a {type(opt_state).__name__}"
         )
     config = checked_config(config)
-    _check_zeros_read(found[0].ema, config)
+    check_zeros_read(found[0].ema, config, "the EMA in opt_state", _PASS_THE_CONFIG)
     return _api.average(found[0].ema, config)
-
-
-def _check_zeros_read(state: EMAState, config: Config) -> None:
-    """Refuse to read an EMA started at zeros (its readable weight below 1) with a config that
-    does not bias-correct: the raw shadow would be returned, pulled toward 0."""
-    weight: Any = getattr(state, "weight", None)
-    if config.init == "zeros" or not is_readable(weight) or getattr(weight, "ndim", 1) != 0:
-        return
-    value = float(weight)
-    if value < 1.0 - 1e-5:
-        raise ValueError(
-            f"config has init={config.init!r}, but the EMA in opt_state has weight {value:.6g}: "
-            "it was made with init='zeros' and must be bias-corrected; pass the Config given "
-            "to with_ema: ema_average(opt_state, config)"
-        )
