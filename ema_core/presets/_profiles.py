@@ -10,7 +10,7 @@ from ema_core._checks import check_positive
 from ema_core._config import Config
 from ema_core.presets._args import check_bool, check_int
 from ema_core.presets._schedules import power_profile
-from ema_core.schedules import constant, gated, ramped_half_life
+from ema_core.schedules import MAX_SIGMA_REL, constant, gated, ramped_half_life
 
 
 def ema_pytorch_karras(
@@ -64,14 +64,24 @@ def edm2(
         check_positive("rampup_ratio", rampup_ratio)
     if batch_size is not None:
         check_positive("batch_size", batch_size, integer=True)
+    _check_std(std)  # also when halflife_Mimg leaves it unused
     if halflife_Mimg is None:
         return Config(power_profile(sigma_rel=std), init="params", buffers="copy")
-    check_positive("std", std)
     _check_half_life(halflife_Mimg, rampup_ratio)
     if batch_size is None:
         raise TypeError("edm2 with halflife_Mimg needs the batch_size (images per step)")
     schedule = ramped_half_life(halflife_Mimg * 1e6 / batch_size, rampup_ratio)
     return Config(schedule, init="params", buffers="copy")
+
+
+def _check_std(std: Any) -> None:
+    """EDM2's ``std`` is a sigma_rel: a real number in (0, MAX_SIGMA_REL]."""
+    check_positive("std", std)
+    if std > MAX_SIGMA_REL:
+        raise ValueError(
+            f"std must be in (0, {MAX_SIGMA_REL:.6f}], got {std!r}: it is EDM2's sigma_rel, "
+            "and no power-function profile is wider"
+        )
 
 
 def _check_half_life(halflife_Mimg: Any, rampup_ratio: float | None) -> None:  # noqa: N803

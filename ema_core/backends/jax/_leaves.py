@@ -124,10 +124,25 @@ def _blend(s: Array, p: Array, gates: _Gates) -> Array:
 def scalar_device(leaf: Array) -> Any:
     """Where the 0-d ``step`` and ``weight`` of a state for ``leaf`` go: the leaf's device, or
     for a leaf sharded over several devices the same mesh, replicated (``None`` when the
-    sharding has no mesh: JAX then places them on its default device)."""
-    sharding = getattr(leaf, "sharding", None)
-    if isinstance(leaf, jax.core.Tracer) or sharding is None or len(sharding.device_set) == 1:
+    sharding has no mesh: JAX then places them on its default device). An uncommitted leaf on
+    the default device (``jnp.zeros(...)``, no ``device_put``) gets uncommitted scalars
+    (``None``): committed ones would commit a jitted update's outputs, and its second call
+    would compile again for the committed state."""
+    if isinstance(leaf, jax.core.Tracer):
         return compat.device(leaf)
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None or len(sharding.device_set) == 1:
+        device = compat.device(leaf)
+        if not getattr(leaf, "committed", True) and device == _default_device():
+            return None
+        return device
     if isinstance(sharding, NamedSharding):
         return NamedSharding(sharding.mesh, PartitionSpec())  # type: ignore[no-untyped-call]
     return None
+
+
+def _default_device() -> Any:
+    """The device ``jnp.asarray(x)`` uses now (``jax.default_device`` or the default backend's
+    first device)."""
+    chosen = getattr(jax.config, "jax_default_device", None)
+    return chosen if isinstance(chosen, jax.Device) else jax.devices(chosen)[0]

@@ -1,0 +1,180 @@
+"""README claims of "Quickstart", "In your trainer" (the intro) and "Architecture" that no other
+test asserted. Each test names its claim; the comment quotes it. The other sections audited with
+these: ``test_readme_claims_commands.py`` ("The two commands"), ``..._checkpoints.py``,
+``..._presets.py`` ("Coming from another EMA") and ``..._testing_kit.py`` ("Test your own EMA")."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tomllib
+
+import ema_core as ema
+from ema_core import _stateless
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- Quickstart -------------------------------------------------------------------------------
+
+
+def test_torch_functional_api_builds_no_graph_and_shadows_never_require_grad() -> None:
+    # "no autograd graph is built; shadows never require grad"
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(4, 2)
+    config = ema.Config(schedule=ema.schedules.warmup(0.999), init="zeros")
+    state = ema.init(dict(model.named_parameters()), config)
+    state = ema.update(state, dict(model.named_parameters()), config)
+    reads = [*state.shadow.values(), *ema.average(state, config).values()]
+    shadow = {"w": torch.zeros(3)}
+    reads += ema.ema_update(shadow, {"w": torch.ones(3, requires_grad=True)}, 1).values()
+    assert all(not t.requires_grad and t.grad_fn is None for t in reads)
+
+
+def test_the_jax_step_is_traced_once_and_never_recompiles() -> None:
+    # "the step is traced and never triggers a recompile"
+    jax = pytest.importorskip("jax")
+    compiles: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    config = ema.Config(schedule=ema.schedules.power_function(sigma_rel=0.05), init="copy")
+    traces: list[int] = []
+
+    @jax.jit
+    def step(params: Any, state: Any) -> Any:
+        traces.append(1)
+        return ema.update(state, params, config)
+
+    params = {"w": jax.numpy.zeros(4)}
+    state = ema.init(params, config)
+    for _ in range(3):  # the first calls may compile (uncommitted inputs, then committed ones)
+        state = step(params, state)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for _ in range(20):
+            state = step(params, state)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert int(state.step) == 23 and len(traces) == 1 and compiles == []
+
+
+def test_the_quickstart_jax_train_step_compiles_once() -> None:
+    # "the step is traced and never triggers a recompile": over the Quickstart's own loop
+    jax = pytest.importorskip("jax")
+    compiles: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    config = ema.Config(schedule=ema.schedules.power_function(sigma_rel=0.05), init="copy")
+    step = jax.jit(lambda params, state: ema.update(state, params, config))
+    params = {"w": jax.numpy.zeros(4)}
+    state = jax.block_until_ready(ema.init(params, config))
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for _ in range(5):
+            state = step(params, state)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) == 1
+
+
+# --- In your trainer --------------------------------------------------------------------------
+
+
+def test_each_integration_imports_its_framework_only_when_used_and_is_an_extra() -> None:
+    # "`ema_core.integrations` holds one module per framework, each imported only when used and
+    # each an optional extra (`pip install "ema-core[lightning]"`, `[keras]`, `[accelerate]`)"
+    code = (
+        "import sys, ema_core.integrations; "
+        "print(sorted(m for m in ('lightning', 'keras', 'accelerate', 'torch', 'jax') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+    for name in ("lightning", "keras", "accelerate"):
+        assert (ROOT / "ema_core" / "integrations" / f"{name}.py").is_file()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    for extra, package in [("lightning", "lightning"), ("keras", "keras")]:
+        assert any(r.startswith(package) for r in extras[extra]), extra
+    assert any(r.startswith("accelerate") for r in extras["accelerate"])
+
+
+# --- Architecture -----------------------------------------------------------------------------
+
+# the files and folders the README's tree names (the tree is a map, not a full listing)
+LAYOUT = {
+    "ema_core": "__init__ _types _settings _ops _paths _tree _tree_pair _pytree _mappings _checks "
+    "_leaf_checks _writes _memory_overlap _core _arguments _config _stateless _banks "
+    "_safetensors _atomic _api",
+    "ema_core/backends": "__init__ generic numpy cupy _cupy_kernels",
+    "ema_core/backends/host": "_threads _numba _numba_loops _numba_tables _blocks _bank "
+    "_bank_loops",
+    "ema_core/backends/torch": "_plan _routes _foreach _host _memory _cuda",
+    "ema_core/backends/jax": "__init__ _leaves",
+    "ema_core/torch": "_module _names _watch _options _store _swap _state _dtensor _dist _bank "
+    "_bank_args _bank_fused",
+    "ema_core/jax": "_compiled _chunked _call_checks _optax _checkpoint _bank _bank_chunks",
+    "ema_core/posthoc": "_math _coefficients _warning _snapshots _listing _reconstruct _leaves "
+    "__main__ _plot",
+    "ema_core/checkpoint": "_format _arrays _save _load _peers _peers_read _export",
+    "ema_core/integrations": "lightning _lightning_args keras _keras_weights _keras_args "
+    "accelerate",
+    "ema_core/presets": "_seeds _torch _profiles _optimizers",
+    "ema_core/compat": "mmedit tensorflow allennlp paddle",
+    "ema_core/testing": "_oracle _strategies _properties",
+    "ema_core/schedules": "__init__",
+    "tests": "conftest reference peers",
+    "benchmarks": "__main__ harness chart tree",
+    "benchmarks/backends": "numpy torch jax cupy",
+    "benchmarks/peers": "__init__",
+    "scripts": "first_decays parity_bounds threads_vs_prange lock bank_jax",
+    "examples": "demo _demo_data _demo_torch _demo_jax _demo_agreement flax_nnx_ema",
+}
+
+
+@pytest.mark.parametrize("folder", sorted(LAYOUT))
+def test_the_modules_the_architecture_tree_names_exist(folder: str) -> None:
+    missing = [m for m in LAYOUT[folder].split() if not (ROOT / folder / f"{m}.py").is_file()]
+    assert missing == [], f"{folder}: {missing}"
+
+
+def test_the_benchmark_tree_holds_workloads_gpu_sh_and_results() -> None:
+    bench = ROOT / "benchmarks"
+    assert list((bench / "workloads").glob("*.json")) and (bench / "gpu.sh").is_file()
+    assert list((bench / "results").glob("*.md"))
+
+
+def test_the_plan_cache_keeps_at_most_4_entries_least_recently_used_dropped() -> None:
+    # "the second call keeps the result (`ema_core/_stateless.py`, at most 4 entries)"
+    _stateless.clear()
+    nests = [({"w": np.zeros(3)}, {"w": np.ones(3)}) for _ in range(6)]
+    for shadow, params in nests:
+        for step in (1, 2):  # an entry is made the second time in a row
+            ema.ema_update(shadow, params, step, decay=0.5)
+    kept = [entry.ids for entry in _stateless._ENTRIES.values()]
+    assert kept == [[id(s["w"]), id(p["w"])] for s, p in nests[2:]]
+    _stateless.clear()
+
+
+@pytest.mark.parametrize("framework", ["jax.numpy", "array_api_strict"])
+def test_jax_and_array_api_strict_calls_are_not_cached(framework: str) -> None:
+    # "JAX, CuPy and array-api-strict calls are not cached"
+    xp = pytest.importorskip(framework)
+    _stateless.clear()
+    shadow, params = {"w": xp.zeros(3)}, {"w": xp.ones(3)}
+    for step in (1, 2, 3):
+        shadow = ema.ema_update(shadow, params, step, decay=0.5)
+    assert not _stateless._ENTRIES
