@@ -137,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             gc.collect()
     print(harness.format_table(rows))
-    tree_table = tree.main()
+    # the tree, stateless and bank tables time the host (CPU tensors, flat dicts) whatever
+    # --device says: CPU runs only
+    on_cpu = args.device == "cpu"
+    tree_table = tree.main() if on_cpu else ""
     print(tree_table)
-    # the stateless and bank tables time CPU tensors whatever --device says: CPU runs only
-    with_torch = "torch" in (args.backend or MODULES) and args.device == "cpu"
+    with_torch = "torch" in (args.backend or MODULES) and on_cpu
     stateless_table = stateless.main() if with_torch else ""
     print(stateless_table)
     bank_table = bank.main() if with_torch else ""
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     tree_md = (
         "\n\nFlattening and checking flat dicts (`python -m benchmarks --tree`):\n\n"
         f"```\n{tree_table}\n```\n"
+        if tree_table
+        else ""
     )
     if stateless_table:
         tree_md += (

@@ -24,15 +24,15 @@ the core at the true decay ``d``. Two differences, stated and not hidden:
 * ``w == 1/2`` (d = 1/2): the kernel takes ``p - diff / 2``, the core ``s + diff / 2``; the
   kernel's value is the core's blend with shadow and params swapped, which is what is compared.
 
-On a GPU Triton contracts ``a * b + c`` into one FMA (``enable_fp_fusion``, on by default), so
-there the results may differ from these by the rounding of the product: ``test_torch_gpu.py``
-allows one rounding. The interpreter checks the indexing (program offsets, the tail mask: every
-contiguous leaf lies in one buffer between sentinels, which an off-by-one overwrites) and the
-arithmetic (branches, weights, ends). Strided pairs are left by the wrapper to the blocked way:
-they must equal ``blocked_lerp_``/``blocked_lerp_ends_`` run on them alone. Values: normal,
-large, float32 and float16 subnormals, +-0, inf and NaN (not bfloat16 subnormals: Triton 3.9's
-interpreter widens them to 0, a GPU does not); no specials for the host decays 0 and 1 (weight 0
-or 1), which the routes never send here (skip/copy): ``0 * inf`` is NaN and ``-0 + 0`` is +0.
+On a GPU Triton would contract ``a * b + c`` into one FMA; ``_cuda.LAUNCH_OPTIONS`` turns that
+fusion off, so a GPU rounds each operation as the interpreter does. The interpreter checks the
+indexing (program offsets, the tail mask: every contiguous leaf lies in one buffer between
+sentinels, which an off-by-one overwrites) and the arithmetic (branches, weights, ends). Strided
+pairs are left by the wrapper to the blocked way: they must equal
+``blocked_lerp_``/``blocked_lerp_ends_`` run on them alone. Values: normal, large, float32 and
+float16 subnormals, +-0, inf and NaN (not bfloat16 subnormals: Triton 3.9's interpreter widens them
+to 0, a GPU does not); no specials for the host decays 0 and 1 (weight 0 or 1), which the routes
+never send here (skip/copy): ``0 * inf`` is NaN and ``-0 + 0`` is +0.
 
 All cases run in one subprocess with ``TRITON_INTERPRET=1`` set before anything imports Triton
 (``triton.jit`` reads it when it decorates, and ``_cuda._kernel`` is cached), each reported.

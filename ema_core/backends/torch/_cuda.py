@@ -21,12 +21,13 @@ The functions are plain torch (Triton aside) and also run on CPU tensors, which 
 suite checks the blocked way; ``_routes`` sends only CUDA groups here. The Triton functions run on
 CPU tensors too under Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton is imported):
 ``tests/test_triton_interpreter.py`` runs the kernel so in a subprocess, bit for bit against the
-core at the decay the kernel applies, ``1 - fl32(1 - decay)`` (the interpreter rounds each
-operation; a GPU fuses the products into FMAs, which ``tests/test_torch_gpu.py`` allows for).
+core at the decay the kernel applies, ``1 - fl32(1 - decay)``; compiled without FMAs
+(``LAUNCH_OPTIONS``), a GPU rounds each operation as the interpreter does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import threading
@@ -44,6 +45,9 @@ __all__ = ["BLOCK", "blocked_lerp_", "blocked_lerp_ends_", "triton_lerp_", "trit
 BLOCK = 1 << 24
 #: Elements per Triton program.
 TRITON_BLOCK = 1024
+#: Every launch's compile options: no FMA, as under the interpreter (stated, Triton >= 3.9
+#: warns when left to its default, which 3.10 changes).
+LAUNCH_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
 
 _LOCAL = threading.local()
 
@@ -151,7 +155,8 @@ def triton_lerp_ends_(
     from device memory and selects the ends element by element (strided pairs: blocked).
 
     Raises:
-        ValueError: as ``triton_lerp_``.
+        ValueError: as ``triton_lerp_``, or ``weight`` / ``decay`` is not 0-d on the shadows'
+            device (nothing written then).
     """
     left = _launch(shadows, params, (weight, decay))
     blocked_lerp_ends_([s for s, _ in left], [p for _, p in left], weight, decay)
@@ -160,44 +165,76 @@ def triton_lerp_ends_(
 def _launch(
     shadows: list[torch.Tensor], params: list[torch.Tensor], scalars: tuple[Any, ...]
 ) -> Pairs:
-    """Run the kernel over the contiguous pairs; return the strided ones, untouched."""
-    for s, p in zip(shadows, params, strict=True):
-        if p.numel() != s.numel() or p.device != s.device:
-            raise ValueError(
-                f"a params tensor of shape {tuple(p.shape)} on {p.device} does not fit its "
-                f"shadow of shape {tuple(s.shape)} on {s.device}"
-            )
+    """Run the kernel over the contiguous pairs, on the shadows' one device (Triton launches on
+    the current device); return the strided pairs, untouched."""
+    _check_launch(shadows, params, scalars)
+    if not shadows:
+        return []
     kernel = _kernel()
     left: Pairs = []
-    for s, p in zip(shadows, params, strict=True):
-        n = s.numel()
-        if not (s.is_contiguous() and p.is_contiguous()):
-            left.append((s, p))
-        elif n:
-            grid = ((n + TRITON_BLOCK - 1) // TRITON_BLOCK,)
-            if len(scalars) == 1:  # a host weight by value; s stands in for unread pointers
-                kernel[grid](s, p, s, s, scalars[0], n, ENDS=False, BLOCK=TRITON_BLOCK)
-            else:
-                kernel[grid](s, p, *scalars, 0.0, n, ENDS=True, BLOCK=TRITON_BLOCK)
+    device = shadows[0].device
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for s, p in zip(shadows, params, strict=True):
+            n = s.numel()
+            if not (s.is_contiguous() and p.is_contiguous()):
+                left.append((s, p))
+            elif n and len(scalars) == 1:  # a host weight by value; s stands in for pointers
+                grid = ((n + TRITON_BLOCK - 1) // TRITON_BLOCK,)
+                args = (s, p, s, s, scalars[0], n)
+                kernel[grid](*args, ENDS=False, BLOCK=TRITON_BLOCK, **LAUNCH_OPTIONS)
+            elif n:
+                grid = ((n + TRITON_BLOCK - 1) // TRITON_BLOCK,)
+                args = (s, p, *scalars, 0.0, n)
+                kernel[grid](*args, ENDS=True, BLOCK=TRITON_BLOCK, **LAUNCH_OPTIONS)
     return left
+
+
+def _check_launch(
+    shadows: list[torch.Tensor], params: list[torch.Tensor], scalars: tuple[Any, ...]
+) -> None:
+    """``ValueError`` before any write for pairs off the first shadow's device or of another
+    size, or a weight or decay that is not 0-d on that device (the kernel reads them there)."""
+    if not shadows:
+        return
+    device = shadows[0].device
+    for name, x in zip(("weight", "decay"), scalars, strict=False):
+        if isinstance(x, torch.Tensor) and (x.device != device or x.ndim != 0):
+            raise ValueError(
+                f"the {name} must be a 0-d tensor on the shadows' device {device}, got "
+                f"shape {tuple(x.shape)} on {x.device}"
+            )
+    for s, p in zip(shadows, params, strict=True):
+        if p.numel() != s.numel() or p.device != device or s.device != device:
+            raise ValueError(
+                f"a params tensor of shape {tuple(p.shape)} on {p.device} does not fit its "
+                f"shadow of shape {tuple(s.shape)} on {s.device} (one launch runs on "
+                f"{device})"
+            )
 
 
 @functools.cache
 def _kernel() -> Any:
-    """The compiled kernel, or None where Triton is not installed or, unless Triton's interpreter
-    is on, CUDA is not available. The interpreter (Triton's own ``knobs.runtime.interpret``, its
-    reading of ``TRITON_INTERPRET``) runs the kernel on CPU tensors with numpy; it is read once,
-    as ``triton.jit`` does. ``triton_usable`` still requires a CUDA shadow: no route sends CPU
-    tensors here, the interpreter only serves direct calls (the CPU suite's check)."""
+    """``_jit``, or None without Triton or, unless Triton's interpreter is on (its
+    ``knobs.runtime.interpret``, read once as ``triton.jit`` does), CUDA is not available. Only
+    direct calls (the CPU suite's check) send CPU tensors: ``triton_usable`` wants CUDA."""
+    jit = _jit()
+    if jit is None:
+        return None
+    import triton
+
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
+    interpreting = knobs is not None and bool(knobs.runtime.interpret)
+    return jit if interpreting or torch.cuda.is_available() else None
+
+
+@functools.cache
+def _jit() -> Any:
+    """The ``triton.jit`` kernel (also without a GPU: ``triton.compile`` builds it for a GPU
+    target on the CPU), or None without Triton."""
     if importlib.util.find_spec("triton") is None:
         return None
     import triton
     import triton.language as tl
-
-    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
-    interpreting = knobs is not None and bool(knobs.runtime.interpret)
-    if not (interpreting or torch.cuda.is_available()):
-        return None
 
     @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
     def blend(  # type: ignore[no-untyped-def]  # noqa: ANN202
