@@ -8,8 +8,6 @@ import array_api_compat as compat
 import numpy as np
 
 from ema_core._core import dtype_name
-from ema_core._tree import flatten
-from ema_core._types import Tree
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -28,11 +26,6 @@ def to_numpy(x: Any) -> np.ndarray:
     if module == "array_api_strict":
         return np.array(np.from_dlpack(x))
     return np.array(x, copy=True)
-
-
-def leaves64(tree: Tree) -> list[np.ndarray]:
-    """The leaves of a nest as numpy arrays (floating ones in float64, complex in complex128)."""
-    return host64(flatten(tree)[0])
 
 
 def host64(leaves: list[Any]) -> list[np.ndarray]:
