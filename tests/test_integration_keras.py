@@ -247,3 +247,24 @@ def test_integer_weights_are_copied() -> None:
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         EMACallback(**kwargs)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.99])
+def test_the_keras_preset_matches_keras_use_ema_on_a_batchnorm_model(momentum: float) -> None:
+    """``EMACallback(config=presets.keras(m))`` against the optimizer's own ``use_ema=True``
+    (whose ``fit`` ends by writing its averages into the model): Keras averages the trainable
+    variables only, so BatchNorm's moving statistics must be the live ones, bit for bit."""
+    theirs = make_model()
+    theirs.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9, use_ema=True, ema_momentum=momentum),
+        loss="mse",
+    )
+    theirs.fit(X, Y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+    mine, callback = make_model(), EMACallback(config=ema.presets.keras(momentum))
+    mine.fit(X, Y, batch_size=16, epochs=3, verbose=0, shuffle=False, callbacks=[callback])
+    averaged = callback.average_weights()
+    for variable, want, got in zip(theirs.weights, theirs.get_weights(), averaged, strict=True):
+        if variable.trainable:  # Keras blends in its own op order: float32 roundings apart
+            np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.spacing(np.abs(want).max()))
+        else:
+            assert got.tobytes() == want.tobytes(), variable.path

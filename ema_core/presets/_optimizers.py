@@ -42,7 +42,8 @@ def keras(ema_momentum: float = 0.99) -> Config:
 
     The first optimizer step copies (Keras multiplies the momentum by ``iterations != 0``),
     later steps use ``ema_momentum`` as the decay, in float32 as Keras forms it for float32
-    variables. ``ema_overwrite_frequency=n`` is a training-loop action, not part of the
+    variables. Keras averages the trainable variables only: the non-trainable ones (BatchNorm's
+    moving statistics) stay live, so buffers are skipped (``buffers="skip"``). ``ema_overwrite_frequency=n`` is a training-loop action, not part of the
     average: every n steps Keras overwrites the model's variables with the average for good
     (training goes on from the averaged weights), and ``fit()`` does so once after its last
     epoch. Its match is a permanent write, ``EMA.copy_to(model)`` (functional: ``params =
@@ -54,4 +55,4 @@ def keras(ema_momentum: float = 0.99) -> Config:
         [0.0, 0.8999999761581421]
     """
     check_fraction("ema_momentum", ema_momentum)
-    return Config(in_float32(constant(ema_momentum)), init="copy")
+    return Config(in_float32(constant(ema_momentum)), init="copy", buffers="skip")
