@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             "alternation (`python -m benchmarks --bank`):\n\n"
             f"```\n{bank_table}\n```\n"
         )
-    stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md)
+    took = time.perf_counter() - start
+    ran = f"\nThe whole run took {took // 60:.0f} min {took % 60:.0f} s.\n"
+    print(ran.strip(), file=sys.stderr)
+    stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md + ran)
     drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")
     print(
         f"wrote {stem}.json, .md" + (", .png" if drawn else " (no matplotlib: no chart)"),

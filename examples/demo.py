@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import io
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_curves.png"), help="the PNG")
     out: Path = parser.parse_args(argv).out
+    start = time.perf_counter()
     if isinstance(sys.stdout, io.TextIOWrapper):  # keep the text in step with the bars
         sys.stdout.reconfigure(line_buffering=True)
     digits = data.load()
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if curves:
         plot(curves, out)
         print(f"\nCurves of test accuracy over training, raw vs EMA: {out.resolve()}")
+    print(f"Done in {time.perf_counter() - start:.0f} s.")
     return 0 if ok else 1
 
 
