@@ -111,13 +111,13 @@ def ema_update(
     return unflatten(treedef, new)
 
 
-def init(params: Tree, config: Config | None = None, /) -> EMAState:
+def init(params: Tree, /, config: Config | None = None) -> EMAState:
     """A new EMA state for ``params`` under ``config`` (never aliasing the params).
 
     The shadow is a copy of the params (``init="params"`` or ``"copy"``) or zeros (``"zeros"``),
     in float32 for float16/bfloat16 leaves unless ``config.dtype`` says otherwise; integer and
-    bool leaves are copied. ``step`` starts at 0 and the bias-correction ``weight`` at 1 (0 for
-    ``"zeros"``), both 0-d arrays on the params' device.
+    bool leaves are copied. ``step`` (0, the default integer dtype) and ``weight`` (1; 0 for
+    ``"zeros"``) are 0-d arrays on the params' device, never weak-typed (as a loaded state).
 
     Example:
         >>> import numpy as np, ema_core as ema
@@ -137,12 +137,12 @@ def init(params: Tree, config: Config | None = None, /) -> EMAState:
         ]
     # the scalars' device: a backend may refine it (a 2-D sharding does not fit a 0-d array)
     device = getattr(backend, "scalar_device", compat.device)(leaves[0])
-    step = xp.asarray(0, device=device)
+    step = xp.asarray(0, dtype=_core.default_int(xp), device=device)
     weight = xp.asarray(0.0 if zeros else 1.0, dtype=wide_float(xp, device), device=device)
     return EMAState(step, unflatten(treedef, shadow), weight)
 
 
-def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EMAState:
+def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EMAState:
     """The state after one more update with ``params``: pure, usable inside ``jax.jit``.
 
     ``t = state.step + 1``; ``shadow_t = shadow + (1 - d_t) (params - shadow)`` and
@@ -184,7 +184,7 @@ def update(state: EMAState, params: Tree, config: Config | None = None, /) -> EM
     return EMAState(t, unflatten(treedef, new), weight)
 
 
-def average(state: EMAState, config: Config | None = None, /) -> Tree:
+def average(state: EMAState, /, config: Config | None = None) -> Tree:
     """The bias-corrected average ``shadow / weight`` (the shadow itself unless ``init="zeros"``).
 
     ``weight`` is the state's exact weight, or ``1 - d_t ** t`` under ``correction="power"``;

@@ -54,8 +54,24 @@ def checked_config(config: Any) -> Config:
     if config is None:
         return DEFAULT
     if not isinstance(config, Config):
-        raise TypeError(f"config must be an ema_core.Config, got {type(config).__name__}")
+        raise TypeError(
+            f"config must be an ema_core.Config, got {type(config).__name__}{config_hint(config)}"
+        )
     return config
+
+
+def config_hint(value: Any) -> str:
+    """How to make a ``Config`` of a decay (or a schedule) given where one belongs, else "".
+
+    Example:
+        >>> config_hint(0.99)
+        ': use ema_core.Config(0.99)'
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f": use ema_core.Config({value!r})"
+    if callable(value) and not isinstance(value, type):
+        return ": use ema_core.Config(schedule=...) for a Schedule or a callable t -> decay"
+    return ""
 
 
 def check_one_rule(decay: Any, schedule: Any, config: Any) -> None:

@@ -117,10 +117,19 @@ def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Arra
     return xp.astype(decay, weight.dtype) * weight + xp.astype(rate, weight.dtype)
 
 
+def default_int(xp: Namespace) -> DType:
+    """The namespace's default integer dtype (int64; JAX's int32 with x64 off), read now: JAX's
+    x64 mode may be switched at any time."""
+    return xp.__array_namespace_info__().default_dtypes()["integral"]
+
+
 def init_leaf(xp: Namespace, param: Array, shadow_dtype: DType | None, zeros: bool) -> Array:
-    """A new shadow leaf: a copy of ``param`` (in ``shadow_dtype`` when given) or zeros."""
+    """A new shadow leaf: a copy of ``param`` (in ``shadow_dtype`` when given) or zeros. Either
+    follows ``param``: its device, and a JAX array's sharding and commitment (zeros made on
+    ``param``'s device would be committed beside uncommitted params, and a jitted update of the
+    state would compile twice)."""
     if shadow_dtype is None:
         return xp.asarray(param, copy=True)
     if zeros:
-        return xp.zeros(param.shape, dtype=shadow_dtype, device=compat.device(param))
+        return xp.zeros_like(param, dtype=shadow_dtype)
     return xp.astype(param, shadow_dtype, copy=True)

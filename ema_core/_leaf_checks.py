@@ -24,11 +24,19 @@ from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy
 
 _NUMERIC = ("bool", "integral", "real floating", "complex floating")
 _X64_FIX = "enable x64 as when it was made, or cast it to {narrow} yourself"
+_NOT_AN_ARRAY = (
+    "convert it (np.asarray, jnp.asarray, torch.as_tensor) or leave it out of the tree you "
+    "average (for flax nnx: nnx.state(model, nnx.Param))"
+)
+_TO_DEVICE = (
+    "; a state brought to the host (jax.device_get, pickle) goes back with jax.device_put(state); "
+    "a numpy leaf among JAX ones converts with jnp.asarray"
+)
 
 
 def _namespace_of(leaf: Any, where: str) -> Namespace:
     if not compat.is_array_api_obj(leaf):
-        raise TypeError(f"{where} must be an array, got {type(leaf).__name__}")
+        raise TypeError(f"{where} must be an array, got {type(leaf).__name__}: {_NOT_AN_ARRAY}")
     return compat.array_namespace(leaf)
 
 
@@ -123,18 +131,28 @@ def _common_namespace(
             return spaces.pop()
     by_type: dict[type, Namespace] = {}
     xp: Any = None
+    first = ""  # the leaf that set xp, for the message
     for name, leaves in zip(names, (shadows, params), strict=True):
         for leaf, path in zip(leaves, paths, strict=True):
             ns = by_type.get(type(leaf))
             if ns is None:
                 ns = by_type[type(leaf)] = _namespace_of(leaf, path_str(name, path))
-            xp = ns if xp is None else xp
+            if xp is None:
+                xp, first = ns, f"{path_str(name, path)} ({type(leaf).__name__})"
             if ns is not xp:
-                raise TypeError(
-                    f"{path_str(name, path)} is a {type(leaf).__name__} array; all leaves must "
-                    f"come from one namespace ({xp.__name__}), got {ns.__name__}"
-                )
+                where = f"{path_str(name, path)} ({type(leaf).__name__})"
+                raise TypeError(_mixed(where, ns, first, xp))
     return xp
+
+
+def _mixed(where: str, ns: Namespace, first: str, xp: Namespace) -> str:
+    """Leaf ``where`` of ``ns`` after ``first`` of ``xp``; the way back for numpy beside JAX."""
+    pair = (ns, xp)
+    host = any(map(compat.is_numpy_namespace, pair)) and any(map(compat.is_jax_namespace, pair))
+    return (
+        f"{where} is an array of {ns.__name__}, but {first} is of {xp.__name__}: all leaves "
+        f"must come from one namespace{_TO_DEVICE if host else ''}"
+    )
 
 
 def _is_traced(x: Any) -> bool:

@@ -10,6 +10,7 @@ tensor, a concrete JAX array on CPU); on a GPU or inside ``jax.jit`` the read is
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import array_api_compat as compat
@@ -17,7 +18,7 @@ import array_api_compat as compat
 from ema_core._config import Config
 from ema_core._ops import is_readable
 
-__all__ = ["check_zeros_read"]
+__all__ = ["check_live_weight", "check_zeros_read"]
 
 #: Below this a weight is not 1 rounded: float32 sums of ``d + (1 - d)`` stay within it.
 _BELOW_ONE = 1.0 - 1e-5
@@ -28,20 +29,44 @@ def check_zeros_read(
     config: Config,
     what: str = "state",
     fix: str = "pass the Config it was made with: average(state, config)",
+    weight_name: str = "state.weight",
 ) -> None:
     """Refuse to read ``state`` (named ``what``) with ``config`` when ``config.init`` is not
-    ``"zeros"`` but the state's readable weight is below 1: it was made with ``init="zeros"``.
+    ``"zeros"`` but the state's readable weight is below 1: it was made with ``init="zeros"``;
+    first refuse a state whose JAX weight (``weight_name``) was deleted (``check_live_weight``):
+    the read returns the shadows as they are, so nothing else would name them.
 
     Raises:
-        ValueError: naming the config's ``init``, the weight and ``fix``.
+        ValueError: naming the config's ``init``, the weight and ``fix``; or the deleted weight.
     """
-    if config.init == "zeros":
+    if config.init == "zeros":  # the read checks every shadow leaf, a deleted one by name
         return
-    value = _host_weight(getattr(state, "weight", None))
+    weight = getattr(state, "weight", None)
+    check_live_weight(weight, weight_name)
+    value = _host_weight(weight)
     if value is not None and value < _BELOW_ONE:
         raise ValueError(
             f"config has init={config.init!r}, but {what} has weight {value:.6g}: it was made "
             f"with init='zeros' and must be bias-corrected; {fix}"
+        )
+
+
+def check_live_weight(weight: Any, name: str) -> None:
+    """Refuse a concrete JAX ``weight`` that was deleted: its state was donated to a jitted call
+    (``donate_argnums``, ``make_update``), which deleted every array of it. One 0-d array is
+    asked (``is_deleted``, no sync): donation deletes the shadows with it.
+
+    Raises:
+        ValueError: naming ``name`` and the state to read instead.
+    """
+    jax = sys.modules.get("jax")
+    if jax is None or not isinstance(weight, jax.Array) or isinstance(weight, jax.core.Tracer):
+        return
+    if weight.is_deleted():
+        raise ValueError(
+            f"{name} was deleted: its state was donated to a jitted call (donate_argnums, "
+            "make_update), which deletes the arrays it is given; read the state that call "
+            "returned instead"
         )
 
 

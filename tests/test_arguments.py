@@ -92,7 +92,11 @@ BAD = [
         TypeError,
         "pass at most one of decay, schedule or config; got schedule, config",
     ),
-    ({"config": 0.9}, TypeError, "config must be an ema_core.Config, got float"),
+    (
+        {"config": 0.9},
+        TypeError,
+        "config must be an ema_core.Config, got float: use ema_core.Config(0.9)",
+    ),
     ({"config": {"decay": 0.9}}, TypeError, "config must be an ema_core.Config, got dict"),
     ({"decay": 1.5}, ValueError, "decay must be in [0.0, 1.0], got 1.5"),
     ({"decay": -0.1}, ValueError, "decay must be in [0.0, 1.0], got -0.1"),

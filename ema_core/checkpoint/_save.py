@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ema_core import __version__, _safetensors
+from ema_core._arguments import config_hint
 from ema_core._atomic import resolve_link, write_atomic
 from ema_core._config import Config, config_text, stable_text
 from ema_core._tree import flatten
@@ -37,8 +38,8 @@ class Contents(NamedTuple):
 def save(
     path: str | os.PathLike[str],
     ema_or_state: Any,
-    config: Config | None = None,
     /,
+    config: Config | None = None,
     *,
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
@@ -121,7 +122,10 @@ def contents(ema_or_state: Any, config: Config | None) -> Contents:
         ValueError: a ``config`` given with an ``EMA`` or its state dict.
     """
     if config is not None and not isinstance(config, Config):
-        raise TypeError(f"config must be an ema_core.Config or None, got {type(config).__name__}")
+        raise TypeError(
+            f"config must be an ema_core.Config or None, got {type(config).__name__}"
+            f"{config_hint(config)}"
+        )
     if isinstance(ema_or_state, EMAState):
         return _state_contents(ema_or_state, config)
     state = torch_ema_state(ema_or_state)

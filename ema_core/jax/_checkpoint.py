@@ -131,4 +131,8 @@ def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:
     if value.dtype != want:
         raise TypeError(f"arrays[{name!r}] has dtype {value.dtype}, like has {want}")
     sharding = getattr(like, "sharding", None)
-    return jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
+    if sharding is None or not getattr(like, "committed", True):
+        # as like: an uncommitted array stays uncommitted (committed, a jitted step fed it and
+        # uncommitted params would compile again)
+        return jax.numpy.asarray(value)
+    return jax.device_put(value, sharding)

@@ -30,7 +30,7 @@ from ema_core.jax._placement import check_placements
 
 
 def make_update(
-    config: Config | None = None, /, *, donate: bool = True
+    config: Config | None = None, *, donate: bool = True
 ) -> Callable[[EMAState, Tree], EMAState]:
     """A jitted ``(state, params) -> state`` that applies ``ema_core.update`` under ``config``.
 

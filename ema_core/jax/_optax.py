@@ -24,7 +24,7 @@ class WithEMAState(NamedTuple):
     ema: EMAState
 
 
-def with_ema(optimizer: Any, config: Config | None = None, /) -> Any:
+def with_ema(optimizer: Any, /, config: Config | None = None) -> Any:
     """Wrap an optax ``GradientTransformation`` so that its state also carries the EMA.
 
     ``update(grads, state, params)`` runs the wrapped optimizer, then updates the EMA with the
@@ -130,7 +130,7 @@ def _stepped(optax: Any, old: Any, new: Any) -> Any:
 _PASS_THE_CONFIG = "pass the Config given to with_ema: ema_average(opt_state, config)"
 
 
-def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
+def ema_average(opt_state: Any, /, config: Config | None = None) -> Tree:
     """The EMA carried by a ``with_ema`` state, anywhere inside ``opt_state`` (a chain, ...).
 
     It is ``ema_core.average`` of that EMA state: bias-corrected when ``config.init="zeros"``.
@@ -160,5 +160,7 @@ def ema_average(opt_state: Any, config: Config | None = None, /) -> Tree:
             f"in a {type(opt_state).__name__}"
         )
     config = checked_config(config)
-    check_zeros_read(found[0].ema, config, "the EMA in opt_state", _PASS_THE_CONFIG)
+    check_zeros_read(
+        found[0].ema, config, "the EMA in opt_state", _PASS_THE_CONFIG, "opt_state's EMA weight"
+    )
     return _api.average(found[0].ema, config)
