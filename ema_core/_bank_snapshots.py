@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno as errnos
 import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +67,12 @@ def check_set(
     steps: Sequence[int],
     sigma_rels: Sequence[float],
     intervals: Sequence[int],
+    policies: Sequence[Mapping[str, str] | None] | None = None,
+    aliases: Sequence[Mapping[str, str]] | None = None,
 ) -> None:
     """Raise what writing these snapshots would refuse, before anything is written: ``trees``
     are the EMAs' arrays before the update (the same names, shapes and kinds of dtype as
-    their averages after it).
+    their averages after it); ``policies`` and ``aliases`` as ``write_set`` gets them.
 
     Raises:
         TypeError / ValueError: what ``save_snapshot_set`` refuses (a folder at a file's name
@@ -81,9 +83,14 @@ def check_set(
     _banks.check_snapshot_dir(directory)
     snapshots = posthoc_snapshots()
     folder = Path(os.fsdecode(os.fspath(directory)))
+    count = len(trees)
+    records = zip(policies or [None] * count, aliases or [{}] * count, strict=True)
+    found = zip(trees, steps, sigma_rels, intervals, records, strict=True)
     paths = [
-        snapshots.prepare(folder, tree, step=t, sigma_rel=s, dtype=None, interval=i).path
-        for tree, t, s, i in zip(trees, steps, sigma_rels, intervals, strict=True)
+        snapshots.prepare(
+            folder, tree, step=t, sigma_rel=s, dtype=None, interval=i, policies=p, aliases=n
+        ).path
+        for tree, t, s, i, (p, n) in found
     ]
     if folder.is_dir():
         targets = [resolve_link(p) for p in paths]
@@ -110,10 +117,13 @@ def write_set(
     dtype: str | None = None,
     retry: str | None,
     states: Any = None,
+    policies: Sequence[Mapping[str, str] | None] | None = None,
+    aliases: Sequence[Mapping[str, str]] | None = None,
 ) -> list[Path]:
-    """``save_snapshot_set``; after a bank's update (``retry`` given: the call that writes the
-    set again), an ``OSError`` while writing becomes a ``SnapshotWriteError`` naming the step,
-    ``retry``, and carrying ``states``.
+    """``save_snapshot_set`` (``policies``: which arrays each EMA copies, ``aliases``: the
+    model's other names of its arrays; None where unknown); after a bank's update (``retry``
+    given: the call that writes the set again), an ``OSError`` while writing becomes a
+    ``SnapshotWriteError`` naming the step, ``retry``, and carrying ``states``.
 
     Raises:
         SnapshotWriteError: the write failed; the update stands.
@@ -128,6 +138,8 @@ def write_set(
             sigma_rels=list(sigma_rels),
             intervals=list(intervals),
             dtype=dtype,
+            policies=policies,
+            aliases=aliases,
         )
     except OSError as cause:
         if retry is None:

@@ -1,6 +1,8 @@
 """``export``: an EMA's averages in the layouts other tools read, for users leaving or sharing.
 
-* ``"state_dict"``: ``{name: average}``, the model's own names, for ``model.load_state_dict``.
+* ``"state_dict"``: ``{name: average}``, the model's own names, for ``model.load_state_dict``;
+  a tensor the model holds under several names (tied weights, tracked once) is written under
+  each, as ``module.state_dict()`` does (one tensor).
 * ``"timm"``: ``{"state_dict_ema": <that>}``, the entry timm's ``load_checkpoint(...,
   use_ema=True)`` and ``CheckpointSaver`` use.
 * ``"diffusers"``: a folder as diffusers' ``EMAModel.save_pretrained`` writes it
@@ -30,6 +32,7 @@ from ema_core.checkpoint._format import check_path
 from ema_core.checkpoint._peers import preset_of, same_trajectory
 from ema_core.checkpoint._peers_read import DIFFUSERS_ARGS
 from ema_core.torch import _dtensor
+from ema_core.torch._bank_snap import aliases
 from ema_core.torch._module import EMA
 
 __all__ = ["DIFFUSERS_CONFIG", "DIFFUSERS_WEIGHTS", "FORMATS", "export"]
@@ -95,6 +98,7 @@ def export(
     """
     _check(ema, format, path, model_config, args)
     averages = {n: a.detach().clone() for n, a in ema.average.items()}
+    averages.update({alias: averages[name] for alias, name in aliases(ema).items()})
     if format == "state_dict":
         return averages
     if format == "timm":

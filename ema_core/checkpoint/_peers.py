@@ -18,9 +18,10 @@ import torch
 
 from ema_core import presets
 from ema_core._config import Config, config_text
-from ema_core.checkpoint._peers_read import READERS, PeerState
+from ema_core.checkpoint._peers_read import READERS, PeerState, by_name
 from ema_core.presets._args import check_count
 from ema_core.torch import _dtensor
+from ema_core.torch._bank_snap import aliases
 from ema_core.torch._module import EMA
 
 __all__ = ["PEERS", "Peer", "load_peer", "preset_of", "same_trajectory"]
@@ -102,7 +103,7 @@ def load_peer(
         )
     t = _step_of(peer, read.counter, step)
     current = ema.state_dict()
-    shadows = _by_name(peer, read.shadows, ema.names)
+    shadows = by_name(peer, read.shadows, ema.names, aliases(ema))
     loaded = {n: _fit(peer, n, v, current["shadow"][n]) for n, v in shadows.items()}
     new = {**current, "step": torch.tensor(t), "weight": torch.tensor(1.0, dtype=torch.float64)}
     ema.load_state_dict({**new, "shadow": loaded}, strict=True)
@@ -180,28 +181,6 @@ def _step_of(peer: str, counter: int | None, step: Any) -> int:
     if step is not None and step != counter:
         raise ValueError(f"step={step} disagrees with the {peer} state's counter {counter}")
     return counter
-
-
-def _by_name(
-    peer: str, shadows: dict[str, Any] | list[Any], names: tuple[str, ...]
-) -> dict[str, Any]:
-    """Shadows by the EMA's names: a list is in parameter order, one entry per tracked name."""
-    if isinstance(shadows, list):
-        if len(shadows) != len(names):
-            raise ValueError(
-                f"the {peer} state has {len(shadows)} shadow_params; this EMA tracks {len(names)} "
-                "tensors: build it on the parameters the peer was given, in the same order"
-            )
-        return dict(zip(names, shadows, strict=True))
-    tracked = set(names)
-    missing = [n for n in names if n not in shadows]
-    unexpected = [n for n in shadows if n not in tracked]
-    if missing or unexpected:
-        raise ValueError(
-            f"the {peer} state does not match this EMA: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]} ({len(missing)} and {len(unexpected)} in all)"
-        )
-    return shadows
 
 
 def _fit(peer: str, name: str, value: Any, ours: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 A reader checks the keys and types of one peer's state dict and returns the shadows (by name,
 or as a list in parameter order), the peer's update counter and the hyperparameters the state
-holds, under the names of that peer's preset. Nothing here writes to an EMA.
+holds, under the names of that peer's preset; ``by_name`` matches named shadows to an EMA's
+names (a tied tensor may appear under each of its names, with the same bits). Nothing here
+writes to an EMA.
 
 | peer | shadows | counter | hyperparameters |
 |---|---|---|---|
@@ -99,6 +101,61 @@ def mmengine(state: Mapping[str, Any]) -> PeerState:
     _require(state, "mmengine", ("steps",))
     shadows = _module_tensors(state, "mmengine", "module.", ("steps",))
     return PeerState(shadows, _counter(state, "steps"))
+
+
+def by_name(
+    peer: str, shadows: dict[str, Any] | list[Any], names: tuple[str, ...], tied: dict[str, str]
+) -> dict[str, Any]:
+    """Shadows by the EMA's names: a list is in parameter order, one entry per tracked name; a
+    dict may also hold a tracked tensor under the model's other names of it (``tied``: alias ->
+    name, tied weights), which must then hold the same bits."""
+    if isinstance(shadows, list):
+        if len(shadows) != len(names):
+            raise ValueError(
+                f"the {peer} state has {len(shadows)} shadow_params; this EMA tracks {len(names)} "
+                "tensors: build it on the parameters the peer was given, in the same order"
+            )
+        return dict(zip(names, shadows, strict=True))
+    keys = {n: [n] for n in names}
+    for alias, name in tied.items():
+        keys[name].append(alias)
+    found = {n: [k for k in ks if k in shadows] for n, ks in keys.items()}
+    missing = [n for n in names if not found[n]]
+    unexpected = [k for k in shadows if k not in keys and k not in tied]
+    if missing or unexpected:
+        raise ValueError(
+            f"the {peer} state does not match this EMA: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]} ({len(missing)} and {len(unexpected)} in all)"
+        )
+    return {n: _one_of(peer, n, found[n], shadows) for n in names}
+
+
+def _one_of(peer: str, name: str, keys: list[str], shadows: dict[str, Any]) -> Any:
+    """The entry of tracked ``name`` under ``keys`` (its name and the model's other names of
+    it), which must all hold the same bits."""
+    first = shadows[keys[0]]
+    for key in keys[1:]:
+        for k in (keys[0], key):
+            if not isinstance(shadows[k], torch.Tensor):
+                raise TypeError(
+                    f"the {peer} state's {k!r} must be a tensor, got {type(shadows[k]).__name__}"
+                )
+        if not _same_bits(first, shadows[key]):
+            raise ValueError(
+                f"the {peer} state's {keys[0]!r} and {key!r} differ, but this model ties them "
+                f"(one tensor, tracked as {name!r}): the state is not of this model's EMA"
+            )
+    return first
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors have the same dtype, shape and bits (NaNs included)."""
+    if a is b:
+        return True
+    if a.dtype != b.dtype or a.shape != b.shape or a.is_meta or b.is_meta:
+        return False
+    x, y = a.detach().reshape(-1), b.detach().to(a.device).reshape(-1)
+    return torch.equal(x.view(torch.uint8), y.view(torch.uint8))
 
 
 READERS: dict[str, Callable[[Mapping[str, Any]], PeerState]] = {

@@ -11,8 +11,10 @@ How the pieces fit:
   normalisation, cond(A)); ``_warning``: when they are inaccurate (``PostHocWarning``, its
   limits per storage dtype).
 - ``_snapshots``: ``save_snapshot`` (one safetensors file per step and sigma_rel, written
-  atomically through ``ema_core._atomic``); ``_listing``: ``list_snapshots`` (reads headers
-  only, checks that a directory's snapshots agree). The
+  atomically through ``ema_core._atomic``); ``_sources``: what it takes (averages, or a torch
+  ``EMA``; not an ``EMAState``); ``_records``: the metadata, with each array's policy
+  (averaged or copied) and the model's other names of it (tied weights); ``_listing``:
+  ``list_snapshots`` (reads headers only, checks that a directory's snapshots agree). The
   file format itself is ``ema_core._safetensors`` (numpy alone, bfloat16 without torch, one
   tensor at a time), shared with ``ema_core.checkpoint``.
 - ``_leaves``: names of a nest's arrays, host copies and back to a framework.

@@ -18,7 +18,15 @@ from ema_core._ops import is_host_array
 from ema_core._paths import leaf_names
 from ema_core._tree import TreeDef, flatten, unflatten
 
-__all__ = ["check_has_data", "framework_of", "from_host", "named_leaves", "rebuild", "to_host"]
+__all__ = [
+    "check_has_data",
+    "framework_of",
+    "from_host",
+    "named_leaves",
+    "rebuild",
+    "tied_groups",
+    "to_host",
+]
 
 
 def named_leaves(tree: Any, what: str) -> tuple[list[str], list[Any], TreeDef]:
@@ -103,6 +111,18 @@ def from_host(array: np.ndarray, like: Any) -> Any:
     return xp.asarray(array, dtype=like.dtype, device=compat.device(like))
 
 
+def tied_groups(names: list[str], leaves: list[Any]) -> list[list[str]]:
+    """The names of torch leaves that are one view of one storage (tied weights in a
+    ``state_dict``: ``out.weight`` and ``emb.weight``), in groups of two or more."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for name, leaf in zip(names, leaves, strict=True):
+        if compat.is_torch_array(leaf) and leaf.device.type != "meta" and leaf.numel():
+            storage = leaf.untyped_storage().data_ptr()
+            key = (storage, leaf.storage_offset(), leaf.shape, leaf.stride(), leaf.dtype)
+            groups.setdefault((leaf.device, *key), []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def rebuild(arrays: dict[str, np.ndarray], like: Any, shapes_from: str) -> Any:
     """A nest shaped like ``like`` holding ``arrays`` (matched by name) in ``like``'s leaves'
     framework, device and dtype."""
@@ -110,9 +130,17 @@ def rebuild(arrays: dict[str, np.ndarray], like: Any, shapes_from: str) -> Any:
     missing = [n for n in names if n not in arrays]
     extra = sorted(set(arrays) - set(names))
     if missing or extra:
+        hint = (
+            " (an EMA built with include= / exclude= tracks only some of the model's tensors: "
+            "filter like to the tracked names, {k: v for k, v in like.items() if k in "
+            "list_snapshots(directory)[0].names}, and load the result with "
+            "load_state_dict(..., strict=False))"
+            if missing and not extra
+            else ""
+        )
         raise ValueError(
             f"like does not match the arrays of {shapes_from}: like has {missing[:5]} that the "
-            f"snapshots do not, the snapshots have {extra[:5]} that like does not"
+            f"snapshots do not, the snapshots have {extra[:5]} that like does not{hint}"
         )
     out = []
     for name, leaf in zip(names, leaves, strict=True):

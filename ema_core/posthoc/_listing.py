@@ -46,6 +46,11 @@ class SnapshotInfo(NamedTuple):
     shapes: tuple[tuple[int, ...], ...]
     framework: str
     storage: str | None  # the float arrays' storage dtype (None: the snapshot holds none)
+    #: the arrays the EMA copied (``"copy"`` policy, ``_records``); None: a file without the
+    #: record (older ema-core), whose float arrays are averaged
+    copied: frozenset[str] | None = None
+    #: other names of its arrays (tied weights), alias -> name
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 def directory_path(directory: Any) -> Path:
@@ -127,6 +132,8 @@ def _read_info(path: Path) -> SnapshotInfo:
             tuple(entries[name].shape for name in names),
             meta["framework"],
             _storage(entries[name].code for name in names),
+            _copied(meta, names),
+            _aliases(meta),
         )
     except (KeyError, ValueError, TypeError) as err:
         raise ValueError(f"{path} has metadata that is not valid: {err!r}") from None
@@ -137,6 +144,23 @@ def _read_info(path: Path) -> SnapshotInfo:
     if info.step < 1 or info.interval < 1 or info.step % info.interval:
         raise ValueError(f"{path}: step {info.step} and interval {info.interval} are not valid")
     return info
+
+
+def _copied(meta: dict[str, str], names: list[str]) -> frozenset[str] | None:
+    """The names whose recorded policy is ``"copy"`` (None where there is no record)."""
+    if "policies" not in meta:
+        return None
+    policies = json.loads(meta["policies"])
+    if len(policies) != len(names) or not set(policies) <= {"average", "copy"}:
+        raise ValueError(f"policies {policies!r:.80} do not match the {len(names)} names")
+    return frozenset(n for n, p in zip(names, policies, strict=True) if p == "copy")
+
+
+def _aliases(meta: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    aliases = json.loads(meta.get("aliases", "{}"))
+    if not (isinstance(aliases, dict) and all(isinstance(v, str) for v in aliases.values())):
+        raise ValueError(f"aliases {aliases!r:.80} is not a dict of names")
+    return tuple(sorted(aliases.items()))
 
 
 def _storage(codes: Iterable[str]) -> str | None:
@@ -164,6 +188,16 @@ def _check_agree(infos: list[SnapshotInfo]) -> None:
             diff = sorted(_arrays(info).items() ^ _arrays(ref).items())
             raise ValueError(f"{ref.path} and {info.path} hold different arrays: {diff[:5]}")
         _check_kinds(ref, info)
+    recorded = [(info, info.copied) for info in infos if info.copied is not None]
+    for info, copied in recorded[1:]:
+        first, first_copied = recorded[0]
+        if copied != first_copied:
+            changed = sorted(copied ^ first_copied)
+            raise ValueError(
+                f"{first.path} and {info.path} disagree on which arrays the EMA copied "
+                f"(buffers='copy') and which it averaged: {changed[:5]}; the snapshots of one "
+                "directory must come from one run"
+            )
 
 
 def _check_kinds(ref: SnapshotInfo, info: SnapshotInfo) -> None:

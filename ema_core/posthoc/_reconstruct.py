@@ -4,8 +4,11 @@ The coefficients of every target come from ``_coefficients`` in float64 (one sol
 snapshots at or before ``at``, one right-hand side per target); each snapshot is then read once,
 tensor by tensor (bfloat16 widened to float32, exactly), and added with its coefficient into one
 accumulator per target and array. Snapshots after ``at`` and
-snapshots whose coefficients are all 0 are not opened. Integer and bool arrays are not averaged:
-they come from a snapshot at ``at``.
+snapshots whose coefficients are all 0 are not opened. Integer and bool arrays, and the arrays
+the EMA copied (the snapshots' ``"copy"`` policy, ``_records``: BatchNorm statistics under
+``buffers="copy"``), are not averaged: they come from a snapshot at ``at``. Snapshots without
+that record (older ema-core) average every float array. With ``like``, a name the snapshots
+record as an alias of an array (tied weights) is filled from that array.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from ema_core._safetensors import Reader, bf16_to_float32
 from ema_core.posthoc._coefficients import Solution, solve_quietly
-from ema_core.posthoc._leaves import rebuild
+from ema_core.posthoc._leaves import named_leaves, rebuild, tied_groups
 from ema_core.posthoc._listing import SnapshotInfo, list_snapshots
 from ema_core.posthoc._math import check_posthoc_sigma_rel
 from ema_core.posthoc._warning import UNIT_ROUNDOFF, amplification_limit, warn_if_inaccurate
@@ -111,6 +114,8 @@ def reconstruct(
         dtype: the accumulators' and results' dtype, ``"float32"`` or ``"float64"``.
         like: a nest (a ``state_dict``, a pytree) whose names match the snapshots' arrays: the
             result is then such a nest, each array in ``like``'s framework, device and dtype.
+            A tied name (``out.weight = emb.weight``) the snapshots record as an alias of an
+            array is filled from that array.
         progress: called after each snapshot read with ``(done, total, info)``.
 
     Returns:
@@ -140,9 +145,10 @@ def reconstruct(
     storage = storage_of(infos)
     limit = amplification_limit(storage)
     warn_if_inaccurate(solution.amplification, solution.condition, targets, limit, storage)
-    sums = _accumulate(infos, solution.coefficients, at, _ACCUMULATORS[dtype], progress)
+    copied = frozenset().union(*(info.copied or () for info in infos))
+    sums = _accumulate(infos, solution.coefficients, at, _ACCUMULATORS[dtype], copied, progress)
     where = f"the snapshots in {os.fspath(directory)!r}"
-    results = [s if like is None else rebuild(s, like, where) for s in sums]
+    results = [s if like is None else rebuild(_tied(s, like, infos), like, where) for s in sums]
     return dict(zip(targets, results, strict=True)) if several else results[0]
 
 
@@ -151,6 +157,7 @@ def _accumulate(
     matrix: np.ndarray,
     at: int,
     dtype: type[np.floating[Any]],
+    copied: frozenset[str],
     progress: Progress | None,
 ) -> list[dict[str, np.ndarray]]:
     read = [i for i in range(len(infos)) if np.any(matrix[:, i] != 0)]
@@ -160,7 +167,11 @@ def _accumulate(
     for done, i in enumerate(read, 1):
         with Reader(infos[i].path) as reader:
             for name in infos[i].names:
-                _add(sums, name, _read(reader, name), matrix[:, i], dtype, infos[i].step == at)
+                value, at_target = _read(reader, name), infos[i].step == at
+                if name in copied or value.dtype.kind not in "f":
+                    _keep(sums, name, value, dtype, at_target)
+                else:
+                    _add(sums, name, value, matrix[:, i], dtype)
         if progress is not None:
             progress(done, len(read), infos[i])
     return sums
@@ -172,24 +183,45 @@ def _read(reader: Reader, name: str) -> np.ndarray:
     return bf16_to_float32(value) if reader.entries[name].code == "BF16" else value
 
 
+def _keep(
+    sums: list[dict[str, np.ndarray]],
+    name: str,
+    value: np.ndarray,
+    dtype: type[np.floating[Any]],
+    at_target: bool,
+) -> None:
+    """Keep a copied tensor (integers, bools, copied floats in the results' dtype) of the first
+    snapshot read at the target step."""
+    if at_target and name not in sums[0]:
+        kept = value.astype(dtype) if value.dtype.kind == "f" else value.copy()
+        for target in sums:
+            target[name] = kept.copy()
+
+
 def _add(
     sums: list[dict[str, np.ndarray]],
     name: str,
     value: np.ndarray,
     weights: np.ndarray,
     dtype: type[np.floating[Any]],
-    at_target: bool,
 ) -> None:
-    """Add one tensor of one snapshot into every target's accumulator (floats), or keep it
-    (integers and bools, from a snapshot at the target step)."""
-    if value.dtype.kind not in "f":
-        if at_target and name not in sums[0]:
-            for target in sums:
-                target[name] = value.copy()
-        return
+    """Add one float tensor of one snapshot into every target's accumulator."""
     value = value.astype(dtype, copy=False)
     for target, weight in zip(sums, weights, strict=True):
         if name not in target:
             target[name] = np.zeros(value.shape, dtype)
         if weight != 0:
             target[name] += dtype(weight) * value
+
+
+def _tied(arrays: dict[str, np.ndarray], like: Any, infos: list[SnapshotInfo]) -> Any:
+    """``arrays`` and each name of ``like`` that is another name of one of them (tied weights):
+    recorded as an alias in the snapshots, or a torch tensor of ``like`` on the storage of one
+    of them (``model.state_dict()`` of a tied model), holding that array."""
+    names, leaves, _ = named_leaves(like, "like")
+    aliases = dict(pair for info in infos for pair in info.aliases)
+    for group in tied_groups(names, leaves):
+        source = next((n for n in group if n in arrays), None)
+        aliases.update({n: source for n in group if source is not None and n not in arrays})
+    wanted = set(names) - set(arrays)
+    return {**arrays, **{a: arrays[n] for a, n in aliases.items() if a in wanted and n in arrays}}

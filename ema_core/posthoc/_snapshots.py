@@ -3,8 +3,10 @@
 A snapshot is named ``phema-{step:010d}-{sigma_rel!r}.safetensors`` (a directory listing sorts
 by step) and holds each averaged array under its name (``_leaves``) with string metadata: the
 format and its version, step, sigma_rel and gamma (``repr``: they round-trip exactly), interval,
-the names in order, the source dtypes and framework. Float arrays are stored in float32 unless
-asked otherwise; integer and bool arrays (BatchNorm counters) are stored as they are. Reading
+the names in order, the source dtypes and framework, each array's policy (averaged or copied)
+and the model's other names of the arrays (tied weights; both ``_records``). Float arrays are
+stored in float32 unless asked otherwise; integer and bool arrays (BatchNorm counters) are
+stored as they are. Reading
 the headers back and checking that a directory's snapshots agree is ``_listing``'s.
 ``save_snapshot_set`` writes an EMA bank's snapshots of one step as one set (all or none).
 """
@@ -12,38 +14,31 @@ the headers back and checking that a directory's snapshots agree is ``_listing``
 from __future__ import annotations
 
 import contextlib
-import json
-import operator
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from ema_core._atomic import atomic_paths
-from ema_core._safetensors import CODES, code_of, float32_to_bf16, write
-from ema_core.posthoc._leaves import check_has_data, framework_of, named_leaves, to_host
+from ema_core._safetensors import write
+from ema_core.posthoc._leaves import check_has_data, framework_of, named_leaves
 from ema_core.posthoc._listing import FLOATS as _FLOATS
-from ema_core.posthoc._listing import FORMAT, VERSION, directory_path
-from ema_core.posthoc._math import check_posthoc_sigma_rel, sigma_rel_to_gamma
+from ema_core.posthoc._listing import directory_path
+from ema_core.posthoc._math import check_posthoc_sigma_rel
+from ema_core.posthoc._records import (
+    check_aliases,
+    check_count,
+    code_for,
+    dtype_name,
+    metadata,
+    policies_of,
+    stored,
+)
+from ema_core.posthoc._sources import source_of
 
 __all__ = ["code_for", "save_snapshot", "save_snapshot_set"]
 
 _STEP_MAX = 2**53  # steps are float64 in the solve: larger ones would collide
-_KEPT = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
-
-
-def _check_count(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got bool")
-    try:
-        count = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}") from None
-    if count < 1:
-        raise ValueError(f"{what} must be >= 1, got {count}")
-    return count
 
 
 def save_snapshot(
@@ -51,30 +46,37 @@ def save_snapshot(
     averages: Any,
     /,
     *,
-    step: int,
-    sigma_rel: float,
+    step: int | None = None,
+    sigma_rel: float | None = None,
     dtype: str | None = None,
-    interval: int = 1,
+    interval: int | None = None,
 ) -> Path:
     """Write one snapshot of a power-function EMA, atomically (temporary file, then rename).
 
     Args:
         directory: where to write (created if missing).
-        averages: the EMA's arrays: a name -> array mapping or any nest, of numpy, torch (any
-            device), JAX, CuPy or array-api-strict arrays.
-        step: the step of the EMA's last update (a multiple of ``interval``).
-        sigma_rel: the EMA's relative standard deviation, in (0, 12**-0.5).
+        averages: the EMA's averages: a name -> array mapping or any nest, of numpy, torch (any
+            device), JAX, CuPy or array-api-strict arrays (``ema_core.average(state, config)``,
+            not the ``EMAState``); or a torch ``EMA`` of a power function, whose averages,
+            step, sigma_rel and interval are taken (those given must agree with it), with
+            which tensors it copies (BatchNorm statistics) and its model's tied names.
+        step: the step of the EMA's last update (a multiple of ``interval``); required but for
+            an ``EMA``.
+        sigma_rel: the EMA's relative standard deviation, in (0, 12**-0.5); required but for
+            an ``EMA``.
         dtype: the storage dtype of float arrays: ``"float32"`` (``None``), ``"float64"``,
             ``"float16"`` or ``"bfloat16"``.
-        interval: the EMA's update interval (``Config(interval=...)``), kept as metadata.
+        interval: the EMA's update interval (``Config(interval=...)``), kept as metadata;
+            ``None``: 1, or the ``EMA``'s.
 
     Returns:
         The snapshot's path.
 
     Raises:
-        TypeError: an argument or a leaf of the wrong type (complex leaves included).
-        ValueError: a value out of range, or two leaves that would share a name. Nothing is
-            written then.
+        TypeError: an argument or a leaf of the wrong type (complex leaves included), an
+            ``EMAState``. ValueError: a value out of range, two leaves that would share a name,
+            an ``EMA`` that is not a power function or disagrees with ``step`` / ``sigma_rel`` /
+            ``interval``. Nothing is written then.
 
     Example:
         >>> import tempfile, numpy as np
@@ -84,13 +86,16 @@ def save_snapshot(
         ...     path.name, list_snapshots(d)[0].names
         ('phema-0000000100-0.05.safetensors', ('w',))
     """
+    source = source_of(averages, step, sigma_rel, interval)
     return save_snapshot_set(
         directory,
-        [averages],
-        steps=[step],
-        sigma_rels=[sigma_rel],
-        intervals=[interval],
+        [source.averages],
+        steps=[source.step],
+        sigma_rels=[source.sigma_rel],
+        intervals=[source.interval],
         dtype=dtype,
+        policies=[source.policies],
+        aliases=[source.aliases],
     )[0]
 
 
@@ -103,10 +108,13 @@ def save_snapshot_set(
     sigma_rels: Sequence[float],
     intervals: Sequence[int],
     dtype: str | None = None,
+    policies: Sequence[Mapping[str, str] | None] | None = None,
+    aliases: Sequence[Mapping[str, str]] | None = None,
 ) -> list[Path]:
     """``save_snapshot`` for each of several EMAs (an EMA bank's step), as one set: every
     snapshot is checked, then all are written to temporary files and only then renamed, so a
-    failure (disk full, no permission) leaves none of them.
+    failure (disk full, no permission) leaves none of them. ``policies`` and ``aliases`` (one
+    per EMA, ``_records``) say which arrays are copied and which other names they have.
 
     Raises:
         What ``save_snapshot`` raises, before anything is written.
@@ -117,9 +125,11 @@ def save_snapshot_set(
             f"directory {os.fspath(folder)!r} is a file, not a folder: give a folder for the "
             "snapshots (a missing one is created)"
         )
+    count = len(averages)
+    records = zip(policies or [None] * count, aliases or [{}] * count, strict=True)
     prepared = [
-        prepare(folder, a, step=t, sigma_rel=s, dtype=dtype, interval=i)
-        for a, t, s, i in zip(averages, steps, sigma_rels, intervals, strict=True)
+        prepare(folder, a, step=t, sigma_rel=s, dtype=dtype, interval=i, policies=p, aliases=n)
+        for a, t, s, i, (p, n) in zip(averages, steps, sigma_rels, intervals, records, strict=True)
     ]
     created = _make_parents(folder / "_")
     try:
@@ -129,7 +139,7 @@ def save_snapshot_set(
                     write(
                         file,
                         snapshot.specs,
-                        _stored(snapshot.leaves, snapshot.specs),
+                        stored(snapshot.leaves, snapshot.specs),
                         snapshot.meta,
                     )
     except BaseException:
@@ -148,11 +158,19 @@ class _Prepared(NamedTuple):
 
 
 def prepare(
-    folder: Path, averages: Any, *, step: Any, sigma_rel: Any, dtype: Any, interval: Any
+    folder: Path,
+    averages: Any,
+    *,
+    step: Any,
+    sigma_rel: Any,
+    dtype: Any,
+    interval: Any,
+    policies: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> _Prepared:
     """One snapshot's file, arrays and metadata, every argument checked (nothing written)."""
     sigma = check_posthoc_sigma_rel(sigma_rel)
-    step, interval = _check_count(step, "step"), _check_count(interval, "interval")
+    step, interval = check_count(step, "step"), check_count(interval, "interval")
     if step > _STEP_MAX:
         raise ValueError(
             f"step must be <= 2**53 (float64 holds every step up to it exactly), got {step}"
@@ -168,7 +186,7 @@ def prepare(
         raise ValueError(f"dtype must be one of {[*_FLOATS]} or None, got {dtype!r}")
     names, leaves, _ = named_leaves(averages, "averages")
     kinds = [
-        _dtype_name(leaf, f"averages[{name!r}]") for name, leaf in zip(names, leaves, strict=True)
+        dtype_name(leaf, f"averages[{name!r}]") for name, leaf in zip(names, leaves, strict=True)
     ]
     specs = [
         (name, code_for(storage if kind in _FLOATS else kind), tuple(map(int, leaf.shape)))
@@ -179,7 +197,9 @@ def prepare(
     )
     for name, leaf in zip(names, leaves, strict=True):
         check_has_data(leaf, f"averages[{name!r}]")
-    meta = _metadata(step, sigma, interval, names, kinds, frameworks)
+    kept = policies_of(names, kinds, policies)
+    tied = check_aliases(names, aliases or {})
+    meta = metadata(step, sigma, interval, names, kinds, frameworks, kept, tied)
     path = folder / f"phema-{step:010d}-{sigma!r}.safetensors"
     if path.is_dir():
         raise ValueError(
@@ -189,60 +209,8 @@ def prepare(
     return _Prepared(path, specs, leaves, meta)
 
 
-def _metadata(
-    step: int,
-    sigma: float,
-    interval: int,
-    names: list[str],
-    kinds: list[str],
-    frameworks: list[str],
-) -> dict[str, str]:
-    return {
-        "format": FORMAT,
-        "format_version": VERSION,
-        "step": str(step),
-        "sigma_rel": repr(sigma),
-        "gamma": repr(sigma_rel_to_gamma(sigma)),
-        "interval": str(interval),
-        "names": json.dumps(names),
-        "dtypes": json.dumps(kinds),
-        "framework": ",".join(frameworks),
-    }
-
-
 def _make_parents(path: Path) -> list[Path]:
     """Create ``path``'s missing parent folders; returns those created, deepest first."""
     missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     return missing
-
-
-def _dtype_name(leaf: Any, where: str) -> str:
-    dtype = getattr(leaf, "dtype", None)
-    name = str(dtype).rpartition(".")[2] if dtype is not None else ""
-    if name not in _FLOATS + _KEPT:
-        kind = f"dtype {name}" if name else f"type {type(leaf).__name__}"
-        raise TypeError(f"{where} has {kind}; snapshots hold float, integer and bool arrays")
-    return name
-
-
-def code_for(dtype_name: str) -> str:
-    """The safetensors code of a float, integer or bool dtype name."""
-    code = code_of(dtype_name)
-    if code is None:  # pragma: no cover - the callers pass floats, integers and bools only
-        raise AssertionError(f"safetensors has no code for {dtype_name}")
-    return code
-
-
-def _stored(
-    leaves: list[Any], specs: list[tuple[str, str, tuple[int, ...]]]
-) -> Iterator[np.ndarray]:
-    """Each leaf on the host in its storage's bytes (bfloat16 as bit patterns), one at a time;
-    values beyond float16's range become inf, as a cast does."""
-    for leaf, (_, code, _) in zip(leaves, specs, strict=True):
-        host = to_host(leaf)
-        if code == "BF16":
-            yield float32_to_bf16(host)
-        else:
-            with np.errstate(over="ignore"):
-                yield np.asarray(host, dtype=CODES[code][1])

@@ -1,19 +1,31 @@
 """``EMABank``'s snapshots: the set due after an update, checked before it
-(``ema_core._bank_snapshots.check_set``), and written after it (``write``)."""
+(``ema_core._bank_snapshots.check_set``), and written after it (``write``); and what a snapshot
+of one torch ``EMA`` records (``snapshot_source``, for ``posthoc.save_snapshot(dir, ema)``):
+each tensor's policy (``"copy"`` for what the EMA copies: BatchNorm statistics under
+``buffers="copy"``, integers) and the model's other names of its tensors (``aliases``)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ema_core import _bank_snapshots, _banks
+from ema_core.torch._module import EMA
+from ema_core.torch._names import strip
 
-if TYPE_CHECKING:
-    from ema_core.torch._module import EMA
-
-__all__ = ["check_due", "posthoc", "sigma_rels", "write"]
+__all__ = [
+    "aliases",
+    "check_due",
+    "is_ema",
+    "policies",
+    "posthoc",
+    "sigma_rels",
+    "snapshot_source",
+    "write",
+]
 
 
 def sigma_rels(emas: Sequence[EMA], given: Sequence[float | None]) -> list[float]:
@@ -51,6 +63,8 @@ def check_due(
             steps=[t for _, _, t in due],
             sigma_rels=[s for _, s, _ in due],
             intervals=[ema.config.interval for ema, _, _ in due],
+            policies=[policies(ema) for ema, _, _ in due],
+            aliases=[aliases(ema) for ema, _, _ in due],
         )
     return [(ema, s) for ema, s, _ in due]
 
@@ -71,9 +85,66 @@ def write(
         intervals=[ema.config.interval for ema, _ in due],
         dtype=dtype,
         retry=retry,
+        policies=[policies(ema) for ema, _ in due],
+        aliases=[aliases(ema) for ema, _ in due],
     )
 
 
 def posthoc() -> Any:
     """``ema_core.posthoc``'s writer module (ImportError when it is not there)."""
     return _bank_snapshots.posthoc_snapshots()
+
+
+def aliases(ema: EMA) -> dict[str, str]:
+    """The other names the EMA's module gives a tracked tensor (tied weights:
+    ``out.weight = emb.weight`` is tracked once, as ``emb.weight``): alias -> tracked name, in
+    ``module.state_dict()`` order; {} for an EMA of named tensors."""
+    root = ema._bound.root
+    if root is None:
+        return {}
+    entries = [(strip(k), v) for k, v in root.state_dict(keep_vars=True).items()]
+    tracked = set(ema.names)
+    owner = {id(v): k for k, v in entries if k in tracked}
+    return {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
+
+
+def policies(ema: EMA) -> dict[str, str]:
+    """Each tracked name's policy: ``"average"`` or ``"copy"`` (copied buffers, integers)."""
+    kinds = ema._bound.kinds
+    return {n: "average" if k == "float" else "copy" for n, k in zip(ema.names, kinds, strict=True)}
+
+
+def is_ema(value: Any) -> bool:
+    """Whether ``value`` is a torch ``EMA``."""
+    return isinstance(value, EMA)
+
+
+def snapshot_source(
+    ema: EMA, step: int | None, sigma_rel: float | None, interval: int | None
+) -> tuple[dict[str, Any], int, float, int, dict[str, str], dict[str, str]]:
+    """A snapshot of ``ema``: its averages, step, sigma_rel, interval, policies and aliases.
+    ``step``, ``sigma_rel`` and ``interval`` (checked values or None) must agree with it.
+
+    Raises:
+        ValueError: ``ema`` is not a power function, or an argument disagrees with it.
+    """
+    found = _banks.sigma_rel_of(ema.config)
+    if found is None:
+        raise ValueError(
+            f"averages is an EMA whose schedule {ema.config.schedule!r} is not a power function: "
+            "post-hoc reconstruction needs power-function EMAs (an EMABank, or "
+            "EMA(model, config=Config(schedule=schedules.power_function(sigma_rel=...))))"
+        )
+    if sigma_rel is not None and not math.isclose(sigma_rel, found, rel_tol=1e-9):
+        raise ValueError(
+            f"sigma_rel={sigma_rel!r}, but the EMA's schedule is a power function of sigma_rel "
+            f"{found!r}: pass sigma_rel={found!r} or leave it out"
+        )
+    own, every = int(ema.step), ema.config.interval
+    if own < 1:
+        raise ValueError(f"averages is an EMA at step {own}: snapshot it after an update")
+    for name, given, value in (("step", step, own), ("interval", interval, every)):
+        if given is not None and given != value:
+            raise ValueError(f"{name}={given}, but the EMA's is {value}: leave {name} out")
+    sigma = found if sigma_rel is None else sigma_rel
+    return ema.average, own, sigma, every, policies(ema), aliases(ema)
