@@ -69,8 +69,8 @@ def _missing_key(model: Any) -> EMA:
         ),
         (
             _wrong_config,
-            r"ema_slow\.safetensors: state_dict\['config'\] is .*decay=0\.25.* but this EMA "
-            r"has .*decay=0\.9",
+            r"ema_slow\.safetensors: state_dict\['config'\] differs from this EMA's config: "
+            r"schedule\.decay: 0\.9 in this EMA, 0\.25 in state_dict;",
         ),
         (
             _missing_key,

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeAlias, get_args
 import torch
 
 from ema_core import presets
-from ema_core._config import Config, config_text
+from ema_core._config import Config, config_differences
 from ema_core.checkpoint._peers_read import READERS, PeerState, by_name
 from ema_core.presets._args import check_count
 from ema_core.torch import _dtensor
@@ -96,10 +96,14 @@ def load_peer(
     merged = _merged_args(peer, read, args)
     expected = preset_of(peer, merged)
     if not same_trajectory(ema.config, expected):
+        wanted = dataclasses.replace(
+            expected, dtype=ema.config.dtype, guard_finite=ema.config.guard_finite
+        )
+        differences = config_differences(ema.config, wanted, ("in ema", "in the preset"))
         raise ValueError(
-            f"ema was built with {config_text(ema.config)}, but the {peer} state continues as "
-            f"presets.{PRESETS[peer].__name__}(**{merged!r}) = {config_text(expected)}; build "
-            "the EMA with that preset"
+            f"ema's config differs from the one the {peer} state continues as, "
+            f"presets.{PRESETS[peer].__name__}(**{merged!r}): {differences}; build the EMA "
+            "with that preset"
         )
     t = _step_of(peer, read.counter, step)
     current = ema.state_dict()

@@ -43,11 +43,12 @@ def keras(ema_momentum: float = 0.99) -> Config:
     The first optimizer step copies (Keras multiplies the momentum by ``iterations != 0``),
     later steps use ``ema_momentum`` as the decay, in float32 as Keras forms it for float32
     variables. Keras averages the trainable variables only: the non-trainable ones (BatchNorm's
-    moving statistics) stay live, so buffers are skipped (``buffers="skip"``). ``ema_overwrite_frequency=n`` is a training-loop action, not part of the
-    average: every n steps Keras overwrites the model's variables with the average for good
-    (training goes on from the averaged weights), and ``fit()`` does so once after its last
-    epoch. Its match is a permanent write, ``EMA.copy_to(model)`` (functional: ``params =
-    average(state, config)``), not ``swap()``, which gives the live weights back on exit.
+    moving statistics) stay live, so buffers are skipped (``buffers="skip"``).
+    ``ema_overwrite_frequency=n`` is a training-loop action, not part of the average: every n
+    steps Keras overwrites the model's variables with the average for good (training goes on
+    from the averaged weights), and ``fit()`` does so once after its last epoch. Its match is a
+    permanent write, ``EMA.copy_to(model)`` (functional: ``params = average(state, config)``),
+    not ``swap()``, which gives the live weights back on exit.
 
     Example:
         >>> from ema_core import presets

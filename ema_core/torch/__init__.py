@@ -6,7 +6,8 @@
   shadows live (beside the params, or pinned host memory for a CUDA model) and which kernel
   plans update them; ``_swap``: putting averages into the model and taking them out;
   ``_state``: checkpoints; ``_averages``: the averages read out of the shadows (bias
-  correction, ``copy_to``, loaded values).
+  correction, ``copy_to``, loaded values); ``_refusals``: a bad ``device=`` and timm's /
+  torch_ema's ``update(model)`` refused with what to pass instead.
 * ``_bank``: ``EMABank``, K EMAs of the same tensors updated in one pass over the params
   (``_bank_fused``: which tensors take the host bank kernel; ``_bank_args``: its arguments;
   ``_bank_snap``: its snapshots of a step, checked before the update and written after it).

@@ -12,9 +12,8 @@ import torch
 from ema_core import _ops
 from ema_core._checks import check_decay_value
 from ema_core._config import Config, config_text
-from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
-from ema_core.torch import _averages, _dtensor, _fsdp, _names, _options, _state, _swap
+from ema_core.torch import _averages, _fsdp, _names, _options, _refusals, _state, _swap
 from ema_core.torch._swap import HeldInterrupts
 
 
@@ -81,8 +80,8 @@ class EMA:
         include: _names.NameFilter = None,
         exclude: _names.NameFilter = None,
     ) -> None:
+        target = _refusals.device_of(device)
         self.config = _options.resolve_config(decay, schedule, config, dtype, buffers)
-        target = None if device is None else torch.device(device)
         self._shards = _fsdp.Shards(module_or_named_tensors)  # FSDP2's, resharded
         source = module_or_named_tensors
         tracked = _names.collect(source, self.config.buffers, include, exclude)
@@ -98,7 +97,7 @@ class EMA:
         """The number of updates applied (or the last ``step`` given to ``update``)."""
         return self._step
 
-    def update(self, step: Step | None = None) -> None:
+    def update(self, step: Step | None = None, /, **named: Step | None) -> None:
         """Move every averaged shadow toward its live tensor by the decay of update ``step``;
         copied tensors (buffers, integers) take their live values, also when the decay is 1.
 
@@ -113,11 +112,13 @@ class EMA:
                 tensor counter stops at its dtype's largest value).
 
         Raises:
-            TypeError / ValueError: a bad ``step`` or decay, a host ``step`` below the EMA's
-                (device steps are trusted), a tracked tensor gone, reshaped or on the meta
-                device; RuntimeError inside ``swap()``.
+            TypeError / ValueError: a bad ``step`` (a module or its parameters too, as timm and
+                torch_ema take them) or decay, a host ``step`` below the EMA's (device steps
+                are trusted), a tracked tensor gone, reshaped or on the meta device;
+                RuntimeError inside ``swap()``.
         """
         self._refuse_in_swap("update")
+        step = _refusals.step_of(step, named)  # also refuses timm's update(model, step=t)
         pending = self._bound.pending
         t = _ops.next_step(self._step, "EMA step") if step is None else _ops.concrete_step(step)
         if step is not None:
@@ -125,10 +126,7 @@ class EMA:
         decay, rate = self.config.decay_and_rate(t)
         check_decay_value(decay, "the decay", step=t)
         self._bound.refresh()
-        if self.config.guard_finite:
-            paths = [(("key", n),) for n in self.names]
-            live = _dtensor.finite_stand_ins(self._bound.live)  # one answer on every rank
-            check_finite(xp, live, self._bound.kinds, paths)
+        self._bound.check_finite(xp, self.names)  # with Config.guard_finite
         with HeldInterrupts():
             if pending is not None:
                 self._apply(pending.step, pending.decay, pending.rate)
@@ -141,7 +139,7 @@ class EMA:
         """Name -> the average (bias-corrected with ``init="zeros"``, in float32 over a half
         shadow); the shadows themselves otherwise, which the EMA keeps updating: copy them to
         keep a snapshot."""
-        self._settle()
+        self._settle(follow=True)
         return {n: self._read(i) for i, n in enumerate(self.names)}
 
     @contextlib.contextmanager
@@ -183,13 +181,14 @@ class EMA:
                 average into an integer tensor, a complex one into a real tensor, or an integer
                 one into another dtype. Nothing is written then.
         """
+        self._settle(follow=True)
         shadows, source = self._bound.shadows, module_or_named_tensors
         _averages.copy_averages(self.names, shadows, lambda: self.average, source)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: shadows by name, the counter, the bias-correction weight,
         the config (as text) and the buffer policy; loadable with ``weights_only=True``."""
-        self._settle()
+        self._settle(follow=True)
         text = config_text(self.config)
         return _state.pack(self.names, self._bound.shadows, self._step, self._weight, text)
 
@@ -225,9 +224,12 @@ class EMA:
             self._weight = self._weight * decay + rate
         self._step = t
 
-    def _settle(self) -> None:
-        """Complete a pending update and wait for the store's copies: the shadows are final."""
+    def _settle(self, follow: bool = False) -> None:
+        """Complete a pending update and wait for the store's copies (``follow``: first follow
+        a ``model.to(dtype)``, ``Binding.follow``, outside ``swap()``): the shadows are final."""
         pending = self._bound.pending
+        if follow and not self._swapped:
+            self._bound.follow()
         if pending is not None:
             self._bound.refresh()
             with HeldInterrupts():

@@ -85,11 +85,11 @@ def collect(
     keep = _matcher(include, "include", default=True)
     drop = _matcher(exclude, "exclude", default=False)
     tracked: list[Tracked] = []
-    seen: set[str] = set()
+    seen: dict[str, None] = {}
     for name, tensor, is_buffer, raw in named_tensors(source, buffers, where):
         if name in seen:
             raise ValueError(f"{where} has two tensors named {name!r} (after removing {PREFIXES})")
-        seen.add(name)
+        seen[name] = None
         if keep(name) and not drop(name):
             check_materialized(name, tensor, where)
             kind = kind_of(tensor, is_buffer, buffers)
@@ -97,9 +97,19 @@ def collect(
     if not tracked:
         raise ValueError(
             f"{where} has no tensors to track after include={include!r}, "
-            f"exclude={exclude!r}, buffers={buffers!r}"
+            f"exclude={exclude!r}, buffers={buffers!r}{_filter_hint(include, exclude, list(seen))}"
         )
     return tracked
+
+
+def _filter_hint(include: Any, exclude: Any, names: list[str]) -> str:
+    """How the filters read names, and the first names there, for a filter that kept none."""
+    if (include is None and exclude is None) or not names:
+        return ""
+    return (
+        f": patterns are globs matched against full names (e.g. 'encoder.*', '*.weight'); "
+        f"its names are {names[:3]}{' ...' if len(names) > 3 else ''} ({len(names)} in all)"
+    )
 
 
 def check_materialized(name: str, tensor: torch.Tensor, where: str) -> None:
@@ -175,7 +185,12 @@ def _matcher(rule: Any, name: str, default: bool) -> Callable[[str], bool]:
 
 def _pair(item: Any, where: str) -> tuple[Any, Any]:
     if not (isinstance(item, tuple) and len(item) == 2):
-        raise TypeError(f"{where} must yield (name, tensor) pairs, got {type(item).__name__}")
+        hint = (
+            ": pass the module itself (EMA(model)) or model.named_parameters()"
+            if isinstance(item, torch.Tensor)
+            else ""
+        )
+        raise TypeError(f"{where} must yield (name, tensor) pairs, got {type(item).__name__}{hint}")
     return item
 
 

@@ -6,14 +6,16 @@ replaces or converts a tensor and remembers an update cut short."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import torch
 
 from ema_core import _arguments, _ops
 from ema_core._config import Config, shadow_dtype_name
+from ema_core._leaf_checks import check_finite
 from ema_core._types import Namespace, Value
-from ema_core.torch import _names, _store, _watch
+from ema_core.torch import _dtensor, _names, _store, _watch
 from ema_core.torch._names import Tracked
 
 
@@ -206,6 +208,21 @@ class Binding:
             return
         self.shadows = shadows
         self._bind(now)
+
+    def follow(self) -> None:
+        """``refresh()`` when a tracked tensor's data moved (``_watch.Watch.moved``: one
+        pointer read per plain tensor), for reads of the shadows between updates. A change
+        ``refresh`` refuses (a tensor gone, reshaped, sparse, on the meta device) leaves the
+        shadows readable as they are; the next ``update`` raises it."""
+        if self.watch.moved():
+            with contextlib.suppress(TypeError, ValueError):  # refused before any change
+                self.refresh()
+
+    def check_finite(self, xp: Namespace, names: tuple[str, ...]) -> None:
+        """With ``Config.guard_finite``, raise for a non-finite live tensor (before a write)."""
+        if self.config.guard_finite:
+            live = _dtensor.finite_stand_ins(self.live)  # one answer on every rank
+            check_finite(xp, live, self.kinds, [(("key", n),) for n in names])
 
     def apply(self, xp: Namespace, step: int | torch.Tensor, decay: Value, rate: Value) -> None:
         """Update the tensors that move at ``step``, or finish the ``pending`` update first

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ema_core._checks import name_differences
-from ema_core._config import stable_text
+from ema_core._config import config_differences, stable_text
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
 
@@ -66,9 +66,12 @@ def check(
     """
     _check_header(state)
     if strict and stable_text(state["config"]) != config:
+        where = ("in this EMA", "in state_dict")
         raise ValueError(
-            f"state_dict['config'] is {state['config']!r} but this EMA has {config!r}; build "
-            "the EMA with the same config, or pass strict=False to keep this EMA's"
+            f"state_dict['config'] differs from this EMA's config: "
+            f"{config_differences(config, state['config'], where)}; build the EMA with the same "
+            f"config, or pass strict=False to keep this EMA's (state_dict['config'] is "
+            f"{state['config']!r})"
         )
     saved = state["shadow"]
     if not isinstance(saved, Mapping):

@@ -103,6 +103,19 @@ class Watch:
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
         )
 
+    def moved(self) -> bool:
+        """A cheaper look than ``same()``, for reads between updates (``EMA.average``): whether
+        a tracked tensor's data pointer changed (``model.to(dtype)``, ``.to(device)``, a tensor
+        replaced), one pointer read per plain tensor. Misses what keeps the pointer (a view as
+        another dtype or shape), which the next ``same()`` sees. Watches holding other tensors
+        (subclasses, empty ones, DTensors) take the full look."""
+        if self.slow.held or self.sharded.held:
+            return not self.same()
+        try:
+            return list(map(torch.Tensor.data_ptr, self.fast.now())) != self.pointers
+        except (TypeError, RuntimeError):  # gone (None), or a tensor without storage now
+            return True
+
     def put_back(self) -> bool:
         """Reshard the FSDP2 modules (no collective) when the module holds another tensor in
         a tracked DTensor's place: FSDP2's all-gathered copy, never to be tracked or looked up
