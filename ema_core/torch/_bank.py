@@ -14,7 +14,7 @@ from ema_core import _banks
 from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
-from ema_core.torch import _bank_args, _bank_snap, _names, _options, _refusals
+from ema_core.torch import _bank_args, _bank_snap, _names, _options, _refusals, _swap
 from ema_core.torch._bank_fused import Fused
 from ema_core.torch._module import EMA
 from ema_core.torch._swap import HeldInterrupts
@@ -122,6 +122,7 @@ class EMABank:
     def __repr__(self) -> str:
         return f"EMABank({len(self.emas)} EMAs of {len(self.emas[0].names)} tensors)"
 
+    @_swap.eager  # inside a compiled function: run eagerly (a graph break)
     def update(self, step: Step | None = None, /, **named: Step | None) -> None:
         """Update every EMA of the bank at ``step`` (each counts its own updates when None),
         as ``EMA.update`` does; all steps and decays are checked before anything is written.

@@ -97,6 +97,7 @@ class EMA:
         """The number of updates applied (or the last ``step`` given to ``update``)."""
         return self._step
 
+    @_swap.eager  # inside a compiled function: run eagerly (a graph break)
     def update(self, step: Step | None = None, /, **named: Step | None) -> None:
         """Move every averaged shadow toward its live tensor by the decay of update ``step``;
         copied tensors (buffers, integers) take their live values, also when the decay is 1.

@@ -66,8 +66,8 @@ def step_of(step: Any, named: Mapping[str, Any]) -> Step | None:
     arguments), refusing a module or tensors given as the step, as timm and torch_ema take them.
 
     Raises:
-        TypeError: an unknown keyword, ``step`` given twice, a module, an iterable (of
-            tensors) or a tensor with dimensions as the step.
+        TypeError: an unknown keyword, ``step`` given twice, a module or an iterable (of
+            tensors) as the step.
     """
     if not named and (step is None or type(step) is int):
         return step
@@ -86,15 +86,11 @@ def step_of(step: Any, named: Mapping[str, Any]) -> Step | None:
 
 
 def check_step(step: Any, *more: Any) -> None:
-    """Raise for a module, an iterable of tensors, or a tensor with dimensions as a step."""
+    """Raise for a module or an iterable of tensors as a step (a tensor with dimensions is
+    refused by the step check every entry point shares, with its message)."""
     for value in (step, *more):
         if isinstance(value, torch.nn.Module) or _many(value):
             raise TypeError(f"update() got {short_repr(value)} as its step: {PEER_UPDATE}")
-        if isinstance(value, torch.Tensor) and value.ndim != 0:
-            raise TypeError(
-                f"update(step) takes a Python int or a 0-d integer tensor, got a tensor of "
-                f"shape {tuple(value.shape)}: {PEER_UPDATE}"
-            )
 
 
 def _many(value: Any) -> bool:

@@ -31,7 +31,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -164,6 +164,16 @@ def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) 
     plain = type(target) in (torch.Tensor, torch.nn.Parameter)  # a DTensor: its shard's
     if plain and (why := short_memory(target)) is not None:
         raise ValueError(f"{where}: {why}")
+
+
+_Update = TypeVar("_Update", bound=Callable[..., Any])
+
+
+def eager(update: _Update) -> _Update:
+    """``update`` as ``torch.compile`` leaves it: run eagerly, a graph break, when a compiled
+    function calls it. Traced, its checks of the module (data pointers, versions) would become
+    guards of one trace, and dynamo warns about the caches it meets on the way."""
+    return cast(_Update, torch.compiler.disable(update))  # type: ignore[no-untyped-call]
 
 
 class HeldInterrupts:
