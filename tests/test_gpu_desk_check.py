@@ -26,7 +26,7 @@ import array_api_compat.torch as xp  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from ema_core import Config, _core, schedules  # noqa: E402
-from ema_core.backends.torch import _cuda, _routes  # noqa: E402
+from ema_core.backends.torch import _cuda, _routes, _triton_kernel  # noqa: E402
 from ema_core.torch import EMA  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def _ptx(ends: bool, pdtype: str, ddtype: str) -> str:
 
     signature = {"s_ptr": "*fp32", "p_ptr": pdtype, "w_ptr": "*fp32", "d_ptr": ddtype}
     signature |= {"w_value": "fp32", "n": "i64", "ENDS": "constexpr", "BLOCK": "constexpr"}
-    source = ASTSource(_cuda._jit(), signature, {"ENDS": ends, "BLOCK": _cuda.TRITON_BLOCK})
+    source = ASTSource(_triton_kernel.jit(), signature, {"ENDS": ends, "BLOCK": _cuda.TRITON_BLOCK})
     compiled = triton_compile(source, GPUTarget("cuda", 90, 32), dict(_cuda.LAUNCH_OPTIONS))
     return str(compiled.asm["ptx"])
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,6 +37,7 @@ import torch
 from torch._utils import _unflatten_dense_tensors
 
 from ema_core.backends.torch import _foreach
+from ema_core.backends.torch._triton_kernel import kernel as _kernel  # also read by tests
 
 __all__ = ["BLOCK", "blocked_lerp_", "blocked_lerp_ends_", "triton_lerp_", "triton_lerp_ends_"]
 
@@ -210,56 +210,3 @@ def _check_launch(
                 f"shadow of shape {tuple(s.shape)} on {s.device} (one launch runs on "
                 f"{device})"
             )
-
-
-@functools.cache
-def _kernel() -> Any:
-    """``_jit``, or None without Triton or, unless Triton's interpreter is on (its
-    ``knobs.runtime.interpret``, read once as ``triton.jit`` does), CUDA is not available. Only
-    direct calls (the CPU suite's check) send CPU tensors: ``triton_usable`` wants CUDA."""
-    jit = _jit()
-    if jit is None:
-        return None
-    import triton
-
-    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
-    interpreting = knobs is not None and bool(knobs.runtime.interpret)
-    return jit if interpreting or torch.cuda.is_available() else None
-
-
-@functools.cache
-def _jit() -> Any:
-    """The ``triton.jit`` kernel (also without a GPU: ``triton.compile`` builds it for a GPU
-    target on the CPU), or None without Triton."""
-    if importlib.util.find_spec("triton") is None:
-        return None
-    import triton
-    import triton.language as tl
-
-    @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
-    def blend(  # type: ignore[no-untyped-def]  # noqa: ANN202
-        s_ptr,  # noqa: ANN001
-        p_ptr,  # noqa: ANN001
-        w_ptr,  # noqa: ANN001
-        d_ptr,  # noqa: ANN001
-        w_value,  # noqa: ANN001
-        n,  # noqa: ANN001
-        ENDS: tl.constexpr,  # noqa: N803
-        BLOCK: tl.constexpr,  # noqa: N803
-    ):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        if ENDS:  # noqa: SIM108 (a constexpr branch, resolved when Triton compiles)
-            w = tl.load(w_ptr).to(tl.float32)
-        else:
-            w = w_value
-        s = tl.load(s_ptr + offs, mask=mask)
-        p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
-        diff = p - s
-        out = tl.where(tl.abs(w) < 0.5, s + w * diff, p - diff * (1.0 - w))
-        if ENDS:  # a device decay: exact ends, decided on the device
-            d = tl.load(d_ptr)
-            out = tl.where(d == 1.0, s, tl.where(d == 0.0, p, out))
-        tl.store(s_ptr + offs, out, mask=mask)
-
-    return blend
