@@ -19,25 +19,16 @@ optax = pytest.importorskip("optax")
 import ema_core as ema  # noqa: E402
 import ema_core.checkpoint  # noqa: E402
 from ema_core.jax import ema_average, make_update, with_ema  # noqa: E402
+from tests.xla_compiles import counting_compiles  # noqa: E402
 
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 INITS = ("zeros", "params", "copy")
 
 
 def _count_compiles(run: Any, calls: int = 5) -> int:
     """XLA compilations over ``calls`` calls of ``run``."""
-    seen: list[str] = []
-
-    def listener(event: str, duration: float, **kwargs: Any) -> None:
-        if event == COMPILE_EVENT:
-            seen.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counting_compiles() as seen:
         for _ in range(calls):
             run()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     return len(seen)
 
 
@@ -243,17 +234,8 @@ def test_a_state_loaded_from_flat_arrays_does_not_compile_the_step_again() -> No
     params = {"w": jax.numpy.ones(3)}
     step = jax.jit(lambda s, p: ema.update(s, p, config))
     state = step(ema.init(params, config), params)
-    compiles: list[str] = []
-
-    def listener(event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
     resumed = load_state_dict(state_dict(state), ema.init(params, config))
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counting_compiles() as compiles:
         for _ in range(3):
             resumed = step(resumed, params)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []

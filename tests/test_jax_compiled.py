@@ -12,22 +12,14 @@ import ema_core as ema  # noqa: E402
 from ema_core import schedules  # noqa: E402
 from ema_core.jax import make_update  # noqa: E402
 from tests.conftest import assert_close, assert_same_bits_nan_aside  # noqa: E402
-
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+from tests.xla_compiles import counting_compiles  # noqa: E402
 
 
 @pytest.fixture
 def compilations():
     """A list that grows by one per XLA compilation while the test runs."""
-    seen: list[str] = []
-
-    def listener(event, duration, **kwargs):
-        if event == COMPILE_EVENT:
-            seen.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    yield seen
-    jax.monitoring.unregister_event_duration_listener(listener)
+    with counting_compiles() as seen:
+        yield seen
 
 
 def _params(seed=0):

@@ -16,6 +16,7 @@ import tomllib
 
 import ema_core as ema
 from ema_core import _stateless
+from tests.xla_compiles import counting_compiles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,12 +40,6 @@ def test_torch_functional_api_builds_no_graph_and_shadows_never_require_grad() -
 def test_the_jax_step_is_traced_once_and_never_recompiles() -> None:
     # "the step is traced and never triggers a recompile"
     jax = pytest.importorskip("jax")
-    compiles: list[str] = []
-
-    def listener(event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
     config = ema.Config(schedule=ema.schedules.power_function(sigma_rel=0.05), init="copy")
     traces: list[int] = []
 
@@ -57,34 +52,22 @@ def test_the_jax_step_is_traced_once_and_never_recompiles() -> None:
     state = ema.init(params, config)
     for _ in range(3):  # the first calls may compile (uncommitted inputs, then committed ones)
         state = step(params, state)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counting_compiles() as compiles:
         for _ in range(20):
             state = step(params, state)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert int(state.step) == 23 and len(traces) == 1 and compiles == []
 
 
 def test_the_quickstart_jax_train_step_compiles_once() -> None:
     # "the step is traced and never triggers a recompile": over the Quickstart's own loop
     jax = pytest.importorskip("jax")
-    compiles: list[str] = []
-
-    def listener(event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
     config = ema.Config(schedule=ema.schedules.power_function(sigma_rel=0.05), init="copy")
     step = jax.jit(lambda params, state: ema.update(state, params, config))
     params = {"w": jax.numpy.zeros(4)}
     state = jax.block_until_ready(ema.init(params, config))
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counting_compiles() as compiles:
         for _ in range(5):
             state = step(params, state)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert len(compiles) == 1
 
 

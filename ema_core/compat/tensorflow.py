@@ -29,6 +29,7 @@ from ema_core.compat._arrays import (
     check_array,
     check_counter,
     check_debias_decay,
+    check_like,
     clone,
     divide,
     is_module,
@@ -105,8 +106,8 @@ class ExponentialMovingAverage:
             raise ValueError("var_list holds no variables: nothing to average")
         decay = self._current_decay()
         slots = [self._slots.get(key) or self._new_slot(var, name) for key, name, var in items]
-        for (key, _, var), slot in zip(items, slots, strict=True):
-            _check_fits(key, var, slot.shadow)
+        shadows = {key: slot.shadow for (key, _, _), slot in zip(items, slots, strict=True)}
+        check_like({key: var for key, _, var in items}, shadows, "var_list")  # as applied before
         field = "biased" if self._zero_debias else "shadow"
         current = {i: getattr(slot, field) for i, slot in enumerate(slots)}
         new = ema_core.ema_update(
@@ -179,20 +180,6 @@ class ExponentialMovingAverage:
                 "name for it; pass (name, array) pairs"
             )
         return name, var
-
-
-def _check_fits(key: Key, var: Array, shadow: Array) -> None:
-    """A variable applied again must have its shadow's shape, array type and dtype."""
-    if tuple(var.shape) != tuple(shadow.shape):
-        raise ValueError(
-            f"variable {key!r} has shape {tuple(var.shape)}, its shadow {tuple(shadow.shape)}"
-        )
-    if compat.array_namespace(var) is not compat.array_namespace(shadow):
-        raise TypeError(
-            f"variable {key!r} is a {type(var).__name__}, its shadow a {type(shadow).__name__}"
-        )
-    if var.dtype != shadow.dtype:
-        raise TypeError(f"variable {key!r} has dtype {var.dtype}, its shadow {shadow.dtype}")
 
 
 def _items(var_list: Any) -> list[tuple[Key, str | None, Array]]:
