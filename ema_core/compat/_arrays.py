@@ -5,7 +5,7 @@ happen in place where the array allows it (numpy, CuPy, torch) and by rebinding 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import array_api_compat as compat
 
@@ -48,12 +48,15 @@ def named_arrays(obj: Any, name: str, *, allow_plain: bool = False) -> dict[str,
     return out
 
 
+_Key = TypeVar("_Key")  # the names (str), or TF's keys (a name or an id)
+
+
 def check_array(x: Any, where: str) -> None:
     if not compat.is_array_api_obj(x):
         raise TypeError(f"{where} must be an array, got {type(x).__name__}")
 
 
-def check_like(new: Mapping[str, Array], old: Mapping[str, Array], name: str) -> None:
+def check_like(new: Mapping[_Key, Array], old: Mapping[_Key, Array], name: str) -> None:
     """New values for the tracked arrays must name exactly the same arrays, each of the same
     shape, dtype and array type, with data (not a torch meta or sparse tensor). Checked for all
     before any is written, so that the writes that follow cannot fail halfway."""
