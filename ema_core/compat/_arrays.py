@@ -61,7 +61,8 @@ def check_like(new: Mapping[_Key, Array], old: Mapping[_Key, Array], name: str) 
     shape, dtype and array type, with data (not a torch meta or sparse tensor). Checked for all
     before any is written, so that the writes that follow cannot fail halfway."""
     if set(new) != set(old):
-        missing, extra = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+        missing = sorted(set(old) - set(new), key=repr)
+        extra = sorted(set(new) - set(old), key=repr)
         raise ValueError(f"{name} must name the tracked arrays; missing {missing}, extra {extra}")
     for key, value in new.items():
         where, ref = f"{name}[{key!r}]", old[key]
