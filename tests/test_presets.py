@@ -73,8 +73,9 @@ def effective_decays(config: ema_core.Config, calls: int = 6) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize(("config", "expected"), DESIGN_TABLE)
-def test_design_table_first_six_decays(config, expected):
+def assert_first_decays(config, expected):
+    """The decays ``config`` applies on its first calls, as a table row gives them (None: "~0",
+    below 5e-6 and above 0; 0 and 1 exact; the others to 5 digits)."""
     got = effective_decays(config)
     for k, (d, want) in enumerate(zip(got, expected, strict=True), start=1):
         if want is None:
@@ -83,6 +84,11 @@ def test_design_table_first_six_decays(config, expected):
             assert d == want, f"call {k}: {d} (0 = copy, 1 = skip must be exact)"
         else:
             assert round(d, 5) == pytest.approx(want, abs=1e-12), f"call {k}: {d}"
+
+
+@pytest.mark.parametrize(("config", "expected"), DESIGN_TABLE)
+def test_design_table_first_six_decays(config, expected):
+    assert_first_decays(config, expected)
 
 
 def test_ema_pytorch_defaults_copy_until_111():

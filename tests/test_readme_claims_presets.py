@@ -13,7 +13,7 @@ import pytest
 
 import ema_core as ema
 from ema_core import presets, schedules
-from tests.test_presets import effective_decays
+from tests.test_presets import assert_first_decays
 
 # "You used | Use": each preset takes its peer's argument names (values the peer would take)
 PRESET_CALLS: list[tuple[Callable[..., ema.Config], dict[str, Any]]] = [
@@ -219,11 +219,4 @@ MORE_FIRST_DECAYS = [
 def test_the_first_decay_rows_not_in_the_design_table(
     config: ema.Config, expected: list[float | None]
 ) -> None:
-    got = effective_decays(config)
-    for k, (d, want) in enumerate(zip(got, expected, strict=True), start=1):
-        if want is None:
-            assert 0.0 < d < 5e-6, f"call {k}: {d}"
-        elif want in (0, 1):
-            assert d == want, f"call {k}: {d} (0 = copy, 1 = skip must be exact)"
-        else:
-            assert round(d, 5) == pytest.approx(want, abs=1e-12), f"call {k}: {d}"
+    assert_first_decays(config, expected)
