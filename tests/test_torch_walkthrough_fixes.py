@@ -95,6 +95,17 @@ def test_a_bad_device_is_refused_when_the_ema_is_built(device, error, match):
         EMA(model, decay=0.9, device=device)
 
 
+def test_a_cuda_device_the_machine_lacks_is_refused_when_the_ema_is_built():
+    """One past the CUDA devices torch sees (all of them on a machine without CUDA)."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=rf"device='cuda:{count}', but this machine has {count}"):
+        EMA(model, decay=0.9, device=f"cuda:{count}")
+    if count == 0:
+        with pytest.raises(ValueError, match=r"device='cuda', but this machine has 0 CUDA"):
+            EMA(model, decay=0.9, device="cuda")
+
+
 def test_a_good_device_is_still_taken():
     model = torch.nn.Linear(2, 2)
     for device in ("cpu", "cpu:0", torch.device("cpu")):

@@ -37,7 +37,8 @@ def device_of(device: Any) -> torch.device | None:
 
     Raises:
         TypeError: not a ``torch.device``, a str or None. ValueError: a str torch does not
-            parse as a device, or the meta device (no values to average).
+            parse as a device, the meta device (no values to average), or a CUDA device this
+            machine does not have.
     """
     if device is None:
         return None
@@ -58,6 +59,13 @@ def device_of(device: Any) -> torch.device | None:
             f"device={device!r}: shadows on the meta device hold no values to average or swap "
             "in; pass a device with memory ('cpu', 'cuda', ...) or None"
         )
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (target.index or 0) >= count:
+            raise ValueError(
+                f"device={device!r}, but this machine has {count} CUDA device(s) torch can "
+                "use: pass one it has, or None to keep each shadow beside its tensor"
+            )
     return target
 
 
