@@ -206,6 +206,12 @@ def average(state: EMAState, /, config: Config | None = None) -> Tree:
     config = checked_config(config)
     check_state(state)
     check_zeros_read(state, config)
+    return read_average(state, config)
+
+
+def read_average(state: EMAState, config: Config) -> Tree:
+    """``average`` once ``config``, ``state`` and a zeros read are checked (``ema_average``
+    makes the last with its own wording; reading the weight twice would cost a second wait)."""
     if config.init != "zeros":
         return state.shadow
     check_weight(state.weight)

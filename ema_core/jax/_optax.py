@@ -11,6 +11,7 @@ import jax
 
 from ema_core import _api
 from ema_core._arguments import checked_config
+from ema_core._checks import check_state
 from ema_core._config import Config
 from ema_core._read_checks import check_zeros_read
 from ema_core._types import EMAState, Tree
@@ -160,7 +161,8 @@ def ema_average(opt_state: Any, /, config: Config | None = None) -> Tree:
             f"in a {type(opt_state).__name__}"
         )
     config = checked_config(config)
+    check_state(found[0].ema)
     check_zeros_read(
         found[0].ema, config, "the EMA in opt_state", _PASS_THE_CONFIG, "opt_state's EMA weight"
     )
-    return _api.average(found[0].ema, config)
+    return _api.read_average(found[0].ema, config)
