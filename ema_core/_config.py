@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ema_core._checks import check_choice, check_positive
+from ema_core._config_words import PEER_WORDS
 from ema_core._ops import MAX_STEP, ScalarOps, ops_for
 from ema_core._types import InitPolicy, NonFloatPolicy, Step, Value
 from ema_core.schedules import CopyAt, Schedule, as_schedule, constant, every
@@ -67,6 +68,16 @@ class Config:
     guard_finite: bool = False
     correction: Literal["exact", "power", "none"] = "exact"
     buffers: Literal["average", "copy", "skip"] = "average"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Config:
+        """A peer's keyword (``decay=``, ...) is a TypeError naming the field to use."""
+        if kwargs and not PEER_WORDS.keys().isdisjoint(kwargs):
+            name = next(k for k in kwargs if k in PEER_WORDS)
+            raise TypeError(
+                f"Config has no argument {name} (got {name}={kwargs[name]!r:.80}): "
+                f"{PEER_WORDS[name].format(v=repr(kwargs[name])[:80], name=name)}"
+            )
+        return object.__new__(cls)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", as_schedule(self.schedule, "Config.schedule"))

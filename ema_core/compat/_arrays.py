@@ -22,9 +22,12 @@ def is_module(obj: Any) -> bool:
     )
 
 
-def named_arrays(obj: Any, name: str, *, allow_plain: bool = False) -> dict[str, Array]:
+def named_arrays(
+    obj: Any, name: str, *, allow_plain: bool = False, allow_empty: bool = False
+) -> dict[str, Array]:
     """``{name: array}`` from a torch module (its named parameters), a mapping, or an iterable of
-    ``(name, array)`` pairs (or of plain arrays, named ``"0"``, ``"1"``, ..., if allowed)."""
+    ``(name, array)`` pairs (or of plain arrays, named ``"0"``, ``"1"``, ..., if allowed; none
+    if allowed)."""
     if is_module(obj):
         items: list[Any] = list(obj.named_parameters())
     elif isinstance(obj, Mapping):
@@ -43,12 +46,13 @@ def named_arrays(obj: Any, name: str, *, allow_plain: bool = False) -> dict[str,
         if item[0] in out:
             raise ValueError(f"{name} holds the name {item[0]!r} twice")
         out[item[0]] = item[1]
-    if not out:
+    if not out and not allow_empty:
         raise ValueError(f"{name} holds no arrays: nothing to average")
     return out
 
 
 _Key = TypeVar("_Key")  # the names (str), or TF's keys (a name or an id)
+VarKey = str | int  # TF's variables: by name, or by id for a plain array
 
 
 def check_array(x: Any, where: str) -> None:
@@ -115,10 +119,11 @@ def assign_all(dst: dict[str, Array], src: Mapping[str, Array]) -> dict[str, Arr
 
 
 def divide(x: Array, weight: float) -> Array:
-    """``x / weight`` in ``x``'s dtype (float32 or wider arithmetic); non-float arrays as they
-    are (copied)."""
+    """``x / weight`` in ``x``'s dtype (float32 or wider arithmetic); non-float arrays, and all
+    where ``weight`` is 0 (a zero-started average read through ``1 - d ** t`` with a decay that
+    rounds to 1: the peers' inf / nan), as they are (copied), as ``ema_core.average`` reads."""
     xp = compat.array_namespace(x)
-    if not xp.isdtype(x.dtype, ("real floating", "complex floating")):
+    if weight == 0.0 or not xp.isdtype(x.dtype, ("real floating", "complex floating")):
         return xp.asarray(x, copy=True)
     wide = x if x.dtype in (xp.float32, xp.float64) else xp.astype(x, xp.float32)
     out = wide / weight
@@ -149,3 +154,79 @@ def check_debias_decay(decay: float, counter: Any, counter_name: str) -> None:
             f"decay must round to < 1 in float32 for a zero-started, bias-corrected average "
             f"without {counter_name} (1 - decay**t would be 0), got {decay!r}"
         )
+
+
+def check_state(state_dict: Any, keys: tuple[str, ...], settings: Mapping[str, Any]) -> None:
+    """A drop-in class's state dict: a mapping with exactly ``keys``, saved under the same
+    ``settings`` (compared by type and value; the decay is a float)."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    if set(state_dict) != set(keys):
+        raise ValueError(
+            f"state_dict must have the keys {list(keys)}, got {list(state_dict)!r:.200}"
+        )
+    for key, mine in settings.items():
+        saved = state_dict[key]
+        if type(saved) is not type(mine) or saved != mine:
+            raise ValueError(
+                f"state_dict[{key!r}] is {saved!r:.80} but this instance's {key} is {mine!r}: "
+                "load a state into an instance made with the same settings"
+            )
+
+
+def counter_state(counter: Any, name: str) -> int | None:
+    """A counter argument's value now, for a state dict: None when it is not set."""
+    return None if counter is None else read_count(counter, name)
+
+
+def check_counter_state(saved: Any, counter: Any, name: str) -> None:
+    """A saved counter against this instance's: both None, or both set, the same int when this
+    one is a fixed int. A live counter (array, callable) is the caller's to restore."""
+    where = f"state_dict[{name!r}]"
+    if saved is not None:
+        check_count(where, saved)
+    fixed = isinstance(counter, int) and saved != counter
+    if (saved is None) != (counter is None) or fixed:
+        mine = "None" if counter is None else "set" if not isinstance(counter, int) else counter
+        raise ValueError(f"{where} is {saved!r} but this instance's {name} is {mine}")
+
+
+def var_items(var_list: Any) -> list[tuple[VarKey, str | None, Array]]:
+    """``(key, name, array)`` per variable: named ones are keyed by name, plain arrays by id."""
+    if var_list is None:
+        raise ValueError("var_list must list the variables to average, got None")
+    if is_module(var_list):
+        var_list = list(var_list.named_parameters())
+    elif isinstance(var_list, Mapping):
+        var_list = list(var_list.items())
+    elif compat.is_array_api_obj(var_list):
+        var_list = [var_list]
+    elif isinstance(var_list, str) or not isinstance(var_list, Iterable):
+        raise TypeError(
+            f"var_list must be arrays or (name, array) pairs, got {type(var_list).__name__}"
+        )
+    out: dict[VarKey, tuple[VarKey, str | None, Array]] = {}
+    for i, item in enumerate(var_list):
+        name, var = floating_item(item, f"var_list[{i}]")
+        key: VarKey = id(var) if name is None else name
+        if key in out:
+            what = "the same array" if name is None else f"the name {name!r}"
+            raise ValueError(f"var_list[{i}] repeats {what}: each variable is averaged once")
+        out[key] = (key, name, var)
+    return list(out.values())
+
+
+def floating_item(item: Any, where: str) -> tuple[str | None, Array]:
+    """A variable given as an array or a ``(name, array)`` pair; floating arrays only."""
+    name, var = None, item
+    if isinstance(item, tuple) and len(item) == 2:
+        if not isinstance(item[0], str):
+            raise TypeError(
+                f"{where} must be an array or a (name, array) pair with a str name, "
+                f"got a pair starting with {type(item[0]).__name__}"
+            )
+        name, var = item
+    check_array(var, where)
+    if not compat.array_namespace(var).isdtype(var.dtype, "real floating"):
+        raise TypeError(f"{where} must be bfloat16/float16/float32/float64, got {var.dtype}")
+    return name, var

@@ -5,16 +5,17 @@ The static-graph class averages every parameter of the program; here the paramet
 ``ema_t = d ema_{t-1} + (1 - d) theta_t`` from ``ema_0 = 0`` with the decay in float32
 (``min(decay, (1 + thres) / (10 + thres))`` when ``thres_steps`` is set), and ``apply()`` writes
 the bias-corrected ``ema_t / (1 - d ** t)`` into the parameters (the zeros as they are before
-any update). ``executor`` is accepted and ignored: there is no program to run. numpy, CuPy and
-torch parameters are written in place; for JAX pass the new values to ``update(parameters=...)``
-and use the dict ``apply()`` yields. The functional equivalent is ``ema_core.init`` / ``update``
-/ ``average`` with ``presets.paddle(...)``.
+any update; the raw average where ``d`` rounds to 1 in float32, where Paddle divides by 0).
+``state_dict()`` / ``load_state_dict()`` save and resume a run. ``executor`` is accepted and
+ignored: there is no program to run. numpy, CuPy and torch parameters are written in place; for
+JAX pass the new values to ``update(parameters=...)`` and use the dict ``apply()`` yields. The
+functional equivalent is ``ema_core.init`` / ``update`` / ``average`` with ``presets.paddle(...)``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ema_core
@@ -24,14 +25,17 @@ from ema_core._types import Array
 from ema_core.compat._arrays import (
     assign_all,
     check_counter,
+    check_counter_state,
     check_debias_decay,
     check_like,
+    check_state,
     clone,
+    counter_state,
     divide,
     named_arrays,
     read_count,
 )
-from ema_core.presets._args import check_bool
+from ema_core.presets._args import check_bool, check_count
 from ema_core.schedules import constant, in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
 
@@ -122,3 +126,32 @@ class ExponentialMovingAverage:
         restored = dict(assign_all(self._parameters, self._backups))
         self._backups = None
         return restored
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of the averages (``"ema"``, zero-started), the update count (``"step"``), the
+        decay of the last update (``"last_decay"``, read by ``average()``) and the settings:
+        ``"decay"`` and ``"thres_steps"`` (its value now, None when not set)."""
+        return {
+            "ema": {k: clone(v) for k, v in self._ema.items()},
+            "step": self._step,
+            "last_decay": self._last_decay,
+            "decay": self._decay,
+            "thres_steps": counter_state(self._thres_steps, "thres_steps"),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume from ``state_dict()``: the same decay, ``thres_steps`` set or not as here (the
+        same int when it is an int; a live counter is the caller's to restore), averages named
+        as here with the same shapes, dtypes and array types. All is checked before anything is
+        written: on an error nothing has changed."""
+        check_state(state_dict, _STATE_KEYS, {"decay": self._decay})
+        check_counter_state(state_dict["thres_steps"], self._thres_steps, "thres_steps")
+        step = check_count("state_dict['step']", state_dict["step"])
+        last_decay = check_fraction("state_dict['last_decay']", state_dict["last_decay"])
+        ema = named_arrays(state_dict["ema"], "state_dict['ema']")
+        check_like(ema, self._ema, "state_dict['ema']")
+        self._ema = assign_all(self._ema, ema)
+        self._step, self._last_decay = step, last_decay
+
+
+_STATE_KEYS = ("ema", "step", "last_decay", "decay", "thres_steps")

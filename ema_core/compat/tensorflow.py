@@ -6,15 +6,17 @@ on every call, the first one included; the decay ``min(decay, (1 + n) / (10 + n)
 float32 as TF does. Name variables by passing ``(name, array)`` pairs, a dict or a torch module:
 ``average_name`` and ``variables_to_restore`` then use TF's ``<name>/<ema name>`` naming.
 ``zero_debias=True`` treats every input as TF treats tensors: zero shadows, read through
-``biased / (1 - d ** k)`` after the k-th apply. numpy, CuPy and torch shadows are updated in
-place; with JAX arrays (immutable, a new object every step) name them, so the new values find
-their shadows, and read ``average(name)`` after each apply. The functional equivalent is
-``ema_core.init`` / ``update`` / ``average`` with ``presets.tensorflow(...)``.
+``biased / (1 - d ** k)`` after the k-th apply (the biased value itself where ``d`` rounds to 1
+in float32, where TF divides by 0). ``state_dict()`` / ``load_state_dict()`` save and resume the
+named shadows. numpy, CuPy and torch shadows are updated in place; with JAX arrays (immutable, a
+new object every step) name them, so the new values find their shadows, and read
+``average(name)`` after each apply. The functional equivalent is ``ema_core.init`` / ``update``
+/ ``average`` with ``presets.tensorflow(...)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,26 +27,29 @@ from ema_core._checks import check_fraction
 from ema_core._config import power_weight
 from ema_core._types import Array
 from ema_core.compat._arrays import (
+    VarKey,
     assign,
-    check_array,
     check_counter,
+    check_counter_state,
     check_debias_decay,
     check_like,
+    check_state,
     clone,
+    counter_state,
     divide,
-    is_module,
+    floating_item,
+    named_arrays,
     read_count,
+    var_items,
 )
-from ema_core.presets._args import check_bool
+from ema_core.presets._args import check_bool, check_count
 from ema_core.schedules import constant, in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
-
-Key = str | int
 
 
 @dataclass
 class _Slot:
-    var: Array
+    var: Array | None  # None for a shadow loaded by name, until an apply names its variable
     name: str | None
     shadow: Array
     biased: Array | None = None
@@ -83,7 +88,7 @@ class ExponentialMovingAverage:
         if not name:
             raise ValueError("name must be a non-empty str, got ''")
         self._num_updates, self._zero_debias, self._name = num_updates, zero_debias, name
-        self._slots: dict[Key, _Slot] = {}
+        self._slots: dict[VarKey, _Slot] = {}
 
     @property
     def name(self) -> str:
@@ -101,7 +106,7 @@ class ExponentialMovingAverage:
         Everything is checked and the new shadows are made before any is written or kept: on
         an error no shadow, variable or step count has changed.
         """
-        items = _items(var_list)
+        items = var_items(var_list)
         if not items:
             raise ValueError("var_list holds no variables: nothing to average")
         decay = self._current_decay()
@@ -134,7 +139,7 @@ class ExponentialMovingAverage:
             var = var[0]
         if isinstance(var, str):
             return self._slots.get(var)
-        return next((s for s in self._slots.values() if s.var is var), None)
+        return next((s for s in self._slots.values() if s.var is var and var is not None), None)
 
     def average(self, var: Any) -> Array | None:
         """The shadow of ``var`` (an array, a name or a pair), or None if it is not averaged."""
@@ -158,13 +163,14 @@ class ExponentialMovingAverage:
         ``moving_avg_variables`` (all the named averaged ones by default; arrays or pairs, an
         array named by the named variable holding it, a pair even if not averaged yet, as in
         TF), the own name for the other named variables."""
-        named = {s.name: s.var for s in self._slots.values() if s.name is not None}
+        slots = [s for s in self._slots.values() if s.var is not None]  # loaded, not applied
+        named = {s.name: s.var for s in slots if s.name is not None}
         if moving_avg_variables is None:
             averaged = dict(named)
         else:
             averaged = dict(
                 self._restore_name(name, var, f"moving_avg_variables[{i}]")
-                for i, (_, name, var) in enumerate(_items(moving_avg_variables))
+                for i, (_, name, var) in enumerate(var_items(moving_avg_variables))
             )
         restore = {self.average_name(n): v for n, v in averaged.items()}
         return restore | {n: v for n, v in named.items() if n not in averaged}
@@ -181,43 +187,72 @@ class ExponentialMovingAverage:
             )
         return name, var
 
-
-def _items(var_list: Any) -> list[tuple[Key, str | None, Array]]:
-    """``(key, name, array)`` per variable: named ones are keyed by name, plain arrays by id."""
-    if var_list is None:
-        raise ValueError("var_list must list the variables to average, got None")
-    if is_module(var_list):
-        var_list = list(var_list.named_parameters())
-    elif isinstance(var_list, Mapping):
-        var_list = list(var_list.items())
-    elif compat.is_array_api_obj(var_list):
-        var_list = [var_list]
-    elif isinstance(var_list, str) or not isinstance(var_list, Iterable):
-        raise TypeError(
-            f"var_list must be arrays or (name, array) pairs, got {type(var_list).__name__}"
-        )
-    out: dict[Key, tuple[Key, str | None, Array]] = {}
-    for i, item in enumerate(var_list):
-        name, var = _name_and_array(item, f"var_list[{i}]")
-        key: Key = id(var) if name is None else name
-        if key in out:
-            what = "the same array" if name is None else f"the name {name!r}"
-            raise ValueError(f"var_list[{i}] repeats {what}: each variable is averaged once")
-        out[key] = (key, name, var)
-    return list(out.values())
-
-
-def _name_and_array(item: Any, where: str) -> tuple[str | None, Array]:
-    """A variable given as an array or a ``(name, array)`` pair; floating arrays only."""
-    name, var = None, item
-    if isinstance(item, tuple) and len(item) == 2:
-        if not isinstance(item[0], str):
-            raise TypeError(
-                f"{where} must be an array or a (name, array) pair with a str name, "
-                f"got a pair starting with {type(item[0]).__name__}"
+    def _named_slots(self, what: str) -> dict[str, _Slot]:
+        """The slots by name; a plain array averaged without a name cannot be saved or loaded."""
+        if any(not isinstance(key, str) for key in self._slots):
+            raise ValueError(
+                f"{what} needs named variables, but some averaged arrays have no name: apply "
+                "(name, array) pairs, a dict or a torch module"
             )
-        name, var = item
-    check_array(var, where)
-    if not compat.array_namespace(var).isdtype(var.dtype, "real floating"):
-        raise TypeError(f"{where} must be bfloat16/float16/float32/float64, got {var.dtype}")
-    return name, var
+        return {str(key): slot for key, slot in self._slots.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of the shadows by variable name; with ``zero_debias`` also the biased values
+        and each variable's apply count (``"biased"``, ``"local_steps"``; else empty); and the
+        settings: ``"decay"``, ``"zero_debias"``, ``"num_updates"`` (its value now, or None)."""
+        slots = self._named_slots("state_dict")
+        biased = {k: s.biased for k, s in slots.items() if s.biased is not None}
+        return {
+            "shadows": {k: clone(s.shadow) for k, s in slots.items()},
+            "biased": {k: clone(v) for k, v in biased.items()},
+            "local_steps": {k: slots[k].local_step for k in biased},
+            "decay": self._decay,
+            "zero_debias": self._zero_debias,
+            "num_updates": counter_state(self._num_updates, "num_updates"),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume from ``state_dict()``: the same decay and ``zero_debias``, ``num_updates`` set
+        or not as here (the same int when it is an int; a live counter is the caller's to
+        restore). Shadows are named as the ones here (any names before the first apply), of
+        the same shapes, dtypes and array types; a loaded shadow is used by the first apply
+        that names its variable. All is checked before anything is written."""
+        check_state(
+            state_dict, _STATE_KEYS, {"decay": self._decay, "zero_debias": self._zero_debias}
+        )
+        check_counter_state(state_dict["num_updates"], self._num_updates, "num_updates")
+        slots = self._named_slots("load_state_dict")
+        shadows, biased = (
+            named_arrays(state_dict[k], f"state_dict[{k!r}]", allow_empty=True)
+            for k in ("shadows", "biased")
+        )
+        for key, value in shadows.items():
+            floating_item(value, f"state_dict['shadows'][{key!r}]")
+        if slots:
+            check_like(shadows, {k: s.shadow for k, s in slots.items()}, "state_dict['shadows']")
+        check_like(biased, shadows if self._zero_debias else {}, "state_dict['biased']")
+        steps = state_dict["local_steps"]
+        if not isinstance(steps, Mapping) or set(steps) != set(biased):
+            raise ValueError(
+                f"state_dict['local_steps'] must map the names in state_dict['biased'] to "
+                f"counts, got {steps!r:.120}"
+            )
+        for key, count in steps.items():
+            check_count(f"state_dict['local_steps'][{key!r}]", count)
+        for key, shadow in shadows.items():
+            self._load_slot(key, shadow, biased.get(key), steps.get(key, 0))
+
+    def _load_slot(self, name: str, shadow: Array, biased: Array | None, step: int) -> None:
+        """Write a checked shadow into its slot, or keep a copy until an apply names it."""
+        slot = self._slots.get(name)
+        if slot is None:
+            copy = None if biased is None else clone(biased)
+            self._slots[name] = _Slot(None, name, clone(shadow), copy, step)
+            return
+        slot.shadow = assign(slot.shadow, shadow)
+        if slot.biased is not None and biased is not None:
+            slot.biased = assign(slot.biased, biased)
+        slot.local_step = step
+
+
+_STATE_KEYS = ("shadows", "biased", "local_steps", "decay", "zero_debias", "num_updates")
