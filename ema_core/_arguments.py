@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat as compat
 
-from ema_core._checks import check_choice, check_decay_arg, check_fraction
+from ema_core._checks import check_choice, check_decay_arg, check_fraction, got
 from ema_core._config import Config
 from ema_core._types import Array, NonFloatPolicy
 from ema_core.schedules import Schedule, as_schedule
@@ -100,7 +100,7 @@ def decay_schedule(decay: Any, schedule: Any, *, arrays: bool = False) -> Schedu
         return DEFAULT.effective_schedule
     if callable(decay):  # a Schedule or a t -> decay callable, given as decay=
         raise TypeError(
-            f"decay must be a float in [0.0, 1.0], got {type(decay).__name__}: pass a "
+            f"decay must be a float in [0.0, 1.0], got {got(decay)}: pass a "
             "Schedule or a callable t -> decay as schedule="
         )
     checked = check_decay_arg(decay) if arrays else check_fraction("decay", decay)

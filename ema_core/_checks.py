@@ -21,7 +21,7 @@ from ema_core._types import EMAState, Namespace
 def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
     """A Python number in [low, high] (not NaN, not bool), returned as float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in [{low}, {high}], got {type(value).__name__}")
+        raise TypeError(f"{name} must be a float in [{low}, {high}], got {got(value)}")
     try:
         number = float(value)
     except OverflowError:  # an int past the largest float
@@ -36,7 +36,7 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     allowed = (int,) if integer else (int, float)
     kind = "an int" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, allowed):
-        raise TypeError(f"{name} must be {kind} > 0, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be {kind} > 0, got {got(value)}")
     if integer:  # any int is finite
         finite = True
     else:
@@ -50,6 +50,11 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
         shown = _shown(value) if isinstance(value, int) and abs(value) >> 128 else repr(value)
         raise ValueError(f"{name} must be {kind} > 0, got {shown}")
     return value
+
+
+def got(value: Any) -> str:
+    """A wrong-typed argument for a message: its type and its repr, cut at 80 characters."""
+    return f"{type(value).__name__} {value!r:.80}"
 
 
 def _shown(value: Any) -> str:

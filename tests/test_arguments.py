@@ -101,8 +101,8 @@ BAD = [
     ({"decay": 1.5}, ValueError, "decay must be in [0.0, 1.0], got 1.5"),
     ({"decay": -0.1}, ValueError, "decay must be in [0.0, 1.0], got -0.1"),
     ({"decay": math.nan}, ValueError, "decay must be in [0.0, 1.0], got nan"),
-    ({"decay": "0.5"}, TypeError, "decay must be a float in [0.0, 1.0], got str"),
-    ({"decay": True}, TypeError, "decay must be a float in [0.0, 1.0], got bool"),
+    ({"decay": "0.5"}, TypeError, "decay must be a float in [0.0, 1.0], got str '0.5'"),
+    ({"decay": True}, TypeError, "decay must be a float in [0.0, 1.0], got bool True"),
     (
         {"schedule": "fast"},
         TypeError,
