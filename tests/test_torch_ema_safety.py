@@ -4,6 +4,7 @@ exactly once."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -59,6 +60,30 @@ def test_swap_copy_false_detects_writes_restores_and_raises():
     assert isinstance(info.value.__cause__, KeyError)
     with pytest.raises(TypeError, match="copy"), ema.swap(copy="no"):
         pass
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_swap_copy_false_sees_a_foreach_step_and_not_a_fused_one(fused):
+    # README: the step of torch's fused optimizers leaves the version counter as it was, so
+    # swap(copy=False) cannot see it (the reason it is for read-only evaluation); the default
+    # swap() copies and keeps the average either way
+    model = net()
+    ema = EMA(model, decay=0.5)
+    nudge(model, 1)
+    ema.update()
+    averages = copies(ema)
+    kind = {"fused": True} if fused else {"foreach": True}
+    opt = torch.optim.Adam(model.parameters(), lr=1.0, **kind)
+    with ema.swap():
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+    same(copies(ema), averages)
+    model.zero_grad()
+    seen = pytest.raises(RuntimeError, match=r"swap\(copy=False\)")
+    with seen if not fused else contextlib.nullcontext(), ema.swap(copy=False):
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+    assert not torch.equal(copies(ema)["0.weight"], averages["0.weight"])
 
 
 def test_swap_copy_false_copies_buffers_that_batchnorm_writes_unseen():

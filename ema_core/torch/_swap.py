@@ -12,9 +12,11 @@ and three copies of them per ``swap()``.
 copy, no allocation) where dtype and device match and no bias correction applies; the live
 storage is kept aside untouched. A write inside the block then writes the shadow itself: it is
 detected on exit through the parameter's version counter (in-place ops on it or its views,
-``optimizer.step()``), and ``swap`` raises once the live weights are restored. Writes that
-bypass that counter (``param.data.add_()``, numpy views) are not seen: ``copy=False`` is for
-read-only evaluation. Buffers and named tensors that are not ``nn.Parameter``s are copied in
+``optimizer.step()`` of the for-loop and foreach optimizers), and ``swap`` raises once the
+live weights are restored. Writes that bypass that counter are not seen: ``param.data.add_()``,
+numpy views, and torch's fused optimizers (``Adam(fused=True)``, ``AdamW``/``SGD`` likewise:
+their kernels leave the counter as it was, torch 2.13). ``copy=False`` is for read-only
+evaluation. Buffers and named tensors that are not ``nn.Parameter``s are copied in
 either way: BatchNorm's native kernels update their statistics without moving the counter.
 DTensors (FSDP2) keep their storage behind the wrapper, where ``.data`` does not reach, and are
 copied too (one shard-sized copy per rank).
