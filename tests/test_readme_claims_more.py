@@ -5,6 +5,7 @@ these: ``test_readme_claims_commands.py`` ("The two commands"), ``..._checkpoint
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,28 +98,31 @@ def test_each_integration_imports_its_framework_only_when_used_and_is_an_extra()
 
 # --- Architecture -----------------------------------------------------------------------------
 
-# the files and folders the README's tree names (the tree is a map, not a full listing)
+# the files and folders the README's tree names (outside ema_core a map, not a full listing; for
+# the folders of ema_core every module, which test_layout_lists_every_module_of_ema_core pins)
 LAYOUT = {
     "ema_core": "__init__ _types _settings _ops _paths _tree _tree_pair _pytree _mappings _checks "
-    "_leaf_checks _writes _memory_overlap _core _arguments _config _stateless _banks "
-    "_safetensors _atomic _api",
-    "ema_core/backends": "__init__ generic numpy cupy _cupy_kernels",
+    "_leaf_checks _leaf_checks_x64 _writes _memory_overlap _core _config _config_words "
+    "_arguments _read_checks _stateless _banks _bank_snapshots _atomic _safetensors _bf16 _api",
+    "ema_core/backends": "__init__ generic numpy _numpy_memory cupy _cupy_kernels",
     "ema_core/backends/host": "_threads _numba _numba_loops _numba_tables _blocks _bank "
     "_bank_loops",
-    "ema_core/backends/torch": "_plan _routes _foreach _host _memory _cuda",
+    "ema_core/backends/torch": "_plan _routes _foreach _host _memory _cuda _triton_kernel",
     "ema_core/backends/jax": "__init__ _leaves",
-    "ema_core/torch": "_module _names _watch _options _store _swap _state _dtensor _dist _bank "
-    "_bank_args _bank_fused",
-    "ema_core/jax": "_compiled _chunked _call_checks _optax _checkpoint _bank _bank_chunks",
-    "ema_core/posthoc": "_math _coefficients _warning _snapshots _listing _reconstruct _leaves "
-    "__main__ _plot",
-    "ema_core/checkpoint": "_format _arrays _save _load _peers _peers_read _export",
-    "ema_core/integrations": "lightning _lightning_args keras _keras_weights _keras_args "
-    "accelerate",
-    "ema_core/presets": "_seeds _torch _profiles _optimizers",
-    "ema_core/compat": "mmedit tensorflow allennlp paddle",
-    "ema_core/testing": "_oracle _strategies _properties",
-    "ema_core/schedules": "__init__",
+    "ema_core/torch": "_module _names _watch _options _refusals _store _swap _averages _state "
+    "_dtensor _fsdp _dist _bank _bank_args _bank_fused _bank_snap",
+    "ema_core/jax": "_compiled _chunked _call_checks _optax _checkpoint _bank _bank_chunks "
+    "_placement _devices _sharding",
+    "ema_core/posthoc": "_math _coefficients _inputs _warning _snapshots _sources _records "
+    "_listing _reconstruct _leaves __main__ _plot",
+    "ema_core/checkpoint": "_format _arrays _save _load _load_file _load_ema _load_state _peers "
+    "_peers_read _export",
+    "ema_core/integrations": "lightning _lightning_args keras _keras_weights _keras_swap "
+    "_keras_args accelerate",
+    "ema_core/presets": "_seeds _torch _profiles _optimizers _args _schedules",
+    "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _modules",
+    "ema_core/testing": "_oracle _strategies _properties _inputs _compare _convert _dtypes _args",
+    "ema_core/schedules": "__init__ _base _values _decays _power _every _gates _gated",
     "tests": "conftest reference peers",
     "benchmarks": "__main__ harness chart tree",
     "benchmarks/backends": "numpy torch jax cupy",
@@ -126,6 +130,64 @@ LAYOUT = {
     "scripts": "first_decays parity_bounds threads_vs_prange lock bank_jax",
     "examples": "demo _demo_data _demo_torch _demo_jax _demo_agreement flax_nnx_ema",
 }
+README = ROOT / "README.md"
+PACKAGES = sorted(p.parent for p in (ROOT / "ema_core").rglob("__init__.py"))
+
+
+def _modules(package: Path) -> set[str]:
+    """The modules of one package folder: its ``.py`` files but ``__init__``."""
+    return {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+
+
+def _tree_entries(readme: str) -> dict[str, set[str]]:
+    """The ``ema_core/`` tree of the README's Architecture block: folder (relative to
+    ``ema_core``, "" for the package itself) -> every word of the entries about that folder.
+    An entry starts at column 2 (``_api.py``, ``backends/numpy``, ``torch/``) and runs on over
+    the deeper-indented lines below it; its first word says the folder (``backends/numpy``:
+    ``backends``); the tree ends at the first line at column 0."""
+    section = readme.split("\n## Architecture\n", 1)[1]
+    lines = section.split("```", 2)[1].splitlines()
+    start = lines.index("ema_core/")
+    entries: dict[str, set[str]] = {}
+    folder = None
+    for line in lines[start + 1 :]:
+        if not line.startswith(" "):
+            break
+        if line[2] != " ":
+            folder = _folder(line.split()[0])
+        if folder is not None:
+            entries.setdefault(folder, set()).update(re.findall(r"\w+", line))
+    return entries
+
+
+def _folder(head: str) -> str | None:
+    """The folder an entry of the tree is about, from its first word (None: a layer's title)."""
+    if head == "--":
+        return None
+    return head.removesuffix("/") if head.endswith("/") else head.rpartition("/")[0]
+
+
+def _relative(package: Path) -> str:
+    return "/".join(package.relative_to(ROOT / "ema_core").parts)
+
+
+def test_layout_lists_every_module_of_ema_core() -> None:
+    for package in PACKAGES:
+        folder = str(package.relative_to(ROOT))
+        assert set(LAYOUT[folder].split()) - {"__init__"} == _modules(package), folder
+
+
+def test_the_architecture_tree_names_every_module_of_ema_core_in_its_folder() -> None:
+    # "Architecture": the ema_core/ tree, read back; a module missing there is missing here
+    entries = _tree_entries(README.read_text())
+    missing = []
+    for package in PACKAGES:
+        folder = _relative(package)
+        named = entries.get(folder, set())
+        where = package.relative_to(ROOT)
+        missing += [f"{where}/{m}.py" for m in sorted(_modules(package) - named)]
+        missing += [f"{where}/ (no entry)"] if folder and folder not in entries else []
+    assert missing == []
 
 
 @pytest.mark.parametrize("folder", sorted(LAYOUT))

@@ -14,13 +14,19 @@ framework is ever imported here:
 ==================  ===========================================================================
 namespace           module (its docstring has the route table)
 ==================  ===========================================================================
-torch               ``backends.torch``: ``_plan`` groups, ``_routes`` routes (foreach, the host
-                    engine on CPU, ``_cuda`` blocked / Triton on CUDA, the core for the rest)
-JAX                 ``backends.jax``: one compiled function per structure (``_leaves``)
-numpy               ``backends.numpy``: the host engine (``backends.host``), the core for the rest
-CuPy                ``backends.cupy``: fused elementwise and multi-tensor kernels
-anything else       ``backends.generic``: the core's math leaf by leaf
+torch               ``torch``: ``torch._plan`` groups, ``torch._routes`` routes (foreach, the
+                    host engine on CPU, ``torch._cuda`` blocked / Triton on CUDA, the core for
+                    the rest)
+JAX                 ``jax``: one compiled function per structure (``jax._leaves``)
+numpy               ``numpy``: the host engine (``host``), the core for the rest;
+                    ``_numpy_memory``: what its plan cache reads of an array's memory
+CuPy                ``cupy``: fused elementwise and multi-tensor kernels (their CUDA source
+                    and builders: ``_cupy_kernels``)
+anything else       ``generic``: the core's math leaf by leaf
 ==================  ===========================================================================
+
+``host`` is the CPU engine that numpy arrays and CPU torch tensors share (a plan over flat host
+views, numba's compiled loops or numpy blocks); its docstring says how.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@
 The first three work on numpy, CuPy, torch and JAX arrays (each module says how JAX's immutable
 arrays are handled); the MMEditing class wraps a torch module. Submodules load on first access,
 so importing ``ema_core.compat`` imports no framework.
+
+What they share: ``_arrays`` (named arrays from the seeds' inputs, copies, and writes in place
+where the array allows it, by rebinding where it does not: JAX) and ``_modules`` (the MMEditing
+class's check, before the first copy, that two modules' tensors pair up by name; imports torch).
 """
 
 from __future__ import annotations

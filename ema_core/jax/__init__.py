@@ -15,10 +15,12 @@
 
 Inside: ``_compiled`` and ``_chunked`` (the compiled update) and ``_optax`` are ``jax.jit`` of
 ``ema_core._api.update``; ``_bank`` and ``_bank_chunks`` the bank (its arguments checked by
-``ema_core._banks``); ``_checkpoint`` the ``.npz`` names; ``_placement`` checks where the
-arrays live (devices: ``_devices``; shardings: ``_sharding``) once per signature, before
-anything is donated. The leaf kernels they reach are in ``ema_core.backends.jax``, below the
-API. The old path ``ema_core.backends.jax.make_update`` (and the other names here) still works.
+``ema_core._banks``); ``_call_checks`` the host checks before a compiled call (a state donated
+to an earlier call, a step out of range, 64-bit arrays without x64); ``_checkpoint`` the
+``.npz`` names; ``_placement`` checks where the arrays live (devices: ``_devices``; shardings:
+``_sharding``) once per signature, before anything is donated. The leaf kernels they reach
+are in ``ema_core.backends.jax``, below the API. The old path
+``ema_core.backends.jax.make_update`` (and the other names here) still works.
 
 Nothing here issues a collective: every leaf is updated where its shards live.
 """

@@ -8,8 +8,9 @@ How the pieces fit:
 
 - ``_math``: gamma <-> sigma_rel and inner products of power-function profiles (numpy float64).
 - ``_coefficients``: the coefficients of targets (``solve``: validation, the float64 solve,
-  normalisation, cond(A)); ``_warning``: when they are inaccurate (``PostHocWarning``, its
-  limits per storage dtype).
+  normalisation, cond(A)); ``_inputs``: its checks of the snapshot times and sigma_rels;
+  ``_warning``: when the coefficients are inaccurate (``PostHocWarning``, its limits per
+  storage dtype).
 - ``_snapshots``: ``save_snapshot`` (one safetensors file per step and sigma_rel, written
   atomically through ``ema_core._atomic``); ``_sources``: what it takes (averages, or a torch
   ``EMA``; not an ``EMAState``); ``_records``: the metadata, with each array's policy

@@ -3,6 +3,16 @@
 Each takes a Python int (and returns a Python float computed in float64) or a 0-d integer array,
 traced or on a device (and returns a 0-d float array there). ``decay`` is always the weight on
 the old average; ``schedule.rate(t)`` is ``1 - decay``, computed without cancellation.
+
+* ``_base``: the interface, ``Schedule`` (``t -> (decay, rate)``), and ``FromCallable`` for a
+  plain ``t -> decay`` callable, whose every return value ``_values`` checks.
+* ``_decays``: the closed forms (``constant``, ``num_updates``, ``warmup``, ``half_life``,
+  ``annealing``) and ``as_schedule``.
+* ``_power``: EDM2's power function and its sigma_rel <-> gamma relation.
+* ``_every``: ``every`` (an update every n steps) and ``CopyAt`` (the first-update copy).
+* ``_gates``: the peers' roundings (``in_float32``, ``ramped_half_life``, ``momentum``);
+  ``_gated``: ``gated``, the peers' bookkeeping (start, phase, first copies, shifted count,
+  floor).
 """
 
 from ema_core.schedules._base import FromCallable, Schedule

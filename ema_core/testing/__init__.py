@@ -3,6 +3,15 @@
 ``reference`` and ``assert_matches`` need only numpy; the hypothesis strategies (``nests``,
 ``schedules``, ``configs``, ``trajectories``) and ``assert_ema_properties`` import hypothesis
 when first used.
+
+* ``_oracle``: ``reference`` (the float64 oracle, a plain loop) and ``assert_matches``;
+  ``_inputs``: its inputs checked once (the config, a ``Trajectory`` whose nests match);
+  ``_compare``: what it compares (averages leaf by leaf, inputs left as they were),
+  ``_dtypes``: the dtype each average must have, ``_convert``: any framework's arrays as
+  float64 numpy.
+* ``_properties``: ``assert_ema_properties``, the invariants as a hypothesis check;
+  ``_strategies``: the hypothesis strategies.
+* ``_args``: the kit's own argument checks, refused by name before anything runs.
 """
 
 from __future__ import annotations

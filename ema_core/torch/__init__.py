@@ -1,7 +1,8 @@
 """torch above the API: ``EMA`` for ``nn.Module``s, ``ddp_ema``, ``full_state_dict``.
 
-* ``_names``: which tensors of a module are tracked, under which names; ``_options``: the
-  ``EMA`` arguments turned into one ``Config``.
+* ``_names``: which tensors of a module are tracked, under which names; ``_watch``: the
+  per-update check that the module still holds them, where and as they were; ``_options``:
+  the ``EMA`` arguments turned into one ``Config``.
 * ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_store``: where its
   shadows live (beside the params, or pinned host memory for a CUDA model) and which kernel
   plans update them; ``_swap``: putting averages into the model and taking them out;

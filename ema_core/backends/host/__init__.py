@@ -13,11 +13,17 @@ the work of an update; ``run`` does it, in place, for one decay. The plan:
 * the pieces dealt over ``workers`` threads (``_threads``), at least ``LEAST`` elements each.
 
 Each piece runs numba's compiled one-pass loop when it fits (``_numba``: float32/float64
-shadows, params no wider, float16/bfloat16 widened inside the loop) and numba is usable
-(installed, ``EMA_CORE_NUMBA`` not 0), else the numpy blocks (``_blocks``: three ufuncs per
-cache-sized block; any float or complex pair). Both are the core's lerp step by step, so every
-path is bit-equal to ``ema_core._core.blend``. The ends are exact: decay 1 leaves the shadows
+shadows, params no wider, float16/bfloat16 widened inside the loop; the loops themselves in
+``_numba_loops``, a batch of small leaves in one call over a table of their addresses in
+``_numba_tables``, both importing numba on first use) and numba is usable (installed,
+``EMA_CORE_NUMBA`` not 0), else the numpy blocks (``_blocks``: three ufuncs per cache-sized
+block; any float or complex pair). Both are the core's lerp step by step, so every path is
+bit-equal to ``ema_core._core.blend``. The ends are exact: decay 1 leaves the shadows
 untouched, decay 0 copies the params (half params widened exactly, inf and NaN kept).
+
+EMA banks: ``_bank`` blends K shadows of the same params in one pass over the params (its own
+``plan`` and ``run``; numba's loops for it in ``_bank_loops``, else the numpy blocks), each
+shadow bit-equal to what ``run`` here gives it with its own decay.
 
 Threads: numba's own ``parallel=True`` / ``prange`` was measured against the hand-written
 dealing kept here (``python scripts/threads_vs_prange.py``: in-place fp32 blend, median of 15,

@@ -2,9 +2,18 @@
 
 ``guard`` and ``update_leaves`` are the backend protocol the core calls (``ema_core.backends``);
 ``ema_update`` on tensors lands in ``update_leaves``, the ``EMA`` class (``ema_core.torch``) in
-``_routes`` through its store. ``_routes`` groups the leaves once into a plan and picks one
-route per group (the table is in its docstring); ``_foreach`` holds the fused ops, ``_host`` the
-CPU views handed to the host engine, ``_mixed`` / ``_triton`` the one-pass mixed-precision blend.
+``_routes`` through its store. How the pieces fit:
+
+* ``_plan``: the leaf pairs grouped once into a ``Plan`` (by kind, device, shadow and params
+  dtypes; DTensors as their local shards), each group one fused call.
+* ``_routes``: one route per group of a plan, picked per update (the route table is in its
+  docstring): foreach ``lerp``, the host engine on the CPU, the CUDA blend, the core for the rest.
+* ``_foreach``: the fused ops every route uses (per-tensor loops where ``torch._foreach_*`` is
+  missing).
+* ``_host``: CPU tensors handed to the host engine (``ema_core.backends.host``) as numpy views,
+  which ``_memory`` makes from data addresses (and checks that a storage still holds them).
+* ``_cuda``: the one-pass blend of a wide shadow over narrow params on CUDA (blocked torch ops,
+  or the Triton kernel of ``_triton_kernel``).
 
 ``leaf_signature`` / ``same_signature`` tell the stateless call's plan cache
 (``ema_core._stateless``) whether tensors it checked before are still laid out as they were;
