@@ -22,7 +22,7 @@ though it reads these files too.
 
 try:
     import numpy  # noqa: F401 - the one requirement, named here before anything else needs it
-except ImportError as err:  # pragma: no cover - numpy is installed wherever the tests run
+except ImportError as err:
     raise ImportError("ema_core.checkpoint needs numpy: pip install ema-core[checkpoint]") from err
 
 from typing import TYPE_CHECKING, Any

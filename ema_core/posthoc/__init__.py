@@ -28,6 +28,11 @@ numpy is needed (the ``posthoc`` extra); no framework is imported unless its arr
 
 from __future__ import annotations
 
+try:
+    import numpy  # noqa: F401 - the one requirement, named here before anything else needs it
+except ImportError as err:
+    raise ImportError("ema_core.posthoc needs numpy: pip install ema-core[posthoc]") from err
+
 from ema_core.posthoc._coefficients import Solution, coefficient_matrix, coefficients, solve
 from ema_core.posthoc._listing import SnapshotInfo, list_snapshots
 from ema_core.posthoc._math import gamma_to_sigma_rel, inner_products, sigma_rel_to_gamma
