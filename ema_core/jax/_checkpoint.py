@@ -56,6 +56,15 @@ def load_state_dict(arrays: Mapping[str, Any], like: EMAState, /) -> EMAState:
         ValueError: a name of ``like`` is missing from ``arrays``, an extra name is present, a
             shape differs, or two arrays of ``like`` share a name.
         TypeError: a dtype differs (other than bfloat16 stored as raw 2-byte records).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ema_core as ema
+        >>> from ema_core.jax import load_state_dict, state_dict
+        >>> saved = state_dict(ema.init({"w": jnp.array([1.0, 2.0])}))  # numpy arrays by name
+        >>> like = ema.init({"w": jnp.zeros(2)})  # the structure, dtypes and placement to fill
+        >>> w = load_state_dict(saved, like).shadow["w"]
+        >>> w.tolist(), isinstance(w, jax.Array), w.dtype
+        ([1.0, 2.0], True, dtype('float32'))
     """
     pairs, treedef = jax.tree_util.tree_flatten_with_path(like)
     paths = [path for path, _ in pairs]

@@ -97,6 +97,16 @@ def list_snapshots(directory: str | os.PathLike[str], /) -> list[SnapshotInfo]:
         ValueError: ``directory`` is a file; a snapshot-named file that is not a valid
             snapshot (the message names it), two files for one (step, sigma_rel), or files
             that disagree on ``interval``, on the array names or on their shapes.
+
+    Example:
+        >>> import pathlib, tempfile, numpy as np
+        >>> from ema_core.posthoc import list_snapshots, save_snapshot
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for step, sigma_rel in [(200, 0.05), (100, 0.1), (100, 0.05)]:
+        ...         _ = save_snapshot(d, {"w": np.ones(3)}, step=step, sigma_rel=sigma_rel)
+        ...     _ = (pathlib.Path(d) / "notes.txt").write_text("not a snapshot: skipped")
+        ...     [(s.step, s.sigma_rel, s.shapes) for s in list_snapshots(d)]
+        [(100, 0.05, ((3,),)), (100, 0.1, ((3,),)), (200, 0.05, ((3,),))]
     """
     folder = existing_directory(directory)
     with os.scandir(folder) as found:

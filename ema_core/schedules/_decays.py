@@ -147,7 +147,21 @@ def annealing(momentum: float, /, gamma: float = 100.0) -> Schedule:
 def as_schedule(
     value: Schedule | Callable[[Step], Value] | float, name: str = "schedule"
 ) -> Schedule:
-    """A Schedule from a Schedule, a float (constant decay) or a ``t -> decay`` callable."""
+    """A Schedule from a Schedule, a float (constant decay) or a ``t -> decay`` callable.
+
+    A Schedule is returned as it is; a float ``d`` becomes ``d_t = d``; a callable ``f``
+    becomes ``d_t = f(t)``.
+
+    Raises:
+        TypeError: ``value`` is none of these (a bool included); the message uses ``name``.
+
+    Example:
+        >>> from ema_core import schedules
+        >>> schedules.as_schedule(0.9), schedules.as_schedule(0.9)(5)
+        (Constant(decay=0.9), 0.9)
+        >>> schedules.as_schedule(lambda t: 1 - 1 / (t + 1))(3)
+        0.75
+    """
     if isinstance(value, Schedule):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):

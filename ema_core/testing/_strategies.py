@@ -62,6 +62,16 @@ def nests(
     Raises:
         TypeError, ValueError: ``xp`` is no namespace, a dtype it cannot make, ``max_leaves``
             < 1, by name.
+
+    Example:
+        >>> import numpy as np, ema_core as ema
+        >>> from hypothesis import given, settings
+        >>> from ema_core.testing import nests
+        >>> @settings(max_examples=10, database=None, deadline=None)
+        ... @given(nests(np, dtypes=("float32", "float64")))
+        ... def test_average_starts_at_the_params(params):
+        ...     np.testing.assert_equal(ema.average(ema.init(params)), params)
+        >>> test_average_starts_at_the_params()
     """
     xp, dtypes = _checked(xp, dtypes, int_buffers)
     skeleton = _skeleton(dtypes, int_buffers, count(max_leaves, "max_leaves"))
@@ -76,7 +86,17 @@ def _checked(xp: Any, dtypes: Any, int_buffers: Any) -> tuple[Namespace, tuple[s
 
 
 def schedules() -> st.SearchStrategy[sched.Schedule]:
-    """Every schedule of ``ema_core.schedules`` with drawn arguments."""
+    """Every schedule of ``ema_core.schedules`` with drawn arguments.
+
+    Example:
+        >>> from hypothesis import given, settings
+        >>> from ema_core.testing import schedules
+        >>> @settings(max_examples=10, database=None, deadline=None)
+        ... @given(schedules())
+        ... def test_decays_are_fractions(schedule):
+        ...     assert all(0.0 <= schedule(t) <= 1.0 for t in range(1, 50))
+        >>> test_decays_are_fractions()
+    """
     unit = st.floats(0.5, 0.9999)
     return st.one_of(
         unit.map(sched.constant),
@@ -89,7 +109,21 @@ def schedules() -> st.SearchStrategy[sched.Schedule]:
 
 
 def configs() -> st.SearchStrategy[Config]:
-    """Configs over every schedule, init policy and interval setting."""
+    """Configs over every schedule, init policy and interval setting.
+
+    Example:
+        >>> import numpy as np, ema_core as ema
+        >>> from hypothesis import given, settings
+        >>> from ema_core.testing import configs
+        >>> @settings(max_examples=10, database=None, deadline=None)
+        ... @given(configs())
+        ... def test_a_constant_is_a_fixed_point(config):
+        ...     state = ema.init({"w": np.full(2, 3.0)}, config)
+        ...     for _ in range(6):
+        ...         state = ema.update(state, {"w": np.full(2, 3.0)}, config)
+        ...     np.testing.assert_allclose(ema.average(state, config)["w"], 3.0)
+        >>> test_a_constant_is_a_fixed_point()
+    """
     return st.builds(
         Config,
         schedule=schedules(),
@@ -118,7 +152,21 @@ def trajectories(
     int_buffers: bool = False,
 ) -> st.SearchStrategy[Trajectory]:
     """Seeded sequences of 1..``length`` parameter nests of one structure (arguments checked
-    as ``nests``)."""
+    as ``nests``).
+
+    Example:
+        >>> import numpy as np, ema_core as ema
+        >>> from hypothesis import given, settings
+        >>> from ema_core.testing import Trajectory, reference, trajectories
+        >>> copy = ema.Config(schedule=0.0)  # decay 0: each average is that step's params
+        >>> @settings(max_examples=10, database=None, deadline=None)
+        ... @given(trajectories(np, length=4))
+        ... def test_decay_zero_copies(traj):
+        ...     last = Trajectory(traj.steps[-1], traj.steps[-1:])
+        ...     got, want = reference(copy, traj)[-1], reference(copy, last)[0]
+        ...     np.testing.assert_equal(got.average, want.average)
+        >>> test_decay_zero_copies()
+    """
     xp, dtypes = _checked(xp, dtypes, int_buffers)
     return _trajectory(xp, count(length, "length"), dtypes, int_buffers)
 
