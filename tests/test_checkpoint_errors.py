@@ -135,7 +135,10 @@ def test_state_refusals(tmp_path):
     ):
         load(path, ema.init({"w": np.ones(2, np.float32), "v": np.ones(4)}))
     with pytest.raises(
-        ValueError, match=r"holds config .*Constant\(decay=0\.5\).* but config is .*decay=0\.25"
+        ValueError,
+        match=r"holds config .*Constant\(decay=0\.5\).* but config is .*decay=0\.25.*; build "
+        r"the EMA \(or EMACallback\) with the config the state was saved with, or call "
+        r"ema_core\.checkpoint\.load\(path, like, config=None\) to load without comparing",
     ):
         load(
             path,

@@ -19,6 +19,21 @@ CASES = [
         "ema_core.checkpoint needs numpy: pip install ema-core[checkpoint]",
     ),
     ("ema_core.posthoc", "numpy", "ema_core.posthoc needs numpy: pip install ema-core[posthoc]"),
+    (
+        "ema_core.integrations.lightning",
+        "lightning",
+        "ema_core.integrations.lightning needs lightning: pip install ema-core[lightning]",
+    ),
+    (
+        "ema_core.integrations.keras",
+        "keras",
+        "ema_core.integrations.keras needs keras: pip install ema-core[keras]",
+    ),
+    (
+        "ema_core.integrations.accelerate",
+        "torch",
+        "ema_core.integrations.accelerate needs torch: pip install ema-core[accelerate]",
+    ),
 ]
 
 

@@ -55,8 +55,9 @@ def _check_config(path: str, text: str | None, config: Config | None) -> None:
         return
     saved = "no config (saved with config=None)" if text is None else f"config {text!r}"
     raise ValueError(
-        f"{path} holds {saved}, but config is {config_text(config)!r}; pass the config the "
-        "state was saved with, or config=None to load without comparing"
+        f"{path} holds {saved}, but config is {config_text(config)!r}; build the EMA (or "
+        "EMACallback) with the config the state was saved with, or call "
+        "ema_core.checkpoint.load(path, like, config=None) to load without comparing"
     )
 
 

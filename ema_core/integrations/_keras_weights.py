@@ -158,6 +158,31 @@ def check_continues(old: Plan, new: Plan) -> None:
         )
 
 
+def check_owner(owner: Any, model: Any) -> None:
+    """Refuse to ``fit`` another model than the one the EMA follows (``owner``).
+
+    Raises:
+        ValueError: ``model`` is not ``owner``: one EMA of two models mixes their weights.
+    """
+    if model is not owner:
+        raise ValueError(
+            f"fit() got another model ({model.name!r}) than the one this EMACallback follows "
+            f"({getattr(owner, 'name', owner)!r}); one EMA of two models would mix their "
+            "weights: use a new EMACallback per model, or load(path, model) to continue a saved "
+            "EMA on this one"
+        )
+
+
+def plan_in(plan: Plan, owner: Any, model: Any, buffers: str) -> Plan:
+    """Where the averages go in ``model``: ``plan`` for the EMA's own model, else a plan of
+    ``model`` (a reloaded copy), matched by position and checked by ``check_continues``."""
+    if model is owner:
+        return plan
+    other = Plan(model, buffers)
+    check_continues(plan, other)
+    return other
+
+
 def kind_changes(old: Plan, new: Plan) -> list[str]:
     """The weights whose kind (averaged, copied, skipped) differs between two plans of the
     same weights: layers frozen or unfrozen between two ``fit`` calls."""

@@ -23,7 +23,12 @@ import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch.distributed as dist
+try:
+    import torch.distributed as dist
+except ImportError as err:
+    raise ImportError(
+        "ema_core.integrations.accelerate needs torch: pip install ema-core[accelerate]"
+    ) from err
 
 import ema_core.checkpoint as _checkpoint
 from ema_core.torch._dist import full_state_dict
@@ -155,7 +160,18 @@ def _check_all(input_dir: str, emas: list[tuple[str, EMA]]) -> None:
         except TypeError as err:
             raise TypeError(f"{err} (load_state loaded no EMA)") from None
         except ValueError as err:
-            raise ValueError(f"{err} (load_state loaded no EMA)") from None
+            hint = _no_strict(name) if "strict=False" in str(err) else ""
+            raise ValueError(f"{err} (load_state loaded no EMA){hint}") from None
+
+
+def _no_strict(name: str) -> str:
+    """How to pass ``strict=False``, which the messages of ``check`` offer: ``load_state``
+    takes no such argument."""
+    return (
+        ". load_state takes no strict=: remove() this registration's hooks, and after "
+        f"load_state call ema_core.checkpoint.load(ema_path(folder, name={name!r}), ema, "
+        "strict=False)"
+    )
 
 
 def _require(input_dir: str, name: str) -> None:
@@ -177,7 +193,13 @@ def _names_of(accelerator: Any) -> dict[str, Any]:
 
 def ema_path(directory: str | os.PathLike[str], /, *, name: str = "ema") -> Path:
     """The file ``register`` writes in a ``save_state`` folder, to read it elsewhere
-    (``ema_core.checkpoint.load(ema_path(folder), EMA(model))``)."""
+    (``ema_core.checkpoint.load(ema_path(folder), EMA(model))``).
+
+    Example:
+        >>> from ema_core.integrations.accelerate import ema_path
+        >>> ema_path("ckpt").as_posix(), ema_path("ckpt", name="ema_fast").name
+        ('ckpt/ema.safetensors', 'ema_fast.safetensors')
+    """
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a str or os.PathLike, got {type(directory).__name__}")
     _check_name(name)

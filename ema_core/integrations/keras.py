@@ -19,7 +19,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import keras
+try:
+    import keras
+except ImportError as err:
+    raise ImportError(
+        "ema_core.integrations.keras needs keras: pip install ema-core[keras]"
+    ) from err
 import numpy as np
 
 import ema_core
@@ -34,8 +39,10 @@ from ema_core.integrations._keras_weights import (
     check_backend,
     check_continues,
     check_model,
+    check_owner,
     live_arrays,
     optimizer_steps,
+    plan_in,
     snapshot,
     to_numpy,
 )
@@ -105,6 +112,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._swapper = Swap()  # the live weights while averages are in the model
         self._in_fit = False
         self._steps: int | None = None  # optimizer steps at the last update (accumulation)
+        self._owner: Any = None  # the model the EMA follows (from fit or load)
 
     @property
     def step(self) -> int:
@@ -163,7 +171,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         loaded = checkpoint.load(path, like, config=self.config)
         averaged = {plan.names[i] for i in plan.averaged}
         shadow = {n: a for n, a in loaded.shadow.items() if n in averaged}
-        self._plan, self._step = plan, int(loaded.step)
+        self._plan, self._step, self._owner = plan, int(loaded.step), model
         self._state = EMAState(loaded.step, shadow, loaded.weight)
         self._copies = {n: a for n, a in loaded.shadow.items() if n not in averaged}
 
@@ -176,8 +184,8 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._swapper.restore()
-        self._in_fit = True
         self._attach(self.model)
+        self._in_fit = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._in_fit = False
@@ -218,17 +226,20 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         """The averages in the model for a stage named in ``swap``, once an update was taken."""
         self._swapper.restore()
         if stage in self.swap and self._plan is not None and self._step > 0:
-            self._swapper.put_in(self._plan, self._averages())
+            plan = plan_in(self._plan, self._owner, self._model, self.config.buffers)
+            self._swapper.put_in(plan, self._averages())
 
     def _attach(self, model: Any) -> None:
         """Start the EMA at the model's weights, or continue it when the model matches."""
+        if self._plan is not None:
+            check_owner(self._owner, model)
         plan = Plan(model, self.config.buffers)
         if self._plan is None:
             self._state = self._fresh_state(model, plan)
             self._copies = self._copies_of(model, plan)
         else:
             check_continues(self._plan, plan)
-        self._plan, self._steps = plan, optimizer_steps(model)
+        self._plan, self._steps, self._owner = plan, optimizer_steps(model), model
 
     def _fresh_state(self, model: Any, plan: Plan) -> EMAState:
         return ema_core.init(live_arrays(model, plan, plan.averaged), self.config)

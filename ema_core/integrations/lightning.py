@@ -11,7 +11,8 @@ are restored. What it does, hook by hook:
 * ``on_{validation,test,predict}_start`` / ``_end``: ``EMA.swap()`` entered and left across
   the two hooks (stages named in ``swap``); ``on_exception`` and ``teardown`` leave it too, so
   an error inside validation gives the live weights back bit for bit. An EMA that has taken
-  no update is never swapped in (the sanity check validates the live weights).
+  no update is never swapped in (the sanity check validates the live weights), nor into
+  another module than its own (which runs on its live weights; the EMA is kept).
 * checkpoints: the model's ``state_dict`` always holds the live weights (a checkpoint written
   while the averages are swapped in gets the live ones in ``on_save_checkpoint``); the EMA is
   the callback's state (``state_dict`` / ``load_state_dict``, under ``state_key``; gathered
@@ -29,7 +30,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import lightning.pytorch as pl
+try:
+    import lightning.pytorch as pl
+except ImportError as err:
+    raise ImportError(
+        "ema_core.integrations.lightning needs lightning: pip install ema-core[lightning]"
+    ) from err
 import torch
 
 from ema_core.integrations import _lightning_args
@@ -117,8 +123,9 @@ class EMACallback(pl.Callback):
         fitting = self._stage == "fit"
         if not self._keeps(pl_module, restored, fitting, trainer.global_step):
             built = fitting or state is not None
-            self.ema = EMA(pl_module, **self._args.ema) if built else None
-            self._module = pl_module if built else None
+            if built or restored:  # else: a stage of another module keeps the EMA of its own
+                self.ema = EMA(pl_module, **self._args.ema) if built else None
+                self._module = pl_module if built else None
             if restored and state is None and trainer.is_global_zero:
                 log.info(
                     "EMACallback: the checkpoint %s holds no EMA state under %r; %s",
@@ -186,6 +193,9 @@ class EMACallback(pl.Callback):
     def _enter(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Stage) -> None:
         self._prepare(trainer, pl_module)
         if stage not in self._args.swap or self._swapped is not None:
+            return
+        if self.ema is not None and self._module is not pl_module:
+            log.info("EMACallback: %s of another module runs on its live weights", stage)
             return
         if not self._updated():
             log.debug("EMACallback: no update yet, %s runs on the live weights", stage)
