@@ -22,6 +22,7 @@ from ema_core import _banks, _ops
 from ema_core._checks import check_decay_value
 from ema_core._config import Config
 from ema_core._types import Step, Value
+from ema_core.backends.torch._routes import host_values
 from ema_core.torch import _options
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def checked_step(ema: EMA, step: Step | None) -> tuple[Any, Value, Value]:
     t = _ops.next_step(ema._step, "EMA step") if step is None else _ops.concrete_step(step)
     if step is not None:
         _options.check_not_back(t, ema._step)
-    decay, rate = ema.config.decay_and_rate(t)
+    decay, rate = host_values(*ema.config.decay_and_rate(t))
     check_decay_value(decay, "the decay", step=t)
     return t, decay, rate
 

@@ -13,6 +13,7 @@ from ema_core import _ops
 from ema_core._checks import check_decay_value
 from ema_core._config import Config, config_text
 from ema_core._types import Step, Value
+from ema_core.backends.torch._routes import host_values
 from ema_core.torch import _averages, _fsdp, _names, _options, _refusals, _state, _swap
 from ema_core.torch._swap import HeldInterrupts
 
@@ -124,7 +125,7 @@ class EMA:
         t = _ops.next_step(self._step, "EMA step") if step is None else _ops.concrete_step(step)
         if step is not None:
             _options.check_not_back(t, self._step if pending is None else pending.step)
-        decay, rate = self.config.decay_and_rate(t)
+        decay, rate = host_values(*self.config.decay_and_rate(t))
         check_decay_value(decay, "the decay", step=t)
         self._bound.refresh()
         self._bound.check_finite(xp, self.names)  # with Config.guard_finite

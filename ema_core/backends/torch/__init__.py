@@ -76,6 +76,7 @@ def update_leaves(
     the caller's objects, whose death then frees the cache entry); kept only where every moved
     shadow is a plain tensor written in place (``copy=True`` makes new tensors each call).
     """
+    decay, rate = _routes.host_values(decay, rate)
     skip = isinstance(decay, float) and decay == 1.0
     plan = None if memo is None else memo.get(skip)
     if plan is not None:

@@ -4,8 +4,8 @@
 buckets: ``exact`` (integer, bool, copied buffers), ``same`` (one float dtype), ``mixed`` (a
 float32/float64 shadow over narrower float params) and ``other`` (complex, a shadow narrower than
 its params); DTensor pairs as their local shards. ``apply`` asks ``route`` for each group (its
-bucket, its device, and whether the decay is a host float or a 0-d device tensor) and runs that
-route:
+bucket, its device, and whether the decay is a host float or a 0-d device tensor; its callers
+read a 0-d CPU decay as a float first, ``host_values``) and runs that route:
 
 ====================  ======  =====  ========  ==============================  ====================
 route                 decay   where  groups    runs                            test
@@ -51,11 +51,12 @@ from typing import Literal, TypeAlias
 import torch
 
 from ema_core import _core
+from ema_core._ops import is_readable
 from ema_core._types import LeafKind, Namespace, Value
 from ema_core.backends.torch import _cuda, _foreach, _host, _memory
 from ema_core.backends.torch._plan import BUCKETS, Group, Plan, bucket, make_plan
 
-__all__ = ["Group", "Plan", "Route", "apply", "make_plan", "route", "routes"]
+__all__ = ["Group", "Plan", "Route", "apply", "host_values", "make_plan", "route", "routes"]
 
 Route: TypeAlias = Literal[
     "skip",
@@ -128,6 +129,17 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value, *, kept: bool = 
             _check(group, way, kept)
     for group, way in work:
         _run(xp, group, way, decay, rate)
+
+
+def host_values(decay: Value, rate: Value) -> tuple[Value, Value]:
+    """A 0-d decay in host memory (a schedule's value at a CPU tensor step, a CPU ``decay=``
+    tensor) as Python floats, the rest as given. Reading host memory syncs nothing, and the
+    host-float routes then blend exactly as for the same int step; as a tensor it would take
+    the per-tensor device routes (and on a CUDA model be copied to the GPU at every update).
+    The callers (``update_leaves``, the ``EMA`` class, the bank) read it once per update."""
+    if isinstance(decay, torch.Tensor) and is_readable(decay):
+        return float(decay), float(rate)
+    return decay, rate
 
 
 def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> None:
