@@ -27,7 +27,8 @@ MAX_STEP = 2**63 - 1  # what every framework's int64 step holds
 
 _DIST = (
     "save it with torch.distributed.checkpoint (dcp.save({'ema': ema.state_dict()}, ...)), or "
-    "gather it on purpose and save that: save(path, ema_core.torch.full_state_dict(ema)) on rank 0"
+    "gather it on purpose: full = ema_core.torch.full_state_dict(ema) on every rank (a "
+    "collective), then save(path, full) on rank 0"
 )
 
 

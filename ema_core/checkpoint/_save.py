@@ -130,9 +130,17 @@ def contents(ema_or_state: Any, config: Config | None) -> Contents:
         return _state_contents(ema_or_state, config)
     state = torch_ema_state(ema_or_state)
     if state is None:
+        # full_state_dict(ema) returns {} on the ranks that keep nothing
+        empty = isinstance(ema_or_state, dict) and not ema_or_state
+        hint = (
+            " (full_state_dict(ema), a gather, returns {} off rank 0: call it on every rank "
+            "and save on rank 0 only)"
+            if empty
+            else ""
+        )
         raise TypeError(
             "ema_or_state must be an ema_core.torch.EMA, its state_dict() or an ema_core.EMAState, "
-            f"got {type(ema_or_state).__name__}"
+            f"got {'an empty dict' if empty else type(ema_or_state).__name__}{hint}"
         )
     if config is not None:
         raise ValueError(

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from ema_core.torch import _names, _options
+from ema_core.torch import _names, _options, _refusals
 from ema_core.torch._dtensor import is_dtensor
 from ema_core.torch._module import EMA
 
@@ -35,6 +35,7 @@ def full_state_dict(ema: EMA, /, *, keep_on: KeepOn = "rank0") -> dict[str, Any]
         does not keep it.
 
     Raises:
+        TypeError: ``ema`` is not an ``EMA`` (a module, or a state dict already taken).
         ValueError: ``keep_on`` is not ``"rank0"`` or ``"all"``; ``"rank0"`` without an
             initialised process group.
 
@@ -45,6 +46,11 @@ def full_state_dict(ema: EMA, /, *, keep_on: KeepOn = "rank0") -> dict[str, Any]
         >>> sorted(full_state_dict(ema, keep_on="all")["shadow"])  # "rank0" in a process group
         ['bias', 'weight']
     """
+    if not isinstance(ema, EMA):
+        raise TypeError(
+            f"full_state_dict(ema) takes an ema_core.torch.EMA, got {type(ema).__name__}: pass "
+            "the EMA itself (not its module or its state_dict()), on every rank"
+        )
     keep = _keeps(keep_on)
     state = ema.state_dict()
     shadows = {}
@@ -99,15 +105,18 @@ def _check_options(module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
     Raises:
         TypeError / ValueError: as ``EMA``: an unknown option, a bad value, no tensor left.
     """
-    arguments = inspect.signature(EMA).bind(module, **kwargs).arguments
+    try:
+        arguments = inspect.signature(EMA).bind(module, **kwargs).arguments
+    except TypeError as error:  # worded as EMA(...) words it on the rank that builds one
+        raise TypeError(f"EMA.__init__() {error}") from None
     get = arguments.get
+    _refusals.device_of(get("device"))  # in EMA's order: the device first
     config = _options.resolve_config(
         get("decay"), get("schedule"), get("config"), get("dtype"), get("buffers")
     )
-    if (device := get("device")) is not None:
-        torch.device(device)
     for tracked in _names.collect(module, config.buffers, get("include"), get("exclude")):
         _options.moves(config, tracked)
+        _options.shadow_dtype(config, tracked)
 
 
 def _keeps(keep_on: Any) -> bool:

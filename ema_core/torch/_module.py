@@ -165,6 +165,8 @@ class EMA:
         self._settle()
         self._shards.put_back()  # the next forward all-gathers the swapped shards
         self._bound.refresh(objects=True)
+        if self._bound.store.refusal is not None:  # a param resharded since: as update() says
+            raise ValueError(self._bound.store.refusal)
         self._swapped = True
         try:
             with _swap.swapped(self.names, self._bound.live, self._exposed, copy):

@@ -116,6 +116,8 @@ def _run(
 class Local:
     """Shadows on the params' devices: a fused plan built once."""
 
+    refusal: str | None = None  # ``Sharded``'s: these pairs always fit
+
     def __init__(
         self,
         shadows: list[torch.Tensor],
@@ -143,6 +145,8 @@ class Local:
 
 class Remote:
     """Shadows on another device (pinned host memory): blended on the params' device."""
+
+    refusal: str | None = None  # ``Sharded``'s: these pairs always fit
 
     def __init__(
         self,
@@ -200,7 +204,8 @@ class Sharded:
         kinds: list[LeafKind],
         names: list[str] | None = None,
     ) -> None:
-        self.refusal = _dtensor.refusal(shadows, live, names)  # every apply raises it first
+        #: every apply raises it first, and so does ``EMA.swap`` before it puts anything in
+        self.refusal = _dtensor.refusal(shadows, live, names)
         self.shadows = [_dtensor.local(s) for s in shadows]
         self.live, self.kinds, self.names = live, kinds, names
         self.parts: list[torch.Tensor] = []
