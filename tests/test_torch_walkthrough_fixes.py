@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 PEER_UPDATE = (
     "the EMA already tracks its module: timm's update(model, step=t) is ema.update(t); "
-    "torch_ema's update() is ema.update()"
+    "torch_ema's update() and diffusers' step(parameters) are ema.update()"
 )
 
 from ema_core.checkpoint import export  # noqa: E402
@@ -211,6 +211,15 @@ def test_parameters_without_names_suggest_the_module_or_named_parameters():
     model = _net()
     with pytest.raises(TypeError, match=r"got Parameter: pass the module itself \(EMA\(model\)\) "):
         EMA(model.parameters(), decay=0.9)
+    averager = EMA(model, decay=0.9)
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    with pytest.raises(
+        TypeError,
+        match=r"^copy_to\(module_or_named_tensors\) must yield \(name, tensor\) pairs, got "
+        r"Parameter: pass the module itself \(copy_to\(model\)\) ",
+    ):
+        averager.copy_to(model.parameters())  # diffusers' copy_to(unet.parameters())
+    assert all(torch.equal(t, before[n]) for n, t in model.named_parameters())
 
 
 def test_an_include_that_matches_nothing_says_how_patterns_read():

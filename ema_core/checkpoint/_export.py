@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import inspect
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal, overload
 
 import torch
@@ -40,6 +42,8 @@ __all__ = ["DIFFUSERS_CONFIG", "DIFFUSERS_WEIGHTS", "FORMATS", "export"]
 FORMATS = ("state_dict", "timm", "diffusers")
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_CONFIG = "config.json"
+# keys of a diffusers model's config that its save_pretrained leaves out of config.json
+_UNSAVED = ("_use_default_values", "_ignore_files", "_pre_quantization_dtype")
 
 
 @overload
@@ -178,8 +182,58 @@ def _diffusers_config(ema: EMA, model_config: Mapping[str, Any], args: Mapping[s
     # diffusers' EMAModel.load_state_dict wants min_decay a float and the others as typed
     hyper["min_decay"] = float(hyper["min_decay"])
     step = ema.step
-    config = {**model_config, **hyper, "optimization_step": int(step)}
+    config = {**_model_json(ema, model_config), **hyper, "optimization_step": int(step)}
     try:
-        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+        return json.dumps(config, indent=2, sort_keys=True, default=_saveable) + "\n"
     except (TypeError, ValueError) as err:
         raise TypeError(f"model_config holds a value JSON cannot write: {err}") from err
+
+
+def _model_json(ema: EMA, model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's config as diffusers' ``save_pretrained`` writes it, without the keys diffusers
+    keeps in memory only; ``_class_name`` (the EMA's module class when ``model_config`` is (or
+    equals) that module's ``config`` and names none; ``diffusers.AutoModel`` needs it) and then the
+    installed ``_diffusers_version``."""
+    config = {k: v for k, v in model_config.items() if k not in _UNSAVED}
+    module = _unwrapped(ema._bound.root)
+    if "_class_name" not in config and _same(getattr(module, "config", None), model_config):
+        config["_class_name"] = type(module).__name__
+    if "_class_name" in config:  # a diffusers model's config (a plain dict stays as given)
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # keep model_config's
+            config["_diffusers_version"] = importlib.metadata.version("diffusers")
+    return config
+
+
+def _same(config: Any, model_config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` (a module's ``.config``) is ``model_config`` or a mapping equal to it."""
+    if config is model_config:
+        return True
+    try:
+        return isinstance(config, Mapping) and dict(config) == dict(model_config)
+    except (TypeError, ValueError, RuntimeError):  # values that compare ambiguously (arrays)
+        return False
+
+
+def _unwrapped(module: Any) -> Any:
+    """The model inside ``torch.compile`` (``._orig_mod``) and (Distributed)DataParallel
+    (``.module``) wrappers."""
+    while isinstance(module, torch.nn.Module):
+        inner = module._modules.get("_orig_mod")
+        if inner is None and type(module).__name__.endswith("DataParallel"):
+            inner = module._modules.get("module")
+        if inner is None:
+            break
+        module = inner
+    return module
+
+
+def _saveable(value: Any) -> Any:
+    """A config value JSON has no type for, as diffusers writes it: a path as POSIX text, a
+    numpy array as a list, an object with ``to_dict()`` as that dict."""
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    if type(value).__module__ == "numpy" and callable(getattr(value, "tolist", None)):
+        return value.tolist()
+    if callable(getattr(value, "to_dict", None)):
+        return value.to_dict()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

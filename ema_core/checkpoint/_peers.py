@@ -92,6 +92,7 @@ def load_peer(
         (7, tensor([[1., 1.]]))
     """
     _check_arguments(ema, state_dict, peer, args)
+    ema._refuse_in_swap("load_peer")  # named as called (it loads through load_state_dict)
     read = READERS[peer](state_dict)
     merged = _merged_args(peer, read, args)
     expected = preset_of(peer, merged)

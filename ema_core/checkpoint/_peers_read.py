@@ -113,7 +113,8 @@ def by_name(
         if len(shadows) != len(names):
             raise ValueError(
                 f"the {peer} state has {len(shadows)} shadow_params; this EMA tracks {len(names)} "
-                "tensors: build it on the parameters the peer was given, in the same order"
+                "tensors: build it on the parameters the peer was given, in the same order "
+                "(frozen ones included: the peer keeps a shadow of each)"
             )
         return dict(zip(names, shadows, strict=True))
     keys = {n: [n] for n in names}

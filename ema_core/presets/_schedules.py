@@ -43,6 +43,12 @@ def after_step(
     whatever ``update_after_step`` is (ema-pytorch copies on its first call).
     """
     first = check_int("update_after_step", update_after_step, low=None) + 1
+    if not -(2**63) <= first - 1 <= 2**63 - 2:  # the gate's offset and copy count are int64
+        shown = first - 1 if abs(first) < 2**64 else f"an int of {first.bit_length()} bits"
+        raise ValueError(
+            f"update_after_step must be an int in [-2**63, 2**63 - 2] (steps are int64), "
+            f"got {shown}"
+        )
     copies = max(first, 1) if copy_first else max(first, 0)
     schedule = gated(
         inner, every=every, phase=phase, copy_through=copies, offset=-first, floor=floor

@@ -46,7 +46,7 @@ def copy_averages(
     """Write ``averages()`` into the tensors of ``source`` (a module, mapping or pairs) under the
     same names, cast to their dtype; every target is checked against its shadow first
     (``_swap.check_target``), so nothing is written when one is refused."""
-    found = _names.named_tensors(source, "average", "module_or_named_tensors")
+    found = _names.named_tensors(source, "average", "copy_to(module_or_named_tensors)")
     targets = {name: tensor for name, tensor, _, _ in found}
     for name, shadow in zip(names, shadows, strict=True):
         _swap.check_target(name, targets.get(name), shadow)

@@ -185,8 +185,9 @@ def _matcher(rule: Any, name: str, default: bool) -> Callable[[str], bool]:
 
 def _pair(item: Any, where: str) -> tuple[Any, Any]:
     if not (isinstance(item, tuple) and len(item) == 2):
+        call = "copy_to(model)" if where.startswith("copy_to") else "EMA(model)"
         hint = (
-            ": pass the module itself (EMA(model)) or model.named_parameters()"
+            f": pass the module itself ({call}) or model.named_parameters()"
             if isinstance(item, torch.Tensor)
             else ""
         )

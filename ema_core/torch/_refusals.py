@@ -15,7 +15,7 @@ from ema_core._types import Step
 #: What ``update`` says to a module or to tensors given as its step.
 PEER_UPDATE = (
     "the EMA already tracks its module: timm's update(model, step=t) is ema.update(t); "
-    "torch_ema's update() is ema.update()"
+    "torch_ema's update() and diffusers' step(parameters) are ema.update()"
 )
 _SHORT = 60
 
