@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -72,7 +73,9 @@ class Config:
     def __new__(cls, *args: Any, **kwargs: Any) -> Config:
         """A peer's keyword (``decay=``, ...) is a TypeError naming the field to use."""
         if kwargs and not PEER_WORDS.keys().isdisjoint(kwargs):
-            name = next(k for k in kwargs if k in PEER_WORDS)
+            name = _peer_word(cls, kwargs)
+            if name is None:  # a subclass's own field of that name
+                return object.__new__(cls)
             raise TypeError(
                 f"Config has no argument {name} (got {name}={kwargs[name]!r:.80}): "
                 f"{PEER_WORDS[name].format(v=repr(kwargs[name])[:80], name=name)}"
@@ -124,6 +127,21 @@ class Config:
     def decay_and_rate(self, t: Step, /) -> tuple[Value, Value]:
         """``(decay, 1 - decay)`` of the t-th update."""
         return self.effective_schedule.decay_and_rate(t)
+
+
+def _peer_word(cls: type, kwargs: dict[str, Any]) -> str | None:
+    """The first keyword of ``kwargs`` that is a peer's word and not a field of ``cls``."""
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return next((k for k in kwargs if k in PEER_WORDS and k not in fields), None)
+
+
+# ``inspect.signature(Config)`` (help(), IDEs, argument parsers) reads ``__new__`` before
+# ``__init__``: give it the fields, not ``(*args, **kwargs)``.
+_INIT = inspect.signature(Config.__init__)
+_FIRST, *_FIELDS = _INIT.parameters.values()
+vars(Config)["__new__"].__func__.__signature__ = _INIT.replace(
+    parameters=[_FIRST.replace(name="cls"), *_FIELDS], return_annotation="Config"
+)
 
 
 def power_weight(schedule: Schedule, t: Any) -> Any:

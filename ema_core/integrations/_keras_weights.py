@@ -165,9 +165,11 @@ def check_owner(owner: Any, model: Any) -> None:
         ValueError: ``model`` is not ``owner``: one EMA of two models mixes their weights.
     """
     if model is not owner:
+        name, followed = model.name, getattr(owner, "name", owner)
+        same = " (another object of the same name: a copy or a reloaded model)"
         raise ValueError(
-            f"fit() got another model ({model.name!r}) than the one this EMACallback follows "
-            f"({getattr(owner, 'name', owner)!r}); one EMA of two models would mix their "
+            f"fit() got another model ({name!r}{same if name == followed else ''}) than the "
+            f"one this EMACallback follows ({followed!r}); one EMA of two models would mix their "
             "weights: use a new EMACallback per model, or load(path, model) to continue a saved "
             "EMA on this one"
         )

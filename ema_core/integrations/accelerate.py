@@ -166,11 +166,13 @@ def _check_all(input_dir: str, emas: list[tuple[str, EMA]]) -> None:
 
 def _no_strict(name: str) -> str:
     """How to pass ``strict=False``, which the messages of ``check`` offer: ``load_state``
-    takes no such argument."""
+    hands its keywords to the models' load, not to the pre-hooks; the EMA is registered again
+    after the load, or later ``save_state`` calls would leave it out."""
     return (
-        ". load_state takes no strict=: remove() this registration's hooks, and after "
-        f"load_state call ema_core.checkpoint.load(ema_path(folder, name={name!r}), ema, "
-        "strict=False)"
+        ". load_state takes no strict= for an EMA (its keywords reach the models' load only): "
+        "remove() this registration's hooks, call load_state, register(accelerator, ema, "
+        f"name={name!r}) again (or later save_state calls leave the EMA out), then "
+        f"ema_core.checkpoint.load(ema_path(folder, name={name!r}), ema, strict=False)"
     )
 
 
