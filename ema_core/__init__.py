@@ -11,9 +11,10 @@ How the pieces fit, bottom to top (each layer imports only the ones below it; RE
   ``EMA_CORE_*`` environment variables, read once); ``_ops`` (scalar arithmetic shared by Python
   numbers and 0-d arrays); ``_paths``, ``_tree``, ``_mappings``, ``_pytree`` (nests flattened and
   rebuilt, their paths, mapping nodes, JAX-registered nodes) and ``_tree_pair`` (two nests leaf
-  for leaf); ``_checks`` (the arguments); ``_leaf_checks`` and ``_leaf_checks_x64`` (the leaves;
-  JAX's x64 mode against 64-bit leaves); ``_writes`` and ``_memory_overlap`` (which shadows take
-  an in-place write, shared memory refused); ``_core`` (the pure leaf math); ``schedules``,
+  for leaf); ``_checks`` (the arguments); ``_leaf_checks``, ``_leaf_dtypes`` and
+  ``_leaf_checks_x64`` (the leaves; the dtype rules of a pair; JAX's x64 mode against 64-bit
+  leaves); ``_writes`` and ``_memory_overlap`` (which shadows take an in-place write, shared
+  memory refused); ``_core`` (the pure leaf math); ``schedules``,
   ``_config`` and ``_config_words`` (decay schedules; ``Config``; the peers' keywords refused
   with what to write instead); ``_arguments`` (decay / schedule / config read once for every
   entry point); ``_read_checks`` (a zero-started state read without bias correction, refused);

@@ -18,12 +18,10 @@ from typing import Any
 
 import array_api_compat as compat
 
-from ema_core._leaf_checks_x64 import check_x64_dtype
+from ema_core._leaf_dtypes import pair_kind
 from ema_core._paths import Path, path_str
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy
 
-_NUMERIC = ("bool", "integral", "real floating", "complex floating")
-_X64_FIX = "enable x64 as when it was made, or cast it to {narrow} yourself"
 _NOT_AN_ARRAY = (
     "convert it (np.asarray, jnp.asarray, torch.as_tensor) or leave it out of the tree you "
     "average (for flax nnx: nnx.state(model, nnx.Param))"
@@ -37,11 +35,18 @@ _TO_DEVICE = (
 def _namespace_of(leaf: Any, where: str) -> Namespace:
     if not compat.is_array_api_obj(leaf):
         raise TypeError(f"{where} must be an array, got {type(leaf).__name__}: {_NOT_AN_ARRAY}")
+    if _masked(type(leaf)):
+        raise TypeError(
+            f"{where} is a numpy masked array (np.ma), whose mask the blend would not keep "
+            "consistently: pass np.ma.getdata(a) (every value) or a.filled(x)"
+        )
     return compat.array_namespace(leaf)
 
 
-def leaf_kind(xp: Namespace, dtype: Any) -> LeafKind:
-    return "float" if xp.isdtype(dtype, ("real floating", "complex floating")) else "exact"
+def _masked(kind: type) -> bool:
+    """An ``np.ma`` array type (``numpy.ma`` is imported lazily: not loaded, none exist)."""
+    ma = sys.modules.get("numpy.ma")
+    return ma is not None and issubclass(kind, ma.MaskedArray)
 
 
 def check_leaves(
@@ -79,7 +84,7 @@ def check_leaves(
             _check_layouts(s, p, paths[i], names)
         kind = by_dtypes.get((s.dtype, p.dtype))
         if kind is None:
-            kind = _pair_kind(xp, s.dtype, p.dtype, paths[i], names, non_float)
+            kind = pair_kind(xp, s.dtype, p.dtype, paths[i], names, non_float)
             by_dtypes[(s.dtype, p.dtype)] = kind
         kinds.append(kind)
     return xp, kinds
@@ -107,7 +112,7 @@ def _torch_kinds(
     by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
     for pair in set(zip(map(_DTYPE, shadows), map(_DTYPE, params), strict=True)):
         try:
-            by_dtypes[pair] = _pair_kind(xp, *pair, (), ("shadow", "params"), non_float)
+            by_dtypes[pair] = pair_kind(xp, *pair, (), ("shadow", "params"), non_float)
         except TypeError:
             return None
     return list(
@@ -125,7 +130,9 @@ def _common_namespace(
             strict=True,
         )
     )
-    if all(map(compat.is_array_api_obj, one_of_each.values())):
+    if all(map(compat.is_array_api_obj, one_of_each.values())) and not any(
+        map(_masked, one_of_each)
+    ):
         spaces = set(map(compat.array_namespace, one_of_each.values()))
         if len(spaces) == 1:
             return spaces.pop()
@@ -187,58 +194,6 @@ def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> No
         raise ValueError(
             f"{path_str(names[0], path)} is on device {ds} but {path_str(names[1], path)} is on "
             f"{dp}; move them to one device"
-        )
-
-
-def _pair_kind(
-    xp: Namespace,
-    s_dtype: Any,
-    p_dtype: Any,
-    path: Path,
-    names: tuple[str, str],
-    non_float: NonFloatPolicy,
-) -> LeafKind:
-    where_s, where_p = path_str(names[0], path), path_str(names[1], path)
-    _check_numeric(xp, s_dtype, where_s)
-    _check_numeric(xp, p_dtype, where_p)
-    if compat.is_jax_namespace(xp):
-        check_x64_dtype(s_dtype, where_s, _X64_FIX)
-    kind = leaf_kind(xp, p_dtype)
-    if kind == "float":
-        if leaf_kind(xp, s_dtype) != "float" or (
-            xp.isdtype(s_dtype, "complex floating") != xp.isdtype(p_dtype, "complex floating")
-        ):
-            raise TypeError(
-                f"{where_s} has dtype {s_dtype} but {where_p} is {p_dtype}; the shadow "
-                "of a floating leaf must be floating (real or complex like it)"
-            )
-        return kind
-    if non_float == "error":
-        raise TypeError(f"{where_p} has non-floating dtype {p_dtype} and non_float='error'")
-    if s_dtype != p_dtype:
-        raise TypeError(
-            f"{where_s} has dtype {s_dtype} but {where_p} is {p_dtype}; integer and "
-            "bool leaves are copied, so their dtypes must be equal"
-        )
-    return kind
-
-
-def _check_numeric(xp: Namespace, dtype: Any, where: str) -> None:
-    """Only numeric dtypes in native byte order: object, string, datetime or big-endian (on a
-    little-endian host) leaves cannot be averaged nor copied by the kernels."""
-    try:
-        numeric = xp.isdtype(dtype, _NUMERIC)
-    except TypeError:  # a dtype the namespace does not know (ml_dtypes' bfloat16 in numpy)
-        numeric = False
-    if not numeric:
-        raise TypeError(
-            f"{where} has dtype {dtype}; only bool, integer, real and complex floating dtypes "
-            "are allowed"
-        )
-    if not getattr(dtype, "isnative", True):
-        raise TypeError(
-            f"{where} has dtype {dtype} in non-native byte order; convert it with "
-            ".astype(a.dtype.newbyteorder('='))"
         )
 
 

@@ -19,6 +19,7 @@ also falls back here).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Literal, TypeAlias
 
@@ -32,8 +33,16 @@ Route: TypeAlias = Literal["blend", "copy", "keep"]
 
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
-    """No context needed (backends without autograd state reuse this one)."""
-    yield
+    """numpy's floating-point errors ignored where numpy is loaded (array-api-strict computes
+    with it), so inf and NaN give IEEE's values, never a ``RuntimeWarning`` (an error under
+    ``-W error``) after some leaves are written; nothing else is needed (backends without
+    autograd state reuse this one)."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        yield
+        return
+    with np.errstate(all="ignore"):
+        yield
 
 
 def route(kind: LeafKind, *, non_float: NonFloatPolicy) -> Route:

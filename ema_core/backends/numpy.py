@@ -5,14 +5,15 @@ One route per leaf (``route``), then one engine plan for every leaf it takes:
 ================================================ ==================================================
 leaf                                             route
 ================================================ ==================================================
-float pair of plain ndarrays (float16/32/64,     ``"engine"``: numba's one-pass loop, or numpy
-complex; the shadow's kind at least the params') blocks without numba; in place, or into a copy
+float pair of plain ndarrays or memmaps          ``"engine"``: numba's one-pass loop, or numpy
+(float16/32/64, complex; the shadow's kind at    blocks without numba; in place, or into a copy
+least the params')
 integer or bool (``kind="exact"``)               ``"copy"`` under ``non_float="copy"`` (every
                                                  call, decay 1 included), else ``"keep"``
 float, decay 1                                   ``"keep"``: the shadow itself, untouched
 float, decay 0                                   ``"engine"``: the params copied exactly
-anything else (subclasses, a real shadow over    ``"generic"``: ``ema_core._core.blend``
-complex params, a read-only shadow to write)
+anything else (other ndarray subclasses, a       ``"generic"``: ``ema_core._core.blend``
+read-only shadow to write)
 ================================================ ==================================================
 
 Every route gives the generic backend's bits, under ``np.errstate(all="ignore")``: NaN and
@@ -35,7 +36,6 @@ from ema_core._settings import settings
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends import host
 from ema_core.backends._numpy_memory import leaf_signature, raw_view
-from ema_core.backends.generic import guard
 from ema_core.backends.host import _threads
 
 __all__ = ["PLAN_MEMO", "guard", "leaf_signature", "route", "update_leaves", "workers"]
@@ -45,6 +45,19 @@ PLAN_MEMO = True
 
 Route = Literal["engine", "copy", "keep", "generic"]
 
+#: Array types the engine blends: ``np.memmap`` (a model too big for memory) is an ndarray
+#: whose arithmetic is numpy's own, so it takes the engine (the generic route would allocate
+#: model-sized temporaries); other subclasses keep their own arithmetic (``np.ma`` arrays are
+#: refused by the leaf checks).
+_PLAIN = (np.ndarray, np.memmap)
+
+
+def guard() -> np.errstate:
+    """The context ``init``, ``update`` and ``average`` run in: numpy's floating-point errors
+    ignored, so a cast that overflows (``Config(dtype="float32")`` over float64 params) or an
+    inf in a bias-corrected read gives IEEE's value, never a ``RuntimeWarning``."""
+    return np.errstate(all="ignore")
+
 
 def route(s: Array, p: Array, kind: LeafKind, decay: float, non_float: NonFloatPolicy) -> Route:
     """Which code updates this leaf (the table in the module docstring)."""
@@ -52,7 +65,7 @@ def route(s: Array, p: Array, kind: LeafKind, decay: float, non_float: NonFloatP
         return "copy" if non_float == "copy" else "keep"
     if decay == 1.0:
         return "keep"
-    plain = type(s) is np.ndarray and type(p) is np.ndarray
+    plain = type(s) in _PLAIN and type(p) in _PLAIN
     if plain and s.dtype.kind in "fc" and p.dtype.kind in ("fc" if s.dtype.kind == "c" else "f"):
         return "engine"
     return "generic"
@@ -130,8 +143,8 @@ def _update(
                 out.append(_copy(s, p, write))
             case "engine" if not write or s.flags.writeable:
                 target = s if write else np.array(s, copy=True)
-                engine_s.append(target)
-                engine_p.append(p)
+                engine_s.append(target if type(target) is np.ndarray else target.view(np.ndarray))
+                engine_p.append(p if type(p) is np.ndarray else p.view(np.ndarray))
                 out.append(target)
             case _:
                 out.append(_generic(xp, s, p, d, r, write))
