@@ -100,9 +100,11 @@ def correct(xp: Namespace, shadow: Array, weight: Any) -> Array:
     if isinstance(weight, float):
         if weight in (0.0, 1.0):
             return shadow if shadow.dtype == ct else xp.astype(shadow, ct)
-        return xp.astype(shadow, ct) / weight
-    w = xp.astype(weight, _real_of(xp, ct))
-    return xp.astype(shadow, ct) / xp.where(w == 0.0, xp.ones_like(w), w)
+        out = xp.astype(shadow, ct) / weight
+    else:
+        w = xp.astype(weight, _real_of(xp, ct))
+        out = xp.astype(shadow, ct) / xp.where(w == 0.0, xp.ones_like(w), w)
+    return xp.asarray(out) if shadow.ndim == 0 else out  # numpy's 0-d quotient is a scalar
 
 
 def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Array:

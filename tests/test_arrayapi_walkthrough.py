@@ -126,3 +126,17 @@ def test_masked_arrays_are_refused_by_path_before_any_write(where: str) -> None:
 def test_complex_and_real_pairs_say_which_shadow_is_needed() -> None:
     with pytest.raises(TypeError, match="a complex leaf a complex one"):
         ema.ema_update(np.zeros(2), np.ones(2, np.complex128), 1, decay=0.5)
+
+
+@pytest.mark.parametrize("weight", ["float", "array"])
+def test_a_zero_started_0d_shadow_reads_as_a_0d_array(weight):
+    # numpy divides 0-d arrays into a numpy scalar; the read keeps the shadow's kind of object
+    cfg = ema.Config(0.5, init="zeros")
+    state = ema.update(
+        ema.init({"w": np.zeros((), np.float32)}, cfg), {"w": np.asarray(4.0, np.float32)}, cfg
+    )
+    if weight == "array":
+        state = state._replace(weight=np.asarray(state.weight, np.float64))
+    got = ema.average(state, cfg)["w"]
+    assert type(got) is np.ndarray and got.shape == () and got.dtype == np.float32
+    assert float(got) == 4.0
