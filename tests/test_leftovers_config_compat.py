@@ -107,6 +107,22 @@ def _fill(params: dict[str, Any], rng: np.random.Generator) -> None:
         value[...] = rng.standard_normal(value.shape).astype(value.dtype)
 
 
+def _run(
+    make: Any, step: Any, params: dict[str, Any], seed: int, steps: int, resume_at: int | None
+) -> Any:
+    """``steps`` steps of new random params, the EMA saved at ``resume_at`` (a deep copy of its
+    state) and loaded into a fresh one that carries on."""
+    ema_, rng = make(), np.random.default_rng(seed)
+    for t in range(steps):
+        if t == resume_at:
+            state = copy.deepcopy(ema_.state_dict())
+            ema_ = make()
+            ema_.load_state_dict(state)
+        _fill(params, rng)
+        step(ema_, t)
+    return ema_
+
+
 def _paddle_run(steps: int, resume_at: int | None = None) -> tuple[Any, Any]:
     counter = [5]  # the caller's global step, read live
     params = {"w": np.zeros(3, np.float32), "b": np.zeros(2, np.float16)}
@@ -114,15 +130,11 @@ def _paddle_run(steps: int, resume_at: int | None = None) -> tuple[Any, Any]:
     def make() -> PaddleEMA:
         return PaddleEMA(list(params.items()), decay=0.99, thres_steps=lambda: counter[0])
 
-    ema_, rng = make(), np.random.default_rng(0)
-    for t in range(steps):
-        if t == resume_at:
-            state = copy.deepcopy(ema_.state_dict())
-            ema_ = make()
-            ema_.load_state_dict(state)
-        _fill(params, rng)
+    def step(ema_: Any, t: int) -> None:
         ema_.update()
         counter[0] += 1
+
+    ema_ = _run(make, step, params, 0, steps, resume_at)
     return ema_.average(), ema_.state_dict()
 
 
@@ -216,15 +228,11 @@ def _tf_run(zero_debias: bool, steps: int, resume_at: int | None = None) -> tupl
     def make() -> TFEMA:
         return TFEMA(0.99, num_updates=lambda: counter[0], zero_debias=zero_debias)
 
-    ema_, rng = make(), np.random.default_rng(2)
-    for t in range(steps):
-        if t == resume_at:
-            state = copy.deepcopy(ema_.state_dict())
-            ema_ = make()
-            ema_.load_state_dict(state)
-        _fill(params, rng)
+    def step(ema_: Any, t: int) -> None:
         ema_.apply([("w", params["w"])] + ([("b", params["b"])] if t >= 2 else []))  # b joins late
         counter[0] += 1
+
+    ema_ = _run(make, step, params, 2, steps, resume_at)
     return {k: ema_.average(k) for k in params}, ema_.state_dict()
 
 
