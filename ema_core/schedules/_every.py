@@ -10,7 +10,7 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core._checks import check_positive
-from ema_core._ops import ArrayOps, Ops, ScalarOps, is_host_array, is_readable
+from ema_core._ops import ArrayOps, Ops, ScalarOps, is_readable
 from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at
 from ema_core.schedules._decays import as_schedule
 
@@ -26,7 +26,7 @@ class Every(Schedule):
         return math.lcm(self.n, self.inner.first_update)
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
-        if not isinstance(ops, ScalarOps) and is_host_array(ops.raw) and ops.raw.ndim == 0:
+        if not isinstance(ops, ScalarOps) and is_readable(ops.raw) and ops.raw.ndim == 0:
             decay, rate = self.pair(ScalarOps(int(ops.raw)))  # a count the host holds
             return ops.const(decay), ops.const(rate)
         gate = (ops.raw % self.n == 0) & (ops.raw > 0)
