@@ -19,7 +19,15 @@ from ema_core import _safetensors
 from ema_core._ops import is_host_array
 from ema_core.checkpoint._format import dtype_name
 
-__all__ = ["MAX_STEP", "check_scalar", "framework_of", "host_bytes", "like_array", "saveable"]
+__all__ = [
+    "MAX_STEP",
+    "check_scalar",
+    "framework_of",
+    "host_bytes",
+    "like_array",
+    "saveable",
+    "torch_bytes",
+]
 
 INTEGER = ("U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64")
 FLOAT = ("F16", "BF16", "F32", "F64")
@@ -110,9 +118,7 @@ def check_scalar(where: str, code: str, data: np.ndarray) -> float | int:
 def host_bytes(leaf: Any, framework: str) -> np.ndarray:
     """A C-contiguous numpy array (a copy or a view) holding the leaf's little-endian bytes."""
     if framework == "torch":
-        torch = sys.modules["torch"]
-        tensor = leaf.detach().resolve_conj().resolve_neg().to("cpu").contiguous()
-        return tensor.reshape(-1).view(torch.uint8).numpy()  # type: ignore[no-any-return]
+        return torch_bytes(leaf.to("cpu")).numpy()  # type: ignore[no-any-return]
     if framework == "jax":
         host = np.asarray(sys.modules["jax"].device_get(leaf))
     elif framework == "cupy":
@@ -124,6 +130,16 @@ def host_bytes(leaf: Any, framework: str) -> np.ndarray:
     if host.dtype.byteorder == ">":
         host = host.astype(host.dtype.newbyteorder("<"))
     return np.ascontiguousarray(host)
+
+
+def torch_bytes(tensor: Any) -> Any:
+    """A torch tensor's values as a flat uint8 tensor on its device (a view where one exists;
+    conjugate and negative views resolved)."""
+    torch = sys.modules["torch"]
+    flat = tensor.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    if flat.numel() == 1 and flat.stride(0) != 1:  # contiguous by torch's rule, not viewable
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8)
 
 
 def like_array(data: np.ndarray, like: Any) -> Any:

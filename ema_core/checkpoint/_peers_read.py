@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ema_core.checkpoint._arrays import torch_bytes
 from ema_core.presets._args import check_count
 from ema_core.torch._names import strip
 
@@ -155,8 +156,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return True
     if a.dtype != b.dtype or a.shape != b.shape or a.is_meta or b.is_meta:
         return False
-    x, y = a.detach().reshape(-1), b.detach().to(a.device).reshape(-1)
-    return torch.equal(x.view(torch.uint8), y.view(torch.uint8))
+    return torch.equal(torch_bytes(a), torch_bytes(b.to(a.device)))
 
 
 READERS: dict[str, Callable[[Mapping[str, Any]], PeerState]] = {
