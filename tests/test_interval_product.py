@@ -95,17 +95,15 @@ def test_device_step_interval_product_is_one_vectorised_evaluation(name, n, monk
     assert float(to_numpy(rate)) == pytest.approx(-np.expm1(n * np.log(0.999)), rel=rel)
 
 
-@pytest.mark.parametrize("name", [Name.NUMPY, Name.TORCH, Name.JAX], ids=["numpy", "torch", "jax"])
+@pytest.mark.parametrize("name", [Name.NUMPY, Name.TORCH], ids=["numpy", "torch"])
 def test_host_array_step_interval_product_is_the_host_loop_bit_for_bit(name):
-    # a CPU torch tensor and a concrete CPU JAX count are host values too (read, no sync)
+    # a CPU torch tensor is a host value too (read, no sync); a concrete JAX count is not
+    # (below: an eager JAX update gives the compiled one's bits)
     backend = _load(name)
     sched = schedules.every(schedules.warmup(0.999, power=0.75), 30)
     for t in (0, 30, 31, 600):
         decay, rate = sched.decay_and_rate(backend.asarray(np.asarray(t, np.int32)))
-        want = (sched(t), sched.rate(t))
-        if name is Name.JAX:  # the host's float64 values, rounded once into JAX's float32
-            want = tuple(float(np.float32(v)) for v in want)
-        assert (float(to_numpy(decay)), float(to_numpy(rate))) == want, t
+        assert (float(to_numpy(decay)), float(to_numpy(rate))) == (sched(t), sched.rate(t)), t
 
 
 @pytest.mark.parametrize(

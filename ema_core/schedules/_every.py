@@ -26,7 +26,7 @@ class Every(Schedule):
         return math.lcm(self.n, self.inner.first_update)
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
-        if not isinstance(ops, ScalarOps) and is_readable(ops.raw) and ops.raw.ndim == 0:
+        if not isinstance(ops, ScalarOps) and self._host_count(ops.raw):
             decay, rate = self.pair(ScalarOps(int(ops.raw)))  # a count the host holds
             return ops.const(decay), ops.const(rate)
         gate = (ops.raw % self.n == 0) & (ops.raw > 0)
@@ -42,6 +42,12 @@ class Every(Schedule):
     @property
     def elementwise(self) -> bool:
         return self.inner.elementwise
+
+    @staticmethod
+    def _host_count(raw: Any) -> bool:
+        """A 0-d count the host reads, multiplied in the host loop as an int step is. Not a JAX
+        array: an eager JAX update must give the compiled one's bits (the vectorised product)."""
+        return raw.ndim == 0 and is_readable(raw) and not compat.is_jax_array(raw)
 
     def _gated_pair(self, ops: Ops) -> tuple[Any, Any]:
         """The inner pair at t, or with ``compensate`` the product of the n decays t-n+1..t and
