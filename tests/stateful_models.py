@@ -222,7 +222,8 @@ class Reference:
             if track.kind == "avg":
                 sd, wide = dtypes[name], live[name].dtype.itemsize
                 narrower = eps(sd) if sd.itemsize < wide else 0.0
-                track.blend(d, as64(live[name]), eps(sd), narrower)
+                with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: a nan reference
+                    track.blend(d, as64(live[name]), eps(sd), narrower)
             elif track.kind == "copy" or self.config.non_float == "copy":
                 track.ref, track.err = as64(live[name]), 0.0
         if self.config.init == "zeros":
