@@ -133,7 +133,7 @@ class EMACallback(pl.Callback):
                     self.state_key,
                     "the EMA starts from its live weights (warm start)"
                     if fitting
-                    else f"{self._stage} runs on the live weights",
+                    else f"{getattr(self._stage, 'value', self._stage)} runs on the live weights",
                 )
         if state is not None and self.ema is not None:
             self.ema.load_state_dict(state)
