@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,14 +15,9 @@ accelerate = pytest.importorskip("accelerate")
 
 from ema_core.integrations.accelerate import ema_path, register  # noqa: E402
 from ema_core.torch import EMA  # noqa: E402
+from tests.accelerate_helpers import setup as _setup  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate")  # conftest: a clean accelerate
-
-
-def _setup() -> tuple[Any, Any]:
-    torch.manual_seed(0)
-    accelerator = accelerate.Accelerator(cpu=True)
-    return accelerator, accelerator.prepare(torch.nn.Linear(3, 2))
 
 
 def test_a_stale_remove_does_not_free_a_name_taken_since() -> None:

@@ -13,24 +13,11 @@ torch = pytest.importorskip("torch")
 from ema_core import Config  # noqa: E402
 from ema_core.backends.torch import _foreach  # noqa: E402
 from ema_core.torch import EMA, EMABank  # noqa: E402
+from tests.torch_models import nudge, two_groups  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("host_kernels")
 
 CONFIGS = [Config(schedule=0.75, buffers="average"), Config(schedule=0.5, buffers="average")]
-
-
-def _model() -> torch.nn.Module:
-    """float32 and float64 tensors (two lerp groups per EMA) and a BatchNorm's counter."""
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
-    model[1].double()
-    return model
-
-
-def _nudge(model: torch.nn.Module, k: float) -> None:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.125 * k)
 
 
 def _same(got: EMA, want: EMA) -> None:
@@ -46,10 +33,10 @@ def test_a_bank_update_first_completes_an_update_of_one_ema_cut_short(
     ``bank.update()`` completes it first (its tensors done are not blended twice) and then
     updates at the next step, as a twin bank whose first update was not cut (the params
     unchanged in between: a pending update reads the params when it completes)."""
-    model, twin = _model(), _model()
+    model, twin = two_groups(), two_groups()
     bank, reference = EMABank(model, CONFIGS), EMABank(twin, CONFIGS)
     for m in (model, twin):
-        _nudge(m, 1)
+        nudge(m, 1)
     reference[0].update()
     original, calls = _foreach.lerp_, []
 
@@ -73,7 +60,7 @@ def test_a_bank_update_first_completes_an_update_of_one_ema_cut_short(
 def test_guard_finite_on_any_ema_of_the_bank_refuses_nan_params() -> None:
     """One EMA of the bank with ``guard_finite=True`` is enough: a NaN param is refused
     before anything is written, even when the first EMA does not guard."""
-    model = _model()
+    model = two_groups()
     bank = EMABank(model, [CONFIGS[0], Config(schedule=0.5, buffers="average", guard_finite=True)])
     before = [e.average for e in bank]
     with torch.no_grad():
@@ -90,7 +77,7 @@ def test_every_ema_of_the_bank_follows_a_param_replaced_in_the_module() -> None:
     """``module.weight = Parameter(...)`` rebinds every EMA of the bank, not only the first:
     each then averages the new tensor, as a separate ``EMA`` with its config does (the
     fused split made for the old tensors is made again)."""
-    model, twin = _model(), _model()
+    model, twin = two_groups(), two_groups()
     bank = EMABank(model, CONFIGS)
     separate = [EMA(twin, config=c) for c in CONFIGS]
     bank.update()
@@ -108,9 +95,9 @@ def test_every_ema_of_the_bank_follows_a_param_replaced_in_the_module() -> None:
 def test_a_bank_update_is_refused_while_any_of_its_emas_is_inside_swap() -> None:
     """``bank.update()`` inside ``bank[1].swap()`` (not only ``bank[0]``'s) raises before
     anything is written: the model then holds the averages, not the params."""
-    model = _model()
+    model = two_groups()
     bank = EMABank(model, CONFIGS)
-    _nudge(model, 1)
+    nudge(model, 1)
     with bank[1].swap(), pytest.raises(RuntimeError, match="inside swap"):
         bank.update()
     assert [e.step for e in bank] == [0, 0]
@@ -119,12 +106,12 @@ def test_a_bank_update_is_refused_while_any_of_its_emas_is_inside_swap() -> None
 def test_a_bank_loads_a_state_of_other_configs_with_strict_false() -> None:
     """``strict=False`` reaches each EMA's check: a bank state saved under other schedules
     loads (shadows and steps) into a bank whose configs differ; ``strict=True`` refuses it."""
-    model = _model()
+    model = two_groups()
     saved = EMABank(model, CONFIGS)
-    _nudge(model, 1)
+    nudge(model, 1)
     saved.update()
     other = [Config(schedule=0.9, buffers="average"), Config(schedule=0.8, buffers="average")]
-    bank = EMABank(_model(), other)
+    bank = EMABank(two_groups(), other)
     with pytest.raises(ValueError, match="config"):
         bank.load_state_dict(saved.state_dict())
     bank.load_state_dict(saved.state_dict(), strict=False)
@@ -135,12 +122,12 @@ def test_a_bank_loads_a_state_of_other_configs_with_strict_false() -> None:
 def test_float64_params_under_float32_shadows_update_as_separate_emas() -> None:
     """Params wider than their shadows (float64 under ``dtype=torch.float32``) are not fused
     (the host bank kernel takes no narrowing): each EMA averages them as it would alone."""
-    model, twin = _model().double(), _model().double()
+    model, twin = two_groups().double(), two_groups().double()
     bank = EMABank(model, CONFIGS, dtype=torch.float32)
     separate = [EMA(twin, config=c, dtype=torch.float32) for c in CONFIGS]
     for k in (1, 2):
         for m in (model, twin):
-            _nudge(m, k)
+            nudge(m, k)
         bank.update()
         for ema in separate:
             ema.update()

@@ -10,20 +10,7 @@ torch = pytest.importorskip("torch")
 from ema_core import Config  # noqa: E402
 from ema_core.backends.torch import _foreach  # noqa: E402
 from ema_core.torch import EMA  # noqa: E402
-
-
-def _model() -> torch.nn.Module:
-    """float32 and float64 tensors (two fused lerp groups) and an integer buffer."""
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
-    model[1].double()
-    return model
-
-
-def _nudge(model: torch.nn.Module, k: float) -> None:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.125 * k)
+from tests.torch_models import nudge, two_groups  # noqa: E402
 
 
 def _cut(monkeypatch: pytest.MonkeyPatch, which: set[int]) -> None:
@@ -42,7 +29,7 @@ def _cut(monkeypatch: pytest.MonkeyPatch, which: set[int]) -> None:
 
 def _pair() -> tuple[torch.nn.Module, EMA, torch.nn.Module, EMA]:
     config = Config(schedule=0.75, buffers="average")
-    model, twin = _model(), _model()
+    model, twin = two_groups(), two_groups()
     return model, EMA(model, config=config), twin, EMA(twin, config=config)
 
 
@@ -59,9 +46,9 @@ def test_an_update_cut_after_a_complete_one_redoes_the_groups_it_did_not_finish(
     group left (what update 1 finished does not count as done for update 2)."""
     model, ema, twin, reference = _pair()
     for m, e in ((model, ema), (twin, reference)):
-        _nudge(m, 1)
+        nudge(m, 1)
         e.update()
-        _nudge(m, 2)
+        nudge(m, 2)
     reference.update()
     _cut(monkeypatch, {1})
     with pytest.raises(RuntimeError, match="cut"):
@@ -75,8 +62,8 @@ def test_an_update_cut_twice_applies_each_group_once(monkeypatch: pytest.MonkeyP
     """Cut at its second lerp group, then its retry cut again: the third try still knows
     the first group is done (applied twice, the average would differ)."""
     model, ema, twin, reference = _pair()
-    _nudge(model, 1)
-    _nudge(twin, 1)
+    nudge(model, 1)
+    nudge(twin, 1)
     reference.update()
     _cut(monkeypatch, {2, 3})  # the first try's second group, the retry's first (the same)
     for _ in range(2):
@@ -124,7 +111,7 @@ def test_a_cut_update_with_a_frozen_tensor_first_is_completed_exactly(
 def test_a_step_below_a_cut_update_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """After ``update(5)`` was cut short, ``update(3)`` would go back: refused, nothing done."""
     model, ema, _, _ = _pair()
-    _nudge(model, 1)
+    nudge(model, 1)
     _cut(monkeypatch, {2})
     with pytest.raises(RuntimeError, match="cut"):
         ema.update(5)
@@ -137,13 +124,13 @@ def test_a_step_below_a_cut_update_is_refused(monkeypatch: pytest.MonkeyPatch) -
 def test_load_state_dict_drops_an_update_left_unfinished(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cut update is not completed over the shadows loaded after it."""
     model, ema, twin, reference = _pair()
-    _nudge(model, 1)
+    nudge(model, 1)
     _cut(monkeypatch, {2})
     with pytest.raises(RuntimeError, match="cut"):
         ema.update()
     monkeypatch.undo()
     ema.load_state_dict(reference.state_dict())
-    _nudge(twin, 1)
+    nudge(twin, 1)
     model.load_state_dict(twin.state_dict())
     ema.update()
     reference.update()

@@ -14,6 +14,14 @@ def net():
     )
 
 
+def two_groups():
+    """float32 and float64 tensors (two fused lerp groups) and a BatchNorm's integer counter."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    model[1].double()
+    return model
+
+
 def nudge(model, k):
     with torch.no_grad():
         for p in model.parameters():
