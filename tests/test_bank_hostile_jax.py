@@ -65,3 +65,29 @@ def test_jax_bank_names_a_donated_state_passed_again() -> None:
     bank(states, params)
     with pytest.raises(ValueError, match=r"states\[0\] was donated .* donate=False"):
         bank(states, params)
+
+
+def test_jax_bank_writes_each_ema_at_its_own_steps(tmp_path: Path) -> None:
+    """EMAs whose steps differ (one resumed a step ahead) each write at their own multiples of
+    snapshot_every, as the torch bank does; the first EMA's step used to decide for all."""
+    import ema_core
+
+    bank = make_bank_update(sigma_rels=(0.05, 0.10), snapshot_every=2, snapshot_dir=tmp_path)
+    params = {"w": jnp.arange(3.0)}
+    first, second = bank.init(params)
+    states = (first, ema_core.update(second, params, bank.configs[1]))
+    for _ in range(4):
+        states = bank(states, params)
+    assert [int(s.step) for s in states] == [4, 5]
+    written = sorted((s.step, round(s.sigma_rel, 6)) for s in list_snapshots(tmp_path))
+    assert written == [(2, 0.05), (2, 0.1), (4, 0.05), (4, 0.1)]
+
+
+def test_jax_bank_save_snapshots_refuses_steps_of_another_length(tmp_path: Path) -> None:
+    bank = make_bank_update(sigma_rels=(0.05, 0.10))
+    states = bank.init({"w": jnp.arange(3.0)})
+    with pytest.raises(ValueError, match=r"steps must hold one step per EMA \(2\), got 1"):
+        bank.save_snapshots(tmp_path, states, steps=[3])
+    with pytest.raises(TypeError, match="steps must be a sequence"):
+        bank.save_snapshots(tmp_path, states, steps=7)  # type: ignore[arg-type]
+    assert list_snapshots(tmp_path) == []

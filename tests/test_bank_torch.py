@@ -173,6 +173,21 @@ def test_snapshot_every_writes_one_snapshot_per_ema_at_its_steps(tmp_path):
     assert found[0].names == ("weight", "bias")
 
 
+def test_snapshot_every_decides_each_ema_by_its_own_step(tmp_path):
+    """EMAs a step apart (one updated alone) each write at their own multiples, as the JAX
+    bank does (tests/test_bank_hostile_jax.py)."""
+    posthoc = pytest.importorskip("ema_core.posthoc", reason="posthoc not built yet")
+
+    model = torch.nn.Linear(4, 3)
+    bank = EMABank(model, sigma_rels=[0.05, 0.10], snapshot_every=2, snapshot_dir=tmp_path)
+    bank[1].update()
+    for _ in range(4):
+        bank.update()
+    assert [ema.step for ema in bank] == [4, 5]
+    found = posthoc.list_snapshots(tmp_path)
+    assert [(i.step, i.sigma_rel) for i in found] == [(2, 0.05), (2, 0.10), (4, 0.05), (4, 0.10)]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("device", [None, "cpu"])

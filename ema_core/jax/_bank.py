@@ -48,9 +48,9 @@ def make_bank_update(
         sigma_rels: EDM2 relative widths, each in ``(0, 12**-0.5)``, all distinct.
         interval: the update interval of the ``sigma_rels`` EMAs (compensated, EDM2's t_delta).
         donate: donate the states' buffers to the new states (default True).
-        snapshot_every: after an update whose step is a multiple of this, write every EMA's
-            snapshot into ``snapshot_dir`` (``save_snapshots``). The EMAs must then be power
-            functions sharing one ``interval`` that divides ``snapshot_every`` (a snapshot
+        snapshot_every: after an update, write the snapshot of each EMA whose step is then a
+            multiple of this into ``snapshot_dir`` (``save_snapshots``). The EMAs must then be
+            power functions sharing one ``interval`` that divides ``snapshot_every`` (a snapshot
             directory holds one interval; see ``ema_core._banks``), and the bank must be called
             outside ``jax.jit``. The host counts the steps: a step is read only on the first
             call and after a state the bank did not make (a resume). What the write would
@@ -122,14 +122,15 @@ class BankUpdate:
                 check_x64(state, f"states[{k}]")
         every = self._every
         counted = [] if every is None else self._count(states, trusted)
-        due = every is not None and counted[0] % every == 0
-        if due:  # refused before the call donates anything
+        due = [k for k, t in enumerate(counted) if every is not None and t % every == 0]
+        if due:  # each EMA by its own step, as the torch bank; refused before any donation
+            sigma_rels = _banks.snapshot_sigma_rels(self.configs)
             _bank_snapshots.check_set(
                 self._directory,
-                [s.shadow for s in states],
-                steps=counted,
-                sigma_rels=_banks.snapshot_sigma_rels(self.configs),
-                intervals=[c.interval for c in self.configs],
+                [states[k].shadow for k in due],
+                steps=[counted[k] for k in due],
+                sigma_rels=[sigma_rels[k] for k in due],
+                intervals=[self.configs[k].interval for k in due],
             )
         prepared = self._prepare(states, params)
         out: tuple[EMAState, ...] = prepared[2].merge(
@@ -141,7 +142,7 @@ class BankUpdate:
         self._host_steps = counted  # kept only once the update went through
         if due:
             retry = "bank.save_snapshots(snapshot_dir, error.states), error.states the new states"
-            self._write(self._directory, out, None, counted, retry)
+            self._write(self._directory, out, None, counted, retry, due)
         return out
 
     def save_snapshots(
@@ -160,21 +161,34 @@ class BankUpdate:
         whose snapshots did not), ``save_snapshots(snapshot_dir, error.states)`` writes them.
 
         Raises:
-            ValueError: an EMA is not a power function (its sigma_rel is unknown).
+            ValueError: an EMA is not a power function (its sigma_rel is unknown), or
+                ``steps`` does not hold K steps. TypeError: ``steps`` is not a list or tuple.
         """
-        return self._write(directory, states, dtype, steps, None)
+        count = len(self.configs)
+        if steps is not None and len(_banks.sequence("steps", steps)) != count:
+            raise ValueError(f"steps must hold one step per EMA ({count}), got {len(steps)}")
+        return self._write(directory, states, dtype, steps, None, range(count))
 
     def _write(
-        self, directory: Any, states: Any, dtype: str | None, steps: Any, retry: str | None
+        self,
+        directory: Any,
+        states: Any,
+        dtype: str | None,
+        steps: Any,
+        retry: str | None,
+        which: Sequence[int],
     ) -> list[Any]:
+        """The snapshots of the EMAs ``which`` (indices) as one set."""
         states = self._states(states)
         sigma_rels = _banks.snapshot_sigma_rels(self.configs)
+        steps = [int(s.step) for s in states] if steps is None else list(steps)
+        averages = self.averages(states)
         return _bank_snapshots.write_set(
             directory,
-            list(self.averages(states)),
-            steps=[int(s.step) for s in states] if steps is None else list(steps),
-            sigma_rels=list(sigma_rels),
-            intervals=[c.interval for c in self.configs],
+            [averages[k] for k in which],
+            steps=[steps[k] for k in which],
+            sigma_rels=[sigma_rels[k] for k in which],
+            intervals=[self.configs[k].interval for k in which],
             dtype=dtype,
             retry=retry,
             states=states,
