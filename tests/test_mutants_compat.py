@@ -111,8 +111,25 @@ def test_load_compares_saved_settings_by_type_too() -> None:
     ema.apply([("w", np.ones(2, dtype=np.float32))])
     state = ema.state_dict()
     state["zero_debias"] = 0
-    with pytest.raises(ValueError, match=r"state_dict\['zero_debias'\] is 0"):
+    with pytest.raises(ValueError, match=r"\['zero_debias'\] is 0 \(type int, not bool\)"):
         ema.load_state_dict(state)
+
+
+def test_load_takes_a_decay_saved_as_a_float_subclass_and_names_other_types() -> None:
+    """A decay that came back as numpy's float64 (a float) is the same setting and loads; one
+    that came back as a float32 scalar is refused with both types named, not as '0.5 but 0.5'."""
+    w = np.ones(2, dtype=np.float32)
+    saved = paddle.ExponentialMovingAverage([("w", w)], decay=0.5)
+    saved.update()
+    state = saved.state_dict()
+    other = paddle.ExponentialMovingAverage([("w", w)], decay=0.5)
+    other.load_state_dict({**state, "decay": np.float64(0.5)})
+    assert other.state_dict()["step"] == 1
+    fresh = paddle.ExponentialMovingAverage([("w", w)], decay=0.5)
+    message = r"is np.float32\(0.5\) \(type float32, not float\) but .* is 0.5"
+    with pytest.raises(ValueError, match=message):
+        fresh.load_state_dict({**state, "decay": np.float32(0.5)})
+    assert fresh.state_dict()["step"] == 0
 
 
 def test_load_refuses_a_state_saved_under_another_fixed_counter() -> None:

@@ -158,7 +158,8 @@ def check_debias_decay(decay: float, counter: Any, counter_name: str) -> None:
 
 def check_state(state_dict: Any, keys: tuple[str, ...], settings: Mapping[str, Any]) -> None:
     """A drop-in class's state dict: a mapping with exactly ``keys``, saved under the same
-    ``settings`` (compared by type and value; the decay is a float)."""
+    ``settings`` (compared by kind and value: the decay is a float, and a float subclass such
+    as numpy's float64 holds one; a bool is a bool, not 0 or 1)."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
     if set(state_dict) != set(keys):
@@ -167,10 +168,13 @@ def check_state(state_dict: Any, keys: tuple[str, ...], settings: Mapping[str, A
         )
     for key, mine in settings.items():
         saved = state_dict[key]
-        if type(saved) is not type(mine) or saved != mine:
+        kind = float if type(mine) is float else type(mine)
+        same_kind = isinstance(saved, float) if kind is float else type(saved) is kind
+        if not same_kind or saved != mine:
+            types = "" if same_kind else f" (type {type(saved).__name__}, not {kind.__name__})"
             raise ValueError(
-                f"state_dict[{key!r}] is {saved!r:.80} but this instance's {key} is {mine!r}: "
-                "load a state into an instance made with the same settings"
+                f"state_dict[{key!r}] is {saved!r:.80}{types} but this instance's {key} is "
+                f"{mine!r}: load a state into an instance made with the same settings"
             )
 
 
