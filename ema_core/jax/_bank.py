@@ -182,10 +182,9 @@ class BankUpdate:
         states = self._states(states)
         sigma_rels = _banks.snapshot_sigma_rels(self.configs)
         steps = [int(s.step) for s in states] if steps is None else list(steps)
-        averages = self.averages(states)
         return _bank_snapshots.write_set(
             directory,
-            [averages[k] for k in which],
+            [_api.average(states[k], self.configs[k]) for k in which],
             steps=[steps[k] for k in which],
             sigma_rels=[sigma_rels[k] for k in which],
             intervals=[self.configs[k].interval for k in which],
