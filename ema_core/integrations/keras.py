@@ -183,8 +183,12 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._in_fit = False  # a fit that raised never called on_train_end
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # self.model first: on JAX reading it syncs the trainer's state into the variables,
+        # which after an evaluate that raised still holds the averages; restoring the live
+        # weights after that read leaves them in place for training
+        model = self.model
         self._swapper.restore()
-        self._attach(self.model)
+        self._attach(model)
         self._in_fit = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
