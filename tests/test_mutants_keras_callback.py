@@ -179,3 +179,16 @@ def test_filepath_empty_or_dot_is_said_to_name_none(bad: str) -> None:
     helpers, _ = _keras()
     with pytest.raises(ValueError, match=rf"got {bad!r} \(names none\)"):
         helpers.EMACallback(decay=0.9, filepath=bad)
+
+
+def test_filepath_whose_path_is_bytes_is_refused_by_name() -> None:
+    """An ``os.PathLike`` whose ``__fspath__`` gives bytes is refused naming ``filepath`` (it
+    was pathlib's own TypeError, naming neither the argument nor the value)."""
+    helpers, _ = _keras()
+
+    class BytesPath:
+        def __fspath__(self) -> bytes:
+            return b"ema.safetensors"
+
+    with pytest.raises(TypeError, match=r"filepath must be a path of str, got a BytesPath of"):
+        helpers.EMACallback(decay=0.9, filepath=BytesPath())

@@ -43,7 +43,8 @@ def check_path(path: Any, what: str) -> str | os.PathLike[str] | None:
     can name a file (not empty, ``.``, ``..`` or an existing folder).
 
     Raises:
-        TypeError: anything else. ValueError: a path that cannot be a file.
+        TypeError: anything else (a path of bytes too). ValueError: a path that cannot be a
+            file.
     """
     if path is None and what == "filepath":
         return None
@@ -51,7 +52,9 @@ def check_path(path: Any, what: str) -> str | os.PathLike[str] | None:
         allowed = "a str, an os.PathLike" + (" or None" if what == "filepath" else "")
         raise TypeError(f"{what} must be {allowed}, got {type(path).__name__}")
     name = os.fspath(path)
-    if not isinstance(name, str) or Path(name).name in ("", ".", "..") or Path(name).is_dir():
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a path of str, got a {type(path).__name__} of bytes")
+    if Path(name).name in ("", ".", "..") or Path(name).is_dir():
         why = "is a directory" if Path(name).is_dir() and name not in ("", ".") else "names none"
         raise ValueError(
             f"{what} must name a file, such as 'ema.safetensors', got {path!r} ({why}); "
