@@ -16,16 +16,9 @@ from ema_core import presets  # noqa: E402
 from ema_core.checkpoint._peers import load_peer  # noqa: E402
 from ema_core.torch import EMA  # noqa: E402
 from tests._load_peer_helpers import module_state, refused, small_model, torch_ema_state  # noqa: E402
+from tests.torch_models import TiedEmbedding  # noqa: E402
 
 SWA = {"decay": 0.9}
-
-
-class _Tied(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = torch.nn.Embedding(3, 2)
-        self.out = torch.nn.Linear(2, 3, bias=False)
-        self.out.weight = self.emb.weight
 
 
 def _swa() -> tuple[torch.nn.Module, EMA]:
@@ -139,7 +132,7 @@ def test_two_entries_of_one_name_after_prefixes_are_refused() -> None:
 def test_tied_names_holding_the_same_nans_load() -> None:
     """Tied names are compared bit for bit, so the same NaN under both names is the same
     tensor (an element-wise ``==`` would call them different)."""
-    ema = EMA(_Tied(), config=presets.timm(0.9))
+    ema = EMA(TiedEmbedding(), config=presets.timm(0.9))
     value = torch.tensor([[1.0, float("nan")], [2.0, 3.0], [4.0, 5.0]])
     state = {"emb.weight": value, "out.weight": value.clone()}
     load_peer(ema, state, peer="timm", args={"decay": 0.9}, step=2)
@@ -149,7 +142,7 @@ def test_tied_names_holding_the_same_nans_load() -> None:
 def test_tied_names_of_another_dtype_with_the_same_bytes_differ() -> None:
     """Same bytes are not enough: a tied name holding int32 bits of the float32 values is not
     the same tensor, refused."""
-    ema = EMA(_Tied(), config=presets.timm(0.9))
+    ema = EMA(TiedEmbedding(), config=presets.timm(0.9))
     value = torch.ones(3, 2)
     state = {"emb.weight": value, "out.weight": value.view(torch.int32).clone()}
     refused(ema, ValueError, "differ", state, peer="timm", args={"decay": 0.9}, step=2)

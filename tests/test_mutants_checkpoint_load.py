@@ -21,6 +21,7 @@ from ema_core import presets  # noqa: E402
 from ema_core.checkpoint._peers import load_peer  # noqa: E402
 from ema_core.torch import EMA  # noqa: E402
 from tests._load_peer_helpers import module_state, refused, small_model, torch_ema_state  # noqa: E402
+from tests.torch_models import TiedEmbedding  # noqa: E402
 
 #: The metadata that makes a file an ema-core checkpoint (no config).
 OURS = {"ema_core.format": "ema_core.checkpoint", "ema_core.format_version": "1"}
@@ -157,20 +158,10 @@ def test_a_tensor_whose_name_only_starts_with_shadow_is_refused(tmp_path: Path, 
         load(path, _like(), strict=False)
 
 
-class _Tied(torch.nn.Module):
-    """An embedding and an output layer sharing one weight (tracked once, as ``emb.weight``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = torch.nn.Embedding(3, 2)
-        self.out = torch.nn.Linear(2, 3, bias=False)
-        self.out.weight = self.emb.weight
-
-
 def test_tied_names_of_another_shape_with_the_same_values_differ() -> None:
     """A tied name must hold the same tensor: the same values in another shape ((2, 3) for a
     (3, 2) weight) are refused, not accepted for their equal bytes."""
-    ema_ = EMA(_Tied(), config=presets.timm(0.9))
+    ema_ = EMA(TiedEmbedding(), config=presets.timm(0.9))
     value = torch.arange(6.0).reshape(3, 2)
     state = {"emb.weight": value, "out.weight": value.reshape(2, 3).clone()}
     refused(ema_, ValueError, "differ", state, peer="timm", args={"decay": 0.9}, step=2)

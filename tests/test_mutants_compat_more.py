@@ -12,17 +12,7 @@ import numpy as np
 import pytest
 
 import ema_core
-
-#: Keras' own Variable.numpy() (behind model.get_weights()) under numpy 2, as in _keras_helpers
-KERAS_ARRAY_WARNING = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
-
-
-def _keras() -> tuple[ModuleType, ModuleType]:
-    """The shared Keras test pieces and keras (skips where Keras or its jax backend is missing)."""
-    helpers = pytest.importorskip("tests._keras_helpers")
-    return helpers, pytest.importorskip("keras")
+from tests.keras_pieces import KERAS_ARRAY_WARNING, helpers_and_keras
 
 
 def _model(keras: ModuleType, extra: Any) -> Any:
@@ -37,7 +27,7 @@ def test_keras_integer_buffers_follow_config_non_float() -> None:
     """An integer non-trainable weight (a counter of training calls) is left to the core's
     ``Config.non_float``, not copied as a floating buffer: under ``"freeze"`` its average stays
     at the value the EMA started from while the live counter moves on."""
-    helpers, keras = _keras()
+    helpers, keras = helpers_and_keras()
 
     class Counter(keras.layers.Layer):  # type: ignore[name-defined,misc]
         def build(self, shape: Any) -> None:
@@ -63,7 +53,7 @@ def test_keras_evaluate_of_a_model_whose_copied_buffer_differs_is_refused() -> N
     """Two models with the same averaged weights but a copied (floating non-trainable) weight
     of another dtype are not the same model: ``evaluate`` of the second with the first's
     callback is refused, and its weights are left alone."""
-    helpers, keras = _keras()
+    helpers, keras = helpers_and_keras()
 
     class Statistic(keras.layers.Layer):  # type: ignore[name-defined,misc]
         def __init__(self, statistic_dtype: str) -> None:

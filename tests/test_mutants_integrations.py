@@ -9,10 +9,7 @@ from types import ModuleType
 
 import pytest
 
-#: Keras' own Variable.numpy() (behind model.get_weights()) under numpy 2, as in _keras_helpers
-KERAS_ARRAY_WARNING = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
+from tests.keras_pieces import KERAS_ARRAY_WARNING
 
 
 def _keras() -> ModuleType:

@@ -12,17 +12,9 @@ from typing import Any
 import pytest
 
 from ema_core import Config
+from tests.keras_pieces import KERAS_ARRAY_WARNING, helpers_and_keras
 
-#: Keras' own Variable.numpy() (behind model.get_weights()) under numpy 2, as in _keras_helpers
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
-
-
-def _keras() -> tuple[ModuleType, ModuleType]:
-    """The shared Keras test pieces and keras (skips where Keras or its jax backend is missing)."""
-    helpers = pytest.importorskip("tests._keras_helpers")
-    return helpers, pytest.importorskip("keras")
+pytestmark = KERAS_ARRAY_WARNING
 
 
 def _fit(helpers: ModuleType, model: Any, callbacks: Any, epochs: int = 1) -> None:
@@ -51,7 +43,7 @@ def test_fit_after_an_evaluate_that_raised_holds_no_stale_live_weights() -> None
     """An ``evaluate`` that raised leaves the averages in the model with the live weights held
     aside; the next ``fit`` lets go of them, so that a later ``predict`` does not write those
     old weights over the ones the ``fit`` trained."""
-    helpers, keras = _keras()
+    helpers, keras = helpers_and_keras()
     model, callback = helpers.fitted(swap=("evaluate",))
     with pytest.raises(KeyError, match="boom"):
         model.evaluate(helpers.X, helpers.Y, verbose=0, callbacks=[callback, _boom(keras)])
@@ -66,7 +58,7 @@ def test_fit_after_an_evaluate_that_raised_trains_from_the_live_weights() -> Non
     ``on_test_end``); the next ``fit`` puts the live weights back before it trains from them.
     Failed before the fix: on JAX ``on_train_begin`` read ``self.model`` after restoring, and
     that read synced the raised evaluate's trainer state (the averages) back over them."""
-    helpers, keras = _keras()
+    helpers, keras = helpers_and_keras()
 
     class First(keras.callbacks.Callback):  # type: ignore[name-defined,misc]
         """The weights the first training batch starts from."""
@@ -89,7 +81,7 @@ def test_fit_after_an_evaluate_that_raised_trains_from_the_live_weights() -> Non
 def test_a_fit_of_no_epochs_after_an_evaluate_that_raised_leaves_the_live_weights() -> None:
     """The same with ``fit(epochs=0)``: no batch runs, and Keras' own sync at the end of the
     fit writes back the weights ``on_train_begin`` restored, the live ones."""
-    helpers, keras = _keras()
+    helpers, keras = helpers_and_keras()
     model, callback = helpers.fitted(swap=("evaluate",))
     live = model.get_weights()
     with pytest.raises(KeyError, match="boom"):
@@ -102,7 +94,7 @@ def test_evaluate_after_a_fit_through_one_callback_list_is_not_validation() -> N
     """Keras uses a ``CallbackList`` it is given as it is (no new ``set_model``): an
     ``evaluate`` through the list of a ``fit`` that ended is a call of ``evaluate()``, and
     under ``swap=("evaluate",)`` runs on the averages."""
-    helpers, keras = _keras()
+    helpers, keras = helpers_and_keras()
     model, callback = helpers.make_model(), helpers.EMACallback(decay=0.8, swap=("evaluate",))
     callbacks = keras.callbacks.CallbackList([callback], add_history=True, model=model)
     _fit(helpers, model, callbacks)
@@ -116,7 +108,7 @@ def test_evaluate_after_a_fit_through_one_callback_list_is_not_validation() -> N
 def test_evaluate_before_the_first_update_runs_live_under_zeros_init() -> None:
     """Under ``init="zeros"`` the EMA before its first update is zeros, not a model: an
     ``evaluate`` after a ``fit`` that took no step runs on the live weights."""
-    helpers, _ = _keras()
+    helpers, _ = helpers_and_keras()
     model = helpers.make_model()
     callback = helpers.EMACallback(Config(schedule=0.9, init="zeros"))
     _fit(helpers, model, [callback], epochs=0)
@@ -131,7 +123,7 @@ def test_load_into_a_fresh_model_brings_the_copied_buffers(tmp_path: Path) -> No
     """Under ``buffers="copy"`` the BatchNorm statistics saved with the EMA come back from the
     file on ``load``, not from the model it is loaded for (here a fresh one, at its initial
     statistics), and a ``fit`` of that model continues the loaded EMA."""
-    helpers, _ = _keras()
+    helpers, _ = helpers_and_keras()
     _, callback = helpers.fitted()
     path = callback.save(tmp_path / "ema.safetensors")
     model, resumed = helpers.make_model(seed=2), helpers.EMACallback(decay=0.8)
@@ -145,7 +137,7 @@ def test_load_into_a_fresh_model_brings_the_copied_buffers(tmp_path: Path) -> No
 def test_an_ema_saved_before_its_first_update_loads(tmp_path: Path) -> None:
     """``save`` after a ``fit`` that took no step writes the copied buffers too (the weights
     at the start of ``fit``): the file loads for the same model, at step 0."""
-    helpers, _ = _keras()
+    helpers, _ = helpers_and_keras()
     model, callback = helpers.make_model(), helpers.EMACallback(decay=0.8)
     _fit(helpers, model, [callback], epochs=0)
     path = callback.save(tmp_path / "ema.safetensors")
@@ -158,7 +150,7 @@ def test_an_ema_saved_before_its_first_update_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", [list, set, frozenset])
 def test_swap_takes_a_list_or_a_set_of_names(kind: type) -> None:
     """``swap`` is read from a tuple, a list or a set of names alike."""
-    helpers, _ = _keras()
+    helpers, _ = helpers_and_keras()
     callback = helpers.EMACallback(decay=0.9, swap=kind(["predict", "validate"]))
     assert callback.swap == frozenset({"predict", "validate"})
 
@@ -166,7 +158,7 @@ def test_swap_takes_a_list_or_a_set_of_names(kind: type) -> None:
 def test_filepath_whose_last_part_is_a_parent_is_refused(tmp_path: Path) -> None:
     """``missing/..`` cannot name a file even where ``missing`` does not exist (and so is no
     folder): it is refused when the callback is built."""
-    helpers, _ = _keras()
+    helpers, _ = helpers_and_keras()
     bad = tmp_path / "missing" / ".."
     with pytest.raises(ValueError, match=r"filepath must name a file.*names none"):
         helpers.EMACallback(decay=0.9, filepath=bad)
@@ -176,7 +168,7 @@ def test_filepath_whose_last_part_is_a_parent_is_refused(tmp_path: Path) -> None
 def test_filepath_empty_or_dot_is_said_to_name_none(bad: str) -> None:
     """``""`` and ``"."`` name no file: the message says so, not that the current folder (what
     ``Path`` reads them as) is a directory."""
-    helpers, _ = _keras()
+    helpers, _ = helpers_and_keras()
     with pytest.raises(ValueError, match=rf"got {bad!r} \(names none\)"):
         helpers.EMACallback(decay=0.9, filepath=bad)
 
@@ -184,7 +176,7 @@ def test_filepath_empty_or_dot_is_said_to_name_none(bad: str) -> None:
 def test_filepath_whose_path_is_bytes_is_refused_by_name() -> None:
     """An ``os.PathLike`` whose ``__fspath__`` gives bytes is refused naming ``filepath`` (it
     was pathlib's own TypeError, naming neither the argument nor the value)."""
-    helpers, _ = _keras()
+    helpers, _ = helpers_and_keras()
 
     class BytesPath:
         def __fspath__(self) -> bytes:

@@ -41,3 +41,13 @@ def same(a, b):
 
 def live_values(model):
     return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
+class TiedEmbedding(torch.nn.Module):
+    """An embedding and an output layer sharing one weight (tracked once, as ``emb.weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(3, 2)
+        self.out = torch.nn.Linear(2, 3, bias=False)
+        self.out.weight = self.emb.weight
