@@ -20,19 +20,17 @@ from ema_core.checkpoint import export, load_peer  # noqa: E402
 from ema_core.posthoc import list_snapshots, reconstruct, save_snapshot, solve  # noqa: E402
 from ema_core.schedules import power_function  # noqa: E402
 from ema_core.torch import EMA, EMABank  # noqa: E402
+from tests.torch_models import TiedEmbedding  # noqa: E402
 
 
-class Tied(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = torch.nn.Embedding(10, 4)
-        self.out = torch.nn.Linear(4, 10, bias=False)
-        self.out.weight = self.emb.weight
+def _tied() -> TiedEmbedding:
+    """The tied embedding and output layer, at this file's sizes."""
+    return TiedEmbedding(vocab=10, width=4)
 
 
-def _tied_ema() -> tuple[Tied, EMA]:
+def _tied_ema() -> tuple[TiedEmbedding, EMA]:
     torch.manual_seed(0)
-    model = Tied()
+    model = _tied()
     averager = EMA(model, config=presets.timm(0.9))
     for _ in range(3):
         with torch.no_grad():
@@ -51,7 +49,7 @@ def test_export_writes_every_name_of_a_tied_tensor(fmt):
     weights = out if fmt == "state_dict" else out["state_dict_ema"]
     assert list(weights) == list(model.state_dict())
     assert torch.equal(weights["out.weight"], averager.average["emb.weight"])
-    fresh = Tied()
+    fresh = _tied()
     fresh.load_state_dict(weights)  # strict
     assert torch.equal(fresh.out.weight, averager.average["emb.weight"])
 
@@ -76,9 +74,9 @@ def test_load_peer_refuses_tied_names_that_differ_and_writes_nothing():
     assert torch.equal(averager.average["emb.weight"], before)
 
 
-def _tied_bank(folder: Path) -> Tied:
+def _tied_bank(folder: Path) -> TiedEmbedding:
     torch.manual_seed(0)
-    model = Tied()
+    model = _tied()
     bank = EMABank(model, sigma_rels=(0.05, 0.10), snapshot_every=10, snapshot_dir=folder)
     for step in range(1, 31):
         with torch.no_grad():
@@ -94,7 +92,7 @@ def test_reconstruct_fills_a_tied_name_the_bank_recorded(tmp_path):
     weights = reconstruct(tmp_path, 0.07, like=like)
     assert list(weights) == ["emb.weight", "out.weight"]
     assert torch.equal(weights["out.weight"], weights["emb.weight"])
-    Tied().load_state_dict(weights)
+    _tied().load_state_dict(weights)
 
 
 def test_reconstruct_fills_a_tied_name_from_the_storage_like_shares(tmp_path):

@@ -46,8 +46,8 @@ def live_values(model):
 class TiedEmbedding(torch.nn.Module):
     """An embedding and an output layer sharing one weight (tracked once, as ``emb.weight``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, vocab: int = 3, width: int = 2) -> None:
         super().__init__()
-        self.emb = torch.nn.Embedding(3, 2)
-        self.out = torch.nn.Linear(2, 3, bias=False)
+        self.emb = torch.nn.Embedding(vocab, width)
+        self.out = torch.nn.Linear(width, vocab, bias=False)
         self.out.weight = self.emb.weight
