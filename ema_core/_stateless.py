@@ -26,12 +26,19 @@ shadows, so keyed on it no entry would ever be found again. Metadata changes tha
 
 The cache holds no strong reference to a caller's leaf: torch's plan is made over aliases.
 At most ``SIZE`` entries are kept, the least recently used dropped first.
+
+A leaf may die while a call walks the entries (the cyclic collector runs at any allocation, and
+another thread may be in a call). The weak-reference callback then never changes the dict
+under the walk: it frees the entry's memory (plan and aliases) at once, marks it dead and
+leaves its removal to the walker, which drops it before it releases the cache's lock. A call
+that finds the lock held by another thread checks its leaves in full and keeps nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -59,6 +66,13 @@ class Entry:
     writes: list[bool]
     memo: dict[Any, Any] = field(default_factory=dict)
     refs: list[weakref.ref[Any]] = field(default_factory=list)
+    dead: bool = False
+
+    def release(self) -> None:
+        """A leaf died: free the plan and the kept aliases now; the entry is never found."""
+        self.dead = True
+        self.memo = {}
+        self.signature = (None, None)
 
 
 _ENTRIES: OrderedDict[int, Entry] = OrderedDict()
@@ -67,6 +81,11 @@ _SERIALS = itertools.count()
 _last: list[list[int]] = [[]]
 #: Whether the call being checked now came with the same leaf ids as the one before it.
 _again: list[bool] = [False]
+#: Held while a call walks or changes the entries (taken without waiting, never by a callback
+#: that would wait: a leaf can die inside a walk, on the walking thread).
+_LOCK = threading.Lock()
+#: Serials of entries whose leaf died while the lock was held: the holder drops them.
+_DEAD: set[int] = set()
 
 
 def _ids(shadows: Sequence[Array], params: Sequence[Array]) -> list[int]:
@@ -80,19 +99,28 @@ def find(
 ) -> Entry | None:
     """The entry for these leaves, or None (then ``remember`` after the checks)."""
     ids = _ids(shadows, params)
-    for serial, entry in list(_ENTRIES.items()):
-        if entry.ids != ids or entry.options != options or entry.treedef != treedef:
-            continue
-        if _same(entry.backend, entry.signature[0], shadows) and _same(
-            entry.backend, entry.signature[1], params
-        ):
-            _ENTRIES.move_to_end(serial)
-            return entry
-        _ENTRIES.pop(serial, None)  # changed behind our back: checked again, maybe kept anew
-        break
-    _again[0] = ids == _last[0]  # the same leaves as the call before: ``remember`` keeps them
-    _last[0] = ids
-    return None
+    if not _LOCK.acquire(blocking=False):
+        return None  # another thread is in the cache: this call checks in full
+    try:
+        _drop_dead()
+        for serial, entry in _ENTRIES.items():
+            if entry.dead or entry.ids != ids or entry.options != options:
+                continue
+            if entry.treedef != treedef:
+                continue
+            if _same(entry.backend, entry.signature[0], shadows) and _same(
+                entry.backend, entry.signature[1], params
+            ):
+                _ENTRIES.move_to_end(serial)
+                return entry
+            _ENTRIES.pop(serial, None)  # changed behind our back: checked again, maybe kept anew
+            break
+        _again[0] = ids == _last[0]  # the same leaves as the call before: ``remember`` keeps them
+        _last[0] = ids
+        return None
+    finally:
+        _drop_dead()
+        _LOCK.release()
 
 
 def remember(
@@ -119,16 +147,39 @@ def remember(
     except TypeError:  # a leaf type without weak references (a numpy scalar)
         return None
     entry = Entry(ids, treedef, options, backend, signature, *found, refs=refs)
-    _ENTRIES[serial] = entry
-    while len(_ENTRIES) > SIZE:
-        _ENTRIES.popitem(last=False)
-    _last[0] = []
+    if not _LOCK.acquire(blocking=False):
+        return None  # another thread is in the cache: nothing kept
+    try:
+        _drop_dead()
+        _ENTRIES[serial] = entry
+        while len(_ENTRIES) > SIZE:
+            _ENTRIES.popitem(last=False)
+        _last[0] = []
+    finally:
+        _drop_dead()
+        _LOCK.release()
     return entry
 
 
 def _forget(serial: int, _ref: object) -> None:
-    """A leaf of entry ``serial`` died: its id may be reused, so the entry goes."""
-    _ENTRIES.pop(serial, None)
+    """A leaf of entry ``serial`` died: its id may be reused, so the entry goes (now, or when
+    the call that holds the lock, maybe this thread's own walk, lets it go)."""
+    if _LOCK.acquire(blocking=False):
+        try:
+            _ENTRIES.pop(serial, None)
+        finally:
+            _LOCK.release()
+        return
+    entry = _ENTRIES.get(serial)  # a lookup changes nothing under a walk
+    if entry is not None:
+        entry.release()
+    _DEAD.add(serial)
+
+
+def _drop_dead() -> None:
+    """Drop the entries whose leaves died while the lock was held (the lock is held)."""
+    while _DEAD:
+        _ENTRIES.pop(_DEAD.pop(), None)
 
 
 def _same(backend: Any, kept: Any, leaves: Sequence[Array]) -> bool:
@@ -140,5 +191,7 @@ def _same(backend: Any, kept: Any, leaves: Sequence[Array]) -> bool:
 
 def clear() -> None:
     """Drop every entry (tests; also frees the torch aliases at once)."""
-    _ENTRIES.clear()
-    _last[0] = []
+    with _LOCK:
+        _ENTRIES.clear()
+        _DEAD.clear()
+        _last[0] = []
