@@ -254,6 +254,21 @@ def test_framework_names_say_where_they_are_without_importing_a_framework():
     assert out.stdout.strip() == "[]"
 
 
+def test_importing_the_torch_adapter_leaves_dynamo_alone() -> None:
+    """``import ema_core.torch`` and an update do not import ``torch._dynamo`` (about a second
+    per process; ``torch.compiler.disable`` is applied at the first update made while compiling)."""
+    code = (
+        "import sys, torch\n"
+        "from ema_core import Config\nfrom ema_core.torch import EMA, EMABank\n"
+        "model = torch.nn.Linear(3, 2)\n"
+        "EMA(model, decay=0.5).update()\n"
+        "EMABank(model, configs=[Config(0.5)]).update()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 @pytest.mark.parametrize("bank", [False, True])
 def test_update_inside_a_compiled_function_runs_eagerly_without_warnings(bank: bool) -> None:
     """``torch.compile`` of a step that calls ``update`` (pytest turns warnings into errors):
