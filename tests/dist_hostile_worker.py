@@ -1,12 +1,14 @@
 """Worker processes for tests/test_dist_hostile_torch.py: hostile inputs to FSDP2 EMAs (gloo).
 
-Run as ``python -m tests.dist_hostile_worker RANK WORLD DIR``. All ranks join one process group
-through a file store in DIR, run every case in the same order (a barrier after each, so that a
+The cases run as the "hostile" part of the shared 2-rank job (``tests.scaling_out.SHARED``):
+all ranks run every case in the same order (a barrier after each, so that a
 case that hangs one rank is seen as a timeout, not as the next case failing) and write
 ``DIR/hostile.RANK.json``: case name -> "ok" or the traceback.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,6 @@ from torch.distributed.tensor.debug import CommDebugMode
 
 import ema_core
 from ema_core.torch import EMA, _dtensor, ddp_ema, full_state_dict
-from tests.scaling_out import worker_main
 
 
 def net() -> torch.nn.Sequential:
@@ -200,9 +201,6 @@ class Cases:
 CASES = [name for name in vars(Cases) if not name.startswith("_") and name != "sharded"]
 
 
-def main() -> None:
-    worker_main(dist, Cases, CASES, "hostile")
-
-
-if __name__ == "__main__":
-    main()
+def part(tag: str, rank: int, world: int, folder: Path) -> tuple[Cases, list[str]]:
+    """This module's part of a shared job (``tests.scaling_out.SHARED``): the cases, in order."""
+    return Cases(world), CASES

@@ -1,15 +1,14 @@
 """Worker processes for tests/test_dist_walkthrough.py: a new user's DDP and FSDP2 walkthrough.
 
-Run as ``python -m tests.dist_walkthrough_worker RANK WORLD DIR`` (gloo, CPU). Every rank runs
-every case in the same order, a barrier after each, and writes ``DIR/walk.RANK.json``: case
-name -> "ok" or the traceback. ``fsdp_file_round_trip`` leaves ``DIR/full.safetensors`` and
+The cases run as the "walk" part of the shared 2-rank job (``tests.scaling_out.SHARED``; gloo, CPU):
+every rank runs them in the same order, a barrier after each, and writes ``DIR/walk.RANK.json``:
+case name -> "ok" or the traceback. ``fsdp_file_round_trip`` leaves ``DIR/full.safetensors`` and
 ``DIR/reference.pt`` for the parent to load into an unsharded EMA (2 ranks -> 1).
 """
 
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import ema_core
 from ema_core.checkpoint import load, save
 from ema_core.torch import EMA, ddp_ema, full_state_dict
-from tests.scaling_out import worker_main
 
 CONFIG = ema_core.Config(schedule=ema_core.schedules.warmup(0.99), init="copy")
 
@@ -56,9 +54,9 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) ->
 
 
 class Cases:
-    def __init__(self, world: int) -> None:
+    def __init__(self, world: int, folder: Path) -> None:
         self.mesh = init_device_mesh("cpu", (world,))
-        self.folder = Path(sys.argv[3])  # worker_main's FOLDER
+        self.folder = folder  # the shared job's folder
 
     def ddp_ema_refuses_device_and_names_on_every_rank(self) -> None:
         """keep_on="rank0": rank 0 builds an EMA, the others only check; both refuse a meta,
@@ -160,9 +158,6 @@ class Cases:
 CASES = [name for name in vars(Cases) if not name.startswith("_")]
 
 
-def main() -> None:
-    worker_main(dist, Cases, CASES, "walk")
-
-
-if __name__ == "__main__":
-    main()
+def part(tag: str, rank: int, world: int, folder: Path) -> tuple[Cases, list[str]]:
+    """This module's part of a shared job (``tests.scaling_out.SHARED``): the cases, in order."""
+    return Cases(world, folder), CASES

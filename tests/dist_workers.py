@@ -253,6 +253,11 @@ SCENARIOS = {
 }
 
 
+def part(tag: str, rank: int, world: int, folder: Path) -> tuple[Run, tuple[str, ...]]:
+    """Scenario ``tag`` as a part of a shared job (``tests.scaling_out.SHARED``)."""
+    return Run(rank, world, folder), SCENARIOS[tag]
+
+
 def main() -> None:
     scenario, rank, world, folder = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     path = Path(folder)

@@ -1,25 +1,25 @@
-"""Worker processes for tests/test_torch_leftovers_dtensor.py: an FSDP2 param replaced by a
-plain tensor, told apart from FSDP2's own all-gathered copies (CPU, gloo).
+"""Worker processes for tests/test_torch_leftovers_dtensor.py: an FSDP2 param replaced by a plain
+tensor, told apart from FSDP2's own all-gathered copies (CPU, gloo).
 
-Run as ``python -m tests.dtensor_leftover_worker RANK WORLD DIR``. All ranks join one process
-group through a file store in DIR, run every case in the same order (a barrier after each) and
-write ``DIR/leftover.RANK.json``: case name -> "ok" or the traceback.
+The cases run as the "leftover" part of the shared 2-rank job (``tests.scaling_out.SHARED``): all
+ranks run every case in the same order (a barrier after each) and write ``DIR/leftover.RANK.json``:
+case name -> "ok" or the traceback.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch.distributed.fsdp")  # pytest imports this file for doctests too
 
 import torch
-import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from ema_core.torch import EMA
-from tests.scaling_out import worker_main
 
 
 def net() -> torch.nn.Sequential:
@@ -143,9 +143,6 @@ CASES = [
 ]
 
 
-def main() -> None:
-    worker_main(dist, Cases, CASES, "leftover")
-
-
-if __name__ == "__main__":
-    main()
+def part(tag: str, rank: int, world: int, folder: Path) -> tuple[Cases, list[str]]:
+    """This module's part of a shared job (``tests.scaling_out.SHARED``): the cases, in order."""
+    return Cases(world), CASES

@@ -3,10 +3,9 @@
 sub-mesh of the 4-rank one) and with ``offload_policy=CPUOffloadPolicy(pin_memory=False)``,
 against a one-process EMA fed the same full params (CPU, gloo).
 
-Run as ``python -m tests.fsdp_configs_worker RANK WORLD DIR`` (``launch_cases``; WORLD 4). All
-ranks join one process group through a file store in DIR, run every case in the same order
-(a barrier after each) and write ``DIR/configs.RANK.json``: case name -> "ok" or the
-traceback. ``gpu_main`` runs the same checks on one CUDA rank with the default
+The cases run as the "configs" part of the shared 4-rank job (``tests.scaling_out.SHARED``): every
+rank runs them in the same order (a barrier after each) and writes ``DIR/configs.RANK.json``: case
+name -> "ok" or the traceback. ``gpu_main`` runs the same checks on one CUDA rank with the default
 ``CPUOffloadPolicy()`` (pinned memory), which torch refuses on a machine without one.
 """
 
@@ -31,7 +30,6 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 
 from ema_core.torch import EMA, full_state_dict
-from tests.scaling_out import worker_main
 
 DECAY = 0.75
 STEPS = 3
@@ -225,12 +223,11 @@ def gpu_main() -> None:
         dist.destroy_process_group()
 
 
-def main() -> None:
-    if sys.argv[1] == "gpu":
-        gpu_main()
-    else:
-        worker_main(dist, Cases, CASES, "configs")
+def part(tag: str, rank: int, world: int, folder: Path) -> tuple[Cases, list[str]]:
+    """This module's part of a shared job (``tests.scaling_out.SHARED``): the cases, in order."""
+    return Cases(world), CASES
 
 
+# the GPU test's one CUDA rank: python -m tests.fsdp_configs_worker gpu FOLDER
 if __name__ == "__main__":
-    main()
+    gpu_main()

@@ -1,18 +1,21 @@
 """Shared by the multi-process tests (tests/test_dist_torch.py, tests/test_dist_jax.py, ...): the
 README's "Scaling out" examples (```py blocks, not ```python, which test_readme runs in-process),
 the skip of a module that needs FSDP2 on gloo, and starting worker processes and collecting
-their output: ``launch_cases`` starts a gloo job whose workers' main is ``worker_main``;
+their output: ``shared_launch`` runs the cases of several test modules in one gloo job per world
+size and test run (each rank imports torch once: about 5 s of CPU a rank on the 2-core VM);
 ``eight_devices`` runs a JAX script on 8 CPU devices that ends with ``print_results``."""
 
 from __future__ import annotations
 
+import fcntl
+import importlib
 import json
 import os
 import re
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,34 +83,71 @@ def assert_every_rank(results: list[dict[str, str]], check: str) -> None:
         assert detail == "ok", f"rank {rank}, check {check}:\n{detail}"
 
 
-def launch_cases(folder: Path, module: str, tag: str, world: int = 2, timeout: float = 90) -> Any:
-    """Run ``python -m module RANK WORLD FOLDER`` as the ``world`` ranks of one gloo job (one
-    thread each; ``worker_main`` is the module's main) and return ``rank_results`` of the
-    ``<tag>.<rank>.json`` files its ranks wrote."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    worker = [sys.executable, "-m", module]
-    commands = [[*worker, str(rank), str(world), str(folder)] for rank in range(world)]
-    logs = run_workers(commands, env, timeout)
-    return rank_results([folder / f"{tag}.{rank}.json" for rank in range(world)], logs)
-
-
-def worker_main(dist: Any, make_cases: Callable[[int], Any], names: list[str], tag: str) -> None:
-    """A ``launch_cases`` worker (argv: RANK WORLD FOLDER): joins the gloo group through a file
-    store in FOLDER and runs each case ``names`` names, a method of ``make_cases(world)``, in
-    the same order on every rank, writing ``<tag>.<rank>.json`` (case -> "ok" or its
-    traceback) after each and meeting the other ranks at a barrier."""
-    rank, world, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    store = f"file://{folder / f'{tag}.store'}"
-    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
+def run_cases(dist: Any, folder: Path, cases: Any, names: Sequence[str], tag: str) -> None:
+    """Run each case ``names`` names, a method of ``cases``, in the same order on every rank,
+    writing ``<tag>.<rank>.json`` (case -> "ok" or its traceback) after each and meeting the
+    other ranks at a barrier."""
     results: dict[str, str] = {}
+    for name in names:
+        results[name] = _outcome(getattr(cases, name))
+        (folder / f"{tag}.{dist.get_rank()}.json").write_text(json.dumps(results))
+        dist.barrier()
+
+
+#: The parts of the shared gloo jobs (``shared_launch``), by world size, in the order they run:
+#: (tag, worker module). Each module's ``part(tag, rank, world, folder)`` gives the object
+#: whose methods are the cases, and their names.
+SHARED: dict[int, tuple[tuple[str, str], ...]] = {
+    2: (
+        ("two", "tests.dist_workers"),
+        ("hostile", "tests.dist_hostile_worker"),
+        ("leftover", "tests.dtensor_leftover_worker"),
+        ("walk", "tests.dist_walkthrough_worker"),
+    ),
+    4: (("four", "tests.dist_workers"), ("configs", "tests.fsdp_configs_worker")),
+}
+#: Seconds for a whole shared job; a hung collective ends here (and fails every part after it).
+SHARED_TIMEOUT = 300
+
+
+def shared_worker_main() -> None:
+    """A rank of a shared job (argv: RANK WORLD FOLDER): one process group, then every part of
+    ``SHARED[WORLD]`` in turn through ``run_cases``."""
+    import torch.distributed as dist
+
+    rank, world, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder / 'shared.store'}", rank=rank, world_size=world
+    )
     try:
-        cases = make_cases(world)
-        for name in names:
-            results[name] = _outcome(getattr(cases, name))
-            (folder / f"{tag}.{rank}.json").write_text(json.dumps(results))
-            dist.barrier()
+        for tag, module in SHARED[world]:
+            cases, names = importlib.import_module(module).part(tag, rank, world, folder)
+            run_cases(dist, folder, cases, names, tag)
     finally:
         dist.destroy_process_group()
+
+
+def shared_launch(factory: pytest.TempPathFactory, world: int) -> tuple[Path, dict[str, Any]]:
+    """The folder of the shared job of ``world`` ranks, and per tag of ``SHARED[world]`` its
+    ``rank_results``. The job runs once per test run: the first test module to ask launches it
+    (under pytest-xdist the workers share a folder and a file lock; the others wait for it)."""
+    base = factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"shared{world}"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = root / "logs.json"
+        if not done.exists():
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+            worker = [sys.executable, "-m", "tests.dist_shared_worker"]
+            commands = [[*worker, str(rank), str(world), str(root)] for rank in range(world)]
+            done.write_text(json.dumps(run_workers(commands, env, SHARED_TIMEOUT)))
+        logs = json.loads(done.read_text())
+    found = {
+        tag: rank_results([root / f"{tag}.{rank}.json" for rank in range(world)], logs)
+        for tag, _ in SHARED[world]
+    }
+    return root, found
 
 
 def _outcome(case: Callable[[], None]) -> str:

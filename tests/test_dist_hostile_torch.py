@@ -1,4 +1,5 @@
-"""Hostile inputs to the torch.distributed paths (FSDP2 on CPU, gloo, 2 ranks, one launch).
+"""Hostile inputs to the torch.distributed paths (FSDP2 on CPU, gloo, 2 ranks, in the shared
+2-rank job of ``tests.scaling_out.shared_launch``).
 
 Every case of ``tests/dist_hostile_worker.py`` runs on both ranks in one process group; each
 test reads one case's result on every rank. A refusal must come on every rank before anything
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scaling_out import assert_every_rank, launch_cases, require_fsdp2
+from tests.scaling_out import assert_every_rank, require_fsdp2, shared_launch
 
 torch, dist, fsdp = require_fsdp2()
 
@@ -17,14 +18,9 @@ from tests.dist_hostile_worker import CASES  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
 
-WORLD = 2
-TIMEOUT = 90  # seconds for the whole launch; a hung collective ends here
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict[str, str]]:
-    folder = tmp_path_factory.mktemp("hostile")
-    return launch_cases(folder, "tests.dist_hostile_worker", "hostile", WORLD, TIMEOUT)
+    return shared_launch(tmp_path_factory, 2)[1]["hostile"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -1,8 +1,9 @@
 """torch.distributed on CPU (gloo): FSDP2, HSDP, DCP resharding and DDP, in spawned processes.
 
-Each scenario of ``tests/dist_workers.py`` runs once per module (one process group per rank for
-all its checks); the tests below read each check's result on every rank. The 3-rank scenario
-loads the checkpoint the 2-rank one saved.
+Each scenario of ``tests/dist_workers.py`` runs once per test run (one process group per rank for
+all its checks): "two" and "four" in the shared 2- and 4-rank jobs of
+``tests.scaling_out.shared_launch``, "three" on its own, loading the checkpoint "two" saved in
+the shared job's folder. The tests below read each check's result on every rank.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.scaling_out import assert_every_rank, rank_results, require_fsdp2, run_workers
+from tests.scaling_out import (
+    assert_every_rank,
+    rank_results,
+    require_fsdp2,
+    run_workers,
+    shared_launch,
+)
 
 torch, dist, fsdp = require_fsdp2()
 
@@ -36,23 +43,23 @@ def _launch(scenario: str, world: int, folder: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("dist")
+def shared_two(tmp_path_factory):
+    return shared_launch(tmp_path_factory, 2)
 
 
 @pytest.fixture(scope="module")
-def two(folder):
-    return _launch("two", 2, folder)
+def two(shared_two):
+    return shared_two[1]["two"]
 
 
 @pytest.fixture(scope="module")
-def three(folder, two):  # loads the checkpoint that "two" saved
-    return _launch("three", 3, folder)
+def three(shared_two):  # loads the checkpoint that "two" saved in the shared job's folder
+    return _launch("three", 3, shared_two[0])
 
 
 @pytest.fixture(scope="module")
-def four(folder):
-    return _launch("four", 4, folder)
+def four(tmp_path_factory):
+    return shared_launch(tmp_path_factory, 4)[1]["four"]
 
 
 def test_fsdp2_uneven_shards_equal_an_unsharded_replica(two):

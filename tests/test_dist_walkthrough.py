@@ -1,4 +1,4 @@
-"""A new user's walk through DDP and FSDP2 with ema-core (gloo, CPU, 2 ranks, one launch).
+"""A new user's walk through DDP and FSDP2 with ema-core (gloo, CPU, 2 ranks, shared job).
 
 The cases of ``tests/dist_walkthrough_worker.py`` run on both ranks in one process group; each
 test reads one case's result on every rank. The last test loads the file the 2-rank FSDP2 run
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scaling_out import assert_every_rank, launch_cases, require_fsdp2
+from tests.scaling_out import assert_every_rank, require_fsdp2, shared_launch
 
 torch, dist, fsdp = require_fsdp2()
 
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("walk")
-    return folder, launch_cases(folder, "tests.dist_walkthrough_worker", "walk", 2, 90)
+    folder, found = shared_launch(tmp_path_factory, 2)
+    return folder, found["walk"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -1,5 +1,5 @@
-"""An ``EMA`` under two more FSDP2 configurations (CPU, gloo, 4 ranks, one launch of
-tests/fsdp_configs_worker.py; the GPU test launches one CUDA rank).
+"""An ``EMA`` under two more FSDP2 configurations (CPU, gloo, 4 ranks:
+tests/fsdp_configs_worker.py in the shared 4-rank job; the GPU test launches one CUDA rank).
 
 ``reshard_after_forward=2`` leaves FSDP2's post-forward params on a (2, 2) mesh between forward
 and backward; ``CPUOffloadPolicy`` keeps the shards (and so the shadows) on the CPU. For each,
@@ -24,10 +24,10 @@ import pytest
 from tests.scaling_out import (
     ROOT,
     assert_every_rank,
-    launch_cases,
     rank_results,
     require_fsdp2,
     run_workers,
+    shared_launch,
 )
 
 torch, dist, fsdp = require_fsdp2()
@@ -36,14 +36,12 @@ from tests.fsdp_configs_worker import CASES  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
 
-WORLD = 4  # reshard_after_forward=2 needs a world it properly divides
-TIMEOUT = 90  # seconds for the whole launch; a hung collective ends here
+TIMEOUT = 90  # seconds for the GPU launch; a hung collective ends here
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict[str, str]]:
-    folder = tmp_path_factory.mktemp("configs")
-    return launch_cases(folder, "tests.fsdp_configs_worker", "configs", WORLD, TIMEOUT)
+    return shared_launch(tmp_path_factory, 4)[1]["configs"]  # 4: reshard_after_forward=2 divides it
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -1,5 +1,5 @@
 """FSDP2 params replaced by plain tensors, told apart from FSDP2's own all-gathered copies
-(CPU, gloo, 2 ranks, one launch of tests/dtensor_leftover_worker.py).
+(CPU, gloo, 2 ranks: tests/dtensor_leftover_worker.py in the shared 2-rank job).
 
 A plain ``nn.Parameter`` put in a sharded param's place is refused by name at every update,
 before any write; the plain copies FSDP2 itself leaves in the module (``unshard()``, a forward
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scaling_out import assert_every_rank, launch_cases, require_fsdp2
+from tests.scaling_out import assert_every_rank, require_fsdp2, shared_launch
 
 torch, dist, fsdp = require_fsdp2()
 
@@ -18,14 +18,9 @@ from tests.dtensor_leftover_worker import CASES  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
 
-WORLD = 2
-TIMEOUT = 90  # seconds for the whole launch; a hung collective ends here
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict[str, str]]:
-    folder = tmp_path_factory.mktemp("leftover")
-    return launch_cases(folder, "tests.dtensor_leftover_worker", "leftover", WORLD, TIMEOUT)
+    return shared_launch(tmp_path_factory, 2)[1]["leftover"]
 
 
 @pytest.mark.parametrize("case", CASES)
