@@ -137,7 +137,7 @@ def init(params: Tree, /, config: Config | None = None) -> EMAState:
         ]
     # the scalars' device: a backend may refine it (a 2-D sharding does not fit a 0-d array)
     device = getattr(backend, "scalar_device", compat.device)(leaves[0])
-    step = xp.asarray(0, dtype=_core.default_int(xp), device=device)
+    step = xp.asarray(0, dtype=_core.default_int(xp, device), device=device)
     weight = xp.asarray(0.0 if zeros else 1.0, dtype=wide_float(xp, device), device=device)
     return EMAState(step, unflatten(treedef, shadow), weight)
 
@@ -249,6 +249,14 @@ def _shadow_dtype(xp: Any, param: Array, config: Config) -> Any:
             "dtype=None (float32 for half params, else the params' dtype), 'same' or a dtype "
             "it has"
         )
+    if name == "float64" and dtype is not None and dtype != param.dtype:
+        device = compat.device(param)
+        if wide_float(xp, device) != dtype:  # Apple MPS, array-api-strict's no_float64
+            raise ValueError(
+                f"Config.dtype is {config.dtype!r} but the params' device {device} has no "
+                "float64; pass dtype=None (float32 for half params, else the params' dtype) or "
+                "'float32'"
+            )
     return param.dtype if dtype is None else dtype
 
 

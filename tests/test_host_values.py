@@ -114,6 +114,38 @@ def test_device_without_float64() -> None:
     np.testing.assert_allclose(np.asarray(out["w"]._array), [decay, 3 * decay], rtol=1e-6)
 
 
+def test_float64_shadows_on_a_device_without_float64_are_refused_by_name() -> None:
+    params = {"w": aas.asarray([1.0, 3.0], dtype=aas.float32, device=aas.Device("no_float64"))}
+    with pytest.raises(ValueError, match=r"Config.dtype is 'float64' but the params' device .*"
+                       r"no_float64.* has no float64; pass dtype=None"):  # fmt: skip
+        ema.init(params, ema.Config(0.9, dtype="float64"))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ema.Config(schedule=ema.schedules.warmup(0.99)),
+        ema.Config(schedule=ema.schedules.constant(0.5), init="zeros", interval=2),
+        ema.presets.ema_pytorch(beta=0.99, update_after_step=2, update_every=2),
+        ema.presets.diffusers(decay=0.99, update_after_step=1, use_ema_warmup=True),
+    ],
+    ids=["warmup", "zeros-interval", "ema_pytorch", "diffusers"],
+)
+def test_device_without_int64_counts_in_int32(config: ema.Config) -> None:
+    """array-api-strict's ``Device("no_x64")`` has no int64 (nor float64): the step is its
+    default int32, and every update, gate and read gives what the CPU device gives."""
+    steps = [aas.asarray([1.0, -2.0], dtype=aas.float32) * k for k in range(1, 7)]
+    want = ema.init(steps[0], config)
+    moved = [aas.asarray(x, device=aas.Device("no_x64")) for x in steps]
+    got = ema.init(moved[0], config)
+    assert got.step.dtype == aas.int32 and got.step.device == aas.Device("no_x64")
+    for here, there in zip(steps, moved, strict=True):
+        want, got = ema.update(want, here, config), ema.update(got, there, config)
+    assert int(got.step) == int(want.step) == 6
+    mine, theirs = ema.average(got, config), ema.average(want, config)
+    np.testing.assert_allclose(np.asarray(mine._array), np.asarray(theirs._array), rtol=1e-6)
+
+
 # 2.13: steps beyond int64, non-numeric leaves, aliased shadows, copies, int32 saturation
 def test_huge_python_step_is_a_value_error() -> None:
     shadow, params = pair(_load(Name.NUMPY))

@@ -117,8 +117,12 @@ def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
 
 
 def _widest_int(xp: Any, t: Any) -> Any:
-    """An integer count array as int64 where its namespace has int64 (JAX only with x64)."""
+    """An integer count array as int64 where its namespace and device have int64 (JAX only with
+    x64; not array-api-strict's ``Device("no_x64")``)."""
     if t.dtype == xp.int64 or (compat.is_jax_namespace(xp) and xp.asarray(0).dtype != xp.int64):
+        return t
+    defaults = xp.__array_namespace_info__().default_dtypes(device=compat.device(t))
+    if defaults["integral"] != xp.int64:
         return t
     return xp.astype(t, xp.int64)
 
