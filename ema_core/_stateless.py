@@ -36,12 +36,13 @@ that finds the lock held by another thread checks its leaves in full and keeps n
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,14 +100,16 @@ def find(
 ) -> Entry | None:
     """The entry for these leaves, or None (then ``remember`` after the checks)."""
     ids = _ids(shadows, params)
-    if not _LOCK.acquire(blocking=False):
-        return None  # another thread is in the cache: this call checks in full
-    try:
-        _drop_dead()
+    with _held() as held:
+        if not held:
+            return None  # another thread is in the cache: this call checks in full
         for serial, entry in _ENTRIES.items():
-            if entry.dead or entry.ids != ids or entry.options != options:
-                continue
-            if entry.treedef != treedef:
+            if (
+                entry.dead
+                or entry.ids != ids
+                or entry.options != options
+                or entry.treedef != treedef
+            ):
                 continue
             if _same(entry.backend, entry.signature[0], shadows) and _same(
                 entry.backend, entry.signature[1], params
@@ -118,9 +121,6 @@ def find(
         _again[0] = ids == _last[0]  # the same leaves as the call before: ``remember`` keeps them
         _last[0] = ids
         return None
-    finally:
-        _drop_dead()
-        _LOCK.release()
 
 
 def remember(
@@ -147,18 +147,29 @@ def remember(
     except TypeError:  # a leaf type without weak references (a numpy scalar)
         return None
     entry = Entry(ids, treedef, options, backend, signature, *found, refs=refs)
-    if not _LOCK.acquire(blocking=False):
-        return None  # another thread is in the cache: nothing kept
-    try:
-        _drop_dead()
+    with _held() as held:
+        if not held:
+            return None  # another thread is in the cache: nothing kept
         _ENTRIES[serial] = entry
         while len(_ENTRIES) > SIZE:
             _ENTRIES.popitem(last=False)
         _last[0] = []
+    return entry
+
+
+@contextlib.contextmanager
+def _held() -> Iterator[bool]:
+    """``with _held() as held:`` the lock if no other call holds it (``held``), never waiting;
+    entries whose leaves died meanwhile are dropped on the way in and out."""
+    if not _LOCK.acquire(blocking=False):
+        yield False
+        return
+    try:
+        _drop_dead()
+        yield True
     finally:
         _drop_dead()
         _LOCK.release()
-    return entry
 
 
 def _forget(serial: int, _ref: object) -> None:
