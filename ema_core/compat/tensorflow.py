@@ -90,6 +90,14 @@ class ExponentialMovingAverage:
         self._num_updates, self._zero_debias, self._name = num_updates, zero_debias, name
         self._slots: dict[VarKey, _Slot] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled or deep-copied (``copy.deepcopy((variables, ema))``): an unnamed
+        variable's slot is keyed by the id of the copy it now holds, not by the old one's."""
+        self.__dict__.update(state)
+        self._slots = {
+            (id(slot.var) if slot.name is None else key): slot for key, slot in self._slots.items()
+        }
+
     @property
     def name(self) -> str:
         return self._name

@@ -122,6 +122,11 @@ class EMABank:
     def __repr__(self) -> str:
         return f"EMABank({len(self.emas)} EMAs of {len(self.emas[0].names)} tensors)"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copied or pickled without the fused plan (views of the EMAs' memory, numba's among
+        them): the next update makes it again. The EMAs copy as ``EMA`` does."""
+        return {**self.__dict__, "_fused": None}
+
     @_swap.eager  # inside a compiled function: run eagerly (a graph break)
     def update(self, step: Step | None = None, /, **named: Step | None) -> None:
         """Update every EMA of the bank at ``step`` (each counts its own updates when None),

@@ -221,6 +221,30 @@ class EMA:
     def __repr__(self) -> str:
         return f"EMA({len(self.names)} tensors, step={self._step!r}, config={self.config!r})"
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> EMA:
+        """``copy.deepcopy``: an independent EMA (its own shadows, step and weight) of the same
+        model, never a hidden copy of it; of the model's copy when the same ``deepcopy`` copied
+        the model before the EMA (``copy.deepcopy((model, ema))``). Made as a new ``EMA`` that
+        loads this one's ``state_dict()``, so it is also usable after a copy made in ``swap()``."""
+        root = self._bound.root
+        source: Any = memo.get(id(root), root)
+        if root is None:  # named tensors: each one's copy, if this deepcopy made one
+            source = {t.name: memo.get(id(t.tensor), t.tensor) for t in self._bound.tracked}
+        names = frozenset(self.names)
+        new = EMA(source, config=self.config, device=self._bound.target, include=names.__contains__)
+        new.load_state_dict(self.state_dict())
+        memo[id(self)] = new
+        return new
+
+    def __copy__(self) -> EMA:
+        """``copy.copy``: as ``copy.deepcopy`` (an EMA shares no shadow with its copy)."""
+        return self.__deepcopy__({})
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling (``torch.save`` of the EMA beside its model): a copy taken inside ``swap()``
+        is not inside one (the block that restores the live weights is this object's)."""
+        return {**self.__dict__, "_swapped": False}
+
     def _apply(self, t: int | torch.Tensor, decay: Value, rate: Value) -> None:
         """Update at step t (or finish its pending update) and count the step."""
         self._bound.apply(xp, t, decay, rate)
