@@ -12,8 +12,9 @@ the GIL (numpy ufuncs, numba's ``nogil`` loops), so the runs overlap.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import NamedTuple
 
 import numpy as np
@@ -45,6 +46,17 @@ class Batch(NamedTuple):
 Item = Leaf | Batch
 
 _POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
+#: Held while a pool is made (two threads asking at once would make two, or change ``_POOL``
+#: under the other's walk); made anew in a forked child, where another thread may have held it.
+_POOL_LOCK = [threading.Lock()]
+
+
+def _new_pool_lock() -> None:
+    _POOL_LOCK[0] = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pool_lock)
 
 
 def size(item: Item) -> int:
@@ -70,9 +82,14 @@ def share(items: list[Item], workers: int, *, least: int, grain: int) -> list[li
 
 
 def run_shares(shares: list[list[Item]], do: Callable[[Item], None]) -> None:
-    """``do`` the first run on this thread and the others on the shared pool; wait for all."""
+    """``do`` the first run on this thread and the others on the shared pool; wait for all,
+    also when a run raised (this thread's own: Ctrl-C, a MemoryError): no run still writes the
+    caller's arrays when the call ends. The first run's error, else a pool run's, is raised."""
     futures = [_pool(len(shares)).submit(_do_all, do, run) for run in shares[1:]]
-    _do_all(do, shares[0] if shares else [])
+    try:
+        _do_all(do, shares[0] if shares else [])
+    finally:
+        wait(futures)
     for future in futures:
         future.result()
 
@@ -111,8 +128,12 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     numpy backend and torch may ask for different counts); all made anew in a forked child,
     whose copies of the pools have no threads behind them."""
     key = (os.getpid(), workers - 1)
-    if key not in _POOL:
+    pool = _POOL.get(key)
+    if pool is not None:
+        return pool
+    with _POOL_LOCK[0]:
         for old_key in [k for k in _POOL if k[0] != key[0]]:
             _POOL.pop(old_key).shutdown(wait=False)
-        _POOL[key] = ThreadPoolExecutor(workers - 1, thread_name_prefix="ema_core")
-    return _POOL[key]
+        if key not in _POOL:
+            _POOL[key] = ThreadPoolExecutor(workers - 1, thread_name_prefix="ema_core")
+        return _POOL[key]
