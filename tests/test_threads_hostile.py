@@ -366,14 +366,14 @@ class _WalkedDict(dict):  # type: ignore[type-arg]
 def _in_other_thread(
     call: Callable[[], Any], started: list[threading.Thread]
 ) -> Callable[[], None]:
-    """``call`` on a new thread (added to ``started``), waited for at most a second (a
+    """``call`` on a new thread (added to ``started``), waited for at most 0.25 s (a
     registry with a lock would make it wait: the caller then goes on, and joins it after)."""
 
     def run() -> None:
         thread = threading.Thread(target=call, daemon=True)
         started.append(thread)
         thread.start()
-        thread.join(1.0)
+        thread.join(0.25)
 
     return run
 
