@@ -12,7 +12,7 @@ differ, for example ``params['layer1'][2]``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import array_api_compat as compat
@@ -108,44 +108,47 @@ def flatten(tree: Tree, name: str = "tree") -> tuple[list[Any], Sequence[Path], 
         return fast
     leaves: list[Any] = []
     paths: list[Path] = []
-
-    def walk(node: Any, path: Path) -> TreeDef:
-        if node is None:
-            return NONE
-        try:
-            found = _children(node)
-        except UnbuildableError as err:
-            raise TypeError(f"{path_str(name, path)} is {err}; use a dict") from None
-        if found is None:
-            leaves.append(node)
-            paths.append(path)
-            return LEAF
-        kind, keys, kids, aux = found
-        defs = tuple(
-            walk(kid, (*path, entry(kind, key))) for key, kid in zip(keys, kids, strict=True)
-        )
-        return TreeDef(kind, type(node), keys, defs, aux)
-
     try:
-        treedef = walk(tree, ())
+        treedef = _walk(tree, (), name, leaves, paths)
     except RecursionError:  # a nest that holds itself, or one past the recursion limit
         raise ValueError(f"{name} contains itself or is nested too deeply to walk") from None
     return leaves, paths, treedef
 
 
+def _walk(node: Any, path: Path, name: str, leaves: list[Any], paths: list[Path]) -> TreeDef:
+    """``flatten``'s walk: ``node``'s definition, its leaves and paths appended. A function of
+    the module, not a closure over ``leaves``: a closure that calls itself is a reference cycle,
+    which would keep the caller's arrays alive after the call until the next garbage collection
+    (so would ``unflatten``'s and ``flatten_pair``'s)."""
+    if node is None:
+        return NONE
+    try:
+        found = _children(node)
+    except UnbuildableError as err:
+        raise TypeError(f"{path_str(name, path)} is {err}; use a dict") from None
+    if found is None:
+        leaves.append(node)
+        paths.append(path)
+        return LEAF
+    kind, keys, kids, aux = found
+    defs = tuple(
+        _walk(kid, (*path, entry(kind, key)), name, leaves, paths)
+        for key, kid in zip(keys, kids, strict=True)
+    )
+    return TreeDef(kind, type(node), keys, defs, aux)
+
+
 def unflatten(treedef: TreeDef, leaves: list[Any]) -> Tree:
     """Rebuild a nest from its definition and leaves (in ``flatten`` order)."""
-    it = iter(leaves)
+    return _build(treedef, iter(leaves))
 
-    def build(node: TreeDef) -> Any:
-        if node.kind == "leaf":
-            return next(it)
-        if node.kind == "none":
-            return None
-        kids = [build(child) for child in node.children]
-        return _make(node, kids)
 
-    return build(treedef)
+def _build(node: TreeDef, it: Iterator[Any]) -> Any:
+    if node.kind == "leaf":
+        return next(it)
+    if node.kind == "none":
+        return None
+    return _make(node, [_build(child, it) for child in node.children])
 
 
 def _make(node: TreeDef, kids: list[Any]) -> Any:

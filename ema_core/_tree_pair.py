@@ -65,35 +65,41 @@ def flatten_pair(ref: Tree, other: Tree, ref_name: str, other_name: str) -> Pair
     other_leaves: list[Any] = []
     fail: Callable[[Path, str], str] = lambda p, w: _mismatch(ref_name, other_name, p, w)  # noqa: E731
 
-    def walk(node: TreeDef, value: Any, path: Path) -> None:
-        if node.kind == "leaf":
-            if value is None or _children(value, rebuild=False) is not None:
-                raise TypeError(fail(path, f"expected an array, got {type(value).__name__}"))
-            other_leaves.append(value)
-            return
-        if node.kind == "none":
-            if value is not None:
-                raise TypeError(fail(path, f"expected None, got {type(value).__name__}"))
-            return
-        found = _children(value, rebuild=False)
-        if (
-            found is None
-            or found[0] != node.kind
-            or (node.kind == "pytree" and found[3] != node.aux)
-        ):
-            if found is not None and found[0] == node.kind == "pytree":
-                odd = static_mismatch(node.aux, found[3], (ref_name, other_name), path)
-                if odd is not None:  # a str where the other holds an array: named at its path
-                    raise TypeError(odd)
-            want = node.node_type.__name__ if node.node_type else node.kind
-            same = " with other static fields" if type(value) is node.node_type else ""
-            raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__}{same}"))
-        kids = _match_children(node, value, found, path, fail)
-        for key, child, kid in zip(node.keys, node.children, kids, strict=True):
-            walk(child, kid, (*path, entry(node.kind, key)))
-
-    walk(treedef, other, ())
+    _walk(treedef, other, (), (ref_name, other_name), fail, other_leaves)
     return Pair(ref_leaves, other_leaves, paths, treedef)
+
+
+def _walk(
+    node: TreeDef,
+    value: Any,
+    path: Path,
+    names: tuple[str, str],
+    fail: Callable[[Path, str], str],
+    other_leaves: list[Any],
+) -> None:
+    """``flatten_pair``'s walk of ``other`` along ``ref``'s definition, its leaves appended (a
+    function of the module, not a closure that calls itself: see ``_tree._walk``)."""
+    if node.kind == "leaf":
+        if value is None or _children(value, rebuild=False) is not None:
+            raise TypeError(fail(path, f"expected an array, got {type(value).__name__}"))
+        other_leaves.append(value)
+        return
+    if node.kind == "none":
+        if value is not None:
+            raise TypeError(fail(path, f"expected None, got {type(value).__name__}"))
+        return
+    found = _children(value, rebuild=False)
+    if found is None or found[0] != node.kind or (node.kind == "pytree" and found[3] != node.aux):
+        if found is not None and found[0] == node.kind == "pytree":
+            odd = static_mismatch(node.aux, found[3], names, path)
+            if odd is not None:  # a str where the other holds an array: named at its path
+                raise TypeError(odd)
+        want = node.node_type.__name__ if node.node_type else node.kind
+        same = " with other static fields" if type(value) is node.node_type else ""
+        raise TypeError(fail(path, f"expected a {want}, got {type(value).__name__}{same}"))
+    kids = _match_children(node, value, found, path, fail)
+    for key, child, kid in zip(node.keys, node.children, kids, strict=True):
+        _walk(child, kid, (*path, entry(node.kind, key)), names, fail, other_leaves)
 
 
 def _match_children(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -100,3 +101,34 @@ def test_threads_updating_their_own_nests_while_entries_die() -> None:
         sys.setswitchinterval(interval)
         _stateless.clear()
     assert not errors, errors
+
+
+def test_a_call_leaves_no_cycle_that_keeps_the_callers_arrays() -> None:
+    """With the collector off, the arrays of a nested nest die with the caller's last
+    reference after ``ema_update`` (flatten, flatten_pair, unflatten) and after ``init`` /
+    ``update`` / ``average``: no call leaves a reference cycle holding them (a closure that
+    called itself did, so they lived on until the next collection, and their cache entry's
+    weak references fired from inside the collector)."""
+
+    def nest(value: float) -> dict[str, Any]:
+        return {"a": {"b": np.full(3, value)}, "c": [np.full(2, value), (np.full(1, value),)]}
+
+    def leaves(tree: dict[str, Any]) -> list[np.ndarray]:
+        return [tree["a"]["b"], tree["c"][0], tree["c"][1][0]]
+
+    gc.collect()
+    gc.disable()
+    try:
+        shadow, params = nest(0.0), nest(1.0)
+        out = ema.ema_update(shadow, params, 1, decay=0.5)
+        config = ema.Config(0.5, init="zeros")
+        state = ema.update(ema.init(params, config), params, config)
+        average = ema.average(state, config)
+        assert out["a"]["b"][0] == 0.5 and average["c"][0][0] == 1.0
+        refs = [weakref.ref(x) for x in leaves(shadow) + leaves(params) + leaves(average)]
+        refs += [weakref.ref(x) for x in leaves(state.shadow)]
+        del shadow, params, out, state, average
+        assert [r() is None for r in refs] == [True] * len(refs)
+    finally:
+        gc.enable()
+        _stateless.clear()
