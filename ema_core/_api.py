@@ -18,7 +18,7 @@ from ema_core._checks import (
 )
 from ema_core._config import Config, power_weight, shadow_dtype_name
 from ema_core._leaf_checks import check_finite, check_leaves
-from ema_core._ops import concrete_step, is_host_array, next_step, wide_float
+from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
 from ema_core._read_checks import check_zeros_read
 from ema_core._tree import flatten, unflatten
 from ema_core._tree_pair import flatten_pair
@@ -137,7 +137,7 @@ def init(params: Tree, /, config: Config | None = None) -> EMAState:
         ]
     # the scalars' device: a backend may refine it (a 2-D sharding does not fit a 0-d array)
     device = getattr(backend, "scalar_device", compat.device)(leaves[0])
-    step = xp.asarray(0, dtype=_core.default_int(xp, device), device=device)
+    step = xp.asarray(0, dtype=default_int(xp, device), device=device)
     weight = xp.asarray(0.0 if zeros else 1.0, dtype=wide_float(xp, device), device=device)
     return EMAState(step, unflatten(treedef, shadow), weight)
 

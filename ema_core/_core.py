@@ -119,16 +119,6 @@ def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Arra
     return xp.astype(decay, weight.dtype) * weight + xp.astype(rate, weight.dtype)
 
 
-def default_int(xp: Namespace, device: Any = None) -> DType:
-    """The namespace's default integer dtype on ``device`` (int64; JAX's int32 with x64 off,
-    read now: JAX's x64 mode may be switched at any time; int32 on array-api-strict's
-    ``Device("no_x64")``)."""
-    info = xp.__array_namespace_info__()
-    if device is None or compat.is_jax_namespace(xp):  # JAX's answer is x64's, not a device's
-        return info.default_dtypes()["integral"]
-    return info.default_dtypes(device=device)["integral"]
-
-
 def init_leaf(xp: Namespace, param: Array, shadow_dtype: DType | None, zeros: bool) -> Array:
     """A new shadow leaf: a copy of ``param`` (in ``shadow_dtype`` when given) or zeros. Either
     follows ``param``: its device, and a JAX array's sharding and commitment (zeros made on

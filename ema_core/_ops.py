@@ -42,6 +42,16 @@ def wide_float(xp: Namespace, device: Any = None) -> DType:
     return xp.float64 if has else xp.float32
 
 
+def default_int(xp: Namespace, device: Any = None) -> DType:
+    """The namespace's default integer dtype on ``device`` (int64; JAX's int32 with x64 off,
+    read now: JAX's x64 mode may be switched at any time; int32 on array-api-strict's
+    ``Device("no_x64")``)."""
+    info = xp.__array_namespace_info__()
+    if device is None or compat.is_jax_namespace(xp):  # JAX's answer is x64's, not a device's
+        return info.default_dtypes()["integral"]
+    return info.default_dtypes(device=device)["integral"]
+
+
 def _has_float64(xp: Namespace, device: Any) -> bool:
     info = xp.__array_namespace_info__()
     return "float64" in info.dtypes(device=device, kind="real floating")

@@ -15,7 +15,7 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core._checks import check_fraction, check_positive
-from ema_core._ops import Ops, ScalarOps, is_host_array
+from ema_core._ops import Ops, ScalarOps, default_int, is_host_array
 from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at, shown_int
 from ema_core.schedules._decays import as_schedule
 
@@ -119,10 +119,8 @@ def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
 def _widest_int(xp: Any, t: Any) -> Any:
     """An integer count array as int64 where its namespace and device have int64 (JAX only with
     x64; not array-api-strict's ``Device("no_x64")``)."""
-    if t.dtype == xp.int64 or (compat.is_jax_namespace(xp) and xp.asarray(0).dtype != xp.int64):
-        return t
-    defaults = xp.__array_namespace_info__().default_dtypes(device=compat.device(t))
-    if defaults["integral"] != xp.int64:
+    device = None if compat.is_jax_namespace(xp) else compat.device(t)  # a tracer has none
+    if t.dtype == xp.int64 or default_int(xp, device) != xp.int64:
         return t
     return xp.astype(t, xp.int64)
 
