@@ -10,7 +10,10 @@ state) instead of one per leaf: the bound for any update that takes the params l
 ``addresses``: no compiled call at all, only each param's and shadow's buffer address read from
 Python (``unsafe_buffer_pointer``): the floor of a route that would blend the buffers outside
 XLA, as the torch host engine does with tensors (JAX arrays are immutable, so such a route would
-also write memory that other computations may still read)."""
+also write memory that other computations may still read). ``packed_concat``: a packed state
+that does the arithmetic: one flat float32 shadow, the params concatenated into it inside the
+jitted, donated update (``s + (1 - d) * (concatenate(params) - s)``; up to 1,000 leaves, like
+``tree_map``): what a packed public state would cost once XLA has to gather the leaves."""
 
 from __future__ import annotations
 
@@ -64,6 +67,10 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         donate_argnums=0,
     )
     nothing = jax.jit(lambda s, p: s, donate_argnums=0, keep_unused=True)
+    packed = jax.jit(
+        lambda s, p: s + (1 - DECAY) * (jnp.concatenate([x.ravel() for x in p]) - s),
+        donate_argnums=0,
+    )
 
     def ceiling(t: int) -> Any:
         box["a"] = flat(box["a"], b)
@@ -90,6 +97,12 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         ]
         return box["packed"]
 
+    def packed_concat(t: int) -> Any:
+        if "flat" not in box:  # made on first use: a contender left out costs no memory
+            box["flat"] = jax.device_put(jnp.zeros(sum(p.size for p in params)), dev)
+        box["flat"] = packed(box["flat"], params)
+        return box["flat"]
+
     def addresses(t: int) -> Any:
         return [x.unsafe_buffer_pointer() for x in (*box["h"], *params)]
 
@@ -100,7 +113,9 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         "handoff": handoff,
         "handoff_params": handoff_params,
     }
-    return found if len(params) > MAX_BASELINE_LEAVES else {**found, "tree_map": tree_map}
+    if len(params) > MAX_BASELINE_LEAVES:
+        return found
+    return {**found, "packed_concat": packed_concat, "tree_map": tree_map}
 
 
 def sync(result: Any) -> None:
