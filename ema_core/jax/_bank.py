@@ -98,6 +98,7 @@ class BankUpdate:
         self._every, self._directory = every, directory
         self._jitted = jax.jit(self._arrays, static_argnums=(2, 3), donate_argnums=(0,) * donate)
         self._chunks = Chunks(configs, donate)
+        self._donate = donate
         self._made: tuple[Callable[[], Any], ...] = ()  # the steps this bank last returned
         self._host_steps: list[int] = []  # with snapshot_every: the steps, counted here
 
@@ -220,8 +221,7 @@ class BankUpdate:
     def _prepare(self, states: tuple[EMAState, ...], params: Tree) -> tuple[Any, ...]:
         state_arrays, state_split = _split(states)
         params_arrays, params_split = _split(params)
-        if not any(isinstance(x, jax.core.Tracer) for x in state_arrays):  # no "committed"
-            state_arrays = _committed(state_arrays)
+        state_arrays = _committed(state_arrays, params_arrays, self._donate)
         return state_arrays, params_arrays, state_split, params_split
 
     def _arrays(

@@ -124,7 +124,9 @@ def host_scalars(state: Any) -> Any:
     """``state`` with a Python or numpy integer step (a scalar or a 0-d array: saturated at the
     top of JAX's integer, as jit would wrap an int64 past it with x64 off) and a Python float
     weight as 0-d JAX arrays beside the shadow (a non-array leaf is static in the jit: it would
-    never move), after checking the weight's shape and dtype (the update does not look at it).
+    never move), a weak-typed weight (``jnp.asarray(1.0)``) made strong (the update returns a
+    strong one: a weak one would compile a second time), after checking the weight's shape and
+    dtype (the update does not look at it).
 
     Raises:
         TypeError: ``state.weight`` is not a float or a 0-d float array.
@@ -139,6 +141,8 @@ def host_scalars(state: Any) -> Any:
         step = _beside(state.shadow, np.asarray(min(int(step), top)))
     if isinstance(weight, float):
         weight = _beside(state.shadow, np.asarray(weight, jax.numpy.result_type(float)))
+    elif getattr(weight, "weak_type", False) and not isinstance(weight, jax.core.Tracer):
+        weight = jax.numpy.asarray(weight, weight.dtype)  # the update returns a strong weight
     kind = np.dtype(weight.dtype).kind if isinstance(weight, (jax.Array, np.ndarray)) else ""
     if kind not in ("f", ""):
         raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")

@@ -16,6 +16,7 @@ from ema_core import _api
 from ema_core._arguments import checked_config
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
+from ema_core.backends.jax._leaves import default_device
 from ema_core.jax import _chunked
 from ema_core.jax._call_checks import (
     check_finite_params,
@@ -115,6 +116,7 @@ class _Update:
         self._guard = config.guard_finite  # checked before the call: traced params cannot raise
         config = dataclasses.replace(config, guard_finite=False)
         self._compiled_config = config
+        self._donate = donate
         self._chunked = _chunked.Chunked(config, donate)
         self._jitted = jax.jit(self._arrays, static_argnums=(2, 3), donate_argnums=(0,) * donate)
         self._made: Callable[[], Any] = lambda: None  # the step this update last returned
@@ -133,7 +135,12 @@ class _Update:
     def _prepare(self, state: EMAState, params: Tree) -> tuple[Any, ...]:
         state_arrays, state_split = _split(state)
         params_arrays, params_split = _split(params)
-        return _committed(state_arrays), params_arrays, state_split, params_split
+        return (
+            _committed(state_arrays, params_arrays, self._donate),
+            params_arrays,
+            state_split,
+            params_split,
+        )
 
     def __call__(self, state: EMAState, params: Tree, /) -> EMAState:
         step = getattr(state, "step", None)
@@ -191,20 +198,49 @@ def dispatch(
     return chunked.run(arrays, params_arrays, kinds)
 
 
-def _committed(arrays: list[Any]) -> list[Any]:
-    """The arrays placed explicitly where they live.
+def _committed(arrays: list[Any], params_arrays: list[Any], donate: bool) -> list[Any]:
+    """The state's arrays placed explicitly, so that the first call compiles what every later
+    call sees (a jitted function returns committed arrays, and JAX compiles again when an
+    argument turns from uncommitted or numpy to committed).
 
-    A jitted function returns committed arrays, and JAX compiles again when an argument turns
-    from uncommitted (a fresh ``init`` over uncommitted params) to committed. Committing the
-    state before the first call keeps it at one compilation. Inside an outer ``jax.jit`` the
-    arrays are tracers, which have no placement to commit (reading it raises): kept as they are,
-    as are deleted arrays (``device_put`` would raise JAX's unnamed error).
+    * An uncommitted array (a fresh ``init`` over uncommitted params) is committed where it lives.
+    * A numpy array (a state snapshotted with ``jax.device_get``, or loaded from a file) is put
+      where the params are: their one device when every committed param lives there, else the
+      default device when none is committed; params committed across several devices leave it
+      to JAX (one more compilation, no guess at a sharding).
+    * With ``donate``, an array that is also one of the params (``state._replace(shadow=params)``,
+      an EMA reset to the weights) is copied first: JAX refuses to donate a buffer it also reads.
+
+    Inside an outer ``jax.jit`` the arrays are tracers, which have no placement to commit
+    (reading it raises): kept as they are, as are deleted arrays (``device_put`` would raise
+    JAX's unnamed error; ``dispatch``'s ``check_live`` names them).
     """
     if any(isinstance(x, jax.core.Tracer) for x in arrays):
         return arrays
-    if all(getattr(x, "committed", True) for x in arrays):
-        return arrays
-    return [
-        x if getattr(x, "committed", True) or x.is_deleted() else jax.device_put(x, x.sharding)
-        for x in arrays
-    ]  # a deleted array is named by ``dispatch``'s ``check_live``
+    shared = {id(x) for x in params_arrays} if donate else set()
+    if all(getattr(x, "committed", False) for x in arrays) and shared.isdisjoint(map(id, arrays)):
+        return arrays  # the steady state: the arrays an update returned
+    home = _params_home(params_arrays)
+    return [_placed(x, home, id(x) in shared) for x in arrays]
+
+
+def _placed(x: Any, home: Any, shared: bool) -> Any:
+    """One state array as ``_committed`` describes (``home``: ``_params_home``'s answer)."""
+    if isinstance(x, np.ndarray):
+        return x if home is False else jax.device_put(x, home)
+    if x.is_deleted():
+        return x
+    if shared:
+        return jax.numpy.copy(x)
+    return x if x.committed else jax.device_put(x, x.sharding)
+
+
+def _params_home(params_arrays: list[Any]) -> Any:
+    """Where a numpy state array goes: the one device of the committed params, the default
+    device when none is committed, or False when they are committed across several devices."""
+    devices = {
+        d for x in params_arrays if getattr(x, "committed", False) for d in x.sharding.device_set
+    }
+    if len(devices) > 1:
+        return False
+    return devices.pop() if devices else default_device()

@@ -133,7 +133,7 @@ def scalar_device(leaf: Array) -> Any:
     sharding = getattr(leaf, "sharding", None)
     if sharding is None or len(sharding.device_set) == 1:
         device = compat.device(leaf)
-        if not getattr(leaf, "committed", True) and device == _default_device():
+        if not getattr(leaf, "committed", True) and device == default_device():
             return None
         return device
     if isinstance(sharding, NamedSharding):
@@ -141,7 +141,7 @@ def scalar_device(leaf: Array) -> Any:
     return None
 
 
-def _default_device() -> Any:
+def default_device() -> Any:
     """The device ``jnp.asarray(x)`` uses now (``jax.default_device`` or the default backend's
     first device)."""
     chosen = getattr(jax.config, "jax_default_device", None)
