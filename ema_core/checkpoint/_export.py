@@ -34,7 +34,7 @@ from ema_core.checkpoint._format import check_path
 from ema_core.checkpoint._peers import preset_of, same_trajectory
 from ema_core.checkpoint._peers_read import DIFFUSERS_ARGS
 from ema_core.torch import _dtensor
-from ema_core.torch._bank_snap import aliases
+from ema_core.torch._bank_snap import aliases, transient
 from ema_core.torch._module import EMA
 
 __all__ = ["DIFFUSERS_CONFIG", "DIFFUSERS_WEIGHTS", "FORMATS", "export"]
@@ -101,7 +101,8 @@ def export(
         ['weight']
     """
     _check(ema, format, path, model_config, args)
-    averages = {n: a.detach().clone() for n, a in ema.average.items()}
+    skip = transient(ema)  # non-persistent buffers: not in module.state_dict()
+    averages = {n: a.detach().clone() for n, a in ema.average.items() if n not in skip}
     averages.update({alias: averages[name] for alias, name in aliases(ema).items()})
     if format == "state_dict":
         return averages

@@ -42,18 +42,25 @@ def copy_averages(
     shadows: Sequence[torch.Tensor],
     averages: Callable[[], dict[str, torch.Tensor]],
     source: Any,
+    optional: frozenset[str] = frozenset(),
 ) -> None:
     """Write ``averages()`` into the tensors of ``source`` (a module, mapping or pairs) under the
     same names, cast to their dtype; every target is checked against its shadow first
-    (``_swap.check_target``), so nothing is written when one is refused."""
+    (``_swap.check_target``), so nothing is written when one is refused. The ``optional`` names
+    (non-persistent buffers) may be missing from a mapping or pairs (``model.state_dict()``
+    leaves them out): skipped there."""
     found = _names.named_tensors(source, "average", "copy_to(module_or_named_tensors)")
     targets = {name: tensor for name, tensor, _, _ in found}
+    lax = optional if not isinstance(source, torch.nn.Module) else frozenset()
     for name, shadow in zip(names, shadows, strict=True):
+        if name not in targets and name in lax:
+            continue
         _swap.check_target(name, targets.get(name), shadow)
     values = averages()
     with torch.no_grad(), HeldInterrupts():
         for name, average in values.items():
-            _dtensor.copy_into(targets[name], average)
+            if name in targets:  # the others are optional ones the source lacks
+                _dtensor.copy_into(targets[name], average)
 
 
 def load_shadows(

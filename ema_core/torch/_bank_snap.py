@@ -14,7 +14,7 @@ from typing import Any
 
 from ema_core import _bank_snapshots, _banks
 from ema_core.torch._module import EMA
-from ema_core.torch._names import strip
+from ema_core.torch._names import strip, transient_buffers
 
 __all__ = [
     "aliases",
@@ -106,6 +106,12 @@ def aliases(ema: EMA) -> dict[str, str]:
     tracked = set(ema.names)
     owner = {id(v): k for k, v in entries if k in tracked}
     return {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
+
+
+def transient(ema: EMA) -> frozenset[str]:
+    """The tracked names that are non-persistent buffers of the EMA's module (not in
+    ``module.state_dict()``, so not in an export)."""
+    return transient_buffers(ema._bound.root, ema.names)
 
 
 def policies(ema: EMA) -> dict[str, str]:

@@ -187,7 +187,8 @@ class EMA:
         """
         self._settle(follow=True)
         shadows, source = self._bound.shadows, module_or_named_tensors
-        _averages.copy_averages(self.names, shadows, lambda: self.average, source)
+        transient = _names.transient_buffers(self._bound.root, self.names)
+        _averages.copy_averages(self.names, shadows, lambda: self.average, source, transient)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: shadows by name, the counter, the bias-correction weight,

@@ -71,6 +71,23 @@ def named_tensors(source: Any, buffers: str, where: str) -> list[tuple[str, Any,
     return [(strip(_name(n, where)), _tensor(t, n, where), b, n) for n, t, b in found]
 
 
+def transient_buffers(root: torch.nn.Module | None, names: Iterable[str]) -> frozenset[str]:
+    """The tracked ``names`` that are non-persistent buffers of ``root``
+    (``register_buffer(..., persistent=False)``, such as rotary ``inv_freq``): tracked and
+    swapped like any buffer, but ``module.state_dict()`` leaves them out, so an export leaves
+    them out too and a mapping target may lack them. Empty for an EMA of named tensors."""
+    if root is None:
+        return frozenset()
+    tracked = set(names)
+    found = set()
+    for prefix, module in root.named_modules(remove_duplicate=False):
+        for local in getattr(module, "_non_persistent_buffers_set", ()):
+            name = strip(f"{prefix}.{local}" if prefix else local)
+            if name in tracked:
+                found.add(name)
+    return frozenset(found)
+
+
 def collect(
     source: Any, buffers: Any, include: Any, exclude: Any, where: str = "module_or_named_tensors"
 ) -> list[Tracked]:
@@ -93,6 +110,12 @@ def collect(
         if keep(name) and not drop(name):
             check_materialized(name, tensor, where)
             kind = kind_of(tensor, is_buffer, buffers)
+            if kind == "float" and tensor.dtype.itemsize == 1:
+                raise TypeError(
+                    f"{where}[{name!r}] has dtype {tensor.dtype}: a 1-byte float (float8) "
+                    "cannot be averaged (torch has no arithmetic in it); leave it out with "
+                    "exclude= (a frozen base needs no EMA) or track a wider copy"
+                )
             tracked.append(Tracked(name, tensor, kind, raw, is_buffer))
     if not tracked:
         raise ValueError(
@@ -116,6 +139,12 @@ def check_materialized(name: str, tensor: torch.Tensor, where: str) -> None:
     """Raise for a tensor without values: on the meta device, or an empty DTensor shard, or
     a plain tensor whose storage was freed (torch's own fused ops would read unowned memory).
     A sparse or quantized tensor (no dense values to blend or copy) is a ``TypeError``."""
+    if torch.nn.parameter.is_lazy(tensor):
+        raise ValueError(
+            f"{where}[{name!r}] is not materialized yet (a lazy module, such as nn.LazyLinear, "
+            "before its first forward): build the EMA after a first forward, or leave it out "
+            "with exclude="
+        )
     local = _dtensor.local(tensor)
     if local.layout != torch.strided or local.is_quantized:
         raise TypeError(

@@ -60,11 +60,18 @@ def check_rebind(old: Tracked, new: Tracked, shadow: torch.Tensor) -> None:
             f"{tuple(shadow.shape)} when the EMA was built; build a new EMA for a reshaped model"
         )
     if new.kind != old.kind or _floating(new.tensor) != _floating(old.tensor):
+        now, was = (_role(t) for t in (new, old))
         raise ValueError(
-            f"the module's tensor {old.name!r} is {new.tensor.dtype} now and was "
-            f"{old.tensor.dtype}: an EMA cannot follow a tensor switched between floating "
-            "and integer (a copied buffer included); build a new EMA"
+            f"the module's tensor {old.name!r} is {now} now and was {was}: an EMA cannot "
+            "follow a tensor switched between averaged and copied (floating and integer, or "
+            "a parameter and a copied buffer); build a new EMA"
         )
+
+
+def _role(tracked: Tracked) -> str:
+    """How a tracked tensor is handled, for messages: ``'an averaged torch.float32 parameter'``."""
+    kind = "an averaged" if tracked.kind == "float" else "a copied"
+    return f"{kind} {tracked.tensor.dtype} {'buffer' if tracked.is_buffer else 'parameter'}"
 
 
 def _floating(tensor: torch.Tensor) -> bool:

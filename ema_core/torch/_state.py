@@ -85,11 +85,16 @@ def check(
 
 
 def unpack_step(state: Mapping[str, Any]) -> tuple[int | torch.Tensor, float | torch.Tensor]:
-    """The counter and bias-correction weight: Python numbers when stored on the host."""
+    """The counter and bias-correction weight as the EMA held them: Python numbers when stored
+    on the host as int64 (what ``pack`` writes for a Python int), a host counter of another
+    integer dtype (an EMA stepped with a uint8 or int32 CPU tensor) as a 0-d tensor of that
+    dtype, which keeps stopping at its dtype's largest value, and device ones as tensors."""
     step, weight = state["step"], state["weight"]
-    if step.device.type == "cpu":
-        return int(step), float(weight)
-    return step.clone(), weight.clone()
+    if step.device.type != "cpu":
+        return step.clone(), weight.clone()
+    if step.dtype != torch.int64:
+        return step.clone(), float(weight)
+    return int(step), float(weight)
 
 
 def _tensor(value: int | float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -100,6 +100,14 @@ def swapped(
             live weights are restored; a ``KeyboardInterrupt`` or other non-``Exception`` from
             the block is let through instead).
     """
+    for name, tensor in zip(names, live, strict=True):  # checked before the first write
+        by_copy = copy or tensor.is_inference() or not _plain_parameter(tensor)
+        if by_copy and expanded(tensor):
+            raise ValueError(
+                f"swap(): {name!r} is an expanded tensor (stride {tensor.stride()}): its "
+                "elements share memory, so no average can be written into it; give the model "
+                "its own copy (.contiguous()), or swap(copy=False) for a plain Parameter"
+            )
     puts: list[Put] = []
     failed: BaseException | None = None
     try:
@@ -157,9 +165,8 @@ def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) 
             f"{where}: an average of dtype {average.dtype} cannot be written into "
             f"a tensor of dtype {target.dtype} without losing values"
         )
-    expanded = any(st == 0 and n > 1 for st, n in zip(target.stride(), target.shape, strict=True))
     inference = target.is_inference() and not torch.is_inference_mode_enabled()
-    if target.is_meta or target.layout != torch.strided or expanded or inference:
+    if target.is_meta or target.layout != torch.strided or expanded(target) or inference:
         raise ValueError(
             f"{where} must be a writable dense tensor with data, got layout {target.layout} on "
             f"device {target.device}, stride {target.stride()}, inference={target.is_inference()}"
@@ -167,6 +174,14 @@ def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) 
     plain = type(target) in (torch.Tensor, torch.nn.Parameter)  # a DTensor: its shard's
     if plain and (why := short_memory(target)) is not None:
         raise ValueError(f"{where}: {why}")
+
+
+def expanded(tensor: torch.Tensor) -> bool:
+    """Whether some elements of ``tensor`` share memory (a stride 0 over a dimension of more
+    than one element, as ``expand`` makes): torch refuses to write into it."""
+    if tensor.layout != torch.strided:
+        return False
+    return any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape, strict=True))
 
 
 _Update = TypeVar("_Update", bound=Callable[..., Any])
