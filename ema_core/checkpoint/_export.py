@@ -101,9 +101,10 @@ def export(
         ['weight']
     """
     _check(ema, format, path, model_config, args)
+    full = {n: a.detach().clone() for n, a in ema.average.items()}
     skip = transient(ema)  # non-persistent buffers: not in module.state_dict()
-    averages = {n: a.detach().clone() for n, a in ema.average.items() if n not in skip}
-    averages.update({alias: averages[name] for alias, name in aliases(ema).items()})
+    averages = {n: a for n, a in full.items() if n not in skip}
+    averages.update({alias: full[name] for alias, name in aliases(ema).items()})
     if format == "state_dict":
         return averages
     if format == "timm":

@@ -104,7 +104,8 @@ def aliases(ema: EMA) -> dict[str, str]:
         return {}
     entries = [(strip(k), v) for k, v in root.state_dict(keep_vars=True).items()]
     tracked = set(ema.names)
-    owner = {id(v): k for k, v in entries if k in tracked}
+    buffers = [(strip(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
+    owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
     return {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
 
 
