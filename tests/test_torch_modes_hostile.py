@@ -104,3 +104,25 @@ def test_inside_a_torch_func_transform_is_a_type_error_and_writes_nothing(
     with pytest.raises(TypeError, match=r"inside a torch\.func transform .*outside the transform"):
         run(torch.ones(4, 3) if transform == "vmap" else torch.ones(3))
     assert torch.equal(shadow, torch.zeros(3))
+
+
+@pytest.mark.parametrize("copy", [None, True, False])
+@pytest.mark.parametrize("transform", ["vmap", "grad"])
+def test_the_same_transform_tensors_twice_in_a_row_are_still_a_type_error(
+    transform: str, copy: bool | None
+) -> None:
+    """The stateless cache records the layout of leaves seen twice in a row (by identity: a
+    freed tensor's id can come back in the next call, as it did once in ``make test``); a
+    transform's tensors have no storage to record, so the second call too is the TypeError,
+    not torch's "Cannot access data pointer" RuntimeError from the cache."""
+    shadow = torch.zeros(3)
+
+    def step(p: torch.Tensor) -> torch.Tensor:
+        for _ in range(2):
+            with pytest.raises(TypeError, match=r"inside a torch\.func transform"):
+                ema_core.ema_update(shadow, p, 1, decay=0.5, copy=copy)
+        return p.sum()
+
+    run = torch.func.vmap(step) if transform == "vmap" else torch.func.grad(step)
+    run(torch.ones(4, 3) if transform == "vmap" else torch.ones(3))
+    assert torch.equal(shadow, torch.zeros(3))

@@ -134,14 +134,19 @@ class Signature(NamedTuple):
 
 def leaf_signature(leaves: Sequence[torch.Tensor]) -> Signature | None:
     """The layout of plain (``Tensor`` / ``Parameter``) tensors, or None where it cannot be
-    kept: other types (DTensor, fake tensors), meta tensors, or inside ``torch.compile``."""
+    kept: other types (DTensor, fake tensors), meta tensors, tensors without storage (a
+    ``torch.func`` transform's), or inside ``torch.compile``."""
     if torch.compiler.is_compiling() or not set(map(type, leaves)) <= _PLAIN:
         return None
     if any(map(attrgetter("is_meta"), leaves)):
         return None
+    try:
+        pointers = list(map(torch.Tensor.data_ptr, leaves))
+    except RuntimeError:  # a torch.func transform's tensors (type Tensor) have no storage
+        return None
     return Signature(
         list(map(torch.Tensor.detach, leaves)),
-        list(map(torch.Tensor.data_ptr, leaves)),
+        pointers,
         list(map(_DTYPE, leaves)),
         list(map(torch.Tensor.is_inference, leaves)),
         torch.is_inference_mode_enabled(),
