@@ -168,3 +168,21 @@ def test_leaves_of_up_to_4096_elements_with_the_same_dtypes_are_gathered() -> No
     assert sorted(map(sorted, batched)) == [[10], [10, 4096]]  # one block per dtype pair
     whole = [it.shadow.size for it in items if isinstance(it, host.Leaf)]
     assert whole == [4097]
+
+
+def test_a_state_dict_kept_in_memory_moves_with_the_ema_and_a_deep_copy_does_not() -> None:
+    # README "torch models": "like module.state_dict() it holds the live shadow tensors (the
+    # step is a copy) ... torch.save it, or copy.deepcopy it, to keep a snapshot"
+    import copy
+
+    model = _net()
+    ema = EMA(model, decay=0.5)
+    kept = ema.state_dict()
+    snapshot = copy.deepcopy(kept)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update()
+    now = ema.state_dict()
+    assert torch.equal(kept["shadow"]["0.weight"], now["shadow"]["0.weight"])
+    assert int(kept["step"]) == 0 and int(now["step"]) == 1
+    assert not torch.equal(snapshot["shadow"]["0.weight"], now["shadow"]["0.weight"])

@@ -55,7 +55,7 @@ class Put:
         self.live = live
         self.version: int | None = None
         self.inference = live.is_inference()  # no version counter: copied, in inference mode
-        if copy or self.inference or not _plain_parameter(live):
+        if by_copy(live, copy):
             target = live.detach()
             self.by_data = False
             with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
@@ -101,8 +101,7 @@ def swapped(
             the block is let through instead).
     """
     for name, tensor in zip(names, live, strict=True):  # checked before the first write
-        by_copy = copy or tensor.is_inference() or not _plain_parameter(tensor)
-        if by_copy and expanded(tensor):
+        if by_copy(tensor, copy) and expanded(tensor):
             raise ValueError(
                 f"swap(): {name!r} is an expanded tensor (stride {tensor.stride()}): its "
                 "elements share memory, so no average can be written into it; give the model "
@@ -174,6 +173,12 @@ def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) 
     plain = type(target) in (torch.Tensor, torch.nn.Parameter)  # a DTensor: its shard's
     if plain and (why := short_memory(target)) is not None:
         raise ValueError(f"{where}: {why}")
+
+
+def by_copy(live: torch.Tensor, copy: bool) -> bool:
+    """Whether ``Put`` writes the average into ``live``'s memory (``copy=True``, an inference
+    tensor, anything but a plain Parameter) rather than pointing its ``.data`` at it."""
+    return copy or live.is_inference() or not _plain_parameter(live)
 
 
 def expanded(tensor: torch.Tensor) -> bool:
