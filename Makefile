@@ -32,8 +32,10 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 # one pytest worker per CPU (pytest-xdist), each taking whole test files: a module's shared
-# set-up (a multi-rank launch, the demo run) happens once, in one worker
-XDIST := -n auto --dist loadfile
+# set-up (a multi-rank launch, the demo run) happens once, in one worker; files are handed out
+# in collection order, the costliest first (conftest.py's HEAVY), not xdist's default order
+# (most tests first, which left the few-but-slow files to the end)
+XDIST := -n auto --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider $(XDIST)
