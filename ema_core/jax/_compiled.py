@@ -163,6 +163,7 @@ class _Update:
 
 
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
+_COMMITTED = operator.attrgetter("committed")
 
 
 def _avals(arrays: list[Any]) -> tuple[tuple[Any, Any], ...]:
@@ -215,11 +216,13 @@ def _committed(arrays: list[Any], params_arrays: list[Any], donate: bool) -> lis
     (reading it raises): kept as they are, as are deleted arrays (``device_put`` would raise
     JAX's unnamed error; ``dispatch``'s ``check_live`` names them).
     """
-    if any(isinstance(x, jax.core.Tracer) for x in arrays):
-        return arrays
-    shared = {id(x) for x in params_arrays} if donate else set()
-    if all(getattr(x, "committed", False) for x in arrays) and shared.isdisjoint(map(id, arrays)):
-        return arrays  # the steady state: the arrays an update returned
+    shared = set(map(id, params_arrays)) if donate else set()
+    try:
+        steady = all(map(_COMMITTED, arrays)) and shared.isdisjoint(map(id, arrays))
+    except Exception:  # a numpy array, or a tracer: no commitment to read
+        steady = False
+    if steady or any(isinstance(x, jax.core.Tracer) for x in arrays):
+        return arrays  # the steady state (the arrays an update returned), or traced
     home = _params_home(params_arrays)
     return [_placed(x, home, id(x) in shared) for x in arrays]
 
