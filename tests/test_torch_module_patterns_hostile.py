@@ -760,3 +760,18 @@ def test_copy_to_a_state_dict_skips_only_the_non_persistent_buffers_it_lacks() -
     with pytest.raises(ValueError, match=r"'lin\.bias'"):
         ema.copy_to(lacking)
     assert all(torch.equal(lacking[k], before[k]) for k in lacking)
+
+
+def test_a_param_replaced_by_a_float8_one_later_is_refused_before_any_write() -> None:
+    """The float8 refusal holds where the EMA follows a replaced tensor too: a float32 param
+    swapped for a float8 one after the EMA was built is a ``TypeError`` naming it at the next
+    update, before any shadow, the step or another tensor's average moves."""
+    model = _Float8Adapted()
+    ema = EMA(model, decay=0.5, exclude="base")
+    before = {n: t.clone() for n, t in ema.average.items()}
+    _fill(model.lora_b, 4.0)
+    model.lora_a = nn.Parameter(torch.zeros(3).to(torch.float8_e4m3fn))
+    with pytest.raises(TypeError, match=r"'lora_a'.*float8"):
+        ema.update()
+    assert ema.step == 0
+    assert all(torch.equal(ema.average[n], t) for n, t in before.items())

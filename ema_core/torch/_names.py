@@ -109,13 +109,7 @@ def collect(
         seen[name] = None
         if keep(name) and not drop(name):
             check_materialized(name, tensor, where)
-            kind = kind_of(tensor, is_buffer, buffers)
-            if kind == "float" and tensor.dtype.itemsize == 1:
-                raise TypeError(
-                    f"{where}[{name!r}] has dtype {tensor.dtype}: a 1-byte float (float8) "
-                    "cannot be averaged (torch has no arithmetic in it); leave it out with "
-                    "exclude= (a frozen base needs no EMA) or track a wider copy"
-                )
+            kind = checked_kind(name, tensor, is_buffer, buffers, where)
             tracked.append(Tracked(name, tensor, kind, raw, is_buffer))
     if not tracked:
         raise ValueError(
@@ -170,6 +164,25 @@ def kind_of(tensor: torch.Tensor, is_buffer: bool, buffers: str) -> LeafKind:
     return "float"
 
 
+def checked_kind(
+    name: str, tensor: torch.Tensor, is_buffer: bool, buffers: str, where: str
+) -> LeafKind:
+    """``kind_of``, refusing a 1-byte float (float8) to average: torch has no arithmetic in it,
+    so its update would fail after other tensors were written (copied ones are fine).
+
+    Raises:
+        TypeError: a float8 tensor that would be averaged, named.
+    """
+    kind = kind_of(tensor, is_buffer, buffers)
+    if kind == "float" and tensor.dtype.itemsize == 1:
+        raise TypeError(
+            f"{where}[{name!r}] has dtype {tensor.dtype}: a 1-byte float (float8) cannot be "
+            "averaged (torch has no arithmetic in it); leave it out with exclude= (a frozen "
+            "base needs no EMA) or track a wider copy"
+        )
+    return kind
+
+
 def lookup(root: torch.nn.Module | None, tracked: list[Tracked], buffers: str) -> list[Tracked]:
     """``tracked`` with each tensor as ``root`` holds it now under the same name (the same
     objects for named tensors), its kind recomputed.
@@ -190,7 +203,8 @@ def lookup(root: torch.nn.Module | None, tracked: list[Tracked], buffers: str) -
             )
         tensor, is_buffer, raw = now[t.name]
         check_materialized(t.name, tensor, "the module")
-        out.append(Tracked(t.name, tensor, kind_of(tensor, is_buffer, buffers), raw, is_buffer))
+        kind = checked_kind(t.name, tensor, is_buffer, buffers, "the module")
+        out.append(Tracked(t.name, tensor, kind, raw, is_buffer))
     return out
 
 
