@@ -2,6 +2,7 @@
 
 ``python -m benchmarks --bank`` times the torch ``EMABank`` against separate EMAs only;
 ``python -m benchmarks --tree`` times flattening and checking flat dicts of 1k-100k leaves only;
+``python -m benchmarks --eager`` times one eager ``ema_core.update`` of a JAX state only;
 the full run prints that table too.
 
 Times ema-core on real model shapes for every installed backend, beside the peer EMAs a user
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bank, chart, harness, stateless, tree, workloads
+from benchmarks import bank, chart, eager, harness, stateless, tree, workloads
 from benchmarks.backends import MODULES
 from benchmarks.peers import PEERS
 
@@ -52,6 +53,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--stateless",
         action="store_true",
         help="only the stateless ema_update against the EMA class (stateless.py)",
+    )
+    ap.add_argument(
+        "--eager",
+        action="store_true",
+        help="only one eager ema_core.update of a JAX state against make_update (eager.py)",
     )
     ap.add_argument(
         "--bank",
@@ -99,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.bank:
         print(bank.main())
+        return 0
+    if args.eager:
+        print(eager.main())
         return 0
     names = args.workload or (
         ["resnet50"]

@@ -161,12 +161,17 @@ def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EM
     shadows, leaves, paths, treedef = flatten_pair(state.shadow, params, "state.shadow", "params")
     xp, kinds = check_leaves(shadows, leaves, paths, ("state.shadow", "params"), config.non_float)
     check_weight(state.weight)
-    t = next_step(state.step)
-    d, r = config.decay_and_rate(t)
+    backend = get_backend(xp)
+    head = getattr(backend, "update_scalars", None)  # one compiled call where eager ops are dear
+    found = None if head is None else head(config, state.step, state.weight)
+    if found is None:
+        t = next_step(state.step)
+        d, r = config.decay_and_rate(t)
+    else:
+        t, d, r, weight = found
     check_decay_value(d, "the decay of Config.schedule", step=t)
     if config.guard_finite:
         check_finite(xp, leaves, kinds, paths)
-    backend = get_backend(xp)
     with backend.guard():
         new = backend.update_leaves(
             xp,
@@ -178,9 +183,11 @@ def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EM
             non_float=config.non_float,
             writes=[False] * len(leaves),
         )
-        weight = _core.next_weight(xp, state.weight, d, r)
+        if found is None:
+            weight = _core.next_weight(xp, state.weight, d, r)
     if isinstance(t, int) and not isinstance(state.step, int):
-        t = xp.asarray(t, dtype=state.step.dtype, device=compat.device(state.step))
+        step_xp = compat.array_namespace(state.step)  # a numpy step beside JAX shadows stays one
+        t = step_xp.asarray(t, dtype=state.step.dtype, device=compat.device(state.step))
     return EMAState(t, unflatten(treedef, new), weight)
 
 

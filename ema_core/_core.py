@@ -114,8 +114,9 @@ def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Arra
         if isinstance(decay, float):
             return float(weight) * decay + rate
         return decay * float(weight) + rate
-    if isinstance(decay, float):
-        return xp.asarray(weight * decay + rate, dtype=weight.dtype, device=compat.device(weight))
+    if isinstance(decay, float):  # in the weight's own namespace: a numpy one stays numpy
+        own = compat.array_namespace(weight)
+        return own.asarray(weight * decay + rate, dtype=weight.dtype, device=compat.device(weight))
     return xp.astype(decay, weight.dtype) * weight + xp.astype(rate, weight.dtype)
 
 

@@ -164,17 +164,22 @@ def ops_for(t: Any, name: str = "t") -> Ops:
         ValueError: ``t`` is negative or above ``MAX_STEP`` (checked where the host reads its
             value: Python ints, host arrays, CPU torch tensors, concrete CPU JAX arrays).
     """
+    check_step(t, name)
+    return ScalarOps(t) if isinstance(t, int) else ArrayOps(t)
+
+
+def check_step(t: Any, name: str = "t") -> None:
+    """``ops_for``'s checks alone (its ``Raises``), for a caller that computes elsewhere."""
     if isinstance(t, bool) or not (isinstance(t, int) or compat.is_array_api_obj(t)):
         raise TypeError(
             f"{name} must be a Python int or a 0-d integer array, got {type(t).__name__} {t!r}"
         )
     if isinstance(t, int):
         _check_count(t, name)
-        return ScalarOps(t)
+        return
     check_count_array(t, name)
     if is_readable(t):
         _check_count(int(t), name)
-    return ArrayOps(t)
 
 
 def check_count_array(t: Array, name: str) -> None:

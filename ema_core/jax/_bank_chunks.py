@@ -8,10 +8,10 @@ from typing import Any
 
 import jax
 
-from ema_core import _api, _core
+from ema_core import _api
 from ema_core._config import Config
-from ema_core._ops import next_step
-from ema_core.backends.jax._leaves import leaf_decay, update_compiled
+from ema_core.backends.jax._leaves import update_compiled
+from ema_core.backends.jax._scalars import scalars
 from ema_core.jax import _chunked
 
 __all__ = ["Chunks"]
@@ -30,16 +30,10 @@ class Chunks:
         self._kinds: dict[Any, tuple[str, ...]] = {}
 
     def _decays(self, steps: list[Any], weights: list[Any]) -> list[tuple[Any, ...]]:
-        wide = jax.numpy.result_type(float)
-        out = []
-        for step, weight, config in zip(steps, weights, self.configs, strict=True):
-            t = next_step(step)
-            d, r = config.decay_and_rate(t)
-            r_wide = jax.numpy.asarray(r, dtype=wide)
-            out.append(
-                (t, leaf_decay(d, r, wide), r_wide, _core.next_weight(jax.numpy, weight, d, r))
-            )
-        return out
+        return [
+            scalars(config, step, weight)
+            for step, weight, config in zip(steps, weights, self.configs, strict=True)
+        ]
 
     def kinds(self, key: Any, merge: Any, arrays: list[Any], params: list[Any]) -> Any:
         """Per leaf "float" or "exact", after validating the bank's update once per signature

@@ -15,10 +15,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ema_core import _api, _core
+from ema_core import _api
 from ema_core._config import Config
-from ema_core._ops import next_step
-from ema_core.backends.jax._leaves import leaf_decay, update_compiled, update_donated
+from ema_core.backends.jax._leaves import update_compiled, update_donated
+from ema_core.backends.jax._scalars import scalars
 
 #: Leaves per compiled chunk.
 CHUNK = 1024
@@ -34,11 +34,7 @@ class Chunked:
         self._kinds: dict[Any, tuple[str, ...]] = {}
 
     def _decay(self, step: Any, weight: Any) -> tuple[Any, Any, Any, Any]:
-        t = next_step(step)
-        d, r = self.config.decay_and_rate(t)
-        wide = jnp.result_type(float)
-        leaf_d = leaf_decay(d, r, wide)
-        return t, leaf_d, jnp.asarray(r, dtype=wide), _core.next_weight(jnp, weight, d, r)
+        return scalars(self.config, step, weight)
 
     def kinds(self, key: Any, merge: Any, arrays: list[Any], params_arrays: list[Any]) -> Any:
         """Per leaf "float" or "exact", after validating this signature once: ``merge(arrays,

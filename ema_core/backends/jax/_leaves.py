@@ -36,9 +36,12 @@ def update_leaves(
     """New shadows: float leaves blended, exact ones copied on every call, also at decay 1
     (``writes`` is ignored: JAX arrays are immutable, so a new array is always returned)."""
     wide = jnp.result_type(float)
-    d, r = leaf_decay(decay, rate, wide), jnp.asarray(rate, dtype=wide)
+    if isinstance(decay, float):  # decided on the host; an array decay is nudged in the jit
+        decay = leaf_decay(decay, rate, wide)
+    if isinstance(rate, float):
+        rate = np.asarray(rate, dtype=wide)
     new = update_compiled(
-        tuple(shadows), tuple(params), d, r, kinds=tuple(kinds), non_float=non_float
+        tuple(shadows), tuple(params), decay, rate, kinds=tuple(kinds), non_float=non_float
     )
     return list(new)
 
@@ -67,7 +70,8 @@ def _update_impl(
     kinds: tuple[LeafKind, ...],
     non_float: NonFloatPolicy,
 ) -> tuple[Array, ...]:
-    gates = _Gates(decay, rate)
+    wide = jnp.result_type(float)  # a decay already nudged by ``leaf_decay`` stays as it is
+    gates = _Gates(leaf_decay(decay, rate, wide), jnp.asarray(rate, dtype=wide))
     out = []
     for s, p, kind in zip(shadows, params, kinds, strict=True):
         if kind == "float":
