@@ -115,6 +115,10 @@ def assign_all(dst: dict[str, Array], src: Mapping[str, Array]) -> dict[str, Arr
     """``assign`` for every name; ``dst`` is updated to the arrays now holding the values."""
     for key, value in dst.items():
         dst[key] = assign(value, src[key])
+    if any(map(compat.is_torch_array, dst.values())):
+        import torch
+
+        torch.clear_autocast_cache()  # casts of the old values made in an autocast region
     return dst
 
 

@@ -43,24 +43,27 @@ def copy_averages(
     averages: Callable[[], dict[str, torch.Tensor]],
     source: Any,
     optional: frozenset[str] = frozenset(),
+    skip: frozenset[str] = frozenset(),
 ) -> None:
     """Write ``averages()`` into the tensors of ``source`` (a module, mapping or pairs) under the
     same names, cast to their dtype; every target is checked against its shadow first
     (``_swap.check_target``), so nothing is written when one is refused. The ``optional`` names
     (non-persistent buffers) may be missing from a mapping or pairs (``model.state_dict()``
-    leaves them out): skipped there."""
+    leaves them out): skipped there. The ``skip`` names are neither checked nor written
+    (integer buffers kept at their value from construction: ``non_float="freeze"``)."""
     found = _names.named_tensors(source, "average", "copy_to(module_or_named_tensors)")
     targets = {name: tensor for name, tensor, _, _ in found}
     lax = optional if not isinstance(source, torch.nn.Module) else frozenset()
     for name, shadow in zip(names, shadows, strict=True):
-        if name not in targets and name in lax:
+        if (name not in targets and name in lax) or name in skip:
             continue
         _swap.check_target(name, targets.get(name), shadow)
     values = averages()
     with torch.no_grad(), HeldInterrupts():
         for name, average in values.items():
-            if name in targets:  # the others are optional ones the source lacks
+            if name in targets and name not in skip:  # optional ones the source may lack
                 _dtensor.copy_into(targets[name], average)
+        torch.clear_autocast_cache()  # casts of the old weights made in an autocast region
 
 
 def load_shadows(

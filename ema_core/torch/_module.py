@@ -188,7 +188,10 @@ class EMA:
         self._settle(follow=True)
         shadows, source = self._bound.shadows, module_or_named_tensors
         transient = _names.transient_buffers(self._bound.root, self.names)
-        _averages.copy_averages(self.names, shadows, lambda: self.average, source, transient)
+        frozen = self.config.non_float == "freeze"  # integers at their value from construction
+        held = (n for n, s in zip(self.names, shadows, strict=True) if not _options.floating(s))
+        skip = frozenset(held) if frozen else frozenset()
+        _averages.copy_averages(self.names, shadows, lambda: self.average, source, transient, skip)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: shadows by name, the counter, the bias-correction weight,

@@ -59,7 +59,7 @@ def check_rebind(old: Tracked, new: Tracked, shadow: torch.Tensor) -> None:
             f"the module's tensor {old.name!r} has shape {tuple(new.tensor.shape)} now and "
             f"{tuple(shadow.shape)} when the EMA was built; build a new EMA for a reshaped model"
         )
-    if new.kind != old.kind or _floating(new.tensor) != _floating(old.tensor):
+    if new.kind != old.kind or floating(new.tensor) != floating(old.tensor):
         now, was = (_role(t) for t in (new, old))
         raise ValueError(
             f"the module's tensor {old.name!r} is {now} now and was {was}: an EMA cannot "
@@ -74,7 +74,8 @@ def _role(tracked: Tracked) -> str:
     return f"{kind} {tracked.tensor.dtype} {'buffer' if tracked.is_buffer else 'parameter'}"
 
 
-def _floating(tensor: torch.Tensor) -> bool:
+def floating(tensor: torch.Tensor) -> bool:
+    """A float or complex tensor (the others are integers and bools, never averaged)."""
     return tensor.is_floating_point() or tensor.is_complex()
 
 
