@@ -49,7 +49,7 @@ def after_step(
             f"update_after_step must be an int in [-2**63, 2**63 - 2] (steps are int64), "
             f"got {shown}"
         )
-    copies = max(first, 1) if copy_first else max(first, 0)
+    copies = max(first, 1) if copy_first else first  # first <= -1: no step copies, 0 included
     schedule = gated(
         inner, every=every, phase=phase, copy_through=copies, offset=-first, floor=floor
     )

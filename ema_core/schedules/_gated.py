@@ -86,9 +86,10 @@ def gated(
     """Gate, offset and floor a schedule the way a peer's bookkeeping does.
 
     ``d_t = 1`` unless ``t >= start`` and ``(t - phase) % every == 0``; on those steps
-    ``d_t = 0`` while ``t <= copy_through``, else ``max(schedule(u), floor)`` with
-    ``u = max((t + offset) // divisor, 1)``. No compensation for skipped steps: the peers that
-    gate apply a one-step decay (use ``Config(interval=...)`` for the exact, compensated gate).
+    ``d_t = 0`` while ``t <= copy_through`` (a negative one copies at no step), else
+    ``max(schedule(u), floor)`` with ``u = max((t + offset) // divisor, 1)``. No compensation for
+    skipped steps: the peers that gate apply a one-step decay (use ``Config(interval=...)`` for
+    the exact, compensated gate).
 
     Example:
         >>> from ema_core import schedules
@@ -99,9 +100,10 @@ def gated(
     for name, value in (("every", every), ("divisor", divisor)):
         check_positive(name, value, integer=True)
         check_at_most_max_step(name, value, "1")
-    for name, value in (("phase", phase), ("start", start), ("copy_through", copy_through)):
+    for name, value in (("phase", phase), ("start", start)):
         _check_int(name, value)
     _check_int("offset", offset, signed=True)
+    _check_int("copy_through", copy_through, signed=True)
     check_fraction("floor", floor)
     return Gated(
         as_schedule(schedule), every, phase, start, copy_through, offset, divisor, float(floor)
