@@ -228,7 +228,11 @@ def read_average(state: EMAState, config: Config) -> Tree:
     if config.correction == "power":
         weight = power_weight(config.schedule, concrete_step(state.step, "state.step"))  # type: ignore[arg-type]
     weight = float(weight) if is_host_array(weight) else weight
-    with get_backend(xp).guard():
+    backend = get_backend(xp)
+    fused = getattr(backend, "correct_leaves", None)  # all leaves in one call (JAX)
+    if fused is not None:
+        return unflatten(treedef, fused(leaves, kinds, weight))
+    with backend.guard():
         out = [
             _core.correct(xp, s, weight) if k == "float" else s
             for s, k in zip(leaves, kinds, strict=True)

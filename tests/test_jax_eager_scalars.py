@@ -167,3 +167,36 @@ def test_the_eager_benchmarks_three_routes_compute_the_same_state() -> None:
     for key in ("update", "update, callable"):
         for a, b in zip(_leaves(states[key]), _leaves(states["make_update"]), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("correction", ["exact", "power", "none"])
+@pytest.mark.parametrize("updates", [0, 1, 5])
+def test_the_fused_read_of_a_zeros_state_gives_the_per_leaf_reads_bits(
+    correction: str, updates: int
+) -> None:
+    """``average`` of an ``init="zeros"`` JAX state divides every float leaf in one compiled
+    call (a device weight, a host weight under ``"power"``, weight 0 before the first update);
+    each leaf has the bits of ``_core.correct`` applied to it alone, bf16 shadows read in
+    float32, integer leaves as they are."""
+    from ema_core import _core
+
+    config = ema.Config(schedule=schedules.warmup(0.9), init="zeros", correction=correction)
+    config_half = ema.Config(
+        schedule=schedules.warmup(0.9), init="zeros", correction=correction, dtype="same"
+    )
+    for cfg in (config, config_half):
+        state = ema.init(_params(), cfg)
+        for t in range(1, updates + 1):
+            state = ema.update(state, _params(float(t)), cfg)
+        weight: Any = state.weight
+        if correction == "power":
+            weight = 1.0 - float(cfg.decay(updates)) ** updates if updates else 0.0
+        elif correction == "none":
+            weight = 1.0
+        read = ema.average(state, cfg)
+        for key, shadow in state.shadow.items():
+            inexact = jnp.issubdtype(shadow.dtype, jnp.inexact)
+            expected = _core.correct(jnp, shadow, weight) if inexact else shadow
+            assert read[key].dtype == expected.dtype, key
+            np.testing.assert_array_equal(np.asarray(read[key]), np.asarray(expected))
+        assert read["b"].dtype == jnp.float32  # a bf16 shadow reads in float32

@@ -26,10 +26,10 @@ from __future__ import annotations
 from typing import Any
 
 from ema_core.backends.generic import guard  # nothing to guard: JAX arrays are immutable
-from ema_core.backends.jax._leaves import scalar_device, update_leaves
+from ema_core.backends.jax._leaves import correct_leaves, scalar_device, update_leaves
 from ema_core.backends.jax._scalars import update_scalars
 
-__all__ = ["guard", "scalar_device", "update_leaves", "update_scalars"]
+__all__ = ["correct_leaves", "guard", "scalar_device", "update_leaves", "update_scalars"]
 
 #: Names that used to live here and moved above the API to ``ema_core.jax``.
 _MOVED = frozenset(

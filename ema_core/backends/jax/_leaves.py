@@ -95,6 +95,30 @@ update_compiled = jax.jit(_update_impl, static_argnames=_STATIC)
 update_donated = jax.jit(_update_impl, static_argnames=_STATIC, donate_argnums=(0,))
 
 
+def correct_leaves(
+    shadows: Sequence[Array], kinds: Sequence[LeafKind], weight: Value
+) -> list[Array]:
+    """``_core.correct`` of every float leaf (``average`` of an ``init="zeros"`` state) in one
+    compiled call, not five eager operations per leaf; the others as they are. A host weight
+    enters as a 0-d array of the wide float (a new value each step never recompiles), which
+    divides as the Python float would; 0 and 1 divide as 1 (the shadow's own values)."""
+    if isinstance(weight, float):
+        weight = np.asarray(weight, dtype=jnp.result_type(float))
+    return list(_correct_compiled(tuple(shadows), weight, kinds=tuple(kinds)))
+
+
+def _correct_impl(
+    shadows: tuple[Array, ...], weight: Array, *, kinds: tuple[LeafKind, ...]
+) -> tuple[Array, ...]:
+    return tuple(
+        _core.correct(jnp, s, weight) if k == "float" else s
+        for s, k in zip(shadows, kinds, strict=True)
+    )
+
+
+_correct_compiled = jax.jit(_correct_impl, static_argnames=("kinds",))
+
+
 class _Gates:
     """The scalars of one update, computed once for all leaves (per compute dtype)."""
 
