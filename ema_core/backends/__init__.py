@@ -4,8 +4,10 @@ Every backend is a module that follows ``Backend``: ``update_leaves`` (the blend
 leaves, in place where asked; its route table is in the module's docstring) and ``guard()`` (a
 context the core runs in, such as ``torch.no_grad``). Optional members, read with ``getattr``:
 ``scalar_device`` (where ``init`` puts its 0-d step and weight), ``leaf_signature`` /
-``same_signature`` (what the stateless call's plan cache compares, ``ema_core._stateless``) and
-``PLAN_MEMO`` (``update_leaves`` takes a ``memo`` dict to keep its plan in).
+``same_signature`` (what the stateless call's plan cache compares, ``ema_core._stateless``),
+``PLAN_MEMO`` (``update_leaves`` takes a ``memo`` dict to keep its plan in), ``update_scalars``
+(an eager ``update``'s step, decay, rate and weight in one call, or ``None``) and
+``correct_leaves`` (``average``'s division of all float leaves in one call).
 
 The generic Array API backend serves every namespace; a framework's own module is imported only
 when its arrays show up, and detection reads ``sys.modules`` through array-api-compat, so no
