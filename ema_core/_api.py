@@ -9,14 +9,14 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core import _core, _stateless
-from ema_core._arguments import checked_config, resolve_rule
+from ema_core._arguments import checked_config, decay_array, resolve_rule, shadow_dtype
 from ema_core._checks import (
     check_decay_namespace,
     check_decay_value,
     check_state,
     check_weight,
 )
-from ema_core._config import Config, power_weight, shadow_dtype_name
+from ema_core._config import Config, power_weight
 from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
 from ema_core._read_checks import check_zeros_read
@@ -87,7 +87,7 @@ def ema_update(
     t = concrete_step(step, "step")
     if array_decay:  # a 0-d decay array given directly
         check_decay_namespace(rule, xp)
-        d = _decay_array(xp, rule, leaves[0])
+        d = decay_array(xp, rule, leaves[0])
         r = 1.0 - d
     else:
         d, r = rule.decay_and_rate(t)
@@ -132,7 +132,7 @@ def init(params: Tree, /, config: Config | None = None) -> EMAState:
     backend = get_backend(xp)
     with backend.guard():
         shadow = [
-            _core.init_leaf(xp, p, _shadow_dtype(xp, p, config) if kind == "float" else None, zeros)
+            _core.init_leaf(xp, p, shadow_dtype(xp, p, config) if kind == "float" else None, zeros)
             for p, kind in zip(leaves, kinds, strict=True)
         ]
     # the scalars' device: a backend may refine it (a 2-D sharding does not fit a 0-d array)
@@ -238,37 +238,6 @@ def read_average(state: EMAState, config: Config) -> Tree:
             for s, k in zip(leaves, kinds, strict=True)
         ]
     return unflatten(treedef, out)
-
-
-def _decay_array(xp: Any, decay: Array, leaf: Array) -> Array:
-    """A 0-d decay in the widest float of its device; an array-api-strict one is moved to the
-    leaves' device (as the torch backend moves a tensor), before anything is written."""
-    if not is_host_array(decay):
-        return xp.astype(decay, wide_float(xp, compat.device(decay)))
-    device = compat.device(leaf)
-    return compat.to_device(xp.astype(decay, wide_float(xp, device)), device)
-
-
-def _shadow_dtype(xp: Any, param: Array, config: Config) -> Any:
-    """The shadow dtype of a floating leaf; a ``Config.dtype`` the namespace lacks (bfloat16
-    in numpy, float16 in array-api-strict) is a ``TypeError``, not the params' dtype."""
-    name = shadow_dtype_name(config.dtype, _core.dtype_name(xp, param.dtype))
-    dtype = getattr(xp, name, None)
-    if dtype is None and config.dtype not in (None, "same"):
-        raise TypeError(
-            f"Config.dtype is {config.dtype!r} but {xp.__name__} has no {name}; pass "
-            "dtype=None (float32 for half params, else the params' dtype), 'same' or a dtype "
-            "it has"
-        )
-    if name == "float64" and dtype is not None and dtype != param.dtype:
-        device = compat.device(param)
-        if wide_float(xp, device) != dtype:  # Apple MPS, array-api-strict's no_float64
-            raise ValueError(
-                f"Config.dtype is {config.dtype!r} but the params' device {device} has no "
-                "float64; pass dtype=None (float32 for half params, else the params' dtype) or "
-                "'float32'"
-            )
-    return param.dtype if dtype is None else dtype
 
 
 __all__ = ["average", "ema_update", "init", "update"]

@@ -9,6 +9,8 @@ module turns them into one rule, with one set of errors:
 * ``resolve_rule``: what the stateless ``ema_update`` needs (the effective schedule, or a 0-d
   decay array given as ``decay=``; the integer-leaf policy; the finite guard).
 * ``resolve_config``: one ``Config`` (the torch ``EMA``), with its ``dtype`` / ``buffers``.
+* ``decay_array``: a 0-d ``decay=`` array in the wide float, on the leaves' device.
+* ``shadow_dtype``: the dtype ``Config.dtype`` gives a floating leaf's shadow in a namespace.
 
 The step is checked by ``ema_core._ops.concrete_step`` (or ``ops_for``) everywhere, and the
 ``"power"`` correction ``1 - d_t ** t`` is ``ema_core._config.power_weight``. This module sits in
@@ -22,8 +24,10 @@ from typing import Any, NamedTuple
 
 import array_api_compat as compat
 
+from ema_core import _core
 from ema_core._checks import check_choice, check_decay_arg, check_fraction, got
-from ema_core._config import Config
+from ema_core._config import Config, shadow_dtype_name
+from ema_core._ops import is_host_array, wide_float
 from ema_core._types import Array, NonFloatPolicy
 from ema_core.schedules import Schedule, as_schedule
 
@@ -149,3 +153,34 @@ def resolve_config(
         changes["dtype"] = dtype
     resolved: Config = dataclasses.replace(config, **changes) if changes else config
     return resolved
+
+
+def decay_array(xp: Any, decay: Array, leaf: Array) -> Array:
+    """A 0-d decay in the widest float of its device; an array-api-strict one is moved to the
+    leaves' device (as the torch backend moves a tensor), before anything is written."""
+    if not is_host_array(decay):
+        return xp.astype(decay, wide_float(xp, compat.device(decay)))
+    device = compat.device(leaf)
+    return compat.to_device(xp.astype(decay, wide_float(xp, device)), device)
+
+
+def shadow_dtype(xp: Any, param: Array, config: Config) -> Any:
+    """The shadow dtype of a floating leaf; a ``Config.dtype`` the namespace lacks (bfloat16
+    in numpy, float16 in array-api-strict) is a ``TypeError``, not the params' dtype."""
+    name = shadow_dtype_name(config.dtype, _core.dtype_name(xp, param.dtype))
+    dtype = getattr(xp, name, None)
+    if dtype is None and config.dtype not in (None, "same"):
+        raise TypeError(
+            f"Config.dtype is {config.dtype!r} but {xp.__name__} has no {name}; pass "
+            "dtype=None (float32 for half params, else the params' dtype), 'same' or a dtype "
+            "it has"
+        )
+    if name == "float64" and dtype is not None and dtype != param.dtype:
+        device = compat.device(param)
+        if wide_float(xp, device) != dtype:  # Apple MPS, array-api-strict's no_float64
+            raise ValueError(
+                f"Config.dtype is {config.dtype!r} but the params' device {device} has no "
+                "float64; pass dtype=None (float32 for half params, else the params' dtype) or "
+                "'float32'"
+            )
+    return param.dtype if dtype is None else dtype
