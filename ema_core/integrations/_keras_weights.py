@@ -101,23 +101,27 @@ def live_arrays(model: Any, plan: Plan, indices: list[int]) -> dict[str, Any]:
 
 
 def optimizer_steps(model: Any) -> int | None:
-    """The optimizer steps applied so far when the optimizer accumulates gradients (Keras'
-    ``gradient_accumulation_steps``: a batch may apply no step), else None (every batch
+    """The optimizer steps applied so far when a batch may apply none: the optimizer
+    accumulates gradients (Keras' ``gradient_accumulation_steps``) or scales the loss
+    (``LossScaleOptimizer``, which ``mixed_float16`` compiles in: a step whose gradients
+    overflow is skipped, and its inner optimizer's counter stays), else None (every batch
     steps, and nothing is read). On JAX between batches the counter is read from the
     trainer's state, as ``live_arrays`` reads the weights.
     """
     optimizer: Any = getattr(model, "optimizer", None)
-    every = getattr(optimizer, "gradient_accumulation_steps", None)
-    if not every:
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    counting = optimizer.inner_optimizer if scaled else optimizer
+    every = getattr(counting, "gradient_accumulation_steps", None)
+    if not every and not scaled:
         return None
-    counter = optimizer._iterations  # counts batches; a step is applied every ``every``
+    counter = counting._iterations  # counts batches; a step is applied every ``every``
     state = getattr(model, "_jax_state", None)
     if state and not getattr(model, "_jax_state_synced", True) and state.get("optimizer_variables"):
         ids = [id(v) for v in optimizer.variables]
         value = state["optimizer_variables"][ids.index(id(counter))]
     else:
         value = counter.value
-    return int(np.asarray(keras.ops.convert_to_numpy(value))) // int(every)
+    return int(np.asarray(keras.ops.convert_to_numpy(value))) // int(every or 1)
 
 
 def check_model(model: Any) -> None:
