@@ -163,7 +163,7 @@ def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EM
     check_weight(state.weight)
     backend = get_backend(xp)
     head = getattr(backend, "update_scalars", None)  # one compiled call where eager ops are dear
-    found = None if head is None else head(config, state.step, state.weight)
+    found = None if head is None else head(config, state.step, state.weight, shadows[0])
     if found is None:
         t = next_step(state.step)
         d, r = config.decay_and_rate(t)

@@ -143,11 +143,10 @@ def host_scalars(state: Any) -> Any:
         weight = _beside(state.shadow, np.asarray(weight, jax.numpy.result_type(float)))
     elif getattr(weight, "weak_type", False) and not isinstance(weight, jax.core.Tracer):
         weight = jax.numpy.asarray(weight, weight.dtype)  # the update returns a strong weight
-    kind = np.dtype(weight.dtype).kind if isinstance(weight, (jax.Array, np.ndarray)) else ""
-    if kind not in ("f", ""):
-        raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")
-    if not kind:
+    if not isinstance(weight, (jax.Array, np.ndarray)):
         raise TypeError(f"state.weight must be a 0-d float array, got {type(weight).__name__}")
+    if not jax.numpy.issubdtype(weight.dtype, jax.numpy.floating):  # bfloat16 included
+        raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")
     if weight.ndim != 0:
         raise ValueError(f"state.weight must be a 0-d float array, got shape {weight.shape}")
     if step is state.step and weight is state.weight:

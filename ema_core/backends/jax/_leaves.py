@@ -104,7 +104,30 @@ def correct_leaves(
     divides as the Python float would; 0 and 1 divide as 1 (the shadow's own values)."""
     if isinstance(weight, float):
         weight = np.asarray(weight, dtype=jnp.result_type(float))
+    else:
+        check_beside("state.weight", weight, shadows[0])
     return list(_correct_compiled(tuple(shadows), weight, kinds=tuple(kinds)))
+
+
+def check_beside(name: str, scalar: Any, shadow: Array) -> None:
+    """A committed 0-d ``scalar`` of a state must sit on the devices of its committed shadows
+    (JAX would refuse to combine them, naming the compiled function's arguments).
+
+    Raises:
+        ValueError: naming ``name`` and both devices.
+    """
+    if isinstance(scalar, jax.core.Tracer) or isinstance(shadow, jax.core.Tracer):
+        return
+    committed = getattr(scalar, "committed", False) and getattr(shadow, "committed", False)
+    if committed and scalar.devices() != shadow.devices():
+        raise ValueError(
+            f"{name} is on {_shown(scalar)}, but state.shadow is on {_shown(shadow)}: keep the "
+            "state on one device (jax.device_put(state, device))"
+        )
+
+
+def _shown(array: Any) -> str:
+    return ", ".join(sorted(str(d) for d in array.devices()))
 
 
 def _correct_impl(

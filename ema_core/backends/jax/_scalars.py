@@ -10,9 +10,10 @@ entry), made at its first eager update; the last ``SIZE`` configs are kept.
 ``make_update``'s compiled head and the bank's call the same ``scalars``, so an eager update and
 a compiled one give the same bits (``tests/test_jax_compiled.py``).
 
-Only configs whose schedule is built of ema-core's own schedules are compiled: a user's callable
-(or ``Schedule`` subclass) may branch in Python on the step's value or read a setting that
-changes between calls, which an eager update honours at every call and a traced one would not.
+Only ``Config`` objects (not a subclass's) whose schedule is built of ema-core's own schedules
+are compiled: a user's callable (or ``Schedule`` subclass) may branch in Python on the step's
+value or read a setting that changes between calls, which an eager update honours at every call
+and a traced one would not.
 Inside a trace (``jax.jit``, ``grad``, ``vmap``), for a state whose step or weight is not a JAX
 array, or for such a config (or one that is not hashable), ``update_scalars`` returns ``None``
 and the caller computes the scalars eagerly as before.
@@ -30,9 +31,10 @@ import jax
 import jax.numpy as jnp
 
 from ema_core import _core
+from ema_core._config import Config
 from ema_core._ops import check_step, next_step
 from ema_core._types import Array
-from ema_core.backends.jax._leaves import leaf_decay
+from ema_core.backends.jax._leaves import check_beside, leaf_decay
 from ema_core.schedules import Schedule
 from ema_core.schedules._base import FromCallable
 
@@ -55,14 +57,19 @@ def scalars(config: Any, step: Array, weight: Array) -> Scalars:
     return t, leaf_decay(d, r, wide), jnp.asarray(r, dtype=wide), new_weight
 
 
-def update_scalars(config: Any, step: Any, weight: Any) -> Scalars | None:
+def update_scalars(config: Any, step: Any, weight: Any, shadow: Array) -> Scalars | None:
     """The scalars of an eager update from one compiled call, or ``None`` where the caller
     computes them itself (see the module docstring). The step is checked first as the eager
-    path checks it (its value read where the host can read it: a concrete CPU array)."""
+    path checks it (its value read where the host can read it: a concrete CPU array), and a
+    step or weight committed to other devices than the (committed) ``shadow`` is named."""
     if not (isinstance(step, jax.Array) and isinstance(weight, jax.Array)):
         return None
     if isinstance(step, jax.core.Tracer) or isinstance(weight, jax.core.Tracer):
         return None
+    check_beside("state.step", step, shadow)
+    check_beside("state.weight", weight, shadow)
+    if type(config) is not Config:
+        return None  # a subclass may compute its decay its own way, from a changing setting
     if not _own(config.effective_schedule):
         return None
     try:
