@@ -10,7 +10,7 @@ through array-api-compat and ``sys.modules``; none is imported here.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import array_api_compat as compat
@@ -56,11 +56,10 @@ def resolve_writes(
     written = [i for i, w in enumerate(writes) if w]
     if not written or _compiling():  # fake tensors have no memory to compare
         return writes
-    arrays = [shadows[i] for i in written]
-    keys = list(map(memory_key, arrays))
-    check_no_shared_memory(arrays, [paths[i] for i in written], name, keys)
+    keys = list(map(memory_key, shadows))  # the unwritten ones too: they are read
+    check_no_shared_memory(shadows, paths, name, keys, writes)
     if params:
-        check_apart_from_params(written, keys, shadows, params, paths, name)
+        check_apart_from_params(written, [keys[i] for i in written], shadows, params, paths, name)
     return writes
 
 
@@ -95,35 +94,53 @@ def why_not_writeable(s: Array) -> str | None:
 
 
 def check_no_shared_memory(
-    arrays: Sequence[Array], paths: Sequence[Path], name: str, keys: Sequence[Any] | None = None
+    arrays: Sequence[Array],
+    paths: Sequence[Path],
+    name: str,
+    keys: Sequence[Any] | None = None,
+    writes: Sequence[bool] | None = None,
 ) -> None:
-    """Arrays to be written in place must be distinct objects whose memory does not overlap.
+    """Arrays to be written in place (``writes``, default all) must be distinct objects whose
+    memory overlaps no other array's: a written one would be updated twice, or an unwritten
+    one read after a write to it.
 
     Arrays are grouped by the memory they live in (a torch storage, the numpy array owning the
-    data: ``keys``, found here when not given); within a group, and for numpy arrays over
-    foreign memory, byte ranges are compared (exactly for numpy when they interleave). Other
-    arrays are compared by identity.
+    data: ``keys``, found here when not given); within a group, and across all of them when a
+    numpy array lies over foreign memory (a view whose base is no array), byte ranges are
+    compared (exactly for numpy when they interleave). Other arrays are compared by identity.
     """
     if len(arrays) < 2 or _compiling():
         return
     keys = list(map(memory_key, arrays)) if keys is None else keys
+    written = [True] * len(arrays) if writes is None else writes
     first: dict[int, int] = {}
     groups: dict[Any, list[int]] = {}
     for i, (a, key) in enumerate(zip(arrays, keys, strict=True)):
         j = first.setdefault(id(a), i)
-        if j != i:
+        if j != i and (written[i] or written[j]):
             raise _shared(name, paths[j], paths[i])
         if key is not None:
             groups.setdefault(key, []).append(i)
     loose = groups.pop(FOREIGN, [])
-    candidates = loose + [i for g in groups.values() if len(g) > 1 for i in g]
+    candidates = loose + [i for g in groups.values() if len(g) > 1 or loose for i in g]
     spans = sorted((*byte_span(arrays[i]), i) for i in candidates)
-    end, last = -1, -1
-    for lo, hi, i in spans:
-        if lo < min(hi, end) and overlap(arrays[last], arrays[i]):
-            raise _shared(name, paths[last], paths[i])
-        if hi > end:
-            end, last = hi, i
+    for j, i in _meeting(spans):
+        if (written[i] or written[j]) and overlap(arrays[j], arrays[i]):
+            raise _shared(name, paths[j], paths[i])
+
+
+def _meeting(spans: Sequence[tuple[int, int, Any]]) -> Iterator[tuple[Any, Any]]:
+    """``(earlier, later)`` for every two of the ``(lo, hi, tag)`` byte ranges (sorted by
+    ``lo``) that intersect: each range is held open until a later one starts at or after its
+    end, so a long range (an interleaved view across a buffer) hides no pair inside it."""
+    open_: list[tuple[int, Any]] = []
+    for lo, hi, tag in spans:
+        if lo >= hi:
+            continue  # an empty array shares nothing
+        open_ = [(end, other) for end, other in open_ if end > lo]
+        for _, other in open_:
+            yield other, tag
+        open_.append((hi, tag))
 
 
 def check_apart_from_params(
@@ -147,20 +164,18 @@ def check_apart_from_params(
     near = [(i, 0) for i, k in zip(written, keys, strict=True) if k in common]
     near += [(i, 1) for i, k in enumerate(p_keys) if k in common]
     sides = (shadows, params)
-    spans = sorted((*byte_span(sides[side][i]), side, i) for i, side in near)
-    ends = [(-1, -1), (-1, -1)]  # per side: the furthest end so far and its leaf
-    for lo, hi, side, i in spans:
-        end, j = ends[1 - side]
-        s_i, p_i = (i, j) if side == 0 else (j, i)
+    spans = sorted((*byte_span(sides[side][i]), (side, i)) for i, side in near)
+    for (side_a, a), (side_b, b) in _meeting(spans):
+        if side_a == side_b:
+            continue  # two shadows (checked above) or two params (only read)
+        s_i, p_i = (a, b) if side_a == 0 else (b, a)
         same = s_i == p_i and same_elements(shadows[s_i], params[p_i])  # its own params
-        if lo < min(hi, end) and not same and overlap(shadows[s_i], params[p_i]):
+        if not same and overlap(shadows[s_i], params[p_i]):
             raise ValueError(
                 f"{path_str(name, paths[s_i])} and {path_str('params', paths[p_i])} share "
                 "memory; an in-place update would read params it has already written: give "
                 "the shadow its own array, or pass copy=True"
             )
-        if hi > ends[side][0]:
-            ends[side] = (hi, i)
 
 
 def _shared(name: str, a: Path, b: Path) -> ValueError:
