@@ -32,6 +32,7 @@ HEAVY = (
     "tests/test_buffers_every_call.py",
     "tests/test_readme.py",
     "tests/test_integrations_mixed_precision_hostile.py",
+    "tests/test_integrations_resume_hostile.py",
     "tests/test_presets_edges_hostile.py",
     "tests/test_torch_training_loop_hostile.py",
 )

@@ -156,8 +156,11 @@ class EMACallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        step = trainer.global_step
-        if self.ema is None or step <= self._seen:  # no optimizer step since the last update
+        self._catch_up(trainer.global_step)
+
+    def _catch_up(self, step: int) -> None:
+        """One update for the optimizer steps taken since the last one (none: nothing)."""
+        if self.ema is None or step <= self._seen:
             return
         self._seen = step
         self.ema.update(step)
@@ -186,6 +189,8 @@ class EMACallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._leave(exception)
+        if self._stage == "fit":  # a step taken before the batch's end hooks ran: its update,
+            self._catch_up(trainer.global_step)  # before a checkpoint saved on the exception
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._leave()
