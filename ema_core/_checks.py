@@ -53,8 +53,13 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
 
 
 def got(value: Any) -> str:
-    """A wrong-typed argument for a message: its type and its repr, cut at 80 characters."""
-    return f"{type(value).__name__} {value!r:.80}"
+    """A wrong-typed argument for a message: its type and its repr, cut at 80 characters, and
+    for a 0-d array or numpy scalar what to pass instead (a hyperparameter is a Python number,
+    so a ``Config`` stays hashable)."""
+    text = f"{type(value).__name__} {value!r:.80}"
+    if getattr(value, "shape", None) == () and hasattr(value, "dtype"):
+        text += " (a 0-d array or numpy scalar: pass float(x) or int(x))"
+    return text
 
 
 def _shown(value: Any) -> str:

@@ -136,9 +136,10 @@ def test_state_refusals(tmp_path):
         load(path, ema.init({"w": np.ones(2, np.float32), "v": np.ones(4)}))
     with pytest.raises(
         ValueError,
-        match=r"holds config .*Constant\(decay=0\.5\).* but config is .*decay=0\.25.*; build "
-        r"the EMA \(or EMACallback\) with the config the state was saved with, or call "
-        r"ema_core\.checkpoint\.load\(path, like, config=None\) to load without comparing",
+        match=r"was saved with another config: schedule\.decay: 0\.25 in config, 0\.5 in "
+        r".*; pass the config the state was saved with \(to the EMA, EMACallback or "
+        r"load/check\), or config=None to load without comparing \(the file's config is "
+        r".*Constant\(decay=0\.5\)",
     ):
         load(
             path,

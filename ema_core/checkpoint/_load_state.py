@@ -9,7 +9,7 @@ import numpy as np
 
 from ema_core import _safetensors
 from ema_core._checks import name_differences
-from ema_core._config import Config, config_text
+from ema_core._config import Config, config_differences, config_text
 from ema_core._tree import flatten, path_str, unflatten
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
@@ -53,11 +53,18 @@ def checked_state(
 def _check_config(path: str, text: str | None, config: Config | None) -> None:
     if config is None or text == config_text(config):
         return
-    saved = "no config (saved with config=None)" if text is None else f"config {text!r}"
+    fix = (
+        "pass the config the state was saved with (to the EMA, EMACallback or load/check), or "
+        "config=None to load without comparing"
+    )
+    if text is None:
+        raise ValueError(
+            f"{path} holds no config (saved with config=None), but config is "
+            f"{config_text(config)!r}; {fix}"
+        )
+    differ = config_differences(config, text, ("in config", f"in {path}"))
     raise ValueError(
-        f"{path} holds {saved}, but config is {config_text(config)!r}; build the EMA (or "
-        "EMACallback) with the config the state was saved with, or call "
-        "ema_core.checkpoint.load(path, like, config=None) to load without comparing"
+        f"{path} was saved with another config: {differ}; {fix} (the file's config is {text!r})"
     )
 
 

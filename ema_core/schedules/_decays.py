@@ -168,7 +168,8 @@ def as_schedule(
         return constant(value)
     if callable(value):
         return FromCallable(value)
+    hint = ": pass float(x)" if getattr(value, "shape", None) == () else ""
     raise TypeError(
         f"{name} must be a Schedule, a float decay or a callable t -> decay, "
-        f"got {type(value).__name__}"
+        f"got {type(value).__name__}{hint}"
     )
