@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import workloads
+from benchmarks import harness, workloads
 
 #: The sigma_rels of the bank of K.
 SIGMA_RELS = {2: (0.05, 0.10), 3: (0.05, 0.07, 0.10)}
@@ -52,14 +51,7 @@ def _contenders(name: str, dtype: str, k: int) -> dict[str, Callable[[], Any]]:
 def measure(name: str, dtype: str, k: int, rounds: int) -> dict[str, list[float]]:
     """Seconds per contender over ``rounds`` alternations, sorted (after three warm-up rounds:
     the first update copies, the first blend compiles or loads the kernels)."""
-    calls = _contenders(name, dtype, k)
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    for r in range(rounds + 3):
-        for key, call in calls.items():
-            tic = time.perf_counter()
-            call()
-            if r >= 3:
-                times[key].append(time.perf_counter() - tic)
+    times = harness.alternate(_contenders(name, dtype, k), rounds, warmup=3)
     return {key: sorted(v) for key, v in times.items()}
 
 

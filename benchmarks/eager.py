@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import workloads
+from benchmarks import harness, workloads
 
 
 def _cases() -> list[tuple[str, list[tuple[int, ...]]]]:
@@ -58,15 +57,9 @@ def contenders(
 
 def measure(shapes: list[tuple[int, ...]], rounds: int) -> dict[str, float]:
     """Median seconds per contender over ``rounds`` alternations (after three warm-up rounds,
-    which also make the compiled scalars: a config's second update)."""
+    which also compile the config's scalars and the updates)."""
     calls, _ = contenders(shapes)
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for r in range(rounds + 3):
-        for key, call in calls.items():
-            tic = time.perf_counter()
-            call()
-            if r >= 3:
-                times[key].append(time.perf_counter() - tic)
+    times = harness.alternate(calls, rounds, warmup=3)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,6 +47,21 @@ class Row:
     host_syncs: int | None = None
     overhead_us_per_leaf: float = 0.0
     vs_class: float = float("nan")  # the EMA class's time / this one's (where a class was timed)
+
+
+def alternate(
+    calls: Mapping[str, Callable[[], Any]], rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender over ``rounds`` strict alternations (a, b, c, a, ...,
+    so that the machine's drift hits all alike), after ``warmup`` rounds that are not timed."""
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    for r in range(rounds + warmup):
+        for key, call in calls.items():
+            tic = time.perf_counter()
+            call()
+            if r >= warmup:
+                times[key].append(time.perf_counter() - tic)
+    return times
 
 
 def time_case(

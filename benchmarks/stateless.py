@@ -9,13 +9,14 @@ parameters, the stateless call over a list and over a ``state_dict``-style dict 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import statistics
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from benchmarks import workloads
+from benchmarks import harness, workloads
 
 #: (workload, params dtype) pairs timed by default.
 CASES = (
@@ -50,14 +51,13 @@ def _pair(name: str, dtype: str) -> dict[str, Callable[[int], Any]]:
 def measure(name: str, dtype: str, rounds: int) -> dict[str, float]:
     """Median seconds per contender over ``rounds`` alternations (after two warm-up rounds)."""
     calls = _pair(name, dtype)
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for r in range(rounds + 2):
-        for key, call in calls.items():
-            tic = time.perf_counter()
-            call(r + 1)
-            if r >= 2:
-                times[key].append(time.perf_counter() - tic)
+    timed = {k: functools.partial(_stepped, call, itertools.count(1)) for k, call in calls.items()}
+    times = harness.alternate(timed, rounds, warmup=2)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _stepped(call: Callable[[int], Any], steps: Iterator[int]) -> Any:
+    return call(next(steps))  # each contender counts its own steps: 1, 2, 3, ...
 
 
 def main(rounds: int = 30) -> str:
