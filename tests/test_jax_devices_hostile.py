@@ -7,13 +7,11 @@ Two CPU devices need ``XLA_FLAGS`` before JAX starts: the checks run in a subpro
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from tests.two_cpu_devices import run_on_two_cpu_devices
 
 pytest.importorskip("jax")
 
@@ -64,19 +62,4 @@ SCRIPT = textwrap.dedent(
 
 
 def test_params_on_another_device_are_refused_by_name_before_any_donation() -> None:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-        "JAX_PLATFORMS": "cpu",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "DEVICES-OK" in proc.stdout
+    run_on_two_cpu_devices(SCRIPT, "DEVICES-OK")

@@ -10,13 +10,9 @@ values must be named ("Errors")."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +26,7 @@ from ema_core import presets, schedules  # noqa: E402
 from ema_core.backends.jax import _scalars  # noqa: E402
 from ema_core.jax import make_update  # noqa: E402
 from ema_core.schedules._decays import Warmup  # noqa: E402
+from tests.two_cpu_devices import run_on_two_cpu_devices  # noqa: E402
 
 STEPS = 30
 
@@ -612,19 +609,4 @@ def test_a_step_or_weight_on_another_device_is_named() -> None:
     ValueError naming ``state.step`` / ``state.weight`` and the device from ``update``, and
     a weight there from ``average`` of a zeros EMA, as ``make_update`` names them (README
     "Errors": messages name the argument)."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-        "JAX_PLATFORMS": "cpu",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", DEVICES_SCRIPT],
-        env=env,
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "EAGER-DEVICES-OK" in proc.stdout, proc.stdout[-4000:]
+    run_on_two_cpu_devices(DEVICES_SCRIPT, "EAGER-DEVICES-OK")
