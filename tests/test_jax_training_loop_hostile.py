@@ -100,6 +100,21 @@ def test_multi_transform_finds_one_with_ema_and_refuses_two() -> None:
         ema_average(state, HALF)
 
 
+def test_a_multisteps_group_beside_a_plain_one_moves_the_ema_once_per_accumulated_step() -> None:
+    """README "Choices": a call counts as a step only when every ``MultiSteps`` inside
+    stepped; with one group accumulating 2 micro-batches beside a plain group, the EMA moves
+    every second call while the plain group's params change at every call."""
+    labels = {"w": "acc", "b": "plain"}
+    inner = optax.multi_transform(
+        {"acc": optax.MultiSteps(optax.sgd(1.0), 2), "plain": optax.sgd(1.0)}, labels
+    )
+    opt = with_ema(inner, HALF)
+    params, state = _loop(opt, jax.jit(_step(opt)))
+    assert int(state.ema.step) == len(GRADS) // 2
+    expected_b = 1.0 - sum(float(g["b"][0]) for g in GRADS)  # sgd(1.0) at every call
+    np.testing.assert_array_equal(np.asarray(params["b"]), np.full(3, expected_b, np.float32))
+
+
 def test_with_ema_last_in_a_chain_equals_with_ema_of_the_chain() -> None:
     """README: wrap the whole optimizer or put ``with_ema`` last; both average the params the
     chain produces, bit for bit under jit."""
