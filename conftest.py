@@ -33,6 +33,7 @@ HEAVY = (
     "tests/test_readme.py",
     "tests/test_integrations_mixed_precision_hostile.py",
     "tests/test_integrations_resume_hostile.py",
+    "tests/test_jax_training_loop_hostile.py",
     "tests/test_presets_edges_hostile.py",
     "tests/test_torch_training_loop_hostile.py",
 )
