@@ -118,7 +118,9 @@ class ExponentialMovingAverage:
         if not items:
             raise ValueError("var_list holds no variables: nothing to average")
         decay = self._current_decay()
-        slots = [self._slots.get(key) or self._new_slot(var, name) for key, name, var in items]
+        slots = [self._find(i, key, name, var) for i, (key, name, var) in enumerate(items)]
+        if len({id(slot) for slot in slots}) < len(slots):
+            raise ValueError("var_list holds one array twice, named and not: each is averaged once")
         shadows = {key: slot.shadow for (key, _, _), slot in zip(items, slots, strict=True)}
         check_like({key: var for key, _, var in items}, shadows, "var_list")  # as applied before
         field = "biased" if self._zero_debias else "shadow"
@@ -126,14 +128,37 @@ class ExponentialMovingAverage:
         new = ema_core.ema_update(
             current, {i: var for i, (_, _, var) in enumerate(items)}, 1, decay=decay
         )
-        for i, ((key, _, var), slot) in enumerate(zip(items, slots, strict=True)):
-            self._slots[key] = slot
-            slot.var = var
+        for i, ((key, name, var), slot) in enumerate(zip(items, slots, strict=True)):
+            slot.var, slot.name = var, slot.name if name is None else name
+            home = key if slot.name is None else slot.name  # kept by name once it has one
+            for old in [k for k, held in self._slots.items() if held is slot and k != home]:
+                del self._slots[old]  # an array averaged unnamed, now given its name
+            self._slots[home] = slot
             setattr(slot, field, new[i])
             if self._zero_debias:
                 slot.local_step += 1  # TF's debias 1 - d ** k: the "power" correction
                 weight = power_weight(constant(decay), slot.local_step)
                 slot.shadow = assign(slot.shadow, divide(new[i], weight))
+
+    def _find(self, i: int, key: Any, name: str | None, var: Array) -> _Slot:
+        """The slot of ``var``: by its key, else the slot already averaging this very array (TF
+        averages a variable once, passed by name or not), else a new one.
+
+        Raises:
+            ValueError: the array is averaged under another name.
+        """
+        slot = self._slots.get(key)
+        if slot is not None:
+            return slot
+        held = next((s for s in self._slots.values() if s.var is var), None)
+        if held is None:
+            return self._new_slot(var, name)
+        if name is not None and held.name is not None:
+            raise ValueError(
+                f"var_list[{i}] names {held.name!r}'s array {name!r}: a variable is averaged "
+                "under one name"
+            )
+        return held
 
     def _new_slot(self, var: Array, name: str | None) -> _Slot:
         """A shadow for a variable seen for the first time (kept only once ``apply`` succeeds)."""
