@@ -59,7 +59,7 @@ def check_due(
     if due:
         _bank_snapshots.check_set(
             folder,
-            [dict(zip(ema.names, ema._bound.shadows, strict=True)) for ema, _, _ in due],
+            [_kept(ema, _shadows(ema)) for ema, _, _ in due],
             steps=[t for _, _, t in due],
             sigma_rels=[s for _, s, _ in due],
             intervals=[ema.config.interval for ema, _, _ in due],
@@ -79,7 +79,7 @@ def write(
     update, ``retry`` names the call that writes them again)."""
     return _bank_snapshots.write_set(
         folder,
-        [ema.average for ema, _ in due],
+        [_kept(ema, ema.average) for ema, _ in due],
         steps=[int(ema.step) for ema, _ in due],
         sigma_rels=[s for _, s in due],
         intervals=[ema.config.interval for ema, _ in due],
@@ -116,9 +116,22 @@ def transient(ema: EMA) -> frozenset[str]:
 
 
 def policies(ema: EMA) -> dict[str, str]:
-    """Each tracked name's policy: ``"average"`` or ``"copy"`` (copied buffers, integers)."""
+    """Each snapshot name's policy: ``"average"`` or ``"copy"`` (copied buffers, integers)."""
     kinds = ema._bound.kinds
-    return {n: "average" if k == "float" else "copy" for n, k in zip(ema.names, kinds, strict=True)}
+    names = zip(ema.names, kinds, strict=True)
+    return _kept(ema, {n: "average" if k == "float" else "copy" for n, k in names})
+
+
+def _shadows(ema: EMA) -> dict[str, Any]:
+    return dict(zip(ema.names, ema._bound.shadows, strict=True))
+
+
+def _kept(ema: EMA, by_name: dict[str, Any]) -> dict[str, Any]:
+    """``by_name`` without the EMA's non-persistent buffers: a snapshot holds what
+    ``module.state_dict()`` holds (as an export does), so that ``reconstruct(...,
+    like=model.state_dict())`` and a strict load of the CLI's files match the model."""
+    skip = transient(ema)
+    return {n: v for n, v in by_name.items() if n not in skip} if skip else by_name
 
 
 def is_ema(value: Any) -> bool:
@@ -154,4 +167,4 @@ def snapshot_source(
         if given is not None and given != value:
             raise ValueError(f"{name}={given}, but the EMA's is {value}: leave {name} out")
     sigma = found if sigma_rel is None else sigma_rel
-    return ema.average, own, sigma, every, policies(ema), aliases(ema)
+    return _kept(ema, ema.average), own, sigma, every, policies(ema), aliases(ema)
