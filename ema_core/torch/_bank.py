@@ -167,9 +167,9 @@ class EMABank:
 
     def _fused_update(self, work: list[tuple[Any, Value, Value]]) -> None:
         bindings = [ema._bound for ema in self.emas]
-        if self._fused is None or not self._fused.current(bindings):
-            self._fused = Fused(bindings)
-        self._fused.prepare()
+        if self._fused is None or not self._fused.current(bindings) or not self._fused.prepare():
+            self._fused = Fused(bindings)  # a tensor made strided in place is split out again
+            self._fused.prepare()
         decays = [float(d) for _, d, _ in work]
         rates = [float(r) for _, _, r in work]
         with HeldInterrupts():

@@ -86,6 +86,7 @@ class Fused:
 
     def __init__(self, bindings: Sequence[Binding]) -> None:
         self.stores = [b.store for b in bindings]
+        self.bindings = list(bindings)
         self.compiled = _numba.usable()
         first = bindings[0]
         local = all(isinstance(b.store, _store.Local) for b in bindings)
@@ -107,8 +108,10 @@ class Fused:
             a is b.store for a, b in zip(self.stores, bindings, strict=True)
         )
 
-    def prepare(self) -> None:
+    def prepare(self) -> bool:
         """(Re)build the host plans when a fused tensor's memory changed; checks every pair.
+        False (nothing built) when a fused tensor no longer fuses as it did (made strided in
+        place, ``.data`` pointed elsewhere): the caller splits the bindings again.
 
         Raises:
             ValueError: a params tensor no longer fits its shadows (nothing is written).
@@ -121,7 +124,9 @@ class Fused:
             [t.dtype for t in tensors],
         ]
         if key == self.key and self.plans:
-            return
+            return True
+        if any(_form(i, self.bindings) != form for i, form in self.forms.items()):
+            return False
         workers = torch.get_num_threads()
         self.plans = []
         for form in sorted(set(self.forms.values())):
@@ -134,6 +139,7 @@ class Fused:
             flat = [_view(p) for p in params]
             self.plans.append(host_bank.plan(views, flat, formats, form=form, workers=workers))
         self.key = key
+        return True
 
     def apply(self, xp: Namespace, decays: list[float], rates: list[float]) -> None:
         """Update every EMA's rest, then the fused pairs (decay 0: torch's copy)."""
