@@ -171,3 +171,14 @@ def fresh_accelerate() -> Iterator[None]:
     yield
     state.AcceleratorState._reset_state(True)
     state.GradientState._reset_state()
+
+
+@pytest.fixture
+def x64() -> Iterator[None]:
+    """JAX's x64 switched on for the test and off again after it, whatever happens."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)

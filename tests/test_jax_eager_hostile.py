@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,16 +68,6 @@ def _run_both(config: ema.Config, params: Callable[[int], Any], steps: int = STE
         compiled = compiled_update(compiled, params(t))
         _assert_same(eager, compiled, f"t={t}")
     _assert_same(ema.average(eager, config), ema.average(compiled, config), "average")
-
-
-@pytest.fixture
-def x64() -> Iterator[None]:
-    """x64 switched on for the test and off again after it, whatever happens."""
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", False)
 
 
 PRESETS: dict[str, Callable[[], ema.Config]] = {

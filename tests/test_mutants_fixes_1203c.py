@@ -7,7 +7,6 @@ and 5493610 (Keras LossScaleOptimizer step counter) fixes, which the hostile pro
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -153,16 +152,6 @@ def test_an_uncommitted_step_or_shadow_on_another_device_is_not_refused() -> Non
     shadows committed to ``cpu:1``, and scalars committed to ``cpu:1`` beside uncommitted
     shadows, update and read as usual, on ``cpu:1``."""
     run_on_two_cpu_devices(UNCOMMITTED_SCRIPT, "UNCOMMITTED-OK")
-
-
-@pytest.fixture
-def x64() -> Iterator[None]:
-    """x64 switched on for the test and off again after it, whatever happens."""
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", False)
 
 
 def test_a_host_weight_divides_a_float64_shadow_as_the_python_float(x64: None) -> None:
