@@ -42,7 +42,7 @@ from ema_core.schedules._base import FromCallable
 SIZE = 8
 
 Scalars = tuple[Array, Array, Array, Array]
-_HEADS: OrderedDict[Any, Callable[[Array, Array], Scalars]] = OrderedDict()
+_HEADS: OrderedDict[Any, Callable[[Array, Array], Scalars] | None] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -70,25 +70,27 @@ def update_scalars(config: Any, step: Any, weight: Any, shadow: Array) -> Scalar
     check_beside("state.weight", weight, shadow)
     if type(config) is not Config:
         return None  # a subclass may compute its decay its own way, from a changing setting
-    if not _own(config.effective_schedule):
-        return None
     try:
         head = _head(config)
     except TypeError:  # a config holding an unhashable value
+        return None
+    if head is None:
         return None
     check_step(step, "state.step")
     return head(step, weight)
 
 
-def _head(config: Any) -> Callable[[Array, Array], Scalars]:
-    """The compiled scalars of ``config``, made on its first eager update."""
+def _head(config: Any) -> Callable[[Array, Array], Scalars] | None:
+    """The compiled scalars of ``config``, made on its first eager update; None when its
+    schedule is not all ema-core's own (decided once per config: a config is frozen)."""
     with _LOCK:
-        head = _HEADS.get(config)
-        if head is None:
-            head = _HEADS[config] = jax.jit(lambda s, w: scalars(config, s, w))
-            while len(_HEADS) > SIZE:
-                _HEADS.popitem(last=False)
-        _HEADS.move_to_end(config)
+        if config in _HEADS:
+            _HEADS.move_to_end(config)
+            return _HEADS[config]
+        own = _own(config.effective_schedule)
+        head = _HEADS[config] = jax.jit(lambda s, w: scalars(config, s, w)) if own else None
+        while len(_HEADS) > SIZE:
+            _HEADS.popitem(last=False)
         return head
 
 
