@@ -21,7 +21,7 @@ from ema_core._config import Config, config_differences
 from ema_core.checkpoint._peers_read import READERS, PeerState, by_name
 from ema_core.presets._args import check_count
 from ema_core.torch import _dtensor
-from ema_core.torch._bank_snap import aliases
+from ema_core.torch._bank_snap import aliases, transient
 from ema_core.torch._module import EMA
 
 __all__ = ["PEERS", "Peer", "load_peer", "preset_of", "same_trajectory"]
@@ -108,8 +108,11 @@ def load_peer(
         )
     t = _step_of(peer, read.counter, step)
     current = ema.state_dict()
-    shadows = by_name(peer, read.shadows, ema.names, aliases(ema))
+    # a module-state peer saved ``module.state_dict()``, without the non-persistent buffers:
+    # those keep their current shadows (the next update copies or averages them as before)
+    shadows = by_name(peer, read.shadows, ema.names, aliases(ema), transient(ema))
     loaded = {n: _fit(peer, n, v, current["shadow"][n]) for n, v in shadows.items()}
+    loaded = {n: loaded.get(n, current["shadow"][n]) for n in ema.names}
     new = {**current, "step": torch.tensor(t), "weight": torch.tensor(1.0, dtype=torch.float64)}
     ema.load_state_dict({**new, "shadow": loaded}, strict=True)
 

@@ -105,11 +105,17 @@ def mmengine(state: Mapping[str, Any]) -> PeerState:
 
 
 def by_name(
-    peer: str, shadows: dict[str, Any] | list[Any], names: tuple[str, ...], tied: dict[str, str]
+    peer: str,
+    shadows: dict[str, Any] | list[Any],
+    names: tuple[str, ...],
+    tied: dict[str, str],
+    optional: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Shadows by the EMA's names: a list is in parameter order, one entry per tracked name; a
     dict may also hold a tracked tensor under the model's other names of it (``tied``: alias ->
-    name, tied weights), which must then hold the same bits."""
+    name, tied weights), which must then hold the same bits. A name in ``optional`` (the
+    module's non-persistent buffers, which ``module.state_dict()`` leaves out) may be absent
+    from a dict: it is then left out of the result."""
     if isinstance(shadows, list):
         if len(shadows) != len(names):
             raise ValueError(
@@ -122,14 +128,14 @@ def by_name(
     for alias, name in tied.items():
         keys[name].append(alias)
     found = {n: [k for k in ks if k in shadows] for n, ks in keys.items()}
-    missing = [n for n in names if not found[n]]
+    missing = [n for n in names if not found[n] and n not in optional]
     unexpected = [k for k in shadows if k not in keys and k not in tied]
     if missing or unexpected:
         raise ValueError(
             f"the {peer} state does not match this EMA: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]} ({len(missing)} and {len(unexpected)} in all)"
         )
-    return {n: _one_of(peer, n, found[n], shadows) for n in names}
+    return {n: _one_of(peer, n, found[n], shadows) for n in names if found[n]}
 
 
 def _one_of(peer: str, name: str, keys: list[str], shadows: dict[str, Any]) -> Any:
