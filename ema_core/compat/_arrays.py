@@ -116,9 +116,9 @@ def assign_all(dst: dict[str, Array], src: Mapping[str, Array]) -> dict[str, Arr
     for key, value in dst.items():
         dst[key] = assign(value, src[key])
     if any(map(compat.is_torch_array, dst.values())):
-        import torch
+        from ema_core.backends.torch._caches import forget_derived
 
-        torch.clear_autocast_cache()  # casts of the old values made in an autocast region
+        forget_derived()  # casts / parametrized weights of the old values, cached in a region
     return dst
 
 

@@ -13,6 +13,7 @@ import torch
 from ema_core import _core
 from ema_core._config import Config, power_weight
 from ema_core._types import LeafKind
+from ema_core.backends.torch._caches import forget_derived
 from ema_core.torch import _dtensor, _names, _swap
 from ema_core.torch._swap import HeldInterrupts
 
@@ -63,7 +64,7 @@ def copy_averages(
         for name, average in values.items():
             if name in targets and name not in skip:  # optional ones the source may lack
                 _dtensor.copy_into(targets[name], average)
-        torch.clear_autocast_cache()  # casts of the old weights made in an autocast region
+        forget_derived()  # casts / parametrized weights of the old ones, cached in a region
 
 
 def load_shadows(

@@ -38,6 +38,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 
+from ema_core.backends.torch._caches import forget_derived
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
 
@@ -114,15 +115,15 @@ def swapped(
             for i, tensor in enumerate(live):
                 value, is_shadow = average(i)
                 puts.append(Put(tensor, value, copy, is_shadow))
-            torch.clear_autocast_cache()  # autocast keys its casts on the tensor objects,
-        yield  # which the swap keeps: casts made before it would stand for the averages
+            forget_derived()  # autocast and parametrize.cached() key their values on the
+        yield  # tensor objects the swap keeps: values made before it would stand for the averages
     except BaseException as error:
         failed = error
         raise
     finally:
         with HeldInterrupts():
             written = [names[i] for i, put in reversed(list(enumerate(puts))) if put.restore()]
-            torch.clear_autocast_cache()  # and casts of the averages for the live weights
+            forget_derived()  # and values of the averages for the live weights
         if written and (failed is None or isinstance(failed, Exception)):
             raise RuntimeError(
                 f"swap(copy=False): {sorted(written)[:5]} ({len(written)} in all) were written "

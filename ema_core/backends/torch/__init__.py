@@ -14,6 +14,8 @@
   which ``_memory`` makes from data addresses (and checks that a storage still holds them).
 * ``_cuda``: the one-pass blend of a wide shadow over narrow params on CUDA (blocked torch ops,
   or the Triton kernel of ``_triton_kernel``).
+* ``_caches``: torch's caches keyed on tensors or modules (autocast's casts,
+  ``parametrize.cached()``'s weights), forgotten by every write into a model's own tensors.
 
 ``leaf_signature`` / ``same_signature`` tell the stateless call's plan cache
 (``ema_core._stateless``) whether tensors it checked before are still laid out as they were;
