@@ -111,6 +111,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._step = 0
         self._swapper = Swap()  # the live weights while averages are in the model
         self._in_fit = False
+        self._paused_fit = False  # an evaluate/predict of its own ran from inside a fit
         self._steps: int | None = None  # optimizer steps at the last update (accumulation)
         self._owner: Any = None  # the model the EMA follows (from fit or load)
 
@@ -180,7 +181,10 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
     def set_model(self, model: Any) -> None:
         """Keras calls this when a fit / evaluate / predict builds its callback list."""
         super().set_model(model)
-        self._in_fit = False  # a fit that raised never called on_train_end
+        # a call of its own (even one a callback makes inside a fit: its own list) is not a
+        # validation, and a fit that raised never called on_train_end; the fit's flag comes
+        # back when that call ends (the fit's validations reuse the fit's list, no set_model)
+        self._paused_fit, self._in_fit = self._in_fit, False
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # self.model first: on JAX reading it syncs the trainer's state into the variables,
@@ -192,7 +196,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._in_fit = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._in_fit = False
+        self._in_fit = self._paused_fit = False
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         plan, state = self._ready("on_train_batch_end")
@@ -217,14 +221,22 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         self._swapper.restore()
+        self._resume_fit()
 
     def on_predict_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._begin("predict")
 
     def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
         self._swapper.restore()
+        self._resume_fit()
 
     # internals
+
+    def _resume_fit(self) -> None:
+        """After an evaluate/predict of its own that a callback ran inside a fit, that fit's
+        later validations are validations again."""
+        if self._paused_fit:
+            self._in_fit, self._paused_fit = True, False
 
     def _begin(self, stage: str) -> None:
         """The averages in the model for a stage named in ``swap``, once an update was taken."""
