@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -133,7 +134,10 @@ class BankUpdate:
                 sigma_rels=[sigma_rels[k] for k in due],
                 intervals=[self.configs[k].interval for k in due],
             )
-        prepared = self._prepare(states, params)
+        # beside steps it made, a leaf swapped in (state._replace(shadow=...)) is checked
+        prepared = self._prepare(
+            states, params, partial(_check_x64_all, states) if trusted else None
+        )
         out: tuple[EMAState, ...] = prepared[2].merge(
             dispatch(self._jitted, self._chunks, *prepared)
         )
@@ -218,10 +222,15 @@ class BankUpdate:
                 raise TypeError(f"states[{i}] must be an EMAState, got {type(s).__name__}")
         return values
 
-    def _prepare(self, states: tuple[EMAState, ...], params: Tree) -> tuple[Any, ...]:
+    def _prepare(
+        self,
+        states: tuple[EMAState, ...],
+        params: Tree,
+        on_new: Callable[[], None] | None = None,
+    ) -> tuple[Any, ...]:
         state_arrays, state_split = _split(states)
         params_arrays, params_split = _split(params)
-        state_arrays = _committed(state_arrays, params_arrays, self._donate)
+        state_arrays = _committed(state_arrays, params_arrays, self._donate, on_new)
         return state_arrays, params_arrays, state_split, params_split
 
     def _arrays(
@@ -230,3 +239,8 @@ class BankUpdate:
         states, params = state_split.merge(arrays), params_split.merge(params_arrays)
         new = tuple(_api.update(s, params, c) for s, c in zip(states, self.configs, strict=True))
         return _split(new)[0]
+
+
+def _check_x64_all(states: tuple[EMAState, ...]) -> None:
+    for k, state in enumerate(states):
+        check_x64(state, f"states[{k}]")

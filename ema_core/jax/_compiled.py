@@ -7,6 +7,7 @@ import operator
 import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -132,11 +133,13 @@ class _Update:
         new = _api.update(state, params_split.merge(params_arrays), self._compiled_config)
         return _split(new)[0]
 
-    def _prepare(self, state: EMAState, params: Tree) -> tuple[Any, ...]:
+    def _prepare(
+        self, state: EMAState, params: Tree, on_new: Callable[[], None] | None = None
+    ) -> tuple[Any, ...]:
         state_arrays, state_split = _split(state)
         params_arrays, params_split = _split(params)
         return (
-            _committed(state_arrays, params_arrays, self._donate),
+            _committed(state_arrays, params_arrays, self._donate, on_new),
             params_arrays,
             state_split,
             params_split,
@@ -144,14 +147,16 @@ class _Update:
 
     def __call__(self, state: EMAState, params: Tree, /) -> EMAState:
         step = getattr(state, "step", None)
-        if step is not self._made():  # a step this update made is valid: not read again
+        trusted = step is self._made()
+        if not trusted:  # a step this update made is valid: not read again
             check_not_donated(step, "state", "this update (make_update donates by default)")
             check_step(step)
             check_x64(state)
         state = host_scalars(state)
         if self._guard:
             check_finite_params(params)
-        prepared = self._prepare(state, params)
+        # beside a step it made, a leaf swapped in (state._replace(shadow=...)) is checked
+        prepared = self._prepare(state, params, partial(check_x64, state) if trusted else None)
         out: EMAState = prepared[2].merge(dispatch(self._jitted, self._chunked, *prepared))
         if isinstance(out.step, jax.Array) and not isinstance(out.step, jax.core.Tracer):
             self._made = weakref.ref(out.step)
@@ -199,7 +204,12 @@ def dispatch(
     return chunked.run(arrays, params_arrays, kinds)
 
 
-def _committed(arrays: list[Any], params_arrays: list[Any], donate: bool) -> list[Any]:
+def _committed(
+    arrays: list[Any],
+    params_arrays: list[Any],
+    donate: bool,
+    on_new: Callable[[], None] | None = None,
+) -> list[Any]:
     """The state's arrays placed explicitly, so that the first call compiles what every later
     call sees (a jitted function returns committed arrays, and JAX compiles again when an
     argument turns from uncommitted or numpy to committed).
@@ -210,21 +220,35 @@ def _committed(arrays: list[Any], params_arrays: list[Any], donate: bool) -> lis
       default device when none is committed; params committed across several devices leave it
       to JAX (one more compilation, no guess at a sharding).
     * With ``donate``, an array that is also one of the params (``state._replace(shadow=params)``,
-      an EMA reset to the weights) is copied first: JAX refuses to donate a buffer it also reads.
+      an EMA reset to the weights) is copied first: JAX refuses to donate a buffer it also reads,
+      or twice: an array at a second place of the state (one state given twice to a bank, one
+      step array shared by hand-built states) is copied too.
+
+    ``on_new`` (the host checks a caller skipped for a step it made itself) runs first when the
+    arrays are not the steady state: a leaf swapped in beside a step the update returned.
 
     Inside an outer ``jax.jit`` the arrays are tracers, which have no placement to commit
     (reading it raises): kept as they are, as are deleted arrays (``device_put`` would raise
     JAX's unnamed error; ``dispatch``'s ``check_live`` names them).
     """
     shared = set(map(id, params_arrays)) if donate else set()
+    ids = set(map(id, arrays)) if donate else set()
     try:
-        steady = all(map(_COMMITTED, arrays)) and shared.isdisjoint(map(id, arrays))
+        steady = all(map(_COMMITTED, arrays)) and shared.isdisjoint(ids)
     except Exception:  # a numpy array, or a tracer: no commitment to read
         steady = False
-    if steady or any(isinstance(x, jax.core.Tracer) for x in arrays):
+    unique = not donate or len(ids) == len(arrays)
+    if (steady and unique) or any(isinstance(x, jax.core.Tracer) for x in arrays):
         return arrays  # the steady state (the arrays an update returned), or traced
+    if on_new is not None:
+        on_new()
     home = _params_home(params_arrays)
-    return [_placed(x, home, id(x) in shared) for x in arrays]
+    placed, seen = [], set()
+    for x in arrays:
+        again = donate and id(x) in seen  # donated once already in this call
+        seen.add(id(x))
+        placed.append(_placed(x, home, again or id(x) in shared))
+    return placed
 
 
 def _placed(x: Any, home: Any, shared: bool) -> Any:
@@ -233,8 +257,8 @@ def _placed(x: Any, home: Any, shared: bool) -> Any:
         return x if home is False else jax.device_put(x, home)
     if x.is_deleted():
         return x
-    if shared:
-        return jax.numpy.copy(x)
+    if shared:  # a committed copy, also of an uncommitted array (jnp.copy's would not be)
+        return jax.device_put(x, x.sharding, may_alias=False)
     return x if x.committed else jax.device_put(x, x.sharding)
 
 
