@@ -60,7 +60,7 @@ class Gated(Schedule):
         top = int(xp.iinfo(t.dtype).max)
         decay, rate = self._inner_pair(ops, _count(xp, t, top, self.offset, self.divisor))
         live = _at_least(xp, t, top, self.start) & _residue(xp, t, top, self.phase, self.every)
-        copy = t <= min(self.copy_through, top)
+        copy = _at_most(xp, t, top, self.copy_through)
         decay = ops.where(live, ops.where(copy, 0.0, decay), 1.0)
         return decay, ops.where(live, ops.where(copy, 1.0, rate), 0.0)
 
@@ -130,6 +130,12 @@ def _widest_int(xp: Any, t: Any) -> Any:
 def _at_least(xp: Any, t: Any, top: int, start: int) -> Any:
     """``t >= start`` for a count ``0 <= t <= top``."""
     return t >= start if start <= top else xp.zeros_like(t, dtype=xp.bool)
+
+
+def _at_most(xp: Any, t: Any, top: int, bound: int) -> Any:
+    """``t <= bound`` for a count ``0 <= t <= top`` (``bound`` may be past either end of the
+    count's dtype: a negative ``copy_through`` copies at no step)."""
+    return t <= min(bound, top) if bound >= 0 else xp.zeros_like(t, dtype=xp.bool)
 
 
 def _residue(xp: Any, t: Any, top: int, phase: int, every: int) -> Any:
