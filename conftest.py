@@ -31,11 +31,14 @@ HEAVY = (
     "tests/test_bank_torch.py",
     "tests/test_buffers_every_call.py",
     "tests/test_readme.py",
+    "tests/test_keras_fit_flows_hostile.py",
+    "tests/test_bank_jax_training_loop_hostile.py",
     "tests/test_integrations_mixed_precision_hostile.py",
     "tests/test_integrations_resume_hostile.py",
     "tests/test_jax_training_loop_hostile.py",
     "tests/test_presets_edges_hostile.py",
     "tests/test_torch_training_loop_hostile.py",
+    "tests/test_checkpoint_export_training_hostile.py",
 )
 
 
