@@ -73,6 +73,8 @@ def check_leaves(
     by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
     kinds = []
     for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
+        if layouts:
+            _check_layouts(s, p, paths[i], names)
         if s.shape != p.shape:
             raise ValueError(
                 f"{path_str(names[0], paths[i])} has shape {tuple(s.shape)} but "
@@ -80,8 +82,6 @@ def check_leaves(
             )
         if devices:
             _check_devices(s, p, paths[i], names)
-        if layouts:
-            _check_layouts(s, p, paths[i], names)
         kind = by_dtypes.get((s.dtype, p.dtype))
         if kind is None:
             kind = pair_kind(xp, s.dtype, p.dtype, paths[i], names, non_float)
@@ -102,12 +102,14 @@ def _torch_kinds(
     if not compat.is_torch_namespace(xp):
         return None
     eq = operator.eq
+    # layouts first: a nested tensor (strided layout, is_nested) has no plain shape to read
+    layouts = set(map(operator.attrgetter("layout"), itertools.chain(shadows, params)))
+    nested = any(map(operator.attrgetter("is_nested"), itertools.chain(shadows, params)))
+    if nested or layouts != {sys.modules["torch"].strided}:
+        return None
     if not all(map(eq, map(_SHAPE, shadows), map(_SHAPE, params))):
         return None
     if not all(map(eq, map(_DEVICE, shadows), map(_DEVICE, params))):
-        return None
-    layouts = set(map(operator.attrgetter("layout"), itertools.chain(shadows, params)))
-    if layouts != {sys.modules["torch"].strided}:
         return None
     by_dtypes: dict[tuple[Any, Any], LeafKind] = {}
     for pair in set(zip(map(_DTYPE, shadows), map(_DTYPE, params), strict=True)):
@@ -168,13 +170,16 @@ def _is_traced(x: Any) -> bool:
 
 
 def _check_layouts(s: Array, p: Array, path: Path, names: tuple[str, str]) -> None:
-    """Torch tensors must be dense: sparse ones have no in-place blend (checked before writing)."""
+    """Torch tensors must be dense: sparse and nested ones have no in-place blend (checked
+    before writing)."""
     strided = sys.modules["torch"].strided
     for leaf, name in ((s, names[0]), (p, names[1])):
-        if leaf.layout is not strided:
+        if leaf.layout is not strided or leaf.is_nested:
+            what = "nested" if leaf.is_nested else leaf.layout
             raise TypeError(
-                f"{path_str(name, path)} is a {leaf.layout} tensor; only dense (torch.strided) "
-                "tensors can be averaged: convert it with .to_dense()"
+                f"{path_str(name, path)} is a {what} tensor; only dense (torch.strided) "
+                "tensors can be averaged: convert it with .to_dense() (a nested tensor: "
+                "average its components, t.unbind())"
             )
 
 

@@ -45,6 +45,9 @@ def pair_kind(
                 f"{where_s} has dtype {s_dtype} but {where_p} is {p_dtype}; a real floating "
                 "leaf needs a real floating shadow, a complex leaf a complex one"
             )
+        if compat.is_torch_namespace(xp):
+            _check_not_float8(s_dtype, where_s)
+            _check_not_float8(p_dtype, where_p)
         return kind
     if non_float == "error":
         raise TypeError(f"{where_p} has non-floating dtype {p_dtype} and non_float='error'")
@@ -54,6 +57,17 @@ def pair_kind(
             "bool leaves are copied, so their dtypes must be equal"
         )
     return kind
+
+
+def _check_not_float8(dtype: Any, where: str) -> None:
+    """torch has no arithmetic (nor type promotion) in its 1-byte floats: a float8 leaf would
+    fail inside the kernels, after other groups were written (the ``EMA`` class refuses it
+    likewise)."""
+    if dtype.itemsize == 1:
+        raise TypeError(
+            f"{where} has dtype {dtype}: a 1-byte float (float8) cannot be averaged (torch "
+            "has no arithmetic in it); average a wider copy (e.g. .to(torch.bfloat16))"
+        )
 
 
 def _check_numeric(xp: Namespace, dtype: Any, where: str) -> None:

@@ -1,7 +1,8 @@
 """Which shadows may be written in place, checked before the first write.
 
 An array takes an in-place write unless it is a JAX array, read-only, a broadcast view (a stride
-of 0: several elements share one memory location) or a torch inference tensor outside
+of 0: several elements share one memory location), a self-overlapping view (``as_strided``) or
+a torch inference tensor outside
 ``torch.inference_mode``. Arrays written in place must not share memory: the same array twice in
 a shadow (tied weights copied with their tie) would be updated twice. Frameworks are recognised
 through array-api-compat and ``sys.modules``; none is imported here.
@@ -9,6 +10,7 @@ through array-api-compat and ``sys.modules``; none is imported here.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -71,6 +73,7 @@ def _compiling() -> bool:
 def why_not_writeable(s: Array) -> str | None:
     """Why ``s`` cannot take an in-place write, or None when it can."""
     kind = array_kind(s)
+    unit = 1  # torch strides count elements; numpy's and CuPy's count bytes
     if kind == "torch" or (kind == "other" and compat.is_torch_array(s)):
         strides = s.stride()
         if s.is_inference() and not sys.modules["torch"].is_inference_mode_enabled():
@@ -79,18 +82,51 @@ def why_not_writeable(s: Array) -> str | None:
         s = getattr(s, "_array", s)
         if not s.flags.writeable:
             return "read-only"
-        strides = s.strides
+        strides, unit = s.strides, s.itemsize
     elif not compat.is_writeable_array(s):
         return "read-only"
     else:
-        strides = getattr(s, "strides", None)
-    if (
-        strides
-        and 0 in strides
-        and any(st == 0 and n > 1 for st, n in zip(strides, s.shape, strict=True))
-    ):
+        strides, unit = getattr(s, "strides", None), getattr(s, "itemsize", 1)
+    return _shared_elements(tuple(s.shape), tuple(strides or ()), unit)
+
+
+def _shared_elements(shape: tuple[int, ...], strides: tuple[int, ...], unit: int) -> str | None:
+    """Why a layout's elements share memory (a broadcast or self-overlapping view), or None."""
+    if 0 in strides and any(st == 0 and n > 1 for st, n in zip(strides, shape, strict=True)):
         return "a broadcast view: several elements share one memory location"
+    if strides and _self_overlapping(shape, strides, unit):
+        return "a self-overlapping view (as_strided): several elements share one memory location"
     return None
+
+
+#: Elements up to which a layout the quick test cannot clear is checked offset by offset;
+#: a larger one is taken as overlapping (it is copied, never written in place).
+_EXACT_LIMIT = 1 << 16
+
+
+def _self_overlapping(shape: tuple[int, ...], strides: tuple[int, ...], unit: int) -> bool:
+    """Whether two elements of a strided layout lie at one offset. Quick test first: with the
+    dimensions sorted by stride, each stride passes the furthest offset the smaller ones reach
+    (every contiguous, transposed, sliced or channels-last layout); a layout that fails it (an
+    ``as_strided`` view) has its offsets counted."""
+    dims = sorted((abs(st), n) for st, n in zip(strides, shape, strict=True) if n > 1)
+    reach = 0
+    for stride, n in dims:
+        if stride < reach + unit:
+            break
+        reach += stride * (n - 1)
+    else:
+        return False
+    count = 1
+    for _, n in dims:
+        count *= n
+    if count > _EXACT_LIMIT:
+        return True
+    offsets = [0]
+    for stride, n in dims:
+        offsets = [o + stride * i for o in offsets for i in range(n)]
+    offsets.sort()
+    return any(b - a < unit for a, b in itertools.pairwise(offsets))  # shared or partly shared
 
 
 def check_no_shared_memory(

@@ -634,3 +634,42 @@ def test_a_zeros_read_of_a_view_shadow_is_a_new_array() -> None:
     read = ema.average(state, cfg)["w"]
     assert read.tolist() == [4.0] * 3 and not np.shares_memory(read, sbuf)
     assert sbuf.tolist() == [0.0] * 6
+
+
+# ---- self-overlapping views (as_strided with no stride 0) ----
+
+
+@pytest.mark.parametrize(
+    ("shape", "strides"),
+    [((3, 3), (4, 4)), ((2, 3), (8, 4)), ((4,), (2,))],
+    ids=["rows-over-one-element", "rows-overlapping", "half-an-element-apart"],
+)
+def test_a_self_overlapping_numpy_shadow_is_copied_or_refused(
+    shape: tuple[int, ...], strides: tuple[int, ...]
+) -> None:
+    """A float32 shadow whose elements share memory with each other (``as_strided`` with no
+    stride 0: two elements at one offset, or less than an element apart) cannot be blended in
+    place; ``copy=None`` returns a new array with the ``copy=True`` numbers, the memory
+    unchanged, and ``copy=False`` is a ValueError naming it."""
+    base = np.zeros(16, np.float32)
+    s = as_strided(base, shape, strides)
+    p = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    want = ema.ema_update(s, p, 1, decay=DECAY, copy=True)
+    out = ema.ema_update(s, p, 1, decay=DECAY)
+    assert out is not s and _bits(out) == _bits(want) == _bits(_blend(np.array(s), p))
+    assert not base.any()
+    with pytest.raises(ValueError, match=r"copy=False .* shadow .*self-overlapping"):
+        ema.ema_update(s, p, 1, decay=DECAY, copy=False)
+    assert not base.any()
+
+
+def test_an_interleaved_view_whose_elements_do_not_overlap_is_written_in_place() -> None:
+    """``as_strided`` with shape (3, 2) and strides of 2 and 3 elements: the strides fail the
+    quick test (3 < the 4 elements the first dimension spans) but no two elements meet, so the
+    shadow is written in place like any view."""
+    base = np.zeros(8, np.float32)
+    s = as_strided(base, (3, 2), (2 * 4, 3 * 4))
+    p = np.arange(1.0, 7.0, dtype=np.float32).reshape(3, 2)
+    want = _blend(np.array(s), p)
+    out = ema.ema_update(s, p, 1, decay=DECAY)
+    assert out is s and _bits(s) == _bits(want)

@@ -51,8 +51,8 @@ def bucket(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor) -> Bucket
     """Which of a plan's four lists a pair belongs to."""
     if kind == "exact":
         return "exact"
-    if shadow.is_complex() or params.is_complex():
-        return "other"
+    if shadow.is_complex() or params.is_complex() or shadow.is_neg():
+        return "other"  # (torch's fused ops refuse to write through a negative view)
     if shadow.dtype == params.dtype:
         return "same"
     widens = torch.promote_types(shadow.dtype, params.dtype) == shadow.dtype
