@@ -91,7 +91,7 @@ def _stand_in(reader: _safetensors.Reader, name: str) -> Any:
     """A tensor of ``name``'s shape and dtype holding one element (stride 0), read from no file."""
     torch, entry = sys.modules["torch"], reader.entries[name]
     dtype = getattr(torch, _safetensors.name_of(entry.code))
-    return torch.zeros((), dtype=dtype).expand(entry.shape)
+    return torch.zeros((), dtype=dtype, device="cpu").expand(entry.shape)
 
 
 @contextlib.contextmanager

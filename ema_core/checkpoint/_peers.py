@@ -113,7 +113,8 @@ def load_peer(
     shadows = by_name(peer, read.shadows, ema.names, aliases(ema), transient(ema))
     loaded = {n: _fit(peer, n, v, current["shadow"][n]) for n, v in shadows.items()}
     loaded = {n: loaded.get(n, current["shadow"][n]) for n in ema.names}
-    new = {**current, "step": torch.tensor(t), "weight": torch.tensor(1.0, dtype=torch.float64)}
+    one = torch.tensor(1.0, dtype=torch.float64, device="cpu")
+    new = {**current, "step": torch.tensor(t, device="cpu"), "weight": one}
     ema.load_state_dict({**new, "shadow": loaded}, strict=True)
 
 

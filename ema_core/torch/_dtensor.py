@@ -192,4 +192,5 @@ def _stand_in(tensor: torch.Tensor) -> torch.Tensor:
         return tensor  # copied, never checked
     with torch.no_grad():
         bad = torch.isfinite(tensor).logical_not().sum().full_tensor()  # type: ignore[attr-defined]
-    return torch.where(bad > 0, torch.tensor(float("nan")), torch.tensor(0.0))
+    nan, zero = (torch.tensor(v, device=bad.device) for v in (float("nan"), 0.0))
+    return torch.where(bad > 0, nan, zero)

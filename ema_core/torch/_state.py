@@ -100,7 +100,7 @@ def unpack_step(state: Mapping[str, Any]) -> tuple[int | torch.Tensor, float | t
 def _tensor(value: int | float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
-    return torch.tensor(value, dtype=dtype)
+    return torch.tensor(value, dtype=dtype, device="cpu")  # not torch.set_default_device's
 
 
 def _check_header(state: Any) -> None:

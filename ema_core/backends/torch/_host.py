@@ -218,7 +218,7 @@ def _scratch(dtype: torch.dtype) -> torch.Tensor:
     """This thread's reused scratch of ``TORCH_BLOCK`` elements of ``dtype``."""
     cache: dict[torch.dtype, torch.Tensor] = _SCRATCH.__dict__.setdefault("blocks", {})
     if dtype not in cache or cache[dtype].numel() < TORCH_BLOCK:
-        cache[dtype] = torch.empty(TORCH_BLOCK, dtype=dtype)
+        cache[dtype] = torch.empty(TORCH_BLOCK, dtype=dtype, device="cpu")  # not the default
     return cache[dtype]
 
 

@@ -213,7 +213,7 @@ def _host_engine(xp: Namespace, group: Group, decay: float, rate: float) -> None
 def _on_device(rate: Value, decay: Value, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A device rate (0-d, in the shadow's compute dtype) and decay on ``like``'s device."""
     dtype = torch.float32 if like.dtype in _HALF else like.dtype
-    weight = torch.as_tensor(rate).to(device=like.device, dtype=dtype)
+    weight = torch.as_tensor(rate, device=like.device).to(dtype=dtype)
     return weight, torch.as_tensor(decay, device=like.device)
 
 
