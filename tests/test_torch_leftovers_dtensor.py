@@ -18,6 +18,7 @@ from tests.dtensor_leftover_worker import CASES  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process: `pytest -m "not slow"` leaves it out
 
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict[str, str]]:
     return shared_launch(tmp_path_factory, 2)[1]["leftover"]

@@ -233,10 +233,28 @@ class EMACallback(pl.Callback):
         states once and every rank loads it, each taking its own shard."""
         if self.ema is None:
             return dict(self._pending or {})
+        self._catch_up_for_save()
         state = self.ema.state_dict()
         if any(is_dtensor(shadow) for shadow in state["shadow"].values()):
             return full_state_dict(self.ema)
         return state
+
+    def _catch_up_for_save(self) -> None:
+        """A save between an optimizer step and this callback's batch end (a callback listed
+        before it saving in its own ``on_train_batch_end``, a manual ``training_step`` saving
+        after ``opt.step()``) takes that step's update first, so the checkpoint pairs the
+        weights with their EMA (Lightning collects the callbacks' states before
+        ``on_save_checkpoint``: this is the last moment)."""
+        module = self._module
+        if self._stage != "fit" or self._swapped is not None:
+            return
+        if not isinstance(module, pl.LightningModule):
+            return
+        try:
+            trainer = module.trainer
+        except RuntimeError:  # a module no longer attached to a trainer: nothing to catch up
+            return
+        self._catch_up(trainer.global_step)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Keep ``state_dict`` until the EMA is built on the restored model (it is checked and
