@@ -39,6 +39,10 @@ HEAVY = (
     "tests/test_presets_edges_hostile.py",
     "tests/test_torch_training_loop_hostile.py",
     "tests/test_checkpoint_export_training_hostile.py",
+    "tests/test_lightning_fit_flows_hostile.py",
+    "tests/test_torch_tensor_kinds_hostile.py",
+    "tests/test_torch_contexts_hostile.py",
+    "tests/test_mutants_fixes_1203e.py",
 )
 
 
