@@ -14,7 +14,7 @@ from typing import Any
 
 import array_api_compat as compat
 
-from ema_core._ops import is_readable
+from ema_core._ops import host_float, is_readable
 from ema_core._types import EMAState, Namespace
 
 
@@ -80,7 +80,7 @@ def check_decay_value(value: Any, name: str = "decay", step: Any = None) -> None
     only on error: a device step is never read)."""
     if not isinstance(value, float) and not is_readable(value):
         return
-    number = float(value)
+    number = host_float(value)
     if math.isnan(number) or not 0.0 <= number <= 1.0:
         where = name if step is None else f"{name} at step {step}"
         check_fraction(where, number)

@@ -83,6 +83,14 @@ def is_readable(x: Any) -> bool:
     return False
 
 
+def host_float(x: Any) -> float:
+    """``float(x)`` of a number or 0-d array the host reads; a torch tensor that requires grad
+    (a learnable decay) is detached first, so torch does not warn about it."""
+    if compat.is_torch_array(x) and x.requires_grad:
+        x = x.detach()
+    return float(x)
+
+
 class ScalarOps:
     """Operations on Python floats."""
 

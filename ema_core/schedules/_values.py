@@ -20,7 +20,7 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core._checks import check_fraction
-from ema_core._ops import Ops, ScalarOps, is_readable
+from ema_core._ops import Ops, ScalarOps, host_float, is_readable
 
 #: What a callable schedule may return, as the messages say it.
 ALLOWED = (
@@ -56,12 +56,12 @@ def checked_value(fn: Callable[..., Any], value: Any, ops: Ops) -> Any:
                 _wrong(fn, ops, "a traced array for a Python-int step")
                 + "; under jax.jit pass the step as an array"
             )
-        return _in_range(float(value), ops)  # a device value is read here (one sync)
+        return _in_range(host_float(value), ops)  # a device value is read here (one sync)
     if xp is not ops.xp:
         what = f"a {_short(xp)} array for a {_short(ops.xp)} step"
         raise TypeError(_wrong(fn, ops, what))
     if is_readable(value):  # a CPU tensor, a concrete CPU JAX array: no sync
-        _in_range(float(value), ops)
+        _in_range(host_float(value), ops)
     return value
 
 

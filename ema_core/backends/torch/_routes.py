@@ -51,7 +51,7 @@ from typing import Literal, TypeAlias
 import torch
 
 from ema_core import _core
-from ema_core._ops import is_readable
+from ema_core._ops import host_float, is_readable
 from ema_core._types import LeafKind, Namespace, Value
 from ema_core.backends.torch import _cuda, _foreach, _host, _memory
 from ema_core.backends.torch._plan import BUCKETS, Group, Plan, bucket, make_plan
@@ -138,7 +138,7 @@ def host_values(decay: Value, rate: Value) -> tuple[Value, Value]:
     the per-tensor device routes (and on a CUDA model be copied to the GPU at every update).
     The callers (``update_leaves``, the ``EMA`` class, the bank) read it once per update."""
     if isinstance(decay, torch.Tensor) and is_readable(decay):
-        return float(decay), float(rate)
+        return host_float(decay), host_float(rate)
     return decay, rate
 
 
