@@ -23,7 +23,6 @@ HEAVY = (
     "tests/test_presets_peers.py",
     "tests/test_integration_lightning_fsdp2.py",
     "tests/test_properties.py",
-    "tests/test_jax_transforms_hostile.py",
     "tests/test_bank_jax.py",
     "tests/test_reference.py",
     "tests/test_jax_recompile_hostile.py",

@@ -13,11 +13,11 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import ema_core as ema  # noqa: E402
-from ema_core.jax import make_bank_update, make_update  # noqa: E402
-from ema_core.jax._chunked import CHUNK  # noqa: E402
+from ema_core.jax import _chunked, make_bank_update, make_update  # noqa: E402
 
 CFG = ema.Config(schedule=ema.schedules.warmup(0.99), init="zeros")
-MANY = CHUNK + 10  # the chunked path
+CHUNK = 4  # the chunk size for the chunked path here (1024 in use: same code, slow to compile)
+MANY = CHUNK + 2  # the chunked path: a full chunk, then a short one
 
 
 def _tree(n: int) -> dict[str, Any]:
@@ -32,7 +32,10 @@ def _alive(tree: Any) -> bool:
 
 
 @pytest.mark.parametrize("n", [1, MANY], ids=["single", "chunked"])
-def test_a_deleted_shadow_leaf_is_named_and_nothing_is_donated(n: int) -> None:
+def test_a_deleted_shadow_leaf_is_named_and_nothing_is_donated(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_chunked, "CHUNK", CHUNK)
     params = _tree(n)
     update = make_update(CFG)
     state = update(ema.init(params, CFG), params)
@@ -57,7 +60,10 @@ def test_a_fresh_state_with_a_deleted_shadow_is_named() -> None:
 
 
 @pytest.mark.parametrize("n", [1, MANY], ids=["single", "chunked"])
-def test_deleted_params_are_named_before_anything_is_donated(n: int) -> None:
+def test_deleted_params_are_named_before_anything_is_donated(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_chunked, "CHUNK", CHUNK)
     params = _tree(n)
     state = ema.init(params, CFG)
     first = sorted(params)[0]
