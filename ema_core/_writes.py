@@ -109,6 +109,8 @@ def _self_overlapping(shape: tuple[int, ...], strides: tuple[int, ...], unit: in
     dimensions sorted by stride, each stride passes the furthest offset the smaller ones reach
     (every contiguous, transposed, sliced or channels-last layout); a layout that fails it (an
     ``as_strided`` view) has its offsets counted."""
+    if 0 in shape:
+        return False  # no elements
     dims = sorted((abs(st), n) for st, n in zip(strides, shape, strict=True) if n > 1)
     reach = 0
     for stride, n in dims:

@@ -673,3 +673,12 @@ def test_an_interleaved_view_whose_elements_do_not_overlap_is_written_in_place()
     want = _blend(np.array(s), p)
     out = ema.ema_update(s, p, 1, decay=DECAY)
     assert out is s and _bits(s) == _bits(want)
+
+
+def test_an_empty_view_with_overlapping_strides_is_written_in_place() -> None:
+    """A zero-size view whose other dimensions' strides would overlap has no elements to
+    share: it is returned as it is, not copied."""
+    base = np.zeros(8, np.float32)
+    s = as_strided(base, (0, 3, 3), (4, 4, 4))
+    p = np.zeros((0, 3, 3), np.float32)
+    assert ema.ema_update(s, p, 1, decay=DECAY, copy=False) is s
