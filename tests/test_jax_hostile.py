@@ -10,11 +10,16 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import ema_core as ema  # noqa: E402
-from ema_core.jax import make_update  # noqa: E402
-from ema_core.jax._chunked import CHUNK  # noqa: E402
+from ema_core.jax import _chunked, make_update  # noqa: E402
 
 HALF = ema.Config(schedule=0.5)
-MANY = CHUNK + 10  # more arrays than one compiled call takes: the chunked path
+CHUNK = 4  # chunks of 4 here (1024 in use: the same code, slow to compile)
+MANY = CHUNK + 2  # more arrays than one compiled call takes: the chunked path
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_chunked, "CHUNK", CHUNK)
 
 
 def _tree(n: int) -> dict[str, jax.Array]:

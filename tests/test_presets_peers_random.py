@@ -37,7 +37,7 @@ from tests.test_presets_peers import DRIVERS, bound_for, run_torch
 pytestmark = pytest.mark.slow  # the real peer libraries: `pytest -m "not slow"` leaves it out
 
 LONG_PROFILE = "parity-long"
-EXAMPLES = 5  # settings per peer per test run, outside the long profile
+EXAMPLES = 3  # settings per peer per test run, outside the long profile
 T = TypeVar("T")
 
 

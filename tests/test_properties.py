@@ -14,7 +14,7 @@ from tests.conftest import Backend, Name, assert_close, to_numpy
 from tests.reference import SPECS
 
 SETTINGS = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 shapes = hnp.array_shapes(min_dims=0, max_dims=2, max_side=5)
 # no subnormals: XLA on CPU flushes them to zero, which is the framework's arithmetic, not ours
