@@ -461,11 +461,6 @@ def test_a_half_shadow_file_into_float32_shadows_is_refused_loosely_by_dtype(
         _assert_untouched(ema, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a loose load of an init='zeros' state (weight < 1) into an init='params' EMA "
-    "hands out the raw shadows, pulled toward 0, as its averages",
-)
 def test_a_zero_started_state_loaded_loosely_reads_as_its_averages_or_is_refused() -> None:
     """The README: ``strict=False`` "loads the averages whatever the config", and ``average``
     refuses to read a zero-started state (weight below 1) under a config whose ``init`` is not
@@ -489,11 +484,6 @@ def test_a_zero_started_state_loaded_loosely_reads_as_its_averages_or_is_refused
         torch.testing.assert_close(got[name], value, msg=name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: EMA.load_state_dict takes any truthy/falsy strict (None loads loosely); "
-    "checkpoint.load refuses a strict that is not a bool",
-)
 def test_load_state_dict_refuses_a_strict_that_is_not_a_bool() -> None:
     """The README: every public entry, ``load_state_dict`` included, "validates before it
     writes: types raise ``TypeError``", and ``checkpoint.load`` refuses ``strict=None``: the

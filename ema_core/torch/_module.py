@@ -217,10 +217,20 @@ class EMA:
     def _checked_state(self, state_dict: Mapping[str, Any], strict: bool) -> Any:
         """What ``load_state_dict`` checks before its first write (refused inside ``swap``; the
         model's replaced tensors followed first): ``_state.check``'s loaded shadows."""
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
         self._refuse_in_swap("load_state_dict")
         self._bound.refresh(objects=True)
         text = config_text(self.config)
-        return _state.check(state_dict, self.names, self._bound.shadows, text, strict)
+        loaded = _state.check(state_dict, self.names, self._bound.shadows, text, strict)
+        weight = float(_state.unpack_step(state_dict)[1])
+        if self.config.init != "zeros" and weight < 1.0:  # a zero-started state: raw shadows
+            raise ValueError(
+                f"this EMA has init={self.config.init!r}, but state_dict has weight {weight:.6g}:"
+                " it was made with init='zeros' (its shadows are not yet bias-corrected); load "
+                "it into an EMA built with that config"
+            )
+        return loaded
 
     def __repr__(self) -> str:
         return f"EMA({len(self.names)} tensors, step={self._step!r}, config={self.config!r})"
