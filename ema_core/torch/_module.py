@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from ema_core import _ops
 from ema_core._checks import check_decay_value
 from ema_core._config import Config, config_text
+from ema_core._read_checks import check_zeros_read
 from ema_core._types import Step, Value
 from ema_core.backends.torch._routes import host_values
 from ema_core.torch import _averages, _fsdp, _names, _options, _refusals, _state, _swap
@@ -223,13 +225,14 @@ class EMA:
         self._bound.refresh(objects=True)
         text = config_text(self.config)
         loaded = _state.check(state_dict, self.names, self._bound.shadows, text, strict)
-        weight = float(_state.unpack_step(state_dict)[1])
-        if self.config.init != "zeros" and weight < 1.0:  # a zero-started state: raw shadows
-            raise ValueError(
-                f"this EMA has init={self.config.init!r}, but state_dict has weight {weight:.6g}:"
-                " it was made with init='zeros' (its shadows are not yet bias-corrected); load "
-                "it into an EMA built with that config"
-            )
+        weight = float(_state.unpack_step(state_dict)[1])  # a zero-started state: raw shadows
+        check_zeros_read(
+            types.SimpleNamespace(weight=weight),
+            self.config,
+            "state_dict",
+            "load it into an EMA built with that config",
+            "state_dict['weight']",
+        )
         return loaded
 
     def __repr__(self) -> str:
