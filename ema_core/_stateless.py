@@ -15,8 +15,12 @@ is found again only when all of these are equal:
   torch: storage, offset, sizes and strides (``is_set_to`` against a kept alias, which also
   fixes the device), dtype, inference flag, and whether inference mode is on; this catches
   ``resize_``, ``set_``, ``as_strided_``, ``param.data = other`` and ``module.to(...)``.
-  numpy: shape, strides, dtype and the writeable flag (and the data pointer under numpy < 2;
-  from numpy 2 a live array's memory cannot move while its shape stays). A backend without
+  torch also keeps each storage's size in bytes (a storage resized smaller may keep its
+  address). numpy: shape, strides, dtype, the writeable flag and the base, compared by identity
+  (and the data pointer under numpy < 2; from numpy 2 only ``ndarray.__setstate__`` moves a live
+  array's memory, and it changes the base but for a small owner, ``_numpy_memory``). The weak
+  references make ``torch.utils.swap_tensors`` refuse a cached tensor: ``clear()`` first.
+  A backend without
   ``leaf_signature`` (JAX, CuPy, array-api-strict) is not cached.
 
 torch's version counter is not in the key: it counts writes to values, which no check reads
@@ -201,7 +205,8 @@ def _same(backend: Any, kept: Any, leaves: Sequence[Array]) -> bool:
 
 
 def clear() -> None:
-    """Drop every entry (tests; also frees the torch aliases at once)."""
+    """Drop every entry (tests, and before ``torch.utils.swap_tensors`` on cached tensors; also
+    frees the torch aliases at once)."""
     with _LOCK:
         _ENTRIES.clear()
         _DEAD.clear()

