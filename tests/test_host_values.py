@@ -171,3 +171,24 @@ def test_array_step_saturates_at_its_dtype_max(backend: Backend, dtype: str) -> 
 
         again = jax.jit(ema.update, static_argnums=2)(state, params, cfg)
         assert int(again.step) == top and np.all(np.isfinite(np.asarray(again.shadow["w"])))
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_meta_decay_over_real_tensors_is_a_value_error_before_any_write(cached: bool) -> None:
+    """A meta 0-d decay holds no value: over CPU leaves (an int leaf copied first, a float
+    leaf blended after) it is a ValueError naming decay, and no leaf changes; over meta
+    leaves it is what they are made of."""
+    shadow = {"n": torch.zeros(3, dtype=torch.int64), "w": torch.zeros(3)}
+    params = {"n": torch.full((3,), 7), "w": torch.ones(3)}
+    if cached:  # a kept plan (the stateless cache) takes the same check
+        for t in (1, 2, 3):
+            ema.ema_update(shadow, params, t, decay=0.5)
+        shadow["n"].zero_()
+    before = {k: v.clone() for k, v in shadow.items()}
+    meta = torch.tensor(0.5, device="meta")
+    with pytest.raises(ValueError, match=r"decay is a meta tensor .* leaves are on cpu"):
+        ema.ema_update(shadow, params, 4, decay=meta)
+    assert all(torch.equal(shadow[k], before[k]) for k in shadow)
+    on_meta = {"w": torch.zeros(3, device="meta")}
+    out = ema.ema_update(on_meta, {"w": torch.ones(3, device="meta")}, 1, decay=meta)
+    assert out["w"].is_meta and out["w"].shape == (3,)

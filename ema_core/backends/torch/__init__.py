@@ -78,6 +78,7 @@ def update_leaves(
     the caller's objects, whose death then frees the cache entry); kept only where every moved
     shadow is a plain tensor written in place (``copy=True`` makes new tensors each call).
     """
+    _check_meta_decay(decay, shadows)
     decay, rate = _routes.host_values(decay, rate)
     skip = isinstance(decay, float) and decay == 1.0
     plan = None if memo is None else memo.get(skip)
@@ -99,6 +100,19 @@ def update_leaves(
         memo[skip] = plan
     _routes.apply(xp, plan, decay, rate)
     return out
+
+
+def _check_meta_decay(decay: Value, shadows: Sequence[torch.Tensor]) -> None:
+    """A meta ``decay`` (no data) blends only meta leaves: with others it is a ``ValueError``
+    before any write (torch would raise ``NotImplementedError`` copying it, maybe after a first
+    group of leaves was copied)."""
+    if isinstance(decay, torch.Tensor) and decay.is_meta:
+        real = next((t for t in shadows if not t.is_meta), None)
+        if real is not None:
+            raise ValueError(
+                f"decay is a meta tensor (it holds no value) but the leaves are on "
+                f"{real.device}; pass a Python float or a 0-d tensor on the leaves' device"
+            )
 
 
 def _check_memory(
