@@ -133,3 +133,30 @@ def test_a_bad_state_dict_loads_nothing():
         for name, value in ema.average.items():
             assert torch.equal(value, saved[name])
     assert [ema.step for ema in other] == [1, 1]
+
+
+def test_a_non_bool_strict_and_a_zero_started_part_load_nothing():
+    """``strict`` must be a bool (as ``EMA.load_state_dict``), and a part saved by an EMA with
+    ``init="zeros"`` (raw shadows, weight < 1) is refused by a member of another init, naming
+    the part; on either refusal no member is written."""
+    model = torch.nn.Linear(4, 4)
+    zeros = Config(schedule=0.5, init="zeros")
+    source = EMABank(model, [Config(schedule=0.5), zeros])
+    source.update()
+    state = source.state_dict()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    other = EMABank(model, [Config(schedule=0.5), Config(schedule=0.5)])
+    other.update()
+    before = _snapshot_of(other)
+    with pytest.raises(TypeError, match="strict must be a bool, got str"):
+        other.load_state_dict(state, strict="no")
+    with pytest.raises(ValueError, match=r"state_dict\['emas'\]\[1\]: .*init"):
+        other.load_state_dict(state, strict=False)
+    for ema, saved in zip(other, before, strict=True):
+        for name, value in ema.average.items():
+            assert torch.equal(value, saved[name])
+    assert [ema.step for ema in other] == [1, 1]
+    same = EMABank(model, [Config(schedule=0.5), zeros])
+    same.load_state_dict(state)
+    assert torch.equal(same[1].average["weight"], source[1].average["weight"])
