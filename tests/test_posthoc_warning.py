@@ -4,6 +4,8 @@ points (the caller of the public function)."""
 from __future__ import annotations
 
 import functools
+import math
+import re
 import warnings
 
 import numpy as np
@@ -44,11 +46,17 @@ def test_a_near_duplicate_layout_warns(target):
 
 
 def test_an_ill_conditioned_gram_matrix_warns():
-    with pytest.warns(
-        PostHocWarning,
-        match=r"cond\(A\) = 1.44e\+15 \(limit 1e\+14\) leaves the float64 solve about 1 of",
-    ):
+    """A near-duplicate pair: cond(A) about 1.4e15 (its last digits move with the BLAS's
+    summation order and threads, so the message is read, not matched digit for digit)."""
+    with pytest.warns(PostHocWarning, match=r"cond\(A\) = ") as caught:
         coefficients([100, 100], [0.05, 0.05 * (1 + 1e-7)], 100, 0.07)
+    text = str(caught[0].message)
+    found = re.search(
+        r"cond\(A\) = (\S+) \(limit 1e\+14\) leaves the float64 solve about (\d+) of", text
+    )
+    assert found, text
+    cond, digits = float(found[1]), int(found[2])
+    assert 1e15 <= cond <= 2e15 and digits == round(16 - math.log10(cond)), text
 
 
 def amplification(times, sigmas, t_out, targets):
