@@ -244,6 +244,22 @@ def test_a_storage_given_back_fewer_bytes_at_its_address_raises_as_uncached(side
     assert run.returncode == 0
 
 
+def test_the_torch_signature_compares_each_storages_size() -> None:
+    """The allocator-free half of the test above (which skips when the allocator moves the
+    storage): a storage whose size in bytes changed fails ``same_signature`` even where
+    everything else it records is unchanged."""
+    from ema_core.backends import torch as backend
+
+    leaves = [_randn(8, seed=31), _randn(3, seed=32)]
+    kept = backend.leaf_signature(leaves)
+    assert kept is not None and backend.same_signature(kept, leaves)
+    assert kept.nbytes == [32, 12]
+    resized = kept._replace(nbytes=[kept.nbytes[0], kept.nbytes[1] + 4])
+    assert not backend.same_signature(resized, leaves)
+    leaves[1].untyped_storage().resize_(8)  # in place: object, offset, sizes and strides kept
+    assert not backend.same_signature(kept, leaves)
+
+
 # --- torch: .data replaced by another layout, swapped and re-pointed tensors -----------------
 
 
