@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import types
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -13,7 +12,6 @@ import torch
 from ema_core import _ops
 from ema_core._checks import check_decay_value
 from ema_core._config import Config, config_text
-from ema_core._read_checks import check_zeros_read
 from ema_core._types import Step, Value
 from ema_core.backends.torch._routes import host_values
 from ema_core.torch import _averages, _fsdp, _names, _options, _refusals, _state, _swap
@@ -205,7 +203,7 @@ class EMA:
     def load_state_dict(self, state_dict: Mapping[str, Any], /, *, strict: bool = True) -> None:
         """Restore shadows, counter and weight from ``state_dict``; the live model is untouched.
 
-        Everything is checked before anything is written (see ``_state.check``). ``strict``
+        Everything is checked before anything is written (see ``_state.check_load``). ``strict``
         requires the same names, config and buffer policy; shapes and dtypes must always
         match. An update left unfinished by an exception is dropped.
         """
@@ -218,22 +216,12 @@ class EMA:
 
     def _checked_state(self, state_dict: Mapping[str, Any], strict: bool) -> Any:
         """What ``load_state_dict`` checks before its first write (refused inside ``swap``; the
-        model's replaced tensors followed first): ``_state.check``'s loaded shadows."""
+        model's replaced tensors followed first): ``_state.check_load``'s loaded shadows."""
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
         self._refuse_in_swap("load_state_dict")
         self._bound.refresh(objects=True)
-        text = config_text(self.config)
-        loaded = _state.check(state_dict, self.names, self._bound.shadows, text, strict)
-        weight = float(_state.unpack_step(state_dict)[1])  # a zero-started state: raw shadows
-        check_zeros_read(
-            types.SimpleNamespace(weight=weight),
-            self.config,
-            "state_dict",
-            "load it into an EMA built with that config",
-            "state_dict['weight']",
-        )
-        return loaded
+        return _state.check_load(state_dict, self.names, self._bound.shadows, self.config, strict)
 
     def __repr__(self) -> str:
         return f"EMA({len(self.names)} tensors, step={self._step!r}, config={self.config!r})"

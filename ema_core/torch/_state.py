@@ -10,13 +10,15 @@ an int32 or uint8 device tensor saves it as it is) and is read once on load, whe
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ema_core._checks import name_differences
-from ema_core._config import config_differences, stable_text
+from ema_core._config import Config, config_differences, config_text, stable_text
+from ema_core._read_checks import check_zeros_read
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
 
@@ -81,6 +83,28 @@ def check(
     loaded = {n: t for n, t in saved.items() if n in ours}
     for name, tensor in loaded.items():
         _check_tensor(name, tensor, ours[name])
+    return loaded
+
+
+def check_load(
+    state: Mapping[str, Any],
+    names: Sequence[str],
+    shadows: Sequence[torch.Tensor],
+    config: Config,
+    strict: bool,
+) -> dict[str, torch.Tensor]:
+    """``check`` against an EMA of ``config``, and a state made with ``init="zeros"`` (raw
+    shadows, weight < 1) refused by an EMA of another init, whose reads would take its shadows
+    for averages (``_read_checks.check_zeros_read``, as the stateless ``average`` refuses it)."""
+    loaded = check(state, names, shadows, config_text(config), strict)
+    weight = float(unpack_step(state)[1])
+    check_zeros_read(
+        types.SimpleNamespace(weight=weight),
+        config,
+        "state_dict",
+        "load it into an EMA built with that config",
+        "state_dict['weight']",
+    )
     return loaded
 
 
