@@ -17,7 +17,7 @@ from ema_core._checks import (
     check_weight,
 )
 from ema_core._config import Config, power_weight
-from ema_core._leaf_checks import check_finite, check_leaves
+from ema_core._leaf_checks import check_finite, check_leaves, check_storage
 from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
 from ema_core._read_checks import check_zeros_read
 from ema_core._tree import flatten, unflatten
@@ -128,6 +128,7 @@ def init(params: Tree, /, config: Config | None = None) -> EMAState:
     config = checked_config(config)
     leaves, paths, treedef = flatten(params, "params")
     xp, kinds = check_leaves(leaves, leaves, paths, ("params", "params"), config.non_float)
+    check_storage(leaves, paths, "params")
     zeros = config.init == "zeros"
     backend = get_backend(xp)
     with backend.guard():
@@ -219,11 +220,12 @@ def average(state: EMAState, /, config: Config | None = None) -> Tree:
 def read_average(state: EMAState, config: Config) -> Tree:
     """``average`` once ``config``, ``state`` and a zeros read are checked (``ema_average``
     makes the last with its own wording; reading the weight twice would cost a second wait)."""
+    check_weight(state.weight)
     if config.init != "zeros":
         return state.shadow
-    check_weight(state.weight)
     leaves, paths, treedef = flatten(state.shadow, "state.shadow")
     xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
+    check_storage(leaves, paths, "state.shadow")
     weight = 1.0 if config.correction == "none" else state.weight
     if config.correction == "power":
         weight = power_weight(config.schedule, concrete_step(state.step, "state.step"))  # type: ignore[arg-type]
