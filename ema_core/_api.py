@@ -4,6 +4,7 @@ are the pure functional triple (optax style) over an ``EMAState``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat as compat
@@ -17,7 +18,7 @@ from ema_core._checks import (
     check_weight,
 )
 from ema_core._config import Config, power_weight
-from ema_core._leaf_checks import check_finite, check_leaves, check_storage
+from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
 from ema_core._read_checks import check_zeros_read
 from ema_core._tree import flatten, unflatten
@@ -128,9 +129,9 @@ def init(params: Tree, /, config: Config | None = None) -> EMAState:
     config = checked_config(config)
     leaves, paths, treedef = flatten(params, "params")
     xp, kinds = check_leaves(leaves, leaves, paths, ("params", "params"), config.non_float)
-    check_storage(leaves, paths, "params")
     zeros = config.init == "zeros"
     backend = get_backend(xp)
+    _check_storage(backend, leaves, paths, "params")
     with backend.guard():
         shadow = [
             _core.init_leaf(xp, p, shadow_dtype(xp, p, config) if kind == "float" else None, zeros)
@@ -225,12 +226,12 @@ def read_average(state: EMAState, config: Config) -> Tree:
         return state.shadow
     leaves, paths, treedef = flatten(state.shadow, "state.shadow")
     xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
-    check_storage(leaves, paths, "state.shadow")
     weight = 1.0 if config.correction == "none" else state.weight
     if config.correction == "power":
         weight = power_weight(config.schedule, concrete_step(state.step, "state.step"))  # type: ignore[arg-type]
     weight = float(weight) if is_host_array(weight) else weight
     backend = get_backend(xp)
+    _check_storage(backend, leaves, paths, "state.shadow")
     fused = getattr(backend, "correct_leaves", None)  # all leaves in one call (JAX)
     if fused is not None:
         return unflatten(treedef, fused(leaves, kinds, weight))
@@ -240,6 +241,14 @@ def read_average(state: EMAState, config: Config) -> Tree:
             for s, k in zip(leaves, kinds, strict=True)
         ]
     return unflatten(treedef, out)
+
+
+def _check_storage(backend: Any, leaves: Sequence[Array], paths: Sequence[Any], name: str) -> None:
+    """The backend's refusal of leaves without memory behind them (torch: a storage freed or
+    shrunk), for ``init`` and ``average``, whose copies no backend update sees."""
+    check = getattr(backend, "check_storage", None)
+    if check is not None:
+        check(leaves, paths, name)
 
 
 __all__ = ["average", "ema_update", "init", "update"]

@@ -217,18 +217,3 @@ def check_finite(
                 "(guard_finite=True); no shadow was changed"
             )
 
-
-def check_storage(leaves: Sequence[Array], paths: Sequence[Path], name: str) -> None:
-    """``ValueError`` naming the first plain torch leaf whose storage was freed or shrunk
-    (``untyped_storage().resize_``): copying or reading it would touch memory it does not own
-    (``init`` and ``average`` copy leaves the backends' update checks never see)."""
-    if "torch" not in sys.modules:
-        return
-    import torch
-
-    from ema_core.backends.torch._memory import short_memory
-
-    plain = (torch.Tensor, torch.nn.Parameter)
-    for leaf, path in zip(leaves, paths, strict=True):
-        if type(leaf) in plain and (why := short_memory(leaf)) is not None:
-            raise ValueError(f"{path_str(name, path)}: {why}")

@@ -35,10 +35,11 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ema_core._paths import Path, path_str
 from ema_core._types import LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends.torch import _memory, _routes
 
-__all__ = ["guard", "leaf_signature", "same_signature", "update_leaves"]
+__all__ = ["check_storage", "guard", "leaf_signature", "same_signature", "update_leaves"]
 
 #: ``update_leaves`` takes a ``memo`` from the plan cache (``ema_core._stateless``).
 PLAN_MEMO = True
@@ -113,6 +114,15 @@ def _check_meta_decay(decay: Value, shadows: Sequence[torch.Tensor]) -> None:
                 f"decay is a meta tensor (it holds no value) but the leaves are on "
                 f"{real.device}; pass a Python float or a 0-d tensor on the leaves' device"
             )
+
+
+def check_storage(leaves: Sequence[Any], paths: Sequence[Path], name: str) -> None:
+    """``ValueError`` naming (by path) the first plain tensor whose storage was freed or shrunk
+    (``untyped_storage().resize_``): ``init`` and ``average`` would copy memory it does not
+    own."""
+    for leaf, path in zip(leaves, paths, strict=True):
+        if type(leaf) in _PLAIN and (why := _memory.short_memory(leaf)) is not None:
+            raise ValueError(f"{path_str(name, path)}: {why}")
 
 
 def _check_memory(
