@@ -100,10 +100,12 @@ def ema_update(
     if entry is None:
         found = (xp, kinds, writes)
         entry = _stateless.remember(backend, shadows, leaves, treedef, options, found)
-    memo = {} if entry is None or not getattr(backend, "PLAN_MEMO", False) else {"memo": entry.memo}
+    extra = _names(backend, "shadow", "params", paths)
+    if entry is not None and getattr(backend, "PLAN_MEMO", False):
+        extra["memo"] = entry.memo
     with backend.guard():
         new = backend.update_leaves(
-            xp, shadows, leaves, kinds, d, r, non_float=non_float, writes=writes, **memo
+            xp, shadows, leaves, kinds, d, r, non_float=non_float, writes=writes, **extra
         )
         if copy is True:  # a kept leaf (decay 1, frozen) is still a new array
             new = [
@@ -184,6 +186,7 @@ def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EM
             r,
             non_float=config.non_float,
             writes=[False] * len(leaves),
+            **_names(backend, "state.shadow", "params", paths),
         )
         if found is None:
             weight = _core.next_weight(xp, state.weight, d, r)
@@ -241,6 +244,11 @@ def read_average(state: EMAState, config: Config) -> Tree:
             for s, k in zip(leaves, kinds, strict=True)
         ]
     return unflatten(treedef, out)
+
+
+def _names(backend: Any, shadow: str, params: str, paths: Sequence[Any]) -> dict[str, Any]:
+    """``update_leaves``'s ``names`` argument, for a backend that names refused leaves."""
+    return {"names": (shadow, params, paths)} if getattr(backend, "NAMES_LEAVES", False) else {}
 
 
 def _check_storage(backend: Any, leaves: Sequence[Array], paths: Sequence[Any], name: str) -> None:

@@ -463,10 +463,6 @@ def test_freed_storage_leaf_in_ema_update_writes_nothing() -> None:
     assert _bits({"a": shadow["a"]}) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ema_update names a freed-storage leaf 'params #1', not its path params['z']",
-)
 def test_freed_storage_leaf_in_ema_update_names_its_path() -> None:
     torch = pytest.importorskip("torch")
     shadow = {"a": torch.ones(2), "z": torch.ones(8, 8)}
@@ -478,10 +474,6 @@ def test_freed_storage_leaf_in_ema_update_names_its_path() -> None:
     assert _bits({"a": shadow["a"]}) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: update() names a freed-storage shadow 'shadow #1', not state.shadow['z']",
-)
 def test_freed_storage_state_shadow_in_update_names_its_path() -> None:
     torch = pytest.importorskip("torch")
     config = ema.Config(0.5)

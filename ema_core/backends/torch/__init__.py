@@ -43,6 +43,8 @@ __all__ = ["check_storage", "guard", "leaf_signature", "same_signature", "update
 
 #: ``update_leaves`` takes a ``memo`` from the plan cache (``ema_core._stateless``).
 PLAN_MEMO = True
+#: ``update_leaves`` takes ``names`` (the two roots and the leaves' paths) for its errors.
+NAMES_LEAVES = True
 
 #: Names that used to live here and moved above the API to ``ema_core.torch``.
 _MOVED = frozenset({"EMA", "ddp_ema", "full_state_dict"})
@@ -66,6 +68,7 @@ def update_leaves(
     non_float: NonFloatPolicy,
     writes: Sequence[bool],
     memo: dict[Any, Any] | None = None,
+    names: tuple[str, str, Sequence[Path]] | None = None,
 ) -> list[torch.Tensor]:
     """Blend float leaves and copy exact ones, grouped into fused calls (``_routes``).
 
@@ -78,6 +81,9 @@ def update_leaves(
     between calls, made over aliases of the tensors (``detach``: same memory, no reference to
     the caller's objects, whose death then frees the cache entry); kept only where every moved
     shadow is a plain tensor written in place (``copy=True`` makes new tensors each call).
+
+    ``names`` (the shadows' root, the params' root, the leaves' paths) names a refused leaf in
+    the caller's terms (``params['z']``); without it a leaf is named by position (``params[1]``).
     """
     _check_meta_decay(decay, shadows)
     decay, rate = _routes.host_values(decay, rate)
@@ -87,7 +93,10 @@ def update_leaves(
         _routes.apply(xp, plan, decay, rate, kept=True)
         return list(shadows)
     move = [non_float == "copy" if kind == "exact" else not skip for kind in kinds]
-    _check_memory(shadows, params, move)
+    if names is None:
+        names = ("shadow", "params", [(("index", i),) for i in range(len(shadows))])
+    check_storage(shadows, names[2], names[0], move)
+    check_storage(params, names[2], names[1], move)
     out = [s if w or not m else s.clone() for s, w, m in zip(shadows, writes, move, strict=True)]
     if not any(move):
         return out
@@ -116,25 +125,18 @@ def _check_meta_decay(decay: Value, shadows: Sequence[torch.Tensor]) -> None:
             )
 
 
-def check_storage(leaves: Sequence[Any], paths: Sequence[Path], name: str) -> None:
+def check_storage(
+    leaves: Sequence[Any], paths: Sequence[Path], name: str, move: Sequence[bool] | None = None
+) -> None:
     """``ValueError`` naming (by path) the first plain tensor whose storage was freed or shrunk
-    (``untyped_storage().resize_``): ``init`` and ``average`` would copy memory it does not
-    own."""
-    for leaf, path in zip(leaves, paths, strict=True):
+    (``untyped_storage().resize_``): copying or blending it would read memory it does not own.
+    ``init`` and ``average`` check every leaf; ``update_leaves`` those it moves (``move``), on
+    the calls the plan cache did not find (a freed storage moves the data pointer)."""
+    for i, (leaf, path) in enumerate(zip(leaves, paths, strict=True)):
+        if move is not None and not move[i]:
+            continue
         if type(leaf) in _PLAIN and (why := _memory.short_memory(leaf)) is not None:
             raise ValueError(f"{path_str(name, path)}: {why}")
-
-
-def _check_memory(
-    shadows: Sequence[torch.Tensor], params: Sequence[torch.Tensor], move: list[bool]
-) -> None:
-    """Raise ``ValueError`` for a moved leaf whose storage no longer holds it (freed by
-    ``untyped_storage().resize_(0)``): torch's ``clone`` and fused ops would read unowned memory.
-    Run on the calls the plan cache did not find (a freed storage moves the data pointer)."""
-    for i, m in enumerate(move):
-        for what, t in (("shadow", shadows[i]), ("params", params[i])) if m else ():
-            if type(t) in _PLAIN and (why := _memory.short_memory(t)) is not None:
-                raise ValueError(f"{what} #{i}: {why}")
 
 
 def _same(t: torch.Tensor) -> torch.Tensor:
