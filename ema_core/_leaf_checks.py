@@ -216,4 +216,3 @@ def check_finite(
                 f"{path_str(name, path)} holds NaN or infinite values "
                 "(guard_finite=True); no shadow was changed"
             )
-
