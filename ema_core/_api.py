@@ -4,7 +4,6 @@ are the pure functional triple (optax style) over an ``EMAState``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat as compat
@@ -25,7 +24,7 @@ from ema_core._tree import flatten, unflatten
 from ema_core._tree_pair import flatten_pair
 from ema_core._types import Array, EMAState, Step, Tree
 from ema_core._writes import resolve_writes
-from ema_core.backends import get_backend
+from ema_core.backends import check_storage, get_backend, leaf_names
 from ema_core.schedules import Schedule
 
 
@@ -100,7 +99,7 @@ def ema_update(
     if entry is None:
         found = (xp, kinds, writes)
         entry = _stateless.remember(backend, shadows, leaves, treedef, options, found)
-    extra = _names(backend, "shadow", "params", paths)
+    extra = leaf_names(backend, "shadow", "params", paths)
     if entry is not None and getattr(backend, "PLAN_MEMO", False):
         extra["memo"] = entry.memo
     with backend.guard():
@@ -133,7 +132,7 @@ def init(params: Tree, /, config: Config | None = None) -> EMAState:
     xp, kinds = check_leaves(leaves, leaves, paths, ("params", "params"), config.non_float)
     zeros = config.init == "zeros"
     backend = get_backend(xp)
-    _check_storage(backend, leaves, paths, "params")
+    check_storage(backend, leaves, paths, "params")
     with backend.guard():
         shadow = [
             _core.init_leaf(xp, p, shadow_dtype(xp, p, config) if kind == "float" else None, zeros)
@@ -186,7 +185,7 @@ def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EM
             r,
             non_float=config.non_float,
             writes=[False] * len(leaves),
-            **_names(backend, "state.shadow", "params", paths),
+            **leaf_names(backend, "state.shadow", "params", paths),
         )
         if found is None:
             weight = _core.next_weight(xp, state.weight, d, r)
@@ -234,7 +233,7 @@ def read_average(state: EMAState, config: Config) -> Tree:
         weight = power_weight(config.schedule, concrete_step(state.step, "state.step"))  # type: ignore[arg-type]
     weight = float(weight) if is_host_array(weight) else weight
     backend = get_backend(xp)
-    _check_storage(backend, leaves, paths, "state.shadow")
+    check_storage(backend, leaves, paths, "state.shadow")
     fused = getattr(backend, "correct_leaves", None)  # all leaves in one call (JAX)
     if fused is not None:
         return unflatten(treedef, fused(leaves, kinds, weight))
@@ -244,19 +243,6 @@ def read_average(state: EMAState, config: Config) -> Tree:
             for s, k in zip(leaves, kinds, strict=True)
         ]
     return unflatten(treedef, out)
-
-
-def _names(backend: Any, shadow: str, params: str, paths: Sequence[Any]) -> dict[str, Any]:
-    """``update_leaves``'s ``names`` argument, for a backend that names refused leaves."""
-    return {"names": (shadow, params, paths)} if getattr(backend, "NAMES_LEAVES", False) else {}
-
-
-def _check_storage(backend: Any, leaves: Sequence[Array], paths: Sequence[Any], name: str) -> None:
-    """The backend's refusal of leaves without memory behind them (torch: a storage freed or
-    shrunk), for ``init`` and ``average``, whose copies no backend update sees."""
-    check = getattr(backend, "check_storage", None)
-    if check is not None:
-        check(leaves, paths, name)
 
 
 __all__ = ["average", "ema_update", "init", "update"]

@@ -6,8 +6,11 @@ context the core runs in, such as ``torch.no_grad``). Optional members, read wit
 ``scalar_device`` (where ``init`` puts its 0-d step and weight), ``leaf_signature`` /
 ``same_signature`` (what the stateless call's plan cache compares, ``ema_core._stateless``),
 ``PLAN_MEMO`` (``update_leaves`` takes a ``memo`` dict to keep its plan in), ``update_scalars``
-(an eager ``update``'s step, decay, rate and weight in one call, or ``None``) and
-``correct_leaves`` (``average``'s division of all float leaves in one call).
+(an eager ``update``'s step, decay, rate and weight in one call, or ``None``),
+``correct_leaves`` (``average``'s division of all float leaves in one call), ``NAMES_LEAVES``
+(``update_leaves`` takes ``names``, the roots and paths its errors name a leaf by) and
+``check_storage`` (a refusal of leaves with no memory behind them); ``leaf_names`` and
+``check_storage`` below call the last two for the API.
 
 The generic Array API backend serves every namespace; a framework's own module is imported only
 when its arrays show up, and detection reads ``sys.modules`` through array-api-compat, so no
@@ -94,3 +97,17 @@ def _load(name: str) -> Any:
         if err.name != name:
             raise
         return importlib.import_module(_GENERIC)
+
+
+def leaf_names(backend: Any, shadow: str, params: str, paths: Sequence[Any]) -> dict[str, Any]:
+    """``update_leaves``'s keyword ``names`` (the shadows' root, the params' root, the leaves'
+    paths) for a backend that names the leaves it refuses; no keyword for the others."""
+    return {"names": (shadow, params, paths)} if getattr(backend, "NAMES_LEAVES", False) else {}
+
+
+def check_storage(backend: Any, leaves: Sequence[Array], paths: Sequence[Any], name: str) -> None:
+    """The backend's refusal of leaves without memory behind them (torch: a storage freed or
+    shrunk), for ``init`` and ``average``, whose copies no backend update sees."""
+    check = getattr(backend, "check_storage", None)
+    if check is not None:
+        check(leaves, paths, name)
