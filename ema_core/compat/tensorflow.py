@@ -17,7 +17,6 @@ new object every step) name them, so the new values find their shadows, and read
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat as compat
@@ -30,30 +29,20 @@ from ema_core.compat._arrays import (
     VarKey,
     assign,
     check_counter,
-    check_counter_state,
     check_debias_decay,
     check_like,
-    check_state,
     clone,
     counter_state,
     divide,
-    floating_item,
-    named_arrays,
     read_count,
     var_items,
 )
-from ema_core.presets._args import check_bool, check_count
+from ema_core.compat._tf_state import Slot, checked_state
+from ema_core.presets._args import check_bool
 from ema_core.schedules import constant, in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
 
-
-@dataclass
-class _Slot:
-    var: Array | None  # None for a shadow loaded by name, until an apply names its variable
-    name: str | None
-    shadow: Array
-    biased: Array | None = None
-    local_step: int = 0
+_Slot = Slot  # the name pickles made before the slots moved to ``_tf_state`` still load by
 
 
 class ExponentialMovingAverage:
@@ -88,7 +77,7 @@ class ExponentialMovingAverage:
         if not name:
             raise ValueError("name must be a non-empty str, got ''")
         self._num_updates, self._zero_debias, self._name = num_updates, zero_debias, name
-        self._slots: dict[VarKey, _Slot] = {}
+        self._slots: dict[VarKey, Slot] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled or deep-copied (``copy.deepcopy((variables, ema))``): an unnamed
@@ -140,7 +129,7 @@ class ExponentialMovingAverage:
                 weight = power_weight(constant(decay), slot.local_step)
                 slot.shadow = assign(slot.shadow, divide(new[i], weight))
 
-    def _find(self, i: int, key: Any, name: str | None, var: Array) -> _Slot:
+    def _find(self, i: int, key: Any, name: str | None, var: Array) -> Slot:
         """The slot of ``var``: by its key, else the slot already averaging this very array (TF
         averages a variable once, passed by name or not), else a new one.
 
@@ -160,14 +149,14 @@ class ExponentialMovingAverage:
             )
         return held
 
-    def _new_slot(self, var: Array, name: str | None) -> _Slot:
+    def _new_slot(self, var: Array, name: str | None) -> Slot:
         """A shadow for a variable seen for the first time (kept only once ``apply`` succeeds)."""
         if not self._zero_debias:
-            return _Slot(var, name, clone(var))
+            return Slot(var, name, clone(var))
         zeros = compat.array_namespace(var).zeros_like(var)
-        return _Slot(var, name, zeros, clone(zeros))
+        return Slot(var, name, zeros, clone(zeros))
 
-    def _slot(self, var: Any) -> _Slot | None:
+    def _slot(self, var: Any) -> Slot | None:
         if isinstance(var, tuple) and len(var) == 2:
             var = var[0]
         if isinstance(var, str):
@@ -220,7 +209,7 @@ class ExponentialMovingAverage:
             )
         return name, var
 
-    def _named_slots(self, what: str) -> dict[str, _Slot]:
+    def _named_slots(self, what: str) -> dict[str, Slot]:
         """The slots by name; a plain array averaged without a name cannot be saved or loaded."""
         if any(not isinstance(key, str) for key in self._slots):
             raise ValueError(
@@ -250,28 +239,9 @@ class ExponentialMovingAverage:
         restore). Shadows are named as the ones here (any names before the first apply), of
         the same shapes, dtypes and array types; a loaded shadow is used by the first apply
         that names its variable. All is checked before anything is written."""
-        check_state(
-            state_dict, _STATE_KEYS, {"decay": self._decay, "zero_debias": self._zero_debias}
-        )
-        check_counter_state(state_dict["num_updates"], self._num_updates, "num_updates")
         slots = self._named_slots("load_state_dict")
-        shadows, biased = (
-            named_arrays(state_dict[k], f"state_dict[{k!r}]", allow_empty=True)
-            for k in ("shadows", "biased")
-        )
-        for key, value in shadows.items():
-            floating_item(value, f"state_dict['shadows'][{key!r}]")
-        if slots:
-            check_like(shadows, {k: s.shadow for k, s in slots.items()}, "state_dict['shadows']")
-        check_like(biased, shadows if self._zero_debias else {}, "state_dict['biased']")
-        steps = state_dict["local_steps"]
-        if not isinstance(steps, Mapping) or set(steps) != set(biased):
-            raise ValueError(
-                f"state_dict['local_steps'] must map the names in state_dict['biased'] to "
-                f"counts, got {steps!r:.120}"
-            )
-        for key, count in steps.items():
-            check_count(f"state_dict['local_steps'][{key!r}]", count)
+        settings = {"decay": self._decay, "zero_debias": self._zero_debias}
+        shadows, biased, steps = checked_state(state_dict, slots, settings, self._num_updates)
         for key, shadow in shadows.items():
             self._load_slot(key, shadow, biased.get(key), steps.get(key, 0))
 
@@ -280,12 +250,9 @@ class ExponentialMovingAverage:
         slot = self._slots.get(name)
         if slot is None:
             copy = None if biased is None else clone(biased)
-            self._slots[name] = _Slot(None, name, clone(shadow), copy, step)
+            self._slots[name] = Slot(None, name, clone(shadow), copy, step)
             return
         slot.shadow = assign(slot.shadow, shadow)
         if slot.biased is not None and biased is not None:
             slot.biased = assign(slot.biased, biased)
         slot.local_step = step
-
-
-_STATE_KEYS = ("shadows", "biased", "local_steps", "decay", "zero_debias", "num_updates")
