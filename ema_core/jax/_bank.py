@@ -24,7 +24,8 @@ from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
 from ema_core.jax._call_checks import check_not_donated, check_step, check_x64
-from ema_core.jax._compiled import _committed, _Split, _split, dispatch
+from ema_core.jax._compiled import _Split, _split, dispatch
+from ema_core.jax._placement import commit_state
 
 
 def make_bank_update(
@@ -230,7 +231,7 @@ class BankUpdate:
     ) -> tuple[Any, ...]:
         state_arrays, state_split = _split(states)
         params_arrays, params_split = _split(params)
-        state_arrays = _committed(state_arrays, params_arrays, self._donate, on_new)
+        state_arrays = commit_state(state_arrays, params_arrays, self._donate, on_new)
         return state_arrays, params_arrays, state_split, params_split
 
     def _arrays(

@@ -8,20 +8,27 @@ Both walk the trees; here they run only when the arrays' shardings (the sharding
 order), their trees or their commitment changed since the owner's last checked call. The steady
 state reads one ``sharding`` per array and compares two lists, at first by identity (an update
 returns its outputs with the same sharding objects each time).
+
+``commit_state`` places a state's arrays before a compiled call (commits fresh ones, puts numpy
+arrays beside the params, copies a buffer that would be donated twice), so that the first call
+compiles what every later call sees.
 """
 
 from __future__ import annotations
 
 import operator
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
+from ema_core.backends.jax._leaves import default_device
 from ema_core.jax._devices import check_devices
 from ema_core.jax._sharding import check_shardings
 
-__all__ = ["check_placements"]
+__all__ = ["check_placements", "commit_state"]
 
 _SHARDING = operator.attrgetter("sharding")
 _COMMITTED = operator.attrgetter("committed")
@@ -82,3 +89,72 @@ def _flags(arrays: list[Any], params_arrays: list[Any]) -> list[bool]:
         return [*map(_COMMITTED, arrays), *map(_COMMITTED, params_arrays)]
     except AttributeError:  # a numpy array: never committed
         return [bool(getattr(x, "committed", False)) for x in (*arrays, *params_arrays)]
+
+
+def commit_state(
+    arrays: list[Any],
+    params_arrays: list[Any],
+    donate: bool,
+    on_new: Callable[[], None] | None = None,
+) -> list[Any]:
+    """The state's arrays placed explicitly, so that the first call compiles what every later
+    call sees (a jitted function returns committed arrays, and JAX compiles again when an
+    argument turns from uncommitted or numpy to committed).
+
+    * An uncommitted array (a fresh ``init`` over uncommitted params) is committed where it lives.
+    * A numpy array (a state snapshotted with ``jax.device_get``, or loaded from a file) is put
+      where the params are: their one device when every committed param lives there, else the
+      default device when none is committed; params committed across several devices leave it
+      to JAX (one more compilation, no guess at a sharding).
+    * With ``donate``, an array that is also one of the params (``state._replace(shadow=params)``,
+      an EMA reset to the weights) is copied first: JAX refuses to donate a buffer it also reads,
+      or twice: an array at a second place of the state (one state given twice to a bank, one
+      step array shared by hand-built states) is copied too.
+
+    ``on_new`` (the host checks a caller skipped for a step it made itself) runs first when the
+    arrays are not the steady state: a leaf swapped in beside a step the update returned.
+
+    Inside an outer ``jax.jit`` the arrays are tracers, which have no placement to commit
+    (reading it raises): kept as they are, as are deleted arrays (``device_put`` would raise
+    JAX's unnamed error; ``dispatch``'s ``check_live`` names them).
+    """
+    shared = set(map(id, params_arrays)) if donate else set()
+    ids = set(map(id, arrays)) if donate else set()
+    try:
+        steady = all(map(_COMMITTED, arrays)) and shared.isdisjoint(ids)
+    except Exception:  # a numpy array, or a tracer: no commitment to read
+        steady = False
+    unique = not donate or len(ids) == len(arrays)
+    if (steady and unique) or any(isinstance(x, jax.core.Tracer) for x in arrays):
+        return arrays  # the steady state (the arrays an update returned), or traced
+    if on_new is not None:
+        on_new()
+    home = _params_home(params_arrays)
+    placed, seen = [], set()
+    for x in arrays:
+        again = donate and id(x) in seen  # donated once already in this call
+        seen.add(id(x))
+        placed.append(_placed(x, home, again or id(x) in shared))
+    return placed
+
+
+def _placed(x: Any, home: Any, shared: bool) -> Any:
+    """One state array as ``commit_state`` describes (``home``: ``_params_home``'s answer)."""
+    if isinstance(x, np.ndarray):
+        return x if home is False else jax.device_put(x, home)
+    if x.is_deleted():
+        return x
+    if shared:  # a committed copy, also of an uncommitted array (jnp.copy's would not be)
+        return jax.device_put(x, x.sharding, may_alias=False)
+    return x if x.committed else jax.device_put(x, x.sharding)
+
+
+def _params_home(params_arrays: list[Any]) -> Any:
+    """Where a numpy state array goes: the one device of the committed params, the default
+    device when none is committed, or False when they are committed across several devices."""
+    devices = {
+        d for x in params_arrays if getattr(x, "committed", False) for d in x.sharding.device_set
+    }
+    if len(devices) > 1:
+        return False
+    return devices.pop() if devices else default_device()
