@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ema_core import _bank_snapshots, _banks
+from ema_core._paths import escape_key
 from ema_core.torch._module import EMA
 from ema_core.torch._names import strip, transient_buffers
 
@@ -98,7 +99,8 @@ def posthoc() -> Any:
 def aliases(ema: EMA) -> dict[str, str]:
     """The other names the EMA's module gives a tracked tensor (tied weights:
     ``out.weight = emb.weight`` is tracked once, as ``emb.weight``): alias -> tracked name, in
-    ``module.state_dict()`` order; {} for an EMA of named tensors."""
+    ``module.state_dict()`` order, both as a snapshot names them (``escape_key``: ``/`` is
+    ``~1``); {} for an EMA of named tensors."""
     root = ema._bound.root
     if root is None:
         return {}
@@ -106,7 +108,8 @@ def aliases(ema: EMA) -> dict[str, str]:
     tracked = set(ema.names)
     buffers = [(strip(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
     owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
-    return {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
+    found = {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
+    return {escape_key(k): escape_key(v) for k, v in found.items()}
 
 
 def transient(ema: EMA) -> frozenset[str]:
@@ -116,10 +119,13 @@ def transient(ema: EMA) -> frozenset[str]:
 
 
 def policies(ema: EMA) -> dict[str, str]:
-    """Each snapshot name's policy: ``"average"`` or ``"copy"`` (copied buffers, integers)."""
+    """Each snapshot name's policy: ``"average"`` or ``"copy"`` (copied buffers, integers), by
+    the name the snapshot gives the tensor (``escape_key``: a module named ``enc/dec`` has
+    ``enc~1dec.weight``)."""
     kinds = ema._bound.kinds
     names = zip(ema.names, kinds, strict=True)
-    return _kept(ema, {n: "average" if k == "float" else "copy" for n, k in names})
+    kept = _kept(ema, {n: "average" if k == "float" else "copy" for n, k in names})
+    return {escape_key(n): policy for n, policy in kept.items()}
 
 
 def _shadows(ema: EMA) -> dict[str, Any]:
