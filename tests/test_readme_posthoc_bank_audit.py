@@ -277,7 +277,7 @@ def test_an_ema_of_a_module_named_with_a_slash_is_snapshotted(tmp_path: Path) ->
     assert dict(info.aliases) == {"tied.weight": "enc~1dec.weight"}
     out = reconstruct(tmp_path, 0.05, like=model.state_dict())
     assert list(out) == list(model.state_dict())
-    for name, value in model.state_dict().items():
+    for name in model.state_dict():
         assert torch.equal(
             out[name], ema.average[name if name != "tied.weight" else "enc/dec.weight"]
         )
@@ -380,3 +380,16 @@ def test_a_bank_of_4_and_of_5_equals_separate_emas_bit_for_bit() -> None:
         for got, want in zip(bank, separate, strict=True):
             for name, value in want.average.items():
                 assert torch.equal(got.average[name].view(torch.int32), value.view(torch.int32))
+
+
+def test_checkpoint_load_of_a_state_dict_like_points_to_safetensors(tmp_path: Path) -> None:
+    # README: the CLI's files are plain safetensors, read "with safetensors.torch.load_file ...,
+    # not ema_core.checkpoint.load": passing a state dict as like says so
+    from ema_core.checkpoint import load
+
+    path = tmp_path / "ema-0.07.safetensors"
+    path.write_bytes(b"")
+    with pytest.raises(TypeError, match=r"got dict; a plain safetensors file .*load_file"):
+        load(path, {"w": np.zeros(2)})
+    with pytest.raises(TypeError, match=r"got list$"):
+        load(path, [np.zeros(2)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from ema_core import _safetensors
@@ -142,8 +143,15 @@ def _arguments(
         )
     ema = _torch_ema(like)
     if ema is None and not isinstance(like, EMAState):
+        hint = (
+            "; a plain safetensors file (such as python -m ema_core.posthoc writes) is read "
+            "with safetensors.torch.load_file and loaded by model.load_state_dict"
+            if isinstance(like, Mapping)
+            else ""
+        )
         raise TypeError(
-            f"like must be an ema_core.torch.EMA or an ema_core.EMAState, got {type(like).__name__}"
+            f"like must be an ema_core.torch.EMA or an ema_core.EMAState, got "
+            f"{type(like).__name__}{hint}"
         )
     if config is not None and not isinstance(config, Config):
         raise TypeError(f"config must be an ema_core.Config or None, got {type(config).__name__}")
