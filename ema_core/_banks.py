@@ -27,7 +27,13 @@ from typing import Any
 
 from ema_core._checks import check_positive
 from ema_core._config import Config
-from ema_core.schedules import PowerFunction, gamma_to_sigma_rel, power_function
+from ema_core.schedules import (
+    MAX_SIGMA_REL,
+    PowerFunction,
+    gamma_to_sigma_rel,
+    power_function,
+    sigma_rel_to_gamma,
+)
 
 __all__ = [
     "SIGMA_REL_MAX",
@@ -139,14 +145,22 @@ def bank_configs(owner: str, configs: Any, sigma_rels: Any, interval: Any) -> tu
 
 
 def sigma_rel_of(config: Config) -> float | None:
-    """EDM2's sigma_rel of a power-function config (None for any other schedule).
+    """EDM2's sigma_rel of a power-function config (None for any other schedule): the shortest
+    decimal whose gamma is the schedule's (``power_function(sigma_rel=0.05)`` gives 0.05 back).
 
     Example:
         >>> round(sigma_rel_of(power_configs([0.05], 1)[0]), 6), sigma_rel_of(Config())
         (0.05, None)
     """
     schedule = config.schedule
-    return gamma_to_sigma_rel(schedule.gamma) if isinstance(schedule, PowerFunction) else None
+    if not isinstance(schedule, PowerFunction):
+        return None
+    found = gamma_to_sigma_rel(schedule.gamma)
+    for digits in (15, 16):  # the shortest decimal with the same gamma: 0.05, not 0.05 + 1 ulp
+        short = float(f"{found:.{digits}g}")
+        if 0.0 < short <= MAX_SIGMA_REL and sigma_rel_to_gamma(short) == schedule.gamma:
+            return short
+    return found
 
 
 def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:

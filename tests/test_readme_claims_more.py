@@ -121,9 +121,9 @@ LAYOUT = {
     "ema_core/integrations": "lightning _lightning_args keras _keras_weights _keras_swap "
     "_keras_args accelerate",
     "ema_core/presets": "_seeds _torch _profiles _optimizers _args _schedules",
-    "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _modules",
+    "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _modules _tf_state",
     "ema_core/testing": "_oracle _strategies _properties _inputs _compare _convert _dtypes _args",
-    "ema_core/schedules": "__init__ _base _values _decays _power _every _gates _gated",
+    "ema_core/schedules": "__init__ _base _values _decays _power _gamma _every _gates _gated",
     "tests": "conftest reference peers",
     "benchmarks": "__main__ harness chart tree",
     "benchmarks/backends": "numpy torch jax cupy",

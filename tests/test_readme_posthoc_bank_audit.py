@@ -393,3 +393,29 @@ def test_checkpoint_load_of_a_state_dict_like_points_to_safetensors(tmp_path: Pa
         load(path, {"w": np.zeros(2)})
     with pytest.raises(TypeError, match=r"got list$"):
         load(path, [np.zeros(2)])
+
+
+@pytest.mark.parametrize("sigma_rel", [0.05, 0.07, 0.1, 0.2, 0.2886, 1e-3, 1e-100])
+def test_a_snapshot_records_the_gamma_its_ema_ran_with(tmp_path: Path, sigma_rel: float) -> None:
+    # the schedule's and post-hoc's sigma_rel -> gamma are one function (schedules._gamma): a
+    # snapshot of an EMA of power_function(sigma_rel=s) records s and the EMA's own gamma
+    from ema_core import posthoc, schedules
+    from ema_core.schedules import gamma_to_sigma_rel
+
+    gamma = schedules.sigma_rel_to_gamma(sigma_rel)
+    assert posthoc.sigma_rel_to_gamma(sigma_rel) == gamma
+    assert posthoc.gamma_to_sigma_rel(gamma) == gamma_to_sigma_rel(gamma)
+    # the nearest float64: no neighbour of gamma maps closer to sigma_rel
+    error = abs(gamma_to_sigma_rel(gamma) - sigma_rel)
+    for other in (math.nextafter(gamma, 0.0), math.nextafter(gamma, math.inf)):
+        assert abs(gamma_to_sigma_rel(other) - sigma_rel) >= error
+    torch = pytest.importorskip("torch")
+    from ema_core.torch import EMABank
+
+    bank = EMABank(
+        torch.nn.Linear(2, 2), sigma_rels=(sigma_rel,), snapshot_every=1, snapshot_dir=tmp_path
+    )
+    bank.update(1)
+    (info,) = list_snapshots(tmp_path)
+    assert info.sigma_rel == sigma_rel  # the given decimal, not one ulp beside it
+    assert info.gamma == bank[0].config.schedule.gamma == gamma

@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple, TypeAlias
 
-import torch
-
 from ema_core._checks import check_choice
 from ema_core._config import Config, config_text
-from ema_core.torch import _names, _options
+from ema_core.torch import _names, _options, _refusals
 
 Stage: TypeAlias = Literal["validate", "test", "predict"]
 FitEnd: TypeAlias = Literal["keep-live", "swap-in"]
@@ -55,7 +53,7 @@ def read(
     resolved = _options.resolve_config(
         decay, schedule, config, options.get("dtype"), options.get("buffers")
     )
-    _check_device(options.get("device"))
+    _refusals.device_of(options.get("device"))  # as EMA(device=...) checks it
     filters = {n: _filter(options[n], n) for n in ("include", "exclude") if n in options}
     ema = {"decay": decay, "schedule": schedule, "config": config, **options, **filters}
     stages, mode = _stages(swap), _fit_end(on_fit_end)
@@ -96,17 +94,6 @@ def _filter(rule: Any, name: str) -> str | list[str] | Callable[[str], bool] | N
         return list(rule)
     _names._matcher(rule, name, True)  # raises TypeError on a bad filter
     return rule  # type: ignore[no-any-return]
-
-
-def _check_device(device: Any) -> None:
-    if device is None or isinstance(device, torch.device):
-        return
-    if not isinstance(device, str):
-        raise TypeError(f"device must be None, a str or a torch.device, got {device!r}")
-    try:
-        torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device must name a torch device, got {device!r}") from err
 
 
 def _stages(swap: Any) -> frozenset[Stage]:

@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ema_core._banks import SIGMA_REL_MAX, check_sigma_rel
+from ema_core.schedules._gamma import gamma_of as shared_gamma_of
+from ema_core.schedules._gamma import sigma_rel_of
 
 __all__ = [
     "SIGMA_REL_MAX",
@@ -35,7 +37,6 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 
-_FLOAT_MAX = float(np.finfo(np.float64).max)
 #: The smallest sigma_rel post-hoc EMA takes: gamma ~ 1/sigma_rel, and the inner products
 #: multiply two (gamma + 1) factors, which overflow float64 from gamma ~ 1.3e154 on.
 SIGMA_REL_MIN = 1e-150
@@ -91,67 +92,25 @@ def gamma_to_sigma_rel(gamma: float, /) -> float:
             f"gamma must be a finite number > 0, got {gamma!r}: gamma <= 0 gives sigma_rel >= "
             "12**-0.5, outside post-hoc EMA's domain"
         )
-    return math.sqrt((g + 1.0) / (g + 3.0)) / (g + 2.0)
+    return sigma_rel_of(g)
 
 
 def gamma_of(s: float) -> float:
-    """The largest real root of ``g**3 + 7 g**2 + (16 - s**-2) g + (12 - s**-2)``, refined to
-    the float64 ``g`` whose ``gamma_to_sigma_rel(g)`` lies nearest to ``s``: Newton on ``log
-    sigma_rel(g) = log s`` (decreasing in g > 0) gets close, then bisection on the float64
-    values of the forward map itself settles the last ulps (Newton alone stops at the rounding
-    of its residual, which for tiny ``s`` is a hundred ulps of g)."""
-    if not s * _FLOAT_MAX > 1.0:
-        raise ValueError(
-            f"sigma_rel must be > 1/{_FLOAT_MAX:.4g}, got {s!r}: its gamma (about 1/sigma_rel) "
-            "overflows float64"
-        )
-    if s > 1e-100:
-        c = s**-2.0
-        roots = np.roots([1.0, 7.0, 16.0 - c, 12.0 - c])
-        g = float(max(r.real for r in roots if abs(r.imag) <= 1e-9 * max(1.0, abs(r))))
-    else:
-        g = 1.0 / s - 3.0  # sigma_rel ~ 1/g - 3/g**2 for large g
-    for _ in range(20):
-        g = max(g, 1e-300)
-        value = 0.5 * math.log((g + 1.0) / (g + 3.0)) - math.log(g + 2.0) - math.log(s)
-        slope = 1.0 / ((g + 1.0) * (g + 3.0)) - 1.0 / (g + 2.0)
-        step = value / slope
-        g -= step
-        if abs(step) <= 1e-16 * g:
-            break
+    """The gamma > 0 of a checked post-hoc sigma_rel ``s``: the float64 whose
+    ``gamma_to_sigma_rel`` lies nearest ``s`` (``ema_core.schedules._gamma``, which the
+    schedule shares: a snapshot records the gamma its EMA ran with)."""
+    g = shared_gamma_of(s)
     if not g > 0.0:
         raise ValueError(f"sigma_rel {s!r} is within rounding of 12**-0.5 (gamma = 0)")
-    return _nearest(g, s)
-
-
-def _nearest(g: float, s: float) -> float:
-    """The float64 near ``g`` (within a relative 1e-13, some 450 ulps; Newton's worst was 250)
-    whose ``gamma_to_sigma_rel`` is nearest ``s``, ``g`` itself on a tie: a bracket around
-    ``g`` where ``gamma_to_sigma_rel - s`` changes sign, halved down to two adjacent floats
-    (at most about 64 halvings); ``g`` itself when the bracket holds no sign change."""
-
-    def error(x: float) -> float:
-        return gamma_to_sigma_rel(x) - s
-
-    lo, hi = g * (1.0 - 1e-13), min(g * (1.0 + 1e-13), _FLOAT_MAX)
-    if not (lo > 0.0 and error(lo) >= 0.0 >= error(hi)):
-        return g
-    while True:
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        if error(mid) >= 0.0:
-            lo = mid
-        else:
-            hi = mid
-    return min((g, lo, hi), key=lambda x: abs(error(x)))
+    return g
 
 
 def sigma_rel_to_gamma(sigma_rel: float, /) -> float:
     """The exponent gamma > 0 whose power-function profile has this sigma_rel (Algorithm 2).
 
     gamma is the largest real root of ``g**3 + 7 g**2 + (16 - s**-2) g + (12 - s**-2)``, in
-    float64, Newton-polished so that ``gamma_to_sigma_rel`` gives ``sigma_rel`` back.
+    float64: the one whose ``gamma_to_sigma_rel`` lies nearest ``sigma_rel`` (the same value
+    as ``ema_core.schedules.sigma_rel_to_gamma``).
 
     Args:
         sigma_rel: in (0, 12**-0.5) = (0, 0.288675).

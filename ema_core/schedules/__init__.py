@@ -29,6 +29,7 @@ from ema_core.schedules._decays import (
     warmup,
 )
 from ema_core.schedules._every import CopyAt, Every, every
+from ema_core.schedules._gamma import MAX_SIGMA_REL
 from ema_core.schedules._gated import Gated, gated
 from ema_core.schedules._gates import (
     InFloat32,
@@ -39,7 +40,6 @@ from ema_core.schedules._gates import (
     ramped_half_life,
 )
 from ema_core.schedules._power import (
-    MAX_SIGMA_REL,
     PowerFunction,
     gamma_to_sigma_rel,
     power_function,

@@ -9,9 +9,7 @@ from typing import Any, ClassVar
 from ema_core._checks import check_positive
 from ema_core._ops import Ops
 from ema_core.schedules._base import Schedule
-
-#: gamma at which sigma_rel peaks: the root of gamma**2 + 3*gamma + 1 = 0 above -1.
-_GAMMA_PEAK = (math.sqrt(5.0) - 3.0) / 2.0
+from ema_core.schedules._gamma import MAX_SIGMA_REL, gamma_of, sigma_rel_of
 
 
 def gamma_to_sigma_rel(gamma: float, /) -> float:
@@ -28,18 +26,15 @@ def gamma_to_sigma_rel(gamma: float, /) -> float:
         raise TypeError(f"gamma must be a real number > -1, got {type(gamma).__name__} {gamma!r}")
     if not (math.isfinite(gamma) and gamma > -1):
         raise ValueError(f"gamma must be a finite number > -1, got {gamma!r}")
-    return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
-
-
-#: The largest sigma_rel a power function can have.
-MAX_SIGMA_REL = gamma_to_sigma_rel(_GAMMA_PEAK)
+    return sigma_rel_of(float(gamma))
 
 
 def sigma_rel_to_gamma(sigma_rel: float, /) -> float:
     """The gamma >= the peak whose profile has this sigma_rel (inverse of ``gamma_to_sigma_rel``).
 
-    It is the largest real root of ``g**3 + 7 g**2 + (16 - s**-2) g + (12 - s**-2)``, found here
-    by bisection on the decreasing branch.
+    It is the largest real root of ``g**3 + 7 g**2 + (16 - s**-2) g + (12 - s**-2)``: the float64
+    whose ``gamma_to_sigma_rel`` lies nearest ``sigma_rel`` (``schedules._gamma``, which
+    ``ema_core.posthoc`` shares, so that a snapshot records the gamma its EMA ran with).
 
     Example:
         >>> from ema_core.schedules import sigma_rel_to_gamma
@@ -49,16 +44,7 @@ def sigma_rel_to_gamma(sigma_rel: float, /) -> float:
     check_positive("sigma_rel", sigma_rel)
     if sigma_rel > MAX_SIGMA_REL:
         raise ValueError(f"sigma_rel must be in (0, {MAX_SIGMA_REL:.6f}], got {sigma_rel}")
-    low, high = _GAMMA_PEAK, 1.0
-    while gamma_to_sigma_rel(high) > sigma_rel:
-        high *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if gamma_to_sigma_rel(mid) > sigma_rel:
-            low = mid
-        else:
-            high = mid
-    return 0.5 * (low + high)
+    return gamma_of(float(sigma_rel))
 
 
 @dataclass(frozen=True)
