@@ -1,17 +1,14 @@
-"""Worker processes for tests/test_dist_torch.py (CPU, gloo).
+"""The checks of tests/test_dist_torch.py (CPU, gloo), parts of the shared multi-rank jobs.
 
-Run as ``python -m tests.dist_workers SCENARIO RANK WORLD DIR``. Each rank joins one process
-group through a file store in DIR, runs every check of its scenario in the same order as the
-other ranks (the checks issue collectives), and writes ``DIR/SCENARIO.RANK.json``: check name ->
-"ok" or the traceback. A check that fails on one rank may leave the others waiting in a
-collective; the parent's timeout ends them and reports what was written.
+``part(tag, ...)`` hands ``tests.scaling_out``'s shared worker a ``Run`` and the names of the
+checks of scenario ``tag`` ("two" on 2 ranks, "four" on 4); every rank runs them in the same
+order (the checks issue collectives) and the worker records each as "ok" or its traceback. A
+check that fails on one rank may leave the others waiting in a collective; the parent's timeout
+ends them and reports what was written.
 """
-
 from __future__ import annotations
 
 import copy
-import json
-import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -194,16 +191,18 @@ class Run:
         else:
             assert only0 is None
 
-    # ---- 3 ranks: the 2-rank DCP checkpoint loaded onto another sharding ----
+    # ---- 4 ranks: the 2-rank DCP checkpoint loaded onto another sharding ----
     def dcp_load(self) -> None:
+        two = self.folder.parent / "shared2"  # the 2-rank shared job's folder (shared_launch)
         loaded = EMA(shard(net(seed=7)), config=CONFIG)
         state = loaded.state_dict()
-        dcp.load(state, checkpoint_id=self.folder / "ckpt")
+        dcp.load(state, checkpoint_id=two / "ckpt")
         loaded.load_state_dict(state)
-        assert loaded.average["0.weight"].to_local().shape == (1, 5)  # 3 rows on 3 ranks
+        rows = 1 if self.rank < 3 else 0  # 3 rows on 4 ranks: the last shard is empty
+        assert loaded.average["0.weight"].to_local().shape == (rows, 5)
         exported = full_state_dict(loaded)
         if self.rank == 0:
-            saved = torch.load(self.folder / "full.pt", weights_only=True)
+            saved = torch.load(two / "full.pt", weights_only=True)
             assert saved["shadow"].keys() == exported["shadow"].keys()
             for name, value in saved["shadow"].items():
                 assert torch.equal(value, exported["shadow"][name]), name
@@ -248,30 +247,10 @@ SCENARIOS = {
         "checkpoints",
         "ddp",
     ),
-    "three": ("dcp_load",),
-    "four": ("hsdp",),
+    "four": ("dcp_load", "hsdp"),
 }
 
 
 def part(tag: str, rank: int, world: int, folder: Path) -> tuple[Run, tuple[str, ...]]:
     """Scenario ``tag`` as a part of a shared job (``tests.scaling_out.SHARED``)."""
     return Run(rank, world, folder), SCENARIOS[tag]
-
-
-def main() -> None:
-    scenario, rank, world, folder = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    path = Path(folder)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{path / (scenario + '.store')}", rank=rank, world_size=world
-    )
-    run = Run(rank, world, path)
-    try:
-        for name in SCENARIOS[scenario]:
-            run.check(name, getattr(run, name))
-            (path / f"{scenario}.{rank}.json").write_text(json.dumps(run.results))
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

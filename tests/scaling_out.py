@@ -131,6 +131,8 @@ def shared_launch(factory: pytest.TempPathFactory, world: int) -> tuple[Path, di
     """The folder of the shared job of ``world`` ranks, and per tag of ``SHARED[world]`` its
     ``rank_results``. The job runs once per test run: the first test module to ask launches it
     (under pytest-xdist the workers share a folder and a file lock; the others wait for it)."""
+    if world == 4:  # its "four" part loads the checkpoint the 2-rank job saves: that one first
+        shared_launch(factory, 2)
     base = factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"shared{world}"
     root.mkdir(exist_ok=True)
