@@ -12,6 +12,8 @@ so importing ``ema_core.compat`` imports no framework.
 What they share: ``_arrays`` (named arrays from the seeds' inputs, copies, and writes in place
 where the array allows it, by rebinding where it does not: JAX) and ``_modules`` (the MMEditing
 class's check, before the first copy, that two modules' tensors pair up by name; imports torch).
+``_tf_state`` holds the TensorFlow class's saved state: its slots and the checks of a
+``state_dict`` before ``load_state_dict`` writes.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ the old average; ``schedule.rate(t)`` is ``1 - decay``, computed without cancell
   plain ``t -> decay`` callable, whose every return value ``_values`` checks.
 * ``_decays``: the closed forms (``constant``, ``num_updates``, ``warmup``, ``half_life``,
   ``annealing``) and ``as_schedule``.
-* ``_power``: EDM2's power function and its sigma_rel <-> gamma relation.
+* ``_power``: EDM2's power function; ``_gamma``: its sigma_rel <-> gamma relation in float64,
+  shared with ``ema_core.posthoc``.
 * ``_every``: ``every`` (an update every n steps) and ``CopyAt`` (the first-update copy).
 * ``_gates``: the peers' roundings (``in_float32``, ``ramped_half_life``, ``momentum``);
   ``_gated``: ``gated``, the peers' bookkeeping (start, phase, first copies, shifted count,
