@@ -18,8 +18,9 @@ How the pieces fit, bottom to top (each layer imports only the ones below it; RE
   ``_config`` and ``_config_words`` (decay schedules; ``Config``; the peers' keywords refused
   with what to write instead); ``_arguments`` (decay / schedule / config read once for every
   entry point); ``_read_checks`` (a zero-started state read without bias correction, refused);
-  ``_stateless`` (the plan cache of ``ema_update``); ``_banks`` and ``_bank_snapshots`` (what
-  every EMA bank checks, and its snapshots of a step); ``_atomic`` (crash-safe file writes).
+  ``_stateless`` (the plan cache of ``ema_update``); ``_banks``, ``_snapshot_args`` and
+  ``_bank_snapshots`` (what every EMA bank checks, its snapshot settings checked, and its
+  snapshots of a step); ``_atomic`` (crash-safe file writes).
 * Beside the core, needing numpy (imported only by ``checkpoint`` and ``posthoc``):
   ``_safetensors`` (the safetensors format, one tensor at a time) and ``_bf16`` (bfloat16 as its
   bits).

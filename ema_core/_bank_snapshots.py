@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ema_core import _banks
+from ema_core import _snapshot_args
 from ema_core._atomic import resolve_link
 
 __all__ = ["SnapshotWriteError", "check_set", "write_set"]
@@ -80,7 +80,7 @@ def check_set(
             file is a link into a missing folder, or a loop of links. PermissionError: the
             folder the files go to (or the nearest existing one above it) is not writable.
     """
-    _banks.check_snapshot_dir(directory)
+    _snapshot_args.check_snapshot_dir(directory)
     snapshots = posthoc_snapshots()
     folder = Path(os.fsdecode(os.fspath(directory)))
     count = len(trees)

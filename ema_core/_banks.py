@@ -1,27 +1,23 @@
 """The arguments every EMA bank takes, checked once for all frameworks (pure Python, core level).
 
 An EMA bank (``ema_core.torch.EMABank``, ``ema_core.jax.make_bank_update``) tracks K EMAs of
-the same params. Both take ``configs`` or EDM2's ``sigma_rels`` and may write post-hoc
-snapshots every ``snapshot_every`` steps; this module resolves and checks those arguments so
-that both refuse the same input with the same words, before anything is built:
+the same params. Both take ``configs`` or EDM2's ``sigma_rels``; this module resolves and
+checks those arguments so that both refuse the same input with the same words, before
+anything is built:
 
 * ``check_sigma_rel``: the one domain check of a sigma_rel, also ``ema_core.posthoc``'s.
 * ``bank_configs`` / ``power_configs``: the K configs, given or one power function per
   sigma_rel; ``sigma_rel_of``: a config's sigma_rel, if it has one.
-* ``check_snapshots`` / ``snapshot_sigma_rels``: the snapshot settings.
+* ``sequence`` / ``index``: a list argument as a tuple; an EMA's index in the bank.
 
-The snapshot interval rule: the EMAs of a bank that writes snapshots share one ``interval``
-and ``snapshot_every`` is a multiple of it. ``posthoc.save_snapshot`` refuses a step that is
-not a multiple of its interval (no update ends there) and ``posthoc.list_snapshots`` refuses
-a directory whose snapshots have different intervals (the solve assumes one), so any other
-rule would build a bank whose snapshots fail to be written or to be read back.
+The snapshot settings (``snapshot_every``, ``snapshot_dir``) are checked by
+``ema_core._snapshot_args``.
 """
 
 from __future__ import annotations
 
 import numbers
 import operator
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,13 +35,10 @@ __all__ = [
     "SIGMA_REL_MAX",
     "bank_configs",
     "check_sigma_rel",
-    "check_snapshot_dir",
-    "check_snapshots",
     "index",
     "power_configs",
     "sequence",
     "sigma_rel_of",
-    "snapshot_sigma_rels",
 ]
 
 #: sigma_rel of gamma = 0 (the uniform average); the post-hoc domain is (0, SIGMA_REL_MAX).
@@ -161,82 +154,6 @@ def sigma_rel_of(config: Config) -> float | None:
         if 0.0 < short <= MAX_SIGMA_REL and sigma_rel_to_gamma(short) == schedule.gamma:
             return short
     return found
-
-
-def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
-    """Each config's sigma_rel, for its snapshots.
-
-    Raises:
-        ValueError: a config is not a power function, naming it (its sigma_rel is unknown).
-    """
-    found = []
-    for k, config in enumerate(configs):
-        sigma_rel = sigma_rel_of(config)
-        if sigma_rel is None:
-            raise ValueError(
-                f"configs[{k}] has no sigma_rel (its schedule {config.schedule!r} is not a "
-                "schedules.power_function); post-hoc snapshots need power-function EMAs"
-            )
-        found.append(sigma_rel)
-    return tuple(found)
-
-
-def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> None:
-    """Raise unless ``snapshot_every`` and ``snapshot_dir`` are both None, or both given with
-    ``every`` an int >= 1, ``directory`` a path, every EMA a power function, one ``interval``
-    shared by all EMAs and ``every`` a multiple of it (the module's interval rule).
-
-    Raises:
-        TypeError: ``every`` not an int, ``directory`` not a str or ``os.PathLike``.
-        ValueError: one given without the other, ``every`` < 1, what
-            ``check_snapshot_dir`` refuses, an EMA without a sigma_rel, EMAs with different
-            intervals, ``every`` not a multiple of theirs.
-    """
-    if every is None and directory is None:
-        return
-    if every is None or directory is None:
-        given, missing = ("snapshot_every", "snapshot_dir")[:: 1 if directory is None else -1]
-        raise ValueError(f"{given} needs {missing} too (got {missing}=None)")
-    check_positive("snapshot_every", every, integer=True)
-    if not isinstance(directory, (str, os.PathLike)):
-        raise TypeError(
-            f"snapshot_dir must be a str or os.PathLike, got {type(directory).__name__}"
-        )
-    check_snapshot_dir(directory)
-    snapshot_sigma_rels(configs)
-    intervals = sorted({c.interval for c in configs})
-    if len(intervals) > 1 or every % intervals[0]:
-        raise ValueError(
-            f"snapshot_every={every} must be a multiple of the EMAs' interval, and the EMAs "
-            f"of a bank with snapshots must share one interval; got intervals {intervals} "
-            "(a snapshot directory holds one interval, and a snapshot follows an update)"
-        )
-
-
-def check_snapshot_dir(directory: str | os.PathLike[str]) -> None:
-    """Raise unless ``directory`` is a directory or can be made one: not empty, not a file,
-    and its nearest existing ancestor a directory. A bank checks this when built and again
-    before an update after which it writes snapshots, so a bad directory refuses the update
-    before any shadow changes instead of failing after it.
-
-    Raises:
-        ValueError: naming ``snapshot_dir``, its value and what is in the way.
-
-    Example:
-        >>> check_snapshot_dir(".")
-    """
-    path = os.fsdecode(os.fspath(directory))
-    if not path:
-        raise ValueError("snapshot_dir='' is empty; give the directory of the snapshots")
-    node = os.path.abspath(path)
-    while not os.path.exists(node) and os.path.dirname(node) != node:
-        node = os.path.dirname(node)
-    if not os.path.isdir(node):
-        where = "is" if node == os.path.abspath(path) else f"lies under {node!r}, which is"
-        raise ValueError(
-            f"snapshot_dir={directory!r} {where} a file, not a directory: snapshots need a "
-            "directory (an existing one, or a path that can be made one)"
-        )
 
 
 def index(owner: str, k: Any, size: int) -> int:

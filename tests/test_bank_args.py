@@ -1,6 +1,6 @@
-"""``ema_core._banks``: the arguments every EMA bank takes, checked once for torch and JAX (and
-``posthoc``'s sigma_rel check): the messages, TypeError for types and ValueError for values,
-nothing built on error, and no framework imported."""
+"""``ema_core._banks`` and ``ema_core._snapshot_args``: the arguments every EMA bank takes,
+checked once for torch and JAX (and ``posthoc``'s sigma_rel check): the messages, TypeError
+for types and ValueError for values, nothing built on error, and no framework imported."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ema_core import Config, _banks, schedules
+from ema_core import Config, _banks, _snapshot_args, schedules
 
 POWER = [Config(schedule=schedules.power_function(sigma_rel=s), init="copy") for s in (0.05, 0.1)]
 
@@ -125,19 +125,19 @@ def test_bank_configs_take_configs_as_given_or_sigma_rels():
 )
 def test_check_snapshots_refuses(every, directory, configs, error, message):
     with pytest.raises(error, match=message):
-        _banks.check_snapshots(every, directory, configs)
+        _snapshot_args.check_snapshots(every, directory, configs)
 
 
 @pytest.mark.parametrize("directory", ["d", Path("d")])
 def test_check_snapshots_accepts_one_interval_dividing_every(directory):
-    _banks.check_snapshots(None, None, [Config()])  # no snapshots: nothing to check
-    _banks.check_snapshots(8, directory, _banks.power_configs([0.05, 0.1], 4))
-    assert _banks.snapshot_sigma_rels(POWER) == pytest.approx((0.05, 0.1), rel=1e-9)
+    _snapshot_args.check_snapshots(None, None, [Config()])  # no snapshots: nothing to check
+    _snapshot_args.check_snapshots(8, directory, _banks.power_configs([0.05, 0.1], 4))
+    assert _snapshot_args.snapshot_sigma_rels(POWER) == pytest.approx((0.05, 0.1), rel=1e-9)
 
 
 def test_importing_banks_imports_no_array_library():
     code = (
-        "import sys, ema_core._banks; "
+        "import sys, ema_core._banks, ema_core._snapshot_args; "
         "print([m for m in ('numpy', 'torch', 'jax', 'cupy') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

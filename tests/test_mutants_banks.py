@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ema_core import _bank_snapshots, _banks
+from ema_core import _bank_snapshots, _banks, _snapshot_args
 
 torch = pytest.importorskip("torch")
 
@@ -29,7 +29,7 @@ def test_a_snapshot_dir_that_is_a_file_is_refused_when_the_bank_is_built(tmp_pat
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(ValueError, match="is a file, not a directory"):
-        _banks.check_snapshots(2, blocker, _banks.power_configs([0.05], 1))
+        _snapshot_args.check_snapshots(2, blocker, _banks.power_configs([0.05], 1))
     with pytest.raises(ValueError, match="is a file, not a directory"):
         EMABank(_model(), sigma_rels=(0.05,), snapshot_every=2, snapshot_dir=blocker / "sub")
 
@@ -38,7 +38,7 @@ def test_an_empty_snapshot_dir_is_refused_not_taken_for_the_working_directory() 
     """``snapshot_dir=""`` is refused as empty: it is not read as "." (the snapshots would
     land in whatever the working directory is)."""
     with pytest.raises(ValueError, match="snapshot_dir='' is empty"):
-        _banks.check_snapshot_dir("")
+        _snapshot_args.check_snapshot_dir("")
     with pytest.raises(ValueError, match="snapshot_dir='' is empty"):
         EMABank(_model(), sigma_rels=(0.05,), snapshot_every=2, snapshot_dir="")
 

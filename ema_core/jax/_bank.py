@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from ema_core import _api, _bank_snapshots, _banks
+from ema_core import _api, _bank_snapshots, _banks, _snapshot_args
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
@@ -53,9 +53,9 @@ def make_bank_update(
         snapshot_every: after an update, write the snapshot of each EMA whose step is then a
             multiple of this into ``snapshot_dir`` (``save_snapshots``). The EMAs must then be
             power functions sharing one ``interval`` that divides ``snapshot_every`` (a snapshot
-            directory holds one interval; see ``ema_core._banks``), and the bank must be called
-            outside ``jax.jit``. The host counts the steps: a step is read only on the first
-            call and after a state the bank did not make (a resume). What the write would
+            directory holds one interval; see ``ema_core._snapshot_args``), and the bank must
+            be called outside ``jax.jit``. The host counts the steps: a step is read only on
+            the first call and after a state the bank did not make (a resume). What the write would
             refuse is refused before the update; a write that fails after it (a full disk)
             raises ``SnapshotWriteError``: the update stands, ``error.states`` holds the new
             states, and ``save_snapshots`` writes the step's snapshots again.
@@ -86,7 +86,7 @@ def make_bank_update(
     if not isinstance(donate, bool):
         raise TypeError(f"donate must be True or False, got {donate!r}")
     checked = _banks.bank_configs("make_bank_update", configs, sigma_rels, interval)
-    _banks.check_snapshots(snapshot_every, snapshot_dir, checked)
+    _snapshot_args.check_snapshots(snapshot_every, snapshot_dir, checked)
     return BankUpdate(checked, donate, snapshot_every, snapshot_dir)
 
 
@@ -127,7 +127,7 @@ class BankUpdate:
         counted = [] if every is None else self._count(states, trusted)
         due = [k for k, t in enumerate(counted) if every is not None and t % every == 0]
         if due:  # each EMA by its own step, as the torch bank; refused before any donation
-            sigma_rels = _banks.snapshot_sigma_rels(self.configs)
+            sigma_rels = _snapshot_args.snapshot_sigma_rels(self.configs)
             _bank_snapshots.check_set(
                 self._directory,
                 [states[k].shadow for k in due],
@@ -186,7 +186,7 @@ class BankUpdate:
     ) -> list[Any]:
         """The snapshots of the EMAs ``which`` (indices) as one set."""
         states = self._states(states)
-        sigma_rels = _banks.snapshot_sigma_rels(self.configs)
+        sigma_rels = _snapshot_args.snapshot_sigma_rels(self.configs)
         steps = [int(s.step) for s in states] if steps is None else list(steps)
         return _bank_snapshots.write_set(
             directory,

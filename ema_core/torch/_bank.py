@@ -10,7 +10,7 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
-from ema_core import _banks
+from ema_core import _banks, _snapshot_args
 from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
@@ -88,7 +88,7 @@ class EMABank:
         _bank_args.check_shared(resolved)
         given = [float(s) for s in sigma_rels] if sigma_rels is not None else None
         self.sigma_rels = tuple(given or _bank_args.sigma_rels_of(resolved))
-        _banks.check_snapshots(snapshot_every, snapshot_dir, resolved)
+        _snapshot_args.check_snapshots(snapshot_every, snapshot_dir, resolved)
         self.snapshot_every, self.snapshot_dir = snapshot_every, snapshot_dir
         if snapshot_every is not None:
             _bank_snap.posthoc()  # fail here, not at the first snapshot, when it is missing

@@ -1,6 +1,7 @@
 """The arguments of ``EMABank``, checked before anything is built: the K configs (given, or one
 power function per ``sigma_rel``, resolved by ``ema_core._banks`` as every bank does), what
-they must share on torch, and the snapshot settings (``ema_core._banks.check_snapshots``).
+they must share on torch, and the snapshot settings
+(``ema_core._snapshot_args.check_snapshots``).
 
 What must agree across a torch bank: the tracked tensors and how they are stored
 (``buffers``, ``non_float``, ``dtype``): the K EMAs average the same tensors into shadows of

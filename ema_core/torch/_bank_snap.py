@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ema_core import _bank_snapshots, _banks
+from ema_core import _bank_snapshots, _banks, _snapshot_args
 from ema_core._paths import escape_key
 from ema_core.torch._module import EMA
 from ema_core.torch._names import strip, transient_buffers
@@ -35,7 +35,7 @@ def sigma_rels(emas: Sequence[EMA], given: Sequence[float | None]) -> list[float
     Raises:
         ValueError: an EMA is not a power function, naming it.
     """
-    found = _banks.snapshot_sigma_rels([ema.config for ema in emas])
+    found = _snapshot_args.snapshot_sigma_rels([ema.config for ema in emas])
     return [f if g is None else g for g, f in zip(given, found, strict=True)]
 
 

@@ -1,0 +1,102 @@
+"""The snapshot arguments of an EMA bank (``snapshot_every``, ``snapshot_dir``), checked once for
+all frameworks before anything is built (pure Python, core level).
+
+* ``check_snapshots``: the two settings together, and what they ask of the bank's EMAs.
+* ``check_snapshot_dir``: the directory alone, also checked again before an update after which
+  a bank writes snapshots.
+* ``snapshot_sigma_rels``: each EMA's sigma_rel, refusing an EMA without one.
+
+The snapshot interval rule: the EMAs of a bank that writes snapshots share one ``interval``
+and ``snapshot_every`` is a multiple of it. ``posthoc.save_snapshot`` refuses a step that is
+not a multiple of its interval (no update ends there) and ``posthoc.list_snapshots`` refuses
+a directory whose snapshots have different intervals (the solve assumes one), so any other
+rule would build a bank whose snapshots fail to be written or to be read back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ema_core._banks import sigma_rel_of
+from ema_core._checks import check_positive
+from ema_core._config import Config
+
+__all__ = ["check_snapshot_dir", "check_snapshots", "snapshot_sigma_rels"]
+
+
+def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
+    """Each config's sigma_rel, for its snapshots.
+
+    Raises:
+        ValueError: a config is not a power function, naming it (its sigma_rel is unknown).
+    """
+    found = []
+    for k, config in enumerate(configs):
+        sigma_rel = sigma_rel_of(config)
+        if sigma_rel is None:
+            raise ValueError(
+                f"configs[{k}] has no sigma_rel (its schedule {config.schedule!r} is not a "
+                "schedules.power_function); post-hoc snapshots need power-function EMAs"
+            )
+        found.append(sigma_rel)
+    return tuple(found)
+
+
+def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> None:
+    """Raise unless ``snapshot_every`` and ``snapshot_dir`` are both None, or both given with
+    ``every`` an int >= 1, ``directory`` a path, every EMA a power function, one ``interval``
+    shared by all EMAs and ``every`` a multiple of it (the module's interval rule).
+
+    Raises:
+        TypeError: ``every`` not an int, ``directory`` not a str or ``os.PathLike``.
+        ValueError: one given without the other, ``every`` < 1, what
+            ``check_snapshot_dir`` refuses, an EMA without a sigma_rel, EMAs with different
+            intervals, ``every`` not a multiple of theirs.
+    """
+    if every is None and directory is None:
+        return
+    if every is None or directory is None:
+        given, missing = ("snapshot_every", "snapshot_dir")[:: 1 if directory is None else -1]
+        raise ValueError(f"{given} needs {missing} too (got {missing}=None)")
+    check_positive("snapshot_every", every, integer=True)
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"snapshot_dir must be a str or os.PathLike, got {type(directory).__name__}"
+        )
+    check_snapshot_dir(directory)
+    snapshot_sigma_rels(configs)
+    intervals = sorted({c.interval for c in configs})
+    if len(intervals) > 1 or every % intervals[0]:
+        raise ValueError(
+            f"snapshot_every={every} must be a multiple of the EMAs' interval, and the EMAs "
+            f"of a bank with snapshots must share one interval; got intervals {intervals} "
+            "(a snapshot directory holds one interval, and a snapshot follows an update)"
+        )
+
+
+def check_snapshot_dir(directory: str | os.PathLike[str]) -> None:
+    """Raise unless ``directory`` is a directory or can be made one: not empty, not a file,
+    and its nearest existing ancestor a directory. A bank checks this when built and again
+    before an update after which it writes snapshots, so a bad directory refuses the update
+    before any shadow changes instead of failing after it.
+
+    Raises:
+        ValueError: naming ``snapshot_dir``, its value and what is in the way.
+
+    Example:
+        >>> check_snapshot_dir(".")
+    """
+    path = os.fsdecode(os.fspath(directory))
+    if not path:
+        raise ValueError("snapshot_dir='' is empty; give the directory of the snapshots")
+    node = os.path.abspath(path)
+    while not os.path.exists(node) and os.path.dirname(node) != node:
+        node = os.path.dirname(node)
+    if not os.path.isdir(node):
+        where = "is" if node == os.path.abspath(path) else f"lies under {node!r}, which is"
+        raise ValueError(
+            f"snapshot_dir={directory!r} {where} a file, not a directory: snapshots need a "
+            "directory (an existing one, or a path that can be made one)"
+        )
