@@ -6,16 +6,11 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import array_api_compat.torch as xp
 import torch
 
-from ema_core import _ops
-from ema_core._checks import check_decay_value
-from ema_core._config import Config, config_text
+from ema_core._config import Config
 from ema_core._types import Step, Value
-from ema_core.backends.torch._routes import host_values
-from ema_core.torch import _averages, _fsdp, _names, _options, _refusals, _state, _swap
-from ema_core.torch._swap import HeldInterrupts
+from ema_core.torch import _averages, _copies, _fsdp, _names, _options, _refusals, _steps, _swap
 
 
 class EMA:
@@ -119,22 +114,7 @@ class EMA:
                 are trusted), a tracked tensor gone, reshaped or on the meta device;
                 RuntimeError inside ``swap()``.
         """
-        self._refuse_in_swap("update")
-        step = _refusals.step_of(step, named)  # also refuses timm's update(model, step=t)
-        pending = self._bound.pending
-        t = _ops.next_step(self._step, "EMA step") if step is None else _ops.concrete_step(step)
-        if step is not None:
-            _options.check_not_back(t, self._step if pending is None else pending.step)
-        decay, rate = host_values(*self.config.decay_and_rate(t))
-        check_decay_value(decay, "the decay", step=t)
-        self._bound.refresh()
-        self._bound.check_finite(xp, self.names)  # with Config.guard_finite
-        with HeldInterrupts():
-            if pending is not None:
-                self._apply(pending.step, pending.decay, pending.rate)
-                if step is None or _options.same_host_step(t, pending.step):
-                    return
-            self._apply(t, decay, rate)
+        _steps.update(self, step, named)
 
     @property
     def average(self) -> dict[str, torch.Tensor]:
@@ -185,20 +165,12 @@ class EMA:
                 average into an integer tensor, a complex one into a real tensor, or an integer
                 one into another dtype. Nothing is written then.
         """
-        self._settle(follow=True)
-        shadows, source = self._bound.shadows, module_or_named_tensors
-        transient = _names.transient_buffers(self._bound.root, self.names)
-        frozen = self.config.non_float == "freeze"  # integers at their value from construction
-        held = (n for n, s in zip(self.names, shadows, strict=True) if not _options.floating(s))
-        skip = frozenset(held) if frozen else frozenset()
-        _averages.copy_averages(self.names, shadows, lambda: self.average, source, transient, skip)
+        _copies.copy_to(self, module_or_named_tensors)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: shadows by name, the counter, the bias-correction weight,
         the config (as text) and the buffer policy; loadable with ``weights_only=True``."""
-        self._settle(follow=True)
-        text = config_text(self.config)
-        return _state.pack(self.names, self._bound.shadows, self._step, self._weight, text)
+        return _copies.state_dict(self)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], /, *, strict: bool = True) -> None:
         """Restore shadows, counter and weight from ``state_dict``; the live model is untouched.
@@ -207,21 +179,12 @@ class EMA:
         requires the same names, config and buffer policy; shapes and dtypes must always
         match. An update left unfinished by an exception is dropped.
         """
-        loaded = self._checked_state(state_dict, strict)
-        step, weight = _state.unpack_step(state_dict)
-        self._bound.store.wait()
-        with torch.no_grad(), HeldInterrupts():
-            _averages.load_shadows(self.names, self._bound.shadows, loaded)
-            self._step, self._weight, self._bound.pending = step, weight, None
+        _copies.load_state_dict(self, state_dict, strict)
 
     def _checked_state(self, state_dict: Mapping[str, Any], strict: bool) -> Any:
         """What ``load_state_dict`` checks before its first write (refused inside ``swap``; the
         model's replaced tensors followed first): ``_state.check_load``'s loaded shadows."""
-        if not isinstance(strict, bool):
-            raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-        self._refuse_in_swap("load_state_dict")
-        self._bound.refresh(objects=True)
-        return _state.check_load(state_dict, self.names, self._bound.shadows, self.config, strict)
+        return _copies.checked_state(self, state_dict, strict)
 
     def __repr__(self) -> str:
         return f"EMA({len(self.names)} tensors, step={self._step!r}, config={self.config!r})"
@@ -231,15 +194,7 @@ class EMA:
         model, never a hidden copy of it; of the model's copy when the same ``deepcopy`` copied
         the model before the EMA (``copy.deepcopy((model, ema))``). Made as a new ``EMA`` that
         loads this one's ``state_dict()``, so it is also usable after a copy made in ``swap()``."""
-        root = self._bound.root
-        source: Any = memo.get(id(root), root)
-        if root is None:  # named tensors: each one's copy, if this deepcopy made one
-            source = {t.name: memo.get(id(t.tensor), t.tensor) for t in self._bound.tracked}
-        names = frozenset(self.names)
-        new = EMA(source, config=self.config, device=self._bound.target, include=names.__contains__)
-        new.load_state_dict(self.state_dict())
-        memo[id(self)] = new
-        return new
+        return _copies.deep_copy(self, memo, EMA)
 
     def __copy__(self) -> EMA:
         """``copy.copy``: as ``copy.deepcopy`` (an EMA shares no shadow with its copy)."""
@@ -252,22 +207,12 @@ class EMA:
 
     def _apply(self, t: int | torch.Tensor, decay: Value, rate: Value) -> None:
         """Update at step t (or finish its pending update) and count the step."""
-        self._bound.apply(xp, t, decay, rate)
-        if self.config.init == "zeros":
-            self._weight = self._weight * decay + rate
-        self._step = t
+        _steps.apply(self, t, decay, rate)
 
     def _settle(self, follow: bool = False) -> None:
         """Complete a pending update and wait for the store's copies (``follow``: first follow
         a ``model.to(dtype)``, ``Binding.follow``, outside ``swap()``): the shadows are final."""
-        pending = self._bound.pending
-        if follow and not self._swapped:
-            self._bound.follow()
-        if pending is not None:
-            self._bound.refresh()
-            with HeldInterrupts():
-                self._apply(pending.step, pending.decay, pending.rate)
-        self._bound.store.wait()
+        _steps.settle(self, follow)
 
     def _exposed(self, i: int) -> tuple[torch.Tensor, bool]:
         """The average of tracked tensor i, and whether it is the shadow itself."""

@@ -1,0 +1,90 @@
+"""An ``EMA``'s averages and state copied out and back in: ``copy_to`` a model, checkpoints
+(``state_dict`` / ``load_state_dict``) and ``copy.deepcopy``, which never copies the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from ema_core._config import Config, config_text
+from ema_core.torch import _averages, _names, _options, _state
+from ema_core.torch._swap import HeldInterrupts
+
+
+class Copied(Protocol):
+    """What copies and checkpoints read and write of an ``EMA``."""
+
+    names: tuple[str, ...]
+    config: Config
+    _bound: _options.Binding
+    _step: int | torch.Tensor
+    _weight: float | torch.Tensor
+
+    @property
+    def average(self) -> dict[str, torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], /, *, strict: bool = True) -> None: ...
+
+    def _settle(self, follow: bool = False) -> None: ...
+
+    def _refuse_in_swap(self, what: str) -> None: ...
+
+    def _checked_state(self, state_dict: Mapping[str, Any], strict: bool) -> Any: ...
+
+
+T = TypeVar("T", bound=Copied)
+
+
+def copy_to(ema: Copied, source: Any) -> None:
+    """``EMA.copy_to``: the averages written into the tensors of the same names in ``source``."""
+    ema._settle(follow=True)
+    shadows = ema._bound.shadows
+    transient = _names.transient_buffers(ema._bound.root, ema.names)
+    frozen = ema.config.non_float == "freeze"  # integers at their value from construction
+    held = (n for n, s in zip(ema.names, shadows, strict=True) if not _options.floating(s))
+    skip = frozenset(held) if frozen else frozenset()
+    _averages.copy_averages(ema.names, shadows, lambda: ema.average, source, transient, skip)
+
+
+def state_dict(ema: Copied) -> dict[str, Any]:
+    """``EMA.state_dict``: the checkpoint of the settled shadows (``_state.pack``)."""
+    ema._settle(follow=True)
+    text = config_text(ema.config)
+    return _state.pack(ema.names, ema._bound.shadows, ema._step, ema._weight, text)
+
+
+def load_state_dict(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> None:
+    """``EMA.load_state_dict``: everything checked, then shadows, counter and weight written."""
+    loaded = ema._checked_state(state_dict, strict)
+    step, weight = _state.unpack_step(state_dict)
+    ema._bound.store.wait()
+    with torch.no_grad(), HeldInterrupts():
+        _averages.load_shadows(ema.names, ema._bound.shadows, loaded)
+        ema._step, ema._weight, ema._bound.pending = step, weight, None
+
+
+def checked_state(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> Any:
+    """``EMA._checked_state``: ``_state.check_load``'s loaded shadows, before any write."""
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    ema._refuse_in_swap("load_state_dict")
+    ema._bound.refresh(objects=True)
+    return _state.check_load(state_dict, ema.names, ema._bound.shadows, ema.config, strict)
+
+
+def deep_copy(ema: Copied, memo: dict[int, Any], make: Callable[..., T]) -> T:
+    """``EMA.__deepcopy__``: ``make`` (the ``EMA`` class) over the same model, or over its copy
+    in ``memo``, loaded with ``ema``'s ``state_dict()``; recorded in ``memo``."""
+    root = ema._bound.root
+    source: Any = memo.get(id(root), root)
+    if root is None:  # named tensors: each one's copy, if this deepcopy made one
+        source = {t.name: memo.get(id(t.tensor), t.tensor) for t in ema._bound.tracked}
+    names = frozenset(ema.names)
+    new = make(source, config=ema.config, device=ema._bound.target, include=names.__contains__)
+    new.load_state_dict(ema.state_dict())
+    memo[id(ema)] = new
+    return new
