@@ -6,10 +6,9 @@ the averages in the model inside ``evaluate()`` / ``predict()`` (and, when asked
 validation inside ``fit``) and the live weights back after, bit for bit, and saves its state
 as one ema-core checkpoint (``save`` / ``load``, or ``filepath=`` at every epoch end).
 
-This module holds the callback: its Keras hooks and its state (the ``EMAState``, the copied
-weights, ``step``). Beside it: ``_keras_weights`` sorts and reads the model's weights (and
-the optimizer's step counter under gradient accumulation), ``_keras_swap`` puts the averages
-in and the live weights back, ``_keras_args`` checks the arguments.
+This module holds the callback: its Keras hooks and what it keeps (the ``EMAState``, the
+copied weights, ``step``). The private helpers beside it (``_keras_state``, ``_keras_weights``,
+``_keras_swap``, ``_keras_args``) are described in ``ema_core.integrations``.
 """
 
 from __future__ import annotations
@@ -27,25 +26,13 @@ except ImportError as err:
     ) from err
 import numpy as np
 
-import ema_core
-from ema_core import checkpoint
 from ema_core._arguments import resolve_config
 from ema_core._config import Config
 from ema_core._types import EMAState
+from ema_core.integrations import _keras_state
 from ema_core.integrations._keras_args import check_path, check_swap
 from ema_core.integrations._keras_swap import Swap
-from ema_core.integrations._keras_weights import (
-    Plan,
-    check_backend,
-    check_continues,
-    check_model,
-    check_owner,
-    live_arrays,
-    optimizer_steps,
-    plan_in,
-    snapshot,
-    to_numpy,
-)
+from ema_core.integrations._keras_weights import Plan, check_backend, optimizer_steps, plan_in
 
 __all__ = ["EMACallback"]
 
@@ -129,11 +116,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
             RuntimeError: the callback has seen no model yet (no ``fit`` or ``load``).
         """
         plan, _ = self._ready("average_weights")
-        averages = self._averages()
-        return [
-            to_numpy(averages.get(name, w.value), w)
-            for name, w in zip(plan.names, plan.weights, strict=True)
-        ]
+        return _keras_state.as_numpy(plan, self._averages())
 
     def save(self, path: str | os.PathLike[str], /) -> Path:
         """Write the EMA (averages, copied weights, ``step``, bias-correction weight, config)
@@ -146,9 +129,8 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
             RuntimeError: the callback has seen no model yet.
         """
         check_path(path, "path")
-        state = self._full_state()
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return checkpoint.save(path, state, self.config)
+        _, state = self._ready("save")
+        return _keras_state.save(path, state, self._copies, self.config)
 
     def load(self, path: str | os.PathLike[str], /, model: Any = None) -> None:
         """Continue the EMA saved by ``save`` for ``model`` (default: the callback's model),
@@ -165,16 +147,9 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         model = getattr(self, "_model", None) if model is None else model
         if model is None:
             raise TypeError("load() needs the model: pass model=, or call it after fit() began")
-        check_model(model)
-        plan = Plan(model, self.config.buffers)
-        fresh = self._fresh_state(model, plan)
-        like = EMAState(fresh.step, {**fresh.shadow, **self._copies_of(model, plan)}, fresh.weight)
-        loaded = checkpoint.load(path, like, config=self.config)
-        averaged = {plan.names[i] for i in plan.averaged}
-        shadow = {n: a for n, a in loaded.shadow.items() if n in averaged}
-        self._plan, self._step, self._owner = plan, int(loaded.step), model
-        self._state = EMAState(loaded.step, shadow, loaded.weight)
-        self._copies = {n: a for n, a in loaded.shadow.items() if n not in averaged}
+        plan, state, copies = _keras_state.load(path, model, self.config)
+        self._plan, self._step, self._owner = plan, int(state.step), model
+        self._state, self._copies = state, copies
 
     # Keras hooks
 
@@ -206,10 +181,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         if steps is not None and steps == self._steps:
             return  # a batch that only accumulated: the weights did not move
         self._steps = steps
-        live = live_arrays(model, plan, [*plan.averaged, *plan.copied])
-        params = {plan.names[i]: live[plan.names[i]] for i in plan.averaged}
-        self._state = ema_core.update(state, params, self.config)
-        self._copies = {plan.names[i]: snapshot(live[plan.names[i]]) for i in plan.copied}
+        self._state, self._copies = _keras_state.update(state, model, plan, self.config)
         self._step += 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -247,21 +219,10 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def _attach(self, model: Any) -> None:
         """Start the EMA at the model's weights, or continue it when the model matches."""
-        if self._plan is not None:
-            check_owner(self._owner, model)
-        plan = Plan(model, self.config.buffers)
+        plan = _keras_state.plan_for(self._plan, self._owner, model, self.config.buffers)
         if self._plan is None:
-            self._state = self._fresh_state(model, plan)
-            self._copies = self._copies_of(model, plan)
-        else:
-            check_continues(self._plan, plan)
+            self._state, self._copies = _keras_state.start(model, plan, self.config)
         self._plan, self._steps, self._owner = plan, optimizer_steps(model), model
-
-    def _fresh_state(self, model: Any, plan: Plan) -> EMAState:
-        return ema_core.init(live_arrays(model, plan, plan.averaged), self.config)
-
-    def _copies_of(self, model: Any, plan: Plan) -> dict[str, Any]:
-        return {n: snapshot(a) for n, a in live_arrays(model, plan, plan.copied).items()}
 
     def _ready(self, what: str) -> tuple[Plan, EMAState]:
         if self._plan is None or self._state is None:
@@ -270,8 +231,4 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def _averages(self) -> dict[str, Any]:
         _, state = self._ready("average")
-        return {**ema_core.average(state, self.config), **self._copies}
-
-    def _full_state(self) -> EMAState:
-        _, state = self._ready("save")
-        return EMAState(state.step, {**state.shadow, **self._copies}, state.weight)
+        return _keras_state.averages(state, self._copies, self.config)

@@ -38,10 +38,9 @@ except ImportError as err:
     ) from err
 import torch
 
-from ema_core.integrations import _lightning_args
+from ema_core.integrations import _lightning_args, _lightning_state
 from ema_core.integrations._lightning_args import STAGES, FitEnd, Stage
-from ema_core.torch import EMA, full_state_dict
-from ema_core.torch._dtensor import is_dtensor
+from ema_core.torch import EMA
 
 __all__ = ["EMACallback"]
 
@@ -118,33 +117,14 @@ class EMACallback(pl.Callback):
         if not self._stale:
             return
         self._stale = False
-        restored = trainer.ckpt_path is not None
         state, self._pending = self._pending, None
-        fitting = self._stage == "fit"
-        if not self._keeps(pl_module, restored, fitting, trainer.global_step):
-            built = fitting or state is not None
-            if built or restored:  # else: a stage of another module keeps the EMA of its own
-                self.ema = EMA(pl_module, **self._args.ema) if built else None
-                self._module = pl_module if built else None
-            if restored and state is None and trainer.is_global_zero:
-                log.info(
-                    "EMACallback: the checkpoint %s holds no EMA state under %r; %s",
-                    trainer.ckpt_path,
-                    self.state_key,
-                    "the EMA starts from its live weights (warm start)"
-                    if fitting
-                    else f"{getattr(self._stage, 'value', self._stage)} runs on the live weights",
-                )
+        self.ema, self._module = _lightning_state.prepared(
+            self.ema, self._module, pl_module, trainer, self._args.ema, state, self._stage
+        )
+        _lightning_state.log_missing_state(log, trainer, state, self.state_key, self._stage)
         if state is not None and self.ema is not None:
             self.ema.load_state_dict(state)
         self._seen = trainer.global_step
-
-    def _keeps(self, module: torch.nn.Module, restored: bool, fitting: bool, step: int) -> bool:
-        """Whether the EMA built earlier goes on: the same module, no checkpoint restored over
-        it, and (when fitting) a trainer that has not stepped less than the EMA."""
-        if self.ema is None or self._module is not module or restored:
-            return False
-        return not fitting or int(self.ema.step) <= step
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -199,30 +179,18 @@ class EMACallback(pl.Callback):
         self._prepare(trainer, pl_module)
         if stage not in self._args.swap or self._swapped is not None:
             return
-        if self.ema is not None and self._module is not pl_module:
-            log.info("EMACallback: %s of another module runs on its live weights", stage)
-            return
-        if not self._updated():
-            log.debug("EMACallback: no update yet, %s runs on the live weights", stage)
-            return
-        self._open()
+        if not _lightning_state.runs_live(self.ema, self._module, pl_module, stage, log):
+            self._open()
 
     def _open(self) -> None:
-        if self.ema is None:  # pragma: no cover - callers check _updated() first
+        if self.ema is None:  # pragma: no cover - callers check the EMA was updated first
             return
-        swap = self.ema.swap()
-        swap.__enter__()
-        self._swapped = swap
+        self._swapped = _lightning_state.swap_in(self.ema)
 
     def _leave(self, error: BaseException | None = None) -> None:
         """Give the model its live weights back (bit for bit) if the averages are in."""
         swap, self._swapped = self._swapped, None
-        if swap is not None:
-            kind = None if error is None else type(error)
-            swap.__exit__(kind, error, None if error is None else error.__traceback__)
-
-    def _updated(self) -> bool:
-        return self.ema is not None and int(self.ema.step) > 0
+        _lightning_state.swap_out(swap, error)
 
     # -- checkpoints and the end of fit ----------------------------------------------------
 
@@ -233,28 +201,9 @@ class EMACallback(pl.Callback):
         states once and every rank loads it, each taking its own shard."""
         if self.ema is None:
             return dict(self._pending or {})
-        self._catch_up_for_save()
-        state = self.ema.state_dict()
-        if any(is_dtensor(shadow) for shadow in state["shadow"].values()):
-            return full_state_dict(self.ema)
-        return state
-
-    def _catch_up_for_save(self) -> None:
-        """A save between an optimizer step and this callback's batch end (a callback listed
-        before it saving in its own ``on_train_batch_end``, a manual ``training_step`` saving
-        after ``opt.step()``) takes that step's update first, so the checkpoint pairs the
-        weights with their EMA (Lightning collects the callbacks' states before
-        ``on_save_checkpoint``: this is the last moment)."""
-        module = self._module
-        if self._stage != "fit" or self._swapped is not None:
-            return
-        if not isinstance(module, pl.LightningModule):
-            return
-        try:
-            trainer = module.trainer
-        except RuntimeError:  # a module no longer attached to a trainer: nothing to catch up
-            return
-        self._catch_up(trainer.global_step)
+        if self._stage == "fit" and self._swapped is None:  # see _lightning_state.fit_step
+            self._catch_up(_lightning_state.fit_step(self._module, self._seen))
+        return _lightning_state.saved_state(self.ema)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Keep ``state_dict`` until the EMA is built on the restored model (it is checked and
@@ -269,10 +218,7 @@ class EMACallback(pl.Callback):
             return
         self._leave()
         try:
-            live = trainer.strategy.lightning_module_state_dict()
-            checkpoint["state_dict"] = {
-                k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in live.items()
-            }
+            checkpoint["state_dict"] = _lightning_state.live_state_dict(trainer)
         finally:
             self._open()
 
@@ -280,7 +226,7 @@ class EMACallback(pl.Callback):
         self._leave()
         if self._args.on_fit_end != "swap-in" or self.ema is None:
             return
-        if not self._updated():
+        if not _lightning_state.updated(self.ema):
             log.info("EMACallback: on_fit_end='swap-in' with no update taken; model unchanged")
             return
         self.ema.copy_to(pl_module)

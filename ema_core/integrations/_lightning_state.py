@@ -1,0 +1,156 @@
+"""The Lightning ``EMACallback``'s EMA through a trainer call: kept or rebuilt, swapped, saved.
+
+``prepared`` is the EMA a trainer call runs with (``keeps``: the one built earlier goes on);
+``log_missing_state`` says (at INFO) that a restored checkpoint held none. ``runs_live`` says
+whether a stage that swaps runs on the live weights all the same (``updated``: an EMA that
+took no update is never swapped in); ``swap_in`` / ``swap_out`` enter and leave ``EMA.swap()``.
+``saved_state`` is the EMA's ``state_dict`` (gathered to full CPU tensors when sharded);
+``fit_step`` is the step a save catches up with; ``live_state_dict`` is the live weights that
+a checkpoint written while the averages are in gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ema_core.torch import EMA, full_state_dict
+from ema_core.torch._dtensor import is_dtensor
+
+
+def keeps(
+    ema: EMA | None,
+    tracked: torch.nn.Module | None,
+    module: torch.nn.Module,
+    *,
+    restored: bool,
+    fitting: bool,
+    step: int,
+) -> bool:
+    """Whether the EMA built earlier goes on: the same module, no checkpoint restored over
+    it, and (when fitting) a trainer that has not stepped less than the EMA."""
+    if ema is None or tracked is not module or restored:
+        return False
+    return not fitting or int(ema.step) <= step
+
+
+def prepared(
+    ema: EMA | None,
+    tracked: torch.nn.Module | None,
+    module: torch.nn.Module,
+    trainer: pl.Trainer,
+    options: dict[str, Any],
+    state: dict[str, Any] | None,
+    stage: str | None,
+) -> tuple[EMA | None, torch.nn.Module | None]:
+    """The EMA a trainer call runs with, and the module it tracks: the EMA built earlier if
+    it goes on (``keeps``), else a new one on ``module``'s live weights
+    (``EMA(module, **options)``) when fitting or loading a ``state`` into it, else none after
+    a restore; a stage of another module, without a restore, leaves the EMA of its own."""
+    restored, fitting = trainer.ckpt_path is not None, stage == "fit"
+    if keeps(ema, tracked, module, restored=restored, fitting=fitting, step=trainer.global_step):
+        return ema, tracked
+    built = fitting or state is not None
+    if not (built or restored):
+        return ema, tracked
+    return (EMA(module, **options), module) if built else (None, None)
+
+
+def log_missing_state(
+    log: logging.Logger,
+    trainer: pl.Trainer,
+    state: dict[str, Any] | None,
+    key: str,
+    stage: str | None,
+) -> None:
+    """When the trainer restored a checkpoint without an EMA ``state`` under ``key``, say so
+    on ``log`` (INFO, rank 0): a warm start when fitting, the live weights otherwise."""
+    if trainer.ckpt_path is None or state is not None or not trainer.is_global_zero:
+        return
+    log.info(
+        "EMACallback: the checkpoint %s holds no EMA state under %r; %s",
+        trainer.ckpt_path,
+        key,
+        "the EMA starts from its live weights (warm start)"
+        if stage == "fit"
+        else f"{getattr(stage, 'value', stage)} runs on the live weights",
+    )
+
+
+def saved_state(ema: EMA) -> dict[str, Any]:
+    """``ema.state_dict()``; a sharded (DTensor) EMA gathered by every rank into full CPU
+    tensors kept on rank 0 (``full_state_dict``; ``{}`` elsewhere)."""
+    state = ema.state_dict()
+    if any(is_dtensor(shadow) for shadow in state["shadow"].values()):
+        return full_state_dict(ema)
+    return state
+
+
+def fit_step(module: torch.nn.Module | None, seen: int) -> int:
+    """The ``global_step`` of the trainer ``module`` is attached to (``seen``, the step of the
+    last update, when it is not a LightningModule or attached to none: nothing to catch up).
+
+    A save between an optimizer step and the callback's batch end (a callback listed before
+    it saving in its own ``on_train_batch_end``, a manual ``training_step`` saving after
+    ``opt.step()``) takes that step's update first, so the checkpoint pairs the weights with
+    their EMA (Lightning collects the callbacks' states before ``on_save_checkpoint``: this
+    is the last moment).
+    """
+    if not isinstance(module, pl.LightningModule):
+        return seen
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # a module no longer attached to a trainer: nothing to catch up
+        return seen
+    return trainer.global_step
+
+
+def updated(ema: EMA | None) -> bool:
+    """Whether ``ema`` exists and has taken an update (else it is never swapped in)."""
+    return ema is not None and int(ema.step) > 0
+
+
+def runs_live(
+    ema: EMA | None,
+    tracked: torch.nn.Module | None,
+    module: torch.nn.Module,
+    stage: str,
+    log: logging.Logger,
+) -> bool:
+    """Whether a ``stage`` that swaps runs on ``module``'s live weights all the same: it is
+    another module than the EMA's (said at INFO on ``log``), or the EMA has taken no update
+    (DEBUG)."""
+    if ema is not None and tracked is not module:
+        log.info("EMACallback: %s of another module runs on its live weights", stage)
+        return True
+    if not updated(ema):
+        log.debug("EMACallback: no update yet, %s runs on the live weights", stage)
+        return True
+    return False
+
+
+def swap_in(ema: EMA) -> contextlib.AbstractContextManager[None]:
+    """``ema.swap()``, entered: the averages are in the model until ``swap_out``."""
+    swap = ema.swap()
+    swap.__enter__()
+    return swap
+
+
+def swap_out(
+    swap: contextlib.AbstractContextManager[None] | None, error: BaseException | None
+) -> None:
+    """Leave ``swap`` (if any) with ``error`` (if any): the live weights back, bit for bit."""
+    if swap is not None:
+        kind = None if error is None else type(error)
+        swap.__exit__(kind, error, None if error is None else error.__traceback__)
+
+
+def live_state_dict(trainer: pl.Trainer) -> dict[str, Any]:
+    """The module's ``state_dict`` as the strategy gives it, each tensor detached and cloned
+    (call it while the live weights are in the model)."""
+    live = trainer.strategy.lightning_module_state_dict()
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in live.items()}
