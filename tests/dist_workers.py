@@ -6,6 +6,7 @@ order (the checks issue collectives) and the worker records each as "ok" or its 
 check that fails on one rank may leave the others waiting in a collective; the parent's timeout
 ends them and reports what was written.
 """
+
 from __future__ import annotations
 
 import copy

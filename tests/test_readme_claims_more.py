@@ -103,23 +103,23 @@ def test_each_integration_imports_its_framework_only_when_used_and_is_an_extra()
 LAYOUT = {
     "ema_core": "__init__ _types _settings _ops _paths _tree _tree_pair _pytree _mappings _checks "
     "_leaf_checks _leaf_checks_x64 _leaf_dtypes _writes _memory_overlap _core _config "
-    "_config_words _arguments _read_checks _stateless _banks _bank_snapshots _atomic _safetensors "
-    "_bf16 _api",
+    "_config_words _arguments _read_checks _stateless _banks _snapshot_args _bank_snapshots "
+    "_atomic _safetensors _bf16 _api",
     "ema_core/backends": "__init__ generic numpy _numpy_memory cupy _cupy_kernels",
     "ema_core/backends/host": "_threads _numba _numba_loops _numba_tables _blocks _bank "
     "_bank_loops",
     "ema_core/backends/torch": "_plan _routes _foreach _host _memory _cuda _triton_kernel _caches",
     "ema_core/backends/jax": "__init__ _leaves _scalars",
-    "ema_core/torch": "_module _names _watch _options _refusals _store _swap _averages _state "
-    "_dtensor _fsdp _dist _bank _bank_args _bank_fused _bank_snap",
+    "ema_core/torch": "_module _steps _copies _names _watch _options _refusals _store _swap "
+    "_averages _state _dtensor _fsdp _dist _bank _bank_args _bank_fused _bank_snap",
     "ema_core/jax": "_compiled _chunked _call_checks _optax _checkpoint _bank _bank_chunks "
     "_placement _devices _sharding",
     "ema_core/posthoc": "_math _coefficients _inputs _warning _snapshots _sources _records "
     "_listing _reconstruct _leaves __main__ _plot",
     "ema_core/checkpoint": "_format _arrays _save _load _load_file _load_ema _load_state _peers "
     "_peers_read _export",
-    "ema_core/integrations": "lightning _lightning_args keras _keras_weights _keras_swap "
-    "_keras_args accelerate",
+    "ema_core/integrations": "lightning _lightning_args _lightning_state keras _keras_weights "
+    "_keras_swap _keras_args _keras_state accelerate",
     "ema_core/presets": "_seeds _torch _profiles _optimizers _args _schedules",
     "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _modules _tf_state",
     "ema_core/testing": "_oracle _strategies _properties _inputs _compare _convert _dtypes _args",
