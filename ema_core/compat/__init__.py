@@ -13,7 +13,8 @@ What they share: ``_arrays`` (named arrays from the seeds' inputs, copies, and w
 where the array allows it, by rebinding where it does not: JAX) and ``_modules`` (the MMEditing
 class's check, before the first copy, that two modules' tensors pair up by name; imports torch).
 ``_tf_state`` holds the TensorFlow class's saved state: its slots and the checks of a
-``state_dict`` before ``load_state_dict`` writes.
+``state_dict`` before ``load_state_dict`` writes; ``_tf_names`` its variable lookup (a slot by
+array, name or pair) and TF1 naming: ``average_name`` and ``variables_to_restore``.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from ema_core.compat._arrays import (
     read_count,
     var_items,
 )
+from ema_core.compat._tf_names import average_name, find_slot, variables_to_restore
 from ema_core.compat._tf_state import Slot, checked_state
 from ema_core.presets._args import check_bool
 from ema_core.schedules import constant, in_float32
@@ -156,58 +157,21 @@ class ExponentialMovingAverage:
         zeros = compat.array_namespace(var).zeros_like(var)
         return Slot(var, name, zeros, clone(zeros))
 
-    def _slot(self, var: Any) -> Slot | None:
-        if isinstance(var, tuple) and len(var) == 2:
-            var = var[0]
-        if isinstance(var, str):
-            return self._slots.get(var)
-        return next((s for s in self._slots.values() if s.var is var and var is not None), None)
-
     def average(self, var: Any) -> Array | None:
         """The shadow of ``var`` (an array, a name or a pair), or None if it is not averaged."""
-        slot = self._slot(var)
+        slot = find_slot(self._slots, var)
         return None if slot is None else slot.shadow
 
     def average_name(self, var: Any) -> str:
         """``"<variable name>/<name>"``: the name the average is saved under."""
-        name = var if isinstance(var, str) else None
-        if isinstance(var, tuple) and len(var) == 2 and isinstance(var[0], str):
-            name = var[0]
-        if name is None:
-            slot = self._slot(var)
-            name = None if slot is None else slot.name
-        if name is None:
-            raise ValueError("average_name needs a named variable: pass (name, array) pairs")
-        return f"{name}/{self._name}"
+        return average_name(self._slots, var, self._name)
 
     def variables_to_restore(self, moving_avg_variables: Any = None) -> dict[str, Array]:
         """Map restore names to variables: ``average_name(v)`` for the variables in
         ``moving_avg_variables`` (all the named averaged ones by default; arrays or pairs, an
         array named by the named variable holding it, a pair even if not averaged yet, as in
         TF), the own name for the other named variables."""
-        slots = [s for s in self._slots.values() if s.var is not None]  # loaded, not applied
-        named = {s.name: s.var for s in slots if s.name is not None}
-        if moving_avg_variables is None:
-            averaged = dict(named)
-        else:
-            averaged = dict(
-                self._restore_name(name, var, f"moving_avg_variables[{i}]")
-                for i, (_, name, var) in enumerate(var_items(moving_avg_variables))
-            )
-        restore = {self.average_name(n): v for n, v in averaged.items()}
-        return restore | {n: v for n, v in named.items() if n not in averaged}
-
-    def _restore_name(self, name: str | None, var: Array, where: str) -> tuple[str, Array]:
-        """A variable's name: its own, or that of the named variable holding this array."""
-        if name is None:
-            names = (s.name for s in self._slots.values() if s.var is var and s.name is not None)
-            name = next(names, None)
-        if name is None:
-            raise ValueError(
-                f"{where} is an array no named variable holds: variables_to_restore needs a "
-                "name for it; pass (name, array) pairs"
-            )
-        return name, var
+        return variables_to_restore(self._slots, moving_avg_variables, self._name)
 
     def _named_slots(self, what: str) -> dict[str, Slot]:
         """The slots by name; a plain array averaged without a name cannot be saved or loaded."""
