@@ -1,10 +1,10 @@
 """The arguments of the Lightning ``EMACallback``, checked when it is built (no lightning here).
 
 Everything is read before the callback exists: the decay rule through the torch ``EMA``'s own
-reader (``_options.resolve_config``), the ``EMA`` keyword options by name and type, the stages
-that swap and the end-of-fit mode, and what the callback's ``state_key`` is made of. The
-``EMA`` itself is built later, on the model, once the trainer has moved (and possibly sharded)
-it.
+reader (``ema_core.torch._rules.resolve_config``), the ``EMA`` keyword options by name and
+type, the stages that swap and the end-of-fit mode, and what the callback's ``state_key`` is
+made of. The ``EMA`` itself is built later, on the model, once the trainer has moved (and
+possibly sharded) it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 
 from ema_core._checks import check_choice
 from ema_core._config import Config, config_text
-from ema_core.torch import _names, _options, _refusals
+from ema_core.torch import _names, _refusals, _rules
 
 Stage: TypeAlias = Literal["validate", "test", "predict"]
 FitEnd: TypeAlias = Literal["keep-live", "swap-in"]
@@ -50,7 +50,7 @@ def read(
             f"EMACallback() got unexpected keyword arguments {unknown}; besides config, decay, "
             f"schedule, swap and on_fit_end it takes the EMA options {list(EMA_OPTIONS)}"
         )
-    resolved = _options.resolve_config(
+    resolved = _rules.resolve_config(
         decay, schedule, config, options.get("dtype"), options.get("buffers")
     )
     _refusals.device_of(options.get("device"))  # as EMA(device=...) checks it

@@ -1,16 +1,19 @@
 """torch above the API: ``EMA`` for ``nn.Module``s, ``ddp_ema``, ``full_state_dict``.
 
 * ``_names``: which tensors of a module are tracked, under which names; ``_watch``: the
-  per-update check that the module still holds them, where and as they were; ``_options``:
-  the ``EMA`` arguments turned into one ``Config``.
+  per-update check that the module still holds them, where and as they were; ``_rules``:
+  the ``EMA`` arguments turned into one ``Config``, the step counter that never goes back,
+  each tensor's shadow dtype; ``_options``: the ``Binding`` of the tracked tensors to their
+  shadows, which follows the module when it replaces or converts one.
 * ``_module``: the ``EMA`` class (update, swap, copy_to, average); ``_steps``: one update
   (step and decay checked, an unfinished update completed, counter and weight advanced);
   ``_copies``: its ``copy_to``, ``state_dict`` / ``load_state_dict`` and ``deepcopy``;
   ``_store``: where its shadows live (beside the params, or pinned host memory for a CUDA
   model) and which kernel plans update them; ``_swap``: putting averages into the model and
-  taking them out; ``_state``: checkpoints; ``_averages``: the averages read out of the
-  shadows (bias correction, ``copy_to``, loaded values); ``_refusals``: a bad ``device=``
-  and timm's / torch_ema's ``update(model)`` refused with what to pass instead.
+  taking them out; ``_interrupts``: Ctrl-C held while an update, a swap or a load writes;
+  ``_state``: checkpoints; ``_averages``: the averages read out of the shadows (bias
+  correction, ``copy_to``, loaded values); ``_refusals``: a bad ``device=`` and timm's /
+  torch_ema's ``update(model)`` refused with what to pass instead.
 * ``_bank``: ``EMABank``, K EMAs of the same tensors updated in one pass over the params
   (``_bank_fused``: which tensors take the host bank kernel; ``_bank_args``: its arguments;
   ``_bank_snap``: its snapshots of a step, checked before the update and written after it).

@@ -15,7 +15,7 @@ from ema_core._config import Config, power_weight
 from ema_core._types import LeafKind
 from ema_core.backends.torch._caches import forget_derived
 from ema_core.torch import _dtensor, _names, _swap
-from ema_core.torch._swap import HeldInterrupts
+from ema_core.torch._interrupts import HeldInterrupts
 
 
 def read(

@@ -14,10 +14,10 @@ from ema_core import _banks, _snapshot_args
 from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
-from ema_core.torch import _bank_args, _bank_snap, _names, _options, _refusals, _swap
+from ema_core.torch import _bank_args, _bank_snap, _names, _refusals, _rules, _swap
 from ema_core.torch._bank_fused import Fused
+from ema_core.torch._interrupts import HeldInterrupts
 from ema_core.torch._module import EMA
-from ema_core.torch._swap import HeldInterrupts
 
 FORMAT = "ema_core.torch.EMABank"
 VERSION = 1
@@ -84,7 +84,7 @@ class EMABank:
         snapshot_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         found = _bank_args.resolve_configs(configs, sigma_rels, interval)
-        resolved = [_options.resolve_config(None, None, c, dtype, buffers) for c in found]
+        resolved = [_rules.resolve_config(None, None, c, dtype, buffers) for c in found]
         _bank_args.check_shared(resolved)
         given = [float(s) for s in sigma_rels] if sigma_rels is not None else None
         self.sigma_rels = tuple(given or _bank_args.sigma_rels_of(resolved))

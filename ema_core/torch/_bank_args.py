@@ -24,7 +24,7 @@ from ema_core._checks import check_decay_value
 from ema_core._config import Config
 from ema_core._types import Step, Value
 from ema_core.backends.torch._routes import host_values
-from ema_core.torch import _options
+from ema_core.torch import _rules
 
 if TYPE_CHECKING:
     from ema_core.torch._module import EMA
@@ -75,7 +75,7 @@ def checked_step(ema: EMA, step: Step | None) -> tuple[Any, Value, Value]:
     """``ema``'s step, decay and rate for this update, checked as ``EMA.update`` checks them."""
     t = _ops.next_step(ema._step, "EMA step") if step is None else _ops.concrete_step(step)
     if step is not None:
-        _options.check_not_back(t, ema._step)
+        _rules.check_not_back(t, ema._step)
     decay, rate = host_values(*ema.config.decay_and_rate(t))
     check_decay_value(decay, "the decay", step=t)
     return t, decay, rate

@@ -9,8 +9,8 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from ema_core._config import Config, config_text
-from ema_core.torch import _averages, _names, _options, _state
-from ema_core.torch._swap import HeldInterrupts
+from ema_core.torch import _averages, _names, _options, _rules, _state
+from ema_core.torch._interrupts import HeldInterrupts
 
 
 class Copied(Protocol):
@@ -45,7 +45,7 @@ def copy_to(ema: Copied, source: Any) -> None:
     shadows = ema._bound.shadows
     transient = _names.transient_buffers(ema._bound.root, ema.names)
     frozen = ema.config.non_float == "freeze"  # integers at their value from construction
-    held = (n for n, s in zip(ema.names, shadows, strict=True) if not _options.floating(s))
+    held = (n for n, s in zip(ema.names, shadows, strict=True) if not _rules.floating(s))
     skip = frozenset(held) if frozen else frozenset()
     _averages.copy_averages(ema.names, shadows, lambda: ema.average, source, transient, skip)
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from ema_core.torch import _names, _options, _refusals
+from ema_core.torch import _names, _refusals, _rules
 from ema_core.torch._dtensor import is_dtensor
 from ema_core.torch._module import EMA
 
@@ -111,12 +111,12 @@ def _check_options(module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
         raise TypeError(f"EMA.__init__() {error}") from None
     get = arguments.get
     _refusals.device_of(get("device"))  # in EMA's order: the device first
-    config = _options.resolve_config(
+    config = _rules.resolve_config(
         get("decay"), get("schedule"), get("config"), get("dtype"), get("buffers")
     )
     for tracked in _names.collect(module, config.buffers, get("include"), get("exclude")):
-        _options.moves(config, tracked)
-        _options.shadow_dtype(config, tracked)
+        _rules.moves(config, tracked)
+        _rules.shadow_dtype(config, tracked)
 
 
 def _keeps(keep_on: Any) -> bool:

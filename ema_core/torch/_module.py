@@ -11,6 +11,7 @@ import torch
 from ema_core._config import Config
 from ema_core._types import Step, Value
 from ema_core.torch import _averages, _copies, _fsdp, _names, _options, _refusals, _steps, _swap
+from ema_core.torch._rules import resolve_config
 
 
 class EMA:
@@ -77,7 +78,7 @@ class EMA:
         exclude: _names.NameFilter = None,
     ) -> None:
         target = _refusals.device_of(device)
-        self.config = _options.resolve_config(decay, schedule, config, dtype, buffers)
+        self.config = resolve_config(decay, schedule, config, dtype, buffers)
         self._shards = _fsdp.Shards(module_or_named_tensors)  # FSDP2's, resharded
         source = module_or_named_tensors
         tracked = _names.collect(source, self.config.buffers, include, exclude)

@@ -14,8 +14,8 @@ from ema_core._checks import check_decay_value
 from ema_core._config import Config
 from ema_core._types import Step, Value
 from ema_core.backends.torch._routes import host_values
-from ema_core.torch import _options, _refusals
-from ema_core.torch._swap import HeldInterrupts
+from ema_core.torch import _options, _refusals, _rules
+from ema_core.torch._interrupts import HeldInterrupts
 
 
 class Stepped(Protocol):
@@ -40,7 +40,7 @@ def update(ema: Stepped, step: Step | None, named: dict[str, Step | None]) -> No
     pending = ema._bound.pending
     t = _ops.next_step(ema._step, "EMA step") if step is None else _ops.concrete_step(step)
     if step is not None:
-        _options.check_not_back(t, ema._step if pending is None else pending.step)
+        _rules.check_not_back(t, ema._step if pending is None else pending.step)
     decay, rate = host_values(*ema.config.decay_and_rate(t))
     check_decay_value(decay, "the decay", step=t)
     ema._bound.refresh()
@@ -48,7 +48,7 @@ def update(ema: Stepped, step: Step | None, named: dict[str, Step | None]) -> No
     with HeldInterrupts():
         if pending is not None:
             ema._apply(pending.step, pending.decay, pending.rate)
-            if step is None or _options.same_host_step(t, pending.step):
+            if step is None or _rules.same_host_step(t, pending.step):
                 return
         ema._apply(t, decay, rate)
 
