@@ -110,8 +110,9 @@ LAYOUT = {
     "_bank_loops",
     "ema_core/backends/torch": "_plan _routes _foreach _host _memory _cuda _triton_kernel _caches",
     "ema_core/backends/jax": "__init__ _leaves _scalars",
-    "ema_core/torch": "_module _steps _copies _names _watch _options _refusals _store _swap "
-    "_averages _state _dtensor _fsdp _dist _bank _bank_args _bank_fused _bank_snap",
+    "ema_core/torch": "_module _steps _copies _names _watch _rules _options _refusals _store "
+    "_swap _interrupts _averages _state _dtensor _fsdp _dist _bank _bank_args _bank_fused "
+    "_bank_snap",
     "ema_core/jax": "_compiled _chunked _call_checks _optax _checkpoint _bank _bank_chunks "
     "_placement _devices _sharding",
     "ema_core/posthoc": "_math _coefficients _inputs _warning _snapshots _sources _records "
@@ -121,7 +122,7 @@ LAYOUT = {
     "ema_core/integrations": "lightning _lightning_args _lightning_state keras _keras_weights "
     "_keras_swap _keras_args _keras_state accelerate",
     "ema_core/presets": "_seeds _torch _profiles _optimizers _args _schedules",
-    "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _modules _tf_state",
+    "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _modules _tf_state _tf_names",
     "ema_core/testing": "_oracle _strategies _properties _inputs _compare _convert _dtypes _args",
     "ema_core/schedules": "__init__ _base _values _decays _power _gamma _every _gates _gated",
     "tests": "conftest reference peers",
