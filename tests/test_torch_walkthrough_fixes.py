@@ -106,6 +106,21 @@ def test_a_cuda_device_the_machine_lacks_is_refused_when_the_ema_is_built():
             EMA(model, decay=0.9, device="cuda")
 
 
+@pytest.mark.parametrize("kind", ["xpu", "mps", "hpu"])
+def test_another_accelerator_the_machine_lacks_is_refused_when_the_ema_is_built(kind):
+    """Not only CUDA: a device type torch parses but cannot allocate on here is a ValueError
+    naming it (was torch's own NotImplementedError / AssertionError from the first shadow)."""
+    try:
+        torch.empty(0, device=kind)
+    except Exception:  # the machine lacks it: the case under test
+        pass
+    else:
+        pytest.skip(f"this machine has {kind}")
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=rf"device='{kind}', but torch cannot place a tensor"):
+        EMA(model, decay=0.9, device=kind)
+
+
 def test_a_good_device_is_still_taken():
     model = torch.nn.Linear(2, 2)
     for device in ("cpu", "cpu:0", torch.device("cpu")):

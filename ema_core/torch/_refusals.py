@@ -37,8 +37,8 @@ def device_of(device: Any) -> torch.device | None:
 
     Raises:
         TypeError: not a ``torch.device``, a str or None. ValueError: a str torch does not
-            parse as a device, the meta device (no values to average), or a CUDA device this
-            machine does not have.
+            parse as a device, the meta device (no values to average), or a CUDA device (or an
+            mps, xpu, ... device) this machine does not have.
     """
     if device is None:
         return None
@@ -66,7 +66,23 @@ def device_of(device: Any) -> torch.device | None:
                 f"device={device!r}, but this machine has {count} CUDA device(s) torch can "
                 "use: pass one it has, or None to keep each shadow beside its tensor"
             )
+    elif target.type != "cpu":  # mps, xpu, ...: an empty tensor there shows torch can use it
+        try:
+            torch.empty(0, device=target)
+        except Exception as err:  # torch raises RuntimeError, NotImplementedError, AssertionError
+            raise ValueError(
+                f"device={device!r}, but torch cannot place a tensor there on this machine "
+                f"({_first_sentence(err)}): pass a device it has, or None to keep each shadow "
+                "beside its tensor"
+            ) from None
     return target
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The first sentence of ``err``'s message (torch's can run to dozens of lines), or its
+    type's name."""
+    text = " ".join(str(err).split())
+    return text.split(". ")[0].rstrip(".")[:160] or type(err).__name__
 
 
 def step_of(step: Any, named: Mapping[str, Any]) -> Step | None:
