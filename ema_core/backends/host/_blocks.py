@@ -6,7 +6,8 @@ cache: ``p - s`` into a reused scratch, times ``1 - d`` (d >= 0.5) or ``d``, the
 or wider), hence bit-equal to the generic backend and to the compiled loops. bfloat16 params
 arrive as their uint16 bits and are widened exactly into a float32 scratch first
 (``bits << 16`` seen as float32). A flat leaf is cut into flat blocks, a strided one into slabs
-of whole rows along its first axis. Scratch blocks are per thread and reused.
+of whole rows along its first axis (a row longer than a block is cut the same way, so no
+block exceeds ``BLOCK`` elements). Scratch blocks are per thread and reused.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def _factor(dtype: np.dtype[Any], value: float) -> np.ndarray:
 
 
 def _blocks(s: np.ndarray, p: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Cache-sized views of a leaf: flat slices when it is flat, else slabs along axis 0."""
+    """Views of at most ``BLOCK`` elements of a leaf: flat slices when it is flat, else slabs
+    of whole rows along axis 0, each row longer than ``BLOCK`` cut in turn."""
     if s.ndim == 1 and s.flags.c_contiguous and p.flags.c_contiguous:
         for i in range(0, s.size, BLOCK):
             yield s[i : i + BLOCK], p[i : i + BLOCK]
@@ -94,6 +96,11 @@ def _blocks(s: np.ndarray, p: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarr
     if s.ndim == 0:
         yield s, p
         return
-    step = max(1, BLOCK // max(1, s.size // max(1, s.shape[0])))
+    row = s.size // max(1, s.shape[0])
+    if row > BLOCK:  # a row longer than a block: each row cut the same way, axis by axis
+        for i in range(s.shape[0]):
+            yield from _blocks(s[i], p[i])
+        return
+    step = BLOCK // max(1, row)
     for i in range(0, s.shape[0], step):
         yield s[i : i + step], p[i : i + step]
