@@ -90,9 +90,9 @@ def saved_state(ema: EMA) -> dict[str, Any]:
     return state
 
 
-def fit_step(module: torch.nn.Module | None, seen: int) -> int:
-    """The ``global_step`` of the trainer ``module`` is attached to (``seen``, the step of the
-    last update, when it is not a LightningModule or attached to none: nothing to catch up).
+def fit_step(module: torch.nn.Module | None) -> int | None:
+    """The ``global_step`` of the trainer ``module`` is attached to (None when it is not a
+    LightningModule or attached to none: nothing to catch up).
 
     A save between an optimizer step and the callback's batch end (a callback listed before
     it saving in its own ``on_train_batch_end``, a manual ``training_step`` saving after
@@ -101,11 +101,11 @@ def fit_step(module: torch.nn.Module | None, seen: int) -> int:
     is the last moment).
     """
     if not isinstance(module, pl.LightningModule):
-        return seen
+        return None
     try:
         trainer = module.trainer
     except RuntimeError:  # a module no longer attached to a trainer: nothing to catch up
-        return seen
+        return None
     return trainer.global_step
 
 

@@ -138,9 +138,10 @@ class EMACallback(pl.Callback):
     ) -> None:
         self._catch_up(trainer.global_step)
 
-    def _catch_up(self, step: int) -> None:
-        """One update for the optimizer steps taken since the last one (none: nothing)."""
-        if self.ema is None or step <= self._seen:
+    def _catch_up(self, step: int | None) -> None:
+        """One update for the optimizer steps taken since the last one (none: nothing; a
+        ``step`` of None: no trainer to read it from)."""
+        if self.ema is None or step is None or step <= self._seen:
             return
         self._seen = step
         self.ema.update(step)
@@ -202,7 +203,7 @@ class EMACallback(pl.Callback):
         if self.ema is None:
             return dict(self._pending or {})
         if self._stage == "fit" and self._swapped is None:  # see _lightning_state.fit_step
-            self._catch_up(_lightning_state.fit_step(self._module, self._seen))
+            self._catch_up(_lightning_state.fit_step(self._module))
         return _lightning_state.saved_state(self.ema)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
