@@ -34,10 +34,27 @@ rm -f "$out/gpu-missing.txt"
 # informative only: a machine without nvidia-smi still runs the suite
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 |
     tee "$out/gpu-device.txt" || true
+# the framework versions the device machine holds (they differ from the lock's)
+python3 - <<'EOF' 2>&1 | tee -a "$out/gpu-device.txt" || true
+import importlib.metadata as m, platform
+print("python", platform.python_version())
+for n in ("torch", "jax", "jaxlib", "cupy-cuda13x", "triton", "numpy", "array-api-compat",
+          "hypothesis", "optax"):
+    try:
+        print(n, m.version(n))
+    except m.PackageNotFoundError:
+        print(n, "not installed")
+EOF
 status=0
 # a module that fails to import is reported, and the gpu tests elsewhere still run; -v names
 # each test as it ends, so a cut log still shows how far it got
-timeout -s INT -k 15 200 python3 -m pytest -v -m gpu -p no:cacheprovider \
+# JAX would take 75% of the GPU at its first array, leaving the torch tests of the same process
+# the rest; the suite allocates little, so JAX allocates on demand here. The machine's torch,
+# JAX and CuPy are not the lock's versions: their deprecation notices are shown, not raised
+# (pyproject's filterwarnings = error would fail every test they touch).
+XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    timeout -s INT -k 15 200 python3 -m pytest -v -m gpu -p no:cacheprovider \
+    -W default::DeprecationWarning -W default::FutureWarning \
     --continue-on-collection-errors --durations=15 tests 2>&1 |
     tee "$out/gpu-tests.log" || status=1
 bench() {  # bench SECONDS TAG BACKEND [ARGS...]: one process, its own files and log
