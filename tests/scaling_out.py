@@ -140,7 +140,13 @@ def shared_launch(factory: pytest.TempPathFactory, world: int) -> tuple[Path, di
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         done = root / "logs.json"
         if not done.exists():
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+                ),
+                "OMP_NUM_THREADS": "1",
+            }
             worker = [sys.executable, "-m", "tests.dist_shared_worker"]
             commands = [[*worker, str(rank), str(world), str(root)] for rank in range(world)]
             done.write_text(json.dumps(run_workers(commands, env, SHARED_TIMEOUT)))

@@ -34,7 +34,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
     folder, port = tmp_path_factory.mktemp("jax_dist"), str(_free_port())
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     env.pop("XLA_FLAGS", None)  # the worker sets its own device count
     worker = [sys.executable, "-m", "tests.dist_jax_worker"]
     commands = [[*worker, str(i), port, str(folder)] for i in range(2)]
@@ -72,7 +76,11 @@ def test_readme_jax_mesh_example_runs(tmp_path):
     blocks = scaling_out.blocks("make_mesh", scaling_out.README)
     if not blocks:
         pytest.skip("README.md has no 'Scaling out' section with a JAX mesh example yet")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     proc = subprocess.run(
         [sys.executable, "-c", blocks[0]],

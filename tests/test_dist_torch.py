@@ -190,7 +190,11 @@ def test_readme_torchrun_fsdp2_example_runs(tmp_path):
     proc = subprocess.run(
         [*command, "2", "train_fsdp.py"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1",
+        },
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

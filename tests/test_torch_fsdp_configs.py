@@ -59,7 +59,11 @@ def test_cpu_offload_policy_on_a_cuda_mesh(tmp_path):
     """One rank, a CUDA mesh, the shards offloaded to pinned CPU memory: the shadows' local
     shards stay on the CPU beside the params', and every check of ``check`` holds (outputs
     and gradients, computed on the GPU, within float32 rounding of the CPU reference)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     command = [sys.executable, "-m", "tests.fsdp_configs_worker", "gpu", str(tmp_path)]
     logs = run_workers([command], env, TIMEOUT)
     assert_every_rank(rank_results([tmp_path / "gpu.0.json"], logs), "gpu")

@@ -185,7 +185,12 @@ def _run_all() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def child_results() -> dict[str, str]:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(
         [sys.executable, "-W", "error", __file__],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,

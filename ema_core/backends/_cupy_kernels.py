@@ -114,10 +114,19 @@ def _cupy() -> Any:
 
 @functools.cache
 def _fused() -> Any:
-    """The per-array kernel; its dtypes are template parameters, the decay an argument."""
+    """The per-array kernel; its dtypes are template parameters, the decay a float64 argument.
+
+    The decay's type is spelled out: a type placeholder (``D d``) is not fixed by a NumPy scalar
+    under CuPy 14 (its first GPU run raised ``KeyError: 'D'``), and a 0-d float64 array or a
+    NumPy float64 passes to a ``float64`` argument on every CuPy version.
+    """
     cp = _cupy()
     return cp.ElementwiseKernel(
-        "S s, P p, D d, D r", "S o", _FUSED_BODY, "ema_core_blend", preamble=_FUSED_PREAMBLE
+        "S s, P p, float64 d, float64 r",
+        "S o",
+        _FUSED_BODY,
+        "ema_core_blend",
+        preamble=_FUSED_PREAMBLE,
     )
 
 

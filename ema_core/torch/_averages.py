@@ -34,6 +34,9 @@ def read(
         weight = 1.0
     elif config.correction == "power":
         weight = power_weight(config.schedule, step)  # type: ignore[arg-type]
+    if isinstance(weight, torch.Tensor) and weight.device != shadow.device:
+        # a CUDA step over host shadows (``device="cpu"``) leaves the weight on the GPU
+        weight = weight.to(shadow.device)
     corrected: torch.Tensor = _core.correct(xp, shadow, weight)
     return corrected
 
