@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = args.dtype or (["fp32"] if args.quick else ["fp32", "bf16"])
     repeats = 3 if args.quick else args.repeats
     rows: list[harness.Row] = []
+    failed: list[str] = []
     plan = [
         (b, w, d)
         for b in (args.backend or MODULES)
@@ -141,9 +143,20 @@ def main(argv: list[str] | None = None) -> int:
                 if args.no_peers or backend not in PEERS
                 else importlib.import_module(PEERS[backend])
             )
-            rows += harness.measure(
-                module, workloads.load(wname), dtype, args.device, repeats, peers
-            )
+            try:
+                rows += harness.measure(
+                    module, workloads.load(wname), dtype, args.device, repeats, peers
+                )
+            except KeyboardInterrupt:  # a time limit (gpu.sh): keep the rows measured so far
+                failed.append(
+                    f"{backend} {wname} {dtype}: cut by an interrupt; later cases not run"
+                )
+                print(failed[-1], file=sys.stderr, flush=True)
+                break
+            except Exception as exc:  # one broken case costs its own rows, not the run's
+                failed.append(f"{backend} {wname} {dtype}: {type(exc).__name__}: {exc}")
+                print(f"case failed: {failed[-1]}", file=sys.stderr, flush=True)
+                traceback.print_exc()
             gc.collect()
     print(harness.format_table(rows))
     # the tree, stateless and bank tables time the host (CPU tensors, flat dicts) whatever
@@ -182,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     took = time.perf_counter() - start
     ran = f"\nThe whole run took {took // 60:.0f} min {took % 60:.0f} s.\n"
+    if failed:
+        ran += "\nCases without rows:\n\n" + "".join(f"- {line}\n" for line in failed)
     print(ran.strip(), file=sys.stderr)
     stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md + ran)
     drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")
@@ -189,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {stem}.json, .md" + (", .png" if drawn else " (no matplotlib: no chart)"),
         file=sys.stderr,
     )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu.sh          tests + GPT-2 small and 20k tiny (about 5 minutes on an H200)
 #   bash benchmarks/gpu.sh --big    also Llama-1.1B and JAX on 20k tiny (about 10 minutes)
 #   GPU_TESTS="tests/a.py ..." bash benchmarks/gpu.sh    only those test files
+#   GPU_PARTS="torch cupy" GPU_TEST_SECONDS=90 ...     only those benchmark parts; the tests' limit
 #
 # Llama-1.1B is left to --big: on the first H200 run (2026-12-04) drawing its host arrays and
 # building the peers took 65 s per torch case, and JAX did not finish one case in 60 s; JAX
@@ -63,7 +64,7 @@ status=0
 # JAX and CuPy are not the lock's versions: their deprecation notices are shown, not raised
 # (pyproject's filterwarnings = error would fail every test they touch).
 XLA_PYTHON_CLIENT_PREALLOCATE=false \
-    timeout -s INT -k 15 150 python3 -m pytest -v -m gpu -p no:cacheprovider \
+    timeout -s INT -k 15 "${GPU_TEST_SECONDS:-150}" python3 -m pytest -v -m gpu -p no:cacheprovider \
     -W default::DeprecationWarning -W default::FutureWarning \
     --continue-on-collection-errors --durations=15 ${GPU_TESTS:-tests} 2>&1 |
     tee "$out/gpu-tests.log" || status=1
@@ -74,9 +75,10 @@ bench() {  # bench SECONDS TAG BACKEND [ARGS...]: one process, its own files and
         --tag "$tag" --out "$out" "$@" 2>&1 | tee "$out/gpu-bench-$tag.log" || status=1
 }
 both=(--workload gpt2_small --workload many_small_20k)
-bench 70 torch torch "${both[@]}"
-bench 40 cupy cupy --no-peers "${both[@]}"
-bench 45 jax jax --no-peers --workload gpt2_small
+parts=" ${GPU_PARTS:-torch cupy jax} "
+[[ $parts == *" torch "* ]] && bench 70 torch torch "${both[@]}"
+[[ $parts == *" cupy "* ]] && bench 40 cupy cupy --no-peers "${both[@]}"
+[[ $parts == *" jax "* ]] && bench 45 jax jax --no-peers --workload gpt2_small
 if [ "${1:-}" = "--big" ]; then
     bench 100 torch-llama torch --big --workload llama_1b
     bench 70 cupy-llama cupy --no-peers --big --workload llama_1b

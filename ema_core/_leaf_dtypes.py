@@ -18,7 +18,19 @@ _X64_FIX = "enable x64 as when it was made, or cast it to {narrow} yourself"
 
 
 def leaf_kind(xp: Namespace, dtype: Any) -> LeafKind:
+    if _cupy_bfloat16(xp, dtype):
+        return "float"
     return "float" if xp.isdtype(dtype, ("real floating", "complex floating")) else "exact"
+
+
+def _cupy_bfloat16(xp: Namespace, dtype: Any) -> bool:
+    """CuPy 14's bfloat16, which its ``isdtype`` does not call real floating; the CuPy
+    backend's kernels average it (the first H200 run refused bf16 params here)."""
+    return compat.is_cupy_namespace(xp) and getattr(dtype, "name", None) == "bfloat16"
+
+
+def _complex(xp: Namespace, dtype: Any) -> bool:
+    return not _cupy_bfloat16(xp, dtype) and bool(xp.isdtype(dtype, "complex floating"))
 
 
 def pair_kind(
@@ -38,9 +50,7 @@ def pair_kind(
         check_x64_dtype(s_dtype, where_s, _X64_FIX)
     kind = leaf_kind(xp, p_dtype)
     if kind == "float":
-        if leaf_kind(xp, s_dtype) != "float" or (
-            xp.isdtype(s_dtype, "complex floating") != xp.isdtype(p_dtype, "complex floating")
-        ):
+        if leaf_kind(xp, s_dtype) != "float" or (_complex(xp, s_dtype) != _complex(xp, p_dtype)):
             raise TypeError(
                 f"{where_s} has dtype {s_dtype} but {where_p} is {p_dtype}; a real floating "
                 "leaf needs a real floating shadow, a complex leaf a complex one"
@@ -74,7 +84,7 @@ def _check_numeric(xp: Namespace, dtype: Any, where: str) -> None:
     """Only numeric dtypes in native byte order: object, string, datetime or big-endian (on a
     little-endian host) leaves cannot be averaged nor copied by the kernels."""
     try:
-        numeric = xp.isdtype(dtype, _NUMERIC)
+        numeric = _cupy_bfloat16(xp, dtype) or xp.isdtype(dtype, _NUMERIC)
     except TypeError:  # a dtype the namespace does not know (ml_dtypes' bfloat16 in numpy)
         numeric = False
     if not numeric:

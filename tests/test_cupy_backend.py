@@ -10,6 +10,7 @@ and run on numpy buffers, so the kernel logic and the pointer table are checked 
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 import warnings
@@ -230,6 +231,37 @@ def test_public_api_on_a_dict_of_cupy_arrays():
     assert same_bits(avg["b"], params["b"]) and int(avg["n"]) == 3
 
 
+def _kernel_cache_dir() -> Path:
+    """CuPy's on-disk kernel cache: ``compiler.get_cache_dir()`` where CuPy has it (CuPy 14.2
+    does not), else the folder its documentation names (``CUPY_CACHE_DIR``, by default
+    ``~/.cupy/kernel_cache``)."""
+    getter = getattr(cp.cuda.compiler, "get_cache_dir", None)
+    if getter is not None:
+        return Path(getter())
+    return Path(os.environ.get("CUPY_CACHE_DIR", Path.home() / ".cupy" / "kernel_cache"))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.skipif(not _has_bf16(), reason="this CuPy has no bfloat16")
+@pytest.mark.parametrize("sdtype", ["float32", "bfloat16"])
+def test_public_api_averages_bfloat16_params(sdtype):
+    """``ema_update`` takes CuPy bfloat16 params (CuPy 14's ``isdtype`` does not call bfloat16
+    real floating; the first H200 run refused them) and averages them like the same values
+    as float32."""
+    shadow = {"w": random((300, 70), sdtype, 21), "b": random((5,), sdtype, 22)}
+    params = {"w": random((300, 70), "bfloat16", 23), "b": random((5,), "bfloat16", 24)}
+    wide = {k: v.astype("float32") for k, v in params.items()}
+    twin = {k: v.copy() for k, v in shadow.items()}
+    before = {k: v.copy() for k, v in shadow.items()}
+    got = ema_core.ema_update(shadow, params, 1, decay=0.75)
+    want = ema_core.ema_update(twin, wide, 1, decay=0.75)
+    for k in shadow:
+        assert got[k].dtype == cp.dtype(sdtype)
+        assert same_bits(got[k], want[k]), k
+        assert not same_bits(got[k], before[k]), k  # averaged, not copied nor kept
+
+
 @pytest.mark.gpu
 @gpu
 def test_new_steps_compile_no_new_kernels():
@@ -239,7 +271,7 @@ def test_new_steps_compile_no_new_kernels():
     ema_core.ema_update(shadows, params, 1, schedule=schedule)  # host decay variant
     ema_core.ema_update(shadows, params, cp.asarray(2), schedule=schedule)  # device decay
     cp.cuda.Device().synchronize()
-    cache = Path(cp.cuda.compiler.get_cache_dir())
+    cache = _kernel_cache_dir()
     files = sorted(cache.rglob("*")) if cache.exists() else []
     builds = kernels._multi_kernel.cache_info().misses
     for t in range(3, 30):

@@ -35,14 +35,17 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
 
 
-def _ptx(ends: bool, pdtype: str, ddtype: str) -> str:
+def _ptx(ends: bool, pdtype: str, ddtype: str, aligned: bool = True) -> str:
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
 
-    signature = {"s_ptr": "*fp32", "p_ptr": pdtype, "w_ptr": "*fp32", "d_ptr": ddtype}
-    signature |= {"w_value": "fp32", "n": "i64", "ENDS": "constexpr", "BLOCK": "constexpr"}
-    source = ASTSource(_triton_kernel.jit(), signature, {"ENDS": ends, "BLOCK": _cuda.TRITON_BLOCK})
+    signature = {"table_ptr": "*i64", "w_ptr": "*fp32", "d_ptr": ddtype, "w_value": "fp32"}
+    signature |= {"n_leaves": "i64", "n_chunks": "i64"}
+    constants = {"ENDS": ends, "BF16": pdtype == "*bf16", "ALIGNED": aligned}
+    constants |= {"BLOCK": _cuda.TRITON_BLOCK}
+    signature |= dict.fromkeys(constants, "constexpr")
+    source = ASTSource(_triton_kernel.jit(), signature, constants)
     compiled = triton_compile(source, GPUTarget("cuda", 90, 32), dict(_cuda.LAUNCH_OPTIONS))
     return str(compiled.asm["ptx"])
 
@@ -64,6 +67,19 @@ def test_triton_kernel_compiles_for_sm90_without_fma_or_warning(
         ptx = _ptx(ends, pdtype, ddtype)
     assert ".target sm_90" in ptx and "ld.global" in ptx and "st.global" in ptx
     assert "fma.rn.f32" not in ptx  # every product rounded, as under the interpreter
+
+
+@needs_triton
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
+def test_triton_kernel_vectorizes_only_aligned_launches(monkeypatch, tmp_path, aligned):
+    """With ``ALIGNED`` (every address a multiple of 16 bytes) full chunks move 16 bytes per
+    load and store; without it the compiler cannot assume alignment and must not (a 16-byte
+    access at an odd address faults)."""
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="Triton without its CUDA backend")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    ptx = _ptx(False, "*bf16", "*fp32", aligned)
+    assert ("st.global.v4.b32" in ptx) == aligned
+    assert ("ld.global.v4.b32" in ptx) == aligned
 
 
 def test_triton_launch_refuses_a_weight_or_decay_off_the_shadows_device():
@@ -114,7 +130,8 @@ def test_gpu_sh_parses_and_keeps_each_backends_results():
     text = script.read_text()
     assert "timeout -s INT" in text  # pytest prints its summary when its time is up
     for backend in ("torch", "cupy", "jax"):  # one process and one set of files per backend
-        assert re.search(rf"^bench \d+ {backend} {backend} ", text, re.MULTILINE), backend
+        line = rf"^(\[\[ \$parts == \*\" {backend} \"\* \]\] && )?bench \d+ {backend} {backend} "
+        assert re.search(line, text, re.MULTILINE), backend
 
 
 # --- on a GPU -----------------------------------------------------------------------------
@@ -131,6 +148,12 @@ def test_triton_on_the_gpu_equals_the_core_bit_for_bit(decay):
     shapes = [(4097,), (3,), (1000, 33), ()]
     shadows = [torch.randn(s, device="cuda", generator=gen) * 2 for s in shapes]
     params = [(torch.randn(s, device="cuda", generator=gen) * 3).bfloat16() for s in shapes]
+    # views one element into a buffer: addresses off 16 bytes, the kernel's unaligned launch
+    # (a 16-byte access there would fault), mixed with aligned leaves and a half-aligned pair
+    s_buf = torch.randn(9000, device="cuda", generator=gen)
+    p_buf = (torch.randn(9000, device="cuda", generator=gen) * 3).bfloat16()
+    shadows += [s_buf[1:4097], s_buf[4100:8900], torch.randn(2049, device="cuda", generator=gen)]
+    params += [p_buf[1:4097], p_buf[4100:8900].clone(), p_buf[5:2054]]
     d = 0.75 if decay == "device" else decay
     w32 = float(torch.tensor(1.0 - d, dtype=torch.float32))
     want = [_core.blend(xp, s, p, 1.0 - w32, w32) for s, p in zip(shadows, params, strict=True)]

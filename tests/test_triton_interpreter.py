@@ -60,6 +60,7 @@ from ema_core.backends.torch import _cuda  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [0, 1, 1023, 1024, 1025, 2500]  # around _cuda.TRITON_BLOCK: one, two and three programs
+FRESH = [2048, 1500]  # contiguous leaves allocated alone, after the padded ones
 PAD = 3  # sentinel elements before, between and after the contiguous leaves
 S_SENTINEL, P_SENTINEL = -123.25, 77.0
 HOST_DECAYS = [0.9999, 0.9, 0.75, 0.5, 0.3, 0.25, 1e-3, 1.0, 0.0]
@@ -108,6 +109,12 @@ def _leaves(pdtype: torch.dtype, seed: int, specials: bool) -> tuple[list, list,
         shadows.append(s)
         params.append(p)
         at += n + PAD
+    for n in FRESH:  # leaves of their own (16-byte aligned: the kernel's ALIGNED launch)
+        s, p = torch.randn(n, generator=gen) * 2, (torch.randn(n, generator=gen) * 3).to(pdtype)
+        if specials:
+            _specials(s, p, pdtype)
+        shadows.append(s)
+        params.append(p)
     shadows.append(torch.randn(40, 30, generator=gen).t())  # both strided
     params.append(torch.randn(40, 30, generator=gen).to(pdtype).t())
     shadows.append(torch.randn(50, generator=gen))  # contiguous shadow, strided params
@@ -149,13 +156,14 @@ def check_case(case: str) -> None:
     else:
         _cuda.triton_lerp_ends_(shadows, params, weight, device_decay)
         _cuda.blocked_lerp_ends_(*alone, weight, device_decay)
-    n = len(SIZES)
+    n = len(SIZES) + len(FRESH)
+    sizes = SIZES + FRESH
     for i, (got, s, p) in enumerate(zip(shadows[:n], before[:n], params[:n], strict=True)):
         if w32 == 0.5:  # the kernel's p - diff / 2: the core with the roles swapped
             want = _core_at(kind, p.float(), s, 0.5, 0.5)
         else:
             want = _core_at(kind, s, p, 1.0 - w32, w32)
-        assert torch.equal(_bits(got), _bits(want)), f"leaf {i} ({SIZES[i]} elements) vs core"
+        assert torch.equal(_bits(got), _bits(want)), f"leaf {i} ({sizes[i]} elements) vs core"
         if decay != 0.5 and (decay > 0.5 or 1.0 - w32 == decay):
             at_decay = _core_at(kind, s, p, decay, 1.0 - decay)
             assert torch.equal(_bits(got), _bits(at_decay)), f"leaf {i} vs core at {decay}"

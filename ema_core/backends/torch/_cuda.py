@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch._utils import _unflatten_dense_tensors
 
-from ema_core.backends.torch import _foreach
+from ema_core.backends.torch import _foreach, _triton_kernel
 from ema_core.backends.torch._triton_kernel import kernel as _kernel  # also read by tests
 
 __all__ = ["BLOCK", "blocked_lerp_", "blocked_lerp_ends_", "triton_lerp_", "triton_lerp_ends_"]
@@ -166,26 +166,33 @@ def _launch(
     shadows: list[torch.Tensor], params: list[torch.Tensor], scalars: tuple[Any, ...]
 ) -> Pairs:
     """Run the kernel over the contiguous pairs, on the shadows' one device (Triton launches on
-    the current device); return the strided pairs, untouched."""
+    the current device): one launch per params dtype and alignment (``_triton_kernel``), not
+    one per leaf; return the strided pairs, untouched."""
     _check_launch(shadows, params, scalars)
-    if not shadows:
-        return []
-    kernel = _kernel()
     left: Pairs = []
+    groups: dict[tuple[bool, bool], Pairs] = {}
+    for s, p in zip(shadows, params, strict=True):
+        if not (s.is_contiguous() and p.is_contiguous()):
+            left.append((s, p))
+        elif s.numel():
+            aligned = s.data_ptr() % 16 == 0 and p.data_ptr() % 16 == 0
+            groups.setdefault((p.dtype == torch.bfloat16, aligned), []).append((s, p))
+    if not groups:
+        return left
+    kernel = _kernel()
     device = shadows[0].device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        for s, p in zip(shadows, params, strict=True):
-            n = s.numel()
-            if not (s.is_contiguous() and p.is_contiguous()):
-                left.append((s, p))
-            elif n and len(scalars) == 1:  # a host weight by value; s stands in for pointers
-                grid = ((n + TRITON_BLOCK - 1) // TRITON_BLOCK,)
-                args = (s, p, s, s, scalars[0], n)
-                kernel[grid](*args, ENDS=False, BLOCK=TRITON_BLOCK, **LAUNCH_OPTIONS)
-            elif n:
-                grid = ((n + TRITON_BLOCK - 1) // TRITON_BLOCK,)
-                args = (s, p, *scalars, 0.0, n)
-                kernel[grid](*args, ENDS=True, BLOCK=TRITON_BLOCK, **LAUNCH_OPTIONS)
+        for (bf16, aligned), pairs in groups.items():
+            ss, ps = [s for s, _ in pairs], [p for _, p in pairs]
+            table, chunks = _triton_kernel.table(ss, ps, TRITON_BLOCK)
+            if len(scalars) == 1:  # a host weight by value; the table stands in for pointers
+                args = (table, table, table, scalars[0])
+            else:
+                args = (table, *scalars, 0.0)
+            kernel[(chunks,)](
+                *args, len(pairs), chunks, ENDS=len(scalars) == 2, BF16=bf16,
+                ALIGNED=aligned, BLOCK=TRITON_BLOCK, **LAUNCH_OPTIONS,
+            )  # fmt: skip
     return left
 
 
@@ -204,6 +211,11 @@ def _check_launch(
                 f"shape {tuple(x.shape)} on {x.device}"
             )
     for s, p in zip(shadows, params, strict=True):
+        if s.dtype != torch.float32 or p.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"the kernel blends float32 shadows with float16 or bfloat16 params, got a "
+                f"{s.dtype} shadow over {p.dtype} params"
+            )
         if p.numel() != s.numel() or p.device != device or s.device != device:
             raise ValueError(
                 f"a params tensor of shape {tuple(p.shape)} on {p.device} does not fit its "

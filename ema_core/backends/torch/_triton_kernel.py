@@ -1,16 +1,73 @@
-"""The Triton kernel of the CUDA mixed-precision blend (``_cuda``'s "triton" routes): a float32
-shadow blended with half params cast in registers, torch's ``lerp`` formula, exact ends under a
-device decay. Triton is imported in the calls, never at import."""
+"""The Triton kernel of the CUDA mixed-precision blend (``_cuda``'s "triton" routes): float32
+shadows blended with half params cast in registers, torch's ``lerp`` formula, exact ends under a
+device decay. One launch covers many leaves: each program reads its leaf and start from a table
+(``_cuda``'s ``_table``: the shadows' and params' addresses, the sizes, then per chunk of
+``BLOCK`` elements its leaf and its first element). Full chunks load and store unmasked, and
+with ``ALIGNED`` (every address a multiple of 16 bytes) the compiler is told so, which lets it
+use 16-byte loads and stores; the last chunk of a leaf is masked. Triton is imported in the
+calls, never at import.
+
+The first GPU run (H200, 2026-12-04) launched one kernel per leaf: Triton's Python launch costs
+about 17 us, and GPT-2 small's 148 bf16 leaves took 2.9 ms where the bytes need 0.3 ms.
+"""
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.util
+import threading
 from typing import Any
 
 import torch
 
-__all__ = ["jit", "kernel"]
+__all__ = ["jit", "kernel", "table"]
+
+#: Tables kept (the last ones used): an EMA passes the same leaves every step, so its table is
+#: built once; a CUDA graph's replays read the table its capture saw, kept while it is in here.
+TABLES_KEPT = 64
+_TABLES: collections.OrderedDict[tuple[Any, ...], tuple[torch.Tensor, int, torch.Tensor]]
+_TABLES = collections.OrderedDict()
+_TABLES_LOCK = threading.Lock()
+
+
+def table(
+    shadows: list[torch.Tensor], params: list[torch.Tensor], block: int
+) -> tuple[torch.Tensor, int]:
+    """The kernel's table for contiguous, non-empty pairs on one device, and its chunk count.
+
+    Layout (int64, on the shadows' device): the shadows' addresses, the params' addresses, the
+    sizes (one each per leaf), then per chunk of ``block`` elements its leaf and its first
+    element. Cached by addresses and sizes (``TABLES_KEPT``): built and copied to the device
+    (from pinned memory, no host sync) only for leaves not seen before, so a steady-state
+    update, and a captured graph after its warm-up call, copies and allocates nothing.
+    """
+    device = shadows[0].device
+    sizes = [s.numel() for s in shadows]
+    s_addr = [s.data_ptr() for s in shadows]
+    p_addr = [p.data_ptr() for p in params]
+    key = (device, block, *s_addr, *p_addr, *sizes)
+    with _TABLES_LOCK:
+        hit = _TABLES.get(key)
+        if hit is not None:
+            _TABLES.move_to_end(key)
+            return hit[0], hit[1]
+    counts = torch.tensor([(n + block - 1) // block for n in sizes], dtype=torch.int64)
+    leaf_of = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first = torch.cumsum(counts, 0) - counts
+    start = (torch.arange(leaf_of.numel()) - first[leaf_of]) * block
+    fixed = torch.tensor([*s_addr, *p_addr, *sizes], dtype=torch.int64)
+    host = torch.cat([fixed, leaf_of, start])
+    if device.type == "cuda":
+        host = host.pin_memory()
+        on_device = host.to(device, non_blocking=True)
+    else:  # Triton's interpreter (CPU tensors)
+        on_device = host
+    with _TABLES_LOCK:
+        _TABLES[key] = (on_device, leaf_of.numel(), host)  # host: pinned until the copy ran
+        while len(_TABLES) > TABLES_KEPT:
+            _TABLES.popitem(last=False)
+    return on_device, leaf_of.numel()
 
 
 @functools.cache
@@ -39,28 +96,50 @@ def jit() -> Any:
 
     @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
     def blend(  # type: ignore[no-untyped-def]  # noqa: ANN202
-        s_ptr,  # noqa: ANN001
-        p_ptr,  # noqa: ANN001
+        table_ptr,  # noqa: ANN001
         w_ptr,  # noqa: ANN001
         d_ptr,  # noqa: ANN001
         w_value,  # noqa: ANN001
-        n,  # noqa: ANN001
+        n_leaves,  # noqa: ANN001
+        n_chunks,  # noqa: ANN001
         ENDS: tl.constexpr,  # noqa: N803
+        BF16: tl.constexpr,  # noqa: N803
+        ALIGNED: tl.constexpr,  # noqa: N803
         BLOCK: tl.constexpr,  # noqa: N803
     ):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
+        chunk = tl.program_id(0).to(tl.int64)
+        leaf = tl.load(table_ptr + 3 * n_leaves + chunk)
+        start = tl.load(table_ptr + 3 * n_leaves + n_chunks + chunk)
+        size = tl.load(table_ptr + 2 * n_leaves + leaf)
+        s_ptr = tl.load(table_ptr + leaf).to(tl.pointer_type(tl.float32))
+        if BF16:
+            p_ptr = tl.load(table_ptr + n_leaves + leaf).to(tl.pointer_type(tl.bfloat16))
+        else:
+            p_ptr = tl.load(table_ptr + n_leaves + leaf).to(tl.pointer_type(tl.float16))
+        if ALIGNED:
+            s_ptr = tl.multiple_of(s_ptr, 16)
+            p_ptr = tl.multiple_of(p_ptr, 16)
+            start = tl.multiple_of(start, BLOCK)
         if ENDS:  # noqa: SIM108 (a constexpr branch, resolved when Triton compiles)
             w = tl.load(w_ptr).to(tl.float32)
         else:
             w = w_value
-        s = tl.load(s_ptr + offs, mask=mask)
-        p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
+        offs = start + tl.arange(0, BLOCK)
+        full = start + BLOCK <= size
+        if full:
+            s = tl.load(s_ptr + offs)
+            p = tl.load(p_ptr + offs).to(tl.float32)
+        else:
+            s = tl.load(s_ptr + offs, mask=offs < size)
+            p = tl.load(p_ptr + offs, mask=offs < size).to(tl.float32)
         diff = p - s
         out = tl.where(tl.abs(w) < 0.5, s + w * diff, p - diff * (1.0 - w))
         if ENDS:  # a device decay: exact ends, decided on the device
             d = tl.load(d_ptr)
             out = tl.where(d == 1.0, s, tl.where(d == 0.0, p, out))
-        tl.store(s_ptr + offs, out, mask=mask)
+        if full:
+            tl.store(s_ptr + offs, out)
+        else:
+            tl.store(s_ptr + offs, out, mask=offs < size)
 
     return blend
