@@ -47,6 +47,8 @@ class Row:
     host_syncs: int | None = None
     overhead_us_per_leaf: float = 0.0
     vs_class: float = float("nan")  # the EMA class's time / this one's (where a class was timed)
+    queued_ms: float | None = None  # CUDA: per update of QUEUED back-to-back updates, one sync
+    queued_of_ceiling: float | None = None  # the ceiling's queued time / this one's
 
 
 def alternate(
@@ -95,6 +97,28 @@ def time_case(
     return times, paired
 
 
+#: Updates queued back to back (one sync after them all) in a queued measurement.
+QUEUED = 20
+
+
+def queued_ms(step: Callable[[int], Any], sync: Callable[[Any], None], t: int) -> float:
+    """Milliseconds per update when ``QUEUED`` updates are queued back to back and synced once,
+    the median of 3 rounds: as a training loop runs them (the host queues the next while the
+    device works), so the host's per-tensor work overlaps the device's instead of adding to it.
+    Only for a GPU: on the CPU the host does the work itself."""
+    rounds = []
+    for _ in range(3):
+        sync(step(t))
+        tic = time.perf_counter()
+        result = None
+        for i in range(QUEUED):
+            result = step(t + 1 + i)
+        sync(result)
+        rounds.append((time.perf_counter() - tic) / QUEUED * 1e3)
+        t += QUEUED + 1
+    return statistics.median(rounds)
+
+
 def measure(
     module: Any, workload: Workload, dtype: str, device: str, repeats: int, peers: Any = None
 ) -> list[Row]:
@@ -109,19 +133,28 @@ def measure(
     ceiling_step = cases.pop("ceiling")
     rows = []
     beside: dict[str, float] = {}
+    queued_ceiling: list[float] = []
     all_ceiling, _ = time_case(ceiling_step, module.sync, repeats=repeats)
     for name in list(cases):
         step = cases.pop(name)  # a contender is freed as soon as it is timed
         times, paired = time_case(step, module.sync, ceiling=ceiling_step, repeats=repeats)
         extra = probes.extra_bytes(module.NAME, device, step, 10**6)
         syncs = probes.host_syncs(module.NAME, device, step, 10**6 + 1)
+        row = _row(workload, dtype, module.NAME, name, times, nbytes, extra, syncs)
+        if device == "cuda":  # the ceiling queued just before, under the same conditions
+            ceiling_queued = queued_ms(ceiling_step, module.sync, 2 * 10**6)
+            row.queued_ms = queued_ms(step, module.sync, 2 * 10**6)
+            row.queued_of_ceiling = ceiling_queued / row.queued_ms
+            queued_ceiling.append(ceiling_queued)
         del step
-        rows.append(_row(workload, dtype, module.NAME, name, times, nbytes, extra, syncs))
+        rows.append(row)
         beside[name] = statistics.median(paired) * 1e3
         all_ceiling += paired
     extra = probes.extra_bytes(module.NAME, device, ceiling_step, 10**6)
     del ceiling_step
     rows.insert(0, _row(workload, dtype, module.NAME, "ceiling", all_ceiling, nbytes, extra, None))
+    if queued_ceiling:
+        rows[0].queued_ms, rows[0].queued_of_ceiling = statistics.median(queued_ceiling), 1.0
     beside["ceiling"] = rows[0].median_ms
     ours = next((r.median_ms for r in rows if r.contender == "ema_core"), float("nan"))
     klass = next((r.median_ms for r in rows if r.contender == "EMA class"), float("nan"))
@@ -163,7 +196,7 @@ def format_table(rows: list[Row]) -> str:
     head = (
         f"{'workload':<16}{'dtype':<6}{'backend':<18}{'contender':<26}{'ms':>9}{'+-':>8}"
         f"{'GB/s':>8}{'x ceil':>8}{'x ema':>7}{'x class':>8}{'us/leaf':>9}{'MB/upd':>9}"
-        f"{'syncs':>6}"
+        f"{'syncs':>6}{'queued':>9}{'x ceil q':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -174,6 +207,7 @@ def format_table(rows: list[Row]) -> str:
             f"{r.overhead_us_per_leaf:>9.2f}"
             f"{_opt(r.extra_mb, '.1f'):>9}"
             f"{_opt(r.host_syncs, 'd'):>6}"
+            f"{_opt(r.queued_ms, '.3f'):>9}{_opt(r.queued_of_ceiling, '.2f'):>9}"
         )
     return "\n".join(lines)
 
@@ -190,17 +224,22 @@ def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "class's time / contender time (the stateless call on a dict beside the class); "
         "`us/leaf` = (contender time - ceiling time) / number of leaves: the cost per tensor "
         "beyond moving its bytes; `MB/update` = the peak memory one update allocates (- where "
-        "the framework does not count it); `syncs` = host syncs per update (CUDA only).",
+        "the framework does not count it); `syncs` = host syncs per update (CUDA only). Each "
+        "time above is one update followed by a sync, so the host's work per tensor adds to "
+        "the device's; `queued` (GPU only) = ms per update when "
+        f"{QUEUED} updates are queued back to back and synced once, as a training loop runs "
+        "them, and `x ceiling q` = the ceiling's queued time / the contender's.",
         "",
         "| workload | dtype | backend | contender | ms (median) | +- | GB/s | x ceiling | "
-        "x ema-core | x class | us/leaf | MB/update | syncs |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "x ema-core | x class | us/leaf | MB/update | syncs | queued | x ceiling q |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     out += [
         f"| {r.workload} | {r.dtype} | {r.backend} | {r.contender} | {r.median_ms:.3f} | "
         f"{r.spread_ms:.3f} | {r.gb_per_s:.2f} | {r.of_ceiling:.2f} | {r.vs_ema_core:.2f} | "
         f"{_ratio(r.vs_class)} | "
-        f"{r.overhead_us_per_leaf:.2f} | {_opt(r.extra_mb, '.1f')} | {_opt(r.host_syncs, 'd')} |"
+        f"{r.overhead_us_per_leaf:.2f} | {_opt(r.extra_mb, '.1f')} | {_opt(r.host_syncs, 'd')} | "
+        f"{_opt(r.queued_ms, '.3f')} | {_opt(r.queued_of_ceiling, '.2f')} |"
         for r in rows
     ]
     return "\n".join(out) + "\n"
