@@ -752,3 +752,61 @@ def test_bf16_goes_through_the_host_engine_and_fp32_through_lerp(route: str) -> 
     params = [torch.ones(5, dtype=pdtype), torch.ones(3, 4, dtype=pdtype)]
     plan = _routes.make_plan(shadows, params, ["float"] * 2)
     assert [way for _, way in _routes.routes(plan, 0.999)] == [route]
+
+
+# -- the GPU bullet (one H200, 2026-12-04) ----------------------------------------------------
+
+
+def _gpu_bullet() -> str:
+    return SECTION.split("- **GPU**:", 1)[1]
+
+
+def test_gpu_figures_are_the_h200_results_files() -> None:
+    # every ratio and time the GPU bullet quotes is a row of the linked results files
+    text = " ".join(_gpu_bullet().split())
+    torch_rows, jax_rows = _rows("cuda-2026-12-04-torch.md"), _rows("cuda-2026-12-04-jax.md")
+
+    def torch_row(workload: str, dtype: str, contender: str) -> dict[str, float]:
+        return torch_rows[(workload, dtype, "torch", contender)]
+
+    def jax_row(dtype: str, contender: str) -> dict[str, float]:
+        return jax_rows[("gpt2_small", dtype, "jax", contender)]
+
+    quoted = [
+        (torch_row("gpt2_small", "fp32", "EMA class")["ms"], "0.506 ms"),
+        (torch_row("gpt2_small", "fp32", "EMA class")["ceil"], "0.71 of the ceiling"),
+        (torch_row("gpt2_small", "fp32", "ceiling")["gbps"], "4167 GB/s"),
+        (torch_row("gpt2_small", "fp32", "ema_core")["ceil"], "`ema_update` 0.53"),
+        (torch_row("gpt2_small", "fp32", "timm ModelEmaV3")["ceil"], "`ModelEmaV3` 0.54"),
+        (torch_row("gpt2_small", "fp32", "torch AveragedModel")["ceil"], "`AveragedModel` 0.39"),
+        (torch_row("gpt2_small", "bf16", "EMA class")["ceil"], "class 0.11 of the ceiling"),
+        (torch_row("gpt2_small", "bf16", "EMA class")["ms"], "(2.788 ms)"),
+        (torch_row("gpt2_small", "bf16", "EMA class")["us_leaf"], "(16.77 us per leaf"),
+        (torch_row("many_small_20k", "fp32", "EMA class")["ms"], "took 16.608 ms"),
+        (torch_row("many_small_20k", "fp32", "EMA class")["us_leaf"], "(0.82 us per leaf)"),
+        (torch_row("many_small_20k", "fp32", "timm ModelEmaV3")["ms"], "timm 157.626"),
+        (jax_row("fp32", "ema_core")["ceil"], "GPT-2 small: 0.39 (fp32)"),
+        (jax_row("bf16", "ema_core")["ceil"], "and 0.28 (bf16)"),
+    ]
+    for value, phrase in quoted:
+        assert phrase in text, phrase
+        shown = (re.findall(r"\d+\.\d+", phrase) or re.findall(r"\d+", phrase))[0]
+        assert _rounded(value, shown), (phrase, value)
+
+
+def test_gpu_rows_allocate_nothing_and_never_sync() -> None:
+    # "Every ema-core row allocated 0.0 MB per update and made 0 host syncs (`AveragedModel` 1)"
+    text = (RESULTS / "cuda-2026-12-04-torch.md").read_text(encoding="utf-8")
+    ours = {"ema_core", "EMA class", "ema_update dict"}
+    seen = 0
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 13 and cells[3] in ours:
+            assert (cells[11], cells[12]) == ("0.0", "0"), cells
+            seen += 1
+        elif len(cells) == 13 and cells[3] == "torch AveragedModel":
+            assert cells[12] == "1", cells
+    assert seen == 12
+    assert "0.0 MB per update and made 0 host syncs (`AveragedModel` 1)" in " ".join(
+        _gpu_bullet().split()
+    )
