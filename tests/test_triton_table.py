@@ -89,3 +89,24 @@ def test_the_launcher_refuses_pairs_the_kernel_does_not_read(sdtype, pdtype):
     with pytest.raises(ValueError, match="float32 shadows with float16 or bfloat16 params"):
         _cuda.triton_lerp_([good_s, bad_s], [good_p, bad_p], 0.5)
     assert torch.equal(good_s, torch.ones(4)) and torch.equal(bad_s, torch.ones(4, dtype=sdtype))
+
+
+def test_the_same_addresses_with_other_sizes_get_their_own_table():
+    # views that start where the old leaves started but are longer: a table keyed by addresses
+    # alone would hand the kernel the old sizes and leave the new tails unblended
+    s_buf, p_buf = torch.zeros(20), torch.zeros(20, dtype=torch.bfloat16)
+    short, _ = _triton_kernel.table([s_buf[:5]], [p_buf[:5]], 4)
+    long, chunks = _triton_kernel.table([s_buf[:9]], [p_buf[:9]], 4)
+    assert long is not short
+    assert long[2].item() == 9 and chunks == 3
+
+
+def test_the_same_shadows_over_other_params_get_their_own_table():
+    # the params are read by their address too: new params (a model's tensors replaced, or a
+    # second model averaged into the same shadows) need the table that points at them
+    shadows, params = _pairs([6, 3])
+    first, _ = _triton_kernel.table(shadows, params, 4)
+    others = [torch.zeros(6, dtype=torch.bfloat16), params[1]]
+    second, _ = _triton_kernel.table(shadows, others, 4)
+    assert second is not first
+    assert second[2].item() == others[0].data_ptr() and first[2].item() == params[0].data_ptr()
