@@ -154,6 +154,26 @@ def test_generic_route_equals_generic(on_device):
         assert got[0] is mine[0] and same_bits(got[0], ref[0])
 
 
+#: Signalling NaNs (quiet bit clear, payload set) and -0 as raw bits: a trip through float32
+#: would set the quiet bit, so only params taken as they are keep these bits.
+_SIGNALLING = {"float16": [0x7C01, 0xFD55, 0x8000, 0x3C00], "bfloat16": [0x7F81, 0xFFA5, 0x8000]}
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("on_device", [False, True], ids=["host_decay", "device_decay"])
+@pytest.mark.parametrize("dtype", ["float16", *(["bfloat16"] if _has_bf16() else [])])
+def test_fused_decay_zero_takes_same_dtype_params_bit_for_bit(monkeypatch, dtype, on_device):
+    """Decay 0 over same-dtype half params returns the params' own bits (``ema_take<S, S>``),
+    signalling NaN payloads included; the mutation audit found no CPU test that sees it."""
+    monkeypatch.setattr(fast, "MULTI_MAX", -1)  # the fused per-array kernel
+    bits = np.array(_SIGNALLING[dtype] * 8, dtype=np.uint16)
+    p = cp.asarray(bits).view(dtype)
+    s = random(p.shape, dtype, 41)
+    got, _ = run(fast, [s], [p], 0.0, on_device=on_device)
+    assert same_bits(got[0], p)
+
+
 @pytest.mark.gpu
 @gpu
 def test_fused_kernel_on_strided_views_writes_only_the_view():
