@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import array_api_compat.numpy as xp_np
 import numpy as np
@@ -420,13 +421,9 @@ extern "C" void launch(const long long* t, int n, long long nc, const double* dp
                 assert got.tobytes() == np.asarray(want).tobytes(), (decay, on_device)
 
 
-@needs_gxx
-@pytest.mark.parametrize(
-    ("sdtype", "pdtype"),
-    [("float32", "float32"), ("float32", "float16"), ("float64", "float32"),
-     ("float32", "float64"), ("float16", "float16"), ("float16", "float32")],
-)  # fmt: skip
-def test_fused_body_on_the_cpu(tmp_path, sdtype, pdtype):
+def fused_body_runner(tmp: Path, name: str, sdtype: str, pdtype: str) -> Any:
+    """The fused kernel's preamble and body compiled by g++ into a loop over host arrays:
+    ``run(s_ptr, p_ptr, decay, rate, out_ptr, n)``."""
     st, pt = _CPU_TYPES[sdtype], _CPU_TYPES[pdtype]
     code = (
         kernels._FUSED_PREAMBLE
@@ -440,9 +437,20 @@ extern "C" void run(const void* sv, const void* pv, double dv, double rv, void* 
     }}
 }}"""
     )
-    run = _compile(tmp_path, f"fused_{sdtype}_{pdtype}", code).run
+    run = _compile(tmp, name, code).run
     run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_double,
                     ctypes.c_void_p, ctypes.c_long]  # fmt: skip
+    return run
+
+
+@needs_gxx
+@pytest.mark.parametrize(
+    ("sdtype", "pdtype"),
+    [("float32", "float32"), ("float32", "float16"), ("float64", "float32"),
+     ("float32", "float64"), ("float16", "float16"), ("float16", "float32")],
+)  # fmt: skip
+def test_fused_body_on_the_cpu(tmp_path, sdtype, pdtype):
+    run = fused_body_runner(tmp_path, f"fused_{sdtype}_{pdtype}", sdtype, pdtype)
     rng = np.random.default_rng(1)
     s = (rng.standard_normal(3000) * 3).astype(sdtype)
     p = (rng.standard_normal(3000) * 3).astype(pdtype)

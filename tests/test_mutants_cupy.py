@@ -53,7 +53,14 @@ import pytest
 from ema_core.backends import _cupy_kernels as kernels
 from ema_core.backends import cupy as fast
 from ema_core.backends import generic
-from tests.test_cupy_backend import _HALF_ASM, _HALF_CPU, _compile, _reference, needs_gxx
+from tests.test_cupy_backend import (
+    _HALF_ASM,
+    _HALF_CPU,
+    _compile,
+    _reference,
+    fused_body_runner,
+    needs_gxx,
+)
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
@@ -142,22 +149,7 @@ def test_multi_kernel_in_place_touches_each_element_once(tmp_path):
 @needs_gxx
 @pytest.mark.parametrize(("sdtype", "pdtype"), [("float16", "float16"), ("float32", "float32")])
 def test_fused_body_ends_keep_special_values(tmp_path, sdtype, pdtype):
-    st = {"float16": "_Float16", "float32": "float"}
-    code = (
-        kernels._FUSED_PREAMBLE
-        + f"""
-extern "C" void run(const void* sv, const void* pv, double dv, double rv, void* ov, long n) {{
-    typedef {st[sdtype]} S; typedef {st[pdtype]} P;
-    for (long k = 0; k < n; ++k) {{
-        const S s = ((const S*)sv)[k]; const P p = ((const P*)pv)[k];
-        const double d = dv; const double r = rv; S &o = ((S*)ov)[k];
-        {kernels._FUSED_BODY}
-    }}
-}}"""
-    )
-    run = _compile(tmp_path, f"fused_ends_{sdtype}_{pdtype}", code).run
-    run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_double,
-                    ctypes.c_void_p, ctypes.c_long]  # fmt: skip
+    run = fused_body_runner(tmp_path, f"fused_ends_{sdtype}_{pdtype}", sdtype, pdtype)
     bits = {"float16": (np.uint16, 0x7D01), "float32": (np.uint32, 0x7F800001)}
     utype, snan = bits[sdtype]
     s = np.array([np.inf, -np.inf, 1.0, -0.0, 2.0, np.inf], sdtype)

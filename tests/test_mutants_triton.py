@@ -49,11 +49,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import traceback
-from pathlib import Path
 
 import pytest
 
@@ -61,7 +57,6 @@ torch = pytest.importorskip("torch")
 
 from ema_core.backends.torch import _cuda, _triton_kernel  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BF16, F16 = torch.bfloat16, torch.float16
 S_SENTINEL, P_SENTINEL = -123.25, 77.0
 
@@ -312,18 +307,9 @@ def _run_all() -> dict[str, str]:
 def child_results() -> dict[str, str]:
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed (it runs on CPUs, no GPU needed)")
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
-    done = subprocess.run(
-        [sys.executable, "-W", "error", __file__],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    from tests.test_triton_interpreter import run_interpreted
+
+    results = run_interpreted(__file__)
     assert results["kernel"] == "InterpretedFunction"
     return results
 

@@ -191,8 +191,9 @@ def _run_all() -> dict[str, str]:
     return results
 
 
-@pytest.fixture(scope="module")
-def child_results() -> dict[str, str]:
+def run_interpreted(script: str) -> dict[str, str]:
+    """Run ``script`` (a test module that prints its results as JSON when run as a program) in a
+    subprocess with ``TRITON_INTERPRET=1`` set before anything imports Triton; its results."""
     env = {
         **os.environ,
         "TRITON_INTERPRET": "1",
@@ -200,11 +201,17 @@ def child_results() -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
     }
     done = subprocess.run(
-        [sys.executable, "-W", "error", __file__],
+        [sys.executable, "-W", "error", script],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    results: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
+@pytest.fixture(scope="module")
+def child_results() -> dict[str, str]:
+    return run_interpreted(__file__)
 
 
 def test_the_kernel_ran_under_the_interpreter(child_results):
