@@ -1,8 +1,8 @@
 """The Triton kernel of the CUDA mixed-precision blend (``_cuda``'s "triton" routes): float32
 shadows blended with half params cast in registers, torch's ``lerp`` formula, exact ends under a
 device decay. One launch covers many leaves: each program reads its leaf and start from a table
-(``_cuda``'s ``_table``: the shadows' and params' addresses, the sizes, then per chunk of
-``BLOCK`` elements its leaf and its first element). Full chunks load and store unmasked, and
+(``table`` below: the shadows' and params' addresses, the sizes, then per chunk of ``BLOCK``
+elements its leaf and its first element). Full chunks load and store unmasked, and
 with ``ALIGNED`` (every address a multiple of 16 bytes) the compiler is told so, which lets it
 use 16-byte loads and stores; the last chunk of a leaf is masked. Triton is imported in the
 calls, never at import.
