@@ -373,10 +373,10 @@ def _reference(shadows, params, decay):
     )  # fmt: skip
 
 
-@needs_gxx
-@pytest.mark.parametrize("pdtype", ["float16", "bfloat16", "float32", "float64"])
-@pytest.mark.parametrize("sdtype", ["float32", "float64"])
-def test_multi_tensor_source_on_the_cpu(tmp_path, sdtype, pdtype):
+def multi_launcher(tmp: Path, sdtype: str, pdtype: str) -> Any:
+    """The multi-tensor kernel for one dtype pair, compiled by g++ for the CPU (the half loads'
+    PTX swapped for a C cast): ``launch(table, n, n_chunks, d_ptr, r_ptr, on_device, d, r,
+    bf16, grid)`` runs ``grid`` blocks of 32 threads one after another."""
     name = f"ema_core_multi_{sdtype}_{pdtype}"
     code = kernels._MULTI_SOURCE.replace("NAME", name).replace("CHUNK", str(kernels.CHUNK))
     code = code.replace("SHADOW", kernels._C_TYPES[sdtype]).replace(
@@ -394,10 +394,18 @@ extern "C" void launch(const long long* t, int n, long long nc, const double* dp
     }}
 }}"""
     )
-    launch = _compile(tmp_path, name, code).launch
+    launch = _compile(tmp, name, code).launch
     launch.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_void_p,
                        ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_double,
                        ctypes.c_int, ctypes.c_uint]  # fmt: skip
+    return launch
+
+
+@needs_gxx
+@pytest.mark.parametrize("pdtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("sdtype", ["float32", "float64"])
+def test_multi_tensor_source_on_the_cpu(tmp_path, sdtype, pdtype):
+    launch = multi_launcher(tmp_path, sdtype, pdtype)
     rng = np.random.default_rng(0)
     sizes = [1, 0, 7, kernels.CHUNK, kernels.CHUNK + 1, 3 * kernels.CHUNK - 5, 33]
     shadows = [(rng.standard_normal(n) * 3).astype(sdtype) for n in sizes]

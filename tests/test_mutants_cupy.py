@@ -43,7 +43,6 @@ value). ``_leaf_dtypes``' ``_cupy_bfloat16`` / ``_complex`` need a CuPy namespac
 from __future__ import annotations
 
 import collections
-import ctypes
 import types
 
 import array_api_compat.numpy as xp_np
@@ -54,39 +53,13 @@ from ema_core.backends import _cupy_kernels as kernels
 from ema_core.backends import cupy as fast
 from ema_core.backends import generic
 from tests.test_cupy_backend import (
-    _HALF_ASM,
-    _HALF_CPU,
-    _compile,
     _reference,
     fused_body_runner,
+    multi_launcher,
     needs_gxx,
 )
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
-
-_ARGTYPES = [ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_void_p,
-             ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_double,
-             ctypes.c_int, ctypes.c_uint]  # fmt: skip
-
-
-def _multi_launcher(tmp, sdtype, pdtype):
-    """The multi-tensor kernel for one dtype pair, compiled for the CPU: ``launch(..., grid)``
-    runs ``grid`` blocks of 32 threads one after another."""
-    name = f"ema_core_multi_{sdtype}_{pdtype}"
-    code = kernels._MULTI_SOURCE.replace("NAME", name).replace("CHUNK", str(kernels.CHUNK))
-    code = code.replace("SHADOW", kernels._C_TYPES[sdtype])
-    code = code.replace("PARAM", kernels._C_TYPES[pdtype]).replace(_HALF_ASM, _HALF_CPU)
-    code += f"""
-extern "C" void launch(const long long* t, int n, long long nc, const double* dp,
-                       const double* rp, int dev, double dh, double rh, int bf16, unsigned grid) {{
-    gridDim.x = grid; blockDim.x = 32;
-    for (unsigned b = 0; b < grid; ++b) for (unsigned th = 0; th < 32; ++th) {{
-        blockIdx.x = b; threadIdx.x = th; {name}(t, n, nc, dp, rp, dev, dh, rh, bf16);
-    }}
-}}"""
-    launch = _compile(tmp, name, code).launch
-    launch.argtypes = _ARGTYPES
-    return launch
 
 
 def _bits(a):
@@ -95,7 +68,7 @@ def _bits(a):
 
 @needs_gxx
 def test_multi_kernel_ends_keep_special_values(tmp_path):
-    launch = _multi_launcher(tmp_path, "float32", "float32")
+    launch = multi_launcher(tmp_path, "float32", "float32")
     inf, nan = np.inf, np.nan
     s = np.array([inf, -inf, -0.0, 0.0, 1.5, inf, nan, -0.0], np.float32)
     p = np.array([inf, 2.0, 1.0, -0.0, -inf, -inf, 3.0, -0.0], np.float32)
@@ -114,7 +87,7 @@ def test_multi_kernel_ends_keep_special_values(tmp_path):
 
 @needs_gxx
 def test_multi_kernel_in_place_touches_each_element_once(tmp_path):
-    launch = _multi_launcher(tmp_path, "float32", "float16")
+    launch = multi_launcher(tmp_path, "float32", "float16")
     rng = np.random.default_rng(3)
     sizes = [5, kernels.CHUNK, 2 * kernels.CHUNK + 3, 0, 1, 3 * kernels.CHUNK]
     guard = 4
@@ -234,7 +207,7 @@ class _StandIn:
     def kernel(self, sname, pname):
         key = (sname, pname)
         if key not in self._launchers:
-            self._launchers[key] = _multi_launcher(self.tmp, sname, pname)
+            self._launchers[key] = multi_launcher(self.tmp, sname, pname)
         launch = self._launchers[key]
 
         def call(grid, block, args):
