@@ -170,27 +170,31 @@ def _launch(
     one per leaf; return the strided pairs, untouched."""
     _check_launch(shadows, params, scalars)
     left: Pairs = []
-    groups: dict[tuple[bool, bool], Pairs] = {}
+    # per (bf16 params, 16-byte aligned): the shadows' and params' addresses and the sizes
+    groups: dict[tuple[bool, bool], tuple[list[int], list[int], list[int]]] = {}
     for s, p in zip(shadows, params, strict=True):
         if not (s.is_contiguous() and p.is_contiguous()):
             left.append((s, p))
-        elif s.numel():
-            aligned = s.data_ptr() % 16 == 0 and p.data_ptr() % 16 == 0
-            groups.setdefault((p.dtype == torch.bfloat16, aligned), []).append((s, p))
+        elif n := s.numel():
+            s_addr, p_addr = s.data_ptr(), p.data_ptr()
+            aligned = s_addr % 16 == 0 and p_addr % 16 == 0
+            group = groups.setdefault((p.dtype == torch.bfloat16, aligned), ([], [], []))
+            group[0].append(s_addr)
+            group[1].append(p_addr)
+            group[2].append(n)
     if not groups:
         return left
     kernel = _kernel()
     device = shadows[0].device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        for (bf16, aligned), pairs in groups.items():
-            ss, ps = [s for s, _ in pairs], [p for _, p in pairs]
-            table, chunks = _triton_kernel.table(ss, ps, TRITON_BLOCK)
+        for (bf16, aligned), (s_addrs, p_addrs, sizes) in groups.items():
+            table, chunks = _triton_kernel.table_at(device, s_addrs, p_addrs, sizes, TRITON_BLOCK)
             if len(scalars) == 1:  # a host weight by value; the table stands in for pointers
                 args = (table, table, table, scalars[0])
             else:
                 args = (table, *scalars, 0.0)
             kernel[(chunks,)](
-                *args, len(pairs), chunks, ENDS=len(scalars) == 2, BF16=bf16,
+                *args, len(sizes), chunks, ENDS=len(scalars) == 2, BF16=bf16,
                 ALIGNED=aligned, BLOCK=TRITON_BLOCK, **LAUNCH_OPTIONS,
             )  # fmt: skip
     return left

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["jit", "kernel", "table"]
+__all__ = ["jit", "kernel", "table", "table_at"]
 
 #: Tables kept (the last ones used): an EMA passes the same leaves every step, so its table is
 #: built once; a CUDA graph's replays read the table its capture saw, kept while it is in here.
@@ -42,10 +42,16 @@ def table(
     (from pinned memory, no host sync) only for leaves not seen before, so a steady-state
     update, and a captured graph after its warm-up call, copies and allocates nothing.
     """
-    device = shadows[0].device
-    sizes = [s.numel() for s in shadows]
     s_addr = [s.data_ptr() for s in shadows]
     p_addr = [p.data_ptr() for p in params]
+    return table_at(shadows[0].device, s_addr, p_addr, [s.numel() for s in shadows], block)
+
+
+def table_at(
+    device: torch.device, s_addr: list[int], p_addr: list[int], sizes: list[int], block: int
+) -> tuple[torch.Tensor, int]:
+    """``table`` from the addresses and sizes already read (the launcher reads them once, for
+    its alignment groups too)."""
     key = (device, block, *s_addr, *p_addr, *sizes)
     with _TABLES_LOCK:
         hit = _TABLES.get(key)
