@@ -52,3 +52,38 @@ def test_handoff_contenders_return_their_inputs_unchanged() -> None:
     shadows, _ = host_arrays(TINY)
     np.testing.assert_array_equal(_flat(cases["handoff"](0)), _flat(shadows))
     assert len(cases["handoff_params"](0)) == 1
+
+
+def test_hwio_layout_is_flax_conv_kernel_layout() -> None:
+    """``hwio_layout`` turns torch's ``(out, in, kh, kw)`` into Flax's ``(kh, kw, in, out)``
+    element for element, contiguous, and leaves other ranks alone."""
+    kernel = np.arange(2 * 3 * 5 * 7, dtype=np.float32).reshape(2, 3, 5, 7)
+    flax = bench_jax.hwio_layout(kernel)
+    assert flax.shape == (5, 7, 3, 2) and flax.flags.c_contiguous
+    for o, i, h, w in [(0, 0, 0, 0), (1, 2, 4, 6), (1, 0, 3, 2), (0, 1, 2, 5)]:
+        assert flax[h, w, i, o] == kernel[o, i, h, w]
+    vector = np.ones(4, dtype=np.float32)
+    assert bench_jax.hwio_layout(vector) is vector
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_hwio_contender_is_make_update_on_the_flax_layout(dtype: str) -> None:
+    """``ema_core_hwio`` runs only where the workload has 4-d leaves, and it is the EMA step
+    over the params in Flax's layout: the averaged 4-d shadow is that layout, and after one
+    call from the params each shadow still equals its param, its step counted."""
+    import jax.numpy as jnp
+
+    assert "ema_core_hwio" not in bench_jax.cases(TINY, dtype, "cpu")
+    conv = Workload("conv", ((4, 3, 3, 3), (4,)))
+    cases = bench_jax.cases(conv, dtype, "cpu")
+    _, params = host_arrays(conv)
+    pdtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    state = cases["ema_core_hwio"](0)
+    assert int(state.step) == 1 and int(cases["ema_core_hwio"](1).step) == 2
+    state = cases["ema_core_hwio"](2)
+    kernel, bias = state.shadow
+    assert kernel.shape == (3, 3, 3, 4) and bias.shape == (4,)
+    want = [bench_jax.hwio_layout(p) for p in params]
+    for got, p in zip((kernel, bias), want, strict=True):
+        rounded = np.asarray(jnp.asarray(p, dtype=pdtype), dtype=np.float64)
+        np.testing.assert_allclose(np.asarray(got, dtype=np.float64), rounded, rtol=1e-6)

@@ -13,12 +13,19 @@ XLA, as the torch host engine does with tensors (JAX arrays are immutable, so su
 also write memory that other computations may still read). ``packed_concat``: a packed state
 that does the arithmetic: one flat float32 shadow, the params concatenated into it inside the
 jitted, donated update (``s + (1 - d) * (concatenate(params) - s)``; up to 1,000 leaves, like
-``tree_map``): what a packed public state would cost once XLA has to gather the leaves."""
+``tree_map``): what a packed public state would cost once XLA has to gather the leaves.
+``ema_core_hwio`` (workloads with 4-d leaves): ``make_update`` on the same params with each 4-d
+leaf in the layout Flax and Haiku give a convolution kernel, ``(kh, kw, in, out)``, instead of
+torch's ``(out, in, kh, kw)`` that the workload files list (Equinox keeps torch's). XLA on the CPU
+runs the loop of each leaf over its shape, and a shape that ends in dims of 1 or 3 runs slower
+than one that ends in 64 to 2048 channels: the same bytes, a different loop."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 import ema_core
 from benchmarks.backends._common import flat_elements, host_arrays
@@ -49,9 +56,15 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     shadows_np, params_np = host_arrays(workload)
     pdtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
     params = [jax.device_put(jnp.asarray(p, dtype=pdtype), dev) for p in params_np]
+    four_d = any(len(shape) == 4 for shape in workload.shapes)
+    hwio = [
+        jax.device_put(jnp.asarray(hwio_layout(p), dtype=pdtype), dev)
+        for p in (params_np if four_d else [])
+    ]
     config = ema_core.Config(schedule=DECAY)
     box = {
         "state": ema_core.init(params, config),
+        "hwio": ema_core.init(hwio, config) if four_d else None,
         "s": [jax.device_put(jnp.asarray(s), dev) for s in shadows_np],
         "h": [jax.device_put(jnp.asarray(s), dev) for s in shadows_np],
         "packed": [jax.device_put(jnp.zeros(1), dev) for _ in range(0, len(params), CHUNK)],
@@ -62,6 +75,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
 
     flat = jax.jit(lambda a, b: a + (1 - DECAY) * (b - a), donate_argnums=0)
     update = make_update(config)
+    update_hwio = make_update(config)
     by_hand = jax.jit(
         lambda s, p: [x + (1 - DECAY) * (y.astype(x.dtype) - x) for x, y in zip(s, p, strict=True)],
         donate_argnums=0,
@@ -79,6 +93,10 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def ema_step(t: int) -> Any:
         box["state"] = update(box["state"], params)
         return box["state"]
+
+    def ema_core_hwio(t: int) -> Any:
+        box["hwio"] = update_hwio(box["hwio"], hwio)
+        return box["hwio"]
 
     def tree_map(t: int) -> Any:
         box["s"] = by_hand(box["s"], params)
@@ -113,9 +131,19 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         "handoff": handoff,
         "handoff_params": handoff_params,
     }
+    if four_d:
+        found["ema_core_hwio"] = ema_core_hwio
     if len(params) > MAX_BASELINE_LEAVES:
         return found
     return {**found, "packed_concat": packed_concat, "tree_map": tree_map}
+
+
+def hwio_layout(array: np.ndarray) -> np.ndarray:
+    """A 4-d torch convolution kernel ``(out, in, kh, kw)`` as Flax holds it, ``(kh, kw, in,
+    out)`` (contiguous); any other array as it is."""
+    if array.ndim != 4:
+        return array
+    return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
 
 
 def sync(result: Any) -> None:
