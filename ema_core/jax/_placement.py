@@ -118,10 +118,9 @@ def commit_state(
     (reading it raises): kept as they are, as are deleted arrays (``device_put`` would raise
     JAX's unnamed error; ``dispatch``'s ``check_live`` names them).
     """
-    shared = set(map(id, params_arrays)) if donate else set()
     ids = set(map(id, arrays)) if donate else set()
     try:
-        steady = all(map(_COMMITTED, arrays)) and shared.isdisjoint(ids)
+        steady = all(map(_COMMITTED, arrays)) and ids.isdisjoint(map(id, params_arrays))
     except Exception:  # a numpy array, or a tracer: no commitment to read
         steady = False
     unique = not donate or len(ids) == len(arrays)
@@ -129,6 +128,7 @@ def commit_state(
         return arrays  # the steady state (the arrays an update returned), or traced
     if on_new is not None:
         on_new()
+    shared = set(map(id, params_arrays)) if donate else set()
     home = _params_home(params_arrays)
     placed, seen = [], set()
     for x in arrays:
