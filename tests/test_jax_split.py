@@ -1,4 +1,4 @@
-"""make_update's split of a tree into the arrays that enter the compiled function and the leaves
+"""make_update's split of a tree (``ema_core.jax._split``) into the arrays that enter the compiled function and the leaves
 kept aside: decided per leaf type from a table, which must agree with ``isinstance`` for every
 kind of leaf (numpy subclasses and tracers included), whichever type it saw first."""
 
@@ -10,7 +10,7 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-from ema_core.jax import _compiled  # noqa: E402
+from ema_core.jax import _split as splits  # noqa: E402
 
 
 class _Sub(np.ndarray):
@@ -31,25 +31,25 @@ def _leaves() -> list[object]:
 
 @pytest.mark.parametrize("order", [1, -1], ids=["arrays-first", "statics-first"])
 def test_split_agrees_with_isinstance_for_each_leaf_type(order: int) -> None:
-    _compiled._ARRAY_TYPES.clear()
+    splits._ARRAY_TYPES.clear()
     tree = {f"k{i}": x for i, x in enumerate(_leaves()[::order])}
     want = [isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree_util.tree_leaves(tree)]
-    arrays, split = _compiled._split(tree)
+    arrays, split = splits.split(tree)
     assert list(split.dynamic) == want and sum(want) == 3
     assert len(arrays) == 3 and len(split.statics) == 4
-    again, split_again = _compiled._split(tree)  # read from the table this time
+    again, split_again = splits.split(tree)  # read from the table this time
     assert split_again == split and hash(split_again) == hash(split)
     assert all(a is b for a, b in zip(again, arrays, strict=True))
     assert jax.tree_util.tree_leaves(split.merge(arrays)) == jax.tree_util.tree_leaves(tree)
 
 
 def test_tracers_enter_the_compiled_function() -> None:
-    _compiled._ARRAY_TYPES.clear()
-    _compiled._split({"a": np.ones(1), "b": 1.0})  # the table knows numpy and float first
+    splits._ARRAY_TYPES.clear()
+    splits.split({"a": np.ones(1), "b": 1.0})  # the table knows numpy and float first
 
     @jax.jit
     def inside(x: jax.Array) -> jax.Array:
-        arrays, split = _compiled._split({"x": x, "s": "kept"})
+        arrays, split = splits.split({"x": x, "s": "kept"})
         assert split.dynamic == (False, True) and split.statics == ("kept",)
         return arrays[0] * 2
 
@@ -57,18 +57,16 @@ def test_tracers_enter_the_compiled_function() -> None:
 
 
 def test_splits_of_different_trees_differ() -> None:
-    _, one = _compiled._split({"a": jnp.ones(1), "b": 1.0})
-    _, other = _compiled._split({"a": jnp.ones(1), "b": 2.0})
-    _, arrays = _compiled._split({"a": jnp.ones(1), "b": jnp.ones(1)})
-    assert (
-        one != other and one != arrays and one == _compiled._split({"a": jnp.zeros(1), "b": 1.0})[1]
-    )
+    _, one = splits.split({"a": jnp.ones(1), "b": 1.0})
+    _, other = splits.split({"a": jnp.ones(1), "b": 2.0})
+    _, arrays = splits.split({"a": jnp.ones(1), "b": jnp.ones(1)})
+    assert one != other and one != arrays and one == splits.split({"a": jnp.zeros(1), "b": 1.0})[1]
 
 
 def test_the_type_table_starts_again_past_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_compiled, "_MOST_TYPES", 2)
-    _compiled._ARRAY_TYPES.clear()
-    _compiled._split([1, 1.0, "a", b"b"])
-    assert len(_compiled._ARRAY_TYPES) == 4
-    _compiled._split([jnp.ones(1)])  # a new type past the size: cleared, then filled
-    assert set(_compiled._ARRAY_TYPES) == {type(jnp.ones(1))}
+    monkeypatch.setattr(splits, "_MOST_TYPES", 2)
+    splits._ARRAY_TYPES.clear()
+    splits.split([1, 1.0, "a", b"b"])
+    assert len(splits._ARRAY_TYPES) == 4
+    splits.split([jnp.ones(1)])  # a new type past the size: cleared, then filled
+    assert set(splits._ARRAY_TYPES) == {type(jnp.ones(1))}

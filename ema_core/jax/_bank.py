@@ -24,8 +24,10 @@ from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
 from ema_core.jax._call_checks import check_not_donated, check_step, check_x64
-from ema_core.jax._compiled import _Split, _split, dispatch
+from ema_core.jax._compiled import dispatch
 from ema_core.jax._placement import commit_state
+from ema_core.jax._split import Split as _Split
+from ema_core.jax._split import split as _split
 
 
 def make_bank_update(

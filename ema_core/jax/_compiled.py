@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import operator
 import weakref
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, overload
 
 import jax
-import numpy as np
 
 from ema_core import _api
 from ema_core._arguments import checked_config
@@ -27,12 +24,13 @@ from ema_core.jax._call_checks import (
     host_scalars,
 )
 from ema_core.jax._devices import check_devices
+from ema_core.jax._packed import PackedState
+from ema_core.jax._packed_update import PackedUpdate
 from ema_core.jax._placement import check_placements, commit_state
+from ema_core.jax._split import Split, avals, split
 
 
-def make_update(
-    config: Config | None = None, *, donate: bool = True
-) -> Callable[[EMAState, Tree], EMAState]:
+def make_update(config: Config | None = None, *, donate: bool = True) -> _Update:
     """A jitted ``(state, params) -> state`` that applies ``ema_core.update`` under ``config``.
 
     ``shadow_t = shadow_{t-1} + (1 - d_t) (params_t - shadow_{t-1})`` with ``t = state.step + 1``.
@@ -77,66 +75,6 @@ def make_update(
     return _Update(config, donate)
 
 
-@dataclass(frozen=True, eq=False)
-class _Split:
-    """A flattened tree: where its arrays go and the non-array leaves kept aside (hashable: jit
-    hashes it at every call, so the hash is computed once)."""
-
-    treedef: Any
-    dynamic: tuple[bool, ...]
-    statics: tuple[Hashable, ...]
-    _hash: int = dataclasses.field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.treedef, self.dynamic, self.statics)))
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (
-            isinstance(other, _Split)
-            and self._hash == other._hash
-            and (self.treedef, self.dynamic, self.statics)
-            == (other.treedef, other.dynamic, other.statics)
-        )
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def merge(self, arrays: list[Any]) -> Any:
-        if not self.statics:  # every leaf an array
-            return self.treedef.unflatten(arrays)
-        values, static = iter(arrays), iter(self.statics)
-        return self.treedef.unflatten([next(values) if d else next(static) for d in self.dynamic])
-
-
-#: Per leaf type: whether its values enter the compiled function (JAX and numpy arrays). Read
-#: by type: ``isinstance(x, jax.Array)`` costs a quarter of a microsecond per leaf, a dict
-#: lookup a tenth of that, which counts on trees of thousands of leaves at every update.
-_ARRAY_TYPES: dict[type, bool] = {}
-#: Past this many leaf types the table starts again (types are classes: few in practice).
-_MOST_TYPES = 4096
-
-
-def _dynamic(leaves: list[Any]) -> tuple[bool, ...]:
-    try:
-        return tuple(map(_ARRAY_TYPES.__getitem__, map(type, leaves)))
-    except KeyError:
-        if len(_ARRAY_TYPES) > _MOST_TYPES:
-            _ARRAY_TYPES.clear()
-        for x in leaves:
-            _ARRAY_TYPES.setdefault(type(x), isinstance(x, (jax.Array, np.ndarray)))
-        return tuple(map(_ARRAY_TYPES.__getitem__, map(type, leaves)))
-
-
-def _split(tree: Any) -> tuple[list[Any], _Split]:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    dynamic = _dynamic(leaves)
-    if False not in dynamic:  # every leaf an array: the common case
-        return leaves, _Split(treedef, dynamic, ())
-    arrays = [x for x, d in zip(leaves, dynamic, strict=True) if d]
-    statics = tuple(x for x, d in zip(leaves, dynamic, strict=True) if not d)
-    return arrays, _Split(treedef, dynamic, statics)
-
-
 class _Update:
     """The callable ``make_update`` returns: split, commit, call the jitted function, merge."""
 
@@ -149,23 +87,24 @@ class _Update:
         self._chunked = _chunked.Chunked(config, donate)
         self._jitted = jax.jit(self._arrays, static_argnums=(2, 3), donate_argnums=(0,) * donate)
         self._made: Callable[[], Any] = lambda: None  # the step this update last returned
+        self._packed = PackedUpdate(self._chunked, self._guard)
 
     def _arrays(
         self,
         state_arrays: list[Any],
         params_arrays: list[Any],
-        state_split: _Split,
-        params_split: _Split,
+        state_split: Split,
+        params_split: Split,
     ) -> list[Any]:
         state = state_split.merge(state_arrays)
         new = _api.update(state, params_split.merge(params_arrays), self._compiled_config)
-        return _split(new)[0]
+        return split(new)[0]
 
     def _prepare(
         self, state: EMAState, params: Tree, on_new: Callable[[], None] | None = None
     ) -> tuple[Any, ...]:
-        state_arrays, state_split = _split(state)
-        params_arrays, params_split = _split(params)
+        state_arrays, state_split = split(state)
+        params_arrays, params_split = split(params)
         return (
             commit_state(state_arrays, params_arrays, self._donate, on_new),
             params_arrays,
@@ -173,7 +112,13 @@ class _Update:
             params_split,
         )
 
-    def __call__(self, state: EMAState, params: Tree, /) -> EMAState:
+    @overload
+    def __call__(self, state: EMAState, params: Tree, /) -> EMAState: ...
+    @overload
+    def __call__(self, state: PackedState, params: Tree, /) -> PackedState: ...
+    def __call__(self, state: Any, params: Tree, /) -> Any:
+        if isinstance(state, PackedState):
+            return self._packed(state, params)
         step = getattr(state, "step", None)
         trusted = step is self._made()
         if not trusted:  # a step this update made is valid: not read again
@@ -193,20 +138,6 @@ class _Update:
     def lower(self, state: EMAState, params: Tree, /) -> Any:
         """JAX's lowered computation for these arguments (``.compile().as_text()``: the HLO)."""
         return self._jitted.lower(*self._prepare(state, params))
-
-
-_SHAPE_DTYPE = operator.attrgetter("shape", "dtype")
-_AVAL = operator.attrgetter("aval")
-
-
-def _avals(arrays: list[Any]) -> tuple[Any, ...]:
-    """The arrays' signature: JAX's ``aval`` of each (shape, dtype, weak type and sharding: one
-    read per array, a fifth of the time of reading the shape and the dtype on 20,000 arrays),
-    or shape and dtype where some array has no ``aval`` (numpy)."""
-    try:
-        return tuple(map(_AVAL, arrays))
-    except AttributeError:
-        return tuple(map(_SHAPE_DTYPE, arrays))
 
 
 def dispatch(
@@ -232,7 +163,7 @@ def dispatch(
             check_devices(arrays, params_arrays, state_split, params_split)
             raise
     check_live(arrays, params_arrays, state_split, params_split)  # the head donates the step
-    key = (state_split, params_split, _avals(arrays), _avals(params_arrays))
+    key = (state_split, params_split, avals(arrays), avals(params_arrays))
     merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
     kinds = chunked.kinds(key, merge, arrays, params_arrays)
     return chunked.run(arrays, params_arrays, kinds)

@@ -1,0 +1,153 @@
+"""``make_update`` on a ``PackedState``: the checks, then one compiled call per packed block and
+the loose leaves in chunks, all after the whole call was validated (nothing is donated before).
+
+Per call: the params are split (their arrays in the state's order), checked live and on the
+state's device, and validated against the layout by ``ema_core.update`` on abstract values once
+per signature (the same errors, naming the same paths, as the unpacked update). Then the decay
+is computed once (``_chunked``'s head), each block's flat buffer is blended with its params
+concatenated (``_packed.block_donated``), and the loose shadows take the leaf update.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ema_core._checks import check_state, check_weight
+from ema_core._leaf_checks import check_leaves
+from ema_core._tree_pair import flatten_pair
+from ema_core._types import EMAState, LeafKind, Tree
+from ema_core.backends.jax._leaves import update_compiled, update_donated
+from ema_core.jax._call_checks import check_finite_params, check_not_donated, check_step
+from ema_core.jax._chunked import CHUNK, Chunked
+from ema_core.jax._packed import PackedState, block_compiled, block_donated, block_params
+from ema_core.jax._split import Split, avals, split
+
+#: Params signatures whose check is kept (a new one clears them all).
+SIGNATURES = 64
+_IS_DELETED = operator.methodcaller("is_deleted")
+_SHARDING = operator.attrgetter("sharding")
+
+
+class PackedUpdate:
+    """Updates a ``PackedState`` under ``chunked``'s config (its head and its signature check)."""
+
+    def __init__(self, chunked: Chunked, guard: bool) -> None:
+        self._chunked = chunked
+        self._non_float = chunked.config.non_float
+        self._guard = guard
+        self._placed: list[Any] = []  # the params' shardings at the last call that passed
+        self._kinds: dict[Any, tuple[LeafKind, ...]] = {}
+
+    def _check(
+        self, state: PackedState, params_split: Split, params_arrays: list[Any]
+    ) -> tuple[LeafKind, ...]:
+        """What ``ema_core.update`` checks before it writes (the state, the trees, each leaf's
+        shape and dtype, the weight), on abstract values: the same errors, naming the same
+        paths, without tracing 20,000 leaf updates. Returns each array's kind, by its param's
+        dtype (as the chunked update's)."""
+        layout = state.layout
+
+        def check(a: list[Any], p: list[Any]) -> None:
+            abstract = EMAState(a[0], layout.split.merge(a[1:-1]), a[-1])
+            check_state(abstract)
+            shadows, leaves, paths, _ = flatten_pair(
+                abstract.shadow, params_split.merge(p), "state.shadow", "params"
+            )
+            check_leaves(shadows, leaves, paths, ("state.shadow", "params"), self._non_float)
+            check_weight(abstract.weight)
+
+        jax.eval_shape(check, [state.step, *layout.structs, state.weight], params_arrays)
+        kinds: tuple[LeafKind, ...] = tuple(
+            "float" if jnp.issubdtype(p.dtype, jnp.inexact) else "exact" for p in params_arrays
+        )
+        return kinds
+
+    def __call__(self, state: PackedState, params: Tree) -> PackedState:
+        layout, donate = state.layout, self._chunked.donate
+        check_not_donated(state.step, "state", "this update (make_update donates by default)")
+        check_step(state.step)
+        params_arrays, params_split = split(params)
+        traced = any(isinstance(x, jax.core.Tracer) for x in (state.step, *params_arrays[:1]))
+        if not traced:  # inside a transformation the arrays have no buffers to check
+            _check_live(state, params_arrays)
+        if self._guard:
+            check_finite_params(params)
+        key = (layout, params_split, avals(params_arrays))
+        kinds = self._kinds.get(key)
+        if kinds is None:
+            kinds = self._check(state, params_split, params_arrays)
+            if len(self._kinds) >= SIGNATURES:
+                self._kinds.clear()
+            self._kinds[key] = kinds
+        shardings = [] if traced else _shardings(params_arrays)
+        if not traced and not _same(shardings, self._placed):  # steady: the same objects
+            _check_devices(state, shardings, params)
+            self._placed = shardings
+        t, d, r, weight = self._chunked._head(state.step, state.weight)
+        block = block_donated if donate else block_compiled
+        flats = tuple(
+            block(flat, group, d, r)
+            for flat, group in zip(state.flats, block_params(params_arrays, layout), strict=True)
+        )
+        leaf = update_donated if donate else update_compiled
+        loose: list[Any] = []
+        for k in range(0, len(layout.loose), CHUNK):
+            part = layout.loose[k : k + CHUNK]
+            loose += leaf(
+                tuple(state.loose[k : k + CHUNK]),
+                tuple(params_arrays[i] for i in part),
+                d,
+                r,
+                kinds=tuple(kinds[i] for i in part),
+                non_float=self._chunked.config.non_float,
+            )
+        return PackedState(t, flats, tuple(loose), weight, layout)
+
+
+def _check_live(state: PackedState, params_arrays: list[Any]) -> None:
+    """Refuse a state or params array deleted (donated to an earlier call) before any call."""
+    for what, group in (("state", jax.tree_util.tree_leaves(state)), ("params", params_arrays)):
+        try:
+            dead = any(map(_IS_DELETED, group))
+        except AttributeError:  # a numpy array: looked at one by one
+            dead = any(isinstance(x, jax.Array) and x.is_deleted() for x in group)
+        if dead:
+            raise ValueError(
+                f"an array of the {what} was deleted (donated to an earlier call that donates "
+                "it, such as make_update, or deleted by hand): pass the state that call "
+                "returned, or use donate=False; nothing was donated"
+            )
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+def _shardings(params_arrays: list[Any]) -> list[Any]:
+    try:
+        return list(map(_SHARDING, params_arrays))
+    except AttributeError:  # numpy params: put beside the state by JAX
+        return [getattr(x, "sharding", None) for x in params_arrays]
+
+
+def _check_devices(state: PackedState, shardings: list[Any], params: Tree) -> None:
+    """Params committed to another device than the packed state's are refused by name (JAX
+    would refuse them only at their block's call, after the earlier blocks were donated);
+    uncommitted ones are moved by JAX, as the unpacked update moves them."""
+    home = state.step.sharding.device_set
+    unique = {id(s): s for s in shardings if s is not None}.values()
+    if all(s.device_set == home for s in unique):
+        return
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        sharding = getattr(x, "sharding", None)
+        if sharding is not None and sharding.device_set != home and x.committed:
+            devices = ", ".join(sorted(map(str, sharding.device_set)))
+            state_on = ", ".join(sorted(map(str, home)))
+            raise ValueError(
+                f"params{jax.tree_util.keystr(path)} is on {devices}, but the packed state is "
+                f"on {state_on}: put the params on the state's device; nothing was donated"
+            )
