@@ -87,3 +87,16 @@ def test_hwio_contender_is_make_update_on_the_flax_layout(dtype: str) -> None:
     for got, p in zip((kernel, bias), want, strict=True):
         rounded = np.asarray(jnp.asarray(p, dtype=pdtype), dtype=np.float64)
         np.testing.assert_allclose(np.asarray(got, dtype=np.float64), rounded, rtol=1e-6)
+
+
+def test_packed_contender_is_make_update_on_a_packed_state() -> None:
+    """``packed`` updates ``pack`` of the workload's state: three calls from the params give
+    their EMA (each shadow still its param, the step counted) in the packed layout."""
+    from ema_core.jax import PackedState, unpack
+
+    cases = bench_jax.cases(TINY, "fp32", "cpu")
+    _, params = host_arrays(TINY)
+    for t in range(3):
+        state = cases["packed"](t)
+    assert isinstance(state, PackedState) and len(state.flats) == 1 and int(state.step) == 3
+    np.testing.assert_allclose(_flat(unpack(state).shadow), _flat(params), rtol=1e-6)

@@ -70,7 +70,7 @@ CONFIGS = {
 def test_packed_update_is_the_unpacked_update_bit_for_bit(
     name: str, donate: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_packed, "CHUNK", 4)  # blocks of 4: several per dtype
+    monkeypatch.setattr(_packed, "BLOCK", 4)  # blocks of 4: several per dtype
     config = CONFIGS[name]
     plain = ema.init(_params(0), config)
     packed = pack(ema.init(_params(0), config), most=100)
@@ -105,15 +105,15 @@ def test_layout_blocks_by_dtype_and_size_and_round_trip() -> None:
 
 
 def test_many_leaves_in_blocks_of_chunk() -> None:
-    params = {f"p{i:04d}": jnp.full((3,), float(i)) for i in range(_packed.CHUNK + 7)}
+    params = {f"p{i:04d}": jnp.full((3,), float(i)) for i in range(_packed.BLOCK + 7)}
     config = ema.Config(schedule=0.5)
     packed = pack(ema.init(params, config))
-    assert [len(b) for b in packed.layout.blocks] == [_packed.CHUNK, 7]
+    assert [len(b) for b in packed.layout.blocks] == [_packed.BLOCK, 7]
     target = jax.tree_util.tree_map(lambda x: x + 4.0, params)
     packed = make_update(config)(packed, target)
     out = unpack(packed).shadow
-    assert out["p0000"].tolist() == [2.0] * 3 and out[f"p{_packed.CHUNK + 6:04d}"][0] == (
-        _packed.CHUNK + 6 + 2.0
+    assert out["p0000"].tolist() == [2.0] * 3 and out[f"p{_packed.BLOCK + 6:04d}"][0] == (
+        _packed.BLOCK + 6 + 2.0
     )
 
 

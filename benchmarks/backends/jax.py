@@ -16,9 +16,11 @@ jitted, donated update (``s + (1 - d) * (concatenate(params) - s)``; up to 1,000
 ``tree_map``): what a packed public state would cost once XLA has to gather the leaves.
 ``ema_core_hwio`` (workloads with 4-d leaves): ``make_update`` on the same params with each 4-d
 leaf in the layout Flax and Haiku give a convolution kernel, ``(kh, kw, in, out)``, instead of
-torch's ``(out, in, kh, kw)`` that the workload files list (Equinox keeps torch's). XLA on the CPU
-runs the loop of each leaf over its shape, and a shape that ends in dims of 1 or 3 runs slower
-than one that ends in 64 to 2048 channels: the same bytes, a different loop."""
+torch's ``(out, in, kh, kw)`` that the workload files list (Equinox keeps torch's). XLA on the
+CPU runs the loop of each leaf over its shape, and a shape that ends in dims of 1 or 3 runs
+slower than one that ends in 64 to 2048 channels: the same bytes, a different loop.
+``packed``: ``make_update`` on ``ema_core.jax.pack`` of the same state (the shadows of leaves
+of at most 4,096 elements in flat buffers, one per dtype and block of 256 leaves)."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     import jax
     import jax.numpy as jnp
 
-    from ema_core.jax import make_update
+    from ema_core.jax import make_update, pack
     from ema_core.jax._chunked import CHUNK
 
     try:
@@ -65,6 +67,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     box = {
         "state": ema_core.init(params, config),
         "hwio": ema_core.init(hwio, config) if four_d else None,
+        "packed_state": pack(ema_core.init(params, config)),
         "s": [jax.device_put(jnp.asarray(s), dev) for s in shadows_np],
         "h": [jax.device_put(jnp.asarray(s), dev) for s in shadows_np],
         "packed": [jax.device_put(jnp.zeros(1), dev) for _ in range(0, len(params), CHUNK)],
@@ -76,6 +79,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     flat = jax.jit(lambda a, b: a + (1 - DECAY) * (b - a), donate_argnums=0)
     update = make_update(config)
     update_hwio = make_update(config)
+    update_packed = make_update(config)
     by_hand = jax.jit(
         lambda s, p: [x + (1 - DECAY) * (y.astype(x.dtype) - x) for x, y in zip(s, p, strict=True)],
         donate_argnums=0,
@@ -97,6 +101,10 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def ema_core_hwio(t: int) -> Any:
         box["hwio"] = update_hwio(box["hwio"], hwio)
         return box["hwio"]
+
+    def packed_state(t: int) -> Any:
+        box["packed_state"] = update_packed(box["packed_state"], params)
+        return box["packed_state"]
 
     def tree_map(t: int) -> Any:
         box["s"] = by_hand(box["s"], params)
@@ -130,6 +138,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
         "ema_core": ema_step,
         "handoff": handoff,
         "handoff_params": handoff_params,
+        "packed": packed_state,
     }
     if four_d:
         found["ema_core_hwio"] = ema_core_hwio

@@ -7,7 +7,7 @@
   (trees of more than 1,024 arrays run in compiled chunks: XLA's compile time and memory grow
   faster than the leaf count).
 * ``pack(state)`` / ``unpack(packed)``: a ``PackedState`` keeps the shadows of small leaves in
-  flat buffers, one per dtype and block of 1,024 leaves; ``make_update`` updates it to the same
+  flat buffers, one per dtype and block of 256 leaves; ``make_update`` updates it to the same
   bits, several times faster on models of thousands of small arrays (JAX charges per array
   handed back).
 * ``make_bank_update(configs)`` / ``(sigma_rels=...)``: K EMAs of the same params (an EMA

@@ -4,11 +4,13 @@
 JAX charges about 10 us (on a CPU) for each array a compiled call hands back, even a donated
 one: an update that returns 20,000 shadows spends most of its time there, not in the bytes.
 ``pack(state)`` moves the shadows of the small float leaves (at most ``most`` elements each)
-into flat buffers, one per shadow dtype and block of ``CHUNK`` leaves; the other leaves (large
+into flat buffers, one per shadow dtype and block of ``BLOCK`` leaves; the other leaves (large
 ones, integer ones) stay as they are. The update then concatenates each block's params inside
 one compiled, donated call and blends them into the flat buffer with the leaf update's own
 arithmetic (``_blend``, elementwise): the same bits as the unpacked update. ``unpack`` gives
-the ``EMAState`` back, each leaf a slice of its buffer (a copy).
+the ``EMAState`` back, each leaf a slice of its buffer (a copy). Both go through the host
+(numpy views, one ``device_put`` per block): a compiled gather or split of 1,024 arrays takes
+XLA seconds to compile, which these rare calls need not pay.
 
 The layout (which leaf sits where) is static: a ``PackedState`` is a pytree whose children are
 the step, the weight, the flat buffers and the loose shadows, so ``jax.device_get``, ``jit``
@@ -30,13 +32,16 @@ import numpy as np
 from ema_core._core import compute_dtype
 from ema_core._types import EMAState
 from ema_core.backends.jax._leaves import _blend, _Gates, leaf_decay
-from ema_core.jax._chunked import CHUNK
 from ema_core.jax._split import Split, split
 
 __all__ = ["MOST", "PackedState", "pack", "unpack"]
 
 #: Default largest leaf (in elements) that ``pack`` moves into a flat buffer.
 MOST = 4096
+#: Leaves per flat buffer: XLA's compile time for one concatenation grows faster than its
+#: operand count (1,024 operands: about 2 s on a CPU; 256: a fraction of a second), while
+#: each buffer costs the update only one more array handed back.
+BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ jax.tree_util.register_pytree_node(
 def pack(state: EMAState, *, most: int = MOST) -> PackedState:
     """``state`` with the shadows of its small float leaves moved into flat buffers.
 
-    A float shadow of at most ``most`` elements is packed (grouped by dtype, ``CHUNK`` leaves
+    A float shadow of at most ``most`` elements is packed (grouped by dtype, ``BLOCK`` leaves
     per buffer); larger ones and integer or bool ones stay loose. ``make_update`` updates a
     ``PackedState`` to the same bits as the ``EMAState`` it came from; ``unpack`` gives that
     ``EMAState`` back. The state must be concrete JAX arrays on one device (a sharded state
@@ -136,9 +141,9 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
         small = x.size <= most and jnp.issubdtype(x.dtype, jnp.inexact)
         (groups.setdefault(str(x.dtype), []) if small else loose).append(i)
     blocks = tuple(
-        tuple(members[k : k + CHUNK])
+        tuple(members[k : k + BLOCK])
         for members in groups.values()
-        for k in range(0, len(members), CHUNK)
+        for k in range(0, len(members), BLOCK)
     )
     slots: list[tuple[int, int]] = [(-1, 0)] * len(arrays)
     for b, members in enumerate(blocks):
@@ -156,7 +161,11 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
         tuple(tuple(x.shape) for x in arrays),
         tuple(str(x.dtype) for x in arrays),
     )
-    flats = tuple(_concat(tuple(arrays[i] for i in members)) for members in blocks)
+    home = jax.sharding.SingleDeviceSharding(devices.pop())
+    flats = tuple(
+        jax.device_put(np.concatenate([np.asarray(arrays[i]).ravel() for i in members]), home)
+        for members in blocks
+    )
     return PackedState(state.step, flats, tuple(arrays[i] for i in loose), state.weight, layout)
 
 
@@ -171,8 +180,9 @@ def unpack(state: PackedState) -> EMAState:
     layout = state.layout
     arrays: list[Any] = [None] * len(layout.slots)
     for b, members in enumerate(layout.blocks):
-        pieces = tuple((layout.slots[i][1], layout.shapes[i]) for i in members)
-        for i, x in zip(members, _slices(state.flats[b], pieces=pieces), strict=True):
+        host, where = np.asarray(state.flats[b]), state.flats[b].sharding
+        views = [_piece(host, layout.slots[i][1], layout.shapes[i]) for i in members]
+        for i, x in zip(members, jax.device_put(views, where), strict=True):
             arrays[i] = x
     for j, i in enumerate(layout.loose):
         arrays[i] = state.loose[j]
@@ -188,21 +198,8 @@ def _taker(members: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...
     return operator.itemgetter(*members)
 
 
-@jax.jit
-def _concat(leaves: tuple[Any, ...]) -> Any:
-    return jnp.concatenate([x.ravel() for x in leaves])
-
-
-def _slices_impl(flat: Any, *, pieces: tuple[tuple[int, tuple[int, ...]], ...]) -> list[Any]:
-    return [
-        jax.lax.slice(flat, (offset,), (offset + int(np.prod(shape, dtype=np.int64)),)).reshape(
-            shape
-        )
-        for offset, shape in pieces
-    ]
-
-
-_slices = jax.jit(_slices_impl, static_argnames=("pieces",))
+def _piece(host: np.ndarray, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    return host[offset : offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
 
 
 def _block_impl(flat: Any, params: tuple[Any, ...], decay: Any, rate: Any) -> Any:
