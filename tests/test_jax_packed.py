@@ -218,3 +218,19 @@ def test_two_devices_a_sharded_state_and_committed_params_elsewhere() -> None:
         ),
         "PACKED-DEVICES-OK",
     )
+
+
+def test_steady_updates_compile_nothing_and_a_shadow_shared_with_params_is_copied() -> None:
+    from tests.xla_compiles import counting_compiles
+
+    config = ema.Config(schedule=0.5)
+    params = _params(0)
+    packed = pack(ema.init(params, config)._replace(shadow=params), most=100)  # reset to weights
+    update = make_update(config)
+    packed = update(packed, params)  # the shared "big" is copied before it is donated
+    assert not params["big"].is_deleted()
+    with counting_compiles() as seen:
+        for step in range(2, 5):
+            packed = update(packed, _params(step))
+    assert seen == []
+    assert int(packed.step) == 4

@@ -107,11 +107,24 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
     per buffer); larger ones and integer or bool ones stay loose. ``make_update`` updates a
     ``PackedState`` to the same bits as the ``EMAState`` it came from; ``unpack`` gives that
     ``EMAState`` back. The state must be concrete JAX arrays on one device (a sharded state
-    keeps its leaves: use it unpacked).
+    keeps its leaves: use it unpacked). The loose shadows are handed over, not copied: once the
+    packed state was updated (which donates them), use only the packed state.
 
     Raises:
         TypeError: ``state`` is not an ``EMAState`` of JAX arrays, or ``most`` is not an int.
         ValueError: ``most`` is negative, or the state is traced or on several devices.
+
+    Example:
+        >>> import jax.numpy as jnp, ema_core as ema
+        >>> from ema_core.jax import make_update, pack
+        >>> config = ema.Config(schedule=0.5)
+        >>> params = {"b": jnp.zeros(2), "c": jnp.zeros(3), "w": jnp.zeros((64, 128))}
+        >>> state = pack(ema.init(params, config))
+        >>> len(state.flats), len(state.loose)  # b and c share a buffer; w stays a leaf
+        (1, 1)
+        >>> state = make_update(config)(state, {k: v + 2.0 for k, v in params.items()})
+        >>> state.flats[0].tolist()
+        [1.0, 1.0, 1.0, 1.0, 1.0]
     """
     if isinstance(most, bool) or not isinstance(most, int):
         raise TypeError(f"most must be an int (elements), got {most!r}")
@@ -166,7 +179,8 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
         jax.device_put(np.concatenate([np.asarray(arrays[i]).ravel() for i in members]), home)
         for members in blocks
     )
-    return PackedState(state.step, flats, tuple(arrays[i] for i in loose), state.weight, layout)
+    kept = tuple(arrays[i] for i in loose)
+    return PackedState(state.step, flats, kept, state.weight, layout)
 
 
 def unpack(state: PackedState) -> EMAState:
@@ -174,6 +188,14 @@ def unpack(state: PackedState) -> EMAState:
 
     Raises:
         TypeError: ``state`` is not a ``PackedState``.
+
+    Example:
+        >>> import jax.numpy as jnp, ema_core as ema
+        >>> from ema_core.jax import pack, unpack
+        >>> state = pack(ema.init({"b": jnp.arange(2.0), "c": jnp.ones((1, 2))}, ema.Config()))
+        >>> shadow = unpack(state).shadow
+        >>> shadow["b"].tolist(), shadow["c"].tolist()
+        ([0.0, 1.0], [[1.0, 1.0]])
     """
     if not isinstance(state, PackedState):
         raise TypeError(f"unpack takes a PackedState (pack), got {type(state).__name__}")
