@@ -1,6 +1,7 @@
-"""make_update's split of a tree (``ema_core.jax._split``) into the arrays that enter the compiled function and the leaves
-kept aside: decided per leaf type from a table, which must agree with ``isinstance`` for every
-kind of leaf (numpy subclasses and tracers included), whichever type it saw first."""
+"""make_update's split of a tree (``ema_core.jax._split``) into the arrays that enter the
+compiled function and the leaves kept aside: decided per leaf type from a table, which must
+agree with ``isinstance`` for every kind of leaf (numpy subclasses and tracers included),
+whichever type it saw first."""
 
 from __future__ import annotations
 
