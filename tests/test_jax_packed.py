@@ -168,6 +168,18 @@ def test_a_donated_state_or_param_is_refused() -> None:
     _refused(lambda: update(newer, dead), "params was deleted", newer)
 
 
+def test_a_state_fetched_to_the_host_is_refused_until_put_back() -> None:
+    config = ema.Config(schedule=0.5)
+    update = make_update(config)
+    packed = pack(ema.init(_params(0), config), most=100)
+    host = jax.device_get(packed)
+    assert isinstance(host, PackedState) and isinstance(host.flats[0], np.ndarray)
+    with pytest.raises(TypeError, match=re.escape("jax.device_put(state, device)")):
+        update(host, _params(1))
+    back = update(jax.device_put(host, jax.devices()[0]), _params(1))
+    _same(unpack(back), unpack(update(packed, _params(1))))
+
+
 def test_pack_and_unpack_refuse_what_they_cannot_take() -> None:
     state = ema.init(_params(0), ema.Config())
     with pytest.raises(TypeError, match="most must be an int"):

@@ -69,6 +69,13 @@ class PackedUpdate:
 
     def __call__(self, state: PackedState, params: Tree) -> PackedState:
         layout, donate = state.layout, self._chunked.donate
+        kept = (state.step, *state.flats, *state.loose, state.weight)
+        if not all(isinstance(x, jax.Array) for x in kept):
+            bad = next(type(x).__name__ for x in kept if not isinstance(x, jax.Array))
+            raise TypeError(
+                f"a PackedState holds JAX arrays, got a {bad} (a state fetched with "
+                "jax.device_get): put it back with jax.device_put(state, device)"
+            )
         check_not_donated(state.step, "state", "this update (make_update donates by default)")
         check_step(state.step)
         params_arrays, params_split = split(params)
