@@ -58,6 +58,21 @@ SCRIPT = textwrap.dedent(
                                    rtol=0, atol=16 * 1.2e-7 * max(1.0, np.abs(ref[k]).max()))
         np.testing.assert_allclose(np.asarray(state.shadow[k]), np.asarray(by_hand.shadow[k]),
                                    rtol=0, atol=4 * 1.2e-7 * max(1.0, np.abs(ref[k]).max()))
+
+    # a packed state on the GPU: bit for bit the unpacked update (README, "JAX in depth")
+    from ema_core.jax import pack, unpack
+    small = [{f"b{i}": jax.device_put(jnp.asarray(rng.standard_normal(5 + i), dt), gpu)
+              for i, dt in enumerate([jnp.float32, jnp.bfloat16] * 20)} for _ in range(4)]
+    plain, packed = make_update(config), make_update(config)
+    s_plain = ema.init(small[0], config)
+    s_packed = pack(ema.init(small[0], config))
+    assert len(s_packed.flats) == 1 and s_packed.flats[0].devices() == {gpu}
+    for params in small[1:]:
+        s_plain, s_packed = plain(s_plain, params), packed(s_packed, params)
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(unpack(s_packed)), leaves(s_plain)):
+        assert a.dtype == b.dtype and a.devices() == {gpu}
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     print("GPU-OK")
     """
 )
