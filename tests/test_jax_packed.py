@@ -246,3 +246,22 @@ def test_steady_updates_compile_nothing_and_a_shadow_shared_with_params_is_copie
             packed = update(packed, _params(step))
     assert seen == []
     assert int(packed.step) == 4
+
+
+def test_an_equinox_module_and_a_state_with_nothing_small() -> None:
+    eqx = pytest.importorskip("equinox")
+    config = ema.Config(schedule=0.5)
+    model = eqx.nn.MLP(3, 2, 5, 2, key=jax.random.PRNGKey(0))
+    moved = jax.tree_util.tree_map(lambda x: x + 1 if eqx.is_array(x) else x, model)
+    plain = make_update(config)(ema.init(model, config), moved)
+    packed = make_update(config)(pack(ema.init(model, config)), moved)
+    assert len(packed.flats) == 1 and packed.loose == ()
+    out = unpack(packed)
+    assert type(out.shadow) is type(model)  # static fields (the activations) kept
+    assert out.shadow.activation is plain.shadow.activation
+    _same(eqx.filter(out.shadow, eqx.is_array), eqx.filter(plain.shadow, eqx.is_array))
+    big = {"w": jnp.ones((40, 40))}
+    alone = pack(ema.init(big, config), most=0)
+    update = make_update(config)
+    alone = update(update(alone, big), {"w": jnp.zeros((40, 40))})
+    assert alone.flats == () and float(unpack(alone).shadow["w"][0, 0]) == 0.5
