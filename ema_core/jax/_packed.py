@@ -6,7 +6,7 @@ one: an update that returns 20,000 shadows spends most of its time there, not in
 ``pack(state)`` moves the shadows of the small float leaves (at most ``most`` elements each)
 into flat buffers, one per shadow dtype and block of ``BLOCK`` leaves; the other leaves (large
 ones, integer ones) stay as they are. The update then concatenates each block's params inside
-one compiled, donated call and blends them into the flat buffer with the leaf update's own
+one compiled call and blends them into the flat buffer with the leaf update's own
 arithmetic (``_blend``, elementwise): the same bits as the unpacked update. ``unpack`` gives
 the ``EMAState`` back, each leaf a slice of its buffer (a copy). Both go through the host
 (numpy views, one ``device_put`` per block): a compiled gather or split of 1,024 arrays takes
@@ -233,8 +233,8 @@ def _block_impl(flat: Any, params: tuple[Any, ...], decay: Any, rate: Any) -> An
     return _blend(flat, jnp.concatenate([p.ravel().astype(ct) for p in params]), gates)
 
 
-block_compiled = jax.jit(_block_impl)
-block_donated = jax.jit(_block_impl, donate_argnums=(0,))
+#: Not donated: a block's result is a new buffer (see ``_packed_update``).
+block = jax.jit(_block_impl)
 
 
 def block_params(params: Sequence[Any], layout: Layout) -> list[tuple[Any, ...]]:

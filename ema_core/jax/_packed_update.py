@@ -1,11 +1,15 @@
 """``make_update`` on a ``PackedState``: the checks, then one compiled call per packed block and
 the loose leaves in chunks, all after the whole call was validated (nothing is donated before).
 
-Per call: the params are split (their arrays in the state's order), checked live and on the
-state's device, and validated against the layout by ``ema_core.update`` on abstract values once
-per signature (the same errors, naming the same paths, as the unpacked update). Then the decay
-is computed once (``_chunked``'s head), each block's flat buffer is blended with its params
-concatenated (``_packed.block_donated``), and the loose shadows take the leaf update.
+Per call: the params are split (their arrays in the state's order), checked on the state's
+device, and validated against the layout by ``ema_core.update``'s checks on abstract values
+once per signature (the same errors, naming the same paths, as the unpacked update). Then the
+decay is computed once (a head that donates nothing), each block's flat buffer is blended with
+its params concatenated into a new buffer (``_packed.block``: the flats hold only small leaves,
+and a new buffer costs less than reading 20,000 arrays' liveness first), and only then are the
+loose shadows updated in place (donated). A deleted param of a block makes its block's call
+fail before anything was donated; it is then named. The loose leaves' params, and the state's
+own arrays, are checked alive beforehand.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ema_core._types import EMAState, LeafKind, Tree
 from ema_core.backends.jax._leaves import update_compiled, update_donated
 from ema_core.jax._call_checks import check_finite_params, check_not_donated, check_step
 from ema_core.jax._chunked import CHUNK, Chunked
-from ema_core.jax._packed import PackedState, block_compiled, block_donated, block_params
+from ema_core.jax._packed import PackedState, block, block_params
 from ema_core.jax._split import Split, avals, split
 
 #: Params signatures whose check is kept (a new one clears them all).
@@ -39,6 +43,7 @@ class PackedUpdate:
     def __init__(self, chunked: Chunked, guard: bool) -> None:
         self._chunked = chunked
         self._non_float = chunked.config.non_float
+        self._head = jax.jit(chunked._decay)  # donates nothing: a block may still fail after it
         self._guard = guard
         self._placed: list[Any] = []  # the params' shardings at the last call that passed
         self._kinds: dict[Any, tuple[LeafKind, ...]] = {}
@@ -81,7 +86,8 @@ class PackedUpdate:
         params_arrays, params_split = split(params)
         traced = any(isinstance(x, jax.core.Tracer) for x in (state.step, *params_arrays[:1]))
         if not traced:  # inside a transformation the arrays have no buffers to check
-            _check_live(state, params_arrays)
+            loose_params = [params_arrays[i] for i in layout.loose]
+            _check_live(jax.tree_util.tree_leaves(state), loose_params)
         if self._guard:
             check_finite_params(params)
         key = (layout, params_split, avals(params_arrays))
@@ -97,12 +103,14 @@ class PackedUpdate:
             self._placed = shardings
         if not traced:
             state = _placed(state, params_arrays, donate)
-        t, d, r, weight = self._chunked._head(state.step, state.weight)
-        block = block_donated if donate else block_compiled
-        flats = tuple(
-            block(flat, group, d, r)
-            for flat, group in zip(state.flats, block_params(params_arrays, layout), strict=True)
-        )
+        t, d, r, weight = self._head(state.step, state.weight)
+        try:
+            groups = zip(state.flats, block_params(params_arrays, layout), strict=True)
+            flats = tuple(block(flat, group, d, r) for flat, group in groups)
+        except Exception:
+            if not traced:
+                _check_live([], params_arrays)  # a deleted param, named; nothing was donated
+            raise
         leaf = update_donated if donate else update_compiled
         loose: list[Any] = []
         for k in range(0, len(layout.loose), CHUNK):
@@ -118,9 +126,9 @@ class PackedUpdate:
         return PackedState(t, flats, tuple(loose), weight, layout)
 
 
-def _check_live(state: PackedState, params_arrays: list[Any]) -> None:
+def _check_live(state_arrays: list[Any], params_arrays: list[Any]) -> None:
     """Refuse a state or params array deleted (donated to an earlier call) before any call."""
-    for what, group in (("state", jax.tree_util.tree_leaves(state)), ("params", params_arrays)):
+    for what, group in (("state", state_arrays), ("params", params_arrays)):
         try:
             dead = any(map(_IS_DELETED, group))
         except AttributeError:  # a numpy array: looked at one by one
