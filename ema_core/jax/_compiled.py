@@ -38,7 +38,9 @@ def make_update(config: Config | None = None, *, donate: bool = True) -> _Update
     the state's buffers are given to the output (the old state must not be used again), so a
     steady-state update allocates nothing and runs at memory speed. Every leaf is updated on the
     devices that hold it: shardings are kept and no collective is issued. Pytrees with non-array
-    leaves (equinox modules) are split: only their arrays enter the compiled function.
+    leaves (equinox modules) are split: only their arrays enter the compiled function. A
+    ``PackedState`` (``ema_core.jax.pack``: small shadows in flat buffers, for models of
+    thousands of small arrays) is updated to the same bits and returned packed.
 
     Args:
         config: the EMA's ``Config`` (default ``Config()``): hashable, fixed at compile time.
