@@ -62,6 +62,13 @@ class Layout:
     dtypes: tuple[str, ...]
 
     @functools.cached_property
+    def _hash(self) -> int:
+        return hash((self.split, self.slots, self.blocks, self.loose, self.shapes, self.dtypes))
+
+    def __hash__(self) -> int:  # computed once: the update looks its signature up every call
+        return self._hash
+
+    @functools.cached_property
     def takers(self) -> list[Callable[[Sequence[Any]], tuple[Any, ...]]]:
         """Per block, a function that picks its members out of a list (one C call; made once)."""
         return [_taker(members) for members in self.blocks]
