@@ -28,13 +28,13 @@ from ema_core.backends.jax._leaves import update_compiled, update_donated
 from ema_core.jax._call_checks import check_finite_params, check_not_donated, check_step
 from ema_core.jax._chunked import CHUNK, Chunked
 from ema_core.jax._packed import PackedState, block, block_params
+from ema_core.jax._placement import commit_state
 from ema_core.jax._split import Split, avals, split
 
 #: Params signatures whose check is kept (a new one clears them all).
 SIGNATURES = 64
 _IS_DELETED = operator.methodcaller("is_deleted")
 _SHARDING = operator.attrgetter("sharding")
-_COMMITTED = operator.attrgetter("committed")
 
 
 class PackedUpdate:
@@ -101,8 +101,9 @@ class PackedUpdate:
         if not traced and not _same(shardings, self._placed):  # steady: the same objects
             _check_devices(state, shardings, params)
             self._placed = shardings
-        if not traced:
-            state = _placed(state, params_arrays, donate)
+        if not traced:  # a shared or repeated loose shadow copied, a fresh init's committed
+            placed = commit_state([state.step, *state.loose, state.weight], params_arrays, donate)
+            state = state._replace(step=placed[0], loose=tuple(placed[1:-1]), weight=placed[-1])
         t, d, r, weight = self._head(state.step, state.weight)
         try:
             groups = zip(state.flats, block_params(params_arrays, layout), strict=True)
@@ -139,32 +140,6 @@ def _check_live(state_arrays: list[Any], params_arrays: list[Any]) -> None:
                 "it, such as make_update, or deleted by hand): pass the state that call "
                 "returned, or use donate=False; nothing was donated"
             )
-
-
-def _placed(state: PackedState, params_arrays: list[Any], donate: bool) -> PackedState:
-    """The state ready to be donated: a committed copy of each loose shadow that is also one of
-    the params (an EMA reset to the weights, ``state._replace(shadow=params)`` before ``pack``)
-    or that sits twice in the state (JAX refuses to donate a buffer it also reads, or twice),
-    and the uncommitted step, weight and loose shadows of a fresh ``init`` committed where the
-    flats are, as the update's outputs will be (else the second update would compile again)."""
-    loose = state.loose
-    ids = set(map(id, loose))
-    shared = ids.intersection(map(id, params_arrays)) if donate else set()
-    if not shared and len(ids) == len(loose) and all(map(_COMMITTED, (state.step, *loose))):
-        return state
-    home = state.flats[0].sharding if state.flats else state.step.sharding
-    placed, seen = [], set()
-    for x in loose:
-        again = donate and id(x) in seen
-        seen.add(id(x))
-        if again or id(x) in shared:
-            placed.append(jax.device_put(x, x.sharding, may_alias=False))
-        else:
-            placed.append(x if x.committed else jax.device_put(x, home))
-    step, weight = (
-        x if x.committed else jax.device_put(x, home) for x in (state.step, state.weight)
-    )
-    return state._replace(step=step, loose=tuple(placed), weight=weight)
 
 
 def _same(a: list[Any], b: list[Any]) -> bool:
