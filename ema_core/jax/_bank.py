@@ -26,8 +26,7 @@ from ema_core.jax._bank_chunks import Chunks
 from ema_core.jax._call_checks import check_not_donated, check_step, check_x64
 from ema_core.jax._compiled import dispatch
 from ema_core.jax._placement import commit_state
-from ema_core.jax._split import Split as _Split
-from ema_core.jax._split import split as _split
+from ema_core.jax._split import Split, split
 
 
 def make_bank_update(
@@ -231,17 +230,17 @@ class BankUpdate:
         params: Tree,
         on_new: Callable[[], None] | None = None,
     ) -> tuple[Any, ...]:
-        state_arrays, state_split = _split(states)
-        params_arrays, params_split = _split(params)
+        state_arrays, state_split = split(states)
+        params_arrays, params_split = split(params)
         state_arrays = commit_state(state_arrays, params_arrays, self._donate, on_new)
         return state_arrays, params_arrays, state_split, params_split
 
     def _arrays(
-        self, arrays: list[Any], params_arrays: list[Any], state_split: _Split, params_split: _Split
+        self, arrays: list[Any], params_arrays: list[Any], state_split: Split, params_split: Split
     ) -> list[Any]:
         states, params = state_split.merge(arrays), params_split.merge(params_arrays)
         new = tuple(_api.update(s, params, c) for s, c in zip(states, self.configs, strict=True))
-        return _split(new)[0]
+        return split(new)[0]
 
 
 def _check_x64_all(states: tuple[EMAState, ...]) -> None:

@@ -48,22 +48,23 @@ BLOCK = 256
 class Layout:
     """Where each shadow array of a packed state lives (static, hashable).
 
-    ``split``: the shadow tree split into arrays and static leaves. ``slots[i]`` for the i-th
-    shadow array: ``(block, offset)`` in ``blocks``' flat buffers, or ``(-1, j)``: the j-th loose
-    shadow. ``blocks[b]``: the array indices packed into flat buffer b, in order. ``shapes`` and
-    ``dtypes``: each shadow array's shape and dtype name.
+    ``split``: the shadow tree split into arrays and static leaves. ``blocks[b]``: the indices
+    of the shadow arrays packed into flat buffer b, in order; ``offsets[i]``: where the i-th
+    shadow array starts in its block's buffer (-1 for a loose one). ``loose``: the indices of
+    the loose shadow arrays, in order. ``shapes`` and ``dtypes``: each shadow array's shape and
+    dtype name.
     """
 
     split: Split
-    slots: tuple[tuple[int, int], ...]
     blocks: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
     loose: tuple[int, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[str, ...]
 
     @functools.cached_property
     def _hash(self) -> int:
-        return hash((self.split, self.slots, self.blocks, self.loose, self.shapes, self.dtypes))
+        return hash((self.split, self.blocks, self.offsets, self.loose, self.shapes, self.dtypes))
 
     def __hash__(self) -> int:  # computed once: the update looks its signature up every call
         return self._hash
@@ -165,18 +166,16 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
         for members in groups.values()
         for k in range(0, len(members), BLOCK)
     )
-    slots: list[tuple[int, int]] = [(-1, 0)] * len(arrays)
-    for b, members in enumerate(blocks):
+    offsets = [-1] * len(arrays)
+    for members in blocks:
         offset = 0
         for i in members:
-            slots[i] = (b, offset)
+            offsets[i] = offset
             offset += arrays[i].size
-    for j, i in enumerate(loose):
-        slots[i] = (-1, j)
     layout = Layout(
         shadow_split,
-        tuple(slots),
         blocks,
+        tuple(offsets),
         tuple(loose),
         tuple(tuple(x.shape) for x in arrays),
         tuple(str(x.dtype) for x in arrays),
@@ -207,10 +206,10 @@ def unpack(state: PackedState) -> EMAState:
     if not isinstance(state, PackedState):
         raise TypeError(f"unpack takes a PackedState (pack), got {type(state).__name__}")
     layout = state.layout
-    arrays: list[Any] = [None] * len(layout.slots)
+    arrays: list[Any] = [None] * len(layout.offsets)
     for b, members in enumerate(layout.blocks):
         host, where = np.asarray(state.flats[b]), state.flats[b].sharding
-        views = [_piece(host, layout.slots[i][1], layout.shapes[i]) for i in members]
+        views = [_piece(host, layout.offsets[i], layout.shapes[i]) for i in members]
         for i, x in zip(members, jax.device_put(views, where), strict=True):
             arrays[i] = x
     for j, i in enumerate(layout.loose):
@@ -222,9 +221,7 @@ def _taker(members: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...
     if members == tuple(range(members[0], members[-1] + 1)):  # a run of leaves: one slice
         run = slice(members[0], members[-1] + 1)
         return lambda arrays: tuple(arrays[run])
-    if len(members) == 1:
-        return lambda arrays: (arrays[members[0]],)
-    return operator.itemgetter(*members)
+    return operator.itemgetter(*members)  # two or more: a run covers every single one
 
 
 def _piece(host: np.ndarray, offset: int, shape: tuple[int, ...]) -> np.ndarray:

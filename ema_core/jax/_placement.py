@@ -28,7 +28,7 @@ from ema_core.backends.jax._leaves import default_device
 from ema_core.jax._devices import check_devices
 from ema_core.jax._sharding import check_shardings
 
-__all__ = ["check_placements", "commit_state"]
+__all__ = ["check_placements", "commit_state", "read_shardings"]
 
 _SHARDING = operator.attrgetter("sharding")
 _COMMITTED = operator.attrgetter("committed")
@@ -56,7 +56,7 @@ def check_placements(
         ValueError: as ``check_devices`` or ``check_shardings``; nothing was donated.
     """
     both = arrays, params_arrays
-    shardings = _shardings(*both)
+    shardings = read_shardings(*both)
     if shardings is None:
         return  # traced: placed by the outer transformation
     key = (shardings, state_split, params_split)
@@ -71,7 +71,7 @@ def check_placements(
     _SEEN[owner] = (key, None if all(flags) else flags)
 
 
-def _shardings(arrays: list[Any], params_arrays: list[Any]) -> tuple[list[Any], ...] | None:
+def read_shardings(arrays: list[Any], params_arrays: list[Any]) -> tuple[list[Any], ...] | None:
     """The arrays' shardings (None for a numpy array), or None when any is traced."""
     try:
         return list(map(_SHARDING, arrays)), list(map(_SHARDING, params_arrays))
