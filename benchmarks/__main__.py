@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         for d in dtypes
         if args.dtype or args.workload or (b, w, d) not in TRIMMED
     ]
+    # read first: an interrupt (gpu.sh's time limit) that lands here after the cases (CUDA
+    # imports torch) would lose every row measured (the H200 run of 2026-12-04, jax-20k)
+    meta = describe(args.device)
     start = time.perf_counter()
     for i, (backend, wname, dtype) in enumerate(plan, 1):
         module = importlib.import_module(f"benchmarks.backends.{backend}")
@@ -169,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     print(stateless_table)
     bank_table = bank.main() if with_torch else ""
     print(bank_table)
-    meta = describe(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "-".join(filter(None, [args.device, meta["date"], args.tag]))
     stem.with_suffix(".json").write_text(
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md + ran)
     drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")
     print(
-        f"wrote {stem}.json, .md" + (", .png" if drawn else " (no matplotlib: no chart)"),
+        f"wrote {stem}.json, .md"
+        + (", .png" if drawn else " (no chart: no matplotlib or no rows)"),
         file=sys.stderr,
     )
     return 1 if failed else 0

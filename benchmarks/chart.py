@@ -8,7 +8,10 @@ from benchmarks.harness import Row
 
 
 def draw(rows: list[Row], path: Path, title: str) -> bool:
-    """Write the chart; False (and no file) when matplotlib is not installed."""
+    """Write the chart; False (and no file) when matplotlib is not installed or there are no
+    rows (a run cut before its first case ended: matplotlib refuses a figure of no axes)."""
+    if not rows:
+        return False
     try:
         import matplotlib
 

@@ -1,0 +1,77 @@
+"""``python -m benchmarks`` cut by a time limit (``benchmarks/gpu.sh`` sends SIGINT): the rows
+measured before the interrupt are written, and a run with no rows still writes its table and
+says why. The H200 run of 2026-12-04 lost a finished case to an interrupt that landed while the
+run described the machine after its cases, and a cut run of no rows crashed drawing its chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import benchmarks.__main__ as bench_main
+from benchmarks import chart, harness
+
+
+def _row(contender: str) -> harness.Row:
+    return harness.Row("resnet50", "fp32", "numpy", contender, 1.0, 0.1, 10.0, 1.0, 1.0)
+
+
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measured: list[Any]) -> int:
+    """main() over two numpy cases whose measurements are ``measured`` (rows, or an exception
+    to raise); the machine's description refuses to be read once a case has run."""
+    calls = iter(measured)
+    ran: list[str] = []
+
+    def measure(*args: Any, **kwargs: Any) -> list[harness.Row]:
+        ran.append("case")
+        got = next(calls)
+        if isinstance(got, BaseException):
+            raise got
+        return list(got)
+
+    real_describe = bench_main.describe
+
+    def describe(device: str) -> dict[str, Any]:
+        if ran:  # what cost the jax-20k rows: the interrupt arrived in here, after the cases
+            raise KeyboardInterrupt
+        return real_describe(device)
+
+    monkeypatch.setattr(bench_main.harness, "measure", measure)
+    monkeypatch.setattr(bench_main, "describe", describe)
+    monkeypatch.setattr(bench_main.tree, "main", lambda: "")
+    argv = ["--backend", "numpy", "--workload", "resnet50", "--dtype", "fp32", "--dtype", "bf16"]
+    try:
+        return bench_main.main([*argv, "--no-peers", "--out", str(tmp_path), "--tag", "cut"])
+    except KeyboardInterrupt:  # not left to end the test session
+        pytest.fail("the run read the machine's description after its cases")
+
+
+def test_rows_measured_before_an_interrupt_are_written(tmp_path, monkeypatch):
+    rc = _run(tmp_path, monkeypatch, [[_row("ceiling"), _row("ema_core")], KeyboardInterrupt()])
+    assert rc == 1
+    (written,) = tmp_path.glob("cpu-*-cut.json")
+    rows = json.loads(written.read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["ceiling", "ema_core"]
+    md = written.with_suffix(".md").read_text()
+    assert "numpy resnet50 bf16: cut by an interrupt" in md
+    assert "| ema_core |" in md
+
+
+def test_a_run_cut_before_any_row_writes_its_files_without_a_chart(tmp_path, monkeypatch):
+    rc = _run(tmp_path, monkeypatch, [KeyboardInterrupt()])
+    assert rc == 1
+    (written,) = tmp_path.glob("cpu-*-cut.json")
+    assert json.loads(written.read_text())["rows"] == []
+    assert "numpy resnet50 fp32: cut by an interrupt" in written.with_suffix(".md").read_text()
+    assert not written.with_suffix(".png").exists()
+
+
+def test_chart_of_no_rows_is_not_drawn(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert chart.draw([], tmp_path / "none.png", "nothing") is False
+    assert not (tmp_path / "none.png").exists()
+    assert chart.draw([_row("ceiling"), _row("ema_core")], tmp_path / "two.png", "two") is True
+    assert (tmp_path / "two.png").stat().st_size > 0
