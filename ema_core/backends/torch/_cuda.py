@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch._utils import _unflatten_dense_tensors
 
-from ema_core.backends.torch import _foreach, _triton_kernel
+from ema_core.backends.torch import _foreach, _pairs, _triton_kernel
 from ema_core.backends.torch._triton_kernel import kernel as _kernel  # also read by tests
 
 __all__ = ["BLOCK", "blocked_lerp_", "blocked_lerp_ends_", "triton_lerp_", "triton_lerp_ends_"]
@@ -51,7 +51,8 @@ LAUNCH_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
 
 _LOCAL = threading.local()
 
-Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+Pairs = _triton_kernel.Pairs
+_HALF = (torch.float16, torch.bfloat16)
 Blend = Callable[[list[torch.Tensor], list[torch.Tensor]], None]
 
 
@@ -169,19 +170,7 @@ def _launch(
     the current device): one launch per params dtype and alignment (``_triton_kernel``), not
     one per leaf; return the strided pairs, untouched."""
     _check_launch(shadows, params, scalars)
-    left: Pairs = []
-    # per (bf16 params, 16-byte aligned): the shadows' and params' addresses and the sizes
-    groups: dict[tuple[bool, bool], tuple[list[int], list[int], list[int]]] = {}
-    for s, p in zip(shadows, params, strict=True):
-        if not (s.is_contiguous() and p.is_contiguous()):
-            left.append((s, p))
-        elif n := s.numel():
-            s_addr, p_addr = s.data_ptr(), p.data_ptr()
-            aligned = s_addr % 16 == 0 and p_addr % 16 == 0
-            group = groups.setdefault((p.dtype == torch.bfloat16, aligned), ([], [], []))
-            group[0].append(s_addr)
-            group[1].append(p_addr)
-            group[2].append(n)
+    groups, left = _triton_kernel.groups(shadows, params)
     if not groups:
         return left
     kernel = _kernel()
@@ -214,6 +203,16 @@ def _check_launch(
                 f"the {name} must be a 0-d tensor on the shadows' device {device}, got "
                 f"shape {tuple(x.shape)} on {x.device}"
             )
+    half = params[0].dtype
+    if (  # the usual case, read list by list (``_pairs``); the loop names a pair that is off
+        half in _HALF
+        and _pairs.all_dtype(shadows, torch.float32)
+        and _pairs.all_dtype(params, half)
+        and _pairs.sizes(params) == _pairs.sizes(shadows)
+        and _pairs.all_on(shadows, device)
+        and _pairs.all_on(params, device)
+    ):
+        return
     for s, p in zip(shadows, params, strict=True):
         if s.dtype != torch.float32 or p.dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(

@@ -53,7 +53,7 @@ import torch
 from ema_core import _core
 from ema_core._ops import host_float, is_readable
 from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _cuda, _foreach, _host, _memory
+from ema_core.backends.torch import _cuda, _foreach, _host, _memory, _pairs
 from ema_core.backends.torch._plan import BUCKETS, Group, Plan, bucket, make_plan
 
 __all__ = ["Group", "Plan", "Route", "apply", "host_values", "make_plan", "route", "routes"]
@@ -182,7 +182,14 @@ def _check(group: Group, way: Route, kept: bool = False) -> None:
 
 def _check_pairs(group: Group, memory: bool = False) -> None:
     """Raise ``ValueError`` if a params tensor no longer has its shadow's shape and device, or
-    (``memory``: before the host engine views them) a tensor's storage no longer holds it."""
+    (``memory``: before the host engine views them) a tensor's storage no longer holds it.
+    Whole-list reads first (``_pairs``); the loop below, which names the pair, only when they
+    find something."""
+    shadows, params = group.shadows, group.params
+    if not memory and shadows and _pairs.same_shapes(shadows, params):
+        device = shadows[0].device
+        if _pairs.all_on(shadows, device) and _pairs.all_on(params, device):
+            return
     for s, p, name in zip(group.shadows, group.params, group.names, strict=True):
         if p.shape != s.shape or p.device != s.device:
             raise ValueError(
