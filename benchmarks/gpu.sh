@@ -4,15 +4,18 @@
 # the same run. Files go under $OUT when it is set (the device tool brings them back), else
 # under benchmarks/results/.
 #
-#   bash benchmarks/gpu.sh          tests + GPT-2 small and 20k tiny (about 5 minutes on an H200)
-#   bash benchmarks/gpu.sh --big    also Llama-1.1B and JAX on 20k tiny (about 10 minutes)
+#   bash benchmarks/gpu.sh          tests + GPT-2 small and 20k tiny (about 6 minutes on an H200)
+#   bash benchmarks/gpu.sh --big    also Llama-1.1B, and CuPy and JAX on 20k tiny (about 15 minutes)
 #   GPU_TESTS="tests/a.py ..." bash benchmarks/gpu.sh    only those test files
 #   GPU_PARTS="torch cupy" GPU_TEST_SECONDS=90 ...     only those benchmark parts; the tests' limit
 #
 # Llama-1.1B is left to --big: on the first H200 run (2026-12-04) drawing its host arrays and
 # building the peers took 65 s per torch case, and JAX did not finish one case in 60 s; JAX
 # traced the 20k-leaf update for longer than its 30 s. GPT-2 small (124M parameters, 1.5 GB
-# streamed per fp32 update) already measures the bandwidth.
+# streamed per fp32 update) already measures the bandwidth. Run 3 (2026-12-04) needed 72 s for
+# the torch part with its peers (timm and AveragedModel take 160 ms per update on 20k tiny
+# tensors), and CuPy did not finish its 20k-tiny case in 110 s (its host work per array): CuPy
+# runs GPT-2 small only, unless --big.
 #
 # The device machine has Python 3.12 with torch, JAX, CuPy, Triton, optax and pytest only, and
 # reaches nothing outside it: the packages it lacks (array-api-compat, hypothesis, ...) travel as
@@ -74,16 +77,16 @@ bench() {  # bench SECONDS TAG BACKEND [ARGS...]: one process, its own files and
     timeout -s INT -k 10 "$seconds" python3 -m benchmarks --device cuda --backend "$backend" \
         --tag "$tag" --out "$out" "$@" 2>&1 | tee "$out/gpu-bench-$tag.log" || status=1
 }
-both=(--workload gpt2_small --workload many_small_20k)
 parts=" ${GPU_PARTS:-torch cupy jax} "
-[[ $parts == *" torch "* ]] && bench 70 torch torch "${both[@]}"
-[[ $parts == *" cupy "* ]] && bench 40 cupy cupy --no-peers "${both[@]}"
+[[ $parts == *" torch "* ]] && bench 110 torch torch --workload gpt2_small --workload many_small_20k
+[[ $parts == *" cupy "* ]] && bench 40 cupy cupy --no-peers --workload gpt2_small
 [[ $parts == *" jax "* ]] && bench 45 jax jax --no-peers --workload gpt2_small
 if [ "${1:-}" = "--big" ]; then
     bench 100 torch-llama torch --big --workload llama_1b
     bench 70 cupy-llama cupy --no-peers --big --workload llama_1b
     bench 90 jax-llama jax --no-peers --big --workload llama_1b
-    # XLA traces and compiles a 20k-leaf update for a long time: fp32 only
-    bench 90 jax-20k jax --no-peers --workload many_small_20k --dtype fp32
+    bench 150 cupy-20k cupy --no-peers --workload many_small_20k --dtype fp32
+    # XLA traces and compiles a 20k-leaf update for a long time: fp32 only (run 3: 115 s)
+    bench 150 jax-20k jax --no-peers --workload many_small_20k --dtype fp32
 fi
 exit "$status"

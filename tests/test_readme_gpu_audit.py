@@ -1,0 +1,139 @@
+"""README "## Performance", its GPU bullet, audited: every time and ratio it quotes from the H200
+runs of 2026-12-04 (the first run at f3ddab9, run 3 at d19a8a8) is a row of the results files or
+logs it links, and the tests log says what the bullet says about the gpu tests. No timing is
+taken here (the figures are the GPU benchmark's)."""
+
+from __future__ import annotations
+
+import re
+
+from tests.test_readme_performance_audit import RESULTS, SECTION, _rounded, _rows
+
+# -- the GPU bullet (one H200, 2026-12-04) ----------------------------------------------------
+
+
+def _gpu_bullet() -> str:
+    return SECTION.split("- **GPU**:", 1)[1]
+
+
+def test_gpu_figures_are_the_h200_results_files() -> None:
+    # every ratio and time the GPU bullet quotes is a row of the linked results files
+    text = " ".join(_gpu_bullet().split())
+    torch_rows, jax_rows = _rows("cuda-2026-12-04-torch.md"), _rows("cuda-2026-12-04-jax.md")
+
+    def torch_row(workload: str, dtype: str, contender: str) -> dict[str, float]:
+        return torch_rows[(workload, dtype, "torch", contender)]
+
+    def jax_row(dtype: str, contender: str) -> dict[str, float]:
+        return jax_rows[("gpt2_small", dtype, "jax", contender)]
+
+    quoted = [
+        (torch_row("gpt2_small", "fp32", "EMA class")["ms"], "0.506 ms"),
+        (torch_row("gpt2_small", "fp32", "EMA class")["ceil"], "0.71 of the ceiling"),
+        (torch_row("gpt2_small", "fp32", "ceiling")["gbps"], "4167 GB/s"),
+        (torch_row("gpt2_small", "fp32", "ema_core")["ceil"], "`ema_update` 0.53"),
+        (torch_row("gpt2_small", "fp32", "timm ModelEmaV3")["ceil"], "`ModelEmaV3` 0.54"),
+        (torch_row("gpt2_small", "fp32", "torch AveragedModel")["ceil"], "`AveragedModel` 0.39"),
+        (torch_row("gpt2_small", "bf16", "EMA class")["ceil"], "class 0.11 of the ceiling"),
+        (torch_row("gpt2_small", "bf16", "EMA class")["ms"], "(2.788 ms)"),
+        (torch_row("gpt2_small", "bf16", "EMA class")["us_leaf"], "(16.77 us per leaf"),
+        (torch_row("many_small_20k", "fp32", "EMA class")["ms"], "took 16.608 ms"),
+        (torch_row("many_small_20k", "fp32", "EMA class")["us_leaf"], "(0.82 us per leaf)"),
+        (torch_row("many_small_20k", "fp32", "timm ModelEmaV3")["ms"], "timm 157.626"),
+        (jax_row("fp32", "ema_core")["ceil"], "GPT-2 small: 0.39 (fp32)"),
+        (jax_row("bf16", "ema_core")["ceil"], "and 0.28 (bf16)"),
+    ]
+    for value, phrase in quoted:
+        assert phrase in text, phrase
+        shown = (re.findall(r"\d+\.\d+", phrase) or re.findall(r"\d+", phrase))[0]
+        assert _rounded(value, shown), (phrase, value)
+
+
+def test_gpu_rows_allocate_nothing_and_never_sync() -> None:
+    # "Every ema-core row allocated 0.0 MB per update and made 0 host syncs (`AveragedModel` 1)"
+    text = (RESULTS / "cuda-2026-12-04-torch.md").read_text(encoding="utf-8")
+    ours = {"ema_core", "EMA class", "ema_update dict"}
+    seen = 0
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 13 and cells[3] in ours:
+            assert (cells[11], cells[12]) == ("0.0", "0"), cells
+            seen += 1
+        elif len(cells) == 13 and cells[3] == "torch AveragedModel":
+            assert cells[12] == "1", cells
+    assert seen == 12
+    assert "0.0 MB per update and made 0 host syncs (`AveragedModel` 1)" in " ".join(
+        _gpu_bullet().split()
+    )
+
+
+def _log_rows(name: str) -> dict[tuple[str, str, str, str], dict[str, float]]:
+    """The plain-text table a benchmark prints (a log whose files the time limit lost)."""
+    out: dict[tuple[str, str, str, str], dict[str, float]] = {}
+    for line in (RESULTS / name).read_text(encoding="utf-8").splitlines():
+        cells = line.split()
+        if len(cells) > 8 and re.fullmatch(r"\d+\.\d+", cells[4]):
+            out[tuple(cells[:4])] = {"ms": float(cells[4]), "ceil": float(cells[7])}  # type: ignore[index]
+    assert out, name
+    return out
+
+
+def test_gpu_run3_figures_are_its_results_files() -> None:
+    # run 3 (d19a8a8): each figure the bullet quotes is a row of the files or logs it links
+    text = " ".join(_gpu_bullet().split())
+    t3 = _rows("cuda-2026-12-04-run3-torch.md")
+    j3 = _rows("cuda-2026-12-04-run3-jax.md")
+    c3 = _rows("cuda-2026-12-04-run3-cupy.md")
+    j20k = _log_rows("cuda-2026-12-04-run3-bench-jax-20k.log")
+    cls = ("torch", "EMA class")
+    queued = {}  # the queued columns, which _rows leaves out
+    for line in (RESULTS / "cuda-2026-12-04-run3-torch.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 15 and cells[0] == "gpt2_small" and cells[3] == "EMA class":
+            queued[cells[1]] = (float(cells[13]), float(cells[14]))
+    quoted = [
+        (t3[("gpt2_small", "bf16", *cls)]["ms"], "the `EMA` class 1.236 ms, 0.28"),
+        (t3[("gpt2_small", "bf16", *cls)]["ceil"], "0.28 of the ceiling (0.11 before"),
+        (queued["bf16"][0], "queued 0.858 ms"),
+        (queued["bf16"][1], "0.34 of the ceiling's queued"),
+        (t3[("gpt2_small", "bf16", *cls)]["us_leaf"], "5.98 us per leaf"),
+        (t3[("gpt2_small", "bf16", "torch", "timm ModelEmaV3")]["ms"], "took 0.750 ms"),
+        (t3[("gpt2_small", "fp32", *cls)]["ms"], "class 0.620 ms"),
+        (t3[("gpt2_small", "fp32", *cls)]["ceil"], "0.60 of the ceiling (a flat"),
+        (t3[("gpt2_small", "fp32", "torch", "ceiling")]["gbps"], "at 3921.67 GB/s"),
+        (queued["fp32"][1], "queued 0.84;"),
+        (t3[("gpt2_small", "fp32", "torch", "ema_core")]["ceil"], "`ema_update` 0.39"),
+        (t3[("gpt2_small", "fp32", "torch", "timm ModelEmaV3")]["ceil"], "timm 0.39"),
+        (t3[("gpt2_small", "fp32", "torch", "torch AveragedModel")]["ceil"], "Model` 0.26"),
+        (t3[("many_small_20k", "fp32", *cls)]["ms"], "18.162 ms in fp32"),
+        (t3[("many_small_20k", "fp32", *cls)]["us_leaf"], "(0.90 us per leaf"),
+        (t3[("many_small_20k", "fp32", "torch", "timm ModelEmaV3")]["ms"], "timm 164.957"),
+        (t3[("many_small_20k", "bf16", *cls)]["ms"], "118.069 ms in bf16"),
+        (t3[("many_small_20k", "bf16", *cls)]["us_leaf"], "(5.90 us per leaf)"),
+        (j3[("gpt2_small", "fp32", "jax", "ema_core")]["ceil"], "`make_update` 0.31 (fp32)"),
+        (j3[("gpt2_small", "bf16", "jax", "ema_core")]["ceil"], "and 0.36 (bf16)"),
+        (j3[("gpt2_small", "fp32", "jax", "packed")]["ceil"], "`packed` row 0.31"),
+        (j3[("gpt2_small", "bf16", "jax", "packed")]["ceil"], "0.33 (few large leaves"),
+        (j20k[("many_small_20k", "fp32", "jax", "packed")]["ms"], "row 53.772 ms"),
+        (j20k[("many_small_20k", "fp32", "jax", "ema_core")]["ms"], "against 441.049 ms"),
+        (j20k[("many_small_20k", "fp32", "jax", "handoff_params")]["ms"], "(51.524 ms)"),
+        (c3[("gpt2_small", "fp32", "cupy", "ema_core")]["ceil"], "small 0.10 of the ceiling"),
+        (c3[("gpt2_small", "fp32", "cupy", "ema_core")]["ms"], "(3.953 ms fp32"),
+        (c3[("gpt2_small", "bf16", "cupy", "ema_core")]["ms"], "3.337 ms bf16"),
+        (c3[("gpt2_small", "fp32", "cupy", "ema_core")]["us_leaf"], "24.16 us per leaf"),
+        (c3[("gpt2_small", "fp32", "cupy", "python_loop")]["ms"], "against 5.000 ms"),
+    ]
+    for value, phrase in quoted:
+        assert phrase in text, phrase
+        shown = re.findall(r"\d+\.\d+", phrase)[0]
+        assert _rounded(value, shown), (phrase, value)
+    ratio = (
+        j20k[("many_small_20k", "fp32", "jax", "ema_core")]["ms"]
+        / j20k[("many_small_20k", "fp32", "jax", "packed")]["ms"]
+    )
+    assert "8.2x faster" in text and _rounded(ratio, "8.2")
+    log = (RESULTS / "cuda-2026-12-04-run3-gpu-tests.log").read_text(encoding="utf-8")
+    assert "167 passed, 30 skipped" in log and "failed" not in log.split("short test summary")[1]
+    assert "All 167 gpu tests passed" in text and "30 skipped" in text
+    ours = [k for k in t3 if k[3] in ("ema_core", "EMA class", "ema_update dict")]
+    assert len(ours) == 12
