@@ -18,10 +18,10 @@ is found again only when all of these are equal:
   torch also keeps each storage's size in bytes (a storage resized smaller may keep its
   address). numpy: shape, strides, dtype, the writeable flag and the base, compared by identity
   (and the data pointer under numpy < 2; from numpy 2 only ``ndarray.__setstate__`` moves a live
-  array's memory, and it changes the base but for a small owner, ``_numpy_memory``). The weak
-  references make ``torch.utils.swap_tensors`` refuse a cached tensor: ``clear()`` first.
-  A backend without
-  ``leaf_signature`` (JAX, CuPy, array-api-strict) is not cached.
+  array's memory, and it changes the base but for a small owner, ``_numpy_memory``). CuPy:
+  data address, shape, strides and dtype (no read-only arrays). The weak references make
+  ``torch.utils.swap_tensors`` refuse a cached tensor: ``clear()`` first. A backend without
+  ``leaf_signature`` (JAX, array-api-strict) is not cached.
 
 torch's version counter is not in the key: it counts writes to values, which no check reads
 (``guard_finite`` reads values and runs on every call), and every update bumps it on the

@@ -1,7 +1,7 @@
 """Mutation audit of the CuPy backend: tests for the mutants its CPU tests let through.
 
 Audited: ``ema_core/backends/cupy.py`` (the routes, ``_decay_args``, ``_pair``, ``_multi_ok``,
-``host_table`` and the table cache, ``_multi``) and ``ema_core/backends/_cupy_kernels.py`` (the
+``_multi``) and ``ema_core/backends/_cupy_kernels.py`` (``host_table`` and the table cache, the
 rounded blend ``ema_lerp`` and its ends, the fused body's ends and ``ema_take``, the
 multi-tensor kernel's table reads, chunking and half loads, ``_C_TYPES``), by hand-made mutants
 run against ``tests/test_cupy_backend.py`` without a GPU. What each test here pins:
@@ -186,9 +186,10 @@ class _StandIn:
         monkeypatch.setattr(fast, "compat", _fake_compat())
         monkeypatch.setattr(fast, "_multi_kernel", self.kernel)
         monkeypatch.setattr(fast, "_fused", lambda: self.fused)
-        monkeypatch.setattr(fast, "_TABLES", collections.OrderedDict())
-        real = fast.host_table
-        monkeypatch.setattr(fast, "host_table", lambda *a: self.builds.append(a) or real(*a))
+        monkeypatch.setattr(kernels, "_cupy", lambda: self)  # the tables' uploads
+        monkeypatch.setattr(kernels, "_TABLES", collections.OrderedDict())
+        real = kernels.host_table
+        monkeypatch.setattr(kernels, "host_table", lambda *a: self.builds.append(a) or real(*a))
 
     def asarray(self, a, dtype=None):
         return _dev(np.array(a, dtype))

@@ -219,7 +219,7 @@ def test_the_plan_cache_keeps_at_most_4_entries_least_recently_used_dropped() ->
 
 @pytest.mark.parametrize("framework", ["jax.numpy", "array_api_strict"])
 def test_jax_and_array_api_strict_calls_are_not_cached(framework: str) -> None:
-    # "JAX, CuPy and array-api-strict calls are not cached"
+    # "JAX and array-api-strict calls are not cached" (CuPy calls are: tests/test_cupy_backend.py)
     xp = pytest.importorskip(framework)
     _stateless.clear()
     shadow, params = {"w": xp.zeros(3)}, {"w": xp.ones(3)}

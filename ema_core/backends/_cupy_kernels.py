@@ -4,19 +4,28 @@
 ``_fused``, the "multi" route ``_multi_kernel``); this module holds what runs on the device: the
 rounded blend shared by both kernels (``__fmul_rn`` / ``__fadd_rn``, never fused into an FMA),
 the fused elementwise kernel's preamble and body, the multi-tensor kernel's source (which reads
-the table ``cupy.host_table`` lays out, ``CHUNK`` elements per block step), and the
-``functools.cache`` builders that compile them on first use (integer leaves need no kernel:
-they are plain copies). Importing this module needs no CuPy: the builders import it when first
-called.
+the table ``host_table`` lays out, ``CHUNK`` elements per block step, and ``device_table``
+uploads and caches), and the ``functools.cache`` builders that compile them on first use
+(integer leaves need no kernel: they are plain copies). Importing this module needs no CuPy:
+the builders import it when first called.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+
+from ema_core._types import Array
 
 #: Elements one thread block of the multi-tensor kernel handles before taking the next chunk.
 CHUNK = 4096
+#: Device tables kept (``device_table``), the last ones used.
+TABLES_KEPT = 8
+_TABLES: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
 _HALF = ("float16", "bfloat16")
 
 _ROUNDED = r"""
@@ -138,3 +147,31 @@ def _multi_kernel(shadow: str, param: str) -> Any:
     code = _MULTI_SOURCE.replace("NAME", name).replace("CHUNK", str(CHUNK))
     code = code.replace("SHADOW", _C_TYPES[shadow]).replace("PARAM", _C_TYPES[param])
     return cp.RawKernel(code, name)
+
+
+def device_table(leaves: list[tuple[Array, Array, Array]]) -> tuple[Array, int]:
+    """The multi-tensor table of ``leaves`` on the device, cached by pointers and sizes (all
+    the table holds), so a repeated in-place update uploads nothing."""
+    cp = _cupy()
+    ptrs = [(s.data.ptr, p.data.ptr, o.data.ptr) for s, p, o in leaves]
+    sizes = [s.size for s, _, _ in leaves]
+    key = (cp.cuda.Device().id, *ptrs, *sizes)
+    if key not in _TABLES:
+        host, n_chunks = host_table(ptrs, sizes)
+        _TABLES[key] = (cp.asarray(host), n_chunks)
+        while len(_TABLES) > TABLES_KEPT:
+            _TABLES.popitem(last=False)
+    _TABLES.move_to_end(key)
+    return _TABLES[key]  # type: ignore[no-any-return]
+
+
+def host_table(ptrs: Sequence[tuple[int, int, int]], sizes: Sequence[int]) -> tuple[Any, int]:
+    """The int64 table the multi-tensor kernel reads, and its number of chunks: the shadow,
+    params and out pointers of each leaf, their sizes, then each chunk's leaf and first index."""
+    sizes_ = np.asarray(sizes, np.int64)
+    counts = -(-sizes_ // CHUNK)
+    chunk_leaf = np.repeat(np.arange(len(sizes_), dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts
+    starts = (np.arange(chunk_leaf.size, dtype=np.int64) - first[chunk_leaf]) * CHUNK
+    pointers = np.asarray(ptrs, np.uint64).reshape(-1, 3).T.reshape(-1).view(np.int64)
+    return np.concatenate([pointers, sizes_, chunk_leaf, starts]), int(chunk_leaf.size)
