@@ -94,7 +94,7 @@ def leaf_signature(leaves: Sequence[Array]) -> list[tuple[Any, ...]]:
     """What could invalidate a plan made for these same CuPy arrays: per array its data
     address, shape, strides and dtype (what the checks, the routes and the tables read). The
     stateless call's plan cache (``ema_core._stateless``) compares it at each call and skips
-    the checks while it holds; no GPU example here (see ``tests/test_cupy_backend.py``)."""
+    the checks while it holds; no GPU example here (see ``tests/test_cupy_plan_cache.py``)."""
     return list(map(_SIGNATURE, leaves))
 
 
