@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             try:
                 rows += harness.measure(
-                    module, workloads.load(wname), dtype, args.device, repeats, peers
+                    module, workloads.load(wname), dtype, args.device, repeats, peers, failed
                 )
             except KeyboardInterrupt:  # a time limit (gpu.sh): keep the rows measured so far
                 failed.append(
@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     took = time.perf_counter() - start
     ran = f"\nThe whole run took {took // 60:.0f} min {took % 60:.0f} s.\n"
     if failed:
-        ran += "\nCases without rows:\n\n" + "".join(f"- {line}\n" for line in failed)
+        ran += "\nCases and contenders without rows:\n\n" + "".join(
+            f"- {line}\n" for line in failed
+        )
     print(ran.strip(), file=sys.stderr)
     stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md + ran)
     drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")

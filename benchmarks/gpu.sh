@@ -78,7 +78,7 @@ bench() {  # bench SECONDS TAG BACKEND [ARGS...]: one process, its own files and
         --tag "$tag" --out "$out" "$@" 2>&1 | tee "$out/gpu-bench-$tag.log" || status=1
 }
 parts=" ${GPU_PARTS:-torch cupy jax} "
-[[ $parts == *" torch "* ]] && bench 110 torch torch --workload gpt2_small --workload many_small_20k
+[[ $parts == *" torch "* ]] && bench 130 torch torch --workload gpt2_small --workload many_small_20k
 [[ $parts == *" cupy "* ]] && bench 40 cupy cupy --no-peers --workload gpt2_small
 [[ $parts == *" jax "* ]] && bench 45 jax jax --no-peers --workload gpt2_small
 if [ "${1:-}" = "--big" ]; then

@@ -120,10 +120,18 @@ def queued_ms(step: Callable[[int], Any], sync: Callable[[Any], None], t: int) -
 
 
 def measure(
-    module: Any, workload: Workload, dtype: str, device: str, repeats: int, peers: Any = None
+    module: Any,
+    workload: Workload,
+    dtype: str,
+    device: str,
+    repeats: int,
+    peers: Any = None,
+    failed: list[str] | None = None,
 ) -> list[Row]:
     """Time a backend's cases, and its peers' when given, on one workload and dtype. Each
-    contender alternates with the ceiling, and its ratio is to the ceiling timed beside it."""
+    contender alternates with the ceiling, and its ratio is to the ceiling timed beside it.
+    A contender that raises costs its own row only: its error is appended to ``failed`` (and
+    raised when no list is given); the ceiling's error ends the case."""
     cases = module.cases(workload, dtype, device)
     if not cases:
         return []
@@ -137,16 +145,25 @@ def measure(
     all_ceiling, _ = time_case(ceiling_step, module.sync, repeats=repeats)
     for name in list(cases):
         step = cases.pop(name)  # a contender is freed as soon as it is timed
-        times, paired = time_case(step, module.sync, ceiling=ceiling_step, repeats=repeats)
-        extra = probes.extra_bytes(module.NAME, device, step, 10**6)
-        syncs = probes.host_syncs(module.NAME, device, step, 10**6 + 1)
-        row = _row(workload, dtype, module.NAME, name, times, nbytes, extra, syncs)
-        if device == "cuda":  # the ceiling queued just before, under the same conditions
-            ceiling_queued = queued_ms(ceiling_step, module.sync, 2 * 10**6)
-            row.queued_ms = queued_ms(step, module.sync, 2 * 10**6)
-            row.queued_of_ceiling = ceiling_queued / row.queued_ms
-            queued_ceiling.append(ceiling_queued)
-        del step
+        try:
+            times, paired = time_case(step, module.sync, ceiling=ceiling_step, repeats=repeats)
+            extra = probes.extra_bytes(module.NAME, device, step, 10**6)
+            syncs = probes.host_syncs(module.NAME, device, step, 10**6 + 1)
+            row = _row(workload, dtype, module.NAME, name, times, nbytes, extra, syncs)
+            if device == "cuda":  # the ceiling queued just before, under the same conditions
+                ceiling_queued = queued_ms(ceiling_step, module.sync, 2 * 10**6)
+                row.queued_ms = queued_ms(step, module.sync, 2 * 10**6)
+                row.queued_of_ceiling = ceiling_queued / row.queued_ms
+                queued_ceiling.append(ceiling_queued)
+        except Exception as exc:  # a new contender's bug must not cost the case's other rows
+            if failed is None:
+                raise
+            failed.append(
+                f"{module.NAME} {workload.name} {dtype} {name}: {type(exc).__name__}: {exc}"
+            )
+            continue
+        finally:
+            del step
         rows.append(row)
         beside[name] = statistics.median(paired) * 1e3
         all_ceiling += paired

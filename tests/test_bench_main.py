@@ -75,3 +75,43 @@ def test_chart_of_no_rows_is_not_drawn(tmp_path):
     assert not (tmp_path / "none.png").exists()
     assert chart.draw([_row("ceiling"), _row("ema_core")], tmp_path / "two.png", "two") is True
     assert (tmp_path / "two.png").stat().st_size > 0
+
+
+class _Backend:
+    """A backend module's interface (``NAME``, ``cases``, ``sync``) over plain Python calls,
+    one contender of which raises."""
+
+    NAME = "plain"
+
+    @staticmethod
+    def cases(workload: Any, dtype: str, device: str) -> dict[str, Any]:
+        def bad(t: int) -> None:
+            raise RuntimeError("a new contender's bug")
+
+        return {"ceiling": lambda t: t, "first": lambda t: t, "bad": bad, "last": lambda t: t}
+
+    @staticmethod
+    def sync(result: Any) -> None:
+        pass
+
+
+def test_a_failing_contender_costs_its_own_row_only():
+    from benchmarks.workloads import Workload
+
+    tiny = Workload("tiny", ((3,),))
+    failed: list[str] = []
+    rows = harness.measure(_Backend, tiny, "fp32", "cpu", 3, None, failed)
+    assert [r.contender for r in rows] == ["ceiling", "first", "last"]
+    assert failed == ["plain tiny fp32 bad: RuntimeError: a new contender's bug"]
+    with pytest.raises(RuntimeError, match="bug"):  # no list given: raised as before
+        harness.measure(_Backend, tiny, "fp32", "cpu", 3)
+
+
+def test_the_cuda_only_torch_contenders_stay_off_the_cpu():
+    pytest.importorskip("torch")
+    from benchmarks.backends import torch as bench_torch
+    from benchmarks.workloads import Workload
+
+    for dtype in ("fp32", "bf16"):
+        found = bench_torch.cases(Workload("tiny", ((3,), (2, 2))), dtype, "cpu")
+        assert set(found) == {"ceiling", "ema_core", "EMA class", "ema_update dict"}

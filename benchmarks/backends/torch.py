@@ -1,5 +1,9 @@
 """torch: ema-core's ``ema_update`` and the ``EMA`` class (shadows of named tensors, updated in
-place); ceiling: one flat ``lerp_`` of the same bytes. Peer libraries are in benchmarks/peers."""
+place); ceiling: one flat ``lerp_`` of the same bytes. Peer libraries are in benchmarks/peers.
+
+On CUDA two more rows: ``EMA class graph`` (the class's update captured in a CUDA graph and
+replayed) and, for bf16 params, ``triton_lerp_`` (the Triton route alone). A contender that
+fails costs only its own row (``harness.measure``)."""
 
 from __future__ import annotations
 
@@ -48,12 +52,59 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     def stateless_dict(t: int) -> Any:  # a state_dict-style dict, beside the class (x class)
         return ema_core.ema_update(shadow_dict, params_dict, t, decay=0.999)
 
-    return {
+    found: dict[str, Callable[[int], Any]] = {
         "ceiling": ceiling,
         "ema_core": ema_update,
         "EMA class": ema_class,
         "ema_update dict": stateless_dict,
     }
+    if device == "cuda":
+        found["EMA class graph"] = _graph_replay(params)
+        if dtype == "bf16":
+            found["triton_lerp_"] = _triton_lerp(shadows, params)
+    return found
+
+
+def _graph_replay(params: list[Any]) -> Callable[[int], Any]:
+    """A second ``EMA`` over the same params, its update (a device step) captured in a CUDA
+    graph on first use and replayed at each call: the device's time with no host work per
+    tensor (README: capture the update in a CUDA graph)."""
+    import torch
+
+    from ema_core.torch import EMA
+
+    box: dict[str, Any] = {}
+
+    def replay(t: int) -> Any:
+        if "graph" not in box:  # made on first use: a contender left out costs no memory
+            ema = EMA({str(i): p for i, p in enumerate(params)}, decay=0.999)
+            step = torch.zeros((), dtype=torch.int64, device=params[0].device)
+            stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up off the default stream, as capture needs
+                step += 1
+                ema.update(step)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step += 1
+                ema.update(step)
+            box.update(graph=graph, ema=ema, step=step)
+        return box["graph"].replay()
+
+    return replay
+
+
+def _triton_lerp(shadows: list[Any], params: list[Any]) -> Callable[[int], Any]:
+    """The Triton route alone (``_cuda.triton_lerp_``: its checks, launch groups and kernel)
+    on the stateless call's lists, without the class or the plan: with ``queued``, how close
+    the kernel itself comes to the ceiling."""
+    from ema_core.backends.torch import _cuda
+
+    def kernel(t: int) -> Any:
+        return _cuda.triton_lerp_(shadows, params, 0.001)
+
+    return kernel
 
 
 def sync(result: Any) -> None:
