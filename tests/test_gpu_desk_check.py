@@ -42,7 +42,8 @@ def _ptx(ends: bool, pdtype: str, ddtype: str, aligned: bool = True) -> str:
 
     signature = {"table_ptr": "*i64", "w_ptr": "*fp32", "d_ptr": ddtype, "w_value": "fp32"}
     signature |= {"n_leaves": "i64", "n_chunks": "i64"}
-    constants = {"ENDS": ends, "BF16": pdtype == "*bf16", "ALIGNED": aligned}
+    constants = {"ENDS": ends, "BF16": pdtype == "*bf16", "F32": pdtype == "*fp32"}
+    constants |= {"ALIGNED": aligned}
     constants |= {"BLOCK": _cuda.TRITON_BLOCK}
     signature |= dict.fromkeys(constants, "constexpr")
     source = ASTSource(_triton_kernel.jit(), signature, constants)
@@ -53,8 +54,13 @@ def _ptx(ends: bool, pdtype: str, ddtype: str, aligned: bool = True) -> str:
 @needs_triton
 @pytest.mark.parametrize(
     ("ends", "pdtype", "ddtype"),
-    [(False, "*bf16", "*fp32"), (True, "*bf16", "*fp64"), (True, "*fp16", "*fp32")],
-    ids=["host-bf16", "ends-bf16-f64decay", "ends-fp16"],
+    [
+        (False, "*bf16", "*fp32"),
+        (True, "*bf16", "*fp64"),
+        (True, "*fp16", "*fp32"),
+        (True, "*fp32", "*fp64"),
+    ],
+    ids=["host-bf16", "ends-bf16-f64decay", "ends-fp16", "ends-fp32"],
 )
 def test_triton_kernel_compiles_for_sm90_without_fma_or_warning(
     monkeypatch, tmp_path, ends, pdtype, ddtype

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ema_core.backends.torch import _cuda, _pairs, _routes, _triton_kernel
 
-HALF = (torch.bfloat16, torch.float16)
+HALF = (torch.bfloat16, torch.float16, torch.float32)  # the params the kernel reads
 
 
 def _pair(size: int, layout: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +34,7 @@ def _expected(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[
             left.append((s, p))
         elif s.numel():
             aligned = s.data_ptr() % 16 == 0 and p.data_ptr() % 16 == 0
-            group = found.setdefault((p.dtype == torch.bfloat16, aligned), ([], [], []))
+            group = found.setdefault((p.dtype, aligned), ([], [], []))
             group[0].append(s.data_ptr())
             group[1].append(p.data_ptr())
             group[2].append(s.numel())
@@ -68,7 +68,7 @@ def test_a_models_usual_pairs_take_one_group():
     got, left = _triton_kernel.groups(shadows, params)
     assert left == []
     assert got == {
-        (True, True): (_pairs.addresses(shadows), _pairs.addresses(params), [3, 64, 1000])
+        (torch.bfloat16, True): (_pairs.addresses(shadows), _pairs.addresses(params), [3, 64, 1000])
     }
 
 
@@ -81,7 +81,7 @@ def test_launch_check_still_names_a_pair_that_is_off(spoil):
     elif spoil == "shadow_dtype":
         shadows[1] = torch.zeros(6, dtype=torch.float64)
     elif spoil == "params_dtype":
-        params[1] = torch.ones(6, dtype=torch.int32)
+        params[1] = torch.ones(6, dtype=torch.float64)
     else:
         params[1] = torch.ones(6, dtype=torch.float16, device="meta")
     with pytest.raises(ValueError, match=r"params tensor of shape|float32 shadows with"):
@@ -89,10 +89,13 @@ def test_launch_check_still_names_a_pair_that_is_off(spoil):
     _cuda._check_launch(shadows[:1], params[:1], (0.5,))  # the pair before it is fine
 
 
-def test_launch_check_takes_fp16_and_bf16_params_in_one_call():
-    shadows = [torch.zeros(4), torch.zeros(6)]
+def test_launch_check_takes_fp16_bf16_and_fp32_params_in_one_call():
+    shadows = [torch.zeros(4), torch.zeros(6), torch.zeros(2)]
     params = [torch.ones(4, dtype=torch.float16), torch.ones(6, dtype=torch.bfloat16)]
-    _cuda._check_launch(shadows, params, (0.5,))  # the loop's answer: both allowed
+    params.append(torch.ones(2))  # float32 params: the device-decay route of float32 pairs
+    _cuda._check_launch(shadows, params, (0.5,))  # the loop's answer: all allowed
+    got, left = _triton_kernel.groups(shadows, params)
+    assert left == [] and {dtype for dtype, _ in got} == {*HALF}
 
 
 @pytest.mark.parametrize("spoil", ["reshaped", "moved"])

@@ -270,3 +270,45 @@ def test_cuda_routes(monkeypatch, triton, decay):
             )
         else:
             assert _same_bits(s, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("decay", [0.3, 0.9999, 1.0, 0.0])
+def test_cuda_same_ends(decay):
+    """Float32 pairs under a device decay on CUDA take the Triton kernel in one pass (route
+    "triton-ends"): bit for bit the core at the kernel's decay ``1 - fl32(1 - d)``, the ends
+    exact (inf and NaN kept), strided pairs by the blocked way, nothing allocated per update."""
+    if _cuda._kernel() is None:
+        pytest.skip("Triton is not installed")
+    d = torch.tensor(decay, dtype=F64, device="cuda")
+    shadows = [torch.randn(n, device="cuda") for n in (5000, 7, 0)] + [
+        torch.randn(6, 4, device="cuda").t()
+    ]
+    params = [torch.randn(s.shape, device="cuda") for s in shadows]
+    shadows[0][:2] = torch.tensor([float("inf"), float("nan")])
+    params[0][2:4] = torch.tensor([float("-inf"), float("nan")])
+    before = [s.clone() for s in shadows]
+    plan = _routes.make_plan(shadows, params, ["float"] * 4)
+    assert [w for _, w in _routes.routes(plan, d)] == ["triton-ends"]
+    weight, _ = _routes._on_device(1.0 - d, d, shadows[0])
+    _routes.apply(xp, plan, d, 1.0 - d)  # warm: tables and kernels made
+    for s, b in zip(shadows, before, strict=True):
+        s.copy_(b)
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated()
+    _routes.apply(xp, plan, d, 1.0 - d)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == allocated
+    w32 = float(weight)
+    for s, b, p in zip(shadows, before, params, strict=True):
+        if decay in (0.0, 1.0):
+            assert _same_bits(s, b if decay == 1.0 else p)
+        elif not s.is_contiguous():  # the blocked way, as the mixed routes leave it
+            want = b.clone()
+            _cuda.blocked_lerp_ends_([want], [p], weight, d)
+            assert _same_bits(s, want)
+        else:
+            d_k = torch.tensor(1.0 - w32, dtype=F64, device="cuda")
+            want = _core.blend(xp, b, p, d_k, torch.tensor(w32, dtype=F64, device="cuda"))
+            assert _same_bits(s, want)

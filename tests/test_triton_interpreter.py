@@ -1,5 +1,6 @@
 """The Triton kernel of ``_cuda`` (routes "triton-mixed" and "triton-mixed-ends": a float32 shadow
-over float16/bfloat16 params) run by Triton's interpreter on CPU tensors, against the core.
+over float16/bfloat16 params; "triton-ends": float32 pairs under a device decay) run by Triton's
+interpreter on CPU tensors, against the core.
 
 What the kernel computes, element by element, with ``s`` the shadow, ``p`` the params widened to
 float32 (exact) and ``w`` the weight ``1 - decay`` rounded to float32 (a host float, or the 0-d
@@ -70,7 +71,7 @@ CASES = [
     for dtype in ("float16", "bfloat16")
     for kind, decays in (("host", HOST_DECAYS), ("device", DEVICE_DECAYS))
     for decay in decays
-]
+] + [f"float32-device-{decay}" for decay in DEVICE_DECAYS]  # route "triton-ends": float32 pairs
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None,

@@ -1,4 +1,5 @@
-"""The CUDA-only blend of a wide shadow over narrow params (fp32 over bf16/fp16, fp64 over fp32).
+"""The CUDA-only blend of a wide shadow over narrow params (fp32 over bf16/fp16, fp64 over fp32),
+and the one-pass device-decay blend of float32 pairs.
 
 Eager torch needs two passes here: ``lerp_`` rejects mixed dtypes, and ``s.lerp_(p.float(), w)``
 writes and reads a model-sized copy of the params. Two one-pass ways instead (``_routes`` picks):
@@ -11,7 +12,9 @@ writes and reads a model-sized copy of the params. Two one-pass ways instead (``
 * Triton (routes "triton-mixed" / "triton-mixed-ends"; a float32 shadow, Triton installed): one
   kernel casts in registers, 10 bytes per element for bf16 params; strided pairs take the
   blocked way. The formula is torch's ``lerp``: ``s + w * (p - s)`` for ``|w| < 0.5``,
-  ``p - (p - s) * (1 - w)`` otherwise.
+  ``p - (p - s) * (1 - w)`` otherwise. The same kernel takes float32 params under a device
+  decay (route "triton-ends"): one pass with exact ends, where ``_foreach.lerp_ends_`` takes
+  three ops and a temporary per tensor.
 
 With a host decay (``*_lerp_``: a float weight, the caller has ruled out decay 0 and 1) the blend
 is one fused ``lerp``. With a device decay (``*_lerp_ends_``: a 0-d weight and decay on the
@@ -52,7 +55,8 @@ LAUNCH_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
 _LOCAL = threading.local()
 
 Pairs = _triton_kernel.Pairs
-_HALF = (torch.float16, torch.bfloat16)
+#: The params dtypes the kernel reads under a float32 shadow.
+_KERNEL_PARAMS = (torch.float16, torch.bfloat16, torch.float32)
 Blend = Callable[[list[torch.Tensor], list[torch.Tensor]], None]
 
 
@@ -154,6 +158,7 @@ def triton_lerp_ends_(
 ) -> None:
     """``blocked_lerp_ends_`` through the Triton kernel, which reads ``weight`` and ``decay``
     from device memory and selects the ends element by element (strided pairs: blocked).
+    Float32 params too (route "triton-ends"): one pass where ``_foreach.lerp_ends_`` takes three.
 
     Raises:
         ValueError: as ``triton_lerp_``, or ``weight`` / ``decay`` is not 0-d on the shadows'
@@ -176,14 +181,15 @@ def _launch(
     kernel = _kernel()
     device = shadows[0].device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        for (bf16, aligned), (s_addrs, p_addrs, sizes) in groups.items():
+        for (pdtype, aligned), (s_addrs, p_addrs, sizes) in groups.items():
             table, chunks = _triton_kernel.table_at(device, s_addrs, p_addrs, sizes, TRITON_BLOCK)
             if len(scalars) == 1:  # a host weight by value; the table stands in for pointers
                 args = (table, table, table, scalars[0])
             else:
                 args = (table, *scalars, 0.0)
             kernel[(chunks,)](
-                *args, len(sizes), chunks, ENDS=len(scalars) == 2, BF16=bf16,
+                *args, len(sizes), chunks, ENDS=len(scalars) == 2,
+                BF16=pdtype == torch.bfloat16, F32=pdtype == torch.float32,
                 ALIGNED=aligned, BLOCK=TRITON_BLOCK, **LAUNCH_OPTIONS,
             )  # fmt: skip
     return left
@@ -203,21 +209,21 @@ def _check_launch(
                 f"the {name} must be a 0-d tensor on the shadows' device {device}, got "
                 f"shape {tuple(x.shape)} on {x.device}"
             )
-    half = params[0].dtype
+    pdtype = params[0].dtype
     if (  # the usual case, read list by list (``_pairs``); the loop names a pair that is off
-        half in _HALF
+        pdtype in _KERNEL_PARAMS
         and _pairs.all_dtype(shadows, torch.float32)
-        and _pairs.all_dtype(params, half)
+        and _pairs.all_dtype(params, pdtype)
         and _pairs.sizes(params) == _pairs.sizes(shadows)
         and _pairs.all_on(shadows, device)
         and _pairs.all_on(params, device)
     ):
         return
     for s, p in zip(shadows, params, strict=True):
-        if s.dtype != torch.float32 or p.dtype not in (torch.float16, torch.bfloat16):
+        if s.dtype != torch.float32 or p.dtype not in _KERNEL_PARAMS:
             raise ValueError(
-                f"the kernel blends float32 shadows with float16 or bfloat16 params, got a "
-                f"{s.dtype} shadow over {p.dtype} params"
+                "the kernel blends float32 shadows with float16, bfloat16 or float32 params, "
+                f"got a {s.dtype} shadow over {p.dtype} params"
             )
         if p.numel() != s.numel() or p.device != device or s.device != device:
             raise ValueError(

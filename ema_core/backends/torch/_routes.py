@@ -15,6 +15,7 @@ copy                  0.0     any    averaged  ``_foreach.copy_``              h
 copy                  any     any    exact     ``_foreach.copy_``              exact_leaves_copy
 foreach-lerp          host    any    same      ``_foreach.lerp_``              cpu_routes
 foreach-lerp-ends     device  any    same [1]  ``_foreach.lerp_ends_``         cpu_routes
+triton-ends           device  CUDA   same[3]   ``_cuda.triton_lerp_ends_``     cuda_same_ends
 host-engine           host    CPU    mixed     ``_host.run``                   cpu_routes
 cuda-mixed            host    CUDA   mixed     ``_cuda.blocked_lerp_``         cuda_routes
 cuda-mixed-ends       device  CUDA   mixed     ``_cuda.blocked_lerp_ends_``    cuda_routes
@@ -23,25 +24,28 @@ triton-mixed-ends     device  CUDA   mixed[2]  ``_cuda.triton_lerp_ends_``     c
 generic               any     any    the rest  ``_core.blend`` per leaf        cpu_routes
 ====================  ======  =====  ========  ==============================  ====================
 
-[1] float32 or wider. [2] a float32 shadow, Triton installed. Tests: ``test_<name>`` in
-``tests/test_torch_routes.py`` (the CUDA ones marked ``gpu``; ``tests/test_torch_kernels.py``
-runs the blocked functions on CPU tensors). "generic" takes the ``other`` bucket, half ``same``
-groups with a device decay (the core computes in float32: a device rate is not rounded to the
-half), ``mixed`` groups with a device decay on the CPU, or that the host engine refuses
-(``_host.usable``), or on another device. ``foreach-lerp`` is torch's ``lerp_(params, 1 - decay)``:
-it may differ from the core by one rounding (at most 1 ulp of ``max(|s|, |p|)``); the host engine
-and the core share their arithmetic bit for bit. The "-ends" routes and "generic" keep both ends
-exact without reading a device decay: decay 1 keeps each shadow's bits, decay 0 gives the
-params' (inf and NaN included), so an update can be captured in a CUDA graph.
+[1] float32 or wider (float32 on CUDA with Triton: triton-ends). [2] a float32 shadow, Triton
+installed. [3] float32 pairs, Triton installed: one pass with exact ends, where
+``_foreach.lerp_ends_`` takes three ops and a temporary per tensor (a CUDA graph's update).
+Tests: ``test_<name>`` in ``tests/test_torch_routes.py`` (the CUDA ones marked ``gpu``;
+``tests/test_torch_kernels.py`` runs the blocked functions on CPU tensors). "generic" takes the
+``other`` bucket, half ``same`` groups with a device decay (the core computes in float32: a
+device rate is not rounded to the half), ``mixed`` groups with a device decay on the CPU, or
+that the host engine refuses (``_host.usable``), or on another device. ``foreach-lerp`` is
+torch's ``lerp_(params, 1 - decay)``: it may differ from the core by one rounding (at most 1 ulp
+of ``max(|s|, |p|)``); the host engine and the core share their arithmetic bit for bit. The
+"-ends" routes and "generic" keep both ends exact without reading a device decay: decay 1 keeps
+each shadow's bits, decay 0 gives the params' (inf and NaN included), so an update can be
+captured in a CUDA graph.
 
-Before anything is written, every pair of a ``mixed`` group is checked against its shadow (shape
-and device): those routes index the params by the shadow's size (host loops, Triton) or
-cast-copy them into a scratch (which would broadcast). The host engine's views are (re)bound,
-each pair checked, when a tensor's storage, shape or dtype changed (also that each storage
-still holds its tensor: one freed by ``untyped_storage().resize_(0)`` is refused). A mismatch
-raises ``ValueError`` naming the tensor and leaves every shadow as it was. The host engine
-writes through numpy views, so it bumps the shadows' version counters itself, as torch's
-in-place ops do.
+Before anything is written, every pair of a ``mixed`` group (and of a ``triton-ends`` one) is
+checked against its shadow (shape and device): those routes index the params by the shadow's
+size (host loops, Triton) or cast-copy them into a scratch (which would broadcast). The host
+engine's views are (re)bound, each pair checked, when a tensor's storage, shape or dtype changed
+(also that each storage still holds its tensor: one freed by ``untyped_storage().resize_(0)`` is
+refused). A mismatch raises ``ValueError`` naming the tensor and leaves every shadow as it was.
+The host engine writes through numpy views, so it bumps the shadows' version counters itself, as
+torch's in-place ops do.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ Route: TypeAlias = Literal[
     "cuda-mixed-ends",
     "triton-mixed",
     "triton-mixed-ends",
+    "triton-ends",
     "generic",
 ]
 _HALF = (torch.float16, torch.bfloat16)
@@ -84,7 +89,9 @@ def route(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor, decay: Val
         return "skip"
     group = bucket(kind, shadow, params)
     if group == "same" and (on_host or shadow.dtype not in _HALF):
-        return "foreach-lerp" if on_host else "foreach-lerp-ends"
+        if on_host:
+            return "foreach-lerp"
+        return "triton-ends" if _cuda.triton_usable(shadow) else "foreach-lerp-ends"
     return _mixed_route(shadow, params, on_host) if group == "mixed" else "generic"
 
 
@@ -125,7 +132,7 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value, *, kept: bool = 
     work = routes(plan, decay)
     mixed = {id(group) for group in plan.mixed}
     for group, way in work:
-        if id(group) in mixed and way != "skip":
+        if (id(group) in mixed and way != "skip") or way == "triton-ends":
             _check(group, way, kept)
     for group, way in work:
         _run(xp, group, way, decay, rate)
@@ -162,7 +169,7 @@ def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> 
             _cuda.blocked_lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
         case "triton-mixed":
             _cuda.triton_lerp_(s, p, float(rate))
-        case "triton-mixed-ends":
+        case "triton-mixed-ends" | "triton-ends":
             _cuda.triton_lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
         case "generic":
             _generic(xp, s, p, decay, rate)

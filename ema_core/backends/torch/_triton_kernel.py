@@ -1,12 +1,12 @@
-"""The Triton kernel of the CUDA mixed-precision blend (``_cuda``'s "triton" routes): float32
-shadows blended with half params cast in registers, torch's ``lerp`` formula, exact ends under a
-device decay. One launch covers many leaves: each program reads its leaf and start from a table
-(``table`` below: the shadows' and params' addresses, the sizes, then per chunk of ``BLOCK``
-elements its leaf and its first element). Full chunks load and store unmasked, and
-with ``ALIGNED`` (every address a multiple of 16 bytes) the compiler is told so, which lets it
-use 16-byte loads and stores; the last chunk of a leaf is masked. ``groups`` sorts the pairs
-into launches (one per params dtype and alignment) and leaves the strided pairs out. Triton is
-imported in the calls, never at import.
+"""The Triton kernel of ``_cuda``'s "triton" routes: float32 shadows blended with half params cast
+in registers (or float32 params, for the one-pass device-decay route of float32 pairs), torch's
+``lerp`` formula, exact ends under a device decay. One launch covers many leaves: each program
+reads its leaf and start from a table (``table`` below: the shadows' and params' addresses, the
+sizes, then per chunk of ``BLOCK`` elements its leaf and its first element). Full chunks load
+and store unmasked, and with ``ALIGNED`` (every address a multiple of 16 bytes) the compiler is
+told so, which lets it use 16-byte loads and stores; the last chunk of a leaf is masked.
+``groups`` sorts the pairs into launches (one per params dtype and alignment) and leaves the
+strided pairs out. Triton is imported in the calls, never at import.
 
 The first GPU run (H200, 2026-12-04) launched one kernel per leaf: Triton's Python launch costs
 about 17 us, and GPT-2 small's 148 bf16 leaves took 2.9 ms where the bytes need 0.3 ms. The
@@ -31,8 +31,8 @@ from ema_core.backends.torch import _pairs
 __all__ = ["groups", "jit", "kernel", "table", "table_at"]
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
-#: Per (bf16 params, 16-byte aligned): the shadows' and params' addresses and the sizes.
-Groups = dict[tuple[bool, bool], tuple[list[int], list[int], list[int]]]
+#: Per (params dtype, 16-byte aligned): the shadows' and params' addresses and the sizes.
+Groups = dict[tuple[torch.dtype, bool], tuple[list[int], list[int], list[int]]]
 
 #: Tables kept (the last ones used): an EMA passes the same leaves every step, so its table is
 #: built once; a CUDA graph's replays read the table its capture saw, kept while it is in here.
@@ -88,7 +88,7 @@ def table_at(
 
 
 def groups(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[Groups, Pairs]:
-    """The launches ``_cuda`` makes: the contiguous non-empty pairs per (bf16 params, 16-byte
+    """The launches ``_cuda`` makes: the contiguous non-empty pairs per (params dtype, 16-byte
     aligned), as the shadows' and params' addresses and the sizes (``table_at``'s arguments);
     and the strided pairs, which the kernel does not take. A model's usual case (every pair
     contiguous, aligned, non-empty, one params dtype) is read list by list (``_pairs``)."""
@@ -98,7 +98,7 @@ def groups(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[Gro
         low = functools.reduce(operator.or_, [*s_addrs, *p_addrs], 0)  # any address's low bits
         dtype = params[0].dtype
         if not low & 15 and 0 not in sizes and _pairs.all_dtype(params, dtype):
-            return {(dtype == torch.bfloat16, True): (s_addrs, p_addrs, sizes)}, []
+            return {(dtype, True): (s_addrs, p_addrs, sizes)}, []
     left: Pairs = []
     found: Groups = {}
     for s, p in zip(shadows, params, strict=True):
@@ -107,7 +107,7 @@ def groups(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[Gro
         elif n := s.numel():
             s_addr, p_addr = s.data_ptr(), p.data_ptr()
             aligned = s_addr % 16 == 0 and p_addr % 16 == 0
-            group = found.setdefault((p.dtype == torch.bfloat16, aligned), ([], [], []))
+            group = found.setdefault((p.dtype, aligned), ([], [], []))
             group[0].append(s_addr)
             group[1].append(p_addr)
             group[2].append(n)
@@ -148,6 +148,7 @@ def jit() -> Any:
         n_chunks,  # noqa: ANN001
         ENDS: tl.constexpr,  # noqa: N803
         BF16: tl.constexpr,  # noqa: N803
+        F32: tl.constexpr,  # noqa: N803
         ALIGNED: tl.constexpr,  # noqa: N803
         BLOCK: tl.constexpr,  # noqa: N803
     ):
@@ -156,7 +157,9 @@ def jit() -> Any:
         start = tl.load(table_ptr + 3 * n_leaves + n_chunks + chunk)
         size = tl.load(table_ptr + 2 * n_leaves + leaf)
         s_ptr = tl.load(table_ptr + leaf).to(tl.pointer_type(tl.float32))
-        if BF16:
+        if F32:  # float32 params: the one-pass device-decay route of float32 pairs
+            p_ptr = tl.load(table_ptr + n_leaves + leaf).to(tl.pointer_type(tl.float32))
+        elif BF16:
             p_ptr = tl.load(table_ptr + n_leaves + leaf).to(tl.pointer_type(tl.bfloat16))
         else:
             p_ptr = tl.load(table_ptr + n_leaves + leaf).to(tl.pointer_type(tl.float16))
