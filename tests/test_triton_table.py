@@ -79,14 +79,15 @@ def test_threads_get_their_own_leaves_tables():
 
 @pytest.mark.parametrize(
     ("sdtype", "pdtype"),
-    [(torch.float32, torch.float32), (torch.float64, torch.bfloat16), (torch.float32, torch.int8)],
+    [(torch.float32, torch.float64), (torch.float64, torch.bfloat16), (torch.float32, torch.int8)],
 )
 def test_the_launcher_refuses_pairs_the_kernel_does_not_read(sdtype, pdtype):
-    # the kernel reads float32 shadows and 2-byte params by their address: anything else would
-    # be read as the wrong type, so it is refused before any pair is written
+    # the kernel reads float32 shadows and float16, bfloat16 or float32 params by their
+    # address: anything else would be read as the wrong type, so it is refused before any pair
+    # is written
     good_s, good_p = torch.ones(4), torch.zeros(4, dtype=torch.bfloat16)
     bad_s, bad_p = torch.ones(4, dtype=sdtype), torch.zeros(4, dtype=pdtype)
-    with pytest.raises(ValueError, match="float32 shadows with float16 or bfloat16 params"):
+    with pytest.raises(ValueError, match="float32 shadows with float16, bfloat16 or float32 pa"):
         _cuda.triton_lerp_([good_s, bad_s], [good_p, bad_p], 0.5)
     assert torch.equal(good_s, torch.ones(4)) and torch.equal(bad_s, torch.ones(4, dtype=sdtype))
 
