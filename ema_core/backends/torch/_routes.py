@@ -25,8 +25,9 @@ generic               any     any    the rest  ``_core.blend`` per leaf        c
 ====================  ======  =====  ========  ==============================  ====================
 
 [1] float32 or wider (float32 on CUDA with Triton: triton-ends). [2] a float32 shadow, Triton
-installed. [3] float32 pairs, Triton installed: one pass with exact ends, where
-``_foreach.lerp_ends_`` takes three ops and a temporary per tensor (a CUDA graph's update).
+installed. [3] float32 pairs, Triton installed, not traced by ``torch.compile``: one pass with
+exact ends, where ``_foreach.lerp_ends_`` takes three ops and a temporary per tensor (a CUDA
+graph's update).
 Tests: ``test_<name>`` in ``tests/test_torch_routes.py`` (the CUDA ones marked ``gpu``;
 ``tests/test_torch_kernels.py`` runs the blocked functions on CPU tensors). "generic" takes the
 ``other`` bucket, half ``same`` groups with a device decay (the core computes in float32: a
@@ -91,7 +92,9 @@ def route(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor, decay: Val
     if group == "same" and (on_host or shadow.dtype not in _HALF):
         if on_host:
             return "foreach-lerp"
-        return "triton-ends" if _cuda.triton_usable(shadow) else "foreach-lerp-ends"
+        # traced (torch.compile), the plain ops as before: the kernel reads data addresses
+        one_pass = _cuda.triton_usable(shadow) and not torch.compiler.is_compiling()
+        return "triton-ends" if one_pass else "foreach-lerp-ends"
     return _mixed_route(shadow, params, on_host) if group == "mixed" else "generic"
 
 
