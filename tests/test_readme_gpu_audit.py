@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from tests.test_readme_performance_audit import RESULTS, SECTION, _rounded, _rows
+from tests.test_readme_performance_audit import README, RESULTS, SECTION, _rounded, _rows
 
 # -- the GPU bullet (one H200, 2026-12-04) ----------------------------------------------------
 
@@ -132,6 +132,7 @@ def test_gpu_run3_figures_are_its_results_files() -> None:
         / j20k[("many_small_20k", "fp32", "jax", "packed")]["ms"]
     )
     assert "8.2x faster" in text and _rounded(ratio, "8.2")
+    assert "8.2x on an H200" in " ".join(README.split())  # "JAX in depth", the same run
     log = (RESULTS / "cuda-2026-12-04-run3-gpu-tests.log").read_text(encoding="utf-8")
     assert "167 passed, 30 skipped" in log and "failed" not in log.split("short test summary")[1]
     assert "All 167 gpu tests passed" in text and "30 skipped" in text
