@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ema_core.backends.torch import _cuda, _pairs, _routes, _triton_kernel
 
-HALF = (torch.bfloat16, torch.float16, torch.float32)  # the params the kernel reads
+KERNEL_PARAMS = (torch.bfloat16, torch.float16, torch.float32)  # the params the kernel reads
 
 
 def _pair(size: int, layout: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +47,7 @@ def _expected(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[
         st.tuples(
             st.integers(0, 40),
             st.sampled_from(["contiguous", "contiguous", "strided", "offset"]),
-            st.sampled_from(HALF),
+            st.sampled_from(KERNEL_PARAMS),
         ),
         min_size=1,
         max_size=8,
@@ -95,7 +95,7 @@ def test_launch_check_takes_fp16_bf16_and_fp32_params_in_one_call():
     params.append(torch.ones(2))  # float32 params: the device-decay route of float32 pairs
     _cuda._check_launch(shadows, params, (0.5,))  # the loop's answer: all allowed
     got, left = _triton_kernel.groups(shadows, params)
-    assert left == [] and {dtype for dtype, _ in got} == {*HALF}
+    assert left == [] and {dtype for dtype, _ in got} == {*KERNEL_PARAMS}
 
 
 @pytest.mark.parametrize("spoil", ["reshaped", "moved"])
