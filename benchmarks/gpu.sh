@@ -4,7 +4,7 @@
 # the same run. Files go under $OUT when it is set (the device tool brings them back), else
 # under benchmarks/results/.
 #
-#   bash benchmarks/gpu.sh          tests + GPT-2 small and 20k tiny (about 6 minutes on an H200)
+#   bash benchmarks/gpu.sh          tests + GPT-2 small and 20k tiny (about 7 minutes on an H200)
 #   bash benchmarks/gpu.sh --big    also Llama-1.1B, and CuPy and JAX on 20k tiny (about 15 minutes)
 #   GPU_TESTS="tests/a.py ..." bash benchmarks/gpu.sh    only those test files
 #   GPU_PARTS="torch cupy" GPU_TEST_SECONDS=90 ...     only those benchmark parts; the tests' limit
@@ -12,9 +12,10 @@
 # Llama-1.1B is left to --big: on the first H200 run (2026-12-04) drawing its host arrays and
 # building the peers took 65 s per torch case, and JAX did not finish one case in 60 s; JAX
 # traced the 20k-leaf update for longer than its 30 s. GPT-2 small (124M parameters, 1.5 GB
-# streamed per fp32 update) already measures the bandwidth. Run 3 (2026-12-04) needed 72 s for
-# the torch part with its peers (timm and AveragedModel take 160 ms per update on 20k tiny
-# tensors), and CuPy did not finish its 20k-tiny case in 110 s (its host work per array): CuPy
+# streamed per fp32 update) already measures the bandwidth. Run 3 (2026-12-04) needed 143 s for
+# the torch part with its peers (its last case, 20k tiny bf16, alone 71 s: timm and
+# AveragedModel take 160 ms per update on 20k tiny tensors), and CuPy did not finish its
+# 20k-tiny case in 110 s (its host work per array): CuPy
 # runs GPT-2 small only, unless --big.
 #
 # The device machine has Python 3.12 with torch, JAX, CuPy, Triton, optax and pytest only, and
@@ -78,7 +79,7 @@ bench() {  # bench SECONDS TAG BACKEND [ARGS...]: one process, its own files and
         --tag "$tag" --out "$out" "$@" 2>&1 | tee "$out/gpu-bench-$tag.log" || status=1
 }
 parts=" ${GPU_PARTS:-torch cupy jax} "
-[[ $parts == *" torch "* ]] && bench 130 torch torch --workload gpt2_small --workload many_small_20k
+[[ $parts == *" torch "* ]] && bench 200 torch torch --workload gpt2_small --workload many_small_20k
 [[ $parts == *" cupy "* ]] && bench 40 cupy cupy --no-peers --workload gpt2_small
 [[ $parts == *" jax "* ]] && bench 45 jax jax --no-peers --workload gpt2_small
 if [ "${1:-}" = "--big" ]; then
