@@ -131,3 +131,10 @@ def test_all_dtype_contiguous_and_shapes():
     assert _pairs.same_shapes([x, x[0]], [x.half(), torch.ones(4)])
     assert not _pairs.same_shapes([x], [x.t()])
     assert _pairs.sizes([x, x[0], x[:0]]) == [12, 4, 0]
+
+
+def test_launch_check_of_lists_of_other_lengths_raises_value_error():
+    # the shortcut reads the first params' dtype: an empty params list must still reach the
+    # loop's ValueError (zip strict), not an IndexError
+    with pytest.raises(ValueError, match=r"shorter|longer"):
+        _cuda._check_launch([torch.zeros(2)], [], (0.5,))

@@ -209,7 +209,7 @@ def _check_launch(
                 f"the {name} must be a 0-d tensor on the shadows' device {device}, got "
                 f"shape {tuple(x.shape)} on {x.device}"
             )
-    pdtype = params[0].dtype
+    pdtype = params[0].dtype if params else None  # lists of other lengths: the loop says so
     if (  # the usual case, read list by list (``_pairs``); the loop names a pair that is off
         pdtype in _KERNEL_PARAMS
         and _pairs.all_dtype(shadows, torch.float32)
