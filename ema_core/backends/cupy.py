@@ -147,7 +147,7 @@ def update_leaves(
                 out[i] = _fused()(s, p, d, r, s if write else _cupy().empty_like(s))
     tables = memo if memo is not None and all(writes) else None  # the same pointers each call
     for pair, group in groups.items():
-        _multi(group, shadows, params, writes, out, d, r, tables, pair)
+        _multi(pair, group, shadows, params, writes, out, d, r, tables)
     return out
 
 
@@ -239,6 +239,7 @@ def _copy_exact(s: Array, p: Array, write: bool) -> Array:
 
 
 def _multi(
+    pair: tuple[str, str],
     group: list[int],
     shadows: Sequence[Array],
     params: Sequence[Array],
@@ -246,12 +247,11 @@ def _multi(
     out: list[Array],
     d: Any,
     r: Any,
-    tables: dict[Any, Any] | None = None,
-    pair: tuple[str, str] = ("", ""),
+    tables: dict[Any, Any] | None,
 ) -> None:
-    """One launch over the small leaves ``group`` (one dtype pair ``pair``); fills ``out``.
-    ``tables``: the plan cache's memo, which keeps the group's table (in-place updates of
-    arrays whose pointers it vouches for)."""
+    """One launch over the small leaves ``group`` (of the dtype pair ``pair``, shadow's and
+    params' names); fills ``out``. ``tables``: the plan cache's memo, which keeps the group's
+    table (in-place updates of arrays whose pointers it vouches for), or None."""
     fresh = [i for i in group if not writes[i]]
     if fresh:  # new results are views into one flat buffer: one allocation, not one per leaf
         flat = _cupy().empty(sum(shadows[i].size for i in fresh), shadows[fresh[0]].dtype)
@@ -267,7 +267,7 @@ def _multi(
             tables[("table", pair)] = (table, n_chunks)
     if n_chunks == 0:
         return
-    sname, pname = shadows[group[0]].dtype.name, params[group[0]].dtype.name
+    sname, pname = pair
     on_device = not isinstance(d, np.float64)
     host = (np.float64(0.0), np.float64(0.0)) if on_device else (d, r)
     pointers = (d, r) if on_device else (table, table)  # any valid pointer when unused
