@@ -3,6 +3,7 @@
 ``python -m benchmarks --bank`` times the torch ``EMABank`` against separate EMAs only;
 ``python -m benchmarks --tree`` times flattening and checking flat dicts of 1k-100k leaves only;
 ``python -m benchmarks --eager`` times one eager ``ema_core.update`` of a JAX state only;
+``python -m benchmarks --routes`` times the host's work per update on the Triton routes only;
 the full run prints that table too.
 
 Times ema-core on real model shapes for every installed backend, beside the peer EMAs a user
@@ -25,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bank, chart, eager, harness, stateless, tree, workloads
+from benchmarks import bank, chart, eager, harness, routes, stateless, tree, workloads
 from benchmarks.backends import MODULES
 from benchmarks.peers import PEERS
 
@@ -59,6 +60,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--eager",
         action="store_true",
         help="only one eager ema_core.update of a JAX state against make_update (eager.py)",
+    )
+    ap.add_argument(
+        "--routes",
+        action="store_true",
+        help="only the host's work per update on the Triton routes, CPU tensors (routes.py)",
     )
     ap.add_argument(
         "--bank",
@@ -109,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.eager:
         print(eager.main())
+        return 0
+    if args.routes:
+        meta = describe("cpu")
+        print(f"{meta['machine']}, {meta['date']}, python -m benchmarks --routes")
+        print(routes.main())
         return 0
     names = args.workload or (
         ["resnet50"]

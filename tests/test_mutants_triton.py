@@ -1,8 +1,8 @@
 """Mutation audit of the Triton mixed-precision blend (float32 shadows over bfloat16/float16
 params) after its rewrite to one launch per group over a device table: the kernel
 (``_triton_kernel.jit``'s ``blend``), its table (``_triton_kernel.table``: layout, cache key,
-eviction) and the launcher (``_cuda.triton_lerp_``, ``triton_lerp_ends_``, ``_launch``,
-``_check_launch``). Hand-made mutants were run against ``test_triton_interpreter``,
+eviction) and the launcher (``_cuda.triton_lerp_``, ``triton_lerp_ends_``, ``prepare``, ``_launch``,
+``_check_pairs``). Hand-made mutants were run against ``test_triton_interpreter``,
 ``test_triton_table``, ``test_gpu_desk_check``, ``test_torch_routes`` and
 ``test_torch_kernel_ends_and_bounds``; each test here kills mutants those left alive:
 
@@ -24,7 +24,7 @@ eviction) and the launcher (``_cuda.triton_lerp_``, ``triton_lerp_ends_``, ``_la
   pairs and empty leaves never in a table, the host weight by value and the device weight and
   decay in that order. ``ALIGNED`` changes only GPU code (the interpreter ignores the hints), so
   no CPU run of the kernel sees it; this is where the launcher's decision is checked.
-* ``test_a_later_shadow_off_the_first_shadows_device_is_refused``: ``_check_launch`` checks each
+* ``test_a_later_shadow_off_the_first_shadows_device_is_refused``: ``_cuda._check_pairs`` checks each
   shadow's device, not only each params' (a shadow elsewhere over params on the launch's device
   is refused before any write).
 * ``test_every_pair_is_checked_the_first_too``: a params tensor of another size is refused

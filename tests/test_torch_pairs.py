@@ -85,15 +85,15 @@ def test_launch_check_still_names_a_pair_that_is_off(spoil):
     else:
         params[1] = torch.ones(6, dtype=torch.float16, device="meta")
     with pytest.raises(ValueError, match=r"params tensor of shape|float32 shadows with"):
-        _cuda._check_launch(shadows, params, (0.5,))
-    _cuda._check_launch(shadows[:1], params[:1], (0.5,))  # the pair before it is fine
+        _cuda.prepare(shadows, params)
+    _cuda.prepare(shadows[:1], params[:1])  # the pair before it is fine
 
 
 def test_launch_check_takes_fp16_bf16_and_fp32_params_in_one_call():
     shadows = [torch.zeros(4), torch.zeros(6), torch.zeros(2)]
     params = [torch.ones(4, dtype=torch.float16), torch.ones(6, dtype=torch.bfloat16)]
     params.append(torch.ones(2))  # float32 params: the device-decay route of float32 pairs
-    _cuda._check_launch(shadows, params, (0.5,))  # the loop's answer: all allowed
+    _cuda.prepare(shadows, params)  # the loop's answer: all allowed
     got, left = _triton_kernel.groups(shadows, params)
     assert left == [] and {dtype for dtype, _ in got} == {*KERNEL_PARAMS}
 
@@ -137,4 +137,4 @@ def test_launch_check_of_lists_of_other_lengths_raises_value_error():
     # the shortcut reads the first params' dtype: an empty params list must still reach the
     # loop's ValueError (zip strict), not an IndexError
     with pytest.raises(ValueError, match=r"shorter|longer"):
-        _cuda._check_launch([torch.zeros(2)], [], (0.5,))
+        _cuda.prepare([torch.zeros(2)], [])

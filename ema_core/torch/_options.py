@@ -35,11 +35,12 @@ class Binding:
     where needed. ``apply`` updates the tracked tensors that move (``Config.non_float`` may
     freeze integer ones) and keeps track of an update cut short (``pending``).
 
-    The same look covers the host engine's views of a ``Local`` store (one pass over the
-    tensors per update): when it found them unchanged (``vouched``, for the next ``apply``
-    only) the store uses its views without comparing them again. ``covered``: every view the
-    store holds was bound under the current watch; a view bound without its vouching (the
-    module held other objects over the same memory) is dropped at the next vouched look.
+    The same look covers the host engine's views and the Triton launches of a ``Local``
+    store's mixed groups (one pass over the tensors per update): when it found them unchanged
+    (``vouched``, for the next ``apply`` only) the store uses them without comparing them
+    again. ``covered``: every view (and launch) the store holds was bound under the current
+    watch; one bound without its vouching (the module held other objects over the same
+    memory) is dropped at the next vouched look.
     """
 
     def __init__(

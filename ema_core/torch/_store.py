@@ -135,9 +135,10 @@ class Local:
         _run(self.units, self.done, xp, decay, rate, kept)
 
     def forget(self) -> None:
-        """Drop the host engine's views (bound again, each pair checked, at the next use)."""
+        """Drop the host engine's views and the Triton launches (made again, each pair
+        checked, at the next use)."""
         for group in self.plan.mixed:
-            group.host = None
+            group.host = group.launch = None
 
     def wait(self) -> None:
         """Nothing is in flight: local updates are stream-ordered with every later use."""

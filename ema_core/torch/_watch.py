@@ -10,7 +10,8 @@ from typing import Any, TypeGuard
 
 import torch
 
-from ema_core.backends.torch._host import key as views_key
+from ema_core.backends.torch._cuda import triton_usable
+from ema_core.backends.torch._pairs import key as views_key
 from ema_core.backends.torch._plan import bucket
 from ema_core.torch import _dtensor
 from ema_core.torch._names import PLAIN as _PLAIN
@@ -38,12 +39,13 @@ class Watch:
     left there then is the user's, a change. When ``same()`` is False, ``EMA`` looks the
     tensors up again by name (``lookup``) and rebinds.
 
-    Given the shadows, the same pass also covers what the host engine's views of the CPU
-    mixed-precision pairs depend on (``_host.Key``; ``_Views``): each such param's layout and
-    its shadow's pointer, size, layout and dtype (``fits``), and whether the module still
-    holds those params' very objects (``held``). A ``same()`` with both vouches that views
-    bound since the watch began (or since ``views.renew()``) still fit, and the store skips its
-    own comparison of them (``_host.stale``).
+    Given the shadows, the same pass also covers what the kernels' prepared reads of the
+    mixed-precision pairs depend on (the host engine's views on the CPU, the Triton kernel's
+    launch tables on CUDA: ``_pairs.Key``; ``_Views``): each such param's layout and its
+    shadow's pointer, size, layout and dtype (``fits``), and whether the module still holds
+    those params' very objects (``held``). A ``same()`` with both vouches that views or
+    launches made since the watch began (or since ``views.renew()``) still fit, and the store
+    skips its own comparison of them (``_host.stale``, ``_routes._prepare``).
     """
 
     def __init__(
@@ -138,17 +140,23 @@ _DTYPE = operator.attrgetter("dtype")
 
 
 def _engine(shadow: torch.Tensor | None, t: Tracked) -> TypeGuard[torch.Tensor]:
-    """Whether the pair may take the host engine (a superset of ``_host.usable``'s pairs): a
-    plain float CPU tensor under a wider plain shadow (the ``mixed`` bucket)."""
+    """Whether a kernel keeps prepared reads of the pair that the watch vouches for: the host
+    engine's views (a superset of ``_host.usable``'s pairs: a plain float CPU tensor under a
+    wider plain shadow) or the Triton kernel's launch (a plain float CUDA tensor under a
+    float32 shadow on its device, Triton installed): the ``mixed`` bucket."""
     if shadow is None or t.kind != "float" or shadow.dtype == t.tensor.dtype:
         return False
     plain = type(shadow) is torch.Tensor and type(t.tensor) in _PLAIN
-    on_cpu = shadow.device.type == "cpu" and t.tensor.device.type == "cpu"
-    return plain and on_cpu and bucket(t.kind, shadow, t.tensor) == "mixed"
+    if not plain or shadow.device != t.tensor.device:
+        return False
+    on_cpu = shadow.device.type == "cpu"
+    if not (on_cpu or triton_usable(shadow)):
+        return False
+    return bucket(t.kind, shadow, t.tensor) == "mixed"
 
 
 class _Views:
-    """The rest of what the host engine's views of some pairs depend on (``_host.Key``),
+    """The rest of what the kernels' prepared reads of some pairs depend on (``_pairs.Key``),
     beside the pointers, shapes and dtypes ``Watch`` reads: each param's contiguity (and shape
     and strides where it is not contiguous) and its shadow's pointer, size, contiguity, dtype
     (and layout); read in the same pass, from the tensors the module holds now.
@@ -197,7 +205,7 @@ class _Views:
 
 
 def _layout(shadows: list[torch.Tensor], params: list[Any], i: int) -> tuple[Any, Any]:
-    """Shape and strides of tensor ``i`` of ``[*shadows, *params]`` (``_host.Key.layouts``)."""
+    """Shape and strides of tensor ``i`` of ``[*shadows, *params]`` (``_pairs.Key.layouts``)."""
     t = shadows[i] if i < len(shadows) else params[i - len(shadows)]
     return t.shape, t.stride()
 

@@ -15,7 +15,8 @@
 * ``_cuda``: the one-pass blend of a wide shadow over narrow params on CUDA (blocked torch ops,
   or the Triton kernel of ``_triton_kernel``).
 * ``_pairs``: whole-list reads of many (shadow, params) pairs (shapes, devices, dtypes, sizes,
-  addresses), for the checks the mixed routes make at every update.
+  addresses), for the mixed routes' checks, and the ``Key`` of the pairs that the host
+  engine's views and the Triton launches are kept under.
 * ``_caches``: torch's caches keyed on tensors or modules (autocast's casts,
   ``parametrize.cached()``'s weights), forgotten by every write into a model's own tensors.
 

@@ -34,7 +34,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch._utils import _unflatten_dense_tensors
@@ -42,7 +42,15 @@ from torch._utils import _unflatten_dense_tensors
 from ema_core.backends.torch import _foreach, _pairs, _triton_kernel
 from ema_core.backends.torch._triton_kernel import kernel as _kernel  # also read by tests
 
-__all__ = ["BLOCK", "blocked_lerp_", "blocked_lerp_ends_", "triton_lerp_", "triton_lerp_ends_"]
+__all__ = [
+    "BLOCK",
+    "Launch",
+    "blocked_lerp_",
+    "blocked_lerp_ends_",
+    "prepare",
+    "triton_lerp_",
+    "triton_lerp_ends_",
+]
 
 #: Scratch elements per batch: large, because each block costs a few kernel launches.
 BLOCK = 1 << 24
@@ -139,14 +147,59 @@ def triton_usable(like: torch.Tensor) -> bool:
     return like.is_cuda and like.dtype == torch.float32 and _kernel() is not None
 
 
-def triton_lerp_(shadows: list[torch.Tensor], params: list[torch.Tensor], weight: float) -> None:
-    """``blocked_lerp_`` through the Triton kernel (strided pairs: the blocked way).
+class Launch(NamedTuple):
+    """The Triton kernel's launches over some pairs, prepared once (``prepare``: the pairs
+    checked, grouped per params dtype and alignment, each group's table built) and reused while
+    the pairs stay as ``key`` says (``_routes`` keeps one per group).
+
+    ``tables``: per launch, its params dtype, 16-byte alignment, table and chunk count, and
+    its number of leaves. ``left``: the strided pairs, which the blocked way takes.
+    """
+
+    key: _pairs.Key
+    device: torch.device | None  # None: no pairs
+    tables: list[tuple[torch.dtype, bool, torch.Tensor, int, int]]
+    left: Pairs
+
+
+def prepare(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> Launch:
+    """The kernel's ``Launch`` over these pairs, on the first shadow's device.
 
     Raises:
-        ValueError: a params tensor has another number of elements or device than its shadow
-            (the kernel reads both over the shadow's size); checked for all before any write.
+        ValueError: a pair the kernel cannot take (a shadow not float32, params not float16,
+            bfloat16 or float32, another number of elements or another device than the first
+            shadow's); nothing is written.
     """
-    left = _launch(shadows, params, (weight,))
+    if not shadows:
+        _check_pairs(shadows, params, torch.device("cpu"))  # lists of other lengths
+        return Launch(_pairs.key(shadows, params), None, [], [])
+    device = shadows[0].device
+    _check_pairs(shadows, params, device)
+    found, left = _triton_kernel.groups(shadows, params)
+    tables = []
+    for (pdtype, aligned), (s_addrs, p_addrs, sizes) in found.items():
+        table, chunks = _triton_kernel.table_at(device, s_addrs, p_addrs, sizes, TRITON_BLOCK)
+        tables.append((pdtype, aligned, table, chunks, len(sizes)))
+    return Launch(_pairs.key(shadows, params), device, tables, left)
+
+
+def triton_lerp_(
+    shadows: list[torch.Tensor],
+    params: list[torch.Tensor],
+    weight: float,
+    launch: Launch | None = None,
+) -> None:
+    """``blocked_lerp_`` through the Triton kernel (strided pairs: the blocked way).
+
+    ``launch``: these pairs' ``prepare``, made earlier (the caller vouches that they are still
+    as its key says); None prepares it now.
+
+    Raises:
+        ValueError: as ``prepare``; checked for all pairs before any write.
+    """
+    launch = prepare(shadows, params) if launch is None else launch
+    _launch(launch, (weight,))
+    left = launch.left
     blocked_lerp_([s for s, _ in left], [p for _, p in left], weight)
 
 
@@ -155,60 +208,63 @@ def triton_lerp_ends_(
     params: list[torch.Tensor],
     weight: torch.Tensor,
     decay: torch.Tensor,
+    launch: Launch | None = None,
 ) -> None:
     """``blocked_lerp_ends_`` through the Triton kernel, which reads ``weight`` and ``decay``
     from device memory and selects the ends element by element (strided pairs: blocked).
     Float32 params too (route "triton-ends"): one pass where ``_foreach.lerp_ends_`` takes three.
+    ``launch`` as in ``triton_lerp_``.
 
     Raises:
-        ValueError: as ``triton_lerp_``, or ``weight`` / ``decay`` is not 0-d on the shadows'
+        ValueError: as ``prepare``, or ``weight`` / ``decay`` is not 0-d on the shadows'
             device (nothing written then).
     """
-    left = _launch(shadows, params, (weight, decay))
+    launch = prepare(shadows, params) if launch is None else launch
+    _launch(launch, (weight, decay))
+    left = launch.left
     blocked_lerp_ends_([s for s, _ in left], [p for _, p in left], weight, decay)
 
 
-def _launch(
-    shadows: list[torch.Tensor], params: list[torch.Tensor], scalars: tuple[Any, ...]
-) -> Pairs:
-    """Run the kernel over the contiguous pairs, on the shadows' one device (Triton launches on
-    the current device): one launch per params dtype and alignment (``_triton_kernel``), not
-    one per leaf; return the strided pairs, untouched."""
-    _check_launch(shadows, params, scalars)
-    groups, left = _triton_kernel.groups(shadows, params)
-    if not groups:
-        return left
+def _launch(launch: Launch, scalars: tuple[Any, ...]) -> None:
+    """Run the kernel over the prepared pairs, on their device (Triton launches on the current
+    device): one launch per params dtype and alignment, not one per leaf. The scalars are
+    checked first (nothing written when they are off)."""
+    device = launch.device
+    if device is None:
+        return
+    _check_scalars(scalars, device)
+    if not launch.tables:
+        return
     kernel = _kernel()
-    device = shadows[0].device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        for (pdtype, aligned), (s_addrs, p_addrs, sizes) in groups.items():
-            table, chunks = _triton_kernel.table_at(device, s_addrs, p_addrs, sizes, TRITON_BLOCK)
+        for pdtype, aligned, table, chunks, leaves in launch.tables:
             if len(scalars) == 1:  # a host weight by value; the table stands in for pointers
                 args = (table, table, table, scalars[0])
             else:
                 args = (table, *scalars, 0.0)
             kernel[(chunks,)](
-                *args, len(sizes), chunks, ENDS=len(scalars) == 2,
+                *args, leaves, chunks, ENDS=len(scalars) == 2,
                 BF16=pdtype == torch.bfloat16, F32=pdtype == torch.float32,
                 ALIGNED=aligned, BLOCK=TRITON_BLOCK, **LAUNCH_OPTIONS,
             )  # fmt: skip
-    return left
 
 
-def _check_launch(
-    shadows: list[torch.Tensor], params: list[torch.Tensor], scalars: tuple[Any, ...]
-) -> None:
-    """``ValueError`` before any write for pairs off the first shadow's device or of another
-    size, or a weight or decay that is not 0-d on that device (the kernel reads them there)."""
-    if not shadows:
-        return
-    device = shadows[0].device
+def _check_scalars(scalars: tuple[Any, ...], device: torch.device) -> None:
+    """``ValueError`` for a weight or decay that is not 0-d on ``device`` (the kernel reads
+    them there)."""
     for name, x in zip(("weight", "decay"), scalars, strict=False):
         if isinstance(x, torch.Tensor) and (x.device != device or x.ndim != 0):
             raise ValueError(
                 f"the {name} must be a 0-d tensor on the shadows' device {device}, got "
                 f"shape {tuple(x.shape)} on {x.device}"
             )
+
+
+def _check_pairs(
+    shadows: list[torch.Tensor], params: list[torch.Tensor], device: torch.device
+) -> None:
+    """``ValueError`` before any write for pairs off ``device`` or of another size or dtypes
+    than the kernel reads."""
     pdtype = params[0].dtype if params else None  # lists of other lengths: the loop says so
     if (  # the usual case, read list by list (``_pairs``); the loop names a pair that is off
         pdtype in _KERNEL_PARAMS

@@ -17,21 +17,19 @@ storage, shape or dtype changes (``stale``). Host (Python float) decays only.
 from __future__ import annotations
 
 import importlib.util
-import operator
 import threading
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from ema_core.backends.torch import _memory
+from ema_core.backends.torch import _memory, _pairs
 
 if importlib.util.find_spec("numpy") is not None:  # torch runs without numpy: then no engine
     from ema_core.backends import host
 
-__all__ = ["Bound", "bind", "key", "lerp_", "run", "stale", "usable"]
+__all__ = ["Bound", "bind", "lerp_", "run", "stale", "usable"]
 
 _SHADOW_DTYPES = (torch.float32, torch.float64)
-_DTYPE = operator.attrgetter("dtype")
 _PARAMS_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _NUMPY = importlib.util.find_spec("numpy") is not None
 #: Without numba, leaves of at least this many contiguous elements take torch's ops.
@@ -59,11 +57,11 @@ def usable(shadow: torch.Tensor, params: torch.Tensor) -> bool:
 class Bound:
     """A group's tensors seen as numpy arrays, with the engine's plan; rebuilt when a tensor's
     storage, shape or dtype changes (``param.data = ...``, ``module.to(...)``), found by
-    comparing ``key``. The views hold the storage they see, so a replaced one is freed at the
-    next update. Every pair is checked before any view is made: the same shape and device (the
-    compiled loops index the params by the shadow's size, so an unchecked pair could read past
-    its end). ``left`` lists the pairs no numpy view can see (a tensor with its conjugate or
-    negative bit set): another path does them.
+    comparing its ``_pairs.Key``. The views hold the storage they see, so a replaced one is
+    freed at the next update. Every pair is checked before any view is made: the same shape and
+    device (the compiled loops index the params by the shadow's size, so an unchecked pair
+    could read past its end). ``left`` lists the pairs no numpy view can see (a tensor with its
+    conjugate or negative bit set): another path does them.
 
     Raises:
         ValueError: a params tensor's shape differs from its shadow's, or a tensor's storage
@@ -71,7 +69,7 @@ class Bound:
     """
 
     def __init__(self, shadows: list[torch.Tensor], params: list[torch.Tensor]) -> None:
-        self.key = key(shadows, params)
+        self.key = _pairs.key(shadows, params)
         for i, (s, p) in enumerate(zip(shadows, params, strict=True)):
             if s.shape != p.shape or s.device != p.device:
                 raise ValueError(
@@ -116,52 +114,10 @@ class Bound:
         return self.plans[workers, all_leaves]
 
 
-class Key(NamedTuple):
-    """What a ``Bound`` was made for, in flat lists of ints, bools and dtypes (no object per
-    tensor: tens of thousands of new shapes per update survive long enough to wake the garbage
-    collector's full passes over every live object, several times the cost of the reads).
-
-    The engine's views depend on each tensor's memory: its data pointer, element count and
-    dtype, and for a non-contiguous tensor its shape and strides too. A contiguous tensor given
-    another shape over the same memory (``param.data = p.view(...)``) keeps its flat view
-    valid; the callers above see such a change (the ``EMA`` class by the shapes it watches,
-    the stateless call by its cache's signatures) and plan again.
-    """
-
-    pointers: list[int]
-    counts: list[int]
-    dtypes: list[torch.dtype]
-    contiguous: list[bool]
-    layouts: dict[int, tuple[Any, Any]]  # position -> (shape, strides), non-contiguous only
-
-
-def key(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> Key:
-    """The ``Key`` of these tensors now."""
-    tensors = [*shadows, *params]
-    contiguous = list(map(torch.Tensor.is_contiguous, tensors))
-    return Key(
-        list(map(torch.Tensor.data_ptr, tensors)),
-        list(map(torch.Tensor.numel, tensors)),
-        list(map(_DTYPE, tensors)),
-        contiguous,
-        {i: (t.shape, t.stride()) for i, t in enumerate(tensors) if not contiguous[i]},
-    )
-
-
 def stale(bound: Bound | None, shadows: list[torch.Tensor], params: list[torch.Tensor]) -> bool:
     """Whether ``bind`` would make new views: none yet, or a tensor's memory moved or changed
-    (``Key``); compared as read, nothing kept."""
-    if bound is None:
-        return True
-    was = bound.key
-    tensors = [*shadows, *params]
-    return not (
-        list(map(torch.Tensor.data_ptr, tensors)) == was.pointers
-        and list(map(torch.Tensor.numel, tensors)) == was.counts
-        and list(map(torch.Tensor.is_contiguous, tensors)) == was.contiguous
-        and all(map(operator.is_, map(_DTYPE, tensors), was.dtypes))
-        and all((tensors[i].shape, tensors[i].stride()) == old for i, old in was.layouts.items())
-    )
+    (``_pairs.Key``); compared as read, nothing kept."""
+    return bound is None or _pairs.changed(bound.key, shadows, params)
 
 
 def bind(

@@ -9,6 +9,10 @@ that route ran three Python loops over the pairs (reading shapes, devices, dtype
 addresses). The answers are only
 True or False. When one is False, the caller runs its per-pair loop, which names the
 offending tensor in its error.
+
+``Key`` is what the kernels' prepared reads of some pairs depend on (the host engine's views,
+the Triton kernel's launch): kept with them, and compared (``changed``) or vouched for by the
+caller at later updates, so that an unchanged model skips every other read.
 """
 
 from __future__ import annotations
@@ -16,10 +20,21 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from itertools import repeat
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["addresses", "all_contiguous", "all_dtype", "all_on", "same_shapes", "sizes"]
+__all__ = [
+    "Key",
+    "addresses",
+    "all_contiguous",
+    "all_dtype",
+    "all_on",
+    "changed",
+    "key",
+    "same_shapes",
+    "sizes",
+]
 
 _SHAPE = operator.attrgetter("shape")
 _DTYPE = operator.attrgetter("dtype")
@@ -92,3 +107,60 @@ def addresses(tensors: Tensors) -> list[int]:
     True
     """
     return list(map(torch.Tensor.data_ptr, tensors))
+
+
+class Key(NamedTuple):
+    """What a kernel's prepared reads of some pairs depend on (the host engine's views,
+    ``_host.Bound``; the Triton kernel's launch, ``_cuda.Launch``): each tensor's data pointer,
+    element count and dtype, whether it is contiguous, and for a non-contiguous one its shape
+    and strides, over ``[*shadows, *params]``. Flat lists of ints, bools and dtypes, no object
+    per tensor: tens of thousands of new shapes per update survive long enough to wake the
+    garbage collector's full passes over every live object, several times the cost of the reads.
+
+    A contiguous tensor given another shape over the same memory (``param.data = p.view(...)``)
+    keeps its flat reads valid; the callers above see such a change (the ``EMA`` class by the
+    shapes it watches, the stateless call by its cache's signatures) and plan again.
+    """
+
+    pointers: list[int]
+    counts: list[int]
+    dtypes: list[torch.dtype]
+    contiguous: list[bool]
+    layouts: dict[int, tuple[Any, Any]]  # position -> (shape, strides), non-contiguous only
+
+
+def key(shadows: Tensors, params: Tensors) -> Key:
+    """The ``Key`` of these pairs now.
+
+    >>> x = torch.zeros(2, 3)
+    >>> k = key([x], [x.t()])
+    >>> k.counts, k.contiguous, k.layouts
+    ([6, 6], [True, False], {1: (torch.Size([3, 2]), (1, 3))})
+    """
+    tensors = [*shadows, *params]
+    contiguous = list(map(torch.Tensor.is_contiguous, tensors))
+    return Key(
+        list(map(torch.Tensor.data_ptr, tensors)),
+        list(map(torch.Tensor.numel, tensors)),
+        list(map(_DTYPE, tensors)),
+        contiguous,
+        {i: (t.shape, t.stride()) for i, t in enumerate(tensors) if not contiguous[i]},
+    )
+
+
+def changed(was: Key, shadows: Tensors, params: Tensors) -> bool:
+    """Whether the pairs' ``Key`` now differs from ``was``; compared as read, nothing kept.
+
+    >>> s, p = torch.zeros(4), torch.ones(4)
+    >>> was = key([s], [p])
+    >>> changed(was, [s], [p]), changed(was, [s], [p.clone()])
+    (False, True)
+    """
+    tensors = [*shadows, *params]
+    return not (
+        list(map(torch.Tensor.data_ptr, tensors)) == was.pointers
+        and list(map(torch.Tensor.numel, tensors)) == was.counts
+        and list(map(torch.Tensor.is_contiguous, tensors)) == was.contiguous
+        and all(map(operator.is_, map(_DTYPE, tensors), was.dtypes))
+        and all((tensors[i].shape, tensors[i].stride()) == old for i, old in was.layouts.items())
+    )

@@ -5,7 +5,8 @@ into four buckets, each group one fused call (``_routes`` picks its route per up
   float32/float64 shadow over narrower float params (bf16, fp16, fp32 under fp64); ``other``:
   complex, or a shadow narrower than its params.
 * DTensor pairs are planned as their local shards (``to_local()``: no collective).
-* A group keeps the host engine's views of its tensors (``Group.host``) between updates.
+* A group keeps the host engine's views of its tensors (``Group.host``), or the Triton
+  kernel's prepared launches over them (``Group.launch``), between updates.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal, TypeAlias
 import torch
 
 from ema_core._types import LeafKind
-from ema_core.backends.torch import _host
+from ema_core.backends.torch import _cuda, _host
 
 __all__ = ["BUCKETS", "Bucket", "Group", "Plan", "bucket", "make_plan"]
 
@@ -35,6 +36,7 @@ class Group:
     params: list[torch.Tensor] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # for error messages
     host: _host.Bound | None = None  # the host engine's views of it, kept for reuse
+    launch: _cuda.Launch | None = None  # the Triton kernel's launches over it, kept alike
 
 
 @dataclass

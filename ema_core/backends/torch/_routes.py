@@ -44,7 +44,11 @@ checked against its shadow (shape and device): those routes index the params by 
 size (host loops, Triton) or cast-copy them into a scratch (which would broadcast). The host
 engine's views are (re)bound, each pair checked, when a tensor's storage, shape or dtype changed
 (also that each storage still holds its tensor: one freed by ``untyped_storage().resize_(0)`` is
-refused). A mismatch raises ``ValueError`` naming the tensor and leaves every shadow as it was.
+refused). The Triton routes likewise keep their launch (``_cuda.Launch``: the pairs checked,
+grouped and their tables built) in the group, made again, each pair checked, when the pairs'
+``_pairs.Key`` changed; a mixed group's caller that vouches for its tensors (``kept``: the
+``EMA`` class's watch, the stateless call's cache) spares even that comparison. A mismatch
+raises ``ValueError`` naming the tensor and leaves every shadow as it was.
 The host engine writes through numpy views, so it bumps the shadows' version counters itself, as
 torch's in-place ops do.
 """
@@ -77,6 +81,8 @@ Route: TypeAlias = Literal[
     "generic",
 ]
 _HALF = (torch.float16, torch.bfloat16)
+#: The routes through the Triton kernel, whose launch a group keeps (``_prepare``).
+_TRITON: tuple[Route, ...] = ("triton-mixed", "triton-mixed-ends", "triton-ends")
 Tensors: TypeAlias = list[torch.Tensor]
 
 
@@ -171,23 +177,42 @@ def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> 
         case "cuda-mixed-ends":
             _cuda.blocked_lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
         case "triton-mixed":
-            _cuda.triton_lerp_(s, p, float(rate))
+            _cuda.triton_lerp_(s, p, float(rate), group.launch)
         case "triton-mixed-ends" | "triton-ends":
-            _cuda.triton_lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
+            _cuda.triton_lerp_ends_(s, p, *_on_device(rate, decay, s[0]), group.launch)
         case "generic":
             _generic(xp, s, p, decay, rate)
 
 
 def _check(group: Group, way: Route, kept: bool = False) -> None:
-    """Check a mixed group's pairs before any write: each time for the device routes, and for
-    the host engine when its views are (re)bound (they are kept while nothing moved)."""
-    if way != "host-engine":
+    """Check a mixed group's pairs before any write: each time for the blocked CUDA routes,
+    and for the host engine and the Triton routes when their views or launch are made (kept
+    while nothing moved, ``_prepare``)."""
+    if way in _TRITON:
+        _prepare(group, trusted=kept and way != "triton-ends")
+    elif way != "host-engine":
         _check_pairs(group)
     elif kept and group.host is not None:
         return
     elif _host.stale(group.host, group.shadows, group.params):
         _check_pairs(group, memory=True)
         group.host = _host.bind(group.shadows, group.params, group.host)
+
+
+def _prepare(group: Group, trusted: bool) -> None:
+    """Keep ``group.launch`` (the Triton kernel's tables over the group) while the caller
+    vouches for the pairs (``trusted``: ``kept`` for a mixed group, which the ``EMA`` class's
+    watch and the stateless cache both cover) or while their ``_pairs.Key`` holds; else check
+    the pairs and prepare the launch again. A kept launch skips every per-pair read: the
+    checks, the groups and the table's key."""
+    launch = group.launch
+    if launch is not None and (
+        trusted or not _pairs.changed(launch.key, group.shadows, group.params)
+    ):
+        return
+    group.launch = None  # a refused pair leaves none behind
+    _check_pairs(group)
+    group.launch = _cuda.prepare(group.shadows, group.params)
 
 
 def _check_pairs(group: Group, memory: bool = False) -> None:

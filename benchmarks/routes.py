@@ -1,0 +1,82 @@
+"""``python -m benchmarks --routes``: the host's work per update on the Triton routes (bf16
+params over float32 shadows, ``_routes._check``), per leaf, for 1k, 10k and 20k tiny tensors.
+It is what runs before the kernel's launch, so no GPU is needed to time it: the tensors are CPU
+tensors, the tables are built on the host, and the launch itself is not run.
+
+Rows:
+
+* ``prepared``: the pairs checked, grouped per launch and their table looked up, with no launch
+  kept. Until 2026-12-05 every update did this; now only the first one, or one after a pair
+  changed.
+* ``key``: a kept launch whose pairs' key (pointers, sizes, dtypes, layouts) is compared. This
+  is an update nobody vouched for (the FSDP2 store, a direct call).
+* ``kept``: a kept launch the caller vouched for, as the ``EMA`` class does after its watch's
+  look and the stateless call after its cache's.
+* ``watch``: that look, the ``EMA`` class's ``Watch.same()`` over the same bf16 tensors. The
+  class pays it at every update, on every route.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+SIZES = (1_000, 10_000, 20_000)
+
+
+def _best(step: Callable[[], Any], repeats: int) -> float:
+    gc.collect()  # the garbage of the case before is not this one's
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - tic)
+    return best
+
+
+def rows(repeats: int = 7) -> list[tuple[str, int, float]]:
+    """(case, leaves, best seconds) for each size."""
+    import torch
+
+    from ema_core.backends.torch import _routes
+    from ema_core.torch import EMA
+
+    out = []
+    for n in SIZES:
+        params = {f"w{i}": torch.nn.Parameter(torch.randn(8).bfloat16()) for i in range(n)}
+        average = EMA(params, decay=0.999)
+        (group,) = average._bound.store.plan.mixed
+
+        def prepared(group: Any = group) -> None:
+            group.launch = None
+            _routes._check(group, "triton-mixed")
+
+        def key(group: Any = group) -> None:
+            _routes._check(group, "triton-mixed")
+
+        def kept(group: Any = group) -> None:
+            _routes._check(group, "triton-mixed", kept=True)
+
+        def watch(average: Any = average) -> None:
+            average._bound.watch.same()
+
+        for name, step in (("prepared", prepared), ("key", key), ("kept", kept)):
+            out.append((name, n, _best(step, repeats)))
+        out.append(("watch", n, _best(watch, repeats)))
+        print(f"routes: {n} leaves done", flush=True, file=sys.stderr)
+    return out
+
+
+def main(repeats: int = 7) -> str:
+    lines = [f"{'case':<10}{'leaves':>9}{'ms':>10}{'us/leaf':>9}", "-" * 38]
+    for case, n, sec in rows(repeats):
+        lines.append(f"{case:<10}{n:>9}{sec * 1e3:>10.3f}{sec * 1e6 / n:>9.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main())
