@@ -115,3 +115,25 @@ def test_the_cuda_only_torch_contenders_stay_off_the_cpu():
     for dtype in ("fp32", "bf16"):
         found = bench_torch.cases(Workload("tiny", ((3,), (2, 2))), dtype, "cpu")
         assert set(found) == {"ceiling", "ema_core", "EMA class", "ema_update dict"}
+
+
+def test_routes_times_each_state_of_a_triton_group(monkeypatch, capsys):
+    """``--routes``: per size, the four cases it documents, and a launch the ``kept`` case
+    reuses (it must not prepare one: that would time ``prepared`` twice)."""
+    pytest.importorskip("torch")
+    from benchmarks import routes
+    from ema_core.backends.torch import _cuda
+
+    monkeypatch.setattr(routes, "SIZES", (3, 5))
+    made = []
+    real = _cuda.prepare
+    monkeypatch.setattr(_cuda, "prepare", lambda s, p: made.append(len(s)) or real(s, p))
+    got = routes.rows(repeats=2)
+    assert [(case, n) for case, n, _ in got] == [
+        (case, n) for n in (3, 5) for case in ("prepared", "key", "kept", "watch")
+    ]
+    assert all(sec >= 0 for _, _, sec in got)
+    assert made == [3] * 3 + [5] * 3  # the prepared case's warm-up and repeats only
+    assert bench_main.main(["--routes"]) == 0
+    out = capsys.readouterr().out
+    assert "python -m benchmarks --routes" in out and "us/leaf" in out

@@ -24,9 +24,9 @@ eviction) and the launcher (``_cuda.triton_lerp_``, ``triton_lerp_ends_``, ``pre
   pairs and empty leaves never in a table, the host weight by value and the device weight and
   decay in that order. ``ALIGNED`` changes only GPU code (the interpreter ignores the hints), so
   no CPU run of the kernel sees it; this is where the launcher's decision is checked.
-* ``test_a_later_shadow_off_the_first_shadows_device_is_refused``: ``_cuda._check_pairs`` checks each
-  shadow's device, not only each params' (a shadow elsewhere over params on the launch's device
-  is refused before any write).
+* ``test_a_later_shadow_off_the_first_shadows_device_is_refused``: ``_cuda._check_pairs``
+  checks each shadow's device, not only each params' (a shadow elsewhere over params on the
+  launch's device is refused before any write).
 * ``test_every_pair_is_checked_the_first_too``: a params tensor of another size is refused
   wherever it stands, the first pair included.
 * ``test_mixed_dtypes_and_alignments_under_the_interpreter``: the same decisions, run: one call

@@ -138,3 +138,24 @@ def test_gpu_run3_figures_are_its_results_files() -> None:
     assert "All 167 gpu tests passed" in text and "30 skipped" in text
     ours = [k for k in t3 if k[3] in ("ema_core", "EMA class", "ema_update dict")]
     assert len(ours) == 12
+
+
+def test_routes_figures_are_its_results_file() -> None:
+    # the host's part of the Triton routes (CPU tensors), quoted after run 3's figures
+    text = " ".join(_gpu_bullet().split())
+    table = (RESULTS / "cpu-2026-12-04-routes.txt").read_text(encoding="utf-8").splitlines()
+    assert table[0].endswith("python -m benchmarks --routes")
+    rows = {
+        (cells[0], int(cells[1])): float(cells[3])
+        for cells in (line.split() for line in table[3:])
+        if len(cells) == 4
+    }
+    quoted = [
+        (rows[("prepared", 20000)], "bf16 tensors: 2.870 us per leaf to prepare"),
+        (rows[("key", 20000)], "before), 1.214 us to compare"),
+        (rows[("watch", 20000)], "own look at 1.397 us per leaf"),
+    ]
+    for value, phrase in quoted:
+        assert phrase in text, phrase
+        assert _rounded(value, re.findall(r"\d+\.\d+", phrase)[0]), (phrase, value)
+    assert rows[("kept", 20000)] == 0.0 and "none for a vouched one" in text
