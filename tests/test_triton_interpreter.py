@@ -72,6 +72,7 @@ CASES = [
     for kind, decays in (("host", HOST_DECAYS), ("device", DEVICE_DECAYS))
     for decay in decays
 ] + [f"float32-device-{decay}" for decay in DEVICE_DECAYS]  # route "triton-ends": float32 pairs
+CASES += [f"float32-host-{decay}" for decay in (0.9999, 0.5, 0.3)]  # the benchmark's fp32 row
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None,

@@ -2,8 +2,10 @@
 place); ceiling: one flat ``lerp_`` of the same bytes. Peer libraries are in benchmarks/peers.
 
 On CUDA two more rows: ``EMA class graph`` (the class's update captured in a CUDA graph and
-replayed) and, for bf16 params, ``triton_lerp_`` (the Triton route alone). A contender that
-fails costs only its own row (``harness.measure``)."""
+replayed) and ``triton_lerp_`` (the Triton kernel alone over a kept launch, with a host decay:
+for bf16 params the class's route; for fp32 params, where the class takes torch's foreach
+``lerp_``, whether the kernel would beat it). A contender that fails costs only its own row
+(``harness.measure``)."""
 
 from __future__ import annotations
 
@@ -60,8 +62,7 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     }
     if device == "cuda":
         found["EMA class graph"] = _graph_replay(params)
-        if dtype == "bf16":
-            found["triton_lerp_"] = _triton_lerp(shadows, params)
+        found["triton_lerp_"] = _triton_lerp(shadows, params)
     return found
 
 
@@ -96,13 +97,15 @@ def _graph_replay(params: list[Any]) -> Callable[[int], Any]:
 
 
 def _triton_lerp(shadows: list[Any], params: list[Any]) -> Callable[[int], Any]:
-    """The Triton route alone (``_cuda.triton_lerp_``: its checks, launch groups and kernel)
-    on the stateless call's lists, without the class or the plan: with ``queued``, how close
-    the kernel itself comes to the ceiling."""
+    """The Triton kernel alone (``_cuda.triton_lerp_`` over a launch prepared once, as a
+    route's group keeps it) on the stateless call's lists, without the class or the plan:
+    with ``queued``, how close the kernel itself comes to the ceiling."""
     from ema_core.backends.torch import _cuda
 
+    launch = _cuda.prepare(shadows, params)
+
     def kernel(t: int) -> Any:
-        return _cuda.triton_lerp_(shadows, params, 0.001)
+        return _cuda.triton_lerp_(shadows, params, 0.001, launch)
 
     return kernel
 
