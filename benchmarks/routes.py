@@ -18,24 +18,12 @@ Rows:
 
 from __future__ import annotations
 
-import gc
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
+from benchmarks.tree import best
+
 SIZES = (1_000, 10_000, 20_000)
-
-
-def _best(step: Callable[[], Any], repeats: int) -> float:
-    gc.collect()  # the garbage of the case before is not this one's
-    step()
-    best = float("inf")
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - tic)
-    return best
 
 
 def rows(repeats: int = 7) -> list[tuple[str, int, float]]:
@@ -65,8 +53,8 @@ def rows(repeats: int = 7) -> list[tuple[str, int, float]]:
             average._bound.watch.same()
 
         for name, step in (("prepared", prepared), ("key", key), ("kept", kept)):
-            out.append((name, n, _best(step, repeats)))
-        out.append(("watch", n, _best(watch, repeats)))
+            out.append((name, n, best(step, repeats)))
+        out.append(("watch", n, best(watch, repeats)))
         print(f"routes: {n} leaves done", flush=True, file=sys.stderr)
     return out
 
