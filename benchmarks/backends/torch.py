@@ -4,8 +4,8 @@ place); ceiling: one flat ``lerp_`` of the same bytes. Peer libraries are in ben
 On CUDA two more rows: ``EMA class graph`` (the class's update captured in a CUDA graph and
 replayed) and ``triton_lerp_`` (the Triton kernel alone over a kept launch, with a host decay:
 for bf16 params the class's route; for fp32 params, where the class takes torch's foreach
-``lerp_``, whether the kernel would beat it). A contender that fails costs only its own row
-(``harness.measure``)."""
+``lerp_``, whether the kernel would beat it: the fp32 ``foreach_lerp_`` row is that call alone
+over the same lists). A contender that fails costs only its own row (``harness.measure``)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,12 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
     if device == "cuda":
         found["EMA class graph"] = _graph_replay(params)
         found["triton_lerp_"] = _triton_lerp(shadows, params)
+        if dtype == "fp32":
+
+            def foreach_lerp(t: int) -> Any:
+                return torch._foreach_lerp_(shadows, params, 0.001)
+
+            found["foreach_lerp_"] = foreach_lerp
     return found
 
 
