@@ -99,6 +99,11 @@ def time_case(
 
 #: Updates queued back to back (one sync after them all) in a queued measurement.
 QUEUED = 20
+#: A contender whose update takes longer than this (one update, synced) gets no queued
+#: measurement: 3 rounds of ``QUEUED + 1`` updates would cost it minutes of device time (timm
+#: and ``AveragedModel`` take about 160 ms per update on 20k tiny tensors on an H200), and at
+#: that speed its host work per tensor is the time anyway.
+QUEUED_MAX_MS = 150.0
 
 
 def queued_ms(step: Callable[[int], Any], sync: Callable[[Any], None], t: int) -> float:
@@ -150,7 +155,8 @@ def measure(
             extra = probes.extra_bytes(module.NAME, device, step, 10**6)
             syncs = probes.host_syncs(module.NAME, device, step, 10**6 + 1)
             row = _row(workload, dtype, module.NAME, name, times, nbytes, extra, syncs)
-            if device == "cuda":  # the ceiling queued just before, under the same conditions
+            fast = statistics.median(times) * 1e3 <= QUEUED_MAX_MS
+            if device == "cuda" and fast:  # the ceiling queued just before, alike
                 ceiling_queued = queued_ms(ceiling_step, module.sync, 2 * 10**6)
                 row.queued_ms = queued_ms(step, module.sync, 2 * 10**6)
                 row.queued_of_ceiling = ceiling_queued / row.queued_ms
@@ -245,7 +251,8 @@ def format_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "time above is one update followed by a sync, so the host's work per tensor adds to "
         "the device's; `queued` (GPU only) = ms per update when "
         f"{QUEUED} updates are queued back to back and synced once, as a training loop runs "
-        "them, and `x ceiling q` = the ceiling's queued time / the contender's.",
+        "them, and `x ceiling q` = the ceiling's queued time / the contender's (- for a "
+        f"contender slower than {QUEUED_MAX_MS:.0f} ms per update: not queued).",
         "",
         "| workload | dtype | backend | contender | ms (median) | +- | GB/s | x ceiling | "
         "x ema-core | x class | us/leaf | MB/update | syncs | queued | x ceiling q |",
