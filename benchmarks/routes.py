@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from benchmarks.tree import best
+from benchmarks.tree import best, table
 
 SIZES = (1_000, 10_000, 20_000)
 
@@ -60,10 +60,7 @@ def rows(repeats: int = 7) -> list[tuple[str, int, float]]:
 
 
 def main(repeats: int = 7) -> str:
-    lines = [f"{'case':<10}{'leaves':>9}{'ms':>10}{'us/leaf':>9}", "-" * 38]
-    for case, n, sec in rows(repeats):
-        lines.append(f"{case:<10}{n:>9}{sec * 1e3:>10.3f}{sec * 1e6 / n:>9.3f}")
-    return "\n".join(lines)
+    return table(rows(repeats), ms_decimals=3)
 
 
 if __name__ == "__main__":

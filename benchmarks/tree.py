@@ -55,11 +55,16 @@ def rows(repeats: int = 5) -> list[tuple[str, int, float]]:
     return out
 
 
-def main(repeats: int = 5) -> str:
+def table(timed: list[tuple[str, int, float]], ms_decimals: int = 2) -> str:
+    """``(case, leaves, seconds)`` rows as the plain table the host benchmarks print."""
     lines = [f"{'case':<14}{'leaves':>9}{'ms':>10}{'us/leaf':>9}", "-" * 42]
-    for case, n, sec in rows(repeats):
-        lines.append(f"{case:<14}{n:>9}{sec * 1e3:>10.2f}{sec * 1e6 / n:>9.3f}")
+    for case, n, sec in timed:
+        lines.append(f"{case:<14}{n:>9}{sec * 1e3:>10.{ms_decimals}f}{sec * 1e6 / n:>9.3f}")
     return "\n".join(lines)
+
+
+def main(repeats: int = 5) -> str:
+    return table(rows(repeats))
 
 
 if __name__ == "__main__":
