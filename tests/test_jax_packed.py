@@ -302,3 +302,33 @@ def test_packed_equals_unpacked_on_drawn_trees_and_configs() -> None:
             _same(unpack(packed), plain)
 
     check()
+
+
+def test_loose_shadows_are_raveled_copies_and_an_unraveled_state_still_updates() -> None:
+    """A loose shadow is stored raveled (1-d; its params are raveled inside the compiled
+    update), as a copy: the state given to ``pack`` stays usable after the packed one was
+    updated (donated). A packed state whose loose shadows keep their own shapes (one packed
+    before they were raveled, restored from a checkpoint) updates to the same bits."""
+    config = ema.Config(schedule=0.75)
+    state = ema.init(_params(0), config)
+    packed = pack(state, most=100)
+    layout = packed.layout
+    assert [x.shape for x in packed.loose] == [
+        (int(np.prod(layout.shapes[i])),) for i in layout.loose
+    ]
+    assert [x.shape for x in packed.loose] == [(4900,), (1,), (1,)]  # big, count, flag
+    unraveled = packed._replace(
+        loose=tuple(
+            x.reshape(layout.shapes[i]) for x, i in zip(packed.loose, layout.loose, strict=True)
+        )
+    )
+    plain, update = ema.init(_params(0), config), make_update(config)
+    for step in range(1, 4):
+        packed = make_update(config)(packed, _params(step))
+        unraveled = make_update(config)(unraveled, _params(step))
+        plain = update(plain, _params(step))
+        _same(unpack(packed), plain)
+        _same(unpack(unraveled), plain)
+    assert [x.shape for x in unraveled.loose] == [(70, 70), (), ()]  # kept as they came
+    assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
+    _same(state, ema.init(_params(0), config))  # the given state as it was

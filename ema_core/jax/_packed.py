@@ -5,12 +5,16 @@ JAX charges about 10 us (on a CPU) for each array a compiled call hands back, ev
 one: an update that returns 20,000 shadows spends most of its time there, not in the bytes.
 ``pack(state)`` moves the shadows of the small float leaves (at most ``most`` elements each)
 into flat buffers, one per shadow dtype and block of ``BLOCK`` leaves; the other leaves (large
-ones, integer ones) stay as they are. The update then concatenates each block's params inside
-one compiled call and blends them into the flat buffer with the leaf update's own
-arithmetic (``_blend``, elementwise): the same bits as the unpacked update. ``unpack`` gives
-the ``EMAState`` back, each leaf a slice of its buffer (a copy). Both go through the host
-(numpy views, one ``device_put`` per block): a compiled gather or split of 1,024 arrays takes
-XLA seconds to compile, which these rare calls need not pay.
+ones, integer ones) stay leaves of their own, raveled (1-d). The update then concatenates each
+block's params inside one compiled call and blends them into the flat buffer with the leaf
+update's own arithmetic (``_blend``, elementwise): the same bits as the unpacked update; a
+loose leaf's params are raveled inside the compiled update (free: the same memory). XLA on
+the CPU runs an elementwise loop over its array's own shape, and a convolution kernel in
+torch's layout ``(out, in, kh, kw)`` ends in dimensions of 1 to 7: over the same elements
+raveled, the bf16-to-float32 blend runs faster (Performance, "JAX"). ``unpack`` gives the
+``EMAState`` back, each leaf a copy in its own shape. Both go through the host for the flat
+buffers (numpy views, one ``device_put`` per block): a compiled gather or split of 1,024
+arrays takes XLA seconds to compile, which these rare calls need not pay.
 
 The layout (which leaf sits where) is static: a ``PackedState`` is a pytree whose children are
 the step, the weight, the flat buffers and the loose shadows, so ``jax.device_get``, ``jit``
@@ -89,7 +93,8 @@ class PackedState(NamedTuple):
     Attributes:
         step: as ``EMAState.step``.
         flats: one 1-d buffer per block of packed shadows (one dtype per block).
-        loose: the shadows that were not packed (large or integer leaves), in tree order.
+        loose: the shadows that were not packed (large or integer leaves), raveled (1-d), in
+            tree order.
         weight: as ``EMAState.weight``.
         layout: where each shadow lives (static: not a pytree child).
     """
@@ -112,11 +117,11 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
     """``state`` with the shadows of its small float leaves moved into flat buffers.
 
     A float shadow of at most ``most`` elements is packed (grouped by dtype, ``BLOCK`` leaves
-    per buffer); larger ones and integer or bool ones stay loose. ``make_update`` updates a
-    ``PackedState`` to the same bits as the ``EMAState`` it came from; ``unpack`` gives that
-    ``EMAState`` back. The state must be concrete JAX arrays on one device (a sharded state
-    keeps its leaves: use it unpacked). The loose shadows are handed over, not copied: once the
-    packed state was updated (which donates them), use only the packed state.
+    per buffer); larger ones and integer or bool ones stay loose, each raveled (1-d).
+    ``make_update`` updates a ``PackedState`` to the same bits as the ``EMAState`` it came from;
+    ``unpack`` gives that ``EMAState`` back. The state must be concrete JAX arrays on one device
+    (a sharded state keeps its leaves: use it unpacked). Every shadow is copied: the state
+    given stays usable, and both are held in memory until it is dropped.
 
     Raises:
         TypeError: ``state`` is not an ``EMAState`` of JAX arrays, or ``most`` is not an int.
@@ -128,8 +133,8 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
         >>> config = ema.Config(schedule=0.5)
         >>> params = {"b": jnp.zeros(2), "c": jnp.zeros(3), "w": jnp.zeros((64, 128))}
         >>> state = pack(ema.init(params, config))
-        >>> len(state.flats), len(state.loose)  # b and c share a buffer; w stays a leaf
-        (1, 1)
+        >>> len(state.flats), state.loose[0].shape  # b and c share a buffer; w stays a leaf
+        (1, (8192,))
         >>> state = make_update(config)(state, {k: v + 2.0 for k, v in params.items()})
         >>> state.flats[0].tolist()
         [1.0, 1.0, 1.0, 1.0, 1.0]
@@ -185,12 +190,13 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
         jax.device_put(np.concatenate([np.asarray(arrays[i]).ravel() for i in members]), home)
         for members in blocks
     )
-    kept = tuple(arrays[i] for i in loose)
+    kept = tuple(jnp.ravel(arrays[i]) for i in loose)  # a copy, on the leaf's device
     return PackedState(state.step, flats, kept, state.weight, layout)
 
 
 def unpack(state: PackedState) -> EMAState:
-    """The ``EMAState`` of a packed state: each packed shadow a copy of its slice, reshaped.
+    """The ``EMAState`` of a packed state: each shadow a copy in its own shape (a packed one of
+    its slice of a flat buffer, a loose one of its raveled array).
 
     Raises:
         TypeError: ``state`` is not a ``PackedState``.
@@ -213,7 +219,7 @@ def unpack(state: PackedState) -> EMAState:
         for i, x in zip(members, jax.device_put(views, where), strict=True):
             arrays[i] = x
     for j, i in enumerate(layout.loose):
-        arrays[i] = state.loose[j]
+        arrays[i] = jnp.reshape(state.loose[j], layout.shapes[i])
     return EMAState(state.step, layout.split.merge(arrays), state.weight)
 
 

@@ -73,7 +73,9 @@ def _update_impl(
     wide = jnp.result_type(float)  # a decay already nudged by ``leaf_decay`` stays as it is
     gates = _Gates(leaf_decay(decay, rate, wide), jnp.asarray(rate, dtype=wide))
     out = []
-    for s, p, kind in zip(shadows, params, kinds, strict=True):
+    for s, given, kind in zip(shadows, params, kinds, strict=True):
+        # a packed state's raveled shadow (``ema_core.jax.pack``): its params raveled alike
+        p = given if given.shape == s.shape else given.reshape(s.shape)
         if kind == "float":
             out.append(_blend(s, p, gates))
         else:
