@@ -60,3 +60,42 @@ def test_the_defaults_named_are_the_code_s() -> None:
         "(at most `most=4096` elements) into flat buffers, one per shadow dtype and block of 256"
         in text
     )
+
+
+RAVELED = {
+    "1": "cpu-2026-12-04-jax-packed-raveled.md",
+    "2": "cpu-2026-12-04-jax-packed-raveled-2.md",
+    "3": "cpu-2026-12-04-jax-packed-raveled-all.md",
+}
+
+
+def test_the_raveled_resnet_table_is_its_three_runs() -> None:
+    # README's table of the packed state with raveled loose leaves: each cell the run's ratio
+    text = " ".join(README.split())
+    met = {"bf16": 0, "fp32": 0, "leaf by leaf": 0}
+    for run, name in RAVELED.items():
+        rows = _rows(name)
+
+        def ceil(dtype: str, contender: str, rows: dict = rows) -> float:
+            return rows[("resnet50", dtype, "jax", contender)]["ceil"]
+
+        cells = [ceil(d, c) for d, c in [("bf16", "packed"), ("bf16", "ema_core"),
+                                         ("fp32", "packed"), ("fp32", "ema_core")]]  # fmt: skip
+        shown = " | ".join(f"{v:.2f}" for v in cells)
+        assert f"| [{run}](benchmarks/results/{name}) | {shown} |" in README, run
+        met["bf16"] += ceil("bf16", "packed") >= 0.845
+        met["fp32"] += ceil("fp32", "packed") >= 0.845
+        met["leaf by leaf"] += max(ceil("bf16", "ema_core"), ceil("fp32", "ema_core")) >= 0.845
+    assert met == {"bf16": 3, "fp32": 1, "leaf by leaf": 1}
+    assert "in three runs of three, and in fp32 in one of three" in text
+    head = (RESULTS / RAVELED["1"]).read_text(encoding="utf-8")
+    assert "--workload resnet50 --no-peers --repeats 60 --tag jax-packed-raveled`" in head
+    everything = _rows(RAVELED["3"])
+    spans = [everything[(w, d, "jax", c)]["ceil"] for w in ("vit_b16", "gpt2_small")
+             for d in ("fp32", "bf16") for c in ("packed", "ema_core")]  # fmt: skip
+    assert f"({min(spans[0::2]):.2f} to {max(spans[0::2]):.2f} against" in text
+    assert f"{min(spans[1::2]):.2f} to {max(spans[1::2]):.2f})" in text
+    tiny = [
+        everything[("many_small_20k", "fp32", "jax", c)]["ceil"] for c in ("packed", "ema_core")
+    ]
+    assert f"the `packed` row was {tiny[0]:.2f} against {tiny[1]:.2f}." in text
