@@ -136,7 +136,7 @@ def test_gpu_sh_parses_and_keeps_each_backends_results():
     text = script.read_text()
     assert "timeout -s INT" in text  # pytest prints its summary when its time is up
     for backend in ("torch", "cupy", "jax"):  # one process and one set of files per backend
-        line = rf"^(\[\[ \$parts == \*\" {backend} \"\* \]\] && )?bench \d+ {backend} {backend} "
+        line = rf"^\s*(\[\[ \$parts == \*\" {backend} \"\* \]\] && )?bench \d+ {backend} {backend} "
         assert re.search(line, text, re.MULTILINE), backend
 
 
