@@ -87,7 +87,7 @@ parts=" ${GPU_PARTS:-torch cupy jax} "
 if [[ $parts == *" jax "* ]]; then
     bench 45 jax jax --no-peers --workload gpt2_small
     # where make_update's time goes beside a jitted tree_map (run 3: 1.933 against 1.297 ms)
-    timeout -s INT -k 5 30 python3 -m benchmarks.jax_host --device cuda 2>&1 |
+    timeout -s INT -k 5 25 python3 -m benchmarks.jax_host --device cuda 2>&1 |
         tee "$out/gpu-jax-host.log" || status=1
 fi
 if [ "${1:-}" = "--big" ]; then
