@@ -1,5 +1,5 @@
 """``python -m benchmarks --routes``: the host's work per update on the Triton routes (bf16
-params over float32 shadows, ``_routes._check``), per leaf, for 1k, 10k and 20k tiny tensors.
+params over float32 shadows, ``_prewrite.check``), per leaf, for 1k, 10k and 20k tiny tensors.
 It is what runs before the kernel's launch, so no GPU is needed to time it: the tensors are CPU
 tensors, the tables are built on the host, and the launch itself is not run.
 
@@ -30,7 +30,7 @@ def rows(repeats: int = 7) -> list[tuple[str, int, float]]:
     """(case, leaves, best seconds) for each size."""
     import torch
 
-    from ema_core.backends.torch import _routes
+    from ema_core.backends.torch import _prewrite
     from ema_core.torch import EMA
 
     out = []
@@ -41,13 +41,13 @@ def rows(repeats: int = 7) -> list[tuple[str, int, float]]:
 
         def prepared(group: Any = group) -> None:
             group.launch = None
-            _routes._check(group, "triton-mixed")
+            _prewrite.check(group, "triton-mixed")
 
         def key(group: Any = group) -> None:
-            _routes._check(group, "triton-mixed")
+            _prewrite.check(group, "triton-mixed")
 
         def kept(group: Any = group) -> None:
-            _routes._check(group, "triton-mixed", kept=True)
+            _prewrite.check(group, "triton-mixed", kept=True)
 
         def watch(average: Any = average) -> None:
             average._bound.watch.same()

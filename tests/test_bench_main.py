@@ -122,12 +122,12 @@ def test_routes_times_each_state_of_a_triton_group(monkeypatch, capsys):
     reuses (it must not prepare one: that would time ``prepared`` twice)."""
     pytest.importorskip("torch")
     from benchmarks import routes
-    from ema_core.backends.torch import _cuda
+    from ema_core.backends.torch import _launch
 
     monkeypatch.setattr(routes, "SIZES", (3, 5))
     made = []
-    real = _cuda.prepare
-    monkeypatch.setattr(_cuda, "prepare", lambda s, p: made.append(len(s)) or real(s, p))
+    real = _launch.prepare
+    monkeypatch.setattr(_launch, "prepare", lambda s, p: made.append(len(s)) or real(s, p))
     got = routes.rows(repeats=2)
     assert [(case, n) for case, n, _ in got] == [
         (case, n) for n in (3, 5) for case in ("prepared", "key", "kept", "watch")

@@ -24,7 +24,7 @@ eviction) and the launcher (``_cuda.triton_lerp_``, ``triton_lerp_ends_``, ``pre
   pairs and empty leaves never in a table, the host weight by value and the device weight and
   decay in that order. ``ALIGNED`` changes only GPU code (the interpreter ignores the hints), so
   no CPU run of the kernel sees it; this is where the launcher's decision is checked.
-* ``test_a_later_shadow_off_the_first_shadows_device_is_refused``: ``_cuda._check_pairs``
+* ``test_a_later_shadow_off_the_first_shadows_device_is_refused``: ``_launch._check_pairs``
   checks each shadow's device, not only each params' (a shadow elsewhere over params on the
   launch's device is refused before any write).
 * ``test_every_pair_is_checked_the_first_too``: a params tensor of another size is refused
@@ -55,7 +55,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ema_core.backends.torch import _cuda, _triton_kernel  # noqa: E402
+from ema_core.backends.torch import _cuda, _launch, _triton_kernel  # noqa: E402
 
 BF16, F16 = torch.bfloat16, torch.float16
 S_SENTINEL, P_SENTINEL = -123.25, 77.0
@@ -158,7 +158,7 @@ def _aligned(s: torch.Tensor, p: torch.Tensor) -> bool:
 @pytest.mark.parametrize("ends", [False, True], ids=["host", "device"])
 def test_each_launch_is_one_params_dtype_and_alignment(monkeypatch, ends):
     recorder = _Recorder()
-    monkeypatch.setattr(_cuda, "_kernel", lambda: recorder)
+    monkeypatch.setattr(_launch, "_kernel", lambda: recorder)
     pairs = _mixed_pairs()
     shadows, params = [s for s, _ in pairs], [p for _, p in pairs]
     weight, decay = torch.tensor(0.25), torch.tensor(0.75, dtype=torch.float64)

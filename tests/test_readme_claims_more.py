@@ -108,8 +108,8 @@ LAYOUT = {
     "ema_core/backends": "__init__ generic numpy _numpy_memory cupy _cupy_kernels",
     "ema_core/backends/host": "_threads _numba _numba_loops _numba_tables _blocks _bank "
     "_bank_loops",
-    "ema_core/backends/torch": "_plan _routes _foreach _host _memory _cuda _triton_kernel _pairs "
-    "_caches",
+    "ema_core/backends/torch": "_plan _routes _prewrite _foreach _host _memory _cuda "
+    "_triton_kernel _launch _pairs _caches",
     "ema_core/backends/jax": "__init__ _leaves _scalars",
     "ema_core/torch": "_module _steps _copies _names _watch _rules _options _refusals _store "
     "_swap _interrupts _averages _state _dtensor _fsdp _dist _bank _bank_args _bank_fused "

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ema_core.backends.torch import _cuda, _pairs, _routes, _triton_kernel
+from ema_core.backends.torch import _launch, _pairs, _prewrite, _routes, _triton_kernel
 
 KERNEL_PARAMS = (torch.bfloat16, torch.float16, torch.float32)  # the params the kernel reads
 
@@ -85,15 +85,15 @@ def test_launch_check_still_names_a_pair_that_is_off(spoil):
     else:
         params[1] = torch.ones(6, dtype=torch.float16, device="meta")
     with pytest.raises(ValueError, match=r"params tensor of shape|float32 shadows with"):
-        _cuda.prepare(shadows, params)
-    _cuda.prepare(shadows[:1], params[:1])  # the pair before it is fine
+        _launch.prepare(shadows, params)
+    _launch.prepare(shadows[:1], params[:1])  # the pair before it is fine
 
 
 def test_launch_check_takes_fp16_bf16_and_fp32_params_in_one_call():
     shadows = [torch.zeros(4), torch.zeros(6), torch.zeros(2)]
     params = [torch.ones(4, dtype=torch.float16), torch.ones(6, dtype=torch.bfloat16)]
     params.append(torch.ones(2))  # float32 params: the device-decay route of float32 pairs
-    _cuda.prepare(shadows, params)  # the loop's answer: all allowed
+    _launch.prepare(shadows, params)  # the loop's answer: all allowed
     got, left = _triton_kernel.groups(shadows, params)
     assert left == [] and {dtype for dtype, _ in got} == {*KERNEL_PARAMS}
 
@@ -104,13 +104,13 @@ def test_route_check_still_refuses_a_param_off_its_shadow(spoil):
     params = [torch.ones(3, 4, dtype=torch.bfloat16), torch.ones(5, dtype=torch.bfloat16)]
     plan = _routes.make_plan(shadows, params, ["float", "float"], ["a", "b"])
     (group,) = plan.mixed
-    _routes._check_pairs(group)  # as made
+    _prewrite.check_pairs(group)  # as made
     if spoil == "reshaped":  # the same elements, another shape
         params[0].data = params[0].data.view(4, 3)
     else:  # the plan's tensor replaced by one elsewhere (``set_data`` refuses another device)
         group.params[0] = torch.ones(3, 4, dtype=torch.bfloat16, device="meta")
     with pytest.raises(ValueError, match="params a: shape"):
-        _routes._check_pairs(group)
+        _prewrite.check_pairs(group)
 
 
 def test_all_on_reads_devices_without_building_them():
@@ -137,4 +137,4 @@ def test_launch_check_of_lists_of_other_lengths_raises_value_error():
     # the shortcut reads the first params' dtype: an empty params list must still reach the
     # loop's ValueError (zip strict), not an IndexError
     with pytest.raises(ValueError, match=r"shorter|longer"):
-        _cuda.prepare([torch.zeros(2)], [])
+        _launch.prepare([torch.zeros(2)], [])

@@ -1,4 +1,4 @@
-"""A group's kept Triton launch (``_routes._prepare``, ``_cuda.Launch``): prepared once, with
+"""A group's kept Triton launch (``_prewrite.prepare``, ``_launch.Launch``): prepared once, with
 every pair checked, and reused while the caller vouches for the pairs (``kept`` on a mixed
 group) or while their ``_pairs.Key`` holds; made again, checked, when a pair changed, and never
 trusted on the word of ``kept`` for a "triton-ends" group (float32 pairs, which the ``EMA``
@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ema_core.backends.torch import _cuda, _routes  # noqa: E402
+from ema_core.backends.torch import _cuda, _launch, _prewrite, _routes  # noqa: E402
 from ema_core.torch._store import Local  # noqa: E402
 
 BF16 = torch.bfloat16
@@ -37,24 +37,24 @@ def _group(n: int = 3, pdtype: torch.dtype = BF16, k: int = 6):
 def test_the_first_check_prepares_and_a_vouched_one_reuses():
     _, group = _group()
     assert group.launch is None
-    _routes._check(group, "triton-mixed")
+    _prewrite.check(group, "triton-mixed")
     launch = group.launch
     assert (
-        isinstance(launch, _cuda.Launch) and launch.key.pointers[0] == group.shadows[0].data_ptr()
+        isinstance(launch, _launch.Launch) and launch.key.pointers[0] == group.shadows[0].data_ptr()
     )
-    _routes._check(group, "triton-mixed", kept=True)
-    _routes._check(group, "triton-mixed-ends", kept=True)
+    _prewrite.check(group, "triton-mixed", kept=True)
+    _prewrite.check(group, "triton-mixed-ends", kept=True)
     assert group.launch is launch
 
 
 def test_an_unvouched_check_reuses_only_while_the_key_holds():
     _, group = _group()
-    _routes._check(group, "triton-mixed")
+    _prewrite.check(group, "triton-mixed")
     launch = group.launch
-    _routes._check(group, "triton-mixed")
+    _prewrite.check(group, "triton-mixed")
     assert group.launch is launch  # nothing moved
     group.params[1].data = group.params[1].data.clone()  # new memory, same object
-    _routes._check(group, "triton-mixed")
+    _prewrite.check(group, "triton-mixed")
     assert group.launch is not launch
     assert group.launch.key.pointers[4] == group.params[1].data_ptr()
     s_addr, p_addr = group.launch.tables[0][2][:3], group.launch.tables[0][2][3:6]
@@ -64,32 +64,32 @@ def test_an_unvouched_check_reuses_only_while_the_key_holds():
 
 def test_a_transposed_param_leaves_the_table_for_the_blocked_way():
     _, group = _group()
-    _routes._check(group, "triton-mixed")
+    _prewrite.check(group, "triton-mixed")
     group.params[0].data = group.params[0].data.t()  # same pointer, size and dtype
-    _routes._check(group, "triton-mixed")
+    _prewrite.check(group, "triton-mixed")
     assert [id(p) for _, p in group.launch.left] == [id(group.params[0])]
     assert group.launch.tables[0][4] == 2  # the other two leaves
 
 
 def test_a_float32_group_is_compared_even_when_kept():
     _, group = _group(pdtype=torch.float32)
-    _routes._check(group, "triton-ends", kept=True)
+    _prewrite.check(group, "triton-ends", kept=True)
     launch = group.launch
     group.params[2].data = group.params[2].data.clone()
-    _routes._check(group, "triton-ends", kept=True)  # kept does not cover "same" groups
+    _prewrite.check(group, "triton-ends", kept=True)  # kept does not cover "same" groups
     assert group.launch is not launch
     assert group.launch.key.pointers[5] == group.params[2].data_ptr()
 
 
 def test_a_refused_pair_leaves_no_launch_and_is_named():
     _, group = _group()
-    _routes._check(group, "triton-mixed")
+    _prewrite.check(group, "triton-mixed")
     group.params[2].data = torch.randn(5, 7).to(BF16)  # another size
     with pytest.raises(ValueError, match="params w2: shape"):
-        _routes._check(group, "triton-mixed")
+        _prewrite.check(group, "triton-mixed")
     assert group.launch is None
     with pytest.raises(ValueError, match="params w2: shape"):
-        _routes._check(group, "triton-mixed", kept=True)  # nothing kept to trust
+        _prewrite.check(group, "triton-mixed", kept=True)  # nothing kept to trust
 
 
 def test_forget_drops_the_launches():
@@ -97,16 +97,16 @@ def test_forget_drops_the_launches():
     params = [torch.randn(4).to(BF16), torch.randn(3).to(BF16)]
     store = Local(shadows, params, ["float", "float"], ["a", "b"])
     (group,) = store.plan.mixed
-    _routes._check(group, "triton-mixed")
+    _prewrite.check(group, "triton-mixed")
     assert group.launch is not None
     store.forget()
     assert group.launch is None and group.host is None
 
 
 def test_prepare_of_no_pairs_launches_nothing():
-    launch = _cuda.prepare([], [])
+    launch = _launch.prepare([], [])
     assert launch.device is None and launch.tables == [] and launch.left == []
-    _cuda._launch(launch, (torch.tensor(0.5, device="meta"), torch.tensor(0.5)))  # no check
+    _launch.run(launch, (torch.tensor(0.5, device="meta"), torch.tensor(0.5)))  # no check
 
 
 def _cuda_model():
@@ -188,7 +188,7 @@ def _child_kept_launch() -> None:
             if not p.is_contiguous():  # the blocked way, whose torch lerp may differ by a rounding
                 want[i] = shadows[i].clone()
                 _cuda.blocked_lerp_([want[i]], [p], 1.0 - decay)
-        _routes._check(group, "triton-mixed", kept)
+        _prewrite.check(group, "triton-mixed", kept)
         _routes._run(xp, group, "triton-mixed", decay, 1.0 - decay)
         for i, (got, w) in enumerate(zip(shadows, want, strict=True)):
             assert torch.equal(got.view(torch.int32), w.view(torch.int32)), f"leaf {i}"

@@ -106,9 +106,9 @@ def _triton_lerp(shadows: list[Any], params: list[Any]) -> Callable[[int], Any]:
     """The Triton kernel alone (``_cuda.triton_lerp_`` over a launch prepared once, as a
     route's group keeps it) on the stateless call's lists, without the class or the plan:
     with ``queued``, how close the kernel itself comes to the ceiling."""
-    from ema_core.backends.torch import _cuda
+    from ema_core.backends.torch import _cuda, _launch
 
-    launch = _cuda.prepare(shadows, params)
+    launch = _launch.prepare(shadows, params)
 
     def kernel(t: int) -> Any:
         return _cuda.triton_lerp_(shadows, params, 0.001, launch)

@@ -45,7 +45,7 @@ class Watch:
     shadow's pointer, size, layout and dtype (``fits``), and whether the module still holds
     those params' very objects (``held``). A ``same()`` with both vouches that views or
     launches made since the watch began (or since ``views.renew()``) still fit, and the store
-    skips its own comparison of them (``_host.stale``, ``_routes._prepare``).
+    skips its own comparison of them (``_host.stale``, ``_prewrite.prepare``).
     """
 
     def __init__(

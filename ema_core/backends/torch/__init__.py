@@ -8,12 +8,14 @@
   dtypes; DTensors as their local shards), each group one fused call.
 * ``_routes``: one route per group of a plan, picked per update (the route table is in its
   docstring): foreach ``lerp``, the host engine on the CPU, the CUDA blend, the core for the rest.
+  ``_prewrite`` holds what a route checks before its first write, and the reads a group keeps.
 * ``_foreach``: the fused ops every route uses (per-tensor loops where ``torch._foreach_*`` is
   missing).
 * ``_host``: CPU tensors handed to the host engine (``ema_core.backends.host``) as numpy views,
   which ``_memory`` makes from data addresses (and checks that a storage still holds them).
 * ``_cuda``: the one-pass blend of a wide shadow over narrow params on CUDA (blocked torch ops,
-  or the Triton kernel of ``_triton_kernel``).
+  or the Triton kernel of ``_triton_kernel``, launched over the ``Launch`` that ``_launch``
+  prepares once per group).
 * ``_pairs``: whole-list reads of many (shadow, params) pairs (shapes, devices, dtypes, sizes,
   addresses), for the mixed routes' checks, and the ``Key`` of the pairs that the host
   engine's views and the Triton launches are kept under.

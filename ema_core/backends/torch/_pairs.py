@@ -111,7 +111,7 @@ def addresses(tensors: Tensors) -> list[int]:
 
 class Key(NamedTuple):
     """What a kernel's prepared reads of some pairs depend on (the host engine's views,
-    ``_host.Bound``; the Triton kernel's launch, ``_cuda.Launch``): each tensor's data pointer,
+    ``_host.Bound``; the Triton kernel's launch, ``_launch.Launch``): each tensor's data pointer,
     element count and dtype, whether it is contiguous, and for a non-contiguous one its shape
     and strides, over ``[*shadows, *params]``. Flat lists of ints, bools and dtypes, no object
     per tensor: tens of thousands of new shapes per update survive long enough to wake the

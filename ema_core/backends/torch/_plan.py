@@ -19,7 +19,7 @@ from typing import Literal, TypeAlias
 import torch
 
 from ema_core._types import LeafKind
-from ema_core.backends.torch import _cuda, _host
+from ema_core.backends.torch import _host, _launch
 
 __all__ = ["BUCKETS", "Bucket", "Group", "Plan", "bucket", "make_plan"]
 
@@ -36,7 +36,7 @@ class Group:
     params: list[torch.Tensor] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # for error messages
     host: _host.Bound | None = None  # the host engine's views of it, kept for reuse
-    launch: _cuda.Launch | None = None  # the Triton kernel's launches over it, kept alike
+    launch: _launch.Launch | None = None  # the Triton kernel's launches over it, kept alike
 
 
 @dataclass

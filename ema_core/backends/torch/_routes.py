@@ -44,10 +44,11 @@ checked against its shadow (shape and device): those routes index the params by 
 size (host loops, Triton) or cast-copy them into a scratch (which would broadcast). The host
 engine's views are (re)bound, each pair checked, when a tensor's storage, shape or dtype changed
 (also that each storage still holds its tensor: one freed by ``untyped_storage().resize_(0)`` is
-refused). The Triton routes likewise keep their launch (``_cuda.Launch``: the pairs checked,
+refused). The Triton routes likewise keep their launch (``_launch.Launch``: the pairs checked,
 grouped and their tables built) in the group, made again, each pair checked, when the pairs'
 ``_pairs.Key`` changed; a mixed group's caller that vouches for its tensors (``kept``: the
-``EMA`` class's watch, the stateless call's cache) spares even that comparison. A mismatch
+``EMA`` class's watch, the stateless call's cache) spares even that comparison (``_prewrite``
+holds these checks). A mismatch
 raises ``ValueError`` naming the tensor and leaves every shadow as it was.
 The host engine writes through numpy views, so it bumps the shadows' version counters itself, as
 torch's in-place ops do.
@@ -62,7 +63,7 @@ import torch
 from ema_core import _core
 from ema_core._ops import host_float, is_readable
 from ema_core._types import LeafKind, Namespace, Value
-from ema_core.backends.torch import _cuda, _foreach, _host, _memory, _pairs
+from ema_core.backends.torch import _cuda, _foreach, _host, _prewrite
 from ema_core.backends.torch._plan import BUCKETS, Group, Plan, bucket, make_plan
 
 __all__ = ["Group", "Plan", "Route", "apply", "host_values", "make_plan", "route", "routes"]
@@ -81,8 +82,6 @@ Route: TypeAlias = Literal[
     "generic",
 ]
 _HALF = (torch.float16, torch.bfloat16)
-#: The routes through the Triton kernel, whose launch a group keeps (``_prepare``).
-_TRITON: tuple[Route, ...] = ("triton-mixed", "triton-mixed-ends", "triton-ends")
 Tensors: TypeAlias = list[torch.Tensor]
 
 
@@ -142,7 +141,7 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value, *, kept: bool = 
     mixed = {id(group) for group in plan.mixed}
     for group, way in work:
         if (id(group) in mixed and way != "skip") or way == "triton-ends":
-            _check(group, way, kept)
+            _prewrite.check(group, way, kept)
     for group, way in work:
         _run(xp, group, way, decay, rate)
 
@@ -182,59 +181,6 @@ def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> 
             _cuda.triton_lerp_ends_(s, p, *_on_device(rate, decay, s[0]), group.launch)
         case "generic":
             _generic(xp, s, p, decay, rate)
-
-
-def _check(group: Group, way: Route, kept: bool = False) -> None:
-    """Check a mixed group's pairs before any write: each time for the blocked CUDA routes,
-    and for the host engine and the Triton routes when their views or launch are made (kept
-    while nothing moved, ``_prepare``)."""
-    if way in _TRITON:
-        _prepare(group, trusted=kept and way != "triton-ends")
-    elif way != "host-engine":
-        _check_pairs(group)
-    elif kept and group.host is not None:
-        return
-    elif _host.stale(group.host, group.shadows, group.params):
-        _check_pairs(group, memory=True)
-        group.host = _host.bind(group.shadows, group.params, group.host)
-
-
-def _prepare(group: Group, trusted: bool) -> None:
-    """Keep ``group.launch`` (the Triton kernel's tables over the group) while the caller
-    vouches for the pairs (``trusted``: ``kept`` for a mixed group, which the ``EMA`` class's
-    watch and the stateless cache both cover) or while their ``_pairs.Key`` holds; else check
-    the pairs and prepare the launch again. A kept launch skips every per-pair read: the
-    checks, the groups and the table's key."""
-    launch = group.launch
-    if launch is not None and (
-        trusted or not _pairs.changed(launch.key, group.shadows, group.params)
-    ):
-        return
-    group.launch = None  # a refused pair leaves none behind
-    _check_pairs(group)
-    group.launch = _cuda.prepare(group.shadows, group.params)
-
-
-def _check_pairs(group: Group, memory: bool = False) -> None:
-    """Raise ``ValueError`` if a params tensor no longer has its shadow's shape and device, or
-    (``memory``: before the host engine views them) a tensor's storage no longer holds it.
-    Whole-list reads first (``_pairs``); the loop below, which names the pair, only when they
-    find something."""
-    shadows, params = group.shadows, group.params
-    if not memory and shadows and _pairs.same_shapes(shadows, params):
-        device = shadows[0].device
-        if _pairs.all_on(shadows, device) and _pairs.all_on(params, device):
-            return
-    for s, p, name in zip(group.shadows, group.params, group.names, strict=True):
-        if p.shape != s.shape or p.device != s.device:
-            raise ValueError(
-                f"params {name}: shape {tuple(p.shape)} on {p.device}, but its shadow has "
-                f"shape {tuple(s.shape)} on {s.device}; it was resized, replaced or moved "
-                "after the update plan was made, and must keep its shadow's shape and device"
-            )
-        for what, t in (("params", p), ("shadow", s)) if memory else ():
-            if (why := _memory.short_memory(t)) is not None:
-                raise ValueError(f"{what} {name}: {why}")
 
 
 def _host_engine(xp: Namespace, group: Group, decay: float, rate: float) -> None:

@@ -12,7 +12,7 @@ The first GPU run (H200, 2026-12-04) launched one kernel per leaf: Triton's Pyth
 about 17 us, and GPT-2 small's 148 bf16 leaves took 2.9 ms where the bytes need 0.3 ms. The
 table's one launch per group (run3, the same day) took 1.236 ms, 5.98 us per leaf beyond the
 bytes, and 0.858 ms queued (the ceiling's: 0.289): host work per leaf. Since then a group
-keeps its launch (``_cuda.Launch``: checked once, ``groups`` and tables made once) while its
+keeps its launch (``_launch.Launch``: checked once, ``groups`` and tables made once) while its
 pairs stay as they were, which no GPU has timed yet (``python -m benchmarks --routes`` times
 the host's part on a CPU).
 """
