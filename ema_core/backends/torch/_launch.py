@@ -4,7 +4,7 @@ once, run at every update.
 ``prepare`` checks the pairs (float32 shadows over float16, bfloat16 or float32 params, the
 same sizes, one device), sorts them into launches (``_triton_kernel.groups``: one per params
 dtype and alignment, strided pairs left out) and builds each launch's table. The ``Launch`` it
-returns keeps the pairs' ``_pairs.Key``: ``_routes`` keeps one per group and reuses it while
+returns keeps the pairs' ``_pairs.Key``: ``_prewrite`` keeps one per group and reuses it while
 the pairs stay as the key says (or the caller vouches for them), so that an update of an
 unchanged model reads nothing per pair. ``run`` launches the kernel over a ``Launch`` with a
 host weight (by value) or a device weight and decay (read on the device).
@@ -36,7 +36,7 @@ Pairs = _triton_kernel.Pairs
 class Launch(NamedTuple):
     """The Triton kernel's launches over some pairs, prepared once (``prepare``: the pairs
     checked, grouped per params dtype and alignment, each group's table built) and reused while
-    the pairs stay as ``key`` says (``_routes`` keeps one per group).
+    the pairs stay as ``key`` says (``_prewrite`` keeps one per group).
 
     ``tables``: per launch, its params dtype, 16-byte alignment, table and chunk count, and
     its number of leaves. ``left``: the strided pairs, which the blocked way takes.
