@@ -15,6 +15,8 @@ The loose leaves' params, and the state's own arrays, are checked alive beforeha
 from __future__ import annotations
 
 import operator
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -46,6 +48,7 @@ class PackedUpdate:
         self._guard = guard
         self._placed: list[Any] = []  # the params' shardings at the last call that passed
         self._kinds: dict[Any, tuple[LeafKind, ...]] = {}
+        self._made: Callable[[], Any] = lambda: None  # the step this update last returned
 
     def _check(
         self, state: PackedState, params_split: Split, params_arrays: list[Any]
@@ -80,8 +83,9 @@ class PackedUpdate:
                 f"a PackedState holds JAX arrays, got a {bad} (a state fetched with "
                 "jax.device_get): put it back with jax.device_put(state, device)"
             )
-        check_not_donated(state.step, "state", "this update (make_update donates by default)")
-        check_step(state.step)
+        if state.step is not self._made():  # a step this update made is valid: not read again
+            check_not_donated(state.step, "state", "this update (make_update donates by default)")
+            check_step(state.step)  # on the CPU, waits for the update that made it
         params_arrays, params_split = split(params)
         traced = any(isinstance(x, jax.core.Tracer) for x in (state.step, *params_arrays[:1]))
         if not traced:  # inside a transformation the arrays have no buffers to check
@@ -124,6 +128,8 @@ class PackedUpdate:
                 kinds=tuple(kinds[i] for i in part),
                 non_float=self._non_float,
             )
+        if not traced:
+            self._made = weakref.ref(t)
         return PackedState(t, flats, tuple(loose), weight, layout)
 
 
