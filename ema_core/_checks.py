@@ -115,8 +115,17 @@ def check_state(state: Any) -> None:
     """``state`` has the fields of an ``EMAState`` (``update``, ``average``)."""
     if not all(hasattr(state, f) for f in EMAState._fields):
         raise TypeError(
-            f"state must be an EMAState (step, shadow, weight), got {type(state).__name__}"
+            "state must be an EMAState (step, shadow, weight), "
+            f"got {type(state).__name__}{packed_hint(state)}"
         )
+
+
+def packed_hint(value: Any) -> str:
+    """Where an ``EMAState`` is expected, the way out for a packed JAX state (recognised by its
+    fields: nothing is imported), or ``""``."""
+    if all(hasattr(value, f) for f in ("flats", "loose", "layout")):
+        return " (a packed state: ema_core.jax.unpack(state) gives its EMAState)"
+    return ""
 
 
 def check_weight(weight: Any) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 from ema_core import __version__, _safetensors
 from ema_core._arguments import config_hint
 from ema_core._atomic import resolve_link, write_atomic
+from ema_core._checks import packed_hint
 from ema_core._config import Config, config_text, stable_text
 from ema_core._tree import flatten
 from ema_core._types import EMAState
@@ -136,7 +137,7 @@ def contents(ema_or_state: Any, config: Config | None) -> Contents:
             " (full_state_dict(ema), a gather, returns {} off rank 0: call it on every rank "
             "and save on rank 0 only)"
             if empty
-            else ""
+            else packed_hint(ema_or_state)
         )
         raise TypeError(
             "ema_or_state must be an ema_core.torch.EMA, its state_dict() or an ema_core.EMAState, "

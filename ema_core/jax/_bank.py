@@ -20,6 +20,7 @@ from typing import Any
 import jax
 
 from ema_core import _api, _bank_snapshots, _banks, _snapshot_args
+from ema_core._checks import packed_hint
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
@@ -221,7 +222,9 @@ class BankUpdate:
             )
         for i, s in enumerate(values):
             if not isinstance(s, EMAState):
-                raise TypeError(f"states[{i}] must be an EMAState, got {type(s).__name__}")
+                raise TypeError(
+                    f"states[{i}] must be an EMAState, got {type(s).__name__}{packed_hint(s)}"
+                )
         return values
 
     def _prepare(

@@ -144,7 +144,8 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
     if most < 0:
         raise ValueError(f"most must be >= 0 (elements), got {most}")
     if not isinstance(state, EMAState):
-        raise TypeError(f"pack takes an EMAState (ema_core.init), got {type(state).__name__}")
+        done = " (already packed)" if isinstance(state, PackedState) else ""
+        raise TypeError(f"pack takes an EMAState (ema_core.init), got {type(state).__name__}{done}")
     arrays, shadow_split = split(state.shadow)
     everything = [state.step, *arrays, state.weight]
     for x in everything:
@@ -196,7 +197,8 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
 
 def unpack(state: PackedState) -> EMAState:
     """The ``EMAState`` of a packed state: each shadow a copy in its own shape (a packed one of
-    its slice of a flat buffer, a loose one of its raveled array).
+    its slice of a flat buffer, a loose one of its raveled array). A packed state fetched with
+    ``jax.device_get`` gives an ``EMAState`` of numpy arrays, as the unpacked one would.
 
     Raises:
         TypeError: ``state`` is not a ``PackedState``.
@@ -214,12 +216,20 @@ def unpack(state: PackedState) -> EMAState:
     layout = state.layout
     arrays: list[Any] = [None] * len(layout.offsets)
     for b, members in enumerate(layout.blocks):
-        host, where = np.asarray(state.flats[b]), state.flats[b].sharding
-        views = [_piece(host, layout.offsets[i], layout.shapes[i]) for i in members]
-        for i, x in zip(members, jax.device_put(views, where), strict=True):
+        flat = state.flats[b]
+        views = [_piece(np.asarray(flat), layout.offsets[i], layout.shapes[i]) for i in members]
+        if isinstance(flat, jax.Array):
+            views = jax.device_put(views, flat.sharding)
+        else:  # a state fetched with jax.device_get: numpy copies, as its leaves would be
+            views = [np.array(v) for v in views]
+        for i, x in zip(members, views, strict=True):
             arrays[i] = x
     for j, i in enumerate(layout.loose):
-        arrays[i] = jnp.reshape(state.loose[j], layout.shapes[i])
+        x = state.loose[j]
+        shape = layout.shapes[i]
+        arrays[i] = (
+            jnp.reshape(x, shape) if isinstance(x, jax.Array) else np.array(x).reshape(shape)
+        )
     return EMAState(state.step, layout.split.merge(arrays), state.weight)
 
 

@@ -1,0 +1,80 @@
+"""A ``PackedState`` handed where an ``EMAState`` is expected (``average``, ``update``, a bank,
+a checkpoint, ``pack`` again) is refused with the way out (``unpack``), and a packed state
+fetched with ``jax.device_get`` unpacks to an ``EMAState`` of numpy arrays, as the unpacked
+state would fetch, that ``make_update`` takes on again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+import ema_core as ema  # noqa: E402
+from ema_core import checkpoint  # noqa: E402
+from ema_core.jax import PackedState, make_bank_update, make_update, pack, unpack  # noqa: E402
+
+CONFIG = ema.Config(schedule=0.75)
+HINT = r"a packed state: ema_core\.jax\.unpack\(state\) gives its EMAState"
+
+
+def _params(seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {
+        "w": jnp.asarray(rng.standard_normal((70, 70)), jnp.float32),  # loose
+        "b": jnp.asarray(rng.standard_normal(5), jnp.bfloat16),  # packed
+        "c": jnp.asarray(rng.standard_normal((2, 3)), jnp.float32),  # packed
+        "n": jnp.asarray(seed, jnp.int32),  # loose (an integer)
+    }
+
+
+def _packed() -> PackedState:
+    return make_update(CONFIG)(pack(ema.init(_params(0), CONFIG)), _params(1))
+
+
+def test_where_an_ema_state_is_expected_the_hint_names_unpack(tmp_path: Path) -> None:
+    state = _packed()
+    calls = {
+        "average": lambda: ema.average(state, CONFIG),
+        "update": lambda: ema.update(state, _params(2), CONFIG),
+        "bank": lambda: make_bank_update([CONFIG])([state], _params(2)),
+        "checkpoint": lambda: checkpoint.save(tmp_path / "ema.safetensors", state, CONFIG),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=HINT):
+            call()
+        assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state)), name
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(TypeError, match=r"got PackedState \(already packed\)"):
+        pack(state)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"state must be an EMAState.*got dict$"):
+        ema.average({"step": 1}, CONFIG)  # no hint for what is not a packed state
+
+
+def test_a_fetched_packed_state_unpacks_to_numpy_and_updates_on() -> None:
+    state = _packed()
+    on_device = unpack(state)
+    host = jax.device_get(state)
+    before = [np.array(x) for x in (*host.flats, *host.loose)]
+    fetched = unpack(host)
+    assert type(fetched.shadow["w"]) is np.ndarray and type(fetched.shadow["b"]) is np.ndarray
+    for key, x in on_device.shadow.items():
+        y = fetched.shadow[key]
+        assert y.shape == x.shape and y.dtype == x.dtype, key
+        np.testing.assert_array_equal(y, np.asarray(x))
+    fetched.shadow["c"][0, 0] = 123.0  # a copy: the fetched flat buffer is not written
+    fetched.shadow["w"][0, 0] = 123.0
+    for x, kept in zip((*host.flats, *host.loose), before, strict=True):
+        np.testing.assert_array_equal(x, kept)
+    update = make_update(CONFIG)
+    again = update(unpack(jax.device_get(state)), _params(2))  # numpy state: placed, updated
+    expected = make_update(CONFIG)(on_device, _params(2))
+    for key in expected.shadow:
+        np.testing.assert_array_equal(
+            np.asarray(again.shadow[key]), np.asarray(expected.shadow[key])
+        )
+    assert int(again.step) == int(expected.step) == 2
