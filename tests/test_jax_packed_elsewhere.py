@@ -78,3 +78,35 @@ def test_a_fetched_packed_state_unpacks_to_numpy_and_updates_on() -> None:
             np.asarray(again.shadow[key]), np.asarray(expected.shadow[key])
         )
     assert int(again.step) == int(expected.step) == 2
+
+
+def test_arrays_swapped_into_a_packed_state_are_refused_by_name() -> None:
+    update = make_update(CONFIG)
+    state = update(pack(ema.init(_params(0), CONFIG)), _params(1))
+    shapes = state.layout.shapes
+    w = state.layout.loose.index(next(i for i, s in enumerate(shapes) if s == (70, 70)))
+    loose, flats = list(state.loose), list(state.flats)
+    swaps = {
+        rf"state\.loose\[{w}\] has shape \(4900,\) and dtype float16, but the packed layout "
+        r"holds shape \(4900,\) and dtype float32": state._replace(
+            loose=tuple(jnp.zeros(4900, jnp.float16) if j == w else x for j, x in enumerate(loose))
+        ),
+        rf"state\.loose\[{w}\] has shape \(5,\)": state._replace(
+            loose=tuple(jnp.zeros(5) if j == w else x for j, x in enumerate(loose))
+        ),
+        r"state\.flats\[0\] has shape \(7,\)": state._replace(
+            flats=(jnp.zeros(7, flats[0].dtype), *flats[1:])
+        ),
+        r"holds 1 flat buffers and 1 loose shadows, but its layout \d+ and 2": state._replace(
+            flats=flats[:1], loose=tuple(loose[:1])
+        ),
+    }
+    for message, bad in swaps.items():
+        with pytest.raises(ValueError, match=message):
+            update(bad, _params(2))
+        assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(bad)), message
+    unraveled = state._replace(
+        loose=tuple(x.reshape(70, 70) if j == w else x for j, x in enumerate(loose))
+    )
+    after = update(unraveled, _params(2))  # a leaf in its own shape: the layout before raveling
+    assert int(after.step) == 2

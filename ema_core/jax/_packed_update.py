@@ -3,7 +3,8 @@ the loose leaves in chunks, all after the whole call was validated (nothing is d
 
 Per call: the params are split (their arrays in the state's order), checked on the state's
 device, and validated against the layout by ``ema_core.update``'s checks on abstract values
-once per signature (the same errors, naming the same paths, as the unpacked update). Then the
+once per signature (the same errors, naming the same paths, as the unpacked update), as are
+the state's own flat buffers and loose shadows (``check_arrays``: one swapped in by hand). Then the
 decay is computed once (a head that donates nothing), each block's flat buffer is blended with
 its params concatenated into a new buffer (``_packed.block``: the flats hold only small leaves,
 and a new buffer spares reading 20,000 params' liveness first, which on a 2-core CPU costs
@@ -21,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ema_core._checks import check_state, check_weight
 from ema_core._leaf_checks import check_leaves
@@ -93,9 +95,10 @@ class PackedUpdate:
             _check_live(jax.tree_util.tree_leaves(state), loose_params)
         if self._guard:
             check_finite_params(params)
-        key = (layout, params_split, avals(params_arrays))
+        key = (layout, params_split, avals(params_arrays), avals([*state.flats, *state.loose]))
         kinds = self._kinds.get(key)
         if kinds is None:
+            check_arrays(state)
             kinds = self._check(state, params_split, params_arrays)
             if len(self._kinds) >= SIGNATURES:
                 self._kinds.clear()
@@ -131,6 +134,41 @@ class PackedUpdate:
         if not traced:
             self._made = weakref.ref(t)
         return PackedState(t, flats, tuple(loose), weight, layout)
+
+
+def check_arrays(state: PackedState) -> None:
+    """The flat buffers and loose shadows are those ``pack`` laid out: as many, each of its
+    dtype and size (a loose one raveled, or in its leaf's shape as before 2026-12-04), so that
+    a buffer swapped in by hand is refused by name before anything runs, not blended into a
+    shadow of another dtype or refused by JAX without a name.
+
+    Raises:
+        ValueError: naming the array, its shape and dtype and what the layout holds there.
+    """
+    layout = state.layout
+    wanted = [
+        (f"state.flats[{b}]", (sum(_size(layout.shapes[i]) for i in members),), members[0])
+        for b, members in enumerate(layout.blocks)
+    ] + [(f"state.loose[{j}]", layout.shapes[i], i) for j, i in enumerate(layout.loose)]
+    given = [*state.flats, *state.loose]
+    if (len(state.flats), len(state.loose)) != (len(layout.blocks), len(layout.loose)):
+        raise ValueError(
+            f"the packed state holds {len(state.flats)} flat buffers and {len(state.loose)} "
+            f"loose shadows, but its layout {len(layout.blocks)} and {len(layout.loose)}: pass "
+            "a state that pack or this update returned"
+        )
+    for (name, shape, i), x in zip(wanted, given, strict=True):
+        dtype = jnp.dtype(layout.dtypes[i])
+        if x.dtype != dtype or tuple(x.shape) not in ((_size(shape),), tuple(shape)):
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)} and dtype {x.dtype}, but the packed layout "
+                f"holds shape {(_size(shape),)} and dtype {dtype} there: pass a state that "
+                "pack or this update returned; nothing was donated"
+            )
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def _check_live(state_arrays: list[Any], params_arrays: list[Any]) -> None:
