@@ -240,8 +240,13 @@ def _taker(members: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...
     return operator.itemgetter(*members)  # two or more: a run covers every single one
 
 
+def size(shape: tuple[int, ...]) -> int:
+    """The number of elements of an array of ``shape``."""
+    return int(np.prod(shape, dtype=np.int64))
+
+
 def _piece(host: np.ndarray, offset: int, shape: tuple[int, ...]) -> np.ndarray:
-    return host[offset : offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+    return host[offset : offset + size(shape)].reshape(shape)
 
 
 def _block_impl(flat: Any, params: tuple[Any, ...], decay: Any, rate: Any) -> Any:

@@ -22,7 +22,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ema_core._checks import check_state, check_weight
 from ema_core._leaf_checks import check_leaves
@@ -31,7 +30,7 @@ from ema_core._types import EMAState, LeafKind, Tree
 from ema_core.backends.jax._leaves import update_compiled, update_donated
 from ema_core.jax._call_checks import check_finite_params, check_not_donated, check_step
 from ema_core.jax._chunked import CHUNK, Chunked
-from ema_core.jax._packed import PackedState, block, block_params
+from ema_core.jax._packed import PackedState, block, block_params, size
 from ema_core.jax._placement import commit_state, read_shardings
 from ema_core.jax._split import Split, avals, split
 
@@ -146,29 +145,24 @@ def check_arrays(state: PackedState) -> None:
         ValueError: naming the array, its shape and dtype and what the layout holds there.
     """
     layout = state.layout
-    wanted = [
-        (f"state.flats[{b}]", (sum(_size(layout.shapes[i]) for i in members),), members[0])
-        for b, members in enumerate(layout.blocks)
-    ] + [(f"state.loose[{j}]", layout.shapes[i], i) for j, i in enumerate(layout.loose)]
-    given = [*state.flats, *state.loose]
     if (len(state.flats), len(state.loose)) != (len(layout.blocks), len(layout.loose)):
         raise ValueError(
             f"the packed state holds {len(state.flats)} flat buffers and {len(state.loose)} "
             f"loose shadows, but its layout {len(layout.blocks)} and {len(layout.loose)}: pass "
             "a state that pack or this update returned"
         )
-    for (name, shape, i), x in zip(wanted, given, strict=True):
+    wanted = [
+        (f"state.flats[{b}]", (sum(size(layout.shapes[i]) for i in members),), members[0])
+        for b, members in enumerate(layout.blocks)
+    ] + [(f"state.loose[{j}]", layout.shapes[i], i) for j, i in enumerate(layout.loose)]
+    for (name, shape, i), x in zip(wanted, [*state.flats, *state.loose], strict=True):
         dtype = jnp.dtype(layout.dtypes[i])
-        if x.dtype != dtype or tuple(x.shape) not in ((_size(shape),), tuple(shape)):
+        if x.dtype != dtype or tuple(x.shape) not in ((size(shape),), tuple(shape)):
             raise ValueError(
                 f"{name} has shape {tuple(x.shape)} and dtype {x.dtype}, but the packed layout "
-                f"holds shape {(_size(shape),)} and dtype {dtype} there: pass a state that "
+                f"holds shape {(size(shape),)} and dtype {dtype} there: pass a state that "
                 "pack or this update returned; nothing was donated"
             )
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
 
 
 def _check_live(state_arrays: list[Any], params_arrays: list[Any]) -> None:
