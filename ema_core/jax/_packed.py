@@ -33,9 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ema_core._core import compute_dtype
 from ema_core._types import EMAState
-from ema_core.backends.jax._leaves import _blend, _Gates, leaf_decay
 from ema_core.jax._split import Split, split
 
 __all__ = ["MOST", "PackedState", "pack", "unpack"]
@@ -247,21 +245,3 @@ def size(shape: tuple[int, ...]) -> int:
 
 def _piece(host: np.ndarray, offset: int, shape: tuple[int, ...]) -> np.ndarray:
     return host[offset : offset + size(shape)].reshape(shape)
-
-
-def _block_impl(flat: Any, params: tuple[Any, ...], decay: Any, rate: Any) -> Any:
-    """One packed block's update: the params concatenated in the compute dtype, then the leaf
-    update's own blend (elementwise, so each element gets the bits its leaf would)."""
-    wide = jnp.result_type(float)
-    gates = _Gates(leaf_decay(decay, rate, wide), jnp.asarray(rate, dtype=wide))
-    ct = compute_dtype(jnp, flat.dtype)
-    return _blend(flat, jnp.concatenate([p.ravel().astype(ct) for p in params]), gates)
-
-
-#: Not donated: a block's result is a new buffer (see ``_packed_update``).
-block = jax.jit(_block_impl)
-
-
-def block_params(params: Sequence[Any], layout: Layout) -> list[tuple[Any, ...]]:
-    """The params of each block, in the block's order."""
-    return [take(params) for take in layout.takers]

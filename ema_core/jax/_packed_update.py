@@ -6,7 +6,7 @@ device, and validated against the layout by ``ema_core.update``'s checks on abst
 once per signature (the same errors, naming the same paths, as the unpacked update), as are
 the state's own flat buffers and loose shadows (``check_arrays``: one swapped in by hand). Then the
 decay is computed once (a head that donates nothing), each block's flat buffer is blended with
-its params concatenated into a new buffer (``_packed.block``: the flats hold only small leaves,
+its params concatenated into a new buffer (``block``: the flats hold only small leaves,
 and a new buffer spares reading 20,000 params' liveness first, which on a 2-core CPU costs
 about as much), and only then are the loose shadows updated in place (donated). A deleted
 param of a block makes its block's call fail before anything was donated; it is then named.
@@ -17,20 +17,27 @@ from __future__ import annotations
 
 import operator
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from ema_core._checks import check_state, check_weight
+from ema_core._core import compute_dtype
 from ema_core._leaf_checks import check_leaves
 from ema_core._tree_pair import flatten_pair
 from ema_core._types import EMAState, LeafKind, Tree
-from ema_core.backends.jax._leaves import update_compiled, update_donated
+from ema_core.backends.jax._leaves import (
+    _blend,
+    _Gates,
+    leaf_decay,
+    update_compiled,
+    update_donated,
+)
 from ema_core.jax._call_checks import check_finite_params, check_not_donated, check_step
 from ema_core.jax._chunked import CHUNK, Chunked
-from ema_core.jax._packed import PackedState, block, block_params, size
+from ema_core.jax._packed import Layout, PackedState, size
 from ema_core.jax._placement import commit_state, read_shardings
 from ema_core.jax._split import Split, avals, split
 
@@ -163,6 +170,24 @@ def check_arrays(state: PackedState) -> None:
                 f"holds shape {(size(shape),)} and dtype {dtype} there: pass a state that "
                 "pack or this update returned; nothing was donated"
             )
+
+
+def _block_impl(flat: Any, params: tuple[Any, ...], decay: Any, rate: Any) -> Any:
+    """One packed block's update: the params concatenated in the compute dtype, then the leaf
+    update's own blend (elementwise, so each element gets the bits its leaf would)."""
+    wide = jnp.result_type(float)
+    gates = _Gates(leaf_decay(decay, rate, wide), jnp.asarray(rate, dtype=wide))
+    ct = compute_dtype(jnp, flat.dtype)
+    return _blend(flat, jnp.concatenate([p.ravel().astype(ct) for p in params]), gates)
+
+
+#: Not donated: a block's result is a new buffer (see the module's docstring).
+block = jax.jit(_block_impl)
+
+
+def block_params(params: Sequence[Any], layout: Layout) -> list[tuple[Any, ...]]:
+    """The params of each block, in the block's order."""
+    return [take(params) for take in layout.takers]
 
 
 def _check_live(state_arrays: list[Any], params_arrays: list[Any]) -> None:
