@@ -100,3 +100,24 @@ def test_packed_contender_is_make_update_on_a_packed_state() -> None:
         state = cases["packed"](t)
     assert isinstance(state, PackedState) and len(state.flats) == 1 and int(state.step) == 3
     np.testing.assert_allclose(_flat(unpack(state).shadow), _flat(params), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_slices_update_takes_ema_steps_leaf_by_leaf(dtype: str) -> None:
+    """``slices_update`` (the CUDA row ``packed_slices``) gives, from a zero flat shadow, three
+    EMA steps of each param over its own slice, in the params' order; the CPU runs leave the
+    row out (a tenth of the ceiling there)."""
+    import jax
+    import jax.numpy as jnp
+
+    assert "packed_slices" not in bench_jax.cases(TINY, dtype, "cpu")
+    _, params = host_arrays(TINY)
+    pdtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    leaves = [jnp.asarray(x, dtype=pdtype) for x in params]
+    update = bench_jax.slices_update([x.size for x in leaves])
+    flat, s = jax.numpy.zeros(sum(x.size for x in leaves)), np.zeros(sum(x.size for x in leaves))
+    p = _flat(leaves)
+    for _ in range(3):
+        flat = update(flat, leaves)
+        s = s + (1 - bench_jax.DECAY) * (p - s)
+    np.testing.assert_allclose(np.asarray(flat, dtype=np.float64), s, rtol=1e-6, atol=1e-7)
