@@ -121,3 +121,15 @@ def test_slices_update_takes_ema_steps_leaf_by_leaf(dtype: str) -> None:
         flat = update(flat, leaves)
         s = s + (1 - bench_jax.DECAY) * (p - s)
     np.testing.assert_allclose(np.asarray(flat, dtype=np.float64), s, rtol=1e-6, atol=1e-7)
+
+
+def test_packed_slices_row_runs_slices_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA row itself, run on the CPU: three calls from a zero flat shadow."""
+    monkeypatch.setattr(bench_jax, "SLICES_DEVICES", ("cuda", "cpu"))
+    cases = bench_jax.cases(TINY, "fp32", "cpu")
+    _, params = host_arrays(TINY)
+    p, s = _flat(params), np.zeros(sum(x.size for x in params))
+    for t in range(3):
+        out = cases["packed_slices"](t)
+        s = s + (1 - bench_jax.DECAY) * (p - s)
+    np.testing.assert_allclose(np.asarray(out, dtype=np.float64), s, rtol=1e-6, atol=1e-7)
