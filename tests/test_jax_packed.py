@@ -317,9 +317,10 @@ def test_loose_shadows_are_raveled_copies_and_an_unraveled_state_still_updates()
         (int(np.prod(layout.shapes[i])),) for i in layout.loose
     ]
     assert [x.shape for x in packed.loose] == [(4900,), (1,), (1,)]  # big, count, flag
-    unraveled = packed._replace(
+    again = pack(state, most=100)  # its own arrays: an update donates every one of them
+    unraveled = again._replace(
         loose=tuple(
-            x.reshape(layout.shapes[i]) for x, i in zip(packed.loose, layout.loose, strict=True)
+            x.reshape(layout.shapes[i]) for x, i in zip(again.loose, layout.loose, strict=True)
         )
     )
     plain, update = ema.init(_params(0), config), make_update(config)

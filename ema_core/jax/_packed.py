@@ -118,8 +118,9 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
     per buffer); larger ones and integer or bool ones stay loose, each raveled (1-d).
     ``make_update`` updates a ``PackedState`` to the same bits as the ``EMAState`` it came from;
     ``unpack`` gives that ``EMAState`` back. The state must be concrete JAX arrays on one device
-    (a sharded state keeps its leaves: use it unpacked). Every shadow is copied: the state
-    given stays usable, and both are held in memory until it is dropped.
+    (a sharded state keeps its leaves: use it unpacked). Every array is copied (the shadows, the
+    step and the weight, which the update donates): the state given stays usable, and both are
+    held in memory until it is dropped.
 
     Raises:
         TypeError: ``state`` is not an ``EMAState`` of JAX arrays, or ``most`` is not an int.
@@ -190,7 +191,8 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
         for members in blocks
     )
     kept = tuple(jnp.ravel(arrays[i]) for i in loose)  # a copy, on the leaf's device
-    return PackedState(state.step, flats, kept, state.weight, layout)
+    step, weight = (jnp.array(x, copy=True) for x in (state.step, state.weight))  # donated later
+    return PackedState(step, flats, kept, weight, layout)
 
 
 def unpack(state: PackedState) -> EMAState:
