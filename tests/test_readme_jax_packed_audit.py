@@ -99,3 +99,56 @@ def test_the_raveled_resnet_table_is_its_three_runs() -> None:
         everything[("many_small_20k", "fp32", "jax", c)]["ceil"] for c in ("packed", "ema_core")
     ]
     assert f"the `packed` row was {tiny[0]:.2f} against {tiny[1]:.2f}." in text
+
+
+ONE_CALL = {
+    "4": "cpu-2026-12-04-jax-packed-one-call.md",
+    "5": "cpu-2026-12-04-jax-packed-one-call-2.md",
+    "6": "cpu-2026-12-04-jax-packed-one-call-3.md",
+    "7": "cpu-2026-12-04-jax-packed-one-call-all.md",
+}
+
+
+def test_the_one_call_resnet_table_is_its_four_runs() -> None:
+    # README's table of the packed update made one compiled call: each cell the run's ratio,
+    # and the counts of runs at the target the text states
+    text = " ".join(README.split())
+    met = {"bf16": 0, "fp32": 0, "leaf by leaf": 0}
+    for run, name in ONE_CALL.items():
+        rows = _rows(name)
+
+        def ceil(dtype: str, contender: str, rows: dict = rows) -> float:
+            return rows[("resnet50", dtype, "jax", contender)]["ceil"]
+
+        cells = [ceil(d, c) for d, c in [("bf16", "packed"), ("bf16", "ema_core"),
+                                         ("fp32", "packed"), ("fp32", "ema_core")]]  # fmt: skip
+        shown = " | ".join(f"{v:.2f}" for v in cells)
+        assert f"| [{run}](benchmarks/results/{name}) | {shown} |" in README, run
+        met["bf16"] += ceil("bf16", "packed") >= 0.845
+        met["fp32"] += ceil("fp32", "packed") >= 0.845
+        met["leaf by leaf"] += max(ceil("bf16", "ema_core"), ceil("fp32", "ema_core")) >= 0.845
+    assert met == {"bf16": 4, "fp32": 3, "leaf by leaf": 1}
+    assert "four runs of four and in fp32 in three of four" in text
+    assert "in four runs of four with bf16 params and three of four in fp32" in text
+    assert "in every run with bf16 params and in three runs of four in fp32" in text
+    for run, name in ONE_CALL.items():
+        head = (RESULTS / name).read_text(encoding="utf-8").split("\n", 1)[0]
+        tag = name.removeprefix("cpu-2026-12-04-").removesuffix(".md")
+        whole = run == "7"
+        command = (
+            "--backend jax --no-peers"
+            if whole
+            else ("--backend jax --workload resnet50 --no-peers --repeats 60")
+        )
+        assert f"`python -m benchmarks {command} --tag {tag}`" in head, run
+    everything = _rows(ONE_CALL["7"])
+    spans = [everything[(w, d, "jax", c)]["ceil"] for w in ("vit_b16", "gpt2_small")
+             for d in ("fp32", "bf16") for c in ("packed", "ema_core")]  # fmt: skip
+    assert (
+        f"was {min(spans[0::2]):.2f} to {max(spans[0::2]):.2f} against "
+        f"{min(spans[1::2]):.2f} to {max(spans[1::2]):.2f} unpacked"
+    ) in text
+    tiny = [
+        everything[("many_small_20k", "fp32", "jax", c)]["ceil"] for c in ("packed", "ema_core")
+    ]
+    assert f"unchanged) {tiny[0]:.2f} against {tiny[1]:.2f}." in text
