@@ -6,10 +6,10 @@ Each revision is checked out into a temporary git worktree and timed in its own 
 revisions taking turns for ``--rounds`` rounds, so that the machine's drift hits them alike.
 Timed: the torch ``EMA`` class and numpy's ``ema_update`` on ResNet-50 and on 20k tiny tensors,
 each with the ceiling measured beside it in the same process (``x ceiling``); with ``--jax``,
-JAX's ``make_update`` on the same workloads in fp32 instead (ceiling: one flat donated jit of the
-same bytes). This is how a
-change is checked for regressions: the committed results of an earlier day ran on a machine
-whose bandwidth has since moved by tens of percent.
+JAX's ``make_update`` on the same workloads in fp32 instead, and on the packed state (also
+ResNet-50 with bf16 params) where the revision has one (ceiling: one flat donated jit of the same
+bytes). This is how a change is checked for regressions: the committed results of an earlier
+day ran on a machine whose bandwidth has since moved by tens of percent.
 """
 
 from __future__ import annotations
@@ -58,12 +58,18 @@ for name in ("resnet50", "many_small_20k"):
     print(f"numpy ema_update {name:<15}{'float32':<9}{ms:8.1f}{ceiling / ms:8.2f}")
 """
 
-#: ``--jax``: ``make_update`` (state donated) against one flat donated jit of the same bytes.
+#: ``--jax``: ``make_update`` (state donated) against one flat donated jit of the same bytes;
+#: where the revision has ``ema_core.jax.pack``, also on the packed state (``jax packed``), and
+#: on ResNet-50 with bf16 params (the ceiling then moves 10 bytes per element, as they do).
 PROBE_JAX = r"""
 import statistics, time
 import numpy as np, jax, jax.numpy as jnp, ema_core
 from ema_core.jax import make_update
 from benchmarks.workloads import load
+try:
+    from ema_core.jax import pack
+except ImportError:  # a revision before the packed state
+    pack = None
 
 def median_ms(step, n=15):
     jax.block_until_ready(step(1)); jax.block_until_ready(step(2)); times = []
@@ -72,26 +78,35 @@ def median_ms(step, n=15):
         times.append(time.perf_counter() - tic)
     return statistics.median(times) * 1e3
 
-for name in ("resnet50", "many_small_20k"):
+CASES = (("resnet50", "float32"), ("resnet50", "bfloat16"), ("many_small_20k", "float32"))
+for name, dtype in CASES:
     shapes = load(name).shapes
-    params = [jnp.asarray(np.random.rand(*s).astype(np.float32)) for s in shapes]
+    params = [jnp.asarray(np.random.rand(*s).astype(np.float32), dtype) for s in shapes]
     config = ema_core.Config(schedule=0.999)
-    update = make_update(config)
-    n = sum(p.size for p in params)
+    n = sum(p.size for p in params) * (10 if dtype == "bfloat16" else 12) // 12
     flat = jax.jit(lambda a, b: a + 0.001 * (b - a), donate_argnums=0)
-    box = {"state": ema_core.init(params, config), "a": jnp.ones(n)}
+    box = {"a": jnp.ones(n)}
     b = jnp.ones(n)
 
     def ceiling(t):
         box["a"] = flat(box["a"], b)
         return box["a"]
 
-    def step(t):
-        box["state"] = update(box["state"], params)
-        return box["state"]
+    states = {"make_update": ema_core.init(params, config)}
+    if pack is not None:
+        states["packed"] = pack(ema_core.init(params, config))
+    for case, state in states.items():
+        if case == "make_update" and dtype != "float32":
+            continue  # the unpacked rows stay what they were: fp32
+        box["state"], update = state, make_update(config)
 
-    c, ms = median_ms(ceiling), median_ms(step)
-    print(f"jax make_update  {name:<15}{'float32':<9}{ms:8.1f}{c / ms:8.2f}")
+        def step(t):
+            box["state"] = update(box["state"], params)
+            return box["state"]
+
+        c, ms = median_ms(ceiling), median_ms(step)
+        print(f"jax {case:<13}{name:<15}{dtype:<9}{ms:8.1f}{c / ms:8.2f}")
+        del box["state"], state
 """
 
 
