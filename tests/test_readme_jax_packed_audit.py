@@ -144,3 +144,20 @@ def test_the_one_call_resnet_table_is_its_four_runs() -> None:
         everything[("many_small_20k", "fp32", "jax", c)]["ceil"] for c in ("packed", "ema_core")
     ]
     assert f"unchanged) {tiny[0]:.2f} against {tiny[1]:.2f}." in text
+
+
+def test_the_one_call_compare_medians() -> None:
+    # the side-by-side run of the three packed updates: each median the rounds' median
+    from tests.test_readme_performance_audit import _compare, _median
+
+    runs = _compare("cpu-2026-12-04-compare-jax-one-call.txt")["1"]
+    text = " ".join(README.split())
+    revs = ("9fbdc7d", "6655c22", ".")
+    for workload, dtype, phrase in (
+        ("resnet50", "float32", "medians were {}, {} and {} ms in fp32"),
+        ("resnet50", "bfloat16", "and {}, {} and {} ms with bf16 params"),
+        ("many_small_20k", "float32", "on 20k tiny arrays {}, {} and {} ms"),
+    ):
+        medians = [_median(runs[rev][("jax packed", workload, dtype)]) for rev in revs]
+        assert phrase.format(*medians) in text, (workload, dtype, medians)
+        assert all(len(runs[rev][("jax packed", workload, dtype)]) == 3 for rev in revs)
