@@ -5,6 +5,7 @@ the unpacked update's bits; each donates what it says and nothing when it refuse
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from ema_core.jax import (  # noqa: E402
     pack,
     unpack,
 )
+from tests.two_cpu_devices import run_on_two_cpu_devices  # noqa: E402
 
 CONFIG = ema.Config(schedule=ema.schedules.warmup(0.99, power=0.75))
 
@@ -112,3 +114,45 @@ def test_pack_copies_the_step_and_weight_too() -> None:
     make_update(CONFIG)(packed, _params(2))
     assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
     assert int(state.step) == 1
+
+
+def test_params_on_another_device_are_named_on_both_paths() -> None:
+    """A param committed to another device than the state's is named with nothing donated:
+    on the one-call path and on a block's call when that call fails, and for a loose param of
+    the longer path before its first donated chunk."""
+    run_on_two_cpu_devices(
+        textwrap.dedent(
+            """
+            import jax, jax.numpy as jnp
+            import ema_core as ema
+            from ema_core.jax import _packed_update, make_update, pack
+            d0, d1 = jax.devices()[:2]
+            config = ema.Config(schedule=0.5)
+            big = {"big": jnp.zeros((70, 70)), "big2": jnp.zeros((80, 80))}
+            params = {**big, "small": [jnp.zeros(3) for _ in range(4)]}
+            for chunk in (1024, 1):  # one call; then a head, blocks and two loose chunks
+                _packed_update.CHUNK = chunk
+                update = make_update(config)
+                state = jax.device_put(ema.init(params, config), d1)
+                packed = update(pack(state), jax.device_put(params, d1))
+                for name in ("big2", "small"):  # big2: the second loose chunk
+                    moved = jax.device_put(params, d1)
+                    if name == "big2":
+                        moved["big2"] = jax.device_put(moved["big2"], d0)
+                    else:
+                        moved["small"][2] = jax.device_put(moved["small"][2], d0)
+                    try:
+                        update(packed, moved)
+                        raise AssertionError("not refused")
+                    except ValueError as err:
+                        want = "params['big2']" if name == "big2" else "params['small'][2]"
+                        assert f"{want} is on" in str(err), (chunk, name, err)
+                        assert "nothing was donated" in str(err), err
+                    leaves = jax.tree_util.tree_leaves(packed)
+                    assert not any(x.is_deleted() for x in leaves), (chunk, name)
+                assert int(update(packed, jax.device_put(params, d1)).step) == 2
+            print("PATHS-DEVICES-OK")
+            """
+        ),
+        "PATHS-DEVICES-OK",
+    )

@@ -69,10 +69,12 @@ def same(a: list[Any], b: list[Any]) -> bool:
 
 
 def check_devices(state: PackedState, shardings: list[Any], params: Tree) -> None:
-    """Params committed to another device than the packed state's are refused by name (JAX
-    would refuse them at their block's or loose chunk's call without naming them, and after
-    the earlier loose chunks were donated); uncommitted ones are moved by JAX, as the unpacked
-    update moves them."""
+    """Params committed to another device than the packed state's are refused by name: JAX
+    refuses them at the call that takes them without naming them. The update calls this
+    after such a call failed (the one compiled call, or a block's call: nothing was donated
+    yet), and before the first loose chunk of its longer path for the loose params, since a
+    later chunk would fail after the earlier ones were donated. Uncommitted params are moved
+    by JAX, as the unpacked update moves them. ``shardings``: those of the params looked at."""
     home = state.step.sharding.device_set
     unique = {id(s): s for s in shardings if s is not None}.values()
     if all(s.device_set == home for s in unique):

@@ -48,7 +48,7 @@ from ema_core.jax._chunked import CHUNK, Chunked
 from ema_core.jax._packed import Layout, PackedState
 from ema_core.jax._packed_checks import check_arrays, check_devices, check_live, same
 from ema_core.jax._placement import commit_state, read_shardings
-from ema_core.jax._split import Split, avals, split
+from ema_core.jax._split import Split, avals, split_avals
 
 #: Params signatures whose check is kept (a new one clears them all).
 SIGNATURES = 64
@@ -104,14 +104,14 @@ class PackedUpdate:
         if state.step is not self._made():  # a step this update made is valid: not read again
             check_not_donated(state.step, "state", "this update (make_update donates by default)")
             check_step(state.step)  # on the CPU, waits for the update that made it
-        params_arrays, params_split = split(params)
+        params_arrays, params_split, params_avals = split_avals(params)
         traced = any(isinstance(x, jax.core.Tracer) for x in (state.step, *params_arrays[:1]))
+        loose_params = [params_arrays[i] for i in layout.loose]
         if not traced:  # inside a transformation the arrays have no buffers to check
-            loose_params = [params_arrays[i] for i in layout.loose]
             check_live(jax.tree_util.tree_leaves(state), loose_params)
         if self._guard:
             check_finite_params(params)
-        key = (layout, params_split, avals(params_arrays), avals([*state.flats, *state.loose]))
+        key = (layout, params_split, params_avals, avals([*state.flats, *state.loose]))
         kinds = self._kinds.get(key)
         if kinds is None:
             check_arrays(state)
@@ -119,19 +119,25 @@ class PackedUpdate:
             if len(self._kinds) >= SIGNATURES:
                 self._kinds.clear()
             self._kinds[key] = kinds
-        found = None if traced else read_shardings([], params_arrays)  # None: some are traced
-        shardings = found[1] if found else []
-        if found and not same(shardings, self._placed):  # steady: the same objects
-            check_devices(state, shardings, params)
-            self._placed = shardings
+        # params committed to another device: the one compiled call, or a block's call, fails
+        # before anything was donated, and they are named then (below); the loose chunks of the
+        # longer path are checked here, before the first of them is donated
+        by_the_call = traced or len(params_arrays) <= CHUNK
+        found = None if by_the_call else read_shardings([], loose_params)
+        if found and not same(found[1], self._placed):  # steady: the same objects
+            check_devices(state, found[1], params)
+            self._placed = found[1]
         if not traced:  # a shared or repeated shadow copied, a fresh init's committed
             state = _placed(state, params_arrays, donate)
         run = self._whole if len(params_arrays) <= CHUNK else self._in_chunks
         try:
             new = run(state, params_arrays, kinds)
         except Exception:
-            if not traced:
-                check_live([], params_arrays)  # a deleted param, named; nothing was donated
+            if not traced:  # a deleted param, or one on another device, named; nothing donated
+                check_live([], params_arrays)
+                found = read_shardings([], params_arrays)
+                if found:
+                    check_devices(state, found[1], params)
             raise
         if not traced:
             self._made = weakref.ref(new.step)
