@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_readme_performance_audit import README, RESULTS, _rows, _says
+from tests.test_readme_performance_audit import README, RESULTS, _compare, _median, _rows, _says
 
 RUN = "cpu-2026-12-04-jax-packed-all.md"
 
@@ -149,8 +149,6 @@ def test_the_one_call_resnet_table_is_its_four_runs() -> None:
 
 def test_the_one_call_compare_medians() -> None:
     # the side-by-side run of the three packed updates: each median the rounds' median
-    from tests.test_readme_performance_audit import _compare, _median
-
     runs = _compare("cpu-2026-12-04-compare-jax-one-call.txt")["1"]
     text = " ".join(README.split())
     revs = ("9fbdc7d", "6655c22", ".")
@@ -162,3 +160,13 @@ def test_the_one_call_compare_medians() -> None:
         medians = [_median(runs[rev][("jax packed", workload, dtype)]) for rev in revs]
         assert phrase.format(*medians) in text, (workload, dtype, medians)
         assert all(len(runs[rev][("jax packed", workload, dtype)]) == 3 for rev in revs)
+
+
+def test_the_host_work_compare_medians() -> None:
+    runs = _compare("cpu-2026-12-04-compare-jax-host-work.txt")["1"]
+    before, after = (
+        runs[rev][("jax packed", "many_small_20k", "float32")] for rev in ("6655c22", ".")
+    )
+    assert len(before) == len(after) == 3
+    text = " ".join(README.split())
+    assert f"tiny arrays of {_median(before)} ms before and {_median(after)} ms after" in text
