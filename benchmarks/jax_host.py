@@ -1,6 +1,8 @@
 """``python -m benchmarks.jax_host [--device cuda]``: where ``make_update``'s time goes on GPT-2
 small's arrays, beside a hand-written jitted ``tree_map`` of the same blend (donated, a constant
-decay: what ``make_update`` compiles for a constant schedule).
+decay: what ``make_update`` compiles for a constant schedule), and ``make_update`` on the
+packed state (``ema_core.jax.pack``: one compiled call that returns the loose shadows and one
+flat buffer of the small ones).
 
 Prints both medians (one update then a sync, as the benchmark times them), the median of
 ``make_update``'s call alone (the host's work until it returns, nothing synced), and
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> str:
 
     import ema_core
     from benchmarks.workloads import load
-    from ema_core.jax import make_update
+    from ema_core.jax import make_update, pack
 
     dev = jax.devices("cuda" if args.device == "cuda" else "cpu")[0]
     shapes = load(args.workload).shapes
@@ -69,14 +71,20 @@ def main(argv: list[str] | None = None) -> str:
         lambda s, p: [x + (1 - 0.999) * (y - x) for x, y in zip(s, p, strict=True)],
         donate_argnums=0,
     )
+    packed_update = make_update(config)
     box: dict[str, Any] = {
         "state": ema_core.init(params, config),
+        "packed": pack(ema_core.init(params, config)),
         "shadows": [jax.device_put(jnp.zeros(s, jnp.float32), dev) for s in shapes],
     }
 
     def ours() -> Any:
         box["state"] = update(box["state"], params)
         return box["state"]
+
+    def packed() -> Any:
+        box["packed"] = packed_update(box["packed"], params)
+        return box["packed"]
 
     def theirs() -> Any:
         box["shadows"] = by_hand(box["shadows"], params)
@@ -86,8 +94,10 @@ def main(argv: list[str] | None = None) -> str:
     lines = [f"{args.workload} on {dev}: {len(shapes)} arrays"]
     n = args.calls
     lines.append(f"make_update, synced  {_median_ms(ours, sync, n):9.3f} ms")
+    lines.append(f"packed, synced       {_median_ms(packed, sync, n):9.3f} ms")
     lines.append(f"tree_map, synced     {_median_ms(theirs, sync, n):9.3f} ms")
     lines.append(f"make_update call     {_median_ms(ours, sync, n, False):9.3f} ms (host's part)")
+    lines.append(f"packed call          {_median_ms(packed, sync, n, False):9.3f} ms (host's part)")
     lines.append(f"tree_map call        {_median_ms(theirs, sync, n, False):9.3f} ms (host's part)")
     jax.block_until_ready(box["state"])
     profile = cProfile.Profile()

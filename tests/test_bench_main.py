@@ -139,14 +139,15 @@ def test_routes_times_each_state_of_a_triton_group(monkeypatch, capsys):
     assert "python -m benchmarks --routes" in out and "us/leaf" in out
 
 
-def test_jax_host_prints_both_updates_and_a_profile():
+def test_jax_host_prints_the_three_updates_and_a_profile():
     pytest.importorskip("jax")
     from benchmarks import jax_host
 
     out = jax_host.main(["--workload", "resnet50", "--calls", "2"])
     lines = out.splitlines()
     assert lines[0].startswith("resnet50 on ") and lines[0].endswith(": 161 arrays")
-    for label in ("make_update, synced", "tree_map, synced", "make_update call", "tree_map call"):
+    labels = ("make_update, synced", "packed, synced", "tree_map, synced", "make_update call")
+    for label in (*labels, "packed call", "tree_map call"):
         line = next(x for x in lines if x.startswith(label))
         assert float(line[len(label) :].split()[0]) > 0, line
     assert "cProfile of 2 make_update calls" in out and "_compiled.py" in out
