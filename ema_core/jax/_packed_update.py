@@ -64,7 +64,7 @@ class PackedUpdate:
         donated = (0, 1, 2, 3) if chunked.donate else ()
         self._one = jax.jit(self._one_impl, static_argnames=("kinds",), donate_argnums=donated)
         self._guard = guard
-        self._placed: list[Any] = []  # the params' shardings at the last call that passed
+        self._placed: list[Any] = []  # the loose params' shardings at the last long call
         self._kinds: dict[Any, tuple[LeafKind, ...]] = {}
         self._made: Callable[[], Any] = lambda: None  # the step this update last returned
 
@@ -122,14 +122,14 @@ class PackedUpdate:
         # params committed to another device: the one compiled call, or a block's call, fails
         # before anything was donated, and they are named then (below); the loose chunks of the
         # longer path are checked here, before the first of them is donated
-        by_the_call = traced or len(params_arrays) <= CHUNK
-        found = None if by_the_call else read_shardings([], loose_params)
+        one_call = len(params_arrays) <= CHUNK
+        found = None if traced or one_call else read_shardings([], loose_params)
         if found and not same(found[1], self._placed):  # steady: the same objects
             check_devices(state, found[1], params)
             self._placed = found[1]
         if not traced:  # a shared or repeated shadow copied, a fresh init's committed
             state = _placed(state, params_arrays, donate)
-        run = self._whole if len(params_arrays) <= CHUNK else self._in_chunks
+        run = self._whole if one_call else self._in_chunks
         try:
             new = run(state, params_arrays, kinds)
         except Exception:
