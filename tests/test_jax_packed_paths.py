@@ -156,3 +156,17 @@ def test_params_on_another_device_are_named_on_both_paths() -> None:
         ),
         "PATHS-DEVICES-OK",
     )
+
+
+@pytest.mark.parametrize("chunk", [1024, 3], ids=["one-call", "chunks"])
+def test_inside_an_outer_jit_with_donation_equals_outside(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """``jax.jit(make_update(config))`` on a packed state (the donating update traced inside
+    another jit: its donations are the outer call's business) gives the bits of the update
+    called outside, on both paths, with no warning."""
+    monkeypatch.setattr(_packed_update, "CHUNK", chunk)
+    outside = make_update(CONFIG)(pack(ema.init(_params(0), CONFIG), most=100), _params(1))
+    inside = jax.jit(make_update(CONFIG))(pack(ema.init(_params(0), CONFIG), most=100), _params(1))
+    _bits(unpack(inside), unpack(outside))
+    assert int(inside.step) == 1
