@@ -110,3 +110,37 @@ def test_arrays_swapped_into_a_packed_state_are_refused_by_name() -> None:
     )
     after = update(unraveled, _params(2))  # a leaf in its own shape: the layout before raveling
     assert int(after.step) == 2
+
+
+def test_a_packed_state_saves_and_loads_as_its_ema_state(tmp_path: Path) -> None:
+    """``state_dict`` of a packed state is that of the ``EMAState`` it packs (names by path), so
+    one ``.npz`` file loads into either form; loaded into a packed ``like`` (even one whose
+    buffers were donated since), it comes back in ``like``'s layout and updates on."""
+    from ema_core.jax import load_state_dict, state_dict
+
+    update = make_update(CONFIG)
+    packed = update(pack(ema.init(_params(0), CONFIG), most=100), _params(1))
+    saved = state_dict(packed)
+    plain = unpack(packed)
+    assert saved.keys() == state_dict(plain).keys() and "shadow/w" in saved
+    for name, value in state_dict(plain).items():
+        np.testing.assert_array_equal(saved[name], value)
+    np.savez(tmp_path / "ema.npz", **saved)
+    arrays = dict(np.load(tmp_path / "ema.npz"))
+    like = update(packed, _params(2))  # packed's buffers are donated now
+    back = load_state_dict(arrays, packed)
+    assert isinstance(back, PackedState) and back.layout == packed.layout
+    assert [x.shape for x in back.loose] == [x.shape for x in like.loose]
+    for got, want in zip(
+        jax.tree_util.tree_leaves(unpack(back)), jax.tree_util.tree_leaves(plain), strict=True
+    ):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    unpacked = load_state_dict(arrays, unpack(like))  # the same file, into an EMAState
+    assert isinstance(unpacked, ema.EMAState) and int(unpacked.step) == 1
+    again = make_update(CONFIG)(back, _params(2))
+    expected = make_update(CONFIG)(plain, _params(2))
+    for got, want in zip(
+        jax.tree_util.tree_leaves(unpack(again)), jax.tree_util.tree_leaves(expected), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -8,20 +8,23 @@ stores it as raw 2-byte records, which are viewed back), so training continues i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 import jax
 import numpy as np
 
 from ema_core._types import EMAState
+from ema_core.jax._packed import PackedState, fill, unpack
+from ema_core.jax._split import split
 
 
-def state_dict(state: EMAState, /) -> dict[str, np.ndarray]:
+def state_dict(state: EMAState | PackedState, /) -> dict[str, np.ndarray]:
     """The state's arrays on the host, by path: ``"step"``, ``"weight"``, ``"shadow/<key>/..."``.
 
     A name joins the path's keys with ``/``, each key escaped as in a JSON pointer (``~`` as
     ``~0``, ``/`` as ``~1``), so the key ``"a/b"`` and the nest ``{"a": {"b": ...}}`` save as
-    ``shadow/a~1b`` and ``shadow/a/b``.
+    ``shadow/a~1b`` and ``shadow/a/b``. A ``PackedState`` (``pack``) is saved as the
+    ``EMAState`` it packs (``unpack``): the same names and arrays, either loads into either.
 
     Raises:
         ValueError: two arrays would still share a name (a custom pytree node whose keys
@@ -37,6 +40,8 @@ def state_dict(state: EMAState, /) -> dict[str, np.ndarray]:
         >>> load_state_dict(np.load(buf), state).shadow["w"].tolist()
         [1.0, 1.0]
     """
+    if isinstance(state, PackedState):  # saved as its EMAState: the two files are alike
+        state = unpack(state)
     pairs = jax.tree_util.tree_flatten_with_path(state)[0]
     paths = [path for path, _ in pairs]
     names = _names(paths)
@@ -46,11 +51,17 @@ def state_dict(state: EMAState, /) -> dict[str, np.ndarray]:
     }
 
 
-def load_state_dict(arrays: Mapping[str, Any], like: EMAState, /) -> EMAState:
+@overload
+def load_state_dict(arrays: Mapping[str, Any], like: PackedState, /) -> PackedState: ...
+@overload
+def load_state_dict(arrays: Mapping[str, Any], like: EMAState, /) -> EMAState: ...
+def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
     """An ``EMAState`` shaped like ``like`` (structure, dtypes, shardings) holding ``arrays``.
 
     ``arrays`` is what ``state_dict`` returned. A checkpoint written before keys were escaped
     (names holding a raw ``~`` or ``/`` of a key) still loads where its names are unambiguous.
+    With a ``PackedState`` as ``like``, the arrays are loaded as its ``EMAState`` and packed in
+    ``like``'s layout, on its device (``like``'s values are not read).
 
     Raises:
         ValueError: a name of ``like`` is missing from ``arrays``, an extra name is present, a
@@ -66,6 +77,8 @@ def load_state_dict(arrays: Mapping[str, Any], like: EMAState, /) -> EMAState:
         >>> w.tolist(), isinstance(w, jax.Array), w.dtype
         ([1.0, 2.0], True, dtype('float32'))
     """
+    if isinstance(like, PackedState):  # loaded as its EMAState, then laid out as ``like``
+        return _repacked(load_state_dict(arrays, _unpacked_like(like)), like)
     pairs, treedef = jax.tree_util.tree_flatten_with_path(like)
     paths = [path for path, _ in pairs]
     names = _names(paths)
@@ -75,7 +88,7 @@ def load_state_dict(arrays: Mapping[str, Any], like: EMAState, /) -> EMAState:
     if extra:
         raise ValueError(f"arrays holds names that like does not have: {extra}")
     leaves = [_restore(arrays, name, leaf) for name, (_, leaf) in zip(names, pairs, strict=True)]
-    return jax.tree_util.tree_unflatten(treedef, leaves)  # type: ignore[no-any-return]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _names(paths: list[Any]) -> list[str]:
@@ -145,3 +158,23 @@ def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:
         # uncommitted params would compile again)
         return jax.numpy.asarray(value)
     return jax.device_put(value, sharding)
+
+
+def _unpacked_like(like: PackedState) -> EMAState:
+    """``like`` as the ``EMAState`` it packs, its shadows abstract (shape, dtype, device): no
+    value is read, so a ``like`` whose buffers were donated since still serves."""
+    layout = like.layout
+    home = jax.sharding.SingleDeviceSharding(next(iter(like.step.devices())))
+    shadows = [
+        jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=home)  # type: ignore[no-untyped-call]
+        for shape, dtype in zip(layout.shapes, layout.dtypes, strict=True)
+    ]
+    return EMAState(like.step, layout.split.merge(shadows), like.weight)
+
+
+def _repacked(state: EMAState, like: PackedState) -> PackedState:
+    """``state`` laid out as ``like`` (its blocks and loose leaves, on its device)."""
+    arrays, _ = split(state.shadow)
+    home = jax.sharding.SingleDeviceSharding(next(iter(like.step.devices())))
+    flats, loose = fill(arrays, like.layout, home)
+    return PackedState(state.step, flats, loose, state.weight, like.layout)

@@ -185,14 +185,21 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
         tuple(tuple(x.shape) for x in arrays),
         tuple(str(x.dtype) for x in arrays),
     )
-    home = jax.sharding.SingleDeviceSharding(devices.pop())
-    flats = tuple(
-        jax.device_put(np.concatenate([np.asarray(arrays[i]).ravel() for i in members]), home)
-        for members in blocks
-    )
-    kept = tuple(jnp.ravel(arrays[i]) for i in loose)  # a copy, on the leaf's device
+    flats, kept = fill(arrays, layout, jax.sharding.SingleDeviceSharding(devices.pop()))
     step, weight = (jnp.array(x, copy=True) for x in (state.step, state.weight))  # donated later
     return PackedState(step, flats, kept, weight, layout)
+
+
+def fill(
+    arrays: Sequence[Any], layout: Layout, home: Any
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The flat buffers (through the host, put on ``home``) and the loose shadows (raveled
+    copies) of ``layout`` for the shadow ``arrays`` in tree order."""
+    flats = tuple(
+        jax.device_put(np.concatenate([np.asarray(arrays[i]).ravel() for i in members]), home)
+        for members in layout.blocks
+    )
+    return flats, tuple(jnp.ravel(arrays[i]) for i in layout.loose)
 
 
 def unpack(state: PackedState) -> EMAState:
