@@ -78,7 +78,8 @@ def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
         ([1.0, 2.0], True, dtype('float32'))
     """
     if isinstance(like, PackedState):  # loaded as its EMAState, then laid out as ``like``
-        return _repacked(load_state_dict(arrays, _unpacked_like(like)), like)
+        home = jax.sharding.SingleDeviceSharding(next(iter(like.step.devices())))
+        return _repacked(load_state_dict(arrays, _unpacked_like(like, home)), like, home)
     pairs, treedef = jax.tree_util.tree_flatten_with_path(like)
     paths = [path for path, _ in pairs]
     names = _names(paths)
@@ -160,11 +161,10 @@ def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:
     return jax.device_put(value, sharding)
 
 
-def _unpacked_like(like: PackedState) -> EMAState:
-    """``like`` as the ``EMAState`` it packs, its shadows abstract (shape, dtype, device): no
-    value is read, so a ``like`` whose buffers were donated since still serves."""
+def _unpacked_like(like: PackedState, home: Any) -> EMAState:
+    """``like`` as the ``EMAState`` it packs, its shadows abstract (shape, dtype, on ``home``):
+    no value is read, so a ``like`` whose buffers were donated since still serves."""
     layout = like.layout
-    home = jax.sharding.SingleDeviceSharding(next(iter(like.step.devices())))
     shadows = [
         jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=home)  # type: ignore[no-untyped-call]
         for shape, dtype in zip(layout.shapes, layout.dtypes, strict=True)
@@ -172,9 +172,8 @@ def _unpacked_like(like: PackedState) -> EMAState:
     return EMAState(like.step, layout.split.merge(shadows), like.weight)
 
 
-def _repacked(state: EMAState, like: PackedState) -> PackedState:
-    """``state`` laid out as ``like`` (its blocks and loose leaves, on its device)."""
+def _repacked(state: EMAState, like: PackedState, home: Any) -> PackedState:
+    """``state`` laid out as ``like`` (its blocks and loose leaves), the flats on ``home``."""
     arrays, _ = split(state.shadow)
-    home = jax.sharding.SingleDeviceSharding(next(iter(like.step.devices())))
     flats, loose = fill(arrays, like.layout, home)
     return PackedState(state.step, flats, loose, state.weight, like.layout)

@@ -224,7 +224,8 @@ def unpack(state: PackedState) -> EMAState:
     arrays: list[Any] = [None] * len(layout.offsets)
     for b, members in enumerate(layout.blocks):
         flat = state.flats[b]
-        views = [_piece(np.asarray(flat), layout.offsets[i], layout.shapes[i]) for i in members]
+        host = np.asarray(flat)  # one read of the buffer, sliced per member
+        views = [_piece(host, layout.offsets[i], layout.shapes[i]) for i in members]
         if isinstance(flat, jax.Array):
             views = jax.device_put(views, flat.sharding)
         else:  # a state fetched with jax.device_get: numpy copies, as its leaves would be
