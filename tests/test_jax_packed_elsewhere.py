@@ -127,7 +127,9 @@ def test_a_packed_state_saves_and_loads_as_its_ema_state(tmp_path: Path) -> None
         np.testing.assert_array_equal(saved[name], value)
     np.savez(tmp_path / "ema.npz", **saved)
     arrays = dict(np.load(tmp_path / "ema.npz"))
-    like = update(packed, _params(2))  # packed's buffers are donated now
+    like = update(packed, _params(2))  # packed's arrays are donated now (the flat buffer that
+    # state_dict read through numpy is not: JAX does not donate a buffer numpy still sees)
+    assert packed.step.is_deleted() and packed.weight.is_deleted() and packed.loose[0].is_deleted()
     back = load_state_dict(arrays, packed)
     assert isinstance(back, PackedState) and back.layout == packed.layout
     assert [x.shape for x in back.loose] == [x.shape for x in like.loose]
@@ -144,3 +146,29 @@ def test_a_packed_state_saves_and_loads_as_its_ema_state(tmp_path: Path) -> None
         jax.tree_util.tree_leaves(unpack(again)), jax.tree_util.tree_leaves(expected), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_unpack_gives_copies_that_either_update_leaves_whole() -> None:
+    """``unpack``'s arrays are its own (a loose 1-d shadow reshaped to the shape it has, the
+    step and the weight were the packed state's very arrays): donating updates of the packed
+    state leave an unpacked copy taken before whole, and the other way round."""
+    params = {**_params(1), "v": jnp.arange(5000.0)}  # a 1-d loose leaf: its shape kept
+    packed = make_update(CONFIG)(pack(ema.init(params, CONFIG)), params)
+    taken = unpack(packed)
+    before = jax.tree_util.tree_map(np.asarray, taken)
+    update = make_update(CONFIG)
+    for step in range(2, 4):
+        packed = update(packed, _params(step) | {"v": params["v"] + step})
+    for x, y in zip(
+        jax.tree_util.tree_leaves(taken), jax.tree_util.tree_leaves(before), strict=True
+    ):
+        assert not x.is_deleted()
+        np.testing.assert_array_equal(np.asarray(x), y)
+    kept = jax.tree_util.tree_map(np.asarray, packed)
+    taken = update(taken, params)  # the unpacked state donated: the packed one stays whole
+    assert int(taken.step) == 2
+    for x, y in zip(
+        jax.tree_util.tree_leaves(packed), jax.tree_util.tree_leaves(kept), strict=True
+    ):
+        assert not x.is_deleted()
+        np.testing.assert_array_equal(np.asarray(x), y)

@@ -78,7 +78,7 @@ def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
         ([1.0, 2.0], True, dtype('float32'))
     """
     if isinstance(like, PackedState):  # loaded as its EMAState, then laid out as ``like``
-        home = jax.sharding.SingleDeviceSharding(next(iter(like.step.devices())))
+        home = jax.sharding.SingleDeviceSharding(next(iter(like.step.sharding.device_set)))
         return _repacked(load_state_dict(arrays, _unpacked_like(like, home)), like, home)
     pairs, treedef = jax.tree_util.tree_flatten_with_path(like)
     paths = [path for path, _ in pairs]
@@ -162,14 +162,16 @@ def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:
 
 
 def _unpacked_like(like: PackedState, home: Any) -> EMAState:
-    """``like`` as the ``EMAState`` it packs, its shadows abstract (shape, dtype, on ``home``):
-    no value is read, so a ``like`` whose buffers were donated since still serves."""
+    """``like`` as the ``EMAState`` it packs, every array abstract (shape, dtype, on ``home``):
+    no value is read, so a ``like`` whose arrays were donated since still serves."""
     layout = like.layout
-    shadows = [
-        jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=home)  # type: ignore[no-untyped-call]
-        for shape, dtype in zip(layout.shapes, layout.dtypes, strict=True)
-    ]
-    return EMAState(like.step, layout.split.merge(shadows), like.weight)
+
+    def struct(shape: Any, dtype: Any) -> Any:
+        return jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=home)  # type: ignore[no-untyped-call]
+
+    shadows = [struct(s, d) for s, d in zip(layout.shapes, layout.dtypes, strict=True)]
+    step, weight = (struct(x.shape, x.dtype) for x in (like.step, like.weight))
+    return EMAState(step, layout.split.merge(shadows), weight)
 
 
 def _repacked(state: EMAState, like: PackedState, home: Any) -> PackedState:

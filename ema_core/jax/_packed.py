@@ -204,8 +204,10 @@ def fill(
 
 def unpack(state: PackedState) -> EMAState:
     """The ``EMAState`` of a packed state: each shadow a copy in its own shape (a packed one of
-    its slice of a flat buffer, a loose one of its raveled array). A packed state fetched with
-    ``jax.device_get`` gives an ``EMAState`` of numpy arrays, as the unpacked one would.
+    its slice of a flat buffer, a loose one of its raveled array), with copies of the step and
+    the weight: updating either state (``make_update`` donates) leaves the other whole. A
+    packed state fetched with ``jax.device_get`` gives an ``EMAState`` of numpy arrays, as the
+    unpacked one would.
 
     Raises:
         TypeError: ``state`` is not a ``PackedState``.
@@ -233,12 +235,15 @@ def unpack(state: PackedState) -> EMAState:
         for i, x in zip(members, views, strict=True):
             arrays[i] = x
     for j, i in enumerate(layout.loose):
-        x = state.loose[j]
-        shape = layout.shapes[i]
-        arrays[i] = (
-            jnp.reshape(x, shape) if isinstance(x, jax.Array) else np.array(x).reshape(shape)
-        )
-    return EMAState(state.step, layout.split.merge(arrays), state.weight)
+        arrays[i] = _copy(state.loose[j]).reshape(layout.shapes[i])
+    # copies, also of the step and the weight: the packed update donates its own arrays, and a
+    # reshape to the shape a leaf already has is the same array
+    return EMAState(_copy(state.step), layout.split.merge(arrays), _copy(state.weight))
+
+
+def _copy(x: Any) -> Any:
+    """A copy of a JAX array where it lives, or of a numpy one (a state fetched to the host)."""
+    return jnp.array(x, copy=True) if isinstance(x, jax.Array) else np.array(x, copy=True)
 
 
 def _taker(members: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
