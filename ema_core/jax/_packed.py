@@ -235,7 +235,9 @@ def unpack(state: PackedState) -> EMAState:
         for i, x in zip(members, views, strict=True):
             arrays[i] = x
     for j, i in enumerate(layout.loose):
-        arrays[i] = _copy(state.loose[j]).reshape(layout.shapes[i])
+        x = state.loose[j]
+        shaped = x.reshape(layout.shapes[i])  # a new JAX array, or a numpy view
+        arrays[i] = _copy(shaped) if shaped is x or isinstance(shaped, np.ndarray) else shaped
     # copies, also of the step and the weight: the packed update donates its own arrays, and a
     # reshape to the shape a leaf already has is the same array
     return EMAState(_copy(state.step), layout.split.merge(arrays), _copy(state.weight))
