@@ -37,7 +37,7 @@ class Config:
             bias-correction weight; optax, Paddle, TF ``zero_debias``).
         dtype: the shadow dtype of floating leaves: ``None`` (float32 for float16/bfloat16
             params, the params' dtype otherwise), ``"same"`` (always the params' dtype), or a
-            dtype name (``"float32"``, ...).
+            dtype name (``"float32"``, ...). Complex leaves keep their own dtype.
         interval: update every ``interval`` steps (decay 1 on the others: the averaged leaves
             skip, bit for bit; copied leaves and buffers are still copied).
         compensate: with ``interval > 1``, apply the product of the skipped steps' decays

@@ -11,6 +11,7 @@ resolved and checked by ``ema_core._banks``, as every bank's are.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -24,7 +25,13 @@ from ema_core._checks import packed_hint
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
-from ema_core.jax._call_checks import check_not_donated, check_step, check_x64
+from ema_core.jax._call_checks import (
+    check_finite_params,
+    check_not_donated,
+    check_step,
+    check_x64,
+    host_scalars,
+)
 from ema_core.jax._compiled import dispatch
 from ema_core.jax._placement import commit_state
 from ema_core.jax._split import Split, split
@@ -48,7 +55,9 @@ def make_bank_update(
     ``Config(schedule=power_function(sigma_rel=s), init="copy", interval=interval)``.
 
     Args:
-        configs: one ``Config`` per EMA (any mix of schedules, intervals, dtypes).
+        configs: one ``Config`` per EMA (any mix of schedules, intervals, dtypes). Where one
+            has ``guard_finite=True`` the params are checked on the host before the call, as
+            by ``make_update``: a NaN or inf refuses the whole call (every EMA).
         sigma_rels: EDM2 relative widths, each in ``(0, 12**-0.5)``, all distinct.
         interval: the update interval of the ``sigma_rels`` EMAs (compensated, EDM2's t_delta).
         donate: donate the states' buffers to the new states (default True).
@@ -99,9 +108,12 @@ class BankUpdate:
         self, configs: tuple[Config, ...], donate: bool, every: int | None, directory: Any
     ) -> None:
         self.configs = configs
+        # guard_finite is checked before the call, as make_update's: traced params cannot raise
+        self._guard = any(c.guard_finite for c in configs)
+        self._compiled = tuple(dataclasses.replace(c, guard_finite=False) for c in configs)
         self._every, self._directory = every, directory
         self._jitted = jax.jit(self._arrays, static_argnums=(2, 3), donate_argnums=(0,) * donate)
-        self._chunks = Chunks(configs, donate)
+        self._chunks = Chunks(self._compiled, donate)
         self._donate = donate
         self._made: tuple[Callable[[], Any], ...] = ()  # the steps this bank last returned
         self._host_steps: list[int] = []  # with snapshot_every: the steps, counted here
@@ -125,6 +137,9 @@ class BankUpdate:
                 check_not_donated(state.step, f"states[{k}]", "this bank")
                 check_step(state.step)
                 check_x64(state, f"states[{k}]")
+        states = tuple(host_scalars(s) for s in states)  # Python/numpy step, weight: arrays
+        if self._guard:
+            check_finite_params(params)
         every = self._every
         counted = [] if every is None else self._count(states, trusted)
         due = [k for k, t in enumerate(counted) if every is not None and t % every == 0]
@@ -242,7 +257,7 @@ class BankUpdate:
         self, arrays: list[Any], params_arrays: list[Any], state_split: Split, params_split: Split
     ) -> list[Any]:
         states, params = state_split.merge(arrays), params_split.merge(params_arrays)
-        new = tuple(_api.update(s, params, c) for s, c in zip(states, self.configs, strict=True))
+        new = tuple(_api.update(s, params, c) for s, c in zip(states, self._compiled, strict=True))
         return split(new)[0]
 
 

@@ -162,10 +162,14 @@ def _host_integer(step: Any) -> bool:
 
 
 def _beside(shadow: Any, value: np.ndarray) -> Any:
-    """``value`` where ``init`` puts the 0-d scalars of a state for ``shadow``."""
+    """``value`` where ``init`` puts the 0-d scalars of a state for ``shadow``; kept a numpy
+    array beside a shadow of numpy arrays (a state fetched to the host), which the update puts
+    with them where the params are (``_placement.commit_state``), not on the default device."""
     leaves = [x for x in jax.tree_util.tree_leaves(shadow) if isinstance(x, jax.Array)]
     where = scalar_device(leaves[0]) if leaves else None
-    return jax.device_put(value, where) if where is not None else jax.numpy.asarray(value)
+    if where is None:
+        return value if not leaves else jax.numpy.asarray(value)
+    return jax.device_put(value, where)
 
 
 def check_finite_params(params: Tree) -> None:

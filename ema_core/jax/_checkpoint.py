@@ -42,7 +42,7 @@ def state_dict(state: EMAState | PackedState, /) -> dict[str, np.ndarray]:
     """
     if isinstance(state, PackedState):  # saved as its EMAState: the two files are alike
         state = unpack(state)
-    pairs = jax.tree_util.tree_flatten_with_path(state)[0]
+    pairs = [pair for pair in jax.tree_util.tree_flatten_with_path(state)[0] if _saved(*pair)]
     paths = [path for path, _ in pairs]
     names = _names(paths)
     _check_distinct(names, paths)
@@ -80,7 +80,8 @@ def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
     if isinstance(like, PackedState):  # loaded as its EMAState, then laid out as ``like``
         home = jax.sharding.SingleDeviceSharding(next(iter(like.step.sharding.device_set)))
         return _repacked(load_state_dict(arrays, _unpacked_like(like, home)), like, home)
-    pairs, treedef = jax.tree_util.tree_flatten_with_path(like)
+    every, treedef = jax.tree_util.tree_flatten_with_path(like)
+    pairs = [pair for pair in every if _saved(*pair)]
     paths = [path for path, _ in pairs]
     names = _names(paths)
     _check_distinct(names, paths)
@@ -88,8 +89,22 @@ def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
     extra = sorted(set(arrays) - set(names))
     if extra:
         raise ValueError(f"arrays holds names that like does not have: {extra}")
-    leaves = [_restore(arrays, name, leaf) for name, (_, leaf) in zip(names, pairs, strict=True)]
+    restored = iter(
+        [_restore(arrays, name, leaf) for name, (_, leaf) in zip(names, pairs, strict=True)]
+    )
+    leaves = [next(restored) if _saved(*pair) else pair[1] for pair in every]
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _saved(path: Any, leaf: Any) -> bool:
+    """Whether a leaf of a state is saved: the step, the weight and the shadow's arrays; not a
+    shadow's other leaves (an equinox module's functions and flags), which ``load_state_dict``
+    takes from ``like``, as ``make_update`` keeps them aside as static values."""
+    arrays = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)  # the last: a packed like
+    return path[:1] != (_SHADOW,) or isinstance(leaf, arrays)
+
+
+_SHADOW = jax.tree_util.GetAttrKey("shadow")
 
 
 def _names(paths: list[Any]) -> list[str]:

@@ -104,10 +104,21 @@ class PackedState(NamedTuple):
     layout: Layout
 
 
-jax.tree_util.register_pytree_node(
+def _children(s: PackedState) -> tuple[tuple[Any, ...], Layout]:
+    return (s.step, s.flats, s.loose, s.weight), s.layout
+
+
+def _rebuilt(layout: Layout, children: Any) -> PackedState:
+    step, flats, loose, weight = children
+    return PackedState(step, flats, loose, weight, layout)
+
+
+_KEYS = tuple(jax.tree_util.GetAttrKey(k) for k in ("step", "flats", "loose", "weight"))
+jax.tree_util.register_pytree_with_keys(  # paths name the fields: state.flats[1]
     PackedState,
-    lambda s: ((s.step, s.flats, s.loose, s.weight), s.layout),
-    lambda layout, children: PackedState(*children, layout),
+    lambda s: (tuple(zip(_KEYS, _children(s)[0], strict=True)), s.layout),
+    _rebuilt,
+    _children,
 )
 
 

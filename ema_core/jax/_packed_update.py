@@ -43,7 +43,12 @@ from ema_core.backends.jax._leaves import (
     update_compiled,
     update_donated,
 )
-from ema_core.jax._call_checks import check_finite_params, check_not_donated, check_step
+from ema_core.jax._call_checks import (
+    check_finite_params,
+    check_not_donated,
+    check_step,
+    check_x64,
+)
 from ema_core.jax._chunked import CHUNK, Chunked
 from ema_core.jax._packed import Layout, PackedState
 from ema_core.jax._packed_checks import check_arrays, check_devices, check_live, same
@@ -104,21 +109,22 @@ class PackedUpdate:
         if state.step is not self._made():  # a step this update made is valid: not read again
             check_not_donated(state.step, "state", "this update (make_update donates by default)")
             check_step(state.step)  # on the CPU, waits for the update that made it
+            check_x64(state)  # a state packed under x64: JAX would narrow it
         params_arrays, params_split, params_avals = split_avals(params)
         traced = any(isinstance(x, jax.core.Tracer) for x in (state.step, *params_arrays[:1]))
-        loose_params = [params_arrays[i] for i in layout.loose]
-        if not traced:  # inside a transformation the arrays have no buffers to check
-            check_live(jax.tree_util.tree_leaves(state), loose_params)
-        if self._guard:
-            check_finite_params(params)
         key = (layout, params_split, params_avals, avals([*state.flats, *state.loose]))
         kinds = self._kinds.get(key)
-        if kinds is None:
+        if kinds is None:  # the trees first: a missing param is named by its path
             check_arrays(state)
             kinds = self._check(state, params_split, params_arrays)
             if len(self._kinds) >= SIGNATURES:
                 self._kinds.clear()
             self._kinds[key] = kinds
+        loose_params = [params_arrays[i] for i in layout.loose]
+        if not traced:  # inside a transformation the arrays have no buffers to check
+            check_live(jax.tree_util.tree_leaves(state), loose_params)
+        if self._guard:
+            check_finite_params(params)
         # params committed to another device: the one compiled call, or a block's call, fails
         # before anything was donated, and they are named then (below); the loose chunks of the
         # longer path are checked here, before the first of them is donated

@@ -88,6 +88,7 @@ class EMA:
         self._step: int | torch.Tensor = 0
         self._weight: float | torch.Tensor = 0.0 if self.config.init == "zeros" else 1.0
         self._swapped = False
+        self._lending = False  # inside swap(copy=False): the model may hold the shadows
 
     @property
     def step(self) -> int | torch.Tensor:
@@ -148,13 +149,13 @@ class EMA:
         self._bound.refresh(objects=True)
         if self._bound.store.refusal is not None:  # a param resharded since: as update() says
             raise ValueError(self._bound.store.refusal)
-        self._swapped = True
+        self._swapped, self._lending = True, not copy
         try:
             with _swap.swapped(self.names, self._bound.live, self._exposed, copy):
                 yield
         finally:
             self._shards.put_back()  # drop unsharded params gathered from the averages
-            self._swapped = False
+            self._swapped = self._lending = False
 
     def copy_to(self, module_or_named_tensors: Any, /) -> None:
         """Write the averages into the tensors of the same names (a module, mapping or pairs),
@@ -203,8 +204,22 @@ class EMA:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickling (``torch.save`` of the EMA beside its model): a copy taken inside ``swap()``
-        is not inside one (the block that restores the live weights is this object's)."""
-        return {**self.__dict__, "_swapped": False}
+        is not inside one (the block that restores the live weights is this object's).
+
+        Raises:
+            RuntimeError: inside ``swap(copy=False)``, where the model's parameters hold the
+                shadows' own storage: ``torch.save`` keeps storage shared within a file, so
+                the loaded model would write its EMA at every optimizer step
+                (``copy.deepcopy`` makes a new EMA from ``state_dict()``: it is not refused).
+        """
+        if getattr(self, "_lending", False):
+            raise RuntimeError(
+                "an EMA cannot be pickled (torch.save, pickle) inside "
+                "swap(copy=False): the model holds the EMA's own shadows there, and the copies "
+                "would share them (training the loaded model would write its EMA); save it "
+                "outside the block, or inside swap(), which copies the averages in"
+            )
+        return {**self.__dict__, "_swapped": False, "_lending": False}
 
     def _apply(self, t: int | torch.Tensor, decay: Value, rate: Value) -> None:
         """Update at step t (or finish its pending update) and count the step."""

@@ -1,0 +1,158 @@
+"""What a hunt for broken promises on the JAX side found (2026-12-04), each fixed:
+
+* a state fetched to the host (numpy) given to ``make_update`` with params on another device,
+  or sharded, was refused: its step went to the default device while its shadows went where
+  the params are;
+* the bank took a Python or numpy step/weight as static values (never advancing, or with its
+  outputs shifted a place), and failed on every call under ``guard_finite=True``;
+* the packed update skipped the x64 check (a state packed under x64 was narrowed and
+  donated), and a missing param was a bare ``IndexError``;
+* ``state_dict`` saved an equinox state's functions as object arrays (``np.savez`` refused
+  them; ``load_state_dict`` of its own output failed);
+* ``Config(dtype="float32")`` over a complex leaf dropped its imaginary part in ``init``.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from typing import Any
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+import ema_core as ema  # noqa: E402
+from ema_core.jax import (  # noqa: E402
+    load_state_dict,
+    make_bank_update,
+    make_update,
+    pack,
+    state_dict,
+)
+from tests.two_cpu_devices import run_on_two_cpu_devices  # noqa: E402
+
+
+def test_a_host_state_goes_where_the_params_are_also_another_device_or_sharded() -> None:
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np, ema_core as ema
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from ema_core.jax import make_update
+        d0, d1 = jax.devices()
+        config = ema.Config(schedule=0.5)
+        params = {"w": jax.device_put(jnp.arange(4.0), d1)}
+        host = jax.device_get(ema.init(params, config))  # numpy step, weight and shadow
+        assert all(isinstance(x, np.ndarray) for x in jax.tree_util.tree_leaves(host))
+        out = make_update(config)(host, {"w": params["w"] + 2.0})
+        assert {d for x in jax.tree_util.tree_leaves(out) for d in x.devices()} == {d1}
+        assert out.shadow["w"].tolist() == [1.0, 2.0, 3.0, 4.0] and int(out.step) == 1
+        mesh = jax.make_mesh((2,), ("x",))
+        sharded = {"w": jax.device_put(jnp.arange(4.0), NamedSharding(mesh, P("x")))}
+        out = make_update(config)(host, sharded)
+        assert out.shadow["w"].sharding.spec == P("x"), out.shadow["w"].sharding
+        assert out.step.sharding.device_set == {d0, d1} and int(out.step) == 1
+        print("HOST-STATE-OK")
+        """
+    )
+    run_on_two_cpu_devices(script, "HOST-STATE-OK")
+
+
+@pytest.mark.parametrize(
+    "scalars",
+    [{"step": 0, "weight": 1.0}, {"step": np.int64(0)}, {"step": np.asarray(0, np.int32)}],
+    ids=["python", "numpy-scalar", "numpy-0d"],
+)
+def test_the_bank_takes_host_scalars_as_make_update_does(scalars: dict[str, Any]) -> None:
+    config = ema.Config(schedule=0.5, init="copy")
+    params = {"w": jnp.arange(3.0)}
+    update, bank = make_update(config), make_bank_update([config])
+    alone, banked = ema.init(params, config)._replace(**scalars), None
+    banked = (ema.init(params, config)._replace(**scalars),)
+    for k in range(1, 4):
+        moved = {"w": params["w"] + 10.0 * k}
+        alone, banked = update(alone, moved), bank(banked, moved)
+    assert int(banked[0].step) == int(alone.step) == 3
+    np.testing.assert_array_equal(np.asarray(banked[0].shadow["w"]), np.asarray(alone.shadow["w"]))
+    np.testing.assert_array_equal(np.asarray(banked[0].weight), np.asarray(alone.weight))
+
+
+def test_the_bank_guards_finite_params_on_the_host_before_anything_is_donated() -> None:
+    guarded = ema.Config(schedule=0.5, guard_finite=True)
+    bank = make_bank_update([guarded, ema.Config(schedule=0.9)])
+    params = {"w": jnp.ones(3)}
+    states = bank(bank.init(params), params)
+    assert [int(s.step) for s in states] == [1, 1]
+    with pytest.raises(ValueError, match=r"params\['w'\]"):
+        bank(states, {"w": jnp.asarray([1.0, jnp.nan, 1.0])})
+    assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(states))
+    assert [int(s.step) for s in bank(states, params)] == [2, 2]
+
+
+def test_a_state_packed_under_x64_is_refused_with_x64_off_and_kept() -> None:
+    config = ema.Config(schedule=0.5)
+    with jax.enable_x64(True):
+        params = {"w": jnp.ones(3, jnp.float64), "v": jnp.ones(2, jnp.float32)}
+        packed = pack(ema.init(params, config))
+    with pytest.raises(TypeError, match=r"state\.step has dtype int64.*x64"):
+        make_update(config)(packed, {"w": jnp.full(3, 3.0), "v": jnp.full(2, 3.0)})
+    assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(packed))
+    with jax.enable_x64(True):  # and it updates where it was made
+        new = make_update(config)(packed, {"w": jnp.full(3, 3.0, jnp.float64), "v": params["v"]})
+        assert [f.dtype for f in new.flats] == [f.dtype for f in packed.flats]
+
+
+def test_a_missing_or_extra_param_of_a_packed_state_is_named_by_path() -> None:
+    config = ema.Config(schedule=0.5)
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(2), "kernel": jnp.zeros((64, 128))}  # loose
+    update = make_update(config)
+    for tree, where in [
+        ({"a": jnp.ones(2), "kernel": jnp.ones((64, 128))}, r"params\['b'\]: key is missing"),
+        ({**params, "c": jnp.ones(2)}, r"params\['c'\]: unexpected key"),
+    ]:
+        packed = pack(ema.init(params, config))
+        with pytest.raises(ValueError, match=where):
+            update(packed, tree)
+        assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(packed))
+
+
+def test_an_equinox_state_saves_its_arrays_only_and_loads_back() -> None:
+    eqx = pytest.importorskip("equinox")
+    config = ema.Config(schedule=0.5)
+    model = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
+    state = make_update(config)(ema.init(model, config), model)
+    saved = state_dict(state)
+    assert all(v.dtype != object for v in saved.values())
+    arrays = eqx.filter(state.shadow, eqx.is_array)
+    assert len(saved) == len(jax.tree_util.tree_leaves(arrays)) + 2  # and the step, the weight
+    buf = io.BytesIO()
+    np.savez(buf, **saved)
+    buf.seek(0)
+    back = load_state_dict(dict(np.load(buf)), state)
+    assert back.shadow.activation is state.shadow.activation  # taken from like
+    leaves = jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(state)
+    for got, want in zip(*leaves, strict=True):
+        if isinstance(want, jax.Array):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    again = make_update(config)(back, model)  # and it trains on
+    assert int(again.step) == 2
+
+
+@pytest.mark.parametrize(
+    ("xp_name", "dtype"),
+    # JAX without x64 has no float64 for the real leaf: refused, as it should be
+    [("numpy", d) for d in ("float32", "float64", "same", None)]
+    + [("jax", d) for d in ("float32", "same", None)],
+)
+def test_a_complex_leaf_keeps_its_dtype_whatever_config_dtype_says(
+    xp_name: str, dtype: str | None
+) -> None:
+    xp: Any = np if xp_name == "numpy" else jnp
+    config = ema.Config(schedule=0.5, dtype=dtype)
+    params = {"z": xp.asarray([1 + 2j], dtype=xp.complex64), "r": xp.ones(1, dtype=xp.float32)}
+    state = ema.init(params, config)
+    assert state.shadow["z"].dtype == params["z"].dtype
+    state = ema.update(state, {"z": params["z"] * 3, "r": params["r"]}, config)
+    assert complex(np.asarray(ema.average(state, config)["z"])[0]) == 2 + 4j

@@ -1,0 +1,95 @@
+"""What a hunt for broken promises on the torch side found (2026-12-04), fixed: ``torch.save``
+or ``pickle`` of an EMA (alone, or beside its model) inside ``swap(copy=False)`` wrote the model's
+parameters and the EMA's shadows as one storage (the model holds the shadows there), so
+training the loaded model rewrote its EMA. Pickling is refused inside that block now; inside
+``swap()`` (copies) and outside any block it works as before."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ema_core import Config  # noqa: E402
+from ema_core.torch import EMA, EMABank  # noqa: E402
+
+
+def _trained() -> tuple[torch.nn.Module, EMA]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update()
+    return model, ema
+
+
+def _save(obj: object) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        lambda model, ema: _save({"model": model, "ema": ema}),
+        lambda model, ema: _save(ema),
+        lambda model, ema: pickle.dumps(ema),
+    ],
+    ids=["torch.save-pair", "torch.save-ema", "pickle"],
+)
+def test_pickling_inside_swap_without_copies_is_refused_and_changes_nothing(how: object) -> None:
+    model, ema = _trained()
+    shadows = {k: v.clone() for k, v in ema.state_dict()["shadow"].items()}
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"inside swap\(copy=False\)"), ema.swap(copy=False):
+        how(model, ema)  # type: ignore[operator]
+    for k, v in ema.state_dict()["shadow"].items():
+        assert torch.equal(v, shadows[k])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, live[k])  # the swap's exit put the live weights back
+    buf = _save({"model": model, "ema": ema})  # and outside the block it saves
+    assert torch.load(buf, weights_only=False)["ema"].step == 1
+
+
+def test_a_deep_copy_inside_swap_without_copies_is_an_independent_pair() -> None:
+    """``copy.deepcopy`` makes the EMA anew from its ``state_dict()``: its shadows are its own
+    even where the model copied beside it holds the averages (the swap's shadows)."""
+    model, ema = _trained()
+    with ema.swap(copy=False):
+        m2, e2 = copy.deepcopy((model, ema))
+    before = e2.average["weight"].clone()
+    assert torch.equal(m2.weight.detach(), before)
+    with torch.no_grad():
+        m2.weight.fill_(100.0)
+    assert torch.equal(e2.average["weight"], before)
+
+
+def test_a_pair_saved_inside_swap_with_copies_loads_as_two_independent_objects() -> None:
+    model, ema = _trained()
+    with ema.swap():
+        loaded = torch.load(_save({"model": model, "ema": ema}), weights_only=False)
+    m2, e2 = loaded["model"], loaded["ema"]
+    before = e2.average["weight"].clone()
+    assert torch.equal(m2.weight.detach(), before)  # the model was saved holding the average
+    with torch.no_grad():
+        m2.weight.fill_(100.0)
+    assert torch.equal(e2.average["weight"], before)
+    with e2.swap(copy=False):  # the loaded EMA is not inside a block: it swaps on its own
+        assert torch.equal(m2.weight.detach(), before)
+
+
+def test_a_bank_holding_an_ema_inside_swap_without_copies_is_refused_too() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    bank = EMABank(model, [Config(schedule=0.5), Config(schedule=0.9)])
+    bank.update()
+    with pytest.raises(RuntimeError, match=r"inside swap\(copy=False\)"), bank[1].swap(copy=False):
+        _save(bank)
+    assert _save(bank).getbuffer().nbytes > 0
