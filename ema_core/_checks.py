@@ -69,8 +69,13 @@ def _shown(value: Any) -> str:
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    """A ``TypeError`` for a value of none of the allowed values' types (``3`` among strings),
+    else a ``ValueError`` for a value not allowed."""
+    kinds = {type(a) for a in allowed}
+    if type(value) in kinds and value in allowed:  # not True for 1, nor 1.0 for 1
+        return
+    error = ValueError if type(value) in kinds else TypeError
+    raise error(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
 def check_decay_value(value: Any, name: str = "decay", step: Any = None) -> None:

@@ -44,9 +44,11 @@ def _namespace_of(leaf: Any, where: str) -> Namespace:
 
 
 def _masked(kind: type) -> bool:
-    """An ``np.ma`` array type (``numpy.ma`` is imported lazily: not loaded, none exist)."""
-    ma = sys.modules.get("numpy.ma")
-    return ma is not None and issubclass(kind, ma.MaskedArray)
+    """An ``np.ma`` array type (``numpy.ma`` is imported lazily: not loaded, none exist). A
+    module another thread is still importing may not have its class yet: none of its arrays
+    exist then either."""
+    masked = getattr(sys.modules.get("numpy.ma"), "MaskedArray", None)
+    return masked is not None and issubclass(kind, masked)
 
 
 def check_leaves(

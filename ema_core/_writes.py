@@ -91,7 +91,10 @@ def why_not_writeable(s: Array) -> str | None:
 
 
 def _shared_elements(shape: tuple[int, ...], strides: tuple[int, ...], unit: int) -> str | None:
-    """Why a layout's elements share memory (a broadcast or self-overlapping view), or None."""
+    """Why a layout's elements share memory (a broadcast or self-overlapping view), or None
+    (also for no elements: numpy gives an empty array zero strides)."""
+    if 0 in shape:
+        return None
     if 0 in strides and any(st == 0 and n > 1 for st, n in zip(strides, shape, strict=True)):
         return "a broadcast view: several elements share one memory location"
     if strides and _self_overlapping(shape, strides, unit):

@@ -25,13 +25,7 @@ from ema_core._checks import packed_hint
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
-from ema_core.jax._call_checks import (
-    check_finite_params,
-    check_not_donated,
-    check_step,
-    check_x64,
-    host_scalars,
-)
+from ema_core.jax._call_checks import check_finite_params, check_x64, host_checked
 from ema_core.jax._compiled import dispatch
 from ema_core.jax._placement import commit_state
 from ema_core.jax._split import Split, split
@@ -132,12 +126,9 @@ class BankUpdate:
         states = self._states(states)
         made = [m() for m in self._made] or [None] * len(states)
         trusted = all(s.step is m for s, m in zip(states, made, strict=True))
-        if not trusted:  # a step this bank made is valid: not read again
-            for k, state in enumerate(states):
-                check_not_donated(state.step, f"states[{k}]", "this bank")
-                check_step(state.step)
-                check_x64(state, f"states[{k}]")
-        states = tuple(host_scalars(s) for s in states)  # Python/numpy step, weight: arrays
+        states = tuple(  # a step this bank made is valid: not read again
+            host_checked(s, trusted, f"states[{k}]", "this bank") for k, s in enumerate(states)
+        )
         if self._guard:
             check_finite_params(params)
         every = self._every

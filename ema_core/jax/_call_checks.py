@@ -21,11 +21,13 @@ from ema_core.backends.jax._leaves import scalar_device
 from ema_core.jax._devices import leaf_name
 
 __all__ = [
+    "DONATED_BY",
     "check_finite_params",
     "check_live",
     "check_not_donated",
     "check_step",
     "check_x64",
+    "host_checked",
     "host_scalars",
 ]
 
@@ -118,6 +120,23 @@ def check_step(step: Any) -> None:
         and not (isinstance(step, jax.Array) and step.is_deleted())
     ):
         ops_for(int(step), "state.step")
+
+
+#: Who took a donated state's buffers, as ``make_update``'s errors say it.
+DONATED_BY = "this update (make_update donates by default)"
+
+
+def host_checked(state: Any, trusted: bool, what: str, by: str) -> Any:
+    """``host_scalars(state)``, after the checks of a state the caller did not return itself
+    (``trusted``: its step is one the caller made, valid and not read again): a step donated
+    to an earlier call (``by``), a step out of range, 64-bit arrays without x64. ``what`` names
+    the state in the errors (``"state"``, ``"states[1]"``)."""
+    if not trusted:
+        step = getattr(state, "step", None)
+        check_not_donated(step, what, by)
+        check_step(step)
+        check_x64(state, what)
+    return host_scalars(state)
 
 
 def host_scalars(state: Any) -> Any:

@@ -16,12 +16,11 @@ from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax import _chunked
 from ema_core.jax._call_checks import (
+    DONATED_BY,
     check_finite_params,
     check_live,
-    check_not_donated,
-    check_step,
     check_x64,
-    host_scalars,
+    host_checked,
 )
 from ema_core.jax._devices import check_devices
 from ema_core.jax._packed import PackedState
@@ -121,13 +120,8 @@ class _Update:
     def __call__(self, state: Any, params: Tree, /) -> Any:
         if isinstance(state, PackedState):
             return self._packed(state, params)
-        step = getattr(state, "step", None)
-        trusted = step is self._made()
-        if not trusted:  # a step this update made is valid: not read again
-            check_not_donated(step, "state", "this update (make_update donates by default)")
-            check_step(step)
-            check_x64(state)
-        state = host_scalars(state)
+        trusted = getattr(state, "step", None) is self._made()  # valid: not read again
+        state = host_checked(state, trusted, "state", DONATED_BY)
         if self._guard:
             check_finite_params(params)
         # beside a step it made, a leaf swapped in (state._replace(shadow=...)) is checked

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ema_core._types import Tree
-from ema_core.jax._packed import PackedState, size
+from ema_core.jax._packed_layout import PackedState, size
 
 __all__ = ["check_arrays", "check_devices", "check_live", "same"]
 

@@ -43,15 +43,10 @@ from ema_core.backends.jax._leaves import (
     update_compiled,
     update_donated,
 )
-from ema_core.jax._call_checks import (
-    check_finite_params,
-    check_not_donated,
-    check_step,
-    check_x64,
-)
+from ema_core.jax._call_checks import DONATED_BY, check_finite_params, host_checked
 from ema_core.jax._chunked import CHUNK, Chunked
-from ema_core.jax._packed import Layout, PackedState
 from ema_core.jax._packed_checks import check_arrays, check_devices, check_live, same
+from ema_core.jax._packed_layout import Layout, PackedState
 from ema_core.jax._placement import commit_state, read_shardings
 from ema_core.jax._split import Split, avals, split_avals
 
@@ -106,10 +101,9 @@ class PackedUpdate:
                 f"a PackedState holds JAX arrays, got a {bad} (a state fetched with "
                 "jax.device_get): put it back with jax.device_put(state, device)"
             )
-        if state.step is not self._made():  # a step this update made is valid: not read again
-            check_not_donated(state.step, "state", "this update (make_update donates by default)")
-            check_step(state.step)  # on the CPU, waits for the update that made it
-            check_x64(state)  # a state packed under x64: JAX would narrow it
+        # a step this update made is valid: not read again (on the CPU, reading it waits for
+        # the update that made it); a state packed under x64 is refused with x64 off
+        host_checked(state, state.step is self._made(), "state", DONATED_BY)
         params_arrays, params_split, params_avals = split_avals(params)
         traced = any(isinstance(x, jax.core.Tracer) for x in (state.step, *params_arrays[:1]))
         key = (layout, params_split, params_avals, avals([*state.flats, *state.loose]))

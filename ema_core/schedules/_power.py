@@ -75,5 +75,15 @@ def power_function(gamma: float | None = None, *, sigma_rel: float | None = None
     if (gamma is None) == (sigma_rel is None):
         raise TypeError("power_function takes exactly one of gamma or sigma_rel")
     if sigma_rel is not None:
+        check_positive("sigma_rel", sigma_rel)
+        if not sigma_rel < _GAMMA_ZERO:  # past it gamma <= 0: named by what the caller gave
+            raise ValueError(
+                f"sigma_rel must be in (0, 12**-0.5) = (0, {_GAMMA_ZERO:.6f}) (gamma > 0), "
+                f"got {sigma_rel}"
+            )
         gamma = sigma_rel_to_gamma(sigma_rel)
     return PowerFunction(float(check_positive("gamma", gamma)))
+
+
+#: The sigma_rel of gamma = 0: power functions of gamma > 0 lie below it.
+_GAMMA_ZERO = 12**-0.5

@@ -1,0 +1,110 @@
+"""What a hunt for broken promises in the core found (2026-12-04), each fixed:
+
+* the masked-array check read ``numpy.ma.MaskedArray`` from a module another thread was still
+  importing (the first calls of a process from several threads: an ``AttributeError``);
+* an empty array of shape (3, 0) (numpy gives it zero strides) was taken for a broadcast view:
+  ``copy=None`` returned a new array, ``copy=False`` refused it;
+* ``checkpoint.save`` wrote a float step truncated (2.7 as 2), and refused NaN or a bool weight
+  with errors that did not name the argument or were not ``TypeError``;
+* ``power_function(sigma_rel=0.29)`` blamed a ``gamma`` the caller never gave;
+* ``Config(dtype=3)``, a value of none of the allowed types, was a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ema_core as ema
+from ema_core import _leaf_checks, checkpoint, schedules
+
+
+def test_a_numpy_ma_still_being_imported_is_not_read_half_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    half = types.ModuleType("numpy.ma")  # as another thread's import leaves it, part-way
+    monkeypatch.setitem(sys.modules, "numpy.ma", half)
+    assert _leaf_checks._masked(np.ndarray) is False
+
+
+def test_masked_arrays_are_still_refused() -> None:
+    ma = pytest.importorskip("numpy.ma")
+    with pytest.raises(TypeError, match="masked array"):
+        ema.ema_update({"w": ma.zeros(2)}, {"w": np.ones(2)}, 1, decay=0.5)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 4), (2, 0, 5)])
+def test_an_empty_array_with_zero_strides_is_updated_in_place(shape: tuple[int, ...]) -> None:
+    shadow = np.zeros(shape, np.float32)
+    assert 0 in shadow.strides or shadow.ndim == 1
+    assert (
+        ema.ema_update({"w": shadow}, {"w": np.zeros(shape, np.float32)}, 1, decay=0.5)["w"]
+        is shadow
+    )
+    ema.ema_update({"w": shadow}, {"w": np.zeros(shape, np.float32)}, 1, decay=0.5, copy=False)
+
+
+def test_a_broadcast_view_with_elements_is_still_refused_in_place() -> None:
+    shadow = np.broadcast_to(np.zeros(1, np.float32), (3,))
+    with pytest.raises(ValueError, match=r"read-only|broadcast"):
+        ema.ema_update(shadow, np.ones(3, np.float32), 1, decay=0.5, copy=False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("step", 2.7, TypeError),
+        ("step", float("nan"), TypeError),
+        ("step", 1e30, TypeError),
+        ("step", np.asarray(2.0), TypeError),
+        ("step", True, TypeError),
+        ("weight", True, TypeError),
+        ("step", -1, ValueError),
+    ],
+)
+def test_save_refuses_a_step_or_weight_of_the_wrong_kind_and_writes_nothing(
+    tmp_path: Path, field: str, value: object, error: type[Exception]
+) -> None:
+    state = ema.init({"w": np.ones(2, np.float32)})._replace(**{field: value})
+    path = tmp_path / "ema.safetensors"
+    with pytest.raises(error, match=rf"ema_or_state\.{field}"):
+        checkpoint.save(path, state)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_takes_integer_steps_and_float_weights_of_any_kind(tmp_path: Path) -> None:
+    for k, (step, weight) in enumerate([(3, 1.0), (np.int32(3), np.float32(0.5)), (3, 1)]):
+        state = ema.init({"w": np.ones(2, np.float32)})._replace(step=step, weight=weight)
+        path = checkpoint.save(tmp_path / f"e{k}.safetensors", state)
+        loaded = checkpoint.load(path, ema.init({"w": np.zeros(2, np.float32)}))
+        assert int(loaded.step) == 3 and float(loaded.weight) == float(weight)
+
+
+@pytest.mark.parametrize("sigma_rel", [0.2887, 0.29, 0.5])
+def test_power_function_names_sigma_rel_and_its_range(sigma_rel: float) -> None:
+    with pytest.raises(ValueError, match=r"sigma_rel must be in \(0, 12\*\*-0\.5\)") as info:
+        schedules.power_function(sigma_rel=sigma_rel)
+    assert "gamma must" not in str(info.value)
+    assert schedules.power_function(sigma_rel=0.288).gamma > 0  # just inside: gamma > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"dtype": 3}, TypeError),
+        ({"init": True}, TypeError),
+        ({"non_float": 0}, TypeError),
+        ({"dtype": "float33"}, ValueError),
+        ({"init": "ones"}, ValueError),
+    ],
+)
+def test_a_config_choice_of_another_type_is_a_type_error(
+    kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    name = next(iter(kwargs))
+    with pytest.raises(error, match=rf"Config\.{name} must be one of"):
+        ema.Config(**kwargs)  # type: ignore[arg-type]
