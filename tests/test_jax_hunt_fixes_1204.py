@@ -31,6 +31,7 @@ from ema_core.jax import (  # noqa: E402
     make_update,
     pack,
     state_dict,
+    unpack,
 )
 from tests.two_cpu_devices import run_on_two_cpu_devices  # noqa: E402
 
@@ -156,3 +157,20 @@ def test_a_complex_leaf_keeps_its_dtype_whatever_config_dtype_says(
     assert state.shadow["z"].dtype == params["z"].dtype
     state = ema.update(state, {"z": params["z"] * 3, "r": params["r"]}, config)
     assert complex(np.asarray(ema.average(state, config)["z"])[0]) == 2 + 4j
+
+
+def test_a_donated_state_given_to_pack_unpack_or_state_dict_is_named() -> None:
+    config = ema.Config(schedule=0.5)
+    params = {"w": jnp.ones(3), "big": jnp.zeros((70, 70))}
+    update = make_update(config)
+    state = ema.init(params, config)
+    update(state, params)  # donates state
+    packed = pack(ema.init(params, config))
+    update(packed, params)  # donates packed
+    for call, given in [(pack, state), (state_dict, state), (unpack, packed), (state_dict, packed)]:
+        with pytest.raises(ValueError, match=r"state\.step was deleted"):
+            call(given)
+    fresh = pack(ema.init(params, config))
+    fresh.flats[0].delete()  # one buffer deleted by hand: named by its field
+    with pytest.raises(ValueError, match=r"state\.flats\[0\] was deleted"):
+        unpack(fresh)

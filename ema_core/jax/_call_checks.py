@@ -25,6 +25,7 @@ __all__ = [
     "check_finite_params",
     "check_live",
     "check_not_donated",
+    "check_readable",
     "check_step",
     "check_x64",
     "host_checked",
@@ -48,6 +49,22 @@ def check_not_donated(step: Any, what: str, by: str) -> None:
 
 
 _IS_DELETED = operator.methodcaller("is_deleted")
+
+
+def check_readable(tree: Any, name: str) -> None:
+    """Raise when an array of ``tree`` was deleted, before it is read on the host (``pack``,
+    ``unpack``, ``state_dict``): JAX's own error names no leaf.
+
+    Raises:
+        ValueError: naming the leaf (``state.shadow['w']``, ``state.flats[0]``).
+    """
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted():
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} was deleted (donated to an update, which "
+                "deletes the arrays it is given, or deleted by hand): pass the state that "
+                "update returned"
+            )
 
 
 def check_live(

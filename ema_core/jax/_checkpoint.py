@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from ema_core._types import EMAState
+from ema_core.jax._call_checks import check_readable
 from ema_core.jax._packed import PackedState, fill, unpack
 from ema_core.jax._split import split
 
@@ -42,6 +43,7 @@ def state_dict(state: EMAState | PackedState, /) -> dict[str, np.ndarray]:
     """
     if isinstance(state, PackedState):  # saved as its EMAState: the two files are alike
         state = unpack(state)
+    check_readable(state, "state")
     pairs = [pair for pair in jax.tree_util.tree_flatten_with_path(state)[0] if _saved(*pair)]
     paths = [path for path, _ in pairs]
     names = _names(paths)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ema_core._types import EMAState
+from ema_core.jax._call_checks import check_readable
 from ema_core.jax._packed_layout import Layout, PackedState, size
 from ema_core.jax._split import split
 
@@ -79,6 +80,7 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
     if not isinstance(state, EMAState):
         done = " (already packed)" if isinstance(state, PackedState) else ""
         raise TypeError(f"pack takes an EMAState (ema_core.init), got {type(state).__name__}{done}")
+    check_readable(state, "state")
     arrays, shadow_split = split(state.shadow)
     everything = [state.step, *arrays, state.weight]
     for x in everything:
@@ -156,6 +158,7 @@ def unpack(state: PackedState) -> EMAState:
     """
     if not isinstance(state, PackedState):
         raise TypeError(f"unpack takes a PackedState (pack), got {type(state).__name__}")
+    check_readable(state, "state")
     layout = state.layout
     arrays: list[Any] = [None] * len(layout.offsets)
     for b, members in enumerate(layout.blocks):

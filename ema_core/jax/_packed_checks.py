@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ema_core._types import Tree
+from ema_core.jax._devices import leaf_name
 from ema_core.jax._packed_layout import PackedState, size
 
 __all__ = ["check_arrays", "check_devices", "check_live", "same"]
@@ -49,18 +50,22 @@ def check_arrays(state: PackedState) -> None:
             )
 
 
-def check_live(state_arrays: list[Any], params_arrays: list[Any]) -> None:
-    """Refuse a state or params array deleted (donated to an earlier call) before any call."""
-    for what, group in (("state", state_arrays), ("params", params_arrays)):
+def check_live(
+    state_arrays: list[Any], params_arrays: list[Any], state: PackedState, params: Tree
+) -> None:
+    """Refuse a state or params array deleted (donated to an earlier call) before any call,
+    named by its path in ``state`` or ``params`` (``state.flats[0]``, ``params['w']``)."""
+    for what, group, tree in (("state", state_arrays, state), ("params", params_arrays, params)):
         try:
             dead = any(map(_IS_DELETED, group))
         except AttributeError:  # a numpy array: looked at one by one
             dead = any(isinstance(x, jax.Array) and x.is_deleted() for x in group)
         if dead:
+            bad = next(x for x in group if isinstance(x, jax.Array) and x.is_deleted())
             raise ValueError(
-                f"an array of the {what} was deleted (donated to an earlier call that donates "
-                "it, such as make_update, or deleted by hand): pass the state that call "
-                "returned, or use donate=False; nothing was donated"
+                f"{leaf_name(bad, what, tree) or 'an array of the ' + what} was deleted (donated "
+                "to an earlier call that donates it, such as make_update, or deleted by hand): "
+                "pass the state that call returned, or use donate=False; nothing was donated"
             )
 
 

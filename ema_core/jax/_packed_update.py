@@ -116,7 +116,7 @@ class PackedUpdate:
             self._kinds[key] = kinds
         loose_params = [params_arrays[i] for i in layout.loose]
         if not traced:  # inside a transformation the arrays have no buffers to check
-            check_live(jax.tree_util.tree_leaves(state), loose_params)
+            check_live(jax.tree_util.tree_leaves(state), loose_params, state, params)
         if self._guard:
             check_finite_params(params)
         # params committed to another device: the one compiled call, or a block's call, fails
@@ -134,7 +134,7 @@ class PackedUpdate:
             new = run(state, params_arrays, kinds)
         except Exception:
             if not traced:  # a deleted param, or one on another device, named; nothing donated
-                check_live([], params_arrays)
+                check_live([], params_arrays, state, params)
                 found = read_shardings([], params_arrays)
                 if found:
                     check_devices(state, found[1], params)
