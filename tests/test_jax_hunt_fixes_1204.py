@@ -63,7 +63,11 @@ def test_a_host_state_goes_where_the_params_are_also_another_device_or_sharded()
 
 @pytest.mark.parametrize(
     "scalars",
-    [{"step": 0, "weight": 1.0}, {"step": np.int64(0)}, {"step": np.asarray(0, np.int32)}],
+    [
+        {"step": 0, "weight": 1.0},
+        {"step": np.int64(0), "weight": np.float32(1.0)},
+        {"step": np.asarray(0, np.int32)},
+    ],
     ids=["python", "numpy-scalar", "numpy-0d"],
 )
 def test_the_bank_takes_host_scalars_as_make_update_does(scalars: dict[str, Any]) -> None:

@@ -175,7 +175,7 @@ def host_scalars(state: Any) -> Any:
         ops_for(int(step), "state.step")
         top = int(np.iinfo(jax.numpy.asarray(0).dtype).max)  # saturated, as the update does
         step = _beside(state.shadow, np.asarray(min(int(step), top)))
-    if isinstance(weight, float):
+    if isinstance(weight, (float, np.floating)):  # a Python or numpy float scalar
         weight = _beside(state.shadow, np.asarray(weight, jax.numpy.result_type(float)))
     elif getattr(weight, "weak_type", False) and not isinstance(weight, jax.core.Tracer):
         weight = jax.numpy.asarray(weight, weight.dtype)  # the update returns a strong weight
