@@ -26,10 +26,13 @@ def state_dict(state: EMAState | PackedState, /) -> dict[str, np.ndarray]:
     ``~0``, ``/`` as ``~1``), so the key ``"a/b"`` and the nest ``{"a": {"b": ...}}`` save as
     ``shadow/a~1b`` and ``shadow/a/b``. A ``PackedState`` (``pack``) is saved as the
     ``EMAState`` it packs (``unpack``): the same names and arrays, either loads into either.
+    A shadow's leaves that are not arrays (an equinox module's functions and flags) are not
+    saved: ``load_state_dict`` takes them from ``like``.
 
     Raises:
         ValueError: two arrays would still share a name (a custom pytree node whose keys
-            print alike, such as the int ``0`` and the string ``"0"``).
+            print alike, such as the int ``0`` and the string ``"0"``), or an array of the
+            state was deleted (donated to an update since).
 
     Example:
         >>> import io, numpy as np, jax.numpy as jnp, ema_core as ema
