@@ -59,7 +59,8 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
 
     Raises:
         TypeError: ``state`` is not an ``EMAState`` of JAX arrays, or ``most`` is not an int.
-        ValueError: ``most`` is negative, or the state is traced or on several devices.
+        ValueError: ``most`` is negative, the state is traced or on several devices, or an
+            array of it was deleted (donated to an update since).
 
     Example:
         >>> import jax.numpy as jnp, ema_core as ema
@@ -146,7 +147,8 @@ def unpack(state: PackedState) -> EMAState:
     unpacked one would.
 
     Raises:
-        TypeError: ``state`` is not a ``PackedState``.
+        TypeError: ``state`` is not a ``PackedState``. ValueError: an array of it was deleted
+            (donated to an update since).
 
     Example:
         >>> import jax.numpy as jnp, ema_core as ema
