@@ -183,13 +183,12 @@ def _scalar(value: Any, what: str, python_dtype: type[Any]) -> Any:
     step must be an integer (a float one would be truncated), neither may be a bool.
 
     Raises:
-        TypeError: a bool, a float step, or a step array of a float dtype.
+        TypeError: a bool, or a float step (arrays of the wrong dtype: ``check_scalar``).
         ValueError: a Python int step out of range, or an array that is not 0-d.
     """
     integer = python_dtype is np.int64
-    kind = "an int or a 0-d integer array" if integer else "a float or a 0-d float array"
-    dtype = str(getattr(value, "dtype", type(value).__name__))
-    if isinstance(value, bool) or "bool" in dtype or (integer and "int" not in dtype):
+    if isinstance(value, bool) or (integer and isinstance(value, float)):  # arrays: below
+        kind = "an int or a 0-d integer array" if integer else "a float or a 0-d float array"
         raise TypeError(f"ema_or_state.{what} must be {kind}, got {type(value).__name__} {value!r}")
     if isinstance(value, int) and not 0 <= value <= MAX_STEP:
         raise ValueError(f"ema_or_state.{what} must be in [0, 2**63 - 1], got {value}")
