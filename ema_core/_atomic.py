@@ -11,7 +11,10 @@ replaces (a ``0o600`` file stays ``0o600``).
 
 A path that is a symbolic link is written as ``open(path, "wb")`` writes it: the link stays and
 its target is replaced (atomically, beside the target). A dangling link creates its target when
-the target's folder exists. ``atomic_paths`` writes several files as one set: all of them are
+the target's folder exists. A path that exists and is not a regular file (a device such as
+``/dev/null``, a FIFO) is written in place, as ``open(path, "wb")`` writes it: a rename would
+replace the node with a file (as root, ``/dev/null`` itself), so such a write is not atomic.
+``atomic_paths`` writes several files as one set: all of them are
 written and fsynced as temporaries before the first is renamed, so a failure (disk full, no
 permission) leaves none of the new files.
 """
@@ -50,7 +53,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         ...     p.read_bytes(), sorted(x.name for x in p.parent.iterdir())
         (b'hi', ['a.bin'])
     """
-    with atomic_path(path) as tmp, open(tmp, "r+b") as file:
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a FIFO cannot seek: not r+b
         write(file)
         file.flush()
     return Path(path)  # the path given, a link stays one (as torch.save and open return)
@@ -77,25 +80,42 @@ def atomic_paths(paths: Sequence[str | os.PathLike[str]], /) -> Iterator[list[Pa
     """
     targets = [resolve_link(p) for p in paths]
     existed = [t.exists() for t in targets]
+    direct = [_special(t) for t in targets]  # written in place: no temporary, no rename
     tmps: list[Path] = []
     done: list[Path] = []
     try:
-        for target in targets:
-            tmps.append(_create_temporary(target))
+        for target, special in zip(targets, direct, strict=True):
+            tmps.append(target if special else _create_temporary(target))
         yield list(tmps)
-        for tmp in tmps:
+        renamed = [
+            (tmp, target, old)
+            for tmp, target, old, special in zip(tmps, targets, existed, direct, strict=True)
+            if not special
+        ]
+        for tmp, _, _ in renamed:
             _fsync_file(tmp)
-        for tmp, target, old in zip(tmps, targets, existed, strict=True):
+        for tmp, target, old in renamed:
             os.replace(tmp, target)
             if not old:
                 done.append(target)
     except BaseException:
-        for leftover in [*tmps, *done]:
+        kept = [t for t, d in zip(tmps, direct, strict=True) if not d]  # never a device
+        for leftover in [*kept, *done]:
             with contextlib.suppress(OSError):
                 leftover.unlink(missing_ok=True)
         raise
-    for folder in dict.fromkeys(t.parent for t in targets):
+    for folder in dict.fromkeys(t.parent for t, d in zip(targets, direct, strict=True) if not d):
         _fsync_directory(folder)
+
+
+def _special(target: Path) -> bool:
+    """Whether ``target`` exists and is neither a regular file nor a folder (a device, a FIFO,
+    a socket): ``open(path, "wb")`` writes into it, a rename would replace it."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def resolve_link(path: str | os.PathLike[str], /) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,48 @@ def test_atomic_path_for_name_based_writers(tmp_path):
         raise KeyboardInterrupt
     assert path.read_text() == "hello"
     assert os.listdir(tmp_path) == ["g.txt"]
+
+
+def _read_fifo(path: Path, got: list[bytes]) -> threading.Thread:
+    def read() -> None:
+        with open(path, "rb") as f:
+            got.append(f.read())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_a_fifo_is_written_into_not_replaced_by_a_file(tmp_path: Path) -> None:
+    """``open(path, "wb")`` writes into a FIFO or a device; a rename would replace the node
+    with a regular file (as root, ``--out /dev/null`` replaced /dev/null itself)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = _read_fifo(fifo, got)
+    write_atomic(fifo, lambda f: f.write(b"through"))
+    reader.join(timeout=30)
+    assert got == [b"through"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.listdir(tmp_path) == ["pipe"]
+
+
+def test_a_checkpoint_saved_to_a_fifo_or_device_leaves_the_node(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    import ema_core as ema
+    from ema_core import checkpoint
+
+    state = ema.init({"w": np.ones(3, np.float32)})
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = _read_fifo(fifo, got)
+    checkpoint.save(fifo, state)
+    reader.join(timeout=30)
+    assert len(got) == 1 and len(got[0]) > 0 and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    if os.geteuid() == 0:  # a device node of its own, as /dev/null (1, 3): only root makes one
+        node = tmp_path / "null"
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        checkpoint.save(node, state)
+        assert stat.S_ISCHR(os.stat(node).st_mode)
+    assert sorted(os.listdir(tmp_path)) == sorted(["pipe"] + ["null"] * (os.geteuid() == 0))
