@@ -8,6 +8,8 @@ case that hangs one rank is seen as a timeout, not as the next case failing) and
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tenso
 from torch.distributed.tensor.debug import CommDebugMode
 
 import ema_core
-from ema_core.torch import EMA, _dtensor, ddp_ema, full_state_dict
+from ema_core import posthoc
+from ema_core.torch import EMA, EMABank, _dtensor, ddp_ema, full_state_dict
 
 
 def net() -> torch.nn.Sequential:
@@ -183,7 +186,65 @@ class Cases:
         clean = distribute_tensor(torch.ones(4), self.mesh, [Shard(0)])
         plain = torch.ones(2)
         out = _dtensor.finite_stand_ins([sharded, clean, plain])
-        assert bool(torch.isnan(out[0])) and float(out[1]) == 0.0 and out[2] is plain
+        assert bool(torch.isnan(out[0])) and float(out[1]) == 0.0 and float(out[2]) == 0.0
+        if dist.get_rank() == 0:  # a plain tensor bad on one rank: bad on every rank
+            plain = torch.tensor([1.0, float("nan")])
+        assert bool(torch.isnan(_dtensor.finite_stand_ins([clean, plain])[1]))
+
+    def guard_finite_counts_a_buffer_bad_on_one_rank_on_every_rank(self) -> None:
+        """FSDP2 leaves buffers whole on each rank: a NaN in rank 1's BatchNorm statistics
+        refuses the update on both ranks (checked alone, rank 0 would have updated)."""
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+        fully_shard(model, mesh=self.mesh)
+        config = ema_core.Config(schedule=0.5, guard_finite=True, buffers="average")
+        ema = EMA(model, config=config)
+        with torch.no_grad():
+            if dist.get_rank() == 1:
+                model[1].running_mean[0] = float("nan")
+        before = locals_of(ema)
+        with pytest.raises(ValueError, match=r"'1\.running_mean'.*NaN or infinite"):
+            ema.update()
+        unchanged(ema, before)
+        assert ema.step == 0
+
+    def bank_guard_finite_refuses_on_every_rank(self) -> None:
+        """The bank decides as one EMA does: a NaN in rank 0's shard refuses on every rank."""
+        model = net()
+        fully_shard(model, mesh=self.mesh)
+        guarded = ema_core.Config(schedule=0.5, guard_finite=True)
+        bank = EMABank(model, [guarded, ema_core.Config(schedule=0.75)])
+        with torch.no_grad():
+            if dist.get_rank() == 0:
+                model[0].weight.to_local()[0, 0] = float("nan")
+        before = [locals_of(ema) for ema in bank]
+        with pytest.raises(ValueError, match=r"'0\.weight'.*NaN or infinite"):
+            bank.update()
+        for ema, kept in zip(bank, before, strict=True):
+            unchanged(ema, kept)
+            assert ema.step == 0
+
+    def snapshots_of_sharded_tensors_are_refused_by_name(self) -> None:
+        """A bank with snapshot_every over FSDP2 params is refused when built (before any
+        update); save_snapshot of DTensor averages and reconstruct with a DTensor like= are
+        refused by name, not with torch's own error."""
+        model = net()
+        fully_shard(model, mesh=self.mesh)
+        with tempfile.TemporaryDirectory() as folder:
+            with pytest.raises(ValueError, match=r"'0\.weight' is sharded"):
+                EMABank(model, sigma_rels=(0.05, 0.1), snapshot_every=1, snapshot_dir=folder)
+            ema = EMA(model, config=ema_core.Config(schedule=ema_core.schedules.power_function(
+                sigma_rel=0.05), init="copy"))  # fmt: skip
+            ema.update()
+            with pytest.raises(ValueError, match=r"averages\['0\.weight'\] is a DTensor"):
+                posthoc.save_snapshot(folder, ema.average, step=1, sigma_rel=0.05)
+            assert os.listdir(folder) == []
+            plain = EMA(net(), config=ema.config)
+            for step in (1, 2):
+                plain.update()
+                for sigma_rel in (0.05, 0.1):
+                    posthoc.save_snapshot(folder, plain.average, step=step, sigma_rel=sigma_rel)
+            with pytest.raises(ValueError, match=r"like\['0\.weight'\] is a DTensor"):
+                posthoc.reconstruct(folder, 0.07, like=model.state_dict())
 
     def ddp_ema_refuses_bad_options_on_every_rank(self) -> None:
         """keep_on="rank0": the ranks that keep none refuse what rank 0 refuses."""

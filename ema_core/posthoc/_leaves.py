@@ -20,6 +20,7 @@ from ema_core._tree import TreeDef, flatten, unflatten
 
 __all__ = [
     "check_has_data",
+    "check_whole",
     "framework_of",
     "from_host",
     "named_leaves",
@@ -52,11 +53,25 @@ def framework_of(leaf: Any, where: str) -> str:
 
 
 def check_has_data(leaf: Any, where: str) -> None:
-    """``ValueError`` for a torch tensor on the meta device: it has a shape but no values."""
+    """``ValueError`` for a torch tensor on the meta device (a shape but no values), or a
+    DTensor (this rank holds a shard of it, not its values)."""
     if compat.is_torch_array(leaf) and leaf.device.type == "meta":
         raise ValueError(
             f"{where} is a torch tensor on the meta device (a shape without values); snapshots "
             "need tensors with data (materialise the module first)"
+        )
+    check_whole(leaf, where)
+
+
+def check_whole(leaf: Any, where: str) -> None:
+    """``ValueError`` for a DTensor: this rank holds a shard of it, not its values (checked
+    without importing torch.distributed: no DTensor exists before)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is not None and isinstance(leaf, module.DTensor):
+        raise ValueError(
+            f"{where} is a DTensor (a shard of an FSDP2 or tensor-parallel tensor): snapshots "
+            "and reconstruction take whole tensors; gather them first "
+            "(ema_core.torch.full_state_dict(ema), or like= an unsharded model's state_dict)"
         )
 
 
@@ -127,6 +142,8 @@ def rebuild(arrays: dict[str, np.ndarray], like: Any, shapes_from: str) -> Any:
     """A nest shaped like ``like`` holding ``arrays`` (matched by name) in ``like``'s leaves'
     framework, device and dtype."""
     names, leaves, treedef = named_leaves(like, "like")
+    for name, leaf in zip(names, leaves, strict=True):
+        check_whole(leaf, f"like[{name!r}]")
     missing = [n for n in names if n not in arrays]
     extra = sorted(set(arrays) - set(names))
     if missing or extra:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ema_core._safetensors import Reader, bf16_to_float32
 from ema_core.posthoc._coefficients import Solution, solve_quietly
-from ema_core.posthoc._leaves import named_leaves, rebuild, tied_groups
+from ema_core.posthoc._leaves import check_whole, named_leaves, rebuild, tied_groups
 from ema_core.posthoc._listing import SnapshotInfo, list_snapshots
 from ema_core.posthoc._math import check_posthoc_sigma_rel
 from ema_core.posthoc._warning import UNIT_ROUNDOFF, amplification_limit, warn_if_inaccurate
@@ -219,6 +219,8 @@ def _tied(arrays: dict[str, np.ndarray], like: Any, infos: list[SnapshotInfo]) -
     recorded as an alias in the snapshots, or a torch tensor of ``like`` on the storage of one
     of them (``model.state_dict()`` of a tied model), holding that array."""
     names, leaves, _ = named_leaves(like, "like")
+    for name, leaf in zip(names, leaves, strict=True):  # before reading their storage
+        check_whole(leaf, f"like[{name!r}]")
     aliases = dict(pair for info in infos for pair in info.aliases)
     for group in tied_groups(names, leaves):
         source = next((n for n in group if n in arrays), None)

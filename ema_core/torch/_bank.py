@@ -14,7 +14,7 @@ from ema_core import _banks, _snapshot_args
 from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
-from ema_core.torch import _bank_args, _bank_snap, _names, _refusals, _rules, _swap
+from ema_core.torch import _bank_args, _bank_snap, _dtensor, _names, _refusals, _rules, _swap
 from ema_core.torch._bank_fused import Fused
 from ema_core.torch._interrupts import HeldInterrupts
 from ema_core.torch._module import EMA
@@ -103,6 +103,8 @@ class EMABank:
             for c in resolved
         )
         self._fused: Fused | None = None
+        if snapshot_every is not None:  # refused before the first update, not at a due step
+            _bank_snap.check_whole(self.emas[0])
 
     def __len__(self) -> int:
         return len(self.emas)
@@ -151,10 +153,10 @@ class EMABank:
         )
         for ema in self.emas:
             ema._bound.refresh()
-        if any(ema.config.guard_finite for ema in self.emas):
+        if any(ema.config.guard_finite for ema in self.emas):  # one answer on every rank
             bound = self.emas[0]._bound
             paths = [(("key", n),) for n in self.emas[0].names]
-            check_finite(xp, bound.live, bound.kinds, paths)
+            check_finite(xp, _dtensor.finite_stand_ins(bound.live), bound.kinds, paths)
         decays = [d for _, d, _ in work]
         if all(isinstance(d, float) for d in decays):
             self._fused_update(work)

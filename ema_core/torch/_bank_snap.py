@@ -14,12 +14,14 @@ from typing import Any
 
 from ema_core import _bank_snapshots, _banks, _snapshot_args
 from ema_core._paths import escape_key
+from ema_core.torch._dtensor import is_dtensor
 from ema_core.torch._module import EMA
 from ema_core.torch._names import strip, transient_buffers
 
 __all__ = [
     "aliases",
     "check_due",
+    "check_whole",
     "is_ema",
     "policies",
     "posthoc",
@@ -37,6 +39,22 @@ def sigma_rels(emas: Sequence[EMA], given: Sequence[float | None]) -> list[float
     """
     found = _snapshot_args.snapshot_sigma_rels([ema.config for ema in emas])
     return [f if g is None else g for g, f in zip(given, found, strict=True)]
+
+
+def check_whole(ema: EMA) -> None:
+    """Refuse snapshots of an EMA of sharded tensors (FSDP2: DTensor shadows), by name: a
+    rank holds a shard of each, and a snapshot is a whole array.
+
+    Raises:
+        ValueError: naming the first sharded tensor and the way out.
+    """
+    for name, shadow in _shadows(ema).items():
+        if is_dtensor(shadow):
+            raise ValueError(
+                f"snapshot_every: {name!r} is sharded (a DTensor: FSDP2 or tensor parallel), "
+                "and a snapshot holds whole tensors; leave snapshot_every out and write "
+                "snapshots of ema_core.torch.full_state_dict(bank[k]) on one rank"
+            )
 
 
 def check_due(
