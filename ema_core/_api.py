@@ -18,7 +18,14 @@ from ema_core._checks import (
 )
 from ema_core._config import Config, power_weight
 from ema_core._leaf_checks import check_finite, check_leaves
-from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
+from ema_core._ops import (
+    concrete_step,
+    default_int,
+    is_host_array,
+    next_step,
+    step_in,
+    wide_float,
+)
 from ema_core._read_checks import check_zeros_read
 from ema_core._tree import flatten, unflatten
 from ema_core._tree_pair import flatten_pair
@@ -84,7 +91,7 @@ def ema_update(
         xp, kinds = check_leaves(shadows, leaves, paths, non_float=non_float)
     else:  # the same leaves, unchanged since they passed these checks
         xp, kinds = entry.xp, entry.kinds
-    t = concrete_step(step, "step")
+    t = step_in(step, xp, "step")
     if array_decay:  # a 0-d decay array given directly
         check_decay_namespace(rule, xp)
         d = decay_array(xp, rule, leaves[0])

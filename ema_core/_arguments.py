@@ -167,11 +167,10 @@ def decay_array(xp: Any, decay: Array, leaf: Array) -> Array:
 def shadow_dtype(xp: Any, param: Array, config: Config) -> Any:
     """The shadow dtype of a floating leaf; a ``Config.dtype`` the namespace lacks (bfloat16
     in numpy, float16 in array-api-strict) is a ``TypeError``, not the params' dtype. A complex
-    leaf keeps its own dtype, as the torch classes keep it (``Config.dtype`` names a real one:
-    a real shadow would drop the imaginary part)."""
+    leaf keeps its own dtype (``shadow_dtype_name``), as the torch classes keep it."""
     param_name = _core.dtype_name(xp, param.dtype)
     if param_name.startswith("complex"):
-        return param.dtype
+        return param.dtype  # whatever Config.dtype says (also one the namespace lacks)
     name = shadow_dtype_name(config.dtype, param_name)
     dtype = getattr(xp, name, None)
     if dtype is None and config.dtype not in (None, "same"):

@@ -160,7 +160,10 @@ def power_weight(schedule: Schedule, t: Any) -> Any:
 
 
 def shadow_dtype_name(config_dtype: str | None, param_dtype_name: str) -> str:
-    """The shadow dtype name for a floating leaf under the dtype policy."""
+    """The shadow dtype name for a floating leaf under the dtype policy: a complex leaf keeps
+    its own (the policy names a real dtype: a real shadow would drop the imaginary part)."""
+    if param_dtype_name.startswith("complex"):
+        return param_dtype_name
     if config_dtype is None:
         return "float32" if param_dtype_name in ("float16", "bfloat16") else param_dtype_name
     return param_dtype_name if config_dtype == "same" else config_dtype

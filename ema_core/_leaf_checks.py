@@ -211,9 +211,24 @@ def check_finite(
     paths: Sequence[Path],
     name: str = "params",
 ) -> None:
-    """Reject NaN or infinite params (reads values: a host sync, done only when asked)."""
+    """Reject NaN or infinite params (reads values: a host sync, done only when asked).
+
+    Raises:
+        ValueError: a float leaf holds NaN or inf (its path named), or the params are traced
+            (JAX: inside ``jit``, ``vmap`` or ``scan`` no value can be read).
+    """
+    jax = sys.modules.get("jax")
     for p, kind, path in zip(params, kinds, paths, strict=True):
-        if kind == "float" and not bool(xp.all(xp.isfinite(p))):
+        if kind != "float":
+            continue
+        finite = xp.all(xp.isfinite(p))  # traced too for concrete params inside a jax.lax.scan
+        if jax is not None and isinstance(finite, jax.core.Tracer):
+            raise ValueError(
+                "Config(guard_finite=True) reads the params on the host, but they are traced "
+                "(the update called inside jax.jit, vmap or scan): call it outside, or wrap "
+                "the optimizer in optax.apply_if_finite to skip non-finite steps"
+            )
+        if not bool(finite):
             raise ValueError(
                 f"{path_str(name, path)} holds NaN or infinite values "
                 "(guard_finite=True); no shadow was changed"

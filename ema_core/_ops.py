@@ -218,6 +218,27 @@ def concrete_step(step: Any, name: str = "step") -> int | Array:
     return int(step) if is_host_array(step) else step
 
 
+def step_in(step: Any, xp: Any, name: str = "step") -> int | Array:
+    """``concrete_step(step)`` for leaves of namespace ``xp``: a step array of another
+    framework (a torch tensor beside array-api-strict leaves) is read as an int where the host
+    can read it, since a schedule would compute the decay in its framework.
+
+    Raises:
+        TypeError: a step array of another framework that the host cannot read (on a device,
+            traced), before anything is written.
+    """
+    t = concrete_step(step, name)
+    if isinstance(t, int) or compat.array_namespace(t) is xp:
+        return t
+    if not is_readable(t):
+        raise TypeError(
+            f"{name} is a 0-d array of {compat.array_namespace(t).__name__} but the leaves are "
+            f"{xp.__name__} arrays, and it cannot be read here (on a device or traced): pass a "
+            "Python int or a step of the leaves' framework"
+        )
+    return int(t)
+
+
 def next_step(step: Any, name: str = "state.step") -> int | Array:
     """``step + 1``, saturating at the largest value of an array step's dtype (2**31 - 1 for
     int32) instead of wrapping to a negative count; a Python int step is exact up to

@@ -108,3 +108,57 @@ def test_a_config_choice_of_another_type_is_a_type_error(
     name = next(iter(kwargs))
     with pytest.raises(error, match=rf"Config\.{name} must be one of"):
         ema.Config(**kwargs)  # type: ignore[arg-type]
+
+
+# --- a second hunt (the test kit, the stateless API) --------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", None])
+def test_the_test_kit_keeps_complex_leaves_complex_as_ema_core_does(dtype: str | None) -> None:
+    from ema_core import testing
+
+    config = ema.Config(schedule=0.9, dtype=dtype)
+    rng = np.random.default_rng(0)
+
+    def draw() -> dict[str, np.ndarray]:
+        return {"w": (rng.standard_normal(3) + 1j * rng.standard_normal(3)).astype(np.complex64)}
+
+    trajectory = testing.Trajectory(draw(), [draw() for _ in range(3)])
+
+    def make(init: object) -> object:
+        box = {"s": ema.init(init, config)}
+
+        def step(params: object, t: int) -> object:
+            box["s"] = ema.update(box["s"], params, config)
+            return ema.average(box["s"], config)
+
+        return step
+
+    assert testing.reference(config, trajectory)[0].average[0].imag.any()
+    testing.assert_matches(make, config, trajectory)  # ema-core passes its own kit
+
+
+def test_a_torch_step_beside_array_api_strict_leaves_is_read_as_an_int() -> None:
+    torch = pytest.importorskip("torch")
+    xps = pytest.importorskip("array_api_strict")
+    shadow = {"count": xps.asarray([0, 0]), "w": xps.zeros(3)}
+    params = {"count": xps.asarray([7, 7]), "w": xps.ones(3)}
+    schedule = schedules.num_updates(0.9)
+    out = ema.ema_update(shadow, params, torch.tensor(3), schedule=schedule)
+    host = {"count": np.zeros(2, np.int64), "w": np.zeros(3)}
+    want = ema.ema_update(host, {"count": np.full(2, 7), "w": np.ones(3)}, 3, schedule=schedule)
+    assert np.asarray(out["w"]).tolist() == want["w"].tolist()
+    assert np.asarray(out["count"]).tolist() == [7, 7]
+
+
+def test_a_step_of_another_framework_that_cannot_be_read_is_refused_before_any_write() -> None:
+    jax = pytest.importorskip("jax")
+    shadow = {"count": np.zeros(2, np.int64), "w": np.zeros(3)}
+    params = {"count": np.full(2, 7), "w": np.ones(3)}
+
+    def inside(step: object) -> object:
+        return ema.ema_update(shadow, params, step, decay=0.5)
+
+    with pytest.raises(TypeError, match=r"step is a 0-d array of jax.*cannot be read"):
+        jax.jit(inside)(jax.numpy.asarray(3))
+    assert shadow["count"].tolist() == [0, 0] and shadow["w"].tolist() == [0.0] * 3

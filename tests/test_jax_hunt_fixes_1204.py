@@ -178,3 +178,82 @@ def test_a_donated_state_given_to_pack_unpack_or_state_dict_is_named() -> None:
     fresh.flats[0].delete()  # one buffer deleted by hand: named by its field
     with pytest.raises(ValueError, match=r"state\.flats\[0\] was deleted"):
         unpack(fresh)
+
+
+# --- a second hunt (optax, jit, banks) ----------------------------------------------------------
+
+
+def _with_ema_run(inner: Any, grads: list[float]) -> tuple[list[float], Any]:
+    optax = pytest.importorskip("optax")
+    from ema_core.jax import with_ema
+
+    opt = with_ema(inner, ema.Config(schedule=0.5))
+    params = {"a": jnp.zeros(2)}
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params: Any, state: Any, g: Any) -> Any:
+        updates, state = opt.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for g in grads:
+        params, state = step(params, state, {"a": jnp.full(2, g)})
+    return [float(params["a"][0]), float(state.ema.shadow["a"][0])], int(state.ema.step)
+
+
+def test_with_ema_reads_apply_if_finite_nested_in_multisteps_and_the_other_way() -> None:
+    """Each kind's outermost state is read, also inside the other kind: a step
+    apply_if_finite rejected, or a micro-batch, does not move the EMA."""
+    optax = pytest.importorskip("optax")
+    sgd = optax.sgd(1.0)
+    alone = _with_ema_run(optax.apply_if_finite(sgd, 5), [-1.0, float("nan")])
+    nested = _with_ema_run(optax.MultiSteps(optax.apply_if_finite(sgd, 5), 1), [-1.0, float("nan")])
+    assert nested == alone == ([1.0, 0.5], 1)
+    micro = _with_ema_run(optax.apply_if_finite(optax.MultiSteps(sgd, 2), 5), [-1.0] * 4)
+    assert micro == ([2.0, 1.25], 2)  # two optimizer steps of four micro-batches
+
+
+def test_half_params_computed_inside_the_same_jit_are_averaged_as_the_model_holds_them() -> None:
+    """XLA may drop the bf16 rounding of ``params + updates`` before the EMA widens them to
+    float32; the EMA must average the bf16 values the model holds (as outside the jit)."""
+    config = ema.Config(schedule=0.5)
+    params = {"w": jnp.ones(3, jnp.bfloat16)}
+    delta = jnp.asarray([1e-3, 3e-3, 5e-3], jnp.bfloat16)  # below a bf16 unit at 1.0
+    state = ema.init(params, config)
+
+    @jax.jit
+    def step(state: Any, params: Any) -> Any:
+        new = {"w": params["w"] + delta}  # a bf16 add: XLA computes it in float32
+        return ema.update(state, new, config), new
+
+    inside, new = step(state, params)
+    outside = ema.update(state, new, config)
+    np.testing.assert_array_equal(np.asarray(inside.shadow["w"]), np.asarray(outside.shadow["w"]))
+
+
+@pytest.mark.parametrize("where", ["jit", "vmap", "scan-closed-over"])
+def test_guard_finite_on_traced_params_is_a_value_error_pointing_to_apply_if_finite(
+    where: str,
+) -> None:
+    config = ema.Config(schedule=0.5, guard_finite=True)
+    params = {"w": jnp.ones(3)}
+    state = ema.init(params, config)
+    calls = {
+        "jit": lambda: jax.jit(lambda s, p: ema.update(s, p, config))(state, params),
+        "vmap": lambda: jax.vmap(lambda p: ema.update(state, p, config))({"w": jnp.ones((2, 3))}),
+        "scan-closed-over": lambda: jax.lax.scan(
+            lambda s, _: (ema.update(s, params, config), None), state, jnp.arange(2)
+        ),
+    }
+    with pytest.raises(ValueError, match=r"guard_finite=True.*traced.*apply_if_finite"):
+        calls[where]()
+
+
+def test_bank_save_snapshots_of_a_donated_state_names_it(tmp_path: Any) -> None:
+    bank = make_bank_update(sigma_rels=(0.05, 0.1))
+    params = {"w": jnp.ones(3)}
+    states = bank.init(params)
+    bank(states, params)  # donates states
+    with pytest.raises(ValueError, match=r"states\[0\]\.step was deleted"):
+        bank.save_snapshots(tmp_path, states)
+    assert list(tmp_path.iterdir()) == []

@@ -93,3 +93,37 @@ def test_a_bank_holding_an_ema_inside_swap_without_copies_is_refused_too() -> No
     with pytest.raises(RuntimeError, match=r"inside swap\(copy=False\)"), bank[1].swap(copy=False):
         _save(bank)
     assert _save(bank).getbuffer().nbytes > 0
+
+
+# --- a second hunt (the stateless API) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_negative_and_conjugate_view_shadows_update_beside_plain_ones(decay: float) -> None:
+    """torch's fused ops refuse to write through a negative or conjugate view: such shadows
+    form groups of their own (copied tensor by tensor, blended by the generic route), so the
+    plain shadows and integer leaves beside them are not written before an error."""
+    import ema_core as ema
+
+    neg_base, conj_base = torch.zeros(3), torch.zeros(3, dtype=torch.complex64)
+    shadow = {
+        "count": torch.zeros(1, dtype=torch.int64),
+        "a": torch.zeros(3),
+        "n": torch._neg_view(neg_base),
+        "z": conj_base.conj(),
+        "i": torch._neg_view(torch.zeros(2, dtype=torch.int64)),
+    }
+    params = {
+        "count": torch.tensor([5]),
+        "a": torch.ones(3),
+        "n": torch.full((3,), 2.0),
+        "z": torch.full((3,), 2 + 1j, dtype=torch.complex64),
+        "i": torch.tensor([4, 6]),
+    }
+    out = ema.ema_update(shadow, params, 1, decay=decay)
+    keep = 1 - decay
+    assert out["a"].tolist() == [keep] * 3 and out["count"].tolist() == [5]
+    assert out["n"].tolist() == [2 * keep] * 3 and neg_base.tolist() == [-2 * keep] * 3
+    assert out["z"].tolist() == [complex(2 * keep, keep)] * 3
+    assert conj_base.tolist() == [complex(2 * keep, -keep)] * 3
+    assert out["i"].tolist() == [4, 6]

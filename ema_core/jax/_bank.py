@@ -25,7 +25,12 @@ from ema_core._checks import packed_hint
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
-from ema_core.jax._call_checks import check_finite_params, check_x64, host_checked
+from ema_core.jax._call_checks import (
+    check_finite_params,
+    check_readable,
+    check_x64,
+    host_checked,
+)
 from ema_core.jax._compiled import dispatch
 from ema_core.jax._placement import commit_state
 from ema_core.jax._split import Split, split
@@ -194,6 +199,8 @@ class BankUpdate:
     ) -> list[Any]:
         """The snapshots of the EMAs ``which`` (indices) as one set."""
         states = self._states(states)
+        for k, state in enumerate(states):  # a donated state named, not read
+            check_readable(state, f"states[{k}]")
         sigma_rels = _snapshot_args.snapshot_sigma_rels(self.configs)
         steps = [int(s.step) for s in states] if steps is None else list(steps)
         return _bank_snapshots.write_set(

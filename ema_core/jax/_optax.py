@@ -108,23 +108,21 @@ def _traced(tree: Any) -> bool:
 def _stepped(optax: Any, old: Any, new: Any) -> Any:
     """Whether the wrapped optimizer took a step: ``None`` (always) unless its state holds an
     ``optax.MultiSteps`` (its ``gradient_step`` moved) or ``apply_if_finite`` state (its
-    ``last_finite``); the outermost of each is read."""
-    kinds = (optax.MultiStepsState, optax.ApplyIfFiniteState)
+    ``last_finite``); the outermost of each kind is read, also where one is nested in the other
+    (``MultiSteps(apply_if_finite(...))``: a rejected step inside a micro-batch's last)."""
+    flags = []
+    for kind in (optax.MultiStepsState, optax.ApplyIfFiniteState):
 
-    def is_kind(x: Any) -> bool:
-        return isinstance(x, kinds)
+        def is_kind(x: Any, kind: type = kind) -> bool:
+            return isinstance(x, kind)
 
-    pairs = zip(
-        [x for x in jax.tree_util.tree_leaves(old, is_leaf=is_kind) if is_kind(x)],
-        [x for x in jax.tree_util.tree_leaves(new, is_leaf=is_kind) if is_kind(x)],
-        strict=True,
-    )
-    flags = [
-        n.last_finite
-        if isinstance(n, optax.ApplyIfFiniteState)
-        else n.gradient_step != o.gradient_step
-        for o, n in pairs
-    ]
+        pairs = zip(
+            [x for x in jax.tree_util.tree_leaves(old, is_leaf=is_kind) if is_kind(x)],
+            [x for x in jax.tree_util.tree_leaves(new, is_leaf=is_kind) if is_kind(x)],
+            strict=True,
+        )
+        finite = kind is optax.ApplyIfFiniteState
+        flags += [n.last_finite if finite else n.gradient_step != o.gradient_step for o, n in pairs]
     return jax.numpy.all(jax.numpy.stack(flags)) if flags else None
 
 

@@ -42,6 +42,7 @@ from ema_core.backends.jax._leaves import (
     leaf_decay,
     update_compiled,
     update_donated,
+    widen,
 )
 from ema_core.jax._call_checks import DONATED_BY, check_finite_params, host_checked
 from ema_core.jax._chunked import CHUNK, Chunked
@@ -225,7 +226,7 @@ def _block_impl(flat: Any, params: tuple[Any, ...], decay: Any, rate: Any) -> An
     wide = jnp.result_type(float)
     gates = _Gates(leaf_decay(decay, rate, wide), jnp.asarray(rate, dtype=wide))
     ct = compute_dtype(jnp, flat.dtype)
-    joined = jnp.concatenate([p.ravel().astype(ct) for p in params])
+    joined = jnp.concatenate([widen(p.ravel(), ct) for p in params])
     return _blend(flat, jax.lax.optimization_barrier(joined), gates)  # type: ignore[no-untyped-call]
 
 

@@ -167,11 +167,26 @@ def _blend(s: Array, p: Array, gates: _Gates) -> Array:
     below (``p + (-d) x`` is ``p - d x`` exactly in IEEE arithmetic), and ``base`` itself at
     decay 0 or 1. Fewer operations per leaf means a faster compile for models of many tensors."""
     ct = _core.compute_dtype(jnp, s.dtype)
-    s_c, p_c = s.astype(ct), p.astype(ct)
+    s_c, p_c = s.astype(ct), widen(p, ct)
     base = jnp.where(gates.high, s_c, p_c)
     coef = gates.coef(jnp.real(jnp.zeros((), ct)).dtype)
     out = jnp.where(gates.ends, base, base + coef * (p_c - s_c))
     return out.astype(s.dtype)
+
+
+def widen(p: Array, ct: Any) -> Array:
+    """``p`` in the compute dtype ``ct``, holding exactly the values of ``p``'s own dtype.
+
+    Inside a jit that also computes ``p`` (a train step: ``params + updates`` in bfloat16, then
+    the EMA), XLA on its default settings may drop a rounding to bfloat16 followed by the
+    widening to float32 and hand the blend the unrounded float32 value: the EMA would average
+    values the model never holds. ``reduce_precision`` to ``p``'s own exponent and mantissa
+    keeps that rounding (on a bfloat16 or float16 input it changes no bit)."""
+    wide = p.astype(ct)
+    if p.dtype == wide.dtype or not jnp.issubdtype(p.dtype, jnp.floating):
+        return wide
+    info = jnp.finfo(p.dtype)  # type: ignore[no-untyped-call]
+    return jax.lax.reduce_precision(wide, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
 def scalar_device(leaf: Array) -> Any:

@@ -1,5 +1,6 @@
-"""A torch update's plan: leaf pairs grouped once by (kind, device, shadow dtype, params dtype)
-into four buckets, each group one fused call (``_routes`` picks its route per update).
+"""A torch update's plan: leaf pairs grouped once by (kind, device, shadow dtype, params dtype,
+and whether the shadow is a negative or conjugate view) into four buckets, each group one
+fused call (``_routes`` picks its route per update).
 
 * ``exact``: integer, bool and copied leaves; ``same``: one float dtype; ``mixed``: a
   float32/float64 shadow over narrower float params (bf16, fp16, fp32 under fp64); ``other``:
@@ -37,6 +38,10 @@ class Group:
     names: list[str] = field(default_factory=list)  # for error messages
     host: _host.Bound | None = None  # the host engine's views of it, kept for reuse
     launch: _launch.Launch | None = None  # the Triton kernel's launches over it, kept alike
+    #: Shadows with torch's negative or conjugate bit (``torch._neg_view``, ``.conj()``):
+    #: torch's fused ops refuse to write through them, so they form groups of their own, copied
+    #: tensor by tensor and blended by the generic route.
+    views: bool = False
 
 
 @dataclass
@@ -53,7 +58,7 @@ def bucket(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor) -> Bucket
     """Which of a plan's four lists a pair belongs to."""
     if kind == "exact":
         return "exact"
-    if shadow.is_complex() or params.is_complex() or shadow.is_neg():
+    if shadow.is_complex() or params.is_complex() or shadow.is_neg() or shadow.is_conj():
         return "other"  # (torch's fused ops refuse to write through a negative view)
     if shadow.dtype == params.dtype:
         return "same"
@@ -76,10 +81,11 @@ def make_plan(
             a DTensor paired with a plain tensor (their local shards would not match).
     """
     labels = [f"#{i}" for i in range(len(shadows))] if names is None else list(names)
-    keyed: dict[tuple[LeafKind, torch.device, torch.dtype, torch.dtype], Group] = {}
+    keyed: dict[tuple[LeafKind, torch.device, torch.dtype, torch.dtype, bool], Group] = {}
     for pair, kind, name in zip(zip(shadows, params, strict=True), kinds, labels, strict=True):
         s, p = _local(*pair, name)
-        group = keyed.setdefault((kind, s.device, s.dtype, p.dtype), Group())
+        views = s.is_neg() or s.is_conj()
+        group = keyed.setdefault((kind, s.device, s.dtype, p.dtype, views), Group(views=views))
         group.shadows.append(s)
         group.params.append(p)
         group.names.append(name)

@@ -163,6 +163,9 @@ def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> 
     match way:
         case "skip":
             pass
+        case "copy" if group.views:  # torch's fused copy refuses them
+            for target, source in zip(s, p, strict=True):
+                target.copy_(source)
         case "copy":
             _foreach.copy_(s, p)
         case "foreach-lerp":
