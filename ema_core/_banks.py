@@ -21,8 +21,9 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-from ema_core._checks import check_positive
+from ema_core._checks import check_positive, packed_hint
 from ema_core._config import Config
+from ema_core._types import EMAState
 from ema_core.schedules import (
     MAX_SIGMA_REL,
     PowerFunction,
@@ -35,6 +36,7 @@ __all__ = [
     "SIGMA_REL_MAX",
     "bank_configs",
     "check_sigma_rel",
+    "ema_states",
     "index",
     "power_configs",
     "sequence",
@@ -78,6 +80,24 @@ def sequence(name: str, value: Any) -> tuple[Any, ...]:
     if isinstance(value, (str, bytes, Config)) or not isinstance(value, Sequence):
         raise TypeError(f"{name} must be a sequence (list or tuple), got {type(value).__name__}")
     return tuple(value)
+
+
+def ema_states(states: Any, count: int) -> tuple[EMAState, ...]:
+    """``states`` as a tuple of ``count`` ``EMAState``s (a functional bank's states).
+
+    Raises:
+        TypeError: not a list or tuple, or an item that is not an ``EMAState`` (a packed JAX
+            state named as one). ValueError: not ``count`` of them.
+    """
+    values = sequence("states", states)
+    if len(values) != count:
+        raise ValueError(f"states must hold one EMAState per config ({count}), got {len(values)}")
+    for i, s in enumerate(values):
+        if not isinstance(s, EMAState):
+            raise TypeError(
+                f"states[{i}] must be an EMAState, got {type(s).__name__}{packed_hint(s)}"
+            )
+    return values
 
 
 def _non_empty(name: str, value: Any) -> tuple[Any, ...]:

@@ -21,7 +21,6 @@ from typing import Any
 import jax
 
 from ema_core import _api, _bank_snapshots, _banks, _snapshot_args
-from ema_core._checks import packed_hint
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks
@@ -228,17 +227,7 @@ class BankUpdate:
         return [int(s.step) + 1 for s in states]
 
     def _states(self, states: Any) -> tuple[EMAState, ...]:
-        values = _banks.sequence("states", states)
-        if len(values) != len(self.configs):
-            raise ValueError(
-                f"states must hold one EMAState per config ({len(self.configs)}), got {len(values)}"
-            )
-        for i, s in enumerate(values):
-            if not isinstance(s, EMAState):
-                raise TypeError(
-                    f"states[{i}] must be an EMAState, got {type(s).__name__}{packed_hint(s)}"
-                )
-        return values
+        return _banks.ema_states(states, len(self.configs))
 
     def _prepare(
         self,
