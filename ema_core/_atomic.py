@@ -98,9 +98,9 @@ def atomic_paths(paths: Sequence[str | os.PathLike[str]], /) -> Iterator[list[Pa
             os.replace(tmp, target)
             if not old:
                 done.append(target)
-    except BaseException:
-        kept = [t for t, d in zip(tmps, direct, strict=True) if not d]  # never a device
-        for leftover in [*kept, *done]:
+    except BaseException:  # the temporaries made so far (not a device written in place)
+        made = [t for t, special in zip(tmps, direct, strict=False) if not special]
+        for leftover in [*made, *done]:
             with contextlib.suppress(OSError):
                 leftover.unlink(missing_ok=True)
         raise
@@ -146,7 +146,9 @@ def resolve_link(path: str | os.PathLike[str], /) -> Path:
 def _create_temporary(target: Path) -> Path:
     """A new empty file beside ``target``, hidden and unique (``O_EXCL``)."""
     for _ in range(100):
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        # ".", 12 hex digits and ".tmp" on top of the name: kept within 255 bytes (a file
+        # system's longest name), the name shortened for a temporary of a long one
+        tmp = target.with_name(f".{_short(target.name)}.{secrets.token_hex(6)}.tmp")
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
             fd = os.open(tmp, flags, 0o666)
@@ -156,6 +158,11 @@ def _create_temporary(target: Path) -> Path:
         _keep_mode(target, tmp)
         return tmp
     raise FileExistsError(f"could not create a temporary file beside {target}")  # pragma: no cover
+
+
+def _short(name: str, most: int = 255 - 18) -> str:
+    """``name`` cut to at most ``most`` UTF-8 bytes (at a character's boundary)."""
+    return name.encode("utf-8", "surrogateescape")[:most].decode("utf-8", "ignore")
 
 
 def _keep_mode(target: Path, tmp: Path) -> None:

@@ -128,3 +128,32 @@ def test_a_checkpoint_saved_to_a_fifo_or_device_leaves_the_node(tmp_path: Path) 
         checkpoint.save(node, state)
         assert stat.S_ISCHR(os.stat(node).st_mode)
     assert sorted(os.listdir(tmp_path)) == sorted(["pipe"] + ["null"] * (os.geteuid() == 0))
+
+
+def test_a_temporary_that_cannot_be_made_raises_its_own_error_and_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second of a set's temporaries fails (no permission, a full disk): its own OSError
+    comes out, and the first temporary is removed."""
+    made = _atomic._create_temporary
+    calls: list[Path] = []
+
+    def second_fails(target: Path) -> Path:
+        if calls:
+            raise PermissionError(13, "Permission denied", str(target))
+        calls.append(target)
+        return made(target)
+
+    monkeypatch.setattr(_atomic, "_create_temporary", second_fails)
+    with (
+        pytest.raises(PermissionError, match="Permission denied"),
+        _atomic.atomic_paths([tmp_path / "a", tmp_path / "b"]),
+    ):
+        pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_name_near_the_longest_a_file_system_takes_is_written(tmp_path: Path) -> None:
+    path = tmp_path / ("a" * 250 + ".bin")  # 254 bytes: its temporary's name is shortened
+    write_atomic(path, lambda f: f.write(b"x"))
+    assert path.read_bytes() == b"x" and os.listdir(tmp_path) == [path.name]
