@@ -201,6 +201,16 @@ def check_count_array(t: Array, name: str) -> None:
         raise TypeError(
             f"{name} must be a 0-d integer array, got shape {tuple(t.shape)} dtype {t.dtype}"
         )
+    if compat.is_torch_array(t) and str(t.dtype) in _TORCH_BARE_UNSIGNED:
+        raise TypeError(
+            f"{name} is a {t.dtype} tensor, a dtype torch gives few operations (no "
+            "comparison on the CPU: the next step's saturation could not run); pass an int64 "
+            "(or int32, uint8) tensor"
+        )
+
+
+#: Unsigned torch dtypes with "limited support" (torch 2.x): ``<`` and ``where`` are missing.
+_TORCH_BARE_UNSIGNED = ("torch.uint16", "torch.uint32", "torch.uint64")
 
 
 def _check_count(t: int, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Mapping
@@ -163,7 +164,9 @@ def torch_ema_state(value: Any) -> dict[str, Any] | None:
         return value.state_dict()  # type: ignore[no-any-return]
     if not (isinstance(value, Mapping) and value.get("format") == TORCH_FORMAT):
         return None
-    check = sys.modules["ema_core.torch._state"].check  # such a dict is made by an EMA
+    # such a dict is made by an EMA, though maybe in another process (torch.load of it): its
+    # checks are imported here, where torch must be installed for the dict to hold tensors
+    check = importlib.import_module("ema_core.torch._state").check
     check(value, [], [], "", False)  # the header, counter, weight, and a dict of shadows
     shadows = value["shadow"]
     check(value, list(shadows), list(shadows.values()), "", False)  # each shadow tensor

@@ -25,6 +25,11 @@ from ema_core.torch import _dtensor
 FORMAT = "ema_core.torch.EMA"
 VERSION = 1
 KEYS = ("format", "version", "step", "weight", "config", "shadow")
+#: Unsigned dtypes torch gives few operations (no ``<`` on the CPU): a counter stored in one
+#: (a numpy or JAX state's file) is held as a Python int.
+_BARE_UNSIGNED = tuple(
+    getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)
+)
 _INTEGERS = tuple(
     getattr(torch, name)
     for name in ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64")
@@ -116,9 +121,9 @@ def unpack_step(state: Mapping[str, Any]) -> tuple[int | torch.Tensor, float | t
     step, weight = state["step"], state["weight"]
     if step.device.type != "cpu":
         return step.clone(), weight.clone()
-    if step.dtype != torch.int64:
+    if step.dtype != torch.int64 and step.dtype not in _BARE_UNSIGNED:
         return step.clone(), float(weight)
-    return int(step), float(weight)
+    return int(step), float(weight)  # (uint16/32/64 from another framework's file: an int)
 
 
 def _tensor(value: int | float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
