@@ -168,14 +168,14 @@ def _parse(file: BinaryIO, path: str) -> tuple[dict[str, str], dict[str, Entry],
         raise ValueError(f"{path} is not a safetensors file (header length {n}, file size {size})")
     try:
         header = json.loads(file.read(n), object_pairs_hook=_unique)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-        raise ValueError(
-            f"{path} is not a safetensors file: its header is not JSON ({reason})"
-        ) from None
     except _DuplicateKeyError as err:
         raise ValueError(
             f"{path}: the header names {err.args[0]!r} twice; each tensor has one entry"
+        ) from None
+    except (ValueError, RecursionError) as err:  # also an int of over 4,300 digits
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ValueError(
+            f"{path} is not a safetensors file: its header is not JSON ({reason})"
         ) from None
     if not isinstance(header, dict):
         raise ValueError(f"{path} is not a safetensors file: its header is not a JSON object")

@@ -151,8 +151,7 @@ def like_array(data: np.ndarray, like: Any) -> Any:
         flat = torch.from_numpy(data.reshape(-1).view(np.uint8))
         return flat.view(like.dtype).reshape(data.shape).to(like.device)
     if compat.is_jax_array(like):
-        jax = sys.modules["jax"]
-        return jax.device_put(data.view(np.dtype(like.dtype)), like.sharding)
+        return _jax_like(data.view(np.dtype(like.dtype)), like)
     if isinstance(like, (np.ndarray, np.generic)):
         native = data.view(like.dtype.newbyteorder("<"))
         return native if like.dtype == native.dtype else native.astype(like.dtype)
@@ -162,6 +161,32 @@ def like_array(data: np.ndarray, like: Any) -> Any:
             return sys.modules["cupy"].asarray(host)
     xp = compat.array_namespace(like)
     return xp.asarray(host, device=compat.device(like))
+
+
+def _jax_like(host: np.ndarray, like: Any) -> Any:
+    """``host`` placed as ``like``: with its sharding where ``like`` is committed, else
+    uncommitted (a committed one would make a jitted update given uncommitted params compile
+    again, or refuse params committed elsewhere)."""
+    jax = sys.modules["jax"]
+    if getattr(like, "committed", True):
+        return jax.device_put(host, like.sharding)
+    return jax.numpy.asarray(host)
+
+
+def scalar_array(value: int | float, like: Any) -> Any:
+    """``value`` as a 0-d array of ``like``'s framework, dtype and device (bfloat16 too: made
+    by the framework from the number, not by numpy)."""
+    if compat.is_torch_array(like):
+        return sys.modules["torch"].tensor(value, dtype=like.dtype, device=like.device)
+    if compat.is_jax_array(like):  # (JAX's bfloat16 is a numpy dtype: ml_dtypes)
+        return _jax_like(np.asarray(value, dtype=like.dtype), like)
+    if isinstance(like, (np.ndarray, np.generic)):
+        return np.asarray(value, dtype=like.dtype)
+    if compat.is_cupy_array(like):
+        with like.device:
+            return sys.modules["cupy"].asarray(value, dtype=like.dtype)
+    xp = compat.array_namespace(like)
+    return xp.asarray(value, dtype=like.dtype, device=compat.device(like))
 
 
 def host_dtype(like: Any) -> np.dtype[Any]:

@@ -70,7 +70,25 @@ def shadow_names(paths: Sequence[Path], what: str) -> list[str]:
     Raises:
         ValueError: two paths would share a name.
     """
-    return leaf_names(paths, what, prefix=SHADOW, verb="saved as")
+    names = leaf_names(paths, what, prefix=SHADOW, verb="saved as")
+    for name in names:
+        check_utf8(name, "a shadow's name")
+    return names
+
+
+def check_utf8(text: str, what: str) -> None:
+    """A header's text must encode as UTF-8 (a lone surrogate does not).
+
+    Raises:
+        ValueError: naming ``what`` and ``text``.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} {text!r} is not UTF-8 text ({err.reason}: {text[err.start]!r} at "
+            f"{err.start}); a safetensors header holds UTF-8 only"
+        ) from None
 
 
 def dtype_name(dtype: Any) -> str:
@@ -106,6 +124,8 @@ def user_metadata(metadata: Any) -> dict[str, str]:
                 f"metadata must map str to str, got {type(key).__name__} {key!r} -> "
                 f"{type(value).__name__} {value!r}"
             )
+        check_utf8(key, "metadata key")
+        check_utf8(value, f"metadata[{key!r}]")
         if key.startswith(PREFIX):
             raise ValueError(
                 f"metadata key {key!r} starts with {PREFIX!r}, which ema-core keeps for its own "

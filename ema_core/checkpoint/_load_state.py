@@ -13,7 +13,7 @@ from ema_core._config import Config, config_differences, config_text
 from ema_core._tree import flatten, path_str, unflatten
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
-from ema_core.checkpoint._arrays import FLOAT, INTEGER, host_dtype, like_array
+from ema_core.checkpoint._arrays import FLOAT, INTEGER, like_array, scalar_array
 from ema_core.checkpoint._format import dtype_name
 from ema_core.checkpoint._load_file import scalar
 
@@ -89,24 +89,24 @@ def _check_leaf(reader: _safetensors.Reader, name: str, leaf: Any, where: str) -
         )
 
 
+_INTEGER_NAMES = tuple(f"{u}int{b}" for b in (8, 16, 32, 64) for u in ("", "u"))
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
 def _scalar_like(reader: _safetensors.Reader, name: str, like: Any) -> Any:
     """A thunk making the file's step or weight in ``like``'s type, dtype and device, checked
     now (it must fit ``like``'s integer dtype) and made later, after every check."""
     value = scalar(reader, name, INTEGER if name == "step" else FLOAT)
-    python, kinds = (int, "iu") if name == "step" else (float, "f")
+    python, names = (int, _INTEGER_NAMES) if name == "step" else (float, _FLOAT_NAMES)
     if type(like) is python:
         return lambda: python(value)
-    dtype = host_dtype(like) if hasattr(like, "dtype") and hasattr(like, "shape") else None
-    if dtype is None or dtype.kind not in kinds or tuple(like.shape) != ():
+    found = dtype_name(like.dtype) if hasattr(like, "dtype") and hasattr(like, "shape") else None
+    if found not in names or tuple(like.shape) != ():
         raise TypeError(
             f"like.{name} must be {'an int' if name == 'step' else 'a float'} or a 0-d "
             f"{'integer' if name == 'step' else 'floating'} array, got {type(like).__name__}"
-            f"{'' if dtype is None else f' of dtype {dtype}'}"
+            f"{'' if found is None else f' of dtype {found}'}"
         )
-    if (
-        name == "step"
-        and dtype.kind in "iu"
-        and not np.iinfo(dtype).min <= value <= np.iinfo(dtype).max
-    ):
-        raise ValueError(f"{reader.path}: step {value} does not fit like.step's dtype {dtype}")
-    return lambda: like_array(np.asarray(value, dtype=dtype), like)
+    if name == "step" and not np.iinfo(found).min <= value <= np.iinfo(found).max:
+        raise ValueError(f"{reader.path}: step {value} does not fit like.step's dtype {found}")
+    return lambda: scalar_array(value, like)  # bfloat16 too (numpy may not know it)

@@ -16,7 +16,7 @@ from ema_core._arguments import config_hint
 from ema_core._atomic import resolve_link, write_atomic
 from ema_core._checks import packed_hint
 from ema_core._config import Config, config_text, stable_text
-from ema_core._tree import flatten
+from ema_core._tree import flatten, path_str
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
 from ema_core.checkpoint._arrays import MAX_STEP, check_scalar, host_bytes, saveable
@@ -151,6 +151,8 @@ def contents(ema_or_state: Any, config: Config | None) -> Contents:
         )
     shadows = state["shadow"]
     names = [f"{SHADOW}/{escape(name)}" for name in shadows]
+    for name in names:
+        _format.check_utf8(name, "a shadow's name")
     arrays = [*shadows.values(), state["step"], state["weight"]]
     return Contents([*names, "step", "weight"], arrays, stable_text(state["config"]), "EMA")
 
@@ -175,6 +177,13 @@ def torch_ema_state(value: Any) -> dict[str, Any] | None:
 
 def _state_contents(state: EMAState, config: Config | None) -> Contents:
     leaves, paths, _ = flatten(state.shadow, "ema_or_state.shadow")
+    named = [(path_str("shadow", p), x) for p, x in zip(paths, leaves, strict=True)]
+    for where, x in [("step", state.step), ("weight", state.weight), *named]:
+        if callable(getattr(x, "is_deleted", None)) and x.is_deleted():  # a JAX array
+            raise ValueError(
+                f"ema_or_state.{where} was deleted (donated to a jitted update, which deletes "
+                "the arrays it is given): save the state that update returned"
+            )
     names = _format.shadow_names(paths, "ema_or_state.shadow")
     scalars = [_scalar(state.step, "step", np.int64), _scalar(state.weight, "weight", np.float64)]
     text = None if config is None else config_text(config)
