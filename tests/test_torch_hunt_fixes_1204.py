@@ -127,3 +127,79 @@ def test_negative_and_conjugate_view_shadows_update_beside_plain_ones(decay: flo
     assert out["z"].tolist() == [complex(2 * keep, keep)] * 3
     assert conj_base.tolist() == [complex(2 * keep, -keep)] * 3
     assert out["i"].tolist() == [4, 6]
+
+
+# --- a third hunt (unusual inputs to the class) --------------------------------------------------
+
+
+def _meta_model() -> tuple[torch.nn.Module, EMA]:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    return model, EMA(model, decay=0.5)
+
+
+def test_a_meta_step_is_refused_before_any_write_and_the_ema_goes_on() -> None:
+    model, ema = _meta_model()
+    with torch.no_grad():
+        model[1].running_mean.add_(1.0)  # a copied buffer: the first thing an update writes
+    before = {k: v.clone() for k, v in ema.state_dict()["shadow"].items()}
+    with pytest.raises(ValueError, match="step is a meta tensor"):
+        ema.update(torch.tensor(1, device="meta"))
+    for k, v in ema.state_dict()["shadow"].items():
+        assert torch.equal(v, before[k]), k
+    ema.update(1)
+    assert ema.step == 1 and torch.equal(ema.average["1.running_mean"], torch.ones(2))
+
+
+def test_a_bank_refuses_a_meta_step_before_any_write() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    bank = EMABank(model, [Config(schedule=0.5), Config(schedule=0.9)])
+    with pytest.raises(ValueError, match="step is a meta tensor"):
+        bank.update(torch.tensor(1, device="meta"))
+    assert [ema.step for ema in bank] == [0, 0]
+    bank.update(1)
+    assert [ema.step for ema in bank] == [1, 1]
+
+
+def test_a_schedule_returning_a_meta_tensor_is_a_value_error_naming_it() -> None:
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, config=Config(schedule=lambda t: torch.tensor(0.5, device="meta")))
+    with pytest.raises(ValueError, match=r"schedule\(t\) .* returned a meta tensor"):
+        ema.update()
+    assert ema.step == 0
+
+
+def _loaded_back(size: int) -> tuple[bool, bool]:
+    """One round: a bf16 model and its EMA pickled, dropped, loaded back and updated; whether
+    the loaded tensors took the dropped ones' addresses, and whether the update was right."""
+    import gc
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(size, size, bias=False).to(torch.bfloat16)
+    ema = EMA(model, decay=0.5)
+    ema.update()  # binds the host engine's views
+    blob = pickle.dumps((model, ema))
+    old = [model.weight.data_ptr(), ema._bound.shadows[0].data_ptr()]
+    del model, ema
+    gc.collect()
+    model, ema = pickle.loads(blob)
+    reused = [model.weight.data_ptr(), ema._bound.shadows[0].data_ptr()] == old
+    before = ema.average["weight"].clone()
+    with torch.no_grad():
+        model.weight.add_(4)
+    ema.update()
+    right = torch.equal(ema.average["weight"], before + 0.5 * (model.weight.float() - before))
+    return reused, right
+
+
+def test_an_ema_loaded_back_in_the_same_process_updates_its_own_shadows() -> None:
+    """Unpickled, an EMA watches its loaded tensors afresh: pickled, its watch held the old
+    addresses and its host-engine views were copies of the old memory, so a loaded tensor at a
+    reused address passed for unchanged and updates went into those copies. The allocator
+    reuses the addresses within a few rounds here: every round must be right, and the rounds
+    stop at the first reuse seen (the case that failed)."""
+    for _ in range(30):
+        for size in (16, 32, 48, 64):
+            reused, right = _loaded_back(size)
+            assert right, f"size {size}: the loaded EMA's update missed its shadows"
+            if reused:
+                return

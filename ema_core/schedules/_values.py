@@ -50,6 +50,8 @@ def checked_value(fn: Callable[..., Any], value: Any, ops: Ops) -> Any:
         raise TypeError(_wrong(fn, ops, what))
     if compat.is_numpy_array(value):  # a host value: used as a Python float
         return _in_range(float(value), ops)
+    if compat.is_torch_array(value) and value.is_meta:  # no value to read or blend with
+        raise ValueError(_wrong(fn, ops, "a meta tensor (it holds no value)"))
     if isinstance(ops, ScalarOps):  # a host step: the schedule is computed on the host
         if _is_traced(value):
             raise TypeError(

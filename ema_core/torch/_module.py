@@ -221,6 +221,14 @@ class EMA:
             )
         return {**self.__dict__, "_swapped": False, "_lending": False}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling: the binding watches the loaded tensors afresh and drops the host engine's
+        views it kept (pickled as copies of the old memory, and the watch as the old addresses:
+        a loaded tensor at an old address would have passed for unchanged, and the engine then
+        blended into those copies, not the shadows)."""
+        self.__dict__.update(state)
+        self._bound._watch(self._bound.tracked)
+
     def _apply(self, t: int | torch.Tensor, decay: Value, rate: Value) -> None:
         """Update at step t (or finish its pending update) and count the step."""
         _steps.apply(self, t, decay, rate)

@@ -19,8 +19,14 @@ def check_not_back(step: int | torch.Tensor, current: int | torch.Tensor) -> Non
     host holds both values (Python ints, CPU tensors); device values are trusted.
 
     Raises:
-        ValueError: ``step < current``.
+        ValueError: ``step < current``, or ``step`` is a meta tensor (checked first: an update
+            at it would copy the exact leaves, then fail on its meta decay).
     """
+    if isinstance(step, torch.Tensor) and step.is_meta:  # its decay would be meta too
+        raise ValueError(
+            "step is a meta tensor (it holds no value): pass an int or a 0-d integer tensor "
+            "with data (on the CPU or the model's device)"
+        )
     new, old = _host_int(step), _host_int(current)
     if new is not None and old is not None and new < old:
         raise ValueError(
