@@ -237,7 +237,12 @@ def read_average(state: EMAState, config: Config) -> Tree:
     xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
     weight = 1.0 if config.correction == "none" else state.weight
     if config.correction == "power":
-        weight = power_weight(config.schedule, concrete_step(state.step, "state.step"))  # type: ignore[arg-type]
+        weight = power_weight(
+            config.schedule,  # type: ignore[arg-type]
+            concrete_step(state.step, "state.step"),
+            config.interval,
+            config.compensate,
+        )
     weight = float(weight) if is_host_array(weight) else weight
     backend = get_backend(xp)
     check_storage(backend, leaves, paths, "state.shadow")

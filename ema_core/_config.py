@@ -48,7 +48,9 @@ class Config:
         guard_finite: check that the params are finite before updating (a host sync per update).
         correction: how ``average`` corrects a ``"zeros"`` shadow: ``"exact"`` divides by
             ``w_t = 1 - prod(d_1..d_t)``; ``"power"`` by ``1 - d_t ** t`` with the decay in force
-            at step t (Paddle, TF ``zero_debias``; equal to ``"exact"`` for a constant decay);
+            at step t (Paddle, TF ``zero_debias``; equal to ``"exact"`` for a constant decay:
+            with an ``interval`` k the exponent counts the decays taken, ``k * (t // k)``, or
+            ``t // k`` without ``compensate``);
             ``"none"`` returns the raw shadow (optax ``debias=False``). Either way the read
             of a half shadow is float32, as optax returns it.
         buffers: for adapters that see module buffers (torch ``nn.Module``): floating buffers
@@ -144,19 +146,29 @@ vars(Config)["__new__"].__func__.__signature__ = _INIT.replace(
 )
 
 
-def power_weight(schedule: Schedule, t: Any) -> Any:
-    """``1 - d_t ** t`` with ``d_t = schedule(t)`` (0 at t = 0), via ``-expm1(t log1p(-rate))``.
+def power_weight(schedule: Schedule, t: Any, interval: int = 1, compensate: bool = True) -> Any:
+    """``1 - d_t ** n`` with ``d_t = schedule(t)`` and ``n`` the decays the shadow took by step
+    t: ``t`` itself, or with an ``interval`` k the steps at multiples of k (``floor(t / k)``,
+    times k where ``compensate`` applies k decays there), so that for a constant decay it is
+    the exact weight; 0 at n = 0. Computed as ``-expm1(n log1p(-rate))``.
 
     A Python float for a Python int t, a 0-d float array for an array t.
     """
     ops = ops_for(t, "state.step")
     _, rate = schedule.pair(ops)
+    per = interval if compensate else 1
     if isinstance(ops, ScalarOps):
-        if t == 0 or rate >= 1.0:
-            return 0.0 if t == 0 else 1.0
-        return -math.expm1(t * math.log1p(-rate))
-    weight = -ops.expm1(ops.t * ops.log1p(-ops.minimum(rate, 1.0)))
-    return ops.where(ops.t == 0.0, 0.0, ops.where(rate >= 1.0, 1.0, weight))
+        n = ops.raw // interval * per  # (a CPU tensor step read as an int)
+        if n == 0 or rate >= 1.0:
+            return 0.0 if n == 0 else 1.0
+        return -math.expm1(n * math.log1p(-rate))
+    count = ops.t
+    if interval > 1:  # an interval past the step dtype's top is never reached: n = 0
+        top = int(ops.xp.iinfo(ops.raw.dtype).max)
+        taken = ops.raw // interval * per if interval <= top else ops.xp.zeros_like(ops.raw)
+        count = ops.xp.astype(taken, ops.dtype)
+    weight = -ops.expm1(count * ops.log1p(-ops.minimum(rate, 1.0)))
+    return ops.where(count == 0.0, 0.0, ops.where(rate >= 1.0, 1.0, weight))
 
 
 def shadow_dtype_name(config_dtype: str | None, param_dtype_name: str) -> str:

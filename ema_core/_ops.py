@@ -94,9 +94,12 @@ def host_float(x: Any) -> float:
 class ScalarOps:
     """Operations on Python floats."""
 
-    def __init__(self, t: int) -> None:
+    def __init__(self, t: int, given: Any = None) -> None:
         self.raw: Any = t
         self.t: Any = float(t)
+        #: The step as the caller gave it (a CPU tensor read as ``t``): what a user's callable
+        #: schedule is called with, as before.
+        self.given: Any = t if given is None else given
 
     def const(self, value: float) -> Any:
         return float(value)
@@ -165,7 +168,9 @@ Ops = ScalarOps | ArrayOps
 
 
 def ops_for(t: Any, name: str = "t") -> Ops:
-    """Validate an update count and pick the arithmetic for it.
+    """Validate an update count and pick the arithmetic for it: Python floats for a Python
+    int and for a CPU torch tensor (read once: it then gives the bits the same int step gives),
+    the array's namespace for other arrays.
 
     Raises:
         TypeError: ``t`` is not a Python int or a 0-d integer array.
@@ -173,7 +178,11 @@ def ops_for(t: Any, name: str = "t") -> Ops:
             value: Python ints, host arrays, CPU torch tensors, concrete CPU JAX arrays).
     """
     check_step(t, name)
-    return ScalarOps(t) if isinstance(t, int) else ArrayOps(t)
+    if isinstance(t, int):
+        return ScalarOps(t)
+    if compat.is_torch_array(t) and is_readable(t):  # a CPU tensor: the int step's floats
+        return ScalarOps(int(t), given=t)
+    return ArrayOps(t)
 
 
 def check_step(t: Any, name: str = "t") -> None:

@@ -67,7 +67,7 @@ class FromCallable(Schedule):
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         try:
-            value = self.fn(ops.raw)
+            value = self.fn(getattr(ops, "given", ops.raw))  # the step as given
         except Exception as error:
             if sys.version_info >= (3, 11):  # 3.10 has no notes: the traceback shows the call
                 error.add_note(note_for(self.fn, ops))

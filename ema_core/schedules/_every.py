@@ -29,6 +29,8 @@ class Every(Schedule):
         if not isinstance(ops, ScalarOps) and self._host_count(ops.raw):
             decay, rate = self.pair(ScalarOps(int(ops.raw)))  # a count the host holds
             return ops.const(decay), ops.const(rate)
+        if not isinstance(ops, ScalarOps) and self.n > _top(ops.raw):
+            return ops.const(1.0), ops.const(0.0)  # 0 < t <= the dtype's top < n: never due
         gate = (ops.raw % self.n == 0) & (ops.raw > 0)
         if isinstance(ops, ScalarOps):
             if not gate:
@@ -124,6 +126,11 @@ def _is_traced(t: Any) -> bool:
     return compat.is_jax_array(t) and isinstance(t, sys.modules["jax"].core.Tracer)
 
 
+def _top(t: Any) -> int:
+    """The largest value of an integer count's dtype (a wider constant would overflow it)."""
+    return int(compat.array_namespace(t).iinfo(t.dtype).max)
+
+
 def _clip0(t: Any) -> Any:
     return compat.array_namespace(t).clip(t, min=0)
 
@@ -144,6 +151,8 @@ class CopyAt(Schedule):
         return self.inner.elementwise
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        if not isinstance(ops, ScalarOps) and self.first > _top(ops.raw):
+            return self.inner.pair(ops)  # a count of this dtype never reaches the first step
         at_first = ops.raw == self.first
         if isinstance(ops, ScalarOps):
             return (0.0, 1.0) if at_first else self.inner.pair(ops)

@@ -94,7 +94,8 @@ def _read(
     if config.init != "zeros" or config.correction == "none":
         return [s.copy() for s in shadow]
     if config.correction == "power":
-        weight = float(power_weight(config.schedule, t))  # type: ignore[arg-type]
+        schedule: Any = config.schedule
+        weight = float(power_weight(schedule, t, config.interval, config.compensate))
     divide = weight not in (0.0, 1.0)
     return [s / weight if f and divide else s.copy() for s, f in zip(shadow, floating, strict=True)]
 

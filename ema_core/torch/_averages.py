@@ -33,7 +33,7 @@ def read(
     if config.correction == "none":
         weight = 1.0
     elif config.correction == "power":
-        weight = power_weight(config.schedule, step)  # type: ignore[arg-type]
+        weight = power_weight(config.schedule, step, config.interval, config.compensate)  # type: ignore[arg-type]
     if isinstance(weight, torch.Tensor) and weight.device != shadow.device:
         # a CUDA step over host shadows (``device="cpu"``) leaves the weight on the GPU
         weight = weight.to(shadow.device)
