@@ -68,14 +68,17 @@ def _shown(value: Any) -> str:
     return f"{sign} int of {value.bit_length()} bits"
 
 
-def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    """A ``TypeError`` for a value of none of the allowed values' types (``3`` among strings),
-    else a ``ValueError`` for a value not allowed."""
-    kinds = {type(a) for a in allowed}
-    if type(value) in kinds and value in allowed:  # not True for 1, nor 1.0 for 1
-        return
-    error = ValueError if type(value) in kinds else TypeError
-    raise error(f"{name} must be one of {list(allowed)}, got {value!r}")
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    """The allowed value equal to ``value`` (a ``str`` subclass such as ``np.str_`` or a
+    ``StrEnum`` member given as the plain ``str``); a ``TypeError`` for a value of none of the
+    allowed values' types (``3`` among strings, a bool), else a ``ValueError``."""
+    kinds = tuple({type(a) for a in allowed})
+    typed = isinstance(value, kinds) and not isinstance(value, bool)  # not True for 1
+    if typed and value in allowed:
+        return allowed[list(allowed).index(value)]
+    raise (ValueError if typed else TypeError)(
+        f"{name} must be one of {list(allowed)}, got {value!r}"
+    )
 
 
 def check_decay_value(value: Any, name: str = "decay", step: Any = None) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from ema_core._checks import check_choice, check_positive
 from ema_core._config_words import PEER_WORDS
-from ema_core._ops import MAX_STEP, ScalarOps, ops_for
+from ema_core._ops import MAX_STEP, ScalarOps, as_given, ops_for
 from ema_core._types import InitPolicy, NonFloatPolicy, Step, Value
 from ema_core.schedules import CopyAt, Schedule, as_schedule, constant, every
 
@@ -84,19 +84,24 @@ class Config:
             )
         return object.__new__(cls)
 
+    def _choose(self, field: str, allowed: tuple[Any, ...]) -> None:
+        """Check a choice field, kept as the allowed value itself (``np.str_`` as ``str``)."""
+        value = check_choice(f"Config.{field}", getattr(self, field), allowed)
+        object.__setattr__(self, field, value)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", as_schedule(self.schedule, "Config.schedule"))
-        check_choice("Config.init", self.init, _INIT_POLICIES)
-        check_choice("Config.dtype", self.dtype, _DTYPES)
+        self._choose("init", _INIT_POLICIES)
+        self._choose("dtype", _DTYPES)
         check_positive("Config.interval", self.interval, integer=True)
         if self.interval > MAX_STEP:
             raise ValueError(
                 f"Config.interval must be an int in [1, 2**63 - 1], got "
                 f"{self.interval if self.interval < 2**128 else 'an int beyond 2**128'}"
             )
-        check_choice("Config.non_float", self.non_float, _NON_FLOAT)
-        check_choice("Config.correction", self.correction, _CORRECTIONS)
-        check_choice("Config.buffers", self.buffers, _BUFFERS)
+        self._choose("non_float", _NON_FLOAT)
+        self._choose("correction", _CORRECTIONS)
+        self._choose("buffers", _BUFFERS)
         for name in ("compensate", "guard_finite"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"Config.{name} must be a bool, got {getattr(self, name)!r}")
@@ -160,8 +165,8 @@ def power_weight(schedule: Schedule, t: Any, interval: int = 1, compensate: bool
     if isinstance(ops, ScalarOps):
         n = ops.raw // interval * per  # (a CPU tensor step read as an int)
         if n == 0 or rate >= 1.0:
-            return 0.0 if n == 0 else 1.0
-        return -math.expm1(n * math.log1p(-rate))
+            return as_given(ops, 0.0 if n == 0 else 1.0)
+        return as_given(ops, -math.expm1(n * math.log1p(-rate)))
     count = ops.t
     if interval > 1:  # an interval past the step dtype's top is never reached: n = 0
         top = int(ops.xp.iinfo(ops.raw.dtype).max)

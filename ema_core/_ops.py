@@ -185,6 +185,17 @@ def ops_for(t: Any, name: str = "t") -> Ops:
     return ArrayOps(t)
 
 
+def as_given(ops: Ops, value: Any) -> Any:
+    """``value`` computed by ``ops`` as the caller's step calls for: a 0-d float64 tensor where
+    a CPU torch tensor step was read as an int (a 0-d array step gives a 0-d float array), the
+    value itself otherwise."""
+    given = getattr(ops, "given", None)
+    if given is None or given is ops.raw or not isinstance(value, (int, float)):
+        return value
+    torch = sys.modules["torch"]  # the step was a torch tensor
+    return torch.tensor(value, dtype=torch.float64)
+
+
 def check_step(t: Any, name: str = "t") -> None:
     """``ops_for``'s checks alone (its ``Raises``), for a caller that computes elsewhere."""
     if isinstance(t, bool) or not (isinstance(t, int) or compat.is_array_api_obj(t)):

@@ -162,3 +162,28 @@ def test_a_step_of_another_framework_that_cannot_be_read_is_refused_before_any_w
     with pytest.raises(TypeError, match=r"step is a 0-d array of jax.*cannot be read"):
         jax.jit(inside)(jax.numpy.asarray(3))
     assert shadow["count"].tolist() == [0, 0] and shadow["w"].tolist() == [0.0] * 3
+
+
+def test_a_config_choice_given_as_a_str_subclass_is_kept_as_the_plain_str() -> None:
+    import enum
+
+    class Correction(str, enum.Enum):
+        POWER = "power"
+
+    for given in (np.str_("power"), Correction.POWER):
+        config = ema.Config(correction=given, init=np.str_("zeros"))  # type: ignore[arg-type]
+        assert type(config.correction) is str and config.correction == "power"
+        assert type(config.init) is str and config.init == "zeros"
+    assert ema.Config(correction=np.str_("power")) == ema.Config(correction="power")
+
+
+def test_a_schedule_at_a_cpu_tensor_step_gives_a_0d_float64_tensor() -> None:
+    torch = pytest.importorskip("torch")
+    from ema_core._config import power_weight
+
+    schedule = schedules.num_updates(0.999)
+    for value in (schedule(torch.tensor(8)), *schedule.decay_and_rate(torch.tensor(8))):
+        assert isinstance(value, torch.Tensor) and value.dtype == torch.float64
+    assert float(schedule(torch.tensor(8))) == schedule(8)
+    weight = power_weight(schedule, torch.tensor(8))
+    assert isinstance(weight, torch.Tensor) and float(weight) == power_weight(schedule, 8)

@@ -257,3 +257,18 @@ def test_bank_save_snapshots_of_a_donated_state_names_it(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match=r"states\[0\]\.step was deleted"):
         bank.save_snapshots(tmp_path, states)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float16_subnormal_params_are_averaged_not_flushed() -> None:
+    """The half-params fix keeps the rounding without ``reduce_precision``, which flushed
+    float16 values below 6.1e-5 to zero."""
+    from ema_core.jax import make_update
+
+    config = ema.Config(schedule=0.5)
+    values = np.asarray([1e-6, -3e-7, 5.96e-8, 1e-5, 0.5], np.float16)
+    params = {"w": jnp.asarray(values)}
+    want = (values.astype(np.float32) * np.float32(0.5)).tolist()
+    for update in (lambda s, p: ema.update(s, p, config), make_update(config)):
+        state = ema.init({"w": jnp.zeros(5, jnp.float16)}, config)
+        assert state.shadow["w"].dtype == jnp.float32
+        assert update(state, params).shadow["w"].tolist() == want

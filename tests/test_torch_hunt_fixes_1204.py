@@ -203,3 +203,27 @@ def test_an_ema_loaded_back_in_the_same_process_updates_its_own_shadows() -> Non
             assert right, f"size {size}: the loaded EMA's update missed its shadows"
             if reused:
                 return
+
+
+class _Holder(torch.nn.Module):
+    """A model that holds an EMA of itself, as a LightningModule built in ``__init__`` may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 2)
+        self.ema = EMA(self, decay=0.5)  # not a Module: not one of its own tensors
+
+
+def test_an_ema_held_by_its_own_model_unpickles_and_updates() -> None:
+    """Pickle restores the EMA before the model holding it: unpickling must not read the
+    module (it only makes the next look rebind)."""
+    holder = _Holder()
+    holder.ema.update()
+    copies = [pickle.loads(pickle.dumps(holder)), torch.load(_save(holder), weights_only=False)]
+    for loaded in copies:
+        before = loaded.ema.average["layer.weight"].clone()
+        with torch.no_grad():
+            loaded.layer.weight.add_(2.0)
+        loaded.ema.update()
+        want = before + 0.5 * (loaded.layer.weight.detach() - before)
+        assert torch.allclose(loaded.ema.average["layer.weight"], want) and loaded.ema.step == 2

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ema_core._checks import _shown
-from ema_core._ops import MAX_STEP, ArrayOps, Ops, ScalarOps, ops_for
+from ema_core._ops import MAX_STEP, ArrayOps, Ops, ScalarOps, as_given, ops_for
 from ema_core._types import Step, Value
 from ema_core.schedules._values import checked_value, note_for
 
@@ -48,7 +48,9 @@ class Schedule(abc.ABC):
 
     def decay_and_rate(self, t: Step, /) -> tuple[Value, Value]:
         """Validate t, then return ``(decay, 1 - decay)``."""
-        return self.pair(ops_for(t))
+        ops = ops_for(t)
+        decay, rate = self.pair(ops)
+        return as_given(ops, decay), as_given(ops, rate)
 
     @abc.abstractmethod
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:

@@ -53,6 +53,10 @@ def checked_value(fn: Callable[..., Any], value: Any, ops: Ops) -> Any:
     if compat.is_torch_array(value) and value.is_meta:  # no value to read or blend with
         raise ValueError(_wrong(fn, ops, "a meta tensor (it holds no value)"))
     if isinstance(ops, ScalarOps):  # a host step: the schedule is computed on the host
+        given = getattr(ops, "given", ops.raw)  # a CPU torch tensor step, read as an int
+        if given is not ops.raw and compat.array_namespace(given) is not xp:
+            what = f"a {_short(xp)} array for a {_short(compat.array_namespace(given))} step"
+            raise TypeError(_wrong(fn, ops, what))
         if _is_traced(value):
             raise TypeError(
                 _wrong(fn, ops, "a traced array for a Python-int step")

@@ -222,12 +222,15 @@ class EMA:
         return {**self.__dict__, "_swapped": False, "_lending": False}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickling: the binding watches the loaded tensors afresh and drops the host engine's
-        views it kept (pickled as copies of the old memory, and the watch as the old addresses:
-        a loaded tensor at an old address would have passed for unchanged, and the engine then
-        blended into those copies, not the shadows)."""
+        """Unpickling: the host engine's views kept are dropped (pickled as copies of the old
+        memory) and the watch is made to see a change (it holds the old addresses: a loaded
+        tensor at an old address would have passed for unchanged, and the engine then blended
+        into those copies), so the next look rebinds to the loaded tensors. The module is not
+        read here: an EMA held by its own model (``model.ema = EMA(model)``) is unpickled before
+        that model is."""
         self.__dict__.update(state)
-        self._bound._watch(self._bound.tracked)
+        self._bound.store.forget()
+        self._bound.watch.forget()
 
     def _apply(self, t: int | torch.Tensor, decay: Value, rate: Value) -> None:
         """Update at step t (or finish its pending update) and count the step."""

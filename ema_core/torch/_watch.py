@@ -105,6 +105,11 @@ class Watch:
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
         )
 
+    def forget(self) -> None:
+        """Make the next ``same()`` and ``moved()`` see a change (no tensor has address -1):
+        the owner then looks the tensors up again and watches them afresh."""
+        self.pointers = [-1] * len(self.pointers)
+
     def moved(self) -> bool:
         """A cheaper look than ``same()``, for reads between updates (``EMA.average``): whether
         a tracked tensor's data pointer changed (``model.to(dtype)``, ``.to(device)``, a tensor

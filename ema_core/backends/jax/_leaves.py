@@ -180,13 +180,12 @@ def widen(p: Array, ct: Any) -> Array:
     Inside a jit that also computes ``p`` (a train step: ``params + updates`` in bfloat16, then
     the EMA), XLA on its default settings may drop a rounding to bfloat16 followed by the
     widening to float32 and hand the blend the unrounded float32 value: the EMA would average
-    values the model never holds. ``reduce_precision`` to ``p``'s own exponent and mantissa
-    keeps that rounding (on a bfloat16 or float16 input it changes no bit)."""
-    wide = p.astype(ct)
-    if p.dtype == wide.dtype or not jnp.issubdtype(p.dtype, jnp.floating):
-        return wide
-    info = jnp.finfo(p.dtype)  # type: ignore[no-untyped-call]
-    return jax.lax.reduce_precision(wide, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    values the model never holds. An ``optimization_barrier`` on ``p`` keeps it a value of its
+    own dtype, rounded, before the widening (on an input of the jit it changes nothing;
+    ``reduce_precision`` would also flush float16's subnormals to zero)."""
+    if p.dtype == jnp.dtype(ct) or not jnp.issubdtype(p.dtype, jnp.floating):
+        return p.astype(ct)
+    return jax.lax.optimization_barrier(p).astype(ct)  # type: ignore[no-untyped-call]
 
 
 def scalar_device(leaf: Array) -> Any:
