@@ -192,8 +192,8 @@ def as_given(ops: Ops, value: Any) -> Any:
     given = getattr(ops, "given", None)
     if given is None or given is ops.raw or not isinstance(value, (int, float)):
         return value
-    torch = sys.modules["torch"]  # the step was a torch tensor
-    return torch.tensor(value, dtype=torch.float64)
+    torch = sys.modules["torch"]  # the step was a (CPU) torch tensor: beside it, whatever
+    return torch.tensor(value, dtype=torch.float64, device=given.device)  # default device
 
 
 def check_step(t: Any, name: str = "t") -> None:
