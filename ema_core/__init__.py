@@ -9,7 +9,7 @@ How the pieces fit, bottom to top (each layer imports only the ones below it; RE
 
 * The core, framework-free: ``_types`` (the aliases and ``EMAState``); ``_settings`` (the
   ``EMA_CORE_*`` environment variables, read once); ``_ops`` (scalar arithmetic shared by Python
-  numbers and 0-d arrays); ``_paths``, ``_tree``, ``_mappings``, ``_pytree`` (nests flattened and
+  numbers and 0-d arrays; ``_step_forms``: steps in another form than the leaves'); ``_paths``, ``_tree``, ``_mappings``, ``_pytree`` (nests flattened and
   rebuilt, their paths, mapping nodes, JAX-registered nodes) and ``_tree_pair`` (two nests leaf
   for leaf); ``_checks`` (the arguments); ``_leaf_checks``, ``_leaf_dtypes`` and
   ``_leaf_checks_x64`` (the leaves; the dtype rules of a pair; JAX's x64 mode against 64-bit

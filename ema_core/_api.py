@@ -18,15 +18,9 @@ from ema_core._checks import (
 )
 from ema_core._config import Config, power_weight
 from ema_core._leaf_checks import check_finite, check_leaves
-from ema_core._ops import (
-    concrete_step,
-    default_int,
-    is_host_array,
-    next_step,
-    step_in,
-    wide_float,
-)
+from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
 from ema_core._read_checks import check_zeros_read
+from ema_core._step_forms import step_in
 from ema_core._tree import flatten, unflatten
 from ema_core._tree_pair import flatten_pair
 from ema_core._types import Array, EMAState, Step, Tree

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from ema_core._checks import check_choice, check_positive
 from ema_core._config_words import PEER_WORDS
-from ema_core._ops import MAX_STEP, ScalarOps, as_given, ops_for
+from ema_core._ops import MAX_STEP, ScalarOps, ops_for
+from ema_core._step_forms import as_given
 from ema_core._types import InitPolicy, NonFloatPolicy, Step, Value
 from ema_core.schedules import CopyAt, Schedule, as_schedule, constant, every
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ema_core._checks import _shown
-from ema_core._ops import MAX_STEP, ArrayOps, Ops, ScalarOps, as_given, ops_for
+from ema_core._ops import MAX_STEP, ArrayOps, Ops, ScalarOps, ops_for
+from ema_core._step_forms import as_given
 from ema_core._types import Step, Value
 from ema_core.schedules._values import checked_value, note_for
 
