@@ -9,18 +9,18 @@ How the pieces fit, bottom to top (each layer imports only the ones below it; RE
 
 * The core, framework-free: ``_types`` (the aliases and ``EMAState``); ``_settings`` (the
   ``EMA_CORE_*`` environment variables, read once); ``_ops`` (scalar arithmetic shared by Python
-  numbers and 0-d arrays; ``_step_forms``: steps in another form than the leaves'); ``_paths``, ``_tree``, ``_mappings``, ``_pytree`` (nests flattened and
-  rebuilt, their paths, mapping nodes, JAX-registered nodes) and ``_tree_pair`` (two nests leaf
-  for leaf); ``_checks`` (the arguments); ``_leaf_checks``, ``_leaf_dtypes`` and
-  ``_leaf_checks_x64`` (the leaves; the dtype rules of a pair; JAX's x64 mode against 64-bit
-  leaves); ``_writes`` and ``_memory_overlap`` (which shadows take an in-place write, shared
-  memory refused); ``_core`` (the pure leaf math); ``schedules``,
-  ``_config`` and ``_config_words`` (decay schedules; ``Config``; the peers' keywords refused
-  with what to write instead); ``_arguments`` (decay / schedule / config read once for every
-  entry point); ``_read_checks`` (a zero-started state read without bias correction, refused);
-  ``_stateless`` (the plan cache of ``ema_update``); ``_banks``, ``_snapshot_args`` and
-  ``_bank_snapshots`` (what every EMA bank checks, its snapshot settings checked, and its
-  snapshots of a step); ``_atomic`` (crash-safe file writes).
+  numbers and 0-d arrays; ``_step_forms``: steps in another form than the leaves'); ``_paths``,
+  ``_tree``, ``_mappings``, ``_pytree`` (nests flattened and rebuilt, their paths, mapping
+  nodes, JAX-registered nodes) and ``_tree_pair`` (two nests leaf for leaf); ``_checks`` (the
+  arguments); ``_leaf_checks``, ``_leaf_dtypes`` and ``_leaf_checks_x64`` (the leaves; the dtype
+  rules of a pair; JAX's x64 mode against 64-bit leaves); ``_writes`` and ``_memory_overlap``
+  (which shadows take an in-place write, shared memory refused); ``_core`` (the pure leaf math);
+  ``schedules``, ``_config`` and ``_config_words`` (decay schedules; ``Config``; the peers'
+  keywords refused with what to write instead); ``_arguments`` (decay / schedule / config read
+  once for every entry point); ``_read_checks`` (a zero-started state read without bias
+  correction, refused); ``_stateless`` (the plan cache of ``ema_update``); ``_banks``,
+  ``_snapshot_args`` and ``_bank_snapshots`` (what every EMA bank checks, its snapshot settings
+  checked, and its snapshots of a step); ``_atomic`` (crash-safe file writes).
 * Beside the core, needing numpy (imported only by ``checkpoint`` and ``posthoc``):
   ``_safetensors`` (the safetensors format, one tensor at a time) and ``_bf16`` (bfloat16 as its
   bits).

@@ -101,10 +101,10 @@ def test_each_integration_imports_its_framework_only_when_used_and_is_an_extra()
 # the files and folders the README's tree names (outside ema_core a map, not a full listing; for
 # the folders of ema_core every module, which test_layout_lists_every_module_of_ema_core pins)
 LAYOUT = {
-    "ema_core": "__init__ _types _settings _ops _step_forms _paths _tree _tree_pair _pytree _mappings _checks "
-    "_leaf_checks _leaf_checks_x64 _leaf_dtypes _writes _memory_overlap _core _config "
-    "_config_words _arguments _read_checks _stateless _banks _snapshot_args _bank_snapshots "
-    "_atomic _safetensors _bf16 _api",
+    "ema_core": "__init__ _types _settings _ops _step_forms _paths _tree _tree_pair _pytree "
+    "_mappings _checks _leaf_checks _leaf_checks_x64 _leaf_dtypes _writes _memory_overlap _core "
+    "_config _config_words _arguments _read_checks _stateless _banks _snapshot_args "
+    "_bank_snapshots _atomic _safetensors _bf16 _api",
     "ema_core/backends": "__init__ generic numpy _numpy_memory cupy _cupy_kernels",
     "ema_core/backends/host": "_threads _numba _numba_loops _numba_tables _blocks _bank "
     "_bank_loops",
