@@ -15,6 +15,7 @@ ends (d = 1 keeps s, d = 0 gives p). It runs in float32 or wider, never in a hal
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import array_api_compat as compat
@@ -124,7 +125,10 @@ def init_leaf(xp: Namespace, param: Array, shadow_dtype: DType | None, zeros: bo
     """A new shadow leaf: a copy of ``param`` (in ``shadow_dtype`` when given) or zeros. Either
     follows ``param``: its device, and a JAX array's sharding and commitment (zeros made on
     ``param``'s device would be committed beside uncommitted params, and a jitted update of the
-    state would compile twice)."""
+    state would compile twice). An empty param's copy is made as zeros: JAX's copy of an empty
+    sharded array loses its sharding, which ``zeros_like`` keeps."""
+    if math.prod(param.shape) == 0:
+        return xp.zeros_like(param, dtype=param.dtype if shadow_dtype is None else shadow_dtype)
     if shadow_dtype is None:
         return xp.asarray(param, copy=True)
     if zeros:

@@ -197,11 +197,18 @@ def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> No
                     "returned"
                 ) from None
         raise
-    if ds is not None and dp is not None and ds != dp:
+    if ds is not None and dp is not None and ds != dp and not _equivalent(ds, dp, s):
         raise ValueError(
             f"{path_str(names[0], path)} is on device {ds} but {path_str(names[1], path)} is on "
             f"{dp}; move them to one device"
         )
+
+
+def _equivalent(ds: Any, dp: Any, s: Array) -> bool:
+    """Two JAX shardings that place ``s``'s elements alike (``P('x',)`` and ``P('x', None)``;
+    ``P()`` and ``P(None,)``): the same devices for the same elements, spelled otherwise."""
+    same = getattr(ds, "is_equivalent_to", None)
+    return same is not None and hasattr(dp, "is_equivalent_to") and bool(same(dp, s.ndim))
 
 
 def check_finite(

@@ -272,3 +272,37 @@ def test_float16_subnormal_params_are_averaged_not_flushed() -> None:
         state = ema.init({"w": jnp.zeros(5, jnp.float16)}, config)
         assert state.shadow["w"].dtype == jnp.float32
         assert update(state, params).shadow["w"].tolist() == want
+
+
+def test_an_empty_sharded_leaf_and_equivalent_shardings_on_a_mesh() -> None:
+    """``init`` keeps an empty leaf's sharding (JAX's copy of an empty sharded array dropped
+    it, and ``make_update`` then refused the state ``init`` made); the eager update takes a
+    shadow whose sharding places the elements as its param's does under another spelling
+    (``P('x',)`` and ``P('x', None)``, or ``P()`` and ``P(None,)``)."""
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, ema_core as ema
+        from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+        from ema_core.jax import make_update
+        config = ema.Config(schedule=0.5)
+        mesh = jax.make_mesh((2,), ("x",))
+        empty = {"z": jax.device_put(jnp.zeros((0, 4)), NamedSharding(mesh, P(None, "x")))}
+        state = ema.init(empty, config)
+        assert state.shadow["z"].sharding.is_equivalent_to(empty["z"].sharding, 2)
+        assert int(make_update(config)(state, empty).step) == 1
+        auto = jax.make_mesh((2,), ("x",), axis_types=(AxisType.Auto,))
+        params = {"w": jax.device_put(jnp.ones((8, 4)), NamedSharding(auto, P("x")))}
+        state = ema.init(params, config)
+        step = jax.jit(lambda t: {"w": t["w"] + 1.0},
+                       out_shardings={"w": NamedSharding(auto, P("x", None))})
+        moved = step(params)
+        assert moved["w"].sharding != state.shadow["w"].sharding  # as the check compared them
+        assert ema.update(state, moved, config).shadow["w"].tolist()[0] == [1.5] * 4
+        explicit = jax.make_mesh((2,), ("x",), axis_types=(AxisType.Explicit,))
+        flat = {"r": jax.device_put(jnp.ones(5), NamedSharding(explicit, P()))}
+        state = ema.init(flat, config)
+        assert int(ema.update(state, flat, config).step) == 1
+        print("MESH-OK")
+        """
+    )
+    run_on_two_cpu_devices(script, "MESH-OK")
