@@ -227,3 +227,14 @@ def test_an_ema_held_by_its_own_model_unpickles_and_updates() -> None:
         loaded.ema.update()
         want = before + 0.5 * (loaded.layer.weight.detach() - before)
         assert torch.allclose(loaded.ema.average["layer.weight"], want) and loaded.ema.step == 2
+
+
+def test_a_shallow_copy_of_a_bank_shares_no_ema() -> None:
+    """``copy.copy(bank)``, as ``copy.copy(ema)``: EMAs of their own (a shallow copy held the
+    same EMAs, which the two banks then updated twice)."""
+    model = torch.nn.Linear(2, 2)
+    bank = EMABank(model, [Config(schedule=0.5), Config(schedule=0.9)])
+    twin = copy.copy(bank)
+    assert all(a is not b for a, b in zip(bank, twin, strict=True))
+    twin.update()
+    assert [ema.step for ema in bank] == [0, 0] and [ema.step for ema in twin] == [1, 1]

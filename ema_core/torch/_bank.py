@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -123,6 +124,11 @@ class EMABank:
 
     def __repr__(self) -> str:
         return f"EMABank({len(self.emas)} EMAs of {len(self.emas[0].names)} tensors)"
+
+    def __copy__(self) -> EMABank:
+        """``copy.copy``: as ``copy.deepcopy`` (the EMAs copy as ``EMA`` does, sharing no
+        shadow; a shallow copy would hold the same EMAs, updated twice by the two banks)."""
+        return copy.deepcopy(self)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copied or pickled without the fused plan (views of the EMAs' memory, numba's among
