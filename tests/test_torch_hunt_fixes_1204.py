@@ -238,3 +238,54 @@ def test_a_shallow_copy_of_a_bank_shares_no_ema() -> None:
     assert all(a is not b for a, b in zip(bank, twin, strict=True))
     twin.update()
     assert [ema.step for ema in bank] == [0, 0] and [ema.step for ema in twin] == [1, 1]
+
+
+def _two_units() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    model[1].double()  # fp32 and fp64: two units of the store, so one can fail after the other
+    return model
+
+
+def _bump(model: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("retry", [3, None], ids=["same-step", "no-step"])
+def test_a_bank_retrying_a_member_update_cut_short_applies_it_once(
+    monkeypatch: pytest.MonkeyPatch, retry: int | None
+) -> None:
+    """``bank[k].update(3)`` cut short by an exception, then ``bank.update(3)`` (or
+    ``bank.update()``): as ``EMA.update``, the call completes the pending update and does not
+    apply that step again (the bank applied it twice). The others update as usual."""
+    from ema_core.torch import _store
+
+    model, clean_model = _two_units(), _two_units()
+    bank = EMABank(model, [Config(schedule=0.5), Config(schedule=0.9)])
+    clean = EMABank(clean_model, [Config(schedule=0.5), Config(schedule=0.9)])
+    for t in (1, 2):
+        _bump(model, t), _bump(clean_model, t)
+        bank.update(t), clean.update(t)
+    _bump(model, 3), _bump(clean_model, 3)
+    real, calls = _store.apply, []
+
+    def second_fails(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("cut short")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_store, "apply", second_fails)
+    with pytest.raises(RuntimeError, match="cut short"):
+        bank[0].update(3)
+    monkeypatch.setattr(_store, "apply", real)
+    assert bank[0]._bound.pending is not None
+    bank.update(retry)
+    clean.update(3)
+    for ours, theirs in zip(bank, clean, strict=True):
+        assert ours.step == theirs.step == 3
+        for name, value in theirs.average.items():
+            assert torch.equal(ours.average[name], value), name

@@ -11,7 +11,7 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
-from ema_core import _banks, _snapshot_args
+from ema_core import _banks, _ops, _snapshot_args
 from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
@@ -150,9 +150,20 @@ class EMABank:
         step = _refusals.step_of(step, named)  # also refuses timm's update(model, step=t)
         for ema in self.emas:
             ema._refuse_in_swap("update")
+        # an update an exception cut short (bank[k].update(...)) is completed first; as
+        # EMA.update, this call then only completes it when it is at the same step (or None)
+        given = None if step is None else _ops.concrete_step(step)
+        finished = [
+            e._bound.pending is not None
+            and (given is None or _rules.same_host_step(given, e._bound.pending.step))
+            for e in self.emas
+        ]
         for ema in self.emas:
-            ema._settle()  # an update an exception cut short is completed first
-        work = [_bank_args.checked_step(ema, step) for ema in self.emas]
+            ema._settle()
+        work = [
+            (ema._step, 1.0, 0.0) if done else _bank_args.checked_step(ema, step)  # 1: kept
+            for ema, done in zip(self.emas, finished, strict=True)
+        ]
         steps = [t for t, _, _ in work]
         due = _bank_snap.check_due(  # before any shadow changes
             self.emas, self.sigma_rels, self.snapshot_every, self.snapshot_dir, steps
