@@ -150,12 +150,14 @@ class EMABank:
         step = _refusals.step_of(step, named)  # also refuses timm's update(model, step=t)
         for ema in self.emas:
             ema._refuse_in_swap("update")
-        # an update an exception cut short (bank[k].update(...)) is completed first; as
-        # EMA.update, this call then only completes it when it is at the same step (or None)
+        # an update an exception cut short (bank[k].update(...)) is completed first; given
+        # again its very step, that EMA is not updated at it a second time (as EMA.update);
+        # without a step, this call is a new update of every EMA, at its next step
         given = None if step is None else _ops.concrete_step(step)
         finished = [
-            e._bound.pending is not None
-            and (given is None or _rules.same_host_step(given, e._bound.pending.step))
+            given is not None
+            and e._bound.pending is not None
+            and _rules.same_host_step(given, e._bound.pending.step)
             for e in self.emas
         ]
         for ema in self.emas:
