@@ -189,15 +189,6 @@ def scalar_array(value: int | float, like: Any) -> Any:
     return xp.asarray(value, dtype=like.dtype, device=compat.device(like))
 
 
-def host_dtype(like: Any) -> np.dtype[Any]:
-    """The numpy dtype holding ``like``'s values on the host (bfloat16 needs ml_dtypes, which
-    JAX brings; torch's bfloat16 travels as bytes instead, see ``like_array``)."""
-    dtype = like.dtype
-    if isinstance(dtype, np.dtype):
-        return dtype
-    return np.dtype(dtype_name(dtype))
-
-
 def torch_tensor(data: np.ndarray, code: str) -> Any:
     """A CPU torch tensor of the file's own dtype from its bytes (for ``EMA.load_state_dict``,
     which then checks that dtype against the shadow's)."""
