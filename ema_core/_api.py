@@ -91,7 +91,7 @@ def ema_update(
         d = decay_array(xp, rule, leaves[0])
         r = 1.0 - d
     else:
-        d, r = rule.decay_and_rate(t)
+        d, r = rule._pair_at(t)
         check_decay_value(d, "the decay", step=t)
     writes = resolve_writes(copy, shadows, paths, params=leaves) if entry is None else entry.writes
     if guard_finite:
@@ -170,7 +170,7 @@ def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EM
     found = None if head is None else head(config, state.step, state.weight, shadows[0])
     if found is None:
         t = next_step(state.step)
-        d, r = config.decay_and_rate(t)
+        d, r = config._pair_at(t)
     else:
         t, d, r, weight = found
     check_decay_value(d, "the decay of Config.schedule", step=t)

@@ -136,6 +136,10 @@ class Config:
         """``(decay, 1 - decay)`` of the t-th update."""
         return self.effective_schedule.decay_and_rate(t)
 
+    def _pair_at(self, t: Step, /) -> tuple[Value, Value]:
+        """``decay_and_rate(t)`` as the update paths read it (``Schedule._pair_at``)."""
+        return self.effective_schedule._pair_at(t)
+
 
 def _peer_word(cls: type, kwargs: dict[str, Any]) -> str | None:
     """The first keyword of ``kwargs`` that is a peer's word and not a field of ``cls``."""

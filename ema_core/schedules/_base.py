@@ -53,6 +53,11 @@ class Schedule(abc.ABC):
         decay, rate = self.pair(ops)
         return as_given(ops, decay), as_given(ops, rate)
 
+    def _pair_at(self, t: Step, /) -> tuple[Value, Value]:
+        """``decay_and_rate(t)``, but at a CPU torch tensor step the Python floats it is
+        computed in (the update paths read them as floats; no tensors are made)."""
+        return self.pair(ops_for(t))
+
     @abc.abstractmethod
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         """``(decay, rate)`` at ``ops.t`` (already validated), with ``ops``' arithmetic."""

@@ -163,7 +163,7 @@ class EMABank:
         for ema in self.emas:
             ema._settle()
         work = [
-            (ema._step, 1.0, 0.0) if done else _bank_args.checked_step(ema, step)  # 1: kept
+            (ema._step, 1.0, 0.0) if done else _bank_args.checked_step(ema, given)  # 1: kept
             for ema, done in zip(self.emas, finished, strict=True)
         ]
         steps = [t for t, _, _ in work]

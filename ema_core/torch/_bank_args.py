@@ -72,11 +72,12 @@ def sigma_rels_of(configs: Sequence[Config]) -> list[float | None]:
 
 
 def checked_step(ema: EMA, step: Step | None) -> tuple[Any, Value, Value]:
-    """``ema``'s step, decay and rate for this update, checked as ``EMA.update`` checks them."""
-    t = _ops.next_step(ema._step, "EMA step") if step is None else _ops.concrete_step(step)
+    """``ema``'s step, decay and rate for this update, checked as ``EMA.update`` checks them;
+    ``step`` is the bank's ``concrete_step`` (already validated) or None."""
+    t = _ops.next_step(ema._step, "EMA step") if step is None else step
     if step is not None:
         _rules.check_not_back(t, ema._step)
-    decay, rate = host_values(*ema.config.decay_and_rate(t))
+    decay, rate = host_values(*ema.config._pair_at(t))
     check_decay_value(decay, "the decay", step=t)
     return t, decay, rate
 

@@ -41,7 +41,7 @@ def update(ema: Stepped, step: Step | None, named: dict[str, Step | None]) -> No
     t = _ops.next_step(ema._step, "EMA step") if step is None else _ops.concrete_step(step)
     if step is not None:
         _rules.check_not_back(t, ema._step if pending is None else pending.step)
-    decay, rate = host_values(*ema.config.decay_and_rate(t))
+    decay, rate = host_values(*ema.config._pair_at(t))
     check_decay_value(decay, "the decay", step=t)
     ema._bound.refresh()
     ema._bound.check_finite(xp, ema.names)  # with Config.guard_finite

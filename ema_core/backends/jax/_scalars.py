@@ -51,7 +51,7 @@ def scalars(config: Any, step: Array, weight: Array) -> Scalars:
     ``t = step + 1`` saturating, the schedule's decay at ``t`` as the leaves see it
     (``leaf_decay``) and its rate in the wide float, and ``_core.next_weight``."""
     t = next_step(step)
-    d, r = config.decay_and_rate(t)
+    d, r = config._pair_at(t)
     wide = jnp.result_type(float)
     new_weight = _core.next_weight(jnp, weight, d, r)
     return t, leaf_decay(d, r, wide), jnp.asarray(r, dtype=wide), new_weight
