@@ -15,8 +15,9 @@ How the pieces fit, bottom to top (each layer imports only the ones below it; RE
   arguments); ``_leaf_checks``, ``_leaf_dtypes`` and ``_leaf_checks_x64`` (the leaves; the dtype
   rules of a pair; JAX's x64 mode against 64-bit leaves); ``_writes`` and ``_memory_overlap``
   (which shadows take an in-place write, shared memory refused); ``_core`` (the pure leaf math);
-  ``schedules``, ``_config`` and ``_config_words`` (decay schedules; ``Config``; the peers'
-  keywords refused with what to write instead); ``_arguments`` (decay / schedule / config read
+  ``schedules``, ``_config``, ``_config_words`` and ``_config_text`` (decay schedules;
+  ``Config``; the peers' keywords refused with what to write instead; a config as text that
+  is the same in every process, and the fields two such texts differ in); ``_arguments`` (decay / schedule / config read
   once for every entry point); ``_read_checks`` (a zero-started state read without bias
   correction, refused); ``_stateless`` (the plan cache of ``ema_update``); ``_banks``,
   ``_snapshot_args`` and ``_bank_snapshots`` (what every EMA bank checks, its snapshot settings

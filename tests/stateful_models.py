@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import ema_core as ema
-from ema_core._config import config_text
+from ema_core._config_text import config_text
 from ema_core.torch import EMA
 from tests.reference import Spec, effective_decay
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ema_core import Config, _config, presets
+from ema_core import Config, _config_text, presets
 
 torch = pytest.importorskip("torch")
 
@@ -205,17 +205,18 @@ def test_a_strict_load_names_the_differing_field_first():
 def test_config_differences_reads_configs_and_their_text():
     here, there = Config(schedule=0.9, init="copy"), Config(schedule=0.9, init="zeros")
     assert (
-        _config.config_differences(here, _config.config_text(there))
+        _config_text.config_differences(here, _config_text.config_text(there))
         == "init: 'copy' here, 'zeros' there"
     )
-    assert _config.config_differences(here, here) == ""
+    assert _config_text.config_differences(here, here) == ""
     text = "Odd(a='x, y', b=(1, 2))"
     labels = ("in a", "in b")
-    assert _config.config_differences(text, "Odd(a='x, y', b=(1, 3))", labels) == (
+    assert _config_text.config_differences(text, "Odd(a='x, y', b=(1, 3))", labels) == (
         "b: (1, 2) in a, (1, 3) in b"
     )
     assert (
-        _config.config_differences("not a repr", "Odd()") == "config: not a repr here, Odd() there"
+        _config_text.config_differences("not a repr", "Odd()")
+        == "config: not a repr here, Odd() there"
     )
 
 

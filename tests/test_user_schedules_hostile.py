@@ -24,7 +24,7 @@ import pytest
 
 import ema_core as ema
 from ema_core import checkpoint, schedules
-from ema_core._config import config_text
+from ema_core._config_text import config_text
 from ema_core._ops import Ops
 from ema_core.schedules import Schedule
 

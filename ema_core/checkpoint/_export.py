@@ -28,7 +28,7 @@ import torch
 
 from ema_core import _safetensors, presets
 from ema_core._atomic import atomic_paths
-from ema_core._config import config_text
+from ema_core._config_text import config_text
 from ema_core.checkpoint._arrays import host_bytes, saveable
 from ema_core.checkpoint._format import check_path
 from ema_core.checkpoint._peers import preset_of, same_trajectory

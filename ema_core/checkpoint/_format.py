@@ -50,7 +50,7 @@ SHADOW = "shadow"
 #: Our metadata keys (each stored as PREFIX + key): ``format``, ``format_version``,
 #: ``library_version``, ``source`` ("EMA" or "EMAState"), ``framework`` (of the arrays saved),
 #: ``dtypes`` (JSON: tensor name -> the saved array's dtype name) and, when known, ``config``
-#: (``ema_core._config.config_text``: the same text in every process).
+#: (``ema_core._config_text.config_text``: the same text in every process).
 KEYS = ("format", "format_version", "library_version", "source", "framework", "dtypes", "config")
 
 

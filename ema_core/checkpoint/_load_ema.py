@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ema_core import _safetensors
-from ema_core._config import config_text
+from ema_core._config_text import config_text
 from ema_core.checkpoint._arrays import torch_tensor
 from ema_core.checkpoint._save import TORCH_FORMAT
 

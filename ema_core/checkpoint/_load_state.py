@@ -9,7 +9,8 @@ import numpy as np
 
 from ema_core import _safetensors
 from ema_core._checks import name_differences
-from ema_core._config import Config, config_differences, config_text
+from ema_core._config import Config
+from ema_core._config_text import config_differences, config_text
 from ema_core._tree import flatten, path_str, unflatten
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format

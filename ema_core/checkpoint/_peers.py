@@ -17,7 +17,8 @@ from typing import Any, Literal, TypeAlias, get_args
 import torch
 
 from ema_core import presets
-from ema_core._config import Config, config_differences
+from ema_core._config import Config
+from ema_core._config_text import config_differences
 from ema_core.checkpoint._peers_read import READERS, PeerState, by_name
 from ema_core.presets._args import check_count
 from ema_core.torch import _dtensor

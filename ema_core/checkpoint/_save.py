@@ -15,7 +15,8 @@ from ema_core import __version__, _safetensors
 from ema_core._arguments import config_hint
 from ema_core._atomic import resolve_link, write_atomic
 from ema_core._checks import packed_hint
-from ema_core._config import Config, config_text, stable_text
+from ema_core._config import Config
+from ema_core._config_text import config_text, stable_text
 from ema_core._tree import flatten, path_str
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format

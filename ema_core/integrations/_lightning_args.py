@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 from ema_core._checks import check_choice
-from ema_core._config import Config, config_text
+from ema_core._config import Config
+from ema_core._config_text import config_text
 from ema_core.torch import _names, _refusals, _rules
 
 Stage: TypeAlias = Literal["validate", "test", "predict"]

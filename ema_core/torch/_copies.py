@@ -8,7 +8,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from ema_core._config import Config, config_text
+from ema_core._config import Config
+from ema_core._config_text import config_text
 from ema_core.torch import _averages, _names, _options, _rules, _state
 from ema_core.torch._interrupts import HeldInterrupts
 

@@ -1,7 +1,7 @@
 """Checkpoints of an ``EMA``: a plain dict of tensors, ints and strings.
 
 It loads with ``torch.load(..., weights_only=True)``: the config is stored as text (its
-``repr`` without object addresses, ``_config.config_text``) and compared on load, not
+``repr`` without object addresses, ``_config_text.config_text``) and compared on load, not
 unpickled. ``check`` validates a checkpoint completely (header, counter, weight, every shadow's
 type, layout, device, shape and dtype) before ``EMA.load_state_dict`` writes anything, and
 loading never touches the live model. The counter may be any integer dtype (an EMA stepped with
@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from ema_core._checks import name_differences
-from ema_core._config import Config, config_differences, config_text, stable_text
+from ema_core._config import Config
+from ema_core._config_text import config_differences, config_text, stable_text
 from ema_core._read_checks import check_zeros_read
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
