@@ -79,6 +79,9 @@ def test_torch_to_jax_to_torch_bit_for_bit_and_continues(tmp_path, dtype):
     second = EMA(twin, config=cfg)
     load(save(tmp_path / "j", state, cfg), second)
     assert_same_ema(first, second)
+    # the step takes like's type: the EMA's Python int, not the file's int32 as a tensor
+    # counter (which would stop at 2**31 - 1 and not serialize as JSON)
+    assert type(second.step) is int and type(first.step) is int
     for seed in range(3):  # the torch update continues identically
         for n, e in ((net, first), (twin, second)):
             torch.manual_seed(seed)
@@ -231,3 +234,17 @@ def test_a_jax_array_not_fully_addressable_is_refused(tmp_path, monkeypatch):
     ):
         save(tmp_path / "r", ema.EMAState(np.asarray(0), {"w": Remote()}, np.asarray(1.0)))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.int32, np.uint32, np.uint64])
+def test_an_ema_state_step_of_any_integer_dtype_loads_into_an_ema_as_an_int(tmp_path, dtype):
+    """A step saved by an ``EMAState`` (numpy here; int32 from JAX without x64) becomes the
+    torch EMA's own form of counter, a Python int, whatever its integer dtype."""
+    net = torch.nn.Linear(2, 2)
+    target = EMA(net, decay=0.5)
+    shadow = {n: t.detach().numpy() + 1 for n, t in net.state_dict().items()}
+    state = ema.EMAState(np.asarray(7, dtype), shadow, np.asarray(1.0))
+    load(save(tmp_path / "s", state, target.config), target)
+    assert type(target.step) is int and target.step == 7
+    target.update()
+    assert target.step == 8

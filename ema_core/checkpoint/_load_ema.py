@@ -73,7 +73,7 @@ def _state_dict(
         "format": TORCH_FORMAT,
         "version": sys.modules["ema_core.torch._state"].VERSION,
         "config": config_text(ema.config) if text is None else text,
-        "step": _read(reader, "step"),
+        "step": _step(reader, ours),
         "weight": _read(reader, "weight"),
         # a name this EMA lacks is only counted (a strict load refuses it before reading any
         # tensor, a loose one skips it): no need to read its bytes
@@ -81,6 +81,19 @@ def _state_dict(
             key: tensor(reader, name) if key in wanted else None for name, key in shadows.items()
         },
     }
+
+
+def _step(reader: _safetensors.Reader, ours: dict[str, str]) -> Any:
+    """The file's step as the EMA's counter: an ``EMAState``'s integer step (int32 from JAX
+    without x64) as int64, which the EMA loads as a Python int (the step takes ``like``'s
+    type); an EMA's own file keeps its counter's dtype (a uint8 or int32 tensor counter).
+    A bool or float step is left for the EMA's checks to refuse."""
+    step = _read(reader, "step")
+    torch = sys.modules["torch"]
+    narrow = step.dtype.itemsize < 8 and step.dtype != torch.bool  # (uint64: read as an int)
+    if ours.get("source") == "EMA" or not narrow or step.dtype.is_floating_point:
+        return step
+    return step.to(torch.int64)
 
 
 def _read(reader: _safetensors.Reader, name: str) -> Any:
