@@ -175,3 +175,35 @@ def test_rtol_zero_is_exact() -> None:
     testing.assert_matches(close, WARMUP, _traj())
     with pytest.raises(AssertionError, match="tolerance 0"):
         testing.assert_matches(close, WARMUP, _traj(), rtol=0.0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ema.Config(schedule=0.9),
+        ema.Config(schedule=0.3),  # below 0.5 the rule is blended from the params' side
+        WARMUP,
+        ZEROS,
+        EVERY2,
+        ema.Config(schedule=schedules.power_function(sigma_rel=0.1), init="zeros"),
+    ],
+)
+def test_exact_mode_passes_ema_core_numpy_in_float64(config: ema.Config) -> None:
+    """The oracle blends in the update rule's own form (``s + r (p - s)``; ``p - d (p - s)``
+    below decay 0.5), so ema-core's numpy backend matches it with no tolerance at all (with
+    ``d s + r p`` it differed in the last bit and "exact" failed ema-core itself)."""
+    rng = np.random.default_rng(3)
+    nests = [{"w": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)} for _ in range(9)]
+
+    def make(init: Any) -> Callable[[Any, int], Any]:
+        box = [ema.init({k: v.copy() for k, v in init.items()}, config)]
+
+        def step(params: Any, t: int) -> Any:
+            box[0] = ema.update(box[0], params, config)
+            return ema.average(box[0], config)
+
+        return step
+
+    testing.assert_matches(
+        make, config, testing.Trajectory(nests[0], nests[1:]), rtol=0.0, atol=0.0
+    )

@@ -82,10 +82,15 @@ def _expected(config: Config, checked: Checked) -> list[Expected]:
 
 def _mix(s: np.ndarray, p: np.ndarray, d: float, r: float, kept: str | None, non_float: str) -> Any:
     """One update of a leaf: a floating one blended (exact at decay 0 and 1) and rounded to
-    its shadow dtype ``kept``; another one copied or frozen."""
+    its shadow dtype ``kept``; another one copied or frozen. The blend is the update rule's
+    form, ``s + r (p - s)`` (from the params' side, ``p - d (p - s)``, below decay 0.5), so
+    a float64 EMA that computes it so matches with no tolerance (ema-core's numpy backend)."""
     if kept is None:
         return p.copy() if non_float == "copy" else s
-    return s if d == 1.0 else rounded(p if d == 0.0 else d * s + r * p, kept)
+    if d == 1.0:
+        return s
+    diff = p - s
+    return rounded(p if d == 0.0 else s + r * diff if d >= 0.5 else p - d * diff, kept)
 
 
 def _read(
