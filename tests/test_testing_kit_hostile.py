@@ -207,3 +207,28 @@ def test_exact_mode_passes_ema_core_numpy_in_float64(config: ema.Config) -> None
     testing.assert_matches(
         make, config, testing.Trajectory(nests[0], nests[1:]), rtol=0.0, atol=0.0
     )
+
+
+def test_torch_ema_float64_passes_at_rtol_1e_15() -> None:
+    """The README's advice for torch (``lerp`` rounds differently in the last bit): the torch
+    ``EMA`` class in float64 passes at ``rtol=1e-15``."""
+    torch = pytest.importorskip("torch")
+    from ema_core.torch import EMA
+
+    rng = np.random.default_rng(4)
+    nests = [{"w": rng.standard_normal((3, 4))} for _ in range(12)]
+
+    def make(init: Any) -> Callable[[Any, int], Any]:
+        module = torch.nn.Module()
+        module.w = torch.nn.Parameter(torch.tensor(init["w"]))
+        average = EMA(module, config=ZEROS)
+
+        def step(params: Any, t: int) -> Any:
+            with torch.no_grad():
+                module.w.copy_(torch.as_tensor(params["w"]))
+            average.update()
+            return {"w": average.average["w"].numpy().copy()}
+
+        return step
+
+    testing.assert_matches(make, ZEROS, testing.Trajectory(nests[0], nests[1:]), rtol=1e-15)
