@@ -17,9 +17,10 @@ How the pieces fit, bottom to top (each layer imports only the ones below it; RE
   (which shadows take an in-place write, shared memory refused); ``_core`` (the pure leaf math);
   ``schedules``, ``_config``, ``_config_words`` and ``_config_text`` (decay schedules;
   ``Config``; the peers' keywords refused with what to write instead; a config as text that
-  is the same in every process, and the fields two such texts differ in); ``_arguments`` (decay / schedule / config read
-  once for every entry point); ``_read_checks`` (a zero-started state read without bias
-  correction, refused); ``_stateless`` (the plan cache of ``ema_update``); ``_banks``,
+  is the same in every process, and the fields two such texts differ in); ``_arguments``
+  (decay / schedule / config read once for every entry point); ``_read_checks`` (a
+  zero-started state read without bias correction, refused); ``_stateless`` (the plan cache of
+  ``ema_update``); ``_banks``,
   ``_snapshot_args`` and ``_bank_snapshots`` (what every EMA bank checks, its snapshot settings
   checked, and its snapshots of a step); ``_atomic`` (crash-safe file writes).
 * Beside the core, needing numpy (imported only by ``checkpoint`` and ``posthoc``):

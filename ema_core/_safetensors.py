@@ -27,9 +27,11 @@ from ema_core._bf16 import bf16_to_float32, float32_to_bf16
 
 __all__ = [
     "CODES",
+    "METADATA",
     "Entry",
     "Reader",
     "bf16_to_float32",
+    "check_names",
     "code_of",
     "float32_to_bf16",
     "name_of",
@@ -53,6 +55,8 @@ CODES: dict[str, tuple[str, np.dtype[Any]]] = {
     "F64": ("float64", np.dtype("<f8")),
 }
 _CODE_OF = {name: code for code, (name, _) in CODES.items()}
+#: The header key of the file's metadata, which no tensor may take.
+METADATA = "__metadata__"
 _MAX_HEADER = 100_000_000  # the safetensors package's own limit
 _MAX_NDIM = 64  # numpy's limit
 _MAX_BYTES = 2**63 - 1  # numpy's limit on an array's bytes, empty dimensions counted as 1
@@ -78,6 +82,23 @@ def name_of(code: str) -> str:
     return CODES[code][0]
 
 
+def check_names(names: Iterable[str], what: str) -> None:
+    """Refuse the name the format keeps for the file's metadata: a tensor named
+    ``__metadata__`` would replace it in the header, and no reader could open the file.
+
+    Raises:
+        ValueError: naming ``what``.
+
+    Example:
+        >>> check_names(["w", "b"], "averages")
+    """
+    if METADATA in names:
+        raise ValueError(
+            f"{what} is named {METADATA!r}, the name a safetensors header keeps for the file's "
+            "metadata; rename it"
+        )
+
+
 def write(
     file: BinaryIO,
     specs: Sequence[tuple[str, str, tuple[int, ...]]],
@@ -96,9 +117,11 @@ def write(
         metadata: string keys and values, stored as ``__metadata__``.
 
     Raises:
+        ValueError: a tensor named ``__metadata__`` (``check_names``), before any byte.
         RuntimeError: an array of ``data`` does not have the byte size its spec says.
     """
-    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    check_names([name for name, _, _ in specs], "a tensor")
+    header: dict[str, Any] = {METADATA: dict(metadata)}
     sizes, offset = [], 0
     for name, code, shape in specs:
         size = math.prod(shape) * CODES[code][1].itemsize
@@ -179,7 +202,7 @@ def _parse(file: BinaryIO, path: str) -> tuple[dict[str, str], dict[str, Entry],
         ) from None
     if not isinstance(header, dict):
         raise ValueError(f"{path} is not a safetensors file: its header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop(METADATA, None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ValueError(f"{path}: its __metadata__ is not a mapping of strings to strings")
     entries = {name: _entry(path, name, spec) for name, spec in header.items()}

@@ -4,7 +4,8 @@ all frameworks before anything is built (pure Python, core level).
 * ``check_snapshots``: the two settings together, and what they ask of the bank's EMAs.
 * ``check_snapshot_dir``: the directory alone, also checked again before an update after which
   a bank writes snapshots.
-* ``snapshot_sigma_rels``: each EMA's sigma_rel, refusing an EMA without one.
+* ``snapshot_sigma_rels``: each EMA's sigma_rel, refusing an EMA without one, and
+  (``check_compensated``) one whose interval is uncompensated.
 
 The snapshot interval rule: the EMAs of a bank that writes snapshots share one ``interval``
 and ``snapshot_every`` is a multiple of it. ``posthoc.save_snapshot`` refuses a step that is
@@ -23,14 +24,15 @@ from ema_core._banks import sigma_rel_of
 from ema_core._checks import check_positive
 from ema_core._config import Config
 
-__all__ = ["check_snapshot_dir", "check_snapshots", "snapshot_sigma_rels"]
+__all__ = ["check_compensated", "check_snapshot_dir", "check_snapshots", "snapshot_sigma_rels"]
 
 
 def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
     """Each config's sigma_rel, for its snapshots.
 
     Raises:
-        ValueError: a config is not a power function, naming it (its sigma_rel is unknown).
+        ValueError: a config is not a power function, naming it (its sigma_rel is unknown),
+            or has an uncompensated interval (``check_compensated``).
     """
     found = []
     for k, config in enumerate(configs):
@@ -40,8 +42,29 @@ def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
                 f"configs[{k}] has no sigma_rel (its schedule {config.schedule!r} is not a "
                 "schedules.power_function); post-hoc snapshots need power-function EMAs"
             )
+        check_compensated(config, f"configs[{k}]")
         found.append(sigma_rel)
     return tuple(found)
+
+
+def check_compensated(config: Config, what: str) -> None:
+    """Raise unless ``config``'s updates follow its power function: an ``interval`` n > 1
+    with ``compensate=False`` applies one step's decay every n steps, a profile of another
+    gamma than the one a snapshot would record.
+
+    Raises:
+        ValueError: naming ``what``, its interval and the remedy.
+
+    Example:
+        >>> check_compensated(Config(interval=4), "configs[0]")
+    """
+    if config.interval > 1 and not config.compensate:
+        raise ValueError(
+            f"{what} has interval={config.interval} with compensate=False: it applies one "
+            f"step's decay every {config.interval} steps, which is not the power function of "
+            "its sigma_rel, so its snapshots would be reconstructed wrongly; post-hoc "
+            "snapshots need compensate=True (the default)"
+        )
 
 
 def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> None:

@@ -189,7 +189,12 @@ def test_like_jax(tmp_path):
         ({"sigma_rel": 0.3}, ValueError, "sigma_rel must be in"),
         ({"sigma_rel": [0.05, 0.05]}, ValueError, "distinct"),
         ({"sigma_rel": []}, ValueError, "distinct"),
-        ({"dtype": "float16"}, ValueError, "dtype must be 'float32' or 'float64', got 'float16'"),
+        (
+            {"dtype": "float16"},
+            ValueError,
+            r"dtype must be one of \['float32', 'float64'\], got 'f",
+        ),
+        ({"dtype": ["float32"]}, TypeError, r"dtype must be one of .*, got \['float32'\]"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, error, match):

@@ -210,16 +210,19 @@ def test_like_in_bfloat16_gives_bfloat16_tensors_the_counter_unchanged(run: Run)
 
 def test_the_cli_at_a_snapshot_step_writes_into_a_new_folder(run: Run, tmp_path: Path) -> None:
     """README: ``--at`` a snapshot step, ``--out`` in a folder that does not exist (created);
-    the output reads back with ``safetensors.numpy`` and equals ``reconstruct``."""
+    the output reads back with ``safetensors.numpy`` and equals ``reconstruct``, with the
+    tied ``out.weight`` beside ``emb.weight`` (so the file loads strictly into the model)."""
     out = tmp_path / "new" / "deeper" / "ema.safetensors"
     argv = [str(run.folder), "--sigma-rel", "0.07", "0.09", "--at", "120", "--out", str(out)]
     assert main(argv) == 0
     want = reconstruct(run.folder, [0.07, 0.09], at=120)
     for sigma in (0.07, 0.09):
         got = safetensors_numpy.load_file(str(out.with_name(f"ema-{sigma!r}.safetensors")))
-        assert sorted(got) == sorted(want[sigma])
+        assert "out.weight" not in want[sigma]
+        assert sorted(got) == sorted([*want[sigma], "out.weight"])
         for name, array in want[sigma].items():
             assert np.array_equal(got[name], array), name
+        assert np.array_equal(got["out.weight"], want[sigma]["emb.weight"])
     assert _files(out.parent) == ["ema-0.07.safetensors", "ema-0.09.safetensors"]
 
 

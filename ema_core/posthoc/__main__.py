@@ -3,8 +3,10 @@
 Reconstructs the post-hoc EMAs of the given sigma_rels at ``--at`` (default: the last snapshot
 step) in one pass over the snapshots, with a progress line on stderr, and writes each one to a
 safetensors file: ``--out`` itself for one sigma_rel, ``<stem>-<sigma_rel><suffix>`` beside it
-for several (``ema.safetensors`` -> ``ema-0.05.safetensors``, ``ema-0.1.safetensors``). Every
-result is computed before the first file is written. ``--plot PNG`` draws the profiles.
+for several (``ema.safetensors`` -> ``ema-0.05.safetensors``, ``ema-0.1.safetensors``); a
+repeated ``--sigma-rel`` adds its targets. A file holds every tied name the snapshots record
+(``out.weight = emb.weight``), so it loads strictly. Every result is computed before the first
+file is written. ``--plot PNG`` draws the profiles.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ema_core._safetensors import write
 from ema_core.posthoc._listing import VERSION, SnapshotInfo, is_snapshot_name
 from ema_core.posthoc._math import sigma_rel_to_gamma
 from ema_core.posthoc._plot import plot_profiles
-from ema_core.posthoc._reconstruct import plan, reconstruct
+from ema_core.posthoc._reconstruct import aliases_of, plan, reconstruct, with_aliases
 from ema_core.posthoc._snapshots import code_for
 
 #: The ``format`` of a reconstruction file's metadata.
@@ -36,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Reconstruct post-hoc EMAs (EDM2) from a directory of snapshots.",
     )
     parser.add_argument("directory", type=Path, help="the snapshots' directory")
-    parser.add_argument("--sigma-rel", type=float, nargs="+", required=True, metavar="S")
+    parser.add_argument(  # repeated, the flag adds its targets to the earlier ones
+        "--sigma-rel", type=float, nargs="+", action="extend", required=True, metavar="S"
+    )
     parser.add_argument("--at", type=int, default=None, help="a snapshot step (default: the last)")
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -111,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     sigma_rels = [float(s) for s in args.sigma_rel]
+    if args.out.is_dir() or not args.out.name:  # "." or "/" have no name to derive from
+        parser.error(f"--out {args.out} is a directory; give a file name")
     outs = out_paths(args.out, sigma_rels)
     _check_outputs(parser, outs, args.plot, args.directory)
     try:
@@ -129,9 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as err:
             parser.exit(1, f"{parser.prog}: error: cannot write {args.plot}: {err}\n")
         print(f"wrote {args.plot}")
+    aliases = aliases_of(infos)  # tied names too, so that the file loads strictly
     for path, sigma in zip(outs, sigma_rels, strict=True):
         try:
-            _write(path, results[sigma], at, sigma)
+            _write(path, with_aliases(results[sigma], aliases), at, sigma)
         except OSError as err:
             parser.exit(1, f"{parser.prog}: error: cannot write {path}: {err}\n")
         print(f"wrote {path} (sigma_rel {sigma}, step {at})")

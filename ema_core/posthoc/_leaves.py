@@ -23,6 +23,7 @@ __all__ = [
     "check_whole",
     "framework_of",
     "from_host",
+    "like_leaves",
     "named_leaves",
     "rebuild",
     "tied_groups",
@@ -138,12 +139,35 @@ def tied_groups(names: list[str], leaves: list[Any]) -> list[list[str]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
-def rebuild(arrays: dict[str, np.ndarray], like: Any, shapes_from: str) -> Any:
-    """A nest shaped like ``like`` holding ``arrays`` (matched by name) in ``like``'s leaves'
-    framework, device and dtype."""
+def like_leaves(like: Any) -> tuple[list[str], list[Any], TreeDef]:
+    """``like``'s names, leaves and tree definition (``named_leaves``), each leaf checked to be
+    an array that can hold the result: of a known framework, not on torch's meta device, not
+    a DTensor.
+
+    Raises:
+        TypeError: a leaf that is not an array (a Python number, ``jax.ShapeDtypeStruct``).
+        ValueError: a meta tensor or a DTensor, naming ``like[name]``.
+    """
     names, leaves, treedef = named_leaves(like, "like")
     for name, leaf in zip(names, leaves, strict=True):
-        check_whole(leaf, f"like[{name!r}]")
+        where = f"like[{name!r}]"
+        framework_of(leaf, where)
+        if compat.is_torch_array(leaf) and leaf.device.type == "meta":
+            raise ValueError(
+                f"{where} is a torch tensor on the meta device, which holds no values: the "
+                "result would lose them; give like= tensors on a real device (a model "
+                "materialised with to_empty(device='cpu')), or leave like out for numpy arrays"
+            )
+        check_whole(leaf, where)
+    return names, leaves, treedef
+
+
+def rebuild(
+    arrays: dict[str, np.ndarray], like: tuple[list[str], list[Any], TreeDef], shapes_from: str
+) -> Any:
+    """A nest shaped like ``like`` (``like_leaves``) holding ``arrays`` (matched by name) in
+    ``like``'s leaves' framework, device and dtype."""
+    names, leaves, treedef = like
     missing = [n for n in names if n not in arrays]
     extra = sorted(set(arrays) - set(names))
     if missing or extra:

@@ -20,14 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from ema_core._checks import check_choice
 from ema_core._safetensors import Reader, bf16_to_float32
 from ema_core.posthoc._coefficients import Solution, solve_quietly
-from ema_core.posthoc._leaves import check_whole, named_leaves, rebuild, tied_groups
+from ema_core.posthoc._leaves import like_leaves, rebuild, tied_groups
 from ema_core.posthoc._listing import SnapshotInfo, list_snapshots
 from ema_core.posthoc._math import check_posthoc_sigma_rel
 from ema_core.posthoc._warning import UNIT_ROUNDOFF, amplification_limit, warn_if_inaccurate
 
-__all__ = ["Progress", "plan", "reconstruct"]
+__all__ = ["Progress", "aliases_of", "plan", "reconstruct", "with_aliases"]
 
 #: Called after each snapshot read: ``(done, total, info)``.
 Progress = Callable[[int, int, SnapshotInfo], None]
@@ -124,7 +125,9 @@ def reconstruct(
 
     Raises:
         ValueError: no snapshots, ``at`` not a snapshot step (the nearest ones are named), a
-            ``sigma_rel`` out of range, or ``like`` not matching the snapshots.
+            ``sigma_rel`` out of range, a ``dtype`` not allowed, or ``like`` not matching the
+            snapshots or holding a meta tensor or a DTensor (checked before any file is read).
+        TypeError: a ``dtype`` not a str, or a leaf of ``like`` that is not an array.
 
     Example:
         >>> import tempfile, numpy as np
@@ -139,16 +142,18 @@ def reconstruct(
         float32 [0.1 0.1] [0.05 0.05]
     """
     targets, several = _targets(sigma_rel)
-    if dtype not in _ACCUMULATORS:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    accumulator = _ACCUMULATORS[check_choice("dtype", dtype, list(_ACCUMULATORS))]
+    shaped = None if like is None else like_leaves(like)  # checked before any file is read
     infos, solution, at = plan(directory, targets, at)
     storage = storage_of(infos)
     limit = amplification_limit(storage)
     warn_if_inaccurate(solution.amplification, solution.condition, targets, limit, storage)
     copied = frozenset().union(*(info.copied or () for info in infos))
-    sums = _accumulate(infos, solution.coefficients, at, _ACCUMULATORS[dtype], copied, progress)
+    sums = _accumulate(infos, solution.coefficients, at, accumulator, copied, progress)
     where = f"the snapshots in {os.fspath(directory)!r}"
-    results = [s if like is None else rebuild(_tied(s, like, infos), like, where) for s in sums]
+    results = [
+        s if shaped is None else rebuild(_tied(s, shaped, infos), shaped, where) for s in sums
+    ]
     return dict(zip(targets, results, strict=True)) if several else results[0]
 
 
@@ -214,16 +219,29 @@ def _add(
             target[name] += dtype(weight) * value
 
 
-def _tied(arrays: dict[str, np.ndarray], like: Any, infos: list[SnapshotInfo]) -> Any:
-    """``arrays`` and each name of ``like`` that is another name of one of them (tied weights):
-    recorded as an alias in the snapshots, or a torch tensor of ``like`` on the storage of one
-    of them (``model.state_dict()`` of a tied model), holding that array."""
-    names, leaves, _ = named_leaves(like, "like")
-    for name, leaf in zip(names, leaves, strict=True):  # before reading their storage
-        check_whole(leaf, f"like[{name!r}]")
-    aliases = dict(pair for info in infos for pair in info.aliases)
+def _tied(
+    arrays: dict[str, np.ndarray], like: tuple[list[str], list[Any], Any], infos: list[SnapshotInfo]
+) -> dict[str, np.ndarray]:
+    """``arrays`` and each name of ``like`` (``like_leaves``) that is another name of one of
+    them (tied weights): recorded as an alias in the snapshots, or a torch tensor of ``like``
+    on the storage of one of them (``model.state_dict()`` of a tied model)."""
+    names, leaves, _ = like
+    aliases = aliases_of(infos)
     for group in tied_groups(names, leaves):
         source = next((n for n in group if n in arrays), None)
         aliases.update({n: source for n in group if source is not None and n not in arrays})
-    wanted = set(names) - set(arrays)
-    return {**arrays, **{a: arrays[n] for a, n in aliases.items() if a in wanted and n in arrays}}
+    return with_aliases(arrays, aliases, set(names))
+
+
+def aliases_of(infos: Sequence[SnapshotInfo]) -> dict[str, str]:
+    """The tied names the snapshots record: ``{alias: name of the array it holds}``."""
+    return dict(pair for info in infos for pair in info.aliases)
+
+
+def with_aliases(
+    arrays: dict[str, np.ndarray], aliases: dict[str, str], wanted: set[str] | None = None
+) -> dict[str, np.ndarray]:
+    """``arrays`` and each alias of one of them not already among them (only those in
+    ``wanted`` when given), holding that array."""
+    tied = {a: n for a, n in aliases.items() if n in arrays and a not in arrays}
+    return {**arrays, **{a: arrays[n] for a, n in tied.items() if wanted is None or a in wanted}}

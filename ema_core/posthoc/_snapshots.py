@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ema_core._atomic import atomic_paths
-from ema_core._safetensors import write
+from ema_core._safetensors import check_names, write
 from ema_core.posthoc._leaves import check_has_data, framework_of, named_leaves
 from ema_core.posthoc._listing import FLOATS as _FLOATS
 from ema_core.posthoc._listing import directory_path
@@ -185,6 +185,7 @@ def prepare(
     if storage not in _FLOATS:
         raise ValueError(f"dtype must be one of {[*_FLOATS]} or None, got {dtype!r}")
     names, leaves, _ = named_leaves(averages, "averages")
+    check_names(names, "an array of averages")
     kinds = [
         dtype_name(leaf, f"averages[{name!r}]") for name, leaf in zip(names, leaves, strict=True)
     ]
