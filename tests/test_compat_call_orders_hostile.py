@@ -630,7 +630,9 @@ def test_tf_the_same_array_unnamed_then_named_keeps_one_shadow_under_the_name() 
     assert np.array_equal(ema.average("x"), want) and np.array_equal(ema.average(x), want)
     with pytest.raises(ValueError, match=r"var_list\[0\] names 'x''s array 'y'"):
         ema.apply([("y", x)])
-    with pytest.raises(ValueError, match="one array twice"):
+    with pytest.raises(ValueError, match=r"var_list\[1\] repeats var_list\[0\]'s array"):
         ema.apply([("x", x), x])
+    with pytest.raises(ValueError, match="one array twice"):  # x by its slot, another as "x"
+        ema.apply([("x", np.ones(2, np.float32)), x])
     assert np.array_equal(ema.average("x"), want)
     assert ema.average("y") is None

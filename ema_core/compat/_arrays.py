@@ -214,12 +214,18 @@ def var_items(var_list: Any) -> list[tuple[VarKey, str | None, Array]]:
             f"var_list must be arrays or (name, array) pairs, got {type(var_list).__name__}"
         )
     out: dict[VarKey, tuple[VarKey, str | None, Array]] = {}
+    seen: dict[int, int] = {}  # id of each array -> its first index (tied weights: one array)
     for i, item in enumerate(var_list):
         name, var = floating_item(item, f"var_list[{i}]")
         key: VarKey = id(var) if name is None else name
-        if key in out:
+        first = seen.setdefault(id(var), i)
+        if key in out or first != i:
             what = "the same array" if name is None else f"the name {name!r}"
-            raise ValueError(f"var_list[{i}] repeats {what}: each variable is averaged once")
+            if key not in out:
+                what = f"var_list[{first}]'s array" + ("" if name is None else f" as {name!r}")
+            raise ValueError(
+                f"var_list[{i}] repeats {what}: each variable is averaged once, under one name"
+            )
         out[key] = (key, name, var)
     return list(out.values())
 

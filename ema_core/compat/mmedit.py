@@ -157,8 +157,9 @@ class ExponentialMovingAverage(torch.nn.Module):
 
     def sync_parameters(self, model: torch.nn.Module) -> None:
         """Copy the model's parameters and buffers into ``module`` (all checked before the
-        first)."""
-        mine, theirs = state_tensors(self.module), state_tensors(check_module(model))
+        first), non-persistent buffers included, as MMEditing copies ``parameters()`` and
+        ``buffers()``."""
+        mine, theirs = _all_tensors(self.module), _all_tensors(check_module(model))
         check_pairs(mine, theirs, "model")
         with torch.no_grad():
             _copy_all(mine, theirs)
@@ -185,6 +186,11 @@ class ExponentialMovingAverage(torch.nn.Module):
         mine, theirs = dict(self.module.named_buffers()), dict(model.named_buffers())
         check_pairs(mine, theirs, "model buffers")
         return mine, theirs
+
+
+def _all_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``module`` by name (non-persistent buffers included)."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
 def _unique(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

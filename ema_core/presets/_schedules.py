@@ -4,14 +4,17 @@
 values included); ``power_profile`` is the power function for every exponent gamma > -1 (EDM2 and
 ema-pytorch's KarrasEMA accept gamma in (-1, 0], i.e. sigma_rel up to ``MAX_SIGMA_REL``, where
 ``schedules.power_function`` asks for gamma > 0); ``counter_cap`` is the ``min(decay, (numerator +
-n) / (denominator + n))`` of TF, AllenNLP and Paddle, also for a numerator above the denominator.
+n) / (denominator + n))`` of TF, AllenNLP and Paddle, also for a numerator above the denominator;
+``counter_from`` is the same at a counter that holds ``start`` at the first update.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from ema_core._ops import Ops
 from ema_core._types import InitPolicy
 from ema_core.presets._args import check_int
 from ema_core.schedules import (
@@ -88,3 +91,42 @@ def _is_number(value: Any) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
+def counter_from(decay: float, numerator: float, denominator: float, start: int) -> Schedule:
+    """``counter_cap`` at the counter ``n = start + t - 1`` (a peer's counter that holds
+    ``start`` at the first update); the arguments are checked by the caller (``counter_cap``).
+    The shift is folded into ``num_updates`` where it can hold it (the shifted denominator
+    positive and the shifted numerator above its negative), else ``CounterFrom`` computes it.
+
+    Example:
+        >>> [round(counter_from(0.9, 0.2, 0.5, 0)(t), 4) for t in (1, 2, 3)]  # n = 0, 1, 2
+        [0.4, 0.8, 0.88]
+    """
+    if numerator > denominator:  # the plain decay at every count
+        return counter_cap(decay, numerator, denominator)
+    num, den = numerator + start - 1, denominator + start - 1
+    if -den < num <= den:
+        return counter_cap(decay, num, den)
+    return CounterFrom(decay, numerator, denominator, start)
+
+
+@dataclass(frozen=True)
+class CounterFrom(Schedule):
+    """``min(decay, (numerator + n) / (denominator + n))`` with ``n = start + t - 1`` (t = 0,
+    which no update reads, as t = 1), for a shift ``num_updates`` cannot hold (AllenNLP's
+    ``apply(0)`` with a denominator <= 1)."""
+
+    elementwise: ClassVar[bool] = True
+    decay: float
+    numerator: float
+    denominator: float
+    start: int
+
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        n = ops.maximum(ops.t, 1.0) + float(self.start - 1)
+        decay = ops.minimum(self.decay, (self.numerator + n) / (self.denominator + n))
+        rate = ops.maximum(
+            1.0 - self.decay, (self.denominator - self.numerator) / (self.denominator + n)
+        )
+        return decay, rate

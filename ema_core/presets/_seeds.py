@@ -5,7 +5,7 @@ from __future__ import annotations
 from ema_core._checks import check_fraction, check_positive
 from ema_core._config import Config
 from ema_core.presets._args import check_bool, check_counter_start
-from ema_core.presets._schedules import counter_cap
+from ema_core.presets._schedules import counter_cap, counter_from
 from ema_core.schedules import (
     Schedule,
     annealing,
@@ -34,7 +34,12 @@ def counter_schedule(
     start = check_counter_start(name, start)
     if start is None:
         return constant(decay)
-    return counter_cap(decay, numerator + start - 1, denominator + start - 1)
+    if numerator <= denominator and numerator + start < 0:  # (numerator > denominator: decay)
+        raise ValueError(
+            f"{name} must be >= -numerator = {-numerator} for a first decay (numerator + n) / "
+            f"(denominator + n) >= 0, got {start}"
+        )
+    return counter_from(decay, numerator, denominator, start)
 
 
 def tensorflow(decay: float, num_updates: int | None = None, zero_debias: bool = False) -> Config:
