@@ -237,7 +237,7 @@ def read_average(state: EMAState, config: Config) -> Tree:
             config.interval,
             config.compensate,
         )
-    weight = float(weight) if is_host_array(weight) else weight
+    weight = float(weight) if isinstance(weight, int) or is_host_array(weight) else weight
     backend = get_backend(xp)
     check_storage(backend, leaves, paths, "state.shadow")
     fused = getattr(backend, "correct_leaves", None)  # all leaves in one call (JAX)

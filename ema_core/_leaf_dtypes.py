@@ -88,9 +88,19 @@ def _check_numeric(xp: Namespace, dtype: Any, where: str) -> None:
     except TypeError:  # a dtype the namespace does not know (ml_dtypes' bfloat16 in numpy)
         numeric = False
     if not numeric:
+        module = getattr(getattr(dtype, "type", None), "__module__", "")
+        extension = (
+            ""
+            if not module.startswith("ml_dtypes")
+            else (
+                f" in numpy ({dtype} is ml_dtypes' extension dtype, as jax.device_get returns a "
+                "bfloat16 array: keep such leaves as JAX or torch arrays, or pass "
+                ".astype(numpy.float32))"
+            )
+        )
         raise TypeError(
             f"{where} has dtype {dtype}; only bool, integer, real and complex floating dtypes "
-            "are allowed"
+            f"are allowed{extension}"
         )
     if not getattr(dtype, "isnative", True):
         raise TypeError(
