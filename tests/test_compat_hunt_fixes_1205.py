@@ -118,3 +118,31 @@ def test_allennlp_preset_refuses_a_counter_whose_first_decay_is_negative(
     refuse; the preset refuses it when built, as ``compat.allennlp`` refuses ``apply(n)``."""
     with pytest.raises(ValueError, match=r"num_updates must be >= -numerator = 0.4 for a first"):
         presets.allennlp(0.9, -0.4, denominator, num_updates=0)
+
+
+def test_a_parameter_resized_in_place_is_a_value_error_before_any_write() -> None:
+    """``p.data = torch.zeros(3)`` after building: AllenNLP's ``assign_average_value`` and
+    Paddle's ``apply`` raised torch's raw size mismatch; now a ValueError naming the tensor,
+    with every parameter as it was."""
+    from ema_core.compat import paddle
+
+    model = torch.nn.Linear(2, 2)
+    seed = allennlp.ExponentialMovingAverage(model.named_parameters(), decay=0.5)
+    pp = paddle.ExponentialMovingAverage(model.named_parameters(), decay=0.5)
+    seed.apply()
+    pp.update()
+    model.bias.data = torch.zeros(3)
+    weight = model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"'bias' has shape \(2,\) but the values to write"):
+        seed.assign_average_value()
+    with pytest.raises(ValueError, match=r"'bias' has shape \(3,\) but the values to write"):
+        with pp.apply():
+            pass
+    assert torch.equal(model.weight, weight) and torch.equal(model.bias, torch.zeros(3))
+
+
+def test_allennlp_refuses_parameters_of_two_frameworks_when_built() -> None:
+    """They were accepted, then every ``apply`` failed naming an internal ``shadow['b']``;
+    Paddle's class refused them when built, and now AllenNLP's does too."""
+    with pytest.raises(TypeError, match=r"parameters\['b'\] \(Tensor\) is an array of"):
+        allennlp.ExponentialMovingAverage([("a", np.zeros(2)), ("b", torch.zeros(2))])

@@ -112,7 +112,19 @@ def assign(dst: Array, src: Array) -> Array:
 
 
 def assign_all(dst: dict[str, Array], src: Mapping[str, Array]) -> dict[str, Array]:
-    """``assign`` for every name; ``dst`` is updated to the arrays now holding the values."""
+    """``assign`` for every name; ``dst`` is updated to the arrays now holding the values.
+
+    Raises:
+        ValueError: a pair whose shapes differ (a parameter resized in place, ``p.data =
+            torch.zeros(3)``, after the EMA was built), before anything is written.
+    """
+    for key, value in dst.items():
+        if tuple(value.shape) != tuple(src[key].shape):
+            raise ValueError(
+                f"{key!r} has shape {tuple(value.shape)} but the values to write into it "
+                f"{tuple(src[key].shape)}: a parameter resized after the EMA was built cannot "
+                "take its average or backup; build a new EMA for the new shapes"
+            )
     for key, value in dst.items():
         dst[key] = assign(value, src[key])
     if any(map(compat.is_torch_array, dst.values())):

@@ -14,6 +14,7 @@ from typing import Any
 
 import ema_core
 from ema_core._checks import check_fraction
+from ema_core._leaf_checks import check_leaves
 from ema_core._types import Array
 from ema_core.compat._arrays import assign_all, check_like, clone, named_arrays, read_count
 from ema_core.presets._schedules import counter_cap
@@ -50,6 +51,9 @@ class ExponentialMovingAverage:
         self._schedule = counter_cap(decay, numerator, denominator)
         self._numerator = float(numerator)
         self._parameters = named_arrays(parameters, "parameters")
+        leaves = list(self._parameters.values())  # one framework, checked now, not at apply
+        paths = [(("key", k),) for k in self._parameters]
+        check_leaves(leaves, leaves, paths, ("parameters",) * 2)
         self._shadows = {k: clone(v) for k, v in self._parameters.items()}
         self._backups = {k: clone(v) for k, v in self._parameters.items()}
         self._assigned = False  # the averages are in the parameters, the backups hold theirs

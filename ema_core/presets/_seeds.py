@@ -48,7 +48,10 @@ def tensorflow(decay: float, num_updates: int | None = None, zero_debias: bool =
     ``d_t = min(decay, (1 + n) / (10 + n))`` computed in float32 (TF casts the decay and the
     counter to float32 and forms ``1 - d`` there), every ``apply()`` updates, shadows start as
     the variables. ``zero_debias=True`` is TF's rule for tensors: zero shadows, read through
-    ``/ (1 - d_t ** t)``.
+    ``/ (1 - d_t ** t)``. The ratio is formed in float64 and rounded once to float32, where TF
+    rounds the counter and each sum: past a counter of 2**24, with a decay of 0.9999995 or
+    more (only then does the ratio still win the ``min``), a decay can differ from TF's by one
+    float32 ulp.
 
     Args:
         decay: the decay (TF's ``decay``).
