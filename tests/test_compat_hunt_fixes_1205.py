@@ -146,3 +146,13 @@ def test_allennlp_refuses_parameters_of_two_frameworks_when_built() -> None:
     Paddle's class refused them when built, and now AllenNLP's does too."""
     with pytest.raises(TypeError, match=r"parameters\['b'\] \(Tensor\) is an array of"):
         allennlp.ExponentialMovingAverage([("a", np.zeros(2)), ("b", torch.zeros(2))])
+
+
+def test_mmedit_device_it_cannot_use_is_a_value_error_naming_it() -> None:
+    """``device="cuda"`` without CUDA raised torch's raw ``AssertionError``; it is checked as
+    ``EMA(device=...)`` checks it (CPU machines: no CUDA device; the meta device either way)."""
+    devices = ["meta"] if torch.cuda.is_available() else ["meta", "cuda"]
+    for device in devices:
+        with pytest.raises(ValueError, match=f"device={device!r}"):
+            MMEditEMA(torch.nn.Linear(2, 2), device=device)
+    assert MMEditEMA(torch.nn.Linear(2, 2), device="cpu").module.weight.device.type == "cpu"

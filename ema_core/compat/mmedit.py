@@ -28,6 +28,7 @@ from ema_core._checks import check_fraction, check_positive
 from ema_core.compat._modules import check_module, check_pairs, state_tensors
 from ema_core.presets._args import check_bool
 from ema_core.schedules import momentum as momentum_schedule
+from ema_core.torch._refusals import device_of
 
 
 class ExponentialMovingAverage(torch.nn.Module):
@@ -212,12 +213,15 @@ def _copy_all(mine: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tenso
 
 
 def _device(device: Any) -> torch.device | None:
-    """None, or ``device`` as a ``torch.device`` (a TypeError or ValueError naming it)."""
+    """None, or ``device`` as a ``torch.device`` this machine has (a TypeError or ValueError
+    naming it, as ``EMA(device=...)`` checks it)."""
     if device is None:
         return None
     if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
         raise TypeError(f"device must be None, a str, an int or a torch.device, got {device!r:.80}")
     try:
-        return torch.device(device)
+        target = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device must name a torch device, got {device!r}: {err}") from None
+    # one this machine has (not torch's AssertionError), not meta; named as it was given
+    return device_of(device if isinstance(device, str) else target)
