@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ema_core.posthoc import (
+    PostHocWarning,
     coefficients,
     list_snapshots,
     reconstruct,
@@ -52,7 +53,9 @@ def test_a_narrow_snapshot_is_not_called_a_duplicate_profile():
 
 
 def test_a_small_but_valid_sigma_rel_still_works():
-    x = coefficients([100, 100, 200, 200], [0.05, 0.1, 0.05, 0.1], 200, 1e-6)
+    """Computed, and (0.05 and 0.10 at two times cannot express it) warned about by its fit."""
+    with pytest.warns(PostHocWarning, match=r"sigma_rel 1e-06 .* misses its profile by 100"):
+        x = coefficients([100, 100, 200, 200], [0.05, 0.1, 0.05, 0.1], 200, 1e-6)
     assert np.isfinite(x).all() and abs(x.sum() - 1.0) < 1e-12
 
 

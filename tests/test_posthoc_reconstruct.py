@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -19,6 +20,12 @@ from ema_core.posthoc import (
 from ema_core.schedules import power_function
 
 STEPS, EVERY, SIZE = 3000, 100, 3000
+
+# the fit warning of a layout that does not span its target (pinned in test_posthoc_warning.py)
+MISFIT = (
+    "ignore:the post-hoc EMA of sigma_rel .* is inaccurate. the closest mix"
+    ":ema_core.posthoc.PostHocWarning"
+)
 
 
 STORED = ("float32", "float16", "bfloat16")
@@ -218,14 +225,19 @@ def _close(directory, storages):
     return directory
 
 
+@pytest.mark.filterwarnings(MISFIT)  # 0.04 from 0.10 and 0.11: the layout of the amplification
 def test_float32_snapshots_do_not_warn_where_bfloat16_ones_do(tmp_path):
     exact = reconstruct(_close(tmp_path / "f32", ["float32"] * 4), 0.04)["w"]  # no warning
-    with pytest.warns(PostHocWarning, match=r"sum to 28.5 .*\(limit 16 for bfloat16 snapshots\)"):
+    with pytest.warns(PostHocWarning) as caught:
         got = reconstruct(_close(tmp_path / "bf16", ["bfloat16"] * 4), 0.04)["w"]
+    limits = [str(w.message) for w in caught if "coefficients sum" in str(w.message)]
+    assert len(limits) == 1
+    assert re.search(r"sum to 28.5 .*\(limit 16 for bfloat16 snapshots\)", limits[0])
     # still computed; bf16's rounding (<= 2**-8 relative) comes back amplified up to 28.5 times
     assert got.dtype == np.float32 and np.all(np.abs(got - exact) <= 28.5 * 2**-8 * 0.11)
 
 
+@pytest.mark.filterwarnings(MISFIT)  # the layout of the amplification (CLOSE)
 def test_the_coarsest_storage_sets_the_limit_and_the_warning_names_the_caller(tmp_path):
     directory = _close(tmp_path, ["float32", "float64", "float16", "float32"])
     assert [i.storage for i in list_snapshots(directory)] == [
@@ -234,7 +246,7 @@ def test_the_coarsest_storage_sets_the_limit_and_the_warning_names_the_caller(tm
         "float16",
         "float32",
     ]
-    reconstruct(directory, 0.04)  # 28.5 < float16's 45.3
+    reconstruct(directory, 0.04)  # 28.5 < float16's 45.3 (its misfit: the mark)
     with pytest.warns(PostHocWarning, match=r"\(limit 45.3 for float16 snapshots\)") as caught:
         reconstruct(directory, [0.05, 0.02])  # 0.02: 58.5
-    assert [w.filename for w in caught] == [__file__]
+    assert caught and [w.filename for w in caught] == [__file__] * len(caught)

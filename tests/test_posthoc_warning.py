@@ -30,8 +30,20 @@ def test_a_typical_layout_does_not_warn():
     times, sigmas = layout(100, 3000, [0.05, 0.10])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for t_out in (3000, 1500, 100):
+        for t_out in (3000, 1500):
             solve(times, sigmas, t_out, [0.02, 0.03, 0.07, 0.15, 0.25])
+        solve(times, sigmas, 100, [0.03, 0.07])  # at the first snapshots: the nearer targets
+
+
+@pytest.mark.parametrize(("target", "fit"), [(0.25, 1.04), (0.02, 0.50)])
+def test_a_target_the_first_snapshots_cannot_express_warns_of_its_fit(target, fit):
+    """At step 100 only (100, 0.05) and (100, 0.10) exist: 0.25 and 0.02 lie outside what
+    they span, whatever their coefficients (fit errors 104% and 50%, amplification <= 6.2)."""
+    times, sigmas = layout(100, 3000, [0.05, 0.10])
+    with pytest.warns(PostHocWarning, match=f"sigma_rel {target} is inaccurate: the closest mix"):
+        solution = solve(times, sigmas, 100, [target])
+    assert solution.amplification[0] < AMPLIFICATION_LIMIT
+    assert solution.fit_error[0] == pytest.approx(fit, abs=0.01)
 
 
 @pytest.mark.parametrize("target", [0.02, 0.07, 0.25])
@@ -114,15 +126,21 @@ CLOSE = ([100, 100, 200, 200], [0.10, 0.11, 0.10, 0.11])
     ],
 )
 def test_the_limit_follows_the_storage(target, amplification, warned):
+    """The amplification warning per storage; 0.04 and 0.02 also lie far outside what 0.10
+    and 0.11 span, which the fit warning says whatever the storage (0.105 warns of nothing)."""
     for storage in ("float64", "float32", "float16", "bfloat16"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             solution = solve(*CLOSE, 200, [target], storage=storage)
         assert amplification[0] <= solution.amplification[0] < amplification[1]
-        assert [w.category for w in caught] == ([PostHocWarning] if storage in warned else [])
-        if caught:
+        limits = [w for w in caught if "coefficients sum" in str(w.message)]
+        fits = [w for w in caught if "the closest mix" in str(w.message)]
+        assert len(caught) == len(limits) + len(fits)
+        assert [w.category for w in limits] == ([PostHocWarning] if storage in warned else [])
+        assert [w.category for w in fits] == ([PostHocWarning] if target < 0.1 else [])
+        if limits:
             limit = f"{amplification_limit(storage):.3g}"
-            assert f"(limit {limit} for {storage} snapshots)" in str(caught[0].message)
+            assert f"(limit {limit} for {storage} snapshots)" in str(limits[0].message)
 
 
 @pytest.mark.parametrize(
@@ -139,4 +157,18 @@ def test_the_warning_points_at_the_caller(call):
     """``partial`` adds no Python frame: the caller is this test function itself."""
     with pytest.warns(PostHocWarning) as caught:
         call()
-    assert [w.filename for w in caught] == [__file__]
+    assert caught and [w.filename for w in caught] == [__file__] * len(caught)
+
+
+@pytest.mark.filterwarnings("ignore::ema_core.posthoc.PostHocWarning")  # the figures alone
+@pytest.mark.parametrize(
+    ("count", "fits"),
+    [(1, (0.495, 0.056, 1.039)), (10, (0.205, 0.009, 0.140)), (40, (0.026, 0.001, 0.026))],
+)
+def test_the_readme_fit_figures(count, fits):
+    """README "Fit warning": targets 0.02 / 0.07 / 0.25 from 0.05 and 0.10 at 1, 10 and 40
+    evenly spaced times, and one snapshot of 0.05 read as 0.20."""
+    times, sigmas = layout(100, 100 * count, [0.05, 0.10])
+    got = solve(times, sigmas, times[-1], [0.02, 0.07, 0.25]).fit_error
+    np.testing.assert_allclose(got, fits, atol=5e-4)
+    assert round(float(solve([100], [0.05], 100, [0.2]).fit_error[0]), 2) == 1.84

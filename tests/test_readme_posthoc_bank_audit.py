@@ -22,6 +22,12 @@ from ema_core.posthoc import (
 )
 from ema_core.schedules import power_function
 
+# the fit warning of a layout that does not span its target (pinned in test_posthoc_warning.py)
+MISFIT = (
+    "ignore:the post-hoc EMA of sigma_rel .* is inaccurate. the closest mix"
+    ":ema_core.posthoc.PostHocWarning"
+)
+
 
 def _readme_first_snippet(snapshots: Path) -> tuple[np.ndarray, np.ndarray]:
     """The README's first post-hoc snippet, as written; returns (ema_0.07, params) at 2000."""
@@ -88,6 +94,7 @@ def test_the_coefficients_depend_only_on_the_ratios_of_the_snapshot_times() -> N
     assert np.all(middle[4:] == 0.0)
 
 
+@pytest.mark.filterwarnings(MISFIT)  # a small layout
 def test_reconstruct_needs_no_interval_snapshots_of_interval_4_mix_as_steps_4x(
     tmp_path: Path,
 ) -> None:
@@ -130,6 +137,7 @@ def test_an_interval_n_power_function_at_step_n_k_is_the_step_1_one_at_k() -> No
     np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.filterwarnings(MISFIT)  # a small layout
 def test_several_targets_come_in_the_given_order_from_one_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +180,7 @@ def test_accumulation_is_float32_unless_float64_is_asked_for(tmp_path: Path) -> 
     np.testing.assert_allclose(single["w"], double["w"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings(MISFIT)  # a small layout
 def test_integer_and_bool_arrays_come_from_the_snapshot_at_at_unaveraged(tmp_path: Path) -> None:
     # README: "Integer and bool arrays ... are stored as they are and never averaged:
     # `reconstruct` returns them from a snapshot at `at`"

@@ -10,7 +10,7 @@ How the pieces fit:
 - ``_coefficients``: the coefficients of targets (``solve``: validation, the float64 solve,
   normalisation, cond(A)); ``_inputs``: its checks of the snapshot times and sigma_rels;
   ``_warning``: when the coefficients are inaccurate (``PostHocWarning``, its limits per
-  storage dtype).
+  storage dtype, and the fit error past which a target is out of the snapshots' reach).
 - ``_snapshots``: ``save_snapshot`` (one safetensors file per step and sigma_rel, written
   atomically through ``ema_core._atomic``); ``_sources``: what it takes (averages, or a torch
   ``EMA``; not an ``EMAState``); ``_records``: the metadata, with each array's policy

@@ -37,11 +37,15 @@ class Solution(NamedTuple):
     ``coefficients``: shape (targets, snapshots), float64, input order, 0 for snapshots after
     the target time; each row sums to 1. ``condition``: the 2-norm condition number of the
     Gram matrix of the kept snapshots. ``amplification``: ``sum |x|`` per target.
+    ``fit_error``: per target, how far the reconstructed profile ``sum_i x_i p_i`` lies from
+    the target's, relative (L2 over (0, target_time], divided by the target profile's norm):
+    0 for a tracked target, near 1 where the snapshots cannot express it.
     """
 
     coefficients: FloatArray
     condition: float
     amplification: FloatArray
+    fit_error: FloatArray
 
 
 def solve(
@@ -56,8 +60,8 @@ def solve(
 
     Keeps the snapshots with ``t_i <= target_time``, solves ``A x = b`` in float64 (A their Gram
     matrix, b their inner products with each target), normalises each x to sum 1 and gives the
-    other snapshots 0. Warns (``PostHocWarning``) when ``sum |x| > amplification_limit(storage)``
-    or ``cond(A) > CONDITION_LIMIT`` (module docstring).
+    other snapshots 0. Warns (``PostHocWarning``) when ``sum |x| > amplification_limit(storage)``,
+    ``cond(A) > CONDITION_LIMIT`` or the fit error exceeds ``FIT_LIMIT`` (``_warning``).
 
     Args:
         times: snapshot times (steps) > 0. sigma_rels: their sigma_rels, same length.
@@ -66,7 +70,8 @@ def solve(
             rounding the coefficients amplify: it sets the warning's limit.
 
     Returns:
-        ``Solution(coefficients (targets, snapshots), condition, amplification (targets,))``.
+        ``Solution(coefficients (targets, snapshots), condition, amplification (targets,),
+        fit_error (targets,))``.
 
     Raises:
         TypeError: a non-number (or bool) argument.
@@ -82,9 +87,7 @@ def solve(
     """
     limit = amplification_limit(storage)
     solution = solve_quietly(times, sigma_rels, target_time, target_sigma_rels)
-    warn_if_inaccurate(
-        solution.amplification, solution.condition, target_sigma_rels, limit, storage
-    )
+    warn_if_inaccurate(solution, target_sigma_rels, limit, storage)
     return solution
 
 
@@ -118,7 +121,18 @@ def solve_quietly(
         if same.size:
             out[j] = 0.0
             out[j, same[0]] = 1.0
-    return Solution(out, cond, np.abs(out).sum(axis=1))
+    fit = _fit_error(out[:, kept], gram, rhs, t_out, np.array(gammas_out))
+    return Solution(out, cond, np.abs(out).sum(axis=1), fit)
+
+
+def _fit_error(
+    x: FloatArray, gram: FloatArray, rhs: FloatArray, t_out: float, gammas: FloatArray
+) -> FloatArray:
+    """``||sum_i x_i p_i - p_target|| / ||p_target||`` per target (rows of ``x``), from the
+    inner products alone: ``|e|^2 = <T, T> - 2 x.b + x.A x``."""
+    norms = inner(t_out, gammas, t_out, gammas)  # <T, T> per target
+    squared = norms - 2.0 * np.einsum("jk,kj->j", x, rhs) + np.einsum("jk,kl,jl->j", x, gram, x)
+    return np.asarray(np.sqrt(np.maximum(squared, 0.0) / norms), dtype=np.float64)
 
 
 def _solve_normalised(
@@ -174,9 +188,7 @@ def coefficient_matrix(
     """
     limit = amplification_limit(storage)
     solution = solve_quietly(times, sigma_rels, target_time, target_sigma_rels)
-    warn_if_inaccurate(
-        solution.amplification, solution.condition, target_sigma_rels, limit, storage
-    )
+    warn_if_inaccurate(solution, target_sigma_rels, limit, storage)
     return solution.coefficients
 
 
@@ -200,6 +212,6 @@ def coefficients(
     targets = [check_posthoc_sigma_rel(target_sigma_rel, "target_sigma_rel")]
     limit = amplification_limit(storage)
     solution = solve_quietly(times, sigma_rels, target_time, targets)
-    warn_if_inaccurate(solution.amplification, solution.condition, targets, limit, storage)
+    warn_if_inaccurate(solution, targets, limit, storage)
     row: FloatArray = solution.coefficients[0]
     return row

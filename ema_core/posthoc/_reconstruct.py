@@ -147,7 +147,7 @@ def reconstruct(
     infos, solution, at = plan(directory, targets, at)
     storage = storage_of(infos)
     limit = amplification_limit(storage)
-    warn_if_inaccurate(solution.amplification, solution.condition, targets, limit, storage)
+    warn_if_inaccurate(solution, targets, limit, storage)
     copied = frozenset().union(*(info.copied or () for info in infos))
     sums = _accumulate(infos, solution.coefficients, at, accumulator, copied, progress)
     where = f"the snapshots in {os.fspath(directory)!r}"

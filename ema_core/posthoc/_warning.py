@@ -16,6 +16,14 @@ limit. It also fires when cond(A) exceeds ``CONDITION_LIMIT`` = 1e14, where ``co
 bounds the float64 solve's own error: sigma_rels 0.05 and 0.05 * (1 + 1e-13) at one time give
 ``sum |x|`` = 51, all of it rounding, at cond 7e15. From cond(A) >= 1/eps (4.5e15) on, A is
 singular to float64 precision: a ValueError names the pair.
+
+Small coefficients do not make a target reachable: the fit error (``Solution.fit_error``, the
+relative L2 distance of ``sum_i x_i p_i`` from the target's profile) measures what the
+snapshots cannot express, and the warning fires above ``FIT_LIMIT`` = 25%. One snapshot of
+0.05 read as 0.20 misses by 184%; 0.05 and 0.10 at one time give 0.02 / 0.07 / 0.25 at 50% /
+5.6% / 104%, at 10 times 20% / 0.9% / 14%, at 40 times 2.6% / 0.1% / 2.6%
+(tests/test_posthoc_warning.py): a quarter of the profile elsewhere is an average of another
+length, not a rounding matter.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -31,6 +40,7 @@ from ema_core.posthoc._math import FloatArray
 __all__ = [
     "AMPLIFICATION_LIMIT",
     "CONDITION_LIMIT",
+    "FIT_LIMIT",
     "UNIT_ROUNDOFF",
     "PostHocWarning",
     "amplification_limit",
@@ -41,13 +51,15 @@ __all__ = [
 AMPLIFICATION_LIMIT = 100.0
 #: Warn when the Gram matrix is this ill-conditioned (the float64 solve keeps ~2 digits).
 CONDITION_LIMIT = 1e14
+#: Warn when the reconstructed profile lies this far from the target's (relative L2 error).
+FIT_LIMIT = 0.25
 #: Unit roundoff (half an ulp of 1, relative) of each storage dtype of snapshots.
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
 class PostHocWarning(RuntimeWarning):
-    """The snapshots cannot give this target accurately (large coefficients or a near-singular
-    Gram matrix)."""
+    """The snapshots cannot give this target accurately (a profile they do not span, large
+    coefficients or a near-singular Gram matrix)."""
 
 
 def amplification_limit(storage: str, /) -> float:
@@ -68,19 +80,42 @@ def amplification_limit(storage: str, /) -> float:
     return min(AMPLIFICATION_LIMIT, float(UNIT_ROUNDOFF[storage] ** -0.5))
 
 
+class Diagnostics(Protocol):
+    """What the warning reads of a ``Solution`` (``_coefficients``)."""
+
+    @property
+    def condition(self) -> float: ...
+
+    @property
+    def amplification(self) -> FloatArray: ...
+
+    @property
+    def fit_error(self) -> FloatArray: ...
+
+
 def warn_if_inaccurate(
-    amplification: FloatArray,
-    condition: float,
-    targets: Sequence[float],
-    limit: float,
-    storage: str,
+    solution: Diagnostics, targets: Sequence[float], limit: float, storage: str
 ) -> None:
     """Warn (``PostHocWarning``) when a target's ``sum |x|`` (``amplification``) exceeds
-    ``limit`` or ``condition`` (cond(A)) exceeds ``CONDITION_LIMIT``.
+    ``limit``, cond(A) exceeds ``CONDITION_LIMIT`` or a target's fit error exceeds
+    ``FIT_LIMIT``.
 
     Call it from the public function itself: the warning names that function's caller
     (``stacklevel=3``: this function, the public one, its caller).
     """
+    fits = solution.fit_error
+    misfit = int(np.argmax(fits))
+    if fits[misfit] > FIT_LIMIT:
+        warnings.warn(
+            f"the post-hoc EMA of sigma_rel {float(targets[misfit])!r} is inaccurate: the "
+            f"closest mix of the snapshots' profiles misses its profile by "
+            f"{float(fits[misfit]):.1%} (relative L2 error, limit {FIT_LIMIT:.0%}), so the "
+            "result is another average. Track sigma_rels on both sides of the target, or keep "
+            "more snapshots.",
+            PostHocWarning,
+            stacklevel=3,
+        )
+    amplification, condition = solution.amplification, solution.condition
     worst = int(np.argmax(amplification))
     most, cond = float(amplification[worst]), condition
     reasons = []
