@@ -134,7 +134,10 @@ class Config:
         return self.effective_schedule.decay_and_rate(t)
 
     def _pair_at(self, t: Step, /) -> tuple[Value, Value]:
-        """``decay_and_rate(t)`` as the update paths read it (``Schedule._pair_at``)."""
+        """``decay_and_rate(t)`` as the update paths read it (``Schedule._pair_at``); through
+        ``decay_and_rate`` itself where a subclass overrides it."""
+        if type(self).decay_and_rate is not Config.decay_and_rate:
+            return self.decay_and_rate(t)
         return self.effective_schedule._pair_at(t)
 
 

@@ -80,8 +80,8 @@ def check_live(
     try:  # one C call per array on the usual path: JAX arrays, none deleted
         if not any(map(_IS_DELETED, arrays)) and not any(map(_IS_DELETED, params_arrays)):
             return
-    except AttributeError:  # a numpy array or a tracer: looked at one by one below
-        pass
+    except (AttributeError, jax.errors.ConcretizationTypeError):  # a numpy array or a tracer
+        pass  # (inside a user's jit, vmap or scan): looked at one by one below
     for x in (*arrays, *params_arrays):
         if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted():
             state, params = state_split.merge(arrays), params_split.merge(params_arrays)

@@ -36,7 +36,9 @@ def with_ema(optimizer: Any, /, config: Config | None = None) -> Any:
     The EMA moves once per optimizer step, in either order of wrapping: around
     ``optax.MultiSteps`` it skips the micro-batches that only accumulate gradients (the
     accumulator's ``gradient_step`` did not move), around ``optax.apply_if_finite`` the steps it
-    skipped (``last_finite`` false); a schedule counts optimizer steps.
+    skipped (``last_finite`` false); a schedule counts optimizer steps. Only the wrappers
+    inside ``with_ema`` are seen: after one in a chain (``chain(apply_if_finite(...),
+    with_ema(scale(-lr)))``) every call moves the EMA, so wrap the whole chain.
 
     Args:
         optimizer: an optax ``GradientTransformation`` (anything with ``init`` and ``update``).

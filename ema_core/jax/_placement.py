@@ -152,9 +152,12 @@ def _placed(x: Any, home: Any, shared: bool) -> Any:
 def _params_home(params_arrays: list[Any]) -> Any:
     """Where a numpy state array goes: the one device of the committed params, the default
     device when none is committed, or False when they are committed across several devices."""
-    devices = {
-        d for x in params_arrays if getattr(x, "committed", False) for d in x.sharding.device_set
-    }
+    committed = [  # traced params (a user's jit, vmap or grad) have no placement to read
+        x
+        for x in params_arrays
+        if not isinstance(x, jax.core.Tracer) and getattr(x, "committed", False)
+    ]
+    devices = {d for x in committed for d in x.sharding.device_set}
     if len(devices) > 1:
         return False
     return devices.pop() if devices else default_device()

@@ -73,7 +73,28 @@ def split(tree: Any) -> tuple[list[Any], Split]:
         return leaves, Split(treedef, dynamic, ())
     arrays = [x for x, d in zip(leaves, dynamic, strict=True) if d]
     statics = tuple(x for x, d in zip(leaves, dynamic, strict=True) if not d)
-    return arrays, Split(treedef, dynamic, statics)
+    try:
+        return arrays, Split(treedef, dynamic, statics)
+    except TypeError:  # an unhashable non-array leaf: name it
+        _refuse_unhashable(tree)
+        raise
+
+
+def _refuse_unhashable(tree: Any) -> None:
+    """Raise a ``TypeError`` naming the first non-array leaf of ``tree`` that is unhashable."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, (jax.Array, np.ndarray)):
+            continue
+        try:
+            hash(leaf)
+        except TypeError:
+            raise TypeError(
+                f"the leaf at {jax.tree_util.keystr(path) or 'the root'} is a "
+                f"{type(leaf).__name__}, neither an array nor hashable: the compiled update "
+                "passes non-array leaves as compile-time constants, which must be hashable; "
+                "mark the field static (equinox: eqx.field(static=True)) or make it hashable "
+                "(a frozen dataclass)"
+            ) from None
 
 
 _SHAPE_DTYPE = operator.attrgetter("shape", "dtype")

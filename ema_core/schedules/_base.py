@@ -55,7 +55,10 @@ class Schedule(abc.ABC):
 
     def _pair_at(self, t: Step, /) -> tuple[Value, Value]:
         """``decay_and_rate(t)``, but at a CPU torch tensor step the Python floats it is
-        computed in (the update paths read them as floats; no tensors are made)."""
+        computed in (the update paths read them as floats; no tensors are made). A subclass
+        that overrides ``decay_and_rate`` is asked through it."""
+        if type(self).decay_and_rate is not Schedule.decay_and_rate:
+            return self.decay_and_rate(t)
         return self.pair(ops_for(t))
 
     @abc.abstractmethod
