@@ -30,15 +30,23 @@ def read(
     schedule's at ``step``; 1 without correction)."""
     if kind != "float" or config.init != "zeros":
         return shadow
-    if config.correction == "none":
-        weight = 1.0
-    elif config.correction == "power":
-        weight = power_weight(config.schedule, step, config.interval, config.compensate)  # type: ignore[arg-type]
+    weight = divisor(config, weight, step)
     if isinstance(weight, torch.Tensor) and weight.device != shadow.device:
         # a CUDA step over host shadows (``device="cpu"``) leaves the weight on the GPU
         weight = weight.to(shadow.device)
     corrected: torch.Tensor = _core.correct(xp, shadow, weight)
     return corrected
+
+
+def divisor(config: Config, weight: Any, step: Any) -> Any:
+    """What a zero-started shadow is divided by when read: the EMA's bias-correction
+    ``weight`` (``correction="exact"``), the power schedule's weight at ``step``
+    (``"power"``), or 1 (``"none"``)."""
+    if config.correction == "none":
+        return 1.0
+    if config.correction == "power":
+        return power_weight(config.schedule, step, config.interval, config.compensate)  # type: ignore[arg-type]
+    return weight
 
 
 def copy_averages(

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 
@@ -27,6 +28,10 @@ class Copied(Protocol):
     def average(self) -> dict[str, torch.Tensor]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
+
+    def __getstate__(self) -> dict[str, Any]: ...
+
+    def __setstate__(self, state: dict[str, Any]) -> None: ...
 
     def load_state_dict(self, state_dict: Mapping[str, Any], /, *, strict: bool = True) -> None: ...
 
@@ -59,22 +64,62 @@ def state_dict(ema: Copied) -> dict[str, Any]:
 
 
 def load_state_dict(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> None:
-    """``EMA.load_state_dict``: everything checked, then shadows, counter and weight written."""
+    """``EMA.load_state_dict``: everything checked, then shadows, counter and weight written.
+    Under ``init="zeros"`` a shadow ``strict=False`` does not load is rescaled to the loaded
+    weight (``_kept``), so its average stays what it was."""
     loaded = ema._checked_state(state_dict, strict)
     step, weight = _state.unpack_step(state_dict)
+    kept, factor = _kept(ema, loaded, step, weight)
     ema._bound.store.wait()
     with torch.no_grad(), HeldInterrupts():
         _averages.load_shadows(ema.names, ema._bound.shadows, loaded)
+        for shadow in kept:
+            shadow.mul_(factor)
         ema._step, ema._weight, ema._bound.pending = step, weight, None
 
 
 def checked_state(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> Any:
-    """``EMA._checked_state``: ``_state.check_load``'s loaded shadows, before any write."""
+    """``EMA._checked_state``: ``_state.check_load``'s loaded shadows, before any write; a
+    loose load that would leave the shadows it does not load unreadable (``_kept``) refused."""
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     ema._refuse_in_swap("load_state_dict")
     ema._bound.refresh(objects=True)
-    return _state.check_load(state_dict, ema.names, ema._bound.shadows, ema.config, strict)
+    loaded = _state.check_load(state_dict, ema.names, ema._bound.shadows, ema.config, strict)
+    _kept(ema, loaded, *_state.unpack_step(state_dict))
+    return loaded
+
+
+def _kept(
+    ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any
+) -> tuple[list[torch.Tensor], float]:
+    """The raw shadows of a zeros-started EMA (``init="zeros"``, read through a divisor) that a
+    ``strict=False`` load leaves, and the factor that keeps their averages under the loaded
+    step and weight (the new divisor over the old one; 1 when the EMA had not updated).
+
+    Raises:
+        ValueError: the loaded divisor is 0 (a zeros-started state before its first update)
+            while the kept shadows hold averages: they could not be read after it.
+    """
+    config = ema.config
+    if config.init != "zeros" or config.correction == "none":
+        return [], 1.0
+    pairs = zip(ema.names, ema._bound.shadows, strict=True)
+    kept = [(n, s) for n, s in pairs if n not in loaded and _rules.floating(s)]
+    if not kept:
+        return [], 1.0
+    old = float(_averages.divisor(config, ema._weight, ema._step))
+    new = float(_averages.divisor(config, weight, step))
+    if old == 0.0:
+        return [], 1.0
+    if new == 0.0:
+        raise ValueError(
+            f"state_dict was saved before its EMA's first update (weight 0), and strict=False "
+            f"would keep {[n for n, _ in kept][:5]} ({len(kept)} in all) as they are: their "
+            "averages could not be read under its weight; load it with strict=True, or a "
+            "state saved after an update"
+        )
+    return [s for _, s in kept], new / old
 
 
 def deep_copy(ema: Copied, memo: dict[int, Any], make: Callable[..., T]) -> T:
@@ -82,6 +127,13 @@ def deep_copy(ema: Copied, memo: dict[int, Any], make: Callable[..., T]) -> T:
     in ``memo``, loaded with ``ema``'s ``state_dict()``; recorded in ``memo``."""
     root = ema._bound.root
     source: Any = memo.get(id(root), root)
+    if isinstance(source, torch.nn.Module) and "_parameters" not in vars(source):
+        # the model is being copied and holds this EMA (model.ema = EMA(model)): its copy is
+        # not built yet, so copy as pickling does; the copy rebinds to it at its first look
+        shell: Any = object.__new__(type(ema))
+        memo[id(ema)] = shell
+        shell.__setstate__(copy.deepcopy(ema.__getstate__(), memo))
+        return cast(T, shell)
     if root is None:  # named tensors: each one's copy, if this deepcopy made one
         source = {t.name: memo.get(id(t.tensor), t.tensor) for t in ema._bound.tracked}
     names = frozenset(ema.names)

@@ -1,0 +1,110 @@
+"""torch ``EMA`` promises a hostile-user hunt of 2026-12-05 found broken, each pinned."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+import ema_core as ema
+from ema_core import schedules
+
+torch = pytest.importorskip("torch")
+from ema_core.torch import EMA, EMABank  # noqa: E402
+
+
+class _Holder(torch.nn.Module):
+    """A model that holds its own EMA (``model.ema = EMA(model)``), or a bank of them."""
+
+    def __init__(self, bank: bool = False) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+        self.ema = EMABank(self, sigma_rels=(0.05, 0.1)) if bank else EMA(self, decay=0.5)
+
+
+def test_deepcopy_of_a_model_holding_its_own_ema() -> None:
+    """The EMA was rebuilt on the model's copy before that copy had its attributes:
+    ``AttributeError: 'Net' object has no attribute '_parameters'``. The copy is now an
+    independent EMA of the copied model."""
+    model = _Holder()
+    with torch.no_grad():
+        model.fc.weight.fill_(1.0)
+    model.ema.update()
+    before = model.ema.average["fc.weight"].clone()
+    twin = copy.deepcopy(model)
+    assert twin.ema is not model.ema and twin.ema.step == 1
+    assert torch.equal(twin.ema.average["fc.weight"], before)
+    with torch.no_grad():
+        twin.fc.weight.fill_(3.0)
+    twin.ema.update()
+    assert torch.equal(twin.ema.average["fc.weight"], (before + 3.0) / 2)
+    assert torch.equal(model.ema.average["fc.weight"], before)  # the original untouched
+    with twin.ema.swap():
+        assert torch.equal(twin.fc.weight, (before + 3.0) / 2)
+    assert torch.equal(twin.fc.weight, torch.full((2, 2), 3.0))
+
+
+def test_deepcopy_of_a_model_holding_its_own_bank() -> None:
+    model = _Holder(bank=True)
+    model.ema.update()
+    twin = copy.deepcopy(model)
+    assert all(a is not b for a, b in zip(twin.ema, model.ema, strict=True))
+    with torch.no_grad():
+        twin.fc.weight.add_(1.0)
+    twin.ema.update()
+    assert [e.step for e in twin.ema] == [2, 2] and [e.step for e in model.ema] == [1, 1]
+
+
+def _renamed(config: ema.Config, updates: int) -> tuple[EMA, EMA]:
+    """An EMA of {enc, head} updated once, and one of {backbone, head} updated ``updates``
+    times (a module renamed between runs: ``strict=False`` loads only ``head.*``)."""
+    torch.manual_seed(0)
+    old = torch.nn.ModuleDict({"enc": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 1)})
+    new = torch.nn.ModuleDict({"backbone": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 1)})
+    source, target = EMA(old, config=config), EMA(new, config=config)
+    source.update()
+    for _ in range(updates):
+        with torch.no_grad():
+            new["backbone"].weight.add_(1.0)
+        target.update()
+    return source, target
+
+
+@pytest.mark.parametrize("correction", ["exact", "power"])
+def test_a_loose_load_under_zeros_keeps_the_averages_it_does_not_load(correction: str) -> None:
+    """The loaded weight (and step) replaced the EMA's: the raw shadows it did not load were
+    read through the other weight (8.8 times too large in the hunt's case)."""
+    schedule = schedules.power_function(sigma_rel=0.1) if correction == "power" else 0.9
+    config = ema.Config(schedule=schedule, init="zeros", correction=correction)
+    source, target = _renamed(config, 20)
+    kept = {n: v.clone() for n, v in target.average.items() if n.startswith("backbone")}
+    target.load_state_dict(source.state_dict(), strict=False)
+    for name, value in kept.items():
+        torch.testing.assert_close(target.average[name], value, rtol=1e-6, atol=0)
+    for name in ("head.weight", "head.bias"):
+        assert torch.equal(target.average[name], source.average[name])
+    assert target.step == 1
+
+
+def test_a_loose_load_of_a_state_saved_before_its_first_update_is_refused() -> None:
+    """Its weight is 0: the shadows kept could not be read after it. Nothing changes."""
+    config = ema.Config(schedule=0.9, init="zeros")
+    source, target = _renamed(config, 3)
+    fresh = EMA(source._bound.root, config=config)  # weight 0, step 0
+    before = {n: v.clone() for n, v in target.state_dict()["shadow"].items()}
+    with pytest.raises(ValueError, match=r"saved before its EMA's first update .* strict=True"):
+        target.load_state_dict(fresh.state_dict(), strict=False)
+    after = target.state_dict()
+    assert after["step"] == 3 and all(torch.equal(before[n], v) for n, v in after["shadow"].items())
+
+
+def test_a_loose_load_of_a_params_state_into_a_zeros_ema_keeps_its_averages() -> None:
+    """A state of ``init="params"`` (weight 1) into a zeros EMA: the raw shadows kept were
+    read uncorrected, pulled toward 0."""
+    source, _ = _renamed(ema.Config(schedule=0.9), 1)
+    _, target = _renamed(ema.Config(schedule=0.9, init="zeros"), 5)
+    kept = target.average["backbone.weight"].clone()
+    target.load_state_dict(
+        {**source.state_dict(), "config": target.state_dict()["config"]}, strict=False
+    )
+    torch.testing.assert_close(target.average["backbone.weight"], kept, rtol=1e-6, atol=0)
