@@ -108,3 +108,57 @@ def test_a_loose_load_of_a_params_state_into_a_zeros_ema_keeps_its_averages() ->
         {**source.state_dict(), "config": target.state_dict()["config"]}, strict=False
     )
     torch.testing.assert_close(target.average["backbone.weight"], kept, rtol=1e-6, atol=0)
+
+
+def _bn_model() -> tuple[torch.nn.Module, EMA, torch.Tensor]:
+    """A model whose BatchNorm statistics moved after the EMA's last update."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    average = EMA(model, decay=0.9)
+    model(torch.randn(16, 4))
+    average.update()
+    model(torch.randn(16, 4) * 3 + 1)  # a training forward after the last update
+    return model, average, model[1].running_mean.clone()
+
+
+@pytest.mark.parametrize("copy_in", [True, False])
+def test_a_conversion_inside_swap_gets_the_live_buffers_back(copy_in: bool) -> None:
+    """``.half()`` makes new buffer objects: the exit restored into the old ones, and the model
+    kept the EMA's statistics (rounded through half) for good."""
+    model, average, live = _bn_model()
+    model.eval()
+    with average.swap(copy=copy_in):
+        model.half()
+        model(torch.randn(2, 4, dtype=torch.half))
+        model.float()
+    assert torch.equal(model[1].running_mean, live)
+
+
+@pytest.mark.parametrize("flag", ["overwrite", "swap"])
+def test_a_conversion_under_torchs_conversion_flags_inside_swap(flag: str) -> None:
+    """Under ``set_overwrite_module_params_on_conversion`` the parameters are new objects: the
+    model kept the averages; under ``set_swap_module_params_on_conversion`` their version
+    counters are other tensors': ``swap(copy=False)`` claimed a write that never happened."""
+    set_flag = getattr(torch.__future__, f"set_{flag}_module_params_on_conversion")
+    get_flag = getattr(torch.__future__, f"get_{flag}_module_params_on_conversion")
+    was = get_flag()
+    set_flag(True)
+    try:
+        model = torch.nn.Linear(4, 8)
+        average = EMA(model, decay=0.9)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        average.update()
+        live, kept = model.weight.detach().clone(), average.average["weight"].clone()
+        for copy_in in (True, False):
+            with average.swap(copy=copy_in):
+                model.double()
+                model.float()
+            assert torch.equal(model.weight, live), copy_in
+            assert torch.equal(average.average["weight"], kept), copy_in
+        seen = pytest.raises(RuntimeError, match=r"swap\(copy=False\): \['weight'\]")
+        with seen, average.swap(copy=False), torch.no_grad():
+            model.weight.add_(1.0)  # a real write through the shadow: still seen
+        assert torch.equal(model.weight, live)
+    finally:
+        set_flag(was)

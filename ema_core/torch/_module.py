@@ -151,7 +151,8 @@ class EMA:
             raise ValueError(self._bound.store.refusal)
         self._swapped, self._lending = True, not copy
         try:
-            with _swap.swapped(self.names, self._bound.live, self._exposed, copy):
+            bound = self._bound
+            with _swap.swapped(self.names, bound.live, self._exposed, copy, bound.owners()):
                 yield
         finally:
             self._shards.put_back()  # drop unsharded params gathered from the averages

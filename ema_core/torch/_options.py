@@ -6,7 +6,8 @@ are in ``_rules``."""
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -122,6 +123,12 @@ class Binding:
             return
         self.shadows = shadows
         self._bind(now)
+
+    def owners(self) -> Callable[[], list[Any]]:
+        """A reader of what the tracked tensors' owners hold now under their keys (a conversion
+        inside ``swap()``, ``.half()``, replaces the buffer objects in their module's dict); a
+        submodule the user replaced meanwhile is not read (its old owner's dict is)."""
+        return _watch.owners_now(self.root, self.tracked)
 
     def follow(self) -> None:
         """``refresh()`` when a tracked tensor's data moved (``_watch.Watch.moved``: one

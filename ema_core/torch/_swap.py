@@ -21,6 +21,11 @@ either way: BatchNorm's native kernels update their statistics without moving th
 DTensors (FSDP2) keep their storage behind the wrapper, where ``.data`` does not reach, and are
 copied too (one shard-sized copy per rank).
 
+A conversion inside the block (``model.half()`` then ``.float()``) replaces buffer objects in
+their modules' dicts (parameters too under torch's ``set_overwrite_module_params_on_conversion``):
+the exit puts the live values into what the owning modules hold then, cast to its dtype; a
+submodule the user replaced keeps what the user put there.
+
 ``check_target`` validates ``copy_to``'s targets before the first write; ``eager`` keeps an
 update out of ``torch.compile``'s traces. Ctrl-C is held while tensors are put in or taken out
 (``_interrupts.HeldInterrupts``).
@@ -60,17 +65,37 @@ class Put:
             average, shadow = average.to(dtype=live.dtype, device=live.device), False
         self.saved, self.by_data = live.data, True
         live.data = average
+        self.lent = average.data_ptr()
         if shadow:
             self.version = live._version
 
-    def restore(self) -> bool:
-        written = self.version is not None and self.live._version != self.version
+    def restore(self, now: torch.Tensor | None = None) -> bool:
+        """Put the live values back, into ``now`` (the tensor the module holds now under this
+        name) where a conversion inside the block replaced the tensor (``.half()`` makes new
+        buffers; parameters too under torch's overwrite or swap conversion flags), cast to
+        its dtype; returns whether the exposed shadow was written. A parameter converted off
+        the shadow's storage (its version counter then is another tensor's) counts as not
+        written: what it did before the conversion cannot be told."""
+        live = self.live
+        on_shadow = self.by_data and live.data_ptr() == self.lent
+        written = self.version is not None and on_shadow and live._version != self.version
         if self.by_data:
-            self.live.data = self.saved
+            live.data = self.saved
         else:
             with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
-                self.live.detach().copy_(self.saved)
+                live.detach().copy_(self.saved)
+        if now is not None and now is not live and _plain_pair(now, live, self.saved.shape):
+            with torch.inference_mode(now.is_inference() or torch.is_inference_mode_enabled()):
+                now.detach().copy_(self.saved)
         return written
+
+
+def _plain_pair(now: Any, live: torch.Tensor, shape: torch.Size) -> bool:
+    """Whether ``now`` replaced ``live`` as a conversion does: both plain tensors of one shape
+    (FSDP2 swaps its own sharded and unsharded parameters in and out: its ``put_back`` owns
+    those)."""
+    plain = type(now.detach()) is torch.Tensor and type(live.detach()) is torch.Tensor
+    return plain and now.shape == shape
 
 
 def _plain_parameter(live: torch.Tensor) -> bool:
@@ -84,10 +109,12 @@ def swapped(
     live: Sequence[torch.Tensor],
     average: Callable[[int], tuple[torch.Tensor, bool]],
     copy: bool,
+    current: Callable[[], Sequence[Any]] | None = None,
 ) -> Iterator[None]:
     """Inside the block ``live[i]`` holds ``average(i)[0]`` (``average(i)[1]``: it is the
-    shadow itself); restored on exit, also on an exception. Ctrl-C is held while tensors are
-    being put in or taken out, so the model is never left half swapped.
+    shadow itself); restored on exit, also on an exception, into the tensors ``current()``
+    finds under the names then (``Put.restore``). Ctrl-C is held while tensors are being put
+    in or taken out, so the model is never left half swapped.
 
     Raises:
         RuntimeError: with ``copy=False``, a shadow was written inside the block (after the
@@ -114,8 +141,12 @@ def swapped(
         failed = error
         raise
     finally:
+        now = current() if puts and current is not None else None
         with HeldInterrupts():
-            written = [names[i] for i, put in reversed(list(enumerate(puts))) if put.restore()]
+            found = [None] * len(puts) if now is None else now
+            written = [
+                names[i] for i, put in reversed(list(enumerate(puts))) if put.restore(found[i])
+            ]
             forget_derived()  # and values of the averages for the live weights
         if written and (failed is None or isinstance(failed, Exception)):
             raise RuntimeError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 
 import torch
@@ -226,6 +226,13 @@ class _Reads:
 
     def now(self) -> Iterator[Any]:
         return map(dict.get, self.tables, self.keys) if self.tables else iter(self.held)
+
+
+def owners_now(root: torch.nn.Module | None, tracked: list[Tracked]) -> Callable[[], list[Any]]:
+    """What the owners of ``tracked`` (the modules holding them now) will hold under the same
+    keys when called (the tensors themselves for named tensors)."""
+    reads = _Reads(root, tracked)
+    return lambda: list(reads.now())
 
 
 def _slot(root: torch.nn.Module, t: Tracked) -> tuple[dict[str, Any], str]:
