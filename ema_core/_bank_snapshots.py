@@ -19,6 +19,9 @@ the user's view the two are one step:
   ``save_snapshots``), which gives the same files as the automatic write, since the shadows
   have not moved since. The writer leaves none of the set on disk then.
 
+``check_given_steps``: the labels a bank's ``save_snapshots(steps=)`` may give (its EMAs' steps
+times one factor).
+
 ``ema_core.posthoc`` (numpy) is imported when a bank first needs it.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import errno as errnos
 import importlib
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +38,7 @@ from typing import Any
 from ema_core import _snapshot_args
 from ema_core._atomic import resolve_link
 
-__all__ = ["SnapshotWriteError", "check_set", "write_set"]
+__all__ = ["SnapshotWriteError", "check_given_steps", "check_set", "write_set"]
 
 
 class SnapshotWriteError(OSError):
@@ -176,4 +180,36 @@ def _check_writable(directory: Any, where: Path) -> None:
             f"snapshot_dir={os.fspath(directory)!r}: the folder {os.fspath(where)!r} is not "
             "writable (the snapshots, or the missing folders above them, are made there); "
             "give a folder this process may write into. Nothing was updated",
+        )
+
+
+def check_given_steps(steps: Sequence[Any], own: Sequence[int]) -> None:
+    """A bank's ``save_snapshots(steps=)``: each average is labelled with its EMA's step
+    ``own[k]`` times one factor for all (a bank called every k optimizer steps, labelled in
+    optimizer steps: the solve reads only the ratios of the times); another label would
+    misplace the snapshot. A step that is not an int is left to the writer's checks.
+
+    Raises:
+        ValueError: a step that is not a multiple of its EMA's, or factors that differ.
+
+    Example:
+        >>> check_given_steps([12, 12], [3, 3])  # a bank called every 4 steps
+    """
+    factors = set()
+    for k, (value, mine) in enumerate(zip(steps, own, strict=True)):
+        try:
+            given = operator.index(value)
+        except TypeError:
+            continue
+        if mine < 1 or given % mine:
+            raise ValueError(
+                f"steps[{k}]={given!r} is not a multiple of states[{k}].step ({mine}): a "
+                "snapshot is labelled with its EMA's step, or with that step times one factor "
+                "for every EMA (a bank called every k steps); leave steps out"
+            )
+        factors.add(given // mine)
+    if len(factors) > 1:
+        raise ValueError(
+            f"steps={list(steps)!r} scale the states' steps {list(own)} by different factors "
+            f"{sorted(factors)}: one factor labels every EMA of the set"
         )

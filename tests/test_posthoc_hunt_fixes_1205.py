@@ -152,7 +152,8 @@ def test_a_repeated_sigma_rel_flag_adds_its_targets(tmp_path: Path) -> None:
 
 def test_the_jax_bank_refuses_steps_that_are_not_its_states_steps(tmp_path: Path) -> None:
     """``save_snapshots(steps=)`` labelled each average with any step it was given, so later
-    reconstructions used the wrong times (the torch ``save_snapshot`` refuses this)."""
+    reconstructions used the wrong times; it takes the states' steps times one factor (a bank
+    called every k optimizer steps, labelled in optimizer steps)."""
     jnp = pytest.importorskip("jax.numpy")
     from ema_core.jax import make_bank_update
 
@@ -160,13 +161,15 @@ def test_the_jax_bank_refuses_steps_that_are_not_its_states_steps(tmp_path: Path
     states = bank.init({"w": jnp.zeros(3)})
     for i in range(20):
         states = bank(states, {"w": jnp.full(3, float(i))})
-    with pytest.raises(ValueError, match=r"steps\[0\]=19, but states\[0\]\.step is 20"):
+    with pytest.raises(ValueError, match=r"steps\[0\]=19 is not a multiple of states\[0\]\.step"):
         bank.save_snapshots(tmp_path, states, steps=[19, 20])
+    with pytest.raises(ValueError, match=r"by different factors \[1, 2\]"):
+        bank.save_snapshots(tmp_path, states, steps=[20, 40])
     assert os.listdir(tmp_path) == []
-    bank.save_snapshots(tmp_path, states, steps=[20, 20])  # the states' own steps
+    bank.save_snapshots(tmp_path, states, steps=[80, 80])  # a bank called every 4 steps
     assert sorted((i.step, i.sigma_rel) for i in list_snapshots(tmp_path)) == [
-        (20, 0.05),
-        (20, 0.10),
+        (80, 0.05),
+        (80, 0.10),
     ]
 
 

@@ -167,8 +167,12 @@ def test_refused_settings_name_their_argument(
 
 def test_allennlp_numerator_just_above_minus_denominator_is_taken() -> None:
     # "AllenNLP `numerator <= -denominator`" is refused: just above it is a valid counter decay
-    cfg = presets.allennlp(0.99, numerator=-9.5, denominator=10.0, num_updates=1)
-    assert cfg.decay(1) == pytest.approx((-9.5 + 1) / (10.0 + 1), rel=1e-14)
+    # from a counter of at least -numerator ("or below `-numerator`": refused, as compat's
+    # apply(n) refuses it; n = 1 gave the negative decay -8.5 / 11, which every update refused)
+    cfg = presets.allennlp(0.99, numerator=-9.5, denominator=10.0, num_updates=10)
+    assert cfg.decay(1) == pytest.approx((-9.5 + 10) / (10.0 + 10), rel=1e-14)
+    with pytest.raises(ValueError, match=r"num_updates must be >= -numerator = 9.5"):
+        presets.allennlp(0.99, numerator=-9.5, denominator=10.0, num_updates=1)
 
 
 # "a hyperparameter given as an array or a numpy float32 scalar ... pass `float(x)`

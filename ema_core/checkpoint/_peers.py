@@ -208,6 +208,7 @@ def _fit(peer: str, name: str, value: Any, ours: torch.Tensor) -> torch.Tensor:
     widens = (
         value.dtype.is_floating_point
         and ours.dtype.is_floating_point
+        and value.dtype.itemsize > 1  # float8: torch has no promotion (nor arithmetic) in it
         and (torch.promote_types(value.dtype, ours.dtype) == ours.dtype)
     )
     if value.dtype != ours.dtype and not widens:

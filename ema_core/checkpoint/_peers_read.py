@@ -120,8 +120,10 @@ def by_name(
         if len(shadows) != len(names):
             raise ValueError(
                 f"the {peer} state has {len(shadows)} shadow_params; this EMA tracks {len(names)} "
-                "tensors: build it on the parameters the peer was given, in the same order "
-                "(frozen ones included: the peer keeps a shadow of each)"
+                "tensors: build it on the parameters the peer was given, in the same order (a "
+                "peer given model.parameters() keeps a shadow of each, frozen ones included; "
+                "one given only the trainable ones: build this EMA with exclude= the frozen "
+                "ones)"
             )
         return dict(zip(names, shadows, strict=True))
     keys = {n: [n] for n in names}

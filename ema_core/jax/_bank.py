@@ -180,21 +180,18 @@ class BankUpdate:
 
         Raises:
             ValueError: an EMA is not a power function (its sigma_rel is unknown), or
-                ``steps`` does not hold K steps, or a step differs from its state's (as the
-                torch ``save_snapshot`` refuses it). TypeError: ``steps`` is not a list or
-                tuple.
+                ``steps`` does not hold K steps, or does not scale the states' steps by one
+                whole factor (``_bank_snapshots.check_given_steps``). TypeError: ``steps``
+                is not a list or tuple.
         """
         count = len(self.configs)
         if steps is not None and len(_banks.sequence("steps", steps)) != count:
             raise ValueError(f"steps must hold one step per EMA ({count}), got {len(steps)}")
-        if steps is not None:  # a snapshot at another step than its EMA's would be misplaced
-            for k, state in enumerate(self._states(states)):
+        if steps is not None:
+            own = self._states(states)
+            for k, state in enumerate(own):
                 check_readable(state, f"states[{k}]")
-                if steps[k] != int(state.step):
-                    raise ValueError(
-                        f"steps[{k}]={steps[k]!r}, but states[{k}].step is {int(state.step)}: "
-                        "a snapshot is labelled with its EMA's step; leave steps out"
-                    )
+            _bank_snapshots.check_given_steps(steps, [int(state.step) for state in own])
         return self._write(directory, states, dtype, steps, None, range(count))
 
     def _write(

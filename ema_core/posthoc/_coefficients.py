@@ -182,7 +182,7 @@ def coefficient_matrix(
     """``solve(...).coefficients``: shape (len(target_sigma_rels), len(times)), rows sum to 1.
 
     Example:
-        >>> matrix = coefficient_matrix([10, 10, 20, 20], [0.05, 0.1] * 2, 20, [0.05, 0.07, 0.2])
+        >>> matrix = coefficient_matrix([10, 10, 20, 20], [0.05, 0.1] * 2, 20, [0.05, 0.07, 0.12])
         >>> matrix.shape, matrix.sum(axis=1).round(12).tolist()
         ((3, 4), [1.0, 1.0, 1.0])
     """

@@ -83,7 +83,7 @@ def check_due(
             sigma_rels=[s for _, s, _ in due],
             intervals=[ema.config.interval for ema, _, _ in due],
             policies=[policies(ema) for ema, _, _ in due],
-            aliases=[aliases(ema) for ema, _, _ in due],
+            aliases=[snapshot_aliases(ema) for ema, _, _ in due],
         )
     return [(ema, s) for ema, s, _ in due]
 
@@ -105,7 +105,7 @@ def write(
         dtype=dtype,
         retry=retry,
         policies=[policies(ema) for ema, _ in due],
-        aliases=[aliases(ema) for ema, _ in due],
+        aliases=[snapshot_aliases(ema) for ema, _ in due],
     )
 
 
@@ -114,11 +114,16 @@ def posthoc() -> Any:
     return _bank_snapshots.posthoc_snapshots()
 
 
+def snapshot_aliases(ema: EMA) -> dict[str, str]:
+    """``aliases(ema)`` as a snapshot names them (``escape_key``: ``/`` is ``~1``)."""
+    return {escape_key(k): escape_key(v) for k, v in aliases(ema).items()}
+
+
 def aliases(ema: EMA) -> dict[str, str]:
     """The other names the EMA's module gives a tracked tensor (tied weights:
     ``out.weight = emb.weight`` is tracked once, as ``emb.weight``): alias -> tracked name, in
-    ``module.state_dict()`` order, both as a snapshot names them (``escape_key``: ``/`` is
-    ``~1``); {} for an EMA of named tensors."""
+    ``module.state_dict()`` order, as the EMA names them (``ema.names``); {} for an EMA of
+    named tensors."""
     root = ema._bound.root
     if root is None:
         return {}
@@ -127,7 +132,7 @@ def aliases(ema: EMA) -> dict[str, str]:
     buffers = [(strip(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
     owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
     found = {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
-    return {escape_key(k): escape_key(v) for k, v in found.items()}
+    return found
 
 
 def transient(ema: EMA) -> frozenset[str]:
@@ -193,4 +198,4 @@ def snapshot_source(
         if given is not None and given != value:
             raise ValueError(f"{name}={given}, but the EMA's is {value}: leave {name} out")
     sigma = found if sigma_rel is None else sigma_rel
-    return _kept(ema, ema.average), own, sigma, every, policies(ema), aliases(ema)
+    return _kept(ema, ema.average), own, sigma, every, policies(ema), snapshot_aliases(ema)

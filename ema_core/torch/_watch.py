@@ -232,7 +232,18 @@ def owners_now(root: torch.nn.Module | None, tracked: list[Tracked]) -> Callable
     """What the owners of ``tracked`` (the modules holding them now) will hold under the same
     keys when called (the tensors themselves for named tensors)."""
     reads = _Reads(root, tracked)
-    return lambda: list(reads.now())
+    if not reads.tables:
+        return lambda: list(reads.held)
+    pairs = list(zip(reads.tables, reads.keys, strict=True))
+    return lambda: [_entry(table, key) for table, key in pairs]
+
+
+def _entry(table: Any, key: str) -> Any:
+    """``table[key]``, None when absent (a TorchScript module's tables are not dicts)."""
+    try:
+        return table[key]
+    except (KeyError, RuntimeError):
+        return None
 
 
 def _slot(root: torch.nn.Module, t: Tracked) -> tuple[dict[str, Any], str]:
