@@ -3,12 +3,12 @@
 ``python -m benchmarks --bank`` times the torch ``EMABank`` against separate EMAs only;
 ``python -m benchmarks --tree`` times flattening and checking flat dicts of 1k-100k leaves only;
 ``python -m benchmarks --eager`` times one eager ``ema_core.update`` of a JAX state only;
-``python -m benchmarks --routes`` times the host's work per update on the Triton routes only;
-the full run prints that table too.
+``python -m benchmarks --routes`` times the host's work per update on the Triton routes only.
 
 Times ema-core on real model shapes for every installed backend, beside the peer EMAs a user
 would otherwise pick and a ceiling measured in the same run, and prints GB/s and both ratios.
-Writes ``<machine>-<date>.json``, ``.md`` and ``.png`` under ``--out``.
+Writes ``<device>-<date>[-<tag>].json``, ``.md`` and ``.png`` under ``--out`` (checked, with
+``--tag``, ``--repeats`` and ``--device``, before any case runs).
 """
 
 from __future__ import annotations
@@ -40,14 +40,20 @@ TRIMMED = {("jax", "many_small_20k", "bf16")} | {
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="resnet50 only, fp32, few repeats")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="resnet50 only, fp32, 3 repeats (and the tree, stateless and bank tables)",
+    )
     ap.add_argument("--big", action="store_true", help="include llama_1b")
     ap.add_argument("--backend", action="append", choices=MODULES)
     ap.add_argument("--workload", action="append", choices=workloads.available())
     ap.add_argument("--dtype", action="append", choices=sorted(harness.BYTES_PER_ELEMENT))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--no-peers", action="store_true", help="time ema-core and ceilings only")
-    ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument(
+        "--repeats", type=_at_least_3, default=8, help="timed calls per case (at least 3)"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="", help="appended to the result files' names")
     ap.add_argument("--tree", action="store_true", help="only the nest-size benchmark (tree.py)")
@@ -71,7 +77,42 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the torch EMABank of K EMAs against K separate EMA objects (bank.py)",
     )
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    problem = _output_problem(args)
+    if problem:  # found now, not after the whole run has been timed
+        ap.error(problem)
+    return args
+
+
+def _at_least_3(text: str) -> int:
+    """``--repeats``: an int of at least 3 (a median of fewer says little)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be at least 3, got {value}")
+    return value
+
+
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """What would stop the run from writing its results (checked before any case runs), or
+    from running on ``--device``."""
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "--device cuda, but torch sees no CUDA device on this machine"
+    if any(c in args.tag for c in "/\\") or args.tag in (".", ".."):
+        return f"--tag {args.tag!r} cannot be part of a file name"
+    out = args.out
+    while not out.exists() and out.parent != out:
+        out = out.parent
+    if not out.is_dir():
+        return f"--out {args.out} is (or lies under) a file, not a directory"
+    if not os.access(out, os.W_OK):
+        return f"--out {args.out}: {out} is not writable"
+    return None
 
 
 def describe(device: str) -> dict[str, Any]:
@@ -185,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     print(bank_table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "-".join(filter(None, [args.device, meta["date"], args.tag]))
-    stem.with_suffix(".json").write_text(
+    (stem.parent / f"{stem.name}.json").write_text(
         json.dumps({"meta": meta, "rows": harness.as_dicts(rows)}, indent=1)
     )
     tree_md = (
@@ -213,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             f"- {line}\n" for line in failed
         )
     print(ran.strip(), file=sys.stderr)
-    stem.with_suffix(".md").write_text(harness.format_markdown(rows, meta) + tree_md + ran)
-    drawn = chart.draw(rows, stem.with_suffix(".png"), f"ema-core benchmark: {meta['machine']}")
+    (stem.parent / f"{stem.name}.md").write_text(  # not with_suffix: a tag may hold a dot
+        harness.format_markdown(rows, meta) + tree_md + ran
+    )
+    picture = stem.parent / f"{stem.name}.png"
+    drawn = chart.draw(rows, picture, f"ema-core benchmark: {meta['machine']}")
     print(
         f"wrote {stem}.json, .md"
         + (", .png" if drawn else " (no chart: no matplotlib or no rows)"),

@@ -132,5 +132,12 @@ def table(results: dict[str, dict[str, Any]]) -> bool:
             f"{name:<18}{res['steps/s']:>9.0f}{diff:>23.2e}{res['raw']:>11.5f}"
             f"{res['ema']:>11.5f}  {'agrees' if diff <= TOLERANCE else 'DISAGREES'}"
         )
+    for module, name in (
+        ("torch", "torch"),
+        ("jax", "jax (jit)"),
+        ("array_api_strict", "array-api-strict"),
+    ):
+        if importlib.util.find_spec(module) is None:  # README: skipped with a line saying so
+            print(f"{name:<18}skipped, {module} is not installed")
     print(f"EMA trajectories agree to {TOLERANCE:g} relative: {'yes' if ok else 'NO'}")
     return ok

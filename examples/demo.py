@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_curves.png"), help="the PNG")
     out: Path = parser.parse_args(argv).out
+    if out.suffix.lower() != ".png":  # found now, not after the training (exit 2, not 1)
+        parser.error(f"--out {out}: give a .png file name")
+    if out.is_dir() or not out.parent.is_dir():
+        parser.error(f"--out {out}: its folder must exist and the name must not be a folder")
     start = time.perf_counter()
     if isinstance(sys.stdout, io.TextIOWrapper):  # keep the text in step with the bars
         sys.stdout.reconfigure(line_buffering=True)

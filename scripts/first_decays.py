@@ -9,7 +9,7 @@ Usage: ``.venv/bin/python scripts/first_decays.py [calls]`` (default 6 calls).
 
 from __future__ import annotations
 
-import sys
+import argparse
 from typing import Any
 
 import numpy as np
@@ -91,5 +91,15 @@ def table(calls: int = 6) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("calls", nargs="?", type=int, default=6, help="calls shown per row")
+    calls = parser.parse_args(argv).calls
+    if calls < 1:
+        parser.error(f"calls must be at least 1, got {calls}")
+    print(table(calls))
+    return 0
+
+
 if __name__ == "__main__":
-    print(table(int(sys.argv[1]) if len(sys.argv) > 1 else 6))
+    raise SystemExit(main())

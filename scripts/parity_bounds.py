@@ -149,7 +149,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peers", default="", help="comma-separated peers (default: all)")
     opts = parser.parse_args(argv)
-    chosen = [r for r in ROWS if not opts.peers or r[1].split(":")[0] in opts.peers.split(",")]
+    if opts.settings < 1:
+        parser.error(f"--settings must be at least 1, got {opts.settings}")
+    known = sorted({r[1].split(":")[0] for r in ROWS})
+    asked = [p.strip() for p in opts.peers.split(",") if p.strip()]
+    unknown = [p for p in asked if p not in known]
+    if unknown:
+        parser.error(f"--peers: unknown {unknown}; known peers are {known}")
+    chosen = [r for r in ROWS if not asked or r[1].split(":")[0] in asked]
     rng, start = np.random.default_rng(opts.seed), time.time()
     with tempfile.TemporaryDirectory() as tmp:
         workers = {

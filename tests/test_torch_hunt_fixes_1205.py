@@ -162,3 +162,34 @@ def test_a_conversion_under_torchs_conversion_flags_inside_swap(flag: str) -> No
         assert torch.equal(model.weight, live)
     finally:
         set_flag(was)
+
+
+def test_exclude_and_include_take_the_wrapped_models_own_names() -> None:
+    """Names from a compiled model's ``named_parameters()`` (``_orig_mod.0.weight``): an
+    ``exclude=`` of them excluded nothing, silently, while ``include=`` refused them. (The
+    wrapper as ``torch.compile`` lays it out: the real one costs seconds of dynamo import.)"""
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    compiled = Compiled(model)
+    frozen = [n for n, p in compiled.named_parameters() if not p.requires_grad]
+    trained = [n for n, p in compiled.named_parameters() if p.requires_grad]
+    assert frozen == ["_orig_mod.0.weight", "_orig_mod.0.bias"]
+    assert EMA(compiled, decay=0.9, exclude=frozen).names == ("1.weight", "1.bias")
+    assert EMA(compiled, decay=0.9, include=trained).names == ("1.weight", "1.bias")
+    assert EMA(compiled, decay=0.9, exclude=["0.*"]).names == ("1.weight", "1.bias")
+
+
+def test_reads_follow_a_replaced_submodule_before_the_next_update() -> None:
+    """``average`` and ``state_dict()`` read through the old submodule's dicts and missed the
+    new one's dtype until an update or a swap looked again."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    average = EMA(model, decay=0.5, dtype="same")
+    model[0] = torch.nn.Linear(2, 2).half()
+    assert average.average["0.weight"].dtype == torch.float16
+    assert average.state_dict()["shadow"]["0.weight"].dtype == torch.float16

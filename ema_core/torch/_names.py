@@ -107,7 +107,11 @@ def collect(
         if name in seen:
             raise ValueError(f"{where} has two tensors named {name!r} (after removing {PREFIXES})")
         seen[name] = None
-        if keep(name) and not drop(name):
+        # a filter names the tensor as the EMA does, or as the wrapped model lists it
+        # (``_orig_mod.0.weight`` from a compiled model's named_parameters())
+        also = raw if raw and raw != name else None
+        kept = keep(name) or (also is not None and keep(also))
+        if kept and not (drop(name) or (also is not None and drop(also))):
             check_materialized(name, tensor, where)
             kind = checked_kind(name, tensor, is_buffer, buffers, where)
             tracked.append(Tracked(name, tensor, kind, raw, is_buffer))

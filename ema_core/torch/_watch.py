@@ -113,12 +113,15 @@ class Watch:
     def moved(self) -> bool:
         """A cheaper look than ``same()``, for reads between updates (``EMA.average``): whether
         a tracked tensor's data pointer changed (``model.to(dtype)``, ``.to(device)``, a tensor
-        replaced), one pointer read per plain tensor. Misses what keeps the pointer (a view as
+        replaced, a submodule replaced), one pointer read per plain tensor and one lookup per
+        module on their paths. Misses what keeps the pointer (a view as
         another dtype or shape), which the next ``same()`` sees. Watches holding other tensors
         (subclasses, empty ones, DTensors) take the full look."""
         if self.slow.held or self.sharded.held:
             return not self.same()
         try:
+            if not all(map(operator.is_, map(dict.get, self.parents, self.names), self.children)):
+                return True  # a submodule replaced: its old owner's dicts say nothing
             return list(map(torch.Tensor.data_ptr, self.fast.now())) != self.pointers
         except (TypeError, RuntimeError):  # gone (None), or a tensor without storage now
             return True
