@@ -156,3 +156,16 @@ def test_mmedit_device_it_cannot_use_is_a_value_error_naming_it() -> None:
         with pytest.raises(ValueError, match=f"device={device!r}"):
             MMEditEMA(torch.nn.Linear(2, 2), device=device)
     assert MMEditEMA(torch.nn.Linear(2, 2), device="cpu").module.weight.device.type == "cpu"
+
+
+def test_tf_one_jax_array_under_two_names_is_two_variables() -> None:
+    """JAX arrays are immutable: one object under two names is two variables that hold the
+    same values now (two zero-initialised biases), not tied weights; each keeps its own
+    average as later steps give them different values."""
+    jnp = pytest.importorskip("jax.numpy")
+    z = jnp.zeros(3)
+    average = tensorflow.ExponentialMovingAverage(0.5)
+    average.apply({"b1": z, "b2": z})
+    average.apply({"b1": jnp.ones(3), "b2": jnp.full(3, 2.0)})
+    np.testing.assert_array_equal(np.asarray(average.average("b1")), np.full(3, 0.5))
+    np.testing.assert_array_equal(np.asarray(average.average("b2")), np.full(3, 1.0))

@@ -193,3 +193,69 @@ def test_reads_follow_a_replaced_submodule_before_the_next_update() -> None:
     model[0] = torch.nn.Linear(2, 2).half()
     assert average.average["0.weight"].dtype == torch.float16
     assert average.state_dict()["shadow"]["0.weight"].dtype == torch.float16
+
+
+def test_swap_copy_false_under_the_overwrite_flag_without_a_dtype_change_keeps_the_ema() -> None:
+    """``model.float()`` of a float32 model under the overwrite flag wraps the shadow's own
+    storage in a new Parameter: the exit copied the live values into it, so into the EMA."""
+    was = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        model = torch.nn.Linear(3, 3)
+        average = EMA(model, decay=0.5)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        average.update()
+        live, kept = model.weight.detach().clone(), average.average["weight"].clone()
+        with average.swap(copy=False):
+            model.float()
+        assert torch.equal(average.average["weight"], kept)
+        assert torch.equal(model.weight, live)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(was)
+
+
+def test_a_tensor_that_cannot_take_the_live_values_leaves_the_rest_restored() -> None:
+    """A buffer replaced inside ``swap()`` by an expanded tensor refused the copy on exit, and
+    the tensors after it in the loop kept the averages."""
+    model, average, _ = _bn_model()
+    live = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    with average.swap():
+        model[1].running_mean = torch.zeros(1).expand(8)
+    for name in ("0.weight", "0.bias", "1.weight", "1.bias", "1.running_var"):
+        assert torch.equal(model.state_dict()[name], live[name]), name
+
+
+def test_a_loose_load_leaves_copied_float_buffers_as_they_are() -> None:
+    """Under ``init="zeros"`` with ``buffers="copy"``, a BatchNorm statistic is copied, not
+    averaged: its shadow was rescaled like an average's."""
+    config = ema.Config(schedule=0.9, init="zeros", buffers="copy")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    model(torch.randn(8, 3) + 2.0)  # statistics away from 0
+    source, target = EMA(model, config=config), EMA(model, config=config)
+    for _ in range(5):
+        source.update()
+    target.update()
+    target.update()
+    kept = target.average["1.running_mean"].clone()
+    assert bool((kept != 0).all())
+    state = source.state_dict()
+    state = {**state, "shadow": {n: v for n, v in state["shadow"].items() if n != "1.running_mean"}}
+    target.load_state_dict(state, strict=False)
+    assert torch.equal(target.average["1.running_mean"], kept)
+
+
+def test_a_predicate_filter_is_asked_about_the_emas_names_only() -> None:
+    """Since the globs also match the wrapped model's own names, a predicate was asked about
+    those too (``module.0.bias``): a dict keyed by the inner names raised ``KeyError``."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = inner
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    frozen = {"0.weight": True, "0.bias": False, "1.weight": False, "1.bias": False}
+    average = EMA(Wrapped(model), decay=0.9, exclude=lambda n: frozen[n])
+    assert average.names == ("0.bias", "1.weight", "1.bias")

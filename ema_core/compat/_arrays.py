@@ -226,11 +226,13 @@ def var_items(var_list: Any) -> list[tuple[VarKey, str | None, Array]]:
             f"var_list must be arrays or (name, array) pairs, got {type(var_list).__name__}"
         )
     out: dict[VarKey, tuple[VarKey, str | None, Array]] = {}
-    seen: dict[int, int] = {}  # id of each array -> its first index (tied weights: one array)
+    # id of each mutable array -> its first index (tied weights: one array under two names);
+    # an immutable JAX array under two names is two variables that hold the same values now
+    seen: dict[int, int] = {}
     for i, item in enumerate(var_list):
         name, var = floating_item(item, f"var_list[{i}]")
         key: VarKey = id(var) if name is None else name
-        first = seen.setdefault(id(var), i)
+        first = i if name is not None and compat.is_jax_array(var) else seen.setdefault(id(var), i)
         if key in out or first != i:
             what = "the same array" if name is None else f"the name {name!r}"
             if key not in out:

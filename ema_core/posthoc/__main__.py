@@ -5,7 +5,9 @@ step) in one pass over the snapshots, with a progress line on stderr, and writes
 safetensors file: ``--out`` itself for one sigma_rel, ``<stem>-<sigma_rel><suffix>`` beside it
 for several (``ema.safetensors`` -> ``ema-0.05.safetensors``, ``ema-0.1.safetensors``); a
 repeated ``--sigma-rel`` adds its targets. A file holds every tied name the snapshots record
-(``out.weight = emb.weight``), so it loads strictly. Every result is computed before the first
+(``out.weight = emb.weight``), so it loads strictly (names holding ``/`` or ``~`` are
+written as the snapshots escape them, ``~1`` and ``~0``: load those through ``reconstruct(...,
+like=model.state_dict())``). Every result is computed before the first
 file is written. ``--plot PNG`` draws the profiles.
 """
 

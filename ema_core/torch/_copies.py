@@ -104,8 +104,8 @@ def _kept(
     config = ema.config
     if config.init != "zeros" or config.correction == "none":
         return [], 1.0
-    pairs = zip(ema.names, ema._bound.shadows, strict=True)
-    kept = [(n, s) for n, s in pairs if n not in loaded and _rules.floating(s)]
+    pairs = zip(ema.names, ema._bound.shadows, ema._bound.kinds, strict=True)
+    kept = [(n, s) for n, s, kind in pairs if n not in loaded and kind == "float"]  # as read()
     if not kept:
         return [], 1.0
     old = float(_averages.divisor(config, ema._weight, ema._step))

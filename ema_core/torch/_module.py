@@ -152,7 +152,7 @@ class EMA:
         self._swapped, self._lending = True, not copy
         try:
             bound = self._bound
-            with _swap.swapped(self.names, bound.live, self._exposed, copy, bound.owners()):
+            with _swap.swapped(self.names, bound.live, self._exposed, copy, bound.watch.owners):
                 yield
         finally:
             self._shards.put_back()  # drop unsharded params gathered from the averages
@@ -211,7 +211,8 @@ class EMA:
             RuntimeError: inside ``swap(copy=False)``, where the model's parameters hold the
                 shadows' own storage: ``torch.save`` keeps storage shared within a file, so
                 the loaded model would write its EMA at every optimizer step
-                (``copy.deepcopy`` makes a new EMA from ``state_dict()``: it is not refused).
+                (``copy.deepcopy`` of the EMA makes a new one from ``state_dict()``: not
+                refused; a deepcopy of a model that holds its EMA copies it as pickling does).
         """
         if getattr(self, "_lending", False):
             raise RuntimeError(
@@ -220,6 +221,7 @@ class EMA:
                 "would share them (training the loaded model would write its EMA); save it "
                 "outside the block, or inside swap(), which copies the averages in"
             )
+        self._bound.store.wait()  # host shadows' copies landed (and no CUDA event kept)
         return {**self.__dict__, "_swapped": False, "_lending": False}
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -25,7 +25,8 @@ from ema_core.torch import _dtensor
 PREFIXES = ("module.", "_orig_mod.")
 #: What happens to floating buffers: copied, averaged like parameters, or not tracked.
 BufferPolicy: TypeAlias = Literal["copy", "average", "skip"]
-#: A name filter: a glob pattern, several patterns, or a predicate on the (stripped) name.
+#: A name filter: a glob pattern, several patterns (matched against the stripped name and the
+#: wrapped model's own), or a predicate on the (stripped) name.
 NameFilter: TypeAlias = "str | Iterable[str] | Callable[[str], bool] | None"
 BUFFER_POLICIES = BUFFERS
 #: Plain tensors (no subclass): the ones whose storage and data pointer are read directly.
@@ -107,11 +108,7 @@ def collect(
         if name in seen:
             raise ValueError(f"{where} has two tensors named {name!r} (after removing {PREFIXES})")
         seen[name] = None
-        # a filter names the tensor as the EMA does, or as the wrapped model lists it
-        # (``_orig_mod.0.weight`` from a compiled model's named_parameters())
-        also = raw if raw and raw != name else None
-        kept = keep(name) or (also is not None and keep(also))
-        if kept and not (drop(name) or (also is not None and drop(also))):
+        if keep(name, raw) and not drop(name, raw):
             check_materialized(name, tensor, where)
             kind = checked_kind(name, tensor, is_buffer, buffers, where)
             tracked.append(Tracked(name, tensor, kind, raw, is_buffer))
@@ -212,18 +209,22 @@ def lookup(root: torch.nn.Module | None, tracked: list[Tracked], buffers: str) -
     return out
 
 
-def _matcher(rule: Any, name: str, default: bool) -> Callable[[str], bool]:
-    """A predicate on names from a glob, a list of globs or a callable (``default`` for None)."""
+def _matcher(rule: Any, name: str, default: bool) -> Callable[[str, str], bool]:
+    """A predicate on ``(name, raw name)`` from a glob, a list of globs or a callable
+    (``default`` for None). Globs match the name as the EMA gives it or as the wrapped model
+    lists it (``_orig_mod.0.weight`` from a compiled model's ``named_parameters()``); a
+    callable is asked about the EMA's name only."""
     if rule is None:
-        return lambda _: default
-    if isinstance(rule, str):
-        return lambda n: fnmatch.fnmatchcase(n, rule)
+        return lambda _, __: default
     if callable(rule):
-        return lambda n: bool(rule(n))
-    if isinstance(rule, Iterable):
-        patterns = list(rule)
+        return lambda n, _: bool(rule(n))
+    if isinstance(rule, Iterable):  # a str too: one pattern
+        patterns = [rule] if isinstance(rule, str) else list(rule)
         if all(isinstance(p, str) for p in patterns):
-            return lambda n: any(fnmatch.fnmatchcase(n, p) for p in patterns)
+            return lambda n, raw: any(
+                fnmatch.fnmatchcase(n, p) or (raw not in ("", n) and fnmatch.fnmatchcase(raw, p))
+                for p in patterns
+            )
     raise TypeError(
         f"{name} must be None, a glob pattern, a list of patterns or a callable name -> bool, "
         f"got {rule!r}"

@@ -6,8 +6,7 @@ are in ``_rules``."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -124,17 +123,12 @@ class Binding:
         self.shadows = shadows
         self._bind(now)
 
-    def owners(self) -> Callable[[], list[Any]]:
-        """A reader of what the tracked tensors' owners hold now under their keys (a conversion
-        inside ``swap()``, ``.half()``, replaces the buffer objects in their module's dict); a
-        submodule the user replaced meanwhile is not read (its old owner's dict is)."""
-        return _watch.owners_now(self.root, self.tracked)
-
     def follow(self) -> None:
         """``refresh()`` when a tracked tensor's data moved (``_watch.Watch.moved``: one
-        pointer read per plain tensor), for reads of the shadows between updates. A change
-        ``refresh`` refuses (a tensor gone, reshaped, sparse, on the meta device) leaves the
-        shadows readable as they are; the next ``update`` raises it."""
+        pointer read per plain tensor, one lookup per module on their paths), for reads of
+        the shadows between updates. A change ``refresh`` refuses (a tensor gone, reshaped,
+        sparse, on the meta device) leaves the shadows readable as they are; the next
+        ``update`` raises it."""
         if self.watch.moved():
             with contextlib.suppress(TypeError, ValueError):  # refused before any change
                 self.refresh()

@@ -69,13 +69,10 @@ class Put:
         if shadow:
             self.version = live._version
 
-    def restore(self, now: torch.Tensor | None = None) -> bool:
-        """Put the live values back, into ``now`` (the tensor the module holds now under this
-        name) where a conversion inside the block replaced the tensor (``.half()`` makes new
-        buffers; parameters too under torch's overwrite or swap conversion flags), cast to
-        its dtype; returns whether the exposed shadow was written. A parameter converted off
-        the shadow's storage (its version counter then is another tensor's) counts as not
-        written: what it did before the conversion cannot be told."""
+    def restore(self) -> bool:
+        """Put the live values back; returns whether the exposed shadow was written. A
+        parameter converted off the shadow's storage (its version counter then is another
+        tensor's) counts as not written: what it did before the conversion cannot be told."""
         live = self.live
         on_shadow = self.by_data and live.data_ptr() == self.lent
         written = self.version is not None and on_shadow and live._version != self.version
@@ -84,10 +81,26 @@ class Put:
         else:
             with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
                 live.detach().copy_(self.saved)
-        if now is not None and now is not live and _plain_pair(now, live, self.saved.shape):
-            with torch.inference_mode(now.is_inference() or torch.is_inference_mode_enabled()):
-                now.detach().copy_(self.saved)
         return written
+
+    def put_into(self, now: Any) -> None:
+        """After ``restore()``: the live values also into ``now``, the tensor the module holds
+        now under this name, where a conversion inside the block replaced the tensor
+        (``.half()`` makes new buffers; parameters too under torch's overwrite conversion
+        flag), cast to its dtype. One still on the lent shadow's storage is pointed back at
+        the live storage (a copy into it would write the EMA); one that cannot hold values
+        (expanded) or refuses the copy is left as it is: every other tensor is restored."""
+        live = self.live
+        if now is None or now is live or not _plain_pair(now, live, self.saved.shape):
+            return
+        if self.by_data and now.data_ptr() == self.lent:
+            now.data = self.saved
+            return
+        if expanded(now):
+            return
+        mode = torch.inference_mode(now.is_inference() or torch.is_inference_mode_enabled())
+        with contextlib.suppress(RuntimeError), mode:  # a tensor the copy refuses: left as is
+            now.detach().copy_(self.saved)
 
 
 def _plain_pair(now: Any, live: torch.Tensor, shape: torch.Size) -> bool:
@@ -143,10 +156,9 @@ def swapped(
     finally:
         now = current() if puts and current is not None else None
         with HeldInterrupts():
-            found = [None] * len(puts) if now is None else now
-            written = [
-                names[i] for i, put in reversed(list(enumerate(puts))) if put.restore(found[i])
-            ]
+            written = [names[i] for i, put in reversed(list(enumerate(puts))) if put.restore()]
+            for put, held in zip(puts, now or (), strict=False):  # conversions' new tensors
+                put.put_into(held)
             forget_derived()  # and values of the averages for the live weights
         if written and (failed is None or isinstance(failed, Exception)):
             raise RuntimeError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeGuard
 
 import torch
@@ -54,6 +54,7 @@ class Watch:
         tracked: list[Tracked],
         shadows: list[torch.Tensor] | None = None,
     ) -> None:
+        self.tracked_tensors = [t.tensor for t in tracked]
         others: list[torch.Tensor | None] = [None] * len(tracked) if shadows is None else [*shadows]
         pairs = zip(tracked, others, strict=True)
         watched = [(t, s) for t, s in pairs if not _dtensor.is_dtensor(t.tensor)]
@@ -75,6 +76,20 @@ class Watch:
         self.parents = [p for p, _, _ in chain.values()]
         self.names = [k for _, k, _ in chain.values()]
         self.children = [c for _, _, c in chain.values()]
+        slots = {  # where each tracked tensor's owner holds it, from the reads above
+            id(x): (table, key)
+            for reads in (self.sharded, self.fast, self.slow)
+            for x, table, key in zip(reads.held, reads.tables, reads.keys, strict=False)
+        }
+        self.slots = [slots.get(id(t.tensor)) for t in tracked]  # None: a named tensor
+
+    def owners(self) -> list[Any]:
+        """What each tracked tensor's owner holds now under its key (the tensor itself for
+        named tensors); a submodule replaced since is not read (its old owner's dict is)."""
+        return [
+            t if slot is None else _entry(*slot)
+            for t, slot in zip(self.tracked_tensors, self.slots, strict=True)
+        ]
 
     def same(self, objects: bool = False) -> bool:
         """True when every tracked tensor is where, and as, it was (see the class doc). When
@@ -229,16 +244,6 @@ class _Reads:
 
     def now(self) -> Iterator[Any]:
         return map(dict.get, self.tables, self.keys) if self.tables else iter(self.held)
-
-
-def owners_now(root: torch.nn.Module | None, tracked: list[Tracked]) -> Callable[[], list[Any]]:
-    """What the owners of ``tracked`` (the modules holding them now) will hold under the same
-    keys when called (the tensors themselves for named tensors)."""
-    reads = _Reads(root, tracked)
-    if not reads.tables:
-        return lambda: list(reads.held)
-    pairs = list(zip(reads.tables, reads.keys, strict=True))
-    return lambda: [_entry(table, key) for table, key in pairs]
 
 
 def _entry(table: Any, key: str) -> Any:
