@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from typing import Any
 
 import lightning.pytorch as pl
@@ -133,18 +134,36 @@ def runs_live(
     return False
 
 
-def swap_in(ema: EMA) -> contextlib.AbstractContextManager[None]:
-    """``ema.swap()``, entered: the averages are in the model until ``swap_out``."""
+#: The module whose weights an EMA's averages are in (a callback's swap) -> that EMA.
+_HOLDERS: weakref.WeakKeyDictionary[torch.nn.Module, EMA] = weakref.WeakKeyDictionary()
+
+
+def swap_in(
+    ema: EMA, module: torch.nn.Module, log: logging.Logger
+) -> contextlib.AbstractContextManager[None] | None:
+    """``ema.swap()``, entered: the averages are in ``module`` until ``swap_out``. None (the
+    stage runs on the other's averages, said at INFO) while another callback's EMA holds
+    ``module``: Lightning calls the end hooks in list order, so a second swap would back up
+    the first one's averages and restore them last, leaving them in the model for training."""
+    holder = _HOLDERS.get(module)
+    if holder is not None and holder is not ema:
+        log.info("EMACallback: another EMACallback's averages are in the model; this one waits")
+        return None
     swap = ema.swap()
     swap.__enter__()
+    _HOLDERS[module] = ema
     return swap
 
 
 def swap_out(
-    swap: contextlib.AbstractContextManager[None] | None, error: BaseException | None
+    swap: contextlib.AbstractContextManager[None] | None,
+    error: BaseException | None,
+    module: torch.nn.Module | None,
 ) -> None:
     """Leave ``swap`` (if any) with ``error`` (if any): the live weights back, bit for bit."""
     if swap is not None:
+        if module is not None:
+            _HOLDERS.pop(module, None)
         kind = None if error is None else type(error)
         swap.__exit__(kind, error, None if error is None else error.__traceback__)
 

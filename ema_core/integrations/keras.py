@@ -215,7 +215,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._swapper.restore()
         if stage in self.swap and self._plan is not None and self._step > 0:
             plan = plan_in(self._plan, self._owner, self._model, self.config.buffers)
-            self._swapper.put_in(plan, self._averages())
+            self._swapper.put_in(plan, self._averages(), self._owner)
 
     def _attach(self, model: Any) -> None:
         """Start the EMA at the model's weights, or continue it when the model matches."""

@@ -186,12 +186,13 @@ class EMACallback(pl.Callback):
     def _open(self) -> None:
         if self.ema is None:  # pragma: no cover - callers check the EMA was updated first
             return
-        self._swapped = _lightning_state.swap_in(self.ema)
+        if self._module is not None:
+            self._swapped = _lightning_state.swap_in(self.ema, self._module, log)
 
     def _leave(self, error: BaseException | None = None) -> None:
         """Give the model its live weights back (bit for bit) if the averages are in."""
         swap, self._swapped = self._swapped, None
-        _lightning_state.swap_out(swap, error)
+        _lightning_state.swap_out(swap, error, self._module)
 
     # -- checkpoints and the end of fit ----------------------------------------------------
 
