@@ -13,6 +13,7 @@ import pytest
 from tests._lightning_helpers import WARNINGS, Net, loader, quiet, trainer
 
 torch = pytest.importorskip("torch")
+pl = pytest.importorskip("lightning.pytorch")
 from ema_core.integrations.lightning import EMACallback  # noqa: E402
 
 pytestmark = WARNINGS
@@ -67,3 +68,67 @@ print(all(np.array_equal(a, b) for a, b in zip(live, after)))
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_lightning_fp16_step_the_grad_scaler_skips_takes_no_update(tmp_path: Path) -> None:
+    """Lightning counts a step the ``GradScaler`` skipped (inf gradients) in ``global_step``:
+    the EMA blended the unchanged weights in as an update. ``precision="16-mixed"`` on CUDA,
+    here with the CPU's scaler; the EMA is checked against a float64 EMA of the steps that
+    moved the weights."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return torch.nn.functional.mse_loss(self.net(batch[0]).float(), batch[1])
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class Record(pl.Callback):
+        def on_train_start(self, trainer: Any, module: Any) -> None:
+            self.lives = [module.net.weight.detach().double().clone()]
+
+        def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
+            self.lives.append(module.net.weight.detach().double().clone())
+
+    torch.manual_seed(1)
+    x = torch.randn(48, 4)
+    y = x.sum(1, keepdim=True)
+    y[24:32] = 1e6  # batch 4 overflows in float16: the scaler skips that step
+    average, record = EMACallback(decay=0.5), Record()
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=16.0))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    trainer(tmp_path, [average, record], plugins=[plugin], max_epochs=1).fit(Model(), data)
+    shadow, moved = record.lives[0], 0
+    for before, live in zip(record.lives, record.lives[1:], strict=False):
+        if torch.equal(before, live):
+            continue
+        moved += 1
+        shadow = shadow + 0.5 * (live - shadow)
+    assert moved == 5
+    assert average.ema is not None
+    torch.testing.assert_close(
+        average.ema.average["net.weight"].double(), shadow, rtol=1e-6, atol=1e-7
+    )
+
+
+def test_lightning_ema_starts_at_on_train_start_even_after_a_sanity_check(tmp_path: Path) -> None:
+    """README: "The EMA is built at ``on_train_start``". The sanity check's validation built it
+    earlier, on the weights from before a callback listed first set them."""
+
+    class SetWeights(pl.Callback):
+        def on_train_start(self, trainer: Any, module: Any) -> None:
+            with torch.no_grad():
+                module.layer.weight.fill_(5.0)
+
+    average = EMACallback(decay=0.9999)
+    fit = trainer(tmp_path, [SetWeights(), average], num_sanity_val_steps=2, max_epochs=1)
+    fit.fit(Net(), loader(), loader(2))
+    assert average.ema is not None
+    got = average.ema.average["layer.weight"]
+    assert bool(((got - 5.0).abs() < 0.05).all()), got

@@ -110,6 +110,17 @@ def fit_step(module: torch.nn.Module | None) -> int | None:
     return trainer.global_step
 
 
+def grad_scale(trainer: pl.Trainer) -> float | None:
+    """The loss scale of the trainer's enabled ``torch.amp.GradScaler`` (``precision=
+    "16-mixed"``), None without one. It only shrinks when the scaler skipped a step for inf
+    gradients, which Lightning still counts in ``global_step``. Reading it syncs once per
+    optimizer step, as the scaler's own ``step`` does."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return None
+    return float(scaler.get_scale())
+
+
 def updated(ema: EMA | None) -> bool:
     """Whether ``ema`` exists and has taken an update (else it is never swapped in)."""
     return ema is not None and int(ema.step) > 0

@@ -94,6 +94,7 @@ class EMACallback(pl.Callback):
         self._stage: str | None = None
         self._stale = False  # a trainer call began: match the EMA to its model before use
         self._seen = 0  # trainer.global_step at the last update
+        self._scale: float | None = None  # the fp16 GradScaler's scale before this step
         self._swapped: contextlib.AbstractContextManager[None] | None = None
 
     @property
@@ -136,7 +137,17 @@ class EMACallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        scale, self._scale = self._scale, None
+        now = None if scale is None else _lightning_state.grad_scale(trainer)
+        if scale is not None and now is not None and now < scale:
+            self._seen = trainer.global_step  # GradScaler skipped the step (inf gradients):
+            return  # Lightning counts it, the weights did not move: no update
         self._catch_up(trainer.global_step)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        self._scale = _lightning_state.grad_scale(trainer)
 
     def _catch_up(self, step: int | None) -> None:
         """One update for the optimizer steps taken since the last one (none: nothing; a
@@ -177,6 +188,8 @@ class EMACallback(pl.Callback):
         self._leave()
 
     def _enter(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Stage) -> None:
+        if self._stale and self._stage == "fit" and trainer.sanity_checking:
+            return  # the EMA of a fit is built at on_train_start: the check runs on live weights
         self._prepare(trainer, pl_module)
         if stage not in self._args.swap or self._swapped is not None:
             return
