@@ -95,6 +95,7 @@ class EMACallback(pl.Callback):
         self._stale = False  # a trainer call began: match the EMA to its model before use
         self._seen = 0  # trainer.global_step at the last update
         self._scale: float | None = None  # the fp16 GradScaler's scale before this step
+        self._fresh = False  # the EMA was built for the sanity check (rebuilt at train start)
         self._swapped: contextlib.AbstractContextManager[None] | None = None
 
     @property
@@ -111,6 +112,11 @@ class EMACallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._prepare(trainer, pl_module)
+        fresh, self._fresh = self._fresh, False
+        if fresh and self.ema is not None and int(self.ema.step) == 0:
+            # built for the sanity check, before a callback's on_train_start could set the
+            # weights: the EMA of the fit starts from the weights as they are now
+            self.ema = EMA(pl_module, **self._args.ema)
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Once per trainer call, after the strategy's setup and the checkpoint's restore:
@@ -119,9 +125,11 @@ class EMACallback(pl.Callback):
             return
         self._stale = False
         state, self._pending = self._pending, None
+        before = self.ema
         self.ema, self._module = _lightning_state.prepared(
             self.ema, self._module, pl_module, trainer, self._args.ema, state, self._stage
         )
+        self._fresh = trainer.sanity_checking and state is None and self.ema is not before
         _lightning_state.log_missing_state(log, trainer, state, self.state_key, self._stage)
         if state is not None and self.ema is not None:
             self.ema.load_state_dict(state)
@@ -188,8 +196,6 @@ class EMACallback(pl.Callback):
         self._leave()
 
     def _enter(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Stage) -> None:
-        if self._stale and self._stage == "fit" and trainer.sanity_checking:
-            return  # the EMA of a fit is built at on_train_start: the check runs on live weights
         self._prepare(trainer, pl_module)
         if stage not in self._args.swap or self._swapped is not None:
             return
