@@ -40,7 +40,9 @@ BUFFERS = ("copy", "average", "skip")
 class Rule(NamedTuple):
     """The decay rule of one ``ema_update`` call."""
 
-    decay: Schedule | Array  # the effective schedule, or a 0-d decay array given as decay=
+    # the effective schedule (the config itself where a subclass overrides decay_and_rate),
+    # or a 0-d decay array given as decay=
+    decay: Schedule | Config | Array
     non_float: NonFloatPolicy
     guard_finite: bool
 
@@ -121,7 +123,8 @@ def resolve_rule(decay: Any, schedule: Any, config: Any) -> Rule:
     check_one_rule(decay, schedule, config)
     if config is not None:
         cfg = checked_config(config)
-        return Rule(cfg.effective_schedule, cfg.non_float, cfg.guard_finite)
+        own = type(cfg).decay_and_rate is not Config.decay_and_rate  # a subclass's own decays
+        return Rule(cfg if own else cfg.effective_schedule, cfg.non_float, cfg.guard_finite)
     return Rule(decay_schedule(decay, schedule, arrays=True), "copy", False)
 
 

@@ -127,6 +127,8 @@ class Config:
             >>> [cfg.decay(t) for t in range(1, 6)]
             [1.0, 0.0, 1.0, 0.9, 1.0]
         """
+        if type(self).decay_and_rate is not Config.decay_and_rate:  # a subclass's own decays
+            return self.decay_and_rate(t)[0]
         return self.effective_schedule(t)
 
     def decay_and_rate(self, t: Step, /) -> tuple[Value, Value]:

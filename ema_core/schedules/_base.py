@@ -8,8 +8,9 @@ close to 1 keeps its full precision even where the widest float is float32 (JAX 
 from __future__ import annotations
 
 import abc
+import itertools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,15 @@ class FromCallable(Schedule):
             raise
         decay = ops.const(checked_value(self.fn, value, ops))
         return decay, 1.0 - decay
+
+
+def first_moving(schedule: Schedule, candidates: Iterator[int], budget: int = 1000) -> int | None:
+    """The first of ``candidates`` (increasing steps) at which ``schedule``'s decay is not 1,
+    looked for among at most ``budget`` of them (None when none is found there)."""
+    for t in itertools.islice(candidates, budget):
+        if schedule.pair(ScalarOps(t))[0] != 1.0:
+            return t
+    return None
 
 
 def ops_at(ops: Ops, t: Any) -> Ops:

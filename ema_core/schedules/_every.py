@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import itertools
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +11,11 @@ import array_api_compat as compat
 
 from ema_core._checks import check_positive
 from ema_core._ops import ArrayOps, Ops, ScalarOps, is_readable
-from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at
+from ema_core.schedules._base import Schedule, check_at_most_max_step, first_moving, ops_at
 from ema_core.schedules._decays import as_schedule
+
+#: Past this n, ``Every.first_update`` computes no candidate (each multiplies n decays).
+_SEARCH_N = 4096
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,15 @@ class Every(Schedule):
 
     @property
     def first_update(self) -> int:
-        return math.lcm(self.n, self.inner.first_update)
+        """The first multiple of n whose update moves: from the first one at or after the
+        inner schedule's first update (its window, or with ``compensate=False`` its own step,
+        may still hold only skips of a gated inner schedule: looked for among the next ones,
+        while their products are short)."""
+        low = self.n * max(1, -(-self.inner.first_update // self.n))
+        if self.compensate and self.n > _SEARCH_N:  # each candidate multiplies n decays
+            return low
+        found = first_moving(self, itertools.count(low, self.n))
+        return low if found is None else found
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         if not isinstance(ops, ScalarOps) and self._host_count(ops.raw):

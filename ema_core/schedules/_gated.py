@@ -9,6 +9,7 @@ wrapping, so a device count gives what a Python int gives.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,13 @@ import array_api_compat as compat
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._ops import Ops, ScalarOps, default_int, is_host_array
-from ema_core.schedules._base import Schedule, check_at_most_max_step, ops_at, shown_int
+from ema_core.schedules._base import (
+    Schedule,
+    check_at_most_max_step,
+    first_moving,
+    ops_at,
+    shown_int,
+)
 from ema_core.schedules._decays import as_schedule
 
 
@@ -37,8 +44,13 @@ class Gated(Schedule):
 
     @property
     def first_update(self) -> int:
+        """The first open gate whose update moves: a copy, or the inner schedule's decay at
+        its count not 1 (an inner ``every`` skips most counts), looked for among the first
+        open gates."""
         first = max(self.start, 1)
-        return first + (self.phase - first) % self.every
+        first += (self.phase - first) % self.every
+        found = first_moving(self, itertools.count(first, self.every))
+        return first if found is None else found
 
     @property
     def elementwise(self) -> bool:
