@@ -132,3 +132,57 @@ def test_lightning_ema_starts_at_on_train_start_even_after_a_sanity_check(tmp_pa
     assert average.ema is not None
     got = average.ema.average["layer.weight"]
     assert bool(((got - 5.0).abs() < 0.05).all()), got
+
+
+def test_lightning_fp16_two_optimizers_one_skipped_still_updates(tmp_path: Path) -> None:
+    """Manual optimization with two optimizers: the scaler skipped the second one's step, the
+    first one's went through; the batch's update was dropped (only the last step's skip was
+    seen). One update per batch whose weights moved."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    class Two(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            torch.manual_seed(0)
+            self.a, self.b = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            for layer, opt, scale in zip(
+                (self.a, self.b),
+                self.optimizers(),
+                (1.0, 1e6 if batch_idx == 2 else 1.0),
+                strict=True,
+            ):
+                opt.zero_grad()
+                self.manual_backward(torch.nn.functional.mse_loss(layer(x).float(), y * scale))
+                opt.step()
+
+        def configure_optimizers(self) -> Any:
+            return [torch.optim.SGD(m.parameters(), lr=0.05) for m in (self.a, self.b)]
+
+    torch.manual_seed(1)
+    x = torch.randn(48, 4)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8
+    )
+
+    class Record(pl.Callback):
+        def on_train_start(self, trainer: Any, module: Any) -> None:
+            self.lives = [module.a.weight.detach().double().clone()]
+
+        def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
+            self.lives.append(module.a.weight.detach().double().clone())
+
+    average, record = EMACallback(decay=0.5), Record()
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=16.0))
+    trainer(tmp_path, [average, record], plugins=[plugin], max_epochs=1).fit(Two(), data)
+    assert average.ema is not None
+    shadow = record.lives[0]
+    for before, live in zip(record.lives, record.lives[1:], strict=False):
+        assert not torch.equal(before, live)  # a's step went through in every batch
+        shadow = shadow + 0.5 * (live - shadow)
+    torch.testing.assert_close(
+        average.ema.average["a.weight"].double(), shadow, rtol=1e-6, atol=1e-7
+    )

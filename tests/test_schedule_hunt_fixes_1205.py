@@ -65,3 +65,25 @@ def test_a_config_subclass_decays_reach_ema_update_and_decay() -> None:
     got = ema.ema_update({"w": np.zeros(1)}, {"w": np.ones(1)}, 1, config=config)
     state = ema.update(ema.init({"w": np.zeros(1)}, config), {"w": np.ones(1)}, config)
     assert got["w"][0] == state.shadow["w"][0] == 0.5
+
+
+def test_building_a_config_calls_no_plain_callable_schedule() -> None:
+    """The first-update search called a user's callable while the ``Config`` was built: one
+    written for array steps failed on a Python int, and one returning 1 for long made
+    4,096,000 calls at ``interval=4096``. A plain inner schedule needs no search."""
+    calls: list[object] = []
+
+    def for_arrays(t: object) -> object:
+        calls.append(t)
+        return 1 - 1 / (t.astype(np.float64) + 10)  # type: ignore[attr-defined]
+
+    config = ema.Config(schedule=for_arrays, interval=4096, init="copy")
+    assert config.effective_schedule.first_update == 4096 and calls == []
+
+
+def test_first_update_falls_back_to_the_lcm_past_the_search() -> None:
+    """``every(gated(every=10**6), 4096, compensate=False)`` first moves at their lcm; the
+    search finds nothing within its budget, and the fallback is that lcm, not a skipped step."""
+    schedule = S.every(S.gated(0.9, every=10**6), 4096, compensate=False)
+    assert schedule.first_update == 64_000_000
+    assert schedule(64_000_000) == 0.9

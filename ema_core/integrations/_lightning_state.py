@@ -113,8 +113,8 @@ def fit_step(module: torch.nn.Module | None) -> int | None:
 def grad_scale(trainer: pl.Trainer) -> float | None:
     """The loss scale of the trainer's enabled ``torch.amp.GradScaler`` (``precision=
     "16-mixed"``), None without one. It only shrinks when the scaler skipped a step for inf
-    gradients, which Lightning still counts in ``global_step``. Reading it syncs once per
-    optimizer step, as the scaler's own ``step`` does."""
+    gradients, which Lightning still counts in ``global_step``. Reading it is a host read,
+    as the scaler's own ``step`` makes one."""
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     if scaler is None or not scaler.is_enabled():
         return None

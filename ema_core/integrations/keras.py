@@ -13,6 +13,7 @@ copied weights, ``step``). The private helpers beside it (``_keras_state``, ``_k
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,6 +36,8 @@ from ema_core.integrations._keras_swap import Swap
 from ema_core.integrations._keras_weights import Plan, check_backend, optimizer_steps, plan_in
 
 __all__ = ["EMACallback"]
+
+log = logging.getLogger(__name__)
 
 
 class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
@@ -215,7 +218,9 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._swapper.restore()
         if stage in self.swap and self._plan is not None and self._step > 0:
             plan = plan_in(self._plan, self._owner, self._model, self.config.buffers)
-            self._swapper.put_in(plan, self._averages(), self._owner)
+            if not self._swapper.put_in(plan, self._averages(), self._owner):
+                log.info("EMACallback: another EMACallback's averages are in the model; %s "
+                         "runs on them", stage)  # fmt: skip
 
     def _attach(self, model: Any) -> None:
         """Start the EMA at the model's weights, or continue it when the model matches."""

@@ -96,6 +96,7 @@ class EMACallback(pl.Callback):
         self._seen = 0  # trainer.global_step at the last update
         self._scale: float | None = None  # the fp16 GradScaler's scale before this step
         self._fresh = False  # the EMA was built for the sanity check (rebuilt at train start)
+        self._moved = False  # an earlier optimizer step of this batch went through the scaler
         self._swapped: contextlib.AbstractContextManager[None] | None = None
 
     @property
@@ -146,16 +147,20 @@ class EMACallback(pl.Callback):
         batch_idx: int,
     ) -> None:
         scale, self._scale = self._scale, None
+        moved, self._moved = self._moved, False
         now = None if scale is None else _lightning_state.grad_scale(trainer)
-        if scale is not None and now is not None and now < scale:
-            self._seen = trainer.global_step  # GradScaler skipped the step (inf gradients):
-            return  # Lightning counts it, the weights did not move: no update
+        if scale is not None and now is not None and now < scale and not moved:
+            self._seen = trainer.global_step  # GradScaler skipped every step (inf gradients):
+            return  # Lightning counts them, the weights did not move: no update
         self._catch_up(trainer.global_step)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        self._scale = _lightning_state.grad_scale(trainer)
+        now = _lightning_state.grad_scale(trainer)
+        if now is not None and self._scale is not None and now >= self._scale:
+            self._moved = True  # the batch's previous optimizer step went through
+        self._scale = now
 
     def _catch_up(self, step: int | None) -> None:
         """One update for the optimizer steps taken since the last one (none: nothing; a

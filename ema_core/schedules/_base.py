@@ -34,6 +34,13 @@ class Schedule(abc.ABC):
         return 1
 
     @property
+    def skips(self) -> bool:
+        """True for a schedule that skips steps after its first update (``every``, ``gated``,
+        and wrappers of them): a wrapper's first update must then be looked for, not derived
+        from it. A plain schedule moves at every step from its first update."""
+        return False
+
+    @property
     def elementwise(self) -> bool:
         """True when ``pair`` computes elementwise, so that it also takes a count array of any
         shape (``every`` then evaluates its n steps at once); False for callables and subclasses
@@ -90,10 +97,14 @@ class FromCallable(Schedule):
 
 def first_moving(schedule: Schedule, candidates: Iterator[int], budget: int = 1000) -> int | None:
     """The first of ``candidates`` (increasing steps) at which ``schedule``'s decay is not 1,
-    looked for among at most ``budget`` of them (None when none is found there)."""
-    for t in itertools.islice(candidates, budget):
-        if schedule.pair(ScalarOps(t))[0] != 1.0:
-            return t
+    looked for among at most ``budget`` of them (None when none is found there, or when the
+    schedule raises at one: a callable written for another step form)."""
+    try:
+        for t in itertools.islice(candidates, budget):
+            if schedule.pair(ScalarOps(t))[0] != 1.0:
+                return t
+    except Exception:  # the caller falls back to its closed form
+        return None
     return None
 
 

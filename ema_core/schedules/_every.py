@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +15,8 @@ from ema_core._ops import ArrayOps, Ops, ScalarOps, is_readable
 from ema_core.schedules._base import Schedule, check_at_most_max_step, first_moving, ops_at
 from ema_core.schedules._decays import as_schedule
 
-#: Past this n, ``Every.first_update`` computes no candidate (each multiplies n decays).
-_SEARCH_N = 4096
+#: The inner decays ``Every.first_update`` may compute looking for its first moving step.
+_SEARCH_DECAYS = 10_000
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,21 @@ class Every(Schedule):
 
     @property
     def first_update(self) -> int:
-        """The first multiple of n whose update moves: from the first one at or after the
-        inner schedule's first update (its window, or with ``compensate=False`` its own step,
-        may still hold only skips of a gated inner schedule: looked for among the next ones,
-        while their products are short)."""
+        """The first multiple of n whose update moves: the first one at or after the inner
+        schedule's first update, for a plain inner schedule (it moves at every step from
+        there). Over an inner one that skips (``every``, ``gated``), that window (or with
+        ``compensate=False`` that step) may hold only skips: looked for among the next
+        multiples, within about 10,000 inner decays, else ``lcm(n, inner first update)``."""
         low = self.n * max(1, -(-self.inner.first_update // self.n))
-        if self.compensate and self.n > _SEARCH_N:  # each candidate multiplies n decays
+        if not self.inner.skips:
             return low
-        found = first_moving(self, itertools.count(low, self.n))
-        return low if found is None else found
+        budget = max(1, _SEARCH_DECAYS // self.n) if self.compensate else 1000
+        found = first_moving(self, itertools.count(low, self.n), budget)
+        return math.lcm(self.n, self.inner.first_update) if found is None else found
+
+    @property
+    def skips(self) -> bool:
+        return True
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         if not isinstance(ops, ScalarOps) and self._host_count(ops.raw):

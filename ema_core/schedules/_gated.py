@@ -44,13 +44,19 @@ class Gated(Schedule):
 
     @property
     def first_update(self) -> int:
-        """The first open gate whose update moves: a copy, or the inner schedule's decay at
-        its count not 1 (an inner ``every`` skips most counts), looked for among the first
-        open gates."""
+        """The first open gate whose update moves: the first open gate over a plain inner
+        schedule (it moves at every count); over one that skips (``every``, ``gated``), looked
+        for among the first 1,000 open gates (else the first)."""
         first = max(self.start, 1)
         first += (self.phase - first) % self.every
+        if not self.inner.skips or first <= self.copy_through:
+            return first
         found = first_moving(self, itertools.count(first, self.every))
         return first if found is None else found
+
+    @property
+    def skips(self) -> bool:
+        return True
 
     @property
     def elementwise(self) -> bool:

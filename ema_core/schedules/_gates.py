@@ -33,6 +33,10 @@ class InFloat32(Schedule):
         return self.inner.first_update
 
     @property
+    def skips(self) -> bool:
+        return self.inner.skips
+
+    @property
     def elementwise(self) -> bool:
         return self.inner.elementwise
 

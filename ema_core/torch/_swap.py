@@ -125,9 +125,11 @@ def swapped(
     current: Callable[[], Sequence[Any]] | None = None,
 ) -> Iterator[None]:
     """Inside the block ``live[i]`` holds ``average(i)[0]`` (``average(i)[1]``: it is the
-    shadow itself); restored on exit, also on an exception, into the tensors ``current()``
-    finds under the names then (``Put.restore``). Ctrl-C is held while tensors are being put
-    in or taken out, so the model is never left half swapped.
+    shadow itself); restored on exit, also on an exception (``Put.restore``), and copied as
+    well into the tensors ``current()`` finds under the names then where a conversion
+    replaced them (``Put.put_into``: best effort, one that cannot take them is left as it
+    is). Ctrl-C is held while tensors are being put in or taken out, so the model is never
+    left half swapped.
 
     Raises:
         RuntimeError: with ``copy=False``, a shadow was written inside the block (after the
