@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmarks import bank, chart, eager, harness, routes, stateless, tree, workloads
 from benchmarks.backends import MODULES
+from benchmarks.cli_args import int_at_least
 from benchmarks.peers import PEERS
 
 #: Left out of the default plan to keep `make bench` under 10 minutes on 2 cores (ask for them
@@ -52,7 +53,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--no-peers", action="store_true", help="time ema-core and ceilings only")
     ap.add_argument(
-        "--repeats", type=_at_least_3, default=8, help="timed calls per case (at least 3)"
+        "--repeats", type=int_at_least(3), default=8, help="timed calls per case (at least 3)"
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="", help="appended to the result files' names")
@@ -82,17 +83,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if problem:  # found now, not after the whole run has been timed
         ap.error(problem)
     return args
-
-
-def _at_least_3(text: str) -> int:
-    """``--repeats``: an int of at least 3 (a median of fewer says little)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 3:
-        raise argparse.ArgumentTypeError(f"must be at least 3, got {value}")
-    return value
 
 
 def _output_problem(args: argparse.Namespace) -> str | None:

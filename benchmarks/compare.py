@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.cli_args import int_at_least
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Run inside each revision's worktree (its own ``ema_core`` first on the path).
@@ -121,16 +123,6 @@ def _worktree(rev: str, where: Path) -> Path:
     return path
 
 
-def _rounds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _unknown(revs: list[str]) -> str | None:
     """Why the revisions cannot be compared (checked before any worktree is made), or None."""
     if len(set(revs)) < len(revs):
@@ -151,7 +143,7 @@ def _unknown(revs: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
     ap.add_argument("revs", nargs="+")
-    ap.add_argument("--rounds", type=_rounds, default=2)
+    ap.add_argument("--rounds", type=int_at_least(1), default=2)
     ap.add_argument("--jax", action="store_true", help="time JAX make_update instead")
     args = ap.parse_args(argv)
     problem = _unknown(args.revs)
