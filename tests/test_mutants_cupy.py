@@ -184,7 +184,7 @@ class _StandIn:
         self.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=self.device))
         monkeypatch.setattr(fast, "_cupy", lambda: self)
         monkeypatch.setattr(fast, "compat", _fake_compat())
-        monkeypatch.setattr(fast, "_multi_kernel", self.kernel)
+        monkeypatch.setattr(kernels, "_multi_kernel", self.kernel)
         monkeypatch.setattr(fast, "_fused", lambda: self.fused)
         monkeypatch.setattr(kernels, "_cupy", lambda: self)  # the tables' uploads
         monkeypatch.setattr(kernels, "_TABLES", collections.OrderedDict())

@@ -1,13 +1,13 @@
 """The CuPy backend's CUDA kernels: their source and their builders, each compiled once.
 
-``cupy.py`` routes the leaves and launches (its docstring's table: the "fused" route runs
-``_fused``, the "multi" route ``_multi_kernel``); this module holds what runs on the device: the
-rounded blend shared by both kernels (``__fmul_rn`` / ``__fadd_rn``, never fused into an FMA),
-the fused elementwise kernel's preamble and body, the multi-tensor kernel's source (which reads
-the table ``host_table`` lays out, ``CHUNK`` elements per block step, and ``device_table``
-uploads and caches), and the ``functools.cache`` builders that compile them on first use
-(integer leaves need no kernel: they are plain copies). Importing this module needs no CuPy:
-the builders import it when first called.
+``cupy.py`` routes the leaves and launches the fused kernel (its docstring's table: the "fused"
+route runs ``_fused``, the "multi" route ``launch_multi``, here); this module holds what runs on
+the device: the rounded blend shared by both kernels (``__fmul_rn`` / ``__fadd_rn``, never fused
+into an FMA), the fused elementwise kernel's preamble and body, the multi-tensor kernel's source
+(which reads the table ``host_table`` lays out, ``CHUNK`` elements per block step, and
+``device_table`` uploads and caches) and its launch, and the ``functools.cache`` builders that
+compile them on first use (integer leaves need no kernel: they are plain copies). Importing this
+module needs no CuPy: the builders import it when first called.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ CHUNK = 4096
 TABLES_KEPT = 8
 _TABLES: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
 _HALF = ("float16", "bfloat16")
+_THREADS = 256
 
 _ROUNDED = r"""
 __device__ __forceinline__ float ema_mul(float a, float b) { return __fmul_rn(a, b); }
@@ -175,3 +176,41 @@ def host_table(ptrs: Sequence[tuple[int, int, int]], sizes: Sequence[int]) -> tu
     starts = (np.arange(chunk_leaf.size, dtype=np.int64) - first[chunk_leaf]) * CHUNK
     pointers = np.asarray(ptrs, np.uint64).reshape(-1, 3).T.reshape(-1).view(np.int64)
     return np.concatenate([pointers, sizes_, chunk_leaf, starts]), int(chunk_leaf.size)
+
+
+def launch_multi(
+    pair: tuple[str, str],
+    group: list[int],
+    shadows: Sequence[Array],
+    params: Sequence[Array],
+    writes: Sequence[bool],
+    out: list[Array],
+    d: Any,
+    r: Any,
+    tables: dict[Any, Any] | None,
+) -> None:
+    """One launch over the small leaves ``group`` (of the dtype pair ``pair``, shadow's and
+    params' names); fills ``out``. ``tables``: the plan cache's memo, which keeps the group's
+    table (in-place updates of arrays whose pointers it vouches for), or None."""
+    fresh = [i for i in group if not writes[i]]
+    if fresh:  # new results are views into one flat buffer: one allocation, not one per leaf
+        flat = _cupy().empty(sum(shadows[i].size for i in fresh), shadows[fresh[0]].dtype)
+        start = 0
+        for i in fresh:
+            out[i] = flat[start : start + shadows[i].size].reshape(shadows[i].shape)
+            start += shadows[i].size
+    if tables is not None and ("table", pair) in tables:
+        table, n_chunks = tables[("table", pair)]
+    else:
+        table, n_chunks = device_table([(shadows[i], params[i], out[i]) for i in group])
+        if tables is not None:
+            tables[("table", pair)] = (table, n_chunks)
+    if n_chunks == 0:
+        return
+    sname, pname = pair
+    on_device = not isinstance(d, np.float64)
+    host = (np.float64(0.0), np.float64(0.0)) if on_device else (d, r)
+    pointers = (d, r) if on_device else (table, table)  # any valid pointer when unused
+    args = (table, np.int32(len(group)), np.int64(n_chunks), *pointers, np.int32(on_device))
+    args_tail = (*host, np.int32(pname == "bfloat16"))
+    _multi_kernel(sname, pname)((min(n_chunks, 1 << 20),), (_THREADS,), (*args, *args_tail))

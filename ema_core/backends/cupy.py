@@ -21,7 +21,7 @@ copy     integer/bool under ``non_float="copy"`` (any decay)  ``a[...] = p``
 keep     integer/bool, any other ``non_float``               nothing
 skip     float, a host decay of 1                            nothing
 generic  complex or non-float dtypes, a half over float64    ``generic``
-multi    float32/float64, C-contiguous, <= ``MULTI_MAX``     ``_multi``
+multi    float32/float64, C-contiguous, <= ``MULTI_MAX``     ``launch_multi``
 fused    every other float pair                              ``_fused()``
 =======  ==================================================  ================
 
@@ -31,8 +31,9 @@ arrays standing in), the kernels' source compiled for the CPU, and marked ``gpu`
 (``test_integer_leaves_are_copied``), skip and fused (``test_fused_kernel_equals_generic``, decay
 1 among its decays), generic (``test_generic_route_equals_generic``), multi
 (``test_multi_tensor_equals_per_array_and_generic``). This module routes the leaves and
-launches; the kernels' CUDA source and their cached builders, ``CHUNK`` (which the source bakes
-in) and the tables' layout and cache are in ``_cupy_kernels``.
+launches the fused kernel; the kernels' CUDA source and their cached builders, the multi-tensor
+launch (``launch_multi``), ``CHUNK`` (which the source bakes in) and the tables' layout and
+cache are in ``_cupy_kernels``.
 
 The stateless call's plan cache (``ema_core._stateless``) covers CuPy arrays: ``leaf_signature``
 records each array's data address, shape, strides and dtype, and while they hold for the same
@@ -58,9 +59,8 @@ from ema_core.backends._cupy_kernels import (
     CHUNK,
     _cupy,
     _fused,
-    _multi_kernel,
-    device_table,
     host_table,
+    launch_multi,
 )
 from ema_core.backends.generic import guard
 
@@ -85,7 +85,6 @@ Route: TypeAlias = Literal["copy", "keep", "skip", "generic", "multi", "fused"]
 #: Contiguous leaves with at most this many elements share one multi-tensor launch: streaming
 #: 4M fp32 elements takes about 12 us at 4 TB/s, no longer than one Python kernel call.
 MULTI_MAX = 1 << 22
-_THREADS = 256
 _FLOATS = (*_HALF, "float32", "float64")
 _SIGNATURE = operator.attrgetter("data.ptr", "shape", "strides", "dtype")
 
@@ -147,7 +146,7 @@ def update_leaves(
                 out[i] = _fused()(s, p, d, r, s if write else _cupy().empty_like(s))
     tables = memo if memo is not None and all(writes) else None  # the same pointers each call
     for pair, group in groups.items():
-        _multi(pair, group, shadows, params, writes, out, d, r, tables)
+        launch_multi(pair, group, shadows, params, writes, out, d, r, tables)
     return out
 
 
@@ -236,41 +235,3 @@ def _copy_exact(s: Array, p: Array, write: bool) -> Array:
     target = s if write else _cupy().empty_like(s)
     target[...] = p
     return target
-
-
-def _multi(
-    pair: tuple[str, str],
-    group: list[int],
-    shadows: Sequence[Array],
-    params: Sequence[Array],
-    writes: Sequence[bool],
-    out: list[Array],
-    d: Any,
-    r: Any,
-    tables: dict[Any, Any] | None,
-) -> None:
-    """One launch over the small leaves ``group`` (of the dtype pair ``pair``, shadow's and
-    params' names); fills ``out``. ``tables``: the plan cache's memo, which keeps the group's
-    table (in-place updates of arrays whose pointers it vouches for), or None."""
-    fresh = [i for i in group if not writes[i]]
-    if fresh:  # new results are views into one flat buffer: one allocation, not one per leaf
-        flat = _cupy().empty(sum(shadows[i].size for i in fresh), shadows[fresh[0]].dtype)
-        start = 0
-        for i in fresh:
-            out[i] = flat[start : start + shadows[i].size].reshape(shadows[i].shape)
-            start += shadows[i].size
-    if tables is not None and ("table", pair) in tables:
-        table, n_chunks = tables[("table", pair)]
-    else:
-        table, n_chunks = device_table([(shadows[i], params[i], out[i]) for i in group])
-        if tables is not None:
-            tables[("table", pair)] = (table, n_chunks)
-    if n_chunks == 0:
-        return
-    sname, pname = pair
-    on_device = not isinstance(d, np.float64)
-    host = (np.float64(0.0), np.float64(0.0)) if on_device else (d, r)
-    pointers = (d, r) if on_device else (table, table)  # any valid pointer when unused
-    args = (table, np.int32(len(group)), np.int64(n_chunks), *pointers, np.int32(on_device))
-    args_tail = (*host, np.int32(pname == "bfloat16"))
-    _multi_kernel(sname, pname)((min(n_chunks, 1 << 20),), (_THREADS,), (*args, *args_tail))
