@@ -141,7 +141,7 @@ def _class_step(average, model, decay: float) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_class_watch_covers_its_cuda_launches():
-    """The ``EMA`` class's watch looks at the CUDA bf16 pairs (``_watch._engine``), so its
+    """The ``EMA`` class's watch looks at the CUDA bf16 pairs (``_watch_views.prepared``), so its
     vouching keeps the launch; a param's memory replaced or transposed over the same memory is
     seen by the watch, and the launch made again (a stale one would read the old memory, or
     the strided param as contiguous)."""

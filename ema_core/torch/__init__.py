@@ -1,7 +1,8 @@
 """torch above the API: ``EMA`` for ``nn.Module``s, ``ddp_ema``, ``full_state_dict``.
 
 * ``_names``: which tensors of a module are tracked, under which names; ``_watch``: the
-  per-update check that the module still holds them, where and as they were; ``_rules``:
+  per-update check that the module still holds them, where and as they were (``_watch_views``:
+  what the kernels' prepared reads of some pairs depend on besides); ``_rules``:
   the ``EMA`` arguments turned into one ``Config``, the step counter that never goes back,
   each tensor's shadow dtype; ``_options``: the ``Binding`` of the tracked tensors to their
   shadows, which follows the module when it replaces or converts one.

@@ -3,19 +3,16 @@ where and as they were (``_names`` says which tensors and under which names)."""
 
 from __future__ import annotations
 
-import itertools
 import operator
 from collections.abc import Iterator
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 
-from ema_core.backends.torch._cuda import triton_usable
-from ema_core.backends.torch._pairs import key as views_key
-from ema_core.backends.torch._plan import bucket
 from ema_core.torch import _dtensor
 from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
+from ema_core.torch._watch_views import Views, prepared
 
 __all__ = ["Watch"]
 
@@ -41,7 +38,7 @@ class Watch:
 
     Given the shadows, the same pass also covers what the kernels' prepared reads of the
     mixed-precision pairs depend on (the host engine's views on the CPU, the Triton kernel's
-    launch tables on CUDA: ``_pairs.Key``; ``_Views``): each such param's layout and its
+    launch tables on CUDA: ``_pairs.Key``; ``Views``): each such param's layout and its
     shadow's pointer, size, layout and dtype (``fits``), and whether the module still holds
     those params' very objects (``held``). A ``same()`` with both vouches that views or
     launches made since the watch began (or since ``views.renew()``) still fit, and the store
@@ -64,9 +61,9 @@ class Watch:
         on = [w for w, f in zip(watched, fast, strict=True) if f]
         self.fast = _Reads(root, [t for t, _ in on])
         self.slow = _Reads(root, [t for (t, _), f in zip(watched, fast, strict=True) if not f])
-        self.views = _Views([(j, t.tensor, s) for j, (t, s) in enumerate(on) if _engine(s, t)])
+        self.views = Views([(j, t.tensor, s) for j, (t, s) in enumerate(on) if prepared(s, t)])
         # a pair the views need but the fast reads skip (an empty param): never vouched for
-        self.complete = len(self.views.where) == sum(_engine(s, t) for t, s in watched)
+        self.complete = len(self.views.where) == sum(prepared(s, t) for t, s in watched)
         self.fits = self.held = False
         self.pointers = list(map(torch.Tensor.data_ptr, self.fast.held))
         self.shapes = [t.shape for t in self.fast.held]
@@ -160,77 +157,6 @@ class Watch:
 
 _SHAPE = operator.attrgetter("shape")
 _DTYPE = operator.attrgetter("dtype")
-
-
-def _engine(shadow: torch.Tensor | None, t: Tracked) -> TypeGuard[torch.Tensor]:
-    """Whether a kernel keeps prepared reads of the pair that the watch vouches for: the host
-    engine's views (a superset of ``_host.usable``'s pairs: a plain float CPU tensor under a
-    wider plain shadow) or the Triton kernel's launch (a plain float CUDA tensor under a
-    float32 shadow on its device, Triton installed): the ``mixed`` bucket."""
-    if shadow is None or t.kind != "float" or shadow.dtype == t.tensor.dtype:
-        return False
-    plain = type(shadow) is torch.Tensor and type(t.tensor) in _PLAIN
-    if not plain or shadow.device != t.tensor.device:
-        return False
-    on_cpu = shadow.device.type == "cpu"
-    if not (on_cpu or triton_usable(shadow)):
-        return False
-    return bucket(t.kind, shadow, t.tensor) == "mixed"
-
-
-class _Views:
-    """The rest of what the kernels' prepared reads of some pairs depend on (``_pairs.Key``),
-    beside the pointers, shapes and dtypes ``Watch`` reads: each param's contiguity (and shape
-    and strides where it is not contiguous) and its shadow's pointer, size, contiguity, dtype
-    (and layout); read in the same pass, from the tensors the module holds now.
-
-    Args:
-        pairs: (position among the watched plain tensors, param, shadow).
-    """
-
-    def __init__(self, pairs: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
-        self.where = [j for j, _, _ in pairs]
-        self.params = [p for _, p, _ in pairs]
-        self.shadows = [s for _, _, s in pairs]
-        self.renew()
-
-    def renew(self) -> None:
-        """Take what the views depend on now as the new baseline."""
-        key, half = views_key(self.shadows, self.params), len(self.shadows)
-        self.pointers, self.counts = key.pointers[:half], key.counts[:half]
-        self.dtypes, self.contiguous = key.dtypes[:half], key.contiguous
-        self.layouts = key.layouts  # position in [*shadows, *params] -> (shape, strides)
-
-    def pick(self, now: list[Any]) -> list[Any]:
-        """The params among ``now`` (the module's plain tensors, in ``Watch`` order)."""
-        if len(self.where) == len(now):
-            return now  # every one of them (a bf16 or fp16 model)
-        return [now[j] for j in self.where]
-
-    def same(self, now: list[Any]) -> bool:
-        """Whether the views' other inputs are as they were (pointers, shapes and dtypes of
-        the params are compared by the caller)."""
-        if not self.where:
-            return True
-        params, shadows = self.pick(now), self.shadows
-        contiguous = map(torch.Tensor.is_contiguous, itertools.chain(shadows, params))
-        return (
-            list(map(torch.Tensor.data_ptr, shadows)) == self.pointers
-            and list(map(torch.Tensor.numel, shadows)) == self.counts
-            and all(map(operator.is_, map(_DTYPE, shadows), self.dtypes))
-            and list(contiguous) == self.contiguous
-            and all(_layout(shadows, params, i) == old for i, old in self.layouts.items())
-        )
-
-    def held(self, now: list[Any]) -> bool:
-        """Whether the module holds the very param objects the views were made from."""
-        return all(map(operator.is_, self.pick(now), self.params))
-
-
-def _layout(shadows: list[torch.Tensor], params: list[Any], i: int) -> tuple[Any, Any]:
-    """Shape and strides of tensor ``i`` of ``[*shadows, *params]`` (``_pairs.Key.layouts``)."""
-    t = shadows[i] if i < len(shadows) else params[i - len(shadows)]
-    return t.shape, t.stride()
 
 
 class _Reads:

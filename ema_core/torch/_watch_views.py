@@ -1,0 +1,92 @@
+"""What the kernels' prepared reads of some tracked pairs depend on beyond ``Watch``'s pointers,
+shapes and dtypes: which pairs have such reads (``prepared``: the host engine's views of CPU
+pairs, the Triton kernel's launch of CUDA ones) and their layouts (``Views``)."""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from typing import Any, TypeGuard
+
+import torch
+
+from ema_core.backends.torch._cuda import triton_usable
+from ema_core.backends.torch._pairs import key as views_key
+from ema_core.backends.torch._plan import bucket
+from ema_core.torch._names import PLAIN as _PLAIN
+from ema_core.torch._names import Tracked
+
+__all__ = ["Views", "prepared"]
+
+_DTYPE = operator.attrgetter("dtype")
+
+
+def prepared(shadow: torch.Tensor | None, t: Tracked) -> TypeGuard[torch.Tensor]:
+    """Whether a kernel keeps prepared reads of the pair that the watch vouches for: the host
+    engine's views (a superset of ``_host.usable``'s pairs: a plain float CPU tensor under a
+    wider plain shadow) or the Triton kernel's launch (a plain float CUDA tensor under a
+    float32 shadow on its device, Triton installed): the ``mixed`` bucket."""
+    if shadow is None or t.kind != "float" or shadow.dtype == t.tensor.dtype:
+        return False
+    plain = type(shadow) is torch.Tensor and type(t.tensor) in _PLAIN
+    if not plain or shadow.device != t.tensor.device:
+        return False
+    on_cpu = shadow.device.type == "cpu"
+    if not (on_cpu or triton_usable(shadow)):
+        return False
+    return bucket(t.kind, shadow, t.tensor) == "mixed"
+
+
+class Views:
+    """The rest of what the kernels' prepared reads of some pairs depend on (``_pairs.Key``),
+    beside the pointers, shapes and dtypes ``Watch`` reads: each param's contiguity (and shape
+    and strides where it is not contiguous) and its shadow's pointer, size, contiguity, dtype
+    (and layout); read in the same pass, from the tensors the module holds now.
+
+    Args:
+        pairs: (position among the watched plain tensors, param, shadow).
+    """
+
+    def __init__(self, pairs: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        self.where = [j for j, _, _ in pairs]
+        self.params = [p for _, p, _ in pairs]
+        self.shadows = [s for _, _, s in pairs]
+        self.renew()
+
+    def renew(self) -> None:
+        """Take what the views depend on now as the new baseline."""
+        key, half = views_key(self.shadows, self.params), len(self.shadows)
+        self.pointers, self.counts = key.pointers[:half], key.counts[:half]
+        self.dtypes, self.contiguous = key.dtypes[:half], key.contiguous
+        self.layouts = key.layouts  # position in [*shadows, *params] -> (shape, strides)
+
+    def pick(self, now: list[Any]) -> list[Any]:
+        """The params among ``now`` (the module's plain tensors, in ``Watch`` order)."""
+        if len(self.where) == len(now):
+            return now  # every one of them (a bf16 or fp16 model)
+        return [now[j] for j in self.where]
+
+    def same(self, now: list[Any]) -> bool:
+        """Whether the views' other inputs are as they were (pointers, shapes and dtypes of
+        the params are compared by the caller)."""
+        if not self.where:
+            return True
+        params, shadows = self.pick(now), self.shadows
+        contiguous = map(torch.Tensor.is_contiguous, itertools.chain(shadows, params))
+        return (
+            list(map(torch.Tensor.data_ptr, shadows)) == self.pointers
+            and list(map(torch.Tensor.numel, shadows)) == self.counts
+            and all(map(operator.is_, map(_DTYPE, shadows), self.dtypes))
+            and list(contiguous) == self.contiguous
+            and all(_layout(shadows, params, i) == old for i, old in self.layouts.items())
+        )
+
+    def held(self, now: list[Any]) -> bool:
+        """Whether the module holds the very param objects the views were made from."""
+        return all(map(operator.is_, self.pick(now), self.params))
+
+
+def _layout(shadows: list[torch.Tensor], params: list[Any], i: int) -> tuple[Any, Any]:
+    """Shape and strides of tensor ``i`` of ``[*shadows, *params]`` (``_pairs.Key.layouts``)."""
+    t = shadows[i] if i < len(shadows) else params[i - len(shadows)]
+    return t.shape, t.stride()
