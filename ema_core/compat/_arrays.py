@@ -135,12 +135,15 @@ def assign_all(dst: dict[str, Array], src: Mapping[str, Array]) -> dict[str, Arr
 
 
 def divide(x: Array, weight: float) -> Array:
-    """``x / weight`` in ``x``'s dtype (float32 or wider arithmetic); non-float arrays, and all
-    where ``weight`` is 0 (a zero-started average read through ``1 - d ** t`` with a decay that
-    rounds to 1: the peers' inf / nan), as they are (copied), as ``ema_core.average`` reads."""
+    """``x / weight`` in ``x``'s dtype (float32 or wider arithmetic; complex as it is); non-float
+    arrays, and all where ``weight`` is 0 (a zero-started average read through ``1 - d ** t``
+    with a decay that rounds to 1: the peers' inf / nan), as they are (copied), as
+    ``ema_core.average`` reads."""
     xp = compat.array_namespace(x)
     if weight == 0.0 or not xp.isdtype(x.dtype, ("real floating", "complex floating")):
         return xp.asarray(x, copy=True)
+    if xp.isdtype(x.dtype, "complex floating"):
+        return x / weight  # complex64 / complex128: wide enough as they are
     wide = x if x.dtype in (xp.float32, xp.float64) else xp.astype(x, xp.float32)
     out = wide / weight
     return out if out.dtype == x.dtype else xp.astype(out, x.dtype)

@@ -57,6 +57,7 @@ class ExponentialMovingAverage:
         self._shadows = {k: clone(v) for k, v in self._parameters.items()}
         self._backups = {k: clone(v) for k, v in self._parameters.items()}
         self._assigned = False  # the averages are in the parameters, the backups hold theirs
+        self._stale = False  # apply() ran since the pending backup: the params were trained
 
     @property
     def parameters(self) -> dict[str, Array]:
@@ -85,16 +86,18 @@ class ExponentialMovingAverage:
                 )
             shadows = ema_core.ema_update(self._shadows, new, n, schedule=self._schedule)
         self._shadows, self._parameters = shadows, new
+        self._stale = self._assigned
 
     def assign_average_value(self) -> dict[str, Array]:
         """Back up the parameters and write the averages into them; return the parameters.
 
-        Called again before ``restore()``, it keeps the first backup (AllenNLP would back up
-        the averages and lose the parameters' own values).
+        Called again before ``restore()`` with no ``apply()`` since, it keeps the first backup
+        (AllenNLP would back up the averages and lose the parameters' own values); with an
+        ``apply()`` since, the parameters were trained on and are backed up again.
         """
-        if not self._assigned:
+        if not self._assigned or self._stale:
             self._backups = assign_all(self._backups, self._parameters)
-        self._assigned = True
+        self._assigned, self._stale = True, False
         return dict(assign_all(self._parameters, self._shadows))
 
     def restore(self) -> dict[str, Array]:

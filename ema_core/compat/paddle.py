@@ -71,6 +71,8 @@ class ExponentialMovingAverage:
         config = ema_core.Config(init="zeros")
         self._ema: dict[str, Array] = ema_core.init(self._parameters, config).shadow
         self._backups: dict[str, Array] | None = None
+        self._stale = False  # update() ran since the pending backup: the params were trained
+        self._open = 0  # ``with apply()`` blocks entered and not left
         self._step = 0
         self._last_decay = self._decay
 
@@ -94,6 +96,7 @@ class ExponentialMovingAverage:
         decay = self._current_decay()
         self._ema = ema_core.ema_update(self._ema, new, 1, decay=decay)
         self._parameters, self._step, self._last_decay = new, self._step + 1, decay
+        self._stale = self._backups is not None
 
     def average(self) -> dict[str, Array]:
         """The bias-corrected averages ``ema / (1 - d ** t)``, as new arrays."""
@@ -105,16 +108,28 @@ class ExponentialMovingAverage:
     @contextlib.contextmanager
     def apply(self, executor: Any = None, need_restore: bool = True) -> Iterator[dict[str, Array]]:
         """Write the bias-corrected averages into the parameters for the ``with`` block; yield
-        the parameters; restore them afterwards (also on error) when ``need_restore``."""
+        the parameters; restore them afterwards (also on error) when ``need_restore``.
+
+        Inside another ``with apply()`` block, or again after ``apply(need_restore=False)``
+        with no ``update()`` since, it keeps the backup pending (the parameters hold averages,
+        not their own values) and leaves the restore to ``restore()`` or the block that took
+        it. A pending backup with an ``update()`` since is stale (the parameters were trained
+        on, as Paddle expects after a forgotten ``restore()``): the current values are backed
+        up instead, as Paddle does at every ``apply``. An error before the block (a resized
+        parameter) changes nothing."""
         check_bool("need_restore", need_restore)
         averages = self.average()
-        outer = self._backups is None  # nested, or again before restore(): keep the first backup
-        if outer:
-            self._backups = {k: clone(v) for k, v in self._parameters.items()}
+        fresh = self._open == 0 and (self._backups is None or self._stale)
+        backups = {k: clone(v) for k, v in self._parameters.items()} if fresh else None
+        written = dict(assign_all(self._parameters, averages))  # checked before it writes
+        if backups is not None:
+            self._backups, self._stale = backups, False
+        self._open += 1
         try:
-            yield dict(assign_all(self._parameters, averages))
+            yield written
         finally:
-            if need_restore and outer and self._backups is not None:
+            self._open -= 1
+            if need_restore and fresh and self._backups is not None:
                 self.restore(executor)
 
     def restore(self, executor: Any = None) -> dict[str, Array]:
