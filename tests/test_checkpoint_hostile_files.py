@@ -77,12 +77,19 @@ def test_a_step_past_int64_is_refused_for_every_like(tmp_path):
         load(path, ema.init({"w": np.zeros(2, np.float32)}))
 
 
-def test_two_names_that_unescape_alike_are_refused(tmp_path):
+def test_two_names_that_unescape_alike_are_refused_by_a_torch_ema(tmp_path):
+    """A torch ``EMA``'s names are flat: ``a~1b`` and ``a/b`` are one name there. For a nest
+    they are two paths (``tests/test_checkpoint_nest_names_1205.py``), here not in ``like``."""
+    torch = pytest.importorskip("torch")
+    from ema_core.torch import EMA
+
     header, body = saved_numpy(tmp_path)
     header["shadow/a~1b"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
     header["shadow/a/b"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
     path = write_raw(tmp_path / "n", json.dumps(header).encode(), body)
     with pytest.raises(ValueError, match=r"n: the tensors 'shadow/a/b' and 'shadow/a~1b'"):
+        load(path, EMA(torch.nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match=r"shadow/a/b"):
         load(path, ema.init({"w": np.zeros(2, np.float32)}))
 
 

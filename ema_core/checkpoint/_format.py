@@ -168,13 +168,15 @@ def check_version(path: str, metadata: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def shadow_keys(path: str, names: Iterable[str]) -> dict[str, str]:
+def shadow_keys(path: str, names: Iterable[str], flat: bool = True) -> dict[str, str]:
     """Tensor name -> shadow name (the nest's name, ``""`` for a single-array shadow) of the
     shadows among ``names`` (a file's tensors, ``step`` and ``weight`` excepted), in order.
+    ``flat``: the names are read as a torch ``EMA``'s flat names, where ``a~1b`` and ``a/b``
+    are one name; a nest (an ``EMAState``) matches the escaped names, where they are two.
 
     Raises:
         ValueError: a name that is not a shadow's, not escaped as ``escape`` writes it, or two
-            names of the same shadow (``a~1b`` and ``a/b``).
+            names of the same shadow (``a~1b`` and ``a/b``) when ``flat``.
     """
     found: dict[str, str] = {}
     by_key: dict[str, str] = {}
@@ -187,7 +189,7 @@ def shadow_keys(path: str, names: Iterable[str]) -> dict[str, str]:
                 "escapes of '~' and '/' that save writes)"
             )
         key = unescape(name[len(SHADOW) + 1 :])
-        if key in by_key:
+        if flat and key in by_key:
             first, second = sorted((by_key[key], name))
             raise ValueError(
                 f"{path}: the tensors {first!r} and {second!r} are both the shadow {key!r}; "

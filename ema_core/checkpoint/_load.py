@@ -122,7 +122,7 @@ def _checked(
     path, ema = _arguments(path, like, config, strict)
     with _safetensors.Reader(path) as reader:
         ours = _format.check_version(reader.path, reader.metadata)
-        shadows = shadow_names(reader)
+        shadows = shadow_names(reader, flat=ema is not None)
         if ema is not None and apply:
             return load_into(reader, ours, shadows, ema, strict)
         if ema is not None:

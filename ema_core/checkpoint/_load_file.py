@@ -11,13 +11,14 @@ from ema_core.checkpoint._arrays import FLOAT, INTEGER, MAX_STEP
 __all__ = ["scalar", "shadow_names"]
 
 
-def shadow_names(reader: _safetensors.Reader) -> dict[str, str]:
+def shadow_names(reader: _safetensors.Reader, flat: bool = True) -> dict[str, str]:
     """File name -> shadow name (the nest's name, ``""`` for a single-array shadow), after
-    checking that ``step`` and ``weight`` are there and valid and nothing else is."""
+    checking that ``step`` and ``weight`` are there and valid and nothing else is. ``flat``:
+    for a torch ``EMA`` (``_format.shadow_keys``)."""
     scalar(reader, "step", INTEGER)
     scalar(reader, "weight", FLOAT)
     names = [name for name in reader.entries if name not in ("step", "weight")]
-    return _format.shadow_keys(reader.path, names)
+    return _format.shadow_keys(reader.path, names, flat)
 
 
 def scalar(reader: _safetensors.Reader, name: str, codes: tuple[str, ...]) -> Any:
