@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import array_api_compat as compat
 import numpy as np
 
 from ema_core import _safetensors
 from ema_core._checks import name_differences
-from ema_core._config import Config
+from ema_core._config import Config, power_weight
 from ema_core._config_text import config_differences, config_text
+from ema_core._core import compute_dtype
 from ema_core._tree import flatten, path_str, unflatten
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
@@ -40,12 +42,17 @@ def checked_state(
             _check_leaf(reader, name, leaf, path_str("like.shadow", where))
     step = _scalar_like(reader, "step", like.step)
     weight = _scalar_like(reader, "weight", like.weight)
+    kept = [i for i, n in enumerate(names) if n not in reader.entries and _floating(leaves[i])]
+    factor = _kept_factor(reader, like, config, [names[i] for i in kept])
 
     def make() -> EMAState:
         loaded = [
             like_array(reader.read(name), leaf) if name in reader.entries else leaf
             for name, leaf in zip(names, leaves, strict=True)
         ]
+        if factor != 1.0:
+            for i in kept:
+                loaded[i] = _rescaled(loaded[i], factor)
         return EMAState(step(), unflatten(treedef, loaded), weight())
 
     return make
@@ -111,3 +118,66 @@ def _scalar_like(reader: _safetensors.Reader, name: str, like: Any) -> Any:
     if name == "step" and not np.iinfo(found).min <= value <= np.iinfo(found).max:
         raise ValueError(f"{reader.path}: step {value} does not fit like.step's dtype {found}")
     return lambda: scalar_array(value, like)  # bfloat16 too (numpy may not know it)
+
+
+def _kept_factor(
+    reader: _safetensors.Reader,
+    like: EMAState,
+    config: Config | None,
+    floating: list[str],
+) -> float:
+    """What the floating leaves of a zeros-started ``like`` that a ``strict=False`` load keeps
+    (``floating``, by name) are multiplied by so that their averages stay what they were under
+    the file's step and weight: the file's divisor over ``like``'s (1 where nothing needs it).
+
+    Raises:
+        ValueError: ``config`` is None and the weights differ (whether the leaves are read
+            through a divisor is the config's to say); ``like`` or the file is zeros-started
+            before its first update (divisor 0) and the other not.
+    """
+    if not floating:
+        return 1.0
+    file_step, file_weight = scalar(reader, "step", INTEGER), scalar(reader, "weight", FLOAT)
+    like_weight = float(like.weight)
+    if config is None:
+        if like_weight == float(file_weight):
+            return 1.0
+        raise ValueError(
+            f"{reader.path}: strict=False keeps like's {floating[:5]} ({len(floating)} in all) "
+            f"under the file's weight {float(file_weight)!r} (like's is {like_weight!r}): pass "
+            "config= so that, for a zeros-started state, their averages are kept"
+        )
+    if config.init != "zeros" or config.correction == "none":
+        return 1.0
+    old = _divisor(config, like_weight, int(like.step))
+    new = _divisor(config, float(file_weight), int(file_step))
+    if (old == 0.0) != (new == 0.0):
+        when = "like has" if old == 0.0 else "the file was saved"
+        raise ValueError(
+            f"{reader.path}: strict=False would keep like's {floating[:5]} ({len(floating)} in "
+            f"all), but {when} no update yet (a zeros-started weight of 0), so their averages "
+            "could not be read after the load; update like once with the params first, or "
+            "load with strict=True"
+        )
+    return 1.0 if old == 0.0 else new / old
+
+
+def _divisor(config: Config, weight: float, step: int) -> float:
+    """What a zero-started shadow is read through (``ema_core.average``)."""
+    if config.correction == "power":
+        return float(
+            power_weight(config.schedule, step, config.interval, config.compensate)  # type: ignore[arg-type]
+        )
+    return weight
+
+
+def _floating(leaf: Any) -> bool:
+    """A floating leaf (``bfloat16`` and ``float8`` names too), as ``average`` reads them."""
+    name = dtype_name(leaf.dtype) if hasattr(leaf, "dtype") else ""
+    return name.startswith(("float", "bfloat", "complex"))
+
+
+def _rescaled(leaf: Any, factor: float) -> Any:
+    """``leaf * factor`` computed in its compute dtype, in its own dtype."""
+    xp = compat.array_namespace(leaf)
+    return xp.astype(xp.astype(leaf, compute_dtype(xp, leaf.dtype)) * factor, leaf.dtype)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 from collections.abc import Callable, Sequence
@@ -42,6 +43,11 @@ class Layout:
 
     def __hash__(self) -> int:  # computed once: the update looks its signature up every call
         return self._hash
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the cached properties (``takers`` holds lambdas, and ``_hash`` of
+        str names differs in another process): they are made again on first use."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @functools.cached_property
     def takers(self) -> list[Callable[[Sequence[Any]], tuple[Any, ...]]]:

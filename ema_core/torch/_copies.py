@@ -65,16 +65,16 @@ def state_dict(ema: Copied) -> dict[str, Any]:
 
 def load_state_dict(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> None:
     """``EMA.load_state_dict``: everything checked, then shadows, counter and weight written.
-    Under ``init="zeros"`` a shadow ``strict=False`` does not load is rescaled to the loaded
-    weight (``_kept``), so its average stays what it was."""
+    Under ``init="zeros"`` a shadow ``strict=False`` does not load is made readable under the
+    loaded weight (``_kept``): its average stays what it was, or starts at its tensor's value
+    when the EMA had not updated."""
     loaded = ema._checked_state(state_dict, strict)
     step, weight = _state.unpack_step(state_dict)
-    kept, factor = _kept(ema, loaded, step, weight)
+    kept = _kept(ema, loaded, step, weight)
     ema._bound.store.wait()
     with torch.no_grad(), HeldInterrupts():
         _averages.load_shadows(ema.names, ema._bound.shadows, loaded)
-        for shadow in kept:
-            shadow.mul_(factor)
+        kept()
         ema._step, ema._weight, ema._bound.pending = step, weight, None
 
 
@@ -90,12 +90,12 @@ def checked_state(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> A
     return loaded
 
 
-def _kept(
-    ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any
-) -> tuple[list[torch.Tensor], float]:
-    """The raw shadows of a zeros-started EMA (``init="zeros"``, read through a divisor) that a
-    ``strict=False`` load leaves, and the factor that keeps their averages under the loaded
-    step and weight (the new divisor over the old one; 1 when the EMA had not updated).
+def _kept(ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any) -> Callable[[], None]:
+    """The writes that keep the raw shadows of a zeros-started EMA (``init="zeros"``, read
+    through a divisor) that a ``strict=False`` load leaves readable under the loaded step and
+    weight: each scaled by the new divisor over the old one; or, when the EMA had not updated
+    (old divisor 0: its shadows hold no average yet), each set to its tensor's value times the
+    new divisor, so that its average starts at that value (as ``init="copy"`` starts).
 
     Raises:
         ValueError: the loaded divisor is 0 (a zeros-started state before its first update)
@@ -103,23 +103,35 @@ def _kept(
     """
     config = ema.config
     if config.init != "zeros" or config.correction == "none":
-        return [], 1.0
-    pairs = zip(ema.names, ema._bound.shadows, ema._bound.kinds, strict=True)
-    kept = [(n, s) for n, s, kind in pairs if n not in loaded and kind == "float"]  # as read()
+        return _nothing
+    bound = ema._bound
+    rows = zip(ema.names, bound.shadows, bound.live, bound.kinds, strict=True)
+    kept = [(n, s, p) for n, s, p, kind in rows if n not in loaded and kind == "float"]
     if not kept:
-        return [], 1.0
+        return _nothing
     old = float(_averages.divisor(config, ema._weight, ema._step))
     new = float(_averages.divisor(config, weight, step))
-    if old == 0.0:
-        return [], 1.0
-    if new == 0.0:
+    if new == 0.0 and old != 0.0:
         raise ValueError(
             f"state_dict was saved before its EMA's first update (weight 0), and strict=False "
-            f"would keep {[n for n, _ in kept][:5]} ({len(kept)} in all) as they are: their "
+            f"would keep {[n for n, _, _ in kept][:5]} ({len(kept)} in all) as they are: their "
             "averages could not be read under its weight; load it with strict=True, or a "
             "state saved after an update"
         )
-    return [s for _, s in kept], new / old
+
+    def write() -> None:
+        for _, shadow, live in kept:
+            if old == 0.0:
+                shadow.copy_(live.detach())
+                shadow.mul_(new)
+            else:
+                shadow.mul_(new / old)
+
+    return write
+
+
+def _nothing() -> None:
+    return None
 
 
 def deep_copy(ema: Copied, memo: dict[int, Any], make: Callable[..., T]) -> T:

@@ -205,7 +205,9 @@ class EMA:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickling (``torch.save`` of the EMA beside its model): a copy taken inside ``swap()``
-        is not inside one (the block that restores the live weights is this object's).
+        is not inside one (the block that restores the live weights is this object's), and its
+        model, pickled with it, holds the averages as its weights (a snapshot, not a checkpoint
+        to resume training from).
 
         Raises:
             RuntimeError: inside ``swap(copy=False)``, where the model's parameters hold the
@@ -219,7 +221,8 @@ class EMA:
                 "an EMA cannot be pickled (torch.save, pickle) inside "
                 "swap(copy=False): the model holds the EMA's own shadows there, and the copies "
                 "would share them (training the loaded model would write its EMA); save it "
-                "outside the block, or inside swap(), which copies the averages in"
+                "outside the block (inside swap(), which copies, a model saved with it holds "
+                "the averages as its weights)"
             )
         self._bound.store.wait()  # host shadows' copies landed (and no CUDA event kept)
         return {**self.__dict__, "_swapped": False, "_lending": False}

@@ -1,0 +1,145 @@
+"""Resume promises a hunt of 2026-12-05 found broken, each pinned: a ``strict=False`` load of
+a zeros-started EMA (a head added for fine-tuning) read the tensors it does not load through
+the loaded weight (a biased average), and a packed JAX state could not be pickled once
+updated; and what a model saved inside ``swap()`` holds (README: the averages)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ema_core as ema
+from ema_core.checkpoint import load, save
+from ema_core.torch import EMA
+
+ZEROS = ema.Config(0.9, init="zeros")
+
+
+def _body_state() -> dict:
+    torch.manual_seed(0)
+    old = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    averager = EMA(old, config=ZEROS)
+    for _ in range(29):
+        averager.update()
+    return averager.state_dict()
+
+
+@pytest.mark.parametrize("updated_first", [False, True])
+def test_a_torch_head_the_load_leaves_reads_its_own_value(updated_first: bool) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+    averager = EMA(model, config=ZEROS)
+    if updated_first:
+        averager.update()
+    averager.load_state_dict(_body_state(), strict=False)
+    assert torch.allclose(averager.average["1.weight"], torch.ones(2, 2), rtol=1e-6, atol=0)
+    for _ in range(5):
+        averager.update()
+    assert torch.allclose(averager.average["1.weight"], torch.ones(2, 2), rtol=1e-6, atol=0)
+
+
+def _saved(tmp_path: Path) -> Path:
+    state = ema.init({"body": np.zeros(2, np.float32)}, ZEROS)
+    for _ in range(29):
+        state = ema.update(state, {"body": np.ones(2, np.float32)}, ZEROS)
+    return save(tmp_path / "ema.safetensors", state, config=ZEROS)
+
+
+PARAMS = {"body": np.ones(2, np.float32), "head": np.ones(2, np.float32)}
+
+
+@pytest.mark.parametrize("correction", ["exact", "power"])
+def test_a_state_leaf_the_load_keeps_keeps_its_average(tmp_path: Path, correction: str) -> None:
+    config = ema.Config(0.9, init="zeros", correction=correction)
+    state = ema.init({"body": np.zeros(2, np.float32)}, config)
+    for _ in range(29):
+        state = ema.update(state, {"body": np.ones(2, np.float32)}, config)
+    path = save(tmp_path / "ema.safetensors", state, config=config)
+    like = ema.init({k: np.zeros(2, np.float32) for k in PARAMS}, config)
+    for _ in range(3):
+        like = ema.update(like, PARAMS, config)
+    loaded = load(path, like, config=config, strict=False)
+    assert np.allclose(ema.average(loaded, config)["head"], 1.0, rtol=1e-6, atol=0)
+    for _ in range(5):
+        loaded = ema.update(loaded, PARAMS, config)
+    assert np.allclose(ema.average(loaded, config)["head"], 1.0, rtol=1e-6, atol=0)
+
+
+def test_a_fresh_zeros_like_with_a_leaf_the_load_keeps_is_refused(tmp_path: Path) -> None:
+    like = ema.init({k: np.zeros(2, np.float32) for k in PARAMS}, ZEROS)
+    with pytest.raises(ValueError, match=r"like has no update yet .* update like once"):
+        load(_saved(tmp_path), like, config=ZEROS, strict=False)
+
+
+def test_without_a_config_differing_weights_with_kept_leaves_are_refused(tmp_path: Path) -> None:
+    like = ema.update(ema.init({k: np.zeros(2, np.float32) for k in PARAMS}, ZEROS), PARAMS, ZEROS)
+    with pytest.raises(ValueError, match=r"pass config= so that"):
+        load(_saved(tmp_path), like, strict=False)
+    both = load(_saved(tmp_path), ema.init({"body": np.zeros(2, np.float32)}, ZEROS))
+    assert float(both.weight) == pytest.approx(1 - 0.9**29)
+
+
+def test_a_copy_started_state_loads_loosely_without_a_config(tmp_path: Path) -> None:
+    config = ema.Config(0.9)
+    state = ema.update(ema.init({"body": np.zeros(2)}, config), {"body": np.ones(2)}, config)
+    path = save(tmp_path / "ema.safetensors", state, config=config)
+    like = ema.init({"body": np.zeros(2), "head": np.full(2, 3.0)}, config)
+    loaded = load(path, like, strict=False)
+    assert np.array_equal(loaded.shadow["head"], [3.0, 3.0])
+    assert np.allclose(loaded.shadow["body"], 0.1)
+
+
+def test_a_pair_saved_inside_swap_holds_the_averages_as_the_models_weights() -> None:
+    """README: inside ``swap()`` a model saved with its EMA holds the averages, and the live
+    weights are in no file; saved outside, the live weights."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    averager = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    averager.update()
+    for inside, want in ((False, 4.0), (True, 2.0)):
+        buffer = io.BytesIO()
+        if inside:
+            with averager.swap():
+                torch.save({"model": model, "ema": averager}, buffer)
+        else:
+            torch.save({"model": model, "ema": averager}, buffer)
+        buffer.seek(0)
+        got = torch.load(buffer, weights_only=False)
+        assert torch.equal(got["model"].weight, torch.full((1, 2), want))
+        assert torch.equal(got["ema"].average["weight"], torch.full((1, 2), 2.0))
+    assert torch.equal(model.weight, torch.full((1, 2), 4.0))
+
+
+def test_a_packed_state_pickles_after_an_update() -> None:
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from ema_core.jax import make_update, pack
+
+    params = {"a": jnp.ones(3), "b": jnp.full((2, 2), 2.0)}
+    config = ema.Config(0.5)
+    state = pack(ema.init(params, config))
+    step = make_update(config, donate=False)
+    state = step(state, params)
+    again = pickle.loads(pickle.dumps(state))
+    host = jax.device_put(pickle.loads(pickle.dumps(jax.device_get(state))))
+    for copy in (again, host):
+        assert jax.tree_util.tree_structure(copy) == jax.tree_util.tree_structure(state)
+        out = step(copy, params)
+        assert all(
+            np.array_equal(x, y)
+            for x, y in zip(
+                jax.tree_util.tree_leaves(out),
+                jax.tree_util.tree_leaves(step(state, params)),
+                strict=True,
+            )
+        )
