@@ -129,3 +129,17 @@ def test_tf_float64_variable_reads_the_float32_decay_widened_exactly() -> None:
     assert ema.average("w")[0] == 1.0 - d32
     tf_rule = np.float64(np.float32(1) - np.float32(d32))
     assert 0 < abs(ema.average("w")[0] - tf_rule) < 3e-8
+
+
+def test_paddle_nested_apply_after_a_restore_inside_a_block_backs_up_and_restores() -> None:
+    """A review of the stale-backup change: with nothing pending inside an open block (the
+    block's backup restored by hand), a nested ``apply`` must take its own backup."""
+    w = np.full(2, 4.0)
+    ema = paddle.ExponentialMovingAverage([("w", w)], decay=0.5)
+    ema.update()
+    w[:] = 1.0
+    with ema.apply():
+        ema.restore()
+        with ema.apply() as inner:
+            assert np.array_equal(inner["w"], ema.average()["w"])
+    assert np.array_equal(w, [1.0, 1.0])

@@ -143,3 +143,69 @@ def test_a_packed_state_pickles_after_an_update() -> None:
                 strict=True,
             )
         )
+
+
+def test_a_weight_0_state_loaded_into_a_fresh_ema_leaves_the_kept_shadows_alone() -> None:
+    """Neither has updated: nothing to carry, and a non-finite param (``to_empty`` before
+    ``reset_parameters``) must not turn its shadow into NaN for good."""
+    source = EMA(torch.nn.Sequential(torch.nn.Linear(2, 2)), config=ZEROS)
+    state = source.state_dict()
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    averager = EMA(model, config=ZEROS)
+    averager.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+    for _ in range(3):
+        averager.update()
+    assert torch.allclose(averager.average["1.weight"], torch.ones(2, 2), rtol=1e-6, atol=0)
+
+
+def test_a_kept_bf16_shadow_starts_at_the_value_rounded_once() -> None:
+    """``param * weight`` rounded once into the bf16 shadow, as ``init="copy"`` rounds the
+    param once (copying, then scaling in bf16, rounded twice)."""
+    config = ema.Config(0.9, init="zeros", dtype="bfloat16")
+    body = torch.nn.Linear(4, 4)
+    source = EMA(torch.nn.Sequential(body), config=config)
+    for _ in range(3):
+        source.update()
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(64, 64))
+    averager = EMA(model, config=config)
+    averager.load_state_dict(source.state_dict(), strict=False)
+    weight = float(averager.state_dict()["weight"])
+    want = (model[1].weight.detach() * weight).to(torch.bfloat16)
+    assert torch.equal(averager._bound.shadows[averager.names.index("1.weight")], want)
+
+
+def test_a_packed_state_pickled_in_one_process_matches_a_fresh_one_in_another(
+    tmp_path: Path,
+) -> None:
+    """The tree's hash is per process: a restored layout must compare equal to a new one."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import pickle, sys, jax, jax.numpy as jnp, ema_core as ema
+        from ema_core.jax import make_update, pack
+        params = {"a": jnp.ones(3), "b": jnp.full((2, 2), 2.0)}
+        config = ema.Config(0.5)
+        fresh = pack(ema.init(params, config))
+        if sys.argv[1] == "save":
+            state = make_update(config)(fresh, params)
+            pickle.dump(jax.device_get(state), open(sys.argv[2], "wb"))
+        else:
+            old = jax.device_put(pickle.load(open(sys.argv[2], "rb")))
+            same = jax.tree_util.tree_structure(old) == jax.tree_util.tree_structure(fresh)
+            jax.tree_util.tree_map(lambda x, y: x, old, fresh)  # refused if the metadata differ
+            print(same, old.layout == fresh.layout)
+        """
+    )
+    path = str(tmp_path / "state.pkl")
+    run = [sys.executable, "-c", script]
+    subprocess.run([*run, "save", path], check=True)
+    out = subprocess.run([*run, "load", path], check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "True"]

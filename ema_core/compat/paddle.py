@@ -119,7 +119,7 @@ class ExponentialMovingAverage:
         parameter) changes nothing."""
         check_bool("need_restore", need_restore)
         averages = self.average()
-        fresh = self._open == 0 and (self._backups is None or self._stale)
+        fresh = self._backups is None or (self._stale and self._open == 0)
         backups = {k: clone(v) for k, v in self._parameters.items()} if fresh else None
         written = dict(assign_all(self._parameters, averages))  # checked before it writes
         if backups is not None:

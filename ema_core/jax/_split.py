@@ -40,6 +40,11 @@ class Split:
     def __hash__(self) -> int:
         return self._hash
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its fields: the hash (of a treedef, of str statics) is another process's
+        own, so it is computed again there."""
+        return (Split, (self.treedef, self.dynamic, self.statics))
+
     def merge(self, arrays: list[Any]) -> Any:
         if not self.statics:  # every leaf an array
             return self.treedef.unflatten(arrays)

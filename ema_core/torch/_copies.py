@@ -111,7 +111,9 @@ def _kept(ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any) -> Cal
         return _nothing
     old = float(_averages.divisor(config, ema._weight, ema._step))
     new = float(_averages.divisor(config, weight, step))
-    if new == 0.0 and old != 0.0:
+    if new == 0.0 and old == 0.0:
+        return _nothing  # neither has updated: the shadows stay as they are (zeros)
+    if new == 0.0:
         raise ValueError(
             f"state_dict was saved before its EMA's first update (weight 0), and strict=False "
             f"would keep {[n for n, _, _ in kept][:5]} ({len(kept)} in all) as they are: their "
@@ -121,9 +123,9 @@ def _kept(ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any) -> Cal
 
     def write() -> None:
         for _, shadow, live in kept:
-            if old == 0.0:
-                shadow.copy_(live.detach())
-                shadow.mul_(new)
+            if old == 0.0:  # the product rounded once into the shadow's dtype
+                wide = torch.promote_types(shadow.dtype, torch.float32)
+                shadow.copy_(live.detach().to(wide) * new)
             else:
                 shadow.mul_(new / old)
 
