@@ -48,10 +48,12 @@ _WIDE_NAMES = (
 
 
 def compute_dtype(xp: Namespace, shadow_dtype: DType) -> DType:
-    """float32, or the shadow's dtype when it is wider (float64, long double, complex)."""
-    if dtype_name(xp, shadow_dtype) in _WIDE_NAMES:
+    """float32, or the shadow's dtype when it is wider (float64, long double, complex), or
+    complex64 for torch's ``complex32`` (a real type would drop the imaginary part)."""
+    name = dtype_name(xp, shadow_dtype)
+    if name in _WIDE_NAMES:
         return shadow_dtype
-    return xp.float32
+    return xp.complex64 if name.endswith("complex32") else xp.float32
 
 
 def _real_of(xp: Namespace, dtype: DType) -> DType:

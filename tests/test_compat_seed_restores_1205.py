@@ -143,3 +143,21 @@ def test_paddle_nested_apply_after_a_restore_inside_a_block_backs_up_and_restore
         with ema.apply() as inner:
             assert np.array_equal(inner["w"], ema.average()["w"])
     assert np.array_equal(w, [1.0, 1.0])
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_torch_complex32_keeps_its_imaginary_part_in_the_core_and_in_paddle() -> None:
+    """The core computed a complex32 shadow in float32 (the imaginary part dropped), and
+    Paddle's read refused to divide it (a review of the complex read)."""
+    import ema_core
+
+    half = torch.complex32
+    params = {"w": torch.full((2,), 1 + 1j, dtype=half)}
+    out = ema_core.ema_update({"w": torch.zeros(2, dtype=half)}, params, 1, decay=0.5)
+    assert out["w"].dtype == half
+    assert torch.equal(out["w"].to(torch.complex64), torch.full((2,), 0.5 + 0.5j))
+    w = torch.full((2,), 2 + 2j, dtype=half)
+    ema = paddle.ExponentialMovingAverage([("w", w)], decay=0.5)
+    ema.update()
+    ema.update()
+    assert torch.equal(ema.average()["w"].to(torch.complex64), torch.full((2,), 2 + 2j))

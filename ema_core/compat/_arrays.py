@@ -142,9 +142,10 @@ def divide(x: Array, weight: float) -> Array:
     xp = compat.array_namespace(x)
     if weight == 0.0 or not xp.isdtype(x.dtype, ("real floating", "complex floating")):
         return xp.asarray(x, copy=True)
-    if xp.isdtype(x.dtype, "complex floating"):
-        return x / weight  # complex64 / complex128: wide enough as they are
-    wide = x if x.dtype in (xp.float32, xp.float64) else xp.astype(x, xp.float32)
+    if xp.isdtype(x.dtype, "complex floating"):  # complex64 or wider; torch's complex32 too
+        wide = x if x.dtype in (xp.complex64, xp.complex128) else xp.astype(x, xp.complex64)
+    else:
+        wide = x if x.dtype in (xp.float32, xp.float64) else xp.astype(x, xp.float32)
     out = wide / weight
     return out if out.dtype == x.dtype else xp.astype(out, x.dtype)
 
