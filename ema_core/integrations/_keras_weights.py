@@ -221,7 +221,11 @@ def to_numpy(array: Any, weight: Any) -> np.ndarray[Any, Any]:
     """``array`` on the host as ``weight.numpy()`` would give it (its dtype): a new, writeable
     array that shares no memory with the EMA."""
     if compat.is_torch_array(array):  # not np.asarray: torch's __array__ warns under numpy 2
-        array = array.detach().cpu().numpy()
+        host = array.detach().cpu()
+        narrow = host.dtype.is_floating_point and host.dtype.itemsize < 4
+        if narrow and str(host.dtype) != "torch.float16":  # bf16, float8: numpy has no such
+            host = host.float()  # dtype in torch's eyes; widened exactly, then cast below
+        array = host.numpy()
     return np.array(array, dtype=weight.dtype)
 
 
