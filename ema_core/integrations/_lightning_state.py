@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 import weakref
 from typing import Any
 
@@ -124,6 +125,27 @@ def grad_scale(trainer: pl.Trainer) -> float | None:
 def updated(ema: EMA | None) -> bool:
     """Whether ``ema`` exists and has taken an update (else it is never swapped in)."""
     return ema is not None and int(ema.step) > 0
+
+
+def warn_if_spawned(ema: EMA | None, trainer: pl.Trainer, stage: str) -> None:
+    """A ``UserWarning`` (rank 0) when a stage that swaps finds no EMA (or one built for it,
+    with no update) under a strategy that
+    starts its processes per call (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``): the EMA a
+    fit built lived in that fit's worker processes and ended with them (Lightning hands back
+    the weights and metrics only), so the stage runs on the live weights."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if updated(ema) or type(launcher).__name__ != "_MultiProcessingLauncher":
+        return
+    if trainer.is_global_zero:
+        warnings.warn(
+            f"EMACallback: {stage} runs on the live weights: under strategy "
+            f"{type(trainer.strategy).__name__} with processes started per trainer call "
+            "(ddp_spawn, ddp_fork, ddp_notebook), the EMA of an earlier fit lived in its "
+            "worker processes and ended with them; pass ckpt_path= (the EMA is in the "
+            "checkpoint) or use strategy='ddp'",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def runs_live(
