@@ -11,7 +11,7 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
-from ema_core import _banks, _ops, _snapshot_args
+from ema_core import _banks, _snapshot_args
 from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
@@ -93,14 +93,11 @@ class EMABank:
         self.snapshot_every, self.snapshot_dir = snapshot_every, snapshot_dir
         if snapshot_every is not None:
             _bank_snap.posthoc()  # fail here, not at the first snapshot, when it is missing
+        tracked, include, exclude = map(
+            _bank_args.read_once, (module_or_named_tensors, include, exclude)
+        )
         self.emas = tuple(
-            EMA(
-                module_or_named_tensors,
-                config=c,
-                device=device,
-                include=include,
-                exclude=exclude,
-            )
+            EMA(tracked, config=c, device=device, include=include, exclude=exclude)
             for c in resolved
         )
         self._fused: Fused | None = None
@@ -153,7 +150,7 @@ class EMABank:
         # an update an exception cut short (bank[k].update(...)) is completed first; given
         # again its very step, that EMA is not updated at it a second time (as EMA.update);
         # without a step, this call is a new update of every EMA, at its next step
-        given = None if step is None else _ops.concrete_step(step)
+        given = None if step is None else _rules.given_step(step)
         finished = [
             given is not None
             and e._bound.pending is not None

@@ -16,7 +16,7 @@ At each update and load: ``checked_step`` (each EMA's step, decay and rate, chec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ema_core import _banks, _ops
@@ -29,7 +29,14 @@ from ema_core.torch import _rules
 if TYPE_CHECKING:
     from ema_core.torch._module import EMA
 
-__all__ = ["check_shared", "checked_step", "parts", "resolve_configs", "sigma_rels_of"]
+__all__ = [
+    "check_shared",
+    "checked_step",
+    "parts",
+    "read_once",
+    "resolve_configs",
+    "sigma_rels_of",
+]
 
 _SHARED = ("buffers", "non_float", "dtype")
 
@@ -46,6 +53,13 @@ def resolve_configs(configs: Any, sigma_rels: Any, interval: Any) -> list[Config
     if sigma_rels is None:
         return list(found)
     return [dataclasses.replace(c, buffers="copy") for c in found]
+
+
+def read_once(value: Any) -> Any:
+    """``value`` for K ``EMA`` constructors: a one-shot iterator (``model.named_parameters()``,
+    a generator of pairs or of ``exclude`` patterns, ``map``, ``filter``) as a list, which each
+    reads whole; anything else as it is."""
+    return list(value) if isinstance(value, Iterator) else value
 
 
 def check_shared(configs: Sequence[Config]) -> None:

@@ -36,6 +36,17 @@ def check_not_back(step: int | torch.Tensor, current: int | torch.Tensor) -> Non
         )
 
 
+def given_step(step: Any) -> int | torch.Tensor:
+    """``update(step)``'s step, validated (``_ops.concrete_step``); a CPU tensor copied, so
+    that the caller's ``step += 1`` in place after the call does not change the EMA's count
+    (it would read as the next step's). A CUDA step is kept as given: a CUDA graph that
+    increments its step in place and replays the update reads the EMA's count from it."""
+    t = _ops.concrete_step(step)
+    if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+        return t.detach().clone()
+    return t
+
+
 def same_host_step(a: int | torch.Tensor, b: int | torch.Tensor) -> bool:
     """Whether the host holds both counts and they are equal (device counts are never read)."""
     x, y = _host_int(a), _host_int(b)

@@ -38,7 +38,7 @@ def update(ema: Stepped, step: Step | None, named: dict[str, Step | None]) -> No
     ema._refuse_in_swap("update")
     step = _refusals.step_of(step, named)  # also refuses timm's update(model, step=t)
     pending = ema._bound.pending
-    t = _ops.next_step(ema._step, "EMA step") if step is None else _ops.concrete_step(step)
+    t = _ops.next_step(ema._step, "EMA step") if step is None else _rules.given_step(step)
     if step is not None:
         _rules.check_not_back(t, ema._step if pending is None else pending.step)
     decay, rate = host_values(*ema.config._pair_at(t))

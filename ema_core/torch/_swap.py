@@ -45,11 +45,36 @@ from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
 from ema_core.torch._interrupts import HeldInterrupts
 
+_Update = TypeVar("_Update", bound=Callable[..., Any])
+
+
+def eager(update: _Update) -> _Update:
+    """``update`` (``EMA.update``, and a swap's puts and restores) as ``torch.compile`` leaves
+    it: run eagerly, a graph break, when a compiled function calls it. Traced, its checks of
+    the module (data pointers, versions) would become guards of one trace, and dynamo warns
+    about the caches it meets on the way.
+
+    ``torch.compiler.disable`` imports dynamo (about a second), so it is applied on the first
+    call made while compiling, not when ``ema_core.torch`` is imported; outside a compiled
+    function the plain ``update`` runs."""
+    disabled: list[_Update] = []
+
+    @functools.wraps(update)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not torch.compiler.is_compiling():
+            return update(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(update))  # type: ignore[no-untyped-call]
+        return disabled[0](*args, **kwargs)
+
+    return cast(_Update, run)
+
 
 class Put:
     """One live tensor holding an average; ``restore()`` puts the live values back and says
     whether the shadow it exposed (``copy=False`` only) was written meanwhile."""
 
+    @eager  # traced, ``live.data = ...`` and the version reads go wrong: a swap(copy=False) in
     def __init__(self, live: torch.Tensor, average: torch.Tensor, copy: bool, shadow: bool) -> None:
         self.live = live
         self.version: int | None = None
@@ -69,6 +94,7 @@ class Put:
         if shadow:
             self.version = live._version
 
+    @eager  # a compiled function left the model on the shadows, or saw a write where none was
     def restore(self) -> bool:
         """Put the live values back; returns whether the exposed shadow was written. A
         parameter converted off the shadow's storage (its version counter then is another
@@ -83,6 +109,7 @@ class Put:
                 live.detach().copy_(self.saved)
         return written
 
+    @eager
     def put_into(self, now: Any) -> None:
         """After ``restore()``: the live values also into ``now``, the tensor the module holds
         now under this name, where a conversion inside the block replaced the tensor
@@ -228,27 +255,3 @@ def expanded(tensor: torch.Tensor) -> bool:
     if tensor.layout != torch.strided:
         return False
     return any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape, strict=True))
-
-
-_Update = TypeVar("_Update", bound=Callable[..., Any])
-
-
-def eager(update: _Update) -> _Update:
-    """``update`` as ``torch.compile`` leaves it: run eagerly, a graph break, when a compiled
-    function calls it. Traced, its checks of the module (data pointers, versions) would become
-    guards of one trace, and dynamo warns about the caches it meets on the way.
-
-    ``torch.compiler.disable`` imports dynamo (about a second), so it is applied on the first
-    call made while compiling, not when ``ema_core.torch`` is imported; outside a compiled
-    function the plain ``update`` runs."""
-    disabled: list[_Update] = []
-
-    @functools.wraps(update)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if not torch.compiler.is_compiling():
-            return update(*args, **kwargs)
-        if not disabled:
-            disabled.append(torch.compiler.disable(update))  # type: ignore[no-untyped-call]
-        return disabled[0](*args, **kwargs)
-
-    return cast(_Update, run)
