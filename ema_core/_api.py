@@ -19,7 +19,7 @@ from ema_core._checks import (
 from ema_core._config import Config, power_weight
 from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
-from ema_core._read_checks import check_zeros_read
+from ema_core._read_checks import check_zeros_read, foreign_weight
 from ema_core._step_forms import step_in
 from ema_core._tree import flatten, unflatten
 from ema_core._tree_pair import flatten_pair
@@ -238,6 +238,8 @@ def read_average(state: EMAState, config: Config) -> Tree:
             config.compensate,
         )
     weight = float(weight) if isinstance(weight, int) or is_host_array(weight) else weight
+    if compat.is_array_api_obj(weight) and compat.array_namespace(weight) is not xp:
+        weight = foreign_weight(weight, xp)
     backend = get_backend(xp)
     check_storage(backend, leaves, paths, "state.shadow")
     fused = getattr(backend, "correct_leaves", None)  # all leaves in one call (JAX)

@@ -20,6 +20,7 @@ from typing import Any
 
 import array_api_compat as compat
 
+from ema_core._ops import is_readable
 from ema_core._types import Array, DType, Namespace, Value
 
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128")
@@ -117,10 +118,14 @@ def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Arra
         if isinstance(decay, float):
             return float(weight) * decay + rate
         return decay * float(weight) + rate
+    own = compat.array_namespace(weight)
+    foreign = not isinstance(decay, float) and compat.array_namespace(decay) is not own
+    if foreign and is_readable(decay):  # a weight of another framework than the step's
+        decay, rate = float(decay), float(rate)
     if isinstance(decay, float):  # in the weight's own namespace: a numpy one stays numpy
-        own = compat.array_namespace(weight)
         return own.asarray(weight * decay + rate, dtype=weight.dtype, device=compat.device(weight))
-    return xp.astype(decay, weight.dtype) * weight + xp.astype(rate, weight.dtype)
+    ns = xp if foreign else own  # a device or traced decay: in the leaves' namespace
+    return ns.astype(decay, weight.dtype) * weight + ns.astype(rate, weight.dtype)
 
 
 def init_leaf(xp: Namespace, param: Array, shadow_dtype: DType | None, zeros: bool) -> Array:

@@ -1,6 +1,7 @@
 """The check made before an EMA state is read: ``ema_core.average`` and ``ema_core.jax``'s
 ``ema_average`` refuse, by one rule, to read an EMA started at zeros with a config that does not
-bias-correct it (they would return the raw shadows, pulled toward 0).
+bias-correct it (they would return the raw shadows, pulled toward 0); and ``foreign_weight``
+reads a weight of another framework than the shadows as a float.
 
 The state does not record its config; its weight tells: ``init`` makes it 0 for ``"zeros"`` and
 1 otherwise, and an update keeps a weight of 1 at 1. Only a weight the host reads without a
@@ -18,7 +19,7 @@ import array_api_compat as compat
 from ema_core._config import Config
 from ema_core._ops import is_readable
 
-__all__ = ["check_live_weight", "check_zeros_read"]
+__all__ = ["check_live_weight", "check_zeros_read", "foreign_weight"]
 
 #: Below this a weight is not 1 rounded: float32 sums of ``d + (1 - d)`` stay within it.
 _BELOW_ONE = 1.0 - 1e-5
@@ -80,3 +81,25 @@ def _host_weight(weight: Any) -> float | None:
     if not compat.array_namespace(weight).isdtype(weight.dtype, "real floating"):
         return None
     return float(weight)
+
+
+def foreign_weight(weight: Any, xp: Any) -> float:
+    """A weight of another framework than the shadows (a torch state's shadows turned into
+    numpy, its step and weight left as tensors): read as a float where the host reads it.
+
+    Raises:
+        TypeError: a device or traced weight of another framework (it cannot divide these
+            shadows without a transfer).
+
+    Example:
+        >>> import numpy as np, torch
+        >>> foreign_weight(torch.tensor(0.5, dtype=torch.float64), np)
+        0.5
+    """
+    if is_readable(weight):
+        return float(weight)
+    raise TypeError(
+        f"state.weight is a {type(weight).__module__}.{type(weight).__name__} on "
+        f"{compat.device(weight)} but state.shadow holds {xp.__name__} arrays: give the "
+        "weight as a float or as an array of the shadows' framework"
+    )

@@ -125,8 +125,9 @@ def _check_meta_decay(decay: Value, shadows: Sequence[torch.Tensor]) -> None:
         real = next((t for t in shadows if not t.is_meta), None)
         if real is not None:
             raise ValueError(
-                f"decay is a meta tensor (it holds no value) but the leaves are on "
-                f"{real.device}; pass a Python float or a 0-d tensor on the leaves' device"
+                f"decay is a meta tensor (it holds no value: given as one, or computed from a "
+                f"meta step) but the leaves are on {real.device}; pass a Python float or int "
+                "step, or a 0-d tensor on the leaves' device"
             )
 
 
