@@ -20,7 +20,7 @@ from typing import Any
 
 import array_api_compat as compat
 
-from ema_core._ops import is_readable
+from ema_core._ops import host_float, is_readable
 from ema_core._types import Array, DType, Namespace, Value
 
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128")
@@ -121,7 +121,7 @@ def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Arra
     own = compat.array_namespace(weight)
     foreign = not isinstance(decay, float) and compat.array_namespace(decay) is not own
     if foreign and is_readable(decay):  # a weight of another framework than the step's
-        decay, rate = float(decay), float(rate)
+        decay, rate = host_float(decay), host_float(rate)
     if isinstance(decay, float):  # in the weight's own namespace: a numpy one stays numpy
         return own.asarray(weight * decay + rate, dtype=weight.dtype, device=compat.device(weight))
     ns = xp if foreign else own  # a device or traced decay: in the leaves' namespace

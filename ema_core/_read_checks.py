@@ -17,7 +17,7 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core._config import Config
-from ema_core._ops import is_readable
+from ema_core._ops import host_float, is_readable
 
 __all__ = ["check_live_weight", "check_zeros_read", "foreign_weight"]
 
@@ -97,7 +97,7 @@ def foreign_weight(weight: Any, xp: Any) -> float:
         0.5
     """
     if is_readable(weight):
-        return float(weight)
+        return host_float(weight)
     raise TypeError(
         f"state.weight is a {type(weight).__module__}.{type(weight).__name__} on "
         f"{compat.device(weight)} but state.shadow holds {xp.__name__} arrays: give the "

@@ -209,3 +209,17 @@ def test_a_packed_state_pickled_in_one_process_matches_a_fresh_one_in_another(
     subprocess.run([*run, "save", path], check=True)
     out = subprocess.run([*run, "load", path], check=True, capture_output=True, text=True)
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_a_kept_float32_shadow_of_a_float64_param_starts_rounded_once() -> None:
+    config = ema.Config(0.9, init="zeros", dtype="float32")
+    source = EMA(torch.nn.Sequential(torch.nn.Linear(4, 4).double()), config=config)
+    for _ in range(3):
+        source.update()
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4).double(), torch.nn.Linear(64, 64).double())
+    averager = EMA(model, config=config)
+    averager.load_state_dict(source.state_dict(), strict=False)
+    weight = float(averager.state_dict()["weight"])
+    want = (model[1].weight.detach() * weight).to(torch.float32)
+    assert torch.equal(averager._bound.shadows[averager.names.index("1.weight")], want)

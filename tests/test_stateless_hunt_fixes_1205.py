@@ -36,3 +36,12 @@ def test_average_reads_a_cpu_jax_weight_beside_torch_shadows() -> None:
 def test_a_meta_step_is_named_as_what_made_the_decay_meta() -> None:
     with pytest.raises(ValueError, match=r"computed from a meta step"):
         ema.ema_update(torch.zeros(2), torch.ones(2), torch.tensor(3, device="meta"), decay=0.5)
+
+
+def test_a_foreign_weight_that_requires_grad_is_read_without_a_warning() -> None:
+    params = {"w": np.ones(2)}
+    state = ema.init(params, ZEROS)
+    state = ema.update(state, params, ZEROS)
+    weight = torch.tensor(float(state.weight), dtype=torch.float64, requires_grad=True)
+    out = ema.average(ema.EMAState(state.step, state.shadow, weight), ZEROS)
+    assert np.allclose(out["w"], [1.0, 1.0])

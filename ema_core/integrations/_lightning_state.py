@@ -129,20 +129,22 @@ def updated(ema: EMA | None) -> bool:
 
 def warn_if_spawned(ema: EMA | None, trainer: pl.Trainer, stage: str) -> None:
     """A ``UserWarning`` (rank 0) when a stage that swaps finds no EMA (or one built for it,
-    with no update) under a strategy that
-    starts its processes per call (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``): the EMA a
-    fit built lived in that fit's worker processes and ended with them (Lightning hands back
-    the weights and metrics only), so the stage runs on the live weights."""
+    with no update) under a strategy that starts its processes per call (``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook``): the EMA a fit built lived in that fit's worker processes
+    and ended with them (Lightning hands back the weights and metrics only), so the stage runs
+    on the live weights. Not called within a fit, nor with ``on_fit_end="swap-in"`` (the
+    averages came back as the model's weights)."""
     launcher = getattr(trainer.strategy, "launcher", None)
     if updated(ema) or type(launcher).__name__ != "_MultiProcessingLauncher":
         return
     if trainer.is_global_zero:
         warnings.warn(
-            f"EMACallback: {stage} runs on the live weights: under strategy "
-            f"{type(trainer.strategy).__name__} with processes started per trainer call "
-            "(ddp_spawn, ddp_fork, ddp_notebook), the EMA of an earlier fit lived in its "
-            "worker processes and ended with them; pass ckpt_path= (the EMA is in the "
-            "checkpoint) or use strategy='ddp'",
+            f"EMACallback: {stage} runs on the live weights: there is no updated EMA in this "
+            f"process, and under strategy {type(trainer.strategy).__name__} with processes "
+            "started per trainer call (ddp_spawn, ddp_fork, ddp_notebook) the EMA of an "
+            "earlier fit ended with that fit's processes; pass ckpt_path= (the EMA is in the "
+            "checkpoint), on_fit_end='swap-in' to keep the averages in the model after fit, "
+            "or use strategy='ddp'",
             UserWarning,
             stacklevel=2,
         )

@@ -204,8 +204,8 @@ class EMACallback(pl.Callback):
         self._prepare(trainer, pl_module)
         if stage not in self._args.swap or self._swapped is not None:
             return
-        if self._stage != "fit":  # a fit's own validation swaps the EMA the fit builds
-            _lightning_state.warn_if_spawned(self.ema, trainer, stage)
+        if self._stage != "fit" and self._args.on_fit_end != "swap-in":  # a fit's validation
+            _lightning_state.warn_if_spawned(self.ema, trainer, stage)  # swaps its own EMA
         if not _lightning_state.runs_live(self.ema, self._module, pl_module, stage, log):
             self._open()
 

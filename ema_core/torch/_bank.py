@@ -15,8 +15,9 @@ from ema_core import _banks, _snapshot_args
 from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
-from ema_core.torch import _bank_args, _bank_snap, _dtensor, _names, _refusals, _rules, _swap
+from ema_core.torch import _bank_args, _bank_snap, _dtensor, _names, _refusals, _rules
 from ema_core.torch._bank_fused import Fused
+from ema_core.torch._eager import eager
 from ema_core.torch._interrupts import HeldInterrupts
 from ema_core.torch._module import EMA
 
@@ -132,7 +133,7 @@ class EMABank:
         them): the next update makes it again. The EMAs copy as ``EMA`` does."""
         return {**self.__dict__, "_fused": None}
 
-    @_swap.eager  # inside a compiled function: run eagerly (a graph break)
+    @eager  # inside a compiled function: run eagerly (a graph break)
     def update(self, step: Step | None = None, /, **named: Step | None) -> None:
         """Update every EMA of the bank at ``step`` (each counts its own updates when None),
         as ``EMA.update`` does; all steps and decays are checked before anything is written.

@@ -124,7 +124,9 @@ def _kept(ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any) -> Cal
     def write() -> None:
         for _, shadow, live in kept:
             if old == 0.0:  # the product rounded once into the shadow's dtype
-                wide = torch.promote_types(shadow.dtype, torch.float32)
+                wide = torch.promote_types(
+                    torch.promote_types(shadow.dtype, live.dtype), torch.float32
+                )
                 shadow.copy_(live.detach().to(wide) * new)
             else:
                 shadow.mul_(new / old)

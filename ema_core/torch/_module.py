@@ -11,6 +11,7 @@ import torch
 from ema_core._config import Config
 from ema_core._types import Step, Value
 from ema_core.torch import _averages, _copies, _fsdp, _names, _options, _refusals, _steps, _swap
+from ema_core.torch._eager import eager
 from ema_core.torch._rules import resolve_config
 
 
@@ -95,7 +96,7 @@ class EMA:
         """The number of updates applied (or the last ``step`` given to ``update``)."""
         return self._step
 
-    @_swap.eager  # inside a compiled function: run eagerly (a graph break)
+    @eager  # inside a compiled function: run eagerly (a graph break)
     def update(self, step: Step | None = None, /, **named: Step | None) -> None:
         """Move every averaged shadow toward its live tensor by the decay of update ``step``;
         copied tensors (buffers, integers) take their live values, also when the decay is 1.

@@ -34,47 +34,22 @@ update out of ``torch.compile``'s traces. Ctrl-C is held while tensors are put i
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import torch
 
 from ema_core.backends.torch._caches import forget_derived
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
+from ema_core.torch._eager import eager
 from ema_core.torch._interrupts import HeldInterrupts
-
-_Update = TypeVar("_Update", bound=Callable[..., Any])
-
-
-def eager(update: _Update) -> _Update:
-    """``update`` (``EMA.update``, and a swap's puts and restores) as ``torch.compile`` leaves
-    it: run eagerly, a graph break, when a compiled function calls it. Traced, its checks of
-    the module (data pointers, versions) would become guards of one trace, and dynamo warns
-    about the caches it meets on the way.
-
-    ``torch.compiler.disable`` imports dynamo (about a second), so it is applied on the first
-    call made while compiling, not when ``ema_core.torch`` is imported; outside a compiled
-    function the plain ``update`` runs."""
-    disabled: list[_Update] = []
-
-    @functools.wraps(update)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if not torch.compiler.is_compiling():
-            return update(*args, **kwargs)
-        if not disabled:
-            disabled.append(torch.compiler.disable(update))  # type: ignore[no-untyped-call]
-        return disabled[0](*args, **kwargs)
-
-    return cast(_Update, run)
 
 
 class Put:
     """One live tensor holding an average; ``restore()`` puts the live values back and says
     whether the shadow it exposed (``copy=False`` only) was written meanwhile."""
 
-    @eager  # traced, ``live.data = ...`` and the version reads go wrong: a swap(copy=False) in
     def __init__(self, live: torch.Tensor, average: torch.Tensor, copy: bool, shadow: bool) -> None:
         self.live = live
         self.version: int | None = None
@@ -94,7 +69,6 @@ class Put:
         if shadow:
             self.version = live._version
 
-    @eager  # a compiled function left the model on the shadows, or saw a write where none was
     def restore(self) -> bool:
         """Put the live values back; returns whether the exposed shadow was written. A
         parameter converted off the shadow's storage (its version counter then is another
@@ -109,7 +83,6 @@ class Put:
                 live.detach().copy_(self.saved)
         return written
 
-    @eager
     def put_into(self, now: Any) -> None:
         """After ``restore()``: the live values also into ``now``, the tensor the module holds
         now under this name, where a conversion inside the block replaced the tensor
@@ -173,22 +146,14 @@ def swapped(
     puts: list[Put] = []
     failed: BaseException | None = None
     try:
-        with HeldInterrupts():
-            for i, tensor in enumerate(live):
-                value, is_shadow = average(i)
-                puts.append(Put(tensor, value, copy, is_shadow))
-            forget_derived()  # autocast and parametrize.cached() key their values on the
-        yield  # tensor objects the swap keeps: values made before it would stand for the averages
+        _put_all(puts, live, average, copy)
+        yield
     except BaseException as error:
         failed = error
         raise
     finally:
         now = current() if puts and current is not None else None
-        with HeldInterrupts():
-            written = [names[i] for i, put in reversed(list(enumerate(puts))) if put.restore()]
-            for put, held in zip(puts, now or (), strict=False):  # conversions' new tensors
-                put.put_into(held)
-            forget_derived()  # and values of the averages for the live weights
+        written = _restore_all(puts, names, now)
         if written and (failed is None or isinstance(failed, Exception)):
             raise RuntimeError(
                 f"swap(copy=False): {sorted(written)[:5]} ({len(written)} in all) were written "
@@ -197,6 +162,35 @@ def swapped(
                 "copies) around code that writes the weights: a train-mode forward (BatchNorm "
                 "statistics), an optimizer step, in-place ops"
             ) from failed
+
+
+@eager  # traced, ``live.data = ...`` and the version reads go wrong (a swap(copy=False) in a
+def _put_all(  # compiled function left the model on the shadows, or saw a false write)
+    puts: list[Put],
+    live: Sequence[torch.Tensor],
+    average: Callable[[int], tuple[torch.Tensor, bool]],
+    copy: bool,
+) -> None:
+    """Put ``average(i)`` into ``live[i]``, each ``Put`` appended to ``puts`` as it is made (so
+    that an error part way leaves the ones made to be restored), with Ctrl-C held."""
+    with HeldInterrupts():
+        for i, tensor in enumerate(live):
+            value, is_shadow = average(i)
+            puts.append(Put(tensor, value, copy, is_shadow))
+        forget_derived()  # autocast and parametrize.cached() key their values on the tensor
+        # objects the swap keeps: values made before it would stand for the averages
+
+
+@eager
+def _restore_all(puts: list[Put], names: Sequence[str], now: Sequence[Any] | None) -> list[str]:
+    """Restore every put, last first, then into the tensors a conversion put in their place;
+    return the names whose exposed shadow was written."""
+    with HeldInterrupts():
+        written = [names[i] for i, put in reversed(list(enumerate(puts))) if put.restore()]
+        for put, held in zip(puts, now or (), strict=False):  # conversions' new tensors
+            put.put_into(held)
+        forget_derived()  # and values of the averages for the live weights
+    return written
 
 
 def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) -> None:
