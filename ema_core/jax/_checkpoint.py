@@ -83,7 +83,7 @@ def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
         ([1.0, 2.0], True, dtype('float32'))
     """
     if isinstance(like, PackedState):  # loaded as its EMAState, then laid out as ``like``
-        home = jax.sharding.SingleDeviceSharding(next(iter(like.step.sharding.device_set)))
+        home = _home(like.step)
         return _repacked(load_state_dict(arrays, _unpacked_like(like, home)), like, home)
     every, treedef = jax.tree_util.tree_flatten_with_path(like)
     pairs = [pair for pair in every if _saved(*pair)]
@@ -99,6 +99,15 @@ def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
     )
     leaves = [next(restored) if _saved(*pair) else pair[1] for pair in every]
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _home(step: Any) -> Any:
+    """Where a packed ``like``'s arrays go: its step's device, or the default device for a
+    step without one (a host copy from ``jax.device_get``, a ``ShapeDtypeStruct`` with no
+    sharding)."""
+    devices = getattr(getattr(step, "sharding", None), "device_set", None)
+    device = next(iter(devices)) if devices else jax.devices()[0]
+    return jax.sharding.SingleDeviceSharding(device)
 
 
 def _saved(path: Any, leaf: Any) -> bool:
@@ -166,6 +175,15 @@ def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:
     if name not in arrays:
         raise ValueError(f"arrays has no {name!r}; it must hold every array of like")
     value = np.asarray(arrays[name])
+    if isinstance(like, (int, float)) and not isinstance(like, bool):  # a Python step/weight
+        kind = "iu" if isinstance(like, int) else "f"
+        if value.shape != () or value.dtype.kind not in kind:
+            raise TypeError(
+                f"arrays[{name!r}] has shape {value.shape} dtype {value.dtype}; like holds a "
+                f"Python {type(like).__name__} there: a 0-d "
+                f"{'integer' if kind == 'iu' else 'floating'} array restores it"
+            )
+        return type(like)(value)
     if value.shape != like.shape:
         raise ValueError(f"arrays[{name!r}] has shape {value.shape}, like has {like.shape}")
     want = np.dtype(like.dtype)
