@@ -51,3 +51,28 @@ def test_a_python_step_like_refuses_a_float_step_by_name() -> None:
     arrays["step"] = np.float32(3.0)
     with pytest.raises(TypeError, match=r"arrays\['step'\] .* like holds a Python int"):
         load_state_dict(arrays, ema.EMAState(0, {"w": jnp.zeros(3)}, 1.0))
+
+
+def test_a_numpy_float64_like_weight_keeps_the_dtype_check() -> None:
+    """``np.float64`` subclasses ``float``: it is an array-like target, not a Python number."""
+    arrays = dict(state_dict(ema.EMAState(3, {"w": jnp.zeros(3)}, 0.25)))
+    arrays["weight"] = np.float32(0.25)
+    with pytest.raises(TypeError, match=r"arrays\['weight'\] has dtype float32, like has float64"):
+        load_state_dict(arrays, ema.EMAState(0, {"w": jnp.zeros(3)}, np.float64(1.0)))
+
+
+def test_a_packed_like_with_a_host_step_restores_where_its_flats_are() -> None:
+    from tests.two_cpu_devices import run_on_two_cpu_devices
+
+    script = """
+import numpy as np, jax, jax.numpy as jnp, ema_core as ema
+from ema_core.jax import load_state_dict, pack, state_dict
+other = jax.devices()[1]
+params = {"a": jax.device_put(jnp.arange(3.0), other)}
+state = pack(ema.init(params, ema.Config(0.5)))
+like = state._replace(step=np.asarray(state.step), weight=np.asarray(state.weight))
+loaded = load_state_dict(state_dict(state), like)
+places = {d for leaf in jax.tree_util.tree_leaves(loaded) for d in leaf.devices()}
+print("ON", places == {other})
+"""
+    run_on_two_cpu_devices(script, "ON True")

@@ -83,7 +83,7 @@ def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
         ([1.0, 2.0], True, dtype('float32'))
     """
     if isinstance(like, PackedState):  # loaded as its EMAState, then laid out as ``like``
-        home = _home(like.step)
+        home = _home(like)
         return _repacked(load_state_dict(arrays, _unpacked_like(like, home)), like, home)
     every, treedef = jax.tree_util.tree_flatten_with_path(like)
     pairs = [pair for pair in every if _saved(*pair)]
@@ -101,13 +101,15 @@ def load_state_dict(arrays: Mapping[str, Any], like: Any, /) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _home(step: Any) -> Any:
-    """Where a packed ``like``'s arrays go: its step's device, or the default device for a
-    step without one (a host copy from ``jax.device_get``, a ``ShapeDtypeStruct`` with no
-    sharding)."""
-    devices = getattr(getattr(step, "sharding", None), "device_set", None)
-    device = next(iter(devices)) if devices else jax.devices()[0]
-    return jax.sharding.SingleDeviceSharding(device)
+def _home(like: PackedState) -> Any:
+    """Where a packed ``like``'s arrays go: the device of its first array that has one (step,
+    weight, flat buffers, loose shadows), or the default device when none has (a host copy
+    from ``jax.device_get``, ``ShapeDtypeStruct``s without a sharding)."""
+    for leaf in (like.step, like.weight, *like.flats, *like.loose):
+        devices = getattr(getattr(leaf, "sharding", None), "device_set", None)
+        if devices:
+            return jax.sharding.SingleDeviceSharding(next(iter(devices)))
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
 def _saved(path: Any, leaf: Any) -> bool:
@@ -175,7 +177,7 @@ def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:
     if name not in arrays:
         raise ValueError(f"arrays has no {name!r}; it must hold every array of like")
     value = np.asarray(arrays[name])
-    if isinstance(like, (int, float)) and not isinstance(like, bool):  # a Python step/weight
+    if type(like) in (int, float):  # a Python step or weight (not numpy's float64 or a bool)
         kind = "iu" if isinstance(like, int) else "f"
         if value.shape != () or value.dtype.kind not in kind:
             raise TypeError(
