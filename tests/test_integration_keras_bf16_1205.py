@@ -6,12 +6,11 @@ picks its backend at import, and the in-process tests run JAX."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.keras_torch_worker import run_on_torch_backend
 
 if importlib.util.find_spec("keras") is None:
     pytest.skip("keras is needed", allow_module_level=True)
@@ -50,14 +49,4 @@ WORKER = textwrap.dedent(
 
 def test_average_weights_with_bf16_tensors_on_the_torch_backend() -> None:
     pytest.importorskip("torch")
-    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run(
-        [sys.executable, "-c", WORKER],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("OK")
+    run_on_torch_backend(WORKER, "OK", PYTHONWARNINGS="ignore")

@@ -10,12 +10,11 @@ counter) with ``KERAS_BACKEND=torch``, bit for bit.
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.keras_torch_worker import run_on_torch_backend
 
 if importlib.util.find_spec("keras") is None:
     pytest.skip("keras is needed", allow_module_level=True)
@@ -105,14 +104,4 @@ TORCH_WORKER = textwrap.dedent(
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_torch_backend_in_a_subprocess() -> None:
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    done = subprocess.run(
-        [sys.executable, "-c", TORCH_WORKER],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")
+    run_on_torch_backend(TORCH_WORKER, "ok")
