@@ -191,3 +191,19 @@ def shadow_dtype_name(config_dtype: str | None, param_dtype_name: str) -> str:
     if config_dtype is None:
         return "float32" if param_dtype_name in ("float16", "bfloat16") else param_dtype_name
     return param_dtype_name if config_dtype == "same" else config_dtype
+
+
+def divisor(config: Config, weight: Any, step: Any) -> Any:
+    """What a zero-started shadow is divided by when read: the EMA's bias-correction
+    ``weight`` (``correction="exact"``), the power schedule's weight at ``step``
+    (``"power"``), or 1 (``"none"``).
+
+    Example:
+        >>> divisor(Config(0.5, init="zeros", correction="power"), 0.0, 2)
+        0.75
+    """
+    if config.correction == "none":
+        return 1.0
+    if config.correction == "power":
+        return power_weight(config.schedule, step, config.interval, config.compensate)  # type: ignore[arg-type]
+    return weight

@@ -10,7 +10,7 @@ import numpy as np
 
 from ema_core import _safetensors
 from ema_core._checks import name_differences
-from ema_core._config import Config, power_weight
+from ema_core._config import Config, divisor
 from ema_core._config_text import config_differences, config_text
 from ema_core._core import compute_dtype
 from ema_core._tree import flatten, path_str, unflatten
@@ -149,8 +149,8 @@ def _kept_factor(
         )
     if config.init != "zeros" or config.correction == "none":
         return 1.0
-    old = _divisor(config, like_weight, int(like.step))
-    new = _divisor(config, float(file_weight), int(file_step))
+    old = float(divisor(config, like_weight, int(like.step)))
+    new = float(divisor(config, float(file_weight), int(file_step)))
     if (old == 0.0) != (new == 0.0):
         when = "like has" if old == 0.0 else "the file was saved"
         raise ValueError(
@@ -160,15 +160,6 @@ def _kept_factor(
             "load with strict=True"
         )
     return 1.0 if old == 0.0 else new / old
-
-
-def _divisor(config: Config, weight: float, step: int) -> float:
-    """What a zero-started shadow is read through (``ema_core.average``)."""
-    if config.correction == "power":
-        return float(
-            power_weight(config.schedule, step, config.interval, config.compensate)  # type: ignore[arg-type]
-        )
-    return weight
 
 
 def _floating(leaf: Any) -> bool:

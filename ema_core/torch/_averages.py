@@ -11,7 +11,7 @@ import array_api_compat.torch as xp
 import torch
 
 from ema_core import _core
-from ema_core._config import Config, power_weight
+from ema_core._config import Config, divisor
 from ema_core._types import LeafKind
 from ema_core.backends.torch._caches import forget_derived
 from ema_core.torch import _dtensor, _names, _swap
@@ -36,17 +36,6 @@ def read(
         weight = weight.to(shadow.device)
     corrected: torch.Tensor = _core.correct(xp, shadow, weight)
     return corrected
-
-
-def divisor(config: Config, weight: Any, step: Any) -> Any:
-    """What a zero-started shadow is divided by when read: the EMA's bias-correction
-    ``weight`` (``correction="exact"``), the power schedule's weight at ``step``
-    (``"power"``), or 1 (``"none"``)."""
-    if config.correction == "none":
-        return 1.0
-    if config.correction == "power":
-        return power_weight(config.schedule, step, config.interval, config.compensate)  # type: ignore[arg-type]
-    return weight
 
 
 def copy_averages(

@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import torch
 
-from ema_core._config import Config
+from ema_core._config import Config, divisor
 from ema_core._config_text import config_text
 from ema_core.torch import _averages, _names, _options, _rules, _state
 from ema_core.torch._interrupts import HeldInterrupts
@@ -109,8 +109,8 @@ def _kept(ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any) -> Cal
     kept = [(n, s, p) for n, s, p, kind in rows if n not in loaded and kind == "float"]
     if not kept:
         return _nothing
-    old = float(_averages.divisor(config, ema._weight, ema._step))
-    new = float(_averages.divisor(config, weight, step))
+    old = float(divisor(config, ema._weight, ema._step))
+    new = float(divisor(config, weight, step))
     if new == 0.0 and old == 0.0:
         return _nothing  # neither has updated: the shadows stay as they are (zeros)
     if new == 0.0:
