@@ -12,7 +12,7 @@ from ema_core import Config, schedules
 torch = pytest.importorskip("torch")
 
 from ema_core.torch import EMA  # noqa: E402
-from ema_core.torch._names import strip  # noqa: E402
+from ema_core.torch._prefixes import strip_all  # noqa: E402
 
 
 def _net(dtype=None):
@@ -108,8 +108,8 @@ def test_prefixes_of_ddp_and_torch_compile_are_removed():
     plain = _net()
     compiled = torch.compile(_net())
     assert EMA(compiled).names == EMA(plain).names
-    assert strip("_orig_mod.module.0.weight") == "0.weight"
-    assert strip("encoder.module.weight") == "encoder.module.weight"
+    assert strip_all(["_orig_mod.module.0.weight"]) == ["0.weight"]
+    assert strip_all(["encoder.module.weight"]) == ["encoder.module.weight"]
 
 
 def test_a_ddp_wrapped_module_tracks_the_plain_names():
@@ -317,7 +317,10 @@ def test_bad_steps_and_sources_raise_and_change_nothing():
     with pytest.raises(TypeError, match="module_or_named_tensors"):
         EMA(torch.zeros(3))
     with pytest.raises(ValueError, match="two tensors"):
-        EMA([("a", torch.zeros(1)), ("module.a", torch.zeros(1))])
+        EMA([("a", torch.zeros(1)), ("_orig_mod.a", torch.zeros(1))])
+    # a leading module. goes only when every name has one (a DDP model's state_dict)
+    assert EMA([("a", torch.zeros(1)), ("module.a", torch.zeros(1))]).names == ("a", "module.a")
+    assert EMA([("module.a", torch.zeros(1)), ("module.b", torch.zeros(1))]).names == ("a", "b")
 
 
 def test_non_float_freeze_leaves_integer_tensors_alone():

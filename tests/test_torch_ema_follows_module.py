@@ -11,7 +11,7 @@ from ema_core import Config, schedules
 torch = pytest.importorskip("torch")
 
 from ema_core.torch import EMA  # noqa: E402
-from ema_core.torch._names import strip  # noqa: E402
+from ema_core.torch._prefixes import drop_compiled, strip_all  # noqa: E402
 from tests.torch_models import copies, net, nudge, same  # noqa: E402
 
 # ---- 2.9 replaced, converted or meta tensors ----
@@ -139,8 +139,8 @@ def test_a_compiled_submodule_keeps_the_plain_names():
     plain = EMA(net()).names
     model[0] = torch.compile(model[0])
     assert EMA(model).names == plain
-    assert strip("encoder._orig_mod.0.weight") == "encoder.0.weight"
-    assert strip("_orig_mod.module.encoder._orig_mod.module.w") == "encoder.module.w"
+    assert drop_compiled("encoder._orig_mod.0.weight") == "encoder.0.weight"
+    assert strip_all(["_orig_mod.module.encoder._orig_mod.module.w"]) == ["encoder.module.w"]
 
 
 def _with_lambda():

@@ -671,9 +671,9 @@ def test_averages_of_wrapped_models_load_strictly_into_the_unwrapped_model() -> 
         assert torch.equal(target.module[0].weight, ema.average["0.weight"])
 
 
-def test_a_submodule_named_module_clashing_with_a_root_tensor_is_refused() -> None:
-    """A user's ``self.module`` is stripped like DDP's prefix: beside a root parameter of
-    the same name the two collide, a ``ValueError`` saying so when the EMA is built."""
+def test_a_submodule_named_module_beside_a_root_tensor_keeps_its_name() -> None:
+    """A user's ``self.module`` beside a root parameter is part of the model, not a wrapper:
+    its names keep ``module.`` (they were stripped and collided with the root's ``weight``)."""
 
     class Clash(nn.Module):
         def __init__(self) -> None:
@@ -681,8 +681,7 @@ def test_a_submodule_named_module_clashing_with_a_root_tensor_is_refused() -> No
             self.module = nn.Linear(2, 2, bias=False)
             self.weight = nn.Parameter(torch.zeros(2, 2))
 
-    with pytest.raises(ValueError, match="two tensors named 'weight'"):
-        EMA(Clash(), decay=0.5)
+    assert EMA(Clash(), decay=0.5).names == ("weight", "module.weight")
 
 
 # ---- dtypes, banks, checkpointing ----

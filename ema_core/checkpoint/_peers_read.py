@@ -26,7 +26,7 @@ import torch
 
 from ema_core.checkpoint._arrays import torch_bytes
 from ema_core.presets._args import check_count
-from ema_core.torch._names import strip
+from ema_core.torch._prefixes import drop_compiled
 
 #: diffusers ``EMAModel.state_dict()`` hyperparameters (the names of ``presets.diffusers``).
 DIFFUSERS_ARGS = ("decay", "min_decay", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
@@ -126,6 +126,7 @@ def by_name(
                 "ones)"
             )
         return dict(zip(names, shadows, strict=True))
+    shadows = _unwrapped(shadows, names)
     keys = {n: [n] for n in names}
     for alias, name in tied.items():
         keys[name].append(alias)
@@ -138,6 +139,16 @@ def by_name(
             f"{unexpected[:5]} ({len(missing)} and {len(unexpected)} in all)"
         )
     return {n: _one_of(peer, n, found[n], shadows) for n in names if found[n]}
+
+
+def _unwrapped(shadows: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``shadows`` with a leading ``module.`` that every key has removed, one at a time, until a
+    key is one of ``names`` (the peer averaged a wrapped model; a model's own ``module``
+    child keeps its name)."""
+    keys, wanted = list(shadows), set(names)
+    while keys and not wanted.intersection(keys) and all(k.startswith("module.") for k in keys):
+        keys = [k.removeprefix("module.") for k in keys]
+    return dict(zip(keys, shadows.values(), strict=True))
 
 
 def _one_of(peer: str, name: str, keys: list[str], shadows: dict[str, Any]) -> Any:
@@ -212,8 +223,8 @@ def _tensor_list(state: Mapping[str, Any], peer: str) -> list[Any]:
 def _module_tensors(
     state: Mapping[str, Any], peer: str, prefix: str, counters: tuple[str, ...]
 ) -> dict[str, Any]:
-    """The averaged module's entries by ema-core name: ``prefix`` removed, then the wrapper
-    prefixes ema-core removes from a model's names (``module.``, ``_orig_mod.``)."""
+    """The averaged module's entries: ``prefix`` and ``_orig_mod`` parts removed (a leading
+    ``module.`` of a wrapped model goes in ``by_name``, which knows the EMA's names)."""
     found: dict[str, Any] = {}
     for key, value in state.items():
         if not isinstance(key, str):
@@ -225,7 +236,7 @@ def _module_tensors(
                 f"state_dict[{key!r}] is not an entry {peer} writes for its average "
                 f"(expected {prefix or 'module names'}*{''.join(', ' + c for c in counters)})"
             )
-        name = strip(key.removeprefix(prefix))
+        name = drop_compiled(key.removeprefix(prefix))
         if name in found:
             raise ValueError(f"state_dict has two entries named {name!r} after removing prefixes")
         found[name] = value

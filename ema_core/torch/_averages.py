@@ -54,6 +54,12 @@ def copy_averages(
     (integer buffers kept at their value from construction: ``non_float="freeze"``)."""
     found = _names.named_tensors(source, "average", "copy_to(module_or_named_tensors)")
     targets = {name: tensor for name, tensor, _, _ in found}
+    for _, tensor, _, raw in found:  # a model's own ``module`` child in a mapping's names
+        key = raw
+        targets.setdefault(key, tensor)
+        while key.startswith("module."):
+            key = key.removeprefix("module.")
+            targets.setdefault(key, tensor)
     lax = optional if not isinstance(source, torch.nn.Module) else frozenset()
     for name, shadow in zip(names, shadows, strict=True):
         if (name not in targets and name in lax) or name in skip:

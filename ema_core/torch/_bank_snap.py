@@ -16,7 +16,8 @@ from ema_core import _bank_snapshots, _banks, _snapshot_args
 from ema_core._paths import escape_key
 from ema_core.torch._dtensor import is_dtensor
 from ema_core.torch._module import EMA
-from ema_core.torch._names import strip, transient_buffers
+from ema_core.torch._names import transient_buffers
+from ema_core.torch._prefixes import namer
 
 __all__ = [
     "aliases",
@@ -127,9 +128,10 @@ def aliases(ema: EMA) -> dict[str, str]:
     root = ema._bound.root
     if root is None:
         return {}
-    entries = [(strip(k), v) for k, v in root.state_dict(keep_vars=True).items()]
+    name_of = namer(root)
+    entries = [(name_of(k), v) for k, v in root.state_dict(keep_vars=True).items()]
     tracked = set(ema.names)
-    buffers = [(strip(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
+    buffers = [(name_of(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
     owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
     found = {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
     return found

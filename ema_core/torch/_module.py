@@ -26,7 +26,7 @@ class EMA:
 
     Args:
         module_or_named_tensors: an ``nn.Module`` (also DDP-wrapped or ``torch.compile``d: the
-            ``module.`` / ``_orig_mod.`` prefixes are dropped), a mapping name -> tensor or an
+            wrappers' ``module.`` / ``_orig_mod.`` are dropped), a mapping name -> tensor or an
             iterable of (name, tensor) pairs. Build the EMA after moving the model to its device.
         decay: a constant decay in [0, 1] (default 0.9999). Pass at most one of ``decay``,
             ``schedule`` and ``config``.

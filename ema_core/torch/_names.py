@@ -1,10 +1,10 @@
 """Which tensors an ``EMA`` tracks, under which names, and whether each is averaged or copied.
 
-Names are those of ``module.named_parameters()`` / ``named_buffers()`` with the wrapper
-prefix ``module.`` (DistributedDataParallel) removed from the front and every ``_orig_mod.``
-(``torch.compile``, of the whole model or of a submodule) removed, so a plain, a DDP-wrapped
-and a compiled model track the same names. ``_watch.Watch`` notices when the module has since
-replaced a tracked tensor or moved its data.
+Names are those of ``module.named_parameters()`` / ``named_buffers()`` without the
+wrappers' segments (``_prefixes``: ``module.`` of DistributedDataParallel, every
+``_orig_mod.`` of ``torch.compile``), so a plain, a DDP-wrapped and a compiled model track the
+same names. ``_watch.Watch`` notices when the module has since replaced a tracked tensor or
+moved its data.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from ema_core._arguments import BUFFERS
 from ema_core._types import LeafKind
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
+from ema_core.torch._prefixes import PREFIXES, namer, strip_all
 
-#: Wrapper prefixes removed from the front of every name (repeatedly: DDP inside compile).
-PREFIXES = ("module.", "_orig_mod.")
 #: What happens to floating buffers: copied, averaged like parameters, or not tracked.
 BufferPolicy: TypeAlias = Literal["copy", "average", "skip"]
 #: A name filter: a glob pattern, several patterns (matched against the stripped name and the
@@ -45,14 +44,6 @@ class Tracked:
     is_buffer: bool = False
 
 
-def strip(name: str) -> str:
-    """``name`` without ``_orig_mod.`` parts and leading ``module.`` prefixes."""
-    name = ".".join(part for part in name.split(".") if part != "_orig_mod")
-    while name.startswith(PREFIXES):
-        name = name.split(".", 1)[1]
-    return name
-
-
 def named_tensors(source: Any, buffers: str, where: str) -> list[tuple[str, Any, bool, str]]:
     """``(stripped name, tensor, is_buffer, raw name)`` of a module, a mapping or pairs."""
     found: list[tuple[Any, Any, bool]]
@@ -69,7 +60,10 @@ def named_tensors(source: Any, buffers: str, where: str) -> list[tuple[str, Any,
             f"{where} must be an nn.Module, a mapping name -> tensor or an iterable of "
             f"(name, tensor) pairs, got {type(source).__name__}"
         )
-    return [(strip(_name(n, where)), _tensor(t, n, where), b, n) for n, t, b in found]
+    raw = [_name(n, where) for n, _, _ in found]
+    names = list(map(namer(source), raw)) if isinstance(source, torch.nn.Module) else strip_all(raw)
+    pairs = zip(names, found, strict=True)
+    return [(name, _tensor(t, n, where), b, n) for name, (n, t, b) in pairs]
 
 
 def transient_buffers(root: torch.nn.Module | None, names: Iterable[str]) -> frozenset[str]:
@@ -81,9 +75,10 @@ def transient_buffers(root: torch.nn.Module | None, names: Iterable[str]) -> fro
         return frozenset()
     tracked = set(names)
     found = set()
+    name_of = namer(root)
     for prefix, module in root.named_modules(remove_duplicate=False):
         for local in getattr(module, "_non_persistent_buffers_set", ()):
-            name = strip(f"{prefix}.{local}" if prefix else local)
+            name = name_of(f"{prefix}.{local}" if prefix else local)
             if name in tracked:
                 found.add(name)
     return frozenset(found)

@@ -1,0 +1,102 @@
+"""The wrapper prefixes an ``EMA`` drops from a module's tensor names.
+
+A data-parallel wrapper (``DistributedDataParallel``, ``DataParallel``, a subclass such as
+mmengine's, DeepSpeed's engine, or any module whose only child is ``module`` and which holds
+no tensor of its own) holds the model as its child ``module``; ``torch.compile`` holds it as
+``_orig_mod``. Their names carry ``module.`` / ``_orig_mod.`` in front, so the same model
+wrapped or bare gets the same names once those are dropped. Only the wrappers' own segments
+go: a model's child named ``module`` beside other children or tensors keeps its name
+(``model.module.weight`` would otherwise export as ``weight``, which ``model.load_state_dict``
+refuses).
+
+A mapping or pairs carry no modules to ask: there a leading ``module.`` is dropped when every
+name has it (a DDP model's ``state_dict()``), and ``_orig_mod`` parts always.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+#: The segments ema-core drops: a data-parallel wrapper's child, a compiled module's child.
+PREFIXES = ("module.", "_orig_mod.")
+#: Wrapper classes (by the name of the class or of a base class, so none is imported) whose
+#: child ``module`` is the model.
+DATA_PARALLEL = frozenset({"DistributedDataParallel", "DataParallel", "DeepSpeedEngine"})
+
+
+def wrapper_prefix(root: torch.nn.Module) -> str:
+    """The raw prefix of the model inside ``root``'s wrappers, outermost first: ``module.`` per
+    data-parallel wrapper, ``_orig_mod.`` per compiled one; ``""`` for a bare model.
+
+    >>> wrapper_prefix(torch.nn.parallel.DataParallel(torch.nn.Linear(1, 1)))
+    'module.'
+    >>> wrapper_prefix(torch.nn.Sequential(torch.nn.Linear(1, 1)))
+    ''
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.module, self.head = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    >>> wrapper_prefix(Net()), wrapper_prefix(torch.compile(torch.nn.DataParallel(Net())))
+    ('', '_orig_mod.module.')
+    """
+    prefix, module = "", root
+    while (inner := _wrapped_child(module)) is not None:
+        prefix += inner + "."
+        module = module._modules[inner]  # type: ignore[assignment]
+    return prefix
+
+
+def namer(root: torch.nn.Module) -> Callable[[str], str]:
+    """Maps a raw name of ``root`` (``named_parameters()``, ``state_dict()``) to the EMA's name:
+    ``root``'s wrapper prefix and any ``_orig_mod`` part (a compiled submodule) dropped.
+
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.module, self.head = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    >>> namer(Net())("module.weight"), namer(torch.nn.DataParallel(Net()))("module.module.weight")
+    ('module.weight', 'module.weight')
+    """
+    prefix = wrapper_prefix(root)
+
+    def name_of(raw: str) -> str:
+        return drop_compiled(raw.removeprefix(prefix))
+
+    return name_of
+
+
+def strip_all(names: Iterable[str]) -> list[str]:
+    """Names from a mapping or pairs: ``_orig_mod`` parts dropped, then a leading ``module.``
+    as long as every name has one (the state of a DDP model).
+
+    >>> strip_all(["module.a", "module.b.c"]), strip_all(["module.a", "head.b"])
+    (['a', 'b.c'], ['module.a', 'head.b'])
+    """
+    out = [drop_compiled(name) for name in names]
+    while out and all(name.startswith("module.") for name in out):
+        out = [name.removeprefix("module.") for name in out]
+    return out
+
+
+def drop_compiled(name: str) -> str:
+    """``name`` without its ``_orig_mod`` parts (``torch.compile`` of the model or a submodule).
+
+    >>> drop_compiled("encoder._orig_mod.0.weight")
+    'encoder.0.weight'
+    """
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
+def _wrapped_child(module: torch.nn.Module) -> str | None:
+    """The name of the child ``module`` wraps (``module`` or ``_orig_mod``), None if none."""
+    children = dict(module.named_children())
+    if "_orig_mod" in children:
+        return "_orig_mod"
+    if "module" not in children:
+        return None
+    if {cls.__name__ for cls in type(module).__mro__} & DATA_PARALLEL:
+        return "module"
+    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    return "module" if len(children) == 1 and not own else None
