@@ -38,8 +38,8 @@ def wrapper_prefix(root: torch.nn.Module) -> str:
     ...     def __init__(self) -> None:
     ...         super().__init__()
     ...         self.module, self.head = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
-    >>> wrapper_prefix(Net()), wrapper_prefix(torch.compile(torch.nn.DataParallel(Net())))
-    ('', '_orig_mod.module.')
+    >>> wrapper_prefix(Net()), wrapper_prefix(torch.nn.DataParallel(Net()))
+    ('', 'module.')
     """
     prefix, module = "", root
     while (inner := _wrapped_child(module)) is not None:
