@@ -11,7 +11,7 @@ import torch
 
 from ema_core._config import Config, divisor
 from ema_core._config_text import config_text
-from ema_core.torch import _averages, _names, _options, _rules, _state
+from ema_core.torch import _averages, _fsdp, _names, _options, _rules, _state
 from ema_core.torch._interrupts import HeldInterrupts
 
 
@@ -46,8 +46,11 @@ T = TypeVar("T", bound=Copied)
 
 
 def copy_to(ema: Copied, source: Any) -> None:
-    """``EMA.copy_to``: the averages written into the tensors of the same names in ``source``."""
+    """``EMA.copy_to``: the averages written into the tensors of the same names in ``source``
+    (an FSDP2 model resharded first: a forward with ``reshard_after_forward=False`` leaves
+    all-gathered copies, which FSDP2 frees at the next reshard without writing them back)."""
     ema._settle(follow=True)
+    _fsdp.Shards(source)
     shadows = ema._bound.shadows
     transient = _names.transient_buffers(ema._bound.root, ema.names)
     frozen = ema.config.non_float == "freeze"  # integers at their value from construction
