@@ -14,6 +14,8 @@
   model) and which kernel plans update them; ``_swap``: putting averages into the model and
   taking them out; ``_interrupts``: Ctrl-C held while an update, a swap or a load writes;
   ``_eager``: what ``torch.compile`` runs eagerly (updates, a swap's puts and restores);
+  ``_restored``: the writes a copying swap undid (not writes into an enclosing
+  ``swap(copy=False)``'s shadows);
   ``_state``: checkpoints; ``_averages``: the averages read out of the shadows (bias
   correction, ``copy_to``, loaded values); ``_refusals``: a bad ``device=`` and timm's /
   torch_ema's ``update(model)`` refused with what to pass instead.

@@ -41,7 +41,7 @@ import torch
 
 from ema_core.backends.torch._caches import forget_derived
 from ema_core.backends.torch._memory import short_memory
-from ema_core.torch import _dtensor
+from ema_core.torch import _dtensor, _restored
 from ema_core.torch._eager import eager
 from ema_core.torch._interrupts import HeldInterrupts
 
@@ -57,6 +57,7 @@ class Put:
         if by_copy(live, copy):
             target = live.detach()
             self.by_data = False
+            self.version = None if self.inference else live._version  # for _restored
             with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
                 self.saved = target.clone()
                 target.copy_(average)
@@ -75,12 +76,15 @@ class Put:
         tensor's) counts as not written: what it did before the conversion cannot be told."""
         live = self.live
         on_shadow = self.by_data and live.data_ptr() == self.lent
-        written = self.version is not None and on_shadow and live._version != self.version
+        moved = self.version is not None and live._version != self.version
+        written = on_shadow and moved and not _restored.undone(live, int(self.version or 0))
         if self.by_data:
             live.data = self.saved
-        else:
-            with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
-                live.detach().copy_(self.saved)
+            return written
+        with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
+            live.detach().copy_(self.saved)
+        if self.version is not None:  # its values of before, bit for bit: an outer swap's shadow
+            _restored.record(live, self.version, live._version)
         return written
 
     def put_into(self, now: Any) -> None:
