@@ -69,6 +69,7 @@ class Put:
         self.lent = average.data_ptr()
         if shadow:
             self.version = live._version
+            _restored.lend(live)
 
     def restore(self) -> bool:
         """Put the live values back; returns whether the exposed shadow was written. A
@@ -77,8 +78,10 @@ class Put:
         live = self.live
         on_shadow = self.by_data and live.data_ptr() == self.lent
         moved = self.version is not None and live._version != self.version
-        written = on_shadow and moved and not _restored.undone(live, int(self.version or 0))
+        written = on_shadow and moved and not _restored.undone(live)
         if self.by_data:
+            if self.version is not None:
+                _restored.close(live)
             live.data = self.saved
             return written
         with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
