@@ -187,16 +187,24 @@ opt = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
 averager = EMA(model, decay=0.5)
 register(accelerator, averager)
 g = torch.Generator().manual_seed(accelerator.process_index)  # DDP averages the gradients
-for _ in range(3):
+def train():
     accelerator.backward(model(torch.randn(4, 3, generator=g)).pow(2).mean())
     opt.step(); opt.zero_grad(); averager.update()
+for _ in range(3):
+    train()
+early = {k: v.clone() for k, v in averager.average.items()}
+if accelerator.is_main_process:  # diffusers' training scripts save on the main process only
+    accelerator.save_state(sys.argv[1] + "-main")
+train()  # a DDP all-reduce: rank 0 must not be left waiting in a barrier of the save
 saved = {k: v.clone() for k, v in averager.average.items()}
 accelerator.save_state(sys.argv[1])
 accelerator.wait_for_everyone()  # rank 0 writes accelerate's own files after the hooks
 averager.update()
 accelerator.load_state(sys.argv[1])
 same = all(torch.equal(saved[k], v) for k, v in averager.average.items())
-print(f"rank {accelerator.process_index}: step {averager.step}, restored {same}")
+accelerator.load_state(sys.argv[1] + "-main")
+main = all(torch.equal(early[k], v) for k, v in averager.average.items())
+print(f"rank {accelerator.process_index}: step {averager.step}, restored {same}, main {main}")
 accelerator.end_training()
 """
 
@@ -209,9 +217,11 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_save_once_and_both_load(tmp_path: Path) -> None:
-    """A real gloo process group: the save gathers on every rank (a collective) and rank 0
-    writes; both ranks load the file back bit for bit. The two ranks are started directly with
-    torchrun's environment (a launcher process would import torch once more for nothing)."""
+    """A real gloo process group: rank 0 writes, both ranks load the file back bit for bit.
+    A save on the main process alone (diffusers' training scripts) writes too and leaves the
+    other rank free to go on: the hook's barrier after it hung the next step's all-reduce.
+    The two ranks are started directly with torchrun's environment (a launcher process would
+    import torch once more for nothing)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {
@@ -226,14 +236,14 @@ def test_two_processes_save_once_and_both_load(tmp_path: Path) -> None:
         for rank in range(2)
     ]  # fmt: skip
     try:
-        logs = [rank.communicate(timeout=120)[0] for rank in ranks]
+        logs = [rank.communicate(timeout=90)[0] for rank in ranks]
     finally:
         for rank in ranks:
             rank.kill()  # a hung rank (after the other one's timeout); a no-op once exited
             rank.communicate()
     for rank, log in enumerate(logs):
         assert ranks[rank].returncode == 0, log[-3000:]
-        assert f"rank {rank}: step 3, restored True" in log, log[-3000:]
+        assert f"rank {rank}: step 3, restored True, main True" in log, log[-3000:]
     assert ema_path(tmp_path / "ckpt").is_file()
 
 
@@ -252,4 +262,4 @@ def test_a_second_ema_under_a_taken_name_is_refused(tmp_path: Path) -> None:
     ]
     register(accelerator, slow, name="ema_slow")
     hooks.remove()
-    register(accelerator, slow)  # the name is free once removed
+    register(accelerator, EMA(model, decay=0.9))  # the name is free once removed

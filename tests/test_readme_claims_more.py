@@ -122,7 +122,7 @@ LAYOUT = {
     "ema_core/checkpoint": "_format _arrays _save _load _load_file _load_ema _load_state _peers "
     "_peers_read _export",
     "ema_core/integrations": "lightning _lightning_args _lightning_state keras _keras_weights "
-    "_keras_swap _keras_args _keras_state accelerate",
+    "_keras_swap _keras_args _keras_state accelerate _accelerate_args",
     "ema_core/presets": "_seeds _torch _profiles _optimizers _args _schedules",
     "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _modules _tf_state _tf_names",
     "ema_core/testing": "_oracle _strategies _properties _inputs _compare _convert _dtypes _args",

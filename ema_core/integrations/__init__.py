@@ -15,5 +15,6 @@ module imports its framework then, and each framework is an optional extra
   ``_keras_swap`` puts the averages in for evaluate / predict and the live weights back,
   ``_keras_args`` checks the arguments.
 * ``accelerate``: ``register(accelerator, ema)``, save/load pre-hooks that write the EMA as a
-  crash-safe safetensors file in each ``save_state`` folder; ``ema_path``.
+  crash-safe safetensors file in each ``save_state`` folder; ``ema_path``;
+  ``_accelerate_args`` checks ``register``'s arguments (one registration per name and per EMA).
 """

@@ -18,7 +18,6 @@ and ``is_main_process``.
 from __future__ import annotations
 
 import os
-import re
 import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,15 +30,13 @@ except ImportError as err:
     ) from err
 
 import ema_core.checkpoint as _checkpoint
-from ema_core.torch._dist import full_state_dict
+from ema_core.integrations._accelerate_args import check, check_free, check_name
+from ema_core.torch._dist import full_state_dict, is_sharded
 from ema_core.torch._module import EMA
 
 __all__ = ["Hooks", "ema_path", "register"]
 
 SUFFIX = ".safetensors"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-#: accelerate's own model.safetensors, model_1.safetensors (one file in any case on macOS)
-_TAKEN = re.compile(r"model(_\d+)?", re.IGNORECASE)
 #: The names registered on each accelerator (casefolded -> the name, a ref to its EMA): two
 #: registrations under one name would write one file (the last save wins) and both load it.
 _NAMES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
@@ -65,8 +62,10 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
 
     Saving: the main process (each node's main process under ``save_on_each_node``) writes
     ``<output_dir>/<name>.safetensors`` with ``ema_core.checkpoint.save``: the shadows, the
-    EMA's ``step``, its bias-correction weight and its config, crash-safe. In a process group
-    every rank takes part in gathering sharded (FSDP2) shadows first. Loading: every process
+    EMA's ``step``, its bias-correction weight and its config, crash-safe. Sharded (FSDP2)
+    shadows are gathered first, on every rank: call ``save_state`` on all of them, as
+    accelerate's FSDP save needs anyway. A replicated EMA (DDP) takes no collective, so the
+    main process may save alone (diffusers' scripts). Loading: every process
     reads the file into ``ema`` in place (``ema_core.checkpoint.load``), so updates continue as
     if never interrupted. The files of all EMAs registered on the accelerator are checked
     first (``ema_core.checkpoint.check``: names, shapes, dtypes and config), so a refused file
@@ -110,9 +109,9 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
         >>> averager.step
         1
     """
-    _check(accelerator, ema, name)
+    check(accelerator, ema, name)
     names = _names_of(accelerator)
-    _check_free(names, name, ema)
+    check_free(names, name, ema)
 
     def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
         del models, weights  # accelerate saves the model itself
@@ -130,22 +129,6 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
         accelerator.register_save_state_pre_hook(save_hook),
         accelerator.register_load_state_pre_hook(load_hook),
         lambda: names.pop(key) if names.get(key) is entry else None,
-    )
-
-
-def _check_free(names: dict[str, Any], name: str, ema: EMA) -> None:
-    """Refuse a name (in any letter case: one file on macOS and Windows) held on this
-    accelerator, by another EMA or by this one already (its first hooks would stay installed
-    once the second ones are removed, and the name free for another EMA's file)."""
-    held = names.get(name.casefold())
-    if held is None or held[1]() is None:
-        return
-    whose = "this EMA" if held[1]() is ema else "another EMA"
-    raise ValueError(
-        f"name {name!r} is already registered on this accelerator for {whose} as {held[0]!r} "
-        "(names differing only in letter case name one file on macOS and Windows; two "
-        "registrations would write and read one file): pass another name=, such as "
-        "name='ema_2', or remove() the first registration's hooks"
     )
 
 
@@ -204,47 +187,26 @@ def ema_path(directory: str | os.PathLike[str], /, *, name: str = "ema") -> Path
     """
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a str or os.PathLike, got {type(directory).__name__}")
-    _check_name(name)
+    check_name(name)
     return Path(directory) / f"{name}{SUFFIX}"
 
 
 def _save(accelerator: Any, ema: EMA, path: Path) -> None:
-    """Gather in a process group (every rank), write on the (node's) main process, then wait
-    for it on every rank: a rank that went on at once could ``load_state`` the folder before
-    the file is there."""
+    """Write on the (node's) main process. A sharded EMA (FSDP2) is gathered first, on every
+    rank (a collective, as accelerate's own FSDP save), and every rank then waits for the
+    write: one that went on at once could ``load_state`` the folder before the file is there.
+    A replicated EMA needs no collective: the main process writes its own shadows, and no
+    barrier follows (diffusers' scripts call ``save_state`` on the main process alone)."""
     config = getattr(accelerator, "project_configuration", None)
     each_node = bool(getattr(config, "save_on_each_node", False))
     writes = accelerator.is_local_main_process if each_node else accelerator.is_main_process
-    source: Any = ema
-    if _in_process_group():
-        source = full_state_dict(ema, keep_on="all" if each_node else "rank0")
+    gathers = _in_process_group() and is_sharded(ema)
+    source: Any = full_state_dict(ema, keep_on="all" if each_node else "rank0") if gathers else ema
     if writes:
         _checkpoint.save(path, source)
-    if _in_process_group():
+    if gathers:
         accelerator.wait_for_everyone()
 
 
 def _in_process_group() -> bool:
     return bool(dist.is_available() and dist.is_initialized())
-
-
-def _check(accelerator: Any, ema: Any, name: Any) -> None:
-    for method in ("register_save_state_pre_hook", "register_load_state_pre_hook"):
-        if not callable(getattr(accelerator, method, None)):
-            raise TypeError(
-                f"accelerator must be an accelerate.Accelerator (with {method}), got "
-                f"{type(accelerator).__name__}"
-            )
-    if not isinstance(ema, EMA):
-        raise TypeError(f"ema must be an ema_core.torch.EMA, got {type(ema).__name__}")
-    _check_name(name)
-
-
-def _check_name(name: Any) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if not _NAME.fullmatch(name) or _TAKEN.fullmatch(name):
-        raise ValueError(
-            f"name must be a file stem of letters, digits, '_', '.' and '-' (not starting with "
-            f"'.', '_' or '-', and not accelerate's 'model' or 'model_<i>'), got {name!r}"
-        )

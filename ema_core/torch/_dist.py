@@ -61,6 +61,15 @@ def full_state_dict(ema: EMA, /, *, keep_on: KeepOn = "rank0") -> dict[str, Any]
     return {**state, "shadow": shadows} if keep else {}
 
 
+def is_sharded(ema: EMA) -> bool:
+    """Whether any shadow of ``ema`` is a DTensor (FSDP2): gathering it is a collective.
+
+    >>> is_sharded(EMA(torch.nn.Linear(2, 1), decay=0.9))
+    False
+    """
+    return any(is_dtensor(shadow) for shadow in ema._bound.shadows)
+
+
 def ddp_ema(module: torch.nn.Module, /, *, keep_on: KeepOn = "all", **kwargs: Any) -> EMA | None:
     """An ``EMA`` of a DDP-replicated model, on every rank or on global rank 0 only.
 
