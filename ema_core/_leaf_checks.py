@@ -10,6 +10,7 @@ loop runs, so the first failing leaf and its message are the same either way.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import sys
@@ -197,11 +198,21 @@ def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> No
                     "returned"
                 ) from None
         raise
+    if _uncommitted(s) or _uncommitted(p):
+        return  # JAX moves an array made without device_put to the other one's devices
     if ds is not None and dp is not None and ds != dp and not _equivalent(ds, dp, s):
         raise ValueError(
             f"{path_str(names[0], path)} is on device {ds} but {path_str(names[1], path)} is on "
             f"{dp}; move them to one device"
         )
+
+
+def _uncommitted(x: Array) -> bool:
+    """A JAX array made without ``device_put`` (JAX places it by the other arguments); a
+    tracer has no placement to read (the outer transformation places it)."""
+    with contextlib.suppress(Exception):
+        return compat.is_jax_array(x) and x.committed is False
+    return False
 
 
 def _equivalent(ds: Any, dp: Any, s: Array) -> bool:

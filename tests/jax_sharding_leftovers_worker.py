@@ -120,6 +120,40 @@ def uncommitted_then_committed() -> None:
     refused(lambda: update(state, committed), state, r"params\['w'\] is on cpu:0")
 
 
+def partly_on_a_mesh() -> None:
+    """Params only partly ``device_put`` on a mesh (a bias left uncommitted): ``init``'s state
+    goes through ``make_update`` (its uncommitted shadow was committed to one device and then
+    refused beside the mesh), compiles once, keeps the sharded shadow's sharding and matches
+    the eager update; the chunked path and the bank too."""
+    from tests.xla_compiles import counting_compiles
+
+    for mesh in (ON.explicit, ON.auto):
+        params = {"w": put(ON.w, P(None, "model"), mesh), "b": jnp.arange(8.0)}
+        assert not params["b"].committed
+        eager, compiled = ema.init(params, CONFIG), ema.init(params, CONFIG)
+        update = make_update(CONFIG)
+        steps = [{"w": params["w"] + i, "b": params["b"] - i} for i in range(3)]
+        compiled = update(compiled, params)  # the first call compiles
+        with counting_compiles() as seen:
+            for moved in steps:
+                compiled = update(compiled, moved)
+        assert not seen, f"{len(seen)} compilations after the first call"
+        eager = ema.update(eager, params, CONFIG)
+        for moved in steps:
+            eager = ema.update(eager, moved, CONFIG)
+        assert compiled.shadow["w"].sharding.spec == P(None, "model")
+        for name in params:
+            assert bool(jnp.array_equal(compiled.shadow[name], eager.shadow[name])), name
+    old, _chunked.CHUNK = _chunked.CHUNK, 1
+    try:
+        params = {"w": put(ON.w, P(None, "model"), ON.explicit), "b": jnp.arange(8.0)}
+        make_update(CONFIG)(ema.init(params, CONFIG), params)
+    finally:
+        _chunked.CHUNK = old
+    bank = make_bank_update(sigma_rels=(0.05, 0.10))
+    bank(bank.init(params), params)
+
+
 def main(names: list[str]) -> None:
     assert jax.device_count() == 8, jax.devices()
     ON.explicit = jax.make_mesh((2, 4), ("data", "model"))

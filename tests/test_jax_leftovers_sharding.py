@@ -22,6 +22,7 @@ CASES = [
     "auto_mismatch_after_steps",
     "auto_bank",
     "uncommitted_then_committed",
+    "partly_on_a_mesh",
 ]
 
 

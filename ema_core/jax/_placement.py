@@ -101,7 +101,10 @@ def commit_state(
     call sees (a jitted function returns committed arrays, and JAX compiles again when an
     argument turns from uncommitted or numpy to committed).
 
-    * An uncommitted array (a fresh ``init`` over uncommitted params) is committed where it lives.
+    * An uncommitted array (a fresh ``init`` over uncommitted params) is committed where it
+      lives, or replicated over the devices of the state's or the params' first committed
+      array when those are several (a mesh: ``init`` over params only partly ``device_put``
+      on it; the compiled update runs there, and one device would be refused beside it).
     * A numpy array (a state snapshotted with ``jax.device_get``, or loaded from a file) is put
       where the params are: their one device when every committed param lives there, else the
       default device when none is committed; params committed across several devices leave it
@@ -130,23 +133,44 @@ def commit_state(
         on_new()
     shared = set(map(id, params_arrays)) if donate else set()
     home = _params_home(params_arrays)
+    spread = _replicated_home(arrays, params_arrays)
     placed, seen = [], set()
     for x in arrays:
         again = donate and id(x) in seen  # donated once already in this call
         seen.add(id(x))
-        placed.append(_placed(x, home, again or id(x) in shared))
+        placed.append(_placed(x, home, spread, again or id(x) in shared))
     return placed
 
 
-def _placed(x: Any, home: Any, shared: bool) -> Any:
-    """One state array as ``commit_state`` describes (``home``: ``_params_home``'s answer)."""
+def _placed(x: Any, home: Any, spread: Any, shared: bool) -> Any:
+    """One state array as ``commit_state`` describes (``home``: ``_params_home``'s answer,
+    ``spread``: ``_replicated_home``'s)."""
     if isinstance(x, np.ndarray):
         return x if home is False else jax.device_put(x, home)
     if x.is_deleted():
         return x
-    if shared:  # a committed copy, also of an uncommitted array (jnp.copy's would not be)
+    if not x.committed:
+        where = spread if spread is not None else x.sharding
+        return jax.device_put(x, where, may_alias=False if shared else None)
+    if shared:  # a committed copy (jnp.copy's would not be committed)
         return jax.device_put(x, x.sharding, may_alias=False)
-    return x if x.committed else jax.device_put(x, x.sharding)
+    return x
+
+
+def _replicated_home(arrays: list[Any], params_arrays: list[Any]) -> Any:
+    """A replicated sharding over the devices of the first committed array of the state, else
+    of the params, when it spans several devices of a mesh; None otherwise."""
+    first = next((x for x in (*arrays, *params_arrays) if _is_committed(x)), None)
+    if first is None or len(first.sharding.device_set) < 2:
+        return None
+    sharding = first.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())  # type: ignore[no-untyped-call]
+    return sharding if sharding.is_fully_replicated else None
+
+
+def _is_committed(x: Any) -> bool:
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.committed
 
 
 def _params_home(params_arrays: list[Any]) -> Any:
