@@ -144,6 +144,12 @@ def partly_on_a_mesh() -> None:
         assert compiled.shadow["w"].sharding.spec == P(None, "model")
         for name in params:
             assert bool(jnp.array_equal(compiled.shadow[name], eager.shadow[name])), name
+        # the EMA reset to the weights: the uncommitted bias is copied before it is spread
+        # over the mesh (a put onto several devices kept its buffer: donated and read at once,
+        # the process crashed in XLA)
+        compiled = update(compiled._replace(shadow=params), params)
+        assert not params["b"].is_deleted()
+        assert bool(jnp.array_equal(compiled.shadow["b"], params["b"]))
     old, _chunked.CHUNK = _chunked.CHUNK, 1
     try:
         params = {"w": put(ON.w, P(None, "model"), ON.explicit), "b": jnp.arange(8.0)}
@@ -152,6 +158,21 @@ def partly_on_a_mesh() -> None:
         _chunked.CHUNK = old
     bank = make_bank_update(sigma_rels=(0.05, 0.10))
     bank(bank.init(params), params)
+
+
+def uncommitted_beside_one_device() -> None:
+    """A fresh state (uncommitted, on the default device) beside params committed to another
+    device goes to theirs, as a plain ``jax.jit`` moves it; so does the state the eager update
+    left half committed (its shadow beside the params, its step where it was)."""
+    d3 = jax.devices()[3]
+    params = {"w": jax.device_put(jnp.ones(3), d3)}
+    for start in ("fresh", "eager"):
+        state = ema.init({"w": jnp.zeros(3)}, CONFIG)
+        if start == "eager":
+            state = ema.update(state, params, CONFIG)
+        state = make_update(CONFIG)(state, params)
+        assert state.shadow["w"].sharding.device_set == {d3}, start
+        assert bool(jnp.array_equal(state.shadow["w"], jnp.ones(3))), start
 
 
 def main(names: list[str]) -> None:

@@ -23,6 +23,7 @@ CASES = [
     "auto_bank",
     "uncommitted_then_committed",
     "partly_on_a_mesh",
+    "uncommitted_beside_one_device",
 ]
 
 

@@ -62,3 +62,44 @@ def test_a_write_after_the_inner_swap_still_counts_as_written() -> None:
         with torch.no_grad():
             model.weight.add_(1.0)  # into a's shadow itself
     assert all(torch.equal(v, live[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("how", ["half-float", "data"])
+def test_a_conversion_inside_the_inner_swap_leaves_the_outer_averages(how: str) -> None:
+    """A conversion inside the copying swap moves the param off the outer EMA's shadow: the
+    inner swap restores the shadow it wrote too (it was left holding the inner averages)."""
+    model, a, b = _two()
+    live, averages = _values(model), {k: v.clone() for k, v in a.average.items()}
+    with a.swap(copy=False), b.swap():
+        if how == "data":
+            model.weight.data = model.weight.data.clone()
+        else:
+            model.half()
+            model.float()
+    assert all(torch.equal(v, averages[k]) for k, v in a.average.items())
+    assert all(torch.equal(v, live[k]) for k, v in model.state_dict().items())
+
+
+def test_three_levels_a_copying_swap_inside_two_non_copying_ones() -> None:
+    model, a, b = _two()
+    c = EMA(model, decay=0.7)
+    c.update()
+    live, averages = _values(model), {k: v.clone() for k, v in a.average.items()}
+    with a.swap(copy=False), b.swap(copy=False):
+        with c.swap():
+            assert torch.equal(model.weight, c.average["weight"])
+        assert torch.equal(model.weight, b.average["weight"])
+    assert all(torch.equal(v, averages[k]) for k, v in a.average.items())
+    assert all(torch.equal(v, live[k]) for k, v in model.state_dict().items())
+
+
+def test_many_inner_swaps_keep_one_version_per_open_swap() -> None:
+    from ema_core.torch import _restored
+
+    _, a, b = _two()
+    with a.swap(copy=False):
+        for _ in range(50):
+            with b.swap():
+                pass
+        assert [len(kept) for kept in _restored._KEPT.values()] == [1, 1]  # weight and bias
+    assert not _restored._KEPT

@@ -131,3 +131,50 @@ def test_load_peer_removes_a_wrappers_module_only_down_to_the_emas_names(wrapper
     state = {prefix + k: v + 1.0 for k, v in model.state_dict().items()}
     load_peer(ema, state, peer="timm", args={"decay": 0.5}, step=1)
     assert torch.equal(ema.average["module.weight"], state[prefix + "module.weight"])
+
+
+class _Wrap(torch.nn.Module):
+    """A lone ``module`` child: read as a wrapper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = torch.nn.Linear(2, 2)
+
+
+def test_the_names_stay_when_the_model_later_gains_a_child_or_a_buffer() -> None:
+    """The wrapper prefix is decided once per model: a child added later (which would make the
+    root no wrapper) changed the names under the EMA, and its next update refused them."""
+    model = _Wrap()
+    ema = EMA(model, decay=0.5)
+    model.loss = torch.nn.MSELoss()
+    model.register_buffer("scale", torch.ones(1), persistent=False)
+    model.double()  # new tensors: the EMA looks them up by name again
+    ema.update()
+    assert ema.names == ("weight", "bias")
+
+
+def _legacy_state(ema: EMA) -> dict[str, object]:
+    """``ema.state_dict()`` under the names ema-core gave before (every leading module.)."""
+    state = ema.state_dict()
+    return {**state, "shadow": {k.removeprefix("module."): v for k, v in state["shadow"].items()}}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_state_saved_under_the_names_of_before_still_loads(tmp_path, strict: bool) -> None:
+    from ema_core import checkpoint
+
+    torch.manual_seed(0)
+    source = _trained(_Net())
+    old = _legacy_state(source)
+    assert sorted(old["shadow"]) == ["bias", "head.bias", "head.weight", "weight"]
+    for load in ("state_dict", "file"):
+        target = EMA(_Net(), decay=0.5)
+        if load == "state_dict":
+            target.load_state_dict(old, strict=strict)
+        else:
+            path = tmp_path / f"old_{strict}.safetensors"
+            checkpoint.save(path, old)  # a file an EMA of before wrote
+            checkpoint.load(path, target, strict=strict)
+        assert target.step == source.step
+        for name, value in source.average.items():
+            assert torch.equal(target.average[name], value), (load, name)

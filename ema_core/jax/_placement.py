@@ -101,10 +101,10 @@ def commit_state(
     call sees (a jitted function returns committed arrays, and JAX compiles again when an
     argument turns from uncommitted or numpy to committed).
 
-    * An uncommitted array (a fresh ``init`` over uncommitted params) is committed where it
-      lives, or replicated over the devices of the state's or the params' first committed
-      array when those are several (a mesh: ``init`` over params only partly ``device_put``
-      on it; the compiled update runs there, and one device would be refused beside it).
+    * An uncommitted array (a fresh ``init`` over uncommitted params) is committed beside the
+      state's first committed array, else the params' (on its one device, or replicated over
+      its mesh: ``init`` over params only partly ``device_put`` on one; the compiled update
+      runs there, as a plain ``jax.jit`` moves an uncommitted argument), else where it lives.
     * A numpy array (a state snapshotted with ``jax.device_get``, or loaded from a file) is put
       where the params are: their one device when every committed param lives there, else the
       default device when none is committed; params committed across several devices leave it
@@ -149,21 +149,28 @@ def _placed(x: Any, home: Any, spread: Any, shared: bool) -> Any:
         return x if home is False else jax.device_put(x, home)
     if x.is_deleted():
         return x
-    if not x.committed:
-        where = spread if spread is not None else x.sharding
-        return jax.device_put(x, where, may_alias=False if shared else None)
-    if shared:  # a committed copy (jnp.copy's would not be committed)
-        return jax.device_put(x, x.sharding, may_alias=False)
-    return x
+    committed = x.committed
+    if shared:  # a buffer of its own, committed (jnp.copy's would not be)
+        x = jax.device_put(x, x.sharding, may_alias=False)
+    if committed:
+        return x
+    if spread is None:
+        return x if shared else jax.device_put(x, x.sharding)
+    # after the copy: a put onto several devices may keep the source buffer (may_alias=False
+    # or not), which a donated call would then also read
+    return jax.device_put(x, spread)
 
 
 def _replicated_home(arrays: list[Any], params_arrays: list[Any]) -> Any:
-    """A replicated sharding over the devices of the first committed array of the state, else
-    of the params, when it spans several devices of a mesh; None otherwise."""
+    """Where an uncommitted state array goes: replicated over the devices of the first
+    committed array of the state, else of the params (its one device, or its mesh); None
+    when nothing is committed or the devices are not a mesh's (left where it lives)."""
     first = next((x for x in (*arrays, *params_arrays) if _is_committed(x)), None)
-    if first is None or len(first.sharding.device_set) < 2:
+    if first is None:
         return None
     sharding = first.sharding
+    if len(sharding.device_set) == 1:
+        return jax.sharding.SingleDeviceSharding(next(iter(sharding.device_set)))
     if isinstance(sharding, jax.sharding.NamedSharding):
         return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())  # type: ignore[no-untyped-call]
     return sharding if sharding.is_fully_replicated else None

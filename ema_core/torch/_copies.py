@@ -13,6 +13,7 @@ from ema_core._config import Config, divisor
 from ema_core._config_text import config_text
 from ema_core.torch import _averages, _fsdp, _names, _options, _rules, _state
 from ema_core.torch._interrupts import HeldInterrupts
+from ema_core.torch._prefixes import renames
 
 
 class Copied(Protocol):
@@ -88,9 +89,23 @@ def checked_state(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> A
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     ema._refuse_in_swap("load_state_dict")
     ema._bound.refresh(objects=True)
+    state_dict = _renamed(ema, state_dict)
     loaded = _state.check_load(state_dict, ema.names, ema._bound.shadows, ema.config, strict)
     _kept(ema, loaded, *_state.unpack_step(state_dict))
     return loaded
+
+
+def _renamed(ema: Copied, state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``state_dict`` with shadows saved under the names of before 2026-12-06 (every leading
+    ``module.`` dropped, also a model's own ``module`` child's) under this EMA's names."""
+    shadow = state_dict.get("shadow") if isinstance(state_dict, Mapping) else None
+    if not isinstance(shadow, Mapping):
+        return state_dict  # check_load says what is wrong
+    pairs = [(t.name, t.raw or t.name) for t in ema._bound.tracked]
+    moved = renames([k for k in shadow if isinstance(k, str)], pairs)
+    if not moved:
+        return state_dict
+    return {**state_dict, "shadow": {moved.get(k, k): v for k, v in shadow.items()}}
 
 
 def _kept(ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any) -> Callable[[], None]:

@@ -11,10 +11,16 @@ refuses).
 
 A mapping or pairs carry no modules to ask: there a leading ``module.`` is dropped when every
 name has it (a DDP model's ``state_dict()``), and ``_orig_mod`` parts always.
+
+A root's prefix is decided the first time its names are read and kept for the root's life, so
+the names under an EMA never change when the model later gains a child or a buffer. Before
+2026-12-06 every leading ``module.`` was dropped (``legacy``): a state saved under those names
+still loads (``renames``).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -24,6 +30,8 @@ PREFIXES = ("module.", "_orig_mod.")
 #: Wrapper classes (by the name of the class or of a base class, so none is imported) whose
 #: child ``module`` is the model.
 DATA_PARALLEL = frozenset({"DistributedDataParallel", "DataParallel", "DeepSpeedEngine"})
+#: root -> its wrapper prefix, decided at the first read (modules hash by identity).
+_DECIDED: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def wrapper_prefix(root: torch.nn.Module) -> str:
@@ -41,10 +49,14 @@ def wrapper_prefix(root: torch.nn.Module) -> str:
     >>> wrapper_prefix(Net()), wrapper_prefix(torch.nn.DataParallel(Net()))
     ('', 'module.')
     """
+    decided = _DECIDED.get(root)
+    if decided is not None:
+        return decided
     prefix, module = "", root
     while (inner := _wrapped_child(module)) is not None:
         prefix += inner + "."
         module = module._modules[inner]  # type: ignore[assignment]
+    _DECIDED[root] = prefix
     return prefix
 
 
@@ -78,6 +90,43 @@ def strip_all(names: Iterable[str]) -> list[str]:
     while out and all(name.startswith("module.") for name in out):
         out = [name.removeprefix("module.") for name in out]
     return out
+
+
+def legacy(raw: str) -> str:
+    """The name ema-core gave the raw name ``raw`` before 2026-12-06: ``_orig_mod`` parts and
+    every leading ``module.`` dropped.
+
+    >>> legacy("module.module.weight"), legacy("head.module.weight")
+    ('weight', 'head.module.weight')
+    """
+    name = drop_compiled(raw)
+    while name.startswith("module."):
+        name = name.removeprefix("module.")
+    return name
+
+
+def renames(saved: Iterable[str], tracked: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Saved name -> the EMA's name, for the saved names the EMA lacks that are the ``legacy``
+    name of exactly one tracked tensor (``(name, raw name)`` pairs) whose own name is not
+    saved too: a state saved before 2026-12-06 by an EMA of a model with a ``module`` child.
+
+    >>> tracked = [("module.weight", "module.weight"), ("head.bias", "head.bias")]
+    >>> renames(["weight", "head.bias"], tracked)
+    {'weight': 'module.weight'}
+    """
+    pairs = list(tracked)
+    names = {name for name, _ in pairs}
+    keys = list(saved)
+    if all(key in names for key in keys):
+        return {}
+    old: dict[str, list[str]] = {}
+    for name, raw in pairs:
+        old.setdefault(legacy(raw), []).append(name)
+    return {
+        key: old[key][0]
+        for key in keys
+        if key not in names and len(old.get(key, ())) == 1 and old[key][0] not in keys
+    }
 
 
 def drop_compiled(name: str) -> str:

@@ -2,26 +2,28 @@
 EMA does not take them for writes into its shadows.
 
 Inside ``a.swap(copy=False)`` the model's tensors are ``a``'s shadows; ``b.swap()`` (copying)
-writes ``b``'s averages into them and on exit puts the saved values back bit for bit. Their
-version counters still moved, which ``a`` reads as "written". While ``a`` lends a shadow it
-opens a run at the tensor's version; each copying restore that starts where the run ends
-extends it to the version it ends at, and ``a`` counts the tensor unwritten when its run ends
-at the current version. Runs are keyed by ``id`` of the live tensor, which the lending swap
-holds until it closes the run: no weak reference is taken (``torch.utils.swap_tensors``, under
-torch's conversion flag, refuses a tensor that has one).
+writes ``b``'s averages into them and on exit puts the saved values back bit for bit, into
+the storage it wrote (also where a conversion inside the block gave the param another one).
+Their version counters still moved, which ``a`` reads as "written". While ``a`` lends a shadow
+it keeps the tensor's version at which the values are its own; a copying restore that starts
+at that version moves it to the version the restore ends at (for every open non-copying swap
+of the tensor: they share its one version counter), and ``a`` counts the tensor unwritten when
+the version it keeps is the current one. Entries are keyed by ``id`` of the live tensor, which
+the lending swap holds until it closes its entry: no weak reference is taken
+(``torch.utils.swap_tensors``, under torch's conversion flag, refuses a tensor that has one).
 """
 
 from __future__ import annotations
 
 import torch
 
-#: id(live tensor) -> a run per open ``swap(copy=False)`` lending it, innermost last: the
-#: version it lent at, then the end of each copying restore that followed with no other write.
-_RUNS: dict[int, list[list[int]]] = {}
+#: id(live tensor) -> per open ``swap(copy=False)`` lending it, outermost first: the version
+#: at which it holds that swap's values (its lending, or the end of a copying restore since).
+_KEPT: dict[int, list[int]] = {}
 
 
 def lend(live: torch.Tensor) -> None:
-    """A non-copying swap put a shadow into ``live``: open its run at the current version.
+    """A non-copying swap put a shadow into ``live``: keep its current version.
 
     >>> t = torch.zeros(2)
     >>> lend(t)
@@ -31,29 +33,33 @@ def lend(live: torch.Tensor) -> None:
     >>> record(t, t._version - 2, t._version); undone(t), close(t)
     (True, None)
     """
-    _RUNS.setdefault(id(live), []).append([live._version])
+    _KEPT.setdefault(id(live), []).append(live._version)
+
+
+def lent(live: torch.Tensor) -> bool:
+    """Whether a non-copying swap lends ``live`` a shadow now."""
+    return id(live) in _KEPT
 
 
 def record(live: torch.Tensor, before: int, after: int) -> None:
     """``live`` went from version ``before`` to ``after`` and holds its values of ``before``
-    again (a copying put and its restore): extend the innermost open run that ends at
-    ``before``."""
-    runs = _RUNS.get(id(live))
-    if runs and runs[-1][-1] == before:
-        runs[-1].append(after)
+    again (a copying put and its restore)."""
+    kept = _KEPT.get(id(live))
+    if kept:
+        _KEPT[id(live)] = [after if version == before else version for version in kept]
 
 
 def undone(live: torch.Tensor) -> bool:
-    """Whether every write to ``live`` since the innermost open run began was undone by copying
+    """Whether every write to ``live`` since the innermost open lending was undone by copying
     swaps."""
-    runs = _RUNS.get(id(live))
-    return bool(runs) and runs[-1][-1] == live._version  # type: ignore[index]
+    kept = _KEPT.get(id(live))
+    return bool(kept) and kept[-1] == live._version  # type: ignore[index]
 
 
 def close(live: torch.Tensor) -> None:
-    """The non-copying swap that lent ``live`` a shadow ends: drop its run."""
-    runs = _RUNS.get(id(live))
-    if runs:
-        runs.pop()
-    if not runs:
-        _RUNS.pop(id(live), None)
+    """The innermost non-copying swap that lent ``live`` a shadow ends: drop its entry."""
+    kept = _KEPT.get(id(live))
+    if kept:
+        kept.pop()
+    if not kept:
+        _KEPT.pop(id(live), None)

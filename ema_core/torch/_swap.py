@@ -26,9 +26,9 @@ their modules' dicts (parameters too under torch's ``set_overwrite_module_params
 the exit puts the live values into what the owning modules hold then, cast to its dtype; a
 submodule the user replaced keeps what the user put there.
 
-``check_target`` validates ``copy_to``'s targets before the first write; ``eager`` keeps an
-update out of ``torch.compile``'s traces. Ctrl-C is held while tensors are put in or taken out
-(``_interrupts.HeldInterrupts``).
+A copying swap nested in another EMA's ``swap(copy=False)`` tells it the writes it undid
+(``_restored``). ``eager`` keeps an update out of ``torch.compile``'s traces. Ctrl-C is held
+while tensors are put in or taken out (``_interrupts.HeldInterrupts``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from ema_core.backends.torch._caches import forget_derived
-from ema_core.backends.torch._memory import short_memory
-from ema_core.torch import _dtensor, _restored
+from ema_core.torch import _restored
+from ema_core.torch._averages import expanded
 from ema_core.torch._eager import eager
 from ema_core.torch._interrupts import HeldInterrupts
 
@@ -58,6 +58,8 @@ class Put:
             target = live.detach()
             self.by_data = False
             self.version = None if self.inference else live._version  # for _restored
+            # another EMA's lent shadow: restored where written, if a conversion moves live
+            self.wrote = target if _restored.lent(live) else None
             with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
                 self.saved = target.clone()
                 target.copy_(average)
@@ -84,8 +86,11 @@ class Put:
                 _restored.close(live)
             live.data = self.saved
             return written
+        wrote = self.wrote
         with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
             live.detach().copy_(self.saved)
+            if wrote is not None and wrote.data_ptr() != live.data_ptr():
+                wrote.copy_(self.saved)
         if self.version is not None:  # its values of before, bit for bit: an outer swap's shadow
             _restored.record(live, self.version, live._version)
         return written
@@ -200,59 +205,7 @@ def _restore_all(puts: list[Put], names: Sequence[str], now: Sequence[Any] | Non
     return written
 
 
-def check_target(name: str, target: torch.Tensor | None, average: torch.Tensor) -> None:
-    """Raise unless ``copy_to`` can write ``average`` into ``target`` whole and exactly
-    (checked for every name before the first write).
-
-    Raises:
-        ValueError: no target, another shape, or no writable data (meta, sparse, expanded,
-            inference-mode outside ``torch.inference_mode``, storage freed).
-        TypeError: a float average into an integer target, a complex one into a real target,
-            an integer one into another dtype.
-    """
-    where = f"copy_to: {name!r}"
-    if target is None or target.shape != average.shape:
-        got = "no tensor" if target is None else f"shape {tuple(target.shape)}"
-        raise ValueError(f"{where} with shape {tuple(average.shape)} has {got} there")
-    if _dtensor.is_dtensor(average):  # a plain average fills a DTensor's shard (copy_into)
-        _dtensor.check_layout(
-            f"{where}: the target",
-            target,
-            average,
-            "the average",
-            "copy into a model sharded the same way, or gather average[name].full_tensor() "
-            "on every rank",
-        )
-    floating = average.is_floating_point() or average.is_complex()
-    exact = target.dtype == average.dtype or (
-        floating
-        and (target.is_complex() or (target.is_floating_point() and not average.is_complex()))
-    )
-    if not exact:
-        raise TypeError(
-            f"{where}: an average of dtype {average.dtype} cannot be written into "
-            f"a tensor of dtype {target.dtype} without losing values"
-        )
-    inference = target.is_inference() and not torch.is_inference_mode_enabled()
-    if target.is_meta or target.layout != torch.strided or expanded(target) or inference:
-        raise ValueError(
-            f"{where} must be a writable dense tensor with data, got layout {target.layout} on "
-            f"device {target.device}, stride {target.stride()}, inference={target.is_inference()}"
-        )
-    plain = type(target) in (torch.Tensor, torch.nn.Parameter)  # a DTensor: its shard's
-    if plain and (why := short_memory(target)) is not None:
-        raise ValueError(f"{where}: {why}")
-
-
 def by_copy(live: torch.Tensor, copy: bool) -> bool:
     """Whether ``Put`` writes the average into ``live``'s memory (``copy=True``, an inference
     tensor, anything but a plain Parameter) rather than pointing its ``.data`` at it."""
     return copy or live.is_inference() or not _plain_parameter(live)
-
-
-def expanded(tensor: torch.Tensor) -> bool:
-    """Whether some elements of ``tensor`` share memory (a stride 0 over a dimension of more
-    than one element, as ``expand`` makes): torch refuses to write into it."""
-    if tensor.layout != torch.strided:
-        return False
-    return any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape, strict=True))
