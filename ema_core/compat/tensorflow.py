@@ -16,6 +16,7 @@ new object every step) name them, so the new values find their shadows, and read
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -111,6 +112,7 @@ class ExponentialMovingAverage:
         slots = [self._find(i, key, name, var) for i, (key, name, var) in enumerate(items)]
         if len({id(slot) for slot in slots}) < len(slots):
             raise ValueError("var_list holds one array twice, named and not: each is averaged once")
+        self._warn_if_renewed(items, slots)
         shadows = {key: slot.shadow for (key, _, _), slot in zip(items, slots, strict=True)}
         check_like({key: var for key, _, var in items}, shadows, "var_list")  # as applied before
         field = "biased" if self._zero_debias else "shadow"
@@ -149,6 +151,25 @@ class ExponentialMovingAverage:
                 "under one name"
             )
         return held
+
+    def _warn_if_renewed(self, items: list[Any], slots: list[Slot]) -> None:
+        """Warn when an unnamed array gets a new shadow while an unnamed one of its shape and
+        dtype, averaged before, is not in this ``var_list``: unnamed arrays are found by
+        identity, and ``w.detach()`` or a JAX array is a new object every step, so each step
+        would start a new average (and keep the old ones) instead of updating one."""
+        known = {id(slot) for slot in self._slots.values()}
+        applied = {id(slot) for slot in slots}
+        idle = [s for s in self._slots.values() if s.name is None and id(s) not in applied]
+        for i, ((_, name, var), slot) in enumerate(zip(items, slots, strict=True)):
+            if name is None and id(slot) not in known and any(_alike(s.var, var) for s in idle):
+                warnings.warn(
+                    f"var_list[{i}] is a new unnamed array of the shape and dtype of one "
+                    "averaged before and not passed now: unnamed arrays are found by identity "
+                    "(w.detach() or a JAX array is a new object each step), so it starts a new "
+                    "average; pass (name, array) pairs, a dict or a torch module",
+                    stacklevel=3,
+                )
+                return
 
     def _new_slot(self, var: Array, name: str | None) -> Slot:
         """A shadow for a variable seen for the first time (kept only once ``apply`` succeeds)."""
@@ -220,3 +241,7 @@ class ExponentialMovingAverage:
         if slot.biased is not None and biased is not None:
             slot.biased = assign(slot.biased, biased)
         slot.local_step = step
+
+
+def _alike(a: Any, b: Any) -> bool:
+    return bool(tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype)

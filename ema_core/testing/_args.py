@@ -4,11 +4,13 @@ by name (``TypeError`` for a type, ``ValueError`` for a value) before anything r
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import array_api_compat as compat
+import numpy as np
 
 from ema_core._checks import check_positive
 from ema_core._types import Namespace
@@ -65,11 +67,13 @@ def count(value: Any, arg: str) -> int:
 
 
 def tolerance(value: Any, arg: str) -> float | None:
-    """None, or a finite Python number >= 0."""
+    """None, or a finite real number >= 0: a Python one, or a real numpy scalar (a tolerance
+    sized as ``np.finfo(np.float32).eps * 8`` is a float32; ml_dtypes' bfloat16 eps too)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{arg} must be a float >= 0 or None, got {type(value).__name__}")
+    scalar = isinstance(value, np.generic) and value.dtype.kind in "fiu"
+    if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or scalar):
+        raise TypeError(f"{arg} must be a real number >= 0 or None, got {type(value).__name__}")
     try:
         number = float(value)
     except OverflowError:  # an int past the largest float

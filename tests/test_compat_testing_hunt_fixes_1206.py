@@ -1,0 +1,63 @@
+"""Two small promises a hunt of 2026-12-06 found broken: TensorFlow's compat EMA gave an
+unnamed array that is a new object each step (``w.detach()``) a new average every ``apply``
+without a word (found by identity, as TF does: the old averages stay and none advances), and
+the test kit refused a tolerance sized as ``np.finfo(np.float32).eps * 8`` (a float32)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from ema_core import Config, schedules
+from ema_core.compat.tensorflow import ExponentialMovingAverage
+from ema_core.testing import Trajectory, assert_matches
+
+
+def test_tf_warns_when_an_unnamed_array_renewed_each_step_starts_a_new_average() -> None:
+    w = np.ones(3, dtype=np.float32)
+    ema = ExponentialMovingAverage(0.5)
+    ema.apply([w.copy()])
+    with pytest.warns(UserWarning, match=r"var_list\[0\] is a new unnamed array"):
+        ema.apply([w.copy() + 1.0])  # a new object of the same shape and dtype
+
+
+def test_tf_keeps_quiet_for_a_kept_array_a_named_one_and_a_new_variable() -> None:
+    w, v = np.ones(3, dtype=np.float32), np.ones(2, dtype=np.float32)
+    ema = ExponentialMovingAverage(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ema.apply([w])
+        w += 1.0
+        ema.apply([w])  # the same object, updated in place
+        ema.apply([w, v])  # a new variable of another shape
+        named = ExponentialMovingAverage(0.5)
+        named.apply([("w", w.copy())])
+        named.apply([("w", w.copy())])  # named: found by its name
+    assert float(ema.average(w)[0]) == 1.75
+
+
+def _make(init: dict[str, np.ndarray]):  # a correct EMA: a copy, then decay 0.9
+    shadow = {k: v.astype(np.float64) for k, v in init.items()}
+
+    def step(params: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
+        decay = 0.0 if t == 1 else 0.9  # ema-core's first update copies
+        for k, v in params.items():
+            shadow[k] = decay * shadow[k] + (1 - decay) * v
+        return {k: v.astype(np.float32) for k, v in shadow.items()}
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "tolerance", [np.finfo(np.float32).eps * 8, np.float16(1e-3), np.int64(0) + np.float32(1e-4)]
+)
+def test_the_kit_takes_a_tolerance_that_is_a_numpy_scalar(tolerance: object) -> None:
+    config = Config(schedule=schedules.constant(0.9), init="copy")
+    rng = np.random.default_rng(0)
+    nests = [{"w": rng.standard_normal(4).astype(np.float32)} for _ in range(5)]
+    trajectory = Trajectory(nests[0], nests[1:])
+    assert_matches(_make, config, trajectory, rtol=tolerance)  # refused: "got float32"
+    with pytest.raises(TypeError, match="rtol must be a real number"):
+        assert_matches(_make, config, trajectory, rtol=np.bool_(True))
