@@ -5,7 +5,9 @@ all frameworks before anything is built (pure Python, core level).
 * ``check_snapshot_dir``: the directory alone, also checked again before an update after which
   a bank writes snapshots.
 * ``snapshot_sigma_rels``: each EMA's sigma_rel, refusing an EMA without one, and
-  (``check_compensated``) one whose interval is uncompensated.
+  (``check_power_profile``) one whose average is not the power-function EMA of that sigma_rel:
+  an uncompensated interval, or a zero-started shadow read with another ``correction`` than
+  ``"exact"``.
 
 The snapshot interval rule: the EMAs of a bank that writes snapshots share one ``interval``
 and ``snapshot_every`` is a multiple of it. ``posthoc.save_snapshot`` refuses a step that is
@@ -24,7 +26,12 @@ from ema_core._banks import sigma_rel_of
 from ema_core._checks import check_positive
 from ema_core._config import Config
 
-__all__ = ["check_compensated", "check_snapshot_dir", "check_snapshots", "snapshot_sigma_rels"]
+__all__ = [
+    "check_power_profile",
+    "check_snapshot_dir",
+    "check_snapshots",
+    "snapshot_sigma_rels",
+]
 
 
 def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
@@ -32,7 +39,7 @@ def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
 
     Raises:
         ValueError: a config is not a power function, naming it (its sigma_rel is unknown),
-            or has an uncompensated interval (``check_compensated``).
+            or reads an average that is not its power function (``check_power_profile``).
     """
     found = []
     for k, config in enumerate(configs):
@@ -42,21 +49,31 @@ def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
                 f"configs[{k}] has no sigma_rel (its schedule {config.schedule!r} is not a "
                 "schedules.power_function); post-hoc snapshots need power-function EMAs"
             )
-        check_compensated(config, f"configs[{k}]")
+        check_power_profile(config, f"configs[{k}]")
         found.append(sigma_rel)
     return tuple(found)
 
 
-def check_compensated(config: Config, what: str) -> None:
-    """Raise unless ``config``'s updates follow its power function: an ``interval`` n > 1
-    with ``compensate=False`` applies one step's decay every n steps, a profile of another
-    gamma than the one a snapshot would record.
+def check_power_profile(config: Config, what: str) -> None:
+    """Raise unless ``config``'s average is the power-function EMA of its sigma_rel, the
+    profile its snapshots record. Two settings read another average:
+
+    * an ``interval`` n > 1 with ``compensate=False`` applies one step's decay every n steps,
+      a profile of another gamma;
+    * ``init="zeros"`` read with a ``correction`` other than ``"exact"``. ``"power"`` divides
+      by ``1 - d_t**t``, but a power function's first decay is 0, so its zero-started shadow
+      needs no correction: the average comes out scaled by up to ``1 / (1 - e**-(gamma + 1))``
+      (1 + 3.6e-4 for sigma_rel 0.10, 1.22 for 0.25). ``"none"`` is right only when the
+      first update is step 1: one at a later step t0 starts at ``(1 - d_t0) * params``.
+      ``"exact"`` divides by ``1 - prod(d)``: 1 from step 1 on, a copy at a later first
+      update (as ``init="copy"``). Under another ``init`` the correction is not used.
 
     Raises:
-        ValueError: naming ``what``, its interval and the remedy.
+        ValueError: naming ``what``, the offending settings and the remedy.
 
     Example:
-        >>> check_compensated(Config(interval=4), "configs[0]")
+        >>> check_power_profile(Config(interval=4), "configs[0]")
+        >>> check_power_profile(Config(init="zeros"), "configs[0]")  # correction="exact"
     """
     if config.interval > 1 and not config.compensate:
         raise ValueError(
@@ -64,6 +81,19 @@ def check_compensated(config: Config, what: str) -> None:
             f"step's decay every {config.interval} steps, which is not the power function of "
             "its sigma_rel, so its snapshots would be reconstructed wrongly; post-hoc "
             "snapshots need compensate=True (the default)"
+        )
+    if config.init == "zeros" and config.correction != "exact":
+        why = (
+            "divides the zero-started shadow by 1 - d_t**t, which a power function (first "
+            "decay 0) does not need: the average is scaled away from the EMA of its sigma_rel"
+            if config.correction == "power"
+            else "reads the raw zero-started shadow, which is scaled by 1 - prod(d) unless "
+            "the first update was step 1"
+        )
+        raise ValueError(
+            f"{what} has init='zeros' with correction={config.correction!r}: it {why}, so its "
+            "snapshots would be reconstructed wrongly; post-hoc snapshots of a zero-started "
+            "EMA need correction='exact' (the default)"
         )
 
 

@@ -80,8 +80,9 @@ def make_bank_update(
             not a bool.
         ValueError: no EMA (K = 0); a sigma_rel out of range or repeated; ``interval < 1``;
             ``snapshot_every`` < 1, or one of ``snapshot_every`` / ``snapshot_dir`` without
-            the other, or with a config that is not a power function (its sigma_rel is
-            unknown), or EMAs whose intervals differ or do not divide ``snapshot_every``.
+            the other, or with a config whose average is not a power-function EMA
+            (``_snapshot_args.check_power_profile``), or EMAs whose intervals differ or do
+            not divide ``snapshot_every``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -179,7 +180,7 @@ class BankUpdate:
         whose snapshots did not), ``save_snapshots(snapshot_dir, error.states)`` writes them.
 
         Raises:
-            ValueError: an EMA is not a power function (its sigma_rel is unknown), or
+            ValueError: an EMA's average is not a power-function EMA (as above), or
                 ``steps`` does not hold K steps, or does not scale the states' steps by one
                 whole factor (``_bank_snapshots.check_given_steps``). TypeError: ``steps``
                 is not a list or tuple.

@@ -18,7 +18,8 @@ How the pieces fit:
   ``list_snapshots`` (reads headers only, checks that a directory's snapshots agree). The
   file format itself is ``ema_core._safetensors`` (numpy alone, bfloat16 without torch, one
   tensor at a time), shared with ``ema_core.checkpoint``.
-- ``_leaves``: names of a nest's arrays, host copies and back to a framework.
+- ``_leaves``: names of a nest's arrays, host copies and back to a framework (``like``'s
+  torch extra state kept as it is).
 - ``_reconstruct``: ``reconstruct``, streaming one tensor of one snapshot at a time.
 - ``__main__``: ``python -m ema_core.posthoc DIR --sigma-rel 0.05 0.1 --out FILE``; ``_plot``
   draws the profiles (matplotlib, the ``plot`` extra).

@@ -7,8 +7,9 @@ for several (``ema.safetensors`` -> ``ema-0.05.safetensors``, ``ema-0.1.safetens
 repeated ``--sigma-rel`` adds its targets. A file holds every tied name the snapshots record
 (``out.weight = emb.weight``), so it loads strictly (names holding ``/`` or ``~`` are
 written as the snapshots escape them, ``~1`` and ``~0``: load those through ``reconstruct(...,
-like=model.state_dict())``). Every result is computed before the first
-file is written. ``--plot PNG`` draws the profiles.
+like=model.state_dict())``, as a model with a module's ``_extra_state``, which no snapshot
+holds). Every result is computed before the first file is written. ``--plot PNG`` draws the
+profiles; a ``--plot`` that is an ``--out`` file is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -84,18 +85,36 @@ def _write(path: Path, arrays: dict[str, np.ndarray], at: int, sigma_rel: float)
 def _check_outputs(
     parser: argparse.ArgumentParser, outs: list[Path], plot: Path | None, directory: Path
 ) -> None:
-    """Refuse (exit 2, before anything is read) an output that is a directory, or an ``--out``
-    that would put a snapshot-named file among the snapshots."""
-    for flag, path in [("--out", p) for p in outs] + [("--plot", plot)]:
-        if path is not None and path.is_dir():
+    """Refuse (exit 2, before anything is read) an output that is a directory, one that would
+    put a snapshot-named file among the snapshots, or a ``--plot`` that is an ``--out`` file
+    (the one would overwrite the other)."""
+    given = [("--out", p) for p in outs] + ([("--plot", plot)] if plot is not None else [])
+    for flag, path in given:
+        if path.is_dir():
             parser.error(f"{flag} {path} is a directory; give a file name")
-    for path in outs:
         if _lands_in(path, directory):
             parser.error(
-                f"--out {path} would be a snapshot-named file in the snapshot directory "
+                f"{flag} {path} would be a snapshot-named file in the snapshot directory "
                 f"{directory} (phema-<step>-<sigma_rel>.safetensors), which a later listing "
                 "would read as a snapshot; give another name or folder"
             )
+    for path in outs:
+        if plot is not None and _same_file(path, plot):
+            parser.error(
+                f"--plot {plot} is the file --out writes ({path}): the plot and the "
+                "reconstruction would overwrite each other; give the plot another name"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (the same path once links are resolved, or two
+    links to one existing file)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: the paths differ, so the files will
+        return False
 
 
 def _lands_in(out: Path, directory: Path) -> bool:

@@ -4,21 +4,29 @@ A leaf's name joins its path's keys with ``/``, each key escaped as in a JSON po
 ``~0``, ``/`` as ``~1``), as ``ema_core.jax.state_dict`` names them: ``{"a/b": x}`` is
 ``a~1b`` and ``{"a": {"b": x}}`` is ``a/b``. Keys that still print alike (the int ``0`` and the
 string ``"0"`` in one dict) are refused. Only ``sys.modules`` is read to recognise a framework.
+
+A ``like`` of ``reconstruct`` may hold a torch module's extra state (``get_extra_state``: the
+``state_dict`` key ``_extra_state`` or ``<prefix>._extra_state``, e.g. TransformerEngine's fp8
+metadata): any object, never tracked by an EMA nor in a snapshot. What lies under such a key is
+kept as it is (``Like.kept``), so that ``model.load_state_dict(reconstruct(..., like=...))``
+loads strictly.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat as compat
 import numpy as np
 
 from ema_core._ops import is_host_array
-from ema_core._paths import leaf_names
+from ema_core._paths import Path, leaf_names
 from ema_core._tree import TreeDef, flatten, unflatten
 
 __all__ = [
+    "EXTRA_STATE",
+    "Like",
     "check_has_data",
     "check_whole",
     "framework_of",
@@ -33,6 +41,11 @@ __all__ = [
 
 def named_leaves(tree: Any, what: str) -> tuple[list[str], list[Any], TreeDef]:
     """The names, leaves and tree definition of a nest (``what`` names it in errors)."""
+    names, leaves, _, treedef = _named_paths(tree, what)
+    return names, leaves, treedef
+
+
+def _named_paths(tree: Any, what: str) -> tuple[list[str], list[Any], list[Path], TreeDef]:
     leaves, paths, treedef = flatten(tree, what)
     if treedef.kind == "leaf":
         raise TypeError(
@@ -40,7 +53,7 @@ def named_leaves(tree: Any, what: str) -> tuple[list[str], list[Any], TreeDef]:
         )
     if not leaves:
         raise ValueError(f"{what} holds no arrays")
-    return leaf_names(paths, what), leaves, treedef
+    return leaf_names(paths, what), leaves, list(paths), treedef
 
 
 def framework_of(leaf: Any, where: str) -> str:
@@ -55,7 +68,14 @@ def framework_of(leaf: Any, where: str) -> str:
 
 def check_has_data(leaf: Any, where: str) -> None:
     """``ValueError`` for a torch tensor on the meta device (a shape but no values), or a
-    DTensor (this rank holds a shard of it, not its values)."""
+    DTensor (this rank holds a shard of it, not its values); ``TypeError`` for a torch tensor
+    that is not dense (sparse, mkldnn: not one block of values a snapshot can hold)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and compat.is_torch_array(leaf) and leaf.layout != torch.strided:
+        raise TypeError(
+            f"{where} is a torch tensor of layout {leaf.layout}, not a dense (strided) one: "
+            "snapshots hold dense arrays; pass its .to_dense()"
+        )
     if compat.is_torch_array(leaf) and leaf.device.type == "meta":
         raise ValueError(
             f"{where} is a torch tensor on the meta device (a shape without values); snapshots "
@@ -139,18 +159,46 @@ def tied_groups(names: list[str], leaves: list[Any]) -> list[list[str]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
-def like_leaves(like: Any) -> tuple[list[str], list[Any], TreeDef]:
+#: torch's ``state_dict`` key (or key suffix after a module prefix) of a module's extra state.
+EXTRA_STATE = "_extra_state"
+
+
+class Like(NamedTuple):
+    """``reconstruct``'s ``like``: its names, leaves and tree definition, and the names of the
+    leaves under an extra-state key (``kept``: returned as they are, not filled)."""
+
+    names: list[str]
+    leaves: list[Any]
+    treedef: TreeDef
+    kept: frozenset[str]
+
+
+def _is_extra_state(path: Path) -> bool:
+    keys = [entry[1] for entry in path if entry[0] == "key" and isinstance(entry[1], str)]
+    return any(k == EXTRA_STATE or k.endswith("." + EXTRA_STATE) for k in keys)
+
+
+def like_leaves(like: Any) -> Like:
     """``like``'s names, leaves and tree definition (``named_leaves``), each leaf checked to be
     an array that can hold the result: of a known framework, not on torch's meta device, not
-    a DTensor.
+    a DTensor. A leaf under an extra-state key is any object, kept as it is.
 
     Raises:
         TypeError: a leaf that is not an array (a Python number, ``jax.ShapeDtypeStruct``).
         ValueError: a meta tensor or a DTensor, naming ``like[name]``.
+
+    Example:
+        >>> import numpy as np
+        >>> found = like_leaves({"w": np.zeros(2), "norm._extra_state": {"scale": 2}})
+        >>> found.names, sorted(found.kept)
+        (['w', 'norm._extra_state/scale'], ['norm._extra_state/scale'])
     """
-    names, leaves, treedef = named_leaves(like, "like")
+    names, leaves, paths, treedef = _named_paths(like, "like")
+    kept = frozenset(n for n, p in zip(names, paths, strict=True) if _is_extra_state(p))
     for name, leaf in zip(names, leaves, strict=True):
         where = f"like[{name!r}]"
+        if name in kept:
+            continue
         framework_of(leaf, where)
         if compat.is_torch_array(leaf) and leaf.device.type == "meta":
             raise ValueError(
@@ -159,16 +207,15 @@ def like_leaves(like: Any) -> tuple[list[str], list[Any], TreeDef]:
                 "materialised with to_empty(device='cpu')), or leave like out for numpy arrays"
             )
         check_whole(leaf, where)
-    return names, leaves, treedef
+    return Like(names, leaves, treedef, kept)
 
 
-def rebuild(
-    arrays: dict[str, np.ndarray], like: tuple[list[str], list[Any], TreeDef], shapes_from: str
-) -> Any:
+def rebuild(arrays: dict[str, np.ndarray], like: Like, shapes_from: str) -> Any:
     """A nest shaped like ``like`` (``like_leaves``) holding ``arrays`` (matched by name) in
-    ``like``'s leaves' framework, device and dtype."""
-    names, leaves, treedef = like
-    missing = [n for n in names if n not in arrays]
+    ``like``'s leaves' framework, device and dtype; a kept leaf (extra state) the snapshots do
+    not hold is ``like``'s own."""
+    names, leaves, treedef, kept = like
+    missing = [n for n in names if n not in arrays and n not in kept]
     extra = sorted(set(arrays) - set(names))
     if missing or extra:
         hint = (
@@ -185,6 +232,9 @@ def rebuild(
         )
     out = []
     for name, leaf in zip(names, leaves, strict=True):
+        if name not in arrays:  # extra state: not an EMA's
+            out.append(leaf)
+            continue
         if tuple(leaf.shape) != arrays[name].shape:
             raise ValueError(
                 f"like[{name!r}] has shape {tuple(leaf.shape)}, the snapshots {arrays[name].shape}"

@@ -32,6 +32,7 @@ __all__ = [
     "gamma_to_sigma_rel",
     "inner",
     "inner_products",
+    "real_array",
     "sigma_rel_to_gamma",
 ]
 
@@ -148,14 +149,56 @@ def inner_products(t_a: Any, gamma_a: Any, t_b: Any, gamma_b: Any) -> FloatArray
         A float64 array of the broadcast shape.
 
     Raises:
-        ValueError: a time or an exponent is not finite and > 0.
+        TypeError: an argument that is not a real number, a numpy array or a (nested) list or
+            tuple of real numbers (a str, a complex, a bool, a torch tensor), as ``solve``.
+        ValueError: a time or an exponent is not finite and > 0; a ragged nest; shapes that
+            do not broadcast.
 
     Example:
         >>> float(inner_products(100, 6.94, 100, 6.94)) == (7.94**2 / 14.88) / 100
         True
     """
-    values = [np.asarray(v, dtype=np.float64) for v in (t_a, gamma_a, t_b, gamma_b)]
-    for name, value in zip(("t_a", "gamma_a", "t_b", "gamma_b"), values, strict=True):
+    names = ("t_a", "gamma_a", "t_b", "gamma_b")
+    values = [real_array(n, v) for n, v in zip(names, (t_a, gamma_a, t_b, gamma_b), strict=True)]
+    for name, value in zip(names, values, strict=True):
         if not np.all(np.isfinite(value) & (value > 0.0)):
             raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-    return inner(*np.broadcast_arrays(*values))
+    try:
+        return inner(*np.broadcast_arrays(*values))
+    except ValueError:
+        shapes = ", ".join(f"{n} {v.shape}" for n, v in zip(names, values, strict=True))
+        raise ValueError(f"the arguments' shapes do not broadcast: {shapes}") from None
+
+
+def real_array(name: str, value: Any) -> FloatArray:
+    """``value`` as a float64 array: a real number (numpy's too), a numpy array of integers or
+    floats, or a (nested) list or tuple of real numbers; bools, strings, complex numbers and
+    other frameworks' arrays are refused, as ``solve`` refuses them.
+
+    Raises:
+        TypeError: naming ``name``, the value's type and what is allowed.
+        ValueError: a ragged nest of lists.
+
+    Example:
+        >>> real_array("t_a", [100, 200.0]).tolist()
+        [100.0, 200.0]
+    """
+    allowed = "a real number or an array-like (numpy array, list, tuple) of real numbers, no bools"
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return np.asarray(float(value))
+    if not isinstance(value, (np.ndarray, list, tuple)) or _holds_bool(value):
+        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    try:
+        array = np.asarray(value)
+    except ValueError as err:
+        raise ValueError(f"{name} must be a rectangular nest of numbers: {err}") from None
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be {allowed}, got an array of dtype {array.dtype}: {value!r}")
+    return array.astype(np.float64)
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether a list or tuple holds a bool at any depth (numpy would read it as 0 or 1)."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return isinstance(value, (list, tuple)) and any(_holds_bool(v) for v in value)

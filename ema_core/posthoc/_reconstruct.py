@@ -23,7 +23,7 @@ import numpy as np
 from ema_core._checks import check_choice
 from ema_core._safetensors import Reader, bf16_to_float32
 from ema_core.posthoc._coefficients import Solution, solve_quietly
-from ema_core.posthoc._leaves import like_leaves, rebuild, tied_groups
+from ema_core.posthoc._leaves import Like, like_leaves, rebuild, tied_groups
 from ema_core.posthoc._listing import SnapshotInfo, list_snapshots
 from ema_core.posthoc._math import check_posthoc_sigma_rel
 from ema_core.posthoc._warning import UNIT_ROUNDOFF, amplification_limit, warn_if_inaccurate
@@ -116,7 +116,8 @@ def reconstruct(
         like: a nest (a ``state_dict``, a pytree) whose names match the snapshots' arrays: the
             result is then such a nest, each array in ``like``'s framework, device and dtype.
             A tied name (``out.weight = emb.weight``) the snapshots record as an alias of an
-            array is filled from that array.
+            array is filled from that array; a torch module's extra state (a key
+            ``_extra_state`` or ``<prefix>._extra_state``: any object) is kept as it is.
         progress: called after each snapshot read with ``(done, total, info)``.
 
     Returns:
@@ -220,12 +221,12 @@ def _add(
 
 
 def _tied(
-    arrays: dict[str, np.ndarray], like: tuple[list[str], list[Any], Any], infos: list[SnapshotInfo]
+    arrays: dict[str, np.ndarray], like: Like, infos: list[SnapshotInfo]
 ) -> dict[str, np.ndarray]:
     """``arrays`` and each name of ``like`` (``like_leaves``) that is another name of one of
     them (tied weights): recorded as an alias in the snapshots, or a torch tensor of ``like``
     on the storage of one of them (``model.state_dict()`` of a tied model)."""
-    names, leaves, _ = like
+    names, leaves = like.names, like.leaves
     aliases = aliases_of(infos)
     for group in tied_groups(names, leaves):
         source = next((n for n in group if n in arrays), None)

@@ -73,9 +73,10 @@ def save_snapshot(
         The snapshot's path.
 
     Raises:
-        TypeError: an argument or a leaf of the wrong type (complex leaves included), an
-            ``EMAState``. ValueError: a value out of range, two leaves that would share a name,
-            an ``EMA`` that is not a power function or disagrees with ``step`` / ``sigma_rel`` /
+        TypeError: an argument or a leaf of the wrong type (complex leaves and sparse torch
+            tensors included), an ``EMAState``. ValueError: a value out of range, two leaves
+            that would share a name, an ``EMA`` that is not a power function (or whose
+            average is not its EMA) or disagrees with ``step`` / ``sigma_rel`` /
             ``interval``. Nothing is written then.
 
     Example:

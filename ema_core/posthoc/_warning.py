@@ -2,11 +2,16 @@
 
 A reconstruction ``sum_i x_i w_i`` carries the snapshots' rounding (unit roundoff u: 2**-24 in
 float32, 2**-11 in float16, 2**-8 in bfloat16) amplified up to ``sum_i |x_i|``. Snapshots of
-sigma_rel 0.05 and 0.10 every 1 to 500 steps (up to 3,000) give ``sum |x|`` <= 15 for targets
-0.03-0.25 and <= 48 for 0.02, while cond(A) grows with the snapshot count alone (1e2 to 9e8); a
-near-duplicate pair (0.0500, 0.0501) gives 286-3700 for any target but 0.05
-(tests/test_posthoc_math.py, measured_amplification). So cond(A) tracks the spacing, not the
-harm: ``PostHocWarning`` fires when ``sum |x|`` exceeds the storage's limit
+sigma_rel 0.05 and 0.10 every 1 to 500 steps (up to step 3,000) give ``sum |x|`` <= 15 for
+targets 0.03-0.25 and <= 51 for 0.02 (50.2 with one at every step; past float16's 45.3 from
+about 200 snapshot times on), while cond(A) grows with the snapshot count alone (1.2e2 with 4
+snapshot times to 9.4e12 with 3,000); a near-duplicate pair (0.0500, 0.0501) gives 285-6400
+for targets 0.02-0.25 but 0.05 (286-3700 every 100 steps; at every step to 3,000 its Gram
+matrix is singular). Measured by tests/test_posthoc_warning.py (test_measured_amplification)
+and tests/test_posthoc_hunt_fixes_1206.py (every 2 steps to 1,000); every step to 3,000 (about
+a minute): ``python -c "from tests.test_posthoc_hunt_fixes_1206 import measured;
+print(measured(1, 3000, (0.05, 0.10), [0.02]).amplification)"``. So cond(A) tracks the
+spacing, not the harm: ``PostHocWarning`` fires when ``sum |x|`` exceeds the storage's limit
 ``min(AMPLIFICATION_LIMIT, u**-0.5)`` (``amplification_limit``): 100 for float32 and float64
 snapshots (twice the worst typical value, a third of the degenerate one; float32 then loses at
 most 6e-6 relative), 45.3 for float16, 16 for bfloat16. ``u**-0.5`` keeps the amplified rounding

@@ -46,7 +46,8 @@ class EMABank:
         dtype, device, buffers, include, exclude: as ``EMA``, for every EMA of the bank.
         snapshot_every: after the update at every step that is a multiple of it, write one
             ``ema_core.posthoc.save_snapshot`` per EMA into ``snapshot_dir`` (power-function
-            EMAs only), the step's snapshots as one set: all written, or none if one fails.
+            EMAs whose average is that function's: ``_snapshot_args.check_power_profile``),
+            the step's snapshots as one set: all written, or none if one fails.
             What can be checked before the update is (``_bank_snapshots.check_set``); a failed
             write leaves the update applied and raises ``SnapshotWriteError``: write the
             step's snapshots again with ``save_snapshots()``.

@@ -177,8 +177,8 @@ def snapshot_source(
     ``step``, ``sigma_rel`` and ``interval`` (checked values or None) must agree with it.
 
     Raises:
-        ValueError: ``ema`` is not a power function, or uncompensated, or an argument
-            disagrees with it.
+        ValueError: ``ema`` is not a power function, or its average is not that power
+            function's EMA (``check_power_profile``), or an argument disagrees with it.
     """
     found = _banks.sigma_rel_of(ema.config)
     if found is None:
@@ -187,7 +187,7 @@ def snapshot_source(
             "post-hoc reconstruction needs power-function EMAs (an EMABank, or "
             "EMA(model, config=Config(schedule=schedules.power_function(sigma_rel=...))))"
         )
-    _snapshot_args.check_compensated(ema.config, "averages (an EMA)")
+    _snapshot_args.check_power_profile(ema.config, "averages (an EMA)")
     if sigma_rel is not None and not math.isclose(sigma_rel, found, rel_tol=1e-9):
         raise ValueError(
             f"sigma_rel={sigma_rel!r}, but the EMA's schedule is a power function of sigma_rel "
