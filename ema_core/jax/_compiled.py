@@ -131,8 +131,11 @@ class _Update:
             self._made = weakref.ref(out.step)
         return out
 
-    def lower(self, state: EMAState, params: Tree, /) -> Any:
-        """JAX's lowered computation for these arguments (``.compile().as_text()``: the HLO)."""
+    def lower(self, state: EMAState | PackedState, params: Tree, /) -> Any:
+        """JAX's lowered computation for these arguments (``.compile().as_text()``: the HLO);
+        for a ``PackedState``, of its one compiled call over the flat buffers."""
+        if isinstance(state, PackedState):
+            return self._packed.lower(state, params)
         return self._jitted.lower(*self._prepare(state, params))
 
 

@@ -144,22 +144,31 @@ class PackedUpdate:
             self._made = weakref.ref(new.step)
         return new
 
+    def lower(self, state: PackedState, params: Tree) -> Any:
+        """The lowered single compiled call of ``_whole`` for these arguments (checked first)."""
+        params_arrays, params_split, _ = split_avals(params)
+        check_arrays(state)
+        kinds = self._check(state, params_split, params_arrays)
+        args, static = self._whole_args(state, params_arrays, kinds)
+        return self._one.lower(*args, **static)
+
+    def _whole_args(
+        self, state: PackedState, params_arrays: list[Any], kinds: tuple[LeafKind, ...]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        layout = state.layout
+        loose_params = tuple(params_arrays[i] for i in layout.loose)
+        groups = tuple(block_params(params_arrays, layout))
+        args = (state.step, state.weight, state.flats, state.loose, groups, loose_params)
+        return args, {"kinds": tuple(kinds[i] for i in layout.loose)}
+
     def _whole(
         self, state: PackedState, params_arrays: list[Any], kinds: tuple[LeafKind, ...]
     ) -> PackedState:
         """Up to ``CHUNK`` params: the decay, the blocks and the loose leaves in one compiled
         call, every shadow donated (JAX checks every argument before it donates any)."""
-        layout = state.layout
-        t, flats, loose, weight = self._one(
-            state.step,
-            state.weight,
-            state.flats,
-            state.loose,
-            tuple(block_params(params_arrays, layout)),
-            tuple(params_arrays[i] for i in layout.loose),
-            kinds=tuple(kinds[i] for i in layout.loose),
-        )
-        return PackedState(t, flats, loose, weight, layout)
+        args, static = self._whole_args(state, params_arrays, kinds)
+        t, flats, loose, weight = self._one(*args, **static)
+        return PackedState(t, flats, loose, weight, state.layout)
 
     def _one_impl(
         self,
