@@ -8,13 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ema_core._types import Array
-from ema_core.compat._arrays import (
-    check_counter_state,
-    check_like,
-    check_state,
-    floating_item,
-    named_arrays,
-)
+from ema_core.compat._arrays import check_like, floating_item, named_arrays
+from ema_core.compat._counters import check_counter_state, check_state
 from ema_core.presets._args import check_count
 
 STATE_KEYS = ("shadows", "biased", "local_steps", "decay", "zero_debias", "num_updates")

@@ -16,7 +16,8 @@ import ema_core
 from ema_core._checks import check_fraction
 from ema_core._leaf_checks import check_leaves
 from ema_core._types import Array
-from ema_core.compat._arrays import assign_all, check_like, clone, named_arrays, read_count
+from ema_core.compat._arrays import assign_all, check_like, clone, named_arrays
+from ema_core.compat._counters import read_count
 from ema_core.presets._schedules import counter_cap
 
 

@@ -22,17 +22,13 @@ import ema_core
 from ema_core._checks import check_fraction
 from ema_core._config import power_weight
 from ema_core._types import Array
-from ema_core.compat._arrays import (
-    assign_all,
+from ema_core.compat._arrays import assign_all, check_like, clone, divide, named_arrays
+from ema_core.compat._counters import (
     check_counter,
     check_counter_state,
     check_debias_decay,
-    check_like,
     check_state,
-    clone,
     counter_state,
-    divide,
-    named_arrays,
     read_count,
 )
 from ema_core.presets._args import check_bool, check_count

@@ -26,18 +26,8 @@ import ema_core
 from ema_core._checks import check_fraction
 from ema_core._config import power_weight
 from ema_core._types import Array
-from ema_core.compat._arrays import (
-    VarKey,
-    assign,
-    check_counter,
-    check_debias_decay,
-    check_like,
-    clone,
-    counter_state,
-    divide,
-    read_count,
-    var_items,
-)
+from ema_core.compat._arrays import VarKey, assign, check_like, clone, divide, var_items
+from ema_core.compat._counters import check_counter, check_debias_decay, counter_state, read_count
 from ema_core.compat._tf_names import average_name, find_slot, variables_to_restore
 from ema_core.compat._tf_state import Slot, checked_state
 from ema_core.presets._args import check_bool
