@@ -1,5 +1,6 @@
 """An ``EMA``'s averages and state copied out and back in: ``copy_to`` a model, checkpoints
-(``state_dict`` / ``load_state_dict``) and ``copy.deepcopy``, which never copies the model."""
+(``state_dict`` / ``load_state_dict``), ``copy.deepcopy``, which never copies the model, and
+pickling (refused inside ``swap(copy=False)``)."""
 
 from __future__ import annotations
 
@@ -175,3 +176,26 @@ def deep_copy(ema: Copied, memo: dict[int, Any], make: Callable[..., T]) -> T:
     new.load_state_dict(ema.state_dict())
     memo[id(ema)] = new
     return new
+
+
+def pickled_state(ema: Copied) -> dict[str, Any]:
+    """``EMA.__getstate__``: the EMA's attributes, not inside a swap; refused inside
+    ``swap(copy=False)`` (see there)."""
+    if getattr(ema, "_lending", False):
+        raise RuntimeError(
+            "an EMA cannot be pickled (torch.save, pickle) inside "
+            "swap(copy=False): the model holds the EMA's own shadows there, and the copies "
+            "would share them (training the loaded model would write its EMA); save it "
+            "outside the block (inside swap(), which copies, a model saved with it holds "
+            "the averages as its weights)"
+        )
+    ema._bound.store.wait()  # host shadows' copies landed (and no CUDA event kept)
+    return {**ema.__dict__, "_swapped": False, "_lending": False}
+
+
+def unpickled(ema: Copied, state: dict[str, Any]) -> None:
+    """``EMA.__setstate__``: the attributes back, the store's kept views and the watch's
+    addresses forgotten (see there)."""
+    ema.__dict__.update(state)
+    ema._bound.store.forget()
+    ema._bound.watch.forget()

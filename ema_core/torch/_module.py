@@ -217,16 +217,7 @@ class EMA:
                 (``copy.deepcopy`` of the EMA makes a new one from ``state_dict()``: not
                 refused; a deepcopy of a model that holds its EMA copies it as pickling does).
         """
-        if getattr(self, "_lending", False):
-            raise RuntimeError(
-                "an EMA cannot be pickled (torch.save, pickle) inside "
-                "swap(copy=False): the model holds the EMA's own shadows there, and the copies "
-                "would share them (training the loaded model would write its EMA); save it "
-                "outside the block (inside swap(), which copies, a model saved with it holds "
-                "the averages as its weights)"
-            )
-        self._bound.store.wait()  # host shadows' copies landed (and no CUDA event kept)
-        return {**self.__dict__, "_swapped": False, "_lending": False}
+        return _copies.pickled_state(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickling: the host engine's views kept are dropped (pickled as copies of the old
@@ -235,9 +226,7 @@ class EMA:
         into those copies), so the next look rebinds to the loaded tensors. The module is not
         read here: an EMA held by its own model (``model.ema = EMA(model)``) is unpickled before
         that model is."""
-        self.__dict__.update(state)
-        self._bound.store.forget()
-        self._bound.watch.forget()
+        _copies.unpickled(self, state)
 
     def _apply(self, t: int | torch.Tensor, decay: Value, rate: Value) -> None:
         """Update at step t (or finish its pending update) and count the step."""
