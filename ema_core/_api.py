@@ -20,6 +20,7 @@ from ema_core._config import Config, power_weight
 from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
 from ema_core._read_checks import check_zeros_read, foreign_weight
+from ema_core._settings import settings
 from ema_core._step_forms import step_in
 from ema_core._tree import flatten, unflatten
 from ema_core._tree_pair import flatten_pair
@@ -96,6 +97,7 @@ def ema_update(
     writes = resolve_writes(copy, shadows, paths, params=leaves) if entry is None else entry.writes
     if guard_finite:
         check_finite(xp, leaves, kinds, paths)
+    settings()  # EMA_CORE_* refused here, not by an engine after some groups were written
     backend = get_backend(xp)
     if entry is None:
         found = (xp, kinds, writes)

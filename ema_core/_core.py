@@ -27,12 +27,14 @@ _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64", "complex64", "compl
 
 
 def dtype_name(xp: Namespace, dtype: DType) -> str:
-    """The Array API name of a floating dtype ('float32', 'bfloat16', ...)."""
+    """The Array API name of a floating dtype ('float32', 'bfloat16', ...); another one by its
+    own name (torch's ``complex32`` as 'complex32', not 'torch.complex32', so that it is told
+    complex like the others)."""
     for name in _FLOAT_NAMES:
         candidate = getattr(xp, name, None)
         if candidate is not None and candidate == dtype:
             return name
-    return str(dtype)
+    return str(dtype).removeprefix("torch.")
 
 
 #: Floating dtypes wider than float32, computed in their own dtype (numpy's long double is
@@ -112,20 +114,32 @@ def correct(xp: Namespace, shadow: Array, weight: Any) -> Array:
 
 
 def next_weight(xp: Namespace, weight: Array, decay: Value, rate: Value) -> Array:
-    """``w_t = d_t * w_{t-1} + (1 - d_t)``: the EMA of the constant 1, kept in its own dtype (a
-    Python number stays a Python float while the decay is one)."""
+    """``w_t = d_t * w_{t-1} + (1 - d_t)``, the EMA of the constant 1, in the blend's two-sided
+    form (``w + r * (1 - w)`` for d >= 0.5, ``1 - d * (1 - w)`` below): a weight of 1 stays 1
+    exactly, and with ``d`` rounded to float32 beside an accurate ``r`` the weight follows the
+    shadows' own recurrence (``d * w + r`` drifted off 1 and biased a zero-started read by up
+    to 1e-3). Kept in its own dtype (a Python number stays a Python float while the decay is
+    one).
+
+    >>> next_weight(None, 1.0, 0.9999, 1e-4), next_weight(None, 0.0, 0.9, 0.1)
+    (1.0, 0.1)
+    """
     if isinstance(weight, (int, float)):
+        w = float(weight)
         if isinstance(decay, float):
-            return float(weight) * decay + rate
-        return decay * float(weight) + rate
+            return w + rate * (1.0 - w) if decay >= 0.5 else 1.0 - decay * (1.0 - w)
+        ns = compat.array_namespace(decay)
+        return ns.where(decay >= 0.5, w + rate * (1.0 - w), 1.0 - decay * (1.0 - w))
     own = compat.array_namespace(weight)
     foreign = not isinstance(decay, float) and compat.array_namespace(decay) is not own
     if foreign and is_readable(decay):  # a weight of another framework than the step's
         decay, rate = host_float(decay), host_float(rate)
     if isinstance(decay, float):  # in the weight's own namespace: a numpy one stays numpy
-        return own.asarray(weight * decay + rate, dtype=weight.dtype, device=compat.device(weight))
+        new = weight + rate * (1.0 - weight) if decay >= 0.5 else 1.0 - decay * (1.0 - weight)
+        return own.asarray(new, dtype=weight.dtype, device=compat.device(weight))
     ns = xp if foreign else own  # a device or traced decay: in the leaves' namespace
-    return ns.astype(decay, weight.dtype) * weight + ns.astype(rate, weight.dtype)
+    d, r = ns.astype(decay, weight.dtype), ns.astype(rate, weight.dtype)
+    return ns.where(d >= 0.5, weight + r * (1.0 - weight), 1.0 - d * (1.0 - weight))
 
 
 def init_leaf(xp: Namespace, param: Array, shadow_dtype: DType | None, zeros: bool) -> Array:

@@ -15,16 +15,27 @@ from ema_core.compat.tensorflow import ExponentialMovingAverage
 from ema_core.testing import Trajectory, assert_matches
 
 
-def test_tf_warns_when_an_unnamed_array_renewed_each_step_starts_a_new_average() -> None:
-    w = np.ones(3, dtype=np.float32)
+@pytest.mark.parametrize("renew", ["torch-detach", "numpy-view", "jax"])
+def test_tf_warns_when_an_unnamed_array_renewed_each_step_starts_a_new_average(renew: str) -> None:
     ema = ExponentialMovingAverage(0.5)
-    ema.apply([w.copy()])
-    with pytest.warns(UserWarning, match=r"var_list\[0\] is a new unnamed array"):
-        ema.apply([w.copy() + 1.0])  # a new object of the same shape and dtype
+    if renew == "torch-detach":
+        torch = pytest.importorskip("torch")
+        w = torch.nn.Parameter(torch.ones(3))
+        arrays = [w.detach(), w.detach()]  # new objects over the param's memory
+    elif renew == "numpy-view":
+        v = np.ones(3, dtype=np.float32)
+        arrays = [v[:], v[:]]
+    else:
+        jnp = pytest.importorskip("jax.numpy")
+        arrays = [jnp.ones(3), jnp.ones(3) + 1.0]  # immutable: each step's arrays are new
+    ema.apply([arrays[0]])
+    with pytest.warns(UserWarning, match=r"var_list\[0\] is a new unnamed array over a variable"):
+        ema.apply([arrays[1]])
 
 
-def test_tf_keeps_quiet_for_a_kept_array_a_named_one_and_a_new_variable() -> None:
+def test_tf_keeps_quiet_for_kept_arrays_named_ones_and_alternating_var_lists() -> None:
     w, v = np.ones(3, dtype=np.float32), np.ones(2, dtype=np.float32)
+    g, d = np.ones(3, dtype=np.float32), np.zeros(3, dtype=np.float32)  # same shape and dtype
     ema = ExponentialMovingAverage(0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -32,10 +43,14 @@ def test_tf_keeps_quiet_for_a_kept_array_a_named_one_and_a_new_variable() -> Non
         w += 1.0
         ema.apply([w])  # the same object, updated in place
         ema.apply([w, v])  # a new variable of another shape
+        ema.apply([g])  # a GAN's generator, then its discriminator: two variables, apart
+        ema.apply([d])
+        ema.apply([g])
         named = ExponentialMovingAverage(0.5)
         named.apply([("w", w.copy())])
         named.apply([("w", w.copy())])  # named: found by its name
     assert float(ema.average(w)[0]) == 1.75
+    assert len(ema._slots) == 4
 
 
 def _make(init: dict[str, np.ndarray]):  # a correct EMA: a copy, then decay 0.9
@@ -51,9 +66,18 @@ def _make(init: dict[str, np.ndarray]):  # a correct EMA: a copy, then decay 0.9
 
 
 @pytest.mark.parametrize(
-    "tolerance", [np.finfo(np.float32).eps * 8, np.float16(1e-3), np.int64(0) + np.float32(1e-4)]
+    "tolerance",
+    [
+        np.finfo(np.float32).eps * 8,
+        np.float16(1e-3),
+        np.int64(0) + np.float32(1e-4),
+        pytest.param("bfloat16-eps", id="ml_dtypes-bfloat16"),
+    ],
 )
 def test_the_kit_takes_a_tolerance_that_is_a_numpy_scalar(tolerance: object) -> None:
+    if tolerance == "bfloat16-eps":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        tolerance = ml_dtypes.finfo(ml_dtypes.bfloat16).eps  # what jnp.finfo gives too
     config = Config(schedule=schedules.constant(0.9), init="copy")
     rng = np.random.default_rng(0)
     nests = [{"w": rng.standard_normal(4).astype(np.float32)} for _ in range(5)]

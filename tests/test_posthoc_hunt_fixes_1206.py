@@ -208,10 +208,15 @@ def test_inner_products_refuses_what_solve_refuses(value: Any, kind: str) -> Non
         solve([100], [0.1], 100, value if kind != "list" else [0.1, True])
 
 
-def test_inner_products_refuses_tensors_ragged_and_unbroadcastable_arguments() -> None:
+def test_inner_products_takes_array_likes_and_refuses_ragged_and_unbroadcastable_ones() -> None:
+    jnp = pytest.importorskip("jax.numpy")
+    want = float(inner_products(100, 6.94, 100, 6.94))
+    for value in (torch.tensor(6.94, dtype=torch.float64), jnp.float32(6.94), [jnp.float32(6.94)]):
+        assert np.allclose(inner_products(100, value, 100, 6.94), want, rtol=1e-6)
+    assert inner_products(range(100, 102), 6.94, 100, 6.94).shape == (2,)
     with pytest.raises(TypeError, match=r"gamma_a must be a real number .*got Tensor"):
-        inner_products(100, torch.tensor([6.94]), 100, 6.94)
-    with pytest.raises(TypeError, match=r"t_a .*got an array of dtype complex128"):
+        inner_products(100, torch.tensor([True]), 100, 6.94)
+    with pytest.raises(TypeError, match=r"t_a must be a real number .*got ndarray"):
         inner_products(np.array([100 + 0j]), 6.94, 100, 6.94)
     with pytest.raises(ValueError, match="t_a must be a rectangular nest"):
         inner_products([100, [200, 300]], 6.94, 100, 6.94)

@@ -178,3 +178,34 @@ def test_a_state_saved_under_the_names_of_before_still_loads(tmp_path, strict: b
         assert target.step == source.step
         for name, value in source.average.items():
             assert torch.equal(target.average[name], value), (load, name)
+
+
+def test_each_ema_decides_its_own_prefix_and_keeps_it_through_pickling(tmp_path) -> None:
+    """The prefix is the EMA's, decided when it is built: an EMA built after the model gained a
+    child names it anew (a cache per model gave it the first EMA's names), and an EMA pickled
+    with its grown model keeps its names (it lost them with the cache)."""
+    model = _Wrap()
+    first = EMA(model, decay=0.5)
+    model.head = torch.nn.Linear(2, 1)  # no longer a lone module child: no wrapper now
+    second = EMA(model, decay=0.5)
+    assert first.names == ("weight", "bias")
+    assert set(second.names) == set(model.state_dict())
+    model.load_state_dict(export(second, format="state_dict"))
+    path = tmp_path / "both.pt"
+    torch.save({"model": model, "ema": first}, path)
+    loaded = torch.load(path, weights_only=False)
+    loaded["ema"].update()
+    assert loaded["ema"].names == ("weight", "bias")
+
+
+def test_a_strict_load_of_another_tensors_state_is_still_refused() -> None:
+    """A saved name is renamed from the names of before only when no tensor of the model has
+    it now and the renamed state is this EMA's whole state: the root's own ``weight`` beside a
+    ``module`` child is another tensor than ``module.weight``."""
+    model = _Shadowed()
+    root_only = EMA(model, decay=0.5, include="weight")
+    child = EMA(model, decay=0.5, include="module.*")
+    before = {k: v.clone() for k, v in child.average.items()}
+    with pytest.raises(ValueError, match=r"missing \['module\.weight'.*unexpected \['weight'\]"):
+        child.load_state_dict(root_only.state_dict(), strict=True)
+    assert all(torch.equal(v, before[k]) for k, v in child.average.items())

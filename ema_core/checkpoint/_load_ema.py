@@ -68,9 +68,8 @@ def _state_dict(
             f"{reader.path} was saved without a config (an EMAState saved with config=None); "
             f"this EMA has {config_text(ema.config)!r}: pass strict=False to load it anyway"
         )
-    renames = sys.modules["ema_core.torch._prefixes"].renames  # loaded with the EMA class
-    pairs = [(t.name, t.raw or t.name) for t in ema._bound.tracked]
-    wanted = set(ema.names) | set(renames(shadows.values(), pairs))  # names of before too
+    renames = sys.modules["ema_core.torch._copies"].legacy_renames  # loaded with the EMA class
+    wanted = set(ema.names) | set(renames(ema, list(shadows.values())))  # names of before too
     return {
         "format": TORCH_FORMAT,
         "version": sys.modules["ema_core.torch._state"].VERSION,

@@ -194,3 +194,21 @@ def floating_item(item: Any, where: str) -> tuple[str | None, Array]:
     if not compat.array_namespace(var).isdtype(var.dtype, "real floating"):
         raise TypeError(f"{where} must be bfloat16/float16/float32/float64, got {var.dtype}")
     return name, var
+
+
+def same_memory(a: Any, b: Any) -> bool:
+    """Two arrays of one shape and dtype over the same first element (torch, numpy, CuPy)."""
+    if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+        return False
+    first = _address(a)
+    return first is not None and first == _address(b)
+
+
+def _address(x: Any) -> int | None:
+    if compat.is_torch_array(x):
+        return int(x.data_ptr()) if x.numel() else None
+    if compat.is_numpy_array(x):
+        return int(x.__array_interface__["data"][0]) if x.size else None
+    if compat.is_cupy_array(x):
+        return int(x.data.ptr) if x.size else None
+    return None

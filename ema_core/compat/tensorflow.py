@@ -26,7 +26,15 @@ import ema_core
 from ema_core._checks import check_fraction
 from ema_core._config import power_weight
 from ema_core._types import Array
-from ema_core.compat._arrays import VarKey, assign, check_like, clone, divide, var_items
+from ema_core.compat._arrays import (
+    VarKey,
+    assign,
+    check_like,
+    clone,
+    divide,
+    same_memory,
+    var_items,
+)
 from ema_core.compat._counters import check_counter, check_debias_decay, counter_state, read_count
 from ema_core.compat._tf_names import average_name, find_slot, variables_to_restore
 from ema_core.compat._tf_state import Slot, checked_state
@@ -143,20 +151,24 @@ class ExponentialMovingAverage:
         return held
 
     def _warn_if_renewed(self, items: list[Any], slots: list[Slot]) -> None:
-        """Warn when an unnamed array gets a new shadow while an unnamed one of its shape and
-        dtype, averaged before, is not in this ``var_list``: unnamed arrays are found by
-        identity, and ``w.detach()`` or a JAX array is a new object every step, so each step
-        would start a new average (and keep the old ones) instead of updating one."""
+        """Warn when an unnamed array gets a new shadow although it is a variable averaged
+        before under another object: unnamed arrays are found by identity, so each step would
+        start a new average (and keep the old ones) instead of updating one. Told by memory
+        for torch, numpy and CuPy (``w.detach()`` or a view: a new object over the averaged
+        array's memory), and for JAX by kind (an immutable array is a new object each step,
+        so one unnamed JAX array averaged before means the next ones are new ones)."""
         known = {id(slot) for slot in self._slots.values()}
-        applied = {id(slot) for slot in slots}
-        idle = [s for s in self._slots.values() if s.name is None and id(s) not in applied]
+        unnamed = [s.var for s in self._slots.values() if s.name is None]
         for i, ((_, name, var), slot) in enumerate(zip(items, slots, strict=True)):
-            if name is None and id(slot) not in known and any(_alike(s.var, var) for s in idle):
+            if name is not None or id(slot) in known:
+                continue
+            jax_again = compat.is_jax_array(var) and any(map(compat.is_jax_array, unnamed))
+            if jax_again or any(same_memory(old, var) for old in unnamed):
                 warnings.warn(
-                    f"var_list[{i}] is a new unnamed array of the shape and dtype of one "
-                    "averaged before and not passed now: unnamed arrays are found by identity "
-                    "(w.detach() or a JAX array is a new object each step), so it starts a new "
-                    "average; pass (name, array) pairs, a dict or a torch module",
+                    f"var_list[{i}] is a new unnamed array over a variable averaged before "
+                    "(w.detach(), a view, or a JAX array: a new object each step): unnamed "
+                    "arrays are found by identity, so it starts a new average; pass (name, "
+                    "array) pairs, a dict or a torch module",
                     stacklevel=3,
                 )
                 return
@@ -231,7 +243,3 @@ class ExponentialMovingAverage:
         if slot.biased is not None and biased is not None:
             slot.biased = assign(slot.biased, biased)
         slot.local_step = step
-
-
-def _alike(a: Any, b: Any) -> bool:
-    return bool(tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype)

@@ -149,8 +149,8 @@ def inner_products(t_a: Any, gamma_a: Any, t_b: Any, gamma_b: Any) -> FloatArray
         A float64 array of the broadcast shape.
 
     Raises:
-        TypeError: an argument that is not a real number, a numpy array or a (nested) list or
-            tuple of real numbers (a str, a complex, a bool, a torch tensor), as ``solve``.
+        TypeError: an argument that is not a real number or an array-like of them (a str,
+            a complex, a bool).
         ValueError: a time or an exponent is not finite and > 0; a ragged nest; shapes that
             do not broadcast.
 
@@ -171,9 +171,9 @@ def inner_products(t_a: Any, gamma_a: Any, t_b: Any, gamma_b: Any) -> FloatArray
 
 
 def real_array(name: str, value: Any) -> FloatArray:
-    """``value`` as a float64 array: a real number (numpy's too), a numpy array of integers or
-    floats, or a (nested) list or tuple of real numbers; bools, strings, complex numbers and
-    other frameworks' arrays are refused, as ``solve`` refuses them.
+    """``value`` as a float64 array: a real number or anything numpy reads as an array of real
+    numbers (numpy, JAX or CPU torch arrays, nested lists and tuples, ``range``, Decimals);
+    strings, bools (also inside a list, or a bool array) and complex numbers are refused.
 
     Raises:
         TypeError: naming ``name``, the value's type and what is allowed.
@@ -183,17 +183,25 @@ def real_array(name: str, value: Any) -> FloatArray:
         >>> real_array("t_a", [100, 200.0]).tolist()
         [100.0, 200.0]
     """
-    allowed = "a real number or an array-like (numpy array, list, tuple) of real numbers, no bools"
+    allowed = "a real number or an array-like of real numbers (no bools, strings or complex)"
+    refused = TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r:.80}")
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return np.asarray(float(value))
-    if not isinstance(value, (np.ndarray, list, tuple)) or _holds_bool(value):
-        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    if isinstance(value, (str, bytes)) or _holds_bool(value):
+        raise refused
     try:
         array = np.asarray(value)
     except ValueError as err:
         raise ValueError(f"{name} must be a rectangular nest of numbers: {err}") from None
+    except (TypeError, RuntimeError):  # e.g. a CUDA tensor
+        raise refused from None
+    if array.dtype.kind == "O":  # Decimals, or numbers of another framework in a list
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError):
+            raise refused from None
     if array.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be {allowed}, got an array of dtype {array.dtype}: {value!r}")
+        raise refused
     return array.astype(np.float64)
 
 

@@ -71,7 +71,8 @@ def tolerance(value: Any, arg: str) -> float | None:
     sized as ``np.finfo(np.float32).eps * 8`` is a float32; ml_dtypes' bfloat16 eps too)."""
     if value is None:
         return None
-    scalar = isinstance(value, np.generic) and value.dtype.kind in "fiu"
+    ml_dtypes = type(value).__module__.startswith("ml_dtypes")  # its bfloat16 is kind "V"
+    scalar = isinstance(value, np.generic) and (value.dtype.kind in "fiu" or ml_dtypes)
     if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or scalar):
         raise TypeError(f"{arg} must be a real number >= 0 or None, got {type(value).__name__}")
     try:

@@ -74,7 +74,7 @@ def _expected(config: Config, checked: Checked) -> list[Expected]:
             _mix(s, p, d, r, k, config.non_float)
             for s, p, k in zip(shadow, params, kept, strict=True)
         ]
-        weight = 1.0 if d == 0.0 else weight if d == 1.0 else d * weight + r
+        weight = weight + r * (1.0 - weight) if d >= 0.5 else 1.0 - d * (1.0 - weight)
         average = _read(config, shadow, floating, weight, t)
         out.append(Expected(t, d, [s.copy() for s in shadow], weight, average))
     return out

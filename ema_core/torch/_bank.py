@@ -13,6 +13,7 @@ import torch
 
 from ema_core import _banks, _snapshot_args
 from ema_core._config import Config
+from ema_core._core import next_weight
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Step, Value
 from ema_core.torch import _bank_args, _bank_snap, _dtensor, _names, _refusals, _rules
@@ -196,7 +197,7 @@ class EMABank:
             self._fused.apply(xp, decays, rates)
             for ema, (t, d, r) in zip(self.emas, work, strict=True):
                 if ema.config.init == "zeros":
-                    ema._weight = ema._weight * d + r
+                    ema._weight = next_weight(xp, ema._weight, d, r)
                 ema._step = t
 
     def save_snapshots(

@@ -128,7 +128,7 @@ def aliases(ema: EMA) -> dict[str, str]:
     root = ema._bound.root
     if root is None:
         return {}
-    name_of = namer(root)
+    name_of = namer(root, ema._bound.prefix)
     entries = [(name_of(k), v) for k, v in root.state_dict(keep_vars=True).items()]
     tracked = set(ema.names)
     buffers = [(name_of(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
@@ -140,7 +140,7 @@ def aliases(ema: EMA) -> dict[str, str]:
 def transient(ema: EMA) -> frozenset[str]:
     """The tracked names that are non-persistent buffers of the EMA's module (not in
     ``module.state_dict()``, so not in an export)."""
-    return transient_buffers(ema._bound.root, ema.names)
+    return transient_buffers(ema._bound.root, ema.names, ema._bound.prefix)
 
 
 def policies(ema: EMA) -> dict[str, str]:

@@ -54,7 +54,7 @@ def copy_to(ema: Copied, source: Any) -> None:
     ema._settle(follow=True)
     _fsdp.Shards(source)
     shadows = ema._bound.shadows
-    transient = _names.transient_buffers(ema._bound.root, ema.names)
+    transient = _names.transient_buffers(ema._bound.root, ema.names, ema._bound.prefix)
     frozen = ema.config.non_float == "freeze"  # integers at their value from construction
     held = (n for n, s in zip(ema.names, shadows, strict=True) if not _rules.floating(s))
     skip = frozenset(held) if frozen else frozenset()
@@ -102,11 +102,22 @@ def _renamed(ema: Copied, state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
     shadow = state_dict.get("shadow") if isinstance(state_dict, Mapping) else None
     if not isinstance(shadow, Mapping):
         return state_dict  # check_load says what is wrong
-    pairs = [(t.name, t.raw or t.name) for t in ema._bound.tracked]
-    moved = renames([k for k in shadow if isinstance(k, str)], pairs)
+    moved = legacy_renames(ema, [k for k in shadow if isinstance(k, str)])
     if not moved:
         return state_dict
     return {**state_dict, "shadow": {moved.get(k, k): v for k, v in shadow.items()}}
+
+
+def legacy_renames(ema: Copied, saved: list[str]) -> dict[str, str]:
+    """``_prefixes.renames`` of ``saved`` for this EMA: its tracked names, and every tensor of
+    its model (or its named tensors) as the model names it now."""
+    bound = ema._bound
+    if bound.root is None:
+        model = [(t.name, t.raw or t.name) for t in bound.tracked]
+    else:
+        found = _names.named_tensors(bound.root, "average", "module", bound.prefix)
+        model = [(name, raw) for name, _, _, raw in found]
+    return renames(saved, ema.names, model)
 
 
 def _kept(ema: Copied, loaded: Mapping[str, Any], step: Any, weight: Any) -> Callable[[], None]:

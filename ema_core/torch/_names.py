@@ -44,7 +44,9 @@ class Tracked:
     is_buffer: bool = False
 
 
-def named_tensors(source: Any, buffers: str, where: str) -> list[tuple[str, Any, bool, str]]:
+def named_tensors(
+    source: Any, buffers: str, where: str, prefix: str | None = None
+) -> list[tuple[str, Any, bool, str]]:
     """``(stripped name, tensor, is_buffer, raw name)`` of a module, a mapping or pairs."""
     found: list[tuple[Any, Any, bool]]
     if isinstance(source, torch.nn.Module):
@@ -61,12 +63,17 @@ def named_tensors(source: Any, buffers: str, where: str) -> list[tuple[str, Any,
             f"(name, tensor) pairs, got {type(source).__name__}"
         )
     raw = [_name(n, where) for n, _, _ in found]
-    names = list(map(namer(source), raw)) if isinstance(source, torch.nn.Module) else strip_all(raw)
+    if isinstance(source, torch.nn.Module):
+        names = list(map(namer(source, prefix), raw))  # prefix: the one the EMA decided
+    else:
+        names = strip_all(raw)
     pairs = zip(names, found, strict=True)
     return [(name, _tensor(t, n, where), b, n) for name, (n, t, b) in pairs]
 
 
-def transient_buffers(root: torch.nn.Module | None, names: Iterable[str]) -> frozenset[str]:
+def transient_buffers(
+    root: torch.nn.Module | None, names: Iterable[str], prefix: str | None = None
+) -> frozenset[str]:
     """The tracked ``names`` that are non-persistent buffers of ``root``
     (``register_buffer(..., persistent=False)``, such as rotary ``inv_freq``): tracked and
     swapped like any buffer, but ``module.state_dict()`` leaves them out, so an export leaves
@@ -75,10 +82,10 @@ def transient_buffers(root: torch.nn.Module | None, names: Iterable[str]) -> fro
         return frozenset()
     tracked = set(names)
     found = set()
-    name_of = namer(root)
-    for prefix, module in root.named_modules(remove_duplicate=False):
+    name_of = namer(root, prefix)
+    for path, module in root.named_modules(remove_duplicate=False):
         for local in getattr(module, "_non_persistent_buffers_set", ()):
-            name = name_of(f"{prefix}.{local}" if prefix else local)
+            name = name_of(f"{path}.{local}" if path else local)
             if name in tracked:
                 found.add(name)
     return frozenset(found)
@@ -179,7 +186,9 @@ def checked_kind(
     return kind
 
 
-def lookup(root: torch.nn.Module | None, tracked: list[Tracked], buffers: str) -> list[Tracked]:
+def lookup(
+    root: torch.nn.Module | None, tracked: list[Tracked], buffers: str, prefix: str | None = None
+) -> list[Tracked]:
     """``tracked`` with each tensor as ``root`` holds it now under the same name (the same
     objects for named tensors), its kind recomputed.
 
@@ -189,7 +198,8 @@ def lookup(root: torch.nn.Module | None, tracked: list[Tracked], buffers: str) -
     if root is None:
         now = {t.name: (t.tensor, t.is_buffer, t.raw) for t in tracked}
     else:
-        now = {name: (t, b, raw) for name, t, b, raw in named_tensors(root, buffers, "module")}
+        found = named_tensors(root, buffers, "module", prefix)  # the prefix decided at build
+        now = {name: (t, b, raw) for name, t, b, raw in found}
     out = []
     for t in tracked:
         if t.name not in now:

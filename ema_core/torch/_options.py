@@ -14,6 +14,7 @@ from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Namespace, Value
 from ema_core.torch import _dtensor, _names, _store, _watch
+from ema_core.torch._prefixes import wrapper_prefix
 from ema_core.torch._rules import check_rebind, moves, shadow_dtype
 
 
@@ -43,6 +44,9 @@ class Binding:
     memory) is dropped at the next vouched look.
     """
 
+    #: the root's wrapper prefix (None: read again, for a Binding pickled before it was kept)
+    prefix: str | None = None
+
     def __init__(
         self,
         config: Config,
@@ -51,6 +55,7 @@ class Binding:
         target: torch.device | None,
     ) -> None:
         self.config, self.root, self.target = config, root, target
+        self.prefix = "" if root is None else wrapper_prefix(root)  # kept: names never change
         zeros = config.init == "zeros"
         self.shadows = [
             _store.make_shadow(
@@ -103,7 +108,7 @@ class Binding:
             self.vouched = held
             return
         self.vouched = False
-        now = _names.lookup(self.root, self.tracked, self.config.buffers)
+        now = _names.lookup(self.root, self.tracked, self.config.buffers, self.prefix)
         for old, new, shadow in zip(self.tracked, now, self.shadows, strict=True):
             check_rebind(old, new, shadow)
         self.store.wait()

@@ -12,15 +12,14 @@ refuses).
 A mapping or pairs carry no modules to ask: there a leading ``module.`` is dropped when every
 name has it (a DDP model's ``state_dict()``), and ``_orig_mod`` parts always.
 
-A root's prefix is decided the first time its names are read and kept for the root's life, so
-the names under an EMA never change when the model later gains a child or a buffer. Before
+An ``EMA`` decides its root's prefix when it is built and keeps it (``Binding.prefix``), so
+its names never change when the model later gains a child or a buffer. Before
 2026-12-06 every leading ``module.`` was dropped (``legacy``): a state saved under those names
 still loads (``renames``).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -30,8 +29,6 @@ PREFIXES = ("module.", "_orig_mod.")
 #: Wrapper classes (by the name of the class or of a base class, so none is imported) whose
 #: child ``module`` is the model.
 DATA_PARALLEL = frozenset({"DistributedDataParallel", "DataParallel", "DeepSpeedEngine"})
-#: root -> its wrapper prefix, decided at the first read (modules hash by identity).
-_DECIDED: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def wrapper_prefix(root: torch.nn.Module) -> str:
@@ -49,20 +46,17 @@ def wrapper_prefix(root: torch.nn.Module) -> str:
     >>> wrapper_prefix(Net()), wrapper_prefix(torch.nn.DataParallel(Net()))
     ('', 'module.')
     """
-    decided = _DECIDED.get(root)
-    if decided is not None:
-        return decided
     prefix, module = "", root
     while (inner := _wrapped_child(module)) is not None:
         prefix += inner + "."
         module = module._modules[inner]  # type: ignore[assignment]
-    _DECIDED[root] = prefix
     return prefix
 
 
-def namer(root: torch.nn.Module) -> Callable[[str], str]:
+def namer(root: torch.nn.Module, prefix: str | None = None) -> Callable[[str], str]:
     """Maps a raw name of ``root`` (``named_parameters()``, ``state_dict()``) to the EMA's name:
-    ``root``'s wrapper prefix and any ``_orig_mod`` part (a compiled submodule) dropped.
+    ``prefix`` (default: ``root``'s wrapper prefix now) and any ``_orig_mod`` part (a compiled
+    submodule) dropped.
 
     >>> class Net(torch.nn.Module):
     ...     def __init__(self) -> None:
@@ -71,7 +65,8 @@ def namer(root: torch.nn.Module) -> Callable[[str], str]:
     >>> namer(Net())("module.weight"), namer(torch.nn.DataParallel(Net()))("module.module.weight")
     ('module.weight', 'module.weight')
     """
-    prefix = wrapper_prefix(root)
+    if prefix is None:
+        prefix = wrapper_prefix(root)
 
     def name_of(raw: str) -> str:
         return drop_compiled(raw.removeprefix(prefix))
@@ -105,28 +100,37 @@ def legacy(raw: str) -> str:
     return name
 
 
-def renames(saved: Iterable[str], tracked: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Saved name -> the EMA's name, for the saved names the EMA lacks that are the ``legacy``
-    name of exactly one tracked tensor (``(name, raw name)`` pairs) whose own name is not
-    saved too: a state saved before 2026-12-06 by an EMA of a model with a ``module`` child.
+def renames(
+    saved: Iterable[str], tracked: Iterable[str], model: Iterable[tuple[str, str]]
+) -> dict[str, str]:
+    """Saved name -> the EMA's name, for a whole state saved before 2026-12-06 by an EMA of a
+    model with a ``module`` child: each saved name that no tensor of the model has now is the
+    ``legacy`` name of exactly one of the model's tensors (``model``: its ``(name, raw name)``
+    pairs, untracked ones too: one whose old name two tensors shared could not have been
+    saved), a tracked one whose own name is not saved too; and the renamed names are then
+    exactly the ``tracked`` names (never a part of another EMA's state). Else ``{}``.
 
-    >>> tracked = [("module.weight", "module.weight"), ("head.bias", "head.bias")]
-    >>> renames(["weight", "head.bias"], tracked)
+    >>> model = [("module.weight", "module.weight"), ("head.bias", "head.bias")]
+    >>> renames(["weight", "head.bias"], ["module.weight", "head.bias"], model)
     {'weight': 'module.weight'}
     """
-    pairs = list(tracked)
-    names = {name for name, _ in pairs}
-    keys = list(saved)
+    names, pairs, keys = set(tracked), list(model), list(saved)
+    current = {name for name, _ in pairs}
     if all(key in names for key in keys):
         return {}
     old: dict[str, list[str]] = {}
     for name, raw in pairs:
         old.setdefault(legacy(raw), []).append(name)
-    return {
+    moved = {
         key: old[key][0]
         for key in keys
-        if key not in names and len(old.get(key, ())) == 1 and old[key][0] not in keys
+        if key not in current
+        and len(old.get(key, ())) == 1
+        and old[key][0] in names
+        and old[key][0] not in keys
     }
+    whole = {moved.get(key, key) for key in keys} == names
+    return moved if whole else {}
 
 
 def drop_compiled(name: str) -> str:

@@ -12,6 +12,7 @@ import torch
 from ema_core import _ops
 from ema_core._checks import check_decay_value
 from ema_core._config import Config
+from ema_core._core import next_weight
 from ema_core._types import Step, Value
 from ema_core.backends.torch._routes import host_values
 from ema_core.torch import _options, _refusals, _rules
@@ -57,7 +58,7 @@ def apply(ema: Stepped, t: int | torch.Tensor, decay: Value, rate: Value) -> Non
     """``EMA._apply``: update at step t (or finish its pending update) and count the step."""
     ema._bound.apply(xp, t, decay, rate)
     if ema.config.init == "zeros":
-        ema._weight = ema._weight * decay + rate
+        ema._weight = next_weight(xp, ema._weight, decay, rate)
     ema._step = t
 
 

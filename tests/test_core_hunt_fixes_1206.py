@@ -1,0 +1,65 @@
+"""Core promises a README-claims hunt of 2026-12-06 found broken, each pinned:
+
+* the bias-correction weight was updated as ``d * w + r`` with ``d`` rounded (float32 under JAX
+  without x64) beside an accurate ``r``: a weight of 1 drifted off 1 under an ``interval``
+  (``average`` then refused the EMA's own config, ``checkpoint.save`` a weight above 1), and a
+  zero-started read settled up to 1e-3 off; it is now updated in the blend's own form;
+* a bad ``EMA_CORE_NUMBA`` raised after torch's float32 group was written;
+* torch ``complex32`` under ``Config(dtype="float32")`` got a real shadow."""
+
+from __future__ import annotations
+
+import pytest
+
+import ema_core as ema
+from ema_core import _settings, schedules
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("interval", [2, 3, 5])
+def test_a_jax_weight_of_one_stays_one_under_an_interval(interval: int) -> None:
+    config = ema.Config(schedule=schedules.constant(0.999), interval=interval)
+    params = {"w": jnp.ones(3)}
+    state = ema.init(params, config)
+    update = jax.jit(lambda s, p: ema.update(s, p, config))
+    for _ in range(60):
+        state = update(state, params)
+    assert float(state.weight) == 1.0
+    ema.average(state, config)  # refused before: "it was made with init='zeros'"
+
+
+@pytest.mark.parametrize(("decay", "steps"), [(0.9999, 20_000), (0.99999, 30_000)])
+def test_a_zero_started_jax_read_of_a_constant_is_the_constant(decay: float, steps: int) -> None:
+    config = ema.Config(schedule=schedules.constant(decay), init="zeros")
+    params = {"w": jnp.ones(())}
+
+    def run(state: ema.EMAState) -> ema.EMAState:
+        return jax.lax.fori_loop(0, steps, lambda _, s: ema.update(s, params, config), state)
+
+    state = jax.jit(run)(ema.init(params, config))
+    average = float(ema.average(state, config)["w"])
+    assert abs(average - 1.0) <= 4e-7  # it was 1.00011 (0.9999) and 1.0003 (0.99999)
+
+
+def test_a_bad_numba_switch_is_refused_before_any_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMA_CORE_NUMBA", "false")
+    monkeypatch.setattr(_settings, "_kept", [])  # read again, as in a fresh process
+    shadow = {"w32": torch.zeros(3), "wbf": torch.zeros(3)}
+    params = {"w32": torch.ones(3), "wbf": torch.ones(3, dtype=torch.bfloat16)}
+    with pytest.raises(ValueError, match="EMA_CORE_NUMBA"):
+        ema.ema_update(shadow, params, 1, decay=0.5)
+    assert all(not bool(v.any()) for v in shadow.values())  # w32 was blended to 0.5 before
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_a_complex32_leaf_keeps_a_complex_shadow_under_a_real_dtype_policy() -> None:
+    param = torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex32)
+    config = ema.Config(schedule=0.5, dtype="float32")
+    state = ema.init({"z": param}, config)
+    assert state.shadow["z"].dtype == torch.complex32
+    state = ema.update(state, {"z": param * 3}, config)
+    got = state.shadow["z"].to(torch.complex64)  # complex32 has no equal on the CPU
+    assert torch.equal(got, torch.tensor([2 + 4j, 6 - 2j], dtype=torch.complex64))
