@@ -96,9 +96,13 @@ def check_decay_value(value: Any, name: str = "decay", step: Any = None) -> None
 
 def check_decay_arg(decay: Any) -> Any:
     """The ``decay=`` argument: a float in [0, 1] or a 0-d real floating array. A numpy decay
-    (scalar or 0-d array) is a host value: it is returned as a Python float."""
+    (scalar or 0-d array) is a host value: it is returned as a Python float (an integer one
+    as the int it holds, as ``decay=1`` is taken)."""
     if compat.is_array_api_obj(decay):
         xp = compat.array_namespace(decay)
+        host = compat.is_numpy_array(decay) and decay.ndim == 0
+        if host and xp.isdtype(decay.dtype, "integral"):  # np.int64(1): an int, as 1 is
+            return check_fraction("decay", int(decay))
         if decay.ndim != 0 or not xp.isdtype(decay.dtype, "real floating"):
             raise TypeError(
                 f"decay must be a float or a 0-d real floating array, got shape "

@@ -63,3 +63,15 @@ def test_a_complex32_leaf_keeps_a_complex_shadow_under_a_real_dtype_policy() -> 
     state = ema.update(state, {"z": param * 3}, config)
     got = state.shadow["z"].to(torch.complex64)  # complex32 has no equal on the CPU
     assert torch.equal(got, torch.tensor([2 + 4j, 6 - 2j], dtype=torch.complex64))
+
+
+def test_a_numpy_integer_decay_is_taken_as_the_int_it_holds() -> None:
+    import numpy as np
+
+    shadow, params = {"w": np.zeros(2)}, {"w": np.ones(2)}
+    ema.ema_update(shadow, params, 1, decay=np.int64(1))  # a TypeError, while decay=1 is taken
+    assert not shadow["w"].any()
+    ema.ema_update(shadow, params, 1, decay=np.int32(0))
+    assert (shadow["w"] == 1.0).all()
+    with pytest.raises(TypeError, match="decay must be"):
+        ema.ema_update(shadow, params, 1, decay=np.bool_(True))
