@@ -15,7 +15,8 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 from ema_core._checks import check_choice
 from ema_core._config import Config
 from ema_core._config_text import config_text
-from ema_core.torch import _names, _refusals, _rules
+from ema_core.torch import _refusals, _rules
+from ema_core.torch._filters import matcher
 
 Stage: TypeAlias = Literal["validate", "test", "predict"]
 FitEnd: TypeAlias = Literal["keep-live", "swap-in"]
@@ -93,7 +94,7 @@ def _filter(rule: Any, name: str) -> str | list[str] | Callable[[str], bool] | N
     patterns = isinstance(rule, Iterable) and not isinstance(rule, str) and not callable(rule)
     if patterns and all(isinstance(p, str) for p in rule):
         return list(rule)
-    _names._matcher(rule, name, True)  # raises TypeError on a bad filter
+    matcher(rule, name, True)  # raises TypeError on a bad filter
     return rule  # type: ignore[no-any-return]
 
 

@@ -9,7 +9,6 @@ moved its data.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -20,6 +19,7 @@ from ema_core._arguments import BUFFERS
 from ema_core._types import LeafKind
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
+from ema_core.torch._filters import filter_hint, matcher
 from ema_core.torch._prefixes import PREFIXES, namer, strip_all
 
 #: What happens to floating buffers: copied, averaged like parameters, or not tracked.
@@ -102,8 +102,8 @@ def collect(
     """
     if buffers not in BUFFER_POLICIES:
         raise ValueError(f"buffers must be one of {list(BUFFER_POLICIES)}, got {buffers!r}")
-    keep = _matcher(include, "include", default=True)
-    drop = _matcher(exclude, "exclude", default=False)
+    keep = matcher(include, "include", default=True)
+    drop = matcher(exclude, "exclude", default=False)
     tracked: list[Tracked] = []
     seen: dict[str, None] = {}
     for name, tensor, is_buffer, raw in named_tensors(source, buffers, where):
@@ -117,19 +117,9 @@ def collect(
     if not tracked:
         raise ValueError(
             f"{where} has no tensors to track after include={include!r}, "
-            f"exclude={exclude!r}, buffers={buffers!r}{_filter_hint(include, exclude, list(seen))}"
+            f"exclude={exclude!r}, buffers={buffers!r}{filter_hint(include, exclude, list(seen))}"
         )
     return tracked
-
-
-def _filter_hint(include: Any, exclude: Any, names: list[str]) -> str:
-    """How the filters read names, and the first names there, for a filter that kept none."""
-    if (include is None and exclude is None) or not names:
-        return ""
-    return (
-        f": patterns are globs matched against full names (e.g. 'encoder.*', '*.weight'); "
-        f"its names are {names[:3]}{' ...' if len(names) > 3 else ''} ({len(names)} in all)"
-    )
 
 
 def check_materialized(name: str, tensor: torch.Tensor, where: str) -> None:
@@ -212,28 +202,6 @@ def lookup(
         kind = checked_kind(t.name, tensor, is_buffer, buffers, "the module")
         out.append(Tracked(t.name, tensor, kind, raw, is_buffer))
     return out
-
-
-def _matcher(rule: Any, name: str, default: bool) -> Callable[[str, str], bool]:
-    """A predicate on ``(name, raw name)`` from a glob, a list of globs or a callable
-    (``default`` for None). Globs match the name as the EMA gives it or as the wrapped model
-    lists it (``_orig_mod.0.weight`` from a compiled model's ``named_parameters()``); a
-    callable is asked about the EMA's name only."""
-    if rule is None:
-        return lambda _, __: default
-    if callable(rule):
-        return lambda n, _: bool(rule(n))
-    if isinstance(rule, Iterable):  # a str too: one pattern
-        patterns = [rule] if isinstance(rule, str) else list(rule)
-        if all(isinstance(p, str) for p in patterns):
-            return lambda n, raw: any(
-                fnmatch.fnmatchcase(n, p) or (raw not in ("", n) and fnmatch.fnmatchcase(raw, p))
-                for p in patterns
-            )
-    raise TypeError(
-        f"{name} must be None, a glob pattern, a list of patterns or a callable name -> bool, "
-        f"got {rule!r}"
-    )
 
 
 def _pair(item: Any, where: str) -> tuple[Any, Any]:
