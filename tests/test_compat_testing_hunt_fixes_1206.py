@@ -46,6 +46,13 @@ def test_tf_keeps_quiet_for_kept_arrays_named_ones_and_alternating_var_lists() -
         ema.apply([g])  # a GAN's generator, then its discriminator: two variables, apart
         ema.apply([d])
         ema.apply([g])
+        flat = np.arange(8, dtype=np.float32)
+        views = ExponentialMovingAverage(0.5)
+        views.apply([flat[0:4]])  # two variables over one buffer, other elements
+        views.apply([flat[::2]])
+        square = np.ones((3, 3), dtype=np.float32)
+        views.apply([square])
+        views.apply([square.T])  # the same first element, other strides
         named = ExponentialMovingAverage(0.5)
         named.apply([("w", w.copy())])
         named.apply([("w", w.copy())])  # named: found by its name

@@ -214,6 +214,11 @@ def test_inner_products_takes_array_likes_and_refuses_ragged_and_unbroadcastable
     for value in (torch.tensor(6.94, dtype=torch.float64), jnp.float32(6.94), [jnp.float32(6.94)]):
         assert np.allclose(inner_products(100, value, 100, 6.94), want, rtol=1e-6)
     assert inner_products(range(100, 102), 6.94, 100, 6.94).shape == (2,)
+    bf16 = inner_products(jnp.asarray([100.0], dtype=jnp.bfloat16), 6.94, 100, 6.94)
+    assert np.allclose(bf16, want)
+    for bad in ([None], None, [1.0, "2"]):  # None read as NaN, strings parsed, before
+        with pytest.raises(TypeError, match="t_a must be a real number"):
+            inner_products(bad, 6.94, 100, 6.94)
     with pytest.raises(TypeError, match=r"gamma_a must be a real number .*got Tensor"):
         inner_products(100, torch.tensor([True]), 100, 6.94)
     with pytest.raises(TypeError, match=r"t_a must be a real number .*got ndarray"):

@@ -209,3 +209,28 @@ def test_a_strict_load_of_another_tensors_state_is_still_refused() -> None:
     with pytest.raises(ValueError, match=r"missing \['module\.weight'.*unexpected \['weight'\]"):
         child.load_state_dict(root_only.state_dict(), strict=True)
     assert all(torch.equal(v, before[k]) for k, v in child.average.items())
+
+
+def test_a_deepcopy_keeps_the_names_after_the_model_grew() -> None:
+    """The copy is built over the same model under the copied EMA's prefix (it was decided
+    anew: no tensor kept the names, and the copy was refused)."""
+    import copy
+
+    model = _Wrap()
+    ema = EMA(model, decay=0.5)
+    model.head = torch.nn.Linear(2, 1)
+    for copied in (copy.deepcopy(ema), copy.deepcopy((model, ema))[1]):
+        copied.update()
+        assert copied.names == ("weight", "bias")
+
+
+def test_a_loose_load_of_a_state_of_before_into_a_grown_model_renames_too() -> None:
+    torch.manual_seed(0)
+    source = _trained(_Net())
+    old = _legacy_state(source)
+    model = _Net()
+    model.extra = torch.nn.Linear(2, 2)  # a head added for fine-tuning: not in the state
+    target = EMA(model, decay=0.5)
+    target.load_state_dict(old, strict=False)
+    assert torch.equal(target.average["module.weight"], source.average["module.weight"])
+    assert torch.equal(target.average["head.weight"], source.average["head.weight"])

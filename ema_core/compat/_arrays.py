@@ -197,18 +197,21 @@ def floating_item(item: Any, where: str) -> tuple[str | None, Array]:
 
 
 def same_memory(a: Any, b: Any) -> bool:
-    """Two arrays of one shape and dtype over the same first element (torch, numpy, CuPy)."""
+    """Two arrays over the same elements (torch, numpy, CuPy): one shape, dtype, first
+    element and strides (``w.detach()``, ``w[:]``; not ``w.T`` or ``w[::2]``)."""
     if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
         return False
-    first = _address(a)
-    return first is not None and first == _address(b)
+    first = _layout(a)
+    return first is not None and first == _layout(b)
 
 
-def _address(x: Any) -> int | None:
+def _layout(x: Any) -> tuple[int, tuple[int, ...]] | None:
+    """The address of the first element and the strides (in bytes for numpy and CuPy, in
+    elements for torch: compared within one framework), None if not known or empty."""
     if compat.is_torch_array(x):
-        return int(x.data_ptr()) if x.numel() else None
+        return (int(x.data_ptr()), tuple(x.stride())) if x.numel() else None
     if compat.is_numpy_array(x):
-        return int(x.__array_interface__["data"][0]) if x.size else None
+        return (int(x.__array_interface__["data"][0]), x.strides) if x.size else None
     if compat.is_cupy_array(x):
-        return int(x.data.ptr) if x.size else None
+        return (int(x.data.ptr), tuple(x.strides)) if x.size else None
     return None

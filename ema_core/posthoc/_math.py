@@ -196,6 +196,13 @@ def real_array(name: str, value: Any) -> FloatArray:
     except (TypeError, RuntimeError):  # e.g. a CUDA tensor
         raise refused from None
     if array.dtype.kind == "O":  # Decimals, or numbers of another framework in a list
+        if any(v is None or isinstance(v, (str, bytes)) for v in array.flat):
+            raise refused  # astype would read None as NaN and parse strings
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError):
+            raise refused from None
+    if array.dtype.kind == "V":  # ml_dtypes' bfloat16 (a JAX bfloat16 array)
         try:
             array = array.astype(np.float64)
         except (TypeError, ValueError):

@@ -14,7 +14,7 @@ from ema_core._config import Config, divisor
 from ema_core._config_text import config_text
 from ema_core.torch import _averages, _fsdp, _names, _options, _rules, _state
 from ema_core.torch._interrupts import HeldInterrupts
-from ema_core.torch._prefixes import renames
+from ema_core.torch._prefixes import keeping, renames
 
 
 class Copied(Protocol):
@@ -183,7 +183,8 @@ def deep_copy(ema: Copied, memo: dict[int, Any], make: Callable[..., T]) -> T:
     if root is None:  # named tensors: each one's copy, if this deepcopy made one
         source = {t.name: memo.get(id(t.tensor), t.tensor) for t in ema._bound.tracked}
     names = frozenset(ema.names)
-    new = make(source, config=ema.config, device=ema._bound.target, include=names.__contains__)
+    with keeping(source, ema._bound.prefix):  # the names the copied EMA gave, kept
+        new = make(source, config=ema.config, device=ema._bound.target, include=names.__contains__)
     new.load_state_dict(ema.state_dict())
     memo[id(ema)] = new
     return new

@@ -20,7 +20,9 @@ still loads (``renames``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -29,6 +31,24 @@ PREFIXES = ("module.", "_orig_mod.")
 #: Wrapper classes (by the name of the class or of a base class, so none is imported) whose
 #: child ``module`` is the model.
 DATA_PARALLEL = frozenset({"DistributedDataParallel", "DataParallel", "DeepSpeedEngine"})
+
+
+#: id(root) -> the prefix an EMA being copied decided for it (``keeping``): its copy's names.
+_KEPT: dict[int, str] = {}
+
+
+@contextlib.contextmanager
+def keeping(root: Any, prefix: str | None) -> Iterator[None]:
+    """While an EMA is built over ``root`` (a deepcopy of an EMA), its prefix is ``prefix``,
+    the one the copied EMA decided, not the one ``root``'s structure gives now."""
+    if prefix is None or not isinstance(root, torch.nn.Module):
+        yield
+        return
+    _KEPT[id(root)] = prefix
+    try:
+        yield
+    finally:
+        _KEPT.pop(id(root), None)
 
 
 def wrapper_prefix(root: torch.nn.Module) -> str:
@@ -46,6 +66,8 @@ def wrapper_prefix(root: torch.nn.Module) -> str:
     >>> wrapper_prefix(Net()), wrapper_prefix(torch.nn.DataParallel(Net()))
     ('', 'module.')
     """
+    if id(root) in _KEPT:
+        return _KEPT[id(root)]
     prefix, module = "", root
     while (inner := _wrapped_child(module)) is not None:
         prefix += inner + "."
@@ -103,12 +125,12 @@ def legacy(raw: str) -> str:
 def renames(
     saved: Iterable[str], tracked: Iterable[str], model: Iterable[tuple[str, str]]
 ) -> dict[str, str]:
-    """Saved name -> the EMA's name, for a whole state saved before 2026-12-06 by an EMA of a
-    model with a ``module`` child: each saved name that no tensor of the model has now is the
+    """Saved name -> the EMA's name, for a state saved before 2026-12-06 by an EMA of a model
+    with a ``module`` child: each saved name that no tensor of the model has now is the
     ``legacy`` name of exactly one of the model's tensors (``model``: its ``(name, raw name)``
     pairs, untracked ones too: one whose old name two tensors shared could not have been
-    saved), a tracked one whose own name is not saved too; and the renamed names are then
-    exactly the ``tracked`` names (never a part of another EMA's state). Else ``{}``.
+    saved), a tracked one whose own name is not saved too. Else (a saved name that is neither
+    the model's now nor so renamed: not this model's state) ``{}``.
 
     >>> model = [("module.weight", "module.weight"), ("head.bias", "head.bias")]
     >>> renames(["weight", "head.bias"], ["module.weight", "head.bias"], model)
@@ -129,8 +151,8 @@ def renames(
         and old[key][0] in names
         and old[key][0] not in keys
     }
-    whole = {moved.get(key, key) for key in keys} == names
-    return moved if whole else {}
+    ours = all(key in current or key in moved for key in keys)
+    return moved if ours else {}
 
 
 def drop_compiled(name: str) -> str:
