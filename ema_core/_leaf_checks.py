@@ -232,13 +232,14 @@ def check_finite(
     """Reject NaN or infinite params (reads values: a host sync, done only when asked).
 
     Raises:
-        ValueError: a float leaf holds NaN or inf (its path named), or the params are traced
+        ValueError: a floating leaf (averaged or copied) holds NaN or inf (its path named),
+            or the params are traced
             (JAX: inside ``jit``, ``vmap`` or ``scan`` no value can be read).
     """
     jax = sys.modules.get("jax")
     for p, kind, path in zip(params, kinds, paths, strict=True):
-        if kind != "float":
-            continue
+        if kind != "float" and not xp.isdtype(p.dtype, ("real floating", "complex floating")):
+            continue  # an integer leaf; a copied floating one (torch buffers="copy") counts
         finite = xp.all(xp.isfinite(p))  # traced too for concrete params inside a jax.lax.scan
         if jax is not None and isinstance(finite, jax.core.Tracer):
             raise ValueError(

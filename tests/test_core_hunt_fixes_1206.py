@@ -5,7 +5,8 @@
   (``average`` then refused the EMA's own config, ``checkpoint.save`` a weight above 1), and a
   zero-started read settled up to 1e-3 off; it is now updated in the blend's own form;
 * a bad ``EMA_CORE_NUMBA`` raised after torch's float32 group was written;
-* torch ``complex32`` under ``Config(dtype="float32")`` got a real shadow."""
+* torch ``complex32`` under ``Config(dtype="float32")`` got a real shadow;
+* ``guard_finite`` skipped copied floating buffers (torch ``buffers="copy"``)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,22 @@ def test_a_numpy_integer_decay_is_taken_as_the_int_it_holds() -> None:
     assert (shadow["w"] == 1.0).all()
     with pytest.raises(TypeError, match="decay must be"):
         ema.ema_update(shadow, params, 1, decay=np.bool_(True))
+
+
+@pytest.mark.parametrize("buffers", ["average", "copy"])
+def test_guard_finite_refuses_non_finite_copied_buffers_too(buffers: str) -> None:
+    """A BatchNorm's statistics gone NaN in an overflowing half forward (the optimizer step
+    skipped, the params finite): copied buffers were not checked and the NaN reached the EMA."""
+    from ema_core import Config
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    from ema_core.torch import EMA
+
+    averager = EMA(model, config=Config(schedule=0.5, guard_finite=True, buffers=buffers))
+    before = {k: v.clone() for k, v in averager.average.items()}
+    with torch.no_grad():
+        model[1].running_var[0] = float("nan")
+    with pytest.raises(ValueError, match=r"1\.running_var'\] holds NaN"):
+        averager.update()
+    assert averager.step == 0
+    assert all(torch.equal(v, before[k]) for k, v in averager.average.items())
