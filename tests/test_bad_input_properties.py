@@ -29,7 +29,7 @@ SETTINGS = settings(
 )
 BAD_DECAYS = [-0.5, -1e-3, 1.001, 1.5, math.nan, math.inf, -math.inf]
 BAD_STEPS = [-1, -7, -(2**40)]
-WRONG_TYPE_DECAYS: list[Any] = ["0.5", True, [0.5], np.ones(2), np.asarray(1)]
+WRONG_TYPE_DECAYS: list[Any] = ["0.5", True, [0.5], np.ones(2), np.asarray(True)]
 WRONG_TYPE_STEPS: list[Any] = [1.5, True, "1", np.asarray(1.0), np.ones(2, np.int64), None]
 Case = tuple[dict[str, Any], dict[str, Any], Callable[..., Any], type[Exception]]
 
