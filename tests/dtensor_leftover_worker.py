@@ -135,11 +135,10 @@ class Cases:
         ema.update()
         assert torch.equal(ema.average["0.weight"].full_tensor(), whole)
 
-    def copy_to_a_gathered_eval_model_reaches_its_shards(self) -> None:
-        """A plain EMA (a full checkpoint) copied into an FSDP2 eval model whose forward left
-        the all-gathered copies: the averages reach the shards (they went into the copies,
-        which FSDP2 frees at the next reshard without writing them back)."""
-        averaged = EMA(net(), decay=0.5)
+    def gathered_copy_of(self, ema: EMA) -> dict[str, torch.Tensor]:
+        """``ema.copy_to`` a fresh model (its params 5 off), sharded like ``net``'s EMA and
+        left holding its all-gathered copies by an eval forward; then resharded, as FSDP2 does
+        at the next backward: its state, whole."""
         target = net()
         with torch.no_grad():
             for param in target.parameters():
@@ -147,12 +146,20 @@ class Cases:
         fully_shard(target[0], mesh=self.mesh)
         fully_shard(target, mesh=self.mesh)
         self.unsharded(target)
-        averaged.copy_to(target)
+        ema.copy_to(target)
         target[0].reshard()
         target.reshard()
-        for name, value in target.state_dict().items():
-            whole = value.full_tensor() if isinstance(value, DTensor) else value
-            assert torch.equal(whole, averaged.average[name]), name
+        held = target.state_dict()
+        return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in held.items()}
+
+    def copy_to_a_gathered_eval_model_reaches_its_shards(self) -> None:
+        """A plain EMA (a full checkpoint) copied into an FSDP2 eval model whose forward left
+        the all-gathered copies: the averages reach the shards (they went into the copies,
+        which FSDP2 frees at the next reshard without writing them back)."""
+        averaged = EMA(net(), decay=0.5)
+        held = self.gathered_copy_of(averaged)
+        for name, value in fulls(averaged).items():
+            assert torch.equal(held[name], value), name
 
     def copy_to_a_gathered_model_sharded_alike_from_a_sharded_ema(self) -> None:
         """The same for a sharded EMA: refused before as 'the target is a plain tensor'."""
@@ -161,23 +168,15 @@ class Cases:
             for param in model.parameters():
                 param.add_(2.0)
         ema.update()
-        target = net()
-        fully_shard(target[0], mesh=self.mesh)
-        fully_shard(target, mesh=self.mesh)
-        self.unsharded(target)
-        ema.copy_to(target)
-        target[0].reshard()
-        target.reshard()
+        held = self.gathered_copy_of(ema)
         for name, value in fulls(ema).items():
-            held = target.get_parameter(name) if name != "scale" else target.scale
-            whole = held.full_tensor() if isinstance(held, DTensor) else held
-            assert torch.equal(whole, value), name
+            assert torch.equal(held[name], value), name
 
 
 CASES = [
     name
     for name in vars(Cases)
-    if not name.startswith("_") and name not in {"sharded", "unsharded"}
+    if not name.startswith("_") and name not in {"sharded", "unsharded", "gathered_copy_of"}
 ]
 
 
