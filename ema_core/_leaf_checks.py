@@ -198,9 +198,9 @@ def _check_devices(s: Array, p: Array, path: Path, names: tuple[str, str]) -> No
                     "returned"
                 ) from None
         raise
-    if _uncommitted(s) or _uncommitted(p):
-        return  # JAX moves an array made without device_put to the other one's devices
-    if ds is not None and dp is not None and ds != dp and not _equivalent(ds, dp, s):
+    mismatch = ds is not None and dp is not None and ds != dp and not _equivalent(ds, dp, s)
+    # JAX moves an array made without device_put to the other one's devices: read only then
+    if mismatch and not (_uncommitted(s) or _uncommitted(p)):
         raise ValueError(
             f"{path_str(names[0], path)} is on device {ds} but {path_str(names[1], path)} is on "
             f"{dp}; move them to one device"
