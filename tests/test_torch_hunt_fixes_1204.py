@@ -194,15 +194,20 @@ def _loaded_back(size: int) -> tuple[bool, bool]:
 def test_an_ema_loaded_back_in_the_same_process_updates_its_own_shadows() -> None:
     """Unpickled, an EMA watches its loaded tensors afresh: pickled, its watch held the old
     addresses and its host-engine views were copies of the old memory, so a loaded tensor at a
-    reused address passed for unchanged and updates went into those copies. The allocator
-    reuses the addresses within a few rounds here: every round must be right, and the rounds
-    stop at the first reuse seen (the case that failed)."""
-    for _ in range(30):
-        for size in (16, 32, 48, 64):
-            reused, right = _loaded_back(size)
-            assert right, f"size {size}: the loaded EMA's update missed its shadows"
-            if reused:
-                return
+    reused address passed for unchanged and updates went into those copies. Whether the
+    allocator reuses an address is up to it (it stopped doing so here), so the loaded EMA is
+    checked to hold no old address and no old view, and a few rounds to be right."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 16, bias=False).to(torch.bfloat16)
+    ema = EMA(model, decay=0.5)
+    ema.update()  # binds the host engine's views and watches the addresses
+    assert any(group.host is not None for group in ema._bound.store.plan.mixed)
+    _, loaded = pickle.loads(pickle.dumps((model, ema)))
+    assert all(pointer == -1 for pointer in loaded._bound.watch.pointers)
+    assert all(g.host is None and g.launch is None for g in loaded._bound.store.plan.mixed)
+    for size in (16, 32, 48, 64):
+        reused, right = _loaded_back(size)
+        assert right, f"size {size}: the loaded EMA's update missed its shadows (reused: {reused})"
 
 
 class _Holder(torch.nn.Module):
