@@ -92,3 +92,23 @@ def test_the_kit_takes_a_tolerance_that_is_a_numpy_scalar(tolerance: object) -> 
     assert_matches(_make, config, trajectory, rtol=tolerance)  # refused: "got float32"
     with pytest.raises(TypeError, match="rtol must be a real number"):
         assert_matches(_make, config, trajectory, rtol=np.bool_(True))
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "shown"),
+    [
+        (np.float32(np.inf), "np.float32(inf)"),
+        (np.float64(-np.inf), "np.float64(-inf)"),
+        (np.float16(np.nan), "np.float16(nan)"),
+        (10**400, "a huge int"),
+    ],
+)
+def test_a_tolerance_that_is_no_finite_number_is_shown_as_given(
+    tolerance: object, shown: str
+) -> None:
+    """A numpy inf was reported as "a huge int" (only a Python float was shown as itself)."""
+    config = Config(schedule=schedules.constant(0.9), init="copy")
+    trajectory = Trajectory({"w": np.ones(2, np.float32)}, [{"w": np.ones(2, np.float32)}])
+    with pytest.raises(ValueError, match="atol must be a finite float >= 0") as raised:
+        assert_matches(_make, config, trajectory, atol=tolerance)
+    assert str(raised.value).endswith(f"got {shown}")

@@ -80,8 +80,9 @@ def tolerance(value: Any, arg: str) -> float | None:
     except OverflowError:  # an int past the largest float
         number = math.inf
     if not math.isfinite(number) or number < 0:
-        shown = value if number != math.inf or isinstance(value, float) else "a huge int"
-        raise ValueError(f"{arg} must be a finite float >= 0 or None, got {shown!r}")
+        huge = isinstance(value, int) and number == math.inf  # past the largest float
+        shown = "a huge int" if huge else repr(value)
+        raise ValueError(f"{arg} must be a finite float >= 0 or None, got {shown}")
     return number
 
 
