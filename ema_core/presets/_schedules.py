@@ -22,9 +22,9 @@ from ema_core.schedules import (
     Schedule,
     constant,
     gated,
-    num_updates,
     sigma_rel_to_gamma,
 )
+from ema_core.schedules._decays import counter_ratio
 
 
 def after_step(
@@ -78,9 +78,9 @@ def counter_cap(decay: float, numerator: Any, denominator: Any) -> Schedule:
     numerator exceeds the denominator (the ratio is then above 1 at every t >= 0 and never wins
     the ``min``, as AllenNLP computes it)."""
     if _is_number(numerator) and _is_number(denominator) and numerator > denominator:
-        num_updates(decay, denominator, denominator)  # checks the decay and the denominator
+        counter_ratio(decay, denominator, denominator)  # checks the decay and the denominator
         return constant(decay)
-    return num_updates(decay, numerator, denominator)
+    return counter_ratio(decay, numerator, denominator)
 
 
 def _is_number(value: Any) -> bool:
@@ -96,7 +96,7 @@ def _is_number(value: Any) -> bool:
 def counter_from(decay: float, numerator: float, denominator: float, start: int) -> Schedule:
     """``counter_cap`` at the counter ``n = start + t - 1`` (a peer's counter that holds
     ``start`` at the first update); the arguments are checked by the caller (``counter_cap``).
-    The shift is folded into ``num_updates`` where it can hold it (the shifted denominator
+    The shift is folded into ``counter_ratio`` where it can hold it (the shifted denominator
     positive and the shifted numerator above its negative), else ``CounterFrom`` computes it.
 
     Example:
@@ -114,7 +114,7 @@ def counter_from(decay: float, numerator: float, denominator: float, start: int)
 @dataclass(frozen=True)
 class CounterFrom(Schedule):
     """``min(decay, (numerator + n) / (denominator + n))`` with ``n = start + t - 1`` (t = 0,
-    which no update reads, as t = 1), for a shift ``num_updates`` cannot hold (AllenNLP's
+    which no update reads, as t = 1), for a shift ``counter_ratio`` cannot hold (AllenNLP's
     ``apply(0)`` with a denominator <= 1)."""
 
     elementwise: ClassVar[bool] = True

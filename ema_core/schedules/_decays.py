@@ -80,11 +80,28 @@ def constant(decay: float, /) -> Schedule:
 def num_updates(decay: float, /, numerator: float = 1.0, denominator: float = 10.0) -> Schedule:
     """``d_t = min(decay, (numerator + t) / (denominator + t))`` (TF, AllenNLP, torch_ema).
 
+    ``numerator`` is in [-1, denominator]: below -1 the first decay, ``(numerator + 1) /
+    (denominator + 1)``, is negative (the average would overshoot the params).
+
     Example:
         >>> from ema_core import schedules
         >>> round(schedules.num_updates(0.999)(1), 5)
         0.18182
     """
+    schedule = counter_ratio(decay, numerator, denominator)
+    if numerator < -1:
+        shown = shown_int(numerator) if isinstance(numerator, int) else numerator
+        raise ValueError(
+            f"numerator must be >= -1: the decay at step 1, (numerator + 1) / (denominator + "
+            f"1), is negative below, got {shown}"
+        )
+    return schedule
+
+
+def counter_ratio(decay: float, numerator: float, denominator: float) -> NumUpdates:
+    """``num_updates`` for a ``numerator`` anywhere in (-denominator, denominator]: the ratio at
+    a counter the caller keeps at or above ``-numerator`` (AllenNLP's own counter, which
+    ``compat.allennlp`` and the presets check)."""
     check_fraction("decay", decay)
     check_positive("denominator", denominator)
     if isinstance(numerator, bool) or not isinstance(numerator, (int, float)):

@@ -1,0 +1,39 @@
+"""Fixes of the hostile-input round on the update rule: a counter schedule whose first decay is
+negative."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ema_core as ema
+from ema_core import presets, schedules
+from ema_core.compat.allennlp import ExponentialMovingAverage
+
+
+@pytest.mark.parametrize("numerator", [-5, -1.5, -9.99])
+def test_num_updates_refuses_a_numerator_whose_first_decay_is_negative(numerator: float) -> None:
+    """``num_updates(0.9, numerator=-5)`` was taken: its decays at t = 1..4 are below 0, which an
+    interval or ``every`` multiplied into a positive decay and applied without a word (and a jit
+    applied as they were: the shadow overshot the params)."""
+    with pytest.raises(ValueError, match=r"numerator must be >= -1: the decay at step 1") as e:
+        schedules.num_updates(0.9, numerator=numerator)
+    assert str(e.value).endswith(f"got {numerator}")
+
+
+def test_num_updates_takes_a_numerator_of_minus_one_its_first_update_a_copy() -> None:
+    schedule = schedules.num_updates(0.9, numerator=-1)
+    assert schedule(1) == 0.0 and schedule(2) == pytest.approx(1 / 12)
+    got = ema.ema_update(np.zeros(2), np.ones(2), 2, config=ema.Config(schedule, interval=2))
+    np.testing.assert_allclose(got, 1.0)  # d_1 * d_2 = 0: the params, not a blend past them
+
+
+def test_allennlp_keeps_a_negative_numerator_with_a_counter_at_or_above_its_negative() -> None:
+    """AllenNLP's own counter starts where the caller says: its checks (the counter >= -numerator)
+    keep the ratio >= 0, so its numerators below -1 stay taken."""
+    config = presets.allennlp(0.99, numerator=-3.0, denominator=10.0, num_updates=3)
+    assert config.decay(1) == 0.0 and config.decay(2) == pytest.approx(1 / 14)
+    average = ExponentialMovingAverage([("w", np.zeros(2))], decay=0.99, numerator=-3.0)
+    average.apply(3)  # the counter at -numerator: decay 0, a copy
+    with pytest.raises(ValueError, match="num_updates"):
+        average.apply(2)
