@@ -170,10 +170,11 @@ def decay_array(xp: Any, decay: Array, leaf: Array) -> Array:
 def shadow_dtype(xp: Any, param: Array, config: Config) -> Any:
     """The shadow dtype of a floating leaf; a ``Config.dtype`` the namespace lacks (bfloat16
     in numpy, float16 in array-api-strict) is a ``TypeError``, not the params' dtype. A complex
-    leaf keeps its own dtype (``shadow_dtype_name``), as the torch classes keep it."""
+    leaf keeps its own dtype (``shadow_dtype_name``), as the torch classes keep it, but for
+    torch's half complex (complex64, as a half leaf's float32)."""
     param_name = _core.dtype_name(xp, param.dtype)
-    if param_name.startswith("complex"):
-        return param.dtype  # whatever Config.dtype says (also one the namespace lacks)
+    if param_name.startswith("complex"):  # whatever Config.dtype says (also one xp lacks)
+        return getattr(xp, shadow_dtype_name(config.dtype, param_name))
     name = shadow_dtype_name(config.dtype, param_name)
     dtype = getattr(xp, name, None)
     if dtype is None and config.dtype not in (None, "same"):

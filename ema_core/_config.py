@@ -185,9 +185,12 @@ def power_weight(schedule: Schedule, t: Any, interval: int = 1, compensate: bool
 
 def shadow_dtype_name(config_dtype: str | None, param_dtype_name: str) -> str:
     """The shadow dtype name for a floating leaf under the dtype policy: a complex leaf keeps
-    its own (the policy names a real dtype: a real shadow would drop the imaginary part)."""
+    its own (the policy names a real dtype: a real shadow would drop the imaginary part), but
+    torch's half complex (``complex32``) gets ``complex64``, as a half leaf gets float32 (a
+    half shadow stalls near decay 1), unless the policy is ``"same"``."""
     if param_dtype_name.startswith("complex"):
-        return param_dtype_name
+        half = param_dtype_name == "complex32" and config_dtype != "same"
+        return "complex64" if half else param_dtype_name
     if config_dtype is None:
         return "float32" if param_dtype_name in ("float16", "bfloat16") else param_dtype_name
     return param_dtype_name if config_dtype == "same" else config_dtype

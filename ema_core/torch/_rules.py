@@ -92,10 +92,11 @@ def floating(tensor: torch.Tensor) -> bool:
 
 
 def shadow_dtype(config: Config, tracked: Tracked) -> torch.dtype:
-    """The shadow dtype of a tracked tensor: its own for copied and complex tensors, else
-    what ``Config.dtype`` says (float32 for bf16/fp16 by default)."""
+    """The shadow dtype of a tracked tensor: its own for copied and complex tensors (but
+    complex64 for complex32), else what ``Config.dtype`` says (float32 for bf16/fp16 by
+    default)."""
     dtype: torch.dtype = tracked.tensor.dtype
-    if tracked.kind != "float" or dtype.is_complex:
+    if tracked.kind != "float":
         return dtype
     name = shadow_dtype_name(config.dtype, str(dtype).removeprefix("torch."))
     return getattr(torch, name)  # type: ignore[no-any-return]
