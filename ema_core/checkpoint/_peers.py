@@ -24,6 +24,7 @@ from ema_core.presets._args import check_count
 from ema_core.torch import _dtensor
 from ema_core.torch._bank_snap import aliases, transient
 from ema_core.torch._module import EMA
+from ema_core.torch._prefixes import namer
 
 __all__ = ["PEERS", "Peer", "load_peer", "preset_of", "same_trajectory"]
 
@@ -111,12 +112,26 @@ def load_peer(
     current = ema.state_dict()
     # a module-state peer saved ``module.state_dict()``, without the non-persistent buffers:
     # those keep their current shadows (the next update copies or averages them as before)
-    shadows = by_name(peer, read.shadows, ema.names, aliases(ema), transient(ema))
+    shadows = by_name(peer, read.shadows, ema.names, aliases(ema), transient(ema), untracked(ema))
     loaded = {n: _fit(peer, n, v, current["shadow"][n]) for n, v in shadows.items()}
     loaded = {n: loaded.get(n, current["shadow"][n]) for n in ema.names}
     one = torch.tensor(1.0, dtype=torch.float64, device="cpu")
     new = {**current, "step": torch.tensor(t, device="cpu"), "weight": one}
     ema.load_state_dict({**new, "shadow": loaded}, strict=True)
+
+
+def untracked(ema: EMA) -> frozenset[str]:
+    """The module's tensors the EMA leaves out (``include=``/``exclude=``, ``buffers="skip"``),
+    as the EMA names them: a by-name peer keeps a copy of the whole model (ema-pytorch also
+    of its ``param_or_buffer_names_no_ema`` and ``ignore_names``), whose entries of these are
+    not the EMA's to load."""
+    root = ema._bound.root
+    if root is None:
+        return frozenset()
+    name_of = namer(root, ema._bound.prefix)
+    found = {name_of(k) for k in root.state_dict(keep_vars=True)}
+    found.update(name_of(k) for k, _ in root.named_buffers())  # non-persistent ones too
+    return frozenset(found.difference(ema.names))
 
 
 def preset_of(peer: str, args: Mapping[str, Any]) -> Config:

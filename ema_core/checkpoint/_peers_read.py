@@ -110,12 +110,14 @@ def by_name(
     names: tuple[str, ...],
     tied: dict[str, str],
     optional: frozenset[str] = frozenset(),
+    untracked: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Shadows by the EMA's names: a list is in parameter order, one entry per tracked name; a
     dict may also hold a tracked tensor under the model's other names of it (``tied``: alias ->
     name, tied weights), which must then hold the same bits. A name in ``optional`` (the
     module's non-persistent buffers, which ``module.state_dict()`` leaves out) may be absent
-    from a dict: it is then left out of the result."""
+    from a dict: it is then left out of the result. A dict's entries of ``untracked`` names
+    (the module's tensors the EMA leaves out) are skipped."""
     if isinstance(shadows, list):
         if len(shadows) != len(names):
             raise ValueError(
@@ -132,7 +134,7 @@ def by_name(
         keys[name].append(alias)
     found = {n: [k for k in ks if k in shadows] for n, ks in keys.items()}
     missing = [n for n in names if not found[n] and n not in optional]
-    unexpected = [k for k in shadows if k not in keys and k not in tied]
+    unexpected = [k for k in shadows if k not in keys and k not in tied and k not in untracked]
     if missing or unexpected:
         raise ValueError(
             f"the {peer} state does not match this EMA: missing {missing[:5]}, unexpected "
