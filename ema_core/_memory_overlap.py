@@ -121,12 +121,41 @@ def _span(
 
 
 def overlap(a: Array, b: Array) -> bool:
-    """Whether two arrays with overlapping byte ranges share an element (exact for numpy)."""
-    a, b = _unwrap(a), _unwrap(b)
-    if not (compat.is_numpy_array(a) and compat.is_numpy_array(b)):
+    """Whether two arrays with overlapping byte ranges share an element (exact for numpy and
+    plain torch tensors: interleaved views, ``b[0::2]`` beside ``b[1::2]``, share none)."""
+    np = sys.modules.get("numpy")
+    if np is None:
         return True
-    np = sys.modules["numpy"]
+    a, b = _numpy_layout(np, _unwrap(a)), _numpy_layout(np, _unwrap(b))
+    if a is None or b is None:
+        return True
     try:
         return bool(np.shares_memory(a, b, max_work=1 << 16))
     except np.exceptions.TooHardError:
         return True
+
+
+class _Layout:
+    """An object numpy reads an array from: the addresses of a torch tensor's elements."""
+
+    def __init__(self, interface: dict[str, Any]) -> None:
+        self.__array_interface__ = interface
+
+
+def _numpy_layout(np: Any, a: Any) -> Any:
+    """``a`` itself (numpy), or a numpy array over the addresses of a plain torch tensor's
+    elements (its pointer, shape and byte strides; opaque items of its size), which
+    ``np.shares_memory`` compares without reading them; None for other arrays."""
+    if compat.is_numpy_array(a):
+        return a
+    if array_kind(a) != "torch":
+        return None
+    size = a.element_size()
+    interface = {
+        "shape": tuple(a.shape),
+        "typestr": f"|V{size}",
+        "data": (a.data_ptr(), False),
+        "strides": tuple(st * size for st in a.stride()),
+        "version": 3,
+    }
+    return np.asarray(_Layout(interface))

@@ -69,3 +69,22 @@ def test_a_complex32_leaf_gets_a_complex64_shadow_that_does_not_stall(dtype: str
             assert torch.all(real < 1.1)  # stalled near 1.02 (not 1.78), as a float16 shadow does
         else:
             torch.testing.assert_close(real, torch.full((3,), want), rtol=1e-4, atol=0)
+
+
+def test_interleaved_torch_views_that_share_no_element_are_two_leaves() -> None:
+    """``b[0::2]`` beside ``b[1::2]`` share no element: numpy took them, torch refused them as
+    sharing memory (its check compared byte ranges only)."""
+    torch = pytest.importorskip("torch")
+    for b in (np.zeros(6), torch.zeros(6)):
+        ones = {"a": b[0::2] * 0 + 1, "b": b[1::2] * 0 + 2}
+        ema.ema_update({"a": b[0::2], "b": b[1::2]}, ones, 1, decay=0.5)
+        assert b.tolist() == [0.5, 1.0] * 3
+    b = torch.zeros(4, 4)  # a column and a row meet at b[1, 0]
+    before = b.clone()
+    with pytest.raises(ValueError, match=r"shadow\['a'\] and shadow\['b'\] share memory"):
+        ema.ema_update({"a": b[:, 0], "b": b[1]}, {"a": torch.ones(4), "b": torch.ones(4)}, 1)
+    assert torch.equal(b, before)
+    ema.ema_update(
+        {"a": b[:, 0], "b": b[1, 1:]}, {"a": torch.ones(4), "b": torch.ones(3)}, 1, decay=0.0
+    )
+    assert b[:, 0].tolist() == [1.0] * 4 and b[1, 1:].tolist() == [1.0] * 3
