@@ -15,30 +15,31 @@ the user's view the two are one step:
   copy of the K shadows at every snapshot step (the blend cannot be inverted exactly, and a
   JAX bank donates the old states). The update stands, and the failure is a
   ``SnapshotWriteError`` (an ``OSError``, the cause's errno) saying that the step's update was
-  applied and its snapshots were not written, and how to write them again (the bank's
-  ``save_snapshots``), which gives the same files as the automatic write, since the shadows
-  have not moved since. The writer leaves none of the set on disk then.
+  applied and its snapshots were not written, and how to write them again: the bank's
+  ``save_snapshots`` of the EMAs that were due (``which=error.which``; all K when they are at
+  one step, the usual case, where ``which=`` may be left out), which gives the same files as
+  the automatic write, since the shadows have not moved since (``retry_call`` spells the
+  call). The writer leaves none of the set on disk then.
 
-``check_given_steps``: the labels a bank's ``save_snapshots(steps=)`` may give (its EMAs' steps
-times one factor).
+The steps a bank's ``save_snapshots`` writes are checked by ``_snapshot_args.snapshot_steps``.
 
 ``ema_core.posthoc`` (numpy) is imported when a bank first needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno as errnos
 import importlib
-import operator
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ema_core import _snapshot_args
 from ema_core._atomic import resolve_link
 
-__all__ = ["SnapshotWriteError", "check_given_steps", "check_set", "write_set"]
+__all__ = ["SnapshotWriteError", "check_set", "retry_call", "retrying", "write_set"]
 
 
 class SnapshotWriteError(OSError):
@@ -49,10 +50,13 @@ class SnapshotWriteError(OSError):
         step: the step whose snapshots are missing.
         states: for a JAX bank, the updated states (the call's result: the states passed in
             were donated); None for a torch bank, which holds its shadows itself.
+        which: the indices of the EMAs whose snapshots were due (all K when the EMAs are at
+            one step); ``save_snapshots(..., which=error.which)`` writes exactly them.
     """
 
     step: int
     states: Any
+    which: tuple[int, ...]
 
 
 def posthoc_snapshots() -> Any:
@@ -90,12 +94,14 @@ def check_set(
     count = len(trees)
     records = zip(policies or [None] * count, aliases or [{}] * count, strict=True)
     found = zip(trees, steps, sigma_rels, intervals, records, strict=True)
-    paths = [
+    prepared = [
         snapshots.prepare(
             folder, tree, step=t, sigma_rel=s, dtype=None, interval=i, policies=p, aliases=n
-        ).path
+        )
         for tree, t, s, i, (p, n) in found
     ]
+    snapshots.check_together(prepared)
+    paths = [p.path for p in prepared]
     if folder.is_dir():
         targets = [resolve_link(p) for p in paths]
         for path, target in zip(paths, targets, strict=True):
@@ -127,7 +133,8 @@ def write_set(
     """``save_snapshot_set`` (``policies``: which arrays each EMA copies, ``aliases``: the
     model's other names of its arrays; None where unknown); after a bank's update (``retry``
     given: the call that writes the set again), an ``OSError`` while writing becomes a
-    ``SnapshotWriteError`` naming the step, ``retry``, and carrying ``states``.
+    ``SnapshotWriteError`` naming the step, ``retry``, and carrying ``states`` (``retrying``
+    adds ``which``).
 
     Raises:
         SnapshotWriteError: the write failed; the update stands.
@@ -148,13 +155,37 @@ def write_set(
     except OSError as cause:
         if retry is None:
             raise
-        raise _not_written(cause, directory, max(steps), retry, states) from cause
+        error = _not_written(cause, directory, max(steps), retry)
+        error.states, error.which = states, ()
+        raise error from cause
     return paths
 
 
-def _not_written(
-    cause: OSError, directory: Any, step: int, retry: str, states: Any
-) -> SnapshotWriteError:
+@contextlib.contextmanager
+def retrying(args: str, which: Sequence[int], count: int, note: str = "") -> Iterator[str]:
+    """Around a bank's automatic write of the EMAs ``which`` (indices; of ``count``): yields
+    ``retry`` for ``write_set``, the call that writes the set again (``retry_call``, then
+    ``note``), and gives a ``SnapshotWriteError`` raised inside ``which``."""
+    try:
+        yield retry_call(args, which, count) + note
+    except SnapshotWriteError as error:
+        error.which = tuple(which)
+        raise
+
+
+def retry_call(args: str, which: Sequence[int], count: int) -> str:
+    """The call that writes a bank's failed set again: ``bank.save_snapshots(args)``, with
+    ``which=`` when the set was not all ``count`` EMAs.
+
+    Example:
+        >>> retry_call("", [0, 1], 2), retry_call("", [1], 2)
+        ('bank.save_snapshots()', 'bank.save_snapshots(which=[1])')
+    """
+    chosen = [] if len(which) == count else [f"which={list(which)}"]
+    return f"bank.save_snapshots({', '.join([args, *chosen] if args else chosen)})"
+
+
+def _not_written(cause: OSError, directory: Any, step: int, retry: str) -> SnapshotWriteError:
     text = (
         f"{cause.strerror or cause}: the bank's update of step {step} was applied (its shadows "
         f"and steps are the updated ones), but its snapshots of step {step} were not written "
@@ -162,7 +193,7 @@ def _not_written(
         f"cause, then write them with {retry} before the next update"
     )
     error = SnapshotWriteError(cause.errno, text) if cause.errno else SnapshotWriteError(text)
-    error.step, error.states = step, states
+    error.step = step
     return error
 
 
@@ -180,36 +211,4 @@ def _check_writable(directory: Any, where: Path) -> None:
             f"snapshot_dir={os.fspath(directory)!r}: the folder {os.fspath(where)!r} is not "
             "writable (the snapshots, or the missing folders above them, are made there); "
             "give a folder this process may write into. Nothing was updated",
-        )
-
-
-def check_given_steps(steps: Sequence[Any], own: Sequence[int]) -> None:
-    """A bank's ``save_snapshots(steps=)``: each average is labelled with its EMA's step
-    ``own[k]`` times one factor for all (a bank called every k optimizer steps, labelled in
-    optimizer steps: the solve reads only the ratios of the times); another label would
-    misplace the snapshot. A step that is not an int is left to the writer's checks.
-
-    Raises:
-        ValueError: a step that is not a multiple of its EMA's, or factors that differ.
-
-    Example:
-        >>> check_given_steps([12, 12], [3, 3])  # a bank called every 4 steps
-    """
-    factors = set()
-    for k, (value, mine) in enumerate(zip(steps, own, strict=True)):
-        try:
-            given = operator.index(value)
-        except TypeError:
-            continue
-        if mine < 1 or given % mine:
-            raise ValueError(
-                f"steps[{k}]={given!r} is not a multiple of states[{k}].step ({mine}): a "
-                "snapshot is labelled with its EMA's step, or with that step times one factor "
-                "for every EMA (a bank called every k steps); leave steps out"
-            )
-        factors.add(given // mine)
-    if len(factors) > 1:
-        raise ValueError(
-            f"steps={list(steps)!r} scale the states' steps {list(own)} by different factors "
-            f"{sorted(factors)}: one factor labels every EMA of the set"
         )

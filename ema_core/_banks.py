@@ -8,7 +8,8 @@ anything is built:
 * ``check_sigma_rel``: the one domain check of a sigma_rel, also ``ema_core.posthoc``'s.
 * ``bank_configs`` / ``power_configs``: the K configs, given or one power function per
   sigma_rel; ``sigma_rel_of``: a config's sigma_rel, if it has one.
-* ``sequence`` / ``index``: a list argument as a tuple; an EMA's index in the bank.
+* ``sequence`` / ``index`` / ``indices``: a list argument as a tuple; an EMA's index in the
+  bank; the EMAs a bank's ``save_snapshots(which=)`` names.
 
 The snapshot settings (``snapshot_every``, ``snapshot_dir``) are checked by
 ``ema_core._snapshot_args``.
@@ -38,6 +39,7 @@ __all__ = [
     "check_sigma_rel",
     "ema_states",
     "index",
+    "indices",
     "power_configs",
     "sequence",
     "sigma_rel_of",
@@ -196,3 +198,32 @@ def index(owner: str, k: Any, size: int) -> int:
     if not -size <= i < size:
         raise IndexError(f"{owner}[{i}] is out of range: the bank has {size} EMAs")
     return i % size
+
+
+def indices(which: Any, size: int) -> tuple[int, ...]:
+    """A bank's ``save_snapshots(which=)``: the indices of some of its ``size`` EMAs, each in
+    ``[0, size)`` as ``index`` reads it, in the given order; None: all of them.
+
+    Raises:
+        TypeError: ``which`` not a list or tuple, or an entry not an int. IndexError: an
+            entry out of range. ValueError: ``which`` empty, or an entry repeated.
+
+    Example:
+        >>> indices([-1], 3), indices(None, 2)
+        ((2,), (0, 1))
+    """
+    if which is None:
+        return tuple(range(size))
+    values = sequence("which", which)
+    if not values:
+        raise ValueError("which=[] names no EMA: give at least one index (None: all EMAs)")
+    found: list[int] = []
+    for j, k in enumerate(values):
+        try:
+            i = index("bank", k, size)
+        except (TypeError, IndexError) as error:  # the same error, naming which
+            raise type(error)(f"which[{j}]: {error}") from error
+        if i in found:
+            raise ValueError(f"which[{j}]={k!r} repeats EMA {i}: name each EMA once")
+        found.append(i)
+    return tuple(found)

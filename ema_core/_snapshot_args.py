@@ -4,10 +4,16 @@ all frameworks before anything is built (pure Python, core level).
 * ``check_snapshots``: the two settings together, and what they ask of the bank's EMAs.
 * ``check_snapshot_dir``: the directory alone, also checked again before an update after which
   a bank writes snapshots.
+* ``snapshot_steps``: the steps a bank's ``save_snapshots`` writes (each EMA updated at least
+  once), and ``check_given_steps``: the labels its ``steps=`` may give (the EMAs' steps times
+  one factor).
 * ``snapshot_sigma_rels``: each EMA's sigma_rel, refusing an EMA without one, and
   (``check_power_profile``) one whose average is not the power-function EMA of that sigma_rel:
   an uncompensated interval, or a zero-started shadow read with another ``correction`` than
-  ``"exact"``.
+  ``"exact"``; and K EMAs whose snapshots cannot share a directory: intervals that differ
+  (the rule below), or two EMAs of one sigma_rel (a snapshot's file is named by its step and
+  sigma_rel: the second would overwrite the first). A bank checks this when built with
+  snapshots and at every ``save_snapshots``; a bank without snapshots may hold both.
 
 The snapshot interval rule: the EMAs of a bank that writes snapshots share one ``interval``
 and ``snapshot_every`` is a multiple of it. ``posthoc.save_snapshot`` refuses a step that is
@@ -18,28 +24,39 @@ rule would build a bank whose snapshots fail to be written or to be read back.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from ema_core._banks import sigma_rel_of
+from ema_core._banks import sequence, sigma_rel_of
 from ema_core._checks import check_positive
 from ema_core._config import Config
 
 __all__ = [
+    "check_given_steps",
     "check_power_profile",
     "check_snapshot_dir",
     "check_snapshots",
     "snapshot_sigma_rels",
+    "snapshot_steps",
 ]
 
 
-def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
-    """Each config's sigma_rel, for its snapshots.
+def snapshot_sigma_rels(configs: Sequence[Config], every: int | None = None) -> tuple[float, ...]:
+    """Each config's sigma_rel, for its snapshots, once the K configs are known to share a
+    snapshot directory (``every``: the bank's ``snapshot_every``, if it has one).
 
     Raises:
         ValueError: a config is not a power function, naming it (its sigma_rel is unknown),
-            or reads an average that is not its power function (``check_power_profile``).
+            or reads an average that is not its power function (``check_power_profile``);
+            the configs' intervals differ, or do not divide ``every`` (the interval rule);
+            two configs have one sigma_rel, naming both.
+
+    Example:
+        >>> from ema_core._banks import power_configs
+        >>> snapshot_sigma_rels(power_configs([0.05, 0.10], 2), every=4)
+        (0.05, 0.1)
     """
     found = []
     for k, config in enumerate(configs):
@@ -51,7 +68,32 @@ def snapshot_sigma_rels(configs: Sequence[Config]) -> tuple[float, ...]:
             )
         check_power_profile(config, f"configs[{k}]")
         found.append(sigma_rel)
+    _check_intervals([c.interval for c in configs], every)
+    for k, sigma_rel in enumerate(found):
+        if sigma_rel in found[:k]:
+            raise ValueError(
+                f"configs[{k}] has sigma_rel {sigma_rel!r}, as configs[{found.index(sigma_rel)}]"
+                ": a snapshot is named by its step and sigma_rel, so the second EMA's would "
+                "overwrite the first's; each EMA of a bank with snapshots needs its own "
+                "sigma_rel (the same profile twice adds nothing to a post-hoc EMA)"
+            )
     return tuple(found)
+
+
+def _check_intervals(given: Sequence[int], every: int | None) -> None:
+    intervals = sorted(set(given))
+    if every is not None and (len(intervals) > 1 or every % intervals[0]):
+        raise ValueError(
+            f"snapshot_every={every} must be a multiple of the EMAs' interval, and the EMAs "
+            f"of a bank with snapshots must share one interval; got intervals {intervals} "
+            "(a snapshot directory holds one interval, and a snapshot follows an update)"
+        )
+    if len(intervals) > 1:
+        raise ValueError(
+            "the EMAs of a bank whose snapshots are written must share one interval; got "
+            f"intervals {list(given)} (a snapshot directory holds one interval: "
+            "list_snapshots and reconstruct refuse a mix)"
+        )
 
 
 def check_power_profile(config: Config, what: str) -> None:
@@ -99,14 +141,15 @@ def check_power_profile(config: Config, what: str) -> None:
 
 def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> None:
     """Raise unless ``snapshot_every`` and ``snapshot_dir`` are both None, or both given with
-    ``every`` an int >= 1, ``directory`` a path, every EMA a power function, one ``interval``
-    shared by all EMAs and ``every`` a multiple of it (the module's interval rule).
+    ``every`` an int >= 1, ``directory`` a path, every EMA a power function of its own
+    sigma_rel, one ``interval`` shared by all EMAs and ``every`` a multiple of it (the
+    module's interval rule).
 
     Raises:
         TypeError: ``every`` not an int, ``directory`` not a str or ``os.PathLike``.
         ValueError: one given without the other, ``every`` < 1, what
-            ``check_snapshot_dir`` refuses, an EMA without a sigma_rel, EMAs with different
-            intervals, ``every`` not a multiple of theirs.
+            ``check_snapshot_dir`` refuses, an EMA without a sigma_rel, two EMAs of one
+            sigma_rel, EMAs with different intervals, ``every`` not a multiple of theirs.
     """
     if every is None and directory is None:
         return
@@ -119,14 +162,7 @@ def check_snapshots(every: Any, directory: Any, configs: Sequence[Config]) -> No
             f"snapshot_dir must be a str or os.PathLike, got {type(directory).__name__}"
         )
     check_snapshot_dir(directory)
-    snapshot_sigma_rels(configs)
-    intervals = sorted({c.interval for c in configs})
-    if len(intervals) > 1 or every % intervals[0]:
-        raise ValueError(
-            f"snapshot_every={every} must be a multiple of the EMAs' interval, and the EMAs "
-            f"of a bank with snapshots must share one interval; got intervals {intervals} "
-            "(a snapshot directory holds one interval, and a snapshot follows an update)"
-        )
+    snapshot_sigma_rels(configs, every)
 
 
 def check_snapshot_dir(directory: str | os.PathLike[str]) -> None:
@@ -152,4 +188,62 @@ def check_snapshot_dir(directory: str | os.PathLike[str]) -> None:
         raise ValueError(
             f"snapshot_dir={directory!r} {where} a file, not a directory: snapshots need a "
             "directory (an existing one, or a path that can be made one)"
+        )
+
+
+def snapshot_steps(
+    own: Sequence[int], given: Sequence[Any] | None, which: Sequence[int], what: str
+) -> list[int]:
+    """The steps at which a bank's ``save_snapshots`` writes its EMAs: their own steps
+    ``own``, or ``given`` (``steps=``, checked by ``check_given_steps``); each EMA of
+    ``which`` must have been updated (``what[k]`` names EMA k).
+
+    Raises:
+        ValueError: an EMA of ``which`` at step 0, or ``given`` not one step per EMA, or
+            what ``check_given_steps`` refuses. TypeError: ``given`` not a list or tuple.
+
+    Example:
+        >>> snapshot_steps([3, 3], [12, 12], [0, 1], "states")
+        [12, 12]
+    """
+    if given is not None and len(sequence("steps", given)) != len(own):
+        raise ValueError(f"steps must hold one step per EMA ({len(own)}), got {len(given)}")
+    for k in which:
+        if own[k] < 1:
+            raise ValueError(f"{what}[{k}] is at step {own[k]}: snapshot it after an update")
+    if given is None:
+        return list(own)
+    check_given_steps(given, own)
+    return list(given)
+
+
+def check_given_steps(steps: Sequence[Any], own: Sequence[int]) -> None:
+    """A bank's ``save_snapshots(steps=)``: each average is labelled with its EMA's step
+    ``own[k]`` times one factor for all (a bank called every k optimizer steps, labelled in
+    optimizer steps: the solve reads only the ratios of the times); another label would
+    misplace the snapshot. A step that is not an int is left to the writer's checks.
+
+    Raises:
+        ValueError: a step that is not a multiple of its EMA's, or factors that differ.
+
+    Example:
+        >>> check_given_steps([12, 12], [3, 3])  # a bank called every 4 steps
+    """
+    factors = set()
+    for k, (value, mine) in enumerate(zip(steps, own, strict=True)):
+        try:
+            given = operator.index(value)
+        except TypeError:
+            continue
+        if mine < 1 or given % mine:
+            raise ValueError(
+                f"steps[{k}]={given!r} is not a multiple of states[{k}].step ({mine}): a "
+                "snapshot is labelled with its EMA's step, or with that step times one factor "
+                "for every EMA (a bank called every k steps); leave steps out"
+            )
+        factors.add(given // mine)
+    if len(factors) > 1:
+        raise ValueError(
+            f"steps={list(steps)!r} scale the states' steps {list(own)} by different factors "
+            f"{sorted(factors)}: one factor labels every EMA of the set"
         )

@@ -67,7 +67,8 @@ def make_bank_update(
             the first call and after a state the bank did not make (a resume). What the write would
             refuse is refused before the update; a write that fails after it (a full disk)
             raises ``SnapshotWriteError``: the update stands, ``error.states`` holds the new
-            states, and ``save_snapshots`` writes the step's snapshots again.
+            states, and ``save_snapshots(snapshot_dir, error.states, which=error.which)``
+            writes the step's snapshots again (exactly those that were due).
         snapshot_dir: the directory of those snapshots (required with ``snapshot_every``).
 
     Returns:
@@ -81,8 +82,8 @@ def make_bank_update(
         ValueError: no EMA (K = 0); a sigma_rel out of range or repeated; ``interval < 1``;
             ``snapshot_every`` < 1, or one of ``snapshot_every`` / ``snapshot_dir`` without
             the other, or with a config whose average is not a power-function EMA
-            (``_snapshot_args.check_power_profile``), or EMAs whose intervals differ or do
-            not divide ``snapshot_every``.
+            (``_snapshot_args.check_power_profile``), two configs of one sigma_rel, or EMAs
+            whose intervals differ or do not divide ``snapshot_every``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -160,8 +161,9 @@ class BankUpdate:
             self._made = tuple(weakref.ref(t) for t in steps)
         self._host_steps = counted  # kept only once the update went through
         if due:
-            retry = "bank.save_snapshots(snapshot_dir, error.states), error.states the new states"
-            self._write(self._directory, out, None, counted, retry, due)
+            note, args = ", error.states the new states", "snapshot_dir, error.states"
+            with _bank_snapshots.retrying(args, due, len(out), note) as retry:
+                self._write(self._directory, out, None, counted, retry, due)
         return out
 
     def save_snapshots(
@@ -172,44 +174,42 @@ class BankUpdate:
         *,
         dtype: str | None = None,
         steps: Sequence[int] | None = None,
+        which: Sequence[int] | None = None,
     ) -> list[Any]:
         """Write each EMA's average as an EDM2 snapshot (``ema_core.posthoc.save_snapshot``)
-        at its step (read from the state unless ``steps`` gives them), all K as one set (all
-        written, or none: a failure removes the others); return their paths. After a
-        ``SnapshotWriteError`` (a call with ``snapshot_every`` whose update went through but
-        whose snapshots did not), ``save_snapshots(snapshot_dir, error.states)`` writes them.
+        at its step (read from the state unless ``steps`` gives them), all K (or the EMAs of
+        indices ``which``) as one set (all written, or none: a failure removes the others);
+        return their paths. After a ``SnapshotWriteError`` (a call with ``snapshot_every``
+        whose update went through but whose snapshots did not),
+        ``save_snapshots(snapshot_dir, error.states, which=error.which)`` writes them.
 
         Raises:
-            ValueError: an EMA's average is not a power-function EMA (as above), or
-                ``steps`` does not hold K steps, or does not scale the states' steps by one
-                whole factor (``_bank_snapshots.check_given_steps``). TypeError: ``steps``
-                is not a list or tuple.
+            ValueError: an EMA's average is not a power-function EMA (as above), two share a
+                sigma_rel, or their intervals differ (``snapshot_sigma_rels``); an EMA to
+                write is at step 0; ``steps`` does not hold K steps, or does not scale the
+                states' steps by one whole factor (``_snapshot_args.snapshot_steps``);
+                ``which`` empty or repeating an index. TypeError: ``steps`` or ``which`` is
+                not a list or tuple. IndexError: an index of ``which`` out of range.
         """
-        count = len(self.configs)
-        if steps is not None and len(_banks.sequence("steps", steps)) != count:
-            raise ValueError(f"steps must hold one step per EMA ({count}), got {len(steps)}")
-        if steps is not None:
-            own = self._states(states)
-            for k, state in enumerate(own):
-                check_readable(state, f"states[{k}]")
-            _bank_snapshots.check_given_steps(steps, [int(state.step) for state in own])
-        return self._write(directory, states, dtype, steps, None, range(count))
+        own = self._states(states)
+        chosen = _banks.indices(which, len(own))
+        _snapshot_args.snapshot_sigma_rels(self.configs)  # the configs first: no step fixes them
+        for k, state in enumerate(own):  # a donated state named, not read
+            check_readable(state, f"states[{k}]")
+        labels = _snapshot_args.snapshot_steps([int(s.step) for s in own], steps, chosen, "states")
+        return self._write(directory, own, dtype, labels, None, chosen)
 
     def _write(
         self,
         directory: Any,
-        states: Any,
+        states: tuple[EMAState, ...],
         dtype: str | None,
-        steps: Any,
+        steps: Sequence[int],
         retry: str | None,
         which: Sequence[int],
     ) -> list[Any]:
-        """The snapshots of the EMAs ``which`` (indices) as one set."""
-        states = self._states(states)
-        for k, state in enumerate(states):  # a donated state named, not read
-            check_readable(state, f"states[{k}]")
+        """The snapshots of the EMAs ``which`` (indices) at ``steps`` as one set."""
         sigma_rels = _snapshot_args.snapshot_sigma_rels(self.configs)
-        steps = [int(s.step) for s in states] if steps is None else list(steps)
         return _bank_snapshots.write_set(
             directory,
             [_api.average(states[k], self.configs[k]) for k in which],

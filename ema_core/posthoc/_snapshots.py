@@ -8,7 +8,8 @@ and the model's other names of the arrays (tied weights; both ``_records``). Flo
 stored in float32 unless asked otherwise; integer and bool arrays (BatchNorm counters) are
 stored as they are. Reading
 the headers back and checking that a directory's snapshots agree is ``_listing``'s.
-``save_snapshot_set`` writes an EMA bank's snapshots of one step as one set (all or none).
+``save_snapshot_set`` writes an EMA bank's snapshots of one step as one set (all or none), of
+one interval and one file each (``check_together``).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def save_snapshot_set(
     per EMA, ``_records``) say which arrays are copied and which other names they have.
 
     Raises:
-        What ``save_snapshot`` raises, before anything is written.
+        What ``save_snapshot`` raises, and ValueError: snapshots of different intervals, or
+        two of one step and sigma_rel (``check_together``); before anything is written.
     """
     folder = directory_path(directory)
     if folder.exists() and not folder.is_dir():
@@ -132,6 +134,7 @@ def save_snapshot_set(
         prepare(folder, a, step=t, sigma_rel=s, dtype=dtype, interval=i, policies=p, aliases=n)
         for a, t, s, i, (p, n) in zip(averages, steps, sigma_rels, intervals, records, strict=True)
     ]
+    check_together(prepared)
     created = _make_parents(folder / "_")
     try:
         with atomic_paths([p.path for p in prepared]) as tmps:
@@ -156,6 +159,32 @@ class _Prepared(NamedTuple):
     specs: list[tuple[str, str, tuple[int, ...]]]
     leaves: list[Any]
     meta: dict[str, str]
+    interval: int
+
+
+def check_together(prepared: Sequence[_Prepared]) -> None:
+    """Raise unless the snapshots of a set (``prepare``'s results) can share their directory:
+    one interval (``list_snapshots`` and ``reconstruct`` refuse a directory of several) and
+    one file each (a second snapshot of a step and sigma_rel would overwrite the first).
+
+    Raises:
+        ValueError: naming the first snapshot that differs from, or repeats, another.
+    """
+    for k, snapshot in enumerate(prepared):
+        if snapshot.interval != prepared[0].interval:
+            raise ValueError(
+                f"intervals[{k}]={snapshot.interval} but intervals[0]={prepared[0].interval}: "
+                "the snapshots of one directory share one interval (list_snapshots and "
+                "reconstruct refuse a mix); write these into separate directories"
+            )
+        paths = [p.path for p in prepared[:k]]
+        if snapshot.path in paths:
+            raise ValueError(
+                f"snapshot {k} repeats the step and sigma_rel of snapshot "
+                f"{paths.index(snapshot.path)}: both would be the file {snapshot.path.name!r}, "
+                "the second overwriting the first; each snapshot of a set needs its own "
+                "(step, sigma_rel)"
+            )
 
 
 def prepare(
@@ -208,7 +237,7 @@ def prepare(
             f"directory {os.fspath(folder)!r} holds a folder named {path.name!r}, the file of "
             f"the snapshot at step {step}, sigma_rel {sigma!r}: move that folder away"
         )
-    return _Prepared(path, specs, leaves, meta)
+    return _Prepared(path, specs, leaves, meta, interval)
 
 
 def _make_parents(path: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
-from ema_core import _banks, _snapshot_args
+from ema_core import _bank_snapshots, _banks, _snapshot_args
 from ema_core._config import Config
 from ema_core._core import next_weight
 from ema_core._leaf_checks import check_finite
@@ -51,7 +51,7 @@ class EMABank:
             the step's snapshots as one set: all written, or none if one fails.
             What can be checked before the update is (``_bank_snapshots.check_set``); a failed
             write leaves the update applied and raises ``SnapshotWriteError``: write the
-            step's snapshots again with ``save_snapshots()``.
+            step's snapshots again with ``save_snapshots(which=error.which)``.
         snapshot_dir: the directory of those snapshots.
 
     Raises:
@@ -184,7 +184,9 @@ class EMABank:
                 for ema, (t, d, r) in zip(self.emas, work, strict=True):
                     ema._apply(t, d, r)
         if due and self.snapshot_dir is not None:
-            _bank_snap.write(due, self.snapshot_dir, None, "bank.save_snapshots()")
+            which = [k for k, ema in enumerate(self.emas) if any(ema is e for e, _ in due)]
+            with _bank_snapshots.retrying("", which, len(self.emas)) as retry:
+                _bank_snap.write(due, self.snapshot_dir, None, retry)
 
     def _fused_update(self, work: list[tuple[Any, Value, Value]]) -> None:
         bindings = [ema._bound for ema in self.emas]
@@ -201,22 +203,33 @@ class EMABank:
                 ema._step = t
 
     def save_snapshots(
-        self, directory: str | os.PathLike[str] | None = None, /, *, dtype: str | None = None
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        /,
+        *,
+        dtype: str | None = None,
+        which: Sequence[int] | None = None,
     ) -> list[Path]:
-        """Write every EMA's average as an EDM2 snapshot at its step, all K as one set (all
-        or none), into ``directory`` (default ``snapshot_dir``); return the paths. After a
-        ``SnapshotWriteError``, and before the next update, it writes the update's files.
+        """Write every EMA's average (or those of ``bank[k]`` for k in ``which``) as an EDM2
+        snapshot at its step, as one set (all or none), into ``directory`` (default
+        ``snapshot_dir``); return the paths. After a ``SnapshotWriteError``, and before the
+        next update, ``save_snapshots(which=error.which)`` writes the update's files.
 
         Raises:
             TypeError: no ``directory`` nor ``snapshot_dir``. ValueError: an EMA is not a power
-                function. What ``save_snapshot`` raises; SnapshotWriteError: the write failed.
+                function, two share a sigma_rel, or their intervals differ; an EMA to write
+                is at step 0. What ``_banks.indices`` refuses of ``which``, and what
+                ``save_snapshot`` raises; SnapshotWriteError: the write failed.
         """
         folder = self.snapshot_dir if directory is None else directory
         if folder is None:
             raise TypeError("save_snapshots() needs a directory: this bank has no snapshot_dir")
+        chosen = _banks.indices(which, len(self.emas))
         for ema in self.emas:
             ema._settle()
-        due = list(zip(self.emas, _bank_snap.sigma_rels(self.emas, self.sigma_rels), strict=True))
+        sigma_rels = _bank_snap.sigma_rels(self.emas, self.sigma_rels)
+        _snapshot_args.snapshot_steps([int(e.step) for e in self.emas], None, chosen, "bank")
+        due = [(self.emas[k], sigma_rels[k]) for k in chosen]
         return _bank_snap.write(due, folder, dtype, None)
 
     def state_dict(self) -> dict[str, Any]:

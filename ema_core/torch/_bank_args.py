@@ -38,7 +38,13 @@ __all__ = [
     "sigma_rels_of",
 ]
 
-_SHARED = ("buffers", "non_float", "dtype")
+#: What a bank's configs must share, and how to make them agree: EMABank's ``buffers=`` and
+#: ``dtype=`` replace every config's; it takes no ``non_float=``.
+_SHARED = {
+    "buffers": "pass buffers= to EMABank to set it for all",
+    "non_float": "give each Config the same non_float",
+    "dtype": "pass dtype= to EMABank to set it for all",
+}
 
 
 def resolve_configs(configs: Any, sigma_rels: Any, interval: Any) -> list[Config]:
@@ -70,13 +76,12 @@ def check_shared(configs: Sequence[Config]) -> None:
     """
     first = configs[0]
     for k, config in enumerate(configs[1:], start=1):
-        for name in _SHARED:
+        for name, remedy in _SHARED.items():
             if getattr(config, name) != getattr(first, name):
                 raise ValueError(
                     f"configs[{k}].{name}={getattr(config, name)!r} but configs[0].{name}="
                     f"{getattr(first, name)!r}: the EMAs of a bank track the same tensors into "
-                    f"shadows of one dtype, so {', '.join(_SHARED)} must agree (pass {name}= to "
-                    "EMABank to set it for all)"
+                    f"shadows of one dtype, so {', '.join(_SHARED)} must agree ({remedy})"
                 )
 
 
