@@ -175,6 +175,34 @@ def uncommitted_beside_one_device() -> None:
         assert bool(jnp.array_equal(state.shadow["w"], jnp.ones(3))), start
 
 
+def state_before_device_put() -> None:
+    """The EMA made from the params as ``model.init`` returns them (uncommitted), the params
+    then ``device_put`` on a mesh: the eager update and a plain ``jax.jit`` give each shadow its
+    param's sharding; ``make_update`` (one call and chunked) and the bank replicated the
+    shadows over the mesh and then refused them as sharded ``P()``. An uncommitted bias beside
+    them stays replicated."""
+    from ema_core.jax import _chunked
+
+    for mesh in (ON.explicit, ON.auto):
+        fresh = {"w": ON.w, "b": jnp.arange(8.0)}
+        params = {"w": put(ON.w, P("data", "model"), mesh), "b": fresh["b"]}
+        eager = ema.update(ema.init(fresh, CONFIG), params, CONFIG)
+        for chunk in (None, 1):
+            old = _chunked.CHUNK
+            _chunked.CHUNK = chunk or old
+            try:
+                state = make_update(CONFIG)(ema.init(fresh, CONFIG), params)
+                state = make_update(CONFIG, donate=False)(ema.init(fresh, CONFIG), params)
+            finally:
+                _chunked.CHUNK = old
+            assert state.shadow["w"].sharding.is_equivalent_to(params["w"].sharding, 2), chunk
+            for name in fresh:
+                assert bool(jnp.array_equal(state.shadow[name], eager.shadow[name])), name
+        bank = make_bank_update(sigma_rels=(0.05, 0.10))
+        states = bank(bank.init(fresh), params)
+        assert all(s.shadow["w"].sharding.spec == P("data", "model") for s in states)
+
+
 def main(names: list[str]) -> None:
     assert jax.device_count() == 8, jax.devices()
     ON.explicit = jax.make_mesh((2, 4), ("data", "model"))

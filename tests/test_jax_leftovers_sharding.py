@@ -24,6 +24,7 @@ CASES = [
     "uncommitted_then_committed",
     "partly_on_a_mesh",
     "uncommitted_beside_one_device",
+    "state_before_device_put",
 ]
 
 

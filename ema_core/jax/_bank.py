@@ -245,7 +245,8 @@ class BankUpdate:
     ) -> tuple[Any, ...]:
         state_arrays, state_split = split(states)
         params_arrays, params_split = split(params)
-        state_arrays = commit_state(state_arrays, params_arrays, self._donate, on_new)
+        splits = state_split, params_split
+        state_arrays = commit_state(state_arrays, params_arrays, self._donate, on_new, splits)
         return state_arrays, params_arrays, state_split, params_split
 
     def _arrays(

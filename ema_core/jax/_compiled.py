@@ -107,7 +107,9 @@ class _Update:
         state_arrays, state_split = split(state)
         params_arrays, params_split = split(params)
         return (
-            commit_state(state_arrays, params_arrays, self._donate, on_new),
+            commit_state(
+                state_arrays, params_arrays, self._donate, on_new, (state_split, params_split)
+            ),
             params_arrays,
             state_split,
             params_split,

@@ -26,7 +26,7 @@ import numpy as np
 
 from ema_core.backends.jax._leaves import default_device
 from ema_core.jax._devices import check_devices
-from ema_core.jax._sharding import check_shardings
+from ema_core.jax._sharding import check_shardings, pairs
 
 __all__ = ["check_placements", "commit_state", "read_shardings"]
 
@@ -96,6 +96,7 @@ def commit_state(
     params_arrays: list[Any],
     donate: bool,
     on_new: Callable[[], None] | None = None,
+    splits: tuple[Any, Any] | None = None,
 ) -> list[Any]:
     """The state's arrays placed explicitly, so that the first call compiles what every later
     call sees (a jitted function returns committed arrays, and JAX compiles again when an
@@ -104,7 +105,10 @@ def commit_state(
     * An uncommitted array (a fresh ``init`` over uncommitted params) is committed beside the
       state's first committed array, else the params' (on its one device, or replicated over
       its mesh: ``init`` over params only partly ``device_put`` on one; the compiled update
-      runs there, as a plain ``jax.jit`` moves an uncommitted argument), else where it lives.
+      runs there, as a plain ``jax.jit`` moves an uncommitted argument), else where it lives;
+      but a shadow whose param is committed across several devices takes that param's
+      sharding (a state made before the params were ``device_put`` on a mesh, as ``jax.jit``
+      places it). ``splits`` (the state's and the params' ``Split``) pair them.
     * A numpy array (a state snapshotted with ``jax.device_get``, or loaded from a file) is put
       where the params are: their one device when every committed param lives there, else the
       default device when none is committed; params committed across several devices leave it
@@ -134,12 +138,30 @@ def commit_state(
     shared = set(map(id, params_arrays)) if donate else set()
     home = _params_home(params_arrays)
     spread = _replicated_home(arrays, params_arrays)
+    partners = {} if spread is None else _sharded_partners(arrays, params_arrays, splits)
     placed, seen = [], set()
-    for x in arrays:
+    for i, x in enumerate(arrays):
         again = donate and id(x) in seen  # donated once already in this call
         seen.add(id(x))
-        placed.append(_placed(x, home, spread, again or id(x) in shared))
+        placed.append(_placed(x, home, partners.get(i, spread), again or id(x) in shared))
     return placed
+
+
+def _sharded_partners(
+    arrays: list[Any], params_arrays: list[Any], splits: tuple[Any, Any] | None
+) -> dict[int, Any]:
+    """Index of an uncommitted shadow array -> its param's sharding, where that param is
+    committed across several devices and of the same shape."""
+    if splits is None:
+        return {}
+    found = {}
+    for _, _, i, j in pairs(len(arrays), len(params_arrays), *splits):
+        x, p = arrays[i], params_arrays[j]
+        if not isinstance(x, jax.Array) or x.committed or not _is_committed(p):
+            continue
+        if len(p.sharding.device_set) > 1 and x.shape == p.shape:
+            found[i] = p.sharding
+    return found
 
 
 def _placed(x: Any, home: Any, spread: Any, shared: bool) -> Any:

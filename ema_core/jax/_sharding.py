@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 
 from ema_core._types import EMAState
 
-__all__ = ["check_shardings"]
+__all__ = ["check_shardings", "pairs"]
 
 
 class _Slot:
@@ -43,7 +43,7 @@ def check_shardings(
     if any(isinstance(x, jax.core.Tracer) for x in (*arrays, *params_arrays)):
         return  # placed by the outer transformation
     differ: dict[tuple[int, int, int], bool] = {}  # by sharding pair: a few for 20,000 leaves
-    for name, path, i, j in _pairs(len(arrays), len(params_arrays), state_split, params_split):
+    for name, path, i, j in pairs(len(arrays), len(params_arrays), state_split, params_split):
         shadow, param = arrays[i], params_arrays[j]
         if not (_committed(shadow) and _committed(param)) or shadow.sharding is param.sharding:
             continue
@@ -60,7 +60,7 @@ def check_shardings(
             )
 
 
-def _pairs(
+def pairs(
     n_arrays: int, n_params: int, state_split: Any, params_split: Any
 ) -> list[tuple[str, Any, int, int]]:
     """``(state name, leaf path, shadow array index, param array index)`` for each shadow
