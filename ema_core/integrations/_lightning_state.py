@@ -1,12 +1,14 @@
 """The Lightning ``EMACallback``'s EMA through a trainer call: kept or rebuilt, swapped, saved.
 
 ``prepared`` is the EMA a trainer call runs with (``keeps``: the one built earlier goes on);
+``restarted`` sets one with no update to the weights a fit's first batch starts from;
 ``log_missing_state`` says (at INFO) that a restored checkpoint held none. ``runs_live`` says
 whether a stage that swaps runs on the live weights all the same (``updated``: an EMA that
 took no update is never swapped in); ``swap_in`` / ``swap_out`` enter and leave ``EMA.swap()``.
 ``saved_state`` is the EMA's ``state_dict`` (gathered to full CPU tensors when sharded);
-``fit_step`` is the step a save catches up with; ``live_state_dict`` is the live weights that
-a checkpoint written while the averages are in gets.
+``fit_step`` is the step a save catches up with; ``live_state_dict`` is the live weights
+that a checkpoint written while the averages are in gets. ``grad_scale`` / ``all_skipped``:
+a batch whose every optimizer step the fp16 ``GradScaler`` skipped takes no update.
 """
 
 from __future__ import annotations
@@ -60,6 +62,29 @@ def prepared(
     if not (built or restored):
         return ema, tracked
     return (EMA(module, **options), module) if built else (None, None)
+
+
+def restarted(
+    ema: EMA | None, module: torch.nn.Module | None, options: dict[str, Any]
+) -> EMA | None:
+    """``ema`` with its shadows, step and weight set to those of ``EMA(module, **options)``
+    (the live weights as they are now), when it has taken no update; else ``ema`` as it is.
+
+    Called at a fit's first batch (for an EMA that loaded no checkpoint state): Lightning runs
+    every callback's ``on_train_start`` and then the module's before it, and any of them may
+    set the weights (load pretrained ones, re-initialise layers) after the EMA was built. The
+    object is kept (a reference taken in ``on_train_start`` stays the callback's EMA), unless
+    the module's tensors changed so that it cannot load the new state (a layer replaced by
+    one of another shape): the new EMA is returned then.
+    """
+    if ema is None or module is None or updated(ema):
+        return ema
+    fresh = EMA(module, **options)
+    try:
+        ema.load_state_dict(fresh.state_dict())  # checked before any write
+    except (TypeError, ValueError):
+        return fresh
+    return ema
 
 
 def log_missing_state(
@@ -120,6 +145,14 @@ def grad_scale(trainer: pl.Trainer) -> float | None:
     if scaler is None or not scaler.is_enabled():
         return None
     return float(scaler.get_scale())
+
+
+def all_skipped(trainer: pl.Trainer, scale: float | None, moved: bool) -> bool:
+    """Whether the fp16 ``GradScaler`` skipped every optimizer step of the batch that just
+    ended: its scale shrank below ``scale`` (read before the last step) and no earlier step
+    of the batch went through (``moved``)."""
+    now = None if scale is None else grad_scale(trainer)
+    return scale is not None and now is not None and now < scale and not moved
 
 
 def updated(ema: EMA | None) -> bool:

@@ -5,6 +5,8 @@ Imports ``lightning`` (``pip install ema-core[lightning]``). The callback holds 
 its device and sharded it (FSDP2 params get DTensor shadows), and after a checkpoint's weights
 are restored. What it does, hook by hook:
 
+* ``on_train_batch_start``: a fit's first batch starts an EMA with no update and no loaded
+  state from the weights then, after every ``on_train_start`` hook ran (``restarted``).
 * ``on_train_batch_end``: one update per optimizer step, with ``step=trainer.global_step``
   (gradient accumulation and skipped steps are followed: a batch that did not step updates
   nothing), so schedules count optimizer steps.
@@ -95,7 +97,7 @@ class EMACallback(pl.Callback):
         self._stale = False  # a trainer call began: match the EMA to its model before use
         self._seen = 0  # trainer.global_step at the last update
         self._scale: float | None = None  # the fp16 GradScaler's scale before this step
-        self._fresh = False  # the EMA was built for the sanity check (rebuilt at train start)
+        self._restart = False  # a fit without a loaded state: restarted at its first batch
         self._moved = False  # an earlier optimizer step of this batch went through the scaler
         self._swapped: contextlib.AbstractContextManager[None] | None = None
 
@@ -113,11 +115,13 @@ class EMACallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._prepare(trainer, pl_module)
-        fresh, self._fresh = self._fresh, False
-        if fresh and self.ema is not None and int(self.ema.step) == 0:
-            # built for the sanity check, before a callback's on_train_start could set the
-            # weights: the EMA of the fit starts from the weights as they are now
-            self.ema = EMA(pl_module, **self._args.ema)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._restart:  # once per fit: every on_train_start hook has run now
+            self._restart = False
+            self.ema = _lightning_state.restarted(self.ema, self._module, self._args.ema)
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Once per trainer call, after the strategy's setup and the checkpoint's restore:
@@ -126,11 +130,10 @@ class EMACallback(pl.Callback):
             return
         self._stale = False
         state, self._pending = self._pending, None
-        before = self.ema
         self.ema, self._module = _lightning_state.prepared(
             self.ema, self._module, pl_module, trainer, self._args.ema, state, self._stage
         )
-        self._fresh = trainer.sanity_checking and state is None and self.ema is not before
+        self._restart = self._stage == "fit" and state is None
         _lightning_state.log_missing_state(log, trainer, state, self.state_key, self._stage)
         if state is not None and self.ema is not None:
             self.ema.load_state_dict(state)
@@ -148,10 +151,9 @@ class EMACallback(pl.Callback):
     ) -> None:
         scale, self._scale = self._scale, None
         moved, self._moved = self._moved, False
-        now = None if scale is None else _lightning_state.grad_scale(trainer)
-        if scale is not None and now is not None and now < scale and not moved:
-            self._seen = trainer.global_step  # GradScaler skipped every step (inf gradients):
-            return  # Lightning counts them, the weights did not move: no update
+        if _lightning_state.all_skipped(trainer, scale, moved):
+            self._seen = trainer.global_step  # Lightning counts the steps GradScaler skipped
+            return  # (inf gradients); the weights did not move: no update
         self._catch_up(trainer.global_step)
 
     def on_before_optimizer_step(
@@ -210,9 +212,7 @@ class EMACallback(pl.Callback):
             self._open()
 
     def _open(self) -> None:
-        if self.ema is None:  # pragma: no cover - callers check the EMA was updated first
-            return
-        if self._module is not None:
+        if self.ema is not None and self._module is not None:  # callers checked the EMA first
             self._swapped = _lightning_state.swap_in(self.ema, self._module, log)
 
     def _leave(self, error: BaseException | None = None) -> None:
