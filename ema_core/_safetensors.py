@@ -7,8 +7,8 @@ little-endian bytes back to back. The JSON maps each tensor name to ``{"dtype": 
 bytes. The files read and write with the ``safetensors`` package too, but this module needs
 neither it nor torch: ``write`` streams each tensor from whatever produces its bytes (no copy of
 the whole model in memory), bfloat16 included, and ``Reader`` reads one tensor into a new,
-writeable numpy array. bfloat16 values travel as their raw 2-byte patterns (numpy ``uint16``),
-so any framework's bfloat16 round-trips bit for bit.
+writeable numpy array. bfloat16 values travel as their raw 2-byte patterns (numpy ``uint16``)
+and float8 ones as bytes (``uint8``), so any framework's round-trip bit for bit.
 
 Shared by ``ema_core.checkpoint`` and anything else that writes safetensors files.
 """
@@ -38,7 +38,10 @@ __all__ = [
     "write",
 ]
 
-#: safetensors dtype code -> (Array API dtype name, numpy dtype of its bytes; BF16 as uint16).
+#: safetensors dtype code -> (dtype name, numpy dtype of its bytes; BF16 as uint16, float8 as
+#: uint8). Every code of the format whose elements are whole bytes (the format has no complex128;
+#: its sub-byte F4 / F6 codes no framework saves here); the float8 names are torch's and
+#: ml_dtypes' (JAX's), ``F8_E4M3`` the finite-only e4m3fn that safetensors maps it to.
 CODES: dict[str, tuple[str, np.dtype[Any]]] = {
     "BOOL": ("bool", np.dtype("?")),
     "U8": ("uint8", np.dtype("u1")),
@@ -53,6 +56,12 @@ CODES: dict[str, tuple[str, np.dtype[Any]]] = {
     "BF16": ("bfloat16", np.dtype("<u2")),
     "F32": ("float32", np.dtype("<f4")),
     "F64": ("float64", np.dtype("<f8")),
+    "C64": ("complex64", np.dtype("<c8")),
+    "F8_E4M3": ("float8_e4m3fn", np.dtype("u1")),
+    "F8_E5M2": ("float8_e5m2", np.dtype("u1")),
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", np.dtype("u1")),
+    "F8_E5M2FNUZ": ("float8_e5m2fnuz", np.dtype("u1")),
+    "F8_E8M0": ("float8_e8m0fnu", np.dtype("u1")),
 }
 _CODE_OF = {name: code for code, (name, _) in CODES.items()}
 #: The header key of the file's metadata, which no tensor may take.
@@ -72,13 +81,13 @@ class Entry(NamedTuple):
 
 
 def code_of(dtype_name: str) -> str | None:
-    """The safetensors code of an Array API dtype name (``"bfloat16"`` -> ``"BF16"``), or None
-    for a dtype the format cannot hold (complex)."""
+    """The safetensors code of a dtype name (``"bfloat16"`` -> ``"BF16"``), or None for a dtype
+    the format has no code for (complex128, int4, float8_e4m3 without ``fn``)."""
     return _CODE_OF.get(dtype_name)
 
 
 def name_of(code: str) -> str:
-    """The Array API dtype name of a safetensors code (``"F32"`` -> ``"float32"``)."""
+    """The dtype name of a safetensors code (``"F32"`` -> ``"float32"``)."""
     return CODES[code][0]
 
 

@@ -120,7 +120,7 @@ LAYOUT = {
     "ema_core/posthoc": "_math _coefficients _inputs _warning _snapshots _sources _records "
     "_listing _reconstruct _leaves __main__ _plot",
     "ema_core/checkpoint": "_format _arrays _save _load _load_file _load_ema _load_state _peers "
-    "_peers_read _export",
+    "_peers_read _export _diffusers",
     "ema_core/integrations": "lightning _lightning_args _lightning_state keras _keras_weights "
     "_keras_swap _keras_args _keras_state accelerate _accelerate_args",
     "ema_core/presets": "_seeds _torch _profiles _optimizers _args _schedules",

@@ -12,9 +12,10 @@ torch checkpoint continues in JAX and back, bit for bit.
   ``ema_core._safetensors`` (the file format, numpy only) and ``ema_core._atomic`` (temporary
   file, fsync, rename). ``_load_file`` checks a file's step, weight and names; ``_load_ema``
   and ``_load_state`` check it against a torch ``EMA`` or an ``EMAState`` and load it.
-* ``_peers``, ``_peers_read``, ``_export`` (torch only): ``load_peer`` continues a peer
-  library's running EMA; ``export`` writes the layouts other tools read. They are imported on
-  first use, so that ``import ema_core.checkpoint`` imports no framework.
+* ``_peers``, ``_peers_read``, ``_export``, ``_diffusers`` (torch only): ``load_peer``
+  continues a peer library's running EMA; ``export`` writes the layouts other tools read
+  (``_diffusers``: diffusers' ``EMAModel`` folder). They are imported on first use, so that
+  ``import ema_core.checkpoint`` imports no framework.
 
 Needs numpy (``pip install ema-core[checkpoint]``); the ``safetensors`` package is not needed,
 though it reads these files too.

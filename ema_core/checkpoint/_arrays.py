@@ -1,14 +1,17 @@
 """Arrays of every framework to a file's bytes and back, exactly (bfloat16 included).
 
-Saving: ``saveable`` checks a leaf (a known framework, not sharded over processes, a dtype the
-format holds) before anything is written; ``host_bytes`` then gives its values on the host.
-Loading: ``like_array`` turns the bytes read from the file into an array of ``like``'s framework,
-dtype, device and (JAX) sharding. Frameworks are found through ``sys.modules`` only: a torch
-tensor exists only once torch is imported, so nothing here imports a framework.
+Saving: ``saveable`` checks a leaf (a known framework, not sharded over processes, a torch
+storage that holds its elements, a dtype the format holds) before anything is written;
+``host_bytes`` then gives its values on the host. Loading: ``like_array`` turns the bytes read
+from the file into an array of ``like``'s framework, dtype, device and (JAX) sharding.
+Frameworks are found through ``sys.modules`` only: a torch tensor exists only once torch is
+imported, so nothing here imports a framework (the torch storage check is imported for a torch
+tensor only).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -58,8 +61,9 @@ def saveable(leaf: Any, where: str) -> tuple[str, str, tuple[int, ...]]:
     """(framework, safetensors code, shape) of a leaf that ``save`` can write.
 
     Raises:
-        TypeError: not an array of a known framework, or a dtype the format cannot hold.
-        ValueError: a torch DTensor or meta tensor, a JAX array not fully addressable here.
+        TypeError: not an array of a known framework, or a dtype the format has no code for.
+        ValueError: a torch DTensor, meta tensor or tensor whose storage was freed; a JAX
+            array not fully addressable here.
     """
     framework = framework_of(leaf)
     if framework is None:
@@ -78,7 +82,10 @@ def saveable(leaf: Any, where: str) -> tuple[str, str, tuple[int, ...]]:
     name = dtype_name(leaf.dtype)
     code = _safetensors.code_of(name)
     if code is None:
-        raise TypeError(f"{where} has dtype {name}, which a safetensors file cannot hold")
+        raise TypeError(
+            f"{where} has dtype {name}, which the safetensors format has no code for (it holds "
+            "bool, (u)int8-64, float16, bfloat16, float32, float64, complex64 and float8)"
+        )
     return framework, code, tuple(int(n) for n in leaf.shape)
 
 
@@ -90,6 +97,10 @@ def _check_torch(tensor: Any, where: str) -> None:
         raise ValueError(
             f"{where} must be a dense tensor with data, got {tensor.layout} on {tensor.device}"
         )
+    # (loaded with the tensor's framework: torch is imported, since the tensor exists)
+    short_memory = importlib.import_module("ema_core.backends.torch._memory").short_memory
+    if (why := short_memory(tensor)) is not None:
+        raise ValueError(f"{where}: {why}")
 
 
 def check_scalar(where: str, code: str, data: np.ndarray) -> float | int:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ema_core import _safetensors
+from ema_core._checks import packed_hint
 from ema_core._config import Config
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
@@ -43,8 +44,8 @@ def load(
         like: an ``ema_core.torch.EMA``, filled in place (its live model is not touched; the
             same checks and errors as ``EMA.load_state_dict``; an FSDP2 EMA's shards are cut
             from the full tensors on every rank), or an ``EMAState`` of numpy, torch, JAX, CuPy
-            or array-api-strict arrays giving the nest, dtypes, devices and JAX shardings of
-            the result.
+            or array-api-strict arrays (with values: no ``jax.ShapeDtypeStruct``, no meta
+            tensor) giving the nest, dtypes, devices and JAX shardings of the result.
         config: for an ``EMAState``, the ``Config`` the file's must equal (as ``config_text``);
             ``None`` checks none. Must be ``None`` for an ``EMA``, whose own config is checked.
         strict: ``True`` requires the same shadow names on both sides (and, for an ``EMA``,
@@ -54,11 +55,13 @@ def load(
         ``like`` itself for an ``EMA``; a new ``EMAState`` for an ``EMAState``.
 
     Raises:
-        TypeError: ``like``, ``config`` or ``strict`` of the wrong type.
-        ValueError: ``path`` is a directory; the file is not an ema-core checkpoint (not
-            safetensors, no ``ema_core.format`` key) or of a newer format version; names,
-            shapes, dtypes or config differ; a step or weight out of range or not fitting
-            ``like``'s dtype.
+        TypeError: ``like``, ``config`` or ``strict`` of the wrong type; a leaf of ``like``
+            that is not an array (an abstract ``jax.ShapeDtypeStruct``).
+        ValueError: ``path`` is a directory; a leaf of ``like`` on torch's meta device, or
+            deleted (donated) where ``strict=False`` keeps it; the file is not an ema-core
+            checkpoint (not safetensors, no ``ema_core.format`` key) or of a newer format
+            version; names, shapes, dtypes or config differ; a step or weight out of range or
+            not fitting ``like``'s dtype.
 
     Example:
         >>> import tempfile, pathlib, numpy as np, ema_core as ema
@@ -147,7 +150,7 @@ def _arguments(
             "; a plain safetensors file (such as python -m ema_core.posthoc writes) is read "
             "with safetensors.torch.load_file and loaded by model.load_state_dict"
             if isinstance(like, Mapping)
-            else ""
+            else packed_hint(like)
         )
         raise TypeError(
             f"like must be an ema_core.torch.EMA or an ema_core.EMAState, got "

@@ -1,4 +1,8 @@
-"""Loading into an ``EMAState`` of any backend: every check first, then the arrays made."""
+"""Loading into an ``EMAState`` of any backend: every check first, then the arrays made.
+
+Each leaf of ``like`` must be an array with values (not an abstract ``jax.ShapeDtypeStruct``,
+not a meta tensor); one that a ``strict=False`` load keeps must not have been donated.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from ema_core._core import compute_dtype
 from ema_core._tree import flatten, path_str, unflatten
 from ema_core._types import EMAState
 from ema_core.checkpoint import _format
-from ema_core.checkpoint._arrays import FLOAT, INTEGER, like_array, scalar_array
+from ema_core.checkpoint._arrays import FLOAT, INTEGER, framework_of, like_array, scalar_array
 from ema_core.checkpoint._format import dtype_name
 from ema_core.checkpoint._load_file import scalar
 
@@ -37,9 +41,13 @@ def checked_state(
     leaves, paths, treedef = flatten(like.shadow, "like.shadow")
     names = _format.shadow_names(paths, "like.shadow")
     _check_names(reader.path, names, list(shadows), strict)
-    for name, leaf, where in zip(names, leaves, paths, strict=True):
+    for name, leaf, path in zip(names, leaves, paths, strict=True):
+        where = path_str("like.shadow", path)
+        _check_like(leaf, where)
         if name in reader.entries:
-            _check_leaf(reader, name, leaf, path_str("like.shadow", where))
+            _check_leaf(reader, name, leaf, where)
+        else:
+            _check_alive(leaf, where)
     step = _scalar_like(reader, "step", like.step)
     weight = _scalar_like(reader, "weight", like.weight)
     kept = [i for i, n in enumerate(names) if n not in reader.entries and _floating(leaves[i])]
@@ -97,6 +105,42 @@ def _check_leaf(reader: _safetensors.Reader, name: str, leaf: Any, where: str) -
         )
 
 
+def _check_like(leaf: Any, where: str) -> None:
+    """A leaf of ``like`` checked to be an array that ``load`` can make arrays like: of a known
+    framework (not an abstract ``jax.ShapeDtypeStruct``), holding values (not a meta tensor).
+
+    Raises:
+        TypeError: not an array of a known framework, naming ``where``.
+        ValueError: a torch tensor on the meta device.
+    """
+    framework = framework_of(leaf)
+    if framework is None:
+        abstract = hasattr(leaf, "shape") and hasattr(leaf, "dtype")  # jax.ShapeDtypeStruct
+        hint = "; an abstract target (jax.eval_shape) has no device to put them on: build like "
+        hint += "with ema_core.init(params, config)"
+        raise TypeError(
+            f"{where} is a {type(leaf).__name__}, not an array: load makes arrays of like's "
+            "framework, dtype, device and JAX sharding (numpy, torch, JAX, CuPy, "
+            f"array-api-strict){hint if abstract else ''}"
+        )
+    if framework == "torch" and leaf.is_meta:
+        raise ValueError(
+            f"{where} is a torch tensor on the meta device, which holds no values: the loaded "
+            "state would have none; give like tensors on a real device (a model materialised "
+            "with to_empty(device='cpu'))"
+        )
+
+
+def _check_alive(leaf: Any, where: str) -> None:
+    """``ValueError`` for a JAX array of ``like`` deleted by donation (whose values a
+    ``strict=False`` load keeps or reads), naming ``where``."""
+    if callable(getattr(leaf, "is_deleted", None)) and leaf.is_deleted():
+        raise ValueError(
+            f"{where} was deleted (donated to a jitted update, which deletes the arrays it is "
+            "given), and strict=False keeps like's values: pass the state that update returned"
+        )
+
+
 _INTEGER_NAMES = tuple(f"{u}int{b}" for b in (8, 16, 32, 64) for u in ("", "u"))
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 
@@ -108,13 +152,14 @@ def _scalar_like(reader: _safetensors.Reader, name: str, like: Any) -> Any:
     python, names = (int, _INTEGER_NAMES) if name == "step" else (float, _FLOAT_NAMES)
     if type(like) is python:
         return lambda: python(value)
-    found = dtype_name(like.dtype) if hasattr(like, "dtype") and hasattr(like, "shape") else None
+    found = dtype_name(like.dtype) if framework_of(like) is not None else None
     if found not in names or tuple(like.shape) != ():
         raise TypeError(
             f"like.{name} must be {'an int' if name == 'step' else 'a float'} or a 0-d "
             f"{'integer' if name == 'step' else 'floating'} array, got {type(like).__name__}"
             f"{'' if found is None else f' of dtype {found}'}"
         )
+    _check_like(like, f"like.{name}")
     if name == "step" and not np.iinfo(found).min <= value <= np.iinfo(found).max:
         raise ValueError(f"{reader.path}: step {value} does not fit like.step's dtype {found}")
     return lambda: scalar_array(value, like)  # bfloat16 too (numpy may not know it)
@@ -138,6 +183,8 @@ def _kept_factor(
     if not floating:
         return 1.0
     file_step, file_weight = scalar(reader, "step", INTEGER), scalar(reader, "weight", FLOAT)
+    _check_alive(like.weight, "like.weight")
+    _check_alive(like.step, "like.step")
     like_weight = float(like.weight)
     if config is None:
         if like_weight == float(file_weight):

@@ -73,9 +73,11 @@ def save(
 
     Raises:
         TypeError: ``ema_or_state``, ``config`` or ``metadata`` of the wrong type; an array of
-            no known framework or of a dtype the format cannot hold (complex).
+            no known framework or of a dtype the format has no code for (complex128).
         ValueError: an FSDP2 (DTensor) or multi-process JAX state, which ``save`` does not
             gather silently (use torch.distributed.checkpoint / orbax, or gather explicitly);
+            a torch tensor whose storage was freed; a ``path`` naming a directory (one that
+            exists, or ending in a separator);
             a ``config`` given with an ``EMA``; a reserved metadata key; two shadows that
             would share a name.
         FileNotFoundError: the file's folder (or a dangling link's target's) does not exist.
@@ -105,13 +107,19 @@ def save(
 
 
 def _target(path: Any) -> str:
-    """``path`` checked: a str or PathLike naming a file, not an existing directory, in a folder
+    """``path`` checked: a str or PathLike naming a file, not a directory (one that exists, or
+    a path ending in a separator), in a folder
     that exists (a symbolic link's target's folder: ``save`` writes through the link)."""
     text = _format.check_path(path, "file")
     if os.path.isdir(text):
         raise ValueError(
             f"path {text!r} is a directory; save writes a file: name one, such as "
             f"{os.path.join(text, 'ema.safetensors')!r}"
+        )
+    if text.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise ValueError(
+            f"path {text!r} ends in a separator, so it names a directory; save writes a file: "
+            f"name one, such as {os.path.join(text, 'ema.safetensors')!r}"
         )
     resolve_link(text)  # FileNotFoundError / OSError before anything is computed
     return text
