@@ -88,3 +88,37 @@ def test_interleaved_torch_views_that_share_no_element_are_two_leaves() -> None:
         {"a": b[:, 0], "b": b[1, 1:]}, {"a": torch.ones(4), "b": torch.ones(3)}, 1, decay=0.0
     )
     assert b[:, 0].tolist() == [1.0] * 4 and b[1, 1:].tolist() == [1.0] * 3
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_complex32_shadows_saved_before_widening_load_and_peers_continue() -> None:
+    """With complex64 shadows for complex32 params, a state an EMA saved with complex32 shadows
+    and a peer's complex32 shadows (torch_ema keeps the param dtype) were refused: the load
+    widens them exactly, as it widens bf16 into float32."""
+    torch = pytest.importorskip("torch")
+    from ema_core.checkpoint import load_peer
+    from ema_core.torch import EMA
+
+    model = torch.nn.Module()
+    start = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    model.w = torch.nn.Parameter(start.to(torch.complex32), requires_grad=False)
+    old = start.to(torch.complex32) * 2
+    ema = EMA(model, config=presets.torch_ema(0.99))
+    saved = {**ema.state_dict(), "step": torch.tensor(5)}
+    ema.load_state_dict({**saved, "shadow": {"w": old}})
+    assert ema.step == 5 and torch.equal(ema.average["w"], old.to(torch.complex64))
+    other = EMA(model, config=presets.torch_ema(0.99))
+    peer = {"decay": 0.99, "num_updates": 7, "collected_params": None, "shadow_params": [old]}
+    load_peer(other, peer, peer="torch_ema")
+    assert other.step == 7 and torch.equal(other.average["w"], old.to(torch.complex64))
+
+
+def test_an_overlap_numpy_cannot_lay_out_is_taken_as_overlapping() -> None:
+    """A view expanded past what a numpy array may span raised numpy's "array is too big"
+    from the exact check; it is taken as overlapping, as before the check was exact."""
+    torch = pytest.importorskip("torch")
+    from ema_core._memory_overlap import overlap
+
+    base = torch.zeros(4)
+    assert overlap(base[:1].expand(2**31, 2**31), base[:1])
+    assert not overlap(base[0::2], base[1::2])

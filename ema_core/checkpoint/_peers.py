@@ -226,7 +226,8 @@ def _fit(peer: str, name: str, value: Any, ours: torch.Tensor) -> torch.Tensor:
         and value.dtype.itemsize > 1  # float8: torch has no promotion (nor arithmetic) in it
         and (torch.promote_types(value.dtype, ours.dtype) == ours.dtype)
     )
-    if value.dtype != ours.dtype and not widens:
+    half_complex = value.dtype == torch.complex32 and ours.dtype == torch.complex64
+    if value.dtype != ours.dtype and not (widens or half_complex):
         raise ValueError(
             f"{where} has dtype {value.dtype}; this EMA's shadow is {ours.dtype} and only a "
             "lossless widening (same dtype, or a narrower float into a wider one) continues exactly"

@@ -138,7 +138,10 @@ def commit_state(
     shared = set(map(id, params_arrays)) if donate else set()
     home = _params_home(params_arrays)
     spread = _replicated_home(arrays, params_arrays)
-    partners = {} if spread is None else _sharded_partners(arrays, params_arrays, splits)
+    # the shadows of sharded params take their shardings where the state goes over a mesh
+    # (a state committed to one device beside them is refused by check_devices, naming them)
+    spreads = spread is not None and len(spread.device_set) > 1
+    partners = _sharded_partners(arrays, params_arrays, splits) if spreads else {}
     placed, seen = [], set()
     for i, x in enumerate(arrays):
         again = donate and id(x) in seen  # donated once already in this call
