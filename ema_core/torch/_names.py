@@ -194,14 +194,36 @@ def lookup(
     for t in tracked:
         if t.name not in now:
             raise ValueError(
-                f"the module no longer has the tracked tensor {t.name!r}; build a new EMA for a "
-                "module whose tensors were removed"
+                _tied_since(root, t.name, now, prefix)
+                or f"the module no longer has the tracked tensor {t.name!r}; build a new EMA "
+                "for a module whose tensors were removed"
             )
         tensor, is_buffer, raw = now[t.name]
         check_materialized(t.name, tensor, "the module")
         kind = checked_kind(t.name, tensor, is_buffer, buffers, "the module")
         out.append(Tracked(t.name, tensor, kind, raw, is_buffer))
     return out
+
+
+def _tied_since(
+    root: torch.nn.Module | None, name: str, now: Mapping[str, Any], prefix: str | None
+) -> str:
+    """The refusal when ``name`` is still in ``root`` as another name of a tensor tracked
+    under its first name (weights tied after the EMA was built): '' otherwise."""
+    if root is None:
+        return ""
+    name_of = namer(root, prefix)
+    held = {name_of(k): v for k, v in root.state_dict(keep_vars=True).items()}
+    if name not in held:
+        return ""
+    first = next((n for n, (t, _, _) in now.items() if t is held[name]), None)
+    if first is None:
+        return ""
+    return (
+        f"the tracked tensor {name!r} is now the tensor of {first!r} (weights tied after the "
+        "EMA was built, as model.tie_weights() ties them): build the EMA after tying, which "
+        "tracks the tensor once"
+    )
 
 
 def _pair(item: Any, where: str) -> tuple[Any, Any]:

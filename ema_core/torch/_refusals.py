@@ -119,7 +119,9 @@ def check_step(step: Any, *more: Any) -> None:
 
 def _many(value: Any) -> bool:
     """Whether ``value`` is a collection (a list, a generator of parameters, ...), not one
-    number or one array (a 0-d numpy array is iterable by type)."""
-    if isinstance(value, (str, bytes, torch.Tensor)) or getattr(value, "ndim", None) == 0:
+    number or one array (a numpy array is iterable by type: one with dimensions is refused by
+    the step check, with its shape)."""
+    array = hasattr(value, "ndim") and hasattr(value, "dtype")
+    if isinstance(value, (str, bytes, torch.Tensor)) or array:
         return False
     return isinstance(value, Iterable)
