@@ -72,16 +72,23 @@ class FirstBatch(pl.Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.held = [callback.ema for callback in self.callbacks]
+        self.memory = [_addresses(c.ema) for c in self.callbacks if c.ema]
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
         if not self.start:
             self.start = pl_module.weights()
             self.states = [_cloned(c.ema.state_dict()) for c in self.callbacks if c.ema]
+            self.memory_then = [_addresses(c.ema) for c in self.callbacks if c.ema]
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
         if trainer.global_step > (self.steps[-1] if self.steps else 0):
             self.steps.append(trainer.global_step)
             self.live.append(pl_module.weights())
+
+
+def _addresses(ema: EMA) -> list[int]:
+    """Where the EMA's shadows live (a restart in place keeps them there)."""
+    return [shadow.data_ptr() for shadow in ema._bound.shadows]
 
 
 def _cloned(state: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +116,7 @@ def test_a_callback_listed_after_the_ema_callback_that_sets_the_weights_is_seen(
     assert_same(model.seen["validate"][0], before)  # the sanity check: the live weights
     assert_same(first.start, patterned())
     assert callback.ema is not None and first.held == [callback.ema]
+    assert first.memory == first.memory_then  # set in place: no second copy of the shadows
     assert callback.ema.step == 8
     assert_same(callback.ema.average, hand_run(first.start, first, schedule=SCHEDULE).average)
 

@@ -49,3 +49,51 @@ def test_a_step_with_dimensions_is_refused_by_its_shape(make: object) -> None:
     with pytest.raises(TypeError, match=r"step must be a 0-d integer array, got shape \(1,\)"):
         ema.update(make([3]))  # type: ignore[operator]
     assert ema.step == 0
+
+
+@pytest.mark.parametrize("init", ["params", "zeros"])
+def test_restart_sets_the_shadows_in_place_to_the_weights_as_they_are_now(init: str) -> None:
+    """``_copies.restart`` (the Lightning callback's first batch): the shadows take the
+    module's weights as ``EMA(module)`` would start from them, in their own memory (a
+    ``load_state_dict`` of a new EMA's state held a second copy of every shadow), step 0."""
+    from ema_core import Config
+    from ema_core.torch import _copies
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(model, config=Config(0.5, init=init), buffers="copy")
+    addresses = [s.data_ptr() for s in ema._bound.shadows]
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[1].num_batches_tracked.fill_(7)
+    assert _copies.restart(ema)
+    fresh = EMA(model, config=Config(0.5, init=init), buffers="copy")
+    assert [s.data_ptr() for s in ema._bound.shadows] == addresses
+    assert ema.step == 0 and ema.state_dict()["weight"] == fresh.state_dict()["weight"]
+    for name, value in fresh.state_dict()["shadow"].items():
+        assert torch.equal(ema.state_dict()["shadow"][name], value), name
+
+
+def test_restart_refuses_a_module_whose_tensors_no_longer_fit() -> None:
+    from ema_core.torch import _copies
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    ema = EMA(model, decay=0.5)
+    before = {k: v.clone() for k, v in ema.average.items()}
+    model[0] = torch.nn.Linear(3, 4)  # another shape: a new EMA is built instead
+    assert not _copies.restart(ema)
+    assert all(torch.equal(ema.average[k], v) for k, v in before.items())
+
+
+def test_a_module_whose_state_dict_takes_no_keep_vars_keeps_the_removed_message() -> None:
+    """The tied-weights note reads ``state_dict(keep_vars=True)``; a module that overrides
+    ``state_dict`` without it got a ``TypeError`` in place of the message."""
+
+    class Custom(_LM):
+        def state_dict(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+            return {}
+
+    model = Custom()
+    ema = EMA(model, decay=0.9)
+    del model.head.weight
+    with pytest.raises(ValueError, match="the module no longer has the tracked tensor"):
+        ema.update()

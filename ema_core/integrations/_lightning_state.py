@@ -22,7 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ema_core.torch import EMA, full_state_dict
+from ema_core.torch import EMA, _copies, full_state_dict
 from ema_core.torch._dtensor import is_dtensor
 
 
@@ -67,8 +67,9 @@ def prepared(
 def restarted(
     ema: EMA | None, module: torch.nn.Module | None, options: dict[str, Any]
 ) -> EMA | None:
-    """``ema`` with its shadows, step and weight set to those of ``EMA(module, **options)``
-    (the live weights as they are now), when it has taken no update; else ``ema`` as it is.
+    """``ema`` with its shadows, step and weight set in place to those ``EMA(module,
+    **options)`` would start with (the live weights as they are now), when it has taken no
+    update; else ``ema`` as it is.
 
     Called at a fit's first batch (for an EMA that loaded no checkpoint state): Lightning runs
     every callback's ``on_train_start`` and then the module's before it, and any of them may
@@ -79,12 +80,7 @@ def restarted(
     """
     if ema is None or module is None or updated(ema):
         return ema
-    fresh = EMA(module, **options)
-    try:
-        ema.load_state_dict(fresh.state_dict())  # checked before any write
-    except (TypeError, ValueError):
-        return fresh
-    return ema
+    return ema if _copies.restart(ema) else EMA(module, **options)
 
 
 def log_missing_state(

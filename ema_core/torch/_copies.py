@@ -12,7 +12,7 @@ import torch
 
 from ema_core._config import Config, divisor
 from ema_core._config_text import config_text
-from ema_core.torch import _averages, _fsdp, _names, _options, _rules, _state
+from ema_core.torch import _averages, _dtensor, _fsdp, _names, _options, _rules, _state
 from ema_core.torch._interrupts import HeldInterrupts
 from ema_core.torch._prefixes import keeping, renames
 
@@ -66,6 +66,32 @@ def state_dict(ema: Copied) -> dict[str, Any]:
     ema._settle(follow=True)
     text = config_text(ema.config)
     return _state.pack(ema.names, ema._bound.shadows, ema._step, ema._weight, text)
+
+
+def restart(ema: Copied) -> bool:
+    """The shadows set in place to the module's tensors as they are now, as ``EMA(module)``
+    starts them (zeros under ``init="zeros"``), with step 0 and the starting weight: for an
+    EMA that took no update and whose module's weights were set since (the Lightning
+    callback's first batch). No second copy of the shadows is made. False, with nothing
+    written, when the module's tensors no longer fit the shadows (a tensor gone, reshaped, or
+    turned between floating and integer): build a new EMA then."""
+    ema._refuse_in_swap("restart")
+    try:
+        ema._bound.refresh(objects=True)  # follows replaced, converted and moved tensors
+    except ValueError:
+        return False
+    zeros = ema.config.init == "zeros"
+    bound = ema._bound
+    bound.store.wait()
+    with torch.no_grad(), HeldInterrupts():
+        for tracked, shadow in zip(bound.tracked, bound.shadows, strict=True):
+            mine = _dtensor.local(shadow)  # shard by shard under FSDP2: no collective
+            if zeros and tracked.kind == "float":
+                mine.zero_()
+            else:
+                mine.copy_(_dtensor.local(tracked.tensor))
+        ema._step, ema._weight, bound.pending = 0, 0.0 if zeros else 1.0, None
+    return True
 
 
 def load_state_dict(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> None:

@@ -213,7 +213,10 @@ def _tied_since(
     if root is None:
         return ""
     name_of = namer(root, prefix)
-    held = {name_of(k): v for k, v in root.state_dict(keep_vars=True).items()}
+    try:  # a module's own state_dict may take no keep_vars, or fail: no note then
+        held = {name_of(k): v for k, v in root.state_dict(keep_vars=True).items()}
+    except Exception:
+        return ""
     if name not in held:
         return ""
     first = next((n for n, (t, _, _) in now.items() if t is held[name]), None)
