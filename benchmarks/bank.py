@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import harness, workloads
+from benchmarks.cli_args import int_at_least, needs
 
 #: The sigma_rels of the bank of K.
 SIGMA_RELS = {2: (0.05, 0.10), 3: (0.05, 0.07, 0.10)}
@@ -81,8 +82,14 @@ def main(dtype: str = "fp32", rounds: int = 25, name: str = "resnet50") -> str:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bank", description=__doc__)
     ap.add_argument("--dtype", default="fp32", choices=sorted(_PARAMS_BYTES))
-    ap.add_argument("--rounds", type=int, default=25)
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--rounds", type=int_at_least(1), default=25, help="timed alternations (at least 1)"
+    )
+    args = ap.parse_args(argv)
+    problem = needs("torch")
+    if problem:
+        ap.error(problem)
+    return args
 
 
 if __name__ == "__main__":

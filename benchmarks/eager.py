@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import harness, workloads
+from benchmarks.cli_args import no_options
 
 
 def _cases() -> list[tuple[str, list[tuple[int, ...]]]]:
@@ -78,4 +79,5 @@ def main(rounds: int = 50) -> str:
 
 
 if __name__ == "__main__":
+    no_options("python -m benchmarks.eager", __doc__, "jax")
     print(main())

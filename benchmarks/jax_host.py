@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks import workloads
+from benchmarks.cli_args import int_at_least, needs
+
 CALLS = 30
 
 
@@ -46,23 +49,43 @@ def _median_ms(
     return statistics.median(times) * 1e3
 
 
-def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The options, checked before anything is built or compiled (exit 2 otherwise)."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.jax_host", description=__doc__)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--workload", default="gpt2_small")
-    ap.add_argument("--calls", type=int, default=CALLS, help="timed calls per median")
+    ap.add_argument("--workload", default="gpt2_small", choices=workloads.available())
+    ap.add_argument(
+        "--calls", type=int_at_least(1), default=CALLS, help="timed calls per median (at least 1)"
+    )
     args = ap.parse_args(argv)
+    problem = needs("jax") or _device_problem(args.device)
+    if problem:
+        ap.error(problem)
+    return args
+
+
+def _device_problem(device: str) -> str | None:
+    import jax
+
+    try:
+        jax.devices(device)
+    except RuntimeError as err:
+        return f"--device {device}, but JAX has no such device on this machine ({err})"
+    return None
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse(argv)
 
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import ema_core
-    from benchmarks.workloads import load
     from ema_core.jax import make_update, pack
 
     dev = jax.devices("cuda" if args.device == "cuda" else "cpu")[0]
-    shapes = load(args.workload).shapes
+    shapes = workloads.load(args.workload).shapes
     rng = np.random.default_rng(0)
     params = [jax.device_put(jnp.asarray(rng.random(s), jnp.float32), dev) for s in shapes]
     config = ema_core.Config(schedule=0.999)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from benchmarks.cli_args import no_options
 from benchmarks.tree import best, table
 
 SIZES = (1_000, 10_000, 20_000)
@@ -64,4 +65,5 @@ def main(repeats: int = 7) -> str:
 
 
 if __name__ == "__main__":
+    no_options("python -m benchmarks.routes", __doc__, "torch")
     print(main())

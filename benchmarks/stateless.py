@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from benchmarks import harness, workloads
+from benchmarks.cli_args import no_options
 
 #: (workload, params dtype) pairs timed by default.
 CASES = (
@@ -75,4 +76,5 @@ def main(rounds: int = 30) -> str:
 
 
 if __name__ == "__main__":
+    no_options("python -m benchmarks.stateless", __doc__, "torch")
     print(main())

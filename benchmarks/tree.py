@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.cli_args import no_options
 from ema_core._leaf_checks import check_leaves
 from ema_core._tree_pair import flatten_pair
 from ema_core._writes import resolve_writes
@@ -68,4 +69,5 @@ def main(repeats: int = 5) -> str:
 
 
 if __name__ == "__main__":
+    no_options("python -m benchmarks.tree", __doc__)
     print(main())
