@@ -47,14 +47,16 @@ def test_load_refuses_a_sparse_tensor_of_the_right_shape_and_dtype() -> None:
     assert ema.state_dict()["shadows"]["w"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
 
 
-def test_a_read_only_parameter_gets_a_copy_of_the_average_not_the_shadow() -> None:
-    """A read-only numpy parameter cannot be written in place, so the average is rebound in
-    its place: as a copy, or a write through the returned parameter would move the shadow."""
+def test_a_read_only_parameter_is_refused_and_the_shadow_kept() -> None:
+    """A read-only numpy parameter cannot be written in place: ``assign_average_value`` is a
+    ``ValueError`` naming it (it was rebound silently, the caller's array left as it was), and
+    the shadow is never handed out to be written through."""
     w = np.full(2, 4.0)
     w.flags.writeable = False
     ema = allennlp.ExponentialMovingAverage([("w", w)], decay=0.5)
-    ema.assign_average_value()["w"][...] = 100.0
-    assert ema.state_dict()["shadows"]["w"].tolist() == [4.0, 4.0]
+    with pytest.raises(ValueError, match=r"parameters\['w'\] is a read-only"):
+        ema.assign_average_value()
+    assert ema.state_dict()["shadows"]["w"].tolist() == [4.0, 4.0] and w.tolist() == [4.0, 4.0]
 
 
 def test_paddle_apply_gives_an_immutable_float16_parameter_its_own_dtype() -> None:

@@ -124,8 +124,8 @@ LAYOUT = {
     "ema_core/integrations": "lightning _lightning_args _lightning_state keras _keras_weights "
     "_keras_swap _keras_args _keras_state accelerate _accelerate_args",
     "ema_core/presets": "_seeds _torch _profiles _optimizers _args _schedules",
-    "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _counters _modules _tf_state "
-    "_tf_names",
+    "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _writes _counters _modules "
+    "_tf_state _tf_names",
     "ema_core/testing": "_oracle _strategies _properties _inputs _compare _convert _dtypes _args",
     "ema_core/schedules": "__init__ _base _values _decays _power _gamma _every _gates _gated",
     "tests": "conftest reference peers",

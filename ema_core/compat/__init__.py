@@ -9,14 +9,16 @@ The first three work on numpy, CuPy, torch and JAX arrays (each module says how 
 arrays are handled); the MMEditing class wraps a torch module. Submodules load on first access,
 so importing ``ema_core.compat`` imports no framework.
 
-What they share: ``_arrays`` (named arrays from the seeds' inputs, copies, and writes in place
-where the array allows it, by rebinding where it does not: JAX), ``_counters`` (the counters
-given as ints, 0-d arrays or callables, and a state dict's saved settings) and ``_modules``
-(the MMEditing class's check, before the first copy, that two modules' tensors pair up by name;
-imports torch).
-``_tf_state`` holds the TensorFlow class's saved state: its slots and the checks of a
-``state_dict`` before ``load_state_dict`` writes; ``_tf_names`` its variable lookup (a slot by
-array, name or pair) and TF1 naming: ``average_name`` and ``variables_to_restore``.
+What they share: ``_arrays`` (named arrays from the seeds' inputs, their checks against the
+tracked ones, copies), ``_writes`` (writes in place where the array allows it, by rebinding
+where it does not: JAX; all checked before the first, read-only numpy arrays and meta tensors
+refused), ``_counters`` (the counters given as ints, 0-d arrays or callables, and a state
+dict's saved settings) and ``_modules`` (the MMEditing class's check, before the first copy,
+that two modules' tensors pair up by name; imports torch).
+``_tf_state`` holds the TensorFlow class's state: its slots, the checks of ``apply``'s
+variables and of a ``state_dict`` before ``load_state_dict`` writes; ``_tf_names`` its variable
+lookup (a slot by array, name or pair) and TF1 naming: ``average_name`` and
+``variables_to_restore``.
 """
 
 from __future__ import annotations

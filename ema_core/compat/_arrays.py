@@ -1,6 +1,6 @@
-"""What the drop-in classes share: named arrays from the seeds' inputs, copies, and writes that
-happen in place where the array allows it (numpy, CuPy, torch) and by rebinding where it does not
-(JAX). Frameworks are found from the arrays; nothing here imports one."""
+"""What the drop-in classes share: named arrays from the seeds' inputs, their checks against the
+tracked ones, copies and reads (the writes are in ``_writes``). Frameworks are found from the
+arrays; nothing here imports one."""
 
 from __future__ import annotations
 
@@ -91,46 +91,6 @@ def clone(x: Array) -> Array:
     return compat.array_namespace(x).asarray(x, copy=True)
 
 
-def assign(dst: Array, src: Array) -> Array:
-    """Write ``src`` into ``dst`` in place and return ``dst``; where ``dst`` is immutable (JAX)
-    return ``src`` in ``dst``'s dtype instead, for the caller to rebind."""
-    if compat.is_torch_array(dst):
-        import torch
-
-        with torch.no_grad():
-            dst.copy_(src)
-        return dst
-    xp = compat.array_namespace(dst)
-    value = src if src.dtype == dst.dtype else xp.astype(src, dst.dtype)
-    if compat.is_writeable_array(dst):
-        dst[...] = value
-        return dst
-    return value if value is not src else xp.asarray(src, copy=True)
-
-
-def assign_all(dst: dict[str, Array], src: Mapping[str, Array]) -> dict[str, Array]:
-    """``assign`` for every name; ``dst`` is updated to the arrays now holding the values.
-
-    Raises:
-        ValueError: a pair whose shapes differ (a parameter resized in place, ``p.data =
-            torch.zeros(3)``, after the EMA was built), before anything is written.
-    """
-    for key, value in dst.items():
-        if tuple(value.shape) != tuple(src[key].shape):
-            raise ValueError(
-                f"{key!r} has shape {tuple(value.shape)} but the values to write into it "
-                f"{tuple(src[key].shape)}: a parameter resized after the EMA was built cannot "
-                "take its average or backup; build a new EMA for the new shapes"
-            )
-    for key, value in dst.items():
-        dst[key] = assign(value, src[key])
-    if any(map(compat.is_torch_array, dst.values())):
-        from ema_core.backends.torch._caches import forget_derived
-
-        forget_derived()  # casts / parametrized weights of the old values, cached in a region
-    return dst
-
-
 def divide(x: Array, weight: float) -> Array:
     """``x / weight`` in ``x``'s dtype (float32 or wider arithmetic; complex as it is); non-float
     arrays, and all where ``weight`` is 0 (a zero-started average read through ``1 - d ** t``
@@ -147,10 +107,11 @@ def divide(x: Array, weight: float) -> Array:
     return out if out.dtype == x.dtype else xp.astype(out, x.dtype)
 
 
-def var_items(var_list: Any) -> list[tuple[VarKey, str | None, Array]]:
-    """``(key, name, array)`` per variable: named ones are keyed by name, plain arrays by id."""
+def var_items(var_list: Any, arg: str = "var_list") -> list[tuple[VarKey, str | None, Array]]:
+    """``(key, name, array)`` per variable: named ones are keyed by name, plain arrays by id;
+    errors name the argument ``arg`` (``var_list``, or ``moving_avg_variables``)."""
     if var_list is None:
-        raise ValueError("var_list must list the variables to average, got None")
+        raise ValueError(f"{arg} must list the variables to average, got None")
     if is_module(var_list):
         var_list = list(var_list.named_parameters())
     elif isinstance(var_list, Mapping):
@@ -159,22 +120,22 @@ def var_items(var_list: Any) -> list[tuple[VarKey, str | None, Array]]:
         var_list = [var_list]
     elif isinstance(var_list, str) or not isinstance(var_list, Iterable):
         raise TypeError(
-            f"var_list must be arrays or (name, array) pairs, got {type(var_list).__name__}"
+            f"{arg} must be arrays or (name, array) pairs, got {type(var_list).__name__}"
         )
     out: dict[VarKey, tuple[VarKey, str | None, Array]] = {}
     # id of each mutable array -> its first index (tied weights: one array under two names);
     # an immutable JAX array under two names is two variables that hold the same values now
     seen: dict[int, int] = {}
     for i, item in enumerate(var_list):
-        name, var = floating_item(item, f"var_list[{i}]")
+        name, var = floating_item(item, f"{arg}[{i}]")
         key: VarKey = id(var) if name is None else name
         first = i if name is not None and compat.is_jax_array(var) else seen.setdefault(id(var), i)
         if key in out or first != i:
             what = "the same array" if name is None else f"the name {name!r}"
             if key not in out:
-                what = f"var_list[{first}]'s array" + ("" if name is None else f" as {name!r}")
+                what = f"{arg}[{first}]'s array" + ("" if name is None else f" as {name!r}")
             raise ValueError(
-                f"var_list[{i}] repeats {what}: each variable is averaged once, under one name"
+                f"{arg}[{i}] repeats {what}: each variable is averaged once, under one name"
             )
         out[key] = (key, name, var)
     return list(out.values())

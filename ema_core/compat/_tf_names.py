@@ -43,9 +43,10 @@ def variables_to_restore(
     if moving_avg_variables is None:
         averaged = dict(named)
     else:
+        items = var_items(moving_avg_variables, "moving_avg_variables")
         averaged = dict(
             _restore_name(slots, name, var, f"moving_avg_variables[{i}]")
-            for i, (_, name, var) in enumerate(var_items(moving_avg_variables))
+            for i, (_, name, var) in enumerate(items)
         )
     restore = {average_name(slots, n, ema_name): v for n, v in averaged.items()}
     return restore | {n: v for n, v in named.items() if n not in averaged}

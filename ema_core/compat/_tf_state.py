@@ -1,15 +1,18 @@
-"""The saved state of ``ema_core.compat.tensorflow.ExponentialMovingAverage``: its slots (one
-per averaged variable) and the checks of a ``state_dict`` before ``load_state_dict`` writes."""
+"""The state of ``ema_core.compat.tensorflow.ExponentialMovingAverage``: its slots (one per
+averaged variable), the checks of ``apply``'s variables against them and of a ``state_dict``
+before ``load_state_dict`` writes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ema_core._leaf_checks import check_leaves
 from ema_core._types import Array
-from ema_core.compat._arrays import check_like, floating_item, named_arrays
+from ema_core.compat._arrays import VarKey, check_like, floating_item, named_arrays
 from ema_core.compat._counters import check_counter_state, check_state
+from ema_core.compat._writes import check_materialized
 from ema_core.presets._args import check_count
 
 STATE_KEYS = ("shadows", "biased", "local_steps", "decay", "zero_debias", "num_updates")
@@ -25,6 +28,20 @@ class Slot:
     shadow: Array
     biased: Array | None = None
     local_step: int = 0
+
+
+def check_vars(items: Sequence[tuple[VarKey, str | None, Array]], slots: Sequence[Slot]) -> None:
+    """``apply``'s variables (``var_items``) against their slots, each named as the caller gave
+    it: ``var_list['w']`` by name, ``var_list[0]`` by position for an unnamed array. They must
+    be arrays of one framework, dense and with values (not meta), each like the shadow it
+    updates (shape, dtype, array type): ``TypeError`` / ``ValueError`` otherwise."""
+    keys: list[VarKey] = [i if name is None else name for i, (_, name, _) in enumerate(items)]
+    arrays = {key: var for key, (_, _, var) in zip(keys, items, strict=True)}
+    values = list(arrays.values())
+    check_leaves(values, values, [(("key", k),) for k in keys], ("var_list", "var_list"))
+    check_materialized(arrays, "var_list")
+    shadows = {key: slot.shadow for key, slot in zip(keys, slots, strict=True)}
+    check_like(arrays, shadows, "var_list")
 
 
 def checked_state(

@@ -14,10 +14,10 @@ from typing import Any
 
 import ema_core
 from ema_core._checks import check_fraction
-from ema_core._leaf_checks import check_leaves
 from ema_core._types import Array
-from ema_core.compat._arrays import assign_all, check_like, clone, named_arrays
+from ema_core.compat._arrays import check_like, clone, named_arrays
 from ema_core.compat._counters import read_count
+from ema_core.compat._writes import assign_all, check_parameters, check_writable
 from ema_core.presets._schedules import counter_cap
 
 
@@ -52,9 +52,7 @@ class ExponentialMovingAverage:
         self._schedule = counter_cap(decay, numerator, denominator)
         self._numerator = float(numerator)
         self._parameters = named_arrays(parameters, "parameters")
-        leaves = list(self._parameters.values())  # one framework, checked now, not at apply
-        paths = [(("key", k),) for k in self._parameters]
-        check_leaves(leaves, leaves, paths, ("parameters",) * 2)
+        check_parameters(self._parameters, "parameters")  # one framework, with values: now
         self._shadows = {k: clone(v) for k, v in self._parameters.items()}
         self._backups = {k: clone(v) for k, v in self._parameters.items()}
         self._assigned = False  # the averages are in the parameters, the backups hold theirs
@@ -96,15 +94,17 @@ class ExponentialMovingAverage:
         (AllenNLP would back up the averages and lose the parameters' own values); with an
         ``apply()`` since, the parameters were trained on and are backed up again.
         """
+        check_writable(self._parameters, "parameters")  # before the backups change
         if not self._assigned or self._stale:
-            self._backups = assign_all(self._backups, self._parameters)
+            self._backups = assign_all(self._backups, self._parameters, "backups")
         self._assigned, self._stale = True, False
         return dict(assign_all(self._parameters, self._shadows))
 
     def restore(self) -> dict[str, Array]:
         """Write the values backed up by ``assign_average_value()`` into the parameters; return
-        the parameters. Once per ``assign_average_value()``: without one (AllenNLP would write
-        the values from construction, or from the last assign) it raises RuntimeError."""
+        the parameters. Once per ``assign_average_value()`` (or per loaded state saved before a
+        ``restore()``): without one (AllenNLP would write the values from construction, or from
+        the last assign) it raises RuntimeError."""
         if not self._assigned:
             raise RuntimeError(
                 "restore() needs an earlier assign_average_value() that was not restored: "
@@ -115,28 +115,44 @@ class ExponentialMovingAverage:
         return restored
 
     def state_dict(self) -> dict[str, Any]:
-        """Copies of the shadows and backups, by parameter name."""
+        """Copies of the shadows and backups, by parameter name, and whether the backups are
+        pending (``"pending"``: an ``assign_average_value()`` not yet restored) and stale
+        (``"stale"``: an ``apply()`` since, so the next assign backs up afresh)."""
         return {
             "shadows": {k: clone(v) for k, v in self._shadows.items()},
             "backups": {k: clone(v) for k, v in self._backups.items()},
+            "pending": self._assigned,
+            "stale": self._stale,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load shadows and backups saved by ``state_dict()``.
+        """Load shadows, backups and their pending state saved by ``state_dict()``: a state saved
+        between ``assign_average_value()`` and ``restore()`` is restored by ``restore()``.
 
-        Every entry is checked (names, shapes, dtypes, array types) before any is written: on
-        an error nothing has changed.
+        A state without ``"pending"`` / ``"stale"`` (saved by an earlier ema-core) loads as
+        AllenNLP loads its backups: ``restore()`` writes them back, and the next
+        ``assign_average_value()`` backs up the parameters afresh. Every entry is checked
+        (names, shapes, dtypes, array types, real bools) before any is written: on an error
+        nothing has changed.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        if set(state_dict) != {"shadows", "backups"}:
+        if set(state_dict) not in (set(_STATE_KEYS), set(_STATE_KEYS[:2])):
             raise ValueError(
-                "state_dict must have the keys 'shadows' and 'backups', got "
-                f"{list(state_dict)!r:.200}"
+                f"state_dict must have the keys {list(_STATE_KEYS)} (or, saved by an older "
+                f"version, 'shadows' and 'backups'), got {list(state_dict)!r:.200}"
             )
+        flags = {key: state_dict.get(key, True) for key in _STATE_KEYS[2:]}
+        for key, flag in flags.items():
+            if not isinstance(flag, bool):
+                raise TypeError(f"state_dict[{key!r}] must be a bool, got {flag!r:.80}")
         loaded = {}
         for key, tracked in (("shadows", self._shadows), ("backups", self._backups)):
             loaded[key] = named_arrays(state_dict[key], f"state_dict[{key!r}]")
             check_like(loaded[key], tracked, f"state_dict[{key!r}]")
-        self._shadows = assign_all(self._shadows, loaded["shadows"])
-        self._backups = assign_all(self._backups, loaded["backups"])
+        self._shadows = assign_all(self._shadows, loaded["shadows"], "shadows")
+        self._backups = assign_all(self._backups, loaded["backups"], "backups")
+        self._assigned, self._stale = flags["pending"], flags["stale"]
+
+
+_STATE_KEYS = ("shadows", "backups", "pending", "stale")

@@ -26,6 +26,7 @@ import ema_core
 from ema_core import presets
 from ema_core._checks import check_fraction, check_positive
 from ema_core.compat._modules import check_module, check_pairs, state_tensors
+from ema_core.compat._writes import check_materialized
 from ema_core.presets._args import check_bool
 from ema_core.schedules import momentum as momentum_schedule
 from ema_core.torch._refusals import device_of
@@ -59,6 +60,7 @@ class ExponentialMovingAverage(torch.nn.Module):
     ) -> None:
         super().__init__()
         check_module(model)
+        check_materialized(_all_tensors(model), "model")  # a meta copy would never change
         check_bool("update_buffers", update_buffers)
         self.update_buffers = update_buffers
         self._configure(momentum, interval)

@@ -22,7 +22,7 @@ import ema_core
 from ema_core._checks import check_fraction
 from ema_core._config import power_weight
 from ema_core._types import Array
-from ema_core.compat._arrays import assign_all, check_like, clone, divide, named_arrays
+from ema_core.compat._arrays import check_like, clone, divide, named_arrays
 from ema_core.compat._counters import (
     check_counter,
     check_counter_state,
@@ -31,6 +31,7 @@ from ema_core.compat._counters import (
     counter_state,
     read_count,
 )
+from ema_core.compat._writes import assign_all, check_parameters
 from ema_core.presets._args import check_bool, check_count
 from ema_core.schedules import constant, in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
@@ -64,6 +65,7 @@ class ExponentialMovingAverage:
             raise TypeError(f"name must be None or a str, got {type(name).__name__}")
         self._thres_steps, self.name = thres_steps, name
         self._parameters = named_arrays(parameters, "parameters", allow_plain=True)
+        check_parameters(self._parameters, "parameters")  # one framework, with values
         config = ema_core.Config(init="zeros")
         self._ema: dict[str, Array] = ema_core.init(self._parameters, config).shadow
         self._backups: dict[str, Array] | None = None
@@ -161,7 +163,7 @@ class ExponentialMovingAverage:
         last_decay = check_fraction("state_dict['last_decay']", state_dict["last_decay"])
         ema = named_arrays(state_dict["ema"], "state_dict['ema']")
         check_like(ema, self._ema, "state_dict['ema']")
-        self._ema = assign_all(self._ema, ema)
+        self._ema = assign_all(self._ema, ema, "ema")
         self._step, self._last_decay = step, last_decay
 
 

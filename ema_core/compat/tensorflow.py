@@ -26,18 +26,11 @@ import ema_core
 from ema_core._checks import check_fraction
 from ema_core._config import power_weight
 from ema_core._types import Array
-from ema_core.compat._arrays import (
-    VarKey,
-    assign,
-    check_like,
-    clone,
-    divide,
-    same_memory,
-    var_items,
-)
+from ema_core.compat._arrays import VarKey, clone, divide, same_memory, var_items
 from ema_core.compat._counters import check_counter, check_debias_decay, counter_state, read_count
 from ema_core.compat._tf_names import average_name, find_slot, variables_to_restore
-from ema_core.compat._tf_state import Slot, checked_state
+from ema_core.compat._tf_state import Slot, check_vars, checked_state
+from ema_core.compat._writes import assign
 from ema_core.presets._args import check_bool
 from ema_core.schedules import constant, in_float32
 from ema_core.schedules import num_updates as num_updates_schedule
@@ -111,8 +104,7 @@ class ExponentialMovingAverage:
         if len({id(slot) for slot in slots}) < len(slots):
             raise ValueError("var_list holds one array twice, named and not: each is averaged once")
         self._warn_if_renewed(items, slots)
-        shadows = {key: slot.shadow for (key, _, _), slot in zip(items, slots, strict=True)}
-        check_like({key: var for key, _, var in items}, shadows, "var_list")  # as applied before
+        check_vars(items, slots)  # named as given, like the shadows of earlier applies
         field = "biased" if self._zero_debias else "shadow"
         current = {i: getattr(slot, field) for i, slot in enumerate(slots)}
         new = ema_core.ema_update(
