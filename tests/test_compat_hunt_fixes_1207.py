@@ -33,13 +33,32 @@ def test_paddle_refuses_a_meta_parameter_when_built() -> None:
         paddle.ExponentialMovingAverage(model, decay=0.5)
 
 
-def test_mmedit_refuses_a_meta_model_when_built() -> None:
-    pytest.importorskip("torch")
+def test_mmedit_takes_a_meta_model_materialized_with_its_holder_but_updates_no_meta() -> None:
+    """mmagic builds its ``generator_ema`` inside the model, which may be built on the meta
+    device and materialized whole (``to_empty``, then a checkpoint): the EMA's own copy is
+    materialized with it. An update while either side is still meta is refused (it did
+    nothing, without a word)."""
+    torch = pytest.importorskip("torch")
     from ema_core.compat import mmedit
 
-    model = _meta_linear()
+    with torch.device("meta"):
+        holder = torch.nn.Module()
+        holder.net = torch.nn.Linear(2, 2)
+        holder.ema = mmedit.ExponentialMovingAverage(holder.net, momentum=0.5)
+    with pytest.raises(ValueError, match=r"the EMA's module\['weight'\] is on the meta device"):
+        holder.ema.update_parameters(holder.net)
+    holder.to_empty(device="cpu")
+    with torch.no_grad():
+        holder.net.weight.fill_(2.0)
+        holder.net.bias.fill_(1.0)
+        holder.ema.steps.zero_()
+    holder.ema.update_parameters(holder.net)  # the first call copies
+    with torch.no_grad():
+        holder.net.weight.fill_(4.0)
+    holder.ema.update_parameters(holder.net)
+    assert torch.equal(holder.ema.module.weight, torch.full((2, 2), 3.0))
     with pytest.raises(ValueError, match=r"model\['weight'\] is on the meta device"):
-        mmedit.ExponentialMovingAverage(model, momentum=0.5)
+        holder.ema.update_parameters(_meta_linear())
 
 
 def test_a_materialized_model_still_gets_its_average() -> None:
@@ -254,3 +273,20 @@ def test_jax_parameters_are_still_rebound() -> None:
     p.update()
     with p.apply() as averaged:
         assert averaged["w"].tolist() == [4.0, 4.0]
+
+
+@pytest.mark.parametrize("cls", ["allennlp", "paddle"])
+def test_a_numpy_scalar_parameter_is_rebound_not_refused_as_read_only(cls: str) -> None:
+    """A numpy scalar cannot be written in place, as a JAX array cannot: its average comes
+    back rebound (it was refused as a read-only array)."""
+    if cls == "allennlp":
+        ema = allennlp.ExponentialMovingAverage({"s": np.float32(2.0)}, decay=0.5)
+        ema.apply(parameters={"s": np.float32(4.0)})
+        averaged = ema.assign_average_value()
+    else:
+        ema = paddle.ExponentialMovingAverage({"s": np.float32(2.0)}, decay=0.5)
+        ema.update(parameters={"s": np.float32(4.0)})
+        with ema.apply() as averaged:
+            pass
+    want = 3.0 if cls == "allennlp" else 4.0  # Paddle: zero-started, read bias-corrected
+    assert isinstance(averaged["s"], np.float32) and float(averaged["s"]) == want

@@ -248,3 +248,26 @@ def test_a_layer_replaced_by_another_shape_in_on_train_start_gets_a_new_ema(
     assert callback.ema is not None and callback.ema.step == 8
     ones = {"layer.weight": torch.ones(3, 4), "layer.bias": torch.ones(3)}
     assert_same(callback.ema.average, ones)
+
+
+class Grown(Net):
+    """``Net`` whose ``on_train_start`` attaches a head (ones) the EMA built before lacks."""
+
+    def on_train_start(self) -> None:
+        self.head = torch.nn.Linear(2, 1)
+        with torch.no_grad():
+            self.head.weight.fill_(1.0)
+            self.head.bias.fill_(1.0)
+
+
+def test_a_tensor_added_in_on_train_start_is_tracked_from_the_first_batch(tmp_path: Path) -> None:
+    """The restart in place kept the EMA of the tensors it had: a head attached in
+    ``on_train_start`` was never averaged, swapped in or saved. The EMA is built again on
+    the module as the first batch finds it."""
+    model, callback = Grown(), EMACallback(decay=0.9)
+    trainer(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=0).fit(
+        model, loader(), loader(2)
+    )
+    assert callback.ema is not None and callback.ema.step == 8
+    assert set(callback.ema.names) == {"layer.weight", "layer.bias", "head.weight", "head.bias"}
+    assert torch.equal(callback.ema.average["head.weight"], torch.ones(1, 2))  # not trained

@@ -7,6 +7,7 @@ here imports one."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import TypeVar
 
@@ -45,9 +46,10 @@ def check_materialized(arrays: Mapping[_Key, Array], name: str) -> None:
 def check_writable(arrays: Mapping[str, Array], name: str) -> None:
     """Raise ``ValueError`` for an array that a write is needed in but that refuses writes: a
     read-only numpy array (``flags.writeable`` False: ``np.load(mmap_mode="r")``,
-    ``np.asarray`` of a JAX array). JAX arrays pass: they are rebound, not written."""
+    ``np.asarray`` of a JAX array). JAX arrays and numpy scalars pass: they are rebound, not
+    written."""
     for key, value in arrays.items():
-        if not compat.is_writeable_array(value) and not compat.is_jax_array(value):
+        if not (compat.is_writeable_array(value) or _rebound(value)):
             raise ValueError(
                 f"{name}[{key!r}] is a read-only {type(value).__name__} (flags.writeable is "
                 "False), but the values must be written into it in place: pass a writeable "
@@ -57,8 +59,9 @@ def check_writable(arrays: Mapping[str, Array], name: str) -> None:
 
 def assign(dst: Array, src: Array) -> Array:
     """Write ``src`` into ``dst`` in place and return ``dst``; where ``dst`` is immutable (JAX)
-    return ``src`` in ``dst``'s dtype instead, for the caller to rebind. A read-only numpy
-    ``dst`` raises numpy's error: callers name it with ``check_writable`` before any write."""
+    (a JAX array, a numpy scalar) return ``src`` in ``dst``'s dtype instead, for the caller to
+    rebind. A read-only numpy ``dst`` raises numpy's error: callers name it with
+    ``check_writable`` before any write."""
     if compat.is_torch_array(dst):
         import torch
 
@@ -67,10 +70,20 @@ def assign(dst: Array, src: Array) -> Array:
         return dst
     xp = compat.array_namespace(dst)
     value = src if src.dtype == dst.dtype else xp.astype(src, dst.dtype)
-    if not compat.is_jax_array(dst):
+    if not _rebound(dst):
         dst[...] = value
         return dst
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(dst, np.generic):  # a scalar in, a scalar out
+        return np.asarray(value, dtype=dst.dtype)[()]
     return value if value is not src else xp.asarray(src, copy=True)
+
+
+def _rebound(value: Array) -> bool:
+    """Whether a parameter is rebound to its new values rather than written: immutable (a JAX
+    array, a numpy scalar)."""
+    np = sys.modules.get("numpy")  # (a numpy scalar exists only once numpy is imported)
+    return compat.is_jax_array(value) or (np is not None and isinstance(value, np.generic))
 
 
 def assign_all(

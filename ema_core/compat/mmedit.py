@@ -60,7 +60,6 @@ class ExponentialMovingAverage(torch.nn.Module):
     ) -> None:
         super().__init__()
         check_module(model)
-        check_materialized(_all_tensors(model), "model")  # a meta copy would never change
         check_bool("update_buffers", update_buffers)
         self.update_buffers = update_buffers
         self._configure(momentum, interval)
@@ -123,6 +122,9 @@ class ExponentialMovingAverage(torch.nn.Module):
         of dtype), checked before the first write: on an error nothing has changed.
         """
         check_module(model)
+        # built on a meta model (lazy init): materialised with its holder (to_empty) first
+        check_materialized(_all_tensors(self.module), "the EMA's module")
+        check_materialized(_all_tensors(model), "model")
         mine, theirs = self._averaged(self.module), self._averaged(model)
         check_pairs(mine, theirs, "model")
         buffers = None if self.update_buffers else self._buffer_pairs(model)

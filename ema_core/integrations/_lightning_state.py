@@ -22,7 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ema_core.torch import EMA, _copies, full_state_dict
+from ema_core.torch import EMA, _copies, _names, full_state_dict
 from ema_core.torch._dtensor import is_dtensor
 
 
@@ -75,12 +75,15 @@ def restarted(
     every callback's ``on_train_start`` and then the module's before it, and any of them may
     set the weights (load pretrained ones, re-initialise layers) after the EMA was built. The
     object is kept (a reference taken in ``on_train_start`` stays the callback's EMA), unless
-    the module's tensors changed so that it cannot load the new state (a layer replaced by
-    one of another shape): the new EMA is returned then.
+    the module's tensors changed (a layer replaced by one of another shape, a tensor added or
+    removed): the new EMA is returned then.
     """
     if ema is None or module is None or updated(ema):
         return ema
-    return ema if _copies.restart(ema) else EMA(module, **options)
+    include, exclude = options.get("include"), options.get("exclude")
+    now = _names.collect(module, ema.config.buffers, include, exclude)
+    same = tuple(t.name for t in now) == ema.names  # no tensor added or removed since
+    return ema if same and _copies.restart(ema) else EMA(module, **options)
 
 
 def log_missing_state(
