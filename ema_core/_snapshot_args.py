@@ -213,15 +213,18 @@ def snapshot_steps(
             raise ValueError(f"{what}[{k}] is at step {own[k]}: snapshot it after an update")
     if given is None:
         return list(own)
-    check_given_steps(given, own)
+    check_given_steps(given, own, which)
     return list(given)
 
 
-def check_given_steps(steps: Sequence[Any], own: Sequence[int]) -> None:
+def check_given_steps(
+    steps: Sequence[Any], own: Sequence[int], which: Sequence[int] | None = None
+) -> None:
     """A bank's ``save_snapshots(steps=)``: each average is labelled with its EMA's step
     ``own[k]`` times one factor for all (a bank called every k optimizer steps, labelled in
     optimizer steps: the solve reads only the ratios of the times); another label would
-    misplace the snapshot. A step that is not an int is left to the writer's checks.
+    misplace the snapshot. A step that is not an int is left to the writer's checks; only
+    the EMAs of ``which`` (default: all) are written, and checked.
 
     Raises:
         ValueError: a step that is not a multiple of its EMA's, or factors that differ.
@@ -230,7 +233,10 @@ def check_given_steps(steps: Sequence[Any], own: Sequence[int]) -> None:
         >>> check_given_steps([12, 12], [3, 3])  # a bank called every 4 steps
     """
     factors = set()
+    chosen = range(len(own)) if which is None else set(which)
     for k, (value, mine) in enumerate(zip(steps, own, strict=True)):
+        if k not in chosen:
+            continue
         try:
             given = operator.index(value)
         except TypeError:

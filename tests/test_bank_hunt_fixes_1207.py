@@ -246,3 +246,20 @@ def test_save_snapshots_before_an_update_names_the_ema_at_step_0(tmp_path: Path)
     with pytest.raises(ValueError, match=r"^states\[0\] is at step 0: snapshot it after an"):
         jax_bank.save_snapshots(tmp_path, states)
     assert _names(tmp_path) == []
+
+
+def test_steps_of_emas_left_out_of_which_are_not_checked(tmp_path: Path) -> None:
+    """``save_snapshots(which=[1], steps=[0, 20])``: EMA 0 (at step 0) is not written, but its
+    label was checked against its step and refused ("steps[0]=0 is not a multiple of
+    states[0].step (0)")."""
+    jnp = pytest.importorskip("jax.numpy")
+    from ema_core.jax import make_bank_update
+
+    bank = make_bank_update(sigma_rels=(0.05, 0.1))
+    params = {"w": jnp.ones(2)}
+    updated = bank(bank(bank.init(params), params), params)
+    states = (bank.init(params)[0], updated[1])  # EMA 0 at step 0, EMA 1 at step 2
+    (path,) = bank.save_snapshots(tmp_path, states, which=[1], steps=[0, 20])
+    assert path.name == "phema-0000000020-0.1.safetensors"
+    with pytest.raises(ValueError, match=r"steps\[1\]=21 is not a multiple of states\[1\]"):
+        bank.save_snapshots(tmp_path / "b", states, which=[1], steps=[0, 21])
