@@ -8,11 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ema_core._leaf_checks import check_leaves
 from ema_core._types import Array
 from ema_core.compat._arrays import VarKey, check_like, floating_item, named_arrays
 from ema_core.compat._counters import check_counter_state, check_state
-from ema_core.compat._writes import check_materialized
+from ema_core.compat._writes import check_parameters
 from ema_core.presets._args import check_count
 
 STATE_KEYS = ("shadows", "biased", "local_steps", "decay", "zero_debias", "num_updates")
@@ -37,9 +36,7 @@ def check_vars(items: Sequence[tuple[VarKey, str | None, Array]], slots: Sequenc
     updates (shape, dtype, array type): ``TypeError`` / ``ValueError`` otherwise."""
     keys: list[VarKey] = [i if name is None else name for i, (_, name, _) in enumerate(items)]
     arrays = {key: var for key, (_, _, var) in zip(keys, items, strict=True)}
-    values = list(arrays.values())
-    check_leaves(values, values, [(("key", k),) for k in keys], ("var_list", "var_list"))
-    check_materialized(arrays, "var_list")
+    check_parameters(arrays, "var_list")
     shadows = {key: slot.shadow for key, slot in zip(keys, slots, strict=True)}
     check_like(arrays, shadows, "var_list")
 

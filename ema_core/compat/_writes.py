@@ -19,8 +19,9 @@ from ema_core._types import Array
 _Key = TypeVar("_Key")  # names (str), or positions in TF's var_list (int)
 
 
-def check_parameters(params: Mapping[str, Array], name: str) -> None:
-    """The parameters a class is built on: arrays of one framework, dense, with values.
+def check_parameters(params: Mapping[_Key, Array], name: str) -> None:
+    """The parameters a class is built on (or TF's ``var_list`` of an ``apply``, keyed by name
+    or position): arrays of one framework, dense, with values.
 
     Raises:
         TypeError: arrays of two frameworks, or a sparse or nested torch tensor.
@@ -58,8 +59,8 @@ def check_writable(arrays: Mapping[str, Array], name: str) -> None:
 
 
 def assign(dst: Array, src: Array) -> Array:
-    """Write ``src`` into ``dst`` in place and return ``dst``; where ``dst`` is immutable (JAX)
-    (a JAX array, a numpy scalar) return ``src`` in ``dst``'s dtype instead, for the caller to
+    """Write ``src`` into ``dst`` in place and return ``dst``; where ``dst`` is immutable (a
+    JAX array, a numpy scalar) return ``src`` in ``dst``'s dtype instead, for the caller to
     rebind. A read-only numpy ``dst`` raises numpy's error: callers name it with
     ``check_writable`` before any write."""
     if compat.is_torch_array(dst):
