@@ -90,7 +90,7 @@ def _check_outputs(
     (the one would overwrite the other)."""
     given = [("--out", p) for p in outs] + ([("--plot", plot)] if plot is not None else [])
     for flag, path in given:
-        if path.is_dir():
+        if _is_dir(parser, flag, path):
             parser.error(f"{flag} {path} is a directory; give a file name")
         if _lands_in(path, directory):
             parser.error(
@@ -104,6 +104,15 @@ def _check_outputs(
                 f"--plot {plot} is the file --out writes ({path}): the plot and the "
                 "reconstruction would overwrite each other; give the plot another name"
             )
+
+
+def _is_dir(parser: argparse.ArgumentParser, flag: str, path: Path) -> bool:
+    """Whether ``path`` is a directory; a path the system cannot look up (a name too long)
+    exits 2 with the system's reason."""
+    try:
+        return path.is_dir()
+    except OSError as err:
+        parser.error(f"{flag} {path}: {err.strerror or err}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -136,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     sigma_rels = [float(s) for s in args.sigma_rel]
-    if args.out.is_dir() or not args.out.name:  # "." or "/" have no name to derive from
+    # "." or "/" have no name to derive from
+    if _is_dir(parser, "--out", args.out) or not args.out.name:
         parser.error(f"--out {args.out} is a directory; give a file name")
     outs = out_paths(args.out, sigma_rels)
     _check_outputs(parser, outs, args.plot, args.directory)

@@ -45,7 +45,7 @@ class SnapshotInfo(NamedTuple):
     dtypes: tuple[str, ...]  # the source arrays' dtypes, by name order
     shapes: tuple[tuple[int, ...], ...]
     framework: str
-    storage: str | None  # the float arrays' storage dtype (None: the snapshot holds none)
+    storage: str | None  # the averaged float arrays' storage dtype (None: none is averaged)
     #: the arrays the EMA copied (``"copy"`` policy, ``_records``); None: a file without the
     #: record (older ema-core), whose float arrays are averaged
     copied: frozenset[str] | None = None
@@ -131,6 +131,8 @@ def _read_info(path: Path) -> SnapshotInfo:
         )
     try:
         names, dtypes = json.loads(meta["names"]), json.loads(meta["dtypes"])
+        copied = _copied(meta, names)
+        averaged = [n for n in names if copied is None or n not in copied]
         info = SnapshotInfo(
             path,
             int(meta["step"]),
@@ -141,8 +143,8 @@ def _read_info(path: Path) -> SnapshotInfo:
             tuple(dtypes),
             tuple(entries[name].shape for name in names),
             meta["framework"],
-            _storage(entries[name].code for name in names),
-            _copied(meta, names),
+            _storage(entries[name].code for name in averaged),
+            copied,
             _aliases(meta),
         )
     except (KeyError, ValueError, TypeError) as err:

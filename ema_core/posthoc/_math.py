@@ -81,7 +81,8 @@ def gamma_to_sigma_rel(gamma: float, /) -> float:
 
     Raises:
         TypeError: gamma is not a real number (or is a bool).
-        ValueError: gamma is not finite and > 0.
+        ValueError: gamma is not finite and > 0, or is so small (below about 1e-16) that its
+            sigma_rel rounds to 12**-0.5.
 
     Example:
         >>> round(gamma_to_sigma_rel(6.94), 4)
@@ -93,7 +94,13 @@ def gamma_to_sigma_rel(gamma: float, /) -> float:
             f"gamma must be a finite number > 0, got {gamma!r}: gamma <= 0 gives sigma_rel >= "
             "12**-0.5, outside post-hoc EMA's domain"
         )
-    return sigma_rel_of(g)
+    s = sigma_rel_of(g)
+    if not s < SIGMA_REL_MAX:  # gamma below about 1e-16: the profile rounds to gamma = 0
+        raise ValueError(
+            f"gamma must be a finite number > 0 whose sigma_rel is below 12**-0.5, got {gamma!r}: "
+            "its sigma_rel rounds to 12**-0.5 (gamma = 0), outside post-hoc EMA's domain"
+        )
+    return s
 
 
 def gamma_of(s: float) -> float:

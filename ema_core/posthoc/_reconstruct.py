@@ -112,7 +112,8 @@ def reconstruct(
         sigma_rel: one target in (0, 12**-0.5), or a sequence of them, reconstructed in one
             pass over the files.
         at: a snapshot step; ``None`` is the last one.
-        dtype: the accumulators' and results' dtype, ``"float32"`` or ``"float64"``.
+        dtype: the accumulators' and results' dtype, ``"float32"`` or ``"float64"``; an array
+            the EMA copied (integers, BatchNorm statistics) keeps the dtype it was stored in.
         like: a nest (a ``state_dict``, a pytree) whose names match the snapshots' arrays: the
             result is then such a nest, each array in ``like``'s framework, device and dtype.
             A tied name (``out.weight = emb.weight``) the snapshots record as an alias of an
@@ -175,7 +176,7 @@ def _accumulate(
             for name in infos[i].names:
                 value, at_target = _read(reader, name), infos[i].step == at
                 if name in copied or value.dtype.kind not in "f":
-                    _keep(sums, name, value, dtype, at_target)
+                    _keep(sums, name, value, at_target)
                 else:
                     _add(sums, name, value, matrix[:, i], dtype)
         if progress is not None:
@@ -193,13 +194,12 @@ def _keep(
     sums: list[dict[str, np.ndarray]],
     name: str,
     value: np.ndarray,
-    dtype: type[np.floating[Any]],
     at_target: bool,
 ) -> None:
-    """Keep a copied tensor (integers, bools, copied floats in the results' dtype) of the first
-    snapshot read at the target step."""
+    """Keep a copied tensor (integers, bools, floats the EMA copied) of the first snapshot read
+    at the target step, in the dtype it was stored in (bfloat16 read as float32)."""
     if at_target and name not in sums[0]:
-        kept = value.astype(dtype) if value.dtype.kind == "f" else value.copy()
+        kept = value.copy()
         for target in sums:
             target[name] = kept.copy()
 

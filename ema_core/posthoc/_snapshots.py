@@ -5,8 +5,8 @@ by step) and holds each averaged array under its name (``_leaves``) with string 
 format and its version, step, sigma_rel and gamma (``repr``: they round-trip exactly), interval,
 the names in order, the source dtypes and framework, each array's policy (averaged or copied)
 and the model's other names of the arrays (tied weights; both ``_records``). Float arrays are
-stored in float32 unless asked otherwise; integer and bool arrays (BatchNorm counters) are
-stored as they are. Reading
+stored in float32 unless asked otherwise; integer and bool arrays (BatchNorm counters) and the
+arrays the EMA copied (policy ``"copy"``) are stored as they are, in their own dtype. Reading
 the headers back and checking that a directory's snapshots agree is ``_listing``'s.
 ``save_snapshot_set`` writes an EMA bank's snapshots of one step as one set (all or none), of
 one interval and one file each (``check_together``).
@@ -75,8 +75,8 @@ def save_snapshot(
 
     Raises:
         TypeError: an argument or a leaf of the wrong type (complex leaves and sparse torch
-            tensors included), an ``EMAState``. ValueError: a value out of range, two leaves
-            that would share a name, an ``EMA`` that is not a power function (or whose
+            tensors included), an ``EMAState``, an EMA bank. ValueError: a value out of range,
+            two leaves that would share a name, an ``EMA`` that is not a power function (or whose
             average is not its EMA) or disagrees with ``step`` / ``sigma_rel`` /
             ``interval``. Nothing is written then.
 
@@ -219,16 +219,16 @@ def prepare(
     kinds = [
         dtype_name(leaf, f"averages[{name!r}]") for name, leaf in zip(names, leaves, strict=True)
     ]
-    specs = [
-        (name, code_for(storage if kind in _FLOATS else kind), tuple(map(int, leaf.shape)))
-        for name, leaf, kind in zip(names, leaves, kinds, strict=True)
+    kept = policies_of(names, kinds, policies)
+    specs = [  # a copied array keeps its own dtype: dtype= is the averaged arrays' storage
+        (name, code_for(storage if p == "average" else kind), tuple(map(int, leaf.shape)))
+        for name, leaf, kind, p in zip(names, leaves, kinds, kept, strict=True)
     ]
     frameworks = sorted(
         {framework_of(leaf, f"averages[{n!r}]") for n, leaf in zip(names, leaves, strict=True)}
     )
     for name, leaf in zip(names, leaves, strict=True):
         check_has_data(leaf, f"averages[{name!r}]")
-    kept = policies_of(names, kinds, policies)
     tied = check_aliases(names, aliases or {})
     meta = metadata(step, sigma, interval, names, kinds, frameworks, kept, tied)
     path = folder / f"phema-{step:010d}-{sigma!r}.safetensors"

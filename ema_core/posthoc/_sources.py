@@ -1,6 +1,6 @@
 """What ``save_snapshot`` takes a snapshot of: the averages (a nest of arrays), or a torch
 ``EMA`` (its averages, step, sigma_rel, interval, policies and aliases); an ``EMAState`` (raw
-shadows, not averages) is refused.
+shadows, not averages) and an EMA bank (which has its own ``save_snapshots``) are refused.
 
 A torch ``EMA`` is recognised through ``sys.modules`` (``ema_core.torch._bank_snap`` reads it),
 so no framework is imported here.
@@ -44,6 +44,12 @@ def source_of(averages: Any, step: Any, sigma_rel: Any, interval: Any) -> Source
         raise TypeError(
             "averages is an EMAState (its raw shadow, step and bias-correction weight, not the "
             "average): pass ema_core.average(state, config), the averages"
+        )
+    if callable(getattr(averages, "save_snapshots", None)):
+        raise TypeError(
+            f"averages is an EMA bank ({type(averages).__name__}), which holds several EMAs: "
+            "call its save_snapshots(directory), which writes one snapshot per EMA as one set, "
+            "or pass one of its EMAs (bank[k] of a torch EMABank)"
         )
     step = None if step is None else check_count(step, "step")
     interval = None if interval is None else check_count(interval, "interval")
