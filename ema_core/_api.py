@@ -26,7 +26,7 @@ from ema_core._tree import flatten, unflatten
 from ema_core._tree_pair import flatten_pair
 from ema_core._types import Array, EMAState, Step, Tree
 from ema_core._writes import resolve_writes
-from ema_core.backends import check_storage, get_backend, leaf_names
+from ema_core.backends import check_storage, finite_values, get_backend, leaf_names
 from ema_core.schedules import Schedule
 
 
@@ -95,10 +95,10 @@ def ema_update(
         d, r = rule._pair_at(t)
         check_decay_value(d, "the decay", step=t)
     writes = resolve_writes(copy, shadows, paths, params=leaves) if entry is None else entry.writes
-    if guard_finite:
-        check_finite(xp, leaves, kinds, paths)
-    settings()  # EMA_CORE_* refused here, not by an engine after some groups were written
     backend = get_backend(xp)
+    if guard_finite:
+        check_finite(xp, finite_values(backend, leaves), kinds, paths)
+    settings()  # EMA_CORE_* refused here, not by an engine after some groups were written
     if entry is None:
         found = (xp, kinds, writes)
         entry = _stateless.remember(backend, shadows, leaves, treedef, options, found)
@@ -177,7 +177,7 @@ def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EM
         t, d, r, weight = found
     check_decay_value(d, "the decay of Config.schedule", step=t)
     if config.guard_finite:
-        check_finite(xp, leaves, kinds, paths)
+        check_finite(xp, finite_values(backend, leaves), kinds, paths)
     with backend.guard():
         new = backend.update_leaves(
             xp,

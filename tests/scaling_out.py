@@ -103,6 +103,7 @@ SHARED: dict[int, tuple[tuple[str, str], ...]] = {
         ("hostile", "tests.dist_hostile_worker"),
         ("leftover", "tests.dtensor_leftover_worker"),
         ("walk", "tests.dist_walkthrough_worker"),
+        ("hunt1208", "tests.dist_hunt_1208_worker"),
     ),
     4: (("four", "tests.dist_workers"), ("configs", "tests.fsdp_configs_worker")),
 }

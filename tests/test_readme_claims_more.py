@@ -109,7 +109,7 @@ LAYOUT = {
     "ema_core/backends/host": "_threads _numba _numba_loops _numba_tables _blocks _bank "
     "_bank_loops",
     "ema_core/backends/torch": "_plan _routes _prewrite _foreach _host _memory _cuda "
-    "_triton_kernel _launch _pairs _caches",
+    "_triton_kernel _launch _pairs _caches _finite",
     "ema_core/backends/jax": "__init__ _leaves _scalars",
     "ema_core/torch": "_module _steps _copies _names _prefixes _filters _watch _watch_views _rules "
     "_options _refusals _store _swap _interrupts _eager _restored _averages _state _dtensor _fsdp "

@@ -8,9 +8,11 @@ context the core runs in, such as ``torch.no_grad``). Optional members, read wit
 ``PLAN_MEMO`` (``update_leaves`` takes a ``memo`` dict to keep its plan in), ``update_scalars``
 (an eager ``update``'s step, decay, rate and weight in one call, or ``None``),
 ``correct_leaves`` (``average``'s division of all float leaves in one call), ``NAMES_LEAVES``
-(``update_leaves`` takes ``names``, the roots and paths its errors name a leaf by) and
-``check_storage`` (a refusal of leaves with no memory behind them); ``leaf_names`` and
-``check_storage`` below call the last two for the API.
+(``update_leaves`` takes ``names``, the roots and paths its errors name a leaf by),
+``check_storage`` (a refusal of leaves with no memory behind them) and ``finite_stand_ins``
+(what ``guard_finite`` reads in the leaves' place: torch's all-reduced count for a sharded
+DTensor, so that every rank gives one answer); ``leaf_names``, ``check_storage`` and
+``finite_values`` below call the last three for the API.
 
 The generic Array API backend serves every namespace; a framework's own module is imported only
 when its arrays show up, and detection reads ``sys.modules`` through array-api-compat, so no
@@ -111,3 +113,10 @@ def check_storage(backend: Any, leaves: Sequence[Array], paths: Sequence[Any], n
     check = getattr(backend, "check_storage", None)
     if check is not None:
         check(leaves, paths, name)
+
+
+def finite_values(backend: Any, leaves: Sequence[Array]) -> Sequence[Array]:
+    """What ``guard_finite`` checks in the ``leaves``' place: the backend's stand-ins (torch:
+    one value per sharded DTensor, the same on every rank), else the leaves themselves."""
+    stand_ins = getattr(backend, "finite_stand_ins", None)
+    return leaves if stand_ins is None else stand_ins(leaves)

@@ -14,6 +14,9 @@ re-plans when one was replaced: FSDP2 swaps a sharded parameter's local tensor f
 Mixed precision (``MixedPrecisionPolicy``) changes only the dtype of the unsharded params used
 in forward and backward: the sharded params, and so the shadows, stay float32.
 
+Telling a DTensor apart and ``guard_finite``'s all-reduced check live below, in the torch
+backend (``ema_core.backends.torch._finite``), which the functional API shares.
+
 A state dict of DTensor shadows is what ``torch.distributed.checkpoint`` (DCP) saves and loads,
 also onto another world size; ``_dist.full_state_dict`` gathers plain tensors for one file.
 """
@@ -26,11 +29,23 @@ from typing import Any
 
 import torch
 
+from ema_core.backends.torch._finite import finite_stand_ins, is_dtensor
 
-def is_dtensor(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is a DTensor; never imports torch.distributed (none exists before)."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(tensor, module.DTensor)
+__all__ = [
+    "check_layout",
+    "check_sharded",
+    "copy_into",
+    "describe",
+    "finite_stand_ins",
+    "fsdp_modules",
+    "is_dtensor",
+    "layout",
+    "local",
+    "make_shadow",
+    "part",
+    "refusal",
+    "reshard",
+]
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
@@ -95,15 +110,43 @@ def reshard(modules: Iterable[torch.nn.Module]) -> None:
 
 
 def check_sharded(modules: Sequence[torch.nn.Module]) -> None:
-    """Raise unless every parameter of the FSDP2 ``modules`` is a DTensor (after ``reshard``)."""
+    """Raise unless every parameter the FSDP2 ``modules`` manage is a DTensor (after
+    ``reshard``). A parameter FSDP2 leaves alone (``fully_shard(ignored_params=...)``, one
+    registered after ``fully_shard``) is a plain tensor, replicated, and tracked as one."""
     for module in modules:
-        for name, param in module.named_parameters():
-            if not is_dtensor(param):
+        managed = _managed(module)
+        for prefix, owner in module.named_modules():
+            for key, param in owner.named_parameters(recurse=False):
+                if is_dtensor(param) or (managed is not None and (id(owner), key) not in managed):
+                    continue
+                name = f"{prefix}.{key}" if prefix else key
                 raise ValueError(
                     f"parameter {name!r} of FSDP2 module {type(module).__name__} is not sharded "
                     "after reshard(); an EMA tracks the sharded parameters only: build it "
                     "outside forward and backward"
                 )
+
+
+def _managed(module: torch.nn.Module) -> set[tuple[int, str]] | None:
+    """``(id(owner), name)`` of each parameter FSDP2 manages for ``module`` (its param groups'
+    ``FSDPParam``s, shared ones included); ``None`` where torch's FSDP2 keeps them otherwise
+    (every parameter is then taken for a managed one)."""
+    try:
+        state = module._get_fsdp_state()  # type: ignore[operator]
+        groups = getattr(state, "_fsdp_param_groups", None)
+        if groups is None:  # torch before 2.10 kept one group
+            group = state._fsdp_param_group
+            groups = [] if group is None else [group]
+        managed: set[tuple[int, str]] = set()
+        for group in groups:
+            for param in group.fsdp_params:
+                info = param._module_info
+                managed.add((id(info.module), info.param_name))
+                shared = zip(info.shared_modules, info.shared_param_names, strict=True)
+                managed.update((id(m), n) for m, n in shared)
+        return managed
+    except AttributeError:
+        return None
 
 
 def copy_into(shadow: torch.Tensor, value: torch.Tensor) -> None:
@@ -173,44 +216,3 @@ _PLAIN_FIX = (
     "param.copy_(...)) or assign a DTensor Parameter of the param's layout "
     "(distribute_tensor(value, mesh, placements)); no shadow was changed"
 )
-
-
-def finite_stand_ins(live: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """For ``guard_finite``: ``live`` with each floating DTensor replaced by a plain 0-d float32
-    tensor, NaN when a shard of it on any rank holds a NaN or an infinity, else 0.
-
-    ``bool(isfinite(d).all())`` of a DTensor ``d`` reads a partial result on this rank only:
-    one rank would refuse an update that the others apply. Here the count of non-finite
-    elements is summed over ``d``'s mesh (one small all-reduce per sharded tensor, on every
-    rank of its mesh, in the same order): every rank gets the same answer before any write.
-    The plain floating tensors beside them (buffers, which FSDP2 leaves whole on each rank)
-    are counted per rank and summed over the first DTensor's mesh in one more all-reduce: a
-    NaN in one rank's BatchNorm statistics refuses the update on every rank too.
-    """
-    mesh = next((t.device_mesh for t in live if is_dtensor(t)), None)  # type: ignore[attr-defined]
-    plain = [i for i, t in enumerate(live) if not is_dtensor(t) and _floating(t)]
-    found = [_stand_in(t) if is_dtensor(t) else t for t in live]
-    if mesh is None or not plain:
-        return found
-    from torch.distributed.tensor import DTensor, Partial
-
-    with torch.no_grad():
-        counts = [torch.isfinite(live[i]).logical_not().sum().to(mesh.device_type) for i in plain]
-        summed = DTensor.from_local(torch.stack(counts), mesh, [Partial()] * mesh.ndim)
-    nan, zero = torch.tensor(float("nan")), torch.tensor(0.0)
-    for i, bad in zip(plain, summed.full_tensor().cpu().tolist(), strict=True):
-        found[i] = nan if bad > 0 else zero
-    return found
-
-
-def _floating(tensor: torch.Tensor) -> bool:
-    return tensor.is_floating_point() or tensor.is_complex()
-
-
-def _stand_in(tensor: torch.Tensor) -> torch.Tensor:
-    if not _floating(tensor):
-        return tensor  # copied, never checked
-    with torch.no_grad():
-        bad = torch.isfinite(tensor).logical_not().sum().full_tensor()  # type: ignore[attr-defined]
-    nan, zero = (torch.tensor(v, device=bad.device) for v in (float("nan"), 0.0))
-    return torch.where(bad > 0, nan, zero)

@@ -48,9 +48,12 @@ def moved_shadow(
 ) -> torch.Tensor:
     """The shadow kept for ``live`` after the model converted or moved it: ``shadow`` itself
     where it still fits (``dtype``, and ``device`` or else the live tensor's device), else a
-    converted copy of it (its values kept, rounded to ``dtype``)."""
+    converted copy of it (its values kept, rounded to ``dtype``). A DTensor shadow is
+    converted shard by shard (no collective) and never moved: FSDP2 moves shards itself, and
+    ``Sharded`` follows them."""
     if _dtensor.is_dtensor(live) or _dtensor.is_dtensor(shadow):
-        return shadow  # FSDP2 moves shards itself; ``Sharded`` follows them
+        with torch.no_grad(), torch.inference_mode(False):
+            return shadow if shadow.dtype == dtype else shadow.to(dtype)
     want = device if device is not None else live.device
     if shadow.dtype == dtype and _same(want, shadow.device):
         return shadow

@@ -30,8 +30,9 @@ class Watch:
     ``module.cuda()``); each module on the way must still be its parent's. Tensors without
     data pointers (empty, tensor subclasses) are compared by identity, dtype and device.
     ``same(objects=True)`` also compares every tensor's identity (a replacement sharing the old
-    storage), for the rarer calls. DTensors (FSDP2) are compared by identity only: the store
-    follows their local shards itself. Where the module holds another tensor in a DTensor's
+    storage), for the rarer calls. DTensors (FSDP2) are compared by identity and dtype (FSDP2
+    keeps the DTensor through ``model.to(dtype)``): the store follows their local shards
+    itself. Where the module holds another tensor in a DTensor's
     place, ``same()`` first reshards the FSDP2 modules (``put_back``; see ``_fsdp``): what is
     left there then is the user's, a change. When ``same()`` is False, ``EMA`` looks the
     tensors up again by name (``lookup``) and rebinds.
@@ -69,6 +70,7 @@ class Watch:
         self.shapes = [t.shape for t in self.fast.held]
         self.dtypes = [t.dtype for t in self.fast.held]
         self.forms = [(t.dtype, t.device) for t in self.slow.held]
+        self.sharded_dtypes = [t.dtype for t in self.sharded.held]  # FSDP2 converts in place
         chain = {(id(p), k): (p, k, c) for t, _ in watched for p, k, c in _chain(root, t.raw)}
         self.parents = [p for p, _, _ in chain.values()]
         self.names = [k for _, k, _ in chain.values()]
@@ -114,6 +116,7 @@ class Watch:
             and [(t.dtype, t.device) for t in slow] == self.forms
             and all(map(operator.is_, map(dict.get, self.parents, self.names), self.children))
             and sharded
+            and all(map(operator.is_, map(_DTYPE, self.sharded.held), self.sharded_dtypes))
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
         )
 

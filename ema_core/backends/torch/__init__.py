@@ -21,6 +21,9 @@
   engine's views and the Triton launches are kept under.
 * ``_caches``: torch's caches keyed on tensors or modules (autocast's casts,
   ``parametrize.cached()``'s weights), forgotten by every write into a model's own tensors.
+* ``_finite``: DTensors told apart without importing torch.distributed, and
+  ``finite_stand_ins``, ``guard_finite``'s one answer on every rank of a sharded tensor
+  (the backend member the API calls, and the ``EMA`` class's).
 
 ``leaf_signature`` / ``same_signature`` tell the stateless call's plan cache
 (``ema_core._stateless``) whether tensors it checked before are still laid out as they were;
@@ -43,8 +46,16 @@ import torch
 from ema_core._paths import Path, path_str
 from ema_core._types import LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends.torch import _memory, _routes
+from ema_core.backends.torch._finite import finite_stand_ins
 
-__all__ = ["check_storage", "guard", "leaf_signature", "same_signature", "update_leaves"]
+__all__ = [
+    "check_storage",
+    "finite_stand_ins",
+    "guard",
+    "leaf_signature",
+    "same_signature",
+    "update_leaves",
+]
 
 #: ``update_leaves`` takes a ``memo`` from the plan cache (``ema_core._stateless``).
 PLAN_MEMO = True
