@@ -32,15 +32,18 @@ def check_parameters(params: Mapping[_Key, Array], name: str) -> None:
     check_materialized(params, name)
 
 
-def check_materialized(arrays: Mapping[_Key, Array], name: str) -> None:
+_BUILD_LATER = "build the EMA after the weights are materialized"
+
+
+def check_materialized(arrays: Mapping[_Key, Array], name: str, fix: str = _BUILD_LATER) -> None:
     """Raise ``ValueError`` for a torch tensor on the meta device: it has no values to average,
-    and a write into it is lost (``to_empty`` later gives the module new tensors)."""
+    and a write into it is lost (``to_empty`` later gives the module new tensors). ``fix`` says
+    what to do first (default: build the EMA later)."""
     for key, value in arrays.items():
         if compat.is_torch_array(value) and value.is_meta:
             raise ValueError(
-                f"{name}[{key!r}] is on the meta device (it has no values to average): build "
-                "the EMA after the weights are materialized (module.to_empty(...) and "
-                "initialization, or loading a checkpoint)"
+                f"{name}[{key!r}] is on the meta device (it has no values to average): {fix} "
+                "(module.to_empty(...) and initialization, or loading a checkpoint)"
             )
 
 

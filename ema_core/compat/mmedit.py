@@ -123,8 +123,9 @@ class ExponentialMovingAverage(torch.nn.Module):
         """
         check_module(model)
         # built on a meta model (lazy init): materialised with its holder (to_empty) first
-        check_materialized(_all_tensors(self.module), "the EMA's module")
-        check_materialized(_all_tensors(model), "model")
+        first = "materialize them before the first update_parameters"
+        check_materialized(_all_tensors(self.module), "the EMA's module", first)
+        check_materialized(_all_tensors(model), "model", first)
         mine, theirs = self._averaged(self.module), self._averaged(model)
         check_pairs(mine, theirs, "model")
         buffers = None if self.update_buffers else self._buffer_pairs(model)

@@ -22,6 +22,14 @@ from typing import Any
 try:
     import keras
 except ImportError as err:
+    if isinstance(err, ModuleNotFoundError) and err.name not in (None, "keras"):
+        # keras is there, its backend is not (with KERAS_BACKEND unset, keras picks tensorflow)
+        raise ImportError(
+            f"ema_core.integrations.keras: keras is installed, but its backend needs "
+            f"{err.name!r}, which is not (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r}): "
+            "set KERAS_BACKEND=jax or KERAS_BACKEND=torch before importing keras, or install "
+            "that backend"
+        ) from err
     raise ImportError(
         "ema_core.integrations.keras needs keras: pip install ema-core[keras]"
     ) from err

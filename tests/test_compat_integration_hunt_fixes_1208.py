@@ -1,0 +1,51 @@
+"""Fixes from the documentation hunt of 2026-12-05: the Keras integration's import error when
+keras is installed but its backend is not, and ``compat.mmedit``'s meta message."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ema_core.compat.mmedit import ExponentialMovingAverage
+
+pytest.importorskip("keras")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_keras_without_its_backend_says_to_set_keras_backend() -> None:
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("tensorflow is installed: keras's default backend imports")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_BACKEND"] = "tensorflow"  # not installed here: keras's default backend
+    env["PYTHONPATH"] = str(ROOT)
+    run = subprocess.run(
+        [sys.executable, "-c", "import ema_core.integrations.keras"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert "keras is installed, but its backend needs 'tensorflow'" in last, run.stderr
+    assert "KERAS_BACKEND=jax or KERAS_BACKEND=torch" in last
+    assert "pip install ema-core[keras]" not in last
+
+
+def test_mmedit_meta_module_is_refused_at_update_saying_to_materialize_first() -> None:
+    ema = ExponentialMovingAverage(torch.nn.Linear(2, 2, device="meta"))
+    with pytest.raises(
+        ValueError,
+        match=r"the EMA's module\['weight'\] is on the meta device .*: materialize them before "
+        r"the first update_parameters",
+    ):
+        ema.update_parameters(torch.nn.Linear(2, 2))
