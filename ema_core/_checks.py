@@ -145,6 +145,11 @@ def check_weight(weight: Any) -> None:
     it (a wider array would spread over the shadows, an integer one would round the bias
     correction), checked by ``update`` and by ``average`` where it divides."""
     if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+        if isinstance(weight, int) and abs(weight) > 2**1023:  # float(weight) would overflow
+            raise ValueError(
+                "state.weight must be a float or a 0-d float array, got an int too large for "
+                f"a float ({weight.bit_length()} bits)"
+            )
         return
     shape = getattr(weight, "shape", None)
     if isinstance(weight, bool) or shape is None or not hasattr(weight, "dtype"):

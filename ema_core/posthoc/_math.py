@@ -64,7 +64,12 @@ def check_real(name: str, value: Any) -> float:
     """``value`` as a float, or ``TypeError`` naming ``name`` (bools are refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int no float holds
+        raise ValueError(
+            f"{name} must be a finite number, got an int too large for a float"
+        ) from None
 
 
 def gamma_to_sigma_rel(gamma: float, /) -> float:

@@ -24,6 +24,10 @@ def gamma_to_sigma_rel(gamma: float, /) -> float:
     """
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
         raise TypeError(f"gamma must be a real number > -1, got {type(gamma).__name__} {gamma!r}")
+    if isinstance(gamma, int) and abs(gamma) > 2**1023:  # no float holds it
+        raise ValueError(
+            f"gamma must be a finite number > -1, got an int of {gamma.bit_length()} bits"
+        )
     if not (math.isfinite(gamma) and gamma > -1):
         raise ValueError(f"gamma must be a finite number > -1, got {gamma!r}")
     return sigma_rel_of(float(gamma))
