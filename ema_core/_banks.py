@@ -62,7 +62,13 @@ def check_sigma_rel(value: Any, name: str = "sigma_rel") -> float:
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    s = float(value)
+    try:
+        s = float(value)
+    except OverflowError:  # an int no float holds
+        raise ValueError(
+            f"{name} must be in (0, 12**-0.5 = {SIGMA_REL_MAX:.6f}), got an int too large for a "
+            "float"
+        ) from None
     if not 0.0 < s < SIGMA_REL_MAX:
         raise ValueError(
             f"{name} must be in (0, 12**-0.5 = {SIGMA_REL_MAX:.6f}), got {value!r}: at 12**-0.5 "

@@ -239,11 +239,15 @@ def concrete_step(step: Any, name: str = "step") -> int | Array:
 
 def next_step(step: Any, name: str = "state.step") -> int | Array:
     """``step + 1``, saturating at the largest value of an array step's dtype (2**31 - 1 for
-    int32) instead of wrapping to a negative count; a Python int step saturates at
-    ``MAX_STEP`` (2**63 - 1, the largest step any update takes) in the same way."""
+    int32) instead of wrapping to a negative count; a Python int step at ``MAX_STEP`` (2**63 -
+    1, the largest step) is a ``ValueError`` naming ``name``: no update can follow it."""
     t = concrete_step(step, name)
     if isinstance(step, int):
-        return min(step + 1, MAX_STEP)
+        if step >= MAX_STEP:
+            raise ValueError(
+                f"{name} is 2**63 - 1, the largest step (an int64): no update can follow it"
+            )
+        return step + 1
     xp = compat.array_namespace(step)
     top = int(xp.iinfo(step.dtype).max)
     if isinstance(t, int):

@@ -41,6 +41,33 @@ def test_keras_without_its_backend_says_to_set_keras_backend() -> None:
     assert "pip install ema-core[keras]" not in last
 
 
+_BLOCK_ABSL = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "absl" or name.startswith("absl."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import ema_core.integrations.keras
+"""
+
+
+def test_keras_missing_its_own_dependency_is_not_blamed_on_the_backend() -> None:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-c", _BLOCK_ABSL],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    last = run.stderr.strip().splitlines()[-1]
+    assert "keras is installed, but 'absl', which it imports, is not" in last, run.stderr
+    assert "KERAS_BACKEND" not in last
+
+
 def test_mmedit_meta_module_is_refused_at_update_saying_to_materialize_first() -> None:
     ema = ExponentialMovingAverage(torch.nn.Linear(2, 2, device="meta"))
     with pytest.raises(

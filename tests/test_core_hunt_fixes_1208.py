@@ -1,5 +1,5 @@
-"""Core fixes from the hunt of 2026-12-05: ints no float holds are ``ValueError``s, and a Python
-int step saturates at 2**63 - 1."""
+"""Core fixes from the hunt of 2026-12-05: ints no float holds are ``ValueError``s, and an update
+past the last Python int step names ``state.step``."""
 
 from __future__ import annotations
 
@@ -24,14 +24,26 @@ def test_ints_no_float_holds_are_value_errors() -> None:
         schedules.gamma_to_sigma_rel(10**400)
     with pytest.raises(ValueError, match="gamma must be a finite number, got an int too large"):
         posthoc.gamma_to_sigma_rel(10**400)
+    for call in (
+        lambda: posthoc.sigma_rel_to_gamma(10**400),
+        lambda: posthoc.save_snapshot("unused", {"w": np.ones(1)}, step=1, sigma_rel=10**400),
+        lambda: posthoc.reconstruct("unused", 10**400),
+    ):
+        with pytest.raises(
+            ValueError, match=r"sigma_rel must be in \(0, 12\*\*-0\.5.*int too large"
+        ):
+            call()
 
 
-def test_a_python_int_step_saturates_at_the_int64_top() -> None:
+def test_an_update_past_the_last_int_step_names_state_step() -> None:
     top = 2**63 - 1
-    state = EMAState(top, {"w": np.zeros(2)}, 1.0)
-    new = ema.update(state, {"w": np.ones(2)}, ema.Config(0.5))
-    assert new.step == top
-    assert np.array_equal(new.shadow["w"], np.full(2, 0.5))
+    shadow = {"w": np.zeros(2)}
+    with pytest.raises(ValueError, match=r"state\.step is 2\*\*63 - 1, the largest step"):
+        ema.update(EMAState(top, shadow, 1.0), {"w": np.ones(2)}, ema.Config(0.5))
+    assert np.array_equal(shadow["w"], np.zeros(2))
+    assert (
+        ema.update(EMAState(top - 1, shadow, 1.0), {"w": np.ones(2)}, ema.Config(0.5)).step == top
+    )
 
 
 def test_copy_under_a_callable_is_at_step_one_and_gated_waits_as_the_readme_says() -> None:

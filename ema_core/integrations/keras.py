@@ -22,13 +22,19 @@ from typing import Any
 try:
     import keras
 except ImportError as err:
-    if isinstance(err, ModuleNotFoundError) and err.name not in (None, "keras"):
+    missing = (err.name or "").partition(".")[0] if isinstance(err, ModuleNotFoundError) else ""
+    if missing in ("tensorflow", "jax", "jaxlib", "torch", "openvino"):
         # keras is there, its backend is not (with KERAS_BACKEND unset, keras picks tensorflow)
         raise ImportError(
             f"ema_core.integrations.keras: keras is installed, but its backend needs "
-            f"{err.name!r}, which is not (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r}): "
+            f"{missing!r}, which is not (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r}): "
             "set KERAS_BACKEND=jax or KERAS_BACKEND=torch before importing keras, or install "
             "that backend"
+        ) from err
+    if missing not in ("", "keras"):
+        raise ImportError(
+            f"ema_core.integrations.keras: keras is installed, but {missing!r}, which it "
+            "imports, is not: reinstall keras with its dependencies (pip install ema-core[keras])"
         ) from err
     raise ImportError(
         "ema_core.integrations.keras needs keras: pip install ema-core[keras]"

@@ -25,7 +25,8 @@ class Shards:
     resharded at once.
 
     Raises:
-        ValueError: a param of an FSDP2 module is still not a DTensor after ``reshard()``.
+        ValueError: a param an FSDP2 module manages is still not a DTensor after ``reshard()``
+            (one FSDP2 leaves alone, ``ignored_params``, is a plain tensor to track).
     """
 
     def __init__(self, source: Any) -> None:

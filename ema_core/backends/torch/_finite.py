@@ -29,6 +29,8 @@ def finite_stand_ins(live: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     are counted per rank and summed over the first DTensor's mesh in one more all-reduce: a
     NaN in one rank's BatchNorm statistics refuses the update on every rank too.
     """
+    if sys.modules.get("torch.distributed.tensor") is None:  # no DTensor exists: nothing to do
+        return list(live)
     mesh = next((t.device_mesh for t in live if is_dtensor(t)), None)  # type: ignore[attr-defined]
     plain = [i for i, t in enumerate(live) if not is_dtensor(t) and _floating(t)]
     found = [_stand_in(t) if is_dtensor(t) else t for t in live]
