@@ -4,7 +4,7 @@ tensors (``copy_to``, each target checked first: ``check_target``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import array_api_compat.torch as xp
@@ -46,13 +46,17 @@ def copy_averages(
     source: Any,
     optional: frozenset[str] = frozenset(),
     skip: frozenset[str] = frozenset(),
+    aliases: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``averages()`` into the tensors of ``source`` (a module, mapping or pairs) under the
     same names, cast to their dtype; every target is checked against its shadow first
     (``check_target``), so nothing is written when one is refused. The ``optional`` names
     (non-persistent buffers) may be missing from a mapping or pairs (``model.state_dict()``
     leaves them out): skipped there. The ``skip`` names are neither checked nor written
-    (integer buffers kept at their value from construction: ``non_float="freeze"``)."""
+    (integer buffers kept at their value from construction: ``non_float="freeze"``). An
+    ``aliases`` name (alias -> tracked name: a tied weight's other name) that ``source`` holds
+    as a tensor of its own (a cloned state dict, an untied model) gets its tracked name's
+    average too."""
     found = _names.named_tensors(source, "average", "copy_to(module_or_named_tensors)")
     targets = {name: tensor for name, tensor, _, _ in found}
     for _, tensor, _, raw in found:  # a model's own ``module`` child in a mapping's names
@@ -66,11 +70,24 @@ def copy_averages(
         if (name not in targets and name in lax) or name in skip:
             continue
         check_target(name, targets.get(name), shadow)
+    shadow_of = dict(zip(names, shadows, strict=True))
+    extra = [
+        (alias, name)
+        for alias, name in (aliases or {}).items()
+        if alias in targets
+        and name in shadow_of
+        and name not in skip
+        and targets[alias] is not targets.get(name)  # tied in the target too: written once
+    ]
+    for alias, name in extra:
+        check_target(alias, targets[alias], shadow_of[name])
     values = averages()
     with torch.no_grad(), HeldInterrupts():
         for name, average in values.items():
             if name in targets and name not in skip:  # optional ones the source may lack
                 _dtensor.copy_into(targets[name], average)
+        for alias, name in extra:
+            _dtensor.copy_into(targets[alias], values[name])
         forget_derived()  # casts / parametrized weights of the old ones, cached in a region
 
 

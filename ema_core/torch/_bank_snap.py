@@ -17,7 +17,7 @@ from ema_core._paths import escape_key
 from ema_core.torch._dtensor import is_dtensor
 from ema_core.torch._module import EMA
 from ema_core.torch._names import transient_buffers
-from ema_core.torch._prefixes import namer
+from ema_core.torch._prefixes import tied_aliases
 
 __all__ = [
     "aliases",
@@ -125,16 +125,7 @@ def aliases(ema: EMA) -> dict[str, str]:
     ``out.weight = emb.weight`` is tracked once, as ``emb.weight``): alias -> tracked name, in
     ``module.state_dict()`` order, as the EMA names them (``ema.names``); {} for an EMA of
     named tensors."""
-    root = ema._bound.root
-    if root is None:
-        return {}
-    name_of = namer(root, ema._bound.prefix)
-    entries = [(name_of(k), v) for k, v in root.state_dict(keep_vars=True).items()]
-    tracked = set(ema.names)
-    buffers = [(name_of(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
-    owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
-    found = {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
-    return found
+    return tied_aliases(ema._bound.root, ema._bound.prefix, ema.names)
 
 
 def transient(ema: EMA) -> frozenset[str]:

@@ -14,7 +14,7 @@ from ema_core._config import Config, divisor
 from ema_core._config_text import config_text
 from ema_core.torch import _averages, _dtensor, _fsdp, _names, _options, _rules, _state
 from ema_core.torch._interrupts import HeldInterrupts
-from ema_core.torch._prefixes import keeping, renames
+from ema_core.torch._prefixes import keeping, renames, tied_aliases
 
 
 class Copied(Protocol):
@@ -58,7 +58,10 @@ def copy_to(ema: Copied, source: Any) -> None:
     frozen = ema.config.non_float == "freeze"  # integers at their value from construction
     held = (n for n, s in zip(ema.names, shadows, strict=True) if not _rules.floating(s))
     skip = frozenset(held) if frozen else frozenset()
-    _averages.copy_averages(ema.names, shadows, lambda: ema.average, source, transient, skip)
+    tied = tied_aliases(ema._bound.root, ema._bound.prefix, ema.names)
+    _averages.copy_averages(
+        ema.names, shadows, lambda: ema.average, source, transient, skip, aliases=tied
+    )
 
 
 def state_dict(ema: Copied) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from ema_core._types import LeafKind
 from ema_core.backends.torch._memory import short_memory
 from ema_core.torch import _dtensor
 from ema_core.torch._filters import filter_hint, matcher
-from ema_core.torch._prefixes import PREFIXES, namer, strip_all
+from ema_core.torch._prefixes import PREFIXES, namer, other_names, strip_all
 
 #: What happens to floating buffers: copied, averaged like parameters, or not tracked.
 BufferPolicy: TypeAlias = Literal["copy", "average", "skip"]
@@ -106,11 +106,14 @@ def collect(
     drop = matcher(exclude, "exclude", default=False)
     tracked: list[Tracked] = []
     seen: dict[str, None] = {}
-    for name, tensor, is_buffer, raw in named_tensors(source, buffers, where):
+    found = named_tensors(source, buffers, where)
+    others = other_names(source, [name for name, *_ in found], include, exclude)
+    for name, tensor, is_buffer, raw in found:
         if name in seen:
             raise ValueError(f"{where} has two tensors named {name!r} (after removing {PREFIXES})")
         seen[name] = None
-        if keep(name, raw) and not drop(name, raw):
+        every = [(name, raw), *((alias, alias) for alias in others.get(name, ()))]
+        if any(keep(*n) for n in every) and not any(drop(*n) for n in every):
             check_materialized(name, tensor, where)
             kind = checked_kind(name, tensor, is_buffer, buffers, where)
             tracked.append(Tracked(name, tensor, kind, raw, is_buffer))

@@ -12,6 +12,10 @@ refuses).
 A mapping or pairs carry no modules to ask: there a leading ``module.`` is dropped when every
 name has it (a DDP model's ``state_dict()``), and ``_orig_mod`` parts always.
 
+A tied tensor (``head.weight = emb.weight``) is tracked once, under its first name;
+``tied_aliases`` and ``other_names`` give its other names, which ``copy_to`` writes and
+``include=`` / ``exclude=`` read too.
+
 An ``EMA`` decides its root's prefix when it is built and keeps it (``Binding.prefix``), so
 its names never change when the model later gains a child or a buffer. Before
 2026-12-06 every leading ``module.`` was dropped (``legacy``): a state saved under those names
@@ -175,3 +179,31 @@ def _wrapped_child(module: torch.nn.Module) -> str | None:
         return "module"
     own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
     return "module" if len(children) == 1 and not own else None
+
+
+def tied_aliases(
+    root: torch.nn.Module | None, prefix: str | None, names: Iterable[str]
+) -> dict[str, str]:
+    """The other names ``root`` gives a tracked tensor (tied weights: ``out.weight =
+    emb.weight`` is tracked once, as ``emb.weight``): alias -> tracked name, in
+    ``root.state_dict()`` order, named as ``namer(root, prefix)`` names them; {} without a
+    module."""
+    if root is None:
+        return {}
+    name_of = namer(root, prefix)
+    entries = [(name_of(k), v) for k, v in root.state_dict(keep_vars=True).items()]
+    tracked = set(names)
+    buffers = [(name_of(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
+    owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
+    return {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
+
+
+def other_names(source: Any, names: list[str], include: Any, exclude: Any) -> dict[str, list[str]]:
+    """A module's other names of each tensor (tied weights: ``head.weight = emb.weight`` is
+    found once, as ``emb.weight``), which the filters read too; none without filters."""
+    if not isinstance(source, torch.nn.Module) or (include is None and exclude is None):
+        return {}
+    others: dict[str, list[str]] = {}
+    for alias, name in tied_aliases(source, None, names).items():
+        others.setdefault(name, []).append(alias)
+    return others

@@ -24,7 +24,9 @@ copied too (one shard-sized copy per rank).
 A conversion inside the block (``model.half()`` then ``.float()``) replaces buffer objects in
 their modules' dicts (parameters too under torch's ``set_overwrite_module_params_on_conversion``):
 the exit puts the live values into what the owning modules hold then, cast to its dtype; a
-submodule the user replaced keeps what the user put there.
+submodule the user replaced keeps what the user put there. Under ``copy=False`` a conversion
+points a parameter's ``.data`` off the lent shadow: the exit gives it the live values in the
+converted dtype and layout, so both ways keep a conversion made inside the block.
 
 A copying swap nested in another EMA's ``swap(copy=False)`` tells it the writes it undid
 (``_restored``). ``eager`` keeps an update out of ``torch.compile``'s traces. Ctrl-C is held
@@ -84,7 +86,7 @@ class Put:
         if self.by_data:
             if self.version is not None:
                 _restored.close(live)
-            live.data = self.saved
+            live.data = self._converted(live.data) if not on_shadow else self.saved
             return written
         wrote = self.wrote
         with torch.inference_mode(self.inference or torch.is_inference_mode_enabled()):
@@ -94,6 +96,21 @@ class Put:
         if self.version is not None:  # its values of before, bit for bit: an outer swap's shadow
             _restored.record(live, self.version, live._version)
         return written
+
+    def _converted(self, now: torch.Tensor) -> torch.Tensor:
+        """The live values in the dtype, device and layout of ``now``, what a conversion inside
+        the block (``model.double()``, ``.to(memory_format=...)``) pointed the parameter at
+        instead of the lent shadow: a new tensor like it (never ``now`` itself, which may be
+        shared), so that the conversion is kept as ``swap()`` keeps it; the saved storage
+        itself where ``now`` has another shape or holds no values."""
+        if now.shape != self.saved.shape or now.is_meta or expanded(now):
+            return self.saved
+        saved = self.saved
+        if (now.dtype, now.device, now.stride()) == (saved.dtype, saved.device, saved.stride()):
+            return saved  # nothing converted that the saved storage lacks
+        out = torch.empty_like(now)
+        out.copy_(self.saved)
+        return out
 
     def put_into(self, now: Any) -> None:
         """After ``restore()``: the live values also into ``now``, the tensor the module holds
