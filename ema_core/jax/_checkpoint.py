@@ -189,6 +189,8 @@ def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:
     if value.shape != like.shape:
         raise ValueError(f"arrays[{name!r}] has shape {value.shape}, like has {like.shape}")
     want = np.dtype(like.dtype)
+    if name in ("step", "weight") and value.dtype != want:
+        value = _scalar_as(value, name, want)
     if value.dtype != want and value.dtype.kind == "V" and value.dtype.itemsize == want.itemsize:
         value = value.view(want)
     if value.dtype != want:
@@ -199,6 +201,19 @@ def _restore(arrays: Mapping[str, Any], name: str, like: Any) -> Any:
         # uncommitted params would compile again)
         return jax.numpy.asarray(value)
     return jax.device_put(value, sharding)
+
+
+def _scalar_as(value: np.ndarray, name: str, want: np.dtype[Any]) -> np.ndarray:
+    """The saved step or weight in ``like``'s dtype, as ``checkpoint.load`` takes it: a step of
+    any integer dtype that fits (a file saved with x64 on or off), a weight of any float dtype
+    (rounded to ``like``'s)."""
+    if name == "step" and value.dtype.kind in "iu" and want.kind in "iu":
+        if not np.iinfo(want).min <= int(value) <= np.iinfo(want).max:
+            raise ValueError(f"arrays['step'] is {int(value)}, which like's {want} cannot hold")
+        return value.astype(want)
+    if name == "weight" and value.dtype.kind == "f" and want.kind == "f":
+        return value.astype(want)
+    return value  # refused with both dtypes named below
 
 
 def _unpacked_like(like: PackedState, home: Any) -> EMAState:
