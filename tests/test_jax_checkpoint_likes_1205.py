@@ -53,12 +53,18 @@ def test_a_python_step_like_refuses_a_float_step_by_name() -> None:
         load_state_dict(arrays, ema.EMAState(0, {"w": jnp.zeros(3)}, 1.0))
 
 
-def test_a_numpy_float64_like_weight_keeps_the_dtype_check() -> None:
-    """``np.float64`` subclasses ``float``: it is an array-like target, not a Python number."""
+def test_a_numpy_float64_like_weight_is_an_array_target() -> None:
+    """``np.float64`` subclasses ``float``: it is an array-like target, not a Python number
+    (since 2026-12-05 the weight takes its dtype, as ``checkpoint.load`` takes it; an integer
+    weight is still refused)."""
     arrays = dict(state_dict(ema.EMAState(3, {"w": jnp.zeros(3)}, 0.25)))
     arrays["weight"] = np.float32(0.25)
-    with pytest.raises(TypeError, match=r"arrays\['weight'\] has dtype float32, like has float64"):
-        load_state_dict(arrays, ema.EMAState(0, {"w": jnp.zeros(3)}, np.float64(1.0)))
+    like = ema.EMAState(0, {"w": jnp.zeros(3)}, np.float64(1.0))
+    got = load_state_dict(arrays, like).weight
+    assert not isinstance(got, float) and got.shape == () and float(got) == 0.25
+    arrays["weight"] = np.int32(1)
+    with pytest.raises(TypeError, match=r"arrays\['weight'\] has dtype int32, like has float64"):
+        load_state_dict(arrays, like)
 
 
 def test_a_packed_like_with_a_host_step_restores_where_its_flats_are() -> None:
