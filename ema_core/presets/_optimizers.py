@@ -6,8 +6,8 @@ from typing import Any
 
 from ema_core._checks import check_fraction
 from ema_core._config import Config
-from ema_core.presets._args import check_bool, dtype_name
-from ema_core.schedules import constant, in_float32
+from ema_core.presets._args import check_bool, check_count, dtype_name
+from ema_core.schedules import constant, gated, in_float32
 
 
 def optax(decay: float, debias: bool = True, accumulator_dtype: Any = None) -> Config:
@@ -37,13 +37,18 @@ def optax(decay: float, debias: bool = True, accumulator_dtype: Any = None) -> C
     )
 
 
-def keras(ema_momentum: float = 0.99) -> Config:
-    """Keras 3 optimizers with ``use_ema=True, ema_momentum=...``.
+def keras(ema_momentum: float = 0.99, gradient_accumulation_steps: int | None = None) -> Config:
+    """Keras 3 optimizers with ``use_ema=True, ema_momentum=..., gradient_accumulation_steps=...``.
 
     The first optimizer step copies (Keras multiplies the momentum by ``iterations != 0``),
     later steps use ``ema_momentum`` as the decay, in float32 as Keras forms it for float32
-    variables. Keras averages the trainable variables only: the non-trainable ones (BatchNorm's
-    moving statistics) stay live, so buffers are skipped (``buffers="skip"``).
+    variables. With ``gradient_accumulation_steps=n`` Keras still blends at every batch, the
+    batches that only accumulate gradients included, and its ``iterations`` counts applied
+    steps (batches // n): the first n batches copy. This preset does the same, one update per
+    batch (``ema_core.update`` each batch); the Keras ``EMACallback`` updates once per applied
+    step instead, so with accumulation it does not follow Keras's own average. Keras averages
+    the trainable variables only: the non-trainable ones (BatchNorm's moving statistics) stay
+    live, so buffers are skipped (``buffers="skip"``).
     ``ema_overwrite_frequency=n`` is a training-loop action, not part of the average: every n
     steps Keras overwrites the model's variables with the average for good (training goes on
     from the averaged weights), and ``fit()`` does so once after its last epoch. Its match is a
@@ -54,6 +59,17 @@ def keras(ema_momentum: float = 0.99) -> Config:
         >>> from ema_core import presets
         >>> [presets.keras(0.9).decay(t) for t in (1, 2)]
         [0.0, 0.8999999761581421]
+        >>> [presets.keras(0.9, gradient_accumulation_steps=2).decay(t) for t in (1, 2, 3)]
+        [0.0, 0.0, 0.8999999761581421]
     """
     check_fraction("ema_momentum", ema_momentum)
-    return Config(in_float32(constant(ema_momentum)), init="copy", buffers="skip")
+    steps = 1
+    if gradient_accumulation_steps is not None:
+        steps = check_count("gradient_accumulation_steps", gradient_accumulation_steps)
+        if steps < 2:  # Keras refuses 1 too
+            raise ValueError(
+                "gradient_accumulation_steps must be None or an int >= 2, as Keras takes it, "
+                f"got {gradient_accumulation_steps!r}"
+            )
+    decay = constant(ema_momentum) if steps == 1 else gated(ema_momentum, copy_through=steps)
+    return Config(in_float32(decay), init="copy", buffers="skip")
