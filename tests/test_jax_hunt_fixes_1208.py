@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import ema_core as ema
+from ema_core import schedules
 from ema_core.jax import load_state_dict, make_update, state_dict
 
 CONFIG = ema.Config(schedule=0.9, init="zeros")
@@ -50,7 +51,7 @@ def test_a_python_number_state_loads_into_an_array_like() -> None:
 def test_a_step_like_cannot_hold_is_refused() -> None:
     params = {"w": jnp.ones(2, jnp.float32)}
     arrays = _saved(ema.EMAState(2**40, {"w": jnp.ones(2, jnp.float32)}, 1.0))
-    with pytest.raises(ValueError, match=r"arrays\['step'\] is 1099511627776, which like's int32"):
+    with pytest.raises(ValueError, match=r"arrays\['step'\] holds 1099511627776, which like's"):
         load_state_dict(arrays, ema.init(params, CONFIG))
 
 
@@ -77,3 +78,38 @@ def test_a_copy_inside_a_compensated_window_on_a_jax_step_is_exact() -> None:
     state = ema.init({"w": jnp.zeros(1)}, config)._replace(step=jnp.int32(3))
     assert float(make_update(config, donate=False)(state, params).shadow["w"][0]) == 3.0
     assert float(ema.update(state, params, config).shadow["w"][0]) == 3.0
+
+
+def test_a_stacked_state_loads_across_step_dtypes() -> None:
+    """A state of K vmapped EMAs holds one step per EMA: each is checked against like's dtype."""
+    params = {"w": jnp.ones((2, 3), jnp.float32)}
+    batched = jax.vmap(lambda p: ema.init(p, CONFIG))(params)
+    arrays = _saved(batched)
+    arrays["step"] = np.asarray([3, 4], np.int64)
+    got = load_state_dict(arrays, batched)
+    assert got.step.dtype == jnp.int32 and got.step.tolist() == [3, 4]
+    arrays["step"] = np.asarray([3, 2**40], np.int64)
+    with pytest.raises(ValueError, match=r"holds 1099511627776"):
+        load_state_dict(arrays, batched)
+
+
+@pytest.mark.parametrize(("decay", "n"), [(0.999, 7), (0.999, 1000), (0.9999, 5000)])
+def test_eager_and_compiled_windows_agree_bit_for_bit(decay: float, n: int) -> None:
+    """A concrete JAX count (``schedule.rate(jnp.int32(t))`` eagerly) sums the window as the
+    compiled call does, past one block of 4,096 steps too."""
+    window = schedules.every(decay, n)
+    t = jnp.int32(3 * n)
+    assert float(window.rate(t)) == float(jax.jit(window.rate)(t))
+    assert float(window(t)) == float(jax.jit(window)(t))
+    exact = -np.expm1(n * np.log(decay))
+    assert abs(float(window.rate(t)) - exact) <= 3 * float(np.spacing(np.float32(exact)))
+
+
+@pytest.mark.usefixtures("x64")
+def test_with_x64_a_jax_window_keeps_the_int_steps_bits() -> None:
+    """In float64 the product of the decays is what the host computes: no log sum there."""
+    for decay, n in ((0.999, 1000), (0.9, 10), (0.5, 20)):
+        window = schedules.every(decay, n)
+        t = 3 * n
+        assert float(jax.jit(window.rate)(jnp.int64(t))) == window.rate(t)
+        assert float(jax.jit(window)(jnp.int64(t))) == window(t)

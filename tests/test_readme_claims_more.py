@@ -127,7 +127,8 @@ LAYOUT = {
     "ema_core/compat": "mmedit tensorflow allennlp paddle _arrays _writes _counters _modules "
     "_tf_state _tf_names",
     "ema_core/testing": "_oracle _strategies _properties _inputs _compare _convert _dtypes _args",
-    "ema_core/schedules": "__init__ _base _values _decays _power _gamma _every _gates _gated",
+    "ema_core/schedules": "__init__ _base _values _decays _power _gamma _every _window_logs "
+    "_gates _gated",
     "tests": "conftest reference peers",
     "benchmarks": "__main__ harness chart tree",
     "benchmarks/backends": "numpy torch jax cupy",

@@ -96,3 +96,13 @@ def test_a_conversion_inside_swap_is_kept_on_exit(copy: bool) -> None:
         conv.to(memory_format=torch.channels_last)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(conv.weight, weight)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_filters_read_a_tied_alias_as_the_wrapped_model_lists_it() -> None:
+    compiled = torch.compile(TiedLM())  # wraps: names gain _orig_mod. (nothing compiles here)
+    ema = EMA(compiled, decay=0.5, include="_orig_mod.head.*")
+    assert list(ema.names) == ["emb.weight"]
+    wrapped = torch.nn.DataParallel(TiedLM())
+    ema = EMA(wrapped, decay=0.5, exclude="module.head.*")
+    assert list(ema.names) == ["adapter.weight", "adapter.bias"]

@@ -208,8 +208,12 @@ def _scalar_as(value: np.ndarray, name: str, want: np.dtype[Any]) -> np.ndarray:
     any integer dtype that fits (a file saved with x64 on or off), a weight of any float dtype
     (rounded to ``like``'s)."""
     if name == "step" and value.dtype.kind in "iu" and want.kind in "iu":
-        if not np.iinfo(want).min <= int(value) <= np.iinfo(want).max:
-            raise ValueError(f"arrays['step'] is {int(value)}, which like's {want} cannot hold")
+        info = np.iinfo(want)  # a stacked state (vmapped EMAs) holds one step per EMA
+        outside = value[(value < info.min) | (value > info.max)] if value.size else value
+        if outside.size:
+            raise ValueError(
+                f"arrays['step'] holds {int(outside.flat[0])}, which like's {want} cannot hold"
+            )
         return value.astype(want)
     if name == "weight" and value.dtype.kind == "f" and want.kind == "f":
         return value.astype(want)

@@ -10,7 +10,8 @@ the old average; ``schedule.rate(t)`` is ``1 - decay``, computed without cancell
   ``annealing``) and ``as_schedule``.
 * ``_power``: EDM2's power function; ``_gamma``: its sigma_rel <-> gamma relation in float64,
   shared with ``ema_core.posthoc``.
-* ``_every``: ``every`` (an update every n steps) and ``CopyAt`` (the first-update copy).
+* ``_every``: ``every`` (an update every n steps) and ``CopyAt`` (the first-update copy);
+  ``_window_logs``: a compensated window's decay and rate in float32, from the rates' logs.
 * ``_gates``: the peers' roundings (``in_float32``, ``ramped_half_life``, ``momentum``);
   ``_gated``: ``gated``, the peers' bookkeeping (start, phase, first copies, shifted count,
   floor).

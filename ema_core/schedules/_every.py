@@ -14,6 +14,8 @@ from ema_core._checks import check_positive
 from ema_core._ops import ArrayOps, Ops, ScalarOps, is_readable
 from ema_core.schedules._base import Schedule, check_at_most_max_step, first_moving, ops_at
 from ema_core.schedules._decays import as_schedule
+from ema_core.schedules._window_logs import clip0 as _clip0
+from ema_core.schedules._window_logs import window_from_logs
 
 #: The inner decays ``Every.first_update`` may compute looking for its first moving step.
 _SEARCH_DECAYS = 10_000
@@ -73,83 +75,26 @@ class Every(Schedule):
         """The inner pair at t, or with ``compensate`` the product of the n decays t-n+1..t and
         its rate via log1p, so that it stays accurate near 1. A count the host holds (a Python
         int, a 0-d numpy or array-api-strict array) multiplies in a Python loop, the same bits
-        for both; a device count traced by JAX in a ``fori_loop`` (one traced body), else
-        vectorised over blocks of ``BLOCK`` steps (memory bounded whatever n; one block for
-        n <= ``BLOCK``), both from the compensated sum of the rates' logs (below, before
-        ``_log_terms``). Only an inner schedule that is not
+        for both; a device count traced by JAX in a ``fori_loop`` (one traced body, the same
+        sequential product), else vectorised over blocks of ``BLOCK`` steps (memory bounded
+        whatever n; one block for n <= ``BLOCK``). Where the count's widest float is float32
+        (JAX without x64) the window comes from the compensated sum of the rates' logs instead
+        (``_window_logs``). Only an inner schedule that is not
         ``elementwise`` (a callable) on a count that is not traced is evaluated step by step.
         ``pair`` skips all of it on a gated-off step whose count the host reads."""
         if not self.compensate:
             return self.inner.pair(ops)
         if isinstance(ops, ScalarOps):
             decay, log_keep = self._product_looped(ops)
+        elif _in_float32(ops) and (self.inner.elementwise or _is_traced(ops.raw)):
+            return window_from_logs(self, ops, BLOCK)  # see _window_logs
         elif _is_traced(ops.raw):
-            return self._from_logs(ops, *self._logs_fori(ops))
+            decay, log_keep = self._product_fori(ops)
         elif self.inner.elementwise:
-            return self._from_logs(ops, *self._logs_vectorised(ops))
+            decay, log_keep = self._product_vectorised(ops)
         else:
             decay, log_keep = self._product_looped(ops)
         return decay, ops.where(decay < 0.5, 1.0 - decay, -ops.expm1(log_keep))
-
-    # An array count computes in its namespace's float (float32 for JAX without x64), where the
-    # product of n rounded decays carries each decay's rounding n times (d = 0.999 in float32 is
-    # off by 3e-8 relative, d**1000 then by 3e-5). The rates ``1 - d_k``, computed in the wide
-    # float, are accurate to their own rounding: the window's decay and rate come from the sum
-    # of ``log1p(-r_k)``, added with Kahan's compensation, through ``exp`` / ``-expm1``. A window
-    # holding a decay <= 0 (a copy) or a rate outside [0, 1) (a trusted decay out of range)
-    # takes the plain product instead.
-
-    def _log_terms(self, ops: Ops, t_k: Any) -> tuple[Any, Any, Any]:
-        """The decay of step ``t_k``, its ``log1p(-rate)`` (0 where not usable) and whether it
-        is not usable (rate >= 1 or NaN)."""
-        d_k, r_k = self.inner.pair(ops_at(ops, t_k))
-        d_k, r_k = ops.const(d_k), ops.const(r_k)
-        bad = ~(r_k < 1.0)
-        return d_k, ops.log1p(-ops.where(bad, 0.0, r_k)), bad
-
-    @staticmethod
-    def _from_logs(ops: Ops, product: Any, total: Any, bad: Any) -> tuple[Any, Any]:
-        decay = ops.where(bad, product, ops.exp(total))
-        return decay, ops.where(bad, 1.0 - product, -ops.expm1(total))
-
-    def _logs_fori(self, ops: ArrayOps) -> tuple[Any, Any, Any]:
-        jax, t = sys.modules["jax"], ops.raw  # a traced count: JAX is imported
-
-        def body(k: Any, carry: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
-            product, total, lost, bad = carry
-            d_k, log_k, bad_k = self._log_terms(ops, _clip0(t - k.astype(t.dtype)))
-            y = log_k - lost
-            new = total + y
-            return product * d_k, new, (new - total) - y, bad | bad_k
-
-        zero = ops.const(0.0)
-        start = (ops.const(1.0), zero, zero, ops.xp.zeros_like(t, dtype=bool))
-        product, total, _, bad = jax.lax.fori_loop(0, self.n, body, start)
-        return product, total, bad
-
-    def _logs_vectorised(self, ops: ArrayOps) -> tuple[Any, Any, Any]:
-        """Over blocks of at most ``BLOCK`` steps, each evaluated at once (memory bounded
-        whatever n), the blocks' sums added with compensation."""
-        product, total, bad = self._log_block(ops, 0, min(self.n, BLOCK))
-        lost = ops.const(0.0)
-        for start in range(BLOCK, self.n, BLOCK):
-            p, s, b = self._log_block(ops, start, min(self.n, start + BLOCK))
-            y = s - lost
-            new = total + y
-            product, total, lost, bad = product * p, new, (new - total) - y, bad | b
-        return product, total, bad
-
-    def _log_block(self, ops: ArrayOps, start: int, stop: int) -> tuple[Any, Any, Any]:
-        xp, t = ops.xp, ops.raw
-        ks = xp.arange(start, stop, dtype=t.dtype, device=ops.device)
-        t_k = _clip0(xp.expand_dims(t, axis=-1) - ks)  # one more axis: the block's counts
-        d_k, log_k, bad_k = self._log_terms(ops, t_k)
-        shape = tuple(t_k.shape)
-        return (
-            xp.prod(xp.broadcast_to(d_k, shape), axis=-1),
-            xp.sum(xp.broadcast_to(log_k, shape), axis=-1),
-            xp.any(xp.broadcast_to(bad_k, shape), axis=-1),
-        )
 
     def _factor(self, ops: Ops, t_k: Any) -> tuple[Any, Any]:
         """The decay of step ``t_k`` and its term of ``log(product of keeps)``."""
@@ -165,6 +110,37 @@ class Every(Schedule):
             decay, log_keep = decay * d_k, log_keep + log_k
         return decay, log_keep
 
+    def _product_fori(self, ops: ArrayOps) -> tuple[Any, Any]:
+        jax, t = sys.modules["jax"], ops.raw  # a traced count: JAX is imported
+
+        def body(k: Any, carry: tuple[Any, Any]) -> tuple[Any, Any]:
+            d_k, log_k = self._factor(ops, _clip0(t - k.astype(t.dtype)))
+            return carry[0] * d_k, carry[1] + log_k
+
+        decay, log_keep = jax.lax.fori_loop(0, self.n, body, (ops.const(1.0), ops.const(0.0)))
+        return decay, log_keep
+
+    def _product_vectorised(self, ops: ArrayOps) -> tuple[Any, Any]:
+        """The product over blocks of at most ``BLOCK`` steps, each evaluated at once: memory
+        bounded whatever n (one block, as many operations as before, when n <= ``BLOCK``)."""
+        decay, log_keep = self._block(ops, 0, min(self.n, BLOCK))
+        for start in range(BLOCK, self.n, BLOCK):
+            d, log = self._block(ops, start, min(self.n, start + BLOCK))
+            decay, log_keep = decay * d, log_keep + log
+        return decay, log_keep
+
+    def _block(self, ops: ArrayOps, start: int, stop: int) -> tuple[Any, Any]:
+        """The product of the decays of steps t-stop+1..t-start, and its log of keeps."""
+        xp, t = ops.xp, ops.raw
+        ks = xp.arange(start, stop, dtype=t.dtype, device=ops.device)
+        t_k = _clip0(xp.expand_dims(t, axis=-1) - ks)  # one more axis: the block's counts
+        d_k, log_k = self._factor(ops, t_k)
+        shape = tuple(t_k.shape)
+        return (
+            xp.prod(xp.broadcast_to(d_k, shape), axis=-1),
+            xp.sum(xp.broadcast_to(log_k, shape), axis=-1),
+        )
+
 
 #: Steps of ``every``'s product evaluated at once for an array count (its memory bound).
 BLOCK = 4096
@@ -179,8 +155,9 @@ def _top(t: Any) -> int:
     return int(compat.array_namespace(t).iinfo(t.dtype).max)
 
 
-def _clip0(t: Any) -> Any:
-    return compat.array_namespace(t).clip(t, min=0)
+def _in_float32(ops: ArrayOps) -> bool:
+    """Whether an array count computes in float32 (JAX without x64, a device without float64)."""
+    return bool(ops.const(0.0).dtype == ops.xp.float32)
 
 
 @dataclass(frozen=True)

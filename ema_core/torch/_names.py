@@ -112,7 +112,7 @@ def collect(
         if name in seen:
             raise ValueError(f"{where} has two tensors named {name!r} (after removing {PREFIXES})")
         seen[name] = None
-        every = [(name, raw), *((alias, alias) for alias in others.get(name, ()))]
+        every = [(name, raw), *others.get(name, ())]
         if any(keep(*n) for n in every) and not any(drop(*n) for n in every):
             check_materialized(name, tensor, where)
             kind = checked_kind(name, tensor, is_buffer, buffers, where)

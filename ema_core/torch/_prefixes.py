@@ -198,12 +198,21 @@ def tied_aliases(
     return {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
 
 
-def other_names(source: Any, names: list[str], include: Any, exclude: Any) -> dict[str, list[str]]:
+def other_names(
+    source: Any, names: list[str], include: Any, exclude: Any
+) -> dict[str, list[tuple[str, str]]]:
     """A module's other names of each tensor (tied weights: ``head.weight = emb.weight`` is
-    found once, as ``emb.weight``), which the filters read too; none without filters."""
+    found once, as ``emb.weight``) as ``(name, raw name)`` pairs (the raw one as the wrapped
+    model lists it), which the filters read too; none without filters."""
     if not isinstance(source, torch.nn.Module) or (include is None and exclude is None):
         return {}
-    others: dict[str, list[str]] = {}
-    for alias, name in tied_aliases(source, None, names).items():
-        others.setdefault(name, []).append(alias)
+    name_of = namer(source, None)
+    entries = [(name_of(k), k, v) for k, v in source.state_dict(keep_vars=True).items()]
+    tracked = set(names)
+    buffers = [(name_of(k), v) for k, v in source.named_buffers()]  # non-persistent ones too
+    owner = {id(v): n for n, v in (*((n, v) for n, _, v in entries), *buffers) if n in tracked}
+    others: dict[str, list[tuple[str, str]]] = {}
+    for name, raw, value in entries:
+        if name not in tracked and id(value) in owner:
+            others.setdefault(owner[id(value)], []).append((name, raw))
     return others

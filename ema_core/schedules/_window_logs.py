@@ -1,0 +1,99 @@
+"""A compensated interval's window (``every(..., n)``) in float32: its decay and rate from the
+rates' logs.
+
+An array count computes in its namespace's widest float. Where that is float32 (JAX without
+x64), the product of the n rounded decays carries each decay's rounding n times (0.999 in
+float32 is off by 1.3e-8 relative, its 1000th power by 1.3e-5: 80 float32 ulps of the rate).
+The rates ``1 - d_k``, formed in the wide float by each schedule, are accurate to their own
+rounding, so the window's ``S = sum log1p(-r_k)`` (added with Kahan's compensation) gives the
+rate ``-expm1(S)`` within a few ulps of the exact one and the decay ``exp(S)`` within about
+``|S| / 2`` ulps. A window holding a rate outside [0, 1) (a copy, decay 0; a trusted decay out
+of range) takes the plain product instead. A JAX count, traced or not, runs the sum in a
+``fori_loop`` (eager and compiled calls then agree bit for bit); another namespace's count
+(float32 without float64, such as MPS) sums blocks of steps at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Protocol
+
+import array_api_compat as compat
+
+from ema_core._ops import ArrayOps, Ops
+from ema_core.schedules._base import Schedule, ops_at
+
+__all__ = ["clip0", "window_from_logs"]
+
+
+class _Window(Protocol):
+    @property
+    def inner(self) -> Schedule: ...
+
+    @property
+    def n(self) -> int: ...
+
+
+def clip0(t: Any) -> Any:
+    return compat.array_namespace(t).clip(t, min=0)
+
+
+def window_from_logs(window: _Window, ops: ArrayOps, block: int) -> tuple[Any, Any]:
+    """``(decay, rate)`` of the n steps t-n+1..t of ``window`` at the count ``ops.raw``."""
+    if compat.is_jax_array(ops.raw):
+        product, total, bad = _logs_fori(window, ops)
+    else:
+        product, total, bad = _logs_blocks(window, ops, block)
+    decay = ops.where(bad, product, ops.exp(total))
+    return decay, ops.where(bad, 1.0 - product, -ops.expm1(total))
+
+
+def _terms(window: _Window, ops: Ops, t_k: Any) -> tuple[Any, Any, Any]:
+    """The decay of step ``t_k``, its ``log1p(-rate)`` (0 where not usable) and whether it is
+    not usable (rate >= 1 or NaN)."""
+    d_k, r_k = window.inner.pair(ops_at(ops, t_k))
+    d_k, r_k = ops.const(d_k), ops.const(r_k)
+    bad = ~(r_k < 1.0)
+    return d_k, ops.log1p(-ops.where(bad, 0.0, r_k)), bad
+
+
+def _logs_fori(window: _Window, ops: ArrayOps) -> tuple[Any, Any, Any]:
+    jax, t = sys.modules["jax"], ops.raw  # a JAX count: JAX is imported
+
+    def body(k: Any, carry: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
+        product, total, lost, bad = carry
+        d_k, log_k, bad_k = _terms(window, ops, clip0(t - k.astype(t.dtype)))
+        y = log_k - lost
+        new = total + y
+        return product * d_k, new, (new - total) - y, bad | bad_k
+
+    zero = ops.const(0.0)
+    start = (ops.const(1.0), zero, zero, ops.xp.zeros_like(t, dtype=bool))
+    product, total, lost, bad = jax.lax.fori_loop(0, window.n, body, start)
+    return product, total - lost, bad
+
+
+def _logs_blocks(window: _Window, ops: ArrayOps, block: int) -> tuple[Any, Any, Any]:
+    """Over blocks of at most ``block`` steps, each evaluated at once (memory bounded whatever
+    n), the blocks' sums added with compensation."""
+    product, total, bad = _block(window, ops, 0, min(window.n, block))
+    lost = ops.const(0.0)
+    for start in range(block, window.n, block):
+        p, s, b = _block(window, ops, start, min(window.n, start + block))
+        y = s - lost
+        new = total + y
+        product, total, lost, bad = product * p, new, (new - total) - y, bad | b
+    return product, total - lost, bad
+
+
+def _block(window: _Window, ops: ArrayOps, start: int, stop: int) -> tuple[Any, Any, Any]:
+    xp, t = ops.xp, ops.raw
+    ks = xp.arange(start, stop, dtype=t.dtype, device=ops.device)
+    t_k = clip0(xp.expand_dims(t, axis=-1) - ks)  # one more axis: the block's counts
+    d_k, log_k, bad_k = _terms(window, ops, t_k)
+    shape = tuple(t_k.shape)
+    return (
+        xp.prod(xp.broadcast_to(d_k, shape), axis=-1),
+        xp.sum(xp.broadcast_to(log_k, shape), axis=-1),
+        xp.any(xp.broadcast_to(bad_k, shape), axis=-1),
+    )
