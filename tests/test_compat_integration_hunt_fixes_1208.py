@@ -76,3 +76,21 @@ def test_mmedit_meta_module_is_refused_at_update_saying_to_materialize_first() -
         r"the first update_parameters",
     ):
         ema.update_parameters(torch.nn.Linear(2, 2))
+
+
+def test_allennlp_takes_the_list_pairs_its_trainers_build() -> None:
+    from ema_core.compat.allennlp import ExponentialMovingAverage as AllenNLPEMA
+
+    model = torch.nn.Linear(2, 1)
+    pairs = [[n, p] for n, p in model.named_parameters() if p.requires_grad]  # AllenNLP's form
+    start = model.weight.detach().clone()
+    ema = AllenNLPEMA(pairs, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.apply()
+    ema.assign_average_value()
+    assert torch.equal(model.weight.detach(), start + 1.0)  # 0.5 * start + 0.5 * (start + 2)
+    ema.restore()
+    assert torch.equal(model.weight.detach(), start + 2.0)
+    with pytest.raises(TypeError, match=r"parameters\[0\] must be a \(name, array\) pair"):
+        AllenNLPEMA([["weight", model.weight, "extra"]], decay=0.5)

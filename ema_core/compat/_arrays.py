@@ -37,7 +37,8 @@ def named_arrays(
         items = [(str(i), x) for i, x in enumerate(items)]
     out: dict[str, Array] = {}
     for i, item in enumerate(items):
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+        # a tuple, or a two-item list as AllenNLP's trainers build (``[[n, p] for n, p in ...]``)
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
             raise TypeError(f"{name}[{i}] must be a (name, array) pair, got {item!r:.80}")
         check_array(item[1], f"{name}[{item[0]!r}]")
         if item[0] in out:
