@@ -82,6 +82,8 @@ def test_allennlp_takes_the_list_pairs_its_trainers_build() -> None:
     from ema_core.compat.allennlp import ExponentialMovingAverage as AllenNLPEMA
 
     model = torch.nn.Linear(2, 1)
+    with torch.no_grad():  # quarters: every blend below is exact
+        model.weight.copy_(torch.tensor([[0.25, -0.5]]))
     pairs = [[n, p] for n, p in model.named_parameters() if p.requires_grad]  # AllenNLP's form
     start = model.weight.detach().clone()
     ema = AllenNLPEMA(pairs, decay=0.5)
