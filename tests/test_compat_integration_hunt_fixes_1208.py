@@ -19,14 +19,11 @@ pytest.importorskip("keras")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_keras_without_its_backend_says_to_set_keras_backend() -> None:
-    if importlib.util.find_spec("tensorflow") is not None:
-        pytest.skip("tensorflow is installed: keras's default backend imports")
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    env["KERAS_BACKEND"] = "tensorflow"  # not installed here: keras's default backend
-    env["PYTHONPATH"] = str(ROOT)
-    run = subprocess.run(
-        [sys.executable, "-c", "import ema_core.integrations.keras"],
+def _import_keras(code: str, backend: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run in a fresh interpreter with ``KERAS_BACKEND=backend``."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", code],
         check=False,
         capture_output=True,
         text=True,
@@ -34,6 +31,12 @@ def test_keras_without_its_backend_says_to_set_keras_backend() -> None:
         cwd=ROOT,
         timeout=120,
     )
+
+
+def test_keras_without_its_backend_says_to_set_keras_backend() -> None:
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("tensorflow is installed: keras's default backend imports")
+    run = _import_keras("import ema_core.integrations.keras", "tensorflow")  # keras's default
     assert run.returncode == 1
     last = run.stderr.strip().splitlines()[-1]
     assert "keras is installed, but its backend needs 'tensorflow'" in last, run.stderr
@@ -53,16 +56,7 @@ import ema_core.integrations.keras
 
 
 def test_keras_missing_its_own_dependency_is_not_blamed_on_the_backend() -> None:
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-c", _BLOCK_ABSL],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    run = _import_keras(_BLOCK_ABSL, "jax")
     last = run.stderr.strip().splitlines()[-1]
     assert "keras is installed, but 'absl', which it imports, is not" in last, run.stderr
     assert "KERAS_BACKEND" not in last
