@@ -103,14 +103,12 @@ class Put:
         instead of the lent shadow: a new tensor like it (never ``now`` itself, which may be
         shared), so that the conversion is kept as ``swap()`` keeps it; the saved storage
         itself where ``now`` has another shape or holds no values."""
-        if now.shape != self.saved.shape or now.is_meta or expanded(now):
-            return self.saved
         saved = self.saved
+        if now.shape != saved.shape or now.is_meta or expanded(now):
+            return saved
         if (now.dtype, now.device, now.stride()) == (saved.dtype, saved.device, saved.stride()):
             return saved  # nothing converted that the saved storage lacks
-        out = torch.empty_like(now)
-        out.copy_(self.saved)
-        return out
+        return torch.empty_like(now).copy_(saved)
 
     def put_into(self, now: Any) -> None:
         """After ``restore()``: the live values also into ``now``, the tensor the module holds
