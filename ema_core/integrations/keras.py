@@ -27,7 +27,8 @@ except ImportError as err:
         # keras is there, its backend is not (with KERAS_BACKEND unset, keras picks tensorflow)
         raise ImportError(
             f"ema_core.integrations.keras: keras is installed, but its backend needs "
-            f"{missing!r}, which is not (keras picks tensorflow when KERAS_BACKEND is unset): "
+            f"{missing!r}, which is not (keras picks tensorflow unless KERAS_BACKEND or "
+            "~/.keras/keras.json names another): "
             "set KERAS_BACKEND=jax or KERAS_BACKEND=torch before importing keras, or install "
             "that backend"
         ) from err

@@ -75,8 +75,9 @@ class Every(Schedule):
         """The inner pair at t, or with ``compensate`` the product of the n decays t-n+1..t and
         its rate via log1p, so that it stays accurate near 1. A count the host holds (a Python
         int, a 0-d numpy or array-api-strict array) multiplies in a Python loop, the same bits
-        for both; a device count traced by JAX in a ``fori_loop`` (one traced body, the same
-        sequential product), else vectorised over blocks of ``BLOCK`` steps (memory bounded
+        for both; a JAX count in a ``fori_loop`` (one traced body, the same sequential
+        product; an eager one too, but over a callable, which stays in Python there), else
+        vectorised over blocks of ``BLOCK`` steps (memory bounded
         whatever n; one block for n <= ``BLOCK``). Where the count's widest float is float32
         (JAX without x64) the window comes from the compensated sum of the rates' logs instead
         (``_window_logs``). Only an inner schedule that is not
@@ -88,8 +89,8 @@ class Every(Schedule):
             decay, log_keep = self._product_looped(ops)
         elif _in_float32(ops) and (self.inner.elementwise or _is_traced(ops.raw)):
             return window_from_logs(self, ops, BLOCK)  # see _window_logs
-        elif _is_traced(ops.raw):
-            decay, log_keep = self._product_fori(ops)
+        elif _is_traced(ops.raw) or (self.inner.elementwise and compat.is_jax_array(ops.raw)):
+            decay, log_keep = self._product_fori(ops)  # eager and compiled alike
         elif self.inner.elementwise:
             decay, log_keep = self._product_vectorised(ops)
         else:
@@ -146,13 +147,13 @@ class Every(Schedule):
 BLOCK = 4096
 
 
-def _is_traced(t: Any) -> bool:
-    return compat.is_jax_array(t) and isinstance(t, sys.modules["jax"].core.Tracer)
-
-
 def _top(t: Any) -> int:
     """The largest value of an integer count's dtype (a wider constant would overflow it)."""
     return int(compat.array_namespace(t).iinfo(t.dtype).max)
+
+
+def _is_traced(t: Any) -> bool:
+    return compat.is_jax_array(t) and isinstance(t, sys.modules["jax"].core.Tracer)
 
 
 def _in_float32(ops: ArrayOps) -> bool:

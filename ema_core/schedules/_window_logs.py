@@ -10,7 +10,9 @@ rate ``-expm1(S)`` within a few ulps of the exact one and the decay ``exp(S)`` w
 ``|S| / 2`` ulps. A window holding a rate outside [0, 1) (a copy, decay 0; a trusted decay out
 of range) takes the plain product instead. A JAX count, traced or not, runs the sum in a
 ``fori_loop`` (eager and compiled calls then agree bit for bit); another namespace's count
-(float32 without float64, such as MPS) sums blocks of steps at once.
+(float32 without float64, such as MPS) sums blocks of steps at once. The rates are each
+schedule's own: a callable's is ``1 - d`` of its float32 decay, with that rounding (and on an
+eager count a callable stays in Python: ``Every`` multiplies its decays there).
 """
 
 from __future__ import annotations
