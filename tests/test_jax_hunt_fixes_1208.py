@@ -115,3 +115,8 @@ def test_with_x64_a_jax_window_keeps_the_int_steps_bits() -> None:
         for call in (window.rate, window):
             assert float(jax.jit(call)(jnp.int64(t))) == call(t)
             assert float(call(jnp.int64(t))) == call(t)
+
+
+def test_state_dict_of_params_names_what_it_takes() -> None:
+    with pytest.raises(TypeError, match=r"state must be an EMAState .* or a PackedState .*dict"):
+        state_dict({"a": jnp.ones(3)})  # params by mistake: saved with no step before

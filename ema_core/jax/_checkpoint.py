@@ -30,6 +30,7 @@ def state_dict(state: EMAState | PackedState, /) -> dict[str, np.ndarray]:
     saved: ``load_state_dict`` takes them from ``like``.
 
     Raises:
+        TypeError: ``state`` is not an ``EMAState`` or a ``PackedState`` (params, say).
         ValueError: two arrays would still share a name (a custom pytree node whose keys
             print alike, such as the int ``0`` and the string ``"0"``), or an array of the
             state was deleted (donated to an update since).
@@ -46,6 +47,11 @@ def state_dict(state: EMAState | PackedState, /) -> dict[str, np.ndarray]:
     """
     if isinstance(state, PackedState):  # saved as its EMAState: the two files are alike
         state = unpack(state)
+    if not isinstance(state, EMAState):  # params passed by mistake would save without a step
+        raise TypeError(
+            "state must be an EMAState (ema.init, make_update) or a PackedState (pack), got "
+            f"{type(state).__name__}"
+        )
     check_readable(state, "state")
     pairs = [pair for pair in jax.tree_util.tree_flatten_with_path(state)[0] if _saved(*pair)]
     paths = [path for path, _ in pairs]
