@@ -112,7 +112,7 @@ def reshard(modules: Iterable[torch.nn.Module]) -> None:
 def check_sharded(modules: Sequence[torch.nn.Module]) -> None:
     """Raise unless every parameter the FSDP2 ``modules`` manage is a DTensor (after
     ``reshard``). A parameter FSDP2 leaves alone (``fully_shard(ignored_params=...)``, one
-    registered after ``fully_shard``) is a plain tensor, replicated, and tracked as one."""
+    registered after ``fully_shard``) is a plain tensor, one copy per rank, tracked as one."""
     for module in modules:
         managed = _managed(module)
         for prefix, owner in module.named_modules():
@@ -134,7 +134,7 @@ def _managed(module: torch.nn.Module) -> set[tuple[int, str]] | None:
     try:
         state = module._get_fsdp_state()  # type: ignore[operator]
         groups = getattr(state, "_fsdp_param_groups", None)
-        if groups is None:  # torch before 2.10 kept one group
+        if groups is None:  # an older FSDP2 kept one group, ``_fsdp_param_group``
             group = state._fsdp_param_group
             groups = [] if group is None else [group]
         managed: set[tuple[int, str]] = set()
