@@ -14,8 +14,8 @@ from ema_core._checks import check_positive
 from ema_core._ops import ArrayOps, Ops, ScalarOps, is_readable
 from ema_core.schedules._base import Schedule, check_at_most_max_step, first_moving, ops_at
 from ema_core.schedules._decays import as_schedule
+from ema_core.schedules._window_logs import block, window_from_logs
 from ema_core.schedules._window_logs import clip0 as _clip0
-from ema_core.schedules._window_logs import window_from_logs
 
 #: The inner decays ``Every.first_update`` may compute looking for its first moving step.
 _SEARCH_DECAYS = 10_000
@@ -124,23 +124,15 @@ class Every(Schedule):
     def _product_vectorised(self, ops: ArrayOps) -> tuple[Any, Any]:
         """The product over blocks of at most ``BLOCK`` steps, each evaluated at once: memory
         bounded whatever n (one block, as many operations as before, when n <= ``BLOCK``)."""
-        decay, log_keep = self._block(ops, 0, min(self.n, BLOCK))
+
+        def terms(t_k: Any) -> tuple[Any, Any]:
+            return self._factor(ops, t_k)
+
+        decay, log_keep = block(ops, 0, min(self.n, BLOCK), terms)
         for start in range(BLOCK, self.n, BLOCK):
-            d, log = self._block(ops, start, min(self.n, start + BLOCK))
+            d, log = block(ops, start, min(self.n, start + BLOCK), terms)
             decay, log_keep = decay * d, log_keep + log
         return decay, log_keep
-
-    def _block(self, ops: ArrayOps, start: int, stop: int) -> tuple[Any, Any]:
-        """The product of the decays of steps t-stop+1..t-start, and its log of keeps."""
-        xp, t = ops.xp, ops.raw
-        ks = xp.arange(start, stop, dtype=t.dtype, device=ops.device)
-        t_k = _clip0(xp.expand_dims(t, axis=-1) - ks)  # one more axis: the block's counts
-        d_k, log_k = self._factor(ops, t_k)
-        shape = tuple(t_k.shape)
-        return (
-            xp.prod(xp.broadcast_to(d_k, shape), axis=-1),
-            xp.sum(xp.broadcast_to(log_k, shape), axis=-1),
-        )
 
 
 #: Steps of ``every``'s product evaluated at once for an array count (its memory bound).

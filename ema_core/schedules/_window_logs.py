@@ -18,6 +18,7 @@ eager count a callable stays in Python: ``Every`` multiplies its decays there).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import array_api_compat as compat
@@ -25,7 +26,7 @@ import array_api_compat as compat
 from ema_core._ops import ArrayOps, Ops
 from ema_core.schedules._base import Schedule, ops_at
 
-__all__ = ["clip0", "window_from_logs"]
+__all__ = ["block", "clip0", "window_from_logs"]
 
 
 class _Window(Protocol):
@@ -40,12 +41,12 @@ def clip0(t: Any) -> Any:
     return compat.array_namespace(t).clip(t, min=0)
 
 
-def window_from_logs(window: _Window, ops: ArrayOps, block: int) -> tuple[Any, Any]:
+def window_from_logs(window: _Window, ops: ArrayOps, size: int) -> tuple[Any, Any]:
     """``(decay, rate)`` of the n steps t-n+1..t of ``window`` at the count ``ops.raw``."""
     if compat.is_jax_array(ops.raw):
         product, total, bad = _logs_fori(window, ops)
     else:
-        product, total, bad = _logs_blocks(window, ops, block)
+        product, total, bad = _logs_blocks(window, ops, size)
     decay = ops.where(bad, product, ops.exp(total))
     return decay, ops.where(bad, 1.0 - product, -ops.expm1(total))
 
@@ -75,27 +76,33 @@ def _logs_fori(window: _Window, ops: ArrayOps) -> tuple[Any, Any, Any]:
     return product, total - lost, bad
 
 
-def _logs_blocks(window: _Window, ops: ArrayOps, block: int) -> tuple[Any, Any, Any]:
-    """Over blocks of at most ``block`` steps, each evaluated at once (memory bounded whatever
+def _logs_blocks(window: _Window, ops: ArrayOps, size: int) -> tuple[Any, Any, Any]:
+    """Over blocks of at most ``size`` steps, each evaluated at once (memory bounded whatever
     n), the blocks' sums added with compensation."""
-    product, total, bad = _block(window, ops, 0, min(window.n, block))
+
+    def terms(t_k: Any) -> tuple[Any, Any, Any]:
+        return _terms(window, ops, t_k)
+
+    product, total, bad = block(ops, 0, min(window.n, size), terms)
     lost = ops.const(0.0)
-    for start in range(block, window.n, block):
-        p, s, b = _block(window, ops, start, min(window.n, start + block))
+    for start in range(size, window.n, size):
+        p, s, b = block(ops, start, min(window.n, start + size), terms)
         y = s - lost
         new = total + y
         product, total, lost, bad = product * p, new, (new - total) - y, bad | b
     return product, total - lost, bad
 
 
-def _block(window: _Window, ops: ArrayOps, start: int, stop: int) -> tuple[Any, Any, Any]:
+def block(ops: ArrayOps, start: int, stop: int, terms: Callable[[Any], tuple[Any, ...]]) -> Any:
+    """``terms`` of the counts t-stop+1..t-start, evaluated at once (one more axis), reduced
+    along it by position: the product of the first (decays), the sum of the second (logs), and
+    whether any of the third (unusable) holds. ``Every``'s float64 blocks share it."""
     xp, t = ops.xp, ops.raw
     ks = xp.arange(start, stop, dtype=t.dtype, device=ops.device)
     t_k = clip0(xp.expand_dims(t, axis=-1) - ks)  # one more axis: the block's counts
-    d_k, log_k, bad_k = _terms(window, ops, t_k)
     shape = tuple(t_k.shape)
-    return (
-        xp.prod(xp.broadcast_to(d_k, shape), axis=-1),
-        xp.sum(xp.broadcast_to(log_k, shape), axis=-1),
-        xp.any(xp.broadcast_to(bad_k, shape), axis=-1),
+    reductions = (xp.prod, xp.sum, xp.any)
+    return tuple(
+        reduce(xp.broadcast_to(v, shape), axis=-1)
+        for reduce, v in zip(reductions, terms(t_k), strict=False)
     )
