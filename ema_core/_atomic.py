@@ -124,6 +124,7 @@ def resolve_link(path: str | os.PathLike[str], /) -> Path:
 
     Raises:
         FileNotFoundError: the file's folder does not exist (a dangling link's target's too).
+        NotADirectoryError: a file stands where the file's folder (or one above it) should be.
         OSError: a loop of links (or more than 40), naming ``path``.
     """
     target = Path(path)
@@ -136,11 +137,25 @@ def resolve_link(path: str | os.PathLike[str], /) -> Path:
     if not target.parent.is_dir():
         link = f" is a symbolic link to {os.fspath(target)!r}, which"
         link = "" if target == Path(path) else link
+        blocker = _file_above(target)
+        if blocker is not None:
+            raise NotADirectoryError(
+                f"path {os.fspath(path)!r}{link} lies below {os.fspath(blocker)!r}, which is a "
+                "file, not a folder: choose another path or move the file away",
+            )
         raise FileNotFoundError(
             f"path {os.fspath(path)!r}{link} lies in a folder that does not exist "
             f"({os.fspath(target.parent)!r}): create the folder first",
         )
     return target
+
+
+def _file_above(target: Path) -> Path | None:
+    """The nearest existing folder-or-file above ``target``, when it is not a folder."""
+    for above in target.parents:
+        if above.exists():
+            return None if above.is_dir() else above
+    return None
 
 
 def _create_temporary(target: Path) -> Path:

@@ -159,7 +159,7 @@ def _arguments(
     if config is not None and not isinstance(config, Config):
         raise TypeError(f"config must be an ema_core.Config or None, got {type(config).__name__}")
     if not isinstance(strict, bool):
-        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+        raise TypeError(f"strict must be a bool (True or False), got {strict!r:.80}")
     if ema is not None and config is not None:
         raise ValueError(
             "config must be None when loading into an EMA: its own config is compared with the "

@@ -81,6 +81,7 @@ def save(
             a ``config`` given with an ``EMA``; a reserved metadata key; two shadows that
             would share a name.
         FileNotFoundError: the file's folder (or a dangling link's target's) does not exist.
+        NotADirectoryError: a file stands where that folder (or one above it) should be.
 
     Example:
         >>> import tempfile, pathlib, numpy as np, ema_core as ema

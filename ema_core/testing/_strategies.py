@@ -81,7 +81,7 @@ def nests(
 def _checked(xp: Any, dtypes: Any, int_buffers: Any) -> tuple[Namespace, tuple[str, ...]]:
     xp = namespace(xp, "xp")
     if not isinstance(int_buffers, bool):
-        raise TypeError(f"int_buffers must be a bool, got {type(int_buffers).__name__}")
+        raise TypeError(f"int_buffers must be a bool (True or False), got {int_buffers!r:.80}")
     return xp, dtype_names(dtypes, xp, "dtypes")
 
 

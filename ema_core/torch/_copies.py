@@ -116,7 +116,7 @@ def checked_state(ema: Copied, state_dict: Mapping[str, Any], strict: bool) -> A
     """``EMA._checked_state``: ``_state.check_load``'s loaded shadows, before any write; a
     loose load that would leave the shadows it does not load unreadable (``_kept``) refused."""
     if not isinstance(strict, bool):
-        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+        raise TypeError(f"strict must be a bool (True or False), got {strict!r:.80}")
     ema._refuse_in_swap("load_state_dict")
     ema._bound.refresh(objects=True)
     state_dict = _renamed(ema, state_dict)
