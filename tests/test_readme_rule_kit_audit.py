@@ -525,8 +525,9 @@ def _nudged(ulps: int) -> Callable[[Any, Any, float], Any]:
 
 
 def test_the_property_checks_allow_4_units_of_rounding_per_update() -> None:
-    # "The property checks allow 4 units of rounding of `dtype` per update for the fixed-point
-    # and min/max checks"; "decay 0 and 1 stay exact"
+    # "The property checks allow 4 units of rounding of `dtype` (times the larger of |s| and
+    # |p|) per update for the one-update, fixed-point and min/max checks"; "decay 0 and 1 stay
+    # exact"
     testing.assert_ema_properties(_nudged(3), np, max_examples=15)
-    with pytest.raises(AssertionError, match=r"fixed point|running"):
+    with pytest.raises(AssertionError, match=r"one update|fixed point|running"):
         testing.assert_ema_properties(_nudged(12), np, max_examples=15)

@@ -13,6 +13,8 @@ from ema_core.torch._module import EMA
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: accelerate's own model.safetensors, model_1.safetensors (one file in any case on macOS)
 _TAKEN = re.compile(r"model(_\d+)?", re.IGNORECASE)
+#: the longest name whose ``<name>.safetensors`` fits in 255 bytes (a name is ASCII)
+MAX_NAME = 255 - len(".safetensors")
 
 
 def check(accelerator: Any, ema: Any, name: Any) -> None:
@@ -59,4 +61,9 @@ def check_name(name: Any) -> None:
         raise ValueError(
             f"name must be a file stem of letters, digits, '_', '.' and '-' (not starting with "
             f"'.', '_' or '-', and not accelerate's 'model' or 'model_<i>'), got {name!r}"
+        )
+    if len(name) > MAX_NAME:
+        raise ValueError(
+            f"name must be at most {MAX_NAME} characters (its file {name[:20]}....safetensors "
+            f"must fit a file system's 255 bytes), got one of {len(name)}"
         )

@@ -84,9 +84,10 @@ def register(accelerator: Any, ema: EMA, /, *, name: str = "ema") -> Hooks:
 
     Raises:
         TypeError: ``accelerator`` lacks the pre-hook methods, ``ema`` is not an ``EMA`` or
-            ``name`` is not a str. ValueError: a ``name`` that is not a plain file stem, that
-            accelerate uses, or that is registered on this accelerator already (for this EMA
-            or another, in any letter case). (When loading, for every EMA registered on
+            ``name`` is not a str. ValueError: a ``name`` that is not a plain file stem (or is
+            longer than 243 characters, too long for its file), that accelerate uses, or that
+            is registered on this accelerator already (for this EMA or another, in any letter
+            case). (When loading, for every EMA registered on
             this accelerator before any loads) FileNotFoundError: the folder lacks one's file;
             ValueError / TypeError: one's file is refused by ``ema_core.checkpoint.check``.
 

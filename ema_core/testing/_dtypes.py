@@ -21,7 +21,7 @@ import numpy as np
 from ema_core._config import Config, shadow_dtype_name
 from ema_core._core import dtype_name
 
-__all__ = ["MODES", "check", "expected", "mode", "name_of"]
+__all__ = ["MODES", "check", "expected", "kind", "mode", "name_of"]
 
 #: ``assert_matches(returned_dtype=...)``: the exact dtype, or only its kind.
 MODES = ("contract", "kind")
@@ -72,7 +72,7 @@ def check(got: Sequence[str], want: Sequence[str], how: str, places: Sequence[st
     raises the first one after the whole trajectory's values matched: a wrong value is the
     deeper defect, and its message (element, values, decay) says more."""
     for g, w, place in zip(got, want, places, strict=True):
-        if g == w or (how == "kind" and _kind(g) == _kind(w)):
+        if g == w or (how == "kind" and kind(g) == kind(w)):
             continue
         rule = "the dtype" if how == "contract" else "the kind of dtype"
         return (
@@ -83,7 +83,13 @@ def check(got: Sequence[str], want: Sequence[str], how: str, places: Sequence[st
     return None
 
 
-def _kind(name: str) -> str:
+def kind(name: str) -> str:
+    """The kind of a dtype name: "bool", "int", "uint", "float" or "complex" (else the name).
+
+    Example:
+        >>> kind("bfloat16"), kind("uint8"), kind("int64"), kind("complex64")
+        ('float', 'uint', 'int', 'complex')
+    """
     if name == "bool":
         return "bool"
     if name.startswith(("int", "uint")):

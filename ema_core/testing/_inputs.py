@@ -15,6 +15,7 @@ from ema_core._tree import Path, flatten, path_str
 from ema_core._tree_pair import flatten_pair
 from ema_core._types import Tree
 from ema_core.testing._convert import host64
+from ema_core.testing._dtypes import kind
 
 
 class Trajectory(NamedTuple):
@@ -54,14 +55,19 @@ def checked_trajectory(trajectory: Any) -> Checked:
     leaves, paths, _ = flatten(init, "trajectory.init")
     _arrays(leaves, paths, "trajectory.init")
     host = [host64(leaves)]
+    names = _names(leaves)
     for k, nest in enumerate(steps):
         name = f"trajectory.steps[{k}]"
         other = flatten_pair(init, nest, "trajectory.init", name).other
         _arrays(other, paths, name)
         host.append(host64(other))
         _same_shapes(host[0], host[-1], paths, name)
-    names = [dtype_name(compat.array_namespace(leaf), leaf.dtype) for leaf in leaves]
+        _same_kinds(names, _names(other), paths, name)
     return Checked(init, steps, paths, names, host)
+
+
+def _names(leaves: list[Any]) -> list[str]:
+    return [dtype_name(compat.array_namespace(leaf), leaf.dtype) for leaf in leaves]
 
 
 def _steps(steps: Any) -> tuple[Tree, ...]:
@@ -91,6 +97,15 @@ def _same_shapes(
             raise ValueError(
                 f"{where} has dtype {b.dtype}, trajectory.init has {a.dtype}: a leaf is floating "
                 "(averaged) at every step or at none"
+            )
+
+
+def _same_kinds(first: list[str], other: list[str], paths: Sequence[Path], name: str) -> None:
+    for a, b, path in zip(first, other, paths, strict=True):
+        if kind(a) != kind(b):
+            raise ValueError(
+                f"{path_str(name, path)} has dtype {b}, trajectory.init has {a}: a leaf keeps "
+                f"its kind of dtype (bool, int, uint, float or complex) at every step"
             )
 
 

@@ -16,6 +16,8 @@ from ema_core.testing._convert import EPS, as_array, host_values, to_numpy
 
 StepFn = Callable[[Array, Array, float], Array]
 _ULPS = 4  # rounding allowed per update in the interior checks (d * s + (1 - d) * p: 3 roundings)
+_TYPICAL = (0.5, 0.9, 0.99, 0.999, 0.9999)  # decays users run, drawn beside any in (0, 1)
+_TINY = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float64": 2.0**-1022}
 
 
 def _arrays(xp: Namespace, dtype: str) -> st.SearchStrategy[tuple[Any, Any]]:
@@ -45,9 +47,11 @@ def assert_ema_properties(
     average) and returns the new shadow (it may update ``shadow`` in place, never ``params``).
     Checked: decay 0 copies the params; decay 1 leaves an averaged (floating) shadow unchanged,
     while an integer or bool leaf (``dtype="int32"``, ``"bool"``, ...) takes the params at
-    every decay, 1 included (all exactly); a constant is a fixed point; and over a run the
-    shadow stays within the running min/max of everything it has seen (these two up to 4 units
-    of rounding of ``dtype`` per update, so that ``d * s + (1 - d) * p`` passes). ``xp`` may be
+    every decay, 1 included (all exactly); one update at a decay inside (0, 1) (typical ones
+    such as 0.999 and any other) gives ``s + (1 - d)(p - s)``; a constant is a fixed point; and
+    over a run the shadow stays within the running min/max of everything it has seen (these
+    three up to 4 units of rounding of ``dtype`` per update, times max(|s|, |p|), so that
+    ``d * s + (1 - d) * p`` passes). ``xp`` may be
     a framework module (``torch``, ``numpy``); ``dtype`` must be one it makes. The returned
     shadow must keep ``dtype`` (``returned_dtype="kind"``: another width of its kind).
 
@@ -82,6 +86,12 @@ def assert_ema_properties(
         run.ends(*case, decay, keeps=decay == 1.0 and not copied, why=dtype if copied else "")
 
     @check
+    @given(case=cases, decay=st.one_of(st.sampled_from(_TYPICAL), st.floats(0.0, 1.0)))
+    def blends(case: tuple[Any, Any], decay: float) -> None:
+        if 0.0 < decay < 1.0:
+            run.blend(*case, decay, copies=copied)
+
+    @check
     @given(case=cases, decay=st.floats(0.0, 1.0))
     def constant_is_fixed(case: tuple[Any, Any], decay: float) -> None:
         run.constant(xp, case[0], decay)
@@ -91,7 +101,7 @@ def assert_ema_properties(
     def bounded(case: tuple[Any, Any], decays: list[float]) -> None:
         run.bounded(*case, decays)
 
-    for prop in (ends_are_exact, constant_is_fixed, bounded):
+    for prop in (ends_are_exact, blends, constant_is_fixed, bounded):
         prop()
 
 
@@ -138,6 +148,28 @@ class _Runner:
             raise AssertionError(
                 f"decay={decay} must {rule}{note}, exactly: got {got}, expected {want}"
             )
+
+    def blend(self, shadow: Any, params: Any, decay: float, *, copies: bool) -> None:
+        """One update at a decay inside (0, 1): ``s + (1 - d)(p - s)`` up to the rounding
+        allowed (an integer or bool leaf: the params, exactly)."""
+        s, p = to_numpy(shadow).astype(np.float64), to_numpy(params).astype(np.float64)
+        got = self.call(shadow, params, decay)[1]
+        if copies:
+            if not np.array_equal(got, p):
+                raise AssertionError(
+                    f"decay={decay} must copy the params ({self.dtype[0]} leaves are copied at "
+                    f"every decay), exactly: got {got}, expected {p.astype(got.dtype)}"
+                )
+            return
+        want = s + (1.0 - decay) * (p - s)
+        slack = self.ulps * (np.maximum(np.abs(s), np.abs(p)) + _TINY.get(self.dtype[0], 0.0))
+        _within(
+            got.astype(np.float64),
+            want - slack,
+            want + slack,
+            f"one update at decay={decay} must give s + (1 - decay) * (p - s) (the shadow "
+            f"{s.reshape(-1)[:3]}, the params {p.reshape(-1)[:3]}, first 3 values)",
+        )
 
     def constant(self, xp: Namespace, shadow: Any, decay: float) -> None:
         want = to_numpy(shadow)

@@ -86,7 +86,9 @@ def _checked(xp: Any, dtypes: Any, int_buffers: Any) -> tuple[Namespace, tuple[s
 
 
 def schedules() -> st.SearchStrategy[sched.Schedule]:
-    """Every schedule of ``ema_core.schedules`` with drawn arguments.
+    """Every schedule of ``ema_core.schedules`` with drawn arguments: the closed forms, EDM2's
+    power function, mmengine's ``momentum``, ``ramped_half_life``, ``in_float32`` and ``gated``
+    (over a constant; ``every`` is drawn by ``configs()`` as ``Config(interval=...)``).
 
     Example:
         >>> from hypothesis import given, settings
@@ -105,6 +107,20 @@ def schedules() -> st.SearchStrategy[sched.Schedule]:
         st.floats(1.0, 20.0).map(sched.power_function),
         st.floats(1.0, 100.0).map(sched.half_life),
         st.builds(sched.annealing, st.floats(1e-4, 0.1), gamma=st.floats(1.0, 200.0)),
+        st.floats(1e-4, 0.5).map(sched.momentum),
+        st.builds(sched.ramped_half_life, st.floats(1.0, 100.0), ratio=st.floats(0.05, 0.5)),
+        unit.map(sched.in_float32),
+        st.builds(
+            sched.gated,
+            unit,
+            every=st.integers(1, 3),
+            phase=st.integers(0, 2),
+            start=st.integers(0, 3),
+            copy_through=st.integers(-1, 2),
+            offset=st.integers(-1, 2),
+            divisor=st.integers(1, 2),
+            floor=st.sampled_from([0.0, 0.5]),
+        ),
     )
 
 
