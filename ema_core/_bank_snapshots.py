@@ -68,6 +68,42 @@ def posthoc_snapshots() -> Any:
     return importlib.import_module("ema_core.posthoc._snapshots")
 
 
+def check_at_start(
+    directory: str | os.PathLike[str],
+    trees: Sequence[Any],
+    *,
+    every: int,
+    sigma_rels: Sequence[float],
+    intervals: Sequence[int],
+    policies: Sequence[Mapping[str, str] | None] | None = None,
+    aliases: Sequence[Mapping[str, str]] | None = None,
+) -> None:
+    """``check_set`` at each EMA's first update, before training starts: what every due step
+    would refuse (a complex array, a name a snapshot cannot hold, a folder in the way) is
+    refused once, up front; nothing is written.
+
+    Raises:
+        What ``check_set`` raises; a ``TypeError`` / ``ValueError`` prefixed with
+        ``snapshot_every``.
+    """
+    try:
+        check_set(
+            directory,
+            trees,
+            steps=list(intervals),
+            sigma_rels=sigma_rels,
+            intervals=intervals,
+            policies=policies,
+            aliases=aliases,
+        )
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise
+        raise type(error)(
+            f"snapshot_every={every}: every snapshot would be refused: {error}"
+        ) from (error)
+
+
 def check_set(
     directory: str | os.PathLike[str],
     trees: Sequence[Any],

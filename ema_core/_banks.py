@@ -94,9 +94,16 @@ def ema_states(states: Any, count: int) -> tuple[EMAState, ...]:
     """``states`` as a tuple of ``count`` ``EMAState``s (a functional bank's states).
 
     Raises:
-        TypeError: not a list or tuple, or an item that is not an ``EMAState`` (a packed JAX
-            state named as one). ValueError: not ``count`` of them.
+        TypeError: not a list or tuple (a single ``EMAState`` is not one), or an item that
+            is not an ``EMAState`` (a packed JAX state named as one). ValueError: not
+            ``count`` of them.
     """
+    if isinstance(states, EMAState) or packed_hint(states):
+        one = "EMAState" if isinstance(states, EMAState) else "packed state"
+        raise TypeError(
+            f"states must be a tuple of EMAStates, one per EMA of the bank, got one {one}: "
+            f"pass (state,) for a bank of one{packed_hint(states)}"
+        )
     values = sequence("states", states)
     if len(values) != count:
         raise ValueError(f"states must hold one EMAState per config ({count}), got {len(values)}")

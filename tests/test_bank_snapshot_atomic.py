@@ -19,6 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import ema_core  # noqa: E402
 from ema_core._bank_snapshots import SnapshotWriteError  # noqa: E402
 from ema_core.posthoc import list_snapshots  # noqa: E402
 from ema_core.torch import EMABank  # noqa: E402
@@ -127,11 +128,10 @@ def test_a_torch_bank_refuses_a_snapshot_it_cannot_write_before_updating(
 def test_a_torch_bank_refuses_a_leaf_a_snapshot_cannot_hold_before_updating(
     tmp_path: Path,
 ) -> None:
+    # refused when the bank is built (since 2026-12-09; it was refused at each due step)
     named = {"w": torch.ones(2), "z": torch.ones(2, dtype=torch.complex64)}
-    bank = EMABank(named, sigma_rels=(0.05,), snapshot_every=1, snapshot_dir=tmp_path)
-    with pytest.raises(TypeError, match=r"averages\['z'\] has dtype complex64"):
-        bank.update()
-    assert bank[0].step == 0
+    with pytest.raises(TypeError, match=r"snapshot_every=1: .*averages\['z'\] has dtype complex64"):
+        EMABank(named, sigma_rels=(0.05,), snapshot_every=1, snapshot_dir=tmp_path)
     assert _names(tmp_path) == []
 
 
@@ -206,9 +206,11 @@ def test_a_jax_bank_refuses_a_snapshot_it_cannot_write_before_donating(
 def test_a_jax_bank_refuses_a_leaf_a_snapshot_cannot_hold_before_donating(
     tmp_path: Path,
 ) -> None:
+    # bank.init refuses such a leaf before training (test_bank_hunt_fixes_1209); states made
+    # another way are refused at the due step, before donation
     bank = make_bank_update(sigma_rels=(0.05,), snapshot_every=1, snapshot_dir=tmp_path)
     params = {"w": jnp.ones(2), "z": jnp.ones(2, dtype=jnp.complex64)}
-    states = bank.init(params)
+    states = tuple(ema_core.init(params, c) for c in bank.configs)
     with pytest.raises(TypeError, match=r"averages\['z'\] has dtype complex64"):
         bank(states, params)
     assert not states[0].shadow["w"].is_deleted() and int(states[0].step) == 0

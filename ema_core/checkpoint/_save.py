@@ -148,7 +148,7 @@ def contents(ema_or_state: Any, config: Config | None) -> Contents:
             " (full_state_dict(ema), a gather, returns {} off rank 0: call it on every rank "
             "and save on rank 0 only)"
             if empty
-            else packed_hint(ema_or_state)
+            else packed_hint(ema_or_state) or _bank_hint(ema_or_state)
         )
         raise TypeError(
             "ema_or_state must be an ema_core.torch.EMA, its state_dict() or an ema_core.EMAState, "
@@ -237,3 +237,10 @@ def _ours(found: Contents, specs: list[Any], frameworks: list[str]) -> dict[str,
     if found.config is not None:
         meta["config"] = found.config
     return {PREFIX + key: value for key, value in meta.items()}
+
+
+def _bank_hint(value: Any) -> str:
+    """Where one EMA is expected, the way out for a bank (recognised by its ``emas``)."""
+    if isinstance(getattr(value, "emas", None), tuple):
+        return " (a bank: save one member, bank[k], or torch.save(bank.state_dict(), path))"
+    return ""

@@ -23,7 +23,7 @@ import jax
 from ema_core import _api, _bank_snapshots, _banks, _snapshot_args
 from ema_core._config import Config
 from ema_core._types import EMAState, Tree
-from ema_core.jax._bank_chunks import Chunks
+from ema_core.jax._bank_chunks import Chunks, updates
 from ema_core.jax._call_checks import (
     check_finite_params,
     check_readable,
@@ -119,8 +119,18 @@ class BankUpdate:
         self._host_steps: list[int] = []  # with snapshot_every: the steps, counted here
 
     def init(self, params: Tree, /) -> tuple[EMAState, ...]:
-        """K new states for ``params``: ``ema_core.init(params, config)`` for each config."""
-        return tuple(_api.init(params, c) for c in self.configs)
+        """K new states for ``params``: ``ema_core.init(params, config)`` for each config; with
+        ``snapshot_every``, what every snapshot would refuse is refused here, before training."""
+        states = tuple(_api.init(params, c) for c in self.configs)
+        if self._every is not None:
+            _bank_snapshots.check_at_start(
+                self._directory,
+                [s.shadow for s in states],
+                every=self._every,
+                sigma_rels=_snapshot_args.snapshot_sigma_rels(self.configs),
+                intervals=[c.interval for c in self.configs],
+            )
+        return states
 
     def averages(self, states: Sequence[EMAState], /) -> tuple[Tree, ...]:
         """``ema_core.average(states[k], configs[k])`` for each EMA."""
@@ -253,7 +263,7 @@ class BankUpdate:
         self, arrays: list[Any], params_arrays: list[Any], state_split: Split, params_split: Split
     ) -> list[Any]:
         states, params = state_split.merge(arrays), params_split.merge(params_arrays)
-        new = tuple(_api.update(s, params, c) for s, c in zip(states, self._compiled, strict=True))
+        new = tuple(updates(states, params, self._compiled))
         return split(new)[0]
 
 

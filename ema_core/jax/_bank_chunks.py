@@ -4,17 +4,19 @@ each chunk of leaves is one compiled call that updates all K shadows."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 
 from ema_core import _api
 from ema_core._config import Config
+from ema_core._types import EMAState, Tree
 from ema_core.backends.jax._leaves import update_compiled
 from ema_core.backends.jax._scalars import scalars
 from ema_core.jax import _chunked
 
-__all__ = ["Chunks"]
+__all__ = ["Chunks", "updates"]
 
 
 class Chunks:
@@ -42,7 +44,7 @@ class Chunks:
 
             def check(a: list[Any], p: list[Any]) -> Any:
                 states, tree = merge(a, p)
-                return [_api.update(s, tree, c) for s, c in zip(states, self.configs, strict=True)]
+                return updates(states, tree, self.configs)
 
             jax.eval_shape(check, arrays, params)
             inexact = [jax.numpy.issubdtype(p.dtype, jax.numpy.inexact) for p in params]
@@ -82,3 +84,17 @@ def _kernel(
         update_compiled(s, params, d, r, kinds=kinds, non_float=nf)
         for s, d, r, nf in zip(shadows, ds, rs, non_floats, strict=True)
     )
+
+
+def updates(states: Sequence[EMAState], params: Tree, configs: Sequence[Config]) -> list[EMAState]:
+    """``_api.update`` of each state with its config; a refusal names the state (``states[k]``),
+    as ``update`` names every state ``state``."""
+    out = []
+    for k, (state, config) in enumerate(zip(states, configs, strict=True)):
+        try:
+            out.append(_api.update(state, params, config))
+        except (TypeError, ValueError) as error:
+            if type(error) not in (TypeError, ValueError):  # JAX's own errors, as they are
+                raise
+            raise type(error)(f"states[{k}]: {error}") from error
+    return out

@@ -90,8 +90,9 @@ class EMABank:
         found = _bank_args.resolve_configs(configs, sigma_rels, interval)
         resolved = [_rules.resolve_config(None, None, c, dtype, buffers) for c in found]
         _bank_args.check_shared(resolved)
-        given = [float(s) for s in sigma_rels] if sigma_rels is not None else None
-        self.sigma_rels = tuple(given or _bank_args.sigma_rels_of(resolved))
+        # each EMA's sigma_rel as its config reads (the shortest decimal of its gamma), so that
+        # the bank's snapshots and save_snapshot(dir, bank[k]) give one EMA one label
+        self.sigma_rels = tuple(_bank_args.sigma_rels_of(resolved))
         _snapshot_args.check_snapshots(snapshot_every, snapshot_dir, resolved)
         self.snapshot_every, self.snapshot_dir = snapshot_every, snapshot_dir
         if snapshot_every is not None:
@@ -105,7 +106,7 @@ class EMABank:
         )
         self._fused: Fused | None = None
         if snapshot_every is not None:  # refused before the first update, not at a due step
-            _bank_snap.check_whole(self.emas[0])
+            _bank_snap.check_at_build(self.emas, self.sigma_rels, snapshot_every, snapshot_dir)
 
     def __len__(self) -> int:
         return len(self.emas)
@@ -247,11 +248,13 @@ class EMABank:
             TypeError / ValueError: a wrong format or version, another number of EMAs, or a
                 part that ``EMA.load_state_dict`` refuses; nothing is written then.
         """
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool (True or False), got {strict!r:.80}")
         parts = _bank_args.parts(state_dict, len(self.emas), FORMAT, VERSION)
         for k, (ema, part) in enumerate(zip(self.emas, parts, strict=True)):
             try:
                 ema._checked_state(part, strict)
             except (TypeError, ValueError) as error:  # the same error, naming the EMA
                 raise type(error)(f"state_dict['emas'][{k}]: {error}") from error
-        for ema, part in zip(self.emas, parts, strict=True):
+        for ema, part in zip(self.emas, _bank_args.unaliased(parts, self.emas), strict=True):
             ema.load_state_dict(part, strict=strict)

@@ -10,7 +10,8 @@ one dtype, which lets one pass over the params update them all. What may differ:
 ``correction`` and ``guard_finite`` (the params are checked once when any config asks).
 
 At each update and load: ``checked_step`` (each EMA's step, decay and rate, checked as
-``EMA.update`` checks them) and ``parts`` (a bank ``state_dict``'s K parts).
+``EMA.update`` checks them) and ``parts`` (a bank ``state_dict``'s K parts, copied where they
+are the bank's own live shadows, so that loading members in another order loses none).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ema_core import _banks, _ops
 from ema_core._checks import check_decay_value
 from ema_core._config import Config
 from ema_core._types import Step, Value
 from ema_core.backends.torch._routes import host_values
 from ema_core.torch import _rules
+from ema_core.torch._dtensor import local
 
 if TYPE_CHECKING:
     from ema_core.torch._module import EMA
@@ -121,3 +125,35 @@ def parts(state: Any, k: int, form: str, version: int) -> list[Any]:
     if len(found) != k:
         raise ValueError(f"state_dict['emas'] holds {len(found)} EMAs; this bank has {k}")
     return list(found)
+
+
+def unaliased(parts: list[Any], emas: Sequence[EMA]) -> list[Any]:
+    """``parts`` with every shadow tensor that shares memory with a shadow of ``emas`` copied:
+    a bank's own ``state_dict()`` holds its live shadows, and loading member 0 would otherwise
+    overwrite what a reordered part 1 still has to load."""
+    live = {_address(s) for ema in emas for s in ema._bound.shadows} - {None}
+    return [_copied(part) if _holds(part, live) else part for part in parts]
+
+
+def _shadow_dict(part: Any) -> Mapping[str, Any] | None:
+    shadows = part.get("shadow") if isinstance(part, Mapping) else None
+    return shadows if isinstance(shadows, Mapping) else None
+
+
+def _holds(part: Any, live: set[int | None]) -> bool:
+    shadows = _shadow_dict(part) or {}
+    return any(isinstance(v, torch.Tensor) and _address(v) in live for v in shadows.values())
+
+
+def _copied(part: Mapping[str, Any]) -> dict[str, Any]:
+    shadows = _shadow_dict(part) or {}
+    copied = {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in shadows.items()}
+    return {**part, "shadow": copied}
+
+
+def _address(tensor: torch.Tensor) -> int | None:
+    """Where a tensor's (local) memory starts, or None for one without memory."""
+    found = local(tensor)
+    if found.is_meta or found.numel() == 0:
+        return None
+    return int(found.untyped_storage().data_ptr()) or None

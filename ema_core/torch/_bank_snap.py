@@ -21,6 +21,7 @@ from ema_core.torch._prefixes import tied_aliases
 
 __all__ = [
     "aliases",
+    "check_at_build",
     "check_due",
     "check_whole",
     "is_ema",
@@ -56,6 +57,24 @@ def check_whole(ema: EMA) -> None:
                 "and a snapshot holds whole tensors; leave snapshot_every out and write "
                 "snapshots of ema_core.torch.full_state_dict(bank[k]) on one rank"
             )
+
+
+def check_at_build(
+    emas: Sequence[EMA], given: Sequence[float | None], every: int, folder: Any
+) -> None:
+    """Refuse, when the bank is built, the snapshots every due step would refuse: sharded
+    tensors (``check_whole``), and what the writer refuses (a complex tensor, a name
+    ``__metadata__``, a folder in the way: ``_bank_snapshots.check_at_start``)."""
+    check_whole(emas[0])
+    _bank_snapshots.check_at_start(
+        folder,
+        [_kept(ema, _shadows(ema)) for ema in emas],
+        every=every,
+        sigma_rels=sigma_rels(emas, given),
+        intervals=[ema.config.interval for ema in emas],
+        policies=[policies(ema) for ema in emas],
+        aliases=[snapshot_aliases(ema) for ema in emas],
+    )
 
 
 def check_due(
