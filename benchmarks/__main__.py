@@ -26,8 +26,9 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from benchmarks import bank, eager, harness, report, routes, stateless, tree, workloads
+from benchmarks import bank, eager, harness, report, routes, stateless, tables, tree, workloads
 from benchmarks.backends import MODULES
 from benchmarks.cli_args import int_at_least
 from benchmarks.peers import PEERS
@@ -40,6 +41,8 @@ TRIMMED = {("jax", "many_small_20k", "bf16")} | {
     ("array_api_strict", w, "fp32") for w in ("vit_b16", "gpt2_small")
 }
 REPEATS = 8
+#: The longest --tag whose files ("<device>-<date>-<tag>-<n>.json") fit in 255 bytes.
+MAX_TAG = 200
 OUT = Path("benchmarks/results")
 #: The flags that print one table instead of the run (one at most), and what that table times.
 ONLY = {
@@ -69,7 +72,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--repeats",
         type=int_at_least(3),
-        help=f"timed calls per case (at least 3; default {REPEATS}, with --quick 3)",
+        help=f"timed calls per contender (at least 3; default {REPEATS}, with --quick 3); a "
+        "contender stops early once 3 s are spent: the .json's 'timed' says how many ran",
     )
     ap.add_argument("--out", type=Path, help=f"where the files go (default {OUT})")
     ap.add_argument("--tag", default="", help="appended to the result files' names")
@@ -123,6 +127,8 @@ def _output_problem(args: argparse.Namespace) -> str | None:
             return "--device cuda, but torch sees no CUDA device on this machine"
     if any(c in args.tag for c in "/\\") or args.tag in (".", ".."):
         return f"--tag {args.tag!r} cannot be part of a file name"
+    if len(args.tag.encode()) > MAX_TAG:
+        return f"--tag is {len(args.tag.encode())} bytes: at most {MAX_TAG} fit in a file name"
     out = args.out
     while not out.exists() and out.parent != out:
         out = out.parent
@@ -134,13 +140,25 @@ def _output_problem(args: argparse.Namespace) -> str | None:
 
 
 def _backend_problem(args: argparse.Namespace) -> str | None:
-    """A backend named with ``--backend`` that cannot run here (the default plan of every
-    backend skips those, listing them under the cases without rows)."""
+    """A backend named with ``--backend`` that cannot run here, or that times none of the
+    planned cases (the default plan of every backend skips those, listing them under the
+    cases without rows)."""
     for backend in dict.fromkeys(args.backend or ()):
-        reason = importlib.import_module(f"benchmarks.backends.{backend}").missing()
+        module = importlib.import_module(f"benchmarks.backends.{backend}")
+        reason = module.missing()
         if reason is not None:
             return f"--backend {backend} cannot run here: {reason}"
+        planned = [(w, d) for b, w, d in _plan(args) if b == backend]
+        whys = [_no_case(module, workloads.load(w), d, args.device) for w, d in planned]
+        if whys and all(whys):
+            return f"--backend {backend} times none of the cases asked for: {whys[0]}"
     return None
+
+
+def _no_case(module: Any, load: workloads.Workload, dtype: str, device: str) -> str | None:
+    """Why ``module`` times nothing for this case (its ``no_case``), or None."""
+    no_case = getattr(module, "no_case", None)
+    return None if no_case is None else no_case(load, dtype, device)  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     printed = False
     try:
         _cases(args, run, start)
-        print(harness.format_table(run.rows))
+        print(tables.format_table(run.rows))
         printed = True
         _host_tables(args, run)
     except KeyboardInterrupt:  # a time limit (gpu.sh), Ctrl-C: keep what was measured
@@ -164,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         run.failed.append(f"{run.where}: cut by an interrupt; what follows it not run")
         print(run.failed[-1], file=sys.stderr, flush=True)
         if not printed:
-            print(harness.format_table(run.rows))
+            print(tables.format_table(run.rows))
     if _write(args, run, start) or run.interrupted:
         return 130  # as a shell reports a command ended by SIGINT
     return 1 if run.failed else 0
@@ -234,6 +252,11 @@ def _cases(args: argparse.Namespace, run: report.Run, start: float) -> None:
         peers = importlib.import_module(PEERS[backend]) if use_peers else None
         try:
             load = workloads.load(wname)
+            why = _no_case(module, load, dtype, args.device)
+            if why is not None:  # a combination the backend does not time: listed, not failed
+                print(f"  {run.where}: skipped, {why}", file=sys.stderr, flush=True)
+                run.skipped.setdefault(f"{backend}: skipped, {why}", []).append(f"{wname} {dtype}")
+                continue
             run.rows += harness.measure(
                 module, load, dtype, args.device, args.repeats, peers, run.failed
             )

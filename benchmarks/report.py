@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import chart, harness
+from benchmarks import chart, harness, tables
 
 #: The files of one run, after its stem.
 EXTENSIONS = (".json", ".md", ".png")
@@ -113,7 +113,7 @@ def interrupts_held() -> Iterator[list[int]]:
 
 def markdown(run: Run, took: float) -> str:
     """The ``.md``: the rows' table, the host tables, the time taken and what has no rows."""
-    text = harness.format_markdown(run.rows, run.meta)
+    text = tables.format_markdown(run.rows, run.meta)
     for name, table in run.tables.items():
         if table:
             text += f"\n{HEADINGS[name]}\n\n```\n{table}\n```\n"
@@ -122,7 +122,8 @@ def markdown(run: Run, took: float) -> str:
 
 def summary(run: Run, took: float) -> str:
     """How long the run took, and the cases and contenders without rows (and why)."""
-    text = f"\nThe whole run took {took // 60:.0f} min {took % 60:.0f} s.\n"
+    minutes, seconds = divmod(round(took), 60)  # 119.7 s is 2 min 0 s, not 1 min 60 s
+    text = f"\nThe whole run took {minutes} min {seconds} s.\n"
     missing = run.failed + [f"{why} ({', '.join(cases)})" for why, cases in run.skipped.items()]
     if missing:
         text += "\nCases and contenders without rows:\n\n" + "".join(f"- {x}\n" for x in missing)

@@ -13,6 +13,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,9 @@ import numpy as np
 
 import ema_core as ema
 from ema_core.jax import make_bank_update, make_update
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package
+from benchmarks.cli_args import int_at_least
 
 WORKLOAD = Path(__file__).resolve().parents[1] / "benchmarks" / "workloads" / "resnet50.json"
 SIGMA_RELS = (0.05, 0.10, 0.15)
@@ -57,7 +61,7 @@ def fusions(text: str) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int_at_least(1), default=15)
     repeats = parser.parse_args().repeats
     tree = params()
     n = sum(x.size for x in tree.values())

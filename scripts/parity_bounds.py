@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     if opts.settings < 1:
         parser.error(f"--settings must be at least 1, got {opts.settings}")
+    if opts.seed < 0:
+        parser.error(f"--seed must be at least 0 (numpy's seeds are non-negative), got {opts.seed}")
     known = sorted({r[1].split(":")[0] for r in ROWS})
     asked = [p.strip() for p in opts.peers.split(",") if p.strip()]
     unknown = [p for p in asked if p not in known]

@@ -53,6 +53,19 @@ def missing() -> str | None:
     return _missing("jax")
 
 
+def no_case(workload: Workload, dtype: str, device: str) -> str | None:
+    """Why this backend times nothing here (None: it does): JAX has no device of that kind (a
+    CPU-only jaxlib beside a CUDA torch)."""
+    import jax
+
+    kind = "cuda" if device == "cuda" else "cpu"
+    try:
+        jax.devices(kind)
+    except RuntimeError:
+        return f"jax has no {kind} device here (a CPU-only jaxlib?)"
+    return None
+
+
 def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[int], Any]]:
     import jax
     import jax.numpy as jnp
