@@ -128,7 +128,7 @@ def test_a_torch_bank_refuses_a_snapshot_it_cannot_write_before_updating(
 def test_a_torch_bank_refuses_a_leaf_a_snapshot_cannot_hold_before_updating(
     tmp_path: Path,
 ) -> None:
-    # refused when the bank is built (since 2026-12-09; it was refused at each due step)
+    # refused when the bank is built (since 2026-12-05; it was refused at each due step)
     named = {"w": torch.ones(2), "z": torch.ones(2, dtype=torch.complex64)}
     with pytest.raises(TypeError, match=r"snapshot_every=1: .*averages\['z'\] has dtype complex64"):
         EMABank(named, sigma_rels=(0.05,), snapshot_every=1, snapshot_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""The benchmark tools as a bug hunt (2026-12-09) found them: a planned case a backend does not
+"""The benchmark tools as a bug hunt (2026-12-05) found them: a planned case a backend does not
 time (array-api-strict in bf16, JAX with no device of the kind asked for) was listed nowhere
 and a run asking only for it exited 0; the ``.json`` held bare ``NaN`` (not JSON); ``--repeats``
 was cut short by the time budget with no record of it; a ``--tag`` too long for a file name

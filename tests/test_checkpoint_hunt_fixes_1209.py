@@ -1,4 +1,4 @@
-"""Checkpoint messages a hostile-user hunt of 2026-12-09 found misleading, each pinned: a save
+"""Checkpoint messages a hostile-user hunt of 2026-12-05 found misleading, each pinned: a save
 below a path that is a file (told to create a folder that cannot be created) and ``strict=``
 given a numpy bool (the message said "must be a bool, got bool")."""
 

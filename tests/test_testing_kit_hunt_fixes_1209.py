@@ -1,4 +1,4 @@
-"""Test-kit and accelerate promises a hostile-user hunt of 2026-12-09 found broken, each pinned:
+"""Test-kit and accelerate promises a hostile-user hunt of 2026-12-05 found broken, each pinned:
 ``assert_ema_properties`` passed EMAs wrong at every decay inside (0, 1) (applied twice, the
 decay rounded to bfloat16, never averaging, ``d`` and ``1 - d`` swapped), the kit took steps of
 another kind of dtype than ``init`` (complex after float, int after bool, uint after int),
