@@ -92,7 +92,9 @@ def ema_update(
         d = decay_array(xp, rule, leaves[0])
         r = 1.0 - d
     else:
-        d, r = rule._pair_at(t)
+        head = getattr(get_backend(xp), "pair_scalars", None)  # JAX: as a traced call computes
+        found = None if head is None else head(rule, t)
+        d, r = rule._pair_at(t) if found is None else found
         check_decay_value(d, "the decay", step=t)
     writes = resolve_writes(copy, shadows, paths, params=leaves) if entry is None else entry.writes
     backend = get_backend(xp)

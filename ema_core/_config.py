@@ -48,7 +48,8 @@ class Config:
             ``w_t = 1 - prod(d_1..d_t)``; ``"power"`` by ``1 - d_t ** t`` with the decay in force
             at step t (Paddle, TF ``zero_debias``; equal to ``"exact"`` for a constant decay:
             with an ``interval`` k the exponent counts the decays taken, ``k * (t // k)``, or
-            ``t // k`` without ``compensate``);
+            ``t // k`` without ``compensate``; a schedule that skips steps, ``every`` or
+            ``gated``, is refused with it: give the interval as ``interval=``);
             ``"none"`` returns the raw shadow (optax ``debias=False``). Either way the read
             of a half shadow is float32, as optax returns it.
         buffers: for adapters that see module buffers (torch ``nn.Module``): floating buffers
@@ -99,6 +100,13 @@ class Config:
             )
         self._choose("non_float", _NON_FLOAT)
         self._choose("correction", _CORRECTIONS)
+        if self.correction == "power" and self.schedule.skips:  # type: ignore[union-attr]
+            raise ValueError(
+                f"Config.correction='power' divides by 1 - d_t ** t with the decay at step t, "
+                f"and {self.schedule!r:.120} skips steps (decay 1 there: the read would be the "
+                "raw shadow): give the interval as Config(interval=n), whose power correction "
+                "counts the decays taken, or use correction='exact'"
+            )
         self._choose("buffers", _BUFFERS)
         for name in ("compensate", "guard_finite"):
             if not isinstance(getattr(self, name), bool):

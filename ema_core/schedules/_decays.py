@@ -35,6 +35,8 @@ class NumUpdates(Schedule):
         rate = ops.maximum(
             1.0 - self.decay, (self.denominator - self.numerator) / (self.denominator + t)
         )
+        if self.numerator < 0:  # at a count below -numerator (step 0 of numerator=-1): a copy
+            decay, rate = ops.maximum(decay, 0.0), ops.minimum(rate, 1.0)
         return decay, rate
 
 
@@ -81,7 +83,8 @@ def num_updates(decay: float, /, numerator: float = 1.0, denominator: float = 10
     """``d_t = min(decay, (numerator + t) / (denominator + t))`` (TF, AllenNLP, torch_ema).
 
     ``numerator`` is in [-1, denominator]: below -1 the first decay, ``(numerator + 1) /
-    (denominator + 1)``, is negative (the average would overshoot the params).
+    (denominator + 1)``, is negative (the average would overshoot the params). At step 0 a
+    ``numerator`` of -1 gives decay 0 (a copy), not ``-1 / denominator``.
 
     Example:
         >>> from ema_core import schedules

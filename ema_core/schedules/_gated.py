@@ -138,11 +138,18 @@ def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
 
 def _widest_int(xp: Any, t: Any) -> Any:
     """An integer count array as int64 where its namespace and device have int64 (JAX only with
-    x64; not array-api-strict's ``Device("no_x64")``)."""
+    x64; not array-api-strict's ``Device("no_x64")``); an unsigned count as the default signed
+    int there (saturated at its top), as the gate's count may go below 0 before it is clamped
+    (a uint32 JAX step without x64 met a Python int it could not hold)."""
     device = None if compat.is_jax_namespace(xp) else compat.device(t)  # a tracer has none
-    if t.dtype == xp.int64 or default_int(xp, device) != xp.int64:
+    wide = default_int(xp, device)
+    unsigned = int(xp.iinfo(t.dtype).min) == 0
+    if t.dtype == xp.int64 or (wide != xp.int64 and not unsigned):
         return t
-    return xp.astype(t, xp.int64)
+    top = int(xp.iinfo(wide).max)
+    if unsigned and int(xp.iinfo(t.dtype).max) > top:
+        t = xp.minimum(t, xp.asarray(top, dtype=t.dtype))
+    return xp.astype(t, wide)
 
 
 def _at_least(xp: Any, t: Any, top: int, start: int) -> Any:

@@ -14,7 +14,9 @@ integer, bool      ``_leaves._copy_into``: the params' value at every decay
 The decay and the rate arrive as 0-d arrays, never as static values, so a schedule that changes
 every step never recompiles; inside a trace the same function is simply inlined. ``_scalars``
 computes an eager ``ema_core.update``'s step, decay, rate and weight in one compiled call per
-config (``update_scalars``), and is the head ``make_update`` and the bank share (``scalars``).
+config (``update_scalars``), and is the head ``make_update`` and the bank share (``scalars``);
+an eager stateless ``ema_update``'s decay and rate come from one compiled call too
+(``pair_scalars``), so that it gives a traced call's bits.
 
 The user-facing JAX pieces (``make_update``, ``with_ema``, checkpoints) sit above the API in
 ``ema_core.jax``; their old names here (``ema_core.backends.jax.make_update`` ...) still work
@@ -27,9 +29,16 @@ from typing import Any
 
 from ema_core.backends.generic import guard  # nothing to guard: JAX arrays are immutable
 from ema_core.backends.jax._leaves import correct_leaves, scalar_device, update_leaves
-from ema_core.backends.jax._scalars import update_scalars
+from ema_core.backends.jax._scalars import pair_scalars, update_scalars
 
-__all__ = ["correct_leaves", "guard", "scalar_device", "update_leaves", "update_scalars"]
+__all__ = [
+    "correct_leaves",
+    "guard",
+    "pair_scalars",
+    "scalar_device",
+    "update_leaves",
+    "update_scalars",
+]
 
 #: Names that used to live here and moved above the API to ``ema_core.jax``.
 _MOVED = frozenset(

@@ -43,6 +43,7 @@ SIZE = 8
 
 Scalars = tuple[Array, Array, Array, Array]
 _HEADS: OrderedDict[Any, Callable[[Array, Array], Scalars] | None] = OrderedDict()
+_PAIRS: OrderedDict[Any, Callable[[Array], Any]] = OrderedDict()  # pair_scalars' heads
 _LOCK = threading.Lock()
 
 
@@ -78,6 +79,31 @@ def update_scalars(config: Any, step: Any, weight: Any, shadow: Array) -> Scalar
         return None
     check_step(step, "state.step")
     return head(step, weight)
+
+
+def pair_scalars(rule: Any, t: Any) -> tuple[Array, Array] | None:
+    """The decay and rate of ``rule`` (a ``Config`` or a ``Schedule``) at a concrete JAX step
+    ``t`` from one compiled call, as a traced ``ema_update`` computes them (XLA rewrites some
+    operations, such as a division by a constant, that eager ones keep); ``None`` where the
+    caller computes them itself (a traced step, a user's schedule, an unhashable rule).
+    The stateless ``ema_update``'s eager head, as ``update_scalars`` is ``update``'s."""
+    if not isinstance(t, jax.Array) or isinstance(t, jax.core.Tracer):
+        return None
+    if type(rule) is Config:
+        own = _own(rule.effective_schedule)
+    else:
+        own = isinstance(rule, Schedule) and _own(rule)
+    if not own:
+        return None
+    try:
+        with _LOCK:
+            head = _PAIRS.pop(rule, None) or jax.jit(rule._pair_at)
+            _PAIRS[rule] = head
+            while len(_PAIRS) > SIZE:
+                _PAIRS.popitem(last=False)
+    except TypeError:  # a rule holding an unhashable value
+        return None
+    return head(t)  # type: ignore[no-any-return]
 
 
 def _head(config: Any) -> Callable[[Array, Array], Scalars] | None:
