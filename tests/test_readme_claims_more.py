@@ -115,7 +115,8 @@ LAYOUT = {
     "_options _refusals _store _swap _interrupts _eager _restored _averages _state _dtensor _fsdp "
     "_dist _bank _bank_args _bank_fused _bank_snap",
     "ema_core/jax": "_compiled _chunked _call_checks _split _optax _checkpoint _packed "
-    "_packed_layout _packed_update _packed_checks _bank _bank_chunks _placement _devices "
+    "_packed_layout _packed_update _packed_checks _bank _bank_update _bank_chunks _placement "
+    "_devices "
     "_sharding",
     "ema_core/posthoc": "_math _coefficients _inputs _warning _snapshots _sources _records "
     "_listing _reconstruct _leaves __main__ _plot",

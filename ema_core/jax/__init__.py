@@ -19,8 +19,8 @@
   named by path with each key escaped (``~`` as ``~0``, ``/`` as ``~1``).
 
 Inside: ``_compiled`` and ``_chunked`` (the compiled update) and ``_optax`` are ``jax.jit`` of
-``ema_core._api.update``; ``_bank`` and ``_bank_chunks`` the bank (its arguments checked by
-``ema_core._banks``); ``_call_checks`` the host checks before a compiled call (a state donated
+``ema_core._api.update``; ``_bank``, ``_bank_update`` and ``_bank_chunks`` the bank (its
+arguments checked by ``ema_core._banks``); ``_call_checks`` the host checks before a compiled call (a state donated
 to an earlier call, a step out of range, 64-bit arrays without x64); ``_checkpoint`` the
 ``.npz`` names; ``_split`` splits a tree into its arrays and static leaves; ``_packed`` the
 packed state (``pack``, ``unpack``; its ``Layout`` and pytree in ``_packed_layout``),
