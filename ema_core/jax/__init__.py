@@ -20,15 +20,14 @@
 
 Inside: ``_compiled`` and ``_chunked`` (the compiled update) and ``_optax`` are ``jax.jit`` of
 ``ema_core._api.update``; ``_bank``, ``_bank_update`` and ``_bank_chunks`` the bank (its
-arguments checked by ``ema_core._banks``); ``_call_checks`` the host checks before a compiled call (a state donated
-to an earlier call, a step out of range, 64-bit arrays without x64); ``_checkpoint`` the
-``.npz`` names; ``_split`` splits a tree into its arrays and static leaves; ``_packed`` the
-packed state (``pack``, ``unpack``; its ``Layout`` and pytree in ``_packed_layout``),
-``_packed_update`` its update (the block kernel) and
-``_packed_checks`` what that update checks before it donates;
-``_placement`` checks where the arrays live (devices: ``_devices``; shardings: ``_sharding``)
-once per signature, before anything is donated. The leaf kernels they reach
-are in ``ema_core.backends.jax``, below the API. The old path
+arguments checked by ``ema_core._banks``); ``_call_checks`` the host checks before a compiled
+call (a state donated to an earlier call, a step out of range, 64-bit arrays without x64);
+``_checkpoint`` the ``.npz`` names; ``_split`` splits a tree into its arrays and static leaves;
+``_packed`` the packed state (``pack``, ``unpack``; its ``Layout`` and pytree in
+``_packed_layout``), ``_packed_update`` its update (the block kernel) and ``_packed_checks``
+what that update checks before it donates; ``_placement`` checks where the arrays live (devices:
+``_devices``; shardings: ``_sharding``) once per signature, before anything is donated. The leaf
+kernels they reach are in ``ema_core.backends.jax``, below the API. The old path
 ``ema_core.backends.jax.make_update`` (and the other names here) still works.
 
 Nothing here issues a collective: every leaf is updated where its shards live.
