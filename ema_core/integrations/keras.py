@@ -233,7 +233,7 @@ class EMACallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._swapper.restore()
         if stage in self.swap and self._plan is not None and self._step > 0:
             plan = plan_in(self._plan, self._owner, self._model, self.config.buffers)
-            if not self._swapper.put_in(plan, self._averages(), self._owner):
+            if not self._swapper.put_in(plan, self._averages(), self._model):
                 log.info("EMACallback: another EMACallback's averages are in the model; %s "
                          "runs on them", stage)  # fmt: skip
 
