@@ -17,6 +17,7 @@ from ema_core._checks import (
     check_weight,
 )
 from ema_core._config import Config, power_weight
+from ema_core._graph_break import eager_under_torch_compile
 from ema_core._leaf_checks import check_finite, check_leaves
 from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
 from ema_core._read_checks import check_zeros_read, foreign_weight
@@ -30,6 +31,7 @@ from ema_core.backends import check_storage, finite_values, get_backend, leaf_na
 from ema_core.schedules import Schedule
 
 
+@eager_under_torch_compile
 def ema_update(
     shadow: Tree,
     params: Tree,
@@ -118,6 +120,7 @@ def ema_update(
     return unflatten(treedef, new)
 
 
+@eager_under_torch_compile
 def init(params: Tree, /, config: Config | None = None) -> EMAState:
     """A new EMA state for ``params`` under ``config`` (never aliasing the params).
 
@@ -150,6 +153,7 @@ def init(params: Tree, /, config: Config | None = None) -> EMAState:
     return EMAState(step, unflatten(treedef, shadow), weight)
 
 
+@eager_under_torch_compile
 def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EMAState:
     """The state after one more update with ``params``: pure, usable inside ``jax.jit``.
 
@@ -200,6 +204,7 @@ def update(state: EMAState, params: Tree, /, config: Config | None = None) -> EM
     return EMAState(t, unflatten(treedef, new), weight)
 
 
+@eager_under_torch_compile
 def average(state: EMAState, /, config: Config | None = None) -> Tree:
     """The bias-corrected average ``shadow / weight`` (the shadow itself unless ``init="zeros"``).
 

@@ -75,6 +75,7 @@ class Watch:
         self.parents = [p for p, _, _ in chain.values()]
         self.names = [k for _, k, _ in chain.values()]
         self.children = [c for _, _, c in chain.values()]
+        self._plain = _plain(self.parents)  # a TorchScript module's _modules is not a dict
         slots = {  # where each tracked tensor's owner holds it, from the reads above
             id(x): (table, key)
             for reads in (self.sharded, self.fast, self.slow)
@@ -114,7 +115,13 @@ class Watch:
         return (
             all(map(operator.is_, slow, self.slow.held))
             and [(t.dtype, t.device) for t in slow] == self.forms
-            and all(map(operator.is_, map(dict.get, self.parents, self.names), self.children))
+            and all(
+                map(
+                    operator.is_,
+                    map(dict.get if self._plain else _entry, self.parents, self.names),
+                    self.children,
+                )
+            )
             and sharded
             and all(map(operator.is_, map(_DTYPE, self.sharded.held), self.sharded_dtypes))
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
@@ -135,7 +142,13 @@ class Watch:
         if self.slow.held or self.sharded.held:
             return not self.same()
         try:
-            if not all(map(operator.is_, map(dict.get, self.parents, self.names), self.children)):
+            if not all(
+                map(
+                    operator.is_,
+                    map(dict.get if self._plain else _entry, self.parents, self.names),
+                    self.children,
+                )
+            ):
                 return True  # a submodule replaced: its old owner's dicts say nothing
             return list(map(torch.Tensor.data_ptr, self.fast.now())) != self.pointers
         except (TypeError, RuntimeError):  # gone (None), or a tensor without storage now
@@ -170,9 +183,12 @@ class _Reads:
         slots = [_slot(root, t) for t in tracked] if root is not None else []
         self.tables = [table for table, _ in slots]
         self.keys = [key for _, key in slots]
+        self._plain = _plain(self.tables)
 
     def now(self) -> Iterator[Any]:
-        return map(dict.get, self.tables, self.keys) if self.tables else iter(self.held)
+        if not self.tables:
+            return iter(self.held)
+        return map(dict.get if self._plain else _entry, self.tables, self.keys)
 
 
 def _entry(table: Any, key: str) -> Any:
@@ -183,10 +199,20 @@ def _entry(table: Any, key: str) -> Any:
         return None
 
 
+def _plain(tables: list[Any]) -> bool:
+    """Whether every table is a dict, read with ``dict.get`` (the fast path, which dynamo
+    traces); else each is read with ``_entry``: a TorchScript module holds its parameters,
+    buffers and children in tables of its own."""
+    return all(type(table) is dict for table in tables)
+
+
 def _slot(root: torch.nn.Module, t: Tracked) -> tuple[dict[str, Any], str]:
-    """The dict (``_parameters`` or ``_buffers``) and key under which ``root`` holds ``t``."""
+    """The dict (``_parameters`` or ``_buffers``) and key under which ``root`` holds ``t``
+    (walked child by child: a TorchScript module has no ``get_submodule``)."""
     path, _, key = t.raw.rpartition(".")
-    owner = root.get_submodule(path) if path else root
+    owner = root
+    for name in path.split(".") if path else ():
+        owner = _entry(owner._modules, name)
     return (owner._buffers if t.is_buffer else owner._parameters), key
 
 
@@ -197,7 +223,7 @@ def _chain(root: torch.nn.Module | None, raw: str) -> list[tuple[dict[str, Any],
     for name in raw.split(".")[:-1]:
         if module is None:
             break
-        child = module._modules.get(name)
+        child = _entry(module._modules, name)
         out.append((module._modules, name, child))
         module = child
     return out
