@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 from ema_core._checks import check_choice, check_positive
@@ -13,7 +13,7 @@ from ema_core._config_words import PEER_WORDS
 from ema_core._ops import MAX_STEP, ScalarOps, ops_for
 from ema_core._step_forms import as_given
 from ema_core._types import InitPolicy, NonFloatPolicy, Step, Value
-from ema_core.schedules import CopyAt, Schedule, as_schedule, constant, every
+from ema_core.schedules import CopyAt, Every, Gated, Schedule, as_schedule, constant, every
 
 _INIT_POLICIES = ("params", "copy", "zeros")
 _NON_FLOAT = ("copy", "freeze", "error")
@@ -48,8 +48,9 @@ class Config:
             ``w_t = 1 - prod(d_1..d_t)``; ``"power"`` by ``1 - d_t ** t`` with the decay in force
             at step t (Paddle, TF ``zero_debias``; equal to ``"exact"`` for a constant decay:
             with an ``interval`` k the exponent counts the decays taken, ``k * (t // k)``, or
-            ``t // k`` without ``compensate``; a schedule that skips steps, ``every`` or
-            ``gated``, is refused with it: give the interval as ``interval=``);
+            ``t // k`` without ``compensate``; a schedule that skips steps, ``every`` of
+            n > 1 or ``gated`` with ``every > 1`` or ``start > 1``, is refused with it: give the
+            interval as ``interval=``);
             ``"none"`` returns the raw shadow (optax ``debias=False``). Either way the read
             of a half shadow is float32, as optax returns it.
         buffers: for adapters that see module buffers (torch ``nn.Module``): floating buffers
@@ -100,7 +101,7 @@ class Config:
             )
         self._choose("non_float", _NON_FLOAT)
         self._choose("correction", _CORRECTIONS)
-        if self.correction == "power" and self.schedule.skips:  # type: ignore[union-attr]
+        if self.correction == "power" and _leaves_gaps(self.schedule):
             raise ValueError(
                 f"Config.correction='power' divides by 1 - d_t ** t with the decay at step t, "
                 f"and {self.schedule!r:.120} skips steps (decay 1 there: the read would be the "
@@ -164,6 +165,17 @@ _FIRST, *_FIELDS = _INIT.parameters.values()
 vars(Config)["__new__"].__func__.__signature__ = _INIT.replace(
     parameters=[_FIRST.replace(name="cls"), *_FIELDS], return_annotation="Config"
 )
+
+
+def _leaves_gaps(schedule: Any) -> bool:
+    """Whether ``schedule`` has steps of decay 1 after its first update (an interval, a gate's
+    ``every``, or steps before a gate's ``start``), here or in a schedule it wraps."""
+    if isinstance(schedule, Every) and schedule.n > 1:
+        return True
+    if isinstance(schedule, Gated) and (schedule.every > 1 or schedule.start > 1):
+        return True
+    inner = (getattr(schedule, f.name) for f in fields(schedule)) if is_dataclass(schedule) else ()
+    return any(_leaves_gaps(value) for value in inner if isinstance(value, Schedule))
 
 
 def power_weight(schedule: Schedule, t: Any, interval: int = 1, compensate: bool = True) -> Any:

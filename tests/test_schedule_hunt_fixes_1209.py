@@ -19,10 +19,28 @@ jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
 
-@pytest.mark.parametrize("schedule", [S.every(0.9, 2), S.gated(0.9, every=2), S.gated(0.9)])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        S.every(0.9, 2),
+        S.gated(0.9, every=2),
+        S.gated(0.9, start=5),
+        S.in_float32(S.every(0.9, 3)),
+        S.gated(S.every(0.9, 2), offset=1),
+    ],
+)
 def test_power_correction_refuses_a_schedule_that_skips(schedule: S.Schedule) -> None:
     with pytest.raises(ValueError, match=r"Config.correction='power' .* skips steps.*interval=n"):
         ema.Config(schedule, init="zeros", correction="power")
+
+
+@pytest.mark.parametrize(
+    "schedule", [S.gated(S.num_updates(0.999), offset=1), S.gated(0.9, floor=0.5), S.every(0.9, 1)]
+)
+def test_power_correction_takes_a_gate_that_skips_nothing(schedule: S.Schedule) -> None:
+    config = ema.Config(schedule, init="zeros", correction="power")
+    state = ema.update(ema.init({"w": np.zeros(2)}, config), {"w": np.ones(2)}, config)
+    assert np.isfinite(ema.average(state, config)["w"]).all()
 
 
 def test_power_correction_with_config_interval_reads_the_params() -> None:
@@ -44,6 +62,24 @@ def test_unsigned_jax_steps_through_gates_give_the_int_steps_decay(dtype: str) -
             got = float(schedule(jnp.asarray(t, getattr(jnp, dtype))))
             want = float(np.float32(schedule(t)))
             assert got == want, (schedule, dtype, t, got, want)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "steps"),
+    [("uint8", (253, 254, 255)), ("uint32", (2**31 - 2, 2**31, 2**31 + 2, 2**32 - 2))],
+)
+def test_unsigned_steps_at_the_top_of_their_dtype_gate_as_the_int_step(
+    dtype: str, steps: tuple[int, ...]
+) -> None:
+    schedules = [
+        S.gated(0.9, every=3, phase=1, offset=-1, divisor=2),
+        S.gated(0.9, every=2, offset=3, divisor=3, start=5),
+        S.gated(0.8, offset=-300, copy_through=2),
+    ]
+    for schedule in schedules:
+        for t in steps:
+            got = float(schedule(jnp.asarray(t, getattr(jnp, dtype))))
+            assert got == float(np.float32(schedule(t))), (schedule, dtype, t)
 
 
 def test_a_uint32_step_updates_under_a_gated_preset() -> None:

@@ -61,6 +61,13 @@ def test_properties_pass_the_right_forms() -> None:
         )
 
 
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_properties_take_complex_leaves(dtype: str) -> None:
+    testing.assert_ema_properties(_right, np, dtype=dtype, max_examples=30)  # no ComplexWarning
+    with pytest.raises(AssertionError, match=r"one update at decay="):
+        testing.assert_ema_properties(_twice, np, dtype=dtype, max_examples=30)
+
+
 def test_textbook_form_fails_at_decay_0_as_the_readme_says() -> None:
     with pytest.raises(AssertionError, match=r"decay=0.0 must copy the params, exactly"):
         testing.assert_ema_properties(lambda s, p, d: s + (1 - d) * (p - s), np, max_examples=40)

@@ -139,36 +139,45 @@ def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
 def _widest_int(xp: Any, t: Any) -> Any:
     """An integer count array as int64 where its namespace and device have int64 (JAX only with
     x64; not array-api-strict's ``Device("no_x64")``); an unsigned count as the default signed
-    int there (saturated at its top), as the gate's count may go below 0 before it is clamped
-    (a uint32 JAX step without x64 met a Python int it could not hold)."""
+    int where that holds it (uint8 and uint16 always), else kept unsigned (uint32 without
+    int64), which the helpers below handle with constants of the count's own dtype."""
     device = None if compat.is_jax_namespace(xp) else compat.device(t)  # a tracer has none
     wide = default_int(xp, device)
-    unsigned = int(xp.iinfo(t.dtype).min) == 0
-    if t.dtype == xp.int64 or (wide != xp.int64 and not unsigned):
+    if t.dtype in (xp.int64, wide):
         return t
     top = int(xp.iinfo(wide).max)
-    if unsigned and int(xp.iinfo(t.dtype).max) > top:
-        t = xp.minimum(t, xp.asarray(top, dtype=t.dtype))
-    return xp.astype(t, wide)
+    if int(xp.iinfo(t.dtype).min) == 0:  # unsigned
+        if int(xp.iinfo(t.dtype).max) <= top:
+            return xp.astype(t, wide)
+        if wide != xp.int64:
+            return t  # uint32 without int64: counted in its own dtype
+        return xp.astype(xp.minimum(t, xp.asarray(top, dtype=t.dtype)), wide)  # past MAX_STEP
+    return xp.astype(t, xp.int64) if wide == xp.int64 else t
+
+
+def _c(xp: Any, value: int, t: Any) -> Any:
+    """``value`` (within the count's range) as a 0-d array of the count's dtype: a Python int
+    past int32 beside a uint32 JAX count without x64 is refused by JAX's weak typing."""
+    return xp.asarray(value, dtype=t.dtype)
 
 
 def _at_least(xp: Any, t: Any, top: int, start: int) -> Any:
     """``t >= start`` for a count ``0 <= t <= top``."""
-    return t >= start if start <= top else xp.zeros_like(t, dtype=xp.bool)
+    return t >= _c(xp, start, t) if start <= top else xp.zeros_like(t, dtype=xp.bool)
 
 
 def _at_most(xp: Any, t: Any, top: int, bound: int) -> Any:
     """``t <= bound`` for a count ``0 <= t <= top`` (``bound`` may be past either end of the
     count's dtype: a negative ``copy_through`` copies at no step)."""
-    return t <= min(bound, top) if bound >= 0 else xp.zeros_like(t, dtype=xp.bool)
+    return t <= _c(xp, min(bound, top), t) if bound >= 0 else xp.zeros_like(t, dtype=xp.bool)
 
 
 def _residue(xp: Any, t: Any, top: int, phase: int, every: int) -> Any:
     """``(t - phase) % every == 0``, i.e. ``t % every == phase % every``."""
     want = phase % every
     if every <= top:
-        return t % every == want
-    return t == want if want <= top else xp.zeros_like(t, dtype=xp.bool)
+        return t % _c(xp, every, t) == _c(xp, want, t)
+    return t == _c(xp, want, t) if want <= top else xp.zeros_like(t, dtype=xp.bool)
 
 
 def _count(xp: Any, t: Any, top: int, offset: int, divisor: int) -> Any:
@@ -177,17 +186,18 @@ def _count(xp: Any, t: Any, top: int, offset: int, divisor: int) -> Any:
     the carry being 1 where ``t % divisor + orem >= divisor``."""
     oq, orem = divmod(offset, divisor)
     if divisor <= top:
-        q, r = t // divisor, t % divisor
+        q, r = t // _c(xp, divisor, t), t % _c(xp, divisor, t)
     else:  # every count is below the divisor
         q, r = xp.zeros_like(t), t
-    carry = r >= divisor - orem if divisor - orem <= top else xp.zeros_like(t, dtype=xp.bool)
+    rest = divisor - orem
+    carry = r >= _c(xp, rest, t) if rest <= top else xp.zeros_like(t, dtype=xp.bool)
     s = q + xp.astype(carry, t.dtype)  # <= top: q <= top // 2 where a carry is possible
     if oq >= 0:
         if oq > top:
             return xp.full_like(t, top)
-        u = xp.where(s > top - oq, top, s + oq)
+        u = xp.where(s > _c(xp, top - oq, t), _c(xp, top, t), s + _c(xp, oq, t))
     elif 1 - oq > top:
         return xp.ones_like(t)
-    else:
-        u = s + oq  # >= oq >= -top
+    else:  # s - (-oq) only where it is >= 1: an unsigned count must not wrap below 0
+        u = xp.where(s >= _c(xp, 1 - oq, t), s - _c(xp, -oq, t), xp.ones_like(s))
     return xp.where(u < 1, xp.ones_like(u), u)

@@ -151,25 +151,32 @@ class _Runner:
 
     def blend(self, shadow: Any, params: Any, decay: float, *, copies: bool) -> None:
         """One update at a decay inside (0, 1): ``s + (1 - d)(p - s)`` up to the rounding
-        allowed (an integer or bool leaf: the params, exactly)."""
-        s, p = to_numpy(shadow).astype(np.float64), to_numpy(params).astype(np.float64)
+        allowed, measured as ``|got - want|`` (complex leaves too); an integer or bool leaf:
+        the params, exactly."""
+        s_host, p_host = to_numpy(shadow), to_numpy(params)
         got = self.call(shadow, params, decay)[1]
         if copies:
-            if not np.array_equal(got, p):
+            if not np.array_equal(got, p_host):
                 raise AssertionError(
                     f"decay={decay} must copy the params ({self.dtype[0]} leaves are copied at "
-                    f"every decay), exactly: got {got}, expected {p.astype(got.dtype)}"
+                    f"every decay), exactly: got {got}, expected {p_host}"
                 )
             return
+        wide = np.complex128 if np.iscomplexobj(s_host) else np.float64
+        s, p = s_host.astype(wide), p_host.astype(wide)
         want = s + (1.0 - decay) * (p - s)
         slack = self.ulps * (np.maximum(np.abs(s), np.abs(p)) + _TINY.get(self.dtype[0], 0.0))
-        _within(
-            got.astype(np.float64),
-            want - slack,
-            want + slack,
-            f"one update at decay={decay} must give s + (1 - decay) * (p - s) (the shadow "
-            f"{s.reshape(-1)[:3]}, the params {p.reshape(-1)[:3]}, first 3 values)",
-        )
+        off = np.abs(got.astype(wide) - want)
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~(off <= slack))
+        if bad.size:
+            k = int(bad[0])
+            raise AssertionError(
+                f"one update at decay={decay} must give s + (1 - decay) * (p - s): element {k} "
+                f"is {got.reshape(-1)[k]!r}, expected {want.reshape(-1)[k]!r} within "
+                f"{slack.reshape(-1)[k]!r} (the shadow held {s.reshape(-1)[k]!r}, the params "
+                f"{p.reshape(-1)[k]!r})"
+            )
 
     def constant(self, xp: Namespace, shadow: Any, decay: float) -> None:
         want = to_numpy(shadow)

@@ -35,7 +35,7 @@ from ema_core._config import Config
 from ema_core._ops import check_step, next_step
 from ema_core._types import Array
 from ema_core.backends.jax._leaves import check_beside, leaf_decay
-from ema_core.schedules import Schedule
+from ema_core.schedules import Constant, Momentum, Schedule
 from ema_core.schedules._base import FromCallable
 
 #: Configs whose compiled scalars are kept (several EMAs of one model use a few in turn).
@@ -85,10 +85,14 @@ def pair_scalars(rule: Any, t: Any) -> tuple[Array, Array] | None:
     """The decay and rate of ``rule`` (a ``Config`` or a ``Schedule``) at a concrete JAX step
     ``t`` from one compiled call, as a traced ``ema_update`` computes them (XLA rewrites some
     operations, such as a division by a constant, that eager ones keep); ``None`` where the
-    caller computes them itself (a traced step, a user's schedule, an unhashable rule).
+    caller computes them itself (a traced step, a user's schedule, an unhashable rule, a
+    constant decay: ``decay=`` with a new float per call would compile at every call).
     The stateless ``ema_update``'s eager head, as ``update_scalars`` is ``update``'s."""
     if not isinstance(t, jax.Array) or isinstance(t, jax.core.Tracer):
         return None
+    schedule = rule.schedule if type(rule) is Config else rule
+    if isinstance(schedule, (Constant, Momentum)):
+        return None  # its decay is a value, alike eager and traced: no compile per new decay
     if type(rule) is Config:
         own = _own(rule.effective_schedule)
     else:
