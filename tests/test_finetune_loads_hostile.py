@@ -508,7 +508,7 @@ def test_checkpoint_load_of_a_strict_that_is_not_a_bool_is_a_type_error(tmp_path
     ema = EMA(_backbone(seed=2), decay=0.9)
     before = _shadows(ema)
     for read in (check, load):
-        with pytest.raises(TypeError, match=r"strict must be a bool, got NoneType"):
+        with pytest.raises(TypeError, match=r"strict must be a bool \(True or False\), got None"):
             read(path, ema, strict=None)  # type: ignore[arg-type]
     _assert_untouched(ema, before)
 
