@@ -156,9 +156,14 @@ def _widest_int(xp: Any, t: Any) -> Any:
 
 
 def _c(xp: Any, value: int, t: Any) -> Any:
-    """``value`` (within the count's range) as a 0-d array of the count's dtype: a Python int
-    past int32 beside a uint32 JAX count without x64 is refused by JAX's weak typing."""
-    return xp.asarray(value, dtype=t.dtype)
+    """``value`` (within the count's range) as the count's dtype where a Python int would not
+    do: beside a uint32 JAX count without x64, JAX's weak typing refuses an int past int32, so
+    it becomes a 0-d array of that dtype; else the int itself (no dispatch in eager JAX)."""
+    return xp.asarray(value, dtype=t.dtype) if _unsigned(xp, t) else value
+
+
+def _unsigned(xp: Any, t: Any) -> bool:
+    return int(xp.iinfo(t.dtype).min) == 0
 
 
 def _at_least(xp: Any, t: Any, top: int, start: int) -> Any:
@@ -198,6 +203,8 @@ def _count(xp: Any, t: Any, top: int, offset: int, divisor: int) -> Any:
         u = xp.where(s > _c(xp, top - oq, t), _c(xp, top, t), s + _c(xp, oq, t))
     elif 1 - oq > top:
         return xp.ones_like(t)
-    else:  # s - (-oq) only where it is >= 1: an unsigned count must not wrap below 0
+    elif _unsigned(xp, t):  # s - (-oq) only where it is >= 1: it must not wrap below 0
         u = xp.where(s >= _c(xp, 1 - oq, t), s - _c(xp, -oq, t), xp.ones_like(s))
+    else:
+        u = s + oq  # >= oq >= -top
     return xp.where(u < 1, xp.ones_like(u), u)
