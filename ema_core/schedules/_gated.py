@@ -146,7 +146,7 @@ def _widest_int(xp: Any, t: Any) -> Any:
     if t.dtype in (xp.int64, wide):
         return t
     top = int(xp.iinfo(wide).max)
-    if int(xp.iinfo(t.dtype).min) == 0:  # unsigned
+    if _unsigned(xp, t):
         if int(xp.iinfo(t.dtype).max) <= top:
             return xp.astype(t, wide)
         if wide != xp.int64:
