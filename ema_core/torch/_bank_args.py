@@ -132,21 +132,15 @@ def unaliased(parts: list[Any], emas: Sequence[EMA]) -> list[Any]:
     a bank's own ``state_dict()`` holds its live shadows, and loading member 0 would otherwise
     overwrite what a reordered part 1 still has to load."""
     live = {_address(s) for ema in emas for s in ema._bound.shadows} - {None}
-    return [_copied(part) if _holds(part, live) else part for part in parts]
+    return [_unaliased(part, live) for part in parts]
 
 
-def _shadow_dict(part: Any) -> Mapping[str, Any] | None:
+def _unaliased(part: Any, live: set[int | None]) -> Any:
     shadows = part.get("shadow") if isinstance(part, Mapping) else None
-    return shadows if isinstance(shadows, Mapping) else None
-
-
-def _holds(part: Any, live: set[int | None]) -> bool:
-    shadows = _shadow_dict(part) or {}
-    return any(isinstance(v, torch.Tensor) and _address(v) in live for v in shadows.values())
-
-
-def _copied(part: Mapping[str, Any]) -> dict[str, Any]:
-    shadows = _shadow_dict(part) or {}
+    if not isinstance(shadows, Mapping) or not any(
+        isinstance(v, torch.Tensor) and _address(v) in live for v in shadows.values()
+    ):
+        return part
     copied = {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in shadows.items()}
     return {**part, "shadow": copied}
 

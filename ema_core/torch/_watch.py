@@ -115,17 +115,16 @@ class Watch:
         return (
             all(map(operator.is_, slow, self.slow.held))
             and [(t.dtype, t.device) for t in slow] == self.forms
-            and all(
-                map(
-                    operator.is_,
-                    map(dict.get if self._plain else _entry, self.parents, self.names),
-                    self.children,
-                )
-            )
+            and self._children_held()
             and sharded
             and all(map(operator.is_, map(_DTYPE, self.sharded.held), self.sharded_dtypes))
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
         )
+
+    def _children_held(self) -> bool:
+        """Whether each module on the tracked tensors' paths still holds the child it held."""
+        found = map(dict.get if self._plain else _entry, self.parents, self.names)
+        return all(map(operator.is_, found, self.children))
 
     def forget(self) -> None:
         """Make the next ``same()`` and ``moved()`` see a change (no tensor has address -1):
@@ -142,13 +141,7 @@ class Watch:
         if self.slow.held or self.sharded.held:
             return not self.same()
         try:
-            if not all(
-                map(
-                    operator.is_,
-                    map(dict.get if self._plain else _entry, self.parents, self.names),
-                    self.children,
-                )
-            ):
+            if not self._children_held():
                 return True  # a submodule replaced: its old owner's dicts say nothing
             return list(map(torch.Tensor.data_ptr, self.fast.now())) != self.pointers
         except (TypeError, RuntimeError):  # gone (None), or a tensor without storage now
