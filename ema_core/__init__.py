@@ -24,8 +24,8 @@ How the pieces fit, bottom to top (each layer imports only the ones below it; RE
   ``_snapshot_args`` and ``_bank_snapshots`` (what every EMA bank checks, its snapshot settings
   checked, and its snapshots of a step); ``_atomic`` (crash-safe file writes).
 * Beside the core, needing numpy (imported only by ``checkpoint`` and ``posthoc``):
-  ``_safetensors`` (the safetensors format, one tensor at a time) and ``_bf16`` (bfloat16 as its
-  bits).
+  ``_safetensors`` (the safetensors format, one tensor at a time; its header's dtype codes and
+  parse in ``_safetensors_header``) and ``_bf16`` (bfloat16 as its bits).
 * ``backends``: the leaf kernels, one module per framework, found by namespace.
 * ``_api``: ``ema_update``, ``init``, ``update``, ``average`` (validate, find the namespace once,
   call a backend); ``_graph_break`` runs them eagerly inside a ``torch.compile``d function.
