@@ -9,6 +9,7 @@ from typing import Any
 import array_api_compat as compat
 
 from ema_core import _core, _stateless
+from ema_core._api_read import read_average
 from ema_core._arguments import checked_config, decay_array, resolve_rule, shadow_dtype
 from ema_core._checks import (
     check_decay_namespace,
@@ -16,11 +17,11 @@ from ema_core._checks import (
     check_state,
     check_weight,
 )
-from ema_core._config import Config, power_weight
+from ema_core._config import Config
 from ema_core._graph_break import eager_under_torch_compile
 from ema_core._leaf_checks import check_finite, check_leaves
-from ema_core._ops import concrete_step, default_int, is_host_array, next_step, wide_float
-from ema_core._read_checks import check_zeros_read, foreign_weight
+from ema_core._ops import default_int, next_step, wide_float
+from ema_core._read_checks import check_zeros_read
 from ema_core._settings import settings
 from ema_core._step_forms import step_in
 from ema_core._tree import flatten, unflatten
@@ -228,38 +229,6 @@ def average(state: EMAState, /, config: Config | None = None) -> Tree:
     check_state(state)
     check_zeros_read(state, config)
     return read_average(state, config)
-
-
-def read_average(state: EMAState, config: Config) -> Tree:
-    """``average`` once ``config``, ``state`` and a zeros read are checked (``ema_average``
-    makes the last with its own wording; reading the weight twice would cost a second wait)."""
-    check_weight(state.weight)
-    if config.init != "zeros":
-        return state.shadow
-    leaves, paths, treedef = flatten(state.shadow, "state.shadow")
-    xp, kinds = check_leaves(leaves, leaves, paths, ("state.shadow", "state.shadow"))
-    weight = 1.0 if config.correction == "none" else state.weight
-    if config.correction == "power":
-        weight = power_weight(
-            config.schedule,  # type: ignore[arg-type]
-            concrete_step(state.step, "state.step"),
-            config.interval,
-            config.compensate,
-        )
-    weight = float(weight) if isinstance(weight, int) or is_host_array(weight) else weight
-    if compat.is_array_api_obj(weight) and compat.array_namespace(weight) is not xp:
-        weight = foreign_weight(weight, xp)
-    backend = get_backend(xp)
-    check_storage(backend, leaves, paths, "state.shadow")
-    fused = getattr(backend, "correct_leaves", None)  # all leaves in one call (JAX)
-    if fused is not None:
-        return unflatten(treedef, fused(leaves, kinds, weight))
-    with backend.guard():
-        out = [
-            _core.correct(xp, s, weight) if k == "float" else s
-            for s, k in zip(leaves, kinds, strict=True)
-        ]
-    return unflatten(treedef, out)
 
 
 __all__ = ["average", "ema_update", "init", "update"]

@@ -104,7 +104,7 @@ LAYOUT = {
     "ema_core": "__init__ _types _settings _ops _step_forms _paths _tree _tree_pair _pytree "
     "_mappings _checks _leaf_checks _leaf_checks_x64 _leaf_dtypes _writes _memory_overlap _core "
     "_config _config_words _config_text _arguments _read_checks _stateless _banks _snapshot_args "
-    "_bank_snapshots _atomic _safetensors _safetensors_header _bf16 _api _graph_break",
+    "_bank_snapshots _atomic _safetensors _safetensors_header _bf16 _api _api_read _graph_break",
     "ema_core/backends": "__init__ generic numpy _numpy_memory cupy _cupy_kernels",
     "ema_core/backends/host": "_threads _numba _numba_loops _numba_tables _blocks _bank "
     "_bank_loops",

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from ema_core import _api
+from ema_core import _api, _api_read
 from ema_core._arguments import checked_config
 from ema_core._checks import check_state
 from ema_core._config import Config
@@ -165,4 +165,4 @@ def ema_average(opt_state: Any, /, config: Config | None = None) -> Tree:
     check_zeros_read(
         found[0].ema, config, "the EMA in opt_state", _PASS_THE_CONFIG, "opt_state's EMA weight"
     )
-    return _api.read_average(found[0].ema, config)
+    return _api_read.read_average(found[0].ema, config)
