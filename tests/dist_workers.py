@@ -66,6 +66,11 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double() - b.detach().double()).abs().max()) if a.numel() else 0.0
 
 
+def mine(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t``: its local shard of a DTensor, a plain tensor as it is."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
@@ -238,6 +243,36 @@ class Run:
         with average.swap():
             assert torch.equal(full(model[0].weight), full(weight))
 
+    # ---- 4 ranks: a NaN in one replica's shard under HSDP refuses the update on all ranks ----
+    def hsdp_guard(self) -> None:
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+        model = shard(net(), mesh=mesh)
+        guarded = ema.Config(schedule=ema.schedules.constant(0.5), guard_finite=True)
+        average = EMA(model, config=guarded)
+        shadow = {k: v.detach().clone() for k, v in model.named_parameters()}
+        before = {k: mine(v).clone() for k, v in average.average.items()}
+        with torch.no_grad():
+            if self.rank == 0:  # replica group 0 only: ranks 2 and 3 hold a clean copy
+                model[0].weight.to_local()[0, 0] = float("nan")
+        try:
+            average.update()
+        except ValueError as error:
+            assert "'0.weight'" in str(error), error
+        else:
+            raise AssertionError(f"rank {self.rank} applied the update")
+        assert average.step == 0
+        for name, value in average.average.items():
+            assert torch.equal(mine(value), before[name]), name
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        try:  # the functional call over the same DTensors answers alike
+            ema.ema_update(shadow, params, 1, config=guarded)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"rank {self.rank}: ema_update applied the update")
+        for name, value in shadow.items():
+            assert torch.equal(mine(value), before[name]), name
+
 
 SCENARIOS = {
     "two": (
@@ -248,7 +283,7 @@ SCENARIOS = {
         "checkpoints",
         "ddp",
     ),
-    "four": ("dcp_load", "hsdp"),
+    "four": ("dcp_load", "hsdp", "hsdp_guard"),
 }
 
 

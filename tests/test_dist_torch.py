@@ -87,6 +87,12 @@ def test_hsdp_2x2_with_bf16_mixed_precision(four):
     assert_every_rank(four, "hsdp")
 
 
+def test_hsdp_guard_finite_refuses_a_nan_in_one_replica_on_every_rank(four):
+    # before 2026-12-05 the count was summed over the shard dimension only: ranks 0 and 1
+    # refused, ranks 2 and 3 (the other replica group) applied the update
+    assert_every_rank(four, "hsdp_guard")
+
+
 def test_keep_on_is_validated_before_anything_is_built():
     model = torch.nn.Linear(2, 1)
     with pytest.raises(ValueError, match=r"keep_on must be 'all' or 'rank0', got 'rank1'"):

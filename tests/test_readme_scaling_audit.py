@@ -233,17 +233,16 @@ def test_guard_finite_gathers_one_scalar_per_sharded_param_and_nothing_without(
     mesh: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ "``Config(guard_finite=True)`` under FSDP2 costs one small all-reduce per sharded param
-    ... Without it, an update has no collective." On one rank DTensor skips its collectives
-    (``CommDebugMode`` counts none), so the gathers are counted where they are asked for:
-    ``DTensor.full_tensor()`` calls during ``update()``, and the size of what each gathers."""
-    from torch.distributed.tensor import DTensor
-
+    (per mesh dimension ...) ... Without it, an update has no collective." On one rank DTensor
+    skips its collectives (``CommDebugMode`` counts none), so the all-reduces are counted where
+    they are asked for: ``torch.distributed.all_reduce`` calls during ``update()``, and the size
+    of what each sums (the mesh has one dimension)."""
     gathered: list[tuple[int, ...]] = []
-    original = DTensor.full_tensor
+    original = dist.all_reduce
 
-    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        gathered.append(tuple(self.shape))
-        return original(self, *args, **kwargs)
+    def spy(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        gathered.append(tuple(tensor.shape))
+        return original(tensor, *args, **kwargs)
 
     model = _sharded(mesh)
     sharded_params = len(list(model.parameters()))
@@ -254,7 +253,7 @@ def test_guard_finite_gathers_one_scalar_per_sharded_param_and_nothing_without(
         _bump(model, 1.0)
         gathered.clear()
         with monkeypatch.context() as patch:
-            patch.setattr(DTensor, "full_tensor", spy)
+            patch.setattr(dist, "all_reduce", spy)
             averaged.update()
         counts[guard] = list(gathered)
         assert averaged.step == 1

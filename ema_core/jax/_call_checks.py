@@ -226,6 +226,13 @@ def check_finite_params(params: Tree) -> None:
             "(make_update called inside jax.jit or another transformation): call it outside, "
             "or wrap the optimizer in optax.apply_if_finite to skip non-finite steps"
         )
+    for x, path in floats:  # read by the reduction below: a deleted one sharded on several
+        if isinstance(x, jax.Array) and x.is_deleted():  # devices ends the process (SIGSEGV)
+            raise ValueError(
+                f"{path_str('params', path)} was deleted (donated to an earlier call that "
+                "donates it, or deleted by hand): pass the arrays that call returned; nothing "
+                "was donated"
+            )
     finite = jax.device_get(_all_finite([x for x, _ in floats]))
     for ok, (_, path) in zip(finite, floats, strict=True):
         if not ok:

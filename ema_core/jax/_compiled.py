@@ -156,14 +156,16 @@ def dispatch(
     check_placements(
         chunked, arrays, params_arrays, state_split, params_split, commitment=not one_call
     )
+    # before any call: a deleted array given to a warm compiled call over arrays sharded on
+    # several devices ends the process (SIGSEGV in XLA, jax 0.10) instead of raising; and the
+    # chunked path's head donates the step
+    check_live(arrays, params_arrays, state_split, params_split)
     if one_call:
         try:
             return jitted(arrays, params_arrays, state_split, params_split)
         except Exception:  # JAX refused before donating: name the leaf
-            check_live(arrays, params_arrays, state_split, params_split)
             check_devices(arrays, params_arrays, state_split, params_split)
             raise
-    check_live(arrays, params_arrays, state_split, params_split)  # the head donates the step
     key = (state_split, params_split, avals(arrays), avals(params_arrays))
     merge = lambda a, p: (state_split.merge(a), params_split.merge(p))  # noqa: E731
     kinds = chunked.kinds(key, merge, arrays, params_arrays)

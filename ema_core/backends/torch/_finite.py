@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -36,15 +37,24 @@ def finite_stand_ins(live: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     found = [_stand_in(t) if is_dtensor(t) else t for t in live]
     if mesh is None or not plain:
         return found
-    from torch.distributed.tensor import DTensor, Partial
-
     with torch.no_grad():
         counts = [torch.isfinite(live[i]).logical_not().sum().to(mesh.device_type) for i in plain]
-        summed = DTensor.from_local(torch.stack(counts), mesh, [Partial()] * mesh.ndim)
+        summed = _summed(torch.stack(counts), mesh)
     nan, zero = torch.tensor(float("nan")), torch.tensor(0.0)
-    for i, bad in zip(plain, summed.full_tensor().cpu().tolist(), strict=True):
+    for i, bad in zip(plain, summed.cpu().tolist(), strict=True):
         found[i] = nan if bad > 0 else zero
     return found
+
+
+def _summed(counts: torch.Tensor, mesh: Any) -> torch.Tensor:
+    """``counts`` summed over every rank of ``mesh``, in place: one all-reduce per mesh
+    dimension (integer counts: the order of the sums does not matter), as a DTensor would
+    reduce them, without its warning for a mesh of two or more dimensions."""
+    import torch.distributed as dist
+
+    for dim in range(mesh.ndim):
+        dist.all_reduce(counts, group=mesh.get_group(dim))
+    return counts
 
 
 def _floating(tensor: torch.Tensor) -> bool:
@@ -54,7 +64,11 @@ def _floating(tensor: torch.Tensor) -> bool:
 def _stand_in(tensor: torch.Tensor) -> torch.Tensor:
     if not _floating(tensor):
         return tensor  # copied, never checked
+    # the local count summed over every mesh dimension: ``sum()`` of the DTensor itself is
+    # Partial over its Shard dimensions only, so the replica groups of HSDP (a Replicate
+    # dimension) and a tensor-parallel Replicate bias would each count their own copy alone
     with torch.no_grad():
-        bad = torch.isfinite(tensor).logical_not().sum().full_tensor()  # type: ignore[attr-defined]
+        local = torch.isfinite(tensor.to_local()).logical_not().sum()  # type: ignore[attr-defined]
+        bad = _summed(local, tensor.device_mesh)  # type: ignore[attr-defined]
     nan, zero = (torch.tensor(v, device=bad.device) for v in (float("nan"), 0.0))
     return torch.where(bad > 0, nan, zero)
