@@ -143,7 +143,8 @@ class EMABank:
 
         Raises:
             TypeError / ValueError: as ``EMA.update``, for any EMA of the bank, or a snapshot
-                due after it that its writer would refuse; PermissionError / OSError: its
+                due after it that its writer would refuse, or (with snapshots) a ``step``
+                that leaves out an update its interval makes due; PermissionError / OSError: its
                 folder is not writable, or a link in its way; RuntimeError while an EMA is
                 inside ``swap()``. Nothing is written then.
             SnapshotWriteError: the update is applied, but writing its snapshots failed.
@@ -168,6 +169,8 @@ class EMABank:
             for ema, done in zip(self.emas, finished, strict=True)
         ]
         steps = [t for t, _, _ in work]
+        if given is not None:
+            _bank_snap.check_no_gap(self.emas, self.snapshot_every, self.snapshot_dir, steps)
         due = _bank_snap.check_due(  # before any shadow changes
             self.emas, self.sigma_rels, self.snapshot_every, self.snapshot_dir, steps
         )

@@ -23,6 +23,7 @@ __all__ = [
     "aliases",
     "check_at_build",
     "check_due",
+    "check_no_gap",
     "check_whole",
     "is_ema",
     "policies",
@@ -106,6 +107,28 @@ def check_due(
             aliases=[snapshot_aliases(ema) for ema, _, _ in due],
         )
     return [(ema, s) for ema, s, _ in due]
+
+
+def check_no_gap(emas: Sequence[EMA], every: int | None, folder: Any, steps: Sequence[Any]) -> None:
+    """Refuse, in a bank that writes snapshots, a given step that leaves out an update its
+    interval makes due (``update(8)`` after ``update(4)`` at interval 1): the EMA would take one
+    decay where it takes several, an average of another width than its sigma_rel's, and its
+    snapshots would carry the wrong label. Nothing is written (a device step is read: a sync).
+
+    Raises:
+        ValueError: naming the step, the one left out and the two ways out.
+    """
+    if every is None or folder is None:
+        return
+    for k, (ema, t) in enumerate(zip(emas, steps, strict=True)):
+        before, now, n = int(ema._step), int(t), ema.config.interval
+        if (now - 1) // n > before // n:  # a multiple of n in (before, now): a due update
+            raise ValueError(
+                f"step={now} leaves out step {(before // n + 1) * n} of bank[{k}] (at step "
+                f"{before}, interval {n}): a bank that writes snapshots takes every due update, "
+                "else its averages are not the power functions their sigma_rels name; call "
+                "update at every step, or without a step (each EMA counts its own)"
+            )
 
 
 def write(
