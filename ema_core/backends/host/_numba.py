@@ -18,7 +18,9 @@ Kernels compile on first use per dtype pair and are cached on disk by numba.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -56,7 +58,23 @@ def usable() -> bool:
 
 @functools.cache
 def _installed() -> bool:
-    return importlib.util.find_spec("numba") is not None
+    """Whether numba imports (once): installed but broken (a numba built for another numpy,
+    the usual version skew) is a warning and the numpy blocks, not an ``ImportError`` from the
+    middle of an update that has written some leaves already."""
+    if importlib.util.find_spec("numba") is None:
+        return False
+    try:
+        importlib.import_module("numba")
+    except Exception as error:
+        warnings.warn(
+            f"numba is installed but does not import ({type(error).__name__}: {error}); "
+            "ema-core's host engine runs its numpy blocks instead (same results, slower). "
+            "Fix the numba install, or set EMA_CORE_NUMBA=0 to choose the numpy blocks",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 class Prepared(NamedTuple):

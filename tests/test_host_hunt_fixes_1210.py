@@ -1,0 +1,54 @@
+"""Fixes of the host-engine hunt of 2026-12-05: a numba that is installed but does not import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(
+    """
+    import warnings
+    import numpy as np
+    import ema_core as ema
+
+    shadow = {"a": np.zeros((40, 60))[:, ::2], "b": np.zeros(5000, np.float32)}
+    params = {"a": np.ones((40, 30)), "b": np.ones(5000, np.float32)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ema.ema_update(shadow, params, 1, decay=0.5)
+        ema.ema_update(shadow, params, 2, decay=0.5)
+    assert (shadow["a"] == 0.75).all() and (shadow["b"] == 0.75).all(), shadow
+    messages = [str(w.message) for w in caught if w.category is RuntimeWarning]
+    assert len(messages) == 1, messages  # once, not at every update
+    assert "numba is installed but does not import" in messages[0], messages
+    assert "Numba needs NumPy" in messages[0] and "EMA_CORE_NUMBA=0" in messages[0], messages
+    print("BROKEN-NUMBA-OK")
+    """
+)
+
+
+def test_a_numba_that_fails_to_import_warns_once_and_every_leaf_is_updated(tmp_path) -> None:
+    # a numba built for another numpy raises at import; before 2026-12-05 every numpy update
+    # raised that ImportError from its write loop, after the leaves before it were written
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.2 or less")\n')
+    path = os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    env.pop("EMA_CORE_NUMBA", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "BROKEN-NUMBA-OK" in proc.stdout
