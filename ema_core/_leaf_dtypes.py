@@ -89,13 +89,15 @@ def _check_numeric(xp: Namespace, dtype: Any, where: str) -> None:
         numeric = False
     if not numeric:
         module = getattr(getattr(dtype, "type", None), "__module__", "")
+        integer = str(dtype).lstrip("u").startswith("int")  # ml_dtypes' int4, uint4, int2
+        wide = "numpy.int8" if integer else "numpy.float32"
         extension = (
             ""
             if not module.startswith("ml_dtypes")
             else (
-                f" in numpy ({dtype} is ml_dtypes' extension dtype, as jax.device_get returns a "
-                "bfloat16 array: keep such leaves as JAX or torch arrays, or pass "
-                ".astype(numpy.float32))"
+                f" in numpy ({dtype} is ml_dtypes' extension dtype, as jax.device_get returns "
+                f"for a JAX array of {dtype}: keep such leaves as JAX or torch arrays, or pass "
+                f".astype({wide}))"
             )
         )
         raise TypeError(

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
@@ -52,3 +54,20 @@ def test_a_numba_that_fails_to_import_warns_once_and_every_leaf_is_updated(tmp_p
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "BROKEN-NUMBA-OK" in proc.stdout
+
+
+def test_an_ml_dtypes_integer_leaf_is_told_to_widen_to_an_integer() -> None:
+    # the message named bfloat16 and advised float32 for every ml_dtypes dtype, int4 included
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import numpy as np
+
+    import ema_core as ema
+
+    for dtype, wide in ((ml_dtypes.int4, "int8"), (ml_dtypes.float8_e4m3fn, "float32")):
+        shadow = np.zeros(3, dtype)
+        with pytest.raises(TypeError) as caught:
+            ema.ema_update(shadow, np.ones(3, dtype), 1, decay=0.5)
+        message = str(caught.value)
+        assert f"a JAX array of {np.dtype(dtype)}" in message, message
+        assert f".astype(numpy.{wide})" in message, message
+        assert "bfloat16" not in message, message
