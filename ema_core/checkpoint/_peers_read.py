@@ -26,7 +26,7 @@ import torch
 
 from ema_core.checkpoint._arrays import torch_bytes
 from ema_core.presets._args import check_count
-from ema_core.torch._prefixes import drop_compiled
+from ema_core.torch._prefixes import drop_wrapped
 
 #: diffusers ``EMAModel.state_dict()`` hyperparameters (the names of ``presets.diffusers``).
 DIFFUSERS_ARGS = ("decay", "min_decay", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
@@ -238,7 +238,7 @@ def _module_tensors(
                 f"state_dict[{key!r}] is not an entry {peer} writes for its average "
                 f"(expected {prefix or 'module names'}*{''.join(', ' + c for c in counters)})"
             )
-        name = drop_compiled(key.removeprefix(prefix))
+        name = drop_wrapped(key.removeprefix(prefix))
         if name in found:
             raise ValueError(f"state_dict has two entries named {name!r} after removing prefixes")
         found[name] = value

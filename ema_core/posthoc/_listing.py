@@ -1,6 +1,8 @@
 """Post-hoc EMA snapshots read back: ``list_snapshots`` reads each snapshot's header (never its
-tensors) and checks that the snapshots of a directory come from one run (``_snapshots`` writes
-them)."""
+tensors) and checks that the snapshots of a directory could come from one run: one interval,
+the same tensor names, shapes and policies (``_snapshots`` writes them). Two runs of one model
+with one interval are not told apart (a run restarted into the folder of an earlier one): give
+each run its own folder."""
 
 from __future__ import annotations
 

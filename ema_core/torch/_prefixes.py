@@ -3,14 +3,19 @@
 A data-parallel wrapper (``DistributedDataParallel``, ``DataParallel``, a subclass such as
 mmengine's, DeepSpeed's engine, or any module whose only child is ``module`` and which holds
 no tensor of its own) holds the model as its child ``module``; ``torch.compile`` holds it as
-``_orig_mod``. Their names carry ``module.`` / ``_orig_mod.`` in front, so the same model
-wrapped or bare gets the same names once those are dropped. Only the wrappers' own segments
+``_orig_mod``; torch's activation-checkpoint wrappers (``checkpoint_wrapper``,
+``offload_wrapper``, ``apply_activation_checkpointing``) hold each wrapped layer as
+``_checkpoint_wrapped_module``. Their names carry ``module.`` / ``_orig_mod.`` in front and
+``_checkpoint_wrapped_module.`` inside, so the same model wrapped or bare gets the same names
+once those are dropped (the checkpoint wrapper's own ``state_dict`` drops its part too, so the
+EMA's names are the model's ``state_dict()`` keys). Only the wrappers' own segments
 go: a model's child named ``module`` beside other children or tensors keeps its name
 (``model.module.weight`` would otherwise export as ``weight``, which ``model.load_state_dict``
 refuses).
 
 A mapping or pairs carry no modules to ask: there a leading ``module.`` is dropped when every
-name has it (a DDP model's ``state_dict()``), and ``_orig_mod`` parts always.
+name has it (a DDP model's ``state_dict()``), and ``_orig_mod`` / ``_checkpoint_wrapped_module``
+parts always.
 
 A tied tensor (``head.weight = emb.weight``) is tracked once, under its first name;
 ``tied_aliases`` and ``other_names`` give its other names, which ``copy_to`` writes and
@@ -18,8 +23,9 @@ A tied tensor (``head.weight = emb.weight``) is tracked once, under its first na
 
 An ``EMA`` decides its root's prefix when it is built and keeps it (``Binding.prefix``), so
 its names never change when the model later gains a child or a buffer. Before
-2026-12-06 every leading ``module.`` was dropped (``legacy``): a state saved under those names
-still loads (``renames``).
+2026-12-06 every leading ``module.`` was dropped (``legacy``), and before 2026-12-05 (the
+activation-checkpoint fix) ``_checkpoint_wrapped_module`` parts were kept: a state saved under
+those names still loads (``renames``).
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ from typing import Any
 
 import torch
 
-#: The segments ema-core drops: a data-parallel wrapper's child, a compiled module's child.
-PREFIXES = ("module.", "_orig_mod.")
+#: The segments ema-core drops: a data-parallel wrapper's child, a compiled module's child, an
+#: activation-checkpoint wrapper's child (the last two wherever they are in a name).
+PREFIXES = ("module.", "_orig_mod.", "_checkpoint_wrapped_module.")
+#: The parts dropped anywhere in a name: wrappers that hold one layer (or the whole model).
+_INNER = ("_orig_mod", "_checkpoint_wrapped_module")
 #: Wrapper classes (by the name of the class or of a base class, so none is imported) whose
 #: child ``module`` is the model.
 DATA_PARALLEL = frozenset({"DistributedDataParallel", "DataParallel", "DeepSpeedEngine"})
@@ -95,19 +104,19 @@ def namer(root: torch.nn.Module, prefix: str | None = None) -> Callable[[str], s
         prefix = wrapper_prefix(root)
 
     def name_of(raw: str) -> str:
-        return drop_compiled(raw.removeprefix(prefix))
+        return drop_wrapped(raw.removeprefix(prefix))
 
     return name_of
 
 
 def strip_all(names: Iterable[str]) -> list[str]:
-    """Names from a mapping or pairs: ``_orig_mod`` parts dropped, then a leading ``module.``
-    as long as every name has one (the state of a DDP model).
+    """Names from a mapping or pairs: ``_orig_mod`` and ``_checkpoint_wrapped_module`` parts
+    dropped, then a leading ``module.`` as long as every name has one (the state of a DDP model).
 
     >>> strip_all(["module.a", "module.b.c"]), strip_all(["module.a", "head.b"])
     (['a', 'b.c'], ['module.a', 'head.b'])
     """
-    out = [drop_compiled(name) for name in names]
+    out = [drop_wrapped(name) for name in names]
     while out and all(name.startswith("module.") for name in out):
         out = [name.removeprefix("module.") for name in out]
     return out
@@ -155,12 +164,17 @@ def renames(
         and old[key][0] in names
         and old[key][0] not in keys
     }
+    for key in keys:  # kept _checkpoint_wrapped_module parts (saved before 2026-12-05)
+        name = drop_wrapped(key)
+        if key not in current and key not in moved and name in names and name not in keys:
+            moved[key] = name
     ours = all(key in current or key in moved for key in keys)
     return moved if ours else {}
 
 
 def drop_compiled(name: str) -> str:
-    """``name`` without its ``_orig_mod`` parts (``torch.compile`` of the model or a submodule).
+    """``name`` without its ``_orig_mod`` parts (``torch.compile`` of the model or a submodule):
+    the names of before 2026-12-06 (``legacy``).
 
     >>> drop_compiled("encoder._orig_mod.0.weight")
     'encoder.0.weight'
@@ -168,11 +182,23 @@ def drop_compiled(name: str) -> str:
     return ".".join(part for part in name.split(".") if part != "_orig_mod")
 
 
+def drop_wrapped(name: str) -> str:
+    """``name`` without its ``_orig_mod`` and ``_checkpoint_wrapped_module`` parts (a compiled
+    or activation-checkpointed model or submodule).
+
+    >>> drop_wrapped("layers.0._checkpoint_wrapped_module._orig_mod.weight")
+    'layers.0.weight'
+    """
+    return ".".join(part for part in name.split(".") if part not in _INNER)
+
+
 def _wrapped_child(module: torch.nn.Module) -> str | None:
-    """The name of the child ``module`` wraps (``module`` or ``_orig_mod``), None if none."""
+    """The name of the child ``module`` wraps (``module``, ``_orig_mod`` or
+    ``_checkpoint_wrapped_module``), None if none."""
     children = dict(module.named_children())
-    if "_orig_mod" in children:
-        return "_orig_mod"
+    for inner in _INNER:
+        if inner in children:
+            return inner
     if "module" not in children:
         return None
     if {cls.__name__ for cls in type(module).__mro__} & DATA_PARALLEL:

@@ -1,0 +1,67 @@
+"""Fixes of the torch hunt of 2026-12-05: models wrapped by torch's activation checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+wrapper = pytest.importorskip("torch.distributed.algorithms._checkpoint.checkpoint_wrapper")
+
+from ema_core.checkpoint import export  # noqa: E402
+from ema_core.torch import EMA  # noqa: E402
+
+OLD = "0._checkpoint_wrapped_module."
+
+
+def _model(wrapped: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    if wrapped:  # as torchtitan and FSDP recipes do
+        wrapper.apply_activation_checkpointing(
+            model, check_fn=lambda m: isinstance(m, torch.nn.Linear)
+        )
+    return model
+
+
+def _step(model: torch.nn.Module, ema: EMA, value: float) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(value)
+    ema.update()
+
+
+def test_the_ema_of_a_checkpoint_wrapped_model_uses_the_models_state_dict_names() -> None:
+    model = _model(wrapped=True)
+    assert any(OLD in name for name, _ in model.named_parameters())  # the raw names have it
+    ema = EMA(model, decay=0.5)
+    _step(model, ema, 1.0)
+    assert sorted(ema.names) == sorted(model.state_dict())  # before: 0._checkpoint_wrapped_...
+    averages = export(ema, format="state_dict")
+    target = _model(wrapped=True)
+    target.load_state_dict(averages)  # raised: missing keys
+    plain = _model(wrapped=False)
+    plain.load_state_dict(averages)
+    ema.copy_to(plain.state_dict())  # raised: '0._checkpoint_wrapped_module.weight' ... not there
+    ema.copy_to(plain)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, ema.average[name]), name
+    again = EMA(plain, decay=0.5)  # the EMA of the bare model loads the wrapped one's state
+    again.load_state_dict(ema.state_dict())
+    for name, value in again.average.items():
+        assert torch.equal(value, ema.average[name]), name
+
+
+def test_a_state_saved_under_the_old_wrapped_names_still_loads() -> None:
+    model = _model(wrapped=True)
+    ema = EMA(model, decay=0.5)
+    _step(model, ema, 1.0)
+    state = ema.state_dict()
+    old = {(OLD + k[2:] if k.startswith("0.") else k): v for k, v in state["shadow"].items()}
+    assert OLD + "weight" in old
+    for wrapped in (True, False):
+        target = _model(wrapped)
+        loaded = EMA(target, decay=0.5)
+        loaded.load_state_dict({**state, "shadow": old})
+        assert loaded.step == ema.step
+        for name, value in loaded.average.items():
+            assert torch.equal(value, ema.average[name]), name
