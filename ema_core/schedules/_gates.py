@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from ema_core._checks import check_fraction, check_positive
 from ema_core._ops import Ops, ScalarOps
 from ema_core.schedules._base import Schedule
-from ema_core.schedules._decays import as_schedule
+from ema_core.schedules._decays import Warmup, as_schedule
 
 _LN2 = math.log(2.0)
 
@@ -41,6 +41,8 @@ class InFloat32(Schedule):
         return self.inner.elementwise
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        if isinstance(self.inner, Warmup):
+            return _torch_warmup32(self.inner, ops)
         decay, _ = self.inner.pair(ops)
         if isinstance(ops, ScalarOps):
             d32 = _round32(decay)
@@ -51,6 +53,25 @@ class InFloat32(Schedule):
 
 def _round32(value: float) -> float:
     return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+def _torch_warmup32(warm: Warmup, ops: Ops) -> tuple[Any, Any]:
+    """The warm-up decay as torch forms ``1 - (1 + t / inv_gamma) ** -power`` on a 0-d float32
+    tensor (ema-pytorch): ``t``, ``inv_gamma``, the quotient and the base rounded to float32
+    each, the power of the float32 base taken with the float64 exponent and rounded once
+    (``-0.5`` is torch's ``rsqrt``: a rounded square root, then its rounded reciprocal), then
+    ``1 - value`` and the clamp in float32. Rounding only the float64 result differed from
+    ema-pytorch by one float32 ulp at 71 of the first 20,000 warm-up steps (defaults)."""
+    if isinstance(ops, ScalarOps):
+        r: Any = _round32
+        root: Any = math.sqrt
+    else:
+        r = lambda v: ops.const(ops.xp.astype(ops.const(v), ops.xp.float32))  # noqa: E731
+        root = lambda v: ops.xp.sqrt(ops.const(v))  # noqa: E731
+    base = r(1.0 + r(r(ops.t) / r(warm.inv_gamma)))
+    left = r(1.0 / r(root(base))) if warm.power == 0.5 else r(ops.power(base, -warm.power))
+    decay = ops.minimum(ops.maximum(r(1.0 - left), r(warm.min_decay)), r(warm.decay))
+    return decay, 1.0 - decay
 
 
 @dataclass(frozen=True)
@@ -83,7 +104,8 @@ class Momentum(Schedule):
 
 
 def in_float32(schedule: Schedule | float, /) -> Schedule:
-    """Round each decay to float32, as TF, Keras, Paddle and ema-pytorch compute it.
+    """Round each decay to float32, as TF, Keras, Paddle and ema-pytorch compute it (a
+    ``warmup`` inside is formed step by step in float32 as torch forms ema-pytorch's decay).
 
     Example:
         >>> from ema_core import schedules
