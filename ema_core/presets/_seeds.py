@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from ema_core._checks import check_fraction, check_positive
 from ema_core._config import Config
 from ema_core.presets._args import check_bool, check_counter_start
@@ -136,8 +138,9 @@ def mmedit(
     later calls blend only when ``(t - 1) % interval == 0``, with a one-step decay (no
     compensation). Buffers are copied every call, or averaged with ``update_buffers=True``,
     where integer buffers are then left alone. ``device`` is a storage choice, not a Config
-    matter. Deliberate difference: integer buffers under ``update_buffers=True`` keep their
-    value from ``init`` (mmengine copies them once, at the first update).
+    matter. A ``momentum`` above 0.5 is a ``UserWarning``, as mmengine logs a warning.
+    Deliberate difference: integer buffers under ``update_buffers=True`` keep their value from
+    ``init`` (mmengine copies them once, at the first update).
 
     Args:
         momentum: mmengine's ``momentum`` (``1 - decay``), in (0, 1).
@@ -153,6 +156,14 @@ def mmedit(
     check_fraction("momentum", momentum)
     check_positive("interval", interval, integer=True)
     check_bool("update_buffers", update_buffers)
+    if momentum > 0.5:  # as mmengine warns: a decay passed as momentum follows the params
+        warnings.warn(
+            f"momentum={momentum} is the weight of the NEW value in mmengine (decay = 1 - "
+            f"momentum = {1.0 - momentum:.6g}), usually a small number such as 0.0002: a "
+            "decay passed as momentum makes the average follow the params",
+            UserWarning,
+            stacklevel=2,
+        )
     if gamma is None:
         inner = momentum_schedule(momentum)
         schedule = gated(inner, every=interval, phase=1, copy_through=1)
