@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ema_core._leaf_checks_x64 import narrowed
 from ema_core._types import EMAState
 from ema_core.jax._call_checks import check_readable
 from ema_core.jax._packed_layout import Layout, PackedState, size
@@ -92,6 +93,12 @@ def pack(state: EMAState, *, most: int = MOST) -> PackedState:
             )
         if isinstance(x, jax.core.Tracer):
             raise ValueError("pack takes a concrete state, not a traced one (call it outside jit)")
+    for what, x in (("step", state.step), ("weight", state.weight)):
+        if x.ndim:  # a flat buffer holds one EMA's leaves: no axis of it is a batch axis
+            raise ValueError(
+                f"pack takes one EMA's state, got state.{what} of shape {tuple(x.shape)} "
+                "(stacked, vmapped EMAs): pack each EMA, then stack the packed states"
+            )
     devices = {d for x in everything for d in x.devices()}
     if len(devices) != 1:
         raise ValueError(
@@ -146,9 +153,11 @@ def unpack(state: PackedState) -> EMAState:
     packed state fetched with ``jax.device_get`` gives an ``EMAState`` of numpy arrays, as the
     unpacked one would.
 
+    Inside ``jax.jit`` or ``vmap`` the pieces are sliced from the traced buffers.
+
     Raises:
         TypeError: ``state`` is not a ``PackedState``. ValueError: an array of it was deleted
-            (donated to an update since).
+            (donated to an update since), or a 64-bit buffer with x64 off now.
 
     Example:
         >>> import jax.numpy as jnp, ema_core as ema
@@ -165,6 +174,11 @@ def unpack(state: PackedState) -> EMAState:
     arrays: list[Any] = [None] * len(layout.offsets)
     for b, members in enumerate(layout.blocks):
         flat = state.flats[b]
+        if isinstance(flat, jax.core.Tracer):  # inside jit / vmap: sliced where it lives
+            for i in members:
+                arrays[i] = _piece(flat, layout.offsets[i], layout.shapes[i])
+            continue
+        _check_wide(flat, b)
         host = np.asarray(flat)  # one read of the buffer, sliced per member
         views = [_piece(host, layout.offsets[i], layout.shapes[i]) for i in members]
         if isinstance(flat, jax.Array):
@@ -187,5 +201,17 @@ def _copy(x: Any) -> Any:
     return jnp.array(x, copy=True) if isinstance(x, jax.Array) else np.array(x, copy=True)
 
 
-def _piece(host: np.ndarray, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+def _piece(host: Any, offset: int, shape: tuple[int, ...]) -> Any:
     return host[offset : offset + size(shape)].reshape(shape)
+
+
+def _check_wide(flat: Any, b: int) -> None:
+    """Refuse a 64-bit flat buffer while x64 is off: its pieces, put back on the device, would
+    be narrowed to 32 bits silently (the update refuses such a state too)."""
+    narrow = narrowed(flat.dtype) if isinstance(flat, jax.Array) else None
+    if narrow is not None:
+        raise ValueError(
+            f"state.flats[{b}] is {flat.dtype}, packed with x64 on, and x64 is off now: its "
+            f"shadows would come back as {narrow}; enable x64 "
+            "(jax.config.update('jax_enable_x64', True)) to unpack or save it"
+        )
