@@ -28,7 +28,7 @@ How the pieces fit, bottom to top (each layer imports only the ones below it; RE
   parse in ``_safetensors_header``) and ``_bf16`` (bfloat16 as its bits).
 * ``backends``: the leaf kernels, one module per framework, found by namespace.
 * ``_api``: ``ema_update``, ``init``, ``update``, ``average`` (validate, find the namespace once,
-  call a backend; ``_api_read`` is the read ``average`` shares with optax's and the banks');
+  call a backend; ``_api_read`` is the read ``average`` shares with optax's ``ema_average``);
   ``_graph_break`` runs them eagerly inside a ``torch.compile``d function.
 * Above the API: ``torch`` (``EMA``, ``EMABank``, ``ddp_ema``, ``full_state_dict``), ``jax``
   (``make_update``, ``make_bank_update``, ``with_ema``, checkpoints), ``presets``, ``compat``,

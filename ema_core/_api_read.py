@@ -1,4 +1,4 @@
-"""The read of an EMA state, shared by ``average``, optax's ``ema_average`` and the banks: the
+"""The read of an EMA state, shared by ``average`` and optax's ``ema_average``: the
 shadow as it is, or divided by the weight the config names (exact, ``1 - d_t ** t`` under
 ``correction="power"``, or 1), in the backend's kernel."""
 

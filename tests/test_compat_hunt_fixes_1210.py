@@ -26,3 +26,13 @@ def test_the_compat_class_warns_at_construction_and_when_momentum_is_set() -> No
     averaged.momentum = 0.001
     with pytest.warns(UserWarning, match=r"momentum=0\.99 "):
         averaged.momentum = 0.99
+
+
+def test_setting_the_interval_does_not_warn_of_the_momentum_again() -> None:
+    torch = pytest.importorskip("torch")
+    from ema_core.compat.mmedit import ExponentialMovingAverage
+
+    with pytest.warns(UserWarning, match=r"momentum=0\.9 "):
+        averaged = ExponentialMovingAverage(torch.nn.Linear(2, 2), momentum=0.9)
+    averaged.interval = 3  # filterwarnings=error: a second warning would raise
+    assert averaged.interval == 3

@@ -310,6 +310,7 @@ EMA_PYTORCH_ARGS = [
     {"beta": 0.9, "update_after_step": -4, "update_every": 1, "power": 0.5},
     {"beta": 0.9999, "update_after_step": 0, "update_every": 1, "inv_gamma": 3.0},
     {"beta": 0.9999, "update_after_step": 0, "update_every": 1, "inv_gamma": 2.0, "power": 0.5},
+    {"beta": 0.9999, "update_after_step": 0, "update_every": 1, "inv_gamma": 1.2, "power": 2.0},
 ]
 
 

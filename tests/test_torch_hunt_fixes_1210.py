@@ -65,3 +65,23 @@ def test_a_state_saved_under_the_old_wrapped_names_still_loads() -> None:
         assert loaded.step == ema.step
         for name, value in loaded.average.items():
             assert torch.equal(value, ema.average[name]), name
+
+
+def test_an_ema_of_a_whole_model_in_a_checkpoint_wrapper_is_built_and_swaps() -> None:
+    # the wrapper's own named_parameters() drops its part, so the EMA walked "0.weight" from
+    # the wrapper, which has no child "0" (AttributeError while the EMA was built)
+    torch.manual_seed(0)
+    model = wrapper.checkpoint_wrapper(
+        torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    )
+    ema = EMA(model, decay=0.5)
+    assert sorted(ema.names) == sorted(model.state_dict())
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    _step(model, ema, 2.0)
+    with ema.swap():
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, ema.average[name]), name
+    for name, value in model.state_dict().items():
+        want = live[name] + 2.0 if name in dict(model.named_parameters()) else live[name]
+        assert torch.equal(value, want), name
+    assert torch.allclose(ema.average["0.weight"], live["0.weight"] + 1.0)

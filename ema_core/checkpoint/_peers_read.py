@@ -225,7 +225,8 @@ def _tensor_list(state: Mapping[str, Any], peer: str) -> list[Any]:
 def _module_tensors(
     state: Mapping[str, Any], peer: str, prefix: str, counters: tuple[str, ...]
 ) -> dict[str, Any]:
-    """The averaged module's entries: ``prefix`` and ``_orig_mod`` parts removed (a leading
+    """The averaged module's entries: ``prefix`` and ``_orig_mod`` / ``_checkpoint_wrapped_module``
+    parts removed (a leading
     ``module.`` of a wrapped model goes in ``by_name``, which knows the EMA's names)."""
     found: dict[str, Any] = {}
     for key, value in state.items():

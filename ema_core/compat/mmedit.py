@@ -17,6 +17,7 @@ name). Torch modules only: for JAX models use ``ema_core.init`` /
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,7 +95,9 @@ class ExponentialMovingAverage(torch.nn.Module):
 
     @interval.setter
     def interval(self, value: int) -> None:
-        self._configure(self._momentum, value)
+        with warnings.catch_warnings():  # a momentum above 0.5 was warned of when it was set
+            warnings.simplefilter("ignore", UserWarning)
+            self._configure(self._momentum, value)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The averaged model's forward."""

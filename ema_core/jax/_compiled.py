@@ -153,17 +153,19 @@ def dispatch(
     ``chunked``'s path (its ``kinds`` then ``run``: one compiled call per chunk). Devices and
     shardings are checked first, for every chunk, once per signature (``_placement``)."""
     one_call = len(params_arrays) <= _chunked.CHUNK
-    check_placements(
+    spread = check_placements(
         chunked, arrays, params_arrays, state_split, params_split, commitment=not one_call
     )
-    # before any call: a deleted array given to a warm compiled call over arrays sharded on
-    # several devices ends the process (SIGSEGV in XLA, jax 0.10) instead of raising; and the
-    # chunked path's head donates the step
-    check_live(arrays, params_arrays, state_split, params_split)
+    # before the call where arrays span several devices: a deleted one given to a warm
+    # compiled call ends the process then (SIGSEGV in XLA, jax 0.10) instead of raising; and
+    # always before the chunked path, whose head donates the step
+    if spread or not one_call:
+        check_live(arrays, params_arrays, state_split, params_split)
     if one_call:
         try:
             return jitted(arrays, params_arrays, state_split, params_split)
         except Exception:  # JAX refused before donating: name the leaf
+            check_live(arrays, params_arrays, state_split, params_split)
             check_devices(arrays, params_arrays, state_split, params_split)
             raise
     key = (state_split, params_split, avals(arrays), avals(params_arrays))

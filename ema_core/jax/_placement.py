@@ -35,7 +35,9 @@ _COMMITTED = operator.attrgetter("committed")
 
 #: Per owner (an update's chunked path object): the last checked signature, and the arrays'
 #: commitment then where some were not committed (a committed array is checked more strictly).
-_SEEN: weakref.WeakKeyDictionary[Any, tuple[Any, list[bool] | None]] = weakref.WeakKeyDictionary()
+_SEEN: weakref.WeakKeyDictionary[Any, tuple[Any, list[bool] | None, bool]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def check_placements(
@@ -46,11 +48,12 @@ def check_placements(
     params_split: Any,
     *,
     commitment: bool = True,
-) -> None:
+) -> bool:
     """``check_devices`` and ``check_shardings``, unless ``owner`` checked this signature at its
     last call (nothing is read from the devices either way). ``commitment=False`` leaves the
     arrays' commitment out of the signature: for one compiled call, where JAX refuses arrays
     committed to other devices before it donates anything (the caller names them then).
+    Returns whether any array spans several devices (known with the signature).
 
     Raises:
         ValueError: as ``check_devices`` or ``check_shardings``; nothing was donated.
@@ -58,17 +61,19 @@ def check_placements(
     both = arrays, params_arrays
     shardings = read_shardings(*both)
     if shardings is None:
-        return  # traced: placed by the outer transformation
+        return False  # traced: placed by the outer transformation
     key = (shardings, state_split, params_split)
     seen = _SEEN.get(owner)
     loose = seen[1] if seen is not None and commitment else None  # where some were uncommitted
     if seen is not None and seen[0] == key and (loose is None or loose == _flags(*both)):
-        _SEEN[owner] = (key, loose)  # equal, maybe not identical: identical from the next call
-        return
+        _SEEN[owner] = (key, loose, seen[2])  # equal, maybe not identical: identical next call
+        return seen[2]
     check_devices(arrays, params_arrays, state_split, params_split)
     check_shardings(arrays, params_arrays, state_split, params_split)
     flags = _flags(arrays, params_arrays) if commitment else [True]
-    _SEEN[owner] = (key, None if all(flags) else flags)
+    spread = any(s is not None and len(s.device_set) > 1 for s in (*shardings[0], *shardings[1]))
+    _SEEN[owner] = (key, None if all(flags) else flags, spread)
+    return spread
 
 
 def read_shardings(arrays: list[Any], params_arrays: list[Any]) -> tuple[list[Any], ...] | None:

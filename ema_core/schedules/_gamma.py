@@ -1,8 +1,8 @@
 """EDM2's sigma_rel <-> gamma relation of the power function, in float64: the one implementation
 the schedule (``schedules.power_function``, ``sigma_rel_to_gamma``) and post-hoc EMA
 (``ema_core.posthoc``) share, so that a snapshot's sigma_rel gives back the gamma its EMA ran
-with: exactly for a schedule built from a sigma_rel, and for one built from a gamma as nearly
-as a float64 sigma_rel can carry it: a few ulps for typical gammas
+with: exactly for a schedule built from a sigma_rel, and for one built from a gamma to the
+rounding of ``sigma_rel_of``'s float64 result: a few ulps for typical gammas
 (``power_function(gamma=6.94)`` is recorded as sigma_rel 0.09997..., gamma 6.940000000000003:
 4e-16 relative), more near ``gamma = 0``, where sigma_rel barely moves with gamma (gamma 0.01
 comes back 1.3e-13 relative off, gamma 0.001 1.9e-12).

@@ -25,8 +25,9 @@ class EMA:
     read a tensor on the host, so ``update`` can be captured in a CUDA graph with a device step.
 
     Args:
-        module_or_named_tensors: an ``nn.Module`` (also DDP-wrapped or ``torch.compile``d: the
-            wrappers' ``module.`` / ``_orig_mod.`` are dropped), a mapping name -> tensor or an
+        module_or_named_tensors: an ``nn.Module`` (also DDP-wrapped, ``torch.compile``d or
+            activation-checkpointed: the wrappers' ``module.`` / ``_orig_mod.`` /
+            ``_checkpoint_wrapped_module.`` are dropped), a mapping name -> tensor or an
             iterable of (name, tensor) pairs. Build the EMA after moving the model to its device.
         decay: a constant decay in [0, 1] (default 0.9999). Pass at most one of ``decay``,
             ``schedule`` and ``config``.

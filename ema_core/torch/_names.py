@@ -2,8 +2,9 @@
 
 Names are those of ``module.named_parameters()`` / ``named_buffers()`` without the
 wrappers' segments (``_prefixes``: ``module.`` of DistributedDataParallel, every
-``_orig_mod.`` of ``torch.compile``), so a plain, a DDP-wrapped and a compiled model track the
-same names. ``_watch.Watch`` notices when the module has since replaced a tracked tensor or
+``_orig_mod.`` of ``torch.compile`` and ``_checkpoint_wrapped_module.`` of activation
+checkpointing), so a plain, a DDP-wrapped, a compiled and a checkpointed model track the same
+names. ``_watch.Watch`` notices when the module has since replaced a tracked tensor or
 moved its data.
 """
 
@@ -50,7 +51,11 @@ def named_tensors(
     """``(stripped name, tensor, is_buffer, raw name)`` of a module, a mapping or pairs."""
     found: list[tuple[Any, Any, bool]]
     if isinstance(source, torch.nn.Module):
-        found = [(n, t, False) for n, t in source.named_parameters()]
+        # the module paths, also under an activation-checkpoint wrapper at the root, whose own
+        # named_parameters() drops its part (names no walk from the root can follow)
+        wrapper = {c.__name__ for c in type(source).__mro__} & {"ActivationWrapper"}
+        listed = torch.nn.Module.named_parameters if wrapper else type(source).named_parameters
+        found = [(n, t, False) for n, t in listed(source)]
         if buffers != "skip":
             found += [(n, t, True) for n, t in source.named_buffers()]
     elif isinstance(source, Mapping):

@@ -22,10 +22,10 @@ A tied tensor (``head.weight = emb.weight``) is tracked once, under its first na
 ``include=`` / ``exclude=`` read too.
 
 An ``EMA`` decides its root's prefix when it is built and keeps it (``Binding.prefix``), so
-its names never change when the model later gains a child or a buffer. Before
-2026-12-06 every leading ``module.`` was dropped (``legacy``), and before 2026-12-05 (the
-activation-checkpoint fix) ``_checkpoint_wrapped_module`` parts were kept: a state saved under
-those names still loads (``renames``).
+its names never change when the model later gains a child or a buffer. Two earlier namings
+still load (``renames``): one that dropped every leading ``module.`` (``legacy``; changed in
+the change dated 2026-12-06), and one that kept ``_checkpoint_wrapped_module`` parts (until
+the activation-checkpoint fix, made later and dated 2026-12-05).
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def keeping(root: Any, prefix: str | None) -> Iterator[None]:
 
 def wrapper_prefix(root: torch.nn.Module) -> str:
     """The raw prefix of the model inside ``root``'s wrappers, outermost first: ``module.`` per
-    data-parallel wrapper, ``_orig_mod.`` per compiled one; ``""`` for a bare model.
+    data-parallel wrapper, ``_orig_mod.`` per compiled one, ``_checkpoint_wrapped_module.`` per
+    activation-checkpoint one; ``""`` for a bare model.
 
     >>> wrapper_prefix(torch.nn.parallel.DataParallel(torch.nn.Linear(1, 1)))
     'module.'
@@ -90,8 +91,8 @@ def wrapper_prefix(root: torch.nn.Module) -> str:
 
 def namer(root: torch.nn.Module, prefix: str | None = None) -> Callable[[str], str]:
     """Maps a raw name of ``root`` (``named_parameters()``, ``state_dict()``) to the EMA's name:
-    ``prefix`` (default: ``root``'s wrapper prefix now) and any ``_orig_mod`` part (a compiled
-    submodule) dropped.
+    ``prefix`` (default: ``root``'s wrapper prefix now) and any ``_orig_mod`` or
+    ``_checkpoint_wrapped_module`` part (a compiled or checkpointed submodule) dropped.
 
     >>> class Net(torch.nn.Module):
     ...     def __init__(self) -> None:

@@ -24,11 +24,13 @@ def finite_stand_ins(live: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
     ``bool(isfinite(d).all())`` of a DTensor ``d`` reads a partial result on this rank only:
     one rank would refuse an update that the others apply. Here the count of non-finite
-    elements is summed over ``d``'s mesh (one small all-reduce per sharded tensor, on every
-    rank of its mesh, in the same order): every rank gets the same answer before any write.
-    The plain floating tensors beside them (buffers, which FSDP2 leaves whole on each rank)
-    are counted per rank and summed over the first DTensor's mesh in one more all-reduce: a
-    NaN in one rank's BatchNorm statistics refuses the update on every rank too.
+    elements of each rank's local part is summed over every dimension of ``d``'s mesh (one
+    small all-reduce per sharded tensor and mesh dimension, on every rank of its mesh, in the
+    same order; a Replicate dimension included, so that HSDP's replica groups agree): every
+    rank gets the same answer before any write. The plain floating tensors beside them
+    (buffers, which FSDP2 leaves whole on each rank) are counted per rank, stacked, and summed
+    over the first DTensor's mesh the same way: a NaN in one rank's BatchNorm statistics
+    refuses the update on every rank too.
     """
     if sys.modules.get("torch.distributed.tensor") is None:  # no DTensor exists: nothing to do
         return list(live)
