@@ -131,7 +131,8 @@ def _scratch(like: torch.Tensor, block: int) -> torch.Tensor:
         cache = _LOCAL.scratch = {}
     key = (like.device, like.dtype)
     if key not in cache or cache[key].numel() < block:
-        cache[key] = torch.empty(block, dtype=like.dtype, device=like.device)
+        with torch.inference_mode(False):  # written in place outside inference_mode later too
+            cache[key] = torch.empty(block, dtype=like.dtype, device=like.device)
     return cache[key]
 
 

@@ -174,7 +174,10 @@ def _scratch(dtype: torch.dtype) -> torch.Tensor:
     """This thread's reused scratch of ``TORCH_BLOCK`` elements of ``dtype``."""
     cache: dict[torch.dtype, torch.Tensor] = _SCRATCH.__dict__.setdefault("blocks", {})
     if dtype not in cache or cache[dtype].numel() < TORCH_BLOCK:
-        cache[dtype] = torch.empty(TORCH_BLOCK, dtype=dtype, device="cpu")  # not the default
+        # a plain tensor also when first made inside inference_mode: an inference tensor
+        # could not be written in place by a later update outside it
+        with torch.inference_mode(False):
+            cache[dtype] = torch.empty(TORCH_BLOCK, dtype=dtype, device="cpu")  # not the default
     return cache[dtype]
 
 

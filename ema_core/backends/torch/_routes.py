@@ -157,6 +157,13 @@ def host_values(decay: Value, rate: Value) -> tuple[Value, Value]:
     return decay, rate
 
 
+def _for_copy(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``source`` as ``target.copy_`` reads it right: torch 2.13's copy between float16 and
+    float32 into a tensor with the negative bit drops the bit (``-1`` for ``1``), so such a
+    source is cast first."""
+    return source.to(target.dtype) if target.is_neg() and source.dtype != target.dtype else source
+
+
 def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> None:
     """One group through one route (the table in the module docstring)."""
     s, p = group.shadows, group.params
@@ -165,7 +172,7 @@ def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> 
             pass
         case "copy" if group.views:  # torch's fused copy refuses them
             for target, source in zip(s, p, strict=True):
-                target.copy_(source)
+                target.copy_(_for_copy(target, source))
         case "copy":
             _foreach.copy_(s, p)
         case "foreach-lerp":
