@@ -173,8 +173,12 @@ def host_scalars(state: Any) -> Any:
     step, weight = state.step, state.weight
     if _host_integer(step):
         ops_for(int(step), "state.step")
-        top = int(np.iinfo(jax.numpy.asarray(0).dtype).max)  # saturated, as the update does
-        step = _beside(state.shadow, np.asarray(min(int(step), top)))
+        own = np.asarray(step).dtype if not isinstance(step, int) else None
+        if own is not None and jax.dtypes.canonicalize_dtype(own) == own:
+            step = _beside(state.shadow, np.asarray(step))  # a dtype JAX holds: kept (uint8...)
+        else:  # a Python int, or int64 / uint64 without x64: the default int, saturated
+            top = int(np.iinfo(jax.numpy.asarray(0).dtype).max)
+            step = _beside(state.shadow, np.asarray(min(int(step), top)))
     if isinstance(weight, (float, np.floating)):  # a Python or numpy float scalar
         weight = _beside(state.shadow, np.asarray(weight, jax.numpy.result_type(float)))
     elif getattr(weight, "weak_type", False) and not isinstance(weight, jax.core.Tracer):

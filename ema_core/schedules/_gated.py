@@ -138,9 +138,10 @@ def _check_int(name: str, value: Any, *, signed: bool = False) -> None:
 
 def _widest_int(xp: Any, t: Any) -> Any:
     """An integer count array as int64 where its namespace and device have int64 (JAX only with
-    x64; not array-api-strict's ``Device("no_x64")``); an unsigned count as the default signed
-    int where that holds it (uint8 and uint16 always), else kept unsigned (uint32 without
-    int64), which the helpers below handle with constants of the count's own dtype."""
+    x64; not array-api-strict's ``Device("no_x64")``), else a narrower signed count (int8,
+    int16) as the default int; an unsigned count as the default signed int where that holds it
+    (uint8 and uint16 always), else kept unsigned (uint32 without int64), which the helpers
+    below handle with constants of the count's own dtype."""
     device = None if compat.is_jax_namespace(xp) else compat.device(t)  # a tracer has none
     wide = default_int(xp, device)
     if t.dtype in (xp.int64, wide):
@@ -152,7 +153,9 @@ def _widest_int(xp: Any, t: Any) -> Any:
         if wide != xp.int64:
             return t  # uint32 without int64: counted in its own dtype
         return xp.astype(xp.minimum(t, xp.asarray(top, dtype=t.dtype)), wide)  # past MAX_STEP
-    return xp.astype(t, xp.int64) if wide == xp.int64 else t
+    if wide == xp.int64:
+        return xp.astype(t, xp.int64)
+    return xp.astype(t, wide) if int(xp.iinfo(t.dtype).max) < top else t  # int8 / int16
 
 
 def _c(xp: Any, value: int, t: Any) -> Any:
