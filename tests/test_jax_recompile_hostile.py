@@ -189,13 +189,14 @@ def test_containers_compile_once_and_come_back_as_the_same_type(kind: str) -> No
         (jnp.asarray(0, jnp.int16), jnp.int16),
         (0, jnp.int32),
         (np.int64(0), jnp.int32),
-        (np.asarray(0, np.uint16), jnp.int32),
+        (np.asarray(0, np.uint16), jnp.uint16),
     ],
     ids=["jnp-int32", "jnp-uint8", "jnp-uint32", "jnp-int16", "int", "np-int64", "np-uint16"],
 )
 def test_a_step_of_any_integer_kind_compiles_once_and_keeps_a_dtype(step: Any, dtype: Any) -> None:
-    """A JAX step keeps its integer dtype; a host step (Python int, numpy scalar or 0-d array)
-    becomes JAX's default int; either way the steady state never recompiles and counts on."""
+    """A JAX step keeps its integer dtype, and so does a numpy one of a dtype JAX has (as the
+    eager update keeps it); a Python int, or a numpy int64 without x64, becomes JAX's default
+    int; either way the steady state never recompiles and counts on."""
     params = {"w": jnp.ones(3)}
     state = ema.init(params, CFG)._replace(step=step)
     compiles, state, sigs = _steady(make_update(CFG), state, _shifted(params))

@@ -157,8 +157,9 @@ def host_checked(state: Any, trusted: bool, what: str, by: str) -> Any:
 
 
 def host_scalars(state: Any) -> Any:
-    """``state`` with a Python or numpy integer step (a scalar or a 0-d array: saturated at the
-    top of JAX's integer, as jit would wrap an int64 past it with x64 off) and a Python float
+    """``state`` with a Python or numpy integer step (a scalar or a 0-d array: in its own dtype
+    where JAX has it, as the eager update keeps it; a Python int, or int64 / uint64 with x64
+    off, as JAX's default int saturated at its top, as jit would wrap it) and a Python float
     weight as 0-d JAX arrays beside the shadow (a non-array leaf is static in the jit: it would
     never move), a weak-typed weight (``jnp.asarray(1.0)``) made strong (the update returns a
     strong one: a weak one would compile a second time), after checking the weight's shape and
