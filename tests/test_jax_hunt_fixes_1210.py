@@ -54,3 +54,35 @@ def test_pack_refuses_stacked_states() -> None:
     stacked = jax.vmap(lambda p: ema.init(p, ema.Config()))(params)
     with pytest.raises(ValueError, match=r"state\.step of shape \(4,\).*pack each EMA"):
         pack(stacked)
+
+
+def test_a_deleted_closed_over_state_is_named_under_an_outer_jit() -> None:
+    # the review of 2026-12-05: with the check moved before the call only where arrays span
+    # devices, a traced call skipped it and JAX's unnamed "Array has been deleted" came out
+    from ema_core.jax import make_update
+
+    config = ema.Config(0.9)
+    params = {"w": jnp.ones(4)}
+    state = make_update(config, donate=False)(ema.init(params, config), params)
+    dead = state._replace(shadow={"w": jnp.ones(4)})
+    dead.shadow["w"].delete()
+    update = make_update(config, donate=False)
+    with pytest.raises(ValueError, match=r"state\.shadow\['w'\] was deleted"):
+        jax.jit(lambda p: update(dead, p).shadow)(params)
+
+
+def test_a_bank_names_its_snapshots_by_the_step_a_narrow_count_stops_at(tmp_path) -> None:
+    # a uint8 step stops at 255, but the files were named 256, 258 (the host count ran on)
+    from ema_core import schedules
+    from ema_core.jax import make_bank_update
+
+    params = {"w": jnp.ones(3)}
+    configs = [ema.Config(schedules.power_function(sigma_rel=0.05), init="zeros")]
+    bank = make_bank_update(configs, donate=False, snapshot_every=2, snapshot_dir=tmp_path)
+    for step in (np.asarray(250, dtype="uint8"), jnp.asarray(250, dtype="uint8")):
+        states = [ema.init(params, c)._replace(step=step) for c in configs]
+        for _ in range(8):
+            states = bank(states, params)
+        assert int(states[0].step) == 255
+    steps = sorted(int(p.name.split("-")[1]) for p in tmp_path.iterdir())
+    assert steps == [252, 254], steps

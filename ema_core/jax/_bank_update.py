@@ -169,9 +169,10 @@ class BankUpdate:
         keeps it only when the update succeeds, so a refused call does not shift it."""
         if any(isinstance(s.step, jax.core.Tracer) for s in states):
             raise TypeError("a bank with snapshot_every writes files: call it outside jax.jit")
+        tops = [_top(s.step) for s in states]  # a count stops at its dtype's top, as the step
         if trusted and self._host_steps:
-            return [t + 1 for t in self._host_steps]
-        return [int(s.step) + 1 for s in states]
+            return [min(t + 1, top) for t, top in zip(self._host_steps, tops, strict=True)]
+        return [min(int(s.step) + 1, top) for s, top in zip(states, tops, strict=True)]
 
     def _states(self, states: Any) -> tuple[EMAState, ...]:
         return _banks.ema_states(states, len(self.configs))
@@ -199,3 +200,12 @@ class BankUpdate:
 def _check_x64_all(states: tuple[EMAState, ...]) -> None:
     for k, state in enumerate(states):
         check_x64(state, f"states[{k}]")
+
+
+def _top(step: Any) -> int:
+    """The largest count ``step`` holds: its integer dtype's top (a Python int: JAX's default
+    int's, the dtype the update gives it)."""
+    dtype = getattr(step, "dtype", None)
+    if dtype is None or not jax.numpy.issubdtype(dtype, jax.numpy.integer):
+        dtype = jax.numpy.asarray(0).dtype
+    return int(jax.numpy.iinfo(dtype).max)  # type: ignore[no-untyped-call]

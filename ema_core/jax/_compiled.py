@@ -157,8 +157,10 @@ def dispatch(
         chunked, arrays, params_arrays, state_split, params_split, commitment=not one_call
     )
     # before the call where arrays span several devices: a deleted one given to a warm
-    # compiled call ends the process then (SIGSEGV in XLA, jax 0.10) instead of raising; and
-    # always before the chunked path, whose head donates the step
+    # compiled call ends the process then (SIGSEGV in XLA, jax 0.10) instead of raising; under
+    # an outer jit (the error would come from its lowering, unnamed); and always before the
+    # chunked path, whose head donates the step. Elsewhere XLA refuses the call first (and
+    # logs a line saying so) and the except below names the array
     if spread or not one_call:
         check_live(arrays, params_arrays, state_split, params_split)
     if one_call:

@@ -53,15 +53,15 @@ def check_placements(
     last call (nothing is read from the devices either way). ``commitment=False`` leaves the
     arrays' commitment out of the signature: for one compiled call, where JAX refuses arrays
     committed to other devices before it donates anything (the caller names them then).
-    Returns whether any array spans several devices (known with the signature).
+    Returns whether any array spans several devices (known with the signature), or is traced.
 
     Raises:
         ValueError: as ``check_devices`` or ``check_shardings``; nothing was donated.
     """
     both = arrays, params_arrays
     shardings = read_shardings(*both)
-    if shardings is None:
-        return False  # traced: placed by the outer transformation
+    if shardings is None:  # traced: placed by the outer transformation; deleted arrays of a
+        return True  # closed-over state are looked for before the call (once per trace)
     key = (shardings, state_split, params_split)
     seen = _SEEN.get(owner)
     loose = seen[1] if seen is not None and commitment else None  # where some were uncommitted

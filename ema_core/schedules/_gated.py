@@ -152,7 +152,8 @@ def _widest_int(xp: Any, t: Any) -> Any:
             return xp.astype(t, wide)
         if wide != xp.int64:
             return t  # uint32 without int64: counted in its own dtype
-        return xp.astype(xp.minimum(t, xp.asarray(top, dtype=t.dtype)), wide)  # past MAX_STEP
+        cap = xp.asarray(top, dtype=t.dtype, device=device)  # on the count's device
+        return xp.astype(xp.minimum(t, cap), wide)  # past MAX_STEP
     if wide == xp.int64:
         return xp.astype(t, xp.int64)
     return xp.astype(t, wide) if int(xp.iinfo(t.dtype).max) < top else t  # int8 / int16
