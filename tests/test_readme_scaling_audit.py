@@ -232,11 +232,11 @@ def test_bf16_mixed_precision_keeps_float32_shadows_equal_to_an_unsharded_ema(me
 def test_guard_finite_gathers_one_scalar_per_sharded_param_and_nothing_without(
     mesh: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ "``Config(guard_finite=True)`` under FSDP2 costs one small all-reduce per sharded param
-    (per mesh dimension ...) ... Without it, an update has no collective." On one rank DTensor
-    skips its collectives (``CommDebugMode`` counts none), so the all-reduces are counted where
-    they are asked for: ``torch.distributed.all_reduce`` calls during ``update()``, and the size
-    of what each sums (the mesh has one dimension)."""
+    """ "``Config(guard_finite=True)`` under FSDP2 costs one small all-reduce per mesh dimension
+    for all the sharded params of a mesh together ... Without it, an update has no
+    collective." On one rank DTensor skips its collectives (``CommDebugMode`` counts none), so
+    the all-reduces are counted where they are asked for: ``torch.distributed.all_reduce`` calls
+    during ``update()``, and the size of what each sums (the mesh has one dimension)."""
     gathered: list[tuple[int, ...]] = []
     original = dist.all_reduce
 
@@ -258,7 +258,7 @@ def test_guard_finite_gathers_one_scalar_per_sharded_param_and_nothing_without(
         counts[guard] = list(gathered)
         assert averaged.step == 1
     assert counts[False] == []
-    assert counts[True] == [()] * sharded_params  # one 0-d count per sharded param
+    assert counts[True] == [(sharded_params,)]  # one count per sharded param, one all-reduce
 
 
 @needs_fsdp2

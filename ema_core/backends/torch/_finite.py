@@ -23,28 +23,45 @@ def finite_stand_ins(live: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     tensor, NaN when a shard of it on any rank holds a NaN or an infinity, else 0.
 
     ``bool(isfinite(d).all())`` of a DTensor ``d`` reads a partial result on this rank only:
-    one rank would refuse an update that the others apply. Here the count of non-finite
-    elements of each rank's local part is summed over every dimension of ``d``'s mesh (one
-    small all-reduce per sharded tensor and mesh dimension, on every rank of its mesh, in the
-    same order; a Replicate dimension included, so that HSDP's replica groups agree): every
-    rank gets the same answer before any write. The plain floating tensors beside them
+    one rank would refuse an update that the others apply. Here the counts of non-finite
+    elements of each rank's local parts are stacked per mesh (and the device the parts live
+    on: CPU-offloaded shards stay on the CPU) and summed over every dimension of the mesh (one
+    small all-reduce per mesh dimension for all of its sharded tensors, on every rank of it, in
+    the same order; a Replicate dimension included, so that HSDP's replica groups agree):
+    every rank gets the same answer before any write. The plain floating tensors beside them
     (buffers, which FSDP2 leaves whole on each rank) are counted per rank, stacked, and summed
     over the first DTensor's mesh the same way: a NaN in one rank's BatchNorm statistics
-    refuses the update on every rank too.
+    refuses the update on every rank too. No count is read on the host here.
     """
     if sys.modules.get("torch.distributed.tensor") is None:  # no DTensor exists: nothing to do
         return list(live)
-    mesh = next((t.device_mesh for t in live if is_dtensor(t)), None)  # type: ignore[attr-defined]
-    plain = [i for i, t in enumerate(live) if not is_dtensor(t) and _floating(t)]
-    found = [_stand_in(t) if is_dtensor(t) else t for t in live]
-    if mesh is None or not plain:
-        return found
+    groups: dict[tuple[Any, str], tuple[Any, list[int], list[torch.Tensor]]] = {}
+    plain: list[int] = []
     with torch.no_grad():
-        counts = [torch.isfinite(live[i]).logical_not().sum().to(mesh.device_type) for i in plain]
-        summed = _summed(torch.stack(counts), mesh)
-    nan, zero = torch.tensor(float("nan")), torch.tensor(0.0)
-    for i, bad in zip(plain, summed.cpu().tolist(), strict=True):
-        found[i] = nan if bad > 0 else zero
+        for i, t in enumerate(live):
+            if not _floating(t):
+                continue  # copied, never checked
+            if not is_dtensor(t):
+                plain.append(i)
+                continue
+            count = _count(t.to_local())  # type: ignore[attr-defined]
+            mesh = t.device_mesh  # type: ignore[attr-defined]
+            group = groups.setdefault((mesh, count.device.type), (mesh, [], []))  # equal meshes
+            group[1].append(i)
+            group[2].append(count)
+        found = list(live)
+        if not groups:
+            return found  # no DTensor: each rank checks its own tensors, with no collective
+        first = next(iter(groups.values()))[0]
+        if plain:
+            counts = [_count(live[i]).to(first.device_type) for i in plain]
+            groups[(None, first.device_type)] = (first, plain, counts)
+        for mesh, where, counts in groups.values():  # in ``live``'s order on every rank
+            bad = _summed(torch.stack(counts), mesh) > 0
+            nan = torch.tensor(float("nan"), device=bad.device)
+            zero = torch.tensor(0.0, device=bad.device)
+            for k, i in enumerate(where):
+                found[i] = torch.where(bad[k], nan, zero)
     return found
 
 
@@ -59,18 +76,10 @@ def _summed(counts: torch.Tensor, mesh: Any) -> torch.Tensor:
     return counts
 
 
+def _count(tensor: torch.Tensor) -> torch.Tensor:
+    """The number of NaN and infinite elements of ``tensor``, a 0-d tensor where it lives."""
+    return torch.isfinite(tensor).logical_not().sum()
+
+
 def _floating(tensor: torch.Tensor) -> bool:
     return tensor.is_floating_point() or tensor.is_complex()
-
-
-def _stand_in(tensor: torch.Tensor) -> torch.Tensor:
-    if not _floating(tensor):
-        return tensor  # copied, never checked
-    # the local count summed over every mesh dimension: ``sum()`` of the DTensor itself is
-    # Partial over its Shard dimensions only, so the replica groups of HSDP (a Replicate
-    # dimension) and a tensor-parallel Replicate bias would each count their own copy alone
-    with torch.no_grad():
-        local = torch.isfinite(tensor.to_local()).logical_not().sum()  # type: ignore[attr-defined]
-        bad = _summed(local, tensor.device_mesh)  # type: ignore[attr-defined]
-    nan, zero = (torch.tensor(v, device=bad.device) for v in (float("nan"), 0.0))
-    return torch.where(bad > 0, nan, zero)
