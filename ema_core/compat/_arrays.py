@@ -108,9 +108,13 @@ def divide(x: Array, weight: float) -> Array:
     return out if out.dtype == x.dtype else xp.astype(out, x.dtype)
 
 
-def var_items(var_list: Any, arg: str = "var_list") -> list[tuple[VarKey, str | None, Array]]:
+def var_items(
+    var_list: Any, arg: str = "var_list", *, merge: bool = False
+) -> list[tuple[VarKey, str | None, Array]]:
     """``(key, name, array)`` per variable: named ones are keyed by name, plain arrays by id;
-    errors name the argument ``arg`` (``var_list``, or ``moving_avg_variables``)."""
+    errors name the argument ``arg`` (``var_list``, or ``moving_avg_variables``). A variable
+    given twice is refused, or with ``merge`` kept once (TF merges the overlap of its default
+    ``moving_average_variables() + trainable_variables()``)."""
     if var_list is None:
         raise ValueError(f"{arg} must list the variables to average, got None")
     if is_module(var_list):
@@ -131,6 +135,8 @@ def var_items(var_list: Any, arg: str = "var_list") -> list[tuple[VarKey, str | 
         name, var = floating_item(item, f"{arg}[{i}]")
         key: VarKey = id(var) if name is None else name
         first = i if name is not None and compat.is_jax_array(var) else seen.setdefault(id(var), i)
+        if (key in out or first != i) and merge:
+            continue
         if key in out or first != i:
             what = "the same array" if name is None else f"the name {name!r}"
             if key not in out:

@@ -30,7 +30,18 @@ def average_name(slots: Mapping[VarKey, Slot], var: Any, ema_name: str) -> str:
         name = None if slot is None else slot.name
     if name is None:
         raise ValueError("average_name needs a named variable: pass (name, array) pairs")
-    return f"{name}/{ema_name}"
+    return f"{op_name(name)}/{ema_name}"
+
+
+def op_name(name: str) -> str:
+    """A variable's name as TF saves it: without the output index a TF2 ``var.name`` carries
+    (``"dense/kernel:0"`` -> ``"dense/kernel"``, as TF's ``var.op.name``).
+
+    >>> op_name("dense/kernel:0"), op_name("w")
+    ('dense/kernel', 'w')
+    """
+    head, colon, index = name.rpartition(":")
+    return head if colon and index.isdigit() else name
 
 
 def variables_to_restore(
@@ -43,13 +54,13 @@ def variables_to_restore(
     if moving_avg_variables is None:
         averaged = dict(named)
     else:
-        items = var_items(moving_avg_variables, "moving_avg_variables")
+        items = var_items(moving_avg_variables, "moving_avg_variables", merge=True)
         averaged = dict(
             _restore_name(slots, name, var, f"moving_avg_variables[{i}]")
             for i, (_, name, var) in enumerate(items)
         )
     restore = {average_name(slots, n, ema_name): v for n, v in averaged.items()}
-    return restore | {n: v for n, v in named.items() if n not in averaged}
+    return restore | {op_name(n): v for n, v in named.items() if n not in averaged}
 
 
 def _restore_name(
