@@ -133,10 +133,12 @@ def _same(config: Any, model_config: Mapping[str, Any]) -> bool:
 
 
 def _unwrapped(module: Any) -> Any:
-    """The model inside ``torch.compile`` (``._orig_mod``) and (Distributed)DataParallel
-    (``.module``) wrappers."""
+    """The model inside ``torch.compile`` (``._orig_mod``), activation-checkpoint
+    (``._checkpoint_wrapped_module``) and (Distributed)DataParallel (``.module``) wrappers."""
     while isinstance(module, torch.nn.Module):
-        inner = module._modules.get("_orig_mod")
+        inner = module._modules.get("_orig_mod") or module._modules.get(
+            "_checkpoint_wrapped_module"
+        )
         if inner is None and type(module).__name__.endswith("DataParallel"):
             inner = module._modules.get("module")
         if inner is None:

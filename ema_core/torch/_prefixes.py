@@ -103,9 +103,12 @@ def namer(root: torch.nn.Module, prefix: str | None = None) -> Callable[[str], s
     """
     if prefix is None:
         prefix = wrapper_prefix(root)
+    # the wrapper parts dropped from both first: a checkpoint wrapper's own state_dict() keys
+    # lack its part, which a prefix such as "module._checkpoint_wrapped_module." holds
+    outer = drop_wrapped(prefix)
 
     def name_of(raw: str) -> str:
-        return drop_wrapped(raw.removeprefix(prefix))
+        return drop_wrapped(raw).removeprefix(outer)
 
     return name_of
 
@@ -165,11 +168,15 @@ def renames(
         and old[key][0] in names
         and old[key][0] not in keys
     }
+    model_names = {drop_wrapped(key) for key in keys} & current  # the model's, tracked or not
     for key in keys:  # kept _checkpoint_wrapped_module parts (saved before 2026-12-05)
         name = drop_wrapped(key)
         if key not in current and key not in moved and name in names and name not in keys:
             moved[key] = name
-    ours = all(key in current or key in moved for key in keys)
+    # a saved name of one of the model's tensors that the EMA does not track (exclude=) is
+    # the model's too: the others are still renamed, and a strict=False load leaves it out
+    known = {key for key in keys if key in old or drop_wrapped(key) in model_names}
+    ours = all(key in current or key in moved or key in known for key in keys)
     return moved if ours else {}
 
 
