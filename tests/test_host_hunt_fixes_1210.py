@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.two_cpu_devices import run_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -40,20 +36,7 @@ def test_a_numba_that_fails_to_import_warns_once_and_every_leaf_is_updated(tmp_p
     fake = tmp_path / "numba"
     fake.mkdir()
     (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.2 or less")\n')
-    path = os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONPATH": path}
-    env.pop("EMA_CORE_NUMBA", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "BROKEN-NUMBA-OK" in proc.stdout
+    run_script(SCRIPT, "BROKEN-NUMBA-OK", {"PYTHONPATH": str(tmp_path), "EMA_CORE_NUMBA": None})
 
 
 def test_an_ml_dtypes_integer_leaf_is_told_to_widen_to_an_integer() -> None:

@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import ema_core as ema  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.two_cpu_devices import run_script  # noqa: E402
 
 INFERENCE = textwrap.dedent(
     """
@@ -41,19 +36,8 @@ INFERENCE = textwrap.dedent(
 
 
 def test_an_update_inside_inference_mode_leaves_the_scratch_usable_outside() -> None:
-    env = {**os.environ, "EMA_CORE_NUMBA": "0"}  # the numpy-free torch blocks (no numba)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", INFERENCE],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "INFERENCE-SCRATCH-OK" in proc.stdout
+    # EMA_CORE_NUMBA=0: the torch blocks with their scratch (numba off or missing)
+    run_script(INFERENCE, "INFERENCE-SCRATCH-OK", {"EMA_CORE_NUMBA": "0"})
 
 
 @pytest.mark.parametrize(
