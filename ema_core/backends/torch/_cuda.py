@@ -25,8 +25,10 @@ The functions are plain torch (Triton aside) and also run on CPU tensors, which 
 suite checks the blocked way; ``_routes`` sends only CUDA groups here. The Triton functions run on
 CPU tensors too under Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton is imported):
 ``tests/test_triton_interpreter.py`` runs the kernel so in a subprocess, bit for bit against the
-core at the decay the kernel applies, ``1 - fl32(1 - decay)``; compiled without FMAs
-(``LAUNCH_OPTIONS``), a GPU rounds each operation as the interpreter does.
+core at the decay the kernel applies, ``1 - fl32(1 - decay)``, for half params; compiled
+without contraction (``LAUNCH_OPTIONS``), a GPU rounds each operation as the interpreter does.
+Float32 params ("triton-ends") take explicit FMAs, torch's own ``lerp`` (checked against it), so
+a device step gives the bits the foreach route gives the same int step.
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ __all__ = ["KERNEL_PARAMS", "LAUNCH_OPTIONS", "TRITON_BLOCK", "Launch", "prepare
 
 #: Elements per Triton program.
 TRITON_BLOCK = 1024
-#: Every launch's compile options: no FMA, as under the interpreter (stated, Triton >= 3.9
-#: warns when left to its default, which 3.10 changes).
+#: Every launch's compile options: no contracted FMA, as under the interpreter (stated, Triton
+#: >= 3.9 warns when left to its default, which 3.10 changes); float32 params' explicit
+#: ``tl.fma`` calls are kept.
 LAUNCH_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
 #: The params dtypes the kernel reads under a float32 shadow.
 KERNEL_PARAMS = (torch.float16, torch.bfloat16, torch.float32)

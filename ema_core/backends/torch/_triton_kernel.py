@@ -1,12 +1,15 @@
 """The Triton kernel of ``_cuda``'s "triton" routes: float32 shadows blended with half params cast
 in registers (or float32 params, for the one-pass device-decay route of float32 pairs), torch's
-``lerp`` formula, exact ends under a device decay. One launch covers many leaves: each program
-reads its leaf and start from a table (``table`` below: the shadows' and params' addresses, the
-sizes, then per chunk of ``BLOCK`` elements its leaf and its first element). Full chunks load
-and store unmasked, and with ``ALIGNED`` (every address a multiple of 16 bytes) the compiler is
-told so, which lets it use 16-byte loads and stores; the last chunk of a leaf is masked.
-``groups`` sorts the pairs into launches (one per params dtype and alignment) and leaves the
-strided pairs out. Triton is imported in the calls, never at import.
+``lerp`` formula, exact ends under a device decay. Half params round each operation (the core's
+bits); float32 params fuse each multiply-add as torch's own ``lerp`` does, so a float32 model's
+update under a device step (a CUDA graph's) gives the bits of the same int step (the H100 run
+of 2026-12-05 found them apart when that route rounded each operation too). One launch covers
+many leaves: each program reads its leaf and start from a table (``table`` below: the shadows'
+and params' addresses, the sizes, then per chunk of ``BLOCK`` elements its leaf and its first
+element). Full chunks load and store unmasked, and with ``ALIGNED`` (every address a multiple
+of 16 bytes) the compiler is told so, which lets it use 16-byte loads and stores; the last
+chunk of a leaf is masked. ``groups`` sorts the pairs into launches (one per params dtype and
+alignment) and leaves the strided pairs out. Triton is imported in the calls, never at import.
 
 The first GPU run (H200, 2026-12-04) launched one kernel per leaf: Triton's Python launch costs
 about 17 us, and GPT-2 small's 148 bf16 leaves took 2.9 ms where the bytes need 0.3 ms. The
@@ -141,7 +144,7 @@ def jit() -> Any:
     import triton.language as tl
 
     @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
-    def blend(  # type: ignore[no-untyped-def]  # noqa: ANN202
+    def blend(  # type: ignore[no-untyped-def]  # noqa: ANN202, PLR0912 (constexpr branches)
         table_ptr,  # noqa: ANN001
         w_ptr,  # noqa: ANN001
         d_ptr,  # noqa: ANN001
@@ -182,7 +185,11 @@ def jit() -> Any:
             s = tl.load(s_ptr + offs, mask=offs < size)
             p = tl.load(p_ptr + offs, mask=offs < size).to(tl.float32)
         diff = p - s
-        out = tl.where(tl.abs(w) < 0.5, s + w * diff, p - diff * (1.0 - w))
+        if F32:  # torch's lerp as torch's builds run it, each product and sum one FMA: the bits
+            # of the foreach-lerp route under a host decay (a graph replay equals eager steps)
+            out = tl.where(tl.abs(w) < 0.5, tl.fma(w, diff, s), tl.fma(-diff, 1.0 - w, p))
+        else:  # each operation rounded (no fusion, LAUNCH_OPTIONS): the core's bits
+            out = tl.where(tl.abs(w) < 0.5, s + w * diff, p - diff * (1.0 - w))
         if ENDS:  # a device decay: exact ends, decided on the device
             d = tl.load(d_ptr)
             out = tl.where(d == 1.0, s, tl.where(d == 0.0, p, out))
