@@ -1,6 +1,7 @@
 """README "## Performance", its GPU bullet, audited: every time and ratio it quotes from the H200
-runs of 2026-12-04 (the first run at f3ddab9, run 3 at d19a8a8) is a row of the results files or
-logs it links, and the tests log says what the bullet says about the gpu tests. No timing is
+runs of 2026-12-04 (the first run at f3ddab9, run 3 at d19a8a8) and the H100 runs of 2026-12-05
+(run 1 at df59273, run 2 at 21e9b4c) is a row of the results files or logs it links, and the
+tests logs say what the bullet says about the gpu tests. No timing is
 taken here (the figures are the GPU benchmark's)."""
 
 from __future__ import annotations
@@ -167,3 +168,100 @@ def test_routes_figures_are_its_results_file() -> None:
         assert phrase in text, phrase
         assert _rounded(value, re.findall(r"\d+\.\d+", phrase)[0]), (phrase, value)
     assert rows[("kept", 20000)] == 0.0 and "none for a vouched one" in text
+
+
+def _queued(name: str) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """The queued columns of a results table: (workload, dtype, contender) -> (ms, x ceiling q)."""
+    out = {}
+    for line in (RESULTS / name).read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 15 and re.fullmatch(r"\d+\.\d+", cells[13]):
+            out[(cells[0], cells[1], cells[3])] = (float(cells[13]), float(cells[14]))
+    assert out, name
+    return out
+
+
+def test_gpu_runs_of_2026_12_05_are_their_results_files() -> None:
+    # the H100 runs (run 1 at df59273, run 2 at 21e9b4c): each figure quoted is a row of the
+    # files it links, and the tests logs say what the paragraph says
+    text = " ".join(_gpu_bullet().split()).split("Runs of 2026-12-05", 1)[1]
+    t1, t2 = _rows("cuda-2026-12-05-run1-torch.md"), _rows("cuda-2026-12-05-run2-torch.md")
+    ll = _rows("cuda-2026-12-05-run2-torch-llama.md")
+    lb = _rows("cuda-2026-12-05-run2-torch-llama-bf16.md")
+    j1, c1 = _rows("cuda-2026-12-05-run1-jax.md"), _rows("cuda-2026-12-05-run1-cupy.md")
+    q2 = _queued("cuda-2026-12-05-run2-torch.md")
+    qll = _queued("cuda-2026-12-05-run2-torch-llama.md")
+
+    def t(rows, workload, dtype, contender, col="ceil"):
+        return rows[(workload, dtype, "torch", contender)][col]
+
+    g, m, L = "gpt2_small", "many_small_20k", "llama_1b"
+    quoted = [
+        (t(ll, L, "fp32", "EMA class", "ms"), "`EMA` class 5.107 ms, 0.85 of"),
+        (t(ll, L, "fp32", "EMA class"), "0.85 of the ceiling (a flat"),
+        (t(ll, L, "fp32", "ceiling", "gbps"), "at 3019.16 GB/s"),
+        (qll[(L, "fp32", "EMA class")][1], "GB/s), 0.88 queued"),
+        (t(ll, L, "fp32", "ema_core"), "`ema_update` 0.80, torch's"),
+        (t(ll, L, "fp32", "foreach_lerp_"), "`lerp_` alone 0.87"),
+        (t(ll, L, "fp32", "triton_lerp_"), "kernel alone 0.99"),
+        (t(ll, L, "fp32", "EMA class graph"), "CUDA graph 1.00, timm"),
+        (t(ll, L, "fp32", "timm ModelEmaV3"), "timm 0.77."),
+        (t(lb, L, "bf16", "EMA class", "ms"), "the class 3.939 ms"),
+        (t(lb, L, "bf16", "EMA class"), "0.94 of the ceiling, `ema_update`"),
+        (t(lb, L, "bf16", "ema_core"), "`ema_update` 0.90, timm"),
+        (t(lb, L, "bf16", "timm ModelEmaV3"), "timm 1.23 (its bf16"),
+        (t(t2, g, "fp32", "EMA class"), "the class 0.69 of the ceiling in fp32"),
+        (q2[(g, "fp32", "EMA class")][1], "in fp32 (0.86 queued)"),
+        (t(t2, g, "bf16", "EMA class"), "and 0.69 with bf16 params"),
+        (q2[(g, "bf16", "EMA class")][1], "H200; 0.97 queued"),
+        (t(t2, g, "fp32", "EMA class graph"), "CUDA graph 0.99 and"),
+        (t(t2, g, "bf16", "EMA class graph"), "and 0.98; run 1"),
+        (t(t1, g, "fp32", "EMA class"), "gave the class 0.74 and"),
+        (t(t1, g, "bf16", "EMA class"), "and 0.50, so"),
+        (t(t2, m, "fp32", "EMA class", "ms"), "the class 14.132 ms in fp32"),
+        (t(t2, m, "fp32", "EMA class", "us_leaf"), "fp32 (0.70 us per leaf)"),
+        (t(t2, m, "bf16", "EMA class", "ms"), "and 16.192 ms in bf16"),
+        (t(t2, m, "bf16", "EMA class", "us_leaf"), "bf16 (0.80 us per leaf;"),
+        (t(t2, m, "fp32", "timm ModelEmaV3", "ms"), "timm 69.540 and"),
+        (t(t2, m, "bf16", "timm ModelEmaV3", "ms"), "and 69.510. Every"),
+        (c1[(g, "fp32", "cupy", "ema_core")]["ceil"], "GPT-2 small 0.55 of the ceiling"),
+        (c1[(g, "fp32", "cupy", "ema_core")]["ms"], "fp32 (0.938 ms, against"),
+        (c1[(g, "bf16", "cupy", "ema_core")]["ceil"], "and 0.46 in bf16"),
+        (c1[(g, "bf16", "cupy", "ema_core")]["ms"], "bf16 (0.936 ms)"),
+        (j1[(g, "fp32", "jax", "ema_core")]["ceil"], "`make_update` 0.33 (fp32)"),
+        (j1[(g, "bf16", "jax", "ema_core")]["ceil"], "and 0.35 (bf16)"),
+        (j1[(g, "fp32", "jax", "packed")]["ceil"], "`packed` 0.47 and"),
+        (j1[(g, "bf16", "jax", "packed")]["ceil"], "and 0.44, `packed_slices`"),
+        (j1[(g, "fp32", "jax", "packed_slices")]["ceil"], "`packed_slices` 0.28 and"),
+        (j1[(g, "bf16", "jax", "packed_slices")]["ceil"], "and 0.26 (XLA"),
+        (j1[(g, "fp32", "jax", "tree_map")]["ceil"], "`tree_map` 0.46 and"),
+        (j1[(g, "bf16", "jax", "tree_map")]["ceil"], "and 0.42; the"),
+    ]
+    for value, phrase in quoted:
+        assert phrase in text, phrase
+        assert _rounded(value, re.findall(r"\d+\.\d+", phrase)[0]), (phrase, value)
+    host = (RESULTS / "cuda-2026-12-05-run1-jax-host.log").read_text(encoding="utf-8")
+    assert "make_update call         1.989 ms" in host and "1.989 ms for `make_update`" in text
+    assert "tree_map call            1.237 ms" in host and "against 1.237 for a jitted" in text
+    # every ema-core row of run 2 allocated nothing and never synced; AveragedModel synced once
+    ours = {"ema_core", "EMA class", "ema_update dict", "EMA class graph"}
+    seen = 0
+    for name in ("torch", "torch-llama", "torch-llama-bf16"):
+        for line in (RESULTS / f"cuda-2026-12-05-run2-{name}.md").read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 15 and cells[3] in ours:
+                assert (cells[11], cells[12]) == ("0.0", "0"), cells
+                seen += 1
+            elif len(cells) == 15 and cells[3] == "torch AveragedModel":
+                assert cells[12] == "1", cells
+    assert seen == 24 and "0.0 MB per update and made 0 host syncs (`AveragedModel` 1)" in text
+    log1 = (RESULTS / "cuda-2026-12-05-run1-gpu-tests.log").read_text(encoding="utf-8")
+    assert "1 failed, 177 passed, 38 skipped" in log1
+    assert "FAILED tests/test_torch_gpu.py::test_cuda_graph_capture_of_update_with_a_" in log1
+    assert "177 gpu tests passed and one failed" in text
+    log2 = (RESULTS / "cuda-2026-12-05-run2-gpu-tests.log").read_text(encoding="utf-8")
+    assert "178 passed, 38 skipped" in log2 and "failed" not in log2.split("short test summ")[1]
+    assert "all 178 gpu tests passed, 38 skipped" in text
+    for run in (1, 2):
+        device = (RESULTS / f"cuda-2026-12-05-run{run}-device.txt").read_text(encoding="utf-8")
+        assert "NVIDIA H100 80GB HBM3" in device and "triton 3.6.0" in device
