@@ -113,8 +113,12 @@ def _output_problem(args: argparse.Namespace) -> str | None:
             return "--device cuda, but torch sees no CUDA device on this machine"
     if any(c in args.tag for c in "/\\") or args.tag in (".", ".."):
         return f"--tag {args.tag!r} cannot be part of a file name"
-    if len(args.tag.encode()) > MAX_TAG:
-        return f"--tag is {len(args.tag.encode())} bytes: at most {MAX_TAG} fit in a file name"
+    try:  # the tag goes into file names and into the results' text (UTF-8)
+        size = len(args.tag.encode())
+    except UnicodeEncodeError:  # a byte the locale could not decode (a Latin-1 name)
+        return f"--tag {os.fsencode(args.tag)!r} is not UTF-8 text"
+    if size > MAX_TAG:
+        return f"--tag is {size} bytes: at most {MAX_TAG} fit in a file name"
     out = args.out
     while not out.exists() and out.parent != out:
         out = out.parent

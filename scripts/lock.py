@@ -12,6 +12,7 @@ only, which is what the dev and CI machines run; users' installs keep pyproject'
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import platform
@@ -80,4 +81,6 @@ def main(output: str = "requirements-dev.lock") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    parser = argparse.ArgumentParser(description="Write the test/CI lock file (make lock).")
+    parser.add_argument("output", nargs="?", default="requirements-dev.lock", help="the file")
+    main(parser.parse_args().output)

@@ -8,6 +8,7 @@ The figures quoted in ``ema_core/backends/host/__init__.py`` come from this scri
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Callable
@@ -79,4 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help: no run
     main()

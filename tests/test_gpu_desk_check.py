@@ -1,13 +1,12 @@
 """What the first GPU run would have met, caught before it (a desk check of the CUDA paths).
 
 On the CPU: the Triton kernel compiled for an H100/H200 (sm_90, Triton's own ``ptxas``) with the
-options every launch passes (no FMA, and no warning, which ``filterwarnings=error`` would turn
-into a failure of every Triton test); the launch refusing a weight or decay off the shadows'
-device before any write; the device-decay CUDA blend reading nothing on the host; ``gpu.sh``
-parsing. Marked ``gpu`` (skipped with a reason without CUDA): the kernel bit for bit equal to
-the core on the GPU, a bf16 model's update (Triton and blocked routes) replayed from a CUDA
-graph, and a launch on a second device.
-"""
+options every launch passes (no contracted FMA, and no warning, which ``filterwarnings=error``
+would turn into a failure of every Triton test; float32 params' explicit FMAs kept); the launch
+refusing a weight or decay off the shadows' device before any write; the device-decay CUDA blend
+reading nothing on the host; ``gpu.sh`` parsing. Marked ``gpu`` (skipped with a reason without
+CUDA): the kernel bit for bit equal to the core on the GPU, a bf16 model's update (Triton and
+blocked routes) replayed from a CUDA graph, and a launch on a second device."""
 
 from __future__ import annotations
 
@@ -75,6 +74,7 @@ def test_triton_kernel_compiles_for_sm90_fusing_float32_params_only(
     # half params: every product rounded, as under the interpreter (the core's bits); float32
     # params: each multiply-add one FMA, as torch's lerp (the foreach route's bits)
     assert ("fma.rn.f32" in ptx) == (pdtype == "*fp32")
+    assert ("mul.rn.f32" in ptx) == (pdtype != "*fp32")  # both float32 branches fused
 
 
 @needs_triton

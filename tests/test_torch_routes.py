@@ -274,7 +274,7 @@ def test_cuda_routes(monkeypatch, triton, decay):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("decay", [0.3, 0.9999, 1.0, 0.0])
+@pytest.mark.parametrize("decay", [0.3, 0.9, 0.9999, 1.0, 0.0])
 def test_cuda_same_ends(decay):
     """Float32 pairs under a device decay on CUDA take the Triton kernel in one pass (route
     "triton-ends"): bit for bit torch's fused ``lerp`` at the float32 weight (what a host decay's

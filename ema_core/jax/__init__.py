@@ -21,7 +21,8 @@
 Inside: ``_compiled`` and ``_chunked`` (the compiled update) and ``_optax`` are ``jax.jit`` of
 ``ema_core._api.update``; ``_bank``, ``_bank_update`` and ``_bank_chunks`` the bank (its
 arguments checked by ``ema_core._banks``); ``_call_checks`` the host checks before a compiled
-call (a state donated to an earlier call, a step out of range, 64-bit arrays without x64);
+call (a state donated to an earlier call, a step out of range, 64-bit arrays without x64;
+``_finite_params``: ``guard_finite``'s look at the params);
 ``_checkpoint`` the ``.npz`` names; ``_split`` splits a tree into its arrays and static leaves;
 ``_packed`` the packed state (``pack``, ``unpack``; its ``Layout`` and pytree in
 ``_packed_layout``), ``_packed_update`` its update (the block kernel) and ``_packed_checks``

@@ -18,12 +18,12 @@ from ema_core._config import Config
 from ema_core._types import EMAState, Tree
 from ema_core.jax._bank_chunks import Chunks, updates
 from ema_core.jax._call_checks import (
-    check_finite_params,
     check_readable,
     check_x64,
     host_checked,
 )
 from ema_core.jax._compiled import dispatch
+from ema_core.jax._finite_params import check_finite_params
 from ema_core.jax._placement import commit_state
 from ema_core.jax._split import Split, split
 

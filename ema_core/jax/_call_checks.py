@@ -1,8 +1,8 @@
 """The checks ``make_update`` and the JAX bank make on the host before a compiled call: a state
 donated to an earlier call (its step, or any array: ``check_live``), a step out of range, a state
 of 64-bit arrays (JAX's, or a numpy shadow's) while x64 is off, Python scalars in a state (static
-under jit: they would never move) and ``guard_finite`` on the params. Nothing here donates or
-writes."""
+under jit: they would never move; ``_finite_params`` holds ``guard_finite``'s look at the
+params). Nothing here donates or writes."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from typing import Any
 
 import jax
 import numpy as np
+from array_api_compat import is_array_api_obj
 
+from ema_core._checks import check_weight
 from ema_core._leaf_checks_x64 import check_x64_dtype
 from ema_core._ops import is_readable, ops_for
-from ema_core._paths import path_str
-from ema_core._tree import flatten
-from ema_core._types import EMAState, Tree
+from ema_core._step_forms import step_in
+from ema_core._types import EMAState
 from ema_core.backends.jax._leaves import scalar_device
 from ema_core.jax._devices import leaf_name
 
 __all__ = [
     "DONATED_BY",
-    "check_finite_params",
     "check_live",
     "check_not_donated",
     "check_readable",
@@ -157,21 +157,25 @@ def host_checked(state: Any, trusted: bool, what: str, by: str) -> Any:
 
 
 def host_scalars(state: Any) -> Any:
-    """``state`` with a Python or numpy integer step (a scalar or a 0-d array: in its own dtype
+    """``state`` with a Python or numpy integer step (or another framework's, a CPU torch tensor:
+    read as an int; one on a device refused) (a scalar or a 0-d array: in its own dtype
     where JAX has it, as the eager update keeps it; a Python int, or int64 / uint64 with x64
-    off, as JAX's default int saturated at its top, as jit would wrap it) and a Python float
+    off, as JAX's default int saturated at its top, as jit would wrap it) and a Python number
     weight as 0-d JAX arrays beside the shadow (a non-array leaf is static in the jit: it would
     never move), a weak-typed weight (``jnp.asarray(1.0)``) made strong (the update returns a
     strong one: a weak one would compile a second time), after checking the weight's shape and
     dtype (the update does not look at it).
 
     Raises:
-        TypeError: ``state.weight`` is not a float or a 0-d float array.
+        TypeError: ``state.weight`` is not a number or a 0-d float array, or the step is
+            another framework's array that the host cannot read (on a device).
         ValueError: ``state.weight`` is an array that is not 0-d, or the step is negative.
     """
     if not all(hasattr(state, f) for f in EMAState._fields):
         return state  # refused by the update, before anything runs
     step, weight = state.step, state.weight
+    if not isinstance(step, (jax.Array, np.ndarray, np.generic, int)) and is_array_api_obj(step):
+        step = step_in(step, jax.numpy, "state.step")  # another framework's (torch): its int
     if _host_integer(step):
         ops_for(int(step), "state.step")
         own = np.asarray(step).dtype if not isinstance(step, int) else None
@@ -180,12 +184,15 @@ def host_scalars(state: Any) -> Any:
         else:  # a Python int, or int64 / uint64 without x64: the default int, saturated
             top = int(np.iinfo(jax.numpy.asarray(0).dtype).max)
             step = _beside(state.shadow, np.asarray(min(int(step), top)))
-    if isinstance(weight, (float, np.floating)):  # a Python or numpy float scalar
+    if isinstance(weight, (int, float, np.floating)) and not isinstance(weight, bool):
+        check_weight(weight)  # a Python number (an int too large for a float refused)
         weight = _beside(state.shadow, np.asarray(weight, jax.numpy.result_type(float)))
     elif getattr(weight, "weak_type", False) and not isinstance(weight, jax.core.Tracer):
         weight = jax.numpy.asarray(weight, weight.dtype)  # the update returns a strong weight
     if not isinstance(weight, (jax.Array, np.ndarray)):
-        raise TypeError(f"state.weight must be a 0-d float array, got {type(weight).__name__}")
+        raise TypeError(
+            f"state.weight must be a number or a 0-d float array, got {type(weight).__name__}"
+        )
     if not jax.numpy.issubdtype(weight.dtype, jax.numpy.floating):  # bfloat16 included
         raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")
     if weight.ndim != 0:
@@ -211,42 +218,3 @@ def _beside(shadow: Any, value: np.ndarray) -> Any:
     if where is None:
         return value if not leaves else jax.numpy.asarray(value)
     return jax.device_put(value, where)
-
-
-def check_finite_params(params: Tree) -> None:
-    """``Config(guard_finite=True)`` before the jitted call: one compiled reduction, one read.
-
-    Raises:
-        ValueError: a float leaf holds NaN or inf (its path named), or the params are traced.
-    """
-    leaves, paths, _ = flatten(params, "params")
-    floats = [
-        (x, path)
-        for x, path in zip(leaves, paths, strict=True)
-        if isinstance(x, (jax.Array, np.ndarray)) and jax.numpy.issubdtype(x.dtype, np.inexact)
-    ]
-    if any(isinstance(x, jax.core.Tracer) for x, _ in floats):
-        raise ValueError(
-            "Config(guard_finite=True) reads the params on the host, but they are traced "
-            "(make_update called inside jax.jit or another transformation): call it outside, "
-            "or wrap the optimizer in optax.apply_if_finite to skip non-finite steps"
-        )
-    for x, path in floats:  # read by the reduction below: a deleted one sharded on several
-        if isinstance(x, jax.Array) and x.is_deleted():  # devices ends the process (SIGSEGV)
-            raise ValueError(
-                f"{path_str('params', path)} was deleted (donated to an earlier call that "
-                "donates it, or deleted by hand): pass the arrays that call returned; nothing "
-                "was donated"
-            )
-    finite = jax.device_get(_all_finite([x for x, _ in floats]))
-    for ok, (_, path) in zip(finite, floats, strict=True):
-        if not ok:
-            raise ValueError(
-                f"{path_str('params', path)} holds NaN or infinite values "
-                "(guard_finite=True); no shadow was changed"
-            )
-
-
-@jax.jit
-def _all_finite(leaves: list[Any]) -> list[Any]:
-    return [jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]

@@ -12,6 +12,7 @@ from typing import Any, overload
 
 import jax
 import numpy as np
+from array_api_compat import is_array_api_obj
 
 from ema_core._types import EMAState
 from ema_core.jax._call_checks import check_readable
@@ -30,7 +31,8 @@ def state_dict(state: EMAState | PackedState, /) -> dict[str, np.ndarray]:
     saved: ``load_state_dict`` takes them from ``like``.
 
     Raises:
-        TypeError: ``state`` is not an ``EMAState`` or a ``PackedState`` (params, say).
+        TypeError: ``state`` is not an ``EMAState`` or a ``PackedState`` (params, say), or its
+            shadow holds arrays of another framework (a torch state: its shadows would be lost).
         ValueError: two arrays would still share a name (a custom pytree node whose keys
             print alike, such as the int ``0`` and the string ``"0"``), or an array of the
             state was deleted (donated to an update since).
@@ -53,7 +55,15 @@ def state_dict(state: EMAState | PackedState, /) -> dict[str, np.ndarray]:
             f"{type(state).__name__}"
         )
     check_readable(state, "state")
-    pairs = [pair for pair in jax.tree_util.tree_flatten_with_path(state)[0] if _saved(*pair)]
+    every = jax.tree_util.tree_flatten_with_path(state)[0]
+    foreign = [(p, x) for p, x in every if not _saved(p, x) and is_array_api_obj(x)]
+    if foreign:  # a torch state's shadows: not a module's static leaves, which are left out
+        raise TypeError(
+            f"state.shadow holds {_kind(foreign[0][1])} arrays "
+            f"({', '.join(_names([p for p, _ in foreign[:3]]))}): this saves JAX and numpy "
+            "arrays; save such a state with ema_core.checkpoint.save, or move its arrays to JAX"
+        )
+    pairs = [pair for pair in every if _saved(*pair)]
     paths = [path for path, _ in pairs]
     names = _names(paths)
     _check_distinct(names, paths)
@@ -244,3 +254,8 @@ def _repacked(state: EMAState, like: PackedState, home: Any) -> PackedState:
     arrays, _ = split(state.shadow)
     flats, loose = fill(arrays, like.layout, home)
     return PackedState(state.step, flats, loose, state.weight, like.layout)
+
+
+def _kind(x: Any) -> str:
+    """An array's type as its framework names it (``torch.Tensor``)."""
+    return f"{type(x).__module__.partition('.')[0]}.{type(x).__name__}"

@@ -17,12 +17,12 @@ from ema_core._types import EMAState, Tree
 from ema_core.jax import _chunked
 from ema_core.jax._call_checks import (
     DONATED_BY,
-    check_finite_params,
     check_live,
     check_x64,
     host_checked,
 )
 from ema_core.jax._devices import check_devices
+from ema_core.jax._finite_params import check_finite_params
 from ema_core.jax._packed import PackedState
 from ema_core.jax._packed_update import PackedUpdate
 from ema_core.jax._placement import check_placements, commit_state

@@ -15,7 +15,7 @@ from ema_core._checks import check_state
 from ema_core._config import Config
 from ema_core._read_checks import check_zeros_read
 from ema_core._types import EMAState, Tree
-from ema_core.jax._call_checks import check_finite_params
+from ema_core.jax._finite_params import check_finite_params
 
 
 class WithEMAState(NamedTuple):

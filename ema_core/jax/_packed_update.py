@@ -44,8 +44,9 @@ from ema_core.backends.jax._leaves import (
     update_donated,
     widen,
 )
-from ema_core.jax._call_checks import DONATED_BY, check_finite_params, host_checked
+from ema_core.jax._call_checks import DONATED_BY, host_checked
 from ema_core.jax._chunked import CHUNK, Chunked
+from ema_core.jax._finite_params import check_finite_params
 from ema_core.jax._packed_checks import check_arrays, check_devices, check_live, same
 from ema_core.jax._packed_layout import Layout, PackedState
 from ema_core.jax._placement import commit_state, read_shardings

@@ -26,6 +26,7 @@ RTOL = {
     "bfloat16": 3e-2,
     "complex128": 1e-10,
     "complex64": 2e-5,
+    "complex32": 4e-3,
 }
 _WIDE = 1e-10  # long double shadows: the oracle is float64
 
@@ -106,35 +107,38 @@ def _close(got: np.ndarray, want: np.ndarray, tol: float) -> np.ndarray:
     return np.asarray(near | (got == want) | (np.isnan(got) & np.isnan(want)))
 
 
-def unchanged(checked: Checked, indices: Sequence[int], t: int) -> None:
+def unchanged(checked: Checked, indices: Sequence[int], t: int, final: bool = False) -> None:
     """The trajectory's nests ``indices`` (0: ``init``, k: the params of step k) still hold
-    the values read before the EMA ran: an EMA must not write into (or donate) its inputs."""
+    the values read before the EMA ran: an EMA must not write into (or donate) its inputs.
+    ``final``: the sweep after step ``t``, the last, over inputs each checked right after its own
+    step (and ``init`` after every step), so a change found then happened in one of the steps
+    after the input's own, and the message names them."""
     for k in indices:
         name = "trajectory.init" if k == 0 else f"trajectory.steps[{k - 1}]"
+        when = f"step t={t}" if not final or k + 1 >= t else f"one of the steps t={k + 1}..{t}"
         nest = checked.init if k == 0 else checked.steps[k - 1]
         try:
             now = host64(flatten_pair(checked.init, nest, "trajectory.init", name).other)
         except (RuntimeError, TypeError, ValueError) as err:  # a deleted (donated) JAX array
             raise AssertionError(
-                f"the EMA changed its input {name} during step t={t}: it can no longer be "
-                f"read ({err})"
+                f"the EMA changed its input {name} during {when}: it can no longer be read ({err})"
             ) from None
         for before, after, path in zip(checked.host[k], now, checked.paths, strict=True):
-            _same(before, after, name, path, t)
+            _same(before, after, name, path, when)
 
 
-def _same(before: np.ndarray, after: np.ndarray, name: str, path: Path, t: int) -> None:
+def _same(before: np.ndarray, after: np.ndarray, name: str, path: Path, when: str) -> None:
     if before.shape == after.shape and np.array_equal(before, after, equal_nan=True):
         return
     where = path_str(name, path)
     if before.shape != after.shape:
         raise AssertionError(
-            f"the EMA changed its input {where} during step t={t}: shape {before.shape} is now "
+            f"the EMA changed its input {where} during {when}: shape {before.shape} is now "
             f"{after.shape}"
         )
     k = int(np.flatnonzero(~_close(after, before, 0.0))[0])
     raise AssertionError(
-        f"the EMA changed its input {where} during step t={t}: element {k} was "
+        f"the EMA changed its input {where} during {when}: element {k} was "
         f"{before.reshape(-1)[k].item()!r}, is {after.reshape(-1)[k].item()!r}; an EMA must "
         "not write into the params it is given (nor into trajectory.init)"
     )

@@ -16,8 +16,11 @@ def to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, (int, float, complex)):
         return np.array(x)
     xp = compat.array_namespace(x)
-    if dtype_name(xp, x.dtype) in ("float16", "bfloat16"):
+    name = dtype_name(xp, x.dtype)
+    if name in ("float16", "bfloat16"):
         x = xp.astype(x, xp.float32)
+    elif name == "complex32":  # torch's half complex: numpy has none
+        x = xp.astype(x, xp.complex64)
     module = type(x).__module__.partition(".")[0]
     if module == "torch":
         return np.array(x.detach().cpu().numpy(), copy=True)  # .numpy() shares CPU memory
@@ -51,13 +54,17 @@ EPS = {
 
 def host_values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """Values for a leaf of dtype name ``dtype`` (or ``"int"``, the namespace's default
-    integer): float32 normals scaled by 10 for floating ones, small non-negative ints otherwise
-    (0 or 1 for bool), so that every cast is exact and warns of nothing."""
+    integer): float32 normals scaled by 10 for floating ones (complex ones: in both parts, so an
+    EMA that drops or flips the imaginary part is seen), small non-negative ints otherwise (0 or
+    1 for bool), so that every cast is exact and warns of nothing."""
     if dtype == "bool":
         return rng.integers(0, 2, size=shape).astype(bool)
     if dtype == "int" or dtype.startswith(("int", "uint")):
         return rng.integers(0, 100, size=shape)
-    return (rng.standard_normal(shape) * 10).astype(np.float32)
+    real = (rng.standard_normal(shape) * 10).astype(np.float32)
+    if dtype.startswith("complex"):
+        return real + 1j * (rng.standard_normal(shape) * 10).astype(np.float32)
+    return real
 
 
 def as_array(xp: Any, host: np.ndarray, dtype: str) -> Any:
@@ -74,6 +81,8 @@ def rounded(x: np.ndarray, dtype: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         if dtype == "float16":
             return x.astype(np.float16).astype(x.dtype)
+        if dtype == "complex32":  # each part rounded as a float16
+            return rounded(x.real, "float16") + 1j * rounded(x.imag, "float16")
         if dtype != "bfloat16":
             return x
         bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)

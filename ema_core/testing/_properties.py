@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from array_api_compat import is_array_api_obj
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,7 +120,7 @@ class _Runner:
         """The returned shadow, and it on the host."""
         before = to_numpy(params)
         out = self.step_fn(shadow, params, decay)
-        if out is None or isinstance(out, (tuple, list, dict, str)):
+        if out is None or isinstance(out, (tuple, list, dict, str)) or not is_array_api_obj(out):
             raise TypeError(
                 f"step_fn(shadow, params, decay) must return the new shadow (an array), got "
                 f"{type(out).__name__}; an in-place update returns the shadow it updated"
@@ -181,29 +182,37 @@ class _Runner:
     def constant(self, xp: Namespace, shadow: Any, decay: float) -> None:
         want = to_numpy(shadow)
         got = self.call(shadow, xp.asarray(shadow, copy=True), decay)[1]
-        _within(
-            got,
-            want - self.ulps * np.abs(want),
-            want + self.ulps * np.abs(want),
-            f"a constant input must be a fixed point at decay={decay}",
-        )
+        slack = _both(want, self.ulps * np.abs(want))  # complex: in each part
+        rule = f"a constant input must be a fixed point at decay={decay}"
+        _within(got, want - slack, want + slack, rule)
 
     def bounded(self, shadow: Any, params: Any, decays: list[float]) -> None:
         seen = np.stack([to_numpy(shadow), to_numpy(params)])
-        low, high = seen.min(axis=0), seen.max(axis=0)
-        slack = self.ulps * len(decays) * np.maximum(np.abs(low), np.abs(high))
+        if np.iscomplexobj(seen):  # each part between its own running min and max
+            low = seen.real.min(axis=0) + 1j * seen.imag.min(axis=0)
+            high = seen.real.max(axis=0) + 1j * seen.imag.max(axis=0)
+        else:
+            low, high = seen.min(axis=0), seen.max(axis=0)
+        slack = _both(low, self.ulps * len(decays) * np.maximum(np.abs(low), np.abs(high)))
+        low, high = low - slack, high + slack
         for decay in decays:
             shadow, got = self.call(shadow, params, decay)
-            _within(
-                got,
-                low - slack,
-                high + slack,
-                f"the shadow must stay within the running [min, max], at decay={decay}",
-            )
+            rule = f"the shadow must stay within the running [min, max], at decay={decay}"
+            _within(got, low, high, rule)
+
+
+def _both(like: np.ndarray, slack: np.ndarray) -> np.ndarray:
+    """``slack`` for both parts of a complex ``like`` (``slack * (1 + 1j)``), else itself."""
+    return slack * (1 + 1j) if np.iscomplexobj(like) else slack
 
 
 def _within(got: np.ndarray, low: np.ndarray, high: np.ndarray, rule: str) -> None:
-    """Every element of ``got`` in [low, high]; else name the first one outside."""
+    """Every element of ``got`` in [low, high]; else name the first one outside. Complex
+    values: each part between the same part of ``low`` and ``high``."""
+    if np.iscomplexobj(got) or np.iscomplexobj(low):
+        _within(got.real, np.real(low), np.real(high), f"{rule} (real part)")
+        _within(np.imag(got), np.imag(low), np.imag(high), f"{rule} (imaginary part)")
+        return
     with np.errstate(invalid="ignore"):
         bad = np.flatnonzero(~((got >= low) & (got <= high)))
     if bad.size:

@@ -239,12 +239,11 @@ def _tied_since(
 
 def _pair(item: Any, where: str) -> tuple[Any, Any]:
     if not (isinstance(item, tuple) and len(item) == 2):
-        call = "copy_to(model)" if where.startswith("copy_to") else "EMA(model)"
-        hint = (
-            f": pass the module itself ({call}) or model.named_parameters()"
-            if isinstance(item, torch.Tensor)
-            else ""
-        )
+        into = where.startswith("copy_to")  # a state_dict holds the buffers copy_to writes too
+        other = "model.state_dict()" if into else "model.named_parameters()"
+        call = "copy_to(model)" if into else "EMA(model)"
+        tensor = isinstance(item, torch.Tensor)
+        hint = f": pass the module itself ({call}) or {other}" if tensor else ""
         raise TypeError(f"{where} must yield (name, tensor) pairs, got {type(item).__name__}{hint}")
     return item
 

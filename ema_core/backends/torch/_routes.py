@@ -27,7 +27,8 @@ generic               any     any    the rest  ``_core.blend`` per leaf        c
 [1] float32 or wider (float32 on CUDA with Triton: triton-ends). [2] a float32 shadow, Triton
 installed. [3] float32 pairs, Triton installed, not traced by ``torch.compile``: one pass with
 exact ends, where ``_foreach.lerp_ends_`` takes three ops and a temporary per tensor (a CUDA
-graph's update).
+graph's update), with torch's fused ``lerp`` arithmetic: the bits of "foreach-lerp" under the
+same int step.
 Tests: ``test_<name>`` in ``tests/test_torch_routes.py`` (the CUDA ones marked ``gpu``;
 ``tests/test_torch_kernels.py`` runs the blocked functions on CPU tensors). "generic" takes the
 ``other`` bucket, half ``same`` groups with a device decay (the core computes in float32: a
