@@ -116,7 +116,7 @@ def _output_problem(args: argparse.Namespace) -> str | None:
     try:  # the tag goes into file names and into the results' text (UTF-8)
         size = len(args.tag.encode())
     except UnicodeEncodeError:  # a byte the locale could not decode (a Latin-1 name)
-        return f"--tag {os.fsencode(args.tag)!r} is not UTF-8 text"
+        return f"--tag {_shown(args.tag)} is not UTF-8 text"
     if size > MAX_TAG:
         return f"--tag is {size} bytes: at most {MAX_TAG} fit in a file name"
     out = args.out
@@ -166,3 +166,11 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         for d in dtypes
         if args.dtype or args.workload or (b, w, d) not in TRIMMED
     ]
+
+
+def _shown(text: str) -> str:
+    """A text with undecodable bytes as those bytes (``b'r\\xe9sum\\xe9'``), else escaped."""
+    try:
+        return repr(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate no byte stands for (given from Python)
+        return ascii(text)

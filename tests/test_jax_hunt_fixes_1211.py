@@ -27,7 +27,10 @@ def _params():
 def test_make_update_counts_a_torch_step_as_its_int():
     params = _params()
     start = ema.init(params, CONFIG)
-    with_torch, with_int = start._replace(step=torch.tensor(0)), start
+    moved = ema.init({"w": torch.full((2,), 4.0)}, CONFIG)  # a torch state, shadows moved to JAX
+    moved = moved._replace(shadow={"w": jnp.asarray(moved.shadow["w"].numpy())})
+    assert isinstance(moved.step, torch.Tensor) and isinstance(moved.weight, torch.Tensor)
+    with_torch, with_int = moved, start
     update = make_update(CONFIG, donate=False)
     for k in range(1, 4):
         with_torch, with_int = update(with_torch, params), update(with_int, params)

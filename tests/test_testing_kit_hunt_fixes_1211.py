@@ -32,7 +32,7 @@ def _conjugates(s, p, d):
 @pytest.mark.parametrize("wrong", [_drops_imag, _conjugates])
 @pytest.mark.parametrize("dtype", ["complex64", "complex128"])
 def test_an_ema_that_loses_the_imaginary_part_fails(wrong, dtype):
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"must copy the params|one update at decay="):
         testing.assert_ema_properties(wrong, torch, dtype=dtype, max_examples=30)
 
 
@@ -94,7 +94,37 @@ def test_the_oracle_warns_of_nothing_on_infinite_params():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = testing.reference(ema.Config(schedule=0.5), trajectory)
+        complex_inf = [{"z": np.array([complex(1, np.inf)])}] * 2  # (1j * inf is NaN + inf j)
+        z = testing.Trajectory({"z": np.array([1 + 1j])}, complex_inf)
+        for correction in ("exact", "power"):  # the bias correction divides a complex inf
+            config = ema.Config(schedule=0.5, init="zeros", correction=correction)
+            testing.assert_matches(_ema_core(config), config, z)  # what ema-core's numpy gives
     assert np.isinf(got[0].average[0]).all() and np.isnan(got[1].average[0]).all()
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("init", ["params", "zeros"])
+def test_complex32_under_dtype_same_matches_ema_core_inf_included(init):
+    z = [torch.tensor([0.5 + 0.25j, 1 + 1j]).to(torch.complex32)]
+    z += [torch.tensor([2.0 + 1j, complex(1.0, float("inf"))]).to(torch.complex32)] * 3
+    trajectory = testing.Trajectory({"z": z[0]}, [{"z": x} for x in z[1:]])
+    config = ema.Config(schedule=0.9, dtype="same", init=init)
+    testing.assert_matches(_ema_core(config), config, trajectory)
+
+
+def _ema_core(config):
+    """ema-core's functional EMA as the kit's ``make_ema``."""
+
+    def make(start):
+        live = {"own": ema.init(start, config)}
+
+        def step(params, t):
+            live["own"] = ema.update(live["own"], params, config)
+            return ema.average(live["own"], config)
+
+        return step
+
+    return make
 
 
 @pytest.mark.parametrize("returns", [lambda s: float(s.sum()), lambda s: object(), lambda s: {1}])

@@ -25,3 +25,49 @@ def test_copy_to_of_bare_tensors_points_to_a_call_that_works():
     ema.copy_to(target.state_dict())  # the suggestion, followed, works on a model with buffers
     for name, avg in ema.average.items():
         assert torch.equal(target.state_dict()[name], avg), name
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 3)
+        self.head = torch.nn.Linear(3, 5, bias=False)
+        self.head.weight = self.emb.weight
+
+
+def test_a_tie_undone_after_the_ema_was_built_is_refused_before_any_write():
+    torch.manual_seed(0)
+    model = _Tied()
+    ema = EMA(model, decay=0.5)
+    assert ema.names == ("emb.weight",)
+    model.head.weight = torch.nn.Parameter(model.emb.weight.detach().clone())  # untied
+    with torch.no_grad():
+        model.emb.weight.fill_(2.0)
+    before = {n: a.clone() for n, a in ema.average.items()}
+    with pytest.raises(ValueError, match=r"'head\.weight' was another name of the tracked tensor "
+                       r"'emb\.weight'.*untied after the EMA was built"):  # fmt: skip
+        ema.update()
+    assert all(torch.equal(ema.average[n], a) for n, a in before.items())
+
+
+def test_both_names_tied_to_one_new_tensor_are_followed():
+    torch.manual_seed(0)
+    model = _Tied()
+    ema = EMA(model, decay=0.5)
+    old = model.emb.weight.detach().clone()
+    shared = torch.nn.Parameter(torch.full((5, 3), 4.0))
+    model.emb.weight = shared
+    model.head.weight = shared  # tied again, as tie_weights() after a resize does
+    ema.update()
+    torch.testing.assert_close(ema.average["emb.weight"], (old + 4.0) / 2, rtol=0, atol=1e-6)
+    with ema.swap():
+        assert model.head.weight is model.emb.weight
+    ema.update()  # still watched: nothing raised
+
+
+def test_an_alias_whose_module_was_removed_is_dropped():
+    model = _Tied()
+    ema = EMA(model, decay=0.5)
+    model.head = torch.nn.Identity()
+    ema.update()
+    assert ema.names == ("emb.weight",)

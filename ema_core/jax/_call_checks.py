@@ -15,7 +15,7 @@ from array_api_compat import is_array_api_obj
 
 from ema_core._checks import check_weight
 from ema_core._leaf_checks_x64 import check_x64_dtype
-from ema_core._ops import is_readable, ops_for
+from ema_core._ops import host_float, is_readable, ops_for
 from ema_core._step_forms import step_in
 from ema_core._types import EMAState
 from ema_core.backends.jax._leaves import scalar_device
@@ -157,23 +157,24 @@ def host_checked(state: Any, trusted: bool, what: str, by: str) -> Any:
 
 
 def host_scalars(state: Any) -> Any:
-    """``state`` with a Python or numpy integer step (or another framework's, a CPU torch tensor:
-    read as an int; one on a device refused) (a scalar or a 0-d array: in its own dtype
+    """``state`` with a Python or numpy integer step (a scalar or a 0-d array: in its own dtype
     where JAX has it, as the eager update keeps it; a Python int, or int64 / uint64 with x64
     off, as JAX's default int saturated at its top, as jit would wrap it) and a Python number
     weight as 0-d JAX arrays beside the shadow (a non-array leaf is static in the jit: it would
-    never move), a weak-typed weight (``jnp.asarray(1.0)``) made strong (the update returns a
-    strong one: a weak one would compile a second time), after checking the weight's shape and
-    dtype (the update does not look at it).
+    never move); another framework's step and weight (a torch state's, on the CPU) read as a
+    Python int and float first, one on a device refused. A weak-typed weight
+    (``jnp.asarray(1.0)``) is made strong (the update returns a strong one: a weak one would
+    compile a second time), after checking the weight's shape and dtype (the update does not
+    look at it).
 
     Raises:
-        TypeError: ``state.weight`` is not a number or a 0-d float array, or the step is
-            another framework's array that the host cannot read (on a device).
+        TypeError: ``state.weight`` is not a number or a 0-d float array, or the step or
+            weight is another framework's array that the host cannot read (on a device).
         ValueError: ``state.weight`` is an array that is not 0-d, or the step is negative.
     """
     if not all(hasattr(state, f) for f in EMAState._fields):
         return state  # refused by the update, before anything runs
-    step, weight = state.step, state.weight
+    step = state.step
     if not isinstance(step, (jax.Array, np.ndarray, np.generic, int)) and is_array_api_obj(step):
         step = step_in(step, jax.numpy, "state.step")  # another framework's (torch): its int
     if _host_integer(step):
@@ -184,9 +185,25 @@ def host_scalars(state: Any) -> Any:
         else:  # a Python int, or int64 / uint64 without x64: the default int, saturated
             top = int(np.iinfo(jax.numpy.asarray(0).dtype).max)
             step = _beside(state.shadow, np.asarray(min(int(step), top)))
+    weight = _weight(state.weight, state.shadow)
+    if step is state.step and weight is state.weight:
+        return state
+    return state._replace(step=step, weight=weight)
+
+
+def _weight(weight: Any, shadow: Any) -> Any:
+    """``host_scalars``'s weight: checked, a number or another framework's as a 0-d JAX array."""
+    if not isinstance(weight, (jax.Array, np.ndarray, np.generic)) and is_array_api_obj(weight):
+        check_weight(weight)  # another framework's 0-d float (a torch state's): its value
+        if not is_readable(weight):
+            raise TypeError(
+                f"state.weight is a {type(weight).__name__} that cannot be read here (on a "
+                "device or traced): pass a Python float or a JAX array"
+            )
+        weight = host_float(weight)
     if isinstance(weight, (int, float, np.floating)) and not isinstance(weight, bool):
         check_weight(weight)  # a Python number (an int too large for a float refused)
-        weight = _beside(state.shadow, np.asarray(weight, jax.numpy.result_type(float)))
+        weight = _beside(shadow, np.asarray(weight, jax.numpy.result_type(float)))
     elif getattr(weight, "weak_type", False) and not isinstance(weight, jax.core.Tracer):
         weight = jax.numpy.asarray(weight, weight.dtype)  # the update returns a strong weight
     if not isinstance(weight, (jax.Array, np.ndarray)):
@@ -197,9 +214,7 @@ def host_scalars(state: Any) -> Any:
         raise TypeError(f"state.weight must be a 0-d float array, got dtype {weight.dtype}")
     if weight.ndim != 0:
         raise ValueError(f"state.weight must be a 0-d float array, got shape {weight.shape}")
-    if step is state.step and weight is state.weight:
-        return state
-    return state._replace(step=step, weight=weight)
+    return weight
 
 
 def _host_integer(step: Any) -> bool:

@@ -81,8 +81,10 @@ def rounded(x: np.ndarray, dtype: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         if dtype == "float16":
             return x.astype(np.float16).astype(x.dtype)
-        if dtype == "complex32":  # each part rounded as a float16
-            return rounded(x.real, "float16") + 1j * rounded(x.imag, "float16")
+        if dtype == "complex32":  # each part rounded as a float16 (set apart: 1j * inf is NaN)
+            out = np.empty_like(x)
+            out.real, out.imag = rounded(x.real, "float16"), rounded(x.imag, "float16")
+            return out
         if dtype != "bfloat16":
             return x
         bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)

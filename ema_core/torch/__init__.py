@@ -4,7 +4,8 @@
   segments of data-parallel and compiled wrappers dropped from them; ``_filters``: the
   ``include=`` / ``exclude=`` filters on them); ``_watch``: the
   per-update check that the module still holds them, where and as they were (``_watch_views``:
-  what the kernels' prepared reads of some pairs depend on besides); ``_rules``:
+  what the kernels' prepared reads of some pairs depend on besides; ``_ties``: their tied
+  names, read once, a tie undone later refused); ``_rules``:
   the ``EMA`` arguments turned into one ``Config``, the step counter that never goes back,
   each tensor's shadow dtype; ``_options``: the ``Binding`` of the tracked tensors to their
   shadows, which follows the module when it replaces or converts one.

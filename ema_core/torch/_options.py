@@ -13,7 +13,7 @@ import torch
 from ema_core._config import Config
 from ema_core._leaf_checks import check_finite
 from ema_core._types import Namespace, Value
-from ema_core.torch import _dtensor, _names, _store, _watch
+from ema_core.torch import _dtensor, _names, _store, _ties, _watch
 from ema_core.torch._prefixes import wrapper_prefix
 from ema_core.torch._rules import check_rebind, moves, shadow_dtype
 
@@ -46,6 +46,8 @@ class Binding:
 
     #: the root's wrapper prefix (None: read again, for a Binding pickled before it was kept)
     prefix: str | None = None
+    #: the tracked tensors' tied names, read when the EMA was built (none in older pickles)
+    aliases: _ties.Aliases = ()
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class Binding:
             for t in tracked
         ]
         self.pending: Pending | None = None
+        self.aliases = _ties.tied_names(root, tracked)
         self._bind(tracked)
 
     def _bind(self, tracked: list[_names.Tracked]) -> None:
@@ -80,7 +83,8 @@ class Binding:
         then also vouches for the store's host-engine views (``_watch.Watch``), which are
         dropped here so that every view bound from now on is bound to what it watches."""
         local = isinstance(self.store, _store.Local)
-        self.watch = _watch.Watch(self.root, tracked, self.shadows if local else None)
+        shadows = self.shadows if local else None
+        self.watch = _watch.Watch(self.root, tracked, shadows, self.aliases)
         self.store.forget()
         self.covered = True  # every view of the store bound under this watch (none yet)
         self.vouched = True  # the next apply may skip the views' own check
@@ -96,7 +100,8 @@ class Binding:
 
         Raises:
             ValueError: a tracked tensor is gone, on the meta device, reshaped, or changed
-                between floating and integer; nothing is changed then.
+                between floating and integer, or a name tied to one holds a tensor of its own
+                (``_ties.check_ties``); nothing is changed then.
         """
         if self.watch.same(objects):
             fits, held = self.watch.fits, self.watch.held
@@ -111,6 +116,7 @@ class Binding:
         now = _names.lookup(self.root, self.tracked, self.config.buffers, self.prefix)
         for old, new, shadow in zip(self.tracked, now, self.shadows, strict=True):
             check_rebind(old, new, shadow)
+        self.aliases = _ties.check_ties(self.root, self.aliases, now)
         self.store.wait()
         shadows = [
             _store.moved_shadow(s, t.tensor, shadow_dtype(self.config, t), self.target)

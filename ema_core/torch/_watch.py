@@ -12,6 +12,7 @@ import torch
 from ema_core.torch import _dtensor
 from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
+from ema_core.torch._ties import Aliases
 from ema_core.torch._watch_views import Views, prepared
 
 __all__ = ["Watch"]
@@ -51,8 +52,13 @@ class Watch:
         root: torch.nn.Module | None,
         tracked: list[Tracked],
         shadows: list[torch.Tensor] | None = None,
+        aliases: Aliases = (),
     ) -> None:
         self.tracked_tensors = [t.tensor for t in tracked]
+        others_named = [
+            Tracked(raw, tracked[i].tensor, "float", raw, buf) for raw, i, buf in aliases
+        ]
+        self.aliased = _Reads(root, others_named)  # tied names: each holds its tracked tensor
         others: list[torch.Tensor | None] = [None] * len(tracked) if shadows is None else [*shadows]
         pairs = zip(tracked, others, strict=True)
         watched = [(t, s) for t, s in pairs if not _dtensor.is_dtensor(t.tensor)]
@@ -71,7 +77,8 @@ class Watch:
         self.dtypes = [t.dtype for t in self.fast.held]
         self.forms = [(t.dtype, t.device) for t in self.slow.held]
         self.sharded_dtypes = [t.dtype for t in self.sharded.held]  # FSDP2 converts in place
-        chain = {(id(p), k): (p, k, c) for t, _ in watched for p, k, c in _chain(root, t.raw)}
+        raws = [t.raw for t, _ in watched] + [raw for raw, _, _ in aliases]
+        chain = {(id(p), k): (p, k, c) for raw in raws for p, k, c in _chain(root, raw)}
         self.parents = [p for p, _, _ in chain.values()]
         self.names = [k for _, k, _ in chain.values()]
         self.children = [c for _, _, c in chain.values()]
@@ -114,6 +121,7 @@ class Watch:
         slow = list(self.slow.now())
         return (
             all(map(operator.is_, slow, self.slow.held))
+            and all(map(operator.is_, self.aliased.now(), self.aliased.held))
             and [(t.dtype, t.device) for t in slow] == self.forms
             and self._children_held()
             and sharded

@@ -1,0 +1,79 @@
+"""Tied names of the tensors an ``EMA`` tracks (``head.weight = emb.weight`` is tracked once, as
+``emb.weight``): read when the EMA is built, watched with the tracked tensors (``_watch.Watch``),
+and checked when the module changed (``check_ties``): a tie undone since is refused by name
+rather than leave the untied tensor unaveraged and out of every export."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ema_core.torch._names import Tracked
+
+__all__ = ["Aliases", "check_ties", "tied_names"]
+
+#: A tracked tensor's other names in the module (tied weights): (raw name, index, is_buffer).
+Aliases = Sequence[tuple[str, int, bool]]
+
+
+def tied_names(root: torch.nn.Module | None, tracked: list[Tracked]) -> list[tuple[str, int, bool]]:
+    """The other names under which ``root`` holds a tracked tensor (``head.weight`` tied to the
+    tracked ``emb.weight``), as the module's own paths (through wrappers), read once when the
+    EMA is built: the watch then sees such a name given a tensor of its own (``check_ties``)."""
+    if root is None:
+        return []
+    index = {id(t.tensor): i for i, t in enumerate(tracked)}
+    raws = {t.raw for t in tracked}
+    found = [
+        (raw, index[id(x)], is_buffer)
+        for named, is_buffer in ((root.named_parameters, False), (root.named_buffers, True))
+        for raw, x in named(remove_duplicate=False)
+        if id(x) in index and raw not in raws
+    ]
+    return list(dict.fromkeys(found))
+
+
+def check_ties(
+    root: torch.nn.Module | None, aliases: Aliases, now: list[Tracked]
+) -> list[tuple[str, int, bool]]:
+    """The ``aliases`` the module still has, after checking that each holds its tracked tensor
+    as the module holds it ``now``.
+
+    Raises:
+        ValueError: a name tied to a tracked tensor when the EMA was built holds a tensor of its
+            own (weights untied since: it would never be averaged, and exports would drop it).
+    """
+    kept = []
+    for raw, i, is_buffer in aliases:
+        held = _held(root, raw, is_buffer)
+        if held is None:
+            continue  # the name is gone with its module: nothing left untracked
+        if held is not now[i].tensor:
+            raise ValueError(
+                f"{raw!r} was another name of the tracked tensor {now[i].name!r} when the EMA "
+                "was built, and now holds a tensor of its own (weights untied after the EMA was "
+                "built): it would never be averaged; build the EMA after untying"
+            )
+        kept.append((raw, i, is_buffer))
+    return kept
+
+
+def _held(root: torch.nn.Module | None, raw: str, is_buffer: bool) -> Any:
+    """What ``root`` holds under ``raw`` now, None where the path is gone."""
+    path, _, key = raw.rpartition(".")
+    owner: Any = root
+    for name in path.split(".") if path else ():
+        owner = _entry(owner._modules, name) if owner is not None else None
+    if owner is None:
+        return None
+    return _entry(owner._buffers if is_buffer else owner._parameters, key)
+
+
+def _entry(table: Any, key: str) -> Any:
+    """``table[key]``, None when absent (a TorchScript module's tables are not dicts)."""
+    try:
+        return table[key]
+    except (KeyError, RuntimeError):
+        return None
