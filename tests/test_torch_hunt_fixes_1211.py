@@ -71,3 +71,22 @@ def test_an_alias_whose_module_was_removed_is_dropped():
     model.head = torch.nn.Identity()
     ema.update()
     assert ema.names == ("emb.weight",)
+
+
+def test_ties_are_watched_through_a_whole_model_checkpoint_wrapper_and_shared_blocks():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    model = checkpoint_wrapper(_Tied())
+    ema = EMA(model, decay=0.5)
+    ema.update()  # the wrapper's own names are no paths: nothing refused
+    inner = model._checkpoint_wrapped_module
+    inner.head.weight = torch.nn.Parameter(inner.emb.weight.detach().clone())
+    with pytest.raises(ValueError, match=r"_checkpoint_wrapped_module\.head\.weight' was another"):
+        ema.update()
+    block = torch.nn.Linear(2, 2)
+    shared = torch.nn.Sequential(block, torch.nn.ReLU(), block)  # one block under two names
+    ema = EMA(shared, decay=0.5)
+    ema.update()
+    shared[2] = torch.nn.Linear(2, 2)  # the second name given a block of its own
+    with pytest.raises(ValueError, match=r"'2\.weight' was another name of the tracked tensor"):
+        ema.update()

@@ -20,19 +20,44 @@ Aliases = Sequence[tuple[str, int, bool]]
 
 def tied_names(root: torch.nn.Module | None, tracked: list[Tracked]) -> list[tuple[str, int, bool]]:
     """The other names under which ``root`` holds a tracked tensor (``head.weight`` tied to the
-    tracked ``emb.weight``), as the module's own paths (through wrappers), read once when the
-    EMA is built: the watch then sees such a name given a tensor of its own (``check_ties``)."""
+    tracked ``emb.weight``), read once when the EMA is built: the watch then sees such a name
+    given a tensor of its own (``check_ties``). Found by walking the modules' own tables from
+    the root (the paths the watch walks; a wrapper's ``named_parameters`` may name others),
+    each tensor's first place and the tracked names left out."""
     if root is None:
         return []
     index = {id(t.tensor): i for i, t in enumerate(tracked)}
     raws = {t.raw for t in tracked}
-    found = [
-        (raw, index[id(x)], is_buffer)
-        for named, is_buffer in ((root.named_parameters, False), (root.named_buffers, True))
-        for raw, x in named(remove_duplicate=False)
-        if id(x) in index and raw not in raws
-    ]
+    seen: set[int] = set()
+    found = []
+    for raw, x, is_buffer in _walk(root):
+        i = index.get(id(x))
+        if i is None:
+            continue
+        if id(x) in seen and raw not in raws:
+            found.append((raw, i, is_buffer))
+        seen.add(id(x))
     return list(dict.fromkeys(found))
+
+
+def _walk(root: torch.nn.Module) -> list[tuple[str, Any, bool]]:
+    """``(path, tensor, is_buffer)`` for every entry of every module's ``_parameters`` and
+    ``_buffers`` under ``root``, a module reached twice (shared) under each path, depth first
+    in registration order; a module on its own path (a cycle) is not entered again."""
+    out: list[tuple[str, Any, bool]] = []
+    stack: list[tuple[str, Any, tuple[int, ...]]] = [("", root, ())]
+    while stack:
+        path, module, above = stack.pop()
+        try:
+            tables = ((module._parameters, False), (module._buffers, True))
+            for table, is_buffer in tables:
+                out += [(f"{path}{k}", x, is_buffer) for k, x in table.items() if x is not None]
+            children = [(k, c) for k, c in module._modules.items() if c is not None]
+        except (AttributeError, RuntimeError):  # not a module's tables: nothing to follow
+            continue
+        chain = (*above, id(module))
+        stack += [(f"{path}{k}.", c, chain) for k, c in reversed(children) if id(c) not in chain]
+    return out
 
 
 def check_ties(
