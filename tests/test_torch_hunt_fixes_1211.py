@@ -90,3 +90,24 @@ def test_ties_are_watched_through_a_whole_model_checkpoint_wrapper_and_shared_bl
     shared[2] = torch.nn.Linear(2, 2)  # the second name given a block of its own
     with pytest.raises(ValueError, match=r"'2\.weight' was another name of the tracked tensor"):
         ema.update()
+
+
+@pytest.mark.parametrize(
+    ("decay", "torch_gives", "core_gives"), [(0.5, "nan", "inf"), (0.3, "nan", "nan")]
+)
+def test_torch_lerp_at_decay_one_half_gives_nan_for_an_infinite_param_as_the_readme_says(
+    decay, torch_gives, core_gives
+):
+    import numpy as np
+
+    import ema_core as ema
+
+    config = ema.Config(schedule=decay)
+    got = {}
+    for name, zeros, inf in (
+        ("torch", torch.zeros(1), torch.full((1,), float("inf"))),
+        ("core", np.zeros(1, np.float32), np.full(1, np.inf, np.float32)),
+    ):
+        state = ema.update(ema.init({"w": zeros}, config), {"w": inf}, config)
+        got[name] = float(state.shadow["w"][0])
+    assert str(got["torch"]) == torch_gives and str(got["core"]) == core_gives
