@@ -111,3 +111,48 @@ def test_torch_lerp_at_decay_one_half_gives_nan_for_an_infinite_param_as_the_rea
         state = ema.update(ema.init({"w": zeros}, config), {"w": inf}, config)
         got[name] = float(state.shadow["w"][0])
     assert str(got["torch"]) == torch_gives and str(got["core"]) == core_gives
+
+
+def test_a_tied_model_loaded_with_assign_true_is_not_refused():
+    torch.manual_seed(0)
+    model = _Tied()
+    ema = EMA(model, decay=0.5)
+    ema.update()
+    saved = {k: v.clone() + 1.0 for k, v in model.state_dict().items()}
+    saved["head.weight"] = saved["emb.weight"]  # one tensor under both names, as a tied save
+    model.load_state_dict(saved, assign=True)  # each name gets its own Parameter, one memory
+    assert model.head.weight is not model.emb.weight
+    assert model.head.weight.data_ptr() == model.emb.weight.data_ptr()
+    before = ema.average["emb.weight"].clone()
+    ema.update()
+    ema.update()  # watched again from the new objects: nothing refused
+    torch.testing.assert_close(
+        ema.average["emb.weight"], (before + 3 * saved["emb.weight"]) / 4, rtol=0, atol=1e-6
+    )
+
+
+def test_a_buffer_under_two_modules_survives_a_conversion_that_unties_it():
+    model = torch.nn.Module()
+    model.a, model.b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    shared = torch.zeros(2)
+    model.a.register_buffer("x", shared)
+    model.b.register_buffer("x", shared)
+    ema = EMA(model, decay=0.5)
+    ema.update()
+    model.to(torch.float64)  # torch re-creates each module's buffers apart
+    ema.update()
+    assert ema.average["a.x"].dtype == torch.float64
+
+
+def test_an_ema_unpickled_from_before_ties_were_watched_still_updates():
+    import pickle
+
+    model = _Tied()
+    ema = EMA(model, decay=0.5)
+    ema.update()
+    del ema._bound.watch.aliased  # as a Watch pickled before 2026-12-05 holds none
+    del ema._bound.aliases  # nor its Binding (the class default: no ties)
+    assert ema._bound.watch.same()  # nothing changed, and no tie to read
+    _, ema2 = pickle.loads(pickle.dumps((model, ema)))
+    ema2.update()
+    assert list(ema2._bound.aliases) == [] and ema2.names == ("emb.weight",)

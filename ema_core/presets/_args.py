@@ -34,6 +34,18 @@ def check_int(name: str, value: Any, *, low: int | None = 0) -> int:
     return value
 
 
+def check_step_int(name: str, value: Any, *, low: int | None = 1) -> int:
+    """An interval, a step or a step offset of a preset: a Python int >= ``low`` whose size fits
+    an int64 step (the gate it feeds compares array steps with it), named as the peer names it
+    rather than as the gate's own argument."""
+    n = check_int(name, value, low=low)
+    if abs(n) > 2**63 - 1:
+        shown = n if abs(n) < 2**128 else f"an int of {n.bit_length()} bits"
+        span = f"[{low}, 2**63 - 1]" if low is not None else "[-(2**63 - 1), 2**63 - 1]"
+        raise ValueError(f"{name} must be an int in {span} (an int64), got {shown}")
+    return n
+
+
 def check_count(name: str, value: Any) -> int:
     """A count: a Python int (not bool) in [0, 2**53]."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -8,7 +8,7 @@ from typing import Any
 
 from ema_core._checks import check_positive
 from ema_core._config import Config
-from ema_core.presets._args import check_bool, check_int
+from ema_core.presets._args import check_bool, check_step_int
 from ema_core.presets._schedules import power_profile
 from ema_core.schedules import MAX_SIGMA_REL, constant, gated, ramped_half_life
 
@@ -33,6 +33,7 @@ def ema_pytorch_karras(
         0.75
     """
     check_positive("update_every", update_every, integer=True)
+    check_step_int("update_every", update_every)
     inner = power_profile(gamma, sigma_rel)  # checks them, used or not
     if check_bool("frozen", frozen):
         inner = constant(1.0)
@@ -64,6 +65,7 @@ def edm2(
         check_positive("rampup_ratio", rampup_ratio)
     if batch_size is not None:
         check_positive("batch_size", batch_size, integer=True)
+        check_step_int("batch_size", batch_size)  # a float beside halflife_Mimg
     _check_std(std)  # also when halflife_Mimg leaves it unused
     if halflife_Mimg is None:
         return Config(power_profile(sigma_rel=std), init="params", buffers="copy")
@@ -115,8 +117,13 @@ def torchtitan(
         0.5
     """
     n = check_positive("update_every_n_steps", update_every_n_steps, integer=True)
-    check_int("start_step", start_step, low=None)
-    check_int("step_bias", step_bias, low=None)
+    check_step_int("update_every_n_steps", n)
+    check_step_int("start_step", start_step, low=None)
+    check_step_int("step_bias", step_bias, low=None)
+    if abs(step_bias - start_step) > 2**63 - 1:  # the gate's offset
+        raise ValueError(
+            f"step_bias - start_step must fit an int64 step, got {step_bias} - {start_step}"
+        )
     ramp = ramped_half_life(ratio=check_positive("half_life_fraction", half_life_fraction))
     inner = ramp if decay is None else constant(decay)
     # a start before step 1: every step from 1 on, on the same phase modulo n

@@ -6,7 +6,7 @@ import warnings
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._config import Config
-from ema_core.presets._args import check_bool, check_counter_start
+from ema_core.presets._args import check_bool, check_counter_start, check_step_int
 from ema_core.presets._schedules import counter_cap, counter_from
 from ema_core.schedules import (
     Schedule,
@@ -155,6 +155,7 @@ def mmedit(
     """
     check_fraction("momentum", momentum)
     check_positive("interval", interval, integer=True)
+    check_step_int("interval", interval)
     check_bool("update_buffers", update_buffers)
     if momentum > 0.5:  # as mmengine warns: a decay passed as momentum follows the params
         warnings.warn(

@@ -7,7 +7,7 @@ from typing import Any
 
 from ema_core._checks import check_fraction, check_positive
 from ema_core._config import Config
-from ema_core.presets._args import check_bool, dtype_name
+from ema_core.presets._args import check_bool, check_step_int, dtype_name
 from ema_core.presets._schedules import after_step
 from ema_core.schedules import (
     Schedule,
@@ -112,6 +112,7 @@ def ema_pytorch(
     check_fraction("beta", beta)
     check_fraction("min_value", min_value)
     check_positive("update_every", update_every, integer=True)
+    check_step_int("update_every", update_every)
     # torch's clamp(min=min_value, max=beta) gives beta when min_value > beta
     ramp = in_float32(warmup(beta, inv_gamma, power, min(min_value, beta)))  # checks them
     inner = constant(1.0) if beta == 1.0 else ramp

@@ -19,8 +19,8 @@ Aliases = Sequence[tuple[str, int, bool]]
 
 
 def tied_names(root: torch.nn.Module | None, tracked: list[Tracked]) -> list[tuple[str, int, bool]]:
-    """The other names under which ``root`` holds a tracked tensor (``head.weight`` tied to the
-    tracked ``emb.weight``), read once when the EMA is built: the watch then sees such a name
+    """The other names under which ``root`` holds a tracked parameter (``head.weight`` tied to
+    the tracked ``emb.weight``), read once when the EMA is built: the watch then sees such a name
     given a tensor of its own (``check_ties``). Found by walking the modules' own tables from
     the root (the paths the watch walks; a wrapper's ``named_parameters`` may name others),
     each tensor's first place and the tracked names left out."""
@@ -32,7 +32,7 @@ def tied_names(root: torch.nn.Module | None, tracked: list[Tracked]) -> list[tup
     found = []
     for raw, x, is_buffer in _walk(root):
         i = index.get(id(x))
-        if i is None:
+        if i is None or is_buffer:  # a buffer under two modules: torch's .to() unties it
             continue
         if id(x) in seen and raw not in raws:
             found.append((raw, i, is_buffer))
@@ -75,14 +75,25 @@ def check_ties(
         held = _held(root, raw, is_buffer)
         if held is None:
             continue  # the name is gone with its module: nothing left untracked
-        if held is not now[i].tensor:
+        if held is not now[i].tensor and not _same_memory(held, now[i].tensor):
             raise ValueError(
                 f"{raw!r} was another name of the tracked tensor {now[i].name!r} when the EMA "
                 "was built, and now holds a tensor of its own (weights untied after the EMA was "
-                "built): it would never be averaged; build the EMA after untying"
+                "built, or re-created apart by model.to() under torch.__future__."
+                "set_overwrite_module_params_on_conversion(True)): it would never be averaged; "
+                "tie them again (model.tie_weights()) or build the EMA after untying"
             )
         kept.append((raw, i, is_buffer))
     return kept
+
+
+def _same_memory(a: Any, b: torch.Tensor) -> bool:
+    """Two tensor objects over the same elements (``load_state_dict(assign=True)`` gives each
+    name of a tied weight its own ``Parameter`` over one storage): still tied in effect."""
+    if not isinstance(a, torch.Tensor) or type(a) is not type(b) or a.data_ptr() == 0:
+        return False
+    same = (a.data_ptr(), a.shape, a.stride(), a.dtype, a.device)
+    return same == (b.data_ptr(), b.shape, b.stride(), b.dtype, b.device)
 
 
 def _held(root: torch.nn.Module | None, raw: str, is_buffer: bool) -> Any:

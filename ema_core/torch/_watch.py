@@ -58,7 +58,8 @@ class Watch:
         others_named = [
             Tracked(raw, tracked[i].tensor, "float", raw, buf) for raw, i, buf in aliases
         ]
-        self.aliased = _Reads(root, others_named)  # tied names: each holds its tracked tensor
+        self.aliased = _Reads(root, others_named)  # tied names: what each holds now (the
+        self.aliased.held = list(self.aliased.now())  # tracked tensor, or one over its memory)
         others: list[torch.Tensor | None] = [None] * len(tracked) if shadows is None else [*shadows]
         pairs = zip(tracked, others, strict=True)
         watched = [(t, s) for t, s in pairs if not _dtensor.is_dtensor(t.tensor)]
@@ -121,13 +122,19 @@ class Watch:
         slow = list(self.slow.now())
         return (
             all(map(operator.is_, slow, self.slow.held))
-            and all(map(operator.is_, self.aliased.now(), self.aliased.held))
+            and self._aliases_held()
             and [(t.dtype, t.device) for t in slow] == self.forms
             and self._children_held()
             and sharded
             and all(map(operator.is_, map(_DTYPE, self.sharded.held), self.sharded_dtypes))
             and (not objects or all(map(operator.is_, self.fast.now(), self.fast.held)))
         )
+
+    def _aliases_held(self) -> bool:
+        """Whether each tied name still holds what it held (a watch unpickled from before
+        ties were watched has none)."""
+        aliased = getattr(self, "aliased", None)
+        return aliased is None or all(map(operator.is_, aliased.now(), aliased.held))
 
     def _children_held(self) -> bool:
         """Whether each module on the tracked tensors' paths still holds the child it held."""
