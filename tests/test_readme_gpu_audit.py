@@ -262,6 +262,8 @@ def test_gpu_runs_of_2026_12_05_are_their_results_files() -> None:
     log2 = (RESULTS / "cuda-2026-12-05-run2-gpu-tests.log").read_text(encoding="utf-8")
     assert "178 passed, 38 skipped" in log2 and "failed" not in log2.split("short test summ")[1]
     assert "all 178 gpu tests passed, 38 skipped" in text
+    timing = (RESULTS / "cuda-2026-12-05-timing.txt").read_text(encoding="utf-8")
+    assert "gpu.sh exit 1 after 276 s" in timing and "`bash benchmarks/gpu.sh`, 276 s:" in text
     for run in (1, 2):
         device = (RESULTS / f"cuda-2026-12-05-run{run}-device.txt").read_text(encoding="utf-8")
         assert "NVIDIA H100 80GB HBM3" in device and "triton 3.6.0" in device
