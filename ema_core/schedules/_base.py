@@ -41,6 +41,13 @@ class Schedule(abc.ABC):
         return False
 
     @property
+    def runs_user_code(self) -> bool:
+        """True for a callable and a ``Schedule`` subclass defined outside ema-core (wrappers:
+        their inner schedule's): never called ahead of its steps, so a wrapper's first update
+        is then derived from its gate, not looked for."""
+        return not type(self).__module__.startswith("ema_core.")
+
+    @property
     def elementwise(self) -> bool:
         """True when ``pair`` computes elementwise, so that it also takes a count array of any
         shape (``every`` then evaluates its n steps at once); False for callables and subclasses
@@ -83,6 +90,10 @@ class FromCallable(Schedule):
     """
 
     fn: Callable[[Step], Value]
+
+    @property
+    def runs_user_code(self) -> bool:
+        return True
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         try:

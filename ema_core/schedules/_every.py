@@ -35,8 +35,8 @@ class Every(Schedule):
         ``compensate=False`` that step) may hold only skips: looked for among the next
         multiples, within about 10,000 inner decays, else ``lcm(n, inner first update)``."""
         low = self.n * max(1, -(-self.inner.first_update // self.n))
-        if not self.inner.skips:
-            return low
+        if not self.inner.skips or self.inner.runs_user_code:
+            return low  # a callable is never called ahead: the window of its first update
         budget = max(1, _SEARCH_DECAYS // self.n) if self.compensate else 1000
         found = first_moving(self, itertools.count(low, self.n), budget)
         return math.lcm(self.n, self.inner.first_update) if found is None else found
@@ -64,6 +64,10 @@ class Every(Schedule):
     @property
     def elementwise(self) -> bool:
         return self.inner.elementwise
+
+    @property
+    def runs_user_code(self) -> bool:
+        return self.inner.runs_user_code
 
     @staticmethod
     def _host_count(raw: Any) -> bool:
@@ -167,6 +171,10 @@ class CopyAt(Schedule):
     @property
     def elementwise(self) -> bool:
         return self.inner.elementwise
+
+    @property
+    def runs_user_code(self) -> bool:
+        return self.inner.runs_user_code
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         if not isinstance(ops, ScalarOps) and self.first > _top(ops.raw):

@@ -49,8 +49,8 @@ class Gated(Schedule):
         for among the first 1,000 open gates (else the first)."""
         first = max(self.start, 1)
         first += (self.phase - first) % self.every
-        if not self.inner.skips or first <= self.copy_through:
-            return first
+        if not self.inner.skips or first <= self.copy_through or self.inner.runs_user_code:
+            return first  # a callable is never called ahead: its first open gate
         found = first_moving(self, itertools.count(first, self.every))
         return first if found is None else found
 
@@ -61,6 +61,10 @@ class Gated(Schedule):
     @property
     def elementwise(self) -> bool:
         return self.inner.elementwise
+
+    @property
+    def runs_user_code(self) -> bool:
+        return self.inner.runs_user_code
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         t = ops.raw

@@ -40,6 +40,10 @@ class InFloat32(Schedule):
     def elementwise(self) -> bool:
         return self.inner.elementwise
 
+    @property
+    def runs_user_code(self) -> bool:
+        return self.inner.runs_user_code
+
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         if isinstance(self.inner, Warmup):
             return _torch_warmup32(self.inner, ops)
