@@ -23,10 +23,16 @@ def _counting(calls):
 @pytest.mark.parametrize(
     ("build", "first"),
     [
-        # the gate's first open step, or the first window at or after it: f is not asked
+        # looked for over the gates alone (f stood in by a decay that moves): f is not asked
         (lambda f: ema.Config(schedule=schedules.gated(f, start=2), interval=3, init="copy"), 3),
-        (lambda f: ema.Config(schedules.gated(schedules.every(f, 3), start=2), init="copy"), 2),
+        (lambda f: ema.Config(schedules.gated(schedules.every(f, 3), start=2), init="copy"), 3),
         (lambda f: ema.Config(schedules.every(schedules.gated(f, every=2), 4), init="copy"), 4),
+        (
+            lambda f: ema.Config(
+                schedules.gated(schedules.every(f, 3, False), every=2), init="copy"
+            ),
+            6,
+        ),
     ],
 )
 def test_a_callable_in_a_nested_gate_is_never_called_ahead(build, first):

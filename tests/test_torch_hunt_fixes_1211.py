@@ -156,3 +156,20 @@ def test_an_ema_unpickled_from_before_ties_were_watched_still_updates():
     _, ema2 = pickle.loads(pickle.dumps((model, ema)))
     ema2.update()
     assert list(ema2._bound.aliases) == [] and ema2.names == ("emb.weight",)
+
+
+def test_an_assign_loaded_tie_is_exported_and_its_later_split_refused():
+    from ema_core import checkpoint
+
+    model = _Tied()
+    ema = EMA(model, decay=0.5)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    saved["head.weight"] = saved["emb.weight"]
+    model.load_state_dict(saved, assign=True)  # two Parameters over one memory
+    ema.update()
+    exported = checkpoint.export(ema, format="state_dict")
+    assert sorted(exported) == ["emb.weight", "head.weight"]
+    _Tied().load_state_dict(exported)  # strict: loads into a tied model
+    model.head.weight.data = torch.full((5, 3), 9.0)  # the same object, memory of its own
+    with pytest.raises(ValueError, match=r"'head\.weight' was another name"):
+        ema.update()

@@ -43,9 +43,14 @@ class Schedule(abc.ABC):
     @property
     def runs_user_code(self) -> bool:
         """True for a callable and a ``Schedule`` subclass defined outside ema-core (wrappers:
-        their inner schedule's): never called ahead of its steps, so a wrapper's first update
-        is then derived from its gate, not looked for."""
+        their inner schedule's): never called ahead of its steps, so a wrapper looks for its
+        first update over ``stand_in()``."""
         return not type(self).__module__.startswith("ema_core.")
+
+    def stand_in(self) -> Schedule:
+        """This schedule with user code replaced by a decay that moves at every step (0.5):
+        the gates' structure alone, which a wrapper's first update is looked for over."""
+        return Moving() if self.runs_user_code else self
 
     @property
     def elementwise(self) -> bool:
@@ -104,6 +109,14 @@ class FromCallable(Schedule):
             raise
         decay = ops.const(checked_value(self.fn, value, ops))
         return decay, 1.0 - decay
+
+
+@dataclass(frozen=True)
+class Moving(Schedule):
+    """Decay 0.5 at every step: user code's stand-in (``Schedule.stand_in``)."""
+
+    def pair(self, ops: Ops, /) -> tuple[Any, Any]:
+        return ops.const(0.5), ops.const(0.5)
 
 
 def first_moving(schedule: Schedule, candidates: Iterator[int], budget: int = 1000) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import array_api_compat as compat
@@ -35,10 +35,10 @@ class Every(Schedule):
         ``compensate=False`` that step) may hold only skips: looked for among the next
         multiples, within about 10,000 inner decays, else ``lcm(n, inner first update)``."""
         low = self.n * max(1, -(-self.inner.first_update // self.n))
-        if not self.inner.skips or self.inner.runs_user_code:
-            return low  # a callable is never called ahead: the window of its first update
+        if not self.inner.skips:
+            return low
         budget = max(1, _SEARCH_DECAYS // self.n) if self.compensate else 1000
-        found = first_moving(self, itertools.count(low, self.n), budget)
+        found = first_moving(self.stand_in(), itertools.count(low, self.n), budget)
         return math.lcm(self.n, self.inner.first_update) if found is None else found
 
     @property
@@ -68,6 +68,9 @@ class Every(Schedule):
     @property
     def runs_user_code(self) -> bool:
         return self.inner.runs_user_code
+
+    def stand_in(self) -> Schedule:
+        return replace(self, inner=self.inner.stand_in()) if self.runs_user_code else self
 
     @staticmethod
     def _host_count(raw: Any) -> bool:
@@ -175,6 +178,9 @@ class CopyAt(Schedule):
     @property
     def runs_user_code(self) -> bool:
         return self.inner.runs_user_code
+
+    def stand_in(self) -> Schedule:
+        return replace(self, inner=self.inner.stand_in()) if self.runs_user_code else self
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         if not isinstance(ops, ScalarOps) and self.first > _top(ops.raw):

@@ -10,7 +10,7 @@ wrapping, so a device count gives what a Python int gives.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import array_api_compat as compat
@@ -49,9 +49,9 @@ class Gated(Schedule):
         for among the first 1,000 open gates (else the first)."""
         first = max(self.start, 1)
         first += (self.phase - first) % self.every
-        if not self.inner.skips or first <= self.copy_through or self.inner.runs_user_code:
-            return first  # a callable is never called ahead: its first open gate
-        found = first_moving(self, itertools.count(first, self.every))
+        if not self.inner.skips or first <= self.copy_through:
+            return first
+        found = first_moving(self.stand_in(), itertools.count(first, self.every))  # no user code
         return first if found is None else found
 
     @property
@@ -65,6 +65,9 @@ class Gated(Schedule):
     @property
     def runs_user_code(self) -> bool:
         return self.inner.runs_user_code
+
+    def stand_in(self) -> Schedule:
+        return replace(self, inner=self.inner.stand_in()) if self.runs_user_code else self
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         t = ops.raw

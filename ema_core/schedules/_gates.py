@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from ema_core._checks import check_fraction, check_positive
@@ -43,6 +43,9 @@ class InFloat32(Schedule):
     @property
     def runs_user_code(self) -> bool:
         return self.inner.runs_user_code
+
+    def stand_in(self) -> Schedule:
+        return replace(self, inner=self.inner.stand_in()) if self.runs_user_code else self
 
     def pair(self, ops: Ops, /) -> tuple[Any, Any]:
         if isinstance(self.inner, Warmup):

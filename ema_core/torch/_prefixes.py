@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from ema_core.backends.torch._pairs import memory_key
+
 #: The segments ema-core drops: a data-parallel wrapper's child, a compiled module's child, an
 #: activation-checkpoint wrapper's child (the last two wherever they are in a name).
 PREFIXES = ("module.", "_orig_mod.", "_checkpoint_wrapped_module.")
@@ -229,7 +231,11 @@ def tied_aliases(
     tracked = set(names)
     buffers = [(name_of(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
     owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
-    return {k: owner[id(v)] for k, v in entries if k not in tracked and id(v) in owner}
+    # two Parameters over one memory (load_state_dict(assign=True) of a tied save) count too
+    at = {memory_key(v): k for k, v in (*entries, *buffers) if k in tracked}
+    at.pop(None, None)  # tensors without memory to compare: by identity only
+    out = {k: owner.get(id(v)) or at.get(memory_key(v)) for k, v in entries if k not in tracked}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def other_names(

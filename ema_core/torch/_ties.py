@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ema_core.backends.torch._pairs import memory_key
 from ema_core.torch._names import Tracked
 
 __all__ = ["Aliases", "check_ties", "tied_names"]
@@ -88,12 +89,9 @@ def check_ties(
 
 
 def _same_memory(a: Any, b: torch.Tensor) -> bool:
-    """Two tensor objects over the same elements (``load_state_dict(assign=True)`` gives each
-    name of a tied weight its own ``Parameter`` over one storage): still tied in effect."""
-    if not isinstance(a, torch.Tensor) or type(a) is not type(b) or a.data_ptr() == 0:
-        return False
-    same = (a.data_ptr(), a.shape, a.stride(), a.dtype, a.device)
-    return same == (b.data_ptr(), b.shape, b.stride(), b.dtype, b.device)
+    """Two tensor objects over the same elements (``memory_key``): still tied in effect."""
+    key = memory_key(a)
+    return key is not None and key == memory_key(b)
 
 
 def _held(root: torch.nn.Module | None, raw: str, is_buffer: bool) -> Any:

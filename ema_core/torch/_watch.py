@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ema_core.backends.torch._pairs import memory_key
 from ema_core.torch import _dtensor
 from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
@@ -60,6 +61,7 @@ class Watch:
         ]
         self.aliased = _Reads(root, others_named)  # tied names: what each holds now (the
         self.aliased.held = list(self.aliased.now())  # tracked tensor, or one over its memory)
+        self.alias_memory = list(map(memory_key, self.aliased.held))
         others: list[torch.Tensor | None] = [None] * len(tracked) if shadows is None else [*shadows]
         pairs = zip(tracked, others, strict=True)
         watched = [(t, s) for t, s in pairs if not _dtensor.is_dtensor(t.tensor)]
@@ -134,7 +136,12 @@ class Watch:
         """Whether each tied name still holds what it held (a watch unpickled from before
         ties were watched has none)."""
         aliased = getattr(self, "aliased", None)
-        return aliased is None or all(map(operator.is_, aliased.now(), aliased.held))
+        if aliased is None or not aliased.held:
+            return True
+        now = list(aliased.now())  # the same objects over the same memory (.data replaced)
+        return all(map(operator.is_, now, aliased.held)) and (
+            list(map(memory_key, now)) == getattr(self, "alias_memory", None)
+        )
 
     def _children_held(self) -> bool:
         """Whether each module on the tracked tensors' paths still holds the child it held."""

@@ -32,6 +32,7 @@ __all__ = [
     "all_on",
     "changed",
     "key",
+    "memory_key",
     "same_shapes",
     "sizes",
 ]
@@ -164,3 +165,16 @@ def changed(was: Key, shadows: Tensors, params: Tensors) -> bool:
         and all(map(operator.is_, map(_DTYPE, tensors), was.dtypes))
         and all((tensors[i].shape, tensors[i].stride()) == old for i, old in was.layouts.items())
     )
+
+
+def memory_key(t: Any) -> tuple[Any, ...] | None:
+    """What makes two tensor objects the same elements: type, data pointer, shape, strides,
+    dtype and device (``load_state_dict(assign=True)`` gives each name of a tied weight its own
+    ``Parameter`` over one memory); None for what has no data pointer to compare."""
+    if not isinstance(t, torch.Tensor) or t.is_meta:
+        return None
+    try:  # a wrapper subclass (DTensor) or a tensor without storage has no pointer to read
+        pointer = t.data_ptr()
+    except RuntimeError:
+        return None
+    return None if pointer == 0 else (type(t), pointer, t.shape, t.stride(), t.dtype, t.device)
