@@ -173,3 +173,20 @@ def test_an_assign_loaded_tie_is_exported_and_its_later_split_refused():
     model.head.weight.data = torch.full((5, 3), 9.0)  # the same object, memory of its own
     with pytest.raises(ValueError, match=r"'head\.weight' was another name"):
         ema.update()
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype")
+def test_an_excluded_tensor_over_a_tracked_ones_memory_stays_out_of_exports_and_copies():
+    from ema_core import checkpoint
+
+    model = torch.nn.Module()
+    model.lin = torch.nn.Linear(2, 2)
+    model.fz = torch.nn.Parameter(model.lin.weight.detach(), requires_grad=False)  # same memory
+    model.register_buffer("nt", torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]))
+    ema = EMA(model, decay=0.5, exclude="fz", buffers="skip")
+    ema.update()
+    assert sorted(checkpoint.export(ema, format="state_dict")) == ["lin.bias", "lin.weight"]
+    target = {k: v.clone() for k, v in model.state_dict().items() if k != "nt"}
+    target["fz"] = torch.full((2, 2), 7.0)
+    ema.copy_to(target)
+    assert torch.equal(target["fz"], torch.full((2, 2), 7.0))

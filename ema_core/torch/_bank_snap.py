@@ -167,7 +167,7 @@ def aliases(ema: EMA) -> dict[str, str]:
     ``out.weight = emb.weight`` is tracked once, as ``emb.weight``): alias -> tracked name, in
     ``module.state_dict()`` order, as the EMA names them (``ema.names``); {} for an EMA of
     named tensors."""
-    return tied_aliases(ema._bound.root, ema._bound.prefix, ema.names)
+    return tied_aliases(ema._bound.root, ema._bound.prefix, ema.names, ema._bound.tied_raw())
 
 
 def transient(ema: EMA) -> frozenset[str]:

@@ -58,7 +58,7 @@ def copy_to(ema: Copied, source: Any) -> None:
     frozen = ema.config.non_float == "freeze"  # integers at their value from construction
     held = (n for n, s in zip(ema.names, shadows, strict=True) if not _rules.floating(s))
     skip = frozenset(held) if frozen else frozenset()
-    tied = tied_aliases(ema._bound.root, ema._bound.prefix, ema.names)
+    tied = tied_aliases(ema._bound.root, ema._bound.prefix, ema.names, ema._bound.tied_raw())
     _averages.copy_averages(
         ema.names, shadows, lambda: ema.average, source, transient, skip, aliases=tied
     )

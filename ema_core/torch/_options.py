@@ -69,6 +69,10 @@ class Binding:
         self.aliases = _ties.tied_names(root, tracked)
         self._bind(tracked)
 
+    def tied_raw(self) -> list[str]:
+        """The raw paths of the tied names watched (``_ties``)."""
+        return [raw for raw, _, _ in self.aliases]
+
     def _bind(self, tracked: list[_names.Tracked]) -> None:
         self.tracked = tracked
         self.live = [t.tensor for t in tracked]

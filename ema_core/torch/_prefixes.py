@@ -218,12 +218,17 @@ def _wrapped_child(module: torch.nn.Module) -> str | None:
 
 
 def tied_aliases(
-    root: torch.nn.Module | None, prefix: str | None, names: Iterable[str]
+    root: torch.nn.Module | None,
+    prefix: str | None,
+    names: Iterable[str],
+    watched: Iterable[str] = (),
 ) -> dict[str, str]:
     """The other names ``root`` gives a tracked tensor (tied weights: ``out.weight =
     emb.weight`` is tracked once, as ``emb.weight``): alias -> tracked name, in
     ``root.state_dict()`` order, named as ``namer(root, prefix)`` names them; {} without a
-    module."""
+    module. A name tied when the EMA was built (``watched``: its raw paths) counts also when it
+    now holds another Parameter over the tracked one's memory (``load_state_dict(assign=True)``
+    of a tied save); no other name is matched by memory (an excluded view stays excluded)."""
     if root is None:
         return {}
     name_of = namer(root, prefix)
@@ -232,9 +237,14 @@ def tied_aliases(
     buffers = [(name_of(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
     owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
     # two Parameters over one memory (load_state_dict(assign=True) of a tied save) count too
+    tied = set(map(name_of, watched))
     at = {memory_key(v): k for k, v in (*entries, *buffers) if k in tracked}
     at.pop(None, None)  # tensors without memory to compare: by identity only
-    out = {k: owner.get(id(v)) or at.get(memory_key(v)) for k, v in entries if k not in tracked}
+    out = {
+        k: owner.get(id(v)) or (at.get(memory_key(v)) if k in tied else None)
+        for k, v in entries
+        if k not in tracked
+    }
     return {k: v for k, v in out.items() if v is not None}
 
 

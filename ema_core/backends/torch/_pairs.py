@@ -171,10 +171,14 @@ def memory_key(t: Any) -> tuple[Any, ...] | None:
     """What makes two tensor objects the same elements: type, data pointer, shape, strides,
     dtype and device (``load_state_dict(assign=True)`` gives each name of a tied weight its own
     ``Parameter`` over one memory); None for what has no data pointer to compare."""
-    if not isinstance(t, torch.Tensor) or t.is_meta:
+    if not isinstance(t, torch.Tensor) or t.is_meta or t.is_quantized or t.is_nested:
+        return None
+    if t.layout is not torch.strided:
         return None
     try:  # a wrapper subclass (DTensor) or a tensor without storage has no pointer to read
         pointer = t.data_ptr()
+        if pointer == 0:
+            return None
+        return (type(t), pointer, t.shape, t.stride(), t.dtype, t.device, t.is_conj(), t.is_neg())
     except RuntimeError:
         return None
-    return None if pointer == 0 else (type(t), pointer, t.shape, t.stride(), t.dtype, t.device)
