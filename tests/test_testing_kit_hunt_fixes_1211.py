@@ -56,17 +56,7 @@ def test_complex32_leaves_are_averaged_by_the_oracle_as_by_ema_core():
         got = ema.average(state, config)["z"]
         assert got.dtype == torch.complex64
         np.testing.assert_allclose(got.numpy(), want[k].average[0], rtol=1e-6)
-
-    def make(init):
-        live = {"own": ema.init(init, config)}
-
-        def step(params, t):
-            live["own"] = ema.update(live["own"], params, config)
-            return ema.average(live["own"], config)
-
-        return step
-
-    testing.assert_matches(make, config, trajectory)
+    testing.assert_matches(_ema_core(config), config, trajectory)
 
 
 def test_a_write_into_an_earlier_steps_input_names_the_steps_it_may_have_been():
