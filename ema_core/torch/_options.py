@@ -71,7 +71,7 @@ class Binding:
 
     def tied_raw(self) -> list[str]:
         """The raw paths of the tied names watched (``_ties``)."""
-        return [raw for raw, _, _ in self.aliases]
+        return [raw for raw, _ in self.aliases]
 
     def _bind(self, tracked: list[_names.Tracked]) -> None:
         self.tracked = tracked

@@ -13,13 +13,13 @@ import torch
 from ema_core.backends.torch._pairs import memory_key
 from ema_core.torch._names import Tracked
 
-__all__ = ["Aliases", "check_ties", "tied_names"]
+__all__ = ["Aliases", "check_ties", "entry", "owner_of", "tied_names"]
 
-#: A tracked tensor's other names in the module (tied weights): (raw name, index, is_buffer).
-Aliases = Sequence[tuple[str, int, bool]]
+#: A tracked parameter's other names in the module (tied weights): (raw name, its index).
+Aliases = Sequence[tuple[str, int]]
 
 
-def tied_names(root: torch.nn.Module | None, tracked: list[Tracked]) -> list[tuple[str, int, bool]]:
+def tied_names(root: torch.nn.Module | None, tracked: list[Tracked]) -> list[tuple[str, int]]:
     """The other names under which ``root`` holds a tracked parameter (``head.weight`` tied to
     the tracked ``emb.weight``), read once when the EMA is built: the watch then sees such a name
     given a tensor of its own (``check_ties``). Found by walking the modules' own tables from
@@ -31,28 +31,26 @@ def tied_names(root: torch.nn.Module | None, tracked: list[Tracked]) -> list[tup
     raws = {t.raw for t in tracked}
     seen: set[int] = set()
     found = []
-    for raw, x, is_buffer in _walk(root):
+    for raw, x in _walk(root):  # parameters: a buffer under two modules, .to() unties it
         i = index.get(id(x))
-        if i is None or is_buffer:  # a buffer under two modules: torch's .to() unties it
+        if i is None:
             continue
         if id(x) in seen and raw not in raws:
-            found.append((raw, i, is_buffer))
+            found.append((raw, i))
         seen.add(id(x))
     return list(dict.fromkeys(found))
 
 
-def _walk(root: torch.nn.Module) -> list[tuple[str, Any, bool]]:
-    """``(path, tensor, is_buffer)`` for every entry of every module's ``_parameters`` and
-    ``_buffers`` under ``root``, a module reached twice (shared) under each path, depth first
-    in registration order; a module on its own path (a cycle) is not entered again."""
-    out: list[tuple[str, Any, bool]] = []
+def _walk(root: torch.nn.Module) -> list[tuple[str, Any]]:
+    """``(path, parameter)`` for every entry of every module's ``_parameters`` under ``root``,
+    a module reached twice (shared) under each path, depth first in registration order; a
+    module on its own path (a cycle) is not entered again."""
+    out: list[tuple[str, Any]] = []
     stack: list[tuple[str, Any, tuple[int, ...]]] = [("", root, ())]
     while stack:
         path, module, above = stack.pop()
         try:
-            tables = ((module._parameters, False), (module._buffers, True))
-            for table, is_buffer in tables:
-                out += [(f"{path}{k}", x, is_buffer) for k, x in table.items() if x is not None]
+            out += [(f"{path}{k}", x) for k, x in module._parameters.items() if x is not None]
             children = [(k, c) for k, c in module._modules.items() if c is not None]
         except (AttributeError, RuntimeError):  # not a module's tables: nothing to follow
             continue
@@ -63,7 +61,7 @@ def _walk(root: torch.nn.Module) -> list[tuple[str, Any, bool]]:
 
 def check_ties(
     root: torch.nn.Module | None, aliases: Aliases, now: list[Tracked]
-) -> list[tuple[str, int, bool]]:
+) -> list[tuple[str, int]]:
     """The ``aliases`` the module still has, after checking that each holds its tracked tensor
     as the module holds it ``now``.
 
@@ -72,8 +70,9 @@ def check_ties(
             own (weights untied since: it would never be averaged, and exports would drop it).
     """
     kept = []
-    for raw, i, is_buffer in aliases:
-        held = _held(root, raw, is_buffer)
+    for raw, i in aliases:
+        owner, key = owner_of(root, raw)
+        held = None if owner is None else entry(owner._parameters, key)
         if held is None:
             continue  # the name is gone with its module: nothing left untracked
         if held is not now[i].tensor and not _same_memory(held, now[i].tensor):
@@ -84,7 +83,7 @@ def check_ties(
                 "set_overwrite_module_params_on_conversion(True)): it would never be averaged; "
                 "tie them again (model.tie_weights()) or build the EMA after untying"
             )
-        kept.append((raw, i, is_buffer))
+        kept.append((raw, i))
     return kept
 
 
@@ -94,18 +93,17 @@ def _same_memory(a: Any, b: torch.Tensor) -> bool:
     return key is not None and key == memory_key(b)
 
 
-def _held(root: torch.nn.Module | None, raw: str, is_buffer: bool) -> Any:
-    """What ``root`` holds under ``raw`` now, None where the path is gone."""
+def owner_of(root: Any, raw: str) -> tuple[Any, str]:
+    """The module that holds ``raw`` (walked child by child from ``root``: a TorchScript module
+    has no ``get_submodule``) and its key there; None where the path is gone."""
     path, _, key = raw.rpartition(".")
-    owner: Any = root
+    owner = root
     for name in path.split(".") if path else ():
-        owner = _entry(owner._modules, name) if owner is not None else None
-    if owner is None:
-        return None
-    return _entry(owner._buffers if is_buffer else owner._parameters, key)
+        owner = entry(owner._modules, name) if owner is not None else None
+    return owner, key
 
 
-def _entry(table: Any, key: str) -> Any:
+def entry(table: Any, key: str) -> Any:
     """``table[key]``, None when absent (a TorchScript module's tables are not dicts)."""
     try:
         return table[key]

@@ -13,7 +13,7 @@ from ema_core.backends.torch._pairs import memory_key
 from ema_core.torch import _dtensor
 from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
-from ema_core.torch._ties import Aliases
+from ema_core.torch._ties import Aliases, entry, owner_of
 from ema_core.torch._watch_views import Views, prepared
 
 __all__ = ["Watch"]
@@ -56,9 +56,7 @@ class Watch:
         aliases: Aliases = (),
     ) -> None:
         self.tracked_tensors = [t.tensor for t in tracked]
-        others_named = [
-            Tracked(raw, tracked[i].tensor, "float", raw, buf) for raw, i, buf in aliases
-        ]
+        others_named = [Tracked(raw, tracked[i].tensor, "float", raw) for raw, i in aliases]
         self.aliased = _Reads(root, others_named)  # tied names: what each holds now (the
         self.aliased.held = list(self.aliased.now())  # tracked tensor, or one over its memory)
         self.alias_memory = list(map(memory_key, self.aliased.held))
@@ -80,7 +78,7 @@ class Watch:
         self.dtypes = [t.dtype for t in self.fast.held]
         self.forms = [(t.dtype, t.device) for t in self.slow.held]
         self.sharded_dtypes = [t.dtype for t in self.sharded.held]  # FSDP2 converts in place
-        raws = [t.raw for t, _ in watched] + [raw for raw, _, _ in aliases]
+        raws = [t.raw for t, _ in watched] + [raw for raw, _ in aliases]
         chain = {(id(p), k): (p, k, c) for raw in raws for p, k, c in _chain(root, raw)}
         self.parents = [p for p, _, _ in chain.values()]
         self.names = [k for _, k, _ in chain.values()]
@@ -97,7 +95,7 @@ class Watch:
         """What each tracked tensor's owner holds now under its key (the tensor itself for
         named tensors); a submodule replaced since is not read (its old owner's dict is)."""
         return [
-            t if slot is None else _entry(*slot)
+            t if slot is None else entry(*slot)
             for t, slot in zip(self.tracked_tensors, self.slots, strict=True)
         ]
 
@@ -145,7 +143,7 @@ class Watch:
 
     def _children_held(self) -> bool:
         """Whether each module on the tracked tensors' paths still holds the child it held."""
-        found = map(dict.get if self._plain else _entry, self.parents, self.names)
+        found = map(dict.get if self._plain else entry, self.parents, self.names)
         return all(map(operator.is_, found, self.children))
 
     def forget(self) -> None:
@@ -203,20 +201,12 @@ class _Reads:
     def now(self) -> Iterator[Any]:
         if not self.tables:
             return iter(self.held)
-        return map(dict.get if self._plain else _entry, self.tables, self.keys)
-
-
-def _entry(table: Any, key: str) -> Any:
-    """``table[key]``, None when absent (a TorchScript module's tables are not dicts)."""
-    try:
-        return table[key]
-    except (KeyError, RuntimeError):
-        return None
+        return map(dict.get if self._plain else entry, self.tables, self.keys)
 
 
 def _plain(tables: list[Any]) -> bool:
     """Whether every table is a dict, read with ``dict.get`` (the fast path, which dynamo
-    traces); else each is read with ``_entry``: a TorchScript module holds its parameters,
+    traces); else each is read with ``entry``: a TorchScript module holds its parameters,
     buffers and children in tables of its own."""
     return all(type(table) is dict for table in tables)
 
@@ -224,10 +214,7 @@ def _plain(tables: list[Any]) -> bool:
 def _slot(root: torch.nn.Module, t: Tracked) -> tuple[dict[str, Any], str]:
     """The dict (``_parameters`` or ``_buffers``) and key under which ``root`` holds ``t``
     (walked child by child: a TorchScript module has no ``get_submodule``)."""
-    path, _, key = t.raw.rpartition(".")
-    owner = root
-    for name in path.split(".") if path else ():
-        owner = _entry(owner._modules, name)
+    owner, key = owner_of(root, t.raw)
     return (owner._buffers if t.is_buffer else owner._parameters), key
 
 
@@ -238,7 +225,7 @@ def _chain(root: torch.nn.Module | None, raw: str) -> list[tuple[dict[str, Any],
     for name in raw.split(".")[:-1]:
         if module is None:
             break
-        child = _entry(module._modules, name)
+        child = entry(module._modules, name)
         out.append((module._modules, name, child))
         module = child
     return out
