@@ -14,6 +14,11 @@ Rows:
   look and the stateless call after its cache's.
 * ``watch``: that look, the ``EMA`` class's ``Watch.same()`` over the same bf16 tensors. The
   class pays it at every update, on every route.
+* ``watch fp32``: the same look over float32 params as on the CPU (route "foreach-lerp": no
+  launch to vouch for), and ``watch fp32 kernel`` as on CUDA with Triton (route "triton-same"
+  since 2026-12-05: the look also covers what the kernel's launch depends on, the shadows'
+  pointers and layouts). Their difference is what the kernel's route adds per update on the
+  host, against one foreach ``lerp_`` launch saved per chunk of tensors on the device.
 """
 
 from __future__ import annotations
@@ -56,8 +61,28 @@ def rows(repeats: int = 7) -> list[tuple[str, int, float]]:
         for name, step in (("prepared", prepared), ("key", key), ("kept", kept)):
             out.append((name, n, best(step, repeats)))
         out.append(("watch", n, best(watch, repeats)))
+        for name, usable in (("watch fp32", False), ("watch fp32 kernel", True)):
+            out.append((name, n, best(_float32_watch(n, usable), repeats)))
         print(f"routes: {n} leaves done", flush=True, file=sys.stderr)
     return out
+
+
+def _float32_watch(n: int, usable: bool) -> Any:
+    """``Watch.same`` of an ``EMA`` over ``n`` tiny float32 params, built as where the Triton
+    kernel runs (``usable``: its watch covers the launch's pairs) or not."""
+    from unittest import mock
+
+    import torch
+
+    from ema_core.torch import EMA, _watch_views
+
+    params = {f"w{i}": torch.nn.Parameter(torch.randn(8)) for i in range(n)}
+    with mock.patch.object(_watch_views, "triton_usable", lambda like: usable):
+        average = EMA(params, decay=0.999)
+    watch = average._bound.watch
+    if len(watch.views.where) != (n if usable else 0):
+        raise RuntimeError("the watch does not cover the pairs this row times")
+    return watch.same
 
 
 def main(repeats: int = 7) -> str:

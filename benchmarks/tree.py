@@ -58,9 +58,10 @@ def rows(repeats: int = 5) -> list[tuple[str, int, float]]:
 
 def table(timed: list[tuple[str, int, float]], ms_decimals: int = 2) -> str:
     """``(case, leaves, seconds)`` rows as the plain table the host benchmarks print."""
-    lines = [f"{'case':<14}{'leaves':>9}{'ms':>10}{'us/leaf':>9}", "-" * 42]
+    wide = max([14, *(len(case) + 1 for case, _, _ in timed)])
+    lines = [f"{'case':<{wide}}{'leaves':>9}{'ms':>10}{'us/leaf':>9}", "-" * (wide + 28)]
     for case, n, sec in timed:
-        lines.append(f"{case:<14}{n:>9}{sec * 1e3:>10.{ms_decimals}f}{sec * 1e6 / n:>9.3f}")
+        lines.append(f"{case:<{wide}}{n:>9}{sec * 1e3:>10.{ms_decimals}f}{sec * 1e6 / n:>9.3f}")
     return "\n".join(lines)
 
 

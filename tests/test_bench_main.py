@@ -130,7 +130,9 @@ def test_routes_times_each_state_of_a_triton_group(monkeypatch, capsys):
     monkeypatch.setattr(_launch, "prepare", lambda s, p: made.append(len(s)) or real(s, p))
     got = routes.rows(repeats=2)
     assert [(case, n) for case, n, _ in got] == [
-        (case, n) for n in (3, 5) for case in ("prepared", "key", "kept", "watch")
+        (case, n)
+        for n in (3, 5)
+        for case in ("prepared", "key", "kept", "watch", "watch fp32", "watch fp32 kernel")
     ]
     assert all(sec >= 0 for _, _, sec in got)
     assert made == [3] * 3 + [5] * 3  # the prepared case's warm-up and repeats only

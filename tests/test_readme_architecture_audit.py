@@ -425,7 +425,7 @@ def test_every_route_runs_in_the_cpu_suite_or_is_marked_gpu(module: str) -> None
             if test not in marks or ("gpu" in marks[test]) != cuda:
                 wrong.append(f"{route}: {test}")
     assert wrong == []
-    assert cuda_rows == (5 if module.endswith("_routes") else 0)  # 4 mixed, triton-ends
+    assert cuda_rows == (6 if module.endswith("_routes") else 0)  # 4 mixed, 2 float32 Triton
 
 
 def test_the_cupy_routes_name_existing_tests() -> None:

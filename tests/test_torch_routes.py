@@ -274,6 +274,42 @@ def test_cuda_routes(monkeypatch, triton, decay):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("decay", [0.3, 0.9, 0.9999])
+def test_cuda_same_host(decay):
+    """Float32 pairs under a host decay on CUDA take the Triton kernel (route "triton-same"):
+    bit for bit torch's own fused ``lerp`` at the same weight (the foreach route they took
+    before), inf and NaN where it puts them, strided pairs by the blocked way, nothing allocated
+    per update once the launch is kept."""
+    if _cuda._kernel() is None:
+        pytest.skip("Triton is not installed")
+    shadows = [torch.randn(n, device="cuda") for n in (5000, 1024, 7, 0)] + [
+        torch.randn(6, 4, device="cuda").t()
+    ]
+    params = [torch.randn(s.shape, device="cuda") for s in shadows]
+    shadows[0][:2] = torch.tensor([float("inf"), float("nan")])
+    params[0][2:4] = torch.tensor([float("-inf"), float("nan")])
+    before = [s.clone() for s in shadows]
+    plan = _routes.make_plan(shadows, params, ["float"] * 5)
+    assert [w for _, w in _routes.routes(plan, decay)] == ["triton-same"]
+    _routes.apply(xp, plan, decay, 1.0 - decay)  # warm: tables and kernels made
+    for s, b in zip(shadows, before, strict=True):
+        s.copy_(b)
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated()
+    _routes.apply(xp, plan, decay, 1.0 - decay)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == allocated
+    for s, b, p in zip(shadows, before, params, strict=True):
+        want = b.clone()
+        torch._foreach_lerp_([want], [p], 1.0 - decay)  # the route taken before: the bits
+        finite = want.isfinite()  # a NaN's sign is the kernel's
+        assert _same_bits(s[finite], want[finite]), (decay, tuple(s.shape))
+        assert torch.equal(s.isnan(), want.isnan())
+        assert torch.equal(s[want.isinf()], want[want.isinf()])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("decay", [0.3, 0.9, 0.9999, 1.0, 0.0])
 def test_cuda_same_ends(decay):
     """Float32 pairs under a device decay on CUDA take the Triton kernel in one pass (route

@@ -1,8 +1,7 @@
 """A group's kept Triton launch (``_prewrite.prepare``, ``_launch.Launch``): prepared once, with
 every pair checked, and reused while the caller vouches for the pairs (``kept`` on a mixed
-group) or while their ``_pairs.Key`` holds; made again, checked, when a pair changed, and never
-trusted on the word of ``kept`` for a "triton-ends" group (float32 pairs, which the ``EMA``
-class's watch does not look at).
+group) or while their ``_pairs.Key`` holds; made again, checked, when a pair changed. (Float32
+groups, routes "triton-same" and "triton-ends": ``test_triton_same_1212``.)
 
 The decisions run on plain CPU tensors (preparing needs no kernel: the tables are built on the
 host). The blends through a kept launch run under Triton's interpreter in a subprocess, as in
@@ -69,16 +68,6 @@ def test_a_transposed_param_leaves_the_table_for_the_blocked_way():
     _prewrite.check(group, "triton-mixed")
     assert [id(p) for _, p in group.launch.left] == [id(group.params[0])]
     assert group.launch.tables[0][4] == 2  # the other two leaves
-
-
-def test_a_float32_group_is_compared_even_when_kept():
-    _, group = _group(pdtype=torch.float32)
-    _prewrite.check(group, "triton-ends", kept=True)
-    launch = group.launch
-    group.params[2].data = group.params[2].data.clone()
-    _prewrite.check(group, "triton-ends", kept=True)  # kept does not cover "same" groups
-    assert group.launch is not launch
-    assert group.launch.key.pointers[5] == group.params[2].data_ptr()
 
 
 def test_a_refused_pair_leaves_no_launch_and_is_named():

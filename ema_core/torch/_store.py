@@ -138,9 +138,9 @@ class Local:
         _run(self.units, self.done, xp, decay, rate, kept)
 
     def forget(self) -> None:
-        """Drop the host engine's views and the Triton launches (made again, each pair
-        checked, at the next use)."""
-        for group in self.plan.mixed:
+        """Drop the host engine's views and the Triton launches, the float32 groups' too
+        (made again, each pair checked, at the next use)."""
+        for group in (*self.plan.mixed, *self.plan.same):
             group.host = group.launch = None
 
     def wait(self) -> None:

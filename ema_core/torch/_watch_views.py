@@ -24,17 +24,18 @@ _DTYPE = operator.attrgetter("dtype")
 def prepared(shadow: torch.Tensor | None, t: Tracked) -> TypeGuard[torch.Tensor]:
     """Whether a kernel keeps prepared reads of the pair that the watch vouches for: the host
     engine's views (a superset of ``_host.usable``'s pairs: a plain float CPU tensor under a
-    wider plain shadow) or the Triton kernel's launch (a plain float CUDA tensor under a
-    float32 shadow on its device, Triton installed): the ``mixed`` bucket."""
-    if shadow is None or t.kind != "float" or shadow.dtype == t.tensor.dtype:
+    wider plain shadow, the ``mixed`` bucket) or the Triton kernel's launch (a plain float
+    CUDA tensor under a float32 shadow on its device, Triton installed: the ``mixed`` bucket,
+    and the ``same`` one of float32 params, routes "triton-same" and "triton-ends")."""
+    if shadow is None or t.kind != "float":
         return False
     plain = type(shadow) is torch.Tensor and type(t.tensor) in _PLAIN
     if not plain or shadow.device != t.tensor.device:
         return False
-    on_cpu = shadow.device.type == "cpu"
-    if not (on_cpu or triton_usable(shadow)):
-        return False
-    return bucket(t.kind, shadow, t.tensor) == "mixed"
+    if triton_usable(shadow):  # (a CUDA shadow; the CPU suite's interpreter runs take CPU ones)
+        return bucket(t.kind, shadow, t.tensor) in ("mixed", "same")
+    on_cpu = shadow.device.type == "cpu" and shadow.dtype != t.tensor.dtype
+    return on_cpu and bucket(t.kind, shadow, t.tensor) == "mixed"
 
 
 class Views:

@@ -1,5 +1,5 @@
 """What a route checks before its first write (``_routes.apply`` runs ``check`` for every
-group of a mixed or "triton-ends" route before it runs any), and the reads a group keeps between
+group of a mixed or a Triton route before it runs any), and the reads a group keeps between
 updates: the host engine's views (``Group.host``) and the Triton kernel's launch
 (``Group.launch``), each made with every pair checked and kept while the pairs' ``_pairs.Key``
 holds, or while the caller vouches for them (``kept``: the ``EMA`` class's watch, the stateless
@@ -14,7 +14,7 @@ from ema_core.backends.torch._plan import Group
 __all__ = ["TRITON", "check", "check_pairs", "prepare"]
 
 #: The routes through the Triton kernel, whose launch a group keeps (``prepare``).
-TRITON = ("triton-mixed", "triton-mixed-ends", "triton-ends")
+TRITON = ("triton-mixed", "triton-mixed-ends", "triton-ends", "triton-same")
 
 
 def check(group: Group, way: str, kept: bool = False) -> None:
@@ -22,7 +22,7 @@ def check(group: Group, way: str, kept: bool = False) -> None:
     and for the host engine and the Triton routes when their views or launch are made (kept
     while nothing moved, ``prepare``)."""
     if way in TRITON:
-        prepare(group, trusted=kept and way != "triton-ends")
+        prepare(group, trusted=kept)
     elif way != "host-engine":
         check_pairs(group)
     elif kept and group.host is not None:
@@ -34,8 +34,9 @@ def check(group: Group, way: str, kept: bool = False) -> None:
 
 def prepare(group: Group, trusted: bool) -> None:
     """Keep ``group.launch`` (the Triton kernel's tables over the group) while the caller
-    vouches for the pairs (``trusted``: ``kept`` for a mixed group, which the ``EMA`` class's
-    watch and the stateless cache both cover) or while their ``_pairs.Key`` holds; else check
+    vouches for the pairs (``trusted``: ``kept``; the ``EMA`` class's watch covers the pairs
+    of every Triton group, mixed and float32, ``_watch_views.prepared``, and the stateless
+    cache every leaf) or while their ``_pairs.Key`` holds; else check
     the pairs and prepare the launch again. A kept launch skips every per-pair read: the
     checks, the groups and the table's key."""
     launch = group.launch

@@ -13,7 +13,8 @@ route                 decay   where  groups    runs                            t
 skip                  1.0     any    averaged  nothing                         host_decay_ends
 copy                  0.0     any    averaged  ``_foreach.copy_``              host_decay_ends
 copy                  any     any    exact     ``_foreach.copy_``              exact_leaves_copy
-foreach-lerp          host    any    same      ``_foreach.lerp_``              cpu_routes
+foreach-lerp          host    any    same [4]  ``_foreach.lerp_``              cpu_routes
+triton-same           host    CUDA   same[3]   ``_cuda.triton_lerp_``          cuda_same_host
 foreach-lerp-ends     device  any    same [1]  ``_foreach.lerp_ends_``         cpu_routes
 triton-ends           device  CUDA   same[3]   ``_cuda.triton_lerp_ends_``     cuda_same_ends
 host-engine           host    CPU    mixed     ``_host.run``                   cpu_routes
@@ -25,10 +26,13 @@ generic               any     any    the rest  ``_core.blend`` per leaf        c
 ====================  ======  =====  ========  ==============================  ====================
 
 [1] float32 or wider (float32 on CUDA with Triton: triton-ends). [2] a float32 shadow, Triton
-installed. [3] float32 pairs, Triton installed, not traced by ``torch.compile``: one pass with
-exact ends, where ``_foreach.lerp_ends_`` takes three ops and a temporary per tensor (a CUDA
-graph's update), with torch's fused ``lerp`` arithmetic: the bits of "foreach-lerp" under the
-same int step.
+installed. [3] float32 pairs, Triton installed, not traced by ``torch.compile``, with torch's
+fused ``lerp`` arithmetic (the bits of torch's foreach ``lerp_`` at the same float32 weight):
+"triton-ends" in one pass with exact ends, where ``_foreach.lerp_ends_`` takes three ops and a
+temporary per tensor (a CUDA graph's update), the bits of "foreach-lerp" under the same int
+step; "triton-same" one launch per group, where torch's foreach ``lerp_`` reached 0.87 of the
+copy ceiling on Llama-1.1B fp32 against the kernel's 0.99 (H100, 2026-12-05). [4] float32 on
+CUDA with Triton: triton-same.
 Tests: ``test_<name>`` in ``tests/test_torch_routes.py`` (the CUDA ones marked ``gpu``;
 ``tests/test_torch_kernels.py`` runs the blocked functions on CPU tensors). "generic" takes the
 ``other`` bucket, half ``same`` groups with a device decay (the core computes in float32: a
@@ -40,7 +44,8 @@ of ``max(|s|, |p|)``); the host engine and the core share their arithmetic bit f
 each shadow's bits, decay 0 gives the params' (inf and NaN included), so an update can be
 captured in a CUDA graph.
 
-Before anything is written, every pair of a ``mixed`` group (and of a ``triton-ends`` one) is
+Before anything is written, every pair of a ``mixed`` group (and of a "triton-ends" or
+"triton-same" one) is
 checked against its shadow (shape and device): those routes index the params by the shadow's
 size (host loops, Triton) or cast-copy them into a scratch (which would broadcast). The host
 engine's views are (re)bound, each pair checked, when a tensor's storage, shape or dtype changed
@@ -80,6 +85,7 @@ Route: TypeAlias = Literal[
     "triton-mixed",
     "triton-mixed-ends",
     "triton-ends",
+    "triton-same",
     "generic",
 ]
 _HALF = (torch.float16, torch.bfloat16)
@@ -96,10 +102,10 @@ def route(kind: LeafKind, shadow: torch.Tensor, params: torch.Tensor, decay: Val
         return "skip"
     group = bucket(kind, shadow, params)
     if group == "same" and (on_host or shadow.dtype not in _HALF):
-        if on_host:
-            return "foreach-lerp"
         # traced (torch.compile), the plain ops as before: the kernel reads data addresses
         one_pass = _cuda.triton_usable(shadow) and not torch.compiler.is_compiling()
+        if on_host:
+            return "triton-same" if one_pass else "foreach-lerp"
         return "triton-ends" if one_pass else "foreach-lerp-ends"
     return _mixed_route(shadow, params, on_host) if group == "mixed" else "generic"
 
@@ -141,7 +147,7 @@ def apply(xp: Namespace, plan: Plan, decay: Value, rate: Value, *, kept: bool = 
     work = routes(plan, decay)
     mixed = {id(group) for group in plan.mixed}
     for group, way in work:
-        if (id(group) in mixed and way != "skip") or way == "triton-ends":
+        if (id(group) in mixed and way != "skip") or way in _prewrite.TRITON:
             _prewrite.check(group, way, kept)
     for group, way in work:
         _run(xp, group, way, decay, rate)
@@ -186,7 +192,7 @@ def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> 
             _cuda.blocked_lerp_(s, p, float(rate))
         case "cuda-mixed-ends":
             _cuda.blocked_lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
-        case "triton-mixed":
+        case "triton-mixed" | "triton-same":
             _cuda.triton_lerp_(s, p, float(rate), group.launch)
         case "triton-mixed-ends" | "triton-ends":
             _cuda.triton_lerp_ends_(s, p, *_on_device(rate, decay, s[0]), group.launch)

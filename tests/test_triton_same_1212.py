@@ -1,0 +1,218 @@
+"""Route "triton-same": float32 pairs under a host decay take the Triton kernel where it runs (a
+CUDA float32 shadow, Triton installed), one launch per group, with torch's fused ``lerp``
+arithmetic; the ``EMA`` class's watch covers those pairs, so its vouching keeps the launch, and a
+param moved or transposed over the same memory is seen and the launch made again.
+
+The routing decisions run on plain CPU tensors with ``triton_usable`` told to say yes. The blends
+run under Triton's interpreter in a subprocess (as ``test_triton_interpreter``), each update
+against torch's lerp rounded once per multiply-add (``_lerp_ends``, computed in float64): a stale
+launch would read a param's old memory, or a transposed param as contiguous.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import traceback
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ema_core.backends.torch import _cuda, _prewrite, _routes  # noqa: E402
+from ema_core.torch import _watch_views  # noqa: E402
+
+F32, F64 = torch.float32, torch.float64
+
+
+def _float32_usable(like: torch.Tensor) -> bool:
+    """``triton_usable`` for CPU tensors: the kernel runs on them under the interpreter."""
+    return like.dtype == F32 and _cuda._kernel() is not None
+
+
+def _yes(like: torch.Tensor) -> bool:
+    return like.dtype == F32
+
+
+def _plan(n: int = 3, dtype: torch.dtype = F32):
+    shadows = [torch.randn(6, 6, dtype=dtype) for _ in range(n)]
+    params = [torch.randn(6, 6, dtype=dtype) for _ in range(n)]
+    return _routes.make_plan(shadows, params, ["float"] * n, [f"w{i}" for i in range(n)])
+
+
+def test_a_host_decay_takes_the_kernel_for_float32_pairs_where_it_runs(monkeypatch):
+    plan = _plan()
+    assert [w for _, w in _routes.routes(plan, 0.999)] == ["foreach-lerp"]  # no CUDA here
+    monkeypatch.setattr(_cuda, "triton_usable", _yes)
+    assert [w for _, w in _routes.routes(plan, 0.999)] == ["triton-same"]
+    assert [w for _, w in _routes.routes(plan, torch.tensor(0.999, dtype=F64))] == ["triton-ends"]
+    assert [w for _, w in _routes.routes(plan, 1.0)] == ["skip"]
+    assert [w for _, w in _routes.routes(plan, 0.0)] == ["copy"]
+    assert [w for _, w in _routes.routes(_plan(dtype=F64), 0.999)] == ["foreach-lerp"]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # traced: the plain op
+    assert [w for _, w in _routes.routes(plan, 0.999)] == ["foreach-lerp"]
+
+
+def test_a_refused_pair_is_named_before_any_write(monkeypatch):
+    monkeypatch.setattr(_cuda, "triton_usable", _yes)
+    plan = _plan()
+    (group,) = plan.same
+    before = [s.clone() for s in group.shadows]
+    group.params[1].data = torch.randn(5, 7)  # another shape, after the plan was made
+    with pytest.raises(ValueError, match="params w1: shape"):
+        _routes.apply(None, plan, 0.9, 0.1)  # the kernel is never reached
+    assert all(torch.equal(s, b) for s, b in zip(group.shadows, before, strict=True))
+    assert group.launch is None
+
+
+def test_the_class_watch_covers_float32_pairs_where_the_kernel_runs(monkeypatch):
+    from ema_core.torch import EMA
+
+    params = {"a": torch.nn.Parameter(torch.randn(4)), "b": torch.nn.Parameter(torch.randn(3))}
+    params["c"] = torch.nn.Parameter(torch.randn(5, dtype=F64))
+    assert EMA(params, decay=0.9)._bound.watch.views.where == []  # CPU float32: no launch
+    monkeypatch.setattr(_watch_views, "triton_usable", _yes)
+    watch = EMA(params, decay=0.9)._bound.watch
+    assert [watch.views.params[i] is params[k] for i, k in enumerate("ab")] == [True, True]
+    assert len(watch.views.where) == 2  # not the float64 one
+    assert watch.same() and watch.fits and watch.held
+    params["b"].data = params["b"].data.clone()  # new memory: the watch sees it
+    assert not watch.same()
+
+
+def test_a_vouched_float32_launch_is_kept_and_an_unvouched_one_compared():
+    plan = _plan()
+    (group,) = plan.same
+    _prewrite.check(group, "triton-same")
+    first = group.launch
+    _prewrite.check(group, "triton-same", kept=True)
+    assert group.launch is first
+    group.params[2].data = group.params[2].data.clone()
+    _prewrite.check(group, "triton-same")  # nobody vouched: the key is compared
+    assert group.launch is not first
+    assert group.launch.key.pointers[5] == group.params[2].data_ptr()
+
+
+def test_forget_drops_the_float32_launches_too():
+    from ema_core.torch._store import Local
+
+    shadows, params = [torch.randn(4), torch.randn(3)], [torch.randn(4), torch.randn(3)]
+    store = Local(shadows, params, ["float", "float"], ["a", "b"])
+    (group,) = store.plan.same
+    _prewrite.check(group, "triton-same")
+    assert group.launch is not None
+    store.forget()  # a rebind: a launch kept over the old memory would be trusted
+    assert group.launch is None
+
+
+# ---- under Triton's interpreter (the child process) ----
+
+
+def _want(s: torch.Tensor, p: torch.Tensor, decay: float) -> torch.Tensor:
+    """What the route gives: torch's fused lerp at the float32 weight (contiguous pairs), the
+    blocked way for a strided one."""
+    from tests.test_triton_interpreter import _lerp_ends
+
+    if s.is_contiguous() and p.is_contiguous():
+        w32 = float(torch.tensor(1.0 - decay, dtype=F32))
+        return _lerp_ends(s, p, w32, None)
+    out = s.clone()
+    _cuda.blocked_lerp_([out], [p], 1.0 - decay)
+    return out
+
+
+CALLS: list[int] = []  # the child's calls of the kernel's host-decay wrapper
+
+
+def _patch() -> None:
+    """In the child: the kernel usable for CPU float32 shadows, its wrapper's calls counted."""
+    blend = _cuda.triton_lerp_
+    _cuda.triton_lerp_ = lambda *a, **k: CALLS.append(1) or blend(*a, **k)
+    _cuda.triton_usable = _float32_usable
+    _watch_views.triton_usable = _float32_usable
+
+
+def _child_class() -> None:
+    """Five ``EMA.update`` calls of a float32 model through the kernel: the launch made, kept on
+    the watch's word, followed to a param's new memory and to a transposed one."""
+    from ema_core.torch import EMA
+
+    calls = CALLS
+    del calls[:]
+    gen = torch.Generator().manual_seed(3)
+    model = torch.nn.ParameterList(
+        [torch.nn.Parameter(torch.randn(n, n, generator=gen) * 3) for n in (33, 40, 1)]
+    )
+    average = EMA(model, decay=0.9)
+
+    def step() -> None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(-1.5).add_(0.25)
+        pairs = zip(average.average.items(), model.parameters(), strict=True)
+        want = {name: _want(s.clone(), p.detach(), 0.9) for (name, s), p in pairs}
+        average.update()
+        for name, got in average.average.items():
+            assert torch.equal(got.view(torch.int32), want[name].view(torch.int32)), name
+
+    step()
+    (group,) = average._bound.store.plan.same
+    first = group.launch
+    assert calls == [1] and first is not None
+    step()
+    assert group.launch is first and len(calls) == 2  # vouched: kept, no key compared
+    model[1].data = model[1].data.clone()
+    step()
+    model[0].data = model[0].data.t()  # the same memory, now strided
+    step()
+    (group,) = average._bound.store.plan.same
+    assert len(group.launch.left) == 1 and len(calls) == 4
+    step()
+
+
+def _child_stateless() -> None:
+    """``ema_update`` of a float32 dict, twice through its cache (the launch kept on the cache's
+    word), then after a param was transposed over its memory."""
+    import ema_core
+
+    del CALLS[:]
+    gen = torch.Generator().manual_seed(4)
+    params = {k: torch.randn(n, n, generator=gen) for k, n in (("a", 20), ("b", 3))}
+    shadow = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    for t in (1, 2, 3):
+        if t == 3:
+            params["a"] = params["a"].t()
+        want = {k: _want(shadow[k].clone(), params[k], 0.75) for k in params}
+        ema_core.ema_update(shadow, params, t, decay=0.75)
+        for k, got in shadow.items():
+            assert torch.equal(got.view(torch.int32), want[k].view(torch.int32)), (t, k)
+        assert len(CALLS) == t, CALLS
+
+
+def _run_all() -> dict[str, str]:
+    results = {"kernel": type(_cuda._kernel()).__name__}
+    _patch()
+    for name, case in (("class", _child_class), ("stateless", _child_stateless)):
+        try:
+            case()
+            results[name] = "ok"
+        except Exception:  # reported to the parent
+            results[name] = traceback.format_exc(limit=4)
+    return results
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="triton is not installed (the test group pins it; it runs on CPUs, no GPU needed)",
+)
+def test_float32_updates_through_the_kernel_under_the_interpreter():
+    from tests.test_triton_interpreter import run_interpreted
+
+    results = run_interpreted(__file__)
+    assert results["kernel"] == "InterpretedFunction"
+    assert results["class"] == "ok", results["class"]
+    assert results["stateless"] == "ok", results["stateless"]
+
+
+if __name__ == "__main__":
+    print(json.dumps(_run_all()))
