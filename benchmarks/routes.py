@@ -74,10 +74,11 @@ def _float32_watch(n: int, usable: bool) -> Any:
 
     import torch
 
-    from ema_core.torch import EMA, _watch_views
+    from ema_core.backends.torch import _cuda
+    from ema_core.torch import EMA
 
     params = {f"w{i}": torch.nn.Parameter(torch.randn(8)) for i in range(n)}
-    with mock.patch.object(_watch_views, "triton_usable", lambda like: usable):
+    with mock.patch.object(_cuda, "triton_usable", lambda like: usable):
         average = EMA(params, decay=0.999)
     watch = average._bound.watch
     if len(watch.views.where) != (n if usable else 0):

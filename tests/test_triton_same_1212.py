@@ -20,7 +20,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ema_core.backends.torch import _cuda, _prewrite, _routes  # noqa: E402
-from ema_core.torch import _watch_views  # noqa: E402
 
 F32, F64 = torch.float32, torch.float64
 
@@ -71,7 +70,7 @@ def test_the_class_watch_covers_float32_pairs_where_the_kernel_runs(monkeypatch)
     params = {"a": torch.nn.Parameter(torch.randn(4)), "b": torch.nn.Parameter(torch.randn(3))}
     params["c"] = torch.nn.Parameter(torch.randn(5, dtype=F64))
     assert EMA(params, decay=0.9)._bound.watch.views.where == []  # CPU float32: no launch
-    monkeypatch.setattr(_watch_views, "triton_usable", _yes)
+    monkeypatch.setattr(_cuda, "triton_usable", _yes)
     watch = EMA(params, decay=0.9)._bound.watch
     assert [watch.views.params[i] is params[k] for i, k in enumerate("ab")] == [True, True]
     assert len(watch.views.where) == 2  # not the float64 one
@@ -105,6 +104,23 @@ def test_forget_drops_the_float32_launches_too():
     assert group.launch is None
 
 
+def test_the_benchmarks_class_foreach_contender_takes_the_route_it_replaced(monkeypatch):
+    """``EMA class foreach`` (benchmarks, CUDA fp32): the class as it ran before "triton-same",
+    with the kernel turned off only around its own calls."""
+    from benchmarks.backends import torch as bench_torch
+    from ema_core.backends.torch import _foreach
+
+    monkeypatch.setattr(_cuda, "triton_usable", _yes)  # as on CUDA with Triton
+    blended: list[int] = []
+    lerp = _foreach.lerp_
+    monkeypatch.setattr(_foreach, "lerp_", lambda *a, **k: blended.append(1) or lerp(*a, **k))
+    params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(3))]
+    update = bench_torch._class_foreach(params)
+    update(1)
+    update(2)
+    assert len(blended) == 2 and _cuda.triton_usable is _yes
+
+
 # ---- under Triton's interpreter (the child process) ----
 
 
@@ -129,7 +145,6 @@ def _patch() -> None:
     blend = _cuda.triton_lerp_
     _cuda.triton_lerp_ = lambda *a, **k: CALLS.append(1) or blend(*a, **k)
     _cuda.triton_usable = _float32_usable
-    _watch_views.triton_usable = _float32_usable
 
 
 def _child_class() -> None:

@@ -3,9 +3,12 @@ place); ceiling: one flat ``lerp_`` of the same bytes. Peer libraries are in ben
 
 On CUDA two more rows: ``EMA class graph`` (the class's update captured in a CUDA graph and
 replayed) and ``triton_lerp_`` (the Triton kernel alone over a kept launch, with a host decay:
-for bf16 params the class's route; for fp32 params, where the class takes torch's foreach
-``lerp_``, whether the kernel would beat it: the fp32 ``foreach_lerp_`` row is that call alone
-over the same lists). A contender that fails costs only its own row (``harness.measure``)."""
+the class's route, for bf16 params and, since 2026-12-05, fp32 ones). For fp32 params two more:
+``foreach_lerp_`` (torch's foreach ``lerp_`` alone over the same lists) and ``EMA class
+foreach`` (a second ``EMA`` whose updates take the route fp32 groups took before, torch's
+foreach ``lerp_``: the kernel turned off around each of its calls), so that one run tells
+whether the kernel's route beats the one it replaced, with the class's watch and all. A
+contender that fails costs only its own row (``harness.measure``)."""
 
 from __future__ import annotations
 
@@ -69,7 +72,34 @@ def cases(workload: Workload, dtype: str, device: str) -> dict[str, Callable[[in
                 return torch._foreach_lerp_(shadows, params, 0.001)
 
             found["foreach_lerp_"] = foreach_lerp
+            found["EMA class foreach"] = _class_foreach(params)
     return found
+
+
+def _class_foreach(params: list[Any]) -> Callable[[int], Any]:
+    """A second ``EMA`` over the same params whose updates run with the Triton kernel turned
+    off (``triton_usable`` False while it is built and around each call): float32 groups then
+    take torch's foreach ``lerp_`` and its watch covers no launch, the class as it ran before
+    route "triton-same". Made on first use."""
+    from ema_core.backends.torch import _cuda
+    from ema_core.torch import EMA
+
+    box: dict[str, Any] = {}
+    real = _cuda.triton_usable
+
+    def never(like: Any) -> bool:
+        return False
+
+    def update(t: int) -> Any:
+        _cuda.triton_usable = never
+        try:
+            if "ema" not in box:
+                box["ema"] = EMA({str(i): p for i, p in enumerate(params)}, decay=0.999)
+            return box["ema"].update(t)
+        finally:
+            _cuda.triton_usable = real
+
+    return update
 
 
 def _graph_replay(params: list[Any]) -> Callable[[int], Any]:

@@ -10,7 +10,7 @@ from typing import Any, TypeGuard
 
 import torch
 
-from ema_core.backends.torch._cuda import triton_usable
+from ema_core.backends.torch import _cuda
 from ema_core.backends.torch._pairs import key as views_key
 from ema_core.backends.torch._plan import bucket
 from ema_core.torch._names import PLAIN as _PLAIN
@@ -32,7 +32,7 @@ def prepared(shadow: torch.Tensor | None, t: Tracked) -> TypeGuard[torch.Tensor]
     plain = type(shadow) is torch.Tensor and type(t.tensor) in _PLAIN
     if not plain or shadow.device != t.tensor.device:
         return False
-    if triton_usable(shadow):  # (a CUDA shadow; the CPU suite's interpreter runs take CPU ones)
+    if _cuda.triton_usable(shadow):  # CUDA (a test's interpreter run may say yes on the CPU)
         return bucket(t.kind, shadow, t.tensor) in ("mixed", "same")
     on_cpu = shadow.device.type == "cpu" and shadow.dtype != t.tensor.dtype
     return on_cpu and bucket(t.kind, shadow, t.tensor) == "mixed"
