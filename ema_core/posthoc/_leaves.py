@@ -221,8 +221,8 @@ def rebuild(arrays: dict[str, np.ndarray], like: Like, shapes_from: str) -> Any:
         hint = (
             " (an EMA built with include= / exclude= tracks only some of the model's tensors: "
             "filter like to the tracked names, {k: v for k, v in like.items() if k in "
-            "list_snapshots(directory)[0].names}, and load the result with "
-            "load_state_dict(..., strict=False))"
+            "list_snapshots(directory)[0].names} (file names: '/' written '~1', '~' "
+            "written '~0'), and load the result with load_state_dict(..., strict=False))"
             if missing and not extra
             else ""
         )
