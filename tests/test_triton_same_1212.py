@@ -79,6 +79,22 @@ def test_the_class_watch_covers_float32_pairs_where_the_kernel_runs(monkeypatch)
     assert not watch.same()
 
 
+class _Sub(torch.nn.Parameter):
+    """A ``Parameter`` subclass (as FSDP1's flat parameter): the watch does not read it."""
+
+
+def test_a_parameter_subclass_in_a_kernel_group_leaves_the_watch_vouching_for_nothing(
+    monkeypatch,
+):
+    from ema_core.torch import EMA
+
+    monkeypatch.setattr(_cuda, "triton_usable", _yes)
+    params = {"a": torch.nn.Parameter(torch.randn(4)), "b": _Sub(torch.randn(3))}
+    watch = EMA(params, decay=0.9)._bound.watch
+    assert len(watch.views.where) == 1 and not watch.complete
+    assert watch.same() and not watch.held  # so the launch's key is compared at each update
+
+
 def test_a_vouched_float32_launch_is_kept_and_an_unvouched_one_compared():
     plan = _plan()
     (group,) = plan.same
@@ -185,6 +201,58 @@ def _child_class() -> None:
     step()
 
 
+def _child_subclass() -> None:
+    """A ``Parameter`` subclass's ``.data`` replaced (the old memory alive) and resized: the
+    update reads the new memory, and a resized param is refused before any write."""
+    from ema_core.torch import EMA
+
+    model = torch.nn.Linear(40, 40)
+    model.weight = _Sub(torch.randn(40, 40))
+    average = EMA(model, decay=0.5)
+    average.update()
+    old = model.weight.data  # kept alive: a stale launch would read it without a fault
+    model.weight.data = torch.randn(40, 40) * 3
+    before = average.average["weight"].clone()
+    average.update()
+    want = _want(before, model.weight.detach(), 0.5)
+    assert torch.equal(average.average["weight"].view(torch.int32), want.view(torch.int32))
+    model.weight.data = torch.randn(8, 8)
+    before = average.average["weight"].clone()
+    try:
+        average.update()
+    except ValueError as e:
+        assert "weight" in str(e), e
+    else:
+        raise AssertionError("a resized subclass param was not refused")
+    assert torch.equal(average.average["weight"], before) and old.shape == (40, 40)
+
+
+def _child_negative() -> None:
+    """Params with the negative bit (``torch._neg_view``: the memory holds ``-p``) are left to
+    torch's ops, float32 and bfloat16, host and device decay: the kernel reads raw memory."""
+    from ema_core.backends.torch import _foreach
+
+    gen = torch.Generator().manual_seed(6)
+    w, d = torch.tensor(0.25), torch.tensor(0.75, dtype=F64)
+    for pdtype in (F32, torch.bfloat16):
+        for device_decay in (False, True):
+            shadows = [torch.randn(64, generator=gen) for _ in range(2)]
+            base = (torch.randn(64, generator=gen) * 3).to(pdtype)
+            params = [(torch.randn(64, generator=gen) * 3).to(pdtype), torch._neg_view(base)]
+            want = shadows[1].clone()
+            resolved = [params[1].resolve_neg()]
+            if device_decay:
+                leftover = _foreach.lerp_ends_ if pdtype == F32 else _cuda.blocked_lerp_ends_
+                leftover([want], resolved, w, d)
+                _cuda.triton_lerp_ends_(shadows, params, w, d)
+            else:
+                leftover = _foreach.lerp_ if pdtype == F32 else _cuda.blocked_lerp_
+                leftover([want], resolved, 0.25)
+                _cuda.triton_lerp_(shadows, params, 0.25)
+            got = shadows[1]
+            assert torch.equal(got, want), (pdtype, device_decay, (got - want).abs().max())
+
+
 def _child_stateless() -> None:
     """``ema_update`` of a float32 dict, twice through its cache (the launch kept on the cache's
     word), then after a param was transposed over its memory."""
@@ -207,7 +275,8 @@ def _child_stateless() -> None:
 def _run_all() -> dict[str, str]:
     results = {"kernel": type(_cuda._kernel()).__name__}
     _patch()
-    for name, case in (("class", _child_class), ("stateless", _child_stateless)):
+    cases = (("class", _child_class), ("subclass", _child_subclass), ("negative", _child_negative))
+    for name, case in (*cases, ("stateless", _child_stateless)):
         try:
             case()
             results[name] = "ok"
@@ -226,6 +295,8 @@ def test_float32_updates_through_the_kernel_under_the_interpreter():
     results = run_interpreted(__file__)
     assert results["kernel"] == "InterpretedFunction"
     assert results["class"] == "ok", results["class"]
+    assert results["subclass"] == "ok", results["subclass"]
+    assert results["negative"] == "ok", results["negative"]
     assert results["stateless"] == "ok", results["stateless"]
 
 

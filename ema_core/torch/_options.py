@@ -36,12 +36,12 @@ class Binding:
     where needed. ``apply`` updates the tracked tensors that move (``Config.non_float`` may
     freeze integer ones) and keeps track of an update cut short (``pending``).
 
-    The same look covers the host engine's views and the Triton launches of a ``Local``
-    store's mixed groups (one pass over the tensors per update): when it found them unchanged
-    (``vouched``, for the next ``apply`` only) the store uses them without comparing them
-    again. ``covered``: every view (and launch) the store holds was bound under the current
-    watch; one bound without its vouching (the module held other objects over the same
-    memory) is dropped at the next vouched look.
+    The same look covers the host engine's views and the Triton launches of a ``Local`` store's
+    groups (mixed, and float32 on CUDA; one pass over the tensors per update): when it found them
+    unchanged (``vouched``, for the next ``apply`` only) the store uses them without comparing them
+    again. ``covered``: every view (and launch) the store holds was bound under the current watch;
+    one bound without its vouching (the module held other objects over the same memory) is dropped
+    at the next vouched look.
     """
 
     #: the root's wrapper prefix (None: read again, for a Binding pickled before it was kept)

@@ -14,7 +14,7 @@ from ema_core.torch import _dtensor
 from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
 from ema_core.torch._ties import Aliases, entry, owner_of
-from ema_core.torch._watch_views import Views, prepared
+from ema_core.torch._watch_views import Views, kept_reads, prepared
 
 __all__ = ["Watch"]
 
@@ -39,13 +39,15 @@ class Watch:
     left there then is the user's, a change. When ``same()`` is False, ``EMA`` looks the
     tensors up again by name (``lookup``) and rebinds.
 
-    Given the shadows, the same pass also covers what the kernels' prepared reads of the
-    mixed-precision pairs depend on (the host engine's views on the CPU, the Triton kernel's
-    launch tables on CUDA: ``_pairs.Key``; ``Views``): each such param's layout and its
-    shadow's pointer, size, layout and dtype (``fits``), and whether the module still holds
-    those params' very objects (``held``). A ``same()`` with both vouches that views or
-    launches made since the watch began (or since ``views.renew()``) still fit, and the store
-    skips its own comparison of them (``_host.stale``, ``_prewrite.prepare``).
+    Given the shadows, the same pass also covers what the kernels' prepared reads of the pairs
+    depend on (the host engine's views of mixed-precision CPU pairs, the Triton kernel's launch
+    tables of mixed-precision and float32 CUDA pairs: ``_pairs.Key``; ``Views``): each such param's
+    layout and its shadow's pointer, size, layout and dtype (``fits``), and whether the module still
+    holds those params' very objects (``held``). A ``same()`` with both vouches that views or
+    launches made since the watch began (or since ``views.renew()``) still fit, and the store skips
+    its own comparison of them (``_host.stale``, ``_prewrite.prepare``); ``held`` also needs every
+    pair a kernel keeps reads of among the views (``complete``: a ``Parameter`` subclass, whose
+    ``.data`` the watch does not read, is not).
     """
 
     def __init__(
@@ -70,8 +72,9 @@ class Watch:
         self.fast = _Reads(root, [t for t, _ in on])
         self.slow = _Reads(root, [t for (t, _), f in zip(watched, fast, strict=True) if not f])
         self.views = Views([(j, t.tensor, s) for j, (t, s) in enumerate(on) if prepared(s, t)])
-        # a pair the views need but the fast reads skip (an empty param): never vouched for
-        self.complete = len(self.views.where) == sum(prepared(s, t) for t, s in watched)
+        # a pair a kernel keeps reads of that the views do not cover (an empty param, a
+        # Parameter subclass): never vouched for
+        self.complete = len(self.views.where) == sum(kept_reads(s, t) for t, s in watched)
         self.fits = self.held = False
         self.pointers = list(map(torch.Tensor.data_ptr, self.fast.held))
         self.shapes = [t.shape for t in self.fast.held]

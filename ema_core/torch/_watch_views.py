@@ -16,21 +16,29 @@ from ema_core.backends.torch._plan import bucket
 from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
 
-__all__ = ["Views", "prepared"]
+__all__ = ["Views", "kept_reads", "prepared"]
 
 _DTYPE = operator.attrgetter("dtype")
 
 
 def prepared(shadow: torch.Tensor | None, t: Tracked) -> TypeGuard[torch.Tensor]:
-    """Whether a kernel keeps prepared reads of the pair that the watch vouches for: the host
-    engine's views (a superset of ``_host.usable``'s pairs: a plain float CPU tensor under a
-    wider plain shadow, the ``mixed`` bucket) or the Triton kernel's launch (a plain float
-    CUDA tensor under a float32 shadow on its device, Triton installed: the ``mixed`` bucket,
-    and the ``same`` one of float32 params, routes "triton-same" and "triton-ends")."""
-    if shadow is None or t.kind != "float":
+    """Whether a kernel keeps prepared reads of the pair that the watch vouches for: a pair of
+    plain tensors on one device among ``kept_reads``'s (the host engine's views are a superset
+    of ``_host.usable``'s pairs)."""
+    if type(shadow) is not torch.Tensor or type(t.tensor) not in _PLAIN:
         return False
-    plain = type(shadow) is torch.Tensor and type(t.tensor) in _PLAIN
-    if not plain or shadow.device != t.tensor.device:
+    return shadow.device == t.tensor.device and kept_reads(shadow, t)
+
+
+def kept_reads(shadow: torch.Tensor | None, t: Tracked) -> bool:
+    """Whether a kernel may keep prepared reads of the pair between updates, plain tensors or
+    not: the host engine's views (a float CPU tensor under a wider shadow, the ``mixed``
+    bucket) or the Triton kernel's launch (a float CUDA tensor under a float32 shadow, Triton
+    installed: the ``mixed`` bucket, and the ``same`` one of float32 params, routes
+    "triton-same" and "triton-ends"). The watch vouches only when ``prepared`` covers every
+    such pair: one it cannot look at (a ``Parameter`` subclass such as FSDP1's flat
+    parameter, whose ``.data`` its owner swaps) leaves the kernels to compare their own."""
+    if not isinstance(shadow, torch.Tensor) or t.kind != "float":
         return False
     if _cuda.triton_usable(shadow):  # CUDA (a test's interpreter run may say yes on the CPU)
         return bucket(t.kind, shadow, t.tensor) in ("mixed", "same")

@@ -10,12 +10,15 @@ writes and reads a model-sized copy of the params. Two one-pass ways instead (``
   packed into one scratch block together: a batch costs a few ``_foreach_*`` launches whatever
   its number of tensors; larger leaves are cut into pieces (views).
 * Triton (routes "triton-mixed" / "triton-mixed-ends"; a float32 shadow, Triton installed): one
-  kernel casts in registers, 10 bytes per element for bf16 params; strided pairs take the
-  blocked way. The formula is torch's ``lerp``: ``s + w * (p - s)`` for ``|w| < 0.5``,
-  ``p - (p - s) * (1 - w)`` otherwise. The same kernel takes float32 params under a device
-  decay (route "triton-ends"): one pass with exact ends, where ``_foreach.lerp_ends_`` takes
-  three ops and a temporary per tensor. ``_launch`` prepares the kernel's launches over the
-  pairs (checked, grouped, tables built), which a route's group keeps between updates.
+  kernel casts in registers, 10 bytes per element for bf16 params; strided pairs (and params
+  with the negative bit) take the blocked way. The formula is torch's ``lerp``:
+  ``s + w * (p - s)`` for ``|w| < 0.5``, ``p - (p - s) * (1 - w)`` otherwise. The same kernel
+  takes float32 params: under a host decay (route "triton-same"), one launch per params layout
+  where torch's foreach ``lerp_`` launches per chunk of tensors, and under a device decay
+  (route "triton-ends"), one pass with exact ends where ``_foreach.lerp_ends_`` takes three ops
+  and a temporary per tensor; the pairs it leaves take torch's foreach ops directly (no cast,
+  no scratch). ``_launch`` prepares the kernel's launches over the pairs (checked, grouped,
+  tables built), which a route's group keeps between updates.
 
 With a host decay (``*_lerp_``: a float weight, the caller has ruled out decay 0 and 1) the blend
 is one fused ``lerp``. With a device decay (``*_lerp_ends_``: a 0-d weight and decay on the
@@ -149,7 +152,8 @@ def triton_lerp_(
     weight: float,
     launch: _launch.Launch | None = None,
 ) -> None:
-    """``blocked_lerp_`` through the Triton kernel (strided pairs: the blocked way).
+    """``blocked_lerp_`` through the Triton kernel (the pairs it leaves: the blocked way, or
+    for float32 params torch's foreach ``lerp_``).
 
     ``launch``: these pairs' ``_launch.prepare``, made earlier (the caller vouches that they
     are still as its key says); None prepares it now.
@@ -159,8 +163,11 @@ def triton_lerp_(
     """
     launch = _launch.prepare(shadows, params) if launch is None else launch
     _launch.run(launch, (weight,))
-    left = launch.left
-    blocked_lerp_([s for s, _ in left], [p for _, p in left], weight)
+    s_left, p_left = _left(launch)
+    if s_left and s_left[0].dtype == p_left[0].dtype:  # float32 params: torch's own lerp
+        _foreach.lerp_(s_left, p_left, weight)
+    else:
+        blocked_lerp_(s_left, p_left, weight)
 
 
 def triton_lerp_ends_(
@@ -171,7 +178,8 @@ def triton_lerp_ends_(
     launch: _launch.Launch | None = None,
 ) -> None:
     """``blocked_lerp_ends_`` through the Triton kernel, which reads ``weight`` and ``decay``
-    from device memory and selects the ends element by element (strided pairs: blocked).
+    from device memory and selects the ends element by element (the pairs it leaves: blocked,
+    or for float32 params ``_foreach.lerp_ends_``).
     Float32 params too (route "triton-ends"): one pass where ``_foreach.lerp_ends_`` takes three.
     ``launch`` as in ``triton_lerp_``.
 
@@ -181,5 +189,14 @@ def triton_lerp_ends_(
     """
     launch = _launch.prepare(shadows, params) if launch is None else launch
     _launch.run(launch, (weight, decay))
-    left = launch.left
-    blocked_lerp_ends_([s for s, _ in left], [p for _, p in left], weight, decay)
+    s_left, p_left = _left(launch)
+    if s_left and s_left[0].dtype == p_left[0].dtype:  # float32 params: no scratch needed
+        _foreach.lerp_ends_(s_left, p_left, weight, decay)
+    else:
+        blocked_lerp_ends_(s_left, p_left, weight, decay)
+
+
+def _left(launch: _launch.Launch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The pairs the kernel left (strided, or params with the negative bit), as two lists (one
+    params dtype per group: the caller's group is one bucket)."""
+    return [s for s, _ in launch.left], [p for _, p in launch.left]

@@ -18,9 +18,9 @@ TRITON = ("triton-mixed", "triton-mixed-ends", "triton-ends", "triton-same")
 
 
 def check(group: Group, way: str, kept: bool = False) -> None:
-    """Check a mixed group's pairs before any write: each time for the blocked CUDA routes,
-    and for the host engine and the Triton routes when their views or launch are made (kept
-    while nothing moved, ``prepare``)."""
+    """Check a group's pairs before any write (a mixed group's, or a Triton route's): each
+    time for the blocked CUDA routes, and for the host engine and the Triton routes when their
+    views or launch are made (kept while nothing moved or the caller vouches, ``prepare``)."""
     if way in TRITON:
         prepare(group, trusted=kept)
     elif way != "host-engine":

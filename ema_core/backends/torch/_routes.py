@@ -30,7 +30,8 @@ installed. [3] float32 pairs, Triton installed, not traced by ``torch.compile``,
 fused ``lerp`` arithmetic (the bits of torch's foreach ``lerp_`` at the same float32 weight):
 "triton-ends" in one pass with exact ends, where ``_foreach.lerp_ends_`` takes three ops and a
 temporary per tensor (a CUDA graph's update), the bits of "foreach-lerp" under the same int
-step; "triton-same" one launch per group, where torch's foreach ``lerp_`` reached 0.87 of the
+step; "triton-same" one launch per params layout (strided pairs, and params with the negative
+bit, left to torch's foreach ops), where torch's foreach ``lerp_`` reached 0.87 of the
 copy ceiling on Llama-1.1B fp32 against the kernel's 0.99 (H100, 2026-12-05). [4] float32 on
 CUDA with Triton: triton-same.
 Tests: ``test_<name>`` in ``tests/test_torch_routes.py`` (the CUDA ones marked ``gpu``;
@@ -45,16 +46,16 @@ each shadow's bits, decay 0 gives the params' (inf and NaN included), so an upda
 captured in a CUDA graph.
 
 Before anything is written, every pair of a ``mixed`` group (and of a "triton-ends" or
-"triton-same" one) is
-checked against its shadow (shape and device): those routes index the params by the shadow's
-size (host loops, Triton) or cast-copy them into a scratch (which would broadcast). The host
+"triton-same" one) is checked against its shadow (shape and device), or vouched for by the
+caller (below): those routes index the params by the shadow's size (host loops, Triton) or
+cast-copy them into a scratch (which would broadcast). The host
 engine's views are (re)bound, each pair checked, when a tensor's storage, shape or dtype changed
 (also that each storage still holds its tensor: one freed by ``untyped_storage().resize_(0)`` is
 refused). The Triton routes likewise keep their launch (``_launch.Launch``: the pairs checked,
 grouped and their tables built) in the group, made again, each pair checked, when the pairs'
-``_pairs.Key`` changed; a mixed group's caller that vouches for its tensors (``kept``: the
-``EMA`` class's watch, the stateless call's cache) spares even that comparison (``_prewrite``
-holds these checks). A mismatch
+``_pairs.Key`` changed; a caller that vouches for the tensors (``kept``: the ``EMA`` class's
+watch, when it covers every pair a kernel keeps reads of, ``_watch_views``; the stateless
+call's cache) spares even that comparison (``_prewrite`` holds these checks). A mismatch
 raises ``ValueError`` naming the tensor and leaves every shadow as it was.
 The host engine writes through numpy views, so it bumps the shadows' version counters itself, as
 torch's in-place ops do.

@@ -97,9 +97,15 @@ def table_at(
 def groups(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[Groups, Pairs]:
     """The launches ``_cuda`` makes: the contiguous non-empty pairs per (params dtype, 16-byte
     aligned), as the shadows' and params' addresses and the sizes (``table_at``'s arguments);
-    and the strided pairs, which the kernel does not take. A model's usual case (every pair
-    contiguous, aligned, non-empty, one params dtype) is read list by list (``_pairs``)."""
-    if shadows and _pairs.all_contiguous(shadows) and _pairs.all_contiguous(params):
+    and the strided pairs and params with the negative bit, which the kernel does not take. A
+    model's usual case (every pair contiguous, aligned, non-empty, one params dtype, no negative
+    bit) is read list by list (``_pairs``)."""
+    if (
+        shadows
+        and _pairs.all_contiguous(shadows)
+        and _pairs.all_contiguous(params)
+        and not any(map(torch.Tensor.is_neg, params))
+    ):
         s_addrs, p_addrs = _pairs.addresses(shadows), _pairs.addresses(params)
         sizes = _pairs.sizes(shadows)
         low = functools.reduce(operator.or_, [*s_addrs, *p_addrs], 0)  # any address's low bits
@@ -109,8 +115,8 @@ def groups(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[Gro
     left: Pairs = []
     found: Groups = {}
     for s, p in zip(shadows, params, strict=True):
-        if not (s.is_contiguous() and p.is_contiguous()):
-            left.append((s, p))
+        if not (s.is_contiguous() and p.is_contiguous()) or p.is_neg():
+            left.append((s, p))  # (a negative view's memory holds -p: the kernel reads memory)
         elif n := s.numel():
             s_addr, p_addr = s.data_ptr(), p.data_ptr()
             aligned = s_addr % 16 == 0 and p_addr % 16 == 0
