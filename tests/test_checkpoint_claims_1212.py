@@ -42,3 +42,26 @@ def test_a_diffusers_unet_ema_folder_loads_through_from_pretrained(tmp_path):
     assert all(
         torch.equal(ema.average[n], s) for n, s in zip(names, peer.shadow_params, strict=True)
     )
+
+
+def test_a_jax_file_of_64_bit_scalars_loads_into_32_bit_like_but_shadows_are_never_cast():
+    # README (JAX checkpoints): the step and weight take like's dtypes, so a file of float32
+    # shadows saved with x64 on loads with it off; a float64 shadow is a TypeError naming it
+    jax = pytest.importorskip("jax")
+    import numpy as np
+
+    import ema_core
+    from ema_core.jax import load_state_dict, state_dict
+
+    cfg = ema_core.Config(schedule=0.5)
+    like = ema_core.init({"w": jax.numpy.arange(3.0)}, cfg)
+    arrays = {k: np.asarray(v) for k, v in state_dict(like).items()}
+    arrays["step"] = np.asarray(7, dtype=np.int64)  # as an x64 run writes them
+    arrays["weight"] = np.asarray(1.0, dtype=np.float64)
+    loaded = load_state_dict(arrays, like)
+    assert int(loaded.step) == 7 and loaded.step.dtype == like.step.dtype
+    assert loaded.weight.dtype == like.weight.dtype
+    (name,) = [k for k in arrays if k not in ("step", "weight")]
+    arrays[name] = arrays[name].astype(np.float64)
+    with pytest.raises(TypeError, match=f"{name}.*float64"):
+        load_state_dict(arrays, like)
