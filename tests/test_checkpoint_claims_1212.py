@@ -65,3 +65,30 @@ def test_a_jax_file_of_64_bit_scalars_loads_into_32_bit_like_but_shadows_are_nev
     arrays[name] = arrays[name].astype(np.float64)
     with pytest.raises(TypeError, match=f"{name}.*float64"):
         load_state_dict(arrays, like)
+
+
+class _Engine(torch.nn.Module):
+    """A wrapper holding the model as its only child ``module`` (as DeepSpeed's engine does):
+    the EMA drops ``module.`` from its names."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+
+def test_a_diffusers_export_names_the_class_inside_any_wrapper_the_ema_drops(tmp_path):
+    import json
+
+    from ema_core.checkpoint import export
+
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(4, 8), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=2,
+    )  # fmt: skip
+    ema = EMA(_Engine(unet), config=presets.diffusers(decay=0.9))
+    ema.update()
+    export(ema, format="diffusers", path=tmp_path / "unet_ema", model_config=unet.config,
+           args={"decay": 0.9})  # fmt: skip
+    config = json.loads((tmp_path / "unet_ema" / "config.json").read_text())
+    assert config["_class_name"] == "UNet2DModel"

@@ -124,3 +124,27 @@ def test_the_benchmarks_class_foreach_contender_takes_the_route_it_replaced(monk
     update(1)
     update(2)
     assert len(blended) == 2 and _cuda.triton_usable is _yes
+
+
+def test_the_kernel_leaves_subclasses_and_negative_views_to_torch():
+    """A wrapper subclass has no address (``data_ptr()`` 0) and a negative view's memory holds
+    ``-p``: ``groups`` leaves both pairs out of the kernel's tables."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    from ema_core.backends.torch import _triton_kernel
+
+    shadows = [torch.randn(8) for _ in range(4)]
+    params = [torch.randn(8), TwoTensor(torch.randn(8), torch.randn(8))]
+    params += [torch._neg_view(torch.randn(8)), torch.nn.Parameter(torch.randn(8))]
+    found, left = _triton_kernel.groups(shadows, params)
+    assert [id(p) for _, p in left] == [id(params[1]), id(params[2])]
+    assert sum(len(sizes) for _, _, sizes in found.values()) == 2
+
+
+def test_a_negative_bit_set_over_the_same_memory_changes_the_key():
+    from ema_core.backends.torch import _pairs
+
+    s, p = torch.randn(4), torch.randn(4)
+    was = _pairs.key([s], [p])
+    flipped = torch._neg_view(p)  # same pointer, size, dtype, layout
+    assert flipped.data_ptr() == p.data_ptr() and _pairs.changed(was, [s], [flipped])

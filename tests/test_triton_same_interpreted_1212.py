@@ -140,6 +140,46 @@ def _child_negative() -> None:
             assert torch.equal(got, want), (pdtype, device_decay, (got - want).abs().max())
 
 
+def _child_flips_and_wrappers() -> None:
+    """Through the ``EMA`` class: a param's negative bit set over its memory after the launch
+    was made, and a wrapper subclass param (no address); each update against torch's lerp, and
+    each bumps the shadows' version counters (as an in-place op does)."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    from ema_core.torch import EMA
+
+    gen = torch.Generator().manual_seed(8)
+    model = torch.nn.ParameterList(
+        [torch.nn.Parameter(torch.randn(30, generator=gen) * 3) for _ in range(2)]
+    )
+    average = EMA(model, decay=0.5)
+
+    def step(expect_kernel: bool) -> None:
+        before = {name: s.clone() for name, s in average.average.items()}
+        versions = [s._version for s in average._bound.shadows]
+        del CALLS[:]
+        average.update()
+        assert bool(CALLS) is expect_kernel
+        for (name, got), p in zip(average.average.items(), model.parameters(), strict=True):
+            want = before[name].clone()
+            torch._foreach_lerp_([want], [p.detach().resolve_neg()], 0.5)  # w = 1/2: exact
+            assert torch.equal(got, want), name
+        assert all(s._version > v for s, v in zip(average._bound.shadows, versions, strict=True))
+
+    step(True)
+    step(True)
+    with torch.no_grad():
+        model[1].data = torch._neg_view(model[1].data)  # the memory now reads as -p
+    step(True)
+    wrapped = TwoTensor(torch.randn(30, generator=gen), torch.randn(30, generator=gen))
+    sub = EMA({"w": torch.nn.Parameter(wrapped)}, decay=0.5)
+    before = sub.average["w"].clone()
+    sub.update()  # the kernel would read address 0
+    want = before.clone()
+    torch._foreach_lerp_([want], [wrapped.detach()], 0.5)
+    assert torch.equal(sub.average["w"], want)
+
+
 def _child_stateless() -> None:
     """``ema_update`` of a float32 dict, twice through its cache (the launch kept on the cache's
     word), then after a param was transposed over its memory."""
@@ -163,6 +203,7 @@ def _run_all() -> dict[str, str]:
     results = {"kernel": type(_cuda._kernel()).__name__}
     _patch()
     cases = (("class", _child_class), ("subclass", _child_subclass), ("negative", _child_negative))
+    cases += (("flips", _child_flips_and_wrappers),)
     for name, case in (*cases, ("stateless", _child_stateless)):
         try:
             case()
@@ -184,6 +225,7 @@ def test_float32_updates_through_the_kernel_under_the_interpreter():
     assert results["class"] == "ok", results["class"]
     assert results["subclass"] == "ok", results["subclass"]
     assert results["negative"] == "ok", results["negative"]
+    assert results["flips"] == "ok", results["flips"]
     assert results["stateless"] == "ok", results["stateless"]
 
 

@@ -25,7 +25,7 @@ from ema_core.checkpoint._arrays import host_bytes, saveable
 from ema_core.checkpoint._peers import preset_of, same_trajectory
 from ema_core.checkpoint._peers_read import DIFFUSERS_ARGS
 from ema_core.torch._module import EMA
-from ema_core.torch._prefixes import namer
+from ema_core.torch._prefixes import namer, wrapper_prefix
 
 __all__ = ["DIFFUSERS_CONFIG", "DIFFUSERS_WEIGHTS", "write_diffusers"]
 
@@ -113,7 +113,7 @@ def _model_json(ema: EMA, model_config: Mapping[str, Any]) -> dict[str, Any]:
     equals) that module's ``config`` and names none; ``diffusers.AutoModel`` needs it) and then the
     installed ``_diffusers_version``."""
     config = {k: v for k, v in model_config.items() if k not in _UNSAVED}
-    module = _unwrapped(ema._bound.root)
+    module = _unwrapped(ema)
     if "_class_name" not in config and _same(getattr(module, "config", None), model_config):
         config["_class_name"] = type(module).__name__
     if "_class_name" in config:  # a diffusers model's config (a plain dict stays as given)
@@ -132,18 +132,16 @@ def _same(config: Any, model_config: Mapping[str, Any]) -> bool:
         return False
 
 
-def _unwrapped(module: Any) -> Any:
-    """The model inside ``torch.compile`` (``._orig_mod``), activation-checkpoint
-    (``._checkpoint_wrapped_module``) and (Distributed)DataParallel (``.module``) wrappers."""
-    while isinstance(module, torch.nn.Module):
-        inner = module._modules.get("_orig_mod") or module._modules.get(
-            "_checkpoint_wrapped_module"
-        )
-        if inner is None and type(module).__name__.endswith("DataParallel"):
-            inner = module._modules.get("module")
-        if inner is None:
-            break
-        module = inner
+def _unwrapped(ema: EMA) -> Any:
+    """The model inside the wrappers whose names the EMA drops (``module.`` of DDP, DeepSpeed's
+    engine or a sole-``module`` wrapper, ``_orig_mod.``, ``_checkpoint_wrapped_module.``): the
+    prefix the EMA decided when it was built, walked from its root (None without a module)."""
+    module = ema._bound.root
+    prefix = ema._bound.prefix
+    if prefix is None and isinstance(module, torch.nn.Module):  # an EMA pickled before it kept one
+        prefix = wrapper_prefix(module)
+    for part in (prefix or "").split(".")[:-1]:
+        module = getattr(module, "_modules", {}).get(part)
     return module
 
 

@@ -38,8 +38,9 @@ class EMA:
             memory, updated with non-blocking copies.
         buffers: floating buffers are ``"copy"``-ed at every ``update()`` call, also one of
             decay 1 where the averages skip (BatchNorm statistics), ``"average"``-d like
-            parameters, or ``"skip"``-ped. ``None`` takes ``config.buffers`` when a config is
-            given, else ``"copy"``. Integer buffers follow ``Config.non_float`` (copied alike).
+            parameters, or ``"skip"``-ped (every buffer left out, integer ones too). ``None``
+            takes ``config.buffers`` when a config is given, else ``"copy"``. Otherwise integer
+            buffers follow ``Config.non_float`` (copied alike).
         include: keep only the names matching a glob, a list of globs or a predicate.
         exclude: drop the names matching a glob, a list of globs or a predicate.
 

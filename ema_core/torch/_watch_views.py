@@ -68,6 +68,7 @@ class Views:
         self.pointers, self.counts = key.pointers[:half], key.counts[:half]
         self.dtypes, self.contiguous = key.dtypes[:half], key.contiguous
         self.layouts = key.layouts  # position in [*shadows, *params] -> (shape, strides)
+        self.negative = key.negative
 
     def pick(self, now: list[Any]) -> list[Any]:
         """The params among ``now`` (the module's plain tensors, in ``Watch`` order)."""
@@ -88,6 +89,7 @@ class Views:
             and all(map(operator.is_, map(_DTYPE, shadows), self.dtypes))
             and list(contiguous) == self.contiguous
             and all(_layout(shadows, params, i) == old for i, old in self.layouts.items())
+            and list(map(torch.Tensor.is_neg, itertools.chain(shadows, params))) == self.negative
         )
 
     def held(self, now: list[Any]) -> bool:

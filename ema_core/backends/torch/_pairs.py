@@ -25,11 +25,13 @@ from typing import Any, NamedTuple
 import torch
 
 __all__ = [
+    "PLAIN",
     "Key",
     "addresses",
     "all_contiguous",
     "all_dtype",
     "all_on",
+    "all_plain",
     "changed",
     "key",
     "memory_key",
@@ -42,6 +44,8 @@ _DTYPE = operator.attrgetter("dtype")
 _FLAGS = {"cpu": operator.attrgetter("is_cpu"), "cuda": operator.attrgetter("is_cuda")}
 
 Tensors = Sequence[torch.Tensor]
+#: The tensor types whose memory is read by address (no subclass: a wrapper has none).
+PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
 def same_shapes(shadows: Tensors, params: Tensors) -> bool:
@@ -80,6 +84,15 @@ def all_dtype(tensors: Tensors, dtype: torch.dtype) -> bool:
     True
     """
     return all(map(operator.is_, map(_DTYPE, tensors), repeat(dtype)))
+
+
+def all_plain(tensors: Tensors) -> bool:
+    """Whether every tensor is a plain ``torch.Tensor`` or ``Parameter`` (``PLAIN``).
+
+    >>> all_plain([torch.zeros(2), torch.nn.Parameter(torch.ones(1))])
+    True
+    """
+    return set(map(type, tensors)) <= PLAIN
 
 
 def all_contiguous(tensors: Tensors) -> bool:
@@ -128,6 +141,7 @@ class Key(NamedTuple):
     dtypes: list[torch.dtype]
     contiguous: list[bool]
     layouts: dict[int, tuple[Any, Any]]  # position -> (shape, strides), non-contiguous only
+    negative: list[bool]  # the negative bit: the memory holds -x (the Triton kernel leaves it)
 
 
 def key(shadows: Tensors, params: Tensors) -> Key:
@@ -146,6 +160,7 @@ def key(shadows: Tensors, params: Tensors) -> Key:
         list(map(_DTYPE, tensors)),
         contiguous,
         {i: (t.shape, t.stride()) for i, t in enumerate(tensors) if not contiguous[i]},
+        list(map(torch.Tensor.is_neg, tensors)),
     )
 
 
@@ -164,6 +179,7 @@ def changed(was: Key, shadows: Tensors, params: Tensors) -> bool:
         and list(map(torch.Tensor.is_contiguous, tensors)) == was.contiguous
         and all(map(operator.is_, map(_DTYPE, tensors), was.dtypes))
         and all((tensors[i].shape, tensors[i].stride()) == old for i, old in was.layouts.items())
+        and list(map(torch.Tensor.is_neg, tensors)) == was.negative
     )
 
 

@@ -57,8 +57,9 @@ grouped and their tables built) in the group, made again, each pair checked, whe
 watch, when it covers every pair a kernel keeps reads of, ``_watch_views``; the stateless
 call's cache) spares even that comparison (``_prewrite`` holds these checks). A mismatch
 raises ``ValueError`` naming the tensor and leaves every shadow as it was.
-The host engine writes through numpy views, so it bumps the shadows' version counters itself, as
-torch's in-place ops do.
+The host engine writes through numpy views and the Triton kernel through addresses, so both
+bump the shadows' version counters themselves, as torch's in-place ops do (a graph that saved a
+shadow then refuses to backpropagate through the old values).
 """
 
 from __future__ import annotations
@@ -195,8 +196,10 @@ def _run(xp: Namespace, group: Group, way: Route, decay: Value, rate: Value) -> 
             _cuda.blocked_lerp_ends_(s, p, *_on_device(rate, decay, s[0]))
         case "triton-mixed" | "triton-same":
             _cuda.triton_lerp_(s, p, float(rate), group.launch)
+            torch.autograd.graph.increment_version(s)  # written by address: tell autograd
         case "triton-mixed-ends" | "triton-ends":
             _cuda.triton_lerp_ends_(s, p, *_on_device(rate, decay, s[0]), group.launch)
+            torch.autograd.graph.increment_version(s)
         case "generic":
             _generic(xp, s, p, decay, rate)
 

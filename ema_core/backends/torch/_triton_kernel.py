@@ -97,11 +97,15 @@ def table_at(
 def groups(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[Groups, Pairs]:
     """The launches ``_cuda`` makes: the contiguous non-empty pairs per (params dtype, 16-byte
     aligned), as the shadows' and params' addresses and the sizes (``table_at``'s arguments);
-    and the strided pairs and params with the negative bit, which the kernel does not take. A
-    model's usual case (every pair contiguous, aligned, non-empty, one params dtype, no negative
-    bit) is read list by list (``_pairs``)."""
+    and the pairs the kernel does not take: strided ones, params with the negative bit (their
+    memory holds ``-p``) and tensor subclasses (a wrapper's ``data_ptr()`` is 0; only plain
+    tensors and Parameters are read by address). A model's usual case (every pair plain,
+    contiguous, aligned, non-empty, one params dtype, no negative bit) is read list by list
+    (``_pairs``)."""
     if (
         shadows
+        and _pairs.all_plain(shadows)
+        and _pairs.all_plain(params)
         and _pairs.all_contiguous(shadows)
         and _pairs.all_contiguous(params)
         and not any(map(torch.Tensor.is_neg, params))
@@ -115,8 +119,9 @@ def groups(shadows: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[Gro
     left: Pairs = []
     found: Groups = {}
     for s, p in zip(shadows, params, strict=True):
-        if not (s.is_contiguous() and p.is_contiguous()) or p.is_neg():
-            left.append((s, p))  # (a negative view's memory holds -p: the kernel reads memory)
+        plain = type(s) in _pairs.PLAIN and type(p) in _pairs.PLAIN
+        if not (plain and s.is_contiguous() and p.is_contiguous()) or p.is_neg():
+            left.append((s, p))
         elif n := s.numel():
             s_addr, p_addr = s.data_ptr(), p.data_ptr()
             aligned = s_addr % 16 == 0 and p_addr % 16 == 0

@@ -1,7 +1,8 @@
-"""README "Post-hoc EMA", as a claims check found it (2026-12-05): the include=/exclude= recipe
-for a model whose names hold ``/`` (the snapshots' file names escape it), and a module's extra
-state kept by ``reconstruct(..., like=)``: a non-container the same object, a container rebuilt
-around its own contents."""
+"""README claims checks of 2026-12-05, what they found: in "Post-hoc EMA", the include=/exclude=
+recipe for a model whose names hold ``/`` (the snapshots' file names escape it), and a module's
+extra state kept by ``reconstruct(..., like=)`` (a non-container the same object, a container
+rebuilt around its own contents); in "the EMA class", ``buffers="skip"`` leaving integer
+buffers out too."""
 
 from __future__ import annotations
 
@@ -70,3 +71,17 @@ def test_extra_state_comes_back_as_the_readme_says(tmp_path, extra):
     else:
         assert got is like["_extra_state"]
     _Extra(None).load_state_dict(weights)  # loads strictly
+
+
+def test_buffers_skip_leaves_out_every_buffer_integer_ones_too():
+    # README (the EMA class): "skip" leaves every buffer out; otherwise integer ones are copied
+    from ema_core.torch import EMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    assert EMA(model, decay=0.9, buffers="skip").names == (
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+    )
+    assert "1.num_batches_tracked" in EMA(model, decay=0.9, buffers="copy").names
