@@ -85,3 +85,19 @@ def test_buffers_skip_leaves_out_every_buffer_integer_ones_too():
         "1.bias",
     )
     assert "1.num_batches_tracked" in EMA(model, decay=0.9, buffers="copy").names
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128", "float32"])
+def test_the_textbook_form_fails_the_properties_in_every_float_dtype(dtype):
+    # "The textbook s + (1-d)*(p - s) computed in dtype fails at decay 0": the kit drew float32
+    # values for float64 leaves, whose differences are exact, and passed it in float64
+    import numpy as np
+
+    from ema_core import testing
+
+    with pytest.raises(AssertionError):
+        testing.assert_ema_properties(lambda s, p, d: s + (1 - d) * (p - s), np, dtype=dtype)
+    def core_form(s, p, d):  # ema-core's: p - d (p - s) below decay 1/2
+        return s + (1 - d) * (p - s) if d >= 0.5 else p - d * (p - s)
+
+    testing.assert_ema_properties(core_form, np, dtype=dtype)

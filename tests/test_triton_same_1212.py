@@ -148,3 +148,17 @@ def test_a_negative_bit_set_over_the_same_memory_changes_the_key():
     was = _pairs.key([s], [p])
     flipped = torch._neg_view(p)  # same pointer, size, dtype, layout
     assert flipped.data_ptr() == p.data_ptr() and _pairs.changed(was, [s], [flipped])
+
+
+def test_a_key_pickled_before_the_negative_bit_was_kept_loads_and_reads_as_changed():
+    """A host engine's views or a launch pickled with an older EMA hold a five-field ``Key``:
+    unpickling builds it with those fields, and it never matches a key read now."""
+    import pickle
+
+    from ema_core.backends.torch import _pairs
+
+    s, p = torch.randn(4), torch.randn(4)
+    now = _pairs.key([s], [p])
+    old = _pairs.Key(*now[:5])  # what unpickling an older key calls
+    assert pickle.loads(pickle.dumps(old)) == old
+    assert _pairs.changed(old, [s], [p]) and not _pairs.changed(now, [s], [p])

@@ -54,16 +54,21 @@ EPS = {
 
 def host_values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """Values for a leaf of dtype name ``dtype`` (or ``"int"``, the namespace's default
-    integer): float32 normals scaled by 10 for floating ones (complex ones: in both parts, so an
-    EMA that drops or flips the imaginary part is seen), small non-negative ints otherwise (0 or
-    1 for bool), so that every cast is exact and warns of nothing."""
+    integer): normals scaled by 10 for floating ones, with every bit of a float64 (float64,
+    complex128) or rounded to float32 (the narrower dtypes: the cast to a half rounds once;
+    complex ones: in both parts, so an EMA that drops or flips the imaginary part is seen), small
+    non-negative ints otherwise (0 or 1 for bool), so that no cast warns. (Until 2026-12-05
+    float64 leaves held float32 values, whose differences are exact in float64: a float64 EMA
+    that rounded ``s + (p - s)`` passed.)"""
     if dtype == "bool":
         return rng.integers(0, 2, size=shape).astype(bool)
     if dtype == "int" or dtype.startswith(("int", "uint")):
         return rng.integers(0, 100, size=shape)
-    real = (rng.standard_normal(shape) * 10).astype(np.float32)
+    wide = dtype in ("float64", "complex128")
+    width = np.float64 if wide else np.float32
+    real = (rng.standard_normal(shape) * 10).astype(width)
     if dtype.startswith("complex"):
-        return real + 1j * (rng.standard_normal(shape) * 10).astype(np.float32)
+        return real + 1j * (rng.standard_normal(shape) * 10).astype(width)
     return real
 
 

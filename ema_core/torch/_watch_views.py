@@ -68,7 +68,10 @@ class Views:
         self.pointers, self.counts = key.pointers[:half], key.counts[:half]
         self.dtypes, self.contiguous = key.dtypes[:half], key.contiguous
         self.layouts = key.layouts  # position in [*shadows, *params] -> (shape, strides)
-        self.negative = key.negative
+        # the params' negative bits, None when none had it (the shadows, the EMA's own, never
+        # do: a negative shadow is in no kernel's bucket): most updates ask any() of them
+        flags = list(key.negative[half:])
+        self.negative = flags if any(flags) else None
 
     def pick(self, now: list[Any]) -> list[Any]:
         """The params among ``now`` (the module's plain tensors, in ``Watch`` order)."""
@@ -89,8 +92,14 @@ class Views:
             and all(map(operator.is_, map(_DTYPE, shadows), self.dtypes))
             and list(contiguous) == self.contiguous
             and all(_layout(shadows, params, i) == old for i, old in self.layouts.items())
-            and list(map(torch.Tensor.is_neg, itertools.chain(shadows, params))) == self.negative
+            and self._negative_as_was(params)
         )
+
+    def _negative_as_was(self, params: list[Any]) -> bool:
+        """Whether each param's negative bit is as it was (``_pairs.Key.negative``)."""
+        if self.negative is None:
+            return not any(map(torch.Tensor.is_neg, params))
+        return list(map(torch.Tensor.is_neg, params)) == self.negative
 
     def held(self, now: list[Any]) -> bool:
         """Whether the module holds the very param objects the views were made from."""

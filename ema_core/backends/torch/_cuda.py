@@ -10,8 +10,8 @@ writes and reads a model-sized copy of the params. Two one-pass ways instead (``
   packed into one scratch block together: a batch costs a few ``_foreach_*`` launches whatever
   its number of tensors; larger leaves are cut into pieces (views).
 * Triton (routes "triton-mixed" / "triton-mixed-ends"; a float32 shadow, Triton installed): one
-  kernel casts in registers, 10 bytes per element for bf16 params; strided pairs (and params
-  with the negative bit) take the blocked way. The formula is torch's ``lerp``:
+  kernel casts in registers, 10 bytes per element for bf16 params; strided pairs, params with
+  the negative bit and tensor subclasses take the blocked way. The formula is torch's ``lerp``:
   ``s + w * (p - s)`` for ``|w| < 0.5``, ``p - (p - s) * (1 - w)`` otherwise. The same kernel
   takes float32 params: under a host decay (route "triton-same"), one launch per params layout
   where torch's foreach ``lerp_`` launches per chunk of tensors, and under a device decay
@@ -197,6 +197,6 @@ def triton_lerp_ends_(
 
 
 def _left(launch: _launch.Launch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The pairs the kernel left (strided, or params with the negative bit), as two lists (one
-    params dtype per group: the caller's group is one bucket)."""
+    """The pairs the kernel left (strided, params with the negative bit, tensor subclasses), as
+    two lists (one params dtype per group: the caller's group is one bucket)."""
     return [s for s, _ in launch.left], [p for _, p in launch.left]

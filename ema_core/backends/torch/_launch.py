@@ -3,7 +3,8 @@ once, run at every update.
 
 ``prepare`` checks the pairs (float32 shadows over float16, bfloat16 or float32 params, the
 same sizes, one device), sorts them into launches (``_triton_kernel.groups``: one per params
-dtype and alignment, strided pairs left out) and builds each launch's table. The ``Launch`` it
+dtype and alignment; strided pairs, params with the negative bit and tensor subclasses left
+out) and builds each launch's table. The ``Launch`` it
 returns keeps the pairs' ``_pairs.Key``: ``_prewrite`` keeps one per group and reuses it while
 the pairs stay as the key says (or the caller vouches for them), so that an update of an
 unchanged model reads nothing per pair. ``run`` launches the kernel over a ``Launch`` with a
@@ -40,7 +41,8 @@ class Launch(NamedTuple):
     the pairs stay as ``key`` says (``_prewrite`` keeps one per group).
 
     ``tables``: per launch, its params dtype, 16-byte alignment, table and chunk count, and
-    its number of leaves. ``left``: the strided pairs, which the blocked way takes.
+    its number of leaves. ``left``: the pairs the kernel does not take (strided, params with the
+    negative bit, tensor subclasses), which torch's ops take.
     """
 
     key: _pairs.Key

@@ -141,7 +141,9 @@ class Key(NamedTuple):
     dtypes: list[torch.dtype]
     contiguous: list[bool]
     layouts: dict[int, tuple[Any, Any]]  # position -> (shape, strides), non-contiguous only
-    negative: list[bool]  # the negative bit: the memory holds -x (the Triton kernel leaves it)
+    #: the negative bit (the memory holds -x: the Triton kernel leaves such a pair); () in a key
+    #: pickled before it was kept, which then differs from any key read now
+    negative: Sequence[bool] = ()
 
 
 def key(shadows: Tensors, params: Tensors) -> Key:
