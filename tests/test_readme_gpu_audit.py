@@ -267,3 +267,24 @@ def test_gpu_runs_of_2026_12_05_are_their_results_files() -> None:
     for run in (1, 2):
         device = (RESULTS / f"cuda-2026-12-05-run{run}-device.txt").read_text(encoding="utf-8")
         assert "NVIDIA H100 80GB HBM3" in device and "triton 3.6.0" in device
+
+
+def test_routes_figures_of_2026_12_05_are_its_results_file() -> None:
+    # the watch's look over float32 pairs, as the foreach route and the kernel's route need it
+    text = " ".join(_gpu_bullet().split())
+    lines = (RESULTS / "cpu-2026-12-05-routes.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0].endswith("python -m benchmarks --routes")
+    rows = {}
+    for line in lines[3:]:
+        *case, leaves, _, per_leaf = line.split()
+        rows[(" ".join(case), int(leaves))] = float(per_leaf)
+    quoted = [
+        (rows[("watch fp32", 20000)], "the watch took 0.765 us per leaf"),
+        (rows[("watch fp32 kernel", 20000)], "it and 1.066 us as the kernel's route"),
+    ]
+    for value, phrase in quoted:
+        assert phrase in text, phrase
+        assert _rounded(value, re.findall(r"\d+\.\d+", phrase)[0]), (phrase, value)
+    torch_rows = _rows("cuda-2026-12-05-run2-torch.md")
+    foreach = torch_rows[("many_small_20k", "fp32", "torch", "foreach_lerp_")]["ms"]
+    assert _rounded(foreach, "6.972") and "(6.972 ms for 20k tensors on the H100, run 2)" in text
