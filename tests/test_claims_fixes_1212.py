@@ -97,6 +97,7 @@ def test_the_textbook_form_fails_the_properties_in_every_float_dtype(dtype):
 
     with pytest.raises(AssertionError):
         testing.assert_ema_properties(lambda s, p, d: s + (1 - d) * (p - s), np, dtype=dtype)
+
     def core_form(s, p, d):  # ema-core's: p - d (p - s) below decay 1/2
         return s + (1 - d) * (p - s) if d >= 0.5 else p - d * (p - s)
 
