@@ -69,7 +69,7 @@ def test_the_class_watch_covers_float32_pairs_where_the_kernel_runs(monkeypatch)
 
 
 class _Sub(torch.nn.Parameter):
-    """A ``Parameter`` subclass (as FSDP1's flat parameter): the watch does not read it."""
+    """A ``Parameter`` subclass: the watch reads it by identity, dtype and device only."""
 
 
 def test_a_parameter_subclass_in_a_kernel_group_leaves_the_watch_vouching_for_nothing(

@@ -36,8 +36,8 @@ def kept_reads(shadow: torch.Tensor | None, t: Tracked) -> bool:
     bucket) or the Triton kernel's launch (a float CUDA tensor under a float32 shadow, Triton
     installed: the ``mixed`` bucket, and the ``same`` one of float32 params, routes
     "triton-same" and "triton-ends"). The watch vouches only when ``prepared`` covers every
-    such pair: one it cannot look at (a ``Parameter`` subclass such as FSDP1's flat
-    parameter, whose ``.data`` its owner swaps) leaves the kernels to compare their own."""
+    such pair: one it cannot look at (a ``Parameter`` subclass, whose ``.data`` the watch
+    does not read) leaves the kernels to compare their own."""
     if not isinstance(shadow, torch.Tensor) or t.kind != "float":
         return False
     if _cuda.triton_usable(shadow):  # CUDA (a test's interpreter run may say yes on the CPU)
