@@ -272,6 +272,32 @@ def test_cuda_routes(monkeypatch, triton, decay):
             assert _same_bits(s, ref)
 
 
+def _float32_cuda_pairs():
+    """Float32 CUDA pairs (large, one Triton block, tiny, empty, strided; inf and NaN in both),
+    the shadows as they were, and their plan."""
+    shadows = [torch.randn(n, device="cuda") for n in (5000, 1024, 7, 0)] + [
+        torch.randn(6, 4, device="cuda").t()
+    ]
+    params = [torch.randn(s.shape, device="cuda") for s in shadows]
+    shadows[0][:2] = torch.tensor([float("inf"), float("nan")])
+    params[0][2:4] = torch.tensor([float("-inf"), float("nan")])
+    before = [s.clone() for s in shadows]
+    return shadows, params, before, _routes.make_plan(shadows, params, ["float"] * len(shadows))
+
+
+def _apply_twice_allocating_nothing(plan, shadows, before, decay) -> None:
+    """Apply ``plan`` once (tables and kernels made), put the shadows back, apply it again:
+    the second update allocates nothing."""
+    _routes.apply(xp, plan, decay, 1.0 - decay)
+    for s, b in zip(shadows, before, strict=True):
+        s.copy_(b)
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated()
+    _routes.apply(xp, plan, decay, 1.0 - decay)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == allocated
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("decay", [0.3, 0.9, 0.9999])
@@ -282,23 +308,9 @@ def test_cuda_same_host(decay):
     per update once the launch is kept."""
     if _cuda._kernel() is None:
         pytest.skip("Triton is not installed")
-    shadows = [torch.randn(n, device="cuda") for n in (5000, 1024, 7, 0)] + [
-        torch.randn(6, 4, device="cuda").t()
-    ]
-    params = [torch.randn(s.shape, device="cuda") for s in shadows]
-    shadows[0][:2] = torch.tensor([float("inf"), float("nan")])
-    params[0][2:4] = torch.tensor([float("-inf"), float("nan")])
-    before = [s.clone() for s in shadows]
-    plan = _routes.make_plan(shadows, params, ["float"] * 5)
+    shadows, params, before, plan = _float32_cuda_pairs()
     assert [w for _, w in _routes.routes(plan, decay)] == ["triton-same"]
-    _routes.apply(xp, plan, decay, 1.0 - decay)  # warm: tables and kernels made
-    for s, b in zip(shadows, before, strict=True):
-        s.copy_(b)
-    torch.cuda.synchronize()
-    allocated = torch.cuda.memory_allocated()
-    _routes.apply(xp, plan, decay, 1.0 - decay)
-    torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() == allocated
+    _apply_twice_allocating_nothing(plan, shadows, before, decay)
     for s, b, p in zip(shadows, before, params, strict=True):
         want = b.clone()
         torch._foreach_lerp_([want], [p], 1.0 - decay)  # the route taken before: the bits
@@ -319,24 +331,10 @@ def test_cuda_same_ends(decay):
     if _cuda._kernel() is None:
         pytest.skip("Triton is not installed")
     d = torch.tensor(decay, dtype=F64, device="cuda")
-    shadows = [torch.randn(n, device="cuda") for n in (5000, 7, 0)] + [
-        torch.randn(6, 4, device="cuda").t()
-    ]
-    params = [torch.randn(s.shape, device="cuda") for s in shadows]
-    shadows[0][:2] = torch.tensor([float("inf"), float("nan")])
-    params[0][2:4] = torch.tensor([float("-inf"), float("nan")])
-    before = [s.clone() for s in shadows]
-    plan = _routes.make_plan(shadows, params, ["float"] * 4)
+    shadows, params, before, plan = _float32_cuda_pairs()
     assert [w for _, w in _routes.routes(plan, d)] == ["triton-ends"]
     weight, _ = _routes._on_device(1.0 - d, d, shadows[0])
-    _routes.apply(xp, plan, d, 1.0 - d)  # warm: tables and kernels made
-    for s, b in zip(shadows, before, strict=True):
-        s.copy_(b)
-    torch.cuda.synchronize()
-    allocated = torch.cuda.memory_allocated()
-    _routes.apply(xp, plan, d, 1.0 - d)
-    torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() == allocated
+    _apply_twice_allocating_nothing(plan, shadows, before, d)
     for s, b, p in zip(shadows, before, params, strict=True):
         if decay in (0.0, 1.0):
             assert _same_bits(s, b if decay == 1.0 else p)
