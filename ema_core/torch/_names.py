@@ -19,6 +19,7 @@ import torch
 from ema_core._arguments import BUFFERS
 from ema_core._types import LeafKind
 from ema_core.backends.torch._memory import short_memory
+from ema_core.backends.torch._pairs import PLAIN
 from ema_core.torch import _dtensor
 from ema_core.torch._filters import filter_hint, matcher
 from ema_core.torch._prefixes import PREFIXES, namer, other_names, strip_all
@@ -29,8 +30,6 @@ BufferPolicy: TypeAlias = Literal["copy", "average", "skip"]
 #: wrapped model's own), or a predicate on the (stripped) name.
 NameFilter: TypeAlias = "str | Iterable[str] | Callable[[str], bool] | None"
 BUFFER_POLICIES = BUFFERS
-#: Plain tensors (no subclass): the ones whose storage and data pointer are read directly.
-PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+from ema_core.backends.torch._pairs import PLAIN as _PLAIN
 from ema_core.backends.torch._pairs import memory_key
 from ema_core.torch import _dtensor
-from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
 from ema_core.torch._ties import Aliases, entry, owner_of
 from ema_core.torch._watch_views import Views, kept_reads, prepared

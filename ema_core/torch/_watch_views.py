@@ -11,9 +11,9 @@ from typing import Any, TypeGuard
 import torch
 
 import ema_core.backends.torch._cuda as _cuda  # noqa: PLR0402 (the module, not its package: patched by tests)
+from ema_core.backends.torch._pairs import PLAIN as _PLAIN
 from ema_core.backends.torch._pairs import key as views_key
 from ema_core.backends.torch._plan import bucket
-from ema_core.torch._names import PLAIN as _PLAIN
 from ema_core.torch._names import Tracked
 
 __all__ = ["Views", "kept_reads", "prepared"]

@@ -47,6 +47,7 @@ from ema_core._paths import Path, path_str
 from ema_core._types import LeafKind, Namespace, NonFloatPolicy, Value
 from ema_core.backends.torch import _memory, _routes
 from ema_core.backends.torch._finite import finite_stand_ins
+from ema_core.backends.torch._pairs import PLAIN as _PLAIN
 
 __all__ = [
     "check_storage",
@@ -161,7 +162,6 @@ def _same(t: torch.Tensor) -> torch.Tensor:
 
 
 _DTYPE = attrgetter("dtype")
-_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
 class Signature(NamedTuple):

@@ -44,7 +44,8 @@ _DTYPE = operator.attrgetter("dtype")
 _FLAGS = {"cpu": operator.attrgetter("is_cpu"), "cuda": operator.attrgetter("is_cuda")}
 
 Tensors = Sequence[torch.Tensor]
-#: The tensor types whose memory is read by address (no subclass: a wrapper has none).
+#: Plain tensors (no subclass: a wrapper has no memory of its own), the ones whose storage and
+#: data pointer are read directly (the Triton kernel's tables, the watch, the plan cache).
 PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
