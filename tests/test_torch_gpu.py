@@ -57,6 +57,22 @@ def test_update_under_sync_debug_mode_error():
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_a_float32_models_host_decay_update_never_syncs():
+    """Route "triton-same" (float32 params, an int step): its launch kept after the first
+    update, the later ones make no host sync."""
+    model = _net(torch.float32)
+    ema = EMA(model, schedule=schedules.warmup(0.999))
+    ema.update(1)  # warm-up: the kernel compiled, the launch's table made
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Synchronization debug mode", UserWarning)
+            torch.cuda.set_sync_debug_mode("error")
+        for t in (2, 3, 4):
+            ema.update(t)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_cuda_graph_capture_of_update_with_a_device_step():
     model, twin = _net(), _net()
     config = Config(schedule=schedules.warmup(0.99), init="copy")
