@@ -111,7 +111,8 @@ LAYOUT = {
     "ema_core/backends/torch": "_plan _routes _prewrite _foreach _host _memory _cuda "
     "_triton_kernel _launch _pairs _caches _finite",
     "ema_core/backends/jax": "__init__ _leaves _scalars",
-    "ema_core/torch": "_module _steps _copies _names _prefixes _filters _watch _watch_views _ties "
+    "ema_core/torch": "_module _steps _copies _names _prefixes _tied_names _filters _watch "
+    "_watch_views _ties "
     "_rules _options _refusals _store _swap _interrupts _eager _restored _averages _state "
     "_dtensor _fsdp _dist _bank _bank_args _bank_fused _bank_snap",
     "ema_core/jax": "_compiled _chunked _call_checks _finite_params _split _optax _checkpoint "

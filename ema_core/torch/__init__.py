@@ -1,7 +1,8 @@
 """torch above the API: ``EMA`` for ``nn.Module``s, ``ddp_ema``, ``full_state_dict``.
 
 * ``_names``: which tensors of a module are tracked, under which names (``_prefixes``: the
-  segments of data-parallel and compiled wrappers dropped from them; ``_filters``: the
+  segments of data-parallel and compiled wrappers dropped from them; ``_tied_names``: a tied
+  tensor's other names; ``_filters``: the
   ``include=`` / ``exclude=`` filters on them); ``_watch``: the
   per-update check that the module still holds them, where and as they were (``_watch_views``:
   what the kernels' prepared reads of some pairs depend on besides; ``_ties``: their tied

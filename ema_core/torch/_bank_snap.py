@@ -17,7 +17,7 @@ from ema_core._paths import escape_key
 from ema_core.torch._dtensor import is_dtensor
 from ema_core.torch._module import EMA
 from ema_core.torch._names import transient_buffers
-from ema_core.torch._prefixes import tied_aliases
+from ema_core.torch._tied_names import tied_aliases
 
 __all__ = [
     "aliases",

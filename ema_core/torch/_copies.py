@@ -14,7 +14,8 @@ from ema_core._config import Config, divisor
 from ema_core._config_text import config_text
 from ema_core.torch import _averages, _dtensor, _fsdp, _names, _options, _rules, _state
 from ema_core.torch._interrupts import HeldInterrupts
-from ema_core.torch._prefixes import keeping, renames, tied_aliases
+from ema_core.torch._prefixes import keeping, renames
+from ema_core.torch._tied_names import tied_aliases
 
 
 class Copied(Protocol):

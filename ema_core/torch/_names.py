@@ -22,7 +22,8 @@ from ema_core.backends.torch._memory import short_memory
 from ema_core.backends.torch._pairs import PLAIN
 from ema_core.torch import _dtensor
 from ema_core.torch._filters import filter_hint, matcher
-from ema_core.torch._prefixes import PREFIXES, namer, other_names, strip_all
+from ema_core.torch._prefixes import PREFIXES, namer, strip_all
+from ema_core.torch._tied_names import other_names
 
 #: What happens to floating buffers: copied, averaged like parameters, or not tracked.
 BufferPolicy: TypeAlias = Literal["copy", "average", "skip"]

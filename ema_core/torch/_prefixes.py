@@ -18,8 +18,7 @@ name has it (a DDP model's ``state_dict()``), and ``_orig_mod`` / ``_checkpoint_
 parts always.
 
 A tied tensor (``head.weight = emb.weight``) is tracked once, under its first name;
-``tied_aliases`` and ``other_names`` give its other names, which ``copy_to`` writes and
-``include=`` / ``exclude=`` read too.
+``_tied_names`` gives its other names, named as ``namer`` names them.
 
 An ``EMA`` decides its root's prefix when it is built and keeps it (``Binding.prefix``), so
 its names never change when the model later gains a child or a buffer. Two earlier namings
@@ -35,8 +34,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-
-from ema_core.backends.torch._pairs import memory_key
 
 #: The segments ema-core drops: a data-parallel wrapper's child, a compiled module's child, an
 #: activation-checkpoint wrapper's child (the last two wherever they are in a name).
@@ -215,54 +212,3 @@ def _wrapped_child(module: torch.nn.Module) -> str | None:
         return "module"
     own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
     return "module" if len(children) == 1 and not own else None
-
-
-def tied_aliases(
-    root: torch.nn.Module | None,
-    prefix: str | None,
-    names: Iterable[str],
-    watched: Iterable[str] = (),
-) -> dict[str, str]:
-    """The other names ``root`` gives a tracked tensor (tied weights: ``out.weight =
-    emb.weight`` is tracked once, as ``emb.weight``): alias -> tracked name, in
-    ``root.state_dict()`` order, named as ``namer(root, prefix)`` names them; {} without a
-    module. A name tied when the EMA was built (``watched``: its raw paths) counts also when it
-    now holds another Parameter over the tracked one's memory (``load_state_dict(assign=True)``
-    of a tied save); no other name is matched by memory (an excluded view stays excluded)."""
-    if root is None:
-        return {}
-    name_of = namer(root, prefix)
-    entries = [(name_of(k), v) for k, v in root.state_dict(keep_vars=True).items()]
-    tracked = set(names)
-    buffers = [(name_of(k), v) for k, v in root.named_buffers()]  # non-persistent ones too
-    owner = {id(v): k for k, v in (*entries, *buffers) if k in tracked}
-    # two Parameters over one memory (load_state_dict(assign=True) of a tied save) count too
-    tied = set(map(name_of, watched))
-    at = {memory_key(v): k for k, v in (*entries, *buffers) if k in tracked}
-    at.pop(None, None)  # tensors without memory to compare: by identity only
-    out = {
-        k: owner.get(id(v)) or (at.get(memory_key(v)) if k in tied else None)
-        for k, v in entries
-        if k not in tracked
-    }
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def other_names(
-    source: Any, names: list[str], include: Any, exclude: Any
-) -> dict[str, list[tuple[str, str]]]:
-    """A module's other names of each tensor (tied weights: ``head.weight = emb.weight`` is
-    found once, as ``emb.weight``) as ``(name, raw name)`` pairs (the raw one as the wrapped
-    model lists it), which the filters read too; none without filters."""
-    if not isinstance(source, torch.nn.Module) or (include is None and exclude is None):
-        return {}
-    name_of = namer(source, None)
-    entries = [(name_of(k), k, v) for k, v in source.state_dict(keep_vars=True).items()]
-    tracked = set(names)
-    buffers = [(name_of(k), v) for k, v in source.named_buffers()]  # non-persistent ones too
-    owner = {id(v): n for n, v in (*((n, v) for n, _, v in entries), *buffers) if n in tracked}
-    others: dict[str, list[tuple[str, str]]] = {}
-    for name, raw, value in entries:
-        if name not in tracked and id(value) in owner:
-            others.setdefault(owner[id(value)], []).append((name, raw))
-    return others
